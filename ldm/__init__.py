@@ -1,0 +1,1 @@
+"""ldm: a small latent diffusion toolkit compatible with Stable Diffusion 2.x."""
