@@ -1,0 +1,87 @@
+"""Frozen OpenCLIP text tower giving the U-Net its cross-attention context.
+
+The network is open_clip's own CLIP model (visual tower removed), so its state dict is the
+`cond_stage_model.model.*` part of an SD 2.x checkpoint. Nothing is downloaded: weights
+come from a local file or from the surrounding checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+LAYERS = {"last": 0, "penultimate": 1}
+
+
+class UnknownTextEncoderError(ValueError):
+    pass
+
+
+def open_clip_config(arch: str | dict) -> dict:
+    """The open_clip model config for an architecture name, a path to a config JSON, or the dict itself."""
+    if isinstance(arch, dict):
+        return dict(arch)
+    if arch.endswith(".json") or os.path.sep in arch:
+        path = Path(arch)
+        if not path.is_file():
+            raise UnknownTextEncoderError(f"text encoder config file not found: {path}")
+        return json.loads(path.read_text())
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise UnknownTextEncoderError(f"unknown open_clip architecture {arch!r} (give a name open_clip knows or a config .json path)")
+    return cfg
+
+
+class FrozenOpenCLIPEmbedder(nn.Module):
+    """prompts -> [batch, 77, width] hidden states of the chosen layer, after ln_final (as SD 2.x)."""
+
+    def __init__(self, arch: str | dict = "ViT-H-14", layer: str = "penultimate", max_length: int = 77,
+                 freeze: bool = True, weights: str | None = None, **ignored):
+        super().__init__()
+        if layer not in LAYERS:
+            raise ValueError(f"unknown text encoder layer {layer!r}; known: {', '.join(LAYERS)}")
+        cfg = open_clip_config(arch)
+        model = open_clip.model.CLIP(**cfg)
+        del model.visual  # SD only needs the text tower; keeps memory and the key set as in the checkpoints
+        self.model = model
+        self.layer_idx = LAYERS[layer]
+        self.max_length = max_length
+        self.width = cfg["text_cfg"]["width"]
+        if weights is not None:
+            from ldm.checkpoint import load_state_dict  # local import: checkpoint imports nothing from here
+
+            state = load_state_dict(weights)
+            state = {k: v for k, v in state.items() if not k.startswith("visual.")}
+            self.model.load_state_dict(state, strict=True)
+        if freeze:
+            self.freeze()
+
+    def freeze(self) -> None:
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FrozenOpenCLIPEmbedder":
+        # A frozen encoder stays in eval mode even inside a model put in training mode.
+        return super().train(False)
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return open_clip.tokenize(prompts, context_length=self.max_length)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.token_embedding(tokens) + m.positional_embedding
+        blocks = m.transformer.resblocks
+        for block in blocks[: len(blocks) - self.layer_idx]:
+            x = block(x, attn_mask=m.attn_mask)
+        return m.ln_final(x)
+
+    def forward(self, prompts: list[str] | str) -> torch.Tensor:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tokens = self.tokenize(list(prompts)).to(self.model.positional_embedding.device)
+        return self.encode_tokens(tokens)
