@@ -1,0 +1,128 @@
+"""Reading and writing weights: safetensors by default, pickle checkpoints only with weights_only.
+
+Original SD checkpoints prefix the three networks as `model.diffusion_model.`,
+`first_stage_model.` and `cond_stage_model.`; our container names them `unet.`, `vae.`
+and `text_encoder.`. The two helpers below convert, so the rest of the code never sees
+the original names.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+ORIGINAL_PREFIXES = {
+    "model.diffusion_model.": "unet.",
+    "first_stage_model.": "vae.",
+    "cond_stage_model.": "text_encoder.",
+}
+# Entries of original checkpoints that carry no weights of ours: schedule buffers (we
+# derive them from the config), EMA copies, training losses, the upscaler's schedule.
+IGNORED_PREFIXES = ("model_ema.", "first_stage_model.loss.", "low_scale_model.", "cond_stage_model.model.visual.")
+SCHEDULE_BUFFERS = {
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2", "logvar", "scale_factor",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not match the model."""
+
+
+def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` file, or of a `.ckpt`/`.pt` read with weights_only=True (never runs code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device=str(device))
+        except Exception as exc:
+            raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from exc
+    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        try:
+            obj = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {path} safely (weights_only=True): {str(exc).splitlines()[0]}") from exc
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path} does not hold a state dict")
+        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    raise CheckpointError(f"unknown checkpoint format {path.suffix!r} for {path}: use .safetensors or .ckpt")
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write safetensors atomically: a crash mid-write never leaves a truncated file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original SD key layout -> ours, dropping entries we derive or do not use (said in a log line)."""
+    out, dropped = {}, []
+    for key, value in state.items():
+        if key in SCHEDULE_BUFFERS or key.startswith(IGNORED_PREFIXES):
+            dropped.append(key)
+            continue
+        for old, new in ORIGINAL_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    if dropped:
+        groups = sorted({k.split(".")[0] if "." in k else "schedule buffers" for k in dropped})
+        log.info("ignored %d checkpoint entries we do not load (%s)", len(dropped), ", ".join(groups))
+    return out
+
+
+def to_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for old, new in ORIGINAL_PREFIXES.items():
+            if key.startswith(new):
+                key = old + key[len(new):]
+                break
+        out[key] = value
+    return out
+
+
+def _summarise(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(sorted(keys)[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], assign: bool = False) -> None:
+    """Strict load with one clear line naming missing, unexpected or mis-shaped tensors."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors: {_summarise(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors: {_summarise(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches: {_summarise(shapes, 3)}")
+    if problems:
+        raise CheckpointError("checkpoint does not match the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True, assign=assign)

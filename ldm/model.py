@@ -1,0 +1,128 @@
+"""The latent diffusion model: a container of U-Net, autoencoder, text encoder and schedule.
+
+It holds plain modules and the noise schedule, and offers the few operations every task
+needs (encode text, encode/decode images, a denoiser for the samplers). Sampling loops
+live in ldm.samplers, task logic in ldm.pipeline; training wraps this in Lightning.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ldm.checkpoint import CheckpointError, from_original_keys, load_into, load_state_dict, to_original_keys
+from ldm.config import instantiate, load_config
+from ldm.schedules import alphas_cumprod_from_betas, make_betas
+
+log = logging.getLogger(__name__)
+
+CONDITIONING_KINDS = ("crossattn", "hybrid")  # hybrid = cross-attention + channel concat (inpainting, upscaling)
+
+
+class LatentDiffusion(nn.Module):
+    def __init__(
+        self,
+        unet_config: dict,
+        first_stage_config: dict,
+        cond_stage_config: dict,
+        timesteps: int = 1000,
+        beta_schedule: str = "scaled_linear",
+        linear_start: float = 0.00085,
+        linear_end: float = 0.012,
+        cosine_s: float = 8e-3,
+        parameterization: str = "eps",
+        scale_factor: float = 0.18215,
+        conditioning_key: str = "crossattn",
+        low_scale_config: dict | None = None,
+        **ignored: Any,
+    ):
+        super().__init__()
+        if parameterization not in ("eps", "v"):
+            raise ValueError(f"unknown parameterization {parameterization!r}; known: eps, v")
+        if conditioning_key not in CONDITIONING_KINDS:
+            raise ValueError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")
+        self.unet = instantiate(unet_config)
+        self.vae = instantiate(first_stage_config)
+        self.text_encoder = instantiate(cond_stage_config)
+        # The upscaler's noise augmentation of the low-res image; schedule only, no weights.
+        self.low_scale = instantiate(low_scale_config)
+        self.vae.scale_factor = scale_factor
+        for p in self.vae.parameters():
+            p.requires_grad_(False)
+        self.prediction = parameterization
+        self.conditioning_key = conditioning_key
+        self.schedule = dict(kind=beta_schedule, num_timesteps=timesteps, linear_start=linear_start,
+                             linear_end=linear_end, cosine_s=cosine_s)
+        betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
+        # Derived from the config, so not saved: original checkpoints' copies are ignored on load.
+        self.register_buffer("alphas_cumprod", alphas_cumprod_from_betas(betas).float(), persistent=False)
+
+    @property
+    def scale_factor(self) -> float:
+        return self.vae.scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.embed_dim
+
+    @property
+    def downscale(self) -> int:
+        return self.vae.downscale
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return self.text_encoder(list(prompts))
+
+    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents."""
+        return self.vae.encode_to_latent(images, generator=generator, sample=sample)
+
+    def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1] (not clamped)."""
+        return self.vae.decode_from_latent(latents)
+
+    def denoiser(self):
+        from ldm.denoisers import DiscreteTimeDenoiser
+
+        return DiscreteTimeDenoiser(self.unet, self.alphas_cumprod, prediction=self.prediction)
+
+    def original_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our weights in the original SD key layout (what `save` writes)."""
+        return to_original_keys(self.state_dict())
+
+    def load_weights(self, path: str | Path) -> None:
+        state = load_state_dict(path)
+        if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in state):
+            state = from_original_keys(state)
+        try:
+            load_into(self, state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+
+
+def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
+               device: str | torch.device = "cpu") -> LatentDiffusion:
+    """Build a model from a config (ours or an original SD 2.x YAML) and load its weights.
+
+    With neither argument, the small pretrained emoji model shipped in checkpoints/ is used.
+    """
+    if config is None and checkpoint is None:
+        from ldm.defaults import default_config_path, default_checkpoint_path
+
+        config, checkpoint = default_config_path(), default_checkpoint_path()
+    if config is None:
+        raise ValueError("give a config with the checkpoint (e.g. v2-inference.yaml)")
+    cfg = config if isinstance(config, dict) else load_config(config)
+    model = instantiate(cfg["model"])
+    if not isinstance(model, LatentDiffusion):
+        raise ValueError("the config's model target is not a latent diffusion model")
+    if checkpoint is not None:
+        model.load_weights(checkpoint)
+    return model.to(device).eval()
