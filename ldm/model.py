@@ -19,7 +19,8 @@ from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
 log = logging.getLogger(__name__)
 
-CONDITIONING_KINDS = ("crossattn", "hybrid")  # hybrid = cross-attention + channel concat (inpainting, upscaling)
+# hybrid: cross-attention + channel concat (inpainting); hybrid-adm: also a noise-level label (x4 upscaler)
+CONDITIONING_KINDS = ("crossattn", "hybrid", "hybrid-adm")
 
 
 class LatentDiffusion(nn.Module):
@@ -37,6 +38,7 @@ class LatentDiffusion(nn.Module):
         scale_factor: float = 0.18215,
         conditioning_key: str = "crossattn",
         low_scale_config: dict | None = None,
+        image_size: int = 64,
         **ignored: Any,
     ):
         super().__init__()
@@ -53,6 +55,7 @@ class LatentDiffusion(nn.Module):
         for p in self.vae.parameters():
             p.requires_grad_(False)
         self.prediction = parameterization
+        self.image_size = image_size  # the latent size it was trained at (64 -> 512 px for SD 2-base)
         self.conditioning_key = conditioning_key
         self.schedule = dict(kind=beta_schedule, num_timesteps=timesteps, linear_start=linear_start,
                              linear_end=linear_end, cosine_s=cosine_s)
@@ -71,6 +74,10 @@ class LatentDiffusion(nn.Module):
     @property
     def downscale(self) -> int:
         return self.vae.downscale
+
+    @property
+    def default_image_size(self) -> int:
+        return self.image_size * self.downscale
 
     @property
     def device(self) -> torch.device:

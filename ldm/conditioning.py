@@ -1,0 +1,34 @@
+"""Noise augmentation of the low-resolution image that conditions the x4 upscaler.
+
+The upscaler is trained on low-res inputs noised to a random level and told that level
+(through the U-Net's label embedding), so at sampling time the user can trade fidelity
+to the input against the model's freedom to invent detail.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ldm.schedules import alphas_cumprod_from_betas, make_betas
+
+
+class LowResNoiseAugmentation(nn.Module):
+    def __init__(self, max_noise_level: int = 350, timesteps: int = 1000, beta_schedule: str = "scaled_linear",
+                 linear_start: float = 1e-4, linear_end: float = 2e-2, **ignored):
+        super().__init__()
+        self.max_noise_level = max_noise_level
+        betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end)
+        self.register_buffer("alphas_cumprod", alphas_cumprod_from_betas(betas).float(), persistent=False)
+
+    def forward(self, image: torch.Tensor, noise_level: int | torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t = sqrt(ab_t) x + sqrt(1 - ab_t) eps at the given (or a random) level; returns (x_t, level)."""
+        b = image.shape[0]
+        if noise_level is None:
+            noise_level = torch.randint(0, self.max_noise_level, (b,), generator=generator, device=image.device)
+        noise_level = torch.as_tensor(noise_level, device=image.device).long().expand(b)
+        if noise_level.min() < 0 or noise_level.max() >= len(self.alphas_cumprod):
+            raise ValueError(f"noise level must be in [0, {len(self.alphas_cumprod) - 1}]")
+        ab = self.alphas_cumprod[noise_level].to(image.dtype)[:, None, None, None]
+        noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+        return ab.sqrt() * image + (1 - ab).sqrt() * noise, noise_level
