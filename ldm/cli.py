@@ -8,7 +8,11 @@ import sys
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMAND_MODULES = [
+    "ldm.commands.train",
     "ldm.commands.txt2img",
+    "ldm.commands.img2img",
+    "ldm.commands.inpaint",
+    "ldm.commands.upscale",
 ]
 
 

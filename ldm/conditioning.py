@@ -21,8 +21,12 @@ class LowResNoiseAugmentation(nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod_from_betas(betas).float(), persistent=False)
 
     def forward(self, image: torch.Tensor, noise_level: int | torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t = sqrt(ab_t) x + sqrt(1 - ab_t) eps at the given (or a random) level; returns (x_t, level)."""
+                generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t = sqrt(ab_t) x + sqrt(1 - ab_t) eps at the given (or a random) level; returns (x_t, level).
+
+        `noise` (eps, image-shaped) may be given so a seed gives the same augmentation on any device.
+        """
         b = image.shape[0]
         if noise_level is None:
             noise_level = torch.randint(0, self.max_noise_level, (b,), generator=generator, device=image.device)
@@ -30,5 +34,9 @@ class LowResNoiseAugmentation(nn.Module):
         if noise_level.min() < 0 or noise_level.max() >= len(self.alphas_cumprod):
             raise ValueError(f"noise level must be in [0, {len(self.alphas_cumprod) - 1}]")
         ab = self.alphas_cumprod[noise_level].to(image.dtype)[:, None, None, None]
-        noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+        if noise is None:
+            noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+        elif noise.shape != image.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} differs from the image's {tuple(image.shape)}")
+        noise = noise.to(image.device, image.dtype)
         return ab.sqrt() * image + (1 - ab).sqrt() * noise, noise_level
