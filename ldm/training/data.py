@@ -1,0 +1,136 @@
+"""Training data: a captioned image folder as an endless, resumable stream of batches.
+
+Training is counted in steps, not epochs, so the training set is an endless stream: the
+item at position p of rank r is item `perm(seed + epoch)[p * world + r - epoch * n]`. The
+stream starts at the position the model has reached (its `batches_seen` counter, restored
+from the checkpoint before the loader is made), so a resumed run sees exactly the batches
+an uninterrupted one would, on any number of data-loader workers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, get_worker_info
+
+from ldm.data.folder import CaptionedImageFolder
+
+log = logging.getLogger(__name__)
+
+
+class DataConfigError(ValueError):
+    """Data settings that cannot give a training or validation set."""
+
+
+class SampleStream(IterableDataset):
+    """An endless stream of a map-style dataset's items for one rank, starting at a given batch.
+
+    Worker w of W yields batches w, w + W, ...; PyTorch's loader returns worker batches round-robin,
+    so the loader's batch order does not depend on the number of workers.
+    `flip` mirrors items with probability 1/2, decided by the position (reproducible on resume).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start_batch: int = 0, flip: bool = False):
+        super().__init__()
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise DataConfigError("the training set is empty")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size, self.start_batch, self.flip = rank, world_size, start_batch, flip
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def _index(self, position: int) -> int:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        epoch, k = divmod(position * self.world_size + self.rank, n)
+        if epoch != self._perm_epoch:
+            self._perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            self._perm_epoch = epoch
+        return int(self._perm[k])
+
+    def item(self, position: int) -> dict:
+        item = dict(self.dataset[self._index(position)])
+        if self.flip:
+            coin = torch.rand((), generator=torch.Generator().manual_seed(self.seed * 7919 + position * 31 + self.rank))
+            if coin < 0.5:
+                item["image"] = item["image"].flip(-1)
+        return item
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        batch = self.start_batch + worker
+        while True:
+            first = batch * self.batch_size
+            for position in range(first, first + self.batch_size):
+                yield self.item(position)
+            batch += workers
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int = 1234) -> tuple[Dataset, Dataset | None]:
+    """A fixed random `fraction` of the items held out for validation (at least one when fraction > 0)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if fraction <= 0:
+        return dataset, None
+    k = max(1, int(round(n * fraction)))
+    if k >= n:
+        raise DataConfigError(f"data.val_fraction={fraction} leaves no training images out of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(perm[k:])), Subset(dataset, sorted(perm[:k]))
+
+
+class ImageTextDataModule(pl.LightningDataModule):
+    """Captioned image folder(s) -> the training stream and an optional validation loader."""
+
+    def __init__(self, root: str | os.PathLike, size: int, batch_size: int, flip: bool = False, center_crop: bool = True,
+                 num_workers: int = 0, val_fraction: float = 0.0, val_root: str | os.PathLike | None = None,
+                 val_batch_size: int | None = None, seed: int = 0):
+        super().__init__()
+        if root is None:
+            raise DataConfigError("data.root is not set: give the folder of captioned images")
+        self.root, self.size, self.batch_size, self.flip = root, int(size), int(batch_size), bool(flip)
+        self.center_crop, self.num_workers, self.seed = bool(center_crop), int(num_workers), int(seed)
+        self.val_fraction, self.val_root = float(val_fraction), val_root
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        # Flipping is done by the stream (reproducibly), so the folder itself never flips.
+        full = CaptionedImageFolder(self.root, self.size, center_crop=self.center_crop, flip=False)
+        self.train_set, self.val_set = split_validation(full, self.val_fraction)
+        if self.val_root is not None:
+            if self.val_set is not None:
+                raise DataConfigError("set data.val_fraction or data.val_root, not both")
+            self.val_set = CaptionedImageFolder(self.val_root, self.size, center_crop=True, flip=False)
+        log.info("training on %d images%s", len(self.train_set),  # type: ignore[arg-type]
+                 f", validating on {len(self.val_set)}" if self.val_set is not None else "")  # type: ignore[arg-type]
+
+    def has_validation(self) -> bool:
+        self.setup()
+        return self.val_set is not None
+
+    def stream(self, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> SampleStream:
+        self.setup()
+        assert self.train_set is not None
+        return SampleStream(self.train_set, self.batch_size, self.seed, rank, world_size, start_batch, self.flip)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        start, rank, world = 0, 0, 1
+        if trainer is not None:
+            # Called after a resumed checkpoint is restored: continue where the model stopped.
+            start = int(getattr(trainer.lightning_module, "batches_seen", 0))
+            rank, world = trainer.global_rank, trainer.world_size
+        return DataLoader(self.stream(start, rank, world), batch_size=self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.has_validation():
+            return []
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False,  # type: ignore[arg-type]
+                          num_workers=self.num_workers)

@@ -1,0 +1,67 @@
+"""Inference exports of a training run: weights as safetensors plus the YAML that builds the model.
+
+A diffusion run writes `model.safetensors` (EMA U-Net + VAE + text encoder, original SD key layout)
+and `model.yaml` (the model node with the final scale_factor), which `ldm.model.load_model` and
+`ldm txt2img --config model.yaml --ckpt model.safetensors` read. An autoencoder run writes
+`vae.safetensors` (bare AutoencoderKL keys, like standalone SD VAE files) and `vae.yaml`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from ldm.checkpoint import save_state_dict, to_original_keys
+
+
+def _write_yaml_atomic(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def inference_model_node(model_node: dict, scale_factor: float) -> dict:
+    """The training config's model node as an inference config: final scale factor, no external weight paths."""
+    node = copy.deepcopy(model_node)
+    node.setdefault("params", {})["scale_factor"] = float(scale_factor)
+    cond = node["params"].get("cond_stage_config") or {}
+    (cond.get("params") or {}).pop("weights", None)  # its weights are in the exported file now
+    return {"model": node}
+
+
+def export_diffusion(state: dict[str, torch.Tensor], model_node: dict, scale_factor: float, out_dir: str | os.PathLike,
+                     step: int | None = None) -> tuple[Path, Path]:
+    """Write model.safetensors and model.yaml into out_dir; returns their paths."""
+    out = Path(out_dir)
+    weights, config = out / "model.safetensors", out / "model.yaml"
+    meta = {"format": "pt", "scale_factor": repr(float(scale_factor))}
+    if step is not None:
+        meta["step"] = str(step)
+    save_state_dict(to_original_keys(state), weights, metadata=meta)
+    _write_yaml_atomic(inference_model_node(model_node, scale_factor), config)
+    return weights, config
+
+
+def export_autoencoder(state: dict[str, torch.Tensor], model_node: dict, out_dir: str | os.PathLike,
+                       step: int | None = None) -> tuple[Path, Path]:
+    """Write vae.safetensors and vae.yaml into out_dir; returns their paths."""
+    out = Path(out_dir)
+    weights, config = out / "vae.safetensors", out / "vae.yaml"
+    save_state_dict(state, weights, metadata={"format": "pt", **({"step": str(step)} if step is not None else {})})
+    _write_yaml_atomic({"model": copy.deepcopy(model_node)}, config)
+    return weights, config
+
+
+def export_module(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None) -> tuple[Path, Path]:
+    """Export a LatentDiffusionModule or AutoencoderModule according to the run's config."""
+    from ldm.training.ldm_module import LatentDiffusionModule
+
+    if isinstance(module, LatentDiffusionModule):
+        return export_diffusion(module.inference_state_dict(), cfg["model"], module.model.scale_factor, out_dir, step)
+    return export_autoencoder(module.inference_state_dict(), cfg["model"], out_dir, step)  # type: ignore[operator]

@@ -1,0 +1,182 @@
+"""Lightning wrapper for training the U-Net of a `LatentDiffusion` model (text-to-image).
+
+The wrapper is thin: the networks are the plain modules of `ldm.model`, the loss is
+`ldm.diffusion.diffusion_loss`; precision, gradient clipping and accumulation, devices and
+strategies are the Trainer's. What lives here: the frozen VAE/text encoder, latent scaling
+(and its one-time estimate), conditioning dropout for classifier-free guidance, the optimiser
+with warm-up, and an EMA of the U-Net.
+
+Randomness (posterior sample, noise, timesteps, dropped prompts) comes from a generator seeded
+by (seed, batch counter, rank), so a resumed run repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from PIL import Image
+
+from ldm.model import LatentDiffusion
+from ldm.training.ema import make_ema
+
+log = logging.getLogger(__name__)
+
+
+class LatentDiffusionModule(pl.LightningModule):
+    """Trains `model.unet`; `model.vae` and `model.text_encoder` stay frozen.
+
+    Subclasses for inpainting or upscaling override `concat_condition` and `label_condition`.
+    """
+
+    def __init__(self, model: LatentDiffusion, lr: float = 1e-4, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float | None = 0.9999,
+                 cond_dropout: float = 0.1, gradient_checkpointing: bool = False, compile: bool = False,
+                 estimate_scale_factor: bool = False, seed: int = 0, config: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)
+        self.warmup_steps = int(warmup_steps)
+        self.cond_dropout = float(cond_dropout)
+        self.seed = int(seed)
+        self.config = config  # the resolved training config, stored in checkpoints so --resume needs no YAML
+        self.needs_scale_factor = bool(estimate_scale_factor)
+        self.batches_seen = 0  # micro-batches trained on this rank; positions the data stream and the RNG
+        for p in list(model.vae.parameters()) + list(model.text_encoder.parameters()):
+            p.requires_grad_(False)
+        model.unet.requires_grad_(True)
+        if gradient_checkpointing:
+            model.unet.set_gradient_checkpointing(True)
+        self.ema = make_ema(model.unet, ema_decay) if ema_decay is not None else None
+        # Compiled forward kept outside the module tree, so state-dict keys stay those of the plain U-Net.
+        object.__setattr__(self, "_unet_fn", torch.compile(model.unet) if compile else model.unet)
+
+    # ---- conditioning hooks -------------------------------------------------
+    def concat_condition(self, batch: dict, latents: torch.Tensor) -> torch.Tensor | None:
+        """Channels concatenated to the noisy latents (inpainting mask + masked image); None for text-to-image."""
+        return None
+
+    def label_condition(self, batch: dict) -> torch.Tensor | None:
+        """The U-Net's class/noise-level label `y` (upscaler); None for text-to-image."""
+        return None
+
+    def drop_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """True where the prompt is replaced by "" (probability cond_dropout), teaching the unconditional model."""
+        return torch.rand(batch_size, generator=generator, device=generator.device if generator else "cpu") < self.cond_dropout
+
+    def dropped_captions(self, captions: list[str], generator: torch.Generator | None = None) -> list[str]:
+        mask = self.drop_mask(len(captions), generator).tolist()
+        return ["" if drop else caption for caption, drop in zip(captions, mask)]
+
+    # ---- training -----------------------------------------------------------
+    def step_generator(self, offset: int = 0) -> torch.Generator:
+        """A generator for this rank's current batch, independent of anything that ran before."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        seed = (self.seed * 1_000_003 + (self.batches_seen + offset) * 1009 + rank * 17 + 12345) % (2**63)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    @torch.no_grad()
+    def _estimate_scale_factor(self, z: torch.Tensor) -> None:
+        # Like the reference's scale_by_std: 1/std of the first batch's latents, over all ranks.
+        stats = torch.stack([z.float().mean(), z.float().pow(2).mean()])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="mean")
+        std = (stats[1] - stats[0] ** 2).clamp_min(1e-12).sqrt()
+        self.model.vae.scale_factor = float(1.0 / std)
+        self.needs_scale_factor = False
+        log.info("estimated scale_factor = %.5f (1/std of the first batch's latents)", self.model.vae.scale_factor)
+
+    def latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.model.vae.encode(images).sample(generator)
+            if self.needs_scale_factor:
+                self._estimate_scale_factor(z)
+            return z * self.model.vae.scale_factor
+
+    def loss(self, batch: dict, generator: torch.Generator | None = None, drop: bool = True) -> torch.Tensor:
+        from ldm.diffusion import diffusion_loss
+
+        images = batch["image"].to(self.device)
+        latents = self.latents(images, generator)
+        captions = list(batch["caption"])
+        if drop:
+            captions = self.dropped_captions(captions, generator)
+        context = self.model.encode_text(captions)
+        return diffusion_loss(self._unet_fn, latents, context, self.model.alphas_cumprod, prediction=self.model.prediction,
+                              generator=generator, y=self.label_condition(batch),
+                              concat=self.concat_condition(batch, latents))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch, self.step_generator())
+        self.batches_seen += 1
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Fixed noise per validation batch, so the curve compares like with like across evaluations.
+        g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
+        loss = self.loss(batch, g, drop=False)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Right after each real optimiser step (not per accumulated micro-batch), and before callbacks'
+        # on_train_batch_end, so a checkpoint taken at this step already holds this step's EMA.
+        if self.ema is not None:
+            self.ema.update_parameters(self.model.unet)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.unet.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        warmup = max(1, self.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train(self, mode: bool = True) -> "LatentDiffusionModule":
+        super().train(mode)
+        self.model.vae.eval()  # frozen parts stay in eval mode (no dropout) while the U-Net trains
+        if self.ema is not None:
+            self.ema.eval()
+        return self
+
+    # ---- checkpoints --------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ldm"] = {"scale_factor": self.model.vae.scale_factor, "needs_scale_factor": self.needs_scale_factor,
+                             "batches_seen": self.batches_seen, "config": self.config}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("ldm", {})
+        if "scale_factor" in state:
+            self.model.vae.scale_factor = float(state["scale_factor"])
+            self.needs_scale_factor = bool(state["needs_scale_factor"])
+        self.batches_seen = int(state.get("batches_seen", 0))
+
+    # ---- inference with the EMA weights -------------------------------------
+    def inference_unet(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model.unet
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's weights (our key layout) with the EMA U-Net in place of the trained one."""
+        state = self.model.state_dict()
+        unet = self.inference_unet().state_dict()
+        return {k: (unet[k[len("unet."):]] if k.startswith("unet.") else v) for k, v in state.items()}
+
+    @torch.no_grad()
+    def sample_grid_images(self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
+                           seed: int = 0) -> list[Image.Image]:
+        """Images for prompts with the EMA U-Net (the model's own U-Net is put back afterwards)."""
+        from ldm.pipeline import txt2img
+
+        if not prompts:
+            return []
+        trained = self.model.unet
+        was_training = self.training
+        self.eval()
+        try:
+            self.model.unet = self.inference_unet()
+            return txt2img(self.model, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale, progress=False)
+        finally:
+            self.model.unet = trained
+            self.train(was_training)

@@ -1,0 +1,246 @@
+"""A training run from a resolved config: build model, data, Trainer; fit; export.
+
+Run directory layout (`logging.run_dir`):
+
+    config.yaml                 the resolved training config
+    checkpoints/last.ckpt       Lightning checkpoint for exact resume (also step-NNNNNN.ckpt every N steps)
+    csv/version_K/metrics.csv   losses (CSVLogger); tensorboard/version_K/ (TensorBoardLogger)
+    samples/step-NNNNNN.png     sample grids
+    model.safetensors, model.yaml   inference export (vae.safetensors, vae.yaml for autoencoder runs)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from ldm.checkpoint import CheckpointError, load_into, load_state_dict
+from ldm.config import instantiate
+from ldm.training.callbacks import ExportOnTrainEnd, SampleGrid
+from ldm.training.config import TrainConfigError, dump, is_autoencoder, load_train_config
+from ldm.training.data import ImageTextDataModule
+
+log = logging.getLogger(__name__)
+
+LAST = "last"
+
+
+class ResumeError(ValueError):
+    """A checkpoint to resume from that does not exist or cannot be read."""
+
+
+# ---- initial weights ---------------------------------------------------------
+def _part(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors under the first prefix present (stripped), or the whole state if it is already bare."""
+    for prefix in prefixes:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    return state
+
+
+def _load_part(module: torch.nn.Module, path: str | os.PathLike, prefixes: tuple[str, ...], drop: tuple[str, ...] = ()) -> None:
+    state = _part(load_state_dict(path), prefixes)
+    state = {k: v for k, v in state.items() if not k.startswith(drop)}
+    try:
+        load_into(module, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    log.info("initialised %s from %s", type(module).__name__, path)
+
+
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+TEXT_PREFIXES = ("cond_stage_model.model.", "text_encoder.model.")
+UNET_PREFIXES = ("model.diffusion_model.", "unet.")
+
+
+def load_init_weights(model: torch.nn.Module, init: dict[str, Any], autoencoder: bool = False) -> None:
+    """Load the `init:` section's local weight files: a whole checkpoint first, then parts over it."""
+    if autoencoder:
+        extra = [k for k in ("text_encoder", "unet") if init.get(k)]
+        if extra:
+            raise TrainConfigError(f"init.{extra[0]} does not apply to an autoencoder run (use init.vae)")
+        for key in ("checkpoint", "vae"):
+            if init.get(key):
+                _load_part(model, init[key], VAE_PREFIXES, drop=("loss.",))
+        return
+    if init.get("checkpoint"):
+        model.load_weights(init["checkpoint"])  # type: ignore[operator]
+    if init.get("vae"):
+        _load_part(model.vae, init["vae"], VAE_PREFIXES, drop=("loss.",))  # type: ignore[arg-type]
+    if init.get("text_encoder"):
+        _load_part(model.text_encoder.model, init["text_encoder"], TEXT_PREFIXES, drop=("visual.",))  # type: ignore[union-attr]
+    if init.get("unet"):
+        _load_part(model.unet, init["unet"], UNET_PREFIXES)  # type: ignore[arg-type]
+
+
+# ---- building blocks ----------------------------------------------------------
+def build_module(cfg: dict) -> pl.LightningModule:
+    """The Lightning module for the config's model, with init weights loaded (before the EMA copy is made)."""
+    t = cfg["training"]
+    model = instantiate(cfg["model"])
+    if is_autoencoder(cfg):
+        from ldm.training.vae_module import AutoencoderModule
+
+        load_init_weights(model, cfg["init"], autoencoder=True)
+        return AutoencoderModule(
+            model, lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
+            rec_loss=t["rec_loss"], kl_weight=t["kl_weight"], perceptual_weight=t["perceptual_weight"],
+            lpips_vgg=t["lpips_vgg"], lpips_lin=t["lpips_lin"], disc_start=t["disc_start"], disc_weight=t["disc_weight"],
+            disc_lr=t["disc_lr"], disc_layers=t["disc_layers"], disc_channels=t["disc_channels"],
+            adaptive_disc_weight=t["adaptive_disc_weight"], grad_clip=t["grad_clip"], accumulate=t["accumulate"],
+            seed=t["seed"], config=cfg)
+    from ldm.model import LatentDiffusion
+    from ldm.training.ldm_module import LatentDiffusionModule
+
+    if not isinstance(model, LatentDiffusion):
+        raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")
+    load_init_weights(model, cfg["init"])
+    sf = t["scale_factor"]
+    if isinstance(sf, (int, float)) and not isinstance(sf, bool):
+        model.vae.scale_factor = float(sf)
+    return LatentDiffusionModule(
+        model, lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
+        ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],
+        compile=t["compile"], estimate_scale_factor=sf is None, seed=t["seed"], config=cfg)
+
+
+def build_data(cfg: dict) -> ImageTextDataModule:
+    d = cfg["data"]
+    return ImageTextDataModule(d["root"], d["size"], d["batch_size"], flip=d["flip"], center_crop=d["center_crop"],
+                               num_workers=d["num_workers"], val_fraction=d["val_fraction"], val_root=d["val_root"],
+                               val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"])
+
+
+def build_loggers(cfg: dict) -> list[Logger]:
+    lg, run_dir = cfg["logging"], Path(cfg["logging"]["run_dir"])
+    loggers: list[Logger] = []
+    if lg["csv"]:
+        loggers.append(CSVLogger(run_dir, name="csv"))
+    if lg["tensorboard"]:
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(run_dir, name="tensorboard"))
+        except ModuleNotFoundError:
+            log.warning("tensorboard is not installed: TensorBoard logging off (pip install tensorboard)")
+    return loggers
+
+
+def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+    t, lg = cfg["training"], cfg["logging"]
+    run_dir = Path(lg["run_dir"])
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
+                                 every_n_train_steps=int(lg["checkpoint_every_n_steps"] or 0), save_top_k=-1,
+                                 save_last=True)
+    sample_kwargs = {} if is_autoencoder(cfg) else {
+        "prompts": list(lg["sample_prompts"] or []), "steps": lg["sample_steps"],
+        "guidance_scale": lg["sample_scale"], "seed": lg["sample_seed"]}
+    callbacks: list[pl.Callback] = [checkpoint, SampleGrid(run_dir / "samples", lg["sample_every_n_steps"], **sample_kwargs),
+                                    ExportOnTrainEnd(run_dir, cfg)]
+    loggers = build_loggers(cfg)
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    kwargs = dict(cfg["trainer"])
+    if not is_autoencoder(cfg):  # the autoencoder steps its optimisers by hand and clips/accumulates itself
+        kwargs["gradient_clip_val"] = t["grad_clip"]
+        kwargs["accumulate_grad_batches"] = int(t["accumulate"])
+    try:
+        return pl.Trainer(default_root_dir=run_dir, logger=loggers or False,
+                          callbacks=callbacks + list(extra_callbacks or []), **kwargs)
+    except TypeError as exc:
+        raise TrainConfigError(f"trainer section: {exc}") from None
+
+
+# ---- resume and export ---------------------------------------------------------
+def resolve_resume(resume: str | os.PathLike | None, cfg: dict | None) -> Path | None:
+    """`last` -> the run dir's checkpoints/last.ckpt; a run directory -> its last.ckpt; a file -> itself."""
+    if resume is None:
+        return None
+    if str(resume) == LAST:
+        if cfg is None:
+            raise ResumeError("--resume without a path needs --config (to find the run directory)")
+        path = Path(cfg["logging"]["run_dir"]) / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ResumeError(f"no checkpoint to resume from at {path}")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A Lightning checkpoint, read with weights_only=True (tensors and plain containers only; runs no code)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "cannot use this file"
+        raise ResumeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def config_for(config_path: str | os.PathLike | None, overrides: list[str], resume: str | None) -> dict:
+    """The run's config: the YAML given, or else the one stored in the checkpoint resumed from."""
+    if config_path is not None:
+        return load_train_config(config_path, overrides)
+    if resume is None or str(resume) == LAST:
+        raise TrainConfigError("give a training config (--config), or --resume with a checkpoint path or run directory")
+    ckpt = read_checkpoint(resolve_resume(resume, None))  # type: ignore[arg-type]
+    stored = (ckpt.get("ldm") or {}).get("config")
+    if not stored:
+        raise TrainConfigError(f"{resume} holds no training config; give --config")
+    return load_train_config(None, overrides, base=stored)
+
+
+def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Inference export from a Lightning checkpoint, without training (`ldm train --export-only`)."""
+    from ldm.training.export import export_module
+
+    ckpt = read_checkpoint(checkpoint)
+    module = build_module(cfg)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise ResumeError(f"{checkpoint} does not match the config's model: {str(exc).splitlines()[0]}") from None
+    module.on_load_checkpoint(ckpt)
+    return export_module(module, cfg, out_dir or cfg["logging"]["run_dir"], step=ckpt.get("global_step"))
+
+
+def train(cfg: dict, resume: str | os.PathLike | None = None,
+          extra_callbacks: list[pl.Callback] | None = None) -> tuple[pl.LightningModule, pl.Trainer]:
+    """Fit from scratch (or from `resume`: `last`, a run directory, or a .ckpt) and export at the end."""
+    ckpt_path = resolve_resume(resume, cfg)
+    # Both are by design here: the VAE/text encoder are frozen in eval mode, and the autoencoder's
+    # checkpoints hold the state after its (manual) optimiser steps, like every automatic-optimisation run.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    pl.seed_everything(int(cfg["training"]["seed"]), workers=True, verbose=False)
+    module = build_module(cfg)
+    data = build_data(cfg)
+    trainer = build_trainer(cfg, extra_callbacks)
+    if trainer.is_global_zero:
+        dump(cfg, Path(cfg["logging"]["run_dir"]) / "config.yaml")
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def run(config_path: str | os.PathLike | None, overrides: list[str] | None = None, resume: str | None = None,
+        export_only: bool = False, out_dir: str | os.PathLike | None = None) -> int:
+    """What `ldm train` does."""
+    overrides = list(overrides or [])
+    cfg = config_for(config_path, overrides, resume)
+    if export_only:
+        path = resolve_resume(resume or LAST, cfg)
+        weights, config = export_checkpoint(cfg, path, out_dir)  # type: ignore[arg-type]
+        log.info("exported %s and %s", weights, config)
+        return 0
+    train(cfg, resume)
+    return 0

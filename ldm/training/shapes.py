@@ -1,0 +1,66 @@
+"""A tiny synthetic captioned dataset ("red square", "blue circle", ...) for tests, benchmarks and the tiny configs.
+
+    python -m ldm.training.shapes data/shapes --size 16 --count 64
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 30)}
+SHAPES = ("square", "circle", "triangle")
+
+
+def draw_shape(shape: str, colour: tuple[int, int, int], size: int, offset: tuple[int, int] = (0, 0)) -> Image.Image:
+    """A coloured shape on white, roughly centred (offset in pixels), filling about half the image."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    m = size // 4
+    box = (m + offset[0], m + offset[1], size - m - 1 + offset[0], size - m - 1 + offset[1])
+    if shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=colour)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    return image
+
+
+def make_shapes_dataset(root: str | os.PathLike, size: int = 16, count: int = 48) -> Path:
+    """Write count PNGs and captions.jsonl (the CaptionedImageFolder format) under root; returns root."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    combos = list(itertools.product(COLOURS.items(), SHAPES))
+    shift = max(1, size // 16)
+    offsets = [(0, 0), (shift, 0), (0, shift), (-shift, -shift)]
+    lines = []
+    for i in range(count):
+        (name, rgb), shape = combos[i % len(combos)]
+        offset = offsets[(i // len(combos)) % len(offsets)]
+        rel = f"images/{i:04d}.png"
+        draw_shape(shape, rgb, size, offset).save(root / rel)
+        lines.append(json.dumps({"file": rel, "caption": f"{name} {shape}"}))
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("root", help="output folder")
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--count", type=int, default=48)
+    args = p.parse_args(argv)
+    make_shapes_dataset(args.root, args.size, args.count)
+    print(f"wrote {args.count} images to {args.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
