@@ -50,17 +50,16 @@ def check_mask(mask: np.ndarray, size: tuple[int, int]) -> None:
 
 
 def feather(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Soften a [B, 1, H, W] mask's edge with a box blur of the given radius, growing it outward.
+    """Soften a binary [B, 1, H, W] mask's edge over `radius` pixels, inward only.
 
-    The mask is first dilated by the radius so the blend ramp lies entirely in the *kept* area
-    next to the hole: everything the model repainted stays repainted, and the seam fades out.
+    The ramp lies inside the repainted area (mask x box-blurred mask), so every kept pixel stays
+    exactly 0: pasting back keeps the original there bit for bit, and the seam fades inside the hole.
     """
     if radius <= 0:
         return mask
     k = 2 * radius + 1
-    grown = F.max_pool2d(mask, k, stride=1, padding=radius)
-    padded = F.pad(grown, (radius,) * 4, mode="replicate")
-    return F.avg_pool2d(padded, k, stride=1).clamp(0, 1)
+    padded = F.pad(mask, (radius,) * 4, mode="replicate")  # image borders are not edges of the hole
+    return (mask * F.avg_pool2d(padded, k, stride=1)).clamp(0, 1)
 
 
 def border_mask(height: int, width: int, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0) -> np.ndarray:

@@ -30,12 +30,15 @@ def test_check_mask_errors():
     check_mask(np.ones((8, 8), np.float32), (8, 8))
 
 
-def test_feather_keeps_hole_and_ramps_outside():
+def test_feather_ramps_inside_the_hole_only():
     m = torch.zeros(1, 1, 32, 32)
-    m[..., 12:20, 12:20] = 1
+    m[..., 8:24, 8:24] = 1
     f = feather(m, 3)
-    assert (f[m > 0] == 1).all()  # the repainted area is fully kept
-    assert f[0, 0, 16, 5] == 0 and 0 < f[0, 0, 16, 8] < f[0, 0, 16, 10] < 1  # a ramp outside, 0 beyond 2r
+    assert (f[m == 0] == 0).all()  # kept pixels stay exactly kept
+    assert f[0, 0, 16, 16] == 1  # deep inside: fully repainted
+    assert 0 < f[0, 0, 16, 8] < f[0, 0, 16, 9] < f[0, 0, 16, 10] < 1  # a ramp inward from the edge
+    edge = torch.ones(1, 1, 8, 8)
+    assert torch.equal(feather(edge, 3), edge)  # the image border is no seam
     assert torch.equal(feather(m, 0), m)
 
 
