@@ -1,0 +1,146 @@
+"""Training the conditional kinds: SD 2-style inpainting and x4-upscaler models.
+
+Both are `LatentDiffusionModule`s that fill its two hooks:
+- `InpaintingModule.concat_condition`: [mask at latent size, latent of the masked image], with the
+  mask from the batch ("mask") or a random one (boxes, brush strokes, outpainting borders,
+  sometimes everything) drawn from `ldm.masks`;
+- `UpscalerModule.concat_condition` / `label_condition`: the low-res image (from the batch, "lr",
+  or a bicubic shrink of the target), noise-augmented to a random level, and that level as `y`.
+
+`WithMasks` and `WithLowRes` wrap any captioned-image dataset to add "mask" / "lr" per item in
+the data-loader workers (the degradation pipeline runs on PIL images there, not on the GPU).
+All randomness is seeded by (seed, position), so resumed runs repeat exactly.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ldm.degradations import Degradation
+from ldm.masks import MASK_KINDS, random_mask
+from ldm.model import LatentDiffusion
+from ldm.training.ldm_module import LatentDiffusionModule
+
+
+class EditingTrainingError(ValueError):
+    pass
+
+
+def _tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    arr = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+class WithMasks(Dataset):
+    """Adds a random inpainting mask "mask" [1, H, W] (1 = repaint) to each item of a dataset."""
+
+    def __init__(self, dataset: Dataset, kinds: Sequence[str] = MASK_KINDS, full_prob: float = 0.25, seed: int = 0):
+        self.dataset, self.kinds, self.full_prob, self.seed = dataset, tuple(kinds), full_prob, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        h, w = item["image"].shape[-2:]
+        rng = np.random.default_rng([self.seed, index])
+        item["mask"] = torch.from_numpy(random_mask(h, w, rng, self.kinds, full_prob=self.full_prob))[None]
+        return item
+
+
+class WithLowRes(Dataset):
+    """Adds the degraded low-res input "lr" [3, H/f, W/f] in [-1, 1] to each item of a dataset."""
+
+    def __init__(self, dataset: Dataset, degradation: Degradation | None = None, seed: int = 0):
+        self.dataset, self.degradation, self.seed = dataset, degradation or Degradation(), seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        low, _ = self.degradation(_tensor_to_pil(item["image"]), np.random.default_rng([self.seed, index]))
+        item["lr"] = torch.from_numpy(np.asarray(low, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+        return item
+
+
+class _EditingModule(LatentDiffusionModule):
+    def _rng_seed(self, batch: dict, tag: int) -> int:
+        """Per-batch seed: from the training position while training, from the captions when evaluating
+        (so validation sees the same masks / noise levels every time)."""
+        if self.training:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            return (self.seed * 1_000_003 + self.batches_seen * 1009 + rank * 17 + tag * 7_919_000_003) % (2**63)
+        return (zlib.crc32("\n".join(batch["caption"]).encode()) + tag) % (2**63)
+
+
+class InpaintingModule(_EditingModule):
+    """Trains an inpainting U-Net (conditioning_key "hybrid": 4 + 1 + 4 input channels)."""
+
+    def __init__(self, model: LatentDiffusion, mask_kinds: Sequence[str] = MASK_KINDS, full_mask_prob: float = 0.25,
+                 **kwargs):
+        if model.conditioning_key != "hybrid":
+            raise EditingTrainingError(f"InpaintingModule needs an inpainting model (conditioning_key hybrid), "
+                                       f"got {model.conditioning_key!r}")
+        super().__init__(model, **kwargs)
+        self.mask_kinds, self.full_mask_prob = tuple(mask_kinds), float(full_mask_prob)
+
+    def masks(self, batch: dict) -> torch.Tensor:
+        """[B, 1, H, W] binary masks: the batch's own, or random ones."""
+        if "mask" in batch:
+            return (batch["mask"].to(self.device).float() >= 0.5).float()
+        b, _, h, w = batch["image"].shape
+        rng = np.random.default_rng(self._rng_seed(batch, 1))
+        masks = [random_mask(h, w, rng, self.mask_kinds, full_prob=self.full_mask_prob) for _ in range(b)]
+        return torch.from_numpy(np.stack(masks))[:, None].to(self.device)
+
+    def concat_condition(self, batch: dict, latents: torch.Tensor) -> torch.Tensor:
+        images = batch["image"].to(self.device)
+        m = self.masks(batch)
+        if m.shape[-2:] != images.shape[-2:]:
+            raise EditingTrainingError(f"masks are {tuple(m.shape[-2:])} but images {tuple(images.shape[-2:])}")
+        with torch.no_grad():
+            # Exactly what inference feeds (ldm.inpaint): hole greyed out, posterior mode, nearest-resized mask.
+            masked = self.model.encode_image(images * (m < 0.5))
+        return torch.cat([F.interpolate(m, size=latents.shape[-2:]), masked.to(latents.dtype)], 1)
+
+
+class UpscalerModule(_EditingModule):
+    """Trains an x4-upscaler U-Net (conditioning_key "hybrid-adm": 4 + 3 input channels, noise-level label)."""
+
+    def __init__(self, model: LatentDiffusion, **kwargs):
+        if model.conditioning_key != "hybrid-adm" or model.low_scale is None:
+            raise EditingTrainingError("UpscalerModule needs an upscaler model (conditioning_key hybrid-adm with a "
+                                       f"low_scale_config), got {model.conditioning_key!r}")
+        super().__init__(model, **kwargs)
+
+    def low_res(self, batch: dict) -> torch.Tensor:
+        if "lr" in batch:
+            return batch["lr"].to(self.device).float()
+        images = batch["image"].to(self.device).float()
+        f = self.model.downscale
+        return F.interpolate(images, scale_factor=1 / f, mode="bicubic", antialias=True).clamp(-1, 1)
+
+    def _augmented(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        # Both hooks need the same draw (the level is y, the noised image the concat); cache it on the batch.
+        if "_lr_augmented" not in batch:
+            g = torch.Generator(device=self.device).manual_seed(self._rng_seed(batch, 2))
+            batch["_lr_augmented"] = self.model.low_scale(self.low_res(batch), None, generator=g)
+        return batch["_lr_augmented"]
+
+    def label_condition(self, batch: dict) -> torch.Tensor:
+        return self._augmented(batch)[1]
+
+    def concat_condition(self, batch: dict, latents: torch.Tensor) -> torch.Tensor:
+        low = self._augmented(batch)[0]
+        if low.shape[-2:] != latents.shape[-2:]:
+            raise EditingTrainingError(f"low-res images are {tuple(low.shape[-2:])} but latents "
+                                       f"{tuple(latents.shape[-2:])}: the low-res input must be 1/{self.model.downscale} "
+                                       "of the image size")
+        return low.to(latents.dtype)
