@@ -8,6 +8,7 @@ import sys
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMAND_MODULES = [
+    "ldm.commands.data",
     "ldm.commands.train",
     "ldm.commands.txt2img",
     "ldm.commands.img2img",
