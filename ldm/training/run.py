@@ -149,6 +149,8 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None) -
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     kwargs = dict(cfg["trainer"])
+    if not (cfg["data"]["val_fraction"] or cfg["data"]["val_root"]):
+        kwargs.setdefault("limit_val_batches", 0)  # no validation set: skip the (empty) validation loop
     if not is_autoencoder(cfg):  # the autoencoder steps its optimisers by hand and clips/accumulates itself
         kwargs["gradient_clip_val"] = t["grad_clip"]
         kwargs["accumulate_grad_batches"] = int(t["accumulate"])

@@ -1,0 +1,162 @@
+"""Training the tiny latent diffusion model on synthetic shapes: learning, EMA, export, resume, dropout."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ldm.checkpoint import load_state_dict
+from ldm.cli import main as cli_main
+from ldm.model import load_model
+from ldm.training.run import build_data, build_module, train
+from ldm.training.shapes import make_shapes_dataset
+from ldm.training.tiny import tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), size=16, count=24)
+
+
+def eval_loss(module, batch: dict, seeds: int = 6) -> float:
+    """The diffusion loss at fixed noise/timesteps, averaged over a few draws: comparable before/after training."""
+    module.eval()
+    with torch.no_grad():
+        losses = [module.loss(batch, torch.Generator().manual_seed(s), drop=False).item() for s in range(seeds)]
+    return sum(losses) / len(losses)
+
+
+def fixed_batch(cfg: dict) -> dict:
+    data = build_data(cfg)
+    data.setup()
+    items = [data.train_set[i] for i in range(16)]
+    return {"image": torch.stack([it["image"] for it in items]), "caption": [it["caption"] for it in items]}
+
+
+def test_ldm_learns_and_exports(shapes, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = tiny_train_config("ldm", shapes, run_dir, ["trainer.max_steps=60", "logging.sample_every_n_steps=30",
+                                                     "logging.checkpoint_every_n_steps=30", "trainer.val_check_interval=30",
+                                                     "logging.tensorboard=true"])
+    batch = fixed_batch(cfg)
+    torch.manual_seed(0)
+    before = eval_loss(build_module(cfg), batch)
+    module, trainer = train(cfg)
+    after = eval_loss(module, batch)
+    assert trainer.global_step == 60
+    assert after < 0.8 * before, (before, after)
+
+    # Monitoring: CSV losses, TensorBoard events, sample grids, periodic and last checkpoints.
+    rows = list(csv.DictReader(open(next((run_dir / "csv").glob("version_*/metrics.csv")))))
+    assert any(r.get("train/loss") for r in rows) and any(r.get("val/loss") for r in rows)
+    assert list((run_dir / "tensorboard").glob("version_*/events.out.tfevents.*"))
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step-000030.png", "step-000060.png"]
+    assert {"last.ckpt", "step-000030.ckpt", "step-000060.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
+
+    # Export: original key layout, EMA U-Net, estimated scale factor in the YAML; loads for inference.
+    node = yaml.safe_load((run_dir / "model.yaml").read_text())
+    assert node["model"]["params"]["scale_factor"] == pytest.approx(module.model.scale_factor)
+    assert module.model.scale_factor != 1.0  # the config's 1.0 was replaced by the estimate
+    state = load_state_dict(run_dir / "model.safetensors")
+    assert any(k.startswith("model.diffusion_model.") for k in state)
+    ema = module.ema.module.state_dict()
+    key = "out.2.weight"
+    assert torch.equal(state[f"model.diffusion_model.{key}"], ema[key])
+    assert not torch.equal(ema[key], module.model.unet.state_dict()[key])  # EMA differs from the live weights
+    model = load_model(run_dir / "model.yaml", run_dir / "model.safetensors")
+    assert model.scale_factor == pytest.approx(module.model.scale_factor)
+    assert torch.equal(model.unet.state_dict()[key], ema[key])
+
+    out = tmp_path / "gen"
+    rc = cli_main(["txt2img", "red square", "--config", str(run_dir / "model.yaml"), "--ckpt",
+                   str(run_dir / "model.safetensors"), "--steps", "3", "--outdir", str(out), "--no-progress"])
+    assert rc == 0
+    assert (out / "samples" / "00000.png").is_file()
+
+
+def test_resume_matches_uninterrupted_run(shapes, tmp_path):
+    n = 4
+    common = ["training.cond_dropout=0.5", "training.ema_decay=0.9", "data.flip=true", "data.val_fraction=0",
+              "logging.sample_every_n_steps=0", f"logging.checkpoint_every_n_steps={n}", "training.warmup_steps=3"]
+    cfg_a = tiny_train_config("ldm", shapes, tmp_path / "a", common + [f"trainer.max_steps={2 * n}"])
+    module_a, trainer_a = train(cfg_a)
+
+    cfg_b = tiny_train_config("ldm", shapes, tmp_path / "b", common + [f"trainer.max_steps={n}"])
+    train(cfg_b)
+    # Resume through the command line with no --config: the config stored in the checkpoint is used.
+    assert cli_main(["train", "--resume", str(tmp_path / "b"), f"trainer.max_steps={2 * n}"]) == 0
+
+    ckpt_a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt_b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 2 * n
+    assert ckpt_b["ldm"]["batches_seen"] == 2 * n
+    assert ckpt_a["ldm"]["scale_factor"] == ckpt_b["ldm"]["scale_factor"]
+    sa, sb = ckpt_a["state_dict"], ckpt_b["state_dict"]
+    assert sa.keys() == sb.keys() and any(k.startswith("ema.module.") for k in sa)
+    differing = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not differing, differing[:5]
+    # The exports (EMA weights) agree too, and training moved the weights at all.
+    ea, eb = load_state_dict(tmp_path / "a" / "model.safetensors"), load_state_dict(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    start = torch.load(tmp_path / "b" / "checkpoints" / f"step-{n:06d}.ckpt", weights_only=True)["state_dict"]
+    assert not torch.equal(start["model.unet.out.2.weight"], sb["model.unet.out.2.weight"])
+
+
+def test_export_only_from_checkpoint(shapes, tmp_path):
+    cfg = tiny_train_config("ldm", shapes, tmp_path / "run", ["trainer.max_steps=2", "data.val_fraction=0",
+                                                              "logging.sample_every_n_steps=0"])
+    module, _ = train(cfg)
+    out = tmp_path / "export"
+    assert cli_main(["train", "--export-only", "--resume", str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+                     "--out", str(out)]) == 0
+    a, b = load_state_dict(tmp_path / "run" / "model.safetensors"), load_state_dict(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert yaml.safe_load((out / "model.yaml").read_text()) == yaml.safe_load((tmp_path / "run" / "model.yaml").read_text())
+
+
+def test_scale_factor_estimate_is_inverse_latent_std(shapes, tmp_path):
+    cfg = tiny_train_config("ldm", shapes, tmp_path, ["training.scale_factor=null"])
+    module = build_module(cfg)
+    batch = fixed_batch(cfg)
+    latents = module.latents(batch["image"], torch.Generator().manual_seed(3))
+    z = module.model.vae.encode(batch["image"]).sample(torch.Generator().manual_seed(3))
+    assert module.model.scale_factor == pytest.approx(1.0 / z.std(unbiased=False).item(), rel=1e-4)
+    assert latents.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-3)
+    # Estimated once: later batches keep it.
+    sf = module.model.scale_factor
+    module.latents(batch["image"][:4] * 0.5, torch.Generator().manual_seed(4))
+    assert module.model.scale_factor == sf
+    fixed = build_module(tiny_train_config("ldm", shapes, tmp_path, ["training.scale_factor=0.5"]))
+    assert fixed.model.scale_factor == 0.5 and not fixed.needs_scale_factor
+
+
+def test_conditioning_dropout_rate(shapes, tmp_path):
+    module = build_module(tiny_train_config("ldm", shapes, tmp_path, ["training.cond_dropout=0.25"]))
+    g = torch.Generator().manual_seed(0)
+    masks = torch.cat([module.drop_mask(16, g) for _ in range(250)])
+    assert masks.float().mean().item() == pytest.approx(0.25, abs=0.02)
+    captions = [f"c{i}" for i in range(64)]
+    dropped = module.dropped_captions(captions, torch.Generator().manual_seed(1))
+    mask = module.drop_mask(64, torch.Generator().manual_seed(1)).tolist()
+    assert dropped == ["" if m else c for c, m in zip(captions, mask)]
+    assert 0 < dropped.count("") < 64
+    module.cond_dropout = 0.0
+    assert not module.drop_mask(1000, g).any()
+    module.cond_dropout = 1.0
+    assert module.drop_mask(1000, g).all()
+
+
+def test_init_text_encoder_from_clip_weights(shapes, tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = tiny_train_config("ldm", shapes, tmp_path)
+    donor = build_module(cfg).model.text_encoder.model.state_dict()
+    donor = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in donor.items()}
+    clip_file = tmp_path / "clip.safetensors"  # open_clip keys, with a visual tower the text encoder drops
+    save_file({**donor, "visual.proj": torch.zeros(2, 2)}, str(clip_file))
+    module = build_module(tiny_train_config("ldm", shapes, tmp_path, [f"init.text_encoder={clip_file}"]))
+    got = module.model.text_encoder.model.state_dict()
+    assert all(torch.equal(got[k], donor[k]) for k in donor)
