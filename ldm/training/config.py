@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,21 @@ class TrainConfigError(ConfigError):
     """A training config that is missing, malformed or names unknown settings."""
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way, so read them as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a", "b", "c"], YAML-parsed value)."""
     key, sep, raw = text.partition("=")
@@ -122,7 +138,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if path[0] not in SECTIONS:
         raise TrainConfigError(f"override {text!r}: unknown section {path[0]!r}; known: {', '.join(SECTIONS)}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise TrainConfigError(f"override {text!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from exc
     return path, value
@@ -200,7 +216,7 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tup
         if not path.is_file():
             raise TrainConfigError(f"training config not found: {path}")
         try:
-            cfg = yaml.safe_load(path.read_text())
+            cfg = _yaml(path.read_text())
         except yaml.YAMLError as exc:
             raise TrainConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from exc
     elif base is not None:

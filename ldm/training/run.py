@@ -223,8 +223,8 @@ def train(cfg: dict, resume: str | os.PathLike | None = None,
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     pl.seed_everything(int(cfg["training"]["seed"]), workers=True, verbose=False)
+    data = build_data(cfg)  # first: data errors are cheaper to report than after building a large model
     module = build_module(cfg)
-    data = build_data(cfg)
     trainer = build_trainer(cfg, extra_callbacks)
     if trainer.is_global_zero:
         dump(cfg, Path(cfg["logging"]["run_dir"]) / "config.yaml")

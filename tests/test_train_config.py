@@ -1,0 +1,67 @@
+"""Training config handling: overrides with YAML values, defaults, and one-line errors for wrong settings."""
+from __future__ import annotations
+
+import pytest
+
+from ldm.training.config import TrainConfigError, apply_overrides, is_autoencoder, load_train_config, resolve
+from ldm.training.tiny import TINY_CONFIGS
+
+
+def test_overrides_are_yaml_typed():
+    cfg = load_train_config(TINY_CONFIGS["ldm"], ["trainer.max_steps=7", "training.lr=2e-5", "training.ema_decay=null",
+                                                  "logging.sample_prompts=[a b, c]", "data.flip=true",
+                                                  "trainer.precision=bf16-mixed", "trainer.new_arg=3"])
+    assert cfg["trainer"]["max_steps"] == 7
+    assert cfg["training"]["lr"] == pytest.approx(2e-5)
+    assert cfg["training"]["ema_decay"] is None
+    assert cfg["logging"]["sample_prompts"] == ["a b", "c"]
+    assert cfg["data"]["flip"] is True and cfg["trainer"]["precision"] == "bf16-mixed"
+    assert cfg["trainer"]["new_arg"] == 3  # trainer keys go to Lightning, which checks them
+    assert cfg["training"]["weight_decay"] == 0.0  # a default filled in
+    assert not is_autoencoder(cfg) and is_autoencoder(load_train_config(TINY_CONFIGS["vae"]))
+
+
+def test_nested_override_creates_model_params():
+    cfg = apply_overrides({"model": {"target": "x"}}, ["model.params.unet_config.params.model_channels=64"])
+    assert cfg["model"]["params"]["unet_config"]["params"]["model_channels"] == 64
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lr=1", "unknown section 'optimizer'"),
+    ("training.learning_rate=1", "unknown key"),
+    ("trainer.gradient_clip_val=1", "training.grad_clip"),
+    ("trainer.callbacks=[]", "logging"),
+    ("training.cond_dropout=1.5", "cond_dropout"),
+    ("training.scale_factor=-1", "scale_factor"),
+    ("training.rec_loss=l3", "rec_loss"),
+    ("max_steps", "section.key=value"),
+    ("trainer.max_steps=[1", "not valid YAML"),
+])
+def test_bad_settings_fail_with_one_line(override, message):
+    with pytest.raises(TrainConfigError, match=message) as info:
+        load_train_config(TINY_CONFIGS["ldm"], [override])
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_top_level_section_in_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {target: ldm.vae.AutoencoderKL}\ntraining: {lr: 1e-4}\n")
+    assert load_train_config(path)["training"]["lr"] == 1e-4  # a float, although YAML 1.1 says string
+    path.write_text("model: {target: ldm.vae.AutoencoderKL}\noptim: {lr: 1}\n")
+    with pytest.raises(TrainConfigError, match="unknown config section"):
+        load_train_config(path)
+    with pytest.raises(TrainConfigError, match="needs a 'model'"):
+        resolve({"training": {}})
+    with pytest.raises(TrainConfigError, match="not found"):
+        load_train_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    from ldm.cli import main
+
+    assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), "bogus.key=1"]) == 2
+    assert "unknown section 'bogus'" in capsys.readouterr().err
+    assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), f"logging.run_dir={tmp_path}", "--resume"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), "data.root=null"]) == 2
+    assert "data.root" in capsys.readouterr().err
