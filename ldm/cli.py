@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "ldm.commands.img2img",
     "ldm.commands.inpaint",
     "ldm.commands.upscale",
+    "ldm.commands.evaluate",
 ]
 
 

@@ -1,0 +1,259 @@
+"""Evaluation metrics (FID, KID, precision/recall), the judges, and `ldm eval` end to end on tiny models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ldm.evaluate import (ClipFeatures, FeatureShapeError, InceptionWeightsError, InceptionFeatures,
+                          NearestNeighbourJudge, ZeroShotJudge, clip_score, frechet_distance,
+                          kernel_inception_distance, precision_recall, select_prompts, sqrtm_psd, topk_accuracy)
+
+
+def gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d)) + shift
+
+
+# ---- FID -------------------------------------------------------------------------------------
+
+def test_fid_of_identical_sets_is_zero():
+    x = gaussian(500, 16, 0)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fid_of_a_mean_shift_is_the_squared_shift():
+    # Same samples moved by delta: equal covariances, so FID must be exactly ||delta||^2.
+    x = gaussian(300, 8, 1)
+    delta = np.linspace(-1.0, 2.0, 8)
+    assert frechet_distance(x, x + delta) == pytest.approx(float(delta @ delta), rel=1e-9)
+    # and it grows with the shift
+    assert frechet_distance(x, x + 2 * delta) == pytest.approx(4 * float(delta @ delta), rel=1e-9)
+
+
+def test_fid_matches_closed_form_for_diagonal_covariances():
+    # Diagonal Gaussians: Tr(S1 + S2 - 2 sqrt(S1 S2)) = sum (s1 - s2)^2 for standard deviations s1, s2.
+    x = gaussian(400, 6, 2)
+    x = (x - x.mean(0)) / x.std(0, ddof=1)  # exactly unit variance per column...
+    y = x * 3.0  # ...so y has std 3 and the same correlation structure
+    fid = frechet_distance(x, y)
+    assert fid == pytest.approx(6 * (3.0 - 1.0) ** 2, rel=1e-6)
+
+
+def test_sqrtm_psd_squares_back_and_ignores_rounding_negatives():
+    a = gaussian(50, 5, 3)
+    cov = a.T @ a
+    root = sqrtm_psd(cov)
+    np.testing.assert_allclose(root @ root, cov, rtol=1e-10, atol=1e-10)
+    singular = np.outer(np.ones(4), np.ones(4)) - 1e-15 * np.eye(4)  # rank 1, tiny negative eigenvalues
+    assert np.isfinite(sqrtm_psd(singular)).all()
+
+
+def test_fid_is_finite_with_more_dims_than_samples():
+    # Rank-deficient covariances (as with 2048-d Inception features and few images) must not give NaN.
+    fid = frechet_distance(gaussian(20, 64, 4), gaussian(20, 64, 5))
+    assert np.isfinite(fid) and fid > 0
+
+
+def test_fid_rejects_mismatched_widths():
+    with pytest.raises(FeatureShapeError):
+        frechet_distance(gaussian(10, 4, 0), gaussian(10, 5, 0))
+
+
+# ---- KID -------------------------------------------------------------------------------------
+
+def test_kid_is_about_zero_for_the_same_distribution_and_positive_when_shifted():
+    x, y = gaussian(400, 16, 6), gaussian(400, 16, 7)
+    same, same_std = kernel_inception_distance(x, y, subsets=20, subset_size=200)
+    shifted, _ = kernel_inception_distance(x, gaussian(400, 16, 8, shift=0.5), subsets=20, subset_size=200)
+    assert abs(same) < 3 * same_std + 1e-3
+    assert shifted > 0.05 and shifted > 20 * abs(same)
+
+
+def test_kid_is_unbiased_near_zero_on_average():
+    # The unbiased estimator averages to ~0 (not > 0, like the biased one) over many small subsets.
+    x, y = gaussian(2000, 4, 9), gaussian(2000, 4, 10)
+    mean, std = kernel_inception_distance(x, y, subsets=200, subset_size=20)
+    assert abs(mean) < 3 * std / np.sqrt(200)
+
+
+# ---- precision / recall -----------------------------------------------------------------------
+
+def test_precision_recall_identical_sets_are_one():
+    x = gaussian(100, 8, 11)
+    assert precision_recall(x, x, k=3) == (1.0, 1.0)
+
+
+def test_precision_recall_drop_for_disjoint_sets():
+    real = gaussian(100, 8, 12)
+    assert precision_recall(real, gaussian(100, 8, 13, shift=50.0), k=3) == (0.0, 0.0)
+
+
+def test_precision_stays_high_when_fake_covers_only_part_of_real():
+    # Mode collapse: fake = a tight cluster inside real -> high precision, low recall.
+    real = gaussian(200, 2, 14)
+    fake = 0.05 * gaussian(200, 2, 15)
+    precision, recall = precision_recall(real, fake, k=3)
+    assert precision > 0.9 and recall < 0.2
+
+
+# ---- judges ------------------------------------------------------------------------------------
+
+def test_nearest_neighbour_judge_and_topk():
+    gallery = torch.eye(6)
+    labels = ["a", "b", "c", "d", "e", "f"]
+    judge = NearestNeighbourJudge(gallery, labels)
+    queries = torch.tensor([[0.0, 0, 1, 0, 0, 0], [1.0, 0.5, 0, 0, 0, 0]])  # nearest: c; then a, with b second
+    acc = topk_accuracy(judge.class_scores(queries), judge.classes, ["c", "b"], ks=(1, 2))
+    assert acc[1] == 0.5  # c right, b only second
+    assert acc[2] == 1.0
+
+
+def test_zero_shot_judge_and_clip_score():
+    text = torch.eye(3)
+    judge = ZeroShotJudge(text, ["x", "y", "z"])
+    assert topk_accuracy(judge.class_scores(torch.eye(3)), judge.classes, ["x", "y", "z"], ks=(1,))[1] == 1.0
+    assert clip_score(torch.eye(3), torch.eye(3)) == pytest.approx(100.0)
+    assert clip_score(torch.eye(3), torch.eye(3)[[1, 2, 0]]) == pytest.approx(0.0)
+
+
+def test_select_prompts_marks_held_out_combinations():
+    held = ["woman judge: medium-dark skin tone", "cat face"]
+    train = [f"t{i}" for i in range(10)]
+    items = select_prompts(held, train, {("judge", "medium-dark skin tone")}, n_train=3, seed=0)
+    assert [it.combination for it in items] == [True, False, False, False, False]
+    assert [it.split for it in items].count("train") == 3
+    assert items == select_prompts(held, train, {("judge", "medium-dark skin tone")}, n_train=3, seed=0)
+
+
+# ---- fixtures: tiny data, tiny CLIP, tiny model --------------------------------------------------
+
+CAPTIONS = {
+    "train": ["red circle", "blue square", "green triangle", "yellow star", "man judge: dark skin tone", "black cross"],
+    "heldout": ["woman judge: medium-dark skin tone", "purple ring", "orange bar", "white dot"],
+}
+
+
+def _draw(i: int) -> Image.Image:
+    # Distinct, deterministic pictures: a coloured rectangle at an index-dependent place.
+    rng = np.random.default_rng(i)
+    a = np.full((64, 64, 3), 255, np.uint8)
+    x, y = 4 + 5 * i, 60 - 5 * i
+    a[min(x, y) - 4:max(x, y), 8:40 + 2 * i] = rng.integers(0, 255, 3)
+    return Image.fromarray(a)
+
+
+@pytest.fixture(scope="module")
+def emoji_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("emoji")
+    n = 0
+    for split, caps in CAPTIONS.items():
+        (root / split / "images").mkdir(parents=True)
+        with open(root / split / "captions.jsonl", "w") as f:
+            for j, cap in enumerate(caps):
+                _draw(n).save(root / split / "images" / f"{j:05d}.png")
+                f.write(json.dumps({"file": f"images/{j:05d}.png", "caption": cap}) + "\n")
+                n += 1
+    (root / "heldout_combinations.txt").write_text("# person type\tskin tone\njudge\tmedium-dark skin tone\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip_config(tmp_path_factory) -> Path:
+    from ldm.testing import TINY_TEXT
+
+    path = tmp_path_factory.mktemp("clip") / "tiny-eval-clip.json"
+    path.write_text(json.dumps(TINY_TEXT))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(clip_config):
+    from ldm.training.clip import create_clip
+
+    torch.manual_seed(0)
+    return create_clip(clip_config).eval()
+
+
+def test_nearest_neighbour_judge_is_perfect_on_real_images(emoji_dir, tiny_clip):
+    from ldm.evaluate import load_images
+
+    feats = ClipFeatures(tiny_clip)
+    images, caps = [], []
+    for split in ("train", "heldout"):
+        im, c = load_images(emoji_dir / split, 16)
+        images.append(im)
+        caps += c
+    f = feats(torch.cat(images))
+    judge = NearestNeighbourJudge(f, caps)
+    acc = topk_accuracy(judge.class_scores(f), judge.classes, caps)
+    assert acc[1] == 1.0 and acc[5] == 1.0
+    # a wrong label for every image would score 0 at top-1
+    shifted = caps[1:] + caps[:1]
+    assert topk_accuracy(judge.class_scores(f), judge.classes, shifted)[1] == 0.0
+
+
+def test_inception_weights_missing_or_wrong(tmp_path):
+    with pytest.raises(InceptionWeightsError, match="not found"):
+        InceptionFeatures(tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(InceptionWeightsError, match="does not fit"):
+        InceptionFeatures(bad)
+
+
+def _eval_main(argv: list[str]) -> int:
+    # The `ldm eval` parser on its own, so this test does not depend on every other subcommand importing.
+    import argparse
+
+    from ldm.commands import evaluate as command
+
+    parser = argparse.ArgumentParser(prog="ldm")
+    command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_eval_is_an_ldm_command():
+    from ldm.cli import COMMAND_MODULES
+
+    assert "ldm.commands.evaluate" in COMMAND_MODULES
+
+
+def test_eval_cli_end_to_end(emoji_dir, clip_config, tmp_path, capsys):
+    from ldm.checkpoint import save_state_dict
+    from ldm.testing import tiny_config, tiny_model
+
+    model = tiny_model()
+    ckpt, cfg = tmp_path / "tiny.safetensors", tmp_path / "tiny.yaml"
+    save_state_dict(model.original_state_dict(), ckpt)
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    out, table = tmp_path / "results.json", tmp_path / "table.md"
+    rc = _eval_main(["eval", "--config", str(cfg), "--ckpt", str(ckpt), "--clip", "random", "--clip-config", str(clip_config),
+               "--data", str(emoji_dir), "--scales", "1", "3", "--n-train-prompts", "4", "--steps", "2",
+               "--batch-size", "4", "--kid-subsets", "5", "--device", "cpu", "--out", str(out), "--table", str(table)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| guidance |" in printed and "Chance level over 10 emoji names: top-1 10.000%" in printed
+    assert "Inception-v3 metrics: not computed" in printed
+    results = json.loads(out.read_text())
+    rows = results["rows"]
+    # 4 groups x (real reference + 2 scales)
+    assert len(rows) == 12
+    assert {r["scale"] for r in rows} == {None, 1.0, 3.0}
+    combo = [r for r in rows if r["group"] == "held-out combinations"]
+    assert all(r["n"] == 1 for r in combo)
+    full = [r for r in rows if r["group"] == "all" and r["scale"] == 3.0][0]
+    assert full["n"] == 8 and full["fid_clip"] >= 0 and 0 <= full["precision"] <= 1 and 0 <= full["recall"] <= 1
+    real = [r for r in rows if r["group"] == "all" and r["scale"] is None][0]
+    assert real["nn_top1"] == 1.0  # the nearest real image of a real image is itself
+    assert table.read_text().startswith("| guidance |")
+
+
+def test_eval_cli_reports_missing_clip(tmp_path):
+    with pytest.raises(FileNotFoundError, match="judge CLIP weights not found"):
+        _eval_main(["eval", "--clip", str(tmp_path / "missing.safetensors"), "--data", str(tmp_path)])
