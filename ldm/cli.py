@@ -14,6 +14,8 @@ COMMAND_MODULES = [
     "ldm.commands.img2img",
     "ldm.commands.inpaint",
     "ldm.commands.upscale",
+    "ldm.commands.walk",
+    "ldm.commands.app",
     "ldm.commands.evaluate",
 ]
 

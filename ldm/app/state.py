@@ -1,0 +1,70 @@
+"""Which model the app uses: chosen on the `ldm app` command line, passed to the Streamlit process
+as environment variables (Streamlit owns the script's argv), loaded here.
+
+No Streamlit import here, so `ldm app` can read the names without Streamlit installed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+ENV_CONFIG = "LDM_APP_CONFIG"
+ENV_CKPT = "LDM_APP_CKPT"
+ENV_DEVICE = "LDM_APP_DEVICE"
+ENV_UPSCALER_CONFIG = "LDM_APP_UPSCALER_CONFIG"
+ENV_UPSCALER_CKPT = "LDM_APP_UPSCALER_CKPT"
+
+
+class ModelMissingError(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    config: str | None = None
+    ckpt: str | None = None
+    device: str = "auto"
+    upscaler_config: str | None = None
+    upscaler_ckpt: str | None = None
+
+    @property
+    def has_upscaler(self) -> bool:
+        return bool(self.upscaler_config and self.upscaler_ckpt)
+
+    def describe(self) -> str:
+        if self.config is None:
+            return "the shipped emoji model"
+        return Path(self.config).name + (f" + {Path(self.ckpt).name}" if self.ckpt else " (random weights)")
+
+
+def source_from_env(env: Mapping[str, str] | None = None) -> ModelSource:
+    env = os.environ if env is None else env
+    return ModelSource(config=env.get(ENV_CONFIG) or None, ckpt=env.get(ENV_CKPT) or None,
+                       device=env.get(ENV_DEVICE) or "auto", upscaler_config=env.get(ENV_UPSCALER_CONFIG) or None,
+                       upscaler_ckpt=env.get(ENV_UPSCALER_CKPT) or None)
+
+
+def load_main_model(config: str | None, ckpt: str | None, device: str = "auto"):
+    """The model for text-to-image, editing and walks; a clear error when the shipped one is absent."""
+    from ldm.commands.common import resolve_device
+    from ldm.defaults import default_checkpoint_path, default_config_path
+    from ldm.model import load_model
+
+    if config is None:
+        cfg, weights = default_config_path(), default_checkpoint_path()
+        if not (cfg.is_file() and weights.is_file()):
+            raise ModelMissingError(f"the shipped emoji model is not there ({cfg.parent}); "
+                                    "start the app with `ldm app --config MODEL.yaml --ckpt MODEL.safetensors`")
+    return load_model(config, ckpt, resolve_device(device))
+
+
+def load_upscaler(config: str, ckpt: str, device: str = "auto"):
+    from ldm.commands.common import resolve_device
+    from ldm.model import load_model
+    from ldm.upscale import check_upscaler
+
+    model = load_model(config, ckpt, resolve_device(device))
+    check_upscaler(model)
+    return model

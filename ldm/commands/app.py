@@ -1,0 +1,78 @@
+"""ldm app: the interactive Streamlit app (ldm/app/main.py) on localhost."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ldm.app.state import ENV_CKPT, ENV_CONFIG, ENV_DEVICE, ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
+from ldm.commands.common import log
+
+MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+
+
+class AppUnavailableError(OSError):
+    pass
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="start the interactive app (Streamlit) on localhost")
+    p.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default: 8501)")
+    p.add_argument("--config", help="model config YAML; default: the shipped emoji model")
+    p.add_argument("--ckpt", help="model weights (.safetensors or .ckpt)")
+    p.add_argument("--upscaler-config", help="x4 upscaler config, for the Edit page's upscaling")
+    p.add_argument("--upscaler-ckpt", help="x4 upscaler weights")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(func=run)
+
+
+def app_command(port: int) -> list[str]:
+    """The `streamlit run` line: headless, bound to localhost only, no usage statistics sent anywhere."""
+    return [sys.executable, "-m", "streamlit", "run", str(MAIN),
+            "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+            "--browser.gatherUsageStats", "false"]
+
+
+def app_env(args: argparse.Namespace) -> dict[str, str]:
+    """The model choice travels to the app's process as environment variables (Streamlit owns argv)."""
+    env = dict(os.environ)
+    for name, value in ((ENV_CONFIG, args.config), (ENV_CKPT, args.ckpt), (ENV_UPSCALER_CONFIG, args.upscaler_config),
+                        (ENV_UPSCALER_CKPT, args.upscaler_ckpt), (ENV_DEVICE, args.device)):
+        if value:
+            env[name] = str(Path(value).resolve()) if name != ENV_DEVICE else value
+        else:
+            env.pop(name, None)
+    return env
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Fail here, before the server starts, rather than on every page of the app."""
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.ckpt and not args.config:
+        raise ValueError("--ckpt needs --config (the model's YAML)")
+    if bool(args.upscaler_config) != bool(args.upscaler_ckpt):
+        raise ValueError("give both --upscaler-config and --upscaler-ckpt, or neither")
+    for value in (args.config, args.ckpt, args.upscaler_config, args.upscaler_ckpt):
+        if value and not Path(value).is_file():
+            raise FileNotFoundError(f"file not found: {value}")
+    if importlib.util.find_spec("streamlit") is None:
+        raise AppUnavailableError("the app needs Streamlit: pip install 'ldm[app]'")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    log.info("ldm app on http://127.0.0.1:%d (Ctrl+C stops it)", args.port)
+    proc = subprocess.Popen(app_command(args.port), env=app_env(args))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
