@@ -10,7 +10,9 @@ Prints a markdown table: optimiser steps/s and images/s (after warm-up steps), p
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--precision", default=None, help="e.g. bf16-mixed, 16-mixed (default: the config's)")
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="more section.key=value overrides")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -89,16 +92,26 @@ def main(argv: list[str] | None = None) -> int:
                 ("tiny-ldm bf16-mixed", TINY_CONFIGS["ldm"], ["trainer.precision=bf16-mixed"]),
                 ("tiny-vae (+disc)", TINY_CONFIGS["vae"], ["training.disc_start=0"]),
                 ("tiny-vae (no disc)", TINY_CONFIGS["vae"], ["training.disc_start=null"])]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, config, extra in runs:
+    if args.one is not None:  # child process: one run, one JSON line (so peak RSS is this run's own)
+        name, config, extra = runs[args.one]
+        with tempfile.TemporaryDirectory() as tmp:
             size = load_train_config(config, ["data.root=x"])["data"]["size"]
-            data = Path(args.data) if args.data else make_shapes_dataset(Path(tmp) / f"shapes{size}", size=size, count=64)
-            rows.append(bench(name, config, data, Path(tmp) / name.replace(" ", "_"), args.steps, args.warmup,
-                              common + extra))
+            data = Path(args.data) if args.data else make_shapes_dataset(Path(tmp) / "shapes", size=size, count=64)
+            row = bench(name, config, data, Path(tmp) / "run", args.steps, args.warmup, common + extra)
+        print("BENCH " + json.dumps(row))
+        return 0
+    rows = []
+    for i in range(len(runs)):
+        child = subprocess.run([sys.executable, __file__, "--one", str(i), *(argv if argv is not None else sys.argv[1:])],
+                               capture_output=True, text=True)
+        lines = [line for line in child.stdout.splitlines() if line.startswith("BENCH ")]
+        if child.returncode != 0 or not lines:
+            print(child.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"benchmark run {runs[i][0]!r} failed")
+        rows.append(json.loads(lines[-1][len("BENCH "):]))
     device = torch.cuda.get_device_name() if args.accelerator == "gpu" and torch.cuda.is_available() else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"\ntraining throughput ({device}; {args.steps} timed steps after {args.warmup} warm-up; peak RSS is per process)\n")
+    print(f"\ntraining throughput ({device}; {args.steps} timed steps after {args.warmup} warm-up; one process per run)\n")
     cols = ["run", "batch", "precision", "steps/s", "images/s", "peak RSS MiB", "CUDA max alloc MiB"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
