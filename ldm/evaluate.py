@@ -319,7 +319,7 @@ class EvalSettings:
     batch_size: int = 32
     k: int = 3                        # precision/recall neighbourhood
     kid_subsets: int = 100
-    kid_subset_size: int = 1000
+    kid_subset_size: int = 100       # < group sizes, so subsets differ and the std means something
     extra: dict = field(default_factory=dict)
 
 

@@ -249,6 +249,8 @@ def test_eval_cli_end_to_end(emoji_dir, clip_config, tmp_path, capsys):
     assert all(r["n"] == 1 for r in combo)
     full = [r for r in rows if r["group"] == "all" and r["scale"] == 3.0][0]
     assert full["n"] == 8 and full["fid_clip"] >= 0 and 0 <= full["precision"] <= 1 and 0 <= full["recall"] <= 1
+    low = [r for r in rows if r["group"] == "all" and r["scale"] == 1.0][0]
+    assert low["clip_score"] != full["clip_score"]  # guidance changed the images
     real = [r for r in rows if r["group"] == "all" and r["scale"] is None][0]
     assert real["nn_top1"] == 1.0  # the nearest real image of a real image is itself
     assert table.read_text().startswith("| guidance |")
@@ -257,3 +259,16 @@ def test_eval_cli_end_to_end(emoji_dir, clip_config, tmp_path, capsys):
 def test_eval_cli_reports_missing_clip(tmp_path):
     with pytest.raises(FileNotFoundError, match="judge CLIP weights not found"):
         _eval_main(["eval", "--clip", str(tmp_path / "missing.safetensors"), "--data", str(tmp_path)])
+
+
+def test_inception_features_from_a_local_torchvision_state_dict(tmp_path):
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    path = tmp_path / "inception_v3.pth"
+    torch.save(inception_v3(weights=None, init_weights=False, aux_logits=True).state_dict(), path)
+    features = InceptionFeatures(path)
+    images = torch.rand(1, 3, 16, 16) * 2 - 1
+    f = features(images)
+    assert f.shape == (1, 2048) and torch.isfinite(f).all()
+    torch.testing.assert_close(features(images), f)  # eval mode: no dropout, deterministic

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None, help="image size in px (default: the model's)")
     p.add_argument("--k", type=int, default=3, help="neighbourhood size for precision/recall")
     p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--kid-subset-size", type=int, default=100,
+                   help="rows per KID subset, capped at the group size (default 100: below the group sizes, so the std is informative)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--table", default=None, help="also write the markdown table here")
