@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -222,7 +223,7 @@ class InceptionFeatures:
             raise InceptionWeightsError(f"Inception-v3 weights not found: {path}")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, ValueError) as exc:  # pickle errors surface as these
+        except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:  # not a (safe) torch file
             raise InceptionWeightsError(f"cannot read Inception-v3 weights {path}: {str(exc).splitlines()[0]}") from exc
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]

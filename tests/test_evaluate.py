@@ -200,6 +200,10 @@ def test_nearest_neighbour_judge_is_perfect_on_real_images(emoji_dir, tiny_clip)
 def test_inception_weights_missing_or_wrong(tmp_path):
     with pytest.raises(InceptionWeightsError, match="not found"):
         InceptionFeatures(tmp_path / "nope.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(InceptionWeightsError, match="cannot read"):
+        InceptionFeatures(garbage)
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(InceptionWeightsError, match="does not fit"):
