@@ -160,3 +160,42 @@ def test_init_text_encoder_from_clip_weights(shapes, tmp_path):
     module = build_module(tiny_train_config("ldm", shapes, tmp_path, [f"init.text_encoder={clip_file}"]))
     got = module.model.text_encoder.model.state_dict()
     assert all(torch.equal(got[k], donor[k]) for k in donor)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(shapes, tmp_path):
+    from ldm.unet import ResBlock
+
+    batch = fixed_batch(tiny_train_config("ldm", shapes, tmp_path))
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        module = build_module(tiny_train_config("ldm", shapes, tmp_path, [f"training.gradient_checkpointing={flag}"]))
+        assert all(m.use_checkpoint == flag for m in module.model.unet.modules() if isinstance(m, ResBlock))
+        with torch.no_grad():  # the zero-initialised output conv would stop every gradient before it
+            module.model.unet.out[2].weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+        module.train()
+        module.loss(batch, torch.Generator().manual_seed(0)).backward()
+        grads.append({n: p.grad.clone() for n, p in module.model.unet.named_parameters() if p.grad is not None})
+    # a weight inside a checkpointed block, whose gradient needs the recomputed activations
+    assert grads[0]["input_blocks.1.0.out_layers.3.weight"].abs().sum() > 0
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_accumulation_and_ema_counts(shapes, tmp_path):
+    cfg = tiny_train_config("ldm", shapes, tmp_path, ["trainer.max_steps=2", "training.accumulate=2", "data.val_fraction=0",
+                                                      "trainer.precision=bf16-mixed", "logging.sample_every_n_steps=0",
+                                                      "training.compile=false"])
+    module, trainer = train(cfg)
+    assert trainer.global_step == 2 and module.batches_seen == 4  # two micro-batches per optimiser step
+    assert int(module.ema.n_averaged) == 2  # EMA updated per optimiser step, not per micro-batch
+    assert all(torch.isfinite(p).all() for p in module.model.unet.parameters())
+    assert module.model.unet.out[2].weight.dtype == torch.float32  # mixed precision keeps fp32 master weights
+
+
+def test_compile_option_keeps_state_dict_keys(shapes, tmp_path):
+    plain = build_module(tiny_train_config("ldm", shapes, tmp_path))
+    compiled = build_module(tiny_train_config("ldm", shapes, tmp_path, ["training.compile=true"]))
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+    assert compiled._unet_fn is not compiled.model.unet  # the loss calls the compiled forward
