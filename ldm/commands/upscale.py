@@ -34,9 +34,11 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     images = upscale(model, image, [args.prompt] * args.batch_size, args.negative_prompt, args.noise_level, args.seed,
                      args.tile_size, args.tile_overlap, options, progress=not args.no_progress)
+    tile = args.tile_size or model.image_size  # the defaults upscale() applies, written out for the record
+    overlap = tile // 4 if args.tile_overlap is None else args.tile_overlap
     settings = [settings_dict(args.prompt, args.negative_prompt, args.seed + i, img.height, img.width, options,
                               task="upscale", noise_level=args.noise_level, init_image=str(args.image),
-                              tile_size=args.tile_size or model.image_size, tile_overlap=args.tile_overlap)
+                              tile_size=tile, tile_overlap=overlap, tiled=max(image.size) > tile)
                 for i, img in enumerate(images)]
     paths = save_images(images, settings, args.outdir, grid=not args.no_grid)
     log.info("wrote %d images to %s", len(images), paths[0].parent)
