@@ -56,25 +56,29 @@ def test_inpainting_module_conditions_like_inference_and_learns():
     assert torch.equal(a, b) and not torch.equal(a, module.masks(plain))
     losses = train_steps(module, batch)
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    grid = module.sample_grid_images(["a", "b"], steps=2)  # txt2img could not drive this U-Net
+    assert [g.size for g in grid] == [(16, 16)] * 3 and module.training
 
 
 def test_upscaler_module_noise_augments_low_res_and_learns():
     module = UpscalerModule(tiny_upscaler_model(), ema_decay=None)
-    data = WithLowRes(Images(), Degradation(blur_prob=1, noise_prob=1, jpeg_prob=1), seed=1)
-    assert torch.equal(data[1]["lr"], data[1]["lr"]) and data[1]["lr"].shape == (3, 4, 4)
+    data = WithLowRes(Images(size=32), Degradation(blur_prob=1, noise_prob=1, jpeg_prob=1), seed=1)
+    assert torch.equal(data[1]["lr"], data[1]["lr"]) and data[1]["lr"].shape == (3, 8, 8)
     batch = batch_of(data)
-    latents = torch.zeros(2, 4, 4, 4)
+    latents = torch.zeros(2, 4, 8, 8)
     y = module.label_condition(batch)
     c = module.concat_condition(batch, latents)
-    assert c.shape == (2, 3, 4, 4) and y.shape == (2,)
+    assert c.shape == (2, 3, 8, 8) and y.shape == (2,)
     assert ((0 <= y) & (y < 350)).all() and y[0] != y[1]
     ab = module.model.low_scale.alphas_cumprod[y][:, None, None, None]
     eps = (c - ab.sqrt() * batch["lr"]) / (1 - ab).sqrt()  # the concat is the lr noised to level y
     assert 0.5 < eps.std() < 1.5
     with pytest.raises(EditingTrainingError, match="must be 1/4 of the image size"):
-        module.concat_condition(dict(batch), torch.zeros(2, 4, 8, 8))
+        module.concat_condition(dict(batch), torch.zeros(2, 4, 16, 16))
     losses = train_steps(module, batch)
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    grid = module.sample_grid_images(["a"], steps=2)
+    assert [g.size for g in grid] == [(32, 32)] * 2
 
 
 def test_wrong_model_kind_is_refused():

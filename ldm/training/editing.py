@@ -71,6 +71,32 @@ class WithLowRes(Dataset):
 
 
 class _EditingModule(LatentDiffusionModule):
+    """Shared parts: per-batch seeds and sample grids made from a remembered training image."""
+
+    _preview: dict | None = None  # first training batch's first item, the source of sample grids
+
+    def _remember(self, **tensors: torch.Tensor) -> None:
+        if self._preview is None:
+            self._preview = {k: v[:1].detach().cpu() for k, v in tensors.items()}
+
+    def _edit_previews(self, prompts: list[str], steps: int, guidance_scale: float, seed: int) -> list[Image.Image]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_grid_images(self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
+                           seed: int = 0) -> list[Image.Image]:
+        """The remembered input, then one edit per prompt, with the EMA U-Net (txt2img cannot drive these U-Nets)."""
+        if not prompts or self._preview is None:
+            return []
+        trained, was_training = self.model.unet, self.training
+        self.eval()
+        try:
+            self.model.unet = self.inference_unet()
+            return self._edit_previews(list(prompts), steps, guidance_scale, seed)
+        finally:
+            self.model.unet = trained
+            self.train(was_training)
+
     def _rng_seed(self, batch: dict, tag: int) -> int:
         """Per-batch seed: from the training position while training, from the captions when evaluating
         (so validation sees the same masks / noise levels every time)."""
@@ -105,10 +131,23 @@ class InpaintingModule(_EditingModule):
         m = self.masks(batch)
         if m.shape[-2:] != images.shape[-2:]:
             raise EditingTrainingError(f"masks are {tuple(m.shape[-2:])} but images {tuple(images.shape[-2:])}")
+        self._remember(image=images)
         with torch.no_grad():
             # Exactly what inference feeds (ldm.inpaint): hole greyed out, posterior mode, nearest-resized mask.
             masked = self.model.encode_image(images * (m < 0.5))
         return torch.cat([F.interpolate(m, size=latents.shape[-2:]), masked.to(latents.dtype)], 1)
+
+    def _edit_previews(self, prompts: list[str], steps: int, guidance_scale: float, seed: int) -> list[Image.Image]:
+        from ldm.inpaint import inpaint
+
+        image = _tensor_to_pil(self._preview["image"][0])
+        w, h = image.size
+        mask = np.zeros((h, w), np.float32)
+        mask[h // 4: h - h // 4, w // 4: w - w // 4] = 1  # a centre hole: the model must invent the middle
+        holed = Image.fromarray((np.asarray(image) * (1 - mask[..., None])).astype(np.uint8))
+        out = inpaint(self.model, image, mask, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                      progress=False)
+        return [holed] + out
 
 
 class UpscalerModule(_EditingModule):
@@ -131,7 +170,9 @@ class UpscalerModule(_EditingModule):
         # Both hooks need the same draw (the level is y, the noised image the concat); cache it on the batch.
         if "_lr_augmented" not in batch:
             g = torch.Generator(device=self.device).manual_seed(self._rng_seed(batch, 2))
-            batch["_lr_augmented"] = self.model.low_scale(self.low_res(batch), None, generator=g)
+            low = self.low_res(batch)
+            self._remember(lr=low)
+            batch["_lr_augmented"] = self.model.low_scale(low, None, generator=g)
         return batch["_lr_augmented"]
 
     def label_condition(self, batch: dict) -> torch.Tensor:
@@ -144,3 +185,12 @@ class UpscalerModule(_EditingModule):
                                        f"{tuple(latents.shape[-2:])}: the low-res input must be 1/{self.model.downscale} "
                                        "of the image size")
         return low.to(latents.dtype)
+
+    def _edit_previews(self, prompts: list[str], steps: int, guidance_scale: float, seed: int) -> list[Image.Image]:
+        from ldm.upscale import upscale
+
+        low = _tensor_to_pil(self._preview["lr"][0])
+        f = self.model.downscale
+        bicubic = low.resize((low.width * f, low.height * f), Image.Resampling.BICUBIC)  # the baseline to beat
+        return [bicubic] + upscale(self.model, low, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                                   progress=False)
