@@ -52,7 +52,7 @@ def test_strength_zero_returns_the_vae_round_trip(model):
     assert np.array_equal(np.asarray(out), np.asarray(round_trip))
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_ancestral"])
 def test_strength_one_equals_txt2img_with_the_same_seed(model, sampler):
     a = img2img(model, photo(), ["a cat", "a dog"], strength=1.0, seed=5, steps=4, sampler=sampler, progress=False)
     b = txt2img(model, ["a cat", "a dog"], height=16, width=24, seed=5, steps=4, sampler=sampler, progress=False)
