@@ -1,0 +1,1 @@
+"""Datasets: the captioned image folder format and the emoji dataset builder."""

@@ -1,0 +1,161 @@
+"""A folder of captioned images: the training data format of the whole project.
+
+Captions come, in this order of precedence, from `captions.jsonl` (objects with `file` and
+`caption`) or `captions.csv` (columns `file,caption`) in the root, or from a sidecar text file
+next to each image (`cat.png` + `cat.txt`). Every image under the root needs a caption.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+class DatasetError(ValueError):
+    """Base class for a captioned image folder that cannot be used."""
+
+
+class EmptyDatasetError(DatasetError):
+    """The folder holds no images."""
+
+
+class UnreadableImageError(DatasetError):
+    """An image file that PIL cannot decode."""
+
+
+class MissingCaptionError(DatasetError):
+    """An image with no caption in the captions file nor a sidecar .txt."""
+
+
+class MissingImageError(DatasetError):
+    """A captions file names an image that does not exist."""
+
+
+class CaptionFileError(DatasetError):
+    """A captions.jsonl or captions.csv that cannot be parsed."""
+
+
+def _read_jsonl(path: Path) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            table[row["file"]] = str(row["caption"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CaptionFileError(f"{path}:{n}: expected a JSON object with 'file' and 'caption' ({exc})") from exc
+    return table
+
+
+def _read_csv(path: Path) -> dict[str, str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"file", "caption"} <= set(reader.fieldnames):
+            raise CaptionFileError(f"{path}: needs a header with columns 'file,caption', got {reader.fieldnames}")
+        return {row["file"]: row["caption"] for row in reader}
+
+
+def read_caption_table(root: str | os.PathLike) -> dict[str, str]:
+    """Captions keyed by image path relative to root (posix), from captions.jsonl or captions.csv; {} if neither."""
+    root = Path(root)
+    if (root / "captions.jsonl").is_file():
+        table = _read_jsonl(root / "captions.jsonl")
+    elif (root / "captions.csv").is_file():
+        table = _read_csv(root / "captions.csv")
+    else:
+        return {}
+    # Normalise "./images/a.png" and Windows separators to the keys the folder scan produces.
+    return {Path(k.replace("\\", "/")).as_posix(): v for k, v in table.items()}
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """An image as RGB; transparent pixels become white (as the emoji renders), not black."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                return Image.alpha_composite(white, im).convert("RGB")
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(f"cannot read image {path}: {exc}") from exc
+
+
+def resize_and_crop(image: Image.Image, size: int, center: bool = True, rng: random.Random | None = None) -> Image.Image:
+    """Scale the shorter side to size, then crop a size x size square (centred, or at random)."""
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    if center:
+        left, top = (nw - size) // 2, (nh - size) // 2
+    else:
+        rng = rng or random
+        left, top = rng.randint(0, nw - size), rng.randint(0, nh - size)
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor [3, H, W] in [-1, 1], the range the VAE expects."""
+    array = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+
+
+class CaptionedImageFolder(Dataset):
+    """Images under root (recursively) with their captions; items are {"image": [3,size,size] in [-1,1], "caption": str}.
+
+    center_crop=False takes a random square crop instead; flip=True mirrors half of the items at random.
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int, center_crop: bool = True, flip: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise EmptyDatasetError(f"dataset folder not found: {self.root}")
+        if size < 1:
+            raise ValueError(f"image size must be positive, got {size}")
+        self.size = size
+        self.center_crop = center_crop
+        self.flip = flip
+        table = read_caption_table(self.root)
+        for rel in table:
+            if not (self.root / rel).is_file():
+                raise MissingImageError(f"captions file names {rel}, which is not in {self.root}")
+        files = sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not files:
+            raise EmptyDatasetError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {self.root}")
+        self.files: list[str] = files
+        self.captions: list[str] = [self._caption(rel, table) for rel in files]
+
+    def _caption(self, rel: str, table: dict[str, str]) -> str:
+        if rel in table:
+            return table[rel]
+        sidecar = (self.root / rel).with_suffix(".txt")
+        if sidecar.is_file():
+            return sidecar.read_text(encoding="utf-8").strip()
+        raise MissingCaptionError(f"no caption for image {self.root / rel} (add {sidecar.name} or an entry in captions.jsonl/csv)")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        image = load_rgb(self.root / self.files[index])
+        image = resize_and_crop(image, self.size, center=self.center_crop)
+        if self.flip and random.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return {"image": to_tensor(image), "caption": self.captions[index]}
