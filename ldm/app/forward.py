@@ -1,0 +1,68 @@
+"""Forward diffusion explorer: x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps under several schedules."""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from ldm.diffusion import q_sample
+from ldm.images import pil_to_tensor, tensor_to_pil
+from ldm.schedules import SCHEDULES, alphas_cumprod_from_betas, log_snr, make_betas
+
+
+def schedule_alphas(kind: str, num_timesteps: int = 1000, linear_start: float = 0.00085,
+                    linear_end: float = 0.012) -> tuple[torch.Tensor, torch.Tensor]:
+    """(betas, alpha_bar) for one schedule, in float64 so log-SNR at the ends stays finite."""
+    betas = make_betas(kind, num_timesteps, linear_start=linear_start, linear_end=linear_end)
+    return betas, alphas_cumprod_from_betas(betas)
+
+
+def schedule_curves(num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012,
+                    kinds: tuple[str, ...] = SCHEDULES) -> dict[str, pd.DataFrame]:
+    """{"beta", "alpha_bar", "log_snr"} -> a frame indexed by t with one column per schedule (for st.line_chart)."""
+    curves: dict[str, dict[str, object]] = {"beta": {}, "alpha_bar": {}, "log_snr": {}}
+    for kind in kinds:
+        betas, ab = schedule_alphas(kind, num_timesteps, linear_start, linear_end)
+        curves["beta"][kind] = betas.numpy()
+        curves["alpha_bar"][kind] = ab.numpy()
+        curves["log_snr"][kind] = log_snr(ab).numpy()
+    return {name: pd.DataFrame(cols).rename_axis("t") for name, cols in curves.items()}
+
+
+def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def forward_views(image: Image.Image, t: int, model=None, seed: int = 0, num_timesteps: int = 1000,
+                  linear_start: float = 0.00085, linear_end: float = 0.012,
+                  kinds: tuple[str, ...] = SCHEDULES) -> dict[str, dict[str, Image.Image]]:
+    """Per schedule: {"pixel": x_t noised in pixel space, "latent": decode(z_t) noised in the VAE's latent space}.
+
+    The same noise for every schedule, so the columns differ only by the schedule. Pixel values
+    of x_t exceed [-1, 1] and are shown clamped, as is usual. Without a model there is no latent view.
+    """
+    if not 0 <= t < num_timesteps:
+        raise ValueError(f"timestep must be in [0, {num_timesteps - 1}], got {t}")
+    pixels = pil_to_tensor(image.convert("RGB"))
+    z0 = None
+    if model is not None:
+        z0 = model.encode_image(pixels.to(model.device)).float()
+        latent_noise = _noise(tuple(z0.shape), seed + 1).to(z0.device)
+    pixel_noise = _noise(tuple(pixels.shape), seed)
+    tt = torch.tensor([t])
+    views: dict[str, dict[str, Image.Image]] = {}
+    for kind in kinds:
+        _, ab = schedule_alphas(kind, num_timesteps, linear_start, linear_end)
+        ab = ab.float()
+        views[kind] = {"pixel": tensor_to_pil(q_sample(pixels, tt, ab, pixel_noise))[0]}
+        if z0 is not None:
+            z_t = q_sample(z0, tt.to(z0.device), ab, latent_noise)
+            views[kind]["latent"] = tensor_to_pil(model.decode_latent(z_t))[0]
+    return views
+
+
+def snr_at(t: int, num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012,
+           kinds: tuple[str, ...] = SCHEDULES) -> dict[str, float]:
+    """alpha_bar at t per schedule: how much of the signal is left (the captions under the images)."""
+    return {kind: float(schedule_alphas(kind, num_timesteps, linear_start, linear_end)[1][t]) for kind in kinds}

@@ -1,0 +1,56 @@
+"""Toy 2-D page logic: train one denoiser per schedule, compare samplers, as frames for Streamlit charts."""
+from __future__ import annotations
+
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from ldm.toy2d import ToyDiffusion, make_data, nearest_distance, noise_baseline
+
+
+def train_schedules(dataset: str, schedules: list[str], steps: int, seed: int = 0,
+                    report: Callable[[str, int, float], None] | None = None, every: int = 50) -> dict[str, ToyDiffusion]:
+    """One fresh ToyDiffusion per schedule on the same data; report(schedule, step, recent mean loss)."""
+    if not schedules:
+        raise ValueError("choose at least one schedule")
+    if steps < 1:
+        raise ValueError(f"training steps must be at least 1, got {steps}")
+    data = make_data(dataset, 2000, seed=seed)
+    models = {}
+    for kind in schedules:
+        toy = ToyDiffusion(data, schedule=kind, seed=seed)
+        toy.train(steps, callback=(lambda step, loss, k=kind: report(k, step, loss)) if report else None, every=every)
+        models[kind] = toy
+    return models
+
+
+def loss_frame(models: dict[str, ToyDiffusion], window: int = 50) -> pd.DataFrame:
+    """Smoothed loss per schedule (a running mean: single-batch losses are too noisy to read)."""
+    return pd.DataFrame({k: pd.Series(m.losses).rolling(window, min_periods=1).mean() for k, m in models.items()}
+                        ).rename_axis("step")
+
+
+def samples_frame(toy: ToyDiffusion, sampler: str, steps: int, n: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Data and samples as one long frame (x, y, kind) for a scatter chart coloured by kind."""
+    samples = toy.sample(n, steps=steps, sampler=sampler, seed=seed)
+    data = toy.data[:n]
+    return pd.DataFrame({"x": torch.cat([data[:, 0], samples[:, 0]]).numpy(),
+                         "y": torch.cat([data[:, 1], samples[:, 1]]).numpy(),
+                         "kind": ["data"] * len(data) + ["samples"] * len(samples)})
+
+
+def score_table(models: dict[str, ToyDiffusion], samplers: list[str], steps: list[int], n: int = 500,
+                seed: int = 0) -> pd.DataFrame:
+    """Mean distance from each sample to the nearest data point, per schedule x sampler x steps (lower is better)."""
+    rows = []
+    for kind, toy in models.items():
+        for sampler in samplers:
+            for k in steps:
+                dist = float(nearest_distance(toy.sample(n, steps=k, sampler=sampler, seed=seed), toy.data).mean())
+                rows.append({"schedule": kind, "sampler": sampler, "steps": k, "distance to data": round(dist, 4)})
+    table = pd.DataFrame(rows)
+    if models:
+        baseline = noise_baseline(next(iter(models.values())).data, n, seed)
+        table.attrs["noise baseline"] = baseline
+    return table

@@ -1,0 +1,107 @@
+"""Streamlit pieces every page shares: the cached model, error display, common inputs."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import streamlit as st
+from PIL import Image
+
+from ldm.app.edit import read_image
+from ldm.app.samples import SAMPLES, sample_image
+from ldm.app.state import ModelSource, load_main_model, load_upscaler, source_from_env
+from ldm.pipeline import SamplingOptions
+from ldm.samplers import SAMPLERS
+
+# What a user's bad input or a missing file raises in the library: shown as a message, never a crash.
+USER_ERRORS = (ValueError, OSError, KeyError, RuntimeError)
+
+
+def model_source() -> ModelSource:
+    return source_from_env()
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def _cached_model(config: str | None, ckpt: str | None, device: str):
+    return load_main_model(config, ckpt, device)
+
+
+@st.cache_resource(show_spinner="Loading the upscaler…", max_entries=1)
+def _cached_upscaler(config: str, ckpt: str, device: str):
+    return load_upscaler(config, ckpt, device)
+
+
+def get_model():
+    """The app's model, loaded once per process; None (with the reason shown) when it cannot be loaded."""
+    src = model_source()
+    try:
+        return _cached_model(src.config, src.ckpt, src.device)
+    except USER_ERRORS as exc:
+        st.error(f"No model: {exc}")
+        return None
+
+
+def get_upscaler():
+    src = model_source()
+    if not src.has_upscaler:
+        return None
+    try:
+        return _cached_upscaler(src.upscaler_config, src.upscaler_ckpt, src.device)
+    except USER_ERRORS as exc:
+        st.error(f"The upscaler could not be loaded: {exc}")
+        return None
+
+
+@contextmanager
+def user_errors(what: str) -> Iterator[None]:
+    """Show a failure of `what` as an error message and carry on with the rest of the page."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        st.error(f"{what} failed: {message}")
+
+
+def enlarge(image: Image.Image, width: int = 256) -> Image.Image:
+    """Small model outputs scaled up with nearest-neighbour so pixels stay visible, not blurred."""
+    if image.width >= width:
+        return image
+    factor = max(1, width // image.width)
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def image_input(prefix: str, size: int | None = None) -> Image.Image | None:
+    """A built-in sample or an upload; None (with the reason shown) when there is nothing usable."""
+    source = st.radio("Image", ["built-in sample", "upload"], key=f"{prefix}_source", horizontal=True)
+    if source == "built-in sample":
+        name = st.selectbox("Sample image", list(SAMPLES), key=f"{prefix}_sample")
+        return sample_image(name, size or 128)
+    upload = st.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "gif", "bmp"], key=f"{prefix}_upload")
+    if upload is None:
+        st.info("Upload an image to start.")
+        return None
+    with user_errors("Reading the image"):
+        image = read_image(upload.getvalue())
+        if size:
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+        return image
+    return None
+
+
+def sampling_controls(prefix: str, steps: int = 20, scale: float = 7.5, seed: int = 0) -> tuple[SamplingOptions, int]:
+    c1, c2, c3, c4 = st.columns(4)
+    sampler = c1.selectbox("Sampler", list(SAMPLERS), key=f"{prefix}_sampler")
+    n_steps = c2.number_input("Steps", 1, 200, steps, key=f"{prefix}_steps")
+    guidance = c3.number_input("Guidance scale", 0.0, 30.0, scale, step=0.5, key=f"{prefix}_scale")
+    chosen_seed = c4.number_input("Seed", 0, 2**31 - 1, seed, key=f"{prefix}_seed")
+    return SamplingOptions(steps=int(n_steps), guidance_scale=float(guidance), sampler=sampler), int(chosen_seed)
+
+
+def size_controls(prefix: str, model) -> tuple[int, int]:
+    """Height and width in steps of the model's size multiple, defaulting to its training size."""
+    step = max(8, model.downscale)
+    default = model.default_image_size
+    c1, c2 = st.columns(2)
+    height = c1.number_input("Height", step, 4 * default, default, step=step, key=f"{prefix}_height")
+    width = c2.number_input("Width", step, 4 * default, default, step=step, key=f"{prefix}_width")
+    return int(height), int(width)

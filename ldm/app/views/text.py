@@ -1,0 +1,38 @@
+"""Page: text-to-image with a live preview of the predicted clean image."""
+import streamlit as st
+
+from ldm.app import ui
+from ldm.app.text import generate, png_bytes
+
+st.header("Text-to-image")
+model = ui.get_model()
+if model is not None:
+    prompt = st.text_input("Prompt", "a smiling face", key="t2i_prompt")
+    negative = st.text_input("Negative prompt", "", key="t2i_negative")
+    options, seed = ui.sampling_controls("t2i")
+    height, width = ui.size_controls("t2i", model)
+    every = int(st.number_input("Preview every N steps", 1, 50, 5, key="t2i_every"))
+
+    if st.button("Generate", key="t2i_go", type="primary"):
+        bar = st.progress(0.0, text="sampling…")
+        preview = st.empty()
+
+        def report(done: int, total: int, image) -> None:
+            bar.progress(done / total, text=f"step {done}/{total}")
+            if image is not None:
+                preview.image(ui.enlarge(image), caption=f"predicted clean image at step {done}")
+
+        with ui.user_errors("Generation"):
+            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report)
+            st.session_state["t2i_result"] = (image, settings)
+        bar.empty()
+        preview.empty()
+
+    result = st.session_state.get("t2i_result")
+    if result is not None:
+        image, settings = result
+        st.image(ui.enlarge(image), caption="result", output_format="PNG")
+        st.download_button("Download PNG", png_bytes(image, settings), file_name=f"ldm-{settings['seed']}.png",
+                           mime="image/png", key="t2i_download")
+        with st.expander("Settings (saved in the PNG)"):
+            st.json(settings)
