@@ -1,29 +1,55 @@
 """Model wrappers that turn a network into a denoiser D(x, sigma) -> x0 for the samplers.
 
-Samplers work in sigma space, x = x0 + sigma * eps (Karras et al. 2022). A discrete-time
-VP model sees x_vp = x / sqrt(1 + sigma^2) and its timestep t(sigma).
+Samplers work in sigma space, x = x0 + sigma * eps (Karras et al. 2022). A discrete-time VP
+model was trained on x_vp = sqrt(ab) x0 + sqrt(1 - ab) eps at integer t; with ab = 1 / (1 + sigma^2)
+the same point is x_vp = c_in * x, c_in = 1 / sqrt(1 + sigma^2), at the fractional t(sigma).
 """
 from __future__ import annotations
 
-import torch
+from typing import Callable
 
+import torch
+from torch import nn
+
+from ldm.diffusion import check_prediction
 from ldm.schedules import sigma_to_t, sigmas_from_alphas_cumprod
+
+Denoiser = Callable[..., torch.Tensor]  # (x [B, ...], sigma [B], **cond) -> x0 estimate [B, ...]
+
+
+class InvalidGuidanceError(ValueError):
+    pass
 
 
 def _batch(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample [B] tensor shaped [B, 1, ...] to broadcast against x."""
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-class DiscreteTimeDenoiser:
-    """Wraps unet(x, t, context, y) trained on eps or v with the given alpha_bar schedule."""
+def _sigma_batch(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    sigma = torch.as_tensor(sigma, device=x.device)
+    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device)
 
-    def __init__(self, unet, alphas_cumprod: torch.Tensor, prediction: str = "eps"):
-        if prediction not in ("eps", "v"):
-            raise ValueError(f"unknown prediction type {prediction!r}; known: eps, v")
+
+class DiscreteTimeDenoiser(nn.Module):
+    """Wraps unet(x_vp, t, context=, y=) trained on eps or v with the schedule `alphas_cumprod`.
+
+    forward(x, sigma, context=None, y=None, concat=None) returns the x0 estimate:
+        eps-model: x0 = x - sigma * eps
+        v-model:   x0 = sqrt(ab) x_vp - sqrt(1 - ab) v = x / (1 + sigma^2) - sigma * c_in * v
+    `concat` (inpainting / upscaler inputs) is appended on channels to the *scaled* input, since the
+    U-Net saw it beside x_vp in training; it is not noise and is not scaled.
+    """
+
+    def __init__(self, unet: Callable[..., torch.Tensor], alphas_cumprod: torch.Tensor, prediction: str = "eps"):
+        super().__init__()
+        check_prediction(prediction)
         self.unet = unet
         self.prediction = prediction
-        self.sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.double()).float()
-        self.log_sigmas = self.sigmas.log()
+        sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.detach().double().cpu())
+        # Buffers so that .to(device) carries them; not saved, they derive from the schedule.
+        self.register_buffer("sigmas", sigmas.float(), persistent=False)
+        self.register_buffer("log_sigmas", sigmas.log().float(), persistent=False)
 
     @property
     def sigma_min(self) -> float:
@@ -33,53 +59,79 @@ class DiscreteTimeDenoiser:
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor | None = None,
-                 y: torch.Tensor | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
-        sigma = sigma.to(x.device, torch.float32).expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device, torch.float32)
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma_to_t(sigma, self.log_sigmas.to(sigma.device))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, context: torch.Tensor | None = None,
+                y: torch.Tensor | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
+        # At least float32: sigma near 0.03 and c_in near 1 lose the x0 estimate in half precision.
+        sigma = _sigma_batch(sigma, x).to(torch.promote_types(x.dtype, torch.float32))
         c_in = 1 / (sigma**2 + 1).sqrt()
-        t = sigma_to_t(sigma, self.log_sigmas.to(x.device))
         inp = x * _batch(c_in, x)
         if concat is not None:
             inp = torch.cat([inp, concat.to(inp.dtype)], dim=1)
-        out = self.unet(inp, t, context=context, y=y).float()
+        out = self.unet(inp, self.sigma_to_t(sigma), context=context, y=y).to(x.dtype)
         s = _batch(sigma, x)
         if self.prediction == "eps":
-            return x - s * out  # x0 = x - sigma * eps
-        # x0 = sqrt(ab) x_vp - sqrt(1 - ab) v, with sqrt(ab) = c_in and sqrt(1 - ab) = sigma * c_in
+            return x - s * out
         return x / (s**2 + 1) - s * _batch(c_in, x) * out
 
 
 class CFGDenoiser:
-    """Classifier-free guidance: D = D_u + scale * (D_c - D_u), both sides in one batched call.
+    """Classifier-free guidance (Ho & Salimans 2022) over any denoiser, in x0 space:
 
-    cond/uncond are keyword dicts for the denoiser ({"context": ..., "concat": ..., "y": ...}).
-    rescale: guidance rescale (Lin et al. 2023), pulling the guided prediction's std back to
-    the conditional one's, which stops over-exposure at high scales (useful for v-models).
-    threshold: a quantile in (0, 1); x0 values beyond that quantile of |x0| (at least 1) are
-    clamped, a dynamic-thresholding clamp for very high scales.
+        D = D(x, sigma | uncond) + scale * (D(x, sigma | cond) - D(x, sigma | uncond))
+
+    cond and uncond run as ONE batched call (uncond first, then cond, concatenated on the batch).
+    `cond` / `uncond` are keyword dicts for the denoiser ({"context": ..., "y": ..., "concat": ...});
+    a key given on one side only is used for both halves (e.g. an inpainting `concat`).
+    scale == 1 skips the unconditional half and returns the conditional prediction exactly.
+
+    rescale (phi in [0, 1]): guidance rescale (Lin et al. 2023, Alg. 2), applied to the x0 predictions:
+        D_r = D * std(D_cond) / std(D),  D <- phi * D_r + (1 - phi) * D   (std per sample)
+    which undoes the over-exposure high scales cause (mostly with zero-terminal-SNR v-models).
+    threshold (p in (0, 1)): Imagen's dynamic thresholding percentile (Saharia et al. 2022):
+        s = max(quantile_p(|D|), 1) per sample,  D <- clamp(D, -s, s)
+    Imagen then divides by s to stay in [-1, 1] pixels; latents are not confined to [-1, 1],
+    so only the clamp (which removes the outliers high scales produce) is kept.
     """
 
-    def __init__(self, denoiser, cond: dict, uncond: dict, scale: float, rescale: float = 0.0,
+    def __init__(self, denoiser: Denoiser, cond: dict, uncond: dict, scale: float, rescale: float = 0.0,
                  threshold: float | None = None):
+        if scale < 0:
+            raise InvalidGuidanceError(f"guidance scale must be >= 0, got {scale}")
+        if not 0.0 <= rescale <= 1.0:
+            raise InvalidGuidanceError(f"guidance rescale must be in [0, 1], got {rescale}")
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise InvalidGuidanceError(f"threshold is a percentile in (0, 1), got {threshold}")
         self.denoiser, self.cond, self.uncond = denoiser, cond, uncond
         self.scale, self.rescale, self.threshold = scale, rescale, threshold
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if self.scale == 1.0:  # no guidance: skip the unconditional half entirely
+    def _both(self) -> dict:
+        """uncond and cond keyword tensors concatenated on the batch, in the order of the x batch."""
+        both = {}
+        for key in {**self.uncond, **self.cond}:
+            u, c = self.uncond.get(key), self.cond.get(key)
+            u, c = (c if u is None else u), (u if c is None else c)
+            if c is not None:
+                both[key] = torch.cat([u, c])
+        return both
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        if self.scale == 1.0:  # no guidance: the unconditional half would be multiplied by zero
             return self._clamp(self.denoiser(x, sigma, **self.cond))
-        both = {k: torch.cat([self.uncond[k], v]) for k, v in self.cond.items() if v is not None}
-        sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
-        d_uncond, d_cond = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
+        sigma = _sigma_batch(sigma, x)
+        d_uncond, d_cond = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **self._both()).chunk(2)
         guided = d_uncond + self.scale * (d_cond - d_uncond)
         if self.rescale > 0:
             dims = list(range(1, x.ndim))
             ratio = d_cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp(min=1e-8)
-            guided = self.rescale * guided * ratio + (1 - self.rescale) * guided
+            guided = self.rescale * (guided * ratio) + (1 - self.rescale) * guided
         return self._clamp(guided)
 
     def _clamp(self, x0: torch.Tensor) -> torch.Tensor:
         if self.threshold is None:
             return x0
-        s = torch.quantile(x0.flatten(1).abs().float(), self.threshold, dim=1).clamp(min=1.0)
+        s = torch.quantile(x0.detach().flatten(1).abs().float(), self.threshold, dim=1).clamp(min=1.0)
         s = _batch(s, x0).to(x0.dtype)
         return torch.maximum(torch.minimum(x0, s), -s)
