@@ -1,17 +1,28 @@
-"""Samplers: short plain functions over a denoiser `model(x, sigma) -> x0`.
+"""Samplers: short plain functions over a denoiser `model(x, sigma, **extra_args) -> x0`.
 
-Every sampler has the signature `fn(model, x, sigmas, extra_args=None, callback=None,
-disable=None, generator=None, **options)`: x starts at noise level sigmas[0] (for pure noise,
-`noise * sigmas[0]`), sigmas decrease to 0, and all randomness comes from `generator` so a
-seed reproduces a result. `callback({"i", "x", "sigma", "denoised"})` runs after each step.
-They know nothing of text, VAEs or timesteps; ldm.denoisers adapts the networks.
+Conventions (k-diffusion's):
+- sigma space: x = x0 + sigma * eps. `sigmas` is a decreasing 1-D grid ending in 0
+  (ldm.schedules.get_sigmas); every sampler steps x from sigmas[0] to 0 and returns the clean sample.
+- x must already be at noise level sigmas[0]. From pure noise that is `randn * sigmas[0]`, NOT
+  unit noise: SD's sigma_max is about 14.6. (A VP latent x_vp is x * sqrt(ab) = x / sqrt(1 + sigma^2);
+  at sigma = 0 the two agree, so the result needs no conversion.) For img2img / inpainting start
+  at `x0 + noise * sigmas[0]` with `truncate_sigmas(sigmas, strength)`.
+- model(x, sigma_batch) gets sigma as a [B] tensor; the samplers know nothing of timesteps, text or
+  VAEs (ldm.denoisers adapts networks, CFGDenoiser adds guidance).
+- all randomness comes from `generator` (drawn on its device), so a seed reproduces a result.
+- callback({"i", "x", "sigma", "denoised"}) runs once per step i, before x moves on: x is the
+  current state at noise level sigma = sigmas[i] and denoised = model(x, sigma), its x0 estimate.
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import trange
+
+Denoiser = Callable[..., torch.Tensor]
+Callback = Callable[[dict], Any]
 
 
 class UnknownSamplerError(ValueError):
@@ -23,7 +34,7 @@ class InvalidStrengthError(ValueError):
 
 
 def _d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-    """dx/dsigma of the probability-flow ODE: (x - D(x, sigma)) / sigma (= the eps estimate)."""
+    """dx/dsigma of the probability-flow ODE, (x - D(x, sigma)) / sigma: also the eps estimate."""
     return (x - denoised) / sigma
 
 
@@ -36,27 +47,24 @@ def _steps(sigmas: torch.Tensor, disable: bool | None):
     return trange(len(sigmas) - 1, disable=disable, leave=False, desc="sampling")
 
 
-def _eval(model, x, sigma, extra_args):
+def _eval(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict | None) -> torch.Tensor:
     return model(x, sigma * x.new_ones(x.shape[0]), **(extra_args or {}))
 
 
-def _report(callback, i, x, sigma, denoised):
+def _report(callback: Callback | None, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
     if callback is not None:
         callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
 
 
-@torch.no_grad()
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
-    """First-order ODE step: x <- x + d * (sigma_next - sigma)."""
-    for i in _steps(sigmas, disable):
-        denoised = _eval(model, x, sigmas[i], extra_args)
-        x = x + _d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
-        _report(callback, i, x, sigmas[i], denoised)
-    return x
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a step sigma -> sigma_next into a deterministic move to sigma_down plus fresh noise sigma_up:
 
+        sigma_up = min(sigma_next, eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)),
+        sigma_down = sqrt(sigma_next^2 - sigma_up^2),
 
-def _ancestral_split(sigma, sigma_next, eta):
-    """Split a step to sigma_next into a deterministic part down to sigma_down and fresh noise sigma_up."""
+    so the noise level after adding N(0, sigma_up^2) is sigma_next again. eta = 1 matches the
+    variance of the DDPM posterior in the variance-exploding limit.
+    """
     if sigma_next == 0 or eta == 0:
         return sigma_next, sigma_next * 0
     up = torch.clamp(eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt(), max=sigma_next)
@@ -64,76 +72,111 @@ def _ancestral_split(sigma, sigma_next, eta):
 
 
 @torch.no_grad()
-def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None, eta=1.0):
+def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                 callback: Callback | None = None, disable: bool | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. Alg. 1)."""
     for i in _steps(sigmas, disable):
         denoised = _eval(model, x, sigmas[i], extra_args)
-        down, up = _ancestral_split(sigmas[i], sigmas[i + 1], eta)
-        x = x + _d(x, sigmas[i], denoised) * (down - sigmas[i])
-        if up > 0:
-            x = x + _noise(x, generator) * up
         _report(callback, i, x, sigmas[i], denoised)
+        x = x + _d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
     return x
 
 
 @torch.no_grad()
-def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None, eta=0.0):
-    """DDIM (Song et al. 2021) in sigma space; eta = 0 is deterministic, eta = 1 is DDPM's posterior.
+def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                           callback: Callback | None = None, disable: bool | None = None,
+                           generator: torch.Generator | None = None, eta: float = 1.0) -> torch.Tensor:
+    """Euler down to sigma_down, then noise of std sigma_up back up to sigma_next (`ancestral_step`)."""
+    for i in _steps(sigmas, disable):
+        denoised = _eval(model, x, sigmas[i], extra_args)
+        _report(callback, i, x, sigmas[i], denoised)
+        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        x = x + _d(x, sigmas[i], denoised) * (down - sigmas[i])
+        if up > 0:
+            x = x + _noise(x, generator) * up
+    return x
 
-    With ab = 1 / (1 + sigma^2), the VP update's noise std is
-    sigma_e = eta * sqrt((1 - ab_next) / (1 - ab)) * sqrt(1 - ab / ab_next); divided by sqrt(ab_next)
-    it becomes sigma_up here, and the deterministic part lands on sigma_down = sqrt(sigma_next^2 - sigma_up^2).
+
+@torch.no_grad()
+def sample_ddim(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                callback: Callback | None = None, disable: bool | None = None,
+                generator: torch.Generator | None = None, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) written in sigma space.
+
+    The VP update is x_vp' = sqrt(ab') x0 + sqrt(1 - ab' - s_e^2) eps + s_e z with
+        s_e = eta * sqrt((1 - ab') / (1 - ab)) * sqrt(1 - ab / ab'),   ab = 1 / (1 + sigma^2).
+    Dividing by sqrt(ab') gives x' = x0 + sigma_down * eps + sigma_up * z with
+        sigma_up = s_e / sqrt(ab'),   sigma_down = sqrt(sigma'^2 - sigma_up^2).
+    eta = 0 is deterministic and is exactly Euler in this space (x / sqrt(ab)); eta = 1 is DDPM.
     """
     for i in _steps(sigmas, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _eval(model, x, sigma, extra_args)
+        _report(callback, i, x, sigma, denoised)
         eps = _d(x, sigma, denoised)
         if eta > 0 and sigma_next > 0:
             ab, ab_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
-            sigma_e = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
-            up = sigma_e / ab_next.sqrt()
+            s_e = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
+            up = s_e / ab_next.sqrt()
             down = (sigma_next**2 - up**2).clamp(min=0).sqrt()
             x = denoised + eps * down + _noise(x, generator) * up
         else:
             x = denoised + eps * sigma_next
-        _report(callback, i, x, sigma, denoised)
     return x
 
 
 @torch.no_grad()
-def sample_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
-    """Ancestral DDPM sampling: each step draws from the posterior q(x_next | x, x0_hat) (= DDIM, eta 1)."""
+def sample_ddpm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                callback: Callback | None = None, disable: bool | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ancestral DDPM (Ho et al. 2020): each step draws x' ~ q(x' | x, x0 = D(x, sigma)), the posterior
+    with variance beta~ = (1 - ab') / (1 - ab) * (1 - ab / ab'); that is DDIM with eta = 1."""
     return sample_ddim(model, x, sigmas, extra_args, callback, disable, generator, eta=1.0)
 
 
 @torch.no_grad()
-def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
-    """Second-order: Euler predictor, then the trapezoid rule with the slope at the predicted point."""
+def sample_heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                callback: Callback | None = None, disable: bool | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Heun's second-order method (Karras et al. Alg. 1): Euler predictor, then the trapezoid rule
+        x' = x + (d(x, sigma) + d(x_euler, sigma')) / 2 * (sigma' - sigma);
+    two model calls per step except the last, where d at sigma = 0 is undefined and Euler is used."""
     for i in _steps(sigmas, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _eval(model, x, sigma, extra_args)
+        _report(callback, i, x, sigma, denoised)
         d = _d(x, sigma, denoised)
         dt = sigma_next - sigma
         x_euler = x + d * dt
-        if sigma_next == 0:  # no slope at sigma = 0; the last step stays Euler
+        if sigma_next == 0:
             x = x_euler
         else:
             d_next = _d(x_euler, sigma_next, _eval(model, x_euler, sigma_next, extra_args))
             x = x + (d + d_next) / 2 * dt
-        _report(callback, i, x, sigma, denoised)
     return x
 
 
 @torch.no_grad()
-def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
-    """Pseudo linear multistep (Liu et al. 2022): Adams-Bashforth on eps, a Heun step to start."""
+def sample_plms(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                callback: Callback | None = None, disable: bool | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pseudo linear multistep (Liu et al. 2022, PNDM) as in the reference SD PLMS sampler.
+
+    A DDIM step with eps e is x' = x + e * (sigma' - sigma) in sigma space; PLMS replaces e by an
+    Adams-Bashforth combination of the current and up to three previous eps estimates, with
+    constant coefficients (1: a Heun step; 2: (3, -1)/2; 3: (23, -16, 5)/12; 4+: (55, -59, 37, -9)/24).
+    The coefficients assume equal steps, so on the usual uneven sigma grids it is second order.
+    """
     history: list[torch.Tensor] = []
     for i in _steps(sigmas, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _eval(model, x, sigma, extra_args)
+        _report(callback, i, x, sigma, denoised)
         eps = _d(x, sigma, denoised)
         dt = sigma_next - sigma
         if not history:
-            if sigma_next > 0:
+            if sigma_next > 0:  # start-up: a pseudo improved Euler step, one extra model call
                 x_pred = x + eps * dt
                 eps_prime = (eps + _d(x_pred, sigma_next, _eval(model, x_pred, sigma_next, extra_args))) / 2
             else:
@@ -146,17 +189,24 @@ def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             eps_prime = (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
         history = (history + [eps])[-3:]
         x = x + eps_prime * dt
-        _report(callback, i, x, sigma, denoised)
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
-    """DPM-Solver++(2M) (Lu et al. 2022), multistep in lambda = -log sigma on the x0 predictions."""
+def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                    callback: Callback | None = None, disable: bool | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in lambda = -log sigma, h = lambda' - lambda:
+
+        x' = (sigma' / sigma) x - (e^{-h} - 1) D,   D = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},  r = h_{i-1} / h,
+
+    first order (D = D_i) on the first step; the final step to sigma = 0 returns D_i itself.
+    """
     old_denoised, h_last = None, None
     for i in _steps(sigmas, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _eval(model, x, sigma, extra_args)
+        _report(callback, i, x, sigma, denoised)
         if sigma_next == 0:
             x = denoised
         else:
@@ -168,17 +218,25 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
             x = (sigma_next / sigma) * x - torch.expm1(-h) * d
             h_last = h
         old_denoised = denoised
-        _report(callback, i, x, sigma, denoised)
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None, eta=1.0):
-    """DPM-Solver++(2M) SDE variant (midpoint form): the 2M update plus injected noise, scaled by eta."""
+def sample_dpmpp_2m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                        callback: Callback | None = None, disable: bool | None = None,
+                        generator: torch.Generator | None = None, eta: float = 1.0) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, midpoint form), with eta scaling the injected noise:
+
+        x' = (sigma' / sigma) e^{-eta h} x + (1 - e^{-(1 + eta) h}) D_i
+             + (1 - e^{-(1 + eta) h}) / (2r) (D_i - D_{i-1}) + sigma' sqrt(1 - e^{-2 eta h}) z.
+
+    eta = 0 is exactly DPM-Solver++(2M); eta = 1 is the variance-preserving SDE solver.
+    """
     old_denoised, h_last = None, None
     for i in _steps(sigmas, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _eval(model, x, sigma, extra_args)
+        _report(callback, i, x, sigma, denoised)
         if sigma_next == 0:
             x = denoised
         else:
@@ -187,16 +245,15 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
             x = (sigma_next / sigma) * torch.exp(-eta_h) * x - torch.expm1(-h - eta_h) * denoised
             if old_denoised is not None:
                 r = h_last / h
-                x = x - 0.5 * torch.expm1(-h - eta_h) * (1 / r) * (denoised - old_denoised)
+                x = x - torch.expm1(-h - eta_h) / (2 * r) * (denoised - old_denoised)
             if eta > 0:
                 x = x + _noise(x, generator) * sigma_next * (-torch.expm1(-2 * eta_h)).sqrt()
             h_last = h
         old_denoised = denoised
-        _report(callback, i, x, sigma, denoised)
     return x
 
 
-SAMPLERS: dict[str, Callable] = {
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
     "plms": sample_plms,
@@ -206,10 +263,12 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
 }
+# Deterministic with their default options (ddim: eta = 0); the others draw from the generator.
 DETERMINISTIC = ("ddim", "plms", "euler", "heun", "dpmpp_2m")
 
 
-def get_sampler(name: str) -> Callable:
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    """The sampler function registered under `name`."""
     try:
         return SAMPLERS[name]
     except KeyError:
@@ -217,12 +276,14 @@ def get_sampler(name: str) -> Callable:
 
 
 def truncate_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
-    """The tail of a sigma grid for starting from a partly noised image (img2img, inpainting).
+    """The tail of a sigma grid, for starting from a partly noised image (img2img, inpainting).
 
-    strength 1 keeps every step (start from pure noise), 0 keeps none (return the input).
+    Keeps floor(strength * steps) steps, as the reference img2img does (t_enc = int(strength * steps)):
+    strength 1 keeps the whole grid, 0 keeps only the final 0 (no steps: the input is returned as is).
+    Start from x = x0 + noise * result[0].
     """
-    if not 0.0 <= strength <= 1.0:
+    if not 0.0 <= strength <= 1.0:  # also rejects NaN
         raise InvalidStrengthError(f"strength must be in [0, 1], got {strength}")
     steps = len(sigmas) - 1
-    keep = int(round(steps * strength))
+    keep = int(math.floor(steps * strength + 1e-9))  # the epsilon stops 0.29 * 100 = 28.999... losing a step
     return sigmas[steps - keep:]
