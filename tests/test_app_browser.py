@@ -1,0 +1,102 @@
+"""End to end in headless Chromium: `ldm app` with a tiny model, generate on the text-to-image page.
+
+Uses the system Chromium (Debian package at /usr/bin/chromium) through Playwright; never downloads a browser.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from playwright.sync_api import sync_playwright
+
+from ldm.checkpoint import save_state_dict
+from ldm.testing import tiny_config, tiny_model
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+START_TIMEOUT = 90  # s: Streamlit plus torch imports on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ldm app exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"ldm app did not open port {port} within {timeout} s")
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    cfg, ckpt = tmp_path / "tiny.yaml", tmp_path / "tiny.safetensors"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    save_state_dict(tiny_model().original_state_dict(), ckpt)
+    port = free_port()
+    log = open(tmp_path / "app.log", "w")
+    # Own process group: `ldm app` starts Streamlit as a child, and both must go at the end.
+    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "app", "--port", str(port), "--config", str(cfg),
+                             "--ckpt", str(ckpt), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_for_port(port, proc, START_TIMEOUT)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+def test_generate_an_image_in_the_browser(app_url, tmp_path):
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{app_url}/text", timeout=60_000)
+            page.get_by_role("heading", name="Text-to-image").wait_for(timeout=90_000)
+            prompt = page.get_by_label("Prompt", exact=True)
+            prompt.fill("a red apple")
+            prompt.press("Enter")
+            steps = page.get_by_label("Steps", exact=True)
+            steps.fill("6")
+            steps.press("Enter")
+            page.get_by_role("button", name="Generate").click()
+            caption = page.get_by_text("result", exact=True)
+            caption.wait_for(timeout=120_000)
+            image = page.locator('[data-testid="stImage"] img').last
+            image.wait_for(timeout=30_000)
+            # The image really loaded (a broken <img> has naturalWidth 0).
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
+                                   timeout=30_000)
+            assert image.evaluate("img => img.naturalWidth") >= 16
+            assert page.get_by_role("button", name="Download PNG").is_visible()
+            assert not page.locator('[data-testid="stAlertContentError"]').count()
+            shot = tmp_path / "app-screenshot.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("LDM_SAVE_SCREENSHOT"):  # refresh the README picture by hand
+                Path(os.environ["LDM_SAVE_SCREENSHOT"]).write_bytes(shot.read_bytes())
+        finally:
+            browser.close()
