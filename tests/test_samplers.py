@@ -80,6 +80,8 @@ def test_eta_zero_reduces_to_the_deterministic_solver():
     torch.testing.assert_close(run("euler_ancestral", eta=0.0), euler)
     torch.testing.assert_close(run("dpmpp_2m_sde", eta=0.0), run("dpmpp_2m"))
     assert torch.equal(run("ddim", eta=1.0), run("ddpm"))
+    # k-diffusion's ancestral split with eta = 1 is the DDPM posterior in sigma space: the same step.
+    torch.testing.assert_close(run("euler_ancestral"), run("ddpm"))
     assert (run("ddim", eta=1.0) - euler).abs().max() > 1e-2
 
 
@@ -190,3 +192,25 @@ def test_truncate_sigmas():
     # Running a truncated grid from x0 + noise * sigmas[0] with strength 0 returns the input untouched.
     x = torch.randn(2, 4, dtype=torch.float64)
     assert torch.equal(SAMPLERS["euler"](gaussian_denoiser, x, truncate_sigmas(sigmas, 0.0), disable=True), x)
+
+
+def test_benchmark_table_runs_on_the_analytic_case():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "samplers.py"
+    spec = importlib.util.spec_from_file_location("bench_samplers", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ac = alphas_cumprod_from_betas(make_betas("scaled_linear", 1000, linear_start=0.00085, linear_end=0.012))
+    denoise, exact = bench.gaussian_case((2, 3, 3))
+    lines = []
+    rows = bench.run_table(denoise, torch.randn(4, 2, 3, 3, dtype=torch.float64),
+                           lambda n: get_sigmas(ac, n, karras=True).double(), ["euler", "heun", "ddpm"], steps=(4, 16),
+                           reference_steps=200, exact=exact, print_fn=lines.append)
+    assert [(r["sampler"], r["steps"]) for r in rows] == [(s, n) for s in ("euler", "heun", "ddpm") for n in (4, 16)]
+    assert [r["nfe"] for r in rows] == [4, 16, 7, 31, 4, 16]
+    for name in ("euler", "heun"):  # deterministic: closer to the reference with more steps
+        few, many = [r["rmse"] for r in rows if r["sampler"] == name]
+        assert many < few / 2
+    assert any(line.startswith("| heun | ") for line in lines) and any(line.startswith("| ddpm * | ") for line in lines)
