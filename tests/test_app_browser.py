@@ -42,8 +42,10 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise AssertionError(f"ldm app did not open port {port} within {timeout} s")
 
 
-@pytest.fixture
-def app_url(tmp_path):
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """A running `ldm app` (url, process, port) shared by the tests here; the last test stops it."""
+    tmp_path = tmp_path_factory.mktemp("app")
     cfg, ckpt = tmp_path / "tiny.yaml", tmp_path / "tiny.safetensors"
     cfg.write_text(yaml.safe_dump(tiny_config()))
     save_state_dict(tiny_model().original_state_dict(), ckpt)
@@ -55,7 +57,7 @@ def app_url(tmp_path):
                             start_new_session=True)
     try:
         wait_for_port(port, proc, START_TIMEOUT)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc, port
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -68,35 +70,86 @@ def app_url(tmp_path):
         log.close()
 
 
-def test_generate_an_image_in_the_browser(app_url, tmp_path):
+@pytest.fixture(scope="module")
+def browser():
     assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install chromium)"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(f"{app_url}/text", timeout=60_000)
-            page.get_by_role("heading", name="Text-to-image").wait_for(timeout=90_000)
-            prompt = page.get_by_label("Prompt", exact=True)
-            prompt.fill("a red apple")
-            prompt.press("Enter")
-            steps = page.get_by_label("Steps", exact=True)
-            steps.fill("6")
-            steps.press("Enter")
-            page.get_by_role("button", name="Generate").click()
-            caption = page.get_by_text("result", exact=True)
-            caption.wait_for(timeout=120_000)
-            image = page.locator('[data-testid="stImage"] img').last
-            image.wait_for(timeout=30_000)
-            # The image really loaded (a broken <img> has naturalWidth 0).
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
-                                   timeout=30_000)
-            assert image.evaluate("img => img.naturalWidth") >= 16
-            assert page.get_by_role("button", name="Download PNG").is_visible()
-            assert not page.locator('[data-testid="stAlertContentError"]').count()
-            shot = tmp_path / "app-screenshot.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if os.environ.get("LDM_SAVE_SCREENSHOT"):  # refresh the README picture by hand
-                Path(os.environ["LDM_SAVE_SCREENSHOT"]).write_bytes(shot.read_bytes())
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+def set_number(page, label: str, value: int) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def test_generate_an_image_in_the_browser(app, browser, tmp_path):
+    url = app[0]
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        page.goto(f"{url}/text", timeout=60_000)
+        page.get_by_role("heading", name="Text-to-image").wait_for(timeout=90_000)
+        prompt = page.get_by_label("Prompt", exact=True)
+        prompt.fill("a red apple")
+        prompt.press("Enter")
+        set_number(page, "Steps", 6)
+        page.get_by_role("button", name="Generate").click()
+        caption = page.get_by_text("result", exact=True)
+        caption.wait_for(timeout=120_000)
+        image = page.locator('[data-testid="stImage"] img').last
+        image.wait_for(timeout=30_000)
+        # The image really loaded (a broken <img> has naturalWidth 0).
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
+                               timeout=30_000)
+        assert image.evaluate("img => img.naturalWidth") >= 16
+        assert page.get_by_role("button", name="Download PNG").is_visible()
+        assert not page.locator('[data-testid="stAlertContentError"]').count()
+        shot = tmp_path / "app-screenshot.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("LDM_SAVE_SCREENSHOT"):  # refresh the README picture by hand
+            Path(os.environ["LDM_SAVE_SCREENSHOT"]).write_bytes(shot.read_bytes())
+    finally:
+        page.close()
+
+
+def test_inpaint_with_a_mask_drawn_in_the_browser(app, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    try:
+        page.goto(f"{app[0]}/edit", timeout=60_000)
+        page.get_by_role("heading", name="Edit").wait_for(timeout=90_000)
+        page.get_by_text("inpaint", exact=True).click()
+        canvas = page.locator("canvas").last
+        canvas.wait_for(timeout=30_000)
+        set_number(page, "Steps", 3)
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.2 * box["height"])
+        page.mouse.down()
+        for k in range(1, 11):  # a diagonal stroke across the middle
+            page.mouse.move(box["x"] + (0.2 + 0.06 * k) * box["width"], box["y"] + (0.2 + 0.06 * k) * box["height"])
+        page.mouse.up()
+        page.wait_for_timeout(1500)  # the canvas sends its drawing back to the server
+        page.get_by_role("button", name="Inpaint").click()
+        page.get_by_text("result, 16x16").wait_for(timeout=120_000)
+        assert not page.locator('[data-testid="stAlertContentError"]').count()
+    finally:
+        page.close()
+
+
+def test_sigterm_to_ldm_app_stops_the_server(app):
+    """Runs last in this file: `ldm app` must take its Streamlit child down with it."""
+    _, proc, port = app
+    proc.send_signal(signal.SIGTERM)  # to `ldm app` only, not its process group
+    assert proc.wait(timeout=20) is not None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.5)
+        except OSError:
+            return
+    raise AssertionError("the Streamlit server kept running after ldm app was stopped")

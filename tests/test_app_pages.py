@@ -283,3 +283,36 @@ def test_main_navigates_to_every_page(app_env):
         at.switch_page(path).run()
         assert not at.exception and at.header[0].value == header
     assert "Model: tiny.yaml + tiny.safetensors" in at.sidebar.caption[0].value
+
+
+# --- the `ldm app` command ------------------------------------------------------------------------------------
+
+
+def test_app_command_is_headless_on_localhost_and_passes_the_model(model_files):
+    import argparse
+
+    from ldm.commands.app import MAIN, app_command, app_env
+
+    cmd = app_command(8600)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(MAIN) and MAIN.is_file()
+    flags = dict(zip(cmd[5::2], cmd[6::2]))
+    assert flags == {"--server.headless": "true", "--server.port": "8600", "--server.address": "127.0.0.1",
+                     "--browser.gatherUsageStats": "false"}
+    cfg, ckpt = model_files
+    args = argparse.Namespace(config=cfg, ckpt=ckpt, upscaler_config=None, upscaler_ckpt=None, device="cpu")
+    env = app_env(args)
+    assert source_from_env(env).config == cfg and source_from_env(env).device == "cpu"
+    assert source_from_env(env).upscaler_config is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["app", "--port", "0"], "--port"),
+    (["app", "--ckpt", "x.safetensors"], "needs --config"),
+    (["app", "--config", "missing.yaml"], "not found"),
+    (["app", "--upscaler-config", "u.yaml"], "both --upscaler-config"),
+])
+def test_app_command_rejects_bad_arguments_before_starting(argv, message, capsys):
+    from ldm.cli import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,12 +68,27 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     log.info("ldm app on http://127.0.0.1:%d (Ctrl+C stops it)", args.port)
     proc = subprocess.Popen(app_command(args.port), env=app_env(args))
+
+    # A SIGTERM to `ldm app` (a service manager, a test's cleanup) must not orphan the server:
+    # turn it into the same path as Ctrl+C.
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         return proc.wait()
     except KeyboardInterrupt:
+        return stop(proc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> int:
+    """Ask the server to stop, and force it after `timeout` seconds."""
+    if proc.poll() is None:
         proc.terminate()
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

@@ -1,6 +1,7 @@
 """Page: img2img, inpainting (drawn or uploaded mask), outpainting and x4 upscaling."""
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from ldm.app import ui
 from ldm.app.edit import mask_from_strokes, read_mask
@@ -71,7 +72,7 @@ elif model is not None:
         if image is not None and mask_source == "draw":
             scale = max(1, 256 // image.width)
             drawn = st_canvas(fill_color="rgba(255,255,255,1)", stroke_width=int(st.slider("Brush", 2, 60, 20, key="edit_brush")),
-                              stroke_color="#ffffff", background_image=image.resize((image.width * scale, image.height * scale)),
+                              stroke_color="#ffffff", background_image=image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST),
                               height=image.height * scale, width=image.width * scale, drawing_mode="freedraw",
                               return_image_data=True, key="edit_canvas")
             if drawn is not None and drawn.image_data is not None:
@@ -81,7 +82,7 @@ elif model is not None:
             if upload is not None:
                 with ui.user_errors("Reading the mask"):
                     mask = read_mask(upload.getvalue())
-        strength = st.slider("Strength in the hole", 0.0, 1.0, 1.0, 0.05, key="edit_strength")
+        strength = st.slider("Strength in the hole", 0.0, 1.0, 1.0, 0.05, key="edit_inpaint_strength")
         if image is not None and st.button("Inpaint", key="edit_go", type="primary"):
             if mask is None:
                 st.error("Inpainting needs a mask: draw on the image or upload one.")
