@@ -169,10 +169,14 @@ def test_forward_page_shows_three_schedules_in_both_spaces(app_env):
     assert len(at.get("vega_lite_chart")) == 3  # beta, alpha_bar, log-SNR
 
 
-def test_forward_page_rejects_a_bad_upload(app_env):
+def test_forward_page_rejects_a_bad_upload_and_takes_a_good_one(app_env):
     at = page("forward")
     at.radio(key="fwd_source").set_value("upload").run()
     assert any("Upload an image" in i.value for i in at.info)
+    at.file_uploader(key="fwd_upload").set_value(("x.png", b"not an image at all", "image/png")).run()
+    assert not at.exception and any("Reading the image failed" in e for e in errors(at))
+    at.file_uploader(key="fwd_upload").set_value(("x.png", png_upload(sample_image("gradient", 40)), "image/png")).run()
+    assert not errors(at) and sum("pixel space" in c for c in captions(at)) == 3
 
 
 def test_text_page_generates_and_offers_the_png(app_env):
@@ -234,16 +238,25 @@ def test_edit_page_img2img_and_outpaint(app_env, mode, button):
 def test_edit_page_inpaint_needs_a_mask_of_the_right_size(app_env):
     at = page("edit")
     at.radio(key="edit_mode").set_value("inpaint").run()
+    at.radio(key="edit_source").set_value("upload").run()
+    at.file_uploader(key="edit_upload").set_value(("in.png", png_upload(sample_image("shapes", 24)), "image/png")).run()
     at.radio(key="edit_mask_source").set_value("upload").run()
     at.number_input(key="edit_steps").set_value(3)
     at.button(key="edit_go").click().run()
     assert any("needs a mask" in e for e in errors(at))
-    # There is no file-upload setter in AppTest; the page's mask path is the library's, checked here.
-    from ldm.inpaint import inpaint
-    from ldm.masks import MaskSizeError
-
-    with pytest.raises(MaskSizeError, match="mask is 8x8"):
-        inpaint(tiny_model(), sample_image("shapes", 16), np.ones((8, 8), np.float32), "x", steps=2, progress=False)
+    wrong = Image.new("L", (8, 8), 255)
+    at.file_uploader(key="edit_mask").set_value(("m.png", png_upload(wrong), "image/png")).run()
+    at.button(key="edit_go").click().run()
+    assert not at.exception and any("mask is 8x8 but the image is 24x24" in e for e in errors(at))
+    right = Image.new("L", (24, 24), 0)
+    right.paste(255, (0, 0, 12, 24))  # repaint the left half
+    at.file_uploader(key="edit_mask").set_value(("m.png", png_upload(right), "image/png")).run()
+    at.button(key="edit_go").click().run()
+    assert not errors(at)
+    mode, result = at.session_state["edit_result"]
+    assert mode == "inpaint" and result.size == (24, 24)
+    kept = np.asarray(result)[:, 16:]  # well outside the hole and its feathered edge: unchanged
+    assert np.array_equal(kept, np.asarray(sample_image("shapes", 24))[:, 16:])
 
 
 def test_edit_page_upscale_without_upscaler_says_so(app_env):

@@ -70,19 +70,23 @@ def enlarge(image: Image.Image, width: int = 256) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
-def image_input(prefix: str, size: int | None = None) -> Image.Image | None:
-    """A built-in sample or an upload; None (with the reason shown) when there is nothing usable."""
+def image_input(prefix: str, size: int = 128, resize_uploads: bool = False) -> Image.Image | None:
+    """A built-in sample (drawn at `size`) or an upload; None (with the reason shown) when there is nothing usable.
+
+    Uploads keep their size unless `resize_uploads` (the editing tasks handle any size, and an
+    uploaded mask must match the image as the user made it).
+    """
     source = st.radio("Image", ["built-in sample", "upload"], key=f"{prefix}_source", horizontal=True)
     if source == "built-in sample":
         name = st.selectbox("Sample image", list(SAMPLES), key=f"{prefix}_sample")
-        return sample_image(name, size or 128)
+        return sample_image(name, size)
     upload = st.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "gif", "bmp"], key=f"{prefix}_upload")
     if upload is None:
         st.info("Upload an image to start.")
         return None
     with user_errors("Reading the image"):
         image = read_image(upload.getvalue())
-        if size:
+        if resize_uploads:
             image = image.resize((size, size), Image.Resampling.LANCZOS)
         return image
     return None

@@ -11,7 +11,7 @@ model = ui.get_model()
 if model is None:
     st.info("Without a model only the pixel-space view is shown.")
 size = model.default_image_size if model is not None else 128
-image = ui.image_input("fwd", size)
+image = ui.image_input("fwd", size, resize_uploads=True)  # one size, so the schedules line up
 
 with st.expander("Schedule parameters"):
     c1, c2, c3 = st.columns(3)
