@@ -174,21 +174,35 @@ class ToyDiffusion:
     def sample(self, n: int = 1000, steps: int = 50, sampler: str = "ddim", seed: int = 0,
                spacing: str = "trailing", clip: float | None = 4.0, return_trajectory: bool = False,
                **sampler_options):
-        """[n, 2] samples from noise with a library sampler; with return_trajectory also the x0 estimates per step.
+        """[n, 2] samples from noise with a library sampler.
 
-        `clip` bounds the x0 estimates (see ClippedDenoiser); None samples unclipped.
-        trailing spacing by default: its first step starts at the schedule's last timestep, where
-        the noise is (nearly) pure; leading starts a step earlier, which few steps make visible.
+        `clip` bounds the x0 estimates (see ClippedDenoiser); None samples unclipped. With
+        `return_trajectory`, also a list with an entry per step and one for the result: {"x": the
+        points at that step, rescaled to the variance-preserving x_t the network sees (so every step
+        is on the data's scale), "denoised": the step's x0 estimate, "sigma": its noise level};
+        entry 0 is the start noise.
         """
         sigmas = get_sigmas(self.alphas_cumprod, steps, spacing=spacing)
         x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
-        trajectory: list[torch.Tensor] = []
-        callback = (lambda d: trajectory.append(d["denoised"].clone())) if return_trajectory else None
+        trajectory: list[dict[str, torch.Tensor | float]] = []
+
+        def vp(points: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return points / (1 + sigma.float() ** 2).sqrt()
+
+        def record(d: dict) -> None:
+            # The samplers report x as it was when the step began, at noise level d["sigma"].
+            trajectory.append({"x": vp(d["x"].clone(), d["sigma"]), "denoised": d["denoised"].clone(),
+                               "sigma": float(d["sigma"])})
+
         denoiser = self.denoiser() if clip is None else ClippedDenoiser(self.denoiser(), clip)
         with single_thread():
-            out = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, disable=True,
-                                       generator=torch.Generator().manual_seed(seed + 1), **sampler_options)
-        return (out, trajectory) if return_trajectory else out
+            out = get_sampler(sampler)(denoiser, x, sigmas, callback=record if return_trajectory else None,
+                                       disable=True, generator=torch.Generator().manual_seed(seed + 1),
+                                       **sampler_options)
+        if not return_trajectory:
+            return out
+        trajectory.append({"x": out, "denoised": out, "sigma": 0.0})
+        return out, trajectory
 
 
 def nearest_distance(points: torch.Tensor, data: torch.Tensor) -> torch.Tensor:

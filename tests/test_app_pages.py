@@ -219,7 +219,12 @@ def test_toy_page_trains_and_samples(app_env):
     assert set(models) == {"linear", "cosine"} and all(len(m.losses) == 200 for m in models.values())
     table = at.dataframe[0].value
     assert set(table["schedule"]) == {"linear", "cosine"} and set(table["sampler"]) == {"ddpm", "ddim"}
-    assert len(at.get("vega_lite_chart")) >= 1 + 4  # loss curve + a scatter per schedule x sampler
+    assert len(at.get("vega_lite_chart")) == 1 + 4 + 1  # loss, a scatter per schedule x sampler, the replay
+    at.slider(key="toy_run_step").set_value(0).run()
+    start = next(c.value for c in at.caption if "noise level" in c.value)
+    at.slider(key="toy_run_step").set_value(50).run()
+    end = next(c.value for c in at.caption if "noise level" in c.value)
+    assert "sigma = 0 " in end and start != end and not errors(at)
 
 
 @pytest.mark.parametrize("mode,button", [("img2img", "edit_go"), ("outpaint", "edit_go")])

@@ -47,7 +47,11 @@ def test_samples_land_near_the_data(trained, sampler):
 def test_ddim_is_deterministic_and_trajectory_is_reported(trained):
     a, traj = trained.sample(200, steps=10, sampler="ddim", seed=5, return_trajectory=True)
     b = trained.sample(200, steps=10, sampler="ddim", seed=5)
-    assert torch.equal(a, b) and len(traj) == 10 and traj[0].shape == (200, 2)
+    assert torch.equal(a, b) and len(traj) == 11
+    assert traj[0]["x"].shape == (200, 2) and traj[-1]["sigma"] == 0.0 and torch.equal(traj[-1]["x"], a)
+    # The points start as unit noise and end near the data: their distance to it shrinks along the way.
+    d = [float(nearest_distance(step["x"], trained.data).mean()) for step in traj]
+    assert d[-1] < 0.5 * d[0] and abs(float(traj[0]["x"].std()) - 1) < 0.1
 
 
 def test_cosine_schedule_ddim_stays_finite_with_clipping():

@@ -101,3 +101,22 @@ def test_gif_boomerang_plays_back():
     frames = [Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(4)]
     with Image.open(__import__("io").BytesIO(gif_bytes(frames, boomerang=True))) as gif:
         assert gif.n_frames == 6
+
+
+def test_mp4_is_written_when_imageio_ffmpeg_is_there_and_said_plainly_when_not(tmp_path):
+    import importlib.util
+
+    from ldm.walk import VideoUnavailableError, save_mp4
+
+    frames = [Image.new("RGB", (16, 16), (i * 40, 100, 200 - i * 40)) for i in range(5)]
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        with pytest.raises(VideoUnavailableError, match="imageio-ffmpeg"):
+            save_mp4(frames, tmp_path / "w.mp4")
+        return
+    path = save_mp4(frames, tmp_path / "w.mp4", fps=5)
+    head = path.read_bytes()[:12]
+    assert head[4:8] == b"ftyp"  # an MP4 container
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path) as reader:
+        assert sum(1 for _ in reader) == 5

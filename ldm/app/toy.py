@@ -54,3 +54,21 @@ def score_table(models: dict[str, ToyDiffusion], samplers: list[str], steps: lis
         baseline = noise_baseline(next(iter(models.values())).data, n, seed)
         table.attrs["noise baseline"] = baseline
     return table
+
+
+def trajectory_frame(toy: ToyDiffusion, sampler: str, steps: int, at_step: int, n: int = 800,
+                     seed: int = 0) -> tuple[pd.DataFrame, float]:
+    """(data and the sampler's points after `at_step` of `steps` steps, the noise level there).
+
+    Step 0 is the start noise and step `steps` the finished samples; the same seed at every
+    step, so moving the slider replays one sampling run.
+    """
+    if not 0 <= at_step <= steps:
+        raise ValueError(f"step must be in [0, {steps}], got {at_step}")
+    _, trajectory = toy.sample(n, steps=steps, sampler=sampler, seed=seed, return_trajectory=True)
+    points = trajectory[at_step]["x"]
+    data = toy.data[:n]
+    frame = pd.DataFrame({"x": torch.cat([data[:, 0], points[:, 0]]).numpy(),
+                          "y": torch.cat([data[:, 1], points[:, 1]]).numpy(),
+                          "kind": ["data"] * len(data) + [f"x_t at step {at_step}"] * len(points)})
+    return frame, float(trajectory[at_step]["sigma"])
