@@ -38,23 +38,23 @@ def fixed_batch(cfg: dict) -> dict:
 
 def test_ldm_learns_and_exports(shapes, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = tiny_train_config("ldm", shapes, run_dir, ["trainer.max_steps=60", "logging.sample_every_n_steps=30",
-                                                     "logging.checkpoint_every_n_steps=30", "trainer.val_check_interval=30",
+    cfg = tiny_train_config("ldm", shapes, run_dir, ["trainer.max_steps=40", "logging.sample_every_n_steps=20",
+                                                     "logging.checkpoint_every_n_steps=20", "trainer.val_check_interval=20",
                                                      "logging.tensorboard=true"])
     batch = fixed_batch(cfg)
     torch.manual_seed(0)
     before = eval_loss(build_module(cfg), batch)
     module, trainer = train(cfg)
     after = eval_loss(module, batch)
-    assert trainer.global_step == 60
+    assert trainer.global_step == 40
     assert after < 0.8 * before, (before, after)
 
     # Monitoring: CSV losses, TensorBoard events, sample grids, periodic and last checkpoints.
     rows = list(csv.DictReader(open(next((run_dir / "csv").glob("version_*/metrics.csv")))))
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/loss") for r in rows)
     assert list((run_dir / "tensorboard").glob("version_*/events.out.tfevents.*"))
-    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step-000030.png", "step-000060.png"]
-    assert {"last.ckpt", "step-000030.ckpt", "step-000060.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step-000020.png", "step-000040.png"]
+    assert {"last.ckpt", "step-000020.ckpt", "step-000040.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
 
     # Export: original key layout, EMA U-Net, estimated scale factor in the YAML; loads for inference.
     node = yaml.safe_load((run_dir / "model.yaml").read_text())
@@ -166,6 +166,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(shapes, tmp_path):
     from ldm.unet import ResBlock
 
     batch = fixed_batch(tiny_train_config("ldm", shapes, tmp_path))
+    batch = {"image": batch["image"][:4], "caption": batch["caption"][:4]}
     grads = []
     for flag in (False, True):
         torch.manual_seed(0)
@@ -186,7 +187,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(shapes, tmp_path):
 def test_bf16_accumulation_and_ema_counts(shapes, tmp_path):
     cfg = tiny_train_config("ldm", shapes, tmp_path, ["trainer.max_steps=2", "training.accumulate=2", "data.val_fraction=0",
                                                       "trainer.precision=bf16-mixed", "logging.sample_every_n_steps=0",
-                                                      "training.compile=false"])
+                                                      "data.batch_size=2"])
     module, trainer = train(cfg)
     assert trainer.global_step == 2 and module.batches_seen == 4  # two micro-batches per optimiser step
     assert int(module.ema.n_averaged) == 2  # EMA updated per optimiser step, not per micro-batch
