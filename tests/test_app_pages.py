@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from ldm.app.edit import mask_from_strokes, read_image, read_mask
-from ldm.app.forward import forward_views, schedule_curves
+from ldm.app.forward import forward_views, latent_start, schedule_curves
 from ldm.app.samples import SAMPLES, sample_image
 from ldm.app.state import ENV_CKPT, ENV_CONFIG, ModelMissingError, load_main_model, source_from_env
 from ldm.app.text import generate, png_bytes
@@ -91,6 +91,9 @@ def test_forward_views_go_from_image_to_noise():
     at0 = forward_views(img, 0, model)
     late = forward_views(img, 999, model)
     assert set(at0) == {"linear", "scaled_linear", "cosine"} and at0["linear"]["latent"].size == (16, 16)
+    z0 = latent_start(model, img)
+    again = forward_views(img, 0, model, z0=z0)  # a page encodes once and passes z0 on every slider move
+    assert np.array_equal(np.asarray(again["cosine"]["latent"]), np.asarray(at0["cosine"]["latent"]))
     for kind in at0:
         d0 = np.abs(np.asarray(at0[kind]["pixel"], dtype=float) - arr).mean()
         d1 = np.abs(np.asarray(late[kind]["pixel"], dtype=float) - arr).mean()
@@ -282,6 +285,7 @@ def test_walk_page_makes_a_gif(app_env):
     with Image.open(io.BytesIO(gif)) as img:
         assert img.format == "GIF" and img.n_frames == 3
     assert video is None and "walk" in captions(at)
+    assert [n.label for n in at.number_input if "Seed" in n.label] == ["Seed A", "Seed B"]  # no unused seed
 
 
 def test_walk_page_same_ends_is_an_error(app_env):

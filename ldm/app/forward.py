@@ -34,31 +34,39 @@ def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def latent_start(model, image: Image.Image, size: int | None = None) -> torch.Tensor:
+    """z_0 for the latent view: the image at `size` (default: the model's own size) through the VAE encoder.
+
+    Separate from `forward_views` so a page can encode once and re-noise on every slider move.
+    """
+    size = size or model.default_image_size
+    pixels = pil_to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS))
+    return model.encode_image(pixels.to(model.device)).float()
+
+
+@torch.no_grad()
 def forward_views(image: Image.Image, t: int, model=None, seed: int = 0, num_timesteps: int = 1000,
                   linear_start: float = 0.00085, linear_end: float = 0.012,
-                  kinds: tuple[str, ...] = SCHEDULES) -> dict[str, dict[str, Image.Image]]:
+                  kinds: tuple[str, ...] = SCHEDULES, z0: torch.Tensor | None = None) -> dict[str, dict[str, Image.Image]]:
     """Per schedule: {"pixel": x_t noised in pixel space, "latent": decode(z_t) noised in the VAE's latent space}.
 
     The same noise for every schedule, so the columns differ only by the schedule. Pixel values
-    of x_t exceed [-1, 1] and are shown clamped, as is usual. Without a model there is no latent view.
+    of x_t exceed [-1, 1] and are shown clamped, as is usual. Without a model there is no latent
+    view; `z0` (from `latent_start`) saves re-encoding the image.
     """
     if not 0 <= t < num_timesteps:
         raise ValueError(f"timestep must be in [0, {num_timesteps - 1}], got {t}")
     pixels = pil_to_tensor(image.convert("RGB"))
-    z0 = None
-    if model is not None:
-        z0 = model.encode_image(pixels.to(model.device)).float()
-        latent_noise = _noise(tuple(z0.shape), seed + 1).to(z0.device)
     pixel_noise = _noise(tuple(pixels.shape), seed)
     tt = torch.tensor([t])
-    views: dict[str, dict[str, Image.Image]] = {}
-    for kind in kinds:
-        _, ab = schedule_alphas(kind, num_timesteps, linear_start, linear_end)
-        ab = ab.float()
-        views[kind] = {"pixel": tensor_to_pil(q_sample(pixels, tt, ab, pixel_noise))[0]}
-        if z0 is not None:
-            z_t = q_sample(z0, tt.to(z0.device), ab, latent_noise)
-            views[kind]["latent"] = tensor_to_pil(model.decode_latent(z_t))[0]
+    alphas = {kind: schedule_alphas(kind, num_timesteps, linear_start, linear_end)[1].float() for kind in kinds}
+    views = {kind: {"pixel": tensor_to_pil(q_sample(pixels, tt, ab, pixel_noise))[0]} for kind, ab in alphas.items()}
+    if model is not None:
+        z0 = latent_start(model, image) if z0 is None else z0
+        latent_noise = _noise(tuple(z0.shape), seed + 1).to(z0.device)
+        z_t = torch.cat([q_sample(z0, tt.to(z0.device), ab, latent_noise) for ab in alphas.values()])
+        for kind, decoded in zip(kinds, tensor_to_pil(model.decode_latent(z_t))):  # one batched decode
+            views[kind]["latent"] = decoded
     return views
 
 

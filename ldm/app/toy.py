@@ -31,13 +31,22 @@ def loss_frame(models: dict[str, ToyDiffusion], window: int = 50) -> pd.DataFram
                         ).rename_axis("step")
 
 
+POINT_COLORS = ["#c8c8c8", "#d62728"]  # data in light grey behind, the model's points in red
+
+
+def points_frame(data: torch.Tensor, points: torch.Tensor, name: str) -> pd.DataFrame:
+    """x plus one y column per series ("data", name), NaN elsewhere: st.scatter_chart(y=[...], color=[...])
+    then colours the two series as asked, instead of two hard-to-tell default shades."""
+    nan_d, nan_p = torch.full((len(data),), float("nan")), torch.full((len(points),), float("nan"))
+    return pd.DataFrame({"x": torch.cat([data[:, 0], points[:, 0]]).numpy(),
+                         "data": torch.cat([data[:, 1], nan_p]).numpy(),
+                         name: torch.cat([nan_d, points[:, 1]]).numpy()})
+
+
 def samples_frame(toy: ToyDiffusion, sampler: str, steps: int, n: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Data and samples as one long frame (x, y, kind) for a scatter chart coloured by kind."""
+    """Data and samples (see points_frame)."""
     samples = toy.sample(n, steps=steps, sampler=sampler, seed=seed)
-    data = toy.data[:n]
-    return pd.DataFrame({"x": torch.cat([data[:, 0], samples[:, 0]]).numpy(),
-                         "y": torch.cat([data[:, 1], samples[:, 1]]).numpy(),
-                         "kind": ["data"] * len(data) + ["samples"] * len(samples)})
+    return points_frame(toy.data[:n], samples, "samples")
 
 
 def score_table(models: dict[str, ToyDiffusion], samplers: list[str], steps: list[int], n: int = 500,
@@ -66,9 +75,5 @@ def trajectory_frame(toy: ToyDiffusion, sampler: str, steps: int, at_step: int, 
     if not 0 <= at_step <= steps:
         raise ValueError(f"step must be in [0, {steps}], got {at_step}")
     _, trajectory = toy.sample(n, steps=steps, sampler=sampler, seed=seed, return_trajectory=True)
-    points = trajectory[at_step]["x"]
-    data = toy.data[:n]
-    frame = pd.DataFrame({"x": torch.cat([data[:, 0], points[:, 0]]).numpy(),
-                          "y": torch.cat([data[:, 1], points[:, 1]]).numpy(),
-                          "kind": ["data"] * len(data) + [f"x_t at step {at_step}"] * len(points)})
+    frame = points_frame(toy.data[:n], trajectory[at_step]["x"], "x_t")
     return frame, float(trajectory[at_step]["sigma"])

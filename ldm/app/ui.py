@@ -92,13 +92,14 @@ def image_input(prefix: str, size: int = 128, resize_uploads: bool = False) -> I
     return None
 
 
-def sampling_controls(prefix: str, steps: int = 20, scale: float = 7.5, seed: int = 0) -> tuple[SamplingOptions, int]:
-    c1, c2, c3, c4 = st.columns(4)
-    sampler = c1.selectbox("Sampler", list(SAMPLERS), key=f"{prefix}_sampler")
-    n_steps = c2.number_input("Steps", 1, 200, steps, key=f"{prefix}_steps")
-    guidance = c3.number_input("Guidance scale", 0.0, 30.0, scale, step=0.5, key=f"{prefix}_scale")
-    chosen_seed = c4.number_input("Seed", 0, 2**31 - 1, seed, key=f"{prefix}_seed")
-    return SamplingOptions(steps=int(n_steps), guidance_scale=float(guidance), sampler=sampler), int(chosen_seed)
+def sampling_controls(prefix: str, steps: int = 20, scale: float = 7.5, seed: int | None = 0) -> tuple[SamplingOptions, int | None]:
+    """Sampler, steps, guidance scale and (unless seed is None, for pages with their own seeds) a seed."""
+    cols = st.columns(4 if seed is not None else 3)
+    sampler = cols[0].selectbox("Sampler", list(SAMPLERS), key=f"{prefix}_sampler")
+    n_steps = cols[1].number_input("Steps", 1, 200, steps, key=f"{prefix}_steps")
+    guidance = cols[2].number_input("Guidance scale", 0.0, 30.0, scale, step=0.5, key=f"{prefix}_scale")
+    chosen = None if seed is None else int(cols[3].number_input("Seed", 0, 2**31 - 1, seed, key=f"{prefix}_seed"))
+    return SamplingOptions(steps=int(n_steps), guidance_scale=float(guidance), sampler=sampler), chosen
 
 
 def size_controls(prefix: str, model) -> tuple[int, int]:

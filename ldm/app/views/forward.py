@@ -2,7 +2,7 @@
 import streamlit as st
 
 from ldm.app import ui
-from ldm.app.forward import forward_views, schedule_curves, snr_at
+from ldm.app.forward import forward_views, latent_start, schedule_curves, snr_at
 
 st.header("Forward diffusion explorer")
 st.caption("x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, with the same eps for every schedule.")
@@ -10,7 +10,8 @@ st.caption("x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, with the sa
 model = ui.get_model()
 if model is None:
     st.info("Without a model only the pixel-space view is shown.")
-size = model.default_image_size if model is not None else 128
+# 128 px whatever the model: big enough to see the noise take over, a multiple of any VAE's factor.
+size = 128
 image = ui.image_input("fwd", size, resize_uploads=True)  # one size, so the schedules line up
 
 with st.expander("Schedule parameters"):
@@ -23,7 +24,12 @@ seed = int(st.number_input("Noise seed", 0, 2**31 - 1, 0, key="fwd_seed"))
 
 if image is not None:
     with ui.user_errors("Noising"):
-        views = forward_views(image, t, model, seed, T, start, end)
+        # Encode once per image: the slider then only re-noises and decodes.
+        key = (prefix_key := "fwd_latent", image.tobytes(), image.size)
+        if model is not None and st.session_state.get(prefix_key, (None,))[0] != key:
+            st.session_state[prefix_key] = (key, latent_start(model, image))
+        z0 = st.session_state[prefix_key][1] if model is not None else None
+        views = forward_views(image, t, model, seed, T, start, end, z0=z0)
         ab = snr_at(t, T, start, end)
         for col, (kind, view) in zip(st.columns(len(views)), views.items()):
             col.subheader(kind)

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from ldm.app import ui
-from ldm.app.toy import loss_frame, samples_frame, score_table, train_schedules, trajectory_frame
+from ldm.app.toy import POINT_COLORS, loss_frame, samples_frame, score_table, train_schedules, trajectory_frame
 from ldm.schedules import SCHEDULES
 from ldm.toy2d import DATASETS
 
@@ -46,15 +46,15 @@ if models:
             cols = st.columns(max(1, len(samplers)))
             for col, sampler in zip(cols, samplers):
                 col.markdown(f"**{kind} / {sampler}, {sample_steps} steps**")
-                col.scatter_chart(samples_frame(toy, sampler, sample_steps, n=800), x="x", y="y", color="kind",
-                                  height=300)
+                col.scatter_chart(samples_frame(toy, sampler, sample_steps, n=800), x="x", y=["data", "samples"],
+                                  color=POINT_COLORS, height=300)
         st.subheader("One sampling run, step by step")
         c1, c2, c3 = st.columns(3)
         run_schedule = c1.selectbox("Schedule", list(models), key="toy_run_schedule")
         run_sampler = c2.selectbox("Sampler", ["ddpm", "ddim"], key="toy_run_sampler")
         at_step = c3.slider("After step", 0, sample_steps, sample_steps // 2, key="toy_run_step")
         frame, sigma = trajectory_frame(models[run_schedule], run_sampler, sample_steps, at_step)
-        st.scatter_chart(frame, x="x", y="y", color="kind", height=350)
+        st.scatter_chart(frame, x="x", y=["data", "x_t"], color=POINT_COLORS, height=350)
         st.caption(f"noise level sigma = {sigma:.3g} (points shown as the network sees them, x / sqrt(1 + sigma^2))")
         table = score_table(models, samplers, sorted({10, sample_steps}))
         st.subheader("Mean distance of samples to the nearest data point")

@@ -21,7 +21,7 @@ if model is not None:
     frames = int(c1.number_input("Frames", 2, 120, 16, key="walk_frames"))
     duration = int(c2.number_input("ms per frame", 20, 2000, 100, step=10, key="walk_duration"))
     boomerang = c3.checkbox("Play back (seamless loop)", True, key="walk_boomerang")
-    options, _ = ui.sampling_controls("walk", steps=20)
+    options, _ = ui.sampling_controls("walk", steps=20, seed=None)  # the walk has seeds A and B
     height, width = ui.size_controls("walk", model)
     has_mp4 = importlib.util.find_spec("imageio_ffmpeg") is not None
     mp4 = st.checkbox("Also make an MP4", False, key="walk_mp4", disabled=not has_mp4,
