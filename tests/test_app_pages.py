@@ -274,6 +274,25 @@ def test_edit_page_upscale_without_upscaler_says_so(app_env):
     assert any("needs the upscaler" in i.value for i in at.info)
 
 
+def test_edit_page_upscales_with_an_upscaler_given(app_env, tmp_path, monkeypatch):
+    from ldm.app.state import ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
+    from ldm.testing_editing import tiny_upscaler_config, tiny_upscaler_model
+
+    cfg, ckpt = tmp_path / "up.yaml", tmp_path / "up.safetensors"
+    cfg.write_text(yaml.safe_dump(tiny_upscaler_config()))
+    save_state_dict(tiny_upscaler_model().original_state_dict(), ckpt)
+    monkeypatch.setenv(ENV_UPSCALER_CONFIG, str(cfg))
+    monkeypatch.setenv(ENV_UPSCALER_CKPT, str(ckpt))
+    at = page("edit")
+    at.radio(key="edit_mode").set_value("upscale x4").run()
+    assert not at.info or not any("needs the upscaler" in i.value for i in at.info)
+    at.number_input(key="edit_steps").set_value(2)
+    at.button(key="edit_go").click().run()
+    assert not at.exception and not errors(at)
+    mode, result = at.session_state["edit_result"]
+    assert mode == "upscale x4" and result.size == (64, 64)  # the 16 px sample, four times larger
+
+
 def test_walk_page_makes_a_gif(app_env):
     at = page("walk")
     at.number_input(key="walk_frames").set_value(3)

@@ -38,7 +38,8 @@ if mode == "upscale x4":
         st.info("x4 upscaling needs the upscaler model: start the app with "
                 "`ldm app --upscaler-config x4-upscaling.yaml --upscaler-ckpt x4-upscaler.safetensors`.")
         st.stop()
-    image = ui.image_input("edit", 64)
+    # Samples at the upscaler's own low-res size (one tile: the latent is as large as the low-res image).
+    image = ui.image_input("edit", upscaler.image_size)
     prompt = st.text_input("Prompt", "", key="edit_prompt")
     noise_level = st.slider("Noise level", 0, int(upscaler.low_scale.max_noise_level), 20, key="edit_noise")
     options, seed = ui.sampling_controls("edit", steps=20, scale=4.0)
