@@ -7,6 +7,7 @@ from PIL import Image
 
 from ldm.diffusion import q_sample
 from ldm.images import pil_to_tensor, tensor_to_pil
+from ldm.model import LatentDiffusion
 from ldm.schedules import SCHEDULES, alphas_cumprod_from_betas, log_snr, make_betas
 
 
@@ -34,7 +35,7 @@ def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latent_start(model, image: Image.Image, size: int | None = None) -> torch.Tensor:
+def latent_start(model: LatentDiffusion, image: Image.Image, size: int | None = None) -> torch.Tensor:
     """z_0 for the latent view: the image at `size` (default: the model's own size) through the VAE encoder.
 
     Separate from `forward_views` so a page can encode once and re-noise on every slider move.
@@ -45,7 +46,7 @@ def latent_start(model, image: Image.Image, size: int | None = None) -> torch.Te
 
 
 @torch.no_grad()
-def forward_views(image: Image.Image, t: int, model=None, seed: int = 0, num_timesteps: int = 1000,
+def forward_views(image: Image.Image, t: int, model: LatentDiffusion | None = None, seed: int = 0, num_timesteps: int = 1000,
                   linear_start: float = 0.00085, linear_end: float = 0.012,
                   kinds: tuple[str, ...] = SCHEDULES, z0: torch.Tensor | None = None) -> dict[str, dict[str, Image.Image]]:
     """Per schedule: {"pixel": x_t noised in pixel space, "latent": decode(z_t) noised in the VAE's latent space}.

@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # torch and the model load only when a model is asked for
+    from ldm.model import LatentDiffusion
 
 ENV_CONFIG = "LDM_APP_CONFIG"
 ENV_CKPT = "LDM_APP_CKPT"
@@ -46,7 +49,7 @@ def source_from_env(env: Mapping[str, str] | None = None) -> ModelSource:
                        upscaler_ckpt=env.get(ENV_UPSCALER_CKPT) or None)
 
 
-def load_main_model(config: str | None, ckpt: str | None, device: str = "auto"):
+def load_main_model(config: str | None, ckpt: str | None, device: str = "auto") -> LatentDiffusion:
     """The model for text-to-image, editing and walks; a clear error when the shipped one is absent."""
     from ldm.commands.common import resolve_device
     from ldm.defaults import default_checkpoint_path, default_config_path
@@ -60,7 +63,7 @@ def load_main_model(config: str | None, ckpt: str | None, device: str = "auto"):
     return load_model(config, ckpt, resolve_device(device))
 
 
-def load_upscaler(config: str, ckpt: str, device: str = "auto"):
+def load_upscaler(config: str, ckpt: str, device: str = "auto") -> LatentDiffusion:
     from ldm.commands.common import resolve_device
     from ldm.model import load_model
     from ldm.upscale import check_upscaler

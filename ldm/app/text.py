@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 
 from ldm.images import save_png, tensor_to_pil
+from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions, settings_dict, txt2img
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
 
 
-def preview_callback(model, steps: int, every: int, report: StepReport) -> Callable[[dict], None]:
+def preview_callback(model: LatentDiffusion, steps: int, every: int, report: StepReport) -> Callable[[dict], None]:
     """A sampler callback: every step reports progress, every `every` steps also the decoded clean-image estimate.
 
     The sampler's "denoised" is its current guess of the final latent; decoding it shows where the
@@ -34,7 +35,7 @@ def preview_callback(model, steps: int, every: int, report: StepReport) -> Calla
     return callback
 
 
-def generate(model, prompt: str, negative_prompt: str = "", options: SamplingOptions | None = None, seed: int = 0,
+def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", options: SamplingOptions | None = None, seed: int = 0,
              height: int | None = None, width: int | None = None, preview_every: int = 5,
              report: StepReport | None = None) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it)."""

@@ -9,6 +9,7 @@ from PIL import Image
 
 from ldm.app.edit import read_image
 from ldm.app.samples import SAMPLES, sample_image
+from ldm.model import LatentDiffusion
 from ldm.app.state import ModelSource, load_main_model, load_upscaler, source_from_env
 from ldm.pipeline import SamplingOptions
 from ldm.samplers import SAMPLERS
@@ -22,16 +23,16 @@ def model_source() -> ModelSource:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def _cached_model(config: str | None, ckpt: str | None, device: str):
+def _cached_model(config: str | None, ckpt: str | None, device: str) -> LatentDiffusion:
     return load_main_model(config, ckpt, device)
 
 
 @st.cache_resource(show_spinner="Loading the upscaler…", max_entries=1)
-def _cached_upscaler(config: str, ckpt: str, device: str):
+def _cached_upscaler(config: str, ckpt: str, device: str) -> LatentDiffusion:
     return load_upscaler(config, ckpt, device)
 
 
-def get_model():
+def get_model() -> LatentDiffusion | None:
     """The app's model, loaded once per process; None (with the reason shown) when it cannot be loaded."""
     src = model_source()
     try:
@@ -41,7 +42,7 @@ def get_model():
         return None
 
 
-def get_upscaler():
+def get_upscaler() -> LatentDiffusion | None:
     src = model_source()
     if not src.has_upscaler:
         return None
@@ -102,7 +103,7 @@ def sampling_controls(prefix: str, steps: int = 20, scale: float = 7.5, seed: in
     return SamplingOptions(steps=int(n_steps), guidance_scale=float(guidance), sampler=sampler), chosen
 
 
-def size_controls(prefix: str, model) -> tuple[int, int]:
+def size_controls(prefix: str, model: LatentDiffusion) -> tuple[int, int]:
     """Height and width in steps of the model's size multiple, defaulting to its training size."""
     step = max(8, model.downscale)
     default = model.default_image_size
