@@ -200,3 +200,24 @@ def test_compile_option_keeps_state_dict_keys(shapes, tmp_path):
     compiled = build_module(tiny_train_config("ldm", shapes, tmp_path, ["training.compile=true"]))
     assert compiled.state_dict().keys() == plain.state_dict().keys()
     assert compiled._unet_fn is not compiled.model.unet  # the loss calls the compiled forward
+
+
+@pytest.mark.parametrize("kind", ["inpaint", "upscaler"])
+def test_conditioning_kind_picks_the_module(shapes, tmp_path, kind):
+    from ldm.testing_editing import tiny_inpaint_config, tiny_upscaler_config
+    from ldm.training.config import load_train_config
+    from ldm.training.editing import InpaintingModule, UpscalerModule
+
+    node = (tiny_inpaint_config() if kind == "inpaint" else tiny_upscaler_config())["model"]
+    base = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-ldm.yaml"))
+    base["model"] = node
+    size = 16 if kind == "inpaint" else 64  # the upscaler's VAE downsamples by 4, its latents are 16 px
+    cfg = load_train_config(None, [f"data.root={shapes}", f"logging.run_dir={tmp_path}", "trainer.max_steps=1",
+                                   f"data.size={size}", "data.batch_size=2", "data.val_fraction=0",
+                                   "logging.sample_every_n_steps=0", "trainer.enable_progress_bar=false",
+                                   "trainer.enable_model_summary=false", "logging.tensorboard=false"], base=base)
+    module, trainer = train(cfg)
+    assert isinstance(module, InpaintingModule if kind == "inpaint" else UpscalerModule)
+    assert trainer.global_step == 1
+    model = load_model(tmp_path / "model.yaml", tmp_path / "model.safetensors")
+    assert model.conditioning_key == module.model.conditioning_key

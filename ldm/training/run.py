@@ -10,6 +10,7 @@ Run directory layout (`logging.run_dir`):
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
@@ -82,6 +83,14 @@ def load_init_weights(model: torch.nn.Module, init: dict[str, Any], autoencoder:
 
 
 # ---- building blocks ----------------------------------------------------------
+# The model's conditioning kind picks the Lightning module: text-to-image, inpainting (mask + masked
+# image concatenated) or x4 upscaling (noise-augmented low-res image + its noise level).
+MODULE_FOR_CONDITIONING = {
+    "crossattn": ("ldm.training.ldm_module", "LatentDiffusionModule"),
+    "hybrid": ("ldm.training.editing", "InpaintingModule"),
+    "hybrid-adm": ("ldm.training.editing", "UpscalerModule"),
+}
+
 def build_module(cfg: dict) -> pl.LightningModule:
     """The Lightning module for the config's model, with init weights loaded (before the EMA copy is made)."""
     t = cfg["training"]
@@ -98,15 +107,16 @@ def build_module(cfg: dict) -> pl.LightningModule:
             adaptive_disc_weight=t["adaptive_disc_weight"], grad_clip=t["grad_clip"], accumulate=t["accumulate"],
             seed=t["seed"], config=cfg)
     from ldm.model import LatentDiffusion
-    from ldm.training.ldm_module import LatentDiffusionModule
 
     if not isinstance(model, LatentDiffusion):
         raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")
+    module_name, class_name = MODULE_FOR_CONDITIONING[model.conditioning_key]
+    module_class = getattr(importlib.import_module(module_name), class_name)
     load_init_weights(model, cfg["init"])
     sf = t["scale_factor"]
     if isinstance(sf, (int, float)) and not isinstance(sf, bool):
         model.vae.scale_factor = float(sf)
-    return LatentDiffusionModule(
+    return module_class(
         model, lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
         ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],
         compile=t["compile"], estimate_scale_factor=sf is None, seed=t["seed"], config=cfg)
