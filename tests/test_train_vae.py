@@ -126,3 +126,13 @@ def test_patch_discriminator_and_hinge():
     assert logits.shape[:2] == (2, 1) and logits.shape[-1] > 1  # one logit per patch
     assert hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)).item() == 0.0
     assert hinge_d_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(1.0)
+
+
+def test_ddp_with_discriminator_finds_unused_parameters(shapes, tmp_path):
+    from ldm.training.run import build_trainer
+
+    overrides = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+    with_disc = build_trainer(tiny_train_config("vae", shapes, tmp_path, overrides + ["training.disc_start=0"]))
+    without = build_trainer(tiny_train_config("vae", shapes, tmp_path, overrides + ["training.disc_start=null"]))
+    assert with_disc.strategy._ddp_kwargs.get("find_unused_parameters") is True
+    assert not without.strategy._ddp_kwargs.get("find_unused_parameters")

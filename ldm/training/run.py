@@ -161,6 +161,10 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None) -
     kwargs = dict(cfg["trainer"])
     if not (cfg["data"]["val_fraction"] or cfg["data"]["val_root"]):
         kwargs.setdefault("limit_val_batches", 0)  # no validation set: skip the (empty) validation loop
+    if is_autoencoder(cfg) and t["disc_start"] is not None and kwargs.get("strategy") == "ddp":
+        # Each of the two backward passes reaches only one of the networks; plain DDP refuses that.
+        kwargs["strategy"] = "ddp_find_unused_parameters_true"
+        log.info("autoencoder with a discriminator: using strategy ddp_find_unused_parameters_true")
     if not is_autoencoder(cfg):  # the autoencoder steps its optimisers by hand and clips/accumulates itself
         kwargs["gradient_clip_val"] = t["grad_clip"]
         kwargs["accumulate_grad_batches"] = int(t["accumulate"])
