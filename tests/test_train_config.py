@@ -34,6 +34,8 @@ def test_nested_override_creates_model_params():
     ("training.cond_dropout=1.5", "cond_dropout"),
     ("training.scale_factor=-1", "scale_factor"),
     ("training.rec_loss=l3", "rec_loss"),
+    ("training.text_cache=-1", "text_cache"),
+    ("training.text_cache=yes", "text_cache"),
     ("max_steps", "section.key=value"),
     ("trainer.max_steps=[1", "not valid YAML"),
 ])

@@ -149,6 +149,28 @@ def test_conditioning_dropout_rate(shapes, tmp_path):
     assert module.drop_mask(1000, g).all()
 
 
+def test_text_cache_encodes_each_caption_once_with_the_same_contexts(shapes, tmp_path):
+    module = build_module(tiny_train_config("ldm", shapes, tmp_path, ["training.text_cache=3"]))
+    encoded: list[str] = []
+    encode = module.model.encode_text
+    module.model.encode_text = lambda prompts: (encoded.extend(prompts), encode(prompts))[1]
+    captions = ["a red square", "", "a blue circle", "a red square"]
+    first = module.encode_captions(captions)
+    assert encoded == ["a red square", "", "a blue circle"]  # distinct captions only, once
+    again = module.encode_captions(["a blue circle", "a green star", "a red square", "a green star"])
+    assert encoded[3:] == ["a green star"]  # the cache is full (3): the new caption is encoded but not kept
+    assert len(module._text_cache) == 3
+    module.encode_captions(["a green star"])
+    assert encoded[4:] == ["a green star"]
+    plain = encode(["a red square", "", "a blue circle", "a green star"])
+    torch.testing.assert_close(first, plain[[0, 1, 2, 0]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again, plain[[2, 3, 0, 3]], rtol=1e-5, atol=1e-6)
+    off = build_module(tiny_train_config("ldm", shapes, tmp_path))
+    assert off.text_cache_size == 0
+    off.encode_captions(captions)
+    assert not off._text_cache
+
+
 def test_init_text_encoder_from_clip_weights(shapes, tmp_path):
     from safetensors.torch import save_file
 

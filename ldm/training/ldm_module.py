@@ -33,7 +33,7 @@ class LatentDiffusionModule(pl.LightningModule):
     def __init__(self, model: LatentDiffusion, lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float | None = 0.9999,
                  cond_dropout: float = 0.1, gradient_checkpointing: bool = False, compile: bool = False,
-                 estimate_scale_factor: bool = False, seed: int = 0, config: dict | None = None):
+                 estimate_scale_factor: bool = False, seed: int = 0, text_cache: int = 0, config: dict | None = None):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)
@@ -43,6 +43,10 @@ class LatentDiffusionModule(pl.LightningModule):
         self.config = config  # the resolved training config, stored in checkpoints so --resume needs no YAML
         self.needs_scale_factor = bool(estimate_scale_factor)
         self.batches_seen = 0  # micro-batches trained on this rank; positions the data stream and the RNG
+        # The text encoder is frozen, so a caption's context never changes: small captioned sets (a few
+        # thousand captions, seen every epoch) skip the encoder after the first epoch. Not saved in checkpoints.
+        self.text_cache_size = int(text_cache)
+        self._text_cache: dict[str, torch.Tensor] = {}
         for p in list(model.vae.parameters()) + list(model.text_encoder.parameters()):
             p.requires_grad_(False)
         model.unet.requires_grad_(True)
@@ -64,6 +68,17 @@ class LatentDiffusionModule(pl.LightningModule):
     def drop_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """True where the prompt is replaced by "" (probability cond_dropout), teaching the unconditional model."""
         return torch.rand(batch_size, generator=generator, device=generator.device if generator else "cpu") < self.cond_dropout
+
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        """Cross-attention contexts for captions, each distinct caption through the encoder once when cached."""
+        if not self.text_cache_size:
+            return self.model.encode_text(captions)
+        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
+        fresh = dict(zip(missing, self.model.encode_text(missing))) if missing else {}
+        for caption, context in fresh.items():
+            if len(self._text_cache) < self.text_cache_size:
+                self._text_cache[caption] = context
+        return torch.stack([self._text_cache[c] if c in self._text_cache else fresh[c] for c in captions])
 
     def dropped_captions(self, captions: list[str], generator: torch.Generator | None = None) -> list[str]:
         mask = self.drop_mask(len(captions), generator).tolist()
@@ -102,7 +117,7 @@ class LatentDiffusionModule(pl.LightningModule):
         captions = list(batch["caption"])
         if drop:
             captions = self.dropped_captions(captions, generator)
-        context = self.model.encode_text(captions)
+        context = self.encode_captions(captions)
         return diffusion_loss(self._unet_fn, latents, context, self.model.alphas_cumprod, prediction=self.model.prediction,
                               generator=generator, y=self.label_condition(batch),
                               concat=self.concat_condition(batch, latents))
