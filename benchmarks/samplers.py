@@ -3,9 +3,12 @@
     python benchmarks/samplers.py [--steps 5 10 20 50] [--spacing trailing|leading|linspace|karras]
                                   [--samplers euler heun ...] [--reference-steps 1000] [--batch 16]
 
-With no model this runs on an analytic denoiser (Gaussian latents N(mu, s^2) per dimension, SD's
-noise schedule), where the exact probability-flow solution is known and printed beside the reference.
-To benchmark a real model, call `run_table` with its guided denoiser, e.g.
+    python benchmarks/samplers.py --model default --prompts "red apple" "grinning face" --scale 5
+
+With `--model` (`default` = the shipped emoji model, or `CONFIG:CHECKPOINT`) it runs that model's guided
+denoiser on its latents, distance measured in latent space. With no model it runs on an analytic denoiser
+(Gaussian latents N(mu, s^2) per dimension, SD's noise schedule), where the exact probability-flow
+solution is known and printed beside the reference. From Python, call `run_table` with a guided denoiser:
 
     den = CFGDenoiser(model.denoiser(), cond, uncond, scale)       # ldm.denoisers
     run_table(den, unit_noise, lambda n: get_sigmas(model.alphas_cumprod, n, "trailing").to(device))
@@ -141,7 +144,13 @@ def main() -> None:
     p.add_argument("--reference-sampler", default="dpmpp_2m")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="'default' (the shipped model) or CONFIG:CHECKPOINT; none: analytic case")
+    p.add_argument("--prompts", nargs="+", default=["red apple", "grinning face", "cat face", "rocket"])
+    p.add_argument("--scale", type=float, default=5.0, help="guidance scale (model runs)")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    if args.model:
+        return main_model(args)
 
     ac = alphas_cumprod_from_betas(make_betas("scaled_linear", 1000, linear_start=0.00085, linear_end=0.012))
     karras = args.spacing == "karras"
@@ -153,6 +162,33 @@ def main() -> None:
     print(f"Analytic Gaussian latents {list(shape)}, batch {args.batch}, SD schedule, {args.spacing} spacing.")
     run_table(denoise, x_T, sigma_fn, args.samplers, args.steps, args.reference_steps, args.reference_sampler,
               args.seed, exact=exact)
+
+
+def main_model(args: argparse.Namespace) -> None:
+    """The table for a real model: guided denoiser, its own schedule, prompts repeated to fill the batch."""
+    from ldm.denoisers import CFGDenoiser
+    from ldm.model import load_model
+
+    if args.model == "default":
+        model = load_model(device=args.device)
+    else:
+        config, _, checkpoint = args.model.partition(":")
+        model = load_model(config, checkpoint or None, args.device)
+    prompts = [args.prompts[i % len(args.prompts)] for i in range(args.batch)]
+    with torch.no_grad():
+        context = model.encode_text(prompts + [""] * len(prompts))
+        cond, uncond = {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
+        denoise = CFGDenoiser(model.denoiser(), cond, uncond, args.scale)
+        karras = args.spacing == "karras"
+        spacing = "leading" if karras else args.spacing
+        sigma_fn = lambda n: get_sigmas(model.alphas_cumprod, n, spacing, karras=karras).to(args.device)
+        shape = (model.latent_channels, model.image_size, model.image_size)
+        x_T = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(args.seed + 1)).to(args.device)
+        threads = torch.get_num_threads() if args.device == "cpu" else None
+        print(f"Model {args.model}: latents {list(shape)}, batch {args.batch} ({len(args.prompts)} prompts), guidance "
+              f"{args.scale}, {args.spacing} spacing, {args.device}" + (f" ({threads} threads)" if threads else "") + ".")
+        run_table(denoise, x_T, sigma_fn, args.samplers, args.steps, args.reference_steps, args.reference_sampler,
+                  args.seed)
 
 
 if __name__ == "__main__":
