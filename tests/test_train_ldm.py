@@ -105,6 +105,49 @@ def test_resume_matches_uninterrupted_run(shapes, tmp_path):
     assert not torch.equal(start["model.unet.out.2.weight"], sb["model.unet.out.2.weight"])
 
 
+def test_ctrl_c_saves_the_exact_step_and_resume_loses_nothing(shapes, tmp_path):
+    """Ctrl-C (SIGINT, turned into Lightning's SIGTERM stop) mid-way writes last.ckpt at the step reached, not
+    at the last periodic checkpoint; resuming from it ends with the same weights as a run never interrupted,
+    whose last.ckpt holds its final step although that is no multiple of the checkpoint interval."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    common = ["training.ema_decay=0.9", "data.val_fraction=0", "logging.sample_every_n_steps=0",
+              "logging.checkpoint_every_n_steps=5", "logging.csv=false"]
+    run_b = tmp_path / "b"
+    cfg_b = tiny_train_config("ldm", shapes, run_b, common + ["trainer.max_steps=100000"])
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg_b))
+    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "train", "--config", str(tmp_path / "b.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_b / "checkpoints" / "step-000005.ckpt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+            time.sleep(0.2)
+        time.sleep(0.5)  # somewhere between two periodic checkpoints
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    stopped = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
+    k = stopped["global_step"]
+    assert k >= 5 and stopped["ldm"]["batches_seen"] == k, err[-2000:]
+    assert "continue with --resume" in err and "SIGTERMException" in err
+    assert not (run_b / "model.safetensors").exists()  # no export from an interrupted run
+
+    assert cli_main(["train", "--resume", str(run_b), f"trainer.max_steps={k + 3}"]) == 0
+    cfg_a = tiny_train_config("ldm", shapes, tmp_path / "a", common + [f"trainer.max_steps={k + 3}"])
+    train(cfg_a)
+    ckpt_a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt_b = torch.load(run_b / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == k + 3
+    sa, sb = ckpt_a["state_dict"], ckpt_b["state_dict"]
+    differing = [key for key in sa if not torch.equal(sa[key], sb[key])]
+    assert not differing, differing[:5]
+
+
 def test_export_only_from_checkpoint(shapes, tmp_path):
     cfg = tiny_train_config("ldm", shapes, tmp_path / "run", ["trainer.max_steps=2", "data.val_fraction=0",
                                                               "logging.sample_every_n_steps=0"])

@@ -1,8 +1,10 @@
-"""The two callbacks Lightning does not already have: sample grids and the inference export."""
+"""The callbacks Lightning does not already have: sample grids, the inference export, and resumable stops."""
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +71,45 @@ class ExportOnTrainEnd(pl.Callback):
 
             weights, config = export_module(pl_module, self.cfg, self.out_dir, step=trainer.global_step)
             log.info("exported %s and %s", weights, config)
+
+
+class ResumableStop(pl.Callback):
+    """Makes every way a run ends leave `last.ckpt` at the step it reached, so `--resume` loses no steps.
+
+    - SIGTERM (a preempted job): Lightning finishes the current step and raises SIGTERMException; the
+      ModelCheckpoint (save_on_exception=True) then writes last.ckpt at that step.
+    - Ctrl-C: the first one is turned into that same SIGTERM, instead of a KeyboardInterrupt that could land
+      mid-step; a second Ctrl-C stops at once.
+    - The end of training: ModelCheckpoint writes last.ckpt only at its periodic steps, so the final step
+      (e.g. max_steps=1003 with checkpoints every 500) is written here.
+    """
+
+    def __init__(self, path: str | os.PathLike, checkpoint_every_n_steps: int = 0):
+        self.path = Path(path)
+        self.every = int(checkpoint_every_n_steps or 0)
+        self._previous = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+
+        def finish_this_step(signum, frame):
+            log.warning("interrupted: finishing this step, then saving %s (Ctrl-C again to stop at once)", self.path)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        self._previous = signal.signal(signal.SIGINT, finish_this_step)
+
+    def _restore(self) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+        if not self.every or trainer.global_step % self.every:  # not a step ModelCheckpoint has just saved
+            trainer.save_checkpoint(self.path)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+        log.warning("stopped at step %d (%s); continue with --resume", trainer.global_step, type(exception).__name__)

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.config import instantiate
-from ldm.training.callbacks import ExportOnTrainEnd, SampleGrid
+from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
 from ldm.training.config import TrainConfigError, dump, is_autoencoder, load_train_config
 from ldm.training.data import ImageTextDataModule
 
@@ -149,12 +149,12 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None) -
     run_dir = Path(lg["run_dir"])
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
                                  every_n_train_steps=int(lg["checkpoint_every_n_steps"] or 0), save_top_k=-1,
-                                 save_last=True)
+                                 save_last=True, save_on_exception=True)
     sample_kwargs = {} if is_autoencoder(cfg) else {
         "prompts": list(lg["sample_prompts"] or []), "steps": lg["sample_steps"],
         "guidance_scale": lg["sample_scale"], "seed": lg["sample_seed"]}
     callbacks: list[pl.Callback] = [checkpoint, SampleGrid(run_dir / "samples", lg["sample_every_n_steps"], **sample_kwargs),
-                                    ExportOnTrainEnd(run_dir, cfg)]
+                                    ExportOnTrainEnd(run_dir, cfg), ResumableStop(run_dir / "checkpoints" / "last.ckpt", lg["checkpoint_every_n_steps"])]
     loggers = build_loggers(cfg)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
