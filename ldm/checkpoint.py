@@ -59,6 +59,12 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
     raise CheckpointError(f"unknown checkpoint format {path.suffix!r} for {path}: use .safetensors or .ckpt")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write safetensors atomically: a crash mid-write never leaves a truncated file behind."""
     path = Path(path)
@@ -68,6 +74,7 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, met
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

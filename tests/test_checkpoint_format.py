@@ -100,6 +100,12 @@ def test_safetensors_round_trip_and_atomic_write(tmp_path):
     loaded = load_state_dict(path)
     assert torch.equal(loaded["a"], state["a"]) and torch.equal(loaded["b"], state["b"])
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]  # no temp files left behind
+    old = os.umask(0o022)
+    try:
+        save_state_dict(state, path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others, like any file written without a temp file
     with pytest.raises(CheckpointError, match="not found"):
         load_state_dict(tmp_path / "missing.safetensors")
     (tmp_path / "w.bin2").write_bytes(b"x")

@@ -73,7 +73,6 @@ def save_clip(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[st
     """The state dict in fp16 safetensors, written atomically (temp file in the same folder, then os.replace)."""
     state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     save_state_dict(state, path, metadata=metadata)
-    os.chmod(path, 0o644)  # the temp file behind the atomic write is created owner-only
 
 
 def tokenize(captions: list[str], context_length: int = 77) -> torch.Tensor:
