@@ -1,4 +1,4 @@
-"""End to end in headless Chromium: `ldm app` with a tiny model, generate on the text-to-image page.
+"""End to end in headless Chromium: `ldm app` with the shipped default model: generate, then inpaint a drawn mask.
 
 Uses the system Chromium (Debian package at /usr/bin/chromium) through Playwright; never downloads a browser.
 """
@@ -11,11 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from playwright.sync_api import sync_playwright
-
-from ldm.checkpoint import save_state_dict
-from ldm.testing import tiny_config, tiny_model
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -46,14 +42,10 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
 def app(tmp_path_factory):
     """A running `ldm app` (url, process, port) shared by the tests here; the last test stops it."""
     tmp_path = tmp_path_factory.mktemp("app")
-    cfg, ckpt = tmp_path / "tiny.yaml", tmp_path / "tiny.safetensors"
-    cfg.write_text(yaml.safe_dump(tiny_config()))
-    save_state_dict(tiny_model().original_state_dict(), ckpt)
     port = free_port()
     log = open(tmp_path / "app.log", "w")
     # Own process group: `ldm app` starts Streamlit as a child, and both must go at the end.
-    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "app", "--port", str(port), "--config", str(cfg),
-                             "--ckpt", str(ckpt), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "app", "--port", str(port), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         wait_for_port(port, proc, START_TIMEOUT)
@@ -134,7 +126,7 @@ def test_inpaint_with_a_mask_drawn_in_the_browser(app, browser):
         page.mouse.up()
         page.wait_for_timeout(1500)  # the canvas sends its drawing back to the server
         page.get_by_role("button", name="Inpaint").click()
-        page.get_by_text("result, 16x16").wait_for(timeout=120_000)
+        page.get_by_text("result, 32x32").wait_for(timeout=120_000)
         assert not page.locator('[data-testid="stAlertContentError"]').count()
     finally:
         page.close()

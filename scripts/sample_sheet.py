@@ -1,0 +1,77 @@
+"""A labelled sheet of samples: one row per prompt, one column per seed (the README's figure).
+
+    python scripts/sample_sheet.py --out docs/emoji-samples.png                     # the shipped model
+    python scripts/sample_sheet.py --config m.yaml --ckpt m.safetensors --prompts "red apple" "rocket"
+
+Pixels are enlarged by an integer factor (nearest neighbour) so small models' outputs stay visible
+without smoothing that would hide what the model drew.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ldm.model import load_model
+from ldm.pipeline import SamplingOptions, txt2img
+
+PROMPTS = [
+    "red apple", "grinning face", "cat face", "rocket", "pizza", "rainbow", "snowman", "sunflower",
+    "flag: Japan", "woman judge: medium skin tone", "man firefighter: light skin tone", "teacher: medium-light skin tone",
+]
+
+
+def heldout_captions(data: str | None) -> set[str]:
+    """Captions of the dataset's held-out split (never trained on), if the dataset is there."""
+    path = Path(data or "", "heldout", "captions.jsonl")
+    if not data or not path.is_file():
+        return set()
+    return {json.loads(line)["caption"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def sample_sheet(model, prompts: list[str], seeds: int, options: SamplingOptions, zoom: int, label_width: int = 300,
+                 height: int | None = None, width: int | None = None, heldout: set[str] = frozenset()) -> Image.Image:
+    height = height or model.default_image_size
+    width = width or model.default_image_size
+    cell_w, cell_h, pad = width * zoom, height * zoom, 4
+    sheet = Image.new("RGB", (label_width + seeds * (cell_w + pad), len(prompts) * (cell_h + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=16)
+    for row, prompt in enumerate(prompts):
+        images = txt2img(model, [prompt] * seeds, height=height, width=width, seed=0, options=options, progress=False)
+        top = row * (cell_h + pad)
+        label = prompt + (" (held out)" if prompt in heldout else "")
+        draw.text((6, top + cell_h // 2), label, fill="black", font=font, anchor="lm")
+        for col, image in enumerate(images):
+            sheet.paste(image.resize((cell_w, cell_h), Image.NEAREST), (label_width + col * (cell_w + pad), top))
+    return sheet
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None)
+    p.add_argument("--ckpt", default=None)
+    p.add_argument("--prompts", nargs="+", default=PROMPTS)
+    p.add_argument("--seeds", type=int, default=6, help="samples per prompt (seeds 0..N-1)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--scale", type=float, default=5.0)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--zoom", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default="data/emoji", help="dataset root: prompts of its held-out split are marked")
+    p.add_argument("--out", default="docs/emoji-samples.png")
+    args = p.parse_args()
+    model = load_model(args.config, args.ckpt, args.device)
+    options = SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler)
+    options.validate()
+    sheet = sample_sheet(model, args.prompts, args.seeds, options, args.zoom, heldout=heldout_captions(args.data))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(f"wrote {args.out} ({len(args.prompts)} prompts x {args.seeds} seeds, {options.sampler} {options.steps} steps, "
+          f"scale {options.guidance_scale})")
+
+
+if __name__ == "__main__":
+    main()

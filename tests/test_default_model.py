@@ -1,0 +1,119 @@
+"""The shipped default model (checkpoints/emoji): strict loading, real pictures, the README's main command."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldm.checkpoint import load_state_dict
+from ldm.images import pil_to_tensor
+from ldm.defaults import default_checkpoint_path, default_config_path
+from ldm.model import load_model
+from ldm.pipeline import txt2img
+
+ROOT = Path(__file__).resolve().parent.parent
+CANDIDATES = ["red apple", "grinning face", "flag: Japan", "rocket", "snowman", "pizza"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def test_shipped_files_are_safetensors_and_small():
+    for path in (default_config_path(), default_checkpoint_path(), ROOT / "checkpoints" / "emoji" / "clip.safetensors"):
+        assert path.is_file(), f"{path} is missing"
+    total = sum(p.stat().st_size for p in (ROOT / "checkpoints").rglob("*") if p.is_file())
+    assert total < 100 * 2**20, f"checkpoints/ holds {total / 2**20:.1f} MiB"
+    assert default_checkpoint_path().read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+
+
+def test_default_checkpoint_loads_strictly(model):
+    shipped = load_state_dict(default_checkpoint_path())
+    ours = model.original_state_dict()
+    assert set(shipped) == set(ours)  # no missing and no unexpected tensors
+    for key, tensor in shipped.items():
+        assert tensor.shape == ours[key].shape, key
+    # Loaded, not left at initialisation: the weights equal the file's (fp16 on disk, fp32 in the model).
+    key = next(k for k in shipped if k.startswith("model.diffusion_model.out."))
+    torch.testing.assert_close(ours[key], shipped[key].float())
+    assert model.scale_factor != 1.0  # the estimate made during training travels in model.yaml
+
+
+def _smoothness(image: np.ndarray) -> float:
+    """Mean absolute difference between horizontally neighbouring pixels, in [0, 255]."""
+    return float(np.abs(np.diff(image.astype(np.float32), axis=1)).mean())
+
+
+def test_generates_emoji_like_pictures_not_noise(model):
+    images = txt2img(model, ["red apple", "grinning face"], steps=20, guidance_scale=5.0, seed=0, progress=False)
+    for image in images:
+        arr = np.asarray(image)
+        assert arr.shape == (model.default_image_size, model.default_image_size, 3)
+        # Emoji sit on a white background: a bright border, a non-blank centre, and locally smooth colour.
+        border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3), arr[:, :2].reshape(-1, 3),
+                                 arr[:, -2:].reshape(-1, 3)])
+        assert border.mean() > 200, border.mean()
+        centre = arr[arr.shape[0] // 4: -arr.shape[0] // 4, arr.shape[1] // 4: -arr.shape[1] // 4]
+        assert centre.std() > 20
+        noise = np.random.default_rng(0).integers(0, 256, arr.shape)
+        assert _smoothness(arr) < 0.3 * _smoothness(noise)
+    apple, face = (np.asarray(im).astype(np.float32) for im in images)
+    # The apple is red (R well above G in the picture's coloured pixels); the face is yellow (R and G high, B low).
+    coloured = lambda a: a[(a.max(axis=2) - a.min(axis=2)) > 60]
+    assert coloured(apple)[:, 0].mean() > coloured(apple)[:, 1].mean() + 40
+    face_px = coloured(face)
+    assert face_px[:, 1].mean() > face_px[:, 2].mean() + 60
+
+
+def test_prompts_are_followed_by_the_judge_clip(model):
+    """The shipped CLIP (which never saw these samples) picks each sample's own prompt out of six."""
+    from ldm.evaluate import ClipFeatures
+    from ldm.training.clip import load_clip
+
+    clip = load_clip(ROOT / "checkpoints" / "emoji" / "clip.safetensors")
+    images = txt2img(model, CANDIDATES, steps=20, guidance_scale=5.0, seed=0, progress=False)
+    features = ClipFeatures(clip)
+    image_emb = features(torch.cat([pil_to_tensor(im) for im in images]))  # [-1, 1] pixels, as the CLIP was trained
+    text_emb = torch.nn.functional.normalize(features.encode_text(CANDIDATES), dim=-1)
+    picked = (image_emb @ text_emb.T).argmax(dim=1).tolist()
+    correct = sum(p == i for i, p in enumerate(picked))
+    assert correct >= 4, [CANDIDATES[p] for p in picked]
+
+
+def test_readme_main_command_writes_a_png_with_settings(tmp_path):
+    out = tmp_path / "outputs"
+    result = subprocess.run([sys.executable, "-m", "ldm.cli", "txt2img", "red apple", "--outdir", str(out), "--steps", "10"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    image = Image.open(out / "samples" / "00000.png")
+    assert image.size == (32, 32)
+    settings = json.loads(image.text["ldm"])
+    assert settings["prompt"] == "red apple" and settings["steps"] == 10
+
+
+def test_sample_sheet_script(model, tmp_path):
+    spec = importlib.util.spec_from_file_location("sample_sheet", ROOT / "scripts" / "sample_sheet.py")
+    sheet_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sheet_mod)
+    from ldm.pipeline import SamplingOptions
+
+    heldout_dir = tmp_path / "data" / "heldout"
+    heldout_dir.mkdir(parents=True)
+    (heldout_dir / "captions.jsonl").write_text(json.dumps({"file": "images/0.png", "caption": "rocket"}) + "\n")
+    heldout = sheet_mod.heldout_captions(str(tmp_path / "data"))
+    assert heldout == {"rocket"}
+    sheet = sheet_mod.sample_sheet(model, ["red apple", "rocket"], 3, SamplingOptions(steps=4, guidance_scale=3.0),
+                                   zoom=2, label_width=100, heldout=heldout)
+    cell = model.default_image_size * 2
+    assert sheet.size == (100 + 3 * (cell + 4), 2 * (cell + 4))
+    arr = np.asarray(sheet)
+    first, second = arr[:cell, 100:100 + cell], arr[:cell, 100 + cell + 4:100 + 2 * cell + 4]
+    assert not np.array_equal(first, second)  # different seeds, different samples
