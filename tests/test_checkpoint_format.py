@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.checkpoint import (CheckpointError, from_original_keys, load_into, load_state_dict, save_state_dict,
+from ldm.checkpoint import (CheckpointError, atomic_path, from_original_keys, load_into, load_state_dict, save_state_dict,
                             to_original_keys)
 from ldm.config import load_config, model_from_config
 from ldm.testing import tiny_model
@@ -111,3 +111,21 @@ def test_safetensors_round_trip_and_atomic_write(tmp_path):
     (tmp_path / "w.bin2").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
         load_state_dict(tmp_path / "w.bin2")
+
+
+def test_atomic_path_keeps_the_old_file_on_error_and_gives_usual_permissions(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            f.write("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.yaml"]
+    old = os.umask(0o022)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            f.write("new")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o644

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 
-from ldm.checkpoint import save_state_dict, to_original_keys
+from ldm.checkpoint import atomic_path, save_state_dict, to_original_keys
 
 
 def _write_yaml_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def inference_model_node(model_node: dict, scale_factor: float) -> dict:
