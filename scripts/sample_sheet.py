@@ -31,18 +31,19 @@ def heldout_captions(data: str | None) -> set[str]:
     return {json.loads(line)["caption"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
-def sample_sheet(model, prompts: list[str], seeds: int, options: SamplingOptions, zoom: int, label_width: int = 300,
+def sample_sheet(model, prompts: list[str], seeds: int, options: SamplingOptions, zoom: int,
                  height: int | None = None, width: int | None = None, heldout: set[str] = frozenset()) -> Image.Image:
     height = height or model.default_image_size
     width = width or model.default_image_size
     cell_w, cell_h, pad = width * zoom, height * zoom, 4
+    font = ImageFont.load_default(size=16)
+    labels = [prompt + (" (held out)" if prompt in heldout else "") for prompt in prompts]
+    label_width = 12 + max(int(font.getlength(label)) for label in labels)
     sheet = Image.new("RGB", (label_width + seeds * (cell_w + pad), len(prompts) * (cell_h + pad)), "white")
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=16)
-    for row, prompt in enumerate(prompts):
+    for row, (prompt, label) in enumerate(zip(prompts, labels)):
         images = txt2img(model, [prompt] * seeds, height=height, width=width, seed=0, options=options, progress=False)
         top = row * (cell_h + pad)
-        label = prompt + (" (held out)" if prompt in heldout else "")
         draw.text((6, top + cell_h // 2), label, fill="black", font=font, anchor="lm")
         for col, image in enumerate(images):
             sheet.paste(image.resize((cell_w, cell_h), Image.NEAREST), (label_width + col * (cell_w + pad), top))

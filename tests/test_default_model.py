@@ -111,9 +111,11 @@ def test_sample_sheet_script(model, tmp_path):
     heldout = sheet_mod.heldout_captions(str(tmp_path / "data"))
     assert heldout == {"rocket"}
     sheet = sheet_mod.sample_sheet(model, ["red apple", "rocket"], 3, SamplingOptions(steps=4, guidance_scale=3.0),
-                                   zoom=2, label_width=100, heldout=heldout)
+                                   zoom=2, heldout=heldout)
     cell = model.default_image_size * 2
-    assert sheet.size == (100 + 3 * (cell + 4), 2 * (cell + 4))
+    label_width = sheet.width - 3 * (cell + 4)
+    assert sheet.height == 2 * (cell + 4) and label_width > 100  # room for "rocket (held out)"
     arr = np.asarray(sheet)
-    first, second = arr[:cell, 100:100 + cell], arr[:cell, 100 + cell + 4:100 + 2 * cell + 4]
+    assert (arr[:, label_width - 6:label_width] == 255).all()  # the longest label ends before the samples
+    first, second = arr[:cell, label_width:label_width + cell], arr[:cell, label_width + cell + 4:label_width + 2 * cell + 4]
     assert not np.array_equal(first, second)  # different seeds, different samples
