@@ -73,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
                      for i in range(args.batch_size)]
         seed += args.batch_size
     paths = save_images(images, settings, args.outdir, grid=not args.no_grid)
-    log.info("wrote %d images to %s (%s mode)", len(images), paths[0].parent, mode)
+    log.info("wrote %d image(s) to %s (%s mode)", len(images), paths[0].parent, mode)
     return 0

@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
                          for i in range(args.batch_size)]
             seed += args.batch_size
     paths = save_images(images, settings, args.outdir, grid=not args.no_grid)
-    log.info("wrote %d images to %s", len(images), paths[0].parent)
+    log.info("wrote %d image(s) to %s", len(images), paths[0].parent)
     return 0

@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
                               tile_size=tile, tile_overlap=overlap, tiled=max(image.size) > tile)
                 for i, img in enumerate(images)]
     paths = save_images(images, settings, args.outdir, grid=not args.no_grid)
-    log.info("wrote %d images to %s", len(images), paths[0].parent)
+    log.info("wrote %d image(s) to %s", len(images), paths[0].parent)
     return 0
