@@ -2,7 +2,7 @@
 
     python benchmarks/train.py                          # tiny-ldm and tiny-vae, CPU, a few variants
     python benchmarks/train.py --steps 50 --accelerator gpu --precision bf16-mixed
-    python benchmarks/train.py --config configs/train/emoji-ldm.yaml --data data/emoji/train --batch-size 32
+    python benchmarks/train.py --config configs/emoji/ldm.yaml --data data/emoji/train
 
 Prints a markdown table: optimiser steps/s and images/s (after warm-up steps), peak process RSS
 (CPU) and peak CUDA memory allocated (GPU). Data is the synthetic shapes set, made in a temp folder.
