@@ -6,7 +6,8 @@ import torch
 # Tests are small; two threads keep them fast on the 2-core CI machine without oversubscribing.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-SD_FORMAT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "sd-format")
+# The original SD 2.x tensor manifests (names and shapes only), kept with the tests so a clone runs them anywhere.
+SD_FORMAT = os.path.join(os.path.dirname(__file__), "sd-format")
 
 
 @pytest.fixture(scope="session")
