@@ -87,9 +87,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write safetensors atomically (see atomic_path)."""
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                    float_dtype: torch.dtype | None = None) -> None:
+    """Write safetensors atomically (see atomic_path); float_dtype (e.g. torch.float16) casts the floating tensors."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    if float_dtype is not None:
+        tensors = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
 

@@ -9,11 +9,11 @@ without smoothing that would hide what the model drew.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ldm.data.folder import read_caption_table
 from ldm.model import load_model
 from ldm.pipeline import SamplingOptions, txt2img
 
@@ -25,10 +25,7 @@ PROMPTS = [
 
 def heldout_captions(data: str | None) -> set[str]:
     """Captions of the dataset's held-out split (never trained on), if the dataset is there."""
-    path = Path(data or "", "heldout", "captions.jsonl")
-    if not data or not path.is_file():
-        return set()
-    return {json.loads(line)["caption"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return set(read_caption_table(Path(data, "heldout")).values()) if data else set()
 
 
 def sample_sheet(model, prompts: list[str], seeds: int, options: SamplingOptions, zoom: int,

@@ -18,9 +18,8 @@ from ldm.defaults import default_checkpoint_path, default_config_path
 
 def ship(run_dir: str) -> None:
     run = Path(run_dir)
-    state = load_state_dict(run / "model.safetensors")
-    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    save_state_dict(half, default_checkpoint_path(), metadata={"format": "pt", "source": str(run)})
+    save_state_dict(load_state_dict(run / "model.safetensors"), default_checkpoint_path(),
+                    metadata={"format": "pt", "source": str(run)}, float_dtype=torch.float16)
     shutil.copyfile(run / "model.yaml", default_config_path())
     size = default_checkpoint_path().stat().st_size / 2**20
     print(f"shipped {default_checkpoint_path()} ({size:.1f} MiB) and {default_config_path()}")

@@ -45,8 +45,8 @@ def app(tmp_path_factory):
     port = free_port()
     log = open(tmp_path / "app.log", "w")
     # Own process group: `ldm app` starts Streamlit as a child, and both must go at the end.
-    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "app", "--port", str(port), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "app", "--port", str(port), "--device", "cpu"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port, proc, START_TIMEOUT)
         yield f"http://127.0.0.1:{port}", proc, port

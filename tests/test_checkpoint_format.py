@@ -129,3 +129,13 @@ def test_atomic_path_keeps_the_old_file_on_error_and_gives_usual_permissions(tmp
     finally:
         os.umask(old)
     assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o644
+
+
+def test_save_state_dict_casts_only_floating_tensors(tmp_path):
+    state = {"w": torch.randn(3, 4), "steps": torch.arange(5)}
+    save_state_dict(state, tmp_path / "half.safetensors", float_dtype=torch.float16)
+    loaded = load_state_dict(tmp_path / "half.safetensors")
+    assert loaded["w"].dtype == torch.float16 and loaded["steps"].dtype == torch.int64
+    torch.testing.assert_close(loaded["w"].float(), state["w"], atol=1e-3, rtol=1e-3)
+    assert torch.equal(loaded["steps"], state["steps"])
+    assert state["w"].dtype == torch.float32  # the caller's tensors are untouched

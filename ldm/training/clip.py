@@ -71,8 +71,7 @@ def load_clip(weights: str | os.PathLike, config_path: str | os.PathLike = DEFAU
 
 def save_clip(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """The state dict in fp16 safetensors, written atomically (temp file in the same folder, then os.replace)."""
-    state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    save_state_dict(state, path, metadata=metadata)
+    save_state_dict(model.state_dict(), path, metadata=metadata, float_dtype=torch.float16)
 
 
 def tokenize(captions: list[str], context_length: int = 77) -> torch.Tensor:
