@@ -26,6 +26,7 @@ _OURS = {
     "ldm.unet.UNetModel": "ldm.unet:UNetModel",
     "ldm.vae.AutoencoderKL": "ldm.vae:AutoencoderKL",
     "ldm.text_encoder.FrozenOpenCLIPEmbedder": "ldm.text_encoder:FrozenOpenCLIPEmbedder",
+    "ldm.text_encoder.OpenCLIP": "ldm.text_encoder:open_clip_model",
     "ldm.conditioning.LowResNoiseAugmentation": "ldm.conditioning:LowResNoiseAugmentation",
 }
 _ORIGINAL = {

@@ -36,6 +36,12 @@ def open_clip_config(arch: str | dict) -> dict:
     return cfg
 
 
+def open_clip_model(arch: str | dict, **ignored) -> open_clip.CLIP:
+    """A randomly initialised open_clip CLIP (both towers) for an architecture name, config path or dict: what
+    `ldm train` trains as a text encoder or judge (config target `ldm.text_encoder.OpenCLIP`)."""
+    return open_clip.model.CLIP(**open_clip_config(arch))
+
+
 class FrozenOpenCLIPEmbedder(nn.Module):
     """prompts -> [batch, 77, width] hidden states of the chosen layer, after ln_final (as SD 2.x)."""
 

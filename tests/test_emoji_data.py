@@ -1,7 +1,8 @@
 """The emoji dataset builder: parsing, rendering, the deterministic held-out split, errors.
 
 Rendering needs the Noto Color Emoji font (Debian fonts-noto-color-emoji) and Unicode's
-emoji-test.txt (Debian unicode-data); CI installs both with apt.
+emoji-test.txt (Debian unicode-data); CI installs both with apt. These tests build from the font
+only (sources_dir=None); tests/test_emoji_sources.py covers the SVG designs.
 """
 import json
 
@@ -44,7 +45,7 @@ def full_list():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("emoji")
-    summary = build_emoji_dataset(out, size=32, limit=60)
+    summary = build_emoji_dataset(out, size=32, limit=60, sources_dir=None)
     return out, summary
 
 
@@ -120,14 +121,14 @@ def test_build_writes_images_captions_and_summary(built):
 
 def test_rebuild_is_identical(built, tmp_path):
     out, _ = built
-    build_emoji_dataset(tmp_path, size=32, limit=60)
+    build_emoji_dataset(tmp_path, size=32, limit=60, sources_dir=None)
     for split in ("train", "heldout"):
         assert (tmp_path / split / "captions.jsonl").read_text() == (out / split / "captions.jsonl").read_text()
         first = json.loads((out / split / "captions.jsonl").read_text().splitlines()[0])["file"]
         assert np.array_equal(np.asarray(Image.open(tmp_path / split / first)), np.asarray(Image.open(out / split / first)))
     # building again into the same folder replaces the previous build
-    build_emoji_dataset(tmp_path, size=32, limit=20)
-    assert len(list((tmp_path / "train" / "images").iterdir())) + len(list((tmp_path / "heldout" / "images").iterdir())) == 20
+    build_emoji_dataset(tmp_path, size=32, limit=20, sources_dir=None)
+    assert len(list((tmp_path / "train" / "images").rglob("*.png"))) + len(list((tmp_path / "heldout" / "images").rglob("*.png"))) == 20
 
 
 def test_missing_font_names_the_debian_package(tmp_path, capsys):
@@ -146,11 +147,35 @@ def test_refuses_to_clobber_foreign_folder(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "mine.txt").write_text("keep me")
     with pytest.raises(emoji.OutputDirNotEmptyError):
-        build_emoji_dataset(tmp_path, limit=5)
+        build_emoji_dataset(tmp_path, limit=5, sources_dir=None)
     assert (tmp_path / "train" / "mine.txt").read_text() == "keep me"
 
 
 def test_main_builds(tmp_path, capsys):
-    assert emoji.main(["--out", str(tmp_path), "--limit", "10", "--size", "16"]) == 0
+    assert emoji.main(["--out", str(tmp_path), "--limit", "10", "--size", "16", "--sources", str(tmp_path / "none")]) == 0
     assert "10 emoji rendered" in capsys.readouterr().out
-    assert Image.open(next((tmp_path / "train" / "images").iterdir())).size == (16, 16)
+    assert Image.open(next((tmp_path / "train" / "images").rglob("*.png"))).size == (16, 16)
+
+
+def test_person_family_strips_tone_and_gender_and_weights_balance_families(full_list):
+    assert emoji.person_family("woman judge: dark skin tone") == "judge"
+    assert emoji.person_family("man: light skin tone, beard") == "person: beard"
+    assert emoji.person_family("handshake: light skin tone, dark skin tone") == "handshake"
+    assert emoji.person_family("kiss: woman, man, dark skin tone") == "kiss: woman, man"
+    assert emoji.person_family("woman") == "person"
+    assert emoji.person_family("red apple") == "red apple"
+    weights = emoji.sampling_weights(full_list)
+    by_name = {e.name: weights[e.codepoints] for e in full_list}
+    assert by_name["red apple"] == 1.0
+    judges = [e for e in full_list if emoji.person_family(e.name) == "judge"]
+    assert len(judges) == 18  # 3 genders x (no tone + 5 tones)
+    assert by_name["woman judge: medium skin tone"] == pytest.approx(18 ** -0.5, abs=1e-4)
+    # the family as a whole weighs sqrt(18) ~ 4 objects, not 18
+    assert sum(weights[e.codepoints] for e in judges) == pytest.approx(18 ** 0.5, abs=1e-2)
+
+
+def test_unknown_style_is_a_clear_error(tmp_path):
+    with pytest.raises(emoji.EmojiDataError, match="unknown style"):
+        build_emoji_dataset(tmp_path, limit=5, sources_dir=None, styles=["comic sans"])
+    with pytest.raises(emoji.EmojiDataError, match="ldm data emoji-sources"):
+        build_emoji_dataset(tmp_path, limit=5, sources_dir=tmp_path / "none", styles=["twemoji"])

@@ -1,4 +1,7 @@
-"""Build the emoji text-to-image dataset: Noto Color Emoji renders captioned with CLDR names.
+"""Build the emoji text-to-image dataset: every emoji in several designs, captioned with CLDR names.
+
+The designs are the Noto Color Emoji font plus the SVG sets of `ldm.data.emoji_sources`;
+captions are the CLDR name, with the CLDR keywords and the style for sampling extra captions.
 
 The emoji list is Unicode's `emoji-test.txt` (Debian package `unicode-data`), which names
 every fully-qualified emoji in English CLDR wording ("woman judge: medium skin tone"), so
@@ -7,8 +10,8 @@ no Python dependency is needed. Images come from the Noto Color Emoji font (Debi
 
 Output layout (the `CaptionedImageFolder` format):
 
-    <out>/train/images/00000.png, <out>/train/captions.jsonl
-    <out>/heldout/images/00000.png, <out>/heldout/captions.jsonl
+    <out>/train/images/<style>/<codepoints>.png, <out>/train/captions.jsonl
+    <out>/heldout/images/<style>/<codepoints>.png, <out>/heldout/captions.jsonl
     <out>/heldout_combinations.txt, <out>/summary.json
 """
 from __future__ import annotations
@@ -23,6 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from ldm.data.emoji_sources import (
+    DEFAULT_SOURCES_DIR,
+    KEYWORDS,
+    SOURCES,
+    EmojiSourceError,
+    available_sources,
+    fetch_sources,
+    find_svg,
+    keyword_key,
+    load_keywords,
+    render_svg,
+)
 
 FONT_PACKAGE = "fonts-noto-color-emoji"
 EMOJI_LIST_PACKAGE = "unicode-data"
@@ -193,6 +209,35 @@ def render_emoji(text: str, font: ImageFont.FreeTypeFont, size: int = 64) -> Ima
     return image
 
 
+def person_family(name: str) -> str:
+    """The name without skin tones and gender ("woman judge: dark skin tone" -> "judge",
+    "man: light skin tone, beard" -> "person: beard"): the variants of one design."""
+    base, _, rest = name.partition(": ")
+    attributes = [a.strip() for a in rest.split(",") if a.strip() and a.strip() not in SKIN_TONES]
+    if base in ("man", "woman", "person"):
+        base = "person"
+    else:
+        for word in GENDER_WORDS:
+            if base.startswith(word):
+                base = base[len(word):]
+                break
+    return f"{base}: {', '.join(attributes)}" if attributes else base
+
+
+def sampling_weights(emojis: list[Emoji]) -> dict[str, float]:
+    """A weight per emoji, 1/sqrt(size of its person family), so that the 15 tone x gender variants
+    of one role weigh about 4 objects together, not 15: objects are not drowned, and every variant
+    is still seen often enough to learn its tone."""
+    sizes: dict[str, int] = {}
+    for e in emojis:
+        sizes[person_family(e.name)] = sizes.get(person_family(e.name), 0) + 1
+    return {e.codepoints: round(sizes[person_family(e.name)] ** -0.5, 4) for e in emojis}
+
+
+def style_slug(style: str) -> str:
+    return style.replace(" ", "-")
+
+
 def _prepare_out_dir(out: Path) -> None:
     # Re-running replaces a previous build; anything else in the way is left alone.
     for split in ("train", "heldout"):
@@ -204,14 +249,19 @@ def _prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_split(out: Path, split: str, items: list[tuple[Emoji, Image.Image]]) -> None:
-    images = out / split / "images"
-    images.mkdir(parents=True, exist_ok=True)
+Render = tuple[Emoji, str, Image.Image]  # (emoji, style, image)
+
+
+def _write_split(out: Path, split: str, items: list[Render], keywords: dict[str, list[str]], weights: dict[str, float]) -> None:
     lines = []
-    for i, (e, image) in enumerate(items):
-        rel = f"images/{i:05d}.png"
+    for e, style, image in items:
+        rel = f"images/{style_slug(style)}/{e.codepoints.lower().replace(' ', '-')}.png"
+        (out / split / rel).parent.mkdir(parents=True, exist_ok=True)
         image.save(out / split / rel, optimize=True)
-        lines.append(json.dumps({"file": rel, "caption": e.name, "codepoints": e.codepoints, "group": e.group}, ensure_ascii=False))
+        row = {"file": rel, "caption": e.name, "codepoints": e.codepoints, "group": e.group, "style": style,
+               "keywords": keywords.get(keyword_key(e.codepoints), []), "weight": weights[e.codepoints]}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    (out / split).mkdir(parents=True, exist_ok=True)
     (out / split / "captions.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
@@ -221,17 +271,31 @@ def build_emoji_dataset(
     limit: int | None = None,
     font_path: str | os.PathLike | None = None,
     emoji_test_path: str | os.PathLike | None = None,
+    sources_dir: str | os.PathLike | None = DEFAULT_SOURCES_DIR,
+    styles: list[str] | None = None,
 ) -> dict:
-    """Render, caption and split the fully-qualified emoji into out_dir; returns the summary written to summary.json.
+    """Render, caption and split the fully-qualified emoji in every available style; returns the summary.
 
-    limit keeps that many emoji spread evenly over the list (for quick tests), not the first ones,
-    so a small build still covers every group.
+    Styles: "noto" (the font) plus each SVG design unpacked under sources_dir (`ldm data emoji-sources`);
+    `styles` keeps only those named. The split is by emoji, so a held-out emoji is held out in every
+    style and under all its keywords. limit keeps that many emoji spread evenly over the list (for
+    quick tests), not the first ones, so a small build still covers every group.
     """
     if size < 8:
         raise ValueError(f"image size must be at least 8 pixels, got {size}")
-    font_file = find_font(font_path)
+    sources = available_sources(sources_dir if sources_dir and Path(sources_dir).is_dir() else None)
+    known = ["noto", *(s.style for s in SOURCES)]
+    if styles is not None:
+        unknown = sorted(set(styles) - set(known))
+        if unknown:
+            raise EmojiDataError(f"unknown style(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        missing = sorted(set(styles) - {"noto", *(s.style for s in sources)})
+        if missing:
+            raise EmojiDataError(f"style(s) {', '.join(missing)} not found under {sources_dir}; run: ldm data emoji-sources --dest {sources_dir}")
+        sources = [s for s in sources if s.style in styles]
+    use_font = styles is None or "noto" in styles
+    font = ImageFont.truetype(str(find_font(font_path)), FONT_SIZE) if use_font else None
     list_file = find_emoji_list(emoji_test_path)
-    font = ImageFont.truetype(str(font_file), FONT_SIZE)
     emojis = parse_emoji_test(list_file.read_text(encoding="utf-8"))
     total = len(emojis)
     if limit is not None and limit < total:
@@ -239,21 +303,31 @@ def build_emoji_dataset(
             raise ValueError(f"limit must be positive, got {limit}")
         emojis = [emojis[i * total // limit] for i in range(limit)]
 
-    rendered: list[tuple[Emoji, Image.Image]] = []
+    renders: dict[str, list[Render]] = {}
+    per_style: dict[str, int] = {}
     skipped: list[str] = []
     for e in emojis:
-        image = render_emoji(e.text, font, size)
-        if image is None:
-            skipped.append(f"{e.codepoints} {e.name}")
+        got: list[Render] = []
+        if font is not None and (image := render_emoji(e.text, font, size)) is not None:
+            got.append((e, "noto", image))
+        for source in sources:
+            if (svg := find_svg(source, sources_dir, e.codepoints, e.name)) is not None:
+                got.append((e, source.style, render_svg(svg, size, source.margin)))
+        if got:
+            renders[e.codepoints] = got
+            for _, style, _ in got:
+                per_style[style] = per_style.get(style, 0) + 1
         else:
-            rendered.append((e, image))
+            skipped.append(f"{e.codepoints} {e.name}")
 
-    train, heldout, counts = split_emoji([e for e, _ in rendered])
-    images = {e.codepoints: im for e, im in rendered}
+    rendered = [e for e in emojis if e.codepoints in renders]
+    train, heldout, counts = split_emoji(rendered)
+    keywords = load_keywords(sources_dir)
+    weights = sampling_weights(rendered)
     out = Path(out_dir)
     _prepare_out_dir(out)
-    _write_split(out, "train", [(e, images[e.codepoints]) for e in train])
-    _write_split(out, "heldout", [(e, images[e.codepoints]) for e in heldout])
+    _write_split(out, "train", [r for e in train for r in renders[e.codepoints]], keywords, weights)
+    _write_split(out, "heldout", [r for e in heldout for r in renders[e.codepoints]], keywords, weights)
     (out / "heldout_combinations.txt").write_text(
         "# person type<TAB>skin tone: every emoji with this exact combination (all genders) is held out\n"
         + "".join(f"{role}\t{tone}\n" for role, tone in HELDOUT_COMBINATIONS),
@@ -261,8 +335,9 @@ def build_emoji_dataset(
     )
     summary = {
         "emoji_list": str(list_file),
-        "font": str(font_file),
         "size": size,
+        "styles": {"noto": {"source": "fonts-noto-color-emoji (Debian)", "licence": "OFL-1.1"}} if font is not None else {},
+        "images_per_style": per_style,
         "fully_qualified_total": total,
         "considered": len(emojis),
         "rendered": len(rendered),
@@ -270,31 +345,60 @@ def build_emoji_dataset(
         "skipped": skipped,
         "train": len(train),
         "heldout": len(heldout),
+        "train_images": sum(len(renders[e.codepoints]) for e in train),
+        "heldout_images": sum(len(renders[e.codepoints]) for e in heldout),
+        "with_keywords": sum(keyword_key(e.codepoints) in keywords for e in rendered),
         **counts,
         "heldout_percent_random": HELDOUT_PERCENT,
     }
+    for source in sources:
+        summary["styles"][source.style] = {"source": source.spec, "integrity": source.integrity,
+                                           "licence": source.licence, "attribution": source.attribution}
+    if keywords:
+        summary["keywords"] = {"source": KEYWORDS.spec, "integrity": KEYWORDS.integrity, "licence": KEYWORDS.licence}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render Noto Color Emoji with CLDR captions into a train/held-out dataset.")
+    parser = argparse.ArgumentParser(description="Render emoji in several designs with CLDR captions into a train/held-out dataset.")
     parser.add_argument("--out", default="data/emoji", help="output folder (default: data/emoji)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
     parser.add_argument("--limit", type=int, default=None, help="only this many emoji, spread over the list (for quick tests)")
     parser.add_argument("--font", default=None, help=f"path to NotoColorEmoji.ttf (default: the {FONT_PACKAGE} location)")
     parser.add_argument("--emoji-test", default=None, help=f"path to emoji-test.txt (default: the {EMOJI_LIST_PACKAGE} location)")
+    parser.add_argument("--sources", default=DEFAULT_SOURCES_DIR,
+                        help=f"folder of the SVG designs from `ldm data emoji-sources` (default: {DEFAULT_SOURCES_DIR}); "
+                             "without it only the Noto font is rendered")
+    parser.add_argument("--styles", default=None, help="comma-separated styles to render (default: every one available)")
     args = parser.parse_args(argv)
+    styles = [s.strip() for s in args.styles.split(",")] if args.styles else None
     try:
-        summary = build_emoji_dataset(args.out, size=args.size, limit=args.limit, font_path=args.font, emoji_test_path=args.emoji_test)
-    except (EmojiDataError, ValueError) as exc:
+        summary = build_emoji_dataset(args.out, size=args.size, limit=args.limit, font_path=args.font,
+                                      emoji_test_path=args.emoji_test, sources_dir=args.sources, styles=styles)
+    except (EmojiDataError, EmojiSourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    per_style = ", ".join(f"{k} {v}" for k, v in summary["images_per_style"].items())
     print(
-        f"{summary['rendered']} emoji rendered ({summary['skipped_not_rendered']} skipped): "
-        f"{summary['train']} train, {summary['heldout']} held out "
-        f"({summary['heldout_combination']} by combination, {summary['heldout_random']} at random) -> {args.out}"
+        f"{summary['rendered']} emoji rendered ({summary['skipped_not_rendered']} skipped) in {per_style}: "
+        f"{summary['train']} train ({summary['train_images']} images), {summary['heldout']} held out "
+        f"({summary['heldout_images']} images; {summary['heldout_combination']} by combination, "
+        f"{summary['heldout_random']} at random) -> {args.out}"
     )
+    return 0
+
+
+def sources_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fetch the pinned emoji SVG designs and keywords with npm pack.")
+    parser.add_argument("--dest", default=DEFAULT_SOURCES_DIR)
+    args = parser.parse_args(argv)
+    try:
+        folders = fetch_sources(args.dest)
+    except EmojiSourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(folders)} packages verified in {args.dest}: " + ", ".join(f.name for f in folders))
     return 0
 
 

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+# Optional captions.jsonl fields that training uses: extra captions to sample, a style word, a sampling weight.
+EXTRA_FIELDS = ("keywords", "style", "weight")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
@@ -44,17 +46,22 @@ class CaptionFileError(DatasetError):
     """A captions.jsonl or captions.csv that cannot be parsed."""
 
 
-def _read_jsonl(path: Path) -> dict[str, str]:
-    table: dict[str, str] = {}
+def _read_jsonl_rows(path: Path) -> dict[str, dict]:
+    table: dict[str, dict] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            table[row["file"]] = str(row["caption"])
+            row["caption"] = str(row["caption"])
+            table[row["file"]] = row
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CaptionFileError(f"{path}:{n}: expected a JSON object with 'file' and 'caption' ({exc})") from exc
     return table
+
+
+def _read_jsonl(path: Path) -> dict[str, str]:
+    return {k: row["caption"] for k, row in _read_jsonl_rows(path).items()}
 
 
 def _read_csv(path: Path) -> dict[str, str]:
@@ -76,6 +83,15 @@ def read_caption_table(root: str | os.PathLike) -> dict[str, str]:
         return {}
     # Normalise "./images/a.png" and Windows separators to the keys the folder scan produces.
     return {Path(k.replace("\\", "/")).as_posix(): v for k, v in table.items()}
+
+
+def read_caption_extras(root: str | os.PathLike) -> dict[str, dict]:
+    """The optional per-image fields of captions.jsonl besides file and caption (keywords, style, weight), by path."""
+    path = Path(root) / "captions.jsonl"
+    if not path.is_file():
+        return {}
+    rows = _read_jsonl_rows(path)
+    return {Path(k.replace("\\", "/")).as_posix(): {f: v for f, v in row.items() if f in EXTRA_FIELDS} for k, row in rows.items()}
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -141,6 +157,12 @@ class CaptionedImageFolder(Dataset):
             raise EmptyDatasetError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {self.root}")
         self.files: list[str] = files
         self.captions: list[str] = [self._caption(rel, table) for rel in files]
+        extras = read_caption_extras(self.root)
+        self.extras: list[dict] = [extras.get(rel, {}) for rel in files]
+        for rel, extra in zip(files, self.extras):
+            weight = extra.get("weight", 1.0)
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0 or weight == float("inf"):
+                raise CaptionFileError(f"captions.jsonl: 'weight' of {rel} must be a positive number, got {weight!r}")
 
     def _caption(self, rel: str, table: dict[str, str]) -> str:
         if rel in table:

@@ -16,7 +16,9 @@ Schema (every key optional except `model` and `data.root`; defaults in `DEFAULTS
                 and for autoencoders: rec_loss (l1/l2), kl_weight, perceptual_weight, lpips_vgg, lpips_lin,
                 disc_start (null: no discriminator), disc_weight, disc_lr, disc_layers, disc_channels,
                 adaptive_disc_weight.
-    data:       root, size, batch_size, flip, center_crop, num_workers, val_fraction, val_root, val_batch_size.
+    data:       root, size, batch_size, flip, center_crop, num_workers, val_fraction, val_root, val_batch_size,
+                weighted (draw images by the `weight` of captions.jsonl), keyword_prob, max_keywords and
+                style_prob (caption sampling from captions.jsonl `keywords` / `style`, see ldm.training.captions).
     trainer:    keyword arguments of `lightning.Trainer` (max_steps, devices, num_nodes, strategy,
                 precision, accelerator, log_every_n_steps, ...), passed through unchanged.
     logging:    run_dir, checkpoint_every_n_steps, sample_every_n_steps, sample_prompts, sample_steps,
@@ -78,6 +80,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_fraction": 0.0,
         "val_root": None,
         "val_batch_size": None,
+        "weighted": False,
+        "keyword_prob": 0.0,
+        "max_keywords": 3,
+        "style_prob": 0.0,
     },
     "trainer": {
         "max_steps": 1000,
@@ -207,6 +213,11 @@ def _check_values(cfg: dict) -> None:
         raise TrainConfigError(f"data.batch_size must be at least 1, got {d['batch_size']}")
     if not 0.0 <= float(d["val_fraction"]) < 1.0:
         raise TrainConfigError(f"data.val_fraction must be in [0, 1), got {d['val_fraction']}")
+    for key in ("keyword_prob", "style_prob"):
+        if not isinstance(d[key], (int, float)) or not 0.0 <= float(d[key]) <= 1.0:
+            raise TrainConfigError(f"data.{key} must be a probability in [0, 1], got {d[key]!r}")
+    if not isinstance(d["max_keywords"], int) or d["max_keywords"] < 1:
+        raise TrainConfigError(f"data.max_keywords must be an integer >= 1, got {d['max_keywords']!r}")
 
 
 def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),
@@ -233,6 +244,11 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tup
 def is_autoencoder(cfg: dict) -> bool:
     """Whether the run trains an autoencoder (model target is a VAE) rather than a diffusion model."""
     return cfg["model"]["target"] in ("ldm.vae.AutoencoderKL", "ldm.models.autoencoder.AutoencoderKL")
+
+
+def is_clip(cfg: dict) -> bool:
+    """Whether the run trains a contrastive CLIP (text encoder or judge) rather than a generative model."""
+    return cfg["model"]["target"] == "ldm.text_encoder.OpenCLIP"
 
 
 def dump(cfg: dict, path: str | os.PathLike) -> None:

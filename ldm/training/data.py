@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from typing import Iterator
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, get_worker_info
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
 from ldm.data.folder import CaptionedImageFolder
+from ldm.training.captions import CaptionSampling
 
 log = logging.getLogger(__name__)
 
@@ -31,31 +33,43 @@ class SampleStream(IterableDataset):
     Worker w of W yields batches w, w + W, ...; PyTorch's loader returns worker batches round-robin,
     so the loader's batch order does not depend on the number of workers.
     `flip` mirrors items with probability 1/2, decided by the position (reproducible on resume).
+    `weighted` draws each epoch's n items with replacement in proportion to the folder's per-image
+    `weight` (captions.jsonl) instead of a permutation; `captions` samples keyword/style captions.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0, flip: bool = False):
+                 start_batch: int = 0, flip: bool = False, weighted: bool = False,
+                 captions: CaptionSampling | None = None):
         super().__init__()
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise DataConfigError("the training set is empty")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size, self.start_batch, self.flip = rank, world_size, start_batch, flip
+        self.extras = folder_extras(dataset)
+        self.weights = torch.tensor([float(e.get("weight", 1.0)) for e in self.extras], dtype=torch.float64) if weighted else None
+        self.captions = captions if captions is not None and captions.active else None
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def _index(self, position: int) -> int:
         n = len(self.dataset)  # type: ignore[arg-type]
         epoch, k = divmod(position * self.world_size + self.rank, n)
         if epoch != self._perm_epoch:
-            self._perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perm = torch.randperm(n, generator=g) if self.weights is None else \
+                torch.multinomial(self.weights, n, replacement=True, generator=g)
             self._perm_epoch = epoch
         return int(self._perm[k])
 
     def item(self, position: int) -> dict:
-        item = dict(self.dataset[self._index(position)])
+        index = self._index(position)
+        item = dict(self.dataset[index])
         if self.flip:
             coin = torch.rand((), generator=torch.Generator().manual_seed(self.seed * 7919 + position * 31 + self.rank))
             if coin < 0.5:
                 item["image"] = item["image"].flip(-1)
+        if self.captions is not None:
+            rng = random.Random(f"{self.seed}:{self.rank}:{position}")  # str seeds are hashed the same in every process
+            item["caption"] = self.captions(item["caption"], self.extras[index], rng)
         return item
 
     def __iter__(self) -> Iterator[dict]:
@@ -67,6 +81,16 @@ class SampleStream(IterableDataset):
             for position in range(first, first + self.batch_size):
                 yield self.item(position)
             batch += workers
+
+
+def folder_extras(dataset: Dataset) -> list[dict]:
+    """The per-item captions.jsonl extras (keywords, style, weight) of a folder or a Subset of one; {} each otherwise."""
+    if isinstance(dataset, Subset):
+        return [folder_extras(dataset.dataset)[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [extra for part in dataset.datasets for extra in folder_extras(part)]
+    extras = getattr(dataset, "extras", None)
+    return list(extras) if extras is not None else [{} for _ in range(len(dataset))]  # type: ignore[arg-type]
 
 
 def split_validation(dataset: Dataset, fraction: float, seed: int = 1234) -> tuple[Dataset, Dataset | None]:
@@ -86,7 +110,8 @@ class ImageTextDataModule(pl.LightningDataModule):
 
     def __init__(self, root: str | os.PathLike, size: int, batch_size: int, flip: bool = False, center_crop: bool = True,
                  num_workers: int = 0, val_fraction: float = 0.0, val_root: str | os.PathLike | None = None,
-                 val_batch_size: int | None = None, seed: int = 0):
+                 val_batch_size: int | None = None, seed: int = 0, weighted: bool = False,
+                 captions: CaptionSampling | None = None):
         super().__init__()
         if root is None:
             raise DataConfigError("data.root is not set: give the folder of captioned images")
@@ -94,6 +119,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.center_crop, self.num_workers, self.seed = bool(center_crop), int(num_workers), int(seed)
         self.val_fraction, self.val_root = float(val_fraction), val_root
         self.val_batch_size = int(val_batch_size or batch_size)
+        self.weighted, self.captions = bool(weighted), captions
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -101,7 +127,9 @@ class ImageTextDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         # Flipping is done by the stream (reproducibly), so the folder itself never flips.
-        full = CaptionedImageFolder(self.root, self.size, center_crop=self.center_crop, flip=False)
+        roots = self.root if isinstance(self.root, (list, tuple)) else [self.root]
+        folders = [CaptionedImageFolder(r, self.size, center_crop=self.center_crop, flip=False) for r in roots]
+        full = folders[0] if len(folders) == 1 else ConcatDataset(folders)
         self.train_set, self.val_set = split_validation(full, self.val_fraction)
         if self.val_root is not None:
             if self.val_set is not None:
@@ -117,7 +145,8 @@ class ImageTextDataModule(pl.LightningDataModule):
     def stream(self, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> SampleStream:
         self.setup()
         assert self.train_set is not None
-        return SampleStream(self.train_set, self.batch_size, self.seed, rank, world_size, start_batch, self.flip)
+        return SampleStream(self.train_set, self.batch_size, self.seed, rank, world_size, start_batch, self.flip,
+                            weighted=self.weighted, captions=self.captions)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -54,10 +54,30 @@ def export_autoencoder(state: dict[str, torch.Tensor], model_node: dict, out_dir
     return weights, config
 
 
+def export_clip(state: dict[str, torch.Tensor], model_node: dict, out_dir: str | os.PathLike,
+                step: int | None = None) -> tuple[Path, Path]:
+    """Write clip.safetensors (fp16, open_clip keys) and clip.json (its open_clip config) into out_dir."""
+    import json
+
+    from ldm.text_encoder import open_clip_config
+
+    out = Path(out_dir)
+    weights, config = out / "clip.safetensors", out / "clip.json"
+    save_state_dict(state, weights, metadata={"format": "pt", **({"step": str(step)} if step is not None else {})},
+                    float_dtype=torch.float16)
+    with atomic_path(config) as tmp:
+        Path(tmp).write_text(json.dumps(open_clip_config(model_node["params"]["arch"]), indent=2) + "\n")
+    return weights, config
+
+
 def export_module(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None) -> tuple[Path, Path]:
     """Export a LatentDiffusionModule or AutoencoderModule according to the run's config."""
     from ldm.training.ldm_module import LatentDiffusionModule
 
+    from ldm.training.clip_module import ClipModule
+
+    if isinstance(module, ClipModule):
+        return export_clip(module.inference_state_dict(), cfg["model"], out_dir, step)
     if isinstance(module, LatentDiffusionModule):
         return export_diffusion(module.inference_state_dict(), cfg["model"], module.model.scale_factor, out_dir, step)
     return export_autoencoder(module.inference_state_dict(), cfg["model"], out_dir, step)  # type: ignore[operator]

@@ -25,7 +25,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.config import instantiate
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
-from ldm.training.config import TrainConfigError, dump, is_autoencoder, load_train_config
+from ldm.training.config import TrainConfigError, dump, is_autoencoder, is_clip, load_train_config
+from ldm.training.captions import CaptionSampling
 from ldm.training.data import ImageTextDataModule
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,15 @@ def build_module(cfg: dict) -> pl.LightningModule:
     """The Lightning module for the config's model, with init weights loaded (before the EMA copy is made)."""
     t = cfg["training"]
     model = instantiate(cfg["model"])
+    if is_clip(cfg):
+        from ldm.training.clip_module import ClipModule
+
+        if any(cfg["init"].get(k) for k in ("text_encoder", "unet", "vae")):
+            raise TrainConfigError("a CLIP run takes only init.checkpoint (whole open_clip weights)")
+        if cfg["init"].get("checkpoint"):
+            _load_part(model, cfg["init"]["checkpoint"], ())
+        return ClipModule(model, lr=t["lr"], weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
+                          betas=tuple(t["betas"]), seed=t["seed"], config=cfg)
     if is_autoencoder(cfg):
         from ldm.training.vae_module import AutoencoderModule
 
@@ -126,7 +136,8 @@ def build_data(cfg: dict) -> ImageTextDataModule:
     d = cfg["data"]
     return ImageTextDataModule(d["root"], d["size"], d["batch_size"], flip=d["flip"], center_crop=d["center_crop"],
                                num_workers=d["num_workers"], val_fraction=d["val_fraction"], val_root=d["val_root"],
-                               val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"])
+                               val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"], weighted=d["weighted"],
+                               captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]))
 
 
 def build_loggers(cfg: dict) -> list[Logger]:

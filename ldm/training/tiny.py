@@ -7,7 +7,7 @@ from pathlib import Path
 from ldm.defaults import ROOT
 from ldm.training.config import load_train_config
 
-TINY_CONFIGS = {"ldm": ROOT / "configs" / "train" / "tiny-ldm.yaml", "vae": ROOT / "configs" / "train" / "tiny-vae.yaml"}
+TINY_CONFIGS = {kind: ROOT / "configs" / "train" / f"tiny-{kind}.yaml" for kind in ("ldm", "vae", "clip")}
 
 # Quiet, fast settings for runs nobody watches.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logging.tensorboard=false"]
@@ -15,7 +15,7 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 
 def tiny_train_config(kind: str, data_root: str | os.PathLike, run_dir: str | os.PathLike,
                       overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """The resolved tiny config of `kind` ("ldm" or "vae") reading data_root and writing run_dir."""
+    """The resolved tiny config of `kind` ("ldm", "vae" or "clip") reading data_root and writing run_dir."""
     if kind not in TINY_CONFIGS:
         raise ValueError(f"unknown tiny config {kind!r}; known: {', '.join(TINY_CONFIGS)}")
     base = [f"data.root={Path(data_root).as_posix()}", f"logging.run_dir={Path(run_dir).as_posix()}"]
