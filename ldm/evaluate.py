@@ -1,34 +1,24 @@
-"""Evaluation of a text-to-image model against real captioned images.
+"""Evaluation of a text-to-image model against real captioned images (the report of `ldm eval`).
 
-Distribution metrics compare feature sets of generated and real images:
+The metrics themselves (FID, KID, precision/recall, the nearest-neighbour and zero-shot judges,
+CLIP score) are in `ldm.metrics`. Here: which prompts, which real images they are compared with,
+the groups they are reported in, and the tables.
 
-- FID (Heusel et al. 2017): Fréchet distance between Gaussian fits,
-  ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2). Lower is better; biased upwards for small N.
-- KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, averaged over
-  random subsets. Lower is better; ~0 (can be slightly negative) when both sets share a distribution.
-- Precision / recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls reaching each
-  point's k-th nearest neighbour; precision = share of generated points inside the real manifold
-  (fidelity), recall = share of real points inside the generated manifold (coverage).
-
-Features come from the image tower of our emoji CLIP, and from Inception-v3's pool layer when the
-user supplies torchvision-format weights (never downloaded).
-
-Prompt accuracy asks a judge which emoji name a generated image shows:
-
-- nearest-real-neighbour judge (reported as the headline): the names of the real images (train AND
-  held-out: the judge must know every emoji the prompts can name; it judges, it does not generate)
-  whose CLIP image features are closest in cosine similarity; no training needed;
-- zero-shot judge: CLIP text embeddings of all names against the image embedding.
-
-CLIP score is 100 x the mean cosine similarity of generated-image and prompt embeddings.
+- Prompts are distinct captions: every held-out one and a seeded draw of training ones. A caption
+  has several real images (one per design); its reference image for the distribution metrics is
+  one of them, chosen with the seed.
+- The judge's ceiling ("real images" rows) is measured leave-one-out: a real image's own row is
+  taken out of the gallery, so its nearest neighbour is the same emoji in another design (or a
+  wrong one). Chance is 1 / number of names.
+- "family" accuracy counts a picture right when its nearest name is the prompt up to skin tone and
+  gender ("woman judge: dark skin tone" for "man judge: light skin tone").
+- Objects are the emoji outside the People & Body, Smileys & Emotion and Component groups.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -37,276 +27,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ldm.metrics import (
+    ClipFeatures,
+    EvaluationError,
+    InceptionFeatures,
+    NearestNeighbourJudge,
+    ZeroShotJudge,
+    clip_score,
+    frechet_distance,
+    kernel_inception_distance,
+    precision_recall,
+    topk_accuracy,
+)
 
 log = logging.getLogger(__name__)
-
-class EvaluationError(ValueError):
-    """Base class for evaluation inputs that cannot be used."""
-
-
-class FeatureShapeError(EvaluationError):
-    """Feature sets that are not 2-D, differ in width, or are too small for the metric."""
-
-
-class InceptionWeightsError(EvaluationError):
-    """An Inception-v3 weights file that is missing or does not fit torchvision's architecture."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Distribution metrics on feature matrices [N, D]
-# ----------------------------------------------------------------------------------------------
-
-
-def _as_float64(x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
-    # float64 throughout: the FID trace term subtracts nearly equal large numbers.
-    a = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
-    if a.ndim != 2:
-        raise FeatureShapeError(f"{name} must be a [N, D] matrix, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise FeatureShapeError(f"{name} contains NaN or infinite values")
-    return a
-
-
-def _check_pair(a: np.ndarray, b: np.ndarray, min_rows: int) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise FeatureShapeError(f"feature widths differ: {a.shape[1]} vs {b.shape[1]}")
-    if len(a) < min_rows or len(b) < min_rows:
-        raise FeatureShapeError(f"need at least {min_rows} rows in each feature set, got {len(a)} and {len(b)}")
-
-
-def gaussian_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [D] and unbiased covariance [D, D] of a feature matrix."""
-    f = _as_float64(features, "features")
-    if len(f) < 2:
-        raise FeatureShapeError(f"need at least 2 rows for a covariance, got {len(f)}")
-    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
-
-
-def sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix via eigh (negative rounding noise clipped)."""
-    sym = (matrix + matrix.T) / 2
-    values, vectors = np.linalg.eigh(sym)
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
-
-
-def frechet_distance_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1-mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2).
-
-    S1 S2 is not symmetric, so a general sqrtm can return complex rounding noise. Instead use
-    Tr((S1 S2)^1/2) = Tr((R S2 R)^1/2) with R = S1^1/2 (similar matrices, same eigenvalues): R S2 R is
-    symmetric PSD, so its eigenvalues are real and the trace is the sum of their square roots.
-    """
-    root = sqrtm_psd(sigma1)
-    inner = root @ sigma2 @ root
-    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
-    trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-    diff = mu1 - mu2
-    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
-    return max(value, 0.0)  # a distance; tiny negatives are rounding
-
-
-def frechet_distance(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray) -> float:
-    """FID-style Fréchet distance between Gaussian fits of two feature sets."""
-    a, b = _as_float64(features1, "features1"), _as_float64(features2, "features2")
-    _check_pair(a, b, 2)
-    return frechet_distance_from_stats(*gaussian_stats(a), *gaussian_stats(b))
-
-
-def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """KID's kernel (x.y / d + 1)^3."""
-    return (x @ y.T / x.shape[1] + 1.0) ** 3
-
-
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 estimate: within-set kernel means exclude the diagonal (i = j) terms."""
-    m, n = len(x), len(y)
-    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean())
-
-
-def kernel_inception_distance(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray,
-                              subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """KID: (mean, std) of unbiased MMD^2 over `subsets` random subsets of min(subset_size, N1, N2) rows each."""
-    a, b = _as_float64(features1, "features1"), _as_float64(features2, "features2")
-    _check_pair(a, b, 2)
-    if subsets < 1 or subset_size < 2:
-        raise EvaluationError(f"KID needs subsets >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
-    m = min(subset_size, len(a), len(b))
-    rng = np.random.default_rng(seed)
-    values = [mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
-              for _ in range(subsets)]
-    return float(np.mean(values)), float(np.std(values))
-
-
-def _pairwise_distances(x: torch.Tensor, y: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    # Chunked so a few thousand x a few thousand stays small; float64 so ties on the radius are exact.
-    return torch.cat([torch.cdist(x[i:i + chunk], y) for i in range(0, len(x), chunk)])
-
-
-def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each row to its k-th nearest other row (the row itself, at distance 0, is skipped)."""
-    d = _pairwise_distances(features, features)
-    return d.kthvalue(k + 1, dim=1).values
-
-
-def precision_recall(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN hyperspheres."""
-    r = torch.from_numpy(_as_float64(real, "real"))
-    f = torch.from_numpy(_as_float64(fake, "fake"))
-    _check_pair(r.numpy(), f.numpy(), k + 1)
-    if k < 1:
-        raise EvaluationError(f"k must be at least 1, got {k}")
-    real_radii, fake_radii = knn_radii(r, k), knn_radii(f, k)
-    d = _pairwise_distances(f, r)  # [fake, real]
-    precision = (d <= real_radii[None, :]).any(dim=1).double().mean().item()
-    recall = (d.T <= fake_radii[None, :]).any(dim=1).double().mean().item()
-    return precision, recall
-
-
-# ----------------------------------------------------------------------------------------------
-# Feature extractors: images [B, 3, H, W] in [-1, 1] -> features [B, D]
-# ----------------------------------------------------------------------------------------------
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def _clip_image_size(clip: torch.nn.Module) -> int:
-    size = clip.visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-class ClipFeatures:
-    """L2-normalised image embeddings of an open_clip model (our emoji CLIP takes [-1, 1] pixels, as trained)."""
-
-    def __init__(self, clip: torch.nn.Module, batch_size: int = 256):
-        self.clip = clip.eval()
-        self.size = _clip_image_size(clip)
-        self.batch_size = batch_size
-        self.name = "clip"
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        device = next(self.clip.parameters()).device
-        out = [self.clip.encode_image(_resize(images[i:i + self.batch_size].to(device), self.size), normalize=True).float().cpu()
-               for i in range(0, len(images), self.batch_size)]
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def encode_text(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
-        from ldm.training.clip import encode_text_trimmed, tokenize
-
-        device = next(self.clip.parameters()).device
-        tokens = tokenize(list(texts), self.clip.context_length)
-        return torch.cat([encode_text_trimmed(self.clip, tokens[i:i + batch_size].to(device)).float().cpu()
-                          for i in range(0, len(tokens), batch_size)])
-
-
-class InceptionFeatures:
-    """2048-d pool features of torchvision's Inception-v3 from a local weights file.
-
-    torchvision's ImageNet weights were ported from TF and expect inputs in [-1, 1] (that is what its
-    transform_input=True produces from ImageNet-normalised input), so [-1, 1] pixels go in directly,
-    resized to 299 px. These are NOT the pytorch-fid/TF-FID Inception weights: values are comparable
-    across our runs, not with published FIDs.
-    """
-
-    def __init__(self, weights: str | os.PathLike, batch_size: int = 32, device: str | torch.device = "cpu"):
-        from torchvision.models import inception_v3
-
-        path = Path(weights)
-        if not path.is_file():
-            raise InceptionWeightsError(f"Inception-v3 weights not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:  # not a (safe) torch file
-            raise InceptionWeightsError(f"cannot read Inception-v3 weights {path}: {str(exc).splitlines()[0]}") from exc
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise InceptionWeightsError(f"{path} does not hold a state dict")
-        aux = any(k.startswith("AuxLogits.") for k in state)
-        net = inception_v3(weights=None, aux_logits=aux, init_weights=False, transform_input=False)
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InceptionWeightsError(f"{path} does not fit torchvision's inception_v3: {str(exc).splitlines()[0]}") from exc
-        net.fc = torch.nn.Identity()  # the pooled 2048-d vector, as FID uses
-        self.net = net.eval().to(device)
-        self.batch_size = batch_size
-        self.name = "inception"
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        device = next(self.net.parameters()).device
-        return torch.cat([self.net(_resize(images[i:i + self.batch_size].to(device), 299)).float().cpu()
-                          for i in range(0, len(images), self.batch_size)])
-
-
-# ----------------------------------------------------------------------------------------------
-# Prompt accuracy judges and CLIP score
-# ----------------------------------------------------------------------------------------------
-
-
-class NearestNeighbourJudge:
-    """Ranks class names by the best cosine similarity of any real image of that class to the query.
-
-    With one image per name (emoji), this is plain nearest-neighbour retrieval over all real images.
-    """
-
-    def __init__(self, gallery: torch.Tensor, labels: Sequence[str]):
-        if len(gallery) != len(labels) or len(labels) == 0:
-            raise EvaluationError(f"judge gallery needs one label per feature row, got {len(gallery)} rows and {len(labels)} labels")
-        self.classes: list[str] = sorted(set(labels))
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.label_index = torch.tensor([index[c] for c in labels])
-        self.gallery = F.normalize(gallery.float(), dim=-1)
-
-    def class_scores(self, features: torch.Tensor) -> torch.Tensor:
-        sim = F.normalize(features.float(), dim=-1) @ self.gallery.T  # [B, gallery]
-        scores = torch.full((len(sim), len(self.classes)), -math.inf)
-        return scores.scatter_reduce(1, self.label_index.expand_as(sim), sim, reduce="amax")
-
-
-class ZeroShotJudge:
-    """Ranks class names by cosine similarity of their CLIP text embedding with the image embedding."""
-
-    def __init__(self, text_features: torch.Tensor, classes: Sequence[str]):
-        if len(text_features) != len(classes):
-            raise EvaluationError(f"{len(text_features)} text embeddings for {len(classes)} classes")
-        self.classes = list(classes)
-        self.text = F.normalize(text_features.float(), dim=-1)
-
-    def class_scores(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(features.float(), dim=-1) @ self.text.T
-
-
-def topk_accuracy(scores: torch.Tensor, classes: Sequence[str], targets: Sequence[str], ks: Sequence[int] = (1, 5)) -> dict[int, float]:
-    """Share of rows whose target name is among the k best-scored classes, for each k."""
-    index = {c: i for i, c in enumerate(classes)}
-    missing = [t for t in targets if t not in index]
-    if missing:
-        raise EvaluationError(f"{len(missing)} prompts are not judge classes, e.g. {missing[0]!r}")
-    target = torch.tensor([index[t] for t in targets])
-    kmax = min(max(ks), scores.shape[1])
-    top = scores.topk(kmax, dim=1).indices
-    return {k: (top[:, :min(k, kmax)] == target[:, None]).any(dim=1).float().mean().item() for k in ks}
-
-
-def clip_score(image_features: torch.Tensor, text_features: torch.Tensor) -> float:
-    """100 x mean cosine similarity of paired image and text embeddings."""
-    if image_features.shape != text_features.shape:
-        raise FeatureShapeError(f"image and text embeddings differ in shape: {tuple(image_features.shape)} vs {tuple(text_features.shape)}")
-    return 100.0 * F.cosine_similarity(image_features.float(), text_features.float(), dim=-1).mean().item()
-
 
 # ----------------------------------------------------------------------------------------------
 # The report: generate at several guidance scales, score per prompt group
 # ----------------------------------------------------------------------------------------------
+
+NON_OBJECT_GROUPS = frozenset({"People & Body", "Smileys & Emotion", "Component"})
 
 
 @dataclass
@@ -329,10 +70,27 @@ class PromptItem:
     caption: str
     split: str            # "heldout" or "train"
     combination: bool     # its exact (person type, skin tone) combination was held out of training
-    real_index: int       # row of its real image in the loaded split
+    real_index: int       # row of its reference real image (in the split's list, or the combined RealSet)
+    is_object: bool = False
 
 
-GROUPS = ("all", "held-out captions", "held-out combinations", "train captions")
+@dataclass
+class RealSet:
+    """Every real image of both splits at one size, with its caption, design and emoji group."""
+    images: torch.Tensor
+    captions: list[str]
+    styles: list[str]
+    groups: list[str]
+    splits: list[str]
+
+    def rows_of(self) -> dict[str, list[int]]:
+        rows: dict[str, list[int]] = {}
+        for i, c in enumerate(self.captions):
+            rows.setdefault(c, []).append(i)
+        return rows
+
+
+GROUPS = ("all", "held-out captions", "held-out combinations", "train captions", "train objects", "held-out objects")
 
 
 def read_heldout_combinations(path: str | os.PathLike) -> set[tuple[str, str]]:
@@ -350,15 +108,22 @@ def read_heldout_combinations(path: str | os.PathLike) -> set[tuple[str, str]]:
 
 def select_prompts(heldout: Sequence[str], train: Sequence[str], combos: set[tuple[str, str]],
                    n_train: int, seed: int, max_heldout: int | None = None) -> list[PromptItem]:
-    """All (or the first max_heldout) held-out captions, then n_train train captions drawn with a seeded RNG."""
+    """All (or the first max_heldout) distinct held-out captions, then n_train distinct train captions drawn with a seeded RNG.
+
+    real_index is the caption's first row in its split's list.
+    """
     from ldm.data.emoji import person_combination
 
-    held = list(range(len(heldout)))[:max_heldout] if max_heldout is not None else list(range(len(heldout)))
-    if n_train < 0 or n_train > len(train):
-        raise EvaluationError(f"cannot draw {n_train} train prompts from {len(train)} train captions")
-    picks = sorted(random.Random(seed).sample(range(len(train)), n_train))
-    items = [PromptItem(heldout[i], "heldout", person_combination(heldout[i]) in combos, i) for i in held]
-    items += [PromptItem(train[i], "train", person_combination(train[i]) in combos, i) for i in picks]
+    first_held = {c: i for i, c in reversed(list(enumerate(heldout)))}
+    first_train = {c: i for i, c in reversed(list(enumerate(train)))}
+    held = sorted(first_held, key=first_held.get)[:max_heldout]
+    train_caps = sorted(first_train, key=first_train.get)
+    if n_train < 0 or n_train > len(train_caps):
+        raise EvaluationError(f"cannot draw {n_train} train prompts from {len(train_caps)} distinct train captions")
+    picks = sorted(random.Random(seed).sample(range(len(train_caps)), n_train))
+    items = [PromptItem(c, "heldout", person_combination(c) in combos, first_held[c]) for c in held]
+    items += [PromptItem(train_caps[i], "train", person_combination(train_caps[i]) in combos, first_train[train_caps[i]])
+              for i in picks]
     return items
 
 
@@ -368,6 +133,8 @@ def group_members(items: Sequence[PromptItem]) -> dict[str, list[int]]:
         "held-out captions": [i for i, it in enumerate(items) if it.split == "heldout"],
         "held-out combinations": [i for i, it in enumerate(items) if it.combination],
         "train captions": [i for i, it in enumerate(items) if it.split == "train"],
+        "train objects": [i for i, it in enumerate(items) if it.split == "train" and it.is_object],
+        "held-out objects": [i for i, it in enumerate(items) if it.split == "heldout" and it.is_object],
     }
 
 
@@ -379,20 +146,47 @@ def load_images(root: str | os.PathLike, size: int) -> tuple[torch.Tensor, list[
     return torch.stack([ds[i]["image"] for i in range(len(ds))]), list(ds.captions)
 
 
+def load_real(data_dir: str | os.PathLike, size: int) -> RealSet:
+    """train/ and heldout/ of an emoji build as one RealSet (style and group from captions.jsonl; '' when absent)."""
+    from ldm.data.folder import CaptionedImageFolder
+
+    parts = []
+    for split in ("train", "heldout"):
+        ds = CaptionedImageFolder(Path(data_dir) / split, size=size)
+        parts.append((split, ds, torch.stack([ds[i]["image"] for i in range(len(ds))])))
+    return RealSet(
+        images=torch.cat([images for _, _, images in parts]),
+        captions=[c for _, ds, _ in parts for c in ds.captions],
+        styles=[str(e.get("style", "")) for _, ds, _ in parts for e in ds.extras],
+        groups=[str(e.get("group", "")) for _, ds, _ in parts for e in ds.extras],
+        splits=[split for split, ds, _ in parts for _ in range(len(ds))],
+    )
+
+
 def pil_to_tensor(images: Sequence) -> torch.Tensor:
     arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
     return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def generate(model, prompts: Sequence[str], scale: float, settings: EvalSettings, size: int) -> torch.Tensor:
-    """Images for prompts in batches; prompt i always gets seed settings.seed + i, so scales are compared on the same noise."""
+def generate(model, prompts: Sequence[str], scale: float, settings: EvalSettings, size: int,
+             seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """Images for prompts in batches; prompt i gets seed settings.seed + i (or seeds[i]), so scales are compared on the same noise."""
     from ldm.pipeline import SamplingOptions, txt2img
 
+    seeds = list(seeds) if seeds is not None else [settings.seed + i for i in range(len(prompts))]
     out = []
     for start in range(0, len(prompts), settings.batch_size):
+        batch = list(prompts[start:start + settings.batch_size])
         options = SamplingOptions(steps=settings.steps, guidance_scale=scale, sampler=settings.sampler, **settings.extra)
-        images = txt2img(model, list(prompts[start:start + settings.batch_size]), height=size, width=size,
-                         seed=settings.seed + start, options=options, progress=False)
+        # One call per run of consecutive seeds: txt2img seeds image j of a call with seed + j.
+        images = []
+        j = 0
+        while j < len(batch):
+            k = j + 1
+            while k < len(batch) and seeds[start + k] == seeds[start + j] + (k - j):
+                k += 1
+            images += txt2img(model, batch[j:k], height=size, width=size, seed=seeds[start + j], options=options, progress=False)
+            j = k
         out.append(pil_to_tensor(images))
     return torch.cat(out)
 
@@ -414,63 +208,87 @@ def _distribution_metrics(real: torch.Tensor, fake: torch.Tensor, settings: Eval
     return result
 
 
+class Judge:
+    """The judge CLIP over a RealSet: image features, the nearest-neighbour and zero-shot judges, text features."""
+
+    def __init__(self, clip: torch.nn.Module, real: RealSet):
+        from ldm.data.emoji import person_family
+
+        self.features = ClipFeatures(clip)
+        self.real = real
+        self.real_features = self.features(real.images)
+        self.nn = NearestNeighbourJudge(self.real_features, real.captions)
+        self.zero_shot = ZeroShotJudge(self.features.encode_text(self.nn.classes), self.nn.classes)
+        self.family = [person_family(c) for c in self.nn.classes]
+        styles = sorted(set(real.styles))
+        self.style_nn = NearestNeighbourJudge(self.real_features, real.styles) if len(styles) > 1 else None
+
+    def scores(self, feats: torch.Tensor, targets: Sequence[str], text: torch.Tensor,
+               exclude: torch.Tensor | None = None) -> dict[str, float]:
+        from ldm.data.emoji import person_family
+
+        nn_scores = self.nn.class_scores(feats, exclude)
+        nn_acc = topk_accuracy(nn_scores, self.nn.classes, targets)
+        zs_acc = topk_accuracy(self.zero_shot.class_scores(feats), self.zero_shot.classes, targets)
+        best = nn_scores.argmax(dim=1).tolist()
+        family = float(np.mean([self.family[b] == person_family(t) for b, t in zip(best, targets)]))
+        return {"nn_top1": nn_acc[1], "nn_top5": nn_acc[5], "family_top1": family,
+                "zeroshot_top1": zs_acc[1], "zeroshot_top5": zs_acc[5], "clip_score": clip_score(feats, text)}
+
+
 def evaluate_model(model, clip: torch.nn.Module, data_dir: str | os.PathLike, settings: EvalSettings,
                    inception: InceptionFeatures | None = None, size: int | None = None,
-                   on_progress: Callable[[str], None] = log.info) -> dict:
+                   on_progress: Callable[[str], None] = log.info, real: RealSet | None = None) -> dict:
     """Generate for each guidance scale and score every prompt group; returns a JSON-ready dict."""
     data = Path(data_dir)
     size = size or model.default_image_size
     t0 = time.time()
     # Real images go through the same size as generated ones (then the same resize to each feature
-    # network), so the metrics compare content, not the 64 px vs 32 px resolution gap.
-    train_images, train_caps = load_images(data / "train", size)
-    held_images, held_caps = load_images(data / "heldout", size)
+    # network), so the metrics compare content, not a resolution gap.
+    real = real if real is not None else load_real(data, size)
     combos_path = data / "heldout_combinations.txt"
     combos = read_heldout_combinations(combos_path) if combos_path.is_file() else set()
+    held_caps = [c for c, s in zip(real.captions, real.splits) if s == "heldout"]
+    train_caps = [c for c, s in zip(real.captions, real.splits) if s == "train"]
     items = select_prompts(held_caps, train_caps, combos, settings.n_train_prompts, settings.seed, settings.max_heldout)
+    rows_of = real.rows_of()
+    for it in items:  # the reference image: one of the caption's designs, chosen with the seed
+        rows = rows_of[it.caption]
+        it.real_index = rows[random.Random(f"{settings.seed}:{it.caption}").randrange(len(rows))]
+        it.is_object = real.groups[it.real_index] not in NON_OBJECT_GROUPS
     groups = group_members(items)
     prompts = [it.caption for it in items]
-
-    clip_features = ClipFeatures(clip)
-    real_train_f, real_held_f = clip_features(train_images), clip_features(held_images)
-    judge_nn = NearestNeighbourJudge(torch.cat([real_train_f, real_held_f]), train_caps + held_caps)
-    judge_zs = ZeroShotJudge(clip_features.encode_text(judge_nn.classes), judge_nn.classes)
-    prompt_text = clip_features.encode_text(prompts)
-    # The real image of every prompt: the reference distribution of each group (matched captions).
-    real_of = [held_images[it.real_index] if it.split == "heldout" else train_images[it.real_index] for it in items]
-    real_clip = torch.stack([(real_held_f if it.split == "heldout" else real_train_f)[it.real_index] for it in items])
-    real_inc = inception(torch.stack(real_of)) if inception is not None else None
-    on_progress(f"loaded {len(train_caps) + len(held_caps)} real images, {len(prompts)} prompts in {time.time() - t0:.1f}s")
-
-    def judge_scores(feats: torch.Tensor, rows: list[int]) -> dict[str, float]:
-        targets = [prompts[i] for i in rows]
-        nn_acc = topk_accuracy(judge_nn.class_scores(feats[rows]), judge_nn.classes, targets)
-        zs_acc = topk_accuracy(judge_zs.class_scores(feats[rows]), judge_zs.classes, targets)
-        return {"nn_top1": nn_acc[1], "nn_top5": nn_acc[5], "zeroshot_top1": zs_acc[1], "zeroshot_top5": zs_acc[5],
-                "clip_score": clip_score(feats[rows], prompt_text[rows])}
+    judge = Judge(clip, real)
+    prompt_text = judge.features.encode_text(prompts)
+    reference = torch.tensor([it.real_index for it in items])
+    real_clip = judge.real_features[reference]
+    real_inc = inception(real.images[reference]) if inception is not None else None
+    on_progress(f"loaded {len(real.captions)} real images, {len(prompts)} prompts in {time.time() - t0:.1f}s")
 
     rows_out: list[dict] = []
-    # Reference row: the real images themselves (the judges' ceiling; NN is 1.0 by construction).
+    # Reference row: the real images themselves, each judged without its own row (leave-one-out).
     for group, rows in groups.items():
         if rows:
-            rows_out.append({"scale": None, "group": group, "n": len(rows), **judge_scores(real_clip, rows)})
+            rows_out.append({"scale": None, "group": group, "n": len(rows),
+                             **judge.scores(real_clip[rows], [prompts[i] for i in rows], prompt_text[rows], exclude=reference[rows])})
     timings: dict[str, float] = {}
     for scale in settings.scales:
         t = time.time()
         fake = generate(model, prompts, scale, settings, size)
         timings[f"generate_scale_{scale:g}"] = time.time() - t
-        fake_clip = clip_features(fake)
+        fake_clip = judge.features(fake)
         fake_inc = inception(fake) if inception is not None else None
         for group, rows in groups.items():
             if not rows:
                 continue
-            row = {"scale": scale, "group": group, "n": len(rows), **judge_scores(fake_clip, rows)}
+            row = {"scale": scale, "group": group, "n": len(rows),
+                   **judge.scores(fake_clip[rows], [prompts[i] for i in rows], prompt_text[rows])}
             row.update(_distribution_metrics(real_clip[rows], fake_clip[rows], settings, "clip"))
             if fake_inc is not None:
                 row.update(_distribution_metrics(real_inc[rows], fake_inc[rows], settings, "inception"))
             rows_out.append(row)
         on_progress(f"scale {scale:g}: {len(prompts)} images in {timings[f'generate_scale_{scale:g}']:.1f}s")
-    n_classes = len(judge_nn.classes)
+    n_classes = len(judge.nn.classes)
     return {
         "settings": {**asdict(settings), "scales": list(settings.scales), "image_size": size},
         "classes": n_classes,
@@ -491,7 +309,7 @@ def format_table(results: dict) -> str:
     """A markdown table of the results, with chance levels and a note on the Inception features."""
     inc = results["inception"]
     head = ["guidance", "prompts", "n", "FID (CLIP)", "KID×10³ (CLIP)", "precision", "recall",
-            "NN top-1", "NN top-5", "zero-shot top-1", "zero-shot top-5", "CLIP score"]
+            "NN top-1", "NN top-5", "family top-1", "zero-shot top-1", "CLIP score"]
     if inc:
         head += ["FID (Inception)", "KID×10³ (Inception)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -499,8 +317,8 @@ def format_table(results: dict) -> str:
         kid = None if r.get("kid_clip") is None else 1e3 * r["kid_clip"]
         cells = ["real images" if r["scale"] is None else f"{r['scale']:g}", r["group"], str(r["n"]),
                  _fmt(r.get("fid_clip"), ".4f"), _fmt(kid, ".3f"), _fmt(r.get("precision"), ".3f"), _fmt(r.get("recall"), ".3f"),
-                 f"{r['nn_top1']:.1%}", f"{r['nn_top5']:.1%}", f"{r['zeroshot_top1']:.1%}", f"{r['zeroshot_top5']:.1%}",
-                 f"{r['clip_score']:.2f}"]
+                 f"{r['nn_top1']:.1%}", f"{r['nn_top5']:.1%}", f"{r.get('family_top1', float('nan')):.1%}",
+                 f"{r['zeroshot_top1']:.1%}", f"{r['clip_score']:.2f}"]
         if inc:
             kid_i = None if r.get("kid_inception") is None else 1e3 * r["kid_inception"]
             cells += [_fmt(r.get("fid_inception"), ".2f"), _fmt(kid_i, ".3f")]
@@ -510,8 +328,9 @@ def format_table(results: dict) -> str:
         "",
         f"Chance level over {results['classes']} emoji names: top-1 {results['chance_top1']:.3%}, top-5 {results['chance_top5']:.3%}.",
         f"Sampler {s['sampler']}, {s['steps']} steps, {s['image_size']} px, seed {s['seed']}; prompt i uses seed {s['seed']}+i at every scale.",
-        "FID/KID/precision/recall compare generated images with the real images of the same captions (CLIP image features,"
-        f" k={s['k']}); NN = nearest real image judge over all real images; 'real images' rows are the judges' ceiling.",
+        "FID/KID/precision/recall compare generated images with one real image of each prompt's caption (CLIP image features,"
+        f" k={s['k']}); NN = nearest real image over all real images of every design; family = NN up to skin tone and gender;"
+        " 'real images' rows are the judge's ceiling, leave-one-out (an image's own row is not in the gallery).",
     ]
     if not inc:
         lines.append("Inception-v3 metrics: not computed (no --inception-weights file given; weights are never downloaded).")
@@ -519,5 +338,7 @@ def format_table(results: dict) -> str:
 
 
 def save_results(results: dict, path: str | os.PathLike) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(results, indent=2) + "\n")
+    from ldm.checkpoint import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text(json.dumps(results, indent=2) + "\n")

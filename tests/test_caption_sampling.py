@@ -47,7 +47,7 @@ def test_folder_reads_extras_and_rejects_bad_weights(tmp_path):
     rows = [{"file": "images/a.png", "caption": "a", "keywords": ["x"], "style": "s", "weight": 0.5, "group": "g"},
             {"file": "images/b.png", "caption": "b"}]
     ds = CaptionedImageFolder(_folder(tmp_path / "ok", rows), 8)
-    assert ds.extras == [{"keywords": ["x"], "style": "s", "weight": 0.5}, {}]
+    assert ds.extras == [{"keywords": ["x"], "style": "s", "weight": 0.5, "group": "g"}, {}]
     train, val = split_validation(ds, 0.5)
     assert folder_extras(train) + folder_extras(val) in ([ds.extras[0], ds.extras[1]], [ds.extras[1], ds.extras[0]])
     bad = [{"file": "images/a.png", "caption": "a", "weight": -1}]

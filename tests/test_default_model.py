@@ -75,7 +75,7 @@ def test_generates_emoji_like_pictures_not_noise(model):
 
 def test_prompts_are_followed_by_the_judge_clip(model):
     """The shipped CLIP (which never saw these samples) picks each sample's own prompt out of six."""
-    from ldm.evaluate import ClipFeatures
+    from ldm.metrics import ClipFeatures
     from ldm.training.clip import load_clip
 
     clip = load_clip(ROOT / "checkpoints" / "emoji" / "clip.safetensors")

@@ -10,9 +10,10 @@ import torch
 import yaml
 from PIL import Image
 
-from ldm.evaluate import (ClipFeatures, FeatureShapeError, InceptionWeightsError, InceptionFeatures,
+from ldm.evaluate import select_prompts
+from ldm.metrics import (ClipFeatures, FeatureShapeError, InceptionWeightsError, InceptionFeatures,
                           NearestNeighbourJudge, ZeroShotJudge, clip_score, frechet_distance,
-                          kernel_inception_distance, precision_recall, select_prompts, sqrtm_psd, topk_accuracy)
+                          kernel_inception_distance, precision_recall, sqrtm_psd, topk_accuracy)
 
 
 def gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -149,14 +150,18 @@ def _draw(i: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def emoji_dir(tmp_path_factory) -> Path:
+    # Two designs of every caption, as the emoji build writes them: the second is the first, darker.
     root = tmp_path_factory.mktemp("emoji")
     n = 0
     for split, caps in CAPTIONS.items():
         (root / split / "images").mkdir(parents=True)
         with open(root / split / "captions.jsonl", "w") as f:
             for j, cap in enumerate(caps):
-                _draw(n).save(root / split / "images" / f"{j:05d}.png")
-                f.write(json.dumps({"file": f"images/{j:05d}.png", "caption": cap}) + "\n")
+                group = "People & Body" if "judge" in cap else "Symbols"
+                for style, dim in (("alpha", 1.0), ("beta", 0.8)):
+                    a = (np.asarray(_draw(n)).astype(float) * dim).astype(np.uint8)
+                    Image.fromarray(a).save(root / split / "images" / f"{j:05d}{style}.png")
+                    f.write(json.dumps({"file": f"images/{j:05d}{style}.png", "caption": cap, "style": style, "group": group}) + "\n")
                 n += 1
     (root / "heldout_combinations.txt").write_text("# person type\tskin tone\njudge\tmedium-dark skin tone\n")
     return root
@@ -193,8 +198,38 @@ def test_nearest_neighbour_judge_is_perfect_on_real_images(emoji_dir, tiny_clip)
     acc = topk_accuracy(judge.class_scores(f), judge.classes, caps)
     assert acc[1] == 1.0 and acc[5] == 1.0
     # a wrong label for every image would score 0 at top-1
-    shifted = caps[1:] + caps[:1]
+    shifted = caps[2:] + caps[:2]  # two designs per caption sit next to each other
     assert topk_accuracy(judge.class_scores(f), judge.classes, shifted)[1] == 0.0
+
+
+def test_leave_one_out_ceiling_needs_another_design_of_the_same_emoji():
+    # Two designs per name, each a small step from the other: without its own row, an image finds its twin.
+    base = torch.eye(6)[:3] * 5
+    gallery = torch.cat([base, base + 0.1 * torch.randn(3, 6, generator=torch.Generator().manual_seed(0))])
+    labels = ["a", "b", "c", "a", "b", "c"]
+    judge = NearestNeighbourJudge(gallery, labels)
+    own = torch.arange(6)
+    assert topk_accuracy(judge.class_scores(gallery, exclude=own), judge.classes, labels)[1] == 1.0
+    # with one design per name the same rule has nothing left to find: every answer is another name
+    single = NearestNeighbourJudge(base, ["a", "b", "c"])
+    assert topk_accuracy(single.class_scores(base, exclude=torch.arange(3)), single.classes, ["a", "b", "c"])[1] == 0.0
+    # -1 means "exclude nothing"
+    assert topk_accuracy(single.class_scores(base, exclude=torch.full((3,), -1)), single.classes, ["a", "b", "c"])[1] == 1.0
+
+
+def test_prompt_list_reading_and_spread(tmp_path):
+    from ldm.evaluate_prompts import pairwise_spread, read_prompt_list
+
+    path = tmp_path / "list.txt"
+    path.write_text("# comment\n## hearts\nred heart\n\n## fruit\nred apple\nbanana\n")
+    assert read_prompt_list(path) == [("hearts", "red heart"), ("fruit", "red apple"), ("fruit", "banana")]
+    same = torch.ones(4, 3)
+    assert pairwise_spread(same) == pytest.approx(0.0, abs=1e-6)
+    assert pairwise_spread(torch.eye(3)) == pytest.approx(1.0)  # orthogonal pictures: distance 1
+    path.write_text("# nothing\n")
+    from ldm.metrics import EvaluationError
+    with pytest.raises(EvaluationError, match="no prompts"):
+        read_prompt_list(path)
 
 
 def test_inception_weights_missing_or_wrong(tmp_path):
@@ -237,27 +272,38 @@ def test_eval_cli_end_to_end(emoji_dir, clip_config, tmp_path, capsys):
     save_state_dict(model.original_state_dict(), ckpt)
     cfg.write_text(yaml.safe_dump(tiny_config()))
     out, table = tmp_path / "results.json", tmp_path / "table.md"
+    prompt_list = tmp_path / "prompts.txt"
+    prompt_list.write_text("## shapes\nred circle\npurple ring\n## people\nman judge: dark skin tone\n")
     rc = _eval_main(["eval", "--config", str(cfg), "--ckpt", str(ckpt), "--clip", "random", "--clip-config", str(clip_config),
                "--data", str(emoji_dir), "--scales", "1", "3", "--n-train-prompts", "4", "--steps", "2",
-               "--batch-size", "4", "--kid-subsets", "5", "--device", "cpu", "--out", str(out), "--table", str(table)])
+               "--batch-size", "4", "--kid-subsets", "5", "--device", "cpu", "--out", str(out), "--table", str(table),
+               "--prompt-list", str(prompt_list), "--prompt-seeds", "3", "--styles", "alpha,beta"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| guidance |" in printed and "Chance level over 10 emoji names: top-1 10.000%" in printed
     assert "Inception-v3 metrics: not computed" in printed
     results = json.loads(out.read_text())
     rows = results["rows"]
-    # 4 groups x (real reference + 2 scales)
-    assert len(rows) == 12
+    # 6 groups x (real reference + 2 scales)
+    assert len(rows) == 18
     assert {r["scale"] for r in rows} == {None, 1.0, 3.0}
     combo = [r for r in rows if r["group"] == "held-out combinations"]
     assert all(r["n"] == 1 for r in combo)
+    objects = [r for r in rows if r["group"] == "held-out objects" and r["scale"] == 1.0][0]
+    assert objects["n"] == 3  # of the 4 held-out captions, the judge is a person, not an object
     full = [r for r in rows if r["group"] == "all" and r["scale"] == 3.0][0]
     assert full["n"] == 8 and full["fid_clip"] >= 0 and 0 <= full["precision"] <= 1 and 0 <= full["recall"] <= 1
+    assert 0 <= full["family_top1"] <= 1 and full["family_top1"] >= full["nn_top1"]
     low = [r for r in rows if r["group"] == "all" and r["scale"] == 1.0][0]
     assert low["clip_score"] != full["clip_score"]  # guidance changed the images
-    real = [r for r in rows if r["group"] == "all" and r["scale"] is None][0]
-    assert real["nn_top1"] == 1.0  # the nearest real image of a real image is itself
     assert table.read_text().startswith("| guidance |")
+    listed = results["prompt_list"]
+    assert [r["prompt"] for r in listed["rows"]] == ["red circle", "purple ring", "man judge: dark skin tone"]
+    assert set(listed["categories"]) == {"shapes", "people"} and listed["seeds"] == 3
+    assert [r["heldout"] for r in listed["rows"]] == [False, True, False]
+    assert all(r["diversity"] > 0 and r["real_diversity"] > 0 for r in listed["rows"])
+    assert set(results["styles"]["styles"]) == {"alpha", "beta"}
+    assert "| style | prompts | style top-1 | top-1 |" in printed and "| people | 1 |" in printed
 
 
 def test_eval_cli_reports_missing_clip(tmp_path):

@@ -11,9 +11,17 @@ from ldm.commands.common import add_model_args, log, resolve_device
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a text-to-image model against real captioned images")
     p.add_argument("--data", default="data/emoji", help="dataset root with train/, heldout/ and heldout_combinations.txt")
-    p.add_argument("--clip", default="checkpoints/emoji/clip.safetensors",
-                   help="weights of the judge CLIP (open_clip state dict); 'random' = untrained (for smoke tests only)")
-    p.add_argument("--clip-config", default=None, help="open_clip JSON config of the judge CLIP (default: configs/emoji/emoji-clip.json)")
+    p.add_argument("--clip", default="checkpoints/emoji/judge.safetensors",
+                   help="weights of the judge CLIP (open_clip state dict, trained apart from the model's text encoder); "
+                        "'random' = untrained (for smoke tests only)")
+    p.add_argument("--clip-config", default=None,
+                   help="open_clip JSON config of the judge CLIP (default: the .json beside --clip, else configs/emoji/emoji-clip.json)")
+    p.add_argument("--prompt-list", default=None,
+                   help="also score a fixed prompt list x --prompt-seeds seeds (e.g. configs/emoji/first-prompts.txt)")
+    p.add_argument("--prompt-seeds", type=int, default=6)
+    p.add_argument("--prompt-scale", type=float, default=5.0, help="guidance for the prompt list and the style rows")
+    p.add_argument("--styles", default=None,
+                   help="comma-separated style words: the prompt list once more with each ('<prompt>, <style> style')")
     p.add_argument("--inception-weights", default=None,
                    help="local torchvision inception_v3 state dict for Inception FID/KID (never downloaded; skipped when absent)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 7.0], help="guidance scales (default: 1 3 7)")
@@ -39,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ldm.commands.common import load_model_from_args
-    from ldm.evaluate import EvalSettings, InceptionFeatures, evaluate_model, format_table, save_results
+    from ldm.evaluate import EvalSettings, evaluate_model, format_table, load_real, save_results
+    from ldm.metrics import InceptionFeatures
     from ldm.training.clip import DEFAULT_CONFIG, create_clip, load_clip
 
     if args.threads:
@@ -49,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                             kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size)
     if args.batch_size < 1 or not args.scales:
         raise ValueError("--batch-size must be at least 1 and --scales needs at least one value")
-    clip_config = args.clip_config or DEFAULT_CONFIG
+    beside = Path(args.clip).with_suffix(".json")
+    clip_config = args.clip_config or (beside if args.clip != "random" and beside.is_file() else DEFAULT_CONFIG)
     if args.clip == "random":
         log.warning("judge CLIP is randomly initialised: the numbers are meaningless except as a smoke test")
         torch.manual_seed(0)
@@ -66,8 +76,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         log.info("no --inception-weights given: Inception-v3 FID/KID are not computed (weights are never downloaded)")
     model = load_model_from_args(args)
-    results = evaluate_model(model, clip, args.data, settings, inception=inception, size=args.size)
+    size = args.size or model.default_image_size
+    real = load_real(args.data, size)
+    results = evaluate_model(model, clip, args.data, settings, inception=inception, size=size, real=real)
     table = format_table(results)
+    if args.prompt_list:
+        from ldm.evaluate import Judge
+        from ldm.evaluate_prompts import (evaluate_prompt_list, evaluate_styles, format_prompt_table, format_style_table,
+                                          read_prompt_list)
+
+        judge = Judge(clip, real)
+        listed = read_prompt_list(args.prompt_list)
+        results["prompt_list"] = evaluate_prompt_list(model, judge, listed, settings, args.prompt_scale, args.prompt_seeds, size)
+        table += "\n\n" + format_prompt_table(results["prompt_list"])
+        if args.styles:
+            styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+            results["styles"] = evaluate_styles(model, judge, [p for _, p in listed], styles, settings, args.prompt_scale, size)
+            table += "\n\n" + format_style_table(results["styles"])
     print(table)
     if args.out:
         save_results(results, args.out)

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-# Optional captions.jsonl fields that training uses: extra captions to sample, a style word, a sampling weight.
-EXTRA_FIELDS = ("keywords", "style", "weight")
+# Optional captions.jsonl fields: extra captions to sample, a style word, a sampling weight (training), a group (evaluation).
+EXTRA_FIELDS = ("keywords", "style", "weight", "group")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
