@@ -162,6 +162,7 @@ class DiagonalGaussianDistribution:
     """The encoder's posterior q(z|x) = N(mean, diag(exp(logvar)))."""
 
     def __init__(self, moments: torch.Tensor):
+        self.moments = moments  # [B, 2C, h, w]: mean and log-variance, as the encoder gives them
         self.mean, logvar = moments.chunk(2, dim=1)
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)

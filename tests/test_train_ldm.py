@@ -214,6 +214,30 @@ def test_text_cache_encodes_each_caption_once_with_the_same_contexts(shapes, tmp
     assert not off._text_cache
 
 
+def test_latent_cache_encodes_each_image_once_and_draws_the_same_latents(shapes, tmp_path):
+    cached = build_module(tiny_train_config("ldm", shapes, tmp_path, ["training.latent_cache=100"]))
+    plain = build_module(tiny_train_config("ldm", shapes, tmp_path))
+    plain.model.vae.load_state_dict(cached.model.vae.state_dict())
+    encoded: list[int] = []
+    encode = cached.model.vae.encode
+    cached.model.vae.encode = lambda x: (encoded.append(len(x)), encode(x))[1]
+    batch = fixed_batch(tiny_train_config("ldm", shapes, tmp_path))
+    batch["key"] = [f"img{i % 8}" for i in range(len(batch["image"]))]
+    batch["image"] = batch["image"][[i % 8 for i in range(len(batch["image"]))]]  # equal keys, equal images
+    for step in range(2):
+        g1, g2 = torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)
+        torch.testing.assert_close(cached.latents(batch["image"], g1, batch["key"]), plain.latents(batch["image"], g2),
+                                   rtol=1e-5, atol=1e-5)
+    assert encoded == [8]  # 8 distinct images, through the encoder once, on the first step only
+    # the latents are still drawn afresh each step from the cached posterior
+    a = cached.latents(batch["image"], torch.Generator().manual_seed(0), batch["key"])
+    b = cached.latents(batch["image"], torch.Generator().manual_seed(1), batch["key"])
+    assert not torch.equal(a, b)
+    from ldm.training.config import TrainConfigError
+    with pytest.raises(TrainConfigError, match="center_crop"):
+        tiny_train_config("ldm", shapes, tmp_path, ["training.latent_cache=10", "data.center_crop=false"])
+
+
 def test_init_text_encoder_from_clip_weights(shapes, tmp_path):
     from safetensors.torch import save_file
 

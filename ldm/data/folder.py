@@ -180,4 +180,5 @@ class CaptionedImageFolder(Dataset):
         image = resize_and_crop(image, self.size, center=self.center_crop)
         if self.flip and random.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return {"image": to_tensor(image), "caption": self.captions[index]}
+        # key: the image's identity for caches of frozen-encoder outputs (one crop; "#flip" when mirrored)
+        return {"image": to_tensor(image), "caption": self.captions[index], "key": self.files[index]}

@@ -12,7 +12,8 @@ Schema (every key optional except `model` and `data.root`; defaults in `DEFAULTS
     training:   optimisation: seed, lr, weight_decay, betas, warmup_steps, ema_decay (null: no EMA),
                 cond_dropout, grad_clip, accumulate, gradient_checkpointing, compile, scale_factor
                 ("model": keep the model's; null: estimate 1/std of the first batch's latents; a number),
-                text_cache (keep up to N captions' text-encoder outputs in memory; 0: off),
+                text_cache (keep up to N captions' text-encoder outputs in memory; 0: off), latent_cache (keep up
+                to N images' VAE posteriors, a latent still drawn from each every step; only for fixed crops),
                 and for autoencoders: rec_loss (l1/l2), kl_weight, perceptual_weight, lpips_vgg, lpips_lin,
                 disc_start (null: no discriminator), disc_weight, disc_lr, disc_layers, disc_channels,
                 adaptive_disc_weight.
@@ -57,6 +58,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "compile": False,
         "scale_factor": "model",
         "text_cache": 0,
+        "latent_cache": 0,
         # autoencoder runs only
         "rec_loss": "l1",
         "kl_weight": 1.0e-6,
@@ -202,8 +204,11 @@ def _check_values(cfg: dict) -> None:
         raise TrainConfigError(f"training.ema_decay must be in (0, 1) or null, got {t['ema_decay']}")
     if int(t["accumulate"]) < 1:
         raise TrainConfigError(f"training.accumulate must be at least 1, got {t['accumulate']}")
-    if not isinstance(t["text_cache"], int) or isinstance(t["text_cache"], bool) or t["text_cache"] < 0:
-        raise TrainConfigError(f"training.text_cache must be a number of captions >= 0, got {t['text_cache']!r}")
+    for key in ("text_cache", "latent_cache"):
+        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 0:
+            raise TrainConfigError(f"training.{key} must be a number of {'captions' if key == 'text_cache' else 'images'} >= 0, got {t[key]!r}")
+    if t["latent_cache"] and not d["center_crop"]:
+        raise TrainConfigError("training.latent_cache needs data.center_crop: true (a random crop is a new image every time)")
     if t["rec_loss"] not in ("l1", "l2"):
         raise TrainConfigError(f"training.rec_loss must be l1 or l2, got {t['rec_loss']!r}")
     sf = t["scale_factor"]

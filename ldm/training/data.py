@@ -67,6 +67,8 @@ class SampleStream(IterableDataset):
             coin = torch.rand((), generator=torch.Generator().manual_seed(self.seed * 7919 + position * 31 + self.rank))
             if coin < 0.5:
                 item["image"] = item["image"].flip(-1)
+                if "key" in item:
+                    item["key"] = f"{item['key']}#flip"
         if self.captions is not None:
             rng = random.Random(f"{self.seed}:{self.rank}:{position}")  # str seeds are hashed the same in every process
             item["caption"] = self.captions(item["caption"], self.extras[index], rng)

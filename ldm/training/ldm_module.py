@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ldm.model import LatentDiffusion
+from ldm.vae import DiagonalGaussianDistribution
 from ldm.training.ema import make_ema
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class LatentDiffusionModule(pl.LightningModule):
     def __init__(self, model: LatentDiffusion, lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float | None = 0.9999,
                  cond_dropout: float = 0.1, gradient_checkpointing: bool = False, compile: bool = False,
-                 estimate_scale_factor: bool = False, seed: int = 0, text_cache: int = 0, config: dict | None = None):
+                 estimate_scale_factor: bool = False, seed: int = 0, text_cache: int = 0, latent_cache: int = 0,
+                 config: dict | None = None):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)
@@ -47,6 +49,10 @@ class LatentDiffusionModule(pl.LightningModule):
         # thousand captions, seen every epoch) skip the encoder after the first epoch. Not saved in checkpoints.
         self.text_cache_size = int(text_cache)
         self._text_cache: dict[str, torch.Tensor] = {}
+        # Likewise the frozen VAE's posterior of an image: its moments (mean, log-variance) are kept per image
+        # key, and each step still draws a fresh latent from them, so training sees the same distribution.
+        self.latent_cache_size = int(latent_cache)
+        self._latent_cache: dict[str, torch.Tensor] = {}
         for p in list(model.vae.parameters()) + list(model.text_encoder.parameters()):
             p.requires_grad_(False)
         model.unet.requires_grad_(True)
@@ -102,9 +108,25 @@ class LatentDiffusionModule(pl.LightningModule):
         self.needs_scale_factor = False
         log.info("estimated scale_factor = %.5f (1/std of the first batch's latents)", self.model.vae.scale_factor)
 
-    def latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def posterior(self, images: torch.Tensor, keys: list[str] | None = None) -> DiagonalGaussianDistribution:
+        """q(z|x) of a batch; with the latent cache, each distinct image key through the encoder once."""
+        if not self.latent_cache_size or keys is None:
+            return self.model.vae.encode(images)
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        missing = sorted(i for k, i in first.items() if k not in self._latent_cache)
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            moments = self.model.vae.encode(images[missing]).moments
+            fresh = {keys[i]: m for i, m in zip(missing, moments)}
+            for key, m in fresh.items():
+                if len(self._latent_cache) < self.latent_cache_size:
+                    self._latent_cache[key] = m
+        return DiagonalGaussianDistribution(torch.stack([self._latent_cache.get(k, fresh.get(k)) for k in keys]))
+
+    def latents(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                keys: list[str] | None = None) -> torch.Tensor:
         with torch.no_grad():
-            z = self.model.vae.encode(images).sample(generator)
+            z = self.posterior(images, keys).sample(generator)
             if self.needs_scale_factor:
                 self._estimate_scale_factor(z)
             return z * self.model.vae.scale_factor
@@ -113,7 +135,7 @@ class LatentDiffusionModule(pl.LightningModule):
         from ldm.diffusion import diffusion_loss
 
         images = batch["image"].to(self.device)
-        latents = self.latents(images, generator)
+        latents = self.latents(images, generator, batch.get("key"))
         captions = list(batch["caption"])
         if drop:
             captions = self.dropped_captions(captions, generator)

@@ -129,7 +129,8 @@ def build_module(cfg: dict) -> pl.LightningModule:
     return module_class(
         model, lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
         ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],
-        compile=t["compile"], estimate_scale_factor=sf is None, seed=t["seed"], text_cache=t["text_cache"], config=cfg)
+        compile=t["compile"], estimate_scale_factor=sf is None, seed=t["seed"], text_cache=t["text_cache"],
+        latent_cache=t["latent_cache"], config=cfg)
 
 
 def build_data(cfg: dict) -> ImageTextDataModule:
