@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ldm.errors import LdmError
+
 log = logging.getLogger(__name__)
 
 ORIGINAL_PREFIXES = {
@@ -34,7 +36,7 @@ SCHEDULE_BUFFERS = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LdmError, ValueError):
     """A checkpoint that cannot be read, or does not match the model."""
 
 

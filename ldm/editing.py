@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm.errors import LdmError, InvalidOptionError
 from ldm.images import InvalidImageError, load_image
 from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions, start_noise
@@ -21,7 +22,7 @@ from ldm.pipeline import SamplingOptions, start_noise
 log = logging.getLogger("ldm")
 
 
-class EditingError(ValueError):
+class EditingError(LdmError, ValueError):
     pass
 
 
@@ -79,7 +80,7 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any],
     options = replace(options) if options is not None else SamplingOptions(**(defaults or {}))
     for key, value in overrides.items():
         if not hasattr(options, key):
-            raise TypeError(f"unknown sampling option {key!r}")
+            raise InvalidOptionError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
     options.validate()
     return options

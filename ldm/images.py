@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from ldm.errors import LdmError
 
-class InvalidImageError(ValueError):
+
+class InvalidImageError(LdmError, ValueError):
     pass
 
 

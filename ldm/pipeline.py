@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm.errors import LdmError, InvalidOptionError
 from ldm.denoisers import CFGDenoiser
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
@@ -21,7 +22,7 @@ from ldm.schedules import get_sigmas
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(LdmError, ValueError):
     pass
 
 
@@ -40,9 +41,9 @@ class SamplingOptions:
 
     def validate(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+            raise InvalidOptionError(f"steps must be at least 1, got {self.steps}")
         if self.guidance_scale < 0:
-            raise ValueError(f"guidance scale must be >= 0, got {self.guidance_scale}")
+            raise InvalidOptionError(f"guidance scale must be >= 0, got {self.guidance_scale}")
         if self.precision not in PRECISIONS:
             raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         get_sampler(self.sampler)  # unknown names fail before any work
@@ -102,11 +103,11 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
-        raise ValueError("no prompts given")
+        raise InvalidOptionError("no prompts given")
     options = options or SamplingOptions()
     for key, value in option_overrides.items():
         if not hasattr(options, key):
-            raise TypeError(f"unknown sampling option {key!r}")
+            raise InvalidOptionError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
     options.validate()
     height = height or model.default_image_size
@@ -114,7 +115,7 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
     check_size(height, width, max(8, model.downscale))
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negatives) != len(prompts):
-        raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        raise InvalidOptionError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
     cond, uncond = prompt_conditions(model, prompts, negatives)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     sigmas = model_sigmas(model, options)

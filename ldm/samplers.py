@@ -21,15 +21,17 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import trange
 
+from ldm.errors import LdmError
+
 Denoiser = Callable[..., torch.Tensor]
 Callback = Callable[[dict], Any]
 
 
-class UnknownSamplerError(ValueError):
+class UnknownSamplerError(LdmError, ValueError):
     pass
 
 
-class InvalidStrengthError(ValueError):
+class InvalidStrengthError(LdmError, ValueError):
     pass
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from ldm.errors import LdmError
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions, autocast, model_sigmas, prompt_conditions, sample, start_noise
@@ -22,7 +23,7 @@ from ldm.pipeline import SamplingOptions, autocast, model_sigmas, prompt_conditi
 log = logging.getLogger("ldm")
 
 
-class WalkError(ValueError):
+class WalkError(LdmError, ValueError):
     pass
 
 

@@ -9,13 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ldm.errors import LdmError, InvalidOptionError, MissingFileError
 from ldm.app.state import ENV_CKPT, ENV_CONFIG, ENV_DEVICE, ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
 from ldm.commands.common import log
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
 
-class AppUnavailableError(OSError):
+class AppUnavailableError(LdmError, OSError):
     pass
 
 
@@ -52,14 +53,14 @@ def app_env(args: argparse.Namespace) -> dict[str, str]:
 def check_args(args: argparse.Namespace) -> None:
     """Fail here, before the server starts, rather than on every page of the app."""
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        raise InvalidOptionError(f"--port must be in 1..65535, got {args.port}")
     if args.ckpt and not args.config:
-        raise ValueError("--ckpt needs --config (the model's YAML)")
+        raise InvalidOptionError("--ckpt needs --config (the model's YAML)")
     if bool(args.upscaler_config) != bool(args.upscaler_ckpt):
-        raise ValueError("give both --upscaler-config and --upscaler-ckpt, or neither")
+        raise InvalidOptionError("give both --upscaler-config and --upscaler-ckpt, or neither")
     for value in (args.config, args.ckpt, args.upscaler_config, args.upscaler_ckpt):
         if value and not Path(value).is_file():
-            raise FileNotFoundError(f"file not found: {value}")
+            raise MissingFileError(f"file not found: {value}")
     if importlib.util.find_spec("streamlit") is None:
         raise AppUnavailableError("the app needs Streamlit: pip install 'ldm[app]'")
 

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ldm.errors import LdmError, InvalidOptionError, MissingFileError
 from ldm.images import make_grid, next_index, save_png
 from ldm.pipeline import PRECISIONS, SamplingOptions
 
 log = logging.getLogger("ldm")
 
 
-class EmptyPromptFileError(ValueError):
+class EmptyPromptFileError(LdmError, ValueError):
     pass
 
 
@@ -51,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise InvalidOptionError(f"device {name!r} requested but CUDA is not available")
     return device
 
 
@@ -59,7 +60,7 @@ def load_model_from_args(args: argparse.Namespace):
     from ldm.model import load_model
 
     if args.ckpt and not args.config:
-        raise ValueError("--ckpt needs --config (the model's YAML)")
+        raise InvalidOptionError("--ckpt needs --config (the model's YAML)")
     return load_model(args.config, args.ckpt, resolve_device(args.device))
 
 
@@ -67,13 +68,13 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.from_file:
         path = Path(args.from_file)
         if not path.is_file():
-            raise FileNotFoundError(f"prompt file not found: {path}")
+            raise MissingFileError(f"prompt file not found: {path}")
         prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not prompts:
             raise EmptyPromptFileError(f"prompt file {path} has no prompts")
         return prompts
     if args.prompt is None:
-        raise ValueError("give a prompt or --from-file")
+        raise InvalidOptionError("give a prompt or --from-file")
     return [args.prompt]
 
 

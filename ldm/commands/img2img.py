@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ldm.errors import InvalidOptionError
 from ldm.commands.common import (add_model_args, add_sampling_args, load_model_from_args, log, read_prompts,
                                  sampling_options, save_images)
 from ldm.editing import as_pil, check_strength
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     options = sampling_options(args)
     options.validate()
     if args.batch_size < 1 or args.n_iter < 1:
-        raise ValueError("--n-samples and --n-iter must be at least 1")
+        raise InvalidOptionError("--n-samples and --n-iter must be at least 1")
     source = as_pil(args.image)  # an unreadable file fails before the model loads
     model = load_model_from_args(args)
     image = prepare_image(model, source)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ldm.errors import InvalidOptionError
 from ldm.commands.common import (add_model_args, add_sampling_args, load_model_from_args, log, read_prompts,
                                  sampling_options, save_images)
 from ldm.editing import as_pil, check_strength, size_multiple
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     options = sampling_options(args)
     options.validate()
     if args.batch_size < 1:
-        raise ValueError("--n-samples must be at least 1")
+        raise InvalidOptionError("--n-samples must be at least 1")
     image = as_pil(args.image)
     extend = parse_extend(args.extend) if args.extend else None
     if extend is None:  # bad masks fail before the model loads

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ldm.errors import InvalidOptionError
 from ldm.commands.common import add_model_args, add_sampling_args, load_model_from_args, log, sampling_options, save_images
 from ldm.editing import as_pil
 from ldm.pipeline import settings_dict
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     options = sampling_options(args)
     options.validate()
     if args.batch_size < 1:
-        raise ValueError("--n-samples must be at least 1")
+        raise InvalidOptionError("--n-samples must be at least 1")
     image = as_pil(args.image).convert("RGB")
     model = load_model_from_args(args)
     images = upscale(model, image, [args.prompt] * args.batch_size, args.negative_prompt, args.noise_level, args.seed,

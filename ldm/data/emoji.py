@@ -24,6 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ldm.errors import LdmError
+
 FONT_PACKAGE = "fonts-noto-color-emoji"
 EMOJI_LIST_PACKAGE = "unicode-data"
 FONT_CANDIDATES = (
@@ -56,7 +58,7 @@ SKIN_TONES = ("light skin tone", "medium-light skin tone", "medium skin tone", "
 GENDER_WORDS = ("man ", "woman ", "person ")
 
 
-class EmojiDataError(RuntimeError):
+class EmojiDataError(LdmError, RuntimeError):
     """Base class for problems building the emoji dataset."""
 
 

@@ -17,10 +17,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ldm.errors import LdmError, InvalidOptionError
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
-class DatasetError(ValueError):
+class DatasetError(LdmError, ValueError):
     """Base class for a captioned image folder that cannot be used."""
 
 
@@ -124,7 +126,7 @@ class CaptionedImageFolder(Dataset):
         if not self.root.is_dir():
             raise EmptyDatasetError(f"dataset folder not found: {self.root}")
         if size < 1:
-            raise ValueError(f"image size must be positive, got {size}")
+            raise InvalidOptionError(f"image size must be positive, got {size}")
         self.size = size
         self.center_crop = center_crop
         self.flip = flip

@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from ldm.errors import LdmError
 from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.config import instantiate
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 LAST = "last"
 
 
-class ResumeError(ValueError):
+class ResumeError(LdmError, ValueError):
     """A checkpoint to resume from that does not exist or cannot be read."""
 
 
