@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("ldm").exception("traceback (--verbose)")
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"ldm {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         # What was made so far is already on disk (each image is written as soon as it is decoded).
         print(f"ldm {args.command}: interrupted", file=sys.stderr)
