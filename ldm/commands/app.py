@@ -31,11 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Host names the app answers to. Binding 127.0.0.1 is not enough: a web page whose own name an attacker
+# re-points at 127.0.0.1 (DNS rebinding) reaches the server from the user's browser, with its own name in
+# the Host header. Streamlit refuses the WebSocket, the channel that runs everything, for other hosts.
+ALLOWED_HOSTS = ("127.0.0.1", "localhost")
+
+
 def app_command(port: int) -> list[str]:
-    """The `streamlit run` line: headless, bound to localhost only, no usage statistics sent anywhere."""
+    """The `streamlit run` line: headless, bound to localhost only, answering only to local host names,
+    no usage statistics sent anywhere."""
+    hosts = [arg for host in ALLOWED_HOSTS for arg in ("--server.allowedHosts", host)]
     return [sys.executable, "-m", "streamlit", "run", str(MAIN),
             "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-            "--browser.gatherUsageStats", "false"]
+            "--browser.gatherUsageStats", "false", *hosts]
 
 
 def app_env(args: argparse.Namespace) -> dict[str, str]:
