@@ -7,6 +7,7 @@ the original names.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -76,6 +77,15 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
             raise CheckpointError(f"{path} does not hold a state dict")
         return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     raise CheckpointError(f"unknown checkpoint format {path.suffix!r} for {path}: use .safetensors or .ckpt")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The file's SHA-256 (hex): what identifies a weights file in image metadata, whatever its name."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

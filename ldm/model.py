@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ldm.errors import InvalidOptionError
-from ldm.checkpoint import CheckpointError, from_original_keys, load_into, load_state_dict, to_original_keys
+from ldm.checkpoint import CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, to_original_keys
 from ldm.config import instantiate, load_config
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
@@ -131,6 +131,8 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     model = instantiate(cfg["model"])
     if not isinstance(model, LatentDiffusion):
         raise InvalidOptionError("the config's model target is not a latent diffusion model")
+    model.identity = {}  # what image metadata records as the model: its weights file and their hash
     if checkpoint is not None:
         model.load_weights(checkpoint)
+        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint)}
     return model.to(device).eval()

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.errors import LdmError, InvalidOptionError
+from ldm.errors import InvalidOptionError, LdmError
+from ldm.images import InvalidImageError, open_image
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -83,15 +84,9 @@ def read_caption_table(root: str | os.PathLike) -> dict[str, str]:
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """An image as RGB; transparent pixels become white (as the emoji renders), not black."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, im).convert("RGB")
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UnreadableImageError(f"cannot read image {path}: {exc}") from exc
+        return open_image(Path(path), "RGB")
+    except InvalidImageError as exc:
+        raise UnreadableImageError(str(exc)) from exc
 
 
 def resize_and_crop(image: Image.Image, size: int, center: bool = True, rng: random.Random | None = None) -> Image.Image:
