@@ -7,15 +7,19 @@ the original names.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ldm.errors import LdmError
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +38,22 @@ SCHEDULE_BUFFERS = {
 }
 
 
-class CheckpointError(ValueError):
+# Integer bookkeeping buffers of other implementations (CLIP's position ids, an EMA's update counter):
+# no weights, so a model without them may drop them (the names are the last key component).
+KNOWN_INTEGER_BUFFERS = {"position_ids", "num_updates", "num_batches_tracked"}
+
+
+class CheckpointError(LdmError, ValueError):
     """A checkpoint that cannot be read, or does not match the model."""
+
+
+def torch_load_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load that can only rebuild tensors and plain containers: a pickle payload raises, never runs.
+
+    weights_only=True is passed explicitly, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override (it
+    only changes torch.load's default); Lightning's own loader leaves it unset, so resume comes here too.
+    """
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -50,7 +68,7 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
             raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from exc
     if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
         try:
-            obj = torch.load(path, map_location=device, weights_only=True)
+            obj = torch_load_weights_only(path, map_location=device)
         except Exception as exc:
             raise CheckpointError(f"cannot read {path} safely (weights_only=True): {str(exc).splitlines()[0]}") from exc
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -59,6 +77,15 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
             raise CheckpointError(f"{path} does not hold a state dict")
         return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     raise CheckpointError(f"unknown checkpoint format {path.suffix!r} for {path}: use .safetensors or .ckpt")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The file's SHA-256 (hex): what identifies a weights file in image metadata, whatever its name."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:
@@ -131,13 +158,25 @@ def _summarise(keys: list[str], limit: int = 5) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], assign: bool = False) -> None:
-    """Strict load with one clear line naming missing, unexpected or mis-shaped tensors."""
-    own = model.state_dict()
+def _integer_buffer(key: str, value: torch.Tensor) -> bool:
+    return key.rsplit(".", 1)[-1] in KNOWN_INTEGER_BUFFERS and not value.is_floating_point()
+
+
+def state_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `state` from filling a model whose state dict is `own`, one short phrase per kind of problem.
+
+    Names, shapes and dtypes must match (a floating-point parameter filled from an integer tensor loads
+    silently as garbage), and no floating tensor may hold NaN or Inf.
+    """
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    dtypes = [f"{k} {state[k].dtype} vs model {own[k].dtype}" for k in own
+              if k in state and isinstance(state[k], torch.Tensor)
+              and (state[k].is_floating_point() != own[k].is_floating_point() or state[k].is_complex())]
+    nonfinite = [k for k in own if k in state and isinstance(state[k], torch.Tensor) and state[k].is_floating_point()
+                 and not state[k].is_meta and not bool(torch.isfinite(state[k]).all())]  # meta: shapes only
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing tensors: {_summarise(missing)}")
@@ -145,6 +184,26 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], assign: bo
         problems.append(f"{len(unexpected)} unexpected tensors: {_summarise(unexpected)}")
     if shapes:
         problems.append(f"{len(shapes)} shape mismatches: {_summarise(shapes, 3)}")
+    if dtypes:
+        problems.append(f"{len(dtypes)} dtype mismatches (integer where floating point is expected, or the reverse): "
+                        f"{_summarise(dtypes, 3)}")
+    if nonfinite:
+        problems.append(f"{len(nonfinite)} tensors hold NaN or Inf: {_summarise(nonfinite)}")
+    return problems
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], assign: bool = False) -> None:
+    """Strict load with one clear line naming missing, unexpected, mis-shaped, mistyped or non-finite tensors.
+
+    Integer bookkeeping buffers the model does not have (`position_ids`, `num_updates`) are dropped:
+    real checkpoints carry them, and they hold no weights.
+    """
+    own = model.state_dict()
+    dropped = [k for k, v in state.items() if k not in own and _integer_buffer(k, v)]
+    if dropped:
+        state = {k: v for k, v in state.items() if k not in dropped}
+        log.info("ignored %d integer buffers the model does not use (%s)", len(dropped), _summarise(dropped, 2))
+    problems = state_problems(own, state)
     if problems:
         raise CheckpointError("checkpoint does not match the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True, assign=assign)

@@ -6,6 +6,8 @@ import importlib
 import logging
 import sys
 
+from ldm.errors import LdmError
+
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMAND_MODULES = [
     "ldm.commands.data",
@@ -35,11 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args.func(args) or 0
-    except (ValueError, OSError, KeyError) as exc:
-        # Our errors are ValueError subclasses with one-line messages; say it and exit non-zero.
+    except LdmError as exc:
+        # The project's errors (ldm.errors) carry one-line messages: say it and exit non-zero. Anything
+        # else is a bug and keeps its traceback; --verbose shows the traceback of these too.
+        if args.verbose:
+            logging.getLogger("ldm").exception("traceback (--verbose)")
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"ldm {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        # What was made so far is already on disk (each image is written as soon as it is decoded).
+        print(f"ldm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ldm.errors import InvalidOptionError
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
 
@@ -32,11 +33,11 @@ class LowResNoiseAugmentation(nn.Module):
             noise_level = torch.randint(0, self.max_noise_level, (b,), generator=generator, device=image.device)
         noise_level = torch.as_tensor(noise_level, device=image.device).long().expand(b)
         if noise_level.min() < 0 or noise_level.max() >= len(self.alphas_cumprod):
-            raise ValueError(f"noise level must be in [0, {len(self.alphas_cumprod) - 1}]")
+            raise InvalidOptionError(f"noise level must be in [0, {len(self.alphas_cumprod) - 1}]")
         ab = self.alphas_cumprod[noise_level].to(image.dtype)[:, None, None, None]
         if noise is None:
             noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
         elif noise.shape != image.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} differs from the image's {tuple(image.shape)}")
+            raise InvalidOptionError(f"noise shape {tuple(noise.shape)} differs from the image's {tuple(image.shape)}")
         noise = noise.to(image.device, image.dtype)
         return ab.sqrt() * image + (1 - ab).sqrt() * noise, noise_level

@@ -12,8 +12,10 @@ from typing import Any
 
 import yaml
 
+from ldm.errors import LdmError
 
-class ConfigError(ValueError):
+
+class ConfigError(LdmError, ValueError):
     pass
 
 
@@ -93,7 +95,14 @@ def instantiate(node: dict[str, Any] | None, **overrides: Any) -> Any:
     if target in _ORIGINAL:
         params = translate_original(target, params)
     params.update(overrides)
-    return cls(**params)
+    try:
+        return cls(**params)
+    except LdmError:
+        raise
+    except (TypeError, ValueError) as exc:
+        # A misspelt or mistyped parameter in the YAML surfaces here (an unexpected keyword, a channel
+        # count GroupNorm cannot split): name the node, so the user knows which part of the file to fix.
+        raise ConfigError(f"bad parameters for {target}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
 def model_from_config(cfg: dict | str | Path) -> Any:

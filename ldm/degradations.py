@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ldm.errors import LdmError
+
 RESAMPLERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "area": Image.BOX, "lanczos": Image.LANCZOS}
 
 
-class DegradationError(ValueError):
+class DegradationError(LdmError, ValueError):
     pass
 
 

@@ -11,13 +11,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ldm.errors import LdmError
 from ldm.diffusion import check_prediction
 from ldm.schedules import sigma_to_t, sigmas_from_alphas_cumprod
 
 Denoiser = Callable[..., torch.Tensor]  # (x [B, ...], sigma [B], **cond) -> x0 estimate [B, ...]
 
 
-class InvalidGuidanceError(ValueError):
+class InvalidGuidanceError(LdmError, ValueError):
     pass
 
 

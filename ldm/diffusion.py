@@ -15,10 +15,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ldm.errors import LdmError
+
 PREDICTIONS = ("eps", "v")
 
 
-class UnknownPredictionError(ValueError):
+class UnknownPredictionError(LdmError, ValueError):
     pass
 
 

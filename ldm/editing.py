@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm.errors import LdmError, InvalidOptionError
 from ldm.images import InvalidImageError, load_image
 from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions, start_noise
@@ -21,7 +22,7 @@ from ldm.pipeline import SamplingOptions, start_noise
 log = logging.getLogger("ldm")
 
 
-class EditingError(ValueError):
+class EditingError(LdmError, ValueError):
     pass
 
 
@@ -79,7 +80,7 @@ def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any],
     options = replace(options) if options is not None else SamplingOptions(**(defaults or {}))
     for key, value in overrides.items():
         if not hasattr(options, key):
-            raise TypeError(f"unknown sampling option {key!r}")
+            raise InvalidOptionError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
     options.validate()
     return options
@@ -141,7 +142,7 @@ def sample_from(model: LatentDiffusion, x0: torch.Tensor, strength: float, cond:
     Image i uses seed + i. `wrap(denoiser, noise)` may wrap the model's denoiser (it gets the unit
     start noise, e.g. to re-noise known latents consistently). Strength 0 returns x0 untouched.
     """
-    from ldm.pipeline import model_sigmas, sample
+    from ldm.pipeline import image_generators, model_sigmas, sample
     from ldm.samplers import truncate_sigmas
 
     check_strength(strength)
@@ -151,6 +152,6 @@ def sample_from(model: LatentDiffusion, x0: torch.Tensor, strength: float, cond:
     if strength == 0.0 or len(sigmas) < 2:
         return x0
     x, noise = start_latents(x0, sigmas, [seed + i for i in range(x0.shape[0])], full=strength == 1.0)
-    generator = torch.Generator(model.device).manual_seed(seed)
     target = model if wrap is None else DenoiserOverride(model, lambda den: wrap(den, noise))
-    return sample(target, x, sigmas, cond, uncond, options, generator, callback, progress)
+    return sample(target, x, sigmas, cond, uncond, options, image_generators(model.device, seed, x0.shape[0]),
+                  callback, progress)

@@ -1,9 +1,11 @@
 """Image conversion and saving shared by every task."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,10 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from ldm.errors import LdmError
 
-class InvalidImageError(ValueError):
+
+class InvalidImageError(LdmError, ValueError):
     pass
 
 
@@ -22,21 +26,49 @@ def check_size(height: int, width: int, multiple: int = 8) -> None:
             raise InvalidImageError(f"{name} {value} is not a positive multiple of {multiple}")
 
 
+class OutputError(LdmError, OSError):
+    """An output file or folder that cannot be written."""
+
+
+def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
+    """A decoded image from a file or bytes, converted to `mode` ("" keeps its own mode).
+
+    Refused before decoding: images over PIL's pixel limit (Image.MAX_IMAGE_PIXELS, about 89 MP), where
+    PIL only warns up to twice that: a small file can decode to gigabytes (a decompression bomb).
+    Transparent areas become white, as a viewer shows them; 16-bit grey is scaled to 8 bits, not clipped.
+    """
+    name = "the uploaded image" if isinstance(source, bytes) else str(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                img.load()
+                img = _to_8bit(img)
+                if mode == "RGB" and img.mode in ("RGBA", "LA", "P", "PA"):
+                    img = img.convert("RGBA")
+                    background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                    img = Image.alpha_composite(background, img)
+                return img.convert(mode) if mode else img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError(f"{name} is too large to open safely ({str(exc).split('.')[0]})") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidImageError(f"cannot read image {name}: {exc}") from exc
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey (modes I;16*, I) to 8-bit L by scaling; PIL's own convert clips at 255."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return img
+
+
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise InvalidImageError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if mode == "RGB" and img.mode in ("RGBA", "LA", "P"):
-                # Transparent areas become white, not black, as a user would see them.
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, img)
-            return img.convert(mode)
-    except OSError as exc:
-        raise InvalidImageError(f"cannot read image {path}: {exc}") from exc
+    return open_image(path, mode)
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -70,18 +102,27 @@ def settings_text(settings: dict[str, Any]) -> str:
 
 
 def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None) -> Path:
-    """PNG with the generation settings as text chunks ("parameters" readable by common viewers, "ldm" as JSON)."""
+    """PNG with the generation settings as text chunks ("parameters" readable by common viewers, "ldm" as JSON).
+
+    Written atomically (temp file + rename): a full disk or a crash never leaves a truncated PNG.
+    """
+    from ldm.checkpoint import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     if settings:
         info.add_text("parameters", settings_text(settings))
-        info.add_text("ldm", json.dumps(settings, default=str))
-    image.save(path, pnginfo=info)
+        info.add_text("ldm", json.dumps(settings, default=str, allow_nan=False))
+    try:
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=info)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
 
-def next_index(folder: Path) -> int:
-    """First free number in a folder of NNNNN.png files, so runs never overwrite earlier ones."""
-    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d+)", p.stem))]
+def next_index(folder: Path, pattern: str = r"(\d+)", glob: str = "*.png") -> int:
+    """One more than the highest number among the folder's files, so runs never overwrite earlier ones
+    (counting files would, once one is deleted)."""
+    numbers = [int(m.group(1)) for p in folder.glob(glob) if (m := re.match(pattern, p.stem))]
     return max(numbers, default=-1) + 1

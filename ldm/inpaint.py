@@ -112,6 +112,10 @@ def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image
     options = resolve_options(options, option_overrides)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels, m = _prepare(model, image, mask)
+    radius = model.downscale if feather_radius is None else int(feather_radius)
+    longest = max(pixels.shape[-2:])
+    if not 0 <= radius <= longest:  # a wider ramp means nothing, and its blur kernel grows with the square
+        raise EditingError(f"feather must be in [0, {longest}] px (the image's longer side), got {radius}")
     cond, uncond = prompt_conditions(model, prompts, negatives)
     n = len(prompts)
     with autocast(model.device, options.precision):
@@ -129,7 +133,6 @@ def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image
         latents = sample_from(model, x0.expand(n, -1, -1, -1), strength, cond, uncond, options, seed,
                               callback, progress, wrap)
         decoded = model.decode_latent(latents).float()
-    radius = model.downscale if feather_radius is None else feather_radius
     soft = feather(m, radius)
     out = decoded.clamp(-1, 1) * soft + pixels * (1 - soft)
     return tensor_to_pil(out)

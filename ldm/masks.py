@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from ldm.errors import LdmError
+
 MASK_KINDS = ("box", "stroke", "border")
 
 
-class MaskError(ValueError):
+class MaskError(LdmError, ValueError):
     """A mask that cannot be used (wrong size, nothing to repaint, bad parameters)."""
 
 

@@ -35,9 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ldm.errors import LdmError
+
 log = logging.getLogger(__name__)
 
-class EvaluationError(ValueError):
+class EvaluationError(LdmError, ValueError):
     """Base class for evaluation inputs that cannot be used."""
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.checkpoint import CheckpointError, from_original_keys, load_into, load_state_dict, to_original_keys
+from ldm.errors import InvalidOptionError
+from ldm.checkpoint import CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, to_original_keys
 from ldm.config import instantiate, load_config
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
@@ -43,9 +44,9 @@ class LatentDiffusion(nn.Module):
     ):
         super().__init__()
         if parameterization not in ("eps", "v"):
-            raise ValueError(f"unknown parameterization {parameterization!r}; known: eps, v")
+            raise InvalidOptionError(f"unknown parameterization {parameterization!r}; known: eps, v")
         if conditioning_key not in CONDITIONING_KINDS:
-            raise ValueError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")
+            raise InvalidOptionError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")
         self.unet = instantiate(unet_config)
         self.vae = instantiate(first_stage_config)
         self.text_encoder = instantiate(cond_stage_config)
@@ -125,11 +126,13 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
 
         config, checkpoint = default_config_path(), default_checkpoint_path()
     if config is None:
-        raise ValueError("give a config with the checkpoint (e.g. v2-inference.yaml)")
+        raise InvalidOptionError("give a config with the checkpoint (e.g. v2-inference.yaml)")
     cfg = config if isinstance(config, dict) else load_config(config)
     model = instantiate(cfg["model"])
     if not isinstance(model, LatentDiffusion):
-        raise ValueError("the config's model target is not a latent diffusion model")
+        raise InvalidOptionError("the config's model target is not a latent diffusion model")
+    model.identity = {}  # what image metadata records as the model: its weights file and their hash
     if checkpoint is not None:
         model.load_weights(checkpoint)
+        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint)}
     return model.to(device).eval()

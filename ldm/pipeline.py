@@ -5,6 +5,8 @@ noised latent, prompt conditions and options, and knows nothing about where they
 """
 from __future__ import annotations
 
+import inspect
+import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -12,6 +14,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm.errors import LdmError, InvalidOptionError
 from ldm.denoisers import CFGDenoiser
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
@@ -21,7 +24,7 @@ from ldm.schedules import get_sigmas
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(LdmError, ValueError):
     pass
 
 
@@ -40,9 +43,14 @@ class SamplingOptions:
 
     def validate(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+            raise InvalidOptionError(f"steps must be at least 1, got {self.steps}")
+        for name in ("guidance_scale", "eta", "guidance_rescale"):  # NaN and Inf give black images and invalid JSON
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidOptionError(f"{name.replace('_', ' ')} must be a finite number, got {getattr(self, name)}")
         if self.guidance_scale < 0:
-            raise ValueError(f"guidance scale must be >= 0, got {self.guidance_scale}")
+            raise InvalidOptionError(f"guidance scale must be >= 0, got {self.guidance_scale}")
+        if self.eta < 0:
+            raise InvalidOptionError(f"eta must be >= 0, got {self.eta}")
         if self.precision not in PRECISIONS:
             raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         get_sampler(self.sampler)  # unknown names fail before any work
@@ -68,7 +76,7 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
 
 
 def sample(model: LatentDiffusion, x: torch.Tensor, sigmas: torch.Tensor, cond: dict, uncond: dict,
-           options: SamplingOptions, generator: torch.Generator | None = None,
+           options: SamplingOptions, generator: torch.Generator | list[torch.Generator] | None = None,
            callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
     """Run the chosen sampler with classifier-free guidance from x (already at noise level sigmas[0])."""
     denoiser = CFGDenoiser(model.denoiser(), cond, uncond, options.guidance_scale,
@@ -87,6 +95,13 @@ def start_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) 
     return torch.stack(noise).to(device)
 
 
+def image_generators(device: torch.device, seed: int, count: int) -> list[torch.Generator]:
+    """The step noise generators of a batch: image i's seeded seed + i, like its start noise (as A1111 does), so
+    image i of a batch is the image seed + i gives alone, with any sampler. A single image's generator is
+    seeded `seed`, as the one batch generator was, so single images are unchanged."""
+    return [torch.Generator(device).manual_seed(seed + i) for i in range(count)]
+
+
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
     return get_sigmas(model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras).to(model.device)
 
@@ -102,34 +117,51 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
-        raise ValueError("no prompts given")
+        raise InvalidOptionError("no prompts given")
     options = options or SamplingOptions()
     for key, value in option_overrides.items():
         if not hasattr(options, key):
-            raise TypeError(f"unknown sampling option {key!r}")
+            raise InvalidOptionError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
     options.validate()
-    height = height or model.default_image_size
-    width = width or model.default_image_size
+    height = model.default_image_size if height is None else height  # 0 is an error, not "the default"
+    width = model.default_image_size if width is None else width
     check_size(height, width, max(8, model.downscale))
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negatives) != len(prompts):
-        raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+        raise InvalidOptionError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
     cond, uncond = prompt_conditions(model, prompts, negatives)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     sigmas = model_sigmas(model, options)
     x = start_noise(shape, [seed + i for i in range(len(prompts))], model.device) * sigmas[0]
-    generator = torch.Generator(model.device).manual_seed(seed)
-    latents = sample(model, x, sigmas, cond, uncond, options, generator, callback, progress)
+    latents = sample(model, x, sigmas, cond, uncond, options, image_generators(model.device, seed, len(prompts)),
+                     callback, progress)
     with autocast(model.device, options.precision):
         images = model.decode_latent(latents)
     return tensor_to_pil(images)
 
 
+def sampler_eta(options: SamplingOptions) -> float | None:
+    """The eta the sampler really uses: --eta for DDIM, 1 for DDPM, the ancestral samplers' own eta
+    (their default 1 unless given in `extra`); None where the sampler has no noise to scale."""
+    if options.sampler == "ddim":
+        return float(options.eta)
+    if options.sampler == "ddpm":
+        return 1.0
+    parameter = inspect.signature(get_sampler(options.sampler)).parameters.get("eta")
+    return None if parameter is None else float(options.extra.get("eta", parameter.default))
+
+
 def settings_dict(prompt: str, negative_prompt: str, seed: int, height: int, width: int, options: SamplingOptions,
-                  **more: Any) -> dict[str, Any]:
-    """What goes into each PNG's metadata: enough to make the same image again."""
+                  model: LatentDiffusion | None = None, **more: Any) -> dict[str, Any]:
+    """What goes into each PNG's metadata: enough to make the same image again, as it was really made.
+
+    `eta` is the one the sampler used (not the --eta of a sampler that ignores it); `model` adds the
+    weights' file name and SHA-256 (ldm.model.load_model records them), which say which model made it.
+    """
     opts = asdict(options)
     extra = opts.pop("extra")
+    opts["eta"] = sampler_eta(options)
+    identity = dict(getattr(model, "identity", None) or {}) if model is not None else {}
     return {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "height": height, "width": width,
-            **opts, **extra, **more}
+            **opts, **extra, **identity, **more}

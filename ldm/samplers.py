@@ -9,7 +9,8 @@ Conventions (k-diffusion's):
   at `x0 + noise * sigmas[0]` with `truncate_sigmas(sigmas, strength)`.
 - model(x, sigma_batch) gets sigma as a [B] tensor; the samplers know nothing of timesteps, text or
   VAEs (ldm.denoisers adapts networks, CFGDenoiser adds guidance).
-- all randomness comes from `generator` (drawn on its device), so a seed reproduces a result.
+- all randomness comes from `generator` (drawn on its device), so a seed reproduces a result; a list
+  of generators gives each image of the batch its own stream.
 - callback({"i", "x", "sigma", "denoised"}) runs once per step i, before x moves on: x is the
   current state at noise level sigma = sigmas[i] and denoised = model(x, sigma), its x0 estimate.
 """
@@ -21,15 +22,19 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import trange
 
+from ldm.errors import LdmError
+
 Denoiser = Callable[..., torch.Tensor]
 Callback = Callable[[dict], Any]
+# One generator for the batch, or one per image (see _noise).
+Generators = torch.Generator | list[torch.Generator] | None
 
 
-class UnknownSamplerError(ValueError):
+class UnknownSamplerError(LdmError, ValueError):
     pass
 
 
-class InvalidStrengthError(ValueError):
+class InvalidStrengthError(LdmError, ValueError):
     pass
 
 
@@ -38,7 +43,14 @@ def _d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Te
     return (x - denoised) / sigma
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _noise(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Unit noise like x. A list of generators draws image i's noise from generator i alone, so an image's
+    noise does not depend on the others in its batch (seeded seed + i, image i equals that image made alone)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
+                           ).to(x.device)
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
@@ -74,7 +86,7 @@ def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1
 @torch.no_grad()
 def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                  callback: Callback | None = None, disable: bool | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: Generators = None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. Alg. 1)."""
     for i in _steps(sigmas, disable):
         denoised = _eval(model, x, sigmas[i], extra_args)
@@ -86,7 +98,7 @@ def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_a
 @torch.no_grad()
 def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                            callback: Callback | None = None, disable: bool | None = None,
-                           generator: torch.Generator | None = None, eta: float = 1.0) -> torch.Tensor:
+                           generator: Generators = None, eta: float = 1.0) -> torch.Tensor:
     """Euler down to sigma_down, then noise of std sigma_up back up to sigma_next (`ancestral_step`)."""
     for i in _steps(sigmas, disable):
         denoised = _eval(model, x, sigmas[i], extra_args)
@@ -101,7 +113,7 @@ def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
 @torch.no_grad()
 def sample_ddim(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                 callback: Callback | None = None, disable: bool | None = None,
-                generator: torch.Generator | None = None, eta: float = 0.0) -> torch.Tensor:
+                generator: Generators = None, eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) written in sigma space.
 
     The VP update is x_vp' = sqrt(ab') x0 + sqrt(1 - ab' - s_e^2) eps + s_e z with
@@ -129,7 +141,7 @@ def sample_ddim(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
 @torch.no_grad()
 def sample_ddpm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                 callback: Callback | None = None, disable: bool | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: Generators = None) -> torch.Tensor:
     """Ancestral DDPM (Ho et al. 2020): each step draws x' ~ q(x' | x, x0 = D(x, sigma)), the posterior
     with variance beta~ = (1 - ab') / (1 - ab) * (1 - ab / ab'); that is DDIM with eta = 1."""
     return sample_ddim(model, x, sigmas, extra_args, callback, disable, generator, eta=1.0)
@@ -138,7 +150,7 @@ def sample_ddpm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
 @torch.no_grad()
 def sample_heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                 callback: Callback | None = None, disable: bool | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: Generators = None) -> torch.Tensor:
     """Heun's second-order method (Karras et al. Alg. 1): Euler predictor, then the trapezoid rule
         x' = x + (d(x, sigma) + d(x_euler, sigma')) / 2 * (sigma' - sigma);
     two model calls per step except the last, where d at sigma = 0 is undefined and Euler is used."""
@@ -160,7 +172,7 @@ def sample_heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
 @torch.no_grad()
 def sample_plms(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                 callback: Callback | None = None, disable: bool | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: Generators = None) -> torch.Tensor:
     """Pseudo linear multistep (Liu et al. 2022, PNDM) as in the reference SD PLMS sampler.
 
     A DDIM step with eps e is x' = x + e * (sigma' - sigma) in sigma space; PLMS replaces e by an
@@ -195,7 +207,7 @@ def sample_plms(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
 @torch.no_grad()
 def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                     callback: Callback | None = None, disable: bool | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: Generators = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in lambda = -log sigma, h = lambda' - lambda:
 
         x' = (sigma' / sigma) x - (e^{-h} - 1) D,   D = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},  r = h_{i-1} / h,
@@ -224,7 +236,7 @@ def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extr
 @torch.no_grad()
 def sample_dpmpp_2m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                         callback: Callback | None = None, disable: bool | None = None,
-                        generator: torch.Generator | None = None, eta: float = 1.0) -> torch.Tensor:
+                        generator: Generators = None, eta: float = 1.0) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, midpoint form), with eta scaling the injected noise:
 
         x' = (sigma' / sigma) e^{-eta h} x + (1 - e^{-(1 + eta) h}) D_i

@@ -13,11 +13,13 @@ import math
 
 import torch
 
+from ldm.errors import LdmError
+
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 SPACINGS = ("leading", "trailing", "linspace")
 
 
-class UnknownScheduleError(ValueError):
+class UnknownScheduleError(LdmError, ValueError):
     pass
 
 
@@ -25,7 +27,7 @@ class UnknownSpacingError(UnknownScheduleError):
     pass
 
 
-class InvalidStepsError(ValueError):
+class InvalidStepsError(LdmError, ValueError):
     pass
 
 

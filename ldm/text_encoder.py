@@ -14,10 +14,12 @@ import open_clip
 import torch
 from torch import nn
 
+from ldm.errors import LdmError, InvalidOptionError
+
 LAYERS = {"last": 0, "penultimate": 1}
 
 
-class UnknownTextEncoderError(ValueError):
+class UnknownTextEncoderError(LdmError, ValueError):
     pass
 
 
@@ -49,7 +51,7 @@ class FrozenOpenCLIPEmbedder(nn.Module):
                  freeze: bool = True, weights: str | None = None, **ignored):
         super().__init__()
         if layer not in LAYERS:
-            raise ValueError(f"unknown text encoder layer {layer!r}; known: {', '.join(LAYERS)}")
+            raise InvalidOptionError(f"unknown text encoder layer {layer!r}; known: {', '.join(LAYERS)}")
         cfg = open_clip_config(arch)
         model = open_clip.model.CLIP(**cfg)
         del model.visual  # SD only needs the text tower; keeps memory and the key set as in the checkpoints

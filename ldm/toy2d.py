@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ldm.errors import LdmError
 from ldm.denoisers import DiscreteTimeDenoiser
 from ldm.diffusion import diffusion_loss
 from ldm.samplers import get_sampler
@@ -25,7 +26,7 @@ DATASETS = ("spiral", "moons", "circles", "gaussians")
 SCHEDULE_DEFAULTS = {"linear": (1e-4, 2e-2), "scaled_linear": (0.00085, 0.012), "cosine": (1e-4, 2e-2)}
 
 
-class ToyDataError(ValueError):
+class ToyDataError(LdmError, ValueError):
     pass
 
 

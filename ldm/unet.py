@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ldm.errors import InvalidOptionError
 from ldm.attention import attention
 
 
@@ -221,7 +222,7 @@ def _per_level(value: int | Sequence[int], levels: int, name: str) -> list[int]:
     if isinstance(value, int):
         return [value] * levels
     if len(value) != levels:
-        raise ValueError(f"{name} needs one entry per channel_mult level ({levels}), got {len(value)}")
+        raise InvalidOptionError(f"{name} needs one entry per channel_mult level ({levels}), got {len(value)}")
     return list(value)
 
 
@@ -263,11 +264,11 @@ class UNetModel(nn.Module):
     ):
         super().__init__()
         if not use_spatial_transformer:
-            raise ValueError("only use_spatial_transformer=True U-Nets (all SD 2.x models) are supported")
+            raise InvalidOptionError("only use_spatial_transformer=True U-Nets (all SD 2.x models) are supported")
         if dims != 2 or not conv_resample or resblock_updown:
-            raise ValueError("only 2-D U-Nets with conv resampling and no resblock_updown are supported")
+            raise InvalidOptionError("only 2-D U-Nets with conv resampling and no resblock_updown are supported")
         if num_heads == -1 and num_head_channels == -1:
-            raise ValueError("set num_heads or num_head_channels")
+            raise InvalidOptionError("set num_heads or num_head_channels")
         levels = len(channel_mult)
         num_res_blocks = _per_level(num_res_blocks, levels, "num_res_blocks")
         depths = _per_level(transformer_depth, levels, "transformer_depth")
@@ -300,7 +301,7 @@ class UNetModel(nn.Module):
         elif num_classes == "sequential":
             self.label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm_in_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)))
         elif num_classes is not None:
-            raise ValueError(f"unknown num_classes {num_classes!r}")
+            raise InvalidOptionError(f"unknown num_classes {num_classes!r}")
 
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
@@ -347,7 +348,7 @@ class UNetModel(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
                 y: torch.Tensor | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
-            raise ValueError("pass y exactly when the U-Net has a class/noise-level embedding (num_classes)")
+            raise InvalidOptionError("pass y exactly when the U-Net has a class/noise-level embedding (num_classes)")
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))

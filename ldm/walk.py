@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from ldm.errors import LdmError
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions, autocast, model_sigmas, prompt_conditions, sample, start_noise
@@ -22,7 +23,7 @@ from ldm.pipeline import SamplingOptions, autocast, model_sigmas, prompt_conditi
 log = logging.getLogger("ldm")
 
 
-class WalkError(ValueError):
+class WalkError(LdmError, ValueError):
     pass
 
 
@@ -81,8 +82,8 @@ def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = No
     options = options or SamplingOptions()
     options.validate()
     positions = walk_positions(frames)
-    height = height or model.default_image_size
-    width = width or model.default_image_size
+    height = model.default_image_size if height is None else height  # 0 is an error, not "the default"
+    width = model.default_image_size if width is None else width
     check_size(height, width, max(8, model.downscale))
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
@@ -116,9 +117,12 @@ def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, 
 
 def save_gif(frames: list[Image.Image], path: str | Path, duration_ms: int = 100, loop: int = 0,
              boomerang: bool = False) -> Path:
+    from ldm.checkpoint import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gif_bytes(frames, duration_ms, loop, boomerang))
+    data = gif_bytes(frames, duration_ms, loop, boomerang)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
     return path
 
 

@@ -132,6 +132,28 @@ def test_inpaint_with_a_mask_drawn_in_the_browser(app, browser):
         page.close()
 
 
+def websocket_handshake(port: int, host: str) -> str:
+    """The status line the app answers to a WebSocket upgrade of its stream sent with this Host header."""
+    import base64
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request.encode())
+        return s.recv(256).decode(errors="replace").split("\r\n")[0]
+
+
+def test_the_app_refuses_foreign_host_names_against_dns_rebinding(app):
+    """A page on attacker.example re-pointed at 127.0.0.1 sends its own name as Host, and same-origin checks
+    pass for it; the app's stream, through which every page runs, must refuse it."""
+    port = app[2]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert " 101 " in websocket_handshake(port, host), host
+    for host in (f"attacker.example:{port}", f"127.0.0.1.attacker.example:{port}", "attacker.example"):
+        assert " 403 " in websocket_handshake(port, host), host
+
+
 def test_sigterm_to_ldm_app_stops_the_server(app):
     """Runs last in this file: `ldm app` must take its Streamlit child down with it."""
     _, proc, port = app

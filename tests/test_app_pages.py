@@ -336,9 +336,10 @@ def test_app_command_is_headless_on_localhost_and_passes_the_model(model_files):
 
     cmd = app_command(8600)
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(MAIN) and MAIN.is_file()
-    flags = dict(zip(cmd[5::2], cmd[6::2]))
-    assert flags == {"--server.headless": "true", "--server.port": "8600", "--server.address": "127.0.0.1",
-                     "--browser.gatherUsageStats": "false"}
+    flags = list(zip(cmd[5::2], cmd[6::2]))
+    assert dict(flags) == {"--server.headless": "true", "--server.port": "8600", "--server.address": "127.0.0.1",
+                           "--browser.gatherUsageStats": "false", "--server.allowedHosts": "localhost"}
+    assert [v for k, v in flags if k == "--server.allowedHosts"] == ["127.0.0.1", "localhost"]
     cfg, ckpt = model_files
     args = argparse.Namespace(config=cfg, ckpt=ckpt, upscaler_config=None, upscaler_ckpt=None, device="cpu")
     env = app_env(args)

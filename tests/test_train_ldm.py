@@ -135,6 +135,8 @@ def test_ctrl_c_saves_the_exact_step_and_resume_loses_nothing(shapes, tmp_path):
     k = stopped["global_step"]
     assert k >= 5 and stopped["ldm"]["batches_seen"] == k, err[-2000:]
     assert "continue with --resume" in err and "SIGTERMException" in err
+    assert proc.returncode == 130, err[-2000:]  # Ctrl-C: not finished, so not 0 (128 + SIGINT)
+    assert "Traceback" not in err and "stopped by SIGINT" in err
     assert not (run_b / "model.safetensors").exists()  # no export from an interrupted run
 
     assert cli_main(["train", "--resume", str(run_b), f"trainer.max_steps={k + 3}"]) == 0

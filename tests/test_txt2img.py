@@ -129,7 +129,7 @@ def test_unknown_config_target(tmp_path, capsys):
     cfg["model"]["params"]["unet_config"]["target"] = "os.system"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["txt2img", "x", "--config", str(path), "--no-progress"]) != 0
+    assert main(["txt2img", "x", "--config", str(path), "--ckpt", "unused.safetensors", "--no-progress"]) != 0
     assert "unknown config target 'os.system'" in capsys.readouterr().err
 
 

@@ -1,12 +1,10 @@
 """Edit page logic: reading uploads and masks; the editing itself is ldm.img2img / inpaint / upscale."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
 
-from ldm.images import InvalidImageError
+from ldm.images import InvalidImageError, open_image
 from ldm.masks import MaskError, mask_from_image
 
 
@@ -14,16 +12,7 @@ def read_image(data: bytes, mode: str = "RGB") -> Image.Image:
     """An uploaded file's bytes -> PIL; anything unreadable is an InvalidImageError with a plain message."""
     if not data:
         raise InvalidImageError("the uploaded file is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if mode == "RGB" and img.mode in ("RGBA", "LA", "P"):
-                # Transparent areas as a viewer shows them: on white.
-                img = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
-            return img.convert(mode) if mode else img.copy()
-    except OSError as exc:
-        raise InvalidImageError(f"not an image this app can read ({exc})") from exc
+    return open_image(data, mode)
 
 
 def read_mask(data: bytes) -> np.ndarray:

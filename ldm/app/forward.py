@@ -5,6 +5,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ldm.errors import InvalidOptionError
 from ldm.diffusion import q_sample
 from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
@@ -56,7 +57,7 @@ def forward_views(image: Image.Image, t: int, model: LatentDiffusion | None = No
     view; `z0` (from `latent_start`) saves re-encoding the image.
     """
     if not 0 <= t < num_timesteps:
-        raise ValueError(f"timestep must be in [0, {num_timesteps - 1}], got {t}")
+        raise InvalidOptionError(f"timestep must be in [0, {num_timesteps - 1}], got {t}")
     pixels = pil_to_tensor(image.convert("RGB"))
     pixel_noise = _noise(tuple(pixels.shape), seed)
     tt = torch.tensor([t])

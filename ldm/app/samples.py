@@ -9,6 +9,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ldm.errors import LdmError
+
+
+class UnknownSampleError(LdmError, KeyError):
+    pass
+
 
 def smiley(size: int) -> Image.Image:
     img = Image.new("RGB", (size, size), "white")
@@ -51,4 +57,4 @@ def sample_image(name: str, size: int = 128) -> Image.Image:
     try:
         return SAMPLES[name](size)
     except KeyError:
-        raise KeyError(f"no sample image {name!r}; known: {', '.join(SAMPLES)}") from None
+        raise UnknownSampleError(f"no sample image {name!r}; known: {', '.join(SAMPLES)}") from None

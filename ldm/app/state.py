@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from ldm.errors import LdmError
+
 if TYPE_CHECKING:  # torch and the model load only when a model is asked for
     from ldm.model import LatentDiffusion
 
@@ -20,7 +22,7 @@ ENV_UPSCALER_CONFIG = "LDM_APP_UPSCALER_CONFIG"
 ENV_UPSCALER_CKPT = "LDM_APP_UPSCALER_CKPT"
 
 
-class ModelMissingError(FileNotFoundError):
+class ModelMissingError(LdmError, FileNotFoundError):
     pass
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm.errors import InvalidOptionError
 from ldm.images import save_png, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions, settings_dict, txt2img
@@ -22,7 +23,7 @@ def preview_callback(model: LatentDiffusion, steps: int, every: int, report: Ste
     image is heading long before the noise is gone. Decoding costs a VAE pass, hence only every few steps.
     """
     if every < 1:
-        raise ValueError(f"preview interval must be at least 1 step, got {every}")
+        raise InvalidOptionError(f"preview interval must be at least 1 step, got {every}")
 
     def callback(d: dict[str, Any]) -> None:
         done = int(d["i"]) + 1

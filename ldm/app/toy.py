@@ -6,6 +6,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from ldm.errors import InvalidOptionError
 from ldm.toy2d import ToyDiffusion, make_data, nearest_distance, noise_baseline
 
 
@@ -13,9 +14,9 @@ def train_schedules(dataset: str, schedules: list[str], steps: int, seed: int = 
                     report: Callable[[str, int, float], None] | None = None, every: int = 50) -> dict[str, ToyDiffusion]:
     """One fresh ToyDiffusion per schedule on the same data; report(schedule, step, recent mean loss)."""
     if not schedules:
-        raise ValueError("choose at least one schedule")
+        raise InvalidOptionError("choose at least one schedule")
     if steps < 1:
-        raise ValueError(f"training steps must be at least 1, got {steps}")
+        raise InvalidOptionError(f"training steps must be at least 1, got {steps}")
     data = make_data(dataset, 2000, seed=seed)
     models = {}
     for kind in schedules:
@@ -73,7 +74,7 @@ def trajectory_frame(toy: ToyDiffusion, sampler: str, steps: int, at_step: int, 
     step, so moving the slider replays one sampling run.
     """
     if not 0 <= at_step <= steps:
-        raise ValueError(f"step must be in [0, {steps}], got {at_step}")
+        raise InvalidOptionError(f"step must be in [0, {steps}], got {at_step}")
     _, trajectory = toy.sample(n, steps=steps, sampler=sampler, seed=seed, return_trajectory=True)
     frame = points_frame(toy.data[:n], trajectory[at_step]["x"], "x_t")
     return frame, float(trajectory[at_step]["sigma"])

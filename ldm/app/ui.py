@@ -8,14 +8,16 @@ import streamlit as st
 from PIL import Image
 
 from ldm.app.edit import read_image
+from ldm.errors import LdmError
 from ldm.app.samples import SAMPLES, sample_image
 from ldm.model import LatentDiffusion
 from ldm.app.state import ModelSource, load_main_model, load_upscaler, source_from_env
 from ldm.pipeline import SamplingOptions
 from ldm.samplers import SAMPLERS
 
-# What a user's bad input or a missing file raises in the library: shown as a message, never a crash.
-USER_ERRORS = (ValueError, OSError, KeyError, RuntimeError)
+# What a user's bad input or a missing file raises in the library (ldm.errors): shown as a message.
+# Anything else is a bug, and Streamlit shows its traceback.
+USER_ERRORS = (LdmError,)
 
 
 def model_source() -> ModelSource:

@@ -9,13 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ldm.errors import LdmError, InvalidOptionError, MissingFileError
 from ldm.app.state import ENV_CKPT, ENV_CONFIG, ENV_DEVICE, ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
 from ldm.commands.common import log
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
 
-class AppUnavailableError(OSError):
+class AppUnavailableError(LdmError, OSError):
     pass
 
 
@@ -30,11 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Host names the app answers to. Binding 127.0.0.1 is not enough: a web page whose own name an attacker
+# re-points at 127.0.0.1 (DNS rebinding) reaches the server from the user's browser, with its own name in
+# the Host header. Streamlit refuses the WebSocket, the channel that runs everything, for other hosts.
+ALLOWED_HOSTS = ("127.0.0.1", "localhost")
+
+
 def app_command(port: int) -> list[str]:
-    """The `streamlit run` line: headless, bound to localhost only, no usage statistics sent anywhere."""
+    """The `streamlit run` line: headless, bound to localhost only, answering only to local host names,
+    no usage statistics sent anywhere."""
+    hosts = [arg for host in ALLOWED_HOSTS for arg in ("--server.allowedHosts", host)]
     return [sys.executable, "-m", "streamlit", "run", str(MAIN),
             "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-            "--browser.gatherUsageStats", "false"]
+            "--browser.gatherUsageStats", "false", *hosts]
 
 
 def app_env(args: argparse.Namespace) -> dict[str, str]:
@@ -52,14 +61,14 @@ def app_env(args: argparse.Namespace) -> dict[str, str]:
 def check_args(args: argparse.Namespace) -> None:
     """Fail here, before the server starts, rather than on every page of the app."""
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        raise InvalidOptionError(f"--port must be in 1..65535, got {args.port}")
     if args.ckpt and not args.config:
-        raise ValueError("--ckpt needs --config (the model's YAML)")
+        raise InvalidOptionError("--ckpt needs --config (the model's YAML)")
     if bool(args.upscaler_config) != bool(args.upscaler_ckpt):
-        raise ValueError("give both --upscaler-config and --upscaler-ckpt, or neither")
+        raise InvalidOptionError("give both --upscaler-config and --upscaler-ckpt, or neither")
     for value in (args.config, args.ckpt, args.upscaler_config, args.upscaler_ckpt):
         if value and not Path(value).is_file():
-            raise FileNotFoundError(f"file not found: {value}")
+            raise MissingFileError(f"file not found: {value}")
     if importlib.util.find_spec("streamlit") is None:
         raise AppUnavailableError("the app needs Streamlit: pip install 'ldm[app]'")
 

@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from PIL import Image
 
-from ldm.images import make_grid, next_index, save_png
+from ldm.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.images import OutputError, make_grid, next_index, save_png
 from ldm.pipeline import PRECISIONS, SamplingOptions
 
 log = logging.getLogger("ldm")
 
 
-class EmptyPromptFileError(ValueError):
+class EmptyPromptFileError(LdmError, ValueError):
     pass
 
 
@@ -37,6 +39,8 @@ def add_sampling_args(p: argparse.ArgumentParser, steps: int = 30, scale: float 
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision")
     p.add_argument("--outdir", default="outputs", help="where PNGs are written")
+    p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
+                   help="refuse work estimated to need more memory than this (default: 80%% of the device's; inf: no limit)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -49,9 +53,17 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InvalidOptionError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidOptionError(f"device {name!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidOptionError(f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices")
+    elif device.type != "cpu":
+        raise InvalidOptionError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device
 
 
@@ -59,7 +71,10 @@ def load_model_from_args(args: argparse.Namespace):
     from ldm.model import load_model
 
     if args.ckpt and not args.config:
-        raise ValueError("--ckpt needs --config (the model's YAML)")
+        raise InvalidOptionError("--ckpt needs --config (the model's YAML)")
+    if args.config and not args.ckpt:
+        # A config alone builds a model with random weights: its images are noise, which nobody wants by accident.
+        raise InvalidOptionError("--config needs --ckpt (the model's weights); without them the model is random")
     return load_model(args.config, args.ckpt, resolve_device(args.device))
 
 
@@ -67,28 +82,81 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.from_file:
         path = Path(args.from_file)
         if not path.is_file():
-            raise FileNotFoundError(f"prompt file not found: {path}")
+            raise MissingFileError(f"prompt file not found: {path}")
         prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not prompts:
             raise EmptyPromptFileError(f"prompt file {path} has no prompts")
         return prompts
     if args.prompt is None:
-        raise ValueError("give a prompt or --from-file")
+        raise InvalidOptionError("give a prompt or --from-file")
     return [args.prompt]
+
+
+def check_counts(*counts: tuple[str, int]) -> None:
+    for name, value in counts:
+        if value < 1:
+            raise InvalidOptionError(f"{name} must be at least 1, got {value}")
+
+
+def chunk_size(model: Any, args: argparse.Namespace, height: int, width: int, count: int) -> int:
+    """Images per chunk for this size under the memory limit (refused with one line if not even one fits)."""
+    from ldm.limits import memory_limit, plan_chunk
+
+    return plan_chunk(model, height, width, count, memory_limit(model.device, args.max_memory))
+
+
+def chunks(count: int, size: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of consecutive chunks covering `count` images."""
+    for start in range(0, count, size):
+        yield start, min(size, count - start)
+
+
+class ImageWriter:
+    """Writes numbered PNGs into outdir/samples as they are made, and the grid at the end.
+
+    The folder is checked for writing before any work (an unwritable --outdir used to be found only
+    after generating). Each image is written atomically the moment it exists, so an interrupted run
+    keeps every finished image. Numbers continue after the highest one present.
+    """
+
+    GRID_LIMIT = 64  # a grid of more images is too big to look at; they are in samples/ anyway
+
+    def __init__(self, outdir: str | Path, grid: bool = True):
+        self.outdir = Path(outdir)
+        self.samples = self.outdir / "samples"
+        try:
+            self.samples.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.samples):
+                pass
+        except OSError as exc:
+            raise OutputError(f"cannot write to {self.samples}: {exc.strerror or exc}") from None
+        self.next = next_index(self.samples)
+        self.grid = grid
+        self.paths: list[Path] = []
+        self._grid_images: list[Image.Image] = []
+
+    def write(self, image: Image.Image, settings: dict[str, Any]) -> Path:
+        path = save_png(image, self.samples / f"{self.next:05d}.png", settings)
+        self.next += 1
+        self.paths.append(path)
+        if self.grid and len(self._grid_images) <= self.GRID_LIMIT:
+            self._grid_images.append(image)
+        return path
+
+    def finish(self) -> list[Path]:
+        """Write the grid (for 2 to GRID_LIMIT images); returns every path written."""
+        if self.grid and 1 < len(self._grid_images) <= self.GRID_LIMIT:
+            number = next_index(self.outdir, r"grid-(\d+)", "grid-*.png")
+            self.paths.append(save_png(make_grid(self._grid_images), self.outdir / f"grid-{number:04d}.png"))
+        elif self.grid and len(self._grid_images) > self.GRID_LIMIT:
+            log.info("no grid for more than %d images", self.GRID_LIMIT)
+        return self.paths
 
 
 def save_images(images: list[Image.Image], settings: list[dict[str, Any]], outdir: str | Path,
                 grid: bool = True) -> list[Path]:
     """Numbered PNGs in outdir/samples (continuing earlier runs' numbers) and a grid in outdir."""
-    samples = Path(outdir) / "samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    start = next_index(samples)
-    paths = [save_png(img, samples / f"{start + i:05d}.png", s) for i, (img, s) in enumerate(zip(images, settings))]
-    if grid and len(images) > 1:
-        grid_dir = Path(outdir)
-        paths.append(save_png(make_grid(images), grid_dir / f"grid-{next_index_grid(grid_dir):04d}.png"))
-    return paths
-
-
-def next_index_grid(folder: Path) -> int:
-    return len(list(folder.glob("grid-*.png")))
+    writer = ImageWriter(outdir, grid)
+    for image, s in zip(images, settings):
+        writer.write(image, s)
+    return writer.finish()

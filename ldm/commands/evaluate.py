@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from ldm.errors import InvalidOptionError, MissingFileError
 from ldm.commands.common import add_model_args, log, resolve_device
 
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                             seed=args.seed, steps=args.steps, sampler=args.sampler, batch_size=args.batch_size, k=args.k,
                             kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size)
     if args.batch_size < 1 or not args.scales:
-        raise ValueError("--batch-size must be at least 1 and --scales needs at least one value")
+        raise InvalidOptionError("--batch-size must be at least 1 and --scales needs at least one value")
     beside = Path(args.clip).with_suffix(".json")
     clip_config = args.clip_config or (beside if args.clip != "random" and beside.is_file() else DEFAULT_CONFIG)
     if args.clip == "random":
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         clip = create_clip(clip_config).eval()
     else:
         if not Path(args.clip).is_file():
-            raise FileNotFoundError(f"judge CLIP weights not found: {args.clip} (train with python -m ldm.training.clip)")
+            raise MissingFileError(f"judge CLIP weights not found: {args.clip} (train with python -m ldm.training.clip)")
         clip = load_clip(args.clip, clip_config)
     device = resolve_device(args.device)
     clip = clip.to(device)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ldm.commands.common import (add_model_args, add_sampling_args, load_model_from_args, log, read_prompts,
-                                 sampling_options, save_images)
+from ldm.errors import InvalidOptionError
+from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
+                                 load_model_from_args, log, read_prompts, sampling_options)
 from ldm.editing import as_pil, check_strength
 from ldm.img2img import img2img, prepare_image
 from ldm.pipeline import settings_dict
@@ -30,21 +31,23 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     options = sampling_options(args)
     options.validate()
-    if args.batch_size < 1 or args.n_iter < 1:
-        raise ValueError("--n-samples and --n-iter must be at least 1")
+    check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     source = as_pil(args.image)  # an unreadable file fails before the model loads
+    writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args)
     image = prepare_image(model, source)
-    images, settings = [], []
+    chunk = chunk_size(model, args, image.height, image.width, args.batch_size)
     seed = args.seed
     for _ in range(args.n_iter):
         for prompt in prompts:
-            images += img2img(model, image, [prompt] * args.batch_size, args.strength, args.negative_prompt, seed,
+            for start, n in chunks(args.batch_size, chunk):
+                out = img2img(model, image, [prompt] * n, args.strength, args.negative_prompt, seed + start,
                               options, progress=not args.no_progress)
-            settings += [settings_dict(prompt, args.negative_prompt, seed + i, image.height, image.width, options,
-                                       task="img2img", strength=args.strength, init_image=str(args.image))
-                         for i in range(args.batch_size)]
+                for i, result in enumerate(out):
+                    writer.write(result, settings_dict(prompt, args.negative_prompt, seed + start + i, image.height,
+                                                       image.width, options, model, task="img2img",
+                                                       strength=args.strength, init_image=str(args.image)))
             seed += args.batch_size
-    paths = save_images(images, settings, args.outdir, grid=not args.no_grid)
-    log.info("wrote %d image(s) to %s", len(images), paths[0].parent)
+    paths = writer.finish()
+    log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)
     return 0

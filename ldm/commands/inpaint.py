@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ldm.commands.common import (add_model_args, add_sampling_args, load_model_from_args, log, read_prompts,
-                                 sampling_options, save_images)
+from ldm.errors import InvalidOptionError
+from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
+                                 load_model_from_args, log, read_prompts, sampling_options)
 from ldm.editing import as_pil, check_strength, size_multiple
 from ldm.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
 from ldm.masks import check_mask
@@ -47,31 +48,35 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     options = sampling_options(args)
     options.validate()
-    if args.batch_size < 1:
-        raise ValueError("--n-samples must be at least 1")
+    check_counts(("--n-samples", args.batch_size))
     image = as_pil(args.image)
-    extend = parse_extend(args.extend) if args.extend else None
+    extend = parse_extend(args.extend) if args.extend is not None else None  # "" is an error, not "no extension"
     if extend is None:  # bad masks fail before the model loads
         mask = as_mask(args.mask)
         check_mask(mask, image.size)
+    writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args)
     mode = resolve_mode(model, args.mode)
     more = {"task": "outpaint" if extend else "inpaint", "inpaint_mode": mode, "strength": args.strength,
             "init_image": str(args.image)}
     if extend:
+        # The canvas's memory is checked before it is allocated: a side of 100000 px is refused here.
+        chunk_size(model, args, image.height + extend["top"] + extend["bottom"],
+                   image.width + extend["left"] + extend["right"], 1)
         image, mask, added = extend_canvas(image, **extend, multiple=size_multiple(model), seed=args.seed)
         more["extend"] = ",".join(f"{k}={v}" for k, v in added.items() if v)
     else:
         more["mask"] = str(args.mask)
-    images, settings = [], []
+    chunk = chunk_size(model, args, image.height, image.width, args.batch_size)
     seed = args.seed
     for prompt in prompts:
-        out = inpaint(model, image, mask, [prompt] * args.batch_size, args.negative_prompt, seed, args.strength,
-                      mode, args.feather, options, progress=not args.no_progress)
-        images += out
-        settings += [settings_dict(prompt, args.negative_prompt, seed + i, out[0].height, out[0].width, options, **more)
-                     for i in range(args.batch_size)]
+        for start, n in chunks(args.batch_size, chunk):
+            out = inpaint(model, image, mask, [prompt] * n, args.negative_prompt, seed + start, args.strength,
+                          mode, args.feather, options, progress=not args.no_progress)
+            for i, result in enumerate(out):
+                writer.write(result, settings_dict(prompt, args.negative_prompt, seed + start + i, result.height,
+                                                   result.width, options, model, **more))
         seed += args.batch_size
-    paths = save_images(images, settings, args.outdir, grid=not args.no_grid)
-    log.info("wrote %d image(s) to %s (%s mode)", len(images), paths[0].parent, mode)
+    paths = writer.finish()
+    log.info("wrote %d image(s) to %s (%s mode)", len(prompts) * args.batch_size, paths[0].parent, mode)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ldm.errors import InvalidOptionError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a diffusion model or an autoencoder (Lightning)",
@@ -16,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export-only", action="store_true",
                    help="write model.safetensors + model.yaml (vae.* for autoencoders) from the checkpoint, no training")
     p.add_argument("--out", help="export directory (default: the run directory)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a run directory that holds an earlier one (its checkpoints are removed)")
     p.set_defaults(func=run)
 
 
@@ -27,4 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and "=" in args.resume and not Path(args.resume).exists():
         overrides.insert(0, args.resume)
         args.resume = "last"
-    return run_training(args.config, overrides, args.resume, export_only=args.export_only, out_dir=args.out)
+    if args.overwrite and args.resume:
+        raise InvalidOptionError("--overwrite starts a new run; it cannot be combined with --resume")
+    return run_training(args.config, overrides, args.resume, export_only=args.export_only, out_dir=args.out,
+                        overwrite=args.overwrite)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ldm.commands.common import (add_model_args, add_sampling_args, load_model_from_args, log, read_prompts,
-                                 sampling_options, save_images)
+from ldm.errors import InvalidOptionError
+from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
+                                 load_model_from_args, log, read_prompts, sampling_options)
+from ldm.images import check_size
 from ldm.pipeline import settings_dict, txt2img
 
 
@@ -26,21 +28,24 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     options = sampling_options(args)
     options.validate()
-    if args.batch_size < 1 or args.n_iter < 1:
-        raise ValueError("--n-samples and --n-iter must be at least 1")
+    check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
+    writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     model = load_model_from_args(args)
-    height = args.height or model.default_image_size
-    width = args.width or model.default_image_size
-    images, settings = [], []
+    height = model.default_image_size if args.height is None else args.height  # 0 is an error, not the default
+    width = model.default_image_size if args.width is None else args.width
+    check_size(height, width, max(8, model.downscale))
+    chunk = chunk_size(model, args, height, width, args.batch_size)
     seed = args.seed
     for _ in range(args.n_iter):
         for prompt in prompts:
-            batch = [prompt] * args.batch_size
-            images += txt2img(model, batch, args.negative_prompt, height, width, seed, options,
-                              progress=not args.no_progress)
-            settings += [settings_dict(prompt, args.negative_prompt, seed + i, height, width, options)
-                         for i in range(args.batch_size)]
+            # Image i has seed + i whatever the chunking (one generator per image), so chunks change nothing.
+            for start, n in chunks(args.batch_size, chunk):
+                images = txt2img(model, [prompt] * n, args.negative_prompt, height, width, seed + start, options,
+                                 progress=not args.no_progress)
+                for i, image in enumerate(images):
+                    writer.write(image, settings_dict(prompt, args.negative_prompt, seed + start + i, height, width,
+                                                      options, model))
             seed += args.batch_size
-    paths = save_images(images, settings, args.outdir, grid=not args.no_grid)
-    log.info("wrote %d image(s) to %s", len(images), paths[0].parent)
+    paths = writer.finish()
+    log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)
     return 0

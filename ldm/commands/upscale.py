@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from ldm.commands.common import add_model_args, add_sampling_args, load_model_from_args, log, sampling_options, save_images
+from ldm.errors import InvalidOptionError
+from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, chunk_size, load_model_from_args, log,
+                                 sampling_options)
 from ldm.editing import as_pil
 from ldm.pipeline import settings_dict
 from ldm.upscale import UPSCALE_DEFAULTS, upscale
@@ -25,21 +28,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_upscale_memory(model: Any, args: argparse.Namespace, image: Any) -> None:
+    """Tiles bound the sampling memory, but the blended output is held whole (with its blend weights)."""
+    from ldm.errors import ResourceLimitError
+    from ldm.limits import GIB, memory_limit
+
+    tile = args.tile_size or model.image_size
+    f = model.downscale
+    tile_px = min(tile, max(image.size)) * f
+    chunk_size(model, args, tile_px, tile_px, 1)  # refuses a tile too big for the limit
+    per_image = 4 * 3 * 3 * (image.width * f) * (image.height * f)  # fp32 RGB: the sum, its weights, the result
+    limit = memory_limit(model.device, args.max_memory)
+    if per_image * args.batch_size > limit:
+        raise ResourceLimitError(f"a {image.width * f}x{image.height * f} result needs about "
+                                 f"{per_image * args.batch_size / GIB:.1f} GiB, over the limit of {limit / GIB:.1f} GiB; "
+                                 "upscale a smaller image or raise --max-memory (GiB)")
+
+
 def run(args: argparse.Namespace) -> int:
     options = sampling_options(args)
     options.validate()
     if args.batch_size < 1:
-        raise ValueError("--n-samples must be at least 1")
+        raise InvalidOptionError("--n-samples must be at least 1")
     image = as_pil(args.image).convert("RGB")
+    writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args)
+    check_upscale_memory(model, args, image)
     images = upscale(model, image, [args.prompt] * args.batch_size, args.negative_prompt, args.noise_level, args.seed,
                      args.tile_size, args.tile_overlap, options, progress=not args.no_progress)
     tile = args.tile_size or model.image_size  # the defaults upscale() applies, written out for the record
     overlap = tile // 4 if args.tile_overlap is None else args.tile_overlap
     settings = [settings_dict(args.prompt, args.negative_prompt, args.seed + i, img.height, img.width, options,
                               task="upscale", noise_level=args.noise_level, init_image=str(args.image),
-                              tile_size=tile, tile_overlap=overlap, tiled=max(image.size) > tile)
+                              model=model, tile_size=tile, tile_overlap=overlap, tiled=max(image.size) > tile)
                 for i, img in enumerate(images)]
-    paths = save_images(images, settings, args.outdir, grid=not args.no_grid)
+    for img, s in zip(images, settings):
+        writer.write(img, s)
+    paths = writer.finish()
     log.info("wrote %d image(s) to %s", len(images), paths[0].parent)
     return 0

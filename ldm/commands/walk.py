@@ -4,7 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ldm.commands.common import add_model_args, add_sampling_args, load_model_from_args, log, sampling_options
+from PIL import Image
+
+from ldm.commands.common import (add_model_args, add_sampling_args, chunk_size, load_model_from_args, log,
+                                 sampling_options)
+from ldm.images import check_size, save_png
 from ldm.walk import WalkError, save_gif, save_mp4, walk_frames
 
 
@@ -33,15 +37,23 @@ def run(args: argparse.Namespace) -> int:
     options = sampling_options(args)
     options.validate()
     seed_a = args.seed if args.seed_a is None else args.seed_a
+    frames_dir = Path(args.frames_dir) if args.frames_dir else None
+    if frames_dir is not None:
+        frames_dir.mkdir(parents=True, exist_ok=True)
     model = load_model_from_args(args)
+    height = model.default_image_size if args.height is None else args.height
+    width = model.default_image_size if args.width is None else args.width
+    check_size(height, width, max(8, model.downscale))
+    chunk_size(model, args, height, width, 1)  # frames are made one at a time
+
+    def on_frame(k: int, frame: Image.Image) -> None:
+        log.info("frame %d/%d", k + 1, args.frames)
+        if frames_dir is not None:  # as each is made, so an interrupted walk keeps its frames
+            save_png(frame, frames_dir / f"{k:04d}.png")
+
     frames = walk_frames(model, args.prompt_a, args.prompt_b, seed_a, args.seed_b, args.frames,
-                         args.negative_prompt, args.height, args.width, options,
-                         on_frame=lambda k, _: log.info("frame %d/%d", k + 1, args.frames),
+                         args.negative_prompt, height, width, options, on_frame=on_frame,
                          progress=not args.no_progress)
-    if args.frames_dir:
-        Path(args.frames_dir).mkdir(parents=True, exist_ok=True)
-        for k, frame in enumerate(frames):
-            frame.save(Path(args.frames_dir) / f"{k:04d}.png")
     if out.suffix.lower() == ".mp4":
         save_mp4(frames, out, fps=max(1, round(1000 / args.duration)))
     else:

@@ -40,6 +40,8 @@ from ldm.data.emoji_sources import (
     render_svg,
 )
 
+from ldm.errors import LdmError
+
 FONT_PACKAGE = "fonts-noto-color-emoji"
 EMOJI_LIST_PACKAGE = "unicode-data"
 FONT_CANDIDATES = (
@@ -72,7 +74,7 @@ SKIN_TONES = ("light skin tone", "medium-light skin tone", "medium skin tone", "
 GENDER_WORDS = ("man ", "woman ", "person ")
 
 
-class EmojiDataError(RuntimeError):
+class EmojiDataError(LdmError, RuntimeError):
     """Base class for problems building the emoji dataset."""
 
 

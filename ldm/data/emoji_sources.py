@@ -29,6 +29,8 @@ from typing import Callable
 
 from PIL import Image
 
+from ldm.errors import LdmError
+
 DEFAULT_SOURCES_DIR = "data/emoji-sources"
 TONE_SLUGS = {
     "light skin tone": "light", "medium-light skin tone": "medium-light", "medium skin tone": "medium",
@@ -36,7 +38,7 @@ TONE_SLUGS = {
 }
 
 
-class EmojiSourceError(RuntimeError):
+class EmojiSourceError(LdmError, RuntimeError):
     """An emoji design package that cannot be fetched, verified or read."""
 
 

@@ -17,12 +17,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ldm.errors import InvalidOptionError, LdmError
+from ldm.images import InvalidImageError, open_image
+
 # Optional captions.jsonl fields: extra captions to sample, a style word, a sampling weight (training), a group (evaluation).
 EXTRA_FIELDS = ("keywords", "style", "weight", "group")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
-class DatasetError(ValueError):
+class DatasetError(LdmError, ValueError):
     """Base class for a captioned image folder that cannot be used."""
 
 
@@ -97,15 +100,9 @@ def read_caption_extras(root: str | os.PathLike) -> dict[str, dict]:
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """An image as RGB; transparent pixels become white (as the emoji renders), not black."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, im).convert("RGB")
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UnreadableImageError(f"cannot read image {path}: {exc}") from exc
+        return open_image(Path(path), "RGB")
+    except InvalidImageError as exc:
+        raise UnreadableImageError(str(exc)) from exc
 
 
 def resize_and_crop(image: Image.Image, size: int, center: bool = True, rng: random.Random | None = None) -> Image.Image:
@@ -140,7 +137,7 @@ class CaptionedImageFolder(Dataset):
         if not self.root.is_dir():
             raise EmptyDatasetError(f"dataset folder not found: {self.root}")
         if size < 1:
-            raise ValueError(f"image size must be positive, got {size}")
+            raise InvalidOptionError(f"image size must be positive, got {size}")
         self.size = size
         self.center_crop = center_crop
         self.flip = flip

@@ -80,6 +80,8 @@ class ResumableStop(pl.Callback):
       ModelCheckpoint (save_on_exception=True) then writes last.ckpt at that step.
     - Ctrl-C: the first one is turned into that same SIGTERM, instead of a KeyboardInterrupt that could land
       mid-step; a second Ctrl-C stops at once.
+    - Either way `ldm train` then exits with 130 (Ctrl-C) or 143 (SIGTERM), not 0, so schedulers and scripts
+      see that the run did not finish (ldm.training.run.TrainingStopped).
     - The end of training: ModelCheckpoint writes last.ckpt only at its periodic steps, so the final step
       (e.g. max_steps=1003 with checkpoints every 500) is written here.
     """
@@ -88,12 +90,14 @@ class ResumableStop(pl.Callback):
         self.path = Path(path)
         self.every = int(checkpoint_every_n_steps or 0)
         self._previous = None
+        self.signum: int = signal.SIGTERM  # what stopped the run, if anything: Ctrl-C is turned into a SIGTERM
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
 
         def finish_this_step(signum, frame):
+            self.signum = signal.SIGINT
             log.warning("interrupted: finishing this step, then saving %s (Ctrl-C again to stop at once)", self.path)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), signal.SIGTERM)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
 from ldm.checkpoint import load_state_dict, save_state_dict
+from ldm.errors import LdmError
 from ldm.data.folder import CaptionedImageFolder
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "emoji" / "emoji-clip.json"
@@ -34,7 +35,7 @@ MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature fr
 log = logging.getLogger(__name__)
 
 
-class ClipConfigError(ValueError):
+class ClipConfigError(LdmError, ValueError):
     """A CLIP model config that is missing or not in open_clip's format."""
 
 

@@ -117,6 +117,7 @@ OWNED_TRAINER_KEYS = {
     "gradient_clip_val": "training.grad_clip",
     "accumulate_grad_batches": "training.accumulate",
     "enable_checkpointing": "logging.checkpoint_every_n_steps",
+    "plugins": "nothing (checkpoints are read by the weights-only loader; other plugins are not supported)",
 }
 
 

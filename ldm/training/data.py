@@ -17,13 +17,14 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
+from ldm.errors import LdmError
 from ldm.data.folder import CaptionedImageFolder
 from ldm.training.captions import CaptionSampling
 
 log = logging.getLogger(__name__)
 
 
-class DataConfigError(ValueError):
+class DataConfigError(LdmError, ValueError):
     """Data settings that cannot give a training or validation set."""
 
 

@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ldm.errors import LdmError
 from ldm.degradations import Degradation
 from ldm.masks import MASK_KINDS, random_mask
 from ldm.model import LatentDiffusion
 from ldm.training.ldm_module import LatentDiffusionModule
 
 
-class EditingTrainingError(ValueError):
+class EditingTrainingError(LdmError, ValueError):
     pass
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,21 +23,33 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.config import instantiate
+from ldm.errors import LdmError
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
 from ldm.training.config import TrainConfigError, dump, is_autoencoder, is_clip, load_train_config
 from ldm.training.captions import CaptionSampling
 from ldm.training.data import ImageTextDataModule
+from ldm.training.resume import LAST, ResumeError, SafeCheckpointIO, check_resumable, read_checkpoint, resolve_resume
 
 log = logging.getLogger(__name__)
 
-LAST = "last"
+__all__ = ["LAST", "ResumeError", "RunDirExistsError", "TrainingStopped", "build_data", "build_module", "build_trainer",
+           "config_for", "export_checkpoint", "read_checkpoint", "resolve_resume", "run", "train"]
 
 
-class ResumeError(ValueError):
-    """A checkpoint to resume from that does not exist or cannot be read."""
+class RunDirExistsError(LdmError, FileExistsError):
+    """A new run asked to write into the folder of an earlier run."""
+
+
+class TrainingStopped(LdmError):
+    """Training stopped by SIGINT/SIGTERM after writing last.ckpt; the exit status says which (130 / 143)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 # ---- initial weights ---------------------------------------------------------
@@ -156,7 +170,9 @@ def build_loggers(cfg: dict) -> list[Logger]:
     return loggers
 
 
-def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None) -> pl.Trainer:
+def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
+                  preloaded: dict[str, dict] | None = None) -> pl.Trainer:
+    """The Trainer for a run; `preloaded` ({path: checkpoint}) is what resume reads instead of the file."""
     t, lg = cfg["training"], cfg["logging"]
     run_dir = Path(lg["run_dir"])
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
@@ -181,94 +197,106 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None) -
         kwargs["gradient_clip_val"] = t["grad_clip"]
         kwargs["accumulate_grad_batches"] = int(t["accumulate"])
     try:
-        return pl.Trainer(default_root_dir=run_dir, logger=loggers or False,
+        # SafeCheckpointIO: every checkpoint Lightning reads goes through the weights-only loader.
+        return pl.Trainer(default_root_dir=run_dir, logger=loggers or False, plugins=[SafeCheckpointIO(preloaded)],
                           callbacks=callbacks + list(extra_callbacks or []), **kwargs)
     except TypeError as exc:
         raise TrainConfigError(f"trainer section: {exc}") from None
 
 
 # ---- resume and export ---------------------------------------------------------
-def resolve_resume(resume: str | os.PathLike | None, cfg: dict | None) -> Path | None:
-    """`last` -> the run dir's checkpoints/last.ckpt; a run directory -> its last.ckpt; a file -> itself."""
-    if resume is None:
-        return None
-    if str(resume) == LAST:
-        if cfg is None:
-            raise ResumeError("--resume without a path needs --config (to find the run directory)")
-        path = Path(cfg["logging"]["run_dir"]) / "checkpoints" / "last.ckpt"
-    else:
-        path = Path(resume)
-        if path.is_dir():
-            path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ResumeError(f"no checkpoint to resume from at {path}")
-    return path
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A Lightning checkpoint, read with weights_only=True (tensors and plain containers only; runs no code)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors all mean "cannot use this file"
-        raise ResumeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
-
-
-def config_for(config_path: str | os.PathLike | None, overrides: list[str], resume: str | None) -> dict:
-    """The run's config: the YAML given, or else the one stored in the checkpoint resumed from."""
+def config_for(config_path: str | os.PathLike | None, overrides: list[str],
+               resume: str | None) -> tuple[dict, dict | None]:
+    """The run's config (the YAML given, or else the one stored in the checkpoint resumed from), and that
+    checkpoint when it had to be read for it (so it is read once)."""
     if config_path is not None:
-        return load_train_config(config_path, overrides)
+        return load_train_config(config_path, overrides), None
     if resume is None or str(resume) == LAST:
         raise TrainConfigError("give a training config (--config), or --resume with a checkpoint path or run directory")
     ckpt = read_checkpoint(resolve_resume(resume, None))  # type: ignore[arg-type]
     stored = (ckpt.get("ldm") or {}).get("config")
-    if not stored:
+    if not isinstance(stored, dict):
         raise TrainConfigError(f"{resume} holds no training config; give --config")
-    return load_train_config(None, overrides, base=stored)
+    return load_train_config(None, overrides, base=stored), ckpt
 
 
-def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                      loaded: dict | None = None) -> tuple[Path, Path]:
     """Inference export from a Lightning checkpoint, without training (`ldm train --export-only`)."""
     from ldm.training.export import export_module
 
-    ckpt = read_checkpoint(checkpoint)
+    ckpt = loaded if loaded is not None else read_checkpoint(checkpoint)
     module = build_module(cfg)
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=True)
-    except (KeyError, RuntimeError) as exc:
-        raise ResumeError(f"{checkpoint} does not match the config's model: {str(exc).splitlines()[0]}") from None
+    check_resumable(ckpt, module, checkpoint)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
     module.on_load_checkpoint(ckpt)
     return export_module(module, cfg, out_dir or cfg["logging"]["run_dir"], step=ckpt.get("global_step"))
 
 
-def train(cfg: dict, resume: str | os.PathLike | None = None,
-          extra_callbacks: list[pl.Callback] | None = None) -> tuple[pl.LightningModule, pl.Trainer]:
-    """Fit from scratch (or from `resume`: `last`, a run directory, or a .ckpt) and export at the end."""
+def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
+    """A new run must not write into an earlier run's folder: its exports would be overwritten, and a later
+    --resume would pick up the earlier run's last.ckpt. `overwrite` removes the earlier checkpoints instead."""
+    earlier = [p for p in (run_dir / "checkpoints", run_dir / "model.safetensors", run_dir / "vae.safetensors")
+               if p.exists() and (p.is_file() or any(p.iterdir()))]
+    if not earlier:
+        return
+    if not overwrite:
+        raise RunDirExistsError(f"{run_dir} already holds a run ({earlier[0].name}); continue it with --resume, "
+                                "start over with --overwrite, or choose another logging.run_dir")
+    log.warning("--overwrite: removing the earlier run's checkpoints in %s", run_dir)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def _stop_callback(trainer: pl.Trainer) -> ResumableStop | None:
+    return next((c for c in trainer.callbacks if isinstance(c, ResumableStop)), None)  # type: ignore[attr-defined]
+
+
+def train(cfg: dict, resume: str | os.PathLike | None = None, extra_callbacks: list[pl.Callback] | None = None,
+          overwrite: bool = False, checkpoint: dict | None = None) -> tuple[pl.LightningModule, pl.Trainer]:
+    """Fit from scratch (or from `resume`: `last`, a run directory, or a .ckpt) and export at the end.
+
+    `checkpoint` is the resumed file's content when the caller has already read it. A run stopped by
+    Ctrl-C or SIGTERM raises TrainingStopped once last.ckpt is written.
+    """
     ckpt_path = resolve_resume(resume, cfg)
+    run_dir = Path(cfg["logging"]["run_dir"])
     # Both are by design here: the VAE/text encoder are frozen in eval mode, and the autoencoder's
     # checkpoints hold the state after its (manual) optimiser steps, like every automatic-optimisation run.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     pl.seed_everything(int(cfg["training"]["seed"]), workers=True, verbose=False)
-    data = build_data(cfg)  # first: data errors are cheaper to report than after building a large model
+    if ckpt_path is not None and checkpoint is None:
+        checkpoint = read_checkpoint(ckpt_path)  # first: a bad file is reported before any work
+    data = build_data(cfg)  # data errors are cheaper to report than after building a large model
     module = build_module(cfg)
-    trainer = build_trainer(cfg, extra_callbacks)
-    if trainer.is_global_zero:
-        dump(cfg, Path(cfg["logging"]["run_dir"]) / "config.yaml")
+    if ckpt_path is not None:
+        check_resumable(checkpoint, module, ckpt_path)  # type: ignore[arg-type]
+    trainer = build_trainer(cfg, extra_callbacks, preloaded={str(ckpt_path): checkpoint} if ckpt_path else None)
+    if trainer.is_global_zero:  # other ranks start once rank 0 has begun writing here
+        if ckpt_path is None:
+            check_new_run_dir(run_dir, overwrite)
+        dump(cfg, run_dir / "config.yaml")
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        stop = _stop_callback(trainer)
+        signum = stop.signum if stop is not None else signal.SIGTERM
+        raise TrainingStopped(f"stopped by {signal.Signals(signum).name} at step {trainer.global_step}; "
+                              f"last.ckpt is saved, continue with --resume", signum) from None
     return module, trainer
 
 
 def run(config_path: str | os.PathLike | None, overrides: list[str] | None = None, resume: str | None = None,
-        export_only: bool = False, out_dir: str | os.PathLike | None = None) -> int:
+        export_only: bool = False, out_dir: str | os.PathLike | None = None, overwrite: bool = False) -> int:
     """What `ldm train` does."""
     overrides = list(overrides or [])
-    cfg = config_for(config_path, overrides, resume)
+    cfg, ckpt = config_for(config_path, overrides, resume)
     if export_only:
         path = resolve_resume(resume or LAST, cfg)
-        weights, config = export_checkpoint(cfg, path, out_dir)  # type: ignore[arg-type]
+        weights, config = export_checkpoint(cfg, path, out_dir, loaded=ckpt)  # type: ignore[arg-type]
         log.info("exported %s and %s", weights, config)
         return 0
-    train(cfg, resume)
+    train(cfg, resume, overwrite=overwrite, checkpoint=ckpt)
     return 0

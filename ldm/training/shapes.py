@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ldm.errors import InvalidOptionError
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 30)}
 SHAPES = ("square", "circle", "triangle")
 
@@ -29,7 +31,7 @@ def draw_shape(shape: str, colour: tuple[int, int, int], size: int, offset: tupl
     elif shape == "triangle":
         draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=colour)
     else:
-        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+        raise InvalidOptionError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
     return image
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ldm.errors import InvalidOptionError
 from ldm.defaults import ROOT
 from ldm.training.config import load_train_config
 
@@ -17,6 +18,6 @@ def tiny_train_config(kind: str, data_root: str | os.PathLike, run_dir: str | os
                       overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The resolved tiny config of `kind` ("ldm", "vae" or "clip") reading data_root and writing run_dir."""
     if kind not in TINY_CONFIGS:
-        raise ValueError(f"unknown tiny config {kind!r}; known: {', '.join(TINY_CONFIGS)}")
+        raise InvalidOptionError(f"unknown tiny config {kind!r}; known: {', '.join(TINY_CONFIGS)}")
     base = [f"data.root={Path(data_root).as_posix()}", f"logging.run_dir={Path(run_dir).as_posix()}"]
     return load_train_config(TINY_CONFIGS[kind], base + QUIET + list(overrides))

@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from PIL import Image
 
+from ldm.errors import InvalidOptionError
 from ldm.images import tensor_to_pil
 from ldm.training.losses import LPIPS, PatchDiscriminator, adaptive_weight, hinge_d_loss
 from ldm.vae import AutoencoderKL
@@ -35,14 +36,14 @@ class AutoencoderModule(pl.LightningModule):
                  config: dict | None = None):
         super().__init__()
         if rec_loss not in ("l1", "l2"):
-            raise ValueError(f"rec_loss must be l1 or l2, got {rec_loss!r}")
+            raise InvalidOptionError(f"rec_loss must be l1 or l2, got {rec_loss!r}")
         self.automatic_optimization = False
         self.vae = vae
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)
         self.warmup_steps, self.rec_loss, self.kl_weight = int(warmup_steps), rec_loss, float(kl_weight)
         self.grad_clip, self.accumulate, self.seed, self.config = grad_clip, int(accumulate), int(seed), config
         if (lpips_vgg is None) != (lpips_lin is None):
-            raise ValueError("LPIPS needs both training.lpips_vgg (VGG16 weights) and training.lpips_lin (LPIPS lin weights)")
+            raise InvalidOptionError("LPIPS needs both training.lpips_vgg (VGG16 weights) and training.lpips_lin (LPIPS lin weights)")
         if lpips_vgg is not None and perceptual_weight > 0:
             self.lpips: LPIPS | None = LPIPS(lpips_vgg, lpips_lin)  # type: ignore[arg-type]
             self.perceptual_weight = float(perceptual_weight)

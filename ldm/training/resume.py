@@ -1,0 +1,89 @@
+"""Resuming a run: find its checkpoint, read it without running code, check it fits, hand it to Lightning.
+
+Lightning's own loader calls torch.load without weights_only, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+(or an old torch default) would unpickle arbitrary objects from a `last.ckpt` someone gave you. Every
+run checkpoint is therefore read here, with weights_only=True, and Lightning gets the dict already
+loaded through `SafeCheckpointIO`, a checkpoint plugin whose load never calls Lightning's loader.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from ldm.checkpoint import state_problems, torch_load_weights_only
+from ldm.errors import LdmError
+
+LAST = "last"
+# What every Lightning training checkpoint holds; a bare state dict (an inference .ckpt) lacks them.
+REQUIRED_KEYS = ("state_dict", "global_step", "optimizer_states")
+
+
+class ResumeError(LdmError, ValueError):
+    """A checkpoint to resume from that does not exist, cannot be read, or does not fit the run."""
+
+
+def resolve_resume(resume: str | os.PathLike | None, cfg: dict | None) -> Path | None:
+    """`last` -> the run dir's checkpoints/last.ckpt; a run directory -> its last.ckpt; a file -> itself."""
+    if resume is None:
+        return None
+    if str(resume) == LAST:
+        if cfg is None:
+            raise ResumeError("--resume without a path needs --config (to find the run directory)")
+        path = Path(cfg["logging"]["run_dir"]) / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ResumeError(f"no checkpoint to resume from at {path}")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A Lightning checkpoint, read with weights_only=True (tensors and plain containers only; runs no code)."""
+    try:
+        ckpt = torch_load_weights_only(path)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "cannot use this file"
+        raise ResumeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(ckpt, dict):
+        raise ResumeError(f"{path} is not a training checkpoint (it holds a {type(ckpt).__name__})")
+    return ckpt
+
+
+def check_resumable(ckpt: dict, module: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Refuse, before Lightning touches the run, a file that is not a training checkpoint of this model.
+
+    Caught here rather than inside `Trainer.fit`, whose exception handlers would write checkpoints first.
+    """
+    lacking = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if lacking:
+        raise ResumeError(f"{path} is not a training checkpoint (no {', '.join(lacking)}); "
+                          "to start from a model's weights use init.checkpoint")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ResumeError(f"{path}: its state_dict is not a mapping of tensors")
+    problems = state_problems(module.state_dict(), state)
+    if problems:
+        raise ResumeError(f"{path} does not match the config's model: " + "; ".join(problems))
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint plugin, except that loading is weights-only whatever the caller or environment asks.
+
+    `preloaded` maps a path to its already-read checkpoint, so a resumed file is read (and checked) once.
+    Saving is Lightning's own.
+    """
+
+    def __init__(self, preloaded: dict[str, dict] | None = None):
+        super().__init__()
+        self.preloaded = {str(Path(k).resolve()): v for k, v in (preloaded or {}).items()}
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        key = str(Path(path).resolve())
+        if key in self.preloaded:
+            return self.preloaded.pop(key)  # handed over once; Lightning keeps its own reference
+        return read_checkpoint(path)
