@@ -51,6 +51,8 @@ def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
                 return img.convert(mode) if mode else img.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImageError(f"{name} is too large to open safely ({str(exc).split('.')[0]})") from None
+    except Image.UnidentifiedImageError:
+        raise InvalidImageError(f"cannot read image {name}: not an image PIL can read (PNG, JPEG, WebP, ...)") from None
     except (OSError, ValueError) as exc:
         raise InvalidImageError(f"cannot read image {name}: {exc}") from exc
 
