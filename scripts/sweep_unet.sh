@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${STEPS:-400}
 common=(trainer.max_steps=$steps trainer.val_check_interval=$steps logging.sample_every_n_steps=0
-        logging.checkpoint_every_n_steps=$steps logging.log_every_n_steps=25)
+        logging.checkpoint_every_n_steps=$steps trainer.log_every_n_steps=25)
 u=model.params.unet_config.params
 run() {  # name, overrides...
   local name=$1; shift
