@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-from ldm.errors import LdmError
+from ldm.errors import LdmError, one_line
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMAND_MODULES = [
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         # else is a bug and keeps its traceback; --verbose shows the traceback of these too.
         if args.verbose:
             logging.getLogger("ldm").exception("traceback (--verbose)")
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"ldm {args.command}: error: {message}", file=sys.stderr)
+        print(f"ldm {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         # What was made so far is already on disk (each image is written as soon as it is decoded).

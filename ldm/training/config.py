@@ -19,7 +19,8 @@ Schema (every key optional except `model` and `data.root`; defaults in `DEFAULTS
                 adaptive_disc_weight.
     data:       root, size, batch_size, flip, center_crop, num_workers, val_fraction, val_root, val_batch_size,
                 weighted (draw images by the `weight` of captions.jsonl), keyword_prob, max_keywords and
-                style_prob (caption sampling from captions.jsonl `keywords` / `style`, see ldm.training.captions).
+                style_prob (caption sampling from captions.jsonl `keywords` / `style`, see ldm.training.captions),
+                max_unreadable (images that fail to decode are skipped with a warning, up to this many).
     trainer:    keyword arguments of `lightning.Trainer` (max_steps, devices, num_nodes, strategy,
                 precision, accelerator, log_every_n_steps, ...), passed through unchanged.
     logging:    run_dir, checkpoint_every_n_steps, sample_every_n_steps, sample_prompts, sample_steps,
@@ -86,6 +87,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "keyword_prob": 0.0,
         "max_keywords": 3,
         "style_prob": 0.0,
+        "max_unreadable": 10,
     },
     "trainer": {
         "max_steps": 1000,

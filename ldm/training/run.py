@@ -152,7 +152,8 @@ def build_data(cfg: dict) -> ImageTextDataModule:
     return ImageTextDataModule(d["root"], d["size"], d["batch_size"], flip=d["flip"], center_crop=d["center_crop"],
                                num_workers=d["num_workers"], val_fraction=d["val_fraction"], val_root=d["val_root"],
                                val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"], weighted=d["weighted"],
-                               captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]))
+                               captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]),
+                               max_unreadable=d["max_unreadable"])
 
 
 def build_loggers(cfg: dict) -> list[Logger]:
