@@ -181,9 +181,11 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
     """The Trainer for a run; `preloaded` ({path: checkpoint}) is what resume reads instead of the file."""
     t, lg = cfg["training"], cfg["logging"]
     run_dir = Path(lg["run_dir"])
+    # No version counter: last.ckpt is the one file --resume reads, and both this callback and ResumableStop
+    # write it at the end of a run; with the counter the second write went to an unread last-v1.ckpt.
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
                                  every_n_train_steps=int(lg["checkpoint_every_n_steps"] or 0), save_top_k=-1,
-                                 save_last=True, save_on_exception=True)
+                                 save_last=True, save_on_exception=True, enable_version_counter=False)
     sample_kwargs = {} if is_autoencoder(cfg) else {
         "prompts": list(lg["sample_prompts"] or []), "steps": lg["sample_steps"],
         "guidance_scale": lg["sample_scale"], "seed": lg["sample_seed"]}
