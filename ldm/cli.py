@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from ldm.errors import LdmError, one_line
@@ -22,6 +23,15 @@ COMMAND_MODULES = [
 ]
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so it unwinds as Ctrl-C does: the image being written is
+    removed with its temporary file, the finished ones stay, and the exit status says so (143)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldm", description="Latent diffusion: generate, edit, train, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -35,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.command != "train":  # training stops at the end of a step, through Lightning's own SIGTERM handler
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args) or 0
     except LdmError as exc:
@@ -48,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         # What was made so far is already on disk (each image is written as soon as it is decoded).
         print(f"ldm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"ldm {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":
