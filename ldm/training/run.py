@@ -297,6 +297,7 @@ def train(cfg: dict, resume: str | os.PathLike | None = None, extra_callbacks: l
         checkpoint = read_checkpoint(ckpt_path)  # first: a bad file is reported before any work
     check_writable(run_dir)
     data = build_data(cfg)  # data errors are cheaper to report than after building a large model
+    data.setup()  # scans the folders now: a missing or empty one is said before anything is written
     module = build_module(cfg)
     if ckpt_path is not None:
         check_resumable(checkpoint, module, ckpt_path)  # type: ignore[arg-type]
