@@ -179,3 +179,12 @@ def test_unknown_style_is_a_clear_error(tmp_path):
         build_emoji_dataset(tmp_path, limit=5, sources_dir=None, styles=["comic sans"])
     with pytest.raises(emoji.EmojiDataError, match="ldm data emoji-sources"):
         build_emoji_dataset(tmp_path, limit=5, sources_dir=tmp_path / "none", styles=["twemoji"])
+
+
+def test_bad_options_are_project_errors_shown_in_one_line(tmp_path, capsys):
+    from ldm.errors import LdmError
+
+    with pytest.raises(LdmError, match="at least 8 pixels"):
+        build_emoji_dataset(tmp_path, size=4)
+    assert emoji.main(["--out", str(tmp_path), "--size", "4"]) == 2
+    assert capsys.readouterr().err.strip() == "error: image size must be at least 8 pixels, got 4"
