@@ -10,7 +10,12 @@ import yaml
 
 from ldm.cli import main as cli_main
 from ldm.data.folder import CaptionedImageFolder, UnreadableImageError
-from ldm.training.data import SampleStream, SkipUnreadable, TooManyUnreadableImagesError, UnreadableImages
+from ldm.training.data import (
+    SampleStream,
+    SkipUnreadable,
+    TooManyUnreadableImagesError,
+    UnreadableImages,
+)
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config

@@ -1,5 +1,6 @@
 """Latent walks: slerp maths, and `ldm walk` writing a smoothly changing GIF."""
 import os
+
 import numpy as np
 import pytest
 import torch
