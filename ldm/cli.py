@@ -6,6 +6,7 @@ import importlib
 import logging
 import signal
 import sys
+import threading
 
 from ldm.errors import LdmError, one_line
 
@@ -45,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if args.command != "train":  # training stops at the end of a step, through Lightning's own SIGTERM handler
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    # Training stops at the end of a step, through Lightning's own SIGTERM handler, which would call this one too.
+    # Restored on return: main() called in-process (tests, scripts) must not leave it behind for a later train.
+    previous = None
+    if args.command != "train" and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args) or 0
     except LdmError as exc:
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"ldm {args.command}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -76,8 +76,10 @@ def test_a_second_run_numbers_after_the_highest_image_and_grid(model_files, tmp_
     before = {path: path.read_bytes() for path in earlier}
     args = ["txt2img", "x", "--config", cfg, "--ckpt", ckpt, "--steps", "1", "--height", "16", "--width", "16",
             "--n-samples", "2", "--no-progress", "--outdir", str(out)]
+    handler = signal.getsignal(signal.SIGTERM)
     assert main(args) == 0
     assert main(args) == 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # main's own SIGTERM handler is not left behind for a later train
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["00041.png", "00042.png", "00043.png", "00044.png", "00045.png"]
     assert sorted(p.name for p in out.glob("grid-*.png")) == ["grid-0007.png", "grid-0008.png", "grid-0009.png"]
     assert all(path.read_bytes() == data for path, data in before.items())
