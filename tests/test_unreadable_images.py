@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.utils.data import Subset
 
 from ldm.cli import main as cli_main
 from ldm.data.folder import CaptionedImageFolder, UnreadableImageError
@@ -51,10 +52,16 @@ def test_unreadable_items_are_replaced_by_the_next_readable_one_the_same_way_eve
     keys = [item["key"] for item in items]
     assert not {TRUNCATED, GARBAGE} & set(keys)
     assert all(item["caption"] == ds.captions[ds.files.index(item["key"])] for item in items)  # caption follows the image
-    assert set(stream.unreadable.skipped) == bad
+    assert {index for _, index in stream.unreadable.skipped} == bad
     resumed = SampleStream(ds, batch_size=2, seed=1, start_batch=5, unreadable=UnreadableImages(2))
     assert [resumed.item(p)["key"] for p in range(10, 3 * len(ds))] == keys[10:]
     assert SkipUnreadable(ds, UnreadableImages(2))[min(bad)]["key"] == ds.files[min(bad) + 1]
+    # One count for a training and a validation set, whose indices overlap: index 0 of the second is read.
+    shared = UnreadableImages(2)
+    first_bad = ds.files.index(TRUNCATED)
+    shifted = Subset(ds, [*range(first_bad, len(ds)), *range(first_bad)])  # the damaged file at index 0
+    assert shared.fetch(shifted, 0)[1]["key"] == ds.files[first_bad + 1]
+    assert shared.fetch(ds, 0)[1]["key"] == ds.files[0]
     strict = SampleStream(ds, batch_size=2, seed=1, unreadable=UnreadableImages(1))
     with pytest.raises(TooManyUnreadableImagesError, match=r"max_unreadable=1 allows \(2\)"):
         for p in range(3 * len(ds)):

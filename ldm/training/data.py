@@ -48,23 +48,25 @@ class UnreadableImages:
 
     def __init__(self, limit: int = 0):
         self.limit = int(limit)
-        self.skipped: dict[int, str] = {}  # data set index -> the error that named the file
+        # (data set, index) -> the error that named the file; keyed by both, since one count serves the
+        # training and the validation set, whose indices overlap.
+        self.skipped: dict[tuple[int, int], str] = {}
 
     def fetch(self, dataset: Dataset, index: int) -> tuple[int, dict]:
         """(the index actually read, its item): `index` itself, or the next readable one after it."""
         n = len(dataset)  # type: ignore[arg-type]
         for offset in range(n):
             candidate = (index + offset) % n
-            if candidate in self.skipped:
+            if (id(dataset), candidate) in self.skipped:
                 continue
             try:
                 return candidate, dataset[candidate]
             except UnreadableImageError as exc:
-                self._skip(candidate, exc)
-        raise TooManyUnreadableImagesError(f"none of the {n} images can be read (the last: {self.skipped[index]})")
+                self._skip((id(dataset), candidate), exc)
+        raise TooManyUnreadableImagesError(f"none of the {n} images can be read (the last: {self.skipped[id(dataset), index]})")
 
-    def _skip(self, index: int, exc: UnreadableImageError) -> None:
-        self.skipped[index] = str(exc)
+    def _skip(self, key: tuple[int, int], exc: UnreadableImageError) -> None:
+        self.skipped[key] = str(exc)
         count = len(self.skipped)
         if count > self.limit:
             raise TooManyUnreadableImagesError(
