@@ -95,14 +95,15 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one step, on error it is removed.
 
     A crash mid-write never leaves a truncated file behind, and readers see the old or the new file.
+    `suffix` ends the temporary name, for writers that pick the format by extension (ffmpeg).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=suffix)
     os.close(fd)
     try:
         yield tmp

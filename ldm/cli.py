@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
-from ldm.errors import LdmError
+from ldm.errors import LdmError, one_line
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMAND_MODULES = [
@@ -22,6 +24,15 @@ COMMAND_MODULES = [
 ]
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so it unwinds as Ctrl-C does: the image being written is
+    removed with its temporary file, the finished ones stay, and the exit status says so (143)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldm", description="Latent diffusion: generate, edit, train, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -35,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # Training stops at the end of a step, through Lightning's own SIGTERM handler, which would call this one too.
+    # Restored on return: main() called in-process (tests, scripts) must not leave it behind for a later train.
+    previous = None
+    if args.command != "train" and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args) or 0
     except LdmError as exc:
@@ -42,13 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         # else is a bug and keeps its traceback; --verbose shows the traceback of these too.
         if args.verbose:
             logging.getLogger("ldm").exception("traceback (--verbose)")
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"ldm {args.command}: error: {message}", file=sys.stderr)
+        print(f"ldm {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         # What was made so far is already on disk (each image is written as soon as it is decoded).
         print(f"ldm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"ldm {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -99,9 +99,10 @@ def instantiate(node: dict[str, Any] | None, **overrides: Any) -> Any:
         return cls(**params)
     except LdmError:
         raise
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         # A misspelt or mistyped parameter in the YAML surfaces here (an unexpected keyword, a channel
-        # count GroupNorm cannot split): name the node, so the user knows which part of the file to fix.
+        # count GroupNorm cannot split, a negative size torch cannot make a tensor of): name the node,
+        # so the user knows which part of the file to fix.
         raise ConfigError(f"bad parameters for {target}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 

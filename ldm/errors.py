@@ -22,3 +22,21 @@ class MissingFileError(LdmError, FileNotFoundError):
 
 class ResourceLimitError(LdmError, ValueError):
     """A request that would need more memory than the limit allows (see ldm.limits)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The line to show for an error: its message's first line.
+
+    An error raised in a DataLoader worker comes back re-raised with the message "Caught X in DataLoader
+    worker process N." followed by the worker's traceback; the line worth showing is the worker's own
+    message, on the traceback's last line ("module.X: message").
+    """
+    lines = str(exc).splitlines()
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        marker = f"{type(exc).__name__}: "
+        last = lines[-1]
+        if marker in last:
+            return last[last.index(marker) + len(marker):]
+    return lines[0]

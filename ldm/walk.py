@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ldm.errors import LdmError
-from ldm.images import check_size, tensor_to_pil
+from ldm.images import OutputError, check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions, autocast, model_sigmas, prompt_conditions, sample, start_noise
 
@@ -121,8 +121,11 @@ def save_gif(frames: list[Image.Image], path: str | Path, duration_ms: int = 100
 
     path = Path(path)
     data = gif_bytes(frames, duration_ms, loop, boomerang)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
+    try:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -137,10 +140,19 @@ def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10) -> Path
 
     if not frames:
         raise WalkError("no frames to write")
+    from ldm.checkpoint import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # macro_block_size=1: our frames may be any multiple of 8, not of the default 16.
-    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, pixelformat="yuv420p") as writer:
-        for frame in frames:
-            writer.append_data(np.asarray(frame.convert("RGB")))
+    try:
+        # Written whole, then renamed: an interrupted encode leaves no half MP4 (ffmpeg needs the .mp4 ending).
+        with atomic_path(path, suffix=".tmp.mp4") as tmp:
+            # macro_block_size=1: our frames may be any multiple of 8, not of the default 16.
+            writer = imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, pixelformat="yuv420p")
+            try:
+                for frame in frames:
+                    writer.append_data(np.asarray(frame.convert("RGB")))
+            finally:  # not `with`: imageio's writer stays open on an error, and ffmpeg wrote the file later
+                writer.close()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -15,3 +15,27 @@ def sd_format_dir():
     path = os.environ.get("LDM_SD_FORMAT", SD_FORMAT)
     assert os.path.isdir(path), f"SD format manifests not found at {path} (set LDM_SD_FORMAT)"
     return path
+
+
+# System packages some tests need. Where one cannot be had, those tests skip and say how to get it
+# (`python -m pytest -rs` lists the reasons); where it is there, they run.
+@pytest.fixture(scope="session")
+def emoji_font():
+    """The Noto Color Emoji font (Debian fonts-noto-color-emoji)."""
+    from ldm.data.emoji import EmojiFontNotFoundError, find_font
+
+    try:
+        return find_font()
+    except EmojiFontNotFoundError:
+        pytest.skip("needs the Noto Color Emoji font: install Debian's fonts-noto-color-emoji (bash scripts/setup.sh)")
+
+
+@pytest.fixture(scope="session")
+def emoji_list():
+    """Unicode's emoji-test.txt (Debian unicode-data)."""
+    from ldm.data.emoji import EmojiListNotFoundError, find_emoji_list
+
+    try:
+        return find_emoji_list()
+    except EmojiListNotFoundError:
+        pytest.skip("needs Unicode's emoji-test.txt: install Debian's unicode-data (bash scripts/setup.sh)")

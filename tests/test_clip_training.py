@@ -174,3 +174,17 @@ def test_shipped_clip_matches_captions_to_rendered_emoji():
     images = torch.stack([to_tensor(emoji.render_emoji(by_name[n].text, font, 64)) for n in names])
     acc = retrieval_accuracy(load_clip(SHIPPED), images, tokenize(names))
     assert acc["t2i_top1"] >= 0.6 and acc["i2t_top1"] >= 0.6, acc  # chance is 0.1
+
+
+def test_bad_training_arguments_are_project_errors(tiny_config, tmp_path, capsys):
+    from ldm.errors import LdmError
+
+    model = create_clip(tiny_config)
+    images, captions = _synthetic()
+    for kwargs, message in (({"steps": 0}, "steps must be positive"), ({"precision": "fp8"}, "precision must be"),
+                            ({"captions": captions[:1]}, "need at least 2 image/caption pairs")):
+        args = {"model": model, "images": images, "captions": captions, "steps": 1, **kwargs}
+        with pytest.raises(LdmError, match=message):
+            train_clip(**args)
+    assert clip_training.main(["--eval-only", "--out", str(tmp_path), "--config", str(tiny_config)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --eval-only needs the training figures in {tmp_path / 'clip_metrics.json'}"

@@ -1,8 +1,9 @@
 """The emoji dataset builder: parsing, rendering, the deterministic held-out split, errors.
 
 Rendering needs the Noto Color Emoji font (Debian fonts-noto-color-emoji) and Unicode's
-emoji-test.txt (Debian unicode-data); CI installs both with apt. These tests build from the font
-only (sources_dir=None); tests/test_emoji_sources.py covers the SVG designs.
+emoji-test.txt (Debian unicode-data); scripts/setup.sh installs both. Without them the tests that need
+them skip and say which package to install. These tests build from the font only (sources_dir=None);
+tests/test_emoji_sources.py covers the SVG designs.
 """
 import json
 
@@ -38,12 +39,12 @@ SAMPLE = """\
 
 
 @pytest.fixture(scope="module")
-def full_list():
-    return parse_emoji_test(emoji.find_emoji_list().read_text(encoding="utf-8"))
+def full_list(emoji_list):
+    return parse_emoji_test(emoji_list.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, emoji_font, emoji_list):
     out = tmp_path_factory.mktemp("emoji")
     summary = build_emoji_dataset(out, size=32, limit=60, sources_dir=None)
     return out, summary
@@ -85,8 +86,8 @@ def test_split_holds_out_whole_combinations_deterministically(full_list):
     assert {e.codepoints for e in held_sub} == {e.codepoints for e in heldout if e in set(full_list[::7])}
 
 
-def test_render_is_centred_rgb_and_skips_missing_glyphs():
-    font = ImageFont.truetype(str(emoji.find_font()), emoji.FONT_SIZE)
+def test_render_is_centred_rgb_and_skips_missing_glyphs(emoji_font):
+    font = ImageFont.truetype(str(emoji_font), emoji.FONT_SIZE)
     image = render_emoji("\U0001F600", font, size=48)
     assert image.mode == "RGB" and image.size == (48, 48)
     a = np.asarray(image).astype(int)
@@ -138,12 +139,12 @@ def test_missing_font_names_the_debian_package(tmp_path, capsys):
     assert "fonts-noto-color-emoji" in capsys.readouterr().err
 
 
-def test_missing_emoji_list_names_the_debian_package(tmp_path):
+def test_missing_emoji_list_names_the_debian_package(tmp_path, emoji_font):  # the font is looked for first
     with pytest.raises(EmojiListNotFoundError, match="unicode-data"):
         build_emoji_dataset(tmp_path, emoji_test_path=tmp_path / "emoji-test.txt")
 
 
-def test_refuses_to_clobber_foreign_folder(tmp_path):
+def test_refuses_to_clobber_foreign_folder(tmp_path, emoji_font, emoji_list):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "mine.txt").write_text("keep me")
     with pytest.raises(emoji.OutputDirNotEmptyError):
@@ -151,7 +152,7 @@ def test_refuses_to_clobber_foreign_folder(tmp_path):
     assert (tmp_path / "train" / "mine.txt").read_text() == "keep me"
 
 
-def test_main_builds(tmp_path, capsys):
+def test_main_builds(tmp_path, capsys, emoji_font, emoji_list):
     assert emoji.main(["--out", str(tmp_path), "--limit", "10", "--size", "16", "--sources", str(tmp_path / "none")]) == 0
     assert "10 emoji rendered" in capsys.readouterr().out
     assert Image.open(next((tmp_path / "train" / "images").rglob("*.png"))).size == (16, 16)
@@ -179,3 +180,12 @@ def test_unknown_style_is_a_clear_error(tmp_path):
         build_emoji_dataset(tmp_path, limit=5, sources_dir=None, styles=["comic sans"])
     with pytest.raises(emoji.EmojiDataError, match="ldm data emoji-sources"):
         build_emoji_dataset(tmp_path, limit=5, sources_dir=tmp_path / "none", styles=["twemoji"])
+
+
+def test_bad_options_are_project_errors_shown_in_one_line(tmp_path, capsys):
+    from ldm.errors import LdmError
+
+    with pytest.raises(LdmError, match="at least 8 pixels"):
+        build_emoji_dataset(tmp_path, size=4)
+    assert emoji.main(["--out", str(tmp_path), "--size", "4"]) == 2
+    assert capsys.readouterr().err.strip() == "error: image size must be at least 8 pixels, got 4"

@@ -1,8 +1,9 @@
 """The SVG emoji designs: pinned fetch with integrity checks, file naming per design, rendering, the
 multi-style build (one held-out split for every style), keywords.
 
-The designs come from `ldm data emoji-sources` (npm pack; the set-up script runs it). Without them the
-rendering tests skip and say so; the fetch and naming tests need nothing.
+The designs come from `ldm data emoji-sources` (npm pack; scripts/setup.sh runs it when npm is there).
+Without them, or without the Noto font / Unicode's emoji list, the tests that need them skip and say
+what to install; the fetch and naming tests need nothing.
 """
 import json
 import os
@@ -30,8 +31,8 @@ def sources_dir():
 
 
 @pytest.fixture(scope="module")
-def emoji_by_name():
-    return {e.name: e for e in emoji.parse_emoji_test(emoji.find_emoji_list().read_text(encoding="utf-8"))}
+def emoji_by_name(emoji_list):
+    return {e.name: e for e in emoji.parse_emoji_test(emoji_list.read_text(encoding="utf-8"))}
 
 
 def test_file_names_follow_each_designs_convention():
@@ -108,7 +109,7 @@ def test_every_design_renders_a_handful(sources_dir, emoji_by_name):
     assert min(np.abs(a - b).mean() for i, a in enumerate(renders) for b in renders[i + 1:]) > 5
 
 
-def test_multi_style_build_splits_by_emoji_and_carries_keywords(sources_dir, tmp_path):
+def test_multi_style_build_splits_by_emoji_and_carries_keywords(sources_dir, tmp_path, emoji_font, emoji_list):
     summary = emoji.build_emoji_dataset(tmp_path, size=32, limit=80, sources_dir=sources_dir)
     assert set(summary["images_per_style"]) == {"noto", *(s.style for s in SOURCES)}
     for style, info in summary["styles"].items():

@@ -108,6 +108,22 @@ def test_a_new_run_refuses_an_earlier_runs_folder_unless_told(shapes, tmp_path):
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
 
 
+def test_checkpoints_are_written_by_rename_and_a_run_keeps_one_last_ckpt(shapes, tmp_path):
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"the previous checkpoint")
+    before = path.stat().st_ino
+    SafeCheckpointIO().save_checkpoint({"global_step": 1}, path)
+    assert path.stat().st_ino != before  # a new file renamed over the old one, never the old one rewritten in place
+    assert torch.load(path, weights_only=True) == {"global_step": 1} and os.listdir(tmp_path) == ["last.ckpt"]
+    # Interval 0 (none) and an interval the run never reaches: the end-of-run save used to add last-v1.ckpt.
+    for every in (0, 5):
+        run_dir = tmp_path / f"every-{every}"
+        train(tiny_train_config("vae", shapes, run_dir, [*FAST, f"logging.checkpoint_every_n_steps={every}"]))
+        assert cli_main(["train", "--resume", str(run_dir), "trainer.max_steps=3"]) == 0
+        assert sorted(os.listdir(run_dir / "checkpoints")) == ["last.ckpt"]
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
 class SigtermAt(__import__("lightning").pytorch.Callback):
     def __init__(self, step: int):
         self.step = step

@@ -38,6 +38,19 @@ def test_nested_override_creates_model_params():
     ("training.text_cache=yes", "text_cache"),
     ("max_steps", "section.key=value"),
     ("trainer.max_steps=[1", "not valid YAML"),
+    # Values that used to fail deep inside torch or Lightning, with a traceback.
+    ("logging.checkpoint_every_n_steps=-5", r"logging.checkpoint_every_n_steps must be an integer >= 0 \(0: off\)"),
+    ("logging.sample_every_n_steps=-1", "logging.sample_every_n_steps"),
+    ("training.lr=-1", "training.lr must be a positive learning rate"),
+    ("training.lr=.nan", "training.lr"),
+    ("training.betas=[0.9]", "training.betas must be two numbers"),
+    ("training.grad_clip=0", "training.grad_clip"),
+    ("data.batch_size=x", "data.batch_size must be an integer >= 1, got 'x'"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.val_fraction=abc", "data.val_fraction"),
+    ("data.val_fraction=1", "data.val_fraction must be in"),
+    ("data.max_unreadable=-1", "data.max_unreadable must be an integer >= 0"),
+    ("data.max_unreadable=0.5", "data.max_unreadable"),
 ])
 def test_bad_settings_fail_with_one_line(override, message):
     with pytest.raises(TrainConfigError, match=message) as info:

@@ -136,3 +136,7 @@ def test_ddp_with_discriminator_finds_unused_parameters(shapes, tmp_path):
     without = build_trainer(tiny_train_config("vae", shapes, tmp_path, overrides + ["training.disc_start=null"]))
     assert with_disc.strategy._ddp_kwargs.get("find_unused_parameters") is True
     assert not without.strategy._ddp_kwargs.get("find_unused_parameters")
+    # trainer.devices=2 alone (strategy "auto") is DDP too, and failed at the first step without this.
+    auto = build_trainer(tiny_train_config("vae", shapes, tmp_path, ["trainer.devices=2", "trainer.accelerator=cpu",
+                                                                    "training.disc_start=0"]))
+    assert auto.strategy._ddp_kwargs.get("find_unused_parameters") is True

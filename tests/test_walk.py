@@ -1,4 +1,6 @@
 """Latent walks: slerp maths, and `ldm walk` writing a smoothly changing GIF."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,17 @@ def test_mp4_is_written_when_imageio_ffmpeg_is_there_and_said_plainly_when_not(t
 
     with imageio.get_reader(path) as reader:
         assert sum(1 for _ in reader) == 5
+
+
+def test_mp4_is_written_whole_or_not_at_all(tmp_path):
+    pytest.importorskip("imageio_ffmpeg", reason="MP4 output needs imageio-ffmpeg (pip install -e '.[app]')")
+    from ldm.walk import save_mp4
+
+    earlier = tmp_path / "w.mp4"
+    earlier.write_bytes(b"an earlier walk")
+    frames = [Image.new("RGB", (16, 16)), Image.new("RGB", (16, 16)), Image.new("RGB", (24, 16))]  # fails at the third
+    with pytest.raises(ValueError, match="same size"):
+        save_mp4(frames, earlier)
+    assert earlier.read_bytes() == b"an earlier walk" and os.listdir(tmp_path) == ["w.mp4"]  # no half-encoded temp file
+    save_mp4(frames[:2], earlier)
+    assert earlier.read_bytes()[4:8] == b"ftyp"

@@ -44,7 +44,20 @@ def add_sampling_args(p: argparse.ArgumentParser, steps: int = 30, scale: float 
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+# What torch.Generator.manual_seed takes, with room for seed + i of each image.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def check_seeds(args: argparse.Namespace) -> None:
+    for name in ("seed", "seed_a", "seed_b"):
+        value = getattr(args, name, None)
+        if value is not None and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+            raise InvalidOptionError(f"--{name.replace('_', '-')} must be between -2**63 and 2**63-1, got {value}")
+
+
 def sampling_options(args: argparse.Namespace) -> SamplingOptions:
+    """The sampling options of a generating command (each calls this first, so its seeds are checked here)."""
+    check_seeds(args)
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
                            precision=args.precision)
@@ -111,6 +124,16 @@ def chunks(count: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(size, count - start)
 
 
+def check_writable(folder: Path) -> None:
+    """Create the folder and write a file in it, so an unwritable output fails before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
 class ImageWriter:
     """Writes numbered PNGs into outdir/samples as they are made, and the grid at the end.
 
@@ -124,12 +147,7 @@ class ImageWriter:
     def __init__(self, outdir: str | Path, grid: bool = True):
         self.outdir = Path(outdir)
         self.samples = self.outdir / "samples"
-        try:
-            self.samples.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.samples):
-                pass
-        except OSError as exc:
-            raise OutputError(f"cannot write to {self.samples}: {exc.strerror or exc}") from None
+        check_writable(self.samples)
         self.next = next_index(self.samples)
         self.grid = grid
         self.paths: list[Path] = []

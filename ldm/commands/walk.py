@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ldm.commands.common import (add_model_args, add_sampling_args, chunk_size, load_model_from_args, log,
-                                 sampling_options)
+from ldm.commands.common import (add_model_args, add_sampling_args, check_writable, chunk_size, load_model_from_args,
+                                 log, sampling_options)
 from ldm.images import check_size, save_png
 from ldm.walk import WalkError, save_gif, save_mp4, walk_frames
 
@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     options.validate()
     seed_a = args.seed if args.seed_a is None else args.seed_a
     frames_dir = Path(args.frames_dir) if args.frames_dir else None
-    if frames_dir is not None:
-        frames_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out.parent, frames_dir):  # found before the walk is made, not after
+        if folder is not None:
+            check_writable(folder)
     model = load_model_from_args(args)
     height = model.default_image_size if args.height is None else args.height
     width = model.default_image_size if args.width is None else args.width

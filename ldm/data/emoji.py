@@ -40,7 +40,7 @@ from ldm.data.emoji_sources import (
     render_svg,
 )
 
-from ldm.errors import LdmError
+from ldm.errors import InvalidOptionError, LdmError
 
 FONT_PACKAGE = "fonts-noto-color-emoji"
 EMOJI_LIST_PACKAGE = "unicode-data"
@@ -284,7 +284,7 @@ def build_emoji_dataset(
     quick tests), not the first ones, so a small build still covers every group.
     """
     if size < 8:
-        raise ValueError(f"image size must be at least 8 pixels, got {size}")
+        raise InvalidOptionError(f"image size must be at least 8 pixels, got {size}")
     sources = available_sources(sources_dir if sources_dir and Path(sources_dir).is_dir() else None)
     known = ["noto", *(s.style for s in SOURCES)]
     if styles is not None:
@@ -302,7 +302,7 @@ def build_emoji_dataset(
     total = len(emojis)
     if limit is not None and limit < total:
         if limit < 1:
-            raise ValueError(f"limit must be positive, got {limit}")
+            raise InvalidOptionError(f"limit must be positive, got {limit}")
         emojis = [emojis[i * total // limit] for i in range(limit)]
 
     renders: dict[str, list[Render]] = {}
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = build_emoji_dataset(args.out, size=args.size, limit=args.limit, font_path=args.font,
                                       emoji_test_path=args.emoji_test, sources_dir=args.sources, styles=styles)
-    except (EmojiDataError, EmojiSourceError, ValueError) as exc:
+    except LdmError as exc:  # bad options, missing font or list, a bad source package
         print(f"error: {exc}", file=sys.stderr)
         return 2
     per_style = ", ".join(f"{k} {v}" for k, v in summary["images_per_style"].items())

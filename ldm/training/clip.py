@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
 from ldm.checkpoint import load_state_dict, save_state_dict
-from ldm.errors import LdmError
+from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.data.folder import CaptionedImageFolder
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "emoji" / "emoji-clip.json"
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 class ClipConfigError(LdmError, ValueError):
     """A CLIP model config that is missing or not in open_clip's format."""
+
+
+class ClipDataError(LdmError, ValueError):
+    """Image/caption pairs that cannot train a CLIP (too few, or not as many images as captions)."""
 
 
 def create_clip(config_path: str | os.PathLike = DEFAULT_CONFIG) -> open_clip.CLIP:
@@ -173,11 +177,11 @@ def train_clip(
     bf16 instructions); weights, optimizer state and the loss stay fp32.
     """
     if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+        raise InvalidOptionError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
     if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
+        raise InvalidOptionError(f"steps must be positive, got {steps}")
     if len(images) != len(captions) or len(images) < 2:
-        raise ValueError(f"need at least 2 image/caption pairs of equal count, got {len(images)} images and {len(captions)} captions")
+        raise ClipDataError(f"need at least 2 image/caption pairs of equal count, got {len(images)} images and {len(captions)} captions")
     batch_size = min(batch_size, len(images))
     warmup = max(1, steps // 20) if warmup is None else warmup
     tokens = tokenize(captions, model.context_length)
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.eval_only:
             if not metrics_file.is_file():
-                raise ValueError(f"--eval-only needs the training figures in {metrics_file}")
+                raise MissingFileError(f"--eval-only needs the training figures in {metrics_file}")
             report = json.loads(metrics_file.read_text())
         else:
             model = create_clip(args.config)
@@ -344,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         # Measure what ships: the fp16 file reloaded into a fresh model.
         report.update(evaluate_clip(weights, data, args.config))
-    except (ClipConfigError, ValueError) as exc:  # dataset and checkpoint errors are ValueErrors
+    except LdmError as exc:  # bad options, data, configs and checkpoints; anything else is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     metrics_file.write_text(json.dumps(report, indent=2) + "\n")

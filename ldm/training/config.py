@@ -19,7 +19,8 @@ Schema (every key optional except `model` and `data.root`; defaults in `DEFAULTS
                 adaptive_disc_weight.
     data:       root, size, batch_size, flip, center_crop, num_workers, val_fraction, val_root, val_batch_size,
                 weighted (draw images by the `weight` of captions.jsonl), keyword_prob, max_keywords and
-                style_prob (caption sampling from captions.jsonl `keywords` / `style`, see ldm.training.captions).
+                style_prob (caption sampling from captions.jsonl `keywords` / `style`, see ldm.training.captions),
+                max_unreadable (images that fail to decode are skipped with a warning, up to this many).
     trainer:    keyword arguments of `lightning.Trainer` (max_steps, devices, num_nodes, strategy,
                 precision, accelerator, log_every_n_steps, ...), passed through unchanged.
     logging:    run_dir, checkpoint_every_n_steps, sample_every_n_steps, sample_prompts, sample_steps,
@@ -31,6 +32,7 @@ Overrides are `section.key=value` with the value parsed as YAML (`trainer.max_st
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
@@ -86,6 +88,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "keyword_prob": 0.0,
         "max_keywords": 3,
         "style_prob": 0.0,
+        "max_unreadable": 10,
     },
     "trainer": {
         "max_steps": 1000,
@@ -197,33 +200,73 @@ def resolve(cfg: dict) -> dict:
     return out
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(cfg: dict, section: str, key: str, minimum: int, meaning: str = "") -> None:
+    value = cfg[section][key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise TrainConfigError(f"{section}.{key} must be an integer >= {minimum}{meaning}, got {value!r}")
+
+
+def _number(cfg: dict, section: str, key: str, low: float, high: float, what: str, optional: bool = False) -> float | None:
+    """The setting as a float, refused unless it is a finite number in [low, high] (or null when optional)."""
+    value = cfg[section][key]
+    if value is None and optional:
+        return None
+    if not _is_number(value) or not low <= value <= high:
+        raise TrainConfigError(f"{section}.{key} must be {what}{' or null' if optional else ''}, got {value!r}")
+    return float(value)
+
+
 def _check_values(cfg: dict) -> None:
+    """Refuse, with one line naming the key, values that would otherwise fail deep inside torch or Lightning."""
     t, d = cfg["training"], cfg["data"]
-    if not 0.0 <= float(t["cond_dropout"]) <= 1.0:
-        raise TrainConfigError(f"training.cond_dropout must be in [0, 1], got {t['cond_dropout']}")
-    if t["ema_decay"] is not None and not 0.0 < float(t["ema_decay"]) < 1.0:
+    for key in ("seed", "warmup_steps", "disc_layers", "disc_channels"):
+        _integer(cfg, "training", key, 1 if key in ("disc_layers", "disc_channels") else 0)
+    _integer(cfg, "training", "accumulate", 1)
+    _number(cfg, "training", "lr", 1e-12, math.inf, "a positive learning rate")
+    _number(cfg, "training", "disc_lr", 1e-12, math.inf, "a positive learning rate", optional=True)
+    _number(cfg, "training", "weight_decay", 0.0, math.inf, "a number >= 0")
+    betas = t["betas"]
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)):
+        raise TrainConfigError(f"training.betas must be two numbers in [0, 1), got {betas!r}")
+    _number(cfg, "training", "cond_dropout", 0.0, 1.0, "a probability in [0, 1]")
+    if _number(cfg, "training", "ema_decay", 0.0, 1.0, "in (0, 1)", optional=True) in (0.0, 1.0):
         raise TrainConfigError(f"training.ema_decay must be in (0, 1) or null, got {t['ema_decay']}")
-    if int(t["accumulate"]) < 1:
-        raise TrainConfigError(f"training.accumulate must be at least 1, got {t['accumulate']}")
+    _number(cfg, "training", "grad_clip", 1e-12, math.inf, "a positive number", optional=True)
+    for key in ("kl_weight", "perceptual_weight", "disc_weight"):
+        _number(cfg, "training", key, 0.0, math.inf, "a number >= 0")
+    if t["disc_start"] is not None:
+        _integer(cfg, "training", "disc_start", 0, " (the step the discriminator starts; null: none)")
     for key in ("text_cache", "latent_cache"):
-        if not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < 0:
-            raise TrainConfigError(f"training.{key} must be a number of {'captions' if key == 'text_cache' else 'images'} >= 0, got {t[key]!r}")
+        _integer(cfg, "training", key, 0, f" ({'captions' if key == 'text_cache' else 'images'} kept; 0: off)")
     if t["latent_cache"] and not d["center_crop"]:
         raise TrainConfigError("training.latent_cache needs data.center_crop: true (a random crop is a new image every time)")
     if t["rec_loss"] not in ("l1", "l2"):
         raise TrainConfigError(f"training.rec_loss must be l1 or l2, got {t['rec_loss']!r}")
     sf = t["scale_factor"]
-    if not (sf is None or sf == "model" or (isinstance(sf, (int, float)) and sf > 0)):
+    if not (sf is None or sf == "model" or (_is_number(sf) and sf > 0)):
         raise TrainConfigError(f"training.scale_factor must be 'model', null (estimate) or a positive number, got {sf!r}")
-    if int(d["batch_size"]) < 1:
-        raise TrainConfigError(f"data.batch_size must be at least 1, got {d['batch_size']}")
-    if not 0.0 <= float(d["val_fraction"]) < 1.0:
+
+    for key, minimum in (("size", 1), ("batch_size", 1), ("num_workers", 0), ("max_keywords", 1)):
+        _integer(cfg, "data", key, minimum)
+    if d["val_batch_size"] is not None:
+        _integer(cfg, "data", "val_batch_size", 1)
+    _integer(cfg, "data", "max_unreadable", 0, " (images that fail to decode, skipped with a warning)")
+    if _number(cfg, "data", "val_fraction", 0.0, 1.0, "in [0, 1)") == 1.0:
         raise TrainConfigError(f"data.val_fraction must be in [0, 1), got {d['val_fraction']}")
     for key in ("keyword_prob", "style_prob"):
-        if not isinstance(d[key], (int, float)) or not 0.0 <= float(d[key]) <= 1.0:
-            raise TrainConfigError(f"data.{key} must be a probability in [0, 1], got {d[key]!r}")
-    if not isinstance(d["max_keywords"], int) or d["max_keywords"] < 1:
-        raise TrainConfigError(f"data.max_keywords must be an integer >= 1, got {d['max_keywords']!r}")
+        _number(cfg, "data", key, 0.0, 1.0, "a probability in [0, 1]")
+
+    for key in ("checkpoint_every_n_steps", "sample_every_n_steps"):
+        _integer(cfg, "logging", key, 0, " (0: off)")
+    _integer(cfg, "logging", "sample_steps", 1)
+    _integer(cfg, "logging", "sample_seed", 0)
+    _number(cfg, "logging", "sample_scale", 0.0, math.inf, "a guidance scale >= 0")
+    if not isinstance(cfg["logging"]["sample_prompts"] or [], list):
+        raise TrainConfigError(f"logging.sample_prompts must be a list of prompts, got {cfg['logging']['sample_prompts']!r}")
 
 
 def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),

@@ -5,6 +5,10 @@ item at position p of rank r is item `perm(seed + epoch)[p * world + r - epoch *
 stream starts at the position the model has reached (its `batches_seen` counter, restored
 from the checkpoint before the loader is made), so a resumed run sees exactly the batches
 an uninterrupted one would, on any number of data-loader workers.
+
+An image that fails to decode is skipped (see `UnreadableImages`): one corrupt file in a folder of
+thousands must not end a run that has trained for hours, nor every `--resume` after it, which would
+meet the same file at the same position.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
 from ldm.errors import LdmError
-from ldm.data.folder import CaptionedImageFolder
+from ldm.data.folder import CaptionedImageFolder, UnreadableImageError
 from ldm.training.captions import CaptionSampling
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,61 @@ log = logging.getLogger(__name__)
 
 class DataConfigError(LdmError, ValueError):
     """Data settings that cannot give a training or validation set."""
+
+
+class TooManyUnreadableImagesError(DataConfigError):
+    """More images of the data set failed to decode than data.max_unreadable allows."""
+
+
+class UnreadableImages:
+    """Reads items, skipping images that fail to decode: each is named once in a warning and counted.
+
+    An unreadable item is replaced by the next readable one in the data set's order, so the replacement
+    depends only on the data: a resumed run, or one with other worker counts, sees the same batches.
+    Above `limit` distinct unreadable files the run stops with one line: that many is more likely the
+    wrong folder or a failing disk than a stray bad file. Each data-loader worker holds its own copy
+    (and count), so with W workers up to W warnings may name the same file.
+    """
+
+    def __init__(self, limit: int = 0):
+        self.limit = int(limit)
+        # (data set, index) -> the error that named the file; keyed by both, since one count serves the
+        # training and the validation set, whose indices overlap.
+        self.skipped: dict[tuple[int, int], str] = {}
+
+    def fetch(self, dataset: Dataset, index: int) -> tuple[int, dict]:
+        """(the index actually read, its item): `index` itself, or the next readable one after it."""
+        n = len(dataset)  # type: ignore[arg-type]
+        for offset in range(n):
+            candidate = (index + offset) % n
+            if (id(dataset), candidate) in self.skipped:
+                continue
+            try:
+                return candidate, dataset[candidate]
+            except UnreadableImageError as exc:
+                self._skip((id(dataset), candidate), exc)
+        raise TooManyUnreadableImagesError(f"none of the {n} images can be read (the last: {self.skipped[id(dataset), index]})")
+
+    def _skip(self, key: tuple[int, int], exc: UnreadableImageError) -> None:
+        self.skipped[key] = str(exc)
+        count = len(self.skipped)
+        if count > self.limit:
+            raise TooManyUnreadableImagesError(
+                f"more images could not be read than data.max_unreadable={self.limit} allows ({count}); the latest: {exc}")
+        log.warning("skipping an unreadable image (%d skipped, at most data.max_unreadable=%d): %s", count, self.limit, exc)
+
+
+class SkipUnreadable(Dataset):
+    """A map-style data set whose unreadable items are replaced as `UnreadableImages` does (for validation)."""
+
+    def __init__(self, dataset: Dataset, unreadable: UnreadableImages):
+        self.dataset, self.unreadable = dataset, unreadable
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.unreadable.fetch(self.dataset, index)[1]
 
 
 class SampleStream(IterableDataset):
@@ -36,11 +95,12 @@ class SampleStream(IterableDataset):
     `flip` mirrors items with probability 1/2, decided by the position (reproducible on resume).
     `weighted` draws each epoch's n items with replacement in proportion to the folder's per-image
     `weight` (captions.jsonl) instead of a permutation; `captions` samples keyword/style captions.
+    `unreadable` skips images that fail to decode (default: none may).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  start_batch: int = 0, flip: bool = False, weighted: bool = False,
-                 captions: CaptionSampling | None = None):
+                 captions: CaptionSampling | None = None, unreadable: UnreadableImages | None = None):
         super().__init__()
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise DataConfigError("the training set is empty")
@@ -49,6 +109,7 @@ class SampleStream(IterableDataset):
         self.extras = folder_extras(dataset)
         self.weights = torch.tensor([float(e.get("weight", 1.0)) for e in self.extras], dtype=torch.float64) if weighted else None
         self.captions = captions if captions is not None and captions.active else None
+        self.unreadable = unreadable if unreadable is not None else UnreadableImages(0)
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def _index(self, position: int) -> int:
@@ -62,8 +123,8 @@ class SampleStream(IterableDataset):
         return int(self._perm[k])
 
     def item(self, position: int) -> dict:
-        index = self._index(position)
-        item = dict(self.dataset[index])
+        index, item = self.unreadable.fetch(self.dataset, self._index(position))
+        item = dict(item)
         if self.flip:
             coin = torch.rand((), generator=torch.Generator().manual_seed(self.seed * 7919 + position * 31 + self.rank))
             if coin < 0.5:
@@ -114,7 +175,7 @@ class ImageTextDataModule(pl.LightningDataModule):
     def __init__(self, root: str | os.PathLike, size: int, batch_size: int, flip: bool = False, center_crop: bool = True,
                  num_workers: int = 0, val_fraction: float = 0.0, val_root: str | os.PathLike | None = None,
                  val_batch_size: int | None = None, seed: int = 0, weighted: bool = False,
-                 captions: CaptionSampling | None = None):
+                 captions: CaptionSampling | None = None, max_unreadable: int = 10):
         super().__init__()
         if root is None:
             raise DataConfigError("data.root is not set: give the folder of captioned images")
@@ -123,6 +184,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.val_fraction, self.val_root = float(val_fraction), val_root
         self.val_batch_size = int(val_batch_size or batch_size)
         self.weighted, self.captions = bool(weighted), captions
+        self.unreadable = UnreadableImages(max_unreadable)  # one count for training and validation
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -149,7 +211,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.setup()
         assert self.train_set is not None
         return SampleStream(self.train_set, self.batch_size, self.seed, rank, world_size, start_batch, self.flip,
-                            weighted=self.weighted, captions=self.captions)
+                            weighted=self.weighted, captions=self.captions, unreadable=self.unreadable)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -164,5 +226,5 @@ class ImageTextDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.has_validation():
             return []
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False,  # type: ignore[arg-type]
-                          num_workers=self.num_workers)
+        return DataLoader(SkipUnreadable(self.val_set, self.unreadable), batch_size=self.val_batch_size,  # type: ignore[arg-type]
+                          shuffle=False, num_workers=self.num_workers)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ldm.checkpoint import state_problems, torch_load_weights_only
+from ldm.checkpoint import atomic_path, state_problems, torch_load_weights_only
 from ldm.errors import LdmError
 
 LAST = "last"
@@ -75,7 +75,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint plugin, except that loading is weights-only whatever the caller or environment asks.
 
     `preloaded` maps a path to its already-read checkpoint, so a resumed file is read (and checked) once.
-    Saving is Lightning's own.
+    Saving is Lightning's own, into a temporary file renamed over the target: a run killed while writing
+    last.ckpt keeps the previous one, instead of a truncated file that every --resume would refuse.
     """
 
     def __init__(self, preloaded: dict[str, dict] | None = None):
@@ -87,3 +88,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if key in self.preloaded:
             return self.preloaded.pop(key)  # handed over once; Lightning keeps its own reference
         return read_checkpoint(path)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)

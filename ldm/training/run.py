@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.config import instantiate
@@ -36,12 +37,16 @@ from ldm.training.resume import LAST, ResumeError, SafeCheckpointIO, check_resum
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LAST", "ResumeError", "RunDirExistsError", "TrainingStopped", "build_data", "build_module", "build_trainer",
+__all__ = ["LAST", "ResumeError", "RunDirError", "RunDirExistsError", "TrainingStopped", "build_data", "build_module", "build_trainer",
            "config_for", "export_checkpoint", "read_checkpoint", "resolve_resume", "run", "train"]
 
 
 class RunDirExistsError(LdmError, FileExistsError):
     """A new run asked to write into the folder of an earlier run."""
+
+
+class RunDirError(LdmError, OSError):
+    """A run folder that cannot be written."""
 
 
 class TrainingStopped(LdmError):
@@ -152,7 +157,8 @@ def build_data(cfg: dict) -> ImageTextDataModule:
     return ImageTextDataModule(d["root"], d["size"], d["batch_size"], flip=d["flip"], center_crop=d["center_crop"],
                                num_workers=d["num_workers"], val_fraction=d["val_fraction"], val_root=d["val_root"],
                                val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"], weighted=d["weighted"],
-                               captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]))
+                               captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]),
+                               max_unreadable=d["max_unreadable"])
 
 
 def build_loggers(cfg: dict) -> list[Logger]:
@@ -175,9 +181,11 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
     """The Trainer for a run; `preloaded` ({path: checkpoint}) is what resume reads instead of the file."""
     t, lg = cfg["training"], cfg["logging"]
     run_dir = Path(lg["run_dir"])
+    # No version counter: last.ckpt is the one file --resume reads, and both this callback and ResumableStop
+    # write it at the end of a run; with the counter the second write went to an unread last-v1.ckpt.
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
                                  every_n_train_steps=int(lg["checkpoint_every_n_steps"] or 0), save_top_k=-1,
-                                 save_last=True, save_on_exception=True)
+                                 save_last=True, save_on_exception=True, enable_version_counter=False)
     sample_kwargs = {} if is_autoencoder(cfg) else {
         "prompts": list(lg["sample_prompts"] or []), "steps": lg["sample_steps"],
         "guidance_scale": lg["sample_scale"], "seed": lg["sample_seed"]}
@@ -189,7 +197,7 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
     kwargs = dict(cfg["trainer"])
     if not (cfg["data"]["val_fraction"] or cfg["data"]["val_root"]):
         kwargs.setdefault("limit_val_batches", 0)  # no validation set: skip the (empty) validation loop
-    if is_autoencoder(cfg) and t["disc_start"] is not None and kwargs.get("strategy") == "ddp":
+    if is_autoencoder(cfg) and t["disc_start"] is not None and _plain_ddp(kwargs):
         # Each of the two backward passes reaches only one of the networks; plain DDP refuses that.
         kwargs["strategy"] = "ddp_find_unused_parameters_true"
         log.info("autoencoder with a discriminator: using strategy ddp_find_unused_parameters_true")
@@ -200,8 +208,18 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
         # SafeCheckpointIO: every checkpoint Lightning reads goes through the weights-only loader.
         return pl.Trainer(default_root_dir=run_dir, logger=loggers or False, plugins=[SafeCheckpointIO(preloaded)],
                           callbacks=callbacks + list(extra_callbacks or []), **kwargs)
-    except TypeError as exc:
-        raise TrainConfigError(f"trainer section: {exc}") from None
+    except (TypeError, ValueError, MisconfigurationException) as exc:  # what Lightning says of its own arguments
+        raise TrainConfigError(f"trainer section: {str(exc).splitlines()[0]}") from None
+
+
+def _plain_ddp(trainer_kwargs: dict) -> bool:
+    """Whether the Trainer will run plain DDP: asked for by name, or chosen by "auto" for several processes."""
+    strategy = trainer_kwargs.get("strategy", "auto")
+    if strategy == "ddp":
+        return True
+    devices = trainer_kwargs.get("devices", "auto")
+    processes = devices if isinstance(devices, int) else len(devices) if isinstance(devices, (list, tuple)) else 1
+    return strategy == "auto" and (processes > 1 or int(trainer_kwargs.get("num_nodes", 1) or 1) > 1)
 
 
 # ---- resume and export ---------------------------------------------------------
@@ -231,6 +249,16 @@ def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | o
     module.load_state_dict(ckpt["state_dict"], strict=True)
     module.on_load_checkpoint(ckpt)
     return export_module(module, cfg, out_dir or cfg["logging"]["run_dir"], step=ckpt.get("global_step"))
+
+
+def check_writable(run_dir: Path) -> None:
+    """Found before the model is built and the data read, not when the first checkpoint is due."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise RunDirError(f"cannot write to the run folder {run_dir} (logging.run_dir): {exc.strerror or exc}") from None
 
 
 def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
@@ -267,7 +295,9 @@ def train(cfg: dict, resume: str | os.PathLike | None = None, extra_callbacks: l
     pl.seed_everything(int(cfg["training"]["seed"]), workers=True, verbose=False)
     if ckpt_path is not None and checkpoint is None:
         checkpoint = read_checkpoint(ckpt_path)  # first: a bad file is reported before any work
+    check_writable(run_dir)
     data = build_data(cfg)  # data errors are cheaper to report than after building a large model
+    data.setup()  # scans the folders now: a missing or empty one is said before anything is written
     module = build_module(cfg)
     if ckpt_path is not None:
         check_resumable(checkpoint, module, ckpt_path)  # type: ignore[arg-type]

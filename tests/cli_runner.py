@@ -1,0 +1,135 @@
+"""Runs `python -m ldm.cli` once per case, each case in a process of its own, forked from one that has already
+imported torch and Lightning: a fresh interpreter spends 3-5 s on those imports alone, a fork a fraction of it.
+
+    python tests/cli_runner.py < cases.json > results.json
+
+cases: a JSON list of {"argv": [...], "cwd": dir or null, "env": {name: value}, "timeout": seconds,
+"watch": dir or null}.
+results: a JSON list of {"rc": exit status (-N: killed by signal N; "timeout"), "stdout": str, "stderr": str,
+"changed": the files under `watch` that the case added, removed or changed}.
+
+Each child runs the module as `python -m ldm.cli` does (runpy, as __main__), with file descriptors 1 and 2 on
+files of its own, and an uncaught exception goes through the interpreter's own hook: a traceback shows
+exactly as it would in a real run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import runpy
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+POLL_SECONDS = 0.02
+
+
+def preload() -> None:
+    """Import what the commands import, before any fork (no torch op runs here, so no thread pool is forked)."""
+    import lightning.pytorch  # noqa: F401
+    import open_clip  # noqa: F401
+
+    import ldm.cli
+    import ldm.img2img
+    import ldm.inpaint
+    import ldm.model
+    import ldm.training.run
+    import ldm.upscale
+    import ldm.walk
+
+    ldm.cli.build_parser()  # imports every command module
+
+
+def snapshot(root: str | None) -> dict[str, str]:
+    """Every file under root (relative path -> SHA-256 of its bytes); {} without a root."""
+    if not root:
+        return {}
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return files
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)  # what the interpreter does with sys.exit("message")
+    return 1
+
+
+def run_child(case: dict, stdout_path: str, stderr_path: str) -> None:
+    """In the forked child: become `python -m ldm.cli ARGV` and never return."""
+    code = 1
+    try:
+        for fd, path in ((1, stdout_path), (2, stderr_path)):
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(target, fd)
+            os.close(target)
+        os.chdir(case.get("cwd") or os.getcwd())
+        os.environ.update(case.get("env") or {})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.argv = ["ldm", *case["argv"]]
+        sys.modules.pop("ldm.cli", None)  # run afresh as __main__, as `python -m` does (runpy warns otherwise)
+        try:
+            runpy.run_module("ldm.cli", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except BaseException:  # noqa: BLE001 - what the interpreter does with any uncaught exception
+            sys.excepthook(*sys.exc_info())
+            code = 1
+    except BaseException:  # noqa: BLE001 - a failure of this harness itself: say it, never return into the parent's code
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def run_case(case: dict, scratch: str, number: int) -> dict:
+    stdout_path, stderr_path = (os.path.join(scratch, f"{number}.{name}") for name in ("out", "err"))
+    before = snapshot(case.get("watch"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        run_child(case, stdout_path, stderr_path)
+    deadline = time.monotonic() + float(case.get("timeout", 120))
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            status = None
+            break
+        time.sleep(POLL_SECONDS)
+    rc = "timeout" if status is None else os.waitstatus_to_exitcode(status)
+    after = snapshot(case.get("watch"))
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    with open(stdout_path, encoding="utf-8", errors="replace") as out, open(stderr_path, encoding="utf-8", errors="replace") as err:
+        return {"rc": rc, "stdout": out.read(), "stderr": err.read(), "changed": changed}
+
+
+def main() -> int:
+    cases = json.load(sys.stdin)
+    preload()
+    with tempfile.TemporaryDirectory() as scratch:
+        results = [run_case(case, scratch, n) for n, case in enumerate(cases)]
+    json.dump(results, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
