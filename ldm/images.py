@@ -5,6 +5,7 @@ import io
 import json
 import math
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,18 @@ def check_size(height: int, width: int, multiple: int = 8) -> None:
 
 class OutputError(LdmError, OSError):
     """An output file or folder that cannot be written."""
+
+
+def check_writable(folder: Path, error: type[LdmError] = OutputError, name: str | None = None) -> None:
+    """Create the folder and write a file in it, so an unwritable output fails before any work.
+
+    The error names the folder as `name` (default: its path) and carries the system's reason."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise error(f"cannot write to {name or folder}: {exc.strerror or exc}") from None
 
 
 def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:

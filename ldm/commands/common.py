@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -11,7 +10,7 @@ import torch
 from PIL import Image
 
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
-from ldm.images import OutputError, make_grid, next_index, save_png
+from ldm.images import check_writable, make_grid, next_index, save_png
 from ldm.pipeline import PRECISIONS, SamplingOptions
 
 log = logging.getLogger("ldm")
@@ -122,16 +121,6 @@ def chunks(count: int, size: int) -> Iterator[tuple[int, int]]:
     """(offset, length) of consecutive chunks covering `count` images."""
     for start in range(0, count, size):
         yield start, min(size, count - start)
-
-
-def check_writable(folder: Path) -> None:
-    """Create the folder and write a file in it, so an unwritable output fails before any work."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
 
 
 class ImageWriter:

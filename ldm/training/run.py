@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,33 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.exceptions import (
+    MisconfigurationException,
+    SIGTERMException,
+)
 
 from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.config import instantiate
 from ldm.errors import LdmError
+from ldm.images import check_writable
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
-from ldm.training.config import TrainConfigError, dump, is_autoencoder, is_clip, load_train_config
 from ldm.training.captions import CaptionSampling
+from ldm.training.config import (
+    TrainConfigError,
+    dump,
+    is_autoencoder,
+    is_clip,
+    load_train_config,
+)
 from ldm.training.data import ImageTextDataModule
-from ldm.training.resume import LAST, ResumeError, SafeCheckpointIO, check_resumable, read_checkpoint, resolve_resume
+from ldm.training.resume import (
+    LAST,
+    ResumeError,
+    SafeCheckpointIO,
+    check_resumable,
+    read_checkpoint,
+    resolve_resume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,16 +267,6 @@ def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | o
     return export_module(module, cfg, out_dir or cfg["logging"]["run_dir"], step=ckpt.get("global_step"))
 
 
-def check_writable(run_dir: Path) -> None:
-    """Found before the model is built and the data read, not when the first checkpoint is due."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as exc:
-        raise RunDirError(f"cannot write to the run folder {run_dir} (logging.run_dir): {exc.strerror or exc}") from None
-
-
 def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
     """A new run must not write into an earlier run's folder: its exports would be overwritten, and a later
     --resume would pick up the earlier run's last.ckpt. `overwrite` removes the earlier checkpoints instead."""
@@ -295,7 +301,8 @@ def train(cfg: dict, resume: str | os.PathLike | None = None, extra_callbacks: l
     pl.seed_everything(int(cfg["training"]["seed"]), workers=True, verbose=False)
     if ckpt_path is not None and checkpoint is None:
         checkpoint = read_checkpoint(ckpt_path)  # first: a bad file is reported before any work
-    check_writable(run_dir)
+    # Found before the model is built and the data read, not when the first checkpoint is due.
+    check_writable(run_dir, RunDirError, f"the run folder {run_dir} (logging.run_dir)")
     data = build_data(cfg)  # data errors are cheaper to report than after building a large model
     data.setup()  # scans the folders now: a missing or empty one is said before anything is written
     module = build_module(cfg)
