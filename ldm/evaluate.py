@@ -342,3 +342,43 @@ def save_results(results: dict, path: str | os.PathLike) -> None:
 
     with atomic_path(Path(path)) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def format_comparison(results_by_model: dict[str, dict]) -> str:
+    """Several models' `ldm eval` results in one table: per prompt group, each model at each guidance scale.
+
+    The judge's ceiling ('real images') is listed once per group, from the first model's results, which
+    is the same figure for every model judged at the same image size.
+    """
+    head = ["prompts", "model", "guidance", "n", "NN top-1", "NN top-5", "family top-1", "FID (CLIP)", "precision", "recall",
+            "CLIP score"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = list(dict.fromkeys(r["group"] for res in results_by_model.values() for r in res["rows"]))
+    for group in groups:
+        ceiling_done = False
+        for name, res in results_by_model.items():
+            for r in res["rows"]:
+                if r["group"] != group or (r["scale"] is None and ceiling_done):
+                    continue
+                ceiling_done = ceiling_done or r["scale"] is None
+                lines.append("| " + " | ".join([
+                    group, "real images" if r["scale"] is None else name, "—" if r["scale"] is None else f"{r['scale']:g}",
+                    str(r["n"]), f"{r['nn_top1']:.1%}", f"{r['nn_top5']:.1%}", f"{r.get('family_top1', float('nan')):.1%}",
+                    _fmt(r.get("fid_clip"), ".4f"), _fmt(r.get("precision"), ".3f"), _fmt(r.get("recall"), ".3f"),
+                    f"{r['clip_score']:.2f}"]) + " |")
+    first = next(iter(results_by_model.values()))
+    lines += ["", f"Chance level over {first['classes']} emoji names: top-1 {first['chance_top1']:.3%}, "
+                  f"top-5 {first['chance_top5']:.3%}."]
+    for name, res in results_by_model.items():
+        s = res["settings"]
+        lines.append(f"{name}: sampler {s['sampler']}, {s['steps']} steps, {s['image_size']} px, seed {s['seed']}.")
+    return "\n".join(lines)
+
+
+def best_scale_summary(results: dict, group: str) -> tuple[float, float]:
+    """(best NN top-1 over the generated rows of a group, the guidance scale that gave it)."""
+    rows = [r for r in results["rows"] if r["group"] == group and r["scale"] is not None]
+    if not rows:
+        raise EvaluationError(f"no generated rows for the group {group!r}")
+    best = max(rows, key=lambda r: r["nn_top1"])
+    return best["nn_top1"], best["scale"]

@@ -322,3 +322,42 @@ def test_inception_features_from_a_local_torchvision_state_dict(tmp_path):
     f = features(images)
     assert f.shape == (1, 2048) and torch.isfinite(f).all()
     torch.testing.assert_close(features(images), f)  # eval mode: no dropout, deterministic
+
+
+def _fake_results(top1_by_scale: dict, size: int) -> dict:
+    rows = [{"scale": None, "group": g, "n": 4, "nn_top1": 0.99, "nn_top5": 1.0, "family_top1": 1.0, "clip_score": 80.0}
+            for g in ("all", "train objects")]
+    rows += [{"scale": s, "group": g, "n": 4, "nn_top1": t, "nn_top5": min(1.0, 2 * t), "family_top1": t, "fid_clip": 0.01,
+              "precision": 0.9, "recall": 0.8, "clip_score": 81.0} for s, t in top1_by_scale.items() for g in ("all", "train objects")]
+    return {"rows": rows, "classes": 10, "chance_top1": 0.1, "chance_top5": 0.5,
+            "settings": {"sampler": "ddim", "steps": 25, "image_size": size, "seed": 0}}
+
+
+def test_comparison_table_puts_models_side_by_side_and_finds_the_best_scale(tmp_path, capsys):
+    from ldm.evaluate import best_scale_summary, format_comparison
+
+    old, new = _fake_results({1.0: 0.2, 3.0: 0.25}, 32), _fake_results({1.0: 0.3, 3.0: 0.6, 7.0: 0.55}, 64)
+    table = format_comparison({"v1": old, "v2": new})
+    rows = [line for line in table.splitlines() if line.startswith("| all |")]
+    # the ceiling once, then v1 at two scales and v2 at three
+    assert [r.split(" | ")[1:3] for r in rows] == [["real images", "—"], ["v1", "1"], ["v1", "3"], ["v2", "1"], ["v2", "3"], ["v2", "7"]]
+    assert "| all | v2 | 3 | 4 | 60.0% |" in table and "v1: sampler ddim, 25 steps, 32 px" in table
+    assert best_scale_summary(new, "train objects") == (0.6, 3.0)
+    with pytest.raises(Exception, match="no generated rows"):
+        best_scale_summary(new, "held-out combinations")
+    # the same through the command line, from saved --out files
+    (tmp_path / "a.json").write_text(json.dumps(old))
+    (tmp_path / "b.json").write_text(json.dumps(new))
+    assert _eval_main(["eval", "--compare", f"v1={tmp_path / 'a.json'}", f"v2={tmp_path / 'b.json'}",
+                       "--table", str(tmp_path / "t.md")]) == 0
+    assert (tmp_path / "t.md").read_text().strip() == capsys.readouterr().out.strip() == table
+
+
+def test_comparison_refuses_a_file_that_is_not_eval_results(tmp_path):
+    from ldm.errors import LdmError
+
+    (tmp_path / "x.json").write_text('{"hello": 1}')
+    with pytest.raises(LdmError, match="not the --out file of ldm eval"):
+        _eval_main(["eval", "--compare", f"x={tmp_path / 'x.json'}"])
+    with pytest.raises(LdmError, match="NAME=RESULTS.json"):
+        _eval_main(["eval", "--compare", str(tmp_path / "x.json")])

@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--table", default=None, help="also write the markdown table here")
+    p.add_argument("--compare", nargs="+", default=None, metavar="NAME=RESULTS.json",
+                   help="generate nothing: put earlier --out results of several models side by side in one table")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from ldm.metrics import InceptionFeatures
     from ldm.training.clip import DEFAULT_CONFIG, create_clip, load_clip
 
+    if args.compare:
+        return compare(args.compare, args.table)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = EvalSettings(scales=tuple(args.scales), n_train_prompts=args.n_train_prompts, max_heldout=args.max_heldout,
@@ -101,4 +105,34 @@ def run(args: argparse.Namespace) -> int:
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(table + "\n")
+    return 0
+
+
+def compare(specs: list[str], table_path: str | None) -> int:
+    """`ldm eval --compare v1=a.json v2=b.json`: one table of several models' saved results."""
+    import json
+    from pathlib import Path
+
+    from ldm.evaluate import format_comparison
+
+    results = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InvalidOptionError(f"--compare takes NAME=RESULTS.json, got {spec!r}")
+        if not Path(path).is_file():
+            raise MissingFileError(f"--compare: results file not found: {path}")
+        try:
+            data = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None
+        missing = {"rows", "settings", "classes", "chance_top1", "chance_top5"} - set(data if isinstance(data, dict) else {})
+        if missing:
+            raise InvalidOptionError(f"--compare: {path} is not the --out file of ldm eval (no {', '.join(sorted(missing))})")
+        results[name] = data
+    table = format_comparison(results)
+    print(table)
+    if table_path:
+        Path(table_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(table_path).write_text(table + "\n")
     return 0
