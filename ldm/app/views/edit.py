@@ -50,7 +50,7 @@ if mode == "upscale x4":
                                                      options=options, callback=cb, progress=False)[0])
 elif model is not None:
     image = ui.image_input("edit", model.default_image_size)
-    prompt = st.text_input("Prompt", "a smiling face", key="edit_prompt")
+    prompt = st.text_input("Prompt", "smiling face", key="edit_prompt")
     negative = st.text_input("Negative prompt", "", key="edit_negative")
     options, seed = ui.sampling_controls("edit")
     if image is not None:

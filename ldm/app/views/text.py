@@ -7,7 +7,7 @@ from ldm.app.text import generate, png_bytes
 st.header("Text-to-image")
 model = ui.get_model()
 if model is not None:
-    prompt = st.text_input("Prompt", "a smiling face", key="t2i_prompt")
+    prompt = st.text_input("Prompt", "red apple", key="t2i_prompt")
     negative = st.text_input("Negative prompt", "", key="t2i_negative")
     options, seed = ui.sampling_controls("t2i")
     height, width = ui.size_controls("t2i", model)

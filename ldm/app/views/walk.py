@@ -13,8 +13,8 @@ st.caption("Spherical interpolation of the start noise, linear interpolation of 
 model = ui.get_model()
 if model is not None:
     c1, c2 = st.columns(2)
-    prompt_a = c1.text_input("Prompt A", "a smiling face", key="walk_prompt_a")
-    prompt_b = c2.text_input("Prompt B", "a crying face", key="walk_prompt_b")
+    prompt_a = c1.text_input("Prompt A", "smiling face", key="walk_prompt_a")
+    prompt_b = c2.text_input("Prompt B", "loudly crying face", key="walk_prompt_b")
     seed_a = int(c1.number_input("Seed A", 0, 2**31 - 1, 1, key="walk_seed_a"))
     seed_b = int(c2.number_input("Seed B", 0, 2**31 - 1, 2, key="walk_seed_b"))
     c1, c2, c3 = st.columns(3)
