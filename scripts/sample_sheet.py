@@ -1,6 +1,8 @@
 """A labelled sheet of samples: one row per prompt, one column per seed (the README's figure).
 
     python scripts/sample_sheet.py --out docs/emoji-samples.png                     # the shipped model
+    python scripts/sample_sheet.py --out docs/emoji-styles.png --prompts "red apple" "cat face" \
+        --styles noto,twemoji,openmoji,"fluent flat","fluent color"                  # one row per prompt and style
     python scripts/sample_sheet.py --config m.yaml --ckpt m.safetensors --prompts "red apple" "rocket"
 
 Pixels are enlarged by an integer factor (nearest neighbour) so small models' outputs stay visible
@@ -9,6 +11,7 @@ without smoothing that would hide what the model drew.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -16,10 +19,14 @@ from PIL import Image, ImageDraw, ImageFont
 from ldm.data.folder import read_caption_table
 from ldm.model import load_model
 from ldm.pipeline import SamplingOptions, txt2img
+from ldm.training.captions import styled
 
+# A cross-section of configs/emoji/first-prompts.txt (hearts, circles, squares, fruit, animals, faces,
+# flags, things) and people, with held-out captions among them.
 PROMPTS = [
-    "red apple", "grinning face", "cat face", "rocket", "pizza", "rainbow", "snowman", "sunflower",
-    "flag: Japan", "woman judge: medium skin tone", "man firefighter: light skin tone", "teacher: medium-light skin tone",
+    "red heart", "blue circle", "green square", "red apple", "banana", "cat face", "penguin", "grinning face",
+    "face with tears of joy", "flag: Japan", "rocket", "sunflower", "woman judge: medium skin tone",
+    "man firefighter: light skin tone",
 ]
 
 
@@ -28,13 +35,19 @@ def heldout_captions(data: str | None) -> set[str]:
     return set(read_caption_table(Path(data, "heldout")).values()) if data else set()
 
 
+def row_labels(prompts: list[str], heldout: set[str]) -> list[str]:
+    """Each prompt, marked "(held out)" when its caption (without a ", <style> style" suffix) was never trained on."""
+    captions = [re.sub(r", [^,]+ style$", "", prompt) for prompt in prompts]
+    return [prompt + (" (held out)" if caption in heldout else "") for prompt, caption in zip(prompts, captions)]
+
+
 def sample_sheet(model, prompts: list[str], seeds: int, options: SamplingOptions, zoom: int,
                  height: int | None = None, width: int | None = None, heldout: set[str] = frozenset()) -> Image.Image:
     height = height or model.default_image_size
     width = width or model.default_image_size
     cell_w, cell_h, pad = width * zoom, height * zoom, 4
     font = ImageFont.load_default(size=16)
-    labels = [prompt + (" (held out)" if prompt in heldout else "") for prompt in prompts]
+    labels = row_labels(prompts, heldout)
     label_width = 12 + max(int(font.getlength(label)) for label in labels)
     sheet = Image.new("RGB", (label_width + seeds * (cell_w + pad), len(prompts) * (cell_h + pad)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -59,8 +72,11 @@ def main() -> None:
     p.add_argument("--zoom", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default="data/emoji", help="dataset root: prompts of its held-out split are marked")
+    p.add_argument("--styles", default=None, help="comma-separated style words: each prompt once per style ('<prompt>, <style> style')")
     p.add_argument("--out", default="docs/emoji-samples.png")
     args = p.parse_args()
+    if args.styles:
+        args.prompts = [styled(prompt, style.strip()) for prompt in args.prompts for style in args.styles.split(",") if style.strip()]
     model = load_model(args.config, args.ckpt, args.device)
     options = SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler)
     options.validate()

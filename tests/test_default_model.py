@@ -110,6 +110,8 @@ def test_sample_sheet_script(model, tmp_path):
     (heldout_dir / "captions.jsonl").write_text(json.dumps({"file": "images/0.png", "caption": "rocket"}) + "\n")
     heldout = sheet_mod.heldout_captions(str(tmp_path / "data"))
     assert heldout == {"rocket"}
+    assert sheet_mod.row_labels(["rocket, twemoji style", "family: man, woman, boy", "rocket ship"], heldout) == [
+        "rocket, twemoji style (held out)", "family: man, woman, boy", "rocket ship"]
     sheet = sheet_mod.sample_sheet(model, ["red apple", "rocket"], 3, SamplingOptions(steps=4, guidance_scale=3.0),
                                    zoom=2, heldout=heldout)
     cell = model.default_image_size * 2
