@@ -1,19 +1,22 @@
-"""Model wrappers that turn a network into a denoiser D(x, sigma) -> x0 for the samplers.
+"""Denoisers D(x, sigma, **cond) -> x0 for the samplers, composed as plain callables:
+
+    network -> parameterisation (DiscreteTimeDenoiser) -> task wrapper (inpainting blend, tiles)
+            -> guidance (CFGDenoiser) -> sampler
 
 Samplers work in sigma space, x = x0 + sigma * eps (Karras et al. 2022). A discrete-time VP
 model was trained on x_vp = sqrt(ab) x0 + sqrt(1 - ab) eps at integer t; with ab = 1 / (1 + sigma^2)
-the same point is x_vp = c_in * x, c_in = 1 / sqrt(1 + sigma^2), at the fractional t(sigma).
+the same point is x_vp = c_in * x, c_in = 1 / sqrt(1 + sigma^2), at the fractional t(sigma)
+(ldm.diffusion.VPParameterisation holds these scalings). Task wrappers sit below guidance so that
+they act on the conditional and the unconditional prediction alike (tiles cut both halves the same).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from torch import nn
 
+from ldm.diffusion import VPParameterisation
 from ldm.errors import LdmError
-from ldm.diffusion import check_prediction
-from ldm.schedules import sigma_to_t, sigmas_from_alphas_cumprod
 
 Denoiser = Callable[..., torch.Tensor]  # (x [B, ...], sigma [B], **cond) -> x0 estimate [B, ...]
 
@@ -32,50 +35,39 @@ def _sigma_batch(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device)
 
 
-class DiscreteTimeDenoiser(nn.Module):
-    """Wraps unet(x_vp, t, context=, y=) trained on eps or v with the schedule `alphas_cumprod`.
+class DiscreteTimeDenoiser:
+    """network -> parameterisation: D(x, sigma) -> x0 from unet(x_vp, t, context=, y=) trained on eps or v.
 
-    forward(x, sigma, context=None, y=None, concat=None) returns the x0 estimate:
-        eps-model: x0 = x - sigma * eps
-        v-model:   x0 = sqrt(ab) x_vp - sqrt(1 - ab) v = x / (1 + sigma^2) - sigma * c_in * v
+    The scalings are the parameterisation's (ldm.diffusion.VPParameterisation, built from `alphas_cumprod`
+    and `prediction` unless given): the network sees c_in * x at t(sigma), and D = c_skip x + c_out F.
     `concat` (inpainting / upscaler inputs) is appended on channels to the *scaled* input, since the
     U-Net saw it beside x_vp in training; it is not noise and is not scaled.
     """
 
-    def __init__(self, unet: Callable[..., torch.Tensor], alphas_cumprod: torch.Tensor, prediction: str = "eps"):
-        super().__init__()
-        check_prediction(prediction)
+    def __init__(self, unet: Callable[..., torch.Tensor], alphas_cumprod: torch.Tensor | None = None,
+                 prediction: str = "eps", parameterisation: VPParameterisation | None = None):
         self.unet = unet
-        self.prediction = prediction
-        sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.detach().double().cpu())
-        # Buffers so that .to(device) carries them; not saved, they derive from the schedule.
-        self.register_buffer("sigmas", sigmas.float(), persistent=False)
-        self.register_buffer("log_sigmas", sigmas.log().float(), persistent=False)
+        self.parameterisation = parameterisation or VPParameterisation(alphas_cumprod, prediction)
+        self.prediction = self.parameterisation.prediction
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigmas[0])
+        return self.parameterisation.sigma_min
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
+        return self.parameterisation.sigma_max
 
-    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma_to_t(sigma, self.log_sigmas.to(sigma.device))
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, context: torch.Tensor | None = None,
+                 y: torch.Tensor | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
         # At least float32: sigma near 0.03 and c_in near 1 lose the x0 estimate in half precision.
         sigma = _sigma_batch(sigma, x).to(torch.promote_types(x.dtype, torch.float32))
-        c_in = 1 / (sigma**2 + 1).sqrt()
+        _, _, c_in = self.parameterisation.scalings(sigma)
         inp = x * _batch(c_in, x)
         if concat is not None:
             inp = torch.cat([inp, concat.to(inp.dtype)], dim=1)
-        out = self.unet(inp, self.sigma_to_t(sigma), context=context, y=y).to(x.dtype)
-        s = _batch(sigma, x)
-        if self.prediction == "eps":
-            return x - s * out
-        return x / (s**2 + 1) - s * _batch(c_in, x) * out
+        out = self.unet(inp, self.parameterisation.sigma_to_t(sigma), context=context, y=y).to(x.dtype)
+        return self.parameterisation.denoised(x, _batch(sigma, x), out)
 
 
 class CFGDenoiser:

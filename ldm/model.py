@@ -6,7 +6,9 @@ live in ldm.samplers, task logic in ldm.pipeline; training wraps this in Lightni
 """
 from __future__ import annotations
 
+import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,29 @@ from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
 log = logging.getLogger(__name__)
 
-# hybrid: cross-attention + channel concat (inpainting); hybrid-adm: also a noise-level label (x4 upscaler)
-CONDITIONING_KINDS = ("crossattn", "hybrid", "hybrid-adm")
+
+@dataclass(frozen=True)
+class ConditioningKind:
+    """What a `conditioning_key` means: the one place its strings are read.
+
+    concat: the U-Net takes extra input channels beside the noisy latent (inpainting: mask + masked latent;
+    upscaler: the low-res image); label: it takes a noise-level label `y`; tasks: what it can drive.
+    """
+
+    key: str
+    name: str
+    concat: bool
+    label: bool
+    tasks: tuple[str, ...]
+
+
+CONDITIONING = {kind.key: kind for kind in (
+    ConditioningKind("crossattn", "text-to-image", concat=False, label=False,
+                     tasks=("txt2img", "img2img", "inpaint", "walk")),
+    ConditioningKind("hybrid", "inpainting", concat=True, label=False, tasks=("inpaint",)),
+    ConditioningKind("hybrid-adm", "x4 upscaler", concat=True, label=True, tasks=("upscale",)),
+)}
+CONDITIONING_KINDS = tuple(CONDITIONING)
 
 
 class LatentDiffusion(nn.Module):
@@ -65,6 +88,10 @@ class LatentDiffusion(nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod_from_betas(betas).float(), persistent=False)
 
     @property
+    def kind(self) -> ConditioningKind:
+        return CONDITIONING[self.conditioning_key]
+
+    @property
     def scale_factor(self) -> float:
         return self.vae.scale_factor
 
@@ -96,10 +123,27 @@ class LatentDiffusion(nn.Module):
         """Scaled latents -> images in [-1, 1] (not clamped)."""
         return self.vae.decode_from_latent(latents)
 
+    def parameterisation(self):
+        """The schedule with the prediction type (ldm.diffusion.VPParameterisation), for training and sampling."""
+        from ldm.diffusion import VPParameterisation
+
+        return VPParameterisation(self.alphas_cumprod, self.prediction)
+
     def denoiser(self):
+        """The U-Net behind its parameterisation: D(x, sigma, context=, y=, concat=) -> x0."""
         from ldm.denoisers import DiscreteTimeDenoiser
 
-        return DiscreteTimeDenoiser(self.unet, self.alphas_cumprod, prediction=self.prediction)
+        return DiscreteTimeDenoiser(self.unet, parameterisation=self.parameterisation())
+
+    def with_unet(self, unet: nn.Module) -> "LatentDiffusion":
+        """This model with another U-Net (e.g. the EMA copy) in a new container; this one is left as it is.
+
+        The VAE, text encoder and buffers are shared, not copied.
+        """
+        view = copy.copy(self)
+        view._modules = {**self._modules, "unet": unet}
+        view._parameters, view._buffers = dict(self._parameters), dict(self._buffers)
+        return view
 
     def original_state_dict(self) -> dict[str, torch.Tensor]:
         """Our weights in the original SD key layout (what `save` writes)."""

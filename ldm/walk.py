@@ -16,9 +16,11 @@ import torch
 from PIL import Image
 
 from ldm.errors import LdmError
-from ldm.images import check_size, tensor_to_pil
+from ldm.images import tensor_to_pil
 from ldm.model import LatentDiffusion
-from ldm.pipeline import SamplingOptions, autocast, model_sigmas, prompt_conditions, sample, start_noise
+from ldm.pipeline import image_size
+from ldm.sampling import SamplingOptions, autocast
+from ldm.tasks import Conditioning, check_task, denoise, prompt_conditions, resolve_options, start_noise
 
 log = logging.getLogger("ldm")
 
@@ -79,23 +81,20 @@ def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = No
     seed_b = seed_a if seed_b is None else seed_b
     if prompt_a == prompt_b and seed_a == seed_b:
         raise WalkError("both ends are the same: give a second prompt or a second seed")
-    options = options or SamplingOptions()
-    options.validate()
+    check_task(model, "walk")
+    options = resolve_options(options, {})
     positions = walk_positions(frames)
-    height = model.default_image_size if height is None else height  # 0 is an error, not "the default"
-    width = model.default_image_size if width is None else width
-    check_size(height, width, max(8, model.downscale))
+    height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
-    cond, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt])
-    ctx_a, ctx_b = cond["context"][0:1], cond["context"][1:2]
-    sigmas = model_sigmas(model, options)
+    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt])
+    ctx_a, ctx_b = ends["context"][0:1], ends["context"][1:2]
     images: list[Image.Image] = []
     for k, t in enumerate(positions):
-        x = slerp(noise_a, noise_b, t)[None] * sigmas[0]
-        frame_cond = {"context": lerp(ctx_a, ctx_b, t)}
+        # Each frame's conditioning: the prompts' contexts interpolated; its start: the seeds' noise slerped.
+        conditioning = Conditioning({"context": lerp(ctx_a, ctx_b, t)}, uncond)
         generator = torch.Generator(model.device).manual_seed(seed_a)
-        latent = sample(model, x, sigmas, frame_cond, uncond, options, generator, progress=progress)
+        latent = denoise(model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress)
         with autocast(model.device, options.precision):
             image = tensor_to_pil(model.decode_latent(latent))[0]
         images.append(image)

@@ -32,7 +32,8 @@ def add_sampling_args(p: argparse.ArgumentParser, steps: int = 30, scale: float 
     p.add_argument("--steps", type=int, default=steps, help="sampling steps")
     p.add_argument("--scale", type=float, default=scale, help="classifier-free guidance scale (1 = no guidance)")
     p.add_argument("--sampler", default="ddim", help="ddim, ddpm, plms, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--spacing", default="leading", help="timestep spacing: leading, trailing or linspace")
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale (for v-prediction models)")

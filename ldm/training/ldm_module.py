@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class LatentDiffusionModule(pl.LightningModule):
     """Trains `model.unet`; `model.vae` and `model.text_encoder` stay frozen.
 
-    Subclasses for inpainting or upscaling override `concat_condition` and `label_condition`.
+    Subclasses for inpainting or upscaling override `conditions`, the U-Net's extra inputs (concat, y).
     """
 
     def __init__(self, model: LatentDiffusion, lr: float = 1e-4, weight_decay: float = 0.0,
@@ -62,14 +62,12 @@ class LatentDiffusionModule(pl.LightningModule):
         # Compiled forward kept outside the module tree, so state-dict keys stay those of the plain U-Net.
         object.__setattr__(self, "_unet_fn", torch.compile(model.unet) if compile else model.unet)
 
-    # ---- conditioning hooks -------------------------------------------------
-    def concat_condition(self, batch: dict, latents: torch.Tensor) -> torch.Tensor | None:
-        """Channels concatenated to the noisy latents (inpainting mask + masked image); None for text-to-image."""
-        return None
-
-    def label_condition(self, batch: dict) -> torch.Tensor | None:
-        """The U-Net's class/noise-level label `y` (upscaler); None for text-to-image."""
-        return None
+    # ---- conditioning hook -------------------------------------------------
+    def conditions(self, batch: dict, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The U-Net's inputs beside the noisy latent and the text: "concat" (channels concatenated to it: the
+        inpainting mask + masked image, the upscaler's low-res image) and "y" (the upscaler's noise level).
+        None of them for text-to-image. Built by the same code as at inference (ldm.inpaint, ldm.upscale)."""
+        return {}
 
     def drop_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """True where the prompt is replaced by "" (probability cond_dropout), teaching the unconditional model."""
@@ -132,17 +130,15 @@ class LatentDiffusionModule(pl.LightningModule):
             return z * self.model.vae.scale_factor
 
     def loss(self, batch: dict, generator: torch.Generator | None = None, drop: bool = True) -> torch.Tensor:
-        from ldm.diffusion import diffusion_loss
-
         images = batch["image"].to(self.device)
         latents = self.latents(images, generator, batch.get("key"))
         captions = list(batch["caption"])
         if drop:
             captions = self.dropped_captions(captions, generator)
         context = self.encode_captions(captions)
-        return diffusion_loss(self._unet_fn, latents, context, self.model.alphas_cumprod, prediction=self.model.prediction,
-                              generator=generator, y=self.label_condition(batch),
-                              concat=self.concat_condition(batch, latents))
+        # The parameterisation the samplers' denoiser uses too (model.denoiser()): one schedule, one target.
+        return self.model.parameterisation().loss(self._unet_fn, latents, context, generator,
+                                                  **self.conditions(batch, latents))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch, self.step_generator())
@@ -203,17 +199,15 @@ class LatentDiffusionModule(pl.LightningModule):
     @torch.no_grad()
     def sample_grid_images(self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
                            seed: int = 0) -> list[Image.Image]:
-        """Images for prompts with the EMA U-Net (the model's own U-Net is put back afterwards)."""
+        """Images for prompts with the EMA U-Net (a view of the model with it; the model itself is not changed)."""
         from ldm.pipeline import txt2img
 
         if not prompts:
             return []
-        trained = self.model.unet
         was_training = self.training
         self.eval()
         try:
-            self.model.unet = self.inference_unet()
-            return txt2img(self.model, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale, progress=False)
+            return txt2img(self.model.with_unet(self.inference_unet()), prompts, seed=seed, steps=steps,
+                           guidance_scale=guidance_scale, progress=False)
         finally:
-            self.model.unet = trained
             self.train(was_training)
