@@ -107,8 +107,7 @@ class _EditingModule(LatentDiffusionModule):
         """Per-batch seed: from the training position while training, from the captions when evaluating
         (so validation sees the same masks / noise levels every time)."""
         if self.training:
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            return (self.seed * 1_000_003 + self.batches_seen * 1009 + rank * 17 + tag * 7_919_000_003) % (2**63)
+            return self.position_seed(tag * 7_919_000_003)
         return (zlib.crc32("\n".join(batch["caption"]).encode()) + tag) % (2**63)
 
 

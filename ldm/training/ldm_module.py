@@ -14,37 +14,35 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image
 
 from ldm.model import LatentDiffusion
 from ldm.vae import DiagonalGaussianDistribution
+from ldm.training.base import TrainingModule
 from ldm.training.ema import make_ema
 
 log = logging.getLogger(__name__)
 
 
-class LatentDiffusionModule(pl.LightningModule):
+class LatentDiffusionModule(TrainingModule):
     """Trains `model.unet`; `model.vae` and `model.text_encoder` stay frozen.
 
     Subclasses for inpainting or upscaling override `conditions`, the U-Net's extra inputs (concat, y).
     """
+
+    STEP_SALT = 12345
 
     def __init__(self, model: LatentDiffusion, lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float | None = 0.9999,
                  cond_dropout: float = 0.1, gradient_checkpointing: bool = False, compile: bool = False,
                  estimate_scale_factor: bool = False, seed: int = 0, text_cache: int = 0, latent_cache: int = 0,
                  config: dict | None = None):
-        super().__init__()
+        super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         self.model = model
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)
-        self.warmup_steps = int(warmup_steps)
         self.cond_dropout = float(cond_dropout)
-        self.seed = int(seed)
-        self.config = config  # the resolved training config, stored in checkpoints so --resume needs no YAML
         self.needs_scale_factor = bool(estimate_scale_factor)
-        self.batches_seen = 0  # micro-batches trained on this rank; positions the data stream and the RNG
         # The text encoder is frozen, so a caption's context never changes: small captioned sets (a few
         # thousand captions, seen every epoch) skip the encoder after the first epoch. Not saved in checkpoints.
         self.text_cache_size = int(text_cache)
@@ -89,12 +87,6 @@ class LatentDiffusionModule(pl.LightningModule):
         return ["" if drop else caption for caption, drop in zip(captions, mask)]
 
     # ---- training -----------------------------------------------------------
-    def step_generator(self, offset: int = 0) -> torch.Generator:
-        """A generator for this rank's current batch, independent of anything that ran before."""
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        seed = (self.seed * 1_000_003 + (self.batches_seen + offset) * 1009 + rank * 17 + 12345) % (2**63)
-        return torch.Generator(device=self.device).manual_seed(seed)
-
     @torch.no_grad()
     def _estimate_scale_factor(self, z: torch.Tensor) -> None:
         # Like the reference's scale_by_std: 1/std of the first batch's latents, over all ranks.
@@ -163,9 +155,7 @@ class LatentDiffusionModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.unet.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
-        warmup = max(1, self.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_schedule(opt), "interval": "step"}}
 
     def train(self, mode: bool = True) -> "LatentDiffusionModule":
         super().train(mode)
@@ -175,16 +165,16 @@ class LatentDiffusionModule(pl.LightningModule):
         return self
 
     # ---- checkpoints --------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ldm"] = {"scale_factor": self.model.vae.scale_factor, "needs_scale_factor": self.needs_scale_factor,
-                             "batches_seen": self.batches_seen, "config": self.config}
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"scale_factor": self.model.vae.scale_factor, "needs_scale_factor": self.needs_scale_factor,
+                **super().checkpoint_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ldm", {})
         if "scale_factor" in state:
             self.model.vae.scale_factor = float(state["scale_factor"])
             self.needs_scale_factor = bool(state["needs_scale_factor"])
-        self.batches_seen = int(state.get("batches_seen", 0))
 
     # ---- inference with the EMA weights -------------------------------------
     def inference_unet(self) -> torch.nn.Module:
