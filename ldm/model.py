@@ -10,7 +10,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
 
 import torch
 from torch import nn
@@ -63,7 +63,6 @@ class LatentDiffusion(nn.Module):
         conditioning_key: str = "crossattn",
         low_scale_config: dict | None = None,
         image_size: int = 64,
-        **ignored: Any,
     ):
         super().__init__()
         if parameterization not in ("eps", "v"):

@@ -14,6 +14,7 @@ import open_clip
 import torch
 
 from ldm.training.base import TrainingModule
+from ldm.training.config import ClipTraining as _D
 
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature from collapsing
 
@@ -34,8 +35,10 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 class ClipModule(TrainingModule):
-    def __init__(self, clip: open_clip.CLIP, lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 0,
-                 betas: tuple[float, float] = (0.9, 0.98), seed: int = 0, config: dict | None = None):
+    def __init__(self, clip: open_clip.CLIP, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
+                 warmup_steps: int = _D.warmup_steps, betas: tuple[float, float] = tuple(_D().betas),
+                 seed: int = _D.seed, config: dict | None = None):
+        """Defaults: `ldm.training.config.ClipTraining`'s, the one set a YAML run gets too."""
         super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         self.clip = clip
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), betas

@@ -20,6 +20,7 @@ from PIL import Image
 from ldm.model import LatentDiffusion
 from ldm.vae import DiagonalGaussianDistribution
 from ldm.training.base import TrainingModule
+from ldm.training.config import DiffusionTraining as _D
 from ldm.training.ema import make_ema
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,13 @@ class LatentDiffusionModule(TrainingModule):
 
     STEP_SALT = 12345
 
-    def __init__(self, model: LatentDiffusion, lr: float = 1e-4, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float | None = 0.9999,
-                 cond_dropout: float = 0.1, gradient_checkpointing: bool = False, compile: bool = False,
-                 estimate_scale_factor: bool = False, seed: int = 0, text_cache: int = 0, latent_cache: int = 0,
-                 config: dict | None = None):
+    def __init__(self, model: LatentDiffusion, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
+                 betas: tuple[float, float] = tuple(_D().betas), warmup_steps: int = _D.warmup_steps,
+                 ema_decay: float | None = _D.ema_decay, cond_dropout: float = _D.cond_dropout,
+                 gradient_checkpointing: bool = _D.gradient_checkpointing, compile: bool = _D.compile,
+                 estimate_scale_factor: bool = False, seed: int = _D.seed, text_cache: int = _D.text_cache,
+                 latent_cache: int = _D.latent_cache, config: dict | None = None):
+        """Defaults: `ldm.training.config.DiffusionTraining`'s, the one set a YAML run gets too."""
         super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         self.model = model
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)

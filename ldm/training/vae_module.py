@@ -20,6 +20,7 @@ from PIL import Image
 from ldm.errors import InvalidOptionError
 from ldm.images import tensor_to_pil
 from ldm.training.base import TrainingModule
+from ldm.training.config import AutoencoderTraining as _D
 from ldm.training.losses import LPIPS, PatchDiscriminator, adaptive_weight, hinge_d_loss
 from ldm.vae import AutoencoderKL
 
@@ -29,13 +30,16 @@ log = logging.getLogger(__name__)
 class AutoencoderModule(TrainingModule):
     STEP_SALT = 54321
 
-    def __init__(self, vae: AutoencoderKL, lr: float = 4.5e-6, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.5, 0.9), warmup_steps: int = 0, rec_loss: str = "l1",
-                 kl_weight: float = 1e-6, perceptual_weight: float = 1.0, lpips_vgg: str | os.PathLike | None = None,
-                 lpips_lin: str | os.PathLike | None = None, disc_start: int | None = None, disc_weight: float = 0.5,
-                 disc_lr: float | None = None, disc_layers: int = 3, disc_channels: int = 64,
-                 adaptive_disc_weight: bool = True, grad_clip: float | None = None, accumulate: int = 1, seed: int = 0,
-                 config: dict | None = None):
+    def __init__(self, vae: AutoencoderKL, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
+                 betas: tuple[float, float] = tuple(_D().betas), warmup_steps: int = _D.warmup_steps,
+                 rec_loss: str = _D.rec_loss, kl_weight: float = _D.kl_weight,
+                 perceptual_weight: float = _D.perceptual_weight, lpips_vgg: str | os.PathLike | None = _D.lpips_vgg,
+                 lpips_lin: str | os.PathLike | None = _D.lpips_lin, disc_start: int | None = _D.disc_start,
+                 disc_weight: float = _D.disc_weight, disc_lr: float | None = _D.disc_lr,
+                 disc_layers: int = _D.disc_layers, disc_channels: int = _D.disc_channels,
+                 adaptive_disc_weight: bool = _D.adaptive_disc_weight, grad_clip: float | None = _D.grad_clip,
+                 accumulate: int = _D.accumulate, seed: int = _D.seed, config: dict | None = None):
+        """Defaults: `ldm.training.config.AutoencoderTraining`'s, the one set a YAML run gets too."""
         super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         if rec_loss not in ("l1", "l2"):
             raise InvalidOptionError(f"rec_loss must be l1 or l2, got {rec_loss!r}")
