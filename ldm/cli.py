@@ -12,6 +12,7 @@ from ldm.errors import LdmError
 COMMAND_MODULES = [
     "ldm.commands.data",
     "ldm.commands.train",
+    "ldm.commands.clip",
     "ldm.commands.txt2img",
     "ldm.commands.img2img",
     "ldm.commands.inpaint",

@@ -6,7 +6,8 @@
 Samplers work in sigma space, x = x0 + sigma * eps (Karras et al. 2022). A discrete-time VP
 model was trained on x_vp = sqrt(ab) x0 + sqrt(1 - ab) eps at integer t; with ab = 1 / (1 + sigma^2)
 the same point is x_vp = c_in * x, c_in = 1 / sqrt(1 + sigma^2), at the fractional t(sigma)
-(ldm.diffusion.VPParameterisation holds these scalings). Task wrappers sit below guidance so that
+(ldm.diffusion.VPParameterisation holds these scalings; DiscreteTimeDenoiser, the network behind them,
+lives there too, so the model can build its denoiser without reaching up into sampling code). Task wrappers sit below guidance so that
 they act on the conditional and the unconditional prediction alike (tiles cut both halves the same).
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from ldm.diffusion import VPParameterisation
+from ldm.diffusion import DiscreteTimeDenoiser  # noqa: F401 (re-exported: network -> parameterisation)
+from ldm.diffusion import batch_like as _batch, sigma_batch as _sigma_batch
 from ldm.errors import LdmError
 
 Denoiser = Callable[..., torch.Tensor]  # (x [B, ...], sigma [B], **cond) -> x0 estimate [B, ...]
@@ -23,51 +25,6 @@ Denoiser = Callable[..., torch.Tensor]  # (x [B, ...], sigma [B], **cond) -> x0 
 
 class InvalidGuidanceError(LdmError, ValueError):
     pass
-
-
-def _batch(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-sample [B] tensor shaped [B, 1, ...] to broadcast against x."""
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def _sigma_batch(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    sigma = torch.as_tensor(sigma, device=x.device)
-    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device)
-
-
-class DiscreteTimeDenoiser:
-    """network -> parameterisation: D(x, sigma) -> x0 from unet(x_vp, t, context=, y=) trained on eps or v.
-
-    The scalings are the parameterisation's (ldm.diffusion.VPParameterisation, built from `alphas_cumprod`
-    and `prediction` unless given): the network sees c_in * x at t(sigma), and D = c_skip x + c_out F.
-    `concat` (inpainting / upscaler inputs) is appended on channels to the *scaled* input, since the
-    U-Net saw it beside x_vp in training; it is not noise and is not scaled.
-    """
-
-    def __init__(self, unet: Callable[..., torch.Tensor], alphas_cumprod: torch.Tensor | None = None,
-                 prediction: str = "eps", parameterisation: VPParameterisation | None = None):
-        self.unet = unet
-        self.parameterisation = parameterisation or VPParameterisation(alphas_cumprod, prediction)
-        self.prediction = self.parameterisation.prediction
-
-    @property
-    def sigma_min(self) -> float:
-        return self.parameterisation.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.parameterisation.sigma_max
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, context: torch.Tensor | None = None,
-                 y: torch.Tensor | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
-        # At least float32: sigma near 0.03 and c_in near 1 lose the x0 estimate in half precision.
-        sigma = _sigma_batch(sigma, x).to(torch.promote_types(x.dtype, torch.float32))
-        _, _, c_in = self.parameterisation.scalings(sigma)
-        inp = x * _batch(c_in, x)
-        if concat is not None:
-            inp = torch.cat([inp, concat.to(inp.dtype)], dim=1)
-        out = self.unet(inp, self.parameterisation.sigma_to_t(sigma), context=context, y=y).to(x.dtype)
-        return self.parameterisation.denoised(x, _batch(sigma, x), out)
 
 
 class CFGDenoiser:

@@ -205,7 +205,7 @@ class ClipFeatures:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
-        from ldm.training.clip import encode_text_trimmed, tokenize
+        from ldm.clip import encode_text_trimmed, tokenize
 
         device = next(self.clip.parameters()).device
         tokens = tokenize(list(texts), self.clip.context_length)

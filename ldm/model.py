@@ -130,7 +130,7 @@ class LatentDiffusion(nn.Module):
 
     def denoiser(self):
         """The U-Net behind its parameterisation: D(x, sigma, context=, y=, concat=) -> x0."""
-        from ldm.denoisers import DiscreteTimeDenoiser
+        from ldm.diffusion import DiscreteTimeDenoiser
 
         return DiscreteTimeDenoiser(self.unet, parameterisation=self.parameterisation())
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ldm data emoji --out data/emoji                                   # ~3,650 captioned 64 px emoji (needs fonts-noto-color-emoji)
-python -m ldm.training.clip --data data/emoji --out checkpoints/emoji --steps 200 --batch-size 64
+ldm clip --data data/emoji --out checkpoints/emoji --steps 200 --batch-size 64
 ldm train --config configs/emoji/vae.yaml "$@"                    # -> runs/emoji-vae/vae.safetensors
 ldm train --config configs/emoji/ldm.yaml "$@"                    # -> runs/emoji-ldm/model.safetensors + model.yaml
 python scripts/ship_default_model.py runs/emoji-ldm               # -> checkpoints/emoji/model.safetensors (fp16) + model.yaml

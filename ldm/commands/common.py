@@ -7,9 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 from PIL import Image
 
+from ldm.devices import resolve_device  # noqa: F401 (re-exported: the commands' --device)
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.images import OutputError, make_grid, next_index, save_png
 from ldm.pipeline import PRECISIONS, SamplingOptions
@@ -49,23 +49,6 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
                            precision=args.precision)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InvalidOptionError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidOptionError(f"device {name!r} requested but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidOptionError(f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices")
-    elif device.type != "cpu":
-        raise InvalidOptionError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
-    return device
 
 
 def load_model_from_args(args: argparse.Namespace):
