@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
+from ldm.cli import main as cli_main
 from ldm.data import emoji
 from ldm.data.emoji import (
     HELDOUT_COMBINATIONS,
@@ -134,7 +135,7 @@ def test_rebuild_is_identical(built, tmp_path):
 def test_missing_font_names_the_debian_package(tmp_path, capsys):
     with pytest.raises(EmojiFontNotFoundError, match="fonts-noto-color-emoji"):
         build_emoji_dataset(tmp_path, font_path=tmp_path / "nope.ttf")
-    assert emoji.main(["--out", str(tmp_path), "--font", str(tmp_path / "nope.ttf")]) == 2
+    assert cli_main(["data", "emoji", "--out", str(tmp_path), "--font", str(tmp_path / "nope.ttf")]) == 2
     assert "fonts-noto-color-emoji" in capsys.readouterr().err
 
 
@@ -152,7 +153,8 @@ def test_refuses_to_clobber_foreign_folder(tmp_path):
 
 
 def test_main_builds(tmp_path, capsys):
-    assert emoji.main(["--out", str(tmp_path), "--limit", "10", "--size", "16", "--sources", str(tmp_path / "none")]) == 0
+    assert cli_main(["data", "emoji", "--out", str(tmp_path), "--limit", "10", "--size", "16", "--sources",
+                     str(tmp_path / "none")]) == 0
     assert "10 emoji rendered" in capsys.readouterr().out
     assert Image.open(next((tmp_path / "train" / "images").rglob("*.png"))).size == (16, 16)
 
