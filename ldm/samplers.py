@@ -34,6 +34,10 @@ class UnknownSamplerError(LdmError, ValueError):
     pass
 
 
+class GeneratorCountError(LdmError, ValueError):
+    """A list of generators whose length is not the batch size."""
+
+
 class InvalidStrengthError(LdmError, ValueError):
     """A strength (img2img, inpainting: how much of the input is re-noised) outside [0, 1]."""
 
@@ -54,7 +58,7 @@ def _noise(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     noise does not depend on the others in its batch (seeded seed + i, image i equals that image made alone)."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+            raise GeneratorCountError(f"{len(generator)} generators for a batch of {x.shape[0]}")
         return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
                            ).to(x.device)
     device = generator.device if generator is not None else x.device

@@ -1,4 +1,4 @@
-"""ldm data emoji / emoji-sources: build the emoji training set (see ldm.data.emoji)."""
+"""ldm data emoji / emoji-sources / shapes: build the emoji training set (ldm.data.emoji), the tiny shapes set."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("emoji-sources", help="fetch the pinned emoji SVG designs and keywords (npm pack, checksums verified)")
     s.add_argument("--dest", default=str(DEFAULT_SOURCES_DIR), help=f"default: {DEFAULT_SOURCES_DIR}")
     s.set_defaults(func=run_sources)
+    t = kinds.add_parser("shapes", help="a tiny synthetic captioned set (\"red square\", ...) for the tiny configs")
+    t.add_argument("root", help="output folder")
+    t.add_argument("--size", type=int, default=16)
+    t.add_argument("--count", type=int, default=48)
+    t.set_defaults(func=run_shapes)
 
 
 def run_emoji(args: argparse.Namespace) -> int:
@@ -42,4 +47,12 @@ def run_sources(args: argparse.Namespace) -> int:
 
     folders = fetch_sources(args.dest)
     print(f"{len(folders)} packages verified in {args.dest}: " + ", ".join(f.name for f in folders))
+    return 0
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from ldm.training.shapes import make_shapes_dataset
+
+    make_shapes_dataset(args.root, args.size, args.count)
+    print(f"wrote {args.count} images to {args.root}")
     return 0

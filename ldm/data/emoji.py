@@ -71,6 +71,10 @@ SKIN_TONES = ("light skin tone", "medium-light skin tone", "medium skin tone", "
 GENDER_WORDS = ("man ", "woman ", "person ")
 
 
+class EmojiOptionError(LdmError, ValueError):
+    """A build option out of range (image size, limit)."""
+
+
 class EmojiDataError(LdmError, RuntimeError):
     """Base class for problems building the emoji dataset."""
 
@@ -281,7 +285,7 @@ def build_emoji_dataset(
     quick tests), not the first ones, so a small build still covers every group.
     """
     if size < 8:
-        raise ValueError(f"image size must be at least 8 pixels, got {size}")
+        raise EmojiOptionError(f"image size must be at least 8 pixels, got {size}")
     sources = available_sources(sources_dir if sources_dir and Path(sources_dir).is_dir() else None)
     known = ["noto", *(s.style for s in SOURCES)]
     if styles is not None:
@@ -299,7 +303,7 @@ def build_emoji_dataset(
     total = len(emojis)
     if limit is not None and limit < total:
         if limit < 1:
-            raise ValueError(f"limit must be positive, got {limit}")
+            raise EmojiOptionError(f"limit must be positive, got {limit}")
         emojis = [emojis[i * total // limit] for i in range(limit)]
 
     renders: dict[str, list[Render]] = {}

@@ -33,6 +33,10 @@ MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature fr
 log = logging.getLogger(__name__)
 
 
+class ClipRunError(LdmError, ValueError):
+    """A CLIP training or evaluation run that cannot start (e.g. --eval-only without the training figures)."""
+
+
 def load_split(root: str | os.PathLike, image_size: int) -> tuple[torch.Tensor, list[str]]:
     """All images of a captioned folder as one [N,3,S,S] tensor in [-1,1] (emoji fit in memory), and their captions."""
     ds = CaptionedImageFolder(root, size=image_size)
@@ -101,11 +105,11 @@ def train_clip(
     bf16 instructions); weights, optimizer state and the loss stay fp32.
     """
     if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+        raise ClipRunError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
     if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
+        raise ClipRunError(f"steps must be positive, got {steps}")
     if len(images) != len(captions) or len(images) < 2:
-        raise ValueError(f"need at least 2 image/caption pairs of equal count, got {len(images)} images and {len(captions)} captions")
+        raise ClipRunError(f"need at least 2 image/caption pairs of equal count, got {len(images)} images and {len(captions)} captions")
     batch_size = min(batch_size, len(images))
     warmup = max(1, steps // 20) if warmup is None else warmup
     tokens = tokenize(captions, model.context_length)
@@ -225,10 +229,6 @@ def evaluate_clip(weights: str | os.PathLike, data_dir: str | os.PathLike, confi
     if rows:
         report["heldout_combinations"] = retrieval_accuracy(model, held_images, held_tokens, rows=rows)
     return report
-
-
-class ClipRunError(LdmError, ValueError):
-    """A CLIP training or evaluation run that cannot start (e.g. --eval-only without the training figures)."""
 
 
 def train_and_report(data: str | os.PathLike = "data/emoji", out: str | os.PathLike = "checkpoints/emoji",
