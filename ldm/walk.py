@@ -20,7 +20,8 @@ from ldm.images import tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.pipeline import image_size
 from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import Conditioning, check_task, denoise, prompt_conditions, resolve_options, start_noise
+from ldm.tasks import (Conditioning, Generated, check_task, denoise, prompt_conditions, resolve_options, settings_of,
+                       start_noise)
 
 log = logging.getLogger("ldm")
 
@@ -70,7 +71,7 @@ def walk_positions(frames: int) -> list[float]:
 def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = None, seed_a: int = 0,
                 seed_b: int | None = None, frames: int = 16, negative_prompt: str = "",
                 height: int | None = None, width: int | None = None, options: SamplingOptions | None = None,
-                on_frame: Callable[[int, Image.Image], None] | None = None, progress: bool = True) -> list[Image.Image]:
+                on_frame: Callable[[int, Image.Image], None] | None = None, progress: bool = True) -> Generated:
     """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
 
     Leaving prompt_b or seed_b out keeps that end fixed, so a walk can vary only the prompt or
@@ -100,7 +101,7 @@ def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = No
         images.append(image)
         if on_frame is not None:
             on_frame(k, image)
-    return images
+    return Generated(images, settings_of("walk", options, frames=frames, height=height, width=width))
 
 
 def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, boomerang: bool = False) -> bytes:
