@@ -37,6 +37,11 @@ class ConditioningKind:
     label: bool
     tasks: tuple[str, ...]
 
+    @property
+    def task(self) -> str:
+        """The task the kind is made for, which its training teaches (the first of `tasks`)."""
+        return self.tasks[0]
+
 
 CONDITIONING = {kind.key: kind for kind in (
     ConditioningKind("crossattn", "text-to-image", concat=False, label=False,

@@ -139,3 +139,23 @@ def test_the_cli_lets_anything_but_its_own_errors_through(monkeypatch, capsys):
     monkeypatch.setattr(txt2img, "run", raising(InvalidOptionError("bad\nsecond line")))
     assert cli.main(["txt2img", "a cat"]) == 2
     assert capsys.readouterr().err.strip() == "ldm txt2img: error: bad"
+
+
+def test_conditioning_keys_are_read_in_one_place():
+    """Only ldm/model.py's kind table names the conditioning keys in code; everything else asks model.kind."""
+    keys = {"crossattn", "hybrid", "hybrid-adm"}
+    offenders = []
+    for path in MODULES:
+        if module_name(path) == "model":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            consts = []
+            if isinstance(node, ast.Compare):
+                consts = [node.left, *node.comparators]
+            elif isinstance(node, ast.Dict):
+                consts = [k for k in node.keys if k is not None]
+            elif isinstance(node, (ast.Tuple, ast.Set, ast.List)) and isinstance(getattr(node, "ctx", None), ast.Load):
+                consts = list(node.elts)
+            if any(isinstance(c, ast.Constant) and c.value in keys for c in consts):
+                offenders.append(f"{module_name(path)}:{node.lineno}")
+    assert not offenders, offenders

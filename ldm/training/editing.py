@@ -116,7 +116,7 @@ class InpaintingModule(_EditingModule):
 
     def __init__(self, model: LatentDiffusion, mask_kinds: Sequence[str] = MASK_KINDS, full_mask_prob: float = 0.25,
                  **kwargs):
-        if model.conditioning_key != "hybrid":
+        if model.kind.task != "inpaint":
             raise EditingTrainingError(f"InpaintingModule needs an inpainting model (conditioning_key hybrid), "
                                        f"got {model.conditioning_key!r}")
         super().__init__(model, **kwargs)
@@ -161,7 +161,7 @@ class UpscalerModule(_EditingModule):
     """Trains an x4-upscaler U-Net (conditioning_key "hybrid-adm": 4 + 3 input channels, noise-level label)."""
 
     def __init__(self, model: LatentDiffusion, **kwargs):
-        if model.conditioning_key != "hybrid-adm" or model.low_scale is None:
+        if model.kind.task != "upscale" or model.low_scale is None:
             raise EditingTrainingError("UpscalerModule needs an upscaler model (conditioning_key hybrid-adm with a "
                                        f"low_scale_config), got {model.conditioning_key!r}")
         super().__init__(model, **kwargs)
