@@ -17,7 +17,7 @@ from ldm.checkpoint import save_state_dict
 from ldm.images import InvalidImageError
 from ldm.masks import MaskError
 from ldm.pipeline import SamplingOptions
-from ldm.testing import tiny_config, tiny_model
+from factories import tiny_config, tiny_model
 
 from streamlit.testing.v1 import AppTest
 from pathlib import Path
@@ -276,7 +276,7 @@ def test_edit_page_upscale_without_upscaler_says_so(app_env):
 
 def test_edit_page_upscales_with_an_upscaler_given(app_env, tmp_path, monkeypatch):
     from ldm.app.state import ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
-    from ldm.testing_editing import tiny_upscaler_config, tiny_upscaler_model
+    from factories import tiny_upscaler_config, tiny_upscaler_model
 
     cfg, ckpt = tmp_path / "up.yaml", tmp_path / "up.safetensors"
     cfg.write_text(yaml.safe_dump(tiny_upscaler_config()))

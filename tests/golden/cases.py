@@ -41,8 +41,8 @@ def _cases() -> dict[str, Callable[[Callable], list[Image.Image]]]:
     from ldm.img2img import img2img
     from ldm.inpaint import inpaint, outpaint
     from ldm.pipeline import txt2img
-    from ldm.testing import tiny_model
-    from ldm.testing_editing import tiny_inpaint_model, tiny_upscaler_model
+    from tests.factories import tiny_model
+    from tests.factories import tiny_inpaint_model, tiny_upscaler_model
     from ldm.upscale import upscale
     from ldm.walk import walk_frames
 
