@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from ldm.checkpoint import save_state_dict
-from ldm.testing import tiny_config, tiny_model
+from factories import tiny_config, tiny_model
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import TINY_CONFIGS
 
