@@ -35,6 +35,8 @@ TASK_NEEDS = {
     "upscale": "the x4 upscaler (conditioning_key hybrid-adm with a low_scale_config)",
 }
 TASK_HINTS = {"img2img": " (use inpaint for inpainting models, upscale for the upscaler)"}
+# How the messages name a task ("upscaling needs the x4 upscaler ..."); the others by their command's name.
+TASK_WORDS = {"inpaint": "inpainting", "upscale": "upscaling"}
 
 
 class EditingError(LdmError, ValueError):
@@ -53,7 +55,7 @@ def check_task(model: LatentDiffusion, task: str) -> None:
     """Refuse a model whose conditioning kind cannot drive `task`."""
     kind = model.kind
     if task not in kind.tasks or (kind.label and model.low_scale is None):
-        raise WrongModelError(f"{task} needs {TASK_NEEDS[task]}, not a {model.conditioning_key!r} model "
+        raise WrongModelError(f"{TASK_WORDS.get(task, task)} needs {TASK_NEEDS[task]}, not a {model.conditioning_key!r} model "
                               f"({kind.name}){TASK_HINTS.get(task, '')}")
 
 
