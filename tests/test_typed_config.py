@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ldm.config import ConfigError, instantiate
 from ldm.training.config import (AutoencoderTraining, ClipTraining, DiffusionTraining, TrainConfigError,
@@ -16,6 +17,9 @@ from ldm.training.tiny import TINY_CONFIGS
 from factories import tiny_config
 
 OLD_CHECKPOINT = Path(__file__).parent / "data" / "vae-run-e4731bb.ckpt"
+# config.yaml as main wrote it at fb24788 (after the hardening merge, before the typed sections): every kind's
+# training keys, with the shared defaults, and data.max_unreadable (set to 3 here).
+MAIN_WRITTEN = {kind: Path(__file__).parent / "data" / f"tiny-{kind}-config-fb24788.yaml" for kind in ("ldm", "vae")}
 
 
 def test_each_kind_gets_its_own_optimiser_defaults():
@@ -63,6 +67,20 @@ def test_a_checkpoints_older_all_kinds_training_section_still_resolves():
     assert "ema_decay" not in cfg["training"] and cfg["training"]["lr"] == old["training"]["lr"]
     with pytest.raises(TrainConfigError, match="ema_decay"):
         resolve(old)  # the same keys written by hand in a new YAML are a mistake
+
+
+@pytest.mark.parametrize("kind, section", [("ldm", DiffusionTraining), ("vae", AutoencoderTraining)])
+def test_a_config_main_wrote_before_the_typed_sections_still_resolves(kind, section):
+    old = yaml.safe_load(MAIN_WRITTEN[kind].read_text())
+    assert {"ema_decay", "rec_loss", "max_unreadable"} <= set(old["training"]) | set(old["data"])
+    cfg = resolve(old, stored=True)  # as a resumed run reads it from its checkpoint
+    assert isinstance(training_section(cfg), section)
+    own = {f.name for f in fields(section)}
+    assert set(cfg["training"]) == own
+    # the values the run started with, not the kind's new defaults (main wrote an autoencoder's betas as 0.9/0.999)
+    assert {k: cfg["training"][k] for k in own} == {k: old["training"][k] for k in own}
+    assert cfg["data"] == old["data"] and cfg["data"]["max_unreadable"] == 3
+    assert cfg["logging"] == old["logging"] and cfg["trainer"] == old["trainer"]
 
 
 def test_model_config_typos_fail_naming_the_closest_parameter():
