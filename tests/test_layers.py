@@ -17,9 +17,9 @@ ORDER = ("core", "models", "sampling", "tasks", "data", "training", "evaluation"
 LAYERS = {
     # errors, configs, paths, devices, schedules and the parameterisation, files and images
     "core": ("__init__", "errors", "config", "defaults", "devices", "limits", "schedules", "diffusion", "checkpoint",
-             "images", "masks"),
-    # networks and the model container
-    "models": ("attention", "unet", "vae", "text_encoder", "clip", "conditioning", "model"),
+             "images", "infotext", "masks"),
+    # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder)
+    "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model"),
     # samplers, guidance, sampling options and the one checked entry point
     "sampling": ("samplers", "denoisers", "sampling"),
     # what a user asks for: txt2img, editing, walks (and the 2-D toy of the app)
