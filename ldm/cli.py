@@ -14,6 +14,7 @@ from ldm.errors import LdmError, one_line
 COMMAND_MODULES = [
     "ldm.commands.data",
     "ldm.commands.train",
+    "ldm.commands.clip",
     "ldm.commands.txt2img",
     "ldm.commands.img2img",
     "ldm.commands.inpaint",

@@ -15,7 +15,7 @@ from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
 class LowResNoiseAugmentation(nn.Module):
     def __init__(self, max_noise_level: int = 350, timesteps: int = 1000, beta_schedule: str = "scaled_linear",
-                 linear_start: float = 1e-4, linear_end: float = 2e-2, **ignored):
+                 linear_start: float = 1e-4, linear_end: float = 2e-2):
         super().__init__()
         self.max_noise_level = max_noise_level
         betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end)

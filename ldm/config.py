@@ -6,7 +6,9 @@ repository's class names map onto ours.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,29 @@ _ORIGINAL = {
 _ORIGINAL_SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "cosine"}
 # Nodes the original YAMLs carry that only matter to training code we do not mirror.
 _SKIPPED = {"torch.nn.Identity"}
+# Parameters the original SD 2.x YAMLs (configs/stable-diffusion) pass that only the reference's training code
+# reads: dropped for those targets, so every constructor here can refuse a parameter it does not know.
+_DDPM_TRAINING_ONLY = ("channels", "cond_stage_key", "cond_stage_trainable", "finetune_keys", "first_stage_key",
+                       "log_every_t", "low_scale_key", "monitor", "num_timesteps_cond", "use_ema")
+_ORIGINAL_TRAINING_ONLY = {
+    "ldm.models.diffusion.ddpm.LatentDiffusion": _DDPM_TRAINING_ONLY,
+    "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": _DDPM_TRAINING_ONLY,
+    "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": _DDPM_TRAINING_ONLY,
+    "ldm.models.autoencoder.AutoencoderKL": ("lossconfig", "monitor"),
+}
+
+
+def closest(name: str, known: list[str] | tuple[str, ...]) -> str:
+    """"; did you mean 'x'?" for the nearest known name, or "" when none is near."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def check_parameters(where: str, given: dict[str, Any], known: list[str] | tuple[str, ...]) -> None:
+    """Refuse a parameter `known` lacks, naming it and the closest known one."""
+    for key in given:
+        if key not in known:
+            raise ConfigError(f"bad parameters for {where}: unknown parameter {key!r}{closest(key, known)}")
 
 
 def load_config(path: str | Path) -> dict:
@@ -70,7 +95,7 @@ def _resolve(target: str):
 
 def translate_original(target: str, params: dict) -> dict:
     """Original-repository parameters that mean something else in ours."""
-    params = dict(params)
+    params = {k: v for k, v in params.items() if k not in _ORIGINAL_TRAINING_ONLY.get(target, ())}
     if target.startswith("ldm.models.diffusion.ddpm."):
         params["beta_schedule"] = _ORIGINAL_SCHEDULES[params.get("beta_schedule", "linear")]
         params.setdefault("parameterization", "eps")
@@ -95,6 +120,9 @@ def instantiate(node: dict[str, Any] | None, **overrides: Any) -> Any:
     if target in _ORIGINAL:
         params = translate_original(target, params)
     params.update(overrides)
+    signature = inspect.signature(cls)
+    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        check_parameters(target, params, [k for k, p in signature.parameters.items() if p.kind is not p.VAR_POSITIONAL])
     try:
         return cls(**params)
     except LdmError:

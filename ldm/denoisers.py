@@ -1,81 +1,30 @@
-"""Model wrappers that turn a network into a denoiser D(x, sigma) -> x0 for the samplers.
+"""Denoisers D(x, sigma, **cond) -> x0 for the samplers, composed as plain callables:
+
+    network -> parameterisation (DiscreteTimeDenoiser) -> task wrapper (inpainting blend, tiles)
+            -> guidance (CFGDenoiser) -> sampler
 
 Samplers work in sigma space, x = x0 + sigma * eps (Karras et al. 2022). A discrete-time VP
 model was trained on x_vp = sqrt(ab) x0 + sqrt(1 - ab) eps at integer t; with ab = 1 / (1 + sigma^2)
-the same point is x_vp = c_in * x, c_in = 1 / sqrt(1 + sigma^2), at the fractional t(sigma).
+the same point is x_vp = c_in * x, c_in = 1 / sqrt(1 + sigma^2), at the fractional t(sigma)
+(ldm.diffusion.VPParameterisation holds these scalings; DiscreteTimeDenoiser, the network behind them,
+lives there too, so the model can build its denoiser without reaching up into sampling code). Task wrappers sit below guidance so that
+they act on the conditional and the unconditional prediction alike (tiles cut both halves the same).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from torch import nn
 
+from ldm.diffusion import DiscreteTimeDenoiser  # noqa: F401 (re-exported: network -> parameterisation)
+from ldm.diffusion import batch_like as _batch, sigma_batch as _sigma_batch
 from ldm.errors import LdmError
-from ldm.diffusion import check_prediction
-from ldm.schedules import sigma_to_t, sigmas_from_alphas_cumprod
 
 Denoiser = Callable[..., torch.Tensor]  # (x [B, ...], sigma [B], **cond) -> x0 estimate [B, ...]
 
 
 class InvalidGuidanceError(LdmError, ValueError):
     pass
-
-
-def _batch(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-sample [B] tensor shaped [B, 1, ...] to broadcast against x."""
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def _sigma_batch(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    sigma = torch.as_tensor(sigma, device=x.device)
-    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.device)
-
-
-class DiscreteTimeDenoiser(nn.Module):
-    """Wraps unet(x_vp, t, context=, y=) trained on eps or v with the schedule `alphas_cumprod`.
-
-    forward(x, sigma, context=None, y=None, concat=None) returns the x0 estimate:
-        eps-model: x0 = x - sigma * eps
-        v-model:   x0 = sqrt(ab) x_vp - sqrt(1 - ab) v = x / (1 + sigma^2) - sigma * c_in * v
-    `concat` (inpainting / upscaler inputs) is appended on channels to the *scaled* input, since the
-    U-Net saw it beside x_vp in training; it is not noise and is not scaled.
-    """
-
-    def __init__(self, unet: Callable[..., torch.Tensor], alphas_cumprod: torch.Tensor, prediction: str = "eps"):
-        super().__init__()
-        check_prediction(prediction)
-        self.unet = unet
-        self.prediction = prediction
-        sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.detach().double().cpu())
-        # Buffers so that .to(device) carries them; not saved, they derive from the schedule.
-        self.register_buffer("sigmas", sigmas.float(), persistent=False)
-        self.register_buffer("log_sigmas", sigmas.log().float(), persistent=False)
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma_to_t(sigma, self.log_sigmas.to(sigma.device))
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
-        # At least float32: sigma near 0.03 and c_in near 1 lose the x0 estimate in half precision.
-        sigma = _sigma_batch(sigma, x).to(torch.promote_types(x.dtype, torch.float32))
-        c_in = 1 / (sigma**2 + 1).sqrt()
-        inp = x * _batch(c_in, x)
-        if concat is not None:
-            inp = torch.cat([inp, concat.to(inp.dtype)], dim=1)
-        out = self.unet(inp, self.sigma_to_t(sigma), context=context, y=y).to(x.dtype)
-        s = _batch(sigma, x)
-        if self.prediction == "eps":
-            return x - s * out
-        return x / (s**2 + 1) - s * _batch(c_in, x) * out
 
 
 class CFGDenoiser:

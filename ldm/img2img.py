@@ -11,11 +11,13 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from ldm.editing import (WrongModelError, as_pil, check_strength, fit_image, prompt_lists, resolve_options,
-                         sample_from, size_multiple)
+from ldm.editing import as_pil, fit_image, size_multiple
 from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
-from ldm.pipeline import SamplingOptions, autocast, prompt_conditions
+from ldm.samplers import check_strength
+from ldm.sampling import SamplingOptions, autocast
+from ldm.tasks import (Conditioning, Generated, check_task, prompt_conditions, prompt_lists, resolve_options,
+                       sample_seeded, settings_of)
 
 
 def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Image.Image:
@@ -23,25 +25,31 @@ def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Im
     return fit_image(as_pil(image).convert("RGB"), size_multiple(model))
 
 
+def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str]) -> Conditioning:
+    """img2img's conditioning is txt2img's: the prompts alone (the image enters as the start latent)."""
+    return Conditioning(*prompt_conditions(model, prompts, negatives))
+
+
 @torch.no_grad()
 def img2img(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str], strength: float = 0.75,
             negative_prompt: str | list[str] = "", seed: int = 0, options: SamplingOptions | None = None,
             callback: Callable[[dict], None] | None = None, progress: bool = True,
-            **option_overrides: Any) -> list[Image.Image]:
+            **option_overrides: Any) -> Generated:
     """One image per prompt, all from the same input; image i uses seed + i.
 
     The output has the input's size rounded to a multiple of 8 (a log line says when it differs).
     """
     check_strength(strength)
-    if model.conditioning_key != "crossattn":
-        raise WrongModelError(f"img2img needs a text-to-image model, not a {model.conditioning_key!r} one "
-                              "(use inpaint for inpainting models, upscale for the upscaler)")
+    check_task(model, "img2img")
     options = resolve_options(options, option_overrides)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
-    cond, uncond = prompt_conditions(model, prompts, negatives)
+    conditioning = prepare(model, prompts, negatives)
     with autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
-        latents = sample_from(model, x0, strength, cond, uncond, options, seed, callback, progress)
+        latents = sample_seeded(model, conditioning, options, seed, x0.shape, x0=x0, strength=strength,
+                                callback=callback, progress=progress)
         images = model.decode_latent(latents)
-    return tensor_to_pil(images)
+    height, width = pixels.shape[-2:]
+    return Generated(tensor_to_pil(images), settings_of("img2img", options, strength=strength, height=height,
+                                                        width=width))

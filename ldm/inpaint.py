@@ -12,6 +12,7 @@ pixels come back exactly and the seam is soft.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ldm.editing import (EditingError, WrongModelError, as_pil, check_strength, expand_batch, fit_image,
-                         prompt_lists, resolve_options, sample_from, size_multiple)
+from ldm.editing import EditingError, as_pil, expand_batch, fit_image, size_multiple
 from ldm.images import InvalidImageError, load_image, pil_to_tensor, tensor_to_pil
 from ldm.masks import EmptyMaskError, border_mask, check_mask, feather, mask_from_image
 from ldm.model import LatentDiffusion
-from ldm.pipeline import SamplingOptions, autocast, prompt_conditions
+from ldm.samplers import check_strength
+from ldm.sampling import SamplingOptions, autocast
+from ldm.tasks import (Conditioning, Generated, check_task, prompt_conditions, prompt_lists,
+                       resolve_options, sample_seeded, settings_of)
 
 log = logging.getLogger("ldm")
 
@@ -41,9 +44,8 @@ def resolve_mode(model: LatentDiffusion, mode: str = "auto") -> str:
     """"model" for a dedicated inpainting model, "blend" for any other text-to-image model."""
     if mode not in INPAINT_MODES:
         raise InpaintModeError(f"unknown inpainting mode {mode!r}; known: {', '.join(INPAINT_MODES)}")
-    if model.conditioning_key not in ("crossattn", "hybrid"):
-        raise WrongModelError(f"inpainting needs a text-to-image or inpainting model, not a {model.conditioning_key!r} one")
-    dedicated = model.conditioning_key == "hybrid"
+    check_task(model, "inpaint")
+    dedicated = model.kind.concat
     if mode == "model" and not dedicated:
         raise InpaintModeError("mode 'model' needs an inpainting model (conditioning_key hybrid); use mode 'blend'")
     if mode == "auto":
@@ -63,7 +65,11 @@ def as_mask(mask: Image.Image | str | Path | np.ndarray) -> np.ndarray:
 
 
 class BlendDenoiser:
-    """Wraps a denoiser so the known latents follow the original image's noising trajectory."""
+    """Task wrapper: the known latents follow the original image's noising trajectory.
+
+    Before the inner denoiser runs, x in the known region is replaced by x0 + sigma * noise (the start
+    noise); its prediction there is replaced by x0. Under guidance, so both halves see the same blend.
+    """
 
     def __init__(self, inner: Callable, x0: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor):
         self.inner, self.x0, self.noise, self.keep = inner, x0, noise, keep
@@ -76,8 +82,31 @@ class BlendDenoiser:
         denoised = self.inner(x, sigma, **kwargs)
         return torch.lerp(denoised, x0.to(denoised.dtype), keep.to(denoised.dtype))
 
-    def __getattr__(self, name: str) -> Any:  # sigma_min and the like, for samplers that ask
-        return getattr(self.inner, name)
+
+def masked_image_condition(model: LatentDiffusion, images: torch.Tensor, masks: torch.Tensor,
+                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The inpainting U-Net's extra input [mask at latent size, latent of the image with the hole greyed out].
+
+    As SD 2 inpainting was trained: the hole (mask >= 0.5) is 0 in [-1, 1], the mask resized nearest. Built here
+    for inference and for training (ldm.training.editing) alike. images [B, 3, H, W], masks [B, 1, H, W] binary.
+    """
+    masked = model.encode_image(images * (masks < 0.5))
+    return torch.cat([F.interpolate(masks, size=masked.shape[-2:]), masked.to(dtype)], 1)
+
+
+def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], mode: str, pixels: torch.Tensor,
+            mask: torch.Tensor, x0: torch.Tensor) -> Conditioning:
+    """Inpainting's conditioning: the prompts, plus the masked image for an inpainting model ("model") or the
+    blend of the known latents for any other ("blend")."""
+    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives))
+    if model.kind.concat:
+        concat = masked_image_condition(model, pixels, mask).expand(len(prompts), -1, -1, -1)
+        conditioning = conditioning.with_inputs(concat=concat)
+    if mode == "blend":
+        # A latent pixel is known only if none of its image pixels is to be repainted.
+        keep = 1 - F.max_pool2d(mask, model.downscale)
+        conditioning = replace(conditioning, wrap=lambda den, noise: BlendDenoiser(den, x0, noise, keep))
+    return conditioning
 
 
 def _prepare(model: LatentDiffusion, image: Image.Image | str | Path,
@@ -100,7 +129,7 @@ def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image
             prompt: str | list[str], negative_prompt: str | list[str] = "", seed: int = 0, strength: float = 1.0,
             mode: str = "auto", feather_radius: int | None = None, options: SamplingOptions | None = None,
             callback: Callable[[dict], None] | None = None, progress: bool = True,
-            **option_overrides: Any) -> list[Image.Image]:
+            **option_overrides: Any) -> Generated:
     """Repaint the mask's white area (>= 0.5) of `image` following the prompt; image i uses seed + i.
 
     strength < 1 starts the hole from the noised original instead of pure noise. `feather_radius`
@@ -116,26 +145,19 @@ def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image
     longest = max(pixels.shape[-2:])
     if not 0 <= radius <= longest:  # a wider ramp means nothing, and its blur kernel grows with the square
         raise EditingError(f"feather must be in [0, {longest}] px (the image's longer side), got {radius}")
-    cond, uncond = prompt_conditions(model, prompts, negatives)
     n = len(prompts)
     with autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float()
-        if model.conditioning_key == "hybrid":
-            # As SD 2 inpainting was trained: hole greyed out (0 in [-1, 1]), mask resized nearest.
-            masked = model.encode_image(pixels * (m < 0.5)).float()
-            concat = torch.cat([F.interpolate(m, size=x0.shape[-2:]), masked], 1).expand(n, -1, -1, -1)
-            cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
-        wrap = None
-        if mode == "blend":
-            # A latent pixel is known only if none of its image pixels is to be repainted.
-            keep = 1 - F.max_pool2d(m, model.downscale)
-            wrap = lambda den, noise: BlendDenoiser(den, x0, noise, keep)  # noqa: E731
-        latents = sample_from(model, x0.expand(n, -1, -1, -1), strength, cond, uncond, options, seed,
-                              callback, progress, wrap)
+        conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0)
+        start = x0.expand(n, -1, -1, -1)
+        latents = sample_seeded(model, conditioning, options, seed, start.shape, x0=start, strength=strength,
+                                callback=callback, progress=progress)
         decoded = model.decode_latent(latents).float()
     soft = feather(m, radius)
     out = decoded.clamp(-1, 1) * soft + pixels * (1 - soft)
-    return tensor_to_pil(out)
+    return Generated(tensor_to_pil(out), settings_of("inpaint", options, strength=strength, inpaint_mode=mode,
+                                                     feather_radius=radius, height=pixels.shape[-2],
+                                                     width=pixels.shape[-1]))
 
 
 def parse_extend(spec: str) -> dict[str, int]:
@@ -182,7 +204,7 @@ def extend_canvas(image: Image.Image, left: int = 0, right: int = 0, top: int = 
 
 def outpaint(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str], left: int = 0,
              right: int = 0, top: int = 0, bottom: int = 0, negative_prompt: str | list[str] = "", seed: int = 0,
-             **inpaint_kwargs: Any) -> list[Image.Image]:
+             **inpaint_kwargs: Any) -> Generated:
     """Extend the canvas on the chosen sides by that many pixels and inpaint the new area."""
     canvas, mask, _ = extend_canvas(as_pil(image), left, right, top, bottom, size_multiple(model), seed)
     return inpaint(model, canvas, mask, prompt, negative_prompt, seed, **inpaint_kwargs)

@@ -6,9 +6,11 @@ live in ldm.samplers, task logic in ldm.pipeline; training wraps this in Lightni
 """
 from __future__ import annotations
 
+import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
 
 import torch
 from torch import nn
@@ -20,8 +22,34 @@ from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
 log = logging.getLogger(__name__)
 
-# hybrid: cross-attention + channel concat (inpainting); hybrid-adm: also a noise-level label (x4 upscaler)
-CONDITIONING_KINDS = ("crossattn", "hybrid", "hybrid-adm")
+
+@dataclass(frozen=True)
+class ConditioningKind:
+    """What a `conditioning_key` means: the one place its strings are read.
+
+    concat: the U-Net takes extra input channels beside the noisy latent (inpainting: mask + masked latent;
+    upscaler: the low-res image); label: it takes a noise-level label `y`; tasks: what it can drive.
+    """
+
+    key: str
+    name: str
+    concat: bool
+    label: bool
+    tasks: tuple[str, ...]
+
+    @property
+    def task(self) -> str:
+        """The task the kind is made for, which its training teaches (the first of `tasks`)."""
+        return self.tasks[0]
+
+
+CONDITIONING = {kind.key: kind for kind in (
+    ConditioningKind("crossattn", "text-to-image", concat=False, label=False,
+                     tasks=("txt2img", "img2img", "inpaint", "walk")),
+    ConditioningKind("hybrid", "inpainting", concat=True, label=False, tasks=("inpaint",)),
+    ConditioningKind("hybrid-adm", "x4 upscaler", concat=True, label=True, tasks=("upscale",)),
+)}
+CONDITIONING_KINDS = tuple(CONDITIONING)
 
 
 class LatentDiffusion(nn.Module):
@@ -40,7 +68,6 @@ class LatentDiffusion(nn.Module):
         conditioning_key: str = "crossattn",
         low_scale_config: dict | None = None,
         image_size: int = 64,
-        **ignored: Any,
     ):
         super().__init__()
         if parameterization not in ("eps", "v"):
@@ -63,6 +90,10 @@ class LatentDiffusion(nn.Module):
         betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
         # Derived from the config, so not saved: original checkpoints' copies are ignored on load.
         self.register_buffer("alphas_cumprod", alphas_cumprod_from_betas(betas).float(), persistent=False)
+
+    @property
+    def kind(self) -> ConditioningKind:
+        return CONDITIONING[self.conditioning_key]
 
     @property
     def scale_factor(self) -> float:
@@ -96,10 +127,27 @@ class LatentDiffusion(nn.Module):
         """Scaled latents -> images in [-1, 1] (not clamped)."""
         return self.vae.decode_from_latent(latents)
 
-    def denoiser(self):
-        from ldm.denoisers import DiscreteTimeDenoiser
+    def parameterisation(self):
+        """The schedule with the prediction type (ldm.diffusion.VPParameterisation), for training and sampling."""
+        from ldm.diffusion import VPParameterisation
 
-        return DiscreteTimeDenoiser(self.unet, self.alphas_cumprod, prediction=self.prediction)
+        return VPParameterisation(self.alphas_cumprod, self.prediction)
+
+    def denoiser(self):
+        """The U-Net behind its parameterisation: D(x, sigma, context=, y=, concat=) -> x0."""
+        from ldm.diffusion import DiscreteTimeDenoiser
+
+        return DiscreteTimeDenoiser(self.unet, parameterisation=self.parameterisation())
+
+    def with_unet(self, unet: nn.Module) -> "LatentDiffusion":
+        """This model with another U-Net (e.g. the EMA copy) in a new container; this one is left as it is.
+
+        The VAE, text encoder and buffers are shared, not copied.
+        """
+        view = copy.copy(self)
+        view._modules = {**self._modules, "unet": unet}
+        view._parameters, view._buffers = dict(self._parameters), dict(self._buffers)
+        return view
 
     def original_state_dict(self) -> dict[str, torch.Tensor]:
         """Our weights in the original SD key layout (what `save` writes)."""

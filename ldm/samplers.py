@@ -34,8 +34,18 @@ class UnknownSamplerError(LdmError, ValueError):
     pass
 
 
+class GeneratorCountError(LdmError, ValueError):
+    """A list of generators whose length is not the batch size."""
+
+
 class InvalidStrengthError(LdmError, ValueError):
-    pass
+    """A strength (img2img, inpainting: how much of the input is re-noised) outside [0, 1]."""
+
+
+def check_strength(strength: float) -> None:
+    """The one check of a strength, for every task that takes one."""
+    if not 0.0 <= strength <= 1.0:  # also rejects NaN
+        raise InvalidStrengthError(f"strength must be in [0, 1], got {strength}")
 
 
 def _d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
@@ -48,7 +58,7 @@ def _noise(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     noise does not depend on the others in its batch (seeded seed + i, image i equals that image made alone)."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+            raise GeneratorCountError(f"{len(generator)} generators for a batch of {x.shape[0]}")
         return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
                            ).to(x.device)
     device = generator.device if generator is not None else x.device
@@ -294,8 +304,7 @@ def truncate_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
     strength 1 keeps the whole grid, 0 keeps only the final 0 (no steps: the input is returned as is).
     Start from x = x0 + noise * result[0].
     """
-    if not 0.0 <= strength <= 1.0:  # also rejects NaN
-        raise InvalidStrengthError(f"strength must be in [0, 1], got {strength}")
+    check_strength(strength)
     steps = len(sigmas) - 1
     keep = int(math.floor(steps * strength + 1e-9))  # the epsilon stops 0.29 * 100 = 28.999... losing a step
     return sigmas[steps - keep:]

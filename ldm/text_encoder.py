@@ -52,7 +52,7 @@ def open_clip_config(arch: str | dict) -> dict:
     return cfg
 
 
-def open_clip_model(arch: str | dict, **ignored) -> open_clip.CLIP:
+def open_clip_model(arch: str | dict) -> open_clip.CLIP:
     """A randomly initialised open_clip CLIP (both towers) for an architecture name, config path or dict: what
     `ldm train` trains as a text encoder or judge (config target `ldm.text_encoder.OpenCLIP`)."""
     return open_clip.model.CLIP(**open_clip_config(arch))
@@ -74,7 +74,7 @@ class FrozenOpenCLIPEmbedder(nn.Module):
     """prompts -> [batch, 77, width] hidden states of the chosen layer, after ln_final (as SD 2.x)."""
 
     def __init__(self, arch: str | dict = "ViT-H-14", layer: str = "penultimate", max_length: int = 77,
-                 freeze: bool = True, weights: str | None = None, **ignored):
+                 freeze: bool = True, weights: str | None = None):
         super().__init__()
         if layer not in LAYERS:
             raise InvalidOptionError(f"unknown text encoder layer {layer!r}; known: {', '.join(LAYERS)}")

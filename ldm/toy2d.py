@@ -18,7 +18,7 @@ from torch import nn
 from ldm.errors import LdmError
 from ldm.denoisers import DiscreteTimeDenoiser
 from ldm.diffusion import diffusion_loss
-from ldm.samplers import get_sampler
+from ldm.sampling import SamplingOptions, sample
 from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
 
 DATASETS = ("spiral", "moons", "circles", "gaussians")
@@ -197,9 +197,9 @@ class ToyDiffusion:
 
         denoiser = self.denoiser() if clip is None else ClippedDenoiser(self.denoiser(), clip)
         with single_thread():
-            out = get_sampler(sampler)(denoiser, x, sigmas, callback=record if return_trajectory else None,
-                                       disable=True, generator=torch.Generator().manual_seed(seed + 1),
-                                       **sampler_options)
+            options = SamplingOptions(steps=steps, sampler=sampler, extra=dict(sampler_options))
+            out = sample(denoiser, x, sigmas, options, torch.Generator().manual_seed(seed + 1),
+                         callback=record if return_trajectory else None, progress=False)
         if not return_trajectory:
             return out
         trajectory.append({"x": out, "denoised": out, "sigma": 0.0})

@@ -260,7 +260,8 @@ class UNetModel(nn.Module):
         conv_resample: bool = True,
         dims: int = 2,
         resblock_updown: bool = False,
-        **ignored,
+        image_size: int | None = None,  # in every SD 2.x YAML; the U-Net is size-agnostic, so unused
+        use_fp16: bool = False,  # likewise: precision is the caller's autocast (--precision), not the config's
     ):
         super().__init__()
         if not use_spatial_transformer:

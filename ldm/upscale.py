@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from PIL import Image
 
-from ldm.editing import (EditingError, ImageTooSmallError, WrongModelError, as_pil, expand_batch, prompt_lists,
-                         resolve_options, sample_from)
+from ldm.editing import EditingError, ImageTooSmallError, as_pil, expand_batch
 from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
-from ldm.pipeline import SamplingOptions, autocast, prompt_conditions
+from ldm.sampling import SamplingOptions, autocast
+from ldm.tasks import (Conditioning, Generated, check_task, prompt_conditions, prompt_lists, resolve_options,
+                       sample_seeded, settings_of)
 
 log = logging.getLogger("ldm")
 
@@ -89,7 +91,10 @@ def tiled_map(fn: Callable[[int, int, int, int], torch.Tensor], height: int, wid
 
 
 class TiledDenoiser:
-    """Runs a denoiser tile by tile when the latent is bigger than a tile (the `concat` input is cut alike)."""
+    """Task wrapper: runs a denoiser tile by tile when the latent is bigger than a tile (`concat` is cut alike).
+
+    Under guidance, so each tile's conditional and unconditional predictions come from one call.
+    """
 
     def __init__(self, inner: Callable, tile: int, overlap: int):
         self.inner, self.tile, self.overlap = inner, tile, overlap
@@ -107,9 +112,6 @@ class TiledDenoiser:
 
         return tiled_map(one, h, w, self.tile, self.overlap)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
 
 def decode_tiled(model: LatentDiffusion, latents: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
     """VAE decode, in blended tiles when the latent is bigger than a tile (decoder memory grows with area)."""
@@ -121,9 +123,31 @@ def decode_tiled(model: LatentDiffusion, latents: torch.Tensor, tile: int, overl
 
 
 def check_upscaler(model: LatentDiffusion) -> None:
-    if model.conditioning_key != "hybrid-adm" or model.low_scale is None:
-        raise WrongModelError("upscaling needs the x4 upscaler (conditioning_key hybrid-adm with a low_scale_config), "
-                              f"not a {model.conditioning_key!r} model")
+    check_task(model, "upscale")
+
+
+def low_res_condition(model: LatentDiffusion, low: torch.Tensor, noise_level: int | torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The upscaler U-Net's extra inputs: {"concat": the low-res image [B, 3, h, w] noised to the level,
+    "y": that level [B]}. A level of None draws one per image (training); built here for inference and for
+    training (ldm.training.editing) alike."""
+    augmented, level = model.low_scale(low, noise_level, generator=generator, noise=noise)
+    return {"concat": augmented, "y": level}
+
+
+def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], low: torch.Tensor, noise_level: int,
+            seed: int, tile: int, overlap: int, tiled: bool) -> Conditioning:
+    """The upscaler's conditioning: the prompts, the noise-augmented low-res image and its level, and tiles when
+    the image is bigger than one tile."""
+    # Noise drawn on the CPU from the seed, so the augmentation is the same on any device.
+    eps = torch.randn(low.shape, generator=torch.Generator().manual_seed(seed))
+    n = len(prompts)
+    inputs = low_res_condition(model, low, noise_level, noise=eps)
+    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives)).with_inputs(
+        concat=inputs["concat"].expand(n, -1, -1, -1), y=inputs["y"].expand(n))
+    if tiled:
+        conditioning = replace(conditioning, wrap=lambda den, noise: TiledDenoiser(den, tile, overlap))
+    return conditioning
 
 
 @torch.no_grad()
@@ -131,7 +155,7 @@ def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
             negative_prompt: str | list[str] = "", noise_level: int = 20, seed: int = 0,
             tile_size: int | None = None, tile_overlap: int | None = None, options: SamplingOptions | None = None,
             callback: Callable[[dict], None] | None = None, progress: bool = True,
-            **option_overrides: Any) -> list[Image.Image]:
+            **option_overrides: Any) -> Generated:
     """Upscale `image` by the VAE's factor (4 for SD x4), one result per prompt (image i uses seed + i).
 
     `noise_level` (0 .. the model's max, 350 for SD) noises the low-res input the model sees.
@@ -151,20 +175,16 @@ def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
     if min(img.size) < MIN_SIZE:
         raise ImageTooSmallError(f"image {img.width}x{img.height} is too small to upscale: each side needs {MIN_SIZE} px")
     low = pil_to_tensor(img).to(model.device)
-    # Noise drawn on the CPU from the seed, so the augmentation is the same on any device.
-    eps = torch.randn(low.shape, generator=torch.Generator().manual_seed(seed))
-    low_aug, level = model.low_scale(low, noise_level, noise=eps)
-    n = len(prompts)
-    extra = {"concat": low_aug.expand(n, -1, -1, -1), "y": level.expand(n)}
-    cond, uncond = prompt_conditions(model, prompts, negatives)
-    cond, uncond = {**cond, **extra}, {**uncond, **extra}
     tiled = max(img.size) > tile
     if tiled:
         log.info("upscaling %dx%d in %d tiles of %d px (overlap %d)", img.width, img.height,
                  len(tile_starts(img.height, tile, overlap)) * len(tile_starts(img.width, tile, overlap)), tile, overlap)
-    x0 = torch.zeros(n, model.latent_channels, img.height, img.width, device=model.device)
-    wrap = (lambda den, noise: TiledDenoiser(den, tile, overlap)) if tiled else None
+    conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled)
+    # The latent has the low-res image's size; sampling starts from pure noise (there is no latent to noise).
+    shape = (len(prompts), model.latent_channels, img.height, img.width)
     with autocast(model.device, options.precision):
-        latents = sample_from(model, x0, 1.0, cond, uncond, options, seed, callback, progress, wrap)
+        latents = sample_seeded(model, conditioning, options, seed, shape, callback=callback, progress=progress)
         images = decode_tiled(model, latents, tile, overlap)
-    return tensor_to_pil(images)
+    settings = settings_of("upscale", options, noise_level=noise_level, tile_size=tile, tile_overlap=overlap,
+                           tiled=tiled, height=img.height * model.downscale, width=img.width * model.downscale)
+    return Generated(tensor_to_pil(images), settings)

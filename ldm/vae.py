@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.attention import attention
+from ldm.config import check_parameters
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - the original name, kept for readers of both
@@ -79,7 +80,7 @@ class _Level(nn.Module):
 
 class Encoder(nn.Module):
     def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_resolutions: Sequence[int],
-                 in_channels: int, resolution: int, z_channels: int, double_z: bool = True, dropout: float = 0.0, **ignored):
+                 in_channels: int, resolution: int, z_channels: int, double_z: bool = True, dropout: float = 0.0):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         in_mult = (1,) + tuple(ch_mult)
@@ -119,7 +120,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, ch: int, out_ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_resolutions: Sequence[int],
-                 resolution: int, z_channels: int, dropout: float = 0.0, **ignored):
+                 resolution: int, z_channels: int, dropout: float = 0.0):
         super().__init__()
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (len(ch_mult) - 1)
@@ -180,13 +181,21 @@ class DiagonalGaussianDistribution:
         return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=[1, 2, 3])
 
 
+ENCODER_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "in_channels", "resolution", "z_channels",
+                "double_z", "dropout")
+DECODER_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution", "z_channels", "dropout")
+DDCONFIG_KEYS = tuple(dict.fromkeys(ENCODER_KEYS + DECODER_KEYS))
+
+
 class AutoencoderKL(nn.Module):
     """Image <-> latent autoencoder. `scale_factor` brings latents to roughly unit variance."""
 
-    def __init__(self, ddconfig: dict, embed_dim: int, scale_factor: float = 0.18215, **ignored):
+    def __init__(self, ddconfig: dict, embed_dim: int, scale_factor: float = 0.18215):
         super().__init__()
-        self.encoder = Encoder(**ddconfig)
-        self.decoder = Decoder(**ddconfig)
+        # One ddconfig describes both halves (as in the reference); each takes its own keys of it.
+        check_parameters("ddconfig", ddconfig, DDCONFIG_KEYS)
+        self.encoder = Encoder(**{k: v for k, v in ddconfig.items() if k in ENCODER_KEYS})
+        self.decoder = Decoder(**{k: v for k, v in ddconfig.items() if k in DECODER_KEYS})
         z = ddconfig["z_channels"]
         self.quant_conv = nn.Conv2d(2 * z if ddconfig.get("double_z", True) else z, 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z, 1)

@@ -16,9 +16,12 @@ import torch
 from PIL import Image
 
 from ldm.errors import LdmError
-from ldm.images import OutputError, check_size, tensor_to_pil
+from ldm.images import OutputError, tensor_to_pil
 from ldm.model import LatentDiffusion
-from ldm.pipeline import SamplingOptions, autocast, model_sigmas, prompt_conditions, sample, start_noise
+from ldm.pipeline import image_size
+from ldm.sampling import SamplingOptions, autocast
+from ldm.tasks import (Conditioning, Generated, check_task, denoise, prompt_conditions, resolve_options, settings_of,
+                       start_noise)
 
 log = logging.getLogger("ldm")
 
@@ -68,7 +71,7 @@ def walk_positions(frames: int) -> list[float]:
 def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = None, seed_a: int = 0,
                 seed_b: int | None = None, frames: int = 16, negative_prompt: str = "",
                 height: int | None = None, width: int | None = None, options: SamplingOptions | None = None,
-                on_frame: Callable[[int, Image.Image], None] | None = None, progress: bool = True) -> list[Image.Image]:
+                on_frame: Callable[[int, Image.Image], None] | None = None, progress: bool = True) -> Generated:
     """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
 
     Leaving prompt_b or seed_b out keeps that end fixed, so a walk can vary only the prompt or
@@ -79,29 +82,26 @@ def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = No
     seed_b = seed_a if seed_b is None else seed_b
     if prompt_a == prompt_b and seed_a == seed_b:
         raise WalkError("both ends are the same: give a second prompt or a second seed")
-    options = options or SamplingOptions()
-    options.validate()
+    check_task(model, "walk")
+    options = resolve_options(options, {})
     positions = walk_positions(frames)
-    height = model.default_image_size if height is None else height  # 0 is an error, not "the default"
-    width = model.default_image_size if width is None else width
-    check_size(height, width, max(8, model.downscale))
+    height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
-    cond, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt])
-    ctx_a, ctx_b = cond["context"][0:1], cond["context"][1:2]
-    sigmas = model_sigmas(model, options)
+    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt])
+    ctx_a, ctx_b = ends["context"][0:1], ends["context"][1:2]
     images: list[Image.Image] = []
     for k, t in enumerate(positions):
-        x = slerp(noise_a, noise_b, t)[None] * sigmas[0]
-        frame_cond = {"context": lerp(ctx_a, ctx_b, t)}
+        # Each frame's conditioning: the prompts' contexts interpolated; its start: the seeds' noise slerped.
+        conditioning = Conditioning({"context": lerp(ctx_a, ctx_b, t)}, uncond)
         generator = torch.Generator(model.device).manual_seed(seed_a)
-        latent = sample(model, x, sigmas, frame_cond, uncond, options, generator, progress=progress)
+        latent = denoise(model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress)
         with autocast(model.device, options.precision):
             image = tensor_to_pil(model.decode_latent(latent))[0]
         images.append(image)
         if on_frame is not None:
             on_frame(k, image)
-    return images
+    return Generated(images, settings_of("walk", options, frames=frames, height=height, width=width))
 
 
 def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, boomerang: bool = False) -> bytes:

@@ -17,7 +17,7 @@ from ldm.checkpoint import save_state_dict
 from ldm.images import InvalidImageError
 from ldm.masks import MaskError
 from ldm.pipeline import SamplingOptions
-from ldm.testing import tiny_config, tiny_model
+from factories import tiny_config, tiny_model
 
 from streamlit.testing.v1 import AppTest
 from pathlib import Path
@@ -276,7 +276,7 @@ def test_edit_page_upscale_without_upscaler_says_so(app_env):
 
 def test_edit_page_upscales_with_an_upscaler_given(app_env, tmp_path, monkeypatch):
     from ldm.app.state import ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
-    from ldm.testing_editing import tiny_upscaler_config, tiny_upscaler_model
+    from factories import tiny_upscaler_config, tiny_upscaler_model
 
     cfg, ckpt = tmp_path / "up.yaml", tmp_path / "up.safetensors"
     cfg.write_text(yaml.safe_dump(tiny_upscaler_config()))
@@ -309,7 +309,10 @@ def test_walk_page_makes_a_gif(app_env):
 
 def test_walk_page_same_ends_is_an_error(app_env):
     at = page("walk")
-    at.text_input(key="walk_prompt_b").set_value("a smiling face")
+    # Both ends set here: the page's default prompts differ (and may change), the test is about equal ends.
+    at.text_input(key="walk_prompt_a").set_value("smiling face")
+    at.text_input(key="walk_prompt_b").set_value("smiling face")
+    at.number_input(key="walk_seed_a").set_value(1)
     at.number_input(key="walk_seed_b").set_value(1)
     at.button(key="walk_go").click().run()
     assert not at.exception and any("both ends are the same" in e for e in errors(at))

@@ -9,7 +9,7 @@ import torch
 from ldm.checkpoint import (CheckpointError, atomic_path, from_original_keys, load_into, load_state_dict, save_state_dict,
                             to_original_keys)
 from ldm.config import load_config, model_from_config
-from ldm.testing import tiny_model
+from factories import tiny_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from ldm.cli import main as cli_main
 from ldm.training import clip as clip_training
 from ldm.training.clip import (
     DEFAULT_CONFIG,
@@ -121,8 +122,8 @@ def test_main_trains_and_reports(tiny_config, tmp_path, capsys):
                 rows.append({"file": rel, "caption": f"a {name} square"})
         (data / split / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "ckpt"
-    code = clip_training.main(["--data", str(data), "--out", str(out), "--steps", "12", "--batch-size", "8",
-                               "--config", str(tiny_config), "--lr", "3e-3"])
+    code = cli_main(["clip", "--data", str(data), "--out", str(out), "--steps", "12", "--batch-size", "8",
+                     "--config", str(tiny_config), "--lr", "3e-3"])
     assert code == 0
     metrics = json.loads((out / "clip_metrics.json").read_text())
     assert metrics["steps"] == 12 and metrics["heldout"]["n"] == len(COLORS)
@@ -186,5 +187,5 @@ def test_bad_training_arguments_are_project_errors(tiny_config, tmp_path, capsys
         args = {"model": model, "images": images, "captions": captions, "steps": 1, **kwargs}
         with pytest.raises(LdmError, match=message):
             train_clip(**args)
-    assert clip_training.main(["--eval-only", "--out", str(tmp_path), "--config", str(tiny_config)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --eval-only needs the training figures in {tmp_path / 'clip_metrics.json'}"
+    assert cli_main(["clip", "--eval-only", "--out", str(tmp_path), "--config", str(tiny_config)]) == 2
+    assert capsys.readouterr().err.strip() == f"ldm clip: error: --eval-only needs the training figures in {tmp_path / 'clip_metrics.json'}"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
+from ldm.cli import main as cli_main
 from ldm.data import emoji
 from ldm.data.emoji import (
     HELDOUT_COMBINATIONS,
@@ -135,7 +136,7 @@ def test_rebuild_is_identical(built, tmp_path):
 def test_missing_font_names_the_debian_package(tmp_path, capsys):
     with pytest.raises(EmojiFontNotFoundError, match="fonts-noto-color-emoji"):
         build_emoji_dataset(tmp_path, font_path=tmp_path / "nope.ttf")
-    assert emoji.main(["--out", str(tmp_path), "--font", str(tmp_path / "nope.ttf")]) == 2
+    assert cli_main(["data", "emoji", "--out", str(tmp_path), "--font", str(tmp_path / "nope.ttf")]) == 2
     assert "fonts-noto-color-emoji" in capsys.readouterr().err
 
 
@@ -153,7 +154,8 @@ def test_refuses_to_clobber_foreign_folder(tmp_path, emoji_font, emoji_list):
 
 
 def test_main_builds(tmp_path, capsys, emoji_font, emoji_list):
-    assert emoji.main(["--out", str(tmp_path), "--limit", "10", "--size", "16", "--sources", str(tmp_path / "none")]) == 0
+    assert cli_main(["data", "emoji", "--out", str(tmp_path), "--limit", "10", "--size", "16", "--sources",
+                     str(tmp_path / "none")]) == 0
     assert "10 emoji rendered" in capsys.readouterr().out
     assert Image.open(next((tmp_path / "train" / "images").rglob("*.png"))).size == (16, 16)
 
@@ -187,5 +189,5 @@ def test_bad_options_are_project_errors_shown_in_one_line(tmp_path, capsys):
 
     with pytest.raises(LdmError, match="at least 8 pixels"):
         build_emoji_dataset(tmp_path, size=4)
-    assert emoji.main(["--out", str(tmp_path), "--size", "4"]) == 2
-    assert capsys.readouterr().err.strip() == "error: image size must be at least 8 pixels, got 4"
+    assert cli_main(["data", "emoji", "--out", str(tmp_path), "--size", "4"]) == 2
+    assert capsys.readouterr().err.strip() == "ldm data: error: image size must be at least 8 pixels, got 4"

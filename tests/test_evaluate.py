@@ -169,7 +169,7 @@ def emoji_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip_config(tmp_path_factory) -> Path:
-    from ldm.testing import TINY_TEXT
+    from factories import TINY_TEXT
 
     path = tmp_path_factory.mktemp("clip") / "tiny-eval-clip.json"
     path.write_text(json.dumps(TINY_TEXT))
@@ -265,7 +265,7 @@ def test_eval_is_an_ldm_command():
 
 def test_eval_cli_end_to_end(emoji_dir, clip_config, tmp_path, capsys):
     from ldm.checkpoint import save_state_dict
-    from ldm.testing import tiny_config, tiny_model
+    from factories import tiny_config, tiny_model
 
     model = tiny_model()
     ckpt, cfg = tmp_path / "tiny.safetensors", tmp_path / "tiny.yaml"

@@ -1,8 +1,13 @@
-"""Refactors keep every task's output exact: replay the golden cases recorded from earlier code.
+"""Refactors keep every task's output: replay the golden cases recorded from earlier code.
 
-On the machine kind the goldens were recorded on (same torch build, same CPU kernels) the outputs must be
-bit-for-bit equal. Elsewhere float rounding may differ in the last bits, so there they must agree to 1e-5
-(latents) and 1 grey level (images), which still catches any change of formula.
+The comparison has a tolerance, not bit-for-bit equality, even on a machine that reports the same torch build
+and CPU capability as the recording: float32 results depend on which SIMD kernels the CPU's exact model gets
+(oneDNN/MKL dispatch by microarchitecture, not by the "AVX512" that torch reports) and on the order of
+reductions, so the same code on two machines of the same kind differs in the last bits (measured: up to 2e-6
+of a tensor's largest value, e.g. 3e-6 on img2img/ddim/denoised). Those rounding differences stay far below
+what a change of formula does (every DDIM timestep one later: 5e-3; guidance scale 4 -> 4.004: 1.8e-5), so
+the denoised latents must agree to 1e-5 of the tensor's largest value, and the uint8 images, where such a
+difference can round a pixel the other way, to 1 grey level.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from golden.cases import OUTPUTS, machine, run_all
+from golden.cases import OUTPUTS, run_all
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +34,22 @@ def test_every_case_is_replayed(recorded, replayed):
     assert len({k.rsplit("/", 1)[0] for k in replayed}) >= 20  # tasks x samplers, not a token few
 
 
+LATENT_TOLERANCE = 1e-5  # of the tensor's largest magnitude; rounding across CPUs was up to 2e-6
+IMAGE_TOLERANCE = 1  # grey levels of the uint8 images
+
+
 def test_outputs_equal_the_recorded_ones(recorded, replayed):
     golden, recorded_on = recorded
-    exact = recorded_on == machine()
     for key, expected in golden.items():
         got = replayed[key]
-        assert got.shape == expected.shape, key
-        if exact:
-            assert torch.equal(got, expected), f"{key}: max diff {(got.float() - expected.float()).abs().max():.3g}"
-        elif key.endswith("/images"):
-            assert (got.int() - expected.int()).abs().max() <= 1, key
+        assert got.shape == expected.shape and got.dtype == expected.dtype, key
+        diff = (got.double() - expected.double()).abs().max().item()
+        if key.endswith("/images"):
+            assert diff <= IMAGE_TOLERANCE, f"{key}: {diff:.0f} grey levels off (recorded on {recorded_on})"
         else:
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=key)
+            scale = max(expected.double().abs().max().item(), 1e-3)
+            assert diff <= LATENT_TOLERANCE * scale, (f"{key}: max diff {diff:.3g}, {diff / scale:.3g} of its "
+                                                      f"largest value {scale:.3g} (recorded on {recorded_on})")
 
 
 def test_stochastic_cases_differ_from_a_deterministic_run(replayed):

@@ -14,8 +14,8 @@ from ldm.editing import ImageTooSmallError, StrengthError, WrongModelError
 from ldm.images import InvalidImageError, pil_to_tensor, tensor_to_pil
 from ldm.img2img import img2img
 from ldm.pipeline import txt2img
-from ldm.testing import tiny_config, tiny_model
-from ldm.testing_editing import tiny_upscaler_model
+from factories import tiny_config, tiny_model
+from factories import tiny_upscaler_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

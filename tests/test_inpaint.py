@@ -12,15 +12,16 @@ from PIL import Image
 from ldm.checkpoint import from_original_keys, load_into, save_state_dict
 from ldm.cli import main
 from ldm.config import model_from_config
-from ldm.editing import StrengthError, WrongModelError, sample_from
+from ldm.editing import StrengthError, WrongModelError
 from ldm.images import pil_to_tensor
 from ldm.inpaint import (BlendDenoiser, InpaintModeError, extend_canvas, inpaint, outpaint, parse_extend,
                          resolve_mode)
 from ldm.masks import EmptyMaskError, MaskSizeError
 from ldm.pipeline import SamplingOptions, prompt_conditions
 from ldm.samplers import SAMPLERS
-from ldm.testing import tiny_config, tiny_model
-from ldm.testing_editing import tiny_inpaint_config, tiny_inpaint_model, tiny_upscaler_model
+from ldm.tasks import Conditioning, sample_seeded
+from factories import tiny_config, tiny_model
+from factories import tiny_inpaint_config, tiny_inpaint_model, tiny_upscaler_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 
@@ -116,8 +117,9 @@ def test_blend_denoiser_holds_known_latents_on_the_noising_path(models, sampler)
     assert torch.equal(out[..., :4], x0[..., :4].expand(2, -1, -1, -1)) and (out[..., 4:] == 0).all()
     # Through a whole sampling run the known latents end exactly at the original ones.
     cond, uncond = prompt_conditions(model, ["a dog"], [""])
-    latents = sample_from(model, x0, 1.0, cond, uncond, SamplingOptions(steps=4, sampler=sampler), seed=0, progress=False,
-                          wrap=lambda den, n: BlendDenoiser(den, x0, n, keep))
+    latents = sample_seeded(model, Conditioning(cond, uncond, wrap=lambda den, n: BlendDenoiser(den, x0, n, keep)),
+                            SamplingOptions(steps=4, sampler=sampler), seed=0, shape=x0.shape, x0=x0, strength=1.0,
+                            progress=False)
     assert torch.allclose(latents[..., :4], x0[..., :4], atol=1e-5)
     assert (latents[..., 4:] - x0[..., 4:]).abs().mean() > 0.1
 

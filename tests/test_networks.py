@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ldm.attention import attention
 from ldm.text_encoder import FrozenOpenCLIPEmbedder
-from ldm.testing import TINY_TEXT, tiny_model
+from factories import TINY_TEXT, tiny_model
 from ldm.unet import timestep_embedding
 
 

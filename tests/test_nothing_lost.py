@@ -12,11 +12,11 @@ import time
 import pytest
 import torch
 import yaml
+from factories import tiny_config, tiny_model
 from PIL import Image
 
 from ldm.checkpoint import save_state_dict
 from ldm.cli import main
-from ldm.testing import tiny_config, tiny_model
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 

@@ -225,7 +225,7 @@ def test_benchmark_runs_a_model_from_config_and_checkpoint(tmp_path, monkeypatch
     import yaml
 
     from ldm.checkpoint import save_state_dict
-    from ldm.testing import tiny_config, tiny_model
+    from factories import tiny_config, tiny_model
 
     cfg, ckpt = tmp_path / "tiny.yaml", tmp_path / "tiny.safetensors"
     cfg.write_text(yaml.safe_dump(tiny_config()))

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ldm.degradations import Degradation
-from ldm.testing import tiny_model
-from ldm.testing_editing import tiny_inpaint_model, tiny_upscaler_model
+from factories import tiny_model
+from factories import tiny_inpaint_model, tiny_upscaler_model
 from ldm.training.editing import EditingTrainingError, InpaintingModule, UpscalerModule, WithLowRes, WithMasks
 
 

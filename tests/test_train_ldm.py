@@ -295,7 +295,7 @@ def test_compile_option_keeps_state_dict_keys(shapes, tmp_path):
 
 @pytest.mark.parametrize("kind", ["inpaint", "upscaler"])
 def test_conditioning_kind_picks_the_module(shapes, tmp_path, kind):
-    from ldm.testing_editing import tiny_inpaint_config, tiny_upscaler_config
+    from factories import tiny_inpaint_config, tiny_upscaler_config
     from ldm.training.config import load_train_config
     from ldm.training.editing import InpaintingModule, UpscalerModule
 

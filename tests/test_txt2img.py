@@ -12,7 +12,7 @@ from PIL import Image
 from ldm.checkpoint import save_state_dict
 from ldm.cli import main
 from ldm.pipeline import SamplingOptions, txt2img
-from ldm.testing import tiny_config, tiny_model
+from factories import tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")

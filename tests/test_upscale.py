@@ -14,8 +14,8 @@ from ldm.cli import main
 from ldm.config import model_from_config
 from ldm.editing import ImageTooSmallError, WrongModelError
 from ldm.images import pil_to_tensor
-from ldm.testing import tiny_model
-from ldm.testing_editing import tiny_upscaler_config, tiny_upscaler_model
+from factories import tiny_model
+from factories import tiny_upscaler_config, tiny_upscaler_model
 from ldm.upscale import NoiseLevelError, TileError, tile_starts, tiled_map, upscale
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"

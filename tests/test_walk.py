@@ -9,7 +9,7 @@ from PIL import Image, ImageSequence
 
 from ldm.checkpoint import save_state_dict
 from ldm.cli import main
-from ldm.testing import tiny_config, tiny_model
+from factories import tiny_config, tiny_model
 from ldm.walk import WalkError, gif_bytes, lerp, slerp, walk_frames, walk_positions
 
 

@@ -31,16 +31,18 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_
 
     # A fresh venv without this checkout: the dependencies come from the test's own environment (a path
     # entry only, so its editable install of ldm is not seen), ldm from the wheel.
+    # Without PYTHONPATH or LDM_HOME from here on: with PYTHONPATH at a checkout, pip would find ldm already
+    # importable in the fresh venv and install nothing.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LDM_HOME")}
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     site = next((venv / "lib").glob("python*/site-packages"))
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index",
-         "-q", str(wheel)])
+         "-q", str(wheel)], env=env)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LDM_HOME")}
     where = run([str(venv / "bin" / "python"), "-c", "import ldm, ldm.defaults as d; print(ldm.__file__); "
                  "print(d.default_checkpoint_path())"], cwd=elsewhere, env=env).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where

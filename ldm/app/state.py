@@ -53,7 +53,7 @@ def source_from_env(env: Mapping[str, str] | None = None) -> ModelSource:
 
 def load_main_model(config: str | None, ckpt: str | None, device: str = "auto") -> LatentDiffusion:
     """The model for text-to-image, editing and walks; a clear error when the shipped one is absent."""
-    from ldm.commands.common import resolve_device
+    from ldm.devices import resolve_device
     from ldm.defaults import default_checkpoint_path, default_config_path
     from ldm.model import load_model
 
@@ -66,7 +66,7 @@ def load_main_model(config: str | None, ckpt: str | None, device: str = "auto") 
 
 
 def load_upscaler(config: str, ckpt: str, device: str = "auto") -> LatentDiffusion:
-    from ldm.commands.common import resolve_device
+    from ldm.devices import resolve_device
     from ldm.model import load_model
     from ldm.upscale import check_upscaler
 

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 from PIL import Image
 
+from ldm.devices import resolve_device  # noqa: F401 (re-exported: the commands' --device)
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.images import check_writable, make_grid, next_index, save_png
 from ldm.pipeline import PRECISIONS, SamplingOptions
@@ -31,7 +31,8 @@ def add_sampling_args(p: argparse.ArgumentParser, steps: int = 30, scale: float 
     p.add_argument("--steps", type=int, default=steps, help="sampling steps")
     p.add_argument("--scale", type=float, default=scale, help="classifier-free guidance scale (1 = no guidance)")
     p.add_argument("--sampler", default="ddim", help="ddim, ddpm, plms, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--spacing", default="leading", help="timestep spacing: leading, trailing or linspace")
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale (for v-prediction models)")
@@ -60,23 +61,6 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
                            precision=args.precision)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InvalidOptionError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidOptionError(f"device {name!r} requested but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidOptionError(f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices")
-    elif device.type != "cpu":
-        raise InvalidOptionError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
-    return device
 
 
 def load_model_from_args(args: argparse.Namespace):

@@ -1,43 +1,58 @@
-"""ldm data emoji / emoji-sources: build the emoji training set (see ldm.data.emoji)."""
+"""ldm data emoji / emoji-sources / shapes: build the emoji training set (ldm.data.emoji), the tiny shapes set."""
 from __future__ import annotations
 
 import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ldm.data.emoji import EMOJI_LIST_PACKAGE, FONT_PACKAGE
+    from ldm.data.emoji_sources import DEFAULT_SOURCES_DIR
+
     p = sub.add_parser("data", help="build datasets")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     e = kinds.add_parser("emoji", help="render the emoji in every design with their names (needs fonts-noto-color-emoji)")
-    e.add_argument("--out", default="data/emoji")
-    e.add_argument("--size", type=int, default=64)
-    e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--font", default=None)
-    e.add_argument("--emoji-test", default=None)
-    e.add_argument("--sources", default=None, help="folder of `ldm data emoji-sources` (default: data/emoji-sources)")
-    e.add_argument("--styles", default=None, help="comma-separated styles (default: every one available)")
+    e.add_argument("--out", default="data/emoji", help="output folder (default: data/emoji)")
+    e.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
+    e.add_argument("--limit", type=int, default=None, help="only this many emoji, spread over the list (for quick tests)")
+    e.add_argument("--font", default=None, help=f"path to NotoColorEmoji.ttf (default: the {FONT_PACKAGE} location)")
+    e.add_argument("--emoji-test", default=None,
+                   help=f"path to emoji-test.txt (default: the {EMOJI_LIST_PACKAGE} location)")
+    e.add_argument("--sources", default=str(DEFAULT_SOURCES_DIR),
+                   help=f"folder of the SVG designs from `ldm data emoji-sources` (default: {DEFAULT_SOURCES_DIR}); "
+                        "without it only the Noto font is rendered")
+    e.add_argument("--styles", default=None, help="comma-separated styles to render (default: every one available)")
     e.set_defaults(func=run_emoji)
     s = kinds.add_parser("emoji-sources", help="fetch the pinned emoji SVG designs and keywords (npm pack, checksums verified)")
-    s.add_argument("--dest", default=None, help="default: data/emoji-sources")
+    s.add_argument("--dest", default=str(DEFAULT_SOURCES_DIR), help=f"default: {DEFAULT_SOURCES_DIR}")
     s.set_defaults(func=run_sources)
-
-
-def _argv(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
-    argv: list[str] = []
-    for flag, attr in flags.items():
-        value = getattr(args, attr)
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
+    t = kinds.add_parser("shapes", help="a tiny synthetic captioned set (\"red square\", ...) for the tiny configs")
+    t.add_argument("root", help="output folder")
+    t.add_argument("--size", type=int, default=16)
+    t.add_argument("--count", type=int, default=48)
+    t.set_defaults(func=run_shapes)
 
 
 def run_emoji(args: argparse.Namespace) -> int:
-    from ldm.data.emoji import main
+    from ldm.data.emoji import build_emoji_dataset, summary_line
 
-    return main(_argv(args, {"--out": "out", "--size": "size", "--limit": "limit", "--font": "font",
-                             "--emoji-test": "emoji_test", "--sources": "sources", "--styles": "styles"}))
+    styles = [s.strip() for s in args.styles.split(",")] if args.styles else None
+    summary = build_emoji_dataset(args.out, size=args.size, limit=args.limit, font_path=args.font,
+                                  emoji_test_path=args.emoji_test, sources_dir=args.sources, styles=styles)
+    print(summary_line(summary, args.out))
+    return 0
 
 
 def run_sources(args: argparse.Namespace) -> int:
-    from ldm.data.emoji import sources_main
+    from ldm.data.emoji_sources import fetch_sources
 
-    return sources_main(_argv(args, {"--dest": "dest"}))
+    folders = fetch_sources(args.dest)
+    print(f"{len(folders)} packages verified in {args.dest}: " + ", ".join(f.name for f in folders))
+    return 0
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from ldm.training.shapes import make_shapes_dataset
+
+    make_shapes_dataset(args.root, args.size, args.count)
+    print(f"wrote {args.count} images to {args.root}")
+    return 0

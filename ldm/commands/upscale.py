@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     check_upscale_memory(model, args, image)
     images = upscale(model, image, [args.prompt] * args.batch_size, args.negative_prompt, args.noise_level, args.seed,
                      args.tile_size, args.tile_overlap, options, progress=not args.no_progress)
-    tile = args.tile_size or model.image_size  # the defaults upscale() applies, written out for the record
-    overlap = tile // 4 if args.tile_overlap is None else args.tile_overlap
+    ran = images.settings  # the tiling upscale() chose, as it ran
     settings = [settings_dict(args.prompt, args.negative_prompt, args.seed + i, img.height, img.width, options,
                               task="upscale", noise_level=args.noise_level, init_image=str(args.image),
-                              model=model, tile_size=tile, tile_overlap=overlap, tiled=max(image.size) > tile)
+                              model=model, tile_size=ran["tile_size"], tile_overlap=ran["tile_overlap"],
+                              tiled=ran["tiled"])
                 for i, img in enumerate(images)]
     for img, s in zip(images, settings):
         writer.write(img, s)

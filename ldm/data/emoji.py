@@ -16,7 +16,6 @@ Output layout (the `CaptionedImageFolder` format):
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -31,9 +30,7 @@ from ldm.data.emoji_sources import (
     DEFAULT_SOURCES_DIR,
     KEYWORDS,
     SOURCES,
-    EmojiSourceError,
     available_sources,
-    fetch_sources,
     find_svg,
     keyword_key,
     load_keywords,
@@ -362,47 +359,16 @@ def build_emoji_dataset(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render emoji in several designs with CLDR captions into a train/held-out dataset.")
-    parser.add_argument("--out", default="data/emoji", help="output folder (default: data/emoji)")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
-    parser.add_argument("--limit", type=int, default=None, help="only this many emoji, spread over the list (for quick tests)")
-    parser.add_argument("--font", default=None, help=f"path to NotoColorEmoji.ttf (default: the {FONT_PACKAGE} location)")
-    parser.add_argument("--emoji-test", default=None, help=f"path to emoji-test.txt (default: the {EMOJI_LIST_PACKAGE} location)")
-    parser.add_argument("--sources", default=DEFAULT_SOURCES_DIR,
-                        help=f"folder of the SVG designs from `ldm data emoji-sources` (default: {DEFAULT_SOURCES_DIR}); "
-                             "without it only the Noto font is rendered")
-    parser.add_argument("--styles", default=None, help="comma-separated styles to render (default: every one available)")
-    args = parser.parse_args(argv)
-    styles = [s.strip() for s in args.styles.split(",")] if args.styles else None
-    try:
-        summary = build_emoji_dataset(args.out, size=args.size, limit=args.limit, font_path=args.font,
-                                      emoji_test_path=args.emoji_test, sources_dir=args.sources, styles=styles)
-    except LdmError as exc:  # bad options, missing font or list, a bad source package
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def summary_line(summary: dict, out: str | os.PathLike) -> str:
+    """The one line `ldm data emoji` prints about a build."""
     per_style = ", ".join(f"{k} {v}" for k, v in summary["images_per_style"].items())
-    print(
-        f"{summary['rendered']} emoji rendered ({summary['skipped_not_rendered']} skipped) in {per_style}: "
-        f"{summary['train']} train ({summary['train_images']} images), {summary['heldout']} held out "
-        f"({summary['heldout_images']} images; {summary['heldout_combination']} by combination, "
-        f"{summary['heldout_random']} at random) -> {args.out}"
-    )
-    return 0
+    return (f"{summary['rendered']} emoji rendered ({summary['skipped_not_rendered']} skipped) in {per_style}: "
+            f"{summary['train']} train ({summary['train_images']} images), {summary['heldout']} held out "
+            f"({summary['heldout_images']} images; {summary['heldout_combination']} by combination, "
+            f"{summary['heldout_random']} at random) -> {out}")
 
 
-def sources_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fetch the pinned emoji SVG designs and keywords with npm pack.")
-    parser.add_argument("--dest", default=DEFAULT_SOURCES_DIR)
-    args = parser.parse_args(argv)
-    try:
-        folders = fetch_sources(args.dest)
-    except EmojiSourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{len(folders)} packages verified in {args.dest}: " + ", ".join(f.name for f in folders))
-    return 0
+if __name__ == "__main__":  # the old entry point, now `ldm data emoji` (one command-line parser)
+    from ldm.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["data", "emoji", *sys.argv[1:]]))

@@ -5,11 +5,10 @@ The model is open_clip's own `CLIP`, built from an open_clip-format JSON config,
 `ldm.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names. The text tower is
 standard (77 tokens, the stock 49408-token BPE vocabulary), so the bundled tokenizer works offline.
 
-    python -m ldm.training.clip --data data/emoji --out checkpoints/emoji --steps 500
+    ldm clip --data data/emoji --out checkpoints/emoji --steps 500
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -21,92 +20,21 @@ from pathlib import Path
 
 import open_clip
 import torch
-import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
 
-from ldm.checkpoint import load_state_dict, save_state_dict
-from ldm.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.checkpoint import load_state_dict  # noqa: F401 (re-exported with the CLIP helpers below)
+from ldm.clip import (DEFAULT_CONFIG, ClipConfigError, create_clip, encode_text_trimmed, load_clip,  # noqa: F401
+                      save_clip, tokenize)
 from ldm.data.folder import CaptionedImageFolder
+from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "emoji" / "emoji-clip.json"
 WEIGHTS_NAME = "clip.safetensors"
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature from collapsing
 
 log = logging.getLogger(__name__)
 
 
-class ClipConfigError(LdmError, ValueError):
-    """A CLIP model config that is missing or not in open_clip's format."""
-
-
 class ClipDataError(LdmError, ValueError):
     """Image/caption pairs that cannot train a CLIP (too few, or not as many images as captions)."""
-
-
-def create_clip(config_path: str | os.PathLike = DEFAULT_CONFIG) -> open_clip.CLIP:
-    """A randomly initialised open_clip CLIP from an open_clip JSON config, registered under the file's stem."""
-    path = Path(config_path)
-    if not path.is_file():
-        raise ClipConfigError(f"CLIP config not found: {path}")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ClipConfigError(f"CLIP config {path} is not valid JSON: {exc}") from exc
-    if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= cfg.keys():
-        raise ClipConfigError(f"CLIP config {path} needs the open_clip keys embed_dim, vision_cfg and text_cfg")
-    open_clip.add_model_config(path)
-    # open_clip warns that no pretrained weights were loaded; that is the point here.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        model = open_clip.create_model(path.stem, pretrained=None)
-    finally:
-        root.setLevel(level)
-    return model
-
-
-def load_clip(weights: str | os.PathLike, config_path: str | os.PathLike = DEFAULT_CONFIG) -> open_clip.CLIP:
-    """The trained CLIP in fp32 eval mode: config -> model, then a strict load of the safetensors weights."""
-    model = create_clip(config_path)
-    state = load_state_dict(weights)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.eval()
-
-
-def save_clip(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """The state dict in fp16 safetensors, written atomically (temp file in the same folder, then os.replace)."""
-    save_state_dict(model.state_dict(), path, metadata=metadata, float_dtype=torch.float16)
-
-
-def tokenize(captions: list[str], context_length: int = 77) -> torch.Tensor:
-    return open_clip.tokenize(captions, context_length=context_length)
-
-
-def encode_text_trimmed(model: open_clip.CLIP, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """model.encode_text(tokens), computed only over the first positions up to the longest end-of-text token.
-
-    With the causal mask and end-of-text pooling, positions after the pooled token cannot affect
-    the result, so dropping them is exact; emoji captions are ~8 of 77 tokens, so it is much faster.
-    """
-    if model.text_pool_type not in ("argmax", "eos") or model.attn_mask is None:
-        return model.encode_text(tokens, normalize=normalize)
-    if model.text_pool_type == "argmax":
-        last = tokens.argmax(dim=-1)
-    else:
-        last = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    n = int(last.max()) + 1
-    tokens = tokens[:, :n]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if isinstance(model.text_projection, torch.nn.Linear):
-        x = model.text_projection(x)
-    elif model.text_projection is not None:
-        x = x @ model.text_projection
-    return F.normalize(x, dim=-1) if normalize else x
 
 
 def load_split(root: str | os.PathLike, image_size: int) -> tuple[torch.Tensor, list[str]]:
@@ -226,7 +154,7 @@ def _write_card(path: Path, report: dict) -> None:
     lines = [
         "# emoji-clip: a tiny OpenCLIP trained on Noto Color Emoji",
         "",
-        "Contrastive (CLIP) model trained from scratch by `python -m ldm.training.clip` on the train split of the",
+        "Contrastive (CLIP) model trained from scratch by `ldm clip` on the train split of the",
         "emoji dataset (`python scripts/make_emoji_dataset.py`: Noto Color Emoji renders, 64x64, captioned with their",
         "English CLDR names). Its text tower is the text encoder of the project's small pretrained emoji diffusion model.",
         "",
@@ -239,7 +167,7 @@ def _write_card(path: Path, report: dict) -> None:
         "",
         "## Training (measured)",
         "",
-        f"- Command: `python -m ldm.training.clip --data data/emoji --out checkpoints/emoji --steps {report['steps']} "
+        f"- Command: `ldm clip --data data/emoji --out checkpoints/emoji --steps {report['steps']} "
         f"--batch-size {report['batch_size']} --precision {report.get('precision', 'fp32')}` (seed 0)",
         f"- Train pairs: {report['train_pairs']}; held-out pairs: {report['heldout_pairs']}",
         f"- Steps: {report['steps']}, batch {report['batch_size']}, AdamW lr {report['lr']} with warmup + cosine, weight decay {report['weight_decay']}",
@@ -303,61 +231,45 @@ def evaluate_clip(weights: str | os.PathLike, data_dir: str | os.PathLike, confi
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train a tiny OpenCLIP on a captioned image folder with train/ and heldout/ splits.")
-    parser.add_argument("--data", default="data/emoji", help="dataset root with train/ and heldout/ (default: data/emoji)")
-    parser.add_argument("--out", default="checkpoints/emoji", help="output folder for clip.safetensors, clip_metrics.json, CLIP_CARD.md")
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="open_clip model config JSON")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast for the forward pass (default bf16)")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="re-measure <out>/clip.safetensors and rewrite the card, keeping the training figures of clip_metrics.json")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    torch.set_num_threads(max(1, args.threads))
-    torch.manual_seed(args.seed)
-    data, out = Path(args.data), Path(args.out)
+def train_and_report(data: str | os.PathLike = "data/emoji", out: str | os.PathLike = "checkpoints/emoji",
+                     steps: int = 500, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1,
+                     config: str | os.PathLike = DEFAULT_CONFIG, threads: int = 1, seed: int = 0,
+                     precision: str = "bf16", eval_only: bool = False) -> dict:
+    """What `ldm clip` does: train (unless eval_only), save clip.safetensors, measure it, write
+    clip_metrics.json and CLIP_CARD.md into `out`; returns the report."""
+    torch.set_num_threads(max(1, threads))
+    torch.manual_seed(seed)
+    data, out = Path(data), Path(out)
     weights = out / WEIGHTS_NAME
     metrics_file = out / "clip_metrics.json"
-    try:
-        if args.eval_only:
-            if not metrics_file.is_file():
-                raise MissingFileError(f"--eval-only needs the training figures in {metrics_file}")
-            report = json.loads(metrics_file.read_text())
-        else:
-            model = create_clip(args.config)
-            train_images, train_captions = load_split(data / "train", _image_size(model))
-            start, cpu_start = time.time(), time.process_time()
-            losses = train_clip(model, train_images, train_captions, args.steps, batch_size=args.batch_size,
-                                lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, precision=args.precision)
-            seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
-            save_clip(model, weights, metadata={"config": Path(args.config).name, "steps": str(args.steps)})
-            window = max(1, min(25, len(losses) // 4))  # first and final windows never overlap
-            report = {
-                "steps": args.steps, "batch_size": min(args.batch_size, len(train_images)), "lr": args.lr,
-                "weight_decay": args.weight_decay, "precision": args.precision, "threads": torch.get_num_threads(),
-                "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "machine": platform.machine(),
-                "torch": torch.__version__, "loss_window": window,
-                "loss_first": sum(losses[:window]) / window, "loss_final": sum(losses[-window:]) / window,
-            }
-        # Measure what ships: the fp16 file reloaded into a fresh model.
-        report.update(evaluate_clip(weights, data, args.config))
-    except LdmError as exc:  # bad options, data, configs and checkpoints; anything else is a bug and keeps its traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if eval_only:
+        if not metrics_file.is_file():
+            raise MissingFileError(f"--eval-only needs the training figures in {metrics_file}")
+        report = json.loads(metrics_file.read_text())
+    else:
+        model = create_clip(config)
+        train_images, train_captions = load_split(data / "train", _image_size(model))
+        start, cpu_start = time.time(), time.process_time()
+        losses = train_clip(model, train_images, train_captions, steps, batch_size=batch_size,
+                            lr=lr, weight_decay=weight_decay, seed=seed, precision=precision)
+        seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
+        save_clip(model, weights, metadata={"config": Path(config).name, "steps": str(steps)})
+        window = max(1, min(25, len(losses) // 4))  # first and final windows never overlap
+        report = {
+            "steps": steps, "batch_size": min(batch_size, len(train_images)), "lr": lr,
+            "weight_decay": weight_decay, "precision": precision, "threads": torch.get_num_threads(),
+            "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "machine": platform.machine(),
+            "torch": torch.__version__, "loss_window": window,
+            "loss_first": sum(losses[:window]) / window, "loss_final": sum(losses[-window:]) / window,
+        }
+    # Measure what ships: the fp16 file reloaded into a fresh model.
+    report.update(evaluate_clip(weights, data, config))
     metrics_file.write_text(json.dumps(report, indent=2) + "\n")
     _write_card(out / "CLIP_CARD.md", report)
-    h = report["heldout"]
-    print(f"{report['steps']} steps in {report['train_seconds'] / 60:.1f} min, final loss {report['loss_final']:.3f}; "
-          f"held-out text->image top-1 {h['t2i_top1']:.1%}, top-5 {h['t2i_top5']:.1%} ({h['n']} pairs) -> {weights}")
-    return 0
+    return report
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old entry point, now `ldm clip` (one command-line parser)
+    from ldm.cli import main
+
+    sys.exit(main(["clip", *sys.argv[1:]]))

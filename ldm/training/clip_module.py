@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning.pytorch as pl
 import open_clip
 import torch
+
+from ldm.training.base import TrainingModule
+from ldm.training.config import ClipTraining as _D
 
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature from collapsing
 
@@ -32,15 +34,15 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-class ClipModule(pl.LightningModule):
-    def __init__(self, clip: open_clip.CLIP, lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 0,
-                 betas: tuple[float, float] = (0.9, 0.98), seed: int = 0, config: dict | None = None):
-        super().__init__()
+class ClipModule(TrainingModule):
+    def __init__(self, clip: open_clip.CLIP, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
+                 warmup_steps: int = _D.warmup_steps, betas: tuple[float, float] = tuple(_D().betas),
+                 seed: int = _D.seed, config: dict | None = None):
+        """Defaults: `ldm.training.config.ClipTraining`'s, the one set a YAML run gets too."""
+        super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         self.clip = clip
-        self.lr, self.weight_decay, self.warmup_steps, self.betas = float(lr), float(weight_decay), int(warmup_steps), betas
-        self.seed, self.config = int(seed), config
+        self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), betas
         self.loss_fn = open_clip.loss.ClipLoss()
-        self.batches_seen = 0
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         from ldm.training.clip import encode_text_trimmed  # the fast exact text pass (trims padding)
@@ -72,16 +74,12 @@ class ClipModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(clip_param_groups(self.clip, self.weight_decay), lr=self.lr, betas=self.betas, eps=1e-6)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_schedule(opt), "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        """Warm-up (training.warmup_steps, or a twentieth of the run) then a cosine to 0 at the last step."""
         total = int(self.trainer.max_steps) if self._trainer is not None and self.trainer.max_steps > 0 else 10_000
-        warmup = self.warmup_steps or max(1, total // 20)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ldm"] = {"batches_seen": self.batches_seen, "config": self.config}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.batches_seen = int(checkpoint.get("ldm", {}).get("batches_seen", 0))
+        return warmup_cosine(step, total, self.warmup_steps or max(1, total // 20))
 
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach() for k, v in self.clip.state_dict().items()}

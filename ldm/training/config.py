@@ -1,22 +1,26 @@
 """Training configs: one YAML with six sections, defaults filled in, dotted command-line overrides.
 
-Schema (every key optional except `model` and `data.root`; defaults in `DEFAULTS`):
+Schema (every key optional except `model` and `data.root`): the dataclasses below, one set of defaults.
+The run kind follows from the model target (a `ldm.vae.AutoencoderKL` node trains an autoencoder,
+`ldm.text_encoder.OpenCLIP` a CLIP, anything else a diffusion model), and picks the training section's type,
+so each kind gets its own optimiser defaults (the autoencoder the reference's lr 4.5e-6 and betas (0.5, 0.9),
+never the diffusion model's) and a key of another kind, or a misspelt one, is an error naming the closest.
 
-    model:      the model node, as in inference configs ({target, params}); a
-                `ldm.vae.AutoencoderKL` node trains an autoencoder instead of a diffusion model.
+    model:      the model node, as in inference configs ({target, params}).
     init:       local weights loaded before training, all optional:
                   checkpoint: whole-model weights (original SD or our key layout)
                   vae: autoencoder weights (a vae.safetensors export, or any checkpoint holding one)
                   text_encoder: open_clip text tower weights (e.g. clip.safetensors of ldm.training.clip)
                   unet: U-Net weights (bare, or inside a whole checkpoint)
-    training:   optimisation: seed, lr, weight_decay, betas, warmup_steps, ema_decay (null: no EMA),
-                cond_dropout, grad_clip, accumulate, gradient_checkpointing, compile, scale_factor
-                ("model": keep the model's; null: estimate 1/std of the first batch's latents; a number),
-                text_cache (keep up to N captions' text-encoder outputs in memory; 0: off), latent_cache (keep up
-                to N images' VAE posteriors, a latent still drawn from each every step; only for fixed crops),
-                and for autoencoders: rec_loss (l1/l2), kl_weight, perceptual_weight, lpips_vgg, lpips_lin,
-                disc_start (null: no discriminator), disc_weight, disc_lr, disc_layers, disc_channels,
-                adaptive_disc_weight.
+    training:   every kind: seed, lr, weight_decay, betas, warmup_steps, grad_clip, accumulate;
+                diffusion (`DiffusionTraining`): ema_decay (null: no EMA), cond_dropout, gradient_checkpointing,
+                compile, scale_factor ("model": keep the model's; null: estimate 1/std of the first batch's
+                latents; a number), text_cache (keep up to N captions' text-encoder outputs in memory; 0: off),
+                latent_cache (keep up to N images' VAE posteriors, a latent still drawn from each every step;
+                only for fixed crops);
+                autoencoder (`AutoencoderTraining`): rec_loss (l1/l2), kl_weight, perceptual_weight, lpips_vgg,
+                lpips_lin, disc_start (null: no discriminator), disc_weight, disc_lr, disc_layers, disc_channels,
+                adaptive_disc_weight; CLIP (`ClipTraining`): the common keys with open_clip's defaults.
     data:       root, size, batch_size, flip, center_crop, num_workers, val_fraction, val_root, val_batch_size,
                 weighted (draw images by the `weight` of captions.jsonl), keyword_prob, max_keywords and
                 style_prob (caption sampling from captions.jsonl `keywords` / `style`, see ldm.training.captions),
@@ -35,82 +39,132 @@ import copy
 import math
 import os
 import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ldm.config import ConfigError
+from ldm.config import ConfigError, closest
 
 SECTIONS = ("model", "init", "training", "data", "trainer", "logging")
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "init": {"checkpoint": None, "vae": None, "text_encoder": None, "unet": None},
-    "training": {
-        "seed": 0,
-        "lr": 1.0e-4,
-        "weight_decay": 0.0,
-        "betas": [0.9, 0.999],
-        "warmup_steps": 0,
-        "ema_decay": 0.9999,
-        "cond_dropout": 0.1,
-        "grad_clip": None,
-        "accumulate": 1,
-        "gradient_checkpointing": False,
-        "compile": False,
-        "scale_factor": "model",
-        "text_cache": 0,
-        "latent_cache": 0,
-        # autoencoder runs only
-        "rec_loss": "l1",
-        "kl_weight": 1.0e-6,
-        "perceptual_weight": 1.0,
-        "lpips_vgg": None,
-        "lpips_lin": None,
-        "disc_start": None,
-        "disc_weight": 0.5,
-        "disc_lr": None,
-        "disc_layers": 3,
-        "disc_channels": 64,
-        "adaptive_disc_weight": True,
-    },
-    "data": {
-        "root": None,
-        "size": 256,
-        "batch_size": 4,
-        "flip": False,
-        "center_crop": True,
-        "num_workers": 0,
-        "val_fraction": 0.0,
-        "val_root": None,
-        "val_batch_size": None,
-        "weighted": False,
-        "keyword_prob": 0.0,
-        "max_keywords": 3,
-        "style_prob": 0.0,
-        "max_unreadable": 10,
-    },
-    "trainer": {
-        "max_steps": 1000,
-        "accelerator": "auto",
-        "devices": "auto",
-        "num_nodes": 1,
-        "strategy": "auto",
-        "precision": "32-true",
-        "log_every_n_steps": 10,
-    },
-    "logging": {
-        "run_dir": "runs/train",
-        "checkpoint_every_n_steps": 500,
-        "sample_every_n_steps": 500,
-        "sample_prompts": [],
-        "sample_steps": 20,
-        "sample_scale": 5.0,
-        "sample_seed": 0,
-        "csv": True,
-        "tensorboard": True,
-    },
+
+@dataclass
+class InitSection:
+    checkpoint: str | None = None
+    vae: str | None = None
+    text_encoder: str | None = None
+    unet: str | None = None
+
+
+@dataclass
+class TrainingSection:
+    """What every kind of run takes. The optimiser defaults are each kind's own (its subclass below)."""
+
+    seed: int = 0
+    lr: float = 1.0e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_clip: float | None = None  # the Trainer clips (diffusion, CLIP); the autoencoder clips itself
+    accumulate: int = 1
+
+
+@dataclass
+class DiffusionTraining(TrainingSection):
+    ema_decay: float | None = 0.9999
+    cond_dropout: float = 0.1
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    scale_factor: float | str | None = "model"
+    text_cache: int = 0
+    latent_cache: int = 0
+
+
+@dataclass
+class AutoencoderTraining(TrainingSection):
+    lr: float = 4.5e-6  # the reference's (LDM's autoencoder configs), with its Adam betas
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    rec_loss: str = "l1"
+    kl_weight: float = 1.0e-6
+    perceptual_weight: float = 1.0
+    lpips_vgg: str | None = None
+    lpips_lin: str | None = None
+    disc_start: int | None = None
+    disc_weight: float = 0.5
+    disc_lr: float | None = None
+    disc_layers: int = 3
+    disc_channels: int = 64
+    adaptive_disc_weight: bool = True
+
+
+@dataclass
+class ClipTraining(TrainingSection):
+    lr: float = 1.0e-3  # open_clip's recipe for small models
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+
+
+@dataclass
+class DataSection:
+    root: str | None = None
+    size: int = 256
+    batch_size: int = 4
+    flip: bool = False
+    center_crop: bool = True
+    num_workers: int = 0
+    val_fraction: float = 0.0
+    val_root: str | None = None
+    val_batch_size: int | None = None
+    weighted: bool = False
+    keyword_prob: float = 0.0
+    max_keywords: int = 3
+    style_prob: float = 0.0
+    max_unreadable: int = 10
+
+
+@dataclass
+class LoggingSection:
+    run_dir: str = "runs/train"
+    checkpoint_every_n_steps: int = 500
+    sample_every_n_steps: int = 500
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_steps: int = 20
+    sample_scale: float = 5.0
+    sample_seed: int = 0
+    csv: bool = True
+    tensorboard: bool = True
+
+
+# Lightning's own defaults except these; any other Trainer keyword passes through for Lightning to check.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_steps": 1000,
+    "accelerator": "auto",
+    "devices": "auto",
+    "num_nodes": 1,
+    "strategy": "auto",
+    "precision": "32-true",
+    "log_every_n_steps": 10,
 }
+
+TRAINING_FOR_KIND = {"diffusion": DiffusionTraining, "autoencoder": AutoencoderTraining, "clip": ClipTraining}
+SECTION_TYPES = {"init": InitSection, "data": DataSection, "logging": LoggingSection}
+
+
+def section_defaults(section: type) -> dict[str, Any]:
+    """A section's keys with their defaults, as plain YAML-able values."""
+    return asdict(section())
+
+
+def _defaults() -> dict[str, dict[str, Any]]:
+    """The defaults of a diffusion run, section by section (what `DEFAULTS` has always shown)."""
+    out = {name: section_defaults(cls) for name, cls in SECTION_TYPES.items()}
+    return {"init": out["init"], "training": section_defaults(DiffusionTraining), "data": out["data"],
+            "trainer": dict(TRAINER_DEFAULTS), "logging": out["logging"]}
+
+
+DEFAULTS: dict[str, dict[str, Any]] = _defaults()
 
 # Trainer arguments this code sets from the sections above; setting them twice would disagree.
 OWNED_TRAINER_KEYS = {
@@ -174,30 +228,68 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
-def resolve(cfg: dict) -> dict:
-    """Check sections and keys, fill in defaults; returns a new dict."""
+def run_kind(cfg: dict) -> str:
+    """"diffusion", "autoencoder" or "clip", from the model node's target."""
+    if is_clip(cfg):
+        return "clip"
+    return "autoencoder" if is_autoencoder(cfg) else "diffusion"
+
+
+def _section(name: str, cls: type, given: dict, kind: str, stored: bool) -> dict[str, Any]:
+    """The section as `cls` types it: given keys over the defaults; an unknown key is an error naming the closest."""
+    known = [f.name for f in fields(cls)]
+    given = dict(given)
+    if stored and name == "training":
+        # Checkpoints written before the training section was typed per kind hold every kind's keys, filled in
+        # with defaults: the ones of other kinds never reached this kind's module, so they are dropped.
+        others = {f.name for c in TRAINING_FOR_KIND.values() for f in fields(c)} - set(known)
+        given = {k: v for k, v in given.items() if k not in others}
+    for key in given:
+        if key not in known:
+            owners = [k for k, c in TRAINING_FOR_KIND.items() if key in {f.name for f in fields(c)}]
+            where = f" (a setting of {owners[0]} runs, not of this {kind} run)" if name == "training" and owners else ""
+            raise TrainConfigError(f"unknown key {key!r} in {name}{where}{closest(key, known)} "
+                                   f"(known: {', '.join(sorted(known))})")
+    values = asdict(cls(**copy.deepcopy(given)))
+    if isinstance(values.get("betas"), tuple):  # anything else is left for _check_values to name
+        values["betas"] = list(values["betas"])
+    return values
+
+
+def resolve(cfg: dict, stored: bool = False) -> dict:
+    """Check sections and keys, fill in defaults (the run kind's own training defaults); returns a new dict.
+
+    `stored`: the config comes from a checkpoint (resume), whose training section may predate the typed sections.
+    """
     if not isinstance(cfg, dict):
         raise TrainConfigError("a training config must be a mapping of sections")
     unknown = sorted(set(cfg) - set(SECTIONS))
     if unknown:
-        raise TrainConfigError(f"unknown config section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        raise TrainConfigError(f"unknown config section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
+                               f"{closest(unknown[0], list(SECTIONS))}")
     if not isinstance(cfg.get("model"), dict) or "target" not in cfg["model"]:
         raise TrainConfigError("the training config needs a 'model' node with a 'target'")
-    out = {"model": copy.deepcopy(cfg["model"])}
-    for section, defaults in DEFAULTS.items():
+    kind = run_kind(cfg)
+    out: dict[str, Any] = {"model": copy.deepcopy(cfg["model"])}
+    types = {**SECTION_TYPES, "training": TRAINING_FOR_KIND[kind]}
+    for section in ("init", "training", "data", "trainer", "logging"):
         given = cfg.get(section) or {}
         if not isinstance(given, dict):
             raise TrainConfigError(f"section {section!r} must be a mapping, got {type(given).__name__}")
-        if section != "trainer":  # trainer keys are Lightning's to check
-            bad = sorted(set(given) - set(defaults))
-            if bad:
-                raise TrainConfigError(f"unknown key(s) in {section}: {', '.join(bad)}; known: {', '.join(sorted(defaults))}")
-        out[section] = {**copy.deepcopy(defaults), **copy.deepcopy(given)}
+        if section == "trainer":  # trainer keys are Lightning's to check
+            out[section] = {**copy.deepcopy(TRAINER_DEFAULTS), **copy.deepcopy(given)}
+        else:
+            out[section] = _section(section, types[section], given, kind, stored)
     for key, where in OWNED_TRAINER_KEYS.items():
         if key in out["trainer"]:
             raise TrainConfigError(f"trainer.{key} is set by the training code; use {where} instead")
-    _check_values(out)
+    _check_values(out, kind)
     return out
+
+
+def training_section(cfg: dict) -> TrainingSection:
+    """The resolved config's training section as its typed dataclass."""
+    return TRAINING_FOR_KIND[run_kind(cfg)](**copy.deepcopy(cfg["training"]))
 
 
 def _is_number(value: Any) -> bool:
@@ -220,35 +312,38 @@ def _number(cfg: dict, section: str, key: str, low: float, high: float, what: st
     return float(value)
 
 
-def _check_values(cfg: dict) -> None:
-    """Refuse, with one line naming the key, values that would otherwise fail deep inside torch or Lightning."""
+def _check_values(cfg: dict, kind: str) -> None:
+    """Refuse, with one line naming the key, values that would otherwise fail deep inside torch or Lightning
+    (of the training keys, the run kind's own: its typed section holds no others)."""
     t, d = cfg["training"], cfg["data"]
-    for key in ("seed", "warmup_steps", "disc_layers", "disc_channels"):
-        _integer(cfg, "training", key, 1 if key in ("disc_layers", "disc_channels") else 0)
-    _integer(cfg, "training", "accumulate", 1)
+    for key, minimum in (("seed", 0), ("warmup_steps", 0), ("accumulate", 1)):
+        _integer(cfg, "training", key, minimum)
     _number(cfg, "training", "lr", 1e-12, math.inf, "a positive learning rate")
-    _number(cfg, "training", "disc_lr", 1e-12, math.inf, "a positive learning rate", optional=True)
     _number(cfg, "training", "weight_decay", 0.0, math.inf, "a number >= 0")
     betas = t["betas"]
     if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)):
         raise TrainConfigError(f"training.betas must be two numbers in [0, 1), got {betas!r}")
-    _number(cfg, "training", "cond_dropout", 0.0, 1.0, "a probability in [0, 1]")
-    if _number(cfg, "training", "ema_decay", 0.0, 1.0, "in (0, 1)", optional=True) in (0.0, 1.0):
-        raise TrainConfigError(f"training.ema_decay must be in (0, 1) or null, got {t['ema_decay']}")
     _number(cfg, "training", "grad_clip", 1e-12, math.inf, "a positive number", optional=True)
-    for key in ("kl_weight", "perceptual_weight", "disc_weight"):
-        _number(cfg, "training", key, 0.0, math.inf, "a number >= 0")
-    if t["disc_start"] is not None:
-        _integer(cfg, "training", "disc_start", 0, " (the step the discriminator starts; null: none)")
-    for key in ("text_cache", "latent_cache"):
-        _integer(cfg, "training", key, 0, f" ({'captions' if key == 'text_cache' else 'images'} kept; 0: off)")
-    if t["latent_cache"] and not d["center_crop"]:
-        raise TrainConfigError("training.latent_cache needs data.center_crop: true (a random crop is a new image every time)")
-    if t["rec_loss"] not in ("l1", "l2"):
-        raise TrainConfigError(f"training.rec_loss must be l1 or l2, got {t['rec_loss']!r}")
-    sf = t["scale_factor"]
-    if not (sf is None or sf == "model" or (_is_number(sf) and sf > 0)):
-        raise TrainConfigError(f"training.scale_factor must be 'model', null (estimate) or a positive number, got {sf!r}")
+    if kind == "diffusion":
+        _number(cfg, "training", "cond_dropout", 0.0, 1.0, "a probability in [0, 1]")
+        if _number(cfg, "training", "ema_decay", 0.0, 1.0, "in (0, 1)", optional=True) in (0.0, 1.0):
+            raise TrainConfigError(f"training.ema_decay must be in (0, 1) or null, got {t['ema_decay']}")
+        for key in ("text_cache", "latent_cache"):
+            _integer(cfg, "training", key, 0, f" ({'captions' if key == 'text_cache' else 'images'} kept; 0: off)")
+        if t["latent_cache"] and not d["center_crop"]:
+            raise TrainConfigError("training.latent_cache needs data.center_crop: true (a random crop is a new image every time)")
+        if not ((sf := t["scale_factor"]) is None or sf == "model" or (_is_number(sf) and sf > 0)):
+            raise TrainConfigError(f"training.scale_factor must be 'model', null (estimate) or a positive number, got {sf!r}")
+    if kind == "autoencoder":
+        for key in ("disc_layers", "disc_channels"):
+            _integer(cfg, "training", key, 1)
+        _number(cfg, "training", "disc_lr", 1e-12, math.inf, "a positive learning rate", optional=True)
+        for key in ("kl_weight", "perceptual_weight", "disc_weight"):
+            _number(cfg, "training", key, 0.0, math.inf, "a number >= 0")
+        if t["disc_start"] is not None:
+            _integer(cfg, "training", "disc_start", 0, " (the step the discriminator starts; null: none)")
+        if t["rec_loss"] not in ("l1", "l2"):
+            raise TrainConfigError(f"training.rec_loss must be l1 or l2, got {t['rec_loss']!r}")
 
     for key, minimum in (("size", 1), ("batch_size", 1), ("num_workers", 0), ("max_keywords", 1)):
         _integer(cfg, "data", key, minimum)
@@ -287,7 +382,7 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tup
         cfg = base
     else:
         raise TrainConfigError("give a training config (--config) or a checkpoint to resume from")
-    return resolve(apply_overrides(cfg or {}, list(overrides)))
+    return resolve(apply_overrides(cfg or {}, list(overrides)), stored=path is None)
 
 
 def is_autoencoder(cfg: dict) -> bool:

@@ -1,11 +1,12 @@
 """Training the conditional kinds: SD 2-style inpainting and x4-upscaler models.
 
-Both are `LatentDiffusionModule`s that fill its two hooks:
-- `InpaintingModule.concat_condition`: [mask at latent size, latent of the masked image], with the
+Both are `LatentDiffusionModule`s that fill its `conditions` hook with the inputs inference builds
+(by the same functions, `ldm.inpaint.masked_image_condition` and `ldm.upscale.low_res_condition`):
+- `InpaintingModule`: concat [mask at latent size, latent of the masked image], with the
   mask from the batch ("mask") or a random one (boxes, brush strokes, outpainting borders,
   sometimes everything) drawn from `ldm.masks`;
-- `UpscalerModule.concat_condition` / `label_condition`: the low-res image (from the batch, "lr",
-  or a bicubic shrink of the target), noise-augmented to a random level, and that level as `y`.
+- `UpscalerModule`: concat the low-res image (from the batch, "lr", or a bicubic shrink of the
+  target), noise-augmented to a random level, and that level as `y`.
 
 `WithMasks` and `WithLowRes` wrap any captioned-image dataset to add "mask" / "lr" per item in
 the data-loader workers (the degradation pipeline runs on PIL images there, not on the GPU).
@@ -24,8 +25,10 @@ from torch.utils.data import Dataset
 
 from ldm.errors import LdmError
 from ldm.degradations import Degradation
+from ldm.inpaint import inpaint, masked_image_condition
 from ldm.masks import MASK_KINDS, random_mask
 from ldm.model import LatentDiffusion
+from ldm.upscale import low_res_condition, upscale
 from ldm.training.ldm_module import LatentDiffusionModule
 
 
@@ -80,30 +83,31 @@ class _EditingModule(LatentDiffusionModule):
         if self._preview is None:
             self._preview = {k: v[:1].detach().cpu() for k, v in tensors.items()}
 
-    def _edit_previews(self, prompts: list[str], steps: int, guidance_scale: float, seed: int) -> list[Image.Image]:
+    def _edit_previews(self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float,
+                       seed: int) -> list[Image.Image]:
         raise NotImplementedError
 
     @torch.no_grad()
     def sample_grid_images(self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
                            seed: int = 0) -> list[Image.Image]:
-        """The remembered input, then one edit per prompt, with the EMA U-Net (txt2img cannot drive these U-Nets)."""
+        """The remembered input, then one edit per prompt, with the EMA U-Net (txt2img cannot drive these U-Nets).
+
+        The edits run on a view of the model with the EMA U-Net; the model itself is not changed."""
         if not prompts or self._preview is None:
             return []
-        trained, was_training = self.model.unet, self.training
+        was_training = self.training
         self.eval()
         try:
-            self.model.unet = self.inference_unet()
-            return self._edit_previews(list(prompts), steps, guidance_scale, seed)
+            return self._edit_previews(self.model.with_unet(self.inference_unet()), list(prompts), steps,
+                                       guidance_scale, seed)
         finally:
-            self.model.unet = trained
             self.train(was_training)
 
     def _rng_seed(self, batch: dict, tag: int) -> int:
         """Per-batch seed: from the training position while training, from the captions when evaluating
         (so validation sees the same masks / noise levels every time)."""
         if self.training:
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            return (self.seed * 1_000_003 + self.batches_seen * 1009 + rank * 17 + tag * 7_919_000_003) % (2**63)
+            return self.position_seed(tag * 7_919_000_003)
         return (zlib.crc32("\n".join(batch["caption"]).encode()) + tag) % (2**63)
 
 
@@ -112,7 +116,7 @@ class InpaintingModule(_EditingModule):
 
     def __init__(self, model: LatentDiffusion, mask_kinds: Sequence[str] = MASK_KINDS, full_mask_prob: float = 0.25,
                  **kwargs):
-        if model.conditioning_key != "hybrid":
+        if model.kind.task != "inpaint":
             raise EditingTrainingError(f"InpaintingModule needs an inpainting model (conditioning_key hybrid), "
                                        f"got {model.conditioning_key!r}")
         super().__init__(model, **kwargs)
@@ -134,19 +138,21 @@ class InpaintingModule(_EditingModule):
             raise EditingTrainingError(f"masks are {tuple(m.shape[-2:])} but images {tuple(images.shape[-2:])}")
         self._remember(image=images)
         with torch.no_grad():
-            # Exactly what inference feeds (ldm.inpaint): hole greyed out, posterior mode, nearest-resized mask.
-            masked = self.model.encode_image(images * (m < 0.5))
-        return torch.cat([F.interpolate(m, size=latents.shape[-2:]), masked.to(latents.dtype)], 1)
+            # Exactly what inference feeds: hole greyed out, posterior mode, nearest-resized mask.
+            return masked_image_condition(self.model, images, m, dtype=latents.dtype)
 
-    def _edit_previews(self, prompts: list[str], steps: int, guidance_scale: float, seed: int) -> list[Image.Image]:
-        from ldm.inpaint import inpaint
+    def conditions(self, batch: dict, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"concat": self.concat_condition(batch, latents)}
+
+    def _edit_previews(self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float,
+                       seed: int) -> list[Image.Image]:
 
         image = _tensor_to_pil(self._preview["image"][0])
         w, h = image.size
         mask = np.zeros((h, w), np.float32)
         mask[h // 4: h - h // 4, w // 4: w - w // 4] = 1  # a centre hole: the model must invent the middle
         holed = Image.fromarray((np.asarray(image) * (1 - mask[..., None])).astype(np.uint8))
-        out = inpaint(self.model, image, mask, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
+        out = inpaint(model, image, mask, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
                       progress=False)
         return [holed] + out
 
@@ -155,7 +161,7 @@ class UpscalerModule(_EditingModule):
     """Trains an x4-upscaler U-Net (conditioning_key "hybrid-adm": 4 + 3 input channels, noise-level label)."""
 
     def __init__(self, model: LatentDiffusion, **kwargs):
-        if model.conditioning_key != "hybrid-adm" or model.low_scale is None:
+        if model.kind.task != "upscale" or model.low_scale is None:
             raise EditingTrainingError("UpscalerModule needs an upscaler model (conditioning_key hybrid-adm with a "
                                        f"low_scale_config), got {model.conditioning_key!r}")
         super().__init__(model, **kwargs)
@@ -167,31 +173,34 @@ class UpscalerModule(_EditingModule):
         f = self.model.downscale
         return F.interpolate(images, scale_factor=1 / f, mode="bicubic", antialias=True).clamp(-1, 1)
 
-    def _augmented(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        # Both hooks need the same draw (the level is y, the noised image the concat); cache it on the batch.
-        if "_lr_augmented" not in batch:
-            g = torch.Generator(device=self.device).manual_seed(self._rng_seed(batch, 2))
-            low = self.low_res(batch)
-            self._remember(lr=low)
-            batch["_lr_augmented"] = self.model.low_scale(low, None, generator=g)
-        return batch["_lr_augmented"]
+    def _low_res_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """{"concat", "y"} of `ldm.upscale.low_res_condition` at a level drawn from the batch's seed (the same
+        draw however often it is asked for; the batch itself is not written to)."""
+        g = torch.Generator(device=self.device).manual_seed(self._rng_seed(batch, 2))
+        low = self.low_res(batch)
+        self._remember(lr=low)
+        return low_res_condition(self.model, low, None, generator=g)
 
     def label_condition(self, batch: dict) -> torch.Tensor:
-        return self._augmented(batch)[1]
+        return self._low_res_inputs(batch)["y"]
 
     def concat_condition(self, batch: dict, latents: torch.Tensor) -> torch.Tensor:
-        low = self._augmented(batch)[0]
+        return self.conditions(batch, latents)["concat"]
+
+    def conditions(self, batch: dict, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        inputs = self._low_res_inputs(batch)
+        low = inputs["concat"]
         if low.shape[-2:] != latents.shape[-2:]:
             raise EditingTrainingError(f"low-res images are {tuple(low.shape[-2:])} but latents "
                                        f"{tuple(latents.shape[-2:])}: the low-res input must be 1/{self.model.downscale} "
                                        "of the image size")
-        return low.to(latents.dtype)
+        return {"concat": low.to(latents.dtype), "y": inputs["y"]}
 
-    def _edit_previews(self, prompts: list[str], steps: int, guidance_scale: float, seed: int) -> list[Image.Image]:
-        from ldm.upscale import upscale
+    def _edit_previews(self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float,
+                       seed: int) -> list[Image.Image]:
 
         low = _tensor_to_pil(self._preview["lr"][0])
         f = self.model.downscale
         bicubic = low.resize((low.width * f, low.height * f), Image.Resampling.BICUBIC)  # the baseline to beat
-        return [bicubic] + upscale(self.model, low, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
+        return [bicubic] + upscale(model, low, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
                                    progress=False)

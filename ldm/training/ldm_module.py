@@ -14,37 +14,38 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image
 
 from ldm.model import LatentDiffusion
 from ldm.vae import DiagonalGaussianDistribution
+from ldm.training.base import TrainingModule
+from ldm.training.config import DiffusionTraining as _D
 from ldm.training.ema import make_ema
 
 log = logging.getLogger(__name__)
 
 
-class LatentDiffusionModule(pl.LightningModule):
+class LatentDiffusionModule(TrainingModule):
     """Trains `model.unet`; `model.vae` and `model.text_encoder` stay frozen.
 
-    Subclasses for inpainting or upscaling override `concat_condition` and `label_condition`.
+    Subclasses for inpainting or upscaling override `conditions`, the U-Net's extra inputs (concat, y).
     """
 
-    def __init__(self, model: LatentDiffusion, lr: float = 1e-4, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float | None = 0.9999,
-                 cond_dropout: float = 0.1, gradient_checkpointing: bool = False, compile: bool = False,
-                 estimate_scale_factor: bool = False, seed: int = 0, text_cache: int = 0, latent_cache: int = 0,
-                 config: dict | None = None):
-        super().__init__()
+    STEP_SALT = 12345
+
+    def __init__(self, model: LatentDiffusion, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
+                 betas: tuple[float, float] = tuple(_D().betas), warmup_steps: int = _D.warmup_steps,
+                 ema_decay: float | None = _D.ema_decay, cond_dropout: float = _D.cond_dropout,
+                 gradient_checkpointing: bool = _D.gradient_checkpointing, compile: bool = _D.compile,
+                 estimate_scale_factor: bool = False, seed: int = _D.seed, text_cache: int = _D.text_cache,
+                 latent_cache: int = _D.latent_cache, config: dict | None = None):
+        """Defaults: `ldm.training.config.DiffusionTraining`'s, the one set a YAML run gets too."""
+        super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         self.model = model
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)
-        self.warmup_steps = int(warmup_steps)
         self.cond_dropout = float(cond_dropout)
-        self.seed = int(seed)
-        self.config = config  # the resolved training config, stored in checkpoints so --resume needs no YAML
         self.needs_scale_factor = bool(estimate_scale_factor)
-        self.batches_seen = 0  # micro-batches trained on this rank; positions the data stream and the RNG
         # The text encoder is frozen, so a caption's context never changes: small captioned sets (a few
         # thousand captions, seen every epoch) skip the encoder after the first epoch. Not saved in checkpoints.
         self.text_cache_size = int(text_cache)
@@ -62,14 +63,12 @@ class LatentDiffusionModule(pl.LightningModule):
         # Compiled forward kept outside the module tree, so state-dict keys stay those of the plain U-Net.
         object.__setattr__(self, "_unet_fn", torch.compile(model.unet) if compile else model.unet)
 
-    # ---- conditioning hooks -------------------------------------------------
-    def concat_condition(self, batch: dict, latents: torch.Tensor) -> torch.Tensor | None:
-        """Channels concatenated to the noisy latents (inpainting mask + masked image); None for text-to-image."""
-        return None
-
-    def label_condition(self, batch: dict) -> torch.Tensor | None:
-        """The U-Net's class/noise-level label `y` (upscaler); None for text-to-image."""
-        return None
+    # ---- conditioning hook -------------------------------------------------
+    def conditions(self, batch: dict, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The U-Net's inputs beside the noisy latent and the text: "concat" (channels concatenated to it: the
+        inpainting mask + masked image, the upscaler's low-res image) and "y" (the upscaler's noise level).
+        None of them for text-to-image. Built by the same code as at inference (ldm.inpaint, ldm.upscale)."""
+        return {}
 
     def drop_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """True where the prompt is replaced by "" (probability cond_dropout), teaching the unconditional model."""
@@ -91,12 +90,6 @@ class LatentDiffusionModule(pl.LightningModule):
         return ["" if drop else caption for caption, drop in zip(captions, mask)]
 
     # ---- training -----------------------------------------------------------
-    def step_generator(self, offset: int = 0) -> torch.Generator:
-        """A generator for this rank's current batch, independent of anything that ran before."""
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        seed = (self.seed * 1_000_003 + (self.batches_seen + offset) * 1009 + rank * 17 + 12345) % (2**63)
-        return torch.Generator(device=self.device).manual_seed(seed)
-
     @torch.no_grad()
     def _estimate_scale_factor(self, z: torch.Tensor) -> None:
         # Like the reference's scale_by_std: 1/std of the first batch's latents, over all ranks.
@@ -132,17 +125,15 @@ class LatentDiffusionModule(pl.LightningModule):
             return z * self.model.vae.scale_factor
 
     def loss(self, batch: dict, generator: torch.Generator | None = None, drop: bool = True) -> torch.Tensor:
-        from ldm.diffusion import diffusion_loss
-
         images = batch["image"].to(self.device)
         latents = self.latents(images, generator, batch.get("key"))
         captions = list(batch["caption"])
         if drop:
             captions = self.dropped_captions(captions, generator)
         context = self.encode_captions(captions)
-        return diffusion_loss(self._unet_fn, latents, context, self.model.alphas_cumprod, prediction=self.model.prediction,
-                              generator=generator, y=self.label_condition(batch),
-                              concat=self.concat_condition(batch, latents))
+        # The parameterisation the samplers' denoiser uses too (model.denoiser()): one schedule, one target.
+        return self.model.parameterisation().loss(self._unet_fn, latents, context, generator,
+                                                  **self.conditions(batch, latents))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch, self.step_generator())
@@ -167,9 +158,7 @@ class LatentDiffusionModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.unet.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
-        warmup = max(1, self.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_schedule(opt), "interval": "step"}}
 
     def train(self, mode: bool = True) -> "LatentDiffusionModule":
         super().train(mode)
@@ -179,16 +168,16 @@ class LatentDiffusionModule(pl.LightningModule):
         return self
 
     # ---- checkpoints --------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ldm"] = {"scale_factor": self.model.vae.scale_factor, "needs_scale_factor": self.needs_scale_factor,
-                             "batches_seen": self.batches_seen, "config": self.config}
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"scale_factor": self.model.vae.scale_factor, "needs_scale_factor": self.needs_scale_factor,
+                **super().checkpoint_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ldm", {})
         if "scale_factor" in state:
             self.model.vae.scale_factor = float(state["scale_factor"])
             self.needs_scale_factor = bool(state["needs_scale_factor"])
-        self.batches_seen = int(state.get("batches_seen", 0))
 
     # ---- inference with the EMA weights -------------------------------------
     def inference_unet(self) -> torch.nn.Module:
@@ -203,17 +192,15 @@ class LatentDiffusionModule(pl.LightningModule):
     @torch.no_grad()
     def sample_grid_images(self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
                            seed: int = 0) -> list[Image.Image]:
-        """Images for prompts with the EMA U-Net (the model's own U-Net is put back afterwards)."""
+        """Images for prompts with the EMA U-Net (a view of the model with it; the model itself is not changed)."""
         from ldm.pipeline import txt2img
 
         if not prompts:
             return []
-        trained = self.model.unet
         was_training = self.training
         self.eval()
         try:
-            self.model.unet = self.inference_unet()
-            return txt2img(self.model, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale, progress=False)
+            return txt2img(self.model.with_unet(self.inference_unet()), prompts, seed=seed, steps=steps,
+                           guidance_scale=guidance_scale, progress=False)
         finally:
-            self.model.unet = trained
             self.train(was_training)

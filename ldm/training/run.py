@@ -119,12 +119,13 @@ def load_init_weights(model: torch.nn.Module, init: dict[str, Any], autoencoder:
 
 
 # ---- building blocks ----------------------------------------------------------
-# The model's conditioning kind picks the Lightning module: text-to-image, inpainting (mask + masked
-# image concatenated) or x4 upscaling (noise-augmented low-res image + its noise level).
-MODULE_FOR_CONDITIONING = {
-    "crossattn": ("ldm.training.ldm_module", "LatentDiffusionModule"),
-    "hybrid": ("ldm.training.editing", "InpaintingModule"),
-    "hybrid-adm": ("ldm.training.editing", "UpscalerModule"),
+# The task the model's conditioning kind is made for (ldm.model.CONDITIONING) picks the Lightning module:
+# text-to-image, inpainting (mask + masked image concatenated) or x4 upscaling (noise-augmented low-res
+# image + its noise level).
+MODULE_FOR_TASK = {
+    "txt2img": ("ldm.training.ldm_module", "LatentDiffusionModule"),
+    "inpaint": ("ldm.training.editing", "InpaintingModule"),
+    "upscale": ("ldm.training.editing", "UpscalerModule"),
 }
 
 def build_module(cfg: dict) -> pl.LightningModule:
@@ -155,7 +156,7 @@ def build_module(cfg: dict) -> pl.LightningModule:
 
     if not isinstance(model, LatentDiffusion):
         raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")
-    module_name, class_name = MODULE_FOR_CONDITIONING[model.conditioning_key]
+    module_name, class_name = MODULE_FOR_TASK[model.kind.task]
     module_class = getattr(importlib.import_module(module_name), class_name)
     load_init_weights(model, cfg["init"])
     sf = t["scale_factor"]

@@ -1,10 +1,9 @@
 """A tiny synthetic captioned dataset ("red square", "blue circle", ...) for tests, benchmarks and the tiny configs.
 
-    python -m ldm.training.shapes data/shapes --size 16 --count 64
+    ldm data shapes data/shapes --size 16 --count 64
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -53,16 +52,9 @@ def make_shapes_dataset(root: str | os.PathLike, size: int = 16, count: int = 48
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("root", help="output folder")
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--count", type=int, default=48)
-    args = p.parse_args(argv)
-    make_shapes_dataset(args.root, args.size, args.count)
-    print(f"wrote {args.count} images to {args.root}")
-    return 0
+if __name__ == "__main__":  # the old entry point, now `ldm data shapes` (one command-line parser)
+    import sys
 
+    from ldm.cli import main
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main(["data", "shapes", *sys.argv[1:]]))

@@ -14,34 +14,40 @@ import logging
 import os
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image
 
 from ldm.errors import InvalidOptionError
 from ldm.images import tensor_to_pil
+from ldm.training.base import TrainingModule
+from ldm.training.config import AutoencoderTraining as _D
 from ldm.training.losses import LPIPS, PatchDiscriminator, adaptive_weight, hinge_d_loss
 from ldm.vae import AutoencoderKL
 
 log = logging.getLogger(__name__)
 
 
-class AutoencoderModule(pl.LightningModule):
-    def __init__(self, vae: AutoencoderKL, lr: float = 4.5e-6, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.5, 0.9), warmup_steps: int = 0, rec_loss: str = "l1",
-                 kl_weight: float = 1e-6, perceptual_weight: float = 1.0, lpips_vgg: str | os.PathLike | None = None,
-                 lpips_lin: str | os.PathLike | None = None, disc_start: int | None = None, disc_weight: float = 0.5,
-                 disc_lr: float | None = None, disc_layers: int = 3, disc_channels: int = 64,
-                 adaptive_disc_weight: bool = True, grad_clip: float | None = None, accumulate: int = 1, seed: int = 0,
-                 config: dict | None = None):
-        super().__init__()
+class AutoencoderModule(TrainingModule):
+    STEP_SALT = 54321
+
+    def __init__(self, vae: AutoencoderKL, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
+                 betas: tuple[float, float] = tuple(_D().betas), warmup_steps: int = _D.warmup_steps,
+                 rec_loss: str = _D.rec_loss, kl_weight: float = _D.kl_weight,
+                 perceptual_weight: float = _D.perceptual_weight, lpips_vgg: str | os.PathLike | None = _D.lpips_vgg,
+                 lpips_lin: str | os.PathLike | None = _D.lpips_lin, disc_start: int | None = _D.disc_start,
+                 disc_weight: float = _D.disc_weight, disc_lr: float | None = _D.disc_lr,
+                 disc_layers: int = _D.disc_layers, disc_channels: int = _D.disc_channels,
+                 adaptive_disc_weight: bool = _D.adaptive_disc_weight, grad_clip: float | None = _D.grad_clip,
+                 accumulate: int = _D.accumulate, seed: int = _D.seed, config: dict | None = None):
+        """Defaults: `ldm.training.config.AutoencoderTraining`'s, the one set a YAML run gets too."""
+        super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         if rec_loss not in ("l1", "l2"):
             raise InvalidOptionError(f"rec_loss must be l1 or l2, got {rec_loss!r}")
         self.automatic_optimization = False
         self.vae = vae
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)
-        self.warmup_steps, self.rec_loss, self.kl_weight = int(warmup_steps), rec_loss, float(kl_weight)
-        self.grad_clip, self.accumulate, self.seed, self.config = grad_clip, int(accumulate), int(seed), config
+        self.rec_loss, self.kl_weight = rec_loss, float(kl_weight)
+        self.grad_clip, self.accumulate = grad_clip, int(accumulate)
         if (lpips_vgg is None) != (lpips_lin is None):
             raise InvalidOptionError("LPIPS needs both training.lpips_vgg (VGG16 weights) and training.lpips_lin (LPIPS lin weights)")
         if lpips_vgg is not None and perceptual_weight > 0:
@@ -54,13 +60,7 @@ class AutoencoderModule(pl.LightningModule):
         self.disc = PatchDiscriminator(vae.decoder.conv_out.out_channels, disc_channels, disc_layers) \
             if disc_start is not None else None
         self.disc_weight, self.disc_lr, self.adaptive = float(disc_weight), disc_lr, bool(adaptive_disc_weight)
-        self.batches_seen = 0
         self._fixed: torch.Tensor | None = None  # images whose reconstructions the sample grids show
-
-    def step_generator(self) -> torch.Generator:
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        return torch.Generator(device=self.device).manual_seed(
-            (self.seed * 1_000_003 + self.batches_seen * 1009 + rank * 17 + 54321) % (2**63))
 
     def losses(self, images: torch.Tensor, generator: torch.Generator | None = None,
                sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -143,19 +143,12 @@ class AutoencoderModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.vae.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
-        warmup = max(1, self.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        sched = self.lr_schedule(opt)
         if self.disc is None:
             return {"optimizer": opt, "lr_scheduler": sched}
         opt_d = torch.optim.AdamW(self.disc.parameters(), lr=float(self.disc_lr or self.lr),
                                   weight_decay=self.weight_decay, betas=self.betas)
         return [opt, opt_d], [sched]
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ldm"] = {"batches_seen": self.batches_seen, "config": self.config}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.batches_seen = int(checkpoint.get("ldm", {}).get("batches_seen", 0))
 
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
         return self.vae.state_dict()

@@ -2,7 +2,7 @@
 
 `python tests/golden/cases.py` records them (tests/golden/outputs.safetensors) from the code as it is;
 tests/test_golden.py replays them. Record only when an issue asks for a change of behaviour (and say so in
-the commit): a refactor must keep every output exact.
+the commit): a refactor must keep every output, to the rounding tolerance tests/test_golden.py explains.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 
 def machine() -> str:
-    """What exactness depends on: torch's version and the CPU kernels it picks."""
+    """Where outputs were recorded (torch's version, its CPU capability), named when a replay differs; it does not
+    make the results bitwise reproducible: CPUs of one capability still get different kernels."""
     return f"torch {torch.__version__}; {torch.backends.cpu.get_cpu_capability()}; {platform.machine()}"
 
 
@@ -41,8 +42,8 @@ def _cases() -> dict[str, Callable[[Callable], list[Image.Image]]]:
     from ldm.img2img import img2img
     from ldm.inpaint import inpaint, outpaint
     from ldm.pipeline import txt2img
-    from ldm.testing import tiny_model
-    from ldm.testing_editing import tiny_inpaint_model, tiny_upscaler_model
+    from tests.factories import tiny_model
+    from tests.factories import tiny_inpaint_model, tiny_upscaler_model
     from ldm.upscale import upscale
     from ldm.walk import walk_frames
 

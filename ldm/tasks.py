@@ -1,0 +1,185 @@
+"""How every task reaches the sampler: one composition, one start, one record of what ran.
+
+Each task (txt2img, img2img, inpaint, upscale, walk) has a `prepare` step that builds its
+`Conditioning`: the U-Net's keyword conditions for both sides of guidance (`context`, and `concat` /
+`y` for the inpainting and upscaling U-Nets) and, where the task needs one, a wrapper of the model's
+denoiser (the inpainting blend, the upscaler's tiles). `denoise` then composes
+
+    network -> parameterisation (model.denoiser()) -> task wrapper -> guidance (CFGDenoiser)
+
+and runs it through the one checked sampler entry point, `ldm.sampling.sample`, from pure noise or
+from a latent noised to the strength's level. Tasks never change their inputs; they return their
+images as `Generated`, a list that also carries the settings they ran with.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+from ldm.denoisers import CFGDenoiser, Denoiser
+from ldm.errors import InvalidOptionError, LdmError
+from ldm.model import CONDITIONING, LatentDiffusion
+from ldm.samplers import Generators, check_strength, truncate_sigmas
+from ldm.sampling import SamplingOptions, sample, sampler_eta
+from ldm.schedules import get_sigmas
+
+# What each task needs, as its error message says it (the kinds that can drive it: ldm.model.CONDITIONING).
+TASK_NEEDS = {
+    "txt2img": "a text-to-image model",
+    "walk": "a text-to-image model",
+    "img2img": "a text-to-image model",
+    "inpaint": "a text-to-image or inpainting model",
+    "upscale": "the x4 upscaler (conditioning_key hybrid-adm with a low_scale_config)",
+}
+TASK_HINTS = {"img2img": " (use inpaint for inpainting models, upscale for the upscaler)"}
+# How the messages name a task ("upscaling needs the x4 upscaler ..."); the others by their command's name.
+TASK_WORDS = {"inpaint": "inpainting", "upscale": "upscaling"}
+
+
+class EditingError(LdmError, ValueError):
+    pass
+
+
+class WrongModelError(EditingError):
+    """The model's conditioning does not fit the task (e.g. img2img with the x4 upscaler)."""
+
+
+class PromptError(InvalidOptionError):
+    pass
+
+
+def check_task(model: LatentDiffusion, task: str) -> None:
+    """Refuse a model whose conditioning kind cannot drive `task`."""
+    kind = model.kind
+    if task not in kind.tasks or (kind.label and model.low_scale is None):
+        raise WrongModelError(f"{TASK_WORDS.get(task, task)} needs {TASK_NEEDS[task]}, not a {model.conditioning_key!r} model "
+                              f"({kind.name}){TASK_HINTS.get(task, '')}")
+
+
+def kinds_for(task: str) -> list[str]:
+    return [key for key, kind in CONDITIONING.items() if task in kind.tasks]
+
+
+def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any],
+                    defaults: dict[str, Any] | None = None) -> SamplingOptions:
+    """A validated copy of the options with keyword overrides applied (the caller's object is not changed)."""
+    options = replace(options, extra=dict(options.extra)) if options is not None else SamplingOptions(**(defaults or {}))
+    for key, value in overrides.items():
+        if key == "extra" or not hasattr(options, key):
+            raise InvalidOptionError(f"unknown sampling option {key!r}")
+        setattr(options, key, value)
+    options.validate()
+    return options
+
+
+def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> tuple[list[str], list[str]]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise PromptError("no prompts given")
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != len(prompts):
+        raise PromptError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+    return prompts, negatives
+
+
+def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str]) -> tuple[dict, dict]:
+    """Cross-attention contexts for the prompts and for the unconditional side of guidance.
+
+    The negative prompt replaces the empty prompt as the unconditional embedding.
+    """
+    context = model.encode_text(prompts + negative_prompts)
+    return {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
+
+
+def start_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> torch.Tensor:
+    """Unit Gaussian noise, one seed per image, drawn on the CPU so a seed gives the same image on any device."""
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(noise).to(device)
+
+
+def image_generators(device: torch.device, seed: int, count: int) -> list[torch.Generator]:
+    """The step noise generators of a batch: image i's seeded seed + i, like its start noise (as A1111 does), so
+    image i of a batch is the image seed + i gives alone, with any sampler. A single image's generator is
+    seeded `seed`, as the one batch generator was, so single images are unchanged."""
+    return [torch.Generator(device).manual_seed(seed + i) for i in range(count)]
+
+
+def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
+    return get_sigmas(model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras).to(model.device)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a task's prepare step builds for the sampler.
+
+    cond / uncond: keyword tensors of the model's denoiser for each side of guidance ({"context", "concat", "y"});
+    a key given on one side only serves both. wrap(denoiser, start_noise): the task's wrapper of the model's
+    denoiser, or None.
+    """
+
+    cond: dict[str, torch.Tensor]
+    uncond: dict[str, torch.Tensor]
+    wrap: Callable[[Denoiser, torch.Tensor], Denoiser] | None = None
+
+    def with_inputs(self, **tensors: torch.Tensor) -> "Conditioning":
+        """The same conditioning with extra inputs (e.g. concat, y) on both sides of guidance."""
+        return replace(self, cond={**self.cond, **tensors}, uncond={**self.uncond, **tensors})
+
+    def denoiser(self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor) -> Denoiser:
+        """network -> parameterisation -> task wrapper -> guidance."""
+        inner = model.denoiser()
+        if self.wrap is not None:
+            inner = self.wrap(inner, noise)
+        return CFGDenoiser(inner, self.cond, self.uncond, options.guidance_scale, rescale=options.guidance_rescale,
+                           threshold=options.threshold)
+
+
+def denoise(model: LatentDiffusion, conditioning: Conditioning, options: SamplingOptions, noise: torch.Tensor,
+            generator: Generators, x0: torch.Tensor | None = None, strength: float = 1.0,
+            callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
+    """Clean latents, sampled from unit `noise` [B, C, h, w] scaled to the first sigma, or from x0 + noise.
+
+    x0 None, or strength 1: from pure noise (img2img at strength 1 is txt2img with the same seed).
+    Otherwise the grid keeps floor(strength * steps) steps and starts from x0 + noise * sigma;
+    strength 0 returns x0 untouched.
+    """
+    check_strength(strength)
+    sigmas = model_sigmas(model, options)
+    if x0 is not None:
+        if strength < 1.0:
+            sigmas = truncate_sigmas(sigmas, strength)
+        if strength == 0.0 or len(sigmas) < 2:
+            return x0
+    x = noise * sigmas[0] if x0 is None or strength == 1.0 else x0 + noise * sigmas[0]
+    return sample(conditioning.denoiser(model, options, noise), x, sigmas, options, generator, callback, progress)
+
+
+def sample_seeded(model: LatentDiffusion, conditioning: Conditioning, options: SamplingOptions, seed: int,
+                  shape: tuple[int, ...] | torch.Size, x0: torch.Tensor | None = None, strength: float = 1.0,
+                  callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
+    """`denoise` for a batch of `shape` [B, C, h, w] where image i uses seed + i, for its start noise and its steps."""
+    n = shape[0]
+    noise = start_noise(tuple(shape[1:]), [seed + i for i in range(n)], model.device)
+    if x0 is not None:
+        noise = noise.to(x0.dtype)
+    return denoise(model, conditioning, options, noise, image_generators(model.device, seed, n), x0, strength,
+                   callback, progress)
+
+
+def settings_of(task: str, options: SamplingOptions, **more: Any) -> dict[str, Any]:
+    """What a task ran with: its name, the resolved sampling options (eta as the sampler used it), its own inputs."""
+    opts = asdict(options)
+    extra = opts.pop("extra")
+    opts["eta"] = sampler_eta(options)
+    return {"task": task, **opts, **extra, **more}
+
+
+class Generated(list):
+    """A task's images (a plain list of PIL images) with `settings`, what the task ran with (`settings_of`)."""
+
+    def __init__(self, images: list[Image.Image], settings: dict[str, Any]):
+        super().__init__(images)
+        self.settings = settings
