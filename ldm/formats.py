@@ -38,12 +38,11 @@ from safetensors import safe_open
 
 from ldm.checkpoint import CheckpointError, load_state_dict
 from ldm.config import load_config
-from ldm.defaults import ROOT
+from ldm.defaults import shipped_path
 from ldm.errors import InvalidOptionError, LdmError
 
 log = logging.getLogger(__name__)
 
-SD_CONFIGS = ROOT / "configs" / "stable-diffusion"
 PREDICTIONS = ("eps", "v")
 CONFIG_KEY = "ldm_config"  # safetensors metadata: {"model": node} as JSON
 PREDICTION_KEY = "prediction"  # safetensors metadata: eps or v
@@ -155,6 +154,11 @@ class Detection:
             return f"config from {self.source}" + (f", prediction {self.prediction} (--prediction)" if self.prediction else "")
         return (f"{self.name} by its {self.source}, config {self.config_name}, "
                 f"prediction {self.prediction} ({self.prediction_source})")
+
+
+def sd_config_path(name: str) -> Path:
+    """A config shipped in configs/stable-diffusion/ (in the checkout, the wheel, or LDM_HOME)."""
+    return shipped_path(f"configs/stable-diffusion/{name}")
 
 
 def check_prediction(prediction: str | None) -> None:
@@ -274,7 +278,7 @@ def detect(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None =
     config_name = family.config_name(prediction)
     cfg = None
     if config_name is not None and family.unsupported is None:
-        cfg = with_prediction(load_config(SD_CONFIGS / config_name), prediction)
+        cfg = with_prediction(load_config(sd_config_path(config_name)), prediction)
     return Detection(family.key, family.name, "tensor shapes", prediction, how, cfg, config_name or "none shipped",
                      family.unsupported)
 

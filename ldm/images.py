@@ -15,6 +15,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from ldm.errors import LdmError
+from ldm.infotext import format_infotext
 
 
 class InvalidImageError(LdmError, ValueError):
@@ -110,14 +111,9 @@ def make_grid(images: list[Image.Image], rows: int | None = None) -> Image.Image
     return grid
 
 
-def settings_text(settings: dict[str, Any]) -> str:
-    prompt = settings.get("prompt", "")
-    rest = ", ".join(f"{k}: {v}" for k, v in settings.items() if k != "prompt")
-    return f"{prompt}\n{rest}"
-
-
 def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None) -> Path:
-    """PNG with the generation settings as text chunks ("parameters" readable by common viewers, "ldm" as JSON).
+    """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.infotext), which
+    viewers and A1111's PNG Info read, and "ldm", every setting as JSON (what --from-png uses first).
 
     Written atomically (temp file + rename): a full disk or a crash never leaves a truncated PNG.
     """
@@ -126,7 +122,7 @@ def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | No
     path = Path(path)
     info = PngImagePlugin.PngInfo()
     if settings:
-        info.add_text("parameters", settings_text(settings))
+        info.add_text("parameters", format_infotext(settings))
         info.add_text("ldm", json.dumps(settings, default=str, allow_nan=False))
     try:
         with atomic_path(path) as tmp:

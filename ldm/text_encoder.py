@@ -7,8 +7,11 @@ come from a local file or from the surrounding checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import open_clip
 import torch
@@ -17,6 +20,17 @@ from torch import nn
 from ldm.errors import LdmError, InvalidOptionError
 
 LAYERS = {"last": 0, "penultimate": 1}
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What prompt chunking needs of a tokenizer (ldm.long_prompts)."""
+    encode: Callable[[str], list[int]]  # text -> ids, without start and end
+    start_id: int
+    end_id: int
+    pad_id: int
+    comma_id: int
 
 
 class UnknownTextEncoderError(LdmError, ValueError):
@@ -42,6 +56,18 @@ def open_clip_model(arch: str | dict, **ignored) -> open_clip.CLIP:
     """A randomly initialised open_clip CLIP (both towers) for an architecture name, config path or dict: what
     `ldm train` trains as a text encoder or judge (config target `ldm.text_encoder.OpenCLIP`)."""
     return open_clip.model.CLIP(**open_clip_config(arch))
+
+
+_warned: set[str] = set()  # each cut prompt is said once, not at every step or batch
+
+
+def _cut_part(prompt: str, kept: int) -> str:
+    """The words of a prompt past its first `kept` tokens, for the warning."""
+    words = prompt.split()
+    for i in range(len(words), 0, -1):
+        if len(open_clip.tokenizer._tokenizer.encode(" ".join(words[:i]))) <= kept:
+            return " ".join(words[i:])
+    return prompt
 
 
 class FrozenOpenCLIPEmbedder(nn.Module):
@@ -77,8 +103,22 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         # A frozen encoder stays in eval mode even inside a model put in training mode.
         return super().train(False)
 
+    def vocabulary(self) -> Vocabulary:
+        bpe = open_clip.tokenizer._tokenizer
+        return Vocabulary(bpe.encode, bpe.sot_token_id, bpe.eot_token_id, 0, bpe.encoder[",</w>"])
+
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        return open_clip.tokenize(prompts, context_length=self.max_length)
+        """Token ids, cut at max_length as the reference code does: said in the log, since the cut part
+        of a prompt has no effect (ldm.long_prompts chunks long prompts instead)."""
+        tokens = open_clip.tokenize(prompts, context_length=self.max_length)
+        for prompt, row in zip(prompts, tokens):
+            if row[-1] != 0 and prompt not in _warned:  # a row without padding may have been cut
+                count = len(open_clip.tokenizer._tokenizer.encode(prompt))
+                if count > self.max_length - 2:
+                    _warned.add(prompt)
+                    log.warning("prompt of %d tokens cut at %d: %r has no effect (--long-prompts chunks it instead)",
+                                count, self.max_length - 2, _cut_part(prompt, self.max_length - 2))
+        return tokens
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         m = self.model

@@ -22,13 +22,13 @@ from ldm.errors import InvalidOptionError
 from ldm.formats import (
     HF_CLIP,
     OPEN_CLIP,
-    SD_CONFIGS,
     UNET,
     VAE,
     UnknownModelError,
     UnsupportedModelError,
     detect,
     detect_file,
+    sd_config_path,
 )
 from ldm.model import load_model
 from ldm.testing import tiny_config, tiny_model
@@ -133,7 +133,7 @@ def test_the_detected_config_builds_a_model_the_checkpoint_fills_strictly(sd_for
 def test_v1_inference_yaml_builds_the_sd1_unet_and_vae_layout(sd_format_dir):
     """The config we wrote for SD 1.x gives exactly SD 1.x's U-Net and VAE tensors (its text encoder is not
     built yet, so those two are checked)."""
-    cfg = load_config(SD_CONFIGS / "v1-inference.yaml")["model"]["params"]
+    cfg = load_config(sd_config_path("v1-inference.yaml"))["model"]["params"]
     shapes = sd1_manifest(sd_format_dir)
     for node, prefix in ((cfg["unet_config"], UNET), (cfg["first_stage_config"], VAE)):
         with torch.device("meta"):
@@ -195,7 +195,7 @@ def test_unknown_and_unsupported_files_are_refused_in_one_line(tmp_path, sd_form
     with pytest.raises(UnsupportedModelError, match=r"holds an SD 1\.x model: SD 1\.x text encoders .* not supported yet"):
         load_model(None, sd1)
     with pytest.raises(UnsupportedModelError, match="not supported yet"):  # the YAML given explicitly: the same
-        load_model(SD_CONFIGS / "v1-inference.yaml", sd1)
+        load_model(sd_config_path("v1-inference.yaml"), sd1)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from ldm.defaults import shipped_path
 from ldm.errors import InvalidOptionError, MissingFileError
 from ldm.commands.common import add_model_args, log, resolve_device
 
@@ -12,7 +13,7 @@ from ldm.commands.common import add_model_args, log, resolve_device
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a text-to-image model against real captioned images")
     p.add_argument("--data", default="data/emoji", help="dataset root with train/, heldout/ and heldout_combinations.txt")
-    p.add_argument("--clip", default="checkpoints/emoji/judge.safetensors",
+    p.add_argument("--clip", default=str(shipped_path("checkpoints/emoji/judge.safetensors")),
                    help="weights of the judge CLIP (open_clip state dict, trained apart from the model's text encoder); "
                         "'random' = untrained (for smoke tests only)")
     p.add_argument("--clip-config", default=None,

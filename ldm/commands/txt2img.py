@@ -2,18 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+from dataclasses import fields
 
 from ldm.errors import InvalidOptionError
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
                                  load_model_from_args, log, read_prompts, sampling_options)
 from ldm.images import check_size
-from ldm.pipeline import settings_dict, txt2img
+from ldm.infotext import settings_from_png
+from ldm.pipeline import SamplingOptions, settings_dict, txt2img
+from ldm.samplers import get_sampler
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("txt2img", help="generate images from text")
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("--from-file", help="a file with one prompt per line")
+    p.add_argument("--from-png", metavar="IMAGE",
+                   help="make an image again from the settings in its metadata (ours, or A1111's parameters text); "
+                        "prompt, seed, size and sampling options come from the image, counts and the model from here")
     p.add_argument("--height", "--H", type=int, default=None, help="image height in px (default: the model's size)")
     p.add_argument("--width", "--W", type=int, default=None, help="image width in px (default: the model's size)")
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch")
@@ -24,13 +31,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Settings of our JSON that are SamplingOptions fields or the command's own; other keys are the sampler's
+# keyword options (SamplingOptions.extra), the model's identity or other commands' (strength).
+OWN_SETTINGS = {"prompt", "negative_prompt", "seed", "height", "width", "model_file", "model_sha256", "model_hash"}
+
+
+def apply_png_settings(args: argparse.Namespace) -> None:
+    """Fill args from the settings an image was made with (--from-png)."""
+    if args.prompt is not None or args.from_file:
+        raise InvalidOptionError("--from-png takes the prompt from the image; give no prompt or --from-file with it")
+    settings = settings_from_png(args.from_png)
+    if "strength" in settings or "init_image" in settings:
+        raise InvalidOptionError(f"{args.from_png} was made from an image (it has a denoising strength); "
+                                 "--from-png regenerates text-to-image results")
+    if "prompt" not in settings:
+        raise InvalidOptionError(f"{args.from_png} has settings but no prompt")
+    args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt", "")
+    for key, attr in (("seed", "seed"), ("height", "height"), ("width", "width"), ("steps", "steps"),
+                      ("guidance_scale", "scale"), ("sampler", "sampler"), ("eta", "eta"), ("spacing", "spacing"),
+                      ("karras", "karras"), ("guidance_rescale", "guidance_rescale"), ("precision", "precision")):
+        if settings.get(key) is not None:
+            setattr(args, attr, settings[key])
+    args.png_threshold = settings.get("threshold")
+    known = OWN_SETTINGS | {f.name for f in fields(SamplingOptions)}
+    args.png_extra = {k: v for k, v in settings.items() if k not in known}
+    args.png_model_hash = settings.get("model_sha256") or settings.get("model_hash")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.from_png:
+        apply_png_settings(args)
     prompts = read_prompts(args)
     options = sampling_options(args)
+    if args.from_png:
+        options.threshold = args.png_threshold
+        # Only keyword options the sampler takes: a key it does not know would be an error, not a setting.
+        accepted = inspect.signature(get_sampler(options.sampler)).parameters
+        options.extra = {k: v for k, v in args.png_extra.items() if k in accepted and k != "eta"}
     options.validate()
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     model = load_model_from_args(args)
+    made_with = getattr(args, "png_model_hash", None)
+    ours = (getattr(model, "identity", None) or {}).get("model_sha256", "")
+    if made_with and not ours.startswith(str(made_with)):
+        log.warning("%s was made by another model (hash %s); this one (%s) makes a different image",
+                    args.from_png, str(made_with)[:10], ours[:10] or "unhashed")
     height = model.default_image_size if args.height is None else args.height  # 0 is an error, not the default
     width = model.default_image_size if args.width is None else args.width
     check_size(height, width, max(8, model.downscale))

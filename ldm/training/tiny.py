@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 
 from ldm.errors import InvalidOptionError
-from ldm.defaults import ROOT
+from ldm.defaults import shipped_path
 from ldm.training.config import load_train_config
 
-TINY_CONFIGS = {kind: ROOT / "configs" / "train" / f"tiny-{kind}.yaml" for kind in ("ldm", "vae", "clip")}
+TINY_CONFIGS = {kind: shipped_path(f"configs/train/tiny-{kind}.yaml") for kind in ("ldm", "vae", "clip")}
 
 # Quiet, fast settings for runs nobody watches.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logging.tensorboard=false"]
