@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "ldm.commands.walk",
     "ldm.commands.app",
     "ldm.commands.evaluate",
+    "ldm.commands.convert",
 ]
 
 

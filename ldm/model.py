@@ -17,7 +17,7 @@ from torch import nn
 
 from ldm.errors import InvalidOptionError
 from ldm.checkpoint import CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, to_original_keys
-from ldm.config import instantiate, load_config
+from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
 log = logging.getLogger(__name__)
@@ -164,18 +164,20 @@ class LatentDiffusion(nn.Module):
 
 
 def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
-               device: str | torch.device = "cpu") -> LatentDiffusion:
+               device: str | torch.device = "cpu", prediction: str | None = None) -> LatentDiffusion:
     """Build a model from a config (ours or an original SD 2.x YAML) and load its weights.
 
-    With neither argument, the small pretrained emoji model shipped in checkpoints/ is used.
+    With neither argument, the small pretrained emoji model shipped in checkpoints/ is used. With a
+    checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);
+    `prediction` ("eps" or "v") overrides the config's, and SD 2.x 768-v files without metadata need "v".
     """
+    from ldm.formats import resolve_config
+
     if config is None and checkpoint is None:
         from ldm.defaults import default_config_path, default_checkpoint_path
 
         config, checkpoint = default_config_path(), default_checkpoint_path()
-    if config is None:
-        raise InvalidOptionError("give a config with the checkpoint (e.g. v2-inference.yaml)")
-    cfg = config if isinstance(config, dict) else load_config(config)
+    cfg = resolve_config(config, checkpoint, prediction)
     model = instantiate(cfg["model"])
     if not isinstance(model, LatentDiffusion):
         raise InvalidOptionError("the config's model target is not a latent diffusion model")

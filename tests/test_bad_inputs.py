@@ -45,7 +45,7 @@ CASES = [
     (["txt2img", "x", *MODEL, "--seed", str(2**70)], "--seed must be between -2**63 and 2**63-1"),
     (["txt2img", "x", *MODEL, "--steps", "many"], "argument --steps: invalid int value: 'many'"),
     (["txt2img", "x", "--config", "tiny.yaml", "--outdir", "out"], "--config needs --ckpt"),
-    (["txt2img", "x", "--ckpt", "tiny.safetensors", "--outdir", "out"], "--ckpt needs --config"),
+    (["txt2img", "x", "--ckpt", "bare.safetensors", "--outdir", "out"], "bare.safetensors matches no known model family"),
     (["txt2img", "x", *MODEL, "--ckpt", "cut.safetensors"], "cut.safetensors"),
     (["txt2img", "x", *MODEL, "--config", "odd-channels.yaml"], "bad parameters for ldm.unet.UNetModel"),
     (["txt2img", "x", *MODEL, "--config", "negative-size.yaml"], "bad parameters for ldm.unet.UNetModel"),
@@ -84,6 +84,7 @@ def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad-inputs")
     (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_config()))
     save_state_dict(tiny_model().original_state_dict(), root / "tiny.safetensors")
+    shutil.copy(root / "tiny.safetensors", root / "bare.safetensors")  # no config in it or beside it
     (root / "cut.safetensors").write_bytes((root / "tiny.safetensors").read_bytes()[:2000])
     odd = tiny_config()
     odd["model"]["params"]["unet_config"]["params"]["model_channels"] = 30  # GroupNorm's 32 groups cannot split it

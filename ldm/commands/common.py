@@ -21,8 +21,10 @@ class EmptyPromptFileError(LdmError, ValueError):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="model config YAML (ours or an original SD 2.x one); default: the shipped emoji model")
-    p.add_argument("--ckpt", help="weights (.safetensors, or .ckpt read with weights_only)")
+    p.add_argument("--config", help="model config YAML (ours or an original SD one); default: detected from --ckpt")
+    p.add_argument("--ckpt", help="weights (.safetensors, or .ckpt read with weights_only); default: the emoji model")
+    p.add_argument("--prediction", choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768-v "
+                   "files without metadata need v; see ldm/formats.py)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
@@ -66,12 +68,10 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
 def load_model_from_args(args: argparse.Namespace):
     from ldm.model import load_model
 
-    if args.ckpt and not args.config:
-        raise InvalidOptionError("--ckpt needs --config (the model's YAML)")
     if args.config and not args.ckpt:
         # A config alone builds a model with random weights: its images are noise, which nobody wants by accident.
         raise InvalidOptionError("--config needs --ckpt (the model's weights); without them the model is random")
-    return load_model(args.config, args.ckpt, resolve_device(args.device))
+    return load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:

@@ -8,6 +8,7 @@ and `model.yaml` (the model node with the final scale_factor), which `ldm.model.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -36,11 +37,13 @@ def export_diffusion(state: dict[str, torch.Tensor], model_node: dict, scale_fac
     """Write model.safetensors and model.yaml into out_dir; returns their paths."""
     out = Path(out_dir)
     weights, config = out / "model.safetensors", out / "model.yaml"
-    meta = {"format": "pt", "scale_factor": repr(float(scale_factor))}
+    node = inference_model_node(model_node, scale_factor)
+    # The config travels inside the file too, so the weights alone load (ldm.formats reads it).
+    meta = {"format": "pt", "scale_factor": repr(float(scale_factor)), "ldm_config": json.dumps(node)}
     if step is not None:
         meta["step"] = str(step)
     save_state_dict(to_original_keys(state), weights, metadata=meta)
-    _write_yaml_atomic(inference_model_node(model_node, scale_factor), config)
+    _write_yaml_atomic(node, config)
     return weights, config
 
 
@@ -57,7 +60,6 @@ def export_autoencoder(state: dict[str, torch.Tensor], model_node: dict, out_dir
 def export_clip(state: dict[str, torch.Tensor], model_node: dict, out_dir: str | os.PathLike,
                 step: int | None = None) -> tuple[Path, Path]:
     """Write clip.safetensors (fp16, open_clip keys) and clip.json (its open_clip config) into out_dir."""
-    import json
 
     from ldm.text_encoder import open_clip_config
 
