@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import tiny_config, tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -17,7 +18,6 @@ from ldm.checkpoint import CheckpointError, save_state_dict
 from ldm.convert import ConvertError, convert_checkpoint
 from ldm.formats import detect_file
 from ldm.model import load_model
-from ldm.testing import tiny_config, tiny_model
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
 

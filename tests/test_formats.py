@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import tiny_config, tiny_model
 
 from ldm.checkpoint import (
     CheckpointError,
@@ -31,7 +32,6 @@ from ldm.formats import (
     sd_config_path,
 )
 from ldm.model import load_model
-from ldm.testing import tiny_config, tiny_model
 from ldm.training.export import export_diffusion
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,13 +5,19 @@ import json
 import numpy as np
 import pytest
 import yaml
+from factories import tiny_config, tiny_model
 from PIL import Image, PngImagePlugin
 
 from ldm.checkpoint import save_state_dict
 from ldm.cli import main
-from ldm.infotext import (InfotextError, format_infotext, parse_infotext, quote, settings_from_infotext,
-                          settings_from_png)
-from ldm.testing import tiny_config, tiny_model
+from ldm.infotext import (
+    InfotextError,
+    format_infotext,
+    parse_infotext,
+    quote,
+    settings_from_infotext,
+    settings_from_png,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,15 @@ import logging
 
 import pytest
 import torch
+from factories import TINY_TEXT
 
-from ldm.long_prompts import BREAK, chunk_prompt, encode_prompts, pad_contexts, parse_emphasis
-from ldm.testing import TINY_TEXT
+from ldm.long_prompts import (
+    BREAK,
+    chunk_prompt,
+    encode_prompts,
+    pad_contexts,
+    parse_emphasis,
+)
 from ldm.text_encoder import FrozenOpenCLIPEmbedder
 
 
