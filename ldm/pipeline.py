@@ -110,11 +110,19 @@ def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tens
 def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: str | list[str] = "",
             height: int | None = None, width: int | None = None, seed: int = 0,
             options: SamplingOptions | None = None, callback: Callable[[dict], None] | None = None,
-            progress: bool = True, **option_overrides: Any) -> list[Image.Image]:
+            progress: bool = True, loras: list[tuple[str, float]] | None = None,
+            **option_overrides: Any) -> list[Image.Image]:
     """Generate one image per prompt. Image i uses seed + i, so any single image can be re-made alone.
 
     Options are a SamplingOptions or keyword overrides (steps=20, guidance_scale=5, sampler="euler", ...).
+    loras: [(LoRA file, weight), ...] applied for this call only (ldm.lora).
     """
+    if loras:
+        from ldm.lora import using_loras
+
+        with using_loras(model, loras):
+            return txt2img(model, prompts, negative_prompt, height, width, seed, options, callback, progress,
+                           **option_overrides)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise InvalidOptionError("no prompts given")

@@ -4,9 +4,12 @@ import json
 
 import pytest
 import torch
+import yaml
+from PIL import Image
 from torch import nn
 
 from ldm.checkpoint import save_state_dict
+from ldm.cli import main
 from ldm.errors import MissingFileError
 from ldm.lora import (
     LoraError,
@@ -24,9 +27,9 @@ from ldm.lora_layers import HOST_TYPES, model_targets
 from ldm.pipeline import txt2img
 
 try:  # the arch refactor moves the factories from ldm/testing.py to tests/factories.py
-    from factories import tiny_model
+    from factories import tiny_config, tiny_model
 except ImportError:
-    from ldm.testing import tiny_model
+    from ldm.testing import tiny_config, tiny_model
 
 T = torch.tensor([10, 600])
 
@@ -277,3 +280,52 @@ def test_bad_hyperparameters_and_targets(base):
     add_lora(model)
     with pytest.raises(LoraError, match="already has"):
         add_lora(model)
+
+
+def test_txt2img_applies_loras_for_one_call_only(base, tmp_path):
+    path = random_lora(base, tmp_path / "style.safetensors")
+    plain = txt2img(base, "a cat", height=16, width=16, steps=2, seed=1, progress=False)[0]
+    zero = txt2img(base, "a cat", height=16, width=16, steps=2, seed=1, progress=False, loras=[(str(path), 0.0)])[0]
+    styled = txt2img(base, "a cat", height=16, width=16, steps=2, seed=1, progress=False, loras=[(str(path), 1.0)])[0]
+    assert plain.tobytes() == zero.tobytes() and plain.tobytes() != styled.tobytes()
+    assert not any(isinstance(m, HOST_TYPES) for m in base.modules()) and not base.identity.get("loras")
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory, base):
+    d = tmp_path_factory.mktemp("tiny")
+    cfg, ckpt = d / "tiny.yaml", d / "tiny.safetensors"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    save_state_dict(base.original_state_dict(), ckpt)
+    return ["--config", str(cfg), "--ckpt", str(ckpt)]
+
+
+def run_cli(model_files, out, *extra):
+    return main(["txt2img", "a cat", *model_files, "--steps", "2", "--height", "16", "--width", "16",
+                 "--no-progress", "--outdir", str(out), *extra])
+
+
+def test_cli_applies_several_loras_and_records_them(base, model_files, tmp_path):
+    a = random_lora(base, tmp_path / "a.safetensors")
+    b, _ = kohya_file(base, tmp_path / "b.safetensors")
+    assert run_cli(model_files, tmp_path / "plain") == 0
+    assert run_cli(model_files, tmp_path / "zero", "--lora", f"{a}:0") == 0
+    assert run_cli(model_files, tmp_path / "two", "--lora", f"{a}:0.8", "--lora", str(b)) == 0
+    image = lambda d: Image.open(tmp_path / d / "samples" / "00000.png")
+    assert image("zero").tobytes() == image("plain").tobytes()
+    assert image("two").tobytes() != image("plain").tobytes()
+    loras = json.loads(image("two").text["ldm"])["loras"]
+    assert [(x["file"], x["weight"]) for x in loras] == [("a.safetensors", 0.8), ("b.safetensors", 1.0)]
+
+
+def test_cli_unknown_key_exits_non_zero_with_one_line(base, model_files, tmp_path, capsys):
+    bad, _ = kohya_file(base, tmp_path / "bad.safetensors",
+                        {"lora_unet_up_blocks_5_resnets_0_conv1.lora_down.weight": torch.zeros(2, 64, 3, 3),
+                         "lora_unet_up_blocks_5_resnets_0_conv1.lora_up.weight": torch.zeros(64, 2, 1, 1)})
+    code = run_cli(model_files, tmp_path / "out", "--lora", f"{bad}:0.5")
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert err.strip().count("\n") == 0 and "lora_unet_up_blocks_5_resnets_0_conv1" in err
+    assert not (tmp_path / "out" / "samples" / "00000.png").exists()
+    assert run_cli(model_files, tmp_path / "out", "--lora", str(tmp_path / "missing.safetensors")) != 0
+    assert "LoRA file not found" in capsys.readouterr().err

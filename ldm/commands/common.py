@@ -24,6 +24,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="model config YAML (ours or an original SD 2.x one); default: the shipped emoji model")
     p.add_argument("--ckpt", help="weights (.safetensors, or .ckpt read with weights_only)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="apply a LoRA (ours or kohya/A1111 layout) at WEIGHT (default 1); repeat for several")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, steps: int = 30, scale: float = 7.5) -> None:
@@ -87,7 +89,13 @@ def load_model_from_args(args: argparse.Namespace):
     if args.config and not args.ckpt:
         # A config alone builds a model with random weights: its images are noise, which nobody wants by accident.
         raise InvalidOptionError("--config needs --ckpt (the model's weights); without them the model is random")
-    return load_model(args.config, args.ckpt, resolve_device(args.device))
+    from ldm.lora import apply_lora, parse_lora_spec
+
+    loras = [parse_lora_spec(spec) for spec in getattr(args, "lora", [])]  # a missing file fails before loading
+    model = load_model(args.config, args.ckpt, resolve_device(args.device))
+    for path, weight in loras:
+        apply_lora(model, path, weight)
+    return model
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
