@@ -110,7 +110,7 @@ def _attach(host: nn.Module, name: str, slot: str | None, adapter: LowRank) -> N
         host.adapters[name] = adapter
 
 
-def add_lora(model: nn.Module, targets: Sequence[str] = DEFAULT_GROUPS, rank: int = 4, alpha: float | None = None,
+def add_lora(model: nn.Module, targets: str | Sequence[str] = DEFAULT_GROUPS, rank: int = 4, alpha: float | None = None,
              dropout: float = 0.0, name: str = "default") -> list[str]:
     """Freeze the model and put a trainable adapter on every module of the target groups; returns their names.
 
@@ -118,6 +118,7 @@ def add_lora(model: nn.Module, targets: Sequence[str] = DEFAULT_GROUPS, rank: in
     proj_in/proj_out), ff (their feed-forward), conv (res block, down- and upsampling convolutions and the
     time-embedding projections), text (the text encoder's attention and MLP). alpha defaults to rank (scale 1).
     """
+    targets = [targets] if isinstance(targets, str) else list(targets)  # "attn" is one group, not four letters
     alpha = float(rank if alpha is None else alpha)
     _check_hyper(rank, alpha, dropout)
     found = model_targets(model, tuple(targets))

@@ -277,7 +277,7 @@ def test_bad_hyperparameters_and_targets(base):
     with pytest.raises(LoraError, match="rank"):
         add_lora(fresh(base), rank=0)
     model = fresh(base)
-    add_lora(model)
+    assert add_lora(model, "attn") == list(model_targets(base, ["attn"]))
     with pytest.raises(LoraError, match="already has"):
         add_lora(model)
 
