@@ -35,12 +35,20 @@ def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str]) ->
 def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: str | list[str] = "",
             height: int | None = None, width: int | None = None, seed: int = 0,
             options: SamplingOptions | None = None, callback: Callable[[dict], None] | None = None,
-            progress: bool = True, **option_overrides: Any) -> Generated:
+            progress: bool = True, loras: list[tuple[str, float]] | None = None,
+            **option_overrides: Any) -> Generated:
     """Generate one image per prompt. Image i uses seed + i, so any single image can be re-made alone.
 
     Options are a SamplingOptions or keyword overrides (steps=20, guidance_scale=5, sampler="euler", ...);
     the caller's options are not changed. The result's `settings` say what ran.
+    loras: [(LoRA file, weight), ...] applied for this call only (ldm.lora).
     """
+    if loras:
+        from ldm.lora import using_loras
+
+        with using_loras(model, loras):
+            return txt2img(model, prompts, negative_prompt, height, width, seed, options, callback, progress,
+                           **option_overrides)
     check_task(model, "txt2img")
     options = resolve_options(options, option_overrides)
     prompts, negatives = prompt_lists(prompts, negative_prompt)

@@ -275,6 +275,7 @@ class UNetModel(nn.Module):
         depths = _per_level(transformer_depth, levels, "transformer_depth")
         self.in_channels, self.out_channels, self.model_channels = in_channels, out_channels, model_channels
         self.num_classes = num_classes
+        self.num_res_blocks = num_res_blocks  # per level: what names its blocks the diffusers way (ldm.lora_kohya)
         time_dim = model_channels * 4
 
         def heads_for(ch: int) -> tuple[int, int]:

@@ -26,6 +26,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prediction", choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768-v "
                    "files without metadata need v; see ldm/formats.py)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="apply a LoRA (ours or kohya/A1111 layout) at WEIGHT (default 1); repeat for several")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, steps: int = 30, scale: float = 7.5) -> None:
@@ -71,7 +73,13 @@ def load_model_from_args(args: argparse.Namespace):
     if args.config and not args.ckpt:
         # A config alone builds a model with random weights: its images are noise, which nobody wants by accident.
         raise InvalidOptionError("--config needs --ckpt (the model's weights); without them the model is random")
-    return load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction)
+    from ldm.lora import apply_lora, parse_lora_spec
+
+    loras = [parse_lora_spec(spec) for spec in getattr(args, "lora", [])]  # a missing file fails before loading
+    model = load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction)
+    for path, weight in loras:
+        apply_lora(model, path, weight)
+    return model
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
