@@ -1,4 +1,4 @@
-"""The finished parts of default model v2 (checkpoints/emoji-v2, the judge): they load strictly into the
+"""The finished parts of default model v2 (parts-v2, the judge): they load strictly into the
 models of configs/emoji/ldm.yaml and judge.yaml, and the autoencoder reconstructs an emoji-like picture."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ldm.training.config import load_train_config
 from ldm.training.run import load_init_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ROOT / "checkpoints" / "emoji-v2"
+PARTS = ROOT / "parts-v2"
 
 
 @pytest.fixture(scope="module")
