@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
 from ldm.checkpoint import load_state_dict, save_state_dict
+from ldm.defaults import shipped_path
 from ldm.errors import LdmError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "emoji" / "emoji-clip.json"
+DEFAULT_CONFIG = shipped_path("configs/emoji/emoji-clip.json")  # in a checkout and in an installed wheel
 
 
 class ClipConfigError(LdmError, ValueError):

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         clip = create_clip(clip_config).eval()
     else:
         if not Path(args.clip).is_file():
-            raise MissingFileError(f"judge CLIP weights not found: {args.clip} (train with python -m ldm.training.clip)")
+            raise MissingFileError(f"judge CLIP weights not found: {args.clip} (train one with ldm train --config configs/emoji/judge.yaml)")
         clip = load_clip(args.clip, clip_config)
     device = resolve_device(args.device)
     clip = clip.to(device)
