@@ -109,3 +109,17 @@ def tiny_inpaint_model(seed: int = 0):
 
 def tiny_upscaler_model(seed: int = 0):
     return _build(tiny_upscaler_config(), seed)
+
+
+def write_tiny_model_files(folder, name: str = "tiny") -> tuple[str, str]:
+    """The tiny model as a user has it: `name`.yaml and `name`.safetensors in `folder`, for CLI tests."""
+    from pathlib import Path
+
+    import yaml
+
+    from ldm.checkpoint import save_state_dict
+
+    cfg, ckpt = Path(folder) / f"{name}.yaml", Path(folder) / f"{name}.safetensors"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    save_state_dict(tiny_model().original_state_dict(), ckpt)
+    return str(cfg), str(ckpt)

@@ -4,11 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import yaml
-from factories import tiny_config, tiny_model
+from factories import write_tiny_model_files
 from PIL import Image, PngImagePlugin
 
-from ldm.checkpoint import save_state_dict
 from ldm.cli import main
 from ldm.infotext import (
     InfotextError,
@@ -22,11 +20,7 @@ from ldm.infotext import (
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    cfg, ckpt = d / "tiny.yaml", d / "my tiny model.safetensors"
-    cfg.write_text(yaml.safe_dump(tiny_config()))
-    save_state_dict(tiny_model().original_state_dict(), ckpt)
-    return str(cfg), str(ckpt)
+    return write_tiny_model_files(tmp_path_factory.mktemp("tiny"), "my tiny model")
 
 
 def generate(model_files, out, *args):
