@@ -22,3 +22,19 @@ def default_config_path() -> Path:
 
 def default_checkpoint_path() -> Path:
     return shipped_path("checkpoints/emoji/model.safetensors")
+
+
+# The one set of defaults. The CLI (whose --help prints them), the Python API and the app all read them
+# here, so that the same settings give the same image wherever they are typed.
+SEED = 42
+DEVICE = "auto"  # cuda if available, else cpu; ldm.devices logs which one "auto" picked
+STEPS = 30
+GUIDANCE_SCALE = 7.5
+SAMPLER = "ddim"
+SPACING = "leading"
+# Where a task's sampling defaults differ from the ones above: the x4 upscaler's published settings, and
+# shorter walks (a walk samples every frame).
+TASK_SAMPLING = {"upscale": {"steps": 50, "guidance_scale": 9.0}, "walk": {"steps": 20}}
+STRENGTH = {"img2img": 0.75, "inpaint": 1.0}  # how far an edit moves away from its input image
+NOISE_LEVEL = 20  # the upscaler's noise on its low-resolution input (0-350)
+WALK_FRAMES = 16

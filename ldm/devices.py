@@ -1,14 +1,23 @@
 """Device names -> torch devices, checked: what --device and the app's device setting mean."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ldm.errors import InvalidOptionError
 
+log = logging.getLogger("ldm")
 
-def resolve_device(name: str) -> torch.device:
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """"auto" (the default everywhere, ldm.defaults.DEVICE) is cuda if available, else cpu, said in the log."""
+    if isinstance(name, torch.device):
+        name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        log.info("device: %s (auto: %s)", device, "CUDA is available" if device.type == "cuda" else "no CUDA")
+        return device
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm import defaults
 from ldm.editing import as_pil, fit_image, size_multiple
 from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
@@ -25,14 +26,15 @@ def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Im
     return fit_image(as_pil(image).convert("RGB"), size_multiple(model))
 
 
-def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str]) -> Conditioning:
+def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str],
+            options: SamplingOptions | None = None) -> Conditioning:
     """img2img's conditioning is txt2img's: the prompts alone (the image enters as the start latent)."""
-    return Conditioning(*prompt_conditions(model, prompts, negatives))
+    return Conditioning(*prompt_conditions(model, prompts, negatives, options))
 
 
 @torch.no_grad()
-def img2img(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str], strength: float = 0.75,
-            negative_prompt: str | list[str] = "", seed: int = 0, options: SamplingOptions | None = None,
+def img2img(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str], strength: float = defaults.STRENGTH["img2img"],
+            negative_prompt: str | list[str] = "", seed: int = defaults.SEED, options: SamplingOptions | None = None,
             callback: Callable[[dict], None] | None = None, progress: bool = True,
             **option_overrides: Any) -> Generated:
     """One image per prompt, all from the same input; image i uses seed + i.
@@ -44,7 +46,7 @@ def img2img(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
     options = resolve_options(options, option_overrides)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
-    conditioning = prepare(model, prompts, negatives)
+    conditioning = prepare(model, prompts, negatives, options)
     with autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
         latents = sample_seeded(model, conditioning, options, seed, x0.shape, x0=x0, strength=strength,

@@ -115,7 +115,9 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     Fields without a counterpart (Hires fix, ADetailer, ...) are left out; an unknown sampler is an error.
     """
     fields = parse_infotext(text)
-    settings: dict[str, Any] = {"prompt": fields["Prompt"], "negative_prompt": fields["Negative prompt"]}
+    # A1111 reads every prompt in 75-token chunks with (word:1.2) emphasis, so its images are remade that way.
+    settings: dict[str, Any] = {"prompt": fields["Prompt"], "negative_prompt": fields["Negative prompt"],
+                                "long_prompts": True, "emphasis": True}
     try:
         for name, key, kind in (("Steps", "steps", int), ("CFG scale", "guidance_scale", float), ("Seed", "seed", int),
                                 ("Size-1", "width", int), ("Size-2", "height", int),

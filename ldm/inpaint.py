@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ldm import defaults
 from ldm.editing import EditingError, as_pil, expand_batch, fit_image, size_multiple
 from ldm.images import InvalidImageError, load_image, pil_to_tensor, tensor_to_pil
 from ldm.masks import EmptyMaskError, border_mask, check_mask, feather, mask_from_image
@@ -95,10 +96,10 @@ def masked_image_condition(model: LatentDiffusion, images: torch.Tensor, masks: 
 
 
 def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], mode: str, pixels: torch.Tensor,
-            mask: torch.Tensor, x0: torch.Tensor) -> Conditioning:
+            mask: torch.Tensor, x0: torch.Tensor, options: SamplingOptions | None = None) -> Conditioning:
     """Inpainting's conditioning: the prompts, plus the masked image for an inpainting model ("model") or the
     blend of the known latents for any other ("blend")."""
-    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives))
+    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options))
     if model.kind.concat:
         concat = masked_image_condition(model, pixels, mask).expand(len(prompts), -1, -1, -1)
         conditioning = conditioning.with_inputs(concat=concat)
@@ -126,7 +127,8 @@ def _prepare(model: LatentDiffusion, image: Image.Image | str | Path,
 
 @torch.no_grad()
 def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image.Image | str | Path | np.ndarray,
-            prompt: str | list[str], negative_prompt: str | list[str] = "", seed: int = 0, strength: float = 1.0,
+            prompt: str | list[str], negative_prompt: str | list[str] = "", seed: int = defaults.SEED,
+            strength: float = defaults.STRENGTH["inpaint"],
             mode: str = "auto", feather_radius: int | None = None, options: SamplingOptions | None = None,
             callback: Callable[[dict], None] | None = None, progress: bool = True,
             **option_overrides: Any) -> Generated:
@@ -148,7 +150,7 @@ def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image
     n = len(prompts)
     with autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float()
-        conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0)
+        conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options)
         start = x0.expand(n, -1, -1, -1)
         latents = sample_seeded(model, conditioning, options, seed, start.shape, x0=start, strength=strength,
                                 callback=callback, progress=progress)
@@ -203,7 +205,7 @@ def extend_canvas(image: Image.Image, left: int = 0, right: int = 0, top: int = 
 
 
 def outpaint(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str], left: int = 0,
-             right: int = 0, top: int = 0, bottom: int = 0, negative_prompt: str | list[str] = "", seed: int = 0,
+             right: int = 0, top: int = 0, bottom: int = 0, negative_prompt: str | list[str] = "", seed: int = defaults.SEED,
              **inpaint_kwargs: Any) -> Generated:
     """Extend the canvas on the chosen sides by that many pixels and inpaint the new area."""
     canvas, mask, _ = extend_canvas(as_pil(image), left, right, top, bottom, size_multiple(model), seed)

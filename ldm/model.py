@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.checkpoint import CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, to_original_keys
 from ldm.config import instantiate
@@ -115,6 +116,18 @@ class LatentDiffusion(nn.Module):
     def device(self) -> torch.device:
         return self.alphas_cumprod.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The U-Net's weight type (float32 unless cast with networks_to)."""
+        return next(self.unet.parameters()).dtype
+
+    def networks_to(self, dtype: torch.dtype) -> "LatentDiffusion":
+        """Cast the networks' weights (U-Net, autoencoder, text encoder); the noise schedule stays float32,
+        since bf16 sigmas would move every step."""
+        for network in (self.unet, self.vae, self.text_encoder):
+            network.to(dtype)
+        return self
+
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.text_encoder(list(prompts))
@@ -164,13 +177,17 @@ class LatentDiffusion(nn.Module):
 
 
 def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
-               device: str | torch.device = "cpu", prediction: str | None = None) -> LatentDiffusion:
+               device: str | torch.device = defaults.DEVICE, prediction: str | None = None,
+               dtype: torch.dtype | None = None) -> LatentDiffusion:
     """Build a model from a config (ours or an original SD 2.x YAML) and load its weights.
 
     With neither argument, the small pretrained emoji model shipped in checkpoints/ is used. With a
     checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);
     `prediction` ("eps" or "v") overrides the config's, and SD 2.x 768-v files without metadata need "v".
+    device: "auto" (cuda if available, else cpu), "cpu", "cuda:1", ...; dtype: the networks' weights
+    (torch.bfloat16 or torch.float16 halve the memory; the noise schedule stays float32).
     """
+    from ldm.devices import resolve_device
     from ldm.formats import resolve_config
 
     if config is None and checkpoint is None:
@@ -185,4 +202,5 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     if checkpoint is not None:
         model.load_weights(checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint)}
-    return model.to(device).eval()
+    model = model.to(resolve_device(device)).eval()
+    return model.networks_to(dtype) if dtype is not None else model

@@ -11,11 +11,14 @@ from typing import Any, Callable
 
 import torch
 
+from ldm import defaults
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.sampling import PRECISIONS, PrecisionError, SamplingOptions, autocast, sampler_eta  # noqa: F401 (re-exported)
-from ldm.tasks import (Conditioning, Generated, check_task, image_generators, model_sigmas,  # noqa: F401
-                       prompt_conditions, prompt_lists, resolve_options, sample_seeded, settings_of, start_noise)
+from ldm.samplers import Generators
+from ldm.tasks import (Conditioning, Generated, PromptError, batch_noise, check_task, denoise,  # noqa: F401
+                       image_generators, model_sigmas, prompt_conditions, prompt_lists, resolve_options, sample_seeded,
+                       settings_of, start_noise)
 
 
 def image_size(model: LatentDiffusion, height: int | None, width: int | None) -> tuple[int, int]:
@@ -26,21 +29,27 @@ def image_size(model: LatentDiffusion, height: int | None, width: int | None) ->
     return height, width
 
 
-def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str]) -> Conditioning:
+def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str],
+            options: SamplingOptions | None = None) -> Conditioning:
     """txt2img's conditioning: the prompts' contexts, the negative prompts' as the unconditional side."""
-    return Conditioning(*prompt_conditions(model, prompts, negatives))
+    return Conditioning(*prompt_conditions(model, prompts, negatives, options))
 
 
 @torch.no_grad()
 def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: str | list[str] = "",
-            height: int | None = None, width: int | None = None, seed: int = 0,
+            height: int | None = None, width: int | None = None, seed: int = defaults.SEED,
             options: SamplingOptions | None = None, callback: Callable[[dict], None] | None = None,
-            progress: bool = True, loras: list[tuple[str, float]] | None = None,
+            progress: bool = True, loras: list[tuple[str, float]] | None = None, num_images_per_prompt: int = 1,
+            generator: Generators = None, latents: torch.Tensor | None = None,
             **option_overrides: Any) -> Generated:
-    """Generate one image per prompt. Image i uses seed + i, so any single image can be re-made alone.
+    """Generate `num_images_per_prompt` images per prompt. Image i uses seed + i, so any single image can be
+    re-made alone.
 
     Options are a SamplingOptions or keyword overrides (steps=20, guidance_scale=5, sampler="euler", ...);
-    the caller's options are not changed. The result's `settings` say what ran.
+    the caller's options are not changed. The result is a list of PIL images whose `settings` say what ran.
+    As in diffusers: `generator` (one torch.Generator for the batch, or one per image) or `latents` (the unit
+    start noise [B, C, h/f, w/f]) replace the seed; `callback(step)` runs at every step with the sampler's
+    {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.model.load_model(device=, dtype=)).
     loras: [(LoRA file, weight), ...] applied for this call only (ldm.lora).
     """
     if loras:
@@ -48,17 +57,24 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
 
         with using_loras(model, loras):
             return txt2img(model, prompts, negative_prompt, height, width, seed, options, callback, progress,
+                           num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
                            **option_overrides)
     check_task(model, "txt2img")
     options = resolve_options(options, option_overrides)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
+    if num_images_per_prompt < 1:
+        raise PromptError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+    prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+    negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
     height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives)
+    conditioning = prepare(model, prompts, negatives, options)
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
-    latents = sample_seeded(model, conditioning, options, seed, shape, callback=callback, progress=progress)
+    noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
+    latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
     with autocast(model.device, options.precision):
         images = model.decode_latent(latents)
-    return Generated(tensor_to_pil(images), settings_of("txt2img", options, height=height, width=width))
+    return Generated(tensor_to_pil(images), settings_of("txt2img", options, height=height, width=width,
+                                                        num_images_per_prompt=num_images_per_prompt, **noise_record))
 
 
 def settings_dict(prompt: str, negative_prompt: str, seed: int, height: int, width: int, options: SamplingOptions,

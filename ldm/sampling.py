@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from ldm import defaults
 from ldm.errors import InvalidOptionError, LdmError
 from ldm.samplers import SAMPLERS, Generators, get_sampler
 
@@ -46,15 +47,19 @@ def samplers_with(option: str) -> list[str]:
 
 @dataclass
 class SamplingOptions:
-    steps: int = 30
-    guidance_scale: float = 7.5
-    sampler: str = "ddim"
+    steps: int = defaults.STEPS
+    guidance_scale: float = defaults.GUIDANCE_SCALE
+    sampler: str = defaults.SAMPLER
     eta: float | None = None  # None: the sampler's own (DDIM 0, the ancestral samplers 1)
-    spacing: str = "leading"
+    spacing: str = defaults.SPACING
     karras: bool = False
     guidance_rescale: float = 0.0
     threshold: float | None = None
     precision: str = "fp32"
+    # Prompt handling (ldm.long_prompts), off by default so that SD results stay reference-exact:
+    # A1111-style 75-token chunks instead of the cut at 77 tokens, and (word:1.2) emphasis.
+    long_prompts: bool = False
+    emphasis: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # sampler-specific keyword options
 
     def validate(self) -> None:
@@ -71,6 +76,11 @@ class SamplingOptions:
         if self.precision not in PRECISIONS:
             raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         sampler_kwargs(self)  # unknown samplers and options they lack fail before any work
+
+
+def task_options(task: str, **overrides: Any) -> SamplingOptions:
+    """A task's default options (ldm.defaults: the same in the CLI, the API and the app), with overrides."""
+    return SamplingOptions(**{**defaults.TASK_SAMPLING.get(task, {}), **overrides})
 
 
 def sampler_kwargs(options: SamplingOptions) -> dict[str, Any]:

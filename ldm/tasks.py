@@ -23,7 +23,7 @@ from ldm.denoisers import CFGDenoiser, Denoiser
 from ldm.errors import InvalidOptionError, LdmError
 from ldm.model import CONDITIONING, LatentDiffusion
 from ldm.samplers import Generators, check_strength, truncate_sigmas
-from ldm.sampling import SamplingOptions, sample, sampler_eta
+from ldm.sampling import SamplingOptions, sample, sampler_eta, task_options
 from ldm.schedules import get_sigmas
 
 # What each task needs, as its error message says it (the kinds that can drive it: ldm.model.CONDITIONING).
@@ -63,10 +63,10 @@ def kinds_for(task: str) -> list[str]:
     return [key for key, kind in CONDITIONING.items() if task in kind.tasks]
 
 
-def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any],
-                    defaults: dict[str, Any] | None = None) -> SamplingOptions:
-    """A validated copy of the options with keyword overrides applied (the caller's object is not changed)."""
-    options = replace(options, extra=dict(options.extra)) if options is not None else SamplingOptions(**(defaults or {}))
+def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], task: str = "txt2img") -> SamplingOptions:
+    """A validated copy of the options (the task's defaults if None) with keyword overrides applied; the
+    caller's object is not changed."""
+    options = replace(options, extra=dict(options.extra)) if options is not None else task_options(task)
     for key, value in overrides.items():
         if key == "extra" or not hasattr(options, key):
             raise InvalidOptionError(f"unknown sampling option {key!r}")
@@ -85,13 +85,24 @@ def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> t
     return prompts, negatives
 
 
-def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str]) -> tuple[dict, dict]:
+def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str],
+                      options: SamplingOptions | None = None) -> tuple[dict, dict]:
     """Cross-attention contexts for the prompts and for the unconditional side of guidance.
 
-    The negative prompt replaces the empty prompt as the unconditional embedding.
+    The negative prompt replaces the empty prompt as the unconditional embedding. With the options'
+    long_prompts or emphasis (ldm.long_prompts), prompts are read the A1111 way; the two sides are then
+    brought to one length with empty chunks, so guidance still runs them as one batch.
     """
-    context = model.encode_text(prompts + negative_prompts)
-    return {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
+    if options is None or not (options.long_prompts or options.emphasis):
+        context = model.encode_text(prompts + negative_prompts)
+        return {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
+    from ldm.long_prompts import encode_prompts, pad_contexts
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return encode_prompts(model.text_encoder, texts, chunking=options.long_prompts, emphasis=options.emphasis)
+
+    cond, uncond = pad_contexts(encode(prompts), encode(negative_prompts), encode([""]))
+    return {"context": cond}, {"context": uncond}
 
 
 def start_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> torch.Tensor:
@@ -105,6 +116,40 @@ def image_generators(device: torch.device, seed: int, count: int) -> list[torch.
     image i of a batch is the image seed + i gives alone, with any sampler. A single image's generator is
     seeded `seed`, as the one batch generator was, so single images are unchanged."""
     return [torch.Generator(device).manual_seed(seed + i) for i in range(count)]
+
+
+class NoiseShapeError(InvalidOptionError):
+    """Given latents or generators that do not fit the batch."""
+
+
+def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device, generator: Generators = None,
+                latents: torch.Tensor | None = None) -> tuple[torch.Tensor, Generators, dict[str, Any]]:
+    """(unit start noise [B, C, h, w], step-noise generators, what the settings record about them).
+
+    Three ways, as diffusers users expect: `latents` is the start noise itself (unscaled, as diffusers'
+    `latents`); `generator` is one torch.Generator that draws the whole batch's start noise and then every
+    step's noise, or a list with one per image; with neither, image i is seeded seed + i (start_noise).
+    """
+    n = shape[0]
+    if isinstance(generator, (list, tuple)) and len(generator) != n:
+        raise NoiseShapeError(f"{len(generator)} generators for {n} images; give one, or one per image")
+    if latents is not None:
+        if tuple(latents.shape) != tuple(shape):
+            raise NoiseShapeError(f"latents of shape {list(latents.shape)} for a batch of shape {list(shape)}")
+        noise, record = latents.to(device=device, dtype=torch.float32), {"seed": None, "noise": "latents"}
+    elif isinstance(generator, (list, tuple)):
+        noise = torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+        record = {"seed": None, "noise": "generator"}
+    elif generator is not None:
+        noise = torch.randn(shape, generator=generator, device=generator.device).to(device)
+        record = {"seed": None, "noise": "generator"}
+    else:
+        noise, record = start_noise(tuple(shape[1:]), [seed + i for i in range(n)], device), {"seed": seed}
+    if generator is None:
+        generator = image_generators(device, seed, n)
+        if latents is not None:
+            record["seed"] = seed  # the steps' noise still comes from the seed
+    return noise, generator, record
 
 
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
@@ -183,3 +228,8 @@ class Generated(list):
     def __init__(self, images: list[Image.Image], settings: dict[str, Any]):
         super().__init__(images)
         self.settings = settings
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The images as a plain list, as diffusers' pipelines return them (`result.images[0]`)."""
+        return list(self)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm import defaults
 from ldm.editing import EditingError, ImageTooSmallError, as_pil, expand_batch
 from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
@@ -31,7 +32,6 @@ from ldm.tasks import (Conditioning, Generated, check_task, prompt_conditions, p
 log = logging.getLogger("ldm")
 
 # What the reference demo and diffusers use for the x4 upscaler.
-UPSCALE_DEFAULTS = {"guidance_scale": 9.0, "steps": 50}
 MIN_SIZE = 8
 
 
@@ -136,14 +136,14 @@ def low_res_condition(model: LatentDiffusion, low: torch.Tensor, noise_level: in
 
 
 def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], low: torch.Tensor, noise_level: int,
-            seed: int, tile: int, overlap: int, tiled: bool) -> Conditioning:
+            seed: int, tile: int, overlap: int, tiled: bool, options: SamplingOptions | None = None) -> Conditioning:
     """The upscaler's conditioning: the prompts, the noise-augmented low-res image and its level, and tiles when
     the image is bigger than one tile."""
     # Noise drawn on the CPU from the seed, so the augmentation is the same on any device.
     eps = torch.randn(low.shape, generator=torch.Generator().manual_seed(seed))
     n = len(prompts)
     inputs = low_res_condition(model, low, noise_level, noise=eps)
-    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives)).with_inputs(
+    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options)).with_inputs(
         concat=inputs["concat"].expand(n, -1, -1, -1), y=inputs["y"].expand(n))
     if tiled:
         conditioning = replace(conditioning, wrap=lambda den, noise: TiledDenoiser(den, tile, overlap))
@@ -152,7 +152,7 @@ def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], lo
 
 @torch.no_grad()
 def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str] = "",
-            negative_prompt: str | list[str] = "", noise_level: int = 20, seed: int = 0,
+            negative_prompt: str | list[str] = "", noise_level: int = defaults.NOISE_LEVEL, seed: int = defaults.SEED,
             tile_size: int | None = None, tile_overlap: int | None = None, options: SamplingOptions | None = None,
             callback: Callable[[dict], None] | None = None, progress: bool = True,
             **option_overrides: Any) -> Generated:
@@ -169,7 +169,7 @@ def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
     overlap = tile // 4 if tile_overlap is None else tile_overlap
     if tile < 8 or not 0 <= overlap < tile:
         raise TileError(f"tile size must be >= 8 and overlap in [0, tile size); got {tile} and {overlap}")
-    options = resolve_options(options, option_overrides, UPSCALE_DEFAULTS)
+    options = resolve_options(options, option_overrides, "upscale")
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     img = as_pil(image).convert("RGB")
     if min(img.size) < MIN_SIZE:
@@ -179,7 +179,7 @@ def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
     if tiled:
         log.info("upscaling %dx%d in %d tiles of %d px (overlap %d)", img.width, img.height,
                  len(tile_starts(img.height, tile, overlap)) * len(tile_starts(img.width, tile, overlap)), tile, overlap)
-    conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled)
+    conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled, options)
     # The latent has the low-res image's size; sampling starts from pure noise (there is no latent to noise).
     shape = (len(prompts), model.latent_channels, img.height, img.width)
     with autocast(model.device, options.precision):

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from ldm import defaults
 from ldm.errors import LdmError
 from ldm.images import OutputError, tensor_to_pil
 from ldm.model import LatentDiffusion
@@ -68,8 +69,8 @@ def walk_positions(frames: int) -> list[float]:
 
 
 @torch.no_grad()
-def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = None, seed_a: int = 0,
-                seed_b: int | None = None, frames: int = 16, negative_prompt: str = "",
+def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = None, seed_a: int = defaults.SEED,
+                seed_b: int | None = None, frames: int = defaults.WALK_FRAMES, negative_prompt: str = "",
                 height: int | None = None, width: int | None = None, options: SamplingOptions | None = None,
                 on_frame: Callable[[int, Image.Image], None] | None = None, progress: bool = True) -> Generated:
     """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
@@ -83,12 +84,12 @@ def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = No
     if prompt_a == prompt_b and seed_a == seed_b:
         raise WalkError("both ends are the same: give a second prompt or a second seed")
     check_task(model, "walk")
-    options = resolve_options(options, {})
+    options = resolve_options(options, {}, "walk")
     positions = walk_positions(frames)
     height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
-    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt])
+    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt], options)
     ctx_a, ctx_b = ends["context"][0:1], ends["context"][1:2]
     images: list[Image.Image] = []
     for k, t in enumerate(positions):

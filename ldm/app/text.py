@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.images import save_png, tensor_to_pil
 from ldm.model import LatentDiffusion
@@ -36,7 +37,7 @@ def preview_callback(model: LatentDiffusion, steps: int, every: int, report: Ste
     return callback
 
 
-def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", options: SamplingOptions | None = None, seed: int = 0,
+def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", options: SamplingOptions | None = None, seed: int = defaults.SEED,
              height: int | None = None, width: int | None = None, preview_every: int = 5,
              report: StepReport | None = None) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it)."""

@@ -7,12 +7,14 @@ from typing import Iterator
 import streamlit as st
 from PIL import Image
 
+from ldm import defaults
 from ldm.app.edit import read_image
 from ldm.errors import LdmError
 from ldm.app.samples import SAMPLES, sample_image
 from ldm.model import LatentDiffusion
 from ldm.app.state import ModelSource, load_main_model, load_upscaler, source_from_env
 from ldm.pipeline import SamplingOptions
+from ldm.sampling import task_options
 from ldm.samplers import SAMPLERS
 
 # What a user's bad input or a missing file raises in the library (ldm.errors): shown as a message.
@@ -95,14 +97,16 @@ def image_input(prefix: str, size: int = 128, resize_uploads: bool = False) -> I
     return None
 
 
-def sampling_controls(prefix: str, steps: int = 20, scale: float = 7.5, seed: int | None = 0) -> tuple[SamplingOptions, int | None]:
-    """Sampler, steps, guidance scale and (unless seed is None, for pages with their own seeds) a seed."""
-    cols = st.columns(4 if seed is not None else 3)
-    sampler = cols[0].selectbox("Sampler", list(SAMPLERS), key=f"{prefix}_sampler")
-    n_steps = cols[1].number_input("Steps", 1, 200, steps, key=f"{prefix}_steps")
-    guidance = cols[2].number_input("Guidance scale", 0.0, 30.0, scale, step=0.5, key=f"{prefix}_scale")
-    chosen = None if seed is None else int(cols[3].number_input("Seed", 0, 2**31 - 1, seed, key=f"{prefix}_seed"))
-    return SamplingOptions(steps=int(n_steps), guidance_scale=float(guidance), sampler=sampler), chosen
+def sampling_controls(prefix: str, task: str = "txt2img", seed: bool = True) -> tuple[SamplingOptions, int | None]:
+    """Sampler, steps, guidance scale and (unless seed is False, for pages with their own seeds) a seed, starting
+    at the task's defaults (ldm.defaults: the same as the CLI's and the Python API's)."""
+    d = task_options(task)
+    cols = st.columns(4 if seed else 3)
+    sampler = cols[0].selectbox("Sampler", list(SAMPLERS), index=list(SAMPLERS).index(d.sampler), key=f"{prefix}_sampler")
+    n_steps = cols[1].number_input("Steps", 1, 200, d.steps, key=f"{prefix}_steps")
+    guidance = cols[2].number_input("Guidance scale", 0.0, 30.0, d.guidance_scale, step=0.5, key=f"{prefix}_scale")
+    chosen = int(cols[3].number_input("Seed", 0, 2**31 - 1, defaults.SEED, key=f"{prefix}_seed")) if seed else None
+    return task_options(task, steps=int(n_steps), guidance_scale=float(guidance), sampler=sampler), chosen
 
 
 def size_controls(prefix: str, model: LatentDiffusion) -> tuple[int, int]:

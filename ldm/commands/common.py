@@ -8,10 +8,13 @@ from typing import Any, Iterator
 
 from PIL import Image
 
+from ldm import defaults
 from ldm.devices import resolve_device  # noqa: F401 (re-exported: the commands' --device)
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.images import check_writable, make_grid, next_index, save_png
 from ldm.pipeline import PRECISIONS, SamplingOptions
+from ldm.samplers import SAMPLERS
+from ldm.sampling import task_options
 
 log = logging.getLogger("ldm")
 
@@ -20,28 +23,44 @@ class EmptyPromptFileError(LdmError, ValueError):
     pass
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """--help says each option's default, unless its help already does or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and action.default is not None and action.default is not False
+                and action.default not in ("", []) and action.default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="model config YAML (ours or an original SD one); default: detected from --ckpt")
     p.add_argument("--ckpt", help="weights (.safetensors, or .ckpt read with weights_only); default: the emoji model")
     p.add_argument("--prediction", choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768-v "
                    "files without metadata need v; see ldm/formats.py)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help="apply a LoRA (ours or kohya/A1111 layout) at WEIGHT (default 1); repeat for several")
 
 
-def add_sampling_args(p: argparse.ArgumentParser, steps: int = 30, scale: float = 7.5) -> None:
+def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None:
+    """The sampling options; their defaults are the task's (ldm.defaults), as in the Python API and the app."""
+    d = task_options(task)
     p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces the empty prompt in guidance)")
-    p.add_argument("--steps", type=int, default=steps, help="sampling steps")
-    p.add_argument("--scale", type=float, default=scale, help="classifier-free guidance scale (1 = no guidance)")
-    p.add_argument("--sampler", default="ddim", help="ddim, ddpm, plms, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde")
+    p.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
+    p.add_argument("--scale", type=float, default=d.guidance_scale, help="classifier-free guidance scale (1 = no guidance)")
+    p.add_argument("--sampler", default=d.sampler, help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--eta", type=float, default=None,
                    help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
-    p.add_argument("--spacing", default="leading", help="timestep spacing: leading, trailing or linspace")
+    p.add_argument("--spacing", default=d.spacing, help="timestep spacing: leading, trailing or linspace")
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale (for v-prediction models)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="autocast precision")
+    p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="noise seed; image i of a run uses seed + i")
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="autocast precision")
+    p.add_argument("--long-prompts", action="store_true",
+                   help="A1111-style: encode prompts over 75 tokens in chunks of 75 instead of cutting them at 77")
+    p.add_argument("--emphasis", action="store_true", help="A1111-style (word:1.2), (word) and [word] weights")
     p.add_argument("--outdir", default="outputs", help="where PNGs are written")
     p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
                    help="refuse work estimated to need more memory than this (default: 80%% of the device's; inf: no limit)")
@@ -64,7 +83,7 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     check_seeds(args)
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
-                           precision=args.precision)
+                           precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis)
 
 
 def load_model_from_args(args: argparse.Namespace):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
                                  load_model_from_args, log, read_prompts, sampling_options)
@@ -16,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="input image (any size; resized to a multiple of 8)")
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("--from-file", help="a file with one prompt per line")
-    p.add_argument("--strength", type=float, default=0.75,
-                   help="how much to change: 0 keeps the image, 1 ignores it (default 0.75)")
+    p.add_argument("--strength", type=float, default=defaults.STRENGTH["img2img"],
+                   help="how much to change: 0 keeps the image, 1 ignores it")
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch")
     p.add_argument("--n-iter", type=int, default=1, help="number of batches")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
                                  load_model_from_args, log, read_prompts, sampling_options)
@@ -17,8 +18,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="auto", choices=INPAINT_MODES,
                    help="model: a dedicated inpainting model; blend: any model, known area re-noised each step; "
                         "auto: model if the checkpoint is an inpainting one (default)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="1 repaints the area from scratch; lower keeps some of what is there (default 1)")
+    p.add_argument("--strength", type=float, default=defaults.STRENGTH["inpaint"],
+                   help="1 repaints the area from scratch; lower keeps some of what is there")
     p.add_argument("--feather", type=int, default=None,
                    help="soft paste-back edge in px, inside the mask (default: the VAE's downscale factor)")
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt")

@@ -4,26 +4,27 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, chunk_size, load_model_from_args, log,
                                  sampling_options)
 from ldm.editing import as_pil
 from ldm.pipeline import settings_dict
-from ldm.upscale import UPSCALE_DEFAULTS, upscale
+from ldm.upscale import upscale
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("upscale", help="x4 super-resolution with the SD x4 upscaler (x4-upscaling.yaml)")
     p.add_argument("image", help="low-res input image")
     p.add_argument("prompt", nargs="?", default="", help="what the image shows (optional; guides invented detail)")
-    p.add_argument("--noise-level", type=int, default=20,
-                   help="noise added to the input (0-350): higher invents more detail, forgives artefacts (default 20)")
+    p.add_argument("--noise-level", type=int, default=defaults.NOISE_LEVEL,
+                   help="noise added to the input (0-350): higher invents more detail, forgives artefacts")
     p.add_argument("--tile-size", type=int, default=None,
                    help="tile size in input px (default: the model's training size, 128 for SD); smaller saves memory")
     p.add_argument("--tile-overlap", type=int, default=None, help="overlap between tiles in input px (default: tile/4)")
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images to make")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
-    add_sampling_args(p, steps=UPSCALE_DEFAULTS["steps"], scale=UPSCALE_DEFAULTS["guidance_scale"])
+    add_sampling_args(p, "upscale")
     add_model_args(p)
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ldm import defaults
 from ldm.commands.common import (add_model_args, add_sampling_args, check_writable, chunk_size, load_model_from_args,
                                  log, sampling_options)
 from ldm.images import check_size, save_png
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("walk", help="interpolate between two prompts and/or seeds into an animated GIF")
     p.add_argument("prompt_a", help="the prompt at the start")
     p.add_argument("prompt_b", nargs="?", default=None, help="the prompt at the end (default: the same as the start)")
-    p.add_argument("--frames", type=int, default=16, help="number of frames, both ends included")
+    p.add_argument("--frames", type=int, default=defaults.WALK_FRAMES, help="number of frames, both ends included")
     p.add_argument("--seed-a", type=int, default=None, help="noise seed at the start (default: --seed)")
     p.add_argument("--seed-b", type=int, default=None, help="noise seed at the end (default: the start's)")
     p.add_argument("--height", "--H", type=int, default=None, help="image height in px (default: the model's size)")
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=int, default=100, help="GIF: milliseconds per frame")
     p.add_argument("--boomerang", action="store_true", help="GIF: play back to the start, for a seamless loop")
     p.add_argument("--frames-dir", default=None, help="also save each frame as a PNG here")
-    add_sampling_args(p, steps=20)
+    add_sampling_args(p, "walk")
     add_model_args(p)
     p.set_defaults(func=run)
 

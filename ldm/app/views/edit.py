@@ -3,6 +3,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from ldm import defaults
 from ldm.app import ui
 from ldm.app.edit import mask_from_strokes, read_mask
 
@@ -41,8 +42,8 @@ if mode == "upscale x4":
     # Samples at the upscaler's own low-res size (one tile: the latent is as large as the low-res image).
     image = ui.image_input("edit", upscaler.image_size)
     prompt = st.text_input("Prompt", "", key="edit_prompt")
-    noise_level = st.slider("Noise level", 0, int(upscaler.low_scale.max_noise_level), 20, key="edit_noise")
-    options, seed = ui.sampling_controls("edit", steps=20, scale=4.0)
+    noise_level = st.slider("Noise level", 0, int(upscaler.low_scale.max_noise_level), defaults.NOISE_LEVEL, key="edit_noise")
+    options, seed = ui.sampling_controls("edit", "upscale")
     if image is not None and st.button("Upscale", key="edit_go", type="primary"):
         from ldm.upscale import upscale
 
@@ -56,7 +57,7 @@ elif model is not None:
     if image is not None:
         st.image(ui.enlarge(image), caption=f"input, {image.width}x{image.height}")
     if mode == "img2img":
-        strength = st.slider("Strength (how much to change)", 0.0, 1.0, 0.6, 0.05, key="edit_strength")
+        strength = st.slider("Strength (how much to change)", 0.0, 1.0, defaults.STRENGTH["img2img"], 0.05, key="edit_strength")
         if image is not None and st.button("Run img2img", key="edit_go", type="primary"):
             from ldm.img2img import img2img
 
@@ -83,7 +84,8 @@ elif model is not None:
             if upload is not None:
                 with ui.user_errors("Reading the mask"):
                     mask = read_mask(upload.getvalue())
-        strength = st.slider("Strength in the hole", 0.0, 1.0, 1.0, 0.05, key="edit_inpaint_strength")
+        strength = st.slider("Strength in the hole", 0.0, 1.0, defaults.STRENGTH["inpaint"], 0.05,
+                             key="edit_inpaint_strength")
         if image is not None and st.button("Inpaint", key="edit_go", type="primary"):
             if mask is None:
                 st.error("Inpainting needs a mask: draw on the image or upload one.")

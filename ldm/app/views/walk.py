@@ -5,6 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ldm import defaults
 from ldm.app import ui
 from ldm.walk import gif_bytes, save_mp4, walk_frames
 
@@ -15,13 +16,13 @@ if model is not None:
     c1, c2 = st.columns(2)
     prompt_a = c1.text_input("Prompt A", "smiling face", key="walk_prompt_a")
     prompt_b = c2.text_input("Prompt B", "loudly crying face", key="walk_prompt_b")
-    seed_a = int(c1.number_input("Seed A", 0, 2**31 - 1, 1, key="walk_seed_a"))
-    seed_b = int(c2.number_input("Seed B", 0, 2**31 - 1, 2, key="walk_seed_b"))
+    seed_a = int(c1.number_input("Seed A", 0, 2**31 - 1, defaults.SEED, key="walk_seed_a"))
+    seed_b = int(c2.number_input("Seed B", 0, 2**31 - 1, defaults.SEED, key="walk_seed_b"))
     c1, c2, c3 = st.columns(3)
-    frames = int(c1.number_input("Frames", 2, 120, 16, key="walk_frames"))
+    frames = int(c1.number_input("Frames", 2, 120, defaults.WALK_FRAMES, key="walk_frames"))
     duration = int(c2.number_input("ms per frame", 20, 2000, 100, step=10, key="walk_duration"))
     boomerang = c3.checkbox("Play back (seamless loop)", True, key="walk_boomerang")
-    options, _ = ui.sampling_controls("walk", steps=20, seed=None)  # the walk has seeds A and B
+    options, _ = ui.sampling_controls("walk", "walk", seed=False)  # the walk has seeds A and B
     height, width = ui.size_controls("walk", model)
     has_mp4 = importlib.util.find_spec("imageio_ffmpeg") is not None
     mp4 = st.checkbox("Also make an MP4", False, key="walk_mp4", disabled=not has_mp4,
