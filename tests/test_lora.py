@@ -25,6 +25,7 @@ from ldm.lora import (
 )
 from ldm.lora_layers import HOST_TYPES, model_targets
 from ldm.pipeline import txt2img
+from ldm.model import load_model
 
 try:  # the arch refactor moves the factories from ldm/testing.py to tests/factories.py
     from factories import tiny_config, tiny_model
@@ -329,3 +330,29 @@ def test_cli_unknown_key_exits_non_zero_with_one_line(base, model_files, tmp_pat
     assert not (tmp_path / "out" / "samples" / "00000.png").exists()
     assert run_cli(model_files, tmp_path / "out", "--lora", str(tmp_path / "missing.safetensors")) != 0
     assert "LoRA file not found" in capsys.readouterr().err
+
+
+def test_convert_merge_lora_writes_a_model_that_loads_alone_and_equals_applying(base, model_files, tmp_path, capsys):
+    a = random_lora(base, tmp_path / "a.safetensors", seed=3)
+    b, _ = kohya_file(base, tmp_path / "b.safetensors")
+    cfg, ckpt = model_files[1], model_files[3]
+    merged_file = tmp_path / "merged.safetensors"
+    assert main(["convert", ckpt, str(merged_file), "--config", cfg, "--merge-lora", f"{a}:0.6",
+                 "--merge-lora", str(b)]) == 0
+    merged = load_model(checkpoint=merged_file, device="cpu")  # its config travels in the metadata
+    applied = fresh(base)
+    apply_lora(applied, a, 0.6)
+    apply_lora(applied, b, 1.0)
+    for got, want, ref in zip(outputs(merged), outputs(applied), outputs(base)):
+        assert (want - ref).abs().max() > 1e-2
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    from safetensors import safe_open
+    with safe_open(str(merged_file), framework="pt") as f:
+        recorded = json.loads(f.metadata()["merged_loras"])
+    assert [(x["file"], x["weight"]) for x in recorded] == [("a.safetensors", 0.6), ("b.safetensors", 1.0)]
+    # Nothing is overwritten by accident, and a missing LoRA is one line.
+    assert main(["convert", ckpt, str(merged_file), "--config", cfg, "--merge-lora", str(a)]) != 0
+    assert "already exists" in capsys.readouterr().err
+    assert main(["convert", ckpt, str(tmp_path / "m2.safetensors"), "--merge-lora", str(tmp_path / "no.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert "LoRA file not found" in err and err.strip().count("\n") == 0

@@ -16,12 +16,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prediction", choices=["eps", "v"],
                    help="record the prediction type in the file's metadata (SD 2.x 768-v files: v)")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    p.add_argument("--merge-lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="bake a LoRA (ours or kohya/A1111) into the model at WEIGHT (default 1); repeat for several. "
+                        "The output is the whole model in the original key layout, with its config in the metadata")
+    p.add_argument("--config", help="with --merge-lora: the input model's config YAML (default: detected)")
+    p.add_argument("--fp16", action="store_true", help="with --merge-lora: write the floating tensors as float16")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ldm.convert import convert_checkpoint
+    from ldm.convert import ConvertError, convert_checkpoint
 
+    if args.merge_lora:
+        import torch
+
+        from ldm.lora import parse_lora_spec
+        from ldm.lora_merge import merge_loras_into_file
+
+        if args.no_ema or args.no_schedule:
+            raise ConvertError("--merge-lora writes the merged model alone (no EMA copies, no schedule buffers): "
+                               "leave out --no-ema/--no-schedule")
+        loras = [parse_lora_spec(spec) for spec in args.merge_lora]  # a missing file fails before loading
+        merge_loras_into_file(args.input, args.output, loras, args.config, args.prediction, args.overwrite,
+                              torch.float16 if args.fp16 else None)
+        return 0
+    if args.config or args.fp16:
+        raise ConvertError("--config and --fp16 go with --merge-lora")
     convert_checkpoint(args.input, args.output, ema=not args.no_ema, schedule=not args.no_schedule,
                        prediction=args.prediction, overwrite=args.overwrite)
     return 0
