@@ -162,10 +162,11 @@ def lora_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.
     return out
 
 
-def save_lora(model: nn.Module, path: str | Path, name: str = "default", float_dtype: torch.dtype | None = None) -> None:
+def save_lora(model: nn.Module, path: str | Path, name: str = "default", float_dtype: torch.dtype | None = None,
+              extra_metadata: dict[str, str] | None = None) -> None:
     """Write the adapter as safetensors (atomically), with its config in the metadata."""
     config = dict(getattr(model, "lora_configs", {}).get(name, {}))
-    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in config.items()}}
+    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in config.items()}, **(extra_metadata or {})}
     base = (getattr(model, "identity", None) or {}).get("model_sha256")
     if base:
         metadata["base_model_sha256"] = base

@@ -29,6 +29,8 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
                 precision, accelerator, log_every_n_steps, ...), passed through unchanged.
     logging:    run_dir, checkpoint_every_n_steps, sample_every_n_steps, sample_prompts, sample_steps,
                 sample_scale, sample_seed, csv, tensorboard.
+    lora:       rank (0: off, the whole U-Net trains), alpha, dropout, targets (attn, proj, ff, conv, text):
+                diffusion runs only; the base is frozen and the adapter alone is exported (lora.safetensors).
 
 Overrides are `section.key=value` with the value parsed as YAML (`trainer.max_steps=200`,
 `training.lr=1e-5`, `logging.sample_prompts=[a, b]`, `training.ema_decay=null`).
@@ -47,7 +49,7 @@ import yaml
 
 from ldm.config import ConfigError, closest
 
-SECTIONS = ("model", "init", "training", "data", "trainer", "logging")
+SECTIONS = ("model", "init", "training", "data", "trainer", "logging", "lora")
 
 
 @dataclass
@@ -137,6 +139,17 @@ class LoggingSection:
     tensorboard: bool = True
 
 
+@dataclass
+class LoraSection:
+    """Fine-tune with low-rank adapters (ldm.lora) instead of the whole U-Net: rank 0 is off. The base stays
+    frozen, only the adapter trains and is exported (lora.safetensors); targets are ldm.lora_layers.GROUPS."""
+
+    rank: int = 0
+    alpha: float | None = None  # None: the rank (scale 1)
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn"])
+
+
 # Lightning's own defaults except these; any other Trainer keyword passes through for Lightning to check.
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_steps": 1000,
@@ -149,7 +162,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 TRAINING_FOR_KIND = {"diffusion": DiffusionTraining, "autoencoder": AutoencoderTraining, "clip": ClipTraining}
-SECTION_TYPES = {"init": InitSection, "data": DataSection, "logging": LoggingSection}
+SECTION_TYPES = {"init": InitSection, "data": DataSection, "logging": LoggingSection, "lora": LoraSection}
 
 
 def section_defaults(section: type) -> dict[str, Any]:
@@ -161,7 +174,7 @@ def _defaults() -> dict[str, dict[str, Any]]:
     """The defaults of a diffusion run, section by section (what `DEFAULTS` has always shown)."""
     out = {name: section_defaults(cls) for name, cls in SECTION_TYPES.items()}
     return {"init": out["init"], "training": section_defaults(DiffusionTraining), "data": out["data"],
-            "trainer": dict(TRAINER_DEFAULTS), "logging": out["logging"]}
+            "trainer": dict(TRAINER_DEFAULTS), "logging": out["logging"], "lora": out["lora"]}
 
 
 DEFAULTS: dict[str, dict[str, Any]] = _defaults()
@@ -251,7 +264,7 @@ def _section(name: str, cls: type, given: dict, kind: str, stored: bool) -> dict
             raise TrainConfigError(f"unknown key {key!r} in {name}{where}{closest(key, known)} "
                                    f"(known: {', '.join(sorted(known))})")
     values = asdict(cls(**copy.deepcopy(given)))
-    if isinstance(values.get("betas"), tuple):  # anything else is left for _check_values to name
+    if isinstance(values.get("betas"), tuple):  # anything else is left for check_values to name
         values["betas"] = list(values["betas"])
     return values
 
@@ -272,7 +285,7 @@ def resolve(cfg: dict, stored: bool = False) -> dict:
     kind = run_kind(cfg)
     out: dict[str, Any] = {"model": copy.deepcopy(cfg["model"])}
     types = {**SECTION_TYPES, "training": TRAINING_FOR_KIND[kind]}
-    for section in ("init", "training", "data", "trainer", "logging"):
+    for section in ("init", "training", "data", "trainer", "logging", "lora"):
         given = cfg.get(section) or {}
         if not isinstance(given, dict):
             raise TrainConfigError(f"section {section!r} must be a mapping, got {type(given).__name__}")
@@ -283,85 +296,15 @@ def resolve(cfg: dict, stored: bool = False) -> dict:
     for key, where in OWNED_TRAINER_KEYS.items():
         if key in out["trainer"]:
             raise TrainConfigError(f"trainer.{key} is set by the training code; use {where} instead")
-    _check_values(out, kind)
+    from ldm.training.config_checks import check_values
+
+    check_values(out, kind)
     return out
 
 
 def training_section(cfg: dict) -> TrainingSection:
     """The resolved config's training section as its typed dataclass."""
     return TRAINING_FOR_KIND[run_kind(cfg)](**copy.deepcopy(cfg["training"]))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _integer(cfg: dict, section: str, key: str, minimum: int, meaning: str = "") -> None:
-    value = cfg[section][key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise TrainConfigError(f"{section}.{key} must be an integer >= {minimum}{meaning}, got {value!r}")
-
-
-def _number(cfg: dict, section: str, key: str, low: float, high: float, what: str, optional: bool = False) -> float | None:
-    """The setting as a float, refused unless it is a finite number in [low, high] (or null when optional)."""
-    value = cfg[section][key]
-    if value is None and optional:
-        return None
-    if not _is_number(value) or not low <= value <= high:
-        raise TrainConfigError(f"{section}.{key} must be {what}{' or null' if optional else ''}, got {value!r}")
-    return float(value)
-
-
-def _check_values(cfg: dict, kind: str) -> None:
-    """Refuse, with one line naming the key, values that would otherwise fail deep inside torch or Lightning
-    (of the training keys, the run kind's own: its typed section holds no others)."""
-    t, d = cfg["training"], cfg["data"]
-    for key, minimum in (("seed", 0), ("warmup_steps", 0), ("accumulate", 1)):
-        _integer(cfg, "training", key, minimum)
-    _number(cfg, "training", "lr", 1e-12, math.inf, "a positive learning rate")
-    _number(cfg, "training", "weight_decay", 0.0, math.inf, "a number >= 0")
-    betas = t["betas"]
-    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)):
-        raise TrainConfigError(f"training.betas must be two numbers in [0, 1), got {betas!r}")
-    _number(cfg, "training", "grad_clip", 1e-12, math.inf, "a positive number", optional=True)
-    if kind == "diffusion":
-        _number(cfg, "training", "cond_dropout", 0.0, 1.0, "a probability in [0, 1]")
-        if _number(cfg, "training", "ema_decay", 0.0, 1.0, "in (0, 1)", optional=True) in (0.0, 1.0):
-            raise TrainConfigError(f"training.ema_decay must be in (0, 1) or null, got {t['ema_decay']}")
-        for key in ("text_cache", "latent_cache"):
-            _integer(cfg, "training", key, 0, f" ({'captions' if key == 'text_cache' else 'images'} kept; 0: off)")
-        if t["latent_cache"] and not d["center_crop"]:
-            raise TrainConfigError("training.latent_cache needs data.center_crop: true (a random crop is a new image every time)")
-        if not ((sf := t["scale_factor"]) is None or sf == "model" or (_is_number(sf) and sf > 0)):
-            raise TrainConfigError(f"training.scale_factor must be 'model', null (estimate) or a positive number, got {sf!r}")
-    if kind == "autoencoder":
-        for key in ("disc_layers", "disc_channels"):
-            _integer(cfg, "training", key, 1)
-        _number(cfg, "training", "disc_lr", 1e-12, math.inf, "a positive learning rate", optional=True)
-        for key in ("kl_weight", "perceptual_weight", "disc_weight"):
-            _number(cfg, "training", key, 0.0, math.inf, "a number >= 0")
-        if t["disc_start"] is not None:
-            _integer(cfg, "training", "disc_start", 0, " (the step the discriminator starts; null: none)")
-        if t["rec_loss"] not in ("l1", "l2"):
-            raise TrainConfigError(f"training.rec_loss must be l1 or l2, got {t['rec_loss']!r}")
-
-    for key, minimum in (("size", 1), ("batch_size", 1), ("num_workers", 0), ("max_keywords", 1)):
-        _integer(cfg, "data", key, minimum)
-    if d["val_batch_size"] is not None:
-        _integer(cfg, "data", "val_batch_size", 1)
-    _integer(cfg, "data", "max_unreadable", 0, " (images that fail to decode, skipped with a warning)")
-    if _number(cfg, "data", "val_fraction", 0.0, 1.0, "in [0, 1)") == 1.0:
-        raise TrainConfigError(f"data.val_fraction must be in [0, 1), got {d['val_fraction']}")
-    for key in ("keyword_prob", "style_prob"):
-        _number(cfg, "data", key, 0.0, 1.0, "a probability in [0, 1]")
-
-    for key in ("checkpoint_every_n_steps", "sample_every_n_steps"):
-        _integer(cfg, "logging", key, 0, " (0: off)")
-    _integer(cfg, "logging", "sample_steps", 1)
-    _integer(cfg, "logging", "sample_seed", 0)
-    _number(cfg, "logging", "sample_scale", 0.0, math.inf, "a guidance scale >= 0")
-    if not isinstance(cfg["logging"]["sample_prompts"] or [], list):
-        raise TrainConfigError(f"logging.sample_prompts must be a list of prompts, got {cfg['logging']['sample_prompts']!r}")
 
 
 def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),

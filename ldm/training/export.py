@@ -72,6 +72,30 @@ def export_clip(state: dict[str, torch.Tensor], model_node: dict, out_dir: str |
     return weights, config
 
 
+def export_lora(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None) -> tuple[Path, Path]:
+    """A LoRA run's export: lora.safetensors (the adapter alone, its config and base in the metadata) and
+    lora.yaml, the base model's inference config, which the adapter is applied to (`--lora`)."""
+    from ldm.lora import save_lora
+
+    out = Path(out_dir)
+    weights, config = out / "lora.safetensors", out / "lora.yaml"
+    model = module.model  # type: ignore[attr-defined]
+    model.__dict__.setdefault("identity", {})["model_sha256"] = _base_hash(cfg)
+    save_lora(model, weights, extra_metadata={"base_model": str(cfg["init"].get("checkpoint") or ""),
+                                              **({"step": str(step)} if step is not None else {})})
+    _write_yaml_atomic(inference_model_node(cfg["model"], model.scale_factor), config)
+    return weights, config
+
+
+def _base_hash(cfg: dict) -> str:
+    """The SHA-256 of the base checkpoint a LoRA was trained on (init.checkpoint), or "" when it was built
+    from parts."""
+    from ldm.checkpoint import file_sha256
+
+    base = cfg["init"].get("checkpoint")
+    return file_sha256(base) if base and Path(base).is_file() else ""
+
+
 def export_module(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None) -> tuple[Path, Path]:
     """Export a LatentDiffusionModule or AutoencoderModule according to the run's config."""
     from ldm.training.ldm_module import LatentDiffusionModule
@@ -80,6 +104,8 @@ def export_module(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike
 
     if isinstance(module, ClipModule):
         return export_clip(module.inference_state_dict(), cfg["model"], out_dir, step)
+    if isinstance(module, LatentDiffusionModule) and module.lora is not None:
+        return export_lora(module, cfg, out_dir, step)
     if isinstance(module, LatentDiffusionModule):
         return export_diffusion(module.inference_state_dict(), cfg["model"], module.model.scale_factor, out_dir, step)
     return export_autoencoder(module.inference_state_dict(), cfg["model"], out_dir, step)  # type: ignore[operator]

@@ -39,8 +39,13 @@ class LatentDiffusionModule(TrainingModule):
                  ema_decay: float | None = _D.ema_decay, cond_dropout: float = _D.cond_dropout,
                  gradient_checkpointing: bool = _D.gradient_checkpointing, compile: bool = _D.compile,
                  estimate_scale_factor: bool = False, seed: int = _D.seed, text_cache: int = _D.text_cache,
-                 latent_cache: int = _D.latent_cache, config: dict | None = None):
-        """Defaults: `ldm.training.config.DiffusionTraining`'s, the one set a YAML run gets too."""
+                 latent_cache: int = _D.latent_cache, lora: dict | None = None, config: dict | None = None):
+        """Defaults: `ldm.training.config.DiffusionTraining`'s, the one set a YAML run gets too.
+
+        lora: the config's `lora:` section ({rank, alpha, dropout, targets}); with a rank, only low-rank
+        adapters train (ldm.lora.add_lora freezes everything else) and there is no EMA: the adapter is small
+        and its fine-tunes short, and an EMA copy of the whole U-Net would double its memory.
+        """
         super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         self.model = model
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(float(b) for b in betas)
@@ -59,6 +64,15 @@ class LatentDiffusionModule(TrainingModule):
         model.unet.requires_grad_(True)
         if gradient_checkpointing:
             model.unet.set_gradient_checkpointing(True)
+        self.lora = dict(lora) if lora and lora.get("rank") else None
+        if self.lora is not None:
+            from ldm.lora import add_lora
+
+            names = add_lora(model, self.lora["targets"], self.lora["rank"], self.lora["alpha"], self.lora["dropout"])
+            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log.info("LoRA rank %d on %d modules (%s): %d trainable parameters; the base is frozen, no EMA",
+                     self.lora["rank"], len(names), ", ".join(self.lora["targets"]), trained)
+            ema_decay = None
         self.ema = make_ema(model.unet, ema_decay) if ema_decay is not None else None
         # Compiled forward kept outside the module tree, so state-dict keys stay those of the plain U-Net.
         object.__setattr__(self, "_unet_fn", torch.compile(model.unet) if compile else model.unet)
@@ -156,7 +170,8 @@ class LatentDiffusionModule(TrainingModule):
             self.ema.update_parameters(self.model.unet)
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.unet.parameters() if p.requires_grad]
+        # The U-Net's weights, or with LoRA the adapters (on the U-Net and, with target text, the text encoder).
+        params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_schedule(opt), "interval": "step"}}
 

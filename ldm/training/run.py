@@ -166,7 +166,7 @@ def build_module(cfg: dict) -> pl.LightningModule:
         model, lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
         ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],
         compile=t["compile"], estimate_scale_factor=sf is None, seed=t["seed"], text_cache=t["text_cache"],
-        latent_cache=t["latent_cache"], config=cfg)
+        latent_cache=t["latent_cache"], lora=cfg["lora"], config=cfg)
 
 
 def build_data(cfg: dict) -> ImageTextDataModule:
@@ -271,7 +271,8 @@ def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | o
 def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
     """A new run must not write into an earlier run's folder: its exports would be overwritten, and a later
     --resume would pick up the earlier run's last.ckpt. `overwrite` removes the earlier checkpoints instead."""
-    earlier = [p for p in (run_dir / "checkpoints", run_dir / "model.safetensors", run_dir / "vae.safetensors")
+    exports = ("model.safetensors", "vae.safetensors", "lora.safetensors")
+    earlier = [p for p in (run_dir / "checkpoints", *(run_dir / name for name in exports))
                if p.exists() and (p.is_file() or any(p.iterdir()))]
     if not earlier:
         return

@@ -1,0 +1,102 @@
+"""Value checks of a resolved training config: a value that would fail deep inside torch or Lightning is
+refused here, with one line naming the key (ldm.training.config calls `check_values` after filling defaults)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ldm.training.config import TrainConfigError
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(cfg: dict, section: str, key: str, minimum: int, meaning: str = "") -> None:
+    value = cfg[section][key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise TrainConfigError(f"{section}.{key} must be an integer >= {minimum}{meaning}, got {value!r}")
+
+
+def _number(cfg: dict, section: str, key: str, low: float, high: float, what: str, optional: bool = False) -> float | None:
+    """The setting as a float, refused unless it is a finite number in [low, high] (or null when optional)."""
+    value = cfg[section][key]
+    if value is None and optional:
+        return None
+    if not _is_number(value) or not low <= value <= high:
+        raise TrainConfigError(f"{section}.{key} must be {what}{' or null' if optional else ''}, got {value!r}")
+    return float(value)
+
+
+def check_values(cfg: dict, kind: str) -> None:
+    """Refuse, with one line naming the key, values that would otherwise fail deep inside torch or Lightning
+    (of the training keys, the run kind's own: its typed section holds no others)."""
+    t, d = cfg["training"], cfg["data"]
+    for key, minimum in (("seed", 0), ("warmup_steps", 0), ("accumulate", 1)):
+        _integer(cfg, "training", key, minimum)
+    _number(cfg, "training", "lr", 1e-12, math.inf, "a positive learning rate")
+    _number(cfg, "training", "weight_decay", 0.0, math.inf, "a number >= 0")
+    betas = t["betas"]
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)):
+        raise TrainConfigError(f"training.betas must be two numbers in [0, 1), got {betas!r}")
+    _number(cfg, "training", "grad_clip", 1e-12, math.inf, "a positive number", optional=True)
+    if kind == "diffusion":
+        _number(cfg, "training", "cond_dropout", 0.0, 1.0, "a probability in [0, 1]")
+        if _number(cfg, "training", "ema_decay", 0.0, 1.0, "in (0, 1)", optional=True) in (0.0, 1.0):
+            raise TrainConfigError(f"training.ema_decay must be in (0, 1) or null, got {t['ema_decay']}")
+        for key in ("text_cache", "latent_cache"):
+            _integer(cfg, "training", key, 0, f" ({'captions' if key == 'text_cache' else 'images'} kept; 0: off)")
+        if t["latent_cache"] and not d["center_crop"]:
+            raise TrainConfigError("training.latent_cache needs data.center_crop: true (a random crop is a new image every time)")
+        if not ((sf := t["scale_factor"]) is None or sf == "model" or (_is_number(sf) and sf > 0)):
+            raise TrainConfigError(f"training.scale_factor must be 'model', null (estimate) or a positive number, got {sf!r}")
+    if kind == "autoencoder":
+        for key in ("disc_layers", "disc_channels"):
+            _integer(cfg, "training", key, 1)
+        _number(cfg, "training", "disc_lr", 1e-12, math.inf, "a positive learning rate", optional=True)
+        for key in ("kl_weight", "perceptual_weight", "disc_weight"):
+            _number(cfg, "training", key, 0.0, math.inf, "a number >= 0")
+        if t["disc_start"] is not None:
+            _integer(cfg, "training", "disc_start", 0, " (the step the discriminator starts; null: none)")
+        if t["rec_loss"] not in ("l1", "l2"):
+            raise TrainConfigError(f"training.rec_loss must be l1 or l2, got {t['rec_loss']!r}")
+
+    for key, minimum in (("size", 1), ("batch_size", 1), ("num_workers", 0), ("max_keywords", 1)):
+        _integer(cfg, "data", key, minimum)
+    if d["val_batch_size"] is not None:
+        _integer(cfg, "data", "val_batch_size", 1)
+    _integer(cfg, "data", "max_unreadable", 0, " (images that fail to decode, skipped with a warning)")
+    if _number(cfg, "data", "val_fraction", 0.0, 1.0, "in [0, 1)") == 1.0:
+        raise TrainConfigError(f"data.val_fraction must be in [0, 1), got {d['val_fraction']}")
+    for key in ("keyword_prob", "style_prob"):
+        _number(cfg, "data", key, 0.0, 1.0, "a probability in [0, 1]")
+
+    for key in ("checkpoint_every_n_steps", "sample_every_n_steps"):
+        _integer(cfg, "logging", key, 0, " (0: off)")
+    _integer(cfg, "logging", "sample_steps", 1)
+    _integer(cfg, "logging", "sample_seed", 0)
+    _number(cfg, "logging", "sample_scale", 0.0, math.inf, "a guidance scale >= 0")
+    if not isinstance(cfg["logging"]["sample_prompts"] or [], list):
+        raise TrainConfigError(f"logging.sample_prompts must be a list of prompts, got {cfg['logging']['sample_prompts']!r}")
+
+    _check_lora(cfg, kind)
+
+
+def _check_lora(cfg: dict, kind: str) -> None:
+    lora = cfg["lora"]
+    _integer(cfg, "lora", "rank", 0, " (0: off)")
+    if not lora["rank"]:
+        return
+    if kind != "diffusion":
+        raise TrainConfigError(f"lora.rank applies to diffusion runs, not to this {kind} run (set lora.rank=0)")
+    _number(cfg, "lora", "alpha", 1e-12, math.inf, "a positive number", optional=True)
+    if _number(cfg, "lora", "dropout", 0.0, 1.0, "a probability in [0, 1)") == 1.0:
+        raise TrainConfigError("lora.dropout must be a probability in [0, 1), got 1.0")
+    from ldm.lora_layers import GROUPS
+
+    targets = lora["targets"]
+    if not isinstance(targets, list) or not targets or any(t not in GROUPS for t in targets):
+        raise TrainConfigError(f"lora.targets must be a list of {', '.join(GROUPS)}, got {targets!r}")
+    if "text" in targets and cfg["training"]["text_cache"]:
+        raise TrainConfigError("lora.targets with text trains the text encoder, whose outputs training.text_cache "
+                               "would keep stale: set training.text_cache=0")

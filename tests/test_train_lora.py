@@ -1,0 +1,114 @@
+"""`ldm train` with a `lora:` section: only the adapter trains and is exported, the base stays as it was,
+the exported file reproduces the trained model through --lora, and the section's values are checked."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from ldm.checkpoint import load_state_dict, save_state_dict
+from ldm.cli import main as cli_main
+from ldm.config import instantiate
+from ldm.lora import apply_lora
+from ldm.model import load_model
+from ldm.training.config import TrainConfigError
+from ldm.training.run import train
+from ldm.training.shapes import make_shapes_dataset
+from ldm.training.tiny import tiny_train_config
+
+QUIET = ["data.val_fraction=0", "logging.sample_every_n_steps=0", "logging.checkpoint_every_n_steps=0",
+         "logging.csv=false"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), size=16, count=24)
+
+
+@pytest.fixture(scope="module")
+def base_file(shapes, tmp_path_factory) -> Path:
+    """A base checkpoint of the tiny config's model (random weights: the LoRA learns on top of anything)."""
+    cfg = tiny_train_config("ldm", shapes, tmp_path_factory.mktemp("unused"))
+    torch.manual_seed(0)
+    model = instantiate(cfg["model"])
+    with torch.no_grad():  # a fresh U-Net's output layer is zero, which no adapter inside it could move
+        for p in model.unet.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("base") / "base.safetensors"
+    save_state_dict(model.original_state_dict(), path)
+    return path
+
+
+def lora_config(shapes, run_dir, base_file, *extra):
+    return tiny_train_config("ldm", shapes, run_dir, QUIET + [f"init.checkpoint={base_file}", "trainer.max_steps=8",
+                                                              "lora.rank=2", "lora.alpha=4", "training.lr=1e-2",
+                                                              *extra])
+
+
+def test_lora_run_trains_only_the_adapter_and_exports_it_alone(shapes, base_file, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = lora_config(shapes, run_dir, base_file, "lora.targets=[attn, ff]")
+    module, trainer = train(cfg)
+    assert trainer.global_step == 8 and module.ema is None
+    # The base weights are the file's, bit for bit; the adapters moved.
+    base = load_model(checkpoint=None, config={"model": cfg["model"]}, device="cpu")
+    base.load_weights(base_file)
+    trained = {k: v for k, v in module.model.state_dict().items() if ".adapters." not in k}
+    for key, value in base.state_dict().items():
+        assert torch.equal(trained[key], value), key
+    ups = [p for n, p in module.model.named_parameters() if n.endswith("up.weight")]
+    assert ups and all(p.abs().max() > 0 for p in ups)  # up starts at zero: non-zero means it learnt
+
+    # The export: the adapter alone, with its config, and the base model's config beside it.
+    weights = run_dir / "lora.safetensors"
+    assert not (run_dir / "model.safetensors").exists() and (run_dir / "lora.yaml").is_file()
+    state = load_state_dict(weights)
+    assert state and all(k.endswith(("lora_down.weight", "lora_up.weight", ".alpha")) for k in state)
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["rank"]) == 2 and json.loads(meta["targets"]) == ["attn", "ff"]
+    assert meta["base_model_sha256"] and meta["step"] == "8"
+
+    # Base + the exported LoRA is the trained model, to float32 precision.
+    apply_lora(base, weights, 1.0)
+    g = torch.Generator().manual_seed(0)
+    x, t, c = torch.randn(2, 4, 4, 4, generator=g), torch.tensor([10, 700]), base.encode_text(["red", "blue"])
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(base.unet(x, t, c), module.model.unet(x, t, c), rtol=1e-5, atol=1e-5)
+    # And --lora takes the file on the command line.
+    out = tmp_path / "gen"
+    assert cli_main(["txt2img", "red square", "--config", str(run_dir / "lora.yaml"), "--ckpt", str(base_file),
+                     "--lora", f"{weights}:0.8", "--steps", "2", "--outdir", str(out), "--no-progress"]) == 0
+    assert (out / "samples" / "00000.png").is_file()
+
+
+def test_lora_run_resumes_to_the_same_adapter(shapes, base_file, tmp_path):
+    a = lora_config(shapes, tmp_path / "a", base_file, "trainer.max_steps=4")
+    module_a, _ = train(a)
+    b = lora_config(shapes, tmp_path / "b", base_file, "trainer.max_steps=2", "logging.checkpoint_every_n_steps=2")
+    train(b)
+    assert cli_main(["train", "--resume", str(tmp_path / "b"), "trainer.max_steps=4"]) == 0
+    ea, eb = load_state_dict(tmp_path / "a" / "lora.safetensors"), load_state_dict(tmp_path / "b" / "lora.safetensors")
+    assert ea.keys() == eb.keys() and all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["lora.targets=[attn, wings]"], "lora.targets must be a list of"),
+    (["lora.dropout=1.0"], "lora.dropout"),
+    (["lora.rank=-1"], "lora.rank must be an integer >= 0"),
+    (["lora.targets=[text]", "training.text_cache=100"], "training.text_cache=0"),
+    (["lora.rnak=2"], "unknown key 'rnak' in lora"),
+])
+def test_bad_lora_sections_are_one_line_errors(shapes, tmp_path, extra, message):
+    with pytest.raises(TrainConfigError, match=message):
+        tiny_train_config("ldm", shapes, tmp_path / "run", ["lora.rank=2", *extra])
+
+
+def test_lora_is_for_diffusion_runs_only(shapes, tmp_path):
+    with pytest.raises(TrainConfigError, match="lora.rank applies to diffusion runs"):
+        tiny_train_config("vae", shapes, tmp_path / "run", ["lora.rank=4"])
