@@ -151,7 +151,7 @@ class LatentDiffusion(nn.Module):
 
     def original_state_dict(self) -> dict[str, torch.Tensor]:
         """Our weights in the original SD key layout (what `save` writes)."""
-        return to_original_keys(self.state_dict())
+        return to_original_keys(self.state_dict(), self.text_encoder.checkpoint_layout)
 
     def load_weights(self, path: str | Path) -> None:
         state = load_state_dict(path)
@@ -165,7 +165,7 @@ class LatentDiffusion(nn.Module):
 
 def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
                device: str | torch.device = "cpu", prediction: str | None = None) -> LatentDiffusion:
-    """Build a model from a config (ours or an original SD 2.x YAML) and load its weights.
+    """Build a model from a config (ours or an original SD 1.x or 2.x YAML) and load its weights.
 
     With neither argument, the small pretrained emoji model shipped in checkpoints/ is used. With a
     checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);
