@@ -154,3 +154,23 @@ def test_cli_refuses_bad_clip_skip_and_vae_in_one_line(cli_results, number, mess
     errors = [line for line in result["stderr"].splitlines() if "error:" in line]
     assert result["rc"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
     assert len(errors) == 1 and message in errors[0], result["stderr"][-3000:]
+
+
+def test_a_text_tower_tensor_without_its_place_is_named_by_the_strict_load():
+    """A block missing q_proj, or a tensor with no open_clip name, keeps its original name through the
+    translation, so the one-line error says which tensor of the file is wrong instead of losing it."""
+    from ldm.checkpoint import from_original_keys, load_into
+    from ldm.hf_clip import hf_from_open_clip
+    from ldm.text_encoder import FrozenCLIPEmbedder
+
+    encoder = FrozenCLIPEmbedder(width=48, layers=1)
+    state = {HF_CLIP + k: v for k, v in hf_from_open_clip({k[len("model."):]: v for k, v in encoder.state_dict().items()}).items()}
+    del state[HF_CLIP + "encoder.layers.0.self_attn.q_proj.weight"]
+    state[HF_CLIP + "encoder.layers.0.self_attn.rotary.weight"] = torch.zeros(1)
+    ours = {k[len("text_encoder."):]: v for k, v in from_original_keys(state).items()}
+    with pytest.raises(CheckpointError) as err:
+        load_into(encoder, ours)
+    message = str(err.value)
+    assert "\n" not in message and "1 missing tensors: model.transformer.resblocks.0.attn.in_proj_weight" in message
+    assert "transformer.text_model.encoder.layers.0.self_attn.k_proj.weight" in message  # kept, named
+    assert "transformer.text_model.encoder.layers.0.self_attn.rotary.weight" in message
