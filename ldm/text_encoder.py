@@ -73,6 +73,12 @@ def _cut_part(prompt: str, kept: int) -> str:
     return prompt
 
 
+def check_layer(layer: str) -> None:
+    """Refuse an unknown layer name (before a tower is built for nothing)."""
+    if layer not in LAYERS:
+        raise InvalidOptionError(f"unknown text encoder layer {layer!r}; known: {', '.join(LAYERS)}")
+
+
 class FrozenTextEncoder(nn.Module):
     """prompts -> [batch, 77, width] hidden states of the chosen layer, after the final layer norm.
 
@@ -86,8 +92,7 @@ class FrozenTextEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, layer: str, max_length: int, width: int, freeze: bool):
         super().__init__()
-        if layer not in LAYERS:
-            raise InvalidOptionError(f"unknown text encoder layer {layer!r}; known: {', '.join(LAYERS)}")
+        check_layer(layer)
         self.model = model
         self.layer_idx = LAYERS[layer]
         self.max_length = max_length
@@ -163,6 +168,7 @@ class FrozenOpenCLIPEmbedder(FrozenTextEncoder):
 
     def __init__(self, arch: str | dict = "ViT-H-14", layer: str = "penultimate", max_length: int = 77,
                  freeze: bool = True, weights: str | None = None):
+        check_layer(layer)
         cfg = open_clip_config(arch)
         model = open_clip.model.CLIP(**cfg)
         del model.visual  # SD only needs the text tower; keeps memory and the key set as in the checkpoints
@@ -190,6 +196,7 @@ class FrozenCLIPEmbedder(FrozenTextEncoder):
 
     def __init__(self, width: int = 768, layers: int = 12, heads: int = 12, layer: str = "last",
                  max_length: int = 77, freeze: bool = True):
+        check_layer(layer)
         try:
             # No projection: SD 1.x uses the per-token states, and the Hugging Face tower stores none.
             model = TextTransformer(context_length=max_length, vocab_size=VOCAB_SIZE, width=width, heads=heads,
