@@ -3,7 +3,9 @@
 Original SD checkpoints prefix the three networks as `model.diffusion_model.`,
 `first_stage_model.` and `cond_stage_model.`; our container names them `unet.`, `vae.`
 and `text_encoder.`. The two helpers below convert, so the rest of the code never sees
-the original names.
+the original names. SD 1.x's text encoder is stored in Hugging Face's layout
+(`cond_stage_model.transformer.text_model.*`) and runs as open_clip's text tower: ldm.hf_clip
+translates its names both ways.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ldm.errors import LdmError
+from ldm.hf_clip import hf_from_open_clip, open_clip_from_hf
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,12 @@ SCHEDULE_BUFFERS = {
     "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2", "logvar", "scale_factor",
 }
 
+
+# How the original checkpoints store the text encoder, under `cond_stage_model.` (TEXT_LAYOUTS[layout]):
+# open_clip's own names (SD 2.x) or a Hugging Face CLIPTextModel's (SD 1.x).
+OPEN_CLIP_LAYOUT, HF_CLIP_LAYOUT = "open_clip", "hf_clip"
+TEXT_LAYOUTS = {OPEN_CLIP_LAYOUT: "cond_stage_model.model.", HF_CLIP_LAYOUT: "cond_stage_model.transformer.text_model."}
+OUR_TEXT_TOWER = "text_encoder.model."  # where both live in our container
 
 # Integer bookkeeping buffers of other implementations (CLIP's position ids, an EMA's update counter):
 # no weights, so a model without them may drop them (the names are the last key component).
@@ -126,8 +135,17 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, met
 
 
 def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Original SD key layout -> ours, dropping entries we derive or do not use (said in a log line)."""
+    """Original SD key layout -> ours, dropping entries we derive or do not use (said in a log line).
+
+    A text encoder in the Hugging Face layout (SD 1.x) is translated to open_clip's names; any of its
+    tensors that has no open_clip name keeps its original one, so a strict load reports it.
+    """
     out, dropped = {}, []
+    hf_text = TEXT_LAYOUTS[HF_CLIP_LAYOUT]
+    translated, untranslated = open_clip_from_hf({k[len(hf_text):]: v for k, v in state.items() if k.startswith(hf_text)})
+    out.update({OUR_TEXT_TOWER + k: v for k, v in translated.items()})
+    state = {**{k: v for k, v in state.items() if not k.startswith(hf_text)},
+             **{hf_text + k: v for k, v in untranslated.items()}}
     for key, value in state.items():
         if key in SCHEDULE_BUFFERS or key.startswith(IGNORED_PREFIXES):
             dropped.append(key)
@@ -143,8 +161,15 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def to_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_original_keys(state: dict[str, torch.Tensor], text_layout: str = OPEN_CLIP_LAYOUT) -> dict[str, torch.Tensor]:
+    """Ours -> the original SD key layout, the text encoder in `text_layout` (the encoder's `checkpoint_layout`)."""
+    if text_layout not in TEXT_LAYOUTS:
+        raise CheckpointError(f"unknown text encoder layout {text_layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
     out = {}
+    if text_layout == HF_CLIP_LAYOUT:
+        tower = {k[len(OUR_TEXT_TOWER):]: v for k, v in state.items() if k.startswith(OUR_TEXT_TOWER)}
+        out.update({TEXT_LAYOUTS[HF_CLIP_LAYOUT] + k: v for k, v in hf_from_open_clip(tower).items()})
+        state = {k: v for k, v in state.items() if not k.startswith(OUR_TEXT_TOWER)}
     for key, value in state.items():
         for old, new in ORIGINAL_PREFIXES.items():
             if key.startswith(new):

@@ -1,4 +1,4 @@
-"""YAML configs -> modules, for our configs and the original SD 2.x inference YAMLs alike.
+"""YAML configs -> modules, for our configs and the original SD 1.x and 2.x inference YAMLs alike.
 
 A config node is `{target: <name>, params: {...}}`. Targets are looked up in a fixed
 table, never imported by name, so a config cannot run arbitrary code; the original
@@ -30,6 +30,7 @@ _OURS = {
     "ldm.unet.UNetModel": "ldm.unet:UNetModel",
     "ldm.vae.AutoencoderKL": "ldm.vae:AutoencoderKL",
     "ldm.text_encoder.FrozenOpenCLIPEmbedder": "ldm.text_encoder:FrozenOpenCLIPEmbedder",
+    "ldm.text_encoder.FrozenCLIPEmbedder": "ldm.text_encoder:FrozenCLIPEmbedder",
     "ldm.text_encoder.OpenCLIP": "ldm.text_encoder:open_clip_model",
     "ldm.conditioning.LowResNoiseAugmentation": "ldm.conditioning:LowResNoiseAugmentation",
 }
@@ -40,13 +41,14 @@ _ORIGINAL = {
     "ldm.modules.diffusionmodules.openaimodel.UNetModel": "ldm.unet:UNetModel",
     "ldm.models.autoencoder.AutoencoderKL": "ldm.vae:AutoencoderKL",
     "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": "ldm.text_encoder:FrozenOpenCLIPEmbedder",
+    "ldm.modules.encoders.modules.FrozenCLIPEmbedder": "ldm.text_encoder:FrozenCLIPEmbedder",
     "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation": "ldm.conditioning:LowResNoiseAugmentation",
 }
 # The reference repository's "linear" schedule is linear in sqrt(beta), which we call scaled_linear.
 _ORIGINAL_SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "cosine"}
 # Nodes the original YAMLs carry that only matter to training code we do not mirror.
 _SKIPPED = {"torch.nn.Identity"}
-# Parameters the original SD 2.x YAMLs (configs/stable-diffusion) pass that only the reference's training code
+# Parameters the original SD YAMLs (configs/stable-diffusion) pass that only the reference's training code
 # reads: dropped for those targets, so every constructor here can refuse a parameter it does not know.
 _DDPM_TRAINING_ONLY = ("channels", "cond_stage_key", "cond_stage_trainable", "finetune_keys", "first_stage_key",
                        "log_every_t", "low_scale_key", "monitor", "num_timesteps_cond", "use_ema")
@@ -55,7 +57,11 @@ _ORIGINAL_TRAINING_ONLY = {
     "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": _DDPM_TRAINING_ONLY,
     "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": _DDPM_TRAINING_ONLY,
     "ldm.models.autoencoder.AutoencoderKL": ("lossconfig", "monitor"),
+    "ldm.modules.encoders.modules.FrozenCLIPEmbedder": ("device",),
 }
+# The one text encoder the original FrozenCLIPEmbedder was used with (a Hugging Face model name there;
+# here the tower is built from its sizes, and its weights come from the checkpoint).
+SD1_CLIP_VERSION = "openai/clip-vit-large-patch14"
 
 
 def closest(name: str, known: list[str] | tuple[str, ...]) -> str:
@@ -84,11 +90,12 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
-def _resolve(target: str):
+def target_class(target: str) -> Any:
+    """The class (or factory) a config target names, ours or the original repository's."""
     spec = _OURS.get(target) or _ORIGINAL.get(target)
     if spec is None:
         known = ", ".join(sorted(_OURS))
-        raise UnknownTargetError(f"unknown config target {target!r}; known: {known} (and the original SD 2.x class names)")
+        raise UnknownTargetError(f"unknown config target {target!r}; known: {known} (and the original SD 1.x and 2.x class names)")
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -99,6 +106,10 @@ def translate_original(target: str, params: dict) -> dict:
     if target.startswith("ldm.models.diffusion.ddpm."):
         params["beta_schedule"] = _ORIGINAL_SCHEDULES[params.get("beta_schedule", "linear")]
         params.setdefault("parameterization", "eps")
+    if target == "ldm.modules.encoders.modules.FrozenCLIPEmbedder":
+        version = params.pop("version", SD1_CLIP_VERSION)
+        if version != SD1_CLIP_VERSION:
+            raise ConfigError(f"FrozenCLIPEmbedder version {version!r}: only {SD1_CLIP_VERSION} (SD 1.x's) is known")
     if target.endswith("ImageConcatWithNoiseAugmentation"):
         sched = dict(params.pop("noise_schedule_config", {}))
         sched["beta_schedule"] = _ORIGINAL_SCHEDULES[sched.get("beta_schedule", "linear")]
@@ -115,7 +126,7 @@ def instantiate(node: dict[str, Any] | None, **overrides: Any) -> Any:
     target = node["target"]
     if target in _SKIPPED:
         return None
-    cls = _resolve(target)
+    cls = target_class(target)
     params = dict(node.get("params") or {})
     if target in _ORIGINAL:
         params = translate_original(target, params)

@@ -9,6 +9,15 @@ The config comes from the first of:
 3. the tensor names and shapes, for the original Stable Diffusion families in FAMILIES, each mapped to
    a config shipped in configs/stable-diffusion/.
 
+A family is told by its layout: the kind of text encoder (open_clip's names for SD 2, Hugging Face's
+for SD 1), the U-Net's input channels, a class label or not, and the VAE's levels. The widths a file's
+shapes state are then read off it rather than assumed (fit_sizes): the U-Net's model channels and
+context dim, the VAE's channels and SD 1.x's text tower width and depth. A release file states the
+release's sizes, so its config is the shipped one unchanged; a smaller model of the same layout (as
+the tests make) builds at its own sizes. Head counts, channel multipliers and block counts stay the
+family's, and so does SD 2's open_clip text tower (built from a named architecture): a file that
+differs there is refused by the strict load, in one line naming the tensors that do not fit.
+
 A file that matches none is refused with one line that says what was found in it.
 
 The prediction type (eps or v) cannot be read from shapes: SD 2.x-v (768 px) has exactly the tensors
@@ -53,9 +62,8 @@ OPEN_CLIP = "cond_stage_model.model."  # SD 2.x: open_clip's text tower
 HF_CLIP = "cond_stage_model.transformer.text_model."  # SD 1.x: Hugging Face CLIPTextModel (OpenAI ViT-L/14)
 GROUPS = (UNET, VAE, OPEN_CLIP, HF_CLIP, "cond_stage_model.", "model_ema.", "low_scale_model.")
 
-SD1_TEXT_ENCODER = "SD 1.x text encoders (OpenAI CLIP ViT-L/14, Hugging Face layout) are not supported yet"
-# Config targets of the original repository that we know but cannot build yet, and why.
-UNSUPPORTED_TARGETS = {"ldm.modules.encoders.modules.FrozenCLIPEmbedder": SD1_TEXT_ENCODER}
+CLIP_L_LAYERS = 12  # SD 1.x's text tower (OpenAI CLIP ViT-L/14): 12 layers of width 768
+SD1_INPAINTING = "no SD 1.x inpainting config is shipped yet"
 
 
 class UnknownModelError(CheckpointError):
@@ -63,7 +71,7 @@ class UnknownModelError(CheckpointError):
 
 
 class UnsupportedModelError(LdmError, ValueError):
-    """A model we recognise but cannot build yet (SD 1.x)."""
+    """A model we recognise but cannot build yet (SD 1.x inpainting)."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,13 @@ class Signature:
     groups: dict[str, int]  # key prefix -> number of tensors
     text: str | None  # "open_clip", "hf_clip" or None
     text_width: int | None
+    text_layers: int | None
     in_channels: int | None  # the U-Net's input channels
     model_channels: int | None
     context_dim: int | None  # the width of the cross-attention context
     label: bool  # the U-Net takes a class label (the upscaler's noise level)
     vae_levels: int | None  # 4: the VAE downsamples 8x, 3: 4x
+    vae_channels: int | None  # the VAE's first width (128 in every release)
 
     def describe(self) -> str:
         groups = sorted(self.groups.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -96,7 +106,7 @@ class Signature:
 
 @dataclass(frozen=True)
 class Family:
-    """An original Stable Diffusion release: its signature and the configs we ship for it."""
+    """An original Stable Diffusion release: its layout, its release sizes and the configs we ship for it."""
 
     key: str
     name: str
@@ -112,9 +122,9 @@ class Family:
     unsupported: str | None = None
 
     def matches(self, sig: Signature) -> bool:
-        return (sig.text, sig.text_width, sig.in_channels, sig.model_channels, sig.context_dim, sig.label,
-                sig.vae_levels) == (self.text, self.text_width, self.in_channels, self.model_channels,
-                                    self.context_dim, self.label, self.vae_levels)
+        """The same layout; sizes may differ (fit_sizes reads them off the file)."""
+        return (sig.text, sig.in_channels, sig.label, sig.vae_levels) == (self.text, self.in_channels, self.label,
+                                                                          self.vae_levels)
 
     def config_name(self, prediction: str) -> str | None:
         """The shipped config for this prediction, else the default prediction's (then overridden)."""
@@ -122,10 +132,9 @@ class Family:
 
 
 FAMILIES = (
-    Family("sd1", "SD 1.x", "hf_clip", 768, 4, 320, 768, False, 4, {"eps": "v1-inference.yaml"},
-           unsupported=SD1_TEXT_ENCODER),
+    Family("sd1", "SD 1.x", "hf_clip", 768, 4, 320, 768, False, 4, {"eps": "v1-inference.yaml"}),
     Family("sd1-inpainting", "SD 1.x inpainting", "hf_clip", 768, 9, 320, 768, False, 4, {},
-           unsupported=SD1_TEXT_ENCODER),
+           unsupported=SD1_INPAINTING),
     Family("sd2", "SD 2.x", "open_clip", 1024, 4, 320, 1024, False, 4,
            {"eps": "v2-inference.yaml", "v": "v2-inference-v.yaml"}),
     Family("sd2-inpainting", "SD 2 inpainting", "open_clip", 1024, 9, 320, 1024, False, 4,
@@ -147,12 +156,14 @@ class Detection:
     config: dict[str, Any] | None
     config_name: str
     unsupported: str | None = None
+    resized: tuple[str, ...] = ()  # sizes read off the file that differ from the release's
 
     def summary(self) -> str:
         """One line for the log: what was found and how."""
         if self.family == "ldm":
             return f"config from {self.source}" + (f", prediction {self.prediction} (--prediction)" if self.prediction else "")
-        return (f"{self.name} by its {self.source}, config {self.config_name}, "
+        sizes = f" at the file's sizes ({', '.join(self.resized)})" if self.resized else ""
+        return (f"{self.name} by its {self.source}, config {self.config_name}{sizes}, "
                 f"prediction {self.prediction} ({self.prediction_source})")
 
 
@@ -195,18 +206,20 @@ def signature(shapes: dict[str, tuple[int, ...]]) -> Signature:
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
     context = next((s[1] for k, s in shapes.items()
                     if k.startswith(UNET) and k.endswith("attn2.to_k.weight") and len(s) == 2), None)
-    text, width = None, None
+    text, width, blocks = None, None, "-"
     if (s := shapes.get(OPEN_CLIP + "ln_final.weight")) is not None:
-        text, width = "open_clip", s[0]
+        text, width, blocks = "open_clip", s[0], OPEN_CLIP + "transformer.resblocks."
     elif (s := shapes.get(HF_CLIP + "final_layer_norm.weight")) is not None:
-        text, width = "hf_clip", s[0]
+        text, width, blocks = "hf_clip", s[0], HF_CLIP + "encoder.layers."
+    layers = {k[len(blocks):].split(".")[0] for k in shapes if k.startswith(blocks)}
     levels = {k[len(VAE + "encoder.down."):].split(".")[0] for k in shapes if k.startswith(VAE + "encoder.down.")}
+    vae_in = shapes.get(VAE + "encoder.conv_in.weight")
     return Signature(
-        groups=groups, text=text, text_width=width,
+        groups=groups, text=text, text_width=width, text_layers=len(layers) or None,
         in_channels=conv_in[1] if conv_in is not None and len(conv_in) == 4 else None,
         model_channels=conv_in[0] if conv_in is not None else None,
         context_dim=context, label=any(k.startswith(UNET + "label_emb.") for k in shapes),
-        vae_levels=len(levels) or None,
+        vae_levels=len(levels) or None, vae_channels=vae_in[0] if vae_in is not None else None,
     )
 
 
@@ -230,6 +243,31 @@ def with_prediction(cfg: dict[str, Any], prediction: str | None) -> dict[str, An
     if prediction is not None:
         cfg["model"].setdefault("params", {})["parameterization"] = prediction
     return cfg
+
+
+def fit_sizes(cfg: dict[str, Any], family: Family, sig: Signature) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A copy of the family's config at the widths the file states (the module docstring says which), and
+    those that differ from the config's, for the log."""
+    cfg = copy.deepcopy(cfg)
+    params = cfg["model"]["params"]
+    changed: list[str] = []
+
+    def put(node: dict[str, Any], key: str, value: int | None, release: int | None, what: str) -> None:
+        if value is not None and value != node.get(key, release):
+            node[key] = value
+            changed.append(f"{what} {value}")
+
+    unet, vae = params["unet_config"]["params"], params["first_stage_config"]["params"]["ddconfig"]
+    put(unet, "model_channels", sig.model_channels, None, "model channels")
+    put(unet, "context_dim", sig.context_dim, None, "context dim")
+    put(vae, "ch", sig.vae_channels, None, "VAE channels")
+    if family.text == "hf_clip":
+        text = dict(params["cond_stage_config"].get("params") or {})
+        put(text, "width", sig.text_width, family.text_width, "text width")
+        put(text, "layers", sig.text_layers, CLIP_L_LAYERS, "text layers")
+        if text:
+            params["cond_stage_config"]["params"] = text
+    return cfg, tuple(changed)
 
 
 def _own_config(metadata: dict[str, str], sidecar: Path | None) -> tuple[dict[str, Any], str, str] | None:
@@ -276,11 +314,11 @@ def detect(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None =
         if family.key == "sd2":
             how += "; SD 2.x 768-v files need --prediction v or metadata saying so"
     config_name = family.config_name(prediction)
-    cfg = None
+    cfg, resized = None, ()
     if config_name is not None and family.unsupported is None:
-        cfg = with_prediction(load_config(sd_config_path(config_name)), prediction)
+        cfg, resized = fit_sizes(with_prediction(load_config(sd_config_path(config_name)), prediction), family, sig)
     return Detection(family.key, family.name, "tensor shapes", prediction, how, cfg, config_name or "none shipped",
-                     family.unsupported)
+                     family.unsupported, resized)
 
 
 def detect_file(path: str | Path, prediction: str | None = None) -> Detection:
@@ -296,28 +334,13 @@ def detect_file(path: str | Path, prediction: str | None = None) -> Detection:
         raise type(exc)(f"{path}: {exc}") from None
 
 
-def check_supported(cfg: dict[str, Any], where: str) -> None:
-    """Refuse, in one line, a config with a target we know but cannot build yet (before building anything)."""
-    stack: list[Any] = [cfg]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("target") in UNSUPPORTED_TARGETS:
-                raise UnsupportedModelError(f"{where}: {UNSUPPORTED_TARGETS[node['target']]}")
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-
-
 def resolve_config(config: str | Path | dict | None, checkpoint: str | Path | None,
                    prediction: str | None = None) -> dict[str, Any]:
     """The config that builds the model: `config` as given (prediction overriding its parameterization),
     or, without one, the one the checkpoint's detection finds (a one-line error when none)."""
     check_prediction(prediction)
     if config is not None:
-        cfg = with_prediction(config if isinstance(config, dict) else load_config(config), prediction)
-        check_supported(cfg, "the config" if isinstance(config, dict) else str(config))
-        return cfg
+        return with_prediction(config if isinstance(config, dict) else load_config(config), prediction)
     if checkpoint is None:
         raise InvalidOptionError("give a checkpoint, a config, or both")
     found = detect_file(checkpoint, prediction)
@@ -325,5 +348,4 @@ def resolve_config(config: str | Path | dict | None, checkpoint: str | Path | No
         raise UnsupportedModelError(f"{checkpoint} holds an {found.name} model: {found.unsupported}")
     log.info("%s: %s", Path(checkpoint).name, found.summary())
     assert found.config is not None  # only an unsupported family has none
-    check_supported(found.config, str(checkpoint))
     return found.config

@@ -70,6 +70,9 @@ def format_infotext(settings: dict[str, Any]) -> str:
         "Size": f"{settings['width']}x{settings['height']}" if "width" in settings and "height" in settings else None,
         "Model hash": str(settings["model_sha256"])[:10] if settings.get("model_sha256") else None,
         "Model": Path(str(settings["model_file"])).stem if settings.get("model_file") else None,
+        "VAE hash": str(settings["vae_sha256"])[:10] if settings.get("vae_sha256") else None,  # --vae
+        "VAE": settings.get("vae_file"),
+        "Clip skip": settings.get("clip_skip"),  # only when chosen (--clip-skip); else the model's own
         "Denoising strength": settings.get("strength"),
         # A1111 calls DDIM's eta "Eta DDIM" and the ancestral samplers' "Eta"; 0 is not written.
         ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,

@@ -147,7 +147,7 @@ def encode_chunks(encoder, chunks: list[Chunk], emphasis: bool) -> torch.Tensor:
 def encode_prompts(encoder, prompts: list[str], chunking: bool = True, emphasis: bool = False) -> torch.Tensor:
     """Contexts of several prompts, padded with empty chunks to the longest one's chunk count (as A1111).
 
-    `encoder` is an `ldm.text_encoder.FrozenOpenCLIPEmbedder`. Without chunking a prompt keeps its first
+    `encoder` is an `ldm.text_encoder.FrozenTextEncoder` (SD 1.x's or 2.x's). Without chunking a prompt keeps its first
     75 tokens; without emphasis, brackets are plain text.
     """
     vocab = encoder.vocabulary()

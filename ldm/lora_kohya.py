@@ -90,11 +90,11 @@ def text_name(path: str) -> str | None:
 
 def kohya_names(model, targets: dict[str, Target]) -> dict[str, str]:
     """kohya stem (`lora_unet_...`, `lora_te_...`) -> our target name, for every target of the model."""
-    from ldm.text_encoder import FrozenOpenCLIPEmbedder
+    from ldm.text_encoder import FrozenTextEncoder
     from ldm.unet import UNetModel
 
     unets = [(p, m) for p, m in model.named_modules() if isinstance(m, UNetModel)]
-    texts = [p for p, m in model.named_modules() if isinstance(m, FrozenOpenCLIPEmbedder)]
+    texts = [p for p, m in model.named_modules() if isinstance(m, FrozenTextEncoder)]
     out = {}
     for prefix, unet in unets[:1]:
         blocks = diffusers_block_prefixes(unet.num_res_blocks)

@@ -205,7 +205,7 @@ def _text_targets(prefix: str, encoder: nn.Module) -> list[Target]:
 
 def model_targets(model: nn.Module, groups: tuple[str, ...] | list[str] = GROUPS) -> dict[str, Target]:
     """Every place of the given groups in the model (a LatentDiffusion, a bare U-Net or text encoder), by name."""
-    from ldm.text_encoder import FrozenOpenCLIPEmbedder
+    from ldm.text_encoder import FrozenTextEncoder
     from ldm.unet import UNetModel
 
     unknown = [g for g in groups if g not in GROUPS]
@@ -215,7 +215,7 @@ def model_targets(model: nn.Module, groups: tuple[str, ...] | list[str] = GROUPS
     for path, m in model.named_modules():
         if isinstance(m, UNetModel):
             targets += _unet_targets(path, m)
-        elif isinstance(m, FrozenOpenCLIPEmbedder):
+        elif isinstance(m, FrozenTextEncoder):
             targets += _text_targets(path, m)
     return {t.name: t for t in targets if t.group in groups}
 

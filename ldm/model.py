@@ -17,11 +17,14 @@ from torch import nn
 
 from ldm import defaults
 from ldm.errors import InvalidOptionError
-from ldm.checkpoint import CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, to_original_keys
+from ldm.checkpoint import (CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, state_problems,
+                            to_original_keys)
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
 log = logging.getLogger(__name__)
+# Entries of VAE files that are no weights of the autoencoder: its training loss (LPIPS, discriminator), EMA copies.
+VAE_FILE_IGNORED = ("loss.", "model_ema.")
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,26 @@ class LatentDiffusion(nn.Module):
 
     def original_state_dict(self) -> dict[str, torch.Tensor]:
         """Our weights in the original SD key layout (what `save` writes)."""
-        return to_original_keys(self.state_dict())
+        return to_original_keys(self.state_dict(), self.text_encoder.checkpoint_layout)
+
+    def load_vae_weights(self, path: str | Path) -> None:
+        """Replace the autoencoder's weights with those of a standalone VAE file in the original layout
+        (`encoder.*`, `decoder.*`, `quant_conv.*`, `post_quant_conv.*`, as vae-ft-mse-840000-ema-pruned), and
+        record it with the model's identity, since it changes every image. A file that does not fit the
+        autoencoder exactly is refused in one line and the model is left as it was."""
+        state = load_state_dict(path)
+        dropped = [k for k in state if k.startswith(VAE_FILE_IGNORED)]
+        if dropped:
+            log.info("%s: ignored %d entries of training only (%s)", Path(path).name, len(dropped),
+                     ", ".join(sorted({k.split(".")[0] for k in dropped})))
+            state = {k: v for k, v in state.items() if not k.startswith(VAE_FILE_IGNORED)}
+        problems = state_problems(self.vae.state_dict(), state)
+        if problems:
+            raise CheckpointError(f"{path} does not fit the model's autoencoder (a VAE file holds encoder.*, decoder.*, "
+                                  f"quant_conv.*, post_quant_conv.*): {'; '.join(problems)}")
+        self.vae.load_state_dict(state, strict=True)
+        identity = getattr(self, "identity", None) or {}
+        self.identity = {**identity, "vae_file": Path(path).name, "vae_sha256": file_sha256(path)}
 
     def load_weights(self, path: str | Path) -> None:
         state = load_state_dict(path)
@@ -179,7 +201,7 @@ class LatentDiffusion(nn.Module):
 def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
                device: str | torch.device = defaults.DEVICE, prediction: str | None = None,
                dtype: torch.dtype | None = None) -> LatentDiffusion:
-    """Build a model from a config (ours or an original SD 2.x YAML) and load its weights.
+    """Build a model from a config (ours or an original SD 1.x or 2.x YAML) and load its weights.
 
     With neither argument, the small pretrained emoji model shipped in checkpoints/ is used. With a
     checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);

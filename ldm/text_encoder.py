@@ -1,8 +1,8 @@
-"""Frozen OpenCLIP text tower giving the U-Net its cross-attention context.
+"""Frozen CLIP text towers giving the U-Net its cross-attention context.
 
-The network is open_clip's own CLIP model (visual tower removed), so its state dict is the
-`cond_stage_model.model.*` part of an SD 2.x checkpoint. Nothing is downloaded: weights
-come from a local file or from the surrounding checkpoint.
+SD 2.x's is open_clip's own CLIP model (FrozenOpenCLIPEmbedder), SD 1.x's OpenAI CLIP ViT-L/14
+(FrozenCLIPEmbedder), both run as open_clip's text transformer. Nothing is downloaded: weights come
+from a local file or from the surrounding checkpoint.
 """
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from typing import Callable
 
 import open_clip
 import torch
+from open_clip.transformer import QuickGELU, TextTransformer
 from torch import nn
 
+from ldm.checkpoint import HF_CLIP_LAYOUT, OPEN_CLIP_LAYOUT, load_state_dict
 from ldm.errors import LdmError, InvalidOptionError
 
 LAYERS = {"last": 0, "penultimate": 1}
+VOCAB_SIZE = 49408  # CLIP's BPE vocabulary, open_clip's and OpenAI's alike
 log = logging.getLogger(__name__)
 
 
@@ -70,55 +73,79 @@ def _cut_part(prompt: str, kept: int) -> str:
     return prompt
 
 
-class FrozenOpenCLIPEmbedder(nn.Module):
-    """prompts -> [batch, 77, width] hidden states of the chosen layer, after ln_final (as SD 2.x)."""
+def check_layer(layer: str) -> None:
+    """Refuse an unknown layer name (before a tower is built for nothing)."""
+    if layer not in LAYERS:
+        raise InvalidOptionError(f"unknown text encoder layer {layer!r}; known: {', '.join(LAYERS)}")
 
-    def __init__(self, arch: str | dict = "ViT-H-14", layer: str = "penultimate", max_length: int = 77,
-                 freeze: bool = True, weights: str | None = None):
+
+class FrozenTextEncoder(nn.Module):
+    """prompts -> [batch, 77, width] hidden states of the chosen layer, after the final layer norm.
+
+    What the SD families share: open_clip's text transformer in `self.model`, CLIP's BPE tokenizer, and
+    the layer read out counted from the end (`layer_idx` 0: the last block, 1: the one before, ...).
+    Subclasses build the tower and say how it pads and how the original checkpoints name its tensors.
+    """
+
+    checkpoint_layout = OPEN_CLIP_LAYOUT  # ldm.checkpoint.to_original_keys writes the tower in this layout
+    pads_with_end = False  # fill after the end token: with the end token (SD 1.x) or with 0 (open_clip)
+
+    def __init__(self, model: nn.Module, layer: str, max_length: int, width: int, freeze: bool):
         super().__init__()
-        if layer not in LAYERS:
-            raise InvalidOptionError(f"unknown text encoder layer {layer!r}; known: {', '.join(LAYERS)}")
-        cfg = open_clip_config(arch)
-        model = open_clip.model.CLIP(**cfg)
-        del model.visual  # SD only needs the text tower; keeps memory and the key set as in the checkpoints
+        check_layer(layer)
         self.model = model
         self.layer_idx = LAYERS[layer]
         self.max_length = max_length
-        self.width = cfg["text_cfg"]["width"]
-        if weights is not None:
-            from ldm.checkpoint import load_state_dict  # local import: checkpoint imports nothing from here
-
-            state = load_state_dict(weights)
-            state = {k: v for k, v in state.items() if not k.startswith("visual.")}
-            self.model.load_state_dict(state, strict=True)
+        self.width = width
         if freeze:
             self.freeze()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.transformer.resblocks)
+
+    @property
+    def clip_skip(self) -> int:
+        """The layer read out as A1111's "clip skip": 1 is the last block, 2 the penultimate, ..."""
+        return self.layer_idx + 1
+
+    def set_clip_skip(self, skip: int) -> None:
+        """Read out the `skip`-th block from the end (1: last); its output still goes through the final norm."""
+        if not 1 <= skip <= self.num_layers:
+            raise InvalidOptionError(f"--clip-skip must be between 1 and {self.num_layers} (the text encoder's "
+                                     f"layers), got {skip}")
+        self.layer_idx = skip - 1
 
     def freeze(self) -> None:
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "FrozenOpenCLIPEmbedder":
+    def train(self, mode: bool = True) -> "FrozenTextEncoder":
         # A frozen encoder stays in eval mode even inside a model put in training mode.
         return super().train(False)
 
     def vocabulary(self) -> Vocabulary:
         bpe = open_clip.tokenizer._tokenizer
-        return Vocabulary(bpe.encode, bpe.sot_token_id, bpe.eot_token_id, 0, bpe.encoder[",</w>"])
+        pad = bpe.eot_token_id if self.pads_with_end else 0
+        return Vocabulary(bpe.encode, bpe.sot_token_id, bpe.eot_token_id, pad, bpe.encoder[",</w>"])
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """Token ids, cut at max_length as the reference code does: said in the log, since the cut part
-        of a prompt has no effect (ldm.long_prompts chunks long prompts instead)."""
-        tokens = open_clip.tokenize(prompts, context_length=self.max_length)
-        for prompt, row in zip(prompts, tokens):
-            if row[-1] != 0 and prompt not in _warned:  # a row without padding may have been cut
-                count = len(open_clip.tokenizer._tokenizer.encode(prompt))
-                if count > self.max_length - 2:
-                    _warned.add(prompt)
-                    log.warning("prompt of %d tokens cut at %d: %r has no effect (--long-prompts chunks it instead)",
-                                count, self.max_length - 2, _cut_part(prompt, self.max_length - 2))
-        return tokens
+        """Token ids: start, the prompt's tokens, end, then padding; cut at max_length as the reference code
+        does. A cut is said in the log, since the cut part of a prompt has no effect (ldm.long_prompts chunks
+        long prompts instead)."""
+        vocab = self.vocabulary()
+        rows = []
+        for prompt in prompts:
+            ids = vocab.encode(prompt)
+            kept = self.max_length - 2
+            if len(ids) > kept and prompt not in _warned:
+                _warned.add(prompt)
+                log.warning("prompt of %d tokens cut at %d: %r has no effect (--long-prompts chunks it instead)",
+                            len(ids), kept, _cut_part(prompt, kept))
+            row = [vocab.start_id] + ids[:kept] + [vocab.end_id]
+            rows.append(row + [vocab.pad_id] * (self.max_length - len(row)))
+        return torch.tensor(rows, dtype=torch.long)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -133,3 +160,48 @@ class FrozenOpenCLIPEmbedder(nn.Module):
             prompts = [prompts]
         tokens = self.tokenize(list(prompts)).to(self.model.positional_embedding.device)
         return self.encode_tokens(tokens)
+
+
+class FrozenOpenCLIPEmbedder(FrozenTextEncoder):
+    """SD 2.x: an open_clip CLIP (visual tower removed), so its state dict is the `cond_stage_model.model.*`
+    part of an SD 2.x checkpoint. Reads the penultimate layer by default, and pads with 0 as open_clip does."""
+
+    def __init__(self, arch: str | dict = "ViT-H-14", layer: str = "penultimate", max_length: int = 77,
+                 freeze: bool = True, weights: str | None = None):
+        check_layer(layer)
+        cfg = open_clip_config(arch)
+        model = open_clip.model.CLIP(**cfg)
+        del model.visual  # SD only needs the text tower; keeps memory and the key set as in the checkpoints
+        super().__init__(model, layer, max_length, cfg["text_cfg"]["width"], freeze=False)
+        if weights is not None:
+            state = load_state_dict(weights)
+            state = {k: v for k, v in state.items() if not k.startswith("visual.")}
+            self.model.load_state_dict(state, strict=True)
+        if freeze:
+            self.freeze()
+
+
+class FrozenCLIPEmbedder(FrozenTextEncoder):
+    """SD 1.x: OpenAI CLIP ViT-L/14's text tower, run as open_clip's text transformer.
+
+    Three things differ from SD 2.x and each changes images: the last layer is read (after the final
+    norm), the activation is quick-GELU (OpenAI's CLIP was trained with it), and prompts are padded with
+    the end token rather than 0, as the Hugging Face tokenizer SD 1.x was trained with pads; padded
+    positions reach the U-Net through cross-attention. The original checkpoints store the tower in the
+    Hugging Face layout, which ldm.checkpoint translates (ldm.hf_clip). The sizes default to ViT-L/14's.
+    """
+
+    checkpoint_layout = HF_CLIP_LAYOUT
+    pads_with_end = True
+
+    def __init__(self, width: int = 768, layers: int = 12, heads: int = 12, layer: str = "last",
+                 max_length: int = 77, freeze: bool = True):
+        check_layer(layer)
+        try:
+            # No projection: SD 1.x uses the per-token states, and the Hugging Face tower stores none.
+            model = TextTransformer(context_length=max_length, vocab_size=VOCAB_SIZE, width=width, heads=heads,
+                                    layers=layers, output_dim=None, act_layer=QuickGELU)
+        except (AssertionError, ValueError, RuntimeError) as exc:  # e.g. a width the heads do not divide
+            raise InvalidOptionError(f"cannot build a CLIP text tower of width {width}, {layers} layers, "
+                                     f"{heads} heads: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        super().__init__(model, layer, max_length, width, freeze)

@@ -123,3 +123,24 @@ def write_tiny_model_files(folder, name: str = "tiny") -> tuple[str, str]:
     cfg.write_text(yaml.safe_dump(tiny_config()))
     save_state_dict(tiny_model().original_state_dict(), ckpt)
     return str(cfg), str(ckpt)
+
+
+def tiny_sd1_config() -> dict:
+    """SD 1.x's own config (configs/stable-diffusion/v1-inference.yaml) at tiny widths: the U-Net, VAE and
+    text tower keep their release layout (blocks, levels, heads) but are 10x (VAE 4x) narrower, and the
+    text tower (CLIP ViT-L/14's layout, 12 heads) is 48 wide with 2 layers. A file of its weights is
+    detected as SD 1.x and rebuilt at these sizes from its shapes alone (ldm.formats.fit_sizes)."""
+    from ldm.config import load_config
+    from ldm.formats import sd_config_path
+
+    cfg = load_config(sd_config_path("v1-inference.yaml"))
+    params = cfg["model"]["params"]
+    params["unet_config"]["params"].update(model_channels=32, context_dim=48)
+    params["first_stage_config"]["params"]["ddconfig"]["ch"] = 32
+    params["cond_stage_config"]["params"] = {"width": 48, "layers": 2}
+    return cfg
+
+
+def tiny_sd1_model(seed: int = 0):
+    """A random tiny SD 1.x (tiny_sd1_config) whose output layers are not zero, so it does something."""
+    return _build(tiny_sd1_config(), seed)

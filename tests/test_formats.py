@@ -13,6 +13,8 @@ import torch
 from factories import tiny_config, tiny_model
 
 from ldm.checkpoint import (
+    IGNORED_PREFIXES,
+    SCHEDULE_BUFFERS,
     CheckpointError,
     from_original_keys,
     load_into,
@@ -30,6 +32,7 @@ from ldm.formats import (
     detect,
     detect_file,
     sd_config_path,
+    with_prediction,
 )
 from ldm.model import load_model
 from ldm.training.export import export_diffusion
@@ -76,6 +79,12 @@ def sd1_manifest(sd_format_dir: str) -> Shapes:
     return {**out, **hf_clip_text_keys()}
 
 
+def sd1_inpainting_manifest(sd_format_dir: str) -> Shapes:
+    """SD 1.x inpainting: SD 1.x with SD 2 inpainting's 9 input channels."""
+    shapes = sd1_manifest(sd_format_dir)
+    return {**shapes, UNET + "input_blocks.0.0.weight": manifest(sd_format_dir, "sd-v2-inpainting.json")[UNET + "input_blocks.0.0.weight"]}
+
+
 def signature_keys(shapes: Shapes) -> Shapes:
     """Only the tensors detection reads (a file of these is small, and detected as the full one would be)."""
     keep = {UNET + "input_blocks.0.0.weight", OPEN_CLIP + "ln_final.weight", HF_CLIP + "final_layer_norm.weight"}
@@ -111,28 +120,32 @@ def test_every_family_is_detected_from_its_manifest(sd_format_dir, tmp_path, nam
     path = write_shapes(signature_keys(shapes), tmp_path / "model.safetensors", metadata)
     on_disk = detect_file(path, prediction)
     assert (on_disk.family, on_disk.prediction, on_disk.config_name) == (family, expected, config)
-    if family == "sd1":
-        assert found.config is None and "not supported yet" in found.unsupported
-    else:
-        assert found.config["model"]["params"]["parameterization"] == expected
+    assert found.config["model"]["params"]["parameterization"] == expected
+    # A release file states the release's sizes: its config is the shipped one, unchanged.
+    assert found.resized == () and found.config == with_prediction(load_config(sd_config_path(config)), expected)
 
 
-@pytest.mark.parametrize("name, metadata", [("sd-v2-v.json", V), ("sd-v2-inpainting.json", {}),
+@pytest.mark.parametrize("name, metadata", [("sd-v1", {}), ("sd-v2-v.json", V), ("sd-v2-inpainting.json", {}),
                                             ("sd-x4-upscaler.json", {})])
 def test_the_detected_config_builds_a_model_the_checkpoint_fills_strictly(sd_format_dir, name, metadata):
-    shapes = manifest(sd_format_dir, name)
+    shapes = sd1_manifest(sd_format_dir) if name == "sd-v1" else manifest(sd_format_dir, name)
     found = detect(shapes, metadata)
     with torch.device("meta"):
         model = model_from_config(found.config)
     load_into(model, from_original_keys({k: torch.empty(s, device="meta") for k, s in shapes.items()}), assign=True)
     assert model.prediction == found.prediction
-    assert model.default_image_size == {"sd-v2-v.json": 768, "sd-v2-inpainting.json": 512,
+    assert model.default_image_size == {"sd-v1": 512, "sd-v2-v.json": 768, "sd-v2-inpainting.json": 512,
                                         "sd-x4-upscaler.json": 512}[name]
+    # What it saves is the file's own layout again (SD 1.x's text tower back in Hugging Face names).
+    assert {k: tuple(v.shape) for k, v in model.original_state_dict().items()} == {
+        k: s for k, s in shapes.items()
+        if not k.startswith(IGNORED_PREFIXES) and k not in SCHEDULE_BUFFERS
+        and not k.endswith("position_ids")}
 
 
 def test_v1_inference_yaml_builds_the_sd1_unet_and_vae_layout(sd_format_dir):
-    """The config we wrote for SD 1.x gives exactly SD 1.x's U-Net and VAE tensors (its text encoder is not
-    built yet, so those two are checked)."""
+    """The config we wrote for SD 1.x gives exactly SD 1.x's U-Net and VAE tensors, and a text tower of
+    CLIP ViT-L/14's sizes (the Hugging Face names are checked by the strict load above)."""
     cfg = load_config(sd_config_path("v1-inference.yaml"))["model"]["params"]
     shapes = sd1_manifest(sd_format_dir)
     for node, prefix in ((cfg["unet_config"], UNET), (cfg["first_stage_config"], VAE)):
@@ -141,6 +154,10 @@ def test_v1_inference_yaml_builds_the_sd1_unet_and_vae_layout(sd_format_dir):
         ours = {prefix + k: tuple(v.shape) for k, v in net.state_dict().items()}
         theirs = {k: s for k, s in shapes.items() if k.startswith(prefix) and not k.startswith(VAE + "loss.")}
         assert ours == theirs
+    with torch.device("meta"):
+        text = instantiate(cfg["cond_stage_config"])
+    assert (text.width, text.num_layers, text.clip_skip, text.pads_with_end) == (768, 12, 1, True)
+    assert text.model.transformer.resblocks[0].attn.num_heads == 12
 
 
 def test_prediction_rule(sd_format_dir):
@@ -191,11 +208,9 @@ def test_unknown_and_unsupported_files_are_refused_in_one_line(tmp_path, sd_form
     msg = str(err.value)
     assert "\n" not in msg and "matches no known model family" in msg
     assert "U-Net input channels 4, model channels 32, context dim 32" in msg and "model.diffusion_model. (" in msg
-    sd1 = write_shapes(signature_keys(sd1_manifest(sd_format_dir)), tmp_path / "v1-5.safetensors")
-    with pytest.raises(UnsupportedModelError, match=r"holds an SD 1\.x model: SD 1\.x text encoders .* not supported yet"):
-        load_model(None, sd1)
-    with pytest.raises(UnsupportedModelError, match="not supported yet"):  # the YAML given explicitly: the same
-        load_model(sd_config_path("v1-inference.yaml"), sd1)
+    inpainting = write_shapes(signature_keys(sd1_inpainting_manifest(sd_format_dir)), tmp_path / "v1-5-inpainting.safetensors")
+    with pytest.raises(UnsupportedModelError, match=r"holds an SD 1\.x inpainting model: no SD 1\.x inpainting config"):
+        load_model(None, inpainting)
 
 
 @pytest.fixture(scope="module")
@@ -204,12 +219,12 @@ def cli_results(tmp_path_factory, sd_format_dir) -> tuple[Path, list[dict]]:
     export_diffusion(tiny_model().state_dict(), tiny_config()["model"], 1.0, root / "export")
     save_state_dict({"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3), "decoder.conv_out.bias": torch.zeros(3)},
                     root / "vae-only.safetensors")
-    write_shapes(signature_keys(sd1_manifest(sd_format_dir)), root / "v1-5.safetensors")
+    write_shapes(signature_keys(sd1_inpainting_manifest(sd_format_dir)), root / "v1-5-inpainting.safetensors")
     common = ["--steps", "2", "--no-progress", "--outdir", "out"]
     cases = [
         ["txt2img", "x", "--ckpt", "export/model.safetensors", *common],
         ["txt2img", "x", "--ckpt", "vae-only.safetensors", *common],
-        ["txt2img", "x", "--ckpt", "v1-5.safetensors", *common],
+        ["txt2img", "x", "--ckpt", "v1-5-inpainting.safetensors", *common],
         ["txt2img", "x", "--ckpt", "export/model.safetensors", "--prediction", "x0", *common],
     ]
     (root / "export" / "model.yaml").unlink()  # the metadata alone must do
@@ -228,7 +243,7 @@ def test_cli_generates_from_a_checkpoint_alone(cli_results):
 
 @pytest.mark.parametrize("number, message", [
     (1, "vae-only.safetensors matches no known model family (tensors decoder. (1), encoder. (1); no U-Net"),
-    (2, "v1-5.safetensors holds an SD 1.x model: SD 1.x text encoders"),
+    (2, "v1-5-inpainting.safetensors holds an SD 1.x inpainting model: no SD 1.x inpainting config"),
     (3, "argument --prediction: invalid choice: 'x0'"),
 ])
 def test_cli_refuses_in_one_line(cli_results, number, message):

@@ -42,6 +42,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help="apply a LoRA (ours or kohya/A1111 layout) at WEIGHT (default 1); repeat for several")
+    p.add_argument("--clip-skip", type=int, default=None, metavar="N",
+                   help="the text encoder layer the U-Net reads, counted from the end as in A1111: 1 = the last "
+                        "layer, 2 = the penultimate, ... (always through the final layer norm); default: the "
+                        "model's own, 1 for SD 1.x, 2 for SD 2.x (which reads the penultimate layer)")
+    p.add_argument("--vae", metavar="FILE",
+                   help="replace the autoencoder's weights with a separate VAE file's (original layout: encoder.*, "
+                        "decoder.*, quant_conv.*, post_quant_conv.*, e.g. vae-ft-mse-840000-ema-pruned.safetensors)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None:
@@ -95,7 +102,17 @@ def load_model_from_args(args: argparse.Namespace):
     from ldm.lora import apply_lora, parse_lora_spec
 
     loras = [parse_lora_spec(spec) for spec in getattr(args, "lora", [])]  # a missing file fails before loading
+    clip_skip, vae = getattr(args, "clip_skip", None), getattr(args, "vae", None)
+    if clip_skip is not None and clip_skip < 1:
+        raise InvalidOptionError(f"--clip-skip must be at least 1 (1 is the last layer), got {clip_skip}")
+    if vae is not None and not Path(vae).is_file():
+        raise MissingFileError(f"VAE file not found: {vae}")
     model = load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction)
+    if vae is not None:
+        model.load_vae_weights(vae)
+    if clip_skip is not None:
+        model.text_encoder.set_clip_skip(clip_skip)
+        model.identity = {**model.identity, "clip_skip": clip_skip}  # it changes the image: the metadata says so
     for path, weight in loras:
         apply_lora(model, path, weight)
     return model

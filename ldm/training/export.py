@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ldm.checkpoint import atomic_path, save_state_dict, to_original_keys
+from ldm.checkpoint import OPEN_CLIP_LAYOUT, atomic_path, save_state_dict, to_original_keys
+from ldm.config import target_class
 
 
 def _write_yaml_atomic(data: dict, path: Path) -> None:
@@ -32,6 +33,12 @@ def inference_model_node(model_node: dict, scale_factor: float) -> dict:
     return {"model": node}
 
 
+def text_layout(model_node: dict) -> str:
+    """How original checkpoints store the model node's text encoder (SD 1.x's: the Hugging Face layout)."""
+    target = ((model_node.get("params") or {}).get("cond_stage_config") or {}).get("target")
+    return getattr(target_class(target), "checkpoint_layout", OPEN_CLIP_LAYOUT) if target else OPEN_CLIP_LAYOUT
+
+
 def export_diffusion(state: dict[str, torch.Tensor], model_node: dict, scale_factor: float, out_dir: str | os.PathLike,
                      step: int | None = None) -> tuple[Path, Path]:
     """Write model.safetensors and model.yaml into out_dir; returns their paths."""
@@ -42,7 +49,7 @@ def export_diffusion(state: dict[str, torch.Tensor], model_node: dict, scale_fac
     meta = {"format": "pt", "scale_factor": repr(float(scale_factor)), "ldm_config": json.dumps(node)}
     if step is not None:
         meta["step"] = str(step)
-    save_state_dict(to_original_keys(state), weights, metadata=meta)
+    save_state_dict(to_original_keys(state, text_layout(model_node)), weights, metadata=meta)
     _write_yaml_atomic(node, config)
     return weights, config
 
