@@ -128,7 +128,49 @@ class FrozenTextEncoder(nn.Module):
     def vocabulary(self) -> Vocabulary:
         bpe = open_clip.tokenizer._tokenizer
         pad = bpe.eot_token_id if self.pads_with_end else 0
-        return Vocabulary(bpe.encode, bpe.sot_token_id, bpe.eot_token_id, pad, bpe.encoder[",</w>"])
+        encode = self._encode_with_embeddings if self.__dict__.get("embeddings") else bpe.encode
+        return Vocabulary(encode, bpe.sot_token_id, bpe.eot_token_id, pad, bpe.encoder[",</w>"])
+
+    # ---- textual-inversion embeddings (ldm.embeddings loads the files) --------------------------------
+    # An embedding's n vectors stand in the token ids as negative placeholders -1, -2, ... (rows of one
+    # table), which encode_tokens swaps for the vectors; a prompt without a trigger word never meets one.
+    def add_embedding(self, name: str, vectors: torch.Tensor) -> None:
+        """Let `name` in prompts stand for `vectors` [n, width]."""
+        trigger = open_clip.tokenizer._tokenizer.encode(name)
+        if not trigger:
+            raise InvalidOptionError(f"embedding name {name!r} has no tokens to find in prompts")
+        embeddings = self.__dict__.setdefault("embeddings", {})
+        if name in embeddings:
+            raise InvalidOptionError(f"an embedding named {name!r} is already loaded")
+        start = sum(len(v) for _, v in embeddings.values())
+        embeddings[name] = (trigger, vectors.detach().float().cpu())
+        self.__dict__["_placeholders"] = {**self.__dict__.get("_placeholders", {}),
+                                          name: [-(start + i + 1) for i in range(len(vectors))]}
+
+    def _encode_with_embeddings(self, text: str) -> list[int]:
+        ids = open_clip.tokenizer._tokenizer.encode(text)
+        triggers = sorted(self.__dict__["embeddings"].items(), key=lambda item: -len(item[1][0]))  # longest first
+        out, i = [], 0
+        while i < len(ids):
+            for name, (trigger, _) in triggers:
+                if ids[i:i + len(trigger)] == trigger:
+                    out += self.__dict__["_placeholders"][name]
+                    i += len(trigger)
+                    break
+            else:
+                out.append(ids[i])
+                i += 1
+        return out
+
+    def _token_vectors(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The token embeddings of ids, with the embeddings' vectors at their placeholders."""
+        table = self.model.token_embedding
+        x = table(tokens.clamp_min(0))
+        placeholders = tokens < 0
+        if placeholders.any():
+            vectors = torch.cat([v for _, v in self.__dict__["embeddings"].values()]).to(x.device, x.dtype)
+            x = torch.where(placeholders[..., None], vectors[(-tokens - 1).clamp_min(0)], x)
+        return x
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids: start, the prompt's tokens, end, then padding; cut at max_length as the reference code
@@ -149,7 +191,7 @@ class FrozenTextEncoder(nn.Module):
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         m = self.model
-        x = m.token_embedding(tokens) + m.positional_embedding
+        x = self._token_vectors(tokens) + m.positional_embedding
         blocks = m.transformer.resblocks
         for block in blocks[: len(blocks) - self.layer_idx]:
             x = block(x, attn_mask=m.attn_mask)

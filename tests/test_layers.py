@@ -20,7 +20,7 @@ LAYERS = {
              "images", "infotext", "masks", "hf_clip", "formats", "convert"),
     # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder)
     "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model", "lora",
-               "lora_layers", "lora_kohya", "lora_merge"),
+               "lora_layers", "lora_kohya", "lora_merge", "embeddings"),
     # samplers, guidance, sampling options and the one checked entry point
     "sampling": ("samplers", "denoisers", "sampling"),
     # what a user asks for: txt2img, editing, walks (and the 2-D toy of the app)

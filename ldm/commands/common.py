@@ -40,6 +40,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prediction", choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768-v "
                    "files without metadata need v; see ldm/formats.py)")
     p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--embedding", action="append", default=[], metavar="PATH",
+                   help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
+                        "its file name is the word that calls it in prompts; repeat for several")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help="apply a LoRA (ours or kohya/A1111 layout) at WEIGHT (default 1); repeat for several")
     p.add_argument("--clip-skip", type=int, default=None, metavar="N",
@@ -107,6 +110,11 @@ def load_model_from_args(args: argparse.Namespace):
         raise InvalidOptionError(f"--clip-skip must be at least 1 (1 is the last layer), got {clip_skip}")
     if vae is not None and not Path(vae).is_file():
         raise MissingFileError(f"VAE file not found: {vae}")
+    if getattr(args, "embedding", None):
+        from ldm.embeddings import embedding_files
+
+        for path in args.embedding:  # a missing file fails before loading
+            embedding_files(path)
     model = load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction)
     if vae is not None:
         model.load_vae_weights(vae)
@@ -115,6 +123,10 @@ def load_model_from_args(args: argparse.Namespace):
         model.identity = {**model.identity, "clip_skip": clip_skip}  # it changes the image: the metadata says so
     for path, weight in loras:
         apply_lora(model, path, weight)
+    if getattr(args, "embedding", None):
+        from ldm.embeddings import load_embeddings
+
+        load_embeddings(model, args.embedding)
     return model
 
 
