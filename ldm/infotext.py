@@ -59,6 +59,11 @@ def format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+def _short_hashes(named: Any) -> str | None:
+    pairs = [f"{name}: {str(sha)[:12]}" for name, sha in named if name and sha]
+    return ", ".join(pairs) or None
+
+
 def format_infotext(settings: dict[str, Any]) -> str:
     """The A1111 `parameters` text for the settings dict of `ldm.pipeline.settings_dict`."""
     fields: dict[str, Any] = {
@@ -77,6 +82,10 @@ def format_infotext(settings: dict[str, Any]) -> str:
         # A1111 calls DDIM's eta "Eta DDIM" and the ancestral samplers' "Eta"; 0 is not written.
         ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,
         "CFG Rescale phi": settings.get("guidance_rescale") or None,
+        # A1111's short hashes of the extra networks (sha256, first 12 hex digits), as civitai reads them.
+        "Lora hashes": _short_hashes((Path(str(x.get("file", ""))).stem, x.get("sha256"))
+                                     for x in settings.get("loras") or () if not x.get("merged")),
+        "TI hashes": _short_hashes((x.get("name"), x.get("sha256")) for x in settings.get("embeddings") or ()),
     }
     params = ", ".join(f"{name}: {quote(value)}" for name, value in fields.items() if value is not None)
     lines = [str(settings.get("prompt", ""))]

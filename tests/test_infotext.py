@@ -61,6 +61,17 @@ def test_values_with_commas_or_colons_are_json_strings():
     assert "Negative prompt" not in text  # A1111 leaves the line out when there is none
 
 
+def test_loras_and_embeddings_are_written_as_a1111_short_hashes():
+    sha_a, sha_b, sha_t = "a" * 64, "b" * 64, "c" * 64
+    text = format_infotext({"prompt": "p", "steps": 5, "seed": 3, "loras": [
+        {"file": "style.safetensors", "sha256": sha_a, "weight": 0.8},
+        {"file": "merged.safetensors", "sha256": sha_b, "weight": 1.0, "merged": True}],  # baked in: not a Lora
+        "embeddings": [{"name": "sparkle", "file": "sparkle.pt", "sha256": sha_t, "vectors": 2}]})
+    fields = parse_infotext(text)
+    assert fields["Lora hashes"] == f"style: {sha_a[:12]}" and fields["TI hashes"] == f"sparkle: {sha_t[:12]}"
+    assert "Lora hashes" not in parse_infotext(format_infotext({"prompt": "p", "steps": 5, "seed": 3}))
+
+
 def test_a1111_text_maps_onto_our_settings():
     text = ("masterpiece, cat\nwearing a hat\nNegative prompt: dog, (blurry:1.2)\n"
             "Steps: 25, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 99, Size: 512x768, "
