@@ -19,6 +19,7 @@ from ldm.errors import InvalidOptionError
 from ldm.checkpoint import CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, to_original_keys
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
+from ldm.sampling import DDIM_VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,13 @@ class LatentDiffusion(nn.Module):
         conditioning_key: str = "crossattn",
         low_scale_config: dict | None = None,
         image_size: int = 64,
+        ddim_variant: str = "k",
     ):
         super().__init__()
         if parameterization not in ("eps", "v"):
             raise InvalidOptionError(f"unknown parameterization {parameterization!r}; known: eps, v")
+        if ddim_variant not in DDIM_VARIANTS:
+            raise InvalidOptionError(f"unknown ddim_variant {ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}")
         if conditioning_key not in CONDITIONING_KINDS:
             raise InvalidOptionError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")
         self.unet = instantiate(unet_config)
@@ -85,6 +89,10 @@ class LatentDiffusion(nn.Module):
         self.prediction = parameterization
         self.image_size = image_size  # the latent size it was trained at (64 -> 512 px for SD 2-base)
         self.conditioning_key = conditioning_key
+        # The DDIM its images are made with unless the options say otherwise (ldm.sampling): "sd" for models
+        # built from the original SD configs (ldm.config sets it), whose users expect the original sampler's
+        # images; "k" for this project's own, whose earlier images (golden tests, PNG metadata) were made so.
+        self.ddim_variant = ddim_variant
         self.schedule = dict(kind=beta_schedule, num_timesteps=timesteps, linear_start=linear_start,
                              linear_end=linear_end, cosine_s=cosine_s)
         betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)

@@ -37,6 +37,9 @@ def add_sampling_args(p: argparse.ArgumentParser, steps: int = 30, scale: float 
     p.add_argument("--sampler", default="ddim", help="ddim, ddpm, plms, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde")
     p.add_argument("--eta", type=float, default=None,
                    help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
+    p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
+                   help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
+                        "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)")
     p.add_argument("--spacing", default="leading", help="timestep spacing: leading, trailing or linspace")
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale (for v-prediction models)")
@@ -64,7 +67,7 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     check_seeds(args)
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
-                           precision=args.precision)
+                           precision=args.precision, ddim_variant=args.ddim_variant)
 
 
 def load_model_from_args(args: argparse.Namespace):

@@ -49,7 +49,8 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt", "")
     for key, attr in (("seed", "seed"), ("height", "height"), ("width", "width"), ("steps", "steps"),
                       ("guidance_scale", "scale"), ("sampler", "sampler"), ("eta", "eta"), ("spacing", "spacing"),
-                      ("karras", "karras"), ("guidance_rescale", "guidance_rescale"), ("precision", "precision")):
+                      ("karras", "karras"), ("guidance_rescale", "guidance_rescale"), ("precision", "precision"),
+                      ("ddim_variant", "ddim_variant")):
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
     args.png_threshold = settings.get("threshold")
