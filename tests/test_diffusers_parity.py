@@ -1,4 +1,4 @@
-"""Sampling against diffusers as an independent reference: SD-exact DDIM.
+"""Sampling against diffusers as an independent reference: SD-exact DDIM and the seeded start noise.
 
 diffusers' DDIMScheduler with Stable Diffusion's settings (set_alpha_to_one=False, steps_offset=1, leading
 spacing) is the original DDIMSampler's arithmetic. It is pure maths, so its loop is driven here with our
@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from factories import tiny_model
 
 from ldm.sampling import SamplingOptions
@@ -84,4 +85,15 @@ def test_the_comparison_can_fail(setup):
     shifted = diffusers_ddim(model, cond, uncond, setup["noise"], 10, steps_offset=0)
     assert rel_err(ours(model, cond, uncond, setup["noise"], 10), shifted) > 10 * TOLERANCE
     assert rel_err(ours(model, cond, uncond, setup["noise"], 10, variant="k"), theirs) > 10 * TOLERANCE
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8), (4, 64, 96)])
+def test_start_noise_is_diffusers_cpu_noise_for_the_same_seed(shape):
+    """diffusers' randn_tensor with a CPU generator: one seed for a single image, one generator per image for a
+    batch (seed + i, ours: ldm.tasks.sample_seeded)."""
+    single = randn_tensor((1, *shape), generator=torch.Generator("cpu").manual_seed(1234))
+    assert torch.equal(start_noise(shape, [1234], torch.device("cpu")), single)
+    batch = randn_tensor((3, *shape), generator=[torch.Generator("cpu").manual_seed(1234 + i) for i in range(3)])
+    assert torch.equal(start_noise(shape, [1234, 1235, 1236], torch.device("cpu")), batch)
+    assert not torch.equal(start_noise(shape, [1235], torch.device("cpu")), single)  # the seed matters
 
