@@ -95,9 +95,23 @@ class LatentDiffusion(nn.Module):
         self.ddim_variant = ddim_variant
         self.schedule = dict(kind=beta_schedule, num_timesteps=timesteps, linear_start=linear_start,
                              linear_end=linear_end, cosine_s=cosine_s)
-        betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
         # Derived from the config, so not saved: original checkpoints' copies are ignored on load.
-        self.register_buffer("alphas_cumprod", alphas_cumprod_from_betas(betas).float(), persistent=False)
+        self.register_buffer("alphas_cumprod", self._schedule_alphas_cumprod(), persistent=False)
+
+    def _schedule_alphas_cumprod(self) -> torch.Tensor:
+        s = self.schedule
+        betas = make_betas(s["kind"], s["num_timesteps"], linear_start=s["linear_start"], linear_end=s["linear_end"],
+                           cosine_s=s["cosine_s"])
+        return alphas_cumprod_from_betas(betas).float()
+
+    def _apply(self, fn, recurse: bool = True):
+        # Casting the weights (model.to(torch.bfloat16), .half()) casts floating buffers too, and in bf16 the
+        # schedule's alphas_cumprod near 1 round to 1 (sigma 0 for the first timesteps): it is maths, not
+        # weights, so it stays float32 (recomputed from the config).
+        super()._apply(fn, recurse)
+        if self.alphas_cumprod.dtype != torch.float32:
+            self.alphas_cumprod = self._schedule_alphas_cumprod().to(self.alphas_cumprod.device)
+        return self
 
     @property
     def kind(self) -> ConditioningKind:

@@ -96,4 +96,3 @@ def test_start_noise_is_diffusers_cpu_noise_for_the_same_seed(shape):
     batch = randn_tensor((3, *shape), generator=[torch.Generator("cpu").manual_seed(1234 + i) for i in range(3)])
     assert torch.equal(start_noise(shape, [1234, 1235, 1236], torch.device("cpu")), batch)
     assert not torch.equal(start_noise(shape, [1235], torch.device("cpu")), single)  # the seed matters
-
