@@ -18,24 +18,29 @@ from ldm.img2img import img2img
 from ldm.pipeline import txt2img
 from ldm.unet import GroupNorm32
 
-# Grey levels of the uint8 images. Measured on the tiny model: bf16 weights 2 at most, 0.5 on average; a schedule
-# rounded to bf16 (the first sigmas become 0) gives 255 and 130.
-MAX_DIFF, MEAN_DIFF = 8, 1.5
+# Grey levels of the uint8 images (most, mean). Measured on the tiny model with bf16 weights: txt2img 2 and 0.5,
+# img2img (the bf16 encoder too) 8 and 1.0; a schedule rounded to bf16 (the first sigmas become 0): 255 and 130.
+TXT2IMG_TOLERANCE, IMG2IMG_TOLERANCE = (8, 1.5), (16, 2.5)
 
 
 def pixels(images) -> np.ndarray:
     return np.stack([np.asarray(image, dtype=np.float64) for image in images])
 
 
-def close(images, reference) -> None:
+def close(images, reference, tolerance=TXT2IMG_TOLERANCE) -> None:
     got, want = pixels(images), pixels(reference)
-    assert np.isfinite(got).all()
     diff = np.abs(got - want)
-    assert diff.max() <= MAX_DIFF and diff.mean() <= MEAN_DIFF, (diff.max(), diff.mean())
+    assert diff.max() <= tolerance[0] and diff.mean() <= tolerance[1], (diff.max(), diff.mean())
+
+
+def check_finite(info: dict) -> None:
+    """A sampler callback: NaN or Inf latents would still make (black) uint8 images, so they are caught here."""
+    assert torch.isfinite(info["denoised"]).all() and torch.isfinite(info["x"]).all(), f"step {info['i']}"
 
 
 def make(model, **options):
-    return txt2img(model, ["a cat", "a dog"], "blurry", seed=1, steps=4, progress=False, **options)
+    return txt2img(model, ["a cat", "a dog"], "blurry", seed=1, steps=4, progress=False, callback=check_finite,
+                   **options)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def test_bf16_autocast_with_fp32_weights_still_works(fp32_model, fp32_images):
 def test_img2img_with_bf16_weights_encodes_and_decodes(model):
     reference = img2img(model, picture(0), "a cat", strength=0.6, seed=8, steps=4, progress=False)
     close(img2img(model.to(torch.bfloat16), picture(0), "a cat", strength=0.6, seed=8, steps=4, progress=False),
-          reference)
+          reference, IMG2IMG_TOLERANCE)
 
 
 def test_group_norm32_with_half_weights_normalises_in_fp32():
