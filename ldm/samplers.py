@@ -2,7 +2,8 @@
 
 Conventions (k-diffusion's):
 - sigma space: x = x0 + sigma * eps. `sigmas` is a decreasing 1-D grid ending in 0
-  (ldm.schedules.get_sigmas); every sampler steps x from sigmas[0] to 0 and returns the clean sample.
+  (ldm.schedules.get_sigmas); every sampler steps x from sigmas[0] to 0 and returns the clean sample
+  (except sample_ddim_sd, whose grid ends at sigma(t = 0) as the original SD DDIM's does).
 - x must already be at noise level sigmas[0]. From pure noise that is `randn * sigmas[0]`, NOT
   unit noise: SD's sigma_max is about 14.6. (A VP latent x_vp is x * sqrt(ab) = x / sqrt(1 + sigma^2);
   at sigma = 0 the two agree, so the result needs no conversion.) For img2img / inpainting start

@@ -7,7 +7,7 @@ setting is silently dropped. `sampler_eta` says which eta a sampler really runs 
 metadata records that one.
 
 DDIM comes in two variants (`ddim_variant`), which differ only at the ends of the run:
-- "k": k-diffusion's, in sigma space: starts from noise * sigma_max, ends at sigma 0 (ldm.samplers.sample_ddim);
+- "k": k-diffusion's, in sigma space: starts from noise * sigmas[0], ends at sigma 0 (ldm.samplers.sample_ddim);
 - "sd": the original Stable Diffusion DDIMSampler's (and diffusers' DDIMScheduler with SD's settings): starts
   from the VP latent x_T = noise, ends at alphas_cumprod[0] and returns the VP latent there (sample_ddim_sd).
 None means the model's own (ldm.model.LatentDiffusion.ddim_variant, filled in by ldm.tasks); where no model
