@@ -19,7 +19,9 @@ class LowResNoiseAugmentation(nn.Module):
         super().__init__()
         self.max_noise_level = max_noise_level
         betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end)
-        self.register_buffer("alphas_cumprod", alphas_cumprod_from_betas(betas).float(), persistent=False)
+        # A plain tensor, not a buffer: casting the model's weights to bf16 would round it (levels near 0 to no
+        # noise at all); it moves to the image's device where used.
+        self.alphas_cumprod = alphas_cumprod_from_betas(betas).float()
 
     def forward(self, image: torch.Tensor, noise_level: int | torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
@@ -34,7 +36,7 @@ class LowResNoiseAugmentation(nn.Module):
         noise_level = torch.as_tensor(noise_level, device=image.device).long().expand(b)
         if noise_level.min() < 0 or noise_level.max() >= len(self.alphas_cumprod):
             raise InvalidOptionError(f"noise level must be in [0, {len(self.alphas_cumprod) - 1}]")
-        ab = self.alphas_cumprod[noise_level].to(image.dtype)[:, None, None, None]
+        ab = self.alphas_cumprod.to(image.device)[noise_level].to(image.dtype)[:, None, None, None]
         if noise is None:
             noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
         elif noise.shape != image.shape:

@@ -106,6 +106,8 @@ def translate_original(target: str, params: dict) -> dict:
     if target.startswith("ldm.models.diffusion.ddpm."):
         params["beta_schedule"] = _ORIGINAL_SCHEDULES[params.get("beta_schedule", "linear")]
         params.setdefault("parameterization", "eps")
+        # An original SD model's users expect the original DDIMSampler's images (ldm.sampling: DDIM variants).
+        params.setdefault("ddim_variant", "sd")
     if target == "ldm.modules.encoders.modules.FrozenCLIPEmbedder":
         version = params.pop("version", SD1_CLIP_VERSION)
         if version != SD1_CLIP_VERSION:

@@ -43,7 +43,7 @@ def img2img(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
     """
     check_strength(strength)
     check_task(model, "img2img")
-    options = resolve_options(options, option_overrides)
+    options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
     conditioning = prepare(model, prompts, negatives, options)

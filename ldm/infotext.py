@@ -157,8 +157,17 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     return settings
 
 
+def as_made(settings: dict[str, Any]) -> dict[str, Any]:
+    """Our JSON read as what it ran with: a field written since a choice existed is absent from older images, which
+    ran with what was then the only behaviour. DDIM was the k variant before `ddim_variant` (ldm.sampling) existed."""
+    if settings.get("sampler") == "ddim" and "ddim_variant" not in settings:
+        return {**settings, "ddim_variant": "k"}
+    return settings
+
+
 def settings_from_png(path: str | Path) -> dict[str, Any]:
-    """The settings an image was made with: our full JSON ("ldm" chunk) if present, else A1111's text."""
+    """The settings an image was made with: our full JSON ("ldm" chunk) if present (`as_made`), else A1111's text
+    (which has no DDIM variant: the model's own applies)."""
     from PIL import Image
 
     path = Path(path)
@@ -175,7 +184,7 @@ def settings_from_png(path: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise InfotextError(f"{path}: the ldm settings are not valid JSON ({exc.msg})") from None
         if isinstance(settings, dict):
-            return settings
+            return as_made(settings)
     if isinstance(chunks.get("parameters"), str):
         return settings_from_infotext(chunks["parameters"])
     raise InfotextError(f"{path} holds no generation settings (no 'ldm' or 'parameters' text)")

@@ -140,7 +140,7 @@ def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image
     """
     check_strength(strength)
     mode = resolve_mode(model, mode)
-    options = resolve_options(options, option_overrides)
+    options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels, m = _prepare(model, image, mask)
     radius = model.downscale if feather_radius is None else int(feather_radius)

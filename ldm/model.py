@@ -21,6 +21,7 @@ from ldm.checkpoint import (CheckpointError, file_sha256, from_original_keys, lo
                             to_original_keys)
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
+from ldm.sampling import DDIM_VARIANTS
 
 log = logging.getLogger(__name__)
 # Entries of VAE files that are no weights of the autoencoder: its training loss (LPIPS, discriminator), EMA copies.
@@ -72,10 +73,13 @@ class LatentDiffusion(nn.Module):
         conditioning_key: str = "crossattn",
         low_scale_config: dict | None = None,
         image_size: int = 64,
+        ddim_variant: str = "k",
     ):
         super().__init__()
         if parameterization not in ("eps", "v"):
             raise InvalidOptionError(f"unknown parameterization {parameterization!r}; known: eps, v")
+        if ddim_variant not in DDIM_VARIANTS:
+            raise InvalidOptionError(f"unknown ddim_variant {ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}")
         if conditioning_key not in CONDITIONING_KINDS:
             raise InvalidOptionError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")
         self.unet = instantiate(unet_config)
@@ -89,11 +93,29 @@ class LatentDiffusion(nn.Module):
         self.prediction = parameterization
         self.image_size = image_size  # the latent size it was trained at (64 -> 512 px for SD 2-base)
         self.conditioning_key = conditioning_key
+        # The DDIM its images are made with unless the options say otherwise (ldm.sampling): "sd" for models
+        # built from the original SD configs (ldm.config sets it), whose users expect the original sampler's
+        # images; "k" for this project's own, whose earlier images (golden tests, PNG metadata) were made so.
+        self.ddim_variant = ddim_variant
         self.schedule = dict(kind=beta_schedule, num_timesteps=timesteps, linear_start=linear_start,
                              linear_end=linear_end, cosine_s=cosine_s)
-        betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
         # Derived from the config, so not saved: original checkpoints' copies are ignored on load.
-        self.register_buffer("alphas_cumprod", alphas_cumprod_from_betas(betas).float(), persistent=False)
+        self.register_buffer("alphas_cumprod", self._schedule_alphas_cumprod(), persistent=False)
+
+    def _schedule_alphas_cumprod(self) -> torch.Tensor:
+        s = self.schedule
+        betas = make_betas(s["kind"], s["num_timesteps"], linear_start=s["linear_start"], linear_end=s["linear_end"],
+                           cosine_s=s["cosine_s"])
+        return alphas_cumprod_from_betas(betas).float()
+
+    def _apply(self, fn, recurse: bool = True):
+        # Casting the weights (model.to(torch.bfloat16), .half()) casts floating buffers too, and in bf16 the
+        # schedule's alphas_cumprod near 1 round to 1 (sigma 0 for the first timesteps): it is maths, not
+        # weights, so it stays float32 (recomputed from the config).
+        super()._apply(fn, recurse)
+        if self.alphas_cumprod.dtype != torch.float32:
+            self.alphas_cumprod = self._schedule_alphas_cumprod().to(self.alphas_cumprod.device)
+        return self
 
     @property
     def kind(self) -> ConditioningKind:

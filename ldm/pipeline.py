@@ -14,9 +14,10 @@ import torch
 from ldm import defaults
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
-from ldm.sampling import PRECISIONS, PrecisionError, SamplingOptions, autocast, sampler_eta  # noqa: F401 (re-exported)
 from ldm.samplers import Generators
-from ldm.tasks import (Conditioning, Generated, PromptError, batch_noise, check_task, denoise,  # noqa: F401
+from ldm.sampling import (PRECISIONS, PrecisionError, SamplingOptions, autocast, ddim_variant_of,  # noqa: F401
+                          sampler_eta)
+from ldm.tasks import (Conditioning, Generated, PromptError, batch_noise, check_task, denoise, for_model,  # noqa: F401
                        image_generators, model_sigmas, prompt_conditions, prompt_lists, resolve_options, sample_seeded,
                        settings_of, start_noise)
 
@@ -60,7 +61,7 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
                            num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
                            **option_overrides)
     check_task(model, "txt2img")
-    options = resolve_options(options, option_overrides)
+    options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if num_images_per_prompt < 1:
         raise PromptError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
@@ -81,12 +82,17 @@ def settings_dict(prompt: str, negative_prompt: str, seed: int, height: int, wid
                   model: LatentDiffusion | None = None, **more: Any) -> dict[str, Any]:
     """What goes into each PNG's metadata: enough to make the same image again, as it was really made.
 
-    `eta` is the one the sampler used (not the --eta of a sampler that ignores it); `model` adds the
-    weights' file name and SHA-256 (ldm.model.load_model records them), which say which model made it.
+    `eta` is the one the sampler used (not the --eta of a sampler that ignores it), `ddim_variant` likewise
+    (the model's own where the options leave it open; without a field, --from-png reads the metadata as made
+    before the field existed, with "k"); `model` adds the weights' file name and SHA-256 (ldm.model.load_model
+    records them), which say which model made it.
     """
+    if model is not None:
+        options = for_model(options, model)
     opts = asdict(options)
     extra = opts.pop("extra")
     opts["eta"] = sampler_eta(options)
+    opts["ddim_variant"] = ddim_variant_of(options)
     identity = dict(getattr(model, "identity", None) or {}) if model is not None else {}
     return {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "height": height, "width": width,
             **opts, **extra, **identity, **more}

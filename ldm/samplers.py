@@ -2,7 +2,8 @@
 
 Conventions (k-diffusion's):
 - sigma space: x = x0 + sigma * eps. `sigmas` is a decreasing 1-D grid ending in 0
-  (ldm.schedules.get_sigmas); every sampler steps x from sigmas[0] to 0 and returns the clean sample.
+  (ldm.schedules.get_sigmas); every sampler steps x from sigmas[0] to 0 and returns the clean sample
+  (except sample_ddim_sd, whose grid ends at sigma(t = 0) as the original SD DDIM's does).
 - x must already be at noise level sigmas[0]. From pure noise that is `randn * sigmas[0]`, NOT
   unit noise: SD's sigma_max is about 14.6. (A VP latent x_vp is x * sqrt(ab) = x / sqrt(1 + sigma^2);
   at sigma = 0 the two agree, so the result needs no conversion.) For img2img / inpainting start
@@ -146,6 +147,24 @@ def sample_ddim(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
         else:
             x = denoised + eps * sigma_next
     return x
+
+
+@torch.no_grad()
+def sample_ddim_sd(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                   callback: Callback | None = None, disable: bool | None = None,
+                   generator: Generators = None, eta: float = 0.0) -> torch.Tensor:
+    """DDIM with the ends of the original Stable Diffusion DDIMSampler (and of diffusers' DDIMScheduler with
+    set_alpha_to_one=False), which work in VP space, x_vp = x / sqrt(1 + sigma^2):
+
+    - its last step goes to alphas_cumprod[0], not to a clean sample: here `sigmas` ends at sigma(t = 0)
+      (get_sigmas(..., to_zero=False)), not at 0, and the steps are sample_ddim's;
+    - it returns the VP latent there, which it decodes as it is: x / sqrt(1 + sigma_end^2);
+    - from pure noise it starts at x_vp = noise, i.e. x = noise * sqrt(1 + sigmas[0]^2) rather than
+      noise * sigmas[0] (ldm.sampling.start_scale): the caller's part, as for every sampler.
+    With a grid ending in 0 this is exactly sample_ddim.
+    """
+    x = sample_ddim(model, x, sigmas, extra_args, callback, disable, generator, eta)
+    return x / (1 + sigmas[-1] ** 2).sqrt()
 
 
 @torch.no_grad()

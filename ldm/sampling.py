@@ -5,6 +5,13 @@ options that sampler has (`eta` to DDIM and the ancestral samplers, each keyword
 to the sampler that takes it) and refuses, with one line, an option the sampler lacks, so no
 setting is silently dropped. `sampler_eta` says which eta a sampler really runs with; image
 metadata records that one.
+
+DDIM comes in two variants (`ddim_variant`), which differ only at the ends of the run:
+- "k": k-diffusion's, in sigma space: starts from noise * sigmas[0], ends at sigma 0 (ldm.samplers.sample_ddim);
+- "sd": the original Stable Diffusion DDIMSampler's (and diffusers' DDIMScheduler with SD's settings): starts
+  from the VP latent x_T = noise, ends at alphas_cumprod[0] and returns the VP latent there (sample_ddim_sd).
+None means the model's own (ldm.model.LatentDiffusion.ddim_variant, filled in by ldm.tasks); where no model
+is known, "k". Models built from original SD configs default to "sd", this project's own to "k".
 """
 from __future__ import annotations
 
@@ -18,13 +25,14 @@ import torch
 
 from ldm import defaults
 from ldm.errors import InvalidOptionError, LdmError
-from ldm.samplers import SAMPLERS, Generators, get_sampler
+from ldm.samplers import SAMPLERS, Generators, get_sampler, sample_ddim_sd
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What every sampler takes (ldm.samplers' signature); the rest of a signature are the sampler's own options.
 COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable", "generator")
 # Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own.
 FIXED_ETA = {"ddpm": 1.0}
+DDIM_VARIANTS = ("sd", "k")
 
 
 class PrecisionError(LdmError, ValueError):
@@ -60,6 +68,7 @@ class SamplingOptions:
     # A1111-style 75-token chunks instead of the cut at 77 tokens, and (word:1.2) emphasis.
     long_prompts: bool = False
     emphasis: bool = False
+    ddim_variant: str | None = None  # "sd" or "k" (module docstring); None: the model's own
     extra: dict[str, Any] = field(default_factory=dict)  # sampler-specific keyword options
 
     def validate(self) -> None:
@@ -75,6 +84,11 @@ class SamplingOptions:
             raise InvalidOptionError(f"eta must be >= 0, got {self.eta}")
         if self.precision not in PRECISIONS:
             raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.ddim_variant is not None:
+            if self.ddim_variant not in DDIM_VARIANTS:
+                raise InvalidOptionError(f"unknown DDIM variant {self.ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}")
+            if self.sampler != "ddim":
+                raise SamplerOptionError(f"sampler {self.sampler!r} has no DDIM variant (only ddim has)")
         sampler_kwargs(self)  # unknown samplers and options they lack fail before any work
 
 
@@ -110,6 +124,24 @@ def sampler_eta(options: SamplingOptions) -> float | None:
     return None if eta is None else float(eta)
 
 
+def ddim_variant_of(options: SamplingOptions) -> str | None:
+    """The DDIM variant that runs: the one given, else "k" (tasks fill in the model's first); None for other samplers."""
+    if options.sampler != "ddim":
+        return None
+    return options.ddim_variant or "k"
+
+
+def start_scale(options: SamplingOptions, sigma: torch.Tensor) -> torch.Tensor:
+    """What unit noise is multiplied by to start from pure noise at `sigma`: sigma itself, or for SD's DDIM
+    sqrt(1 + sigma^2), its x_T = noise in VP space (x = x_vp * sqrt(1 + sigma^2))."""
+    return (1 + sigma**2).sqrt() if ddim_variant_of(options) == "sd" else sigma
+
+
+def sampler_function(options: SamplingOptions) -> Callable[..., torch.Tensor]:
+    """The function that runs the options' sampler: sample_ddim_sd for SD's DDIM, else the registered one."""
+    return sample_ddim_sd if ddim_variant_of(options) == "sd" else get_sampler(options.sampler)
+
+
 def autocast(device: torch.device, precision: str):
     """Mixed precision where the device supports it; fp32 runs as is."""
     dtype = PRECISIONS[precision]
@@ -124,7 +156,7 @@ def sample(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch
            generator: Generators = None, callback: Callable[[dict], None] | None = None,
            progress: bool = True) -> torch.Tensor:
     """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample."""
-    sampler = get_sampler(options.sampler)
+    sampler = sampler_function(options)
     kwargs = sampler_kwargs(options)
     with autocast(x.device, options.precision):
         return sampler(denoiser, x, sigmas, callback=callback, disable=not progress, generator=generator, **kwargs)

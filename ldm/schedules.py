@@ -142,12 +142,15 @@ def timesteps_for(num_timesteps: int, steps: int, spacing: str = "leading") -> t
 
 
 def get_sigmas(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "leading", karras: bool = False,
-               rho: float = 7.0) -> torch.Tensor:
+               rho: float = 7.0, to_zero: bool = True) -> torch.Tensor:
     """`steps` strictly decreasing sigmas followed by a final 0, float32 on the CPU.
 
     The spacings are those of `timesteps_for`; karras=True ignores the spacing and uses
     Karras et al.'s rho-spacing between the model's own sigma_min (t = 0) and sigma_max (t = T-1).
     Samplers step from sigmas[i] to sigmas[i+1]; the last step lands on 0, i.e. a clean sample.
+    to_zero=False ends the grid at sigma_min = sigma(t = 0) instead: where the original Stable Diffusion
+    DDIM's last step lands (its final alpha_bar is alphas_cumprod[0], ldm.samplers.sample_ddim_sd). A grid
+    that already reaches t = 0 (karras, or trailing with steps == T) then repeats it: a last step of length 0.
     """
     if not isinstance(steps, int) or steps < 1:
         raise InvalidStepsError(f"steps must be a positive integer, got {steps!r}")
@@ -156,4 +159,5 @@ def get_sigmas(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "leading
         sigmas = karras_sigmas(float(model_sigmas[0]), float(model_sigmas[-1]), steps, rho)
     else:
         sigmas = t_to_sigma(timesteps_for(len(alphas_cumprod), steps, spacing), model_sigmas.log())
-    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+    final = sigmas.new_zeros(1) if to_zero else model_sigmas[:1]
+    return torch.cat([sigmas, final]).float()

@@ -23,7 +23,7 @@ from ldm.denoisers import CFGDenoiser, Denoiser
 from ldm.errors import InvalidOptionError, LdmError
 from ldm.model import CONDITIONING, LatentDiffusion
 from ldm.samplers import Generators, check_strength, truncate_sigmas
-from ldm.sampling import SamplingOptions, sample, sampler_eta, task_options
+from ldm.sampling import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
 from ldm.schedules import get_sigmas
 
 # What each task needs, as its error message says it (the kinds that can drive it: ldm.model.CONDITIONING).
@@ -63,15 +63,27 @@ def kinds_for(task: str) -> list[str]:
     return [key for key, kind in CONDITIONING.items() if task in kind.tasks]
 
 
-def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], task: str = "txt2img") -> SamplingOptions:
-    """A validated copy of the options (the task's defaults if None) with keyword overrides applied; the
-    caller's object is not changed."""
+def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], task: str = "txt2img",
+                    model: LatentDiffusion | None = None) -> SamplingOptions:
+    """A validated copy of the options (the task's defaults if None) with keyword overrides applied (the
+    caller's object is not changed), and with `model`'s own defaults where the options leave them open
+    (`for_model`)."""
     options = replace(options, extra=dict(options.extra)) if options is not None else task_options(task)
     for key, value in overrides.items():
         if key == "extra" or not hasattr(options, key):
             raise InvalidOptionError(f"unknown sampling option {key!r}")
         setattr(options, key, value)
+    if model is not None:
+        options = for_model(options, model)
     options.validate()
+    return options
+
+
+def for_model(options: SamplingOptions, model: LatentDiffusion) -> SamplingOptions:
+    """The options with what the model decides where they leave it open: DDIM's variant ("sd" for models built
+    from original SD configs, "k" for this project's own; ldm.model.LatentDiffusion)."""
+    if options.sampler == "ddim" and options.ddim_variant is None:
+        return replace(options, ddim_variant=model.ddim_variant)
     return options
 
 
@@ -153,7 +165,10 @@ def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device, generat
 
 
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
-    return get_sigmas(model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras).to(model.device)
+    """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.samplers.sample_ddim_sd)."""
+    to_zero = ddim_variant_of(options) != "sd"
+    return get_sigmas(model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras,
+                      to_zero=to_zero).to(model.device)
 
 
 @dataclass(frozen=True)
@@ -185,7 +200,8 @@ class Conditioning:
 def denoise(model: LatentDiffusion, conditioning: Conditioning, options: SamplingOptions, noise: torch.Tensor,
             generator: Generators, x0: torch.Tensor | None = None, strength: float = 1.0,
             callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
-    """Clean latents, sampled from unit `noise` [B, C, h, w] scaled to the first sigma, or from x0 + noise.
+    """Clean latents, sampled from unit `noise` [B, C, h, w] scaled to the first sigma (`start_scale`), or from
+    x0 + noise * sigma.
 
     x0 None, or strength 1: from pure noise (img2img at strength 1 is txt2img with the same seed).
     Otherwise the grid keeps floor(strength * steps) steps and starts from x0 + noise * sigma;
@@ -198,7 +214,7 @@ def denoise(model: LatentDiffusion, conditioning: Conditioning, options: Samplin
             sigmas = truncate_sigmas(sigmas, strength)
         if strength == 0.0 or len(sigmas) < 2:
             return x0
-    x = noise * sigmas[0] if x0 is None or strength == 1.0 else x0 + noise * sigmas[0]
+    x = noise * start_scale(options, sigmas[0]) if x0 is None or strength == 1.0 else x0 + noise * sigmas[0]
     return sample(conditioning.denoiser(model, options, noise), x, sigmas, options, generator, callback, progress)
 
 
@@ -219,6 +235,7 @@ def settings_of(task: str, options: SamplingOptions, **more: Any) -> dict[str, A
     opts = asdict(options)
     extra = opts.pop("extra")
     opts["eta"] = sampler_eta(options)
+    opts["ddim_variant"] = ddim_variant_of(options)
     return {"task": task, **opts, **extra, **more}
 
 

@@ -30,10 +30,16 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in fp32 so half-precision activations do not lose the statistics."""
+    """GroupNorm computed in fp32 so half-precision activations do not lose the statistics.
+
+    The affine weights go to fp32 with the input: the CPU kernel refuses fp32 input with bf16 weights.
+    (`.float()` of an fp32 tensor is the tensor itself, so fp32 models pay nothing.)
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> nn.GroupNorm:
@@ -342,6 +348,11 @@ class UNetModel(nn.Module):
 
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (fp32, or bf16 / fp16 for a model cast to half precision)."""
+        return self.input_blocks[0][0].weight.dtype
+
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         for m in self.modules():
             if isinstance(m, (ResBlock, BasicTransformerBlock)):
@@ -353,6 +364,11 @@ class UNetModel(nn.Module):
             raise InvalidOptionError("pass y exactly when the U-Net has a class/noise-level embedding (num_classes)")
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
+        # Inputs in the weights' dtype: samplers keep latents in fp32 and the text encoder may differ, while a
+        # layer needs its input in its own dtype. No-ops for fp32 weights (and autocast then picks as before).
+        x = x.to(self.dtype)
+        context = context.to(self.dtype) if context is not None else None
+        y = y.to(self.dtype) if y is not None and y.is_floating_point() else y
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         if y is not None:
             emb = emb + self.label_emb(y)

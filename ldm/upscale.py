@@ -169,7 +169,7 @@ def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
     overlap = tile // 4 if tile_overlap is None else tile_overlap
     if tile < 8 or not 0 <= overlap < tile:
         raise TileError(f"tile size must be >= 8 and overlap in [0, tile size); got {tile} and {overlap}")
-    options = resolve_options(options, option_overrides, "upscale")
+    options = resolve_options(options, option_overrides, "upscale", model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     img = as_pil(image).convert("RGB")
     if min(img.size) < MIN_SIZE:

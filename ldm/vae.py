@@ -203,11 +203,16 @@ class AutoencoderKL(nn.Module):
         self.scale_factor = scale_factor
         self.downscale = 2 ** (len(ddconfig["ch_mult"]) - 1)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype, which inputs are cast to: images and latents arrive in fp32 whatever the weights."""
+        return self.post_quant_conv.weight.dtype
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
-        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x.to(self.dtype))))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z.to(self.dtype)))
 
     def forward(self, x: torch.Tensor, sample_posterior: bool = True) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
         posterior = self.encode(x)

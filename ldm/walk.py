@@ -84,7 +84,7 @@ def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = No
     if prompt_a == prompt_b and seed_a == seed_b:
         raise WalkError("both ends are the same: give a second prompt or a second seed")
     check_task(model, "walk")
-    options = resolve_options(options, {}, "walk")
+    options = resolve_options(options, {}, "walk", model=model)
     positions = walk_positions(frames)
     height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)

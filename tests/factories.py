@@ -55,6 +55,15 @@ def tiny_config(**params) -> dict:
     return cfg
 
 
+def tiny_original_config() -> dict:
+    """The tiny model as an original SD YAML names it (the reference repository's target and schedule name): what
+    models loaded from original SD files and YAMLs are built from, e.g. with their DDIM variant "sd"."""
+    cfg = tiny_config()
+    cfg["model"]["target"] = "ldm.models.diffusion.ddpm.LatentDiffusion"
+    cfg["model"]["params"]["beta_schedule"] = "linear"  # the reference's name for our scaled_linear
+    return cfg
+
+
 def tiny_model(seed: int = 0, **params):
     """A randomly initialised tiny LatentDiffusion whose output layers are not zero (so it does something)."""
     import torch
@@ -111,8 +120,9 @@ def tiny_upscaler_model(seed: int = 0):
     return _build(tiny_upscaler_config(), seed)
 
 
-def write_tiny_model_files(folder, name: str = "tiny") -> tuple[str, str]:
-    """The tiny model as a user has it: `name`.yaml and `name`.safetensors in `folder`, for CLI tests."""
+def write_tiny_model_files(folder, name: str = "tiny", config: dict | None = None) -> tuple[str, str]:
+    """The tiny model as a user has it: `name`.yaml (`config`, default tiny_config()) and `name`.safetensors in
+    `folder`, for CLI tests."""
     from pathlib import Path
 
     import yaml
@@ -120,7 +130,7 @@ def write_tiny_model_files(folder, name: str = "tiny") -> tuple[str, str]:
     from ldm.checkpoint import save_state_dict
 
     cfg, ckpt = Path(folder) / f"{name}.yaml", Path(folder) / f"{name}.safetensors"
-    cfg.write_text(yaml.safe_dump(tiny_config()))
+    cfg.write_text(yaml.safe_dump(config or tiny_config()))
     save_state_dict(tiny_model().original_state_dict(), ckpt)
     return str(cfg), str(ckpt)
 

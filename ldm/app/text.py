@@ -47,7 +47,7 @@ def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", opt
     width = width or model.default_image_size
     callback = preview_callback(model, options.steps, preview_every, report) if report else None
     image = txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False)[0]
-    return image, settings_dict(prompt, negative_prompt, seed, height, width, options)
+    return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model)
 
 
 def png_bytes(image: Image.Image, settings: dict[str, Any] | None = None) -> bytes:

@@ -63,6 +63,9 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--sampler", default=d.sampler, help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--eta", type=float, default=None,
                    help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
+    p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
+                   help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
+                        "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)")
     p.add_argument("--spacing", default=d.spacing, help="timestep spacing: leading, trailing or linspace")
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
     p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")
@@ -93,7 +96,8 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     check_seeds(args)
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
-                           precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis)
+                           precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis,
+                           ddim_variant=args.ddim_variant)
 
 
 def load_model_from_args(args: argparse.Namespace):

@@ -50,7 +50,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     for key, attr in (("seed", "seed"), ("height", "height"), ("width", "width"), ("steps", "steps"),
                       ("guidance_scale", "scale"), ("sampler", "sampler"), ("eta", "eta"), ("spacing", "spacing"),
                       ("karras", "karras"), ("guidance_rescale", "guidance_rescale"), ("precision", "precision"),
-                      ("long_prompts", "long_prompts"), ("emphasis", "emphasis")):
+                      ("long_prompts", "long_prompts"), ("emphasis", "emphasis"), ("ddim_variant", "ddim_variant")):
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
     args.png_threshold = settings.get("threshold")

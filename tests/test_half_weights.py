@@ -1,0 +1,103 @@
+"""A model whose weights are bf16 (fp16 on CUDA) samples end to end, close to its fp32 self.
+
+Each network casts its inputs to its weights' dtype (the samplers keep latents and sigmas in fp32), GroupNorm32
+runs in fp32 with its weights cast along, and the noise schedule stays fp32 however the weights are cast.
+The --precision autocast path (fp32 weights) is checked beside it.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from factories import tiny_model
+from golden.cases import picture
+
+from ldm.img2img import img2img
+from ldm.pipeline import txt2img
+from ldm.unet import GroupNorm32
+
+# Grey levels of the uint8 images (most, mean). Measured on the tiny model with bf16 weights: txt2img 2 and 0.5,
+# img2img (the bf16 encoder too) 8 and 1.0; a schedule rounded to bf16 (the first sigmas become 0): 255 and 130.
+TXT2IMG_TOLERANCE, IMG2IMG_TOLERANCE = (8, 1.5), (16, 2.5)
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.float64) for image in images])
+
+
+def close(images, reference, tolerance=TXT2IMG_TOLERANCE) -> None:
+    got, want = pixels(images), pixels(reference)
+    diff = np.abs(got - want)
+    assert diff.max() <= tolerance[0] and diff.mean() <= tolerance[1], (diff.max(), diff.mean())
+
+
+def check_finite(info: dict) -> None:
+    """A sampler callback: NaN or Inf latents would still make (black) uint8 images, so they are caught here."""
+    assert torch.isfinite(info["denoised"]).all() and torch.isfinite(info["x"]).all(), f"step {info['i']}"
+
+
+def make(model, **options):
+    return txt2img(model, ["a cat", "a dog"], "blurry", seed=1, steps=4, progress=False, callback=check_finite,
+                   **options)
+
+
+@pytest.fixture(scope="module")
+def fp32_model():
+    return tiny_model(0)
+
+
+@pytest.fixture
+def model(fp32_model):
+    """A fresh copy of the fp32 tiny model, to cast (building one takes seconds, copying it a fraction)."""
+    return copy.deepcopy(fp32_model)
+
+
+@pytest.fixture(scope="module")
+def fp32_images(fp32_model):
+    return make(fp32_model)
+
+
+def test_bf16_weights_sample_close_to_fp32(model, fp32_images):
+    model.to(torch.bfloat16)
+    assert model.unet.dtype == torch.bfloat16 and model.vae.dtype == torch.bfloat16
+    close(make(model), fp32_images)
+    close(make(model, precision="bf16"), fp32_images)  # bf16 weights under bf16 autocast too
+
+
+def test_casting_the_weights_keeps_the_schedule_fp32(model):
+    schedule = model.alphas_cumprod.clone()
+    model.to(torch.bfloat16)
+    assert model.alphas_cumprod.dtype == torch.float32 and torch.equal(model.alphas_cumprod, schedule)
+    model.half().float()
+    assert torch.equal(model.alphas_cumprod, schedule)
+
+
+def test_bf16_autocast_with_fp32_weights_still_works(fp32_model, fp32_images):
+    close(make(fp32_model, precision="bf16"), fp32_images)
+
+
+def test_img2img_with_bf16_weights_encodes_and_decodes(model):
+    reference = img2img(model, picture(0), "a cat", strength=0.6, seed=8, steps=4, progress=False)
+    close(img2img(model.to(torch.bfloat16), picture(0), "a cat", strength=0.6, seed=8, steps=4, progress=False),
+          reference, IMG2IMG_TOLERANCE)
+
+
+def test_group_norm32_with_half_weights_normalises_in_fp32():
+    norm = GroupNorm32(32, 64)
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.1), norm.bias.normal_(0, 0.1)
+    x = torch.randn(2, 64, 4, 4) * 3 + 1
+    want = norm(x)
+    norm.to(torch.bfloat16)
+    got = norm(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() <= 0.05 * want.abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 weights need a CUDA device")
+def test_fp16_weights_on_cuda_sample_close_to_fp32(model):
+    model.to("cuda")
+    reference = make(model)
+    close(make(model.half()), reference)
