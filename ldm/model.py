@@ -157,12 +157,26 @@ class LatentDiffusion(nn.Module):
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.text_encoder(list(prompts))
 
+    # Tiled autoencoder (ldm.tiling) for images larger than one tile: None, or {"tile": latent samples,
+    # "overlap": latent samples}. Set by --tiled-vae; tiles are encoded to the posterior's mean.
+    vae_tiling: dict[str, int] | None = None
+
     def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
         """Images in [-1, 1] -> scaled latents."""
+        tiling, f = self.vae_tiling, self.downscale
+        if tiling and not sample and max(images.shape[-2:]) > tiling["tile"] * f:
+            from ldm.tiling import tiled_encode
+
+            return tiled_encode(self.vae.encode_to_latent, images, tiling["tile"] * f, tiling["overlap"] * f, f)
         return self.vae.encode_to_latent(images, generator=generator, sample=sample)
 
     def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1] (not clamped)."""
+        tiling = self.vae_tiling
+        if tiling and max(latents.shape[-2:]) > tiling["tile"]:
+            from ldm.tiling import tiled_decode
+
+            return tiled_decode(self.vae.decode_from_latent, latents, tiling["tile"], tiling["overlap"], self.downscale)
         return self.vae.decode_from_latent(latents)
 
     def parameterisation(self):

@@ -49,6 +49,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="the text encoder layer the U-Net reads, counted from the end as in A1111: 1 = the last "
                         "layer, 2 = the penultimate, ... (always through the final layer norm); default: the "
                         "model's own, 1 for SD 1.x, 2 for SD 2.x (which reads the penultimate layer)")
+    p.add_argument("--tiled-vae", nargs="?", const="64:16", default=None, metavar="TILE:OVERLAP",
+                   help="run the autoencoder in overlapping tiles of TILE latent samples (64: 512 px at f=8) for "
+                        "images larger than one tile, to fit large images in memory (default when given: 64:16)")
     p.add_argument("--vae", metavar="FILE",
                    help="replace the autoencoder's weights with a separate VAE file's (original layout: encoder.*, "
                         "decoder.*, quant_conv.*, post_quant_conv.*, e.g. vae-ft-mse-840000-ema-pruned.safetensors)")
@@ -122,6 +125,8 @@ def load_model_from_args(args: argparse.Namespace):
     model = load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction)
     if vae is not None:
         model.load_vae_weights(vae)
+    if getattr(args, "tiled_vae", None):
+        model.vae_tiling = parse_tiling(args.tiled_vae)
     if clip_skip is not None:
         model.text_encoder.set_clip_skip(clip_skip)
         model.identity = {**model.identity, "clip_skip": clip_skip}  # it changes the image: the metadata says so
@@ -132,6 +137,18 @@ def load_model_from_args(args: argparse.Namespace):
 
         load_embeddings(model, args.embedding)
     return model
+
+
+def parse_tiling(spec: str) -> dict[str, int]:
+    """"TILE:OVERLAP" (latent samples) -> {"tile", "overlap"}, checked."""
+    tile, _, overlap = spec.partition(":")
+    try:
+        tiling = {"tile": int(tile), "overlap": int(overlap or 16)}
+    except ValueError:
+        raise InvalidOptionError(f"--tiled-vae {spec!r}: give TILE:OVERLAP in latent samples, e.g. 64:16") from None
+    if tiling["tile"] < 8 or not 0 <= tiling["overlap"] < tiling["tile"]:
+        raise InvalidOptionError(f"--tiled-vae {spec!r}: the tile must be >= 8 and the overlap in [0, tile)")
+    return tiling
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
