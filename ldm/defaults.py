@@ -38,3 +38,4 @@ TASK_SAMPLING = {"upscale": {"steps": 50, "guidance_scale": 9.0}, "walk": {"step
 STRENGTH = {"img2img": 0.75, "inpaint": 1.0}  # how far an edit moves away from its input image
 NOISE_LEVEL = 20  # the upscaler's noise on its low-resolution input (0-350)
 WALK_FRAMES = 16
+DDIM_VARIANTS = ("sd", "k")  # DDIM as the original SD code and diffusers run it, or as k-diffusion (ldm.sampling)

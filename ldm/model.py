@@ -21,7 +21,6 @@ from ldm.checkpoint import (CheckpointError, file_sha256, from_original_keys, lo
                             to_original_keys)
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
-from ldm.sampling import DDIM_VARIANTS
 
 log = logging.getLogger(__name__)
 # Entries of VAE files that are no weights of the autoencoder: its training loss (LPIPS, discriminator), EMA copies.
@@ -78,8 +77,8 @@ class LatentDiffusion(nn.Module):
         super().__init__()
         if parameterization not in ("eps", "v"):
             raise InvalidOptionError(f"unknown parameterization {parameterization!r}; known: eps, v")
-        if ddim_variant not in DDIM_VARIANTS:
-            raise InvalidOptionError(f"unknown ddim_variant {ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}")
+        if ddim_variant not in defaults.DDIM_VARIANTS:
+            raise InvalidOptionError(f"unknown ddim_variant {ddim_variant!r}; known: {', '.join(defaults.DDIM_VARIANTS)}")
         if conditioning_key not in CONDITIONING_KINDS:
             raise InvalidOptionError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")
         self.unet = instantiate(unet_config)

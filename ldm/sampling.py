@@ -32,7 +32,7 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable", "generator")
 # Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own.
 FIXED_ETA = {"ddpm": 1.0}
-DDIM_VARIANTS = ("sd", "k")
+DDIM_VARIANTS = defaults.DDIM_VARIANTS  # re-exported
 
 
 class PrecisionError(LdmError, ValueError):

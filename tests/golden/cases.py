@@ -42,6 +42,7 @@ def _cases() -> dict[str, Callable[[Callable], list[Image.Image]]]:
     from ldm.img2img import img2img
     from ldm.inpaint import inpaint, outpaint
     from ldm.pipeline import txt2img
+    from ldm.sampling import SamplingOptions
     from tests.factories import tiny_model
     from tests.factories import tiny_inpaint_model, tiny_upscaler_model
     from ldm.upscale import upscale
@@ -79,8 +80,9 @@ def _cases() -> dict[str, Callable[[Callable], list[Image.Image]]]:
     cases["upscale/tiled"] = lambda cb: upscale(upscaler, picture(7, 24), "a tree", noise_level=40, seed=15,
                                                 tile_size=16, tile_overlap=8, sampler="dpmpp_2m_sde",
                                                 callback=cb, **common)
+    # 30 steps: the walk's default when the case was recorded (walks now default to 20, as the CLI's do).
     cases["walk/slerp"] = lambda cb: walk_frames(eps, "a cat", "a dog", seed_a=1, seed_b=2, frames=3,
-                                                 options=None, progress=False)
+                                                 options=SamplingOptions(steps=30), progress=False)
     return cases
 
 
