@@ -162,9 +162,9 @@ def write_folder(model: torch.nn.Module, config: dict[str, Any], out: str | Path
     """Write `model` (built from `config`, {"model": node}) as a diffusers StableDiffusionPipeline folder."""
     out = Path(out)
     params = config["model"]["params"]
-    if params.get("conditioning_key", "crossattn") != "crossattn":
+    if model.kind.concat or model.kind.label:  # extra U-Net inputs: no StableDiffusionPipeline layout
         raise DiffusersFolderError(f"only text-to-image models have a diffusers folder layout here, not "
-                                   f"{params['conditioning_key']!r} ones")
+                                   f"{model.kind.name} ones")
     if out.exists() and not (overwrite and out.is_dir()):
         raise DiffusersFolderError(f"{out} already exists" + ("" if out.is_dir() else " and is no folder")
                                    + (" (--overwrite replaces a folder)" if out.is_dir() else ""))

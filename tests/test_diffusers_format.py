@@ -239,7 +239,7 @@ def test_models_without_a_diffusers_text_to_image_layout_are_refused_before_writ
 
     with pytest.raises(DiffusersFolderError) as exc:
         write_folder(tiny_inpaint_model(), tiny_inpaint_config(), tmp_path / "inpaint")
-    assert "hybrid" in one_line(exc) and not (tmp_path / "inpaint").exists()
+    assert "inpainting" in one_line(exc) and not (tmp_path / "inpaint").exists()
     cfg = copy.deepcopy(tiny_config())
     cfg["model"]["params"]["first_stage_config"]["params"]["ddconfig"]["attn_resolutions"] = [16]
     with pytest.raises(DiffusersFolderError) as exc:
