@@ -123,7 +123,7 @@ def write_tokenizer(folder: Path, pad_token: str, max_length: int) -> None:
     rename = {"<start_of_text>": START, "<end_of_text>": END}
     vocab = {rename.get(token, token): index for token, index in bpe.encoder.items()}
     merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])]
-    folder.mkdir()
+    folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     special = {"bos_token": START, "eos_token": END, "unk_token": END, "pad_token": pad_token}

@@ -112,7 +112,7 @@ def unet_params(cfg: dict[str, Any], where: str = "unet/config.json") -> dict[st
     _refuse_options(cfg, UNET_UNSUPPORTED, where)
     cfg = {**UNET_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     base, mult = _levels_of(cfg["block_out_channels"], where)
-    levels, down, up = len(mult), cfg["down_block_types"], cfg["up_block_types"]
+    levels, down, up = len(mult), list(cfg["down_block_types"]), list(cfg["up_block_types"])
     attn = [t == "CrossAttnDownBlock2D" for t in down]
     if (any(t not in ("CrossAttnDownBlock2D", "DownBlock2D") for t in down) or len(down) != levels
             or up != [("CrossAttnUpBlock2D" if a else "UpBlock2D") for a in reversed(attn)]):

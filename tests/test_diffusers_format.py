@@ -286,3 +286,47 @@ def test_cli_converts_both_ways_and_generates_from_a_folder(tmp_path):
         errors = [line for line in result["stderr"].splitlines() if "error:" in line]
         assert result["rc"] == 2 and "Traceback" not in result["stderr"], result["stderr"]
         assert len(errors) == 1 and message in errors[0], result["stderr"]
+
+
+RELEASE_UNETS = {  # the release folders' UNet2DConditionModel configs (the facts that differ between them)
+    "sd1.5": {"attention_head_dim": 8, "cross_attention_dim": 768, "use_linear_projection": False},
+    "sd2.1": {"attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024, "use_linear_projection": True,
+              "upcast_attention": True},
+}
+RELEASE_TEXT = {"sd1.5": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                          "num_hidden_layers": 12, "hidden_act": "quick_gelu"},
+                "sd2.1": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                          "num_hidden_layers": 23, "hidden_act": "gelu"}}
+
+
+@pytest.mark.parametrize("release", list(RELEASE_UNETS))
+def test_release_sized_configs_build_networks_whose_tensors_map_one_to_one(release):
+    """At release sizes (built on the meta device: shapes only), every diffusers tensor has its place in ours."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ldm.checkpoint import state_problems
+    from ldm.config import instantiate
+    from ldm.diffusers_format import text_params, unet_params, vae_params
+    from ldm.diffusers_keys import from_diffusers, unet_names, vae_names
+    from ldm.hf_clip import open_clip_from_hf
+
+    vae_cfg = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
+               "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+               "sample_size": 512}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(sample_size=64, **RELEASE_UNETS[release])
+        vae = AutoencoderKL(**vae_cfg)
+        text = CLIPTextModel(CLIPTextConfig(**RELEASE_TEXT[release]))
+        vae_node, _ = vae_params(vae_cfg)
+        ours_unet = instantiate({"target": "ldm.unet.UNetModel", "params": unet_params(dict(unet.config))})
+        ours_vae = instantiate({"target": "ldm.vae.AutoencoderKL", "params": vae_node})
+        ours_text = instantiate({"target": "ldm.text_encoder.FrozenCLIPEmbedder",
+                                 "params": text_params(RELEASE_TEXT[release], "!" if release == "sd2.1" else None)})
+    theirs = from_diffusers(unet.state_dict(), unet_names(list(ours_unet.state_dict()), ours_unet.num_res_blocks))
+    assert state_problems(ours_unet.state_dict(), theirs) == []
+    theirs = from_diffusers(vae.state_dict(), vae_names(list(ours_vae.state_dict()), 4))
+    assert state_problems(ours_vae.state_dict(), theirs) == []
+    tower, left = open_clip_from_hf({k.removeprefix("text_model."): v for k, v in text.state_dict().items()})
+    assert left == {} and state_problems(ours_text.model.state_dict(), tower) == []
+    assert sum(p.numel() for p in ours_unet.parameters()) == sum(p.numel() for p in unet.parameters())
