@@ -238,7 +238,8 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
                dtype: torch.dtype | None = None) -> LatentDiffusion:
     """Build a model from a config (ours or an original SD 1.x or 2.x YAML) and load its weights.
 
-    With neither argument, the small pretrained emoji model shipped in checkpoints/ is used. With a
+    With neither argument, the small pretrained emoji model shipped in checkpoints/ is used. A checkpoint may be
+    a diffusers folder (SD 1.x/2.x text-to-image), whose config.json files give the config. With a
     checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);
     `prediction` ("eps" or "v") overrides the config's, and SD 2.x 768-v files without metadata need "v".
     device: "auto" (cuda if available, else cpu), "cpu", "cuda:1", ...; dtype: the networks' weights
@@ -251,12 +252,23 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
         from ldm.defaults import default_config_path, default_checkpoint_path
 
         config, checkpoint = default_config_path(), default_checkpoint_path()
-    cfg = resolve_config(config, checkpoint, prediction)
+    folder = checkpoint is not None and Path(checkpoint).is_dir()  # a diffusers folder (ldm.diffusers_format)
+    if folder and config is None:
+        from ldm.diffusers_format import folder_config
+
+        cfg = folder_config(checkpoint, prediction)
+    else:
+        cfg = resolve_config(config, checkpoint, prediction)
     model = instantiate(cfg["model"])
     if not isinstance(model, LatentDiffusion):
         raise InvalidOptionError("the config's model target is not a latent diffusion model")
     model.identity = {}  # what image metadata records as the model: its weights file and their hash
-    if checkpoint is not None:
+    if folder:
+        from ldm.diffusers_format import folder_identity, load_folder_weights
+
+        load_folder_weights(model, checkpoint)
+        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": folder_identity(checkpoint)}
+    elif checkpoint is not None:
         model.load_weights(checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint)}
     model = model.to(resolve_device(device)).eval()

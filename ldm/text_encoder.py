@@ -22,6 +22,8 @@ from ldm.checkpoint import HF_CLIP_LAYOUT, OPEN_CLIP_LAYOUT, load_state_dict
 from ldm.errors import LdmError, InvalidOptionError
 
 LAYERS = {"last": 0, "penultimate": 1}
+# The MLP activation of a CLIP text tower, by the name Hugging Face configs give it (hidden_act).
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 VOCAB_SIZE = 49408  # CLIP's BPE vocabulary, open_clip's and OpenAI's alike
 log = logging.getLogger(__name__)
 
@@ -237,13 +239,20 @@ class FrozenCLIPEmbedder(FrozenTextEncoder):
     pads_with_end = True
 
     def __init__(self, width: int = 768, layers: int = 12, heads: int = 12, layer: str = "last",
-                 max_length: int = 77, freeze: bool = True):
+                 max_length: int = 77, freeze: bool = True, activation: str = "quick_gelu",
+                 pads_with_end: bool = True):
         check_layer(layer)
+        if activation not in ACTIVATIONS:
+            raise InvalidOptionError(f"unknown text encoder activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
         try:
             # No projection: SD 1.x uses the per-token states, and the Hugging Face tower stores none.
             model = TextTransformer(context_length=max_length, vocab_size=VOCAB_SIZE, width=width, heads=heads,
-                                    layers=layers, output_dim=None, act_layer=QuickGELU)
+                                    layers=layers, output_dim=None, act_layer=ACTIVATIONS[activation])
         except (AssertionError, ValueError, RuntimeError) as exc:  # e.g. a width the heads do not divide
             raise InvalidOptionError(f"cannot build a CLIP text tower of width {width}, {layers} layers, "
                                      f"{heads} heads: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         super().__init__(model, layer, max_length, width, freeze)
+        # Other than SD 1.x's own: the OpenCLIP ViT-H tower of SD 2.x as diffusers folders keep it (a Hugging
+        # Face CLIPTextModel with GELU whose tokenizer pads with "!", id 0), read by ldm.diffusers_format.
+        self.activation = activation
+        self.pads_with_end = pads_with_end

@@ -17,7 +17,8 @@ ORDER = ("core", "models", "sampling", "tasks", "data", "training", "evaluation"
 LAYERS = {
     # errors, configs, paths, devices, schedules and the parameterisation, files and images
     "core": ("__init__", "errors", "config", "defaults", "devices", "limits", "schedules", "diffusion", "checkpoint",
-             "images", "infotext", "masks", "hf_clip", "formats", "convert", "tiling"),
+             "images", "infotext", "masks", "hf_clip", "formats", "convert", "tiling",
+             "diffusers_keys", "diffusers_format", "diffusers_export"),
     # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder)
     "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model", "lora",
                "lora_layers", "lora_kohya", "lora_merge", "embeddings"),

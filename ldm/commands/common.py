@@ -36,7 +36,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="model config YAML (ours or an original SD one); default: detected from --ckpt")
-    p.add_argument("--ckpt", help="weights (.safetensors, or .ckpt read with weights_only); default: the emoji model")
+    p.add_argument("--ckpt", help="weights (.safetensors, or .ckpt read with weights_only) or a diffusers folder; "
+                                  "default: the emoji model")
     p.add_argument("--prediction", choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768-v "
                    "files without metadata need v; see ldm/formats.py)")
     p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
