@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# No network in tests: diffusers/transformers (the independent references) read local folders only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Tests are small; two threads keep them fast on the 2-core CI machine without oversubscribing.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -64,11 +64,11 @@ def test_an_exported_folder_runs_the_same_in_diffusers(exported, name):
 
     model, folder = exported[name]
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
-    vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
-    text = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).eval()
+    text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
     latent, t, context = inputs(model)
     ids = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     assert torch.equal(ids, model.text_encoder.tokenize(PROMPTS))
@@ -86,7 +86,7 @@ def test_sd2_pad_token_quirk(exported):
     from transformers import CLIPTokenizer
 
     model, folder = exported["sd2-v"]
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     theirs = tokenizer(["hi!"], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     ours = model.text_encoder.tokenize(["hi!"])[0]
     assert ours[:4].tolist() == [49406, 1883, 256, 49407] and theirs[:4].tolist() == [49406, 1883, 0, 49407]
@@ -142,7 +142,7 @@ def tiny_diffusers_folder(root: Path, sd2: bool) -> Path:
     write_tokenizer(root / "tok", "!" if sd2 else "<|endoftext|>", 77)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               prediction_type="v_prediction" if sd2 else "epsilon")
-    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=CLIPTokenizer.from_pretrained(root / "tok"),
+    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=CLIPTokenizer.from_pretrained(root / "tok", local_files_only=True),
                                    unet=unet.eval(), scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     folder = root / ("sd2" if sd2 else "sd1")
@@ -155,7 +155,7 @@ def test_a_folder_written_by_diffusers_loads_and_agrees(tmp_path, sd2):
     from diffusers import StableDiffusionPipeline
 
     folder = tiny_diffusers_folder(tmp_path, sd2)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, local_files_only=True)
     model = load_model(None, folder)
     assert model.prediction == ("v" if sd2 else "eps")
     assert model.text_encoder.pads_with_end is not sd2
@@ -178,7 +178,7 @@ def test_the_emoji_default_exports_and_runs_the_same_in_diffusers(tmp_path):
     from ldm.formats import resolve_config
 
     folder = write_folder(model, resolve_config(default_config_path(), None), tmp_path / "emoji")
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).eval()
     latent, t, context = inputs(model)
     with torch.no_grad():
         close(unet(latent, t, encoder_hidden_states=context).sample, model.unet(latent, t, context))
