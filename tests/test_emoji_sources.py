@@ -7,6 +7,7 @@ what to install; the fetch and naming tests need nothing.
 """
 import json
 import os
+import random
 import stat
 import tarfile
 from pathlib import Path
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ldm.cli import main as cli_main
 from ldm.data import emoji, emoji_sources
 from ldm.data.emoji_sources import SOURCES, EmojiSourceError, fetch_sources, find_svg, integrity_of, render_svg
+from ldm.training.captions import CaptionSampling
 
 SOURCES_DIR = Path(__file__).resolve().parents[1] / emoji_sources.DEFAULT_SOURCES_DIR
 HANDFUL = ["red apple", "grinning face", "red heart", "dog face", "woman judge: medium skin tone", "rocket"]
@@ -134,3 +137,51 @@ def test_keywords_come_from_cldr_annotations(sources_dir):
     assert "fruit" in table[emoji_sources.keyword_key("1F34E")]  # red apple
     # a skin-tone variant takes its base emoji's keywords
     assert table[emoji_sources.keyword_key("1F44B 1F3FB")] == table[emoji_sources.keyword_key("1F44B")]
+
+
+HIGH_CONTRAST = emoji_sources.HELD_OUT_SOURCES[0]
+
+
+def test_the_held_out_design_stays_out_of_the_default_build(sources_dir):
+    assert HIGH_CONTRAST.style == "fluent high contrast"
+    assert HIGH_CONTRAST.style not in {s.style for s in emoji_sources.available_sources(sources_dir)}
+    assert HIGH_CONTRAST in emoji_sources.available_sources(sources_dir, held_out=True)
+
+
+def test_the_held_out_design_renders_in_one_grey(sources_dir, emoji_by_name):
+    for name in ("red apple", "grinning face", "rocket", "dog face"):
+        e = emoji_by_name[name]
+        svg = find_svg(HIGH_CONTRAST, sources_dir, e.codepoints, e.name)
+        assert svg is not None and svg.parent.name == "high-contrast", name
+        a = np.asarray(render_svg(svg, 48, HIGH_CONTRAST.margin)).astype(int)
+        assert a.std() > 20, f"{name} looks blank"
+        assert (a.max(-1) - a.min(-1)).max() == 0, f"{name} is not monochrome"
+    # monochrome: no skin-tone variants, so a toned person has no picture in this design
+    judge = emoji_by_name["woman judge: medium skin tone"]
+    assert find_svg(HIGH_CONTRAST, sources_dir, judge.codepoints, judge.name) is None
+
+
+def test_a_one_style_build_of_the_held_out_design(sources_dir, tmp_path, emoji_list):
+    out = tmp_path / "hc"
+    assert cli_main(["data", "emoji", "--styles", "fluent high contrast", "--limit", "60", "--size", "32",
+                     "--sources", str(sources_dir), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    n = summary["images_per_style"]["fluent high contrast"]
+    assert list(summary["images_per_style"]) == ["fluent high contrast"] and 10 < n <= 60
+    assert summary["considered"] == 60 and summary["styles"]["fluent high contrast"]["licence"] == "MIT"
+    rows = [json.loads(line) for split in ("train", "heldout")
+            for line in (out / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == n and {r["style"] for r in rows} == {"fluent high contrast"}
+    assert all(r["file"].startswith("images/fluent-high-contrast/") for r in rows)
+    # the style word that training appends is the trigger phrase of a LoRA trained on this folder
+    caption = CaptionSampling(style_prob=1.0)(rows[0]["caption"], rows[0], random.Random(0))
+    assert caption == f"{rows[0]['caption']}, fluent high contrast style"
+    # the same emoji are held out as in the default build (the split is by code points)
+    held = {r["codepoints"] for r in rows if (out / "heldout" / r["file"]).is_file()}
+    assert held == {e.codepoints for e in emoji.split_emoji([emoji.Emoji(r["codepoints"], "", r["caption"], "")
+                                                             for r in rows])[1]}
+
+
+def test_an_unknown_style_names_the_held_out_one_too(tmp_path):
+    with pytest.raises(emoji.EmojiDataError, match="known: .*fluent high contrast"):
+        emoji.build_emoji_dataset(tmp_path, styles=["fluent high contrast style"], sources_dir=None)

@@ -6,7 +6,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ldm.data.emoji import EMOJI_LIST_PACKAGE, FONT_PACKAGE
-    from ldm.data.emoji_sources import DEFAULT_SOURCES_DIR
+    from ldm.data.emoji_sources import DEFAULT_SOURCES_DIR, HELD_OUT_SOURCES, SOURCES
 
     p = sub.add_parser("data", help="build datasets")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--sources", default=str(DEFAULT_SOURCES_DIR),
                    help=f"folder of the SVG designs from `ldm data emoji-sources` (default: {DEFAULT_SOURCES_DIR}); "
                         "without it only the Noto font is rendered")
-    e.add_argument("--styles", default=None, help="comma-separated styles to render (default: every one available)")
+    e.add_argument("--styles", default=None,
+                   help="comma-separated styles to render (default: every one available of "
+                        f"{', '.join(['noto', *(s.style for s in SOURCES)])}); held out of the default, rendered only "
+                        f"when named: {', '.join(s.style for s in HELD_OUT_SOURCES)}")
     e.set_defaults(func=run_emoji)
     s = kinds.add_parser("emoji-sources", help="fetch the pinned emoji SVG designs and keywords (npm pack, checksums verified)")
     s.add_argument("--dest", default=str(DEFAULT_SOURCES_DIR), help=f"default: {DEFAULT_SOURCES_DIR}")

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ldm.data.emoji_sources import (
     DEFAULT_SOURCES_DIR,
+    HELD_OUT_SOURCES,
     KEYWORDS,
     SOURCES,
     available_sources,
@@ -275,15 +276,18 @@ def build_emoji_dataset(
 ) -> dict:
     """Render, caption and split the fully-qualified emoji in every available style; returns the summary.
 
-    Styles: "noto" (the font) plus each SVG design unpacked under sources_dir (`ldm data emoji-sources`);
-    `styles` keeps only those named. The split is by emoji, so a held-out emoji is held out in every
+    Styles: "noto" (the font) plus each SVG design of SOURCES unpacked under sources_dir (`ldm data
+    emoji-sources`); `styles` keeps only those named, and may name a held-out design (HELD_OUT_SOURCES,
+    e.g. "fluent high contrast", never in the default build) to make a fine-tuning set of one style. The split is by emoji, so a held-out emoji is held out in every
     style and under all its keywords. limit keeps that many emoji spread evenly over the list (for
     quick tests), not the first ones, so a small build still covers every group.
     """
     if size < 8:
         raise InvalidOptionError(f"image size must be at least 8 pixels, got {size}")
-    sources = available_sources(sources_dir if sources_dir and Path(sources_dir).is_dir() else None)
-    known = ["noto", *(s.style for s in SOURCES)]
+    # Held-out designs (HELD_OUT_SOURCES) are rendered only when `styles` names them.
+    sources = available_sources(sources_dir if sources_dir and Path(sources_dir).is_dir() else None,
+                                held_out=styles is not None)
+    known = ["noto", *(s.style for s in (*SOURCES, *HELD_OUT_SOURCES))]
     if styles is not None:
         unknown = sorted(set(styles) - set(known))
         if unknown:

@@ -123,6 +123,18 @@ SOURCES: tuple[EmojiSource, ...] = (
         homepage="https://github.com/microsoft/fluentui-emoji", margin=0.08,
     ),
 )
+# Designs left out of the default build: rendered only when `ldm data emoji --styles` names them. Fluent's
+# high-contrast set is monochrome (one dark grey on white) and has no skin-tone variants; the default model
+# never sees it, which makes it the held-out style of the README's LoRA example.
+HELD_OUT_SOURCES: tuple[EmojiSource, ...] = (
+    EmojiSource(
+        style="fluent high contrast", package="fluentui-emoji", version="1.3.0",
+        integrity="sha512-JTXXwqIie2rWTgOkIJDJxr0WtwTz2WU4kdOq8buLVThYwQ264aFR2jdTyuon2oEbLqqGMT64zI4btyn1saB2xw==",
+        svg_dir="package/icons/high-contrast", file_names=fluent_file, licence="MIT",
+        attribution="Fluent Emoji by Microsoft Corporation, MIT; npm packaging by Mohammad Abu Mattar, MIT",
+        homepage="https://github.com/microsoft/fluentui-emoji", margin=0.08,
+    ),
+)
 # CLDR keywords (English annotations) for the extra captions.
 KEYWORDS = EmojiSource(
     style="", package="emojibase-data", version="17.0.0",
@@ -181,11 +193,12 @@ def fetch_sources(dest: str | os.PathLike = DEFAULT_SOURCES_DIR, npm: str = "npm
     return folders
 
 
-def available_sources(root: str | os.PathLike | None) -> list[EmojiSource]:
-    """The SVG sources unpacked under root (all, some or none)."""
+def available_sources(root: str | os.PathLike | None, held_out: bool = False) -> list[EmojiSource]:
+    """The SVG sources unpacked under root (all, some or none); `held_out` adds those of HELD_OUT_SOURCES."""
     if root is None:
         return []
-    return [s for s in SOURCES if (Path(root) / s.folder_name / s.svg_dir).is_dir()]
+    pool = (*SOURCES, *HELD_OUT_SOURCES) if held_out else SOURCES
+    return [s for s in pool if (Path(root) / s.folder_name / s.svg_dir).is_dir()]
 
 
 def find_svg(source: EmojiSource, root: str | os.PathLike, codepoints: str, name: str) -> Path | None:
