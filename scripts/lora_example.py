@@ -11,7 +11,7 @@ and by the base with the LoRA at weight 1, and scored on three figures:
 
 - colourfulness: the mean chroma (max - min of R, G, B, in [0, 1]) over each picture's emoji pixels (those
   not near white), averaged over pictures. The high-contrast design is one grey, so its real images score
-  0; the five training designs about 0.37. Chroma rather than HSV saturation, which blows up for the dark
+  0; the five training designs about 0.3. Chroma rather than HSV saturation, which blows up for the dark
   pixels this design is made of (RGB 30, 20, 20 has saturation 0.33 but chroma 0.04).
 - judge similarity: the mean cosine similarity, in the judge CLIP's image features, to the centroid of
   the real high-contrast images.
