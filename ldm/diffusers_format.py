@@ -124,7 +124,7 @@ def unet_params(cfg: dict[str, Any], where: str = "unet/config.json") -> dict[st
     if any(cfg["block_out_channels"][level] % heads[level] for level in used):
         raise DiffusersFolderError(f"{where}: heads {heads} do not divide block_out_channels")
     head_channels = {cfg["block_out_channels"][level] // heads[level] for level in used}
-    params: dict[str, Any] = {"num_heads": heads[0]} if len({heads[lv] for lv in used}) == 1 else {}
+    params: dict[str, Any] = {"num_heads": heads[used[0]]} if len({heads[lv] for lv in used}) == 1 else {}
     if not params:
         if len(head_channels) != 1:
             raise DiffusersFolderError(f"{where}: heads {heads} give neither one head count nor one head width")
