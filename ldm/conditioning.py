@@ -18,6 +18,9 @@ class LowResNoiseAugmentation(nn.Module):
                  linear_start: float = 1e-4, linear_end: float = 2e-2):
         super().__init__()
         self.max_noise_level = max_noise_level
+        # What it was built from (a diffusers export writes it as the upscaler's low_res_scheduler).
+        self.schedule = {"kind": beta_schedule, "num_timesteps": timesteps, "linear_start": linear_start,
+                         "linear_end": linear_end}
         betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end)
         # A plain tensor, not a buffer: casting the model's weights to bf16 would round it (levels near 0 to no
         # noise at all); it moves to the image's device where used.

@@ -1,13 +1,18 @@
-"""Writing a model as a diffusers folder (StableDiffusionPipeline layout), and a folder as one original file.
+"""Writing a model as a diffusers folder, and a folder as one original file.
 
-The folder is written into a temporary folder beside the target and renamed into place when complete, so
-a crash leaves no half folder under the target's name. Configs are those diffusers and transformers read
-(UNet2DConditionModel, AutoencoderKL, CLIPTextModel, DDIMScheduler); the tokenizer files (vocab.json,
-merges.txt) are built from open_clip's CLIP BPE vocabulary, the same one SD's tokenizers use.
+The pipeline follows the model's kind: StableDiffusionPipeline (text-to-image), StableDiffusionInpaintPipeline
+(SD 2 inpainting, 9 U-Net input channels) or StableDiffusionUpscalePipeline (the x4 upscaler: 7 input
+channels, the noise level as the U-Net's class embedding, `low_res_scheduler/` and `max_noise_level` from
+our LowResNoiseAugmentation). The folder is written into a temporary folder beside the target and renamed
+into place when complete, so a crash leaves no half folder under the target's name. Configs are those
+diffusers and transformers read (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, DDIMScheduler,
+DDPMScheduler); the tokenizer files (vocab.json, merges.txt) are built from open_clip's CLIP BPE vocabulary,
+the same one SD's tokenizers use.
 
-What diffusers' layout cannot hold is refused in one line before anything is written: a U-Net with a class
-label or concatenated inputs (inpainting, the upscaler), attention inside the autoencoder's levels, and
-per-block attention switches. ldm.diffusers_format reads the folders back.
+What diffusers' layout cannot hold is refused in one line before anything is written: labels other than an
+embedding, a middle block without self-attention, per-block attention counts, scale-shift norms, attention
+inside the autoencoder's levels, and a U-Net whose inputs do not fit its kind's pipeline.
+ldm.diffusers_format reads the folders back.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ldm.diffusers_format import (
     HF_TEXT,
     START,
     DiffusersFolderError,
+    conditioning_kind,
 )
 from ldm.diffusers_keys import to_diffusers, unet_names, vae_names
 from ldm.formats import CONFIG_KEY, PREDICTION_KEY
@@ -43,11 +49,14 @@ def _levels(value: int | list[int], levels: int) -> list[int]:
 
 def unet_config(params: dict[str, Any], image_size: int) -> dict[str, Any]:
     """A UNet2DConditionModel config for our UNetModel params."""
-    for key, plain in (("num_classes", None), ("disable_self_attentions", None), ("num_attention_blocks", None),
-                       ("disable_middle_self_attn", False), ("use_scale_shift_norm", False)):
-        if params.get(key, plain) not in (plain, [], ()) and not (key == "disable_self_attentions"
-                                                                  and not any(params[key])):
-            raise DiffusersFolderError(f"a U-Net with {key}={params[key]!r} has no diffusers text-to-image layout")
+    for key, plain in (("num_attention_blocks", None), ("disable_middle_self_attn", False),
+                       ("use_scale_shift_norm", False)):
+        if params.get(key, plain) not in (plain, [], ()):
+            raise DiffusersFolderError(f"a U-Net with {key}={params[key]!r} has no diffusers layout")
+    labels = params.get("num_classes")
+    if labels is not None and (isinstance(labels, bool) or not isinstance(labels, int)):
+        raise DiffusersFolderError(f"a U-Net with num_classes={labels!r} has no diffusers layout (only a number of "
+                                   f"labels: an embedding, as the x4 upscaler's noise level)")
     mult, base = list(params.get("channel_mult", (1, 2, 4, 8))), params["model_channels"]
     levels = len(mult)
     attn = [2 ** level in params["attention_resolutions"] for level in range(levels)]
@@ -62,13 +71,17 @@ def unet_config(params: dict[str, Any], image_size: int) -> dict[str, Any]:
                                        f"diffusers layout")
         heads.append(count)
     blocks = _levels(params["num_res_blocks"], levels)
+    cross_only = [bool(d) for d in params.get("disable_self_attentions") or [False] * levels]
+    if len(cross_only) != levels:
+        raise DiffusersFolderError(f"disable_self_attentions {cross_only} needs one entry per level ({levels})")
     return {"_class_name": "UNet2DConditionModel", "_diffusers_version": DIFFUSERS_VERSION,
             "sample_size": image_size, "in_channels": params["in_channels"], "out_channels": params["out_channels"],
             "center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0,
             "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
             "mid_block_type": "UNetMidBlock2DCrossAttn",
             "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-            "only_cross_attention": False, "block_out_channels": [base * m for m in mult],
+            "only_cross_attention": cross_only if any(cross_only) else False,
+            "num_class_embeds": labels, "class_embed_type": None, "block_out_channels": [base * m for m in mult],
             "layers_per_block": blocks[0] if len(set(blocks)) == 1 else blocks, "downsample_padding": 1,
             "mid_block_scale_factor": 1, "dropout": params.get("dropout", 0.0), "act_fn": "silu",
             "norm_num_groups": 32, "norm_eps": 1e-5, "cross_attention_dim": params["context_dim"],
@@ -133,23 +146,60 @@ def write_tokenizer(folder: Path, pad_token: str, max_length: int) -> None:
          "errors": "replace", "add_prefix_space": False}, indent=2))
 
 
-def scheduler_config(params: dict[str, Any]) -> dict[str, Any]:
-    kind = params.get("beta_schedule", "scaled_linear")
-    if kind not in SCHEDULES or (kind == "cosine" and params.get("cosine_s", 8e-3) != 8e-3):
+def scheduler_config(schedule: dict[str, Any], prediction: str) -> dict[str, Any]:
+    """A DDIMScheduler config for our model's noise schedule (LatentDiffusion.schedule) and prediction type."""
+    kind = schedule["kind"]
+    if kind not in SCHEDULES or (kind == "cosine" and schedule.get("cosine_s", 8e-3) != 8e-3):
         raise DiffusersFolderError(f"beta schedule {kind!r} has no diffusers name (known: {', '.join(SCHEDULES)}; "
                                    f"cosine only with cosine_s 0.008)")
     return {"_class_name": "DDIMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
-            "num_train_timesteps": params.get("timesteps", 1000), "beta_start": params.get("linear_start", 0.00085),
-            "beta_end": params.get("linear_end", 0.012), "beta_schedule": SCHEDULES[kind], "trained_betas": None,
-            "prediction_type": PREDICTIONS[params.get("parameterization", "eps")], "clip_sample": False,
+            "num_train_timesteps": schedule["num_timesteps"], "beta_start": schedule["linear_start"],
+            "beta_end": schedule["linear_end"], "beta_schedule": SCHEDULES[kind], "trained_betas": None,
+            "prediction_type": PREDICTIONS[prediction], "clip_sample": False,
             "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading"}
 
 
-MODEL_INDEX = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": DIFFUSERS_VERSION,
-               "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
-               "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-               "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-               "vae": ["diffusers", "AutoencoderKL"]}
+def low_res_scheduler_config(schedule: dict[str, Any]) -> dict[str, Any]:
+    """The upscaler's DDPMScheduler that noises the low-res image (our LowResNoiseAugmentation's schedule)."""
+    ddim = scheduler_config({**schedule, "cosine_s": 8e-3}, "eps")
+    return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
+            **{k: ddim[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                                    "prediction_type", "clip_sample")}, "variance_type": "fixed_small"}
+
+
+_PARTS = {"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+          "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+          "scheduler": ["diffusers", "DDIMScheduler"], "feature_extractor": [None, None], "safety_checker": [None, None]}
+# Each pipeline's model_index.json (what its save_pretrained writes), by class (our kinds' `diffusers`).
+MODEL_INDEX = {
+    "StableDiffusionPipeline": {**_PARTS, "requires_safety_checker": False},
+    "StableDiffusionInpaintPipeline": {**_PARTS, "image_encoder": [None, None], "requires_safety_checker": False},
+    "StableDiffusionUpscalePipeline": {**_PARTS, "low_res_scheduler": ["diffusers", "DDPMScheduler"],
+                                       "watermarker": [None, None]},
+}
+
+
+def pipeline_index(model: torch.nn.Module, params: dict[str, Any]) -> dict[str, Any]:
+    """model_index.json for the pipeline of the model's kind, once its U-Net's inputs are checked to be that
+    pipeline's: text-to-image, inpainting (9 channels) or the x4 upscaler (7 channels and a noise level)."""
+    unet, first = params["unet_config"]["params"], params["first_stage_config"]["params"]
+    labels = unet.get("num_classes")
+    shape = {"in_channels": unet["in_channels"], "out_channels": unet["out_channels"],
+             **({"num_classes": labels} if labels is not None else {})}
+    pipeline = model.kind.diffusers
+    if conditioning_kind(pipeline, shape, first, "the model").key != model.kind.key:
+        raise DiffusersFolderError(f"a {model.kind.name} model whose U-Net takes {unet['in_channels']} channels has "
+                                   f"no {pipeline} layout")
+    extra: dict[str, Any] = {}
+    if model.kind.label:
+        if model.low_scale is None:
+            raise DiffusersFolderError("an x4 upscaler without its low-res noise augmentation (low_scale_config) has "
+                                       "no StableDiffusionUpscalePipeline layout")
+        extra["max_noise_level"] = int(model.low_scale.max_noise_level)
+        if extra["max_noise_level"] >= labels:
+            raise DiffusersFolderError(f"max_noise_level {extra['max_noise_level']} is beyond the U-Net's {labels} "
+                                       f"noise levels (num_classes)")
+    return {"_class_name": pipeline, "_diffusers_version": DIFFUSERS_VERSION, **MODEL_INDEX[pipeline], **extra}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -162,13 +212,11 @@ def write_folder(model: torch.nn.Module, config: dict[str, Any], out: str | Path
     """Write `model` (built from `config`, {"model": node}) as a diffusers StableDiffusionPipeline folder."""
     out = Path(out)
     params = config["model"]["params"]
-    if model.kind.concat or model.kind.label:  # extra U-Net inputs: no StableDiffusionPipeline layout
-        raise DiffusersFolderError(f"only text-to-image models have a diffusers folder layout here, not "
-                                   f"{model.kind.name} ones")
     if out.exists() and not (overwrite and out.is_dir()):
         raise DiffusersFolderError(f"{out} already exists" + ("" if out.is_dir() else " and is no folder")
                                    + (" (--overwrite replaces a folder)" if out.is_dir() else ""))
     unet_cfg = unet_config(params["unet_config"]["params"], params.get("image_size", 64))
+    index = pipeline_index(model, params)
     vae_cfg = vae_config(params["first_stage_config"]["params"], model.scale_factor)
     text_cfg, text_state = text_encoder_parts(model.text_encoder)
     unet_state, vae_state = model.unet.state_dict(), model.vae.state_dict()
@@ -178,7 +226,7 @@ def write_folder(model: torch.nn.Module, config: dict[str, Any], out: str | Path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        _write_json(tmp / "model_index.json", MODEL_INDEX)
+        _write_json(tmp / "model_index.json", index)
         _write_json(tmp / "unet" / "config.json", unet_cfg)
         save_state_dict(unet_state, tmp / "unet" / "diffusion_pytorch_model.safetensors", meta, float_dtype)
         _write_json(tmp / "vae" / "config.json", vae_cfg)
@@ -187,7 +235,10 @@ def write_folder(model: torch.nn.Module, config: dict[str, Any], out: str | Path
         save_state_dict(text_state, tmp / "text_encoder" / "model.safetensors", meta, float_dtype)
         write_tokenizer(tmp / "tokenizer", END if model.text_encoder.pads_with_end else "!",
                         model.text_encoder.max_length)
-        _write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config(params))
+        _write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config(model.schedule, model.prediction))
+        if model.low_scale is not None:
+            _write_json(tmp / "low_res_scheduler" / "scheduler_config.json",
+                        low_res_scheduler_config(model.low_scale.schedule))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes an owner-only folder; give the usual permissions
         if out.exists():  # overwrite: the old folder steps aside only once the new one is complete
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))

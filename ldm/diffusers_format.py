@@ -1,10 +1,17 @@
-"""diffusers folders in and out: a text-to-image Stable Diffusion pipeline folder <-> our model and config.
+"""diffusers folders in and out: a Stable Diffusion pipeline folder <-> our model and config.
+
+Three pipelines: StableDiffusionPipeline (text-to-image), StableDiffusionInpaintPipeline (SD 2 inpainting:
+a 9-channel U-Net input, latent + mask + masked-image latent; with a plain 4-channel U-Net it is a
+text-to-image model) and StableDiffusionUpscalePipeline (the x4 upscaler: latent + low-res RGB in, the noise
+level as the U-Net's class label, `num_class_embeds`; `low_res_scheduler/` noises the low-res image up to
+model_index.json's `max_noise_level`, which is our LowResNoiseAugmentation).
 
 A folder holds `model_index.json` and one sub-folder per part: `unet/` and `vae/` (config.json and
 diffusion_pytorch_model.safetensors), `text_encoder/` (a Hugging Face CLIPTextModel: config.json and
-model.safetensors), `tokenizer/` and `scheduler/scheduler_config.json`. Reading builds our config from
-those config.json files (ldm.diffusers_keys renames the tensors); writing does the reverse, into a
-temporary folder beside the target that is renamed into place when complete.
+model.safetensors), `tokenizer/` and `scheduler/scheduler_config.json`. Weights may also be sharded or the
+fp16 variant (ldm.diffusers_files). Reading builds our config from those config.json files
+(ldm.diffusers_keys renames the tensors); writing (ldm.diffusers_export) does the reverse, into a temporary
+folder beside the target that is renamed into place when complete.
 
 The text encoder is run as our FrozenCLIPEmbedder at the folder's sizes, reading its last layer: SD 1.x's
 (quick-GELU, padded with the end token) as it is, and SD 2.x's OpenCLIP ViT-H tower as diffusers'
@@ -23,23 +30,19 @@ from typing import Any
 
 import torch
 
-from ldm.checkpoint import (
-    CheckpointError,
-    file_sha256,
-    load_into,
-    load_state_dict,
-)
+from ldm.checkpoint import CheckpointError, file_sha256, load_into
+from ldm.diffusers_files import WEIGHTS, DiffusersFolderError, load_part, part_files
 from ldm.diffusers_keys import from_diffusers, unet_names, vae_names
 from ldm.formats import check_prediction
 from ldm.hf_clip import open_clip_from_hf
+from ldm.model import CONDITIONING, ConditioningKind
 
 log = logging.getLogger(__name__)
 
 DIFFUSERS_VERSION = "0.42.0"  # the version whose configs these are written as (and tested against)
-PIPELINES = ("StableDiffusionPipeline",)
-WEIGHTS = {"unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
-           "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
-           "text_encoder": ("model.safetensors", "pytorch_model.bin")}
+# Pipeline class -> our conditioning kind. An inpainting folder may hold a plain 4-channel U-Net (diffusers
+# inpaints with those too): that is a text-to-image model here.
+PIPELINES = {kind.diffusers: kind for kind in CONDITIONING.values()}
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
 SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear", "squaredcos_cap_v2": "cosine"}
 HF_TEXT = "text_model."  # CLIPTextModel's own prefix
@@ -50,18 +53,16 @@ UNET_DEFAULTS = {"in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "
                  "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "transformer_layers_per_block": 1,
                  "use_linear_projection": False, "sample_size": 64, "dropout": 0.0}
 # UNet2DConditionModel options that change the network beyond what our U-Net builds: (default, meaning).
+# num_class_embeds (an nn.Embedding label, the upscaler's noise level) and per-level only_cross_attention
+# (the original's disable_self_attentions) are built; the mid block has self-attention whatever they say.
 UNET_UNSUPPORTED = {"class_embed_type": None, "addition_embed_type": None, "encoder_hid_dim": None,
-                    "time_cond_proj_dim": None, "num_class_embeds": None, "only_cross_attention": False,
+                    "time_cond_proj_dim": None, "class_embeddings_concat": False,
                     "dual_cross_attention": False, "resnet_time_scale_shift": "default", "center_input_sample": False,
                     "mid_block_type": "UNetMidBlock2DCrossAttn", "act_fn": "silu", "norm_num_groups": 32,
                     "conv_in_kernel": 3, "conv_out_kernel": 3, "time_embedding_type": "positional",
                     "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1, "reverse_transformer_layers_per_block": None}
 VAE_UNSUPPORTED = {"act_fn": "silu", "norm_num_groups": 32, "shift_factor": None, "latents_mean": None,
                    "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
-
-
-class DiffusersFolderError(CheckpointError):
-    """A diffusers folder that is incomplete, or holds a layout or options we cannot build."""
 
 
 def is_folder(path: str | Path | None) -> bool:
@@ -98,8 +99,8 @@ def _levels_of(channels: list[int], where: str) -> tuple[int, list[int]]:
     return base, [c // base for c in channels]
 
 
-def _per_level(value: int | list[int], levels: int, key: str, where: str) -> list[int]:
-    values = [value] * levels if isinstance(value, int) else list(value)
+def _per_level(value: Any, levels: int, key: str, where: str) -> list[Any]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * levels
     if len(values) != levels:
         raise DiffusersFolderError(f"{where}: {key} needs one entry per level ({levels}), got {values}")
     return values
@@ -124,11 +125,16 @@ def unet_params(cfg: dict[str, Any], where: str = "unet/config.json") -> dict[st
     if any(cfg["block_out_channels"][level] % heads[level] for level in used):
         raise DiffusersFolderError(f"{where}: heads {heads} do not divide block_out_channels")
     head_channels = {cfg["block_out_channels"][level] // heads[level] for level in used}
-    params: dict[str, Any] = {"num_heads": heads[0]} if len({heads[lv] for lv in used}) == 1 else {}
+    params: dict[str, Any] = {"num_heads": heads[used[0]]} if len({heads[lv] for lv in used}) == 1 else {}
     if not params:
         if len(head_channels) != 1:
             raise DiffusersFolderError(f"{where}: heads {heads} give neither one head count nor one head width")
         params["num_head_channels"] = head_channels.pop()
+    cross_only = _per_level(cfg.get("only_cross_attention") or False, levels, "only_cross_attention", where)
+    if any(cross_only):
+        params["disable_self_attentions"] = [bool(c) for c in cross_only]
+    if cfg.get("num_class_embeds") is not None:
+        params["num_classes"] = int(cfg["num_class_embeds"])
     return {**params, "in_channels": cfg["in_channels"], "out_channels": cfg["out_channels"], "model_channels": base,
             "channel_mult": mult, "num_res_blocks": _per_level(cfg["layers_per_block"], levels, "layers_per_block", where),
             "attention_resolutions": [2 ** level for level in range(levels) if attn[level]],
@@ -198,44 +204,75 @@ def schedule_params(cfg: dict[str, Any], prediction: str | None, where: str = "s
             "parameterization": prediction or PREDICTIONS[found]}
 
 
+def low_scale_params(cfg: dict[str, Any], max_noise_level: Any,
+                     where: str = "low_res_scheduler/scheduler_config.json") -> dict[str, Any]:
+    """Our LowResNoiseAugmentation params: the upscaler's low-res scheduler (its betas noise the low-res image)
+    and the pipeline's max_noise_level."""
+    if isinstance(max_noise_level, bool) or not isinstance(max_noise_level, int) or max_noise_level < 0:
+        raise DiffusersFolderError(f"model_index.json: max_noise_level {max_noise_level!r} is no whole number >= 0")
+    schedule = schedule_params(cfg, "eps", where)  # its prediction type is never used
+    if max_noise_level >= schedule["timesteps"]:
+        raise DiffusersFolderError(f"{where}: max_noise_level {max_noise_level} is beyond its "
+                                   f"{schedule['timesteps']} timesteps")
+    return {"max_noise_level": max_noise_level, "timesteps": schedule["timesteps"],
+            "beta_schedule": schedule["beta_schedule"], "linear_start": schedule["linear_start"],
+            "linear_end": schedule["linear_end"]}
+
+
+def conditioning_kind(pipeline: str, unet: dict[str, Any], vae: dict[str, Any], where: str) -> ConditioningKind:
+    """Our conditioning kind for a pipeline class, checked against its U-Net's inputs: text-to-image takes the
+    latent; inpainting the latent, the mask and the masked image's latent; the upscaler the latent and the
+    low-res image, with a noise-level label."""
+    latent, image = vae["embed_dim"], vae["ddconfig"]["in_channels"]
+    kind = PIPELINES[pipeline]
+    if kind.task == "inpaint" and kind.concat and unet["in_channels"] == latent:
+        kind = next(k for k in CONDITIONING.values() if not k.concat)
+    takes = {"txt2img": (latent, "the latent"), "inpaint": (2 * latent + 1, "latent + mask + masked-image latent"),
+             "upscale": (latent + image, "latent + low-res image")}[kind.task]
+    if unet["in_channels"] != takes[0] or unet["out_channels"] != latent:
+        raise DiffusersFolderError(f"{where}: a U-Net of {unet['in_channels']} input / {unet['out_channels']} output "
+                                   f"channels does not fit a {pipeline} with {latent} latent channels (input: "
+                                   f"{takes[1]} = {takes[0]})")
+    if ("num_classes" in unet) != kind.label:
+        raise DiffusersFolderError(f"{where}: a {pipeline} U-Net " + ("needs a noise-level embedding (num_class_embeds)"
+                                   if kind.label else "with a class embedding (num_class_embeds) is not supported"))
+    return kind
+
+
 def folder_config(folder: str | Path, prediction: str | None = None) -> dict[str, Any]:
-    """Our model config ({"model": node}) for a diffusers text-to-image folder; `prediction` overrides the
-    scheduler's."""
+    """Our model config ({"model": node}) for a diffusers folder (text-to-image, inpainting or x4 upscaler);
+    `prediction` overrides the scheduler's."""
     folder = Path(folder)
     check_prediction(prediction)
     index = _json(folder, "model_index.json")
-    if index.get("_class_name") not in PIPELINES:
-        raise DiffusersFolderError(f"{folder}: {index.get('_class_name')!r} folders are not supported (only "
-                                   f"text-to-image {', '.join(PIPELINES)})")
+    pipeline = index.get("_class_name")
+    if pipeline not in PIPELINES:
+        raise DiffusersFolderError(f"{folder}: {pipeline!r} folders are not supported (only {', '.join(PIPELINES)})")
     unet = unet_params(_json(folder, "unet/config.json"))
     vae, scale_factor = vae_params(_json(folder, "vae/config.json"))
     text = text_params(_json(folder, "text_encoder/config.json"), _pad_token(folder))
-    if unet["in_channels"] != vae["embed_dim"] or unet["out_channels"] != vae["embed_dim"]:
-        raise DiffusersFolderError(f"{folder}: a U-Net of {unet['in_channels']} input channels is no text-to-image "
-                                   f"model of {vae['embed_dim']} latent channels")
+    kind = conditioning_kind(pipeline, unet, vae, str(folder))
     params = {**schedule_params(_json(folder, "scheduler/scheduler_config.json"), prediction),
-              "scale_factor": scale_factor, "conditioning_key": "crossattn",
+              "scale_factor": scale_factor, "conditioning_key": kind.key,
               "image_size": _json(folder, "unet/config.json").get("sample_size") or 64,
               "unet_config": {"target": "ldm.unet.UNetModel", "params": unet},
               "first_stage_config": {"target": "ldm.vae.AutoencoderKL", "params": vae},
               "cond_stage_config": {"target": "ldm.text_encoder.FrozenCLIPEmbedder", "params": text}}
+    if kind.label:  # the upscaler: its low-res image is noised to the level it is told
+        low = low_scale_params(_json(folder, "low_res_scheduler/scheduler_config.json"),
+                               index.get("max_noise_level", 350))
+        if low["max_noise_level"] >= unet["num_classes"]:
+            raise DiffusersFolderError(f"{folder}: max_noise_level {low['max_noise_level']} is beyond the U-Net's "
+                                       f"{unet['num_classes']} noise levels (num_class_embeds)")
+        params["low_scale_config"] = {"target": "ldm.conditioning.LowResNoiseAugmentation", "params": low}
     return {"model": {"target": "ldm.model.LatentDiffusion", "params": params}}
-
-
-def _weights_file(folder: Path, part: str) -> Path:
-    for name in WEIGHTS[part]:
-        if (folder / part / name).is_file():
-            return folder / part / name
-    raise DiffusersFolderError(f"{folder} is no complete diffusers folder: {part}/{WEIGHTS[part][0]} is missing")
 
 
 def folder_state(folder: str | Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The folder's tensors under our names (`unet.`, `vae.`, `text_encoder.model.`) for `model`, built from
     folder_config. Tensors with no place keep their names, for the strict load to report."""
     folder = Path(folder)
-    unet = load_state_dict(_weights_file(folder, "unet"))
-    vae = load_state_dict(_weights_file(folder, "vae"))
-    text = load_state_dict(_weights_file(folder, "text_encoder"))
+    unet, vae, text = (load_part(folder, part) for part in ("unet", "vae", "text_encoder"))
     state = {f"unet.{k}": v for k, v in from_diffusers(unet, unet_names(list(model.unet.state_dict()),
                                                                         model.unet.num_res_blocks)).items()}
     levels = len(model.vae.decoder.up)
@@ -248,7 +285,7 @@ def folder_state(folder: str | Path, model: torch.nn.Module) -> dict[str, torch.
 def folder_identity(folder: str | Path) -> str:
     """One SHA-256 for a folder's weights: of the parts' names and their files' hashes."""
     folder = Path(folder)
-    lines = [f"{part}/{_weights_file(folder, part).name} {file_sha256(_weights_file(folder, part))}" for part in WEIGHTS]
+    lines = [f"{part}/{path.name} {file_sha256(path)}" for part in WEIGHTS for path in part_files(folder, part)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

@@ -25,6 +25,7 @@ UNET_TOP = {
     "input_blocks.0.0.": "conv_in.",
     "out.0.": "conv_norm_out.",
     "out.2.": "conv_out.",
+    "label_emb.": "class_embedding.",  # the upscaler's noise-level embedding (an nn.Embedding on both sides)
 }
 UNET_RESNET = {
     "in_layers.0.": "norm1.",
@@ -79,7 +80,7 @@ def unet_names(keys: list[str], num_res_blocks: list[int]) -> dict[str, str]:
             names[key] = f"mid_block.{kind}.{_rename(rest, UNET_RESNET, key) if sub != '1' else rest}"
             continue
         if part not in ("input_blocks", "output_blocks"):
-            raise DiffusersKeyError(f"{key} has no name in diffusers' layout (a U-Net with a class label?)")
+            raise DiffusersKeyError(f"{key} has no name in diffusers' layout")
         block, _, rest = rest.partition(".")
         _sub, _, rest = rest.partition(".")
         table = down if part == "input_blocks" else up

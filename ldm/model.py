@@ -32,7 +32,8 @@ class ConditioningKind:
     """What a `conditioning_key` means: the one place its strings are read.
 
     concat: the U-Net takes extra input channels beside the noisy latent (inpainting: mask + masked latent;
-    upscaler: the low-res image); label: it takes a noise-level label `y`; tasks: what it can drive.
+    upscaler: the low-res image); label: it takes a noise-level label `y`; tasks: what it can drive;
+    diffusers: the diffusers pipeline class of its folders (ldm.diffusers_format, ldm.diffusers_export).
     """
 
     key: str
@@ -40,6 +41,7 @@ class ConditioningKind:
     concat: bool
     label: bool
     tasks: tuple[str, ...]
+    diffusers: str
 
     @property
     def task(self) -> str:
@@ -49,9 +51,11 @@ class ConditioningKind:
 
 CONDITIONING = {kind.key: kind for kind in (
     ConditioningKind("crossattn", "text-to-image", concat=False, label=False,
-                     tasks=("txt2img", "img2img", "inpaint", "walk")),
-    ConditioningKind("hybrid", "inpainting", concat=True, label=False, tasks=("inpaint",)),
-    ConditioningKind("hybrid-adm", "x4 upscaler", concat=True, label=True, tasks=("upscale",)),
+                     tasks=("txt2img", "img2img", "inpaint", "walk"), diffusers="StableDiffusionPipeline"),
+    ConditioningKind("hybrid", "inpainting", concat=True, label=False, tasks=("inpaint",),
+                     diffusers="StableDiffusionInpaintPipeline"),
+    ConditioningKind("hybrid-adm", "x4 upscaler", concat=True, label=True, tasks=("upscale",),
+                     diffusers="StableDiffusionUpscalePipeline"),
 )}
 CONDITIONING_KINDS = tuple(CONDITIONING)
 
@@ -239,7 +243,7 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     """Build a model from a config (ours or an original SD 1.x or 2.x YAML) and load its weights.
 
     With neither argument, the small pretrained emoji model shipped in checkpoints/ is used. A checkpoint may be
-    a diffusers folder (SD 1.x/2.x text-to-image), whose config.json files give the config. With a
+    a diffusers folder (SD 1.x/2.x text-to-image, SD 2 inpainting or the x4 upscaler), whose config.json files give the config. With a
     checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);
     `prediction` ("eps" or "v") overrides the config's, and SD 2.x 768-v files without metadata need "v".
     device: "auto" (cuda if available, else cpu), "cpu", "cuda:1", ...; dtype: the networks' weights

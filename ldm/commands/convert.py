@@ -12,9 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="a .ckpt, .pt, .pth, .bin or .safetensors file, or a diffusers folder")
     p.add_argument("output", help="the .safetensors file to write (or, with --to diffusers, the folder)")
     p.add_argument("--to", choices=["diffusers"],
-                   help="diffusers: write any model ldm loads as a diffusers StableDiffusionPipeline folder "
-                        "(text-to-image models; --config and --prediction as for loading). A diffusers folder as "
-                        "the input is written as one original-layout .safetensors file with its config")
+                   help="diffusers: write any model ldm loads as a diffusers folder (StableDiffusionPipeline, or "
+                        "StableDiffusionInpaintPipeline / StableDiffusionUpscalePipeline for SD 2 inpainting and "
+                        "x4-upscaler models; --config and --prediction as for loading). A diffusers folder as the "
+                        "input is written as one original-layout .safetensors file with its config")
     p.add_argument("--no-ema", action="store_true", help="leave out the EMA copies (model_ema.*)")
     p.add_argument("--no-schedule", action="store_true",
                    help="leave out the noise-schedule buffers (betas, alphas_cumprod, ...: derived from the config)")
