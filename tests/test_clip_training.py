@@ -24,7 +24,9 @@ from ldm.training.clip import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "emoji" / "clip.safetensors"
+# The shipped CLIP is the judge of `ldm eval` (the default model's text encoder lives inside model.safetensors).
+SHIPPED = ROOT / "checkpoints" / "emoji" / "judge.safetensors"
+SHIPPED_CONFIG = ROOT / "checkpoints" / "emoji" / "judge.json"
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (240, 220, 20),
           "black": (0, 0, 0), "white": (255, 255, 255), "purple": (140, 30, 160), "orange": (250, 140, 0)}
 TINY = {
@@ -146,7 +148,7 @@ def test_shipped_weights_load_strictly_into_the_config_model():
     assert SHIPPED.stat().st_size < 40_000_000
     with safe_open(str(SHIPPED), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
-    model = create_clip(DEFAULT_CONFIG)
+    model = create_clip(SHIPPED_CONFIG)
     state = {k: v.float() for k, v in clip_training.load_state_dict(SHIPPED).items()}
     result = model.load_state_dict(state, strict=True)  # raises on any missing/unexpected key or shape
     assert not result.missing_keys and not result.unexpected_keys
@@ -156,10 +158,10 @@ def test_shipped_weights_load_strictly_into_the_config_model():
 def test_shipped_text_tower_loads_into_the_sd_text_encoder():
     from ldm.text_encoder import FrozenOpenCLIPEmbedder
 
-    enc = FrozenOpenCLIPEmbedder(arch=str(DEFAULT_CONFIG), layer="penultimate", weights=str(SHIPPED))
+    enc = FrozenOpenCLIPEmbedder(arch=str(SHIPPED_CONFIG), layer="penultimate", weights=str(SHIPPED))
     with torch.no_grad():
         h = enc.encode_tokens(enc.tokenize(["grinning face", "woman judge: dark skin tone"]))
-    assert h.shape == (2, 77, json.loads(DEFAULT_CONFIG.read_text())["text_cfg"]["width"])
+    assert h.shape == (2, 77, json.loads(SHIPPED_CONFIG.read_text())["text_cfg"]["width"])
     assert torch.isfinite(h).all() and not torch.allclose(h[0], h[1])
 
 
@@ -173,7 +175,7 @@ def test_shipped_clip_matches_captions_to_rendered_emoji():
     by_name = {e.name: e for e in emoji.parse_emoji_test(emoji.find_emoji_list().read_text(encoding="utf-8"))}
     font = ImageFont.truetype(str(emoji.find_font()), emoji.FONT_SIZE)
     images = torch.stack([to_tensor(emoji.render_emoji(by_name[n].text, font, 64)) for n in names])
-    acc = retrieval_accuracy(load_clip(SHIPPED), images, tokenize(names))
+    acc = retrieval_accuracy(load_clip(SHIPPED, SHIPPED_CONFIG), images, tokenize(names))
     assert acc["t2i_top1"] >= 0.6 and acc["i2t_top1"] >= 0.6, acc  # chance is 0.1
 
 

@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("clip", help="train a tiny OpenCLIP on a captioned folder with train/ and heldout/ splits")
     p.add_argument("--data", default="data/emoji", help="dataset root with train/ and heldout/ (default: data/emoji)")
-    p.add_argument("--out", default="checkpoints/emoji",
+    p.add_argument("--out", default="runs/clip",
                    help="output folder for clip.safetensors, clip_metrics.json, CLIP_CARD.md")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=128)

@@ -5,7 +5,7 @@ The model is open_clip's own `CLIP`, built from an open_clip-format JSON config,
 `ldm.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names. The text tower is
 standard (77 tokens, the stock 49408-token BPE vocabulary), so the bundled tokenizer works offline.
 
-    ldm clip --data data/emoji --out checkpoints/emoji --steps 500
+    ldm clip --data data/emoji --out runs/clip --steps 500
 """
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def _write_card(path: Path, report: dict) -> None:
         "",
         "## Training (measured)",
         "",
-        f"- Command: `ldm clip --data data/emoji --out checkpoints/emoji --steps {report['steps']} "
+        f"- Command: `ldm clip --data data/emoji --out runs/clip --steps {report['steps']} "
         f"--batch-size {report['batch_size']} --precision {report.get('precision', 'fp32')}` (seed 0)",
         f"- Train pairs: {report['train_pairs']}; held-out pairs: {report['heldout_pairs']}",
         f"- Steps: {report['steps']}, batch {report['batch_size']}, AdamW lr {report['lr']} with warmup + cosine, weight decay {report['weight_decay']}",
@@ -231,7 +231,7 @@ def evaluate_clip(weights: str | os.PathLike, data_dir: str | os.PathLike, confi
     return report
 
 
-def train_and_report(data: str | os.PathLike = "data/emoji", out: str | os.PathLike = "checkpoints/emoji",
+def train_and_report(data: str | os.PathLike = "data/emoji", out: str | os.PathLike = "runs/clip",
                      steps: int = 500, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1,
                      config: str | os.PathLike = DEFAULT_CONFIG, threads: int = 1, seed: int = 0,
                      precision: str = "bf16", eval_only: bool = False) -> dict:
