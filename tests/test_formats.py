@@ -18,6 +18,7 @@ from ldm.checkpoint import (
     CheckpointError,
     from_original_keys,
     load_into,
+    load_state_dict,
     save_state_dict,
 )
 from ldm.config import instantiate, load_config, model_from_config
@@ -177,11 +178,16 @@ def test_prediction_rule(sd_format_dir):
         detect(sd2, prediction="x0")
 
 
-def test_shipped_emoji_model_is_found_by_the_yaml_beside_it():
+def test_shipped_emoji_model_carries_its_config_and_agrees_with_the_yaml_beside_it(tmp_path):
     path = ROOT / "checkpoints" / "emoji" / "model.safetensors"
     found = detect_file(path)
-    assert (found.family, found.source) == ("ldm", "model.yaml beside it")
+    assert (found.family, found.source) == ("ldm", "its metadata")  # metadata first: the file loads alone
     assert found.config == load_config(path.with_name("model.yaml"))
+    # Without the metadata, the YAML beside the file is the next place looked at.
+    bare = tmp_path / "model.safetensors"
+    save_state_dict(load_state_dict(path), bare)
+    shutil.copy(path.with_name("model.yaml"), tmp_path / "model.yaml")
+    assert detect_file(bare).source == "model.yaml beside it"
     assert load_model(None, path).prediction == "eps"
     assert load_model(None, path, prediction="v").prediction == "v"
 
