@@ -93,6 +93,17 @@ class EmojiSource:
         return self.spec.replace("/", "+")
 
 
+def _fluent(style: str, folder: str) -> EmojiSource:
+    """One of Fluent Emoji's designs: the same pinned npm package, one folder of icons each."""
+    return EmojiSource(
+        style=style, package="fluentui-emoji", version="1.3.0",
+        integrity="sha512-JTXXwqIie2rWTgOkIJDJxr0WtwTz2WU4kdOq8buLVThYwQ264aFR2jdTyuon2oEbLqqGMT64zI4btyn1saB2xw==",
+        svg_dir=f"package/icons/{folder}", file_names=fluent_file, licence="MIT",
+        attribution="Fluent Emoji by Microsoft Corporation, MIT; npm packaging by Mohammad Abu Mattar, MIT",
+        homepage="https://github.com/microsoft/fluentui-emoji", margin=0.08,
+    )
+
+
 SOURCES: tuple[EmojiSource, ...] = (
     EmojiSource(
         style="twemoji", package="@twemoji/svg", version="15.0.0",
@@ -108,32 +119,14 @@ SOURCES: tuple[EmojiSource, ...] = (
         attribution="OpenMoji, the open-source emoji and icon project, CC BY-SA 4.0 (openmoji.org)",
         homepage="https://openmoji.org", margin=0.0,
     ),
-    EmojiSource(
-        style="fluent flat", package="fluentui-emoji", version="1.3.0",
-        integrity="sha512-JTXXwqIie2rWTgOkIJDJxr0WtwTz2WU4kdOq8buLVThYwQ264aFR2jdTyuon2oEbLqqGMT64zI4btyn1saB2xw==",
-        svg_dir="package/icons/flat", file_names=fluent_file, licence="MIT",
-        attribution="Fluent Emoji by Microsoft Corporation, MIT; npm packaging by Mohammad Abu Mattar, MIT",
-        homepage="https://github.com/microsoft/fluentui-emoji", margin=0.08,
-    ),
-    EmojiSource(
-        style="fluent color", package="fluentui-emoji", version="1.3.0",
-        integrity="sha512-JTXXwqIie2rWTgOkIJDJxr0WtwTz2WU4kdOq8buLVThYwQ264aFR2jdTyuon2oEbLqqGMT64zI4btyn1saB2xw==",
-        svg_dir="package/icons/modern", file_names=fluent_file, licence="MIT",
-        attribution="Fluent Emoji by Microsoft Corporation, MIT; npm packaging by Mohammad Abu Mattar, MIT",
-        homepage="https://github.com/microsoft/fluentui-emoji", margin=0.08,
-    ),
+    _fluent("fluent flat", "flat"),
+    _fluent("fluent color", "modern"),
 )
 # Designs left out of the default build: rendered only when `ldm data emoji --styles` names them. Fluent's
 # high-contrast set is monochrome (one dark grey on white) and has no skin-tone variants; the default model
 # never sees it, which makes it the held-out style of the README's LoRA example.
 HELD_OUT_SOURCES: tuple[EmojiSource, ...] = (
-    EmojiSource(
-        style="fluent high contrast", package="fluentui-emoji", version="1.3.0",
-        integrity="sha512-JTXXwqIie2rWTgOkIJDJxr0WtwTz2WU4kdOq8buLVThYwQ264aFR2jdTyuon2oEbLqqGMT64zI4btyn1saB2xw==",
-        svg_dir="package/icons/high-contrast", file_names=fluent_file, licence="MIT",
-        attribution="Fluent Emoji by Microsoft Corporation, MIT; npm packaging by Mohammad Abu Mattar, MIT",
-        homepage="https://github.com/microsoft/fluentui-emoji", margin=0.08,
-    ),
+    _fluent("fluent high contrast", "high-contrast"),
 )
 # CLDR keywords (English annotations) for the extra captions.
 KEYWORDS = EmojiSource(
