@@ -27,7 +27,7 @@ of SD 2.x-base (512 px). For a family found by its shapes it is, in this order:
 - the file's safetensors metadata: `prediction` (eps or v, what `ldm convert --prediction` writes),
   `modelspec.prediction_type` (epsilon or v), or a `modelspec.architecture` ending in `-v`
   (stable-diffusion-v2-768-v);
-- the family's default: eps for SD 1.x, SD 2.x and SD 2 inpainting; v for the x4 upscaler (its only
+- the family's default: eps for SD 1.x, SD 1.x and SD 2 inpainting, SD 2.x; v for the x4 upscaler (its only
   release).
 
 So an SD 2.x 768-v file without such metadata needs `--prediction v`. Neither `global_step` nor the
@@ -48,7 +48,7 @@ from safetensors import safe_open
 from ldm.checkpoint import CheckpointError, load_state_dict
 from ldm.config import load_config
 from ldm.defaults import shipped_path
-from ldm.errors import InvalidOptionError, LdmError
+from ldm.errors import InvalidOptionError
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +63,10 @@ HF_CLIP = "cond_stage_model.transformer.text_model."  # SD 1.x: Hugging Face CLI
 GROUPS = (UNET, VAE, OPEN_CLIP, HF_CLIP, "cond_stage_model.", "model_ema.", "low_scale_model.")
 
 CLIP_L_LAYERS = 12  # SD 1.x's text tower (OpenAI CLIP ViT-L/14): 12 layers of width 768
-SD1_INPAINTING = "no SD 1.x inpainting config is shipped yet"
 
 
 class UnknownModelError(CheckpointError):
     """A checkpoint whose model family cannot be told and which carries no config."""
-
-
-class UnsupportedModelError(LdmError, ValueError):
-    """A model we recognise but cannot build yet (SD 1.x inpainting)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +114,6 @@ class Family:
     vae_levels: int
     configs: dict[str, str]  # prediction -> config file in configs/stable-diffusion/
     default_prediction: str = "eps"
-    unsupported: str | None = None
 
     def matches(self, sig: Signature) -> bool:
         """The same layout; sizes may differ (fit_sizes reads them off the file)."""
@@ -133,8 +127,8 @@ class Family:
 
 FAMILIES = (
     Family("sd1", "SD 1.x", "hf_clip", 768, 4, 320, 768, False, 4, {"eps": "v1-inference.yaml"}),
-    Family("sd1-inpainting", "SD 1.x inpainting", "hf_clip", 768, 9, 320, 768, False, 4, {},
-           unsupported=SD1_INPAINTING),
+    Family("sd1-inpainting", "SD 1.x inpainting", "hf_clip", 768, 9, 320, 768, False, 4,
+           {"eps": "v1-inpainting-inference.yaml"}),
     Family("sd2", "SD 2.x", "open_clip", 1024, 4, 320, 1024, False, 4,
            {"eps": "v2-inference.yaml", "v": "v2-inference-v.yaml"}),
     Family("sd2-inpainting", "SD 2 inpainting", "open_clip", 1024, 9, 320, 1024, False, 4,
@@ -155,7 +149,6 @@ class Detection:
     prediction_source: str
     config: dict[str, Any] | None
     config_name: str
-    unsupported: str | None = None
     resized: tuple[str, ...] = ()  # sizes read off the file that differ from the release's
 
     def summary(self) -> str:
@@ -314,11 +307,9 @@ def detect(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None =
         if family.key == "sd2":
             how += "; SD 2.x 768-v files need --prediction v or metadata saying so"
     config_name = family.config_name(prediction)
-    cfg, resized = None, ()
-    if config_name is not None and family.unsupported is None:
-        cfg, resized = fit_sizes(with_prediction(load_config(sd_config_path(config_name)), prediction), family, sig)
-    return Detection(family.key, family.name, "tensor shapes", prediction, how, cfg, config_name or "none shipped",
-                     family.unsupported, resized)
+    assert config_name is not None  # every family ships a config for its default prediction
+    cfg, resized = fit_sizes(with_prediction(load_config(sd_config_path(config_name)), prediction), family, sig)
+    return Detection(family.key, family.name, "tensor shapes", prediction, how, cfg, config_name, resized)
 
 
 def detect_file(path: str | Path, prediction: str | None = None) -> Detection:
@@ -344,8 +335,6 @@ def resolve_config(config: str | Path | dict | None, checkpoint: str | Path | No
     if checkpoint is None:
         raise InvalidOptionError("give a checkpoint, a config, or both")
     found = detect_file(checkpoint, prediction)
-    if found.unsupported:
-        raise UnsupportedModelError(f"{checkpoint} holds an {found.name} model: {found.unsupported}")
     log.info("%s: %s", Path(checkpoint).name, found.summary())
-    assert found.config is not None  # only an unsupported family has none
+    assert found.config is not None
     return found.config

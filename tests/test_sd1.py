@@ -174,3 +174,33 @@ def test_a_text_tower_tensor_without_its_place_is_named_by_the_strict_load():
     assert "\n" not in message and "1 missing tensors: model.transformer.resblocks.0.attn.in_proj_weight" in message
     assert "transformer.text_model.encoder.layers.0.self_attn.k_proj.weight" in message  # kept, named
     assert "transformer.text_model.encoder.layers.0.self_attn.rotary.weight" in message
+
+
+def test_a_tiny_sd1_inpainting_file_is_detected_loaded_and_inpaints(tmp_path):
+    """SD 1.x inpainting (sd-v1-5-inpainting's layout: SD 1.x with a 9-channel U-Net) at tiny sizes: its
+    family and shipped config come from the tensor shapes alone, and it drives the 9-channel inpainting path."""
+    from factories import _build
+
+    from ldm.inpaint import inpaint
+
+    cfg = tiny_sd1_config()
+    params = cfg["model"]["params"]
+    params["conditioning_key"] = "hybrid"
+    params["unet_config"]["params"]["in_channels"] = 9
+    model = _build(cfg, seed=5)
+    path = tmp_path / "sd-v1-5-inpainting.safetensors"
+    save_state_dict(model.original_state_dict(), path)
+    found = detect_file(path)
+    assert (found.family, found.config_name, found.prediction) == ("sd1-inpainting", "v1-inpainting-inference.yaml", "eps")
+    loaded = load_model(None, path)
+    assert loaded.unet.input_blocks[0][0].in_channels == 9 and loaded.text_encoder.pads_with_end
+    for (key, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), key
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(np.kron(rng.integers(0, 256, (4, 4, 3)), np.ones((16, 16, 1))).astype(np.uint8))
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, 32:] = 1.0
+    out = np.asarray(inpaint(loaded, image, mask, "a cat", steps=3, progress=False).images[0]).astype(np.float32)
+    before = np.asarray(image).astype(np.float32)
+    assert out.shape == (64, 64, 3)
+    assert np.abs(out[:, 40:] - before[:, 40:]).mean() > 5  # the masked half is repainted
