@@ -34,11 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.images import tensor_to_pil
 
 TRAIN_CONFIG = "configs/emoji/lora-high-contrast.yaml"
 STYLE = "fluent high contrast"
@@ -166,11 +166,6 @@ def sheet(real: list[Image.Image], before: list[list[Image.Image]], after: list[
     return out
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arrays = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
-
-
 def write_atomic(path: str | Path, write: Callable[[str], object]) -> None:
     from ldm.checkpoint import atomic_path
 
@@ -275,8 +270,8 @@ def _run(args: argparse.Namespace) -> int:
     result["table"] = table
     write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
     rows = min(args.rows, len(captions))
-    by_caption = dict(zip(real.captions, to_pil(real.images)))
-    b, a = to_pil(before), to_pil(after)
+    by_caption = dict(zip(real.captions, tensor_to_pil(real.images)))
+    b, a = tensor_to_pil(before), tensor_to_pil(after)
     picture = sheet([by_caption[c] for c in captions[:rows]],
                     [b[i * args.seeds:(i + 1) * args.seeds] for i in range(rows)],
                     [a[i * args.seeds:(i + 1) * args.seeds] for i in range(rows)],
