@@ -1,4 +1,5 @@
-"""ldm data emoji / emoji-sources / shapes: build the emoji training set (ldm.data.emoji), the tiny shapes set."""
+"""ldm data emoji / emoji-sources / photos / shapes: build the emoji training set (ldm.data.emoji), the photo crops
+for the upscaler (ldm.data.photos), the tiny shapes set."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,8 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from ldm.data.emoji import EMOJI_LIST_PACKAGE, FONT_PACKAGE
     from ldm.data.emoji_sources import DEFAULT_SOURCES_DIR, HELD_OUT_SOURCES, SOURCES
+    from ldm.data.photo_sources import DEFAULT_SOURCES_DIR as PHOTO_SOURCES_DIR
+    from ldm.data.photos import DEFAULT_OUT as PHOTOS_OUT, TRAIN_CROPS
 
     p = sub.add_parser("data", help="build datasets")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -28,6 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("emoji-sources", help="fetch the pinned emoji SVG designs and keywords (npm pack, checksums verified)")
     s.add_argument("--dest", default=str(DEFAULT_SOURCES_DIR), help=f"default: {DEFAULT_SOURCES_DIR}")
     s.set_defaults(func=run_sources)
+    f = kinds.add_parser("photos", help="crops of freely licensed photos from pinned Debian packages, for the x4 upscaler "
+                                        "(apt-get download + dpkg-deb, sha256-checked; licences checked per image)")
+    f.add_argument("--out", default=PHOTOS_OUT, help=f"output folder (default: {PHOTOS_OUT})")
+    f.add_argument("--sources", default=PHOTO_SOURCES_DIR,
+                   help=f"cache of the downloaded and unpacked packages (default: {PHOTO_SOURCES_DIR})")
+    f.add_argument("--size", type=int, default=128, help="training crop side in pixels (default: 128)")
+    f.add_argument("--eval-size", type=int, default=256, help="held-out crop side in pixels (default: 256)")
+    f.add_argument("--per-image", type=int, default=None,
+                   help=f"training crops per photo (default: about {TRAIN_CROPS} crops in all)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the crops' scales and places (default: 0); "
+                                                       "the held-out photos do not depend on it")
+    f.set_defaults(func=run_photos)
     t = kinds.add_parser("shapes", help="a tiny synthetic captioned set (\"red square\", ...) for the tiny configs")
     t.add_argument("root", help="output folder")
     t.add_argument("--size", type=int, default=16)
@@ -50,6 +65,15 @@ def run_sources(args: argparse.Namespace) -> int:
 
     folders = fetch_sources(args.dest)
     print(f"{len(folders)} packages verified in {args.dest}: " + ", ".join(f.name for f in folders))
+    return 0
+
+
+def run_photos(args: argparse.Namespace) -> int:
+    from ldm.data.photos import build_photo_dataset, summary_line
+
+    summary = build_photo_dataset(args.out, sources_dir=args.sources, size=args.size, eval_size=args.eval_size,
+                                  per_image=args.per_image, seed=args.seed)
+    print(summary_line(summary, args.out))
     return 0
 
 
