@@ -208,9 +208,17 @@ def _readme(summary: dict, photos: list[SourcePhoto]) -> str:
     notes = [f"- {pkg['package']}: {pkg['note']}" for pkg in summary["packages"] if pkg["note"]]
     if notes:
         lines += ["", "## Notes on the licence notices", "", *notes]
-    lines += ["", "Licence texts: https://creativecommons.org/licenses/ (by/2.0, by/4.0, by-sa/3.0, by-sa/4.0, "
-              "publicdomain/zero/1.0).", ""]
-    return "\n".join(lines)
+    texts = [_LICENCE_URLS[k] for k in summary["licences"] if k in _LICENCE_URLS]
+    if texts:
+        lines += ["", "## Licence texts", "", *(f"- {url}" for url in texts)]
+    return "\n".join(lines) + "\n"
+
+
+_LICENCE_URLS = {
+    "CC0-1.0": "https://creativecommons.org/publicdomain/zero/1.0/",
+    **{f"CC-BY-{v}": f"https://creativecommons.org/licenses/by/{v}/" for v in ("2.0", "3.0", "4.0")},
+    **{f"CC-BY-SA-{v}": f"https://creativecommons.org/licenses/by-sa/{v}/" for v in ("2.0", "3.0", "4.0")},
+}
 
 
 def _check_out(out: Path) -> None:
@@ -273,6 +281,7 @@ def build_photo_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would outlive the rename
         train_stats = _write_split(tmp / "train", train, size, per_image, seed, "train")
         heldout_stats = _write_split(tmp / "heldout", heldout, eval_size, HELDOUT_CROPS, seed, "heldout")
         licences: dict[str, int] = {}
