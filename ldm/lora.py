@@ -163,14 +163,19 @@ def lora_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.
 
 
 def save_lora(model: nn.Module, path: str | Path, name: str = "default", float_dtype: torch.dtype | None = None,
-              extra_metadata: dict[str, str] | None = None) -> None:
-    """Write the adapter as safetensors (atomically), with its config in the metadata."""
+              extra_metadata: dict[str, str] | None = None, whole: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the adapter as safetensors (atomically), with its config in the metadata.
+
+    whole: tensors trained whole beside the adapter (lora.train_whole), stored under their model names; such a
+    file is a model derived from its base (ldm.derived), not a LoRA to apply to any model."""
     config = dict(getattr(model, "lora_configs", {}).get(name, {}))
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in config.items()}, **(extra_metadata or {})}
     base = (getattr(model, "identity", None) or {}).get("model_sha256")
     if base:
         metadata["base_model_sha256"] = base
-    save_state_dict(lora_state_dict(model, name), path, metadata, float_dtype)
+    if whole:
+        metadata["whole_tensors"] = str(len(whole))
+    save_state_dict({**lora_state_dict(model, name), **(whole or {})}, path, metadata, float_dtype)
 
 
 def _metadata(path: Path) -> dict[str, str]:

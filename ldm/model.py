@@ -228,13 +228,19 @@ class LatentDiffusion(nn.Module):
         self.identity = {**identity, "vae_file": Path(path).name, "vae_sha256": file_sha256(path)}
 
     def load_weights(self, path: str | Path) -> None:
-        state = load_state_dict(path)
-        if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in state):
-            state = from_original_keys(state)
+        state = weights_in_our_layout(path)
         try:
             load_into(self, state)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
+
+
+def weights_in_our_layout(path: str | Path) -> dict[str, torch.Tensor]:
+    """A whole-model weights file (original SD keys or ours) as a state dict in our key layout."""
+    state = load_state_dict(path)
+    if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in state):
+        state = from_original_keys(state)
+    return state
 
 
 def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
@@ -272,6 +278,13 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
 
         load_folder_weights(model, checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": folder_identity(checkpoint)}
+    elif checkpoint is not None and cfg.get("base"):
+        from ldm.derived import base_path, load_derived_weights
+
+        base = base_path(cfg["base"], config if isinstance(config, (str, Path)) else None)
+        load_derived_weights(model, checkpoint, base)
+        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint),
+                          "base_file": base.name}
     elif checkpoint is not None:
         model.load_weights(checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint)}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from safetensors import safe_open
 
@@ -112,3 +113,39 @@ def test_bad_lora_sections_are_one_line_errors(shapes, tmp_path, extra, message)
 def test_lora_is_for_diffusion_runs_only(shapes, tmp_path):
     with pytest.raises(TrainConfigError, match="lora.rank applies to diffusion runs"):
         tiny_train_config("vae", shapes, tmp_path / "run", ["lora.rank=4"])
+
+
+def test_inpainting_lora_widens_its_base_and_ships_as_a_derived_model(shapes, base_file, tmp_path):
+    """The shipped inpainter's recipe in small: a text-to-image base widened to 9 input channels (the new ones
+    start at zero), a LoRA plus the whole first convolution trained, and a file that loads over its base."""
+    run_dir = tmp_path / "run"
+    cfg = lora_config(shapes, run_dir, base_file, "model.params.conditioning_key=hybrid",
+                      "model.params.unet_config.params.in_channels=9", "init.widen_input=true",
+                      "lora.targets=[attn, conv]", "lora.train_whole=[unet.input_blocks.0.0]")
+    module, trainer = train(cfg)
+    assert trainer.global_step == 8
+    weights = run_dir / "lora.safetensors"
+    state = load_state_dict(weights)
+    whole = sorted(k for k in state if not k.endswith(("lora_down.weight", "lora_up.weight", ".alpha")))
+    assert whole == ["unet.input_blocks.0.0.bias", "unet.input_blocks.0.0.weight"]
+    assert state["unet.input_blocks.0.0.weight"].shape[1] == 9
+    assert state["unet.input_blocks.0.0.weight"][:, 4:].abs().max() > 0  # the new channels learnt from zero
+
+    # Loaded through a config that names its base, it is the trained model.
+    config = yaml.safe_load((run_dir / "lora.yaml").read_text())
+    config["base"] = base_file.name
+    derived_yaml = base_file.parent / "inpaint.yaml"
+    derived_yaml.write_text(yaml.safe_dump(config))
+    loaded = load_model(derived_yaml, weights, device="cpu")
+    assert loaded.kind.task == "inpaint" and loaded.identity["base_file"] == base_file.name
+    g = torch.Generator().manual_seed(0)
+    x, t, c = torch.randn(2, 9, 4, 4, generator=g), torch.tensor([10, 700]), loaded.encode_text(["red", "blue"])
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.unet(x, t, c), module.model.unet(x, t, c), rtol=1e-4, atol=1e-5)
+
+
+def test_widen_input_needs_a_checkpoint(shapes, tmp_path):
+    cfg = tiny_train_config("ldm", shapes, tmp_path / "run", QUIET + ["init.widen_input=true", "trainer.max_steps=1"])
+    with pytest.raises(TrainConfigError, match="widen_input needs init.checkpoint"):
+        train(cfg)

@@ -12,6 +12,8 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
                   vae: autoencoder weights (a vae.safetensors export, or any checkpoint holding one)
                   text_encoder: open_clip text tower weights (e.g. clip.safetensors of ldm.training.clip)
                   unet: U-Net weights (bare, or inside a whole checkpoint)
+                  widen_input: the U-Net's first convolution takes more input channels than the init weights'
+                    (a text-to-image model fine-tuned into an inpainting one): the extra channels start at zero
     training:   every kind: seed, lr, weight_decay, betas, warmup_steps, grad_clip, accumulate;
                 diffusion (`DiffusionTraining`): ema_decay (null: no EMA), cond_dropout, gradient_checkpointing,
                 compile, scale_factor ("model": keep the model's; null: estimate 1/std of the first batch's
@@ -58,6 +60,7 @@ class InitSection:
     vae: str | None = None
     text_encoder: str | None = None
     unet: str | None = None
+    widen_input: bool = False
 
 
 @dataclass
@@ -148,6 +151,9 @@ class LoraSection:
     alpha: float | None = None  # None: the rank (scale 1)
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["attn"])
+    # Modules trained whole beside the adapters and exported with them, by path (e.g. unet.input_blocks.0.0,
+    # the first convolution an inpainting model widens: its new channels have no base weights to adapt).
+    train_whole: list[str] = field(default_factory=list)
 
 
 # Lightning's own defaults except these; any other Trainer keyword passes through for Lightning to check.

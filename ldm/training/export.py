@@ -88,8 +88,11 @@ def export_lora(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, 
     weights, config = out / "lora.safetensors", out / "lora.yaml"
     model = module.model  # type: ignore[attr-defined]
     model.__dict__.setdefault("identity", {})["model_sha256"] = _base_hash(cfg)
+    whole = {f"{path}.{k}": v.detach() for path in cfg.get("lora", {}).get("train_whole") or ()
+             for k, v in model.get_submodule(path).state_dict().items()}
     save_lora(model, weights, extra_metadata={"base_model": str(cfg["init"].get("checkpoint") or ""),
-                                              **({"step": str(step)} if step is not None else {})})
+                                              **({"step": str(step)} if step is not None else {})},
+              whole=whole)
     _write_yaml_atomic(inference_model_node(cfg["model"], model.scale_factor), config)
     return weights, config
 

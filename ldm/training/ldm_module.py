@@ -69,6 +69,8 @@ class LatentDiffusionModule(TrainingModule):
             from ldm.lora import add_lora
 
             names = add_lora(model, self.lora["targets"], self.lora["rank"], self.lora["alpha"], self.lora["dropout"])
+            for path in self.lora.get("train_whole") or ():
+                model.get_submodule(path).requires_grad_(True)  # a wrong path fails here, in one line
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
             log.info("LoRA rank %d on %d modules (%s): %d trainable parameters; the base is frozen, no EMA",
                      self.lora["rank"], len(names), ", ".join(self.lora["targets"]), trained)

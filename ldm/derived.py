@@ -1,0 +1,63 @@
+"""Models shipped as a change to another: the inpainter and the upscaler beside the default model.
+
+Every model in checkpoints/ shares one size budget, with each shared part stored once (tests/
+test_shipped_budget.py). So a model made from the default one ships only what it changed, and its inference
+config names the file it changes (`base:`, relative to the config):
+
+    model: {target: ldm.model.LatentDiffusion, params: {...}}   # the derived model's own architecture
+    base: model.safetensors
+
+Its weights file holds whole tensors under the model's own names (the inpainter's widened first
+convolution; the upscaler's U-Net and autoencoder) and, optionally, LoRA tensors (`.lora_down.weight`,
+`.lora_up.weight`, `.alpha`; ldm.lora). Loading takes every base tensor the model has, puts the whole
+tensors over them, checks the result strictly (ldm.checkpoint.load_into) and merges the LoRA in:
+
+    W = W_base + (alpha / rank) * up @ down
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ldm.checkpoint import CheckpointError, load_into, load_state_dict
+from ldm.errors import MissingFileError
+
+LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+
+
+def split_derived(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(whole tensors, LoRA tensors) of a derived model's file."""
+    lora = {k: v for k, v in state.items() if k.endswith(LORA_SUFFIXES)}
+    return {k: v for k, v in state.items() if k not in lora}, lora
+
+
+def base_path(base: str | Path, config_path: str | Path | None) -> Path:
+    """The base file a config's `base:` names: relative to the config's folder (or as given without one)."""
+    path = Path(base)
+    if not path.is_absolute() and config_path is not None:
+        path = Path(config_path).parent / path
+    if not path.is_file():
+        raise MissingFileError(f"the base model {path} that the config's 'base:' names is missing")
+    return path
+
+
+def load_derived_weights(model: nn.Module, checkpoint: str | Path, base: str | Path) -> None:
+    """Fill `model` from its base file and its own file of whole tensors and LoRA (see the module docstring)."""
+    from ldm.lora import lora_from_state, merge_lora
+    from ldm.model import weights_in_our_layout
+
+    own = model.state_dict()
+    whole, lora = split_derived(load_state_dict(checkpoint))
+    unknown = [k for k in whole if k not in own]
+    if unknown:
+        raise CheckpointError(f"{checkpoint}: {len(unknown)} tensors the model does not have, e.g. {unknown[0]}")
+    state = {k: v for k, v in weights_in_our_layout(base).items() if k in own}
+    state.update(whole)
+    try:
+        load_into(model, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{checkpoint} over {Path(base).name}: {exc}") from None
+    if lora:
+        merge_lora(model, lora_from_state(lora, model, Path(checkpoint).name))
