@@ -24,6 +24,18 @@ def default_checkpoint_path() -> Path:
     return shipped_path("checkpoints/emoji/model.safetensors")
 
 
+# The shipped model of each task, by file stem in checkpoints/emoji/: the inpainter and the upscaler are
+# derived from the text-to-image model (ldm.derived) and used by default where shipped.
+SHIPPED_MODELS = {"txt2img": "model", "inpaint": "inpaint", "upscale": "upscaler"}
+
+
+def default_model_files(task: str = "txt2img") -> tuple[Path, Path] | None:
+    """(config, weights) of the shipped model for `task`, or None when it is not shipped."""
+    stem = SHIPPED_MODELS.get(task, "model")
+    config, weights = shipped_path(f"checkpoints/emoji/{stem}.yaml"), shipped_path(f"checkpoints/emoji/{stem}.safetensors")
+    return (config, weights) if config.is_file() and weights.is_file() else None
+
+
 # The one set of defaults. The CLI (whose --help prints them), the Python API and the app all read them
 # here, so that the same settings give the same image wherever they are typed.
 SEED = 42

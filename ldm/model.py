@@ -245,10 +245,11 @@ def weights_in_our_layout(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
                device: str | torch.device = defaults.DEVICE, prediction: str | None = None,
-               dtype: torch.dtype | None = None) -> LatentDiffusion:
+               dtype: torch.dtype | None = None, task: str = "txt2img") -> LatentDiffusion:
     """Build a model from a config (ours or an original SD 1.x or 2.x YAML) and load its weights.
 
-    With neither argument, the small pretrained emoji model shipped in checkpoints/ is used. A checkpoint may be
+    With neither argument, the small pretrained emoji model shipped in checkpoints/ for `task` is used: the
+    text-to-image model, or for "inpaint" the inpainting model derived from it where it is shipped. A checkpoint may be
     a diffusers folder (SD 1.x/2.x text-to-image, SD 2 inpainting or the x4 upscaler), whose config.json files give the config. With a
     checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);
     `prediction` ("eps" or "v") overrides the config's, and SD 2.x 768-v files without metadata need "v".
@@ -259,9 +260,9 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     from ldm.formats import resolve_config
 
     if config is None and checkpoint is None:
-        from ldm.defaults import default_config_path, default_checkpoint_path
+        from ldm.defaults import default_config_path, default_checkpoint_path, default_model_files
 
-        config, checkpoint = default_config_path(), default_checkpoint_path()
+        config, checkpoint = default_model_files(task) or (default_config_path(), default_checkpoint_path())
     folder = checkpoint is not None and Path(checkpoint).is_dir()  # a diffusers folder (ldm.diffusers_format)
     if folder and config is None:
         from ldm.diffusers_format import folder_config

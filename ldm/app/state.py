@@ -73,3 +73,16 @@ def load_upscaler(config: str, ckpt: str, device: str = "auto") -> LatentDiffusi
     model = load_model(config, ckpt, resolve_device(device))
     check_upscaler(model)
     return model
+
+
+def load_inpainter(source: ModelSource) -> LatentDiffusion | None:
+    """The shipped inpainting model when the app runs the shipped text-to-image model (it is derived from that
+    one); None otherwise, and the edit page blends with the app's own model instead."""
+    from ldm.defaults import default_model_files
+    from ldm.devices import resolve_device
+    from ldm.model import load_model
+
+    files = default_model_files("inpaint")
+    if source.config is not None or source.ckpt is not None or files is None:
+        return None
+    return load_model(*files, device=resolve_device(source.device))

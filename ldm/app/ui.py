@@ -12,7 +12,7 @@ from ldm.app.edit import read_image
 from ldm.errors import LdmError
 from ldm.app.samples import SAMPLES, sample_image
 from ldm.model import LatentDiffusion
-from ldm.app.state import ModelSource, load_main_model, load_upscaler, source_from_env
+from ldm.app.state import ModelSource, load_inpainter, load_main_model, load_upscaler, source_from_env
 from ldm.pipeline import SamplingOptions
 from ldm.sampling import task_options
 from ldm.samplers import SAMPLERS
@@ -43,6 +43,20 @@ def get_model() -> LatentDiffusion | None:
         return _cached_model(src.config, src.ckpt, src.device)
     except USER_ERRORS as exc:
         st.error(f"No model: {exc}")
+        return None
+
+
+@st.cache_resource(show_spinner="Loading the inpainting model…", max_entries=1)
+def _cached_inpainter(source: ModelSource) -> LatentDiffusion | None:
+    return load_inpainter(source)
+
+
+def get_inpainter() -> LatentDiffusion | None:
+    """The shipped inpainting model (with the shipped text-to-image model only); None: blend with get_model()."""
+    try:
+        return _cached_inpainter(model_source())
+    except USER_ERRORS as exc:
+        st.error(f"The inpainting model could not be loaded, blending instead: {exc}")
         return None
 
 

@@ -104,7 +104,8 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
                            ddim_variant=args.ddim_variant)
 
 
-def load_model_from_args(args: argparse.Namespace):
+def load_model_from_args(args: argparse.Namespace, task: str = "txt2img"):
+    """The model the options name, or without --ckpt the shipped one for `task` (ldm.defaults)."""
     from ldm.model import load_model
 
     if args.config and not args.ckpt:
@@ -123,7 +124,7 @@ def load_model_from_args(args: argparse.Namespace):
 
         for path in args.embedding:  # a missing file fails before loading
             embedding_files(path)
-    model = load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction)
+    model = load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction, task=task)
     if vae is not None:
         model.load_vae_weights(vae)
     if getattr(args, "tiled_vae", None):

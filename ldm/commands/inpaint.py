@@ -16,8 +16,9 @@ from ldm.pipeline import settings_dict
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-file", help="a file with one prompt per line")
     p.add_argument("--mode", default="auto", choices=INPAINT_MODES,
-                   help="model: a dedicated inpainting model; blend: any model, known area re-noised each step; "
-                        "auto: model if the checkpoint is an inpainting one (default)")
+                   help="model: a dedicated inpainting model (without --ckpt: the shipped one); blend: any "
+                        "text-to-image model, known area re-noised each step; auto: model if the checkpoint is an "
+                        "inpainting one (default)")
     p.add_argument("--strength", type=float, default=defaults.STRENGTH["inpaint"],
                    help="1 repaints the area from scratch; lower keeps some of what is there")
     p.add_argument("--feather", type=int, default=None,
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         mask = as_mask(args.mask)
         check_mask(mask, image.size)
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
-    model = load_model_from_args(args)
+    # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
+    model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")
     mode = resolve_mode(model, args.mode)
     more = {"task": "outpaint" if extend else "inpaint", "inpaint_mode": mode, "strength": args.strength,
             "init_image": str(args.image)}

@@ -56,6 +56,13 @@ elif model is not None:
     options, seed = ui.sampling_controls("edit")
     if image is not None:
         st.image(ui.enlarge(image), caption=f"input, {image.width}x{image.height}")
+    if mode in ("inpaint", "outpaint"):
+        inpainter = ui.get_inpainter()
+        if inpainter is not None and not st.checkbox("Latent blending with the main model instead of the inpainting "
+                                                     "model", False, key="edit_blend"):
+            model = inpainter
+        st.caption("Model: " + ("the shipped inpainting model" if model is inpainter else
+                                "the main model, by latent blending (the known area is re-noised each step)"))
     if mode == "img2img":
         strength = st.slider("Strength (how much to change)", 0.0, 1.0, defaults.STRENGTH["img2img"], 0.05, key="edit_strength")
         if image is not None and st.button("Run img2img", key="edit_go", type="primary"):

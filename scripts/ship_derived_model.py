@@ -1,0 +1,66 @@
+"""Ship a model derived from the default one (the inpainter, the upscaler) into checkpoints/emoji, fp16.
+
+    ldm train --config configs/emoji/inpaint.yaml --resume --export-only --out runs/inpaint-snap
+    python scripts/ship_derived_model.py inpaint runs/inpaint-snap
+
+The shipped file keeps only what differs from checkpoints/emoji/model.safetensors (ldm.derived): a LoRA run's
+adapter and whole tensors as they are; a full run's tensors minus those equal to the base's in fp16 (the
+shared text tower, an unchanged autoencoder). The config beside it is the export's, with `base:` added.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+
+from ldm.checkpoint import file_sha256, load_state_dict, save_state_dict
+from ldm.defaults import SHIPPED_MODELS, default_checkpoint_path
+from ldm.derived import split_derived
+from ldm.model import weights_in_our_layout
+
+LICENSE = "CC-BY-SA-4.0"  # the training data's (OpenMoji is CC BY-SA 4.0; the photos CC BY-SA 3.0/4.0 at most)
+
+
+def only_changes(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of `state` that the base does not already hold (same name, same fp16 values)."""
+    def same(key: str) -> bool:
+        b = base.get(key)
+        return b is not None and b.shape == state[key].shape and torch.equal(b.half(), state[key].half())
+    return {k: v for k, v in state.items() if not same(k)}
+
+
+def ship(task: str, export_dir: str) -> None:
+    export = Path(export_dir)
+    lora = export / "lora.safetensors"
+    weights = lora if lora.is_file() else export / "model.safetensors"
+    config_file = export / ("lora.yaml" if lora.is_file() else "model.yaml")
+    with safe_open(str(weights), "pt") as f:
+        metadata = dict(f.metadata() or {})
+    base_file = default_checkpoint_path()
+    if lora.is_file():
+        state = load_state_dict(weights)
+        kept = len(split_derived(state)[0])
+    else:
+        state = only_changes(weights_in_our_layout(weights), weights_in_our_layout(base_file))
+        kept = len(state)
+    metadata.pop("ldm_config", None)  # the config beside the file names the base; the file alone is no model
+    metadata.update({"format": "pt", "source": str(export), "license": LICENSE, "base_model": base_file.name,
+                     "base_model_sha256": file_sha256(base_file), "step": metadata.get("step", "unknown")})
+    stem = SHIPPED_MODELS[task]
+    out = base_file.with_name(f"{stem}.safetensors")
+    save_state_dict(state, out, metadata=metadata, float_dtype=torch.float16)
+    config = yaml.safe_load(config_file.read_text())
+    shipped = {"model": config["model"], "base": base_file.name}
+    out.with_suffix(".yaml").write_text(f"# The shipped {task} model: {out.name} holds only what differs from its base "
+                                        "(ldm.derived).\n" + yaml.safe_dump(shipped, sort_keys=False))
+    print(f"shipped {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(state)} tensors, {kept} whole, "
+          f"step {metadata['step']}) and {out.with_suffix('.yaml')}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in SHIPPED_MODELS or sys.argv[1] == "txt2img":
+        raise SystemExit("usage: python scripts/ship_derived_model.py {inpaint,upscale} EXPORT_DIR")
+    ship(sys.argv[1], sys.argv[2])
