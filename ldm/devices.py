@@ -30,3 +30,14 @@ def resolve_device(name: str | torch.device) -> torch.device:
     elif device.type != "cpu":
         raise InvalidOptionError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device
+
+
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX). Without them PyTorch emulates bf16
+    convolutions, measured ~50x slower than fp32 on an AVX2-only EPYC: bf16 autocast is then a trap."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return True  # not Linux: say nothing rather than guess
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))

@@ -267,6 +267,20 @@ def test_edit_page_inpaint_needs_a_mask_of_the_right_size(app_env):
     assert np.array_equal(kept, np.asarray(sample_image("shapes", 24))[:, 16:])
 
 
+def test_edit_page_outpaints_with_the_shipped_inpainting_model_or_blends(monkeypatch):
+    for name in (ENV_CONFIG, ENV_CKPT):
+        monkeypatch.delenv(name, raising=False)  # the shipped models
+    at = page("edit")
+    at.radio(key="edit_mode").set_value("outpaint").run()
+    assert any("shipped inpainting model" in c.value for c in at.caption)
+    at.number_input(key="edit_steps").set_value(2)
+    at.button(key="edit_go").click().run()
+    assert not at.exception and not errors(at)
+    assert at.session_state["edit_result"][0] == "outpaint"
+    at.checkbox(key="edit_blend").check().run()
+    assert any("latent blending" in c.value for c in at.caption)
+
+
 def test_edit_page_upscale_without_upscaler_says_so(app_env):
     at = page("edit")
     at.radio(key="edit_mode").set_value("upscale x4").run()

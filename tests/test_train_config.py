@@ -80,3 +80,13 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "no checkpoint to resume from" in capsys.readouterr().err
     assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), "data.root=null"]) == 2
     assert "data.root" in capsys.readouterr().err
+
+
+def test_bf16_speed_is_known_from_the_cpu_flags(tmp_path):
+    from ldm.devices import cpu_has_fast_bf16
+
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
+    fast.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert not cpu_has_fast_bf16(str(plain)) and cpu_has_fast_bf16(str(fast))
+    assert cpu_has_fast_bf16(str(tmp_path / "missing"))  # unknown: no warning

@@ -224,6 +224,15 @@ def build_loggers(cfg: dict) -> list[Logger]:
     return loggers
 
 
+def _warn_slow_bf16(trainer_kwargs: dict) -> None:
+    from ldm.devices import cpu_has_fast_bf16
+
+    on_cpu = trainer_kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if on_cpu and str(trainer_kwargs.get("precision", "")).startswith("bf16") and not cpu_has_fast_bf16():
+        log.warning("trainer.precision=%s on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 there, "
+                    "many times slower than fp32; use trainer.precision=32-true", trainer_kwargs["precision"])
+
+
 def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
                   preloaded: dict[str, dict] | None = None) -> pl.Trainer:
     """The Trainer for a run; `preloaded` ({path: checkpoint}) is what resume reads instead of the file."""
@@ -243,6 +252,7 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     kwargs = dict(cfg["trainer"])
+    _warn_slow_bf16(kwargs)
     if not (cfg["data"]["val_fraction"] or cfg["data"]["val_root"]):
         kwargs.setdefault("limit_val_batches", 0)  # no validation set: skip the (empty) validation loop
     if is_autoencoder(cfg) and t["disc_start"] is not None and _plain_ddp(kwargs):
