@@ -22,14 +22,14 @@ LAYERS = {
     # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder;
     # diffusers_format/_export: diffusers folders, whose pipeline follows the model's conditioning kind)
     "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model", "lora",
-               "lora_layers", "lora_kohya", "lora_merge", "embeddings", "diffusers_format", "diffusers_export"),
+               "lora_layers", "lora_kohya", "lora_merge", "embeddings", "diffusers_format", "diffusers_export", "derived"),
     # samplers, guidance, sampling options and the one checked entry point
     "sampling": ("samplers", "denoisers", "sampling"),
     # what a user asks for: txt2img, editing, walks (and the 2-D toy of the app)
     "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d"),
     "data": ("data", "degradations"),
     "training": ("training",),
-    "evaluation": ("metrics", "evaluate", "evaluate_prompts"),
+    "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits"),
     "interfaces": ("cli", "commands", "app"),
 }
 LINE_LIMIT = 400
