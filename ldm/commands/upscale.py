@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidOptionError("--n-samples must be at least 1")
     image = as_pil(args.image).convert("RGB")
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
-    model = load_model_from_args(args)
+    model = load_model_from_args(args, task="upscale")  # without --ckpt: the shipped upscaler, where there is one
     check_upscale_memory(model, args, image)
     images = upscale(model, image, [args.prompt] * args.batch_size, args.negative_prompt, args.noise_level, args.seed,
                      args.tile_size, args.tile_overlap, options, progress=not args.no_progress)
