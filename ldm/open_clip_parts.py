@@ -55,7 +55,7 @@ def _deferred_package() -> types.ModuleType:
     package = importlib.util.module_from_spec(spec)
 
     def __getattr__(name: str) -> Any:
-        if name.startswith("__"):  # import machinery probing dunders (e.g. __path__ exists already)
+        if name.startswith("__") and name not in ("__version__", "__all__"):  # probes (import machinery, tools)
             raise AttributeError(name)
         _run_init(package)
         return getattr(package, name)

@@ -73,6 +73,7 @@ def test_open_clip_parts_are_open_clips_own():
     from ldm import open_clip_parts
 
     parts = open_clip_parts.transformer()
+    assert isinstance(sys.modules["open_clip"].__version__, str)  # the first use of the package runs its __init__
     open_clip = open_clip_parts.full()
     assert not open_clip_parts.is_deferred()
     assert open_clip.transformer is parts and open_clip.model.TextTransformer is parts.TextTransformer
