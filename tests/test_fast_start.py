@@ -81,3 +81,16 @@ def test_open_clip_parts_are_open_clips_own():
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     assert open_clip.utils.FrozenBatchNorm2d is FrozenBatchNorm2d
+
+
+def test_the_finite_check_by_sum_is_exact():
+    from ldm.checkpoint import all_finite
+
+    big = torch.full((4,), 3e38)  # finite values whose sum overflows: the elementwise test decides
+    assert all_finite(big) and all_finite(torch.randn(100)) and all_finite(torch.full((70000,), 1.0).half())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            t = torch.zeros(10, dtype=dtype)
+            t[3] = bad
+            assert not all_finite(t), (bad, dtype)
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")]))
