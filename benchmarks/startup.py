@@ -89,7 +89,9 @@ wrap(T.FrozenTextEncoder, 'forward', 'text encode')
 wrap(M.LatentDiffusion, 'decode_latent', 'decode')
 wrap(I, 'save_png', 'PNG write')
 import ldm.commands.common as CC; wrap(CC, 'save_png', 'PNG write')
-import ldm.commands.txt2img as TX; wrap(TX, 'load_model_from_args', 'load_model (all of it)'); wrap(TX, 'txt2img', 'txt2img (encode + sample + decode)')
+import ldm.commands.txt2img as TX
+wrap(TX, 'load_model_from_args', 'load_model (all of it)')
+wrap(TX, 'txt2img', 'txt2img (encode + sample + decode)')
 out = tempfile.mkdtemp()
 s = time.perf_counter(); ldm.cli.main(['txt2img', 'red heart', '--no-progress', '--outdir', out])
 t['command run (all of it)'] = time.perf_counter() - s

@@ -89,7 +89,8 @@ def encode_text_trimmed(model: open_clip.CLIP, tokens: torch.Tensor, normalize: 
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
     x = model.ln_final(x)
-    x = open_clip_parts.transformer().text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    pool = open_clip_parts.transformer().text_global_pool
+    x = pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if isinstance(model.text_projection, torch.nn.Linear):
         x = model.text_projection(x)
     elif model.text_projection is not None:
