@@ -22,6 +22,12 @@ _INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "
                  "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
                  "sparse_")
 _lock = threading.Lock()
+_active = False
+
+
+def active() -> bool:
+    """True inside skipped_init(): what is built now gets its weights from a checkpoint, not from the RNG."""
+    return _active
 
 
 def _leave(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
@@ -31,13 +37,16 @@ def _leave(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tenso
 @contextlib.contextmanager
 def skipped_init() -> Iterator[None]:
     """While inside, torch.nn.init's initialisers do nothing (process-wide; one build at a time)."""
+    global _active
     init = torch.nn.init
     with _lock:
         saved = {name: getattr(init, name) for name in _INITIALISERS if hasattr(init, name)}
         for name in saved:
             setattr(init, name, _leave)
+        _active = True
         try:
             yield
         finally:
+            _active = False
             for name, fn in saved.items():
                 setattr(init, name, fn)
