@@ -10,15 +10,18 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
 
+from ldm import open_clip_parts
 from ldm.checkpoint import load_state_dict, save_state_dict
 from ldm.defaults import shipped_path
 from ldm.errors import LdmError
+
+if TYPE_CHECKING:
+    import open_clip
 
 DEFAULT_CONFIG = shipped_path("configs/emoji/emoji-clip.json")  # in a checkout and in an installed wheel
 
@@ -38,6 +41,7 @@ def create_clip(config_path: str | os.PathLike = DEFAULT_CONFIG) -> open_clip.CL
         raise ClipConfigError(f"CLIP config {path} is not valid JSON: {exc}") from exc
     if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= cfg.keys():
         raise ClipConfigError(f"CLIP config {path} needs the open_clip keys embed_dim, vision_cfg and text_cfg")
+    open_clip = open_clip_parts.full()  # its model zoo, imported only when a CLIP is made here
     open_clip.add_model_config(path)
     # open_clip warns that no pretrained weights were loaded; that is the point here.
     root = logging.getLogger()
@@ -64,7 +68,7 @@ def save_clip(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[st
 
 
 def tokenize(captions: list[str], context_length: int = 77) -> torch.Tensor:
-    return open_clip.tokenize(captions, context_length=context_length)
+    return open_clip_parts.tokenizer().tokenize(captions, context_length=context_length)
 
 
 def encode_text_trimmed(model: open_clip.CLIP, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -85,7 +89,8 @@ def encode_text_trimmed(model: open_clip.CLIP, tokens: torch.Tensor, normalize: 
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
     x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    pool = open_clip_parts.transformer().text_global_pool
+    x = pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if isinstance(model.text_projection, torch.nn.Linear):
         x = model.text_projection(x)
     elif model.text_projection is not None:

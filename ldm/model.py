@@ -270,7 +270,14 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
         cfg = folder_config(checkpoint, prediction)
     else:
         cfg = resolve_config(config, checkpoint, prediction)
-    model = instantiate(cfg["model"])
+    if checkpoint is not None and not folder and not cfg.get("base"):
+        # Every parameter comes from the checkpoint (strictly loaded below): skip their random initialisation.
+        from ldm.skip_init import skipped_init
+
+        with skipped_init():
+            model = instantiate(cfg["model"])
+    else:
+        model = instantiate(cfg["model"])
     if not isinstance(model, LatentDiffusion):
         raise InvalidOptionError("the config's model target is not a latent diffusion model")
     model.identity = {}  # what image metadata records as the model: its weights file and their hash

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import open_clip
 import torch
-from open_clip.transformer import QuickGELU, TextTransformer
 from torch import nn
 
+from ldm import open_clip_parts, skip_init
 from ldm.checkpoint import HF_CLIP_LAYOUT, OPEN_CLIP_LAYOUT, load_state_dict
 from ldm.errors import LdmError, InvalidOptionError
+
+if TYPE_CHECKING:
+    import open_clip
+
+# open_clip's text transformer and tokenizer, loaded without open_clip's model zoo (ldm.open_clip_parts).
+_transformer = open_clip_parts.transformer()
+QuickGELU, TextTransformer = _transformer.QuickGELU, _transformer.TextTransformer
 
 LAYERS = {"last": 0, "penultimate": 1}
 # The MLP activation of a CLIP text tower, by the name Hugging Face configs give it (hidden_act).
@@ -51,7 +58,7 @@ def open_clip_config(arch: str | dict) -> dict:
         if not path.is_file():
             raise UnknownTextEncoderError(f"text encoder config file not found: {path}")
         return json.loads(path.read_text())
-    cfg = open_clip.get_model_config(arch)
+    cfg = open_clip_parts.full().get_model_config(arch)
     if cfg is None:
         raise UnknownTextEncoderError(f"unknown open_clip architecture {arch!r} (give a name open_clip knows or a config .json path)")
     return cfg
@@ -60,7 +67,12 @@ def open_clip_config(arch: str | dict) -> dict:
 def open_clip_model(arch: str | dict) -> open_clip.CLIP:
     """A randomly initialised open_clip CLIP (both towers) for an architecture name, config path or dict: what
     `ldm train` trains as a text encoder or judge (config target `ldm.text_encoder.OpenCLIP`)."""
-    return open_clip.model.CLIP(**open_clip_config(arch))
+    return open_clip_parts.full().model.CLIP(**open_clip_config(arch))
+
+
+def _bpe():
+    """CLIP's BPE tokenizer, open_clip's module-level instance."""
+    return open_clip_parts.tokenizer()._tokenizer
 
 
 _warned: set[str] = set()  # each cut prompt is said once, not at every step or batch
@@ -70,7 +82,7 @@ def _cut_part(prompt: str, kept: int) -> str:
     """The words of a prompt past its first `kept` tokens, for the warning."""
     words = prompt.split()
     for i in range(len(words), 0, -1):
-        if len(open_clip.tokenizer._tokenizer.encode(" ".join(words[:i]))) <= kept:
+        if len(_bpe().encode(" ".join(words[:i]))) <= kept:
             return " ".join(words[i:])
     return prompt
 
@@ -128,7 +140,7 @@ class FrozenTextEncoder(nn.Module):
         return super().train(False)
 
     def vocabulary(self) -> Vocabulary:
-        bpe = open_clip.tokenizer._tokenizer
+        bpe = _bpe()
         pad = bpe.eot_token_id if self.pads_with_end else 0
         encode = self._encode_with_embeddings if self.__dict__.get("embeddings") else bpe.encode
         return Vocabulary(encode, bpe.sot_token_id, bpe.eot_token_id, pad, bpe.encoder[",</w>"])
@@ -138,7 +150,7 @@ class FrozenTextEncoder(nn.Module):
     # table), which encode_tokens swaps for the vectors; a prompt without a trigger word never meets one.
     def add_embedding(self, name: str, vectors: torch.Tensor) -> None:
         """Let `name` in prompts stand for `vectors` [n, width]."""
-        trigger = open_clip.tokenizer._tokenizer.encode(name)
+        trigger = _bpe().encode(name)
         if not trigger:
             raise InvalidOptionError(f"embedding name {name!r} has no tokens to find in prompts")
         embeddings = self.__dict__.setdefault("embeddings", {})
@@ -150,7 +162,7 @@ class FrozenTextEncoder(nn.Module):
                                           name: [-(start + i + 1) for i in range(len(vectors))]}
 
     def _encode_with_embeddings(self, text: str) -> list[int]:
-        ids = open_clip.tokenizer._tokenizer.encode(text)
+        ids = _bpe().encode(text)
         triggers = sorted(self.__dict__["embeddings"].items(), key=lambda item: -len(item[1][0]))  # longest first
         out, i = [], 0
         while i < len(ids):
@@ -206,6 +218,35 @@ class FrozenTextEncoder(nn.Module):
         return self.encode_tokens(tokens)
 
 
+class OpenClipTextHalf(nn.Module):
+    """The text half of open_clip's CLIP (its attributes, names and modules; the image tower never built), for
+    configs that set nothing but the text tower's sizes: open_clip's `model.CLIP` builds the same
+    TextTransformer for them and keeps these parts of it, but importing it loads open_clip's model zoo.
+    Used when the weights come from a checkpoint (ldm.skip_init), as the random init differs from CLIP's."""
+
+    TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers"}
+
+    @classmethod
+    def fits(cls, cfg: dict) -> bool:
+        return set(cfg) <= {"embed_dim", "vision_cfg", "text_cfg"} and set(cfg.get("text_cfg", {})) <= cls.TEXT_KEYS
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        text = TextTransformer(**cfg["text_cfg"], output_dim=cfg["embed_dim"])  # open_clip's defaults otherwise
+        self.transformer = text.transformer
+        self.context_length = text.context_length
+        self.vocab_size = text.vocab_size
+        self.token_embedding = text.token_embedding
+        self.positional_embedding = text.positional_embedding
+        self.ln_final = text.ln_final
+        self.text_projection = text.text_projection
+        self.text_pool_type = text.pool_type
+        self.text_eos_id = text.eos_id
+        self.register_buffer("attn_mask", text.attn_mask, persistent=False)
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.logit_bias = None
+
+
 class FrozenOpenCLIPEmbedder(FrozenTextEncoder):
     """SD 2.x: an open_clip CLIP (visual tower removed), so its state dict is the `cond_stage_model.model.*`
     part of an SD 2.x checkpoint. Reads the penultimate layer by default, and pads with 0 as open_clip does."""
@@ -214,8 +255,12 @@ class FrozenOpenCLIPEmbedder(FrozenTextEncoder):
                  freeze: bool = True, weights: str | None = None):
         check_layer(layer)
         cfg = open_clip_config(arch)
-        model = open_clip.model.CLIP(**cfg)
-        del model.visual  # SD only needs the text tower; keeps memory and the key set as in the checkpoints
+        # Without a checkpoint to come, open_clip's whole CLIP is built: its image tower draws from the RNG
+        # first, so seeded random models (tests' golden cases) keep their weights.
+        light = skip_init.active() and OpenClipTextHalf.fits(cfg)
+        model = OpenClipTextHalf(cfg) if light else open_clip_parts.full().model.CLIP(**cfg)
+        if hasattr(model, "visual"):
+            del model.visual  # SD only needs the text tower; keeps memory and the key set as in the checkpoints
         super().__init__(model, layer, max_length, cfg["text_cfg"]["width"], freeze=False)
         if weights is not None:
             state = load_state_dict(weights)

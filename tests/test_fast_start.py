@@ -1,0 +1,96 @@
+"""The main command starts fast (issue 21) and the shortcuts change no result: it imports no model zoo
+(open_clip's __init__, timm, transformers, torchvision), Lightning, Streamlit or pandas; the shipped model built
+without random initialisation and with open_clip's text tower alone makes the very same image."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from ldm.config import instantiate, load_config
+from ldm.defaults import default_checkpoint_path, default_config_path
+from ldm.model import load_model
+from ldm.pipeline import SamplingOptions, txt2img
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("lightning", "pytorch_lightning", "streamlit", "pandas", "timm", "transformers", "torchvision",
+         "open_clip.model", "open_clip.factory", "torch._dynamo", "sympy")
+
+CHILD = """
+import sys, tempfile
+from ldm import cli
+code = cli.main(["txt2img", "red heart", "--steps", "2", "--no-progress", "--no-grid", "--outdir", tempfile.mkdtemp()])
+from ldm import open_clip_parts
+print("deferred" if open_clip_parts.is_deferred() else "ran")
+print(" ".join(m for m in sys.modules if m.split(".")[0] in {h.split(".")[0] for h in %r} and m in %r))
+sys.exit(code)
+""" % (HEAVY, HEAVY)
+
+
+def test_the_main_command_imports_no_model_zoo():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    deferred, loaded = out.stdout.splitlines()[-2:]
+    assert deferred == "deferred"  # open_clip's __init__ never ran
+    assert loaded == "", f"the main command imported {loaded}"
+
+
+def _image(model) -> torch.Tensor:
+    import numpy as np
+
+    images = txt2img(model, ["red heart"], "", 64, 64, 7, SamplingOptions(steps=2), progress=False)
+    return torch.from_numpy(np.stack([np.asarray(im) for im in images]))
+
+
+def test_skipping_init_changes_no_image():
+    """load_model (no random init, open_clip's text tower alone) against a build with both towers of open_clip's
+    CLIP, randomly initialised as before, then strictly loaded: the same image, bit for bit."""
+    from ldm import open_clip_parts
+
+    fast = load_model(device="cpu")
+    cfg = load_config(default_config_path())["model"]
+    arch = cfg["params"]["cond_stage_config"]["params"]["arch"]
+    reference = instantiate(cfg)
+    full = open_clip_parts.full().model.CLIP(**arch)
+    del full.visual
+    reference.text_encoder.model = full.eval()
+    reference.text_encoder.freeze()
+    reference.load_weights(default_checkpoint_path())
+    reference.eval()
+    assert type(fast.text_encoder.model).__name__ == "OpenClipTextHalf"
+    assert list(fast.state_dict()) == list(reference.state_dict())
+    for (name, a), b in zip(fast.named_buffers(), reference.buffers()):  # not saved: made by the constructors
+        assert torch.equal(a, b), name
+    assert torch.equal(_image(fast), _image(reference))
+
+
+def test_open_clip_parts_are_open_clips_own():
+    """The parts are the real package's modules: using the rest of open_clip later finds the same classes."""
+    from ldm import open_clip_parts
+
+    parts = open_clip_parts.transformer()
+    assert isinstance(sys.modules["open_clip"].__version__, str)  # the first use of the package runs its __init__
+    open_clip = open_clip_parts.full()
+    assert not open_clip_parts.is_deferred()
+    assert open_clip.transformer is parts and open_clip.model.TextTransformer is parts.TextTransformer
+    assert open_clip.tokenize is open_clip_parts.tokenizer().tokenize
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    assert open_clip.utils.FrozenBatchNorm2d is FrozenBatchNorm2d
+
+
+def test_the_finite_check_by_sum_is_exact():
+    from ldm.checkpoint import all_finite
+
+    big = torch.full((4,), 3e38)  # finite values whose sum overflows: the elementwise test decides
+    assert all_finite(big) and all_finite(torch.randn(100)) and all_finite(torch.full((70000,), 1.0).half())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            t = torch.zeros(10, dtype=dtype)
+            t[3] = bad
+            assert not all_finite(t), (bad, dtype)
+    assert not all_finite(torch.tensor([float("inf"), -float("inf")]))
