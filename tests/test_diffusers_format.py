@@ -28,7 +28,8 @@ from ldm.model import load_model
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 RUNNER = Path(__file__).with_name("cli_runner.py")
-RTOL, ATOL = 1e-5, 1e-5  # float32: the implementations differ in the order of their sums (attention, norms)
+RTOL, ATOL = 1e-5, 5e-5  # float32: the implementations differ in the order of their sums (attention, norms);
+# with two threads on AVX2 kernels single elements of O(1) outputs were seen 1.2e-5 apart
 # No "!": Hugging Face's tokenizer with SD 2's pad token "!" splits it out of prompts as the pad token (id 0), where
 # open_clip, which SD 2 was trained with and we follow, reads "!</w>" (256); test_sd2_pad_token_quirk pins that.
 PROMPTS = ["a red apple on a table", "emoji of a cat, smiling; (best) 2 eyes"]

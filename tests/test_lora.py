@@ -152,8 +152,9 @@ def test_merging_equals_applying_to_float32_precision(base, tmp_path):
     assert not any(isinstance(m, HOST_TYPES) for m in merged.modules())
     for got, want, ref in zip(outputs(merged), outputs(applied), outputs(base)):
         assert (want - ref).abs().max() > 1e-2  # the LoRAs do change the output
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(final_denoised(merged), final_denoised(applied), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=5e-5)
+    # float32 sums in another order (merged weight vs. base + low-rank path): 1.4e-5 seen with two AVX2 threads
+    torch.testing.assert_close(final_denoised(merged), final_denoised(applied), rtol=1e-5, atol=5e-5)
     assert merged.identity["loras"][0]["merged"] and applied.identity["loras"][1]["weight"] == -0.4
 
 
