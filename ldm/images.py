@@ -7,8 +7,9 @@ import math
 import re
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -111,6 +112,25 @@ def make_grid(images: list[Image.Image], rows: int | None = None) -> Image.Image
     return grid
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the few milliseconds of writing one image (main thread, POSIX): Ctrl-C in the
+    middle of atomic_path's bookkeeping (after its temporary file exists, before its cleanup can run) left a
+    stray *.tmp beside the images; held, the signal arrives right after the image is whole."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None) -> Path:
     """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.infotext), which
     viewers and A1111's PNG Info read, and "ldm", every setting as JSON (what --from-png uses first).
@@ -125,7 +145,7 @@ def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | No
         info.add_text("parameters", format_infotext(settings))
         info.add_text("ldm", json.dumps(settings, default=str, allow_nan=False))
     try:
-        with atomic_path(path) as tmp:
+        with signals_held(), atomic_path(path) as tmp:
             image.save(tmp, format="PNG", pnginfo=info)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
