@@ -16,6 +16,7 @@ tensors over them, checks the result strictly (ldm.checkpoint.load_into) and mer
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -24,12 +25,13 @@ from torch import nn
 from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.errors import MissingFileError
 
-LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
-
+log = logging.getLogger(__name__)
 
 def split_derived(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(whole tensors, LoRA tensors) of a derived model's file."""
-    lora = {k: v for k, v in state.items() if k.endswith(LORA_SUFFIXES)}
+    """(whole tensors, LoRA tensors) of a derived model's file; LoRA keys end as ldm.lora names them."""
+    from ldm.lora import SUFFIXES
+
+    lora = {k: v for k, v in state.items() if k.endswith(tuple(SUFFIXES))}
     return {k: v for k, v in state.items() if k not in lora}, lora
 
 
@@ -61,3 +63,25 @@ def load_derived_weights(model: nn.Module, checkpoint: str | Path, base: str | P
         raise CheckpointError(f"{checkpoint} over {Path(base).name}: {exc}") from None
     if lora:
         merge_lora(model, lora_from_state(lora, model, Path(checkpoint).name))
+
+
+FIRST_CONV = "unet.input_blocks.0.0.weight"
+
+
+def widen_unet_input(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the U-Net's first convolution zero-padded to the model's input channels.
+
+    The init weights' channels stay first (the noisy latent), the new ones (mask, masked-image latent) get
+    zero weights: the widened U-Net computes exactly what the init model did until training teaches it to
+    use them, the recipe of SD 2 inpainting.
+    """
+    weight, target = state.get(FIRST_CONV), own.get(FIRST_CONV)
+    if weight is None or target is None:
+        raise CheckpointError(f"init.widen_input: no {FIRST_CONV} in the init weights or the model")
+    if weight.shape[1] >= target.shape[1] or weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
+        raise CheckpointError(f"init.widen_input: cannot widen {tuple(weight.shape)} to {tuple(target.shape)} "
+                               "(only more input channels, same everything else)")
+    wide = torch.zeros(target.shape, dtype=weight.dtype)
+    wide[:, : weight.shape[1]] = weight
+    log.info("widened the U-Net's input from %d to %d channels (new ones start at zero)", weight.shape[1], target.shape[1])
+    return {**state, FIRST_CONV: wide}

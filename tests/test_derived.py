@@ -10,7 +10,7 @@ from ldm.checkpoint import CheckpointError, load_into, save_state_dict
 from ldm.config import instantiate
 from ldm.errors import MissingFileError
 from ldm.model import load_model
-from ldm.training.run import widen_unet_input
+from ldm.derived import widen_unet_input
 
 
 def widened(base):

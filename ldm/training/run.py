@@ -32,6 +32,7 @@ from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.config import instantiate
 from ldm.errors import LdmError
 from ldm.images import check_writable
+from ldm.derived import widen_unet_input
 from ldm.model import weights_in_our_layout
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
 from ldm.training.captions import CaptionSampling
@@ -97,28 +98,6 @@ def _load_part(module: torch.nn.Module, path: str | os.PathLike, prefixes: tuple
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 TEXT_PREFIXES = ("cond_stage_model.model.", "text_encoder.model.")
 UNET_PREFIXES = ("model.diffusion_model.", "unet.")
-
-
-FIRST_CONV = "unet.input_blocks.0.0.weight"
-
-
-def widen_unet_input(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with the U-Net's first convolution zero-padded to the model's input channels.
-
-    The init weights' channels stay first (the noisy latent), the new ones (mask, masked-image latent) get
-    zero weights: the widened U-Net computes exactly what the init model did until training teaches it to
-    use them, the recipe of SD 2 inpainting.
-    """
-    weight, target = state.get(FIRST_CONV), own.get(FIRST_CONV)
-    if weight is None or target is None:
-        raise TrainConfigError(f"init.widen_input: no {FIRST_CONV} in the init weights or the model")
-    if weight.shape[1] >= target.shape[1] or weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
-        raise TrainConfigError(f"init.widen_input: cannot widen {tuple(weight.shape)} to {tuple(target.shape)} "
-                               "(only more input channels, same everything else)")
-    wide = torch.zeros(target.shape, dtype=weight.dtype)
-    wide[:, : weight.shape[1]] = weight
-    log.info("widened the U-Net's input from %d to %d channels (new ones start at zero)", weight.shape[1], target.shape[1])
-    return {**state, FIRST_CONV: wide}
 
 
 def load_init_weights(model: torch.nn.Module, init: dict[str, Any], autoencoder: bool = False) -> None:
