@@ -101,7 +101,7 @@ def vae_config(params: dict[str, Any], scale_factor: float) -> dict[str, Any]:
             "in_channels": dd["in_channels"], "out_channels": dd["out_ch"],
             "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
             "block_out_channels": [dd["ch"] * m for m in dd["ch_mult"]], "layers_per_block": dd["num_res_blocks"],
-            "act_fn": "silu", "latent_channels": params["embed_dim"], "norm_num_groups": 32,
+            "act_fn": "silu", "latent_channels": params["embed_dim"], "norm_num_groups": dd.get("norm_groups", 32),
             "sample_size": dd["resolution"], "scaling_factor": float(scale_factor)}
 
 

@@ -61,7 +61,7 @@ UNET_UNSUPPORTED = {"class_embed_type": None, "addition_embed_type": None, "enco
                     "mid_block_type": "UNetMidBlock2DCrossAttn", "act_fn": "silu", "norm_num_groups": 32,
                     "conv_in_kernel": 3, "conv_out_kernel": 3, "time_embedding_type": "positional",
                     "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1, "reverse_transformer_layers_per_block": None}
-VAE_UNSUPPORTED = {"act_fn": "silu", "norm_num_groups": 32, "shift_factor": None, "latents_mean": None,
+VAE_UNSUPPORTED = {"act_fn": "silu", "shift_factor": None, "latents_mean": None,
                    "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
 
 
@@ -159,6 +159,8 @@ def vae_params(cfg: dict[str, Any], where: str = "vae/config.json") -> tuple[dic
                 "in_channels": cfg.get("in_channels", 3), "out_ch": cfg.get("out_channels", 3), "ch": base,
                 "ch_mult": mult, "num_res_blocks": cfg.get("layers_per_block", 1), "attn_resolutions": [],
                 "dropout": 0.0}
+    if cfg.get("norm_num_groups", 32) != 32:
+        ddconfig["norm_groups"] = cfg["norm_num_groups"]
     return {"embed_dim": latent, "ddconfig": ddconfig}, float(cfg.get("scaling_factor", 0.18215))
 
 

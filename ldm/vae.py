@@ -9,6 +9,7 @@ from torch import nn
 
 from ldm.attention import attention
 from ldm.config import check_parameters
+from ldm.errors import InvalidOptionError
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - the original name, kept for readers of both
@@ -184,7 +185,10 @@ class DiagonalGaussianDistribution:
 ENCODER_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "in_channels", "resolution", "z_channels",
                 "double_z", "dropout")
 DECODER_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution", "z_channels", "dropout")
-DDCONFIG_KEYS = tuple(dict.fromkeys(ENCODER_KEYS + DECODER_KEYS))
+# norm_groups (ours; diffusers' norm_num_groups): the GroupNorm group count, 32 in every SD autoencoder. A narrow
+# autoencoder (ch 32) with 32 groups normalises each channel alone over the image, which removes its mean: the
+# global colour of an image without a white background (a photo) is then lost on the way to the latent.
+DDCONFIG_KEYS = tuple(dict.fromkeys(ENCODER_KEYS + DECODER_KEYS)) + ("norm_groups",)
 
 
 class AutoencoderKL(nn.Module):
@@ -196,6 +200,12 @@ class AutoencoderKL(nn.Module):
         check_parameters("ddconfig", ddconfig, DDCONFIG_KEYS)
         self.encoder = Encoder(**{k: v for k, v in ddconfig.items() if k in ENCODER_KEYS})
         self.decoder = Decoder(**{k: v for k, v in ddconfig.items() if k in DECODER_KEYS})
+        groups = int(ddconfig.get("norm_groups", 32))
+        for norm in self.modules():  # a GroupNorm's weights are per channel, so its group count can change here
+            if isinstance(norm, nn.GroupNorm):
+                if norm.num_channels % groups:
+                    raise InvalidOptionError(f"ddconfig norm_groups {groups} does not divide {norm.num_channels} channels")
+                norm.num_groups = groups
         z = ddconfig["z_channels"]
         self.quant_conv = nn.Conv2d(2 * z if ddconfig.get("double_z", True) else z, 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z, 1)

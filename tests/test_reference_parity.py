@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from ldm.unet import UNetModel
+from ldm.errors import InvalidOptionError
 from ldm.vae import AutoencoderKL
 
 from diffusers import AutoencoderKL as DiffusersVAE, UNet2DConditionModel
@@ -70,6 +71,28 @@ def test_vae_matches_diffusers():
         assert rel_err(ours_post.logvar, theirs_post.logvar) <= 1e-4
         z = ours_post.mean
         assert rel_err(ours.decode(z), theirs.decode(z).sample) <= 1e-4
+
+
+def test_a_narrow_vae_with_fewer_norm_groups_matches_diffusers():
+    """norm_groups (diffusers' norm_num_groups): the upscaler's autoencoder normalises 32 channels in 8 groups."""
+    ddconfig = {"double_z": True, "z_channels": 8, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0, "norm_groups": 8}
+    ours = randomise(AutoencoderKL(ddconfig, 8), std=0.03)
+    assert {m.num_groups for m in ours.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    from ldm.diffusers_export import vae_config
+
+    dcfg = {k: v for k, v in vae_config({"ddconfig": ddconfig, "embed_dim": 8}, 1.0).items() if not k.startswith("_")}
+    assert dcfg["norm_num_groups"] == 8
+    theirs = DiffusersVAE(**dcfg).eval()
+    ckpt = {"first_stage_model." + k: v for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(s.convert_ldm_vae_checkpoint(ckpt, dcfg), strict=True)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = ours.encode(x).mean
+        assert rel_err(z, theirs.encode(x).latent_dist.mean) <= 1e-4
+        assert rel_err(ours.decode(z), theirs.decode(z).sample) <= 1e-4
+    with pytest.raises(InvalidOptionError, match="norm_groups 12"):
+        AutoencoderKL({**ddconfig, "norm_groups": 12}, 8)
 
 
 # SD 1.x's text encoder against transformers' CLIPTextModel, from prompt text through each side's own tokenizer.
