@@ -14,6 +14,7 @@ from ldm.errors import LdmError, one_line
 COMMAND_MODULES = [
     "ldm.commands.data",
     "ldm.commands.train",
+    "ldm.commands.distill",
     "ldm.commands.clip",
     "ldm.commands.txt2img",
     "ldm.commands.img2img",
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     # Training stops at the end of a step, through Lightning's own SIGTERM handler, which would call this one too.
     # Restored on return: main() called in-process (tests, scripts) must not leave it behind for a later train.
     previous = None
-    if args.command != "train" and threading.current_thread() is threading.main_thread():
+    if args.command not in ("train", "distill") and threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args) or 0

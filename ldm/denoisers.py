@@ -80,8 +80,32 @@ class CFGDenoiser:
         return self._clamp(guided)
 
     def _clamp(self, x0: torch.Tensor) -> torch.Tensor:
-        if self.threshold is None:
-            return x0
-        s = torch.quantile(x0.detach().flatten(1).abs().float(), self.threshold, dim=1).clamp(min=1.0)
-        s = _batch(s, x0).to(x0.dtype)
-        return torch.maximum(torch.minimum(x0, s), -s)
+        return dynamic_threshold(x0, self.threshold)
+
+
+def dynamic_threshold(x0: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Imagen's clamp at the per-sample `threshold` percentile of |x0| (at least 1); None: x0 as it is."""
+    if threshold is None:
+        return x0
+    s = torch.quantile(x0.detach().flatten(1).abs().float(), threshold, dim=1).clamp(min=1.0)
+    s = _batch(s, x0).to(x0.dtype)
+    return torch.maximum(torch.minimum(x0, s), -s)
+
+
+class EmbeddedGuidanceDenoiser:
+    """Guidance for a guidance-distilled student (ldm.distillation): the scale is one of its inputs,
+
+        D = S(x, sigma | cond, w = scale),
+
+    one call where CFGDenoiser makes two. Its unconditional side is the one it was distilled with (the empty
+    prompt), so it takes no negative prompt; `threshold` clamps as in CFGDenoiser.
+    """
+
+    def __init__(self, denoiser: Denoiser, cond: dict, scale: float, threshold: float | None = None):
+        if scale < 0:
+            raise InvalidGuidanceError(f"guidance scale must be >= 0, got {scale}")
+        self.denoiser, self.cond, self.scale, self.threshold = denoiser, cond, scale, threshold
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        scale = torch.full((x.shape[0],), float(self.scale), device=x.device)
+        return dynamic_threshold(self.denoiser(x, sigma, guidance=scale, **self.cond), self.threshold)

@@ -213,14 +213,17 @@ class DiscreteTimeDenoiser:
         return self.parameterisation.sigma_max
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, context: torch.Tensor | None = None,
-                 y: torch.Tensor | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
+                 y: torch.Tensor | None = None, concat: torch.Tensor | None = None,
+                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         # At least float32: sigma near 0.03 and c_in near 1 lose the x0 estimate in half precision.
         sigma = sigma_batch(sigma, x).to(torch.promote_types(x.dtype, torch.float32))
         _, _, c_in = self.parameterisation.scalings(sigma)
         inp = x * batch_like(c_in, x)
         if concat is not None:
             inp = torch.cat([inp, concat.to(inp.dtype)], dim=1)
-        out = self.unet(inp, self.parameterisation.sigma_to_t(sigma), context=context, y=y).to(x.dtype)
+        # guidance: the scale a guidance-distilled student takes as an input (only such U-Nets get the keyword)
+        extra = {} if guidance is None else {"guidance": sigma_batch(guidance, x)}
+        out = self.unet(inp, self.parameterisation.sigma_to_t(sigma), context=context, y=y, **extra).to(x.dtype)
         return self.parameterisation.denoised(x, batch_like(sigma, x), out)
 
 

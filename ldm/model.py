@@ -125,6 +125,11 @@ class LatentDiffusion(nn.Module):
         return CONDITIONING[self.conditioning_key]
 
     @property
+    def guidance_embedded(self) -> bool:
+        """A guidance-distilled student: its U-Net takes the guidance scale as an input (ldm.distillation)."""
+        return bool(getattr(self.unet, "guidance_embedded", False))
+
+    @property
     def scale_factor(self) -> float:
         return self.vae.scale_factor
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from ldm.denoisers import CFGDenoiser, Denoiser
+from ldm.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
 from ldm.errors import InvalidOptionError, LdmError
 from ldm.model import CONDITIONING, LatentDiffusion
 from ldm.samplers import Generators, check_strength, truncate_sigmas
@@ -105,6 +105,9 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
     long_prompts or emphasis (ldm.long_prompts), prompts are read the A1111 way; the two sides are then
     brought to one length with empty chunks, so guidance still runs them as one batch.
     """
+    if getattr(model, "guidance_embedded", False) and any(negative_prompts):
+        raise PromptError("this guidance-distilled model takes no negative prompt (it was distilled with the empty "
+                          "prompt as the unconditional side); use its teacher for negative prompts")
     if options is None or not (options.long_prompts or options.emphasis):
         context = model.encode_text(prompts + negative_prompts)
         return {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
@@ -193,6 +196,11 @@ class Conditioning:
         inner = model.denoiser()
         if self.wrap is not None:
             inner = self.wrap(inner, noise)
+        if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
+            if options.guidance_rescale:
+                raise InvalidOptionError("guidance rescale needs the conditional prediction apart, which a "
+                                         "guidance-distilled model does not make; leave it at 0")
+            return EmbeddedGuidanceDenoiser(inner, self.cond, options.guidance_scale, threshold=options.threshold)
         return CFGDenoiser(inner, self.cond, self.uncond, options.guidance_scale, rescale=options.guidance_rescale,
                            threshold=options.threshold)
 

@@ -232,6 +232,9 @@ def _per_level(value: int | Sequence[int], levels: int, name: str) -> list[int]:
     return list(value)
 
 
+GUIDANCE_EMBED_FACTOR = 100.0  # w * 100 goes into the timestep embedding
+
+
 class UNetModel(nn.Module):
     """The SD 2.x denoiser: unet(x, timesteps, context, y) -> eps or v.
 
@@ -266,6 +269,7 @@ class UNetModel(nn.Module):
         conv_resample: bool = True,
         dims: int = 2,
         resblock_updown: bool = False,
+        guidance_embed: bool = False,
         image_size: int | None = None,  # in every SD 2.x YAML; the U-Net is size-agnostic, so unused
         use_fp16: bool = False,  # likewise: precision is the caller's autocast (--precision), not the config's
     ):
@@ -310,6 +314,10 @@ class UNetModel(nn.Module):
             self.label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm_in_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)))
         elif num_classes is not None:
             raise InvalidOptionError(f"unknown num_classes {num_classes!r}")
+        if guidance_embed:  # a guidance-distilled student's scale w (ldm.distillation), added like the time embedding;
+            # its last layer starts at zero, so a student made from its teacher begins as the conditional teacher
+            self.guidance_embed = nn.Sequential(nn.Linear(model_channels, time_dim), nn.SiLU(),
+                                                zero_module(nn.Linear(time_dim, time_dim)))
 
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
@@ -358,10 +366,14 @@ class UNetModel(nn.Module):
             if isinstance(m, (ResBlock, BasicTransformerBlock)):
                 m.use_checkpoint = enabled
 
+    guidance_embedded = property(lambda self: hasattr(self, "guidance_embed"))  # a distilled student's scale input
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
             raise InvalidOptionError("pass y exactly when the U-Net has a class/noise-level embedding (num_classes)")
+        if (guidance is not None) != self.guidance_embedded:
+            raise InvalidOptionError("pass guidance exactly when the U-Net takes the guidance scale (guidance_embed)")
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         # Inputs in the weights' dtype: samplers keep latents in fp32 and the text encoder may differ, while a
@@ -372,6 +384,9 @@ class UNetModel(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         if y is not None:
             emb = emb + self.label_emb(y)
+        if guidance is not None:  # scales of 0..~15 spread over the sinusoids as timesteps 0..~1000 do
+            w = timestep_embedding(guidance.to(x.device).expand(x.shape[0]) * GUIDANCE_EMBED_FACTOR, self.model_channels)
+            emb = emb + self.guidance_embed(w.to(x.dtype))
         skips = []
         h = x
         for block in self.input_blocks:

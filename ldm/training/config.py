@@ -51,7 +51,7 @@ import yaml
 
 from ldm.config import ConfigError, closest
 
-SECTIONS = ("model", "init", "training", "data", "trainer", "logging", "lora")
+SECTIONS = ("model", "init", "training", "data", "trainer", "logging", "lora", "distill")
 
 
 @dataclass
@@ -156,6 +156,19 @@ class LoraSection:
     train_whole: list[str] = field(default_factory=list)
 
 
+@dataclass
+class DistillSection:
+    """Guided progressive distillation (ldm.distillation, ldm.training.distill_module): off while teacher is null.
+    The student is the `model:` node (its U-Net with `guidance_embed: true`) and starts as a copy of the teacher."""
+    teacher: str | None = None  # the teacher's weights (model.safetensors of a run, or checkpoints/emoji/model.safetensors)
+    teacher_config: str | None = None  # its inference config; null: the .yaml beside the weights
+    stage: str | int = "guidance"  # "guidance" (stage 1: w becomes an input), or N: halve N teacher steps into N / 2
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per example
+    # What `ldm distill` runs one after the other, each in <run_dir>/<stage>, each stage's teacher the one before.
+    stages: list[str | int] = field(default_factory=lambda: ["guidance", 16, 8, 4, 2])
+    steps_per_stage: int | list[int] = 2000
+
+
 # Lightning's own defaults except these; any other Trainer keyword passes through for Lightning to check.
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_steps": 1000,
@@ -168,7 +181,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 TRAINING_FOR_KIND = {"diffusion": DiffusionTraining, "autoencoder": AutoencoderTraining, "clip": ClipTraining}
-SECTION_TYPES = {"init": InitSection, "data": DataSection, "logging": LoggingSection, "lora": LoraSection}
+SECTION_TYPES = {"init": InitSection, "data": DataSection, "logging": LoggingSection, "lora": LoraSection,
+                 "distill": DistillSection}
 
 
 def section_defaults(section: type) -> dict[str, Any]:
@@ -180,7 +194,7 @@ def _defaults() -> dict[str, dict[str, Any]]:
     """The defaults of a diffusion run, section by section (what `DEFAULTS` has always shown)."""
     out = {name: section_defaults(cls) for name, cls in SECTION_TYPES.items()}
     return {"init": out["init"], "training": section_defaults(DiffusionTraining), "data": out["data"],
-            "trainer": dict(TRAINER_DEFAULTS), "logging": out["logging"], "lora": out["lora"]}
+            "trainer": dict(TRAINER_DEFAULTS), "logging": out["logging"], "lora": out["lora"], "distill": out["distill"]}
 
 
 DEFAULTS: dict[str, dict[str, Any]] = _defaults()
@@ -291,7 +305,7 @@ def resolve(cfg: dict, stored: bool = False) -> dict:
     kind = run_kind(cfg)
     out: dict[str, Any] = {"model": copy.deepcopy(cfg["model"])}
     types = {**SECTION_TYPES, "training": TRAINING_FOR_KIND[kind]}
-    for section in ("init", "training", "data", "trainer", "logging", "lora"):
+    for section in ("init", "training", "data", "trainer", "logging", "lora", "distill"):
         given = cfg.get(section) or {}
         if not isinstance(given, dict):
             raise TrainConfigError(f"section {section!r} must be a mapping, got {type(given).__name__}")

@@ -80,6 +80,38 @@ def check_values(cfg: dict, kind: str) -> None:
         raise TrainConfigError(f"logging.sample_prompts must be a list of prompts, got {cfg['logging']['sample_prompts']!r}")
 
     _check_lora(cfg, kind)
+    _check_distill(cfg, kind)
+
+
+def check_stage(stage: Any, key: str = "distill.stage") -> None:
+    """A distillation stage: "guidance", or an even number of teacher steps that the stage halves."""
+    if stage == "guidance":
+        return
+    if not isinstance(stage, int) or isinstance(stage, bool) or stage < 2 or stage % 2:
+        raise TrainConfigError(f"{key} must be 'guidance' or an even number of teacher steps >= 2, got {stage!r}")
+
+
+def _check_distill(cfg: dict, kind: str) -> None:
+    dist = cfg["distill"]
+    if dist["teacher"] is None:
+        return
+    if kind != "diffusion":
+        raise TrainConfigError(f"distill.teacher applies to diffusion runs, not to this {kind} run")
+    check_stage(dist["stage"])
+    scales = dist["scale_range"]
+    if not (isinstance(scales, list) and len(scales) == 2 and all(_is_number(w) and w >= 0 for w in scales)
+            and scales[0] <= scales[1]):
+        raise TrainConfigError(f"distill.scale_range must be [lo, hi] with 0 <= lo <= hi, got {scales!r}")
+    stages = dist["stages"]
+    if not isinstance(stages, list) or not stages:
+        raise TrainConfigError(f"distill.stages must be a list of stages, got {stages!r}")
+    for stage in stages:
+        check_stage(stage, "distill.stages")
+    steps = dist["steps_per_stage"]
+    counts = steps if isinstance(steps, list) else [steps]
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts) or \
+            (isinstance(steps, list) and len(steps) != len(stages)):
+        raise TrainConfigError(f"distill.steps_per_stage must be a positive integer, or one per stage, got {steps!r}")
 
 
 def _check_lora(cfg: dict, kind: str) -> None:

@@ -169,14 +169,23 @@ def build_module(cfg: dict) -> pl.LightningModule:
     module_name, class_name = MODULE_FOR_TASK[model.kind.task]
     module_class = getattr(importlib.import_module(module_name), class_name)
     load_init_weights(model, cfg["init"])
+    distilling = cfg["distill"]["teacher"] is not None
     sf = t["scale_factor"]
+    kwargs = dict(lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
+                  ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],
+                  compile=t["compile"], estimate_scale_factor=sf is None and not distilling, seed=t["seed"], text_cache=t["text_cache"],
+                  latent_cache=t["latent_cache"], lora=cfg["lora"], config=cfg)
+    if distilling:
+        from ldm.training.distill_module import build_distillation
+
+        # The student starts as the teacher, scale_factor included (null, "estimate", keeps the teacher's too).
+        module = build_distillation(cfg, model, kwargs)
+        if isinstance(sf, (int, float)) and not isinstance(sf, bool):
+            model.vae.scale_factor = float(sf)
+        return module
     if isinstance(sf, (int, float)) and not isinstance(sf, bool):
         model.vae.scale_factor = float(sf)
-    return module_class(
-        model, lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
-        ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],
-        compile=t["compile"], estimate_scale_factor=sf is None, seed=t["seed"], text_cache=t["text_cache"],
-        latent_cache=t["latent_cache"], lora=cfg["lora"], config=cfg)
+    return module_class(model, **kwargs)
 
 
 def build_data(cfg: dict) -> ImageTextDataModule:

@@ -1,0 +1,61 @@
+"""`ldm distill`: the stages of guided progressive distillation (ldm.distillation), one training run each.
+
+Stage i trains in <logging.run_dir>/<stage name> ("guidance", "halve-16", "halve-8", ...) for its
+`distill.steps_per_stage` steps and exports model.safetensors there, which is the teacher of stage i + 1; the
+first stage's teacher is `distill.teacher`. With resume, finished stages (their export exists) are skipped and the
+current one continues from its last.ckpt, so an interrupted distillation loses at most one checkpoint interval.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+from ldm.training.config import TrainConfigError, load_train_config
+from ldm.training.run import LAST, train
+
+log = logging.getLogger(__name__)
+
+
+def stage_name(stage: str | int) -> str:
+    return "guidance" if stage == "guidance" else f"halve-{stage}"
+
+
+def stage_configs(cfg: dict) -> list[dict]:
+    """One resolved training config per stage of `distill.stages`, each taught by the export of the one before."""
+    dist = cfg["distill"]
+    if dist["teacher"] is None:
+        raise TrainConfigError("ldm distill needs distill.teacher (the teacher's weights file)")
+    if cfg["lora"]["rank"]:
+        raise TrainConfigError("ldm distill trains whole U-Nets, each stage the teacher of the next; a LoRA student "
+                               "is one stage of `ldm train` (set lora.rank=0 here)")
+    stages, steps = dist["stages"], dist["steps_per_stage"]
+    counts = steps if isinstance(steps, list) else [steps] * len(stages)
+    run_dir = Path(cfg["logging"]["run_dir"])
+    teacher, teacher_config = dist["teacher"], dist["teacher_config"]
+    out = []
+    for stage, count in zip(stages, counts):
+        stage_cfg = copy.deepcopy(cfg)
+        stage_dir = run_dir / stage_name(stage)
+        stage_cfg["distill"].update(stage=stage, teacher=str(teacher), teacher_config=teacher_config)
+        stage_cfg["logging"]["run_dir"] = stage_dir.as_posix()
+        stage_cfg["trainer"]["max_steps"] = int(count)
+        out.append(stage_cfg)
+        teacher, teacher_config = stage_dir / "model.safetensors", None  # its model.yaml lies beside it
+    return out
+
+
+def run_distillation(config_path: str | os.PathLike, overrides: list[str] | None = None, resume: bool = False) -> int:
+    """What `ldm distill` does: every stage in turn; with resume, the finished ones are skipped."""
+    cfg = load_train_config(config_path, list(overrides or []))
+    for stage_cfg in stage_configs(cfg):
+        stage_dir = Path(stage_cfg["logging"]["run_dir"])
+        name = stage_name(stage_cfg["distill"]["stage"])
+        if resume and (stage_dir / "model.safetensors").is_file():
+            log.info("distillation stage %s: done (%s), skipped", name, stage_dir / "model.safetensors")
+            continue
+        last = stage_dir / "checkpoints" / "last.ckpt"
+        log.info("distillation stage %s: %d steps in %s", name, stage_cfg["trainer"]["max_steps"], stage_dir)
+        train(stage_cfg, resume=LAST if resume and last.is_file() else None)
+    return 0
