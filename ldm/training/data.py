@@ -1,4 +1,5 @@
-"""Training data: a captioned image folder as an endless, resumable stream of batches.
+"""Training data: a captioned image folder as an endless, resumable stream of batches (WebDataset shards:
+ldm.training.shard_stream, chosen by `ImageTextDataModule` when data.shards is set).
 
 Training is counted in steps, not epochs, so the training set is an endless stream: the
 item at position p of rank r is item `perm(seed + epoch)[p * world + r - epoch * n]`. The
