@@ -142,3 +142,36 @@ def test_too_few_samples_for_one_step_is_one_line(tmp_path, sharded):
         data.stream(0, 0, 1)
     assert "\n" not in str(caught.value)
     assert ImageTextDataModule(None, 8, batch_size=8, shards=urls[4], remainder="wrap").shard_plan(1).steps == 1
+
+
+def test_caches_on_shards_give_the_same_loss_and_skip_the_encoders(tmp_path, sharded):
+    import torch
+
+    from ldm.training.run import build_data, build_module
+
+    urls, _ = sharded
+    common = ["data.root=null", "data.val_fraction=0", f"data.shards={urls}", "data.size=8", "data.batch_size=4",
+              "data.remainder=wrap", "model.params.first_stage_config.params.ddconfig.resolution=8"]
+    cfg = tiny_train_config("ldm", tmp_path, tmp_path / "run", common)
+    cached_cfg = tiny_train_config("ldm", tmp_path, tmp_path / "run", common + ["training.text_cache=100",
+                                                                                  "training.latent_cache=100"])
+    torch.manual_seed(0)
+    plain = build_module(cfg)
+    cached = build_module(cached_cfg)
+    cached.load_state_dict(plain.state_dict())
+    calls = {"vae": 0, "text": 0}
+    vae_encode, text_encode = cached.model.vae.encode, cached.model.encode_text
+    cached.model.vae.encode = lambda x: (calls.__setitem__("vae", calls["vae"] + len(x)), vae_encode(x))[1]
+    cached.model.encode_text = lambda p: (calls.__setitem__("text", calls["text"] + len(p)), text_encode(p))[1]
+    loader = iter(build_data(cfg).train_dataloader())
+    steps = 2 * 6  # two epochs of 6 steps (23 samples, wrapped): every sample of the second is a cache hit
+    for step in range(steps):
+        batch = next(loader)
+        a = plain.loss(batch, torch.Generator().manual_seed(step))
+        b = cached.loss(batch, torch.Generator().manual_seed(step))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        if step == 5:
+            first_epoch = dict(calls)
+    assert calls == first_epoch  # nothing encoded in the second epoch
+    assert first_epoch["vae"] == len(cached._latent_cache) == 23  # each sample through the VAE once
+    assert all(key.startswith(tuple(urls)) for key in cached._latent_cache)  # keyed by shard URL # sample key
