@@ -175,3 +175,19 @@ def test_caches_on_shards_give_the_same_loss_and_skip_the_encoders(tmp_path, sha
     assert calls == first_epoch  # nothing encoded in the second epoch
     assert first_epoch["vae"] == len(cached._latent_cache) == 23  # each sample through the VAE once
     assert all(key.startswith(tuple(urls)) for key in cached._latent_cache)  # keyed by shard URL # sample key
+
+
+def test_a_sharded_run_resumes_only_with_the_same_data_order(tmp_path):
+    from ldm.training.resume import ResumeError, check_same_data_order
+
+    cfg = tiny_train_config("ldm", tmp_path, tmp_path / "run", ["data.root=null", "data.val_fraction=0",
+                                                                "data.shards=s/{0..3}.tar", "data.num_workers=2"])
+    ckpt = {"ldm": {"config": {"data": dict(cfg["data"])}, "world_size": 2}}
+    check_same_data_order(ckpt, cfg, 2, "last.ckpt")  # unchanged: fine
+    with pytest.raises(ResumeError, match="on 2 process"):
+        check_same_data_order(ckpt, cfg, 4, "last.ckpt")
+    ckpt["ldm"]["config"]["data"]["num_workers"] = 4
+    with pytest.raises(ResumeError, match="data.num_workers=4, not 2"):
+        check_same_data_order(ckpt, cfg, 2, "last.ckpt")
+    folder = tiny_train_config("ldm", tmp_path, tmp_path / "run", [])
+    check_same_data_order(ckpt, folder, 4, "last.ckpt")  # a folder stream is placed by position alone
