@@ -1,5 +1,5 @@
-"""ldm data emoji / emoji-sources / photos / shapes: build the emoji training set (ldm.data.emoji), the photo crops
-for the upscaler (ldm.data.photos), the tiny shapes set."""
+"""ldm data emoji / emoji-sources / photos / shapes / shards: build the emoji training set (ldm.data.emoji), the
+photo crops for the upscaler (ldm.data.photos), the tiny shapes set, WebDataset shards of a folder."""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--count", type=int, default=48)
     t.set_defaults(func=run_shapes)
 
+    w = kinds.add_parser("shards", help="a captioned folder as WebDataset tar shards (img2dataset's layout), for data.shards")
+    w.add_argument("root", help="captioned image folder (captions.jsonl/csv, metadata.jsonl, or .txt sidecars)")
+    w.add_argument("out", help="output folder for 00000.tar, 00001.tar, ...")
+    w.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default 1000)")
+    w.set_defaults(func=run_shards)
+
 
 def run_emoji(args: argparse.Namespace) -> int:
     from ldm.data.emoji import build_emoji_dataset, summary_line
@@ -82,4 +88,12 @@ def run_shapes(args: argparse.Namespace) -> int:
 
     make_shapes_dataset(args.root, args.size, args.count)
     print(f"wrote {args.count} images to {args.root}")
+    return 0
+
+
+def run_shards(args: argparse.Namespace) -> int:
+    from ldm.data.shards import write_shards
+
+    pattern = write_shards(args.root, args.out, args.per_shard)
+    print(f"wrote {pattern} (train with data.root=null data.shards={pattern})")
     return 0

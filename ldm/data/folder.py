@@ -1,8 +1,10 @@
 """A folder of captioned images: the training data format of the whole project.
 
 Captions come, in this order of precedence, from `captions.jsonl` (objects with `file` and
-`caption`) or `captions.csv` (columns `file,caption`) in the root, or from a sidecar text file
-next to each image (`cat.png` + `cat.txt`). Every image under the root needs a caption.
+`caption`) or `captions.csv` (columns `file,caption`) in the root, from a Hugging Face `imagefolder`
+`metadata.jsonl` or `metadata.csv` (a `file_name` and a caption column, by default `caption` or `text`),
+or from a sidecar text file next to each image (`cat.png` + `cat.txt`). Every image under the root
+needs a caption.
 """
 from __future__ import annotations
 
@@ -67,6 +69,53 @@ def _read_jsonl(path: Path) -> dict[str, str]:
     return {k: row["caption"] for k, row in _read_jsonl_rows(path).items()}
 
 
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")  # Hugging Face's imagefolder layout
+CAPTION_COLUMNS = ("caption", "text")  # the caption column when none is named: the first a row has
+
+
+def _metadata_records(path: Path) -> list[tuple[int, dict]]:
+    """(line, row) of an imagefolder metadata.jsonl or metadata.csv."""
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return [(n, row) for n, row in enumerate(csv.DictReader(f), 2)]
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise CaptionFileError(f"{path}:{n}: not a JSON object ({exc})") from None
+    return records
+
+
+def _read_metadata_rows(path: Path, column: str | None = None) -> dict[str, dict]:
+    """An imagefolder metadata file as captions.jsonl rows: {file_name: {"caption": the column, other fields}}."""
+    table: dict[str, dict] = {}
+    for n, row in _metadata_records(path):
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            raise CaptionFileError(f"{path}:{n}: expected an object with 'file_name' (Hugging Face imagefolder)")
+        name = column or next((c for c in CAPTION_COLUMNS if c in row), None)
+        if name is None or row.get(name) is None:
+            wanted = repr(column) if column else " or ".join(repr(c) for c in CAPTION_COLUMNS)
+            raise CaptionFileError(f"{path}:{n}: no caption column {wanted} (columns: {', '.join(map(str, row))}); "
+                                   "name it with data.caption_column")
+        table[row["file_name"]] = {**row, "caption": str(row[name])}
+    return table
+
+
+def _caption_rows(root: Path, column: str | None = None) -> dict[str, dict]:
+    """Rows with a caption (and optional extra fields) keyed by image path as written, from the first captions
+    file the root has; {} if none (then sidecar .txt files)."""
+    if (root / "captions.jsonl").is_file():
+        return _read_jsonl_rows(root / "captions.jsonl")
+    if (root / "captions.csv").is_file():
+        return {k: {"caption": v} for k, v in _read_csv(root / "captions.csv").items()}
+    for name in METADATA_FILES:
+        if (root / name).is_file():
+            return _read_metadata_rows(root / name, column)
+    return {}
+
+
 def _read_csv(path: Path) -> dict[str, str]:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -75,26 +124,21 @@ def _read_csv(path: Path) -> dict[str, str]:
         return {row["file"]: row["caption"] for row in reader}
 
 
-def read_caption_table(root: str | os.PathLike) -> dict[str, str]:
-    """Captions keyed by image path relative to root (posix), from captions.jsonl or captions.csv; {} if neither."""
-    root = Path(root)
-    if (root / "captions.jsonl").is_file():
-        table = _read_jsonl(root / "captions.jsonl")
-    elif (root / "captions.csv").is_file():
-        table = _read_csv(root / "captions.csv")
-    else:
-        return {}
+def read_caption_table(root: str | os.PathLike, column: str | None = None) -> dict[str, str]:
+    """Captions keyed by image path relative to root (posix), from captions.jsonl/csv or an imagefolder
+    metadata.jsonl/csv (`column`: its caption column); {} if none."""
     # Normalise "./images/a.png" and Windows separators to the keys the folder scan produces.
-    return {Path(k.replace("\\", "/")).as_posix(): v for k, v in table.items()}
+    return {_normal(k): row["caption"] for k, row in _caption_rows(Path(root), column).items()}
 
 
-def read_caption_extras(root: str | os.PathLike) -> dict[str, dict]:
-    """The optional per-image fields of captions.jsonl besides file and caption (keywords, style, weight), by path."""
-    path = Path(root) / "captions.jsonl"
-    if not path.is_file():
-        return {}
-    rows = _read_jsonl_rows(path)
-    return {Path(k.replace("\\", "/")).as_posix(): {f: v for f, v in row.items() if f in EXTRA_FIELDS} for k, row in rows.items()}
+def read_caption_extras(root: str | os.PathLike, column: str | None = None) -> dict[str, dict]:
+    """The optional per-image fields besides file and caption (keywords, style, weight), by path."""
+    rows = _caption_rows(Path(root), column)
+    return {_normal(k): {f: v for f, v in row.items() if f in EXTRA_FIELDS} for k, row in rows.items()}
+
+
+def _normal(name: str) -> str:
+    return Path(name.replace("\\", "/")).as_posix()
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
@@ -129,10 +173,12 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 class CaptionedImageFolder(Dataset):
     """Images under root (recursively) with their captions; items are {"image": [3,size,size] in [-1,1], "caption": str}.
 
-    center_crop=False takes a random square crop instead; flip=True mirrors half of the items at random.
+    center_crop=False takes a random square crop instead; flip=True mirrors half of the items at random;
+    caption_column: the caption column of an imagefolder metadata file (default: `caption`, else `text`).
     """
 
-    def __init__(self, root: str | os.PathLike, size: int, center_crop: bool = True, flip: bool = False):
+    def __init__(self, root: str | os.PathLike, size: int, center_crop: bool = True, flip: bool = False,
+                 caption_column: str | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise EmptyDatasetError(f"dataset folder not found: {self.root}")
@@ -141,7 +187,7 @@ class CaptionedImageFolder(Dataset):
         self.size = size
         self.center_crop = center_crop
         self.flip = flip
-        table = read_caption_table(self.root)
+        table = read_caption_table(self.root, caption_column)
         for rel in table:
             if not (self.root / rel).is_file():
                 raise MissingImageError(f"captions file names {rel}, which is not in {self.root}")
@@ -154,7 +200,7 @@ class CaptionedImageFolder(Dataset):
             raise EmptyDatasetError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {self.root}")
         self.files: list[str] = files
         self.captions: list[str] = [self._caption(rel, table) for rel in files]
-        extras = read_caption_extras(self.root)
+        extras = read_caption_extras(self.root, caption_column)
         self.extras: list[dict] = [extras.get(rel, {}) for rel in files]
         for rel, extra in zip(files, self.extras):
             weight = extra.get("weight", 1.0)
@@ -167,7 +213,7 @@ class CaptionedImageFolder(Dataset):
         sidecar = (self.root / rel).with_suffix(".txt")
         if sidecar.is_file():
             return sidecar.read_text(encoding="utf-8").strip()
-        raise MissingCaptionError(f"no caption for image {self.root / rel} (add {sidecar.name} or an entry in captions.jsonl/csv)")
+        raise MissingCaptionError(f"no caption for image {self.root / rel} (add {sidecar.name} or an entry in captions.jsonl/csv or metadata.jsonl)")
 
     def __len__(self) -> int:
         return len(self.files)

@@ -69,7 +69,8 @@ class TrainingModule(pl.LightningModule):
     # ---- checkpoints ----------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
         """What a module keeps in checkpoints beside its weights (under "ldm"); subclasses add to it."""
-        return {"batches_seen": self.batches_seen, "config": self.config}
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return {"batches_seen": self.batches_seen, "config": self.config, "world_size": world}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ldm"] = self.checkpoint_state()

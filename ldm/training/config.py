@@ -26,7 +26,11 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
     data:       root, size, batch_size, flip, center_crop, num_workers, val_fraction, val_root, val_batch_size,
                 weighted (draw images by the `weight` of captions.jsonl), keyword_prob, max_keywords and
                 style_prob (caption sampling from captions.jsonl `keywords` / `style`, see ldm.training.captions),
-                max_unreadable (images that fail to decode are skipped with a warning, up to this many).
+                max_unreadable (images that fail to decode are skipped with a warning, up to this many),
+                shards (WebDataset tars instead of root: "dir/{00000..00099}.tar", a list, or fsspec URLs; see
+                ldm.training.shard_stream), remainder (drop/wrap: what an epoch does with the samples that do not
+                fill a step on every rank), caption_column (the caption field of an imagefolder's metadata.jsonl
+                or a shard's .json; default: a shard's .txt, else "caption" or "text").
     trainer:    keyword arguments of `lightning.Trainer` (max_steps, devices, num_nodes, strategy,
                 precision, accelerator, log_every_n_steps, ...), passed through unchanged.
     logging:    run_dir, checkpoint_every_n_steps, sample_every_n_steps, sample_prompts, sample_steps,
@@ -127,6 +131,9 @@ class DataSection:
     max_keywords: int = 3
     style_prob: float = 0.0
     max_unreadable: int = 10
+    shards: str | list[str] | None = None
+    remainder: str = "drop"
+    caption_column: str | None = None
 
 
 @dataclass

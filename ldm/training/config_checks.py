@@ -70,6 +70,7 @@ def check_values(cfg: dict, kind: str) -> None:
         raise TrainConfigError(f"data.val_fraction must be in [0, 1), got {d['val_fraction']}")
     for key in ("keyword_prob", "style_prob"):
         _number(cfg, "data", key, 0.0, 1.0, "a probability in [0, 1]")
+    _check_data_source(d)
 
     for key in ("checkpoint_every_n_steps", "sample_every_n_steps"):
         _integer(cfg, "logging", key, 0, " (0: off)")
@@ -112,6 +113,26 @@ def _check_distill(cfg: dict, kind: str) -> None:
     if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts) or \
             (isinstance(steps, list) and len(steps) != len(stages)):
         raise TrainConfigError(f"distill.steps_per_stage must be a positive integer, or one per stage, got {steps!r}")
+
+
+def _check_data_source(d: dict) -> None:
+    shards = d["shards"]
+    if shards is not None:
+        if not (isinstance(shards, str) and shards) and not (
+                isinstance(shards, list) and shards and all(isinstance(s, str) and s for s in shards)):
+            raise TrainConfigError(f"data.shards must be a shard path or URL pattern, or a list of them, got {shards!r}")
+        if d["root"] is not None:
+            raise TrainConfigError("set data.root (a folder) or data.shards (WebDataset tars), not both "
+                                   "(add data.root=null when the config names a folder)")
+        if d["val_fraction"]:
+            raise TrainConfigError("data.val_fraction needs a folder; with data.shards set data.val_fraction=0 "
+                                   "(and validate on a folder with data.val_root)")
+        if d["weighted"]:
+            raise TrainConfigError("data.weighted reads a folder's captions.jsonl weights; it does not apply to data.shards")
+    if d["remainder"] not in ("drop", "wrap"):
+        raise TrainConfigError(f"data.remainder must be drop or wrap, got {d['remainder']!r}")
+    if d["caption_column"] is not None and not (isinstance(d["caption_column"], str) and d["caption_column"]):
+        raise TrainConfigError(f"data.caption_column must be a column name or null, got {d['caption_column']!r}")
 
 
 def _check_lora(cfg: dict, kind: str) -> None:

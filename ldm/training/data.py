@@ -1,4 +1,5 @@
-"""Training data: a captioned image folder as an endless, resumable stream of batches.
+"""Training data: a captioned image folder as an endless, resumable stream of batches (WebDataset shards:
+ldm.training.shard_stream, chosen by `ImageTextDataModule` when data.shards is set).
 
 Training is counted in steps, not epochs, so the training set is an endless stream: the
 item at position p of rank r is item `perm(seed + epoch)[p * world + r - epoch * n]`. The
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from typing import Iterator
 
 import lightning.pytorch as pl
@@ -49,8 +51,8 @@ class UnreadableImages:
     def __init__(self, limit: int = 0):
         self.limit = int(limit)
         # (data set, index) -> the error that named the file; keyed by both, since one count serves the
-        # training and the validation set, whose indices overlap.
-        self.skipped: dict[tuple[int, int], str] = {}
+        # training and the validation set, whose indices overlap. Shard samples are keyed by url#key.
+        self.skipped: dict[object, str] = {}
 
     def fetch(self, dataset: Dataset, index: int) -> tuple[int, dict]:
         """(the index actually read, its item): `index` itself, or the next readable one after it."""
@@ -62,10 +64,13 @@ class UnreadableImages:
             try:
                 return candidate, dataset[candidate]
             except UnreadableImageError as exc:
-                self._skip((id(dataset), candidate), exc)
+                self.skip((id(dataset), candidate), exc)
         raise TooManyUnreadableImagesError(f"none of the {n} images can be read (the last: {self.skipped[id(dataset), index]})")
 
-    def _skip(self, key: tuple[int, int], exc: UnreadableImageError) -> None:
+    def skip(self, key: object, exc: UnreadableImageError) -> None:
+        """Count an unreadable item once (a folder's (data set, index), a shard sample's key), warning or stopping."""
+        if key in self.skipped:
+            return
         self.skipped[key] = str(exc)
         count = len(self.skipped)
         if count > self.limit:
@@ -175,40 +180,79 @@ class ImageTextDataModule(pl.LightningDataModule):
     def __init__(self, root: str | os.PathLike, size: int, batch_size: int, flip: bool = False, center_crop: bool = True,
                  num_workers: int = 0, val_fraction: float = 0.0, val_root: str | os.PathLike | None = None,
                  val_batch_size: int | None = None, seed: int = 0, weighted: bool = False,
-                 captions: CaptionSampling | None = None, max_unreadable: int = 10):
+                 captions: CaptionSampling | None = None, max_unreadable: int = 10,
+                 shards: str | list[str] | None = None, remainder: str = "drop", caption_column: str | None = None):
         super().__init__()
-        if root is None:
-            raise DataConfigError("data.root is not set: give the folder of captioned images")
+        if root is None and shards is None:
+            raise DataConfigError("data.root is not set: give the folder of captioned images (or data.shards)")
+        if root is not None and shards is not None:
+            raise DataConfigError("set data.root (a folder) or data.shards (WebDataset tars), not both")
+        if shards is not None and val_fraction:
+            raise DataConfigError("data.val_fraction needs a folder; with data.shards validate on data.val_root")
+        if shards is not None and weighted:
+            raise DataConfigError("data.weighted needs a folder's captions.jsonl weights; it does not apply to data.shards")
         self.root, self.size, self.batch_size, self.flip = root, int(size), int(batch_size), bool(flip)
         self.center_crop, self.num_workers, self.seed = bool(center_crop), int(num_workers), int(seed)
         self.val_fraction, self.val_root = float(val_fraction), val_root
         self.val_batch_size = int(val_batch_size or batch_size)
         self.weighted, self.captions = bool(weighted), captions
         self.unreadable = UnreadableImages(max_unreadable)  # one count for training and validation
+        self.shards, self.remainder, self.caption_column = shards, remainder, caption_column
+        self.shard_counts: list[int] | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.train_set is not None or self.shard_counts is not None:
+            return
+        if self.shards is not None:
+            self._setup_shards()
             return
         # Flipping is done by the stream (reproducibly), so the folder itself never flips.
         roots = self.root if isinstance(self.root, (list, tuple)) else [self.root]
-        folders = [CaptionedImageFolder(r, self.size, center_crop=self.center_crop, flip=False) for r in roots]
+        folders = [CaptionedImageFolder(r, self.size, center_crop=self.center_crop, flip=False,
+                                        caption_column=self.caption_column) for r in roots]
         full = folders[0] if len(folders) == 1 else ConcatDataset(folders)
         self.train_set, self.val_set = split_validation(full, self.val_fraction)
         if self.val_root is not None:
             if self.val_set is not None:
                 raise DataConfigError("set data.val_fraction or data.val_root, not both")
-            self.val_set = CaptionedImageFolder(self.val_root, self.size, center_crop=True, flip=False)
+            self.val_set = CaptionedImageFolder(self.val_root, self.size, center_crop=True, flip=False,
+                                                caption_column=self.caption_column)
         log.info("training on %d images%s", len(self.train_set),  # type: ignore[arg-type]
                  f", validating on {len(self.val_set)}" if self.val_set is not None else "")  # type: ignore[arg-type]
+
+    def _setup_shards(self) -> None:
+        from ldm.data.shards import count_samples, expand_shards
+
+        started = time.monotonic()
+        self.shard_urls = expand_shards(self.shards)  # type: ignore[arg-type]
+        self.shard_counts = [count_samples(url) for url in self.shard_urls]
+        log.info("training on %d samples in %d shard(s) (counted in %.1f s)", sum(self.shard_counts),
+                 len(self.shard_urls), time.monotonic() - started)
+        if self.val_root is not None:
+            self.val_set = CaptionedImageFolder(self.val_root, self.size, center_crop=True, flip=False,
+                                                caption_column=self.caption_column)
+
+    def shard_plan(self, world_size: int = 1):  # -> ShardPlan
+        from ldm.training.shard_stream import shard_plan
+
+        self.setup()
+        return shard_plan(self.shard_urls, self.shard_counts, world_size, self.batch_size, self.seed,  # type: ignore[arg-type]
+                          self.remainder)
 
     def has_validation(self) -> bool:
         self.setup()
         return self.val_set is not None
 
-    def stream(self, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> SampleStream:
+    def stream(self, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> IterableDataset:
+        """This rank's training stream from loader batch `start_batch` on (a SampleStream, or a ShardStream)."""
         self.setup()
+        if self.shards is not None:
+            from ldm.training.shard_stream import ShardStream
+
+            return ShardStream(self.shard_plan(world_size), rank, start_batch, self.size, self.center_crop, self.flip,
+                               self.captions, self.caption_column, self.unreadable)
         assert self.train_set is not None
         return SampleStream(self.train_set, self.batch_size, self.seed, rank, world_size, start_batch, self.flip,
                             weighted=self.weighted, captions=self.captions, unreadable=self.unreadable)
@@ -220,8 +264,16 @@ class ImageTextDataModule(pl.LightningDataModule):
             # Called after a resumed checkpoint is restored: continue where the model stopped.
             start = int(getattr(trainer.lightning_module, "batches_seen", 0))
             rank, world = trainer.global_rank, trainer.world_size
-        return DataLoader(self.stream(start, rank, world), batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        workers = self.num_workers
+        if self.shards is not None:
+            plan = self.shard_plan(world)
+            if rank == 0:
+                log.info("%s", plan.describe())
+            if workers > plan.steps:  # each worker reads a run of an epoch's batches: at least one each
+                log.warning("data.num_workers=%d is more than the %d steps of an epoch: using %d", workers, plan.steps, plan.steps)
+                workers = plan.steps
+        return DataLoader(self.stream(start, rank, world), batch_size=self.batch_size, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.has_validation():

@@ -71,6 +71,26 @@ def check_resumable(ckpt: dict, module: torch.nn.Module, path: str | os.PathLike
         raise ResumeError(f"{path} does not match the config's model: " + "; ".join(problems))
 
 
+# What places a shard stream's batches (ldm.training.shard_stream): a resumed run must keep them, or its
+# position would point at other samples (repeating some, skipping others).
+SHARD_ORDER_KEYS = ("shards", "batch_size", "num_workers", "remainder")
+
+
+def check_same_data_order(ckpt: dict, cfg: dict, world_size: int, path: str | os.PathLike) -> None:
+    """Refuse to resume a sharded run with settings that change which samples its saved position means."""
+    if cfg["data"].get("shards") is None:
+        return  # a folder stream is placed by position alone (ldm.training.data.SampleStream)
+    state = ckpt.get("ldm") or {}
+    stored = ((state.get("config") or {}).get("data")) or {}
+    for key in SHARD_ORDER_KEYS:
+        if key in stored and stored[key] != cfg["data"][key]:
+            raise ResumeError(f"{path} was trained with data.{key}={stored[key]!r}, not {cfg['data'][key]!r}: "
+                              "a sharded run resumes with the same shards, batch size, workers and remainder")
+    if "world_size" in state and int(state["world_size"]) != world_size:
+        raise ResumeError(f"{path} was trained on {state['world_size']} process(es), not {world_size}: "
+                          "a sharded run resumes on the same number of devices")
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint plugin, except that loading is weights-only whatever the caller or environment asks.
 

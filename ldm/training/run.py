@@ -49,6 +49,7 @@ from ldm.training.resume import (
     ResumeError,
     SafeCheckpointIO,
     check_resumable,
+    check_same_data_order,
     read_checkpoint,
     resolve_resume,
 )
@@ -194,7 +195,8 @@ def build_data(cfg: dict) -> ImageTextDataModule:
                                num_workers=d["num_workers"], val_fraction=d["val_fraction"], val_root=d["val_root"],
                                val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"], weighted=d["weighted"],
                                captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]),
-                               max_unreadable=d["max_unreadable"])
+                               max_unreadable=d["max_unreadable"], shards=d["shards"], remainder=d["remainder"],
+                               caption_column=d["caption_column"])
 
 
 def build_loggers(cfg: dict) -> list[Logger]:
@@ -340,6 +342,8 @@ def train(cfg: dict, resume: str | os.PathLike | None = None, extra_callbacks: l
     if ckpt_path is not None:
         check_resumable(checkpoint, module, ckpt_path)  # type: ignore[arg-type]
     trainer = build_trainer(cfg, extra_callbacks, preloaded={str(ckpt_path): checkpoint} if ckpt_path else None)
+    if ckpt_path is not None:
+        check_same_data_order(checkpoint, cfg, trainer.world_size, ckpt_path)  # type: ignore[arg-type]
     if trainer.is_global_zero:  # other ranks start once rank 0 has begun writing here
         if ckpt_path is None:
             check_new_run_dir(run_dir, overwrite)
