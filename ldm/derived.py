@@ -85,3 +85,27 @@ def widen_unet_input(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor
     wide[:, : weight.shape[1]] = weight
     log.info("widened the U-Net's input from %d to %d channels (new ones start at zero)", weight.shape[1], target.shape[1])
     return {**state, FIRST_CONV: wide}
+
+
+def load_adapter(model: nn.Module, path: str | Path, name: str = "default") -> None:
+    """Start the model's adapter `name` (added by add_lora, same targets and rank) from a LoRA run's export, and
+    its whole tensors (lora.train_whole) too: training continues from that adapter instead of from zero."""
+    from ldm.lora import LoraError, _adapters
+
+    whole, state = split_derived(load_state_dict(path))
+    adapters = _adapters(model, name)
+    missing = [t for t in adapters if f"{t}.lora_down.weight" not in state]
+    if missing or len(state) != 3 * len(adapters):
+        raise LoraError(f"{path} does not fit the adapter being trained (other targets or layers), e.g. "
+                        f"{(missing or sorted(state))[0]}")
+    with torch.no_grad():
+        for target, adapter in adapters.items():
+            for part, module in (("down", adapter.down), ("up", adapter.up)):
+                value = state[f"{target}.lora_{part}.weight"]
+                if value.shape != module.weight.shape:
+                    raise LoraError(f"{path}: {target} has rank {value.shape} where the adapter has {tuple(module.weight.shape)}")
+                module.weight.copy_(value)
+    unknown = set(whole) - set(model.state_dict())
+    if unknown:
+        raise LoraError(f"{path}: whole tensor {sorted(unknown)[0]} is not in the model")
+    model.load_state_dict(whole, strict=False)

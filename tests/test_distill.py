@@ -204,6 +204,10 @@ def test_bad_distillation_settings_are_refused_in_one_line(shapes, teacher_file,
         student_config(shapes, tmp_path, teacher_file, "distill.stage=3")
     with pytest.raises(TrainConfigError, match="scale_range"):
         student_config(shapes, tmp_path, teacher_file, "distill.scale_range=[5, 1]")
+    with pytest.raises(TrainConfigError, match="unet.guidance_embed"):
+        student_config(shapes, tmp_path, teacher_file, "lora.rank=2")
+    with pytest.raises(TrainConfigError, match="init.lora"):
+        student_config(shapes, tmp_path, teacher_file, f"init.lora={teacher_file}")
     from ldm.training.run import build_module
 
     plain = tiny_train_config("ldm", shapes, tmp_path, QUIET + [f"distill.teacher={teacher_file}"])
@@ -214,3 +218,38 @@ def test_bad_distillation_settings_are_refused_in_one_line(shapes, teacher_file,
     again = student_config(shapes, tmp_path / "y", tmp_path / "x" / "model.safetensors")
     with pytest.raises(DistillationError, match="already takes the scale"):
         build_module(again)
+
+
+
+def test_a_lora_student_keeps_one_adapter_and_each_stage_starts_as_its_teacher(shapes, teacher_file, tmp_path):
+    from ldm.training.distill import stage_configs
+    from ldm.training.run import build_module
+    from ldm.training.tiny import TINY_CONFIGS
+
+    run_dir = tmp_path / "distill"
+    lora = ["lora.rank=2", "lora.targets=[attn, ff]", "lora.train_whole=[unet.guidance_embed]", "training.lr=1e-3",
+            f"init.checkpoint={teacher_file}"]
+    args = ["distill", "--config", str(TINY_CONFIGS["ldm"]), f"data.root={shapes}", f"logging.run_dir={run_dir}",
+            *QUIET, STUDENT, f"distill.teacher={teacher_file}", "distill.stages=[guidance, 2]",
+            "distill.steps_per_stage=3", "trainer.enable_progress_bar=false", "logging.tensorboard=false", *lora]
+    assert cli_main(args) == 0
+    first, second = run_dir / "guidance" / "lora.safetensors", run_dir / "halve-2" / "lora.safetensors"
+    assert first.is_file() and second.is_file() and not (run_dir / "halve-2" / "model.safetensors").exists()
+    from ldm.checkpoint import load_state_dict
+
+    state = load_state_dict(second)
+    assert any(k.startswith("unet.guidance_embed.") for k in state) and any(k.endswith("lora_up.weight") for k in state)
+
+    # Stage 2 again, as it starts: its student (base + stage 1's adapter, trainable) is its teacher exactly.
+    cfg = stage_configs(tiny_train_config("ldm", shapes, run_dir, QUIET + [STUDENT, f"distill.teacher={teacher_file}",
+                                                                          "distill.stages=[guidance, 2]", *lora]))[1]
+    assert cfg["init"]["lora"] == str(first) and cfg["distill"]["teacher"] == str(first)
+    module = build_module(cfg)
+    g = torch.Generator().manual_seed(5)
+    x, t = torch.randn(2, 4, 4, 4, generator=g), torch.tensor([50, 900])
+    c, w = module.model.encode_text(["red", "blue"]), torch.full((2,), 4.0)
+    with torch.no_grad():
+        student = module.model.unet(x, t, context=c, guidance=w)
+        teacher = module.teacher.unet(x, t, context=c, guidance=w)
+    assert torch.allclose(student, teacher, atol=1e-5)
+    assert not torch.allclose(student, module.model.unet(x, t, context=c, guidance=torch.full((2,), 1.0)))

@@ -14,6 +14,7 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
                   unet: U-Net weights (bare, or inside a whole checkpoint)
                   widen_input: the U-Net's first convolution takes more input channels than the init weights'
                     (a text-to-image model fine-tuned into an inpainting one): the extra channels start at zero
+                  lora: a LoRA run's lora.safetensors that the adapter (and its whole tensors) starts from
     training:   every kind: seed, lr, weight_decay, betas, warmup_steps, grad_clip, accumulate;
                 diffusion (`DiffusionTraining`): ema_decay (null: no EMA), cond_dropout, gradient_checkpointing,
                 compile, scale_factor ("model": keep the model's; null: estimate 1/std of the first batch's
@@ -65,6 +66,7 @@ class InitSection:
     text_encoder: str | None = None
     unet: str | None = None
     widen_input: bool = False
+    lora: str | None = None  # a LoRA run's export (lora.safetensors): the adapter starts from it, not from zero
 
 
 @dataclass

@@ -108,6 +108,9 @@ def _check_distill(cfg: dict, kind: str) -> None:
         raise TrainConfigError(f"distill.stages must be a list of stages, got {stages!r}")
     for stage in stages:
         check_stage(stage, "distill.stages")
+    if cfg["lora"]["rank"] and "unet.guidance_embed" not in (cfg["lora"]["train_whole"] or []):
+        raise TrainConfigError("a LoRA student trains its new guidance embedding whole: add unet.guidance_embed "
+                               "to lora.train_whole")
     steps = dist["steps_per_stage"]
     counts = steps if isinstance(steps, list) else [steps]
     if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts) or \
@@ -139,6 +142,8 @@ def _check_lora(cfg: dict, kind: str) -> None:
     lora = cfg["lora"]
     _integer(cfg, "lora", "rank", 0, " (0: off)")
     if not lora["rank"]:
+        if cfg["init"].get("lora"):
+            raise TrainConfigError("init.lora starts a LoRA adapter from a file; set lora.rank (and its targets) to match it")
         return
     if kind != "diffusion":
         raise TrainConfigError(f"lora.rank applies to diffusion runs, not to this {kind} run (set lora.rank=0)")

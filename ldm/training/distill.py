@@ -2,7 +2,9 @@
 
 Stage i trains in <logging.run_dir>/<stage name> ("guidance", "halve-16", "halve-8", ...) for its
 `distill.steps_per_stage` steps and exports model.safetensors there, which is the teacher of stage i + 1; the
-first stage's teacher is `distill.teacher`. With resume, finished stages (their export exists) are skipped and the
+first stage's teacher is `distill.teacher`. A LoRA student (lora.rank > 0, over init.checkpoint) keeps one adapter
+throughout: each stage exports lora.safetensors, which teaches the next stage and is where its adapter starts
+(init.lora), so the last stage's file alone, over the base, is the few-step model (small enough to ship). With resume, finished stages (their export exists) are skipped and the
 current one continues from its last.ckpt, so an interrupted distillation loses at most one checkpoint interval.
 """
 from __future__ import annotations
@@ -22,14 +24,19 @@ def stage_name(stage: str | int) -> str:
     return "guidance" if stage == "guidance" else f"halve-{stage}"
 
 
+def export_name(cfg: dict) -> str:
+    """What a stage exports: the whole model, or for a LoRA student its one adapter and guidance embedding."""
+    return "lora.safetensors" if cfg["lora"]["rank"] else "model.safetensors"
+
+
 def stage_configs(cfg: dict) -> list[dict]:
     """One resolved training config per stage of `distill.stages`, each taught by the export of the one before."""
     dist = cfg["distill"]
     if dist["teacher"] is None:
         raise TrainConfigError("ldm distill needs distill.teacher (the teacher's weights file)")
-    if cfg["lora"]["rank"]:
-        raise TrainConfigError("ldm distill trains whole U-Nets, each stage the teacher of the next; a LoRA student "
-                               "is one stage of `ldm train` (set lora.rank=0 here)")
+    lora = bool(cfg["lora"]["rank"])
+    if lora and not cfg["init"].get("checkpoint"):
+        raise TrainConfigError("a LoRA student needs init.checkpoint, the base its one adapter is trained over")
     stages, steps = dist["stages"], dist["steps_per_stage"]
     counts = steps if isinstance(steps, list) else [steps] * len(stages)
     run_dir = Path(cfg["logging"]["run_dir"])
@@ -41,8 +48,10 @@ def stage_configs(cfg: dict) -> list[dict]:
         stage_cfg["distill"].update(stage=stage, teacher=str(teacher), teacher_config=teacher_config)
         stage_cfg["logging"]["run_dir"] = stage_dir.as_posix()
         stage_cfg["trainer"]["max_steps"] = int(count)
+        if lora and out:  # one adapter throughout: each stage goes on from the one before, which teaches it
+            stage_cfg["init"]["lora"] = str(teacher)
         out.append(stage_cfg)
-        teacher, teacher_config = stage_dir / "model.safetensors", None  # its model.yaml lies beside it
+        teacher, teacher_config = stage_dir / export_name(cfg), None  # its .yaml lies beside it
     return out
 
 
@@ -52,8 +61,8 @@ def run_distillation(config_path: str | os.PathLike, overrides: list[str] | None
     for stage_cfg in stage_configs(cfg):
         stage_dir = Path(stage_cfg["logging"]["run_dir"])
         name = stage_name(stage_cfg["distill"]["stage"])
-        if resume and (stage_dir / "model.safetensors").is_file():
-            log.info("distillation stage %s: done (%s), skipped", name, stage_dir / "model.safetensors")
+        if resume and (stage_dir / export_name(cfg)).is_file():
+            log.info("distillation stage %s: done (%s), skipped", name, stage_dir / export_name(cfg))
             continue
         last = stage_dir / "checkpoints" / "last.ckpt"
         log.info("distillation stage %s: %d steps in %s", name, stage_cfg["trainer"]["max_steps"], stage_dir)

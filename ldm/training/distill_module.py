@@ -96,6 +96,31 @@ class DistillationModule(LatentDiffusionModule):
         return weighted_mse(prediction, target, sigma)
 
 
+def is_lora_export(path: Path) -> bool:
+    """Whether a weights file is a LoRA run's export (an adapter over a base), as the stages of a LoRA student are."""
+    from safetensors import safe_open
+
+    from ldm.lora import SUFFIXES
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    with safe_open(str(path), "pt") as f:
+        return any(k.endswith(tuple(SUFFIXES)) for k in f.keys())
+
+
+def load_lora_teacher(weights: Path, config: Path, base: str | None) -> LatentDiffusion:
+    """The stage before of a LoRA student: its base (init.checkpoint) with that stage's adapter and whole tensors."""
+    from ldm.config import instantiate
+    from ldm.derived import load_derived_weights
+    from ldm.formats import resolve_config
+
+    if not base:
+        raise DistillationError(f"the teacher {weights} is a LoRA export: init.checkpoint must name its base model")
+    teacher = instantiate(resolve_config(config, None, None)["model"])
+    load_derived_weights(teacher, weights, base)
+    return teacher.eval()
+
+
 def build_distillation(cfg: dict, student: LatentDiffusion, module_kwargs: dict[str, Any]) -> DistillationModule:
     """The stage's module: the teacher loaded from `distill.teacher`, the student started as its copy (a new
     guidance embedding, whose last layer is zero, is the one part the teacher lacks)."""
@@ -104,7 +129,8 @@ def build_distillation(cfg: dict, student: LatentDiffusion, module_kwargs: dict[
     dist = cfg["distill"]
     weights = Path(dist["teacher"])
     config = Path(dist["teacher_config"]) if dist["teacher_config"] else weights.with_suffix(".yaml")
-    teacher = load_model(config if config.is_file() else None, weights)
+    teacher = load_lora_teacher(weights, config, cfg["init"].get("checkpoint")) if is_lora_export(weights) \
+        else load_model(config if config.is_file() else None, weights)
     check_pair(teacher, student)
     state = teacher.state_dict()
     if not teacher.guidance_embedded:

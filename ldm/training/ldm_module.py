@@ -71,6 +71,11 @@ class LatentDiffusionModule(TrainingModule):
             names = add_lora(model, self.lora["targets"], self.lora["rank"], self.lora["alpha"], self.lora["dropout"])
             for path in self.lora.get("train_whole") or ():
                 model.get_submodule(path).requires_grad_(True)  # a wrong path fails here, in one line
+            start = ((config or {}).get("init") or {}).get("lora")
+            if start:  # e.g. the stage before of a distillation: the adapter goes on from there
+                from ldm.derived import load_adapter
+
+                load_adapter(model, start)
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
             log.info("LoRA rank %d on %d modules (%s): %d trainable parameters; the base is frozen, no EMA",
                      self.lora["rank"], len(names), ", ".join(self.lora["targets"]), trained)

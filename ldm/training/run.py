@@ -117,6 +117,14 @@ def load_init_weights(model: torch.nn.Module, init: dict[str, Any], autoencoder:
             load_into(model, state)
         except CheckpointError as exc:
             raise CheckpointError(f"{init['checkpoint']}: {exc}") from None
+    elif init.get("checkpoint") and getattr(model, "guidance_embedded", False):
+        # A distillation student made from a model without a guidance embedding: its new one starts as built.
+        state = weights_in_our_layout(init["checkpoint"])
+        own = {k: v for k, v in model.state_dict().items() if k.startswith("unet.guidance_embed.")}
+        try:
+            load_into(model, {**own, **state})
+        except CheckpointError as exc:
+            raise CheckpointError(f"{init['checkpoint']}: {exc}") from None
     elif init.get("checkpoint"):
         model.load_weights(init["checkpoint"])  # type: ignore[operator]
     elif init.get("widen_input"):
