@@ -29,7 +29,7 @@ LAYERS = {
     "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d", "toy_vdm"),
     "data": ("data", "degradations"),
     "training": ("training",),
-    "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits"),
+    "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits", "evaluate_likelihood"),
     "interfaces": ("cli", "commands", "app"),
 }
 LINE_LIMIT = 400
