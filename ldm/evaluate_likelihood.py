@@ -61,4 +61,4 @@ def latent_nll(model, images: torch.Tensor, captions: list[str], timesteps: int 
     total = torch.cat(totals)
     error = float(total.std() / math.sqrt(len(total))) if len(total) > 1 else float("nan")
     return LikelihoodResult(float(bits_per_dim(total.mean(), dims)), float(bits_per_dim(error, dims)), len(total), dims,
-                            len(steps) + 1, variance)
+                            len(steps[0]) + 1, variance)
