@@ -17,9 +17,11 @@ from torch import nn
 
 from ldm.errors import LdmError
 from ldm.denoisers import DiscreteTimeDenoiser
-from ldm.diffusion import diffusion_loss
+from ldm.diffusion import VPParameterisation, diffusion_loss, predict_x0_from_eps, q_sample
+from ldm.likelihood import ReverseProcess, bits_per_dim, check_variance, frac_from_output, hybrid_loss, variational_bound
 from ldm.sampling import SamplingOptions, sample
 from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
+from ldm.variance_sampler import LearnedVarianceDenoiser, sample_ddpm_learned_variance
 
 DATASETS = ("spiral", "moons", "circles", "gaussians")
 # Per schedule, the (linear_start, linear_end) it is usually used with; cosine ignores them.
@@ -101,7 +103,8 @@ class ToyMLP(nn.Module):
     Called like the U-Net, `net(x, t, context=None, y=None)`, so the library's wrappers apply.
     """
 
-    def __init__(self, hidden: int = 128, layers: int = 3, time_dim: int = 32, num_timesteps: int = 1000):
+    def __init__(self, hidden: int = 128, layers: int = 3, time_dim: int = 32, num_timesteps: int = 1000,
+                 out_dim: int = 2):
         super().__init__()
         self.time_dim = time_dim
         self.num_timesteps = num_timesteps
@@ -109,7 +112,7 @@ class ToyMLP(nn.Module):
         blocks: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             blocks += [nn.Linear(a, b), nn.SiLU()]
-        self.net = nn.Sequential(*blocks, nn.Linear(hidden, 2))
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden, out_dim))  # 4 = [eps, raw v] with a learned variance
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
         half = self.time_dim // 2
@@ -126,7 +129,11 @@ class ToyMLP(nn.Module):
 
 @dataclass
 class ToyDiffusion:
-    """A toy model with its schedule and optimiser; `train(steps)` continues where it left off."""
+    """A toy model with its schedule and optimiser; `train(steps)` continues where it left off.
+
+    variance: the reverse process's (ldm.likelihood.VARIANCES). The fixed ones train on L_simple alone;
+    "learned" gives the MLP two more outputs, the log-space interpolation v, trained with L_hybrid.
+    """
 
     data: torch.Tensor
     schedule: str = "linear"
@@ -135,20 +142,37 @@ class ToyDiffusion:
     lr: float = 3e-3
     batch_size: int = 256
     seed: int = 0
+    variance: str = "fixed_small"
     losses: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.data.ndim != 2 or self.data.shape[1] != 2:
             raise ToyDataError(f"toy data must be [N, 2], got {tuple(self.data.shape)}")
+        check_variance(self.variance)
         torch.manual_seed(self.seed)
         self.alphas_cumprod = toy_alphas_cumprod(self.schedule, self.num_timesteps)
-        self.net = ToyMLP(self.hidden, num_timesteps=self.num_timesteps)
+        self.process = ReverseProcess(self.alphas_cumprod)
+        self.net = ToyMLP(self.hidden, num_timesteps=self.num_timesteps, out_dim=4 if self.learned else 2)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    @property
+    def learned(self) -> bool:
+        return self.variance == "learned"
+
+    def _hybrid_loss(self, x0: torch.Tensor) -> torch.Tensor:
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=self.generator)
+        noise = torch.randn(x0.shape, generator=self.generator)
+        x_t = q_sample(x0, t, self.alphas_cumprod, noise)
+        eps_hat, raw = self.net(x_t, t).chunk(2, dim=1)
+        return hybrid_loss(self.process, x0, x_t, t, noise, eps_hat, raw)[0]
+
     def train_step(self) -> float:
         idx = torch.randint(0, len(self.data), (self.batch_size,), generator=self.generator)
-        loss = diffusion_loss(self.net, self.data[idx], None, self.alphas_cumprod, "eps", generator=self.generator)
+        if self.learned:
+            loss = self._hybrid_loss(self.data[idx])
+        else:
+            loss = diffusion_loss(self.net, self.data[idx], None, self.alphas_cumprod, "eps", generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -168,8 +192,45 @@ class ToyDiffusion:
         self.net.eval()
         return self.losses
 
+    def eps_net(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        """The MLP's eps output alone (the first two channels when it also learns the variance)."""
+        return self.net(x, t, **cond)[:, :2]
+
     def denoiser(self) -> DiscreteTimeDenoiser:
-        return DiscreteTimeDenoiser(self.net, self.alphas_cumprod, prediction="eps")
+        return DiscreteTimeDenoiser(self.eps_net, self.alphas_cumprod, prediction="eps")
+
+    @torch.no_grad()
+    def nll(self, data: torch.Tensor, variance: str | None = None, seed: int = 0,
+            timesteps: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """The variational bound on `data` in data space (ldm.likelihood), per point in nats, and its mean in
+        bits/dim; `variance` (default: the model's) may be either fixed one for any model."""
+        variance = variance or self.variance
+        if variance == "learned" and not self.learned:
+            raise ToyDataError("this toy model was trained without a learned variance")
+
+        def predict(x_t: torch.Tensor, t: torch.Tensor):
+            out = self.net(x_t, t)
+            x0_hat = predict_x0_from_eps(x_t, t, out[:, :2], self.alphas_cumprod)
+            return x0_hat, frac_from_output(out[:, 2:]).clamp(0, 1) if self.learned else None
+
+        self.net.eval()
+        with single_thread():
+            bound = variational_bound(predict, data.float(), self.process, variance, timesteps,
+                                      torch.Generator().manual_seed(seed))
+        return {**bound, "bits_per_dim": float(bits_per_dim(bound["total"].mean(), data.shape[1]))}
+
+    @torch.no_grad()
+    def sample_learned_variance(self, n: int = 1000, steps: int = 10, seed: int = 0, spacing: str = "trailing",
+                                clip: float | None = 4.0) -> torch.Tensor:
+        """[n, 2] samples by ancestral DDPM with the learned variance (ldm.variance_sampler)."""
+        if not self.learned:
+            raise ToyDataError("this toy model was trained without a learned variance")
+        sigmas = get_sigmas(self.alphas_cumprod, steps, spacing=spacing)
+        x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
+        model = LearnedVarianceDenoiser(self.net, VPParameterisation(self.alphas_cumprod, "eps"), clip)
+        with single_thread():
+            return sample_ddpm_learned_variance(model, x, sigmas, generator=torch.Generator().manual_seed(seed + 1),
+                                                disable=True)
 
     @torch.no_grad()
     def sample(self, n: int = 1000, steps: int = 50, sampler: str = "ddim", seed: int = 0,

@@ -18,18 +18,18 @@ LAYERS = {
     # errors, configs, paths, devices, schedules and the parameterisation, files and images
     "core": ("__init__", "errors", "config", "defaults", "devices", "limits", "schedules", "diffusion", "checkpoint",
              "images", "infotext", "masks", "hf_clip", "formats", "convert", "tiling",
-             "diffusers_keys", "diffusers_files", "skip_init", "distillation"),
+             "diffusers_keys", "diffusers_files", "skip_init", "distillation", "likelihood", "vdm"),
     # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder;
     # diffusers_format/_export: diffusers folders, whose pipeline follows the model's conditioning kind)
     "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model", "lora",
                "open_clip_parts", "lora_layers", "lora_kohya", "lora_merge", "embeddings", "diffusers_format", "diffusers_export", "derived"),
     # samplers, guidance, sampling options and the one checked entry point
-    "sampling": ("samplers", "denoisers", "sampling"),
+    "sampling": ("samplers", "denoisers", "sampling", "variance_sampler"),
     # what a user asks for: txt2img, editing, walks (and the 2-D toy of the app)
-    "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d"),
+    "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d", "toy_vdm"),
     "data": ("data", "degradations"),
     "training": ("training",),
-    "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits"),
+    "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits", "evaluate_likelihood"),
     "interfaces": ("cli", "commands", "app"),
 }
 LINE_LIMIT = 400

@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", default=None, help="also write the markdown table here")
     p.add_argument("--compare", nargs="+", default=None, metavar="NAME=RESULTS.json",
                    help="generate nothing: put earlier --out results of several models side by side in one table")
+    p.add_argument("--nll", action="store_true",
+                   help="generate nothing: report the variational bound on the held-out images in bits/dim "
+                        "(of the VAE latents for a latent model)")
+    p.add_argument("--nll-timesteps", type=int, default=50, help="timesteps the bound's sum over t is estimated from")
+    p.add_argument("--nll-variance", default="fixed_large", choices=("fixed_large", "fixed_small"),
+                   help="the reverse process's fixed variance (beta_t or the posterior's beta~_t)")
+    p.add_argument("--nll-images", type=int, default=64, help="use the first N held-out images")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -59,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         return compare(args.compare, args.table)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.nll:
+        return nll(args)
     settings = EvalSettings(scales=tuple(args.scales), n_train_prompts=args.n_train_prompts, max_heldout=args.max_heldout,
                             seed=args.seed, steps=args.steps, sampler=args.sampler, batch_size=args.batch_size, k=args.k,
                             kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size)
@@ -106,6 +115,32 @@ def run(args: argparse.Namespace) -> int:
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(table + "\n")
+    return 0
+
+
+def nll(args: argparse.Namespace) -> int:
+    """`ldm eval --nll`: bits/dim of the held-out images' latents (ldm.evaluate_likelihood)."""
+    import json
+    from pathlib import Path
+
+    from ldm.commands.common import load_model_from_args
+    from ldm.evaluate import load_real
+    from ldm.evaluate_likelihood import latent_nll
+
+    if args.nll_timesteps < 1 or args.nll_images < 1 or args.batch_size < 1:
+        raise InvalidOptionError("--nll-timesteps, --nll-images and --batch-size must be at least 1")
+    if not (Path(args.data) / "heldout").is_dir():
+        raise MissingFileError(f"no held-out images: {Path(args.data) / 'heldout'} is not a folder")
+    model = load_model_from_args(args)
+    real = load_real(args.data, args.size or model.default_image_size)
+    rows = [i for i, split in enumerate(real.splits) if split == "heldout"][:args.nll_images]
+    result = latent_nll(model, real.images[rows], [real.captions[i] for i in rows], args.nll_timesteps,
+                        args.nll_variance, args.batch_size, args.seed)
+    print(result.line())
+    print("(the bound of the VAE latents: the autoencoder's own -log p(image | latent) is not included)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result.__dict__, indent=1) + "\n")
     return 0
 
 
