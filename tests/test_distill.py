@@ -237,6 +237,12 @@ def test_a_lora_student_keeps_one_adapter_and_each_stage_starts_as_its_teacher(s
     assert first.is_file() and second.is_file() and not (run_dir / "halve-2" / "model.safetensors").exists()
     from ldm.checkpoint import load_state_dict
 
+    # student.yaml beside it: the derived model's config, which the usual loader and txt2img take.
+    from ldm.pipeline import txt2img
+
+    model = load_model(run_dir / "halve-2" / "student.yaml", second, device="cpu")
+    assert model.guidance_embedded
+    assert len(txt2img(model, "red circle", steps=1, spacing="trailing", progress=False)) == 1
     state = load_state_dict(second)
     assert any(k.startswith("unet.guidance_embed.") for k in state) and any(k.endswith("lora_up.weight") for k in state)
 

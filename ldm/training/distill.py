@@ -67,4 +67,21 @@ def run_distillation(config_path: str | os.PathLike, overrides: list[str] | None
         last = stage_dir / "checkpoints" / "last.ckpt"
         log.info("distillation stage %s: %d steps in %s", name, stage_cfg["trainer"]["max_steps"], stage_dir)
         train(stage_cfg, resume=LAST if resume and last.is_file() else None)
+        if stage_cfg["lora"]["rank"]:
+            write_student_config(stage_dir, stage_cfg["init"]["checkpoint"])
     return 0
+
+
+def write_student_config(stage_dir: Path, base: str) -> Path:
+    """student.yaml beside a LoRA stage's lora.safetensors: the derived model's inference config (ldm.derived),
+    so that `ldm txt2img --config student.yaml --ckpt lora.safetensors` samples the student over its base."""
+    import yaml
+
+    from ldm.checkpoint import atomic_path
+
+    node = yaml.safe_load((stage_dir / "lora.yaml").read_text())
+    node["base"] = str(Path(base).resolve())
+    path = stage_dir / "student.yaml"
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(node, sort_keys=False))
+    return path
