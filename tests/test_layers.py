@@ -27,7 +27,7 @@ LAYERS = {
     "sampling": ("samplers", "denoisers", "sampling", "classifier_guidance"),
     # what a user asks for: txt2img, editing, walks (and the 2-D toy of the app)
     "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d",
-              "toy_classes"),
+              "toy_classes", "toy_compare"),
     "data": ("data", "degradations"),
     "training": ("training",),
     "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits"),
