@@ -142,13 +142,13 @@ class ConditionalToyDiffusion(ToyDiffusion):
 
 
 def sample_with(toy: ToyDiffusion, denoiser: Denoiser, n: int, steps: int = 50, sampler: str = "ddpm", seed: int = 0,
-                clip: float | None = 4.0) -> torch.Tensor:
+                clip: float | None = 4.0, **sampler_options) -> torch.Tensor:
     """[n, 2] samples of `toy`'s schedule through any denoiser over its network (guided, wrapped), as toy.sample does."""
     sigmas = get_sigmas(toy.alphas_cumprod, steps, spacing="trailing")
     x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
     denoiser = denoiser if clip is None else ClippedDenoiser(denoiser, clip)
     with single_thread():
-        return sample(denoiser, x, sigmas, SamplingOptions(steps=steps, sampler=sampler),
+        return sample(denoiser, x, sigmas, SamplingOptions(steps=steps, sampler=sampler, extra=dict(sampler_options)),
                       torch.Generator().manual_seed(seed + 1), progress=False)
 
 
