@@ -15,8 +15,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ldm.toy2d import ToyDiffusion, nearest_distance, single_thread
-from ldm.toy_classes import GAUSSIAN_CLASSES
+from ldm.errors import InvalidOptionError
+from ldm.toy2d import ToyDiffusion, make_data, nearest_distance, single_thread
+from ldm.toy_classes import GAUSSIAN_CLASSES, labelled_gaussians
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -224,12 +225,7 @@ def compare_models(dataset: str = "gaussians", steps: int = 2000, n: int = 1000,
 
     Likelihoods are of `nll_points` held-out points (drawn with another seed), in nats per 2-D point, as
     negative log-likelihood (lower is better). report(model, step, recent mean loss) after every `every` steps."""
-    from ldm.toy2d import make_data
-    from ldm.toy_classes import labelled_gaussians
-
     if steps < 1 or n < 1:
-        from ldm.errors import InvalidOptionError
-
         raise InvalidOptionError(f"training steps and samples must be at least 1, got {steps} and {n}")
     data = make_data(dataset, 2000, seed=seed)
     held_out = make_data(dataset, nll_points, seed=seed + 1000)
