@@ -91,10 +91,10 @@ def guidance_rows(points: torch.Tensor, labels: torch.Tensor, steps: int, n: int
         cg = sample_with(unconditional, classifier_guided(unconditional, classifier, targets, scale), n, seed=seed)
         cfg = sample_with(conditional, conditional.cfg_denoiser(targets, scale), n, seed=seed)
         rows.append({"scale": scale,
-                     "classifier guidance: accuracy": f"{class_accuracy(judge, cg, targets):.1%}",
-                     "distance to data": f"{float(nearest_distance(cg, points).mean()):.4f}",
-                     "classifier-free: accuracy": f"{class_accuracy(judge, cfg, targets):.1%}",
-                     "distance to data ": f"{float(nearest_distance(cfg, points).mean()):.4f}"})
+                     "classifier guidance: in class": f"{class_accuracy(judge, cg, targets):.1%}",
+                     "classifier guidance: distance to data": f"{float(nearest_distance(cg, points).mean()):.4f}",
+                     "classifier-free: in class": f"{class_accuracy(judge, cfg, targets):.1%}",
+                     "classifier-free: distance to data": f"{float(nearest_distance(cfg, points).mean()):.4f}"})
     return rows, unconditional
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     t0 = time.time()
     torch.manual_seed(args.seed)
     with single_thread():
-        print("### Predictor-corrector against the other stochastic samplers, analytic Gaussian denoiser\n")
+        print("### Predictor-corrector beside other samplers, analytic Gaussian denoiser\n")
         print(markdown(analytic_rows(20000, args.seed)) + "\n")
         points, labels = labelled_gaussians(2000, args.seed)
         rows, unconditional = guidance_rows(points, labels, args.steps, args.n, args.seed)
