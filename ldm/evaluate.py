@@ -36,6 +36,7 @@ from ldm.metrics import (
     ZeroShotJudge,
     clip_score,
     frechet_distance,
+    inception_score,
     kernel_inception_distance,
     precision_recall,
     topk_accuracy,
@@ -208,6 +209,13 @@ def _distribution_metrics(real: torch.Tensor, fake: torch.Tensor, settings: Eval
     return result
 
 
+def _inception_score_of(inception: InceptionFeatures | None, features: torch.Tensor | None, rows: list[int]) -> dict:
+    """{"inception_score": IS of these rows' images (one split)}, or {} without Inception weights."""
+    if inception is None or features is None:
+        return {}
+    return {"inception_score": inception_score(inception.class_logits(features[rows]))[0]}
+
+
 class Judge:
     """The judge CLIP over a RealSet: image features, the nearest-neighbour and zero-shot judges, text features."""
 
@@ -270,7 +278,8 @@ def evaluate_model(model, clip: torch.nn.Module, data_dir: str | os.PathLike, se
     for group, rows in groups.items():
         if rows:
             rows_out.append({"scale": None, "group": group, "n": len(rows),
-                             **judge.scores(real_clip[rows], [prompts[i] for i in rows], prompt_text[rows], exclude=reference[rows])})
+                             **judge.scores(real_clip[rows], [prompts[i] for i in rows], prompt_text[rows], exclude=reference[rows]),
+                             **_inception_score_of(inception, real_inc, rows)})
     timings: dict[str, float] = {}
     for scale in settings.scales:
         t = time.time()
@@ -286,6 +295,7 @@ def evaluate_model(model, clip: torch.nn.Module, data_dir: str | os.PathLike, se
             row.update(_distribution_metrics(real_clip[rows], fake_clip[rows], settings, "clip"))
             if fake_inc is not None:
                 row.update(_distribution_metrics(real_inc[rows], fake_inc[rows], settings, "inception"))
+                row.update(_inception_score_of(inception, fake_inc, rows))
             rows_out.append(row)
         on_progress(f"scale {scale:g}: {len(prompts)} images in {timings[f'generate_scale_{scale:g}']:.1f}s")
     n_classes = len(judge.nn.classes)
@@ -311,7 +321,7 @@ def format_table(results: dict) -> str:
     head = ["guidance", "prompts", "n", "FID (CLIP)", "KID×10³ (CLIP)", "precision", "recall",
             "NN top-1", "NN top-5", "family top-1", "zero-shot top-1", "CLIP score"]
     if inc:
-        head += ["FID (Inception)", "KID×10³ (Inception)"]
+        head += ["FID (Inception)", "KID×10³ (Inception)", "IS"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["rows"]:
         kid = None if r.get("kid_clip") is None else 1e3 * r["kid_clip"]
@@ -321,7 +331,7 @@ def format_table(results: dict) -> str:
                  f"{r['zeroshot_top1']:.1%}", f"{r['clip_score']:.2f}"]
         if inc:
             kid_i = None if r.get("kid_inception") is None else 1e3 * r["kid_inception"]
-            cells += [_fmt(r.get("fid_inception"), ".2f"), _fmt(kid_i, ".3f")]
+            cells += [_fmt(r.get("fid_inception"), ".2f"), _fmt(kid_i, ".3f"), _fmt(r.get("inception_score"), ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     s = results["settings"]
     lines += [

@@ -242,6 +242,7 @@ class InceptionFeatures:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise InceptionWeightsError(f"{path} does not fit torchvision's inception_v3: {str(exc).splitlines()[0]}") from exc
+        self.classifier = net.fc  # kept apart: the ImageNet logits of a pool vector, for the Inception Score
         net.fc = torch.nn.Identity()  # the pooled 2048-d vector, as FID uses
         self.net = net.eval().to(device)
         self.batch_size = batch_size
@@ -252,6 +253,34 @@ class InceptionFeatures:
         device = next(self.net.parameters()).device
         return torch.cat([self.net(_resize(images[i:i + self.batch_size].to(device), 299)).float().cpu()
                           for i in range(0, len(images), self.batch_size)])
+
+
+    @torch.no_grad()
+    def class_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits of pool features from __call__ (one pass serves FID and the Inception Score)."""
+        device = next(self.classifier.parameters()).device
+        return self.classifier(features.to(device)).float().cpu()
+
+
+def inception_score(logits: torch.Tensor | np.ndarray, splits: int = 1) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016) from classifier logits [N, classes], as (mean, std) over splits:
+
+        IS = exp(E_x KL(p(y | x) || p(y))),  p(y) = mean over the split of p(y | x).
+
+    It is 1 when every image gets the same prediction (or every prediction is uniform) and the number of
+    classes k when predictions are one-hot and the k classes are used equally: confident and diverse.
+    The published protocol uses 10 splits of 5,000 images; fewer images per split bias it downwards.
+    """
+    log_p = torch.log_softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), dim=1)
+    if log_p.ndim != 2 or len(log_p) < splits or splits < 1:
+        raise FeatureShapeError(f"inception_score needs [N, classes] logits with N >= splits >= 1, got {tuple(log_p.shape)} "
+                                f"and splits={splits}")
+    scores = []
+    for part in torch.tensor_split(log_p, splits):  # exactly `splits` parts, sizes differing by at most one
+        log_marginal = torch.logsumexp(part, dim=0) - math.log(len(part))
+        kl = (part.exp() * (part - log_marginal)).sum(dim=1)
+        scores.append(float(kl.mean().exp()))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -147,6 +147,22 @@ def websocket_handshake(port: int, host: str) -> str:
         return s.recv(256).decode(errors="replace").split("\r\n")[0]
 
 
+def test_compare_gan_vae_and_diffusion_in_the_browser(app, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        page.goto(f"{app[0]}/compare", timeout=60_000)
+        page.get_by_role("heading", name="GAN, VAE and diffusion, side by side").wait_for(timeout=90_000)
+        set_number(page, "Training steps (each model)", 50)
+        page.get_by_role("button", name="Train all three").click()
+        page.get_by_role("heading", name="Measured").wait_for(timeout=120_000)
+        page.locator('[data-testid="stDataFrame"]').first.wait_for(state="visible", timeout=30_000)
+        assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 6  # three sample plots, three loss curves
+        assert not page.locator('[data-testid="stAlertContentError"]').count()
+        assert not page.locator('[data-testid="stException"]').count()
+    finally:
+        page.close()
+
+
 def test_the_app_refuses_foreign_host_names_against_dns_rebinding(app):
     """A page on attacker.example re-pointed at 127.0.0.1 sends its own name as Host, and same-origin checks
     pass for it; the app's stream, through which every page runs, must refuse it."""

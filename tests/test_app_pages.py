@@ -337,7 +337,8 @@ def test_main_navigates_to_every_page(app_env):
     at.run()
     assert not at.exception and at.header[0].value == "Forward diffusion explorer"
     for path, header in [("views/text.py", "Text-to-image"), ("views/walk.py", "Latent walk"),
-                         ("views/toy.py", "Train a denoiser, live"), ("views/edit.py", "Edit")]:
+                         ("views/toy.py", "Train a denoiser, live"), ("views/edit.py", "Edit"),
+                         ("views/compare.py", "GAN, VAE and diffusion, side by side")]:
         at.switch_page(path).run()
         assert not at.exception and at.header[0].value == header
     assert "Model: tiny.yaml + tiny.safetensors" in at.sidebar.caption[0].value

@@ -24,9 +24,10 @@ LAYERS = {
     "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model", "lora",
                "open_clip_parts", "lora_layers", "lora_kohya", "lora_merge", "embeddings", "diffusers_format", "diffusers_export", "derived"),
     # samplers, guidance, sampling options and the one checked entry point
-    "sampling": ("samplers", "denoisers", "sampling", "variance_sampler"),
-    # what a user asks for: txt2img, editing, walks (and the 2-D toy of the app)
-    "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d", "toy_vdm"),
+    "sampling": ("samplers", "denoisers", "sampling", "variance_sampler", "classifier_guidance"),
+    # what a user asks for: txt2img, editing, walks (and the 2-D toys of the app)
+    "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d", "toy_vdm",
+              "toy_classes", "toy_compare"),
     "data": ("data", "degradations"),
     "training": ("training",),
     "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits", "evaluate_likelihood"),

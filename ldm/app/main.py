@@ -11,6 +11,7 @@ st.set_page_config(page_title="ldm", layout="wide")
 pages = [
     st.Page(VIEWS / "forward.py", title="Forward diffusion", url_path="forward", default=True),
     st.Page(VIEWS / "toy.py", title="Train a denoiser", url_path="toy"),
+    st.Page(VIEWS / "compare.py", title="GAN, VAE, diffusion", url_path="compare"),
     st.Page(VIEWS / "text.py", title="Text-to-image", url_path="text"),
     st.Page(VIEWS / "edit.py", title="Edit", url_path="edit"),
     st.Page(VIEWS / "walk.py", title="Latent walk", url_path="walk"),

@@ -1,4 +1,4 @@
-"""ldm eval: generate at several guidance scales and score the images (FID/KID/precision/recall, prompt accuracy, CLIP score)."""
+"""ldm eval: generate at several guidance scales and score the images (FID/KID/precision/recall, prompt accuracy, CLIP score; Inception FID/KID/IS with local weights)."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--styles", default=None,
                    help="comma-separated style words: the prompt list once more with each ('<prompt>, <style> style')")
     p.add_argument("--inception-weights", default=None,
-                   help="local torchvision inception_v3 state dict for Inception FID/KID (never downloaded; skipped when absent)")
+                   help="local torchvision inception_v3 state dict for Inception FID/KID and the Inception Score (never downloaded; skipped when absent)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 7.0], help="guidance scales (default: 1 3 7)")
     p.add_argument("--n-train-prompts", type=int, default=200, help="random train captions added to the held-out ones")
     p.add_argument("--max-heldout", type=int, default=None, help="use only the first N held-out captions")
