@@ -140,14 +140,17 @@ class VPParameterisation:
         `concat` (inpainting mask + masked latent, upscaler low-res image) is appended to x_t on
         channels, as the U-Net sees it at sampling time. t and eps come from `generator`.
         """
+        t, noise, x_t = self.noised(x0, generator)
+        out = unet(x_t if concat is None else torch.cat([x_t, concat.to(x_t.dtype)], dim=1), t, context=context, y=y)
+        return F.mse_loss(out.float(), self.target(x0, noise, t).float())
+
+    def noised(self, x0: torch.Tensor, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t, eps, x_t) of one training step: t ~ U{0, ..., T-1}, then eps, both from `generator`."""
         device = generator.device if generator is not None else x0.device
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device=device).to(x0.device)
         noise = _randn(x0.shape, generator, x0)
-        x_t = self.q_sample(x0, t, noise)
-        if concat is not None:
-            x_t = torch.cat([x_t, concat.to(x_t.dtype)], dim=1)
-        out = unet(x_t, t, context=context, y=y)
-        return F.mse_loss(out.float(), self.target(x0, noise, t).float())
+        return t, noise, self.q_sample(x0, t, noise)
 
     # ---- sampling: sigma space ------------------------------------------------------------------------
     @property

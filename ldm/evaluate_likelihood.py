@@ -2,9 +2,10 @@
 
 The bound (ldm.likelihood) is of the VAE's scaled latents z = encode(image), not of the pixels: it leaves
 out the autoencoder's own -log p(image | z), so it ranks diffusion models that share one VAE and is not
-comparable with pixel-space bits/dim. The U-Net has a fixed reverse variance, "fixed_large" (beta_t) by
-default, which is the tighter of the two for a well-trained model; the sum over t is estimated from
-stratified timesteps (ldm.likelihood.stratified_timesteps), with the decoder term exact.
+comparable with pixel-space bits/dim. The reverse variance is "fixed_large" (beta_t) by default, the tighter
+fixed one for a well-trained model, or "learned" for a U-Net trained with one (its config's learned_variance);
+the sum over t is estimated from stratified timesteps (ldm.likelihood.stratified_timesteps), with the decoder
+term exact.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ldm.errors import InvalidOptionError
-from ldm.likelihood import ReverseProcess, bits_per_dim, check_variance, stratified_timesteps, variational_bound
+from ldm.likelihood import (ReverseProcess, bits_per_dim, check_variance, frac_from_output, split_output,
+                            stratified_timesteps, variational_bound)
 
 
 @dataclass
@@ -37,8 +39,10 @@ def latent_nll(model, images: torch.Tensor, captions: list[str], timesteps: int 
                batch_size: int = 8, seed: int = 0) -> LikelihoodResult:
     """The bound on each image's latent under `model` (a text-to-image LatentDiffusion), conditioned on its caption."""
     check_variance(variance)
-    if variance == "learned":
-        raise InvalidOptionError("the U-Net has no learned variance output; use fixed_small or fixed_large")
+    learned = bool(getattr(model, "learned_variance", False))
+    if variance == "learned" and not learned:
+        raise InvalidOptionError("this U-Net has no learned variance output (learned_variance in its config); "
+                                 "use fixed_small or fixed_large")
     if model.kind.concat or model.kind.label:
         raise InvalidOptionError(f"--nll evaluates text-to-image models; this one is {model.kind.name}")
     if len(images) == 0:
@@ -55,7 +59,8 @@ def latent_nll(model, images: torch.Tensor, captions: list[str], timesteps: int 
 
         def predict(z_t: torch.Tensor, t: torch.Tensor, context=context):
             out = model.unet(z_t.to(model.dtype), t.to(z_t.device), context=context).float()
-            return par.x0_from_output(z_t, t.to(z_t.device), out), None
+            frac = frac_from_output(split_output(out)[1]).clamp(0, 1) if learned else None
+            return par.x0_from_output(z_t, t.to(z_t.device), out), frac
 
         totals.append(variational_bound(predict, z0, process, variance, steps, generator)["total"].cpu())
     total = torch.cat(totals)

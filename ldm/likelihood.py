@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ldm.diffusion import predict_x0_from_eps, q_sample
+from ldm.diffusion import VPParameterisation, predict_x0_from_eps, q_sample
 from ldm.errors import LdmError
 
 VARIANCES = ("fixed_small", "fixed_large", "learned")
@@ -195,3 +195,39 @@ def hybrid_loss(process: ReverseProcess, x0: torch.Tensor, x_t: torch.Tensor, t:
     dims = x0[0].numel()
     vlb = bits_per_dim(process.term(x0, x_t, t, x0_hat, log_var), dims) * process.num_timesteps
     return simple + lam * vlb.mean(), vlb.detach()
+
+
+def split_output(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learned-variance network's output [eps, raw v] on channels (ADM's learn_sigma layout) -> (eps, raw v)."""
+    return out.chunk(2, dim=1)
+
+
+class LearnedVarianceParameterisation(VPParameterisation):
+    """The schedule of an eps-network with 2C output channels, [eps, raw v] (Improved DDPM's learned variance).
+
+    Trained on L_hybrid (`hybrid_loss`: L_simple on eps, lambda L_vlb on v alone); everything that reads an x0
+    from the output (`denoised`, `x0_from_output`, hence model.denoiser() and every ordinary sampler) uses the eps
+    half only, so such a model samples as a fixed-variance one unless the sampler asks for v
+    (ldm.variance_sampler).
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction: str = "eps"):
+        if prediction != "eps":
+            raise UnknownVarianceError("learned variances are implemented for eps-prediction models")
+        super().__init__(alphas_cumprod, prediction)
+        self.process = ReverseProcess(alphas_cumprod)
+
+    def loss(self, unet: Callable[..., torch.Tensor], x0: torch.Tensor, context: torch.Tensor | None,
+             generator: torch.Generator | None = None, y: torch.Tensor | None = None,
+             concat: torch.Tensor | None = None) -> torch.Tensor:
+        """L_hybrid = L_simple + lambda L_vlb at one (t, eps) per sample, drawn as for the simple loss."""
+        t, noise, x_t = self.noised(x0, generator)
+        out = unet(x_t if concat is None else torch.cat([x_t, concat.to(x_t.dtype)], dim=1), t, context=context, y=y)
+        eps_hat, raw = split_output(out)
+        return hybrid_loss(self.process, x0.float(), x_t.float(), t, noise, eps_hat.float(), raw.float())[0]
+
+    def x0_from_output(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return super().x0_from_output(x_t, t, split_output(out)[0])
+
+    def denoised(self, x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return super().denoised(x, sigma, split_output(out)[0])

@@ -77,6 +77,7 @@ class LatentDiffusion(nn.Module):
         low_scale_config: dict | None = None,
         image_size: int = 64,
         ddim_variant: str = "k",
+        learned_variance: bool = False,
     ):
         super().__init__()
         if parameterization not in ("eps", "v"):
@@ -87,6 +88,15 @@ class LatentDiffusion(nn.Module):
             raise InvalidOptionError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")
         self.unet = instantiate(unet_config)
         self.vae = instantiate(first_stage_config)
+        # Improved DDPM's learned reverse variance (ADM's learn_sigma): the U-Net's out_channels are twice the
+        # latent's, [eps, raw v]; trained on L_hybrid and read by ldm.likelihood.LearnedVarianceParameterisation.
+        self.learned_variance = bool(learned_variance)
+        if self.learned_variance:
+            if parameterization != "eps":
+                raise InvalidOptionError("learned_variance needs parameterization eps")
+            if getattr(self.unet, "out_channels", None) != 2 * self.vae.embed_dim:
+                raise InvalidOptionError(f"learned_variance needs the U-Net's out_channels = 2 x {self.vae.embed_dim} "
+                                         f"latent channels ([eps, v]), got {getattr(self.unet, 'out_channels', None)}")
         self.text_encoder = instantiate(cond_stage_config)
         # The upscaler's noise augmentation of the low-res image; schedule only, no weights.
         self.low_scale = instantiate(low_scale_config)
@@ -188,9 +198,14 @@ class LatentDiffusion(nn.Module):
         return self.vae.decode_from_latent(latents)
 
     def parameterisation(self):
-        """The schedule with the prediction type (ldm.diffusion.VPParameterisation), for training and sampling."""
+        """The schedule with the prediction type (ldm.diffusion.VPParameterisation), for training and sampling;
+        with a learned variance, ldm.likelihood.LearnedVarianceParameterisation (hybrid loss, eps half for x0)."""
         from ldm.diffusion import VPParameterisation
 
+        if self.learned_variance:
+            from ldm.likelihood import LearnedVarianceParameterisation
+
+            return LearnedVarianceParameterisation(self.alphas_cumprod, self.prediction)
         return VPParameterisation(self.alphas_cumprod, self.prediction)
 
     def denoiser(self):

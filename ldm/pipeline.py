@@ -78,6 +78,33 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
                                                         num_images_per_prompt=num_images_per_prompt, **noise_record))
 
 
+@torch.no_grad()
+def txt2img_learned_variance(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: str | list[str] = "",
+                             seed: int = defaults.SEED, steps: int = 50, guidance_scale: float = defaults.GUIDANCE_SCALE,
+                             spacing: str = "trailing", progress: bool = True) -> Generated:
+    """Images from a model with a learned variance (`learned_variance: true`) by ancestral DDPM with the
+    U-Net's own step variance (ldm.variance_sampler), guided as `txt2img` is; image i uses seed + i."""
+    from ldm.variance_sampler import GuidedVarianceDenoiser, LearnedVarianceDenoiser, sample_ddpm_learned_variance
+
+    if not getattr(model, "learned_variance", False):
+        raise PromptError("this model has no learned variance (its config's learned_variance); use txt2img")
+    check_task(model, "txt2img")
+    options = resolve_options(None, {"steps": steps, "guidance_scale": guidance_scale, "spacing": spacing,
+                                     "sampler": "ddpm"}, model=model)
+    prompts, negatives = prompt_lists(prompts, negative_prompt)
+    height, width = image_size(model, None, None)
+    conditioning = prepare(model, prompts, negatives, options)
+    noise = start_noise((model.latent_channels, height // model.downscale, width // model.downscale),
+                        [seed + i for i in range(len(prompts))], model.device)
+    sigmas = model_sigmas(model, options)
+    denoiser = GuidedVarianceDenoiser(LearnedVarianceDenoiser(model.unet, model.parameterisation()),
+                                      conditioning.cond, conditioning.uncond, options.guidance_scale)
+    latents = sample_ddpm_learned_variance(denoiser, noise * sigmas[0], sigmas, disable=not progress,
+                                           generator=image_generators(model.device, seed, len(prompts)))
+    return Generated(tensor_to_pil(model.decode_latent(latents)),
+                     settings_of("txt2img", options, sampler="ddpm_learned_variance", height=height, width=width))
+
+
 def settings_dict(prompt: str, negative_prompt: str, seed: int, height: int, width: int, options: SamplingOptions,
                   model: LatentDiffusion | None = None, **more: Any) -> dict[str, Any]:
     """What goes into each PNG's metadata: enough to make the same image again, as it was really made.

@@ -15,7 +15,8 @@ from ldm.likelihood import bits_per_dim
 from ldm.sampling import SamplingOptions, sample
 from ldm.schedules import get_sigmas
 from ldm.toy2d import ToyDataError, ToyMLP, single_thread
-from ldm.vdm import FixedGamma, LearnedGamma, LogSNRDenoiser, alphas_cumprod_from_gamma, continuous_bound, schedule_step
+from ldm.vdm import (GAMMA_MAX, GAMMA_MIN, FixedGamma, LearnedGamma, LogSNRDenoiser, alphas_cumprod_from_gamma,
+                     continuous_bound, schedule_step)
 
 SCHEDULE_KINDS = ("linear", "cosine", "learned")
 GAMMA_INPUT_RANGE = (-15.0, 10.0)  # gamma values mapped onto the MLP's timestep input 0..num_timesteps
@@ -29,6 +30,8 @@ class ToyVDM:
     data: torch.Tensor
     schedule: str = "learned"
     learn_endpoints: bool = False
+    gamma_min: float = GAMMA_MIN  # gamma(0) and gamma(1): -log SNR at the ends (the start values if learned)
+    gamma_max: float = GAMMA_MAX
     hidden: int = 128
     lr: float = 3e-3
     schedule_lr: float = 1e-2
@@ -44,8 +47,9 @@ class ToyVDM:
             raise InvalidOptionError(f"unknown toy VDM schedule {self.schedule!r}; known: {', '.join(SCHEDULE_KINDS)}")
         torch.manual_seed(self.seed)
         self.net = ToyMLP(self.hidden)
-        self.gamma = (LearnedGamma(learn_endpoints=self.learn_endpoints) if self.schedule == "learned"
-                      else FixedGamma(self.schedule))
+        ends = (self.gamma_min, self.gamma_max)
+        self.gamma = (LearnedGamma(*ends, learn_endpoints=self.learn_endpoints) if self.schedule == "learned"
+                      else FixedGamma(self.schedule, *ends))
         groups = [{"params": list(self.net.parameters()), "lr": self.lr}]
         if self.schedule == "learned":
             groups.append({"params": list(self.gamma.parameters()), "lr": self.schedule_lr})

@@ -54,6 +54,29 @@ class LearnedVarianceDenoiser:
         return lambda x, sigma, **cond: self(x, sigma, **cond)[0]
 
 
+class GuidedVarianceDenoiser:
+    """Classifier-free guidance over a (x0, v) denoiser: x0 guided as CFGDenoiser does, v the conditional one's,
+
+        x0 = x0(x | uncond) + scale (x0(x | cond) - x0(x | uncond)),   v = v(x | cond),
+
+    (GLIDE guides eps and keeps the variance output of each side; the sample is the conditional side's).
+    Both sides in one batched call, uncond first, as ldm.denoisers.CFGDenoiser.
+    """
+
+    def __init__(self, denoiser: VarianceDenoiser, cond: dict, uncond: dict, scale: float):
+        if scale < 0:
+            raise InvalidOptionError(f"guidance scale must be >= 0, got {scale}")
+        self.denoiser, self.cond, self.uncond, self.scale = denoiser, cond, uncond, scale
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.scale == 1.0 or not self.uncond:
+            return self.denoiser(x, sigma, **self.cond)
+        both = {k: torch.cat([self.uncond.get(k, c), c]) for k, c in self.cond.items() if c is not None}
+        x0, frac = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **both)
+        x0_uncond, x0_cond = x0.chunk(2)
+        return x0_uncond + self.scale * (x0_cond - x0_uncond), frac.chunk(2)[1]
+
+
 @torch.no_grad()
 def sample_ddpm_learned_variance(model: VarianceDenoiser, x: torch.Tensor, sigmas: torch.Tensor,
                                  extra_args: dict | None = None, callback: Callback | None = None,

@@ -55,6 +55,13 @@ def tiny_config(**params) -> dict:
     return cfg
 
 
+def tiny_learned_variance_config() -> dict:
+    """The tiny text-to-image model with a learned variance: out_channels [eps, raw v] = 2 x 4 latent channels."""
+    cfg = tiny_config(learned_variance=True)
+    cfg["model"]["params"]["unet_config"]["params"]["out_channels"] = 8
+    return cfg
+
+
 def tiny_original_config() -> dict:
     """The tiny model as an original SD YAML names it (the reference repository's target and schedule name): what
     models loaded from original SD files and YAMLs are built from, e.g. with their DDIM variant "sd"."""
@@ -65,13 +72,16 @@ def tiny_original_config() -> dict:
 
 
 def tiny_model(seed: int = 0, **params):
-    """A randomly initialised tiny LatentDiffusion whose output layers are not zero (so it does something)."""
+    """A randomly initialised tiny LatentDiffusion whose output layers are not zero (so it does something);
+    learned_variance=True: the one of `tiny_learned_variance_config`."""
     import torch
 
     from ldm.config import instantiate
 
     torch.manual_seed(seed)
-    model = instantiate(tiny_config(**params)["model"])
+    cfg = tiny_learned_variance_config() if params.pop("learned_variance", False) else tiny_config()
+    cfg["model"]["params"].update(params)
+    model = instantiate(cfg["model"])
     with torch.no_grad():
         for name, p in model.unet.named_parameters():
             if (p == 0).all() and p.ndim > 1:  # zero-initialised output convs / projections

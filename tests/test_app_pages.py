@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from ldm.app.edit import mask_from_strokes, read_image, read_mask
-from ldm.app.forward import forward_views, latent_start, schedule_curves
+from ldm.app.forward import LEARNED, forward_views, latent_start, learned_schedule_alphas, schedule_curves
 from ldm.app.samples import SAMPLES, sample_image
 from ldm.app.state import ENV_CKPT, ENV_CONFIG, ModelMissingError, load_main_model, source_from_env
 from ldm.app.text import generate, png_bytes
@@ -170,6 +170,39 @@ def test_forward_page_shows_three_schedules_in_both_spaces(app_env):
     after = [c for c in captions(at) if "pixel space" in c]
     assert before != after and all("alpha_bar=" in c for c in after)  # captions follow the timestep
     assert len(at.get("vega_lite_chart")) == 3  # beta, alpha_bar, log-SNR
+
+
+def chart_columns(chart) -> dict[str, np.ndarray]:
+    """st.line_chart's data, read back from the element: {column: values in t order}."""
+    import pyarrow as pa
+
+    frame = pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_pandas()
+    frame.columns = ["t", "column", "value"]
+    return {name: part.sort_values("t")["value"].to_numpy() for name, part in frame.groupby("column")}
+
+
+def test_forward_page_draws_a_learned_schedule_between_the_linear_ends(app_env):
+    at = page("forward")
+    alpha_bar = chart_columns(at.get("vega_lite_chart")[1])
+    learned, linear = alpha_bar[LEARNED], alpha_bar["linear"]
+    assert len(learned) == len(linear) == 1000
+    assert (np.diff(learned) < 0).all()  # monotone: the signal only ever falls
+    assert learned[0] == pytest.approx(linear[0], rel=1e-4) and learned[-1] == pytest.approx(linear[-1], rel=1e-3)
+    assert np.abs(learned - linear).max() > 0.02  # its own shape, not the linear curve again
+    assert any("trained" in c.value and "spiral" in c.value for c in at.caption)  # says what it was trained on
+    at.checkbox(key="fwd_learned").uncheck().run()
+    assert LEARNED not in chart_columns(at.get("vega_lite_chart")[1])
+
+
+def test_learned_schedule_follows_the_configured_ends():
+    T, start, end = 200, 0.0005, 0.03
+    ab = learned_schedule_alphas(T, start, end, train_steps=20)
+    curves = schedule_curves(T, start, end, learned=ab)
+    lsnr = curves["log_snr"]
+    assert len(ab) == T and (ab.diff() < 0).all() and (curves["beta"][LEARNED] > 0).all()
+    assert lsnr[LEARNED].iloc[0] == pytest.approx(lsnr["linear"].iloc[0], abs=1e-3)
+    assert lsnr[LEARNED].iloc[-1] == pytest.approx(lsnr["linear"].iloc[-1], abs=1e-3)
+    assert torch.equal(ab, learned_schedule_alphas(T, start, end, train_steps=20))  # fixed seed: one curve
 
 
 def test_forward_page_rejects_a_bad_upload_and_takes_a_good_one(app_env):

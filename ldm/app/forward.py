@@ -10,6 +10,12 @@ from ldm.diffusion import q_sample
 from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.schedules import SCHEDULES, alphas_cumprod_from_betas, log_snr, make_betas
+from ldm.toy2d import make_data
+from ldm.toy_vdm import ToyVDM
+
+LEARNED = "learned (toy VDM)"  # the learned schedule's column in the curves
+LEARNED_DATA = "spiral"  # what the learned schedule is trained on: the toy page's 2-D spiral (2,000 points)
+LEARNED_TRAIN_STEPS = 200  # a few seconds on one thread: the shape has moved off linear-in-gamma by then
 
 
 def schedule_alphas(kind: str, num_timesteps: int = 1000, linear_start: float = 0.00085,
@@ -19,12 +25,33 @@ def schedule_alphas(kind: str, num_timesteps: int = 1000, linear_start: float = 
     return betas, alphas_cumprod_from_betas(betas)
 
 
+def learned_schedule_alphas(num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012,
+                            train_steps: int = LEARNED_TRAIN_STEPS, seed: int = 0) -> torch.Tensor:
+    """alpha_bar_t of a VDM schedule gamma(t) learned on the toy spiral (ldm.toy_vdm; fixed seed, `train_steps`
+    Adam steps), its ends pinned to the linear schedule's as configured:
+
+        gamma(0) = -log SNR_linear(0),  gamma(1) = -log SNR_linear(T - 1),  alpha_bar_k = sigmoid(-gamma(k / (T - 1))).
+
+    Only the shape in between is learned (the variance-minimising one of ldm.vdm), so the three curves share ends.
+    """
+    gamma_min, gamma_max = (-float(v) for v in log_snr(schedule_alphas("linear", num_timesteps, linear_start,
+                                                                       linear_end)[1])[[0, -1]])
+    toy = ToyVDM(make_data(LEARNED_DATA, seed=seed), schedule="learned", gamma_min=gamma_min, gamma_max=gamma_max,
+                 hidden=64, batch_size=128, seed=seed)
+    toy.train(train_steps)
+    with torch.no_grad():
+        return torch.sigmoid(-toy.gamma(torch.linspace(0, 1, num_timesteps)).double())
+
+
 def schedule_curves(num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012,
-                    kinds: tuple[str, ...] = SCHEDULES) -> dict[str, pd.DataFrame]:
-    """{"beta", "alpha_bar", "log_snr"} -> a frame indexed by t with one column per schedule (for st.line_chart)."""
+                    kinds: tuple[str, ...] = SCHEDULES, learned: torch.Tensor | None = None) -> dict[str, pd.DataFrame]:
+    """{"beta", "alpha_bar", "log_snr"} -> a frame indexed by t with one column per schedule (for st.line_chart);
+    `learned` (alpha_bar from `learned_schedule_alphas`) adds the LEARNED column, beta_t = 1 - ab_t / ab_{t-1}."""
     curves: dict[str, dict[str, object]] = {"beta": {}, "alpha_bar": {}, "log_snr": {}}
-    for kind in kinds:
-        betas, ab = schedule_alphas(kind, num_timesteps, linear_start, linear_end)
+    columns = [(kind, *schedule_alphas(kind, num_timesteps, linear_start, linear_end)) for kind in kinds]
+    if learned is not None:
+        columns.append((LEARNED, 1 - learned / torch.cat([learned.new_ones(1), learned[:-1]]), learned))
+    for kind, betas, ab in columns:
         curves["beta"][kind] = betas.numpy()
         curves["alpha_bar"][kind] = ab.numpy()
         curves["log_snr"][kind] = log_snr(ab).numpy()

@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="generate nothing: report the variational bound on the held-out images in bits/dim "
                         "(of the VAE latents for a latent model)")
     p.add_argument("--nll-timesteps", type=int, default=50, help="timesteps the bound's sum over t is estimated from")
-    p.add_argument("--nll-variance", default="fixed_large", choices=("fixed_large", "fixed_small"),
-                   help="the reverse process's fixed variance (beta_t or the posterior's beta~_t)")
+    p.add_argument("--nll-variance", default="fixed_large", choices=("fixed_large", "fixed_small", "learned"),
+                   help="the reverse process's variance: fixed (beta_t or the posterior's beta~_t), or the U-Net's "
+                        "own for a model trained with learned_variance")
     p.add_argument("--nll-images", type=int, default=64, help="use the first N held-out images")
     add_model_args(p)
     p.set_defaults(func=run)
