@@ -17,7 +17,7 @@ from torch import nn
 
 from ldm import defaults
 from ldm.errors import InvalidOptionError
-from ldm.checkpoint import (CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, state_problems,
+from ldm.checkpoint import (OPEN_CLIP_LAYOUT, CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, state_problems,
                             to_original_keys)
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
@@ -60,6 +60,10 @@ CONDITIONING = {kind.key: kind for kind in (
 CONDITIONING_KINDS = tuple(CONDITIONING)
 
 
+class UnknownLabelError(InvalidOptionError):
+    """A class label the model was not trained on."""
+
+
 class LatentDiffusion(nn.Module):
     def __init__(
         self,
@@ -78,6 +82,7 @@ class LatentDiffusion(nn.Module):
         image_size: int = 64,
         ddim_variant: str = "k",
         learned_variance: bool = False,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         if parameterization not in ("eps", "v"):
@@ -97,6 +102,7 @@ class LatentDiffusion(nn.Module):
             if getattr(self.unet, "out_channels", None) != 2 * self.vae.embed_dim:
                 raise InvalidOptionError(f"learned_variance needs the U-Net's out_channels = 2 x {self.vae.embed_dim} "
                                          f"latent channels ([eps, v]), got {getattr(self.unet, 'out_channels', None)}")
+        # None (cond_stage_config: null) for a label-only model: its U-Net has no cross-attention context.
         self.text_encoder = instantiate(cond_stage_config)
         # The upscaler's noise augmentation of the low-res image; schedule only, no weights.
         self.low_scale = instantiate(low_scale_config)
@@ -110,6 +116,14 @@ class LatentDiffusion(nn.Module):
         # built from the original SD configs (ldm.config sets it), whose users expect the original sampler's
         # images; "k" for this project's own, whose earlier images (golden tests, PNG metadata) were made so.
         self.ddim_variant = ddim_variant
+        # Class-conditional models (ldm.training.label_module): the U-Net's label embedding has one row per name
+        # and a last one, the null label, which label dropout teaches and guidance's unconditional side uses.
+        self.class_names = [str(name) for name in class_names] if class_names else None
+        if self.class_names is not None:
+            rows = getattr(self.unet, "num_classes", None)
+            if rows != len(self.class_names) + 1 or len(set(self.class_names)) != len(self.class_names):
+                raise InvalidOptionError(f"{len(self.class_names)} distinct class_names need a U-Net with num_classes: "
+                                         f"{len(self.class_names) + 1} (the last is the null label), got {rows!r}")
         self.schedule = dict(kind=beta_schedule, num_timesteps=timesteps, linear_start=linear_start,
                              linear_end=linear_end, cosine_s=cosine_s)
         # Derived from the config, so not saved: original checkpoints' copies are ignored on load.
@@ -133,6 +147,21 @@ class LatentDiffusion(nn.Module):
     @property
     def kind(self) -> ConditioningKind:
         return CONDITIONING[self.conditioning_key]
+
+    @property
+    def null_class(self) -> int | None:
+        """The label index meaning "no label" (the last row of the U-Net's label embedding), or None."""
+        return len(self.class_names) if self.class_names is not None else None
+
+    def class_labels(self, labels: list[str | None]) -> torch.Tensor:
+        """Label names (None: no label) -> the U-Net's `y`, their indices in class_names (None -> the null label)."""
+        names = self.class_names or []
+        unknown = [label for label in labels if label is not None and label not in names]
+        if unknown:
+            known = ", ".join(names) if names else "none: this model takes no class label"
+            raise UnknownLabelError(f"unknown label {unknown[0]!r}; known: {known}")
+        return torch.tensor([self.null_class if label is None else names.index(label) for label in labels],
+                            dtype=torch.long, device=self.device)
 
     @property
     def guidance_embedded(self) -> bool:
@@ -168,12 +197,14 @@ class LatentDiffusion(nn.Module):
         """Cast the networks' weights (U-Net, autoencoder, text encoder); the noise schedule stays float32,
         since bf16 sigmas would move every step."""
         for network in (self.unet, self.vae, self.text_encoder):
-            network.to(dtype)
+            if network is not None:  # a label-only model has no text encoder
+                network.to(dtype)
         return self
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        return self.text_encoder(list(prompts))
+    def encode_text(self, prompts: list[str]) -> torch.Tensor | None:
+        """Cross-attention contexts of the prompts; None for a label-only model (no text encoder)."""
+        return self.text_encoder(list(prompts)) if self.text_encoder is not None else None
 
     # Tiled autoencoder (ldm.tiling) for images larger than one tile: None, or {"tile": latent samples,
     # "overlap": latent samples}. Set by --tiled-vae; tiles are encoded to the posterior's mean.
@@ -226,7 +257,8 @@ class LatentDiffusion(nn.Module):
 
     def original_state_dict(self) -> dict[str, torch.Tensor]:
         """Our weights in the original SD key layout (what `save` writes)."""
-        return to_original_keys(self.state_dict(), self.text_encoder.checkpoint_layout)
+        layout = self.text_encoder.checkpoint_layout if self.text_encoder is not None else OPEN_CLIP_LAYOUT
+        return to_original_keys(self.state_dict(), layout)
 
     def load_vae_weights(self, path: str | Path) -> None:
         """Replace the autoencoder's weights with those of a standalone VAE file in the original layout

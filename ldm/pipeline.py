@@ -18,7 +18,7 @@ from ldm.samplers import Generators
 from ldm.sampling import (PRECISIONS, PrecisionError, SamplingOptions, autocast, ddim_variant_of,  # noqa: F401
                           sampler_eta)
 from ldm.tasks import (Conditioning, Generated, PromptError, batch_noise, check_task, denoise, for_model,  # noqa: F401
-                       image_generators, model_sigmas, prompt_conditions, prompt_lists, resolve_options, sample_seeded,
+                       image_generators, label_conditions, model_sigmas, prompt_conditions, prompt_lists, resolve_options, sample_seeded,
                        settings_of, start_noise)
 
 
@@ -31,9 +31,12 @@ def image_size(model: LatentDiffusion, height: int | None, width: int | None) ->
 
 
 def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str],
-            options: SamplingOptions | None = None) -> Conditioning:
-    """txt2img's conditioning: the prompts' contexts, the negative prompts' as the unconditional side."""
-    return Conditioning(*prompt_conditions(model, prompts, negatives, options))
+            options: SamplingOptions | None = None, labels: str | list[str | None] | None = None) -> Conditioning:
+    """txt2img's conditioning: the prompts' contexts, the negative prompts' as the unconditional side; for a
+    class-conditional model the labels' `y`, the null label as the unconditional side."""
+    cond, uncond = prompt_conditions(model, prompts, negatives, options)
+    label_cond, label_uncond = label_conditions(model, labels, len(prompts))
+    return Conditioning({**cond, **label_cond}, {**uncond, **label_uncond})
 
 
 @torch.no_grad()
@@ -42,7 +45,7 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
             options: SamplingOptions | None = None, callback: Callable[[dict], None] | None = None,
             progress: bool = True, loras: list[tuple[str, float]] | None = None, num_images_per_prompt: int = 1,
             generator: Generators = None, latents: torch.Tensor | None = None,
-            **option_overrides: Any) -> Generated:
+            label: str | list[str | None] | None = None, **option_overrides: Any) -> Generated:
     """Generate `num_images_per_prompt` images per prompt. Image i uses seed + i, so any single image can be
     re-made alone.
 
@@ -51,7 +54,9 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
     As in diffusers: `generator` (one torch.Generator for the batch, or one per image) or `latents` (the unit
     start noise [B, C, h/f, w/f]) replace the seed; `callback(step)` runs at every step with the sampler's
     {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.model.load_model(device=, dtype=)).
-    loras: [(LoRA file, weight), ...] applied for this call only (ldm.lora).
+    loras: [(LoRA file, weight), ...] applied for this call only (ldm.lora). label: a class-conditional model's
+    class (one name, or one per prompt; None: the null label), guided against the null label; a label-only
+    model takes the empty prompt "".
     """
     if loras:
         from ldm.lora import using_loras
@@ -59,7 +64,7 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
         with using_loras(model, loras):
             return txt2img(model, prompts, negative_prompt, height, width, seed, options, callback, progress,
                            num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
-                           **option_overrides)
+                           label=label, **option_overrides)
     check_task(model, "txt2img")
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
@@ -67,15 +72,19 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
         raise PromptError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
     prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
     negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
+    if label is not None and not isinstance(label, str):
+        label = [name for name in label for _ in range(num_images_per_prompt)]
     height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options)
+    conditioning = prepare(model, prompts, negatives, options, label)
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
     latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
     with autocast(model.device, options.precision):
         images = model.decode_latent(latents)
+    labelled = {"label": label} if label is not None else {}
     return Generated(tensor_to_pil(images), settings_of("txt2img", options, height=height, width=width,
-                                                        num_images_per_prompt=num_images_per_prompt, **noise_record))
+                                                        num_images_per_prompt=num_images_per_prompt, **labelled,
+                                                        **noise_record))
 
 
 @torch.no_grad()

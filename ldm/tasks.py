@@ -108,6 +108,10 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
     if getattr(model, "guidance_embedded", False) and any(negative_prompts):
         raise PromptError("this guidance-distilled model takes no negative prompt (it was distilled with the empty "
                           "prompt as the unconditional side); use its teacher for negative prompts")
+    if getattr(model, "text_encoder", True) is None:  # a label-only model: no context on either side
+        if any(prompts) or any(negative_prompts):
+            raise PromptError("this class-conditional model takes no text; give an empty prompt and a label")
+        return {}, {}
     if options is None or not (options.long_prompts or options.emphasis):
         context = model.encode_text(prompts + negative_prompts)
         return {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
@@ -118,6 +122,22 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
 
     cond, uncond = pad_contexts(encode(prompts), encode(negative_prompts), encode([""]))
     return {"context": cond}, {"context": uncond}
+
+
+def label_conditions(model: LatentDiffusion, labels: str | list[str | None] | None, count: int) -> tuple[dict, dict]:
+    """The class label `y` of each side of guidance: the labels' indices, and the null label unconditionally.
+
+    Classifier-free guidance on labels (Ho & Salimans 2022) then mixes D(x; label) and D(x; null label) as it
+    mixes prompts. labels: one name for the whole batch, one per image, or None (the null label: no label).
+    A model without class names takes no label ({} both sides)."""
+    if getattr(model, "class_names", None) is None:
+        if labels is not None and (isinstance(labels, str) or any(label is not None for label in labels)):
+            model.class_labels([labels] if isinstance(labels, str) else list(labels))  # raises: takes no label
+        return {}, {}
+    labels = [labels] * count if labels is None or isinstance(labels, str) else list(labels)
+    if len(labels) != count:
+        raise PromptError(f"{len(labels)} labels for {count} images")
+    return {"y": model.class_labels(labels)}, {"y": model.class_labels([None] * count)}
 
 
 def start_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> torch.Tensor:
@@ -194,6 +214,10 @@ class Conditioning:
     def denoiser(self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor) -> Denoiser:
         """network -> parameterisation -> task wrapper -> guidance."""
         inner = model.denoiser()
+        if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
+            # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
+            null = model.class_labels([None] * noise.shape[0])
+            return replace(self, cond={**self.cond, "y": null}, uncond={**self.uncond, "y": null}).denoiser(model, options, noise)
         if self.wrap is not None:
             inner = self.wrap(inner, noise)
         if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step

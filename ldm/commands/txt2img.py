@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch")
     p.add_argument("--n-iter", type=int, default=1, help="number of batches")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
+    p.add_argument("--label", "--class", dest="label", default=None, metavar="NAME",
+                   help="a class-conditional model's class (guided against the null label); a label-only model "
+                        "needs no prompt")
     add_sampling_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
@@ -33,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # Settings of our JSON that are SamplingOptions fields or the command's own; other keys are the sampler's
 # keyword options (SamplingOptions.extra), the model's identity or other commands' (strength).
-OWN_SETTINGS = {"prompt", "negative_prompt", "seed", "height", "width", "model_file", "model_sha256", "model_hash"}
+OWN_SETTINGS = {"prompt", "negative_prompt", "seed", "height", "width", "model_file", "model_sha256", "model_hash",
+                "label"}
 
 
 def apply_png_settings(args: argparse.Namespace) -> None:
@@ -54,6 +58,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
     args.png_threshold = settings.get("threshold")
+    args.label = settings.get("label", args.label)
     known = OWN_SETTINGS | {f.name for f in fields(SamplingOptions)}
     args.png_extra = {k: v for k, v in settings.items() if k not in known}
     args.png_model_hash = settings.get("model_sha256") or settings.get("model_hash")
@@ -62,6 +67,8 @@ def apply_png_settings(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.from_png:
         apply_png_settings(args)
+    if args.label is not None and args.prompt is None and not args.from_file:
+        args.prompt = ""  # a label alone: what a label-only model takes
     prompts = read_prompts(args)
     options = sampling_options(args)
     if args.from_png:
@@ -73,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     model = load_model_from_args(args)
+    if args.label is not None:
+        model.class_labels([args.label])  # an unknown label is refused before any sampling, naming the known ones
+    labelled = {"label": args.label} if args.label is not None else {}
     made_with = getattr(args, "png_model_hash", None)
     ours = (getattr(model, "identity", None) or {}).get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):
@@ -88,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
             # Image i has seed + i whatever the chunking (one generator per image), so chunks change nothing.
             for start, n in chunks(args.batch_size, chunk):
                 images = txt2img(model, [prompt] * n, args.negative_prompt, height, width, seed + start, options,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, label=args.label)
                 for i, image in enumerate(images):
                     writer.write(image, settings_dict(prompt, args.negative_prompt, seed + start + i, height, width,
-                                                      options, model))
+                                                      options, model, **labelled))
             seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)

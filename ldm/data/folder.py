@@ -131,10 +131,12 @@ def read_caption_table(root: str | os.PathLike, column: str | None = None) -> di
     return {_normal(k): row["caption"] for k, row in _caption_rows(Path(root), column).items()}
 
 
-def read_caption_extras(root: str | os.PathLike, column: str | None = None) -> dict[str, dict]:
-    """The optional per-image fields besides file and caption (keywords, style, weight), by path."""
+def read_caption_extras(root: str | os.PathLike, column: str | None = None,
+                        more_fields: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The optional per-image fields besides file and caption (keywords, style, weight, and `more_fields`), by path."""
     rows = _caption_rows(Path(root), column)
-    return {_normal(k): {f: v for f, v in row.items() if f in EXTRA_FIELDS} for k, row in rows.items()}
+    kept = set(EXTRA_FIELDS) | set(more_fields)
+    return {_normal(k): {f: v for f, v in row.items() if f in kept} for k, row in rows.items()}
 
 
 def _normal(name: str) -> str:
@@ -174,11 +176,12 @@ class CaptionedImageFolder(Dataset):
     """Images under root (recursively) with their captions; items are {"image": [3,size,size] in [-1,1], "caption": str}.
 
     center_crop=False takes a random square crop instead; flip=True mirrors half of the items at random;
-    caption_column: the caption column of an imagefolder metadata file (default: `caption`, else `text`).
+    caption_column: the caption column of an imagefolder metadata file (default: `caption`, else `text`);
+    more_fields: captions.jsonl fields kept in `extras` beside the usual ones (e.g. a class label's field).
     """
 
     def __init__(self, root: str | os.PathLike, size: int, center_crop: bool = True, flip: bool = False,
-                 caption_column: str | None = None):
+                 caption_column: str | None = None, more_fields: tuple[str, ...] = ()):
         self.root = Path(root)
         if not self.root.is_dir():
             raise EmptyDatasetError(f"dataset folder not found: {self.root}")
@@ -200,7 +203,7 @@ class CaptionedImageFolder(Dataset):
             raise EmptyDatasetError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {self.root}")
         self.files: list[str] = files
         self.captions: list[str] = [self._caption(rel, table) for rel in files]
-        extras = read_caption_extras(self.root, caption_column)
+        extras = read_caption_extras(self.root, caption_column, tuple(more_fields))
         self.extras: list[dict] = [extras.get(rel, {}) for rel in files]
         for rel, extra in zip(files, self.extras):
             weight = extra.get("weight", 1.0)

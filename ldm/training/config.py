@@ -20,7 +20,7 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
                 compile, scale_factor ("model": keep the model's; null: estimate 1/std of the first batch's
                 latents; a number), text_cache (keep up to N captions' text-encoder outputs in memory; 0: off),
                 latent_cache (keep up to N images' VAE posteriors, a latent still drawn from each every step;
-                only for fixed crops);
+                only for fixed crops), label_dropout (class-conditional models: the null label's probability);
                 autoencoder (`AutoencoderTraining`): rec_loss (l1/l2), kl_weight, perceptual_weight, lpips_vgg,
                 lpips_lin, disc_start (null: no discriminator), disc_weight, disc_lr, disc_layers, disc_channels,
                 adaptive_disc_weight; CLIP (`ClipTraining`): the common keys with open_clip's defaults.
@@ -31,7 +31,9 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
                 shards (WebDataset tars instead of root: "dir/{00000..00099}.tar", a list, or fsspec URLs; see
                 ldm.training.shard_stream), remainder (drop/wrap: what an epoch does with the samples that do not
                 fill a step on every rank), caption_column (the caption field of an imagefolder's metadata.jsonl
-                or a shard's .json; default: a shard's .txt, else "caption" or "text").
+                or a shard's .json; default: a shard's .txt, else "caption" or "text"), label_field and classes
+                (a class-conditional model: the captions.jsonl field, or "caption", whose value is each image's
+                class; classes null: the values in the data, sorted; see ldm.training.labels).
     trainer:    keyword arguments of `lightning.Trainer` (max_steps, devices, num_nodes, strategy,
                 precision, accelerator, log_every_n_steps, ...), passed through unchanged.
     logging:    run_dir, checkpoint_every_n_steps, sample_every_n_steps, sample_prompts, sample_steps,
@@ -91,6 +93,7 @@ class DiffusionTraining(TrainingSection):
     scale_factor: float | str | None = "model"
     text_cache: int = 0
     latent_cache: int = 0
+    label_dropout: float = 0.1
 
 
 @dataclass
@@ -136,6 +139,8 @@ class DataSection:
     shards: str | list[str] | None = None
     remainder: str = "drop"
     caption_column: str | None = None
+    label_field: str | None = None
+    classes: list[str] | None = None
 
 
 @dataclass

@@ -42,6 +42,7 @@ def check_values(cfg: dict, kind: str) -> None:
     _number(cfg, "training", "grad_clip", 1e-12, math.inf, "a positive number", optional=True)
     if kind == "diffusion":
         _number(cfg, "training", "cond_dropout", 0.0, 1.0, "a probability in [0, 1]")
+        _number(cfg, "training", "label_dropout", 0.0, 1.0, "a probability in [0, 1]")
         if _number(cfg, "training", "ema_decay", 0.0, 1.0, "in (0, 1)", optional=True) in (0.0, 1.0):
             raise TrainConfigError(f"training.ema_decay must be in (0, 1) or null, got {t['ema_decay']}")
         for key in ("text_cache", "latent_cache"):
@@ -71,6 +72,7 @@ def check_values(cfg: dict, kind: str) -> None:
     for key in ("keyword_prob", "style_prob"):
         _number(cfg, "data", key, 0.0, 1.0, "a probability in [0, 1]")
     _check_data_source(d)
+    _check_labels(d)
 
     for key in ("checkpoint_every_n_steps", "sample_every_n_steps"):
         _integer(cfg, "logging", key, 0, " (0: off)")
@@ -158,3 +160,14 @@ def _check_lora(cfg: dict, kind: str) -> None:
     if "text" in targets and cfg["training"]["text_cache"]:
         raise TrainConfigError("lora.targets with text trains the text encoder, whose outputs training.text_cache "
                                "would keep stale: set training.text_cache=0")
+
+
+def _check_labels(d: dict) -> None:
+    classes = d["classes"]
+    if classes is not None and (not isinstance(classes, list) or not classes
+                                or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
+        raise TrainConfigError(f"data.classes must be a list of distinct names (or null: read from the data), got {classes!r}")
+    if classes is not None and d["label_field"] is None:
+        raise TrainConfigError("data.classes needs data.label_field (the captions.jsonl field that holds the class)")
+    if d["label_field"] is not None and d["shards"] is not None:
+        raise TrainConfigError("data.label_field needs a folder's captions.jsonl; it does not apply to data.shards")

@@ -181,7 +181,8 @@ class ImageTextDataModule(pl.LightningDataModule):
                  num_workers: int = 0, val_fraction: float = 0.0, val_root: str | os.PathLike | None = None,
                  val_batch_size: int | None = None, seed: int = 0, weighted: bool = False,
                  captions: CaptionSampling | None = None, max_unreadable: int = 10,
-                 shards: str | list[str] | None = None, remainder: str = "drop", caption_column: str | None = None):
+                 shards: str | list[str] | None = None, remainder: str = "drop", caption_column: str | None = None,
+                 label_field: str | None = None, classes: list[str] | None = None):
         super().__init__()
         if root is None and shards is None:
             raise DataConfigError("data.root is not set: give the folder of captioned images (or data.shards)")
@@ -189,6 +190,8 @@ class ImageTextDataModule(pl.LightningDataModule):
             raise DataConfigError("set data.root (a folder) or data.shards (WebDataset tars), not both")
         if shards is not None and val_fraction:
             raise DataConfigError("data.val_fraction needs a folder; with data.shards validate on data.val_root")
+        if shards is not None and label_field is not None:
+            raise DataConfigError("data.label_field needs a folder's captions.jsonl; it does not apply to data.shards")
         if shards is not None and weighted:
             raise DataConfigError("data.weighted needs a folder's captions.jsonl weights; it does not apply to data.shards")
         self.root, self.size, self.batch_size, self.flip = root, int(size), int(batch_size), bool(flip)
@@ -198,6 +201,8 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.weighted, self.captions = bool(weighted), captions
         self.unreadable = UnreadableImages(max_unreadable)  # one count for training and validation
         self.shards, self.remainder, self.caption_column = shards, remainder, caption_column
+        # A class-conditional model's labels: each item gets "label", its class's index (ldm.training.labels).
+        self.label_field, self.classes = label_field, list(classes) if classes is not None else None
         self.shard_counts: list[int] | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -210,15 +215,25 @@ class ImageTextDataModule(pl.LightningDataModule):
             return
         # Flipping is done by the stream (reproducibly), so the folder itself never flips.
         roots = self.root if isinstance(self.root, (list, tuple)) else [self.root]
+        more = (self.label_field,) if self.label_field is not None else ()
         folders = [CaptionedImageFolder(r, self.size, center_crop=self.center_crop, flip=False,
-                                        caption_column=self.caption_column) for r in roots]
+                                        caption_column=self.caption_column, more_fields=more) for r in roots]
         full = folders[0] if len(folders) == 1 else ConcatDataset(folders)
         self.train_set, self.val_set = split_validation(full, self.val_fraction)
         if self.val_root is not None:
             if self.val_set is not None:
                 raise DataConfigError("set data.val_fraction or data.val_root, not both")
             self.val_set = CaptionedImageFolder(self.val_root, self.size, center_crop=True, flip=False,
-                                                caption_column=self.caption_column)
+                                                caption_column=self.caption_column, more_fields=more)
+        if self.label_field is not None:
+            from ldm.training.labels import LabelledDataset, classes_in_data
+
+            if self.classes is None:
+                self.classes = classes_in_data({"label_field": self.label_field, "root": self.root, "size": self.size,
+                                                "val_root": self.val_root, "caption_column": self.caption_column})
+            self.train_set = LabelledDataset(self.train_set, self.label_field, self.classes)
+            if self.val_set is not None:
+                self.val_set = LabelledDataset(self.val_set, self.label_field, self.classes)
         log.info("training on %d images%s", len(self.train_set),  # type: ignore[arg-type]
                  f", validating on {len(self.val_set)}" if self.val_set is not None else "")  # type: ignore[arg-type]
 

@@ -59,7 +59,8 @@ class LatentDiffusionModule(TrainingModule):
         # key, and each step still draws a fresh latent from them, so training sees the same distribution.
         self.latent_cache_size = int(latent_cache)
         self._latent_cache: dict[str, torch.Tensor] = {}
-        for p in list(model.vae.parameters()) + list(model.text_encoder.parameters()):
+        frozen = [model.vae] + ([model.text_encoder] if model.text_encoder is not None else [])  # label-only: no text
+        for p in [p for network in frozen for p in network.parameters()]:
             p.requires_grad_(False)
         model.unet.requires_grad_(True)
         if gradient_checkpointing:

@@ -149,6 +149,9 @@ MODULE_FOR_TASK = {
 
 def build_module(cfg: dict) -> pl.LightningModule:
     """The Lightning module for the config's model, with init weights loaded (before the EMA copy is made)."""
+    from ldm.training.labels import with_classes
+
+    cfg = with_classes(cfg)  # class names into the model node (a no-op without data.label_field)
     t = cfg["training"]
     model = instantiate(cfg["model"])
     if is_clip(cfg):
@@ -176,6 +179,8 @@ def build_module(cfg: dict) -> pl.LightningModule:
     if not isinstance(model, LatentDiffusion):
         raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")
     module_name, class_name = MODULE_FOR_TASK[model.kind.task]
+    if model.class_names is not None:  # a class-conditional model (data.label_field): labels as the U-Net's y
+        module_name, class_name = "ldm.training.label_module", "ClassConditionalModule"
     module_class = getattr(importlib.import_module(module_name), class_name)
     load_init_weights(model, cfg["init"])
     distilling = cfg["distill"]["teacher"] is not None
@@ -194,6 +199,8 @@ def build_module(cfg: dict) -> pl.LightningModule:
         return module
     if isinstance(sf, (int, float)) and not isinstance(sf, bool):
         model.vae.scale_factor = float(sf)
+    if model.class_names is not None:
+        kwargs["label_dropout"] = t["label_dropout"]
     return module_class(model, **kwargs)
 
 
@@ -204,7 +211,7 @@ def build_data(cfg: dict) -> ImageTextDataModule:
                                val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"], weighted=d["weighted"],
                                captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]),
                                max_unreadable=d["max_unreadable"], shards=d["shards"], remainder=d["remainder"],
-                               caption_column=d["caption_column"])
+                               caption_column=d["caption_column"], label_field=d["label_field"], classes=d["classes"])
 
 
 def build_loggers(cfg: dict) -> list[Logger]:
@@ -333,6 +340,9 @@ def train(cfg: dict, resume: str | os.PathLike | None = None, extra_callbacks: l
     `checkpoint` is the resumed file's content when the caller has already read it. A run stopped by
     Ctrl-C or SIGTERM raises TrainingStopped once last.ckpt is written.
     """
+    from ldm.training.labels import with_classes
+
+    cfg = with_classes(cfg)  # fixed before config.yaml and the checkpoints record it, so inference knows the names
     ckpt_path = resolve_resume(resume, cfg)
     run_dir = Path(cfg["logging"]["run_dir"])
     # Both are by design here: the VAE/text encoder are frozen in eval mode, and the autoencoder's
