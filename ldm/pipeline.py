@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from ldm import defaults
+from ldm.errors import InvalidOptionError
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.samplers import Generators
@@ -90,28 +91,47 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
 @torch.no_grad()
 def txt2img_learned_variance(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: str | list[str] = "",
                              seed: int = defaults.SEED, steps: int = 50, guidance_scale: float = defaults.GUIDANCE_SCALE,
-                             spacing: str = "trailing", progress: bool = True) -> Generated:
+                             spacing: str = "trailing", progress: bool = True, height: int | None = None,
+                             width: int | None = None, label: str | list[str | None] | None = None,
+                             options: SamplingOptions | None = None) -> Generated:
     """Images from a model with a learned variance (`learned_variance: true`) by ancestral DDPM with the
-    U-Net's own step variance (ldm.variance_sampler), guided as `txt2img` is; image i uses seed + i."""
+    U-Net's own step variance (ldm.variance_sampler), guided as `txt2img` is; image i uses seed + i.
+
+    `options` (sampler "ddpm"; what `ldm txt2img --learned-variance` passes) replace steps, guidance_scale and
+    spacing, and add karras spacing, precision and the prompt handling; guidance rescale and thresholding have
+    no counterpart here and are refused. label: as txt2img's, for a class-conditional model.
+    """
     from ldm.variance_sampler import GuidedVarianceDenoiser, LearnedVarianceDenoiser, sample_ddpm_learned_variance
 
     if not getattr(model, "learned_variance", False):
         raise PromptError("this model has no learned variance (its config's learned_variance); use txt2img")
     check_task(model, "txt2img")
-    options = resolve_options(None, {"steps": steps, "guidance_scale": guidance_scale, "spacing": spacing,
-                                     "sampler": "ddpm"}, model=model)
+    if options is None:
+        options = resolve_options(None, {"steps": steps, "guidance_scale": guidance_scale, "spacing": spacing,
+                                         "sampler": "ddpm"}, model=model)
+    else:
+        options = resolve_options(options, {}, model=model)
+        if options.sampler != "ddpm":
+            raise InvalidOptionError(f"the learned variance samples by ancestral DDPM: give sampler 'ddpm', "
+                                     f"not {options.sampler!r}")
+    if options.guidance_rescale or options.threshold is not None:
+        raise InvalidOptionError("guidance rescale and thresholding are not implemented with the learned variance")
     prompts, negatives = prompt_lists(prompts, negative_prompt)
-    height, width = image_size(model, None, None)
-    conditioning = prepare(model, prompts, negatives, options)
+    height, width = image_size(model, height, width)
+    conditioning = prepare(model, prompts, negatives, options, label)
     noise = start_noise((model.latent_channels, height // model.downscale, width // model.downscale),
                         [seed + i for i in range(len(prompts))], model.device)
     sigmas = model_sigmas(model, options)
     denoiser = GuidedVarianceDenoiser(LearnedVarianceDenoiser(model.unet, model.parameterisation()),
                                       conditioning.cond, conditioning.uncond, options.guidance_scale)
-    latents = sample_ddpm_learned_variance(denoiser, noise * sigmas[0], sigmas, disable=not progress,
-                                           generator=image_generators(model.device, seed, len(prompts)))
-    return Generated(tensor_to_pil(model.decode_latent(latents)),
-                     settings_of("txt2img", options, sampler="ddpm_learned_variance", height=height, width=width))
+    with autocast(model.device, options.precision):
+        latents = sample_ddpm_learned_variance(denoiser, noise * sigmas[0], sigmas, disable=not progress,
+                                               generator=image_generators(model.device, seed, len(prompts)))
+        images = model.decode_latent(latents)
+    labelled = {"label": label} if label is not None else {}
+    return Generated(tensor_to_pil(images), settings_of("txt2img", options, sampler="ddpm_learned_variance",
+                                                        learned_variance=True, height=height, width=width,
+                                                        **labelled))
 
 
 def settings_dict(prompt: str, negative_prompt: str, seed: int, height: int, width: int, options: SamplingOptions,

@@ -130,9 +130,9 @@ def tiny_upscaler_model(seed: int = 0):
     return _build(tiny_upscaler_config(), seed)
 
 
-def write_tiny_model_files(folder, name: str = "tiny", config: dict | None = None) -> tuple[str, str]:
+def write_tiny_model_files(folder, name: str = "tiny", config: dict | None = None, model=None) -> tuple[str, str]:
     """The tiny model as a user has it: `name`.yaml (`config`, default tiny_config()) and `name`.safetensors in
-    `folder`, for CLI tests."""
+    `folder` (the weights of `model`, default tiny_model()), for CLI and app tests."""
     from pathlib import Path
 
     import yaml
@@ -141,8 +141,30 @@ def write_tiny_model_files(folder, name: str = "tiny", config: dict | None = Non
 
     cfg, ckpt = Path(folder) / f"{name}.yaml", Path(folder) / f"{name}.safetensors"
     cfg.write_text(yaml.safe_dump(config or tiny_config()))
-    save_state_dict(tiny_model().original_state_dict(), ckpt)
+    save_state_dict((model if model is not None else tiny_model()).original_state_dict(), ckpt)
     return str(cfg), str(ckpt)
+
+
+def tiny_class_config(class_names: list[str], label_only: bool = False) -> dict:
+    """The tiny model made class-conditional: `class_names` and a U-Net label embedding of len + 1 rows (the
+    last is the null label); label_only: no text encoder and no cross-attention context."""
+    cfg = tiny_config(class_names=list(class_names))
+    params = cfg["model"]["params"]
+    params["unet_config"]["params"]["num_classes"] = len(class_names) + 1
+    if label_only:
+        params["cond_stage_config"] = None
+        params["unet_config"]["params"]["context_dim"] = None
+    return cfg
+
+
+def tiny_class_model(class_names: list[str], label_only: bool = False, seed: int = 0):
+    """A randomly initialised tiny class-conditional model (`tiny_class_config`), output layers not zero."""
+    return _build(tiny_class_config(class_names, label_only), seed)
+
+
+def write_tiny_learned_variance_files(folder, name: str = "tiny-lv") -> tuple[str, str]:
+    """The tiny learned-variance model (`tiny_learned_variance_config`) as YAML + safetensors in `folder`."""
+    return write_tiny_model_files(folder, name, tiny_learned_variance_config(), tiny_model(learned_variance=True))
 
 
 def tiny_sd1_config() -> dict:

@@ -65,6 +65,10 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
     p.add_argument("--scale", type=float, default=d.guidance_scale, help="classifier-free guidance scale (1 = no guidance)")
     p.add_argument("--sampler", default=d.sampler, help=f"one of {', '.join(SAMPLERS)}")
+    p.add_argument("--sampler-option", dest="sampler_option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
+                        "--sampler-option snr=0.2 --sampler-option corrector_steps=2; an option the sampler "
+                        "lacks is refused; repeat for several")
     p.add_argument("--eta", type=float, default=None,
                    help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
@@ -95,13 +99,41 @@ def check_seeds(args: argparse.Namespace) -> None:
             raise InvalidOptionError(f"--{name.replace('_', '-')} must be between -2**63 and 2**63-1, got {value}")
 
 
+def option_value(text: str) -> bool | int | float | str:
+    """A --sampler-option value as the sampler wants it: true/false -> bool, 2 -> int, 0.2 / 1e-3 -> float, else text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_sampler_options(specs: list[str]) -> dict[str, Any]:
+    """["snr=0.2", "corrector_steps=2"] -> {"snr": 0.2, "corrector_steps": 2}; whether the sampler has them is
+    checked with the other options (ldm.sampling.sampler_kwargs)."""
+    options: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier() or not value.strip():
+            raise InvalidOptionError(f"--sampler-option {spec!r}: give KEY=VALUE, e.g. snr=0.2")
+        if key in options:
+            raise InvalidOptionError(f"--sampler-option {key} is given twice; give it once")
+        options[key] = option_value(value.strip())
+    return options
+
+
 def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     """The sampling options of a generating command (each calls this first, so its seeds are checked here)."""
     check_seeds(args)
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
                            precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis,
-                           ddim_variant=args.ddim_variant)
+                           ddim_variant=args.ddim_variant,
+                           extra=parse_sampler_options(getattr(args, "sampler_option", None) or []))
 
 
 def load_model_from_args(args: argparse.Namespace, task: str = "txt2img"):

@@ -10,8 +10,9 @@ from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args,
                                  load_model_from_args, log, read_prompts, sampling_options)
 from ldm.images import check_size
 from ldm.infotext import settings_from_png
-from ldm.pipeline import SamplingOptions, settings_dict, txt2img
-from ldm.samplers import get_sampler
+from ldm.pipeline import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
+from ldm.samplers import SAMPLERS, get_sampler
+from ldm.sampling import sampler_parameters
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", "--class", dest="label", default=None, metavar="NAME",
                    help="a class-conditional model's class (guided against the null label); a label-only model "
                         "needs no prompt")
+    p.add_argument("--learned-variance", action="store_true",
+                   help="with --sampler ddpm, on a model trained with learned_variance: ancestral DDPM with the "
+                        "U-Net's own step variance (ldm.pipeline.txt2img_learned_variance) instead of the fixed one")
     add_sampling_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
@@ -37,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # Settings of our JSON that are SamplingOptions fields or the command's own; other keys are the sampler's
 # keyword options (SamplingOptions.extra), the model's identity or other commands' (strength).
 OWN_SETTINGS = {"prompt", "negative_prompt", "seed", "height", "width", "model_file", "model_sha256", "model_hash",
-                "label"}
+                "label", "learned_variance"}
 
 
 def apply_png_settings(args: argparse.Namespace) -> None:
@@ -57,8 +61,13 @@ def apply_png_settings(args: argparse.Namespace) -> None:
                       ("long_prompts", "long_prompts"), ("emphasis", "emphasis"), ("ddim_variant", "ddim_variant")):
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
+    if args.sampler in SAMPLERS and "eta" not in sampler_parameters(args.sampler):
+        args.eta = None  # the metadata records DDPM's fixed eta 1, which is no option of it
     args.png_threshold = settings.get("threshold")
     args.label = settings.get("label", args.label)
+    if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
+        # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
+        args.learned_variance, args.sampler = True, "ddpm"
     known = OWN_SETTINGS | {f.name for f in fields(SamplingOptions)}
     args.png_extra = {k: v for k, v in settings.items() if k not in known}
     args.png_model_hash = settings.get("model_sha256") or settings.get("model_hash")
@@ -74,15 +83,23 @@ def run(args: argparse.Namespace) -> int:
     if args.from_png:
         options.threshold = args.png_threshold
         # Only keyword options the sampler takes: a key it does not know would be an error, not a setting.
+        # A --sampler-option given here changes the image's own.
         accepted = inspect.signature(get_sampler(options.sampler)).parameters
-        options.extra = {k: v for k, v in args.png_extra.items() if k in accepted and k != "eta"}
+        options.extra = {**{k: v for k, v in args.png_extra.items() if k in accepted and k != "eta"}, **options.extra}
     options.validate()
+    if args.learned_variance and options.sampler != "ddpm":
+        raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     model = load_model_from_args(args)
     if args.label is not None:
         model.class_labels([args.label])  # an unknown label is refused before any sampling, naming the known ones
+    if args.learned_variance and not getattr(model, "learned_variance", False):
+        raise InvalidOptionError("--learned-variance: this model has no learned variance (its config's "
+                                 "learned_variance is off); leave the option out")
     labelled = {"label": args.label} if args.label is not None else {}
+    if args.learned_variance:
+        labelled["learned_variance"] = True
     made_with = getattr(args, "png_model_hash", None)
     ours = (getattr(model, "identity", None) or {}).get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):
@@ -97,8 +114,13 @@ def run(args: argparse.Namespace) -> int:
         for prompt in prompts:
             # Image i has seed + i whatever the chunking (one generator per image), so chunks change nothing.
             for start, n in chunks(args.batch_size, chunk):
-                images = txt2img(model, [prompt] * n, args.negative_prompt, height, width, seed + start, options,
-                                 progress=not args.no_progress, label=args.label)
+                if args.learned_variance:
+                    images = txt2img_learned_variance(model, [prompt] * n, args.negative_prompt, seed + start,
+                                                      progress=not args.no_progress, height=height, width=width,
+                                                      label=args.label, options=options)
+                else:
+                    images = txt2img(model, [prompt] * n, args.negative_prompt, height, width, seed + start, options,
+                                     progress=not args.no_progress, label=args.label)
                 for i, image in enumerate(images):
                     writer.write(image, settings_dict(prompt, args.negative_prompt, seed + start + i, height, width,
                                                       options, model, **labelled))
