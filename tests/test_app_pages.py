@@ -17,7 +17,7 @@ from ldm.checkpoint import save_state_dict
 from ldm.images import InvalidImageError
 from ldm.masks import MaskError
 from ldm.pipeline import SamplingOptions
-from factories import tiny_config, tiny_model
+from factories import tiny_class_model, tiny_class_config, tiny_config, tiny_model, write_tiny_model_files
 
 from streamlit.testing.v1 import AppTest
 from pathlib import Path
@@ -227,6 +227,57 @@ def test_text_page_generates_and_offers_the_png(app_env):
     assert image.size == (16, 16) and settings["prompt"] == "a red apple" and settings["seed"] == 7
     assert len(at.get("download_button")) == 1
     assert json.loads(at.json[0].value)["steps"] == 4
+
+
+CLASSES = ["red square", "blue circle"]
+
+
+@pytest.fixture(scope="module")
+def class_model_files(tmp_path_factory):
+    """A tiny text + label model and a tiny label-only one (random weights), as YAML + safetensors."""
+    d = tmp_path_factory.mktemp("tiny-class")
+    return {kind: write_tiny_model_files(d, kind, tiny_class_config(CLASSES, label_only=kind == "label-only"),
+                                         tiny_class_model(CLASSES, label_only=kind == "label-only"))
+            for kind in ("text+label", "label-only")}
+
+
+def class_page(files, monkeypatch) -> AppTest:
+    monkeypatch.setenv(ENV_CONFIG, files[0])
+    monkeypatch.setenv(ENV_CKPT, files[1])
+    return page("text")
+
+
+def generate_on_page(at: AppTest, label: str):
+    at.selectbox(key="t2i_label").set_value(label)
+    at.number_input(key="t2i_steps").set_value(3)
+    at.button(key="t2i_go").click().run()
+    assert not at.exception and not errors(at)
+    image, settings = at.session_state["t2i_result"]
+    return np.asarray(image), settings
+
+
+def test_text_page_offers_a_class_conditional_models_labels(class_model_files, monkeypatch):
+    at = class_page(class_model_files["text+label"], monkeypatch)
+    assert at.selectbox(key="t2i_label").options == [*CLASSES, "(no label)"]
+    assert at.text_input(key="t2i_prompt").value  # a text + label model keeps its prompt box
+    blue, settings = generate_on_page(at, "blue circle")
+    assert settings["label"] == "blue circle" and json.loads(at.json[0].value)["label"] == "blue circle"
+    red, settings = generate_on_page(at, "red square")
+    assert settings["label"] == "red square" and not np.array_equal(red, blue)  # the label reached the U-Net
+    _, settings = generate_on_page(at, "(no label)")
+    assert "label" not in settings  # the null label, as `ldm txt2img` without --label records it
+
+
+def test_text_page_hides_the_prompt_of_a_label_only_model(class_model_files, monkeypatch):
+    at = class_page(class_model_files["label-only"], monkeypatch)
+    assert "t2i_prompt" not in [t.key for t in at.text_input] and "t2i_negative" not in [t.key for t in at.text_input]
+    image, settings = generate_on_page(at, "red square")
+    assert settings["label"] == "red square" and settings["prompt"] == "" and image.shape == (16, 16, 3)
+
+
+def test_text_page_of_a_model_without_classes_has_no_label_choice(app_env):
+    at = page("text")
+    assert "t2i_label" not in [s.key for s in at.selectbox] and at.text_input(key="t2i_prompt")
 
 
 def test_text_page_shows_bad_settings_as_an_error(app_env):

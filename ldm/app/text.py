@@ -39,15 +39,33 @@ def preview_callback(model: LatentDiffusion, steps: int, every: int, report: Ste
 
 def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", options: SamplingOptions | None = None, seed: int = defaults.SEED,
              height: int | None = None, width: int | None = None, preview_every: int = 5,
-             report: StepReport | None = None) -> tuple[Image.Image, dict[str, Any]]:
-    """(image, the settings that re-make it)."""
+             report: StepReport | None = None, label: str | None = None) -> tuple[Image.Image, dict[str, Any]]:
+    """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
+    recorded in the settings as `ldm txt2img --label` records it."""
     options = options or SamplingOptions()
     options.validate()
     height = height or model.default_image_size
     width = width or model.default_image_size
     callback = preview_callback(model, options.steps, preview_every, report) if report else None
-    image = txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False)[0]
-    return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model)
+    image = txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False,
+                    label=label)[0]
+    labelled = {"label": label} if label is not None else {}
+    return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model, **labelled)
+
+
+NO_LABEL = "(no label)"
+
+
+def label_choices(model: LatentDiffusion) -> list[str] | None:
+    """The class choices the page offers: the model's class names, then NO_LABEL (the null label, unconditional);
+    None for a model without classes."""
+    names = getattr(model, "class_names", None)
+    return [*names, NO_LABEL] if names else None
+
+
+def takes_text(model: LatentDiffusion) -> bool:
+    """Whether the model reads a prompt (a label-only model has no text encoder)."""
+    return getattr(model, "text_encoder", None) is not None
 
 
 def png_bytes(image: Image.Image, settings: dict[str, Any] | None = None) -> bytes:

@@ -2,13 +2,22 @@
 import streamlit as st
 
 from ldm.app import ui
-from ldm.app.text import generate, png_bytes
+from ldm.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
 
 st.header("Text-to-image")
 model = ui.get_model()
 if model is not None:
-    prompt = st.text_input("Prompt", "red apple", key="t2i_prompt")
-    negative = st.text_input("Negative prompt", "", key="t2i_negative")
+    prompt, negative, label = "", "", None
+    if takes_text(model):
+        prompt = st.text_input("Prompt", "red apple", key="t2i_prompt")
+        negative = st.text_input("Negative prompt", "", key="t2i_negative")
+    else:
+        st.caption("This model takes a class label only, no prompt.")
+    choices = label_choices(model)
+    if choices is not None:
+        chosen = st.selectbox("Class label", choices, key="t2i_label",
+                              help=f"guided against the null label; {NO_LABEL}: the null label alone (unconditional)")
+        label = None if chosen == NO_LABEL else chosen
     options, seed = ui.sampling_controls("t2i")
     height, width = ui.size_controls("t2i", model)
     every = int(st.number_input("Preview every N steps", 1, 50, 5, key="t2i_every"))
@@ -23,7 +32,7 @@ if model is not None:
                 preview.image(ui.enlarge(image), caption=f"predicted clean image at step {done}")
 
         with ui.user_errors("Generation"):
-            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report)
+            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report, label)
             st.session_state["t2i_result"] = (image, settings)
         bar.empty()
         preview.empty()
