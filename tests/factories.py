@@ -122,6 +122,11 @@ def _build(cfg: dict, seed: int):
     return model.eval()
 
 
+def tiny_model_from(cfg: dict, seed: int = 0):
+    """A randomly initialised model of any tiny config, output layers not zero (e.g. a combination of the above)."""
+    return _build(cfg, seed)
+
+
 def tiny_inpaint_model(seed: int = 0):
     return _build(tiny_inpaint_config(), seed)
 

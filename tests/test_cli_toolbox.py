@@ -9,7 +9,7 @@ from PIL import Image
 from ldm.cli import main
 from ldm.commands.common import option_value, parse_sampler_options
 from ldm.errors import InvalidOptionError
-from factories import write_tiny_learned_variance_files, write_tiny_model_files
+from factories import tiny_class_config, tiny_model_from, write_tiny_learned_variance_files, write_tiny_model_files
 
 SIZE = ["--height", "16", "--width", "16", "--no-progress", "--no-grid"]
 
@@ -133,3 +133,17 @@ def test_learned_variance_needs_ddpm_and_a_model_that_has_one(model_files, learn
     assert run(learned_variance_files, tmp_path / "c", "a cat", "--sampler", "ddpm", "--steps", "2",
                "--guidance-rescale", "0.5", "--learned-variance") != 0
     assert "guidance rescale" in one_line_error(capsys)
+
+
+def test_learned_variance_sampler_takes_a_class_label(tmp_path):
+    """A class-conditional model with a learned variance: --label reaches the variance sampler and is recorded."""
+    cfg = tiny_class_config(["a", "b"])
+    cfg["model"]["params"]["learned_variance"] = True
+    cfg["model"]["params"]["unet_config"]["params"]["out_channels"] = 8  # [eps, raw v]
+    lv_files = write_tiny_model_files(tmp_path, "lv-class", cfg, tiny_model_from(cfg))
+    common = ["x", "--sampler", "ddpm", "--steps", "3", "--learned-variance"]
+    assert run(lv_files, tmp_path / "a", *common, "--label", "a") == 0
+    assert run(lv_files, tmp_path / "b", *common, "--label", "b") == 0
+    a, settings = made(tmp_path / "a")
+    b, _ = made(tmp_path / "b")
+    assert settings["label"] == "a" and settings["learned_variance"] is True and not np.array_equal(a, b)
