@@ -50,6 +50,9 @@ def test_sampler_option_values_are_parsed_as_numbers_and_bools():
     for bad in ("snr", "=1", "snr=", "two words=1"):
         with pytest.raises(InvalidOptionError, match="KEY=VALUE"):
             parse_sampler_options([bad])
+    for bad in ("snr=nan", "snr=inf"):
+        with pytest.raises(InvalidOptionError, match="finite number"):
+            parse_sampler_options([bad])
     with pytest.raises(InvalidOptionError, match="given twice"):
         parse_sampler_options(["snr=0.1", "snr=0.2"])
 

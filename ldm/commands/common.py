@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -123,6 +124,8 @@ def parse_sampler_options(specs: list[str]) -> dict[str, Any]:
         if key in options:
             raise InvalidOptionError(f"--sampler-option {key} is given twice; give it once")
         options[key] = option_value(value.strip())
+        if isinstance(options[key], float) and not math.isfinite(options[key]):  # NaN gives black images
+            raise InvalidOptionError(f"--sampler-option {spec!r}: the value must be a finite number")
     return options
 
 
