@@ -20,7 +20,9 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
                 compile, scale_factor ("model": keep the model's; null: estimate 1/std of the first batch's
                 latents; a number), text_cache (keep up to N captions' text-encoder outputs in memory; 0: off),
                 latent_cache (keep up to N images' VAE posteriors, a latent still drawn from each every step;
-                only for fixed crops), label_dropout (class-conditional models: the null label's probability);
+                only for fixed crops), cache_dir (both caches also on disk, unbounded, across epochs and runs;
+                keyed by the encoders' weights; latents only for fixed crops), label_dropout (class-conditional
+                models: the null label's probability);
                 autoencoder (`AutoencoderTraining`): rec_loss (l1/l2), kl_weight, perceptual_weight, lpips_vgg,
                 lpips_lin, disc_start (null: no discriminator), disc_weight, disc_lr, disc_layers, disc_channels,
                 adaptive_disc_weight; CLIP (`ClipTraining`): the common keys with open_clip's defaults.
@@ -94,6 +96,7 @@ class DiffusionTraining(TrainingSection):
     text_cache: int = 0
     latent_cache: int = 0
     label_dropout: float = 0.1
+    cache_dir: str | None = None  # both caches also on disk there (ldm.training.disk_cache); null: memory only
 
 
 @dataclass

@@ -49,6 +49,12 @@ def check_values(cfg: dict, kind: str) -> None:
             _integer(cfg, "training", key, 0, f" ({'captions' if key == 'text_cache' else 'images'} kept; 0: off)")
         if t["latent_cache"] and not d["center_crop"]:
             raise TrainConfigError("training.latent_cache needs data.center_crop: true (a random crop is a new image every time)")
+        if t["cache_dir"] is not None:
+            if not isinstance(t["cache_dir"], str) or not t["cache_dir"]:
+                raise TrainConfigError(f"training.cache_dir must be a folder path or null, got {t['cache_dir']!r}")
+            if not d["center_crop"]:
+                raise TrainConfigError("training.cache_dir keeps VAE latents too, which needs data.center_crop: true "
+                                       "(a random crop is a new image every time)")
         if not ((sf := t["scale_factor"]) is None or sf == "model" or (_is_number(sf) and sf > 0)):
             raise TrainConfigError(f"training.scale_factor must be 'model', null (estimate) or a positive number, got {sf!r}")
     if kind == "autoencoder":
@@ -160,6 +166,9 @@ def _check_lora(cfg: dict, kind: str) -> None:
     if "text" in targets and cfg["training"]["text_cache"]:
         raise TrainConfigError("lora.targets with text trains the text encoder, whose outputs training.text_cache "
                                "would keep stale: set training.text_cache=0")
+    if "text" in targets and cfg["training"]["cache_dir"]:
+        raise TrainConfigError("lora.targets with text trains the text encoder, whose outputs training.cache_dir "
+                               "would keep stale: set training.cache_dir=null")
 
 
 def _check_labels(d: dict) -> None:

@@ -21,6 +21,7 @@ from ldm.model import LatentDiffusion
 from ldm.vae import DiagonalGaussianDistribution
 from ldm.training.base import TrainingModule
 from ldm.training.config import DiffusionTraining as _D
+from ldm.training.disk_cache import DiskCache, module_fingerprint, text_encoder_fingerprint
 from ldm.training.ema import make_ema
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class LatentDiffusionModule(TrainingModule):
                  ema_decay: float | None = _D.ema_decay, cond_dropout: float = _D.cond_dropout,
                  gradient_checkpointing: bool = _D.gradient_checkpointing, compile: bool = _D.compile,
                  estimate_scale_factor: bool = False, seed: int = _D.seed, text_cache: int = _D.text_cache,
-                 latent_cache: int = _D.latent_cache, lora: dict | None = None, config: dict | None = None):
+                 latent_cache: int = _D.latent_cache, cache_dir: str | None = _D.cache_dir, lora: dict | None = None,
+                 config: dict | None = None):
         """Defaults: `ldm.training.config.DiffusionTraining`'s, the one set a YAML run gets too.
 
         lora: the config's `lora:` section ({rank, alpha, dropout, targets}); with a rank, only low-rank
@@ -59,6 +61,10 @@ class LatentDiffusionModule(TrainingModule):
         # key, and each step still draws a fresh latent from them, so training sees the same distribution.
         self.latent_cache_size = int(latent_cache)
         self._latent_cache: dict[str, torch.Tensor] = {}
+        # Both also on disk with cache_dir (ldm.training.disk_cache): they then outlive the process (restarts,
+        # later runs). Opened at first use, so the fingerprints hash the weights training actually encodes with.
+        self.cache_dir = cache_dir
+        self._disk: dict[str, DiskCache] = {}
         frozen = [model.vae] + ([model.text_encoder] if model.text_encoder is not None else [])  # label-only: no text
         for p in [p for network in frozen for p in network.parameters()]:
             p.requires_grad_(False)
@@ -96,16 +102,44 @@ class LatentDiffusionModule(TrainingModule):
         """True where the prompt is replaced by "" (probability cond_dropout), teaching the unconditional model."""
         return torch.rand(batch_size, generator=generator, device=generator.device if generator else "cpu") < self.cond_dropout
 
+    def disk_cache(self, kind: str) -> DiskCache | None:
+        """The on-disk cache of "text" contexts or "latent" posterior moments; None without cache_dir."""
+        if not self.cache_dir:
+            return None
+        if kind not in self._disk:
+            fingerprint = (text_encoder_fingerprint(self.model.text_encoder) if kind == "text"
+                           else module_fingerprint(self.model.vae))
+            self._disk[kind] = DiskCache(self.cache_dir, kind, fingerprint)
+            log.info("%s cache on disk: %s", kind, self._disk[kind].folder)
+        return self._disk[kind]
+
+    def _cached(self, kind: str, memory: dict[str, torch.Tensor], size: int, keys: list[str],
+                encode: Any) -> dict[str, torch.Tensor]:
+        """Each distinct key's tensor: from memory, else from disk, else encode(missing keys) (then stored in
+        both). Memory keeps up to `size` entries; the disk keeps all."""
+        distinct = list(dict.fromkeys(keys))
+        found = {k: memory[k] for k in distinct if k in memory}
+        disk = self.disk_cache(kind)
+        if disk is not None:
+            found.update(disk.read([k for k in distinct if k not in found], self.device))
+        missing = [k for k in distinct if k not in found]
+        if missing:
+            fresh = encode(missing)
+            if disk is not None:
+                disk.write(fresh)
+            found.update(fresh)
+        for key in distinct:
+            if key not in memory and len(memory) < size:
+                memory[key] = found[key]
+        return found
+
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         """Cross-attention contexts for captions, each distinct caption through the encoder once when cached."""
-        if not self.text_cache_size:
+        if not self.text_cache_size and not self.cache_dir:
             return self.model.encode_text(captions)
-        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
-        fresh = dict(zip(missing, self.model.encode_text(missing))) if missing else {}
-        for caption, context in fresh.items():
-            if len(self._text_cache) < self.text_cache_size:
-                self._text_cache[caption] = context
-        return torch.stack([self._text_cache[c] if c in self._text_cache else fresh[c] for c in captions])
+        found = self._cached("text", self._text_cache, self.text_cache_size, captions,
+                             lambda missing: dict(zip(missing, self.model.encode_text(missing))))
+        return torch.stack([found[c] for c in captions])
 
     def dropped_captions(self, captions: list[str], generator: torch.Generator | None = None) -> list[str]:
         mask = self.drop_mask(len(captions), generator).tolist()
@@ -124,19 +158,20 @@ class LatentDiffusionModule(TrainingModule):
         log.info("estimated scale_factor = %.5f (1/std of the first batch's latents)", self.model.vae.scale_factor)
 
     def posterior(self, images: torch.Tensor, keys: list[str] | None = None) -> DiagonalGaussianDistribution:
-        """q(z|x) of a batch; with the latent cache, each distinct image key through the encoder once."""
-        if not self.latent_cache_size or keys is None:
+        """q(z|x) of a batch; with the latent cache, each distinct image key through the encoder once. On disk
+        the key holds the image's size too, since another data.size makes another image of the same file."""
+        if not (self.latent_cache_size or self.cache_dir) or keys is None:
             return self.model.vae.encode(images)
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}
-        missing = sorted(i for k, i in first.items() if k not in self._latent_cache)
-        fresh: dict[str, torch.Tensor] = {}
-        if missing:
-            moments = self.model.vae.encode(images[missing]).moments
-            fresh = {keys[i]: m for i, m in zip(missing, moments)}
-            for key, m in fresh.items():
-                if len(self._latent_cache) < self.latent_cache_size:
-                    self._latent_cache[key] = m
-        return DiagonalGaussianDistribution(torch.stack([self._latent_cache.get(k, fresh.get(k)) for k in keys]))
+        if self.cache_dir:
+            keys = [f"{k}@{images.shape[-2]}x{images.shape[-1]}" for k in keys]
+        index = {k: i for i, k in reversed(list(enumerate(keys)))}
+
+        def encode(missing: list[str]) -> dict[str, torch.Tensor]:
+            rows = [index[k] for k in missing]
+            return dict(zip(missing, self.model.vae.encode(images[rows]).moments))
+
+        found = self._cached("latent", self._latent_cache, self.latent_cache_size, keys, encode)
+        return DiagonalGaussianDistribution(torch.stack([found[k] for k in keys]))
 
     def latents(self, images: torch.Tensor, generator: torch.Generator | None = None,
                 keys: list[str] | None = None) -> torch.Tensor:

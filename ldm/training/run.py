@@ -188,7 +188,7 @@ def build_module(cfg: dict) -> pl.LightningModule:
     kwargs = dict(lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
                   ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],
                   compile=t["compile"], estimate_scale_factor=sf is None and not distilling, seed=t["seed"], text_cache=t["text_cache"],
-                  latent_cache=t["latent_cache"], lora=cfg["lora"], config=cfg)
+                  latent_cache=t["latent_cache"], cache_dir=t["cache_dir"], lora=cfg["lora"], config=cfg)
     if distilling:
         from ldm.training.distill_module import build_distillation
 
