@@ -191,3 +191,28 @@ def tiny_sd1_config() -> dict:
 def tiny_sd1_model(seed: int = 0):
     """A random tiny SD 1.x (tiny_sd1_config) whose output layers are not zero, so it does something."""
     return _build(tiny_sd1_config(), seed)
+
+
+def write_training_base(cfg: dict, folder) -> "Path":
+    """The training config's model with random weights and non-zero output layers (a fresh U-Net's output layer is
+    zero, which no adapter or student inside it could move), as folder/model.safetensors + model.yaml: the base of
+    a LoRA run or the teacher of a distillation."""
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    from ldm.checkpoint import save_state_dict
+    from ldm.config import instantiate
+    from ldm.training.export import inference_model_node
+
+    torch.manual_seed(0)
+    model = instantiate(cfg["model"])
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    folder = Path(folder)
+    save_state_dict(model.original_state_dict(), folder / "model.safetensors")
+    (folder / "model.yaml").write_text(yaml.safe_dump(inference_model_node(cfg["model"], model.vae.scale_factor)))
+    return folder / "model.safetensors"

@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.checkpoint import save_state_dict
 from ldm.cli import main as cli_main
-from ldm.config import instantiate
 from ldm.denoisers import CFGDenoiser
 from ldm.diffusion import DiscreteTimeDenoiser
 from ldm.distillation import ddim_step, guided_prediction, halving_grid, halving_target
@@ -21,10 +19,11 @@ from ldm.samplers import sample_ddim
 from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
 from ldm.training.config import TrainConfigError
 from ldm.training.distill_module import DistillationError
-from ldm.training.export import inference_model_node
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
+
+from factories import write_training_base
 
 QUIET = ["data.val_fraction=0", "logging.sample_every_n_steps=0", "logging.checkpoint_every_n_steps=0",
          "logging.csv=false", "training.ema_decay=null", "training.cond_dropout=0"]
@@ -77,18 +76,7 @@ def shapes(tmp_path_factory) -> Path:
 def teacher_file(shapes, tmp_path_factory) -> Path:
     """A tiny teacher (random weights, output layers not zero) as model.safetensors + model.yaml."""
     cfg = tiny_train_config("ldm", shapes, tmp_path_factory.mktemp("unused"))
-    torch.manual_seed(0)
-    model = instantiate(cfg["model"])
-    with torch.no_grad():
-        for p in model.unet.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-    folder = tmp_path_factory.mktemp("teacher")
-    save_state_dict(model.original_state_dict(), folder / "model.safetensors")
-    import yaml
-
-    (folder / "model.yaml").write_text(yaml.safe_dump(inference_model_node(cfg["model"], model.vae.scale_factor)))
-    return folder / "model.safetensors"
+    return write_training_base(cfg, tmp_path_factory.mktemp("teacher"))
 
 
 def student_config(shapes, run_dir, teacher_file, *extra):

@@ -20,6 +20,8 @@ from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
+from factories import write_training_base
+
 QUIET = ["data.val_fraction=0", "logging.sample_every_n_steps=0", "logging.checkpoint_every_n_steps=0",
          "logging.csv=false"]
 
@@ -33,15 +35,7 @@ def shapes(tmp_path_factory) -> Path:
 def base_file(shapes, tmp_path_factory) -> Path:
     """A base checkpoint of the tiny config's model (random weights: the LoRA learns on top of anything)."""
     cfg = tiny_train_config("ldm", shapes, tmp_path_factory.mktemp("unused"))
-    torch.manual_seed(0)
-    model = instantiate(cfg["model"])
-    with torch.no_grad():  # a fresh U-Net's output layer is zero, which no adapter inside it could move
-        for p in model.unet.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("base") / "base.safetensors"
-    save_state_dict(model.original_state_dict(), path)
-    return path
+    return write_training_base(cfg, tmp_path_factory.mktemp("base"))
 
 
 def lora_config(shapes, run_dir, base_file, *extra):
