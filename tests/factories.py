@@ -216,3 +216,12 @@ def write_training_base(cfg: dict, folder) -> "Path":
     save_state_dict(model.original_state_dict(), folder / "model.safetensors")
     (folder / "model.yaml").write_text(yaml.safe_dump(inference_model_node(cfg["model"], model.vae.scale_factor)))
     return folder / "model.safetensors"
+
+
+def with_ctrl_c() -> None:
+    """preexec_fn of a child that a test stops with SIGINT: the default disposition back. A test run started in
+    the background (a shell's `cmd &`, as CI harnesses may) inherits SIGINT *ignored*, and Python then installs
+    no KeyboardInterrupt handler in the child, which would run on through the signal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

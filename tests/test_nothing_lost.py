@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 import yaml
-from factories import tiny_config, tiny_model
+from factories import tiny_config, tiny_model, with_ctrl_c
 from PIL import Image
 
 from ldm.checkpoint import save_state_dict
@@ -49,7 +49,8 @@ def test_a_stopped_generation_keeps_every_image_it_wrote(model_files, tmp_path, 
     # A million images are not refused: they are made in chunks and written as they come.
     proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "txt2img", "x", "--config", cfg, "--ckpt", ckpt, "--steps", "1",
                              "--height", "16", "--width", "16", "--n-samples", "1000000", "--seed", "5", "--no-progress",
-                             "--outdir", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--outdir", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=with_ctrl_c)
     try:
         wait_for(proc, lambda: len(list(samples.glob("*.png"))) > 16, "a second chunk of images")  # chunks are 16
         proc.send_signal(signum)

@@ -5,6 +5,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from factories import with_ctrl_c
 import torch
 import yaml
 
@@ -120,7 +121,7 @@ def test_ctrl_c_saves_the_exact_step_and_resume_loses_nothing(shapes, tmp_path):
     cfg_b = tiny_train_config("ldm", shapes, run_b, common + ["trainer.max_steps=100000"])
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg_b))
     proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "train", "--config", str(tmp_path / "b.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=with_ctrl_c)
     try:
         deadline = time.monotonic() + 240
         while not (run_b / "checkpoints" / "step-000005.ckpt").exists():
