@@ -60,6 +60,9 @@ class DistillationModule(LatentDiffusionModule):
                                     "takes the scale (start from a halving stage)")
         if stage != "guidance":
             self.grid = halving_grid(model.alphas_cumprod, int(stage))
+        # One schedule for both denoisers (checked equal by check_pair), built once instead of three times a step;
+        # its sigmas stay on the CPU and are moved where used, so the cached object follows any device.
+        self.schedule = model.parameterisation()
 
     def _teacher_to_device(self) -> None:
         unet = self.teacher.unet
@@ -80,9 +83,9 @@ class DistillationModule(LatentDiffusionModule):
         lo, hi = self.scale_range
         scale = (lo + (hi - lo) * torch.rand(n, generator=generator, device=device)).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
-        teacher = self.teacher.denoiser()
+        teacher = DiscreteTimeDenoiser(self.teacher.unet, parameterisation=self.schedule)
         if self.stage == "guidance":
-            sigmas = self.model.parameterisation().sigmas
+            sigmas = self.schedule.sigmas
             t = torch.randint(0, len(sigmas), (n,), generator=generator, device=device).cpu()
             sigma = sigmas[t].to(x0.device)
             x, target = guidance_example(teacher, x0, noise, sigma, scale, cond, uncond)
@@ -91,7 +94,7 @@ class DistillationModule(LatentDiffusionModule):
             x, sigma, target = halving_example(teacher, x0, noise, self.grid, index, scale, cond, uncond,
                                                self.teacher_embedded)
             sigma = sigma.to(x0.device)
-        student = DiscreteTimeDenoiser(self._unet_fn, parameterisation=self.model.parameterisation())
+        student = DiscreteTimeDenoiser(self._unet_fn, parameterisation=self.schedule)
         prediction = guided_prediction(student, x, sigma_batch(sigma, x), scale, cond, uncond, embedded=True)
         return weighted_mse(prediction, target, sigma)
 
