@@ -1,7 +1,10 @@
-"""Device names -> torch devices, checked: what --device and the app's device setting mean."""
+"""Device names -> torch devices, checked: what --device and the app's device setting mean; and how many CPU
+threads a generation uses (--threads)."""
 from __future__ import annotations
 
 import logging
+import math
+import os
 
 import torch
 
@@ -41,3 +44,52 @@ def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     except OSError:
         return True  # not Linux: say nothing rather than guess
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+# Environment variables with which a user has already chosen the CPU thread count: then it is left alone.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cpu_load(loadavg: str = "/proc/loadavg") -> float | None:
+    """How many cores other work keeps busy: the larger of the one-minute load average and the threads runnable
+    right now besides this one (the average lags by a minute; the count alone is one noisy instant). None where
+    there is nothing to read (not Linux)."""
+    try:
+        with open(loadavg) as f:
+            fields = f.read().split()
+        return max(float(fields[0]), float(fields[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def sampling_threads(requested: int | None, cores: int, load: float | None, env: dict[str, str]) -> int | None:
+    """How many CPU threads a generation uses: --threads if given; None (torch's own choice) if the user set
+    OMP_NUM_THREADS / MKL_NUM_THREADS or there is no load figure; else the cores left idle by other work, at least 1.
+
+    Why: OpenMP threads spin at every barrier. With as many threads as cores and one core busy elsewhere, each
+    barrier waits for the thread that shares the busy core: the main command took 45-65 s instead of 4.4 s with
+    one thread on a 2-core CPU (benchmarks/threads.py). A machine that has just gone quiet still shows load for a
+    minute and gets fewer threads: that costs ~10%; the other way round costs 10x.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise InvalidOptionError(f"--threads must be at least 1, got {requested}")
+        return requested
+    if load is None or any(env.get(name) for name in THREAD_ENV_VARS):
+        return None
+    return max(1, min(cores, math.floor(cores - load + 0.5)))
+
+
+def set_sampling_threads(requested: int | None = None) -> int:
+    """Apply sampling_threads to torch (CPU generation in the CLI and the app) and return the thread count."""
+    cores = torch.get_num_threads()
+    if hasattr(os, "sched_getaffinity"):
+        cores = min(cores, len(os.sched_getaffinity(0)))
+    load = cpu_load()
+    threads = sampling_threads(requested, cores, load, dict(os.environ))
+    if threads is not None and threads != torch.get_num_threads():
+        if requested is None:
+            log.info("cpu threads: %d of %d (load average %.1f: other work holds the rest; --threads sets it)",
+                     threads, cores, load)
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 from PIL import Image
 
 from ldm import defaults
-from ldm.devices import resolve_device  # noqa: F401 (re-exported: the commands' --device)
+from ldm.devices import resolve_device, set_sampling_threads  # resolve_device: re-exported, the commands' --device
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.images import check_writable, make_grid, next_index, save_png
 from ldm.pipeline import PRECISIONS, SamplingOptions
@@ -42,6 +42,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prediction", choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768-v "
                    "files without metadata need v; see ldm/formats.py)")
     p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads; default: the cores other work leaves idle (one-minute load average), unless "
+                        "OMP_NUM_THREADS is set")
     p.add_argument("--embedding", action="append", default=[], metavar="PATH",
                    help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
                         "its file name is the word that calls it in prompts; repeat for several")
@@ -159,7 +162,10 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img"):
 
         for path in args.embedding:  # a missing file fails before loading
             embedding_files(path)
-    model = load_model(args.config, args.ckpt, resolve_device(args.device), args.prediction, task=task)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        set_sampling_threads(getattr(args, "threads", None))
+    model = load_model(args.config, args.ckpt, device, args.prediction, task=task)
     if vae is not None:
         model.load_vae_weights(vae)
     if getattr(args, "tiled_vae", None):

@@ -7,7 +7,7 @@ import torch
 
 from ldm.defaults import shipped_path
 from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.commands.common import add_model_args, log, resolve_device
+from ldm.commands.common import add_model_args, log, resolve_device, set_sampling_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--kid-subset-size", type=int, default=100,
                    help="rows per KID subset, capped at the group size (default 100: below the group sizes, so the std is informative)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--table", default=None, help="also write the markdown table here")
     p.add_argument("--compare", nargs="+", default=None, metavar="NAME=RESULTS.json",
@@ -65,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.compare:
         return compare(args.compare, args.table)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_sampling_threads(args.threads)  # before the judge and the model: the evaluation runs on the CPU too
     if args.nll:
         return nll(args)
     settings = EvalSettings(scales=tuple(args.scales), n_train_prompts=args.n_train_prompts, max_heldout=args.max_heldout,
