@@ -6,7 +6,6 @@ changes; the metadata names the model and its steps, and --from-png re-makes a s
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np

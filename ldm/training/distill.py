@@ -98,7 +98,8 @@ def write_student_config(stage_dir: Path, base: str, stage: str | int = "guidanc
     node = yaml.safe_load((stage_dir / "lora.yaml").read_text())
     node["base"] = str(Path(base).resolve())
     sampling = student_sampling(stage, scale_range)
-    node["name"] = f"student ({stage_name(stage)}" + (f", {sampling['steps']} steps)" if "steps" in sampling else ")")
+    node["name"] = f"student ({stage_name(stage)})" if "steps" not in sampling else \
+        f"{sampling['steps']}-step student ({stage_name(stage)})"
     node["sampling"] = sampling
     path = stage_dir / "student.yaml"
     with atomic_path(path) as tmp:
