@@ -24,9 +24,10 @@ def default_checkpoint_path() -> Path:
     return shipped_path("checkpoints/emoji/model.safetensors")
 
 
-# The shipped model of each task, by file stem in checkpoints/emoji/: the inpainter and the upscaler are
-# derived from the text-to-image model (ldm.derived) and used by default where shipped.
-SHIPPED_MODELS = {"txt2img": "model", "inpaint": "inpaint", "upscale": "upscaler"}
+# The shipped model of each task, by file stem in checkpoints/emoji/: the inpainter, the upscaler and the few-step
+# student are derived from the text-to-image model (ldm.derived) and used by default where shipped (the student
+# for text-to-image, ldm.variants).
+SHIPPED_MODELS = {"txt2img": "model", "inpaint": "inpaint", "upscale": "upscaler", "student": "student"}
 
 
 def default_model_files(task: str = "txt2img") -> tuple[Path, Path] | None:

@@ -297,7 +297,7 @@ def weights_in_our_layout(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
                device: str | torch.device = defaults.DEVICE, prediction: str | None = None,
-               dtype: torch.dtype | None = None, task: str = "txt2img") -> LatentDiffusion:
+               dtype: torch.dtype | None = None, task: str = "txt2img", variant: str | None = None) -> LatentDiffusion:
     """Build a model from a config (ours or an original SD 1.x or 2.x YAML) and load its weights.
 
     With neither argument, the small pretrained emoji model shipped in checkpoints/ for `task` is used: the
@@ -305,16 +305,22 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     a diffusers folder (SD 1.x/2.x text-to-image, SD 2 inpainting or the x4 upscaler), whose config.json files give the config. With a
     checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);
     `prediction` ("eps" or "v") overrides the config's, and SD 2.x 768-v files without metadata need "v".
+    variant (text-to-image, neither file given): "student", the few-step student distilled from the shipped model,
+    or "full", the shipped model itself; None: the student where it is shipped (ldm.variants). A config's
+    `sampling:` section becomes the model's `sampling_defaults` (used where a call leaves options open), its `name:`
+    the `model_name` that image metadata records.
     device: "auto" (cuda if available, else cpu), "cpu", "cuda:1", ...; dtype: the networks' weights
     (torch.bfloat16 or torch.float16 halve the memory; the noise schedule stays float32).
     """
     from ldm.devices import resolve_device
     from ldm.formats import resolve_config
 
-    if config is None and checkpoint is None:
-        from ldm.defaults import default_config_path, default_checkpoint_path, default_model_files
+    from ldm.variants import sampling_section, shipped_model_files
 
-        config, checkpoint = default_model_files(task) or (default_config_path(), default_checkpoint_path())
+    if config is None and checkpoint is None:
+        config, checkpoint = shipped_model_files(task, variant)
+    elif variant is not None:
+        raise InvalidOptionError("variant picks a shipped model: give it or a config/checkpoint, not both")
     folder = checkpoint is not None and Path(checkpoint).is_dir()  # a diffusers folder (ldm.diffusers_format)
     if folder and config is None:
         from ldm.diffusers_format import folder_config
@@ -348,5 +354,8 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     elif checkpoint is not None:
         model.load_weights(checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint)}
+    model.sampling_defaults = sampling_section(cfg)
+    if cfg.get("name"):
+        model.identity["model_name"] = str(cfg["name"])
     model = model.to(resolve_device(device)).eval()
     return model.networks_to(dtype) if dtype is not None else model

@@ -65,10 +65,13 @@ def kinds_for(task: str) -> list[str]:
 
 def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], task: str = "txt2img",
                     model: LatentDiffusion | None = None) -> SamplingOptions:
-    """A validated copy of the options (the task's defaults if None) with keyword overrides applied (the
-    caller's object is not changed), and with `model`'s own defaults where the options leave them open
-    (`for_model`)."""
-    options = replace(options, extra=dict(options.extra)) if options is not None else task_options(task)
+    """A validated copy of the options (if None: the task's defaults under the model's own `sampling_defaults`, e.g.
+    a student's steps and spacing) with keyword overrides applied (the caller's object is not changed), and with
+    `model`'s own defaults where the options leave them open (`for_model`)."""
+    if options is None:
+        options = task_options(task, **(getattr(model, "sampling_defaults", None) or {}))
+    else:
+        options = replace(options, extra=dict(options.extra))
     for key, value in overrides.items():
         if key == "extra" or not hasattr(options, key):
             raise InvalidOptionError(f"unknown sampling option {key!r}")
@@ -107,7 +110,8 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
     """
     if getattr(model, "guidance_embedded", False) and any(negative_prompts):
         raise PromptError("this guidance-distilled model takes no negative prompt (it was distilled with the empty "
-                          "prompt as the unconditional side); use its teacher for negative prompts")
+                          "prompt as the unconditional side); use the full model for negative prompts "
+                          "(ldm txt2img --model full, load_model(variant=\"full\"))")
     if getattr(model, "text_encoder", True) is None:  # a label-only model: no context on either side
         if any(prompts) or any(negative_prompts):
             raise PromptError("this class-conditional model takes no text; give an empty prompt and a label")
@@ -223,7 +227,8 @@ class Conditioning:
         if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
             if options.guidance_rescale:
                 raise InvalidOptionError("guidance rescale needs the conditional prediction apart, which a "
-                                         "guidance-distilled model does not make; leave it at 0")
+                                         "guidance-distilled model does not make; leave it at 0 or use the full "
+                                         "model (--model full)")
             return EmbeddedGuidanceDenoiser(inner, self.cond, options.guidance_scale, threshold=options.threshold)
         return CFGDenoiser(inner, self.cond, self.uncond, options.guidance_scale, rescale=options.guidance_rescale,
                            threshold=options.threshold)

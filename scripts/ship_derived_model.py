@@ -2,6 +2,10 @@
 
     ldm train --config configs/emoji/inpaint.yaml --resume --export-only --out runs/inpaint-snap
     python scripts/ship_derived_model.py inpaint runs/inpaint-snap
+    python scripts/ship_derived_model.py student runs/emoji-distill/halve-8     # the 4-step student
+
+A distillation stage's student.yaml gives the shipped student.yaml its name and sampling defaults (steps, trailing
+spacing, guidance scale: ldm.variants), with which `ldm txt2img` then uses it by default.
 
 The shipped file keeps only what differs from checkpoints/emoji/model.safetensors (ldm.derived): a LoRA run's
 adapter and whole tensors as they are; a full run's tensors minus those equal to the base's in fp16 (the
@@ -54,6 +58,12 @@ def ship(task: str, export_dir: str) -> None:
     save_state_dict(state, out, metadata=metadata, float_dtype=torch.float16)
     config = yaml.safe_load(config_file.read_text())
     shipped = {"model": config["model"], "base": base_file.name}
+    student = export / "student.yaml"  # a distillation stage's: the student's name and own sampling defaults
+    if task == "student" and student.is_file():
+        own = yaml.safe_load(student.read_text())
+        shipped["sampling"] = own.get("sampling") or {}
+        steps = shipped["sampling"].get("steps")
+        shipped = {"name": f"emoji {steps}-step student" if steps else "emoji student", **shipped}
     out.with_suffix(".yaml").write_text(f"# The shipped {task} model: {out.name} holds only what differs from its base "
                                         "(ldm.derived).\n" + yaml.safe_dump(shipped, sort_keys=False))
     print(f"shipped {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(state)} tensors, {kept} whole, "
@@ -62,5 +72,5 @@ def ship(task: str, export_dir: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in SHIPPED_MODELS or sys.argv[1] == "txt2img":
-        raise SystemExit("usage: python scripts/ship_derived_model.py {inpaint,upscale} EXPORT_DIR")
+        raise SystemExit("usage: python scripts/ship_derived_model.py {inpaint,upscale,student} EXPORT_DIR")
     ship(sys.argv[1], sys.argv[2])

@@ -51,8 +51,24 @@ def source_from_env(env: Mapping[str, str] | None = None) -> ModelSource:
                        upscaler_ckpt=env.get(ENV_UPSCALER_CKPT) or None)
 
 
-def load_main_model(config: str | None, ckpt: str | None, device: str = "auto") -> LatentDiffusion:
-    """The model for text-to-image, editing and walks; a clear error when the shipped one is absent."""
+def student_choice(source: ModelSource) -> str | None:
+    """The text-to-image page's label of the shipped student ("fast (4-step student)") when the app runs the shipped
+    model and the student is shipped beside it (ldm.variants); None otherwise."""
+    from ldm.variants import config_sampling, student_files
+
+    files = student_files()
+    if source.config is not None or source.ckpt is not None or files is None:
+        return None
+    steps = config_sampling(files[0]).get("steps")
+    return f"fast ({steps}-step student)" if steps else "fast (student)"
+
+
+FULL_CHOICE = "full model"
+
+
+def load_main_model(config: str | None, ckpt: str | None, device: str = "auto", variant: str = "full") -> LatentDiffusion:
+    """The model for text-to-image, editing and walks; a clear error when the shipped one is absent. variant: of the
+    shipped model (ldm.variants), "full" or "student" (the text-to-image page's choice)."""
     from ldm.devices import resolve_device
     from ldm.defaults import default_checkpoint_path, default_config_path
     from ldm.model import load_model
@@ -62,7 +78,8 @@ def load_main_model(config: str | None, ckpt: str | None, device: str = "auto") 
         if not (cfg.is_file() and weights.is_file()):
             raise ModelMissingError(f"the shipped emoji model is not there ({cfg.parent}); "
                                     "start the app with `ldm app --config MODEL.yaml --ckpt MODEL.safetensors`")
-    return load_model(config, ckpt, resolve_device(device))
+    shipped = config is None and ckpt is None
+    return load_model(config, ckpt, resolve_device(device), variant=variant if shipped else None)
 
 
 def load_upscaler(config: str, ckpt: str, device: str = "auto") -> LatentDiffusion:

@@ -27,8 +27,8 @@ def model_source() -> ModelSource:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def _cached_model(config: str | None, ckpt: str | None, device: str) -> LatentDiffusion:
-    return load_main_model(config, ckpt, device)
+def _cached_model(config: str | None, ckpt: str | None, device: str, variant: str = "full") -> LatentDiffusion:
+    return load_main_model(config, ckpt, device, variant)
 
 
 @st.cache_resource(show_spinner="Loading the upscaler…", max_entries=1)
@@ -36,11 +36,12 @@ def _cached_upscaler(config: str, ckpt: str, device: str) -> LatentDiffusion:
     return load_upscaler(config, ckpt, device)
 
 
-def get_model() -> LatentDiffusion | None:
-    """The app's model, loaded once per process; None (with the reason shown) when it cannot be loaded."""
+def get_model(variant: str = "full") -> LatentDiffusion | None:
+    """The app's model, loaded once per process; None (with the reason shown) when it cannot be loaded. variant:
+    of the shipped model, "student" for the text-to-image page's fast choice (ldm.variants)."""
     src = model_source()
     try:
-        return _cached_model(src.config, src.ckpt, src.device)
+        return _cached_model(src.config, src.ckpt, src.device, variant)
     except USER_ERRORS as exc:
         st.error(f"No model: {exc}")
         return None
@@ -111,16 +112,20 @@ def image_input(prefix: str, size: int = 128, resize_uploads: bool = False) -> I
     return None
 
 
-def sampling_controls(prefix: str, task: str = "txt2img", seed: bool = True) -> tuple[SamplingOptions, int | None]:
+def sampling_controls(prefix: str, task: str = "txt2img", seed: bool = True,
+                      model: LatentDiffusion | None = None) -> tuple[SamplingOptions, int | None]:
     """Sampler, steps, guidance scale and (unless seed is False, for pages with their own seeds) a seed, starting
-    at the task's defaults (ldm.defaults: the same as the CLI's and the Python API's)."""
-    d = task_options(task)
+    at the task's defaults (ldm.defaults: the same as the CLI's and the Python API's) under the model's own (a
+    student's steps and spacing, ldm.variants)."""
+    own = dict(getattr(model, "sampling_defaults", None) or {})
+    d = task_options(task, **own)
     cols = st.columns(4 if seed else 3)
     sampler = cols[0].selectbox("Sampler", list(SAMPLERS), index=list(SAMPLERS).index(d.sampler), key=f"{prefix}_sampler")
     n_steps = cols[1].number_input("Steps", 1, 200, d.steps, key=f"{prefix}_steps")
     guidance = cols[2].number_input("Guidance scale", 0.0, 30.0, d.guidance_scale, step=0.5, key=f"{prefix}_scale")
     chosen = int(cols[3].number_input("Seed", 0, 2**31 - 1, defaults.SEED, key=f"{prefix}_seed")) if seed else None
-    return task_options(task, steps=int(n_steps), guidance_scale=float(guidance), sampler=sampler), chosen
+    chosen_options = {"steps": int(n_steps), "guidance_scale": float(guidance), "sampler": sampler}
+    return task_options(task, **{**own, **chosen_options}), chosen
 
 
 def size_controls(prefix: str, model: LatentDiffusion) -> tuple[int, int]:

@@ -35,6 +35,30 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
+class Given(argparse.Action):
+    """Stores an option's value and records that the user gave it (in args.given): a model's own sampling
+    defaults (a student's steps and spacing, ldm.variants) fill only the options left out."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        mark_given(namespace, self.dest)
+
+
+def mark_given(args: argparse.Namespace, *dests: str) -> None:
+    args.given = set(getattr(args, "given", set())) | set(dests)
+
+
+def apply_model_sampling(args: argparse.Namespace, own: dict[str, Any]) -> dict[str, Any]:
+    """Set the model's own sampling defaults (a config's `sampling:`) on the options the user left out; returns those set."""
+    from ldm.variants import SAMPLING_KEYS
+
+    given = getattr(args, "given", set())
+    applied = {key: value for key, value in own.items() if SAMPLING_KEYS[key] not in given}
+    for key, value in applied.items():
+        setattr(args, SAMPLING_KEYS[key], value)
+    return applied
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="model config YAML (ours or an original SD one); default: detected from --ckpt")
     p.add_argument("--ckpt", help="weights (.safetensors, or .ckpt read with weights_only) or a diffusers folder; "
@@ -66,19 +90,19 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     """The sampling options; their defaults are the task's (ldm.defaults), as in the Python API and the app."""
     d = task_options(task)
     p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces the empty prompt in guidance)")
-    p.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
-    p.add_argument("--scale", type=float, default=d.guidance_scale, help="classifier-free guidance scale (1 = no guidance)")
-    p.add_argument("--sampler", default=d.sampler, help=f"one of {', '.join(SAMPLERS)}")
+    p.add_argument("--steps", type=int, default=d.steps, action=Given, help="sampling steps")
+    p.add_argument("--scale", type=float, default=d.guidance_scale, action=Given, help="classifier-free guidance scale (1 = no guidance)")
+    p.add_argument("--sampler", default=d.sampler, action=Given, help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--sampler-option", dest="sampler_option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
                         "--sampler-option snr=0.2 --sampler-option corrector_steps=2; an option the sampler "
                         "lacks is refused; repeat for several")
-    p.add_argument("--eta", type=float, default=None,
+    p.add_argument("--eta", type=float, default=None, action=Given,
                    help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
                    help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
                         "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)")
-    p.add_argument("--spacing", default=d.spacing, help="timestep spacing: leading, trailing or linspace")
+    p.add_argument("--spacing", default=d.spacing, action=Given, help="timestep spacing: leading, trailing or linspace")
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
     p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="noise seed; image i of a run uses seed + i")
@@ -142,8 +166,9 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
                            extra=parse_sampler_options(getattr(args, "sampler_option", None) or []))
 
 
-def load_model_from_args(args: argparse.Namespace, task: str = "txt2img"):
-    """The model the options name, or without --ckpt the shipped one for `task` (ldm.defaults)."""
+def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", variant: str | None = "full"):
+    """The model the options name, or without --ckpt the shipped one for `task` (ldm.defaults): for text-to-image
+    the `variant` (ldm.variants; "full" unless the command offers --model, None: the default one)."""
     from ldm.model import load_model
 
     if args.config and not args.ckpt:
@@ -165,7 +190,8 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img"):
     device = resolve_device(args.device)
     if device.type == "cpu":
         set_sampling_threads(getattr(args, "threads", None))
-    model = load_model(args.config, args.ckpt, device, args.prediction, task=task)
+    shipped = args.config is None and args.ckpt is None
+    model = load_model(args.config, args.ckpt, device, args.prediction, task=task, variant=variant if shipped else None)
     if vae is not None:
         model.load_vae_weights(vae)
     if getattr(args, "tiled_vae", None):

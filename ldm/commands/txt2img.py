@@ -5,14 +5,15 @@ import argparse
 import inspect
 from dataclasses import fields
 
-from ldm.errors import InvalidOptionError
-from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
-                                 load_model_from_args, log, read_prompts, sampling_options)
+from ldm.errors import InvalidOptionError, MissingFileError
+from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, check_counts,
+                                 chunk_size, chunks, load_model_from_args, log, mark_given, read_prompts, sampling_options)
 from ldm.images import check_size
 from ldm.infotext import settings_from_png
 from ldm.pipeline import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
 from ldm.samplers import SAMPLERS, get_sampler
 from ldm.sampling import sampler_parameters
+from ldm.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,13 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "U-Net's own step variance (ldm.pipeline.txt2img_learned_variance) instead of the fixed one")
     add_sampling_args(p)
     add_model_args(p)
+    p.add_argument("--model", choices=VARIANTS, default=None,
+                   help="which shipped model without --ckpt: student (few steps, one U-Net call a step, its own "
+                        "steps, spacing and scale; no negative prompt) or full (the model it was distilled from, "
+                        f"30 guided steps) (default: {default_variant()}: the student where it is shipped, else full)")
     p.set_defaults(func=run)
 
 
 # Settings of our JSON that are SamplingOptions fields or the command's own; other keys are the sampler's
 # keyword options (SamplingOptions.extra), the model's identity or other commands' (strength).
 OWN_SETTINGS = {"prompt", "negative_prompt", "seed", "height", "width", "model_file", "model_sha256", "model_hash",
-                "label", "learned_variance"}
+                "model_name", "base_file", "label", "learned_variance"}
 
 
 def apply_png_settings(args: argparse.Namespace) -> None:
@@ -61,6 +66,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
                       ("long_prompts", "long_prompts"), ("emphasis", "emphasis"), ("ddim_variant", "ddim_variant")):
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
+            mark_given(args, attr)  # the image's, not the model's defaults
     if args.sampler in SAMPLERS and "eta" not in sampler_parameters(args.sampler):
         args.eta = None  # the metadata records DDPM's fixed eta 1, which is no option of it
     args.png_threshold = settings.get("threshold")
@@ -71,6 +77,28 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     known = OWN_SETTINGS | {f.name for f in fields(SamplingOptions)}
     args.png_extra = {k: v for k, v in settings.items() if k not in known}
     args.png_model_hash = settings.get("model_sha256") or settings.get("model_hash")
+    args.png_model_file = settings.get("model_file")
+
+
+def choose_model(args: argparse.Namespace) -> str | None:
+    """The shipped variant to load (None: --config/--ckpt name the model), with its own sampling defaults set on the
+    options left out. --from-png takes the variant its image names (a student's image is re-made by the student)."""
+    if args.model and (args.config or args.ckpt):
+        raise InvalidOptionError("--model picks a shipped model (student or full); leave it out with --config/--ckpt")
+    if args.config or args.ckpt:
+        apply_model_sampling(args, config_sampling(args.config))
+        return None
+    variant = args.model or (variant_of_file(getattr(args, "png_model_file", None)) if args.from_png else None)
+    if variant == "student" and not args.model and default_variant() != "student":
+        raise MissingFileError(f"{args.from_png} was made by the few-step student (student.safetensors), which is "
+                               "not shipped here; give it with --config/--ckpt, or --model full for the full model's "
+                               "(different) image")
+    variant = variant or default_variant()
+    applied = apply_model_sampling(args, config_sampling(shipped_model_files("txt2img", variant)[0]))
+    if variant == "student":
+        log.info("using the few-step student (%s); --model full for the full model",
+                 ", ".join(f"{k} {v}" for k, v in applied.items()) or "options as given")
+    return variant
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.label is not None and args.prompt is None and not args.from_file:
         args.prompt = ""  # a label alone: what a label-only model takes
     prompts = read_prompts(args)
+    variant = choose_model(args)
     options = sampling_options(args)
     if args.from_png:
         options.threshold = args.png_threshold
@@ -91,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
-    model = load_model_from_args(args)
+    model = load_model_from_args(args, variant=variant)
     if args.label is not None:
         model.class_labels([args.label])  # an unknown label is refused before any sampling, naming the known ones
     if args.learned_variance and not getattr(model, "learned_variance", False):

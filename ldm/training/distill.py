@@ -68,19 +68,39 @@ def run_distillation(config_path: str | os.PathLike, overrides: list[str] | None
         log.info("distillation stage %s: %d steps in %s", name, stage_cfg["trainer"]["max_steps"], stage_dir)
         train(stage_cfg, resume=LAST if resume and last.is_file() else None)
         if stage_cfg["lora"]["rank"]:
-            write_student_config(stage_dir, stage_cfg["init"]["checkpoint"])
+            write_student_config(stage_dir, stage_cfg["init"]["checkpoint"], stage_cfg["distill"]["stage"],
+                                 stage_cfg["distill"]["scale_range"])
     return 0
 
 
-def write_student_config(stage_dir: Path, base: str) -> Path:
-    """student.yaml beside a LoRA stage's lora.safetensors: the derived model's inference config (ldm.derived),
-    so that `ldm txt2img --config student.yaml --ckpt lora.safetensors` samples the student over its base."""
+def student_sampling(stage: str | int, scale_range: list[float] | None = None) -> dict:
+    """How a stage's student samples (ldm.variants' `sampling:`): a halving stage of N teacher steps lands in N / 2
+    DDIM steps on the trailing grid it was trained on; any stage at the default guidance scale, within the scales it
+    was distilled for."""
+    from ldm import defaults
+
+    low, high = scale_range or (defaults.GUIDANCE_SCALE, defaults.GUIDANCE_SCALE)
+    sampling: dict = {"guidance_scale": float(min(max(defaults.GUIDANCE_SCALE, low), high))}
+    if stage != "guidance":
+        sampling.update(steps=int(stage) // 2, spacing="trailing", sampler="ddim")
+    return sampling
+
+
+def write_student_config(stage_dir: Path, base: str, stage: str | int = "guidance",
+                         scale_range: list[float] | None = None) -> Path:
+    """student.yaml beside a LoRA stage's lora.safetensors: the derived model's inference config (ldm.derived) with
+    its name and its own sampling defaults (`student_sampling`), so that `ldm txt2img --config student.yaml --ckpt
+    lora.safetensors` samples the student over its base with its steps and spacing."""
     import yaml
 
     from ldm.checkpoint import atomic_path
 
     node = yaml.safe_load((stage_dir / "lora.yaml").read_text())
     node["base"] = str(Path(base).resolve())
+    sampling = student_sampling(stage, scale_range)
+    node["name"] = f"student ({stage_name(stage)})" if "steps" not in sampling else \
+        f"{sampling['steps']}-step student ({stage_name(stage)})"
+    node["sampling"] = sampling
     path = stage_dir / "student.yaml"
     with atomic_path(path) as tmp:
         Path(tmp).write_text(yaml.safe_dump(node, sort_keys=False))

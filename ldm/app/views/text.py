@@ -2,15 +2,26 @@
 import streamlit as st
 
 from ldm.app import ui
+from ldm.app.state import FULL_CHOICE, student_choice
 from ldm.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
 
 st.header("Text-to-image")
-model = ui.get_model()
+fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.variants)
+variant = "full"
+if fast is not None:
+    chosen_model = st.radio("Model", [fast, FULL_CHOICE], key="t2i_model", horizontal=True,
+                            help="the few-step student distilled from the full model (one U-Net call a step, no "
+                                 "negative prompt), or the full model (guided, two calls a step)")
+    variant = "student" if chosen_model == fast else "full"
+model = ui.get_model(variant)
 if model is not None:
     prompt, negative, label = "", "", None
     if takes_text(model):
         prompt = st.text_input("Prompt", "red apple", key="t2i_prompt")
-        negative = st.text_input("Negative prompt", "", key="t2i_negative")
+        if variant == "student":
+            st.caption("The student takes no negative prompt (choose the full model for one).")
+        else:
+            negative = st.text_input("Negative prompt", "", key="t2i_negative")
     else:
         st.caption("This model takes a class label only, no prompt.")
     choices = label_choices(model)
@@ -18,7 +29,7 @@ if model is not None:
         chosen = st.selectbox("Class label", choices, key="t2i_label",
                               help=f"guided against the null label; {NO_LABEL}: the null label alone (unconditional)")
         label = None if chosen == NO_LABEL else chosen
-    options, seed = ui.sampling_controls("t2i")
+    options, seed = ui.sampling_controls("t2i" if variant == "full" else "t2i_student", model=model)
     height, width = ui.size_controls("t2i", model)
     every = int(st.number_input("Preview every N steps", 1, 50, 5, key="t2i_every"))
 
