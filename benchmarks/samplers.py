@@ -170,7 +170,7 @@ def main_model(args: argparse.Namespace) -> None:
     from ldm.model import load_model
 
     if args.model == "default":
-        model = load_model(device=args.device)
+        model = load_model(device=args.device, variant="full")  # the samplers run on the full model, not the student
     else:
         config, _, checkpoint = args.model.partition(":")
         model = load_model(config, checkpoint or None, args.device)

@@ -83,7 +83,7 @@ def main() -> None:
     files = default_model_files("inpaint")
     if files is None:
         raise SystemExit("no shipped inpainting model (checkpoints/emoji/inpaint.safetensors)")
-    inpainter, base = load_model(*files), load_model()
+    inpainter, base = load_model(*files), load_model(variant="full")
     judge_file = shipped_path("checkpoints/emoji/judge.safetensors")
     judge = Judge(load_clip(judge_file, judge_file.with_suffix(".json")).eval(), load_real(args.data, 64))
     options = SamplingOptions(steps=args.steps, guidance_scale=args.scale)
