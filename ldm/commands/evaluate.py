@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="generate nothing: put earlier --out results of several models side by side in one table")
     p.add_argument("--nll", action="store_true",
                    help="generate nothing: report the variational bound on the held-out images in bits/dim "
-                        "(of the VAE latents for a latent model)")
+                        "(of the VAE latents for a latent model; of the points themselves, in data space, for --toy-model)")
     p.add_argument("--nll-timesteps", type=int, default=50, help="timesteps the bound's sum over t is estimated from")
     p.add_argument("--nll-variance", default="fixed_large", choices=("fixed_large", "fixed_small", "learned"),
                    help="the reverse process's variance: fixed (beta_t or the posterior's beta~_t), or the U-Net's "
