@@ -61,6 +61,18 @@ def make_data(kind: str, n: int = 2000, seed: int = 0, noise: float = 0.05) -> t
     return torch.from_numpy(pts).float()
 
 
+def make_thin_line(n: int = 2000, seed: int = 0, thin: float = 1e-3) -> torch.Tensor:
+    """[n, 2] points N(0, diag(1, thin^2)): unit Gaussian along x, almost nothing across it.
+
+    A toy with structure finer than the smallest noise level (sqrt(beta_0) = 0.01), as 8-bit pixels have:
+    there the posterior variance beta~_t is the right reverse variance across the line and beta_t along it,
+    which is what a learned variance can find and neither fixed one has.
+    """
+    if n < 1:
+        raise ToyDataError(f"need at least one point, got n={n}")
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * torch.tensor([1.0, thin])
+
+
 def toy_alphas_cumprod(schedule: str = "linear", num_timesteps: int = 1000, linear_start: float | None = None,
                        linear_end: float | None = None) -> torch.Tensor:
     start, end = SCHEDULE_DEFAULTS.get(schedule, (1e-4, 2e-2))
@@ -133,6 +145,9 @@ class ToyDiffusion:
 
     variance: the reverse process's (ldm.likelihood.VARIANCES). The fixed ones train on L_simple alone;
     "learned" gives the MLP two more outputs, the log-space interpolation v, trained with L_hybrid.
+    lr_decay_steps: when set, the learning rate falls from lr to 0 on a half cosine over that many steps
+    (and stays 0): Adam at a constant lr keeps the weights jittering, and a jittering v costs bound
+    wherever its optimum sits at an end of [beta~, beta] (measured in benchmarks/likelihood_table.py).
     """
 
     data: torch.Tensor
@@ -143,6 +158,7 @@ class ToyDiffusion:
     batch_size: int = 256
     seed: int = 0
     variance: str = "fixed_small"
+    lr_decay_steps: int | None = None
     losses: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -154,6 +170,8 @@ class ToyDiffusion:
         self.process = ReverseProcess(self.alphas_cumprod)
         self.net = ToyMLP(self.hidden, num_timesteps=self.num_timesteps, out_dim=4 if self.learned else 2)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise ToyDataError(f"lr_decay_steps must be at least 1, got {self.lr_decay_steps}")
         self.generator = torch.Generator().manual_seed(self.seed)
 
     @property
@@ -167,7 +185,15 @@ class ToyDiffusion:
         eps_hat, raw = self.net(x_t, t).chunk(2, dim=1)
         return hybrid_loss(self.process, x0, x_t, t, noise, eps_hat, raw)[0]
 
+    def learning_rate(self, step: int) -> float:
+        """lr, or lr (1 + cos(pi min(step, S) / S)) / 2 with S = lr_decay_steps."""
+        if self.lr_decay_steps is None:
+            return self.lr
+        return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, self.lr_decay_steps) / self.lr_decay_steps))
+
     def train_step(self) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(len(self.losses))
         idx = torch.randint(0, len(self.data), (self.batch_size,), generator=self.generator)
         if self.learned:
             loss = self._hybrid_loss(self.data[idx])

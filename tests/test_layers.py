@@ -27,7 +27,7 @@ LAYERS = {
     "sampling": ("samplers", "denoisers", "sampling", "variance_sampler", "classifier_guidance"),
     # what a user asks for: txt2img, editing, walks (and the 2-D toys of the app)
     "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d", "toy_vdm",
-              "toy_classes", "toy_compare"),
+              "toy_classes", "toy_compare", "toy_files"),
     "data": ("data", "degradations"),
     "training": ("training",),
     "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits", "evaluate_likelihood"),

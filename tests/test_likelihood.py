@@ -11,7 +11,7 @@ from ldm.likelihood import (ReverseProcess, UnknownVarianceError, bits_per_dim, 
                             stratified_timesteps, variational_bound)
 from ldm.samplers import sample_ddpm
 from ldm.schedules import get_sigmas
-from ldm.toy2d import ToyDiffusion, make_data, toy_alphas_cumprod
+from ldm.toy2d import ToyDiffusion, make_data, make_thin_line, toy_alphas_cumprod
 from ldm.variance_sampler import LearnedVarianceDenoiser, sample_ddpm_learned_variance
 
 STD = 0.5  # Gaussian test data N(0, STD^2 I) in 2-D
@@ -113,15 +113,34 @@ def test_with_v_zero_the_learned_variance_sampler_is_ancestral_ddpm():
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_on_toy_data_the_learned_variance_beats_the_fixed_one_in_nll():
-    data, held = make_data("spiral", 2000, seed=0), make_data("spiral", 500, seed=1)
-    fixed = ToyDiffusion(data, variance="fixed_small", seed=0)
-    learned = ToyDiffusion(data, variance="learned", seed=0)
-    fixed.train(1000)
-    learned.train(1000)
+def test_on_toy_data_the_learned_variance_beats_both_fixed_ones_in_nll():
+    """On the thin line N(0, diag(1, 0.001^2)) (ldm.toy2d.make_thin_line), the right reverse variance is beta~_t
+    across the line and beta_t along it: the learned v finds both, each fixed one has one wrong. Measured
+    (seeds 0 and 1): learned -1.00 / -0.98 bits/dim, the best fixed bound of either model -0.91 / -0.87,
+    fixed_small -0.52 / -0.50, so the margins asserted are a third and a half of those seen.
+
+    On the spiral the learned bound beats beta_t by only ~0.004 bits/dim after 10,000 steps (there beta_t is
+    near-optimal at every t; see README), too close and too slow for a test."""
+    data, held = make_thin_line(2000, seed=0), make_thin_line(500, seed=1)
+    fixed = ToyDiffusion(data, variance="fixed_small", seed=0, lr_decay_steps=1500)
+    learned = ToyDiffusion(data, variance="learned", seed=0, lr_decay_steps=1500)
+    fixed.train(1500)
+    learned.train(1500)
     steps = stratified_timesteps(1000, 200, torch.Generator().manual_seed(0))
-    fixed_bpd = fixed.nll(held, timesteps=steps)["bits_per_dim"]
-    learned_bpd = learned.nll(held, timesteps=steps)["bits_per_dim"]
-    assert math.isfinite(learned_bpd) and learned_bpd < fixed_bpd - 0.3
+    bounds = {(name, variance): toy.nll(held, variance, timesteps=steps)["bits_per_dim"]
+              for name, toy in (("simple", fixed), ("hybrid", learned)) for variance in ("fixed_small", "fixed_large")}
+    learned_bpd = learned.nll(held, "learned", timesteps=steps)["bits_per_dim"]
+    assert math.isfinite(learned_bpd)
+    assert learned_bpd < min(bounds.values()) - 0.03, (learned_bpd, bounds)  # beats fixed_large (beta_t)
+    assert learned_bpd < bounds["hybrid", "fixed_small"] - 0.2, (learned_bpd, bounds)  # and beta~_t
     samples = learned.sample_learned_variance(200, steps=5)
     assert samples.shape == (200, 2) and torch.isfinite(samples).all()
+
+
+def test_a_decaying_learning_rate_follows_a_half_cosine_to_zero():
+    toy = ToyDiffusion(make_data("moons", 64), hidden=16, lr=1e-2, batch_size=16, lr_decay_steps=4)
+    assert [toy.learning_rate(k) for k in (0, 2, 4, 9)] == pytest.approx([1e-2, 5e-3, 0, 0])
+    toy.train(4)
+    assert toy.optimizer.param_groups[0]["lr"] == pytest.approx(toy.learning_rate(3))
+    constant = ToyDiffusion(make_data("moons", 64), hidden=16)
+    assert constant.learning_rate(10**6) == constant.lr

@@ -44,12 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="generate nothing: put earlier --out results of several models side by side in one table")
     p.add_argument("--nll", action="store_true",
                    help="generate nothing: report the variational bound on the held-out images in bits/dim "
-                        "(of the VAE latents for a latent model)")
+                        "(of the VAE latents for a latent model; of the points themselves, in data space, for --toy-model)")
     p.add_argument("--nll-timesteps", type=int, default=50, help="timesteps the bound's sum over t is estimated from")
     p.add_argument("--nll-variance", default="fixed_large", choices=("fixed_large", "fixed_small", "learned"),
                    help="the reverse process's variance: fixed (beta_t or the posterior's beta~_t), or the U-Net's "
                         "own for a model trained with learned_variance")
     p.add_argument("--nll-images", type=int, default=64, help="use the first N held-out images")
+    p.add_argument("--toy-model", default=None,
+                   help="with --nll: a 2-D toy model file (ldm.toy_files.save_toy) instead of an image model; "
+                        "the bound is then of the points themselves, in data space")
+    p.add_argument("--toy-data", default=None,
+                   help="with --toy-model: the held-out points, a toy dataset name (spiral, moons, circles, gaussians) "
+                        "or a .npy/.csv file of [N, 2] points")
+    p.add_argument("--toy-data-seed", type=int, default=1,
+                   help="seed of a named toy dataset's held-out draw (default 1; the toys train on seed 0)")
+    p.add_argument("--nll-points", type=int, default=1000, help="points drawn from a named toy dataset")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -67,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     set_sampling_threads(args.threads)  # before the judge and the model: the evaluation runs on the CPU too
     if args.nll:
         return nll(args)
+    if args.toy_model or args.toy_data:
+        raise InvalidOptionError("--toy-model and --toy-data go with --nll")
     settings = EvalSettings(scales=tuple(args.scales), n_train_prompts=args.n_train_prompts, max_heldout=args.max_heldout,
                             seed=args.seed, steps=args.steps, sampler=args.sampler, batch_size=args.batch_size, k=args.k,
                             kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size)
@@ -128,6 +139,8 @@ def nll(args: argparse.Namespace) -> int:
 
     if args.nll_timesteps < 1 or args.nll_images < 1 or args.batch_size < 1:
         raise InvalidOptionError("--nll-timesteps, --nll-images and --batch-size must be at least 1")
+    if args.toy_model or args.toy_data:
+        return toy_nll_command(args)
     if not (Path(args.data) / "heldout").is_dir():
         raise MissingFileError(f"no held-out images: {Path(args.data) / 'heldout'} is not a folder")
     model = load_model_from_args(args)
@@ -137,6 +150,29 @@ def nll(args: argparse.Namespace) -> int:
                         args.nll_variance, args.batch_size, args.seed)
     print(result.line())
     print("(the bound of the VAE latents: the autoencoder's own -log p(image | latent) is not included)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result.__dict__, indent=1) + "\n")
+    return 0
+
+
+def toy_nll_command(args: argparse.Namespace) -> int:
+    """`ldm eval --nll --toy-model FILE --toy-data NAME|FILE`: bits/dim of held-out points, in data space."""
+    import json
+    from pathlib import Path
+
+    from ldm.evaluate_likelihood import load_points, toy_nll
+    from ldm.toy_files import load_toy
+
+    if not args.toy_model or not args.toy_data:
+        raise InvalidOptionError("--nll on a toy model needs both --toy-model FILE and --toy-data NAME|FILE")
+    if args.nll_points < 1:
+        raise InvalidOptionError("--nll-points must be at least 1")
+    toy = load_toy(args.toy_model)
+    points = load_points(args.toy_data, args.nll_points, args.toy_data_seed)
+    result = toy_nll(toy, points, args.nll_timesteps, args.nll_variance, args.seed)
+    print(result.line())
+    print("(the bound of the points themselves, in data space: a continuous Gaussian decoder at t = 0, so a density)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result.__dict__, indent=1) + "\n")
