@@ -36,6 +36,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
         q, k, v = (t.reshape(b, t.shape[1], heads, d) for t in (q, k, v))
         out = _xops.memory_efficient_attention(q.contiguous(), k.contiguous(), v.contiguous())
         return out.reshape(b, n, inner)
+    # SDPA's fused CPU kernel needs the feature axis contiguous; given the VAE's pixels-as-tokens (a transposed
+    # conv output) it falls back to the math path, which holds the whole tokens x tokens matrix: 32 GiB at 2048 px.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     q, k, v = (t.reshape(b, t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).reshape(b, n, inner)
