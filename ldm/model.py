@@ -216,7 +216,7 @@ class LatentDiffusion(nn.Module):
         if tiling and not sample and max(images.shape[-2:]) > tiling["tile"] * f:
             from ldm.tiling import tiled_encode
 
-            return tiled_encode(self.vae.encode_to_latent, images, tiling["tile"] * f, tiling["overlap"] * f, f)
+            return tiled_encode(self.vae.encode_to_latent, images, tiling["tile"] * f, tiling["overlap"] * f, f, self.vae)
         return self.vae.encode_to_latent(images, generator=generator, sample=sample)
 
     def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
@@ -225,7 +225,8 @@ class LatentDiffusion(nn.Module):
         if tiling and max(latents.shape[-2:]) > tiling["tile"]:
             from ldm.tiling import tiled_decode
 
-            return tiled_decode(self.vae.decode_from_latent, latents, tiling["tile"], tiling["overlap"], self.downscale)
+            return tiled_decode(self.vae.decode_from_latent, latents, tiling["tile"], tiling["overlap"], self.downscale,
+                                self.vae)  # the group norms share their statistics across tiles (ldm.tiling)
         return self.vae.decode_from_latent(latents)
 
     def parameterisation(self):

@@ -28,6 +28,7 @@ from ldm.model import LatentDiffusion
 from ldm.sampling import SamplingOptions, autocast
 from ldm.tasks import (Conditioning, Generated, check_task, prompt_conditions, prompt_lists, resolve_options,
                        sample_seeded, settings_of)
+from ldm.tiling import SharedGroupNormStats
 
 log = logging.getLogger("ldm")
 
@@ -118,8 +119,16 @@ def decode_tiled(model: LatentDiffusion, latents: torch.Tensor, tile: int, overl
     h, w = latents.shape[-2:]
     if h <= tile and w <= tile:
         return model.decode_latent(latents)
-    return tiled_map(lambda y0, y1, x0, x1: model.decode_latent(latents[..., y0:y1, x0:x1]),
-                     h, w, tile, overlap, scale=model.downscale)
+    def one(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        return model.decode_latent(latents[..., y0:y1, x0:x1])
+
+    # The decoder's group norms share their statistics across the tiles (ldm.tiling.SharedGroupNormStats): a first
+    # pass gathers them, the second decodes. Normalised tile by tile, each tile of a photo came out in its own colours.
+    stats = SharedGroupNormStats(model.vae)
+    with stats.record():
+        tiled_map(one, h, w, tile, overlap, scale=model.downscale)
+    with stats.shared():
+        return tiled_map(one, h, w, tile, overlap, scale=model.downscale)
 
 
 def check_upscaler(model: LatentDiffusion) -> None:
