@@ -25,6 +25,16 @@ COMMAND_MODULES = [
     "ldm.commands.evaluate",
     "ldm.commands.convert",
 ]
+# The subcommands each module registers (tests/test_fast_start.py checks this against the modules): a command line
+# naming one imports and registers that module alone, since importing all of them is a tenth of a second of start-up.
+COMMANDS = {
+    "data": "ldm.commands.data", "train": "ldm.commands.train", "distill": "ldm.commands.distill",
+    "clip": "ldm.commands.clip", "txt2img": "ldm.commands.txt2img", "img2img": "ldm.commands.img2img",
+    "inpaint": "ldm.commands.inpaint", "outpaint": "ldm.commands.inpaint", "upscale": "ldm.commands.upscale",
+    "walk": "ldm.commands.walk", "app": "ldm.commands.app", "eval": "ldm.commands.evaluate",
+    "convert": "ldm.commands.convert",
+}
+TOP_LEVEL_FLAGS = {"-v", "--verbose"}  # the only options before COMMAND that leave the choice to it
 
 
 class Terminated(BaseException):
@@ -36,11 +46,23 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(argv: list[str]) -> str | None:
+    """The module of the subcommand `argv` names, or None where the parser needs every command: `ldm`, `ldm --help`,
+    an unknown command (whose error lists them), or anything else before the command."""
+    for i, arg in enumerate(argv):
+        if arg not in TOP_LEVEL_FLAGS:
+            return COMMANDS.get(arg) if all(a in TOP_LEVEL_FLAGS for a in argv[:i]) else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `ldm` parser with every subcommand, or given a command line that names one, with that one's module alone
+    (same parser for that line: each module registers its commands independently of the others)."""
     parser = argparse.ArgumentParser(prog="ldm", description="Latent diffusion: generate, edit, train, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    only = command_module(argv) if argv is not None else None
+    for name in [only] if only else COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     _show_defaults(parser)
     return parser
@@ -58,7 +80,8 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     # Training stops at the end of a step, through Lightning's own SIGTERM handler, which would call this one too.

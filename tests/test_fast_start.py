@@ -3,11 +3,13 @@
 without random initialisation and with open_clip's text tower alone makes the very same image."""
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ldm.config import instantiate, load_config
@@ -26,6 +28,7 @@ code = cli.main(["txt2img", "red heart", "--steps", "2", "--no-progress", "--no-
 from ldm import open_clip_parts
 print("deferred" if open_clip_parts.is_deferred() else "ran")
 print(" ".join(m for m in sys.modules if m.split(".")[0] in {h.split(".")[0] for h in %r} and m in %r))
+print(" ".join(sorted(m for m in sys.modules if m.startswith("ldm.commands."))))
 sys.exit(code)
 """ % (HEAVY, HEAVY)
 
@@ -34,9 +37,10 @@ def test_the_main_command_imports_no_model_zoo():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
-    deferred, loaded = out.stdout.splitlines()[-2:]
+    deferred, loaded, commands = out.stdout.splitlines()[-3:]
     assert deferred == "deferred"  # open_clip's __init__ never ran
     assert loaded == "", f"the main command imported {loaded}"
+    assert commands == "ldm.commands.common ldm.commands.txt2img"  # no other command's module
 
 
 def _image(model) -> torch.Tensor:
@@ -94,3 +98,59 @@ def test_the_finite_check_by_sum_is_exact():
             t[3] = bad
             assert not all_finite(t), (bad, dtype)
     assert not all_finite(torch.tensor([float("inf"), -float("inf")]))
+
+
+# --- the CLI registers only the command it runs (ldm.cli.command_module) ------------------------------------------
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def test_the_command_map_names_what_each_module_registers():
+    from ldm import cli
+
+    full = _subparsers(cli.build_parser()).choices
+    assert list(full) == list(cli.COMMANDS)  # every command, in the order of COMMAND_MODULES
+    assert set(cli.COMMANDS.values()) == set(cli.COMMAND_MODULES)
+    for name, module in cli.COMMANDS.items():
+        alone = _subparsers(cli.build_parser([name, "x"])).choices
+        assert name in alone and all(cli.COMMANDS[other] == module for other in alone), (name, list(alone))
+        assert alone[name].format_help() == full[name].format_help()  # the same options, defaults and help
+
+
+@pytest.mark.parametrize("argv, module", [
+    (["txt2img", "red heart"], "ldm.commands.txt2img"), (["-v", "outpaint"], "ldm.commands.inpaint"),
+    (["--verbose", "-v", "eval", "--help"], "ldm.commands.evaluate"), ([], None), (["-v"], None), (["--help"], None),
+    (["-h", "txt2img"], None), (["nosuch", "txt2img"], None), (["--", "txt2img"], None), (["-x", "txt2img"], None)])
+def test_only_a_command_line_naming_a_command_skips_the_others(argv, module):
+    from ldm.cli import command_module
+
+    assert command_module(argv) == module
+
+
+def _run_cli(argv: list[str], capsys, parse=None) -> tuple[int, str, str]:
+    from ldm import cli
+
+    with pytest.raises(SystemExit) as stop:
+        (parse or cli.main)(argv)
+    out, err = capsys.readouterr()
+    return stop.value.code, out, err
+
+
+@pytest.mark.parametrize("argv", [["--help"], [], ["-v"], ["-v", "txt2img", "--help"], ["outpaint", "-h"],
+                                  ["txt2imgg"], ["-h", "txt2img"], ["txt2img", "--no-such-option"],
+                                  ["txt2img", "--steps", "many"]])
+def test_help_and_errors_are_those_of_the_whole_parser(argv, capsys):
+    """What `ldm` prints and its exit status, for help and for command lines argparse refuses, are those of the
+    parser with every command (as before the CLI imported only the named command)."""
+    from ldm import cli
+
+    ours = _run_cli(argv, capsys)
+    assert ours == _run_cli(argv, capsys, cli.build_parser().parse_args)
+    code, out, err = ours
+    if argv in (["--help"], ["-h", "txt2img"]):
+        assert code == 0 and all(name in out for name in cli.COMMANDS)
+    if argv == ["txt2imgg"]:
+        error = [line for line in err.splitlines() if "error" in line]
+        assert code == 2 and len(error) == 1 and "invalid choice: 'txt2imgg'" in error[0]
+        assert all(f"'{name}'" in error[0] for name in cli.COMMANDS)  # the choices listed
