@@ -154,3 +154,34 @@ def test_help_and_errors_are_those_of_the_whole_parser(argv, capsys):
         error = [line for line in err.splitlines() if "error" in line]
         assert code == 2 and len(error) == 1 and "invalid choice: 'txt2imgg'" in error[0]
         assert all(f"'{name}'" in error[0] for name in cli.COMMANDS)  # the choices listed
+
+
+# --- the model hash, computed on a thread while the model loads -------------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 1, 2047, 1 << 20, (3 << 20) + 5])
+def test_the_file_hash_is_hashlibs_over_the_bytes(tmp_path, size):
+    import hashlib
+
+    from ldm.checkpoint import file_sha256, sha256_in_background
+
+    path = tmp_path / "weights.bin"
+    data = torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(size), dtype=torch.uint8)
+    path.write_bytes(data.numpy().tobytes())
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_sha256(path) == expected == sha256_in_background(path)()
+
+
+def test_a_hash_that_failed_raises_when_asked_for(tmp_path):
+    from ldm.checkpoint import sha256_in_background
+
+    wait = sha256_in_background(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError):
+        wait()
+
+
+def test_the_shipped_models_identity_is_its_files_hash():
+    import hashlib
+
+    model = load_model(device="cpu")
+    assert model.identity["model_sha256"] == hashlib.sha256(default_checkpoint_path().read_bytes()).hexdigest()
+    assert model.identity["model_file"] == default_checkpoint_path().name
