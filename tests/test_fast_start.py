@@ -19,7 +19,7 @@ from ldm.pipeline import SamplingOptions, txt2img
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("lightning", "pytorch_lightning", "streamlit", "pandas", "timm", "transformers", "torchvision",
-         "open_clip.model", "open_clip.factory", "torch._dynamo", "sympy")
+         "open_clip.model", "open_clip.factory", "torch._dynamo", "sympy", "ftfy", "wcwidth")
 
 CHILD = """
 import sys, tempfile
@@ -185,3 +185,67 @@ def test_the_shipped_models_identity_is_its_files_hash():
     model = load_model(device="cpu")
     assert model.identity["model_sha256"] == hashlib.sha256(default_checkpoint_path().read_bytes()).hexdigest()
     assert model.identity["model_file"] == default_checkpoint_path().name
+
+
+# --- open_clip's tokenizer without ftfy for text ftfy leaves alone (ldm.open_clip_parts._fix_text) ---------------
+
+def _texts() -> list[str]:
+    """Every printable ASCII character alone and in pairs, random printable ASCII, and texts ftfy does change."""
+    import random
+
+    printable = [chr(c) for c in range(0x20, 0x7F)]
+    rng = random.Random(21)
+    texts = printable + [a + b for a in printable for b in printable]
+    texts += ["".join(rng.choice(printable) for _ in range(rng.randint(0, 80))) for _ in range(3000)]
+    texts += ["red heart", "a photo of a cat, 4k", "tom &amp; jerry", "fish &amp chips", "AT&T", "&lt;b&gt;",
+              "line\r\nbreak", "tab\there", "bell\x07", "\x1b[31mred\x1b[0m", "caf\u00e9", "cafe\u0301",
+              "\u201cquoted\u201d", "\ufb01sh", "\uff2c\uff2f\uff35\uff24", "s\u00c3\u00b3", "\u00c3\u00a9t\u00c3\u00a9",
+              "emoji \u2764\ufe0f", "\x85next", "nul\x00", "del\x7f", "", " ", "\n", "<b>&amp;</b>"]
+    return texts
+
+
+def test_the_ftfy_stand_in_gives_ftfys_own_result():
+    import ftfy
+
+    from ldm.open_clip_parts import _FTFY_LEAVES_AS_IS, _fix_text
+
+    texts = _texts()
+    assert [_fix_text(t) for t in texts] == [ftfy.fix_text(t) for t in texts]
+    assert not _FTFY_LEAVES_AS_IS.fullmatch("AT&T") and not _FTFY_LEAVES_AS_IS.fullmatch("tab\there")
+    assert _fix_text("tom &amp; jerry") == "tom & jerry"  # such text goes to the real ftfy
+    assert _fix_text("caf\u00e9", normalization="NFD") == ftfy.fix_text("caf\u00e9", normalization="NFD")
+
+
+TOKENS_CHILD = """
+import json, sys
+from ldm import open_clip_parts
+bpe = open_clip_parts.tokenizer()._tokenizer
+texts = json.load(sys.stdin)
+ascii_ones = [t for t in texts if open_clip_parts._FTFY_LEAVES_AS_IS.fullmatch(t)]
+first = [bpe.encode(t) for t in ascii_ones]
+ftfy_unloaded = "ftfy" not in sys.modules
+print(json.dumps({"ftfy_unloaded": ftfy_unloaded, "ascii": first, "all": [bpe.encode(t) for t in texts]}))
+"""
+
+
+def test_the_tokenizer_gives_open_clips_tokens_and_imports_ftfy_only_when_needed():
+    """In a fresh process (open_clip's parts only): printable ASCII prompts are tokenized without importing ftfy,
+    and every text gets the tokens of open_clip's own tokenizer with the real ftfy (this process, whole open_clip)."""
+    import json
+
+    from ldm import open_clip_parts
+
+    texts = _texts()[:: 7] + _texts()[-30:]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", TOKENS_CHILD], input=json.dumps(texts), capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    child = json.loads(out.stdout.splitlines()[-1])
+    assert child["ftfy_unloaded"]
+    reference = open_clip_parts.full().tokenizer.SimpleTokenizer()  # open_clip's, cleaning with the real ftfy
+    import ftfy
+
+    assert open_clip_parts.full().tokenizer.ftfy is ftfy  # the whole package puts the real module back
+    assert child["all"] == [reference.encode(t) for t in texts]
+    ascii_ones = [t for t in texts if open_clip_parts._FTFY_LEAVES_AS_IS.fullmatch(t)]
+    assert len(ascii_ones) > 100 and child["ascii"] == [reference.encode(t) for t in ascii_ones]
