@@ -91,6 +91,7 @@ t = {}
 def now(): return time.perf_counter(), time.process_time()
 def add(phase, s):
     w, c = now(); a, b = t.get(phase, (0, 0)); t[phase] = (a + w - s[0], b + c - s[1])
+import ldm.cli; getattr(ldm.cli, 'use_huge_pages', lambda: None)()  # what `ldm` does before it imports torch
 s = now()
 import torch; add('import torch', s); s = now()
 import ldm.cli, ldm.commands.txt2img as TX, ldm.commands.common as CC, ldm.model as M

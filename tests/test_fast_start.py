@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -249,3 +250,30 @@ def test_the_tokenizer_gives_open_clips_tokens_and_imports_ftfy_only_when_needed
     assert child["all"] == [reference.encode(t) for t in texts]
     ascii_ones = [t for t in texts if open_clip_parts._FTFY_LEAVES_AS_IS.fullmatch(t)]
     assert len(ascii_ones) > 100 and child["ascii"] == [reference.encode(t) for t in ascii_ones]
+
+
+THP_CHILD = """
+import os, sys, numpy as np
+from PIL import Image
+from ldm import cli
+code = cli.main(["txt2img", "red heart", "--steps", "2", "--no-progress", "--no-grid", "--outdir", sys.argv[1]])
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+sys.exit(code)
+"""
+
+
+def test_huge_pages_change_no_image(tmp_path):
+    """`ldm` asks PyTorch for transparent huge pages (ldm.cli.use_huge_pages) unless the user chose: same PNG."""
+    from PIL import Image
+
+    outputs = {}
+    for setting in (None, "0"):
+        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **({"THP_MEM_ALLOC_ENABLE": setting} if setting else {}))
+        out = subprocess.run([sys.executable, "-c", THP_CHILD, str(tmp_path / str(setting))], capture_output=True,
+                             text=True, env=env, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[-1] == (setting or "1")  # the user's own setting wins
+        (png,) = (tmp_path / str(setting)).rglob("*.png")
+        outputs[setting] = np.asarray(Image.open(png))
+    assert np.array_equal(outputs[None], outputs["0"])
