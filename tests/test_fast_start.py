@@ -277,3 +277,22 @@ def test_huge_pages_change_no_image(tmp_path):
         (png,) = (tmp_path / str(setting)).rglob("*.png")
         outputs[setting] = np.asarray(Image.open(png))
     assert np.array_equal(outputs[None], outputs["0"])
+
+
+def test_skipped_init_reaches_initialisers_bound_by_name():
+    """nn.MultiheadAttention (open_clip's text blocks) calls the xavier_uniform_ its module imported by name: inside
+    skipped_init it draws no random numbers either, and afterwards every binding is torch's own again."""
+    import torch.nn.modules.activation as activation
+
+    from ldm.skip_init import skipped_init
+
+    real = torch.nn.init.xavier_uniform_
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with skipped_init():
+        torch.nn.MultiheadAttention(16, 2)
+        torch.nn.Linear(16, 16)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert activation.xavier_uniform_ is real is torch.nn.init.xavier_uniform_
+    torch.nn.MultiheadAttention(16, 2)
+    assert not torch.equal(torch.get_rng_state(), before)  # outside, layers initialise as usual
