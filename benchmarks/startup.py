@@ -152,7 +152,7 @@ def phases(rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each command (the table) or of the phases (--profile)")
     parser.add_argument("--profile", action="store_true", help="print where the time goes instead of the table")
     args = parser.parse_args()
     cache = tempfile.TemporaryDirectory()
