@@ -83,9 +83,9 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 def use_huge_pages() -> None:
     """Let PyTorch back CPU tensors of 2 MiB and more with transparent huge pages (its THP_MEM_ALLOC_ENABLE), unless
     the user set the variable: each fresh tensor then takes one page fault per 2 MiB instead of one per 4 KiB. The
-    strict load fills ~110 MB of new fp32 parameters and sampling allocates its activations afresh at every step;
-    the main command measured ~20 ms less in the load and ~0.1 s less CPU in all (README, Start-up). Only
-    where torch is not imported yet: PyTorch reads the variable once, at its first allocation."""
+    strict load fills ~110 MB of new fp32 parameters (measured ~20 ms less CPU; README, Start-up) and sampling
+    allocates its activations afresh at every step. Only where torch is not imported yet: PyTorch reads the
+    variable once, at its first allocation."""
     if "torch" not in sys.modules:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

@@ -14,7 +14,7 @@ state a plain `import open_clip` leaves. Nothing here copies or changes open_cli
 Two imports are bridged. open_clip/utils.py binds torchvision's `FrozenBatchNorm2d` at import (used only to
 freeze a ResNet image tower's batch norms, never by the text tower). While the `__init__` is deferred that
 name is a stand-in that imports torchvision's class when called; running the `__init__` puts the real
-class back. open_clip/tokenizer.py imports ftfy (~60 ms: its character tables, wcwidth) for `ftfy.fix_text`,
+class back. open_clip/tokenizer.py imports ftfy (~50-90 ms CPU: its character tables, wcwidth) for `ftfy.fix_text`,
 which leaves printable ASCII without "&" unchanged: every one of its fixes needs a non-ASCII character, a control
 character or an HTML entity. Its `ftfy` is a stand-in that returns such text as it is and hands any other text
 to the real ftfy, imported then; running the `__init__` puts the real module back.
