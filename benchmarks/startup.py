@@ -6,10 +6,16 @@
 Each runs in a temporary folder, so the `ldm` imported is the one on PYTHONPATH (or installed), never the
 current folder's. The two commands run interleaved (A, B, A, B, ...) so that a busy machine slows both alike; the ratio
 is the figure to read. Peak RSS is each child's own maximum resident set (os.wait4's ru_maxrss).
+
+Children import from cached bytecode, as an installed `ldm` does: they write and read it under a private
+PYTHONPYCACHEPREFIX (a warm-up run of each command fills it first), whatever PYTHONDONTWRITEBYTECODE says here.
+Without that, a checkout run with PYTHONDONTWRITEBYTECODE=1 compiles each of ldm's modules from source at every
+start (about 0.1 s of the main command), a cost no installed copy pays.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -21,12 +27,23 @@ from collections import Counter
 
 MAIN = ["-m", "ldm.cli", "txt2img", "red heart", "--no-progress"]
 BARE = ["-c", "import torch"]
+ENV: dict[str, str] = dict(os.environ)  # the children's; bytecode_cache() points it at a private cache
+
+
+def bytecode_cache(folder: str) -> None:
+    """Children cache bytecode under `folder`; one run of each command fills it (not timed)."""
+    ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+    ENV["PYTHONPYCACHEPREFIX"] = folder
+    with tempfile.TemporaryDirectory() as out:
+        for args in ([*MAIN, "--outdir", out], BARE):
+            subprocess.run([sys.executable, *args], check=True, cwd=out, env=ENV, capture_output=True)
 
 
 def timed(args: list[str], cwd: str) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of one fresh `python ARGS`, its output discarded."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd,
+                            env=ENV)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -56,7 +73,7 @@ def import_times(top: int = 15) -> None:
     """`python -X importtime` of the main command, self time summed by top-level package."""
     with tempfile.TemporaryDirectory() as out:
         proc = subprocess.run([sys.executable, "-X", "importtime", *MAIN, "--outdir", out],
-                              capture_output=True, text=True, check=True, cwd=out)
+                              capture_output=True, text=True, check=True, cwd=out, env=ENV)
     by_package: Counter[str] = Counter()
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
@@ -69,52 +86,80 @@ def import_times(top: int = 15) -> None:
 
 
 PHASES = """
-import time, logging, tempfile
+import time, tempfile
 t = {}
-s = time.perf_counter()
-import torch; t['import torch'] = time.perf_counter() - s; s = time.perf_counter()
-import ldm.cli; parser = ldm.cli.build_parser(); t['import ldm (CLI parser)'] = time.perf_counter() - s
-from ldm import model as M, checkpoint as C, pipeline as P, images as I
-def wrap(mod, name, phase):
-    f = getattr(mod, name)
+def now(): return time.perf_counter(), time.process_time()
+def add(phase, s):
+    w, c = now(); a, b = t.get(phase, (0, 0)); t[phase] = (a + w - s[0], b + c - s[1])
+import ldm.cli; getattr(ldm.cli, 'use_huge_pages', lambda: None)()  # what `ldm` does before it imports torch
+s = now()
+import torch; add('import torch', s); s = now()
+import ldm.cli, ldm.commands.txt2img as TX, ldm.commands.common as CC, ldm.model as M
+add('import ldm and the txt2img command (pipeline, model, samplers, PIL, yaml, ...)', s); s = now()
+from ldm import open_clip_parts as O, text_encoder as T
+add("import open_clip's text transformer (ldm.text_encoder: the model build would)", s)
+def wrap(mod, name, phase, returns_wait=False):
+    f = getattr(mod, name, None)
+    if f is None: return  # older code: lets the same script time both
     def w(*a, **k):
-        s = time.perf_counter(); r = f(*a, **k); t[phase] = t.get(phase, 0) + time.perf_counter() - s; return r
+        s = now(); r = f(*a, **k); add(phase, s)
+        return wrap_wait(r) if returns_wait else r
     setattr(mod, name, w)
-wrap(M, 'instantiate', 'model build (imports it needs included)')
-wrap(M, 'load_into', 'weight load')
+def wrap_wait(wait):
+    def w():
+        s = now(); r = wait(); add('checkpoint SHA-256: waiting for its thread', s); return r
+    return w
+wrap(ldm.cli, 'build_parser', 'CLI parser (the txt2img command alone)')
+wrap(M, 'instantiate', 'model build (no init)')
 wrap(M, 'load_state_dict', 'weight read (safetensors)')
-wrap(M, 'file_sha256', 'checkpoint SHA-256 (image metadata)')
-import ldm.text_encoder as T
-wrap(T.FrozenTextEncoder, 'forward', 'text encode')
+wrap(M, 'load_into', 'strict load')
+wrap(M, 'sha256_in_background', 'checkpoint SHA-256: starting its thread', returns_wait=True)
+wrap(M, 'file_sha256', 'checkpoint SHA-256 (on the main thread)')
+wrap(O, 'tokenizer', 'tokenizer (first use imports open_clip.tokenizer: ftfy, regex, BPE merges)')
+wrap(T.FrozenTextEncoder, 'forward', 'text encode (tokenizer included)')
 wrap(M.LatentDiffusion, 'decode_latent', 'decode')
-wrap(I, 'save_png', 'PNG write')
-import ldm.commands.common as CC; wrap(CC, 'save_png', 'PNG write')
-import ldm.commands.txt2img as TX
+wrap(CC, 'save_png', 'PNG write')
 wrap(TX, 'load_model_from_args', 'load_model (all of it)')
 wrap(TX, 'txt2img', 'txt2img (encode + sample + decode)')
 out = tempfile.mkdtemp()
-s = time.perf_counter(); ldm.cli.main(['txt2img', 'red heart', '--no-progress', '--outdir', out])
-t['command run (all of it)'] = time.perf_counter() - s
-for k, v in t.items(): print(f'  {v * 1e3:7.0f} ms  {k}')
+s = now(); ldm.cli.main(['txt2img', 'red heart', '--no-progress', '--outdir', out])
+add('command run (all of it)', s)
+import json; print(json.dumps(t))
 """
 
 
-def phases() -> None:
-    """Wall time of the main command's phases, in one fresh process (phases nest: 'all of it' rows include
-    the rows below them)."""
-    print("phases (one run, ms):")
+SAMPLE, ENCODE, DECODE = "txt2img (encode + sample + decode)", "text encode (tokenizer included)", "decode"
+
+
+def phases(rounds: int) -> None:
+    """Wall and CPU time (process_time: all of the process's threads) of the main command's phases, each the median
+    over `rounds` fresh processes. Phases nest: 'all of it' rows include the rows below them."""
+    runs = []
     with tempfile.TemporaryDirectory() as cwd:
-        subprocess.run([sys.executable, "-c", PHASES], check=True, cwd=cwd)
+        for i in range(rounds):
+            out = subprocess.run([sys.executable, "-c", PHASES], check=True, cwd=cwd, env=ENV, capture_output=True,
+                                 text=True).stdout
+            runs.append(json.loads(out.strip().splitlines()[-1]))
+            print(f"phases: run {i + 1}/{rounds}", file=sys.stderr)
+    print(f"phases (median of {rounds} runs, ms):\n  {'wall':>7} {'CPU':>7}")
+    for phase in runs[0]:
+        wall, cpu = (statistics.median(run.get(phase, (0, 0))[j] for run in runs) for j in (0, 1))
+        print(f"  {wall * 1e3:7.0f} {cpu * 1e3:7.0f}  {phase}")
+    sampling = [[run[SAMPLE][j] - run.get(ENCODE, (0, 0))[j] - run.get(DECODE, (0, 0))[j] for j in (0, 1)] for run in runs]
+    print(f"  {statistics.median(w for w, _ in sampling) * 1e3:7.0f} {statistics.median(c for _, c in sampling) * 1e3:7.0f}"
+          "  sampling (txt2img minus text encode and decode)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each command (the table) or of the phases (--profile)")
     parser.add_argument("--profile", action="store_true", help="print where the time goes instead of the table")
     args = parser.parse_args()
+    cache = tempfile.TemporaryDirectory()
+    bytecode_cache(cache.name)
     if args.profile:
         import_times()
-        phases()
+        phases(args.rounds)
     else:
         table(args.rounds)
 

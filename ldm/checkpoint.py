@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -89,12 +91,44 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The file's SHA-256 (hex): what identifies a weights file in image metadata, whatever its name."""
+    """The file's SHA-256 (hex): what identifies a weights file in image metadata, whatever its name.
+
+    Hashed from a memory map in one update: no copy of the file through a buffer, and hashlib releases the GIL
+    for the whole of it (sha256_in_background relies on that). Files that cannot be mapped are read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                digest.update(mapped)
+                return digest.hexdigest()
+        except (ValueError, OSError):  # an empty file (mmap refuses length 0), a pipe, ...
+            pass
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_in_background(path: str | os.PathLike) -> Callable[[], str]:
+    """Start file_sha256(path) on a thread; the returned function waits for it and gives the hash (or raises its
+    error). The hash runs with the GIL released, so a model built meanwhile hides its cost where a core is free."""
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["hash"] = file_sha256(path)
+        except BaseException as exc:  # handed to the caller, who asks for the hash
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name="ldm-sha256", daemon=True)
+    thread.start()
+
+    def wait() -> str:
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["hash"]
+
+    return wait
 
 
 def _umask() -> int:

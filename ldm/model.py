@@ -18,7 +18,7 @@ from torch import nn
 from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.checkpoint import (OPEN_CLIP_LAYOUT, CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, state_problems,
-                            to_original_keys)
+                            sha256_in_background, to_original_keys)
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
@@ -329,6 +329,8 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
         cfg = folder_config(checkpoint, prediction)
     else:
         cfg = resolve_config(config, checkpoint, prediction)
+    # The model hash for image metadata, computed while the model is built and loaded (GIL released).
+    model_sha256 = sha256_in_background(checkpoint) if checkpoint is not None and not folder else None
     if checkpoint is not None and not folder and not cfg.get("base"):
         # Every parameter comes from the checkpoint (strictly loaded below): skip their random initialisation.
         from ldm.skip_init import skipped_init
@@ -350,11 +352,11 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
 
         base = base_path(cfg["base"], config if isinstance(config, (str, Path)) else None)
         load_derived_weights(model, checkpoint, base)
-        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint),
+        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": model_sha256(),
                           "base_file": base.name}
     elif checkpoint is not None:
         model.load_weights(checkpoint)
-        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": file_sha256(checkpoint)}
+        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": model_sha256()}
     model.sampling_defaults = sampling_section(cfg)
     if cfg.get("name"):
         model.identity["model_name"] = str(cfg["name"])

@@ -11,20 +11,25 @@ first use of anything else of the package (`open_clip.create_model`, `open_clip.
 `__init__` in that same module object, as `import open_clip` would have. Afterwards the process is in the
 state a plain `import open_clip` leaves. Nothing here copies or changes open_clip's code.
 
-One import is bridged: open_clip/utils.py binds torchvision's `FrozenBatchNorm2d` at import (used only to
+Two imports are bridged. open_clip/utils.py binds torchvision's `FrozenBatchNorm2d` at import (used only to
 freeze a ResNet image tower's batch norms, never by the text tower). While the `__init__` is deferred that
 name is a stand-in that imports torchvision's class when called; running the `__init__` puts the real
-class back.
+class back. open_clip/tokenizer.py imports ftfy (~50-90 ms CPU: its character tables, wcwidth) for `ftfy.fix_text`,
+which leaves printable ASCII without "&" unchanged: every one of its fixes needs a non-ASCII character, a control
+character or an HTML entity. Its `ftfy` is a stand-in that returns such text as it is and hands any other text
+to the real ftfy, imported then; running the `__init__` puts the real module back.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 import types
 from typing import Any
 
 _TORCHVISION_MISC = "torchvision.ops.misc"
+_FTFY_LEAVES_AS_IS = re.compile(r"[ -%'-~]*")  # printable ASCII (0x20-0x7e) but "&" (0x26)
 
 
 def _frozen_batch_norm_2d(*args: Any, **kwargs: Any) -> Any:
@@ -32,6 +37,21 @@ def _frozen_batch_norm_2d(*args: Any, **kwargs: Any) -> Any:
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     return FrozenBatchNorm2d(*args, **kwargs)
+
+
+def _fix_text(text: str, *args: Any, **kwargs: Any) -> Any:
+    """ftfy.fix_text, without importing ftfy for text it leaves as it is (default settings)."""
+    if not args and not kwargs and isinstance(text, str) and _FTFY_LEAVES_AS_IS.fullmatch(text):
+        return text
+    import ftfy
+
+    return ftfy.fix_text(text, *args, **kwargs)
+
+
+def _ftfy_bridge() -> types.ModuleType:
+    bridge = types.ModuleType("ftfy", "ldm.open_clip_parts' stand-in: ftfy.fix_text, ftfy imported when needed")
+    bridge.fix_text = _fix_text
+    return bridge
 
 
 def _run_init(package: types.ModuleType) -> None:
@@ -43,6 +63,11 @@ def _run_init(package: types.ModuleType) -> None:
         from torchvision.ops.misc import FrozenBatchNorm2d
 
         utils.FrozenBatchNorm2d = FrozenBatchNorm2d
+    tokenizer_module = sys.modules.get("open_clip.tokenizer")
+    if tokenizer_module is not None and getattr(tokenizer_module.ftfy, "fix_text", None) is _fix_text:
+        import ftfy
+
+        tokenizer_module.ftfy = ftfy
 
 
 def _deferred_package() -> types.ModuleType:
@@ -95,8 +120,16 @@ def transformer() -> types.ModuleType:
 
 def tokenizer() -> types.ModuleType:
     """open_clip.tokenizer (its module-level `_tokenizer` is CLIP's BPE tokenizer), open_clip's own module."""
-    _deferred_package()
-    return importlib.import_module("open_clip.tokenizer")
+    package = _deferred_package()
+    if "open_clip.tokenizer" in sys.modules or "ftfy" in sys.modules or "__getattr__" not in package.__dict__:
+        return importlib.import_module("open_clip.tokenizer")
+    bridge = _ftfy_bridge()
+    sys.modules["ftfy"] = bridge
+    try:
+        return importlib.import_module("open_clip.tokenizer")
+    finally:
+        if sys.modules.get("ftfy") is bridge:
+            del sys.modules["ftfy"]
 
 
 def full() -> types.ModuleType:

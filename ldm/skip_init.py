@@ -12,6 +12,7 @@ attention masks, position ids) are made as usual, which a meta-device build woul
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -38,15 +39,27 @@ def _leave(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tenso
 def skipped_init() -> Iterator[None]:
     """While inside, torch.nn.init's initialisers do nothing (process-wide; one build at a time)."""
     global _active
-    init = torch.nn.init
     with _lock:
-        saved = {name: getattr(init, name) for name in _INITIALISERS if hasattr(init, name)}
-        for name in saved:
-            setattr(init, name, _leave)
+        saved = [(module, name, fn) for module, name, fn in _bindings()]
+        for module, name, _ in saved:
+            setattr(module, name, _leave)
         _active = True
         try:
             yield
         finally:
             _active = False
-            for name, fn in saved.items():
-                setattr(init, name, fn)
+            for module, name, fn in saved:
+                setattr(module, name, fn)
+
+
+def _bindings() -> Iterator[tuple[object, str, object]]:
+    """(module, name, initialiser) for torch.nn.init's initialisers and the names torch.nn's layer modules bound
+    them to at import (nn.MultiheadAttention calls the `xavier_uniform_` of torch/nn/modules/activation.py)."""
+    init = torch.nn.init
+    initialisers = {name: getattr(init, name) for name in _INITIALISERS if hasattr(init, name)}
+    yield from ((init, name, fn) for name, fn in initialisers.items())
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("torch.nn.modules.") and module is not None:
+            for name, fn in initialisers.items():
+                if getattr(module, name, None) is fn:
+                    yield module, name, fn
