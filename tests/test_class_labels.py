@@ -19,7 +19,7 @@ from ldm.model import load_model
 from ldm.pipeline import prepare, resolve_options, txt2img
 from ldm.tasks import sample_seeded
 from ldm.training.labels import LabelError, LabelledDataset, with_classes
-from ldm.training.run import build_data, train
+from ldm.training.run import build_data, export_checkpoint, train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
@@ -83,6 +83,11 @@ def test_text_and_label_model_trains_with_label_dropout_exports_and_samples_a_la
     assert stored["model"]["params"]["class_names"] == CLASSES
     exported = yaml.safe_load((run / "model.yaml").read_text())["model"]["params"]
     assert exported["class_names"] == CLASSES and exported["unet_config"]["params"]["num_classes"] == 4
+
+    # --export-only from the run's checkpoint, with the config as written (its class_names still null), loads too.
+    export_checkpoint(cfg, run / "checkpoints" / "last.ckpt", tmp_path / "exported")
+    assert yaml.safe_load((tmp_path / "exported" / "model.yaml").read_text())["model"]["params"]["class_names"] == CLASSES
+    load_model(tmp_path / "exported" / "model.yaml", tmp_path / "exported" / "model.safetensors")
 
     model = load_model(run / "model.yaml", run / "model.safetensors")
     images = txt2img(model, "a shape", label="blue circle", steps=2, progress=False)

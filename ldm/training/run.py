@@ -305,7 +305,9 @@ def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | o
                       loaded: dict | None = None) -> tuple[Path, Path]:
     """Inference export from a Lightning checkpoint, without training (`ldm train --export-only`)."""
     from ldm.training.export import export_module
+    from ldm.training.labels import with_classes
 
+    cfg = with_classes(cfg)  # a class-conditional run's names, as its training run wrote them into model.yaml
     ckpt = loaded if loaded is not None else read_checkpoint(checkpoint)
     module = build_module(cfg)
     check_resumable(ckpt, module, checkpoint)
