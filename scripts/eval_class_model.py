@@ -87,7 +87,7 @@ def main() -> None:
             for c, image in enumerate(images):
                 sheet.paste(image, (c * size, r * size))
         Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
-        sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST).save(args.sheet)
+        sheet.save(args.sheet, optimize=True)
         print(f"sample sheet (rows: {', '.join(groups)}; scale {args.sheet_scale:g}): {args.sheet}")
 
 
