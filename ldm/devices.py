@@ -46,6 +46,16 @@ def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
+def auto_training_precision(accelerator: str, cuda_available: bool, cuda_bf16: bool, cpu_bf16: bool) -> str:
+    """What trainer.precision "auto" means: bf16 mixed precision where the hardware runs it natively (a CUDA GPU
+    with bf16, or a CPU with AVX-512 BF16 / AMX: 2.2x the fp32 rate training the emoji autoencoder on one
+    thread), fp16 mixed on older GPUs, else fp32 (emulated bf16 on an AVX2 CPU is ~50x slower)."""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_available)
+    if on_gpu:
+        return "bf16-mixed" if cuda_bf16 else "16-mixed"
+    return "bf16-mixed" if cpu_bf16 else "32-true"
+
+
 # Environment variables with which a user has already chosen the CPU thread count: then it is left alone.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -90,3 +90,28 @@ def test_bf16_speed_is_known_from_the_cpu_flags(tmp_path):
     fast.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
     assert not cpu_has_fast_bf16(str(plain)) and cpu_has_fast_bf16(str(fast))
     assert cpu_has_fast_bf16(str(tmp_path / "missing"))  # unknown: no warning
+
+
+@pytest.mark.parametrize("accelerator, cuda, cuda_bf16, cpu_bf16, expected", [
+    ("cpu", False, False, True, "bf16-mixed"),   # AVX-512 BF16 / AMX
+    ("cpu", False, False, False, "32-true"),     # AVX2: emulated bf16 is a trap
+    ("cpu", True, True, False, "32-true"),       # a GPU in the box does not change a CPU run
+    ("auto", True, True, False, "bf16-mixed"),
+    ("gpu", True, False, False, "16-mixed"),     # pre-Ampere GPUs
+    ("auto", False, False, False, "32-true"),
+])
+def test_auto_precision_follows_the_hardware(accelerator, cuda, cuda_bf16, cpu_bf16, expected):
+    from ldm.devices import auto_training_precision
+
+    assert auto_training_precision(accelerator, cuda, cuda_bf16, cpu_bf16) == expected
+
+
+def test_trainer_resolves_auto_precision(tmp_path, monkeypatch):
+    import ldm.devices
+    from ldm.training.run import build_trainer
+
+    cfg = (load_train_config(TINY_CONFIGS["ldm"], [f"logging.run_dir={tmp_path / 'run'}", "trainer.precision=auto",
+                                                          "trainer.accelerator=cpu"]))
+    for fast, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(ldm.devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert build_trainer(cfg).precision == expected

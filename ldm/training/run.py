@@ -229,6 +229,15 @@ def build_loggers(cfg: dict) -> list[Logger]:
     return loggers
 
 
+def _auto_precision(accelerator: str) -> str:
+    from ldm.devices import auto_training_precision, cpu_has_fast_bf16
+
+    cuda = torch.cuda.is_available()
+    precision = auto_training_precision(accelerator, cuda, cuda and torch.cuda.is_bf16_supported(), cpu_has_fast_bf16())
+    log.info("trainer.precision auto: %s", precision)
+    return precision
+
+
 def _warn_slow_bf16(trainer_kwargs: dict) -> None:
     from ldm.devices import cpu_has_fast_bf16
 
@@ -257,6 +266,8 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     kwargs = dict(cfg["trainer"])
+    if kwargs.get("precision") == "auto":
+        kwargs["precision"] = _auto_precision(str(kwargs.get("accelerator", "auto")))
     _warn_slow_bf16(kwargs)
     if not (cfg["data"]["val_fraction"] or cfg["data"]["val_root"]):
         kwargs.setdefault("limit_val_batches", 0)  # no validation set: skip the (empty) validation loop
