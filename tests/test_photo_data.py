@@ -255,6 +255,18 @@ def test_fetch_verifies_unpacks_and_then_reuses_the_cache(tmp_path):
     assert calls.read_text().count("x") == 1
 
 
+def test_fetch_works_with_a_relative_cache_folder(tmp_path, monkeypatch):
+    # `ldm data photos` passes data/photo-sources, relative; dpkg-deb runs inside it, so every path it gets
+    # must be absolute (a relative one unpacked into data/photo-sources/data/photo-sources/..., which failed).
+    payload = b"a pinned package\n"
+    apt_get = _script(tmp_path / "apt-get", 'printf "a pinned package\\n" > "fake_1.0_all.deb"\n')
+    dpkg = _script(tmp_path / "dpkg-deb", 'mkdir "$3/usr" && cp "$2" "$3/usr/deb"\n')
+    package = Package(name="fake", version="1.0", sha256=hashlib.sha256(payload).hexdigest(), photos=(), scan_dirs=())
+    monkeypatch.chdir(tmp_path)
+    folder = fetch_package(package, "cache", apt_get=apt_get, dpkg_deb=dpkg)
+    assert (tmp_path / folder / "usr/deb").read_bytes() == payload
+
+
 def _data_command(argv: list[str]):
     # The `ldm data` parser alone: building the whole CLI imports every command (seconds); main()'s
     # LdmError -> one line + exit 2 is the same for every command and tested with the CLI.

@@ -339,7 +339,7 @@ def fetch_package(package: Package, dest: str | os.PathLike = DEFAULT_SOURCES_DI
         deb = _download(package, dest, apt_get)
     tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".unpack-"))
     try:
-        _run([dpkg_deb, "-x", str(deb.resolve()), str(tmp)], dest, f"dpkg-deb -x {deb.name}")
+        _run([dpkg_deb, "-x", str(deb.resolve()), str(tmp.resolve())], dest, f"dpkg-deb -x {deb.name}")
         (tmp / STAMP).write_text(package.sha256 + "\n")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
