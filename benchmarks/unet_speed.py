@@ -1,51 +1,49 @@
-"""U-Net forward time at SD 2-base size: ours vs diffusers' UNet2DConditionModel, same weights.
+"""U-Net forward time at SD 2-base size: ours in fp32 and bf16 against diffusers' UNet2DConditionModel in fp32,
+same weights, all variants interleaved in one run.
 
-    python benchmarks/unet_speed.py [--batch 2] [--size 64] [--repeats 3] [--device cpu]
+    python benchmarks/unet_speed.py [--batch 2] [--size 32] [--repeats 3] [--threads N] [--device cpu] [--compile]
 
-Batch 2 is one guided sampling step (conditional + unconditional). Prints a markdown table.
+Batch 2 is one guided sampling step (conditional + unconditional). Prints a markdown table: median time, the
+ratio to diffusers' fp32 time, and each output's relative difference from diffusers' fp32 output.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
 
+from ldm.devices import cpu_has_fast_bf16
 from ldm.unet import UNetModel
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion" / "v2-inference.yaml"
 
 
-def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Median times, runs interleaved so background load hits both alike."""
-    fn_a(), fn_b()  # warm-up: allocator, kernels, lazy inits
-    times_a, times_b = [], []
+def timed_round_robin(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
+    """Median times, one call of each in turn per round, so background load hits all alike."""
+    for fn in fns.values():
+        fn()  # warm-up: allocator, kernels, lazy inits
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+        for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times_a), statistics.median(times_b)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--size", type=int, default=64, help="latent size (64 = 512 px)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def build_pair(device: torch.device) -> tuple[UNetModel, torch.nn.Module]:
+    """Our U-Net with random weights and diffusers' with the same weights, converted by diffusers' own code."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders import single_file_utils as conv
 
     cfg = yaml.safe_load(CONFIG.read_text())
+    torch.manual_seed(0)
     ours = UNetModel(**cfg["model"]["params"]["unet_config"]["params"]).eval()
     with torch.no_grad():  # the zero-initialised output layers would make the outputs trivially equal
         for p in ours.parameters():
@@ -55,31 +53,74 @@ def main() -> None:
     dcfg = conv.create_unet_diffusers_config_from_ldm(cfg, ckpt)
     theirs = UNet2DConditionModel(**dcfg).eval()
     theirs.load_state_dict(conv.convert_ldm_unet_checkpoint(ckpt, dcfg), strict=True)
-    del ckpt
-    device = torch.device(args.device)
-    ours, theirs = ours.to(device), theirs.to(device)
+    return ours.to(device), theirs.to(device)
 
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--size", type=int, default=32, help="latent size (32 = 256 px, 64 = 512 px)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
+    p.add_argument("--compile", action="store_true", help="add torch.compile (inductor) rows: minutes to compile")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    ours, theirs = build_pair(device)
     x = torch.randn(args.batch, 4, args.size, args.size, device=device)
     t = torch.full((args.batch,), 500, device=device)
     c = torch.randn(args.batch, 77, 1024, device=device)
+    bf16 = not args.no_bf16 and (device.type == "cuda" or cpu_has_fast_bf16())
 
-    def sync():
+    def sync(out: torch.Tensor) -> torch.Tensor:
         if device.type == "cuda":
             torch.cuda.synchronize()
+        return out
+
+    def autocast(enabled: bool):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def run(model, channels_last=False, amp=False, dtype=torch.float32, diffusers=False):
+        xin = x.to(dtype).contiguous(memory_format=torch.channels_last) if channels_last else x.to(dtype)
+
+        def call():
+            with autocast(amp):
+                out = model(xin, t, c.to(dtype))
+            return sync((out.sample if diffusers else out).float())
+        return call
+
+    fns = {"diffusers fp32": run(theirs, diffusers=True), "ldm fp32": run(ours)}
+    ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+    fns["ldm fp32, channels-last"] = run(ours_cl, channels_last=True)
+    if bf16:
+        fns["diffusers bf16 autocast"] = run(theirs, amp=True, diffusers=True)
+        fns["ldm bf16 autocast (--precision bf16)"] = run(ours, amp=True)
+        fns["ldm bf16 autocast, channels-last"] = run(ours_cl, channels_last=True, amp=True)
+        ours_bf16 = copy.deepcopy(ours_cl).to(torch.bfloat16)
+        fns["ldm bf16 weights, channels-last (dtype=bf16)"] = run(ours_bf16, channels_last=True, dtype=torch.bfloat16)
+    if args.compile:
+        compiled = torch.compile(ours_cl)
+        fns["ldm fp32, channels-last, compiled"] = run(compiled, channels_last=True)
+        if bf16:
+            compiled_bf16 = torch.compile(ours_bf16)
+            fns["ldm bf16 weights, channels-last, compiled"] = run(compiled_bf16, channels_last=True, dtype=torch.bfloat16)
 
     with torch.inference_mode():
-        t_ours, t_theirs = timed_pair(lambda: (ours(x, t, c), sync()), lambda: (theirs(x, t, c).sample, sync()),
-                                      args.repeats)
-        a, b = ours(x, t, c), theirs(x, t, c).sample
-        err = ((a - b).abs().max() / b.abs().max()).item()
+        medians = timed_round_robin(fns, args.repeats)
+        reference = fns["diffusers fp32"]()
+        errors = {name: ((fn() - reference).norm() / reference.norm()).item() for name, fn in fns.items()}
 
-    print(f"SD 2-base U-Net ({sum(p.numel() for p in ours.parameters()) / 1e6:.0f} M params), batch {args.batch}, "
-          f"latent {args.size}x{args.size}, {device}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
-    print("| implementation | forward (s, median) |")
-    print("| --- | --- |")
-    print(f"| ldm (ours) | {t_ours:.2f} |")
-    print(f"| diffusers UNet2DConditionModel | {t_theirs:.2f} |")
-    print(f"\nmax relative difference between the two outputs: {err:.2e}")
+    params = sum(p.numel() for p in ours.parameters()) / 1e6
+    print(f"SD 2-base U-Net ({params:.0f} M params), batch {args.batch}, latent {args.size}x{args.size}, {device}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, fast bf16 on this CPU: {cpu_has_fast_bf16()}\n")
+    print(f"| implementation | forward (s, median of {args.repeats}) | time / diffusers fp32 | relative difference |")
+    print("| --- | --- | --- | --- |")
+    base = medians["diffusers fp32"]
+    for name, seconds in medians.items():
+        print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x | {errors[name]:.1e} |")
 
 
 if __name__ == "__main__":

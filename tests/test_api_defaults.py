@@ -214,3 +214,22 @@ def test_cli_long_prompt_options_are_recorded_and_restored(model_files, tmp_path
     assert main(["txt2img", "--from-png", str(made), "--config", cfg, "--ckpt", ckpt, "--outdir", str(again),
                  "--no-progress", "--device", "cpu"]) == 0
     assert np.array_equal(np.asarray(Image.open(made)), np.asarray(Image.open(again / "samples" / "00000.png")))
+
+
+def test_cli_precision_bf16_on_cpu_runs_bf16_weights(model_files, tmp_path, monkeypatch):
+    from ldm.model import LatentDiffusion
+
+    cfg, ckpt = model_files
+    casts = []
+    original = LatentDiffusion.networks_to
+
+    def spy(self, dtype, channels_last=False):
+        casts.append((dtype, channels_last))
+        return original(self, dtype, channels_last)
+
+    monkeypatch.setattr(LatentDiffusion, "networks_to", spy)
+    out = tmp_path / "out"
+    assert main(["txt2img", "a cat", "--config", cfg, "--ckpt", ckpt, "--steps", "2", "--precision", "bf16",
+                 "--outdir", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert casts == [(torch.bfloat16, True)]
+    assert json.loads(Image.open(out / "samples" / "00000.png").text["ldm"])["precision"] == "bf16"

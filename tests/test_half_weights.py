@@ -66,6 +66,27 @@ def test_bf16_weights_sample_close_to_fp32(model, fp32_images):
     close(make(model, precision="bf16"), fp32_images)  # bf16 weights under bf16 autocast too
 
 
+def test_cpu_bf16_channels_last_samples_close_to_fp32(model, fp32_images):
+    # What `--precision bf16` does on a CPU (ldm.commands.common.use_cpu_bf16): bf16 weights, a channels-last U-Net.
+    model.networks_to(torch.bfloat16, channels_last=True)
+    convs = [m for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    close(make(model, precision="bf16"), fp32_images)
+
+
+def test_cli_precision_bf16_casts_the_model_on_cpu(fp32_model, monkeypatch, caplog):
+    import ldm.commands.common as common
+    import ldm.devices
+
+    for fast in (True, False):
+        model = copy.deepcopy(fp32_model)
+        monkeypatch.setattr(ldm.devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        caplog.clear()
+        common.use_cpu_bf16(model)
+        assert model.unet.dtype == torch.bfloat16 and model.vae.dtype == torch.bfloat16
+        assert ("emulates bf16" in caplog.text) is not fast  # the slow case is said, not refused
+
+
 def test_casting_the_weights_keeps_the_schedule_fp32(model):
     schedule = model.alphas_cumprod.clone()
     model.to(torch.bfloat16)

@@ -78,7 +78,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "unknown section 'bogus'" in capsys.readouterr().err
     assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), f"logging.run_dir={tmp_path}", "--resume"]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
-    assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), "data.root=null"]) == 2
+    assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), f"logging.run_dir={tmp_path / 'run'}", "data.root=null"]) == 2
     assert "data.root" in capsys.readouterr().err
 
 
