@@ -69,6 +69,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads; default: the cores other work leaves idle (one-minute load average), unless "
                         "OMP_NUM_THREADS is set")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the U-Net (torch.compile, inductor, weights frozen): minutes to compile, then each step "
+                        "faster (SD 2-base on a CPU: 0.70x the eager fp32 time); for many images, not one")
     p.add_argument("--embedding", action="append", default=[], metavar="PATH",
                    help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
                         "its file name is the word that calls it in prompts; repeat for several")
@@ -207,6 +210,8 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
         load_embeddings(model, args.embedding)
     if getattr(args, "precision", None) == "bf16" and device.type == "cpu":
         use_cpu_bf16(model)
+    if getattr(args, "compile", False):
+        model.compile_unet()
     return model
 
 
