@@ -100,7 +100,8 @@ def main() -> None:
         fns["ldm bf16 autocast (--precision bf16)"] = run(ours, amp=True)
         fns["ldm bf16 autocast, channels-last"] = run(ours_cl, channels_last=True, amp=True)
         ours_bf16 = copy.deepcopy(ours_cl).to(torch.bfloat16)
-        fns["ldm bf16 weights, channels-last (dtype=bf16)"] = run(ours_bf16, channels_last=True, dtype=torch.bfloat16)
+        fns["ldm bf16 weights, channels-last, autocast (CLI --precision bf16)"] = run(
+            ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16)
     if args.compile:
         import torch._inductor.config as inductor_config
 
@@ -111,7 +112,8 @@ def main() -> None:
         fns["ldm fp32, channels-last, compiled"] = run(compiled, channels_last=True)
         if bf16:
             compiled_bf16 = torch.compile(ours_bf16)
-            fns["ldm bf16 weights, channels-last, compiled"] = run(compiled_bf16, channels_last=True, dtype=torch.bfloat16)
+            fns["ldm bf16 weights, channels-last, compiled (--precision bf16 --compile)"] = run(
+                compiled_bf16, channels_last=True, amp=True, dtype=torch.bfloat16)
 
     with torch.no_grad():  # inductor's freezing needs no_grad, not inference mode
         medians = timed_round_robin(fns, args.repeats)

@@ -217,19 +217,14 @@ def test_cli_long_prompt_options_are_recorded_and_restored(model_files, tmp_path
 
 
 def test_cli_precision_bf16_on_cpu_runs_bf16_weights(model_files, tmp_path, monkeypatch):
-    from ldm.model import LatentDiffusion
+    import ldm.commands.common as common
 
     cfg, ckpt = model_files
-    casts = []
-    original = LatentDiffusion.networks_to
-
-    def spy(self, dtype, channels_last=False):
-        casts.append((dtype, channels_last))
-        return original(self, dtype, channels_last)
-
-    monkeypatch.setattr(LatentDiffusion, "networks_to", spy)
+    used = []
+    original = common.use_cpu_bf16
+    monkeypatch.setattr(common, "use_cpu_bf16", lambda model: (original(model), used.append(model.dtype)))
     out = tmp_path / "out"
     assert main(["txt2img", "a cat", "--config", cfg, "--ckpt", ckpt, "--steps", "2", "--precision", "bf16",
                  "--outdir", str(out), "--no-progress", "--device", "cpu"]) == 0
-    assert casts == [(torch.bfloat16, True)]
+    assert used == [torch.bfloat16]
     assert json.loads(Image.open(out / "samples" / "00000.png").text["ldm"])["precision"] == "bf16"

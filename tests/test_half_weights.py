@@ -83,7 +83,10 @@ def test_cli_precision_bf16_casts_the_model_on_cpu(fp32_model, monkeypatch, capl
         monkeypatch.setattr(ldm.devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
         caplog.clear()
         common.use_cpu_bf16(model)
-        assert model.unet.dtype == torch.bfloat16 and model.vae.dtype == torch.bfloat16
+        assert model.dtype == torch.bfloat16 and model.vae.dtype == torch.float32  # the U-Net only
+        conv = next(m for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        close(make(model, precision="bf16"), make(fp32_model))
         assert ("emulates bf16" in caplog.text) is not fast  # the slow case is said, not refused
 
 

@@ -216,9 +216,11 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
 
 
 def use_cpu_bf16(model) -> None:
-    """--precision bf16 on a CPU: bf16 weights (half the memory; LoRAs are merged first, in fp32) with a
-    channels-last U-Net, 0.47x diffusers' fp32 time at SD 2-base size where autocast alone gives 0.60x. Without
-    AVX-512 BF16 or AMX, PyTorch emulates bf16 many times slower than fp32: said, not refused."""
+    """--precision bf16 on a CPU: the U-Net's weights in bf16 and channels-last (LoRAs are merged first, in fp32),
+    under the bf16 autocast every --precision bf16 run has. SD 2-base: 0.47x diffusers' fp32 time, autocast alone
+    0.60x. The text encoder and the autoencoder stay fp32: in bf16 they moved the picture three times as much for no
+    speed (benchmarks/cpu_bf16.py). Without AVX-512 BF16 or AMX, PyTorch emulates bf16 many times slower than
+    fp32: said, not refused."""
     import torch
 
     from ldm.devices import cpu_has_fast_bf16
@@ -226,7 +228,7 @@ def use_cpu_bf16(model) -> None:
     if not cpu_has_fast_bf16():
         log.warning("--precision bf16 on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 here, many times "
                     "slower than fp32; use --precision fp32")
-    model.networks_to(torch.bfloat16, channels_last=True)
+    model.unet.to(torch.bfloat16, memory_format=torch.channels_last)
 
 
 def parse_tiling(spec: str) -> dict[str, int]:
