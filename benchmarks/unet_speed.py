@@ -64,7 +64,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
-    p.add_argument("--compile", action="store_true", help="add torch.compile (inductor) rows: minutes to compile")
+    p.add_argument("--compile", action="store_true",
+                   help="eager against torch.compile (inductor, frozen weights) rows instead: minutes to compile")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,27 +94,27 @@ def main() -> None:
         return call
 
     fns = {"diffusers fp32": run(theirs, diffusers=True), "ldm fp32": run(ours)}
-    ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
-    fns["ldm fp32, channels-last"] = run(ours_cl, channels_last=True)
-    if bf16:
-        fns["diffusers bf16 autocast"] = run(theirs, amp=True, diffusers=True)
-        fns["ldm bf16 autocast (--precision bf16)"] = run(ours, amp=True)
-        fns["ldm bf16 autocast, channels-last"] = run(ours_cl, channels_last=True, amp=True)
-        ours_bf16 = copy.deepcopy(ours_cl).to(torch.bfloat16)
-        fns["ldm bf16 weights, channels-last, autocast (CLI --precision bf16)"] = run(
-            ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16)
-    if args.compile:
+    if args.compile:  # eager against compiled only: a compiled model holds its frozen weights beside the eager ones
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # what ldm's --compile does (LatentDiffusion.compile_unet)
-        compiled = torch.compile(copy.deepcopy(ours))
-        fns["ldm fp32, compiled (--compile)"] = run(compiled)
-        compiled = torch.compile(ours_cl)
-        fns["ldm fp32, channels-last, compiled"] = run(compiled, channels_last=True)
+        fns["ldm fp32, compiled (--compile)"] = run(torch.compile(ours))  # the eager row calls `ours` itself
         if bf16:
-            compiled_bf16 = torch.compile(ours_bf16)
-            fns["ldm bf16 weights, channels-last, compiled (--precision bf16 --compile)"] = run(
-                compiled_bf16, channels_last=True, amp=True, dtype=torch.bfloat16)
+            ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16, memory_format=torch.channels_last)
+            fns["ldm bf16 weights, channels-last, autocast (CLI --precision bf16)"] = run(
+                ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16)
+            fns["the same, compiled (--precision bf16 --compile)"] = run(
+                torch.compile(ours_bf16), channels_last=True, amp=True, dtype=torch.bfloat16)
+    else:
+        ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+        fns["ldm fp32, channels-last"] = run(ours_cl, channels_last=True)
+        if bf16:
+            fns["diffusers bf16 autocast"] = run(theirs, amp=True, diffusers=True)
+            fns["ldm bf16 autocast (API precision=\"bf16\")"] = run(ours, amp=True)
+            fns["ldm bf16 autocast, channels-last"] = run(ours_cl, channels_last=True, amp=True)
+            ours_bf16 = copy.deepcopy(ours_cl).to(torch.bfloat16)
+            fns["ldm bf16 weights, channels-last, autocast (CLI --precision bf16)"] = run(
+                ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16)
 
     with torch.no_grad():  # inductor's freezing needs no_grad, not inference mode
         medians = timed_round_robin(fns, args.repeats)
