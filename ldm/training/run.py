@@ -33,6 +33,7 @@ from ldm.config import instantiate
 from ldm.errors import LdmError
 from ldm.images import check_writable
 from ldm.derived import widen_unet_input
+from ldm.devices import training_precision
 from ldm.model import weights_in_our_layout
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
 from ldm.training.captions import CaptionSampling
@@ -229,24 +230,6 @@ def build_loggers(cfg: dict) -> list[Logger]:
     return loggers
 
 
-def _auto_precision(accelerator: str) -> str:
-    from ldm.devices import auto_training_precision, cpu_has_fast_bf16
-
-    cuda = torch.cuda.is_available()
-    precision = auto_training_precision(accelerator, cuda, cuda and torch.cuda.is_bf16_supported(), cpu_has_fast_bf16())
-    log.info("trainer.precision auto: %s", precision)
-    return precision
-
-
-def _warn_slow_bf16(trainer_kwargs: dict) -> None:
-    from ldm.devices import cpu_has_fast_bf16
-
-    on_cpu = trainer_kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()
-    if on_cpu and str(trainer_kwargs.get("precision", "")).startswith("bf16") and not cpu_has_fast_bf16():
-        log.warning("trainer.precision=%s on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 there, "
-                    "many times slower than fp32; use trainer.precision=32-true", trainer_kwargs["precision"])
-
-
 def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
                   preloaded: dict[str, dict] | None = None) -> pl.Trainer:
     """The Trainer for a run; `preloaded` ({path: checkpoint}) is what resume reads instead of the file."""
@@ -266,9 +249,7 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     kwargs = dict(cfg["trainer"])
-    if kwargs.get("precision") == "auto":
-        kwargs["precision"] = _auto_precision(str(kwargs.get("accelerator", "auto")))
-    _warn_slow_bf16(kwargs)
+    kwargs["precision"] = training_precision(kwargs.get("precision", "32-true"), str(kwargs.get("accelerator", "auto")))
     if not (cfg["data"]["val_fraction"] or cfg["data"]["val_root"]):
         kwargs.setdefault("limit_val_batches", 0)  # no validation set: skip the (empty) validation loop
     if is_autoencoder(cfg) and t["disc_start"] is not None and _plain_ddp(kwargs):
