@@ -56,6 +56,13 @@ def auto_training_precision(accelerator: str, cuda_available: bool, cuda_bf16: b
     return "bf16-mixed" if cpu_bf16 else "32-true"
 
 
+def warn_if_bf16_is_emulated(what: str, instead: str) -> None:
+    """One warning, for training and sampling alike, where bf16 is asked of a CPU that only emulates it."""
+    if not cpu_has_fast_bf16():
+        log.warning("%s on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 there, many times slower than "
+                    "fp32; use %s", what, instead)
+
+
 def training_precision(precision: str | int, accelerator: str) -> str | int:
     """trainer.precision as Lightning gets it: "auto" resolved (auto_training_precision, said in the log), and a
     warning where bf16 was asked for on a CPU that only emulates it."""
@@ -64,9 +71,8 @@ def training_precision(precision: str | int, accelerator: str) -> str | int:
     if precision == "auto":
         precision = auto_training_precision(accelerator, cuda, cuda and torch.cuda.is_bf16_supported(), cpu_has_fast_bf16())
         log.info("trainer.precision auto: %s", precision)
-    elif on_cpu and str(precision).startswith("bf16") and not cpu_has_fast_bf16():
-        log.warning("trainer.precision=%s on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 there, "
-                    "many times slower than fp32; use trainer.precision=32-true or auto", precision)
+    elif on_cpu and str(precision).startswith("bf16"):
+        warn_if_bf16_is_emulated(f"trainer.precision={precision}", "trainer.precision=32-true or auto")
     return precision
 
 
