@@ -6,8 +6,10 @@ config names the file it changes (`base:`, relative to the config):
 
     model: {target: ldm.model.LatentDiffusion, params: {...}}   # the derived model's own architecture
     base: model.safetensors
+    parts: {vae: upscaler-vae.safetensors}   # optional: a submodule kept in a file of its own
 
-Its weights file holds whole tensors under the model's own names (the inpainter's widened first
+`parts` maps a submodule to a file of its own tensors (a standalone autoencoder, shipped so that a lost run
+cannot cost it): they go over the base's. Its weights file holds whole tensors under the model's own names (the inpainter's widened first
 convolution; the upscaler's U-Net and autoencoder) and, optionally, LoRA tensors (`.lora_down.weight`,
 `.lora_up.weight`, `.alpha`; ldm.lora). Loading takes every base tensor the model has, puts the whole
 tensors over them, checks the result strictly (ldm.checkpoint.load_into) and merges the LoRA in:
@@ -45,17 +47,41 @@ def base_path(base: str | Path, config_path: str | Path | None) -> Path:
     return path
 
 
-def load_derived_weights(model: nn.Module, checkpoint: str | Path, base: str | Path) -> None:
-    """Fill `model` from its base file and its own file of whole tensors and LoRA (see the module docstring)."""
-    from ldm.lora import lora_from_state, merge_lora
+def part_paths(parts: dict | None, config_path: str | Path | None) -> dict[str, Path]:
+    """The files a config's `parts:` names, by submodule, checked to exist (see the module docstring)."""
+    if parts is None:
+        return {}
+    if not isinstance(parts, dict) or not all(isinstance(v, str) for v in parts.values()):
+        raise CheckpointError("the config's 'parts:' must map submodule names to weight files")
+    return {str(prefix): base_path(file, config_path) for prefix, file in parts.items()}
+
+
+def base_state(own: dict[str, torch.Tensor], base: str | Path, parts: dict[str, Path] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors the base file and the parts' files give the model (names as in `own`), parts over base."""
     from ldm.model import weights_in_our_layout
+
+    state = {k: v for k, v in weights_in_our_layout(base).items() if k in own}
+    for prefix, file in (parts or {}).items():
+        tensors = {f"{prefix}.{k}": v for k, v in load_state_dict(file).items()}
+        unknown = [k for k in tensors if k not in own]
+        if unknown:
+            raise CheckpointError(f"{file} (part {prefix}): {len(unknown)} tensors the model does not have, e.g. {unknown[0]}")
+        state.update(tensors)
+    return state
+
+
+def load_derived_weights(model: nn.Module, checkpoint: str | Path, base: str | Path,
+                         parts: dict[str, Path] | None = None) -> None:
+    """Fill `model` from its base file, its parts' files and its own file of whole tensors and LoRA (see the
+    module docstring)."""
+    from ldm.lora import lora_from_state, merge_lora
 
     own = model.state_dict()
     whole, lora = split_derived(load_state_dict(checkpoint))
     unknown = [k for k in whole if k not in own]
     if unknown:
         raise CheckpointError(f"{checkpoint}: {len(unknown)} tensors the model does not have, e.g. {unknown[0]}")
-    state = {k: v for k, v in weights_in_our_layout(base).items() if k in own}
+    state = base_state(own, base, parts)
     state.update(whole)
     try:
         load_into(model, state)

@@ -362,10 +362,11 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
         load_folder_weights(model, checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": folder_identity(checkpoint)}
     elif checkpoint is not None and cfg.get("base"):
-        from ldm.derived import base_path, load_derived_weights
+        from ldm.derived import base_path, load_derived_weights, part_paths
 
-        base = base_path(cfg["base"], config if isinstance(config, (str, Path)) else None)
-        load_derived_weights(model, checkpoint, base)
+        config_path = config if isinstance(config, (str, Path)) else None
+        base = base_path(cfg["base"], config_path)
+        load_derived_weights(model, checkpoint, base, part_paths(cfg.get("parts"), config_path))
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": model_sha256(),
                           "base_file": base.name}
     elif checkpoint is not None:

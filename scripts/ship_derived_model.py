@@ -9,7 +9,9 @@ spacing, guidance scale: ldm.variants), with which `ldm txt2img` then uses it by
 
 The shipped file keeps only what differs from checkpoints/emoji/model.safetensors (ldm.derived): a LoRA run's
 adapter and whole tensors as they are; a full run's tensors minus those equal to the base's in fp16 (the
-shared text tower, an unchanged autoencoder). The config beside it is the export's, with `base:` added.
+shared text tower, an unchanged autoencoder). The config beside it is the export's, with `base:` added. The
+upscaler's autoencoder is already shipped on its own (checkpoints/emoji/upscaler-vae.safetensors, trained first):
+the upscaler's config names it under `parts:` and its file leaves it out, so that no tensor is stored twice.
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ from safetensors import safe_open
 
 from ldm.checkpoint import file_sha256, load_state_dict, save_state_dict
 from ldm.defaults import SHIPPED_MODELS, default_checkpoint_path
-from ldm.derived import split_derived
+from ldm.derived import base_state, split_derived
 from ldm.model import weights_in_our_layout
 
+# Submodules a shipped model takes from a file of their own (ldm.derived `parts:`), by task.
+SHIPPED_PARTS = {"upscale": {"vae": "upscaler-vae.safetensors"}}
 LICENSE = "CC-BY-SA-4.0"  # the training data's (OpenMoji is CC BY-SA 4.0; the photos CC BY-SA 3.0/4.0 at most)
 
 
@@ -48,7 +52,9 @@ def ship(task: str, export_dir: str) -> None:
         state = load_state_dict(weights)
         kept = len(split_derived(state)[0])
     else:
-        state = only_changes(weights_in_our_layout(weights), weights_in_our_layout(base_file))
+        full = weights_in_our_layout(weights)
+        parts = {k: base_file.with_name(v) for k, v in SHIPPED_PARTS.get(task, {}).items()}
+        state = only_changes(full, base_state(full, base_file, parts))
         kept = len(state)
     metadata.pop("ldm_config", None)  # the config beside the file names the base; the file alone is no model
     metadata.update({"format": "pt", "source": str(export), "license": LICENSE, "base_model": base_file.name,
@@ -58,6 +64,8 @@ def ship(task: str, export_dir: str) -> None:
     save_state_dict(state, out, metadata=metadata, float_dtype=torch.float16)
     config = yaml.safe_load(config_file.read_text())
     shipped = {"model": config["model"], "base": base_file.name}
+    if SHIPPED_PARTS.get(task):
+        shipped["parts"] = SHIPPED_PARTS[task]
     student = export / "student.yaml"  # a distillation stage's: the student's name and own sampling defaults
     if task == "student" and student.is_file():
         own = yaml.safe_load(student.read_text())

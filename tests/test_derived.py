@@ -76,3 +76,25 @@ def test_derived_files_fail_in_one_line(tmp_path):
     config, weights = derived_files(tmp_path, {})
     with pytest.raises(CheckpointError, match="input_blocks.0.0.weight"):
         load_model(config, weights, device="cpu")
+
+
+def test_a_part_in_its_own_file_goes_over_the_base(tmp_path):
+    """The upscaler's shape: its autoencoder shipped alone (`parts:`), its file holding neither it nor the base's."""
+    base = tiny_model()
+    model = widened(base)
+    g = torch.Generator().manual_seed(2)
+    vae = {k: torch.randn(v.shape, generator=g) for k, v in model.vae.state_dict().items()}
+    first = {k: v for k, v in model.state_dict().items() if k.startswith("unet.input_blocks.0.0.")}
+    config, weights = derived_files(tmp_path, first)
+    save_state_dict(vae, tmp_path / "vae.safetensors")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["parts"] = {"vae": "vae.safetensors"}
+    config.write_text(yaml.safe_dump(cfg))
+    loaded = load_model(config, weights, device="cpu")
+    for key, value in loaded.vae.state_dict().items():
+        torch.testing.assert_close(value, vae[key], msg=key)
+    torch.testing.assert_close(loaded.unet.state_dict(), model.unet.state_dict())
+
+    save_state_dict({"no_such.weight": torch.zeros(1)}, tmp_path / "vae.safetensors")
+    with pytest.raises(CheckpointError, match="part vae.*no_such.weight"):
+        load_model(config, weights, device="cpu")
