@@ -63,6 +63,10 @@ def ship(task: str, export_dir: str) -> None:
     out = base_file.with_name(f"{stem}.safetensors")
     save_state_dict(state, out, metadata=metadata, float_dtype=torch.float16)
     config = yaml.safe_load(config_file.read_text())
+    if task == "upscale":
+        # Trained on 32 px inputs (128 px crops); shipped for 64 -> 256 px, the default model's output in one
+        # tile (the U-Net is convolutional; its attention sees 16x16 instead of 8x8 tokens).
+        config["model"]["params"]["image_size"] = 64
     shipped = {"model": config["model"], "base": base_file.name}
     if SHIPPED_PARTS.get(task):
         shipped["parts"] = SHIPPED_PARTS[task]

@@ -11,7 +11,8 @@ from PIL import Image
 from ldm.app.edit import mask_from_strokes, read_image, read_mask
 from ldm.app.forward import LEARNED, forward_views, latent_start, learned_schedule_alphas, schedule_curves
 from ldm.app.samples import SAMPLES, sample_image
-from ldm.app.state import ENV_CKPT, ENV_CONFIG, ModelMissingError, load_main_model, source_from_env
+from ldm.app.state import (ENV_CKPT, ENV_CONFIG, ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG, ModelMissingError, load_main_model,
+                           source_from_env)
 from ldm.app.text import generate, png_bytes
 from ldm.checkpoint import save_state_dict
 from ldm.images import InvalidImageError
@@ -142,7 +143,14 @@ def test_uploads_and_masks_are_read_or_rejected_plainly():
 
 def test_model_source_and_missing_default_model(tmp_path, monkeypatch):
     src = source_from_env({ENV_CONFIG: "a.yaml", ENV_CKPT: "b.safetensors"})
-    assert src.config == "a.yaml" and src.ckpt == "b.safetensors" and not src.has_upscaler
+    assert src.config == "a.yaml" and src.ckpt == "b.safetensors"
+    # Without --upscaler-*: the shipped upscaler, whatever the main model (it upscales any image).
+    from ldm.defaults import default_model_files
+
+    shipped = default_model_files("upscale")
+    assert src.upscaler_files == (tuple(map(str, shipped)) if shipped else None)
+    given = source_from_env({ENV_UPSCALER_CONFIG: "u.yaml", ENV_UPSCALER_CKPT: "u.safetensors"})
+    assert given.upscaler_files == ("u.yaml", "u.safetensors") and given.has_upscaler
     assert source_from_env({}).describe() == "the shipped emoji model"
     monkeypatch.setenv("LDM_HOME", str(tmp_path))
     import importlib

@@ -20,5 +20,5 @@ page = st.navigation(pages)
 source = source_from_env()
 st.sidebar.caption(f"Model: {source.describe()}")
 if source.has_upscaler:
-    st.sidebar.caption("Upscaler: " + Path(source.upscaler_config).name)
+    st.sidebar.caption("Upscaler: " + Path(source.upscaler_files[0]).name)
 page.run()

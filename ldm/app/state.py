@@ -35,8 +35,19 @@ class ModelSource:
     upscaler_ckpt: str | None = None
 
     @property
+    def upscaler_files(self) -> tuple[str, str] | None:
+        """(config, weights) of the Edit page's upscaler: the ones given, else the shipped one (it upscales any
+        image, so it does not depend on the main model), else None."""
+        if self.upscaler_config and self.upscaler_ckpt:
+            return self.upscaler_config, self.upscaler_ckpt
+        from ldm.defaults import default_model_files
+
+        files = default_model_files("upscale")
+        return (str(files[0]), str(files[1])) if files else None
+
+    @property
     def has_upscaler(self) -> bool:
-        return bool(self.upscaler_config and self.upscaler_ckpt)
+        return self.upscaler_files is not None
 
     def describe(self) -> str:
         if self.config is None:

@@ -63,10 +63,11 @@ def get_inpainter() -> LatentDiffusion | None:
 
 def get_upscaler() -> LatentDiffusion | None:
     src = model_source()
-    if not src.has_upscaler:
+    files = src.upscaler_files
+    if files is None:
         return None
     try:
-        return _cached_upscaler(src.upscaler_config, src.upscaler_ckpt, src.device)
+        return _cached_upscaler(*files, src.device)
     except USER_ERRORS as exc:
         st.error(f"The upscaler could not be loaded: {exc}")
         return None
