@@ -345,8 +345,9 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
         cfg = resolve_config(config, checkpoint, prediction)
     # The model hash for image metadata, computed while the model is built and loaded (GIL released).
     model_sha256 = sha256_in_background(checkpoint) if checkpoint is not None and not folder else None
-    if checkpoint is not None and not folder and not cfg.get("base"):
-        # Every parameter comes from the checkpoint (strictly loaded below): skip their random initialisation.
+    if checkpoint is not None and not folder:
+        # Every parameter comes from the checkpoint, or for a derived model from its base, parts and own file
+        # (strictly loaded below either way): skip their random initialisation.
         from ldm.skip_init import skipped_init
 
         with skipped_init():
