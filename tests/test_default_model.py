@@ -28,7 +28,18 @@ CANDIDATES = ["red heart", "grinning face", "cat face", "flag: Japan", "police o
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model()
+    """The full model (model.safetensors): the student's base, and the model of every other task."""
+    return load_model(variant="full")
+
+
+# What load_model() gives: the few-step student where it is shipped, sampled with its own settings (4 steps);
+# the full model with 20 guided steps at scale 5.
+VARIANTS = {"full": {"steps": 20, "guidance_scale": 5.0}, "default": {}}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def any_model(request, model):
+    return (model if request.param == "full" else load_model()), VARIANTS[request.param]
 
 
 def test_shipped_files_are_safetensors_and_small():
@@ -63,8 +74,9 @@ def _smoothness(image: np.ndarray) -> float:
     return float(np.abs(np.diff(image.astype(np.float32), axis=1)).mean())
 
 
-def test_generates_emoji_like_pictures_not_noise(model):
-    images = txt2img(model, ["red heart", "grinning face"], steps=20, guidance_scale=5.0, seed=0, progress=False)
+def test_generates_emoji_like_pictures_not_noise(any_model):
+    model, settings = any_model
+    images = txt2img(model, ["red heart", "grinning face"], seed=0, progress=False, **settings)
     for image in images:
         arr = np.asarray(image)
         assert arr.shape == (model.default_image_size, model.default_image_size, 3)
@@ -84,13 +96,14 @@ def test_generates_emoji_like_pictures_not_noise(model):
     assert face_px[:, 1].mean() > face_px[:, 2].mean() + 60
 
 
-def test_prompts_are_followed_by_the_judge_clip(model):
+def test_prompts_are_followed_by_the_judge_clip(any_model):
     """The judge CLIP (trained apart from the model's text encoder) picks each sample's own prompt out of six."""
+    model, settings = any_model
     from ldm.metrics import ClipFeatures
     from ldm.training.clip import load_clip
 
     clip = load_clip(SHIPPED / "judge.safetensors", SHIPPED / "judge.json")
-    images = txt2img(model, CANDIDATES, steps=20, guidance_scale=5.0, seed=0, progress=False)
+    images = txt2img(model, CANDIDATES, seed=0, progress=False, **settings)
     features = ClipFeatures(clip)
     image_emb = features(torch.cat([pil_to_tensor(im) for im in images]))  # [-1, 1] pixels, as the CLIP was trained
     text_emb = torch.nn.functional.normalize(features.encode_text(CANDIDATES), dim=-1)
@@ -101,13 +114,15 @@ def test_prompts_are_followed_by_the_judge_clip(model):
 
 def test_readme_main_command_writes_a_png_with_settings(tmp_path):
     out = tmp_path / "outputs"
-    result = subprocess.run([sys.executable, "-m", "ldm.cli", "txt2img", "red heart", "--outdir", str(out), "--steps", "10"],
+    result = subprocess.run([sys.executable, "-m", "ldm.cli", "txt2img", "red heart", "--outdir", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     image = Image.open(out / "samples" / "00000.png")
     assert image.size == (64, 64)
     settings = json.loads(image.text["ldm"])
-    assert settings["prompt"] == "red heart" and settings["steps"] == 10
+    # The shipped default is the 4-step student (its own steps and spacing), and the PNG says so.
+    assert settings["prompt"] == "red heart" and settings["steps"] == 4 and settings["spacing"] == "trailing"
+    assert settings["model_file"] == "student.safetensors" and "4-step student" in settings["model_name"]
 
 
 def test_sample_sheet_script(model, tmp_path):

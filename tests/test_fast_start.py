@@ -56,7 +56,7 @@ def test_skipping_init_changes_no_image():
     CLIP, randomly initialised as before, then strictly loaded: the same image, bit for bit."""
     from ldm import open_clip_parts
 
-    fast = load_model(device="cpu")
+    fast = load_model(device="cpu", variant="full")
     cfg = load_config(default_config_path())["model"]
     arch = cfg["params"]["cond_stage_config"]["params"]["arch"]
     reference = instantiate(cfg)
@@ -70,6 +70,22 @@ def test_skipping_init_changes_no_image():
     assert list(fast.state_dict()) == list(reference.state_dict())
     for (name, a), b in zip(fast.named_buffers(), reference.buffers()):  # not saved: made by the constructors
         assert torch.equal(a, b), name
+    assert torch.equal(_image(fast), _image(reference))
+
+
+def test_skipping_init_changes_no_image_of_a_derived_model():
+    """The shipped student (a LoRA and a new embedding over the full model) is built without random init too, the
+    text tower alone: the same image as a randomly initialised build given the same files."""
+    from ldm.derived import load_derived_weights
+    from ldm.variants import student_files
+
+    config, weights = student_files()
+    fast = load_model(device="cpu")
+    assert fast.identity["model_file"] == "student.safetensors"
+    assert type(fast.text_encoder.model).__name__ == "OpenClipTextHalf"
+    reference = instantiate(load_config(config)["model"])
+    load_derived_weights(reference, weights, default_checkpoint_path())
+    reference.eval()
     assert torch.equal(_image(fast), _image(reference))
 
 
@@ -183,9 +199,15 @@ def test_a_hash_that_failed_raises_when_asked_for(tmp_path):
 def test_the_shipped_models_identity_is_its_files_hash():
     import hashlib
 
-    model = load_model(device="cpu")
+    model = load_model(device="cpu", variant="full")
     assert model.identity["model_sha256"] == hashlib.sha256(default_checkpoint_path().read_bytes()).hexdigest()
     assert model.identity["model_file"] == default_checkpoint_path().name
+    from ldm.variants import student_files
+
+    student = load_model(device="cpu")  # the default: the shipped student, named by its own file
+    weights = student_files()[1]
+    assert student.identity["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (student.identity["model_file"], student.identity["base_file"]) == (weights.name, default_checkpoint_path().name)
 
 
 # --- open_clip's tokenizer without ftfy for text ftfy leaves alone (ldm.open_clip_parts._fix_text) ---------------

@@ -24,6 +24,7 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_
     wheel = next(dist.glob("ldm-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in ("checkpoints/emoji/model.safetensors", "checkpoints/emoji/model.yaml",
+                    "checkpoints/emoji/student.safetensors", "checkpoints/emoji/student.yaml",
                     "checkpoints/emoji/judge.safetensors", "configs/stable-diffusion/v2-inference.yaml",
                     "configs/train/tiny-ldm.yaml"):
         assert f"ldm/shipped/{shipped}" in names, shipped
@@ -49,4 +50,5 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_
     run([str(venv / "bin" / "ldm"), "txt2img", "red apple", "--steps", "2", "--device", "cpu", "--no-progress",
          "--outdir", "out"], cwd=elsewhere, env=env)
     image = Image.open(elsewhere / "out" / "samples" / "00000.png")
-    assert json.loads(image.text["ldm"])["model_file"] == "model.safetensors"
+    # The default: the shipped student, over the full model it names as its base (both found in the wheel).
+    assert json.loads(image.text["ldm"])["model_file"] == "student.safetensors"
