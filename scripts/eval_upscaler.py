@@ -5,7 +5,7 @@
         --out docs/eval/upscaler.json --table docs/eval/upscaler.md --figure docs/upscale-examples.png
 
 Each held-out 256 px image is shrunk to 64 px (PIL bicubic, antialiased) and upscaled back by bicubic and by the
-model: with an empty prompt, as a user upscales a photo (guidance changes nothing there: the conditional and the
+model (with its own back-projection, and without: ldm.upscale.back_project): with an empty prompt, as a user upscales a photo (guidance changes nothing there: the conditional and the
 unconditional prediction are the same), and, for the emoji, with their caption at each guidance scale (1 = off).
 Columns:
 - PSNR (dB) against the 256 px original, over RGB in [0, 1];
@@ -102,22 +102,22 @@ def main() -> int:
         files = pick(folder, args.count)
         captions = read_captions(Path(folder).parent / "captions.jsonl")
         # (label, with the caption?, guidance scale); photos have no captions
-        runs = [("model, empty prompt", False, 1.0)]
+        runs = [("model, empty prompt", False, 1.0, None), ("model, empty prompt, no back-projection", False, 1.0, 0)]
         if any(captions.values()):
-            runs += [(f"model, caption, guidance {s:g}", True, s) for s in args.scales]
-        methods = ["bicubic"] + [label for label, _, _ in runs]
+            runs += [(f"model, caption, guidance {s:g}", True, s, None) for s in args.scales]
+        methods = ["bicubic"] + [label for label, *_ in runs]
         rows = {m: {"psnr": [], "hf_ratio": [], "round_trip": [], "seconds": []} for m in methods}
         for k, file in enumerate(files):
             original = Image.open(file).convert("RGB")
             low = shrink(original)
             truth, hf_truth = as_array(original), high_frequency_energy(as_array(original))
             outputs = {"bicubic": (low.resize(original.size, Image.BICUBIC), 0.0)}
-            for method, with_caption, scale in runs:
+            for method, with_caption, scale, back_projection in runs:
                 start = time.perf_counter()
                 extra = {"steps": args.steps} if args.steps else {}
                 prompt = captions.get(str(file.relative_to(Path(folder).parent)), "") if with_caption else ""
                 out = upscale(model, low, prompt, noise_level=args.noise_level, seed=k, guidance_scale=scale,
-                              progress=False, **extra)[0]
+                              progress=False, back_projection=back_projection, **extra)[0]
                 outputs[method] = (out, time.perf_counter() - start)
             for method, (out, seconds) in outputs.items():
                 a = as_array(out)
@@ -131,7 +131,7 @@ def main() -> int:
         results[name] = {m: {"n": len(files), "psnr": float(np.mean(v["psnr"])), "hf_ratio": float(np.mean(v["hf_ratio"])),
                              "round_trip_mean": float(np.mean(v["round_trip"])), "round_trip_max": float(np.max(v["round_trip"])),
                              "seconds": float(np.mean(v["seconds"]))} for m, v in rows.items()}
-    identity = {**model.identity, "sampling": model.sampling_defaults, "noise_level": args.noise_level,
+    identity = {**model.identity, "sampling": model.sampling_defaults, "upscale": model.upscale_defaults, "noise_level": args.noise_level,
                 "steps": args.steps or model.sampling_defaults.get("steps"), "count": args.count}
     lines = [f"Model: {identity.get('model_file')} (step {identity.get('step', '?')}), noise level {args.noise_level}, "
              f"steps {identity['steps'] or 'default'}; {args.count} held-out images a set, 256 px from 64 px.",

@@ -68,6 +68,8 @@ def ship(task: str, export_dir: str) -> None:
         # tile (the U-Net is convolutional; its attention sees 16x16 instead of 8x8 tokens).
         config["model"]["params"]["image_size"] = 64
     shipped = {"model": config["model"], "base": base_file.name}
+    if task == "upscale":
+        shipped["upscale"] = {"back_projection": 5}  # the result shrunk x4 gives the input back (ldm.upscale)
     if SHIPPED_PARTS.get(task):
         shipped["parts"] = SHIPPED_PARTS[task]
     student = export / "student.yaml"  # a distillation stage's: the student's name and own sampling defaults

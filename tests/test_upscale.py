@@ -16,7 +16,7 @@ from ldm.editing import ImageTooSmallError, WrongModelError
 from ldm.images import pil_to_tensor
 from factories import tiny_model
 from factories import tiny_upscaler_config, tiny_upscaler_model
-from ldm.upscale import NoiseLevelError, TileError, tile_starts, tiled_map, upscale
+from ldm.upscale import BackProjectionError, NoiseLevelError, TileError, back_project, tile_starts, tiled_map, upscale
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 
@@ -107,6 +107,43 @@ def test_bad_inputs(model):
         upscale(tiny_model(), low_res())
 
 
+def shrink_error(images: torch.Tensor, low: torch.Tensor) -> float:
+    down = torch.nn.functional.interpolate(images, size=low.shape[-2:], mode="bicubic", antialias=True)
+    return float((down - low).abs().mean())
+
+
+def test_back_projection_gives_the_input_back_and_keeps_the_detail():
+    g = torch.Generator().manual_seed(0)
+    low = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 18, 18, generator=g), 3, 1) * 1.2 - 0.6  # a smooth picture
+    guess = (torch.nn.functional.interpolate(low, scale_factor=4, mode="nearest") * 0.6 + 0.3
+             + 0.3 * torch.randn(1, 3, 64, 64, generator=g)).clamp(-1, 1)  # off in colour, with fine detail
+    projected = back_project(guess, low, 4, 5)
+    assert shrink_error(projected, low) < 0.2 * shrink_error(guess, low)
+    detail = lambda x: x - torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # the part a x4 shrink cannot see
+    inner = (..., slice(4, -4), slice(4, -4))
+    assert torch.corrcoef(torch.stack([detail(projected)[inner].flatten(), detail(guess)[inner].flatten()]))[0, 1] > 0.9
+    assert torch.equal(back_project(guess, low, 4, 0), guess)
+
+
+def test_back_projection_is_the_models_own_unless_given(model):
+    image = low_res(12, 12)
+    plain = upscale(model, image, "", steps=2, progress=False)
+    assert plain.settings["back_projection"] == 0  # SD's upscalers: none, as the reference code
+    model.upscale_defaults = {"back_projection": 3}
+    try:
+        own = upscale(model, image, "", steps=2, progress=False)
+        off = upscale(model, image, "", steps=2, progress=False, back_projection=0)
+    finally:
+        model.upscale_defaults = {}
+    assert own.settings["back_projection"] == 3 and off.settings["back_projection"] == 0
+    low = pil_to_tensor(image)
+    errors = [shrink_error(pil_to_tensor(g[0]), low) for g in (own, off)]
+    assert errors[0] < 0.5 * errors[1]
+    np.testing.assert_array_equal(np.asarray(off[0]), np.asarray(plain[0]))
+    with pytest.raises(BackProjectionError, match="whole number of iterations"):
+        upscale(model, image, back_projection=-1)
+
+
 def test_noise_augmentation_takes_given_noise(model):
     lr = torch.rand(2, 3, 4, 4) * 2 - 1
     eps = torch.randn_like(lr)
@@ -130,6 +167,10 @@ def test_cli_upscale_writes_png(tmp_path):
     s = json.loads(img.text["ldm"])
     assert img.size == (48, 40)
     assert (s["task"], s["noise_level"], s["tile_size"], s["tile_overlap"], s["tiled"]) == ("upscale", 50, 8, 2, True)
+    assert s["back_projection"] == 0
+    assert main(["upscale", str(src), "--steps", "2", "--back-projection", "2", "--config", str(cfg), "--ckpt", str(ckpt),
+                 "--outdir", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert json.loads(Image.open(tmp_path / "p" / "samples" / "00000.png").text["ldm"])["back_projection"] == 2
 
 
 def test_full_size_upscaler_checkpoint_loads_strictly_on_meta(sd_format_dir, caplog):

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-size", type=int, default=None,
                    help="tile size in input px (default: the model's training size, 128 for SD); smaller saves memory")
     p.add_argument("--tile-overlap", type=int, default=None, help="overlap between tiles in input px (default: tile/4)")
+    p.add_argument("--back-projection", type=int, default=None, metavar="N",
+                   help="iterations of back-projection, so that the result shrunk x4 gives the input back (default: the "
+                        "model's own: 5 for the shipped upscaler, 0 for SD's)")
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images to make")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p, "upscale")
@@ -56,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args, task="upscale")  # without --ckpt: the shipped upscaler, where there is one
     check_upscale_memory(model, args, image)
     images = upscale(model, image, [args.prompt] * args.batch_size, args.negative_prompt, args.noise_level, args.seed,
-                     args.tile_size, args.tile_overlap, options, progress=not args.no_progress)
+                     args.tile_size, args.tile_overlap, options, progress=not args.no_progress,
+                     back_projection=args.back_projection)
     ran = images.settings  # the tiling upscale() chose, as it ran
     settings = [settings_dict(args.prompt, args.negative_prompt, args.seed + i, img.height, img.width, options,
                               task="upscale", noise_level=args.noise_level, init_image=str(args.image),
                               model=model, tile_size=ran["tile_size"], tile_overlap=ran["tile_overlap"],
-                              tiled=ran["tiled"])
+                              tiled=ran["tiled"], back_projection=ran["back_projection"])
                 for i, img in enumerate(images)]
     for img, s in zip(images, settings):
         writer.write(img, s)
