@@ -35,7 +35,9 @@ class CFGDenoiser:
     cond and uncond run as ONE batched call (uncond first, then cond, concatenated on the batch).
     `cond` / `uncond` are keyword dicts for the denoiser ({"context": ..., "y": ..., "concat": ...});
     a key given on one side only is used for both halves (e.g. an inpainting `concat`).
-    scale == 1 skips the unconditional half and returns the conditional prediction exactly.
+    scale == 1 skips the unconditional half and returns the conditional prediction exactly; so do cond and
+    uncond inputs that are the same (an empty prompt against the empty negative prompt, the usual upscale of a
+    photo), where u + scale * (c - u) = c: one call instead of two.
 
     rescale (phi in [0, 1]): guidance rescale (Lin et al. 2023, Alg. 2), applied to the x0 predictions:
         D_r = D * std(D_cond) / std(D),  D <- phi * D_r + (1 - phi) * D   (std per sample)
@@ -56,19 +58,24 @@ class CFGDenoiser:
             raise InvalidGuidanceError(f"threshold is a percentile in (0, 1), got {threshold}")
         self.denoiser, self.cond, self.uncond = denoiser, cond, uncond
         self.scale, self.rescale, self.threshold = scale, rescale, threshold
+        self.same_halves = all(u is c or torch.equal(u, c) for u, c in self._pairs().values())
 
-    def _both(self) -> dict:
-        """uncond and cond keyword tensors concatenated on the batch, in the order of the x batch."""
-        both = {}
+    def _pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{keyword: (uncond, cond)}, a side given alone standing for both."""
+        pairs = {}
         for key in {**self.uncond, **self.cond}:
             u, c = self.uncond.get(key), self.cond.get(key)
             u, c = (c if u is None else u), (u if c is None else c)
             if c is not None:
-                both[key] = torch.cat([u, c])
-        return both
+                pairs[key] = (u, c)
+        return pairs
+
+    def _both(self) -> dict:
+        """uncond and cond keyword tensors concatenated on the batch, in the order of the x batch."""
+        return {key: torch.cat([u, c]) for key, (u, c) in self._pairs().items()}
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        if self.scale == 1.0:  # no guidance: the unconditional half would be multiplied by zero
+        if self.scale == 1.0 or self.same_halves:  # no guidance, or nothing for it to push away from
             return self._clamp(self.denoiser(x, sigma, **self.cond))
         sigma = _sigma_batch(sigma, x)
         d_uncond, d_cond = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **self._both()).chunk(2)

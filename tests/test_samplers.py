@@ -244,3 +244,25 @@ def test_benchmark_runs_a_model_from_config_and_checkpoint(tmp_path, monkeypatch
     # The distance to the reference shrinks with steps for a deterministic solver on a real network too.
     few, many = (float(cell.split()[0]) for cell in rows[0].split("|")[2:4])
     assert many < few
+
+
+def test_guidance_with_the_same_prompt_on_both_sides_is_one_call():
+    """The empty prompt against the empty negative (a photo upscaled without a caption): u + s (c - u) = c, so
+    CFGDenoiser calls the network once, on the batch as it is, and returns what the two calls would have."""
+    calls = []
+
+    def counting(x, sigma, **kw):
+        calls.append(x.shape[0])
+        return conditional_denoiser(x, sigma, **kw)
+
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    sigma = torch.full((3,), 2.0, dtype=torch.float64)
+    context = torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64)
+    same = CFGDenoiser(counting, {"context": context}, {"context": context.clone()}, scale=7.5)
+    one = same(x, sigma)
+    assert calls == [3]
+    different = CFGDenoiser(counting, {"context": context}, {"context": torch.zeros(3, dtype=torch.float64)}, scale=7.5)
+    different(x, sigma)
+    assert calls == [3, 6]  # guidance proper: both halves in one batch
+    both = conditional_denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([context, context])).chunk(2)
+    torch.testing.assert_close(one, both[0] + 7.5 * (both[1] - both[0]))
