@@ -3,6 +3,7 @@
     ldm train --config configs/emoji/inpaint.yaml --resume --export-only --out runs/inpaint-snap
     python scripts/ship_derived_model.py inpaint runs/inpaint-snap
     python scripts/ship_derived_model.py student runs/emoji-distill/halve-8     # the 4-step student
+    python scripts/ship_derived_model.py upscaler-vae runs/upscaler-vae         # the upscaler's autoencoder, first
 
 A distillation stage's student.yaml gives the shipped student.yaml its name and sampling defaults (steps, trailing
 spacing, guidance scale: ldm.variants), with which `ldm txt2img` then uses it by default.
@@ -38,6 +39,20 @@ def only_changes(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) 
         b = base.get(key)
         return b is not None and b.shape == state[key].shape and torch.equal(b.half(), state[key].half())
     return {k: v for k, v in state.items() if not same(k)}
+
+
+def ship_part(export_dir: str) -> None:
+    """The upscaler's autoencoder (an export's vae.safetensors + vae.yaml) as checkpoints/emoji/upscaler-vae.*, fp16:
+    the part that the upscaler's config names and its U-Net trains over (configs/emoji/upscaler.yaml)."""
+    export = Path(export_dir)
+    with safe_open(str(export / "vae.safetensors"), "pt") as f:
+        step = (f.metadata() or {}).get("step", "unknown")
+    out = default_checkpoint_path().with_name(SHIPPED_PARTS["upscale"]["vae"])
+    metadata = {"recipe": "configs/emoji/upscaler-vae.yaml", "license": LICENSE, "step": step,
+                "note": "the x4 upscaler's autoencoder (f=4, 8 latent channels)"}
+    save_state_dict(load_state_dict(export / "vae.safetensors"), out, metadata=metadata, float_dtype=torch.float16)
+    out.with_suffix(".yaml").write_text((export / "vae.yaml").read_text())
+    print(f"shipped {out} ({out.stat().st_size / 2**20:.1f} MiB, step {step}) and {out.with_suffix('.yaml')}")
 
 
 def ship(task: str, export_dir: str) -> None:
@@ -85,6 +100,6 @@ def ship(task: str, export_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in SHIPPED_MODELS or sys.argv[1] == "txt2img":
-        raise SystemExit("usage: python scripts/ship_derived_model.py {inpaint,upscale,student} EXPORT_DIR")
-    ship(sys.argv[1], sys.argv[2])
+    if len(sys.argv) != 3 or sys.argv[1] not in {*SHIPPED_MODELS, "upscaler-vae"} or sys.argv[1] == "txt2img":
+        raise SystemExit("usage: python scripts/ship_derived_model.py {inpaint,upscale,student,upscaler-vae} EXPORT_DIR")
+    ship_part(sys.argv[2]) if sys.argv[1] == "upscaler-vae" else ship(sys.argv[1], sys.argv[2])

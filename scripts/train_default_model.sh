@@ -21,5 +21,8 @@ python scripts/ship_derived_model.py inpaint runs/emoji-inpaint    # -> checkpoi
 ldm data photos --out data/photos                                  # 27 freely licensed photos from pinned Debian packages
 ldm data emoji --size 128 --styles "twemoji,openmoji,fluent flat,fluent color" --out data/emoji-128   # vector designs only
 ldm train --config configs/emoji/upscaler-vae.yaml "$@"            # -> runs/upscaler-vae/vae.safetensors (f=4, 8 channels)
+python scripts/ship_derived_model.py upscaler-vae runs/upscaler-vae  # -> checkpoints/emoji/upscaler-vae.safetensors (fp16)
 ldm train --config configs/emoji/upscaler.yaml "$@"                # -> runs/emoji-upscaler/model.safetensors + model.yaml
-python scripts/ship_derived_model.py upscale runs/emoji-upscaler   # -> checkpoints/emoji/upscaler.safetensors + upscaler.yaml
+python scripts/ship_derived_model.py upscale runs/emoji-upscaler   # -> checkpoints/emoji/upscaler.safetensors (U-Net) + upscaler.yaml
+ldm distill --config configs/emoji/distill.yaml "$@"               # -> runs/emoji-distill/{guidance,halve-16,halve-8,halve-4}
+python scripts/ship_derived_model.py student runs/emoji-distill/halve-8   # -> checkpoints/emoji/student.safetensors (the default)
