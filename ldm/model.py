@@ -374,7 +374,7 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
         model.load_weights(checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": model_sha256()}
     model.sampling_defaults = sampling_section(cfg)
-    model.upscale_defaults = dict(cfg.get("upscale") or {})  # e.g. {back_projection: 5} (ldm.upscale)
+    model.upscale_defaults = dict(cfg.get("upscale") or {})  # e.g. {back_projection: 10} (ldm.upscale)
     if cfg.get("name"):
         model.identity["model_name"] = str(cfg["name"])
     model = model.to(resolve_device(device)).eval()

@@ -84,7 +84,10 @@ def ship(task: str, export_dir: str) -> None:
         config["model"]["params"]["image_size"] = 64
     shipped = {"model": config["model"], "base": base_file.name}
     if task == "upscale":
-        shipped["upscale"] = {"back_projection": 5}  # the result shrunk x4 gives the input back (ldm.upscale)
+        # The result shrunk x4 gives the input back (ldm.upscale); held-out photos gain 5 dB PSNR, 10 iterations
+        # ~0.05 dB over 5. 20 steps: as good as 50 at PSNR (docs/edit-models.md); guidance 4 as in training.
+        shipped["upscale"] = {"back_projection": 10}
+        shipped["sampling"] = {"steps": 20, "guidance_scale": 4.0}
     if SHIPPED_PARTS.get(task):
         shipped["parts"] = SHIPPED_PARTS[task]
     student = export / "student.yaml"  # a distillation stage's: the student's name and own sampling defaults

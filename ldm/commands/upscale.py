@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-overlap", type=int, default=None, help="overlap between tiles in input px (default: tile/4)")
     p.add_argument("--back-projection", type=int, default=None, metavar="N",
                    help="iterations of back-projection, so that the result shrunk x4 gives the input back (default: the "
-                        "model's own: 5 for the shipped upscaler, 0 for SD's)")
+                        "model's own: 10 for the shipped upscaler, 0 for SD's)")
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images to make")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p, "upscale")
