@@ -29,7 +29,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 
+from ldm.defaults import default_model_files  # noqa: E402
 from ldm.model import load_model  # noqa: E402
 from ldm.upscale import upscale  # noqa: E402
 
@@ -131,10 +133,12 @@ def main() -> int:
         results[name] = {m: {"n": len(files), "psnr": float(np.mean(v["psnr"])), "hf_ratio": float(np.mean(v["hf_ratio"])),
                              "round_trip_mean": float(np.mean(v["round_trip"])), "round_trip_max": float(np.max(v["round_trip"])),
                              "seconds": float(np.mean(v["seconds"]))} for m, v in rows.items()}
-    identity = {**model.identity, "sampling": model.sampling_defaults, "upscale": model.upscale_defaults, "noise_level": args.noise_level,
+    weights = args.ckpt or default_model_files("upscale")[1]
+    step = (safe_open(str(weights), "pt").metadata() or {}).get("step", "?") if str(weights).endswith(".safetensors") else "?"
+    identity = {**model.identity, "step": step, "sampling": model.sampling_defaults, "upscale": model.upscale_defaults, "noise_level": args.noise_level,
                 "steps": args.steps or model.sampling_defaults.get("steps"), "count": args.count}
     lines = [f"Model: {identity.get('model_file')} (step {identity.get('step', '?')}), noise level {args.noise_level}, "
-             f"steps {identity['steps'] or 'default'}; {args.count} held-out images a set, 256 px from 64 px.",
+             f"steps {identity['steps'] or 'default'}, eta {model.sampling_defaults.get('eta', 0)}; {args.count} held-out images a set, 256 px from 64 px.",
              "", "| set | method | PSNR | HF ratio (1 = original) | round trip MAD /255 (mean, worst) | s / image |",
              "|---|---|---|---|---|---|"]
     for name, per in results.items():

@@ -373,7 +373,8 @@ def test_edit_page_outpaints_with_the_shipped_inpainting_model_or_blends(monkeyp
     assert any("latent blending" in c.value for c in at.caption)
 
 
-def test_edit_page_upscale_without_upscaler_says_so(app_env):
+def test_edit_page_upscale_without_upscaler_says_so(app_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("LDM_HOME", str(tmp_path))  # no shipped upscaler there, and none given
     at = page("edit")
     at.radio(key="edit_mode").set_value("upscale x4").run()
     assert not at.exception
@@ -397,6 +398,17 @@ def test_edit_page_upscales_with_an_upscaler_given(app_env, tmp_path, monkeypatc
     assert not at.exception and not errors(at)
     mode, result = at.session_state["edit_result"]
     assert mode == "upscale x4" and result.size == (64, 64)  # the 16 px sample, four times larger
+
+
+def test_edit_page_upscales_with_the_shipped_upscaler_when_none_is_given(app_env):
+    at = page("edit")
+    at.radio(key="edit_mode").set_value("upscale x4").run()
+    assert not at.exception and not any("needs the upscaler" in i.value for i in at.info)
+    at.number_input(key="edit_steps").set_value(2)
+    at.button(key="edit_go").click().run()
+    assert not at.exception and not errors(at)
+    mode, result = at.session_state["edit_result"]
+    assert mode == "upscale x4" and result.size == (256, 256)  # the shipped upscaler's 64 px input, x4
 
 
 def test_walk_page_makes_a_gif(app_env):
