@@ -36,7 +36,8 @@ def test_the_upscaler_stores_only_its_unet():
     config, weights = FILES
     cfg = yaml.safe_load(config.read_text())
     assert cfg["base"] == "model.safetensors" and cfg["parts"] == {"vae": "upscaler-vae.safetensors"}
-    assert cfg["upscale"] == {"back_projection": 5}  # its output shrunk x4 gives the input back
+    assert cfg["upscale"] == {"back_projection": 10}  # its output shrunk x4 gives the input back
+    assert cfg["sampling"] == {"steps": 20, "guidance_scale": 4.0, "eta": 1.0}
     with safe_open(str(weights), "pt") as f:
         meta, keys = f.metadata(), list(f.keys())
         assert {f.get_slice(k).get_dtype() for k in keys} == {"F16"}
@@ -83,8 +84,10 @@ def test_ldm_upscale_uses_it_with_no_flags_on_the_default_output(tmp_path):
     assert cli_main(["upscale", str(sample), "--steps", "8", "--outdir", str(tmp_path / "up"), "--no-progress"]) == 0
     image = Image.open(tmp_path / "up" / "samples" / "00000.png")
     assert image.size == (256, 256)
-    text = image.text.get("ldm") or json.dumps(dict(image.text))
-    assert "upscaler.safetensors" in text and "upscale" in text
+    settings = json.loads(image.text["ldm"])
+    assert settings["model_file"] == "upscaler.safetensors" and settings["task"] == "upscale"
+    # the steps given, the rest from the upscaler's own YAML (not the SD upscaler's 50 steps at guidance 9)
+    assert (settings["steps"], settings["guidance_scale"], settings["eta"], settings["back_projection"]) == (8, 4.0, 1.0, 10)
 
 
 def test_inputs_larger_than_a_tile_go_through_the_tiled_path(upscaler):
@@ -92,6 +95,6 @@ def test_inputs_larger_than_a_tile_go_through_the_tiled_path(upscaler):
     low = drawn_emoji(384).resize((96, 80), Image.BICUBIC)
     result = upscale(upscaler, low, "", seed=0, steps=3, progress=False)
     out = result[0]
-    assert out.size == (384, 320) and result.settings["tiled"] and result.settings["back_projection"] == 5
+    assert out.size == (384, 320) and result.settings["tiled"] and result.settings["back_projection"] == 10
     back = np.asarray(out.resize((96, 80), Image.BICUBIC), np.float32)
     assert np.abs(back - np.asarray(low, np.float32)).mean() < 4

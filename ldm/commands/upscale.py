@@ -6,8 +6,8 @@ from typing import Any
 
 from ldm import defaults
 from ldm.errors import InvalidOptionError
-from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, chunk_size, load_model_from_args, log,
-                                 sampling_options)
+from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, chunk_size,
+                                 load_model_from_args, log, sampling_options)
 from ldm.editing import as_pil
 from ldm.pipeline import settings_dict
 from ldm.upscale import upscale
@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     image = as_pil(args.image).convert("RGB")
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args, task="upscale")  # without --ckpt: the shipped upscaler, where there is one
+    if apply_model_sampling(args, getattr(model, "sampling_defaults", None) or {}):
+        options = sampling_options(args)  # the model's own steps, guidance and eta where the user gave none
+        options.validate()
     check_upscale_memory(model, args, image)
     images = upscale(model, image, [args.prompt] * args.batch_size, args.negative_prompt, args.noise_level, args.seed,
                      args.tile_size, args.tile_overlap, options, progress=not args.no_progress,
