@@ -10,8 +10,8 @@ DDPMScheduler); the tokenizer files (vocab.json, merges.txt) are built from open
 the same one SD's tokenizers use.
 
 What diffusers' layout cannot hold is refused in one line before anything is written: labels other than an
-embedding, a middle block without self-attention, per-block attention counts, scale-shift norms, attention
-inside the autoencoder's levels, and a U-Net whose inputs do not fit its kind's pipeline.
+embedding, a middle block without self-attention, per-block attention counts, scale-shift norms, a guidance
+embedding (a distilled student), attention inside the autoencoder's levels, and a U-Net whose inputs do not fit its kind's pipeline.
 ldm.diffusers_format reads the folders back.
 """
 from __future__ import annotations
@@ -49,6 +49,9 @@ def _levels(value: int | list[int], levels: int) -> list[int]:
 
 def unet_config(params: dict[str, Any], image_size: int) -> dict[str, Any]:
     """A UNet2DConditionModel config for our UNetModel params."""
+    if params.get("guidance_embed"):
+        raise DiffusersFolderError("a guidance-distilled student (its U-Net takes the guidance scale, guidance_embed) "
+                                   "has no diffusers layout: convert the model it was distilled from")
     for key, plain in (("num_attention_blocks", None), ("disable_middle_self_attn", False),
                        ("use_scale_shift_norm", False)):
         if params.get(key, plain) not in (plain, [], ()):

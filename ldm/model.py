@@ -365,7 +365,9 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     elif checkpoint is not None and cfg.get("base"):
         from ldm.derived import base_path, load_derived_weights, part_paths
 
-        config_path = config if isinstance(config, (str, Path)) else None
+        # `base:` and `parts:` are relative to the config's folder; a config given as a dict (ldm convert's, or
+        # the API's) is taken to lie beside the checkpoint, as a shipped model's YAML does.
+        config_path = config if isinstance(config, (str, Path)) else checkpoint
         base = base_path(cfg["base"], config_path)
         load_derived_weights(model, checkpoint, base, part_paths(cfg.get("parts"), config_path))
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": model_sha256(),

@@ -188,6 +188,24 @@ def test_the_emoji_default_exports_and_runs_the_same_in_diffusers(tmp_path):
     assert all(torch.equal(v, again.unet.state_dict()[k]) for k, v in model.unet.state_dict().items())
 
 
+def test_a_shipped_derived_model_converts_from_any_folder_and_the_student_is_refused(tmp_path, monkeypatch, capsys):
+    """The inpainter's `base: model.safetensors` is found beside its file, not in the working folder; the student's
+    guidance input has no diffusers name, which is said in one line."""
+    from ldm.cli import main as cli_main
+    from ldm.defaults import default_checkpoint_path
+
+    shipped = default_checkpoint_path().parent
+    monkeypatch.chdir(tmp_path)  # no model.safetensors here
+    assert cli_main(["convert", str(shipped / "inpaint.safetensors"), "inpaint-diffusers", "--to", "diffusers"]) == 0
+    ours, theirs = load_model(variant=None, task="inpaint"), load_model(None, tmp_path / "inpaint-diffusers")
+    assert theirs.unet.input_blocks[0][0].weight.shape[1] == 9
+    assert all(torch.equal(v, theirs.unet.state_dict()[k]) for k, v in ours.unet.state_dict().items())
+    assert cli_main(["convert", str(shipped / "student.safetensors"), "student-diffusers", "--to", "diffusers"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "guidance-distilled student" in err and "convert the model it was distilled from" in err
+    assert not (tmp_path / "student-diffusers").exists()
+
+
 def one_line(exc: pytest.ExceptionInfo) -> str:
     assert isinstance(exc.value, LdmError) and "\n" not in str(exc.value)
     return str(exc.value)
