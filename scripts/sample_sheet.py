@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ldm.data.folder import read_caption_table
-from ldm.model import load_model
-from ldm.pipeline import SamplingOptions, txt2img
+from ldm.models.latent_diffusion import load_model
+from ldm.tasks.txt2img import SamplingOptions, txt2img
 from ldm.training.captions import styled
 
 # A cross-section of configs/emoji/first-prompts.txt (hearts, circles, squares, fruit, animals, faces,

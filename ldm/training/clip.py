@@ -2,7 +2,7 @@
 
 The model is open_clip's own `CLIP`, built from an open_clip-format JSON config, trained with
 `open_clip.loss.ClipLoss`, so its weights load into open_clip (and into
-`ldm.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names. The text tower is
+`ldm.models.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names. The text tower is
 standard (77 tokens, the stock 49408-token BPE vocabulary), so the bundled tokenizer works offline.
 
     ldm clip --data data/emoji --out runs/clip --steps 500
@@ -22,10 +22,18 @@ from pathlib import Path
 import open_clip
 import torch
 
-from ldm.checkpoint import load_state_dict  # noqa: F401 (re-exported with the CLIP helpers below)
-from ldm.clip import DEFAULT_CONFIG, ClipConfigError, create_clip, encode_text_trimmed, load_clip, save_clip, tokenize  # noqa: F401
+from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.data.folder import CaptionedImageFolder
-from ldm.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.io.checkpoint import load_state_dict  # noqa: F401 (re-exported with the CLIP helpers below)
+from ldm.models.clip import (  # noqa: F401
+    DEFAULT_CONFIG,
+    ClipConfigError,
+    create_clip,
+    encode_text_trimmed,
+    load_clip,
+    save_clip,
+    tokenize,
+)
 
 WEIGHTS_NAME = "clip.safetensors"
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature from collapsing
@@ -319,6 +327,6 @@ def train_and_report(
 
 
 if __name__ == "__main__":  # the old entry point, now `ldm clip` (one command-line parser)
-    from ldm.cli import main
+    from ldm.interfaces.cli.main import main
 
     sys.exit(main(["clip", *sys.argv[1:]]))

@@ -18,8 +18,8 @@ import copy
 
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from ldm.core.errors import LdmError
 from ldm.data.folder import CaptionedImageFolder
-from ldm.errors import LdmError
 
 CAPTION = "caption"  # label_field value meaning "the caption is the class"
 

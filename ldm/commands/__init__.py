@@ -1,1 +1,0 @@
-"""Subcommands of the `ldm` command line."""

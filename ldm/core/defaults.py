@@ -1,0 +1,61 @@
+"""Where the shipped default model and configs live, in a checkout and in an installed wheel."""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+
+# ldm/shipped/ links to the repository's checkpoints/ and configs/; a wheel carries the files themselves
+# there (pyproject.toml's package data). LDM_HOME points at another folder that holds the two.
+SHIPPED = Path(str(files("ldm") / "shipped"))
+
+
+def shipped_path(relative: str | os.PathLike) -> Path:
+    """A file shipped with the package, e.g. "configs/stable-diffusion/v2-inference.yaml"."""
+    home = os.environ.get("LDM_HOME")
+    return (Path(home) if home else SHIPPED) / relative
+
+
+def default_config_path() -> Path:
+    return shipped_path("checkpoints/emoji/model.yaml")
+
+
+def default_checkpoint_path() -> Path:
+    return shipped_path("checkpoints/emoji/model.safetensors")
+
+
+# The shipped model of each task, by file stem in checkpoints/emoji/: the inpainter, the upscaler and the few-step
+# student are derived from the text-to-image model (ldm.formats.derived) and used by default where shipped (the student
+# for text-to-image, ldm.formats.variants).
+SHIPPED_MODELS = {"txt2img": "model", "inpaint": "inpaint", "upscale": "upscaler", "student": "student"}
+
+
+def default_model_files(task: str = "txt2img") -> tuple[Path, Path] | None:
+    """(config, weights) of the shipped model for `task`, or None when it is not shipped."""
+    stem = SHIPPED_MODELS.get(task, "model")
+    config, weights = (
+        shipped_path(f"checkpoints/emoji/{stem}.yaml"),
+        shipped_path(f"checkpoints/emoji/{stem}.safetensors"),
+    )
+    return (config, weights) if config.is_file() and weights.is_file() else None
+
+
+# The one set of defaults. The CLI (whose --help prints them), the Python API and the app all read them
+# here, so that the same settings give the same image wherever they are typed.
+SEED = 42
+DEVICE = "auto"  # cuda if available, else cpu; ldm.core.devices logs which one "auto" picked
+STEPS = 30
+GUIDANCE_SCALE = 7.5
+SAMPLER = "ddim"
+SPACING = "leading"
+# Where a task's sampling defaults differ from the ones above: the x4 upscaler's published settings, and
+# shorter walks (a walk samples every frame).
+TASK_SAMPLING = {"upscale": {"steps": 50, "guidance_scale": 9.0}, "walk": {"steps": 20}}
+STRENGTH = {"img2img": 0.75, "inpaint": 1.0}  # how far an edit moves away from its input image
+NOISE_LEVEL = 20  # the upscaler's noise on its low-resolution input (0-350)
+WALK_FRAMES = 16
+DDIM_VARIANTS = (
+    "sd",
+    "k",
+)  # DDIM as the original SD code and diffusers run it, or as k-diffusion (ldm.sampling.options)

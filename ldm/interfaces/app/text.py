@@ -1,0 +1,86 @@
+"""Text-to-image page logic: generation with a live preview, and the PNG download with its settings."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
+from ldm.io.images import save_png, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.tasks.txt2img import SamplingOptions, settings_dict, txt2img
+
+StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
+
+
+def preview_callback(model: LatentDiffusion, steps: int, every: int, report: StepReport) -> Callable[[dict], None]:
+    """A sampler callback: every step reports progress, every `every` steps also the decoded clean-image estimate.
+
+    The sampler's "denoised" is its current guess of the final latent; decoding it shows where the
+    image is heading long before the noise is gone. Decoding costs a VAE pass, hence only every few steps.
+    """
+    if every < 1:
+        raise InvalidOptionError(f"preview interval must be at least 1 step, got {every}")
+
+    def callback(d: dict[str, Any]) -> None:
+        done = int(d["i"]) + 1
+        preview = None
+        if done % every == 0 or done == steps:
+            with torch.no_grad():
+                preview = tensor_to_pil(model.decode_latent(d["denoised"][:1].float()))[0]
+        report(done, steps, preview)
+
+    return callback
+
+
+def generate(
+    model: LatentDiffusion,
+    prompt: str,
+    negative_prompt: str = "",
+    options: SamplingOptions | None = None,
+    seed: int = defaults.SEED,
+    height: int | None = None,
+    width: int | None = None,
+    preview_every: int = 5,
+    report: StepReport | None = None,
+    label: str | None = None,
+) -> tuple[Image.Image, dict[str, Any]]:
+    """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
+    recorded in the settings as `ldm txt2img --label` records it."""
+    options = options or SamplingOptions()
+    options.validate()
+    height = height or model.default_image_size
+    width = width or model.default_image_size
+    callback = preview_callback(model, options.steps, preview_every, report) if report else None
+    image = txt2img(
+        model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, label=label
+    )[0]
+    labelled = {"label": label} if label is not None else {}
+    return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model, **labelled)
+
+
+NO_LABEL = "(no label)"
+
+
+def label_choices(model: LatentDiffusion) -> list[str] | None:
+    """The class choices the page offers: the model's class names, then NO_LABEL (the null label, unconditional);
+    None for a model without classes."""
+    names = getattr(model, "class_names", None)
+    return [*names, NO_LABEL] if names else None
+
+
+def takes_text(model: LatentDiffusion) -> bool:
+    """Whether the model reads a prompt (a label-only model has no text encoder)."""
+    return getattr(model, "text_encoder", None) is not None
+
+
+def png_bytes(image: Image.Image, settings: dict[str, Any] | None = None) -> bytes:
+    """The PNG exactly as `ldm txt2img` writes it (settings in its text chunks), as bytes for a download."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_png(image, Path(tmp) / "image.png", settings).read_bytes()

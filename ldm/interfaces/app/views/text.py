@@ -1,0 +1,73 @@
+"""Page: text-to-image with a live preview of the predicted clean image."""
+
+import streamlit as st
+
+from ldm.interfaces.app import ui
+from ldm.interfaces.app.state import FULL_CHOICE, student_choice
+from ldm.interfaces.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
+
+st.header("Text-to-image")
+fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.formats.variants)
+variant = "full"
+if fast is not None:
+    chosen_model = st.radio(
+        "Model",
+        [fast, FULL_CHOICE],
+        key="t2i_model",
+        horizontal=True,
+        help="the few-step student distilled from the full model (one U-Net call a step, no "
+        "negative prompt), or the full model (guided, two calls a step)",
+    )
+    variant = "student" if chosen_model == fast else "full"
+model = ui.get_model(variant)
+if model is not None:
+    prompt, negative, label = "", "", None
+    if takes_text(model):
+        prompt = st.text_input("Prompt", "red apple", key="t2i_prompt")
+        if variant == "student":
+            st.caption("The student takes no negative prompt (choose the full model for one).")
+        else:
+            negative = st.text_input("Negative prompt", "", key="t2i_negative")
+    else:
+        st.caption("This model takes a class label only, no prompt.")
+    choices = label_choices(model)
+    if choices is not None:
+        chosen = st.selectbox(
+            "Class label",
+            choices,
+            key="t2i_label",
+            help=f"guided against the null label; {NO_LABEL}: the null label alone (unconditional)",
+        )
+        label = None if chosen == NO_LABEL else chosen
+    options, seed = ui.sampling_controls("t2i" if variant == "full" else "t2i_student", model=model)
+    height, width = ui.size_controls("t2i", model)
+    every = int(st.number_input("Preview every N steps", 1, 50, 5, key="t2i_every"))
+
+    if st.button("Generate", key="t2i_go", type="primary"):
+        bar = st.progress(0.0, text="sampling…")
+        preview = st.empty()
+
+        def report(done: int, total: int, image) -> None:
+            bar.progress(done / total, text=f"step {done}/{total}")
+            if image is not None:
+                preview.image(ui.enlarge(image), caption=f"predicted clean image at step {done}")
+
+        with ui.user_errors("Generation"):
+            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report, label)
+            st.session_state["t2i_result"] = (image, settings)
+        bar.empty()
+        preview.empty()
+
+    result = st.session_state.get("t2i_result")
+    if result is not None:
+        image, settings = result
+        st.image(ui.enlarge(image), caption="result", output_format="PNG")
+        st.download_button(
+            "Download PNG",
+            png_bytes(image, settings),
+            file_name=f"ldm-{settings['seed']}.png",
+            mime="image/png",
+            key="t2i_download",
+        )
+        with st.expander("Settings (saved in the PNG)"):
+            st.json(settings)

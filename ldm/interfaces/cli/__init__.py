@@ -1,0 +1,1 @@
+"""The `ldm` command line: main.py builds the parser and runs a subcommand; one module per subcommand."""

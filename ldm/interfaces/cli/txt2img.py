@@ -1,0 +1,246 @@
+"""ldm txt2img: prompts -> numbered PNGs with their settings, and a grid."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from dataclasses import fields
+
+from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.formats.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
+from ldm.interfaces.cli.common import (
+    ImageWriter,
+    add_model_args,
+    add_sampling_args,
+    apply_model_sampling,
+    check_counts,
+    chunk_size,
+    chunks,
+    load_model_from_args,
+    log,
+    mark_given,
+    read_prompts,
+    sampling_options,
+)
+from ldm.io.images import check_size
+from ldm.io.infotext import settings_from_png
+from ldm.sampling.options import sampler_parameters
+from ldm.sampling.samplers import SAMPLERS, get_sampler
+from ldm.tasks.txt2img import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("txt2img", help="generate images from text")
+    p.add_argument("prompt", nargs="?", help="the prompt")
+    p.add_argument("--from-file", help="a file with one prompt per line")
+    p.add_argument(
+        "--from-png",
+        metavar="IMAGE",
+        help="make an image again from the settings in its metadata (ours, or A1111's parameters text); "
+        "prompt, seed, size and sampling options come from the image, counts and the model from here",
+    )
+    p.add_argument("--height", "--H", type=int, default=None, help="image height in px (default: the model's size)")
+    p.add_argument("--width", "--W", type=int, default=None, help="image width in px (default: the model's size)")
+    p.add_argument(
+        "--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch"
+    )
+    p.add_argument("--n-iter", type=int, default=1, help="number of batches")
+    p.add_argument("--no-grid", action="store_true", help="do not write a grid")
+    p.add_argument(
+        "--label",
+        "--class",
+        dest="label",
+        default=None,
+        metavar="NAME",
+        help="a class-conditional model's class (guided against the null label); a label-only model needs no prompt",
+    )
+    p.add_argument(
+        "--learned-variance",
+        action="store_true",
+        help="with --sampler ddpm, on a model trained with learned_variance: ancestral DDPM with the "
+        "U-Net's own step variance (ldm.tasks.txt2img.txt2img_learned_variance) instead of the fixed one",
+    )
+    add_sampling_args(p)
+    add_model_args(p)
+    p.add_argument(
+        "--model",
+        choices=VARIANTS,
+        default=None,
+        help="which shipped model without --ckpt: student (few steps, one U-Net call a step, its own "
+        "steps, spacing and scale; no negative prompt) or full (the model it was distilled from, "
+        f"30 guided steps) (default: {default_variant()}: the student where it is shipped, else full)",
+    )
+    p.set_defaults(func=run)
+
+
+# Settings of our JSON that are SamplingOptions fields or the command's own; other keys are the sampler's
+# keyword options (SamplingOptions.extra), the model's identity or other commands' (strength).
+OWN_SETTINGS = {
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "height",
+    "width",
+    "model_file",
+    "model_sha256",
+    "model_hash",
+    "model_name",
+    "base_file",
+    "label",
+    "learned_variance",
+}
+
+
+def apply_png_settings(args: argparse.Namespace) -> None:
+    """Fill args from the settings an image was made with (--from-png)."""
+    if args.prompt is not None or args.from_file:
+        raise InvalidOptionError("--from-png takes the prompt from the image; give no prompt or --from-file with it")
+    settings = settings_from_png(args.from_png)
+    if "strength" in settings or "init_image" in settings:
+        raise InvalidOptionError(
+            f"{args.from_png} was made from an image (it has a denoising strength); "
+            "--from-png regenerates text-to-image results"
+        )
+    if "prompt" not in settings:
+        raise InvalidOptionError(f"{args.from_png} has settings but no prompt")
+    args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt", "")
+    for key, attr in (
+        ("seed", "seed"),
+        ("height", "height"),
+        ("width", "width"),
+        ("steps", "steps"),
+        ("guidance_scale", "scale"),
+        ("sampler", "sampler"),
+        ("eta", "eta"),
+        ("spacing", "spacing"),
+        ("karras", "karras"),
+        ("guidance_rescale", "guidance_rescale"),
+        ("precision", "precision"),
+        ("long_prompts", "long_prompts"),
+        ("emphasis", "emphasis"),
+        ("ddim_variant", "ddim_variant"),
+    ):
+        if settings.get(key) is not None:
+            setattr(args, attr, settings[key])
+            mark_given(args, attr)  # the image's, not the model's defaults
+    if args.sampler in SAMPLERS and "eta" not in sampler_parameters(args.sampler):
+        args.eta = None  # the metadata records DDPM's fixed eta 1, which is no option of it
+    args.png_threshold = settings.get("threshold")
+    args.label = settings.get("label", args.label)
+    if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
+        # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
+        args.learned_variance, args.sampler = True, "ddpm"
+    known = OWN_SETTINGS | {f.name for f in fields(SamplingOptions)}
+    args.png_extra = {k: v for k, v in settings.items() if k not in known}
+    args.png_model_hash = settings.get("model_sha256") or settings.get("model_hash")
+    args.png_model_file = settings.get("model_file")
+
+
+def choose_model(args: argparse.Namespace) -> str | None:
+    """The shipped variant to load (None: --config/--ckpt name the model), with its own sampling defaults set on the
+    options left out. --from-png takes the variant its image names (a student's image is re-made by the student)."""
+    if args.model and (args.config or args.ckpt):
+        raise InvalidOptionError("--model picks a shipped model (student or full); leave it out with --config/--ckpt")
+    if args.config or args.ckpt:
+        apply_model_sampling(args, config_sampling(args.config))
+        return None
+    variant = args.model or (variant_of_file(getattr(args, "png_model_file", None)) if args.from_png else None)
+    if variant == "student" and not args.model and default_variant() != "student":
+        raise MissingFileError(
+            f"{args.from_png} was made by the few-step student (student.safetensors), which is "
+            "not shipped here; give it with --config/--ckpt, or --model full for the full model's "
+            "(different) image"
+        )
+    variant = variant or default_variant()
+    applied = apply_model_sampling(args, config_sampling(shipped_model_files("txt2img", variant)[0]))
+    if variant == "student":
+        log.info(
+            "using the few-step student (%s); --model full for the full model",
+            ", ".join(f"{k} {v}" for k, v in applied.items()) or "options as given",
+        )
+    return variant
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_png:
+        apply_png_settings(args)
+    if args.label is not None and args.prompt is None and not args.from_file:
+        args.prompt = ""  # a label alone: what a label-only model takes
+    prompts = read_prompts(args)
+    variant = choose_model(args)
+    options = sampling_options(args)
+    if args.from_png:
+        options.threshold = args.png_threshold
+        # Only keyword options the sampler takes: a key it does not know would be an error, not a setting.
+        # A --sampler-option given here changes the image's own.
+        accepted = inspect.signature(get_sampler(options.sampler)).parameters
+        options.extra = {**{k: v for k, v in args.png_extra.items() if k in accepted and k != "eta"}, **options.extra}
+    options.validate()
+    if args.learned_variance and options.sampler != "ddpm":
+        raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
+    check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
+    writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
+    model = load_model_from_args(args, variant=variant)
+    if args.label is not None:
+        model.class_labels([args.label])  # an unknown label is refused before any sampling, naming the known ones
+    if args.learned_variance and not getattr(model, "learned_variance", False):
+        raise InvalidOptionError(
+            "--learned-variance: this model has no learned variance (its config's "
+            "learned_variance is off); leave the option out"
+        )
+    labelled = {"label": args.label} if args.label is not None else {}
+    if args.learned_variance:
+        labelled["learned_variance"] = True
+    made_with = getattr(args, "png_model_hash", None)
+    ours = (getattr(model, "identity", None) or {}).get("model_sha256", "")
+    if made_with and not ours.startswith(str(made_with)):
+        log.warning(
+            "%s was made by another model (hash %s); this one (%s) makes a different image",
+            args.from_png,
+            str(made_with)[:10],
+            ours[:10] or "unhashed",
+        )
+    height = model.default_image_size if args.height is None else args.height  # 0 is an error, not the default
+    width = model.default_image_size if args.width is None else args.width
+    check_size(height, width, max(8, model.downscale))
+    chunk = chunk_size(model, args, height, width, args.batch_size)
+    seed = args.seed
+    for _ in range(args.n_iter):
+        for prompt in prompts:
+            # Image i has seed + i whatever the chunking (one generator per image), so chunks change nothing.
+            for start, n in chunks(args.batch_size, chunk):
+                if args.learned_variance:
+                    images = txt2img_learned_variance(
+                        model,
+                        [prompt] * n,
+                        args.negative_prompt,
+                        seed + start,
+                        progress=not args.no_progress,
+                        height=height,
+                        width=width,
+                        label=args.label,
+                        options=options,
+                    )
+                else:
+                    images = txt2img(
+                        model,
+                        [prompt] * n,
+                        args.negative_prompt,
+                        height,
+                        width,
+                        seed + start,
+                        options,
+                        progress=not args.no_progress,
+                        label=args.label,
+                    )
+                for i, image in enumerate(images):
+                    writer.write(
+                        image,
+                        settings_dict(
+                            prompt, args.negative_prompt, seed + start + i, height, width, options, model, **labelled
+                        ),
+                    )
+            seed += args.batch_size
+    paths = writer.finish()
+    log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)
+    return 0

@@ -1,0 +1,212 @@
+"""The `parameters` text of a PNG in AUTOMATIC1111's layout ("infotext"), written and read.
+
+Viewers, civitai and A1111's own "PNG Info" tab read this layout:
+
+    a red apple, studio light
+    Negative prompt: blurry, text
+    Steps: 30, Sampler: DDIM, CFG scale: 7.5, Seed: 42, Size: 64x64, Model hash: 3f2a9c01de, Model: model
+
+The prompt is every line before `Negative prompt:`, the negative prompt every line after it up to the
+last, and the last line holds `Name: value` pairs. A value that holds a comma, a colon or a line break is
+written as a JSON string, as A1111 does; a prompt never is. The model hash is A1111's short hash: the
+first 10 hex digits of the file's SHA-256. Settings that A1111 has no name for (precision, spacing,
+threshold) live only in the full JSON that `ldm.io.images.save_png` writes beside this text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ldm.core.errors import LdmError
+
+
+class InfotextError(LdmError, ValueError):
+    """A parameters text that names no setting we can use."""
+
+
+# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9.
+SAMPLER_NAMES = {
+    "ddim": "DDIM",
+    "plms": "PLMS",
+    "ddpm": "DDPM",
+    "euler": "Euler",
+    "euler_ancestral": "Euler a",
+    "heun": "Heun",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_sde": "DPM++ 2M SDE",
+}
+SAMPLERS_BY_A1111_NAME = {v: k for k, v in SAMPLER_NAMES.items()}
+
+# One `Name: value` pair of the last line; a value is either a JSON string or runs to the next comma.
+PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def quote(value: Any) -> str:
+    """A value as A1111 writes it: bare unless a comma, colon or line break would cut it."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def format_number(value: float) -> str:
+    """7.0 -> "7", 7.5 -> "7.5", as A1111 shows CFG scales."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _short_hashes(named: Any) -> str | None:
+    pairs = [f"{name}: {str(sha)[:12]}" for name, sha in named if name and sha]
+    return ", ".join(pairs) or None
+
+
+def format_infotext(settings: dict[str, Any]) -> str:
+    """The A1111 `parameters` text for the settings dict of `ldm.tasks.txt2img.settings_dict`."""
+    fields: dict[str, Any] = {
+        "Steps": settings.get("steps"),
+        "Sampler": SAMPLER_NAMES.get(settings.get("sampler", ""), settings.get("sampler")),
+        "Schedule type": "Karras" if settings.get("karras") else None,
+        "CFG scale": format_number(settings["guidance_scale"]) if "guidance_scale" in settings else None,
+        "Seed": settings.get("seed"),
+        "Size": f"{settings['width']}x{settings['height']}" if "width" in settings and "height" in settings else None,
+        "Model hash": str(settings["model_sha256"])[:10] if settings.get("model_sha256") else None,
+        "Model": Path(str(settings["model_file"])).stem if settings.get("model_file") else None,
+        "VAE hash": str(settings["vae_sha256"])[:10] if settings.get("vae_sha256") else None,  # --vae
+        "VAE": settings.get("vae_file"),
+        "Clip skip": settings.get("clip_skip"),  # only when chosen (--clip-skip); else the model's own
+        "Denoising strength": settings.get("strength"),
+        # A1111 calls DDIM's eta "Eta DDIM" and the ancestral samplers' "Eta"; 0 is not written.
+        ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,
+        "CFG Rescale phi": settings.get("guidance_rescale") or None,
+        # A1111's short hashes of the extra networks (sha256, first 12 hex digits), as civitai reads them.
+        "Lora hashes": _short_hashes(
+            (Path(str(x.get("file", ""))).stem, x.get("sha256"))
+            for x in settings.get("loras") or ()
+            if not x.get("merged")
+        ),
+        "TI hashes": _short_hashes((x.get("name"), x.get("sha256")) for x in settings.get("embeddings") or ()),
+    }
+    params = ", ".join(f"{name}: {quote(value)}" for name, value in fields.items() if value is not None)
+    lines = [str(settings.get("prompt", ""))]
+    if settings.get("negative_prompt"):
+        lines.append(f"Negative prompt: {settings['negative_prompt']}")
+    lines.append(params)
+    return "\n".join(lines)
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """Fields of an A1111 `parameters` text under A1111's names, read by the rules A1111's reader uses.
+
+    "Prompt" and "Negative prompt" come from the lines; every pair of the last line becomes a field,
+    JSON strings decoded; "Size" is also split into "Size-1" (width) and "Size-2" (height).
+    """
+    lines = text.strip().split("\n")
+    last = lines[-1]
+    if len(PARAM.findall(last)) < 3:  # not a settings line: it belongs to the prompt
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines[:-1]:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for name, value in PARAM.findall(last):
+        value = unquote(value.strip())
+        fields[name.strip()] = value
+        if name.strip() == "Size" and re.fullmatch(r"\d+x\d+", value):
+            fields["Size-1"], fields["Size-2"] = value.split("x")
+    return fields
+
+
+def settings_from_infotext(text: str) -> dict[str, Any]:
+    """Our settings (the keys of `settings_dict`) from an A1111 text, for the fields that map.
+
+    Fields without a counterpart (Hires fix, ADetailer, ...) are left out; an unknown sampler is an error.
+    """
+    fields = parse_infotext(text)
+    # A1111 reads every prompt in 75-token chunks with (word:1.2) emphasis, so its images are remade that way.
+    settings: dict[str, Any] = {
+        "prompt": fields["Prompt"],
+        "negative_prompt": fields["Negative prompt"],
+        "long_prompts": True,
+        "emphasis": True,
+    }
+    try:
+        for name, key, kind in (
+            ("Steps", "steps", int),
+            ("CFG scale", "guidance_scale", float),
+            ("Seed", "seed", int),
+            ("Size-1", "width", int),
+            ("Size-2", "height", int),
+            ("Denoising strength", "strength", float),
+            ("CFG Rescale phi", "guidance_rescale", float),
+        ):
+            if name in fields:
+                settings[key] = kind(fields[name])
+        for name in ("Eta DDIM", "Eta"):
+            if name in fields:
+                settings["eta"] = float(fields[name])
+    except ValueError as exc:
+        raise InfotextError(f"bad value in the parameters text: {exc}") from None
+    if "Sampler" in fields:
+        sampler = fields["Sampler"]
+        if sampler.endswith(" Karras"):  # A1111 before 1.9 wrote "DPM++ 2M Karras"
+            sampler, settings["karras"] = sampler[: -len(" Karras")], True
+        if sampler not in SAMPLERS_BY_A1111_NAME:
+            raise InfotextError(
+                f"sampler {sampler!r} has no counterpart here; known: {', '.join(SAMPLERS_BY_A1111_NAME)}"
+            )
+        settings["sampler"] = SAMPLERS_BY_A1111_NAME[sampler]
+    if fields.get("Schedule type") == "Karras":
+        settings["karras"] = True
+    if "Model hash" in fields:
+        settings["model_hash"] = fields["Model hash"]
+    if "steps" not in settings and "seed" not in settings:
+        raise InfotextError("the parameters text has no Steps or Seed: not an A1111 or ldm image")
+    return settings
+
+
+def as_made(settings: dict[str, Any]) -> dict[str, Any]:
+    """Our JSON read as what it ran with: a field written since a choice existed is absent from older images, which
+    ran with what was then the only behaviour. DDIM was the k variant before `ddim_variant` (ldm.sampling.options) existed."""  # noqa: E501
+    if settings.get("sampler") == "ddim" and "ddim_variant" not in settings:
+        return {**settings, "ddim_variant": "k"}
+    return settings
+
+
+def settings_from_png(path: str | Path) -> dict[str, Any]:
+    """The settings an image was made with: our full JSON ("ldm" chunk) if present (`as_made`), else A1111's text
+    (which has no DDIM variant: the model's own applies)."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise InfotextError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            chunks = dict(getattr(image, "text", None) or image.info)
+    except OSError as exc:
+        raise InfotextError(f"cannot read {path}: {exc}") from None
+    if isinstance(chunks.get("ldm"), str):
+        try:
+            settings = json.loads(chunks["ldm"])
+        except json.JSONDecodeError as exc:
+            raise InfotextError(f"{path}: the ldm settings are not valid JSON ({exc.msg})") from None
+        if isinstance(settings, dict):
+            return as_made(settings)
+    if isinstance(chunks.get("parameters"), str):
+        return settings_from_infotext(chunks["parameters"])
+    raise InfotextError(f"{path} holds no generation settings (no 'ldm' or 'parameters' text)")

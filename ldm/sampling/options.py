@@ -1,0 +1,172 @@
+"""The one checked way into the samplers: options, what each sampler takes, mixed precision.
+
+`sample(denoiser, x, sigmas, options)` is what every task calls. It hands a sampler exactly the
+options that sampler has (`eta` to DDIM and the ancestral samplers, each keyword of `options.extra`
+to the sampler that takes it) and refuses, with one line, an option the sampler lacks, so no
+setting is silently dropped. `sampler_eta` says which eta a sampler really runs with; image
+metadata records that one.
+
+DDIM comes in two variants (`ddim_variant`), which differ only at the ends of the run:
+- "k": k-diffusion's, in sigma space: starts from noise * sigmas[0], ends at sigma 0 (ldm.sampling.samplers.sample_ddim);
+- "sd": the original Stable Diffusion DDIMSampler's (and diffusers' DDIMScheduler with SD's settings): starts
+  from the VP latent x_T = noise, ends at alphas_cumprod[0] and returns the VP latent there (sample_ddim_sd).
+None means the model's own (ldm.models.latent_diffusion.LatentDiffusion.ddim_variant, filled in by ldm.tasks.base); where no model
+is known, "k". Models built from original SD configs default to "sd", this project's own to "k".
+"""  # noqa: E501
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.sampling.samplers import SAMPLERS, Generators, get_sampler, sample_ddim_sd
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# What every sampler takes (ldm.sampling.samplers' signature); the rest of a signature are the sampler's own options.
+COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable", "generator")
+# Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own.
+FIXED_ETA = {"ddpm": 1.0}
+DDIM_VARIANTS = defaults.DDIM_VARIANTS  # re-exported
+
+
+class PrecisionError(LdmError, ValueError):
+    pass
+
+
+class SamplerOptionError(InvalidOptionError):
+    """An option the chosen sampler does not have (e.g. eta for euler)."""
+
+
+def sampler_parameters(name: str) -> dict[str, Any]:
+    """The sampler's own keyword options and their defaults, e.g. {"eta": 0.0} for ddim, {} for euler."""
+    params = inspect.signature(get_sampler(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in COMMON_PARAMETERS}
+
+
+def samplers_with(option: str) -> list[str]:
+    return [name for name in SAMPLERS if option in sampler_parameters(name)]
+
+
+@dataclass
+class SamplingOptions:
+    steps: int = defaults.STEPS
+    guidance_scale: float = defaults.GUIDANCE_SCALE
+    sampler: str = defaults.SAMPLER
+    eta: float | None = None  # None: the sampler's own (DDIM 0, the ancestral samplers 1)
+    spacing: str = defaults.SPACING
+    karras: bool = False
+    guidance_rescale: float = 0.0
+    threshold: float | None = None
+    precision: str = "fp32"
+    # Prompt handling (ldm.models.long_prompts), off by default so that SD results stay reference-exact:
+    # A1111-style 75-token chunks instead of the cut at 77 tokens, and (word:1.2) emphasis.
+    long_prompts: bool = False
+    emphasis: bool = False
+    ddim_variant: str | None = None  # "sd" or "k" (module docstring); None: the model's own
+    extra: dict[str, Any] = field(default_factory=dict)  # sampler-specific keyword options
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise InvalidOptionError(f"steps must be at least 1, got {self.steps}")
+        numbers = ("guidance_scale", "guidance_rescale") + (("eta",) if self.eta is not None else ())
+        for name in numbers:  # NaN and Inf give black images and invalid JSON
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidOptionError(f"{name.replace('_', ' ')} must be a finite number, got {getattr(self, name)}")
+        if self.guidance_scale < 0:
+            raise InvalidOptionError(f"guidance scale must be >= 0, got {self.guidance_scale}")
+        if self.eta is not None and self.eta < 0:
+            raise InvalidOptionError(f"eta must be >= 0, got {self.eta}")
+        if self.precision not in PRECISIONS:
+            raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.ddim_variant is not None:
+            if self.ddim_variant not in DDIM_VARIANTS:
+                raise InvalidOptionError(
+                    f"unknown DDIM variant {self.ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}"
+                )
+            if self.sampler != "ddim":
+                raise SamplerOptionError(f"sampler {self.sampler!r} has no DDIM variant (only ddim has)")
+        sampler_kwargs(self)  # unknown samplers and options they lack fail before any work
+
+
+def task_options(task: str, **overrides: Any) -> SamplingOptions:
+    """A task's default options (ldm.core.defaults: the same in the CLI, the API and the app), with overrides."""
+    return SamplingOptions(**{**defaults.TASK_SAMPLING.get(task, {}), **overrides})
+
+
+def sampler_kwargs(options: SamplingOptions) -> dict[str, Any]:
+    """The keyword options the sampler gets: each one it has, with eta made explicit; others are refused."""
+    own = sampler_parameters(options.sampler)
+    kwargs = dict(options.extra)
+    if options.eta is not None:
+        if "eta" in kwargs:
+            raise SamplerOptionError("eta is given twice (as eta and in extra); give it once")
+        kwargs["eta"] = float(options.eta)
+    for key in kwargs:
+        if key not in own:
+            takers = samplers_with(key)
+            hint = f" (samplers with {key}: {', '.join(takers)})" if takers else ""
+            raise SamplerOptionError(f"sampler {options.sampler!r} has no option {key!r}{hint}")
+    if "eta" in own:
+        kwargs.setdefault("eta", own["eta"])
+    return kwargs
+
+
+def sampler_eta(options: SamplingOptions) -> float | None:
+    """The eta the sampler really uses: the one given, else the sampler's own default (DDIM 0, ancestral 1),
+    1 for DDPM; None where the sampler has no noise to scale."""
+    if options.sampler in FIXED_ETA:
+        return FIXED_ETA[options.sampler]
+    eta = sampler_kwargs(options).get("eta")
+    return None if eta is None else float(eta)
+
+
+def ddim_variant_of(options: SamplingOptions) -> str | None:
+    """The DDIM variant that runs: the one given, else "k" (tasks fill in the model's first); None for other samplers."""  # noqa: E501
+    if options.sampler != "ddim":
+        return None
+    return options.ddim_variant or "k"
+
+
+def start_scale(options: SamplingOptions, sigma: torch.Tensor) -> torch.Tensor:
+    """What unit noise is multiplied by to start from pure noise at `sigma`: sigma itself, or for SD's DDIM
+    sqrt(1 + sigma^2), its x_T = noise in VP space (x = x_vp * sqrt(1 + sigma^2))."""
+    return (1 + sigma**2).sqrt() if ddim_variant_of(options) == "sd" else sigma
+
+
+def sampler_function(options: SamplingOptions) -> Callable[..., torch.Tensor]:
+    """The function that runs the options' sampler: sample_ddim_sd for SD's DDIM, else the registered one."""
+    return sample_ddim_sd if ddim_variant_of(options) == "sd" else get_sampler(options.sampler)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision where the device supports it; fp32 runs as is."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return nullcontext()
+    if dtype is torch.float16 and device.type != "cuda":
+        raise PrecisionError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def sample(
+    denoiser: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    options: SamplingOptions,
+    generator: Generators = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample."""
+    sampler = sampler_function(options)
+    kwargs = sampler_kwargs(options)
+    with autocast(x.device, options.precision):
+        return sampler(denoiser, x, sigmas, callback=callback, disable=not progress, generator=generator, **kwargs)

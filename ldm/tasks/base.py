@@ -1,0 +1,333 @@
+"""How every task reaches the sampler: one composition, one start, one record of what ran.
+
+Each task (txt2img, img2img, inpaint, upscale, walk) has a `prepare` step that builds its
+`Conditioning`: the U-Net's keyword conditions for both sides of guidance (`context`, and `concat` /
+`y` for the inpainting and upscaling U-Nets) and, where the task needs one, a wrapper of the model's
+denoiser (the inpainting blend, the upscaler's tiles). `denoise` then composes
+
+    network -> parameterisation (model.denoiser()) -> task wrapper -> guidance (CFGDenoiser)
+
+and runs it through the one checked sampler entry point, `ldm.sampling.options.sample`, from pure noise or
+from a latent noised to the strength's level. Tasks never change their inputs; they return their
+images as `Generated`, a list that also carries the settings they ran with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.diffusion.schedules import get_sigmas
+from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
+from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
+from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
+from ldm.sampling.samplers import Generators, check_strength, truncate_sigmas
+
+# What each task needs, as its error message says it (the kinds that can drive it: ldm.models.latent_diffusion.CONDITIONING).  # noqa: E501
+TASK_NEEDS = {
+    "txt2img": "a text-to-image model",
+    "walk": "a text-to-image model",
+    "img2img": "a text-to-image model",
+    "inpaint": "a text-to-image or inpainting model",
+    "upscale": "the x4 upscaler (conditioning_key hybrid-adm with a low_scale_config)",
+}
+TASK_HINTS = {"img2img": " (use inpaint for inpainting models, upscale for the upscaler)"}
+# How the messages name a task ("upscaling needs the x4 upscaler ..."); the others by their command's name.
+TASK_WORDS = {"inpaint": "inpainting", "upscale": "upscaling"}
+
+
+class EditingError(LdmError, ValueError):
+    pass
+
+
+class WrongModelError(EditingError):
+    """The model's conditioning does not fit the task (e.g. img2img with the x4 upscaler)."""
+
+
+class PromptError(InvalidOptionError):
+    pass
+
+
+def check_task(model: LatentDiffusion, task: str) -> None:
+    """Refuse a model whose conditioning kind cannot drive `task`."""
+    kind = model.kind
+    if task not in kind.tasks or (kind.label and model.low_scale is None):
+        raise WrongModelError(
+            f"{TASK_WORDS.get(task, task)} needs {TASK_NEEDS[task]}, not a {model.conditioning_key!r} model "
+            f"({kind.name}){TASK_HINTS.get(task, '')}"
+        )
+
+
+def kinds_for(task: str) -> list[str]:
+    return [key for key, kind in CONDITIONING.items() if task in kind.tasks]
+
+
+def resolve_options(
+    options: SamplingOptions | None,
+    overrides: dict[str, Any],
+    task: str = "txt2img",
+    model: LatentDiffusion | None = None,
+) -> SamplingOptions:
+    """A validated copy of the options (if None: the task's defaults under the model's own `sampling_defaults`, e.g.
+    a student's steps and spacing) with keyword overrides applied (the caller's object is not changed), and with
+    `model`'s own defaults where the options leave them open (`for_model`)."""
+    if options is None:
+        options = task_options(task, **(getattr(model, "sampling_defaults", None) or {}))
+    else:
+        options = replace(options, extra=dict(options.extra))
+    for key, value in overrides.items():
+        if key == "extra" or not hasattr(options, key):
+            raise InvalidOptionError(f"unknown sampling option {key!r}")
+        setattr(options, key, value)
+    if model is not None:
+        options = for_model(options, model)
+    options.validate()
+    return options
+
+
+def for_model(options: SamplingOptions, model: LatentDiffusion) -> SamplingOptions:
+    """The options with what the model decides where they leave it open: DDIM's variant ("sd" for models built
+    from original SD configs, "k" for this project's own; ldm.models.latent_diffusion.LatentDiffusion)."""
+    if options.sampler == "ddim" and options.ddim_variant is None:
+        return replace(options, ddim_variant=model.ddim_variant)
+    return options
+
+
+def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> tuple[list[str], list[str]]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise PromptError("no prompts given")
+    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != len(prompts):
+        raise PromptError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+    return prompts, negatives
+
+
+def prompt_conditions(
+    model: LatentDiffusion, prompts: list[str], negative_prompts: list[str], options: SamplingOptions | None = None
+) -> tuple[dict, dict]:
+    """Cross-attention contexts for the prompts and for the unconditional side of guidance.
+
+    The negative prompt replaces the empty prompt as the unconditional embedding. With the options'
+    long_prompts or emphasis (ldm.models.long_prompts), prompts are read the A1111 way; the two sides are then
+    brought to one length with empty chunks, so guidance still runs them as one batch.
+    """
+    if getattr(model, "guidance_embedded", False) and any(negative_prompts):
+        raise PromptError(
+            "this guidance-distilled model takes no negative prompt (it was distilled with the empty "
+            "prompt as the unconditional side); use the full model for negative prompts "
+            '(ldm txt2img --model full, load_model(variant="full"))'
+        )
+    if getattr(model, "text_encoder", True) is None:  # a label-only model: no context on either side
+        if any(prompts) or any(negative_prompts):
+            raise PromptError("this class-conditional model takes no text; give an empty prompt and a label")
+        return {}, {}
+    if options is None or not (options.long_prompts or options.emphasis):
+        context = model.encode_text(prompts + negative_prompts)
+        return {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
+    from ldm.models.long_prompts import encode_prompts, pad_contexts
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return encode_prompts(model.text_encoder, texts, chunking=options.long_prompts, emphasis=options.emphasis)
+
+    cond, uncond = pad_contexts(encode(prompts), encode(negative_prompts), encode([""]))
+    return {"context": cond}, {"context": uncond}
+
+
+def label_conditions(model: LatentDiffusion, labels: str | list[str | None] | None, count: int) -> tuple[dict, dict]:
+    """The class label `y` of each side of guidance: the labels' indices, and the null label unconditionally.
+
+    Classifier-free guidance on labels (Ho & Salimans 2022) then mixes D(x; label) and D(x; null label) as it
+    mixes prompts. labels: one name for the whole batch, one per image, or None (the null label: no label).
+    A model without class names takes no label ({} both sides)."""
+    if getattr(model, "class_names", None) is None:
+        if labels is not None and (isinstance(labels, str) or any(label is not None for label in labels)):
+            model.class_labels([labels] if isinstance(labels, str) else list(labels))  # raises: takes no label
+        return {}, {}
+    labels = [labels] * count if labels is None or isinstance(labels, str) else list(labels)
+    if len(labels) != count:
+        raise PromptError(f"{len(labels)} labels for {count} images")
+    return {"y": model.class_labels(labels)}, {"y": model.class_labels([None] * count)}
+
+
+def start_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> torch.Tensor:
+    """Unit Gaussian noise, one seed per image, drawn on the CPU so a seed gives the same image on any device."""
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(noise).to(device)
+
+
+def image_generators(device: torch.device, seed: int, count: int) -> list[torch.Generator]:
+    """The step noise generators of a batch: image i's seeded seed + i, like its start noise (as A1111 does), so
+    image i of a batch is the image seed + i gives alone, with any sampler. A single image's generator is
+    seeded `seed`, as the one batch generator was, so single images are unchanged."""
+    return [torch.Generator(device).manual_seed(seed + i) for i in range(count)]
+
+
+class NoiseShapeError(InvalidOptionError):
+    """Given latents or generators that do not fit the batch."""
+
+
+def batch_noise(
+    shape: tuple[int, ...],
+    seed: int,
+    device: torch.device,
+    generator: Generators = None,
+    latents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Generators, dict[str, Any]]:
+    """(unit start noise [B, C, h, w], step-noise generators, what the settings record about them).
+
+    Three ways, as diffusers users expect: `latents` is the start noise itself (unscaled, as diffusers'
+    `latents`); `generator` is one torch.Generator that draws the whole batch's start noise and then every
+    step's noise, or a list with one per image; with neither, image i is seeded seed + i (start_noise).
+    """
+    n = shape[0]
+    if isinstance(generator, (list, tuple)) and len(generator) != n:
+        raise NoiseShapeError(f"{len(generator)} generators for {n} images; give one, or one per image")
+    if latents is not None:
+        if tuple(latents.shape) != tuple(shape):
+            raise NoiseShapeError(f"latents of shape {list(latents.shape)} for a batch of shape {list(shape)}")
+        noise, record = latents.to(device=device, dtype=torch.float32), {"seed": None, "noise": "latents"}
+    elif isinstance(generator, (list, tuple)):
+        noise = torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+        record = {"seed": None, "noise": "generator"}
+    elif generator is not None:
+        noise = torch.randn(shape, generator=generator, device=generator.device).to(device)
+        record = {"seed": None, "noise": "generator"}
+    else:
+        noise, record = start_noise(tuple(shape[1:]), [seed + i for i in range(n)], device), {"seed": seed}
+    if generator is None:
+        generator = image_generators(device, seed, n)
+        if latents is not None:
+            record["seed"] = seed  # the steps' noise still comes from the seed
+    return noise, generator, record
+
+
+def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
+    """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.sampling.samplers.sample_ddim_sd)."""  # noqa: E501
+    to_zero = ddim_variant_of(options) != "sd"
+    return get_sigmas(
+        model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras, to_zero=to_zero
+    ).to(model.device)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a task's prepare step builds for the sampler.
+
+    cond / uncond: keyword tensors of the model's denoiser for each side of guidance ({"context", "concat", "y"});
+    a key given on one side only serves both. wrap(denoiser, start_noise): the task's wrapper of the model's
+    denoiser, or None.
+    """
+
+    cond: dict[str, torch.Tensor]
+    uncond: dict[str, torch.Tensor]
+    wrap: Callable[[Denoiser, torch.Tensor], Denoiser] | None = None
+
+    def with_inputs(self, **tensors: torch.Tensor) -> Conditioning:
+        """The same conditioning with extra inputs (e.g. concat, y) on both sides of guidance."""
+        return replace(self, cond={**self.cond, **tensors}, uncond={**self.uncond, **tensors})
+
+    def denoiser(self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor) -> Denoiser:
+        """network -> parameterisation -> task wrapper -> guidance."""
+        inner = model.denoiser()
+        if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
+            # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
+            null = model.class_labels([None] * noise.shape[0])
+            return replace(self, cond={**self.cond, "y": null}, uncond={**self.uncond, "y": null}).denoiser(
+                model, options, noise
+            )
+        if self.wrap is not None:
+            inner = self.wrap(inner, noise)
+        if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
+            if options.guidance_rescale:
+                raise InvalidOptionError(
+                    "guidance rescale needs the conditional prediction apart, which a "
+                    "guidance-distilled model does not make; leave it at 0 or use the full "
+                    "model (--model full)"
+                )
+            return EmbeddedGuidanceDenoiser(inner, self.cond, options.guidance_scale, threshold=options.threshold)
+        return CFGDenoiser(
+            inner,
+            self.cond,
+            self.uncond,
+            options.guidance_scale,
+            rescale=options.guidance_rescale,
+            threshold=options.threshold,
+        )
+
+
+def denoise(
+    model: LatentDiffusion,
+    conditioning: Conditioning,
+    options: SamplingOptions,
+    noise: torch.Tensor,
+    generator: Generators,
+    x0: torch.Tensor | None = None,
+    strength: float = 1.0,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Clean latents, sampled from unit `noise` [B, C, h, w] scaled to the first sigma (`start_scale`), or from
+    x0 + noise * sigma.
+
+    x0 None, or strength 1: from pure noise (img2img at strength 1 is txt2img with the same seed).
+    Otherwise the grid keeps floor(strength * steps) steps and starts from x0 + noise * sigma;
+    strength 0 returns x0 untouched.
+    """
+    check_strength(strength)
+    sigmas = model_sigmas(model, options)
+    if x0 is not None:
+        if strength < 1.0:
+            sigmas = truncate_sigmas(sigmas, strength)
+        if strength == 0.0 or len(sigmas) < 2:
+            return x0
+    x = noise * start_scale(options, sigmas[0]) if x0 is None or strength == 1.0 else x0 + noise * sigmas[0]
+    return sample(conditioning.denoiser(model, options, noise), x, sigmas, options, generator, callback, progress)
+
+
+def sample_seeded(
+    model: LatentDiffusion,
+    conditioning: Conditioning,
+    options: SamplingOptions,
+    seed: int,
+    shape: tuple[int, ...] | torch.Size,
+    x0: torch.Tensor | None = None,
+    strength: float = 1.0,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """`denoise` for a batch of `shape` [B, C, h, w] where image i uses seed + i, for its start noise and its steps."""
+    n = shape[0]
+    noise = start_noise(tuple(shape[1:]), [seed + i for i in range(n)], model.device)
+    if x0 is not None:
+        noise = noise.to(x0.dtype)
+    return denoise(
+        model, conditioning, options, noise, image_generators(model.device, seed, n), x0, strength, callback, progress
+    )
+
+
+def settings_of(task: str, options: SamplingOptions, **more: Any) -> dict[str, Any]:
+    """What a task ran with: its name, the resolved sampling options (eta as the sampler used it), its own inputs."""
+    opts = asdict(options)
+    extra = opts.pop("extra")
+    opts["eta"] = sampler_eta(options)
+    opts["ddim_variant"] = ddim_variant_of(options)
+    return {"task": task, **opts, **extra, **more}
+
+
+class Generated(list):
+    """A task's images (a plain list of PIL images) with `settings`, what the task ran with (`settings_of`)."""
+
+    def __init__(self, images: list[Image.Image], settings: dict[str, Any]):
+        super().__init__(images)
+        self.settings = settings
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The images as a plain list, as diffusers' pipelines return them (`result.images[0]`)."""
+        return list(self)

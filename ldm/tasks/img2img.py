@@ -1,0 +1,78 @@
+"""Image-to-image: encode a picture, noise it to the strength's level, and sample back with a prompt.
+
+strength 0 keeps the image (a VAE round trip), strength 1 ignores it (exactly txt2img with the
+same seed); in between, higher strength keeps less of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ldm.core import defaults
+from ldm.io.images import pil_to_tensor, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.base import (
+    Conditioning,
+    Generated,
+    check_task,
+    prompt_conditions,
+    prompt_lists,
+    resolve_options,
+    sample_seeded,
+    settings_of,
+)
+from ldm.tasks.editing import as_pil, fit_image, size_multiple
+
+
+def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Image.Image:
+    """The RGB input at the size it will be processed at (nearest multiple of the model's size step)."""
+    return fit_image(as_pil(image).convert("RGB"), size_multiple(model))
+
+
+def prepare(
+    model: LatentDiffusion, prompts: list[str], negatives: list[str], options: SamplingOptions | None = None
+) -> Conditioning:
+    """img2img's conditioning is txt2img's: the prompts alone (the image enters as the start latent)."""
+    return Conditioning(*prompt_conditions(model, prompts, negatives, options))
+
+
+@torch.no_grad()
+def img2img(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    prompt: str | list[str],
+    strength: float = defaults.STRENGTH["img2img"],
+    negative_prompt: str | list[str] = "",
+    seed: int = defaults.SEED,
+    options: SamplingOptions | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    **option_overrides: Any,
+) -> Generated:
+    """One image per prompt, all from the same input; image i uses seed + i.
+
+    The output has the input's size rounded to a multiple of 8 (a log line says when it differs).
+    """
+    check_strength(strength)
+    check_task(model, "img2img")
+    options = resolve_options(options, option_overrides, model=model)
+    prompts, negatives = prompt_lists(prompt, negative_prompt)
+    pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
+    conditioning = prepare(model, prompts, negatives, options)
+    with autocast(model.device, options.precision):
+        x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
+        latents = sample_seeded(
+            model, conditioning, options, seed, x0.shape, x0=x0, strength=strength, callback=callback, progress=progress
+        )
+        images = model.decode_latent(latents)
+    height, width = pixels.shape[-2:]
+    return Generated(
+        tensor_to_pil(images), settings_of("img2img", options, strength=strength, height=height, width=width)
+    )

@@ -1,0 +1,269 @@
+"""Inpainting and outpainting: repaint the white area of a mask, keep the rest.
+
+Two modes:
+- "model": a dedicated inpainting model (conditioning_key "hybrid", SD 2 inpainting). Its U-Net
+  sees [noisy latent, mask at latent size, latent of the image with the hole greyed out].
+- "blend": any text-to-image model. Before every denoiser call the known region of x is replaced
+  by the original latent re-noised to the current sigma, and the prediction there by the
+  original latent, so the sampler only invents the hole, consistent with its surroundings.
+Both end with a pixel-space paste-back of the kept area through a feathered mask, so kept
+pixels come back exactly and the seam is soft.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ldm.core import defaults
+from ldm.core.masks import EmptyMaskError, border_mask, check_mask, feather, mask_from_image
+from ldm.io.images import InvalidImageError, load_image, pil_to_tensor, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.base import (
+    Conditioning,
+    Generated,
+    check_task,
+    prompt_conditions,
+    prompt_lists,
+    resolve_options,
+    sample_seeded,
+    settings_of,
+)
+from ldm.tasks.editing import EditingError, as_pil, expand_batch, fit_image, size_multiple
+
+log = logging.getLogger("ldm")
+
+INPAINT_MODES = ("auto", "model", "blend")
+SIDES = ("left", "right", "top", "bottom")
+
+
+class InpaintModeError(EditingError):
+    pass
+
+
+def resolve_mode(model: LatentDiffusion, mode: str = "auto") -> str:
+    """ "model" for a dedicated inpainting model, "blend" for any other text-to-image model."""
+    if mode not in INPAINT_MODES:
+        raise InpaintModeError(f"unknown inpainting mode {mode!r}; known: {', '.join(INPAINT_MODES)}")
+    check_task(model, "inpaint")
+    dedicated = model.kind.concat
+    if mode == "model" and not dedicated:
+        raise InpaintModeError("mode 'model' needs an inpainting model (conditioning_key hybrid); use mode 'blend'")
+    if mode == "auto":
+        return "model" if dedicated else "blend"
+    return mode
+
+
+def as_mask(mask: Image.Image | str | Path | np.ndarray) -> np.ndarray:
+    """[H, W] float mask in [0, 1] from a PIL image, a file (L, RGB or RGBA alpha) or an array."""
+    if isinstance(mask, np.ndarray):
+        if mask.ndim != 2:
+            raise InvalidImageError(f"a mask array must be 2-D [H, W], got shape {mask.shape}")
+        return mask.astype(np.float32) / (255.0 if mask.dtype == np.uint8 else 1.0)
+    if isinstance(mask, (str, Path)):
+        mask = load_image(mask, "RGBA")  # RGBA keeps the alpha; L and RGB come back opaque
+    return mask_from_image(mask)
+
+
+class BlendDenoiser:
+    """Task wrapper: the known latents follow the original image's noising trajectory.
+
+    Before the inner denoiser runs, x in the known region is replaced by x0 + sigma * noise (the start
+    noise); its prediction there is replaced by x0. Under guidance, so both halves see the same blend.
+    """
+
+    def __init__(self, inner: Callable, x0: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor):
+        self.inner, self.x0, self.noise, self.keep = inner, x0, noise, keep
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        b = x.shape[0]
+        x0, noise, keep = (expand_batch(t, b) for t in (self.x0, self.noise, self.keep))
+        s = sigma.reshape(-1, 1, 1, 1) if sigma.numel() == b else sigma.reshape(1, 1, 1, 1).expand(b, 1, 1, 1)
+        x = torch.lerp(x, x0 + s.to(x.dtype) * noise, keep)
+        denoised = self.inner(x, sigma, **kwargs)
+        return torch.lerp(denoised, x0.to(denoised.dtype), keep.to(denoised.dtype))
+
+
+def masked_image_condition(
+    model: LatentDiffusion, images: torch.Tensor, masks: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The inpainting U-Net's extra input [mask at latent size, latent of the image with the hole greyed out].
+
+    As SD 2 inpainting was trained: the hole (mask >= 0.5) is 0 in [-1, 1], the mask resized nearest. Built here
+    for inference and for training (ldm.training.editing) alike. images [B, 3, H, W], masks [B, 1, H, W] binary.
+    """
+    masked = model.encode_image(images * (masks < 0.5))
+    return torch.cat([F.interpolate(masks, size=masked.shape[-2:]), masked.to(dtype)], 1)
+
+
+def prepare(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    mode: str,
+    pixels: torch.Tensor,
+    mask: torch.Tensor,
+    x0: torch.Tensor,
+    options: SamplingOptions | None = None,
+) -> Conditioning:
+    """Inpainting's conditioning: the prompts, plus the masked image for an inpainting model ("model") or the
+    blend of the known latents for any other ("blend")."""
+    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options))
+    if model.kind.concat:
+        concat = masked_image_condition(model, pixels, mask).expand(len(prompts), -1, -1, -1)
+        conditioning = conditioning.with_inputs(concat=concat)
+    if mode == "blend":
+        # A latent pixel is known only if none of its image pixels is to be repainted.
+        keep = 1 - F.max_pool2d(mask, model.downscale)
+        conditioning = replace(conditioning, wrap=lambda den, noise: BlendDenoiser(den, x0, noise, keep))
+    return conditioning
+
+
+def _prepare(
+    model: LatentDiffusion, image: Image.Image | str | Path, mask: Image.Image | str | Path | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels [1, 3, H, W] in [-1, 1], binary mask [1, 1, H, W]) at the processing size."""
+    img = as_pil(image).convert("RGB")
+    m = as_mask(mask)
+    check_mask(m, img.size)
+    img = fit_image(img, size_multiple(model))
+    if img.size != (m.shape[1], m.shape[0]):
+        m = np.asarray(Image.fromarray(m).resize(img.size, Image.Resampling.BILINEAR), dtype=np.float32)
+        if not (m >= 0.5).any():
+            raise EmptyMaskError("the mask vanished when resized to the processing size; paint a larger area")
+    pixels = pil_to_tensor(img).to(model.device)
+    return pixels, torch.from_numpy((m >= 0.5).astype(np.float32))[None, None].to(model.device)
+
+
+@torch.no_grad()
+def inpaint(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    mask: Image.Image | str | Path | np.ndarray,
+    prompt: str | list[str],
+    negative_prompt: str | list[str] = "",
+    seed: int = defaults.SEED,
+    strength: float = defaults.STRENGTH["inpaint"],
+    mode: str = "auto",
+    feather_radius: int | None = None,
+    options: SamplingOptions | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    **option_overrides: Any,
+) -> Generated:
+    """Repaint the mask's white area (>= 0.5) of `image` following the prompt; image i uses seed + i.
+
+    strength < 1 starts the hole from the noised original instead of pure noise. `feather_radius`
+    (px, default: the VAE's downscale factor) softens the paste-back edge inside the hole.
+    `resolve_mode(model, mode)` tells which mode runs.
+    """
+    check_strength(strength)
+    mode = resolve_mode(model, mode)
+    options = resolve_options(options, option_overrides, model=model)
+    prompts, negatives = prompt_lists(prompt, negative_prompt)
+    pixels, m = _prepare(model, image, mask)
+    radius = model.downscale if feather_radius is None else int(feather_radius)
+    longest = max(pixels.shape[-2:])
+    if not 0 <= radius <= longest:  # a wider ramp means nothing, and its blur kernel grows with the square
+        raise EditingError(f"feather must be in [0, {longest}] px (the image's longer side), got {radius}")
+    n = len(prompts)
+    with autocast(model.device, options.precision):
+        x0 = model.encode_image(pixels).float()
+        conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options)
+        start = x0.expand(n, -1, -1, -1)
+        latents = sample_seeded(
+            model,
+            conditioning,
+            options,
+            seed,
+            start.shape,
+            x0=start,
+            strength=strength,
+            callback=callback,
+            progress=progress,
+        )
+        decoded = model.decode_latent(latents).float()
+    soft = feather(m, radius)
+    out = decoded.clamp(-1, 1) * soft + pixels * (1 - soft)
+    return Generated(
+        tensor_to_pil(out),
+        settings_of(
+            "inpaint",
+            options,
+            strength=strength,
+            inpaint_mode=mode,
+            feather_radius=radius,
+            height=pixels.shape[-2],
+            width=pixels.shape[-1],
+        ),
+    )
+
+
+def parse_extend(spec: str) -> dict[str, int]:
+    """ "left=64,right=32" -> {"left": 64, "right": 32, "top": 0, "bottom": 0}."""
+    sides = dict.fromkeys(SIDES, 0)
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition("=")
+        if name.strip() not in sides or not value.strip().isdigit():
+            raise EditingError(f"bad --extend entry {part!r}; use e.g. left=64,right=64 (sides: {', '.join(SIDES)})")
+        sides[name.strip()] = int(value)
+    if not any(sides.values()):
+        raise EditingError("nothing to extend: give at least one side a positive width, e.g. right=64")
+    return sides
+
+
+def extend_canvas(
+    image: Image.Image, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0, multiple: int = 8, seed: int = 0
+) -> tuple[Image.Image, np.ndarray, dict[str, int]]:
+    """(larger canvas, mask of the new area, the widths actually added).
+
+    The new area holds the edge colours smeared outward plus noise: a neutral start that matches
+    the image's palette. The canvas is grown (never resized) to a multiple of `multiple`, so the
+    original pixels stay exactly in place; extra pixels go to an extended side (right/bottom first).
+    """
+    if min(left, right, top, bottom) < 0:
+        raise EditingError("extension widths must be >= 0")
+    if not any((left, right, top, bottom)):
+        raise EditingError("nothing to extend: give at least one side a positive width")
+    w, h = image.size
+    pad = {"left": left, "right": right, "top": top, "bottom": bottom}
+    for total, (first, second) in ((w + left + right, ("right", "left")), (h + top + bottom, ("bottom", "top"))):
+        extra = -total % multiple
+        if extra:
+            side = first if pad[first] or not pad[second] else second
+            pad[side] += extra
+    if pad != {"left": left, "right": right, "top": top, "bottom": bottom}:
+        log.info("extended by %s so the canvas is a multiple of %d", pad, multiple)
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    arr = np.pad(arr, ((pad["top"], pad["bottom"]), (pad["left"], pad["right"]), (0, 0)), mode="edge")
+    mask = border_mask(arr.shape[0], arr.shape[1], pad["left"], pad["right"], pad["top"], pad["bottom"])
+    noise = np.random.default_rng(seed).normal(0, 24.0, arr.shape).astype(np.float32)
+    arr = np.clip(arr + noise * mask[..., None] + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr), mask, pad
+
+
+def outpaint(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    prompt: str | list[str],
+    left: int = 0,
+    right: int = 0,
+    top: int = 0,
+    bottom: int = 0,
+    negative_prompt: str | list[str] = "",
+    seed: int = defaults.SEED,
+    **inpaint_kwargs: Any,
+) -> Generated:
+    """Extend the canvas on the chosen sides by that many pixels and inpaint the new area."""
+    canvas, mask, _ = extend_canvas(as_pil(image), left, right, top, bottom, size_multiple(model), seed)
+    return inpaint(model, canvas, mask, prompt, negative_prompt, seed, **inpaint_kwargs)

@@ -1,0 +1,285 @@
+"""x4 super-resolution with the SD x4-upscaler layout, tiled so big images fit.
+
+The upscaler's latent has the low-res image's size (an f=4 VAE makes the output 4x): the
+U-Net sees [noisy latent, low-res RGB] and a noise-level label `y`. The low-res image is noised
+to that level first (`model.low_scale`), as in training: higher levels let the model invent
+more detail and forgive artefacts in the input.
+
+Big images are processed in overlapping tiles: at *every* denoiser call the latent is split
+into tiles, each tile is denoised with its piece of the low-res image, and the predictions are
+blended with feathered weights (as in MultiDiffusion). Since all tiles agree on one latent at
+every step, there is no seam to hide afterwards. The VAE decodes in tiles the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ldm.core import defaults
+from ldm.io.images import pil_to_tensor, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.tiling import SharedGroupNormStats
+from ldm.sampling.options import SamplingOptions, autocast
+from ldm.tasks.base import (
+    Conditioning,
+    Generated,
+    check_task,
+    prompt_conditions,
+    prompt_lists,
+    resolve_options,
+    sample_seeded,
+    settings_of,
+)
+from ldm.tasks.editing import EditingError, ImageTooSmallError, as_pil, expand_batch
+
+log = logging.getLogger("ldm")
+
+# What the reference demo and diffusers use for the x4 upscaler.
+MIN_SIZE = 8
+
+
+class NoiseLevelError(EditingError):
+    pass
+
+
+class TileError(EditingError):
+    pass
+
+
+class BackProjectionError(EditingError):
+    pass
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spread tile offsets covering [0, length) with at least `overlap` shared between neighbours."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def _ramp(size: int, overlap: int, fade_in: bool, fade_out: bool, device: torch.device) -> torch.Tensor:
+    """1-D blend weights: rising over `overlap` at a side shared with a neighbour, flat at the image border."""
+    w = torch.ones(size, device=device)
+    if overlap > 0:
+        r = torch.arange(1, size + 1, device=device, dtype=torch.float32) / (overlap + 1)
+        if fade_in:
+            w = torch.minimum(w, r)
+        if fade_out:
+            w = torch.minimum(w, r.flip(0))
+    return w
+
+
+def tiled_map(
+    fn: Callable[[int, int, int, int], torch.Tensor], height: int, width: int, tile: int, overlap: int, scale: int = 1
+) -> torch.Tensor:
+    """Blend fn(y0, y1, x0, x1) over overlapping tiles of a height x width grid.
+
+    fn returns the tile's result at `scale` times its size; results are averaged with weights that
+    fade linearly across each overlap, so a tile's border never shows as a step.
+    """
+    if not 0 <= overlap < tile:
+        raise TileError(f"tile overlap must be in [0, tile size {tile}), got {overlap}")
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    th, tw = min(tile, height), min(tile, width)
+    out = weights = None
+    for y0 in ys:
+        for x0 in xs:
+            r = fn(y0, y0 + th, x0, x0 + tw)
+            if out is None:
+                out = r.new_zeros(*r.shape[:2], height * scale, width * scale)
+                weights = r.new_zeros(1, 1, height * scale, width * scale)
+            wy = _ramp(th * scale, overlap * scale, y0 > 0, y0 + th < height, r.device)
+            wx = _ramp(tw * scale, overlap * scale, x0 > 0, x0 + tw < width, r.device)
+            w = (wy[:, None] * wx[None, :]).to(r.dtype)
+            ya, xa = y0 * scale, x0 * scale
+            out[..., ya : ya + th * scale, xa : xa + tw * scale] += r * w
+            weights[..., ya : ya + th * scale, xa : xa + tw * scale] += w
+    return out / weights
+
+
+class TiledDenoiser:
+    """Task wrapper: runs a denoiser tile by tile when the latent is bigger than a tile (`concat` is cut alike).
+
+    Under guidance, so each tile's conditional and unconditional predictions come from one call.
+    """
+
+    def __init__(self, inner: Callable, tile: int, overlap: int):
+        self.inner, self.tile, self.overlap = inner, tile, overlap
+
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, concat: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h <= self.tile and w <= self.tile:
+            return self.inner(x, sigma, concat=concat, **kwargs)
+        concat = None if concat is None else expand_batch(concat, x.shape[0])
+
+        def one(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            c = None if concat is None else concat[..., y0:y1, x0:x1]
+            return self.inner(x[..., y0:y1, x0:x1], sigma, concat=c, **kwargs)
+
+        return tiled_map(one, h, w, self.tile, self.overlap)
+
+
+def decode_tiled(model: LatentDiffusion, latents: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """VAE decode, in blended tiles when the latent is bigger than a tile (decoder memory grows with area)."""
+    h, w = latents.shape[-2:]
+    if h <= tile and w <= tile:
+        return model.decode_latent(latents)
+
+    def one(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        return model.decode_latent(latents[..., y0:y1, x0:x1])
+
+    # The decoder's group norms share their statistics across the tiles (ldm.models.tiling.SharedGroupNormStats): a first  # noqa: E501
+    # pass gathers them, the second decodes. Normalised tile by tile, each tile of a photo came out in its own colours.
+    stats = SharedGroupNormStats(model.vae)
+    with stats.record():
+        tiled_map(one, h, w, tile, overlap, scale=model.downscale)
+    with stats.shared():
+        return tiled_map(one, h, w, tile, overlap, scale=model.downscale)
+
+
+def back_project(images: torch.Tensor, low: torch.Tensor, factor: int, iterations: int) -> torch.Tensor:
+    """Iterative back-projection (Irani & Peleg, 1991): pull the output towards the one whose x`factor` shrink is
+    the low-res input, keeping the detail that the model invented on top of it. Pixels in [-1, 1]:
+
+        x <- clamp(x + up(low - down(x)))      (down: antialiased bicubic, as images are shrunk; up: bicubic)
+
+    A diffusion upscaler's sample is one plausible image, not the closest one: its colours drift and grain
+    appears where the model is unsure. Shrunk again, it should give back its input; this makes it do so.
+    """
+    import torch.nn.functional as F
+
+    x, low = images.float(), low.float().to(images.device)
+    for _ in range(iterations):
+        down = F.interpolate(x, size=low.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
+        x = (x + F.interpolate(low - down, size=x.shape[-2:], mode="bicubic", align_corners=False)).clamp(-1, 1)
+    return x
+
+
+def check_upscaler(model: LatentDiffusion) -> None:
+    check_task(model, "upscale")
+
+
+def low_res_condition(
+    model: LatentDiffusion,
+    low: torch.Tensor,
+    noise_level: int | torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """The upscaler U-Net's extra inputs: {"concat": the low-res image [B, 3, h, w] noised to the level,
+    "y": that level [B]}. A level of None draws one per image (training); built here for inference and for
+    training (ldm.training.editing) alike."""
+    augmented, level = model.low_scale(low, noise_level, generator=generator, noise=noise)
+    return {"concat": augmented, "y": level}
+
+
+def prepare(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    low: torch.Tensor,
+    noise_level: int,
+    seed: int,
+    tile: int,
+    overlap: int,
+    tiled: bool,
+    options: SamplingOptions | None = None,
+) -> Conditioning:
+    """The upscaler's conditioning: the prompts, the noise-augmented low-res image and its level, and tiles when
+    the image is bigger than one tile."""
+    # Noise drawn on the CPU from the seed, so the augmentation is the same on any device.
+    eps = torch.randn(low.shape, generator=torch.Generator().manual_seed(seed))
+    n = len(prompts)
+    inputs = low_res_condition(model, low, noise_level, noise=eps)
+    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options)).with_inputs(
+        concat=inputs["concat"].expand(n, -1, -1, -1), y=inputs["y"].expand(n)
+    )
+    if tiled:
+        conditioning = replace(conditioning, wrap=lambda den, noise: TiledDenoiser(den, tile, overlap))
+    return conditioning
+
+
+@torch.no_grad()
+def upscale(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    prompt: str | list[str] = "",
+    negative_prompt: str | list[str] = "",
+    noise_level: int = defaults.NOISE_LEVEL,
+    seed: int = defaults.SEED,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    options: SamplingOptions | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    back_projection: int | None = None,
+    **option_overrides: Any,
+) -> Generated:
+    """Upscale `image` by the VAE's factor (4 for SD x4), one result per prompt (image i uses seed + i).
+
+    `noise_level` (0 .. the model's max, 350 for SD) noises the low-res input the model sees.
+    `tile_size`/`tile_overlap` are in low-res pixels (default: the model's training size, a quarter
+    of it overlapping); images that fit in one tile run untiled. `back_projection`: iterations of
+    `back_project` on the result (None: the model's own, its config's `upscale: {back_projection: N}`; 0: none,
+    as the reference SD code).
+    """
+    check_upscaler(model)
+    if back_projection is None:
+        back_projection = int(getattr(model, "upscale_defaults", {}).get("back_projection", 0))
+    if not isinstance(back_projection, int) or back_projection < 0:
+        raise BackProjectionError(f"back projection must be a whole number of iterations >= 0, got {back_projection!r}")
+    if not 0 <= noise_level <= model.low_scale.max_noise_level:
+        raise NoiseLevelError(f"noise level must be in [0, {model.low_scale.max_noise_level}], got {noise_level}")
+    tile = tile_size or model.image_size
+    overlap = tile // 4 if tile_overlap is None else tile_overlap
+    if tile < 8 or not 0 <= overlap < tile:
+        raise TileError(f"tile size must be >= 8 and overlap in [0, tile size); got {tile} and {overlap}")
+    options = resolve_options(options, option_overrides, "upscale", model=model)
+    prompts, negatives = prompt_lists(prompt, negative_prompt)
+    img = as_pil(image).convert("RGB")
+    if min(img.size) < MIN_SIZE:
+        raise ImageTooSmallError(
+            f"image {img.width}x{img.height} is too small to upscale: each side needs {MIN_SIZE} px"
+        )
+    low = pil_to_tensor(img).to(model.device)
+    tiled = max(img.size) > tile
+    if tiled:
+        log.info(
+            "upscaling %dx%d in %d tiles of %d px (overlap %d)",
+            img.width,
+            img.height,
+            len(tile_starts(img.height, tile, overlap)) * len(tile_starts(img.width, tile, overlap)),
+            tile,
+            overlap,
+        )
+    conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled, options)
+    # The latent has the low-res image's size; sampling starts from pure noise (there is no latent to noise).
+    shape = (len(prompts), model.latent_channels, img.height, img.width)
+    with autocast(model.device, options.precision):
+        latents = sample_seeded(model, conditioning, options, seed, shape, callback=callback, progress=progress)
+        images = decode_tiled(model, latents, tile, overlap)
+    if back_projection:
+        images = back_project(images, low, model.downscale, back_projection)
+    settings = settings_of(
+        "upscale",
+        options,
+        noise_level=noise_level,
+        tile_size=tile,
+        tile_overlap=overlap,
+        tiled=tiled,
+        height=img.height * model.downscale,
+        width=img.width * model.downscale,
+        back_projection=back_projection,
+    )
+    return Generated(tensor_to_pil(images), settings)

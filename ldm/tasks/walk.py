@@ -1,0 +1,187 @@
+"""Latent walks: frames between two prompts and/or two seeds, as an animated GIF (or MP4).
+
+Start noise is interpolated spherically: Gaussian noise in high dimension lives near a sphere of
+radius sqrt(d), and a straight line between two samples cuts inside it (the midpoint has ~0.71x the
+norm), which the sampler reads as "less noise" and renders as a washed-out frame. Text embeddings
+are interpolated linearly: they are not Gaussian, and the U-Net's cross-attention is smooth in them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ldm.core import defaults
+from ldm.core.errors import LdmError
+from ldm.io.images import OutputError, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions, autocast
+from ldm.tasks.base import (
+    Conditioning,
+    Generated,
+    check_task,
+    denoise,
+    prompt_conditions,
+    resolve_options,
+    settings_of,
+    start_noise,
+)
+from ldm.tasks.txt2img import image_size
+
+log = logging.getLogger("ldm")
+
+
+class WalkError(LdmError, ValueError):
+    pass
+
+
+class VideoUnavailableError(WalkError):
+    """MP4 output needs imageio with its ffmpeg plugin."""
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-6) -> torch.Tensor:
+    """Spherical interpolation between a and b (treated as single flat vectors); t=0 gives a, t=1 gives b.
+
+    Computed in float64 so the endpoints come back exactly; nearly parallel vectors fall back to a
+    straight line, where the sphere's arc and its chord coincide and the sine ratio is ill-conditioned.
+    """
+    if a.shape != b.shape:
+        raise WalkError(f"cannot interpolate tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    a64, b64 = a.double(), b.double()
+    na, nb = a64.norm(), b64.norm()
+    if na == 0 or nb == 0:
+        return torch.lerp(a64, b64, t).to(a.dtype)
+    cos = ((a64 / na) * (b64 / nb)).sum().clamp(-1.0, 1.0)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    if sin.abs() < eps:
+        return torch.lerp(a64, b64, t).to(a.dtype)
+    out = torch.sin((1.0 - t) * omega) / sin * a64 + torch.sin(t * omega) / sin * b64
+    return out.to(a.dtype)
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Linear interpolation; torch.lerp computes from the nearer end, so both endpoints come back exactly."""
+    return torch.lerp(a, b, float(t))
+
+
+def walk_positions(frames: int) -> list[float]:
+    """Evenly spaced t in [0, 1], both ends included."""
+    if frames < 2:
+        raise WalkError(f"a walk needs at least 2 frames, got {frames}")
+    return [k / (frames - 1) for k in range(frames)]
+
+
+@torch.no_grad()
+def walk_frames(
+    model: LatentDiffusion,
+    prompt_a: str,
+    prompt_b: str | None = None,
+    seed_a: int = defaults.SEED,
+    seed_b: int | None = None,
+    frames: int = defaults.WALK_FRAMES,
+    negative_prompt: str = "",
+    height: int | None = None,
+    width: int | None = None,
+    options: SamplingOptions | None = None,
+    on_frame: Callable[[int, Image.Image], None] | None = None,
+    progress: bool = True,
+) -> Generated:
+    """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
+
+    Leaving prompt_b or seed_b out keeps that end fixed, so a walk can vary only the prompt or
+    only the seed. Every frame samples with the same generator seed, so ancestral samplers'
+    injected noise does not flicker between frames. `on_frame(k, image)` reports each frame.
+    """
+    prompt_b = prompt_a if prompt_b is None else prompt_b
+    seed_b = seed_a if seed_b is None else seed_b
+    if prompt_a == prompt_b and seed_a == seed_b:
+        raise WalkError("both ends are the same: give a second prompt or a second seed")
+    check_task(model, "walk")
+    options = resolve_options(options, {}, "walk", model=model)
+    positions = walk_positions(frames)
+    height, width = image_size(model, height, width)
+    shape = (model.latent_channels, height // model.downscale, width // model.downscale)
+    noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
+    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt], options)
+    ctx_a, ctx_b = ends["context"][0:1], ends["context"][1:2]
+    images: list[Image.Image] = []
+    for k, t in enumerate(positions):
+        # Each frame's conditioning: the prompts' contexts interpolated; its start: the seeds' noise slerped.
+        conditioning = Conditioning({"context": lerp(ctx_a, ctx_b, t)}, uncond)
+        generator = torch.Generator(model.device).manual_seed(seed_a)
+        latent = denoise(model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress)
+        with autocast(model.device, options.precision):
+            image = tensor_to_pil(model.decode_latent(latent))[0]
+        images.append(image)
+        if on_frame is not None:
+            on_frame(k, image)
+    return Generated(images, settings_of("walk", options, frames=frames, height=height, width=width))
+
+
+def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, boomerang: bool = False) -> bytes:
+    """An animated GIF; `boomerang` plays the walk back too, so a looping GIF has no jump at the seam."""
+    if not frames:
+        raise WalkError("no frames to write")
+    sequence = list(frames) + (list(frames[-2:0:-1]) if boomerang else [])
+    buf = io.BytesIO()
+    sequence[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=sequence[1:],
+        duration=duration_ms,
+        loop=loop,
+        optimize=False,
+        disposal=1,
+    )
+    return buf.getvalue()
+
+
+def save_gif(
+    frames: list[Image.Image], path: str | Path, duration_ms: int = 100, loop: int = 0, boomerang: bool = False
+) -> Path:
+    from ldm.io.checkpoint import atomic_path
+
+    path = Path(path)
+    data = gif_bytes(frames, duration_ms, loop, boomerang)
+    try:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10) -> Path:
+    """MP4 through imageio's ffmpeg plugin (the imageio-ffmpeg package ships its own ffmpeg binary)."""
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (fail here, with a clear message, not deep inside imageio)
+    except ImportError as exc:
+        raise VideoUnavailableError("MP4 output needs `pip install imageio imageio-ffmpeg`; GIF works without") from exc
+    import numpy as np
+
+    if not frames:
+        raise WalkError("no frames to write")
+    from ldm.io.checkpoint import atomic_path
+
+    path = Path(path)
+    try:
+        # Written whole, then renamed: an interrupted encode leaves no half MP4 (ffmpeg needs the .mp4 ending).
+        with atomic_path(path, suffix=".tmp.mp4") as tmp:
+            # macro_block_size=1: our frames may be any multiple of 8, not of the default 16.
+            writer = imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, pixelformat="yuv420p")
+            try:
+                for frame in frames:
+                    writer.append_data(np.asarray(frame.convert("RGB")))
+            finally:  # not `with`: imageio's writer stays open on an error, and ffmpeg wrote the file later
+                writer.close()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,121 @@
+"""Sampling against diffusers as an independent reference: SD-exact DDIM and the seeded start noise.
+
+diffusers' DDIMScheduler with Stable Diffusion's settings (set_alpha_to_one=False, steps_offset=1, leading
+spacing) is the original DDIMSampler's arithmetic. It is pure maths, so its loop is driven here with our
+own U-Net's eps predictions (guided in eps space, as the original does) and compared with our "sd" DDIM
+variant, which runs the same U-Net through our denoiser, guidance and sigma grid.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from factories import tiny_model
+
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.base import Conditioning, denoise, prompt_conditions, start_noise
+
+TOLERANCE = 1e-4  # of the largest value; measured: about 7e-7 at 10 and at 50 steps
+SCALE = 7.5
+
+
+def rel_err(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    eps_model, v_model = tiny_model(0), tiny_model(1, parameterization="v")
+    with torch.no_grad():
+        cond, uncond = prompt_conditions(eps_model, ["a cat", "a dog"], ["", "blurry"])
+        v_cond, v_uncond = prompt_conditions(v_model, ["a cat", "a dog"], ["", "blurry"])
+    noise = start_noise((4, 8, 8), [0, 1], torch.device("cpu"))
+    return {"eps": (eps_model, cond, uncond), "v": (v_model, v_cond, v_uncond), "noise": noise}
+
+
+@torch.no_grad()
+def diffusers_ddim(model, cond, uncond, noise, steps, steps_offset=1, eta=0.0, seed=None):
+    """diffusers' DDIM loop as SD runs it, with eps-space guidance; with eta > 0 its noise is drawn from a generator
+    seeded `seed`, one draw per step, as our DDIM draws it."""
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=steps_offset,
+        timestep_spacing="leading",
+        prediction_type="v_prediction" if model.prediction == "v" else "epsilon",
+    )
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        out = model.unet(
+            torch.cat([x, x]),
+            torch.full((2 * len(x),), int(t)),
+            context=torch.cat([uncond["context"], cond["context"]]),
+        )
+        out_uncond, out_cond = out.chunk(2)
+        variance_noise = torch.randn(x.shape, generator=generator) if eta > 0 else None
+        x = scheduler.step(
+            out_uncond + SCALE * (out_cond - out_uncond), t, x, eta=eta, variance_noise=variance_noise
+        ).prev_sample
+    return x
+
+
+@torch.no_grad()
+def ours(model, cond, uncond, noise, steps, variant="sd", eta=None, seed=None):
+    options = SamplingOptions(steps=steps, guidance_scale=SCALE, ddim_variant=variant, eta=eta)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return denoise(model, Conditioning(cond, uncond), options, noise, generator, progress=False)
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_sd_ddim_matches_diffusers(setup, steps):
+    model, cond, uncond = setup["eps"]
+    assert (
+        rel_err(
+            ours(model, cond, uncond, setup["noise"], steps), diffusers_ddim(model, cond, uncond, setup["noise"], steps)
+        )
+        <= TOLERANCE
+    )
+
+
+def test_sd_ddim_matches_diffusers_for_v_models_and_with_eta(setup):
+    model, cond, uncond = setup["v"]
+    assert (
+        rel_err(ours(model, cond, uncond, setup["noise"], 10), diffusers_ddim(model, cond, uncond, setup["noise"], 10))
+        <= TOLERANCE
+    )
+    model, cond, uncond = setup["eps"]
+    assert (
+        rel_err(
+            ours(model, cond, uncond, setup["noise"], 10, eta=0.5, seed=3),
+            diffusers_ddim(model, cond, uncond, setup["noise"], 10, eta=0.5, seed=3),
+        )
+        <= TOLERANCE
+    )
+
+
+def test_the_comparison_can_fail(setup):
+    """Every timestep one earlier (steps_offset 0) or the k variant's ends are far outside the tolerance."""
+    model, cond, uncond = setup["eps"]
+    theirs = diffusers_ddim(model, cond, uncond, setup["noise"], 10)
+    shifted = diffusers_ddim(model, cond, uncond, setup["noise"], 10, steps_offset=0)
+    assert rel_err(ours(model, cond, uncond, setup["noise"], 10), shifted) > 10 * TOLERANCE
+    assert rel_err(ours(model, cond, uncond, setup["noise"], 10, variant="k"), theirs) > 10 * TOLERANCE
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8), (4, 64, 96)])
+def test_start_noise_is_diffusers_cpu_noise_for_the_same_seed(shape):
+    """diffusers' randn_tensor with a CPU generator: one seed for a single image, one generator per image for a
+    batch (seed + i, ours: ldm.tasks.base.sample_seeded)."""
+    single = randn_tensor((1, *shape), generator=torch.Generator("cpu").manual_seed(1234))
+    assert torch.equal(start_noise(shape, [1234], torch.device("cpu")), single)
+    batch = randn_tensor((3, *shape), generator=[torch.Generator("cpu").manual_seed(1234 + i) for i in range(3)])
+    assert torch.equal(start_noise(shape, [1234, 1235, 1236], torch.device("cpu")), batch)
+    assert not torch.equal(start_noise(shape, [1235], torch.device("cpu")), single)  # the seed matters
