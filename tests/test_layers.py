@@ -24,9 +24,6 @@ TOP = "<api>"  # the modules loose in ldm/: __init__ (the public API, exported l
 LOOSE_LIMIT = 3
 # Seams the move alone does not mend (issue 37), each fixed by a commit of its own, which empties its entry here.
 KNOWN_UPWARD = {
-    "data.emoji -> interfaces.cli.main",
-    "training.clip -> interfaces.cli.main",
-    "training.shapes -> interfaces.cli.main",
     "models.latent_diffusion -> formats.detect",
     "models.latent_diffusion -> formats.variants",
     "models.latent_diffusion -> formats.diffusers",

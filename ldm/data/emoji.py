@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -369,9 +368,3 @@ def summary_line(summary: dict, out: str | os.PathLike) -> str:
             f"{summary['train']} train ({summary['train_images']} images), {summary['heldout']} held out "
             f"({summary['heldout_images']} images; {summary['heldout_combination']} by combination, "
             f"{summary['heldout_random']} at random) -> {out}")
-
-
-if __name__ == "__main__":  # the old entry point, now `ldm data emoji` (one command-line parser)
-    from ldm.interfaces.cli.main import main
-
-    sys.exit(main(["data", "emoji", *sys.argv[1:]]))

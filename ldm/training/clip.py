@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -324,9 +323,3 @@ def train_and_report(
     metrics_file.write_text(json.dumps(report, indent=2) + "\n")
     _write_card(out / "CLIP_CARD.md", report)
     return report
-
-
-if __name__ == "__main__":  # the old entry point, now `ldm clip` (one command-line parser)
-    from ldm.interfaces.cli.main import main
-
-    sys.exit(main(["clip", *sys.argv[1:]]))

@@ -51,11 +51,3 @@ def make_shapes_dataset(root: str | os.PathLike, size: int = 16, count: int = 48
         lines.append(json.dumps({"file": rel, "caption": f"{name} {shape}"}))
     (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
     return root
-
-
-if __name__ == "__main__":  # the old entry point, now `ldm data shapes` (one command-line parser)
-    import sys
-
-    from ldm.interfaces.cli.main import main
-
-    sys.exit(main(["data", "shapes", *sys.argv[1:]]))
