@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ldm.core.devices import cpu_has_fast_bf16
-from ldm.models.latent_diffusion import load_model
+from ldm.formats.load import load_model
 from ldm.tasks.txt2img import txt2img
 
 PROMPTS = ["red heart", "green apple", "yellow star", "smiling face", "blue car", "pizza"]

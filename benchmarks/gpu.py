@@ -31,7 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldm.formats.diffusers_export import write_folder  # noqa: E402
-from ldm.models.latent_diffusion import load_model  # noqa: E402
+from ldm.formats.load import load_model
 from ldm.tasks.txt2img import txt2img  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "stable-diffusion" / "v2-inference.yaml"

@@ -192,7 +192,7 @@ def main() -> None:
 
 def main_model(args: argparse.Namespace) -> None:
     """The table for a real model: guided denoiser, its own schedule, prompts repeated to fill the batch."""
-    from ldm.models.latent_diffusion import load_model
+    from ldm.formats.load import load_model
     from ldm.sampling.denoisers import CFGDenoiser
 
     if args.model == "default":

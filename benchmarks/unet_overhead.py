@@ -18,7 +18,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ldm.models.latent_diffusion import load_model
+from ldm.formats.load import load_model
 
 
 def median_ms(fn, calls: int) -> float:

@@ -25,8 +25,8 @@ from PIL import Image  # noqa: E402
 from ldm.core.defaults import shipped_path  # noqa: E402
 from ldm.evaluation.metrics import ClipFeatures, NearestNeighbourJudge  # noqa: E402
 from ldm.evaluation.report import load_real, pil_to_tensor  # noqa: E402
+from ldm.formats.load import load_model
 from ldm.models.clip import load_clip  # noqa: E402
-from ldm.models.latent_diffusion import load_model  # noqa: E402
 from ldm.tasks.txt2img import txt2img  # noqa: E402
 
 

@@ -23,8 +23,8 @@ from ldm.core.defaults import default_model_files, shipped_path
 from ldm.data.folder import CaptionedImageFolder
 from ldm.evaluation.edits import centre_box_case, evaluate_method, real_accuracy, right_band_case
 from ldm.evaluation.report import Judge, load_real
+from ldm.formats.load import load_model
 from ldm.io.images import tensor_to_pil
-from ldm.models.latent_diffusion import load_model
 from ldm.sampling.options import SamplingOptions
 from ldm.tasks.inpaint import inpaint, outpaint
 

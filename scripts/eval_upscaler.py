@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from ldm.core.defaults import default_model_files  # noqa: E402
-from ldm.models.latent_diffusion import load_model  # noqa: E402
+from ldm.formats.load import load_model
 from ldm.tasks.upscale import upscale  # noqa: E402
 
 FOLDERS = {"emoji": "data/emoji-256/heldout/images", "photos": "data/photos/heldout/images"}

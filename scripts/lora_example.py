@@ -248,8 +248,8 @@ def _run(args: argparse.Namespace) -> int:
     from ldm.adapters.lora import apply_lora
     from ldm.evaluation.metrics import ClipFeatures
     from ldm.evaluation.report import EvalSettings, generate
+    from ldm.formats.load import load_model
     from ldm.models.clip import DEFAULT_CONFIG, load_clip
-    from ldm.models.latent_diffusion import load_model
     from ldm.training.captions import styled
     from ldm.training.config import load_train_config
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ldm.data.folder import read_caption_table
-from ldm.models.latent_diffusion import load_model
+from ldm.formats.load import load_model
 from ldm.tasks.txt2img import SamplingOptions, txt2img
 from ldm.training.captions import styled
 

@@ -26,8 +26,7 @@ from safetensors import safe_open
 
 from ldm.core.defaults import SHIPPED_MODELS, default_checkpoint_path
 from ldm.formats.derived import base_state, split_derived
-from ldm.io.checkpoint import file_sha256, load_state_dict, save_state_dict
-from ldm.models.latent_diffusion import weights_in_our_layout
+from ldm.io.checkpoint import file_sha256, load_state_dict, save_state_dict, weights_in_our_layout
 
 # Submodules a shipped model takes from a file of their own (ldm.formats.derived `parts:`), by task.
 SHIPPED_PARTS = {"upscale": {"vae": "upscaler-vae.safetensors"}}

@@ -148,11 +148,13 @@ MOVED_MODULES = {
 }
 # rewrite: on
 # Old modules whose name a new subpackage took over (the module `diffusion` of ldm is now its package): a name
-# below it that is one of the package's modules is already new.
-_NEW_SUBMODULES: dict[str, set[str]] = {}
-for _new in MOVED_MODULES.values():
-    _parent, _, _leaf = _new.rpartition(".")
-    _NEW_SUBMODULES.setdefault(_parent, set()).add(_leaf)
+# below such a package that is one of its modules is already new.
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _is_submodule(package: str, name: str) -> bool:
+    folder = _PACKAGE_DIR.joinpath(*package.split(".")[1:])
+    return (folder / f"{name}.py").is_file() or (folder / name / "__init__.py").is_file()
 
 
 def canonical_target(target: str) -> str:
@@ -160,7 +162,7 @@ def canonical_target(target: str) -> str:
     parts = target.split(".")
     for n in range(len(parts) - 1, 1, -1):  # the longest moved prefix: a module, or a package that moved whole
         module = ".".join(parts[:n])
-        if module in MOVED_MODULES and parts[n] not in _NEW_SUBMODULES.get(module, ()):
+        if module in MOVED_MODULES and not _is_submodule(module, parts[n]):
             return ".".join([MOVED_MODULES[module], *parts[n:]])
     return target
 

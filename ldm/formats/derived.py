@@ -62,7 +62,7 @@ def base_state(
     own: dict[str, torch.Tensor], base: str | Path, parts: dict[str, Path] | None = None
 ) -> dict[str, torch.Tensor]:
     """The tensors the base file and the parts' files give the model (names as in `own`), parts over base."""
-    from ldm.models.latent_diffusion import weights_in_our_layout
+    from ldm.io.checkpoint import weights_in_our_layout
 
     state = {k: v for k, v in weights_in_our_layout(base).items() if k in own}
     for prefix, file in (parts or {}).items():

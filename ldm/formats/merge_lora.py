@@ -17,8 +17,8 @@ import torch
 from ldm.adapters.lora import merge_lora
 from ldm.core.errors import LdmError
 from ldm.formats.detect import CONFIG_KEY, resolve_config
+from ldm.formats.load import load_model
 from ldm.io.checkpoint import save_state_dict
-from ldm.models.latent_diffusion import load_model
 
 log = logging.getLogger(__name__)
 

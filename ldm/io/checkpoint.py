@@ -309,3 +309,11 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], assign: bo
     if problems:
         raise CheckpointError("checkpoint does not match the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True, assign=assign)
+
+
+def weights_in_our_layout(path: str | Path) -> dict[str, torch.Tensor]:
+    """A whole-model weights file (original SD keys or ours) as a state dict in our key layout."""
+    state = load_state_dict(path)
+    if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in state):
+        state = from_original_keys(state)
+    return state

@@ -86,7 +86,7 @@ def txt2img(
     the caller's options are not changed. The result is a list of PIL images whose `settings` say what ran.
     As in diffusers: `generator` (one torch.Generator for the batch, or one per image) or `latents` (the unit
     start noise [B, C, h/f, w/f]) replace the seed; `callback(step)` runs at every step with the sampler's
-    {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.models.latent_diffusion.load_model(device=, dtype=)).
+    {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.formats.load.load_model(device=, dtype=)).
     loras: [(LoRA file, weight), ...] applied for this call only (ldm.adapters.lora). label: a class-conditional model's
     class (one name, or one per prompt; None: the null label), guided against the null label; a label-only
     model takes the empty prompt "".
@@ -238,7 +238,7 @@ def settings_dict(
 
     `eta` is the one the sampler used (not the --eta of a sampler that ignores it), `ddim_variant` likewise
     (the model's own where the options leave it open; without a field, --from-png reads the metadata as made
-    before the field existed, with "k"); `model` adds the weights' file name and SHA-256 (ldm.models.latent_diffusion.load_model
+    before the field existed, with "k"); `model` adds the weights' file name and SHA-256 (ldm.formats.load.load_model
     records them), which say which model made it.
     """  # noqa: E501
     if model is not None:

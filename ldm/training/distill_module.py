@@ -142,7 +142,7 @@ def load_lora_teacher(weights: Path, config: Path, base: str | None) -> LatentDi
 def build_distillation(cfg: dict, student: LatentDiffusion, module_kwargs: dict[str, Any]) -> DistillationModule:
     """The stage's module: the teacher loaded from `distill.teacher`, the student started as its copy (a new
     guidance embedding, whose last layer is zero, is the one part the teacher lacks)."""
-    from ldm.models.latent_diffusion import load_model
+    from ldm.formats.load import load_model
 
     dist = cfg["distill"]
     weights = Path(dist["teacher"])

@@ -1,7 +1,7 @@
 """Inference exports of a training run: weights as safetensors plus the YAML that builds the model.
 
 A diffusion run writes `model.safetensors` (EMA U-Net + VAE + text encoder, original SD key layout)
-and `model.yaml` (the model node with the final scale_factor), which `ldm.models.latent_diffusion.load_model` and
+and `model.yaml` (the model node with the final scale_factor), which `ldm.formats.load.load_model` and
 `ldm txt2img --config model.yaml --ckpt model.safetensors` read. An autoencoder run writes
 `vae.safetensors` (bare AutoencoderKL keys, like standalone SD VAE files) and `vae.yaml`.
 """

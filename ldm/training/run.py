@@ -29,9 +29,8 @@ from ldm.core.config import instantiate
 from ldm.core.devices import training_precision
 from ldm.core.errors import LdmError
 from ldm.formats.derived import widen_unet_input
-from ldm.io.checkpoint import CheckpointError, load_into, load_state_dict
+from ldm.io.checkpoint import CheckpointError, load_into, load_state_dict, weights_in_our_layout
 from ldm.io.images import check_writable
-from ldm.models.latent_diffusion import weights_in_our_layout
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
 from ldm.training.captions import CaptionSampling
 from ldm.training.config import TrainConfigError, dump, is_autoencoder, is_clip, load_train_config

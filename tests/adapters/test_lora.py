@@ -23,9 +23,9 @@ from ldm.adapters.lora import (
 )
 from ldm.adapters.lora_layers import HOST_TYPES, model_targets
 from ldm.core.errors import MissingFileError
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main
 from ldm.io.checkpoint import save_state_dict
-from ldm.models.latent_diffusion import load_model
 from ldm.tasks.txt2img import txt2img
 
 try:  # the arch refactor moves the factories from ldm/testing.py to tests/factories.py

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from ldm.formats.convert import ConvertError, convert_checkpoint
 from ldm.formats.detect import detect_file
+from ldm.formats.load import load_model
 from ldm.io.checkpoint import CheckpointError, save_state_dict
-from ldm.models.latent_diffusion import load_model
 
 RUNNER = Path(__file__).parents[1] / "cli_runner.py"
 

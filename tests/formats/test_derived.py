@@ -10,8 +10,8 @@ from factories import tiny_inpaint_config, tiny_model, write_tiny_model_files
 from ldm.core.config import instantiate
 from ldm.core.errors import MissingFileError
 from ldm.formats.derived import widen_unet_input
+from ldm.formats.load import load_model
 from ldm.io.checkpoint import CheckpointError, load_into, save_state_dict
-from ldm.models.latent_diffusion import load_model
 
 
 def widened(base):

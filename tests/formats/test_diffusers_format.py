@@ -18,7 +18,7 @@ from factories import tiny_config, tiny_model, tiny_sd1_config, tiny_sd1_model, 
 from ldm.core.errors import LdmError
 from ldm.formats.diffusers import DiffusersFolderError, folder_config
 from ldm.formats.diffusers_export import write_folder, write_tokenizer
-from ldm.models.latent_diffusion import load_model
+from ldm.formats.load import load_model
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

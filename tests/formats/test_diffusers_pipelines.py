@@ -18,7 +18,7 @@ from factories import _build, tiny_inpaint_config, tiny_upscaler_config
 from ldm.core.errors import LdmError
 from ldm.formats.diffusers import DiffusersFolderError, folder_config, folder_identity
 from ldm.formats.diffusers_export import write_folder, write_single_file, write_tokenizer
-from ldm.models.latent_diffusion import load_model
+from ldm.formats.load import load_model
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

@@ -26,6 +26,7 @@ from ldm.formats.detect import (
     sd_config_path,
     with_prediction,
 )
+from ldm.formats.load import load_model
 from ldm.io.checkpoint import (
     IGNORED_PREFIXES,
     SCHEDULE_BUFFERS,
@@ -35,7 +36,6 @@ from ldm.io.checkpoint import (
     load_state_dict,
     save_state_dict,
 )
-from ldm.models.latent_diffusion import load_model
 from ldm.training.export import export_diffusion
 
 ROOT = Path(__file__).resolve().parents[2]

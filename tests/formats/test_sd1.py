@@ -18,8 +18,8 @@ from PIL import Image
 
 from ldm.core.errors import InvalidOptionError
 from ldm.formats.detect import HF_CLIP, detect_file, with_prediction
+from ldm.formats.load import load_model
 from ldm.io.checkpoint import CheckpointError, load_state_dict, save_state_dict
-from ldm.models.latent_diffusion import load_model
 from ldm.training.export import export_diffusion
 
 RUNNER = Path(__file__).parents[1] / "cli_runner.py"

@@ -139,7 +139,7 @@ def test_learned_variance_sampler_from_the_cli_is_recorded_and_remade(learned_va
     assert "learned_variance" not in fixed_settings
     assert not np.array_equal(fixed, learned)  # the U-Net's variance, not the fixed one, drew the steps' noise
     # The same as the Python call makes with the CLI's spacing (the call's own default is trailing).
-    from ldm.models.latent_diffusion import load_model
+    from ldm.formats.load import load_model
     from ldm.tasks.txt2img import txt2img_learned_variance
 
     model = load_model(*learned_variance_files)

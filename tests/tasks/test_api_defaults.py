@@ -13,8 +13,8 @@ from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 
 from ldm.core import defaults
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import build_parser, main
-from ldm.models.latent_diffusion import load_model
 from ldm.sampling.options import task_options
 from ldm.tasks.base import NoiseShapeError, PromptError, prompt_conditions
 from ldm.tasks.img2img import img2img

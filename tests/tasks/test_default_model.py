@@ -16,9 +16,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from ldm.core.defaults import default_checkpoint_path, default_config_path
+from ldm.formats.load import load_model
 from ldm.io.checkpoint import load_state_dict
 from ldm.io.images import pil_to_tensor
-from ldm.models.latent_diffusion import load_model
 from ldm.tasks.txt2img import txt2img
 
 ROOT = Path(__file__).resolve().parents[2]

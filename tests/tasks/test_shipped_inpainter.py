@@ -15,9 +15,9 @@ from safetensors import safe_open
 
 from ldm.core.defaults import default_checkpoint_path, default_model_files
 from ldm.formats.derived import split_derived
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.checkpoint import load_state_dict
-from ldm.models.latent_diffusion import load_model
 from ldm.tasks.inpaint import inpaint
 from ldm.tasks.txt2img import txt2img
 

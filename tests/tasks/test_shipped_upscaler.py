@@ -14,9 +14,9 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 
 from ldm.core.defaults import default_model_files
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.checkpoint import load_state_dict
-from ldm.models.latent_diffusion import load_model
 from ldm.tasks.upscale import upscale
 
 FILES = default_model_files("upscale")

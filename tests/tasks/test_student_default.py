@@ -18,10 +18,10 @@ from PIL import Image
 
 from ldm.core.config import instantiate
 from ldm.core.errors import MissingFileError
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.checkpoint import save_state_dict
 from ldm.io.infotext import settings_from_png
-from ldm.models.latent_diffusion import load_model
 from ldm.models.unet import UNetModel
 from ldm.training.distill import write_student_config
 

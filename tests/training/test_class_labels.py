@@ -14,9 +14,9 @@ import yaml
 from ldm.core.defaults import shipped_path
 from ldm.core.errors import InvalidOptionError
 from ldm.data.folder import CaptionedImageFolder
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.infotext import settings_from_png
-from ldm.models.latent_diffusion import load_model
 from ldm.tasks.base import sample_seeded
 from ldm.tasks.txt2img import prepare, resolve_options, txt2img
 from ldm.training.labels import LabelError, LabelledDataset, with_classes

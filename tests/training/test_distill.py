@@ -15,8 +15,8 @@ from ldm.core.errors import InvalidOptionError
 from ldm.diffusion.distillation import ddim_step, guided_prediction, halving_grid, halving_target
 from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
 from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
-from ldm.models.latent_diffusion import load_model
 from ldm.sampling.denoisers import CFGDenoiser
 from ldm.sampling.samplers import sample_ddim
 from ldm.training.config import TrainConfigError

@@ -10,9 +10,9 @@ import torch
 import yaml
 from factories import with_ctrl_c
 
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.checkpoint import load_state_dict
-from ldm.models.latent_diffusion import load_model
 from ldm.training.run import build_data, build_module, train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config

@@ -13,9 +13,9 @@ from factories import write_training_base
 from safetensors import safe_open
 
 from ldm.adapters.lora import apply_lora
+from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.checkpoint import load_state_dict
-from ldm.models.latent_diffusion import load_model
 from ldm.training.config import TrainConfigError
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset

@@ -90,7 +90,7 @@ def load_main_model(
     shipped model (ldm.formats.variants), "full" or "student" (the text-to-image page's choice)."""
     from ldm.core.defaults import default_checkpoint_path, default_config_path
     from ldm.core.devices import resolve_device
-    from ldm.models.latent_diffusion import load_model
+    from ldm.formats.load import load_model
 
     if config is None:
         cfg, weights = default_config_path(), default_checkpoint_path()
@@ -105,7 +105,7 @@ def load_main_model(
 
 def load_upscaler(config: str, ckpt: str, device: str = "auto") -> LatentDiffusion:
     from ldm.core.devices import resolve_device
-    from ldm.models.latent_diffusion import load_model
+    from ldm.formats.load import load_model
     from ldm.tasks.upscale import check_upscaler
 
     model = load_model(config, ckpt, resolve_device(device))
@@ -118,7 +118,7 @@ def load_inpainter(source: ModelSource) -> LatentDiffusion | None:
     one); None otherwise, and the edit page blends with the app's own model instead."""
     from ldm.core.defaults import default_model_files
     from ldm.core.devices import resolve_device
-    from ldm.models.latent_diffusion import load_model
+    from ldm.formats.load import load_model
 
     files = default_model_files("inpaint")
     if source.config is not None or source.ckpt is not None or files is None:

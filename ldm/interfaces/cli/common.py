@@ -173,7 +173,7 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
 def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", variant: str | None = "full"):
     """The model the options name, or without --ckpt the shipped one for `task` (ldm.core.defaults): for text-to-image
     the `variant` (ldm.formats.variants; "full" unless the command offers --model, None: the default one)."""
-    from ldm.models.latent_diffusion import load_model
+    from ldm.formats.load import load_model
 
     if args.config and not args.ckpt:
         # A config alone builds a model with random weights: its images are noise, which nobody wants by accident.

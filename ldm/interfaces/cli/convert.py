@@ -104,7 +104,7 @@ def _model_to_other_layout(args: argparse.Namespace) -> int:
     from ldm.formats.detect import resolve_config
     from ldm.formats.diffusers import folder_config
     from ldm.formats.diffusers_export import write_folder, write_single_file
-    from ldm.models.latent_diffusion import load_model
+    from ldm.formats.load import load_model
 
     if args.no_ema or args.no_schedule:
         raise ConvertError("--to diffusers and folder inputs write the model alone: leave out --no-ema/--no-schedule")
