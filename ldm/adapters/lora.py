@@ -170,7 +170,7 @@ def save_lora(model: nn.Module, path: str | Path, name: str = "default", float_d
     file is a model derived from its base (ldm.formats.derived), not a LoRA to apply to any model."""
     config = dict(getattr(model, "lora_configs", {}).get(name, {}))
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in config.items()}, **(extra_metadata or {})}
-    base = (getattr(model, "identity", None) or {}).get("model_sha256")
+    base = (getattr(model, "identity", None) or {}).get("model_sha256")  # a LoRA may adapt any module
     if base:
         metadata["base_model_sha256"] = base
     if whole:

@@ -67,7 +67,6 @@ def load_model(
         model = instantiate(cfg["model"])
     if not isinstance(model, LatentDiffusion):
         raise InvalidOptionError("the config's model target is not a latent diffusion model")
-    model.identity = {}  # what image metadata records as the model: its weights file and their hash
     if folder:
         from ldm.formats.diffusers import folder_identity, load_folder_weights
 

@@ -11,6 +11,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,6 +115,13 @@ class LatentDiffusion(nn.Module):
         class_names: list[str] | None = None,
     ):
         super().__init__()
+        # What a loaded model carries beside its networks, filled in by ldm.formats.load.load_model and empty for
+        # a model built from a config alone: which files it is (image metadata records them: model_file,
+        # model_sha256, model_name, base_file, vae_file, ...), its config's own `sampling:` defaults (used where
+        # a call leaves an option open) and its `upscale:` defaults (e.g. back_projection).
+        self.identity: dict[str, str] = {}
+        self.sampling_defaults: dict[str, Any] = {}
+        self.upscale_defaults: dict[str, Any] = {}
         if parameterization not in ("eps", "v"):
             raise InvalidOptionError(f"unknown parameterization {parameterization!r}; known: eps, v")
         if ddim_variant not in defaults.DDIM_VARIANTS:
@@ -352,8 +360,7 @@ class LatentDiffusion(nn.Module):
                 f"quant_conv.*, post_quant_conv.*): {'; '.join(problems)}"
             )
         self.vae.load_state_dict(state, strict=True)
-        identity = getattr(self, "identity", None) or {}
-        self.identity = {**identity, "vae_file": Path(path).name, "vae_sha256": file_sha256(path)}
+        self.identity = {**self.identity, "vae_file": Path(path).name, "vae_sha256": file_sha256(path)}
 
     def load_weights(self, path: str | Path) -> None:
         state = weights_in_our_layout(path)

@@ -77,7 +77,7 @@ def resolve_options(
     a student's steps and spacing) with keyword overrides applied (the caller's object is not changed), and with
     `model`'s own defaults where the options leave them open (`for_model`)."""
     if options is None:
-        options = task_options(task, **(getattr(model, "sampling_defaults", None) or {}))
+        options = task_options(task, **(model.sampling_defaults if model is not None else {}))
     else:
         options = replace(options, extra=dict(options.extra))
     for key, value in overrides.items():

@@ -247,7 +247,7 @@ def settings_dict(
     extra = opts.pop("extra")
     opts["eta"] = sampler_eta(options)
     opts["ddim_variant"] = ddim_variant_of(options)
-    identity = dict(getattr(model, "identity", None) or {}) if model is not None else {}
+    identity = dict(model.identity) if model is not None else {}
     return {
         "prompt": prompt,
         "negative_prompt": negative_prompt,

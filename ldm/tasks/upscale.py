@@ -236,7 +236,7 @@ def upscale(
     """
     check_upscaler(model)
     if back_projection is None:
-        back_projection = int(getattr(model, "upscale_defaults", {}).get("back_projection", 0))
+        back_projection = int(model.upscale_defaults.get("back_projection", 0))
     if not isinstance(back_projection, int) or back_projection < 0:
         raise BackProjectionError(f"back projection must be a whole number of iterations >= 0, got {back_projection!r}")
     if not 0 <= noise_level <= model.low_scale.max_noise_level:

@@ -27,7 +27,8 @@ from ldm.tasks.txt2img import settings_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SD_CONFIGS = ROOT / "configs" / "stable-diffusion"
-SD_MODEL, OUR_MODEL = SimpleNamespace(ddim_variant="sd"), SimpleNamespace(ddim_variant="k")
+SD_MODEL = SimpleNamespace(ddim_variant="sd", sampling_defaults={}, identity={})  # stand-ins of what is read
+OUR_MODEL = SimpleNamespace(ddim_variant="k", sampling_defaults={}, identity={})
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SD_CONFIGS.glob("*.yaml")))

@@ -122,7 +122,7 @@ def sampling_controls(
     """Sampler, steps, guidance scale and (unless seed is False, for pages with their own seeds) a seed, starting
     at the task's defaults (ldm.core.defaults: the same as the CLI's and the Python API's) under the model's own (a
     student's steps and spacing, ldm.formats.variants)."""
-    own = dict(getattr(model, "sampling_defaults", None) or {})
+    own = dict(model.sampling_defaults) if model is not None else {}
     d = task_options(task, **own)
     cols = st.columns(4 if seed else 3)
     sampler = cols[0].selectbox(

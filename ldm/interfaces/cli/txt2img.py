@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     if args.learned_variance:
         labelled["learned_variance"] = True
     made_with = getattr(args, "png_model_hash", None)
-    ours = (getattr(model, "identity", None) or {}).get("model_sha256", "")
+    ours = model.identity.get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):
         log.warning(
             "%s was made by another model (hash %s); this one (%s) makes a different image",

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     image = as_pil(args.image).convert("RGB")
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args, task="upscale")  # without --ckpt: the shipped upscaler, where there is one
-    if apply_model_sampling(args, getattr(model, "sampling_defaults", None) or {}):
+    if apply_model_sampling(args, model.sampling_defaults):
         options = sampling_options(args)  # the model's own steps, guidance and eta where the user gave none
         options.validate()
     check_upscale_memory(model, args, image)
