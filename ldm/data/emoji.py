@@ -37,6 +37,7 @@ from ldm.data.emoji_sources import (
     load_keywords,
     render_svg,
 )
+from ldm.data.folder import OutputDirNotEmptyError
 
 FONT_PACKAGE = "fonts-noto-color-emoji"
 EMOJI_LIST_PACKAGE = "unicode-data"
@@ -80,10 +81,6 @@ class EmojiFontNotFoundError(EmojiDataError, FileNotFoundError):
 
 class EmojiListNotFoundError(EmojiDataError, FileNotFoundError):
     """Unicode's emoji-test.txt is not installed."""
-
-
-class OutputDirNotEmptyError(EmojiDataError):
-    """The output folder holds files that a previous build did not write."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ class DatasetError(LdmError, ValueError):
     """Base class for a captioned image folder that cannot be used."""
 
 
+class OutputDirNotEmptyError(LdmError, FileExistsError):
+    """A dataset build's --out holds files no previous build of that dataset wrote: they are left alone."""
+
+
 class EmptyDatasetError(DatasetError):
     """The folder holds no images."""
 

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ldm.core.errors import InvalidOptionError, LdmError
-from ldm.data.folder import load_rgb
+from ldm.data.folder import OutputDirNotEmptyError, load_rgb
 from ldm.data.photo_sources import DEFAULT_SOURCES_DIR, PACKAGES, Package, fetch_package, licence_verdict, survey
 
 DEFAULT_OUT = "data/photos"
@@ -50,10 +50,6 @@ SPLIT_SALT = "ldm-photos-heldout-v1"
 
 class PhotoDataError(LdmError, RuntimeError):
     """A problem building the photo dataset."""
-
-
-class OutputDirNotEmptyError(PhotoDataError):
-    """--out names a folder that holds something other than a previous photo build."""
 
 
 @dataclass

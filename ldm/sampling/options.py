@@ -27,7 +27,7 @@ import torch
 
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError, LdmError
-from ldm.sampling.samplers import SAMPLERS, Generators, get_sampler, sample_ddim_sd
+from ldm.sampling.samplers import SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What every sampler takes (ldm.sampling.samplers' signature); the rest of a signature are the sampler's own options.
@@ -39,10 +39,6 @@ DDIM_VARIANTS = defaults.DDIM_VARIANTS  # re-exported
 
 class PrecisionError(LdmError, ValueError):
     pass
-
-
-class SamplerOptionError(InvalidOptionError):
-    """An option the chosen sampler does not have (e.g. eta for euler)."""
 
 
 def sampler_parameters(name: str) -> dict[str, Any]:

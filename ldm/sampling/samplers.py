@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import trange
 
-from ldm.core.errors import LdmError
+from ldm.core.errors import InvalidOptionError, LdmError
 
 Denoiser = Callable[..., torch.Tensor]
 Callback = Callable[[dict], Any]
@@ -40,8 +40,9 @@ class GeneratorCountError(LdmError, ValueError):
     """A list of generators whose length is not the batch size."""
 
 
-class InvalidSamplerOptionError(LdmError, ValueError):
-    """A sampler's own option out of its range (e.g. a negative corrector_steps)."""
+class SamplerOptionError(InvalidOptionError):
+    """An option the chosen sampler does not have (eta for euler), or one of its own out of its range (a negative
+    corrector_steps)."""
 
 
 class InvalidStrengthError(LdmError, ValueError):
@@ -327,7 +328,7 @@ def sample_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args
     Cost: steps + corrector_steps * (steps - 1) evaluations. snr 0.16 is the paper's CIFAR-10 VE value.
     """
     if corrector_steps < 0 or snr < 0:
-        raise InvalidSamplerOptionError(f"corrector_steps and snr must be >= 0, got {corrector_steps} and {snr}")
+        raise SamplerOptionError(f"corrector_steps and snr must be >= 0, got {corrector_steps} and {snr}")
     for i in _steps(sigmas, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = _eval(model, x, sigma, extra_args)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_samplers import MU, SIGMA_MAX, S, gaussian_denoiser, grid
 
-from ldm.sampling.samplers import SAMPLERS, InvalidSamplerOptionError, langevin_step_size, sample_pc
+from ldm.sampling.samplers import SAMPLERS, SamplerOptionError, langevin_step_size, sample_pc
 
 N = 20000
 
@@ -60,5 +60,5 @@ def test_pc_is_registered_costs_one_plus_corrector_calls_a_step_and_refuses_bad_
     counting = lambda x, sigma: calls.append(1) or gaussian_denoiser(x, sigma)
     sample_pc(counting, torch.randn(8, 4, dtype=torch.float64) * SIGMA_MAX, grid(7), disable=True, corrector_steps=2)
     assert len(calls) == 7 + 2 * 6  # no corrector after the last step, which lands on sigma = 0
-    with pytest.raises(InvalidSamplerOptionError):
+    with pytest.raises(SamplerOptionError):
         sample_pc(gaussian_denoiser, torch.zeros(2, 4), grid(3), corrector_steps=-1)

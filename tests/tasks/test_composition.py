@@ -12,8 +12,8 @@ from ldm.diffusion.parameterisation import VPParameterisation, predict_x0_from_e
 from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
 from ldm.models.latent_diffusion import CONDITIONING
 from ldm.sampling.denoisers import CFGDenoiser, DiscreteTimeDenoiser
-from ldm.sampling.options import SamplerOptionError, sample, sampler_eta, sampler_kwargs
-from ldm.sampling.samplers import SAMPLERS, InvalidStrengthError
+from ldm.sampling.options import sample, sampler_eta, sampler_kwargs
+from ldm.sampling.samplers import SAMPLERS, InvalidStrengthError, SamplerOptionError
 from ldm.tasks.base import WrongModelError, check_task, kinds_for
 from ldm.tasks.editing import StrengthError
 from ldm.tasks.inpaint import BlendDenoiser

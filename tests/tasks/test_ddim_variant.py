@@ -20,8 +20,8 @@ from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_
 from ldm.interfaces.cli.main import main
 from ldm.io.infotext import as_made, settings_from_png
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import SamplerOptionError, SamplingOptions, sampler_function, start_scale
-from ldm.sampling.samplers import sample_ddim, sample_ddim_sd
+from ldm.sampling.options import SamplingOptions, sampler_function, start_scale
+from ldm.sampling.samplers import SamplerOptionError, sample_ddim, sample_ddim_sd
 from ldm.tasks.base import resolve_options, settings_of
 from ldm.tasks.txt2img import settings_dict
 
