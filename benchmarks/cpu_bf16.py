@@ -12,7 +12,6 @@ decoded images' PSNR. bf16 pays only on CPUs with AVX-512 BF16 or AMX (ldm.core.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from ldm.core.devices import cpu_has_fast_bf16
+from ldm.evaluation.metrics import psnr
 from ldm.formats.load import load_model
 from ldm.tasks.txt2img import txt2img
 
@@ -39,11 +39,6 @@ def run(model, precision: str, steps: int) -> tuple[float, torch.Tensor, np.ndar
     )
     seconds = time.perf_counter() - start
     return seconds, final["x"].float(), np.stack([np.asarray(image) for image in images])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 def main() -> None:
@@ -85,7 +80,7 @@ def main() -> None:
         latent, images = runs[0][1], runs[0][2]
         err = ((latent - ref_latent).norm() / ref_latent.norm()).item()
         print(
-            f"| {name} | {seconds / len(PROMPTS):.2f} | {seconds / base:.2f}x | {err:.1e} | {psnr(images, ref_images):.1f} |"  # noqa: E501
+            f"| {name} | {seconds / len(PROMPTS):.2f} | {seconds / base:.2f}x | {err:.1e} | {psnr(images, ref_images, data_range=255):.1f} |"  # noqa: E501
         )
 
 

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from ldm.core.defaults import default_model_files  # noqa: E402
+from ldm.evaluation.metrics import psnr  # noqa: E402
 from ldm.formats.load import load_model
 from ldm.tasks.upscale import upscale  # noqa: E402
 
@@ -41,10 +42,6 @@ FOLDERS = {"emoji": "data/emoji-256/heldout/images", "photos": "data/photos/held
 
 def as_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), np.float64) / 255
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1 / max(np.mean((a - b) ** 2), 1e-12)))
 
 
 def high_frequency_energy(a: np.ndarray) -> float:

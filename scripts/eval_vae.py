@@ -22,15 +22,12 @@ import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ldm.core.config import instantiate  # noqa: E402
+from ldm.evaluation.metrics import psnr  # noqa: E402
 from ldm.io.checkpoint import load_state_dict  # noqa: E402
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1 / ((a - b) / 2).pow(2).mean()))
 
 
 def main() -> int:
@@ -51,9 +48,9 @@ def main() -> int:
             for f in files:
                 image = Image.open(f).convert("RGB")
                 x = to_tensor(image)
-                ours.append(psnr(vae.decode(vae.encode(x).mode()).clamp(-1, 1), x))
+                ours.append(psnr(vae.decode(vae.encode(x).mode()).clamp(-1, 1), x, data_range=2))
                 small = image.resize((image.width // 4, image.height // 4), Image.BICUBIC)
-                bicubic.append(psnr(to_tensor(small.resize(image.size, Image.BICUBIC)), x))
+                bicubic.append(psnr(to_tensor(small.resize(image.size, Image.BICUBIC)), x, data_range=2))
             print(f"| {folder} | {len(files)} | {np.mean(ours):.2f} dB | {np.mean(bicubic):.2f} dB |", flush=True)
     return 0
 

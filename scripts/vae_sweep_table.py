@@ -20,12 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldm.core.config import instantiate, load_config  # noqa: E402
 from ldm.data.folder import CaptionedImageFolder  # noqa: E402
+from ldm.evaluation.metrics import psnr  # noqa: E402
 from ldm.io.checkpoint import load_state_dict  # noqa: E402
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a - b) / 2).pow(2).mean().item()  # on [0, 1]
-    return 10 * math.log10(1 / max(mse, 1e-12))
 
 
 @torch.no_grad()
@@ -40,7 +36,11 @@ def measure(run: Path, images: torch.Tensor, styles: list[str]) -> dict:
     seconds = time.time() - t
     latent = vae.encode(images[:1]).mode().shape[1:]
     per_style = {
-        s: psnr(recon[[i for i, x in enumerate(styles) if x == s]], images[[i for i, x in enumerate(styles) if x == s]])
+        s: psnr(
+            recon[[i for i, x in enumerate(styles) if x == s]],
+            images[[i for i, x in enumerate(styles) if x == s]],
+            data_range=2,
+        )
         for s in sorted(set(styles))
     }
     return {
@@ -49,7 +49,7 @@ def measure(run: Path, images: torch.Tensor, styles: list[str]) -> dict:
         "latent": "x".join(map(str, latent)),
         "dims": math.prod(latent),
         "l1": (recon - images).abs().mean().item(),
-        "psnr": psnr(recon, images),
+        "psnr": psnr(recon, images, data_range=2),
         "per_style": per_style,
         "ms_per_image": 1000 * seconds / len(images),
     }

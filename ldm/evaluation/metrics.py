@@ -63,6 +63,17 @@ class InceptionWeightsError(EvaluationError):
 
 
 # ----------------------------------------------------------------------------------------------
+def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of two images (or batches) of one shape, tensors or arrays, whose values
+    span `data_range`: 1 for [0, 1], 2 for [-1, 1], 255 for 8-bit. Infinite for equal images."""
+    a, b = (
+        x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64) for x in (a, b)
+    )
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+# ----------------------------------------------------------------------------------------------
 # Distribution metrics on feature matrices [N, D]
 # ----------------------------------------------------------------------------------------------
 
