@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ldm.core.errors import InvalidOptionError, LdmError
 from ldm.io.images import InvalidImageError, open_image
@@ -252,3 +252,13 @@ class CaptionedImageFolder(Dataset):
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         # key: the image's identity for caches of frozen-encoder outputs (one crop; "#flip" when mirrored)
         return {"image": to_tensor(image), "caption": self.captions[index], "key": self.files[index]}
+
+
+def folder_extras(dataset: Dataset) -> list[dict]:
+    """The per-item captions.jsonl extras (keywords, style, weight) of a folder or a Subset of one; {} each otherwise."""  # noqa: E501
+    if isinstance(dataset, Subset):
+        return [folder_extras(dataset.dataset)[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [extra for part in dataset.datasets for extra in folder_extras(part)]
+    extras = getattr(dataset, "extras", None)
+    return list(extras) if extras is not None else [{} for _ in range(len(dataset))]  # type: ignore[arg-type]

@@ -58,7 +58,8 @@ from typing import Any
 
 import yaml
 
-from ldm.core.config import ConfigError, canonical_target, closest
+from ldm.core.config import canonical_target, closest
+from ldm.training.config_checks import TrainConfigError, check_values
 
 SECTIONS = ("model", "init", "training", "data", "trainer", "logging", "lora", "distill")
 
@@ -243,10 +244,6 @@ OWNED_TRAINER_KEYS = {
 }
 
 
-class TrainConfigError(ConfigError):
-    """A training config that is missing, malformed or names unknown settings."""
-
-
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way, so read them as floats."""
 
@@ -349,8 +346,6 @@ def resolve(cfg: dict, stored: bool = False) -> dict:
     for key, where in OWNED_TRAINER_KEYS.items():
         if key in out["trainer"]:
             raise TrainConfigError(f"trainer.{key} is set by the training code; use {where} instead")
-    from ldm.training.config_checks import check_values
-
     check_values(out, kind)
     return out
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ldm.training.config import TrainConfigError
+from ldm.core.config import ConfigError
+
+
+class TrainConfigError(ConfigError):
+    """A training config that is missing, malformed or names unknown settings."""
 
 
 def _is_number(value: Any) -> bool:

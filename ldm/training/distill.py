@@ -15,7 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from ldm.training.config import TrainConfigError, load_train_config
+from ldm.training.config import load_train_config
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.run import LAST, train
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import copy
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ldm.core.errors import LdmError
-from ldm.data.folder import CaptionedImageFolder
+from ldm.data.folder import CaptionedImageFolder, folder_extras
 
 CAPTION = "caption"  # label_field value meaning "the caption is the class"
 
@@ -71,9 +71,7 @@ class LabelledDataset(Dataset):
             self.labels.append(index[str(value)])
 
     @property
-    def extras(self) -> list[dict]:  # what ldm.training.data.folder_extras reads (weights, keywords)
-        from ldm.training.data import folder_extras
-
+    def extras(self) -> list[dict]:  # what ldm.data.folder.folder_extras reads (weights, keywords)
         return folder_extras(self.dataset)
 
     def __len__(self) -> int:

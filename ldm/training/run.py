@@ -33,7 +33,8 @@ from ldm.io.checkpoint import CheckpointError, load_into, load_state_dict, weigh
 from ldm.io.images import check_writable
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
 from ldm.training.captions import CaptionSampling
-from ldm.training.config import TrainConfigError, dump, is_autoencoder, is_clip, load_train_config
+from ldm.training.config import dump, is_autoencoder, is_clip, load_train_config
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.data import ImageTextDataModule
 from ldm.training.resume import (
     LAST,

@@ -19,7 +19,7 @@ from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.sampling.denoisers import CFGDenoiser
 from ldm.sampling.samplers import sample_ddim
-from ldm.training.config import TrainConfigError
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.distill_module import DistillationError
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ldm.training.config import TrainConfigError, apply_overrides, is_autoencoder, load_train_config, resolve
+from ldm.training.config import apply_overrides, is_autoencoder, load_train_config, resolve
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.tiny import TINY_CONFIGS
 
 

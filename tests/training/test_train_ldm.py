@@ -299,7 +299,7 @@ def test_latent_cache_encodes_each_image_once_and_draws_the_same_latents(shapes,
     a = cached.latents(batch["image"], torch.Generator().manual_seed(0), batch["key"])
     b = cached.latents(batch["image"], torch.Generator().manual_seed(1), batch["key"])
     assert not torch.equal(a, b)
-    from ldm.training.config import TrainConfigError
+    from ldm.training.config_checks import TrainConfigError
 
     with pytest.raises(TrainConfigError, match="center_crop"):
         tiny_train_config("ldm", shapes, tmp_path, ["training.latent_cache=10", "data.center_crop=false"])

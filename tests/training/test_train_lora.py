@@ -16,7 +16,7 @@ from ldm.adapters.lora import apply_lora
 from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.checkpoint import load_state_dict
-from ldm.training.config import TrainConfigError
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config

@@ -16,11 +16,11 @@ from ldm.training.config import (
     AutoencoderTraining,
     ClipTraining,
     DiffusionTraining,
-    TrainConfigError,
     load_train_config,
     resolve,
     training_section,
 )
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.tiny import TINY_CONFIGS
 
 OLD_CHECKPOINT = Path(__file__).parents[1] / "data" / "vae-run-e4731bb.ckpt"
