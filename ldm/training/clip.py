@@ -180,7 +180,7 @@ def _write_card(path: Path, report: dict) -> None:
         "# emoji-clip: a tiny OpenCLIP trained on Noto Color Emoji",
         "",
         "Contrastive (CLIP) model trained from scratch by `ldm clip` on the train split of the",
-        "emoji dataset (`python scripts/make_emoji_dataset.py`: Noto Color Emoji renders, 64x64, captioned with their",
+        "emoji dataset (`ldm data emoji`: Noto Color Emoji renders, 64x64, captioned with their",
         "English CLDR names). Its text tower is the text encoder of the project's small pretrained emoji diffusion model.",  # noqa: E501
         "",
         "- Config: `configs/emoji/emoji-clip.json` (open_clip format; `open_clip.add_model_config(path)` then",

@@ -20,7 +20,9 @@ def test_two_process_ddp_on_cpu(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
-        str(ROOT / "scripts" / "train.py"),
+        "-m",
+        "ldm",
+        "train",
         "--config",
         str(ROOT / "configs" / "train" / "tiny-ldm.yaml"),
         "trainer.strategy=ddp",
