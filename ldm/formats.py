@@ -154,7 +154,7 @@ class Detection:
     def summary(self) -> str:
         """One line for the log: what was found and how."""
         if self.family == "ldm":
-            return f"config from {self.source}" + (f", prediction {self.prediction} (--prediction)" if self.prediction else "")
+            return f"config from {self.source}" + (f", prediction {self.prediction} (--prediction)" if self.prediction else "")  # noqa: E501
         sizes = f" at the file's sizes ({', '.join(self.resized)})" if self.resized else ""
         return (f"{self.name} by its {self.source}, config {self.config_name}{sizes}, "
                 f"prediction {self.prediction} ({self.prediction_source})")

@@ -1,4 +1,5 @@
 """Image conversion and saving shared by every task."""
+
 from __future__ import annotations
 
 import io
@@ -7,9 +8,10 @@ import math
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -12,6 +12,7 @@ written as a JSON string, as A1111 does; a prompt never is. The model hash is A1
 first 10 hex digits of the file's SHA-256. Settings that A1111 has no name for (precision, spacing,
 threshold) live only in the full JSON that `ldm.images.save_png` writes beside this text.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ class InfotextError(LdmError, ValueError):
 
 # Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9.
 SAMPLER_NAMES = {
-    "ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "euler": "Euler", "euler_ancestral": "Euler a",
-    "heun": "Heun", "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "ddim": "DDIM",
+    "plms": "PLMS",
+    "ddpm": "DDPM",
+    "euler": "Euler",
+    "euler_ancestral": "Euler a",
+    "heun": "Heun",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_sde": "DPM++ 2M SDE",
 }
 SAMPLERS_BY_A1111_NAME = {v: k for k, v in SAMPLER_NAMES.items()}
 
@@ -83,8 +90,11 @@ def format_infotext(settings: dict[str, Any]) -> str:
         ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,
         "CFG Rescale phi": settings.get("guidance_rescale") or None,
         # A1111's short hashes of the extra networks (sha256, first 12 hex digits), as civitai reads them.
-        "Lora hashes": _short_hashes((Path(str(x.get("file", ""))).stem, x.get("sha256"))
-                                     for x in settings.get("loras") or () if not x.get("merged")),
+        "Lora hashes": _short_hashes(
+            (Path(str(x.get("file", ""))).stem, x.get("sha256"))
+            for x in settings.get("loras") or ()
+            if not x.get("merged")
+        ),
         "TI hashes": _short_hashes((x.get("name"), x.get("sha256")) for x in settings.get("embeddings") or ()),
     }
     params = ", ".join(f"{name}: {quote(value)}" for name, value in fields.items() if value is not None)
@@ -110,7 +120,7 @@ def parse_infotext(text: str) -> dict[str, str]:
     for line in lines[:-1]:
         line = line.strip()
         if line.startswith("Negative prompt:"):
-            in_negative, line = True, line[len("Negative prompt:"):].strip()
+            in_negative, line = True, line[len("Negative prompt:") :].strip()
         (negative if in_negative else prompt).append(line)
     fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
     for name, value in PARAM.findall(last):
@@ -128,12 +138,22 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     """
     fields = parse_infotext(text)
     # A1111 reads every prompt in 75-token chunks with (word:1.2) emphasis, so its images are remade that way.
-    settings: dict[str, Any] = {"prompt": fields["Prompt"], "negative_prompt": fields["Negative prompt"],
-                                "long_prompts": True, "emphasis": True}
+    settings: dict[str, Any] = {
+        "prompt": fields["Prompt"],
+        "negative_prompt": fields["Negative prompt"],
+        "long_prompts": True,
+        "emphasis": True,
+    }
     try:
-        for name, key, kind in (("Steps", "steps", int), ("CFG scale", "guidance_scale", float), ("Seed", "seed", int),
-                                ("Size-1", "width", int), ("Size-2", "height", int),
-                                ("Denoising strength", "strength", float), ("CFG Rescale phi", "guidance_rescale", float)):
+        for name, key, kind in (
+            ("Steps", "steps", int),
+            ("CFG scale", "guidance_scale", float),
+            ("Seed", "seed", int),
+            ("Size-1", "width", int),
+            ("Size-2", "height", int),
+            ("Denoising strength", "strength", float),
+            ("CFG Rescale phi", "guidance_rescale", float),
+        ):
             if name in fields:
                 settings[key] = kind(fields[name])
         for name in ("Eta DDIM", "Eta"):
@@ -146,7 +166,9 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
         if sampler.endswith(" Karras"):  # A1111 before 1.9 wrote "DPM++ 2M Karras"
             sampler, settings["karras"] = sampler[: -len(" Karras")], True
         if sampler not in SAMPLERS_BY_A1111_NAME:
-            raise InfotextError(f"sampler {sampler!r} has no counterpart here; known: {', '.join(SAMPLERS_BY_A1111_NAME)}")
+            raise InfotextError(
+                f"sampler {sampler!r} has no counterpart here; known: {', '.join(SAMPLERS_BY_A1111_NAME)}"
+            )
         settings["sampler"] = SAMPLERS_BY_A1111_NAME[sampler]
     if fields.get("Schedule type") == "Karras":
         settings["karras"] = True

@@ -8,6 +8,7 @@ shipped emoji model on the CPU (peak RSS at 256, 512 and 768 px within about 20%
 
 The limit defaults to 80% of the device's memory; `--max-memory GIB` sets another (inf: no limit).
 """
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,10 @@ def plan_chunk(model: torch.nn.Module, height: int, width: int, count: int, limi
     """How many images to make at once (at most MAX_CHUNK, and what fits the limit); refuses when not even one fits."""
     one = sampling_bytes(model, height, width, 1)
     if one > limit:
-        raise ResourceLimitError(f"{width}x{height} px needs about {_gib(one)} per image, over the limit of {_gib(limit)}; "
-                                 "choose a smaller size or raise --max-memory (GiB)")
+        raise ResourceLimitError(
+            f"{width}x{height} px needs about {_gib(one)} per image, over the limit of {_gib(limit)}; "
+            "choose a smaller size or raise --max-memory (GiB)"
+        )
     chunk = min(max(1, count), MAX_CHUNK)
     while chunk > 1 and sampling_bytes(model, height, width, chunk) > limit:
         chunk //= 2

@@ -18,7 +18,8 @@ Conventions (k-diffusion's):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm.auto import trange
@@ -83,7 +84,7 @@ def _report(callback: Callback | None, i: int, x: torch.Tensor, sigma: torch.Ten
         callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
 
 
-def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E501
     """Split a step sigma -> sigma_next into a deterministic move to sigma_down plus fresh noise sigma_up:
 
         sigma_up = min(sigma_next, eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)),

@@ -13,13 +13,15 @@ DDIM comes in two variants (`ddim_variant`), which differ only at the ends of th
 None means the model's own (ldm.model.LatentDiffusion.ddim_variant, filled in by ldm.tasks); where no model
 is known, "k". Models built from original SD configs default to "sd", this project's own to "k".
 """
+
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -86,7 +88,9 @@ class SamplingOptions:
             raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.ddim_variant is not None:
             if self.ddim_variant not in DDIM_VARIANTS:
-                raise InvalidOptionError(f"unknown DDIM variant {self.ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}")
+                raise InvalidOptionError(
+                    f"unknown DDIM variant {self.ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}"
+                )
             if self.sampler != "ddim":
                 raise SamplerOptionError(f"sampler {self.sampler!r} has no DDIM variant (only ddim has)")
         sampler_kwargs(self)  # unknown samplers and options they lack fail before any work
@@ -125,7 +129,7 @@ def sampler_eta(options: SamplingOptions) -> float | None:
 
 
 def ddim_variant_of(options: SamplingOptions) -> str | None:
-    """The DDIM variant that runs: the one given, else "k" (tasks fill in the model's first); None for other samplers."""
+    """The DDIM variant that runs: the one given, else "k" (tasks fill in the model's first); None for other samplers."""  # noqa: E501
     if options.sampler != "ddim":
         return None
     return options.ddim_variant or "k"
@@ -152,9 +156,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def sample(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, options: SamplingOptions,
-           generator: Generators = None, callback: Callable[[dict], None] | None = None,
-           progress: bool = True) -> torch.Tensor:
+def sample(
+    denoiser: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    options: SamplingOptions,
+    generator: Generators = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample."""
     sampler = sampler_function(options)
     kwargs = sampler_kwargs(options)

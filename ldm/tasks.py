@@ -11,10 +11,12 @@ and runs it through the one checked sampler entry point, `ldm.sampling.sample`, 
 from a latent noised to the strength's level. Tasks never change their inputs; they return their
 images as `Generated`, a list that also carries the settings they ran with.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -55,16 +57,22 @@ def check_task(model: LatentDiffusion, task: str) -> None:
     """Refuse a model whose conditioning kind cannot drive `task`."""
     kind = model.kind
     if task not in kind.tasks or (kind.label and model.low_scale is None):
-        raise WrongModelError(f"{TASK_WORDS.get(task, task)} needs {TASK_NEEDS[task]}, not a {model.conditioning_key!r} model "
-                              f"({kind.name}){TASK_HINTS.get(task, '')}")
+        raise WrongModelError(
+            f"{TASK_WORDS.get(task, task)} needs {TASK_NEEDS[task]}, not a {model.conditioning_key!r} model "
+            f"({kind.name}){TASK_HINTS.get(task, '')}"
+        )
 
 
 def kinds_for(task: str) -> list[str]:
     return [key for key, kind in CONDITIONING.items() if task in kind.tasks]
 
 
-def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], task: str = "txt2img",
-                    model: LatentDiffusion | None = None) -> SamplingOptions:
+def resolve_options(
+    options: SamplingOptions | None,
+    overrides: dict[str, Any],
+    task: str = "txt2img",
+    model: LatentDiffusion | None = None,
+) -> SamplingOptions:
     """A validated copy of the options (if None: the task's defaults under the model's own `sampling_defaults`, e.g.
     a student's steps and spacing) with keyword overrides applied (the caller's object is not changed), and with
     `model`'s own defaults where the options leave them open (`for_model`)."""
@@ -100,8 +108,9 @@ def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> t
     return prompts, negatives
 
 
-def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str],
-                      options: SamplingOptions | None = None) -> tuple[dict, dict]:
+def prompt_conditions(
+    model: LatentDiffusion, prompts: list[str], negative_prompts: list[str], options: SamplingOptions | None = None
+) -> tuple[dict, dict]:
     """Cross-attention contexts for the prompts and for the unconditional side of guidance.
 
     The negative prompt replaces the empty prompt as the unconditional embedding. With the options'
@@ -109,16 +118,18 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
     brought to one length with empty chunks, so guidance still runs them as one batch.
     """
     if getattr(model, "guidance_embedded", False) and any(negative_prompts):
-        raise PromptError("this guidance-distilled model takes no negative prompt (it was distilled with the empty "
-                          "prompt as the unconditional side); use the full model for negative prompts "
-                          "(ldm txt2img --model full, load_model(variant=\"full\"))")
+        raise PromptError(
+            "this guidance-distilled model takes no negative prompt (it was distilled with the empty "
+            "prompt as the unconditional side); use the full model for negative prompts "
+            '(ldm txt2img --model full, load_model(variant="full"))'
+        )
     if getattr(model, "text_encoder", True) is None:  # a label-only model: no context on either side
         if any(prompts) or any(negative_prompts):
             raise PromptError("this class-conditional model takes no text; give an empty prompt and a label")
         return {}, {}
     if options is None or not (options.long_prompts or options.emphasis):
         context = model.encode_text(prompts + negative_prompts)
-        return {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
+        return {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
     from ldm.long_prompts import encode_prompts, pad_contexts
 
     def encode(texts: list[str]) -> torch.Tensor:
@@ -161,8 +172,13 @@ class NoiseShapeError(InvalidOptionError):
     """Given latents or generators that do not fit the batch."""
 
 
-def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device, generator: Generators = None,
-                latents: torch.Tensor | None = None) -> tuple[torch.Tensor, Generators, dict[str, Any]]:
+def batch_noise(
+    shape: tuple[int, ...],
+    seed: int,
+    device: torch.device,
+    generator: Generators = None,
+    latents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Generators, dict[str, Any]]:
     """(unit start noise [B, C, h, w], step-noise generators, what the settings record about them).
 
     Three ways, as diffusers users expect: `latents` is the start noise itself (unscaled, as diffusers'
@@ -194,8 +210,9 @@ def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device, generat
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
     """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.samplers.sample_ddim_sd)."""
     to_zero = ddim_variant_of(options) != "sd"
-    return get_sigmas(model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras,
-                      to_zero=to_zero).to(model.device)
+    return get_sigmas(
+        model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras, to_zero=to_zero
+    ).to(model.device)
 
 
 @dataclass(frozen=True)
@@ -211,7 +228,7 @@ class Conditioning:
     uncond: dict[str, torch.Tensor]
     wrap: Callable[[Denoiser, torch.Tensor], Denoiser] | None = None
 
-    def with_inputs(self, **tensors: torch.Tensor) -> "Conditioning":
+    def with_inputs(self, **tensors: torch.Tensor) -> Conditioning:
         """The same conditioning with extra inputs (e.g. concat, y) on both sides of guidance."""
         return replace(self, cond={**self.cond, **tensors}, uncond={**self.uncond, **tensors})
 
@@ -221,22 +238,40 @@ class Conditioning:
         if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
             # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
             null = model.class_labels([None] * noise.shape[0])
-            return replace(self, cond={**self.cond, "y": null}, uncond={**self.uncond, "y": null}).denoiser(model, options, noise)
+            return replace(self, cond={**self.cond, "y": null}, uncond={**self.uncond, "y": null}).denoiser(
+                model, options, noise
+            )
         if self.wrap is not None:
             inner = self.wrap(inner, noise)
         if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
             if options.guidance_rescale:
-                raise InvalidOptionError("guidance rescale needs the conditional prediction apart, which a "
-                                         "guidance-distilled model does not make; leave it at 0 or use the full "
-                                         "model (--model full)")
+                raise InvalidOptionError(
+                    "guidance rescale needs the conditional prediction apart, which a "
+                    "guidance-distilled model does not make; leave it at 0 or use the full "
+                    "model (--model full)"
+                )
             return EmbeddedGuidanceDenoiser(inner, self.cond, options.guidance_scale, threshold=options.threshold)
-        return CFGDenoiser(inner, self.cond, self.uncond, options.guidance_scale, rescale=options.guidance_rescale,
-                           threshold=options.threshold)
+        return CFGDenoiser(
+            inner,
+            self.cond,
+            self.uncond,
+            options.guidance_scale,
+            rescale=options.guidance_rescale,
+            threshold=options.threshold,
+        )
 
 
-def denoise(model: LatentDiffusion, conditioning: Conditioning, options: SamplingOptions, noise: torch.Tensor,
-            generator: Generators, x0: torch.Tensor | None = None, strength: float = 1.0,
-            callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
+def denoise(
+    model: LatentDiffusion,
+    conditioning: Conditioning,
+    options: SamplingOptions,
+    noise: torch.Tensor,
+    generator: Generators,
+    x0: torch.Tensor | None = None,
+    strength: float = 1.0,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """Clean latents, sampled from unit `noise` [B, C, h, w] scaled to the first sigma (`start_scale`), or from
     x0 + noise * sigma.
 
@@ -255,16 +290,25 @@ def denoise(model: LatentDiffusion, conditioning: Conditioning, options: Samplin
     return sample(conditioning.denoiser(model, options, noise), x, sigmas, options, generator, callback, progress)
 
 
-def sample_seeded(model: LatentDiffusion, conditioning: Conditioning, options: SamplingOptions, seed: int,
-                  shape: tuple[int, ...] | torch.Size, x0: torch.Tensor | None = None, strength: float = 1.0,
-                  callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
+def sample_seeded(
+    model: LatentDiffusion,
+    conditioning: Conditioning,
+    options: SamplingOptions,
+    seed: int,
+    shape: tuple[int, ...] | torch.Size,
+    x0: torch.Tensor | None = None,
+    strength: float = 1.0,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """`denoise` for a batch of `shape` [B, C, h, w] where image i uses seed + i, for its start noise and its steps."""
     n = shape[0]
     noise = start_noise(tuple(shape[1:]), [seed + i for i in range(n)], model.device)
     if x0 is not None:
         noise = noise.to(x0.dtype)
-    return denoise(model, conditioning, options, noise, image_generators(model.device, seed, n), x0, strength,
-                   callback, progress)
+    return denoise(
+        model, conditioning, options, noise, image_generators(model.device, seed, n), x0, strength, callback, progress
+    )
 
 
 def settings_of(task: str, options: SamplingOptions, **more: Any) -> dict[str, Any]:

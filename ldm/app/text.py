@@ -1,9 +1,11 @@
 """Text-to-image page logic: generation with a live preview, and the PNG download with its settings."""
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -37,9 +39,18 @@ def preview_callback(model: LatentDiffusion, steps: int, every: int, report: Ste
     return callback
 
 
-def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", options: SamplingOptions | None = None, seed: int = defaults.SEED,
-             height: int | None = None, width: int | None = None, preview_every: int = 5,
-             report: StepReport | None = None, label: str | None = None) -> tuple[Image.Image, dict[str, Any]]:
+def generate(
+    model: LatentDiffusion,
+    prompt: str,
+    negative_prompt: str = "",
+    options: SamplingOptions | None = None,
+    seed: int = defaults.SEED,
+    height: int | None = None,
+    width: int | None = None,
+    preview_every: int = 5,
+    report: StepReport | None = None,
+    label: str | None = None,
+) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
     recorded in the settings as `ldm txt2img --label` records it."""
     options = options or SamplingOptions()
@@ -47,8 +58,9 @@ def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", opt
     height = height or model.default_image_size
     width = width or model.default_image_size
     callback = preview_callback(model, options.steps, preview_every, report) if report else None
-    image = txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False,
-                    label=label)[0]
+    image = txt2img(
+        model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, label=label
+    )[0]
     labelled = {"label": label} if label is not None else {}
     return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model, **labelled)
 

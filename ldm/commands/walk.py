@@ -1,4 +1,5 @@
 """ldm walk: frames between two prompts and/or seeds -> an animated GIF (or MP4)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,15 @@ from pathlib import Path
 from PIL import Image
 
 from ldm import defaults
-from ldm.commands.common import (add_model_args, add_sampling_args, check_writable, chunk_size, load_model_from_args,
-                                 log, sampling_options)
+from ldm.commands.common import (
+    add_model_args,
+    add_sampling_args,
+    check_writable,
+    chunk_size,
+    load_model_from_args,
+    log,
+    sampling_options,
+)
 from ldm.images import check_size, save_png
 from ldm.walk import WalkError, save_gif, save_mp4, walk_frames
 
@@ -53,9 +61,20 @@ def run(args: argparse.Namespace) -> int:
         if frames_dir is not None:  # as each is made, so an interrupted walk keeps its frames
             save_png(frame, frames_dir / f"{k:04d}.png")
 
-    frames = walk_frames(model, args.prompt_a, args.prompt_b, seed_a, args.seed_b, args.frames,
-                         args.negative_prompt, height, width, options, on_frame=on_frame,
-                         progress=not args.no_progress)
+    frames = walk_frames(
+        model,
+        args.prompt_a,
+        args.prompt_b,
+        seed_a,
+        args.seed_b,
+        args.frames,
+        args.negative_prompt,
+        height,
+        width,
+        options,
+        on_frame=on_frame,
+        progress=not args.no_progress,
+    )
     if out.suffix.lower() == ".mp4":
         save_mp4(frames, out, fps=max(1, round(1000 / args.duration)))
     else:

@@ -1,7 +1,8 @@
 """A tiny synthetic captioned dataset ("red square", "blue circle", ...) for tests, benchmarks and the tiny configs.
 
-    ldm data shapes data/shapes --size 16 --count 64
+ldm data shapes data/shapes --size 16 --count 64
 """
+
 from __future__ import annotations
 
 import itertools

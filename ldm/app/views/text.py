@@ -1,4 +1,5 @@
 """Page: text-to-image with a live preview of the predicted clean image."""
+
 import streamlit as st
 
 from ldm.app import ui
@@ -9,9 +10,14 @@ st.header("Text-to-image")
 fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.variants)
 variant = "full"
 if fast is not None:
-    chosen_model = st.radio("Model", [fast, FULL_CHOICE], key="t2i_model", horizontal=True,
-                            help="the few-step student distilled from the full model (one U-Net call a step, no "
-                                 "negative prompt), or the full model (guided, two calls a step)")
+    chosen_model = st.radio(
+        "Model",
+        [fast, FULL_CHOICE],
+        key="t2i_model",
+        horizontal=True,
+        help="the few-step student distilled from the full model (one U-Net call a step, no "
+        "negative prompt), or the full model (guided, two calls a step)",
+    )
     variant = "student" if chosen_model == fast else "full"
 model = ui.get_model(variant)
 if model is not None:
@@ -26,8 +32,12 @@ if model is not None:
         st.caption("This model takes a class label only, no prompt.")
     choices = label_choices(model)
     if choices is not None:
-        chosen = st.selectbox("Class label", choices, key="t2i_label",
-                              help=f"guided against the null label; {NO_LABEL}: the null label alone (unconditional)")
+        chosen = st.selectbox(
+            "Class label",
+            choices,
+            key="t2i_label",
+            help=f"guided against the null label; {NO_LABEL}: the null label alone (unconditional)",
+        )
         label = None if chosen == NO_LABEL else chosen
     options, seed = ui.sampling_controls("t2i" if variant == "full" else "t2i_student", model=model)
     height, width = ui.size_controls("t2i", model)
@@ -52,7 +62,12 @@ if model is not None:
     if result is not None:
         image, settings = result
         st.image(ui.enlarge(image), caption="result", output_format="PNG")
-        st.download_button("Download PNG", png_bytes(image, settings), file_name=f"ldm-{settings['seed']}.png",
-                           mime="image/png", key="t2i_download")
+        st.download_button(
+            "Download PNG",
+            png_bytes(image, settings),
+            file_name=f"ldm-{settings['seed']}.png",
+            mime="image/png",
+            key="t2i_download",
+        )
         with st.expander("Settings (saved in the PNG)"):
             st.json(settings)
