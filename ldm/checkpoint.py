@@ -4,7 +4,7 @@ Original SD checkpoints prefix the three networks as `model.diffusion_model.`,
 `first_stage_model.` and `cond_stage_model.`; our container names them `unet.`, `vae.`
 and `text_encoder.`. The two helpers below convert, so the rest of the code never sees
 the original names. SD 1.x's text encoder is stored in Hugging Face's layout
-(`cond_stage_model.transformer.text_model.*`) and runs as open_clip's text tower: ldm.hf_clip
+(`cond_stage_model.transformer.text_model.*`) and runs as open_clip's text tower: ldm.io.hf_clip
 translates its names both ways.
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ldm.errors import LdmError
-from ldm.hf_clip import hf_from_open_clip, open_clip_from_hf
+from ldm.core.errors import LdmError
+from ldm.io.hf_clip import hf_from_open_clip, open_clip_from_hf
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from ldm.errors import LdmError
-from ldm.infotext import format_infotext
+from ldm.core.errors import LdmError
+from ldm.io.infotext import format_infotext
 
 
 class InvalidImageError(LdmError, ValueError):
@@ -134,12 +134,12 @@ def signals_held() -> Iterator[None]:
 
 
 def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None) -> Path:
-    """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.infotext), which
+    """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.io.infotext), which
     viewers and A1111's PNG Info read, and "ldm", every setting as JSON (what --from-png uses first).
 
     Written atomically (temp file + rename): a full disk or a crash never leaves a truncated PNG.
     """
-    from ldm.checkpoint import atomic_path
+    from ldm.io.checkpoint import atomic_path
 
     path = Path(path)
     info = PngImagePlugin.PngInfo()

@@ -10,7 +10,7 @@ The prompt is every line before `Negative prompt:`, the negative prompt every li
 last, and the last line holds `Name: value` pairs. A value that holds a comma, a colon or a line break is
 written as a JSON string, as A1111 does; a prompt never is. The model hash is A1111's short hash: the
 first 10 hex digits of the file's SHA-256. Settings that A1111 has no name for (precision, spacing,
-threshold) live only in the full JSON that `ldm.images.save_png` writes beside this text.
+threshold) live only in the full JSON that `ldm.io.images.save_png` writes beside this text.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 
 class InfotextError(LdmError, ValueError):
@@ -72,7 +72,7 @@ def _short_hashes(named: Any) -> str | None:
 
 
 def format_infotext(settings: dict[str, Any]) -> str:
-    """The A1111 `parameters` text for the settings dict of `ldm.pipeline.settings_dict`."""
+    """The A1111 `parameters` text for the settings dict of `ldm.tasks.txt2img.settings_dict`."""
     fields: dict[str, Any] = {
         "Steps": settings.get("steps"),
         "Sampler": SAMPLER_NAMES.get(settings.get("sampler", ""), settings.get("sampler")),
@@ -181,7 +181,7 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
 
 def as_made(settings: dict[str, Any]) -> dict[str, Any]:
     """Our JSON read as what it ran with: a field written since a choice existed is absent from older images, which
-    ran with what was then the only behaviour. DDIM was the k variant before `ddim_variant` (ldm.sampling) existed."""
+    ran with what was then the only behaviour. DDIM was the k variant before `ddim_variant` (ldm.sampling.options) existed."""
     if settings.get("sampler") == "ddim" and "ddim_variant" not in settings:
         return {**settings, "ddim_variant": "k"}
     return settings

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from ldm.errors import ResourceLimitError
+from ldm.core.errors import ResourceLimitError
 
 GIB = 1024**3
 # Images generated at once at most: bigger chunks gain little speed, and every image of a chunk waits for

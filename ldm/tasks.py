@@ -7,7 +7,7 @@ denoiser (the inpainting blend, the upscaler's tiles). `denoise` then composes
 
     network -> parameterisation (model.denoiser()) -> task wrapper -> guidance (CFGDenoiser)
 
-and runs it through the one checked sampler entry point, `ldm.sampling.sample`, from pure noise or
+and runs it through the one checked sampler entry point, `ldm.sampling.options.sample`, from pure noise or
 from a latent noised to the strength's level. Tasks never change their inputs; they return their
 images as `Generated`, a list that also carries the settings they ran with.
 """
@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ldm.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
-from ldm.errors import InvalidOptionError, LdmError
-from ldm.model import CONDITIONING, LatentDiffusion
-from ldm.samplers import Generators, check_strength, truncate_sigmas
-from ldm.sampling import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
-from ldm.schedules import get_sigmas
+from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.diffusion.schedules import get_sigmas
+from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
+from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
+from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
+from ldm.sampling.samplers import Generators, check_strength, truncate_sigmas
 
-# What each task needs, as its error message says it (the kinds that can drive it: ldm.model.CONDITIONING).
+# What each task needs, as its error message says it (the kinds that can drive it: ldm.models.latent_diffusion.CONDITIONING).
 TASK_NEEDS = {
     "txt2img": "a text-to-image model",
     "walk": "a text-to-image model",
@@ -92,7 +92,7 @@ def resolve_options(
 
 def for_model(options: SamplingOptions, model: LatentDiffusion) -> SamplingOptions:
     """The options with what the model decides where they leave it open: DDIM's variant ("sd" for models built
-    from original SD configs, "k" for this project's own; ldm.model.LatentDiffusion)."""
+    from original SD configs, "k" for this project's own; ldm.models.latent_diffusion.LatentDiffusion)."""
     if options.sampler == "ddim" and options.ddim_variant is None:
         return replace(options, ddim_variant=model.ddim_variant)
     return options
@@ -114,7 +114,7 @@ def prompt_conditions(
     """Cross-attention contexts for the prompts and for the unconditional side of guidance.
 
     The negative prompt replaces the empty prompt as the unconditional embedding. With the options'
-    long_prompts or emphasis (ldm.long_prompts), prompts are read the A1111 way; the two sides are then
+    long_prompts or emphasis (ldm.models.long_prompts), prompts are read the A1111 way; the two sides are then
     brought to one length with empty chunks, so guidance still runs them as one batch.
     """
     if getattr(model, "guidance_embedded", False) and any(negative_prompts):
@@ -130,7 +130,7 @@ def prompt_conditions(
     if options is None or not (options.long_prompts or options.emphasis):
         context = model.encode_text(prompts + negative_prompts)
         return {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
-    from ldm.long_prompts import encode_prompts, pad_contexts
+    from ldm.models.long_prompts import encode_prompts, pad_contexts
 
     def encode(texts: list[str]) -> torch.Tensor:
         return encode_prompts(model.text_encoder, texts, chunking=options.long_prompts, emphasis=options.emphasis)
@@ -208,7 +208,7 @@ def batch_noise(
 
 
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
-    """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.samplers.sample_ddim_sd)."""
+    """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.sampling.samplers.sample_ddim_sd)."""
     to_zero = ddim_variant_of(options) != "sd"
     return get_sigmas(
         model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras, to_zero=to_zero

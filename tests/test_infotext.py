@@ -8,8 +8,8 @@ import pytest
 from factories import write_tiny_model_files
 from PIL import Image, PngImagePlugin
 
-from ldm.cli import main
-from ldm.infotext import (
+from ldm.interfaces.cli.main import main
+from ldm.io.infotext import (
     InfotextError,
     format_infotext,
     parse_infotext,

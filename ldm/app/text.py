@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ldm import defaults
-from ldm.errors import InvalidOptionError
-from ldm.images import save_png, tensor_to_pil
-from ldm.model import LatentDiffusion
-from ldm.pipeline import SamplingOptions, settings_dict, txt2img
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
+from ldm.io.images import save_png, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.txt2img import settings_dict, txt2img
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
 

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ldm.clip import DEFAULT_CONFIG
+    from ldm.models.clip import DEFAULT_CONFIG
 
     p = sub.add_parser("clip", help="train a tiny OpenCLIP on a captioned folder with train/ and heldout/ splits")
     p.add_argument("--data", default="data/emoji", help="dataset root with train/ and heldout/ (default: data/emoji)")

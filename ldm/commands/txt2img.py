@@ -6,7 +6,9 @@ import argparse
 import inspect
 from dataclasses import fields
 
-from ldm.commands.common import (
+from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.formats.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
+from ldm.interfaces.cli.common import (
     ImageWriter,
     add_model_args,
     add_sampling_args,
@@ -20,13 +22,11 @@ from ldm.commands.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.images import check_size
-from ldm.infotext import settings_from_png
-from ldm.pipeline import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
-from ldm.samplers import SAMPLERS, get_sampler
-from ldm.sampling import sampler_parameters
-from ldm.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
+from ldm.io.images import check_size
+from ldm.io.infotext import settings_from_png
+from ldm.sampling.options import SamplingOptions, sampler_parameters
+from ldm.sampling.samplers import SAMPLERS, get_sampler
+from ldm.tasks.txt2img import settings_dict, txt2img, txt2img_learned_variance
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--learned-variance",
         action="store_true",
         help="with --sampler ddpm, on a model trained with learned_variance: ancestral DDPM with the "
-        "U-Net's own step variance (ldm.pipeline.txt2img_learned_variance) instead of the fixed one",
+        "U-Net's own step variance (ldm.tasks.txt2img.txt2img_learned_variance) instead of the fixed one",
     )
     add_sampling_args(p)
     add_model_args(p)

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ldm.images import make_grid
+from ldm.io.images import make_grid
 
 log = logging.getLogger(__name__)
 

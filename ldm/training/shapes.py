@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ldm.errors import InvalidOptionError
+from ldm.core.errors import InvalidOptionError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 30)}
 SHAPES = ("square", "circle", "triangle")
@@ -56,6 +56,6 @@ def make_shapes_dataset(root: str | os.PathLike, size: int = 16, count: int = 48
 if __name__ == "__main__":  # the old entry point, now `ldm data shapes` (one command-line parser)
     import sys
 
-    from ldm.cli import main
+    from ldm.interfaces.cli.main import main
 
     sys.exit(main(["data", "shapes", *sys.argv[1:]]))

@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from ldm.app import ui
-from ldm.app.state import FULL_CHOICE, student_choice
-from ldm.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
+from ldm.interfaces.app import ui
+from ldm.interfaces.app.state import FULL_CHOICE, student_choice
+from ldm.interfaces.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
 
 st.header("Text-to-image")
-fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.variants)
+fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.formats.variants)
 variant = "full"
 if fast is not None:
     chosen_model = st.radio(
