@@ -1,8 +1,11 @@
 """The documentation's links: every relative Markdown link and image in README.md, docs/**/*.md and
-configs/**/README.md names a file that exists (and a heading that exists, where it gives an #anchor), and the
-README stays a README (at most 200 lines; the rest lives in docs/)."""
+configs/**/README.md names a file that exists (and a heading that exists, where it gives an #anchor), the Python
+examples parse and import what they name, and the README stays a README (at most 200 lines; the rest lives in
+docs/)."""
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 import unicodedata
 from pathlib import Path
@@ -113,3 +116,31 @@ def test_the_documentation_set_is_found():
 def test_readme_is_at_most_200_lines():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail into docs/"
+
+
+def python_examples() -> list[tuple[str, str]]:
+    """(where, code) of every ```python block of the documentation."""
+    examples = []
+    for path in documentation_files():
+        for number, code in enumerate(re.findall(r"^```python\n(.*?)^```", path.read_text(encoding="utf-8"),
+                                                 flags=re.DOTALL | re.MULTILINE)):
+            examples.append((f"{path.relative_to(ROOT)}#{number}", code))
+    return examples
+
+
+@pytest.mark.parametrize("where, code", python_examples(), ids=[w for w, _ in python_examples()])
+def test_python_examples_parse_and_their_imports_exist(where, code):
+    """An example that names a moved or renamed function fails here, not in a reader's hands."""
+    tree = ast.parse(code, filename=where)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module)
+            missing = [alias.name for alias in node.names if not hasattr(module, alias.name)]
+            assert missing == [], f"{where}: {node.module} has no {missing}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)
+
+
+def test_the_python_examples_are_found():
+    assert {where.split("#")[0] for where, _ in python_examples()} >= {"README.md", "docs/python-api.md"}
