@@ -18,7 +18,7 @@ from torch import nn
 from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.checkpoint import (OPEN_CLIP_LAYOUT, CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, state_problems,
-                            sha256_in_background, to_original_keys)
+                            sha256_in_background, to_original_keys, check_regular_file)
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
@@ -337,6 +337,8 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     elif variant is not None:
         raise InvalidOptionError("variant picks a shipped model: give it or a config/checkpoint, not both")
     folder = checkpoint is not None and Path(checkpoint).is_dir()  # a diffusers folder (ldm.diffusers_format)
+    if checkpoint is not None and not folder:
+        check_regular_file(checkpoint)  # before anything opens it: a FIFO would block the hash's thread for ever
     if folder and config is None:
         from ldm.diffusers_format import folder_config
 
