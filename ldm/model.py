@@ -18,7 +18,7 @@ from torch import nn
 from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.checkpoint import (OPEN_CLIP_LAYOUT, CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, state_problems,
-                            sha256_in_background, to_original_keys, check_regular_file)
+                            sha256_in_background, to_original_keys)
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
@@ -337,8 +337,6 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     elif variant is not None:
         raise InvalidOptionError("variant picks a shipped model: give it or a config/checkpoint, not both")
     folder = checkpoint is not None and Path(checkpoint).is_dir()  # a diffusers folder (ldm.diffusers_format)
-    if checkpoint is not None and not folder:
-        check_regular_file(checkpoint)  # before anything opens it: a FIFO would block the hash's thread for ever
     if folder and config is None:
         from ldm.diffusers_format import folder_config
 
@@ -346,7 +344,10 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     else:
         cfg = resolve_config(config, checkpoint, prediction)
     # The model hash for image metadata, computed while the model is built and loaded (GIL released).
-    model_sha256 = sha256_in_background(checkpoint) if checkpoint is not None and not folder else None
+    # Only a regular file is hashed: a FIFO would block the thread for ever. Loading the weights below says what a
+    # path that is not one is (ldm.checkpoint.check_regular_file).
+    hashable = checkpoint is not None and not folder and Path(checkpoint).is_file()
+    model_sha256 = sha256_in_background(checkpoint) if hashable else None
     if checkpoint is not None and not folder:
         # Every parameter comes from the checkpoint, or for a derived model from its base, parts and own file
         # (strictly loaded below either way): skip their random initialisation.
