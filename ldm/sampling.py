@@ -89,8 +89,8 @@ class SamplingOptions:
         if self.guidance_scale < 0:
             raise InvalidOptionError(f"guidance scale must be >= 0, got {self.guidance_scale}")
         if self.guidance_scale > MAX_GUIDANCE_SCALE:
-            raise InvalidOptionError(f"guidance scale must be at most {MAX_GUIDANCE_SCALE:g}, got {self.guidance_scale:g} "
-                                     "(useful values are about 1-20)")
+            raise InvalidOptionError(f"guidance scale must be at most {MAX_GUIDANCE_SCALE:g}, "
+                                     f"got {self.guidance_scale:g} (useful values are about 1-20)")
         if self.eta is not None and self.eta < 0:
             raise InvalidOptionError(f"eta must be >= 0, got {self.eta}")
         if self.precision not in PRECISIONS:

@@ -36,6 +36,7 @@ from ldm.walk import walk_frames
 RUNNER = Path(__file__).with_name("cli_runner.py")
 MODEL = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
 SHIPPED = ["--steps", "2", "--no-progress", "--outdir", "out"]  # the shipped model: default student, or --model full
+EMBEDDING = ["txt2img", "x", *MODEL, "--embedding"]
 NON_FINITE = "sampling produced non-finite latents at step 1 of 2"
 
 # (argv, what the one error line must say)
@@ -44,10 +45,10 @@ CASES = [
     (["txt2img", "x", *SHIPPED, "--model", "full", "--scale", "1e308"], "guidance scale must be at most 1000"),
     (["txt2img", "x", *MODEL, "--lora", "alpha-1e30.safetensors"], "alpha 1e+30 over rank 2 is a scale beyond 1000"),
     (["txt2img", "x", *MODEL, "--lora", "lora.safetensors:1e308"], "the weight must be between -100 and 100"),
-    (["txt2img", "x", *MODEL, "--embedding", "nan.safetensors"], "nan.safetensors: the embedding holds NaN"),
-    (["txt2img", "x", *MODEL, "--embedding", "zero-width.safetensors"], "zero-width.safetensors: the embedding is empty"),
-    (["txt2img", "x", *MODEL, "--embedding", "no-vectors.safetensors"], "no-vectors.safetensors: the embedding is empty"),
-    (["txt2img", "x", *MODEL, "--embedding", "huge.safetensors"], "huge.safetensors: the embedding holds values up to 1e+30"),
+    ([*EMBEDDING, "nan.safetensors"], "nan.safetensors: the embedding holds NaN"),
+    ([*EMBEDDING, "zero-width.safetensors"], "zero-width.safetensors: the embedding is empty"),
+    ([*EMBEDDING, "no-vectors.safetensors"], "no-vectors.safetensors: the embedding is empty"),
+    ([*EMBEDDING, "huge.safetensors"], "huge.safetensors: the embedding holds values up to 1e+30"),
     # Within every bound and finite, but its update overflows the U-Net: caught when sampling ends, not decoded.
     (["txt2img", "x", *MODEL, "--lora", "overflowing.safetensors"], NON_FINITE),
 ]
@@ -140,8 +141,8 @@ API_CASES = [
 
 @pytest.mark.parametrize("arguments, error, message", API_CASES,
                          ids=["prompt None", "a prompt list holding an int", "negative prompt None", "generator int",
-                              "a generator list holding a str", "meta latents", "NaN latents", "latents of another shape",
-                              "latents a list", "scale 1e308"])
+                              "a generator list holding a str", "meta latents", "NaN latents",
+                              "latents of another shape", "latents a list", "scale 1e308"])
 def test_bad_api_arguments_are_ldm_errors_that_say_what_is_wrong(model, arguments, error, message):
     arguments = {"prompts": "a cat", **arguments}
     with pytest.raises(error, match=message):
