@@ -184,8 +184,8 @@ def check_generators(generator: Any) -> None:
         return
     held = f"a list holding {', '.join(sorted({type(g).__name__ for g in generator}))}" \
         if isinstance(generator, (list, tuple)) else type(generator).__name__
-    raise InvalidOptionError(f"generator must be a torch.Generator or a list of them, got {held} "
-                             "(for a seed, give seed=)")
+    raise NoiseShapeError(f"generator must be a torch.Generator or a list of them, got {held} "
+                          "(for a seed, give seed=)")
 
 
 def check_latents(latents: Any) -> None:
