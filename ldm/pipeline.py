@@ -16,8 +16,8 @@ from ldm.errors import InvalidOptionError
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.samplers import Generators
-from ldm.sampling import (PRECISIONS, PrecisionError, SamplingOptions, autocast, ddim_variant_of,  # noqa: F401
-                          sampler_eta)
+from ldm.sampling import (PRECISIONS, PrecisionError, SamplingOptions, autocast, check_finite_latents,  # noqa: F401
+                          ddim_variant_of, sampler_eta)
 from ldm.tasks import (Conditioning, Generated, PromptError, batch_noise, check_task, denoise, for_model,  # noqa: F401
                        image_generators, label_conditions, model_sigmas, prompt_conditions, prompt_lists, resolve_options, sample_seeded,
                        settings_of, start_noise)
@@ -127,6 +127,7 @@ def txt2img_learned_variance(model: LatentDiffusion, prompts: list[str] | str, n
     with autocast(model.device, options.precision):
         latents = sample_ddpm_learned_variance(denoiser, noise * sigmas[0], sigmas, disable=not progress,
                                                generator=image_generators(model.device, seed, len(prompts)))
+        check_finite_latents(latents)
         images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
     return Generated(tensor_to_pil(images), settings_of("txt2img", options, sampler="ddpm_learned_variance",

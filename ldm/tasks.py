@@ -90,11 +90,25 @@ def for_model(options: SamplingOptions, model: LatentDiffusion) -> SamplingOptio
     return options
 
 
+def check_texts(texts: Any, what: str) -> list[str]:
+    """A prompt argument (one str, or a list or tuple of them) as a list; anything else is a PromptError naming it."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise PromptError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
+    for text in texts:
+        if not isinstance(text, str):
+            raise PromptError(f"{what} must be a str or a list of str, got a list holding {type(text).__name__}")
+    return list(texts)
+
+
 def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> tuple[list[str], list[str]]:
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = check_texts(prompt, "prompt")
     if not prompts:
         raise PromptError("no prompts given")
-    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    negatives = check_texts(negative_prompt, "negative prompt")
+    if isinstance(negative_prompt, str):
+        negatives = negatives * len(prompts)
     if len(negatives) != len(prompts):
         raise PromptError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
     return prompts, negatives
@@ -108,6 +122,7 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
     long_prompts or emphasis (ldm.long_prompts), prompts are read the A1111 way; the two sides are then
     brought to one length with empty chunks, so guidance still runs them as one batch.
     """
+    prompts, negative_prompts = check_texts(prompts, "prompt"), check_texts(negative_prompts, "negative prompt")
     if getattr(model, "guidance_embedded", False) and any(negative_prompts):
         raise PromptError("this guidance-distilled model takes no negative prompt (it was distilled with the empty "
                           "prompt as the unconditional side); use the full model for negative prompts "
@@ -161,6 +176,30 @@ class NoiseShapeError(InvalidOptionError):
     """Given latents or generators that do not fit the batch."""
 
 
+def check_generators(generator: Any) -> None:
+    """None, one torch.Generator or a list of them: anything else (a seed, numpy's Generator) is refused by name."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+        return
+    held = f"a list holding {', '.join(sorted({type(g).__name__ for g in generator}))}" \
+        if isinstance(generator, (list, tuple)) else type(generator).__name__
+    raise NoiseShapeError(f"generator must be a torch.Generator or a list of them, got {held} "
+                          "(for a seed, give seed=)")
+
+
+def check_latents(latents: Any) -> None:
+    """Start latents the sampler can use: a floating-point tensor with data (not on the meta device), all finite."""
+    if not isinstance(latents, torch.Tensor):
+        raise NoiseShapeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    if latents.is_meta:
+        raise NoiseShapeError("latents are on the meta device, which holds no values; give a tensor with data")
+    if not latents.is_floating_point():
+        raise NoiseShapeError(f"latents must be floating-point, got {latents.dtype}")
+    if not bool(torch.isfinite(latents).all()):
+        raise NoiseShapeError("latents hold NaN or infinite values; give finite start noise")
+
+
 def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device, generator: Generators = None,
                 latents: torch.Tensor | None = None) -> tuple[torch.Tensor, Generators, dict[str, Any]]:
     """(unit start noise [B, C, h, w], step-noise generators, what the settings record about them).
@@ -170,9 +209,11 @@ def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device, generat
     step's noise, or a list with one per image; with neither, image i is seeded seed + i (start_noise).
     """
     n = shape[0]
+    check_generators(generator)
     if isinstance(generator, (list, tuple)) and len(generator) != n:
         raise NoiseShapeError(f"{len(generator)} generators for {n} images; give one, or one per image")
     if latents is not None:
+        check_latents(latents)
         if tuple(latents.shape) != tuple(shape):
             raise NoiseShapeError(f"latents of shape {list(latents.shape)} for a batch of shape {list(shape)}")
         noise, record = latents.to(device=device, dtype=torch.float32), {"seed": None, "noise": "latents"}
