@@ -224,7 +224,8 @@ def read_png_text(path: Path) -> dict[str, Any]:
     except Image.UnidentifiedImageError:
         raise InfotextError(f"cannot read {path}: not an image PIL can read") from None
     except (OSError, ValueError, SyntaxError, struct.error) as exc:  # Pillow: "Decompressed Data Too Large", ...
-        raise InfotextError(f"cannot read the metadata of {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise InfotextError(f"cannot read the metadata of {path}: {reason}") from None
 
 
 # The type of each of our settings (the `ldm` JSON of `save_png`), as the command line's options take them; null is

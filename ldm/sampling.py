@@ -55,7 +55,8 @@ def samplers_with(option: str) -> list[str]:
 
 def sampler_options_help() -> str:
     """Each sampler's own option with its type and range, for --help: "eta (ddim, ...): a number >= 0; ..."."""
-    return "; ".join(f"{key} ({', '.join(samplers_with(key))}): {spec.describe()}" for key, spec in SAMPLER_OPTIONS.items())
+    return "; ".join(f"{key} ({', '.join(samplers_with(key))}): {spec.describe()}"
+                     for key, spec in SAMPLER_OPTIONS.items())
 
 
 @dataclass

@@ -97,15 +97,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None:
     """The sampling options; their defaults are the task's (ldm.defaults), as in the Python API and the app."""
     d = task_options(task)
-    p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces the empty prompt in guidance); "
-                   f"a prompt or negative prompt is at most {MAX_PROMPT_CHARS:,} characters")
+    p.add_argument("--negative-prompt", default="",
+                   help="what to steer away from (replaces the empty prompt in guidance); a prompt or negative "
+                        f"prompt is at most {MAX_PROMPT_CHARS:,} characters")
     p.add_argument("--steps", type=int, default=d.steps, action=Given, help="sampling steps")
     p.add_argument("--scale", type=float, default=d.guidance_scale, action=Given, help="classifier-free guidance scale (1 = no guidance)")
     p.add_argument("--sampler", default=d.sampler, action=Given, help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--sampler-option", dest="sampler_option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
                         "--sampler-option snr=0.2 --sampler-option corrector_steps=2; an option the sampler "
-                        f"lacks, or a value outside its range, is refused; repeat for several. {sampler_options_help()}")
+                        "lacks, or a value outside its range, is refused; repeat for several. "
+                        f"{sampler_options_help()}")
     p.add_argument("--eta", type=float, default=None, action=Given,
                    help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
