@@ -373,11 +373,11 @@ class OptionSpec:
         return f"{noun} >= {self.low:g}" if self.low is not None else noun
 
     def accepts(self, value: Any) -> bool:
+        """Of the type, finite and at most `high`; `low` is checked by the sampler itself (sample_pc) and by
+        SamplingOptions.validate (eta), whose messages callers know."""
         if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
             return False
-        if not math.isfinite(value):
-            return False
-        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+        return math.isfinite(value) and (self.high is None or value <= self.high)
 
 
 # Every sampler's own keyword option (besides the common ones), checked wherever options come in (the CLI's
