@@ -50,7 +50,8 @@ def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
 
     Refused before decoding: images over PIL's pixel limit (Image.MAX_IMAGE_PIXELS, about 89 MP), where
     PIL only warns up to twice that: a small file can decode to gigabytes (a decompression bomb).
-    Transparent areas become white, as a viewer shows them; 16-bit grey is scaled to 8 bits, not clipped.
+    Transparent areas become white, as a viewer shows them; 16-bit grey is scaled to 8 bits, not clipped. The image
+    is turned as its EXIF orientation says (`upright`), as viewers show it.
     """
     name = "the uploaded image" if isinstance(source, bytes) else str(source)
     try:
@@ -58,7 +59,7 @@ def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 img.load()
-                img = _to_8bit(img)
+                img = _to_8bit(upright(img))
                 if mode == "RGB" and img.mode in ("RGBA", "LA", "P", "PA"):
                     img = img.convert("RGBA")
                     background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -70,6 +71,14 @@ def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
         raise InvalidImageError(f"cannot read image {name}: not an image PIL can read (PNG, JPEG, WebP, ...)") from None
     except (OSError, ValueError) as exc:
         raise InvalidImageError(f"cannot read image {name}: {exc}") from exc
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as viewers show it: turned and mirrored by its EXIF orientation tag (a phone photo taken upright
+    is stored sideways with orientation 6); an image without the tag is returned as it is."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img) or img
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

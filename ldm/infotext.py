@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,20 @@ SAMPLER_NAMES = {
 }
 SAMPLERS_BY_A1111_NAME = {v: k for k, v in SAMPLER_NAMES.items()}
 
-# One `Name: value` pair of the last line; a value is either a JSON string or runs to the next comma.
-PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# One `Name: value` pair of the last line; a value is either a JSON string or runs to the next comma. A1111's
+# pattern, less its leading \s* and with names of at most 64 characters: each start of a match then scans a bounded
+# name, where A1111's rescanned a whole run of name characters (or spaces) from every start in it, quadratic in the
+# line's length (minutes for a 200,000-character line).
+PARAM = re.compile(r'(\w[\w \-/]{1,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The longest `parameters` or `ldm` text read from an image, in characters: two prompts at their limit
+# (ldm.limits.MAX_PROMPT_CHARS) and every setting fit many times over; a longer one is refused unparsed.
+MAX_METADATA_CHARS = 256 * 1024
+# A PNG's text chunks are checked from their headers before Pillow reads them: at most this many bytes each (Pillow
+# itself stops a compressed chunk at 1 MB decompressed, PngImagePlugin.MAX_TEXT_CHUNK), and at most this many
+# chunks before the pixel data.
+MAX_TEXT_CHUNK_BYTES = 1024 * 1024
+MAX_CHUNKS_BEFORE_PIXELS = 4096
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def quote(value: Any) -> str:
@@ -101,6 +114,7 @@ def parse_infotext(text: str) -> dict[str, str]:
     "Prompt" and "Negative prompt" come from the lines; every pair of the last line becomes a field,
     JSON strings decoded; "Size" is also split into "Size-1" (width) and "Size-2" (height).
     """
+    check_metadata_length(text, "the parameters text")
     lines = text.strip().split("\n")
     last = lines[-1]
     if len(PARAM.findall(last)) < 3:  # not a settings line: it belongs to the prompt
@@ -165,26 +179,98 @@ def as_made(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def settings_from_png(path: str | Path) -> dict[str, Any]:
-    """The settings an image was made with: our full JSON ("ldm" chunk) if present (`as_made`), else A1111's text
-    (which has no DDIM variant: the model's own applies)."""
+def check_metadata_length(text: str, name: str) -> None:
+    if len(text) > MAX_METADATA_CHARS:
+        raise InfotextError(f"{name} is {len(text):,} characters long; the limit is {MAX_METADATA_CHARS:,} "
+                            "(ldm.infotext.MAX_METADATA_CHARS)")
+
+
+def check_png_chunks(path: Path) -> None:
+    """Refuse, from the chunk headers alone, a PNG whose text chunks are too large to read (ldm.infotext limits);
+    a file that is not a PNG is left to Pillow."""
+    with path.open("rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return
+        for _ in range(MAX_CHUNKS_BEFORE_PIXELS):
+            header = f.read(8)
+            if len(header) < 8:
+                return
+            length, kind = struct.unpack(">I4s", header)
+            if kind in (b"IDAT", b"IEND"):  # Pillow reads no further without decoding the pixels
+                return
+            if kind in (b"tEXt", b"zTXt", b"iTXt") and length > MAX_TEXT_CHUNK_BYTES:
+                raise InfotextError(f"{path} has a text chunk of {length:,} bytes; the limit is "
+                                    f"{MAX_TEXT_CHUNK_BYTES:,} (ldm.infotext.MAX_TEXT_CHUNK_BYTES)")
+            f.seek(length + 4, 1)  # the data and its CRC
+    raise InfotextError(f"{path} has more than {MAX_CHUNKS_BEFORE_PIXELS} chunks before its pixels; not read")
+
+
+def read_png_text(path: Path) -> dict[str, Any]:
+    """The text chunks before the pixel data (where Pillow, and so A1111 and we, write them), without decoding a
+    pixel. Pillow's own limits stay on: a compressed chunk over 1 MB decompressed, 64 MB of text in all, and images
+    over Image.MAX_IMAGE_PIXELS (which img2img refuses too) are refused in one line."""
+    import warnings
+
     from PIL import Image
 
+    try:
+        check_png_chunks(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return dict(image.info)  # never image.text: it decodes the pixels to look for chunks after them
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InfotextError(f"{path} is too large to open safely ({str(exc).split('.')[0]})") from None
+    except Image.UnidentifiedImageError:
+        raise InfotextError(f"cannot read {path}: not an image PIL can read") from None
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:  # Pillow: "Decompressed Data Too Large", ...
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise InfotextError(f"cannot read the metadata of {path}: {reason}") from None
+
+
+# The type of each of our settings (the `ldm` JSON of `save_png`), as the command line's options take them; null is
+# "not set". Sampler options (snr, corrector_steps, ...) are checked as --sampler-option's are (ldm.sampling).
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("prompt", "negative_prompt", "sampler", "spacing", "precision", "ddim_variant", "label",
+                     "model_file", "model_sha256", "model_hash", "model_name"), (str,)),
+    **dict.fromkeys(("seed", "height", "width", "steps"), (int,)),
+    **dict.fromkeys(("guidance_scale", "eta", "guidance_rescale", "threshold", "strength"), (int, float)),
+    **dict.fromkeys(("karras", "long_prompts", "emphasis", "learned_variance"), (bool,)),
+}
+TYPE_NAMES = {(str,): "text", (int,): "an integer", (int, float): "a number", (bool,): "true or false"}
+
+
+def check_setting_types(settings: dict[str, Any], source: str) -> None:
+    """Refuse, in one line naming the field, a setting of the wrong type (a string seed, a list as the sampler)."""
+    for key, kinds in SETTING_TYPES.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in kinds
+        if wrong_bool or not isinstance(value, kinds):
+            raise InfotextError(f"{source}: setting {key!r} must be {TYPE_NAMES[kinds]}, got {value!r:.60}")
+
+
+def settings_from_png(path: str | Path) -> dict[str, Any]:
+    """The settings an image was made with: our full JSON ("ldm" chunk) if present (`as_made`), else A1111's text
+    (which has no DDIM variant: the model's own applies). Both are bounded in length and type-checked
+    (`check_setting_types`); their ranges are checked where the command line's are."""
     path = Path(path)
     if not path.is_file():
         raise InfotextError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            chunks = dict(getattr(image, "text", None) or image.info)
-    except OSError as exc:
-        raise InfotextError(f"cannot read {path}: {exc}") from None
+    chunks = read_png_text(path)
     if isinstance(chunks.get("ldm"), str):
+        check_metadata_length(chunks["ldm"], f"the ldm settings of {path}")
         try:
             settings = json.loads(chunks["ldm"])
-        except json.JSONDecodeError as exc:
-            raise InfotextError(f"{path}: the ldm settings are not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, an integer of over 4,300 digits
+            reason = getattr(exc, "msg", None) or str(exc).split(":")[0] or "nested too deep"
+            raise InfotextError(f"{path}: the ldm settings are not valid JSON ({reason})") from None
         if isinstance(settings, dict):
+            check_setting_types(settings, f"{path} (ldm settings)")
             return as_made(settings)
     if isinstance(chunks.get("parameters"), str):
-        return settings_from_infotext(chunks["parameters"])
+        settings = settings_from_infotext(chunks["parameters"])
+        check_setting_types(settings, f"{path} (parameters text)")
+        return settings
     raise InfotextError(f"{path} holds no generation settings (no 'ldm' or 'parameters' text)")

@@ -23,6 +23,26 @@ GIB = 1024**3
 MAX_CHUNK = 16
 DEFAULT_FRACTION = 0.8
 
+# The longest prompt (and negative prompt) taken, in characters: about 1,250 CLIP tokens, 17 of --long-prompts'
+# 75-token chunks, more than any prompt A1111 users share, and every parser of a prompt stays fast up to it.
+# A longer one is refused at once with one line (README, "Long prompts"; --help of the generating commands).
+MAX_PROMPT_CHARS = 5000
+# A prompt file (--from-file) is read up to this many bytes and this many prompts (lines that are not blank).
+MAX_PROMPT_FILE_BYTES = 16 * 1024 * 1024
+MAX_PROMPTS_PER_FILE = 10000
+
+
+class PromptTooLongError(ResourceLimitError):
+    """A prompt longer than MAX_PROMPT_CHARS."""
+
+
+def check_prompt_length(text: str, name: str = "prompt") -> None:
+    """Refuse a prompt over MAX_PROMPT_CHARS characters in one line that names it (`name`: "prompt", "negative
+    prompt", "prompt 3 of prompts.txt", ...)."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise PromptTooLongError(f"{name} is {len(text):,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
+                                 "characters (ldm.limits.MAX_PROMPT_CHARS)")
+
 
 def device_memory(device: torch.device) -> int:
     """Total memory of the device in bytes (physical RAM for the CPU)."""

@@ -18,6 +18,7 @@ Conventions (k-diffusion's):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -355,6 +356,39 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "pc": sample_pc,
 }
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What a sampler's own keyword option takes: its type and closed range (None: unbounded on that side)."""
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{noun} from {self.low:g} to {self.high:g}"
+        return f"{noun} >= {self.low:g}" if self.low is not None else noun
+
+    def accepts(self, value: Any) -> bool:
+        """Of the type, finite and at most `high`; `low` is checked by the sampler itself (sample_pc) and by
+        SamplingOptions.validate (eta), whose messages callers know."""
+        if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
+            return False
+        return math.isfinite(value) and (self.high is None or value <= self.high)
+
+
+# Every sampler's own keyword option (besides the common ones), checked wherever options come in (the CLI's
+# --sampler-option, a PNG's settings, the Python API: ldm.sampling.sampler_kwargs). The upper bounds keep a run's
+# cost bounded as --steps is (at most the model's timesteps): pc makes corrector_steps extra U-Net calls per step.
+SAMPLER_OPTIONS: dict[str, OptionSpec] = {
+    "eta": OptionSpec(float, 0.0),
+    "snr": OptionSpec(float, 0.0, 1.0),
+    "corrector_steps": OptionSpec(int, 0, 20),
+}
+
 # Deterministic with their default options (ddim: eta = 0); the others draw from the generator.
 DETERMINISTIC = ("ddim", "plms", "euler", "heun", "dpmpp_2m")
 

@@ -25,7 +25,7 @@ import torch
 
 from ldm import defaults
 from ldm.errors import InvalidOptionError, LdmError
-from ldm.samplers import SAMPLERS, Generators, get_sampler, sample_ddim_sd
+from ldm.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, get_sampler, sample_ddim_sd
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What every sampler takes (ldm.samplers' signature); the rest of a signature are the sampler's own options.
@@ -59,6 +59,12 @@ def sampler_parameters(name: str) -> dict[str, Any]:
 
 def samplers_with(option: str) -> list[str]:
     return [name for name in SAMPLERS if option in sampler_parameters(name)]
+
+
+def sampler_options_help() -> str:
+    """Each sampler's own option with its type and range, for --help: "eta (ddim, ...): a number >= 0; ..."."""
+    return "; ".join(f"{key} ({', '.join(samplers_with(key))}): {spec.describe()}"
+                     for key, spec in SAMPLER_OPTIONS.items())
 
 
 @dataclass
@@ -116,11 +122,14 @@ def sampler_kwargs(options: SamplingOptions) -> dict[str, Any]:
         if "eta" in kwargs:
             raise SamplerOptionError("eta is given twice (as eta and in extra); give it once")
         kwargs["eta"] = float(options.eta)
-    for key in kwargs:
+    for key, value in kwargs.items():
         if key not in own:
             takers = samplers_with(key)
             hint = f" (samplers with {key}: {', '.join(takers)})" if takers else ""
             raise SamplerOptionError(f"sampler {options.sampler!r} has no option {key!r}{hint}")
+        spec = SAMPLER_OPTIONS.get(key)
+        if spec is not None and not spec.accepts(value):
+            raise SamplerOptionError(f"sampler option {key} must be {spec.describe()}, got {value!r:.60}")
     if "eta" in own:
         kwargs.setdefault("eta", own["eta"])
     return kwargs

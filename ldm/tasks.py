@@ -21,6 +21,7 @@ from PIL import Image
 
 from ldm.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
 from ldm.errors import InvalidOptionError, LdmError
+from ldm.limits import check_prompt_length
 from ldm.model import CONDITIONING, LatentDiffusion
 from ldm.samplers import Generators, check_strength, truncate_sigmas
 from ldm.sampling import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
@@ -111,7 +112,16 @@ def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> t
         negatives = negatives * len(prompts)
     if len(negatives) != len(prompts):
         raise PromptError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+    check_prompt_texts(prompts, negatives)
     return prompts, negatives
+
+
+def check_prompt_texts(prompts: list[str], negative_prompts: list[str]) -> None:
+    """Each prompt (already a str, see check_texts) is at most ldm.limits.MAX_PROMPT_CHARS characters: longer ones
+    are refused before any parsing or encoding, which grow with the length."""
+    for name, texts in (("prompt", prompts), ("negative prompt", negative_prompts)):
+        for text in texts:
+            check_prompt_length(text, name)
 
 
 def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str],
@@ -123,6 +133,7 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
     brought to one length with empty chunks, so guidance still runs them as one batch.
     """
     prompts, negative_prompts = check_texts(prompts, "prompt"), check_texts(negative_prompts, "negative prompt")
+    check_prompt_texts(prompts, negative_prompts)
     if getattr(model, "guidance_embedded", False) and any(negative_prompts):
         raise PromptError("this guidance-distilled model takes no negative prompt (it was distilled with the empty "
                           "prompt as the unconditional side); use the full model for negative prompts "

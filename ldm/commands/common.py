@@ -13,15 +13,20 @@ from ldm import defaults
 from ldm.devices import resolve_device, set_sampling_threads  # resolve_device: re-exported, the commands' --device
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.images import check_writable, make_grid, next_index, save_png
+from ldm.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, MAX_PROMPTS_PER_FILE, check_prompt_length
 from ldm.pipeline import PRECISIONS, SamplingOptions
 from ldm.samplers import SAMPLERS
-from ldm.sampling import task_options
+from ldm.sampling import sampler_options_help, task_options
 
 log = logging.getLogger("ldm")
 
 
 class EmptyPromptFileError(LdmError, ValueError):
     pass
+
+
+class PromptFileError(LdmError, ValueError):
+    """A prompt file that is not UTF-8 text, or too large."""
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -92,14 +97,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None:
     """The sampling options; their defaults are the task's (ldm.defaults), as in the Python API and the app."""
     d = task_options(task)
-    p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces the empty prompt in guidance)")
+    p.add_argument("--negative-prompt", default="",
+                   help="what to steer away from (replaces the empty prompt in guidance); a prompt or negative "
+                        f"prompt is at most {MAX_PROMPT_CHARS:,} characters")
     p.add_argument("--steps", type=int, default=d.steps, action=Given, help="sampling steps")
     p.add_argument("--scale", type=float, default=d.guidance_scale, action=Given, help="classifier-free guidance scale (1 = no guidance)")
     p.add_argument("--sampler", default=d.sampler, action=Given, help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--sampler-option", dest="sampler_option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
                         "--sampler-option snr=0.2 --sampler-option corrector_steps=2; an option the sampler "
-                        "lacks is refused; repeat for several")
+                        "lacks, or a value outside its range, is refused; repeat for several. "
+                        f"{sampler_options_help()}")
     p.add_argument("--eta", type=float, default=None, action=Given,
                    help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
@@ -160,8 +168,12 @@ def parse_sampler_options(specs: list[str]) -> dict[str, Any]:
 
 
 def sampling_options(args: argparse.Namespace) -> SamplingOptions:
-    """The sampling options of a generating command (each calls this first, so its seeds are checked here)."""
+    """The sampling options of a generating command (each calls this first, so its seeds and prompts' lengths are
+    checked here, before any work)."""
     check_seeds(args)
+    for name in ("prompt", "prompt_a", "prompt_b", "negative_prompt"):
+        if isinstance(getattr(args, name, None), str):
+            check_prompt_length(getattr(args, name), name.replace("_", " "))
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
                            precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis,
@@ -242,17 +254,44 @@ def parse_tiling(spec: str) -> dict[str, int]:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts to run: the one given, or each line of --from-file that is not blank, each checked against
+    ldm.limits.MAX_PROMPT_CHARS (the whole file is checked before any work)."""
     if args.from_file:
-        path = Path(args.from_file)
-        if not path.is_file():
-            raise MissingFileError(f"prompt file not found: {path}")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not prompts:
-            raise EmptyPromptFileError(f"prompt file {path} has no prompts")
-        return prompts
+        return read_prompt_file(args.from_file)
     if args.prompt is None:
         raise InvalidOptionError("give a prompt or --from-file")
+    check_prompt_length(args.prompt)
     return [args.prompt]
+
+
+def read_prompt_file(name: str | Path) -> list[str]:
+    """The lines of a UTF-8 prompt file that are not blank: at most MAX_PROMPT_FILE_BYTES read, MAX_PROMPTS_PER_FILE
+    prompts of at most MAX_PROMPT_CHARS characters each; anything else is refused in one line naming the file."""
+    path = Path(name)
+    if not path.is_file():
+        raise MissingFileError(f"prompt file not found: {path}")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_PROMPT_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PromptFileError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PROMPT_FILE_BYTES:
+        raise PromptFileError(f"prompt file {path} is larger than {MAX_PROMPT_FILE_BYTES // 2**20} MiB; split it")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(f"prompt file {path} is not UTF-8 text: byte {exc.start} (0x{data[exc.start]:02x}) "
+                              f"cannot be decoded; save it as UTF-8") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            check_prompt_length(line.strip(), f"line {number} of {path}")
+            prompts.append(line.strip())
+            if len(prompts) > MAX_PROMPTS_PER_FILE:
+                raise PromptFileError(f"prompt file {path} holds more than {MAX_PROMPTS_PER_FILE:,} prompts; split it")
+    if not prompts:
+        raise EmptyPromptFileError(f"prompt file {path} has no prompts")
+    return prompts
 
 
 def check_counts(*counts: tuple[str, int]) -> None:

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("img2img", help="change an image following a prompt")
     p.add_argument("image", help="input image (any size; resized to a multiple of 8)")
     p.add_argument("prompt", nargs="?", help="the prompt")
-    p.add_argument("--from-file", help="a file with one prompt per line")
+    p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
     p.add_argument("--strength", type=float, default=defaults.STRENGTH["img2img"],
                    help="how much to change: 0 keeps the image, 1 ignores it")
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch")

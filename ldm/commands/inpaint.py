@@ -14,7 +14,7 @@ from ldm.pipeline import settings_dict
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from-file", help="a file with one prompt per line")
+    p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
     p.add_argument("--mode", default="auto", choices=INPAINT_MODES,
                    help="model: a dedicated inpainting model (without --ckpt: the shipped one); blend: any "
                         "text-to-image model, known area re-noised each step; auto: model if the checkpoint is an "

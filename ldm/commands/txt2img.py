@@ -19,7 +19,7 @@ from ldm.variants import VARIANTS, config_sampling, default_variant, shipped_mod
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("txt2img", help="generate images from text")
     p.add_argument("prompt", nargs="?", help="the prompt")
-    p.add_argument("--from-file", help="a file with one prompt per line")
+    p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
     p.add_argument("--from-png", metavar="IMAGE",
                    help="make an image again from the settings in its metadata (ours, or A1111's parameters text); "
                         "prompt, seed, size and sampling options come from the image, counts and the model from here")
@@ -57,9 +57,10 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     if "strength" in settings or "init_image" in settings:
         raise InvalidOptionError(f"{args.from_png} was made from an image (it has a denoising strength); "
                                  "--from-png regenerates text-to-image results")
-    if "prompt" not in settings:
+    if settings.get("prompt") is None:
         raise InvalidOptionError(f"{args.from_png} has settings but no prompt")
-    args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt", "")
+    # Types are checked (ldm.infotext.check_setting_types); ranges and lengths as the command line's, below.
+    args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt") or ""
     for key, attr in (("seed", "seed"), ("height", "height"), ("width", "width"), ("steps", "steps"),
                       ("guidance_scale", "scale"), ("sampler", "sampler"), ("eta", "eta"), ("spacing", "spacing"),
                       ("karras", "karras"), ("guidance_rescale", "guidance_rescale"), ("precision", "precision"),
