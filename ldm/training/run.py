@@ -6,7 +6,7 @@ Run directory layout (`logging.run_dir`):
     checkpoints/last.ckpt       Lightning checkpoint for exact resume (also step-NNNNNN.ckpt every N steps)
     csv/version_K/metrics.csv   losses (CSVLogger); tensorboard/version_K/ (TensorBoardLogger)
     samples/step-NNNNNN.png     sample grids
-    run.lock                    locked by the live run (ldm.training.run_lock): one training per folder
+    run.lock                    while a run lives: its lock (ldm.training.run_lock), one training per folder
     model.safetensors, model.yaml   inference export (vae.safetensors, vae.yaml for autoencoder runs)
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two runs on one folder would write each other's checkpoints and exports. The lock is `flock` on an open file: the
 kernel drops it when the process ends however it ends (kill -9 included), so a killed run never blocks its own
---resume, and there is no stale lock file to clean up (the file stays; only the lock on it matters).
+--resume; the file a killed run leaves holds no lock (only the lock on it matters). A run that ends removes it.
 """
 from __future__ import annotations
 
@@ -38,36 +38,50 @@ class RunFolderLock:
         except ImportError:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         deadline = None
         while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except OSError as exc:
+                owner = _recorded_pid(fd)
+                os.close(fd)
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    os.close(fd)
                     raise
-            owner = _recorded_pid(fd)
-            if owner is not None and _alive(owner):
-                os.close(fd)
-                raise RunDirBusyError(f"{self.path.parent} is in use by a running training (pid {owner}); wait for it "
-                                      "to finish or stop it, or choose another logging.run_dir")
-            deadline = deadline or time.monotonic() + ORPHAN_WAIT_SECONDS  # a dead owner's workers: soon released
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise RunDirBusyError(f"{self.path.parent} is in use by another training (its lock is held); "
-                                      "choose another logging.run_dir")
-            time.sleep(0.2)
+                if owner is not None and _alive(owner):
+                    raise RunDirBusyError(f"{self.path.parent} is in use by a running training (pid {owner}); wait "
+                                          "for it to finish or stop it, or choose another logging.run_dir") from None
+                deadline = deadline or time.monotonic() + ORPHAN_WAIT_SECONDS  # a dead owner's workers: soon gone
+                if time.monotonic() > deadline:
+                    raise RunDirBusyError(f"{self.path.parent} is in use by another training (its lock is held); "
+                                          "choose another logging.run_dir") from None
+                time.sleep(0.2)
+                continue
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # locked a file the run before us removed on release: lock the one there now
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
     def release(self) -> None:
+        """Remove the lock file (while still holding its lock, so no other run holds a lock on a removed file) and
+        drop the lock: a finished or refused run leaves its folder as it found it."""
         if self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
             os.close(self._fd)  # closing the last descriptor of the open file drops the flock
             self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _recorded_pid(fd: int) -> int | None:
