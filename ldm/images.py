@@ -145,7 +145,8 @@ def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | No
 
 
 def save_numbered_png(image: Image.Image, folder: str | Path, name: str, first: int,
-                      settings: dict[str, Any] | None = None, pattern: str = r"(\d+)", glob: str = "*.png") -> tuple[Path, int]:
+                      settings: dict[str, Any] | None = None, pattern: str = r"(\d+)",
+                      glob: str = "*.png") -> tuple[Path, int]:
     """Save as `name.format(n)` in folder for the first free n from `first` on; returns (path, n).
 
     Each number is claimed by an exclusive create of the whole file (publish_exclusive), so runs writing into one

@@ -179,7 +179,8 @@ def test_export_only_refuses_existing_exports_unless_overwrite(shapes, tmp_path,
     weights = run_dir / "vae.safetensors"
     weights.write_bytes(b"the user's own weights")
     export = ["train", "--export-only", "--resume", str(run_dir)]
-    assert_one_line_refusal(main(export), capsys.readouterr().err, f"{weights} already exists (--overwrite replaces it)")
+    assert_one_line_refusal(main(export), capsys.readouterr().err,
+                            f"{weights} already exists (--overwrite replaces it)")
     script = subprocess.run([sys.executable, "scripts/export.py", str(run_dir)], capture_output=True, text=True,
                             timeout=300, cwd=Path(__file__).parents[1])
     assert_one_line_refusal(script.returncode, script.stderr, "already exists")

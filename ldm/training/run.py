@@ -400,7 +400,8 @@ def run(config_path: str | os.PathLike | None, overrides: list[str] | None = Non
     cfg, ckpt = config_for(config_path, overrides, resume)
     if export_only:
         path = resolve_resume(resume or LAST, cfg)
-        weights, config = export_checkpoint(cfg, path, out_dir, loaded=ckpt, overwrite=overwrite)  # type: ignore[arg-type]
+        weights, config = export_checkpoint(cfg, path, out_dir, loaded=ckpt,  # type: ignore[arg-type]
+                                            overwrite=overwrite)
         log.info("exported %s and %s", weights, config)
         return 0
     train(cfg, resume, overwrite=overwrite, checkpoint=ckpt)
