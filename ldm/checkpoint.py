@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ldm.errors import LdmError
@@ -158,12 +159,42 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(LdmError, OSError):
+    """A file that could not be written (a full disk, a read-only folder): said in one line naming the file."""
+
+
+def write_error(path: str | os.PathLike, exc: Exception) -> WriteError:
+    """The one-line error for `exc`, raised while writing `path`: the system's reason (e.g. "No space left on
+    device"), not the temporary file's name."""
+    reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return WriteError(f"cannot write {path}: {reason}")
+
+
+def publish_exclusive(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give the finished file `tmp` the name `path`, only if no file has that name (FileExistsError otherwise).
+
+    A hard link creates the name and its whole content in one step that fails if the name exists, so two
+    processes writing into one folder can never replace each other's files. Where the filesystem has no hard
+    links, the name is claimed by an exclusive create (O_EXCL) and the file renamed onto the claimed name.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FAT filesystems)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", exclusive: bool = False) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one step, on error it is removed.
 
     A crash mid-write never leaves a truncated file behind, and readers see the old or the new file.
     `suffix` ends the temporary name, for writers that pick the format by extension (ffmpeg).
+    `exclusive`: an existing `path` is never replaced; FileExistsError instead (publish_exclusive).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +203,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
-        os.replace(tmp, path)
+        if exclusive:
+            publish_exclusive(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -181,12 +215,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
                     float_dtype: torch.dtype | None = None) -> None:
-    """Write safetensors atomically (see atomic_path); float_dtype (e.g. torch.float16) casts the floating tensors."""
+    """Write safetensors atomically (see atomic_path); float_dtype (e.g. torch.float16) casts the floating tensors.
+
+    A failed write (a full disk) raises WriteError naming the file; the file there before is left as it was."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if float_dtype is not None:
         tensors = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
+    except WriteError:
+        raise
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
+        raise write_error(path, exc) from exc
 
 
 def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -140,25 +141,79 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None) -> Path:
+def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None,
+             exclusive: bool = False) -> Path:
     """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.infotext), which
     viewers and A1111's PNG Info read, and "ldm", every setting as JSON (what --from-png uses first).
 
-    Written atomically (temp file + rename): a full disk or a crash never leaves a truncated PNG.
+    Written atomically (temp file + rename): a full disk or a crash never leaves a truncated PNG, and a failed
+    write says so in one line (OutputError). `exclusive`: an existing file is never replaced (FileExistsError).
     """
-    from ldm.checkpoint import atomic_path
-
     path = Path(path)
+    return _write_png(image, settings, path, lambda tmp: _place(tmp, path, exclusive))
+
+
+def save_numbered_png(image: Image.Image, folder: str | Path, name: str, first: int,
+                      settings: dict[str, Any] | None = None, pattern: str = r"(\d+)",
+                      glob: str = "*.png") -> tuple[Path, int]:
+    """Save as `name.format(n)` in folder for the first free n from `first` on; returns (path, n).
+
+    Each number is claimed by an exclusive create of the whole file (publish_exclusive), so runs writing into one
+    folder at once never take the same number: one that finds its number taken moves past the highest one there
+    (next_index with `pattern` and `glob`)."""
+    from ldm.checkpoint import publish_exclusive
+
+    folder, number = Path(folder), first
+
+    def claim(tmp: str) -> Path:
+        nonlocal number
+        while True:
+            path = folder / name.format(number)
+            try:
+                publish_exclusive(tmp, path)
+                return path
+            except FileExistsError:
+                number = max(number + 1, next_index(folder, pattern, glob))
+
+    return _write_png(image, settings, folder / name.format(first), claim), number
+
+
+def _place(tmp: str, path: Path, exclusive: bool) -> Path:
+    from ldm.checkpoint import publish_exclusive
+
+    if exclusive:
+        publish_exclusive(tmp, path)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def _write_png(image: Image.Image, settings: dict[str, Any] | None, path: Path, place: Callable[[str], Path]) -> Path:
+    """Encode the PNG into a temporary file beside `path` and hand it to `place`, which names it; the temporary
+    file never outlives a failure (a full disk: OutputError naming `path` and the system's reason)."""
+    from ldm.checkpoint import _umask
+
     info = PngImagePlugin.PngInfo()
     if settings:
         info.add_text("parameters", format_infotext(settings))
         info.add_text("ldm", json.dumps(settings, default=str, allow_nan=False))
+    tmp = None
     try:
-        with signals_held(), atomic_path(path) as tmp:
-            image.save(tmp, format="PNG", pnginfo=info)
+        with signals_held():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+                with os.fdopen(fd, "wb") as f:
+                    image.save(f, format="PNG", pnginfo=info)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
+                return place(tmp)
+            finally:
+                if tmp is not None and os.path.exists(tmp):
+                    os.remove(tmp)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
 
 
 def next_index(folder: Path, pattern: str = r"(\d+)", glob: str = "*.png") -> int:

@@ -117,21 +117,25 @@ def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, 
 
 
 def save_gif(frames: list[Image.Image], path: str | Path, duration_ms: int = 100, loop: int = 0,
-             boomerang: bool = False) -> Path:
+             boomerang: bool = False, overwrite: bool = True) -> Path:
+    """Write the GIF atomically; `overwrite=False` never replaces an existing file (WalkError instead)."""
     from ldm.checkpoint import atomic_path
 
     path = Path(path)
     data = gif_bytes(frames, duration_ms, loop, boomerang)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, exclusive=not overwrite) as tmp:
             Path(tmp).write_bytes(data)
+    except FileExistsError:
+        raise WalkError(f"{path} already exists (--overwrite replaces it)") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 
-def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10) -> Path:
-    """MP4 through imageio's ffmpeg plugin (the imageio-ffmpeg package ships its own ffmpeg binary)."""
+def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10, overwrite: bool = True) -> Path:
+    """MP4 through imageio's ffmpeg plugin (the imageio-ffmpeg package ships its own ffmpeg binary);
+    `overwrite=False` never replaces an existing file (WalkError instead)."""
     try:
         import imageio.v2 as imageio
         import imageio_ffmpeg  # noqa: F401  (fail here, with a clear message, not deep inside imageio)
@@ -146,7 +150,7 @@ def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10) -> Path
     path = Path(path)
     try:
         # Written whole, then renamed: an interrupted encode leaves no half MP4 (ffmpeg needs the .mp4 ending).
-        with atomic_path(path, suffix=".tmp.mp4") as tmp:
+        with atomic_path(path, suffix=".tmp.mp4", exclusive=not overwrite) as tmp:
             # macro_block_size=1: our frames may be any multiple of 8, not of the default 16.
             writer = imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, pixelformat="yuv420p")
             try:
@@ -154,6 +158,8 @@ def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10) -> Path
                     writer.append_data(np.asarray(frame.convert("RGB")))
             finally:  # not `with`: imageio's writer stays open on an error, and ffmpeg wrote the file later
                 writer.close()
+    except FileExistsError:
+        raise WalkError(f"{path} already exists (--overwrite replaces it)") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

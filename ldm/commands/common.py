@@ -12,7 +12,7 @@ from PIL import Image
 from ldm import defaults
 from ldm.devices import resolve_device, set_sampling_threads  # resolve_device: re-exported, the commands' --device
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
-from ldm.images import check_writable, make_grid, next_index, save_png
+from ldm.images import check_writable, make_grid, next_index, save_numbered_png
 from ldm.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, MAX_PROMPTS_PER_FILE, check_prompt_length
 from ldm.pipeline import PRECISIONS, SamplingOptions
 from ldm.samplers import SAMPLERS
@@ -121,7 +121,8 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--long-prompts", action="store_true",
                    help="A1111-style: encode prompts over 75 tokens in chunks of 75 instead of cutting them at 77")
     p.add_argument("--emphasis", action="store_true", help="A1111-style (word:1.2), (word) and [word] weights")
-    p.add_argument("--outdir", default="outputs", help="where PNGs are written")
+    p.add_argument("--outdir", default="outputs",
+                   help="where PNGs are written, as the next free numbers (an earlier image is never replaced)")
     p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
                    help="refuse work estimated to need more memory than this (default: 80%% of the device's; inf: no limit)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -318,7 +319,8 @@ class ImageWriter:
 
     The folder is checked for writing before any work (an unwritable --outdir used to be found only
     after generating). Each image is written atomically the moment it exists, so an interrupted run
-    keeps every finished image. Numbers continue after the highest one present.
+    keeps every finished image. Numbers continue after the highest one present, and each is claimed by an
+    exclusive create (save_numbered_png): runs writing into one folder at once never replace each other's images.
     """
 
     GRID_LIMIT = 64  # a grid of more images is too big to look at; they are in samples/ anyway
@@ -333,8 +335,8 @@ class ImageWriter:
         self._grid_images: list[Image.Image] = []
 
     def write(self, image: Image.Image, settings: dict[str, Any]) -> Path:
-        path = save_png(image, self.samples / f"{self.next:05d}.png", settings)
-        self.next += 1
+        path, number = save_numbered_png(image, self.samples, "{:05d}.png", self.next, settings)
+        self.next = number + 1
         self.paths.append(path)
         if self.grid and len(self._grid_images) <= self.GRID_LIMIT:
             self._grid_images.append(image)
@@ -343,8 +345,10 @@ class ImageWriter:
     def finish(self) -> list[Path]:
         """Write the grid (for 2 to GRID_LIMIT images); returns every path written."""
         if self.grid and 1 < len(self._grid_images) <= self.GRID_LIMIT:
-            number = next_index(self.outdir, r"grid-(\d+)", "grid-*.png")
-            self.paths.append(save_png(make_grid(self._grid_images), self.outdir / f"grid-{number:04d}.png"))
+            first = next_index(self.outdir, r"grid-(\d+)", "grid-*.png")
+            path, _ = save_numbered_png(make_grid(self._grid_images), self.outdir, "grid-{:04d}.png", first,
+                                        pattern=r"grid-(\d+)", glob="grid-*.png")
+            self.paths.append(path)
         elif self.grid and len(self._grid_images) > self.GRID_LIMIT:
             log.info("no grid for more than %d images", self.GRID_LIMIT)
         return self.paths
