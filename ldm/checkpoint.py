@@ -37,7 +37,8 @@ ORIGINAL_PREFIXES = {
 }
 # Entries of original checkpoints that carry no weights of ours: schedule buffers (we
 # derive them from the config), EMA copies, training losses, the upscaler's schedule.
-IGNORED_PREFIXES = ("model_ema.", "first_stage_model.loss.", "low_scale_model.", "cond_stage_model.model.visual.")
+IGNORED_PREFIXES = ("model_ema.", "first_stage_model.loss.", "low_scale_model.", "cond_stage_model.model.visual.",
+                    "denoiser.")  # SDXL files: the reference denoiser's sigmas
 SCHEDULE_BUFFERS = {
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
@@ -237,6 +238,10 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     tensors that has no open_clip name keeps its original one, so a strict load reports it.
     """
     out, dropped = {}, []
+    if any(k.startswith("conditioner.embedders.") for k in state):  # SDXL's text towers (ldm.sdxl_keys)
+        from ldm.sdxl_keys import conditioner_from_original
+
+        out, state = conditioner_from_original(state)
     hf_text = TEXT_LAYOUTS[HF_CLIP_LAYOUT]
     translated, untranslated = open_clip_from_hf({k[len(hf_text):]: v for k, v in state.items() if k.startswith(hf_text)})
     out.update({OUR_TEXT_TOWER + k: v for k, v in translated.items()})
@@ -257,8 +262,15 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def to_original_keys(state: dict[str, torch.Tensor], text_layout: str = OPEN_CLIP_LAYOUT) -> dict[str, torch.Tensor]:
-    """Ours -> the original SD key layout, the text encoder in `text_layout` (the encoder's `checkpoint_layout`)."""
+def to_original_keys(state: dict[str, torch.Tensor], text_layout: str | tuple[str, ...] = OPEN_CLIP_LAYOUT
+                     ) -> dict[str, torch.Tensor]:
+    """Ours -> the original SD key layout, the text encoder in `text_layout` (the encoder's `checkpoint_layout`;
+    a tuple: SDXL's text towers, one layout each, ldm.sdxl_keys)."""
+    if isinstance(text_layout, tuple):
+        from ldm.sdxl_keys import conditioner_to_original
+
+        towers, state = conditioner_to_original(state, text_layout)
+        return {**towers, **to_original_keys(state)}
     if text_layout not in TEXT_LAYOUTS:
         raise CheckpointError(f"unknown text encoder layout {text_layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
     out = {}

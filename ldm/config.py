@@ -33,6 +33,7 @@ _OURS = {
     "ldm.text_encoder.FrozenCLIPEmbedder": "ldm.text_encoder:FrozenCLIPEmbedder",
     "ldm.text_encoder.OpenCLIP": "ldm.text_encoder:open_clip_model",
     "ldm.conditioning.LowResNoiseAugmentation": "ldm.conditioning:LowResNoiseAugmentation",
+    "ldm.sdxl_text.SDXLTextEncoders": "ldm.sdxl_text:SDXLTextEncoders",
 }
 _ORIGINAL = {
     "ldm.models.diffusion.ddpm.LatentDiffusion": "ldm.model:LatentDiffusion",
