@@ -32,10 +32,12 @@ def image_size(model: LatentDiffusion, height: int | None, width: int | None) ->
 
 
 def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str],
-            options: SamplingOptions | None = None, labels: str | list[str | None] | None = None) -> Conditioning:
+            options: SamplingOptions | None = None, labels: str | list[str | None] | None = None,
+            size: tuple[int, int] | None = None) -> Conditioning:
     """txt2img's conditioning: the prompts' contexts, the negative prompts' as the unconditional side; for a
-    class-conditional model the labels' `y`, the null label as the unconditional side."""
-    cond, uncond = prompt_conditions(model, prompts, negatives, options)
+    class-conditional model the labels' `y`, the null label as the unconditional side; for SDXL the vector `y` of
+    the images' `size` (height, width)."""
+    cond, uncond = prompt_conditions(model, prompts, negatives, options, size)
     label_cond, label_uncond = label_conditions(model, labels, len(prompts))
     return Conditioning({**cond, **label_cond}, {**uncond, **label_uncond})
 
@@ -76,7 +78,7 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
     if label is not None and not isinstance(label, str):
         label = [name for name in label for _ in range(num_images_per_prompt)]
     height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options, label)
+    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
     latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
@@ -118,7 +120,7 @@ def txt2img_learned_variance(model: LatentDiffusion, prompts: list[str] | str, n
         raise InvalidOptionError("guidance rescale and thresholding are not implemented with the learned variance")
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options, label)
+    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
     noise = start_noise((model.latent_channels, height // model.downscale, width // model.downscale),
                         [seed + i for i in range(len(prompts))], model.device)
     sigmas = model_sigmas(model, options)

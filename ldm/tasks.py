@@ -125,7 +125,7 @@ def check_prompt_texts(prompts: list[str], negative_prompts: list[str]) -> None:
 
 
 def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str],
-                      options: SamplingOptions | None = None) -> tuple[dict, dict]:
+                      options: SamplingOptions | None = None, size: tuple[int, int] | None = None) -> tuple[dict, dict]:
     """Cross-attention contexts for the prompts and for the unconditional side of guidance.
 
     The negative prompt replaces the empty prompt as the unconditional embedding. With the options'
@@ -142,6 +142,8 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
         if any(prompts) or any(negative_prompts):
             raise PromptError("this class-conditional model takes no text; give an empty prompt and a label")
         return {}, {}
+    if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):  # SDXL: context and vector y too
+        return _sdxl_conditions(model, prompts, negative_prompts, options, size)
     if options is None or not (options.long_prompts or options.emphasis):
         context = model.encode_text(prompts + negative_prompts)
         return {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
@@ -152,6 +154,17 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
 
     cond, uncond = pad_contexts(encode(prompts), encode(negative_prompts), encode([""]))
     return {"context": cond}, {"context": uncond}
+
+
+def _sdxl_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str],
+                     options: SamplingOptions | None, size: tuple[int, int] | None) -> tuple[dict, dict]:
+    """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size)."""
+    from ldm.sdxl_conditioning import sdxl_conditions
+
+    if options is not None and (options.long_prompts or options.emphasis):
+        raise PromptError("long prompts and emphasis are not supported for SDXL models yet")
+    height, width = size or (model.default_image_size, model.default_image_size)
+    return sdxl_conditions(model.text_encoder, prompts, negative_prompts, height, width)
 
 
 def label_conditions(model: LatentDiffusion, labels: str | list[str | None] | None, count: int) -> tuple[dict, dict]:

@@ -386,3 +386,108 @@ def test_a_tiny_sdxl_file_round_trips_through_the_original_names(tmp_path):
     again = instantiate(node)
     load_into(again, from_original_keys(load_state_dict(tmp_path / "tiny.safetensors")))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+# ---- txt2img through our task composition against StableDiffusionXLPipeline ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(unets, text_towers):
+    """A tiny SDXL-architecture LatentDiffusion (our SDXL base config at reduced widths) holding the U-Net and text
+    towers of the diffusers pipeline."""
+    node = load_config(sd_config_path("sd_xl_base.yaml"))["model"]
+    params = node["params"]
+    params["unet_config"]["params"] = tiny_unet_params()
+    params["cond_stage_config"] = tiny_encoders_node()
+    params["first_stage_config"]["params"]["ddconfig"].update(ch=32, ch_mult=[1, 2])
+    params["image_size"] = 8
+    model = instantiate(node).eval()
+    model.unet.load_state_dict(unets[0].state_dict())
+    model.text_encoder.load_state_dict(text_towers[0]["base"].state_dict())
+    return model, node
+
+
+def test_guided_ddim_txt2img_matches_the_sdxl_pipeline(tiny_sdxl, text_towers):
+    """A 4-step guided DDIM through ldm.pipeline.prepare and ldm.tasks.denoise equals StableDiffusionXLPipeline's
+    latents from the same start latents (empty negative prompt: zero context and pooled output)."""
+    from diffusers import DDIMScheduler
+
+    from ldm.pipeline import prepare
+    from ldm.sampling import SamplingOptions
+    from ldm.tasks import denoise, for_model
+
+    model, _ = tiny_sdxl
+    pipe = text_towers[1]
+    pipe.scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        theirs = pipe(
+            PROMPTS, height=16, width=16, num_inference_steps=4, guidance_scale=5.0, latents=noise, output_type="latent"
+        ).images
+        options = for_model(SamplingOptions(steps=4, guidance_scale=5.0, sampler="ddim"), model)  # SD's DDIM
+        conditioning = prepare(model, PROMPTS, ["", ""], options, size=(16, 16))
+        ours = denoise(model, conditioning, options, noise, None, progress=False)
+        other_size = denoise(
+            model, prepare(model, PROMPTS, ["", ""], options, size=(32, 16)), options, noise, None, progress=False
+        )
+    assert options.ddim_variant == "sd"
+    assert rel_err(ours, theirs) <= TOLERANCE
+    assert rel_err(other_size, theirs) > 10 * TOLERANCE  # the size conditioning reaches the images
+
+
+def test_ldm_txt2img_runs_a_tiny_sdxl_file_end_to_end(tiny_sdxl, tmp_path):
+    """`ldm txt2img --ckpt tiny-sdxl.safetensors`: the file alone (its config in its metadata) makes an image."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from ldm.checkpoint import save_state_dict
+
+    model, node = tiny_sdxl
+    save_state_dict(
+        model.original_state_dict(),
+        tmp_path / "tiny-sdxl.safetensors",
+        metadata={"ldm_config": json.dumps({"model": node})},
+    )
+    argv = [
+        "txt2img",
+        "a red apple",
+        "--ckpt",
+        "tiny-sdxl.safetensors",
+        "--H",
+        "16",
+        "--W",
+        "24",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--no-progress",
+        "--outdir",
+        "out",
+    ]
+    runner = Path(__file__).with_name("cli_runner.py")
+    r = subprocess.run(
+        [sys.executable, str(runner)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        input=json.dumps([{"argv": argv, "cwd": str(tmp_path), "timeout": 120}]),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)[0]
+    assert result["rc"] == 0, result["stderr"][-3000:]
+    png = Image.open(tmp_path / "out" / "samples" / "00000.png")
+    assert png.size == (24, 16) and np.asarray(png).std() > 0
