@@ -46,6 +46,22 @@ def check_writable(folder: Path, error: type[LdmError] = OutputError, name: str 
         raise error(f"cannot write to {name or folder}: {exc.strerror or exc}") from None
 
 
+def check_new_outputs(*paths: str | Path | None, overwrite: bool = False) -> None:
+    """Refuse, before any work, a named output file that already exists, unless `overwrite` (the user's
+    --overwrite): a command never replaces what a user made without being asked to."""
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise OutputError(f"{path} already exists (--overwrite replaces it)")
+
+
+def write_text_output(path: str | Path, text: str) -> None:
+    """A named text output (a results JSON, a table), written atomically: readers see the old or the new file."""
+    from ldm.checkpoint import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text(text)
+
+
 def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
     """A decoded image from a file or bytes, converted to `mode` ("" keeps its own mode).
 

@@ -260,3 +260,26 @@ def test_a_full_disk_during_training_stops_in_one_line_and_keeps_the_last_good_c
     monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", real_save)
     assert main(["train", "--config", str(cfg), "--resume", "trainer.max_steps=2"]) == 0
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_eval_and_clip_refuse_existing_outputs_unless_overwrite(tmp_path, capsys):
+    """`ldm eval --out/--table` and `ldm clip --out` are named outputs too: refused before any work."""
+    results = tmp_path / "results.json"
+    results.write_text("the user's earlier results")
+    table = tmp_path / "table.md"
+    table.write_text("the user's table")
+    rc = main(["eval", "--data", str(tmp_path / "no-data"), "--out", str(results)])
+    assert_one_line_refusal(rc, capsys.readouterr().err, f"{results} already exists (--overwrite replaces it)")
+    rc = main(["eval", "--compare", f"a={results}", "--table", str(table)])
+    assert_one_line_refusal(rc, capsys.readouterr().err, f"{table} already exists (--overwrite replaces it)")
+    assert results.read_text() == "the user's earlier results" and table.read_text() == "the user's table"
+    # with --overwrite the command goes on to its own checks (here: the results file is not ldm eval's)
+    rc = main(["eval", "--compare", f"a={results}", "--table", str(table), "--overwrite"])
+    assert_one_line_refusal(rc, capsys.readouterr().err, "is not the --out file of ldm eval")
+
+    clip_out = tmp_path / "clip"
+    clip_out.mkdir()
+    (clip_out / "clip.safetensors").write_bytes(b"the user's CLIP")
+    rc = main(["clip", "--data", str(tmp_path / "no-data"), "--out", str(clip_out)])
+    assert_one_line_refusal(rc, capsys.readouterr().err, "clip.safetensors already exists (--overwrite replaces it)")
+    assert (clip_out / "clip.safetensors").read_bytes() == b"the user's CLIP"

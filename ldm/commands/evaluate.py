@@ -8,6 +8,7 @@ import torch
 from ldm.defaults import shipped_path
 from ldm.errors import InvalidOptionError, MissingFileError
 from ldm.commands.common import add_model_args, log, resolve_device, set_sampling_threads
+from ldm.images import check_new_outputs, write_text_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rows per KID subset, capped at the group size (default 100: below the group sizes, so the std is informative)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--table", default=None, help="also write the markdown table here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out or --table file")
     p.add_argument("--compare", nargs="+", default=None, metavar="NAME=RESULTS.json",
                    help="generate nothing: put earlier --out results of several models side by side in one table")
     p.add_argument("--nll", action="store_true",
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ldm.metrics import InceptionFeatures
     from ldm.training.clip import DEFAULT_CONFIG, create_clip, load_clip
 
+    check_new_outputs(args.out, args.table, overwrite=args.overwrite)  # before any work, not after it
     if args.compare:
         return compare(args.compare, args.table)
     set_sampling_threads(args.threads)  # before the judge and the model: the evaluation runs on the CPU too
@@ -123,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
         save_results(results, args.out)
         log.info("wrote %s", args.out)
     if args.table:
-        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(table + "\n")
+        write_text_output(args.table, table + "\n")
     return 0
 
 
@@ -151,8 +153,7 @@ def nll(args: argparse.Namespace) -> int:
     print(result.line())
     print("(the bound of the VAE latents: the autoencoder's own -log p(image | latent) is not included)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.__dict__, indent=1) + "\n")
+        write_text_output(args.out, json.dumps(result.__dict__, indent=1) + "\n")
     return 0
 
 
@@ -174,8 +175,7 @@ def toy_nll_command(args: argparse.Namespace) -> int:
     print(result.line())
     print("(the bound of the points themselves, in data space: a continuous Gaussian decoder at t = 0, so a density)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.__dict__, indent=1) + "\n")
+        write_text_output(args.out, json.dumps(result.__dict__, indent=1) + "\n")
     return 0
 
 
@@ -204,6 +204,5 @@ def compare(specs: list[str], table_path: str | None) -> int:
     table = format_comparison(results)
     print(table)
     if table_path:
-        Path(table_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(table_path).write_text(table + "\n")
+        write_text_output(table_path, table + "\n")
     return 0
