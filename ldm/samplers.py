@@ -345,6 +345,11 @@ def sample_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args
     return x
 
 
+# Here, after the helpers above that ldm.samplers_extra builds on (an import at the top would be circular).
+from ldm.samplers_extra import (sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
+                                sample_dpmpp_3m_sde, sample_dpmpp_sde, sample_lcm, sample_lms, sample_unipc,
+                                sample_unipc_bh2)
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
@@ -355,6 +360,15 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "pc": sample_pc,
+    "lms": sample_lms,
+    "dpm_2": sample_dpm_2,
+    "dpm_2_ancestral": sample_dpm_2_ancestral,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_sde": sample_dpmpp_sde,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "unipc": sample_unipc,
+    "unipc_bh2": sample_unipc_bh2,
+    "lcm": sample_lcm,
 }
 
 
@@ -390,7 +404,7 @@ SAMPLER_OPTIONS: dict[str, OptionSpec] = {
 }
 
 # Deterministic with their default options (ddim: eta = 0); the others draw from the generator.
-DETERMINISTIC = ("ddim", "plms", "euler", "heun", "dpmpp_2m")
+DETERMINISTIC = ("ddim", "plms", "euler", "heun", "dpmpp_2m", "lms", "dpm_2", "unipc", "unipc_bh2")
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:

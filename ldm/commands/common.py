@@ -16,7 +16,7 @@ from ldm.images import check_writable, make_grid, next_index, save_numbered_png
 from ldm.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, MAX_PROMPTS_PER_FILE, check_prompt_length
 from ldm.pipeline import PRECISIONS, SamplingOptions
 from ldm.samplers import SAMPLERS
-from ldm.sampling import sampler_options_help, task_options
+from ldm.sampling import sampler_options_help, samplers_with, task_options
 
 log = logging.getLogger("ldm")
 
@@ -109,7 +109,7 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
                         "lacks, or a value outside its range, is refused; repeat for several. "
                         f"{sampler_options_help()}")
     p.add_argument("--eta", type=float, default=None, action=Given,
-                   help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")
+                   help=f"noise of {', '.join(samplers_with('eta'))} (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
                    help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
                         "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)")
