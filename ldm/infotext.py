@@ -20,17 +20,21 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ldm.a1111_samplers import A1111_SAMPLERS, SCHEDULE_SETTINGS, sampler_settings, schedule_type_of, split_schedule
 from ldm.errors import LdmError
+from ldm.samplers import SAMPLERS
 
 
 class InfotextError(LdmError, ValueError):
     """A parameters text that names no setting we can use."""
 
 
-# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9.
+# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9 (ldm.a1111_samplers).
 SAMPLER_NAMES = {
     "ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "euler": "Euler", "euler_ancestral": "Euler a",
     "heun": "Heun", "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "lms": "LMS", "dpm_2": "DPM2", "dpm_2_ancestral": "DPM2 a", "dpmpp_2s_ancestral": "DPM++ 2S a",
+    "dpmpp_sde": "DPM++ SDE", "dpmpp_3m_sde": "DPM++ 3M SDE", "unipc": "UniPC", "lcm": "LCM",
 }
 SAMPLERS_BY_A1111_NAME = {v: k for k, v in SAMPLER_NAMES.items()}
 
@@ -82,7 +86,7 @@ def format_infotext(settings: dict[str, Any]) -> str:
     fields: dict[str, Any] = {
         "Steps": settings.get("steps"),
         "Sampler": SAMPLER_NAMES.get(settings.get("sampler", ""), settings.get("sampler")),
-        "Schedule type": "Karras" if settings.get("karras") else None,
+        "Schedule type": schedule_type_of(settings),
         "CFG scale": format_number(settings["guidance_scale"]) if "guidance_scale" in settings else None,
         "Seed": settings.get("seed"),
         "Size": f"{settings['width']}x{settings['height']}" if "width" in settings and "height" in settings else None,
@@ -155,15 +159,18 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
                 settings["eta"] = float(fields[name])
     except ValueError as exc:
         raise InfotextError(f"bad value in the parameters text: {exc}") from None
-    if "Sampler" in fields:
-        sampler = fields["Sampler"]
-        if sampler.endswith(" Karras"):  # A1111 before 1.9 wrote "DPM++ 2M Karras"
-            sampler, settings["karras"] = sampler[: -len(" Karras")], True
-        if sampler not in SAMPLERS_BY_A1111_NAME:
-            raise InfotextError(f"sampler {sampler!r} has no counterpart here; known: {', '.join(SAMPLERS_BY_A1111_NAME)}")
-        settings["sampler"] = SAMPLERS_BY_A1111_NAME[sampler]
-    if fields.get("Schedule type") == "Karras":
-        settings["karras"] = True
+    if "Sampler" in fields:  # with its schedule type: ldm.a1111_samplers
+        label, schedule = fields["Sampler"], fields.get("Schedule type")
+        if label in SAMPLERS:  # our own name, for samplers A1111 has none for (pc, unipc_bh2)
+            chosen = {"sampler": label, **SCHEDULE_SETTINGS.get(schedule or "", {})}
+        else:
+            chosen = sampler_settings(label, schedule, from_a1111="Version" in fields)
+        if chosen is None and split_schedule(label)[0] not in A1111_SAMPLERS:
+            raise InfotextError(f"sampler {label!r} has no counterpart here; known: {', '.join(A1111_SAMPLERS)}")
+        if chosen is None:
+            raise InfotextError(f"schedule type {schedule!r} has no counterpart here; "
+                                f"known: Automatic, {', '.join(SCHEDULE_SETTINGS)}")
+        settings.update(chosen)
     if "Model hash" in fields:
         settings["model_hash"] = fields["Model hash"]
     if "steps" not in settings and "seed" not in settings:

@@ -113,7 +113,7 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
                    help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
                         "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)")
-    p.add_argument("--spacing", default=d.spacing, action=Given, help="timestep spacing: leading, trailing or linspace")
+    p.add_argument("--spacing", default=d.spacing, action=Given, help="timestep spacing: leading, trailing, linspace or exponential (evenly in log sigma)")
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
     p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")
     p.add_argument("--seed", type=int, default=defaults.SEED, help="noise seed; image i of a run uses seed + i")
