@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 
 NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.S)
+PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.DOTALL)
 WHITESPACE = re.compile(r"\s+")
 TOP_LEVEL_LITERALS = "[]():"
 

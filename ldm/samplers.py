@@ -347,8 +347,8 @@ def sample_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args
 
 # Here, after the helpers above that ldm.samplers_extra builds on (an import at the top would be circular).
 from ldm.samplers_extra import (sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
-                                sample_dpmpp_3m_sde, sample_dpmpp_sde, sample_lcm, sample_lms, sample_unipc,
-                                sample_unipc_bh2)
+                                sample_dpmpp_3m_sde, sample_dpmpp_sde, sample_lcm, sample_lms)
+from ldm.samplers_unipc import sample_unipc, sample_unipc_bh2
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
