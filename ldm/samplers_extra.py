@@ -17,6 +17,15 @@ import torch
 
 # The order of k-diffusion's LMS.
 LMS_ORDER = 4
+# A1111 runs these on the grid of steps + 1 with its next-to-last sigma dropped (its discard_next_to_last_sigma), so
+# that their costly last steps start from a larger sigma; ldm.tasks.model_sigmas does the same (`discard_next_to_last`).
+DISCARD_NEXT_TO_LAST_SIGMA = ("dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde")
+
+
+def discard_next_to_last(sigmas: torch.Tensor) -> torch.Tensor:
+    """The grid without its next-to-last sigma (the smallest above 0): [s_0, ..., s_{n-2}, 0] from
+    [s_0, ..., s_{n-1}, 0]."""
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
 
 
 def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:

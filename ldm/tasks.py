@@ -24,6 +24,7 @@ from ldm.errors import InvalidOptionError, LdmError
 from ldm.limits import check_prompt_length
 from ldm.model import CONDITIONING, LatentDiffusion
 from ldm.samplers import Generators, check_strength, truncate_sigmas
+from ldm.samplers_extra import DISCARD_NEXT_TO_LAST_SIGMA, discard_next_to_last
 from ldm.sampling import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
 from ldm.schedules import get_sigmas
 
@@ -259,8 +260,11 @@ def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device, generat
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
     """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.samplers.sample_ddim_sd)."""
     to_zero = ddim_variant_of(options) != "sd"
-    return get_sigmas(model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras,
-                      to_zero=to_zero).to(model.device)
+    # A1111's grid for DPM2 and DPM++ 3M SDE: one step more, its next-to-last sigma dropped (ldm.samplers_extra).
+    discard = options.sampler in DISCARD_NEXT_TO_LAST_SIGMA and options.steps < len(model.alphas_cumprod)
+    sigmas = get_sigmas(model.alphas_cumprod, options.steps + discard, spacing=options.spacing, karras=options.karras,
+                        to_zero=to_zero)
+    return (discard_next_to_last(sigmas) if discard else sigmas).to(model.device)
 
 
 @dataclass(frozen=True)

@@ -279,3 +279,21 @@ def test_every_new_sampler_runs_every_task(tiny_models, name):
         assert result[0].size == (32, 32) and result.settings["sampler"] == name
     again = txt2img(model, "a cat", height=32, width=32, **common)
     assert list(again[0].getdata()) == list(results[0][0].getdata())  # seeded: the same seed remakes the image
+
+
+def test_dpm2_and_3m_sde_run_on_a1111_s_grid_without_its_next_to_last_sigma(tiny_models):
+    from ldm.pipeline import SamplingOptions
+    from ldm.schedules import get_sigmas
+    from ldm.tasks import model_sigmas
+
+    model = tiny_models[0]
+    for name in ("dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde"):
+        for extra in ({}, {"karras": True}):
+            grid = model_sigmas(model, SamplingOptions(sampler=name, steps=6, **extra)).cpu()
+            finer = get_sigmas(model.alphas_cumprod, 7, **extra)
+            assert len(grid) == 7 and torch.equal(grid, torch.cat([finer[:-2], finer[-1:]]))
+    plain = model_sigmas(model, SamplingOptions(sampler="dpmpp_2m", steps=6)).cpu()
+    assert torch.equal(plain, get_sigmas(model.alphas_cumprod, 6))
+    # At the model's own number of timesteps there is no finer grid: the plain one.
+    steps = len(model.alphas_cumprod)
+    assert len(model_sigmas(model, SamplingOptions(sampler="dpm_2", steps=steps, spacing="trailing"))) == steps + 1
