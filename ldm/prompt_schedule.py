@@ -20,8 +20,11 @@ itself, either capped at `steps`; a step at which nothing changes (below 1) is l
 "old prompt editing timelines" option (any when < 1 is a fraction) is `old_timelines`; its hires-fix pass
 (`hires_steps`: integers count on from the first pass's steps, fractions from 1.0) likewise.
 
-The result is the list of (last step, text) pairs A1111 conditions on: step s (1-based) uses the first pair whose
-last step is >= s.
+The result is the list of (last step, text) pairs A1111 conditions on (`text_at_step`). How A1111 indexes it, for
+wiring it into sampling: its CFG denoiser counts its own calls from 0 and call k uses the first pair whose last step
+is >= k (prompt_parser.reconstruct_cond_batch), so "[cat:dog:4]" over 10 steps is "cat" for calls 0 to 4; every
+model call counts, and for second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE) the schedule is made
+over steps * 2 (SamplerData.total_steps). The negative prompt is scheduled the same way.
 """
 
 from __future__ import annotations
@@ -221,7 +224,8 @@ def prompt_schedule(
 
 
 def text_at_step(schedule: list[tuple[int, str]], step: int) -> str:
-    """The text step `step` (1-based) conditions on: the first entry whose last step is >= step (else the last)."""
+    """The text for `step`: the first entry whose last step is >= step, else the last (A1111 passes its denoiser's
+    call count from 0: module docstring)."""
     for last, text in schedule:
         if step <= last:
             return text

@@ -75,7 +75,8 @@ def test_a_hires_pass_counts_on_from_the_first_pass():
 
 def test_text_at_step_picks_the_first_entry_reaching_the_step():
     schedule = prompt_schedule("a [cat:dog:0.4] b", 10)
-    assert [text_at_step(schedule, s) for s in (1, 4, 5, 10)] == ["a cat b", "a cat b", "a dog b", "a dog b"]
+    # A1111's call count from 0: calls 0 to 4 read "cat" (its off-by-one, kept), 5 to 9 "dog".
+    assert [text_at_step(schedule, s) for s in (0, 4, 5, 9)] == ["a cat b", "a cat b", "a dog b", "a dog b"]
     assert text_at_step(schedule, 11) == "a dog b"
 
 
