@@ -21,6 +21,7 @@ from ldm.checkpoint import (OPEN_CLIP_LAYOUT, CheckpointError, file_sha256, from
                             sha256_in_background, to_original_keys)
 from ldm.config import instantiate
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
+from ldm.vae_precision import decode_safely, overflows_in_fp16
 
 log = logging.getLogger(__name__)
 # Entries of VAE files that are no weights of the autoencoder: its training loss (LPIPS, discriminator), EMA copies.
@@ -234,7 +235,10 @@ class LatentDiffusion(nn.Module):
         return self.vae.encode_to_latent(images, generator=generator, sample=sample)
 
     def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1] (not clamped)."""
+        """Scaled latents -> images in [-1, 1] (not clamped); an fp16 decode that would overflow runs in float32."""
+        return decode_safely(self._decode_latent, self.vae, latents, upcast=overflows_in_fp16(self))
+
+    def _decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
         tiling = self.vae_tiling
         if tiling and max(latents.shape[-2:]) > tiling["tile"]:
             from ldm.tiling import tiled_decode

@@ -1,0 +1,217 @@
+"""SDXL sampling (issue 39): the base-to-refiner hand-off against diffusers' denoising_end / denoising_start, the
+micro-conditionings as options, A1111's step-fraction switch, and the command line.
+
+Tiny base and refiner with the same random weights as diffusers' StableDiffusionXLPipeline (base, denoising_end=0.8)
+and StableDiffusionXLImg2ImgPipeline (refiner, denoising_start=0.8) from the same start latents.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_sdxl
+import torch
+from PIL import Image
+from test_sdxl import BIG_G, POOLED, PROMPTS, TOLERANCE, randomise, rel_err, tiny_encoders_node, tiny_unet_params
+
+from ldm.checkpoint import save_state_dict
+from ldm.config import instantiate, load_config
+from ldm.diffusers_keys import from_diffusers
+from ldm.errors import InvalidOptionError
+from ldm.formats import sd_config_path
+from ldm.schedules import get_sigmas
+from ldm.sdxl_keys import sdxl_unet_names
+from ldm.sdxl_refiner import (
+    RefinerError,
+    SDXLMicro,
+    base_steps,
+    sdxl_txt2img,
+    switch_from_step_fraction,
+)
+from ldm.unet import UNetModel
+
+REFINER_VECTOR = POOLED + 5 * 256
+# test_sdxl's tiny models with the same random weights as its diffusers pipeline, as fixtures of this module too
+unets, text_towers, tiny_sdxl = test_sdxl.unets, test_sdxl.text_towers, test_sdxl.tiny_sdxl
+
+
+def sd_ddim():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+@pytest.fixture(scope="module")
+def refiners(text_towers):
+    """(our tiny refiner LatentDiffusion, its node, diffusers' refiner img2img pipeline) with the same weights."""
+    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    torch.manual_seed(10)
+    theirs = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 3),
+        attention_head_dim=(2, 4, 4),
+        cross_attention_dim=BIG_G,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=REFINER_VECTOR,
+    )
+    randomise(theirs, 11)
+    node = load_config(sd_config_path("sd_xl_refiner.yaml"))["model"]
+    params = node["params"]
+    params["unet_config"]["params"] = {**tiny_unet_params(micro=5), "context_dim": BIG_G}
+    params["cond_stage_config"] = tiny_encoders_node(refiner=True)
+    params["first_stage_config"]["params"]["ddconfig"].update(ch=32, ch_mult=[1, 2])
+    params["image_size"] = 8
+    model = instantiate(node).eval()
+    unet: UNetModel = model.unet
+    unet.load_state_dict(
+        from_diffusers(theirs.state_dict(), sdxl_unet_names(list(unet.state_dict()), unet.num_res_blocks)), strict=True
+    )
+    model.text_encoder.load_state_dict(text_towers[0]["refiner"].state_dict())
+    base_pipe = text_towers[1]
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=AutoencoderKL(block_out_channels=(32, 32), latent_channels=4, norm_num_groups=32),  # scale factor 2
+        text_encoder=None,
+        text_encoder_2=base_pipe.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base_pipe.tokenizer_2,
+        unet=theirs,
+        scheduler=sd_ddim(),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    return model, node, pipe
+
+
+def test_the_refiner_hand_off_at_0_8_equals_diffusers(tiny_sdxl, text_towers, refiners):
+    """Base to 0.8 then refiner: 8 of 10 DDIM steps (t >= 200) on the base, 2 on the refiner, equal to diffusers'
+    denoising_end=0.8 / denoising_start=0.8 from the same latents; the refiner changes the result."""
+    from diffusers import AutoencoderKL
+
+    base, _ = tiny_sdxl
+    refiner, _, refiner_pipe = refiners
+    base_pipe = text_towers[1]
+    base_pipe.scheduler = sd_ddim()
+    base_pipe.vae = AutoencoderKL(block_out_channels=(32, 32), latent_channels=4, norm_num_groups=32)
+    base_pipe.vae_scale_factor = 2  # 8 x 8 latents are 16 px, as ours: the sizes of the vector agree
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    common = {"num_inference_steps": 10, "guidance_scale": 5.0, "output_type": "latent"}
+    with torch.no_grad():
+        handed = base_pipe(PROMPTS, height=16, width=16, latents=noise, denoising_end=0.8, **common).images
+        theirs = refiner_pipe(PROMPTS, image=handed, denoising_start=0.8, **common).images
+        kwargs = {"steps": 10, "guidance_scale": 5.0, "sampler": "ddim", "latents": noise, "progress": False}
+        ours = sdxl_txt2img(base, PROMPTS, "", 16, 16, refiner=refiner, switch=0.8, output="latent", **kwargs)
+        base_only = sdxl_txt2img(base, PROMPTS, "", 16, 16, output="latent", **kwargs)
+        other_switch = sdxl_txt2img(base, PROMPTS, "", 16, 16, refiner=refiner, switch=0.5, output="latent", **kwargs)
+    assert base_steps(base, get_sigmas(base.alphas_cumprod, 10, to_zero=False), 0.8) == 8
+    assert rel_err(ours, theirs) <= TOLERANCE
+    assert rel_err(base_only, theirs) > 100 * TOLERANCE  # the refiner's steps reach the result
+    assert rel_err(other_switch, theirs) > 100 * TOLERANCE
+
+
+def test_micro_conditionings_are_options_and_reach_the_image(tiny_sdxl, text_towers):
+    """Original size, crop and target size given as diffusers' are, with its same latents."""
+    base, _ = tiny_sdxl
+    base_pipe = text_towers[1]
+    base_pipe.scheduler = sd_ddim()
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    micro = SDXLMicro(original_size=(512, 384), crop=(16, 8), target_size=(1024, 768))
+    with torch.no_grad():
+        theirs = base_pipe(
+            PROMPTS[:1],
+            height=16,
+            width=16,
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            latents=noise,
+            output_type="latent",
+            original_size=(512, 384),
+            crops_coords_top_left=(16, 8),
+            target_size=(1024, 768),
+        ).images
+        kwargs = {"steps": 3, "guidance_scale": 5.0, "sampler": "ddim", "latents": noise, "progress": False}
+        ours = sdxl_txt2img(base, PROMPTS[:1], "", 16, 16, micro=micro, output="latent", **kwargs)
+        default = sdxl_txt2img(base, PROMPTS[:1], "", 16, 16, output="latent", **kwargs)
+    assert rel_err(ours, theirs) <= TOLERANCE
+    assert rel_err(default, theirs) > 10 * TOLERANCE
+    assert micro.record() == {"original_size": (512, 384), "crop": (16, 8), "target_size": (1024, 768)}
+
+
+def test_a1111_step_fraction_maps_to_the_same_base_steps(tiny_sdxl):
+    """A1111 switches at the first step whose completed ratio reaches the fraction: the base runs
+    ceil(fraction * steps) steps."""
+    base, _ = tiny_sdxl
+    for steps, fraction, expected in ((10, 0.8, 8), (10, 0.75, 8), (20, 0.8, 16), (7, 0.5, 4), (30, 0.1, 3)):
+        switch = switch_from_step_fraction(fraction, steps)
+        sigmas = get_sigmas(base.alphas_cumprod, steps, to_zero=False)
+        assert base_steps(base, sigmas, switch) == expected, (steps, fraction, switch)
+
+
+def test_bad_switches_and_micro_values_are_refused_in_one_line(tiny_sdxl, refiners):
+    base, _ = tiny_sdxl
+    for switch in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(RefinerError, match="strictly between 0 and 1"):
+            sdxl_txt2img(base, "a", refiner=refiners[0], switch=switch, steps=2, progress=False)
+    with pytest.raises(InvalidOptionError, match="original size must be two whole numbers"):
+        sdxl_txt2img(base, "a", micro=SDXLMicro(original_size=(-1, 5)), steps=2, progress=False)
+
+
+def run_cli(tmp_path: Path, *argvs: list[str]) -> list[dict]:
+    """The cases through the real command, forked from one process (tests/cli_runner.py)."""
+    runner = Path(__file__).with_name("cli_runner.py")
+    cases = [{"argv": argv, "cwd": str(tmp_path), "timeout": 120} for argv in argvs]
+    r = subprocess.run(
+        [sys.executable, str(runner)], capture_output=True, text=True, timeout=300, check=False, input=json.dumps(cases)
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def test_ldm_txt2img_with_a_refiner_and_micro_options(tiny_sdxl, refiners, tmp_path):
+    """`ldm txt2img --ckpt base --refiner refiner --refiner-switch 0.6 --original-size ... --crop ...`: an image whose
+    settings record the hand-off and the micro-conditionings; a switch outside (0, 1) is refused in one line."""
+    from ldm.infotext import settings_from_png
+
+    for model, node, name in ((*tiny_sdxl, "base"), (*refiners[:2], "refiner")):
+        meta = {"ldm_config": json.dumps({"model": node})}
+        save_state_dict(model.original_state_dict(), tmp_path / f"{name}.safetensors", metadata=meta)
+    common = ["txt2img", "a red apple", "--ckpt", "base.safetensors", "--H", "16", "--W", "24", "--steps", "4"]
+    common += ["--seed", "5", "--no-progress", "--refiner", "refiner.safetensors"]
+    result, bad = run_cli(
+        tmp_path,
+        common
+        + ["--refiner-switch", "0.6", "--original-size", "2048x1536", "--crop", "0,32", "--target-size", "1024x768"]
+        + ["--aesthetic-score", "7", "--outdir", "out"],
+        common + ["--refiner-switch", "1.2"],
+    )
+    assert result["rc"] == 0, result["stderr"][-3000:]
+    png = tmp_path / "out" / "samples" / "00000.png"
+    assert Image.open(png).size == (24, 16) and np.asarray(Image.open(png)).std() > 0
+    settings = settings_from_png(png)
+    assert settings["refiner_switch"] == 0.6 and settings["refiner_file"] == "refiner.safetensors"
+    assert settings["original_size"] == [1536, 2048] and settings["crop"] == [0, 32]
+    assert settings["refiner_aesthetic_score"] == 7.0 and settings["refiner_steps"] == 2
+    assert bad["rc"] == 2 and "strictly between 0 and 1" in bad["stderr"] and "Traceback" not in bad["stderr"]
