@@ -109,6 +109,17 @@ def switch_from_step_fraction(
     return min(max(1.0 - t_last / num_timesteps, 1e-6), 1 - 1e-6)
 
 
+def refiner_settings_from_a1111(fields: dict[str, str], steps: int | None) -> dict[str, Any]:
+    """Our refiner settings from A1111's "Refiner" and "Refiner switch at" fields (a parameters text)."""
+    try:
+        fraction = float(fields["Refiner switch at"])
+        switch = switch_from_step_fraction(fraction, int(steps or defaults.STEPS), spacing=defaults.SPACING)
+    except (ValueError, RefinerError) as exc:
+        raise RefinerError(f"bad 'Refiner switch at' in the parameters text: {exc}") from None
+    named = {"refiner_name": fields["Refiner"]} if "Refiner" in fields else {}
+    return {"refiner_switch": switch, "refiner_switch_at_steps": fraction, **named}
+
+
 def _sampler_space(x: torch.Tensor, options: SamplingOptions, sigma_end: torch.Tensor) -> torch.Tensor:
     """SD's DDIM returns the VP latent where it ends (ldm.samplers.sample_ddim_sd): back to sampler space."""
     return x * (1 + sigma_end**2).sqrt() if ddim_variant_of(options) == "sd" else x

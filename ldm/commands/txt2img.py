@@ -6,7 +6,7 @@ import inspect
 from dataclasses import fields
 
 from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.commands.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
+from ldm.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, check_counts,
                                  chunk_size, chunks, load_model_from_args, log, mark_given, read_prompts, sampling_options)
 from ldm.images import check_size
@@ -67,7 +67,8 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     for key, attr in (("seed", "seed"), ("height", "height"), ("width", "width"), ("steps", "steps"),
                       ("guidance_scale", "scale"), ("sampler", "sampler"), ("eta", "eta"), ("spacing", "spacing"),
                       ("karras", "karras"), ("guidance_rescale", "guidance_rescale"), ("precision", "precision"),
-                      ("long_prompts", "long_prompts"), ("emphasis", "emphasis"), ("ddim_variant", "ddim_variant")):
+                      ("long_prompts", "long_prompts"), ("emphasis", "emphasis"), ("ddim_variant", "ddim_variant"),
+                      ("refiner_switch", "refiner_switch")):
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
             mark_given(args, attr)  # the image's, not the model's defaults

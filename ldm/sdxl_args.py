@@ -1,4 +1,5 @@
-"""The SDXL options of `ldm txt2img`: the refiner hand-off and the micro-conditionings (ldm.sdxl_refiner)."""
+"""The SDXL options of `ldm txt2img` (ldm.commands.txt2img): the refiner hand-off and the micro-conditionings
+(ldm.sdxl_refiner). Kept outside ldm.commands, whose modules load one per command named (tests/test_fast_start.py)."""
 
 from __future__ import annotations
 

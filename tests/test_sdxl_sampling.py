@@ -170,6 +170,22 @@ def test_a1111_step_fraction_maps_to_the_same_base_steps(tiny_sdxl):
         assert base_steps(base, sigmas, switch) == expected, (steps, fraction, switch)
 
 
+def test_a1111_metadata_with_a_refiner_reads_and_writes_the_step_fraction(tiny_sdxl):
+    """'Refiner switch at: 0.8' of an A1111 text becomes our timestep fraction running its 8 of 10 base steps; our
+    settings write A1111's step fraction back."""
+    from ldm.infotext import format_infotext, settings_from_infotext
+
+    base, _ = tiny_sdxl
+    text = "a cat\nSteps: 10, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 1024x1024, Refiner: sd_xl_refiner_1.0, "
+    settings = settings_from_infotext(text + "Refiner switch at: 0.8")
+    assert settings["refiner_name"] == "sd_xl_refiner_1.0" and settings["refiner_switch_at_steps"] == 0.8
+    assert base_steps(base, get_sigmas(base.alphas_cumprod, 10), settings["refiner_switch"]) == 8
+    written = format_infotext({"prompt": "a", "steps": 10, "refiner_steps": 2, "refiner_file": "dir/ref.safetensors"})
+    assert "Refiner: ref, Refiner switch at: 0.8" in written
+    with pytest.raises(RefinerError, match="Refiner switch at"):
+        settings_from_infotext(text + "Refiner switch at: 1.5")
+
+
 def test_bad_switches_and_micro_values_are_refused_in_one_line(tiny_sdxl, refiners):
     base, _ = tiny_sdxl
     for switch in (0.0, 1.0, 1.5, float("nan")):
@@ -215,3 +231,35 @@ def test_ldm_txt2img_with_a_refiner_and_micro_options(tiny_sdxl, refiners, tmp_p
     assert settings["original_size"] == [1536, 2048] and settings["crop"] == [0, 32]
     assert settings["refiner_aesthetic_score"] == 7.0 and settings["refiner_steps"] == 2
     assert bad["rc"] == 2 and "strictly between 0 and 1" in bad["stderr"] and "Traceback" not in bad["stderr"]
+
+
+def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, monkeypatch):
+    """img2img, inpainting by latent blending (any SDXL model) and with a 9-channel SDXL inpainting U-Net give the
+    vector of the input's size, not the model's default, and keep the input's size."""
+    import copy
+
+    import ldm.img2img
+    import ldm.inpaint
+    from ldm.sdxl_conditioning import sdxl_conditions
+
+    base, node = tiny_sdxl
+    seen = []
+
+    def spy(encoders, prompts, negatives, height, width, micro=None):
+        seen.append((height, width))
+        return sdxl_conditions(encoders, prompts, negatives, height, width, micro)
+
+    monkeypatch.setattr("ldm.sdxl_conditioning.sdxl_conditions", spy)
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), ((4, 4), (8, 8))))
+    made = ldm.img2img.img2img(base, picture, "a cat", strength=0.5, steps=4, sampler="ddim", progress=False)
+    blended = ldm.inpaint.inpaint(base, picture, mask, "a cat", steps=4, mode="blend", progress=False)
+    inpainting_node = copy.deepcopy(node)
+    inpainting_node["params"]["conditioning_key"] = "hybrid"
+    inpainting_node["params"]["unet_config"]["params"]["in_channels"] = 9
+    torch.manual_seed(0)
+    inpainter = instantiate(inpainting_node).eval()
+    painted = ldm.inpaint.inpaint(inpainter, picture, mask, "a cat", steps=2, mode="model", progress=False)
+    assert seen == [(16, 24)] * 3
+    assert made[0].size == blended[0].size == painted[0].size == (24, 16)
+    assert painted.settings["inpaint_mode"] == "model" and blended.settings["inpaint_mode"] == "blend"
