@@ -92,8 +92,8 @@ def sdxl_folder_config(folder: str | Path, prediction: str | None = None) -> dic
     unet_cfg = _json(folder, "unet/config.json")
     if unet_cfg.get("addition_embed_type") != "text_time" or unet_cfg.get("addition_time_embed_dim") != 256:
         raise DiffusersFolderError(
-            f"{folder}/unet/config.json: an SDXL U-Net has addition_embed_type 'text_time' "
-            f"and addition_time_embed_dim 256"
+            f"{folder}/unet/config.json: a {pipeline} needs an SDXL U-Net (addition_embed_type 'text_time', "
+            f"addition_time_embed_dim 256)"
         )
     unet = unet_params({k: v for k, v in unet_cfg.items() if k not in VECTOR_KEYS})
     vector = int(unet_cfg["projection_class_embeddings_input_dim"])
