@@ -16,10 +16,8 @@ from ldm.vae_precision import decode_safely, decodes_in_fp16, overflows_in_fp16
 FP16_MAX = 65504.0
 
 
-def overflowing_vae() -> tuple[AutoencoderKL, float]:
-    """A tiny VAE whose decoder's first activations pass fp16's largest number (as SDXL's do in places), and that
-    largest activation measured in float32."""
-    ddconfig = {
+def fixed_ddconfig() -> dict:
+    return {
         "double_z": True,
         "z_channels": 4,
         "resolution": 16,
@@ -31,8 +29,13 @@ def overflowing_vae() -> tuple[AutoencoderKL, float]:
         "attn_resolutions": [],
         "dropout": 0.0,
     }
+
+
+def overflowing_vae() -> tuple[AutoencoderKL, float]:
+    """A tiny VAE whose decoder's first activations pass fp16's largest number (as SDXL's do in places), and that
+    largest activation measured in float32."""
     torch.manual_seed(0)
-    vae = AutoencoderKL(ddconfig, embed_dim=4, scale_factor=0.13025).eval()
+    vae = AutoencoderKL(fixed_ddconfig(), embed_dim=4, scale_factor=0.13025).eval()
     with torch.no_grad():
         vae.decoder.conv_in.weight.mul_(20000.0)
     peak = {}
@@ -108,3 +111,22 @@ def test_the_memory_estimate_takes_attention_where_it_is(resolutions, downscale)
     heads = max(m.heads for m in model.unet.modules() if hasattr(m, "heads"))
     linear = 4 * 2 * (128 * 128) * 32 * 40
     assert sampling_bytes(model, 1024, 1024, 1) == linear + 4 * heads * (128 * 128 // downscale**2) ** 2
+
+
+def test_vae_accepts_a_separate_vae_in_diffusers_layout(tmp_path):
+    """`--vae` takes a fixed VAE as diffusers ships it (sdxl-vae-fp16-fix's diffusion_pytorch_model.safetensors) as
+    well as in the original layout."""
+    from ldm.checkpoint import save_state_dict
+    from ldm.diffusers_keys import to_diffusers, vae_names
+    from ldm.model import LatentDiffusion
+
+    fixed, _ = overflowing_vae()
+    theirs = to_diffusers(fixed.state_dict(), vae_names(list(fixed.state_dict()), len(fixed.decoder.up)))
+    assert "decoder.up_blocks.0.resnets.0.conv1.weight" in theirs
+    save_state_dict(theirs, tmp_path / "diffusion_pytorch_model.safetensors")
+    torch.manual_seed(3)
+    holder = SimpleNamespace(vae=AutoencoderKL(fixed_ddconfig(), embed_dim=4), identity={})
+    assert not torch.equal(holder.vae.decoder.conv_in.weight, fixed.decoder.conv_in.weight)
+    LatentDiffusion.load_vae_weights(holder, tmp_path / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(holder.vae.state_dict().values(), fixed.state_dict().values()))
+    assert holder.identity["vae_file"] == "diffusion_pytorch_model.safetensors"
