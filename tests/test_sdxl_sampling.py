@@ -8,9 +8,6 @@ and StableDiffusionXLImg2ImgPipeline (refiner, denoising_start=0.8) from the sam
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ import torch
 from PIL import Image
 from test_sdxl import BIG_G, POOLED, PROMPTS, TOLERANCE, randomise, rel_err, tiny_encoders_node, tiny_unet_params
 
+from ldm import cli
 from ldm.checkpoint import save_state_dict
 from ldm.config import instantiate, load_config
 from ldm.diffusers_keys import from_diffusers
@@ -195,18 +193,7 @@ def test_bad_switches_and_micro_values_are_refused_in_one_line(tiny_sdxl, refine
         sdxl_txt2img(base, "a", micro=SDXLMicro(original_size=(-1, 5)), steps=2, progress=False)
 
 
-def run_cli(tmp_path: Path, *argvs: list[str]) -> list[dict]:
-    """The cases through the real command, forked from one process (tests/cli_runner.py)."""
-    runner = Path(__file__).with_name("cli_runner.py")
-    cases = [{"argv": argv, "cwd": str(tmp_path), "timeout": 120} for argv in argvs]
-    r = subprocess.run(
-        [sys.executable, str(runner)], capture_output=True, text=True, timeout=300, check=False, input=json.dumps(cases)
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
-
-
-def test_ldm_txt2img_with_a_refiner_and_micro_options(tiny_sdxl, refiners, tmp_path):
+def test_ldm_txt2img_with_a_refiner_and_micro_options(tiny_sdxl, refiners, tmp_path, monkeypatch, capsys):
     """`ldm txt2img --ckpt base --refiner refiner --refiner-switch 0.6 --original-size ... --crop ...`: an image whose
     settings record the hand-off and the micro-conditionings; a switch outside (0, 1) is refused in one line."""
     from ldm.infotext import settings_from_png
@@ -216,21 +203,20 @@ def test_ldm_txt2img_with_a_refiner_and_micro_options(tiny_sdxl, refiners, tmp_p
         save_state_dict(model.original_state_dict(), tmp_path / f"{name}.safetensors", metadata=meta)
     common = ["txt2img", "a red apple", "--ckpt", "base.safetensors", "--H", "16", "--W", "24", "--steps", "4"]
     common += ["--seed", "5", "--no-progress", "--refiner", "refiner.safetensors"]
-    result, bad = run_cli(
-        tmp_path,
-        common
-        + ["--refiner-switch", "0.6", "--original-size", "2048x1536", "--crop", "0,32", "--target-size", "1024x768"]
-        + ["--aesthetic-score", "7", "--outdir", "out"],
-        common + ["--refiner-switch", "1.2"],
-    )
-    assert result["rc"] == 0, result["stderr"][-3000:]
+    monkeypatch.chdir(tmp_path)  # the real command, in this process (ldm.cli.main restores what it changes)
+    good = ["--refiner-switch", "0.6", "--original-size", "2048x1536", "--crop", "0,32", "--target-size", "1024x768"]
+    assert cli.main(common + good + ["--aesthetic-score", "7", "--outdir", "out"]) == 0
     png = tmp_path / "out" / "samples" / "00000.png"
     assert Image.open(png).size == (24, 16) and np.asarray(Image.open(png)).std() > 0
     settings = settings_from_png(png)
     assert settings["refiner_switch"] == 0.6 and settings["refiner_file"] == "refiner.safetensors"
     assert settings["original_size"] == [1536, 2048] and settings["crop"] == [0, 32]
     assert settings["refiner_aesthetic_score"] == 7.0 and settings["refiner_steps"] == 2
-    assert bad["rc"] == 2 and "strictly between 0 and 1" in bad["stderr"] and "Traceback" not in bad["stderr"]
+    capsys.readouterr()
+    assert cli.main(common + ["--refiner-switch", "1.2"]) == 2
+    stderr = capsys.readouterr().err
+    assert "error: the refiner switch must be a fraction strictly between 0 and 1" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, monkeypatch):
