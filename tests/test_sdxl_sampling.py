@@ -8,6 +8,7 @@ and StableDiffusionXLImg2ImgPipeline (refiner, denoising_start=0.8) from the sam
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,14 +194,25 @@ def test_bad_switches_and_micro_values_are_refused_in_one_line(tiny_sdxl, refine
         sdxl_txt2img(base, "a", micro=SDXLMicro(original_size=(-1, 5)), steps=2, progress=False)
 
 
-def test_ldm_txt2img_with_a_refiner_and_micro_options(tiny_sdxl, refiners, tmp_path, monkeypatch, capsys):
-    """`ldm txt2img --ckpt base --refiner refiner --refiner-switch 0.6 --original-size ... --crop ...`: an image whose
-    settings record the hand-off and the micro-conditionings; a switch outside (0, 1) is refused in one line."""
-    from ldm.infotext import settings_from_png
-
+@pytest.fixture(scope="module")
+def sdxl_files(tiny_sdxl, refiners, tmp_path_factory):
+    """A folder with base.safetensors and refiner.safetensors, each loadable alone (its config in its metadata)."""
+    folder = tmp_path_factory.mktemp("sdxl-files")
     for model, node, name in ((*tiny_sdxl, "base"), (*refiners[:2], "refiner")):
         meta = {"ldm_config": json.dumps({"model": node})}
-        save_state_dict(model.original_state_dict(), tmp_path / f"{name}.safetensors", metadata=meta)
+        save_state_dict(model.original_state_dict(), folder / f"{name}.safetensors", metadata=meta)
+    return folder
+
+
+def test_ldm_txt2img_with_a_refiner_and_micro_options(sdxl_files, tmp_path, monkeypatch, capsys):
+    """`ldm txt2img --ckpt base --refiner refiner --refiner-switch 0.6 --original-size ... --crop ...`: an image whose
+    settings record the hand-off and the micro-conditionings; a switch outside (0, 1) is refused in one line."""
+    import shutil
+
+    from ldm.infotext import settings_from_png
+
+    for name in ("base", "refiner"):
+        shutil.copy(sdxl_files / f"{name}.safetensors", tmp_path)
     common = ["txt2img", "a red apple", "--ckpt", "base.safetensors", "--H", "16", "--W", "24", "--steps", "4"]
     common += ["--seed", "5", "--no-progress", "--refiner", "refiner.safetensors"]
     monkeypatch.chdir(tmp_path)  # the real command, in this process (ldm.cli.main restores what it changes)
@@ -249,3 +261,27 @@ def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, monkeypa
     assert seen == [(16, 24)] * 3
     assert made[0].size == blended[0].size == painted[0].size == (24, 16)
     assert painted.settings["inpaint_mode"] == "model" and blended.settings["inpaint_mode"] == "blend"
+
+
+def test_the_app_text_page_runs_the_refiner_and_micro_options(sdxl_files, monkeypatch):
+    """The text-to-image page of an SDXL model shows the SDXL controls; a refiner and a crop given there reach the
+    image's settings."""
+    from streamlit.testing.v1 import AppTest
+
+    import ldm.app
+    from ldm.app.state import ENV_CKPT, ENV_CONFIG
+
+    monkeypatch.delenv(ENV_CONFIG, raising=False)
+    monkeypatch.setenv(ENV_CKPT, str(sdxl_files / "base.safetensors"))
+    page = Path(ldm.app.__file__).resolve().parent / "views" / "text.py"
+    at = AppTest.from_file(str(page), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    at.text_input(key="t2i_refiner").set_value(str(sdxl_files / "refiner.safetensors"))
+    at.text_input(key="t2i_crop").set_value("8,16")
+    at.number_input(key="t2i_steps").set_value(4)
+    at.button(key="t2i_go").click().run()
+    assert not at.exception and not [e.value for e in at.error], [e.value for e in at.error]
+    _, settings = at.session_state["t2i_result"]
+    assert settings["refiner_file"] == "refiner.safetensors" and settings["refiner_switch"] == 0.8
+    assert settings["crop"] == (8, 16) and settings["refiner_steps"] == 1
