@@ -285,3 +285,17 @@ def test_the_app_text_page_runs_the_refiner_and_micro_options(sdxl_files, monkey
     _, settings = at.session_state["t2i_result"]
     assert settings["refiner_file"] == "refiner.safetensors" and settings["refiner_switch"] == 0.8
     assert settings["crop"] == (8, 16) and settings["refiner_steps"] == 1
+
+
+def test_a_walk_between_sdxl_prompts_starts_at_the_first_prompts_image(tiny_sdxl):
+    """Walk frames interpolate SDXL's vector with the context: frame 0 is txt2img's image of the first prompt."""
+    from ldm.pipeline import SamplingOptions, txt2img
+    from ldm.walk import walk_frames
+
+    base, _ = tiny_sdxl
+    options = SamplingOptions(steps=3, sampler="ddim")
+    frames = walk_frames(base, "a cat", "a dog", seed_a=3, frames=2, options=options, progress=False)
+    alone = txt2img(base, "a cat", seed=3, options=options, progress=False)
+    other = txt2img(base, "a dog", seed=3, options=options, progress=False)
+    assert np.array_equal(np.asarray(frames[0]), np.asarray(alone[0]))
+    assert np.array_equal(np.asarray(frames[1]), np.asarray(other[0]))
