@@ -231,9 +231,10 @@ def test_ldm_txt2img_with_a_refiner_and_micro_options(sdxl_files, tmp_path, monk
     assert "Traceback" not in stderr
 
 
-def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, monkeypatch):
-    """img2img, inpainting by latent blending (any SDXL model) and with a 9-channel SDXL inpainting U-Net give the
-    vector of the input's size, not the model's default, and keep the input's size."""
+def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, refiners, monkeypatch):
+    """img2img (with the base, and with the refiner: refining an image), inpainting by latent blending (any SDXL
+    model) and with a 9-channel SDXL inpainting U-Net give the vector of the input's size, not the model's default,
+    and keep the input's size."""
     import copy
 
     import ldm.img2img
@@ -258,8 +259,9 @@ def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, monkeypa
     torch.manual_seed(0)
     inpainter = instantiate(inpainting_node).eval()
     painted = ldm.inpaint.inpaint(inpainter, picture, mask, "a cat", steps=2, mode="model", progress=False)
-    assert seen == [(16, 24)] * 3
-    assert made[0].size == blended[0].size == painted[0].size == (24, 16)
+    refined = ldm.img2img.img2img(refiners[0], picture, "a cat", strength=0.3, steps=4, progress=False)  # refiner
+    assert seen == [(16, 24)] * 4
+    assert made[0].size == blended[0].size == painted[0].size == refined[0].size == (24, 16)
     assert painted.settings["inpaint_mode"] == "model" and blended.settings["inpaint_mode"] == "blend"
 
 
