@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # Per part: (safetensors file, pickle file), as diffusers (unet, vae) and transformers (text_encoder) name them.
 WEIGHTS = {"unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
            "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
-           "text_encoder": ("model.safetensors", "pytorch_model.bin")}
+           "text_encoder": ("model.safetensors", "pytorch_model.bin"),
+           "text_encoder_2": ("model.safetensors", "pytorch_model.bin")}  # SDXL's second tower (ldm.sdxl_diffusers)
 VARIANTS = (None, "fp16")  # in order of preference: the full-precision files first
 
 

@@ -81,6 +81,11 @@ def _short_hashes(named: Any) -> str | None:
     return ", ".join(pairs) or None
 
 
+def _step_fraction(settings: dict[str, Any]) -> str | None:
+    steps, refined = settings.get("steps"), settings.get("refiner_steps")
+    return None if not steps or refined is None else format_number((steps - refined) / steps)
+
+
 def format_infotext(settings: dict[str, Any]) -> str:
     """The A1111 `parameters` text for the settings dict of `ldm.pipeline.settings_dict`."""
     fields: dict[str, Any] = {
@@ -96,6 +101,8 @@ def format_infotext(settings: dict[str, Any]) -> str:
         "VAE": settings.get("vae_file"),
         "Clip skip": settings.get("clip_skip"),  # only when chosen (--clip-skip); else the model's own
         "Denoising strength": settings.get("strength"),
+        "Refiner": Path(str(settings["refiner_file"])).stem if settings.get("refiner_file") else None,
+        "Refiner switch at": _step_fraction(settings),  # A1111's is a step fraction (ldm.sdxl_refiner)
         # A1111 calls DDIM's eta "Eta DDIM" and the ancestral samplers' "Eta"; 0 is not written.
         ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,
         "CFG Rescale phi": settings.get("guidance_rescale") or None,
@@ -173,6 +180,10 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
         settings.update(chosen)
     if "Model hash" in fields:
         settings["model_hash"] = fields["Model hash"]
+    if "Refiner switch at" in fields:  # a step fraction there, a timestep fraction here (ldm.sdxl_refiner)
+        from ldm.sdxl_refiner import refiner_settings_from_a1111  # torch: only for the images that need it
+
+        settings.update(refiner_settings_from_a1111(fields, settings.get("steps")))
     if "steps" not in settings and "seed" not in settings:
         raise InfotextError("the parameters text has no Steps or Seed: not an A1111 or ldm image")
     return settings

@@ -99,7 +99,7 @@ def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], mo
             mask: torch.Tensor, x0: torch.Tensor, options: SamplingOptions | None = None) -> Conditioning:
     """Inpainting's conditioning: the prompts, plus the masked image for an inpainting model ("model") or the
     blend of the known latents for any other ("blend")."""
-    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options))
+    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options, tuple(pixels.shape[-2:])))
     if model.kind.concat:
         concat = masked_image_condition(model, pixels, mask).expand(len(prompts), -1, -1, -1)
         conditioning = conditioning.with_inputs(concat=concat)

@@ -30,7 +30,7 @@ from torch import nn
 
 from ldm.checkpoint import CheckpointError, file_sha256, load_state_dict, save_state_dict
 from ldm.errors import MissingFileError
-from ldm.lora_kohya import TEXT_PREFIX, UNET_PREFIX, kohya_names
+from ldm.lora_kohya import KOHYA_PREFIXES, kohya_names
 from ldm.lora_layers import (
     DEFAULT_GROUPS,
     GROUPS,
@@ -256,10 +256,10 @@ def lora_from_state(state: dict[str, torch.Tensor], model: nn.Module, source: st
         stem, part = _split(key, source)
         parts.setdefault(stem, {})[part] = value
     targets = model_targets(model)
-    kohya = kohya_names(model, targets) if any(s.startswith((UNET_PREFIX, TEXT_PREFIX)) for s in parts) else {}
+    kohya = kohya_names(model, targets) if any(s.startswith(KOHYA_PREFIXES) for s in parts) else {}
     modules = {}
     for stem, tensors in parts.items():
-        name = kohya.get(stem) if stem.startswith((UNET_PREFIX, TEXT_PREFIX)) else (stem if stem in targets else None)
+        name = kohya.get(stem) if stem.startswith(KOHYA_PREFIXES) else (stem if stem in targets else None)
         if name is None:
             raise LoraError(f"{source}: {stem}.lora_down.weight names no LoRA-able module of this model")
         for part in ("down", "up"):

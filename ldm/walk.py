@@ -89,12 +89,14 @@ def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = No
     height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
-    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt], options)
-    ctx_a, ctx_b = ends["context"][0:1], ends["context"][1:2]
+    sdxl = hasattr(getattr(model, "text_encoder", None), "micro_conditions")  # SDXL: a negative prompt per prompt
+    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt] * (2 if sdxl else 1), options,
+                                     (height, width))
+    uncond = {k: v[:1] for k, v in uncond.items()}
     images: list[Image.Image] = []
     for k, t in enumerate(positions):
         # Each frame's conditioning: the prompts' contexts interpolated; its start: the seeds' noise slerped.
-        conditioning = Conditioning({"context": lerp(ctx_a, ctx_b, t)}, uncond)
+        conditioning = Conditioning({k: lerp(v[0:1], v[1:2], t) for k, v in ends.items()}, uncond)  # SDXL: y too
         generator = torch.Generator(model.device).manual_seed(seed_a)
         latent = denoise(model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress)
         with autocast(model.device, options.precision):

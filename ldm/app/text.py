@@ -13,6 +13,8 @@ from ldm.errors import InvalidOptionError
 from ldm.images import save_png, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions, settings_dict, txt2img
+from ldm.sdxl_args import sdxl_record
+from ldm.sdxl_refiner import sdxl_txt2img
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
 
@@ -39,17 +41,24 @@ def preview_callback(model: LatentDiffusion, steps: int, every: int, report: Ste
 
 def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", options: SamplingOptions | None = None, seed: int = defaults.SEED,
              height: int | None = None, width: int | None = None, preview_every: int = 5,
-             report: StepReport | None = None, label: str | None = None) -> tuple[Image.Image, dict[str, Any]]:
+             report: StepReport | None = None, label: str | None = None,
+             sdxl: dict[str, Any] | None = None) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
-    recorded in the settings as `ldm txt2img --label` records it."""
+    recorded in the settings as `ldm txt2img --label` records it; sdxl: an SDXL model's refiner and
+    micro-conditionings (ldm.sdxl_refiner.sdxl_txt2img's keywords, ldm.app.sdxl)."""
     options = options or SamplingOptions()
     options.validate()
     height = height or model.default_image_size
     width = width or model.default_image_size
     callback = preview_callback(model, options.steps, preview_every, report) if report else None
-    image = txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False,
-                    label=label)[0]
-    labelled = {"label": label} if label is not None else {}
+    if sdxl is not None:
+        made = sdxl_txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback,
+                            progress=False, **sdxl)
+        image, labelled = made[0], sdxl_record(made.settings)
+    else:
+        image = txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback,
+                        progress=False, label=label)[0]
+        labelled = {"label": label} if label is not None else {}
     return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model, **labelled)
 
 

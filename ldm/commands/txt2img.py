@@ -6,12 +6,14 @@ import inspect
 from dataclasses import fields
 
 from ldm.errors import InvalidOptionError, MissingFileError
+from ldm.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, check_counts,
                                  chunk_size, chunks, load_model_from_args, log, mark_given, read_prompts, sampling_options)
 from ldm.images import check_size
 from ldm.infotext import settings_from_png
 from ldm.pipeline import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
 from ldm.samplers import SAMPLERS, get_sampler
+from ldm.sdxl_refiner import sdxl_txt2img
 from ldm.sampling import sampler_parameters
 from ldm.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
 
@@ -36,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "U-Net's own step variance (ldm.pipeline.txt2img_learned_variance) instead of the fixed one")
     add_sampling_args(p)
     add_model_args(p)
+    add_sdxl_args(p)
     p.add_argument("--model", choices=VARIANTS, default=None,
                    help="which shipped model without --ckpt: student (few steps, one U-Net call a step, its own "
                         "steps, spacing and scale; no negative prompt) or full (the model it was distilled from, "
@@ -64,7 +67,8 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     for key, attr in (("seed", "seed"), ("height", "height"), ("width", "width"), ("steps", "steps"),
                       ("guidance_scale", "scale"), ("sampler", "sampler"), ("eta", "eta"), ("spacing", "spacing"),
                       ("karras", "karras"), ("guidance_rescale", "guidance_rescale"), ("precision", "precision"),
-                      ("long_prompts", "long_prompts"), ("emphasis", "emphasis"), ("ddim_variant", "ddim_variant")):
+                      ("long_prompts", "long_prompts"), ("emphasis", "emphasis"), ("ddim_variant", "ddim_variant"),
+                      ("refiner_switch", "refiner_switch")):
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
             mark_given(args, attr)  # the image's, not the model's defaults
@@ -127,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.learned_variance and not getattr(model, "learned_variance", False):
         raise InvalidOptionError("--learned-variance: this model has no learned variance (its config's "
                                  "learned_variance is off); leave the option out")
+    sdxl = sdxl_options(args, model)  # an SDXL model's refiner and micro-conditionings (ldm.sdxl_refiner)
     labelled = {"label": args.label} if args.label is not None else {}
     if args.learned_variance:
         labelled["learned_variance"] = True
@@ -148,12 +153,16 @@ def run(args: argparse.Namespace) -> int:
                     images = txt2img_learned_variance(model, [prompt] * n, args.negative_prompt, seed + start,
                                                       progress=not args.no_progress, height=height, width=width,
                                                       label=args.label, options=options)
+                elif sdxl is not None:
+                    images = sdxl_txt2img(model, [prompt] * n, args.negative_prompt, height, width, seed + start,
+                                          options, progress=not args.no_progress, **sdxl)
                 else:
                     images = txt2img(model, [prompt] * n, args.negative_prompt, height, width, seed + start, options,
                                      progress=not args.no_progress, label=args.label)
                 for i, image in enumerate(images):
                     writer.write(image, settings_dict(prompt, args.negative_prompt, seed + start + i, height, width,
-                                                      options, model, **labelled))
+                                                      options, model, **labelled,
+                                                      **sdxl_record(images.settings)))
             seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)

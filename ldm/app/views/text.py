@@ -3,6 +3,7 @@ import streamlit as st
 
 from ldm.app import ui
 from ldm.app.state import FULL_CHOICE, student_choice
+from ldm.app.sdxl import sdxl_controls
 from ldm.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
 
 st.header("Text-to-image")
@@ -32,6 +33,9 @@ if model is not None:
     options, seed = ui.sampling_controls("t2i" if variant == "full" else "t2i_student", model=model)
     height, width = ui.size_controls("t2i", model)
     every = int(st.number_input("Preview every N steps", 1, 50, 5, key="t2i_every"))
+    sdxl = None
+    with ui.user_errors("The SDXL options"):
+        sdxl = sdxl_controls(model)  # None for other models (ldm.app.sdxl)
 
     if st.button("Generate", key="t2i_go", type="primary"):
         bar = st.progress(0.0, text="sampling…")
@@ -43,7 +47,8 @@ if model is not None:
                 preview.image(ui.enlarge(image), caption=f"predicted clean image at step {done}")
 
         with ui.user_errors("Generation"):
-            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report, label)
+            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report, label,
+                                       sdxl)
             st.session_state["t2i_result"] = (image, settings)
         bar.empty()
         preview.empty()
