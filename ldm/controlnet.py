@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ class ControlNet(nn.Module):
         if downscale not in (1, 2, 4, 8):
             raise InvalidOptionError(f"a ControlNet's hint encoder handles f = 1, 2, 4 or 8, not {downscale}")
         self.model_channels = unet.model_channels
+        self.num_res_blocks = list(unet.num_res_blocks)  # per level: what places its blocks in diffusers' names
         self.downscale = downscale
         self.time_embed = copy.deepcopy(unet.time_embed)
         if hasattr(unet, "label_emb"):  # SDXL's vector conditioning (or a class/noise-level embedding)
@@ -126,6 +128,16 @@ def block_width(block: nn.Module) -> int:
     raise InvalidOptionError("a U-Net input block without a convolution")
 
 
+def check_control_numbers(weight: float, start: float, end: float) -> None:
+    """A ControlNet's weight is finite; its guidance start and end are fractions of the steps, start <= end."""
+    if not math.isfinite(weight):
+        raise InvalidOptionError(f"ControlNet weight must be a finite number, got {weight}")
+    if not 0.0 <= start <= end <= 1.0:
+        raise InvalidOptionError(
+            f"ControlNet guidance start/end must satisfy 0 <= start <= end <= 1, got {start} and {end}"
+        )
+
+
 @dataclass
 class Control:
     """One ControlNet applied to a run: its control image (PIL RGB, or a [B or 1, 3, H, W] tensor in [0, 1]), its
@@ -142,12 +154,7 @@ class Control:
     def __post_init__(self) -> None:
         if not isinstance(self.net, ControlNet):
             raise InvalidOptionError(f"a Control needs a ControlNet, got {type(self.net).__name__}")
-        if not math.isfinite(self.weight):
-            raise InvalidOptionError(f"ControlNet weight must be a finite number, got {self.weight}")
-        if not 0.0 <= self.start <= self.end <= 1.0:
-            raise InvalidOptionError(
-                f"ControlNet guidance start/end must satisfy 0 <= start <= end <= 1, got {self.start} and {self.end}"
-            )
+        check_control_numbers(self.weight, self.start, self.end)
 
     def record(self) -> dict[str, Any]:
         return {"controlnet": self.name, "weight": self.weight, "start": self.start, "end": self.end}

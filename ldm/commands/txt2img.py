@@ -5,6 +5,7 @@ import argparse
 import inspect
 from dataclasses import fields
 
+from ldm.controlnet_cli import add_control_args, attach_controls, control_args_from_settings, control_specs
 from ldm.errors import InvalidOptionError, MissingFileError
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, check_counts,
                                  chunk_size, chunks, load_model_from_args, log, mark_given, read_prompts, sampling_options)
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "U-Net's own step variance (ldm.pipeline.txt2img_learned_variance) instead of the fixed one")
     add_sampling_args(p)
     add_model_args(p)
+    add_control_args(p)
     p.add_argument("--model", choices=VARIANTS, default=None,
                    help="which shipped model without --ckpt: student (few steps, one U-Net call a step, its own "
                         "steps, spacing and scale; no negative prompt) or full (the model it was distilled from, "
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # Settings of our JSON that are SamplingOptions fields or the command's own; other keys are the sampler's
 # keyword options (SamplingOptions.extra), the model's identity or other commands' (strength).
 OWN_SETTINGS = {"prompt", "negative_prompt", "seed", "height", "width", "model_file", "model_sha256", "model_hash",
-                "model_name", "base_file", "label", "learned_variance"}
+                "model_name", "base_file", "label", "learned_variance", "controls"}
 
 
 def apply_png_settings(args: argparse.Namespace) -> None:
@@ -72,6 +74,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         args.eta = None  # the metadata records DDPM's fixed eta 1, which is no option of it
     args.png_threshold = settings.get("threshold")
     args.label = settings.get("label", args.label)
+    args.control = args.control or control_args_from_settings(settings)  # the image's ControlNets, unless given
     if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
         # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
         args.learned_variance, args.sampler = True, "ddpm"
@@ -121,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
+    control_specs(args)  # a missing control image or ControlNet fails before the model loads
     model = load_model_from_args(args, variant=variant)
     if args.label is not None:
         model.class_labels([args.label])  # an unknown label is refused before any sampling, naming the known ones
@@ -130,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     labelled = {"label": args.label} if args.label is not None else {}
     if args.learned_variance:
         labelled["learned_variance"] = True
+    labelled.update(attach_controls(model, args))  # --control: ControlNets for every image of the run
     made_with = getattr(args, "png_model_hash", None)
     ours = (getattr(model, "identity", None) or {}).get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):

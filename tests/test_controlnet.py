@@ -1,0 +1,247 @@
+"""ControlNets: the model against diffusers' ControlNetModel, the files in both layouts, the refusal of another
+family's, the one composition (every sampler, txt2img / img2img / inpainting) and --control through the command."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+from factories import tiny_config, tiny_inpaint_model, tiny_model, write_tiny_model_files
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ldm.controlnet import Control, ControlNet, using_controlnets
+from ldm.controlnet_files import ControlNetFileError, load_controlnet, save_controlnet
+from ldm.diffusers_export import unet_config
+from ldm.diffusers_keys import to_diffusers, unet_names
+from ldm.img2img import img2img
+from ldm.infotext import settings_from_png
+from ldm.inpaint import inpaint
+from ldm.pipeline import txt2img
+from ldm.unet import UNetModel
+
+TOLERANCE = 1e-4  # relative to the largest value; measured: 0 (the same operations in the same order)
+RUNNER = Path(__file__).with_name("cli_runner.py")
+UNET = tiny_config()["model"]["params"]["unet_config"]["params"]
+
+
+def rel_err(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
+
+
+def randomised(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every weight random (zero convolutions included), so a wrong connection shows."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.05)
+    return net.eval()
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def diffusers_pair(tmp_path_factory):
+    """Our tiny U-Net (f=8 stand-in model) and diffusers' ControlNetModel for it, random, saved as a folder."""
+    unet = randomised(UNetModel(**UNET), 0)
+    cfg = unet_config(UNET, 8)
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    theirs = randomised(ControlNetModel(**{k: v for k, v in cfg.items() if k in accepted}), 1)
+    folder = tmp_path_factory.mktemp("controlnet") / "diffusers-controlnet"
+    theirs.save_pretrained(folder)
+    standin = types.SimpleNamespace(unet=unet, latent_channels=4, downscale=8)
+    return unet, cfg, theirs, folder, standin
+
+
+def test_residuals_and_controlled_unet_match_diffusers(diffusers_pair):
+    unet, cfg, theirs, folder, standin = diffusers_pair
+    ours = load_controlnet(folder, standin)  # the diffusers folder (config.json + safetensors)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 500.0])
+    context, hint = torch.randn(2, 5, 32), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        residuals = ours(x, t, hint, context)
+        down, mid = theirs(x, t, context, hint, return_dict=False)
+        reference = [*down, mid]
+        assert len(residuals) == len(reference) == len(unet.input_blocks) + 1
+        for a, b in zip(residuals, reference):
+            assert rel_err(a, b) <= TOLERANCE
+        d_unet = UNet2DConditionModel(**cfg).eval()
+        d_unet.load_state_dict(
+            to_diffusers(unet.state_dict(), unet_names(list(unet.state_dict()), unet.num_res_blocks))
+        )
+        controlled = unet(x, t, context, control=residuals)
+        expected = d_unet(
+            x,
+            t,
+            context,
+            down_block_additional_residuals=tuple(reference[:-1]),
+            mid_block_additional_residual=reference[-1],
+        ).sample
+        assert rel_err(controlled, expected) <= TOLERANCE
+        assert (controlled - unet(x, t, context)).abs().max() > 1e-3  # the residuals did change the output
+
+
+def test_every_layout_loads_the_same_tensors(diffusers_pair, tmp_path):
+    _, _, theirs, folder, standin = diffusers_pair
+    reference = load_controlnet(folder, standin).state_dict()
+    net = load_controlnet(folder, standin)
+    files = [
+        save_controlnet(net, tmp_path / "original.safetensors"),
+        save_controlnet(net, tmp_path / "unprefixed.safetensors", prefix=False),
+        save_controlnet(net, tmp_path / "diffusers.safetensors", layout="diffusers"),
+    ]
+    # diffusers' own names, as its single files have them
+    assert set(load_file(files[2])) == set(theirs.state_dict())
+    for path in files:
+        loaded = load_controlnet(path, standin).state_dict()
+        assert loaded.keys() == reference.keys()
+        assert all(torch.equal(loaded[k], reference[k]) for k in reference), path.name
+
+
+def test_another_familys_controlnet_and_other_files_are_refused_in_one_line(diffusers_pair, tmp_path):
+    _, _, _, folder, standin = diffusers_pair
+    wider = UNetModel(**{**UNET, "context_dim": 48})  # another text encoder's width, as SD 2's 1024 to SD 1's 768
+    other = types.SimpleNamespace(unet=wider, latent_channels=4, downscale=8)
+    with pytest.raises(
+        ControlNetFileError, match=r"is a ControlNet for .*text width 32.*this model is .*text width 48"
+    ):
+        load_controlnet(folder, other)
+    plain = tmp_path / "not-a-controlnet.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(plain))
+    with pytest.raises(ControlNetFileError, match="is not a ControlNet"):
+        load_controlnet(plain, standin)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(0)
+
+
+def hint_image(seed: int = 0, size: tuple[int, int] = (16, 16)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler_ancestral", "heun"])
+def test_a_zero_initialised_controlnet_leaves_the_image_bit_identical(model, sampler):
+    plain = txt2img(model, "a cat", steps=3, sampler=sampler, progress=False)[0]
+    with using_controlnets(
+        model, [Control(ControlNet(model.unet, model.latent_channels, model.downscale), hint_image())]
+    ):
+        controlled = txt2img(model, "a cat", steps=3, sampler=sampler, progress=False)[0]
+    assert np.array_equal(as_array(plain), as_array(controlled))
+    assert getattr(model, "controls", None) is None  # only for the calls inside
+
+
+def test_weight_and_guidance_window_decide_what_a_controlnet_changes(model):
+    net = randomised(ControlNet(model.unet, model.latent_channels, model.downscale), 2)
+    plain = as_array(txt2img(model, "a cat", steps=4, progress=False)[0])
+
+    def run(**kwargs) -> np.ndarray:
+        with using_controlnets(model, [Control(net, hint_image(), **kwargs)]):
+            return as_array(txt2img(model, "a cat", steps=4, progress=False)[0])
+
+    full, late = run(weight=1.0), run(start=0.5, end=1.0)
+    assert np.abs(full - plain).max() > 0
+    assert np.array_equal(run(weight=0.0), plain)
+    assert not np.array_equal(late, full) and not np.array_equal(late, plain)
+    # Two ControlNets at once, each with its own image and weight: half and half is neither alone.
+    with using_controlnets(model, [Control(net, hint_image(0), 0.5), Control(net, hint_image(1), 0.5)]):
+        both = as_array(txt2img(model, "a cat", steps=4, progress=False)[0])
+    assert not np.array_equal(both, full) and not np.array_equal(both, plain)
+
+
+def test_img2img_and_a_nine_channel_inpainting_unet_take_a_controlnet(model):
+    net = randomised(ControlNet(model.unet, model.latent_channels, model.downscale), 3)
+    photo = hint_image(5)
+    plain = as_array(img2img(model, photo, "a cat", 0.7, steps=4, progress=False)[0])
+    with using_controlnets(model, [Control(net, hint_image())]):
+        controlled = as_array(img2img(model, photo, "a cat", 0.7, steps=4, progress=False)[0])
+    assert not np.array_equal(plain, controlled)
+    inpainter = tiny_inpaint_model(0)
+    inpaint_net = randomised(ControlNet(inpainter.unet, inpainter.latent_channels, inpainter.downscale), 4)
+    assert inpainter.unet.in_channels == 9 and inpaint_net.in_channels == 4  # it sees the noisy latent alone
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (4, 4, 12, 12))
+    plain = as_array(inpaint(inpainter, photo, mask, "a cat", steps=4, progress=False)[0])
+    with using_controlnets(inpainter, [Control(inpaint_net, hint_image())]):
+        controlled = as_array(inpaint(inpainter, photo, mask, "a cat", steps=4, progress=False)[0])
+    assert not np.array_equal(plain, controlled)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, model):
+    root = tmp_path_factory.mktemp("controlnet-cli")
+    write_tiny_model_files(root, "tiny", model=model)
+    net = randomised(ControlNet(model.unet, model.latent_channels, model.downscale), 5)
+    save_controlnet(net, root / "canny.safetensors")
+    save_controlnet(net, root / "canny-unprefixed.safetensors", prefix=False)
+    other = UNetModel(**{**UNET, "context_dim": 48})
+    save_controlnet(ControlNet(other, 4, model.downscale), root / "other-family.safetensors")
+    hint_image(0).save(root / "edges.png")
+    hint_image(1).save(root / "depth.png")
+    return root
+
+
+def run_cli(workspace: Path, *argvs: list[str]) -> list[dict]:
+    base = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "3", "--no-progress", "--no-grid"]
+    cases = [{"argv": [*argv, *base], "cwd": str(workspace), "timeout": 120} for argv in argvs]
+    r = subprocess.run(
+        [sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def test_control_through_the_command_is_recorded_and_made_again_from_the_png(workspace):
+    results = run_cli(
+        workspace,
+        ["txt2img", "a cat", "--outdir", "plain"],
+        [
+            "txt2img",
+            "a cat",
+            "--outdir",
+            "one",
+            "--control",
+            "edges.png:canny.safetensors:0.8",
+            "--control",
+            "depth.png:canny-unprefixed.safetensors:0.5:0:0.5",
+        ],
+        ["txt2img", "x", "--outdir", "bad", "--control", "edges.png"],
+        ["txt2img", "x", "--outdir", "bad", "--control", "edges.png:other-family.safetensors"],
+        ["txt2img", "x", "--outdir", "bad", "--control", "missing.png:canny.safetensors"],
+        ["txt2img", "x", "--outdir", "bad", "--control", "edges.png:canny.safetensors:1:0.8:0.2"],
+    )
+    for result in results[:2]:
+        assert result["rc"] == 0, result["stderr"][-3000:]
+    plain, made = (workspace / name / "samples" / "00000.png" for name in ("plain", "one"))
+    assert not np.array_equal(as_array(Image.open(plain)), as_array(Image.open(made)))
+    controls = settings_from_png(made)["controls"]
+    assert controls == [
+        {"image": "edges.png", "controlnet": "canny.safetensors", "weight": 0.8, "start": 0.0, "end": 1.0},
+        {"image": "depth.png", "controlnet": "canny-unprefixed.safetensors", "weight": 0.5, "start": 0.0, "end": 0.5},
+    ]
+    messages = [
+        "give IMAGE:CONTROLNET[:WEIGHT[:START:END]]",
+        "is a ControlNet for",
+        "control image not found",
+        "0 <= start <= end <= 1",
+    ]
+    for result, message in zip(results[2:], messages):
+        errors = [line for line in result["stderr"].splitlines() if "error:" in line]
+        assert result["rc"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
+        assert len(errors) == 1 and message in errors[0], result["stderr"][-3000:]
+    again = run_cli(workspace, ["txt2img", "--from-png", str(made), "--outdir", "again"])[0]
+    assert again["rc"] == 0, again["stderr"][-3000:]
+    assert np.array_equal(
+        as_array(Image.open(made)), as_array(Image.open(workspace / "again" / "samples" / "00000.png"))
+    )
