@@ -207,8 +207,9 @@ class ControlledDenoiser:
     """network + ControlNets -> parameterisation: the model's DiscreteTimeDenoiser with its network controlled by
     the Controls active at the call's noise level.
 
-    A Control acts in the steps i (of n) with start <= i / n <= end, told here by the noise levels of the sampler's
-    grid `sigmas` (n + 1 levels), so a second-order sampler's in-between evaluations follow the step they are in.
+    A Control acts in the steps i (of n) with start <= i / n and (i + 1) / n <= end, as diffusers' control_guidance_
+    start / end (A1111 compares i / n alone with the end), told here by the noise levels of the sampler's grid
+    `sigmas` (n + 1 levels), so a second-order sampler's in-between evaluations follow the step they are in.
     """
 
     def __init__(
@@ -233,7 +234,7 @@ class ControlledDenoiser:
                     f"ControlNet {control.name or ''} takes images down by f={net.downscale}, "
                     f"the model's autoencoder by f={downscale}"
                 )
-            active = [i for i in range(steps) if control.start <= i / steps <= control.end]
+            active = [i for i in range(steps) if control.start <= i / steps and (i + 1) / steps <= control.end]
             window = (float(grid[active[-1]]), float(grid[active[0]])) if active else None
             self.controls.append((net, control.hint(height, width, noise.device), control.weight, window))
 

@@ -13,19 +13,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
-from factories import tiny_config, tiny_inpaint_model, tiny_model, write_tiny_model_files
+from diffusers import (
+    ControlNetModel,
+    DDIMScheduler,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from factories import tiny_config, tiny_inpaint_model, tiny_model, tiny_model_from, write_tiny_model_files
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ldm.controlnet import Control, ControlNet, using_controlnets
 from ldm.controlnet_files import ControlNetFileError, load_controlnet, save_controlnet
-from ldm.diffusers_export import unet_config
+from ldm.diffusers_export import unet_config, write_folder
 from ldm.diffusers_keys import to_diffusers, unet_names
 from ldm.img2img import img2img
 from ldm.infotext import settings_from_png
 from ldm.inpaint import inpaint
-from ldm.pipeline import txt2img
+from ldm.pipeline import prepare, txt2img
+from ldm.sampling import SamplingOptions
+from ldm.tasks import denoise
 from ldm.unet import UNetModel
 
 TOLERANCE = 1e-4  # relative to the largest value; measured: 0 (the same operations in the same order)
@@ -122,6 +130,52 @@ def test_another_familys_controlnet_and_other_files_are_refused_in_one_line(diff
         load_controlnet(plain, standin)
 
 
+@pytest.mark.parametrize("start, end, weight", [(0.0, 1.0, 1.0), (0.25, 0.75, 0.7)])
+def test_guided_txt2img_with_a_controlnet_matches_diffusers_pipeline(diffusers_pair, tmp_path, start, end, weight):
+    """A tiny f=8 model exported to a diffusers folder, diffusers' StableDiffusionControlNetPipeline with its
+    ControlNet, the same start latents: SD's DDIM, guided, the ControlNet weighted and in a window of the steps."""
+    _, _, theirs, folder, _ = diffusers_pair
+    cfg = tiny_config(ddim_variant="sd")
+    cfg["model"]["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"] = [1, 1, 1, 1]  # f=8
+    model = tiny_model_from(cfg, 0)
+    base = StableDiffusionPipeline.from_pretrained(write_folder(model, cfg, tmp_path / "sd"), local_files_only=True)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionControlNetPipeline(**{**base.components, "scheduler": scheduler}, controlnet=theirs)
+    pipe.set_progress_bar_config(disable=True)
+    hint = hint_image(0, (64, 64))
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    options = SamplingOptions(steps=4, guidance_scale=7.5, sampler="ddim", ddim_variant="sd")
+    with torch.no_grad():
+        expected = pipe(
+            "a red apple",
+            image=hint,
+            height=64,
+            width=64,
+            num_inference_steps=4,
+            guidance_scale=7.5,
+            latents=latents,
+            output_type="latent",
+            controlnet_conditioning_scale=weight,
+            control_guidance_start=start,
+            control_guidance_end=end,
+        ).images
+        conditioning = prepare(model, ["a red apple"], [""], options, size=(64, 64))
+        with using_controlnets(model, [Control(load_controlnet(folder, model), hint, weight, start, end)]):
+            ours = denoise(model, conditioning, options, latents, None, progress=False)
+        plain = denoise(model, conditioning, options, latents, None, progress=False)
+    assert rel_err(ours, expected) <= TOLERANCE  # measured: about 1e-6
+    assert (plain - expected).abs().max() > 1e-2
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(0)
@@ -203,6 +257,7 @@ def run_cli(workspace: Path, *argvs: list[str]) -> list[dict]:
 
 
 def test_control_through_the_command_is_recorded_and_made_again_from_the_png(workspace):
+    made = workspace / "one" / "samples" / "00000.png"
     results = run_cli(
         workspace,
         ["txt2img", "a cat", "--outdir", "plain"],
@@ -216,32 +271,31 @@ def test_control_through_the_command_is_recorded_and_made_again_from_the_png(wor
             "--control",
             "depth.png:canny-unprefixed.safetensors:0.5:0:0.5",
         ],
+        ["txt2img", "--from-png", str(made), "--outdir", "again"],  # runs after the one that makes it
         ["txt2img", "x", "--outdir", "bad", "--control", "edges.png"],
         ["txt2img", "x", "--outdir", "bad", "--control", "edges.png:other-family.safetensors"],
         ["txt2img", "x", "--outdir", "bad", "--control", "missing.png:canny.safetensors"],
         ["txt2img", "x", "--outdir", "bad", "--control", "edges.png:canny.safetensors:1:0.8:0.2"],
     )
-    for result in results[:2]:
+    for result in results[:3]:
         assert result["rc"] == 0, result["stderr"][-3000:]
-    plain, made = (workspace / name / "samples" / "00000.png" for name in ("plain", "one"))
+    plain, again = (workspace / name / "samples" / "00000.png" for name in ("plain", "again"))
     assert not np.array_equal(as_array(Image.open(plain)), as_array(Image.open(made)))
+    assert np.array_equal(as_array(Image.open(made)), as_array(Image.open(again)))
     controls = settings_from_png(made)["controls"]
     assert controls == [
         {"image": "edges.png", "controlnet": "canny.safetensors", "weight": 0.8, "start": 0.0, "end": 1.0},
         {"image": "depth.png", "controlnet": "canny-unprefixed.safetensors", "weight": 0.5, "start": 0.0, "end": 0.5},
     ]
+    assert settings_from_png(again)["controls"] == controls
     messages = [
         "give IMAGE:CONTROLNET[:WEIGHT[:START:END]]",
         "is a ControlNet for",
         "control image not found",
         "0 <= start <= end <= 1",
     ]
-    for result, message in zip(results[2:], messages):
+    for result, message in zip(results[3:], messages):
         errors = [line for line in result["stderr"].splitlines() if "error:" in line]
         assert result["rc"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
         assert len(errors) == 1 and message in errors[0], result["stderr"][-3000:]
-    again = run_cli(workspace, ["txt2img", "--from-png", str(made), "--outdir", "again"])[0]
-    assert again["rc"] == 0, again["stderr"][-3000:]
-    assert np.array_equal(
-        as_array(Image.open(made)), as_array(Image.open(workspace / "again" / "samples" / "00000.png"))
-    )
+    assert not list(workspace.glob("bad/**/*.png"))

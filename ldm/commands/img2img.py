@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     options.validate()
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     source = as_pil(args.image)  # an unreadable file fails before the model loads
-    writer = ImageWriter(args.outdir, grid=not args.no_grid)
     control_specs(args)  # a missing control image or ControlNet fails before the model loads
+    writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args)
     controlled = attach_controls(model, args)  # --control: ControlNets for every image of the run
     image = prepare_image(model, source)

@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if extend is None:  # bad masks fail before the model loads
         mask = as_mask(args.mask)
         check_mask(mask, image.size)
-    writer = ImageWriter(args.outdir, grid=not args.no_grid)
     control_specs(args)  # a missing control image or ControlNet fails before the model loads
+    writer = ImageWriter(args.outdir, grid=not args.no_grid)
     # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
     model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")
     mode = resolve_mode(model, args.mode)

@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if args.learned_variance and options.sampler != "ddpm":
         raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
-    writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     control_specs(args)  # a missing control image or ControlNet fails before the model loads
+    writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     model = load_model_from_args(args, variant=variant)
     if args.label is not None:
         model.class_labels([args.label])  # an unknown label is refused before any sampling, naming the known ones
