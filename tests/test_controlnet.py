@@ -117,13 +117,15 @@ def test_every_layout_loads_the_same_tensors(diffusers_pair, tmp_path):
 
 
 def test_another_familys_controlnet_and_other_files_are_refused_in_one_line(diffusers_pair, tmp_path):
-    _, _, _, folder, standin = diffusers_pair
-    wider = UNetModel(**{**UNET, "context_dim": 48})  # another text encoder's width, as SD 2's 1024 to SD 1's 768
-    other = types.SimpleNamespace(unet=wider, latent_channels=4, downscale=8)
-    with pytest.raises(
-        ControlNetFileError, match=r"is a ControlNet for .*text width 32.*this model is .*text width 48"
-    ):
-        load_controlnet(folder, other)
+    _, _, _, _, standin = diffusers_pair
+    sd1, sd2 = (UNetModel(**{**UNET, "context_dim": width}) for width in (768, 1024))  # the text encoders' widths
+    path = save_controlnet(ControlNet(sd1, 4, 8), tmp_path / "control_sd15_canny.safetensors")
+    with pytest.raises(ControlNetFileError) as refused:
+        load_controlnet(path, types.SimpleNamespace(unet=sd2, latent_channels=4, downscale=8))
+    assert str(refused.value) == (
+        f"{path} is a ControlNet for SD 1.x (text width 768), this model is SD 2.x (text "
+        "width 1024): use a ControlNet made for this model's family"
+    )
     plain = tmp_path / "not-a-controlnet.safetensors"
     save_file({"weight": torch.zeros(2)}, str(plain))
     with pytest.raises(ControlNetFileError, match="is not a ControlNet"):
@@ -299,3 +301,50 @@ def test_control_through_the_command_is_recorded_and_made_again_from_the_png(wor
         assert result["rc"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
         assert len(errors) == 1 and message in errors[0], result["stderr"][-3000:]
     assert not list(workspace.glob("bad/**/*.png"))
+
+
+def test_an_sdxl_controlnet_with_its_vector_matches_diffusers(tmp_path):
+    """SDXL's layout at reduced widths (three levels, depths 1 2 3, the vector embedding "text_time"): diffusers'
+    ControlNetModel saved as a folder, loaded for our SDXL U-Net, the same residuals; SD 1.x's is refused."""
+    from test_sdxl import CONTEXT, POOLED, tiny_unet_params
+
+    theirs = randomised(
+        ControlNetModel(
+            in_channels=4,
+            block_out_channels=(32, 64, 64),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            transformer_layers_per_block=(1, 2, 3),
+            attention_head_dim=(2, 4, 4),
+            cross_attention_dim=CONTEXT,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=POOLED + 6 * 256,
+        ),
+        6,
+    )
+    theirs.save_pretrained(tmp_path / "sdxl-controlnet")
+    unet = UNetModel(**tiny_unet_params()).eval()
+    ours = load_controlnet(
+        tmp_path / "sdxl-controlnet", types.SimpleNamespace(unet=unet, latent_channels=4, downscale=8)
+    )
+    generator = torch.Generator().manual_seed(2)
+    x, context = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 7, CONTEXT, generator=generator)
+    pooled, hint = torch.randn(2, POOLED, generator=generator), torch.rand(2, 3, 64, 64, generator=generator)
+    time_ids, t = (
+        torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024], [768, 512, 32, 16, 896, 640]]),
+        torch.tensor([999, 421]),
+    )
+    with torch.no_grad():
+        y = torch.cat([pooled, theirs.add_time_proj(time_ids.flatten()).reshape(2, -1)], dim=-1)
+        down, mid = theirs(
+            x, t, context, hint, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, return_dict=False
+        )
+        residuals = ours(x, t, hint, context, y)
+    assert len(residuals) == len(down) + 1
+    for a, b in zip(residuals, [*down, mid]):
+        assert rel_err(a, b) <= TOLERANCE
+    sd1 = types.SimpleNamespace(unet=UNetModel(**UNET), latent_channels=4, downscale=8)
+    with pytest.raises(ControlNetFileError, match=r"is a ControlNet for .*vector|is a ControlNet for"):
+        load_controlnet(tmp_path / "sdxl-controlnet", sd1)
