@@ -196,6 +196,12 @@ class ControlledUNet:
         for net, hint, weight in self.controls:
             if x.shape[0] % hint.shape[0]:
                 raise InvalidOptionError(f"{hint.shape[0]} control images for a batch of {x.shape[0]}")
+            if hint.shape[-2] != x.shape[-2] * net.downscale or hint.shape[-1] != x.shape[-1] * net.downscale:
+                raise InvalidOptionError(
+                    f"a control image of {hint.shape[-1]}x{hint.shape[-2]} px for a latent of "
+                    f"{x.shape[-1]}x{x.shape[-2]} at f={net.downscale} (tiled sampling, as "
+                    "the upscaler's, takes no ControlNet)"
+                )
             hints = hint.repeat(x.shape[0] // hint.shape[0], 1, 1, 1)
             residuals = net(x[:, : net.in_channels], timesteps, hints, context, y)
             scaled = [weight * r for r in residuals]

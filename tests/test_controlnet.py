@@ -24,14 +24,15 @@ from factories import tiny_config, tiny_inpaint_model, tiny_model, tiny_model_fr
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ldm.controlnet import Control, ControlNet, using_controlnets
+from ldm.controlnet import Control, ControlledUNet, ControlNet, using_controlnets
 from ldm.controlnet_files import ControlNetFileError, load_controlnet, save_controlnet
 from ldm.diffusers_export import unet_config, write_folder
 from ldm.diffusers_keys import to_diffusers, unet_names
+from ldm.errors import InvalidOptionError
 from ldm.img2img import img2img
 from ldm.infotext import settings_from_png
 from ldm.inpaint import inpaint
-from ldm.pipeline import prepare, txt2img
+from ldm.pipeline import prepare, txt2img, txt2img_learned_variance
 from ldm.sampling import SamplingOptions
 from ldm.tasks import denoise
 from ldm.unet import UNetModel
@@ -348,3 +349,17 @@ def test_an_sdxl_controlnet_with_its_vector_matches_diffusers(tmp_path):
     sd1 = types.SimpleNamespace(unet=UNetModel(**UNET), latent_channels=4, downscale=8)
     with pytest.raises(ControlNetFileError, match=r"is a ControlNet for .*vector|is a ControlNet for"):
         load_controlnet(tmp_path / "sdxl-controlnet", sd1)
+
+
+def test_what_takes_no_controlnet_is_refused_in_one_line(model):
+
+    net = ControlNet(model.unet, model.latent_channels, model.downscale)
+    tile = ControlledUNet(model.unet, [(net, torch.rand(1, 3, 16, 16), 1.0)])  # a tile's latent: 4x4, not 8x8
+    with pytest.raises(InvalidOptionError, match="tiled sampling"):
+        tile(torch.randn(1, 4, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, 32))
+    variance = tiny_model(0, learned_variance=True)
+    control = Control(ControlNet(variance.unet, 4, variance.downscale), hint_image())
+    with using_controlnets(variance, [control]), pytest.raises(InvalidOptionError, match="the learned variance"):
+        txt2img_learned_variance(variance, "a cat", steps=2, progress=False)
+    with pytest.raises(InvalidOptionError, match="0 <= start <= end <= 1"):
+        Control(net, hint_image(), start=0.6, end=0.4)
