@@ -2,7 +2,9 @@
 import streamlit as st
 
 from ldm.app import ui
+from ldm.app.controlnet_ui import control_inputs, controls_for
 from ldm.app.state import FULL_CHOICE, student_choice
+from ldm.controlnet import using_controlnets
 from ldm.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
 
 st.header("Text-to-image")
@@ -32,6 +34,7 @@ if model is not None:
     options, seed = ui.sampling_controls("t2i" if variant == "full" else "t2i_student", model=model)
     height, width = ui.size_controls("t2i", model)
     every = int(st.number_input("Preview every N steps", 1, 50, 5, key="t2i_every"))
+    control = control_inputs("t2i")
 
     if st.button("Generate", key="t2i_go", type="primary"):
         bar = st.progress(0.0, text="sampling…")
@@ -43,8 +46,10 @@ if model is not None:
                 preview.image(ui.enlarge(image), caption=f"predicted clean image at step {done}")
 
         with ui.user_errors("Generation"):
-            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report, label)
-            st.session_state["t2i_result"] = (image, settings)
+            controls, controlled = controls_for(model, control)
+            with using_controlnets(model, controls):
+                image, settings = generate(model, prompt, negative, options, seed, height, width, every, report, label)
+            st.session_state["t2i_result"] = (image, {**settings, **controlled})
         bar.empty()
         preview.empty()
 
