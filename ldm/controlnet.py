@@ -128,6 +128,34 @@ def block_width(block: nn.Module) -> int:
     raise InvalidOptionError("a U-Net input block without a convolution")
 
 
+# How a control image of another size or shape becomes the output's size: stretched to it (diffusers; A1111's "Just
+# Resize"), scaled to cover it and centre-cropped ("Crop and Resize"), or scaled to fit in it with black borders,
+# which a ControlNet reads as no edges / no signal ("Resize and Fill").
+RESIZE_MODES = ("stretch", "crop", "fill")
+
+
+def check_resize_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise InvalidOptionError(f"unknown control image resize mode {mode!r}; known: {', '.join(RESIZE_MODES)}")
+
+
+def fit_image(image: Image.Image, width: int, height: int, mode: str = "stretch") -> Image.Image:
+    """`image` at width x height, as RESIZE_MODES says."""
+    check_resize_mode(mode)
+    if image.size == (width, height):
+        return image
+    if mode == "stretch":
+        return image.resize((width, height), Image.Resampling.BICUBIC)
+    cover = max if mode == "crop" else min
+    scale = cover(width / image.width, height / image.height)
+    scaled = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+    )
+    canvas = Image.new("RGB", (width, height))
+    canvas.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))  # crops where it overhangs
+    return canvas
+
+
 def check_control_numbers(weight: float, start: float, end: float) -> None:
     """A ControlNet's weight is finite; its guidance start and end are fractions of the steps, start <= end."""
     if not math.isfinite(weight):
@@ -141,8 +169,9 @@ def check_control_numbers(weight: float, start: float, end: float) -> None:
 @dataclass
 class Control:
     """One ControlNet applied to a run: its control image (PIL RGB, or a [B or 1, 3, H, W] tensor in [0, 1]), its
-    weight (scales its residuals), and the part of the steps it acts in, as fractions [start, end] of the steps
-    (A1111's guidance start / end). `name` is what the settings record (its file's name)."""
+    weight (scales its residuals), the part of the steps it acts in, as fractions [start, end] of the steps
+    (A1111's guidance start / end), and how a PIL image of another size is brought to the output's (`resize`, one
+    of RESIZE_MODES). `name` is what the settings record (its file's name)."""
 
     net: ControlNet
     image: Image.Image | torch.Tensor
@@ -150,14 +179,13 @@ class Control:
     start: float = 0.0
     end: float = 1.0
     name: str = ""
+    resize: str = "stretch"
 
     def __post_init__(self) -> None:
         if not isinstance(self.net, ControlNet):
             raise InvalidOptionError(f"a Control needs a ControlNet, got {type(self.net).__name__}")
         check_control_numbers(self.weight, self.start, self.end)
-
-    def record(self) -> dict[str, Any]:
-        return {"controlnet": self.name, "weight": self.weight, "start": self.start, "end": self.end}
+        check_resize_mode(self.resize)
 
     def hint(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """The control image as the hint encoder takes it: [n, 3, height, width] in [0, 1] (a PIL image resized)."""
@@ -168,9 +196,7 @@ class Control:
                     f"pixel size), got {list(self.image.shape)}"
                 )
             return self.image.to(device, torch.float32)
-        image = self.image.convert("RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BICUBIC)
+        image = fit_image(self.image.convert("RGB"), width, height, self.resize)
         array = np.asarray(image, dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1)[None].to(device)
 
@@ -204,6 +230,10 @@ class ControlledUNet:
                 )
             hints = hint.repeat(x.shape[0] // hint.shape[0], 1, 1, 1)
             residuals = net(x[:, : net.in_channels], timesteps, hints, context, y)
+            if len(residuals) != len(self.unet.input_blocks) + 1:
+                raise InvalidOptionError(
+                    f"a ControlNet of {len(residuals) - 1} input blocks for a U-Net of {len(self.unet.input_blocks)}"
+                )
             scaled = [weight * r for r in residuals]
             total = scaled if total is None else [a + b for a, b in zip(total, scaled)]
         return self.unet(x, timesteps, context=context, y=y, control=total, **extra)

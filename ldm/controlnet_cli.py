@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ldm.controlnet import Control, ControlNet, check_control_numbers
+from ldm.controlnet import RESIZE_MODES, Control, ControlNet, check_control_numbers
 from ldm.controlnet_files import load_controlnet
 from ldm.errors import InvalidOptionError, MissingFileError
 from ldm.images import load_image
@@ -30,6 +30,7 @@ class ControlSpec:
     weight: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    resize: str = "stretch"
 
     def record(self) -> dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class ControlSpec:
             "weight": self.weight,
             "start": self.start,
             "end": self.end,
+            "resize": self.resize,
         }
 
 
@@ -45,9 +47,17 @@ def add_control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--control", action="append", default=[], metavar="IMAGE:CONTROLNET[:WEIGHT[:START:END]]", help=CONTROL_HELP
     )
+    p.add_argument(
+        "--control-resize",
+        choices=RESIZE_MODES,
+        default="stretch",
+        help="how a control image of another shape becomes the output's size: stretch (as diffusers; "
+        "A1111's Just Resize), crop (cover, centre-crop: Crop and Resize) or fill (fit, black "
+        "borders: Resize and Fill)",
+    )
 
 
-def parse_control_spec(spec: str) -> ControlSpec:
+def parse_control_spec(spec: str, resize: str = "stretch") -> ControlSpec:
     """IMAGE:CONTROLNET[:WEIGHT[:START:END]] -> ControlSpec, its files checked to exist, its numbers in range."""
     parts = spec.split(":")
     numbers: list[float] = []
@@ -67,7 +77,7 @@ def parse_control_spec(spec: str) -> ControlSpec:
         raise MissingFileError(f"control image not found: {image}")
     if not Path(net).exists():
         raise MissingFileError(f"ControlNet file not found: {net}")
-    control = ControlSpec(image, net, *numbers)
+    control = ControlSpec(image, net, *numbers, resize=resize)
     check_control_numbers(control.weight, control.start, control.end)
     return control
 
@@ -87,6 +97,7 @@ def load_controls(specs: list[ControlSpec], model: torch.nn.Module) -> list[Cont
                 spec.start,
                 spec.end,
                 name=Path(spec.controlnet).name,
+                resize=spec.resize,
             )
         )
     return controls
@@ -94,7 +105,8 @@ def load_controls(specs: list[ControlSpec], model: torch.nn.Module) -> list[Cont
 
 def control_specs(args: argparse.Namespace) -> list[ControlSpec]:
     """--control's specs, checked (a missing file fails before the model loads)."""
-    return [parse_control_spec(spec) for spec in getattr(args, "control", None) or []]
+    resize = getattr(args, "control_resize", None) or "stretch"
+    return [parse_control_spec(spec, resize) for spec in getattr(args, "control", None) or []]
 
 
 def attach_controls(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
@@ -129,3 +141,18 @@ def control_args_from_settings(settings: dict[str, Any]) -> list[str]:
                 f"the image's settings hold a ControlNet record without image, controlnet or numbers: {record!r:.80}"
             ) from None
     return specs
+
+
+def apply_control_settings(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """--from-png: the image's ControlNets and their resize mode, unless --control is given."""
+    if args.control:
+        return
+    args.control = control_args_from_settings(settings)
+    modes = {record.get("resize", "stretch") for record in settings.get("controls") or []}
+    if len(modes) > 1:
+        raise InvalidOptionError(
+            f"the image's ControlNets resize their images in several ways ({sorted(modes)}); "
+            "give them with --control and --control-resize"
+        )
+    if modes:
+        args.control_resize = modes.pop()

@@ -24,7 +24,7 @@ from factories import tiny_config, tiny_inpaint_model, tiny_model, tiny_model_fr
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ldm.controlnet import Control, ControlledUNet, ControlNet, using_controlnets
+from ldm.controlnet import Control, ControlledUNet, ControlNet, fit_image, using_controlnets
 from ldm.controlnet_files import ControlNetFileError, load_controlnet, save_controlnet
 from ldm.diffusers_export import unet_config, write_folder
 from ldm.diffusers_keys import to_diffusers, unet_names
@@ -273,6 +273,8 @@ def test_control_through_the_command_is_recorded_and_made_again_from_the_png(wor
             "edges.png:canny.safetensors:0.8",
             "--control",
             "depth.png:canny-unprefixed.safetensors:0.5:0:0.5",
+            "--control-resize",
+            "crop",
         ],
         ["txt2img", "--from-png", str(made), "--outdir", "again"],  # runs after the one that makes it
         ["txt2img", "x", "--outdir", "bad", "--control", "edges.png"],
@@ -287,8 +289,22 @@ def test_control_through_the_command_is_recorded_and_made_again_from_the_png(wor
     assert np.array_equal(as_array(Image.open(made)), as_array(Image.open(again)))
     controls = settings_from_png(made)["controls"]
     assert controls == [
-        {"image": "edges.png", "controlnet": "canny.safetensors", "weight": 0.8, "start": 0.0, "end": 1.0},
-        {"image": "depth.png", "controlnet": "canny-unprefixed.safetensors", "weight": 0.5, "start": 0.0, "end": 0.5},
+        {
+            "image": "edges.png",
+            "controlnet": "canny.safetensors",
+            "weight": 0.8,
+            "start": 0.0,
+            "end": 1.0,
+            "resize": "crop",
+        },
+        {
+            "image": "depth.png",
+            "controlnet": "canny-unprefixed.safetensors",
+            "weight": 0.5,
+            "start": 0.0,
+            "end": 0.5,
+            "resize": "crop",
+        },
     ]
     assert settings_from_png(again)["controls"] == controls
     messages = [
@@ -363,3 +379,14 @@ def test_what_takes_no_controlnet_is_refused_in_one_line(model):
         txt2img_learned_variance(variance, "a cat", steps=2, progress=False)
     with pytest.raises(InvalidOptionError, match="0 <= start <= end <= 1"):
         Control(net, hint_image(), start=0.6, end=0.4)
+
+
+def test_control_images_of_another_shape_are_stretched_cropped_or_filled():
+    image = Image.new("RGB", (32, 16), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 8, 16))  # a blue left quarter
+    stretched, cropped, filled = (np.asarray(fit_image(image, 16, 16, mode)) for mode in ("stretch", "crop", "fill"))
+    assert stretched.shape == cropped.shape == filled.shape == (16, 16, 3)
+    assert stretched[8, 0, 2] == 255 and cropped[8, 0, 0] == 255  # the crop cuts the blue quarter away
+    assert (filled[:4] == 0).all() and (filled[-4:] == 0).all() and filled[8, 0, 2] == 255  # black bands, all kept
+    with pytest.raises(InvalidOptionError, match="unknown control image resize mode"):
+        fit_image(image, 16, 16, "squash")

@@ -67,6 +67,7 @@ def test_the_text_page_applies_and_records_a_controlnet(files, monkeypatch):
             "weight": 0.8,
             "start": 0.0,
             "end": 1.0,
+            "resize": "stretch",
         }
     ]
     assert not np.array_equal(np.asarray(image), np.asarray(plain_image))

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from ldm.controlnet import Control, ControlNet
+from ldm.controlnet import RESIZE_MODES, Control, ControlNet
 from ldm.controlnet_files import load_controlnet
 from ldm.errors import InvalidOptionError
 from ldm.images import load_image, open_image
@@ -25,6 +25,12 @@ def control_inputs(prefix: str) -> dict[str, Any]:
         )
         image_path = st.text_input("or a control image file", "", key=f"{prefix}_cn_image")
         weight = st.number_input("Weight", -2.0, 2.0, 1.0, 0.05, key=f"{prefix}_cn_weight")
+        resize = st.selectbox(
+            "Control image of another shape",
+            RESIZE_MODES,
+            key=f"{prefix}_cn_resize",
+            help="stretch to the output's size, crop (cover and centre-crop) or fill (fit, black borders)",
+        )
         start, end = st.slider("Fraction of the steps it acts in", 0.0, 1.0, (0.0, 1.0), 0.05, key=f"{prefix}_cn_steps")
     return {
         "path": path.strip(),
@@ -32,6 +38,7 @@ def control_inputs(prefix: str) -> dict[str, Any]:
         "image": image_path.strip(),
         "weight": float(weight),
         "start": float(start),
+        "resize": resize,
         "end": float(end),
     }
 
@@ -57,12 +64,21 @@ def controls_for(model: Any, inputs: dict[str, Any]) -> tuple[list[Control], dic
     else:
         raise InvalidOptionError("a ControlNet needs a control image: upload one or name its file")
     net = _cached_net(inputs["path"], model)
-    control = Control(net, image, inputs["weight"], inputs["start"], inputs["end"], name=Path(inputs["path"]).name)
+    control = Control(
+        net,
+        image,
+        inputs["weight"],
+        inputs["start"],
+        inputs["end"],
+        name=Path(inputs["path"]).name,
+        resize=inputs["resize"],
+    )
     record = {
         "image": name,
         "controlnet": inputs["path"],
         "weight": control.weight,
         "start": control.start,
         "end": control.end,
+        "resize": control.resize,
     }
     return [control], {"controls": [record]}

@@ -5,7 +5,7 @@ import argparse
 import inspect
 from dataclasses import fields
 
-from ldm.controlnet_cli import add_control_args, attach_controls, control_args_from_settings, control_specs
+from ldm.controlnet_cli import add_control_args, apply_control_settings, attach_controls, control_specs
 from ldm.errors import InvalidOptionError, MissingFileError
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, check_counts,
                                  chunk_size, chunks, load_model_from_args, log, mark_given, read_prompts, sampling_options)
@@ -74,7 +74,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         args.eta = None  # the metadata records DDPM's fixed eta 1, which is no option of it
     args.png_threshold = settings.get("threshold")
     args.label = settings.get("label", args.label)
-    args.control = args.control or control_args_from_settings(settings)  # the image's ControlNets, unless given
+    apply_control_settings(args, settings)  # the image's ControlNets, unless --control is given
     if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
         # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
         args.learned_variance, args.sampler = True, "ddpm"
