@@ -11,7 +11,6 @@ from ldm.controlnet import ControlNet
 from ldm.controlnet_files import controlnet_names
 from ldm.formats import sd_config_path
 
-
 FULL_SIZE = {  # diffusers' ControlNetModel configs of the released ControlNets (lllyasviel's sd15, SD 2.1, SDXL)
     "v1-inference.yaml": {"cross_attention_dim": 768},
     "v2-inference.yaml": {
