@@ -134,6 +134,25 @@ def block_width(block: nn.Module) -> int:
 RESIZE_MODES = ("stretch", "crop", "fill")
 
 
+# A1111's control modes: "balanced" adds the residuals as they are to both sides of guidance; "prompt" ("My prompt
+# is more important") scales residual i of the 13 by 0.825 ** (12 - i), the shallow ones least; "control"
+# ("ControlNet is more important") scales so and adds them to the conditional side of guidance alone.
+CONTROL_MODES = ("balanced", "prompt", "control")
+SOFT_INJECTION_BASE = 0.825
+
+
+def check_control_mode(mode: str) -> None:
+    if mode not in CONTROL_MODES:
+        raise InvalidOptionError(f"unknown control mode {mode!r}; known: {', '.join(CONTROL_MODES)}")
+
+
+def residual_scales(count: int, mode: str) -> list[float]:
+    """The per-residual factors of a control mode (A1111's list of 13, its first `count` for SDXL's 10)."""
+    if mode == "balanced":
+        return [1.0] * count
+    return [SOFT_INJECTION_BASE ** float(12 - i) for i in range(count)]
+
+
 def check_resize_mode(mode: str) -> None:
     if mode not in RESIZE_MODES:
         raise InvalidOptionError(f"unknown control image resize mode {mode!r}; known: {', '.join(RESIZE_MODES)}")
@@ -171,7 +190,8 @@ class Control:
     """One ControlNet applied to a run: its control image (PIL RGB, or a [B or 1, 3, H, W] tensor in [0, 1]), its
     weight (scales its residuals), the part of the steps it acts in, as fractions [start, end] of the steps
     (A1111's guidance start / end), and how a PIL image of another size is brought to the output's (`resize`, one
-    of RESIZE_MODES). `name` is what the settings record (its file's name)."""
+    of RESIZE_MODES), and its control mode (one of CONTROL_MODES). `name` is what the settings record (its file's
+    name)."""
 
     net: ControlNet
     image: Image.Image | torch.Tensor
@@ -180,12 +200,14 @@ class Control:
     end: float = 1.0
     name: str = ""
     resize: str = "stretch"
+    mode: str = "balanced"
 
     def __post_init__(self) -> None:
         if not isinstance(self.net, ControlNet):
             raise InvalidOptionError(f"a Control needs a ControlNet, got {type(self.net).__name__}")
         check_control_numbers(self.weight, self.start, self.end)
         check_resize_mode(self.resize)
+        check_control_mode(self.mode)
 
     def hint(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """The control image as the hint encoder takes it: [n, 3, height, width] in [0, 1] (a PIL image resized)."""
@@ -205,10 +227,14 @@ class ControlledUNet:
     """The U-Net with ControlNets' residuals added: called as the U-Net is, unet(x, t, context=, y=, ...).
 
     Each ControlNet sees the noisy latent alone (the first channels of x: an inpainting U-Net's mask and masked
-    image are not its input); its hint is repeated over the batch (guidance's two halves, several images)."""
+    image are not its input); its hint is repeated over the batch (guidance's two halves, several images).
+    controls: (ControlNet, hint, weight, mode); `uncond_rows`: how many leading rows of the batch are guidance's
+    unconditional side, which the "control" mode leaves without residuals."""
 
-    def __init__(self, unet: nn.Module, controls: Sequence[tuple[ControlNet, torch.Tensor, float]]):
-        self.unet, self.controls = unet, list(controls)
+    def __init__(
+        self, unet: nn.Module, controls: Sequence[tuple[ControlNet, torch.Tensor, float, str]], uncond_rows: int = 0
+    ):
+        self.unet, self.controls, self.uncond_rows = unet, list(controls), uncond_rows
 
     def __call__(
         self,
@@ -219,7 +245,7 @@ class ControlledUNet:
         **extra: Any,
     ) -> torch.Tensor:
         total: list[torch.Tensor] | None = None
-        for net, hint, weight in self.controls:
+        for net, hint, weight, mode in self.controls:
             if x.shape[0] % hint.shape[0]:
                 raise InvalidOptionError(f"{hint.shape[0]} control images for a batch of {x.shape[0]}")
             if hint.shape[-2] != x.shape[-2] * net.downscale or hint.shape[-1] != x.shape[-1] * net.downscale:
@@ -234,7 +260,11 @@ class ControlledUNet:
                 raise InvalidOptionError(
                     f"a ControlNet of {len(residuals) - 1} input blocks for a U-Net of {len(self.unet.input_blocks)}"
                 )
-            scaled = [weight * r for r in residuals]
+            scaled = [weight * factor * r for factor, r in zip(residual_scales(len(residuals), mode), residuals)]
+            if mode == "control" and self.uncond_rows:
+                keep = torch.ones(x.shape[0], 1, 1, 1, dtype=scaled[0].dtype, device=scaled[0].device)
+                keep[: self.uncond_rows] = 0
+                scaled = [r * keep for r in scaled]
             total = scaled if total is None else [a + b for a, b in zip(total, scaled)]
         return self.unet(x, timesteps, context=context, y=y, control=total, **extra)
 
@@ -246,6 +276,8 @@ class ControlledDenoiser:
     A Control acts in the steps i (of n) with start <= i / n and (i + 1) / n <= end, as diffusers' control_guidance_
     start / end (A1111 compares i / n alone with the end), told here by the noise levels of the sampler's grid
     `sigmas` (n + 1 levels), so a second-order sampler's in-between evaluations follow the step they are in.
+    A call with twice the images of `noise` is guidance's [unconditional, conditional] batch (ldm.denoisers.
+    CFGDenoiser), whose first half the "control" mode leaves alone.
     """
 
     def __init__(
@@ -258,7 +290,7 @@ class ControlledDenoiser:
     ):
         if not hasattr(inner, "unet"):
             raise InvalidOptionError("ControlNets need the model's network-level denoiser (DiscreteTimeDenoiser)")
-        self.inner = inner
+        self.inner, self.images = inner, noise.shape[0]
         height, width = noise.shape[-2] * downscale, noise.shape[-1] * downscale
         grid = sigmas.detach().float().cpu()
         steps = max(len(grid) - 1, 1)
@@ -272,19 +304,21 @@ class ControlledDenoiser:
                 )
             active = [i for i in range(steps) if control.start <= i / steps and (i + 1) / steps <= control.end]
             window = (float(grid[active[-1]]), float(grid[active[0]])) if active else None
-            self.controls.append((net, control.hint(height, width, noise.device), control.weight, window))
+            hint = control.hint(height, width, noise.device)
+            self.controls.append((net, hint, control.weight, control.mode, window))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
         level = float(torch.as_tensor(sigma).max())
         active = [
-            (net, hint, weight)
-            for net, hint, weight, window in self.controls
+            (net, hint, weight, mode)
+            for net, hint, weight, mode, window in self.controls
             if window is not None and window[0] * (1 - 1e-5) - 1e-8 <= level <= window[1] * (1 + 1e-5) + 1e-8
         ]
         if not active:
             return self.inner(x, sigma, **cond)
+        uncond_rows = self.images if x.shape[0] == 2 * self.images else 0
         controlled = DiscreteTimeDenoiser(
-            ControlledUNet(self.inner.unet, active), parameterisation=self.inner.parameterisation
+            ControlledUNet(self.inner.unet, active, uncond_rows), parameterisation=self.inner.parameterisation
         )
         return controlled(x, sigma, **cond)
 

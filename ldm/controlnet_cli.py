@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ldm.controlnet import RESIZE_MODES, Control, ControlNet, check_control_numbers
+from ldm.controlnet import CONTROL_MODES, RESIZE_MODES, Control, ControlNet, check_control_numbers
 from ldm.controlnet_files import load_controlnet
 from ldm.errors import InvalidOptionError, MissingFileError
 from ldm.images import load_image
@@ -31,6 +31,7 @@ class ControlSpec:
     start: float = 0.0
     end: float = 1.0
     resize: str = "stretch"
+    mode: str = "balanced"
 
     def record(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class ControlSpec:
             "start": self.start,
             "end": self.end,
             "resize": self.resize,
+            "mode": self.mode,
         }
 
 
@@ -55,9 +57,17 @@ def add_control_args(p: argparse.ArgumentParser) -> None:
         "A1111's Just Resize), crop (cover, centre-crop: Crop and Resize) or fill (fit, black "
         "borders: Resize and Fill)",
     )
+    p.add_argument("--control-mode", choices=CONTROL_MODES, default="balanced", help=CONTROL_MODE_HELP)
 
 
-def parse_control_spec(spec: str, resize: str = "stretch") -> ControlSpec:
+CONTROL_MODE_HELP = (
+    "A1111's control modes: balanced (the residuals as they are, both sides of guidance), prompt (My prompt is more "
+    "important: the deeper residuals weigh more, 0.825 ** (12 - i)) or control (ControlNet is more important: so "
+    "weighed, on the conditional side of guidance alone)"
+)
+
+
+def parse_control_spec(spec: str, resize: str = "stretch", mode: str = "balanced") -> ControlSpec:
     """IMAGE:CONTROLNET[:WEIGHT[:START:END]] -> ControlSpec, its files checked to exist, its numbers in range."""
     parts = spec.split(":")
     numbers: list[float] = []
@@ -77,7 +87,7 @@ def parse_control_spec(spec: str, resize: str = "stretch") -> ControlSpec:
         raise MissingFileError(f"control image not found: {image}")
     if not Path(net).exists():
         raise MissingFileError(f"ControlNet file not found: {net}")
-    control = ControlSpec(image, net, *numbers, resize=resize)
+    control = ControlSpec(image, net, *numbers, resize=resize, mode=mode)
     check_control_numbers(control.weight, control.start, control.end)
     return control
 
@@ -98,6 +108,7 @@ def load_controls(specs: list[ControlSpec], model: torch.nn.Module) -> list[Cont
                 spec.end,
                 name=Path(spec.controlnet).name,
                 resize=spec.resize,
+                mode=spec.mode,
             )
         )
     return controls
@@ -106,7 +117,8 @@ def load_controls(specs: list[ControlSpec], model: torch.nn.Module) -> list[Cont
 def control_specs(args: argparse.Namespace) -> list[ControlSpec]:
     """--control's specs, checked (a missing file fails before the model loads)."""
     resize = getattr(args, "control_resize", None) or "stretch"
-    return [parse_control_spec(spec, resize) for spec in getattr(args, "control", None) or []]
+    mode = getattr(args, "control_mode", None) or "balanced"
+    return [parse_control_spec(spec, resize, mode) for spec in getattr(args, "control", None) or []]
 
 
 def attach_controls(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
@@ -144,15 +156,17 @@ def control_args_from_settings(settings: dict[str, Any]) -> list[str]:
 
 
 def apply_control_settings(args: argparse.Namespace, settings: dict[str, Any]) -> None:
-    """--from-png: the image's ControlNets and their resize mode, unless --control is given."""
+    """--from-png: the image's ControlNets with their resize and control modes, unless --control is given."""
     if args.control:
         return
     args.control = control_args_from_settings(settings)
-    modes = {record.get("resize", "stretch") for record in settings.get("controls") or []}
-    if len(modes) > 1:
-        raise InvalidOptionError(
-            f"the image's ControlNets resize their images in several ways ({sorted(modes)}); "
-            "give them with --control and --control-resize"
-        )
-    if modes:
-        args.control_resize = modes.pop()
+    records = settings.get("controls") or []
+    for key, default, attr in (("resize", "stretch", "control_resize"), ("mode", "balanced", "control_mode")):
+        values = {record.get(key, default) for record in records}
+        if len(values) > 1:
+            raise InvalidOptionError(
+                f"the image's ControlNets differ in {key} ({sorted(map(str, values))}); give "
+                f"them with --control and --{attr.replace('_', '-')}"
+            )
+        if values:
+            setattr(args, attr, values.pop())

@@ -275,6 +275,8 @@ def test_control_through_the_command_is_recorded_and_made_again_from_the_png(wor
             "depth.png:canny-unprefixed.safetensors:0.5:0:0.5",
             "--control-resize",
             "crop",
+            "--control-mode",
+            "prompt",
         ],
         ["txt2img", "--from-png", str(made), "--outdir", "again"],  # runs after the one that makes it
         ["txt2img", "x", "--outdir", "bad", "--control", "edges.png"],
@@ -296,6 +298,7 @@ def test_control_through_the_command_is_recorded_and_made_again_from_the_png(wor
             "start": 0.0,
             "end": 1.0,
             "resize": "crop",
+            "mode": "prompt",
         },
         {
             "image": "depth.png",
@@ -304,6 +307,7 @@ def test_control_through_the_command_is_recorded_and_made_again_from_the_png(wor
             "start": 0.0,
             "end": 0.5,
             "resize": "crop",
+            "mode": "prompt",
         },
     ]
     assert settings_from_png(again)["controls"] == controls
@@ -370,7 +374,9 @@ def test_an_sdxl_controlnet_with_its_vector_matches_diffusers(tmp_path):
 def test_what_takes_no_controlnet_is_refused_in_one_line(model):
 
     net = ControlNet(model.unet, model.latent_channels, model.downscale)
-    tile = ControlledUNet(model.unet, [(net, torch.rand(1, 3, 16, 16), 1.0)])  # a tile's latent: 4x4, not 8x8
+    tile = ControlledUNet(
+        model.unet, [(net, torch.rand(1, 3, 16, 16), 1.0, "balanced")]
+    )  # a tile's latent: 4x4, not 8x8
     with pytest.raises(InvalidOptionError, match="tiled sampling"):
         tile(torch.randn(1, 4, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, 32))
     variance = tiny_model(0, learned_variance=True)
@@ -390,3 +396,20 @@ def test_control_images_of_another_shape_are_stretched_cropped_or_filled():
     assert (filled[:4] == 0).all() and (filled[-4:] == 0).all() and filled[8, 0, 2] == 255  # black bands, all kept
     with pytest.raises(InvalidOptionError, match="unknown control image resize mode"):
         fit_image(image, 16, 16, "squash")
+
+
+@pytest.mark.parametrize("scale", [1.0, 7.5])
+def test_control_modes_weigh_the_residuals_and_the_sides_of_guidance_as_a1111(model, scale):
+    """prompt: the residuals weighed 0.825 ** (12 - i); control: so weighed, on the conditional side alone, so that
+    without guidance (scale 1: the conditional side only) it is the prompt mode exactly, and with guidance not."""
+    net = randomised(ControlNet(model.unet, model.latent_channels, model.downscale), 8)
+
+    def run(mode: str) -> np.ndarray:
+        with using_controlnets(model, [Control(net, hint_image(), mode=mode)]):
+            return as_array(txt2img(model, "a cat", steps=3, guidance_scale=scale, progress=False)[0])
+
+    balanced, prompt, control = run("balanced"), run("prompt"), run("control")
+    assert not np.array_equal(balanced, prompt)
+    assert np.array_equal(prompt, control) == (scale == 1.0)
+    with pytest.raises(InvalidOptionError, match="unknown control mode"):
+        Control(net, hint_image(), mode="louder")

@@ -68,6 +68,7 @@ def test_the_text_page_applies_and_records_a_controlnet(files, monkeypatch):
             "start": 0.0,
             "end": 1.0,
             "resize": "stretch",
+            "mode": "balanced",
         }
     ]
     assert not np.array_equal(np.asarray(image), np.asarray(plain_image))

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from ldm.controlnet import RESIZE_MODES, Control, ControlNet
+from ldm.controlnet import CONTROL_MODES, RESIZE_MODES, Control, ControlNet
 from ldm.controlnet_files import load_controlnet
 from ldm.errors import InvalidOptionError
 from ldm.images import load_image, open_image
@@ -31,6 +31,13 @@ def control_inputs(prefix: str) -> dict[str, Any]:
             key=f"{prefix}_cn_resize",
             help="stretch to the output's size, crop (cover and centre-crop) or fill (fit, black borders)",
         )
+        mode = st.selectbox(
+            "Control mode",
+            CONTROL_MODES,
+            key=f"{prefix}_cn_mode",
+            help="balanced; prompt: my prompt is more important; control: the ControlNet is more "
+            "important (A1111's control modes)",
+        )
         start, end = st.slider("Fraction of the steps it acts in", 0.0, 1.0, (0.0, 1.0), 0.05, key=f"{prefix}_cn_steps")
     return {
         "path": path.strip(),
@@ -39,6 +46,7 @@ def control_inputs(prefix: str) -> dict[str, Any]:
         "weight": float(weight),
         "start": float(start),
         "resize": resize,
+        "mode": mode,
         "end": float(end),
     }
 
@@ -72,6 +80,7 @@ def controls_for(model: Any, inputs: dict[str, Any]) -> tuple[list[Control], dic
         inputs["end"],
         name=Path(inputs["path"]).name,
         resize=inputs["resize"],
+        mode=inputs["mode"],
     )
     record = {
         "image": name,
@@ -80,5 +89,6 @@ def controls_for(model: Any, inputs: dict[str, Any]) -> tuple[list[Control], dic
         "start": control.start,
         "end": control.end,
         "resize": control.resize,
+        "mode": control.mode,
     }
     return [control], {"controls": [record]}
