@@ -4,9 +4,6 @@ family's, the one composition (every sampler, txt2img / img2img / inpainting) an
 from __future__ import annotations
 
 import inspect
-import json
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from factories import tiny_config, tiny_inpaint_model, tiny_model, tiny_model_from, write_tiny_model_files
+from factories import tiny_config, tiny_inpaint_model, tiny_model, tiny_model_from
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -30,7 +27,6 @@ from ldm.diffusers_export import unet_config, write_folder
 from ldm.diffusers_keys import to_diffusers, unet_names
 from ldm.errors import InvalidOptionError
 from ldm.img2img import img2img
-from ldm.infotext import settings_from_png
 from ldm.inpaint import inpaint
 from ldm.pipeline import prepare, txt2img, txt2img_learned_variance
 from ldm.sampling import SamplingOptions
@@ -233,95 +229,6 @@ def test_img2img_and_a_nine_channel_inpainting_unet_take_a_controlnet(model):
     with using_controlnets(inpainter, [Control(inpaint_net, hint_image())]):
         controlled = as_array(inpaint(inpainter, photo, mask, "a cat", steps=4, progress=False)[0])
     assert not np.array_equal(plain, controlled)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, model):
-    root = tmp_path_factory.mktemp("controlnet-cli")
-    write_tiny_model_files(root, "tiny", model=model)
-    net = randomised(ControlNet(model.unet, model.latent_channels, model.downscale), 5)
-    save_controlnet(net, root / "canny.safetensors")
-    save_controlnet(net, root / "canny-unprefixed.safetensors", prefix=False)
-    other = UNetModel(**{**UNET, "context_dim": 48})
-    save_controlnet(ControlNet(other, 4, model.downscale), root / "other-family.safetensors")
-    hint_image(0).save(root / "edges.png")
-    hint_image(1).save(root / "depth.png")
-    return root
-
-
-def run_cli(workspace: Path, *argvs: list[str]) -> list[dict]:
-    base = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "3", "--no-progress", "--no-grid"]
-    cases = [{"argv": [*argv, *base], "cwd": str(workspace), "timeout": 120} for argv in argvs]
-    r = subprocess.run(
-        [sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True, timeout=600, check=False
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
-
-
-def test_control_through_the_command_is_recorded_and_made_again_from_the_png(workspace):
-    made = workspace / "one" / "samples" / "00000.png"
-    results = run_cli(
-        workspace,
-        ["txt2img", "a cat", "--outdir", "plain"],
-        [
-            "txt2img",
-            "a cat",
-            "--outdir",
-            "one",
-            "--control",
-            "edges.png:canny.safetensors:0.8",
-            "--control",
-            "depth.png:canny-unprefixed.safetensors:0.5:0:0.5",
-            "--control-resize",
-            "crop",
-            "--control-mode",
-            "prompt",
-        ],
-        ["txt2img", "--from-png", str(made), "--outdir", "again"],  # runs after the one that makes it
-        ["txt2img", "x", "--outdir", "bad", "--control", "edges.png"],
-        ["txt2img", "x", "--outdir", "bad", "--control", "edges.png:other-family.safetensors"],
-        ["txt2img", "x", "--outdir", "bad", "--control", "missing.png:canny.safetensors"],
-        ["txt2img", "x", "--outdir", "bad", "--control", "edges.png:canny.safetensors:1:0.8:0.2"],
-    )
-    for result in results[:3]:
-        assert result["rc"] == 0, result["stderr"][-3000:]
-    plain, again = (workspace / name / "samples" / "00000.png" for name in ("plain", "again"))
-    assert not np.array_equal(as_array(Image.open(plain)), as_array(Image.open(made)))
-    assert np.array_equal(as_array(Image.open(made)), as_array(Image.open(again)))
-    controls = settings_from_png(made)["controls"]
-    assert controls == [
-        {
-            "image": "edges.png",
-            "controlnet": "canny.safetensors",
-            "weight": 0.8,
-            "start": 0.0,
-            "end": 1.0,
-            "resize": "crop",
-            "mode": "prompt",
-        },
-        {
-            "image": "depth.png",
-            "controlnet": "canny-unprefixed.safetensors",
-            "weight": 0.5,
-            "start": 0.0,
-            "end": 0.5,
-            "resize": "crop",
-            "mode": "prompt",
-        },
-    ]
-    assert settings_from_png(again)["controls"] == controls
-    messages = [
-        "give IMAGE:CONTROLNET[:WEIGHT[:START:END]]",
-        "is a ControlNet for",
-        "control image not found",
-        "0 <= start <= end <= 1",
-    ]
-    for result, message in zip(results[3:], messages):
-        errors = [line for line in result["stderr"].splitlines() if "error:" in line]
-        assert result["rc"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
-        assert len(errors) == 1 and message in errors[0], result["stderr"][-3000:]
-    assert not list(workspace.glob("bad/**/*.png"))
 
 
 def test_an_sdxl_controlnet_with_its_vector_matches_diffusers(tmp_path):
