@@ -16,7 +16,7 @@ from test_controlnet import UNET, as_array, hint_image, randomised
 
 from ldm.controlnet import ControlNet
 from ldm.controlnet_files import save_controlnet
-from ldm.infotext import settings_from_png
+from ldm.infotext import settings_from_infotext, settings_from_png
 from ldm.unet import UNetModel
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
@@ -103,6 +103,13 @@ def test_control_through_the_command_is_recorded_and_made_again_from_the_png(wor
         },
     ]
     assert settings_from_png(again)["controls"] == controls
+    parameters = Image.open(made).text["parameters"]  # A1111's text, as its ControlNet extension writes the units
+    assert (
+        'ControlNet 0: "Module: none, Model: canny, Weight: 0.8, Resize Mode: Crop and Resize, Guidance Start: 0, '
+        'Guidance End: 1, Control Mode: My prompt is more important"'
+    ) in parameters
+    assert 'ControlNet 1: "Module: none, Model: canny-unprefixed, Weight: 0.5' in parameters
+    assert settings_from_infotext(parameters)["seed"] == settings_from_png(made)["seed"]  # the text still reads
     messages = [
         "give IMAGE:CONTROLNET[:WEIGHT[:START:END]]",
         "is a ControlNet for",

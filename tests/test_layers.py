@@ -18,7 +18,8 @@ LAYERS = {
     # errors, configs, paths, devices, schedules and the parameterisation, files and images
     "core": ("__init__", "errors", "config", "defaults", "devices", "limits", "schedules", "diffusion", "checkpoint",
              "images", "infotext", "masks", "hf_clip", "formats", "convert", "tiling",
-             "diffusers_keys", "diffusers_files", "skip_init", "distillation", "likelihood", "vdm", "variants"),
+             "diffusers_keys", "diffusers_files", "skip_init", "distillation", "likelihood", "vdm", "variants",
+             "controlnet_infotext"),
     # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder;
     # diffusers_format/_export: diffusers folders, whose pipeline follows the model's conditioning kind)
     "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model", "lora",
