@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ldm.a1111_samplers import A1111_SAMPLERS, SCHEDULE_SETTINGS, sampler_settings, schedule_type_of, split_schedule
+from ldm.controlnet_infotext import controlnet_fields
 from ldm.errors import LdmError
 from ldm.samplers import SAMPLERS
 
@@ -111,6 +112,7 @@ def format_infotext(settings: dict[str, Any]) -> str:
                                      for x in settings.get("loras") or () if not x.get("merged")),
         "TI hashes": _short_hashes((x.get("name"), x.get("sha256")) for x in settings.get("embeddings") or ()),
     }
+    fields.update(controlnet_fields(settings))  # --control, as A1111's ControlNet extension writes it
     params = ", ".join(f"{name}: {quote(value)}" for name, value in fields.items() if value is not None)
     lines = [str(settings.get("prompt", ""))]
     if settings.get("negative_prompt"):

@@ -118,6 +118,8 @@ def txt2img_learned_variance(model: LatentDiffusion, prompts: list[str] | str, n
                                      f"not {options.sampler!r}")
     if options.guidance_rescale or options.threshold is not None:
         raise InvalidOptionError("guidance rescale and thresholding are not implemented with the learned variance")
+    if getattr(model, "controls", None):  # its sampler does not go through Conditioning.denoiser
+        raise InvalidOptionError("ControlNets are not implemented with the learned variance; leave --control out")
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     height, width = image_size(model, height, width)
     conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))

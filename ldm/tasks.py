@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ldm.controlnet import controlled_denoiser
 from ldm.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
 from ldm.errors import InvalidOptionError, LdmError
 from ldm.limits import check_prompt_length
@@ -287,6 +288,8 @@ class Conditioning:
     def denoiser(self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor) -> Denoiser:
         """network -> parameterisation -> task wrapper -> guidance."""
         inner = model.denoiser()
+        if getattr(model, "controls", None):  # ControlNets (ldm.controlnet.using_controlnets): on the network itself
+            inner = controlled_denoiser(model, inner, model_sigmas(model, options), noise)
         if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
             # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
             null = model.class_labels([None] * noise.shape[0])

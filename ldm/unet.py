@@ -373,7 +373,8 @@ class UNetModel(nn.Module):
     guidance_embedded = property(lambda self: hasattr(self, "guidance_embed"))  # a distilled student's scale input
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
+                control: list[torch.Tensor] | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
             raise InvalidOptionError("pass y exactly when the U-Net has a class/noise-level embedding (num_classes)")
         if (guidance is not None) != self.guidance_embedded:
@@ -397,6 +398,8 @@ class UNetModel(nn.Module):
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        if control is not None:  # ControlNets' residuals (ldm.controlnet): one per skip connection, then the middle's
+            skips, h = [s + r.to(s.dtype) for s, r in zip(skips, control)], h + control[-1].to(h.dtype)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             next_size = tuple(skips[-1].shape[-2:]) if skips else None

@@ -18,11 +18,13 @@ LAYERS = {
     # errors, configs, paths, devices, schedules and the parameterisation, files and images
     "core": ("__init__", "errors", "config", "defaults", "devices", "limits", "schedules", "diffusion", "checkpoint",
              "images", "infotext", "masks", "hf_clip", "formats", "convert", "tiling",
-             "diffusers_keys", "diffusers_files", "skip_init", "distillation", "likelihood", "vdm", "variants"),
+             "diffusers_keys", "diffusers_files", "skip_init", "distillation", "likelihood", "vdm", "variants",
+             "controlnet_infotext"),
     # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder;
     # diffusers_format/_export: diffusers folders, whose pipeline follows the model's conditioning kind)
     "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model", "lora",
-               "open_clip_parts", "lora_layers", "lora_kohya", "lora_merge", "embeddings", "diffusers_format", "diffusers_export", "derived"),
+               "open_clip_parts", "lora_layers", "lora_kohya", "lora_merge", "embeddings", "diffusers_format", "diffusers_export", "derived",
+               "controlnet", "controlnet_files"),
     # samplers, guidance, sampling options and the one checked entry point
     "sampling": ("samplers", "denoisers", "sampling", "variance_sampler", "classifier_guidance"),
     # what a user asks for: txt2img, editing, walks (and the 2-D toys of the app)
@@ -31,7 +33,7 @@ LAYERS = {
     "data": ("data", "degradations"),
     "training": ("training",),
     "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits", "evaluate_likelihood"),
-    "interfaces": ("cli", "commands", "app"),
+    "interfaces": ("cli", "commands", "app", "controlnet_cli"),
 }
 LINE_LIMIT = 400
 

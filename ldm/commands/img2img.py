@@ -7,6 +7,7 @@ from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
                                  load_model_from_args, log, read_prompts, sampling_options)
+from ldm.controlnet_cli import add_control_args, attach_controls, control_specs
 from ldm.editing import as_pil, check_strength
 from ldm.img2img import img2img, prepare_image
 from ldm.pipeline import settings_dict
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
     add_model_args(p)
+    add_control_args(p)
     p.set_defaults(func=run)
 
 
@@ -34,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     options.validate()
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     source = as_pil(args.image)  # an unreadable file fails before the model loads
+    control_specs(args)  # a missing control image or ControlNet fails before the model loads
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args)
+    controlled = attach_controls(model, args)  # --control: ControlNets for every image of the run
     image = prepare_image(model, source)
     chunk = chunk_size(model, args, image.height, image.width, args.batch_size)
     seed = args.seed
@@ -47,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
                 for i, result in enumerate(out):
                     writer.write(result, settings_dict(prompt, args.negative_prompt, seed + start + i, image.height,
                                                        image.width, options, model, task="img2img",
-                                                       strength=args.strength, init_image=str(args.image)))
+                                                       strength=args.strength, init_image=str(args.image),
+                                                       **controlled))
             seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)

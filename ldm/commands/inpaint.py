@@ -7,6 +7,7 @@ from ldm import defaults
 from ldm.errors import InvalidOptionError
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
                                  load_model_from_args, log, read_prompts, sampling_options)
+from ldm.controlnet_cli import add_control_args, attach_controls, control_specs
 from ldm.editing import as_pil, check_strength, size_multiple
 from ldm.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
 from ldm.masks import check_mask
@@ -27,6 +28,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
     add_model_args(p)
+    add_control_args(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,12 +58,13 @@ def run(args: argparse.Namespace) -> int:
     if extend is None:  # bad masks fail before the model loads
         mask = as_mask(args.mask)
         check_mask(mask, image.size)
+    control_specs(args)  # a missing control image or ControlNet fails before the model loads
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
     # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
     model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")
     mode = resolve_mode(model, args.mode)
     more = {"task": "outpaint" if extend else "inpaint", "inpaint_mode": mode, "strength": args.strength,
-            "init_image": str(args.image)}
+            "init_image": str(args.image), **attach_controls(model, args)}  # --control: for every image
     if extend:
         # The canvas's memory is checked before it is allocated: a side of 100000 px is refused here.
         chunk_size(model, args, image.height + extend["top"] + extend["bottom"],

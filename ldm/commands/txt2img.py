@@ -5,6 +5,7 @@ import argparse
 import inspect
 from dataclasses import fields
 
+from ldm.controlnet_cli import add_control_args, apply_control_settings, attach_controls, control_specs
 from ldm.errors import InvalidOptionError, MissingFileError
 from ldm.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
 from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, check_counts,
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_sampling_args(p)
     add_model_args(p)
     add_sdxl_args(p)
+    add_control_args(p)
     p.add_argument("--model", choices=VARIANTS, default=None,
                    help="which shipped model without --ckpt: student (few steps, one U-Net call a step, its own "
                         "steps, spacing and scale; no negative prompt) or full (the model it was distilled from, "
@@ -49,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # Settings of our JSON that are SamplingOptions fields or the command's own; other keys are the sampler's
 # keyword options (SamplingOptions.extra), the model's identity or other commands' (strength).
 OWN_SETTINGS = {"prompt", "negative_prompt", "seed", "height", "width", "model_file", "model_sha256", "model_hash",
-                "model_name", "base_file", "label", "learned_variance"}
+                "model_name", "base_file", "label", "learned_variance", "controls"}
 
 
 def apply_png_settings(args: argparse.Namespace) -> None:
@@ -76,6 +78,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         args.eta = None  # the metadata records DDPM's fixed eta 1, which is no option of it
     args.png_threshold = settings.get("threshold")
     args.label = settings.get("label", args.label)
+    apply_control_settings(args, settings)  # the image's ControlNets, unless --control is given
     if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
         # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
         args.learned_variance, args.sampler = True, "ddpm"
@@ -124,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if args.learned_variance and options.sampler != "ddpm":
         raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
+    control_specs(args)  # a missing control image or ControlNet fails before the model loads
     writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     model = load_model_from_args(args, variant=variant)
     if args.label is not None:
@@ -135,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     labelled = {"label": args.label} if args.label is not None else {}
     if args.learned_variance:
         labelled["learned_variance"] = True
+    labelled.update(attach_controls(model, args))  # --control: ControlNets for every image of the run
     made_with = getattr(args, "png_model_hash", None)
     ours = (getattr(model, "identity", None) or {}).get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):

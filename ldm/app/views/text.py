@@ -2,8 +2,10 @@
 import streamlit as st
 
 from ldm.app import ui
+from ldm.app.controlnet_ui import control_inputs, controls_for
 from ldm.app.state import FULL_CHOICE, student_choice
 from ldm.app.sdxl import sdxl_controls
+from ldm.controlnet import using_controlnets
 from ldm.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
 
 st.header("Text-to-image")
@@ -36,6 +38,7 @@ if model is not None:
     sdxl = None
     with ui.user_errors("The SDXL options"):
         sdxl = sdxl_controls(model)  # None for other models (ldm.app.sdxl)
+    control = control_inputs("t2i")
 
     if st.button("Generate", key="t2i_go", type="primary"):
         bar = st.progress(0.0, text="sampling…")
@@ -47,9 +50,11 @@ if model is not None:
                 preview.image(ui.enlarge(image), caption=f"predicted clean image at step {done}")
 
         with ui.user_errors("Generation"):
-            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report, label,
-                                       sdxl)
-            st.session_state["t2i_result"] = (image, settings)
+            controls, controlled = controls_for(model, control)
+            with using_controlnets(model, controls):
+                image, settings = generate(model, prompt, negative, options, seed, height, width, every, report,
+                                           label, sdxl)
+            st.session_state["t2i_result"] = (image, {**settings, **controlled})
         bar.empty()
         preview.empty()
 
