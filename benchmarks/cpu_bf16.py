@@ -8,6 +8,7 @@ only the U-Net in bf16 and channels-last (what `ldm txt2img --precision bf16` do
 The change is measured against the fp32 run with the same seeds: the final latent's relative error and the
 decoded images' PSNR. bf16 pays only on CPUs with AVX-512 BF16 or AMX (ldm.devices.cpu_has_fast_bf16).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,16 @@ def run(model, precision: str, steps: int) -> tuple[float, torch.Tensor, np.ndar
         final["x"] = step["denoised"]
 
     start = time.perf_counter()
-    images = txt2img(model, PROMPTS, seed=0, steps=steps, sampler="ddim", precision=precision, callback=keep,
-                     progress=False)
+    images = txt2img(
+        model, PROMPTS, seed=0, steps=steps, sampler="ddim", precision=precision, callback=keep, progress=False
+    )
     seconds = time.perf_counter() - start
     return seconds, final["x"].float(), np.stack([np.asarray(image) for image in images])
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 def main() -> None:
@@ -56,9 +58,12 @@ def main() -> None:
     bf16 = load_model(device="cpu").networks_to(torch.bfloat16, channels_last=True)
     unet_bf16 = load_model(device="cpu")
     unet_bf16.unet.to(torch.bfloat16, memory_format=torch.channels_last)
-    settings = {"fp32": (fp32, "fp32"), "bf16 autocast, fp32 weights (API precision=\"bf16\")": (fp32, "bf16"),
-                "all weights bf16, channels-last U-Net": (bf16, "bf16"),
-                "bf16 channels-last U-Net, fp32 text encoder and VAE (CLI --precision bf16)": (unet_bf16, "bf16")}
+    settings = {
+        "fp32": (fp32, "fp32"),
+        'bf16 autocast, fp32 weights (API precision="bf16")': (fp32, "bf16"),
+        "all weights bf16, channels-last U-Net": (bf16, "bf16"),
+        "bf16 channels-last U-Net, fp32 text encoder and VAE (CLI --precision bf16)": (unet_bf16, "bf16"),
+    }
     results: dict[str, list] = {name: [] for name in settings}
     for model, precision in settings.values():
         run(model, precision, 2)  # warm-up
@@ -67,15 +72,21 @@ def main() -> None:
             results[name].append(run(model, precision, args.steps))
     _, ref_latent, ref_images = results["fp32"][0]
     base = statistics.median(r[0] for r in results["fp32"])
-    print(f"default model, {len(PROMPTS)} images of {ref_images.shape[1]} px, {args.steps} DDIM steps with guidance, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, fast bf16 on this CPU: {cpu_has_fast_bf16()}\n")
-    print(f"| setting | s per image (median of {args.rounds}) | time / fp32 | latent relative error | image PSNR (dB) |")
+    print(
+        f"default model, {len(PROMPTS)} images of {ref_images.shape[1]} px, {args.steps} DDIM steps with guidance, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, fast bf16 on this CPU: {cpu_has_fast_bf16()}\n"
+    )
+    print(
+        f"| setting | s per image (median of {args.rounds}) | time / fp32 | latent relative error | image PSNR (dB) |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for name, runs in results.items():
         seconds = statistics.median(r[0] for r in runs)
         latent, images = runs[0][1], runs[0][2]
         err = ((latent - ref_latent).norm() / ref_latent.norm()).item()
-        print(f"| {name} | {seconds / len(PROMPTS):.2f} | {seconds / base:.2f}x | {err:.1e} | {psnr(images, ref_images):.1f} |")
+        print(
+            f"| {name} | {seconds / len(PROMPTS):.2f} | {seconds / base:.2f}x | {err:.1e} | {psnr(images, ref_images):.1f} |"  # noqa: E501
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Without CUDA it says so and exits 0. `--device cpu --config FILE --size 64 --ste
 small config, to check the script itself. Published bar for this class (stable-fast, SD 1.5, 512 px, batch 1):
 about 55 it/s on an A100, 105 it/s on an H100.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,16 +68,34 @@ def reset_peak(device: torch.device) -> None:
 def run_ours(model, args, device) -> tuple[float, float]:
     clock = StepClock(device)
     reset_peak(device)
-    txt2img(model, PROMPT, height=args.size, width=args.size, steps=args.steps, guidance_scale=7.5, sampler="ddim",
-            ddim_variant="sd", seed=0, progress=False, callback=clock.tick)
+    txt2img(
+        model,
+        PROMPT,
+        height=args.size,
+        width=args.size,
+        steps=args.steps,
+        guidance_scale=7.5,
+        sampler="ddim",
+        ddim_variant="sd",
+        seed=0,
+        progress=False,
+        callback=clock.tick,
+    )
     return clock.rate(), peak_memory_mib(device)
 
 
 def run_diffusers(pipe, args, device) -> tuple[float, float]:
     clock = StepClock(device)
     reset_peak(device)
-    pipe(PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps, guidance_scale=7.5,
-         generator=torch.Generator(device).manual_seed(0), callback_on_step_end=clock.tick)
+    pipe(
+        PROMPT,
+        height=args.size,
+        width=args.size,
+        num_inference_steps=args.steps,
+        guidance_scale=7.5,
+        generator=torch.Generator(device).manual_seed(0),
+        callback_on_step_end=clock.tick,
+    )
     return clock.rate(), peak_memory_mib(device)
 
 
@@ -97,11 +116,13 @@ def build(base, args, device, dtype, folder: Path, compiled: bool, xformers: boo
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     ours = copy.deepcopy(base).to(device).networks_to(dtype)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
-                                                   safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
     # SD's settings: what ldm's "sd" DDIM variant reproduces (tests/test_ddim_variant.py)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=False, steps_offset=1,
-                                               timestep_spacing="leading")
+    pipe.scheduler = DDIMScheduler.from_config(
+        pipe.scheduler.config, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"
+    )
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if xformers:
@@ -136,8 +157,10 @@ def main() -> int:
     if device.type == "cuda" and xformers_available():
         rows.append(("fp16, xformers, eager", half, False, True))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{Path(args.config).name}, {args.size} px, {args.steps} guided DDIM steps (guidance 7.5, batch 1), {name}, "
-          f"torch {torch.__version__}\n")
+    print(
+        f"{Path(args.config).name}, {args.size} px, {args.steps} guided DDIM steps (guidance 7.5, batch 1), {name}, "
+        f"torch {torch.__version__}\n"
+    )
     print("| setting | ldm it/s | diffusers it/s | ldm / diffusers | ldm peak MiB | diffusers peak MiB |")
     print("|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,8 +175,11 @@ def main() -> int:
                 results["diffusers"].append(run_diffusers(pipe, args, device))
             rate = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
             peak = {k: max(r[1] for r in v) for k, v in results.items()}
-            print(f"| {label} | {rate['ldm']:.1f} | {rate['diffusers']:.1f} | {rate['ldm'] / rate['diffusers']:.2f} | "
-                  f"{peak['ldm']:.0f} | {peak['diffusers']:.0f} |", flush=True)
+            print(
+                f"| {label} | {rate['ldm']:.1f} | {rate['diffusers']:.1f} | {rate['ldm'] / rate['diffusers']:.2f} | "
+                f"{peak['ldm']:.0f} | {peak['diffusers']:.0f} |",
+                flush=True,
+            )
             del ours, pipe
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ bounds use continuous Gaussian decoders, so they are densities and may be negati
 energy distance to the held-out points (lower is better; it sees both missing and spurious mass, unlike the
 nearest-point distance, which rewards samples that collapse onto the data).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,24 @@ def fixed_ddpm(toy: ToyDiffusion, n: int, steps: int, seed: int) -> torch.Tensor
     x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
     denoiser = toy.denoiser()
     with single_thread(), torch.no_grad():
-        return sample_ddpm(lambda x, s: denoiser(x, s).clamp(-4, 4), x, sigmas,
-                           generator=torch.Generator().manual_seed(seed + 1), disable=True)
+        return sample_ddpm(
+            lambda x, s: denoiser(x, s).clamp(-4, 4),
+            x,
+            sigmas,
+            generator=torch.Generator().manual_seed(seed + 1),
+            disable=True,
+        )
 
 
 def variance_rows(fixed: ToyDiffusion, learned: ToyDiffusion, held: torch.Tensor) -> None:
     print("| model | reverse variance | bits/dim |\n|---|---|---:|")
-    for name, toy, variance in [("L_simple", fixed, "fixed_small"), ("L_simple", fixed, "fixed_large"),
-                                ("L_hybrid", learned, "fixed_small"), ("L_hybrid", learned, "fixed_large"),
-                                ("L_hybrid", learned, "learned")]:
+    for name, toy, variance in [
+        ("L_simple", fixed, "fixed_small"),
+        ("L_simple", fixed, "fixed_large"),
+        ("L_hybrid", learned, "fixed_small"),
+        ("L_hybrid", learned, "fixed_large"),
+        ("L_hybrid", learned, "learned"),
+    ]:
         print(f"| {name} | {variance} | {toy.nll(held, variance)['bits_per_dim']:.4f} |")
 
 
@@ -56,8 +66,10 @@ def per_t_rows(toy: ToyDiffusion, held: torch.Tensor, edges=(1, 2, 10, 100, 1000
     ranges = [(0, 0)] + [(a, b - 1) for a, b in zip(edges[:-1], edges[1:])]
     for a, b in ranges:
         steps = (torch.arange(max(a, 1), b + 1), torch.ones(b - max(a, 1) + 1, dtype=torch.float64))
-        part = {v: toy.nll(held, v, timesteps=steps)["decoder" if a == 0 else "terms"].mean()
-                for v in ("fixed_large", "fixed_small", "learned")}
+        part = {
+            v: toy.nll(held, v, timesteps=steps)["decoder" if a == 0 else "terms"].mean()
+            for v in ("fixed_large", "fixed_small", "learned")
+        }
         gain = [float(bits_per_dim(part[v] - part["fixed_large"], 2)) for v in ("learned", "fixed_small")]
         print(f"| {a if a == b else f'{a}-{b}'} | {gain[0]:+.4f} | {gain[1]:+.4f} |")
 
@@ -104,8 +116,10 @@ def main() -> None:
         model = ToyVDM(data, schedule=kind, seed=0)
         model.train(args.vdm_steps)
         result = model.nll(held, repeats=100)
-        print(f"| {kind} | {result['bits_per_dim']:.3f} | {result['estimate_variance']:.0f} | "
-              f"{sum(model.variances[-100:]) / 100:.0f} |")
+        print(
+            f"| {kind} | {result['bits_per_dim']:.3f} | {result['estimate_variance']:.0f} | "
+            f"{sum(model.variances[-100:]) / 100:.0f} |"
+        )
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

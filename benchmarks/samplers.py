@@ -18,12 +18,12 @@ distribution, not path by path, so their distance to the ODE reference does not 
 With "leading" spacing sigmas[0] itself depends on the step count (it never reaches T - 1), so the
 distance then also contains that different starting point; trailing or karras measure the solver alone.
 """
+
 from __future__ import annotations
 
 import argparse
-import math
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -49,8 +49,9 @@ def _sync(x: torch.Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
-def _run(denoise_fn: Denoiser, name: str, x_T: torch.Tensor, sigmas: torch.Tensor, seed: int,
-         extra_args: dict | None) -> tuple[torch.Tensor, int, float]:
+def _run(
+    denoise_fn: Denoiser, name: str, x_T: torch.Tensor, sigmas: torch.Tensor, seed: int, extra_args: dict | None
+) -> tuple[torch.Tensor, int, float]:
     counted = CountingDenoiser(denoise_fn)
     generator = torch.Generator(x_T.device).manual_seed(seed)
     x = x_T * sigmas[0].to(x_T.dtype)  # samplers take x at noise level sigmas[0], not unit noise
@@ -65,11 +66,19 @@ def rms(t: torch.Tensor) -> float:
     return float(t.double().pow(2).mean().sqrt())
 
 
-def run_table(denoise_fn: Denoiser, x_T: torch.Tensor, sigma_fn: Callable[[int], torch.Tensor],
-              samplers: Sequence[str] | None = None, steps: Sequence[int] = (5, 10, 20, 50),
-              reference_steps: int = 1000, reference_sampler: str = "dpmpp_2m", seed: int = 0,
-              extra_args: dict | None = None, exact: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-              print_fn: Callable[[str], None] = print) -> list[dict]:
+def run_table(
+    denoise_fn: Denoiser,
+    x_T: torch.Tensor,
+    sigma_fn: Callable[[int], torch.Tensor],
+    samplers: Sequence[str] | None = None,
+    steps: Sequence[int] = (5, 10, 20, 50),
+    reference_steps: int = 1000,
+    reference_sampler: str = "dpmpp_2m",
+    seed: int = 0,
+    extra_args: dict | None = None,
+    exact: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> list[dict]:
     """Run every sampler at every step count; print markdown tables and return the rows.
 
     denoise_fn(x, sigma_batch, **extra_args) -> x0 is what the samplers call (e.g. a CFGDenoiser).
@@ -91,8 +100,14 @@ def run_table(denoise_fn: Denoiser, x_T: torch.Tensor, sigma_fn: Callable[[int],
         for n in steps:
             sigmas = sigma_fn(n)
             out, nfe, seconds = _run(denoise_fn, name, x_T, sigmas, seed, extra_args)
-            row = dict(sampler=name, steps=n, nfe=nfe, rmse=rms(out - reference), rel=rms(out - reference) / ref_scale,
-                       seconds=seconds)
+            row = dict(
+                sampler=name,
+                steps=n,
+                nfe=nfe,
+                rmse=rms(out - reference),
+                rel=rms(out - reference) / ref_scale,
+                seconds=seconds,
+            )
             if exact is not None:
                 row["exact_rmse"] = rms(out - exact(x_T * sigmas[0], sigmas[0]))
             rows.append(row)
@@ -118,8 +133,8 @@ def run_table(denoise_fn: Denoiser, x_T: torch.Tensor, sigma_fn: Callable[[int],
 def gaussian_case(shape: Sequence[int], seed: int = 0) -> tuple[Denoiser, Callable]:
     """An exact denoiser for latents x0 ~ N(mu, s^2) (mu, s drawn per element position) and its exact ODE map:
 
-        D(x, sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2),
-        x0 = mu + (x - mu) s / sqrt(s^2 + sigma^2)   (the flow from noise level sigma to 0).
+    D(x, sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2),
+    x0 = mu + (x - mu) s / sqrt(s^2 + sigma^2)   (the flow from noise level sigma to 0).
     """
     g = torch.Generator().manual_seed(seed)
     mu = torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5
@@ -144,7 +159,9 @@ def main() -> None:
     p.add_argument("--reference-sampler", default="dpmpp_2m")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, help="'default' (the shipped model) or CONFIG:CHECKPOINT; none: analytic case")
+    p.add_argument(
+        "--model", default=None, help="'default' (the shipped model) or CONFIG:CHECKPOINT; none: analytic case"
+    )
     p.add_argument("--prompts", nargs="+", default=["red apple", "grinning face", "cat face", "rocket"])
     p.add_argument("--scale", type=float, default=5.0, help="guidance scale (model runs)")
     p.add_argument("--device", default="cpu")
@@ -160,8 +177,17 @@ def main() -> None:
     denoise, exact = gaussian_case(shape, args.seed)
     x_T = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(args.seed + 1), dtype=torch.float64)
     print(f"Analytic Gaussian latents {list(shape)}, batch {args.batch}, SD schedule, {args.spacing} spacing.")
-    run_table(denoise, x_T, sigma_fn, args.samplers, args.steps, args.reference_steps, args.reference_sampler,
-              args.seed, exact=exact)
+    run_table(
+        denoise,
+        x_T,
+        sigma_fn,
+        args.samplers,
+        args.steps,
+        args.reference_steps,
+        args.reference_sampler,
+        args.seed,
+        exact=exact,
+    )
 
 
 def main_model(args: argparse.Namespace) -> None:
@@ -177,7 +203,7 @@ def main_model(args: argparse.Namespace) -> None:
     prompts = [args.prompts[i % len(args.prompts)] for i in range(args.batch)]
     with torch.no_grad():
         context = model.encode_text(prompts + [""] * len(prompts))
-        cond, uncond = {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
+        cond, uncond = {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
         denoise = CFGDenoiser(model.denoiser(), cond, uncond, args.scale)
         karras = args.spacing == "karras"
         spacing = "leading" if karras else args.spacing
@@ -185,10 +211,13 @@ def main_model(args: argparse.Namespace) -> None:
         shape = (model.latent_channels, model.image_size, model.image_size)
         x_T = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(args.seed + 1)).to(args.device)
         threads = torch.get_num_threads() if args.device == "cpu" else None
-        print(f"Model {args.model}: latents {list(shape)}, batch {args.batch} ({len(args.prompts)} prompts), guidance "
-              f"{args.scale}, {args.spacing} spacing, {args.device}" + (f" ({threads} threads)" if threads else "") + ".")
-        run_table(denoise, x_T, sigma_fn, args.samplers, args.steps, args.reference_steps, args.reference_sampler,
-                  args.seed)
+        print(
+            f"Model {args.model}: latents {list(shape)}, batch {args.batch} ({len(args.prompts)} prompts), guidance "
+            f"{args.scale}, {args.spacing} spacing, {args.device}" + (f" ({threads} threads)" if threads else "") + "."
+        )
+        run_table(
+            denoise, x_T, sigma_fn, args.samplers, args.steps, args.reference_steps, args.reference_sampler, args.seed
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ PYTHONPYCACHEPREFIX (a warm-up run of each command fills it first), whatever PYT
 Without that, a checkout run with PYTHONDONTWRITEBYTECODE=1 compiles each of ldm's modules from source at every
 start (about 0.1 s of the main command), a cost no installed copy pays.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def bytecode_cache(folder: str) -> None:
 def timed(args: list[str], cwd: str) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of one fresh `python ARGS`, its output discarded."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd,
-                            env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, env=ENV
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -59,21 +61,30 @@ def table(rounds: int) -> None:
         for i in range(rounds):
             results["main command"].append(timed([*MAIN, "--outdir", out], out))
             results["import torch"].append(timed(BARE, out))
-            print(f"round {i + 1}/{rounds}: main {results['main command'][-1][0]:.2f} s, "
-                  f"torch {results['import torch'][-1][0]:.2f} s", file=sys.stderr)
+            print(
+                f"round {i + 1}/{rounds}: main {results['main command'][-1][0]:.2f} s, "
+                f"torch {results['import torch'][-1][0]:.2f} s",
+                file=sys.stderr,
+            )
     med = {k: statistics.median(w for w, _ in v) for k, v in results.items()}
     rss = {k: max(m for _, m in v) for k, v in results.items()}
     print(f"| command | median wall (s, {rounds} runs) | peak RSS (MiB) |\n|---|---|---|")
-    print(f"| `ldm txt2img \"red heart\"` | {med['main command']:.2f} | {rss['main command']:.0f} |")
-    print(f"| `python -c \"import torch\"` | {med['import torch']:.2f} | {rss['import torch']:.0f} |")
+    print(f'| `ldm txt2img "red heart"` | {med["main command"]:.2f} | {rss["main command"]:.0f} |')
+    print(f'| `python -c "import torch"` | {med["import torch"]:.2f} | {rss["import torch"]:.0f} |')
     print(f"\nratio main / import torch: {med['main command'] / med['import torch']:.2f}")
 
 
 def import_times(top: int = 15) -> None:
     """`python -X importtime` of the main command, self time summed by top-level package."""
     with tempfile.TemporaryDirectory() as out:
-        proc = subprocess.run([sys.executable, "-X", "importtime", *MAIN, "--outdir", out],
-                              capture_output=True, text=True, check=True, cwd=out, env=ENV)
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", *MAIN, "--outdir", out],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=out,
+            env=ENV,
+        )
     by_package: Counter[str] = Counter()
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
@@ -137,22 +148,29 @@ def phases(rounds: int) -> None:
     runs = []
     with tempfile.TemporaryDirectory() as cwd:
         for i in range(rounds):
-            out = subprocess.run([sys.executable, "-c", PHASES], check=True, cwd=cwd, env=ENV, capture_output=True,
-                                 text=True).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", PHASES], check=True, cwd=cwd, env=ENV, capture_output=True, text=True
+            ).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))
             print(f"phases: run {i + 1}/{rounds}", file=sys.stderr)
     print(f"phases (median of {rounds} runs, ms):\n  {'wall':>7} {'CPU':>7}")
     for phase in runs[0]:
         wall, cpu = (statistics.median(run.get(phase, (0, 0))[j] for run in runs) for j in (0, 1))
         print(f"  {wall * 1e3:7.0f} {cpu * 1e3:7.0f}  {phase}")
-    sampling = [[run[SAMPLE][j] - run.get(ENCODE, (0, 0))[j] - run.get(DECODE, (0, 0))[j] for j in (0, 1)] for run in runs]
-    print(f"  {statistics.median(w for w, _ in sampling) * 1e3:7.0f} {statistics.median(c for _, c in sampling) * 1e3:7.0f}"
-          "  sampling (txt2img minus text encode and decode)")
+    sampling = [
+        [run[SAMPLE][j] - run.get(ENCODE, (0, 0))[j] - run.get(DECODE, (0, 0))[j] for j in (0, 1)] for run in runs
+    ]
+    print(
+        f"  {statistics.median(w for w, _ in sampling) * 1e3:7.0f} {statistics.median(c for _, c in sampling) * 1e3:7.0f}"  # noqa: E501
+        "  sampling (txt2img minus text encode and decode)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="runs of each command (the table) or of the phases (--profile)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="runs of each command (the table) or of the phases (--profile)"
+    )
     parser.add_argument("--profile", action="store_true", help="print where the time goes instead of the table")
     args = parser.parse_args()
     cache = tempfile.TemporaryDirectory()

@@ -6,6 +6,7 @@ core) against the CLI's default (the idle cores, ldm.devices.sampling_threads) a
 The other work is N processes that spin (`while True: pass`), started before the runs of each row and stopped
 after; run it on an otherwise quiet machine. Each row runs the three settings interleaved, each a fresh process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def timed(extra: list[str], cwd: str) -> tuple[float, str]:
     """(wall seconds, the threads the CLI chose as its log says, or "") of one fresh main command."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *MAIN, "--outdir", cwd, *extra], capture_output=True, text=True, cwd=cwd,
-                          env=env)
+    proc = subprocess.run(
+        [sys.executable, *MAIN, "--outdir", cwd, *extra], capture_output=True, text=True, cwd=cwd, env=env
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"main command failed ({proc.returncode}):\n{proc.stderr}")
@@ -38,8 +40,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    settings = {f"torch's default ({cores} threads)": ["--threads", str(cores)], "ldm's default": [],
-                "one thread": ["--threads", "1"]}
+    settings = {
+        f"torch's default ({cores} threads)": ["--threads", str(cores)],
+        "ldm's default": [],
+        "one thread": ["--threads", "1"],
+    }
     print(f"| busy cores | {' | '.join(f'{name} (s)' for name in settings)} | threads ldm chose |")
     print("|---|" + "---|" * (len(settings) + 1))
     with tempfile.TemporaryDirectory() as out:

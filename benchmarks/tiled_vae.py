@@ -20,6 +20,7 @@ gives their estimate, the largest measured untiled run's activation memory scale
 The seam error is the mean and max absolute difference, in [-1, 1] image units, between tiled and
 untiled decodes of the same latent; "at seams" is the mean over the tile overlaps alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ def build_vae(ckpt: str | None):
         from ldm.checkpoint import load_state_dict
 
         state = load_state_dict(ckpt)
-        vae.load_state_dict({k[len("first_stage_model."):]: v for k, v in state.items()
-                             if k.startswith("first_stage_model.")}, strict=False)
+        vae.load_state_dict(
+            {k[len("first_stage_model.") :]: v for k, v in state.items() if k.startswith("first_stage_model.")},
+            strict=False,
+        )
     return vae.eval()
 
 
@@ -72,9 +75,23 @@ def one_run(size: int, tiled: bool, tile: int, overlap: int, ckpt: str | None, o
 
 
 def measure(args, size: int, tiled: bool, out: str | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--one", str(size), str(int(tiled)), "--tile", str(args.tile),
-           "--overlap", str(args.overlap), "--threads", str(args.threads)] + (["--ckpt", args.ckpt] if args.ckpt else []) \
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--one",
+            str(size),
+            str(int(tiled)),
+            "--tile",
+            str(args.tile),
+            "--overlap",
+            str(args.overlap),
+            "--threads",
+            str(args.threads),
+        ]
+        + (["--ckpt", args.ckpt] if args.ckpt else [])
         + (["--out", out] if out else [])
+    )
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -91,7 +108,7 @@ def seam_error(args, size: int) -> tuple[float, float, float]:
     starts = [s * 8 for s in tile_starts(size // 8, args.tile, args.overlap)]
     seams = torch.zeros(size, dtype=torch.bool)
     for s in starts[1:]:
-        seams[s:s + args.overlap * 8] = True
+        seams[s : s + args.overlap * 8] = True
     at_seams = diff[..., seams, :].mean().item() if seams.any() else 0.0
     return diff.mean().item(), diff.max().item(), at_seams
 
@@ -137,8 +154,10 @@ def estimate_peak_mib(vae, size: int, tiled: bool, tile: int, overlap: int) -> f
 
 def estimate_table(args) -> None:
     vae = build_vae(args.ckpt)
-    print(f"SD 2 VAE decode, fp32, tensor memory at its peak (FakeTensorMode, no arithmetic); tiles {args.tile} latent "
-          f"({args.tile * 8} px), overlap {args.overlap} ({args.overlap * 8} px)\n")
+    print(
+        f"SD 2 VAE decode, fp32, tensor memory at its peak (FakeTensorMode, no arithmetic); tiles {args.tile} latent "
+        f"({args.tile * 8} px), overlap {args.overlap} ({args.overlap * 8} px)\n"
+    )
     print("| size | untiled MiB | tiled MiB |\n|---|---|---|")
     for size in args.sizes:
         full, tiled = (estimate_peak_mib(vae, size, t, args.tile, args.overlap) for t in (False, True))
@@ -160,7 +179,7 @@ def trained_seam_error(args) -> None:
     vae = instantiate(node).eval()
     state = load_state_dict(shipped_path(args.seam_ckpt))
     prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in state) else ""
-    vae.load_state_dict({k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)})
+    vae.load_state_dict({k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)})
     factor = 2 ** (len(node["params"]["ddconfig"]["ch_mult"]) - 1)
     image = Image.open(args.seam_image).convert("RGB")
     side = min(image.size)
@@ -184,12 +203,14 @@ def seam_line(args, name: str, tiled: torch.Tensor, full: torch.Tensor, z: torch
     diff = (tiled - full).abs()
     seams = torch.zeros(args.seam_size, dtype=torch.bool)
     for start in tile_starts(z.shape[-1], args.tile, args.overlap)[1:]:
-        seams[start * factor:(start + args.overlap) * factor] = True
+        seams[start * factor : (start + args.overlap) * factor] = True
     mse = ((tiled - full) / 2).pow(2).mean().item()  # in [0, 1] units
-    print(f"Seam error, {args.seam_ckpt} (f={factor}) on {args.seam_image} at {args.seam_size} px, tiles {args.tile} "
-          f"latent ({args.tile * factor} px), overlap {args.overlap} ({args.overlap * factor} px), {name}: tiled vs "
-          f"untiled mean {diff.mean():.4f}, max {diff.max():.4f} (image units in [-1, 1]), mean over the overlaps "
-          f"{diff[..., seams, :].mean():.4f}; PSNR {10 * math.log10(1 / mse):.1f} dB")
+    print(
+        f"Seam error, {args.seam_ckpt} (f={factor}) on {args.seam_image} at {args.seam_size} px, tiles {args.tile} "
+        f"latent ({args.tile * factor} px), overlap {args.overlap} ({args.overlap * factor} px), {name}: tiled vs "
+        f"untiled mean {diff.mean():.4f}, max {diff.max():.4f} (image units in [-1, 1]), mean over the overlaps "
+        f"{diff[..., seams, :].mean():.4f}; PSNR {10 * math.log10(1 / mse):.1f} dB"
+    )
 
 
 def main() -> None:
@@ -217,8 +238,10 @@ def main() -> None:
     if args.seam_image:
         return trained_seam_error(args)
     base = measure(args, 0, False)["peak_mib"]
-    print(f"SD 2 VAE decode, CPU, {args.threads} threads; tiles {args.tile} latent ({args.tile * 8} px), overlap "
-          f"{args.overlap} ({args.overlap * 8} px); peak RSS minus the {base:.0f} MiB of a process holding the VAE\n")
+    print(
+        f"SD 2 VAE decode, CPU, {args.threads} threads; tiles {args.tile} latent ({args.tile * 8} px), overlap "
+        f"{args.overlap} ({args.overlap * 8} px); peak RSS minus the {base:.0f} MiB of a process holding the VAE\n"
+    )
     print("| size | untiled MiB | untiled s | tiled MiB | tiled s |")
     print("|---|---|---|---|---|")
     largest = None
@@ -234,8 +257,10 @@ def main() -> None:
         print(f"| {size} | {untiled} | {tiled['peak_mib'] - base:.0f} | {tiled['seconds']:.1f} |")
     size = min(args.sizes)
     mean, worst, seams = seam_error(args, size)
-    print(f"\nSeam error at {size} px (tiled vs untiled, image units in [-1, 1]): mean {mean:.4f}, max {worst:.4f}, "
-          f"mean over the overlaps {seams:.4f}")
+    print(
+        f"\nSeam error at {size} px (tiled vs untiled, image units in [-1, 1]): mean {mean:.4f}, max {worst:.4f}, "
+        f"mean over the overlaps {seams:.4f}"
+    )
 
 
 if __name__ == "__main__":

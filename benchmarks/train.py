@@ -7,6 +7,7 @@
 Prints a markdown table: optimiser steps/s and images/s (after warm-up steps), peak process RSS
 (CPU) and peak CUDA memory allocated (GPU). Data is the synthetic shapes set, made in a temp folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,16 +55,34 @@ def peak_rss_mib() -> float:
 
 
 def bench(name: str, config: Path, data: Path, run_dir: Path, steps: int, warmup: int, extra: list[str]) -> dict:
-    cfg = load_train_config(config, [f"data.root={data}", f"logging.run_dir={run_dir}", f"trainer.max_steps={warmup + steps}",
-                                     "logging.sample_every_n_steps=0", "logging.checkpoint_every_n_steps=0",
-                                     "data.val_fraction=0", "logging.csv=false", *QUIET, *extra])
+    cfg = load_train_config(
+        config,
+        [
+            f"data.root={data}",
+            f"logging.run_dir={run_dir}",
+            f"trainer.max_steps={warmup + steps}",
+            "logging.sample_every_n_steps=0",
+            "logging.checkpoint_every_n_steps=0",
+            "data.val_fraction=0",
+            "logging.csv=false",
+            *QUIET,
+            *extra,
+        ],
+    )
     timer = StepTimer(warmup)
     train(cfg, extra_callbacks=[timer])
     sps = timer.steps / timer.elapsed if timer.elapsed else float("nan")
     images = sps * cfg["data"]["batch_size"] * cfg["training"]["accumulate"]
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"run": name, "steps/s": sps, "images/s": images, "peak RSS MiB": peak_rss_mib(),
-            "CUDA max alloc MiB": cuda, "batch": cfg["data"]["batch_size"], "precision": cfg["trainer"]["precision"]}
+    return {
+        "run": name,
+        "steps/s": sps,
+        "images/s": images,
+        "peak RSS MiB": peak_rss_mib(),
+        "CUDA max alloc MiB": cuda,
+        "batch": cfg["data"]["batch_size"],
+        "precision": cfg["trainer"]["precision"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         runs = [(Path(args.config).stem, Path(args.config), [])]
     else:
-        runs = [("tiny-ldm", TINY_CONFIGS["ldm"], []),
-                ("tiny-ldm +grad ckpt", TINY_CONFIGS["ldm"], ["training.gradient_checkpointing=true"]),
-                ("tiny-ldm bf16-mixed", TINY_CONFIGS["ldm"], ["trainer.precision=bf16-mixed"]),
-                ("tiny-vae (+disc)", TINY_CONFIGS["vae"], ["training.disc_start=0"]),
-                ("tiny-vae (no disc)", TINY_CONFIGS["vae"], ["training.disc_start=null"])]
+        runs = [
+            ("tiny-ldm", TINY_CONFIGS["ldm"], []),
+            ("tiny-ldm +grad ckpt", TINY_CONFIGS["ldm"], ["training.gradient_checkpointing=true"]),
+            ("tiny-ldm bf16-mixed", TINY_CONFIGS["ldm"], ["trainer.precision=bf16-mixed"]),
+            ("tiny-vae (+disc)", TINY_CONFIGS["vae"], ["training.disc_start=0"]),
+            ("tiny-vae (no disc)", TINY_CONFIGS["vae"], ["training.disc_start=null"]),
+        ]
     if args.one is not None:  # child process: one run, one JSON line (so peak RSS is this run's own)
         name, config, extra = runs[args.one]
         with tempfile.TemporaryDirectory() as tmp:
@@ -102,16 +123,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for i in range(len(runs)):
-        child = subprocess.run([sys.executable, __file__, "--one", str(i), *(argv if argv is not None else sys.argv[1:])],
-                               capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", str(i), *(argv if argv is not None else sys.argv[1:])],
+            capture_output=True,
+            text=True,
+        )
         lines = [line for line in child.stdout.splitlines() if line.startswith("BENCH ")]
         if child.returncode != 0 or not lines:
             print(child.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"benchmark run {runs[i][0]!r} failed")
-        rows.append(json.loads(lines[-1][len("BENCH "):]))
-    device = torch.cuda.get_device_name() if args.accelerator == "gpu" and torch.cuda.is_available() else \
-        f"CPU, {torch.get_num_threads()} threads"
-    print(f"\ntraining throughput ({device}; {args.steps} timed steps after {args.warmup} warm-up; one process per run)\n")
+        rows.append(json.loads(lines[-1][len("BENCH ") :]))
+    device = (
+        torch.cuda.get_device_name()
+        if args.accelerator == "gpu" and torch.cuda.is_available()
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"\ntraining throughput ({device}; {args.steps} timed steps after {args.warmup} warm-up; one process per run)\n"
+    )
     cols = ["run", "batch", "precision", "steps/s", "images/s", "peak RSS MiB", "CUDA max alloc MiB"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -7,6 +7,7 @@ script counts the call's floating-point operations (torch.utils.flop_counter), t
 1024 x 1024 matmul on the same threads as the attainable rate, and splits the call's CPU time by operator
 (torch.profiler). Interleaved with it: the same U-Net in channels-last memory format.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,11 +61,15 @@ def main() -> None:
                 call()
     ms = {k: statistics.median(v) for k, v in rows.items()}
     peak = 2 * 1024**3 / (ms["1024^2 matmul"] / 1000)
-    print(f"Default model U-Net, batch 2, latent 4x{size}x{size}, {args.threads} thread(s): {flops / 1e9:.2f} GFLOP a call\n")
+    print(
+        f"Default model U-Net, batch 2, latent 4x{size}x{size}, {args.threads} thread(s): {flops / 1e9:.2f} GFLOP a call\n"  # noqa: E501
+    )
     print("| | median ms | GFLOP/s |\n|---|---|---|")
     print(f"| U-Net call | {ms['U-Net call']:.1f} | {flops / ms['U-Net call'] / 1e6:.1f} |")
-    print(f"| U-Net call, channels-last | {ms['U-Net call, channels-last']:.1f} | "
-          f"{flops / ms['U-Net call, channels-last'] / 1e6:.1f} |")
+    print(
+        f"| U-Net call, channels-last | {ms['U-Net call, channels-last']:.1f} | "
+        f"{flops / ms['U-Net call, channels-last'] / 1e6:.1f} |"
+    )
     print(f"| 1024^2 matmul (attainable) | {ms['1024^2 matmul']:.2f} | {peak / 1e9:.1f} |")
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     print("\n| operator | share of the call's CPU time |\n|---|---|")

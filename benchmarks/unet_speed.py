@@ -6,14 +6,15 @@ same weights, all variants interleaved in one run.
 Batch 2 is one guided sampling step (conditional + unconditional). Prints a markdown table: median time, the
 ratio to diffusers' fp32 time, and each output's relative difference from diffusers' fp32 output.
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -64,8 +65,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
-    p.add_argument("--compile", action="store_true",
-                   help="eager against torch.compile (inductor, frozen weights) rows instead: minutes to compile")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="eager against torch.compile (inductor, frozen weights) rows instead: minutes to compile",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +95,7 @@ def main() -> None:
             with autocast(amp):
                 out = model(xin, t, c.to(dtype))
             return sync((out.sample if diffusers else out).float())
+
         return call
 
     fns = {"diffusers fp32": run(theirs, diffusers=True), "ldm fp32": run(ours)}
@@ -102,19 +107,22 @@ def main() -> None:
         if bf16:
             ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16, memory_format=torch.channels_last)
             fns["ldm bf16 weights, channels-last, autocast (CLI --precision bf16)"] = run(
-                ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16)
+                ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16
+            )
             fns["the same, compiled (--precision bf16 --compile)"] = run(
-                torch.compile(ours_bf16), channels_last=True, amp=True, dtype=torch.bfloat16)
+                torch.compile(ours_bf16), channels_last=True, amp=True, dtype=torch.bfloat16
+            )
     else:
         ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
         fns["ldm fp32, channels-last"] = run(ours_cl, channels_last=True)
         if bf16:
             fns["diffusers bf16 autocast"] = run(theirs, amp=True, diffusers=True)
-            fns["ldm bf16 autocast (API precision=\"bf16\")"] = run(ours, amp=True)
+            fns['ldm bf16 autocast (API precision="bf16")'] = run(ours, amp=True)
             fns["ldm bf16 autocast, channels-last"] = run(ours_cl, channels_last=True, amp=True)
             ours_bf16 = copy.deepcopy(ours_cl).to(torch.bfloat16)
             fns["ldm bf16 weights, channels-last, autocast (CLI --precision bf16)"] = run(
-                ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16)
+                ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16
+            )
 
     with torch.no_grad():  # inductor's freezing needs no_grad, not inference mode
         medians = timed_round_robin(fns, args.repeats)
@@ -122,8 +130,10 @@ def main() -> None:
         errors = {name: ((fn() - reference).norm() / reference.norm()).item() for name, fn in fns.items()}
 
     params = sum(p.numel() for p in ours.parameters()) / 1e6
-    print(f"SD 2-base U-Net ({params:.0f} M params), batch {args.batch}, latent {args.size}x{args.size}, {device}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, fast bf16 on this CPU: {cpu_has_fast_bf16()}\n")
+    print(
+        f"SD 2-base U-Net ({params:.0f} M params), batch {args.batch}, latent {args.size}x{args.size}, {device}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, fast bf16 on this CPU: {cpu_has_fast_bf16()}\n"
+    )
     print(f"| implementation | forward (s, median of {args.repeats}) | time / diffusers fp32 | relative difference |")
     print("| --- | --- | --- | --- |")
     base = medians["diffusers fp32"]

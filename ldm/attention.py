@@ -3,6 +3,7 @@
 torch's scaled_dot_product_attention is the default; xformers is used only when it is
 installed, the tensors are on CUDA and the caller did not opt out.
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ the original names. SD 1.x's text encoder is stored in Hugging Face's layout
 (`cond_stage_model.transformer.text_model.*`) and runs as open_clip's text tower: ldm.hf_clip
 translates its names both ways.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,12 +38,28 @@ ORIGINAL_PREFIXES = {
 }
 # Entries of original checkpoints that carry no weights of ours: schedule buffers (we
 # derive them from the config), EMA copies, training losses, the upscaler's schedule.
-IGNORED_PREFIXES = ("model_ema.", "first_stage_model.loss.", "low_scale_model.", "cond_stage_model.model.visual.",
-                    "denoiser.")  # SDXL files: the reference denoiser's sigmas
+IGNORED_PREFIXES = (
+    "model_ema.",
+    "first_stage_model.loss.",
+    "low_scale_model.",
+    "cond_stage_model.model.visual.",
+    "denoiser.",
+)  # SDXL files: the reference denoiser's sigmas
 SCHEDULE_BUFFERS = {
-    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
-    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2", "logvar", "scale_factor",
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "logvar",
+    "scale_factor",
 }
 
 
@@ -86,8 +103,15 @@ def check_regular_file(path: str | os.PathLike, what: str = "checkpoint", error:
     if stat.S_ISDIR(mode):
         raise error(f"{what} {path} is a folder, not a file")
     if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
-            "a socket" if stat.S_ISSOCK(mode) else "not a file"
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device file"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a file"
+        )
         raise error(f"{what} {path} is not a regular file ({kind})")
     return path
 
@@ -214,8 +238,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", exclusive: bool =
         raise
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
-                    float_dtype: torch.dtype | None = None) -> None:
+def save_state_dict(
+    state: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    float_dtype: torch.dtype | None = None,
+) -> None:
     """Write safetensors atomically (see atomic_path); float_dtype (e.g. torch.float16) casts the floating tensors.
 
     A failed write (a full disk) raises WriteError naming the file; the file there before is left as it was."""
@@ -243,17 +271,21 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
         out, state = conditioner_from_original(state)
     hf_text = TEXT_LAYOUTS[HF_CLIP_LAYOUT]
-    translated, untranslated = open_clip_from_hf({k[len(hf_text):]: v for k, v in state.items() if k.startswith(hf_text)})
+    translated, untranslated = open_clip_from_hf(
+        {k[len(hf_text) :]: v for k, v in state.items() if k.startswith(hf_text)}
+    )
     out.update({OUR_TEXT_TOWER + k: v for k, v in translated.items()})
-    state = {**{k: v for k, v in state.items() if not k.startswith(hf_text)},
-             **{hf_text + k: v for k, v in untranslated.items()}}
+    state = {
+        **{k: v for k, v in state.items() if not k.startswith(hf_text)},
+        **{hf_text + k: v for k, v in untranslated.items()},
+    }
     for key, value in state.items():
         if key in SCHEDULE_BUFFERS or key.startswith(IGNORED_PREFIXES):
             dropped.append(key)
             continue
         for old, new in ORIGINAL_PREFIXES.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         out[key] = value
     if dropped:
@@ -262,8 +294,9 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def to_original_keys(state: dict[str, torch.Tensor], text_layout: str | tuple[str, ...] = OPEN_CLIP_LAYOUT
-                     ) -> dict[str, torch.Tensor]:
+def to_original_keys(
+    state: dict[str, torch.Tensor], text_layout: str | tuple[str, ...] = OPEN_CLIP_LAYOUT
+) -> dict[str, torch.Tensor]:
     """Ours -> the original SD key layout, the text encoder in `text_layout` (the encoder's `checkpoint_layout`;
     a tuple: SDXL's text towers, one layout each, ldm.sdxl_keys)."""
     if isinstance(text_layout, tuple):
@@ -275,13 +308,13 @@ def to_original_keys(state: dict[str, torch.Tensor], text_layout: str | tuple[st
         raise CheckpointError(f"unknown text encoder layout {text_layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
     out = {}
     if text_layout == HF_CLIP_LAYOUT:
-        tower = {k[len(OUR_TEXT_TOWER):]: v for k, v in state.items() if k.startswith(OUR_TEXT_TOWER)}
+        tower = {k[len(OUR_TEXT_TOWER) :]: v for k, v in state.items() if k.startswith(OUR_TEXT_TOWER)}
         out.update({TEXT_LAYOUTS[HF_CLIP_LAYOUT] + k: v for k, v in hf_from_open_clip(tower).items()})
         state = {k: v for k, v in state.items() if not k.startswith(OUR_TEXT_TOWER)}
     for key, value in state.items():
         for old, new in ORIGINAL_PREFIXES.items():
             if key.startswith(new):
-                key = old + key[len(new):]
+                key = old + key[len(new) :]
                 break
         out[key] = value
     return out
@@ -310,13 +343,27 @@ def state_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor])
     """
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    dtypes = [f"{k} {state[k].dtype} vs model {own[k].dtype}" for k in own
-              if k in state and isinstance(state[k], torch.Tensor)
-              and (state[k].is_floating_point() != own[k].is_floating_point() or state[k].is_complex())]
-    nonfinite = [k for k in own if k in state and isinstance(state[k], torch.Tensor) and state[k].is_floating_point()
-                 and not state[k].is_meta and not all_finite(state[k])]  # meta: shapes only
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    dtypes = [
+        f"{k} {state[k].dtype} vs model {own[k].dtype}"
+        for k in own
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and (state[k].is_floating_point() != own[k].is_floating_point() or state[k].is_complex())
+    ]
+    nonfinite = [
+        k
+        for k in own
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and state[k].is_floating_point()
+        and not state[k].is_meta
+        and not all_finite(state[k])
+    ]  # meta: shapes only
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing tensors: {_summarise(missing)}")
@@ -325,8 +372,10 @@ def state_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor])
     if shapes:
         problems.append(f"{len(shapes)} shape mismatches: {_summarise(shapes, 3)}")
     if dtypes:
-        problems.append(f"{len(dtypes)} dtype mismatches (integer where floating point is expected, or the reverse): "
-                        f"{_summarise(dtypes, 3)}")
+        problems.append(
+            f"{len(dtypes)} dtype mismatches (integer where floating point is expected, or the reverse): "
+            f"{_summarise(dtypes, 3)}"
+        )
     if nonfinite:
         problems.append(f"{len(nonfinite)} tensors hold NaN or Inf: {_summarise(nonfinite)}")
     return problems

@@ -15,9 +15,10 @@ trained on noised x at every sigma the sampler visits; a clean-image classifier 
 at high noise. Any sampler can run D', and it wraps a CFGDenoiser like any other denoiser, so the two
 guidances combine: ClassifierGuidedDenoiser(CFGDenoiser(net, cond, uncond, w), classifier, y, s).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -28,8 +29,9 @@ from ldm.diffusion import batch_like, sigma_batch
 NoiseAwareClassifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def classifier_log_prob_grad(classifier: NoiseAwareClassifier, x: torch.Tensor, sigma: torch.Tensor,
-                             y: torch.Tensor) -> torch.Tensor:
+def classifier_log_prob_grad(
+    classifier: NoiseAwareClassifier, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """grad_x log p(y | x, sigma), per sample (the log-probabilities of a batch are independent, so one
     backward pass of their sum gives every sample's own gradient). Runs under the samplers' no_grad."""
     with torch.enable_grad():

@@ -1,4 +1,5 @@
 """The `ldm` command: one subcommand per task, each defined in ldm/commands/<name>.py."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,18 @@ COMMAND_MODULES = [
 # The subcommands each module registers (tests/test_fast_start.py checks this against the modules): a command line
 # naming one imports and registers that module alone, since importing all of them is a tenth of a second of start-up.
 COMMANDS = {
-    "data": "ldm.commands.data", "train": "ldm.commands.train", "distill": "ldm.commands.distill",
-    "clip": "ldm.commands.clip", "txt2img": "ldm.commands.txt2img", "img2img": "ldm.commands.img2img",
-    "inpaint": "ldm.commands.inpaint", "outpaint": "ldm.commands.inpaint", "upscale": "ldm.commands.upscale",
-    "walk": "ldm.commands.walk", "app": "ldm.commands.app", "eval": "ldm.commands.evaluate",
+    "data": "ldm.commands.data",
+    "train": "ldm.commands.train",
+    "distill": "ldm.commands.distill",
+    "clip": "ldm.commands.clip",
+    "txt2img": "ldm.commands.txt2img",
+    "img2img": "ldm.commands.img2img",
+    "inpaint": "ldm.commands.inpaint",
+    "outpaint": "ldm.commands.inpaint",
+    "upscale": "ldm.commands.upscale",
+    "walk": "ldm.commands.walk",
+    "app": "ldm.commands.app",
+    "eval": "ldm.commands.evaluate",
     "convert": "ldm.commands.convert",
 }
 TOP_LEVEL_FLAGS = {"-v", "--verbose"}  # the only options before COMMAND that leave the choice to it

@@ -4,6 +4,7 @@ safetensors, and the exact fast text pass (what the CLIP training, the judges an
 The model is open_clip's own `CLIP`, so its weights load into open_clip (and into
 `ldm.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ The upscaler is trained on low-res inputs noised to a random level and told that
 (through the U-Net's label embedding), so at sampling time the user can trade fidelity
 to the input against the model's freedom to invent detail.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,21 +15,35 @@ from ldm.schedules import alphas_cumprod_from_betas, make_betas
 
 
 class LowResNoiseAugmentation(nn.Module):
-    def __init__(self, max_noise_level: int = 350, timesteps: int = 1000, beta_schedule: str = "scaled_linear",
-                 linear_start: float = 1e-4, linear_end: float = 2e-2):
+    def __init__(
+        self,
+        max_noise_level: int = 350,
+        timesteps: int = 1000,
+        beta_schedule: str = "scaled_linear",
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+    ):
         super().__init__()
         self.max_noise_level = max_noise_level
         # What it was built from (a diffusers export writes it as the upscaler's low_res_scheduler).
-        self.schedule = {"kind": beta_schedule, "num_timesteps": timesteps, "linear_start": linear_start,
-                         "linear_end": linear_end}
+        self.schedule = {
+            "kind": beta_schedule,
+            "num_timesteps": timesteps,
+            "linear_start": linear_start,
+            "linear_end": linear_end,
+        }
         betas = make_betas(beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end)
         # A plain tensor, not a buffer: casting the model's weights to bf16 would round it (levels near 0 to no
         # noise at all); it moves to the image's device where used.
         self.alphas_cumprod = alphas_cumprod_from_betas(betas).float()
 
-    def forward(self, image: torch.Tensor, noise_level: int | torch.Tensor | None = None,
-                generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        image: torch.Tensor,
+        noise_level: int | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t = sqrt(ab_t) x + sqrt(1 - ab_t) eps at the given (or a random) level; returns (x_t, level).
 
         `noise` (eps, image-shaped) may be given so a seed gives the same augmentation on any device.

@@ -4,6 +4,7 @@ A config node is `{target: <name>, params: {...}}`. Targets are looked up in a f
 table, never imported by name, so a config cannot run arbitrary code; the original
 repository's class names map onto ours.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -43,7 +44,7 @@ _ORIGINAL = {
     "ldm.models.autoencoder.AutoencoderKL": "ldm.vae:AutoencoderKL",
     "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": "ldm.text_encoder:FrozenOpenCLIPEmbedder",
     "ldm.modules.encoders.modules.FrozenCLIPEmbedder": "ldm.text_encoder:FrozenCLIPEmbedder",
-    "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation": "ldm.conditioning:LowResNoiseAugmentation",
+    "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation": "ldm.conditioning:LowResNoiseAugmentation",  # noqa: E501
 }
 # The reference repository's "linear" schedule is linear in sqrt(beta), which we call scaled_linear.
 _ORIGINAL_SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "cosine"}
@@ -51,8 +52,18 @@ _ORIGINAL_SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosi
 _SKIPPED = {"torch.nn.Identity"}
 # Parameters the original SD YAMLs (configs/stable-diffusion) pass that only the reference's training code
 # reads: dropped for those targets, so every constructor here can refuse a parameter it does not know.
-_DDPM_TRAINING_ONLY = ("channels", "cond_stage_key", "cond_stage_trainable", "finetune_keys", "first_stage_key",
-                       "log_every_t", "low_scale_key", "monitor", "num_timesteps_cond", "use_ema")
+_DDPM_TRAINING_ONLY = (
+    "channels",
+    "cond_stage_key",
+    "cond_stage_trainable",
+    "finetune_keys",
+    "first_stage_key",
+    "log_every_t",
+    "low_scale_key",
+    "monitor",
+    "num_timesteps_cond",
+    "use_ema",
+)
 _ORIGINAL_TRAINING_ONLY = {
     "ldm.models.diffusion.ddpm.LatentDiffusion": _DDPM_TRAINING_ONLY,
     "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": _DDPM_TRAINING_ONLY,
@@ -72,7 +83,7 @@ SD1_CLIP_VERSION = "openai/clip-vit-large-patch14"
 
 
 def closest(name: str, known: list[str] | tuple[str, ...]) -> str:
-    """"; did you mean 'x'?" for the nearest known name, or "" when none is near."""
+    """ "; did you mean 'x'?" for the nearest known name, or "" when none is near."""
     match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
     return f"; did you mean {match[0]!r}?" if match else ""
 
@@ -102,7 +113,9 @@ def target_class(target: str) -> Any:
     spec = _OURS.get(target) or _ORIGINAL.get(target)
     if spec is None:
         known = ", ".join(sorted(_OURS))
-        raise UnknownTargetError(f"unknown config target {target!r}; known: {known} (and the original SD 1.x and 2.x class names)")
+        raise UnknownTargetError(
+            f"unknown config target {target!r}; known: {known} (and the original SD 1.x and 2.x class names)"
+        )
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -154,7 +167,9 @@ def instantiate(node: dict[str, Any] | None, **overrides: Any) -> Any:
         # A misspelt or mistyped parameter in the YAML surfaces here (an unexpected keyword, a channel
         # count GroupNorm cannot split, a negative size torch cannot make a tensor of): name the node,
         # so the user knows which part of the file to fix.
-        raise ConfigError(f"bad parameters for {target}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise ConfigError(
+            f"bad parameters for {target}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
 
 
 def model_from_config(cfg: dict | str | Path) -> Any:

@@ -6,6 +6,7 @@ Every tensor keeps its name, dtype and values. What may be dropped on request: t
 (`model_ema.*`) and the noise-schedule buffers (`betas`, `alphas_cumprod`, ...), which ldm derives from
 the config anyway. Non-tensor entries of a pickle (`global_step`, optimiser state) are not carried.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,12 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ldm.checkpoint import (
-    SCHEDULE_BUFFERS,
-    CheckpointError,
-    load_state_dict,
-    save_state_dict,
-)
+from ldm.checkpoint import SCHEDULE_BUFFERS, CheckpointError, load_state_dict, save_state_dict
 from ldm.errors import LdmError
 from ldm.formats import PREDICTION_KEY, check_prediction
 
@@ -63,8 +59,14 @@ def _metadata(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def convert_checkpoint(src: str | Path, dst: str | Path, ema: bool = True, schedule: bool = True,
-                       prediction: str | None = None, overwrite: bool = False) -> Converted:
+def convert_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    ema: bool = True,
+    schedule: bool = True,
+    prediction: str | None = None,
+    overwrite: bool = False,
+) -> Converted:
     """Write the tensors of `src` to `dst` (.safetensors), optionally without EMA copies or schedule buffers.
 
     `prediction` ("eps" or "v") is recorded as the `prediction` metadata that ldm.formats reads, so an
@@ -93,7 +95,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, ema: bool = True, sched
     if prediction is not None:
         metadata[PREDICTION_KEY] = prediction
     save_state_dict(_unshared(state), dst, metadata=metadata)
-    log.info("wrote %s: %d tensors%s", dst, len(state),
-             "".join(f", {n} {what} left out" for what, n in dropped.items() if n))
+    log.info(
+        "wrote %s: %d tensors%s", dst, len(state), "".join(f", {n} {what} left out" for what, n in dropped.items() if n)
+    )
     return Converted(dst, len(state), dropped, metadata)
-

@@ -1,4 +1,5 @@
 """Where the shipped default model and configs live, in a checkout and in an installed wheel."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,10 @@ SHIPPED_MODELS = {"txt2img": "model", "inpaint": "inpaint", "upscale": "upscaler
 def default_model_files(task: str = "txt2img") -> tuple[Path, Path] | None:
     """(config, weights) of the shipped model for `task`, or None when it is not shipped."""
     stem = SHIPPED_MODELS.get(task, "model")
-    config, weights = shipped_path(f"checkpoints/emoji/{stem}.yaml"), shipped_path(f"checkpoints/emoji/{stem}.safetensors")
+    config, weights = (
+        shipped_path(f"checkpoints/emoji/{stem}.yaml"),
+        shipped_path(f"checkpoints/emoji/{stem}.safetensors"),
+    )
     return (config, weights) if config.is_file() and weights.is_file() else None
 
 

@@ -4,6 +4,7 @@ Real low-res images are blurry, noisy and JPEG-compressed, not just bicubically 
 training on a random mix of these makes the upscaler robust to them. Every step is a pure
 function of a PIL image (and a `numpy.random.Generator` for the random ones).
 """
+
 from __future__ import annotations
 
 import io

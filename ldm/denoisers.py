@@ -9,15 +9,17 @@ the same point is x_vp = c_in * x, c_in = 1 / sqrt(1 + sigma^2), at the fraction
 (ldm.diffusion.VPParameterisation holds these scalings; DiscreteTimeDenoiser, the network behind them,
 lives there too, so the model can build its denoiser without reaching up into sampling code). Task wrappers sit below guidance so that
 they act on the conditional and the unconditional prediction alike (tiles cut both halves the same).
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ldm.diffusion import DiscreteTimeDenoiser  # noqa: F401 (re-exported: network -> parameterisation)
-from ldm.diffusion import batch_like as _batch, sigma_batch as _sigma_batch
+from ldm.diffusion import batch_like as _batch
+from ldm.diffusion import sigma_batch as _sigma_batch
 from ldm.errors import LdmError
 
 Denoiser = Callable[..., torch.Tensor]  # (x [B, ...], sigma [B], **cond) -> x0 estimate [B, ...]
@@ -48,8 +50,15 @@ class CFGDenoiser:
     so only the clamp (which removes the outliers high scales produce) is kept.
     """
 
-    def __init__(self, denoiser: Denoiser, cond: dict, uncond: dict, scale: float, rescale: float = 0.0,
-                 threshold: float | None = None):
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        cond: dict,
+        uncond: dict,
+        scale: float,
+        rescale: float = 0.0,
+        threshold: float | None = None,
+    ):
         if scale < 0:
             raise InvalidGuidanceError(f"guidance scale must be >= 0, got {scale}")
         if not 0.0 <= rescale <= 1.0:

@@ -15,7 +15,8 @@ convolution; the upscaler's U-Net and autoencoder) and, optionally, LoRA tensors
 tensors over them, checks the result strictly (ldm.checkpoint.load_into) and merges the LoRA in:
 
     W = W_base + (alpha / rank) * up @ down
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import logging
@@ -28,6 +29,7 @@ from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.errors import MissingFileError
 
 log = logging.getLogger(__name__)
+
 
 def split_derived(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(whole tensors, LoRA tensors) of a derived model's file; LoRA keys end as ldm.lora names them."""
@@ -56,7 +58,9 @@ def part_paths(parts: dict | None, config_path: str | Path | None) -> dict[str, 
     return {str(prefix): base_path(file, config_path) for prefix, file in parts.items()}
 
 
-def base_state(own: dict[str, torch.Tensor], base: str | Path, parts: dict[str, Path] | None = None) -> dict[str, torch.Tensor]:
+def base_state(
+    own: dict[str, torch.Tensor], base: str | Path, parts: dict[str, Path] | None = None
+) -> dict[str, torch.Tensor]:
     """The tensors the base file and the parts' files give the model (names as in `own`), parts over base."""
     from ldm.model import weights_in_our_layout
 
@@ -65,13 +69,16 @@ def base_state(own: dict[str, torch.Tensor], base: str | Path, parts: dict[str, 
         tensors = {f"{prefix}.{k}": v for k, v in load_state_dict(file).items()}
         unknown = [k for k in tensors if k not in own]
         if unknown:
-            raise CheckpointError(f"{file} (part {prefix}): {len(unknown)} tensors the model does not have, e.g. {unknown[0]}")
+            raise CheckpointError(
+                f"{file} (part {prefix}): {len(unknown)} tensors the model does not have, e.g. {unknown[0]}"
+            )
         state.update(tensors)
     return state
 
 
-def load_derived_weights(model: nn.Module, checkpoint: str | Path, base: str | Path,
-                         parts: dict[str, Path] | None = None) -> None:
+def load_derived_weights(
+    model: nn.Module, checkpoint: str | Path, base: str | Path, parts: dict[str, Path] | None = None
+) -> None:
     """Fill `model` from its base file, its parts' files and its own file of whole tensors and LoRA (see the
     module docstring)."""
     from ldm.lora import lora_from_state, merge_lora
@@ -105,11 +112,15 @@ def widen_unet_input(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor
     if weight is None or target is None:
         raise CheckpointError(f"init.widen_input: no {FIRST_CONV} in the init weights or the model")
     if weight.shape[1] >= target.shape[1] or weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
-        raise CheckpointError(f"init.widen_input: cannot widen {tuple(weight.shape)} to {tuple(target.shape)} "
-                               "(only more input channels, same everything else)")
+        raise CheckpointError(
+            f"init.widen_input: cannot widen {tuple(weight.shape)} to {tuple(target.shape)} "
+            "(only more input channels, same everything else)"
+        )
     wide = torch.zeros(target.shape, dtype=weight.dtype)
     wide[:, : weight.shape[1]] = weight
-    log.info("widened the U-Net's input from %d to %d channels (new ones start at zero)", weight.shape[1], target.shape[1])
+    log.info(
+        "widened the U-Net's input from %d to %d channels (new ones start at zero)", weight.shape[1], target.shape[1]
+    )
     return {**state, FIRST_CONV: wide}
 
 
@@ -122,14 +133,18 @@ def load_adapter(model: nn.Module, path: str | Path, name: str = "default") -> N
     adapters = _adapters(model, name)
     missing = [t for t in adapters if f"{t}.lora_down.weight" not in state]
     if missing or len(state) != 3 * len(adapters):
-        raise LoraError(f"{path} does not fit the adapter being trained (other targets or layers), e.g. "
-                        f"{(missing or sorted(state))[0]}")
+        raise LoraError(
+            f"{path} does not fit the adapter being trained (other targets or layers), e.g. "
+            f"{(missing or sorted(state))[0]}"
+        )
     with torch.no_grad():
         for target, adapter in adapters.items():
             for part, module in (("down", adapter.down), ("up", adapter.up)):
                 value = state[f"{target}.lora_{part}.weight"]
                 if value.shape != module.weight.shape:
-                    raise LoraError(f"{path}: {target} has rank {value.shape} where the adapter has {tuple(module.weight.shape)}")
+                    raise LoraError(
+                        f"{path}: {target} has rank {value.shape} where the adapter has {tuple(module.weight.shape)}"
+                    )
                 module.weight.copy_(value)
     unknown = set(whole) - set(model.state_dict())
     if unknown:

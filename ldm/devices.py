@@ -1,5 +1,6 @@
 """Device names -> torch devices, checked: what --device and the app's device setting mean; and how many CPU
 threads a generation uses (--threads)."""
+
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,7 @@ log = logging.getLogger("ldm")
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """"auto" (the default everywhere, ldm.defaults.DEVICE) is cuda if available, else cpu, said in the log."""
+    """ "auto" (the default everywhere, ldm.defaults.DEVICE) is cuda if available, else cpu, said in the log."""
     if isinstance(name, torch.device):
         name = str(name)
     if name == "auto":
@@ -29,7 +30,9 @@ def resolve_device(name: str | torch.device) -> torch.device:
         if not torch.cuda.is_available():
             raise InvalidOptionError(f"device {name!r} requested but CUDA is not available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InvalidOptionError(f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices")
+            raise InvalidOptionError(
+                f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices"
+            )
     elif device.type != "cpu":
         raise InvalidOptionError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device
@@ -59,8 +62,11 @@ def auto_training_precision(accelerator: str, cuda_available: bool, cuda_bf16: b
 def warn_if_bf16_is_emulated(what: str, instead: str) -> None:
     """One warning, for training and sampling alike, where bf16 is asked of a CPU that only emulates it."""
     if not cpu_has_fast_bf16():
-        log.warning("%s on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 there, many times slower than "
-                    "fp32; use %s", what, instead)
+        log.warning(
+            "%s on a CPU without AVX-512 BF16 or AMX: PyTorch emulates bf16 there, many times slower than fp32; use %s",
+            what,
+            instead,
+        )
 
 
 def training_precision(precision: str | int, accelerator: str) -> str | int:
@@ -69,7 +75,9 @@ def training_precision(precision: str | int, accelerator: str) -> str | int:
     cuda = torch.cuda.is_available()
     on_cpu = accelerator == "cpu" or not cuda
     if precision == "auto":
-        precision = auto_training_precision(accelerator, cuda, cuda and torch.cuda.is_bf16_supported(), cpu_has_fast_bf16())
+        precision = auto_training_precision(
+            accelerator, cuda, cuda and torch.cuda.is_bf16_supported(), cpu_has_fast_bf16()
+        )
         log.info("trainer.precision auto: %s", precision)
     elif on_cpu and str(precision).startswith("bf16"):
         warn_if_bf16_is_emulated(f"trainer.precision={precision}", "trainer.precision=32-true or auto")
@@ -119,7 +127,11 @@ def set_sampling_threads(requested: int | None = None) -> int:
     threads = sampling_threads(requested, cores, load, dict(os.environ))
     if threads is not None and threads != torch.get_num_threads():
         if requested is None:
-            log.info("cpu threads: %d of %d (load average %.1f: other work holds the rest; --threads sets it)",
-                     threads, cores, load)
+            log.info(
+                "cpu threads: %d of %d (load average %.1f: other work holds the rest; --threads sets it)",
+                threads,
+                cores,
+                load,
+            )
         torch.set_num_threads(threads)
     return torch.get_num_threads()

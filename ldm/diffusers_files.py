@@ -10,6 +10,7 @@ The full-precision files win over the fp16 variant when both are there, and safe
 same precision; pickled `.bin` files are read with weights_only=True (ldm.checkpoint.load_state_dict), so
 reading never runs code. Shard names must be plain file names of the index's own format.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,12 @@ from ldm.checkpoint import CheckpointError, load_state_dict
 log = logging.getLogger(__name__)
 
 # Per part: (safetensors file, pickle file), as diffusers (unet, vae) and transformers (text_encoder) name them.
-WEIGHTS = {"unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
-           "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
-           "text_encoder": ("model.safetensors", "pytorch_model.bin"),
-           "text_encoder_2": ("model.safetensors", "pytorch_model.bin")}  # SDXL's second tower (ldm.sdxl_diffusers)
+WEIGHTS = {
+    "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    "text_encoder": ("model.safetensors", "pytorch_model.bin"),
+    "text_encoder_2": ("model.safetensors", "pytorch_model.bin"),
+}  # SDXL's second tower (ldm.sdxl_diffusers)
 VARIANTS = (None, "fp16")  # in order of preference: the full-precision files first
 
 
@@ -63,8 +66,11 @@ def _index(path: Path, shard_suffix: str) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DiffusersWeightsError(f"{path} is no readable JSON index: {str(exc).splitlines()[0]}") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map or \
-            not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())
+    ):
         raise DiffusersWeightsError(f"{path} has no weight_map of tensor names to shard files")
     for shard in set(weight_map.values()):
         if Path(shard).name != shard or shard.startswith(".") or not shard.endswith(shard_suffix):
@@ -84,8 +90,9 @@ def part_files(folder: Path, part: str) -> list[Path]:
         shards = sorted(set(_index(path, shard_suffix).values()))
         missing = [s for s in shards if not (path.parent / s).is_file()]
         if missing:
-            raise DiffusersWeightsError(f"{folder} is no complete diffusers folder: {part}/{missing[0]} (a shard "
-                                        f"{path.name} names) is missing")
+            raise DiffusersWeightsError(
+                f"{folder} is no complete diffusers folder: {part}/{missing[0]} (a shard {path.name} names) is missing"
+            )
         return [path] + [path.parent / s for s in shards]
     raise DiffusersWeightsError(f"{folder} is no complete diffusers folder: {part}/{WEIGHTS[part][0]} is missing")
 
@@ -104,7 +111,9 @@ def load_part(folder: Path, part: str) -> dict[str, torch.Tensor]:
         listed = {k for k, v in weight_map.items() if v == shard.name}
         absent = sorted(listed - set(tensors))
         if absent:
-            raise DiffusersWeightsError(f"{shard}: {len(absent)} tensors its index names are not in it ({absent[0]}, ...)")
+            raise DiffusersWeightsError(
+                f"{shard}: {len(absent)} tensors its index names are not in it ({absent[0]}, ...)"
+            )
         unlisted = sorted(set(tensors) - listed)
         if unlisted:
             raise DiffusersWeightsError(f"{shard}: {len(unlisted)} tensors are not in its index ({unlisted[0]}, ...)")

@@ -20,6 +20,7 @@ SD 2's penultimate one; its tokenizer pads with "!" (id 0), as open_clip does. E
 drops the unused blocks in the same way, and the open_clip projection and logit scale, which SD never
 uses. The prediction type is the scheduler's `prediction_type` (epsilon or v_prediction).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,22 +48,53 @@ PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
 SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear", "squaredcos_cap_v2": "cosine"}
 HF_TEXT = "text_model."  # CLIPTextModel's own prefix
 START, END = "<|startoftext|>", "<|endoftext|>"  # CLIP's special tokens as Hugging Face spells them
-UNET_DEFAULTS = {"in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0, "layers_per_block": 2,
-                 "block_out_channels": [320, 640, 1280, 1280], "attention_head_dim": 8, "cross_attention_dim": 1280,
-                 "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-                 "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "transformer_layers_per_block": 1,
-                 "use_linear_projection": False, "sample_size": 64, "dropout": 0.0}
+UNET_DEFAULTS = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "layers_per_block": 2,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "attention_head_dim": 8,
+    "cross_attention_dim": 1280,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "transformer_layers_per_block": 1,
+    "use_linear_projection": False,
+    "sample_size": 64,
+    "dropout": 0.0,
+}
 # UNet2DConditionModel options that change the network beyond what our U-Net builds: (default, meaning).
 # num_class_embeds (an nn.Embedding label, the upscaler's noise level) and per-level only_cross_attention
 # (the original's disable_self_attentions) are built; the mid block has self-attention whatever they say.
-UNET_UNSUPPORTED = {"class_embed_type": None, "addition_embed_type": None, "encoder_hid_dim": None,
-                    "time_cond_proj_dim": None, "class_embeddings_concat": False,
-                    "dual_cross_attention": False, "resnet_time_scale_shift": "default", "center_input_sample": False,
-                    "mid_block_type": "UNetMidBlock2DCrossAttn", "act_fn": "silu", "norm_num_groups": 32,
-                    "conv_in_kernel": 3, "conv_out_kernel": 3, "time_embedding_type": "positional",
-                    "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1, "reverse_transformer_layers_per_block": None}
-VAE_UNSUPPORTED = {"act_fn": "silu", "shift_factor": None, "latents_mean": None,
-                   "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
+UNET_UNSUPPORTED = {
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "encoder_hid_dim": None,
+    "time_cond_proj_dim": None,
+    "class_embeddings_concat": False,
+    "dual_cross_attention": False,
+    "resnet_time_scale_shift": "default",
+    "center_input_sample": False,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "time_embedding_type": "positional",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "downsample_padding": 1,
+    "reverse_transformer_layers_per_block": None,
+}
+VAE_UNSUPPORTED = {
+    "act_fn": "silu",
+    "shift_factor": None,
+    "latents_mean": None,
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+    "mid_block_add_attention": True,
+}
 
 
 def is_folder(path: str | Path | None) -> bool:
@@ -115,10 +147,14 @@ def unet_params(cfg: dict[str, Any], where: str = "unet/config.json") -> dict[st
     base, mult = _levels_of(cfg["block_out_channels"], where)
     levels, down, up = len(mult), list(cfg["down_block_types"]), list(cfg["up_block_types"])
     attn = [t == "CrossAttnDownBlock2D" for t in down]
-    if (any(t not in ("CrossAttnDownBlock2D", "DownBlock2D") for t in down) or len(down) != levels
-            or up != [("CrossAttnUpBlock2D" if a else "UpBlock2D") for a in reversed(attn)]):
-        raise DiffusersFolderError(f"{where}: blocks {down} / {up} are not SD's (CrossAttn)DownBlock2D and the "
-                                   f"mirrored (CrossAttn)UpBlock2D")
+    if (
+        any(t not in ("CrossAttnDownBlock2D", "DownBlock2D") for t in down)
+        or len(down) != levels
+        or up != [("CrossAttnUpBlock2D" if a else "UpBlock2D") for a in reversed(attn)]
+    ):
+        raise DiffusersFolderError(
+            f"{where}: blocks {down} / {up} are not SD's (CrossAttn)DownBlock2D and the mirrored (CrossAttn)UpBlock2D"
+        )
     # diffusers' attention_head_dim is, for SD, the number of heads (num_attention_heads overrides it).
     heads = _per_level(cfg.get("num_attention_heads") or cfg["attention_head_dim"], levels, "attention_head_dim", where)
     used = [level for level in range(levels) if attn[level]] + [levels - 1]  # the last level's heads: middle block
@@ -135,13 +171,22 @@ def unet_params(cfg: dict[str, Any], where: str = "unet/config.json") -> dict[st
         params["disable_self_attentions"] = [bool(c) for c in cross_only]
     if cfg.get("num_class_embeds") is not None:
         params["num_classes"] = int(cfg["num_class_embeds"])
-    return {**params, "in_channels": cfg["in_channels"], "out_channels": cfg["out_channels"], "model_channels": base,
-            "channel_mult": mult, "num_res_blocks": _per_level(cfg["layers_per_block"], levels, "layers_per_block", where),
-            "attention_resolutions": [2 ** level for level in range(levels) if attn[level]],
-            "transformer_depth": _per_level(cfg["transformer_layers_per_block"], levels, "transformer_layers_per_block",
-                                            where),
-            "context_dim": cfg["cross_attention_dim"], "use_linear_in_transformer": bool(cfg["use_linear_projection"]),
-            "dropout": cfg["dropout"], "legacy": False}
+    return {
+        **params,
+        "in_channels": cfg["in_channels"],
+        "out_channels": cfg["out_channels"],
+        "model_channels": base,
+        "channel_mult": mult,
+        "num_res_blocks": _per_level(cfg["layers_per_block"], levels, "layers_per_block", where),
+        "attention_resolutions": [2**level for level in range(levels) if attn[level]],
+        "transformer_depth": _per_level(
+            cfg["transformer_layers_per_block"], levels, "transformer_layers_per_block", where
+        ),
+        "context_dim": cfg["cross_attention_dim"],
+        "use_linear_in_transformer": bool(cfg["use_linear_projection"]),
+        "dropout": cfg["dropout"],
+        "legacy": False,
+    }
 
 
 def vae_params(cfg: dict[str, Any], where: str = "vae/config.json") -> tuple[dict[str, Any], float]:
@@ -151,14 +196,23 @@ def vae_params(cfg: dict[str, Any], where: str = "vae/config.json") -> tuple[dic
     _refuse_options(cfg, VAE_UNSUPPORTED, where)
     channels = cfg.get("block_out_channels", [64])
     base, mult = _levels_of(channels, where)
-    if set(cfg.get("down_block_types", [])) != {"DownEncoderBlock2D"} or \
-            set(cfg.get("up_block_types", [])) != {"UpDecoderBlock2D"}:
+    if set(cfg.get("down_block_types", [])) != {"DownEncoderBlock2D"} or set(cfg.get("up_block_types", [])) != {
+        "UpDecoderBlock2D"
+    }:
         raise DiffusersFolderError(f"{where}: only DownEncoderBlock2D / UpDecoderBlock2D autoencoders are supported")
     latent = cfg.get("latent_channels", 4)
-    ddconfig = {"double_z": True, "z_channels": latent, "resolution": cfg.get("sample_size", 256),
-                "in_channels": cfg.get("in_channels", 3), "out_ch": cfg.get("out_channels", 3), "ch": base,
-                "ch_mult": mult, "num_res_blocks": cfg.get("layers_per_block", 1), "attn_resolutions": [],
-                "dropout": 0.0}
+    ddconfig = {
+        "double_z": True,
+        "z_channels": latent,
+        "resolution": cfg.get("sample_size", 256),
+        "in_channels": cfg.get("in_channels", 3),
+        "out_ch": cfg.get("out_channels", 3),
+        "ch": base,
+        "ch_mult": mult,
+        "num_res_blocks": cfg.get("layers_per_block", 1),
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
     if cfg.get("norm_num_groups", 32) != 32:
         ddconfig["norm_groups"] = cfg["norm_num_groups"]
     return {"embed_dim": latent, "ddconfig": ddconfig}, float(cfg.get("scaling_factor", 0.18215))
@@ -179,46 +233,68 @@ def text_params(cfg: dict[str, Any], pad_token: str | None, where: str = "text_e
     width, act = cfg.get("hidden_size", 512), cfg.get("hidden_act", "quick_gelu")
     if act not in ("quick_gelu", "gelu"):
         raise DiffusersFolderError(f"{where}: hidden_act {act!r} is not supported (quick_gelu or gelu)")
-    if cfg.get("intermediate_size", 2048) != 4 * width or cfg.get("vocab_size", 49408) != 49408 \
-            or cfg.get("layer_norm_eps", 1e-5) != 1e-5:
-        raise DiffusersFolderError(f"{where}: only CLIP's text tower (MLP 4x wide, 49408 tokens, LayerNorm eps 1e-5) "
-                                   f"is supported")
+    if (
+        cfg.get("intermediate_size", 2048) != 4 * width
+        or cfg.get("vocab_size", 49408) != 49408
+        or cfg.get("layer_norm_eps", 1e-5) != 1e-5
+    ):
+        raise DiffusersFolderError(
+            f"{where}: only CLIP's text tower (MLP 4x wide, 49408 tokens, LayerNorm eps 1e-5) is supported"
+        )
     if pad_token is None:  # what each family's tokenizer pads with: SD 1.x the end token, SD 2.x "!"
         pad_token = END if act == "quick_gelu" else "!"
         log.warning("%s: no tokenizer config: padding with %r as the %s family does", where, pad_token, act)
     if pad_token not in (END, "!"):
         raise DiffusersFolderError(f"tokenizer: pad token {pad_token!r} is neither {END} nor '!' (id 0)")
-    return {"width": width, "layers": cfg.get("num_hidden_layers", 12), "heads": cfg.get("num_attention_heads", 8),
-            "layer": "last", "max_length": cfg.get("max_position_embeddings", 77), "activation": act,
-            "pads_with_end": pad_token == END}
+    return {
+        "width": width,
+        "layers": cfg.get("num_hidden_layers", 12),
+        "heads": cfg.get("num_attention_heads", 8),
+        "layer": "last",
+        "max_length": cfg.get("max_position_embeddings", 77),
+        "activation": act,
+        "pads_with_end": pad_token == END,
+    }
 
 
-def schedule_params(cfg: dict[str, Any], prediction: str | None, where: str = "scheduler/scheduler_config.json"
-                    ) -> dict[str, Any]:
+def schedule_params(
+    cfg: dict[str, Any], prediction: str | None, where: str = "scheduler/scheduler_config.json"
+) -> dict[str, Any]:
     if cfg.get("trained_betas") is not None or cfg.get("beta_schedule", "linear") not in SCHEDULES:
-        raise DiffusersFolderError(f"{where}: beta_schedule {cfg.get('beta_schedule')!r} is not supported "
-                                   f"(known: {', '.join(SCHEDULES)})")
+        raise DiffusersFolderError(
+            f"{where}: beta_schedule {cfg.get('beta_schedule')!r} is not supported (known: {', '.join(SCHEDULES)})"
+        )
     found = cfg.get("prediction_type", "epsilon")
     if prediction is None and found not in PREDICTIONS:
         raise DiffusersFolderError(f"{where}: prediction_type {found!r} is not supported (epsilon or v_prediction)")
-    return {"timesteps": cfg.get("num_train_timesteps", 1000), "beta_schedule": SCHEDULES[cfg.get("beta_schedule", "linear")],
-            "linear_start": cfg.get("beta_start", 0.0001), "linear_end": cfg.get("beta_end", 0.02),
-            "parameterization": prediction or PREDICTIONS[found]}
+    return {
+        "timesteps": cfg.get("num_train_timesteps", 1000),
+        "beta_schedule": SCHEDULES[cfg.get("beta_schedule", "linear")],
+        "linear_start": cfg.get("beta_start", 0.0001),
+        "linear_end": cfg.get("beta_end", 0.02),
+        "parameterization": prediction or PREDICTIONS[found],
+    }
 
 
-def low_scale_params(cfg: dict[str, Any], max_noise_level: Any,
-                     where: str = "low_res_scheduler/scheduler_config.json") -> dict[str, Any]:
+def low_scale_params(
+    cfg: dict[str, Any], max_noise_level: Any, where: str = "low_res_scheduler/scheduler_config.json"
+) -> dict[str, Any]:
     """Our LowResNoiseAugmentation params: the upscaler's low-res scheduler (its betas noise the low-res image)
     and the pipeline's max_noise_level."""
     if isinstance(max_noise_level, bool) or not isinstance(max_noise_level, int) or max_noise_level < 0:
         raise DiffusersFolderError(f"model_index.json: max_noise_level {max_noise_level!r} is no whole number >= 0")
     schedule = schedule_params(cfg, "eps", where)  # its prediction type is never used
     if max_noise_level >= schedule["timesteps"]:
-        raise DiffusersFolderError(f"{where}: max_noise_level {max_noise_level} is beyond its "
-                                   f"{schedule['timesteps']} timesteps")
-    return {"max_noise_level": max_noise_level, "timesteps": schedule["timesteps"],
-            "beta_schedule": schedule["beta_schedule"], "linear_start": schedule["linear_start"],
-            "linear_end": schedule["linear_end"]}
+        raise DiffusersFolderError(
+            f"{where}: max_noise_level {max_noise_level} is beyond its {schedule['timesteps']} timesteps"
+        )
+    return {
+        "max_noise_level": max_noise_level,
+        "timesteps": schedule["timesteps"],
+        "beta_schedule": schedule["beta_schedule"],
+        "linear_start": schedule["linear_start"],
+        "linear_end": schedule["linear_end"],
+    }
 
 
 def conditioning_kind(pipeline: str, unet: dict[str, Any], vae: dict[str, Any], where: str) -> ConditioningKind:
@@ -229,15 +305,26 @@ def conditioning_kind(pipeline: str, unet: dict[str, Any], vae: dict[str, Any], 
     kind = PIPELINES[pipeline]
     if kind.task == "inpaint" and kind.concat and unet["in_channels"] == latent:
         kind = next(k for k in CONDITIONING.values() if not k.concat)
-    takes = {"txt2img": (latent, "the latent"), "inpaint": (2 * latent + 1, "latent + mask + masked-image latent"),
-             "upscale": (latent + image, "latent + low-res image")}[kind.task]
+    takes = {
+        "txt2img": (latent, "the latent"),
+        "inpaint": (2 * latent + 1, "latent + mask + masked-image latent"),
+        "upscale": (latent + image, "latent + low-res image"),
+    }[kind.task]
     if unet["in_channels"] != takes[0] or unet["out_channels"] != latent:
-        raise DiffusersFolderError(f"{where}: a U-Net of {unet['in_channels']} input / {unet['out_channels']} output "
-                                   f"channels does not fit a {pipeline} with {latent} latent channels (input: "
-                                   f"{takes[1]} = {takes[0]})")
+        raise DiffusersFolderError(
+            f"{where}: a U-Net of {unet['in_channels']} input / {unet['out_channels']} output "
+            f"channels does not fit a {pipeline} with {latent} latent channels (input: "
+            f"{takes[1]} = {takes[0]})"
+        )
     if ("num_classes" in unet) != kind.label:
-        raise DiffusersFolderError(f"{where}: a {pipeline} U-Net " + ("needs a noise-level embedding (num_class_embeds)"
-                                   if kind.label else "with a class embedding (num_class_embeds) is not supported"))
+        raise DiffusersFolderError(
+            f"{where}: a {pipeline} U-Net "
+            + (
+                "needs a noise-level embedding (num_class_embeds)"
+                if kind.label
+                else "with a class embedding (num_class_embeds) is not supported"
+            )
+        )
     return kind
 
 
@@ -249,7 +336,8 @@ def folder_config(folder: str | Path, prediction: str | None = None) -> dict[str
     index = _json(folder, "model_index.json")
     pipeline = index.get("_class_name")
     if str(pipeline).startswith("StableDiffusionXL"):  # a local import: ldm.sdxl_diffusers builds on this module
-        from ldm.sdxl_diffusers import PIPELINES as SDXL_PIPELINES, sdxl_folder_config
+        from ldm.sdxl_diffusers import PIPELINES as SDXL_PIPELINES
+        from ldm.sdxl_diffusers import sdxl_folder_config
 
         if pipeline in SDXL_PIPELINES:
             return sdxl_folder_config(folder, prediction)
@@ -259,18 +347,24 @@ def folder_config(folder: str | Path, prediction: str | None = None) -> dict[str
     vae, scale_factor = vae_params(_json(folder, "vae/config.json"))
     text = text_params(_json(folder, "text_encoder/config.json"), _pad_token(folder))
     kind = conditioning_kind(pipeline, unet, vae, str(folder))
-    params = {**schedule_params(_json(folder, "scheduler/scheduler_config.json"), prediction),
-              "scale_factor": scale_factor, "conditioning_key": kind.key,
-              "image_size": _json(folder, "unet/config.json").get("sample_size") or 64,
-              "unet_config": {"target": "ldm.unet.UNetModel", "params": unet},
-              "first_stage_config": {"target": "ldm.vae.AutoencoderKL", "params": vae},
-              "cond_stage_config": {"target": "ldm.text_encoder.FrozenCLIPEmbedder", "params": text}}
+    params = {
+        **schedule_params(_json(folder, "scheduler/scheduler_config.json"), prediction),
+        "scale_factor": scale_factor,
+        "conditioning_key": kind.key,
+        "image_size": _json(folder, "unet/config.json").get("sample_size") or 64,
+        "unet_config": {"target": "ldm.unet.UNetModel", "params": unet},
+        "first_stage_config": {"target": "ldm.vae.AutoencoderKL", "params": vae},
+        "cond_stage_config": {"target": "ldm.text_encoder.FrozenCLIPEmbedder", "params": text},
+    }
     if kind.label:  # the upscaler: its low-res image is noised to the level it is told
-        low = low_scale_params(_json(folder, "low_res_scheduler/scheduler_config.json"),
-                               index.get("max_noise_level", 350))
+        low = low_scale_params(
+            _json(folder, "low_res_scheduler/scheduler_config.json"), index.get("max_noise_level", 350)
+        )
         if low["max_noise_level"] >= unet["num_classes"]:
-            raise DiffusersFolderError(f"{folder}: max_noise_level {low['max_noise_level']} is beyond the U-Net's "
-                                       f"{unet['num_classes']} noise levels (num_class_embeds)")
+            raise DiffusersFolderError(
+                f"{folder}: max_noise_level {low['max_noise_level']} is beyond the U-Net's "
+                f"{unet['num_classes']} noise levels (num_class_embeds)"
+            )
         params["low_scale_config"] = {"target": "ldm.conditioning.LowResNoiseAugmentation", "params": low}
     return {"model": {"target": "ldm.model.LatentDiffusion", "params": params}}
 
@@ -280,10 +374,14 @@ def folder_state(folder: str | Path, model: torch.nn.Module) -> dict[str, torch.
     folder_config. Tensors with no place keep their names, for the strict load to report."""
     folder = Path(folder)
     unet, vae, text = (load_part(folder, part) for part in ("unet", "vae", "text_encoder"))
-    state = {f"unet.{k}": v for k, v in from_diffusers(unet, unet_names(list(model.unet.state_dict()),
-                                                                        model.unet.num_res_blocks)).items()}
+    state = {
+        f"unet.{k}": v
+        for k, v in from_diffusers(unet, unet_names(list(model.unet.state_dict()), model.unet.num_res_blocks)).items()
+    }
     levels = len(model.vae.decoder.up)
-    state.update({f"vae.{k}": v for k, v in from_diffusers(vae, vae_names(list(model.vae.state_dict()), levels)).items()})
+    state.update(
+        {f"vae.{k}": v for k, v in from_diffusers(vae, vae_names(list(model.vae.state_dict()), levels)).items()}
+    )
     tower, left = open_clip_from_hf({k.removeprefix(HF_TEXT): v for k, v in text.items()})
     state.update({f"text_encoder.model.{k}": v for k, v in {**tower, **left}.items()})
     return state
@@ -292,8 +390,12 @@ def folder_state(folder: str | Path, model: torch.nn.Module) -> dict[str, torch.
 def folder_identity(folder: str | Path) -> str:
     """One SHA-256 for a folder's weights: of the parts' names and their files' hashes."""
     folder = Path(folder)
-    lines = [f"{part}/{path.name} {file_sha256(path)}" for part in WEIGHTS if (folder / part).is_dir()
-             for path in part_files(folder, part)]  # SD folders have no text_encoder_2, SDXL refiners no text_encoder
+    lines = [
+        f"{part}/{path.name} {file_sha256(path)}"
+        for part in WEIGHTS
+        if (folder / part).is_dir()
+        for path in part_files(folder, part)
+    ]  # SD folders have no text_encoder_2, SDXL refiners no text_encoder
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

@@ -7,7 +7,8 @@ ResBlocks per U-Net level, which is what places a block in diffusers' down/up bl
 after `unet.`/`vae.` on our side, after nothing on diffusers' side (each network has its own file there).
 
 The text encoder's names are ldm.hf_clip's (diffusers folders keep a Hugging Face CLIPTextModel).
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import torch
@@ -42,7 +43,7 @@ VAE_ATTENTION = {"norm.": "group_norm.", "q.": "to_q.", "k.": "to_k.", "v.": "to
 def _rename(rest: str, table: dict[str, str], key: str) -> str:
     for old, new in table.items():
         if rest.startswith(old):
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     raise DiffusersKeyError(f"{key} has no name in diffusers' layout")
 
 
@@ -115,7 +116,9 @@ def vae_names(keys: list[str], levels: int) -> dict[str, str]:
                 names[key] = f"{half}.mid_block.attentions.0.{_rename(rest, VAE_ATTENTION, key)}"
             else:
                 index = {"block_1": 0, "block_2": 1}[sub]
-                names[key] = f"{half}.mid_block.resnets.{index}.{rest if not rest.startswith('nin_') else _rename(rest, VAE_RESNET, key)}"
+                names[key] = (
+                    f"{half}.mid_block.resnets.{index}.{rest if not rest.startswith('nin_') else _rename(rest, VAE_RESNET, key)}"  # noqa: E501
+                )
         elif part in ("down", "up"):
             level, _, rest = rest.partition(".")
             block = f"{half}.{part}_blocks.{int(level) if part == 'down' else levels - 1 - int(level)}"
@@ -134,8 +137,11 @@ def vae_names(keys: list[str], levels: int) -> dict[str, str]:
 
 
 def _is_vae_attention_projection(our_key: str) -> bool:
-    return ".mid.attn_1." in f".{our_key}" and our_key.rsplit(".", 2)[-2] in ("q", "k", "v", "proj_out") \
+    return (
+        ".mid.attn_1." in f".{our_key}"
+        and our_key.rsplit(".", 2)[-2] in ("q", "k", "v", "proj_out")
         and our_key.endswith(".weight")
+    )
 
 
 def to_diffusers(state: dict[str, torch.Tensor], names: dict[str, str]) -> dict[str, torch.Tensor]:

@@ -12,9 +12,10 @@ All functions take `t` as a [B] tensor of integer timesteps and broadcast over t
 sides use: training draws (t, eps) and the target from it (`diffusion_loss`), sampling turns the
 network into a denoiser D(x, sigma) -> x0 with its c_skip / c_out / c_in (ldm.denoisers).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,19 +53,25 @@ def v_target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cump
     return ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
 
-def predict_x0_from_eps(x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def predict_x0_from_eps(
+    x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)."""
     ab = _at(alphas_cumprod, t, x_t)
     return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
 
-def predict_eps_from_x0(x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def predict_eps_from_x0(
+    x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)."""
     ab = _at(alphas_cumprod, t, x_t)
     return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
 
 
-def predict_x0_from_v(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def predict_x0_from_v(
+    x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """x0 = sqrt(ab) x_t - sqrt(1 - ab) v."""
     ab = _at(alphas_cumprod, t, x_t)
     return ab.sqrt() * x_t - (1 - ab).sqrt() * v
@@ -129,9 +136,15 @@ class VPParameterisation:
             return predict_x0_from_eps(x_t, t, out, self.alphas_cumprod)
         return predict_x0_from_v(x_t, t, out, self.alphas_cumprod)
 
-    def loss(self, unet: Callable[..., torch.Tensor], x0: torch.Tensor, context: torch.Tensor | None,
-             generator: torch.Generator | None = None, y: torch.Tensor | None = None,
-             concat: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        unet: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        context: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+        y: torch.Tensor | None = None,
+        concat: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """DDPM's simple loss (Ho et al. 2020, eq. 14), a scalar:
 
             t ~ U{0, ..., T-1},  eps ~ N(0, I),  x_t = sqrt(ab) x0 + sqrt(1 - ab) eps,
@@ -144,8 +157,9 @@ class VPParameterisation:
         out = unet(x_t if concat is None else torch.cat([x_t, concat.to(x_t.dtype)], dim=1), t, context=context, y=y)
         return F.mse_loss(out.float(), self.target(x0, noise, t).float())
 
-    def noised(self, x0: torch.Tensor, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def noised(
+        self, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t, eps, x_t) of one training step: t ~ U{0, ..., T-1}, then eps, both from `generator`."""
         device = generator.device if generator is not None else x0.device
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device=device).to(x0.device)
@@ -201,8 +215,13 @@ class DiscreteTimeDenoiser:
     U-Net saw it beside x_vp in training; it is not noise and is not scaled.
     """
 
-    def __init__(self, unet: Callable[..., torch.Tensor], alphas_cumprod: torch.Tensor | None = None,
-                 prediction: str = "eps", parameterisation: VPParameterisation | None = None):
+    def __init__(
+        self,
+        unet: Callable[..., torch.Tensor],
+        alphas_cumprod: torch.Tensor | None = None,
+        prediction: str = "eps",
+        parameterisation: VPParameterisation | None = None,
+    ):
         self.unet = unet
         self.parameterisation = parameterisation or VPParameterisation(alphas_cumprod, prediction)
         self.prediction = self.parameterisation.prediction
@@ -215,9 +234,15 @@ class DiscreteTimeDenoiser:
     def sigma_max(self) -> float:
         return self.parameterisation.sigma_max
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, context: torch.Tensor | None = None,
-                 y: torch.Tensor | None = None, concat: torch.Tensor | None = None,
-                 guidance: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor | float,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        concat: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         # At least float32: sigma near 0.03 and c_in near 1 lose the x0 estimate in half precision.
         sigma = sigma_batch(sigma, x).to(torch.promote_types(x.dtype, torch.float32))
         _, _, c_in = self.parameterisation.scalings(sigma)
@@ -230,8 +255,15 @@ class DiscreteTimeDenoiser:
         return self.parameterisation.denoised(x, batch_like(sigma, x), out)
 
 
-def diffusion_loss(unet: Callable[..., torch.Tensor], x0: torch.Tensor, context: torch.Tensor | None,
-                   alphas_cumprod: torch.Tensor, prediction: str = "eps", generator: torch.Generator | None = None,
-                   y: torch.Tensor | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
+def diffusion_loss(
+    unet: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    context: torch.Tensor | None,
+    alphas_cumprod: torch.Tensor,
+    prediction: str = "eps",
+    generator: torch.Generator | None = None,
+    y: torch.Tensor | None = None,
+    concat: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`VPParameterisation(alphas_cumprod, prediction).loss(...)`: DDPM's simple loss on eps or v."""
     return VPParameterisation(alphas_cumprod, prediction).loss(unet, x0, context, generator, y=y, concat=concat)

@@ -24,9 +24,10 @@ Both stages regress in x0 space with truncated-SNR weights, max(SNR, 1) = max(1 
 sec. 4): an eps-style weighting that stays finite at the noisiest levels, where eps-matching says little about x0.
 Nothing here depends on how the network is parameterised (eps or v): a teacher and a student meet as denoisers.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -43,7 +44,9 @@ def ddim_step(x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, de
     return ratio * x + (1 - ratio) * denoised
 
 
-def halving_target(x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
+def halving_target(
+    x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, x_next: torch.Tensor
+) -> torch.Tensor:
     """The prediction D~ whose single DDIM step from (x, sigma) lands on x_next at sigma_next (module docstring)."""
     ratio = batch_like(sigma_next / sigma, x)
     return (x_next - ratio * x) / (1 - ratio)
@@ -60,8 +63,15 @@ def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, sigma: torch.Te
     return (truncated_snr_weight(sigma.float()) * per_sample).mean()
 
 
-def guided_prediction(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, scale: torch.Tensor, cond: dict,
-                      uncond: dict, embedded: bool = False) -> torch.Tensor:
+def guided_prediction(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    scale: torch.Tensor,
+    cond: dict,
+    uncond: dict,
+    embedded: bool = False,
+) -> torch.Tensor:
     """D_w(x, sigma) with a per-sample scale w [B].
 
     embedded: the denoiser is a guidance-distilled student, which takes w as an input (one call); otherwise
@@ -81,9 +91,17 @@ def halving_grid(alphas_cumprod: torch.Tensor, teacher_steps: int) -> torch.Tens
     return get_sigmas(alphas_cumprod, teacher_steps, spacing="trailing")
 
 
-def halving_example(teacher: Denoiser, x0: torch.Tensor, noise: torch.Tensor, grid: torch.Tensor, index: torch.Tensor,
-                    scale: torch.Tensor, cond: dict, uncond: dict, teacher_embedded: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def halving_example(
+    teacher: Denoiser,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    grid: torch.Tensor,
+    index: torch.Tensor,
+    scale: torch.Tensor,
+    cond: dict,
+    uncond: dict,
+    teacher_embedded: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, sigma_a, D~) for student step `index` [B] (from grid[2k] to grid[2k + 2]) of a halving stage.
 
     x = x0 + sigma_a * noise; the teacher takes its two guided DDIM steps from there; D~ is `halving_target`.
@@ -92,17 +110,27 @@ def halving_example(teacher: Denoiser, x0: torch.Tensor, noise: torch.Tensor, gr
     sigma_a, sigma_b, sigma_c = grid[2 * index], grid[2 * index + 1], grid[2 * index + 2]
     x = x0 + batch_like(sigma_a, x0) * noise
     with torch.no_grad():
-        x_b = ddim_step(x, sigma_a, sigma_b, guided_prediction(teacher, x, sigma_a, scale, cond, uncond, teacher_embedded))
+        x_b = ddim_step(
+            x, sigma_a, sigma_b, guided_prediction(teacher, x, sigma_a, scale, cond, uncond, teacher_embedded)
+        )
         # A step to sigma 0 is the prediction itself (the ratio is 0), as in DDIM's last step.
-        x_c = ddim_step(x_b, sigma_b, sigma_c, guided_prediction(teacher, x_b, sigma_b, scale, cond, uncond, teacher_embedded))
+        x_c = ddim_step(
+            x_b, sigma_b, sigma_c, guided_prediction(teacher, x_b, sigma_b, scale, cond, uncond, teacher_embedded)
+        )
         target = halving_target(x, sigma_a, sigma_c, x_c)
     return x, sigma_a, target
 
 
-def guidance_example(teacher: Denoiser, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, scale: torch.Tensor,
-                     cond: dict, uncond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def guidance_example(
+    teacher: Denoiser,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    scale: torch.Tensor,
+    cond: dict,
+    uncond: dict,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, D_w) for stage 1: x = x0 + sigma * noise and the teacher's guided prediction there."""
     x = x0 + batch_like(sigma, x0) * noise
     with torch.no_grad():
         return x, guided_prediction(teacher, x, sigma, scale, cond, uncond, embedded=False)
-

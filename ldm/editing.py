@@ -3,6 +3,7 @@
 img2img, inpainting and upscaling all start from a user image of any size; what they hand the
 sampler (their `Conditioning`) and how it runs are ldm.tasks'.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,9 @@ def fit_size(width: int, height: int, multiple: int) -> tuple[int, int]:
     return round(width / multiple) * multiple, round(height / multiple) * multiple
 
 
-def fit_image(image: Image.Image, multiple: int, what: str = "image",
-              resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
+def fit_image(
+    image: Image.Image, multiple: int, what: str = "image", resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> Image.Image:
     """Resize to the nearest multiple-of-`multiple` size, saying so, since the output then has that size."""
     size = fit_size(*image.size, multiple)
     if size == image.size:

@@ -10,6 +10,7 @@ Files, read without running code (safetensors, or pickles with weights_only):
     A1111 .safetensors:  {"emb_params": [n, width]}
     diffusers:           {"<token>": [width]} (learned_embeds.bin / .safetensors), one entry
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,9 @@ def read_embedding(path: str | Path) -> torch.Tensor:
         try:
             data = torch_load_weights_only(path)
         except Exception as exc:  # a payload, or not a pickle at all: said in one line, nothing run
-            raise EmbeddingError(f"cannot read {path.name} safely (weights_only=True): "
-                                 f"{str(exc).splitlines()[0]}") from None
+            raise EmbeddingError(
+                f"cannot read {path.name} safely (weights_only=True): {str(exc).splitlines()[0]}"
+            ) from None
     if isinstance(data, dict) and isinstance(data.get("string_to_param"), dict):  # A1111 .pt
         params = list(data["string_to_param"].values())
         vectors = params[0] if len(params) == 1 else None
@@ -55,19 +57,25 @@ def read_embedding(path: str | Path) -> torch.Tensor:
         vectors = next(iter(data.values()))
     else:
         keys = ", ".join(list(data)[:4]) if isinstance(data, dict) else type(data).__name__
-        raise EmbeddingError(f"{path.name} is not a textual-inversion embedding (found {keys}; expected "
-                             "string_to_param, emb_params or one token's vector)")
+        raise EmbeddingError(
+            f"{path.name} is not a textual-inversion embedding (found {keys}; expected "
+            "string_to_param, emb_params or one token's vector)"
+        )
     if not isinstance(vectors, torch.Tensor) or vectors.dim() not in (1, 2) or not vectors.is_floating_point():
         raise EmbeddingError(f"{path.name}: the embedding is not a [vectors, width] float tensor")
     if vectors.numel() == 0:
-        raise EmbeddingError(f"{path.name}: the embedding is empty (shape {list(vectors.shape)}); it needs at least "
-                             "one vector of the text encoder's width")
+        raise EmbeddingError(
+            f"{path.name}: the embedding is empty (shape {list(vectors.shape)}); it needs at least "
+            "one vector of the text encoder's width"
+        )
     vectors = vectors.detach().float().reshape(-1, vectors.shape[-1])
     if not bool(torch.isfinite(vectors).all()):
         raise EmbeddingError(f"{path.name}: the embedding holds NaN or infinite values")
     if float(vectors.abs().max()) > MAX_EMBEDDING_VALUE:
-        raise EmbeddingError(f"{path.name}: the embedding holds values up to {float(vectors.abs().max()):.3g}; "
-                             f"beyond {MAX_EMBEDDING_VALUE:g} it is broken (trained ones stay within a few units)")
+        raise EmbeddingError(
+            f"{path.name}: the embedding holds values up to {float(vectors.abs().max()):.3g}; "
+            f"beyond {MAX_EMBEDDING_VALUE:g} it is broken (trained ones stay within a few units)"
+        )
     return vectors
 
 
@@ -90,12 +98,15 @@ def load_embedding(model: torch.nn.Module, path: str | Path, name: str | None = 
     vectors = read_embedding(path)
     width = encoder.model.token_embedding.weight.shape[1]
     if vectors.shape[1] != width:
-        raise EmbeddingError(f"{path.name} holds vectors of width {vectors.shape[1]}; this model's text encoder "
-                             f"takes {width} (an embedding made for another model family)")
+        raise EmbeddingError(
+            f"{path.name} holds vectors of width {vectors.shape[1]}; this model's text encoder "
+            f"takes {width} (an embedding made for another model family)"
+        )
     encoder.add_embedding(name, vectors)
     identity = model.__dict__.setdefault("identity", {})
-    identity.setdefault("embeddings", []).append({"name": name, "file": path.name, "sha256": file_sha256(path),
-                                                  "vectors": int(vectors.shape[0])})
+    identity.setdefault("embeddings", []).append(
+        {"name": name, "file": path.name, "sha256": file_sha256(path), "vectors": int(vectors.shape[0])}
+    )
     log.info("embedding %r: %d vector(s) from %s", name, vectors.shape[0], path.name)
     return name
 

@@ -5,6 +5,7 @@ Everything the library raises for a bad input, file, setting or environment deri
 `except ValueError` still works). The CLI and the app catch `LdmError` alone and show its first
 line; any other exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 
@@ -38,5 +39,5 @@ def one_line(exc: BaseException) -> str:
         marker = f"{type(exc).__name__}: "
         last = lines[-1]
         if marker in last:
-            return last[last.index(marker) + len(marker):]
+            return last[last.index(marker) + len(marker) :]
     return lines[0]

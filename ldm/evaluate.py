@@ -112,7 +112,7 @@ def select_prompts(heldout: Sequence[str], train: Sequence[str], combos: set[tup
     """All (or the first max_heldout) distinct held-out captions, then n_train distinct train captions drawn with a seeded RNG.
 
     real_index is the caption's first row in its split's list.
-    """
+    """  # noqa: E501
     from ldm.data.emoji import person_combination
 
     first_held = {c: i for i, c in reversed(list(enumerate(heldout)))}
@@ -123,7 +123,7 @@ def select_prompts(heldout: Sequence[str], train: Sequence[str], combos: set[tup
         raise EvaluationError(f"cannot draw {n_train} train prompts from {len(train_caps)} distinct train captions")
     picks = sorted(random.Random(seed).sample(range(len(train_caps)), n_train))
     items = [PromptItem(c, "heldout", person_combination(c) in combos, first_held[c]) for c in held]
-    items += [PromptItem(train_caps[i], "train", person_combination(train_caps[i]) in combos, first_train[train_caps[i]])
+    items += [PromptItem(train_caps[i], "train", person_combination(train_caps[i]) in combos, first_train[train_caps[i]])  # noqa: E501
               for i in picks]
     return items
 
@@ -171,14 +171,14 @@ def pil_to_tensor(images: Sequence) -> torch.Tensor:
 
 def generate(model, prompts: Sequence[str], scale: float, settings: EvalSettings, size: int,
              seeds: Sequence[int] | None = None) -> torch.Tensor:
-    """Images for prompts in batches; prompt i gets seed settings.seed + i (or seeds[i]), so scales are compared on the same noise."""
+    """Images for prompts in batches; prompt i gets seed settings.seed + i (or seeds[i]), so scales are compared on the same noise."""  # noqa: E501
     from ldm.pipeline import SamplingOptions, txt2img
 
     seeds = list(seeds) if seeds is not None else [settings.seed + i for i in range(len(prompts))]
     out = []
     for start in range(0, len(prompts), settings.batch_size):
         batch = list(prompts[start:start + settings.batch_size])
-        options = SamplingOptions(steps=settings.steps, guidance_scale=scale, sampler=settings.sampler, **settings.extra)
+        options = SamplingOptions(steps=settings.steps, guidance_scale=scale, sampler=settings.sampler, **settings.extra)  # noqa: E501
         # One call per run of consecutive seeds: txt2img seeds image j of a call with seed + j.
         images = []
         j = 0
@@ -186,18 +186,18 @@ def generate(model, prompts: Sequence[str], scale: float, settings: EvalSettings
             k = j + 1
             while k < len(batch) and seeds[start + k] == seeds[start + j] + (k - j):
                 k += 1
-            images += txt2img(model, batch[j:k], height=size, width=size, seed=seeds[start + j], options=options, progress=False)
+            images += txt2img(model, batch[j:k], height=size, width=size, seed=seeds[start + j], options=options, progress=False)  # noqa: E501
             j = k
         out.append(pil_to_tensor(images))
     return torch.cat(out)
 
 
-def _distribution_metrics(real: torch.Tensor, fake: torch.Tensor, settings: EvalSettings, prefix: str) -> dict[str, float | None]:
+def _distribution_metrics(real: torch.Tensor, fake: torch.Tensor, settings: EvalSettings, prefix: str) -> dict[str, float | None]:  # noqa: E501
     n = min(len(real), len(fake))
     result: dict[str, float | None] = {}
     result[f"fid_{prefix}"] = frechet_distance(real, fake) if n >= 2 else None
     if n >= 2:
-        kid, kid_std = kernel_inception_distance(real, fake, settings.kid_subsets, settings.kid_subset_size, settings.seed)
+        kid, kid_std = kernel_inception_distance(real, fake, settings.kid_subsets, settings.kid_subset_size, settings.seed)  # noqa: E501
         result[f"kid_{prefix}"], result[f"kid_{prefix}_std"] = kid, kid_std
     else:
         result[f"kid_{prefix}"] = result[f"kid_{prefix}_std"] = None
@@ -278,7 +278,7 @@ def evaluate_model(model, clip: torch.nn.Module, data_dir: str | os.PathLike, se
     for group, rows in groups.items():
         if rows:
             rows_out.append({"scale": None, "group": group, "n": len(rows),
-                             **judge.scores(real_clip[rows], [prompts[i] for i in rows], prompt_text[rows], exclude=reference[rows]),
+                             **judge.scores(real_clip[rows], [prompts[i] for i in rows], prompt_text[rows], exclude=reference[rows]),  # noqa: E501
                              **_inception_score_of(inception, real_inc, rows)})
     timings: dict[str, float] = {}
     for scale in settings.scales:
@@ -326,7 +326,7 @@ def format_table(results: dict) -> str:
     for r in results["rows"]:
         kid = None if r.get("kid_clip") is None else 1e3 * r["kid_clip"]
         cells = ["real images" if r["scale"] is None else f"{r['scale']:g}", r["group"], str(r["n"]),
-                 _fmt(r.get("fid_clip"), ".4f"), _fmt(kid, ".3f"), _fmt(r.get("precision"), ".3f"), _fmt(r.get("recall"), ".3f"),
+                 _fmt(r.get("fid_clip"), ".4f"), _fmt(kid, ".3f"), _fmt(r.get("precision"), ".3f"), _fmt(r.get("recall"), ".3f"),  # noqa: E501
                  f"{r['nn_top1']:.1%}", f"{r['nn_top5']:.1%}", f"{r.get('family_top1', float('nan')):.1%}",
                  f"{r['zeroshot_top1']:.1%}", f"{r['clip_score']:.2f}"]
         if inc:
@@ -336,14 +336,14 @@ def format_table(results: dict) -> str:
     s = results["settings"]
     lines += [
         "",
-        f"Chance level over {results['classes']} emoji names: top-1 {results['chance_top1']:.3%}, top-5 {results['chance_top5']:.3%}.",
-        f"Sampler {s['sampler']}, {s['steps']} steps, {s['image_size']} px, seed {s['seed']}; prompt i uses seed {s['seed']}+i at every scale.",
-        "FID/KID/precision/recall compare generated images with one real image of each prompt's caption (CLIP image features,"
-        f" k={s['k']}); NN = nearest real image over all real images of every design; family = NN up to skin tone and gender;"
+        f"Chance level over {results['classes']} emoji names: top-1 {results['chance_top1']:.3%}, top-5 {results['chance_top5']:.3%}.",  # noqa: E501
+        f"Sampler {s['sampler']}, {s['steps']} steps, {s['image_size']} px, seed {s['seed']}; prompt i uses seed {s['seed']}+i at every scale.",  # noqa: E501
+        "FID/KID/precision/recall compare generated images with one real image of each prompt's caption (CLIP image features,"  # noqa: E501
+        f" k={s['k']}); NN = nearest real image over all real images of every design; family = NN up to skin tone and gender;"  # noqa: E501
         " 'real images' rows are the judge's ceiling, leave-one-out (an image's own row is not in the gallery).",
     ]
     if not inc:
-        lines.append("Inception-v3 metrics: not computed (no --inception-weights file given; weights are never downloaded).")
+        lines.append("Inception-v3 metrics: not computed (no --inception-weights file given; weights are never downloaded).")  # noqa: E501
     return "\n".join(lines)
 
 
@@ -360,7 +360,7 @@ def format_comparison(results_by_model: dict[str, dict]) -> str:
     The judge's ceiling ('real images') is listed once per group, from the first model's results, which
     is the same figure for every model judged at the same image size.
     """
-    head = ["prompts", "model", "guidance", "n", "NN top-1", "NN top-5", "family top-1", "FID (CLIP)", "precision", "recall",
+    head = ["prompts", "model", "guidance", "n", "NN top-1", "NN top-5", "family top-1", "FID (CLIP)", "precision", "recall",  # noqa: E501
             "CLIP score"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = list(dict.fromkeys(r["group"] for res in results_by_model.values() for r in res["rows"]))
@@ -372,8 +372,8 @@ def format_comparison(results_by_model: dict[str, dict]) -> str:
                     continue
                 ceiling_done = ceiling_done or r["scale"] is None
                 lines.append("| " + " | ".join([
-                    group, "real images" if r["scale"] is None else name, "—" if r["scale"] is None else f"{r['scale']:g}",
-                    str(r["n"]), f"{r['nn_top1']:.1%}", f"{r['nn_top5']:.1%}", f"{r.get('family_top1', float('nan')):.1%}",
+                    group, "real images" if r["scale"] is None else name, "—" if r["scale"] is None else f"{r['scale']:g}",  # noqa: E501
+                    str(r["n"]), f"{r['nn_top1']:.1%}", f"{r['nn_top5']:.1%}", f"{r.get('family_top1', float('nan')):.1%}",  # noqa: E501
                     _fmt(r.get("fid_clip"), ".4f"), _fmt(r.get("precision"), ".3f"), _fmt(r.get("recall"), ".3f"),
                     f"{r['clip_score']:.2f}"]) + " |")
     first = next(iter(results_by_model.values()))

@@ -9,10 +9,11 @@ outpainting), each method fills it from the caption, and the result is judged:
   in /255, beside the same step in the real image (a seam is a step the real image does not have);
 - hole error: mean |result - real| inside the hole, in /255 (how close the fill is to the real emoji).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,14 +33,14 @@ def centre_box_case(caption: str, real: Image.Image, fraction: float = 0.5) -> E
     w, h = real.size
     mask = np.zeros((h, w), np.float32)
     bh, bw = int(h * fraction), int(w * fraction)
-    mask[(h - bh) // 2:(h + bh) // 2, (w - bw) // 2:(w + bw) // 2] = 1
+    mask[(h - bh) // 2 : (h + bh) // 2, (w - bw) // 2 : (w + bw) // 2] = 1
     return EditCase(caption, real, mask)
 
 
 def right_band_case(caption: str, real: Image.Image, width: int) -> EditCase:
     w, h = real.size
     mask = np.zeros((h, w), np.float32)
-    mask[:, w - width:] = 1
+    mask[:, w - width :] = 1
     return EditCase(caption, real, mask)
 
 
@@ -88,8 +89,9 @@ def judge_accuracy(judge, images: Sequence[Image.Image], captions: Sequence[str]
     return float(np.mean([judge.nn.classes[b] == c for b, c in zip(best, captions)]))
 
 
-def evaluate_method(fill: Callable[[EditCase, int], Image.Image], cases: Sequence[EditCase], judge=None,
-                    seed: int = 0) -> dict[str, float]:
+def evaluate_method(
+    fill: Callable[[EditCase, int], Image.Image], cases: Sequence[EditCase], judge=None, seed: int = 0
+) -> dict[str, float]:
     """Run `fill(case, seed)` (the repainted image, real-sized) on every case and average the measures."""
     results = [fill(case, seed + i) for i, case in enumerate(cases)]
     out = {
@@ -108,8 +110,9 @@ def evaluate_method(fill: Callable[[EditCase, int], Image.Image], cases: Sequenc
 @torch.no_grad()
 def real_accuracy(judge, cases: Sequence[EditCase]) -> float:
     """The judge's accuracy on the real images themselves, each left out of its own neighbours: the ceiling."""
-    from ldm.evaluate import pil_to_tensor
     import torch.nn.functional as F
+
+    from ldm.evaluate import pil_to_tensor
 
     feats = judge.features(pil_to_tensor([c.real for c in cases]))
     itself = (F.normalize(feats.float(), dim=-1) @ judge.nn.gallery.T).argmax(dim=1)  # the image in the real set

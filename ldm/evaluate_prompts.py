@@ -8,6 +8,7 @@
 - `evaluate_styles`: each prompt with each style word ("red apple, twemoji style"); a picture is in
   the asked style when its nearest real image is of that design.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,15 @@ def _check_known(judge: Judge, prompts: Sequence[str]) -> None:
         raise EvaluationError(f"{len(missing)} listed prompts are not emoji names of the data, e.g. {missing[0]!r}")
 
 
-def evaluate_prompt_list(model, judge: Judge, prompts: Sequence[tuple[str, str]], settings: EvalSettings,
-                         scale: float, seeds: int = 6, size: int | None = None) -> dict:
+def evaluate_prompt_list(
+    model,
+    judge: Judge,
+    prompts: Sequence[tuple[str, str]],
+    settings: EvalSettings,
+    scale: float,
+    seeds: int = 6,
+    size: int | None = None,
+) -> dict:
     """Each prompt x `seeds` seeds (seed settings.seed + j for every prompt); per-prompt and per-category shares."""
     from ldm.data.emoji import person_family
 
@@ -61,38 +69,58 @@ def evaluate_prompt_list(model, judge: Judge, prompts: Sequence[tuple[str, str]]
     _check_known(judge, names)
     size = size or model.default_image_size
     flat = [p for p in names for _ in range(seeds)]
-    fake = judge.features(generate(model, flat, scale, settings, size, seeds=[settings.seed + j for _ in names for j in range(seeds)]))
+    fake = judge.features(
+        generate(model, flat, scale, settings, size, seeds=[settings.seed + j for _ in names for j in range(seeds)])
+    )
     best = judge.nn.class_scores(fake).argmax(dim=1).tolist()
     rows_of = judge.real.rows_of()
     heldout = {c for c, s in zip(judge.real.captions, judge.real.splits) if s == "heldout"}
     rows = []
     for i, (category, prompt) in enumerate(prompts):
-        picks = [judge.nn.classes[b] for b in best[i * seeds:(i + 1) * seeds]]
-        rows.append({
-            "category": category, "prompt": prompt, "heldout": prompt in heldout,
-            "top1": float(np.mean([p == prompt for p in picks])),
-            "family_top1": float(np.mean([person_family(p) == person_family(prompt) for p in picks])),
-            "diversity": pairwise_spread(fake[i * seeds:(i + 1) * seeds]),
-            "real_diversity": pairwise_spread(judge.real_features[rows_of[prompt]]),
-            "judged_as": max(set(picks), key=picks.count),
-        })
+        picks = [judge.nn.classes[b] for b in best[i * seeds : (i + 1) * seeds]]
+        rows.append(
+            {
+                "category": category,
+                "prompt": prompt,
+                "heldout": prompt in heldout,
+                "top1": float(np.mean([p == prompt for p in picks])),
+                "family_top1": float(np.mean([person_family(p) == person_family(prompt) for p in picks])),
+                "diversity": pairwise_spread(fake[i * seeds : (i + 1) * seeds]),
+                "real_diversity": pairwise_spread(judge.real_features[rows_of[prompt]]),
+                "judged_as": max(set(picks), key=picks.count),
+            }
+        )
     categories = {}
     for category in dict.fromkeys(r["category"] for r in rows):
         mine = [r for r in rows if r["category"] == category]
         categories[category] = {"n": len(mine), "top1": float(np.mean([r["top1"] for r in mine]))}
-    return {"scale": scale, "seeds": seeds, "rows": rows, "categories": categories,
-            "top1": float(np.mean([r["top1"] for r in rows])),
-            "diversity": float(np.nanmean([r["diversity"] for r in rows])),
-            "real_diversity": float(np.nanmean([r["real_diversity"] for r in rows]))}
+    return {
+        "scale": scale,
+        "seeds": seeds,
+        "rows": rows,
+        "categories": categories,
+        "top1": float(np.mean([r["top1"] for r in rows])),
+        "diversity": float(np.nanmean([r["diversity"] for r in rows])),
+        "real_diversity": float(np.nanmean([r["real_diversity"] for r in rows])),
+    }
 
 
-def evaluate_styles(model, judge: Judge, prompts: Sequence[str], styles: Sequence[str], settings: EvalSettings,
-                    scale: float, size: int | None = None) -> dict:
-    """Every prompt with every style word, one seed each: how often the picture is of the asked design and of the right emoji."""
+def evaluate_styles(
+    model,
+    judge: Judge,
+    prompts: Sequence[str],
+    styles: Sequence[str],
+    settings: EvalSettings,
+    scale: float,
+    size: int | None = None,
+) -> dict:
+    """Every prompt with every style word, one seed each: how often the picture is of the asked design and of the right emoji."""  # noqa: E501
     from ldm.training.captions import styled
 
     if judge.style_nn is None:
-        raise EvaluationError("the real images carry no styles (captions.jsonl 'style'): nothing to compare a style with")
+        raise EvaluationError(
+            "the real images carry no styles (captions.jsonl 'style'): nothing to compare a style with"
+        )
     _check_known(judge, prompts)
     size = size or model.default_image_size
     out = {}
@@ -110,19 +138,34 @@ def topk_accuracy_1(nn, features: torch.Tensor, targets: Sequence[str]) -> float
 
 
 def format_prompt_table(result: dict) -> str:
-    lines = [f"Prompt list at guidance {result['scale']:g}, {result['seeds']} seeds each: judge top-1 {result['top1']:.1%} "
-             f"(diversity across seeds {result['diversity']:.3f}; the same captions' real designs {result['real_diversity']:.3f})",
-             "", "| category | prompts | top-1 over seeds |", "|---|---|---|"]
+    lines = [
+        f"Prompt list at guidance {result['scale']:g}, {result['seeds']} seeds each: judge top-1 {result['top1']:.1%} "
+        f"(diversity across seeds {result['diversity']:.3f}; the same captions' real designs {result['real_diversity']:.3f})",  # noqa: E501
+        "",
+        "| category | prompts | top-1 over seeds |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c} | {v['n']} | {v['top1']:.1%} |" for c, v in result["categories"].items()]
-    lines += ["", "| prompt | held out | top-1 | family top-1 | judged as (most often) | diversity | real diversity |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['prompt']} | {'yes' if r['heldout'] else ''} | {r['top1']:.0%} | {r['family_top1']:.0%} | {r['judged_as']} | "
-              f"{r['diversity']:.3f} | {r['real_diversity']:.3f} |" for r in result["rows"]]
+    lines += [
+        "",
+        "| prompt | held out | top-1 | family top-1 | judged as (most often) | diversity | real diversity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['prompt']} | {'yes' if r['heldout'] else ''} | {r['top1']:.0%} | {r['family_top1']:.0%} | {r['judged_as']} | "  # noqa: E501
+        f"{r['diversity']:.3f} | {r['real_diversity']:.3f} |"
+        for r in result["rows"]
+    ]
     return "\n".join(lines)
 
 
 def format_style_table(result: dict) -> str:
-    lines = [f"Style words at guidance {result['scale']:g}: the picture's nearest real image is of the asked design (style top-1)"
-             " and of the prompted emoji (top-1)", "", "| style | prompts | style top-1 | top-1 |", "|---|---|---|---|"]
+    lines = [
+        f"Style words at guidance {result['scale']:g}: the picture's nearest real image is of the asked design (style top-1)"  # noqa: E501
+        " and of the prompted emoji (top-1)",
+        "",
+        "| style | prompts | style top-1 | top-1 |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {s} | {v['n']} | {v['style_top1']:.1%} | {v['top1']:.1%} |" for s, v in result["styles"].items()]
     return "\n".join(lines)

@@ -49,7 +49,8 @@ from ldm.checkpoint import CheckpointError, load_state_dict
 from ldm.config import load_config
 from ldm.defaults import shipped_path
 from ldm.errors import InvalidOptionError
-from ldm.sdxl_keys import CONDITIONER as SDXL_TEXT, embedder_layouts, is_sdxl
+from ldm.sdxl_keys import CONDITIONER as SDXL_TEXT
+from ldm.sdxl_keys import embedder_layouts, is_sdxl
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class Detection:
     def summary(self) -> str:
         """One line for the log: what was found and how."""
         if self.family == "ldm":
-            return f"config from {self.source}" + (f", prediction {self.prediction} (--prediction)" if self.prediction else "")
+            return f"config from {self.source}" + (f", prediction {self.prediction} (--prediction)" if self.prediction else "")  # noqa: E501
         sizes = f" at the file's sizes ({', '.join(self.resized)})" if self.resized else ""
         return (f"{self.name} by its {self.source}, config {self.config_name}{sizes}, "
                 f"prediction {self.prediction} ({self.prediction_source})")

@@ -8,6 +8,7 @@ open_clip uses, holds them stacked in one `in_proj` (q, then k, then v).
 
 Keys here are relative: after `text_model.` on the Hugging Face side, after the tower's own prefix on ours.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,7 +72,7 @@ def open_clip_from_hf(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         if prefix is None:
             left[key] = value
             continue
-        out[f"transformer.resblocks.{number}.{HF_BLOCK_TO_OPEN_CLIP[prefix]}{rest[len(prefix):]}"] = value
+        out[f"transformer.resblocks.{number}.{HF_BLOCK_TO_OPEN_CLIP[prefix]}{rest[len(prefix) :]}"] = value
     for (number, kind), parts in stacked.items():
         if set(parts) != set(QKV):
             left.update(dict(parts.values()))
@@ -105,5 +106,5 @@ def hf_from_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         prefix = next((p for p in block_to_hf if rest.startswith(p)), None)
         if prefix is None:
             raise TextTowerKeyError(f"{key} has no name in the Hugging Face CLIP text layout")
-        out[f"{block}{block_to_hf[prefix]}{rest[len(prefix):]}"] = value
+        out[f"{block}{block_to_hf[prefix]}{rest[len(prefix) :]}"] = value
     return out

@@ -1,4 +1,5 @@
 """Image conversion and saving shared by every task."""
+
 from __future__ import annotations
 
 import io
@@ -8,9 +9,10 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,8 +159,9 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None,
-             exclusive: bool = False) -> Path:
+def save_png(
+    image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None, exclusive: bool = False
+) -> Path:
     """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.infotext), which
     viewers and A1111's PNG Info read, and "ldm", every setting as JSON (what --from-png uses first).
 
@@ -169,9 +172,15 @@ def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | No
     return _write_png(image, settings, path, lambda tmp: _place(tmp, path, exclusive))
 
 
-def save_numbered_png(image: Image.Image, folder: str | Path, name: str, first: int,
-                      settings: dict[str, Any] | None = None, pattern: str = r"(\d+)",
-                      glob: str = "*.png") -> tuple[Path, int]:
+def save_numbered_png(
+    image: Image.Image,
+    folder: str | Path,
+    name: str,
+    first: int,
+    settings: dict[str, Any] | None = None,
+    pattern: str = r"(\d+)",
+    glob: str = "*.png",
+) -> tuple[Path, int]:
     """Save as `name.format(n)` in folder for the first free n from `first` on; returns (path, n).
 
     Each number is claimed by an exclusive create of the whole file (publish_exclusive), so runs writing into one

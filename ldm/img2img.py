@@ -3,10 +3,12 @@
 strength 0 keeps the image (a VAE round trip), strength 1 ignores it (exactly txt2img with the
 same seed); in between, higher strength keeps less of the input.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -17,8 +19,16 @@ from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.samplers import check_strength
 from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import (Conditioning, Generated, check_task, prompt_conditions, prompt_lists, resolve_options,
-                       sample_seeded, settings_of)
+from ldm.tasks import (
+    Conditioning,
+    Generated,
+    check_task,
+    prompt_conditions,
+    prompt_lists,
+    resolve_options,
+    sample_seeded,
+    settings_of,
+)
 
 
 def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Image.Image:
@@ -26,18 +36,31 @@ def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Im
     return fit_image(as_pil(image).convert("RGB"), size_multiple(model))
 
 
-def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str],
-            options: SamplingOptions | None = None, size: tuple[int, int] | None = None) -> Conditioning:
+def prepare(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    options: SamplingOptions | None = None,
+    size: tuple[int, int] | None = None,
+) -> Conditioning:
     """img2img's conditioning is txt2img's: the prompts alone (the image enters as the start latent); for SDXL the
     vector of the image's `size` (height, width)."""
     return Conditioning(*prompt_conditions(model, prompts, negatives, options, size))
 
 
 @torch.no_grad()
-def img2img(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str], strength: float = defaults.STRENGTH["img2img"],
-            negative_prompt: str | list[str] = "", seed: int = defaults.SEED, options: SamplingOptions | None = None,
-            callback: Callable[[dict], None] | None = None, progress: bool = True,
-            **option_overrides: Any) -> Generated:
+def img2img(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    prompt: str | list[str],
+    strength: float = defaults.STRENGTH["img2img"],
+    negative_prompt: str | list[str] = "",
+    seed: int = defaults.SEED,
+    options: SamplingOptions | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    **option_overrides: Any,
+) -> Generated:
     """One image per prompt, all from the same input; image i uses seed + i.
 
     The output has the input's size rounded to a multiple of 8 (a log line says when it differs).
@@ -50,9 +73,11 @@ def img2img(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
     conditioning = prepare(model, prompts, negatives, options, size=tuple(pixels.shape[-2:]))
     with autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
-        latents = sample_seeded(model, conditioning, options, seed, x0.shape, x0=x0, strength=strength,
-                                callback=callback, progress=progress)
+        latents = sample_seeded(
+            model, conditioning, options, seed, x0.shape, x0=x0, strength=strength, callback=callback, progress=progress
+        )
         images = model.decode_latent(latents)
     height, width = pixels.shape[-2:]
-    return Generated(tensor_to_pil(images), settings_of("img2img", options, strength=strength, height=height,
-                                                        width=width))
+    return Generated(
+        tensor_to_pil(images), settings_of("img2img", options, strength=strength, height=height, width=width)
+    )

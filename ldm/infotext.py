@@ -12,6 +12,7 @@ written as a JSON string, as A1111 does; a prompt never is. The model hash is A1
 first 10 hex digits of the file's SHA-256. Settings that A1111 has no name for (precision, spacing,
 threshold) live only in the full JSON that `ldm.images.save_png` writes beside this text.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,22 @@ class InfotextError(LdmError, ValueError):
 
 # Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9 (ldm.a1111_samplers).
 SAMPLER_NAMES = {
-    "ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "euler": "Euler", "euler_ancestral": "Euler a",
-    "heun": "Heun", "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE",
-    "lms": "LMS", "dpm_2": "DPM2", "dpm_2_ancestral": "DPM2 a", "dpmpp_2s_ancestral": "DPM++ 2S a",
-    "dpmpp_sde": "DPM++ SDE", "dpmpp_3m_sde": "DPM++ 3M SDE", "unipc": "UniPC", "lcm": "LCM",
+    "ddim": "DDIM",
+    "plms": "PLMS",
+    "ddpm": "DDPM",
+    "euler": "Euler",
+    "euler_ancestral": "Euler a",
+    "heun": "Heun",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "lms": "LMS",
+    "dpm_2": "DPM2",
+    "dpm_2_ancestral": "DPM2 a",
+    "dpmpp_2s_ancestral": "DPM++ 2S a",
+    "dpmpp_sde": "DPM++ SDE",
+    "dpmpp_3m_sde": "DPM++ 3M SDE",
+    "unipc": "UniPC",
+    "lcm": "LCM",
 }
 SAMPLERS_BY_A1111_NAME = {v: k for k, v in SAMPLER_NAMES.items()}
 
@@ -108,8 +121,11 @@ def format_infotext(settings: dict[str, Any]) -> str:
         ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,
         "CFG Rescale phi": settings.get("guidance_rescale") or None,
         # A1111's short hashes of the extra networks (sha256, first 12 hex digits), as civitai reads them.
-        "Lora hashes": _short_hashes((Path(str(x.get("file", ""))).stem, x.get("sha256"))
-                                     for x in settings.get("loras") or () if not x.get("merged")),
+        "Lora hashes": _short_hashes(
+            (Path(str(x.get("file", ""))).stem, x.get("sha256"))
+            for x in settings.get("loras") or ()
+            if not x.get("merged")
+        ),
         "TI hashes": _short_hashes((x.get("name"), x.get("sha256")) for x in settings.get("embeddings") or ()),
     }
     fields.update(controlnet_fields(settings))  # --control, as A1111's ControlNet extension writes it
@@ -137,7 +153,7 @@ def parse_infotext(text: str) -> dict[str, str]:
     for line in lines[:-1]:
         line = line.strip()
         if line.startswith("Negative prompt:"):
-            in_negative, line = True, line[len("Negative prompt:"):].strip()
+            in_negative, line = True, line[len("Negative prompt:") :].strip()
         (negative if in_negative else prompt).append(line)
     fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
     for name, value in PARAM.findall(last):
@@ -155,12 +171,22 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     """
     fields = parse_infotext(text)
     # A1111 reads every prompt in 75-token chunks with (word:1.2) emphasis, so its images are remade that way.
-    settings: dict[str, Any] = {"prompt": fields["Prompt"], "negative_prompt": fields["Negative prompt"],
-                                "long_prompts": True, "emphasis": True}
+    settings: dict[str, Any] = {
+        "prompt": fields["Prompt"],
+        "negative_prompt": fields["Negative prompt"],
+        "long_prompts": True,
+        "emphasis": True,
+    }
     try:
-        for name, key, kind in (("Steps", "steps", int), ("CFG scale", "guidance_scale", float), ("Seed", "seed", int),
-                                ("Size-1", "width", int), ("Size-2", "height", int),
-                                ("Denoising strength", "strength", float), ("CFG Rescale phi", "guidance_rescale", float)):
+        for name, key, kind in (
+            ("Steps", "steps", int),
+            ("CFG scale", "guidance_scale", float),
+            ("Seed", "seed", int),
+            ("Size-1", "width", int),
+            ("Size-2", "height", int),
+            ("Denoising strength", "strength", float),
+            ("CFG Rescale phi", "guidance_rescale", float),
+        ):
             if name in fields:
                 settings[key] = kind(fields[name])
         for name in ("Eta DDIM", "Eta"):
@@ -177,8 +203,9 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
         if chosen is None and split_schedule(label)[0] not in A1111_SAMPLERS:
             raise InfotextError(f"sampler {label!r} has no counterpart here; known: {', '.join(A1111_SAMPLERS)}")
         if chosen is None:
-            raise InfotextError(f"schedule type {schedule!r} has no counterpart here; "
-                                f"known: Automatic, {', '.join(SCHEDULE_SETTINGS)}")
+            raise InfotextError(
+                f"schedule type {schedule!r} has no counterpart here; known: Automatic, {', '.join(SCHEDULE_SETTINGS)}"
+            )
         settings.update(chosen)
     if "Model hash" in fields:
         settings["model_hash"] = fields["Model hash"]
@@ -201,8 +228,10 @@ def as_made(settings: dict[str, Any]) -> dict[str, Any]:
 
 def check_metadata_length(text: str, name: str) -> None:
     if len(text) > MAX_METADATA_CHARS:
-        raise InfotextError(f"{name} is {len(text):,} characters long; the limit is {MAX_METADATA_CHARS:,} "
-                            "(ldm.infotext.MAX_METADATA_CHARS)")
+        raise InfotextError(
+            f"{name} is {len(text):,} characters long; the limit is {MAX_METADATA_CHARS:,} "
+            "(ldm.infotext.MAX_METADATA_CHARS)"
+        )
 
 
 def check_png_chunks(path: Path) -> None:
@@ -219,8 +248,10 @@ def check_png_chunks(path: Path) -> None:
             if kind in (b"IDAT", b"IEND"):  # Pillow reads no further without decoding the pixels
                 return
             if kind in (b"tEXt", b"zTXt", b"iTXt") and length > MAX_TEXT_CHUNK_BYTES:
-                raise InfotextError(f"{path} has a text chunk of {length:,} bytes; the limit is "
-                                    f"{MAX_TEXT_CHUNK_BYTES:,} (ldm.infotext.MAX_TEXT_CHUNK_BYTES)")
+                raise InfotextError(
+                    f"{path} has a text chunk of {length:,} bytes; the limit is "
+                    f"{MAX_TEXT_CHUNK_BYTES:,} (ldm.infotext.MAX_TEXT_CHUNK_BYTES)"
+                )
             f.seek(length + 4, 1)  # the data and its CRC
     raise InfotextError(f"{path} has more than {MAX_CHUNKS_BEFORE_PIXELS} chunks before its pixels; not read")
 
@@ -251,8 +282,22 @@ def read_png_text(path: Path) -> dict[str, Any]:
 # The type of each of our settings (the `ldm` JSON of `save_png`), as the command line's options take them; null is
 # "not set". Sampler options (snr, corrector_steps, ...) are checked as --sampler-option's are (ldm.sampling).
 SETTING_TYPES: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("prompt", "negative_prompt", "sampler", "spacing", "precision", "ddim_variant", "label",
-                     "model_file", "model_sha256", "model_hash", "model_name"), (str,)),
+    **dict.fromkeys(
+        (
+            "prompt",
+            "negative_prompt",
+            "sampler",
+            "spacing",
+            "precision",
+            "ddim_variant",
+            "label",
+            "model_file",
+            "model_sha256",
+            "model_hash",
+            "model_name",
+        ),
+        (str,),
+    ),
     **dict.fromkeys(("seed", "height", "width", "steps"), (int,)),
     **dict.fromkeys(("guidance_scale", "eta", "guidance_rescale", "threshold", "strength"), (int, float)),
     **dict.fromkeys(("karras", "long_prompts", "emphasis", "learned_variance"), (bool,)),

@@ -9,12 +9,14 @@ Two modes:
 Both end with a pixel-space paste-back of the kept area through a feathered mask, so kept
 pixels come back exactly and the seam is soft.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +30,16 @@ from ldm.masks import EmptyMaskError, border_mask, check_mask, feather, mask_fro
 from ldm.model import LatentDiffusion
 from ldm.samplers import check_strength
 from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import (Conditioning, Generated, check_task, prompt_conditions, prompt_lists,
-                       resolve_options, sample_seeded, settings_of)
+from ldm.tasks import (
+    Conditioning,
+    Generated,
+    check_task,
+    prompt_conditions,
+    prompt_lists,
+    resolve_options,
+    sample_seeded,
+    settings_of,
+)
 
 log = logging.getLogger("ldm")
 
@@ -42,7 +52,7 @@ class InpaintModeError(EditingError):
 
 
 def resolve_mode(model: LatentDiffusion, mode: str = "auto") -> str:
-    """"model" for a dedicated inpainting model, "blend" for any other text-to-image model."""
+    """ "model" for a dedicated inpainting model, "blend" for any other text-to-image model."""
     if mode not in INPAINT_MODES:
         raise InpaintModeError(f"unknown inpainting mode {mode!r}; known: {', '.join(INPAINT_MODES)}")
     check_task(model, "inpaint")
@@ -84,8 +94,9 @@ class BlendDenoiser:
         return torch.lerp(denoised, x0.to(denoised.dtype), keep.to(denoised.dtype))
 
 
-def masked_image_condition(model: LatentDiffusion, images: torch.Tensor, masks: torch.Tensor,
-                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def masked_image_condition(
+    model: LatentDiffusion, images: torch.Tensor, masks: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The inpainting U-Net's extra input [mask at latent size, latent of the image with the hole greyed out].
 
     As SD 2 inpainting was trained: the hole (mask >= 0.5) is 0 in [-1, 1], the mask resized nearest. Built here
@@ -95,8 +106,16 @@ def masked_image_condition(model: LatentDiffusion, images: torch.Tensor, masks: 
     return torch.cat([F.interpolate(masks, size=masked.shape[-2:]), masked.to(dtype)], 1)
 
 
-def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], mode: str, pixels: torch.Tensor,
-            mask: torch.Tensor, x0: torch.Tensor, options: SamplingOptions | None = None) -> Conditioning:
+def prepare(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    mode: str,
+    pixels: torch.Tensor,
+    mask: torch.Tensor,
+    x0: torch.Tensor,
+    options: SamplingOptions | None = None,
+) -> Conditioning:
     """Inpainting's conditioning: the prompts, plus the masked image for an inpainting model ("model") or the
     blend of the known latents for any other ("blend")."""
     conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options, tuple(pixels.shape[-2:])))
@@ -110,8 +129,9 @@ def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], mo
     return conditioning
 
 
-def _prepare(model: LatentDiffusion, image: Image.Image | str | Path,
-             mask: Image.Image | str | Path | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(
+    model: LatentDiffusion, image: Image.Image | str | Path, mask: Image.Image | str | Path | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixels [1, 3, H, W] in [-1, 1], binary mask [1, 1, H, W]) at the processing size."""
     img = as_pil(image).convert("RGB")
     m = as_mask(mask)
@@ -126,12 +146,21 @@ def _prepare(model: LatentDiffusion, image: Image.Image | str | Path,
 
 
 @torch.no_grad()
-def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image.Image | str | Path | np.ndarray,
-            prompt: str | list[str], negative_prompt: str | list[str] = "", seed: int = defaults.SEED,
-            strength: float = defaults.STRENGTH["inpaint"],
-            mode: str = "auto", feather_radius: int | None = None, options: SamplingOptions | None = None,
-            callback: Callable[[dict], None] | None = None, progress: bool = True,
-            **option_overrides: Any) -> Generated:
+def inpaint(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    mask: Image.Image | str | Path | np.ndarray,
+    prompt: str | list[str],
+    negative_prompt: str | list[str] = "",
+    seed: int = defaults.SEED,
+    strength: float = defaults.STRENGTH["inpaint"],
+    mode: str = "auto",
+    feather_radius: int | None = None,
+    options: SamplingOptions | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    **option_overrides: Any,
+) -> Generated:
     """Repaint the mask's white area (>= 0.5) of `image` following the prompt; image i uses seed + i.
 
     strength < 1 starts the hole from the noised original instead of pure noise. `feather_radius`
@@ -152,18 +181,36 @@ def inpaint(model: LatentDiffusion, image: Image.Image | str | Path, mask: Image
         x0 = model.encode_image(pixels).float()
         conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options)
         start = x0.expand(n, -1, -1, -1)
-        latents = sample_seeded(model, conditioning, options, seed, start.shape, x0=start, strength=strength,
-                                callback=callback, progress=progress)
+        latents = sample_seeded(
+            model,
+            conditioning,
+            options,
+            seed,
+            start.shape,
+            x0=start,
+            strength=strength,
+            callback=callback,
+            progress=progress,
+        )
         decoded = model.decode_latent(latents).float()
     soft = feather(m, radius)
     out = decoded.clamp(-1, 1) * soft + pixels * (1 - soft)
-    return Generated(tensor_to_pil(out), settings_of("inpaint", options, strength=strength, inpaint_mode=mode,
-                                                     feather_radius=radius, height=pixels.shape[-2],
-                                                     width=pixels.shape[-1]))
+    return Generated(
+        tensor_to_pil(out),
+        settings_of(
+            "inpaint",
+            options,
+            strength=strength,
+            inpaint_mode=mode,
+            feather_radius=radius,
+            height=pixels.shape[-2],
+            width=pixels.shape[-1],
+        ),
+    )
 
 
 def parse_extend(spec: str) -> dict[str, int]:
-    """"left=64,right=32" -> {"left": 64, "right": 32, "top": 0, "bottom": 0}."""
+    """ "left=64,right=32" -> {"left": 64, "right": 32, "top": 0, "bottom": 0}."""
     sides = dict.fromkeys(SIDES, 0)
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, value = part.partition("=")
@@ -175,8 +222,9 @@ def parse_extend(spec: str) -> dict[str, int]:
     return sides
 
 
-def extend_canvas(image: Image.Image, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
-                  multiple: int = 8, seed: int = 0) -> tuple[Image.Image, np.ndarray, dict[str, int]]:
+def extend_canvas(
+    image: Image.Image, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0, multiple: int = 8, seed: int = 0
+) -> tuple[Image.Image, np.ndarray, dict[str, int]]:
     """(larger canvas, mask of the new area, the widths actually added).
 
     The new area holds the edge colours smeared outward plus noise: a neutral start that matches
@@ -204,9 +252,18 @@ def extend_canvas(image: Image.Image, left: int = 0, right: int = 0, top: int = 
     return Image.fromarray(arr), mask, pad
 
 
-def outpaint(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str], left: int = 0,
-             right: int = 0, top: int = 0, bottom: int = 0, negative_prompt: str | list[str] = "", seed: int = defaults.SEED,
-             **inpaint_kwargs: Any) -> Generated:
+def outpaint(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    prompt: str | list[str],
+    left: int = 0,
+    right: int = 0,
+    top: int = 0,
+    bottom: int = 0,
+    negative_prompt: str | list[str] = "",
+    seed: int = defaults.SEED,
+    **inpaint_kwargs: Any,
+) -> Generated:
     """Extend the canvas on the chosen sides by that many pixels and inpaint the new area."""
     canvas, mask, _ = extend_canvas(as_pil(image), left, right, top, bottom, size_multiple(model), seed)
     return inpaint(model, canvas, mask, prompt, negative_prompt, seed, **inpaint_kwargs)

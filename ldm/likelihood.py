@@ -20,10 +20,11 @@ negative), and images would need the 8-bit bins instead. sigma_t^2 is beta~_t ("
 (beta~_0 = 0, so index 0 uses beta~_1 in its place, as Improved DDPM does.) Bits per dimension are
 nats / (D ln 2).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +96,9 @@ class ReverseProcess:
     def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self._at(self.coef_x0, t, x_t) * x0 + self._at(self.coef_xt, t, x_t) * x_t
 
-    def log_variance(self, t: torch.Tensor, like: torch.Tensor, variance: str,
-                     frac: torch.Tensor | None = None) -> torch.Tensor:
+    def log_variance(
+        self, t: torch.Tensor, like: torch.Tensor, variance: str, frac: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log sigma_t^2 of p(x_{t-1} | x_t): fixed, or v log beta_t + (1 - v) log beta~_t with v = frac."""
         check_variance(variance)
         if variance == "fixed_small":
@@ -107,8 +109,9 @@ class ReverseProcess:
             raise UnknownVarianceError("a learned variance needs the network's interpolation output v")
         return frac * self._at(self.log_beta, t, like) + (1 - frac) * self._at(self.log_beta_tilde, t, like)
 
-    def term(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, x0_hat: torch.Tensor,
-             log_var: torch.Tensor) -> torch.Tensor:
+    def term(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, x0_hat: torch.Tensor, log_var: torch.Tensor
+    ) -> torch.Tensor:
         """L_t per sample in nats: KL(q(x_{t-1} | x_t, x0) || p) for t >= 1, the decoder's -log p(x0 | x_1) at t = 0."""
         mean = self.posterior_mean(x0_hat, x_t, t)
         true_mean = self.posterior_mean(x0, x_t, t)
@@ -124,8 +127,9 @@ class ReverseProcess:
         return sum_per_sample(normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0)))
 
 
-def stratified_timesteps(num_timesteps: int, count: int, generator: torch.Generator | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_timesteps(
+    num_timesteps: int, count: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(steps, weights) for an unbiased estimate sum_{t >= 1} L_t ~= sum_k weights_k L_{steps_k} from `count` steps.
 
     The first count // 4 steps (1, 2, ...) are taken exactly, weight 1: L_t falls like 1/t there, so a stratum
@@ -147,9 +151,14 @@ def stratified_timesteps(num_timesteps: int, count: int, generator: torch.Genera
 
 
 @torch.no_grad()
-def variational_bound(predict: Predictor, x0: torch.Tensor, process: ReverseProcess, variance: str,
-                      timesteps: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      generator: torch.Generator | None = None) -> dict:
+def variational_bound(
+    predict: Predictor,
+    x0: torch.Tensor,
+    process: ReverseProcess,
+    variance: str,
+    timesteps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict:
     """The bound per sample of x0, in nats, and its parts: {"total", "decoder", "prior", "terms" (t >= 1),
     "timesteps" (how many were evaluated)}.
 
@@ -176,12 +185,25 @@ def variational_bound(predict: Predictor, x0: torch.Tensor, process: ReverseProc
             total += weight * term
     terms = total
     prior = process.prior(x0).double()
-    return {"total": decoder + terms + prior, "decoder": decoder, "prior": prior, "terms": terms,
-            "timesteps": len(steps) + 1}
+    return {
+        "total": decoder + terms + prior,
+        "decoder": decoder,
+        "prior": prior,
+        "terms": terms,
+        "timesteps": len(steps) + 1,
+    }
 
 
-def hybrid_loss(process: ReverseProcess, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                eps_hat: torch.Tensor, raw_variance: torch.Tensor, lam: float = HYBRID_LAMBDA) -> tuple[torch.Tensor, torch.Tensor]:
+def hybrid_loss(
+    process: ReverseProcess,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    eps_hat: torch.Tensor,
+    raw_variance: torch.Tensor,
+    lam: float = HYBRID_LAMBDA,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Improved DDPM's L_hybrid = L_simple + lambda L_vlb, returned as (L_hybrid, L_vlb estimate in bits/dim):
 
         L_simple = mean || eps - eps_hat ||^2,
@@ -217,9 +239,15 @@ class LearnedVarianceParameterisation(VPParameterisation):
         super().__init__(alphas_cumprod, prediction)
         self.process = ReverseProcess(alphas_cumprod)
 
-    def loss(self, unet: Callable[..., torch.Tensor], x0: torch.Tensor, context: torch.Tensor | None,
-             generator: torch.Generator | None = None, y: torch.Tensor | None = None,
-             concat: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        unet: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        context: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+        y: torch.Tensor | None = None,
+        concat: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """L_hybrid = L_simple + lambda L_vlb at one (t, eps) per sample, drawn as for the simple loss."""
         t, noise, x_t = self.noised(x0, generator)
         out = unet(x_t if concat is None else torch.cat([x_t, concat.to(x_t.dtype)], dim=1), t, context=context, y=y)

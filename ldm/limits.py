@@ -9,6 +9,7 @@ emoji model on the CPU (peak RSS at 256, 512 and 768 px within about 20%).
 
 The limit defaults to 80% of the device's memory; `--max-memory GIB` sets another (inf: no limit).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ def check_prompt_length(text: str, name: str = "prompt") -> None:
     """Refuse a prompt over MAX_PROMPT_CHARS characters in one line that names it (`name`: "prompt", "negative
     prompt", "prompt 3 of prompts.txt", ...)."""
     if len(text) > MAX_PROMPT_CHARS:
-        raise PromptTooLongError(f"{name} is {len(text):,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
-                                 "characters (ldm.limits.MAX_PROMPT_CHARS)")
+        raise PromptTooLongError(
+            f"{name} is {len(text):,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
+            "characters (ldm.limits.MAX_PROMPT_CHARS)"
+        )
 
 
 def device_memory(device: torch.device) -> int:
@@ -97,8 +100,10 @@ def plan_chunk(model: torch.nn.Module, height: int, width: int, count: int, limi
     """How many images to make at once (at most MAX_CHUNK, and what fits the limit); refuses when not even one fits."""
     one = sampling_bytes(model, height, width, 1)
     if one > limit:
-        raise ResourceLimitError(f"{width}x{height} px needs about {_gib(one)} per image, over the limit of {_gib(limit)}; "
-                                 "choose a smaller size or raise --max-memory (GiB)")
+        raise ResourceLimitError(
+            f"{width}x{height} px needs about {_gib(one)} per image, over the limit of {_gib(limit)}; "
+            "choose a smaller size or raise --max-memory (GiB)"
+        )
     chunk = min(max(1, count), MAX_CHUNK)
     while chunk > 1 and sampling_bytes(model, height, width, chunk) > limit:
         chunk //= 2

@@ -15,6 +15,7 @@ each token's weight, then rescaled so its mean is the unweighted output's mean. 
 over the whole batch; here it is taken per prompt, so an image does not depend on the prompts it was
 batched with (the same thing at batch size 1).
 """
+
 from __future__ import annotations
 
 import re
@@ -88,8 +89,16 @@ class Chunk:
     weights: list[float]
 
 
-def chunk_prompt(pieces: list[tuple[str, float]], encode, start_id: int, end_id: int, pad_id: int, comma_id: int,
-                 chunk_tokens: int = CHUNK_TOKENS, backtrack: int = COMMA_BACKTRACK) -> list[Chunk]:
+def chunk_prompt(
+    pieces: list[tuple[str, float]],
+    encode,
+    start_id: int,
+    end_id: int,
+    pad_id: int,
+    comma_id: int,
+    chunk_tokens: int = CHUNK_TOKENS,
+    backtrack: int = COMMA_BACKTRACK,
+) -> list[Chunk]:
     """The chunks of one parsed prompt (`encode`: text -> token ids, without start and end tokens).
 
     Padding is one end token, then `pad_id` (0 for open_clip, as its tokenizer pads; SD 1.x pads with end).
@@ -113,7 +122,9 @@ def chunk_prompt(pieces: list[tuple[str, float]], encode, start_id: int, end_id:
         for token in encode(text):
             if token == comma_id:
                 last_comma = len(tokens)
-            elif backtrack and len(tokens) == chunk_tokens and last_comma != -1 and len(tokens) - last_comma <= backtrack:
+            elif (
+                backtrack and len(tokens) == chunk_tokens and last_comma != -1 and len(tokens) - last_comma <= backtrack
+            ):
                 cut = last_comma + 1  # the comma stays in this chunk; what follows it moves on
                 rest_tokens, rest_weights = tokens[cut:], weights[cut:]
                 tokens, weights = tokens[:cut], weights[:cut]
@@ -154,8 +165,15 @@ def encode_prompts(encoder, prompts: list[str], chunking: bool = True, emphasis:
     chunked = []
     for prompt in prompts:
         pieces = parse_emphasis(prompt) if emphasis else [(prompt, 1.0)]
-        chunks = chunk_prompt(pieces, vocab.encode, vocab.start_id, vocab.end_id, vocab.pad_id, vocab.comma_id,
-                              backtrack=COMMA_BACKTRACK if chunking else 0)
+        chunks = chunk_prompt(
+            pieces,
+            vocab.encode,
+            vocab.start_id,
+            vocab.end_id,
+            vocab.pad_id,
+            vocab.comma_id,
+            backtrack=COMMA_BACKTRACK if chunking else 0,
+        )
         chunked.append(chunks if chunking else chunks[:1])
     count = max(len(c) for c in chunked)
     empty = chunk_prompt([("", 1.0)], vocab.encode, vocab.start_id, vocab.end_id, vocab.pad_id, vocab.comma_id)[0]
@@ -165,6 +183,7 @@ def encode_prompts(encoder, prompts: list[str], chunking: bool = True, emphasis:
 def pad_contexts(a: torch.Tensor, b: torch.Tensor, empty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two contexts brought to one sequence length by appending the empty chunk's context [1, 77, width],
     so the conditional and unconditional halves of guidance can run as one batch."""
+
     def extend(x: torch.Tensor, length: int) -> torch.Tensor:
         missing = (length - x.shape[1]) // empty.shape[1]
         return torch.cat([x, empty.expand(x.shape[0], -1, -1).repeat(1, missing, 1)], dim=1) if missing else x

@@ -15,6 +15,7 @@ same levels in reverse, each with one more res block and an upsampler after the 
 Names are mapped from our side (every module we have gets its kohya name), so underscores never need
 to be split back into dots.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,12 +23,23 @@ from collections.abc import Sequence
 from ldm.lora_layers import Target
 
 # ResBlock inner names -> diffusers ResnetBlock2D's.
-RESNET_NAMES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
-                "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
+RESNET_NAMES = {
+    "in_layers.0": "norm1",
+    "in_layers.2": "conv1",
+    "emb_layers.1": "time_emb_proj",
+    "out_layers.0": "norm2",
+    "out_layers.3": "conv2",
+    "skip_connection": "conv_shortcut",
+}
 # open_clip text transformer -> transformers' CLIPTextModel (what kohya names the SD 2 text encoder after).
-TEXT_NAMES = {"attn.in_proj_q": "self_attn_q_proj", "attn.in_proj_k": "self_attn_k_proj",
-              "attn.in_proj_v": "self_attn_v_proj", "attn.out_proj": "self_attn_out_proj",
-              "mlp.c_fc": "mlp_fc1", "mlp.c_proj": "mlp_fc2"}
+TEXT_NAMES = {
+    "attn.in_proj_q": "self_attn_q_proj",
+    "attn.in_proj_k": "self_attn_k_proj",
+    "attn.in_proj_v": "self_attn_v_proj",
+    "attn.out_proj": "self_attn_out_proj",
+    "mlp.c_fc": "mlp_fc1",
+    "mlp.c_proj": "mlp_fc2",
+}
 UNET_PREFIX, TEXT_PREFIX = "lora_unet_", "lora_te_"
 # SDXL's two towers: kohya's lora_te1_ (CLIP ViT-L) and lora_te2_ (OpenCLIP bigG), both in CLIPTextModel's names.
 SDXL_TEXT_PREFIXES = ("lora_te1_", "lora_te2_")
@@ -41,10 +53,16 @@ def diffusers_block_prefixes(num_res_blocks: Sequence[int]) -> dict[str, str]:
     (`output_blocks.N.1.conv.`) is the longer prefix, which `diffusers_name` prefers.
     """
     levels = len(num_res_blocks)
-    out = {"input_blocks.0.0.": "conv_in.", "time_embed.0.": "time_embedding.linear_1.",
-           "time_embed.2.": "time_embedding.linear_2.", "out.0.": "conv_norm_out.", "out.2.": "conv_out.",
-           "middle_block.0.": "mid_block.resnets.0.", "middle_block.1.": "mid_block.attentions.0.",
-           "middle_block.2.": "mid_block.resnets.1."}
+    out = {
+        "input_blocks.0.0.": "conv_in.",
+        "time_embed.0.": "time_embedding.linear_1.",
+        "time_embed.2.": "time_embedding.linear_2.",
+        "out.0.": "conv_norm_out.",
+        "out.2.": "conv_out.",
+        "middle_block.0.": "mid_block.resnets.0.",
+        "middle_block.1.": "mid_block.attentions.0.",
+        "middle_block.2.": "mid_block.resnets.1.",
+    }
     index = 1
     for level, count in enumerate(num_res_blocks):
         for j in range(count):
@@ -73,11 +91,11 @@ def diffusers_name(path: str, blocks: dict[str, str]) -> str | None:
     if not matches:
         return None
     prefix = max(matches, key=len)
-    rest = key[len(prefix):]
+    rest = key[len(prefix) :]
     if ".resnets." in blocks[prefix]:
         for ours, theirs in RESNET_NAMES.items():
             if rest.startswith(ours + "."):
-                rest = theirs + "." + rest[len(ours) + 1:]
+                rest = theirs + "." + rest[len(ours) + 1 :]
                 break
     return (blocks[prefix] + rest).rstrip(".")
 
@@ -103,12 +121,12 @@ def kohya_names(model, targets: dict[str, Target]) -> dict[str, str]:
         blocks = diffusers_block_prefixes(unet.num_res_blocks)
         start = prefix + "." if prefix else ""
         for name in targets:
-            if name.startswith(start) and (theirs := diffusers_name(name[len(start):], blocks)):
+            if name.startswith(start) and (theirs := diffusers_name(name[len(start) :], blocks)):
                 out[UNET_PREFIX + theirs.replace(".", "_")] = name
     two_towers = len(texts) == 2 and all(".embedders." in p for p in texts)  # SDXL (ldm.sdxl_text)
     for number, prefix in enumerate(texts if two_towers else texts[:1]):
         start = prefix + "." if prefix else ""
         for name in targets:
-            if name.startswith(start) and (theirs := text_name(name[len(start):])):
+            if name.startswith(start) and (theirs := text_name(name[len(start) :])):
                 out[theirs.replace(TEXT_PREFIX, SDXL_TEXT_PREFIXES[number], 1) if two_towers else theirs] = name
     return out

@@ -11,6 +11,7 @@ input dropout of the LoRA paper applies). nn.MultiheadAttention never calls its 
 weight delta to q, k, v (slices of the fused weight) or the output projection, and runs the original
 forward with those weights.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,16 @@ def linear_lowrank(in_features: int, out_features: int, rank: int, alpha: float,
 def conv_lowrank(base: nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0) -> LowRank:
     if base.groups != 1:
         raise LoraError(f"LoRA on a grouped convolution (groups={base.groups}) is not supported")
-    down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation,
-                     bias=False, padding_mode=base.padding_mode)
+    down = nn.Conv2d(
+        base.in_channels,
+        rank,
+        base.kernel_size,
+        base.stride,
+        base.padding,
+        base.dilation,
+        bias=False,
+        padding_mode=base.padding_mode,
+    )
     return LowRank(down, nn.Conv2d(rank, base.out_channels, 1, bias=False), alpha, dropout)
 
 
@@ -144,8 +153,9 @@ class LoRAMultiheadAttention(nn.MultiheadAttention, _Host):
                 out_weight = out_weight + slots["out_proj"].delta()
         self.__dict__["_in_call"] = True
         try:  # the original forward, with these two weights in place of the parameters
-            return functional_call(self, {"in_proj_weight": torch.cat(parts), "out_proj.weight": out_weight},
-                                   args, kwargs)
+            return functional_call(
+                self, {"in_proj_weight": torch.cat(parts), "out_proj.weight": out_weight}, args, kwargs
+            )
         finally:
             self.__dict__["_in_call"] = False
 

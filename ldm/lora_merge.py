@@ -5,6 +5,7 @@ merged at its weight (ldm.lora.merge_lora: W += weight * alpha / rank * up @ dow
 result is written atomically as one safetensors file in the original SD key layout. The file carries its
 config (`ldm_config`, so it loads without a YAML) and the list of merged LoRAs with their hashes.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,15 @@ class MergeError(LdmError, ValueError):
     """A merge that cannot be done as asked (an output that exists, nothing to merge)."""
 
 
-def merge_loras_into_file(src: str | Path, dst: str | Path, loras: list[tuple[str, float]],
-                          config: str | Path | None = None, prediction: str | None = None,
-                          overwrite: bool = False, float_dtype: torch.dtype | None = None) -> Path:
+def merge_loras_into_file(
+    src: str | Path,
+    dst: str | Path,
+    loras: list[tuple[str, float]],
+    config: str | Path | None = None,
+    prediction: str | None = None,
+    overwrite: bool = False,
+    float_dtype: torch.dtype | None = None,
+) -> Path:
     """Write `dst`: the model of `src` with `loras` [(file, weight), ...] merged in, in that order."""
     dst = Path(dst)
     if not loras:
@@ -43,8 +50,12 @@ def merge_loras_into_file(src: str | Path, dst: str | Path, loras: list[tuple[st
         merge_lora(model, path, weight)
         log.info("merged %s at weight %g", path, weight)
     merged = [{k: entry[k] for k in ("file", "sha256", "weight")} for entry in model.identity.get("loras", [])]
-    metadata = {"format": "pt", CONFIG_KEY: json.dumps({"model": cfg["model"]}), "merged_from": Path(src).name,
-                "merged_loras": json.dumps(merged)}
+    metadata = {
+        "format": "pt",
+        CONFIG_KEY: json.dumps({"model": cfg["model"]}),
+        "merged_from": Path(src).name,
+        "merged_loras": json.dumps(merged),
+    }
     save_state_dict(model.original_state_dict(), dst, metadata=metadata, float_dtype=float_dtype)
     log.info("wrote %s (%d LoRA(s) merged into %s)", dst, len(loras), Path(src).name)
     return dst

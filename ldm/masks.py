@@ -4,9 +4,10 @@ Convention everywhere: a mask is float32 in [0, 1] with 1 (white) = repaint, 0 (
 Random masks are pure functions of a `numpy.random.Generator`, so a data loader can make
 them reproducible per sample by seeding the generator.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -72,26 +73,37 @@ def border_mask(height: int, width: int, left: int = 0, right: int = 0, top: int
         raise MaskError(f"borders {left}+{right} x {top}+{bottom} leave nothing of a {width}x{height} image")
     mask = np.zeros((height, width), np.float32)
     mask[:top] = 1
-    mask[height - bottom:] = 1
+    mask[height - bottom :] = 1
     mask[:, :left] = 1
-    mask[:, width - right:] = 1
+    mask[:, width - right :] = 1
     return mask
 
 
-def random_box_mask(height: int, width: int, rng: np.random.Generator, count: tuple[int, int] = (1, 3),
-                    size: tuple[float, float] = (0.1, 0.5)) -> np.ndarray:
+def random_box_mask(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    count: tuple[int, int] = (1, 3),
+    size: tuple[float, float] = (0.1, 0.5),
+) -> np.ndarray:
     """Union of `count` axis-aligned rectangles, each side a random fraction `size` of the image side."""
     mask = np.zeros((height, width), np.float32)
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
         h = max(1, int(rng.uniform(*size) * height))
         w = max(1, int(rng.uniform(*size) * width))
         y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-        mask[y:y + h, x:x + w] = 1
+        mask[y : y + h, x : x + w] = 1
     return mask
 
 
-def random_stroke_mask(height: int, width: int, rng: np.random.Generator, strokes: tuple[int, int] = (1, 4),
-                       vertices: tuple[int, int] = (4, 12), thickness: tuple[float, float] = (0.03, 0.12)) -> np.ndarray:
+def random_stroke_mask(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    strokes: tuple[int, int] = (1, 4),
+    vertices: tuple[int, int] = (4, 12),
+    thickness: tuple[float, float] = (0.03, 0.12),
+) -> np.ndarray:
     """Free-form brush strokes (LaMa-style random polylines with round joints)."""
     img = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(img)
@@ -113,8 +125,9 @@ def random_stroke_mask(height: int, width: int, rng: np.random.Generator, stroke
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def random_border_mask(height: int, width: int, rng: np.random.Generator,
-                       size: tuple[float, float] = (0.1, 0.4)) -> np.ndarray:
+def random_border_mask(
+    height: int, width: int, rng: np.random.Generator, size: tuple[float, float] = (0.1, 0.4)
+) -> np.ndarray:
     """An outpainting mask: one to four random sides masked, each a random fraction of the image."""
     sides = rng.permutation(4)[: int(rng.integers(1, 5))]
     widths = [0, 0, 0, 0]  # left, right, top, bottom
@@ -123,8 +136,14 @@ def random_border_mask(height: int, width: int, rng: np.random.Generator,
     return border_mask(height, width, *widths)
 
 
-def random_mask(height: int, width: int, rng: np.random.Generator, kinds: Sequence[str] = MASK_KINDS,
-                weights: Sequence[float] | None = None, full_prob: float = 0.0) -> np.ndarray:
+def random_mask(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    kinds: Sequence[str] = MASK_KINDS,
+    weights: Sequence[float] | None = None,
+    full_prob: float = 0.0,
+) -> np.ndarray:
     """One random training mask of a randomly chosen kind.
 
     `full_prob` masks the whole image now and then, so an inpainting model also learns plain
@@ -140,5 +159,5 @@ def random_mask(height: int, width: int, rng: np.random.Generator, kinds: Sequen
     make = {"box": random_box_mask, "stroke": random_stroke_mask, "border": random_border_mask}[kind]
     mask = make(height, width, rng)
     if not mask.any():  # a degenerate draw; a training mask must repaint something
-        mask[height // 4: height - height // 4, width // 4: width - width // 4] = 1
+        mask[height // 4 : height - height // 4, width // 4 : width - width // 4] = 1
     return mask

@@ -31,6 +31,7 @@ the same features), where ours takes a seed; it runs the extractor itself on ima
 evaluation extracts features once and shares them between FID, KID, precision/recall and the judges; and it
 is no dependency of this project.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from ldm.errors import LdmError
 
 log = logging.getLogger(__name__)
+
 
 class EvaluationError(LdmError, ValueError):
     """Base class for evaluation inputs that cannot be used."""
@@ -129,11 +131,18 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD^2 estimate: within-set kernel means exclude the diagonal (i = j) terms."""
     m, n = len(x), len(y)
     kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean()
+    )
 
 
-def kernel_inception_distance(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray,
-                              subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    features1: torch.Tensor | np.ndarray,
+    features2: torch.Tensor | np.ndarray,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """KID: (mean, std) of unbiased MMD^2 over `subsets` random subsets of min(subset_size, N1, N2) rows each."""
     a, b = _as_float64(features1, "features1"), _as_float64(features2, "features2")
     _check_pair(a, b, 2)
@@ -141,14 +150,16 @@ def kernel_inception_distance(features1: torch.Tensor | np.ndarray, features2: t
         raise EvaluationError(f"KID needs subsets >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
     m = min(subset_size, len(a), len(b))
     rng = np.random.default_rng(seed)
-    values = [mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
-              for _ in range(subsets)]
+    values = [
+        mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
+        for _ in range(subsets)
+    ]
     return float(np.mean(values)), float(np.std(values))
 
 
 def _pairwise_distances(x: torch.Tensor, y: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     # Chunked so a few thousand x a few thousand stays small; float64 so ties on the radius are exact.
-    return torch.cat([torch.cdist(x[i:i + chunk], y) for i in range(0, len(x), chunk)])
+    return torch.cat([torch.cdist(x[i : i + chunk], y) for i in range(0, len(x), chunk)])
 
 
 def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -157,7 +168,9 @@ def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
     return d.kthvalue(k + 1, dim=1).values
 
 
-def precision_recall(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, k: int = 3) -> tuple[float, float]:
+def precision_recall(
+    real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, k: int = 3
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN hyperspheres."""
     r = torch.from_numpy(_as_float64(real, "real"))
     f = torch.from_numpy(_as_float64(fake, "fake"))
@@ -199,8 +212,12 @@ class ClipFeatures:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         device = next(self.clip.parameters()).device
-        out = [self.clip.encode_image(_resize(images[i:i + self.batch_size].to(device), self.size), normalize=True).float().cpu()
-               for i in range(0, len(images), self.batch_size)]
+        out = [
+            self.clip.encode_image(_resize(images[i : i + self.batch_size].to(device), self.size), normalize=True)
+            .float()
+            .cpu()
+            for i in range(0, len(images), self.batch_size)
+        ]
         return torch.cat(out)
 
     @torch.no_grad()
@@ -209,8 +226,12 @@ class ClipFeatures:
 
         device = next(self.clip.parameters()).device
         tokens = tokenize(list(texts), self.clip.context_length)
-        return torch.cat([encode_text_trimmed(self.clip, tokens[i:i + batch_size].to(device)).float().cpu()
-                          for i in range(0, len(tokens), batch_size)])
+        return torch.cat(
+            [
+                encode_text_trimmed(self.clip, tokens[i : i + batch_size].to(device)).float().cpu()
+                for i in range(0, len(tokens), batch_size)
+            ]
+        )
 
 
 class InceptionFeatures:
@@ -241,7 +262,9 @@ class InceptionFeatures:
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise InceptionWeightsError(f"{path} does not fit torchvision's inception_v3: {str(exc).splitlines()[0]}") from exc
+            raise InceptionWeightsError(
+                f"{path} does not fit torchvision's inception_v3: {str(exc).splitlines()[0]}"
+            ) from exc
         self.classifier = net.fc  # kept apart: the ImageNet logits of a pool vector, for the Inception Score
         net.fc = torch.nn.Identity()  # the pooled 2048-d vector, as FID uses
         self.net = net.eval().to(device)
@@ -251,9 +274,12 @@ class InceptionFeatures:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         device = next(self.net.parameters()).device
-        return torch.cat([self.net(_resize(images[i:i + self.batch_size].to(device), 299)).float().cpu()
-                          for i in range(0, len(images), self.batch_size)])
-
+        return torch.cat(
+            [
+                self.net(_resize(images[i : i + self.batch_size].to(device), 299)).float().cpu()
+                for i in range(0, len(images), self.batch_size)
+            ]
+        )
 
     @torch.no_grad()
     def class_logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -273,8 +299,10 @@ def inception_score(logits: torch.Tensor | np.ndarray, splits: int = 1) -> tuple
     """
     log_p = torch.log_softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), dim=1)
     if log_p.ndim != 2 or len(log_p) < splits or splits < 1:
-        raise FeatureShapeError(f"inception_score needs [N, classes] logits with N >= splits >= 1, got {tuple(log_p.shape)} "
-                                f"and splits={splits}")
+        raise FeatureShapeError(
+            f"inception_score needs [N, classes] logits with N >= splits >= 1, got {tuple(log_p.shape)} "
+            f"and splits={splits}"
+        )
     scores = []
     for part in torch.tensor_split(log_p, splits):  # exactly `splits` parts, sizes differing by at most one
         log_marginal = torch.logsumexp(part, dim=0) - math.log(len(part))
@@ -297,14 +325,16 @@ class NearestNeighbourJudge:
 
     def __init__(self, gallery: torch.Tensor, labels: Sequence[str]):
         if len(gallery) != len(labels) or len(labels) == 0:
-            raise EvaluationError(f"judge gallery needs one label per feature row, got {len(gallery)} rows and {len(labels)} labels")
+            raise EvaluationError(
+                f"judge gallery needs one label per feature row, got {len(gallery)} rows and {len(labels)} labels"
+            )
         self.classes: list[str] = sorted(set(labels))
         index = {c: i for i, c in enumerate(self.classes)}
         self.label_index = torch.tensor([index[c] for c in labels])
         self.gallery = F.normalize(gallery.float(), dim=-1)
 
     def class_scores(self, features: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, classes] scores; exclude[b] is a gallery row query b may not match (its own image, leave-one-out), or -1."""
+        """[B, classes] scores; exclude[b] is a gallery row query b may not match (its own image, leave-one-out), or -1."""  # noqa: E501
         sim = F.normalize(features.float(), dim=-1) @ self.gallery.T  # [B, gallery]
         if exclude is not None:
             rows = torch.nonzero(exclude >= 0).flatten()
@@ -326,7 +356,9 @@ class ZeroShotJudge:
         return F.normalize(features.float(), dim=-1) @ self.text.T
 
 
-def topk_accuracy(scores: torch.Tensor, classes: Sequence[str], targets: Sequence[str], ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+def topk_accuracy(
+    scores: torch.Tensor, classes: Sequence[str], targets: Sequence[str], ks: Sequence[int] = (1, 5)
+) -> dict[int, float]:
     """Share of rows whose target name is among the k best-scored classes, for each k."""
     index = {c: i for i, c in enumerate(classes)}
     missing = [t for t in targets if t not in index]
@@ -335,11 +367,13 @@ def topk_accuracy(scores: torch.Tensor, classes: Sequence[str], targets: Sequenc
     target = torch.tensor([index[t] for t in targets])
     kmax = min(max(ks), scores.shape[1])
     top = scores.topk(kmax, dim=1).indices
-    return {k: (top[:, :min(k, kmax)] == target[:, None]).any(dim=1).float().mean().item() for k in ks}
+    return {k: (top[:, : min(k, kmax)] == target[:, None]).any(dim=1).float().mean().item() for k in ks}
 
 
 def clip_score(image_features: torch.Tensor, text_features: torch.Tensor) -> float:
     """100 x mean cosine similarity of paired image and text embeddings."""
     if image_features.shape != text_features.shape:
-        raise FeatureShapeError(f"image and text embeddings differ in shape: {tuple(image_features.shape)} vs {tuple(text_features.shape)}")
+        raise FeatureShapeError(
+            f"image and text embeddings differ in shape: {tuple(image_features.shape)} vs {tuple(text_features.shape)}"
+        )
     return 100.0 * F.cosine_similarity(image_features.float(), text_features.float(), dim=-1).mean().item()

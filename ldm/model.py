@@ -11,16 +11,24 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import torch
 from torch import nn
 
 from ldm import defaults
-from ldm.errors import InvalidOptionError
-from ldm.checkpoint import (OPEN_CLIP_LAYOUT, CheckpointError, file_sha256, from_original_keys, load_into, load_state_dict, state_problems,
-                            sha256_in_background, to_original_keys)
+from ldm.checkpoint import (
+    OPEN_CLIP_LAYOUT,
+    CheckpointError,
+    file_sha256,
+    from_original_keys,
+    load_into,
+    load_state_dict,
+    sha256_in_background,
+    state_problems,
+    to_original_keys,
+)
 from ldm.config import instantiate
 from ldm.diffusers_keys import from_diffusers, vae_names
+from ldm.errors import InvalidOptionError
 from ldm.schedules import alphas_cumprod_from_betas, make_betas
 from ldm.vae_precision import decode_safely, overflows_in_fp16
 
@@ -90,9 +98,9 @@ class LatentDiffusion(nn.Module):
         if parameterization not in ("eps", "v"):
             raise InvalidOptionError(f"unknown parameterization {parameterization!r}; known: eps, v")
         if ddim_variant not in defaults.DDIM_VARIANTS:
-            raise InvalidOptionError(f"unknown ddim_variant {ddim_variant!r}; known: {', '.join(defaults.DDIM_VARIANTS)}")
+            raise InvalidOptionError(f"unknown ddim_variant {ddim_variant!r}; known: {', '.join(defaults.DDIM_VARIANTS)}")  # noqa: E501
         if conditioning_key not in CONDITIONING_KINDS:
-            raise InvalidOptionError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")
+            raise InvalidOptionError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")  # noqa: E501
         self.unet = instantiate(unet_config)
         self.vae = instantiate(first_stage_config)
         # Improved DDPM's learned reverse variance (ADM's learn_sigma): the U-Net's out_channels are twice the
@@ -195,7 +203,7 @@ class LatentDiffusion(nn.Module):
         """The U-Net's weight type (float32 unless cast with networks_to)."""
         return next(self.unet.parameters()).dtype
 
-    def networks_to(self, dtype: torch.dtype, channels_last: bool = False) -> "LatentDiffusion":
+    def networks_to(self, dtype: torch.dtype, channels_last: bool = False) -> LatentDiffusion:
         """Cast the networks' weights (U-Net, autoencoder, text encoder); the noise schedule stays float32,
         since bf16 sigmas would move every step. `channels_last`: the U-Net's convolutions too, which oneDNN
         runs faster in bf16 on a CPU (benchmarks/unet_speed.py; slower in fp32 there)."""
@@ -206,7 +214,7 @@ class LatentDiffusion(nn.Module):
             self.unet.to(memory_format=torch.channels_last)
         return self
 
-    def compile_unet(self) -> "LatentDiffusion":
+    def compile_unet(self) -> LatentDiffusion:
         """Compile the U-Net with torch.compile (inductor) for inference, after any cast, LoRA or embedding.
         Freezing makes the weights constants, so that inductor folds them and prepacks them for oneDNN on a
         CPU: SD 2-base fp32 at 0.84-0.88x its eager time on one thread (benchmarks/unet_speed.py --compile).
@@ -226,13 +234,13 @@ class LatentDiffusion(nn.Module):
     # "overlap": latent samples}. Set by --tiled-vae; tiles are encoded to the posterior's mean.
     vae_tiling: dict[str, int] | None = None
 
-    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:  # noqa: E501
         """Images in [-1, 1] -> scaled latents."""
         tiling, f = self.vae_tiling, self.downscale
         if tiling and not sample and max(images.shape[-2:]) > tiling["tile"] * f:
             from ldm.tiling import tiled_encode
 
-            return tiled_encode(self.vae.encode_to_latent, images, tiling["tile"] * f, tiling["overlap"] * f, f, self.vae)
+            return tiled_encode(self.vae.encode_to_latent, images, tiling["tile"] * f, tiling["overlap"] * f, f, self.vae)  # noqa: E501
         return self.vae.encode_to_latent(images, generator=generator, sample=sample)
 
     def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
@@ -265,7 +273,7 @@ class LatentDiffusion(nn.Module):
 
         return DiscreteTimeDenoiser(self.unet, parameterisation=self.parameterisation())
 
-    def with_unet(self, unet: nn.Module) -> "LatentDiffusion":
+    def with_unet(self, unet: nn.Module) -> LatentDiffusion:
         """This model with another U-Net (e.g. the EMA copy) in a new container; this one is left as it is.
 
         The VAE, text encoder and buffers are shared, not copied.
@@ -296,7 +304,7 @@ class LatentDiffusion(nn.Module):
             state = from_diffusers(state, vae_names(list(self.vae.state_dict()), len(self.vae.decoder.up)))
         problems = state_problems(self.vae.state_dict(), state)
         if problems:
-            raise CheckpointError(f"{path} does not fit the model's autoencoder (a VAE file holds encoder.*, decoder.*, "
+            raise CheckpointError(f"{path} does not fit the model's autoencoder (a VAE file holds encoder.*, decoder.*, "  # noqa: E501
                                   f"quant_conv.*, post_quant_conv.*): {'; '.join(problems)}")
         self.vae.load_state_dict(state, strict=True)
         identity = getattr(self, "identity", None) or {}
@@ -334,10 +342,9 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
     the `model_name` that image metadata records.
     device: "auto" (cuda if available, else cpu), "cpu", "cuda:1", ...; dtype: the networks' weights
     (torch.bfloat16 or torch.float16 halve the memory; the noise schedule stays float32).
-    """
+    """  # noqa: E501
     from ldm.devices import resolve_device
     from ldm.formats import resolve_config
-
     from ldm.variants import sampling_section, shipped_model_files
 
     if config is None and checkpoint is None:

@@ -19,6 +19,7 @@ which leaves printable ASCII without "&" unchanged: every one of its fixes needs
 character or an HTML entity. Its `ftfy` is a stand-in that returns such text as it is and hands any other text
 to the real ftfy, imported then; running the `__init__` puts the real module back.
 """
+
 from __future__ import annotations
 
 import importlib

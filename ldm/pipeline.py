@@ -4,10 +4,12 @@
 itself is the one every task shares (ldm.tasks.denoise). Sampling options live in ldm.sampling and
 are re-exported here, where callers have always found them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -16,11 +18,30 @@ from ldm.errors import InvalidOptionError
 from ldm.images import check_size, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.samplers import Generators
-from ldm.sampling import (PRECISIONS, PrecisionError, SamplingOptions, autocast, check_finite_latents,  # noqa: F401
-                          ddim_variant_of, sampler_eta)
-from ldm.tasks import (Conditioning, Generated, PromptError, batch_noise, check_task, denoise, for_model,  # noqa: F401
-                       image_generators, label_conditions, model_sigmas, prompt_conditions, prompt_lists, resolve_options, sample_seeded,
-                       settings_of, start_noise)
+from ldm.sampling import (
+    SamplingOptions,
+    autocast,
+    check_finite_latents,  # noqa: F401
+    ddim_variant_of,
+    sampler_eta,
+)
+from ldm.tasks import (
+    Conditioning,
+    Generated,
+    PromptError,
+    batch_noise,
+    check_task,
+    denoise,
+    for_model,  # noqa: F401
+    image_generators,
+    label_conditions,
+    model_sigmas,
+    prompt_conditions,
+    prompt_lists,
+    resolve_options,
+    settings_of,
+    start_noise,
+)
 
 
 def image_size(model: LatentDiffusion, height: int | None, width: int | None) -> tuple[int, int]:
@@ -31,9 +52,14 @@ def image_size(model: LatentDiffusion, height: int | None, width: int | None) ->
     return height, width
 
 
-def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str],
-            options: SamplingOptions | None = None, labels: str | list[str | None] | None = None,
-            size: tuple[int, int] | None = None) -> Conditioning:
+def prepare(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    options: SamplingOptions | None = None,
+    labels: str | list[str | None] | None = None,
+    size: tuple[int, int] | None = None,
+) -> Conditioning:
     """txt2img's conditioning: the prompts' contexts, the negative prompts' as the unconditional side; for a
     class-conditional model the labels' `y`, the null label as the unconditional side; for SDXL the vector `y` of
     the images' `size` (height, width)."""
@@ -43,12 +69,23 @@ def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str],
 
 
 @torch.no_grad()
-def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: str | list[str] = "",
-            height: int | None = None, width: int | None = None, seed: int = defaults.SEED,
-            options: SamplingOptions | None = None, callback: Callable[[dict], None] | None = None,
-            progress: bool = True, loras: list[tuple[str, float]] | None = None, num_images_per_prompt: int = 1,
-            generator: Generators = None, latents: torch.Tensor | None = None,
-            label: str | list[str | None] | None = None, **option_overrides: Any) -> Generated:
+def txt2img(
+    model: LatentDiffusion,
+    prompts: list[str] | str,
+    negative_prompt: str | list[str] = "",
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = defaults.SEED,
+    options: SamplingOptions | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    loras: list[tuple[str, float]] | None = None,
+    num_images_per_prompt: int = 1,
+    generator: Generators = None,
+    latents: torch.Tensor | None = None,
+    label: str | list[str | None] | None = None,
+    **option_overrides: Any,
+) -> Generated:
     """Generate `num_images_per_prompt` images per prompt. Image i uses seed + i, so any single image can be
     re-made alone.
 
@@ -65,9 +102,22 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
         from ldm.lora import using_loras
 
         with using_loras(model, loras):
-            return txt2img(model, prompts, negative_prompt, height, width, seed, options, callback, progress,
-                           num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
-                           label=label, **option_overrides)
+            return txt2img(
+                model,
+                prompts,
+                negative_prompt,
+                height,
+                width,
+                seed,
+                options,
+                callback,
+                progress,
+                num_images_per_prompt=num_images_per_prompt,
+                generator=generator,
+                latents=latents,
+                label=label,
+                **option_overrides,
+            )
     check_task(model, "txt2img")
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
@@ -85,17 +135,35 @@ def txt2img(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: s
     with autocast(model.device, options.precision):
         images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
-    return Generated(tensor_to_pil(images), settings_of("txt2img", options, height=height, width=width,
-                                                        num_images_per_prompt=num_images_per_prompt, **labelled,
-                                                        **noise_record))
+    return Generated(
+        tensor_to_pil(images),
+        settings_of(
+            "txt2img",
+            options,
+            height=height,
+            width=width,
+            num_images_per_prompt=num_images_per_prompt,
+            **labelled,
+            **noise_record,
+        ),
+    )
 
 
 @torch.no_grad()
-def txt2img_learned_variance(model: LatentDiffusion, prompts: list[str] | str, negative_prompt: str | list[str] = "",
-                             seed: int = defaults.SEED, steps: int = 50, guidance_scale: float = defaults.GUIDANCE_SCALE,
-                             spacing: str = "trailing", progress: bool = True, height: int | None = None,
-                             width: int | None = None, label: str | list[str | None] | None = None,
-                             options: SamplingOptions | None = None) -> Generated:
+def txt2img_learned_variance(
+    model: LatentDiffusion,
+    prompts: list[str] | str,
+    negative_prompt: str | list[str] = "",
+    seed: int = defaults.SEED,
+    steps: int = 50,
+    guidance_scale: float = defaults.GUIDANCE_SCALE,
+    spacing: str = "trailing",
+    progress: bool = True,
+    height: int | None = None,
+    width: int | None = None,
+    label: str | list[str | None] | None = None,
+    options: SamplingOptions | None = None,
+) -> Generated:
     """Images from a model with a learned variance (`learned_variance: true`) by ancestral DDPM with the
     U-Net's own step variance (ldm.variance_sampler), guided as `txt2img` is; image i uses seed + i.
 
@@ -109,13 +177,15 @@ def txt2img_learned_variance(model: LatentDiffusion, prompts: list[str] | str, n
         raise PromptError("this model has no learned variance (its config's learned_variance); use txt2img")
     check_task(model, "txt2img")
     if options is None:
-        options = resolve_options(None, {"steps": steps, "guidance_scale": guidance_scale, "spacing": spacing,
-                                         "sampler": "ddpm"}, model=model)
+        options = resolve_options(
+            None, {"steps": steps, "guidance_scale": guidance_scale, "spacing": spacing, "sampler": "ddpm"}, model=model
+        )
     else:
         options = resolve_options(options, {}, model=model)
         if options.sampler != "ddpm":
-            raise InvalidOptionError(f"the learned variance samples by ancestral DDPM: give sampler 'ddpm', "
-                                     f"not {options.sampler!r}")
+            raise InvalidOptionError(
+                f"the learned variance samples by ancestral DDPM: give sampler 'ddpm', not {options.sampler!r}"
+            )
     if options.guidance_rescale or options.threshold is not None:
         raise InvalidOptionError("guidance rescale and thresholding are not implemented with the learned variance")
     if getattr(model, "controls", None):  # its sampler does not go through Conditioning.denoiser
@@ -123,24 +193,53 @@ def txt2img_learned_variance(model: LatentDiffusion, prompts: list[str] | str, n
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     height, width = image_size(model, height, width)
     conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
-    noise = start_noise((model.latent_channels, height // model.downscale, width // model.downscale),
-                        [seed + i for i in range(len(prompts))], model.device)
+    noise = start_noise(
+        (model.latent_channels, height // model.downscale, width // model.downscale),
+        [seed + i for i in range(len(prompts))],
+        model.device,
+    )
     sigmas = model_sigmas(model, options)
-    denoiser = GuidedVarianceDenoiser(LearnedVarianceDenoiser(model.unet, model.parameterisation()),
-                                      conditioning.cond, conditioning.uncond, options.guidance_scale)
+    denoiser = GuidedVarianceDenoiser(
+        LearnedVarianceDenoiser(model.unet, model.parameterisation()),
+        conditioning.cond,
+        conditioning.uncond,
+        options.guidance_scale,
+    )
     with autocast(model.device, options.precision):
-        latents = sample_ddpm_learned_variance(denoiser, noise * sigmas[0], sigmas, disable=not progress,
-                                               generator=image_generators(model.device, seed, len(prompts)))
+        latents = sample_ddpm_learned_variance(
+            denoiser,
+            noise * sigmas[0],
+            sigmas,
+            disable=not progress,
+            generator=image_generators(model.device, seed, len(prompts)),
+        )
         check_finite_latents(latents)
         images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
-    return Generated(tensor_to_pil(images), settings_of("txt2img", options, sampler="ddpm_learned_variance",
-                                                        learned_variance=True, height=height, width=width,
-                                                        **labelled))
+    return Generated(
+        tensor_to_pil(images),
+        settings_of(
+            "txt2img",
+            options,
+            sampler="ddpm_learned_variance",
+            learned_variance=True,
+            height=height,
+            width=width,
+            **labelled,
+        ),
+    )
 
 
-def settings_dict(prompt: str, negative_prompt: str, seed: int, height: int, width: int, options: SamplingOptions,
-                  model: LatentDiffusion | None = None, **more: Any) -> dict[str, Any]:
+def settings_dict(
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    height: int,
+    width: int,
+    options: SamplingOptions,
+    model: LatentDiffusion | None = None,
+    **more: Any,
+) -> dict[str, Any]:
     """What goes into each PNG's metadata: enough to make the same image again, as it was really made.
 
     `eta` is the one the sampler used (not the --eta of a sampler that ignores it), `ddim_variant` likewise
@@ -155,5 +254,14 @@ def settings_dict(prompt: str, negative_prompt: str, seed: int, height: int, wid
     opts["eta"] = sampler_eta(options)
     opts["ddim_variant"] = ddim_variant_of(options)
     identity = dict(getattr(model, "identity", None) or {}) if model is not None else {}
-    return {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "height": height, "width": width,
-            **opts, **extra, **identity, **more}
+    return {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        "height": height,
+        "width": width,
+        **opts,
+        **extra,
+        **identity,
+        **more,
+    }

@@ -18,8 +18,9 @@ Conventions (k-diffusion's):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm.auto import trange
@@ -84,7 +85,7 @@ def _report(callback: Callback | None, i: int, x: torch.Tensor, sigma: torch.Ten
         callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
 
 
-def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E501
     """Split a step sigma -> sigma_next into a deterministic move to sigma_down plus fresh noise sigma_up:
 
         sigma_up = min(sigma_next, eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)),
@@ -346,8 +347,15 @@ def sample_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args
 
 
 # Here, after the helpers above that ldm.samplers_extra builds on (an import at the top would be circular).
-from ldm.samplers_extra import (sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
-                                sample_dpmpp_3m_sde, sample_dpmpp_sde, sample_lcm, sample_lms)
+from ldm.samplers_extra import (
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
+    sample_lcm,
+    sample_lms,
+)
 from ldm.samplers_unipc import sample_unipc, sample_unipc_bh2
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {

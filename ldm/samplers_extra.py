@@ -292,14 +292,4 @@ def sample_lcm(
 
 
 # Imported last: ldm.samplers imports this module's samplers after defining these (see the module docstring).
-from ldm.samplers import (
-    Callback,
-    Denoiser,
-    Generators,
-    _d,
-    _eval,
-    _noise,
-    _report,
-    _steps,
-    ancestral_step,
-)
+from ldm.samplers import Callback, Denoiser, Generators, _d, _eval, _noise, _report, _steps, ancestral_step

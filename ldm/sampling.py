@@ -13,13 +13,15 @@ DDIM comes in two variants (`ddim_variant`), which differ only at the ends of th
 None means the model's own (ldm.model.LatentDiffusion.ddim_variant, filled in by ldm.tasks); where no model
 is known, "k". Models built from original SD configs default to "sd", this project's own to "k".
 """
+
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -63,8 +65,9 @@ def samplers_with(option: str) -> list[str]:
 
 def sampler_options_help() -> str:
     """Each sampler's own option with its type and range, for --help: "eta (ddim, ...): a number >= 0; ..."."""
-    return "; ".join(f"{key} ({', '.join(samplers_with(key))}): {spec.describe()}"
-                     for key, spec in SAMPLER_OPTIONS.items())
+    return "; ".join(
+        f"{key} ({', '.join(samplers_with(key))}): {spec.describe()}" for key, spec in SAMPLER_OPTIONS.items()
+    )
 
 
 @dataclass
@@ -95,15 +98,19 @@ class SamplingOptions:
         if self.guidance_scale < 0:
             raise InvalidOptionError(f"guidance scale must be >= 0, got {self.guidance_scale}")
         if self.guidance_scale > MAX_GUIDANCE_SCALE:
-            raise InvalidOptionError(f"guidance scale must be at most {MAX_GUIDANCE_SCALE:g}, "
-                                     f"got {self.guidance_scale:g} (useful values are about 1-20)")
+            raise InvalidOptionError(
+                f"guidance scale must be at most {MAX_GUIDANCE_SCALE:g}, "
+                f"got {self.guidance_scale:g} (useful values are about 1-20)"
+            )
         if self.eta is not None and self.eta < 0:
             raise InvalidOptionError(f"eta must be >= 0, got {self.eta}")
         if self.precision not in PRECISIONS:
             raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.ddim_variant is not None:
             if self.ddim_variant not in DDIM_VARIANTS:
-                raise InvalidOptionError(f"unknown DDIM variant {self.ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}")
+                raise InvalidOptionError(
+                    f"unknown DDIM variant {self.ddim_variant!r}; known: {', '.join(DDIM_VARIANTS)}"
+                )
             if self.sampler != "ddim":
                 raise SamplerOptionError(f"sampler {self.sampler!r} has no DDIM variant (only ddim has)")
         sampler_kwargs(self)  # unknown samplers and options they lack fail before any work
@@ -145,7 +152,7 @@ def sampler_eta(options: SamplingOptions) -> float | None:
 
 
 def ddim_variant_of(options: SamplingOptions) -> str | None:
-    """The DDIM variant that runs: the one given, else "k" (tasks fill in the model's first); None for other samplers."""
+    """The DDIM variant that runs: the one given, else "k" (tasks fill in the model's first); None for other samplers."""  # noqa: E501
     if options.sampler != "ddim":
         return None
     return options.ddim_variant or "k"
@@ -172,9 +179,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def sample(denoiser: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, options: SamplingOptions,
-           generator: Generators = None, callback: Callable[[dict], None] | None = None,
-           progress: bool = True) -> torch.Tensor:
+def sample(
+    denoiser: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    options: SamplingOptions,
+    generator: Generators = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample.
 
     Latents that become NaN or infinite (too large a guidance scale, LoRA or embedding for the model) raise
@@ -204,5 +217,7 @@ def check_finite_latents(latents: torch.Tensor, finite_steps: list[torch.Tensor]
     steps = finite_steps or []
     first = next((i for i, finite in enumerate(steps) if not bool(finite)), None)
     where = f" at step {first + 1} of {len(steps)}" if first is not None else ""
-    raise NonFiniteLatentsError(f"sampling produced non-finite latents{where}: the guidance scale, a LoRA weight or "
-                                "an embedding is probably too large for this model")
+    raise NonFiniteLatentsError(
+        f"sampling produced non-finite latents{where}: the guidance scale, a LoRA weight or "
+        "an embedding is probably too large for this model"
+    )

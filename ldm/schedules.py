@@ -7,6 +7,7 @@ alpha_bar_t (ab). The samplers work in sigma space (Karras et al. 2022), x = x0 
 
 A VP latent x_vp = sqrt(ab) x0 + sqrt(1 - ab) eps is the same point as x = x_vp / sqrt(ab).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ class InvalidStepsError(LdmError, ValueError):
     pass
 
 
-def make_betas(kind: str, num_timesteps: int = 1000, linear_start: float = 1e-4, linear_end: float = 2e-2,
-               cosine_s: float = 8e-3) -> torch.Tensor:
+def make_betas(
+    kind: str, num_timesteps: int = 1000, linear_start: float = 1e-4, linear_end: float = 2e-2, cosine_s: float = 8e-3
+) -> torch.Tensor:
     """beta_t for t = 0..T-1 (float64).
 
     linear: DDPM's (Ho et al. 2020), beta linear in t from linear_start to linear_end.
@@ -149,8 +151,14 @@ def timesteps_for(num_timesteps: int, steps: int, spacing: str = "leading") -> t
     raise UnknownSpacingError(f"unknown timestep spacing {spacing!r}; known: {', '.join(SPACINGS)}")
 
 
-def get_sigmas(alphas_cumprod: torch.Tensor, steps: int, spacing: str = "leading", karras: bool = False,
-               rho: float = 7.0, to_zero: bool = True) -> torch.Tensor:
+def get_sigmas(
+    alphas_cumprod: torch.Tensor,
+    steps: int,
+    spacing: str = "leading",
+    karras: bool = False,
+    rho: float = 7.0,
+    to_zero: bool = True,
+) -> torch.Tensor:
     """`steps` strictly decreasing sigmas followed by a final 0, float32 on the CPU.
 
     The spacings are those of `timesteps_for`; karras=True ignores the spacing and uses

@@ -20,7 +20,8 @@ state dict they are `embedders.N.model.*` (open_clip names); ldm.sdxl_keys maps 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,7 +116,7 @@ class SDXLTextEncoders(nn.Module):
             raise InvalidOptionError("no SDXL text encoder has a text projection to give the pooled output")
         return with_projection[-1]
 
-    def train(self, mode: bool = True) -> "SDXLTextEncoders":
+    def train(self, mode: bool = True) -> SDXLTextEncoders:
         return super().train(False)  # frozen, as each tower is
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ strict load (ldm.checkpoint.load_into refuses a state dict that misses one).
 Everything else a constructor computes is untouched: buffers derived from the config (noise schedules,
 attention masks, position ids) are made as usual, which a meta-device build would lose.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,22 @@ from collections.abc import Iterator
 import torch
 
 # The in-place initialisers of torch.nn.init that layers' constructors and reset_parameters() call.
-_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
-                 "sparse_")
+_INITIALISERS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "eye_",
+    "dirac_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+    "sparse_",
+)
 _lock = threading.Lock()
 _active = False
 

@@ -11,10 +11,12 @@ and runs it through the one checked sampler entry point, `ldm.sampling.sample`, 
 from a latent noised to the strength's level. Tasks never change their inputs; they return their
 images as `Generated`, a list that also carries the settings they ran with.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -58,16 +60,22 @@ def check_task(model: LatentDiffusion, task: str) -> None:
     """Refuse a model whose conditioning kind cannot drive `task`."""
     kind = model.kind
     if task not in kind.tasks or (kind.label and model.low_scale is None):
-        raise WrongModelError(f"{TASK_WORDS.get(task, task)} needs {TASK_NEEDS[task]}, not a {model.conditioning_key!r} model "
-                              f"({kind.name}){TASK_HINTS.get(task, '')}")
+        raise WrongModelError(
+            f"{TASK_WORDS.get(task, task)} needs {TASK_NEEDS[task]}, not a {model.conditioning_key!r} model "
+            f"({kind.name}){TASK_HINTS.get(task, '')}"
+        )
 
 
 def kinds_for(task: str) -> list[str]:
     return [key for key, kind in CONDITIONING.items() if task in kind.tasks]
 
 
-def resolve_options(options: SamplingOptions | None, overrides: dict[str, Any], task: str = "txt2img",
-                    model: LatentDiffusion | None = None) -> SamplingOptions:
+def resolve_options(
+    options: SamplingOptions | None,
+    overrides: dict[str, Any],
+    task: str = "txt2img",
+    model: LatentDiffusion | None = None,
+) -> SamplingOptions:
     """A validated copy of the options (if None: the task's defaults under the model's own `sampling_defaults`, e.g.
     a student's steps and spacing) with keyword overrides applied (the caller's object is not changed), and with
     `model`'s own defaults where the options leave them open (`for_model`)."""
@@ -126,8 +134,13 @@ def check_prompt_texts(prompts: list[str], negative_prompts: list[str]) -> None:
             check_prompt_length(text, name)
 
 
-def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str],
-                      options: SamplingOptions | None = None, size: tuple[int, int] | None = None) -> tuple[dict, dict]:
+def prompt_conditions(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negative_prompts: list[str],
+    options: SamplingOptions | None = None,
+    size: tuple[int, int] | None = None,
+) -> tuple[dict, dict]:
     """Cross-attention contexts for the prompts and for the unconditional side of guidance.
 
     The negative prompt replaces the empty prompt as the unconditional embedding. With the options'
@@ -137,9 +150,11 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
     prompts, negative_prompts = check_texts(prompts, "prompt"), check_texts(negative_prompts, "negative prompt")
     check_prompt_texts(prompts, negative_prompts)
     if getattr(model, "guidance_embedded", False) and any(negative_prompts):
-        raise PromptError("this guidance-distilled model takes no negative prompt (it was distilled with the empty "
-                          "prompt as the unconditional side); use the full model for negative prompts "
-                          "(ldm txt2img --model full, load_model(variant=\"full\"))")
+        raise PromptError(
+            "this guidance-distilled model takes no negative prompt (it was distilled with the empty "
+            "prompt as the unconditional side); use the full model for negative prompts "
+            '(ldm txt2img --model full, load_model(variant="full"))'
+        )
     if getattr(model, "text_encoder", True) is None:  # a label-only model: no context on either side
         if any(prompts) or any(negative_prompts):
             raise PromptError("this class-conditional model takes no text; give an empty prompt and a label")
@@ -148,7 +163,7 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
         return _sdxl_conditions(model, prompts, negative_prompts, options, size)
     if options is None or not (options.long_prompts or options.emphasis):
         context = model.encode_text(prompts + negative_prompts)
-        return {"context": context[: len(prompts)]}, {"context": context[len(prompts):]}
+        return {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
     from ldm.long_prompts import encode_prompts, pad_contexts
 
     def encode(texts: list[str]) -> torch.Tensor:
@@ -158,8 +173,13 @@ def prompt_conditions(model: LatentDiffusion, prompts: list[str], negative_promp
     return {"context": cond}, {"context": uncond}
 
 
-def _sdxl_conditions(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str],
-                     options: SamplingOptions | None, size: tuple[int, int] | None) -> tuple[dict, dict]:
+def _sdxl_conditions(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negative_prompts: list[str],
+    options: SamplingOptions | None,
+    size: tuple[int, int] | None,
+) -> tuple[dict, dict]:
     """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size)."""
     from ldm.sdxl_conditioning import sdxl_conditions
 
@@ -208,10 +228,12 @@ def check_generators(generator: Any) -> None:
         return
     if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
         return
-    held = f"a list holding {', '.join(sorted({type(g).__name__ for g in generator}))}" \
-        if isinstance(generator, (list, tuple)) else type(generator).__name__
-    raise NoiseShapeError(f"generator must be a torch.Generator or a list of them, got {held} "
-                          "(for a seed, give seed=)")
+    held = (
+        f"a list holding {', '.join(sorted({type(g).__name__ for g in generator}))}"
+        if isinstance(generator, (list, tuple))
+        else type(generator).__name__
+    )
+    raise NoiseShapeError(f"generator must be a torch.Generator or a list of them, got {held} (for a seed, give seed=)")
 
 
 def check_latents(latents: Any) -> None:
@@ -226,8 +248,13 @@ def check_latents(latents: Any) -> None:
         raise NoiseShapeError("latents hold NaN or infinite values; give finite start noise")
 
 
-def batch_noise(shape: tuple[int, ...], seed: int, device: torch.device, generator: Generators = None,
-                latents: torch.Tensor | None = None) -> tuple[torch.Tensor, Generators, dict[str, Any]]:
+def batch_noise(
+    shape: tuple[int, ...],
+    seed: int,
+    device: torch.device,
+    generator: Generators = None,
+    latents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Generators, dict[str, Any]]:
     """(unit start noise [B, C, h, w], step-noise generators, what the settings record about them).
 
     Three ways, as diffusers users expect: `latents` is the start noise itself (unscaled, as diffusers'
@@ -263,8 +290,9 @@ def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tens
     to_zero = ddim_variant_of(options) != "sd"
     # A1111's grid for DPM2 and DPM++ 3M SDE: one step more, its next-to-last sigma dropped (ldm.samplers_extra).
     discard = options.sampler in DISCARD_NEXT_TO_LAST_SIGMA and options.steps < len(model.alphas_cumprod)
-    sigmas = get_sigmas(model.alphas_cumprod, options.steps + discard, spacing=options.spacing, karras=options.karras,
-                        to_zero=to_zero)
+    sigmas = get_sigmas(
+        model.alphas_cumprod, options.steps + discard, spacing=options.spacing, karras=options.karras, to_zero=to_zero
+    )
     return (discard_next_to_last(sigmas) if discard else sigmas).to(model.device)
 
 
@@ -281,7 +309,7 @@ class Conditioning:
     uncond: dict[str, torch.Tensor]
     wrap: Callable[[Denoiser, torch.Tensor], Denoiser] | None = None
 
-    def with_inputs(self, **tensors: torch.Tensor) -> "Conditioning":
+    def with_inputs(self, **tensors: torch.Tensor) -> Conditioning:
         """The same conditioning with extra inputs (e.g. concat, y) on both sides of guidance."""
         return replace(self, cond={**self.cond, **tensors}, uncond={**self.uncond, **tensors})
 
@@ -293,22 +321,40 @@ class Conditioning:
         if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
             # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
             null = model.class_labels([None] * noise.shape[0])
-            return replace(self, cond={**self.cond, "y": null}, uncond={**self.uncond, "y": null}).denoiser(model, options, noise)
+            return replace(self, cond={**self.cond, "y": null}, uncond={**self.uncond, "y": null}).denoiser(
+                model, options, noise
+            )
         if self.wrap is not None:
             inner = self.wrap(inner, noise)
         if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
             if options.guidance_rescale:
-                raise InvalidOptionError("guidance rescale needs the conditional prediction apart, which a "
-                                         "guidance-distilled model does not make; leave it at 0 or use the full "
-                                         "model (--model full)")
+                raise InvalidOptionError(
+                    "guidance rescale needs the conditional prediction apart, which a "
+                    "guidance-distilled model does not make; leave it at 0 or use the full "
+                    "model (--model full)"
+                )
             return EmbeddedGuidanceDenoiser(inner, self.cond, options.guidance_scale, threshold=options.threshold)
-        return CFGDenoiser(inner, self.cond, self.uncond, options.guidance_scale, rescale=options.guidance_rescale,
-                           threshold=options.threshold)
+        return CFGDenoiser(
+            inner,
+            self.cond,
+            self.uncond,
+            options.guidance_scale,
+            rescale=options.guidance_rescale,
+            threshold=options.threshold,
+        )
 
 
-def denoise(model: LatentDiffusion, conditioning: Conditioning, options: SamplingOptions, noise: torch.Tensor,
-            generator: Generators, x0: torch.Tensor | None = None, strength: float = 1.0,
-            callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
+def denoise(
+    model: LatentDiffusion,
+    conditioning: Conditioning,
+    options: SamplingOptions,
+    noise: torch.Tensor,
+    generator: Generators,
+    x0: torch.Tensor | None = None,
+    strength: float = 1.0,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """Clean latents, sampled from unit `noise` [B, C, h, w] scaled to the first sigma (`start_scale`), or from
     x0 + noise * sigma.
 
@@ -327,16 +373,25 @@ def denoise(model: LatentDiffusion, conditioning: Conditioning, options: Samplin
     return sample(conditioning.denoiser(model, options, noise), x, sigmas, options, generator, callback, progress)
 
 
-def sample_seeded(model: LatentDiffusion, conditioning: Conditioning, options: SamplingOptions, seed: int,
-                  shape: tuple[int, ...] | torch.Size, x0: torch.Tensor | None = None, strength: float = 1.0,
-                  callback: Callable[[dict], None] | None = None, progress: bool = True) -> torch.Tensor:
+def sample_seeded(
+    model: LatentDiffusion,
+    conditioning: Conditioning,
+    options: SamplingOptions,
+    seed: int,
+    shape: tuple[int, ...] | torch.Size,
+    x0: torch.Tensor | None = None,
+    strength: float = 1.0,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """`denoise` for a batch of `shape` [B, C, h, w] where image i uses seed + i, for its start noise and its steps."""
     n = shape[0]
     noise = start_noise(tuple(shape[1:]), [seed + i for i in range(n)], model.device)
     if x0 is not None:
         noise = noise.to(x0.dtype)
-    return denoise(model, conditioning, options, noise, image_generators(model.device, seed, n), x0, strength,
-                   callback, progress)
+    return denoise(
+        model, conditioning, options, noise, image_generators(model.device, seed, n), x0, strength, callback, progress
+    )
 
 
 def settings_of(task: str, options: SamplingOptions, **more: Any) -> dict[str, Any]:

@@ -4,22 +4,24 @@ SD 2.x's is open_clip's own CLIP model (FrozenOpenCLIPEmbedder), SD 1.x's OpenAI
 (FrozenCLIPEmbedder), both run as open_clip's text transformer. Nothing is downloaded: weights come
 from a local file or from the surrounding checkpoint.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ldm import open_clip_parts, skip_init
 from ldm.checkpoint import HF_CLIP_LAYOUT, OPEN_CLIP_LAYOUT, load_state_dict
-from ldm.errors import LdmError, InvalidOptionError
+from ldm.errors import InvalidOptionError, LdmError
 
 if TYPE_CHECKING:
     import open_clip
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Vocabulary:
     """What prompt chunking needs of a tokenizer (ldm.long_prompts)."""
+
     encode: Callable[[str], list[int]]  # text -> ids, without start and end
     start_id: int
     end_id: int
@@ -60,7 +63,9 @@ def open_clip_config(arch: str | dict) -> dict:
         return json.loads(path.read_text())
     cfg = open_clip_parts.full().get_model_config(arch)
     if cfg is None:
-        raise UnknownTextEncoderError(f"unknown open_clip architecture {arch!r} (give a name open_clip knows or a config .json path)")
+        raise UnknownTextEncoderError(
+            f"unknown open_clip architecture {arch!r} (give a name open_clip knows or a config .json path)"
+        )
     return cfg
 
 
@@ -134,8 +139,9 @@ class FrozenTextEncoder(nn.Module):
     def set_clip_skip(self, skip: int) -> None:
         """Read out the `skip`-th block from the end (1: last); its output still goes through the final norm."""
         if not 1 <= skip <= self.num_layers:
-            raise InvalidOptionError(f"--clip-skip must be between 1 and {self.num_layers} (the text encoder's "
-                                     f"layers), got {skip}")
+            raise InvalidOptionError(
+                f"--clip-skip must be between 1 and {self.num_layers} (the text encoder's layers), got {skip}"
+            )
         self.layer_idx = skip - 1
 
     def freeze(self) -> None:
@@ -143,7 +149,7 @@ class FrozenTextEncoder(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "FrozenTextEncoder":
+    def train(self, mode: bool = True) -> FrozenTextEncoder:
         # A frozen encoder stays in eval mode even inside a model put in training mode.
         return super().train(False)
 
@@ -166,8 +172,10 @@ class FrozenTextEncoder(nn.Module):
             raise InvalidOptionError(f"an embedding named {name!r} is already loaded")
         start = sum(len(v) for _, v in embeddings.values())
         embeddings[name] = (trigger, vectors.detach().float().cpu())
-        self.__dict__["_placeholders"] = {**self.__dict__.get("_placeholders", {}),
-                                          name: [-(start + i + 1) for i in range(len(vectors))]}
+        self.__dict__["_placeholders"] = {
+            **self.__dict__.get("_placeholders", {}),
+            name: [-(start + i + 1) for i in range(len(vectors))],
+        }
 
     def _encode_with_embeddings(self, text: str) -> list[int]:
         ids = _bpe().encode(text)
@@ -175,7 +183,7 @@ class FrozenTextEncoder(nn.Module):
         out, i = [], 0
         while i < len(ids):
             for name, (trigger, _) in triggers:
-                if ids[i:i + len(trigger)] == trigger:
+                if ids[i : i + len(trigger)] == trigger:
                     out += self.__dict__["_placeholders"][name]
                     i += len(trigger)
                     break
@@ -205,8 +213,12 @@ class FrozenTextEncoder(nn.Module):
             kept = self.max_length - 2
             if len(ids) > kept and prompt not in _warned:
                 _warned.add(prompt)
-                log.warning("prompt of %d tokens cut at %d: %r has no effect (--long-prompts chunks it instead)",
-                            len(ids), kept, _cut_part(prompt, kept))
+                log.warning(
+                    "prompt of %d tokens cut at %d: %r has no effect (--long-prompts chunks it instead)",
+                    len(ids),
+                    kept,
+                    _cut_part(prompt, kept),
+                )
             row = [vocab.start_id] + ids[:kept] + [vocab.end_id]
             rows.append(row + [vocab.pad_id] * (self.max_length - len(row)))
         return torch.tensor(rows, dtype=torch.long)
@@ -259,8 +271,14 @@ class FrozenOpenCLIPEmbedder(FrozenTextEncoder):
     """SD 2.x: an open_clip CLIP (visual tower removed), so its state dict is the `cond_stage_model.model.*`
     part of an SD 2.x checkpoint. Reads the penultimate layer by default, and pads with 0 as open_clip does."""
 
-    def __init__(self, arch: str | dict = "ViT-H-14", layer: str = "penultimate", max_length: int = 77,
-                 freeze: bool = True, weights: str | None = None):
+    def __init__(
+        self,
+        arch: str | dict = "ViT-H-14",
+        layer: str = "penultimate",
+        max_length: int = 77,
+        freeze: bool = True,
+        weights: str | None = None,
+    ):
         check_layer(layer)
         cfg = open_clip_config(arch)
         # Without a checkpoint to come, open_clip's whole CLIP is built: its image tower draws from the RNG
@@ -291,19 +309,36 @@ class FrozenCLIPEmbedder(FrozenTextEncoder):
     checkpoint_layout = HF_CLIP_LAYOUT
     pads_with_end = True
 
-    def __init__(self, width: int = 768, layers: int = 12, heads: int = 12, layer: str = "last",
-                 max_length: int = 77, freeze: bool = True, activation: str = "quick_gelu",
-                 pads_with_end: bool = True):
+    def __init__(
+        self,
+        width: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        layer: str = "last",
+        max_length: int = 77,
+        freeze: bool = True,
+        activation: str = "quick_gelu",
+        pads_with_end: bool = True,
+    ):
         check_layer(layer)
         if activation not in ACTIVATIONS:
             raise InvalidOptionError(f"unknown text encoder activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
         try:
             # No projection: SD 1.x uses the per-token states, and the Hugging Face tower stores none.
-            model = TextTransformer(context_length=max_length, vocab_size=VOCAB_SIZE, width=width, heads=heads,
-                                    layers=layers, output_dim=None, act_layer=ACTIVATIONS[activation])
+            model = TextTransformer(
+                context_length=max_length,
+                vocab_size=VOCAB_SIZE,
+                width=width,
+                heads=heads,
+                layers=layers,
+                output_dim=None,
+                act_layer=ACTIVATIONS[activation],
+            )
         except (AssertionError, ValueError, RuntimeError) as exc:  # e.g. a width the heads do not divide
-            raise InvalidOptionError(f"cannot build a CLIP text tower of width {width}, {layers} layers, "
-                                     f"{heads} heads: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise InvalidOptionError(
+                f"cannot build a CLIP text tower of width {width}, {layers} layers, "
+                f"{heads} heads: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         super().__init__(model, layer, max_length, width, freeze)
         # Other than SD 1.x's own: the OpenCLIP ViT-H tower of SD 2.x as diffusers folders keep it (a Hugging
         # Face CLIPTextModel with GELU whose tokenizer pads with "!", id 0), read by ldm.diffusers_format.

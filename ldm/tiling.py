@@ -13,13 +13,13 @@ autoencoder on a 1024 px photo: 19 dB between tiled and untiled). Given the netw
 twice: the first pass gathers every group norm's statistics over all tiles, the second normalises each tile
 with those shared statistics (`SharedGroupNormStats`).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldm.errors import InvalidOptionError
@@ -42,7 +42,7 @@ def ramp(length: int, before: int, after: int, device: torch.device) -> torch.Te
     if before:
         w[:before] = torch.linspace(0, 1, before + 2, device=device)[1:-1]
     if after:
-        w[length - after:] = torch.linspace(1, 0, after + 2, device=device)[1:-1]
+        w[length - after :] = torch.linspace(1, 0, after + 2, device=device)[1:-1]
     return w
 
 
@@ -70,6 +70,7 @@ class SharedGroupNormStats:
             moments = [g.mean(-1) * count, g.pow(2).mean(-1) * count, torch.tensor(float(count))]
             self.sums[norm] = [a + b for a, b in zip(self.sums[norm], moments)] if norm in self.sums else moments
             return original(x)
+
         return forward
 
     def _sharing(self, norm: nn.GroupNorm, original: Callable) -> Callable:
@@ -85,6 +86,7 @@ class SharedGroupNormStats:
                 shape = (1, -1) + (1,) * (x.dim() - 2)
                 out = out * norm.weight.reshape(shape) + norm.bias.reshape(shape)
             return out
+
         return forward
 
     @contextlib.contextmanager
@@ -105,8 +107,14 @@ class SharedGroupNormStats:
         return self._patched(self._sharing)
 
 
-def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-          scale: float, norms: nn.Module | None = None) -> torch.Tensor:
+def tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    tile: int,
+    overlap: int,
+    scale: float,
+    norms: nn.Module | None = None,
+) -> torch.Tensor:
     """fn over x [B, C, H, W] in tiles of `tile` x `tile` input samples overlapping by `overlap`; fn maps a
     tile to an output `scale` times its size (8 for a decoder of f=8, 1/8 for the encoder). With `norms`, the
     network fn runs, the group norms share their statistics across tiles (two passes: SharedGroupNormStats)."""
@@ -116,14 +124,14 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int
         with stats.record():
             for top in rows:
                 for left in cols:
-                    fn(x[..., top:top + tile, left:left + tile])
+                    fn(x[..., top : top + tile, left : left + tile])
         with stats.shared():
             return tiled(fn, x, tile, overlap, scale)
     height, width = x.shape[-2:]
     out = weight = None
     for i, top in enumerate(rows):
         for j, left in enumerate(cols):
-            piece = fn(x[..., top:top + tile, left:left + tile])
+            piece = fn(x[..., top : top + tile, left : left + tile])
             if out is None:
                 out = piece.new_zeros(*piece.shape[:2], round(height * scale), round(width * scale))
                 weight = piece.new_zeros(1, 1, *out.shape[-2:])
@@ -135,8 +143,8 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int
             lf = max(0, round(cols[j - 1] * scale) + w - l) if j else 0
             rt = max(0, l + w - round(cols[j + 1] * scale)) if j + 1 < len(cols) else 0
             mask = ramp(h, up, down, x.device)[:, None] * ramp(w, lf, rt, x.device)[None, :]
-            out[..., t:t + h, l:l + w] += piece * mask.to(piece.dtype)
-            weight[..., t:t + h, l:l + w] += mask.to(piece.dtype)
+            out[..., t : t + h, l : l + w] += piece * mask.to(piece.dtype)
+            weight[..., t : t + h, l : l + w] += mask.to(piece.dtype)
     return out / weight
 
 
@@ -147,17 +155,31 @@ def _tile_grid(x: torch.Tensor, tile: int, overlap: int, scale: float) -> tuple[
     return tile_starts(x.shape[-2], tile, overlap, align), tile_starts(x.shape[-1], tile, overlap, align)
 
 
-def tiled_decode(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, tile: int = 64,
-                 overlap: int = 16, factor: int = 8, norms: nn.Module | None = None) -> torch.Tensor:
+def tiled_decode(
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    tile: int = 64,
+    overlap: int = 16,
+    factor: int = 8,
+    norms: nn.Module | None = None,
+) -> torch.Tensor:
     """Latents [B, C, h, w] -> images through `decode` in tiles of `tile` latent samples (64: 512 px at f=8);
     `norms`: the decoder, whose group norms then share statistics across tiles."""
     return tiled(decode, z, tile, overlap, factor, norms)
 
 
-def tiled_encode(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = 512,
-                 overlap: int = 64, factor: int = 8, norms: nn.Module | None = None) -> torch.Tensor:
+def tiled_encode(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    tile: int = 512,
+    overlap: int = 64,
+    factor: int = 8,
+    norms: nn.Module | None = None,
+) -> torch.Tensor:
     """Images [B, 3, H, W] -> latents through `encode` (a deterministic map, e.g. the posterior's mean) in
     tiles of `tile` px; tile and overlap must be multiples of the factor. `norms` as in tiled_decode."""
     if tile % factor or overlap % factor:
-        raise InvalidOptionError(f"encoder tiles and overlaps must be multiples of {factor} px, got {tile} and {overlap}")
+        raise InvalidOptionError(
+            f"encoder tiles and overlaps must be multiples of {factor} px, got {tile} and {overlap}"
+        )
     return tiled(encode, x, tile, overlap, 1 / factor, norms)

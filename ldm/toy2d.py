@@ -4,21 +4,29 @@ The same maths as the image models, small enough to watch: training uses ldm.dif
 forward process and loss, sampling runs the library's samplers through the same
 DiscreteTimeDenoiser wrapper the U-Net uses (the MLP takes (x, t) like a U-Net does).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ldm.errors import LdmError
 from ldm.denoisers import DiscreteTimeDenoiser
 from ldm.diffusion import VPParameterisation, diffusion_loss, predict_x0_from_eps, q_sample
-from ldm.likelihood import ReverseProcess, bits_per_dim, check_variance, frac_from_output, hybrid_loss, variational_bound
+from ldm.errors import LdmError
+from ldm.likelihood import (
+    ReverseProcess,
+    bits_per_dim,
+    check_variance,
+    frac_from_output,
+    hybrid_loss,
+    variational_bound,
+)
 from ldm.sampling import SamplingOptions, sample
 from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
 from ldm.variance_sampler import LearnedVarianceDenoiser, sample_ddpm_learned_variance
@@ -44,8 +52,9 @@ def make_data(kind: str, n: int = 2000, seed: int = 0, noise: float = 0.05) -> t
     elif kind == "moons":
         upper = rng.random(n) < 0.5
         a = rng.uniform(0, math.pi, n)
-        pts = np.where(upper[:, None], np.stack([np.cos(a), np.sin(a)], 1),
-                       np.stack([1 - np.cos(a), 0.5 - np.sin(a)], 1))
+        pts = np.where(
+            upper[:, None], np.stack([np.cos(a), np.sin(a)], 1), np.stack([1 - np.cos(a), 0.5 - np.sin(a)], 1)
+        )
     elif kind == "circles":
         a = rng.uniform(0, 2 * math.pi, n)
         r = np.where(rng.random(n) < 0.5, 1.0, 0.5)
@@ -73,11 +82,19 @@ def make_thin_line(n: int = 2000, seed: int = 0, thin: float = 1e-3) -> torch.Te
     return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * torch.tensor([1.0, thin])
 
 
-def toy_alphas_cumprod(schedule: str = "linear", num_timesteps: int = 1000, linear_start: float | None = None,
-                       linear_end: float | None = None) -> torch.Tensor:
+def toy_alphas_cumprod(
+    schedule: str = "linear",
+    num_timesteps: int = 1000,
+    linear_start: float | None = None,
+    linear_end: float | None = None,
+) -> torch.Tensor:
     start, end = SCHEDULE_DEFAULTS.get(schedule, (1e-4, 2e-2))
-    betas = make_betas(schedule, num_timesteps, linear_start=linear_start if linear_start is not None else start,
-                       linear_end=linear_end if linear_end is not None else end)
+    betas = make_betas(
+        schedule,
+        num_timesteps,
+        linear_start=linear_start if linear_start is not None else start,
+        linear_end=linear_end if linear_end is not None else end,
+    )
     return alphas_cumprod_from_betas(betas).float()
 
 
@@ -115,8 +132,9 @@ class ToyMLP(nn.Module):
     Called like the U-Net, `net(x, t, context=None, y=None)`, so the library's wrappers apply.
     """
 
-    def __init__(self, hidden: int = 128, layers: int = 3, time_dim: int = 32, num_timesteps: int = 1000,
-                 out_dim: int = 2):
+    def __init__(
+        self, hidden: int = 128, layers: int = 3, time_dim: int = 32, num_timesteps: int = 1000, out_dim: int = 2
+    ):
         super().__init__()
         self.time_dim = time_dim
         self.num_timesteps = num_timesteps
@@ -133,8 +151,9 @@ class ToyMLP(nn.Module):
         angle = (t.float() / self.num_timesteps)[:, None] * freqs[None]
         return torch.cat([angle.sin(), angle.cos()], 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         return self.net(torch.cat([x, self.embed(t)], 1))
 
@@ -205,8 +224,7 @@ class ToyDiffusion:
         self.losses.append(float(loss.detach()))
         return self.losses[-1]
 
-    def train(self, steps: int, callback: Callable[[int, float], None] | None = None,
-              every: int = 50) -> list[float]:
+    def train(self, steps: int, callback: Callable[[int, float], None] | None = None, every: int = 50) -> list[float]:
         """Run `steps` optimiser steps; callback(step, mean loss of the last `every`) for live curves."""
         self.net.train()
         with single_thread():
@@ -226,8 +244,13 @@ class ToyDiffusion:
         return DiscreteTimeDenoiser(self.eps_net, self.alphas_cumprod, prediction="eps")
 
     @torch.no_grad()
-    def nll(self, data: torch.Tensor, variance: str | None = None, seed: int = 0,
-            timesteps: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    def nll(
+        self,
+        data: torch.Tensor,
+        variance: str | None = None,
+        seed: int = 0,
+        timesteps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict:
         """The variational bound on `data` in data space (ldm.likelihood), per point in nats, and its mean in
         bits/dim; `variance` (default: the model's) may be either fixed one for any model."""
         variance = variance or self.variance
@@ -241,13 +264,15 @@ class ToyDiffusion:
 
         self.net.eval()
         with single_thread():
-            bound = variational_bound(predict, data.float(), self.process, variance, timesteps,
-                                      torch.Generator().manual_seed(seed))
+            bound = variational_bound(
+                predict, data.float(), self.process, variance, timesteps, torch.Generator().manual_seed(seed)
+            )
         return {**bound, "bits_per_dim": float(bits_per_dim(bound["total"].mean(), data.shape[1]))}
 
     @torch.no_grad()
-    def sample_learned_variance(self, n: int = 1000, steps: int = 10, seed: int = 0, spacing: str = "trailing",
-                                clip: float | None = 4.0) -> torch.Tensor:
+    def sample_learned_variance(
+        self, n: int = 1000, steps: int = 10, seed: int = 0, spacing: str = "trailing", clip: float | None = 4.0
+    ) -> torch.Tensor:
         """[n, 2] samples by ancestral DDPM with the learned variance (ldm.variance_sampler)."""
         if not self.learned:
             raise ToyDataError("this toy model was trained without a learned variance")
@@ -255,13 +280,22 @@ class ToyDiffusion:
         x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
         model = LearnedVarianceDenoiser(self.net, VPParameterisation(self.alphas_cumprod, "eps"), clip)
         with single_thread():
-            return sample_ddpm_learned_variance(model, x, sigmas, generator=torch.Generator().manual_seed(seed + 1),
-                                                disable=True)
+            return sample_ddpm_learned_variance(
+                model, x, sigmas, generator=torch.Generator().manual_seed(seed + 1), disable=True
+            )
 
     @torch.no_grad()
-    def sample(self, n: int = 1000, steps: int = 50, sampler: str = "ddim", seed: int = 0,
-               spacing: str = "trailing", clip: float | None = 4.0, return_trajectory: bool = False,
-               **sampler_options):
+    def sample(
+        self,
+        n: int = 1000,
+        steps: int = 50,
+        sampler: str = "ddim",
+        seed: int = 0,
+        spacing: str = "trailing",
+        clip: float | None = 4.0,
+        return_trajectory: bool = False,
+        **sampler_options,
+    ):
         """[n, 2] samples from noise with a library sampler.
 
         `clip` bounds the x0 estimates (see ClippedDenoiser); None samples unclipped. With
@@ -279,14 +313,22 @@ class ToyDiffusion:
 
         def record(d: dict) -> None:
             # The samplers report x as it was when the step began, at noise level d["sigma"].
-            trajectory.append({"x": vp(d["x"].clone(), d["sigma"]), "denoised": d["denoised"].clone(),
-                               "sigma": float(d["sigma"])})
+            trajectory.append(
+                {"x": vp(d["x"].clone(), d["sigma"]), "denoised": d["denoised"].clone(), "sigma": float(d["sigma"])}
+            )
 
         denoiser = self.denoiser() if clip is None else ClippedDenoiser(self.denoiser(), clip)
         with single_thread():
             options = SamplingOptions(steps=steps, sampler=sampler, extra=dict(sampler_options))
-            out = sample(denoiser, x, sigmas, options, torch.Generator().manual_seed(seed + 1),
-                         callback=record if return_trajectory else None, progress=False)
+            out = sample(
+                denoiser,
+                x,
+                sigmas,
+                options,
+                torch.Generator().manual_seed(seed + 1),
+                callback=record if return_trajectory else None,
+                progress=False,
+            )
         if not return_trajectory:
             return out
         trajectory.append({"x": out, "denoised": out, "sigma": 0.0})

@@ -8,11 +8,12 @@ a held-out classifier, trained apart on clean points, says how often a sample la
   class at rate `label_dropout`, so one network is both the conditional and the unconditional model
   (ldm.denoisers.CFGDenoiser with cond {"y": y}, uncond {"y": null}).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -57,8 +58,15 @@ class ToyClassifier(nn.Module):
         return self.net(torch.cat([x_vp, sigma.clamp(min=1e-4).log()[:, None] / 4], dim=1))
 
 
-def train_classifier(points: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor | None, steps: int = 1000,
-                     seed: int = 0, lr: float = 3e-3, batch_size: int = 256) -> ToyClassifier:
+def train_classifier(
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    alphas_cumprod: torch.Tensor | None,
+    steps: int = 1000,
+    seed: int = 0,
+    lr: float = 3e-3,
+    batch_size: int = 256,
+) -> ToyClassifier:
     """Cross-entropy on x = x0 + sigma * eps with sigma at a uniform timestep of the schedule (noise-aware), or
     on clean points (sigma = 0) when alphas_cumprod is None: the held-out judge of clean samples."""
     torch.manual_seed(seed)
@@ -90,14 +98,16 @@ def class_accuracy(judge: ToyClassifier, points: torch.Tensor, labels: torch.Ten
 class ConditionalToyMLP(ToyMLP):
     """ToyMLP with a class embedding added to the time embedding; class `num_classes` (or y None) is "no label"."""
 
-    def __init__(self, num_classes: int, hidden: int = 128, layers: int = 3, time_dim: int = 32,
-                 num_timesteps: int = 1000):
+    def __init__(
+        self, num_classes: int, hidden: int = 128, layers: int = 3, time_dim: int = 32, num_timesteps: int = 1000
+    ):
         super().__init__(hidden, layers, time_dim, num_timesteps)
         self.num_classes = num_classes
         self.label_embed = nn.Embedding(num_classes + 1, time_dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         y = torch.full((x.shape[0],), self.num_classes, device=x.device) if y is None else y.long()
         return self.net(torch.cat([x, self.embed(t) + self.label_embed(y)], 1))
@@ -141,18 +151,33 @@ class ConditionalToyDiffusion(ToyDiffusion):
         return CFGDenoiser(self.denoiser(), {"y": y}, {"y": torch.full_like(y, self.null_label)}, scale)
 
 
-def sample_with(toy: ToyDiffusion, denoiser: Denoiser, n: int, steps: int = 50, sampler: str = "ddpm", seed: int = 0,
-                clip: float | None = 4.0, **sampler_options) -> torch.Tensor:
-    """[n, 2] samples of `toy`'s schedule through any denoiser over its network (guided, wrapped), as toy.sample does."""
+def sample_with(
+    toy: ToyDiffusion,
+    denoiser: Denoiser,
+    n: int,
+    steps: int = 50,
+    sampler: str = "ddpm",
+    seed: int = 0,
+    clip: float | None = 4.0,
+    **sampler_options,
+) -> torch.Tensor:
+    """[n, 2] samples of `toy`'s schedule through any denoiser over its network (guided, wrapped), as toy.sample does."""  # noqa: E501
     sigmas = get_sigmas(toy.alphas_cumprod, steps, spacing="trailing")
     x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
     denoiser = denoiser if clip is None else ClippedDenoiser(denoiser, clip)
     with single_thread():
-        return sample(denoiser, x, sigmas, SamplingOptions(steps=steps, sampler=sampler, extra=dict(sampler_options)),
-                      torch.Generator().manual_seed(seed + 1), progress=False)
+        return sample(
+            denoiser,
+            x,
+            sigmas,
+            SamplingOptions(steps=steps, sampler=sampler, extra=dict(sampler_options)),
+            torch.Generator().manual_seed(seed + 1),
+            progress=False,
+        )
 
 
-def classifier_guided(toy: ToyDiffusion, classifier: Callable, y: torch.Tensor, scale: float,
-                      inner: Denoiser | None = None) -> ClassifierGuidedDenoiser:
+def classifier_guided(
+    toy: ToyDiffusion, classifier: Callable, y: torch.Tensor, scale: float, inner: Denoiser | None = None
+) -> ClassifierGuidedDenoiser:
     """Classifier guidance over the toy's denoiser, or over `inner` (e.g. a label CFGDenoiser, to combine both)."""
     return ClassifierGuidedDenoiser(inner if inner is not None else toy.denoiser(), classifier, y, scale)

@@ -5,12 +5,13 @@ compared: samples; training losses (how steady they are); mode coverage on the e
 where the model has one (the VAE's importance-weighted bound, the diffusion model's probability-flow ODE,
 exact up to discretisation; a GAN has none); and the time and network evaluations a batch of samples takes.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -156,7 +157,7 @@ def diffusion_log_likelihood(toy: ToyDiffusion, x: torch.Tensor, steps: int = 10
     prior N(0, (1 + sigma_max^2) I) of unit-variance data. It is the density of the data blurred by sigma_min."""
     den = toy.denoiser()
     sigmas = torch.exp(torch.linspace(math.log(den.sigma_min), math.log(den.sigma_max), steps + 1))
-    drift = lambda s: (lambda y: (y - den(y, s.expand(len(y)))) / s)
+    drift = lambda s: lambda y: (y - den(y, s.expand(len(y)))) / s
     total = torch.zeros(len(x))
     with single_thread():
         f, div = _divergence(drift(sigmas[0]), x)
@@ -172,7 +173,9 @@ def diffusion_log_likelihood(toy: ToyDiffusion, x: torch.Tensor, steps: int = 10
     return log_prior + total
 
 
-def mode_coverage(points: torch.Tensor, centres: torch.Tensor, radius: float, min_share: float = 0.25) -> tuple[int, float]:
+def mode_coverage(
+    points: torch.Tensor, centres: torch.Tensor, radius: float, min_share: float = 0.25
+) -> tuple[int, float]:
     """(modes covered, fraction of points near a mode): a point is near a mode within `radius` of its centre;
     a mode is covered when it holds at least min_share of the points an even split would give it."""
     dist = torch.cdist(points.float(), centres.float())
@@ -196,7 +199,7 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
 
 def loss_wobble(losses: list[float], tail: float = 0.5) -> float:
     """Training steadiness: the std of the last `tail` of the per-step losses over their mean's magnitude."""
-    last = torch.tensor(losses[int(len(losses) * (1 - tail)):], dtype=torch.float64)
+    last = torch.tensor(losses[int(len(losses) * (1 - tail)) :], dtype=torch.float64)
     return float(last.std() / last.mean().abs().clamp(min=1e-8)) if len(last) > 1 else float("nan")
 
 
@@ -209,7 +212,7 @@ MODELS = ("GAN", "VAE", "diffusion")
 
 @dataclass
 class Comparison:
-    """Trained models, their samples, per-step training losses (the GAN's: the discriminator's) and one table row each."""
+    """Trained models, their samples, per-step training losses (the GAN's: the discriminator's) and one table row each."""  # noqa: E501
 
     data: torch.Tensor
     models: dict[str, object]
@@ -218,9 +221,16 @@ class Comparison:
     rows: list[dict]
 
 
-def compare_models(dataset: str = "gaussians", steps: int = 2000, n: int = 1000, sample_steps: int = 50,
-                   nll_points: int = 500, seed: int = 0,
-                   report: Callable[[str, int, float], None] | None = None, every: int = 100) -> Comparison:
+def compare_models(
+    dataset: str = "gaussians",
+    steps: int = 2000,
+    n: int = 1000,
+    sample_steps: int = 50,
+    nll_points: int = 500,
+    seed: int = 0,
+    report: Callable[[str, int, float], None] | None = None,
+    every: int = 100,
+) -> Comparison:
     """Train a GAN, a VAE and a diffusion model for `steps` steps each on the same data; measure them.
 
     Likelihoods are of `nll_points` held-out points (drawn with another seed), in nats per 2-D point, as
@@ -230,8 +240,11 @@ def compare_models(dataset: str = "gaussians", steps: int = 2000, n: int = 1000,
     data = make_data(dataset, 2000, seed=seed)
     held_out = make_data(dataset, nll_points, seed=seed + 1000)
     centres = gaussian_centres(*labelled_gaussians(2000, seed)) if dataset == "gaussians" else None
-    models: dict[str, object] = {"GAN": ToyGAN(data, seed=seed), "VAE": ToyVAE(data, seed=seed),
-                                 "diffusion": ToyDiffusion(data, seed=seed)}
+    models: dict[str, object] = {
+        "GAN": ToyGAN(data, seed=seed),
+        "VAE": ToyVAE(data, seed=seed),
+        "diffusion": ToyDiffusion(data, seed=seed),
+    }
     losses: dict[str, list[float]] = {}
     samples, rows = {}, []
     for name, model in models.items():
@@ -255,9 +268,17 @@ def compare_models(dataset: str = "gaussians", steps: int = 2000, n: int = 1000,
         samples[name] = points
         # radius 0.2: about three of a component's standard deviations (0.05 before the data is scaled by ~1.4)
         covered, near = mode_coverage(points, centres, radius=0.2) if centres is not None else (None, None)
-        rows.append({"model": name, "train s": round(train_seconds, 1), "loss wobble": round(loss_wobble(losses[name]), 3),
-                     "distance to data": round(nearest_data_distance(points, data), 4),
-                     "modes covered": covered, "near a mode": None if near is None else round(near, 3),
-                     "NLL (nats)": None if nll is None else round(nll, 3),
-                     "evaluations": evaluations, "sampling ms": round(1e3 * seconds, 1)})
+        rows.append(
+            {
+                "model": name,
+                "train s": round(train_seconds, 1),
+                "loss wobble": round(loss_wobble(losses[name]), 3),
+                "distance to data": round(nearest_data_distance(points, data), 4),
+                "modes covered": covered,
+                "near a mode": None if near is None else round(near, 3),
+                "NLL (nats)": None if nll is None else round(nll, 3),
+                "evaluations": evaluations,
+                "sampling ms": round(1e3 * seconds, 1),
+            }
+        )
     return Comparison(data, models, samples, losses, rows)

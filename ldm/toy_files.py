@@ -6,6 +6,7 @@ config as the file's metadata (JSON), so loading never runs code and needs no co
 Only what the model needs to denoise and to evaluate its bound is kept (schedule, T, width, variance); the
 optimiser state and training data are not, so a loaded model evaluates and samples; `train` on it needs data.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,9 @@ def read_config(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ToyFileError(f"{path} is not a safetensors file: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+        raise ToyFileError(
+            f"{path} is not a safetensors file: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from exc
     if metadata.get("format") != FORMAT:
         raise ToyFileError(f"{path} is not a toy model file (saved by ldm.toy_files.save_toy)")
     try:

@@ -4,6 +4,7 @@ The MLP sees gamma (mapped linearly onto its timestep input), not t, so that the
 depend on the schedule's interior (ldm.vdm); sampling goes through the sigma grid of the discretised schedule
 (ldm.vdm.alphas_cumprod_from_gamma) with the library's samplers, as for the fixed discrete schedules.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,8 +16,16 @@ from ldm.likelihood import bits_per_dim
 from ldm.sampling import SamplingOptions, sample
 from ldm.schedules import get_sigmas
 from ldm.toy2d import ToyDataError, ToyMLP, single_thread
-from ldm.vdm import (GAMMA_MAX, GAMMA_MIN, FixedGamma, LearnedGamma, LogSNRDenoiser, alphas_cumprod_from_gamma,
-                     continuous_bound, schedule_step)
+from ldm.vdm import (
+    GAMMA_MAX,
+    GAMMA_MIN,
+    FixedGamma,
+    LearnedGamma,
+    LogSNRDenoiser,
+    alphas_cumprod_from_gamma,
+    continuous_bound,
+    schedule_step,
+)
 
 SCHEDULE_KINDS = ("linear", "cosine", "learned")
 GAMMA_INPUT_RANGE = (-15.0, 10.0)  # gamma values mapped onto the MLP's timestep input 0..num_timesteps
@@ -48,8 +57,11 @@ class ToyVDM:
         torch.manual_seed(self.seed)
         self.net = ToyMLP(self.hidden)
         ends = (self.gamma_min, self.gamma_max)
-        self.gamma = (LearnedGamma(*ends, learn_endpoints=self.learn_endpoints) if self.schedule == "learned"
-                      else FixedGamma(self.schedule, *ends))
+        self.gamma = (
+            LearnedGamma(*ends, learn_endpoints=self.learn_endpoints)
+            if self.schedule == "learned"
+            else FixedGamma(self.schedule, *ends)
+        )
         groups = [{"params": list(self.net.parameters()), "lr": self.lr}]
         if self.schedule == "learned":
             groups.append({"params": list(self.gamma.parameters()), "lr": self.schedule_lr})
@@ -88,17 +100,33 @@ class ToyVDM:
         with single_thread():
             draws = torch.stack([self.bound(data.float(), generator)["total"].detach() for _ in range(repeats)])
         total = draws.mean(0)
-        return {"total": total, "bits_per_dim": float(bits_per_dim(total.mean(), data.shape[1])),
-                "estimate_variance": float(draws.var(0).mean())}
+        return {
+            "total": total,
+            "bits_per_dim": float(bits_per_dim(total.mean(), data.shape[1])),
+            "estimate_variance": float(draws.var(0).mean()),
+        }
 
     def alphas_cumprod(self, num_timesteps: int = 1000) -> torch.Tensor:
         return alphas_cumprod_from_gamma(self.gamma, num_timesteps)
 
     @torch.no_grad()
-    def sample(self, n: int = 1000, steps: int = 50, sampler: str = "ddim", seed: int = 0, spacing: str = "trailing",
-               clip: float | None = 4.0) -> torch.Tensor:
+    def sample(
+        self,
+        n: int = 1000,
+        steps: int = 50,
+        sampler: str = "ddim",
+        seed: int = 0,
+        spacing: str = "trailing",
+        clip: float | None = 4.0,
+    ) -> torch.Tensor:
         sigmas = get_sigmas(self.alphas_cumprod(), steps, spacing=spacing)
         x = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
         with single_thread():
-            return sample(LogSNRDenoiser(self.eps_model, clip), x, sigmas, SamplingOptions(steps=steps, sampler=sampler),
-                          torch.Generator().manual_seed(seed + 1), progress=False)
+            return sample(
+                LogSNRDenoiser(self.eps_model, clip),
+                x,
+                sigmas,
+                SamplingOptions(steps=steps, sampler=sampler),
+                torch.Generator().manual_seed(seed + 1),
+                progress=False,
+            )

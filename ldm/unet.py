@@ -7,15 +7,15 @@ original checkpoints so their state dicts load with no renaming.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ldm.errors import InvalidOptionError
 from ldm.attention import attention
+from ldm.errors import InvalidOptionError
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -99,8 +99,8 @@ class ResBlock(nn.Module):
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))  # noqa: E501
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))  # noqa: E501
         self.out_layers = nn.Sequential(
             normalization(out_channels), nn.SiLU(), nn.Dropout(dropout),
             zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
@@ -127,7 +127,7 @@ class ResBlock(nn.Module):
 class CrossAttention(nn.Module):
     """Multi-head attention; self-attention when no context is given."""
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):  # noqa: E501
         super().__init__()
         inner = heads * dim_head
         context_dim = context_dim or query_dim
@@ -191,7 +191,7 @@ class SpatialTransformer(nn.Module):
     """Transformer over the pixels of a feature map, with a linear or 1x1-conv projection."""
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1, context_dim: int | None = None,
-                 dropout: float = 0.0, disable_self_attn: bool = False, use_linear: bool = False, use_checkpoint: bool = False):
+                 dropout: float = 0.0, disable_self_attn: bool = False, use_linear: bool = False, use_checkpoint: bool = False):  # noqa: E501
         super().__init__()
         inner = heads * dim_head
         self.use_linear = use_linear
@@ -315,7 +315,7 @@ class UNetModel(nn.Module):
         elif num_classes == "continuous":
             self.label_emb = nn.Linear(1, time_dim)
         elif num_classes == "sequential":
-            self.label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm_in_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)))
+            self.label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm_in_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)))  # noqa: E501
         elif num_classes is not None:
             raise InvalidOptionError(f"unknown num_classes {num_classes!r}")
         if guidance_embed:  # a guidance-distilled student's scale w (ldm.distillation), added like the time embedding;
@@ -358,7 +358,7 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))  # noqa: E501
 
     @property
     def dtype(self) -> torch.dtype:
@@ -390,7 +390,7 @@ class UNetModel(nn.Module):
         if y is not None:
             emb = emb + self.label_emb(y)
         if guidance is not None:  # scales of 0..~15 spread over the sinusoids as timesteps 0..~1000 do
-            w = timestep_embedding(guidance.to(x.device).expand(x.shape[0]) * GUIDANCE_EMBED_FACTOR, self.model_channels)
+            w = timestep_embedding(guidance.to(x.device).expand(x.shape[0]) * GUIDANCE_EMBED_FACTOR, self.model_channels)  # noqa: E501
             emb = emb + self.guidance_embed(w.to(x.dtype))
         skips = []
         h = x

@@ -10,13 +10,15 @@ into tiles, each tile is denoised with its piece of the low-res image, and the p
 blended with feathered weights (as in MultiDiffusion). Since all tiles agree on one latent at
 every step, there is no seam to hide afterwards. The VAE decodes in tiles the same way.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -26,8 +28,16 @@ from ldm.editing import EditingError, ImageTooSmallError, as_pil, expand_batch
 from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import (Conditioning, Generated, check_task, prompt_conditions, prompt_lists, resolve_options,
-                       sample_seeded, settings_of)
+from ldm.tasks import (
+    Conditioning,
+    Generated,
+    check_task,
+    prompt_conditions,
+    prompt_lists,
+    resolve_options,
+    sample_seeded,
+    settings_of,
+)
 from ldm.tiling import SharedGroupNormStats
 
 log = logging.getLogger("ldm")
@@ -68,8 +78,9 @@ def _ramp(size: int, overlap: int, fade_in: bool, fade_out: bool, device: torch.
     return w
 
 
-def tiled_map(fn: Callable[[int, int, int, int], torch.Tensor], height: int, width: int, tile: int, overlap: int,
-              scale: int = 1) -> torch.Tensor:
+def tiled_map(
+    fn: Callable[[int, int, int, int], torch.Tensor], height: int, width: int, tile: int, overlap: int, scale: int = 1
+) -> torch.Tensor:
     """Blend fn(y0, y1, x0, x1) over overlapping tiles of a height x width grid.
 
     fn returns the tile's result at `scale` times its size; results are averaged with weights that
@@ -90,8 +101,8 @@ def tiled_map(fn: Callable[[int, int, int, int], torch.Tensor], height: int, wid
             wx = _ramp(tw * scale, overlap * scale, x0 > 0, x0 + tw < width, r.device)
             w = (wy[:, None] * wx[None, :]).to(r.dtype)
             ya, xa = y0 * scale, x0 * scale
-            out[..., ya:ya + th * scale, xa:xa + tw * scale] += r * w
-            weights[..., ya:ya + th * scale, xa:xa + tw * scale] += w
+            out[..., ya : ya + th * scale, xa : xa + tw * scale] += r * w
+            weights[..., ya : ya + th * scale, xa : xa + tw * scale] += w
     return out / weights
 
 
@@ -104,8 +115,9 @@ class TiledDenoiser:
     def __init__(self, inner: Callable, tile: int, overlap: int):
         self.inner, self.tile, self.overlap = inner, tile, overlap
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, concat: torch.Tensor | None = None,
-                 **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, concat: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h <= self.tile and w <= self.tile:
             return self.inner(x, sigma, concat=concat, **kwargs)
@@ -123,6 +135,7 @@ def decode_tiled(model: LatentDiffusion, latents: torch.Tensor, tile: int, overl
     h, w = latents.shape[-2:]
     if h <= tile and w <= tile:
         return model.decode_latent(latents)
+
     def one(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         return model.decode_latent(latents[..., y0:y1, x0:x1])
 
@@ -157,8 +170,13 @@ def check_upscaler(model: LatentDiffusion) -> None:
     check_task(model, "upscale")
 
 
-def low_res_condition(model: LatentDiffusion, low: torch.Tensor, noise_level: int | torch.Tensor | None = None,
-                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def low_res_condition(
+    model: LatentDiffusion,
+    low: torch.Tensor,
+    noise_level: int | torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """The upscaler U-Net's extra inputs: {"concat": the low-res image [B, 3, h, w] noised to the level,
     "y": that level [B]}. A level of None draws one per image (training); built here for inference and for
     training (ldm.training.editing) alike."""
@@ -166,8 +184,18 @@ def low_res_condition(model: LatentDiffusion, low: torch.Tensor, noise_level: in
     return {"concat": augmented, "y": level}
 
 
-def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], low: torch.Tensor, noise_level: int,
-            seed: int, tile: int, overlap: int, tiled: bool, options: SamplingOptions | None = None) -> Conditioning:
+def prepare(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    low: torch.Tensor,
+    noise_level: int,
+    seed: int,
+    tile: int,
+    overlap: int,
+    tiled: bool,
+    options: SamplingOptions | None = None,
+) -> Conditioning:
     """The upscaler's conditioning: the prompts, the noise-augmented low-res image and its level, and tiles when
     the image is bigger than one tile."""
     # Noise drawn on the CPU from the seed, so the augmentation is the same on any device.
@@ -175,18 +203,29 @@ def prepare(model: LatentDiffusion, prompts: list[str], negatives: list[str], lo
     n = len(prompts)
     inputs = low_res_condition(model, low, noise_level, noise=eps)
     conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options)).with_inputs(
-        concat=inputs["concat"].expand(n, -1, -1, -1), y=inputs["y"].expand(n))
+        concat=inputs["concat"].expand(n, -1, -1, -1), y=inputs["y"].expand(n)
+    )
     if tiled:
         conditioning = replace(conditioning, wrap=lambda den, noise: TiledDenoiser(den, tile, overlap))
     return conditioning
 
 
 @torch.no_grad()
-def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str | list[str] = "",
-            negative_prompt: str | list[str] = "", noise_level: int = defaults.NOISE_LEVEL, seed: int = defaults.SEED,
-            tile_size: int | None = None, tile_overlap: int | None = None, options: SamplingOptions | None = None,
-            callback: Callable[[dict], None] | None = None, progress: bool = True,
-            back_projection: int | None = None, **option_overrides: Any) -> Generated:
+def upscale(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    prompt: str | list[str] = "",
+    negative_prompt: str | list[str] = "",
+    noise_level: int = defaults.NOISE_LEVEL,
+    seed: int = defaults.SEED,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    options: SamplingOptions | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    back_projection: int | None = None,
+    **option_overrides: Any,
+) -> Generated:
     """Upscale `image` by the VAE's factor (4 for SD x4), one result per prompt (image i uses seed + i).
 
     `noise_level` (0 .. the model's max, 350 for SD) noises the low-res input the model sees.
@@ -210,12 +249,20 @@ def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     img = as_pil(image).convert("RGB")
     if min(img.size) < MIN_SIZE:
-        raise ImageTooSmallError(f"image {img.width}x{img.height} is too small to upscale: each side needs {MIN_SIZE} px")
+        raise ImageTooSmallError(
+            f"image {img.width}x{img.height} is too small to upscale: each side needs {MIN_SIZE} px"
+        )
     low = pil_to_tensor(img).to(model.device)
     tiled = max(img.size) > tile
     if tiled:
-        log.info("upscaling %dx%d in %d tiles of %d px (overlap %d)", img.width, img.height,
-                 len(tile_starts(img.height, tile, overlap)) * len(tile_starts(img.width, tile, overlap)), tile, overlap)
+        log.info(
+            "upscaling %dx%d in %d tiles of %d px (overlap %d)",
+            img.width,
+            img.height,
+            len(tile_starts(img.height, tile, overlap)) * len(tile_starts(img.width, tile, overlap)),
+            tile,
+            overlap,
+        )
     conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled, options)
     # The latent has the low-res image's size; sampling starts from pure noise (there is no latent to noise).
     shape = (len(prompts), model.latent_channels, img.height, img.width)
@@ -224,7 +271,15 @@ def upscale(model: LatentDiffusion, image: Image.Image | str | Path, prompt: str
         images = decode_tiled(model, latents, tile, overlap)
     if back_projection:
         images = back_project(images, low, model.downscale, back_projection)
-    settings = settings_of("upscale", options, noise_level=noise_level, tile_size=tile, tile_overlap=overlap,
-                           tiled=tiled, height=img.height * model.downscale, width=img.width * model.downscale,
-                           back_projection=back_projection)
+    settings = settings_of(
+        "upscale",
+        options,
+        noise_level=noise_level,
+        tile_size=tile,
+        tile_overlap=overlap,
+        tiled=tiled,
+        height=img.height * model.downscale,
+        width=img.width * model.downscale,
+        back_projection=back_projection,
+    )
     return Generated(tensor_to_pil(images), settings)

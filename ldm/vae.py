@@ -1,7 +1,8 @@
 """KL-regularised autoencoder (the SD "first stage"), with the original module layout."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +81,18 @@ class _Level(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_resolutions: Sequence[int],
-                 in_channels: int, resolution: int, z_channels: int, double_z: bool = True, dropout: float = 0.0):
+    def __init__(
+        self,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        in_channels: int,
+        resolution: int,
+        z_channels: int,
+        double_z: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         in_mult = (1,) + tuple(ch_mult)
@@ -120,8 +131,17 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, ch: int, out_ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_resolutions: Sequence[int],
-                 resolution: int, z_channels: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        ch: int,
+        out_ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        resolution: int,
+        z_channels: int,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (len(ch_mult) - 1)
@@ -182,8 +202,17 @@ class DiagonalGaussianDistribution:
         return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=[1, 2, 3])
 
 
-ENCODER_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "in_channels", "resolution", "z_channels",
-                "double_z", "dropout")
+ENCODER_KEYS = (
+    "ch",
+    "ch_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "in_channels",
+    "resolution",
+    "z_channels",
+    "double_z",
+    "dropout",
+)
 DECODER_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution", "z_channels", "dropout")
 # norm_groups (ours; diffusers' norm_num_groups): the GroupNorm group count, 32 in every SD autoencoder. A narrow
 # autoencoder (ch 32) with 32 groups normalises each channel alone over the image, which removes its mean: the
@@ -204,7 +233,9 @@ class AutoencoderKL(nn.Module):
         for norm in self.modules():  # a GroupNorm's weights are per channel, so its group count can change here
             if isinstance(norm, nn.GroupNorm):
                 if norm.num_channels % groups:
-                    raise InvalidOptionError(f"ddconfig norm_groups {groups} does not divide {norm.num_channels} channels")
+                    raise InvalidOptionError(
+                        f"ddconfig norm_groups {groups} does not divide {norm.num_channels} channels"
+                    )
                 norm.num_groups = groups
         z = ddconfig["z_channels"]
         self.quant_conv = nn.Conv2d(2 * z if ddconfig.get("double_z", True) else z, 2 * embed_dim, 1)
@@ -224,13 +255,17 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z.to(self.dtype)))
 
-    def forward(self, x: torch.Tensor, sample_posterior: bool = True) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
+    def forward(
+        self, x: torch.Tensor, sample_posterior: bool = True
+    ) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
         posterior = self.encode(x)
         z = posterior.sample() if sample_posterior else posterior.mode()
         return self.decode(z), posterior
 
     # The diffusion model works on scaled latents; these two keep the scale in one place.
-    def encode_to_latent(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+    def encode_to_latent(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
+    ) -> torch.Tensor:
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample else posterior.mode()
         return z * self.scale_factor

@@ -12,10 +12,11 @@ respaced chain has, in VP space, beta = 1 - ab / ab' and beta~ = beta (1 - ab') 
 
 so v = 0 is sample_ddpm exactly, and the network's v, trained on the single steps, is used on the
 respaced ones, as Improved DDPM does. The last step (sigma' = 0) returns x0.
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -34,8 +35,9 @@ class LearnedVarianceDenoiser:
     for the other samplers.
     """
 
-    def __init__(self, net: Callable[..., torch.Tensor], parameterisation: VPParameterisation,
-                 clip: float | None = None):
+    def __init__(
+        self, net: Callable[..., torch.Tensor], parameterisation: VPParameterisation, clip: float | None = None
+    ):
         if parameterisation.prediction != "eps":
             raise InvalidOptionError("learned variances are implemented for eps-prediction networks")
         self.net, self.parameterisation, self.clip = net, parameterisation, clip
@@ -78,9 +80,15 @@ class GuidedVarianceDenoiser:
 
 
 @torch.no_grad()
-def sample_ddpm_learned_variance(model: VarianceDenoiser, x: torch.Tensor, sigmas: torch.Tensor,
-                                 extra_args: dict | None = None, callback: Callback | None = None,
-                                 disable: bool | None = None, generator: Generators = None) -> torch.Tensor:
+def sample_ddpm_learned_variance(
+    model: VarianceDenoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+) -> torch.Tensor:
     """Ancestral DDPM whose step variance is the model's (module docstring)."""
     for i in _steps(sigmas, disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

@@ -10,6 +10,7 @@ that image metadata records (`model_name`):
     name: emoji 4-step student
     sampling: {steps: 4, spacing: trailing, sampler: ddim, guidance_scale: 7.5}
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,7 +32,7 @@ def student_files() -> tuple[Path, Path] | None:
 
 
 def default_variant() -> str:
-    """"student" where the student is shipped, else "full"."""
+    """ "student" where the student is shipped, else "full"."""
     return "student" if student_files() is not None else "full"
 
 
@@ -45,8 +46,10 @@ def shipped_model_files(task: str = "txt2img", variant: str | None = None) -> tu
         return default_model_files(task) or (default_config_path(), default_checkpoint_path())
     files = student_files()
     if files is None:
-        raise MissingFileError(f"the few-step student is not shipped ({shipped_path('checkpoints/emoji/' + STUDENT_FILE)} "
-                               "is missing); use the full model (--model full)")
+        raise MissingFileError(
+            f"the few-step student is not shipped ({shipped_path('checkpoints/emoji/' + STUDENT_FILE)} "
+            "is missing); use the full model (--model full)"
+        )
     return files
 
 

@@ -17,10 +17,11 @@ that takes gamma (not t) gives a loss whose expectation depends on the schedule 
 so the interior is trained to minimise the variance of the one-sample estimate, by the gradient of
 E[L_diffusion^2] (VDM, sec. 5.2), while the endpoints, where they are learned, follow the bound itself.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +57,13 @@ class LearnedGamma(nn.Module):
     gamma_1 (trained on the bound; empty when learn_endpoints=False).
     """
 
-    def __init__(self, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX, hidden: int = 256,
-                 learn_endpoints: bool = False):
+    def __init__(
+        self,
+        gamma_min: float = GAMMA_MIN,
+        gamma_max: float = GAMMA_MAX,
+        hidden: int = 256,
+        learn_endpoints: bool = False,
+    ):
         super().__init__()
         self.l1, self.l2, self.l3 = MonotoneLinear(1, 1), MonotoneLinear(1, hidden), MonotoneLinear(hidden, 1)
         ends = torch.tensor([gamma_min, gamma_max])
@@ -106,8 +112,13 @@ def low_discrepancy_times(batch: int, generator: torch.Generator | None = None) 
     return torch.remainder(u + torch.arange(batch) / batch, 1.0)
 
 
-def continuous_bound(eps_model: EpsModel, x: torch.Tensor, gamma: Callable[[torch.Tensor], torch.Tensor],
-                     generator: torch.Generator | None = None, t: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def continuous_bound(
+    eps_model: EpsModel,
+    x: torch.Tensor,
+    gamma: Callable[[torch.Tensor], torch.Tensor],
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """The module docstring's bound per sample of x, in nats, as {"diffusion", "prior", "reconstruction", "total"}:
     a one-sample (t, eps) estimate of the diffusion term, differentiable in the network and the schedule."""
     t = (low_discrepancy_times(x.shape[0], generator) if t is None else t).to(x.device, x.dtype).requires_grad_(True)
@@ -122,8 +133,12 @@ def continuous_bound(eps_model: EpsModel, x: torch.Tensor, gamma: Callable[[torc
     prior = 0.5 * ((1 - var_1) * x.flatten(1).pow(2) + var_1 - 1 - torch.log(var_1)).sum(1)
     dims = x[0].numel()
     reconstruction = 0.5 * dims * (math.log(2 * math.pi) + ends[0] + 1) * torch.ones_like(diffusion)
-    return {"diffusion": diffusion, "prior": prior, "reconstruction": reconstruction,
-            "total": diffusion + prior + reconstruction}
+    return {
+        "diffusion": diffusion,
+        "prior": prior,
+        "reconstruction": reconstruction,
+        "total": diffusion + prior + reconstruction,
+    }
 
 
 def schedule_step(bound: dict[str, torch.Tensor], net_params: list[torch.Tensor], schedule: nn.Module) -> torch.Tensor:

@@ -5,12 +5,13 @@ radius sqrt(d), and a straight line between two samples cuts inside it (the midp
 norm), which the sampler reads as "less noise" and renders as a washed-out frame. Text embeddings
 are interpolated linearly: they are not Gaussian, and the U-Net's cross-attention is smooth in them.
 """
+
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -21,8 +22,16 @@ from ldm.images import OutputError, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.pipeline import image_size
 from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import (Conditioning, Generated, check_task, denoise, prompt_conditions, resolve_options, settings_of,
-                       start_noise)
+from ldm.tasks import (
+    Conditioning,
+    Generated,
+    check_task,
+    denoise,
+    prompt_conditions,
+    resolve_options,
+    settings_of,
+    start_noise,
+)
 
 log = logging.getLogger("ldm")
 
@@ -69,10 +78,20 @@ def walk_positions(frames: int) -> list[float]:
 
 
 @torch.no_grad()
-def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = None, seed_a: int = defaults.SEED,
-                seed_b: int | None = None, frames: int = defaults.WALK_FRAMES, negative_prompt: str = "",
-                height: int | None = None, width: int | None = None, options: SamplingOptions | None = None,
-                on_frame: Callable[[int, Image.Image], None] | None = None, progress: bool = True) -> Generated:
+def walk_frames(
+    model: LatentDiffusion,
+    prompt_a: str,
+    prompt_b: str | None = None,
+    seed_a: int = defaults.SEED,
+    seed_b: int | None = None,
+    frames: int = defaults.WALK_FRAMES,
+    negative_prompt: str = "",
+    height: int | None = None,
+    width: int | None = None,
+    options: SamplingOptions | None = None,
+    on_frame: Callable[[int, Image.Image], None] | None = None,
+    progress: bool = True,
+) -> Generated:
     """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
 
     Leaving prompt_b or seed_b out keeps that end fixed, so a walk can vary only the prompt or
@@ -90,8 +109,9 @@ def walk_frames(model: LatentDiffusion, prompt_a: str, prompt_b: str | None = No
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
     sdxl = hasattr(getattr(model, "text_encoder", None), "micro_conditions")  # SDXL: a negative prompt per prompt
-    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt] * (2 if sdxl else 1), options,
-                                     (height, width))
+    ends, uncond = prompt_conditions(
+        model, [prompt_a, prompt_b], [negative_prompt] * (2 if sdxl else 1), options, (height, width)
+    )
     uncond = {k: v[:1] for k, v in uncond.items()}
     images: list[Image.Image] = []
     for k, t in enumerate(positions):
@@ -113,13 +133,27 @@ def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, 
         raise WalkError("no frames to write")
     sequence = list(frames) + (list(frames[-2:0:-1]) if boomerang else [])
     buf = io.BytesIO()
-    sequence[0].save(buf, format="GIF", save_all=True, append_images=sequence[1:], duration=duration_ms,
-                     loop=loop, optimize=False, disposal=1)
+    sequence[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=sequence[1:],
+        duration=duration_ms,
+        loop=loop,
+        optimize=False,
+        disposal=1,
+    )
     return buf.getvalue()
 
 
-def save_gif(frames: list[Image.Image], path: str | Path, duration_ms: int = 100, loop: int = 0,
-             boomerang: bool = False, overwrite: bool = True) -> Path:
+def save_gif(
+    frames: list[Image.Image],
+    path: str | Path,
+    duration_ms: int = 100,
+    loop: int = 0,
+    boomerang: bool = False,
+    overwrite: bool = True,
+) -> Path:
     """Write the GIF atomically; `overwrite=False` never replaces an existing file (WalkError instead)."""
     from ldm.checkpoint import atomic_path
 

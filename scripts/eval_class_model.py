@@ -10,6 +10,7 @@ RUN_DIR --resume CKPT`). The judge is the shipped judge CLIP (trained apart from
 the group of its nearest training image in the judge's image space. Beside it: the same judge on the held-out
 real images (its ceiling) and chance (1 / groups): each the mean over groups of that group's accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,24 +57,38 @@ def main() -> None:
         return sum(judge.classes[b] == t for b, t in zip(best, targets)) / len(targets)
 
     # Both as the samples' figure is: the mean over groups of each group's accuracy.
-    per_group_real = [accuracy(real_features[rows], [g] * len(rows))
-                      for g in groups if (rows := [i for i in heldout if real.groups[i] == g])]
+    per_group_real = [
+        accuracy(real_features[rows], [g] * len(rows))
+        for g in groups
+        if (rows := [i for i in heldout if real.groups[i] == g])
+    ]
     ceiling = sum(per_group_real) / len(per_group_real)
     chance = 1 / len(groups)
     rows, sheet_rows = [], []
     for scale in args.scales:
         per_group = {}
         for group in groups:
-            images = txt2img(model, "", label=group, num_images_per_prompt=args.seeds, seed=0, steps=args.steps,
-                             guidance_scale=scale, progress=False).images
+            images = txt2img(
+                model,
+                "",
+                label=group,
+                num_images_per_prompt=args.seeds,
+                seed=0,
+                steps=args.steps,
+                guidance_scale=scale,
+                progress=False,
+            ).images
             per_group[group] = accuracy(features(pil_to_tensor(images)), [group] * len(images))
             if scale == args.sheet_scale:
                 sheet_rows.append(images)
         rows.append((scale, sum(per_group.values()) / len(per_group), per_group))
         print(f"scale {scale}: {rows[-1][1]:.1%}", file=sys.stderr)
-    table = [f"Group top-1 of the judge (nearest training image's group), {args.seeds} seeds x {len(groups)} groups, "
-             f"DDIM {args.steps} steps; mean over groups. Held-out real images: {ceiling:.1%}; chance: {chance:.1%}.\n",
-             "| guidance scale | mean | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+    table = [
+        f"Group top-1 of the judge (nearest training image's group), {args.seeds} seeds x {len(groups)} groups, "
+        f"DDIM {args.steps} steps; mean over groups. Held-out real images: {ceiling:.1%}; chance: {chance:.1%}.\n",
+        "| guidance scale | mean | " + " | ".join(groups) + " |",
+        "|---|---|" + "---|" * len(groups),
+    ]
     for scale, mean, per_group in rows:
         table.append(f"| {scale:g} | {mean:.1%} | " + " | ".join(f"{per_group[g]:.0%}" for g in groups) + " |")
     print("\n".join(table))

@@ -13,6 +13,7 @@ and the wall time per image on this machine.
 --student is a stage folder of `ldm distill`: lora.yaml + lora.safetensors over the base (a LoRA student) or
 model.yaml + model.safetensors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,32 +60,51 @@ def main() -> int:
     config, weights = default_model_files("txt2img")
     teacher = load_model(config, weights, device="cpu")
     student = load_student(Path(args.student), Path(weights)).eval()
-    clip = load_clip(shipped_path("checkpoints/emoji/judge.safetensors"),
-                     shipped_path("checkpoints/emoji/judge.json")).eval()
+    clip = load_clip(
+        shipped_path("checkpoints/emoji/judge.safetensors"), shipped_path("checkpoints/emoji/judge.json")
+    ).eval()
     size = teacher.default_image_size
     real = load_real(args.data, size)
 
     runs = [(f"student, {n} step{'s' * (n > 1)}", student, n, n, {"spacing": "trailing"}) for n in args.steps]
     teacher_steps = dict.fromkeys(max(1, n // 2) for n in args.steps)  # the same evaluations: two a guided step
     runs += [(f"teacher, {n} guided step{'s' * (n > 1)}", teacher, n, 2 * n, {}) for n in teacher_steps]
-    runs.append((f"teacher, {args.teacher_steps} guided steps", teacher, args.teacher_steps, 2 * args.teacher_steps, {}))
-    table = ["| model | U-Net evaluations | NN top-1 (all) | NN top-1 (held-out captions) | FID (CLIP) | s / image |",
-             "|---|---|---|---|---|---|"]
+    runs.append(
+        (f"teacher, {args.teacher_steps} guided steps", teacher, args.teacher_steps, 2 * args.teacher_steps, {})
+    )
+    table = [
+        "| model | U-Net evaluations | NN top-1 (all) | NN top-1 (held-out captions) | FID (CLIP) | s / image |",
+        "|---|---|---|---|---|---|",
+    ]
     records = {}
     with torch.inference_mode():
         for name, model, steps, nfe, extra in runs:
-            settings = EvalSettings(scales=(args.scale,), steps=steps, max_heldout=args.max_heldout,
-                                    n_train_prompts=args.n_train_prompts, extra=extra)
+            settings = EvalSettings(
+                scales=(args.scale,),
+                steps=steps,
+                max_heldout=args.max_heldout,
+                n_train_prompts=args.n_train_prompts,
+                extra=extra,
+            )
             res = evaluate_model(model, clip, args.data, settings, size=size, real=real, on_progress=lambda s: None)
             everything, held = row(res, "all"), row(res, "held-out captions")
             per_image = sum(res["timings"].values()) / everything["n"]
-            records[name] = {"nfe": nfe, "nn_top1": everything["nn_top1"], "nn_top1_heldout": held["nn_top1"],
-                             "fid_clip": everything.get("fid_clip"), "seconds_per_image": per_image}
+            records[name] = {
+                "nfe": nfe,
+                "nn_top1": everything["nn_top1"],
+                "nn_top1_heldout": held["nn_top1"],
+                "fid_clip": everything.get("fid_clip"),
+                "seconds_per_image": per_image,
+            }
             fid = everything.get("fid_clip")
-            table.append(f"| {name} | {nfe} | {everything['nn_top1']:.1%} | {held['nn_top1']:.1%} | "
-                         f"{'—' if fid is None else f'{fid:.4f}'} | {per_image:.3f} |")
+            table.append(
+                f"| {name} | {nfe} | {everything['nn_top1']:.1%} | {held['nn_top1']:.1%} | "
+                f"{'—' if fid is None else f'{fid:.4f}'} | {per_image:.3f} |"
+            )
             print(table[-1], flush=True)
-    text = "\n".join(table) + f"\n\nGuidance scale {args.scale:g}, {everything['n']} prompts, seeds 0..n-1, one CPU run.\n"
+    text = (
+        "\n".join(table) + f"\n\nGuidance scale {args.scale:g}, {everything['n']} prompts, seeds 0..n-1, one CPU run.\n"
+    )
     print(text)
     if args.out:
         Path(args.out).write_text(json.dumps(records, indent=2))

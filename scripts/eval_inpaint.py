@@ -7,6 +7,7 @@ Two tasks per image: inpainting a centre box (half the side) and outpainting the
 cut to its left three quarters, then extended back). Both methods get the caption as the prompt, the same
 seed and sampling settings; ldm.evaluate_edits says what each column measures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def heldout_cases(data: Path, count: int, seed: int) -> list[tuple[str, Image.Im
 
 
 def fill_inpaint(model, mode: str, options: SamplingOptions):
-    return lambda case, seed: inpaint(model, case.real, case.mask, case.caption, seed=seed, mode=mode,
-                                      options=options, progress=False)[0]
+    return lambda case, seed: inpaint(
+        model, case.real, case.mask, case.caption, seed=seed, mode=mode, options=options, progress=False
+    )[0]
 
 
 def fill_outpaint(model, mode: str, options: SamplingOptions, band: int):
@@ -46,6 +48,7 @@ def fill_outpaint(model, mode: str, options: SamplingOptions, band: int):
         w, h = case.real.size
         kept = case.real.crop((0, 0, w - band, h))
         return outpaint(model, kept, case.caption, right=band, seed=seed, mode=mode, options=options, progress=False)[0]
+
     return fill
 
 
@@ -90,10 +93,15 @@ def main() -> None:
     pairs = heldout_cases(Path(args.data), args.count, args.seed)
     tasks = {
         "inpaint (centre box)": ([centre_box_case(c, im) for c, im in pairs], fill_inpaint),
-        f"outpaint (right {args.band} px)": ([right_band_case(c, im, args.band) for c, im in pairs],
-                                              lambda m, mode, o: fill_outpaint(m, mode, o, args.band)),
+        f"outpaint (right {args.band} px)": (
+            [right_band_case(c, im, args.band) for c, im in pairs],
+            lambda m, mode, o: fill_outpaint(m, mode, o, args.band),
+        ),
     }
-    results: dict = {"settings": vars(args), "real_top1": real_accuracy(judge, [c for c in tasks["inpaint (centre box)"][0]])}
+    results: dict = {
+        "settings": vars(args),
+        "real_top1": real_accuracy(judge, [c for c in tasks["inpaint (centre box)"][0]]),
+    }
     pictures: dict = {}
     for task, (cases, make_fill) in tasks.items():
         for method, model, mode in (("inpainting model", inpainter, "model"), ("latent blending", base, "blend")):
@@ -104,14 +112,19 @@ def main() -> None:
             results.setdefault(task, {})[method] = r
             print(task, method, {k: round(v, 4) for k, v in r.items()}, flush=True)
 
-    lines = [f"Held-out emoji: {len(pairs)} images, their caption as the prompt, {args.steps} DDIM steps, guidance "
-             f"{args.scale}. The judge's top-1 on the real images themselves: {results['real_top1']:.1%}.", "",
-             "| task | method | prompt top-1 | seam (/255) | real seam | hole error (/255) | outside change | s / image |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Held-out emoji: {len(pairs)} images, their caption as the prompt, {args.steps} DDIM steps, guidance "
+        f"{args.scale}. The judge's top-1 on the real images themselves: {results['real_top1']:.1%}.",
+        "",
+        "| task | method | prompt top-1 | seam (/255) | real seam | hole error (/255) | outside change | s / image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for task in tasks:
         for method, r in results[task].items():
-            lines.append(f"| {task} | {method} | {r['prompt_top1']:.1%} | {r['seam']:.4f} | {r['real_seam']:.4f} | "
-                         f"{r['hole_error']:.4f} | {r['outside_change']:.4f} | {r['seconds_per_image']:.2f} |")
+            lines.append(
+                f"| {task} | {method} | {r['prompt_top1']:.1%} | {r['seam']:.4f} | {r['real_seam']:.4f} | "
+                f"{r['hole_error']:.4f} | {r['outside_change']:.4f} | {r['seconds_per_image']:.2f} |"
+            )
     table = "\n".join(lines) + "\n"
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +137,15 @@ def main() -> None:
         box = tasks["inpaint (centre box)"][0][i]
         holed = Image.fromarray((np.asarray(real) * (1 - box.mask[..., None])).astype(np.uint8))
         cut = real.crop((0, 0, 64 - args.band, 64)).crop((0, 0, 64, 64))
-        rows.append((caption, [real, holed] + [pictures[t, m][i] for t in tasks for m in ("inpainting model", "latent blending")][:2]
-                     + [cut] + [pictures[t, m][i] for t in list(tasks)[1:] for m in ("inpainting model", "latent blending")]))
+        rows.append(
+            (
+                caption,
+                [real, holed]
+                + [pictures[t, m][i] for t in tasks for m in ("inpainting model", "latent blending")][:2]
+                + [cut]
+                + [pictures[t, m][i] for t in list(tasks)[1:] for m in ("inpainting model", "latent blending")],
+            )
+        )
     figure(rows, ["real", "hole", "model", "blending", "cut", "model", "blending"]).save(args.figure)
     print("wrote", args.out, args.table, args.figure)
 

@@ -14,7 +14,8 @@ Columns:
 - round trip: the output shrunk x4 again against the 64 px input, mean absolute difference in grey levels
   (/255; the issue asks at most 4), the mean over images and the worst image.
 Without --config/--ckpt it evaluates the shipped upscaler (checkpoints/emoji/upscaler.*).
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def high_frequency_energy(a: np.ndarray) -> float:
     """Mean squared difference between the image and its 5x5 Gaussian blur (sigma 1)."""
     x = torch.from_numpy(a).permute(2, 0, 1)[:, None].float()
-    g = torch.exp(-torch.arange(-2, 3, dtype=torch.float32) ** 2 / 2)
+    g = torch.exp(-(torch.arange(-2, 3, dtype=torch.float32) ** 2) / 2)
     kernel = (g[:, None] * g[None]) / (g.sum() ** 2)
     blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), kernel[None, None])
     return float((x - blurred).pow(2).mean())
@@ -81,8 +82,10 @@ def figure(rows: list[list[Image.Image]], header: list[str]) -> Image.Image:
         draw.text((j * (cell + pad) + 4, 2), text, fill="black", font=font)
     for i, images in enumerate(rows):
         for j, image in enumerate(images):
-            sheet.paste(image.resize((cell, cell), Image.NEAREST) if image.width < cell else image,
-                        (j * (cell + pad), 22 + i * (cell + pad)))
+            sheet.paste(
+                image.resize((cell, cell), Image.NEAREST) if image.width < cell else image,
+                (j * (cell + pad), 22 + i * (cell + pad)),
+            )
     return sheet
 
 
@@ -118,8 +121,17 @@ def main() -> int:
                 start = time.perf_counter()
                 extra = {"steps": args.steps} if args.steps else {}
                 prompt = captions.get(str(file.relative_to(Path(folder).parent)), "") if with_caption else ""
-                out = upscale(model, low, prompt, noise_level=args.noise_level, seed=k, guidance_scale=scale,
-                              progress=False, back_projection=back_projection, **extra)[0]
+                out = upscale(
+                    model,
+                    low,
+                    prompt,
+                    noise_level=args.noise_level,
+                    seed=k,
+                    guidance_scale=scale,
+                    progress=False,
+                    back_projection=back_projection,
+                    **extra,
+                )[0]
                 outputs[method] = (out, time.perf_counter() - start)
             for method, (out, seconds) in outputs.items():
                 a = as_array(out)
@@ -129,27 +141,56 @@ def main() -> int:
                 rows[method]["seconds"].append(seconds)
             if k < 2:
                 examples.append([low, outputs["bicubic"][0], outputs["model, empty prompt"][0], original])
-            print(f"{name} {k + 1}/{len(files)}: " + ", ".join(f"{m} {rows[m]['psnr'][-1]:.2f} dB" for m in methods), flush=True)
-        results[name] = {m: {"n": len(files), "psnr": float(np.mean(v["psnr"])), "hf_ratio": float(np.mean(v["hf_ratio"])),
-                             "round_trip_mean": float(np.mean(v["round_trip"])), "round_trip_max": float(np.max(v["round_trip"])),
-                             "seconds": float(np.mean(v["seconds"]))} for m, v in rows.items()}
+            print(
+                f"{name} {k + 1}/{len(files)}: " + ", ".join(f"{m} {rows[m]['psnr'][-1]:.2f} dB" for m in methods),
+                flush=True,
+            )
+        results[name] = {
+            m: {
+                "n": len(files),
+                "psnr": float(np.mean(v["psnr"])),
+                "hf_ratio": float(np.mean(v["hf_ratio"])),
+                "round_trip_mean": float(np.mean(v["round_trip"])),
+                "round_trip_max": float(np.max(v["round_trip"])),
+                "seconds": float(np.mean(v["seconds"])),
+            }
+            for m, v in rows.items()
+        }
     weights = args.ckpt or default_model_files("upscale")[1]
-    step = (safe_open(str(weights), "pt").metadata() or {}).get("step", "?") if str(weights).endswith(".safetensors") else "?"
-    identity = {**model.identity, "step": step, "sampling": model.sampling_defaults, "upscale": model.upscale_defaults, "noise_level": args.noise_level,
-                "steps": args.steps or model.sampling_defaults.get("steps"), "count": args.count}
-    lines = [f"Model: {identity.get('model_file')} (step {identity.get('step', '?')}), noise level {args.noise_level}, "
-             f"steps {identity['steps'] or 'default'}, eta {model.sampling_defaults.get('eta', 0)}; {args.count} held-out images a set, 256 px from 64 px.",
-             "", "| set | method | PSNR | HF ratio (1 = original) | round trip MAD /255 (mean, worst) | s / image |",
-             "|---|---|---|---|---|---|"]
+    step = (
+        (safe_open(str(weights), "pt").metadata() or {}).get("step", "?")
+        if str(weights).endswith(".safetensors")
+        else "?"
+    )
+    identity = {
+        **model.identity,
+        "step": step,
+        "sampling": model.sampling_defaults,
+        "upscale": model.upscale_defaults,
+        "noise_level": args.noise_level,
+        "steps": args.steps or model.sampling_defaults.get("steps"),
+        "count": args.count,
+    }
+    lines = [
+        f"Model: {identity.get('model_file')} (step {identity.get('step', '?')}), noise level {args.noise_level}, "
+        f"steps {identity['steps'] or 'default'}, eta {model.sampling_defaults.get('eta', 0)}; {args.count} held-out images a set, 256 px from 64 px.",  # noqa: E501
+        "",
+        "| set | method | PSNR | HF ratio (1 = original) | round trip MAD /255 (mean, worst) | s / image |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, per in results.items():
         for method, r in per.items():
-            lines.append(f"| {name} | {method} | {r['psnr']:.2f} dB | {r['hf_ratio']:.2f} | {r['round_trip_mean']:.2f}, "
-                         f"{r['round_trip_max']:.2f} | {r['seconds']:.2f} |")
+            lines.append(
+                f"| {name} | {method} | {r['psnr']:.2f} dB | {r['hf_ratio']:.2f} | {r['round_trip_mean']:.2f}, "
+                f"{r['round_trip_max']:.2f} | {r['seconds']:.2f} |"
+            )
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps({"model": identity, "results": results}, indent=1, default=str) + "\n")
     if args.table:
-        Path(args.table).write_text("# x4 upscaler: held-out evaluation (scripts/eval_upscaler.py)\n\n" + "\n".join(lines) + "\n")
+        Path(args.table).write_text(
+            "# x4 upscaler: held-out evaluation (scripts/eval_upscaler.py)\n\n" + "\n".join(lines) + "\n"
+        )
     if args.figure:
         figure(examples, ["input 64 px", "bicubic x4", "upscaler, empty prompt", "original 256 px"]).save(args.figure)
     return 0

@@ -7,6 +7,7 @@ EXPORT_DIR holds vae.yaml + vae.safetensors (`ldm train --config ... --export-on
 is encoded to its posterior mean and decoded; PSNR is over RGB in [0, 1]. The bicubic column is what an x4
 upscaler has to beat: the image shrunk 4x and enlarged again. An upscaler cannot be sharper than its autoencoder.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@
 
 Same as `ldm eval ...` (all of its options pass through); see ldm/evaluate.py for what the metrics mean.
 """
+
 import sys
 from pathlib import Path
 

@@ -7,6 +7,7 @@
 
 Same as `ldm train --export-only --resume CKPT [--out DIR]`; the config stored in the checkpoint is used.
 """
+
 import argparse
 import sys
 from pathlib import Path

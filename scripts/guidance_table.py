@@ -10,6 +10,7 @@
 3. GAN / VAE / diffusion on the same toy data (ldm.toy_compare.compare_models, the app's comparison page).
 Everything runs on one CPU thread; about 3 minutes on a busy 2-core machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,32 @@ import torch
 
 from ldm.samplers import SAMPLERS
 from ldm.toy2d import ToyDiffusion, nearest_distance, single_thread
-from ldm.toy_classes import (GAUSSIAN_CLASSES, ConditionalToyDiffusion, class_accuracy, classifier_guided,
-                             labelled_gaussians, sample_with, train_classifier)
+from ldm.toy_classes import (
+    GAUSSIAN_CLASSES,
+    ConditionalToyDiffusion,
+    class_accuracy,
+    classifier_guided,
+    labelled_gaussians,
+    sample_with,
+    train_classifier,
+)
 from ldm.toy_compare import compare_models, gaussian_centres, mode_coverage
 
 # (sampler, steps, own options): budgets of about 20, 50 and 100 evaluations; pc costs 2 * steps - 1, so pc at 50
 # steps beside its own predictor alone (corrector_steps 0) shows what the corrector adds at the same grid.
-BUDGETS = [("ddpm", 20, {}), ("euler_ancestral", 20, {}), ("ddim", 20, {}), ("pc", 10, {}),
-           ("ddpm", 50, {}), ("euler_ancestral", 50, {}), ("ddim", 50, {}), ("pc", 25, {}), ("pc", 50, {"corrector_steps": 0}),
-           ("pc", 50, {}), ("ddpm", 100, {})]
+BUDGETS = [
+    ("ddpm", 20, {}),
+    ("euler_ancestral", 20, {}),
+    ("ddim", 20, {}),
+    ("pc", 10, {}),
+    ("ddpm", 50, {}),
+    ("euler_ancestral", 50, {}),
+    ("ddim", 50, {}),
+    ("pc", 25, {}),
+    ("pc", 50, {"corrector_steps": 0}),
+    ("pc", 50, {}),
+    ("ddpm", 100, {}),
+]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -50,17 +68,32 @@ def analytic_rows(n: int, seed: int) -> list[dict]:
     """Data N(mu, s^2) per dimension, D(x, sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), Karras grid to 1e-3."""
     from ldm.schedules import karras_sigmas
 
-    mu, s = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64), torch.tensor([0.3, 1.0, 0.5, 0.6], dtype=torch.float64)
+    mu, s = (
+        torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64),
+        torch.tensor([0.3, 1.0, 0.5, 0.6], dtype=torch.float64),
+    )
     exact = lambda x, sigma: mu + s**2 / (s**2 + sigma.reshape(-1, 1) ** 2) * (x - mu)
     rows = []
     for name, steps, options in BUDGETS:
         sigmas = torch.cat([karras_sigmas(1e-3, 14.6, steps), torch.zeros(1, dtype=torch.float64)])
-        x = mu + torch.randn(n, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * (s**2 + 14.6**2).sqrt()
+        x = (
+            mu
+            + torch.randn(n, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            * (s**2 + 14.6**2).sqrt()
+        )
         model = Counting(exact)
-        out = SAMPLERS[name](model, x, sigmas, generator=torch.Generator().manual_seed(seed + 1), disable=True, **options)
-        rows.append({"sampler": name + (" (no corrector)" if options else ""), "steps": steps,
-                     "evaluations": model.calls, "std error": f"{float((out.std(0) / s - 1).abs().max()):.1%}",
-                     "mean error (in s)": f"{float(((out.mean(0) - mu) / s).abs().max()):.3f}"})
+        out = SAMPLERS[name](
+            model, x, sigmas, generator=torch.Generator().manual_seed(seed + 1), disable=True, **options
+        )
+        rows.append(
+            {
+                "sampler": name + (" (no corrector)" if options else ""),
+                "steps": steps,
+                "evaluations": model.calls,
+                "std error": f"{float((out.std(0) / s - 1).abs().max()):.1%}",
+                "mean error (in s)": f"{float(((out.mean(0) - mu) / s).abs().max()):.3f}",
+            }
+        )
     return rows
 
 
@@ -71,13 +104,22 @@ def toy_sampler_rows(toy: ToyDiffusion, centres: torch.Tensor, n: int, seed: int
         t0 = time.perf_counter()
         out = sample_with(toy, counted, n, steps=steps, sampler=name, seed=seed, **options)  # as toy.sample, counted
         seconds = time.perf_counter() - t0
-        rows.append({"sampler": name + (" (no corrector)" if options else ""), "steps": steps,
-                     "evaluations": counted.calls, "distance to data": f"{float(nearest_distance(out, toy.data).mean()):.4f}",
-                     "near a mode": f"{mode_coverage(out, centres, 0.2)[1]:.1%}", "ms": round(1e3 * seconds)})
+        rows.append(
+            {
+                "sampler": name + (" (no corrector)" if options else ""),
+                "steps": steps,
+                "evaluations": counted.calls,
+                "distance to data": f"{float(nearest_distance(out, toy.data).mean()):.4f}",
+                "near a mode": f"{mode_coverage(out, centres, 0.2)[1]:.1%}",
+                "ms": round(1e3 * seconds),
+            }
+        )
     return rows
 
 
-def guidance_rows(points: torch.Tensor, labels: torch.Tensor, steps: int, n: int, seed: int) -> tuple[list[dict], ToyDiffusion]:
+def guidance_rows(
+    points: torch.Tensor, labels: torch.Tensor, steps: int, n: int, seed: int
+) -> tuple[list[dict], ToyDiffusion]:
     held_points, held_labels = labelled_gaussians(2000, seed + 7)
     judge = train_classifier(held_points, held_labels, None, steps=300, seed=seed + 2)
     unconditional = ToyDiffusion(points, seed=seed)
@@ -90,11 +132,15 @@ def guidance_rows(points: torch.Tensor, labels: torch.Tensor, steps: int, n: int
     for scale in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0):
         cg = sample_with(unconditional, classifier_guided(unconditional, classifier, targets, scale), n, seed=seed)
         cfg = sample_with(conditional, conditional.cfg_denoiser(targets, scale), n, seed=seed)
-        rows.append({"scale": scale,
-                     "classifier guidance: in class": f"{class_accuracy(judge, cg, targets):.1%}",
-                     "classifier guidance: distance to data": f"{float(nearest_distance(cg, points).mean()):.4f}",
-                     "classifier-free: in class": f"{class_accuracy(judge, cfg, targets):.1%}",
-                     "classifier-free: distance to data": f"{float(nearest_distance(cfg, points).mean()):.4f}"})
+        rows.append(
+            {
+                "scale": scale,
+                "classifier guidance: in class": f"{class_accuracy(judge, cg, targets):.1%}",
+                "classifier guidance: distance to data": f"{float(nearest_distance(cg, points).mean()):.4f}",
+                "classifier-free: in class": f"{class_accuracy(judge, cfg, targets):.1%}",
+                "classifier-free: distance to data": f"{float(nearest_distance(cfg, points).mean()):.4f}",
+            }
+        )
     return rows, unconditional
 
 

@@ -5,15 +5,21 @@
 
 Reference flag names (--init-img, --ddim_steps, --n_samples, ...) are translated; any other
 `ldm img2img` option passes through unchanged.
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import sys
 
 from ldm.cli import main
 
-RENAMED = {"--ddim_steps": "--steps", "--n_samples": "--n-samples", "--n_iter": "--n-iter", "--ddim_eta": "--eta",
-           "--skip_grid": "--no-grid"}
+RENAMED = {
+    "--ddim_steps": "--steps",
+    "--n_samples": "--n-samples",
+    "--n_iter": "--n-iter",
+    "--ddim_eta": "--eta",
+    "--skip_grid": "--no-grid",
+}
 
 
 def translate(argv: list[str]) -> list[str]:

@@ -22,7 +22,8 @@ and by the base with the LoRA at weight 1, and scored on three figures:
 It also reports the training time and the adapter's size, prints the Markdown table the README shows,
 writes the figures as JSON and a before/after picture (one row per prompt: a real high-contrast image of
 the caption, then the base's and the LoRA's pictures for the same seeds). Outputs are written atomically.
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import argparse
@@ -80,17 +81,19 @@ def nanmean(values: torch.Tensor) -> float:
 
 @dataclass
 class Real:
-    images: torch.Tensor          # the high-contrast images (train + held out)
+    images: torch.Tensor  # the high-contrast images (train + held out)
     captions: list[str]
-    heldout: list[str]            # held-out captions: the prompts
+    heldout: list[str]  # held-out captions: the prompts
     reference: torch.Tensor | None  # held-out images of the training designs (or None)
 
 
 def check_folder(data: str) -> None:
     for split in ("train", "heldout"):
         if not (Path(data) / split / "captions.jsonl").is_file():
-            raise MissingFileError(f"{data}/{split} is not a captioned folder: build it with "
-                                   f"ldm data emoji --styles \"{STYLE}\" --limit 1000 --out {data}")
+            raise MissingFileError(
+                f"{data}/{split} is not a captioned folder: build it with "
+                f'ldm data emoji --styles "{STYLE}" --limit 1000 --out {data}'
+            )
 
 
 def load_real(data: str, reference: str | None, size: int) -> Real:
@@ -105,19 +108,29 @@ def load_real(data: str, reference: str | None, size: int) -> Real:
     return Real(torch.cat([train, held]), train_caps + held_caps, held_caps, ref)
 
 
-def scores(images: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor], real_feats: torch.Tensor, ref_feats: torch.Tensor | None) -> dict:
+def scores(
+    images: torch.Tensor,
+    features: Callable[[torch.Tensor], torch.Tensor],
+    real_feats: torch.Tensor,
+    ref_feats: torch.Tensor | None,
+) -> dict:
     feats = features(images)
-    return {"n": len(images), "colourfulness": nanmean(colourfulness(images)),
-            "judge_similarity": centroid_similarity(feats, real_feats),
-            "style_nn": style_share(feats, real_feats, ref_feats) if ref_feats is not None else None}
+    return {
+        "n": len(images),
+        "colourfulness": nanmean(colourfulness(images)),
+        "judge_similarity": centroid_similarity(feats, real_feats),
+        "style_nn": style_share(feats, real_feats, ref_feats) if ref_feats is not None else None,
+    }
 
 
 def adapter_size(path: str | Path) -> dict:
     from ldm.checkpoint import load_state_dict
 
     state = load_state_dict(path)
-    return {"bytes": Path(path).stat().st_size,
-            "parameters": sum(v.numel() for k, v in state.items() if not k.endswith(".alpha"))}
+    return {
+        "bytes": Path(path).stat().st_size,
+        "parameters": sum(v.numel() for k, v in state.items() if not k.endswith(".alpha")),
+    }
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -126,25 +139,40 @@ def fmt(value: float | None, spec: str) -> str:
 
 def format_table(result: dict) -> str:
     """The README's table: one row per picture set, then the run's cost."""
-    rows = [("base model", result["before"]), ("base + LoRA", result["after"]),
-            ("real high-contrast images", result["real"])]
+    rows = [
+        ("base model", result["before"]),
+        ("base + LoRA", result["after"]),
+        ("real high-contrast images", result["real"]),
+    ]
     if result.get("reference"):
         rows.append(("real images of the training designs", result["reference"]))
-    lines = ["| pictures | n | colourfulness | judge similarity to high contrast | nearest real is high contrast |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {name} | {r['n']} | {fmt(r['colourfulness'], '.3f')} | {fmt(r['judge_similarity'], '.3f')} | "
-              f"{fmt(r['style_nn'], '.0%')} |" for name, r in rows]
+    lines = [
+        "| pictures | n | colourfulness | judge similarity to high contrast | nearest real is high contrast |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {r['n']} | {fmt(r['colourfulness'], '.3f')} | {fmt(r['judge_similarity'], '.3f')} | "
+        f"{fmt(r['style_nn'], '.0%')} |"
+        for name, r in rows
+    ]
     t, a = result.get("training") or {}, result["adapter"]
     threads = t.get("threads", "—")
-    cost = (f"Training: {fmt(t.get('seconds'), '.0f')} s for {t.get('steps', '—')} steps ({threads} CPU "
-            f"thread{'' if threads == 1 else 's'}); adapter: {a['bytes'] / 1024:.0f} KiB, {a['parameters']:,} "
-            f"parameters. Sampling: {result['sampling']}.")
+    cost = (
+        f"Training: {fmt(t.get('seconds'), '.0f')} s for {t.get('steps', '—')} steps ({threads} CPU "
+        f"thread{'' if threads == 1 else 's'}); adapter: {a['bytes'] / 1024:.0f} KiB, {a['parameters']:,} "
+        f"parameters. Sampling: {result['sampling']}."
+    )
     lines += ["", cost]
     return "\n".join(lines)
 
 
-def sheet(real: list[Image.Image], before: list[list[Image.Image]], after: list[list[Image.Image]],
-          labels: list[str], zoom: int = 3) -> Image.Image:
+def sheet(
+    real: list[Image.Image],
+    before: list[list[Image.Image]],
+    after: list[list[Image.Image]],
+    labels: list[str],
+    zoom: int = 3,
+) -> Image.Image:
     """One row per prompt: its real image, the base's pictures, the LoRA's pictures (same seeds), with headers."""
     cell, pad, gap, head = real[0].width * zoom, 4, 16, 24
     font = ImageFont.load_default(size=14)
@@ -191,8 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", action="store_true", help="run the training first, timed (else measure its export)")
     p.add_argument("--lora", default=None, help="adapter file (default: lora.safetensors in the config's run_dir)")
     p.add_argument("--data", default="data/lora-hc", help="the LoRA's folder: prompts from heldout/, real images")
-    p.add_argument("--reference", default="data/emoji", help="the default model's data set: its heldout/ images "
-                   "are the other designs of the nearest-neighbour judge (skipped when absent)")
+    p.add_argument(
+        "--reference",
+        default="data/emoji",
+        help="the default model's data set: its heldout/ images "
+        "are the other designs of the nearest-neighbour judge (skipped when absent)",
+    )
     p.add_argument("--judge", default="checkpoints/emoji/judge.safetensors", help="judge CLIP weights (.json beside)")
     p.add_argument("--prompts", type=int, default=16, help="held-out captions used (default: 16)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default: 2)")
@@ -239,10 +271,12 @@ def _run(args: argparse.Namespace) -> int:
     check_folder(args.data)
     # The run's export (lora.yaml) records the latent scale the adapter was trained at; else the config's node.
     beside_lora = lora.parent / "lora.yaml"
-    model = load_model(beside_lora if beside_lora.is_file() else {"model": cfg["model"]}, cfg["init"]["checkpoint"], "cpu")
+    model = load_model(
+        beside_lora if beside_lora.is_file() else {"model": cfg["model"]}, cfg["init"]["checkpoint"], "cpu"
+    )
     size = model.default_image_size
     real = load_real(args.data, args.reference, size)
-    captions = real.heldout[:args.prompts]
+    captions = real.heldout[: args.prompts]
     prompts = [styled(c, STYLE) for c in captions for _ in range(args.seeds)]
     seeds = [s for _ in captions for s in range(args.seeds)]
     settings = EvalSettings(steps=args.steps, sampler=args.sampler, batch_size=16)
@@ -254,16 +288,20 @@ def _run(args: argparse.Namespace) -> int:
     features = ClipFeatures(load_clip(args.judge, beside if beside.is_file() else DEFAULT_CONFIG))
     real_feats = features(real.images)
     ref_feats = features(real.reference) if real.reference is not None else None
-    held = real.images[-len(real.heldout):]
+    held = real.images[-len(real.heldout) :]
     result = {
         "before": scores(before, features, real_feats, ref_feats),
         "after": scores(after, features, real_feats, ref_feats),
         "real": scores(held, features, real_feats, ref_feats),
         "reference": scores(real.reference, features, real_feats, ref_feats) if real.reference is not None else None,
-        "training": training, "adapter": adapter_size(lora), "lora": str(lora),
-        "lora_config": cfg["lora"], "prompts": captions, "seeds": args.seeds,
+        "training": training,
+        "adapter": adapter_size(lora),
+        "lora": str(lora),
+        "lora_config": cfg["lora"],
+        "prompts": captions,
+        "seeds": args.seeds,
         "sampling": f"{len(captions)} held-out captions x {args.seeds} seeds, {args.sampler} {args.steps} steps, "
-                    f"guidance {args.scale:g}, {size} px",
+        f"guidance {args.scale:g}, {size} px",
     }
     table = format_table(result)
     print(table)
@@ -272,10 +310,12 @@ def _run(args: argparse.Namespace) -> int:
     rows = min(args.rows, len(captions))
     by_caption = dict(zip(real.captions, tensor_to_pil(real.images)))
     b, a = tensor_to_pil(before), tensor_to_pil(after)
-    picture = sheet([by_caption[c] for c in captions[:rows]],
-                    [b[i * args.seeds:(i + 1) * args.seeds] for i in range(rows)],
-                    [a[i * args.seeds:(i + 1) * args.seeds] for i in range(rows)],
-                    [f"{c}, {STYLE} style" for c in captions[:rows]])
+    picture = sheet(
+        [by_caption[c] for c in captions[:rows]],
+        [b[i * args.seeds : (i + 1) * args.seeds] for i in range(rows)],
+        [a[i * args.seeds : (i + 1) * args.seeds] for i in range(rows)],
+        [f"{c}, {STYLE} style" for c in captions[:rows]],
+    )
     write_atomic(args.out, picture.save)
     print(f"wrote {args.out} and {args.json}")
     return 0

@@ -1,4 +1,5 @@
 """Build the emoji dataset (see ldm/data/emoji.py): python scripts/make_emoji_dataset.py --out data/emoji"""
+
 import sys
 
 from ldm.cli import main

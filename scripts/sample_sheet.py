@@ -8,6 +8,7 @@
 Pixels are enlarged by an integer factor (nearest neighbour) so small models' outputs stay visible
 without smoothing that would hide what the model drew.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,19 @@ from ldm.training.captions import styled
 # A cross-section of configs/emoji/first-prompts.txt (hearts, circles, squares, fruit, animals, faces,
 # flags, things) and people, with held-out captions among them.
 PROMPTS = [
-    "red heart", "blue circle", "green square", "red apple", "banana", "cat face", "penguin", "grinning face",
-    "face with tears of joy", "flag: Japan", "rocket", "sunflower", "woman judge: medium skin tone",
+    "red heart",
+    "blue circle",
+    "green square",
+    "red apple",
+    "banana",
+    "cat face",
+    "penguin",
+    "grinning face",
+    "face with tears of joy",
+    "flag: Japan",
+    "rocket",
+    "sunflower",
+    "woman judge: medium skin tone",
     "man firefighter: light skin tone",
 ]
 
@@ -41,8 +53,16 @@ def row_labels(prompts: list[str], heldout: set[str]) -> list[str]:
     return [prompt + (" (held out)" if caption in heldout else "") for prompt, caption in zip(prompts, captions)]
 
 
-def sample_sheet(model, prompts: list[str], seeds: int, options: SamplingOptions, zoom: int,
-                 height: int | None = None, width: int | None = None, heldout: set[str] = frozenset()) -> Image.Image:
+def sample_sheet(
+    model,
+    prompts: list[str],
+    seeds: int,
+    options: SamplingOptions,
+    zoom: int,
+    height: int | None = None,
+    width: int | None = None,
+    heldout: set[str] = frozenset(),
+) -> Image.Image:
     height = height or model.default_image_size
     width = width or model.default_image_size
     cell_w, cell_h, pad = width * zoom, height * zoom, 4
@@ -72,19 +92,30 @@ def main() -> None:
     p.add_argument("--zoom", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default="data/emoji", help="dataset root: prompts of its held-out split are marked")
-    p.add_argument("--styles", default=None, help="comma-separated style words: each prompt once per style ('<prompt>, <style> style')")
+    p.add_argument(
+        "--styles",
+        default=None,
+        help="comma-separated style words: each prompt once per style ('<prompt>, <style> style')",
+    )
     p.add_argument("--out", default="docs/emoji-samples.png")
     args = p.parse_args()
     if args.styles:
-        args.prompts = [styled(prompt, style.strip()) for prompt in args.prompts for style in args.styles.split(",") if style.strip()]
+        args.prompts = [
+            styled(prompt, style.strip())
+            for prompt in args.prompts
+            for style in args.styles.split(",")
+            if style.strip()
+        ]
     model = load_model(args.config, args.ckpt, args.device)
     options = SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler)
     options.validate()
     sheet = sample_sheet(model, args.prompts, args.seeds, options, args.zoom, heldout=heldout_captions(args.data))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out)
-    print(f"wrote {args.out} ({len(args.prompts)} prompts x {args.seeds} seeds, {options.sampler} {options.steps} steps, "
-          f"scale {options.guidance_scale})")
+    print(
+        f"wrote {args.out} ({len(args.prompts)} prompts x {args.seeds} seeds, {options.sampler} {options.steps} steps, "
+        f"scale {options.guidance_scale})"
+    )
 
 
 if __name__ == "__main__":

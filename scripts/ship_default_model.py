@@ -7,6 +7,7 @@ fp16 halves the download; the loader casts back to the model's fp32 parameters o
 EMA weights (what the run's sample grids and validation loss show) and the training step, which travels in the
 shipped file's metadata with the licence that the training data imposes (OpenMoji is CC BY-SA 4.0).
 """
+
 from __future__ import annotations
 
 import shutil

@@ -14,6 +14,7 @@ shared text tower, an unchanged autoencoder). The config beside it is the export
 upscaler's autoencoder is already shipped on its own (checkpoints/emoji/upscaler-vae.safetensors, trained first):
 the upscaler's config names it under `parts:` and its file leaves it out, so that no tensor is stored twice.
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,9 +36,11 @@ LICENSE = "CC-BY-SA-4.0"  # the training data's (OpenMoji is CC BY-SA 4.0; the p
 
 def only_changes(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of `state` that the base does not already hold (same name, same fp16 values)."""
+
     def same(key: str) -> bool:
         b = base.get(key)
         return b is not None and b.shape == state[key].shape and torch.equal(b.half(), state[key].half())
+
     return {k: v for k, v in state.items() if not same(k)}
 
 
@@ -48,8 +51,12 @@ def ship_part(export_dir: str) -> None:
     with safe_open(str(export / "vae.safetensors"), "pt") as f:
         step = (f.metadata() or {}).get("step", "unknown")
     out = default_checkpoint_path().with_name(SHIPPED_PARTS["upscale"]["vae"])
-    metadata = {"recipe": "configs/emoji/upscaler-vae.yaml", "license": LICENSE, "step": step,
-                "note": "the x4 upscaler's autoencoder (f=4, 8 latent channels)"}
+    metadata = {
+        "recipe": "configs/emoji/upscaler-vae.yaml",
+        "license": LICENSE,
+        "step": step,
+        "note": "the x4 upscaler's autoencoder (f=4, 8 latent channels)",
+    }
     save_state_dict(load_state_dict(export / "vae.safetensors"), out, metadata=metadata, float_dtype=torch.float16)
     out.with_suffix(".yaml").write_text((export / "vae.yaml").read_text())
     print(f"shipped {out} ({out.stat().st_size / 2**20:.1f} MiB, step {step}) and {out.with_suffix('.yaml')}")
@@ -72,8 +79,16 @@ def ship(task: str, export_dir: str) -> None:
         state = only_changes(full, base_state(full, base_file, parts))
         kept = len(state)
     metadata.pop("ldm_config", None)  # the config beside the file names the base; the file alone is no model
-    metadata.update({"format": "pt", "source": str(export), "license": LICENSE, "base_model": base_file.name,
-                     "base_model_sha256": file_sha256(base_file), "step": metadata.get("step", "unknown")})
+    metadata.update(
+        {
+            "format": "pt",
+            "source": str(export),
+            "license": LICENSE,
+            "base_model": base_file.name,
+            "base_model_sha256": file_sha256(base_file),
+            "step": metadata.get("step", "unknown"),
+        }
+    )
     stem = SHIPPED_MODELS[task]
     out = base_file.with_name(f"{stem}.safetensors")
     save_state_dict(state, out, metadata=metadata, float_dtype=torch.float16)
@@ -98,13 +113,19 @@ def ship(task: str, export_dir: str) -> None:
         shipped["sampling"] = own.get("sampling") or {}
         steps = shipped["sampling"].get("steps")
         shipped = {"name": f"emoji {steps}-step student" if steps else "emoji student", **shipped}
-    out.with_suffix(".yaml").write_text(f"# The shipped {task} model: {out.name} holds only what differs from its base "
-                                        "(ldm.derived).\n" + yaml.safe_dump(shipped, sort_keys=False))
-    print(f"shipped {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(state)} tensors, {kept} whole, "
-          f"step {metadata['step']}) and {out.with_suffix('.yaml')}")
+    out.with_suffix(".yaml").write_text(
+        f"# The shipped {task} model: {out.name} holds only what differs from its base "
+        "(ldm.derived).\n" + yaml.safe_dump(shipped, sort_keys=False)
+    )
+    print(
+        f"shipped {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(state)} tensors, {kept} whole, "
+        f"step {metadata['step']}) and {out.with_suffix('.yaml')}"
+    )
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in {*SHIPPED_MODELS, "upscaler-vae"} or sys.argv[1] == "txt2img":
-        raise SystemExit("usage: python scripts/ship_derived_model.py {inpaint,upscale,student,upscaler-vae} EXPORT_DIR")
+        raise SystemExit(
+            "usage: python scripts/ship_derived_model.py {inpaint,upscale,student,upscaler-vae} EXPORT_DIR"
+        )
     ship_part(sys.argv[2]) if sys.argv[1] == "upscaler-vae" else ship(sys.argv[1], sys.argv[2])

@@ -6,6 +6,7 @@
 Top row: the full model (30 guided DDIM steps, 60 U-Net evaluations); bottom row: the student with its own
 settings (4 trailing DDIM steps, 4 evaluations). Pictures are enlarged 2x, nearest neighbour.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ def main() -> int:
     p.add_argument("--out", default="docs/distill-student.png")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    rows = [[txt2img(model, prompt, seed=args.seed, progress=False)[0] for prompt in PROMPTS]
-            for model in (load_model(variant="full"), load_model(variant="student"))]
+    rows = [
+        [txt2img(model, prompt, seed=args.seed, progress=False)[0] for prompt in PROMPTS]
+        for model in (load_model(variant="full"), load_model(variant="student"))
+    ]
     cell = 128
     sheet = Image.new("RGB", (cell * len(PROMPTS), cell * len(rows)), "white")
     for i, row in enumerate(rows):

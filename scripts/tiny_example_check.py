@@ -9,6 +9,7 @@ configs/train/README.md. For every caption of the shapes set (12: 4 colours x 3 
 gives the nearest one's caption, and the last line how many samples got the colour, the shape and both right
 (chance: 1/4, 1/3 and 1/12 of them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ def main() -> int:
     for caption, found in nearest.items():
         print(f"| {caption} | {', '.join(found)} |")
     total = len(captions) * args.seeds
-    print(f"right of {total}: colour {right['colour']}, shape {right['shape']}, both {right['both']} "
-          f"(chance {total / 4:.0f}, {total / 3:.0f}, {total / 12:.0f})")
+    print(
+        f"right of {total}: colour {right['colour']}, shape {right['shape']}, both {right['both']} "
+        f"(chance {total / 4:.0f}, {total / 3:.0f}, {total / 12:.0f})"
+    )
     return 0
 
 

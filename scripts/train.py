@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Same as `ldm train ...` (see configs/train/README.md); usable where the console script is not installed."""
+
 import sys
 from pathlib import Path
 

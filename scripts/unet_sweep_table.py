@@ -6,6 +6,7 @@ For each run: U-Net parameters (from its model.safetensors export), the last val
 per batch, so runs compare like with like), the mean training loss over the last 100 steps, and the
 wall-clock seconds per step (the run's `wall_s`, written by the sweep script, over its steps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,14 @@ def summarise(run: Path) -> dict:
     weights = load_state_dict(run / "model.safetensors")
     params = sum(v.numel() for k, v in weights.items() if "diffusion_model." in k and "model_ema" not in k)
     wall = run / "wall_s"
-    return {"run": run.name, "params": params, "steps": steps, "val": val[-1] if val else float("nan"),
-            "train": sum(recent) / max(len(recent), 1),
-            "s_per_step": float(wall.read_text()) / steps if wall.exists() else float("nan")}
+    return {
+        "run": run.name,
+        "params": params,
+        "steps": steps,
+        "val": val[-1] if val else float("nan"),
+        "train": sum(recent) / max(len(recent), 1),
+        "s_per_step": float(wall.read_text()) / steps if wall.exists() else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| run | U-Net parameters | steps | val loss | train loss (last 100) | s/step (wall, incl. start) |")
     print("|---|---|---|---|---|---|")
     for r in map(summarise, args.runs):
-        print(f"| {r['run']} | {r['params'] / 1e6:.2f} M | {r['steps']} | {r['val']:.4f} | {r['train']:.4f} | {r['s_per_step']:.2f} |")
+        print(
+            f"| {r['run']} | {r['params'] / 1e6:.2f} M | {r['steps']} | {r['val']:.4f} | {r['train']:.4f} | {r['s_per_step']:.2f} |"  # noqa: E501
+        )
     return 0
 
 

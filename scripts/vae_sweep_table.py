@@ -4,7 +4,8 @@
 
 For each run (its vae.safetensors + vae.yaml export): parameters, latent shape, L1 and PSNR of the
 posterior-mean reconstructions of every held-out image, PSNR per design, and encode+decode time.
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,25 @@ def measure(run: Path, images: torch.Tensor, styles: list[str]) -> dict:
     vae.load_state_dict({k: v.float() for k, v in load_state_dict(run / "vae.safetensors").items()}, strict=True)
     vae.eval()
     t = time.time()
-    recon = torch.cat([vae.decode(vae.encode(images[i:i + 64]).mode()) for i in range(0, len(images), 64)]).clamp(-1, 1)
+    recon = torch.cat([vae.decode(vae.encode(images[i : i + 64]).mode()) for i in range(0, len(images), 64)]).clamp(
+        -1, 1
+    )
     seconds = time.time() - t
     latent = vae.encode(images[:1]).mode().shape[1:]
-    per_style = {s: psnr(recon[[i for i, x in enumerate(styles) if x == s]], images[[i for i, x in enumerate(styles) if x == s]])
-                 for s in sorted(set(styles))}
-    return {"run": run.name, "params": sum(p.numel() for p in vae.parameters()), "latent": "x".join(map(str, latent)),
-            "dims": math.prod(latent), "l1": (recon - images).abs().mean().item(), "psnr": psnr(recon, images),
-            "per_style": per_style, "ms_per_image": 1000 * seconds / len(images)}
+    per_style = {
+        s: psnr(recon[[i for i, x in enumerate(styles) if x == s]], images[[i for i, x in enumerate(styles) if x == s]])
+        for s in sorted(set(styles))
+    }
+    return {
+        "run": run.name,
+        "params": sum(p.numel() for p in vae.parameters()),
+        "latent": "x".join(map(str, latent)),
+        "dims": math.prod(latent),
+        "l1": (recon - images).abs().mean().item(),
+        "psnr": psnr(recon, images),
+        "per_style": per_style,
+        "ms_per_image": 1000 * seconds / len(images),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(run, images, styles) for run in args.runs]
     style_names = sorted(set(styles))
     print(f"Held-out reconstruction ({len(images)} images of {args.data}, {args.size} px, posterior mean):\n")
-    print("| run | parameters | latent | dims | L1 | PSNR (dB) | " + " | ".join(f"PSNR {s}" for s in style_names) + " | ms/image |")
+    print(
+        "| run | parameters | latent | dims | L1 | PSNR (dB) | "
+        + " | ".join(f"PSNR {s}" for s in style_names)
+        + " | ms/image |"
+    )
     print("|---|---|---|---|---|---|" + "---|" * len(style_names) + "---|")
     for r in rows:
-        print(f"| {r['run']} | {r['params'] / 1e6:.2f} M | {r['latent']} | {r['dims']} | {r['l1']:.4f} | {r['psnr']:.2f} | "
-              + " | ".join(f"{r['per_style'][s]:.2f}" for s in style_names) + f" | {r['ms_per_image']:.1f} |")
+        print(
+            f"| {r['run']} | {r['params'] / 1e6:.2f} M | {r['latent']} | {r['dims']} | {r['l1']:.4f} | {r['psnr']:.2f} | "  # noqa: E501
+            + " | ".join(f"{r['per_style'][s]:.2f}" for s in style_names)
+            + f" | {r['ms_per_image']:.1f} |"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ Each child runs the module as `python -m ldm.cli` does (runpy, as __main__), wit
 files of its own, and an uncaught exception goes through the interpreter's own hook: a traceback shows
 exactly as it would in a real run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -118,7 +119,10 @@ def run_case(case: dict, scratch: str, number: int) -> dict:
     rc = "timeout" if status is None else os.waitstatus_to_exitcode(status)
     after = snapshot(case.get("watch"))
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    with open(stdout_path, encoding="utf-8", errors="replace") as out, open(stderr_path, encoding="utf-8", errors="replace") as err:
+    with (
+        open(stdout_path, encoding="utf-8", errors="replace") as out,
+        open(stderr_path, encoding="utf-8", errors="replace") as err,
+    ):
         return {"rc": rc, "stdout": out.read(), "stderr": err.read(), "changed": changed}
 
 

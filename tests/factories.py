@@ -2,6 +2,7 @@
 
 Text-to-image (`tiny_model`), and the conditional layouts of SD 2: inpainting and the x4 upscaler.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,17 +27,35 @@ TINY_MODEL = {
             "unet_config": {
                 "target": "ldm.unet.UNetModel",
                 "params": {
-                    "in_channels": 4, "out_channels": 4, "model_channels": 32, "attention_resolutions": [2],
-                    "num_res_blocks": 1, "channel_mult": [1, 2], "num_head_channels": 16,
-                    "use_linear_in_transformer": True, "transformer_depth": 1, "context_dim": 32, "legacy": False,
+                    "in_channels": 4,
+                    "out_channels": 4,
+                    "model_channels": 32,
+                    "attention_resolutions": [2],
+                    "num_res_blocks": 1,
+                    "channel_mult": [1, 2],
+                    "num_head_channels": 16,
+                    "use_linear_in_transformer": True,
+                    "transformer_depth": 1,
+                    "context_dim": 32,
+                    "legacy": False,
                 },
             },
             "first_stage_config": {
                 "target": "ldm.vae.AutoencoderKL",
                 "params": {
                     "embed_dim": 4,
-                    "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 16, "in_channels": 3, "out_ch": 3,
-                                 "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0},
+                    "ddconfig": {
+                        "double_z": True,
+                        "z_channels": 4,
+                        "resolution": 16,
+                        "in_channels": 3,
+                        "out_ch": 3,
+                        "ch": 32,
+                        "ch_mult": [1, 2],
+                        "num_res_blocks": 1,
+                        "attn_resolutions": [],
+                        "dropout": 0.0,
+                    },
                 },
             },
             "cond_stage_config": {
@@ -98,10 +117,15 @@ def tiny_inpaint_config() -> dict:
 
 def tiny_upscaler_config() -> dict:
     """x4-upscaler layout: f=4 VAE, [noisy latent 4, low-res RGB 3] input, noise-level label, v-prediction."""
-    cfg = tiny_config(conditioning_key="hybrid-adm", parameterization="v", linear_start=0.0001, linear_end=0.02,
-                      scale_factor=0.08333, image_size=16,
-                      low_scale_config={"target": "ldm.conditioning.LowResNoiseAugmentation",
-                                        "params": {"max_noise_level": 350}})
+    cfg = tiny_config(
+        conditioning_key="hybrid-adm",
+        parameterization="v",
+        linear_start=0.0001,
+        linear_end=0.02,
+        scale_factor=0.08333,
+        image_size=16,
+        low_scale_config={"target": "ldm.conditioning.LowResNoiseAugmentation", "params": {"max_noise_level": 350}},
+    )
     params = cfg["model"]["params"]
     params["unet_config"]["params"].update(in_channels=7, num_classes=1000)
     params["first_stage_config"]["params"]["ddconfig"]["ch_mult"] = [1, 2, 2]
@@ -193,7 +217,7 @@ def tiny_sd1_model(seed: int = 0):
     return _build(tiny_sd1_config(), seed)
 
 
-def write_training_base(cfg: dict, folder) -> "Path":
+def write_training_base(cfg: dict, folder) -> Path:
     """The training config's model with random weights and non-zero output layers (a fresh U-Net's output layer is
     zero, which no adapter or student inside it could move), as folder/model.safetensors + model.yaml: the base of
     a LoRA run or the teacher of a distillation."""

@@ -5,6 +5,7 @@
 Run as a script (not imported by pytest) so that Lightning's DDP launcher can start the other ranks by
 running the same command again; each rank appends its keys to OUT_DIR/keys-rank{R}.txt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from ldm.training.run import train
-from ldm.training.tiny import TINY_CONFIGS, QUIET
 from ldm.training.config import load_train_config
+from ldm.training.run import train
+from ldm.training.tiny import QUIET, TINY_CONFIGS
 
 
 class RecordKeys(pl.Callback):

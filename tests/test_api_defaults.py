@@ -1,5 +1,6 @@
 """The Python API in diffusers' habits (generator, latents, num_images_per_prompt, dtype, device, callbacks),
 one set of defaults shared by the CLI, the API and the app, and long prompts wired into every task."""
+
 import argparse
 import inspect
 import json
@@ -8,6 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 
 from ldm import defaults
@@ -20,7 +22,6 @@ from ldm.sampling import task_options
 from ldm.tasks import NoiseShapeError, PromptError, prompt_conditions
 from ldm.upscale import upscale
 from ldm.walk import walk_frames
-from factories import tiny_model, write_tiny_model_files
 
 FAST = dict(steps=3, progress=False)
 
@@ -41,6 +42,7 @@ def pixels(images) -> np.ndarray:
 
 # --- one set of defaults ---------------------------------------------------------------------------------------
 
+
 def subcommand(name: str) -> argparse.ArgumentParser:
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -51,15 +53,20 @@ def api_default(function, name: str):
     return inspect.signature(function).parameters[name].default
 
 
-@pytest.mark.parametrize("task, function", [("txt2img", txt2img), ("img2img", img2img), ("inpaint", inpaint),
-                                            ("upscale", upscale), ("walk", walk_frames)])
+@pytest.mark.parametrize(
+    "task, function",
+    [("txt2img", txt2img), ("img2img", img2img), ("inpaint", inpaint), ("upscale", upscale), ("walk", walk_frames)],
+)
 def test_cli_help_and_api_show_the_same_defaults(task, function):
     parser = subcommand(task)
     options = task_options(task)
     seed_name = "seed_a" if task == "walk" else "seed"
     assert parser.get_default("seed") == api_default(function, seed_name) == defaults.SEED
-    assert (parser.get_default("steps"), parser.get_default("scale"), parser.get_default("sampler")) == \
-        (options.steps, options.guidance_scale, options.sampler)
+    assert (parser.get_default("steps"), parser.get_default("scale"), parser.get_default("sampler")) == (
+        options.steps,
+        options.guidance_scale,
+        options.sampler,
+    )
     assert parser.get_default("device") == api_default(load_model, "device") == defaults.DEVICE == "auto"
     text = " ".join(parser.format_help().split())  # --help wraps lines
     assert f"(default: {defaults.SEED})" in text and f"(default: {options.steps})" in text
@@ -72,8 +79,11 @@ def test_cli_help_and_api_show_the_same_defaults(task, function):
 def test_tasks_whose_defaults_differ_say_so_everywhere():
     assert task_options("upscale").steps == subcommand("upscale").get_default("steps") == 50
     assert task_options("walk").steps == subcommand("walk").get_default("steps") != SamplingOptions().steps
-    assert subcommand("img2img").get_default("strength") == defaults.STRENGTH["img2img"] != \
-        subcommand("inpaint").get_default("strength")
+    assert (
+        subcommand("img2img").get_default("strength")
+        == defaults.STRENGTH["img2img"]
+        != subcommand("inpaint").get_default("strength")
+    )
 
 
 def test_app_widgets_start_at_the_same_defaults(model_files, monkeypatch):
@@ -115,6 +125,7 @@ def test_device_auto_is_said_in_the_log(model_files, caplog):
 
 # --- the API in diffusers' habits ------------------------------------------------------------------------------
 
+
 def test_num_images_per_prompt_keeps_the_seed_rule(model):
     out = txt2img(model, ["red", "blue"], num_images_per_prompt=2, seed=3, **FAST)
     assert len(out) == 4 and len(out.images) == 4 and all(isinstance(im, Image.Image) for im in out.images)
@@ -135,8 +146,13 @@ def test_generator_draws_the_batch_like_diffusers_and_latents_are_the_start_nois
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(5))
     same = txt2img(model, "red", num_images_per_prompt=2, latents=latents, **FAST)
     assert np.array_equal(pixels(out), pixels(same)) and same.settings["noise"] == "latents"
-    per_image = txt2img(model, "red", num_images_per_prompt=2,
-                        generator=[torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)], **FAST)
+    per_image = txt2img(
+        model,
+        "red",
+        num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)],
+        **FAST,
+    )
     first = txt2img(model, "red", generator=torch.Generator().manual_seed(5), **FAST)
     assert np.array_equal(pixels(per_image[:1]), pixels(first))
     assert not np.array_equal(pixels(out), pixels(txt2img(model, "red", num_images_per_prompt=2, **FAST)))
@@ -144,8 +160,10 @@ def test_generator_draws_the_batch_like_diffusers_and_latents_are_the_start_nois
 
 def test_generator_drives_the_step_noise_of_ancestral_samplers(model):
     def run(seed):
-        return pixels(txt2img(model, "red", generator=torch.Generator().manual_seed(seed), sampler="euler_ancestral",
-                              **FAST))
+        return pixels(
+            txt2img(model, "red", generator=torch.Generator().manual_seed(seed), sampler="euler_ancestral", **FAST)
+        )
+
     assert np.array_equal(run(1), run(1)) and not np.array_equal(run(1), run(2))
 
 
@@ -179,12 +197,16 @@ LONG = ", ".join(f"word{i}" for i in range(30))  # 114 tokens: two chunks
 def test_long_prompts_give_both_sides_of_guidance_two_chunks(model):
     cond, uncond = prompt_conditions(model, [LONG], [""], SamplingOptions(long_prompts=True))
     assert cond["context"].shape[1] == uncond["context"].shape[1] == 154
+
     # Words past the 77-token cut change nothing without chunking, and the image with it.
     def context(prompt, **options):
         return prompt_conditions(model, [prompt], [""], SamplingOptions(**options))[0]["context"]
+
     assert context(LONG).shape[1] == 77
     assert torch.equal(context(LONG + ", zebra"), context(LONG + ", giraffe"))
-    assert not torch.allclose(context(LONG + ", zebra", long_prompts=True), context(LONG + ", giraffe", long_prompts=True))
+    assert not torch.allclose(
+        context(LONG + ", zebra", long_prompts=True), context(LONG + ", giraffe", long_prompts=True)
+    )
 
 
 def test_a_short_prompt_is_the_same_image_with_long_prompts_on(model):
@@ -205,14 +227,51 @@ def test_emphasis_changes_the_condition_only_when_asked(model):
 def test_cli_long_prompt_options_are_recorded_and_restored(model_files, tmp_path):
     cfg, ckpt = model_files
     out = tmp_path / "out"
-    assert main(["txt2img", LONG, "--config", cfg, "--ckpt", ckpt, "--steps", "2", "--long-prompts", "--emphasis",
-                 "--outdir", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "txt2img",
+                LONG,
+                "--config",
+                cfg,
+                "--ckpt",
+                ckpt,
+                "--steps",
+                "2",
+                "--long-prompts",
+                "--emphasis",
+                "--outdir",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     made = out / "samples" / "00000.png"
     settings = json.loads(Image.open(made).text["ldm"])
     assert settings["long_prompts"] is True and settings["emphasis"] is True
     again = tmp_path / "again"
-    assert main(["txt2img", "--from-png", str(made), "--config", cfg, "--ckpt", ckpt, "--outdir", str(again),
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "txt2img",
+                "--from-png",
+                str(made),
+                "--config",
+                cfg,
+                "--ckpt",
+                ckpt,
+                "--outdir",
+                str(again),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(np.asarray(Image.open(made)), np.asarray(Image.open(again / "samples" / "00000.png")))
 
 
@@ -224,7 +283,27 @@ def test_cli_precision_bf16_on_cpu_runs_bf16_weights(model_files, tmp_path, monk
     original = common.use_cpu_bf16
     monkeypatch.setattr(common, "use_cpu_bf16", lambda model: (original(model), used.append(model.dtype)))
     out = tmp_path / "out"
-    assert main(["txt2img", "a cat", "--config", cfg, "--ckpt", ckpt, "--steps", "2", "--precision", "bf16",
-                 "--outdir", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "txt2img",
+                "a cat",
+                "--config",
+                cfg,
+                "--ckpt",
+                ckpt,
+                "--steps",
+                "2",
+                "--precision",
+                "bf16",
+                "--outdir",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert used == [torch.bfloat16]
     assert json.loads(Image.open(out / "samples" / "00000.png").text["ldm"])["precision"] == "bf16"

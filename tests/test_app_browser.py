@@ -2,6 +2,7 @@
 
 Uses the system Chromium (Debian package at /usr/bin/chromium) through Playwright; never downloads a browser.
 """
+
 import os
 import signal
 import socket
@@ -14,8 +15,15 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 START_TIMEOUT = 90  # s: Streamlit plus torch imports on a busy 2-core machine
 
 
@@ -45,8 +53,12 @@ def app(tmp_path_factory):
     port = free_port()
     log = open(tmp_path / "app.log", "w")
     # Own process group: `ldm app` starts Streamlit as a child, and both must go at the end.
-    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "app", "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ldm.cli", "app", "--port", str(port), "--device", "cpu"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for_port(port, proc, START_TIMEOUT)
         yield f"http://127.0.0.1:{port}", proc, port
@@ -96,8 +108,9 @@ def test_generate_an_image_in_the_browser(app, browser, tmp_path):
         image = page.locator('[data-testid="stImage"] img').last
         image.wait_for(timeout=30_000)
         # The image really loaded (a broken <img> has naturalWidth 0).
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
-                               timeout=30_000)
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=30_000
+        )
         assert image.evaluate("img => img.naturalWidth") >= 16
         # Waited for, not just looked up: Streamlit sends the page's elements one by one, and on a busy machine
         # the button can arrive after the image has loaded (is_visible() alone failed about one run in two).
@@ -140,8 +153,10 @@ def websocket_handshake(port: int, host: str) -> str:
     import base64
 
     key = base64.b64encode(os.urandom(16)).decode()
-    request = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n")
+    request = (
+        f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(request.encode())
         return s.recv(256).decode(errors="replace").split("\r\n")[0]

@@ -1,29 +1,35 @@
 """The app's pages run in Streamlit's own test harness (no browser) with a tiny model from tmp_path."""
+
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from factories import tiny_class_config, tiny_class_model, tiny_config, tiny_model, write_tiny_model_files
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
+import ldm.app
 from ldm.app.edit import mask_from_strokes, read_image, read_mask
 from ldm.app.forward import LEARNED, forward_views, latent_start, learned_schedule_alphas, schedule_curves
 from ldm.app.samples import SAMPLES, sample_image
-from ldm.app.state import (ENV_CKPT, ENV_CONFIG, ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG, ModelMissingError, load_main_model,
-                           source_from_env)
+from ldm.app.state import (
+    ENV_CKPT,
+    ENV_CONFIG,
+    ENV_UPSCALER_CKPT,
+    ENV_UPSCALER_CONFIG,
+    ModelMissingError,
+    load_main_model,
+    source_from_env,
+)
 from ldm.app.text import generate, png_bytes
 from ldm.checkpoint import save_state_dict
 from ldm.images import InvalidImageError
 from ldm.masks import MaskError
 from ldm.pipeline import SamplingOptions
-from factories import tiny_class_model, tiny_class_config, tiny_config, tiny_model, write_tiny_model_files
-
-from streamlit.testing.v1 import AppTest
-from pathlib import Path
-
-import ldm.app
 
 APP = Path(ldm.app.__file__).resolve().parent  # absolute: AppTest resolves relative paths against the caller
 VIEWS = APP / "views"
@@ -115,9 +121,16 @@ def test_sample_images_all_draw():
 def test_generate_reports_previews_and_png_keeps_settings():
     model = tiny_model()
     reports = []
-    image, settings = generate(model, "a cat", options=SamplingOptions(steps=4, guidance_scale=2.0), seed=3,
-                               height=16, width=16, preview_every=2,
-                               report=lambda done, total, img: reports.append((done, total, img is not None)))
+    image, settings = generate(
+        model,
+        "a cat",
+        options=SamplingOptions(steps=4, guidance_scale=2.0),
+        seed=3,
+        height=16,
+        width=16,
+        preview_every=2,
+        report=lambda done, total, img: reports.append((done, total, img is not None)),
+    )
     assert image.size == (16, 16) and settings["seed"] == 3 and settings["steps"] == 4
     assert reports == [(1, 4, False), (2, 4, True), (3, 4, False), (4, 4, True)]
     png = Image.open(io.BytesIO(png_bytes(image, settings)))
@@ -156,6 +169,7 @@ def test_model_source_and_missing_default_model(tmp_path, monkeypatch):
     import importlib
 
     import ldm.defaults
+
     importlib.reload(ldm.defaults)
     try:
         with pytest.raises(ModelMissingError, match="ldm app --config"):
@@ -244,9 +258,15 @@ CLASSES = ["red square", "blue circle"]
 def class_model_files(tmp_path_factory):
     """A tiny text + label model and a tiny label-only one (random weights), as YAML + safetensors."""
     d = tmp_path_factory.mktemp("tiny-class")
-    return {kind: write_tiny_model_files(d, kind, tiny_class_config(CLASSES, label_only=kind == "label-only"),
-                                         tiny_class_model(CLASSES, label_only=kind == "label-only"))
-            for kind in ("text+label", "label-only")}
+    return {
+        kind: write_tiny_model_files(
+            d,
+            kind,
+            tiny_class_config(CLASSES, label_only=kind == "label-only"),
+            tiny_class_model(CLASSES, label_only=kind == "label-only"),
+        )
+        for kind in ("text+label", "label-only")
+    }
 
 
 def class_page(files, monkeypatch) -> AppTest:
@@ -382,8 +402,9 @@ def test_edit_page_upscale_without_upscaler_says_so(app_env, tmp_path, monkeypat
 
 
 def test_edit_page_upscales_with_an_upscaler_given(app_env, tmp_path, monkeypatch):
-    from ldm.app.state import ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
     from factories import tiny_upscaler_config, tiny_upscaler_model
+
+    from ldm.app.state import ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
 
     cfg, ckpt = tmp_path / "up.yaml", tmp_path / "up.safetensors"
     cfg.write_text(yaml.safe_dump(tiny_upscaler_config()))
@@ -440,9 +461,13 @@ def test_main_navigates_to_every_page(app_env):
     at = AppTest.from_file(str(APP / "main.py"), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception and at.header[0].value == "Forward diffusion explorer"
-    for path, header in [("views/text.py", "Text-to-image"), ("views/walk.py", "Latent walk"),
-                         ("views/toy.py", "Train a denoiser, live"), ("views/edit.py", "Edit"),
-                         ("views/compare.py", "GAN, VAE and diffusion, side by side")]:
+    for path, header in [
+        ("views/text.py", "Text-to-image"),
+        ("views/walk.py", "Latent walk"),
+        ("views/toy.py", "Train a denoiser, live"),
+        ("views/edit.py", "Edit"),
+        ("views/compare.py", "GAN, VAE and diffusion, side by side"),
+    ]:
         at.switch_page(path).run()
         assert not at.exception and at.header[0].value == header
     assert "Model: tiny.yaml + tiny.safetensors" in at.sidebar.caption[0].value
@@ -459,8 +484,13 @@ def test_app_command_is_headless_on_localhost_and_passes_the_model(model_files):
     cmd = app_command(8600)
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(MAIN) and MAIN.is_file()
     flags = list(zip(cmd[5::2], cmd[6::2]))
-    assert dict(flags) == {"--server.headless": "true", "--server.port": "8600", "--server.address": "127.0.0.1",
-                           "--browser.gatherUsageStats": "false", "--server.allowedHosts": "localhost"}
+    assert dict(flags) == {
+        "--server.headless": "true",
+        "--server.port": "8600",
+        "--server.address": "127.0.0.1",
+        "--browser.gatherUsageStats": "false",
+        "--server.allowedHosts": "localhost",
+    }
     assert [v for k, v in flags if k == "--server.allowedHosts"] == ["127.0.0.1", "localhost"]
     cfg, ckpt = model_files
     args = argparse.Namespace(config=cfg, ckpt=ckpt, upscaler_config=None, upscaler_ckpt=None, device="cpu")
@@ -469,12 +499,15 @@ def test_app_command_is_headless_on_localhost_and_passes_the_model(model_files):
     assert source_from_env(env).upscaler_config is None
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["app", "--port", "0"], "--port"),
-    (["app", "--ckpt", "x.safetensors"], "needs --config"),
-    (["app", "--config", "missing.yaml"], "not found"),
-    (["app", "--upscaler-config", "u.yaml"], "both --upscaler-config"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["app", "--port", "0"], "--port"),
+        (["app", "--ckpt", "x.safetensors"], "needs --config"),
+        (["app", "--config", "missing.yaml"], "not found"),
+        (["app", "--upscaler-config", "u.yaml"], "both --upscaler-config"),
+    ],
+)
 def test_app_command_rejects_bad_arguments_before_starting(argv, message, capsys):
     from ldm.cli import main
 

@@ -5,6 +5,7 @@ Each case runs as its own `python -m ldm.cli` process (tests/cli_runner.py forks
 has imported torch once), in a workspace holding a tiny model, images, a data set, an earlier output folder
 and an earlier run; every file there is compared before and after each case.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,16 +29,26 @@ from ldm.training.tiny import TINY_CONFIGS
 RUNNER = Path(__file__).with_name("cli_runner.py")
 OLD_RUN_CHECKPOINT = Path(__file__).parent / "data" / "vae-run-e4731bb.ckpt"  # a tiny VAE run (ch_mult [1])
 MODEL = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
-TRAIN = ["train", "--config", str(TINY_CONFIGS["vae"]), "data.root=shapes", "logging.run_dir=new-run",
-         "trainer.max_steps=2", "trainer.enable_progress_bar=false", "logging.tensorboard=false"]
+TRAIN = [
+    "train",
+    "--config",
+    str(TINY_CONFIGS["vae"]),
+    "data.root=shapes",
+    "logging.run_dir=new-run",
+    "trainer.max_steps=2",
+    "trainer.enable_progress_bar=false",
+    "logging.tensorboard=false",
+]
 
 # (argv, what the error line must say)
 CASES = [
     (["txt2img", "x", *MODEL, "--device", "bogus"], "unknown device 'bogus'"),
     (["outpaint", "photo.png", "x", *MODEL, "--extend", ""], "nothing to extend"),
     (["img2img", "bomb.png", "x", *MODEL], "bomb.png is too large to open safely"),
-    (["txt2img", "x", *MODEL, "--height", "8192", "--width", "8192", "--max-memory", "1"],
-     "8192x8192 px needs about"),  # refused by the memory estimate before any work
+    (
+        ["txt2img", "x", *MODEL, "--height", "8192", "--width", "8192", "--max-memory", "1"],
+        "8192x8192 px needs about",
+    ),  # refused by the memory estimate before any work
     (["txt2img", "x", *MODEL, "--scale", "nan"], "guidance scale must be a finite number, got nan"),
     (["txt2img", "x", *MODEL, "--eta", "inf"], "eta must be a finite number"),
     (["txt2img", "x", *MODEL, "--height", "0"], "height 0 is not a positive multiple of 8"),
@@ -45,7 +56,10 @@ CASES = [
     (["txt2img", "x", *MODEL, "--seed", str(2**70)], "--seed must be between -2**63 and 2**63-1"),
     (["txt2img", "x", *MODEL, "--steps", "many"], "argument --steps: invalid int value: 'many'"),
     (["txt2img", "x", "--config", "tiny.yaml", "--outdir", "out"], "--config needs --ckpt"),
-    (["txt2img", "x", "--ckpt", "bare.safetensors", "--outdir", "out"], "bare.safetensors matches no known model family"),
+    (
+        ["txt2img", "x", "--ckpt", "bare.safetensors", "--outdir", "out"],
+        "bare.safetensors matches no known model family",
+    ),
     (["txt2img", "x", *MODEL, "--ckpt", "cut.safetensors"], "cut.safetensors"),
     (["txt2img", "x", *MODEL, "--config", "odd-channels.yaml"], "bad parameters for ldm.unet.UNetModel"),
     (["txt2img", "x", *MODEL, "--config", "negative-size.yaml"], "bad parameters for ldm.unet.UNetModel"),
@@ -72,11 +86,14 @@ CASES = [
 
 def bomb_png(path: Path, side: int = 20000) -> None:
     """A PNG a few dozen bytes long whose header says side x side pixels (400 MP, over twice PIL's limit)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grey
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +128,9 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def results(workspace) -> list[dict]:
     cases = [{"argv": argv, "cwd": str(workspace), "watch": str(workspace), "timeout": 120} for argv, _ in CASES]
-    r = subprocess.run([sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True, timeout=600,
-                       check=False)
+    r = subprocess.run(
+        [sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True, timeout=600, check=False
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
@@ -142,7 +160,13 @@ def test_the_workspace_holds_what_the_cases_need(workspace):
 def test_a_forked_case_ends_as_a_fresh_process_does(workspace, results):
     # Guards the runner: the first case, run by a fresh interpreter, gives the same status and line.
     argv = CASES[0][0]
-    fresh = subprocess.run([sys.executable, "-m", "ldm.cli", *argv], cwd=workspace, capture_output=True, text=True,
-                           timeout=120, check=False)
+    fresh = subprocess.run(
+        [sys.executable, "-m", "ldm.cli", *argv],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert fresh.returncode == results[0]["rc"] == 2
     assert fresh.stderr.strip().splitlines()[-1] == results[0]["stderr"].strip().splitlines()[-1]

@@ -1,4 +1,5 @@
 """Training-time caption sampling (keywords, style word) and weighted drawing from captions.jsonl."""
+
 import json
 import random
 from collections import Counter
@@ -44,8 +45,10 @@ def test_keywords_and_style_word_at_their_rates():
 
 
 def test_folder_reads_extras_and_rejects_bad_weights(tmp_path):
-    rows = [{"file": "images/a.png", "caption": "a", "keywords": ["x"], "style": "s", "weight": 0.5, "group": "g"},
-            {"file": "images/b.png", "caption": "b"}]
+    rows = [
+        {"file": "images/a.png", "caption": "a", "keywords": ["x"], "style": "s", "weight": 0.5, "group": "g"},
+        {"file": "images/b.png", "caption": "b"},
+    ]
     ds = CaptionedImageFolder(_folder(tmp_path / "ok", rows), 8)
     assert ds.extras == [{"keywords": ["x"], "style": "s", "weight": 0.5, "group": "g"}, {}]
     train, val = split_validation(ds, 0.5)
@@ -56,8 +59,10 @@ def test_folder_reads_extras_and_rejects_bad_weights(tmp_path):
 
 
 def test_weighted_stream_draws_in_proportion_and_resumes_identically(tmp_path):
-    rows = [{"file": f"images/{i}.png", "caption": f"c{i}", "weight": w, "keywords": ["k"], "style": "s"}
-            for i, w in enumerate([4.0, 1.0, 1.0, 2.0])]
+    rows = [
+        {"file": f"images/{i}.png", "caption": f"c{i}", "weight": w, "keywords": ["k"], "style": "s"}
+        for i, w in enumerate([4.0, 1.0, 1.0, 2.0])
+    ]
     ds = CaptionedImageFolder(_folder(tmp_path, rows), 8)
     sampling = CaptionSampling(keyword_prob=0.5, style_prob=0.5)
     stream = SampleStream(ds, batch_size=4, seed=3, weighted=True, captions=sampling)

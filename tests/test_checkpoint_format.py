@@ -1,15 +1,23 @@
 """Original SD 2.x checkpoints map onto our model: every tensor, every shape, strictly."""
+
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-
-from ldm.checkpoint import (CheckpointError, atomic_path, from_original_keys, load_into, load_state_dict, save_state_dict,
-                            to_original_keys)
-from ldm.config import load_config, model_from_config
 from factories import tiny_model
+
+from ldm.checkpoint import (
+    CheckpointError,
+    atomic_path,
+    from_original_keys,
+    load_into,
+    load_state_dict,
+    save_state_dict,
+    to_original_keys,
+)
+from ldm.config import load_config, model_from_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 
@@ -19,10 +27,9 @@ def manifest_state(sd_format_dir, name, device="meta"):
     return {k: torch.empty(shape, device=device) for k, shape in keys.items()}
 
 
-@pytest.mark.parametrize("config, manifest", [
-    ("v2-inference.yaml", "sd-v2-base.json"),
-    ("v2-inference-v.yaml", "sd-v2-v.json"),
-])
+@pytest.mark.parametrize(
+    "config, manifest", [("v2-inference.yaml", "sd-v2-base.json"), ("v2-inference-v.yaml", "sd-v2-v.json")]
+)
 def test_full_size_sd2_loads_strictly_on_meta(sd_format_dir, config, manifest, caplog):
     with torch.device("meta"):
         model = model_from_config(CONFIGS / config)

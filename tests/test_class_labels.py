@@ -1,5 +1,6 @@
 """Class-conditional models on the real U-Net path (issue 24): labels from the data, label dropout to a null label,
 classifier-free guidance on labels, `ldm txt2img --label`."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,12 @@ def three_classes(root: Path, size: int) -> Path:
 
 
 def labelled_config(data: Path, run: Path, more: list[str]) -> dict:
-    return tiny_train_config("ldm", data, run, ["data.label_field=caption", "data.val_fraction=0",
-                                                 "logging.checkpoint_every_n_steps=0", *more])
+    return tiny_train_config(
+        "ldm",
+        data,
+        run,
+        ["data.label_field=caption", "data.val_fraction=0", "logging.checkpoint_every_n_steps=0", *more],
+    )
 
 
 def test_classes_come_from_the_data_into_the_model_node_and_unknown_values_are_refused(tmp_path):
@@ -65,9 +70,17 @@ def test_classes_come_from_the_data_into_the_model_node_and_unknown_values_are_r
 def test_text_and_label_model_trains_with_label_dropout_exports_and_samples_a_label(tmp_path):
     data = three_classes(tmp_path / "data", 16)
     run = tmp_path / "run"
-    cfg = labelled_config(data, run, [f"data.classes={json.dumps(CLASSES)}", "trainer.max_steps=4",
-                                      "training.label_dropout=0.5", "logging.sample_every_n_steps=4",
-                                      "logging.sample_steps=2"])
+    cfg = labelled_config(
+        data,
+        run,
+        [
+            f"data.classes={json.dumps(CLASSES)}",
+            "trainer.max_steps=4",
+            "training.label_dropout=0.5",
+            "logging.sample_every_n_steps=4",
+            "logging.sample_steps=2",
+        ],
+    )
     module, trainer = train(cfg)
     assert trainer.global_step == 4 and type(module).__name__ == "ClassConditionalModule"
     # Label dropout: about half the labels of a batch become the null label (index 3), from the position's seed.
@@ -86,18 +99,30 @@ def test_text_and_label_model_trains_with_label_dropout_exports_and_samples_a_la
 
     # --export-only from the run's checkpoint, with the config as written (its class_names still null), loads too.
     export_checkpoint(cfg, run / "checkpoints" / "last.ckpt", tmp_path / "exported")
-    assert yaml.safe_load((tmp_path / "exported" / "model.yaml").read_text())["model"]["params"]["class_names"] == CLASSES
+    assert (
+        yaml.safe_load((tmp_path / "exported" / "model.yaml").read_text())["model"]["params"]["class_names"] == CLASSES
+    )
     load_model(tmp_path / "exported" / "model.yaml", tmp_path / "exported" / "model.safetensors")
 
     model = load_model(run / "model.yaml", run / "model.safetensors")
     images = txt2img(model, "a shape", label="blue circle", steps=2, progress=False)
     assert images.settings["label"] == "blue circle" and images[0].size == (16, 16)
     assert len(txt2img(model, "a shape", steps=2, progress=False)) == 1  # no label: the null label
-    with pytest.raises(InvalidOptionError, match="unknown label 'purple'; known: red square, blue circle, green triangle"):
+    with pytest.raises(
+        InvalidOptionError, match="unknown label 'purple'; known: red square, blue circle, green triangle"
+    ):
         txt2img(model, "a shape", label="purple", steps=2, progress=False)
 
-    common = ["--config", str(run / "model.yaml"), "--ckpt", str(run / "model.safetensors"), "--steps", "2",
-              "--no-progress", "--no-grid"]
+    common = [
+        "--config",
+        str(run / "model.yaml"),
+        "--ckpt",
+        str(run / "model.safetensors"),
+        "--steps",
+        "2",
+        "--no-progress",
+        "--no-grid",
+    ]
     assert cli_main(["txt2img", "a shape", "--label", "red square", "--outdir", str(tmp_path / "out"), *common]) == 0
     png = tmp_path / "out" / "samples" / "00000.png"
     assert settings_from_png(png)["label"] == "red square"
@@ -112,8 +137,9 @@ def latent_means(model, label: str | None, scale: float, count: int = 8) -> torc
     conditioning = prepare(model, [""] * count, [""] * count, options, label)
     size = model.image_size
     with torch.no_grad():
-        return sample_seeded(model, conditioning, options, 0, (count, model.latent_channels, size, size),
-                             progress=False).mean((2, 3))
+        return sample_seeded(
+            model, conditioning, options, 0, (count, model.latent_channels, size, size), progress=False
+        ).mean((2, 3))
 
 
 def test_class_conditional_model_follows_its_label_under_guidance(tmp_path):
@@ -123,20 +149,36 @@ def test_class_conditional_model_follows_its_label_under_guidance(tmp_path):
     each class's mean over its training latents (the shipped emoji autoencoder tells the colours apart there)."""
     data = three_classes(tmp_path / "data", 32)
     run = tmp_path / "run"
-    cfg = labelled_config(data, run, [*LABEL_ONLY, f"data.classes={json.dumps(CLASSES)}", "data.size=32",
-                                      "data.batch_size=12", "model.params.parameterization=v",
-                                      "model.params.first_stage_config.params.ddconfig.ch_mult=[1,2,2]",
-                                      f"init.vae={shipped_path('checkpoints/emoji/model.safetensors')}",
-                                      "training.latent_cache=64", "training.lr=2e-3", "training.label_dropout=0.2",
-                                      "training.ema_decay=null", "trainer.max_steps=120",
-                                      "logging.sample_every_n_steps=0"])
+    cfg = labelled_config(
+        data,
+        run,
+        [
+            *LABEL_ONLY,
+            f"data.classes={json.dumps(CLASSES)}",
+            "data.size=32",
+            "data.batch_size=12",
+            "model.params.parameterization=v",
+            "model.params.first_stage_config.params.ddconfig.ch_mult=[1,2,2]",
+            f"init.vae={shipped_path('checkpoints/emoji/model.safetensors')}",
+            "training.latent_cache=64",
+            "training.lr=2e-3",
+            "training.label_dropout=0.2",
+            "training.ema_decay=null",
+            "trainer.max_steps=120",
+            "logging.sample_every_n_steps=0",
+        ],
+    )
     train(cfg)
     model = load_model(run / "model.yaml", run / "model.safetensors")
     assert model.text_encoder is None and model.class_names == CLASSES
     folder = CaptionedImageFolder(data, 32)
     with torch.no_grad():
-        centres = {c: model.encode_image(torch.stack([folder[i]["image"] for i in range(len(folder))
-                                                      if folder.captions[i] == c])).mean((0, 2, 3)) for c in CLASSES}
+        centres = {
+            c: model.encode_image(
+                torch.stack([folder[i]["image"] for i in range(len(folder)) if folder.captions[i] == c])
+            ).mean((0, 2, 3))
+            for c in CLASSES
+        }
 
     def margin(scale: float) -> float:
         """Mean over labels and samples of (distance to the nearest other class) - (distance to its own class)."""

@@ -1,15 +1,16 @@
 """Toolbox features from the command line: sampler options (--sampler-option, e.g. pc's snr) and the learned-variance
 sampler (--learned-variance), both recorded in the PNG and read back by --from-png."""
+
 import json
 
 import numpy as np
 import pytest
+from factories import tiny_class_config, tiny_model_from, write_tiny_learned_variance_files, write_tiny_model_files
 from PIL import Image
 
 from ldm.cli import main
 from ldm.commands.common import option_value, parse_sampler_options
 from ldm.errors import InvalidOptionError
-from factories import tiny_class_config, tiny_model_from, write_tiny_learned_variance_files, write_tiny_model_files
 
 SIZE = ["--height", "16", "--width", "16", "--no-progress", "--no-grid"]
 
@@ -60,8 +61,18 @@ def test_sampler_option_values_are_parsed_as_numbers_and_bools():
 def test_pc_options_reach_the_sampler_are_recorded_and_restored_by_from_png(model_files, tmp_path):
     common = ["a cat", "--sampler", "pc", "--steps", "3", "--seed", "4"]
     assert run(model_files, tmp_path / "default", *common) == 0
-    assert run(model_files, tmp_path / "tuned", *common, "--sampler-option", "snr=0.3",
-               "--sampler-option", "corrector_steps=2") == 0
+    assert (
+        run(
+            model_files,
+            tmp_path / "tuned",
+            *common,
+            "--sampler-option",
+            "snr=0.3",
+            "--sampler-option",
+            "corrector_steps=2",
+        )
+        == 0
+    )
     default, _ = made(tmp_path / "default")
     tuned, settings = made(tmp_path / "tuned")
     assert settings["sampler"] == "pc" and settings["snr"] == 0.3 and settings["corrector_steps"] == 2
@@ -78,11 +89,17 @@ def test_pc_options_reach_the_sampler_are_recorded_and_restored_by_from_png(mode
     assert not np.array_equal(changed, tuned)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--sampler", "euler", "--sampler-option", "snr=0.2"], "sampler 'euler' has no option 'snr' (samplers with snr: pc)"),
-    (["--sampler", "pc", "--sampler-option", "snr"], "give KEY=VALUE"),
-    (["--sampler", "pc", "--sampler-option", "corrector_steps=-1"], "corrector_steps and snr must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--sampler", "euler", "--sampler-option", "snr=0.2"],
+            "sampler 'euler' has no option 'snr' (samplers with snr: pc)",
+        ),
+        (["--sampler", "pc", "--sampler-option", "snr"], "give KEY=VALUE"),
+        (["--sampler", "pc", "--sampler-option", "corrector_steps=-1"], "corrector_steps and snr must be >= 0"),
+    ],
+)
 def test_bad_sampler_options_fail_in_one_line(model_files, tmp_path, capsys, args, message):
     assert run(model_files, tmp_path, "a cat", "--steps", "2", *args) != 0
     assert message in one_line_error(capsys)
@@ -91,8 +108,21 @@ def test_bad_sampler_options_fail_in_one_line(model_files, tmp_path, capsys, arg
 def test_img2img_takes_sampler_options_too(model_files, tmp_path, capsys):
     cfg, ckpt = model_files
     Image.new("RGB", (16, 16), (200, 40, 40)).save(tmp_path / "in.png")
-    common = ["img2img", str(tmp_path / "in.png"), "a cat", "--config", cfg, "--ckpt", ckpt,
-              "--steps", "4", "--no-progress", "--no-grid", "--sampler", "pc"]
+    common = [
+        "img2img",
+        str(tmp_path / "in.png"),
+        "a cat",
+        "--config",
+        cfg,
+        "--ckpt",
+        ckpt,
+        "--steps",
+        "4",
+        "--no-progress",
+        "--no-grid",
+        "--sampler",
+        "pc",
+    ]
     assert main([*common, "--outdir", str(tmp_path / "out"), "--sampler-option", "corrector_steps=2"]) == 0
     assert made(tmp_path / "out")[1]["corrector_steps"] == 2
     assert main([*common, "--outdir", str(tmp_path / "bad"), "--sampler-option", "order=2"]) != 0
@@ -113,8 +143,9 @@ def test_learned_variance_sampler_from_the_cli_is_recorded_and_remade(learned_va
     from ldm.pipeline import txt2img_learned_variance
 
     model = load_model(*learned_variance_files)
-    python = txt2img_learned_variance(model, "a cat", seed=2, steps=3, guidance_scale=2, height=16, width=16,
-                                      spacing="leading", progress=False)
+    python = txt2img_learned_variance(
+        model, "a cat", seed=2, steps=3, guidance_scale=2, height=16, width=16, spacing="leading", progress=False
+    )
     assert np.array_equal(np.asarray(python[0]), learned)
     png = sorted((tmp_path / "learned" / "samples").glob("*.png"))[0]
     assert run(learned_variance_files, tmp_path / "again", "--from-png", str(png)) == 0
@@ -130,11 +161,26 @@ def test_learned_variance_sampler_from_the_cli_is_recorded_and_remade(learned_va
 def test_learned_variance_needs_ddpm_and_a_model_that_has_one(model_files, learned_variance_files, tmp_path, capsys):
     assert run(model_files, tmp_path / "a", "a cat", "--sampler", "ddpm", "--steps", "2", "--learned-variance") != 0
     assert "this model has no learned variance" in one_line_error(capsys)
-    assert run(learned_variance_files, tmp_path / "b", "a cat", "--sampler", "euler", "--steps", "2",
-               "--learned-variance") != 0
+    assert (
+        run(learned_variance_files, tmp_path / "b", "a cat", "--sampler", "euler", "--steps", "2", "--learned-variance")
+        != 0
+    )
     assert "give --sampler ddpm" in one_line_error(capsys)
-    assert run(learned_variance_files, tmp_path / "c", "a cat", "--sampler", "ddpm", "--steps", "2",
-               "--guidance-rescale", "0.5", "--learned-variance") != 0
+    assert (
+        run(
+            learned_variance_files,
+            tmp_path / "c",
+            "a cat",
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "2",
+            "--guidance-rescale",
+            "0.5",
+            "--learned-variance",
+        )
+        != 0
+    )
     assert "guidance rescale" in one_line_error(capsys)
 
 

@@ -1,4 +1,5 @@
 """Contrastive CLIP training through `ldm train` (the emoji text encoder and judge): loss, run, export."""
+
 import json
 
 import pytest
@@ -34,8 +35,11 @@ def test_ldm_train_clip_learns_exports_and_feeds_the_text_encoder(tmp_path):
     assert trainer.global_step == 30
     metrics = (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
     header = metrics[0].split(",")
-    losses = [float(row.split(",")[header.index("train/loss")]) for row in metrics[1:]
-              if row.split(",")[header.index("train/loss")]]
+    losses = [
+        float(row.split(",")[header.index("train/loss")])
+        for row in metrics[1:]
+        if row.split(",")[header.index("train/loss")]
+    ]
     assert losses[-1] < losses[0]
     weights, config = tmp_path / "run" / "clip.safetensors", tmp_path / "run" / "clip.json"
     state = load_state_dict(weights)

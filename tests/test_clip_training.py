@@ -1,4 +1,5 @@
 """Tiny-CLIP training with open_clip's model and loss, and the shipped emoji CLIP weights."""
+
 import json
 import os
 from pathlib import Path
@@ -27,8 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # The shipped CLIP is the judge of `ldm eval` (the default model's text encoder lives inside model.safetensors).
 SHIPPED = ROOT / "checkpoints" / "emoji" / "judge.safetensors"
 SHIPPED_CONFIG = ROOT / "checkpoints" / "emoji" / "judge.json"
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (240, 220, 20),
-          "black": (0, 0, 0), "white": (255, 255, 255), "purple": (140, 30, 160), "orange": (250, 140, 0)}
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 30),
+    "blue": (30, 30, 220),
+    "yellow": (240, 220, 20),
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "purple": (140, 30, 160),
+    "orange": (250, 140, 0),
+}
 TINY = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "head_width": 16, "layers": 1},
@@ -68,7 +77,9 @@ def test_training_lowers_the_contrastive_loss(tiny_config):
     model = create_clip(tiny_config)
     images, captions = _synthetic()
     before = retrieval_accuracy(model, images, tokenize(captions))
-    losses = train_clip(model, images, captions, steps=40, batch_size=8, lr=3e-3, warmup=4, log_every=0, precision="fp32")
+    losses = train_clip(
+        model, images, captions, steps=40, batch_size=8, lr=3e-3, warmup=4, log_every=0, precision="fp32"
+    )
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
     after = retrieval_accuracy(model, images, tokenize(captions))
@@ -79,7 +90,9 @@ def test_bf16_autocast_training_also_learns(tiny_config):
     torch.manual_seed(0)
     model = create_clip(tiny_config)
     images, captions = _synthetic()
-    losses = train_clip(model, images, captions, steps=30, batch_size=8, lr=3e-3, warmup=3, log_every=0, precision="bf16")
+    losses = train_clip(
+        model, images, captions, steps=30, batch_size=8, lr=3e-3, warmup=3, log_every=0, precision="bf16"
+    )
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
@@ -124,8 +137,23 @@ def test_main_trains_and_reports(tiny_config, tmp_path, capsys):
                 rows.append({"file": rel, "caption": f"a {name} square"})
         (data / split / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "ckpt"
-    code = cli_main(["clip", "--data", str(data), "--out", str(out), "--steps", "12", "--batch-size", "8",
-                     "--config", str(tiny_config), "--lr", "3e-3"])
+    code = cli_main(
+        [
+            "clip",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "12",
+            "--batch-size",
+            "8",
+            "--config",
+            str(tiny_config),
+            "--lr",
+            "3e-3",
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "clip_metrics.json").read_text())
     assert metrics["steps"] == 12 and metrics["heldout"]["n"] == len(COLORS)
@@ -166,12 +194,23 @@ def test_shipped_text_tower_loads_into_the_sd_text_encoder():
 
 
 def test_shipped_clip_matches_captions_to_rendered_emoji():
-    from ldm.data import emoji
-    from ldm.data.folder import to_tensor
     from PIL import ImageFont
 
-    names = ["grinning face", "red apple", "dog face", "flag: Japan", "police car",
-             "pizza", "soccer ball", "crescent moon", "fire", "rainbow"]
+    from ldm.data import emoji
+    from ldm.data.folder import to_tensor
+
+    names = [
+        "grinning face",
+        "red apple",
+        "dog face",
+        "flag: Japan",
+        "police car",
+        "pizza",
+        "soccer ball",
+        "crescent moon",
+        "fire",
+        "rainbow",
+    ]
     by_name = {e.name: e for e in emoji.parse_emoji_test(emoji.find_emoji_list().read_text(encoding="utf-8"))}
     font = ImageFont.truetype(str(emoji.find_font()), emoji.FONT_SIZE)
     images = torch.stack([to_tensor(emoji.render_emoji(by_name[n].text, font, 64)) for n in names])
@@ -184,10 +223,16 @@ def test_bad_training_arguments_are_project_errors(tiny_config, tmp_path, capsys
 
     model = create_clip(tiny_config)
     images, captions = _synthetic()
-    for kwargs, message in (({"steps": 0}, "steps must be positive"), ({"precision": "fp8"}, "precision must be"),
-                            ({"captions": captions[:1]}, "need at least 2 image/caption pairs")):
+    for kwargs, message in (
+        ({"steps": 0}, "steps must be positive"),
+        ({"precision": "fp8"}, "precision must be"),
+        ({"captions": captions[:1]}, "need at least 2 image/caption pairs"),
+    ):
         args = {"model": model, "images": images, "captions": captions, "steps": 1, **kwargs}
         with pytest.raises(LdmError, match=message):
             train_clip(**args)
     assert cli_main(["clip", "--eval-only", "--out", str(tmp_path), "--config", str(tiny_config)]) == 2
-    assert capsys.readouterr().err.strip() == f"ldm clip: error: --eval-only needs the training figures in {tmp_path / 'clip_metrics.json'}"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"ldm clip: error: --eval-only needs the training figures in {tmp_path / 'clip_metrics.json'}"
+    )

@@ -1,4 +1,5 @@
 """--compile: the U-Net compiled by inductor with frozen weights samples what the eager one does."""
+
 from __future__ import annotations
 
 import copy

@@ -1,10 +1,12 @@
 """One composition for every task: checked sampler options, one parameterisation, no hidden state changes."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 import torch
+from factories import tiny_model
 
 from ldm.denoisers import CFGDenoiser, DiscreteTimeDenoiser
 from ldm.diffusion import VPParameterisation, predict_x0_from_eps, predict_x0_from_v, q_sample
@@ -17,8 +19,6 @@ from ldm.sampling import SamplerOptionError, sample, sampler_eta, sampler_kwargs
 from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
 from ldm.tasks import WrongModelError, check_task, kinds_for
 from ldm.upscale import TiledDenoiser
-
-from factories import tiny_model
 
 AC = alphas_cumprod_from_betas(make_betas("scaled_linear", 1000, linear_start=0.00085, linear_end=0.012)).float()
 
@@ -33,8 +33,12 @@ def test_eta_goes_to_every_sampler_that_has_one_and_is_refused_elsewhere():
     assert sampler_kwargs(SamplingOptions(sampler="euler_ancestral")) == {"eta": 1.0}
     assert sampler_kwargs(SamplingOptions(sampler="dpmpp_2m_sde", eta=0.3)) == {"eta": 0.3}
     assert sampler_kwargs(SamplingOptions(sampler="euler")) == {}
-    assert [sampler_eta(SamplingOptions(sampler=s)) for s in ("ddim", "ddpm", "euler", "euler_ancestral")] == \
-        [0.0, 1.0, None, 1.0]
+    assert [sampler_eta(SamplingOptions(sampler=s)) for s in ("ddim", "ddpm", "euler", "euler_ancestral")] == [
+        0.0,
+        1.0,
+        None,
+        1.0,
+    ]
     for name in ("euler", "heun", "plms", "dpmpp_2m", "ddpm"):
         with pytest.raises(SamplerOptionError, match=f"sampler '{name}' has no option 'eta'") as info:
             SamplingOptions(sampler=name, eta=0.5).validate()
@@ -62,8 +66,9 @@ def test_the_eta_given_reaches_the_ancestral_samplers():
 def test_strength_is_one_check_with_one_class():
     assert StrengthError is InvalidStrengthError
     model = tiny_model()
-    from ldm.img2img import img2img
     from PIL import Image
+
+    from ldm.img2img import img2img
 
     with pytest.raises(InvalidStrengthError, match=r"strength must be in \[0, 1\]"):
         img2img(model, Image.new("RGB", (16, 16)), "x", strength=2.0)
@@ -126,6 +131,7 @@ def test_previews_use_a_view_and_leave_the_model_alone():
 
 def test_upscaler_module_does_not_write_into_the_batch():
     from factories import tiny_upscaler_model
+
     from ldm.training.editing import UpscalerModule
 
     module = UpscalerModule(tiny_upscaler_model(), ema_decay=None)
@@ -139,6 +145,12 @@ def test_upscaler_module_does_not_write_into_the_batch():
 def test_every_sampler_runs_through_the_checked_entry_point():
     sigmas = get_sigmas(AC, 3)
     for name in SAMPLERS:
-        out = sample(gaussian, torch.randn(1, 2) * sigmas[0], sigmas, SamplingOptions(sampler=name),
-                     torch.Generator().manual_seed(0), progress=False)
+        out = sample(
+            gaussian,
+            torch.randn(1, 2) * sigmas[0],
+            sigmas,
+            SamplingOptions(sampler=name),
+            torch.Generator().manual_seed(0),
+            progress=False,
+        )
         assert torch.isfinite(out).all()

@@ -1,5 +1,6 @@
 """ldm convert (ldm/convert.py): .ckpt -> .safetensors keeps every tensor exactly, drops EMA or schedule buffers
 on request, refuses a pickle payload without running it, and writes nothing on any error."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def original_checkpoint() -> dict[str, torch.Tensor]:
     state = tiny_model().original_state_dict()
     unet = [k for k in state if k.startswith("model.diffusion_model.")]
     for key in unet[:5]:
-        state["model_ema." + key[len("model."):].replace(".", "")] = state[key].clone() + 1
+        state["model_ema." + key[len("model.") :].replace(".", "")] = state[key].clone() + 1
     state["model_ema.num_updates"] = torch.tensor(12, dtype=torch.int32)
     state["betas"] = torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64)
     state["alphas_cumprod"] = torch.cumprod(1 - state["betas"], 0)
@@ -46,7 +47,9 @@ def original_checkpoint() -> dict[str, torch.Tensor]:
     state["extra.bf16"] = torch.randn(4).bfloat16()
     fused = torch.randn(6, 4)
     state["extra.q"], state["extra.k"] = fused[:3], fused[3:]  # two slices of one storage
-    state["extra.tied_a"] = state["extra.tied_b"] = torch.randn(2, 2)  # one tensor under two names (safetensors refuses)
+    state["extra.tied_a"] = state["extra.tied_b"] = torch.randn(
+        2, 2
+    )  # one tensor under two names (safetensors refuses)
     return state
 
 
@@ -76,7 +79,9 @@ def test_ema_and_schedule_buffers_can_be_left_out(ckpt, tmp_path):
     loaded = load_file(out.path)
     assert out.dropped == {"EMA": 6, "schedule buffers": 2}
     assert not any(k.startswith("model_ema.") for k in loaded) and "betas" not in loaded
-    assert {k for k in state if not k.startswith("model_ema.") and k not in ("betas", "alphas_cumprod")} == loaded.keys()
+    assert {
+        k for k in state if not k.startswith("model_ema.") and k not in ("betas", "alphas_cumprod")
+    } == loaded.keys()
     for key, value in loaded.items():
         assert torch.equal(value, state[key]), key
 
@@ -97,8 +102,11 @@ def test_converted_file_loads_into_the_model(tmp_path):
 def test_prediction_recorded_by_convert_is_what_detection_reads(sd_format_dir, tmp_path):
     """An SD 2.x 768-v .ckpt converted with --prediction v loads later without the option."""
     keys = json.loads(Path(sd_format_dir, "sd-v2-v.json").read_text())["keys"]
-    wanted = ("model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.ln_final.weight",
-              "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
+    wanted = (
+        "model.diffusion_model.input_blocks.0.0.weight",
+        "cond_stage_model.model.ln_final.weight",
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+    )
     state = {k: torch.zeros(keys[k], dtype=torch.float16) for k in wanted}
     state.update({f"first_stage_model.encoder.down.{i}.block.0.norm1.weight": torch.zeros(1) for i in range(4)})
     torch.save({"state_dict": state}, tmp_path / "768-v.ckpt")
@@ -140,11 +148,19 @@ def test_bad_requests_are_refused_before_writing(ckpt, tmp_path):
 def test_cli(tmp_path):
     torch.save({"state_dict": original_checkpoint()}, tmp_path / "model.ckpt")
     torch.save({"state_dict": {"w": torch.zeros(2)}, "x": Payload(tmp_path / "payload-ran")}, tmp_path / "evil.ckpt")
-    cases = [["convert", "model.ckpt", "model.safetensors", "--no-ema"],
-             ["convert", "evil.ckpt", "evil.safetensors"],
-             ["convert", "model.ckpt", "model.safetensors"]]  # exists now
-    r = subprocess.run([sys.executable, str(RUNNER)], capture_output=True, text=True, timeout=600, check=False,
-                       input=json.dumps([{"argv": argv, "cwd": str(tmp_path), "timeout": 120} for argv in cases]))
+    cases = [
+        ["convert", "model.ckpt", "model.safetensors", "--no-ema"],
+        ["convert", "evil.ckpt", "evil.safetensors"],
+        ["convert", "model.ckpt", "model.safetensors"],
+    ]  # exists now
+    r = subprocess.run(
+        [sys.executable, str(RUNNER)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        input=json.dumps([{"argv": argv, "cwd": str(tmp_path), "timeout": 120} for argv in cases]),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ok, evil, exists = json.loads(r.stdout)
     assert ok["rc"] == 0 and "6 EMA left out" in ok["stderr"], ok["stderr"]

@@ -1,5 +1,6 @@
 """What only a CUDA GPU can check: half-precision sampling, the attention backends and a training step there.
 Each test skips cleanly without CUDA (benchmarks/gpu.py measures the speed when one is lent)."""
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,10 @@ def pixels(images) -> np.ndarray:
 
 
 @cuda
-@pytest.mark.parametrize("dtype, precision", [(torch.float16, "fp16"), (torch.bfloat16, "bf16"),
-                                              (torch.float32, "fp16"), (torch.float32, "bf16")])
+@pytest.mark.parametrize(
+    "dtype, precision",
+    [(torch.float16, "fp16"), (torch.bfloat16, "bf16"), (torch.float32, "fp16"), (torch.float32, "bf16")],
+)
 def test_half_precision_sampling_on_cuda_is_close_to_fp32_on_cpu(fp32_images_and_model, dtype, precision):
     reference, model = fp32_images_and_model
     model = copy.deepcopy(model).to("cuda").networks_to(dtype)
@@ -48,7 +51,7 @@ def test_attention_backends_match_the_plain_formula_on_cuda(dtype, backend, monk
     monkeypatch.setattr(attention, "_BACKEND", backend)
     got = attention.attention(q, k, v, heads).float()
     split = [t.float().reshape(2, 256, heads, dim).transpose(1, 2) for t in (q, k, v)]
-    want = torch.softmax(split[0] @ split[1].transpose(-1, -2) / dim ** 0.5, dim=-1) @ split[2]
+    want = torch.softmax(split[0] @ split[1].transpose(-1, -2) / dim**0.5, dim=-1) @ split[2]
     assert (got - want.transpose(1, 2).reshape(2, 256, heads * dim)).abs().max() < 2e-2
 
 
@@ -60,7 +63,11 @@ def test_one_short_training_step_on_cuda(tmp_path, precision):
     from ldm.training.tiny import tiny_train_config
 
     root = make_shapes_dataset(tmp_path / "shapes", size=16, count=8)
-    cfg = tiny_train_config("ldm", root, tmp_path / "run", ["trainer.max_steps=2", "trainer.accelerator=gpu",
-                                                          "trainer.devices=1", f"trainer.precision={precision}"])
+    cfg = tiny_train_config(
+        "ldm",
+        root,
+        tmp_path / "run",
+        ["trainer.max_steps=2", "trainer.accelerator=gpu", "trainer.devices=1", f"trainer.precision={precision}"],
+    )
     train(cfg)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

@@ -1,5 +1,6 @@
 """Which DDIM runs (ldm.sampling: "sd", the original Stable Diffusion sampler's ends, or "k", k-diffusion's), which
 models default to which, and what image metadata says of it. Parity with diffusers: tests/test_diffusers_parity.py."""
+
 from __future__ import annotations
 
 import inspect
@@ -69,8 +70,11 @@ def test_the_variant_picks_the_ends():
 def test_sd_ddim_on_a_grid_ending_in_zero_is_ddim():
     def denoiser(x, sigma):
         return x / (1 + sigma[:, None] ** 2)
+
     x, sigmas = torch.randn(2, 3), torch.tensor([5.0, 1.0, 0.2, 0.0])
-    assert torch.equal(sample_ddim_sd(denoiser, x, sigmas, disable=True), sample_ddim(denoiser, x, sigmas, disable=True))
+    assert torch.equal(
+        sample_ddim_sd(denoiser, x, sigmas, disable=True), sample_ddim(denoiser, x, sigmas, disable=True)
+    )
 
 
 def test_settings_record_the_variant_that_ran():
@@ -95,8 +99,26 @@ def sd_model_files(tmp_path_factory):
 
 def generate(model_files, out: Path, *args: str) -> Path:
     cfg, ckpt = model_files
-    code = main(["txt2img", *args, "--config", cfg, "--ckpt", ckpt, "--outdir", str(out), "--no-progress",
-                 "--height", "16", "--width", "24", "--steps", "3", "--no-grid"])
+    code = main(
+        [
+            "txt2img",
+            *args,
+            "--config",
+            cfg,
+            "--ckpt",
+            ckpt,
+            "--outdir",
+            str(out),
+            "--no-progress",
+            "--height",
+            "16",
+            "--width",
+            "24",
+            "--steps",
+            "3",
+            "--no-grid",
+        ]
+    )
     assert code == 0
     return min((out / "samples").glob("*.png"))
 

@@ -1,5 +1,6 @@
 """The shipped default model (checkpoints/emoji): strict loading, real pictures, the README's main command,
 the autoencoder and the judge CLIP that `ldm eval` uses."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ldm.checkpoint import load_state_dict
-from ldm.images import pil_to_tensor
 from ldm.defaults import default_checkpoint_path, default_config_path
+from ldm.images import pil_to_tensor
 from ldm.model import load_model
 from ldm.pipeline import txt2img
 
@@ -43,7 +44,12 @@ def any_model(request, model):
 
 
 def test_shipped_files_are_safetensors_and_small():
-    for path in (default_config_path(), default_checkpoint_path(), SHIPPED / "judge.safetensors", SHIPPED / "judge.json"):
+    for path in (
+        default_config_path(),
+        default_checkpoint_path(),
+        SHIPPED / "judge.safetensors",
+        SHIPPED / "judge.json",
+    ):
         assert path.is_file(), f"{path} is missing"
     total = sum(p.stat().st_size for p in (ROOT / "checkpoints").rglob("*") if p.is_file())
     assert total < 100 * 2**20, f"checkpoints/ holds {total / 2**20:.1f} MiB"
@@ -81,10 +87,11 @@ def test_generates_emoji_like_pictures_not_noise(any_model):
         arr = np.asarray(image)
         assert arr.shape == (model.default_image_size, model.default_image_size, 3)
         # Emoji sit on a white background: a bright border, a non-blank centre, and locally smooth colour.
-        border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3), arr[:, :2].reshape(-1, 3),
-                                 arr[:, -2:].reshape(-1, 3)])
+        border = np.concatenate(
+            [arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3), arr[:, :2].reshape(-1, 3), arr[:, -2:].reshape(-1, 3)]
+        )
         assert border.mean() > 200, border.mean()
-        centre = arr[arr.shape[0] // 4: -arr.shape[0] // 4, arr.shape[1] // 4: -arr.shape[1] // 4]
+        centre = arr[arr.shape[0] // 4 : -arr.shape[0] // 4, arr.shape[1] // 4 : -arr.shape[1] // 4]
         assert centre.std() > 20
         noise = np.random.default_rng(0).integers(0, 256, arr.shape)
         assert _smoothness(arr) < 0.3 * _smoothness(noise)
@@ -114,8 +121,12 @@ def test_prompts_are_followed_by_the_judge_clip(any_model):
 
 def test_readme_main_command_writes_a_png_with_settings(tmp_path):
     out = tmp_path / "outputs"
-    result = subprocess.run([sys.executable, "-m", "ldm.cli", "txt2img", "red heart", "--outdir", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "ldm.cli", "txt2img", "red heart", "--outdir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     image = Image.open(out / "samples" / "00000.png")
     assert image.size == (64, 64)
@@ -137,15 +148,22 @@ def test_sample_sheet_script(model, tmp_path):
     heldout = sheet_mod.heldout_captions(str(tmp_path / "data"))
     assert heldout == {"rocket"}
     assert sheet_mod.row_labels(["rocket, twemoji style", "family: man, woman, boy", "rocket ship"], heldout) == [
-        "rocket, twemoji style (held out)", "family: man, woman, boy", "rocket ship"]
-    sheet = sheet_mod.sample_sheet(model, ["red apple", "rocket"], 3, SamplingOptions(steps=4, guidance_scale=3.0),
-                                   zoom=2, heldout=heldout)
+        "rocket, twemoji style (held out)",
+        "family: man, woman, boy",
+        "rocket ship",
+    ]
+    sheet = sheet_mod.sample_sheet(
+        model, ["red apple", "rocket"], 3, SamplingOptions(steps=4, guidance_scale=3.0), zoom=2, heldout=heldout
+    )
     cell = model.default_image_size * 2
     label_width = sheet.width - 3 * (cell + 4)
     assert sheet.height == 2 * (cell + 4) and label_width > 100  # room for "rocket (held out)"
     arr = np.asarray(sheet)
-    assert (arr[:, label_width - 6:label_width] == 255).all()  # the longest label ends before the samples
-    first, second = arr[:cell, label_width:label_width + cell], arr[:cell, label_width + cell + 4:label_width + 2 * cell + 4]
+    assert (arr[:, label_width - 6 : label_width] == 255).all()  # the longest label ends before the samples
+    first, second = (
+        arr[:cell, label_width : label_width + cell],
+        arr[:cell, label_width + cell + 4 : label_width + 2 * cell + 4],
+    )
     assert not np.array_equal(first, second)  # different seeds, different samples
 
 

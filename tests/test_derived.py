@@ -1,16 +1,17 @@
 """Models shipped as a change to another (ldm.derived): widened inputs, whole tensors and LoRA over a base file."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import yaml
-
 from factories import tiny_inpaint_config, tiny_model, write_tiny_model_files
+
 from ldm.checkpoint import CheckpointError, load_into, save_state_dict
 from ldm.config import instantiate
+from ldm.derived import widen_unet_input
 from ldm.errors import MissingFileError
 from ldm.model import load_model
-from ldm.derived import widen_unet_input
 
 
 def widened(base):
@@ -48,18 +49,26 @@ def test_a_derived_model_is_its_base_with_its_own_tensors_and_lora_merged(tmp_pa
     base = tiny_model()
     model = widened(base)
     g = torch.Generator().manual_seed(1)
-    first = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in model.state_dict().items()
-             if k.startswith("unet.input_blocks.0.0.")}
+    first = {
+        k: torch.randn(v.shape, generator=g) * 0.1
+        for k, v in model.state_dict().items()
+        if k.startswith("unet.input_blocks.0.0.")
+    }
     target = "unet.output_blocks.0.0.out_layers.3"  # a res-block convolution of the "conv" group
     conv = model.get_submodule(target)
-    down, up = torch.randn(2, conv.in_channels, 3, 3, generator=g) * 0.1, torch.randn(conv.out_channels, 2, 1, 1, generator=g) * 0.1
+    down, up = (
+        torch.randn(2, conv.in_channels, 3, 3, generator=g) * 0.1,
+        torch.randn(conv.out_channels, 2, 1, 1, generator=g) * 0.1,
+    )
     lora = {f"{target}.lora_down.weight": down, f"{target}.lora_up.weight": up, f"{target}.alpha": torch.tensor(4.0)}
     config, weights = derived_files(tmp_path, first, lora)
     loaded = load_model(config, weights, device="cpu")
 
     expected = model.state_dict()
     expected.update(first)
-    expected[f"{target}.weight"] = expected[f"{target}.weight"] + 2.0 * (up.flatten(1) @ down.flatten(1)).reshape(conv.weight.shape)
+    expected[f"{target}.weight"] = expected[f"{target}.weight"] + 2.0 * (up.flatten(1) @ down.flatten(1)).reshape(
+        conv.weight.shape
+    )
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, expected[key], msg=key)
     assert loaded.identity["base_file"] == "tiny.safetensors" and loaded.identity["model_file"] == "inpaint.safetensors"

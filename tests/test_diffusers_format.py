@@ -1,6 +1,7 @@
 """diffusers folders: ours -> folder runs the same in diffusers/transformers (U-Net, VAE, text encoder, tokenizer,
 scheduler), ours -> folder -> ours keeps every tensor that is used, a folder written by diffusers itself loads and
 agrees with diffusers, the CLI converts both ways and generates from a folder, and bad folders get one line."""
+
 from __future__ import annotations
 
 import copy
@@ -12,13 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import (
-    tiny_config,
-    tiny_model,
-    tiny_sd1_config,
-    tiny_sd1_model,
-    write_tiny_model_files,
-)
+from factories import tiny_config, tiny_model, tiny_sd1_config, tiny_sd1_model, write_tiny_model_files
 
 from ldm.diffusers_export import write_folder, write_tokenizer
 from ldm.diffusers_format import DiffusersFolderError, folder_config
@@ -42,8 +37,10 @@ def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 
 def ours_models() -> dict[str, tuple[torch.nn.Module, dict]]:
     """The tiny SD 2-style model (open_clip tower, penultimate layer, GELU) as a v-model, and the tiny SD 1.x."""
-    return {"sd2-v": (tiny_model(parameterization="v"), tiny_config(parameterization="v")),
-            "sd1": (tiny_sd1_model(), tiny_sd1_config())}
+    return {
+        "sd2-v": (tiny_model(parameterization="v"), tiny_config(parameterization="v")),
+        "sd1": (tiny_sd1_model(), tiny_sd1_config()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +104,11 @@ def test_ours_to_folder_to_ours_keeps_every_used_tensor(exported, name):
     tower, back = model.text_encoder.model.state_dict(), loaded.text_encoder.model.state_dict()
     assert set(back) <= set(tower) and all(torch.equal(tower[k], v) for k, v in back.items())
     dropped = set(tower) - set(back)
-    assert dropped == (set() if name == "sd1" else
-                       {k for k in tower if k.startswith("transformer.resblocks.1.")} | {"text_projection", "logit_scale"})
+    assert dropped == (
+        set()
+        if name == "sd1"
+        else {k for k in tower if k.startswith("transformer.resblocks.1.")} | {"text_projection", "logit_scale"}
+    )
     assert torch.equal(loaded.encode_text(PROMPTS), model.encode_text(PROMPTS))
     assert loaded.identity["model_file"] == name and len(loaded.identity["model_sha256"]) == 64
 
@@ -117,35 +117,58 @@ def tiny_diffusers_folder(root: Path, sd2: bool) -> Path:
     """A folder written by diffusers' own StableDiffusionPipeline.save_pretrained, of tiny random parts: SD 1.x-like
     (conv projections, one head count, quick-GELU, padded with the end token) or SD 2-like (linear projections,
     64-channel-style fixed head width, GELU, padded with "!", v-prediction)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(11 if sd2 else 12)
     unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=(1, 2) if sd2 else 1,
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=(1, 2) if sd2 else 1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D") if sd2 else ("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D") if sd2 else ("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4) if sd2 else 2, use_linear_projection=sd2,
-        transformer_layers_per_block=1)
-    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, sample_size=16)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=128, num_attention_heads=2,
-                                        num_hidden_layers=2, hidden_act="gelu" if sd2 else "quick_gelu"))
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4) if sd2 else 2,
+        use_linear_projection=sd2,
+        transformer_layers_per_block=1,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        sample_size=16,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=128,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            hidden_act="gelu" if sd2 else "quick_gelu",
+        )
+    )
     with torch.no_grad():  # diffusers zero-initialises nothing here, but move every weight off its init anyway
         for module in (unet, vae, text):
             for p in module.parameters():
                 p.add_(0.05 * torch.randn_like(p))
     write_tokenizer(root / "tok", "!" if sd2 else "<|endoftext|>", 77)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              prediction_type="v_prediction" if sd2 else "epsilon")
-    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=CLIPTokenizer.from_pretrained(root / "tok", local_files_only=True),
-                                   unet=unet.eval(), scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction" if sd2 else "epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text.eval(),
+        tokenizer=CLIPTokenizer.from_pretrained(root / "tok", local_files_only=True),
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     folder = root / ("sd2" if sd2 else "sd1")
     pipe.save_pretrained(folder)
     return folder
@@ -280,14 +303,35 @@ def test_cli_converts_both_ways_and_generates_from_a_folder(tmp_path):
     cases = [
         ["convert", "tiny.safetensors", "folder", "--to", "diffusers"],
         ["convert", "folder", "back.safetensors"],
-        ["txt2img", "a red apple", "--ckpt", "folder", "--H", "32", "--W", "32", "--steps", "2", "--seed", "5",
-         "--no-progress", "--outdir", "out"],
+        [
+            "txt2img",
+            "a red apple",
+            "--ckpt",
+            "folder",
+            "--H",
+            "32",
+            "--W",
+            "32",
+            "--steps",
+            "2",
+            "--seed",
+            "5",
+            "--no-progress",
+            "--outdir",
+            "out",
+        ],
         ["convert", "tiny.safetensors", "folder", "--to", "diffusers"],  # exists now
         ["convert", "missing", "elsewhere", "--to", "diffusers"],
         ["txt2img", "a red apple", "--ckpt", "sd1-files", "--steps", "2", "--no-progress", "--outdir", "x"],
     ]
-    r = subprocess.run([sys.executable, str(RUNNER)], capture_output=True, text=True, timeout=900, check=False,
-                       input=json.dumps([{"argv": argv, "cwd": str(tmp_path), "timeout": 300} for argv in cases]))
+    r = subprocess.run(
+        [sys.executable, str(RUNNER)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        input=json.dumps([{"argv": argv, "cwd": str(tmp_path), "timeout": 300} for argv in cases]),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     to_folder, to_file, generate, exists, missing, empty = json.loads(r.stdout)
     for result in (to_folder, to_file, generate):
@@ -305,13 +349,29 @@ def test_cli_converts_both_ways_and_generates_from_a_folder(tmp_path):
 
 RELEASE_UNETS = {  # the release folders' UNet2DConditionModel configs (the facts that differ between them)
     "sd1.5": {"attention_head_dim": 8, "cross_attention_dim": 768, "use_linear_projection": False},
-    "sd2.1": {"attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024, "use_linear_projection": True,
-              "upcast_attention": True},
+    "sd2.1": {
+        "attention_head_dim": [5, 10, 20, 20],
+        "cross_attention_dim": 1024,
+        "use_linear_projection": True,
+        "upcast_attention": True,
+    },
 }
-RELEASE_TEXT = {"sd1.5": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
-                          "num_hidden_layers": 12, "hidden_act": "quick_gelu"},
-                "sd2.1": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
-                          "num_hidden_layers": 23, "hidden_act": "gelu"}}
+RELEASE_TEXT = {
+    "sd1.5": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+        "hidden_act": "quick_gelu",
+    },
+    "sd2.1": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 23,
+        "hidden_act": "gelu",
+    },
+}
 
 
 @pytest.mark.parametrize("release", list(RELEASE_UNETS))
@@ -326,9 +386,14 @@ def test_release_sized_configs_build_networks_whose_tensors_map_one_to_one(relea
     from ldm.diffusers_keys import from_diffusers, unet_names, vae_names
     from ldm.hf_clip import open_clip_from_hf
 
-    vae_cfg = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
-               "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-               "sample_size": 512}
+    vae_cfg = {
+        "block_out_channels": [128, 256, 512, 512],
+        "layers_per_block": 2,
+        "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "sample_size": 512,
+    }
     with torch.device("meta"):
         unet = UNet2DConditionModel(sample_size=64, **RELEASE_UNETS[release])
         vae = AutoencoderKL(**vae_cfg)
@@ -336,8 +401,12 @@ def test_release_sized_configs_build_networks_whose_tensors_map_one_to_one(relea
         vae_node, _ = vae_params(vae_cfg)
         ours_unet = instantiate({"target": "ldm.unet.UNetModel", "params": unet_params(dict(unet.config))})
         ours_vae = instantiate({"target": "ldm.vae.AutoencoderKL", "params": vae_node})
-        ours_text = instantiate({"target": "ldm.text_encoder.FrozenCLIPEmbedder",
-                                 "params": text_params(RELEASE_TEXT[release], "!" if release == "sd2.1" else None)})
+        ours_text = instantiate(
+            {
+                "target": "ldm.text_encoder.FrozenCLIPEmbedder",
+                "params": text_params(RELEASE_TEXT[release], "!" if release == "sd2.1" else None),
+            }
+        )
     theirs = from_diffusers(unet.state_dict(), unet_names(list(ours_unet.state_dict()), ours_unet.num_res_blocks))
     assert state_problems(ours_unet.state_dict(), theirs) == []
     theirs = from_diffusers(vae.state_dict(), vae_names(list(ours_vae.state_dict()), 4))

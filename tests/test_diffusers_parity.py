@@ -5,6 +5,7 @@ spacing) is the original DDIMSampler's arithmetic. It is pure maths, so its loop
 own U-Net's eps predictions (guided in eps space, as the original does) and compared with our "sd" DDIM
 variant, which runs the same U-Net through our denoiser, guidance and sigma grid.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -38,20 +39,31 @@ def setup():
 def diffusers_ddim(model, cond, uncond, noise, steps, steps_offset=1, eta=0.0, seed=None):
     """diffusers' DDIM loop as SD runs it, with eps-space guidance; with eta > 0 its noise is drawn from a generator
     seeded `seed`, one draw per step, as our DDIM draws it."""
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=steps_offset,
-                              timestep_spacing="leading",
-                              prediction_type="v_prediction" if model.prediction == "v" else "epsilon")
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=steps_offset,
+        timestep_spacing="leading",
+        prediction_type="v_prediction" if model.prediction == "v" else "epsilon",
+    )
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     x = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        out = model.unet(torch.cat([x, x]), torch.full((2 * len(x),), int(t)),
-                         context=torch.cat([uncond["context"], cond["context"]]))
+        out = model.unet(
+            torch.cat([x, x]),
+            torch.full((2 * len(x),), int(t)),
+            context=torch.cat([uncond["context"], cond["context"]]),
+        )
         out_uncond, out_cond = out.chunk(2)
         variance_noise = torch.randn(x.shape, generator=generator) if eta > 0 else None
-        x = scheduler.step(out_uncond + SCALE * (out_cond - out_uncond), t, x, eta=eta,
-                           variance_noise=variance_noise).prev_sample
+        x = scheduler.step(
+            out_uncond + SCALE * (out_cond - out_uncond), t, x, eta=eta, variance_noise=variance_noise
+        ).prev_sample
     return x
 
 
@@ -65,17 +77,28 @@ def ours(model, cond, uncond, noise, steps, variant="sd", eta=None, seed=None):
 @pytest.mark.parametrize("steps", [10, 50])
 def test_sd_ddim_matches_diffusers(setup, steps):
     model, cond, uncond = setup["eps"]
-    assert rel_err(ours(model, cond, uncond, setup["noise"], steps),
-                   diffusers_ddim(model, cond, uncond, setup["noise"], steps)) <= TOLERANCE
+    assert (
+        rel_err(
+            ours(model, cond, uncond, setup["noise"], steps), diffusers_ddim(model, cond, uncond, setup["noise"], steps)
+        )
+        <= TOLERANCE
+    )
 
 
 def test_sd_ddim_matches_diffusers_for_v_models_and_with_eta(setup):
     model, cond, uncond = setup["v"]
-    assert rel_err(ours(model, cond, uncond, setup["noise"], 10),
-                   diffusers_ddim(model, cond, uncond, setup["noise"], 10)) <= TOLERANCE
+    assert (
+        rel_err(ours(model, cond, uncond, setup["noise"], 10), diffusers_ddim(model, cond, uncond, setup["noise"], 10))
+        <= TOLERANCE
+    )
     model, cond, uncond = setup["eps"]
-    assert rel_err(ours(model, cond, uncond, setup["noise"], 10, eta=0.5, seed=3),
-                   diffusers_ddim(model, cond, uncond, setup["noise"], 10, eta=0.5, seed=3)) <= TOLERANCE
+    assert (
+        rel_err(
+            ours(model, cond, uncond, setup["noise"], 10, eta=0.5, seed=3),
+            diffusers_ddim(model, cond, uncond, setup["noise"], 10, eta=0.5, seed=3),
+        )
+        <= TOLERANCE
+    )
 
 
 def test_the_comparison_can_fail(setup):

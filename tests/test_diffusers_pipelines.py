@@ -3,6 +3,7 @@ the x4 upscaler (StableDiffusionUpscalePipeline: 7 channels, the noise level as 
 low-res scheduler), and weights stored sharded or as the fp16 variant. Ours -> folder runs the same in diffusers'
 own pipeline classes; folders written by diffusers load and agree; folder -> ours -> one file keeps every tensor;
 what is still unsupported gets one line."""
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,9 @@ def upscaler_config() -> dict:
     """The tiny upscaler with the release's attention layout in small: attention at both levels, the first
     without self-attention (the original's disable_self_attentions, diffusers' only_cross_attention)."""
     cfg = tiny_upscaler_config()
-    cfg["model"]["params"]["unet_config"]["params"].update(attention_resolutions=[1, 2],
-                                                           disable_self_attentions=[True, False])
+    cfg["model"]["params"]["unet_config"]["params"].update(
+        attention_resolutions=[1, 2], disable_self_attentions=[True, False]
+    )
     return cfg
 
 
@@ -134,17 +136,31 @@ def diffusers_pipeline(root: Path, name: str):
     torch.manual_seed(21)
     upscale = name == "upscale"
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=7 if upscale else 9, block_out_channels=(32, 64), layers_per_block=1,
+        sample_size=8,
+        in_channels=7 if upscale else 9,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=2,
-        use_linear_projection=True, num_class_embeds=400 if upscale else None,
-        only_cross_attention=[True, False] if upscale else False)
-    vae = AutoencoderKL(block_out_channels=(32, 64, 64) if upscale else (32, 64),
-                        down_block_types=("DownEncoderBlock2D",) * (3 if upscale else 2),
-                        up_block_types=("UpDecoderBlock2D",) * (3 if upscale else 2), latent_channels=4,
-                        sample_size=16, scaling_factor=0.08333 if upscale else 0.18215)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=128, num_attention_heads=2,
-                                        num_hidden_layers=2, hidden_act="gelu"))
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        use_linear_projection=True,
+        num_class_embeds=400 if upscale else None,
+        only_cross_attention=[True, False] if upscale else False,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64, 64) if upscale else (32, 64),
+        down_block_types=("DownEncoderBlock2D",) * (3 if upscale else 2),
+        up_block_types=("UpDecoderBlock2D",) * (3 if upscale else 2),
+        latent_channels=4,
+        sample_size=16,
+        scaling_factor=0.08333 if upscale else 0.18215,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2, hidden_act="gelu"
+        )
+    )
     with torch.no_grad():  # move every weight off its initialisation (zero output layers would hide mistakes)
         for module in (unet, vae, text):
             for p in module.parameters():
@@ -153,14 +169,26 @@ def diffusers_pipeline(root: Path, name: str):
     tokenizer = CLIPTokenizer.from_pretrained(root / "tok", local_files_only=True)
     if upscale:
         return StableDiffusionUpscalePipeline(
-            vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
+            vae=vae.eval(),
+            text_encoder=text.eval(),
+            tokenizer=tokenizer,
+            unet=unet.eval(),
             low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02),
-            scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02,
-                                    prediction_type="v_prediction"), max_noise_level=300)
+            scheduler=DDIMScheduler(
+                beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02, prediction_type="v_prediction"
+            ),
+            max_noise_level=300,
+        )
     return StableDiffusionInpaintPipeline(
-        vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
         scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def agree(model, pipe) -> None:
@@ -170,8 +198,10 @@ def agree(model, pipe) -> None:
     with torch.no_grad():
         context = pipe.text_encoder(ids).last_hidden_state
         close(model.encode_text(PROMPTS), context)
-        close(model.unet(x, t, context, labels), pipe.unet(x, t, encoder_hidden_states=context,
-                                                           class_labels=labels).sample)
+        close(
+            model.unet(x, t, context, labels),
+            pipe.unet(x, t, encoder_hidden_states=context, class_labels=labels).sample,
+        )
         close(model.decode_latent(x[:, :4]), pipe.vae.decode(x[:, :4] / pipe.vae.config.scaling_factor).sample)
 
 
@@ -179,9 +209,11 @@ def test_a_sharded_inpainting_folder_written_by_diffusers_loads_and_agrees(tmp_p
     pipe = diffusers_pipeline(tmp_path, "inpaint")
     folder = tmp_path / "inpaint"
     pipe.save_pretrained(folder, max_shard_size="100KB")
-    for part, index in (("unet", "diffusion_pytorch_model.safetensors.index.json"),
-                        ("vae", "diffusion_pytorch_model.safetensors.index.json"),
-                        ("text_encoder", "model.safetensors.index.json")):
+    for part, index in (
+        ("unet", "diffusion_pytorch_model.safetensors.index.json"),
+        ("vae", "diffusion_pytorch_model.safetensors.index.json"),
+        ("text_encoder", "model.safetensors.index.json"),
+    ):
         shards = set(json.loads((folder / part / index).read_text())["weight_map"].values())
         assert len(shards) > 1 and not (folder / part / index.removesuffix(".index.json")).exists(), part
     model = load_model(None, folder)
@@ -196,15 +228,20 @@ def test_an_upscaler_folder_written_by_diffusers_prefers_full_precision_over_the
     full = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     copy.deepcopy(pipe).to(torch.float16).save_pretrained(folder, variant="fp16", max_shard_size="100KB")  # beside
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors.index.fp16.json").is_file()
-    assert (folder / "text_encoder" / "model.fp16.safetensors").is_file() \
-        or (folder / "text_encoder" / "model.safetensors.index.fp16.json").is_file()
+    assert (folder / "text_encoder" / "model.fp16.safetensors").is_file() or (
+        folder / "text_encoder" / "model.safetensors.index.fp16.json"
+    ).is_file()
     model = load_model(None, folder)
     assert model.conditioning_key == "hybrid-adm" and model.prediction == "v" and model.downscale == 4
     assert model.low_scale.max_noise_level == 300 and model.unet.num_classes == 400
     agree(model, pipe)  # to float32 precision: the fp16 copy was not read
     assert torch.equal(model.unet.state_dict()["label_emb.weight"], full["class_embedding.weight"])
     full_identity = folder_identity(folder)
-    for part, name in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+    for part, name in (
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ):
         (folder / part / f"{name}.safetensors").unlink()
     rounded = load_model(None, folder)  # the fp16 variant alone now
     emb = rounded.unet.state_dict()["label_emb.weight"]
@@ -223,16 +260,21 @@ def test_pickled_weights_load_weights_only(exported, tmp_path):
     tensors = load_file(unet_file)
     unet_file.unlink()
     keys = sorted(tensors)  # two .bin shards and their index, as diffusers names them
-    shards = {"diffusion_pytorch_model-00001-of-00002.bin": keys[::2],
-              "diffusion_pytorch_model-00002-of-00002.bin": keys[1::2]}
+    shards = {
+        "diffusion_pytorch_model-00001-of-00002.bin": keys[::2],
+        "diffusion_pytorch_model-00002-of-00002.bin": keys[1::2],
+    }
     for shard, names in shards.items():
         torch.save({k: tensors[k] for k in names}, folder / "unet" / shard)
-    (folder / "unet" / "diffusion_pytorch_model.bin.index.json").write_text(json.dumps(
-        {"weight_map": {k: shard for shard, names in shards.items() for k in names}}))
+    (folder / "unet" / "diffusion_pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {k: shard for shard, names in shards.items() for k in names}})
+    )
     loaded = load_model(None, folder)
     assert all(torch.equal(v, loaded.unet.state_dict()[k]) for k, v in model.unet.state_dict().items())
     # A shard that would run code when unpickled is refused, not run.
-    torch.save({"weight": torch.zeros(1), "code": Path("x")}, folder / "unet" / "diffusion_pytorch_model-00002-of-00002.bin")
+    torch.save(
+        {"weight": torch.zeros(1), "code": Path("x")}, folder / "unet" / "diffusion_pytorch_model-00002-of-00002.bin"
+    )
     with pytest.raises(LdmError) as exc:
         load_model(None, folder)
     assert "weights_only" in one_line(exc)
@@ -254,15 +296,18 @@ def test_broken_shards_and_missing_variants_are_refused_in_one_line(exported, tm
     with pytest.raises(DiffusersFolderError) as exc:
         load_model(None, folder)  # bf16 is no variant read here
     assert "vae/diffusion_pytorch_model.safetensors is missing" in one_line(exc)
-    (vae / "diffusion_pytorch_model.bf16.safetensors").rename(vae / "diffusion_pytorch_model-00001-of-00001.safetensors")
+    (vae / "diffusion_pytorch_model.bf16.safetensors").rename(
+        vae / "diffusion_pytorch_model-00001-of-00001.safetensors"
+    )
     real = sorted(load_file(vae / "diffusion_pytorch_model-00001-of-00001.safetensors"))
     index = vae / "diffusion_pytorch_model.safetensors.index.json"
-    for weight_map, message in (({"a": "diffusion_pytorch_model-00002-of-00002.safetensors"}, "is missing"),
-                                ({"a": "../unet/diffusion_pytorch_model.safetensors"}, "beside the index"),
-                                ({"a": "diffusion_pytorch_model-00001-of-00001.bin"}, "beside the index"),
-                                ({"a": "diffusion_pytorch_model-00001-of-00001.safetensors"}, "names are not in it"),
-                                (dict.fromkeys(real[1:], "diffusion_pytorch_model-00001-of-00001.safetensors"),
-                                 "not in its index")):
+    for weight_map, message in (
+        ({"a": "diffusion_pytorch_model-00002-of-00002.safetensors"}, "is missing"),
+        ({"a": "../unet/diffusion_pytorch_model.safetensors"}, "beside the index"),
+        ({"a": "diffusion_pytorch_model-00001-of-00001.bin"}, "beside the index"),
+        ({"a": "diffusion_pytorch_model-00001-of-00001.safetensors"}, "names are not in it"),
+        (dict.fromkeys(real[1:], "diffusion_pytorch_model-00001-of-00001.safetensors"), "not in its index"),
+    ):
         index.write_text(json.dumps({"weight_map": weight_map}))
         with pytest.raises(LdmError) as exc:
             load_model(None, folder)
@@ -279,12 +324,14 @@ def edit_json(path: Path, **changes) -> None:
 
 def test_what_is_still_unsupported_is_refused_in_one_line(exported, tmp_path):
     _, _, up = exported["upscale"]
-    cases = [("model_index.json", {"_class_name": "StableDiffusionDepth2ImgPipeline"}, "StableDiffusionDepth2ImgPipeline"),
-             ("unet/config.json", {"class_embed_type": "timestep"}, "class_embed_type"),
-             ("unet/config.json", {"num_class_embeds": None}, "needs a noise-level embedding"),
-             ("unet/config.json", {"in_channels": 9}, "latent + low-res image = 7"),
-             ("model_index.json", {"max_noise_level": 1000}, "max_noise_level"),
-             ("model_index.json", {"_class_name": "StableDiffusionInpaintPipeline"}, "latent + mask + masked-image")]
+    cases = [
+        ("model_index.json", {"_class_name": "StableDiffusionDepth2ImgPipeline"}, "StableDiffusionDepth2ImgPipeline"),
+        ("unet/config.json", {"class_embed_type": "timestep"}, "class_embed_type"),
+        ("unet/config.json", {"num_class_embeds": None}, "needs a noise-level embedding"),
+        ("unet/config.json", {"in_channels": 9}, "latent + low-res image = 7"),
+        ("model_index.json", {"max_noise_level": 1000}, "max_noise_level"),
+        ("model_index.json", {"_class_name": "StableDiffusionInpaintPipeline"}, "latent + mask + masked-image"),
+    ]
     for i, (file, changes, message) in enumerate(cases):
         folder = tmp_path / str(i)
         shutil.copytree(up, folder)
@@ -298,9 +345,11 @@ def test_what_is_still_unsupported_is_refused_in_one_line(exported, tmp_path):
         load_model(None, folder)
     assert "low_res_scheduler/scheduler_config.json is missing" in one_line(exc)
 
-    for change, message in (({"disable_middle_self_attn": True}, "disable_middle_self_attn"),
-                            ({"num_classes": "continuous"}, "num_classes='continuous'"),
-                            ({"num_classes": 300}, "beyond the U-Net's 300 noise levels")):
+    for change, message in (
+        ({"disable_middle_self_attn": True}, "disable_middle_self_attn"),
+        ({"num_classes": "continuous"}, "num_classes='continuous'"),
+        ({"num_classes": 300}, "beyond the U-Net's 300 noise levels"),
+    ):
         cfg = copy.deepcopy(upscaler_config())
         cfg["model"]["params"]["unet_config"]["params"].update(change)
         with pytest.raises(DiffusersFolderError) as exc:
@@ -313,8 +362,10 @@ def test_what_is_still_unsupported_is_refused_in_one_line(exported, tmp_path):
     assert "no StableDiffusionInpaintPipeline layout" in one_line(exc) and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("yaml_name, manifest", [("v2-inpainting-inference.yaml", "sd-v2-inpainting.json"),
-                                                 ("x4-upscaling.yaml", "sd-x4-upscaler.json")])
+@pytest.mark.parametrize(
+    "yaml_name, manifest",
+    [("v2-inpainting-inference.yaml", "sd-v2-inpainting.json"), ("x4-upscaling.yaml", "sd-x4-upscaler.json")],
+)
 def test_release_checkpoints_map_one_to_one_onto_diffusers(sd_format_dir, yaml_name, manifest):
     """The original release checkpoints' U-Net and autoencoder tensors (names and shapes from the manifests) land
     on every tensor of the diffusers networks built from our exported configs (on the meta device: shapes only),
@@ -331,8 +382,10 @@ def test_release_checkpoints_map_one_to_one_onto_diffusers(sd_format_dir, yaml_n
     params = load_config(sd_config_path(yaml_name))["model"]["params"]
     shapes = json.loads((Path(sd_format_dir) / manifest).read_text())["keys"]
     parts = {"unet": "model.diffusion_model.", "vae": "first_stage_model."}
-    original = {part: {k[len(p):]: torch.empty(s, device="meta") for k, s in shapes.items() if k.startswith(p)}
-                for part, p in parts.items()}
+    original = {
+        part: {k[len(p) :]: torch.empty(s, device="meta") for k, s in shapes.items() if k.startswith(p)}
+        for part, p in parts.items()
+    }
     unet_cfg = unet_config(params["unet_config"]["params"], params["image_size"])
     vae_cfg = vae_config(params["first_stage_config"]["params"], params["scale_factor"])
     with torch.device("meta"):

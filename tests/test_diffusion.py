@@ -1,12 +1,22 @@
 """Forward process, eps/v/x0 conversions, the training loss and the denoiser wrappers, against closed forms."""
+
 import math
 
 import pytest
 import torch
 
 from ldm.denoisers import CFGDenoiser, DiscreteTimeDenoiser, InvalidGuidanceError
-from ldm.diffusion import (UnknownPredictionError, diffusion_loss, eps_from_v, predict_eps_from_x0, predict_x0_from_eps,
-                           predict_x0_from_v, q_sample, v_from_eps, v_target)
+from ldm.diffusion import (
+    UnknownPredictionError,
+    diffusion_loss,
+    eps_from_v,
+    predict_eps_from_x0,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    q_sample,
+    v_from_eps,
+    v_target,
+)
 from ldm.schedules import alphas_cumprod_from_betas, make_betas, sigmas_from_alphas_cumprod
 
 SD = dict(linear_start=0.00085, linear_end=0.012)
@@ -29,7 +39,10 @@ def test_q_sample_marginal_mean_and_variance(t):
 def test_eps_v_x0_round_trips(kind):
     ac = alphas_cumprod_from_betas(make_betas(kind, 1000))
     g = torch.Generator().manual_seed(0)
-    x0, eps = torch.randn(16, 3, 2, 2, generator=g, dtype=torch.float64), torch.randn(16, 3, 2, 2, generator=g, dtype=torch.float64)
+    x0, eps = (
+        torch.randn(16, 3, 2, 2, generator=g, dtype=torch.float64),
+        torch.randn(16, 3, 2, 2, generator=g, dtype=torch.float64),
+    )
     t = torch.cat([torch.tensor([0, 999]), torch.randint(0, 1000, (14,), generator=g)])
     xt = q_sample(x0, t, ac, eps)
     v = v_target(x0, eps, t, ac)
@@ -54,7 +67,7 @@ class PerfectNet(torch.nn.Module):
 
     def forward(self, x_t, t, context=None, y=None):
         self.seen.append(dict(x_t=x_t, t=t, context=context, y=y))
-        x_t = x_t[:, :self.channels]
+        x_t = x_t[:, : self.channels]
         eps = predict_eps_from_x0(x_t, t, self.x0, AC)
         return eps if self.prediction == "eps" else v_from_eps(x_t, t, eps, AC)
 

@@ -1,5 +1,6 @@
 """training.cache_dir: the frozen encoders' outputs on disk, on shards; the same loss, no encoder on a rerun,
 and no stale entry read after the encoder's weights change."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,15 @@ def shards(tmp_path_factory) -> list[str]:
 
 
 def config(tmp_path, urls: list[str], *extra: str) -> dict:
-    common = ["data.root=null", "data.val_fraction=0", f"data.shards={urls}", "data.size=8", "data.batch_size=4",
-              "data.remainder=wrap", "model.params.first_stage_config.params.ddconfig.resolution=8"]
+    common = [
+        "data.root=null",
+        "data.val_fraction=0",
+        f"data.shards={urls}",
+        "data.size=8",
+        "data.batch_size=4",
+        "data.remainder=wrap",
+        "model.params.first_stage_config.params.ddconfig.resolution=8",
+    ]
     return tiny_train_config("ldm", tmp_path, tmp_path / "run", common + list(extra))
 
 

@@ -2,12 +2,14 @@
 a student that learns its teacher (a one-step student nearer the teacher's two steps than the teacher's own one
 step), sampling a student, resume in the middle
 of a stage, `ldm distill` over stages, and the one-line refusals."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
+from factories import write_training_base
 
 from ldm.cli import main as cli_main
 from ldm.denoisers import CFGDenoiser
@@ -23,10 +25,14 @@ from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
-from factories import write_training_base
-
-QUIET = ["data.val_fraction=0", "logging.sample_every_n_steps=0", "logging.checkpoint_every_n_steps=0",
-         "logging.csv=false", "training.ema_decay=null", "training.cond_dropout=0"]
+QUIET = [
+    "data.val_fraction=0",
+    "logging.sample_every_n_steps=0",
+    "logging.checkpoint_every_n_steps=0",
+    "logging.csv=false",
+    "training.ema_decay=null",
+    "training.cond_dropout=0",
+]
 STUDENT = "model.params.unet_config.params.guidance_embed=true"
 
 
@@ -109,7 +115,7 @@ def test_a_new_guidance_embedding_starts_as_the_teacher_and_then_follows_w(shape
 def latent_samples(model, steps: int, scale: float, embedded: bool, prompts=("red circle", "blue square")):
     """DDIM (eta 0) on the trailing grid from fixed noise, guided at `scale`, in latent space."""
     ctx = model.encode_text(list(prompts) + [""] * len(prompts))
-    cond, uncond = {"context": ctx[: len(prompts)]}, {"context": ctx[len(prompts):]}
+    cond, uncond = {"context": ctx[: len(prompts)]}, {"context": ctx[len(prompts) :]}
     sigmas = get_sigmas(model.alphas_cumprod, steps, "trailing")
     x = torch.randn(len(prompts), 4, 4, 4, generator=torch.Generator().manual_seed(3)) * sigmas[0]
     inner = DiscreteTimeDenoiser(model.unet, parameterisation=model.parameterisation())
@@ -121,8 +127,16 @@ def latent_samples(model, steps: int, scale: float, embedded: bool, prompts=("re
 
 
 def test_a_one_step_student_is_nearer_the_teachers_two_steps_than_the_teachers_one_step(shapes, teacher_file, tmp_path):
-    cfg = student_config(shapes, tmp_path / "run", teacher_file, "distill.stage=2", "distill.scale_range=[3, 3]",
-                         "trainer.max_steps=60", "training.lr=2e-5", "data.batch_size=8")
+    cfg = student_config(
+        shapes,
+        tmp_path / "run",
+        teacher_file,
+        "distill.stage=2",
+        "distill.scale_range=[3, 3]",
+        "trainer.max_steps=60",
+        "training.lr=2e-5",
+        "data.batch_size=8",
+    )
     module, _ = train(cfg)
     teacher = load_model(teacher_file.with_suffix(".yaml"), teacher_file, device="cpu")
     student = load_model(tmp_path / "run" / "model.yaml", tmp_path / "run" / "model.safetensors", device="cpu")
@@ -165,16 +179,29 @@ def test_resume_in_the_middle_of_a_stage_matches_an_uninterrupted_one(shapes, te
     differing = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
     assert not differing, differing[:5]
     start = torch.load(tmp_path / "b" / "checkpoints" / "step-000003.ckpt", weights_only=True)["state_dict"]
-    assert not torch.equal(start["model.unet.guidance_embed.2.weight"], b["state_dict"]["model.unet.guidance_embed.2.weight"])
+    assert not torch.equal(
+        start["model.unet.guidance_embed.2.weight"], b["state_dict"]["model.unet.guidance_embed.2.weight"]
+    )
 
 
 def test_ldm_distill_runs_the_stages_in_turn_and_resumes_after_the_finished_ones(shapes, teacher_file, tmp_path):
     from ldm.training.tiny import TINY_CONFIGS
 
     run_dir = tmp_path / "distill"
-    args = ["distill", "--config", str(TINY_CONFIGS["ldm"]), f"data.root={shapes}", f"logging.run_dir={run_dir}",
-            *QUIET, STUDENT, f"distill.teacher={teacher_file}", "distill.stages=[guidance, 4, 2]",
-            "distill.steps_per_stage=[2, 2, 1]", "trainer.enable_progress_bar=false", "logging.tensorboard=false"]
+    args = [
+        "distill",
+        "--config",
+        str(TINY_CONFIGS["ldm"]),
+        f"data.root={shapes}",
+        f"logging.run_dir={run_dir}",
+        *QUIET,
+        STUDENT,
+        f"distill.teacher={teacher_file}",
+        "distill.stages=[guidance, 4, 2]",
+        "distill.steps_per_stage=[2, 2, 1]",
+        "trainer.enable_progress_bar=false",
+        "logging.tensorboard=false",
+    ]
     assert cli_main(args) == 0
     exports = [run_dir / name / "model.safetensors" for name in ("guidance", "halve-4", "halve-2")]
     assert all(p.is_file() for p in exports)
@@ -208,18 +235,34 @@ def test_bad_distillation_settings_are_refused_in_one_line(shapes, teacher_file,
         build_module(again)
 
 
-
 def test_a_lora_student_keeps_one_adapter_and_each_stage_starts_as_its_teacher(shapes, teacher_file, tmp_path):
     from ldm.training.distill import stage_configs
     from ldm.training.run import build_module
     from ldm.training.tiny import TINY_CONFIGS
 
     run_dir = tmp_path / "distill"
-    lora = ["lora.rank=2", "lora.targets=[attn, ff]", "lora.train_whole=[unet.guidance_embed]", "training.lr=1e-3",
-            f"init.checkpoint={teacher_file}"]
-    args = ["distill", "--config", str(TINY_CONFIGS["ldm"]), f"data.root={shapes}", f"logging.run_dir={run_dir}",
-            *QUIET, STUDENT, f"distill.teacher={teacher_file}", "distill.stages=[guidance, 2]",
-            "distill.steps_per_stage=3", "trainer.enable_progress_bar=false", "logging.tensorboard=false", *lora]
+    lora = [
+        "lora.rank=2",
+        "lora.targets=[attn, ff]",
+        "lora.train_whole=[unet.guidance_embed]",
+        "training.lr=1e-3",
+        f"init.checkpoint={teacher_file}",
+    ]
+    args = [
+        "distill",
+        "--config",
+        str(TINY_CONFIGS["ldm"]),
+        f"data.root={shapes}",
+        f"logging.run_dir={run_dir}",
+        *QUIET,
+        STUDENT,
+        f"distill.teacher={teacher_file}",
+        "distill.stages=[guidance, 2]",
+        "distill.steps_per_stage=3",
+        "trainer.enable_progress_bar=false",
+        "logging.tensorboard=false",
+        *lora,
+    ]
     assert cli_main(args) == 0
     first, second = run_dir / "guidance" / "lora.safetensors", run_dir / "halve-2" / "lora.safetensors"
     assert first.is_file() and second.is_file() and not (run_dir / "halve-2" / "model.safetensors").exists()
@@ -235,8 +278,14 @@ def test_a_lora_student_keeps_one_adapter_and_each_stage_starts_as_its_teacher(s
     assert any(k.startswith("unet.guidance_embed.") for k in state) and any(k.endswith("lora_up.weight") for k in state)
 
     # Stage 2 again, as it starts: its student (base + stage 1's adapter, trainable) is its teacher exactly.
-    cfg = stage_configs(tiny_train_config("ldm", shapes, run_dir, QUIET + [STUDENT, f"distill.teacher={teacher_file}",
-                                                                          "distill.stages=[guidance, 2]", *lora]))[1]
+    cfg = stage_configs(
+        tiny_train_config(
+            "ldm",
+            shapes,
+            run_dir,
+            QUIET + [STUDENT, f"distill.teacher={teacher_file}", "distill.stages=[guidance, 2]", *lora],
+        )
+    )[1]
     assert cfg["init"]["lora"] == str(first) and cfg["distill"]["teacher"] == str(first)
     module = build_module(cfg)
     g = torch.Generator().manual_seed(5)

@@ -2,6 +2,7 @@
 configs/**/README.md names a file that exists (and a heading that exists, where it gives an #anchor), the Python
 examples parse and import what they name, and the README stays a README (at most 200 lines; the rest lives in
 docs/)."""
+
 from __future__ import annotations
 
 import ast
@@ -100,7 +101,8 @@ def test_the_check_finds_a_broken_link_and_a_wrong_anchor(tmp_path):
     page.write_text(
         "[fine](other.md#a-heading-with-code) [repeat](other.md#a-heading-with-code-1) ![img](missing.png)\n"
         "[bad anchor](other.md#nope) [web](https://example.org/x.md) `[code](ignored.md)`\n"
-        "```\n[fenced](ignored.md)\n```\n[self](#nowhere)\n")
+        "```\n[fenced](ignored.md)\n```\n[self](#nowhere)\n"
+    )
     assert broken_links(page, root=tmp_path) == [
         "page.md:1: missing.png (no such file)",
         "page.md:2: other.md#nope (no heading with that anchor)",
@@ -122,8 +124,9 @@ def python_examples() -> list[tuple[str, str]]:
     """(where, code) of every ```python block of the documentation."""
     examples = []
     for path in documentation_files():
-        for number, code in enumerate(re.findall(r"^```python\n(.*?)^```", path.read_text(encoding="utf-8"),
-                                                 flags=re.DOTALL | re.MULTILINE)):
+        for number, code in enumerate(
+            re.findall(r"^```python\n(.*?)^```", path.read_text(encoding="utf-8"), flags=re.DOTALL | re.MULTILINE)
+        ):
             examples.append((f"{path.relative_to(ROOT)}#{number}", code))
     return examples
 

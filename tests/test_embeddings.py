@@ -1,5 +1,6 @@
 """Textual-inversion embeddings: the A1111 and diffusers files, read without running code, used in prompts by
 their file name; an embedding changes the text encoder's input only at its token's positions."""
+
 import json
 import pickle
 
@@ -7,6 +8,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 
 from ldm.checkpoint import save_state_dict
@@ -14,7 +16,6 @@ from ldm.cli import main
 from ldm.embeddings import EmbeddingError, load_embedding, read_embedding
 from ldm.errors import MissingFileError
 from ldm.long_prompts import encode_prompts
-from factories import tiny_model, write_tiny_model_files
 
 WIDTH = 32  # the tiny text encoder's token width
 
@@ -25,8 +26,17 @@ def model():
 
 
 def a1111_pt(path, vectors):
-    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": path.stem, "step": 100,
-                "sd_checkpoint": "abc", "sd_checkpoint_name": "base"}, path)
+    torch.save(
+        {
+            "string_to_token": {"*": 265},
+            "string_to_param": {"*": vectors},
+            "name": path.stem,
+            "step": 100,
+            "sd_checkpoint": "abc",
+            "sd_checkpoint_name": "base",
+        },
+        path,
+    )
     return path
 
 
@@ -116,8 +126,25 @@ def test_cli_embedding_by_file_name_changes_the_image_and_is_recorded(tmp_path, 
     save_state_dict({"emb_params": torch.randn(2, WIDTH) * 3}, folder / "sparkle.safetensors")
 
     def run(out, *extra):
-        return main(["txt2img", "sparkle apple", "--config", cfg, "--ckpt", ckpt, "--steps", "2", "--no-progress",
-                     "--device", "cpu", "--outdir", str(tmp_path / out), *extra])
+        return main(
+            [
+                "txt2img",
+                "sparkle apple",
+                "--config",
+                cfg,
+                "--ckpt",
+                ckpt,
+                "--steps",
+                "2",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--outdir",
+                str(tmp_path / out),
+                *extra,
+            ]
+        )
+
     assert run("plain") == 0 and run("with", "--embedding", str(folder)) == 0
     image = lambda d: Image.open(tmp_path / d / "samples" / "00000.png")
     assert not np.array_equal(np.asarray(image("plain")), np.asarray(image("with")))

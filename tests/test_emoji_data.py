@@ -5,6 +5,7 @@ emoji-test.txt (Debian unicode-data); scripts/setup.sh installs both. Without th
 them skip and say which package to install. These tests build from the font only (sources_dir=None);
 tests/test_emoji_sources.py covers the SVG designs.
 """
+
 import json
 
 import numpy as np
@@ -36,7 +37,7 @@ SAMPLE = """\
 1F469 1F3FE 200D 2696 FE0F                             ; fully-qualified     # 👩🏾‍⚖️ E4.0 woman judge: medium-dark skin tone
 1F469 1F3FD 200D 2696 FE0F                             ; fully-qualified     # 👩🏽‍⚖️ E4.0 woman judge: medium skin tone
 1F3FB                                                  ; component           # 🏻 E1.0 light skin tone
-"""
+"""  # noqa: E501
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,13 @@ def built(tmp_path_factory, emoji_font, emoji_list):
 
 def test_parse_keeps_only_fully_qualified_with_names_and_groups():
     items = parse_emoji_test(SAMPLE)
-    assert [e.name for e in items] == ["grinning face", "smiling face", "judge: medium-dark skin tone",
-                                       "woman judge: medium-dark skin tone", "woman judge: medium skin tone"]
+    assert [e.name for e in items] == [
+        "grinning face",
+        "smiling face",
+        "judge: medium-dark skin tone",
+        "woman judge: medium-dark skin tone",
+        "woman judge: medium skin tone",
+    ]
     assert items[1].text == "\u263a\ufe0f"
     assert items[1].codepoints == "263A FE0F"
     assert items[2].group == "People & Body"
@@ -77,8 +83,11 @@ def test_split_holds_out_whole_combinations_deterministically(full_list):
     assert not any(person_combination(e.name) in combos for e in train)
     # every combination is real: all three genders of each are held out
     assert counts["heldout_combination"] == 3 * len(HELDOUT_COMBINATIONS)
-    assert {"judge: medium-dark skin tone", "man judge: medium-dark skin tone",
-            "woman judge: medium-dark skin tone"} <= {e.name for e in heldout}
+    assert {
+        "judge: medium-dark skin tone",
+        "man judge: medium-dark skin tone",
+        "woman judge: medium-dark skin tone",
+    } <= {e.name for e in heldout}
     # the same role and tone each still appear in training, in other combinations
     assert "woman judge: medium skin tone" in {e.name for e in train}
     assert 0.03 < counts["heldout_random"] / len(full_list) < 0.07
@@ -89,7 +98,7 @@ def test_split_holds_out_whole_combinations_deterministically(full_list):
 
 def test_render_is_centred_rgb_and_skips_missing_glyphs(emoji_font):
     font = ImageFont.truetype(str(emoji_font), emoji.FONT_SIZE)
-    image = render_emoji("\U0001F600", font, size=48)
+    image = render_emoji("\U0001f600", font, size=48)
     assert image.mode == "RGB" and image.size == (48, 48)
     a = np.asarray(image).astype(int)
     assert (a[0, 0] == 255).all()  # white background
@@ -117,7 +126,10 @@ def test_build_writes_images_captions_and_summary(built):
     assert json.loads((out / "summary.json").read_text())["train"] == summary["train"]
     assert "judge\tmedium-dark skin tone" in (out / "heldout_combinations.txt").read_text()
     # limit spreads over the list: more than the first group is covered
-    groups = {json.loads(line)["group"] for line in (out / "train" / "captions.jsonl").read_text(encoding="utf-8").splitlines()}
+    groups = {
+        json.loads(line)["group"]
+        for line in (out / "train" / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    }
     assert len(groups) >= 6
 
 
@@ -127,10 +139,16 @@ def test_rebuild_is_identical(built, tmp_path):
     for split in ("train", "heldout"):
         assert (tmp_path / split / "captions.jsonl").read_text() == (out / split / "captions.jsonl").read_text()
         first = json.loads((out / split / "captions.jsonl").read_text().splitlines()[0])["file"]
-        assert np.array_equal(np.asarray(Image.open(tmp_path / split / first)), np.asarray(Image.open(out / split / first)))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / split / first)), np.asarray(Image.open(out / split / first))
+        )
     # building again into the same folder replaces the previous build
     build_emoji_dataset(tmp_path, size=32, limit=20, sources_dir=None)
-    assert len(list((tmp_path / "train" / "images").rglob("*.png"))) + len(list((tmp_path / "heldout" / "images").rglob("*.png"))) == 20
+    assert (
+        len(list((tmp_path / "train" / "images").rglob("*.png")))
+        + len(list((tmp_path / "heldout" / "images").rglob("*.png")))
+        == 20
+    )
 
 
 def test_missing_font_names_the_debian_package(tmp_path, capsys):
@@ -154,8 +172,23 @@ def test_refuses_to_clobber_foreign_folder(tmp_path, emoji_font, emoji_list):
 
 
 def test_main_builds(tmp_path, capsys, emoji_font, emoji_list):
-    assert cli_main(["data", "emoji", "--out", str(tmp_path), "--limit", "10", "--size", "16", "--sources",
-                     str(tmp_path / "none")]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "emoji",
+                "--out",
+                str(tmp_path),
+                "--limit",
+                "10",
+                "--size",
+                "16",
+                "--sources",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 0
+    )
     assert "10 emoji rendered" in capsys.readouterr().out
     assert Image.open(next((tmp_path / "train" / "images").rglob("*.png"))).size == (16, 16)
 
@@ -172,9 +205,9 @@ def test_person_family_strips_tone_and_gender_and_weights_balance_families(full_
     assert by_name["red apple"] == 1.0
     judges = [e for e in full_list if emoji.person_family(e.name) == "judge"]
     assert len(judges) == 18  # 3 genders x (no tone + 5 tones)
-    assert by_name["woman judge: medium skin tone"] == pytest.approx(18 ** -0.5, abs=1e-4)
+    assert by_name["woman judge: medium skin tone"] == pytest.approx(18**-0.5, abs=1e-4)
     # the family as a whole weighs sqrt(18) ~ 4 objects, not 18
-    assert sum(weights[e.codepoints] for e in judges) == pytest.approx(18 ** 0.5, abs=1e-2)
+    assert sum(weights[e.codepoints] for e in judges) == pytest.approx(18**0.5, abs=1e-2)
 
 
 def test_unknown_style_is_a_clear_error(tmp_path):

@@ -5,8 +5,8 @@ The designs come from `ldm data emoji-sources` (npm pack; scripts/setup.sh runs 
 Without them, or without the Noto font / Unicode's emoji list, the tests that need them skip and say
 what to install; the fetch and naming tests need nothing.
 """
+
 import json
-import os
 import random
 import stat
 import tarfile
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ldm.cli import main as cli_main
 from ldm.data import emoji, emoji_sources
@@ -29,7 +28,9 @@ HANDFUL = ["red apple", "grinning face", "red heart", "dog face", "woman judge: 
 def sources_dir():
     found = emoji_sources.available_sources(SOURCES_DIR) if SOURCES_DIR.is_dir() else []
     if len(found) < len(SOURCES):
-        pytest.skip(f"emoji designs not fetched into {SOURCES_DIR}: run `ldm data emoji-sources` (scripts/setup.sh does)")
+        pytest.skip(
+            f"emoji designs not fetched into {SOURCES_DIR}: run `ldm data emoji-sources` (scripts/setup.sh does)"
+        )
     return SOURCES_DIR
 
 
@@ -43,7 +44,9 @@ def test_file_names_follow_each_designs_convention():
     assert emoji_sources.twemoji_file("2764 FE0F", "red heart") == ["2764.svg"]  # FE0F dropped outside ZWJ
     assert "1f469-1f3fd-200d-2696-fe0f.svg" in emoji_sources.twemoji_file("1F469 1F3FD 200D 2696 FE0F", "x")
     assert emoji_sources.openmoji_file("2764 FE0F", "red heart")[0] == "2764-FE0F.svg"
-    assert emoji_sources.fluent_file("1F469 1F3FD 200D 2696 FE0F", "woman judge: medium skin tone") == ["woman-judge-medium.svg"]
+    assert emoji_sources.fluent_file("1F469 1F3FD 200D 2696 FE0F", "woman judge: medium skin tone") == [
+        "woman-judge-medium.svg"
+    ]
     assert emoji_sources.fluent_file("1F34E", "red apple") == ["red-apple.svg", "red-apple-default.svg"]
     assert emoji_sources.fluent_file("1F1EF 1F1F5", "flag: Japan")[0] == "flag-japan.svg"
 
@@ -84,9 +87,19 @@ def test_fetch_keeps_verified_packages_and_unpacks_safely(tmp_path, monkeypatch)
         data = b"x"
         info.size = len(data)
         import io
+
         tar.addfile(info, io.BytesIO(data))
-    source = emoji_sources.EmojiSource(style="t", package="evil", version="1.0.0", integrity=integrity_of(evil),
-                                       svg_dir="package", file_names=lambda cp, n: [], licence="MIT", attribution="a", homepage="h")
+    source = emoji_sources.EmojiSource(
+        style="t",
+        package="evil",
+        version="1.0.0",
+        integrity=integrity_of(evil),
+        svg_dir="package",
+        file_names=lambda cp, n: [],
+        licence="MIT",
+        attribution="a",
+        homepage="h",
+    )
     monkeypatch.setattr(emoji_sources, "SOURCES", (source,))
     monkeypatch.setattr(emoji_sources, "KEYWORDS", source)
     npm = _fake_npm(tmp_path, evil.read_bytes())
@@ -108,8 +121,11 @@ def test_every_design_renders_a_handful(sources_dir, emoji_by_name):
             assert a.std() > 20, f"{source.style} {name} looks blank"
     # the designs differ: the same emoji is not the same picture in two styles
     apple = emoji_by_name["red apple"]
-    renders = [np.asarray(render_svg(find_svg(s, sources_dir, apple.codepoints, apple.name), 48, s.margin)).astype(float) for s in SOURCES]
-    assert min(np.abs(a - b).mean() for i, a in enumerate(renders) for b in renders[i + 1:]) > 5
+    renders = [
+        np.asarray(render_svg(find_svg(s, sources_dir, apple.codepoints, apple.name), 48, s.margin)).astype(float)
+        for s in SOURCES
+    ]
+    assert min(np.abs(a - b).mean() for i, a in enumerate(renders) for b in renders[i + 1 :]) > 5
 
 
 def test_multi_style_build_splits_by_emoji_and_carries_keywords(sources_dir, tmp_path, emoji_font, emoji_list):
@@ -117,8 +133,12 @@ def test_multi_style_build_splits_by_emoji_and_carries_keywords(sources_dir, tmp
     assert set(summary["images_per_style"]) == {"noto", *(s.style for s in SOURCES)}
     for style, info in summary["styles"].items():
         assert info["licence"], style
-    rows = {split: [json.loads(line) for line in (tmp_path / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
-            for split in ("train", "heldout")}
+    rows = {
+        split: [
+            json.loads(line) for line in (tmp_path / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
+        for split in ("train", "heldout")
+    }
     assert len(rows["train"]) == summary["train_images"] and len(rows["heldout"]) == summary["heldout_images"]
     # held out in every style: no emoji has images on both sides
     assert not {r["codepoints"] for r in rows["train"]} & {r["codepoints"] for r in rows["heldout"]}
@@ -163,14 +183,34 @@ def test_the_held_out_design_renders_in_one_grey(sources_dir, emoji_by_name):
 
 def test_a_one_style_build_of_the_held_out_design(sources_dir, tmp_path, emoji_list):
     out = tmp_path / "hc"
-    assert cli_main(["data", "emoji", "--styles", "fluent high contrast", "--limit", "60", "--size", "32",
-                     "--sources", str(sources_dir), "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "emoji",
+                "--styles",
+                "fluent high contrast",
+                "--limit",
+                "60",
+                "--size",
+                "32",
+                "--sources",
+                str(sources_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     n = summary["images_per_style"]["fluent high contrast"]
     assert list(summary["images_per_style"]) == ["fluent high contrast"] and 10 < n <= 60
     assert summary["considered"] == 60 and summary["styles"]["fluent high contrast"]["licence"] == "MIT"
-    rows = [json.loads(line) for split in ("train", "heldout")
-            for line in (out / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [
+        json.loads(line)
+        for split in ("train", "heldout")
+        for line in (out / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(rows) == n and {r["style"] for r in rows} == {"fluent high contrast"}
     assert all(r["file"].startswith("images/fluent-high-contrast/") for r in rows)
     # the style word that training appends is the trigger phrase of a LoRA trained on this folder
@@ -178,8 +218,9 @@ def test_a_one_style_build_of_the_held_out_design(sources_dir, tmp_path, emoji_l
     assert caption == f"{rows[0]['caption']}, fluent high contrast style"
     # the same emoji are held out as in the default build (the split is by code points)
     held = {r["codepoints"] for r in rows if (out / "heldout" / r["file"]).is_file()}
-    assert held == {e.codepoints for e in emoji.split_emoji([emoji.Emoji(r["codepoints"], "", r["caption"], "")
-                                                             for r in rows])[1]}
+    assert held == {
+        e.codepoints for e in emoji.split_emoji([emoji.Emoji(r["codepoints"], "", r["caption"], "") for r in rows])[1]
+    }
 
 
 def test_an_unknown_style_names_the_held_out_one_too(tmp_path):

@@ -1,4 +1,5 @@
 """Evaluation metrics (FID, KID, precision/recall), the judges, and `ldm eval` end to end on tiny models."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,20 @@ import yaml
 from PIL import Image
 
 from ldm.evaluate import select_prompts
-from ldm.metrics import (ClipFeatures, FeatureShapeError, InceptionWeightsError, InceptionFeatures,
-                          NearestNeighbourJudge, ZeroShotJudge, clip_score, frechet_distance,
-                          kernel_inception_distance, precision_recall, sqrtm_psd, topk_accuracy)
+from ldm.metrics import (
+    ClipFeatures,
+    FeatureShapeError,
+    InceptionFeatures,
+    InceptionWeightsError,
+    NearestNeighbourJudge,
+    ZeroShotJudge,
+    clip_score,
+    frechet_distance,
+    kernel_inception_distance,
+    precision_recall,
+    sqrtm_psd,
+    topk_accuracy,
+)
 
 
 def gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -21,6 +33,7 @@ def gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
 
 
 # ---- FID -------------------------------------------------------------------------------------
+
 
 def test_fid_of_identical_sets_is_zero():
     x = gaussian(500, 16, 0)
@@ -67,6 +80,7 @@ def test_fid_rejects_mismatched_widths():
 
 # ---- KID -------------------------------------------------------------------------------------
 
+
 def test_kid_is_about_zero_for_the_same_distribution_and_positive_when_shifted():
     x, y = gaussian(400, 16, 6), gaussian(400, 16, 7)
     same, same_std = kernel_inception_distance(x, y, subsets=20, subset_size=200)
@@ -83,6 +97,7 @@ def test_kid_is_unbiased_near_zero_on_average():
 
 
 # ---- precision / recall -----------------------------------------------------------------------
+
 
 def test_precision_recall_identical_sets_are_one():
     x = gaussian(100, 8, 11)
@@ -103,6 +118,7 @@ def test_precision_stays_high_when_fake_covers_only_part_of_real():
 
 
 # ---- judges ------------------------------------------------------------------------------------
+
 
 def test_nearest_neighbour_judge_and_topk():
     gallery = torch.eye(6)
@@ -144,7 +160,7 @@ def _draw(i: int) -> Image.Image:
     rng = np.random.default_rng(i)
     a = np.full((64, 64, 3), 255, np.uint8)
     x, y = 4 + 5 * i, 60 - 5 * i
-    a[min(x, y) - 4:max(x, y), 8:40 + 2 * i] = rng.integers(0, 255, 3)
+    a[min(x, y) - 4 : max(x, y), 8 : 40 + 2 * i] = rng.integers(0, 255, 3)
     return Image.fromarray(a)
 
 
@@ -161,7 +177,12 @@ def emoji_dir(tmp_path_factory) -> Path:
                 for style, dim in (("alpha", 1.0), ("beta", 0.8)):
                     a = (np.asarray(_draw(n)).astype(float) * dim).astype(np.uint8)
                     Image.fromarray(a).save(root / split / "images" / f"{j:05d}{style}.png")
-                    f.write(json.dumps({"file": f"images/{j:05d}{style}.png", "caption": cap, "style": style, "group": group}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {"file": f"images/{j:05d}{style}.png", "caption": cap, "style": style, "group": group}
+                        )
+                        + "\n"
+                    )
                 n += 1
     (root / "heldout_combinations.txt").write_text("# person type\tskin tone\njudge\tmedium-dark skin tone\n")
     return root
@@ -214,7 +235,10 @@ def test_leave_one_out_ceiling_needs_another_design_of_the_same_emoji():
     single = NearestNeighbourJudge(base, ["a", "b", "c"])
     assert topk_accuracy(single.class_scores(base, exclude=torch.arange(3)), single.classes, ["a", "b", "c"])[1] == 0.0
     # -1 means "exclude nothing"
-    assert topk_accuracy(single.class_scores(base, exclude=torch.full((3,), -1)), single.classes, ["a", "b", "c"])[1] == 1.0
+    assert (
+        topk_accuracy(single.class_scores(base, exclude=torch.full((3,), -1)), single.classes, ["a", "b", "c"])[1]
+        == 1.0
+    )
 
 
 def test_prompt_list_reading_and_spread(tmp_path):
@@ -228,6 +252,7 @@ def test_prompt_list_reading_and_spread(tmp_path):
     assert pairwise_spread(torch.eye(3)) == pytest.approx(1.0)  # orthogonal pictures: distance 1
     path.write_text("# nothing\n")
     from ldm.metrics import EvaluationError
+
     with pytest.raises(EvaluationError, match="no prompts"):
         read_prompt_list(path)
 
@@ -264,8 +289,9 @@ def test_eval_is_an_ldm_command():
 
 
 def test_eval_cli_end_to_end(emoji_dir, clip_config, tmp_path, capsys):
-    from ldm.checkpoint import save_state_dict
     from factories import tiny_config, tiny_model
+
+    from ldm.checkpoint import save_state_dict
 
     model = tiny_model()
     ckpt, cfg = tmp_path / "tiny.safetensors", tmp_path / "tiny.yaml"
@@ -274,10 +300,44 @@ def test_eval_cli_end_to_end(emoji_dir, clip_config, tmp_path, capsys):
     out, table = tmp_path / "results.json", tmp_path / "table.md"
     prompt_list = tmp_path / "prompts.txt"
     prompt_list.write_text("## shapes\nred circle\npurple ring\n## people\nman judge: dark skin tone\n")
-    rc = _eval_main(["eval", "--config", str(cfg), "--ckpt", str(ckpt), "--clip", "random", "--clip-config", str(clip_config),
-               "--data", str(emoji_dir), "--scales", "1", "3", "--n-train-prompts", "4", "--steps", "2",
-               "--batch-size", "4", "--kid-subsets", "5", "--device", "cpu", "--out", str(out), "--table", str(table),
-               "--prompt-list", str(prompt_list), "--prompt-seeds", "3", "--styles", "alpha,beta"])
+    rc = _eval_main(
+        [
+            "eval",
+            "--config",
+            str(cfg),
+            "--ckpt",
+            str(ckpt),
+            "--clip",
+            "random",
+            "--clip-config",
+            str(clip_config),
+            "--data",
+            str(emoji_dir),
+            "--scales",
+            "1",
+            "3",
+            "--n-train-prompts",
+            "4",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--kid-subsets",
+            "5",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--table",
+            str(table),
+            "--prompt-list",
+            str(prompt_list),
+            "--prompt-seeds",
+            "3",
+            "--styles",
+            "alpha,beta",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| guidance |" in printed and "Chance level over 10 emoji names: top-1 10.000%" in printed
@@ -325,12 +385,33 @@ def test_inception_features_from_a_local_torchvision_state_dict(tmp_path):
 
 
 def _fake_results(top1_by_scale: dict, size: int) -> dict:
-    rows = [{"scale": None, "group": g, "n": 4, "nn_top1": 0.99, "nn_top5": 1.0, "family_top1": 1.0, "clip_score": 80.0}
-            for g in ("all", "train objects")]
-    rows += [{"scale": s, "group": g, "n": 4, "nn_top1": t, "nn_top5": min(1.0, 2 * t), "family_top1": t, "fid_clip": 0.01,
-              "precision": 0.9, "recall": 0.8, "clip_score": 81.0} for s, t in top1_by_scale.items() for g in ("all", "train objects")]
-    return {"rows": rows, "classes": 10, "chance_top1": 0.1, "chance_top5": 0.5,
-            "settings": {"sampler": "ddim", "steps": 25, "image_size": size, "seed": 0}}
+    rows = [
+        {"scale": None, "group": g, "n": 4, "nn_top1": 0.99, "nn_top5": 1.0, "family_top1": 1.0, "clip_score": 80.0}
+        for g in ("all", "train objects")
+    ]
+    rows += [
+        {
+            "scale": s,
+            "group": g,
+            "n": 4,
+            "nn_top1": t,
+            "nn_top5": min(1.0, 2 * t),
+            "family_top1": t,
+            "fid_clip": 0.01,
+            "precision": 0.9,
+            "recall": 0.8,
+            "clip_score": 81.0,
+        }
+        for s, t in top1_by_scale.items()
+        for g in ("all", "train objects")
+    ]
+    return {
+        "rows": rows,
+        "classes": 10,
+        "chance_top1": 0.1,
+        "chance_top5": 0.5,
+        "settings": {"sampler": "ddim", "steps": 25, "image_size": size, "seed": 0},
+    }
 
 
 def test_comparison_table_puts_models_side_by_side_and_finds_the_best_scale(tmp_path, capsys):
@@ -340,7 +421,14 @@ def test_comparison_table_puts_models_side_by_side_and_finds_the_best_scale(tmp_
     table = format_comparison({"v1": old, "v2": new})
     rows = [line for line in table.splitlines() if line.startswith("| all |")]
     # the ceiling once, then v1 at two scales and v2 at three
-    assert [r.split(" | ")[1:3] for r in rows] == [["real images", "—"], ["v1", "1"], ["v1", "3"], ["v2", "1"], ["v2", "3"], ["v2", "7"]]
+    assert [r.split(" | ")[1:3] for r in rows] == [
+        ["real images", "—"],
+        ["v1", "1"],
+        ["v1", "3"],
+        ["v2", "1"],
+        ["v2", "3"],
+        ["v2", "7"],
+    ]
     assert "| all | v2 | 3 | 4 | 60.0% |" in table and "v1: sampler ddim, 25 steps, 32 px" in table
     assert best_scale_summary(new, "train objects") == (0.6, 3.0)
     with pytest.raises(Exception, match="no generated rows"):
@@ -348,8 +436,19 @@ def test_comparison_table_puts_models_side_by_side_and_finds_the_best_scale(tmp_
     # the same through the command line, from saved --out files
     (tmp_path / "a.json").write_text(json.dumps(old))
     (tmp_path / "b.json").write_text(json.dumps(new))
-    assert _eval_main(["eval", "--compare", f"v1={tmp_path / 'a.json'}", f"v2={tmp_path / 'b.json'}",
-                       "--table", str(tmp_path / "t.md")]) == 0
+    assert (
+        _eval_main(
+            [
+                "eval",
+                "--compare",
+                f"v1={tmp_path / 'a.json'}",
+                f"v2={tmp_path / 'b.json'}",
+                "--table",
+                str(tmp_path / "t.md"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "t.md").read_text().strip() == capsys.readouterr().out.strip() == table
 
 

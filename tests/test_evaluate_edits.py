@@ -1,9 +1,17 @@
 """The inpainting measures of ldm.evaluate_edits on pictures whose answers are known."""
+
 import numpy as np
 from PIL import Image
 
-from ldm.evaluate_edits import (border_pairs, centre_box_case, evaluate_method, hole_error, outside_change,
-                                right_band_case, seam_step)
+from ldm.evaluate_edits import (
+    border_pairs,
+    centre_box_case,
+    evaluate_method,
+    hole_error,
+    outside_change,
+    right_band_case,
+    seam_step,
+)
 
 
 def flat(colour, size=16):

@@ -1,4 +1,5 @@
 """`ldm eval --nll` on a latent model and on a 2-D toy model file (ldm.evaluate_likelihood, ldm.toy_files)."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from factories import tiny_inpaint_model, tiny_model
 from safetensors.torch import save_file
 
-from factories import tiny_inpaint_model, tiny_model
 from ldm.cli import main as cli_main
 from ldm.errors import InvalidOptionError
 from ldm.evaluate_likelihood import latent_nll, toy_nll
@@ -63,16 +64,54 @@ def test_the_cli_reports_the_toy_bound_in_data_space_as_the_python_function_does
     expected = toy_nll(load_toy(path), points, timesteps=20, variance="learned", seed=5)
     for data in ("held.npy", "held.csv"):
         out = tmp_path / f"{data}.json"
-        assert cli_main(["eval", "--nll", "--toy-model", str(path), "--toy-data", str(tmp_path / data),
-                         "--nll-timesteps", "20", "--nll-variance", "learned", "--seed", "5", "--out", str(out)]) == 0
+        assert (
+            cli_main(
+                [
+                    "eval",
+                    "--nll",
+                    "--toy-model",
+                    str(path),
+                    "--toy-data",
+                    str(tmp_path / data),
+                    "--nll-timesteps",
+                    "20",
+                    "--nll-variance",
+                    "learned",
+                    "--seed",
+                    "5",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         printed = capsys.readouterr().out
         assert "data space" in printed and "300 held-out points" in printed and "latent" not in printed
         saved = json.loads(out.read_text())
         assert saved["bits_per_dim"] == pytest.approx(expected.bits_per_dim, abs=1e-6) and saved["space"] == "data"
     # a named toy set: its held-out draw is make_data(name, --nll-points, seed=--toy-data-seed)
     named = toy_nll(load_toy(path), make_data("spiral", 200, seed=7), timesteps=20, seed=0)
-    assert cli_main(["eval", "--nll", "--toy-model", str(path), "--toy-data", "spiral", "--nll-points", "200",
-                     "--toy-data-seed", "7", "--nll-timesteps", "20", "--out", str(tmp_path / "n.json")]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--nll",
+                "--toy-model",
+                str(path),
+                "--toy-data",
+                "spiral",
+                "--nll-points",
+                "200",
+                "--toy-data-seed",
+                "7",
+                "--nll-timesteps",
+                "20",
+                "--out",
+                str(tmp_path / "n.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "n.json").read_text())["bits_per_dim"] == pytest.approx(named.bits_per_dim, abs=1e-6)
     assert math.isfinite(named.bits_per_dim) and named.variance == "fixed_large"
 

@@ -1,6 +1,7 @@
 """The main command starts fast (issue 21) and the shortcuts change no result: it imports no model zoo
 (open_clip's __init__, timm, transformers, torchvision), Lightning, Streamlit or pandas; the shipped model built
 without random initialisation and with open_clip's text tower alone makes the very same image."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,21 @@ from ldm.model import load_model
 from ldm.pipeline import SamplingOptions, txt2img
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("lightning", "pytorch_lightning", "streamlit", "pandas", "timm", "transformers", "torchvision",
-         "open_clip.model", "open_clip.factory", "torch._dynamo", "sympy", "ftfy", "wcwidth")
+HEAVY = (
+    "lightning",
+    "pytorch_lightning",
+    "streamlit",
+    "pandas",
+    "timm",
+    "transformers",
+    "torchvision",
+    "open_clip.model",
+    "open_clip.factory",
+    "torch._dynamo",
+    "sympy",
+    "ftfy",
+    "wcwidth",
+)
 
 CHILD = """
 import sys, tempfile
@@ -119,6 +133,7 @@ def test_the_finite_check_by_sum_is_exact():
 
 # --- the CLI registers only the command it runs (ldm.cli.command_module) ------------------------------------------
 
+
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
@@ -135,10 +150,21 @@ def test_the_command_map_names_what_each_module_registers():
         assert alone[name].format_help() == full[name].format_help()  # the same options, defaults and help
 
 
-@pytest.mark.parametrize("argv, module", [
-    (["txt2img", "red heart"], "ldm.commands.txt2img"), (["-v", "outpaint"], "ldm.commands.inpaint"),
-    (["--verbose", "-v", "eval", "--help"], "ldm.commands.evaluate"), ([], None), (["-v"], None), (["--help"], None),
-    (["-h", "txt2img"], None), (["nosuch", "txt2img"], None), (["--", "txt2img"], None), (["-x", "txt2img"], None)])
+@pytest.mark.parametrize(
+    "argv, module",
+    [
+        (["txt2img", "red heart"], "ldm.commands.txt2img"),
+        (["-v", "outpaint"], "ldm.commands.inpaint"),
+        (["--verbose", "-v", "eval", "--help"], "ldm.commands.evaluate"),
+        ([], None),
+        (["-v"], None),
+        (["--help"], None),
+        (["-h", "txt2img"], None),
+        (["nosuch", "txt2img"], None),
+        (["--", "txt2img"], None),
+        (["-x", "txt2img"], None),
+    ],
+)
 def test_only_a_command_line_naming_a_command_skips_the_others(argv, module):
     from ldm.cli import command_module
 
@@ -154,9 +180,20 @@ def _run_cli(argv: list[str], capsys, parse=None) -> tuple[int, str, str]:
     return stop.value.code, out, err
 
 
-@pytest.mark.parametrize("argv", [["--help"], [], ["-v"], ["-v", "txt2img", "--help"], ["outpaint", "-h"],
-                                  ["txt2imgg"], ["-h", "txt2img"], ["txt2img", "--no-such-option"],
-                                  ["txt2img", "--steps", "many"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        [],
+        ["-v"],
+        ["-v", "txt2img", "--help"],
+        ["outpaint", "-h"],
+        ["txt2imgg"],
+        ["-h", "txt2img"],
+        ["txt2img", "--no-such-option"],
+        ["txt2img", "--steps", "many"],
+    ],
+)
 def test_help_and_errors_are_those_of_the_whole_parser(argv, capsys):
     """What `ldm` prints and its exit status, for help and for command lines argparse refuses, are those of the
     parser with every command (as before the CLI imported only the named command)."""
@@ -174,6 +211,7 @@ def test_help_and_errors_are_those_of_the_whole_parser(argv, capsys):
 
 
 # --- the model hash, computed on a thread while the model loads -------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [0, 1, 2047, 1 << 20, (3 << 20) + 5])
 def test_the_file_hash_is_hashlibs_over_the_bytes(tmp_path, size):
@@ -207,10 +245,14 @@ def test_the_shipped_models_identity_is_its_files_hash():
     student = load_model(device="cpu")  # the default: the shipped student, named by its own file
     weights = student_files()[1]
     assert student.identity["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert (student.identity["model_file"], student.identity["base_file"]) == (weights.name, default_checkpoint_path().name)
+    assert (student.identity["model_file"], student.identity["base_file"]) == (
+        weights.name,
+        default_checkpoint_path().name,
+    )
 
 
 # --- open_clip's tokenizer without ftfy for text ftfy leaves alone (ldm.open_clip_parts._fix_text) ---------------
+
 
 def _texts() -> list[str]:
     """Every printable ASCII character alone and in pairs, random printable ASCII, and texts ftfy does change."""
@@ -220,10 +262,33 @@ def _texts() -> list[str]:
     rng = random.Random(21)
     texts = printable + [a + b for a in printable for b in printable]
     texts += ["".join(rng.choice(printable) for _ in range(rng.randint(0, 80))) for _ in range(3000)]
-    texts += ["red heart", "a photo of a cat, 4k", "tom &amp; jerry", "fish &amp chips", "AT&T", "&lt;b&gt;",
-              "line\r\nbreak", "tab\there", "bell\x07", "\x1b[31mred\x1b[0m", "caf\u00e9", "cafe\u0301",
-              "\u201cquoted\u201d", "\ufb01sh", "\uff2c\uff2f\uff35\uff24", "s\u00c3\u00b3", "\u00c3\u00a9t\u00c3\u00a9",
-              "emoji \u2764\ufe0f", "\x85next", "nul\x00", "del\x7f", "", " ", "\n", "<b>&amp;</b>"]
+    texts += [
+        "red heart",
+        "a photo of a cat, 4k",
+        "tom &amp; jerry",
+        "fish &amp chips",
+        "AT&T",
+        "&lt;b&gt;",
+        "line\r\nbreak",
+        "tab\there",
+        "bell\x07",
+        "\x1b[31mred\x1b[0m",
+        "caf\u00e9",
+        "cafe\u0301",
+        "\u201cquoted\u201d",
+        "\ufb01sh",
+        "\uff2c\uff2f\uff35\uff24",
+        "s\u00c3\u00b3",
+        "\u00c3\u00a9t\u00c3\u00a9",
+        "emoji \u2764\ufe0f",
+        "\x85next",
+        "nul\x00",
+        "del\x7f",
+        "",
+        " ",
+        "\n",
+        "<b>&amp;</b>",
+    ]
     return texts
 
 
@@ -258,10 +323,17 @@ def test_the_tokenizer_gives_open_clips_tokens_and_imports_ftfy_only_when_needed
 
     from ldm import open_clip_parts
 
-    texts = _texts()[:: 7] + _texts()[-30:]
+    texts = _texts()[::7] + _texts()[-30:]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", TOKENS_CHILD], input=json.dumps(texts), capture_output=True,
-                         text=True, env=env, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", TOKENS_CHILD],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     child = json.loads(out.stdout.splitlines()[-1])
     assert child["ftfy_unloaded"]
@@ -292,8 +364,14 @@ def test_huge_pages_change_no_image(tmp_path):
     for setting in (None, "0"):
         env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
         env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **({"THP_MEM_ALLOC_ENABLE": setting} if setting else {}))
-        out = subprocess.run([sys.executable, "-c", THP_CHILD, str(tmp_path / str(setting))], capture_output=True,
-                             text=True, env=env, cwd=ROOT, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", THP_CHILD, str(tmp_path / str(setting))],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines()[-1] == (setting or "1")  # the user's own setting wins
         (png,) = (tmp_path / str(setting)).rglob("*.png")

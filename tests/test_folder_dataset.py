@@ -1,4 +1,5 @@
 """CaptionedImageFolder: the three caption formats, resizing/cropping, flips and the clear errors."""
+
 import json
 
 import numpy as np
@@ -38,7 +39,10 @@ def test_sidecar_txt_captions(tmp_path):
 def test_jsonl_captions(tmp_path):
     _image(tmp_path / "images" / "00000.png")
     _image(tmp_path / "images" / "00001.png", color=(0, 255, 0))
-    rows = [{"file": "images/00000.png", "caption": "red"}, {"file": "images/00001.png", "caption": "green", "extra": 1}]
+    rows = [
+        {"file": "images/00000.png", "caption": "red"},
+        {"file": "images/00001.png", "caption": "green", "extra": 1},
+    ]
     (tmp_path / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ds = CaptionedImageFolder(tmp_path, size=8)
     assert [ds[i]["caption"] for i in range(2)] == ["red", "green"]

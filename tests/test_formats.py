@@ -1,5 +1,6 @@
 """Single-file checkpoints without a YAML (ldm/formats.py): every family from its tensor manifest, the
 prediction rule, our own exports, and a one-line error for a file that matches nothing."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,13 @@ def manifest(sd_format_dir: str, name: str) -> Shapes:
 
 def hf_clip_text_keys(width: int = 768, layers: int = 12, mlp: int = 3072, vocab: int = 49408, ctx: int = 77) -> Shapes:
     """The tensors of a Hugging Face CLIPTextModel (OpenAI CLIP ViT-L/14's text tower) under SD 1.x's prefix."""
-    keys: Shapes = {"embeddings.token_embedding.weight": (vocab, width), "embeddings.position_embedding.weight": (ctx, width),
-                    "embeddings.position_ids": (1, ctx), "final_layer_norm.weight": (width,), "final_layer_norm.bias": (width,)}
+    keys: Shapes = {
+        "embeddings.token_embedding.weight": (vocab, width),
+        "embeddings.position_embedding.weight": (ctx, width),
+        "embeddings.position_ids": (1, ctx),
+        "final_layer_norm.weight": (width,),
+        "final_layer_norm.bias": (width,),
+    }
     for i in range(layers):
         block = f"encoder.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -82,7 +88,12 @@ def sd1_manifest(sd_format_dir: str) -> Shapes:
 def sd1_inpainting_manifest(sd_format_dir: str) -> Shapes:
     """SD 1.x inpainting: SD 1.x with SD 2 inpainting's 9 input channels."""
     shapes = sd1_manifest(sd_format_dir)
-    return {**shapes, UNET + "input_blocks.0.0.weight": manifest(sd_format_dir, "sd-v2-inpainting.json")[UNET + "input_blocks.0.0.weight"]}
+    return {
+        **shapes,
+        UNET + "input_blocks.0.0.weight": manifest(sd_format_dir, "sd-v2-inpainting.json")[
+            UNET + "input_blocks.0.0.weight"
+        ],
+    }
 
 
 def shapes_of(sd_format_dir: str, name: str) -> Shapes:
@@ -96,8 +107,11 @@ def signature_keys(shapes: Shapes) -> Shapes:
     keep = {UNET + "input_blocks.0.0.weight", OPEN_CLIP + "ln_final.weight", HF_CLIP + "final_layer_norm.weight"}
     attn = next(k for k in shapes if k.startswith(UNET) and k.endswith("attn2.to_k.weight"))
     levels = {k.split(".")[3]: k for k in shapes if k.startswith(VAE + "encoder.down.")}
-    return {k: s for k, s in shapes.items()
-            if k in keep or k == attn or k in levels.values() or k.startswith(UNET + "label_emb.")}
+    return {
+        k: s
+        for k, s in shapes.items()
+        if k in keep or k == attn or k in levels.values() or k.startswith(UNET + "label_emb.")
+    }
 
 
 def write_shapes(shapes: Shapes, path: Path, metadata: dict[str, str] | None = None) -> Path:
@@ -108,18 +122,22 @@ def write_shapes(shapes: Shapes, path: Path, metadata: dict[str, str] | None = N
 V = {"modelspec.prediction_type": "v"}
 
 
-@pytest.mark.parametrize("name, metadata, prediction, family, expected, config", [
-    ("sd-v1", {}, None, "sd1", "eps", "v1-inference.yaml"),
-    ("sd-v2-base.json", {}, None, "sd2", "eps", "v2-inference.yaml"),
-    ("sd-v2-v.json", V, None, "sd2", "v", "v2-inference-v.yaml"),  # same tensors as base: metadata decides
-    ("sd-v2-v.json", {}, "v", "sd2", "v", "v2-inference-v.yaml"),  # or the option
-    ("sd-v2-v.json", {}, None, "sd2", "eps", "v2-inference.yaml"),  # neither: the documented default
-    ("sd-v2-inpainting.json", {}, None, "sd2-inpainting", "eps", "v2-inpainting-inference.yaml"),
-    ("sd-v1-inpainting", {}, None, "sd1-inpainting", "eps", "v1-inpainting-inference.yaml"),
-    ("sd-x4-upscaler.json", {}, None, "x4-upscaler", "v", "x4-upscaling.yaml"),
-])
-def test_every_family_is_detected_from_its_manifest(sd_format_dir, tmp_path, name, metadata, prediction, family,
-                                                    expected, config):
+@pytest.mark.parametrize(
+    "name, metadata, prediction, family, expected, config",
+    [
+        ("sd-v1", {}, None, "sd1", "eps", "v1-inference.yaml"),
+        ("sd-v2-base.json", {}, None, "sd2", "eps", "v2-inference.yaml"),
+        ("sd-v2-v.json", V, None, "sd2", "v", "v2-inference-v.yaml"),  # same tensors as base: metadata decides
+        ("sd-v2-v.json", {}, "v", "sd2", "v", "v2-inference-v.yaml"),  # or the option
+        ("sd-v2-v.json", {}, None, "sd2", "eps", "v2-inference.yaml"),  # neither: the documented default
+        ("sd-v2-inpainting.json", {}, None, "sd2-inpainting", "eps", "v2-inpainting-inference.yaml"),
+        ("sd-v1-inpainting", {}, None, "sd1-inpainting", "eps", "v1-inpainting-inference.yaml"),
+        ("sd-x4-upscaler.json", {}, None, "x4-upscaler", "v", "x4-upscaling.yaml"),
+    ],
+)
+def test_every_family_is_detected_from_its_manifest(
+    sd_format_dir, tmp_path, name, metadata, prediction, family, expected, config
+):
     shapes = shapes_of(sd_format_dir, name)
     found = detect(shapes, metadata, prediction)
     assert (found.family, found.prediction, found.config_name) == (family, expected, config)
@@ -132,8 +150,16 @@ def test_every_family_is_detected_from_its_manifest(sd_format_dir, tmp_path, nam
     assert found.resized == () and found.config == with_prediction(load_config(sd_config_path(config)), expected)
 
 
-@pytest.mark.parametrize("name, metadata", [("sd-v1", {}), ("sd-v2-v.json", V), ("sd-v2-inpainting.json", {}),
-                                            ("sd-v1-inpainting", {}), ("sd-x4-upscaler.json", {})])
+@pytest.mark.parametrize(
+    "name, metadata",
+    [
+        ("sd-v1", {}),
+        ("sd-v2-v.json", V),
+        ("sd-v2-inpainting.json", {}),
+        ("sd-v1-inpainting", {}),
+        ("sd-x4-upscaler.json", {}),
+    ],
+)
 def test_the_detected_config_builds_a_model_the_checkpoint_fills_strictly(sd_format_dir, name, metadata):
     shapes = shapes_of(sd_format_dir, name)
     found = detect(shapes, metadata)
@@ -141,13 +167,22 @@ def test_the_detected_config_builds_a_model_the_checkpoint_fills_strictly(sd_for
         model = model_from_config(found.config)
     load_into(model, from_original_keys({k: torch.empty(s, device="meta") for k, s in shapes.items()}), assign=True)
     assert model.prediction == found.prediction
-    assert model.default_image_size == {"sd-v1": 512, "sd-v2-v.json": 768, "sd-v2-inpainting.json": 512,
-                                        "sd-v1-inpainting": 512, "sd-x4-upscaler.json": 512}[name]
+    assert (
+        model.default_image_size
+        == {
+            "sd-v1": 512,
+            "sd-v2-v.json": 768,
+            "sd-v2-inpainting.json": 512,
+            "sd-v1-inpainting": 512,
+            "sd-x4-upscaler.json": 512,
+        }[name]
+    )
     # What it saves is the file's own layout again (SD 1.x's text tower back in Hugging Face names).
     assert {k: tuple(v.shape) for k, v in model.original_state_dict().items()} == {
-        k: s for k, s in shapes.items()
-        if not k.startswith(IGNORED_PREFIXES) and k not in SCHEDULE_BUFFERS
-        and not k.endswith("position_ids")}
+        k: s
+        for k, s in shapes.items()
+        if not k.startswith(IGNORED_PREFIXES) and k not in SCHEDULE_BUFFERS and not k.endswith("position_ids")
+    }
 
 
 def test_v1_inference_yaml_builds_the_sd1_unet_and_vae_layout(sd_format_dir):
@@ -226,8 +261,10 @@ def test_unknown_and_unsupported_files_are_refused_in_one_line(tmp_path, sd_form
 def cli_results(tmp_path_factory, sd_format_dir) -> tuple[Path, list[dict]]:
     root = tmp_path_factory.mktemp("formats-cli")
     export_diffusion(tiny_model().state_dict(), tiny_config()["model"], 1.0, root / "export")
-    save_state_dict({"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3), "decoder.conv_out.bias": torch.zeros(3)},
-                    root / "vae-only.safetensors")
+    save_state_dict(
+        {"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3), "decoder.conv_out.bias": torch.zeros(3)},
+        root / "vae-only.safetensors",
+    )
     common = ["--steps", "2", "--no-progress", "--outdir", "out"]
     cases = [
         ["txt2img", "x", "--ckpt", "export/model.safetensors", *common],
@@ -235,8 +272,14 @@ def cli_results(tmp_path_factory, sd_format_dir) -> tuple[Path, list[dict]]:
         ["txt2img", "x", "--ckpt", "export/model.safetensors", "--prediction", "x0", *common],
     ]
     (root / "export" / "model.yaml").unlink()  # the metadata alone must do
-    r = subprocess.run([sys.executable, str(RUNNER)], capture_output=True, text=True, timeout=600, check=False,
-                       input=json.dumps([{"argv": argv, "cwd": str(root), "timeout": 120} for argv in cases]))
+    r = subprocess.run(
+        [sys.executable, str(RUNNER)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        input=json.dumps([{"argv": argv, "cwd": str(root), "timeout": 120} for argv in cases]),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return root, json.loads(r.stdout)
 
@@ -248,10 +291,13 @@ def test_cli_generates_from_a_checkpoint_alone(cli_results):
     assert "config from its metadata" in results[0]["stderr"]
 
 
-@pytest.mark.parametrize("number, message", [
-    (1, "vae-only.safetensors matches no known model family (tensors decoder. (1), encoder. (1); no U-Net"),
-    (2, "argument --prediction: invalid choice: 'x0'"),
-])
+@pytest.mark.parametrize(
+    "number, message",
+    [
+        (1, "vae-only.safetensors matches no known model family (tensors decoder. (1), encoder. (1); no U-Net"),
+        (2, "argument --prediction: invalid choice: 'x0'"),
+    ],
+)
 def test_cli_refuses_in_one_line(cli_results, number, message):
     result = cli_results[1][number]
     errors = [line for line in result["stderr"].splitlines() if "error:" in line]

@@ -9,13 +9,13 @@ what a change of formula does (every DDIM timestep one later: 5e-3; guidance sca
 the denoised latents must agree to 1e-5 of the tensor's largest value, and the uint8 images, where such a
 difference can round a pixel the other way, to 1 grey level.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-from safetensors import safe_open
-
 from golden.cases import OUTPUTS, run_all
+from safetensors import safe_open
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,10 @@ def test_outputs_equal_the_recorded_ones(recorded, replayed):
             assert diff <= IMAGE_TOLERANCE, f"{key}: {diff:.0f} grey levels off (recorded on {recorded_on})"
         else:
             scale = max(expected.double().abs().max().item(), 1e-3)
-            assert diff <= LATENT_TOLERANCE * scale, (f"{key}: max diff {diff:.3g}, {diff / scale:.3g} of its "
-                                                      f"largest value {scale:.3g} (recorded on {recorded_on})")
+            assert diff <= LATENT_TOLERANCE * scale, (
+                f"{key}: max diff {diff:.3g}, {diff / scale:.3g} of its "
+                f"largest value {scale:.3g} (recorded on {recorded_on})"
+            )
 
 
 def test_stochastic_cases_differ_from_a_deterministic_run(replayed):

@@ -2,14 +2,22 @@
 
 A held-out judge (trained apart, on other clean points) says how often a sample lands in the class asked for;
 with eight equally used classes, unguided sampling agrees about 1/8 of the time."""
+
 import pytest
 import torch
 
 from ldm.classifier_guidance import ClassifierGuidedDenoiser, classifier_log_prob_grad
 from ldm.denoisers import InvalidGuidanceError
 from ldm.toy2d import ToyDataError, ToyDiffusion, nearest_distance
-from ldm.toy_classes import (GAUSSIAN_CLASSES, ConditionalToyDiffusion, class_accuracy, classifier_guided,
-                             labelled_gaussians, sample_with, train_classifier)
+from ldm.toy_classes import (
+    GAUSSIAN_CLASSES,
+    ConditionalToyDiffusion,
+    class_accuracy,
+    classifier_guided,
+    labelled_gaussians,
+    sample_with,
+    train_classifier,
+)
 
 N = 400
 TARGETS = torch.arange(N) % GAUSSIAN_CLASSES
@@ -59,7 +67,10 @@ def test_the_guidance_term_is_sigma_squared_times_the_log_prob_gradient():
 
 def test_classifier_guidance_moves_samples_toward_the_class(data, judge, unconditional):
     classifier = train_classifier(*data, unconditional.alphas_cumprod, steps=600, seed=1)
-    samples = {s: sample_with(unconditional, classifier_guided(unconditional, classifier, TARGETS, s), N) for s in (0.0, 0.5, 2.0)}
+    samples = {
+        s: sample_with(unconditional, classifier_guided(unconditional, classifier, TARGETS, s), N)
+        for s in (0.0, 0.5, 2.0)
+    }
     accuracy = {s: class_accuracy(judge, points, TARGETS) for s, points in samples.items()}
     assert accuracy[0.0] < 0.25, accuracy  # unguided: about chance, 1/8
     assert accuracy[0.0] < accuracy[0.5] < accuracy[2.0], accuracy
@@ -75,7 +86,11 @@ def test_the_class_conditional_model_follows_its_label_under_guidance(data, judg
     unguided = class_accuracy(judge, sample_with(toy, toy.cfg_denoiser(TARGETS, 0.0), N), TARGETS)  # the null label
     conditional = class_accuracy(judge, sample_with(toy, toy.cfg_denoiser(TARGETS, 1.0), N), TARGETS)
     guided = class_accuracy(judge, sample_with(toy, toy.cfg_denoiser(TARGETS, 3.0), N), TARGETS)
-    assert unguided < 0.25 and conditional > 0.8 and guided >= conditional and guided > 0.95, (unguided, conditional, guided)
+    assert unguided < 0.25 and conditional > 0.8 and guided >= conditional and guided > 0.95, (
+        unguided,
+        conditional,
+        guided,
+    )
     # Classifier guidance wraps the label CFG like any denoiser: over the unconditional (null-label) half it
     # alone steers toward the targets.
     classifier = train_classifier(*data, toy.alphas_cumprod, steps=400, seed=3)

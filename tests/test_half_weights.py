@@ -4,6 +4,7 @@ Each network casts its inputs to its weights' dtype (the samplers keep latents a
 runs in fp32 with its weights cast along, and the noise schedule stays fp32 however the weights are cast.
 The --precision autocast path (fp32 weights) is checked beside it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,9 @@ def check_finite(info: dict) -> None:
 
 
 def make(model, **options):
-    return txt2img(model, ["a cat", "a dog"], "blurry", seed=1, steps=4, progress=False, callback=check_finite,
-                   **options)
+    return txt2img(
+        model, ["a cat", "a dog"], "blurry", seed=1, steps=4, progress=False, callback=check_finite, **options
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +106,11 @@ def test_bf16_autocast_with_fp32_weights_still_works(fp32_model, fp32_images):
 
 def test_img2img_with_bf16_weights_encodes_and_decodes(model):
     reference = img2img(model, picture(0), "a cat", strength=0.6, seed=8, steps=4, progress=False)
-    close(img2img(model.to(torch.bfloat16), picture(0), "a cat", strength=0.6, seed=8, steps=4, progress=False),
-          reference, IMG2IMG_TOLERANCE)
+    close(
+        img2img(model.to(torch.bfloat16), picture(0), "a cat", strength=0.6, seed=8, steps=4, progress=False),
+        reference,
+        IMG2IMG_TOLERANCE,
+    )
 
 
 def test_group_norm32_with_half_weights_normalises_in_fp32():

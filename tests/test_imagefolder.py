@@ -1,4 +1,5 @@
 """Hugging Face `imagefolder` layout: metadata.jsonl (or .csv) with file_name and a caption column."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from ldm.data.folder import CaptionFileError, CaptionedImageFolder, MissingCaptionError
+from ldm.data.folder import CaptionedImageFolder, CaptionFileError, MissingCaptionError
 from ldm.training.run import build_data
 from ldm.training.tiny import tiny_train_config
 
@@ -22,8 +23,10 @@ def imagefolder(root, rows: list[dict], name: str = "metadata.jsonl"):
     return root
 
 
-ROWS = [{"file_name": f"train/{i}.png", "text": f"a {c} box", "score": 0.5, "style": "flat"}
-        for i, c in enumerate(("red", "green", "blue"))]
+ROWS = [
+    {"file_name": f"train/{i}.png", "text": f"a {c} box", "score": 0.5, "style": "flat"}
+    for i, c in enumerate(("red", "green", "blue"))
+]
 
 
 def test_metadata_jsonl_gives_captions_and_extras(tmp_path):
@@ -46,7 +49,9 @@ def test_metadata_csv_and_a_named_caption_column(tmp_path):
 
 def test_missing_caption_column_or_row_is_one_line(tmp_path):
     rows = [{"file_name": r["file_name"], "label": 1} for r in ROWS]
-    with pytest.raises(CaptionFileError, match=r"metadata.jsonl:1: no caption column 'caption' or 'text'.*data.caption_column"):
+    with pytest.raises(
+        CaptionFileError, match=r"metadata.jsonl:1: no caption column 'caption' or 'text'.*data.caption_column"
+    ):
         CaptionedImageFolder(imagefolder(tmp_path / "a", rows), size=8)
     with pytest.raises(MissingCaptionError, match="2.png"):
         CaptionedImageFolder(imagefolder(tmp_path / "b", ROWS[:2]), size=8)

@@ -1,4 +1,5 @@
 """Image-to-image with a tiny model: strength limits, sizing, errors, CLI and the reference-style script."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from factories import tiny_config, tiny_model, tiny_upscaler_model
 from PIL import Image
 
 from ldm.checkpoint import save_state_dict
@@ -14,8 +16,6 @@ from ldm.editing import ImageTooSmallError, StrengthError, WrongModelError
 from ldm.images import InvalidImageError, pil_to_tensor, tensor_to_pil
 from ldm.img2img import img2img
 from ldm.pipeline import txt2img
-from factories import tiny_config, tiny_model
-from factories import tiny_upscaler_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,8 +96,28 @@ def test_cli_writes_png_with_settings(model_files, tmp_path):
     src = tmp_path / "in.png"
     photo(27, 20).save(src)
     out = tmp_path / "out"
-    code = main(["img2img", str(src), "a red apple", "--strength", "0.6", "--config", cfg, "--ckpt", ckpt,
-                 "--steps", "4", "--n-samples", "2", "--seed", "3", "--outdir", str(out), "--no-progress"])
+    code = main(
+        [
+            "img2img",
+            str(src),
+            "a red apple",
+            "--strength",
+            "0.6",
+            "--config",
+            cfg,
+            "--ckpt",
+            ckpt,
+            "--steps",
+            "4",
+            "--n-samples",
+            "2",
+            "--seed",
+            "3",
+            "--outdir",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     files = sorted((out / "samples").glob("*.png"))
     assert len(files) == 2 and len(list(out.glob("grid-*.png"))) == 1
@@ -122,12 +142,33 @@ def test_reference_style_script(model_files, tmp_path):
     spec = importlib.util.spec_from_file_location("img2img_script", ROOT / "scripts" / "img2img.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    argv = script.translate(["--init-img", "a.png", "--prompt=a cat", "--ddim_steps", "3", "--n_samples", "2",
-                             "--strength", "0.4"])
+    argv = script.translate(
+        ["--init-img", "a.png", "--prompt=a cat", "--ddim_steps", "3", "--n_samples", "2", "--strength", "0.4"]
+    )
     assert argv == ["img2img", "a.png", "a cat", "--steps", "3", "--n-samples", "2", "--strength", "0.4"]
     cfg, ckpt = model_files
     src = tmp_path / "in.png"
     photo().save(src)
-    assert main(script.translate(["--init-img", str(src), "--prompt", "x", "--ddim_steps", "2", "--config", cfg,
-                                  "--ckpt", ckpt, "--outdir", str(tmp_path / "o"), "--no-progress"])) == 0
+    assert (
+        main(
+            script.translate(
+                [
+                    "--init-img",
+                    str(src),
+                    "--prompt",
+                    "x",
+                    "--ddim_steps",
+                    "2",
+                    "--config",
+                    cfg,
+                    "--ckpt",
+                    ckpt,
+                    "--outdir",
+                    str(tmp_path / "o"),
+                    "--no-progress",
+                ]
+            )
+        )
+        == 0
+    )
     assert (tmp_path / "o" / "samples" / "00000.png").exists()

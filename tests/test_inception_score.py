@@ -1,13 +1,14 @@
 """The Inception Score on logits with a known answer, and `ldm eval` reporting it from a local weights file."""
+
 import json
 import math
 
 import pytest
 import torch
 import yaml
+from test_evaluate import _eval_main, clip_config, emoji_dir  # noqa: F401 (fixtures)
 
 from ldm.metrics import FeatureShapeError, inception_score
-from test_evaluate import _eval_main, clip_config, emoji_dir  # noqa: F401 (fixtures)
 
 CONFIDENT = 30.0  # a logit margin that makes softmax one-hot to ~1e-13
 
@@ -41,10 +42,10 @@ def test_a_mixture_matches_the_closed_form_and_splits_are_scored_apart():
 
 
 def test_eval_reports_the_inception_score_with_local_weights(emoji_dir, clip_config, tmp_path, capsys):  # noqa: F811
+    from factories import tiny_config, tiny_model
     from torchvision.models import inception_v3
 
     from ldm.checkpoint import save_state_dict
-    from factories import tiny_config, tiny_model
 
     torch.manual_seed(0)
     weights = tmp_path / "inception_v3.pth"
@@ -53,10 +54,42 @@ def test_eval_reports_the_inception_score_with_local_weights(emoji_dir, clip_con
     save_state_dict(tiny_model().original_state_dict(), ckpt)
     cfg.write_text(yaml.safe_dump(tiny_config()))
     out = tmp_path / "results.json"
-    assert _eval_main(["eval", "--config", str(cfg), "--ckpt", str(ckpt), "--clip", "random", "--clip-config", str(clip_config),
-                       "--data", str(emoji_dir), "--scales", "1", "--n-train-prompts", "0", "--max-heldout", "2",
-                       "--steps", "1", "--batch-size", "4", "--kid-subsets", "2", "--device", "cpu",
-                       "--inception-weights", str(weights), "--out", str(out)]) == 0
+    assert (
+        _eval_main(
+            [
+                "eval",
+                "--config",
+                str(cfg),
+                "--ckpt",
+                str(ckpt),
+                "--clip",
+                "random",
+                "--clip-config",
+                str(clip_config),
+                "--data",
+                str(emoji_dir),
+                "--scales",
+                "1",
+                "--n-train-prompts",
+                "0",
+                "--max-heldout",
+                "2",
+                "--steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--kid-subsets",
+                "2",
+                "--device",
+                "cpu",
+                "--inception-weights",
+                str(weights),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "| IS |" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     # Between 1 and the row's image count (IS <= min(classes, images) per split), on real and generated rows.

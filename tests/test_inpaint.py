@@ -1,4 +1,5 @@
 """Inpainting (dedicated model and blending) and outpainting with tiny models; SD 2 inpainting layout."""
+
 import json
 import os
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from factories import tiny_config, tiny_inpaint_config, tiny_inpaint_model, tiny_model, tiny_upscaler_model
 from PIL import Image
 
 from ldm.checkpoint import from_original_keys, load_into, save_state_dict
@@ -14,14 +16,11 @@ from ldm.cli import main
 from ldm.config import model_from_config
 from ldm.editing import StrengthError, WrongModelError
 from ldm.images import pil_to_tensor
-from ldm.inpaint import (BlendDenoiser, InpaintModeError, extend_canvas, inpaint, outpaint, parse_extend,
-                         resolve_mode)
+from ldm.inpaint import BlendDenoiser, InpaintModeError, extend_canvas, inpaint, outpaint, parse_extend, resolve_mode
 from ldm.masks import EmptyMaskError, MaskSizeError
 from ldm.pipeline import SamplingOptions, prompt_conditions
 from ldm.samplers import SAMPLERS
 from ldm.tasks import Conditioning, sample_seeded
-from factories import tiny_config, tiny_model
-from factories import tiny_inpaint_config, tiny_inpaint_model, tiny_upscaler_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 
@@ -35,7 +34,10 @@ def models():
 def model_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     files = {}
-    for kind, cfg, model in (("blend", tiny_config(), tiny_model()), ("model", tiny_inpaint_config(), tiny_inpaint_model())):
+    for kind, cfg, model in (
+        ("blend", tiny_config(), tiny_model()),
+        ("model", tiny_inpaint_config(), tiny_inpaint_model()),
+    ):
         files[kind] = (d / f"{kind}.yaml", d / f"{kind}.safetensors")
         files[kind][0].write_text(yaml.safe_dump(cfg))
         save_state_dict(model.original_state_dict(), files[kind][1])
@@ -117,9 +119,16 @@ def test_blend_denoiser_holds_known_latents_on_the_noising_path(models, sampler)
     assert torch.equal(out[..., :4], x0[..., :4].expand(2, -1, -1, -1)) and (out[..., 4:] == 0).all()
     # Through a whole sampling run the known latents end exactly at the original ones.
     cond, uncond = prompt_conditions(model, ["a dog"], [""])
-    latents = sample_seeded(model, Conditioning(cond, uncond, wrap=lambda den, n: BlendDenoiser(den, x0, n, keep)),
-                            SamplingOptions(steps=4, sampler=sampler), seed=0, shape=x0.shape, x0=x0, strength=1.0,
-                            progress=False)
+    latents = sample_seeded(
+        model,
+        Conditioning(cond, uncond, wrap=lambda den, n: BlendDenoiser(den, x0, n, keep)),
+        SamplingOptions(steps=4, sampler=sampler),
+        seed=0,
+        shape=x0.shape,
+        x0=x0,
+        strength=1.0,
+        progress=False,
+    )
     assert torch.allclose(latents[..., :4], x0[..., :4], atol=1e-5)
     assert (latents[..., 4:] - x0[..., 4:]).abs().mean() > 0.1
 
@@ -181,8 +190,26 @@ def test_cli_inpaint_writes_png_with_mode(model_files, tmp_path, kind):
     rgba[..., 3] = square_mask() * 255
     Image.fromarray(rgba, "RGBA").save(mask_path)
     out = tmp_path / "out"
-    assert main(["inpaint", str(src), str(mask_path), "a dog", "--config", cfg, "--ckpt", ckpt, "--steps", "3",
-                 "--outdir", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "inpaint",
+                str(src),
+                str(mask_path),
+                "a dog",
+                "--config",
+                cfg,
+                "--ckpt",
+                ckpt,
+                "--steps",
+                "3",
+                "--outdir",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     img = Image.open(out / "samples" / "00000.png")
     s = json.loads(img.text["ldm"])
     assert (s["task"], s["inpaint_mode"], s["mask"]) == ("inpaint", kind, str(mask_path))
@@ -194,8 +221,27 @@ def test_cli_outpaint_and_mask_errors(model_files, tmp_path, capsys):
     cfg, ckpt = model_files["blend"]
     src = tmp_path / "in.png"
     photo(32, 24).save(src)
-    assert main(["outpaint", str(src), "a view", "--extend", "right=16,bottom=8", "--config", cfg, "--ckpt", ckpt,
-                 "--steps", "2", "--outdir", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "outpaint",
+                str(src),
+                "a view",
+                "--extend",
+                "right=16,bottom=8",
+                "--config",
+                cfg,
+                "--ckpt",
+                ckpt,
+                "--steps",
+                "2",
+                "--outdir",
+                str(tmp_path / "o"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     img = Image.open(tmp_path / "o" / "samples" / "00000.png")
     assert img.size == (48, 32) and json.loads(img.text["ldm"])["extend"] == "right=16,bottom=8"
     black = tmp_path / "black.png"

@@ -5,6 +5,7 @@
 Every module of the package must be in the table, so a new one has to be placed. Imports inside
 `if __name__ == "__main__":` are an old entry point handing over to the CLI and are not counted.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,20 +17,72 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ldm"
 ORDER = ("core", "models", "sampling", "tasks", "data", "training", "evaluation", "interfaces")
 LAYERS = {
     # errors, configs, paths, devices, schedules and the parameterisation, files and images
-    "core": ("__init__", "errors", "config", "defaults", "devices", "limits", "schedules", "diffusion", "checkpoint",
-             "images", "infotext", "masks", "hf_clip", "formats", "convert", "tiling",
-             "diffusers_keys", "diffusers_files", "skip_init", "distillation", "likelihood", "vdm", "variants",
-             "controlnet_infotext"),
+    "core": (
+        "__init__",
+        "errors",
+        "config",
+        "defaults",
+        "devices",
+        "limits",
+        "schedules",
+        "diffusion",
+        "checkpoint",
+        "images",
+        "infotext",
+        "masks",
+        "hf_clip",
+        "formats",
+        "convert",
+        "tiling",
+        "diffusers_keys",
+        "diffusers_files",
+        "skip_init",
+        "distillation",
+        "likelihood",
+        "vdm",
+        "variants",
+        "controlnet_infotext",
+    ),
     # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder;
     # diffusers_format/_export: diffusers folders, whose pipeline follows the model's conditioning kind)
-    "models": ("attention", "unet", "vae", "text_encoder", "long_prompts", "clip", "conditioning", "model", "lora",
-               "open_clip_parts", "lora_layers", "lora_kohya", "lora_merge", "embeddings", "diffusers_format", "diffusers_export", "derived",
-               "controlnet", "controlnet_files"),
+    "models": (
+        "attention",
+        "unet",
+        "vae",
+        "text_encoder",
+        "long_prompts",
+        "clip",
+        "conditioning",
+        "model",
+        "lora",
+        "open_clip_parts",
+        "lora_layers",
+        "lora_kohya",
+        "lora_merge",
+        "embeddings",
+        "diffusers_format",
+        "diffusers_export",
+        "derived",
+        "controlnet",
+        "controlnet_files",
+    ),
     # samplers, guidance, sampling options and the one checked entry point
     "sampling": ("samplers", "denoisers", "sampling", "variance_sampler", "classifier_guidance"),
     # what a user asks for: txt2img, editing, walks (and the 2-D toys of the app)
-    "tasks": ("tasks", "pipeline", "editing", "img2img", "inpaint", "upscale", "walk", "toy2d", "toy_vdm",
-              "toy_classes", "toy_compare", "toy_files"),
+    "tasks": (
+        "tasks",
+        "pipeline",
+        "editing",
+        "img2img",
+        "inpaint",
+        "upscale",
+        "walk",
+        "toy2d",
+        "toy_vdm",
+        "toy_classes",
+        "toy_compare",
+        "toy_files",
+    ),
     "data": ("data", "degradations"),
     "training": ("training",),
     "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits", "evaluate_likelihood"),
@@ -54,8 +107,12 @@ def layer_of(name: str) -> str | None:
 
 
 def _is_main_guard(node: ast.AST) -> bool:
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+    )
 
 
 def ldm_imports(path: Path) -> list[tuple[int, str]]:
@@ -73,7 +130,7 @@ def ldm_imports(path: Path) -> list[tuple[int, str]]:
                 found += [(node.lineno, f"ldm.{a.name}") for a in node.names]
             elif node.module.startswith("ldm."):
                 found.append((node.lineno, node.module))
-    return [(line, name[len("ldm."):]) for line, name in found]
+    return [(line, name[len("ldm.") :]) for line, name in found]
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -87,16 +144,23 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize("path", MODULES, ids=module_name)
 def test_no_upward_import(path):
     own = ORDER.index(layer_of(module_name(path)))
-    upward = [f"{module_name(path)}:{line} imports ldm.{name} ({layer_of(name)})"
-              for line, name in ldm_imports(path)
-              if layer_of(name) is None or ORDER.index(layer_of(name)) > own]
+    upward = [
+        f"{module_name(path)}:{line} imports ldm.{name} ({layer_of(name)})"
+        for line, name in ldm_imports(path)
+        if layer_of(name) is None or ORDER.index(layer_of(name)) > own
+    ]
     assert not upward, "; ".join(upward)
 
 
 def test_the_app_uses_no_command_code():
     """The app and the commands are both interfaces; what they share lives below them (e.g. ldm.devices)."""
-    offenders = [f"{module_name(p)}:{line} imports ldm.{name}" for p in MODULES if module_name(p).startswith("app")
-                 for line, name in ldm_imports(p) if name.startswith("commands")]
+    offenders = [
+        f"{module_name(p)}:{line} imports ldm.{name}"
+        for p in MODULES
+        if module_name(p).startswith("app")
+        for line, name in ldm_imports(p)
+        if name.startswith("commands")
+    ]
     assert not offenders, offenders
 
 
@@ -112,8 +176,11 @@ def test_modules_stay_small():
 
 def test_one_command_line_parser():
     """argparse is the CLI's (ldm/cli.py and ldm/commands/); no other module builds a parser of its own."""
-    own_parsers = [module_name(p) for p in MODULES if "ArgumentParser(" in p.read_text()
-                   and not module_name(p).startswith(("cli", "commands"))]
+    own_parsers = [
+        module_name(p)
+        for p in MODULES
+        if "ArgumentParser(" in p.read_text() and not module_name(p).startswith(("cli", "commands"))
+    ]
     assert not own_parsers, own_parsers
 
 
@@ -137,6 +204,7 @@ def test_the_cli_lets_anything_but_its_own_errors_through(monkeypatch, capsys):
     def raising(exc):
         def run(args):
             raise exc
+
         return run
 
     monkeypatch.setattr(txt2img, "run", raising(KeyError("context")))

@@ -1,5 +1,6 @@
 """A latent U-Net with a learned variance (learned_variance: out_channels [eps, raw v]): hybrid-loss training,
 the bound with its own variance, the learned-variance DDPM sampler, and the ordinary samplers on the eps half."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import math
 import pytest
 import torch
 import yaml
+from factories import tiny_learned_variance_config, tiny_model
 from PIL import Image
 
-from factories import tiny_learned_variance_config, tiny_model
 from ldm.checkpoint import save_state_dict
 from ldm.cli import main as cli_main
 from ldm.config import instantiate
@@ -112,8 +113,24 @@ def test_eval_nll_learned_on_the_command_line(tmp_path, capsys):
             Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(folder / f"{i}.png")
             rows.append(json.dumps({"file": f"{i}.png", "caption": f"colour {i}"}))
         (folder / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    argv = ["eval", "--nll", "--nll-variance", "learned", "--nll-timesteps", "4", "--nll-images", "2",
-            "--data", str(tmp_path / "data"), "--config", str(cfg), "--ckpt", str(ckpt), "--device", "cpu"]
+    argv = [
+        "eval",
+        "--nll",
+        "--nll-variance",
+        "learned",
+        "--nll-timesteps",
+        "4",
+        "--nll-images",
+        "2",
+        "--data",
+        str(tmp_path / "data"),
+        "--config",
+        str(cfg),
+        "--ckpt",
+        str(ckpt),
+        "--device",
+        "cpu",
+    ]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "learned variance" in out and "latent space" in out and "2 held-out images" in out

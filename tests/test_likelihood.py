@@ -1,4 +1,5 @@
 """The variational bound (ldm.likelihood), learned variances and their sampler (ldm.variance_sampler)."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,15 @@ import pytest
 import torch
 
 from ldm.diffusion import VPParameterisation
-from ldm.likelihood import (ReverseProcess, UnknownVarianceError, bits_per_dim, gaussian_nll, hybrid_loss,
-                            stratified_timesteps, variational_bound)
+from ldm.likelihood import (
+    ReverseProcess,
+    UnknownVarianceError,
+    bits_per_dim,
+    gaussian_nll,
+    hybrid_loss,
+    stratified_timesteps,
+    variational_bound,
+)
 from ldm.samplers import sample_ddpm
 from ldm.schedules import get_sigmas
 from ldm.toy2d import ToyDiffusion, make_data, make_thin_line, toy_alphas_cumprod
@@ -84,7 +92,9 @@ def test_the_hybrid_loss_gives_a_finite_bound_and_trains_only_the_variance_throu
     t = torch.randint(0, 1000, (64,))
     t[0] = 0  # the decoder term too
     noise = torch.randn_like(x0)
-    x_t = (process.alphas_cumprod[t][:, None].sqrt() * x0 + (1 - process.alphas_cumprod[t][:, None]).sqrt() * noise).float()
+    x_t = (
+        process.alphas_cumprod[t][:, None].sqrt() * x0 + (1 - process.alphas_cumprod[t][:, None]).sqrt() * noise
+    ).float()
     eps_hat = (noise + 0.1 * torch.randn_like(noise)).requires_grad_(True)
     raw = torch.zeros_like(noise, requires_grad=True)
     loss, vlb = hybrid_loss(process, x0, x_t, t, noise, eps_hat, raw)
@@ -127,8 +137,11 @@ def test_on_toy_data_the_learned_variance_beats_both_fixed_ones_in_nll():
     fixed.train(1500)
     learned.train(1500)
     steps = stratified_timesteps(1000, 200, torch.Generator().manual_seed(0))
-    bounds = {(name, variance): toy.nll(held, variance, timesteps=steps)["bits_per_dim"]
-              for name, toy in (("simple", fixed), ("hybrid", learned)) for variance in ("fixed_small", "fixed_large")}
+    bounds = {
+        (name, variance): toy.nll(held, variance, timesteps=steps)["bits_per_dim"]
+        for name, toy in (("simple", fixed), ("hybrid", learned))
+        for variance in ("fixed_small", "fixed_large")
+    }
     learned_bpd = learned.nll(held, "learned", timesteps=steps)["bits_per_dim"]
     assert math.isfinite(learned_bpd)
     assert learned_bpd < min(bounds.values()) - 0.03, (learned_bpd, bounds)  # beats fixed_large (beta_t)

@@ -1,17 +1,12 @@
 """Long prompts in 75-token chunks and (word:1.2) emphasis, as AUTOMATIC1111 does them; the cut is said."""
+
 import logging
 
 import pytest
 import torch
 from factories import TINY_TEXT
 
-from ldm.long_prompts import (
-    BREAK,
-    chunk_prompt,
-    encode_prompts,
-    pad_contexts,
-    parse_emphasis,
-)
+from ldm.long_prompts import BREAK, chunk_prompt, encode_prompts, pad_contexts, parse_emphasis
 from ldm.text_encoder import FrozenOpenCLIPEmbedder
 
 
@@ -54,16 +49,16 @@ def test_prompts_are_cut_into_75_token_chunks(encoder, count, expected):
     v = encoder.vocabulary()
     for i, chunk in enumerate(chunks):
         assert len(chunk.tokens) == 77 and chunk.tokens[0] == v.start_id
-        body = chunk.tokens[1:chunk.tokens.index(v.end_id)]
+        body = chunk.tokens[1 : chunk.tokens.index(v.end_id)]
         assert len(body) == min(75, count - 75 * i)
-        assert all(t == v.pad_id for t in chunk.tokens[chunk.tokens.index(v.end_id) + 1:])
+        assert all(t == v.pad_id for t in chunk.tokens[chunk.tokens.index(v.end_id) + 1 :])
 
 
 def test_a_full_chunk_is_cut_after_a_comma_within_20_tokens(encoder):
     v = encoder.vocabulary()
     prompt = " ".join(["cat"] * 70) + ", " + " ".join(["dog"] * 10)
     first, second = chunks_of(encoder, prompt)
-    body = first.tokens[1:first.tokens.index(v.end_id)]
+    body = first.tokens[1 : first.tokens.index(v.end_id)]
     assert len(body) == 71 and body[-1] == v.comma_id  # 70 cats and the comma; the dogs move on together
     assert second.tokens[1:11] == ids(encoder, " ".join(["dog"] * 10)) and second.tokens[11] == v.end_id
     # A comma further back than 20 tokens is not used: the chunk is cut at 75 tokens.

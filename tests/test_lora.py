@@ -1,4 +1,5 @@
 """LoRA (ldm.lora): adapters that train alone, files applied or merged at a weight, the kohya / A1111 layout."""
+
 import copy
 import json
 
@@ -24,8 +25,8 @@ from ldm.lora import (
     save_lora,
 )
 from ldm.lora_layers import HOST_TYPES, model_targets
-from ldm.pipeline import txt2img
 from ldm.model import load_model
+from ldm.pipeline import txt2img
 
 try:  # the arch refactor moves the factories from ldm/testing.py to tests/factories.py
     from factories import tiny_config, tiny_model
@@ -136,8 +137,17 @@ def test_weight_zero_is_the_base_model_bit_for_bit(base, tmp_path):
 
 def final_denoised(model, **kw):
     seen = {}
-    txt2img(model, ["a cat", "smiling face"], height=16, width=16, steps=3, seed=2, progress=False,
-            callback=lambda d: seen.update(x=d["denoised"]), **kw)
+    txt2img(
+        model,
+        ["a cat", "smiling face"],
+        height=16,
+        width=16,
+        steps=3,
+        seed=2,
+        progress=False,
+        callback=lambda d: seen.update(x=d["denoised"]),
+        **kw,
+    )
     return seen["x"]
 
 
@@ -185,9 +195,9 @@ def test_own_file_round_trip_with_config_in_metadata(base, tmp_path):
 # attention at level 1 only): input_blocks 1 = level 0's res block, 2 its downsampler, 3 level 1's res block +
 # transformer; output_blocks 0-1 = level 1 (upsampler at position 2 of block 1), 2-3 = level 0.
 KOHYA_UNET = {
-    "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q": "unet.input_blocks.3.1.transformer_blocks.0.attn1.to_q",
-    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_out_0": "unet.middle_block.1.transformer_blocks.0.attn2.to_out.0",
-    "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_ff_net_2": "unet.output_blocks.1.1.transformer_blocks.0.ff.net.2",
+    "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q": "unet.input_blocks.3.1.transformer_blocks.0.attn1.to_q",  # noqa: E501
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_out_0": "unet.middle_block.1.transformer_blocks.0.attn2.to_out.0",  # noqa: E501
+    "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_ff_net_2": "unet.output_blocks.1.1.transformer_blocks.0.ff.net.2",  # noqa: E501
     "lora_unet_up_blocks_0_upsamplers_0_conv": "unet.output_blocks.1.2.conv",
     "lora_unet_down_blocks_1_resnets_0_conv_shortcut": "unet.input_blocks.3.0.skip_connection",
     "lora_unet_up_blocks_1_resnets_1_time_emb_proj": "unet.output_blocks.3.0.emb_layers.1",
@@ -209,8 +219,13 @@ def kohya_file(base, path, extra=None):
         weight = base.get_submodule(ours).weight
         kernel = tuple(weight.shape[2:]) if weight.ndim == 4 else ()
         down, up = (t.half() for t in low_rank(weight.shape[0], weight.shape[1], rank, kernel, seed=i))
-        state.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
-                      f"{stem}.alpha": torch.tensor(alpha).half()})
+        state.update(
+            {
+                f"{stem}.lora_down.weight": down,
+                f"{stem}.lora_up.weight": up,
+                f"{stem}.alpha": torch.tensor(alpha).half(),
+            }
+        )
         delta = (up.float().flatten(1) @ down.float().flatten(1)).reshape(weight.shape) * alpha / rank
         expected[ours + ".weight"] = [(slice(None), delta)]
     attn = "text_encoder.model.transformer.resblocks.1.attn.in_proj_weight"
@@ -243,18 +258,33 @@ def test_kohya_file_lands_on_the_right_modules_and_reproduces_its_update(base, t
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 64),
-      "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": torch.zeros(64, 2)},
-     "lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight names no LoRA-able module"),
-    ({"lora_unet_mid_block_attentions_0_proj_in.hada_w1_a": torch.zeros(2, 2)},
-     "unknown key lora_unet_mid_block_attentions_0_proj_in.hada_w1_a"),
-    ({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 31),
-      "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(128, 2)},
-     "lora_te_text_model_encoder_layers_0_mlp_fc1: lora_down (2, 31) and lora_up (128, 2) do not fit"),
-    ({"lora_te_text_model_encoder_layers_0_mlp_fc2.lora_down.weight": torch.zeros(2, 128)},
-     "lora_te_text_model_encoder_layers_0_mlp_fc2 has no lora_up.weight"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            {
+                "lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 64),
+                "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": torch.zeros(64, 2),
+            },
+            "lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight names no LoRA-able module",
+        ),
+        (
+            {"lora_unet_mid_block_attentions_0_proj_in.hada_w1_a": torch.zeros(2, 2)},
+            "unknown key lora_unet_mid_block_attentions_0_proj_in.hada_w1_a",
+        ),
+        (
+            {
+                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 31),
+                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(128, 2),
+            },
+            "lora_te_text_model_encoder_layers_0_mlp_fc1: lora_down (2, 31) and lora_up (128, 2) do not fit",
+        ),
+        (
+            {"lora_te_text_model_encoder_layers_0_mlp_fc2.lora_down.weight": torch.zeros(2, 128)},
+            "lora_te_text_model_encoder_layers_0_mlp_fc2 has no lora_up.weight",
+        ),
+    ],
+)
 def test_unknown_or_mismatched_key_is_a_one_line_error_naming_it(base, tmp_path, extra, message):
     path, _ = kohya_file(base, tmp_path / "bad.safetensors", extra)
     with pytest.raises(LoraError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
@@ -303,8 +333,23 @@ def model_files(tmp_path_factory, base):
 
 
 def run_cli(model_files, out, *extra):
-    return main(["txt2img", "a cat", *model_files, "--steps", "2", "--height", "16", "--width", "16",
-                 "--no-progress", "--outdir", str(out), *extra])
+    return main(
+        [
+            "txt2img",
+            "a cat",
+            *model_files,
+            "--steps",
+            "2",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--no-progress",
+            "--outdir",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_cli_applies_several_loras_and_records_them(base, model_files, tmp_path):
@@ -321,9 +366,14 @@ def test_cli_applies_several_loras_and_records_them(base, model_files, tmp_path)
 
 
 def test_cli_unknown_key_exits_non_zero_with_one_line(base, model_files, tmp_path, capsys):
-    bad, _ = kohya_file(base, tmp_path / "bad.safetensors",
-                        {"lora_unet_up_blocks_5_resnets_0_conv1.lora_down.weight": torch.zeros(2, 64, 3, 3),
-                         "lora_unet_up_blocks_5_resnets_0_conv1.lora_up.weight": torch.zeros(64, 2, 1, 1)})
+    bad, _ = kohya_file(
+        base,
+        tmp_path / "bad.safetensors",
+        {
+            "lora_unet_up_blocks_5_resnets_0_conv1.lora_down.weight": torch.zeros(2, 64, 3, 3),
+            "lora_unet_up_blocks_5_resnets_0_conv1.lora_up.weight": torch.zeros(64, 2, 1, 1),
+        },
+    )
     code = run_cli(model_files, tmp_path / "out", "--lora", f"{bad}:0.5")
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
@@ -338,8 +388,10 @@ def test_convert_merge_lora_writes_a_model_that_loads_alone_and_equals_applying(
     b, _ = kohya_file(base, tmp_path / "b.safetensors")
     cfg, ckpt = model_files[1], model_files[3]
     merged_file = tmp_path / "merged.safetensors"
-    assert main(["convert", ckpt, str(merged_file), "--config", cfg, "--merge-lora", f"{a}:0.6",
-                 "--merge-lora", str(b)]) == 0
+    assert (
+        main(["convert", ckpt, str(merged_file), "--config", cfg, "--merge-lora", f"{a}:0.6", "--merge-lora", str(b)])
+        == 0
+    )
     merged = load_model(checkpoint=merged_file, device="cpu")  # its config travels in the metadata
     applied = fresh(base)
     apply_lora(applied, a, 0.6)
@@ -348,12 +400,15 @@ def test_convert_merge_lora_writes_a_model_that_loads_alone_and_equals_applying(
         assert (want - ref).abs().max() > 1e-2
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     from safetensors import safe_open
+
     with safe_open(str(merged_file), framework="pt") as f:
         recorded = json.loads(f.metadata()["merged_loras"])
     assert [(x["file"], x["weight"]) for x in recorded] == [("a.safetensors", 0.6), ("b.safetensors", 1.0)]
     # Nothing is overwritten by accident, and a missing LoRA is one line.
     assert main(["convert", ckpt, str(merged_file), "--config", cfg, "--merge-lora", str(a)]) != 0
     assert "already exists" in capsys.readouterr().err
-    assert main(["convert", ckpt, str(tmp_path / "m2.safetensors"), "--merge-lora", str(tmp_path / "no.safetensors")]) != 0
+    assert (
+        main(["convert", ckpt, str(tmp_path / "m2.safetensors"), "--merge-lora", str(tmp_path / "no.safetensors")]) != 0
+    )
     err = capsys.readouterr().err
     assert "LoRA file not found" in err and err.strip().count("\n") == 0

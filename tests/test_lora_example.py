@@ -1,6 +1,7 @@
 """The README's worked LoRA example: the held-out style's training config, and scripts/lora_example.py's
 figures (colourfulness, judge similarity, nearest-neighbour style share), picture and end-to-end run on a
 tiny model. The real run (the shipped model, the high-contrast folder) is the README's, not a test's."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,11 +47,11 @@ def images(*pixels_per_image) -> torch.Tensor:
 def test_colourfulness_is_the_chroma_of_the_emoji_pixels_alone(script):
     red, grey, dark_tint, pastel = (255, 0, 0), (33, 33, 33), (30, 20, 20), (250, 245, 240)
     got = script.colourfulness(images([red], [grey, grey], [red, grey], [dark_tint], [pastel], []))
-    assert got[0] == pytest.approx(1.0)            # white background does not dilute it
-    assert got[1] == 0.0                           # the high-contrast design: one grey
+    assert got[0] == pytest.approx(1.0)  # white background does not dilute it
+    assert got[1] == 0.0  # the high-contrast design: one grey
     assert got[2] == pytest.approx(0.5)
     assert got[3] == pytest.approx(10 / 255, abs=1e-6)  # dark pixels: chroma stays small (HSV saturation would be 0.33)
-    assert got[4].isnan() and got[5].isnan()       # near-white counts as background: nothing to measure
+    assert got[4].isnan() and got[5].isnan()  # near-white counts as background: nothing to measure
     assert script.nanmean(got) == pytest.approx((1 + 0 + 0.5 + 10 / 255) / 4, abs=1e-6)
 
 
@@ -76,13 +77,21 @@ def test_the_picture_puts_real_base_and_lora_side_by_side(script):
     row = [pic.getpixel((x, 24 + 8)) for x in range(pic.width)]
     runs = [c for i, c in enumerate(row) if i == 0 or c != row[i - 1]]
     # left to right: label area, the real image, the base's two, the LoRA's two (gaps between are white)
-    assert [c for c in runs if c != (255, 255, 255)] == [(128, 128, 128), (255, 0, 0), (255, 0, 0), (0, 0, 255), (0, 0, 255)]
+    assert [c for c in runs if c != (255, 255, 255)] == [
+        (128, 128, 128),
+        (255, 0, 0),
+        (255, 0, 0),
+        (0, 0, 255),
+        (0, 0, 255),
+    ]
 
 
 def test_the_lora_config_is_valid_and_fits_the_default_model():
     cfg = load_train_config(CONFIG)
     assert cfg["lora"]["rank"] > 0 and cfg["init"]["checkpoint"] == "checkpoints/emoji/model.safetensors"
-    assert cfg["data"]["style_prob"] == 1.0 and cfg["data"]["keyword_prob"] == 0.0  # every caption ends with the trigger
+    assert (
+        cfg["data"]["style_prob"] == 1.0 and cfg["data"]["keyword_prob"] == 0.0
+    )  # every caption ends with the trigger
     assert cfg["training"]["scale_factor"] == "model" and cfg["trainer"]["precision"] == "auto"
     assert cfg["trainer"]["max_steps"] * cfg["data"]["batch_size"] <= 8000  # a few CPU minutes, not a training run
     # The architecture is the default model's (configs/emoji/ldm.yaml); the latent scale is the v2 run's estimate.
@@ -107,26 +116,69 @@ def test_the_example_runs_end_to_end_on_a_tiny_model(script, tmp_path):
     (tmp_path / "judge.json").write_text(json.dumps(TINY_TEXT))
     save_clip(create_clip(tmp_path / "judge.json"), tmp_path / "judge.safetensors")
     out = tmp_path / "docs"
-    overrides = [f"data.root={data / 'train'}", f"logging.run_dir={tmp_path / 'run'}", f"init.checkpoint={base}",
-                 "lora.rank=2", "trainer.max_steps=2", "training.scale_factor=model", "data.val_fraction=0",
-                 "logging.sample_every_n_steps=0", "logging.csv=false", *QUIET]
-    code = script.main(["--train", "--train-config", str(TINY_CONFIGS["ldm"]), *overrides, "--data", str(data),
-                        "--reference", str(ref), "--judge", str(tmp_path / "judge.safetensors"), "--prompts", "2",
-                        "--seeds", "2", "--steps", "2", "--rows", "2", "--out", str(out / "pic.png"),
-                        "--json", str(out / "figures.json")])
+    overrides = [
+        f"data.root={data / 'train'}",
+        f"logging.run_dir={tmp_path / 'run'}",
+        f"init.checkpoint={base}",
+        "lora.rank=2",
+        "trainer.max_steps=2",
+        "training.scale_factor=model",
+        "data.val_fraction=0",
+        "logging.sample_every_n_steps=0",
+        "logging.csv=false",
+        *QUIET,
+    ]
+    code = script.main(
+        [
+            "--train",
+            "--train-config",
+            str(TINY_CONFIGS["ldm"]),
+            *overrides,
+            "--data",
+            str(data),
+            "--reference",
+            str(ref),
+            "--judge",
+            str(tmp_path / "judge.safetensors"),
+            "--prompts",
+            "2",
+            "--seeds",
+            "2",
+            "--steps",
+            "2",
+            "--rows",
+            "2",
+            "--out",
+            str(out / "pic.png"),
+            "--json",
+            str(out / "figures.json"),
+        ]
+    )
     assert code == 0
     result = json.loads((out / "figures.json").read_text())
     assert result["training"]["steps"] == 2 and result["training"]["seconds"] > 0
     assert result["adapter"]["bytes"] == (tmp_path / "run" / "lora.safetensors").stat().st_size
     assert result["before"]["n"] == result["after"]["n"] == 4 and result["real"]["n"] == 3
-    assert all(0 <= result[k]["style_nn"] <= 1 and result[k]["judge_similarity"] <= 1 for k in ("before", "after", "real"))
+    assert all(
+        0 <= result[k]["style_nn"] <= 1 and result[k]["judge_similarity"] <= 1 for k in ("before", "after", "real")
+    )
     assert "| base + LoRA | 4 |" in result["table"]
     assert (out / "pic.png").is_file() and not list(out.glob("*.tmp")) and len(list(out.iterdir())) == 2
 
 
 def test_a_missing_folder_is_a_one_line_error(script, tmp_path, capsys):
     (tmp_path / "x.safetensors").write_bytes(b"")
-    code = script.main(["--train-config", str(CONFIG), "--data", str(tmp_path / "nothing"), "--lora",
-                        str(tmp_path / "x.safetensors"), "--judge", str(tmp_path / "x.safetensors")])
+    code = script.main(
+        [
+            "--train-config",
+            str(CONFIG),
+            "--data",
+            str(tmp_path / "nothing"),
+            "--lora",
+            str(tmp_path / "x.safetensors"),
+            "--judge",
+            str(tmp_path / "x.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "ldm data emoji --styles" in err

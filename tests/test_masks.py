@@ -1,12 +1,24 @@
 """Mask reading, feathering and random training masks; upscaler degradations."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from ldm.degradations import Degradation, DegradationError, add_noise, downscale, gaussian_blur, jpeg_roundtrip
-from ldm.masks import (EmptyMaskError, MaskError, MaskSizeError, border_mask, check_mask, feather, mask_from_image,
-                       random_border_mask, random_box_mask, random_mask, random_stroke_mask)
+from ldm.masks import (
+    EmptyMaskError,
+    MaskError,
+    MaskSizeError,
+    border_mask,
+    check_mask,
+    feather,
+    mask_from_image,
+    random_border_mask,
+    random_box_mask,
+    random_mask,
+    random_stroke_mask,
+)
 
 
 def test_mask_from_l_rgb_and_rgba_alpha():
@@ -97,6 +109,8 @@ def test_degradation_pipeline_reproducible():
     b, pb = deg(_photo(), np.random.default_rng(1))
     assert a.size == (16, 16) and pa == pb and np.array_equal(np.asarray(a), np.asarray(b))
     assert set(pa) == {"blur_sigma", "resample", "noise_std", "jpeg_quality"}
-    plain, p = Degradation(blur_prob=0, noise_prob=0, jpeg_prob=0, resamplers=("bicubic",))(_photo(), np.random.default_rng(1))
+    plain, p = Degradation(blur_prob=0, noise_prob=0, jpeg_prob=0, resamplers=("bicubic",))(
+        _photo(), np.random.default_rng(1)
+    )
     assert p == {"resample": "bicubic"}
     assert np.array_equal(np.asarray(plain), np.asarray(downscale(_photo(), 4)))

@@ -1,13 +1,13 @@
 """The three networks: shapes, maths of their parts, and options that must not change results."""
+
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from factories import TINY_TEXT, tiny_model
 
 from ldm.attention import attention
 from ldm.text_encoder import FrozenOpenCLIPEmbedder
-from factories import TINY_TEXT, tiny_model
 from ldm.unet import timestep_embedding
 
 

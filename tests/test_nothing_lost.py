@@ -1,5 +1,6 @@
 """What a run has made survives its end: a stopped generation keeps every image it wrote, a second run keeps the
 first one's images and grid, and a terminated training run exits 143 once its checkpoint is written."""
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,43 @@ def wait_for(proc: subprocess.Popen, done, what: str) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("signum, status, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(
+    "signum, status, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
 def test_a_stopped_generation_keeps_every_image_it_wrote(model_files, tmp_path, signum, status, said):
     cfg, ckpt = model_files
     samples = tmp_path / "out" / "samples"
     # A million images are not refused: they are made in chunks and written as they come.
-    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "txt2img", "x", "--config", cfg, "--ckpt", ckpt, "--steps", "1",
-                             "--height", "16", "--width", "16", "--n-samples", "1000000", "--seed", "5", "--no-progress",
-                             "--outdir", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=with_ctrl_c)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ldm.cli",
+            "txt2img",
+            "x",
+            "--config",
+            cfg,
+            "--ckpt",
+            ckpt,
+            "--steps",
+            "1",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--n-samples",
+            "1000000",
+            "--seed",
+            "5",
+            "--no-progress",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=with_ctrl_c,
+    )
     try:
         wait_for(proc, lambda: len(list(samples.glob("*.png"))) > 16, "a second chunk of images")  # chunks are 16
         proc.send_signal(signum)
@@ -60,7 +89,9 @@ def test_a_stopped_generation_keeps_every_image_it_wrote(model_files, tmp_path, 
     assert proc.returncode == status, err[-3000:]
     assert f"ldm txt2img: {said}" in err and "Traceback" not in err, err[-3000:]
     files = sorted(samples.iterdir())
-    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(len(files))]  # whole images only, no temporary file
+    assert [f.name for f in files] == [
+        f"{i:05d}.png" for i in range(len(files))
+    ]  # whole images only, no temporary file
     for i, path in enumerate(files):
         with Image.open(path) as image:
             image.load()
@@ -75,13 +106,38 @@ def test_a_second_run_numbers_after_the_highest_image_and_grid(model_files, tmp_
     for path in earlier:
         Image.new("RGB", (16, 16), "blue").save(path)
     before = {path: path.read_bytes() for path in earlier}
-    args = ["txt2img", "x", "--config", cfg, "--ckpt", ckpt, "--steps", "1", "--height", "16", "--width", "16",
-            "--n-samples", "2", "--no-progress", "--outdir", str(out)]
+    args = [
+        "txt2img",
+        "x",
+        "--config",
+        cfg,
+        "--ckpt",
+        ckpt,
+        "--steps",
+        "1",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--n-samples",
+        "2",
+        "--no-progress",
+        "--outdir",
+        str(out),
+    ]
     handler = signal.getsignal(signal.SIGTERM)
     assert main(args) == 0
     assert main(args) == 0
-    assert signal.getsignal(signal.SIGTERM) is handler  # main's own SIGTERM handler is not left behind for a later train
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["00041.png", "00042.png", "00043.png", "00044.png", "00045.png"]
+    assert (
+        signal.getsignal(signal.SIGTERM) is handler
+    )  # main's own SIGTERM handler is not left behind for a later train
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "00041.png",
+        "00042.png",
+        "00043.png",
+        "00044.png",
+        "00045.png",
+    ]
     assert sorted(p.name for p in out.glob("grid-*.png")) == ["grid-0007.png", "grid-0008.png", "grid-0009.png"]
     assert all(path.read_bytes() == data for path, data in before.items())
 
@@ -89,13 +145,28 @@ def test_a_second_run_numbers_after_the_highest_image_and_grid(model_files, tmp_
 def test_a_terminated_training_run_exits_143_after_writing_last_ckpt(tmp_path):
     shapes = make_shapes_dataset(tmp_path / "shapes", size=16, count=8)
     run_dir = tmp_path / "run"
-    cfg = tiny_train_config("vae", shapes, run_dir, [
-        "trainer.max_steps=100000", "logging.checkpoint_every_n_steps=3", "logging.sample_every_n_steps=0",
-        "data.val_fraction=0", "logging.csv=false", "data.batch_size=2", "model.params.ddconfig.ch_mult=[1]",
-        "training.disc_start=null"])
+    cfg = tiny_train_config(
+        "vae",
+        shapes,
+        run_dir,
+        [
+            "trainer.max_steps=100000",
+            "logging.checkpoint_every_n_steps=3",
+            "logging.sample_every_n_steps=0",
+            "data.val_fraction=0",
+            "logging.csv=false",
+            "data.batch_size=2",
+            "model.params.ddconfig.ch_mult=[1]",
+            "training.disc_start=null",
+        ],
+    )
     (tmp_path / "vae.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "train", "--config", str(tmp_path / "vae.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ldm.cli", "train", "--config", str(tmp_path / "vae.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(proc, (run_dir / "checkpoints" / "step-000003.ckpt").exists, "the first periodic checkpoint")
         proc.send_signal(signal.SIGTERM)  # what a scheduler preempting the job sends

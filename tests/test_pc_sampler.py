@@ -1,21 +1,32 @@
 """The predictor-corrector sampler against the analytic Gaussian denoiser (see test_samplers' docstring):
 for data N(mu, s^2) per dimension, D(x, sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu) exactly, so PC samples
 must come out with mean mu and std s, and the Langevin corrector must bring them nearer than the predictor alone."""
+
 import math
 
 import pytest
 import torch
+from test_samplers import MU, SIGMA_MAX, S, gaussian_denoiser, grid
 
 from ldm.samplers import SAMPLERS, InvalidSamplerOptionError, langevin_step_size, sample_pc
-from test_samplers import MU, S, SIGMA_MAX, gaussian_denoiser, grid
 
 N = 20000
 
 
 def run(steps: int, corrector_steps: int = 1, seed: int = 2) -> torch.Tensor:
-    x_t = MU + torch.randn(N, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * (S**2 + SIGMA_MAX**2).sqrt()
-    return sample_pc(gaussian_denoiser, x_t, grid(steps), generator=torch.Generator().manual_seed(seed), disable=True,
-                     corrector_steps=corrector_steps)
+    x_t = (
+        MU
+        + torch.randn(N, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        * (S**2 + SIGMA_MAX**2).sqrt()
+    )
+    return sample_pc(
+        gaussian_denoiser,
+        x_t,
+        grid(steps),
+        generator=torch.Generator().manual_seed(seed),
+        disable=True,
+        corrector_steps=corrector_steps,
+    )
 
 
 def std_error(out: torch.Tensor) -> float:

@@ -2,6 +2,7 @@
 copyright file and synthetic photos stands for the pinned Debian packages, and fake apt-get / dpkg-deb
 scripts for Debian's tools. Nothing is downloaded.
 """
+
 import argparse
 import hashlib
 import json
@@ -29,8 +30,8 @@ from ldm.data.photo_sources import (
     stanza_for,
     survey,
 )
-from ldm.errors import LdmError, one_line
 from ldm.data.photos import OutputDirNotEmptyError, build_photo_dataset, random_crops, split_photos
+from ldm.errors import LdmError, one_line
 
 COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: fake-wallpapers
@@ -84,10 +85,18 @@ def _fake_package(root: Path, name: str = "fake-wallpapers") -> Package:
     for n, file in enumerate([*KEPT, *EXCLUDED]):
         image = Image.new("RGB", (240, 180), (90, 120, 150)) if file == "flat.jpg" else _texture(n)
         image.save(folder / file, quality=95)
-    photos = tuple(Photo(path=f"usr/share/backgrounds/{f}", licence=lic, author=who, source_path=f"photos/{f}")
-                   for f, (lic, who) in KEPT.items())
-    return Package(name=name, version="1.0-1", sha256="0" * 64, photos=photos, scan_dirs=("usr/share/backgrounds",),
-                   excluded=tuple((f"*/{f}", why) for f, why in EXCLUDED.items()))
+    photos = tuple(
+        Photo(path=f"usr/share/backgrounds/{f}", licence=lic, author=who, source_path=f"photos/{f}")
+        for f, (lic, who) in KEPT.items()
+    )
+    return Package(
+        name=name,
+        version="1.0-1",
+        sha256="0" * 64,
+        photos=photos,
+        scan_dirs=("usr/share/backgrounds",),
+        excluded=tuple((f"*/{f}", why) for f, why in EXCLUDED.items()),
+    )
 
 
 @pytest.fixture()
@@ -99,16 +108,33 @@ def fake(tmp_path):
 def test_dep5_stanzas_and_licence_policy():
     stanzas = parse_dep5(COPYRIGHT)
     assert [s.licence for s in stanzas] == ["GPL-2+", "CC-BY-4.0", "CC-BY-SA-3.0", "CC0-1.0", "CC-BY-NC-4.0"]
-    assert stanza_for(stanzas, "photos/cc-by-3.jpg").licence == "CC-BY-4.0"   # the last matching stanza wins
+    assert stanza_for(stanzas, "photos/cc-by-3.jpg").licence == "CC-BY-4.0"  # the last matching stanza wins
     assert stanza_for(stanzas, "photos/sa-extra.jpg").copyright == "2021 Bob Example"  # continuation line
-    assert stanza_for(stanzas, "photos/sa-10.jpg").licence == "GPL-2+"        # "?" is one character
+    assert stanza_for(stanzas, "photos/sa-10.jpg").licence == "GPL-2+"  # "?" is one character
     assert stanza_for(stanzas, "photos/gpl.jpg").licence == "GPL-2+"
-    for kept in ("CC0-1.0", "public-domain", "CC-BY-2.0", "CC-BY-4.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "BSD-3-Clause",
-                 "GPL-2+ or CC-BY-SA-4.0"):
+    for kept in (
+        "CC0-1.0",
+        "public-domain",
+        "CC-BY-2.0",
+        "CC-BY-4.0",
+        "CC-BY-SA-3.0",
+        "CC-BY-SA-4.0",
+        "BSD-3-Clause",
+        "GPL-2+ or CC-BY-SA-4.0",
+    ):
         assert licence_verdict(kept)[0], kept
     assert "ShareAlike" in licence_verdict("CC-BY-SA-4.0")[1]
-    for excluded in ("GPL-2+", "LGPL-3", "LGPLv3", "AGPL-3.0", "CC-BY-NC-4.0", "CC-BY-ND-4.0", "CC-BY-NC-SA-4.0",
-                     "proprietary", ""):
+    for excluded in (
+        "GPL-2+",
+        "LGPL-3",
+        "LGPLv3",
+        "AGPL-3.0",
+        "CC-BY-NC-4.0",
+        "CC-BY-ND-4.0",
+        "CC-BY-NC-SA-4.0",
+        "proprietary",
+        "",
+    ):
         assert not licence_verdict(excluded)[0], excluded
     with pytest.raises(PhotoSourceError, match="DEP-5"):
         parse_dep5("This package was debianized by ...\nLicense: GPL\n")
@@ -126,20 +152,32 @@ def test_survey_keeps_pins_and_reports_every_other_image(fake):
 def test_a_pin_that_disagrees_with_the_copyright_file_is_refused(fake):
     root, package = fake
     stanzas = parse_dep5(COPYRIGHT)
-    for wrong in (Photo("usr/share/backgrounds/gpl.jpg", "CC-BY-4.0", "Someone", source_path="photos/gpl.jpg"),
-                  Photo("usr/share/backgrounds/zero.jpg", "CC0-1.0", "Mallory", source_path="photos/zero.jpg"),
-                  Photo("usr/share/backgrounds/missing.jpg", "CC0-1.0", "Carol Example", source_path="photos/zero.jpg")):
+    for wrong in (
+        Photo("usr/share/backgrounds/gpl.jpg", "CC-BY-4.0", "Someone", source_path="photos/gpl.jpg"),
+        Photo("usr/share/backgrounds/zero.jpg", "CC0-1.0", "Mallory", source_path="photos/zero.jpg"),
+        Photo("usr/share/backgrounds/missing.jpg", "CC0-1.0", "Carol Example", source_path="photos/zero.jpg"),
+    ):
         with pytest.raises(PhotoSourceError):
             check_photo(root, package, wrong, stanzas)
     # a licence outside the policy is refused even when the copyright file agrees with the pin
     with pytest.raises(PhotoSourceError, match="not kept"):
-        check_photo(root, package, Photo("usr/share/backgrounds/nc.jpg", "CC-BY-NC-4.0", "Dan Example",
-                                         source_path="photos/nc.jpg"), stanzas)
+        check_photo(
+            root,
+            package,
+            Photo("usr/share/backgrounds/nc.jpg", "CC-BY-NC-4.0", "Dan Example", source_path="photos/nc.jpg"),
+            stanzas,
+        )
     # a notice beside the images stands in for a blanket stanza, but only while it states the licence
     notice = root / "usr/share/backgrounds/License"
     notice.write_text("Licensed under https://creativecommons.org/licenses/by-sa/3.0/\nCredits: gpl by Erin\n")
-    photo = Photo("usr/share/backgrounds/gpl.jpg", "CC-BY-SA-3.0", "Erin", source_path="photos/gpl.jpg",
-                  notice="usr/share/backgrounds/License", notice_text="Licensed under https://creativecommons.org/licenses/by-sa/3.0/")
+    photo = Photo(
+        "usr/share/backgrounds/gpl.jpg",
+        "CC-BY-SA-3.0",
+        "Erin",
+        source_path="photos/gpl.jpg",
+        notice="usr/share/backgrounds/License",
+        notice_text="Licensed under https://creativecommons.org/licenses/by-sa/3.0/",
+    )
     assert check_photo(root, package, photo, stanzas)["licence"] == "CC-BY-SA-3.0"
     notice.write_text("Licensed under GPL\n")
     with pytest.raises(PhotoSourceError, match="no longer states"):
@@ -183,8 +221,16 @@ def test_crops_sizes_determinism_and_flat_skip():
 
 
 def _build(out: Path, root: Path, package: Package, **kw):
-    return build_photo_dataset(out, sources_dir=out.parent / "unused", size=32, eval_size=48, per_image=kw.pop("per_image", 4),
-                               packages=[package], fetch=lambda p, d: root, **kw)
+    return build_photo_dataset(
+        out,
+        sources_dir=out.parent / "unused",
+        size=32,
+        eval_size=48,
+        per_image=kw.pop("per_image", 4),
+        packages=[package],
+        fetch=lambda p, d: root,
+        **kw,
+    )
 
 
 def test_build_writes_both_splits_in_the_folder_format(fake, tmp_path):
@@ -192,8 +238,10 @@ def test_build_writes_both_splits_in_the_folder_format(fake, tmp_path):
     out = tmp_path / "photos"
     summary = _build(out, root, package)
     assert (summary["train_photos"], summary["heldout_photos"]) == (3, 8)
-    rows = {split: [json.loads(line) for line in (out / split / "captions.jsonl").read_text().splitlines()]
-            for split in ("train", "heldout")}
+    rows = {
+        split: [json.loads(line) for line in (out / split / "captions.jsonl").read_text().splitlines()]
+        for split in ("train", "heldout")
+    }
     for split, side in (("train", 32), ("heldout", 48)):
         for row in rows[split]:
             assert set(row) == {"file", "caption", "source", "license", "author"} and row["caption"] == ""
@@ -213,7 +261,9 @@ def test_build_writes_both_splits_in_the_folder_format(fake, tmp_path):
 
 def test_build_is_deterministic_per_seed_and_replaces_only_its_own_output(fake, tmp_path):
     root, package = fake
-    digest = lambda d: hashlib.sha256(b"".join(p.read_bytes() for p in sorted((d / "train/images").iterdir()))).hexdigest()
+    digest = lambda d: hashlib.sha256(
+        b"".join(p.read_bytes() for p in sorted((d / "train/images").iterdir()))
+    ).hexdigest()
     _build(tmp_path / "a", root, package)
     _build(tmp_path / "b", root, package)
     _build(tmp_path / "c", root, package, seed=1)
@@ -246,7 +296,9 @@ def test_fetch_refuses_a_deb_whose_checksum_differs(tmp_path):
 def test_fetch_verifies_unpacks_and_then_reuses_the_cache(tmp_path):
     payload = b"a pinned package\n"
     calls = tmp_path / "calls"
-    apt_get = _script(tmp_path / "apt-get", f'echo x >> "{calls}"\nprintf "a pinned package\\n" > "fake_2%3a1.0_all.deb"\n')
+    apt_get = _script(
+        tmp_path / "apt-get", f'echo x >> "{calls}"\nprintf "a pinned package\\n" > "fake_2%3a1.0_all.deb"\n'
+    )
     dpkg = _script(tmp_path / "dpkg-deb", 'mkdir -p "$3/usr/share/doc/fake" && cp "$2" "$3/usr/share/doc/fake/deb"\n')
     package = Package(name="fake", version="2:1.0", sha256=hashlib.sha256(payload).hexdigest(), photos=(), scan_dirs=())
     folder = fetch_package(package, tmp_path / "cache", apt_get=apt_get, dpkg_deb=dpkg)
@@ -291,7 +343,11 @@ def test_cli_prints_one_summary_line(fake, tmp_path, monkeypatch, capsys):
     root, package = fake
     monkeypatch.setattr(photos_mod, "PACKAGES", (package,))
     monkeypatch.setattr(photos_mod, "fetch_package", lambda p, d: root)
-    assert _data_command(["data", "photos", "--out", str(tmp_path / "o"), "--size", "32", "--eval-size", "48",
-                          "--per-image", "2"]) == 0
+    assert (
+        _data_command(
+            ["data", "photos", "--out", str(tmp_path / "o"), "--size", "32", "--eval-size", "48", "--per-image", "2"]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "11 photos (fake-wallpapers 11)" in lines[0] and "train crops of 32 px" in lines[0]

@@ -3,19 +3,20 @@
 diffusers ships converters from original SD state dicts to its own layout; if our modules
 compute the same function as the original ones, both outputs agree to float32 precision.
 """
+
 import copy
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-
-from ldm.unet import UNetModel
-from ldm.errors import InvalidOptionError
-from ldm.vae import AutoencoderKL
-
-from diffusers import AutoencoderKL as DiffusersVAE, UNet2DConditionModel
+from diffusers import AutoencoderKL as DiffusersVAE
+from diffusers import UNet2DConditionModel
 from diffusers.loaders import single_file_utils as s
+
+from ldm.errors import InvalidOptionError
+from ldm.unet import UNetModel
+from ldm.vae import AutoencoderKL
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 
@@ -40,10 +41,13 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("heads", [
-    dict(num_head_channels=32, use_linear_in_transformer=True),  # SD 2.x: linear projections, 64-channel heads
-    dict(num_heads=4, num_head_channels=-1, use_linear_in_transformer=False),  # SD 1.x style: conv projections
-])
+@pytest.mark.parametrize(
+    "heads",
+    [
+        dict(num_head_channels=32, use_linear_in_transformer=True),  # SD 2.x: linear projections, 64-channel heads
+        dict(num_heads=4, num_head_channels=-1, use_linear_in_transformer=False),  # SD 1.x style: conv projections
+    ],
+)
 def test_unet_matches_diffusers(heads):
     cfg = small_sd2(model_channels=64, channel_mult=[1, 2, 2], context_dim=64, **heads)
     ours = randomise(UNetModel(**cfg["model"]["params"]["unet_config"]["params"]))
@@ -75,8 +79,19 @@ def test_vae_matches_diffusers():
 
 def test_a_narrow_vae_with_fewer_norm_groups_matches_diffusers():
     """norm_groups (diffusers' norm_num_groups): the upscaler's autoencoder normalises 32 channels in 8 groups."""
-    ddconfig = {"double_z": True, "z_channels": 8, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
-                "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0, "norm_groups": 8}
+    ddconfig = {
+        "double_z": True,
+        "z_channels": 8,
+        "resolution": 32,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 32,
+        "ch_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+        "norm_groups": 8,
+    }
     ours = randomise(AutoencoderKL(ddconfig, 8), std=0.03)
     assert {m.num_groups for m in ours.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
     from ldm.diffusers_export import vae_config
@@ -111,13 +126,14 @@ def clip_tokenizer():
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     # The pad token is the end token, as in SD 1.x's tokenizer config (CLIPTokenizer's default too).
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split()) for m in merges],
-                         pad_token="<|endoftext|>")
+    return CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split()) for m in merges], pad_token="<|endoftext|>"
+    )
 
 
 def hf_token_ids(tokenizer, prompts):
@@ -128,9 +144,18 @@ def small_hf_clip_text_model(layers=3):
     """A random CLIPTextModel of CLIP ViT-L/14's kind (quick-GELU, 12 heads), 48 wide."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=48, intermediate_size=192, num_hidden_layers=layers,
-                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=48,
+        intermediate_size=192,
+        num_hidden_layers=layers,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
     model = randomise(CLIPTextModel(config))
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -154,7 +179,7 @@ def sd1_text_encoder_from(hf_model, layers=3):
 
     ckpt = {SD1_TEXT + k: v for k, v in text_model(hf_model).state_dict().items()}
     ours = FrozenCLIPEmbedder(width=48, layers=layers)
-    load_into(ours, {k[len("text_encoder."):]: v for k, v in from_original_keys(ckpt).items()})
+    load_into(ours, {k[len("text_encoder.") :]: v for k, v in from_original_keys(ckpt).items()})
     return ours
 
 
@@ -177,7 +202,11 @@ def test_sd1_text_encoder_matches_transformers(clip_tokenizer, clip_skip):
     ours.set_clip_skip(clip_skip)
     with torch.no_grad():
         out = theirs(input_ids=hf_token_ids(clip_tokenizer, SD1_PROMPTS), output_hidden_states=True)
-        expected = out.last_hidden_state if clip_skip == 1 else text_model(theirs).final_layer_norm(out.hidden_states[-clip_skip])
+        expected = (
+            out.last_hidden_state
+            if clip_skip == 1
+            else text_model(theirs).final_layer_norm(out.hidden_states[-clip_skip])
+        )
         got = ours(SD1_PROMPTS)
     assert got.shape == expected.shape == (len(SD1_PROMPTS), 77, 48)
     assert rel_err(got, expected) <= 1e-5
@@ -196,8 +225,9 @@ def test_sd1_text_encoder_saves_what_transformers_loads(clip_tokenizer):
     with torch.no_grad():
         for p in reloaded.parameters():
             p.zero_()
-    missing, unexpected = text_model(reloaded).load_state_dict({k[len(SD1_TEXT):]: v for k, v in saved.items()},
-                                                               strict=False)
+    missing, unexpected = text_model(reloaded).load_state_dict(
+        {k[len(SD1_TEXT) :]: v for k, v in saved.items()}, strict=False
+    )
     assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
     ids = hf_token_ids(clip_tokenizer, SD1_PROMPTS)
     with torch.no_grad():

@@ -5,6 +5,7 @@ prompts over the limit, PNG metadata of the wrong types or sizes, oversized imag
 options of the wrong type or out of range. In-process: a fuzz of the prompt, infotext and metadata parsers with
 inputs up to 1 MB, each answered within 5 seconds; EXIF orientation wherever an image is read.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,19 +36,34 @@ from ldm.text_encoder import _cut_part
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
 MODEL = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
-FROM_PNG = ["txt2img", "--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--no-progress", "--outdir", "out",
-            "--from-png"]
+FROM_PNG = [
+    "txt2img",
+    "--config",
+    "tiny.yaml",
+    "--ckpt",
+    "tiny.safetensors",
+    "--no-progress",
+    "--outdir",
+    "out",
+    "--from-png",
+]
 GOOD = {"prompt": "x", "negative_prompt": "", "seed": 1, "steps": 2, "height": 16, "width": 16, "sampler": "ddim"}
 ORIENTATION = 0x0112  # the EXIF tag
 
 # (argv, what the one error line must say)
 CASES = [
     (["txt2img", "--from-file", "bad-utf8.txt", *MODEL], "prompt file bad-utf8.txt is not UTF-8 text: byte 12 (0xff)"),
-    (["txt2img", "a red apple, " * 7693, *MODEL], f"prompt is 100,009 characters long; the limit is {MAX_PROMPT_CHARS:,}"),
+    (
+        ["txt2img", "a red apple, " * 7693, *MODEL],
+        f"prompt is 100,009 characters long; the limit is {MAX_PROMPT_CHARS:,}",
+    ),
     (["txt2img", "x", "--negative-prompt", "b" * 6000, *MODEL], "negative prompt is 6,000 characters long"),
     (["txt2img", "--from-file", "long-line.txt", *MODEL], "line 2 of long-line.txt is 9,000 characters long"),
     ([*FROM_PNG, "long-prompt-infotext.png"], "prompt is 200,000 characters long"),
-    ([*FROM_PNG, "long-line-infotext.png"], "the parameters text has no Steps or Seed"),  # a 200,000-character last line
+    (
+        [*FROM_PNG, "long-line-infotext.png"],
+        "the parameters text has no Steps or Seed",
+    ),  # a 200,000-character last line
     ([*FROM_PNG, "long-infotext.png"], "the parameters text is 300,002 characters long; the limit is 262,144"),
     ([*FROM_PNG, "string-seed.png"], "setting 'seed' must be an integer, got '42'"),
     ([*FROM_PNG, "string-steps.png"], "setting 'steps' must be an integer, got '20'"),
@@ -62,12 +78,18 @@ CASES = [
     ([*FROM_PNG, "../big/huge-text.png"], "has a text chunk of 73,400,320 bytes; the limit is 1,048,576"),
     ([*FROM_PNG, "../big/many-texts.png"], "Too much memory used in text chunks"),
     ([*FROM_PNG, "bomb-30000.png"], "bomb-30000.png is too large to open safely"),
-    (["txt2img", "x", *MODEL, "--sampler", "pc", "--sampler-option", "snr=abc"],
-     "sampler option snr must be a number from 0 to 1, got 'abc'"),
-    (["txt2img", "x", *MODEL, "--sampler", "pc", "--sampler-option", "corrector_steps=100000000"],
-     "sampler option corrector_steps must be an integer from 0 to 20, got 100000000"),
-    (["txt2img", "x", *MODEL, "--sampler", "pc", "--sampler-option", "corrector_steps=1.5"],
-     "sampler option corrector_steps must be an integer from 0 to 20, got 1.5"),
+    (
+        ["txt2img", "x", *MODEL, "--sampler", "pc", "--sampler-option", "snr=abc"],
+        "sampler option snr must be a number from 0 to 1, got 'abc'",
+    ),
+    (
+        ["txt2img", "x", *MODEL, "--sampler", "pc", "--sampler-option", "corrector_steps=100000000"],
+        "sampler option corrector_steps must be an integer from 0 to 20, got 100000000",
+    ),
+    (
+        ["txt2img", "x", *MODEL, "--sampler", "pc", "--sampler-option", "corrector_steps=1.5"],
+        "sampler option corrector_steps must be an integer from 0 to 20, got 1.5",
+    ),
 ]
 # Inputs that were tracebacks and are now simply used.
 GOOD_CASES = [[*FROM_PNG, "null-negative.png"]]
@@ -142,8 +164,9 @@ def results(workspace) -> list[dict]:
     # 30 s each: every case is refused before any model is loaded; a hang shows as "timeout"
     cases = [{"argv": argv, "cwd": str(workspace), "watch": str(workspace), "timeout": 30} for argv, _ in CASES]
     cases += [{"argv": argv, "cwd": str(workspace), "watch": None, "timeout": 120} for argv in GOOD_CASES]
-    r = subprocess.run([sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True,
-                       timeout=900, check=False)
+    r = subprocess.run(
+        [sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True, timeout=900, check=False
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
@@ -209,13 +232,51 @@ PER_INPUT_SECONDS = 5.0
 
 def fuzz_inputs(seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    unit = ["(", ")", "[", "]", ":", ",", "\n", " ", "\\", '"', "Steps: ", "Negative prompt: ", "BREAK", "a",
-            "(a:1.2)", "é", "\u200b", "🍎", "\U0010ffff", "1", "x", "-", "/", "Size: 8x8, "]
+    unit = [
+        "(",
+        ")",
+        "[",
+        "]",
+        ":",
+        ",",
+        "\n",
+        " ",
+        "\\",
+        '"',
+        "Steps: ",
+        "Negative prompt: ",
+        "BREAK",
+        "a",
+        "(a:1.2)",
+        "é",
+        "\u200b",
+        "🍎",
+        "\U0010ffff",
+        "1",
+        "x",
+        "-",
+        "/",
+        "Size: 8x8, ",
+    ]
     inputs = [
-        "(" * 1_000_000, ")" * 1_000_000, "[" * 500_000 + "]" * 500_000, ":" * 1_000_000, "," * 1_000_000,
-        "\n" * 1_000_000, " " * 1_000_000 + "x", "Steps: " * 140_000, "Steps: 1, " * 100_000, "a" * 1_000_000,
-        "(a" * 500_000, "(a:1.1)" * 140_000, 'a: "' * 250_000, 'a:"\\' * 250_000, "a b/c-d " * 125_000,
-        ("a" * 63 + ":") * 15_000, "🍎" * 1_000_000, "x\nNegative prompt: " * 60_000,
+        "(" * 1_000_000,
+        ")" * 1_000_000,
+        "[" * 500_000 + "]" * 500_000,
+        ":" * 1_000_000,
+        "," * 1_000_000,
+        "\n" * 1_000_000,
+        " " * 1_000_000 + "x",
+        "Steps: " * 140_000,
+        "Steps: 1, " * 100_000,
+        "a" * 1_000_000,
+        "(a" * 500_000,
+        "(a:1.1)" * 140_000,
+        'a: "' * 250_000,
+        'a:"\\' * 250_000,
+        "a b/c-d " * 125_000,
+        ("a" * 63 + ":") * 15_000,
+        "🍎" * 1_000_000,
+        "x\nNegative prompt: " * 60_000,
     ]
     for length in (10, 1000, 100_000, 1_000_000):
         inputs.append("".join(rng.choice(unit) for _ in range(max(1, length // 4))))
@@ -247,11 +308,15 @@ def test_the_parsers_answer_every_input_within_seconds(tmp_path):
         prompt_file.write_text(text, encoding="utf-8", errors="surrogatepass")
         image = tmp_path / "image.png"
         png_with_text(image, parameters=text, ldm=json.dumps({**GOOD, "prompt": text}))
-        for name, function, arg in (("infotext", parse_infotext, text), ("settings", settings_from_infotext, text),
-                                    ("prompt", parse_prompt, text), ("prompt at the limit", parse_prompt,
-                                                                     text[:MAX_PROMPT_CHARS]),
-                                    ("prompt file", read_prompt_file, prompt_file), ("png", settings_from_png, image),
-                                    ("sampler option", parse_sampler_options, [f"snr={text[:100_000]}"])):
+        for name, function, arg in (
+            ("infotext", parse_infotext, text),
+            ("settings", settings_from_infotext, text),
+            ("prompt", parse_prompt, text),
+            ("prompt at the limit", parse_prompt, text[:MAX_PROMPT_CHARS]),
+            ("prompt file", read_prompt_file, prompt_file),
+            ("png", settings_from_png, image),
+            ("sampler option", parse_sampler_options, [f"snr={text[:100_000]}"]),
+        ):
             seconds = timed(function, arg)
             slowest[name] = max(slowest.get(name, 0.0), seconds)
             assert seconds < PER_INPUT_SECONDS, (name, number, text[:40], seconds)
@@ -276,6 +341,7 @@ def test_a_prompt_file_over_the_count_is_refused(tmp_path, monkeypatch):
 
 
 # ---- EXIF orientation ----
+
 
 def sideways(tmp_path: Path, name: str = "phone.png") -> tuple[Path, np.ndarray]:
     """A 24x16 image stored as a phone stores an upright 16x24 photo: orientation 6 (turn 90 degrees clockwise)."""
@@ -303,8 +369,14 @@ def test_img2img_uses_the_upright_image(workspace, tmp_path):
     path, _ = sideways(workspace, "phone-for-img2img.png")
     out = tmp_path / "out"
     argv = ["img2img", str(path), "x", *MODEL[:-1], str(out), "--strength", "0.5"]
-    result = subprocess.run([sys.executable, "-m", "ldm.cli", *argv], cwd=workspace, capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ldm.cli", *argv],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with Image.open(out / "samples" / "00000.png") as made:
         assert made.size == (16, 24)  # upright; the stored pixels are 24 wide and 16 high

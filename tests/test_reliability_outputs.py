@@ -1,5 +1,6 @@
 """Nothing a user made is overwritten or lost (issue 36): concurrent runs into one output folder keep every image,
 one training per run folder, named outputs refused unless --overwrite, and a full disk stops in one line."""
+
 from __future__ import annotations
 
 import errno
@@ -26,8 +27,14 @@ from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
-VAE_FAST = ["logging.sample_every_n_steps=0", "data.val_fraction=0", "logging.csv=false", "data.batch_size=2",
-            "model.params.ddconfig.ch_mult=[1]", "training.disc_start=null"]
+VAE_FAST = [
+    "logging.sample_every_n_steps=0",
+    "data.val_fraction=0",
+    "logging.csv=false",
+    "data.batch_size=2",
+    "model.params.ddconfig.ch_mult=[1]",
+    "training.disc_start=null",
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +73,34 @@ def pixels(path: Path) -> np.ndarray:
 
 # ---- numbered images ---------------------------------------------------------------------------------------------
 
+
 def test_four_runs_into_one_folder_at_once_keep_all_twenty_images(model_files, tmp_path):
     out = tmp_path / "out"
-    common = [*model_files, "--steps", "2", "--height", "16", "--width", "16", "--n-iter", "5", "--no-progress",
-              "--outdir", str(out)]
+    common = [
+        *model_files,
+        "--steps",
+        "2",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--n-iter",
+        "5",
+        "--no-progress",
+        "--outdir",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "ldm.cli", "txt2img", "x", *common, "--seed", str(1000 * k)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for k in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ldm.cli", "txt2img", "x", *common, "--seed", str(1000 * k)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for k in range(4)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [e[-2000:] for e in errs]
     files = sorted((out / "samples").iterdir())
@@ -82,13 +110,18 @@ def test_four_runs_into_one_folder_at_once_keep_all_twenty_images(model_files, t
     assert len(list(out.glob("grid-*.png"))) == 4  # each run's grid kept too
     for path in (files[0], files[-1]):  # the files hold the images their metadata describes
         again = tmp_path / f"again-{path.stem}"
-        assert main(["txt2img", "--from-png", str(path), *model_files, "--no-progress", "--no-grid",
-                     "--outdir", str(again)]) == 0
+        assert (
+            main(
+                ["txt2img", "--from-png", str(path), *model_files, "--no-progress", "--no-grid", "--outdir", str(again)]
+            )
+            == 0
+        )
         [made] = list((again / "samples").iterdir())
         assert np.array_equal(pixels(made), pixels(path)) and png_seed(made) == png_seed(path)
 
 
 # ---- one training per run folder -----------------------------------------------------------------------------------
+
 
 def wait_until(proc: subprocess.Popen, done, what: str, seconds: float = 240) -> None:
     deadline = time.monotonic() + seconds
@@ -104,22 +137,35 @@ def wait_until(proc: subprocess.Popen, done, what: str, seconds: float = 240) ->
 def test_a_second_training_on_a_live_run_folder_is_refused_and_a_killed_run_resumes(shapes, tmp_path):
     run_dir = tmp_path / "run"
     cfg = tmp_path / "vae.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_train_config("vae", shapes, run_dir, [
-        *VAE_FAST, "trainer.max_steps=100000", "logging.checkpoint_every_n_steps=2"])))
-    first = subprocess.Popen([sys.executable, "-m", "ldm.cli", "train", "--config", str(cfg)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cfg.write_text(
+        yaml.safe_dump(
+            tiny_train_config(
+                "vae", shapes, run_dir, [*VAE_FAST, "trainer.max_steps=100000", "logging.checkpoint_every_n_steps=2"]
+            )
+        )
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ldm.cli", "train", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(first, (run_dir / "checkpoints" / "step-000002.ckpt").exists, "the first periodic checkpoint")
         # A new run, a resume, a restart: each would share the folder. Run as real commands, forked from one process
         # that has imported torch once (tests/cli_runner.py), so the three cost one start-up.
-        cases = [{"argv": ["train", "--config", str(cfg), *extra], "timeout": 240}
-                 for extra in ([], ["--resume"], ["--overwrite"])]
-        r = subprocess.run([sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True,
-                           timeout=600)
+        cases = [
+            {"argv": ["train", "--config", str(cfg), *extra], "timeout": 240}
+            for extra in ([], ["--resume"], ["--overwrite"])
+        ]
+        r = subprocess.run(
+            [sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True, timeout=600
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         for result in json.loads(r.stdout):
-            assert_one_line_refusal(result["rc"], result["stderr"],
-                                    f"{run_dir} is in use by a running training (pid {first.pid})")
+            assert_one_line_refusal(
+                result["rc"], result["stderr"], f"{run_dir} is in use by a running training (pid {first.pid})"
+            )
         assert first.poll() is None  # the live run goes on
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
@@ -131,6 +177,7 @@ def test_a_second_training_on_a_live_run_folder_is_refused_and_a_killed_run_resu
 
 
 # ---- named outputs -----------------------------------------------------------------------------------------------
+
 
 def user_files(folder: Path) -> dict[str, bytes]:
     (folder / "images").mkdir(parents=True)
@@ -160,8 +207,11 @@ def test_walk_refuses_an_existing_out_file_and_frames_unless_overwrite(model_fil
     (frames / "0001.png").write_bytes(b"the user's own frame")
     walk = ["walk", "a", "b", *model_files, "--steps", "2", "--frames", "3", "--no-progress", "--out", str(out)]
     assert_one_line_refusal(main(walk), capsys.readouterr().err, f"{out} already exists (--overwrite replaces it)")
-    assert_one_line_refusal(main([*walk[:-2], "--out", str(tmp_path / "new.gif"), "--frames-dir", str(frames)]),
-                            capsys.readouterr().err, f"{frames / '0001.png'} already exists")
+    assert_one_line_refusal(
+        main([*walk[:-2], "--out", str(tmp_path / "new.gif"), "--frames-dir", str(frames)]),
+        capsys.readouterr().err,
+        f"{frames / '0001.png'} already exists",
+    )
     assert out.read_bytes() == b"the user's own animation" and not (tmp_path / "new.gif").exists()
     assert (frames / "0001.png").read_bytes() == b"the user's own frame" and sorted(os.listdir(frames)) == ["0001.png"]
     assert main([*walk, "--frames-dir", str(frames), "--overwrite"]) == 0
@@ -179,10 +229,16 @@ def test_export_only_refuses_existing_exports_unless_overwrite(shapes, tmp_path,
     weights = run_dir / "vae.safetensors"
     weights.write_bytes(b"the user's own weights")
     export = ["train", "--export-only", "--resume", str(run_dir)]
-    assert_one_line_refusal(main(export), capsys.readouterr().err,
-                            f"{weights} already exists (--overwrite replaces it)")
-    script = subprocess.run([sys.executable, "scripts/export.py", str(run_dir)], capture_output=True, text=True,
-                            timeout=300, cwd=Path(__file__).parents[1])
+    assert_one_line_refusal(
+        main(export), capsys.readouterr().err, f"{weights} already exists (--overwrite replaces it)"
+    )
+    script = subprocess.run(
+        [sys.executable, "scripts/export.py", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
     assert_one_line_refusal(script.returncode, script.stderr, "already exists")
     assert weights.read_bytes() == b"the user's own weights"
     assert main([*export, "--overwrite"]) == 0
@@ -190,6 +246,7 @@ def test_export_only_refuses_existing_exports_unless_overwrite(shapes, tmp_path,
 
 
 # ---- a full disk -------------------------------------------------------------------------------------------------
+
 
 class HalfWrites:
     """A file on a disk that fills up: each write puts half its bytes on disk, then fails with ENOSPC."""
@@ -212,8 +269,9 @@ class HalfWrites:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_a_full_disk_during_generation_stops_in_one_line_and_leaves_no_partial_image(model_files, tmp_path,
-                                                                                      monkeypatch, capsys):
+def test_a_full_disk_during_generation_stops_in_one_line_and_leaves_no_partial_image(
+    model_files, tmp_path, monkeypatch, capsys
+):
     real_fdopen, opened = os.fdopen, []
 
     def fdopen(fd, mode="r", *args, **kwargs):  # how the PNG writer opens its temporary file
@@ -226,20 +284,27 @@ def test_a_full_disk_during_generation_stops_in_one_line_and_leaves_no_partial_i
     monkeypatch.setattr(os, "fdopen", fdopen)
     out = tmp_path / "out"
     rc = main(["txt2img", "x", *model_files, "--steps", "2", "--n-samples", "3", "--no-progress", "--outdir", str(out)])
-    assert_one_line_refusal(rc, capsys.readouterr().err,
-                            f"cannot write {out / 'samples' / '00001.png'}: No space left on device")
+    assert_one_line_refusal(
+        rc, capsys.readouterr().err, f"cannot write {out / 'samples' / '00001.png'}: No space left on device"
+    )
     assert sorted(os.listdir(out / "samples")) == ["00000.png"]  # the whole first image, no partial one, no temp file
     assert pixels(out / "samples" / "00000.png").shape == (16, 16, 3)
 
 
-def test_a_full_disk_during_training_stops_in_one_line_and_keeps_the_last_good_checkpoint(shapes, tmp_path,
-                                                                                          monkeypatch, capsys):
+def test_a_full_disk_during_training_stops_in_one_line_and_keeps_the_last_good_checkpoint(
+    shapes, tmp_path, monkeypatch, capsys
+):
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
     run_dir = tmp_path / "run"
     cfg = tmp_path / "vae.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_train_config("vae", shapes, run_dir, [
-        *VAE_FAST, "trainer.max_steps=6", "logging.checkpoint_every_n_steps=1"])))
+    cfg.write_text(
+        yaml.safe_dump(
+            tiny_train_config(
+                "vae", shapes, run_dir, [*VAE_FAST, "trainer.max_steps=6", "logging.checkpoint_every_n_steps=1"]
+            )
+        )
+    )
     real_save = TorchCheckpointIO.save_checkpoint
     saves = []
 

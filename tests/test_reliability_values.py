@@ -5,6 +5,7 @@ LdmError subclasses as the CLI does, and original SD configs read as the origina
 The command-line cases run through the real `ldm` command (tests/cli_runner.py, as tests/test_bad_inputs.py does):
 exit 2, one error line, no traceback, and no image written.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,8 +91,9 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def results(workspace) -> list[dict]:
     cases = [{"argv": argv, "cwd": str(workspace), "watch": str(workspace), "timeout": 120} for argv, _ in CASES]
-    r = subprocess.run([sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True,
-                       timeout=600, check=False)
+    r = subprocess.run(
+        [sys.executable, str(RUNNER)], input=json.dumps(cases), capture_output=True, text=True, timeout=600, check=False
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
@@ -139,10 +141,22 @@ API_CASES = [
 ]
 
 
-@pytest.mark.parametrize("arguments, error, message", API_CASES,
-                         ids=["prompt None", "a prompt list holding an int", "negative prompt None", "generator int",
-                              "a generator list holding a str", "meta latents", "NaN latents",
-                              "latents of another shape", "latents a list", "scale 1e308"])
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    API_CASES,
+    ids=[
+        "prompt None",
+        "a prompt list holding an int",
+        "negative prompt None",
+        "generator int",
+        "a generator list holding a str",
+        "meta latents",
+        "NaN latents",
+        "latents of another shape",
+        "latents a list",
+        "scale 1e308",
+    ],
+)
 def test_bad_api_arguments_are_ldm_errors_that_say_what_is_wrong(model, arguments, error, message):
     arguments = {"prompts": "a cat", **arguments}
     with pytest.raises(error, match=message):

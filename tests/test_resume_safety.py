@@ -1,8 +1,8 @@
 """Resume reads run checkpoints without running code, refuses files that are not the run's, and keeps old runs."""
+
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +19,16 @@ from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
 OLD_CHECKPOINT = Path(__file__).parent / "data" / "vae-run-e4731bb.ckpt"
-FAST = ["trainer.max_steps=2", "logging.sample_every_n_steps=0", "logging.checkpoint_every_n_steps=0",
-        "data.val_fraction=0", "logging.csv=false", "data.batch_size=2", "model.params.ddconfig.ch_mult=[1]",
-        "training.disc_start=null"]
+FAST = [
+    "trainer.max_steps=2",
+    "logging.sample_every_n_steps=0",
+    "logging.checkpoint_every_n_steps=0",
+    "data.val_fraction=0",
+    "logging.csv=false",
+    "data.batch_size=2",
+    "model.params.ddconfig.ch_mult=[1]",
+    "training.disc_start=null",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +67,9 @@ def test_resume_never_runs_a_pickle_payload_even_when_torch_is_told_to_allow_it(
     cfg.write_text(yaml.safe_dump(tiny_train_config("vae", shapes, run_dir, FAST)))
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     for args in (["--config", str(cfg), "--resume"], ["--resume", str(run_dir)]):  # with and without the YAML
-        r = subprocess.run([sys.executable, "-m", "ldm.cli", "train", *args], env=env, capture_output=True, text=True,
-                           timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "ldm.cli", "train", *args], env=env, capture_output=True, text=True, timeout=300
+        )
         assert r.returncode == 2, r.stderr[-2000:]
         assert not marker.exists()
         assert "Traceback" not in r.stderr
@@ -81,8 +89,16 @@ def test_lightning_reads_checkpoints_only_through_the_weights_only_plugin(tmp_pa
 
 def test_a_run_checkpoint_written_before_the_safe_loader_still_resumes(shapes, tmp_path):
     run_dir = tmp_path / "resumed"
-    rc = cli_main(["train", "--resume", str(OLD_CHECKPOINT), f"data.root={shapes}", f"logging.run_dir={run_dir}",
-                   "trainer.max_steps=3"])
+    rc = cli_main(
+        [
+            "train",
+            "--resume",
+            str(OLD_CHECKPOINT),
+            f"data.root={shapes}",
+            f"logging.run_dir={run_dir}",
+            "trainer.max_steps=3",
+        ]
+    )
     assert rc == 0
     old = torch.load(OLD_CHECKPOINT, weights_only=True)
     new = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

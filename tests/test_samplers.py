@@ -4,14 +4,21 @@ For x0 ~ N(mu, s^2) per dimension: D(x, sigma) = (s^2 x + sigma^2 mu) / (s^2 + s
 probability-flow ODE carries x at sigma_a to mu + (x - mu) sqrt(s^2 + sigma_b^2) / sqrt(s^2 + sigma_a^2)
 at sigma_b; at sigma_b = 0 that is mu + (x_T - mu) s / sqrt(s^2 + sigma_max^2).
 """
+
 import math
 
 import pytest
 import torch
 
 from ldm.denoisers import CFGDenoiser, DiscreteTimeDenoiser
-from ldm.samplers import (DETERMINISTIC, SAMPLERS, InvalidStrengthError, UnknownSamplerError, get_sampler,
-                          truncate_sigmas)
+from ldm.samplers import (
+    DETERMINISTIC,
+    SAMPLERS,
+    InvalidStrengthError,
+    UnknownSamplerError,
+    get_sampler,
+    truncate_sigmas,
+)
 from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, karras_sigmas, make_betas, t_to_sigma
 
 MU = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
@@ -51,8 +58,10 @@ def test_error_shrinks_at_the_expected_order(name, order):
     x_t = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * SIGMA_MAX
     exact = flow(x_t, torch.tensor(SIGMA_MAX), torch.tensor(0.0))
     steps = [8, 16, 32, 64]
-    errors = [(SAMPLERS[name](gaussian_denoiser, x_t.clone(), grid(n), disable=True) - exact).abs().max().item()
-              for n in steps]
+    errors = [
+        (SAMPLERS[name](gaussian_denoiser, x_t.clone(), grid(n), disable=True) - exact).abs().max().item()
+        for n in steps
+    ]
     assert errors == sorted(errors, reverse=True), errors
     assert slope(steps[1:], errors[1:]) == pytest.approx(order, abs=0.3), (name, errors)
 
@@ -66,7 +75,11 @@ def test_samples_have_the_data_mean_and_std(name):
     Means within 4 standard errors; stds within 12%, the bias ancestral Euler still has at 50 steps.
     """
     n = 8000
-    x_t = MU + torch.randn(n, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * (S**2 + SIGMA_MAX**2).sqrt()
+    x_t = (
+        MU
+        + torch.randn(n, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        * (S**2 + SIGMA_MAX**2).sqrt()
+    )
     out = SAMPLERS[name](gaussian_denoiser, x_t, grid(50), generator=torch.Generator().manual_seed(2), disable=True)
     z = (out.mean(0) - MU) / (S / math.sqrt(n))
     assert z.abs().max() < 4, z
@@ -75,8 +88,9 @@ def test_samples_have_the_data_mean_and_std(name):
 
 def test_eta_zero_reduces_to_the_deterministic_solver():
     x_t = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * SIGMA_MAX
-    run = lambda name, **kw: SAMPLERS[name](gaussian_denoiser, x_t.clone(), grid(10), disable=True,
-                                           generator=torch.Generator().manual_seed(3), **kw)
+    run = lambda name, **kw: SAMPLERS[name](
+        gaussian_denoiser, x_t.clone(), grid(10), disable=True, generator=torch.Generator().manual_seed(3), **kw
+    )
     euler = run("euler")
     torch.testing.assert_close(run("ddim"), euler)  # DDIM(eta = 0) is Euler in x / sqrt(ab) space
     torch.testing.assert_close(run("euler_ancestral", eta=0.0), euler)
@@ -93,8 +107,9 @@ def test_ddim_eta_noise_is_the_ddpm_posterior_variance():
     sigma, sigma_next = torch.tensor(3.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
     x = torch.full((100_000, 1), 0.7, dtype=torch.float64)
     zero = lambda x, s: torch.zeros_like(x)
-    out = SAMPLERS["ddpm"](zero, x, torch.stack([sigma, sigma_next]), generator=torch.Generator().manual_seed(0),
-                           disable=True)
+    out = SAMPLERS["ddpm"](
+        zero, x, torch.stack([sigma, sigma_next]), generator=torch.Generator().manual_seed(0), disable=True
+    )
     ab, ab_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
     std = ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt() / ab_next.sqrt()
     assert out.std().item() == pytest.approx(std.item(), rel=0.02)
@@ -112,10 +127,12 @@ def test_plms_multistep_weights_integrate_polynomials_exactly():
     sigmas = torch.arange(7.0, -1.0, -1.0, dtype=torch.float64)
     x = torch.zeros(1, 1, dtype=torch.float64)
     out = SAMPLERS["plms"](model, x, sigmas, disable=True)
-    expected = (-(p(7) + p(6)) / 2  # Heun: trapezoid from 7 to 6
-                - (3 * p(6) - p(7)) / 2  # AB2 from 6 to 5
-                - (23 * p(5) - 16 * p(6) + 5 * p(7)) / 12  # AB3 from 5 to 4
-                + integral(4.0, 0.0))  # AB4 from 4 to 0: exact for cubics
+    expected = (
+        -(p(7) + p(6)) / 2  # Heun: trapezoid from 7 to 6
+        - (3 * p(6) - p(7)) / 2  # AB2 from 6 to 5
+        - (23 * p(5) - 16 * p(6) + 5 * p(7)) / 12  # AB3 from 5 to 4
+        + integral(4.0, 0.0)
+    )  # AB4 from 4 to 0: exact for cubics
     assert out.item() == pytest.approx(expected, rel=1e-12)
     assert abs(expected - integral(7.0, 0.0)) > 1  # the start-up steps do err, so this tests their weights
 
@@ -133,8 +150,9 @@ def test_every_sampler_runs_guided_on_a_batch_and_is_seeded(name):
     x_t = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * SIGMA_MAX
     sigmas = grid(12)
     seen = []
-    run = lambda seed: SAMPLERS[name](model, x_t.clone(), sigmas, generator=torch.Generator().manual_seed(seed),
-                                      callback=seen.append, disable=True)
+    run = lambda seed: SAMPLERS[name](
+        model, x_t.clone(), sigmas, generator=torch.Generator().manual_seed(seed), callback=seen.append, disable=True
+    )
     a, b = run(5), run(5)
     assert torch.equal(a, b)
     assert torch.equal(run(6), a) == (name in DETERMINISTIC)
@@ -167,10 +185,13 @@ def test_discrete_time_wrapper_on_the_sd_schedule_matches_the_exact_denoiser(pre
     sigmas = get_sigmas(ac, 20, "trailing").double()
     x_t = torch.randn(32, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sigmas[0]
     for name in ("dpmpp_2m", "euler_ancestral"):
-        run = lambda den: SAMPLERS[name](den, x_t.clone(), sigmas, generator=torch.Generator().manual_seed(1), disable=True)
+        run = lambda den: SAMPLERS[name](
+            den, x_t.clone(), sigmas, generator=torch.Generator().manual_seed(1), disable=True
+        )
         # float32 sigma -> t -> sigma round trip inside the wrapper: agreement to ~1e-5, not bit-exact.
-        torch.testing.assert_close(run(DiscreteTimeDenoiser(unet, ac, prediction)), run(gaussian_denoiser),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            run(DiscreteTimeDenoiser(unet, ac, prediction)), run(gaussian_denoiser), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_unknown_sampler_lists_the_known_ones():
@@ -207,9 +228,16 @@ def test_benchmark_table_runs_on_the_analytic_case():
     ac = alphas_cumprod_from_betas(make_betas("scaled_linear", 1000, linear_start=0.00085, linear_end=0.012))
     denoise, exact = bench.gaussian_case((2, 3, 3))
     lines = []
-    rows = bench.run_table(denoise, torch.randn(4, 2, 3, 3, dtype=torch.float64),
-                           lambda n: get_sigmas(ac, n, karras=True).double(), ["euler", "heun", "ddpm"], steps=(4, 16),
-                           reference_steps=200, exact=exact, print_fn=lines.append)
+    rows = bench.run_table(
+        denoise,
+        torch.randn(4, 2, 3, 3, dtype=torch.float64),
+        lambda n: get_sigmas(ac, n, karras=True).double(),
+        ["euler", "heun", "ddpm"],
+        steps=(4, 16),
+        reference_steps=200,
+        exact=exact,
+        print_fn=lines.append,
+    )
     assert [(r["sampler"], r["steps"]) for r in rows] == [(s, n) for s in ("euler", "heun", "ddpm") for n in (4, 16)]
     assert [r["nfe"] for r in rows] == [4, 16, 7, 31, 4, 16]
     for name in ("euler", "heun"):  # deterministic: closer to the reference with more steps
@@ -225,9 +253,9 @@ def test_benchmark_runs_a_model_from_config_and_checkpoint(tmp_path, monkeypatch
     from pathlib import Path
 
     import yaml
+    from factories import tiny_config, tiny_model
 
     from ldm.checkpoint import save_state_dict
-    from factories import tiny_config, tiny_model
 
     cfg, ckpt = tmp_path / "tiny.yaml", tmp_path / "tiny.safetensors"
     cfg.write_text(yaml.safe_dump(tiny_config()))
@@ -236,8 +264,25 @@ def test_benchmark_runs_a_model_from_config_and_checkpoint(tmp_path, monkeypatch
     spec = importlib.util.spec_from_file_location("bench_samplers_model", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    monkeypatch.setattr(sys, "argv", ["samplers.py", "--model", f"{cfg}:{ckpt}", "--samplers", "euler", "dpmpp_2m",
-                                      "--steps", "3", "12", "--reference-steps", "60", "--batch", "2"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "samplers.py",
+            "--model",
+            f"{cfg}:{ckpt}",
+            "--samplers",
+            "euler",
+            "dpmpp_2m",
+            "--steps",
+            "3",
+            "12",
+            "--reference-steps",
+            "60",
+            "--batch",
+            "2",
+        ],
+    )
     bench.main()
     out = capsys.readouterr().out
     assert "latents [4, 8, 8], batch 2" in out
@@ -266,5 +311,7 @@ def test_guidance_with_the_same_prompt_on_both_sides_is_one_call():
     different = CFGDenoiser(counting, {"context": context}, {"context": torch.zeros(3, dtype=torch.float64)}, scale=7.5)
     different(x, sigma)
     assert calls == [3, 6]  # guidance proper: both halves in one batch
-    both = conditional_denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([context, context])).chunk(2)
+    both = conditional_denoiser(
+        torch.cat([x, x]), torch.cat([sigma, sigma]), context=torch.cat([context, context])
+    ).chunk(2)
     torch.testing.assert_close(one, both[0] + 7.5 * (both[1] - both[0]))

@@ -218,7 +218,7 @@ def test_unipc_first_steps_by_hand():
 
 def test_lcm_renoises_each_x0_estimate_and_has_its_closed_form_spread():
     """LCM with the exact Gaussian denoiser: x_{i+1} - mu = a_i (x_i - mu) + sigma_{i+1} z with
-    a_i = s^2 / (s^2 + sigma_i^2), so the variance follows V_{i+1} = a_i^2 V_i + sigma_{i+1}^2 and the output's is a_{n-1}^2 V_{n-1}."""
+    a_i = s^2 / (s^2 + sigma_i^2), so the variance follows V_{i+1} = a_i^2 V_i + sigma_{i+1}^2 and the output's is a_{n-1}^2 V_{n-1}."""  # noqa: E501
     n, sigmas = 20000, grid(8)
     x_t = (
         MU

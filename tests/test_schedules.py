@@ -1,12 +1,26 @@
 """Beta schedules, sigma / log-SNR conversions and sigma grids against their closed forms."""
+
 import math
 
 import pytest
 import torch
 
-from ldm.schedules import (InvalidStepsError, UnknownScheduleError, UnknownSpacingError, alphas_cumprod_from_betas,
-                           alphas_cumprod_from_sigmas, get_sigmas, karras_sigmas, log_snr, make_betas,
-                           sigma_from_log_snr, sigma_to_t, sigmas_from_alphas_cumprod, t_to_sigma, timesteps_for)
+from ldm.schedules import (
+    InvalidStepsError,
+    UnknownScheduleError,
+    UnknownSpacingError,
+    alphas_cumprod_from_betas,
+    alphas_cumprod_from_sigmas,
+    get_sigmas,
+    karras_sigmas,
+    log_snr,
+    make_betas,
+    sigma_from_log_snr,
+    sigma_to_t,
+    sigmas_from_alphas_cumprod,
+    t_to_sigma,
+    timesteps_for,
+)
 
 SD = dict(linear_start=0.00085, linear_end=0.012)
 
@@ -92,13 +106,17 @@ def test_get_sigmas_shape_order_and_final_zero(sd_ac, spacing, steps):
     assert s.dtype == torch.float32 and s.shape == (steps + 1,) and s[-1] == 0
     assert torch.all(s[1:] < s[:-1])
     ts = timesteps_for(1000, steps, spacing)
-    torch.testing.assert_close(s[:-1].double(), t_to_sigma(ts, sigmas_from_alphas_cumprod(sd_ac).log()), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        s[:-1].double(), t_to_sigma(ts, sigmas_from_alphas_cumprod(sd_ac).log()), rtol=1e-6, atol=0
+    )
 
 
 def test_karras_grid(sd_ac):
     k = get_sigmas(sd_ac, 10, karras=True, rho=7.0)
     sig = sigmas_from_alphas_cumprod(sd_ac)
-    assert k[0].item() == pytest.approx(sig[-1].item(), rel=1e-6) and k[-2].item() == pytest.approx(sig[0].item(), rel=1e-6)
+    assert k[0].item() == pytest.approx(sig[-1].item(), rel=1e-6) and k[-2].item() == pytest.approx(
+        sig[0].item(), rel=1e-6
+    )
     # Equally spaced in sigma^(1/rho).
     root = k[:-1].double() ** (1 / 7)
     torch.testing.assert_close(root.diff(), root.diff().mean().expand(9), rtol=1e-4, atol=0)

@@ -1,6 +1,7 @@
 """SD 1.x end to end: a single SD 1.x-layout file (no YAML) is detected, loaded and generates; --clip-skip and
 --vae change the image and say so in its metadata; bad values are refused in one line. The text encoder's
 parity with transformers is in test_reference_parity.py."""
+
 from __future__ import annotations
 
 import copy
@@ -118,8 +119,14 @@ def cli_results(sd1_files) -> list[dict]:
         ["txt2img", "a red apple", *common, "--outdir", "x", "--clip-skip", "0"],
         ["txt2img", "a red apple", *common, "--outdir", "x", "--vae", "missing.safetensors"],
     ]
-    r = subprocess.run([sys.executable, str(RUNNER)], capture_output=True, text=True, timeout=600, check=False,
-                       input=json.dumps([{"argv": argv, "cwd": str(sd1_files), "timeout": 120} for argv in cases]))
+    r = subprocess.run(
+        [sys.executable, str(RUNNER)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        input=json.dumps([{"argv": argv, "cwd": str(sd1_files), "timeout": 120} for argv in cases]),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
@@ -145,10 +152,13 @@ def test_clip_skip_and_vae_change_the_image_and_are_recorded(sd1_files, cli_resu
     assert recorded in png.text["parameters"]
 
 
-@pytest.mark.parametrize("number, message", [
-    (3, "--clip-skip must be at least 1 (1 is the last layer), got 0"),
-    (4, "VAE file not found: missing.safetensors"),
-])
+@pytest.mark.parametrize(
+    "number, message",
+    [
+        (3, "--clip-skip must be at least 1 (1 is the last layer), got 0"),
+        (4, "VAE file not found: missing.safetensors"),
+    ],
+)
 def test_cli_refuses_bad_clip_skip_and_vae_in_one_line(cli_results, number, message):
     result = cli_results[number]
     errors = [line for line in result["stderr"].splitlines() if "error:" in line]
@@ -164,10 +174,13 @@ def test_a_text_tower_tensor_without_its_place_is_named_by_the_strict_load():
     from ldm.text_encoder import FrozenCLIPEmbedder
 
     encoder = FrozenCLIPEmbedder(width=48, layers=1)
-    state = {HF_CLIP + k: v for k, v in hf_from_open_clip({k[len("model."):]: v for k, v in encoder.state_dict().items()}).items()}
+    state = {
+        HF_CLIP + k: v
+        for k, v in hf_from_open_clip({k[len("model.") :]: v for k, v in encoder.state_dict().items()}).items()
+    }
     del state[HF_CLIP + "encoder.layers.0.self_attn.q_proj.weight"]
     state[HF_CLIP + "encoder.layers.0.self_attn.rotary.weight"] = torch.zeros(1)
-    ours = {k[len("text_encoder."):]: v for k, v in from_original_keys(state).items()}
+    ours = {k[len("text_encoder.") :]: v for k, v in from_original_keys(state).items()}
     with pytest.raises(CheckpointError) as err:
         load_into(encoder, ours)
     message = str(err.value)
@@ -191,7 +204,11 @@ def test_a_tiny_sd1_inpainting_file_is_detected_loaded_and_inpaints(tmp_path):
     path = tmp_path / "sd-v1-5-inpainting.safetensors"
     save_state_dict(model.original_state_dict(), path)
     found = detect_file(path)
-    assert (found.family, found.config_name, found.prediction) == ("sd1-inpainting", "v1-inpainting-inference.yaml", "eps")
+    assert (found.family, found.config_name, found.prediction) == (
+        "sd1-inpainting",
+        "v1-inpainting-inference.yaml",
+        "eps",
+    )
     loaded = load_model(None, path)
     assert loaded.unet.input_blocks[0][0].in_channels == 9 and loaded.text_encoder.pads_with_end
     for (key, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):

@@ -25,13 +25,7 @@ from ldm.errors import InvalidOptionError
 from ldm.formats import sd_config_path
 from ldm.schedules import get_sigmas
 from ldm.sdxl_keys import sdxl_unet_names
-from ldm.sdxl_refiner import (
-    RefinerError,
-    SDXLMicro,
-    base_steps,
-    sdxl_txt2img,
-    switch_from_step_fraction,
-)
+from ldm.sdxl_refiner import RefinerError, SDXLMicro, base_steps, sdxl_txt2img, switch_from_step_fraction
 from ldm.unet import UNetModel
 
 REFINER_VECTOR = POOLED + 5 * 256

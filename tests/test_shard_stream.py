@@ -1,5 +1,6 @@
 """The shard stream without a model: epoch layout over ranks and workers, wrap, resume positions, unreadable
 samples, shard counting, and the config checks of data.shards."""
+
 from __future__ import annotations
 
 import io
@@ -98,9 +99,11 @@ def png_bytes(colour: str) -> bytes:
 
 def test_unreadable_samples_are_replaced_counted_and_limited(tmp_path, caplog):
     good = [{"__key__": f"s{i}", "png": png_bytes("red"), "txt": f"red {i}".encode()} for i in range(6)]
-    bad = [{"__key__": "broken", "png": b"not a png", "txt": b"x"},
-           {"__key__": "nocaption", "png": png_bytes("blue")},
-           {"__key__": "jsoncaption", "jpg": png_bytes("green"), "json": json.dumps({"caption": "green"}).encode()}]
+    bad = [
+        {"__key__": "broken", "png": b"not a png", "txt": b"x"},
+        {"__key__": "nocaption", "png": png_bytes("blue")},
+        {"__key__": "jsoncaption", "jpg": png_bytes("green"), "json": json.dumps({"caption": "green"}).encode()},
+    ]
     url = write_tar(tmp_path / "a.tar", good[:2] + bad + good[2:])  # 9 samples
     plan = shard_plan([url], [count_samples(url)], 1, 3, seed=0, remainder="drop")
     unreadable = UnreadableImages(limit=2)
@@ -114,7 +117,9 @@ def test_unreadable_samples_are_replaced_counted_and_limited(tmp_path, caplog):
 
 
 def test_a_shard_shorter_than_its_count_is_counted_not_a_hang(tmp_path):
-    url = write_tar(tmp_path / "short.tar", [{"__key__": f"s{i}", "png": png_bytes("red"), "txt": b"red"} for i in range(4)])
+    url = write_tar(
+        tmp_path / "short.tar", [{"__key__": f"s{i}", "png": png_bytes("red"), "txt": b"red"} for i in range(4)]
+    )
     (tmp_path / "short_stats.json").write_text(json.dumps({"successes": 6}))  # claims two more than it holds
     plan = shard_plan([url], [count_samples(url)], 1, 3, seed=0, remainder="drop")
     unreadable = UnreadableImages(limit=5)
@@ -123,13 +128,16 @@ def test_a_shard_shorter_than_its_count_is_counted_not_a_hang(tmp_path):
     assert len(unreadable.skipped) == 2  # the two missing samples, each replaced by the next epoch's first
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["data.shards=x/{0..3}.tar"], "not both"),
-    (["data.root=null", "data.shards=x.tar"], "val_fraction"),
-    (["data.root=null", "data.shards=x.tar", "data.val_fraction=0", "data.weighted=true"], "weighted"),
-    (["data.root=null", "data.shards=[]", "data.val_fraction=0"], "data.shards"),
-    (["data.remainder=pad"], "drop or wrap"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["data.shards=x/{0..3}.tar"], "not both"),
+        (["data.root=null", "data.shards=x.tar"], "val_fraction"),
+        (["data.root=null", "data.shards=x.tar", "data.val_fraction=0", "data.weighted=true"], "weighted"),
+        (["data.root=null", "data.shards=[]", "data.val_fraction=0"], "data.shards"),
+        (["data.remainder=pad"], "drop or wrap"),
+    ],
+)
 def test_shard_settings_are_checked(tmp_path, overrides, match):
     with pytest.raises(TrainConfigError, match=match):
         tiny_train_config("ldm", tmp_path, tmp_path / "run", overrides)
@@ -150,11 +158,19 @@ def test_caches_on_shards_give_the_same_loss_and_skip_the_encoders(tmp_path, sha
     from ldm.training.run import build_data, build_module
 
     urls, _ = sharded
-    common = ["data.root=null", "data.val_fraction=0", f"data.shards={urls}", "data.size=8", "data.batch_size=4",
-              "data.remainder=wrap", "model.params.first_stage_config.params.ddconfig.resolution=8"]
+    common = [
+        "data.root=null",
+        "data.val_fraction=0",
+        f"data.shards={urls}",
+        "data.size=8",
+        "data.batch_size=4",
+        "data.remainder=wrap",
+        "model.params.first_stage_config.params.ddconfig.resolution=8",
+    ]
     cfg = tiny_train_config("ldm", tmp_path, tmp_path / "run", common)
-    cached_cfg = tiny_train_config("ldm", tmp_path, tmp_path / "run", common + ["training.text_cache=100",
-                                                                                  "training.latent_cache=100"])
+    cached_cfg = tiny_train_config(
+        "ldm", tmp_path, tmp_path / "run", common + ["training.text_cache=100", "training.latent_cache=100"]
+    )
     torch.manual_seed(0)
     plain = build_module(cfg)
     cached = build_module(cached_cfg)
@@ -180,8 +196,12 @@ def test_caches_on_shards_give_the_same_loss_and_skip_the_encoders(tmp_path, sha
 def test_a_sharded_run_resumes_only_with_the_same_data_order(tmp_path):
     from ldm.training.resume import ResumeError, check_same_data_order
 
-    cfg = tiny_train_config("ldm", tmp_path, tmp_path / "run", ["data.root=null", "data.val_fraction=0",
-                                                                "data.shards=s/{0..3}.tar", "data.num_workers=2"])
+    cfg = tiny_train_config(
+        "ldm",
+        tmp_path,
+        tmp_path / "run",
+        ["data.root=null", "data.val_fraction=0", "data.shards=s/{0..3}.tar", "data.num_workers=2"],
+    )
     ckpt = {"ldm": {"config": {"data": dict(cfg["data"])}, "world_size": 2}}
     check_same_data_order(ckpt, cfg, 2, "last.ckpt")  # unchanged: fine
     with pytest.raises(ResumeError, match="on 2 process"):

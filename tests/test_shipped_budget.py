@@ -1,5 +1,6 @@
 """One size budget for every model shipped in checkpoints/: at most 100 MiB together, each shared part
 (a text tower, an autoencoder) stored once, and weights only as safetensors (issue 13)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,9 @@ def test_everything_shipped_fits_one_budget():
 
 
 def test_weights_are_safetensors_only():
-    pickles = [p.relative_to(ROOT) for p in CHECKPOINTS.rglob("*") if p.suffix in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}]
+    pickles = [
+        p.relative_to(ROOT) for p in CHECKPOINTS.rglob("*") if p.suffix in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
+    ]
     assert not pickles, f"pickle-format weights shipped: {pickles}"
     for path in CHECKPOINTS.rglob("*.safetensors"):
         assert path.read_bytes()[8:9] == b"{", f"{path} has no safetensors header"

@@ -1,6 +1,7 @@
 """The shipped inpainting model (checkpoints/emoji/inpaint.*): derived from the default model, strict loading,
 used with no flags by `ldm inpaint` / `ldm outpaint` on the default model's own output, and better than
 nothing at what it is for."""
+
 from __future__ import annotations
 
 import json
@@ -75,15 +76,62 @@ def test_inpaint_and_outpaint_use_it_with_no_flags_on_the_default_output(tmp_pat
     m = np.zeros((64, 64), np.uint8)
     m[16:48, 16:48] = 255
     Image.fromarray(m).save(mask)
-    assert cli_main(["inpaint", str(sample), str(mask), "green apple", "--steps", "8", "--outdir", str(tmp_path / "a"),
-                     "--no-progress"]) == 0
-    assert cli_main(["outpaint", str(sample), "red apple", "--extend", "right=16", "--steps", "8",
-                     "--outdir", str(tmp_path / "b"), "--no-progress"]) == 0
-    assert cli_main(["inpaint", str(sample), str(mask), "green apple", "--mode", "blend", "--steps", "8",
-                     "--outdir", str(tmp_path / "c"), "--no-progress"]) == 0
-    for folder, mode, size, model_file in (("a", "model", (64, 64), "inpaint.safetensors"),
-                                           ("b", "model", (80, 64), "inpaint.safetensors"),
-                                           ("c", "blend", (64, 64), "model.safetensors")):
+    assert (
+        cli_main(
+            [
+                "inpaint",
+                str(sample),
+                str(mask),
+                "green apple",
+                "--steps",
+                "8",
+                "--outdir",
+                str(tmp_path / "a"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "outpaint",
+                str(sample),
+                "red apple",
+                "--extend",
+                "right=16",
+                "--steps",
+                "8",
+                "--outdir",
+                str(tmp_path / "b"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "inpaint",
+                str(sample),
+                str(mask),
+                "green apple",
+                "--mode",
+                "blend",
+                "--steps",
+                "8",
+                "--outdir",
+                str(tmp_path / "c"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    for folder, mode, size, model_file in (
+        ("a", "model", (64, 64), "inpaint.safetensors"),
+        ("b", "model", (80, 64), "inpaint.safetensors"),
+        ("c", "blend", (64, 64), "model.safetensors"),
+    ):
         image = Image.open(tmp_path / folder / "samples" / "00000.png")
         settings = json.loads(image.text["ldm"]) if "ldm" in image.text else None
         assert image.size == size

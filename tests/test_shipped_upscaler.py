@@ -1,10 +1,10 @@
 """The shipped x4 upscaler (checkpoints/emoji/upscaler.*): its U-Net over the shipped autoencoder
 (upscaler-vae.safetensors, named under `parts:`) and the default model's text tower, strict loading, used with
 no flags by `ldm upscale` on the default model's own output, and faithful to its input."""
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +87,12 @@ def test_ldm_upscale_uses_it_with_no_flags_on_the_default_output(tmp_path):
     settings = json.loads(image.text["ldm"])
     assert settings["model_file"] == "upscaler.safetensors" and settings["task"] == "upscale"
     # the steps given, the rest from the upscaler's own YAML (not the SD upscaler's 50 steps at guidance 9)
-    assert (settings["steps"], settings["guidance_scale"], settings["eta"], settings["back_projection"]) == (8, 4.0, 1.0, 10)
+    assert (settings["steps"], settings["guidance_scale"], settings["eta"], settings["back_projection"]) == (
+        8,
+        4.0,
+        1.0,
+        10,
+    )
 
 
 def test_inputs_larger_than_a_tile_go_through_the_tiled_path(upscaler):

@@ -1,5 +1,6 @@
 """The x4 upscaler's autoencoder kept in checkpoints/ (f=4, 8 latent channels): it loads strictly from its
 safetensors file and reconstructs a flat-colour picture, which an untrained or mis-keyed one does not."""
+
 from __future__ import annotations
 
 from pathlib import Path

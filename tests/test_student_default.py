@@ -3,6 +3,7 @@ shipped into an LDM_HOME the way scripts/ship_derived_model.py ships the real on
 and the app's text-to-image page use the student with its own steps and spacing, one U-Net call a step; the full
 model is one option away (30 guided steps, a batch of two a step); explicit options win; without the student nothing
 changes; the metadata names the model and its steps, and --from-png re-makes a student image with the student."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from factories import tiny_config, write_tiny_model_files
 from PIL import Image
 
 from ldm.checkpoint import save_state_dict
@@ -22,8 +24,6 @@ from ldm.infotext import settings_from_png
 from ldm.model import load_model
 from ldm.training.distill import write_student_config
 from ldm.unet import UNetModel
-
-from factories import tiny_config, write_tiny_model_files
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -66,7 +66,9 @@ def homes(tmp_path_factory) -> dict[str, Path]:
     mp = pytest.MonkeyPatch()
     mp.setenv("LDM_HOME", str(out["with"]))
     try:
-        ship_student(tmp_path_factory.mktemp("distill") / "halve-8", out["with"] / "checkpoints" / "emoji" / "model.safetensors")
+        ship_student(
+            tmp_path_factory.mktemp("distill") / "halve-8", out["with"] / "checkpoints" / "emoji" / "model.safetensors"
+        )
     finally:
         mp.undo()
     return out
@@ -77,7 +79,9 @@ def unet_calls(monkeypatch) -> list[int]:
     """The batch size of every U-Net evaluation."""
     calls: list[int] = []
     forward = UNetModel.forward
-    monkeypatch.setattr(UNetModel, "forward", lambda self, x, *a, **k: calls.append(x.shape[0]) or forward(self, x, *a, **k))
+    monkeypatch.setattr(
+        UNetModel, "forward", lambda self, x, *a, **k: calls.append(x.shape[0]) or forward(self, x, *a, **k)
+    )
     return calls
 
 
@@ -95,7 +99,9 @@ def test_the_shipped_student_keeps_its_sampling_section_and_name(homes):
     assert shipped["sampling"] == {"guidance_scale": 7.5, "steps": 4, "spacing": "trailing", "sampler": "ddim"}
 
 
-def test_ldm_txt2img_uses_the_shipped_student_with_its_own_steps_one_call_a_step(homes, monkeypatch, unet_calls, tmp_path):
+def test_ldm_txt2img_uses_the_shipped_student_with_its_own_steps_one_call_a_step(
+    homes, monkeypatch, unet_calls, tmp_path
+):
     rc, settings = txt2img(homes["with"], monkeypatch, tmp_path, "red heart")
     assert rc == 0 and unet_calls == [1] * 4  # four steps, one evaluation each: no guidance pair
     assert settings["steps"] == 4 and settings["spacing"] == "trailing" and settings["guidance_scale"] == 7.5
@@ -108,7 +114,9 @@ def test_ldm_txt2img_uses_the_shipped_student_with_its_own_steps_one_call_a_step
 def test_model_full_is_the_teacher_with_30_guided_steps(homes, monkeypatch, unet_calls, tmp_path):
     rc, settings = txt2img(homes["with"], monkeypatch, tmp_path, "red heart", "--model", "full")
     assert rc == 0 and unet_calls == [2] * 30  # the conditional and unconditional halves as one batch, each step
-    assert settings["steps"] == 30 and settings["spacing"] == "leading" and settings["model_file"] == "model.safetensors"
+    assert (
+        settings["steps"] == 30 and settings["spacing"] == "leading" and settings["model_file"] == "model.safetensors"
+    )
     assert "model_name" not in settings
 
 
@@ -117,14 +125,18 @@ def test_options_given_win_over_the_students_own(homes, monkeypatch, unet_calls,
     assert rc == 0 and unet_calls == [1] * 30  # --steps 30 given: 30 steps, even though 30 is the full model's default
     assert settings["steps"] == 30 and settings["guidance_scale"] == 3.0 and settings["spacing"] == "trailing"
     unet_calls.clear()
-    rc, settings = txt2img(homes["with"], monkeypatch, tmp_path / "b", "red heart", "--spacing", "linspace", "--steps", "2")
+    rc, settings = txt2img(
+        homes["with"], monkeypatch, tmp_path / "b", "red heart", "--spacing", "linspace", "--steps", "2"
+    )
     assert rc == 0 and unet_calls == [1, 1] and settings["spacing"] == "linspace"
 
 
 def test_without_the_student_the_default_is_the_teacher_as_before(homes, monkeypatch, unet_calls, tmp_path, capsys):
     rc, settings = txt2img(homes["without"], monkeypatch, tmp_path, "red heart")
     assert rc == 0 and unet_calls == [2] * 30
-    assert settings["steps"] == 30 and settings["spacing"] == "leading" and settings["model_file"] == "model.safetensors"
+    assert (
+        settings["steps"] == 30 and settings["spacing"] == "leading" and settings["model_file"] == "model.safetensors"
+    )
     rc, _ = txt2img(homes["without"], monkeypatch, tmp_path / "b", "red heart", "--model", "student")
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "not shipped" in err and "--model full" in err
@@ -134,10 +146,13 @@ def test_the_student_refuses_a_negative_prompt_naming_the_option(homes, monkeypa
     rc, _ = txt2img(homes["with"], monkeypatch, tmp_path, "red heart", "--negative-prompt", "blue")
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "negative prompt" in err and "--model full" in err
-    rc, settings = txt2img(homes["with"], monkeypatch, tmp_path / "b", "red heart", "--negative-prompt", "blue",
-                           "--model", "full")
+    rc, settings = txt2img(
+        homes["with"], monkeypatch, tmp_path / "b", "red heart", "--negative-prompt", "blue", "--model", "full"
+    )
     assert rc == 0 and settings["negative_prompt"] == "blue"
-    rc, _ = txt2img(homes["with"], monkeypatch, tmp_path / "c", "red heart", "--model", "full", "--ckpt", "x.safetensors")
+    rc, _ = txt2img(
+        homes["with"], monkeypatch, tmp_path / "c", "red heart", "--model", "full", "--ckpt", "x.safetensors"
+    )
     assert rc == 2 and "--model" in capsys.readouterr().err
 
 
@@ -147,14 +162,18 @@ def test_from_png_remakes_a_student_image_with_the_student(homes, monkeypatch, u
     unet_calls.clear()
     rc, settings = txt2img(homes["with"], monkeypatch, tmp_path / "b", "--from-png", str(made))
     assert rc == 0 and unet_calls == [1] * 4 and settings["model_file"] == "student.safetensors"
-    assert np.array_equal(np.asarray(Image.open(made)), np.asarray(Image.open(tmp_path / "b" / "samples" / "00000.png")))
+    assert np.array_equal(
+        np.asarray(Image.open(made)), np.asarray(Image.open(tmp_path / "b" / "samples" / "00000.png"))
+    )
     rc, _ = txt2img(homes["without"], monkeypatch, tmp_path / "c", "--from-png", str(made))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "student" in err and "not shipped" in err
     # A full-model image replayed where the student is shipped: the full model, as it was made.
     rc, _ = txt2img(homes["without"], monkeypatch, tmp_path / "d", "red heart", "--steps", "3")
     unet_calls.clear()
-    rc, settings = txt2img(homes["with"], monkeypatch, tmp_path / "e", "--from-png", str(tmp_path / "d" / "samples" / "00000.png"))
+    rc, settings = txt2img(
+        homes["with"], monkeypatch, tmp_path / "e", "--from-png", str(tmp_path / "d" / "samples" / "00000.png")
+    )
     assert rc == 0 and unet_calls == [2] * 3 and settings["model_file"] == "model.safetensors"
 
 
@@ -191,7 +210,9 @@ def test_the_app_text_page_defaults_to_the_student_and_offers_the_full_model(hom
     at.button(key="t2i_go").click().run()
     assert not at.exception and not at.error
     _, settings = at.session_state["t2i_result"]
-    assert settings["steps"] == 4 and settings["spacing"] == "trailing" and settings["model_file"] == "student.safetensors"
+    assert (
+        settings["steps"] == 4 and settings["spacing"] == "trailing" and settings["model_file"] == "student.safetensors"
+    )
     at.radio(key="t2i_model").set_value("full model").run()
     assert at.number_input(key="t2i_steps").value == 30 and at.text_input(key="t2i_negative")
     monkeypatch.setenv("LDM_HOME", str(homes["without"]))

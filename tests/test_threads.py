@@ -1,15 +1,16 @@
 """The CPU thread count of a generation (ldm.devices.sampling_threads): --threads, the user's OMP_NUM_THREADS, or
 the cores that other work leaves idle."""
+
 import os
 import subprocess
 import sys
 
 import pytest
 import yaml
+from factories import tiny_config, tiny_model
 
 from ldm.checkpoint import save_state_dict
 from ldm.devices import cpu_load, sampling_threads
-from factories import tiny_config, tiny_model
 
 
 @pytest.mark.parametrize("load, expected", [(0.0, 4), (0.4, 4), (0.6, 3), (1.0, 3), (2.2, 2), (3.9, 1), (9.0, 1)])
@@ -62,12 +63,29 @@ def _txt2img_threads(model_files, tmp_path, extra, env_threads):
         "from ldm.cli import main\n"
         "rc = main(sys.argv[1:])\n"
         "print('THREADS', seen)\n"
-        "sys.exit(rc)\n")
+        "sys.exit(rc)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if env_threads:
         env["OMP_NUM_THREADS"] = env_threads
-    argv = ["txt2img", "cat", "--config", cfg, "--ckpt", ckpt, "--steps", "1", "--outdir", str(tmp_path),
-            "--no-progress", "--height", "16", "--width", "16", *extra]
+    argv = [
+        "txt2img",
+        "cat",
+        "--config",
+        cfg,
+        "--ckpt",
+        ckpt,
+        "--steps",
+        "1",
+        "--outdir",
+        str(tmp_path),
+        "--no-progress",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        *extra,
+    ]
     r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, env=env)
     return r
 

@@ -1,13 +1,14 @@
 """Tiled autoencoder: tiles cover the image, blending is exact for local maps, and the tiny VAE's tiled
 decode and encode stay close to the untiled ones; --tiled-vae reaches the model."""
+
 import pytest
 import torch
 import torch.nn.functional as F
+from factories import tiny_model
 
 from ldm.commands.common import parse_tiling
 from ldm.errors import InvalidOptionError
 from ldm.tiling import SharedGroupNormStats, tile_starts, tiled, tiled_decode, tiled_encode
-from factories import tiny_model
 
 
 @pytest.mark.parametrize("size, tile, overlap", [(100, 32, 8), (64, 64, 16), (65, 64, 16), (200, 48, 0)])
@@ -39,8 +40,9 @@ def test_tiny_vae_tiled_is_close_to_untiled_and_the_model_uses_it():
         # The group norms see one tile instead of the image, so the result moves, though not wholesale (a random
         # tiny VAE with 32 px tiles; benchmarks/tiled_vae.py measures the trained-size case).
         assert (tiles - full).abs().mean() < 0.5 * full.abs().mean()
-        shared = tiled_decode(model.vae.decode_from_latent, z, tile=16, overlap=6, factor=model.downscale,
-                              norms=model.vae)
+        shared = tiled_decode(
+            model.vae.decode_from_latent, z, tile=16, overlap=6, factor=model.downscale, norms=model.vae
+        )
         assert (shared - full).abs().mean() < 0.5 * full.abs().mean()
         model.vae_tiling = {"tile": 16, "overlap": 6}
         assert torch.equal(model.decode_latent(z), shared)
@@ -63,8 +65,12 @@ def test_tiling_option_is_checked():
 
 def test_shared_statistics_of_one_call_are_the_group_norms_own():
     # Recorded over the whole input, the pooled mean and variance are the norm's own: the same output.
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(),
-                              torch.nn.GroupNorm(2, 8, affine=False))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.GroupNorm(4, 8),
+        torch.nn.SiLU(),
+        torch.nn.GroupNorm(2, 8, affine=False),
+    )
     torch.nn.init.normal_(net[1].weight)
     x = torch.randn(2, 3, 12, 10) * 3 + 1
     stats = SharedGroupNormStats(net)
@@ -91,8 +97,9 @@ def test_shared_statistics_bring_a_trained_decoders_tiles_nearer_the_whole():
     cfg = yaml.safe_load(shipped_path("checkpoints/emoji/model.yaml").read_text())
     vae = instantiate(cfg["model"]["params"]["first_stage_config"]).eval()
     state = load_state_dict(shipped_path("checkpoints/emoji/model.safetensors"))
-    vae.load_state_dict({k[len("first_stage_model."):]: v.float() for k, v in state.items()
-                         if k.startswith("first_stage_model.")})
+    vae.load_state_dict(
+        {k[len("first_stage_model.") :]: v.float() for k, v in state.items() if k.startswith("first_stage_model.")}
+    )
     y, x = torch.meshgrid(torch.linspace(-1, 1, 128), torch.linspace(-1, 1, 128), indexing="ij")
     image = torch.ones(1, 3, 128, 128)
     disk = (y + 0.2) ** 2 + (x - 0.3) ** 2 < 0.35

@@ -1,4 +1,5 @@
 """The tiny example of configs/train/README.md, run as written (fewer steps): each command's files feed the next."""
+
 from __future__ import annotations
 
 import shlex
@@ -10,8 +11,14 @@ from ldm.cli import main as cli_main
 from ldm.defaults import shipped_path
 
 README = shipped_path("configs/train/README.md")
-FAST = ["trainer.max_steps=4", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "logging.tensorboard=false", "logging.sample_every_n_steps=0", "trainer.val_check_interval=4"]
+FAST = [
+    "trainer.max_steps=4",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "logging.tensorboard=false",
+    "logging.sample_every_n_steps=0",
+    "trainer.val_check_interval=4",
+]
 
 
 def tiny_example_commands(readme: Path = README) -> list[list[str]]:

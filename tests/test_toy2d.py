@@ -1,9 +1,17 @@
 """The 2-D toy diffusion: data, a trained MLP denoiser, and library samplers on points."""
+
 import pytest
 import torch
 
-from ldm.toy2d import (DATASETS, ToyDataError, ToyDiffusion, make_data, nearest_distance, noise_baseline,
-                       toy_alphas_cumprod)
+from ldm.toy2d import (
+    DATASETS,
+    ToyDataError,
+    ToyDiffusion,
+    make_data,
+    nearest_distance,
+    noise_baseline,
+    toy_alphas_cumprod,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """The GAN / VAE / diffusion comparison: its measures on known cases, and its app page in streamlit.testing."""
+
 import math
 from pathlib import Path
 
@@ -57,7 +58,10 @@ def test_compare_models_measures_all_three():
     assert all(0 <= r["modes covered"] <= 8 and r["sampling ms"] > 0 for r in result.rows)
     assert set(sample_frames(result)) == set(MODELS) and all(len(f) == 60 for f in loss_frames(result).values())
     assert list(table_frame(result)["model"]) == list(MODELS)
-    assert compare_models("moons", steps=30, n=50, sample_steps=5, nll_points=20, every=30).rows[0]["modes covered"] is None
+    assert (
+        compare_models("moons", steps=30, n=50, sample_steps=5, nll_points=20, every=30).rows[0]["modes covered"]
+        is None
+    )
     with pytest.raises(InvalidOptionError):
         compare_models(steps=0)
 

@@ -1,4 +1,5 @@
 """Training config handling: overrides with YAML values, defaults, and one-line errors for wrong settings."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,18 @@ from ldm.training.tiny import TINY_CONFIGS
 
 
 def test_overrides_are_yaml_typed():
-    cfg = load_train_config(TINY_CONFIGS["ldm"], ["trainer.max_steps=7", "training.lr=2e-5", "training.ema_decay=null",
-                                                  "logging.sample_prompts=[a b, c]", "data.flip=true",
-                                                  "trainer.precision=bf16-mixed", "trainer.new_arg=3"])
+    cfg = load_train_config(
+        TINY_CONFIGS["ldm"],
+        [
+            "trainer.max_steps=7",
+            "training.lr=2e-5",
+            "training.ema_decay=null",
+            "logging.sample_prompts=[a b, c]",
+            "data.flip=true",
+            "trainer.precision=bf16-mixed",
+            "trainer.new_arg=3",
+        ],
+    )
     assert cfg["trainer"]["max_steps"] == 7
     assert cfg["training"]["lr"] == pytest.approx(2e-5)
     assert cfg["training"]["ema_decay"] is None
@@ -26,32 +36,35 @@ def test_nested_override_creates_model_params():
     assert cfg["model"]["params"]["unet_config"]["params"]["model_channels"] == 64
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optimizer.lr=1", "unknown section 'optimizer'"),
-    ("training.learning_rate=1", "unknown key"),
-    ("trainer.gradient_clip_val=1", "training.grad_clip"),
-    ("trainer.callbacks=[]", "logging"),
-    ("training.cond_dropout=1.5", "cond_dropout"),
-    ("training.scale_factor=-1", "scale_factor"),
-    ("training.rec_loss=l3", "rec_loss"),
-    ("training.text_cache=-1", "text_cache"),
-    ("training.text_cache=yes", "text_cache"),
-    ("max_steps", "section.key=value"),
-    ("trainer.max_steps=[1", "not valid YAML"),
-    # Values that used to fail deep inside torch or Lightning, with a traceback.
-    ("logging.checkpoint_every_n_steps=-5", r"logging.checkpoint_every_n_steps must be an integer >= 0 \(0: off\)"),
-    ("logging.sample_every_n_steps=-1", "logging.sample_every_n_steps"),
-    ("training.lr=-1", "training.lr must be a positive learning rate"),
-    ("training.lr=.nan", "training.lr"),
-    ("training.betas=[0.9]", "training.betas must be two numbers"),
-    ("training.grad_clip=0", "training.grad_clip"),
-    ("data.batch_size=x", "data.batch_size must be an integer >= 1, got 'x'"),
-    ("data.num_workers=-1", "data.num_workers"),
-    ("data.val_fraction=abc", "data.val_fraction"),
-    ("data.val_fraction=1", "data.val_fraction must be in"),
-    ("data.max_unreadable=-1", "data.max_unreadable must be an integer >= 0"),
-    ("data.max_unreadable=0.5", "data.max_unreadable"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.lr=1", "unknown section 'optimizer'"),
+        ("training.learning_rate=1", "unknown key"),
+        ("trainer.gradient_clip_val=1", "training.grad_clip"),
+        ("trainer.callbacks=[]", "logging"),
+        ("training.cond_dropout=1.5", "cond_dropout"),
+        ("training.scale_factor=-1", "scale_factor"),
+        ("training.rec_loss=l3", "rec_loss"),
+        ("training.text_cache=-1", "text_cache"),
+        ("training.text_cache=yes", "text_cache"),
+        ("max_steps", "section.key=value"),
+        ("trainer.max_steps=[1", "not valid YAML"),
+        # Values that used to fail deep inside torch or Lightning, with a traceback.
+        ("logging.checkpoint_every_n_steps=-5", r"logging.checkpoint_every_n_steps must be an integer >= 0 \(0: off\)"),
+        ("logging.sample_every_n_steps=-1", "logging.sample_every_n_steps"),
+        ("training.lr=-1", "training.lr must be a positive learning rate"),
+        ("training.lr=.nan", "training.lr"),
+        ("training.betas=[0.9]", "training.betas must be two numbers"),
+        ("training.grad_clip=0", "training.grad_clip"),
+        ("data.batch_size=x", "data.batch_size must be an integer >= 1, got 'x'"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.val_fraction=abc", "data.val_fraction"),
+        ("data.val_fraction=1", "data.val_fraction must be in"),
+        ("data.max_unreadable=-1", "data.max_unreadable must be an integer >= 0"),
+        ("data.max_unreadable=0.5", "data.max_unreadable"),
+    ],
+)
 def test_bad_settings_fail_with_one_line(override, message):
     with pytest.raises(TrainConfigError, match=message) as info:
         load_train_config(TINY_CONFIGS["ldm"], [override])
@@ -78,7 +91,10 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "unknown section 'bogus'" in capsys.readouterr().err
     assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), f"logging.run_dir={tmp_path}", "--resume"]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
-    assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), f"logging.run_dir={tmp_path / 'run'}", "data.root=null"]) == 2
+    assert (
+        main(["train", "--config", str(TINY_CONFIGS["ldm"]), f"logging.run_dir={tmp_path / 'run'}", "data.root=null"])
+        == 2
+    )
     assert "data.root" in capsys.readouterr().err
 
 
@@ -92,14 +108,17 @@ def test_bf16_speed_is_known_from_the_cpu_flags(tmp_path):
     assert cpu_has_fast_bf16(str(tmp_path / "missing"))  # unknown: no warning
 
 
-@pytest.mark.parametrize("accelerator, cuda, cuda_bf16, cpu_bf16, expected", [
-    ("cpu", False, False, True, "bf16-mixed"),   # AVX-512 BF16 / AMX
-    ("cpu", False, False, False, "32-true"),     # AVX2: emulated bf16 is a trap
-    ("cpu", True, True, False, "32-true"),       # a GPU in the box does not change a CPU run
-    ("auto", True, True, False, "bf16-mixed"),
-    ("gpu", True, False, False, "16-mixed"),     # pre-Ampere GPUs
-    ("auto", False, False, False, "32-true"),
-])
+@pytest.mark.parametrize(
+    "accelerator, cuda, cuda_bf16, cpu_bf16, expected",
+    [
+        ("cpu", False, False, True, "bf16-mixed"),  # AVX-512 BF16 / AMX
+        ("cpu", False, False, False, "32-true"),  # AVX2: emulated bf16 is a trap
+        ("cpu", True, True, False, "32-true"),  # a GPU in the box does not change a CPU run
+        ("auto", True, True, False, "bf16-mixed"),
+        ("gpu", True, False, False, "16-mixed"),  # pre-Ampere GPUs
+        ("auto", False, False, False, "32-true"),
+    ],
+)
 def test_auto_precision_follows_the_hardware(accelerator, cuda, cuda_bf16, cpu_bf16, expected):
     from ldm.devices import auto_training_precision
 
@@ -110,8 +129,10 @@ def test_trainer_resolves_auto_precision(tmp_path, monkeypatch):
     import ldm.devices
     from ldm.training.run import build_trainer
 
-    cfg = (load_train_config(TINY_CONFIGS["ldm"], [f"logging.run_dir={tmp_path / 'run'}", "trainer.precision=auto",
-                                                          "trainer.accelerator=cpu"]))
+    cfg = load_train_config(
+        TINY_CONFIGS["ldm"],
+        [f"logging.run_dir={tmp_path / 'run'}", "trainer.precision=auto", "trainer.accelerator=cpu"],
+    )
     for fast, expected in ((True, "bf16-mixed"), (False, "32-true")):
         monkeypatch.setattr(ldm.devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert build_trainer(cfg).precision == expected

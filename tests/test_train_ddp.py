@@ -1,4 +1,5 @@
 """A 2-process DDP run on CPU (gloo), launched like a user would, in a subprocess so pytest is not disturbed."""
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_two_process_ddp_on_cpu(tmp_path):
     data = make_shapes_dataset(tmp_path / "shapes", size=16, count=16)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "train" / "tiny-ldm.yaml"),
-           "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=3",
-           "data.batch_size=4", "data.val_fraction=0", "logging.sample_every_n_steps=0", "logging.tensorboard=false",
-           "trainer.enable_progress_bar=false", f"data.root={data}", f"logging.run_dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "train" / "tiny-ldm.yaml"),
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.max_steps=3",
+        "data.batch_size=4",
+        "data.val_fraction=0",
+        "logging.sample_every_n_steps=0",
+        "logging.tensorboard=false",
+        "trainer.enable_progress_bar=false",
+        f"data.root={data}",
+        f"logging.run_dir={run_dir}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

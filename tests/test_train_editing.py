@@ -1,11 +1,11 @@
 """Training hooks for inpainting and upscaler models: conditioning layout, reproducibility, a learning step."""
+
 import numpy as np
 import pytest
 import torch
+from factories import tiny_inpaint_model, tiny_model, tiny_upscaler_model
 
 from ldm.degradations import Degradation
-from factories import tiny_model
-from factories import tiny_inpaint_model, tiny_upscaler_model
 from ldm.training.editing import EditingTrainingError, InpaintingModule, UpscalerModule, WithLowRes, WithMasks
 
 

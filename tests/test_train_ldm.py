@@ -1,13 +1,14 @@
 """Training the tiny latent diffusion model on synthetic shapes: learning, EMA, export, resume, dropout."""
+
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
 import pytest
-from factories import with_ctrl_c
 import torch
 import yaml
+from factories import with_ctrl_c
 
 from ldm.checkpoint import load_state_dict
 from ldm.cli import main as cli_main
@@ -39,9 +40,18 @@ def fixed_batch(cfg: dict) -> dict:
 
 def test_ldm_learns_and_exports(shapes, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = tiny_train_config("ldm", shapes, run_dir, ["trainer.max_steps=40", "logging.sample_every_n_steps=20",
-                                                     "logging.checkpoint_every_n_steps=20", "trainer.val_check_interval=20",
-                                                     "logging.tensorboard=true"])
+    cfg = tiny_train_config(
+        "ldm",
+        shapes,
+        run_dir,
+        [
+            "trainer.max_steps=40",
+            "logging.sample_every_n_steps=20",
+            "logging.checkpoint_every_n_steps=20",
+            "trainer.val_check_interval=20",
+            "logging.tensorboard=true",
+        ],
+    )
     batch = fixed_batch(cfg)
     torch.manual_seed(0)
     before = eval_loss(build_module(cfg), batch)
@@ -55,7 +65,9 @@ def test_ldm_learns_and_exports(shapes, tmp_path):
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/loss") for r in rows)
     assert list((run_dir / "tensorboard").glob("version_*/events.out.tfevents.*"))
     assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step-000020.png", "step-000040.png"]
-    assert {"last.ckpt", "step-000020.ckpt", "step-000040.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert {"last.ckpt", "step-000020.ckpt", "step-000040.ckpt"} <= {
+        p.name for p in (run_dir / "checkpoints").iterdir()
+    }
 
     # Export: original key layout, EMA U-Net, estimated scale factor in the YAML; loads for inference.
     node = yaml.safe_load((run_dir / "model.yaml").read_text())
@@ -72,16 +84,36 @@ def test_ldm_learns_and_exports(shapes, tmp_path):
     assert torch.equal(model.unet.state_dict()[key], ema[key])
 
     out = tmp_path / "gen"
-    rc = cli_main(["txt2img", "red square", "--config", str(run_dir / "model.yaml"), "--ckpt",
-                   str(run_dir / "model.safetensors"), "--steps", "3", "--outdir", str(out), "--no-progress"])
+    rc = cli_main(
+        [
+            "txt2img",
+            "red square",
+            "--config",
+            str(run_dir / "model.yaml"),
+            "--ckpt",
+            str(run_dir / "model.safetensors"),
+            "--steps",
+            "3",
+            "--outdir",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert (out / "samples" / "00000.png").is_file()
 
 
 def test_resume_matches_uninterrupted_run(shapes, tmp_path):
     n = 4
-    common = ["training.cond_dropout=0.5", "training.ema_decay=0.9", "data.flip=true", "data.val_fraction=0",
-              "logging.sample_every_n_steps=0", f"logging.checkpoint_every_n_steps={n}", "training.warmup_steps=3"]
+    common = [
+        "training.cond_dropout=0.5",
+        "training.ema_decay=0.9",
+        "data.flip=true",
+        "data.val_fraction=0",
+        "logging.sample_every_n_steps=0",
+        f"logging.checkpoint_every_n_steps={n}",
+        "training.warmup_steps=3",
+    ]
     cfg_a = tiny_train_config("ldm", shapes, tmp_path / "a", common + [f"trainer.max_steps={2 * n}"])
     module_a, trainer_a = train(cfg_a)
 
@@ -100,7 +132,10 @@ def test_resume_matches_uninterrupted_run(shapes, tmp_path):
     differing = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not differing, differing[:5]
     # The exports (EMA weights) agree too, and training moved the weights at all.
-    ea, eb = load_state_dict(tmp_path / "a" / "model.safetensors"), load_state_dict(tmp_path / "b" / "model.safetensors")
+    ea, eb = (
+        load_state_dict(tmp_path / "a" / "model.safetensors"),
+        load_state_dict(tmp_path / "b" / "model.safetensors"),
+    )
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     start = torch.load(tmp_path / "b" / "checkpoints" / f"step-{n:06d}.ckpt", weights_only=True)["state_dict"]
     assert not torch.equal(start["model.unet.out.2.weight"], sb["model.unet.out.2.weight"])
@@ -115,13 +150,23 @@ def test_ctrl_c_saves_the_exact_step_and_resume_loses_nothing(shapes, tmp_path):
     import sys
     import time
 
-    common = ["training.ema_decay=0.9", "data.val_fraction=0", "logging.sample_every_n_steps=0",
-              "logging.checkpoint_every_n_steps=5", "logging.csv=false"]
+    common = [
+        "training.ema_decay=0.9",
+        "data.val_fraction=0",
+        "logging.sample_every_n_steps=0",
+        "logging.checkpoint_every_n_steps=5",
+        "logging.csv=false",
+    ]
     run_b = tmp_path / "b"
     cfg_b = tiny_train_config("ldm", shapes, run_b, common + ["trainer.max_steps=100000"])
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg_b))
-    proc = subprocess.Popen([sys.executable, "-m", "ldm.cli", "train", "--config", str(tmp_path / "b.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=with_ctrl_c)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ldm.cli", "train", "--config", str(tmp_path / "b.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=with_ctrl_c,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (run_b / "checkpoints" / "step-000005.ckpt").exists():
@@ -152,15 +197,32 @@ def test_ctrl_c_saves_the_exact_step_and_resume_loses_nothing(shapes, tmp_path):
 
 
 def test_export_only_from_checkpoint(shapes, tmp_path):
-    cfg = tiny_train_config("ldm", shapes, tmp_path / "run", ["trainer.max_steps=2", "data.val_fraction=0",
-                                                              "logging.sample_every_n_steps=0"])
+    cfg = tiny_train_config(
+        "ldm",
+        shapes,
+        tmp_path / "run",
+        ["trainer.max_steps=2", "data.val_fraction=0", "logging.sample_every_n_steps=0"],
+    )
     module, _ = train(cfg)
     out = tmp_path / "export"
-    assert cli_main(["train", "--export-only", "--resume", str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--export-only",
+                "--resume",
+                str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     a, b = load_state_dict(tmp_path / "run" / "model.safetensors"), load_state_dict(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert yaml.safe_load((out / "model.yaml").read_text()) == yaml.safe_load((tmp_path / "run" / "model.yaml").read_text())
+    assert yaml.safe_load((out / "model.yaml").read_text()) == yaml.safe_load(
+        (tmp_path / "run" / "model.yaml").read_text()
+    )
 
 
 def test_scale_factor_estimate_is_inverse_latent_std(shapes, tmp_path):
@@ -229,14 +291,16 @@ def test_latent_cache_encodes_each_image_once_and_draws_the_same_latents(shapes,
     batch["image"] = batch["image"][[i % 8 for i in range(len(batch["image"]))]]  # equal keys, equal images
     for step in range(2):
         g1, g2 = torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)
-        torch.testing.assert_close(cached.latents(batch["image"], g1, batch["key"]), plain.latents(batch["image"], g2),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            cached.latents(batch["image"], g1, batch["key"]), plain.latents(batch["image"], g2), rtol=1e-5, atol=1e-5
+        )
     assert encoded == [8]  # 8 distinct images, through the encoder once, on the first step only
     # the latents are still drawn afresh each step from the cached posterior
     a = cached.latents(batch["image"], torch.Generator().manual_seed(0), batch["key"])
     b = cached.latents(batch["image"], torch.Generator().manual_seed(1), batch["key"])
     assert not torch.equal(a, b)
     from ldm.training.config import TrainConfigError
+
     with pytest.raises(TrainConfigError, match="center_crop"):
         tiny_train_config("ldm", shapes, tmp_path, ["training.latent_cache=10", "data.center_crop=false"])
 
@@ -277,9 +341,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(shapes, tmp_path):
 
 
 def test_bf16_accumulation_and_ema_counts(shapes, tmp_path):
-    cfg = tiny_train_config("ldm", shapes, tmp_path, ["trainer.max_steps=2", "training.accumulate=2", "data.val_fraction=0",
-                                                      "trainer.precision=bf16-mixed", "logging.sample_every_n_steps=0",
-                                                      "data.batch_size=2"])
+    cfg = tiny_train_config(
+        "ldm",
+        shapes,
+        tmp_path,
+        [
+            "trainer.max_steps=2",
+            "training.accumulate=2",
+            "data.val_fraction=0",
+            "trainer.precision=bf16-mixed",
+            "logging.sample_every_n_steps=0",
+            "data.batch_size=2",
+        ],
+    )
     module, trainer = train(cfg)
     assert trainer.global_step == 2 and module.batches_seen == 4  # two micro-batches per optimiser step
     assert int(module.ema.n_averaged) == 2  # EMA updated per optimiser step, not per micro-batch
@@ -297,6 +371,7 @@ def test_compile_option_keeps_state_dict_keys(shapes, tmp_path):
 @pytest.mark.parametrize("kind", ["inpaint", "upscaler"])
 def test_conditioning_kind_picks_the_module(shapes, tmp_path, kind):
     from factories import tiny_inpaint_config, tiny_upscaler_config
+
     from ldm.training.config import load_train_config
     from ldm.training.editing import InpaintingModule, UpscalerModule
 
@@ -304,10 +379,22 @@ def test_conditioning_kind_picks_the_module(shapes, tmp_path, kind):
     base = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-ldm.yaml"))
     base["model"] = node
     size = 16 if kind == "inpaint" else 64  # the upscaler's VAE downsamples by 4, its latents are 16 px
-    cfg = load_train_config(None, [f"data.root={shapes}", f"logging.run_dir={tmp_path}", "trainer.max_steps=1",
-                                   f"data.size={size}", "data.batch_size=2", "data.val_fraction=0",
-                                   "logging.sample_every_n_steps=0", "trainer.enable_progress_bar=false",
-                                   "trainer.enable_model_summary=false", "logging.tensorboard=false"], base=base)
+    cfg = load_train_config(
+        None,
+        [
+            f"data.root={shapes}",
+            f"logging.run_dir={tmp_path}",
+            "trainer.max_steps=1",
+            f"data.size={size}",
+            "data.batch_size=2",
+            "data.val_fraction=0",
+            "logging.sample_every_n_steps=0",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "logging.tensorboard=false",
+        ],
+        base=base,
+    )
     module, trainer = train(cfg)
     assert isinstance(module, InpaintingModule if kind == "inpaint" else UpscalerModule)
     assert trainer.global_step == 1

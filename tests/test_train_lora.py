@@ -1,18 +1,19 @@
 """`ldm train` with a `lora:` section: only the adapter trains and is exported, the base stays as it was,
 the exported file reproduces the trained model through --lora, and the section's values are checked."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
+from factories import write_training_base
 from safetensors import safe_open
 
-from ldm.checkpoint import load_state_dict, save_state_dict
+from ldm.checkpoint import load_state_dict
 from ldm.cli import main as cli_main
-from ldm.config import instantiate
 from ldm.lora import apply_lora
 from ldm.model import load_model
 from ldm.training.config import TrainConfigError
@@ -20,10 +21,12 @@ from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
-from factories import write_training_base
-
-QUIET = ["data.val_fraction=0", "logging.sample_every_n_steps=0", "logging.checkpoint_every_n_steps=0",
-         "logging.csv=false"]
+QUIET = [
+    "data.val_fraction=0",
+    "logging.sample_every_n_steps=0",
+    "logging.checkpoint_every_n_steps=0",
+    "logging.csv=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +42,20 @@ def base_file(shapes, tmp_path_factory) -> Path:
 
 
 def lora_config(shapes, run_dir, base_file, *extra):
-    return tiny_train_config("ldm", shapes, run_dir, QUIET + [f"init.checkpoint={base_file}", "trainer.max_steps=8",
-                                                              "lora.rank=2", "lora.alpha=4", "training.lr=1e-2",
-                                                              *extra])
+    return tiny_train_config(
+        "ldm",
+        shapes,
+        run_dir,
+        QUIET
+        + [
+            f"init.checkpoint={base_file}",
+            "trainer.max_steps=8",
+            "lora.rank=2",
+            "lora.alpha=4",
+            "training.lr=1e-2",
+            *extra,
+        ],
+    )
 
 
 def test_lora_run_trains_only_the_adapter_and_exports_it_alone(shapes, base_file, tmp_path):
@@ -77,8 +91,26 @@ def test_lora_run_trains_only_the_adapter_and_exports_it_alone(shapes, base_file
         torch.testing.assert_close(base.unet(x, t, c), module.model.unet(x, t, c), rtol=1e-5, atol=1e-5)
     # And --lora takes the file on the command line.
     out = tmp_path / "gen"
-    assert cli_main(["txt2img", "red square", "--config", str(run_dir / "lora.yaml"), "--ckpt", str(base_file),
-                     "--lora", f"{weights}:0.8", "--steps", "2", "--outdir", str(out), "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "txt2img",
+                "red square",
+                "--config",
+                str(run_dir / "lora.yaml"),
+                "--ckpt",
+                str(base_file),
+                "--lora",
+                f"{weights}:0.8",
+                "--steps",
+                "2",
+                "--outdir",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "samples" / "00000.png").is_file()
 
 
@@ -92,13 +124,16 @@ def test_lora_run_resumes_to_the_same_adapter(shapes, base_file, tmp_path):
     assert ea.keys() == eb.keys() and all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["lora.targets=[attn, wings]"], "lora.targets must be a list of"),
-    (["lora.dropout=1.0"], "lora.dropout"),
-    (["lora.rank=-1"], "lora.rank must be an integer >= 0"),
-    (["lora.targets=[text]", "training.text_cache=100"], "training.text_cache=0"),
-    (["lora.rnak=2"], "unknown key 'rnak' in lora"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["lora.targets=[attn, wings]"], "lora.targets must be a list of"),
+        (["lora.dropout=1.0"], "lora.dropout"),
+        (["lora.rank=-1"], "lora.rank must be an integer >= 0"),
+        (["lora.targets=[text]", "training.text_cache=100"], "training.text_cache=0"),
+        (["lora.rnak=2"], "unknown key 'rnak' in lora"),
+    ],
+)
 def test_bad_lora_sections_are_one_line_errors(shapes, tmp_path, extra, message):
     with pytest.raises(TrainConfigError, match=message):
         tiny_train_config("ldm", shapes, tmp_path / "run", ["lora.rank=2", *extra])
@@ -113,9 +148,16 @@ def test_inpainting_lora_widens_its_base_and_ships_as_a_derived_model(shapes, ba
     """The shipped inpainter's recipe in small: a text-to-image base widened to 9 input channels (the new ones
     start at zero), a LoRA plus the whole first convolution trained, and a file that loads over its base."""
     run_dir = tmp_path / "run"
-    cfg = lora_config(shapes, run_dir, base_file, "model.params.conditioning_key=hybrid",
-                      "model.params.unet_config.params.in_channels=9", "init.widen_input=true",
-                      "lora.targets=[attn, conv]", "lora.train_whole=[unet.input_blocks.0.0]")
+    cfg = lora_config(
+        shapes,
+        run_dir,
+        base_file,
+        "model.params.conditioning_key=hybrid",
+        "model.params.unet_config.params.in_channels=9",
+        "init.widen_input=true",
+        "lora.targets=[attn, conv]",
+        "lora.train_whole=[unet.input_blocks.0.0]",
+    )
     module, trainer = train(cfg)
     assert trainer.global_step == 8
     weights = run_dir / "lora.safetensors"

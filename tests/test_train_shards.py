@@ -1,5 +1,6 @@
 """Training on WebDataset shards end to end: 2 DDP processes on CPU (gloo) read disjoint samples that together
 cover the set, an uneven split still ends, and a run resumed in the middle of a shard epoch repeats nothing."""
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,20 @@ COMMON = ["data.batch_size=4", "logging.sample_every_n_steps=0", "trainer.accele
 
 
 def run(out: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(RUNNER), str(out), *COMMON, *overrides], cwd=out.parent, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), str(out), *COMMON, *overrides],
+        cwd=out.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -38,8 +49,14 @@ def shards(tmp_path: Path, count: int, per_shard: int) -> str:
 def test_two_ranks_read_disjoint_samples_covering_the_set(tmp_path):
     pattern = shards(tmp_path, 24, 6)  # 4 shards of 6: 24 samples = 3 steps x 2 ranks x batch 4
     out = tmp_path / "run"
-    run(out, f"data.shards={pattern}", "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_steps=3",
-        f"logging.run_dir={out}")
+    run(
+        out,
+        f"data.shards={pattern}",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.max_steps=3",
+        f"logging.run_dir={out}",
+    )
     rank0, rank1 = keys(out, 0), keys(out, 1)
     assert len(rank0) == len(rank1) == 12
     assert not set(rank0) & set(rank1)
@@ -51,8 +68,14 @@ def test_uneven_shards_end_with_equal_steps_and_say_what_was_dropped(tmp_path):
     pattern = shards(tmp_path, 19, 5)  # shards of 5, 5, 5, 4: 19 samples, 2 steps x 2 ranks x 4 = 16 per epoch
     out = tmp_path / "run"
     # 5 steps: two and a half epochs, so both ranks cross epoch ends in shards of different sizes
-    proc = run(out, f"data.shards={pattern}", "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_steps=5",
-               f"logging.run_dir={out}")
+    proc = run(
+        out,
+        f"data.shards={pattern}",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.max_steps=5",
+        f"logging.run_dir={out}",
+    )
     assert "3 samples per epoch dropped" in proc.stdout + proc.stderr
     rank0, rank1 = keys(out, 0), keys(out, 1)
     assert len(rank0) == len(rank1) == 20

@@ -1,4 +1,5 @@
 """Training the tiny KL autoencoder: reconstruction improves, LPIPS from local files, discriminator schedule, export."""
+
 from __future__ import annotations
 
 import csv
@@ -45,9 +46,20 @@ def rec_error(module, images: torch.Tensor) -> float:
 
 def test_vae_learns_with_discriminator_and_exports(shapes, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = tiny_train_config("vae", shapes, run_dir, ["trainer.max_steps=30", "training.disc_start=20", "data.batch_size=4",
-                                                     "logging.sample_every_n_steps=30", "logging.checkpoint_every_n_steps=0",
-                                                     "trainer.log_every_n_steps=5", "trainer.val_check_interval=15"])
+    cfg = tiny_train_config(
+        "vae",
+        shapes,
+        run_dir,
+        [
+            "trainer.max_steps=30",
+            "training.disc_start=20",
+            "data.batch_size=4",
+            "logging.sample_every_n_steps=30",
+            "logging.checkpoint_every_n_steps=0",
+            "trainer.log_every_n_steps=5",
+            "trainer.val_check_interval=15",
+        ],
+    )
     data = build_data(cfg)
     data.setup()
     images = torch.stack([data.train_set[i]["image"] for i in range(16)])
@@ -111,8 +123,11 @@ def test_perceptual_loss_switch(shapes, tmp_path, lpips_files, caplog):
     with caplog.at_level(logging.INFO):
         off = build_module(tiny_train_config("vae", shapes, tmp_path))
     assert off.lpips is None and "perceptual loss off" in caplog.text
-    on = build_module(tiny_train_config("vae", shapes, tmp_path, [f"training.lpips_vgg={lpips_files[0]}",
-                                                                   f"training.lpips_lin={lpips_files[1]}"]))
+    on = build_module(
+        tiny_train_config(
+            "vae", shapes, tmp_path, [f"training.lpips_vgg={lpips_files[0]}", f"training.lpips_lin={lpips_files[1]}"]
+        )
+    )
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     _, _, logs = on.losses(x, torch.Generator().manual_seed(0))
     assert logs["perceptual"] > 0
@@ -137,6 +152,9 @@ def test_ddp_with_discriminator_finds_unused_parameters(shapes, tmp_path):
     assert with_disc.strategy._ddp_kwargs.get("find_unused_parameters") is True
     assert not without.strategy._ddp_kwargs.get("find_unused_parameters")
     # trainer.devices=2 alone (strategy "auto") is DDP too, and failed at the first step without this.
-    auto = build_trainer(tiny_train_config("vae", shapes, tmp_path, ["trainer.devices=2", "trainer.accelerator=cpu",
-                                                                    "training.disc_start=0"]))
+    auto = build_trainer(
+        tiny_train_config(
+            "vae", shapes, tmp_path, ["trainer.devices=2", "trainer.accelerator=cpu", "training.disc_start=0"]
+        )
+    )
     assert auto.strategy._ddp_kwargs.get("find_unused_parameters") is True

@@ -1,4 +1,5 @@
 """Text-to-image end to end with a tiny model: CLI, Python API, reproducibility and errors."""
+
 import json
 import subprocess
 import sys
@@ -7,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from factories import tiny_config, tiny_model
 from PIL import Image
 
 from ldm.checkpoint import save_state_dict
 from ldm.cli import main
-from ldm.pipeline import SamplingOptions, txt2img
-from factories import tiny_config, tiny_model
+from ldm.pipeline import txt2img
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,29 @@ def model_files(tmp_path_factory):
 def test_cli_writes_png_with_settings(model_files, tmp_path):
     cfg, ckpt = model_files
     out = tmp_path / "out"
-    code = main(["txt2img", "a red apple", "--config", cfg, "--ckpt", ckpt, "--steps", "4", "--n-samples", "2",
-                 "--outdir", str(out), "--seed", "7", "--height", "16", "--width", "24", "--no-progress"])
+    code = main(
+        [
+            "txt2img",
+            "a red apple",
+            "--config",
+            cfg,
+            "--ckpt",
+            ckpt,
+            "--steps",
+            "4",
+            "--n-samples",
+            "2",
+            "--outdir",
+            str(out),
+            "--seed",
+            "7",
+            "--height",
+            "16",
+            "--width",
+            "24",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     files = sorted((out / "samples").glob("*.png"))
     assert [f.name for f in files] == ["00000.png", "00001.png"]
@@ -44,16 +66,55 @@ def test_cli_writes_png_with_settings(model_files, tmp_path):
     assert "a red apple" in img.text["parameters"]
     assert len(list(out.glob("grid-*.png"))) == 1
     # A second run continues the numbering instead of overwriting.
-    main(["txt2img", "x", "--config", cfg, "--ckpt", ckpt, "--steps", "2", "--outdir", str(out), "--no-progress",
-          "--height", "16", "--width", "16"])
+    main(
+        [
+            "txt2img",
+            "x",
+            "--config",
+            cfg,
+            "--ckpt",
+            ckpt,
+            "--steps",
+            "2",
+            "--outdir",
+            str(out),
+            "--no-progress",
+            "--height",
+            "16",
+            "--width",
+            "16",
+        ]
+    )
     assert (out / "samples" / "00002.png").exists()
 
 
 def test_console_script_runs_as_a_process(model_files, tmp_path):
     cfg, ckpt = model_files
-    r = subprocess.run([sys.executable, "-m", "ldm.cli", "txt2img", "cat", "--config", cfg, "--ckpt", ckpt,
-                        "--steps", "2", "--outdir", str(tmp_path), "--no-progress", "--height", "16", "--width", "16"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ldm.cli",
+            "txt2img",
+            "cat",
+            "--config",
+            cfg,
+            "--ckpt",
+            ckpt,
+            "--steps",
+            "2",
+            "--outdir",
+            str(tmp_path),
+            "--no-progress",
+            "--height",
+            "16",
+            "--width",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "samples" / "00000.png").exists()
 
@@ -97,12 +158,15 @@ def test_bf16_autocast_runs_on_cpu(model):
     assert img.size == (16, 16)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--height", "20"], "height 20 is not a positive multiple of 8"),
-    (["--steps", "0"], "steps must be at least 1"),
-    (["--sampler", "nope"], "unknown sampler"),
-    (["--precision", "fp16"], "fp16 needs a CUDA device"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--height", "20"], "height 20 is not a positive multiple of 8"),
+        (["--steps", "0"], "steps must be at least 1"),
+        (["--sampler", "nope"], "unknown sampler"),
+        (["--precision", "fp16"], "fp16 needs a CUDA device"),
+    ],
+)
 def test_bad_arguments_fail_with_one_line(model_files, tmp_path, capsys, args, message):
     cfg, ckpt = model_files
     code = main(["txt2img", "x", "--config", cfg, "--ckpt", ckpt, "--outdir", str(tmp_path), "--no-progress"] + args)
@@ -141,7 +205,30 @@ def test_prompt_file(model_files, tmp_path, capsys):
     assert "has no prompts" in capsys.readouterr().err
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n\na dog\n")
-    assert main(["txt2img", "--from-file", str(prompts), "--config", cfg, "--ckpt", ckpt, "--steps", "2",
-                 "--outdir", str(tmp_path / "o"), "--no-progress", "--height", "16", "--width", "16"]) == 0
-    texts = [json.loads(Image.open(p).text["ldm"])["prompt"] for p in sorted((tmp_path / "o" / "samples").glob("*.png"))]
+    assert (
+        main(
+            [
+                "txt2img",
+                "--from-file",
+                str(prompts),
+                "--config",
+                cfg,
+                "--ckpt",
+                ckpt,
+                "--steps",
+                "2",
+                "--outdir",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--height",
+                "16",
+                "--width",
+                "16",
+            ]
+        )
+        == 0
+    )
+    texts = [
+        json.loads(Image.open(p).text["ldm"])["prompt"] for p in sorted((tmp_path / "o" / "samples").glob("*.png"))
+    ]
     assert texts == ["a cat", "a dog"]

@@ -1,4 +1,5 @@
 """Typed training config: one set of defaults per run kind, unknown keys named with the closest valid one."""
+
 from __future__ import annotations
 
 import inspect
@@ -8,13 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from factories import tiny_config
 
 from ldm.config import ConfigError, instantiate
-from ldm.training.config import (AutoencoderTraining, ClipTraining, DiffusionTraining, TrainConfigError,
-                                 load_train_config, resolve, training_section)
+from ldm.training.config import (
+    AutoencoderTraining,
+    ClipTraining,
+    DiffusionTraining,
+    TrainConfigError,
+    load_train_config,
+    resolve,
+    training_section,
+)
 from ldm.training.tiny import TINY_CONFIGS
-
-from factories import tiny_config
 
 OLD_CHECKPOINT = Path(__file__).parent / "data" / "vae-run-e4731bb.ckpt"
 # config.yaml as main wrote it at fb24788 (after the hardening merge, before the typed sections): every kind's
@@ -32,11 +39,14 @@ def test_each_kind_gets_its_own_optimiser_defaults():
     assert ldm["training"]["betas"] == [0.9, 0.999] and isinstance(training_section(ldm), DiffusionTraining)
 
 
-@pytest.mark.parametrize("module_path, section", [
-    ("ldm.training.vae_module:AutoencoderModule", AutoencoderTraining),
-    ("ldm.training.clip_module:ClipModule", ClipTraining),
-    ("ldm.training.ldm_module:LatentDiffusionModule", DiffusionTraining),
-])
+@pytest.mark.parametrize(
+    "module_path, section",
+    [
+        ("ldm.training.vae_module:AutoencoderModule", AutoencoderTraining),
+        ("ldm.training.clip_module:ClipModule", ClipTraining),
+        ("ldm.training.ldm_module:LatentDiffusionModule", DiffusionTraining),
+    ],
+)
 def test_module_constructors_share_the_config_defaults(module_path, section):
     import importlib
 

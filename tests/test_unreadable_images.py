@@ -1,4 +1,5 @@
 """A corrupt image in a training set is skipped with a warning, the same way on every run and resume, up to a limit."""
+
 from __future__ import annotations
 
 import logging
@@ -11,18 +12,20 @@ from torch.utils.data import Subset
 
 from ldm.cli import main as cli_main
 from ldm.data.folder import CaptionedImageFolder, UnreadableImageError
-from ldm.training.data import (
-    SampleStream,
-    SkipUnreadable,
-    TooManyUnreadableImagesError,
-    UnreadableImages,
-)
+from ldm.training.data import SampleStream, SkipUnreadable, TooManyUnreadableImagesError, UnreadableImages
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
-FAST = ["logging.sample_every_n_steps=0", "logging.checkpoint_every_n_steps=0", "data.val_fraction=0",
-        "logging.csv=false", "data.batch_size=2", "model.params.ddconfig.ch_mult=[1]", "training.disc_start=null"]
+FAST = [
+    "logging.sample_every_n_steps=0",
+    "logging.checkpoint_every_n_steps=0",
+    "data.val_fraction=0",
+    "logging.csv=false",
+    "data.batch_size=2",
+    "model.params.ddconfig.ch_mult=[1]",
+    "training.disc_start=null",
+]
 TRUNCATED = "images/0003.png"
 GARBAGE = "images/0005.png"
 
@@ -51,7 +54,9 @@ def test_unreadable_items_are_replaced_by_the_next_readable_one_the_same_way_eve
     items = [stream.item(p) for p in range(3 * len(ds))]
     keys = [item["key"] for item in items]
     assert not {TRUNCATED, GARBAGE} & set(keys)
-    assert all(item["caption"] == ds.captions[ds.files.index(item["key"])] for item in items)  # caption follows the image
+    assert all(
+        item["caption"] == ds.captions[ds.files.index(item["key"])] for item in items
+    )  # caption follows the image
     assert {index for _, index in stream.unreadable.skipped} == bad
     resumed = SampleStream(ds, batch_size=2, seed=1, start_batch=5, unreadable=UnreadableImages(2))
     assert [resumed.item(p)["key"] for p in range(10, 3 * len(ds))] == keys[10:]
@@ -84,7 +89,9 @@ def test_training_skips_the_damaged_images_with_a_warning_and_resumes(damaged, t
 @pytest.mark.parametrize("workers", [0, 1])
 def test_more_unreadable_images_than_allowed_stop_with_one_line(damaged, tmp_path, capsys, workers):
     config = tmp_path / "vae.yaml"
-    config.write_text(yaml.safe_dump(tiny_train_config("vae", damaged, tmp_path / "run", [*FAST, "trainer.max_steps=6"])))
+    config.write_text(
+        yaml.safe_dump(tiny_train_config("vae", damaged, tmp_path / "run", [*FAST, "trainer.max_steps=6"]))
+    )
     code = cli_main(["train", "--config", str(config), "data.max_unreadable=1", f"data.num_workers={workers}"])
     err = capsys.readouterr().err
     assert code == 2

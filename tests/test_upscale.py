@@ -1,4 +1,5 @@
 """x4 upscaling with a tiny upscaler: size, conditioning layout, tiling without seams, errors, CLI, strict load."""
+
 import json
 import os
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from factories import tiny_model, tiny_upscaler_config, tiny_upscaler_model
 from PIL import Image
 
 from ldm.checkpoint import from_original_keys, load_into, save_state_dict
@@ -14,8 +16,6 @@ from ldm.cli import main
 from ldm.config import model_from_config
 from ldm.editing import ImageTooSmallError, WrongModelError
 from ldm.images import pil_to_tensor
-from factories import tiny_model
-from factories import tiny_upscaler_config, tiny_upscaler_model
 from ldm.upscale import BackProjectionError, NoiseLevelError, TileError, back_project, tile_starts, tiled_map, upscale
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
@@ -42,8 +42,9 @@ def test_returns_four_times_the_size(model):
 
 def test_unet_sees_noised_low_res_and_its_level(model):
     seen = []
-    hook = model.unet.register_forward_hook(lambda mod, args, kwargs, out: seen.append((args[0], kwargs["y"])),
-                                            with_kwargs=True)
+    hook = model.unet.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append((args[0], kwargs["y"])), with_kwargs=True
+    )
     try:
         upscale(model, low_res(12, 8), "x", noise_level=30, seed=4, steps=1, guidance_scale=1.0, progress=False)
     finally:
@@ -66,8 +67,14 @@ def test_tiled_map_reassembles_exactly():
     x = torch.randn(2, 3, 37, 29)
     same = tiled_map(lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], 37, 29, tile=16, overlap=6)
     assert torch.allclose(same, x, atol=1e-6)
-    up = tiled_map(lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1].repeat_interleave(2, -1).repeat_interleave(2, -2),
-                   37, 29, tile=16, overlap=6, scale=2)
+    up = tiled_map(
+        lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1].repeat_interleave(2, -1).repeat_interleave(2, -2),
+        37,
+        29,
+        tile=16,
+        overlap=6,
+        scale=2,
+    )
     assert torch.allclose(up, x.repeat_interleave(2, -1).repeat_interleave(2, -2), atol=1e-6)
     assert tile_starts(40, 16, 8) == [0, 8, 16, 24] and tile_starts(10, 16, 4) == [0]
     with pytest.raises(TileError):
@@ -115,8 +122,11 @@ def shrink_error(images: torch.Tensor, low: torch.Tensor) -> float:
 def test_back_projection_gives_the_input_back_and_keeps_the_detail():
     g = torch.Generator().manual_seed(0)
     low = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 18, 18, generator=g), 3, 1) * 1.2 - 0.6  # a smooth picture
-    guess = (torch.nn.functional.interpolate(low, scale_factor=4, mode="nearest") * 0.6 + 0.3
-             + 0.3 * torch.randn(1, 3, 64, 64, generator=g)).clamp(-1, 1)  # off in colour, with fine detail
+    guess = (
+        torch.nn.functional.interpolate(low, scale_factor=4, mode="nearest") * 0.6
+        + 0.3
+        + 0.3 * torch.randn(1, 3, 64, 64, generator=g)
+    ).clamp(-1, 1)  # off in colour, with fine detail
     projected = back_project(guess, low, 4, 5)
     assert shrink_error(projected, low) < 0.2 * shrink_error(guess, low)
     detail = lambda x: x - torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # the part a x4 shrink cannot see
@@ -160,16 +170,56 @@ def test_cli_upscale_writes_png(tmp_path):
     save_state_dict(tiny_upscaler_model().original_state_dict(), ckpt)
     src = tmp_path / "small.png"
     low_res(12, 10).save(src)
-    assert main(["upscale", str(src), "a tree", "--noise-level", "50", "--steps", "2", "--tile-size", "8",
-                 "--tile-overlap", "2", "--config", str(cfg), "--ckpt", str(ckpt), "--outdir", str(tmp_path / "o"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(src),
+                "a tree",
+                "--noise-level",
+                "50",
+                "--steps",
+                "2",
+                "--tile-size",
+                "8",
+                "--tile-overlap",
+                "2",
+                "--config",
+                str(cfg),
+                "--ckpt",
+                str(ckpt),
+                "--outdir",
+                str(tmp_path / "o"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     img = Image.open(tmp_path / "o" / "samples" / "00000.png")
     s = json.loads(img.text["ldm"])
     assert img.size == (48, 40)
     assert (s["task"], s["noise_level"], s["tile_size"], s["tile_overlap"], s["tiled"]) == ("upscale", 50, 8, 2, True)
     assert s["back_projection"] == 0
-    assert main(["upscale", str(src), "--steps", "2", "--back-projection", "2", "--config", str(cfg), "--ckpt", str(ckpt),
-                 "--outdir", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(src),
+                "--steps",
+                "2",
+                "--back-projection",
+                "2",
+                "--config",
+                str(cfg),
+                "--ckpt",
+                str(ckpt),
+                "--outdir",
+                str(tmp_path / "p"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(Image.open(tmp_path / "p" / "samples" / "00000.png").text["ldm"])["back_projection"] == 2
 
 

@@ -1,4 +1,5 @@
 """The learned schedule and the continuous-time bound (ldm.vdm, ldm.toy_vdm)."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,15 @@ from ldm.likelihood import bits_per_dim, gaussian_nll
 from ldm.schedules import get_sigmas
 from ldm.toy2d import make_data
 from ldm.toy_vdm import ToyVDM
-from ldm.vdm import GAMMA_MAX, GAMMA_MIN, FixedGamma, LearnedGamma, LogSNRDenoiser, alphas_cumprod_from_gamma, continuous_bound
+from ldm.vdm import (
+    GAMMA_MAX,
+    GAMMA_MIN,
+    FixedGamma,
+    LearnedGamma,
+    LogSNRDenoiser,
+    alphas_cumprod_from_gamma,
+    continuous_bound,
+)
 
 STD = 0.5
 
@@ -27,11 +36,15 @@ def test_the_continuous_bound_of_the_optimal_model_matches_the_gaussian_closed_f
     one-draw estimate is heavy-tailed (cosine's gamma' is ~1,000 near t = 0), and 400 draws of the batch still
     leave 0.05 bits/dim of standard error. Both schedules agree: the bound depends only on the endpoints."""
     x = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * STD
-    exact = bits_per_dim(float(gaussian_nll(x, torch.zeros_like(x), torch.full_like(x, math.log(STD**2))).sum(1).mean()), 2)
+    exact = bits_per_dim(
+        float(gaussian_nll(x, torch.zeros_like(x), torch.full_like(x, math.log(STD**2))).sum(1).mean()), 2
+    )
     gammas = GAMMA_MIN + (GAMMA_MAX - GAMMA_MIN) * (torch.arange(400, dtype=torch.float64) + 0.5) / 400
     a, b = (2 / math.pi * math.atan(math.exp(g / 2)) for g in (GAMMA_MIN, GAMMA_MAX))
-    times = {"linear": (gammas - GAMMA_MIN) / (GAMMA_MAX - GAMMA_MIN),  # each schedule's inverse at those gammas
-             "cosine": (2 / math.pi * torch.atan(torch.exp(gammas / 2)) - a) / (b - a)}
+    times = {
+        "linear": (gammas - GAMMA_MIN) / (GAMMA_MAX - GAMMA_MIN),  # each schedule's inverse at those gammas
+        "cosine": (2 / math.pi * torch.atan(torch.exp(gammas / 2)) - a) / (b - a),
+    }
     for kind, grid in times.items():
         schedule = FixedGamma(kind)
         assert torch.allclose(schedule(grid), gammas, atol=1e-6)
@@ -39,11 +52,15 @@ def test_the_continuous_bound_of_the_optimal_model_matches_the_gaussian_closed_f
         t = grid.clone().requires_grad_(True)
         dt = (GAMMA_MAX - GAMMA_MIN) / 400 / torch.autograd.grad(schedule(t).sum(), t)[0]  # d gamma / gamma'(t)
         draws = [continuous_bound(optimal_eps, x, schedule, generator, t_k.expand(len(x))) for t_k in grid]
-        diffusion = sum(w * d["diffusion"].detach() for w, d in zip(dt, draws))  # = 1/2 int E||eps - eps_hat||^2 d gamma
+        diffusion = sum(
+            w * d["diffusion"].detach() for w, d in zip(dt, draws)
+        )  # = 1/2 int E||eps - eps_hat||^2 d gamma
         total = diffusion + draws[0]["prior"] + draws[0]["reconstruction"]
         assert abs(bits_per_dim(float(total.mean()), 2) - exact) < 0.02
     # a worse model (eps_hat = 0 everywhere) has a clearly larger bound
-    worse = continuous_bound(lambda z, g: torch.zeros_like(z), x, FixedGamma("linear"), torch.Generator().manual_seed(1))
+    worse = continuous_bound(
+        lambda z, g: torch.zeros_like(z), x, FixedGamma("linear"), torch.Generator().manual_seed(1)
+    )
     assert bits_per_dim(float(worse["total"].detach().mean()), 2) > exact + 1
 
 
@@ -100,4 +117,6 @@ def test_the_log_snr_denoiser_is_x_minus_sigma_eps():
 
     out = LogSNRDenoiser(eps_model)(x, sigma)
     assert torch.allclose(out, x - 2.0)
-    assert torch.allclose(seen["z"], x / math.sqrt(5)) and torch.allclose(seen["gamma"], torch.full((4,), 2 * math.log(2.0)))
+    assert torch.allclose(seen["z"], x / math.sqrt(5)) and torch.allclose(
+        seen["gamma"], torch.full((4,), 2 * math.log(2.0))
+    )

@@ -1,15 +1,16 @@
 """Latent walks: slerp maths, and `ldm walk` writing a smoothly changing GIF."""
+
 import os
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from factories import tiny_config, tiny_model
 from PIL import Image, ImageSequence
 
 from ldm.checkpoint import save_state_dict
 from ldm.cli import main
-from factories import tiny_config, tiny_model
 from ldm.walk import WalkError, gif_bytes, lerp, slerp, walk_frames, walk_positions
 
 
@@ -82,8 +83,32 @@ def _frames(path):
 def test_cli_walk_writes_a_smooth_gif(model_files, tmp_path):
     cfg, ckpt = model_files
     out = tmp_path / "walk.gif"
-    code = main(["walk", "prompt a", "prompt b", "--frames", "12", "--seed-a", "1", "--seed-b", "2", "--out", str(out),
-                 "--config", cfg, "--ckpt", ckpt, "--steps", "3", "--height", "16", "--width", "16", "--no-progress"])
+    code = main(
+        [
+            "walk",
+            "prompt a",
+            "prompt b",
+            "--frames",
+            "12",
+            "--seed-a",
+            "1",
+            "--seed-b",
+            "2",
+            "--out",
+            str(out),
+            "--config",
+            cfg,
+            "--ckpt",
+            ckpt,
+            "--steps",
+            "3",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     frames = _frames(out)
     assert len(frames) == 12 and frames[0].shape == (16, 16, 3)

@@ -1,4 +1,5 @@
 """A regular install works: the wheel carries the shipped models and configs, and runs from any folder."""
+
 import json
 import os
 import subprocess
@@ -23,10 +24,15 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_
     run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)])
     wheel = next(dist.glob("ldm-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for shipped in ("checkpoints/emoji/model.safetensors", "checkpoints/emoji/model.yaml",
-                    "checkpoints/emoji/student.safetensors", "checkpoints/emoji/student.yaml",
-                    "checkpoints/emoji/judge.safetensors", "configs/stable-diffusion/v2-inference.yaml",
-                    "configs/train/tiny-ldm.yaml"):
+    for shipped in (
+        "checkpoints/emoji/model.safetensors",
+        "checkpoints/emoji/model.yaml",
+        "checkpoints/emoji/student.safetensors",
+        "checkpoints/emoji/student.yaml",
+        "checkpoints/emoji/judge.safetensors",
+        "configs/stable-diffusion/v2-inference.yaml",
+        "configs/train/tiny-ldm.yaml",
+    ):
         assert f"ldm/shipped/{shipped}" in names, shipped
     assert "ldm/app/views/text.py" in names
 
@@ -39,16 +45,50 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     site = next((venv / "lib").glob("python*/site-packages"))
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index",
-         "-q", str(wheel)], env=env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        env=env,
+    )
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = run([str(venv / "bin" / "python"), "-c", "import ldm, ldm.defaults as d; print(ldm.__file__); "
-                 "print(d.default_checkpoint_path())"], cwd=elsewhere, env=env).stdout.split()
+    where = run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import ldm, ldm.defaults as d; print(ldm.__file__); print(d.default_checkpoint_path())",
+        ],
+        cwd=elsewhere,
+        env=env,
+    ).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where
-    run([str(venv / "bin" / "ldm"), "txt2img", "red apple", "--steps", "2", "--device", "cpu", "--no-progress",
-         "--outdir", "out"], cwd=elsewhere, env=env)
+    run(
+        [
+            str(venv / "bin" / "ldm"),
+            "txt2img",
+            "red apple",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--outdir",
+            "out",
+        ],
+        cwd=elsewhere,
+        env=env,
+    )
     image = Image.open(elsewhere / "out" / "samples" / "00000.png")
     # The default: the shipped student, over the full model it names as its base (both found in the wheel).
     assert json.loads(image.text["ldm"])["model_file"] == "student.safetensors"

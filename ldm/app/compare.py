@@ -1,4 +1,5 @@
 """Model comparison page logic: a GAN, a VAE and a diffusion model on the same toy data, as frames for Streamlit."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -9,7 +10,9 @@ from ldm.toy_compare import Comparison
 
 def sample_frames(comparison: Comparison, n: int = 800) -> dict[str, pd.DataFrame]:
     """Per model: the data and its samples (ldm.app.toy.points_frame), for one scatter chart each."""
-    return {name: points_frame(comparison.data[:n], points[:n], "samples") for name, points in comparison.samples.items()}
+    return {
+        name: points_frame(comparison.data[:n], points[:n], "samples") for name, points in comparison.samples.items()
+    }
 
 
 def loss_frames(comparison: Comparison, window: int = 50) -> dict[str, pd.DataFrame]:
@@ -18,13 +21,14 @@ def loss_frames(comparison: Comparison, window: int = 50) -> dict[str, pd.DataFr
     frames = {}
     for name, losses in comparison.losses.items():
         series = pd.Series(losses)
-        frames[name] = pd.DataFrame({"loss": series, "running mean": series.rolling(window, min_periods=1).mean()}
-                                    ).rename_axis("step")
+        frames[name] = pd.DataFrame(
+            {"loss": series, "running mean": series.rolling(window, min_periods=1).mean()}
+        ).rename_axis("step")
     return frames
 
 
 def table_frame(comparison: Comparison) -> pd.DataFrame:
-    """The comparison table; a metric a model lacks (a GAN's likelihood, modes off the eight Gaussians) shows as empty."""
+    """The comparison table; a metric a model lacks (a GAN's likelihood, modes off the eight Gaussians) shows as empty."""  # noqa: E501
     return pd.DataFrame(comparison.rows)
 
 

@@ -1,4 +1,5 @@
 """Edit page logic: reading uploads and masks; the editing itself is ldm.img2img / inpaint / upscale."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,12 +1,13 @@
 """Forward diffusion explorer: x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps under several schedules."""
+
 from __future__ import annotations
 
 import pandas as pd
 import torch
 from PIL import Image
 
-from ldm.errors import InvalidOptionError
 from ldm.diffusion import q_sample
+from ldm.errors import InvalidOptionError
 from ldm.images import pil_to_tensor, tensor_to_pil
 from ldm.model import LatentDiffusion
 from ldm.schedules import SCHEDULES, alphas_cumprod_from_betas, log_snr, make_betas
@@ -18,15 +19,21 @@ LEARNED_DATA = "spiral"  # what the learned schedule is trained on: the toy page
 LEARNED_TRAIN_STEPS = 200  # a few seconds on one thread: the shape has moved off linear-in-gamma by then
 
 
-def schedule_alphas(kind: str, num_timesteps: int = 1000, linear_start: float = 0.00085,
-                    linear_end: float = 0.012) -> tuple[torch.Tensor, torch.Tensor]:
+def schedule_alphas(
+    kind: str, num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(betas, alpha_bar) for one schedule, in float64 so log-SNR at the ends stays finite."""
     betas = make_betas(kind, num_timesteps, linear_start=linear_start, linear_end=linear_end)
     return betas, alphas_cumprod_from_betas(betas)
 
 
-def learned_schedule_alphas(num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012,
-                            train_steps: int = LEARNED_TRAIN_STEPS, seed: int = 0) -> torch.Tensor:
+def learned_schedule_alphas(
+    num_timesteps: int = 1000,
+    linear_start: float = 0.00085,
+    linear_end: float = 0.012,
+    train_steps: int = LEARNED_TRAIN_STEPS,
+    seed: int = 0,
+) -> torch.Tensor:
     """alpha_bar_t of a VDM schedule gamma(t) learned on the toy spiral (ldm.toy_vdm; fixed seed, `train_steps`
     Adam steps), its ends pinned to the linear schedule's as configured:
 
@@ -34,17 +41,30 @@ def learned_schedule_alphas(num_timesteps: int = 1000, linear_start: float = 0.0
 
     Only the shape in between is learned (the variance-minimising one of ldm.vdm), so the three curves share ends.
     """
-    gamma_min, gamma_max = (-float(v) for v in log_snr(schedule_alphas("linear", num_timesteps, linear_start,
-                                                                       linear_end)[1])[[0, -1]])
-    toy = ToyVDM(make_data(LEARNED_DATA, seed=seed), schedule="learned", gamma_min=gamma_min, gamma_max=gamma_max,
-                 hidden=64, batch_size=128, seed=seed)
+    gamma_min, gamma_max = (
+        -float(v) for v in log_snr(schedule_alphas("linear", num_timesteps, linear_start, linear_end)[1])[[0, -1]]
+    )
+    toy = ToyVDM(
+        make_data(LEARNED_DATA, seed=seed),
+        schedule="learned",
+        gamma_min=gamma_min,
+        gamma_max=gamma_max,
+        hidden=64,
+        batch_size=128,
+        seed=seed,
+    )
     toy.train(train_steps)
     with torch.no_grad():
         return torch.sigmoid(-toy.gamma(torch.linspace(0, 1, num_timesteps)).double())
 
 
-def schedule_curves(num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012,
-                    kinds: tuple[str, ...] = SCHEDULES, learned: torch.Tensor | None = None) -> dict[str, pd.DataFrame]:
+def schedule_curves(
+    num_timesteps: int = 1000,
+    linear_start: float = 0.00085,
+    linear_end: float = 0.012,
+    kinds: tuple[str, ...] = SCHEDULES,
+    learned: torch.Tensor | None = None,
+) -> dict[str, pd.DataFrame]:
     """{"beta", "alpha_bar", "log_snr"} -> a frame indexed by t with one column per schedule (for st.line_chart);
     `learned` (alpha_bar from `learned_schedule_alphas`) adds the LEARNED column, beta_t = 1 - ab_t / ab_{t-1}."""
     curves: dict[str, dict[str, object]] = {"beta": {}, "alpha_bar": {}, "log_snr": {}}
@@ -74,9 +94,17 @@ def latent_start(model: LatentDiffusion, image: Image.Image, size: int | None = 
 
 
 @torch.no_grad()
-def forward_views(image: Image.Image, t: int, model: LatentDiffusion | None = None, seed: int = 0, num_timesteps: int = 1000,
-                  linear_start: float = 0.00085, linear_end: float = 0.012,
-                  kinds: tuple[str, ...] = SCHEDULES, z0: torch.Tensor | None = None) -> dict[str, dict[str, Image.Image]]:
+def forward_views(
+    image: Image.Image,
+    t: int,
+    model: LatentDiffusion | None = None,
+    seed: int = 0,
+    num_timesteps: int = 1000,
+    linear_start: float = 0.00085,
+    linear_end: float = 0.012,
+    kinds: tuple[str, ...] = SCHEDULES,
+    z0: torch.Tensor | None = None,
+) -> dict[str, dict[str, Image.Image]]:
     """Per schedule: {"pixel": x_t noised in pixel space, "latent": decode(z_t) noised in the VAE's latent space}.
 
     The same noise for every schedule, so the columns differ only by the schedule. Pixel values
@@ -99,7 +127,12 @@ def forward_views(image: Image.Image, t: int, model: LatentDiffusion | None = No
     return views
 
 
-def snr_at(t: int, num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012,
-           kinds: tuple[str, ...] = SCHEDULES) -> dict[str, float]:
+def snr_at(
+    t: int,
+    num_timesteps: int = 1000,
+    linear_start: float = 0.00085,
+    linear_end: float = 0.012,
+    kinds: tuple[str, ...] = SCHEDULES,
+) -> dict[str, float]:
     """alpha_bar at t per schedule: how much of the signal is left (the captions under the images)."""
     return {kind: float(schedule_alphas(kind, num_timesteps, linear_start, linear_end)[1][t]) for kind in kinds}

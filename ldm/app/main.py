@@ -1,4 +1,5 @@
 """The app's entry point (`ldm app` runs `streamlit run` on this file): navigation and the model in use."""
+
 from pathlib import Path
 
 import streamlit as st

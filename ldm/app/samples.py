@@ -2,9 +2,10 @@
 
 Drawn, not shipped as files: nothing to download or keep in sync, and any size is exact.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -49,7 +50,10 @@ def checkerboard(size: int, squares: int = 8) -> Image.Image:
 
 
 SAMPLES: dict[str, Callable[[int], Image.Image]] = {
-    "smiley": smiley, "shapes": shapes, "gradient": gradient, "checkerboard": checkerboard,
+    "smiley": smiley,
+    "shapes": shapes,
+    "gradient": gradient,
+    "checkerboard": checkerboard,
 }
 
 

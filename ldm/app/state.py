@@ -3,12 +3,14 @@ as environment variables (Streamlit owns the script's argv), loaded here.
 
 No Streamlit import here, so `ldm app` can read the names without Streamlit installed.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from ldm.errors import LdmError
 
@@ -57,9 +59,13 @@ class ModelSource:
 
 def source_from_env(env: Mapping[str, str] | None = None) -> ModelSource:
     env = os.environ if env is None else env
-    return ModelSource(config=env.get(ENV_CONFIG) or None, ckpt=env.get(ENV_CKPT) or None,
-                       device=env.get(ENV_DEVICE) or "auto", upscaler_config=env.get(ENV_UPSCALER_CONFIG) or None,
-                       upscaler_ckpt=env.get(ENV_UPSCALER_CKPT) or None)
+    return ModelSource(
+        config=env.get(ENV_CONFIG) or None,
+        ckpt=env.get(ENV_CKPT) or None,
+        device=env.get(ENV_DEVICE) or "auto",
+        upscaler_config=env.get(ENV_UPSCALER_CONFIG) or None,
+        upscaler_ckpt=env.get(ENV_UPSCALER_CKPT) or None,
+    )
 
 
 def student_choice(source: ModelSource) -> str | None:
@@ -77,18 +83,22 @@ def student_choice(source: ModelSource) -> str | None:
 FULL_CHOICE = "full model"
 
 
-def load_main_model(config: str | None, ckpt: str | None, device: str = "auto", variant: str = "full") -> LatentDiffusion:
+def load_main_model(
+    config: str | None, ckpt: str | None, device: str = "auto", variant: str = "full"
+) -> LatentDiffusion:
     """The model for text-to-image, editing and walks; a clear error when the shipped one is absent. variant: of the
     shipped model (ldm.variants), "full" or "student" (the text-to-image page's choice)."""
-    from ldm.devices import resolve_device
     from ldm.defaults import default_checkpoint_path, default_config_path
+    from ldm.devices import resolve_device
     from ldm.model import load_model
 
     if config is None:
         cfg, weights = default_config_path(), default_checkpoint_path()
         if not (cfg.is_file() and weights.is_file()):
-            raise ModelMissingError(f"the shipped emoji model is not there ({cfg.parent}); "
-                                    "start the app with `ldm app --config MODEL.yaml --ckpt MODEL.safetensors`")
+            raise ModelMissingError(
+                f"the shipped emoji model is not there ({cfg.parent}); "
+                "start the app with `ldm app --config MODEL.yaml --ckpt MODEL.safetensors`"
+            )
     shipped = config is None and ckpt is None
     return load_model(config, ckpt, resolve_device(device), variant=variant if shipped else None)
 

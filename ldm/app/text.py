@@ -1,9 +1,11 @@
 """Text-to-image page logic: generation with a live preview, and the PNG download with its settings."""
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -39,10 +41,19 @@ def preview_callback(model: LatentDiffusion, steps: int, every: int, report: Ste
     return callback
 
 
-def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", options: SamplingOptions | None = None, seed: int = defaults.SEED,
-             height: int | None = None, width: int | None = None, preview_every: int = 5,
-             report: StepReport | None = None, label: str | None = None,
-             sdxl: dict[str, Any] | None = None) -> tuple[Image.Image, dict[str, Any]]:
+def generate(
+    model: LatentDiffusion,
+    prompt: str,
+    negative_prompt: str = "",
+    options: SamplingOptions | None = None,
+    seed: int = defaults.SEED,
+    height: int | None = None,
+    width: int | None = None,
+    preview_every: int = 5,
+    report: StepReport | None = None,
+    label: str | None = None,
+    sdxl: dict[str, Any] | None = None,
+) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
     recorded in the settings as `ldm txt2img --label` records it; sdxl: an SDXL model's refiner and
     micro-conditionings (ldm.sdxl_refiner.sdxl_txt2img's keywords, ldm.app.sdxl)."""
@@ -52,12 +63,14 @@ def generate(model: LatentDiffusion, prompt: str, negative_prompt: str = "", opt
     width = width or model.default_image_size
     callback = preview_callback(model, options.steps, preview_every, report) if report else None
     if sdxl is not None:
-        made = sdxl_txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback,
-                            progress=False, **sdxl)
+        made = sdxl_txt2img(
+            model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, **sdxl
+        )
         image, labelled = made[0], sdxl_record(made.settings)
     else:
-        image = txt2img(model, prompt, negative_prompt, height, width, seed, options, callback=callback,
-                        progress=False, label=label)[0]
+        image = txt2img(
+            model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, label=label
+        )[0]
         labelled = {"label": label} if label is not None else {}
     return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model, **labelled)
 

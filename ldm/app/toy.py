@@ -1,7 +1,8 @@
 """Toy 2-D page logic: train one denoiser per schedule, compare samplers, as frames for Streamlit charts."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 import torch
@@ -10,8 +11,14 @@ from ldm.errors import InvalidOptionError
 from ldm.toy2d import ToyDiffusion, make_data, nearest_distance, noise_baseline
 
 
-def train_schedules(dataset: str, schedules: list[str], steps: int, seed: int = 0,
-                    report: Callable[[str, int, float], None] | None = None, every: int = 50) -> dict[str, ToyDiffusion]:
+def train_schedules(
+    dataset: str,
+    schedules: list[str],
+    steps: int,
+    seed: int = 0,
+    report: Callable[[str, int, float], None] | None = None,
+    every: int = 50,
+) -> dict[str, ToyDiffusion]:
     """One fresh ToyDiffusion per schedule on the same data; report(schedule, step, recent mean loss)."""
     if not schedules:
         raise InvalidOptionError("choose at least one schedule")
@@ -28,8 +35,9 @@ def train_schedules(dataset: str, schedules: list[str], steps: int, seed: int = 
 
 def loss_frame(models: dict[str, ToyDiffusion], window: int = 50) -> pd.DataFrame:
     """Smoothed loss per schedule (a running mean: single-batch losses are too noisy to read)."""
-    return pd.DataFrame({k: pd.Series(m.losses).rolling(window, min_periods=1).mean() for k, m in models.items()}
-                        ).rename_axis("step")
+    return pd.DataFrame(
+        {k: pd.Series(m.losses).rolling(window, min_periods=1).mean() for k, m in models.items()}
+    ).rename_axis("step")
 
 
 POINT_COLORS = ["#c8c8c8", "#d62728"]  # data in light grey behind, the model's points in red
@@ -39,9 +47,13 @@ def points_frame(data: torch.Tensor, points: torch.Tensor, name: str) -> pd.Data
     """x plus one y column per series ("data", name), NaN elsewhere: st.scatter_chart(y=[...], color=[...])
     then colours the two series as asked, instead of two hard-to-tell default shades."""
     nan_d, nan_p = torch.full((len(data),), float("nan")), torch.full((len(points),), float("nan"))
-    return pd.DataFrame({"x": torch.cat([data[:, 0], points[:, 0]]).numpy(),
-                         "data": torch.cat([data[:, 1], nan_p]).numpy(),
-                         name: torch.cat([nan_d, points[:, 1]]).numpy()})
+    return pd.DataFrame(
+        {
+            "x": torch.cat([data[:, 0], points[:, 0]]).numpy(),
+            "data": torch.cat([data[:, 1], nan_p]).numpy(),
+            name: torch.cat([nan_d, points[:, 1]]).numpy(),
+        }
+    )
 
 
 def samples_frame(toy: ToyDiffusion, sampler: str, steps: int, n: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -50,8 +62,9 @@ def samples_frame(toy: ToyDiffusion, sampler: str, steps: int, n: int = 1000, se
     return points_frame(toy.data[:n], samples, "samples")
 
 
-def score_table(models: dict[str, ToyDiffusion], samplers: list[str], steps: list[int], n: int = 500,
-                seed: int = 0) -> pd.DataFrame:
+def score_table(
+    models: dict[str, ToyDiffusion], samplers: list[str], steps: list[int], n: int = 500, seed: int = 0
+) -> pd.DataFrame:
     """Mean distance from each sample to the nearest data point, per schedule x sampler x steps (lower is better)."""
     rows = []
     for kind, toy in models.items():
@@ -66,8 +79,9 @@ def score_table(models: dict[str, ToyDiffusion], samplers: list[str], steps: lis
     return table
 
 
-def trajectory_frame(toy: ToyDiffusion, sampler: str, steps: int, at_step: int, n: int = 800,
-                     seed: int = 0) -> tuple[pd.DataFrame, float]:
+def trajectory_frame(
+    toy: ToyDiffusion, sampler: str, steps: int, at_step: int, n: int = 800, seed: int = 0
+) -> tuple[pd.DataFrame, float]:
     """(data and the sampler's points after `at_step` of `steps` steps, the noise level there).
 
     Step 0 is the start noise and step `steps` the finished samples; the same seed at every

@@ -1,21 +1,22 @@
 """Streamlit pieces every page shares: the cached model, error display, common inputs."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import streamlit as st
 from PIL import Image
 
 from ldm import defaults
 from ldm.app.edit import read_image
-from ldm.errors import LdmError
 from ldm.app.samples import SAMPLES, sample_image
-from ldm.model import LatentDiffusion
 from ldm.app.state import ModelSource, load_inpainter, load_main_model, load_upscaler, source_from_env
+from ldm.errors import LdmError
+from ldm.model import LatentDiffusion
 from ldm.pipeline import SamplingOptions
-from ldm.sampling import task_options
 from ldm.samplers import SAMPLERS
+from ldm.sampling import task_options
 
 # What a user's bad input or a missing file raises in the library (ldm.errors): shown as a message.
 # Anything else is a bug, and Streamlit shows its traceback.
@@ -101,7 +102,9 @@ def image_input(prefix: str, size: int = 128, resize_uploads: bool = False) -> I
     if source == "built-in sample":
         name = st.selectbox("Sample image", list(SAMPLES), key=f"{prefix}_sample")
         return sample_image(name, size)
-    upload = st.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "gif", "bmp"], key=f"{prefix}_upload")
+    upload = st.file_uploader(
+        "Upload an image", type=["png", "jpg", "jpeg", "webp", "gif", "bmp"], key=f"{prefix}_upload"
+    )
     if upload is None:
         st.info("Upload an image to start.")
         return None
@@ -113,15 +116,18 @@ def image_input(prefix: str, size: int = 128, resize_uploads: bool = False) -> I
     return None
 
 
-def sampling_controls(prefix: str, task: str = "txt2img", seed: bool = True,
-                      model: LatentDiffusion | None = None) -> tuple[SamplingOptions, int | None]:
+def sampling_controls(
+    prefix: str, task: str = "txt2img", seed: bool = True, model: LatentDiffusion | None = None
+) -> tuple[SamplingOptions, int | None]:
     """Sampler, steps, guidance scale and (unless seed is False, for pages with their own seeds) a seed, starting
     at the task's defaults (ldm.defaults: the same as the CLI's and the Python API's) under the model's own (a
     student's steps and spacing, ldm.variants)."""
     own = dict(getattr(model, "sampling_defaults", None) or {})
     d = task_options(task, **own)
     cols = st.columns(4 if seed else 3)
-    sampler = cols[0].selectbox("Sampler", list(SAMPLERS), index=list(SAMPLERS).index(d.sampler), key=f"{prefix}_sampler")
+    sampler = cols[0].selectbox(
+        "Sampler", list(SAMPLERS), index=list(SAMPLERS).index(d.sampler), key=f"{prefix}_sampler"
+    )
     n_steps = cols[1].number_input("Steps", 1, 200, d.steps, key=f"{prefix}_steps")
     guidance = cols[2].number_input("Guidance scale", 0.0, 30.0, d.guidance_scale, step=0.5, key=f"{prefix}_scale")
     chosen = int(cols[3].number_input("Seed", 0, 2**31 - 1, defaults.SEED, key=f"{prefix}_seed")) if seed else None

@@ -1,4 +1,5 @@
 """ldm app: the interactive Streamlit app (ldm/app/main.py) on localhost."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ldm.errors import LdmError, InvalidOptionError, MissingFileError
 from ldm.app.state import ENV_CKPT, ENV_CONFIG, ENV_DEVICE, ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
 from ldm.commands.common import log
+from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
@@ -41,16 +42,34 @@ def app_command(port: int) -> list[str]:
     """The `streamlit run` line: headless, bound to localhost only, answering only to local host names,
     no usage statistics sent anywhere."""
     hosts = [arg for host in ALLOWED_HOSTS for arg in ("--server.allowedHosts", host)]
-    return [sys.executable, "-m", "streamlit", "run", str(MAIN),
-            "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-            "--browser.gatherUsageStats", "false", *hosts]
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(MAIN),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+        *hosts,
+    ]
 
 
 def app_env(args: argparse.Namespace) -> dict[str, str]:
     """The model choice travels to the app's process as environment variables (Streamlit owns argv)."""
     env = dict(os.environ)
-    for name, value in ((ENV_CONFIG, args.config), (ENV_CKPT, args.ckpt), (ENV_UPSCALER_CONFIG, args.upscaler_config),
-                        (ENV_UPSCALER_CKPT, args.upscaler_ckpt), (ENV_DEVICE, args.device)):
+    for name, value in (
+        (ENV_CONFIG, args.config),
+        (ENV_CKPT, args.ckpt),
+        (ENV_UPSCALER_CONFIG, args.upscaler_config),
+        (ENV_UPSCALER_CKPT, args.upscaler_ckpt),
+        (ENV_DEVICE, args.device),
+    ):
         if value:
             env[name] = str(Path(value).resolve()) if name != ENV_DEVICE else value
         else:

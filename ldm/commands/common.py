@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image
 
@@ -34,7 +35,7 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.option_strings and "default" not in text and action.default is not None and action.default is not False
+        if (action.option_strings and "default" not in text and action.default is not None and action.default is not False  # noqa: E501
                 and action.default not in ("", []) and action.default is not argparse.SUPPRESS):
             text += " (default: %(default)s)"
         return text
@@ -54,7 +55,7 @@ def mark_given(args: argparse.Namespace, *dests: str) -> None:
 
 
 def apply_model_sampling(args: argparse.Namespace, own: dict[str, Any]) -> dict[str, Any]:
-    """Set the model's own sampling defaults (a config's `sampling:`) on the options the user left out; returns those set."""
+    """Set the model's own sampling defaults (a config's `sampling:`) on the options the user left out; returns those set."""  # noqa: E501
     from ldm.variants import SAMPLING_KEYS
 
     given = getattr(args, "given", set())
@@ -70,12 +71,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                                   "default: the emoji model")
     p.add_argument("--prediction", choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768-v "
                    "files without metadata need v; see ldm/formats.py)")
-    p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")  # noqa: E501
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads; default: the cores other work leaves idle (one-minute load average), unless "
                         "OMP_NUM_THREADS is set")
     p.add_argument("--compile", action="store_true",
-                   help="compile the U-Net (torch.compile, inductor, weights frozen): minutes to compile, then each step "
+                   help="compile the U-Net (torch.compile, inductor, weights frozen): minutes to compile, then each step "  # noqa: E501
                         "faster (SD 2-base fp32 on a CPU: 0.84-0.88x the eager time); for many images, not one")
     p.add_argument("--embedding", action="append", default=[], metavar="PATH",
                    help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
@@ -101,7 +102,7 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
                    help="what to steer away from (replaces the empty prompt in guidance); a prompt or negative "
                         f"prompt is at most {MAX_PROMPT_CHARS:,} characters")
     p.add_argument("--steps", type=int, default=d.steps, action=Given, help="sampling steps")
-    p.add_argument("--scale", type=float, default=d.guidance_scale, action=Given, help="classifier-free guidance scale (1 = no guidance)")
+    p.add_argument("--scale", type=float, default=d.guidance_scale, action=Given, help="classifier-free guidance scale (1 = no guidance)")  # noqa: E501
     p.add_argument("--sampler", default=d.sampler, action=Given, help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--sampler-option", dest="sampler_option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
@@ -113,9 +114,9 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
                    help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
                         "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)")
-    p.add_argument("--spacing", default=d.spacing, action=Given, help="timestep spacing: leading, trailing, linspace or exponential (evenly in log sigma)")
+    p.add_argument("--spacing", default=d.spacing, action=Given, help="timestep spacing: leading, trailing, linspace or exponential (evenly in log sigma)")  # noqa: E501
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
-    p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")
+    p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")  # noqa: E501
     p.add_argument("--seed", type=int, default=defaults.SEED, help="noise seed; image i of a run uses seed + i")
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="autocast precision")
     p.add_argument("--long-prompts", action="store_true",
@@ -124,7 +125,7 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--outdir", default="outputs",
                    help="where PNGs are written, as the next free numbers (an earlier image is never replaced)")
     p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
-                   help="refuse work estimated to need more memory than this (default: 80%% of the device's; inf: no limit)")
+                   help="refuse work estimated to need more memory than this (default: 80%% of the device's; inf: no limit)")  # noqa: E501
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -140,7 +141,7 @@ def check_seeds(args: argparse.Namespace) -> None:
 
 
 def option_value(text: str) -> bool | int | float | str:
-    """A --sampler-option value as the sampler wants it: true/false -> bool, 2 -> int, 0.2 / 1e-3 -> float, else text."""
+    """A --sampler-option value as the sampler wants it: true/false -> bool, 2 -> int, 0.2 / 1e-3 -> float, else text."""  # noqa: E501
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for kind in (int, float):

@@ -1,12 +1,22 @@
 """ldm img2img: an input image + prompts -> numbered PNGs with their settings, and a grid."""
+
 from __future__ import annotations
 
 import argparse
 
 from ldm import defaults
-from ldm.errors import InvalidOptionError
-from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
-                                 load_model_from_args, log, read_prompts, sampling_options)
+from ldm.commands.common import (
+    ImageWriter,
+    add_model_args,
+    add_sampling_args,
+    check_counts,
+    chunk_size,
+    chunks,
+    load_model_from_args,
+    log,
+    read_prompts,
+    sampling_options,
+)
 from ldm.controlnet_cli import add_control_args, attach_controls, control_specs
 from ldm.editing import as_pil, check_strength
 from ldm.img2img import img2img, prepare_image
@@ -18,9 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="input image (any size; resized to a multiple of 8)")
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
-    p.add_argument("--strength", type=float, default=defaults.STRENGTH["img2img"],
-                   help="how much to change: 0 keeps the image, 1 ignores it")
-    p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=defaults.STRENGTH["img2img"],
+        help="how much to change: 0 keeps the image, 1 ignores it",
+    )
+    p.add_argument(
+        "--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch"
+    )
     p.add_argument("--n-iter", type=int, default=1, help="number of batches")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
@@ -46,13 +62,33 @@ def run(args: argparse.Namespace) -> int:
     for _ in range(args.n_iter):
         for prompt in prompts:
             for start, n in chunks(args.batch_size, chunk):
-                out = img2img(model, image, [prompt] * n, args.strength, args.negative_prompt, seed + start,
-                              options, progress=not args.no_progress)
+                out = img2img(
+                    model,
+                    image,
+                    [prompt] * n,
+                    args.strength,
+                    args.negative_prompt,
+                    seed + start,
+                    options,
+                    progress=not args.no_progress,
+                )
                 for i, result in enumerate(out):
-                    writer.write(result, settings_dict(prompt, args.negative_prompt, seed + start + i, image.height,
-                                                       image.width, options, model, task="img2img",
-                                                       strength=args.strength, init_image=str(args.image),
-                                                       **controlled))
+                    writer.write(
+                        result,
+                        settings_dict(
+                            prompt,
+                            args.negative_prompt,
+                            seed + start + i,
+                            image.height,
+                            image.width,
+                            options,
+                            model,
+                            task="img2img",
+                            strength=args.strength,
+                            init_image=str(args.image),
+                            **controlled,
+                        ),
+                    )
             seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)

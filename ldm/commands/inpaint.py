@@ -1,12 +1,22 @@
 """ldm inpaint / ldm outpaint: repaint a masked area, or extend the canvas and fill the new area."""
+
 from __future__ import annotations
 
 import argparse
 
 from ldm import defaults
-from ldm.errors import InvalidOptionError
-from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, check_counts, chunk_size, chunks,
-                                 load_model_from_args, log, read_prompts, sampling_options)
+from ldm.commands.common import (
+    ImageWriter,
+    add_model_args,
+    add_sampling_args,
+    check_counts,
+    chunk_size,
+    chunks,
+    load_model_from_args,
+    log,
+    read_prompts,
+    sampling_options,
+)
 from ldm.controlnet_cli import add_control_args, attach_controls, control_specs
 from ldm.editing import as_pil, check_strength, size_multiple
 from ldm.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
@@ -16,14 +26,26 @@ from ldm.pipeline import settings_dict
 
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
-    p.add_argument("--mode", default="auto", choices=INPAINT_MODES,
-                   help="model: a dedicated inpainting model (without --ckpt: the shipped one); blend: any "
-                        "text-to-image model, known area re-noised each step; auto: model if the checkpoint is an "
-                        "inpainting one (default)")
-    p.add_argument("--strength", type=float, default=defaults.STRENGTH["inpaint"],
-                   help="1 repaints the area from scratch; lower keeps some of what is there")
-    p.add_argument("--feather", type=int, default=None,
-                   help="soft paste-back edge in px, inside the mask (default: the VAE's downscale factor)")
+    p.add_argument(
+        "--mode",
+        default="auto",
+        choices=INPAINT_MODES,
+        help="model: a dedicated inpainting model (without --ckpt: the shipped one); blend: any "
+        "text-to-image model, known area re-noised each step; auto: model if the checkpoint is an "
+        "inpainting one (default)",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=defaults.STRENGTH["inpaint"],
+        help="1 repaints the area from scratch; lower keeps some of what is there",
+    )
+    p.add_argument(
+        "--feather",
+        type=int,
+        default=None,
+        help="soft paste-back edge in px, inside the mask (default: the VAE's downscale factor)",
+    )
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
@@ -63,12 +85,22 @@ def run(args: argparse.Namespace) -> int:
     # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
     model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")
     mode = resolve_mode(model, args.mode)
-    more = {"task": "outpaint" if extend else "inpaint", "inpaint_mode": mode, "strength": args.strength,
-            "init_image": str(args.image), **attach_controls(model, args)}  # --control: for every image
+    more = {
+        "task": "outpaint" if extend else "inpaint",
+        "inpaint_mode": mode,
+        "strength": args.strength,
+        "init_image": str(args.image),
+        **attach_controls(model, args),
+    }  # --control: for every image
     if extend:
         # The canvas's memory is checked before it is allocated: a side of 100000 px is refused here.
-        chunk_size(model, args, image.height + extend["top"] + extend["bottom"],
-                   image.width + extend["left"] + extend["right"], 1)
+        chunk_size(
+            model,
+            args,
+            image.height + extend["top"] + extend["bottom"],
+            image.width + extend["left"] + extend["right"],
+            1,
+        )
         image, mask, added = extend_canvas(image, **extend, multiple=size_multiple(model), seed=args.seed)
         more["extend"] = ",".join(f"{k}={v}" for k, v in added.items() if v)
     else:
@@ -77,11 +109,33 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed
     for prompt in prompts:
         for start, n in chunks(args.batch_size, chunk):
-            out = inpaint(model, image, mask, [prompt] * n, args.negative_prompt, seed + start, args.strength,
-                          mode, args.feather, options, progress=not args.no_progress)
+            out = inpaint(
+                model,
+                image,
+                mask,
+                [prompt] * n,
+                args.negative_prompt,
+                seed + start,
+                args.strength,
+                mode,
+                args.feather,
+                options,
+                progress=not args.no_progress,
+            )
             for i, result in enumerate(out):
-                writer.write(result, settings_dict(prompt, args.negative_prompt, seed + start + i, result.height,
-                                                   result.width, options, model, **more))
+                writer.write(
+                    result,
+                    settings_dict(
+                        prompt,
+                        args.negative_prompt,
+                        seed + start + i,
+                        result.height,
+                        result.width,
+                        options,
+                        model,
+                        **more,
+                    ),
+                )
         seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s (%s mode)", len(prompts) * args.batch_size, paths[0].parent, mode)

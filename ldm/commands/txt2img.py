@@ -1,21 +1,34 @@
 """ldm txt2img: prompts -> numbered PNGs with their settings, and a grid."""
+
 from __future__ import annotations
 
 import argparse
 import inspect
 from dataclasses import fields
 
+from ldm.commands.common import (
+    ImageWriter,
+    add_model_args,
+    add_sampling_args,
+    apply_model_sampling,
+    check_counts,
+    chunk_size,
+    chunks,
+    load_model_from_args,
+    log,
+    mark_given,
+    read_prompts,
+    sampling_options,
+)
 from ldm.controlnet_cli import add_control_args, apply_control_settings, attach_controls, control_specs
 from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
-from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, check_counts,
-                                 chunk_size, chunks, load_model_from_args, log, mark_given, read_prompts, sampling_options)
 from ldm.images import check_size
 from ldm.infotext import settings_from_png
 from ldm.pipeline import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
 from ldm.samplers import SAMPLERS, get_sampler
-from ldm.sdxl_refiner import sdxl_txt2img
 from ldm.sampling import sampler_parameters
+from ldm.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
+from ldm.sdxl_refiner import sdxl_txt2img
 from ldm.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
 
 
@@ -23,35 +36,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("txt2img", help="generate images from text")
     p.add_argument("prompt", nargs="?", help="the prompt")
     p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
-    p.add_argument("--from-png", metavar="IMAGE",
-                   help="make an image again from the settings in its metadata (ours, or A1111's parameters text); "
-                        "prompt, seed, size and sampling options come from the image, counts and the model from here")
+    p.add_argument(
+        "--from-png",
+        metavar="IMAGE",
+        help="make an image again from the settings in its metadata (ours, or A1111's parameters text); "
+        "prompt, seed, size and sampling options come from the image, counts and the model from here",
+    )
     p.add_argument("--height", "--H", type=int, default=None, help="image height in px (default: the model's size)")
     p.add_argument("--width", "--W", type=int, default=None, help="image width in px (default: the model's size)")
-    p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch")
+    p.add_argument(
+        "--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt per batch"
+    )
     p.add_argument("--n-iter", type=int, default=1, help="number of batches")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
-    p.add_argument("--label", "--class", dest="label", default=None, metavar="NAME",
-                   help="a class-conditional model's class (guided against the null label); a label-only model "
-                        "needs no prompt")
-    p.add_argument("--learned-variance", action="store_true",
-                   help="with --sampler ddpm, on a model trained with learned_variance: ancestral DDPM with the "
-                        "U-Net's own step variance (ldm.pipeline.txt2img_learned_variance) instead of the fixed one")
+    p.add_argument(
+        "--label",
+        "--class",
+        dest="label",
+        default=None,
+        metavar="NAME",
+        help="a class-conditional model's class (guided against the null label); a label-only model needs no prompt",
+    )
+    p.add_argument(
+        "--learned-variance",
+        action="store_true",
+        help="with --sampler ddpm, on a model trained with learned_variance: ancestral DDPM with the "
+        "U-Net's own step variance (ldm.pipeline.txt2img_learned_variance) instead of the fixed one",
+    )
     add_sampling_args(p)
     add_model_args(p)
     add_sdxl_args(p)
     add_control_args(p)
-    p.add_argument("--model", choices=VARIANTS, default=None,
-                   help="which shipped model without --ckpt: student (few steps, one U-Net call a step, its own "
-                        "steps, spacing and scale; no negative prompt) or full (the model it was distilled from, "
-                        f"30 guided steps) (default: {default_variant()}: the student where it is shipped, else full)")
+    p.add_argument(
+        "--model",
+        choices=VARIANTS,
+        default=None,
+        help="which shipped model without --ckpt: student (few steps, one U-Net call a step, its own "
+        "steps, spacing and scale; no negative prompt) or full (the model it was distilled from, "
+        f"30 guided steps) (default: {default_variant()}: the student where it is shipped, else full)",
+    )
     p.set_defaults(func=run)
 
 
 # Settings of our JSON that are SamplingOptions fields or the command's own; other keys are the sampler's
 # keyword options (SamplingOptions.extra), the model's identity or other commands' (strength).
-OWN_SETTINGS = {"prompt", "negative_prompt", "seed", "height", "width", "model_file", "model_sha256", "model_hash",
-                "model_name", "base_file", "label", "learned_variance", "controls"}
+OWN_SETTINGS = {
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "height",
+    "width",
+    "model_file",
+    "model_sha256",
+    "model_hash",
+    "model_name",
+    "base_file",
+    "label",
+    "learned_variance",
+    "controls",
+}
 
 
 def apply_png_settings(args: argparse.Namespace) -> None:
@@ -60,17 +103,31 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         raise InvalidOptionError("--from-png takes the prompt from the image; give no prompt or --from-file with it")
     settings = settings_from_png(args.from_png)
     if "strength" in settings or "init_image" in settings:
-        raise InvalidOptionError(f"{args.from_png} was made from an image (it has a denoising strength); "
-                                 "--from-png regenerates text-to-image results")
+        raise InvalidOptionError(
+            f"{args.from_png} was made from an image (it has a denoising strength); "
+            "--from-png regenerates text-to-image results"
+        )
     if settings.get("prompt") is None:
         raise InvalidOptionError(f"{args.from_png} has settings but no prompt")
     # Types are checked (ldm.infotext.check_setting_types); ranges and lengths as the command line's, below.
     args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt") or ""
-    for key, attr in (("seed", "seed"), ("height", "height"), ("width", "width"), ("steps", "steps"),
-                      ("guidance_scale", "scale"), ("sampler", "sampler"), ("eta", "eta"), ("spacing", "spacing"),
-                      ("karras", "karras"), ("guidance_rescale", "guidance_rescale"), ("precision", "precision"),
-                      ("long_prompts", "long_prompts"), ("emphasis", "emphasis"), ("ddim_variant", "ddim_variant"),
-                      ("refiner_switch", "refiner_switch")):
+    for key, attr in (
+        ("seed", "seed"),
+        ("height", "height"),
+        ("width", "width"),
+        ("steps", "steps"),
+        ("guidance_scale", "scale"),
+        ("sampler", "sampler"),
+        ("eta", "eta"),
+        ("spacing", "spacing"),
+        ("karras", "karras"),
+        ("guidance_rescale", "guidance_rescale"),
+        ("precision", "precision"),
+        ("long_prompts", "long_prompts"),
+        ("emphasis", "emphasis"),
+        ("ddim_variant", "ddim_variant"),
+        ("refiner_switch", "refiner_switch"),
+    ):
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
             mark_given(args, attr)  # the image's, not the model's defaults
@@ -98,14 +155,18 @@ def choose_model(args: argparse.Namespace) -> str | None:
         return None
     variant = args.model or (variant_of_file(getattr(args, "png_model_file", None)) if args.from_png else None)
     if variant == "student" and not args.model and default_variant() != "student":
-        raise MissingFileError(f"{args.from_png} was made by the few-step student (student.safetensors), which is "
-                               "not shipped here; give it with --config/--ckpt, or --model full for the full model's "
-                               "(different) image")
+        raise MissingFileError(
+            f"{args.from_png} was made by the few-step student (student.safetensors), which is "
+            "not shipped here; give it with --config/--ckpt, or --model full for the full model's "
+            "(different) image"
+        )
     variant = variant or default_variant()
     applied = apply_model_sampling(args, config_sampling(shipped_model_files("txt2img", variant)[0]))
     if variant == "student":
-        log.info("using the few-step student (%s); --model full for the full model",
-                 ", ".join(f"{k} {v}" for k, v in applied.items()) or "options as given")
+        log.info(
+            "using the few-step student (%s); --model full for the full model",
+            ", ".join(f"{k} {v}" for k, v in applied.items()) or "options as given",
+        )
     return variant
 
 
@@ -133,8 +194,10 @@ def run(args: argparse.Namespace) -> int:
     if args.label is not None:
         model.class_labels([args.label])  # an unknown label is refused before any sampling, naming the known ones
     if args.learned_variance and not getattr(model, "learned_variance", False):
-        raise InvalidOptionError("--learned-variance: this model has no learned variance (its config's "
-                                 "learned_variance is off); leave the option out")
+        raise InvalidOptionError(
+            "--learned-variance: this model has no learned variance (its config's "
+            "learned_variance is off); leave the option out"
+        )
     sdxl = sdxl_options(args, model)  # an SDXL model's refiner and micro-conditionings (ldm.sdxl_refiner)
     labelled = {"label": args.label} if args.label is not None else {}
     if args.learned_variance:
@@ -143,8 +206,12 @@ def run(args: argparse.Namespace) -> int:
     made_with = getattr(args, "png_model_hash", None)
     ours = (getattr(model, "identity", None) or {}).get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):
-        log.warning("%s was made by another model (hash %s); this one (%s) makes a different image",
-                    args.from_png, str(made_with)[:10], ours[:10] or "unhashed")
+        log.warning(
+            "%s was made by another model (hash %s); this one (%s) makes a different image",
+            args.from_png,
+            str(made_with)[:10],
+            ours[:10] or "unhashed",
+        )
     height = model.default_image_size if args.height is None else args.height  # 0 is an error, not the default
     width = model.default_image_size if args.width is None else args.width
     check_size(height, width, max(8, model.downscale))
@@ -155,19 +222,56 @@ def run(args: argparse.Namespace) -> int:
             # Image i has seed + i whatever the chunking (one generator per image), so chunks change nothing.
             for start, n in chunks(args.batch_size, chunk):
                 if args.learned_variance:
-                    images = txt2img_learned_variance(model, [prompt] * n, args.negative_prompt, seed + start,
-                                                      progress=not args.no_progress, height=height, width=width,
-                                                      label=args.label, options=options)
+                    images = txt2img_learned_variance(
+                        model,
+                        [prompt] * n,
+                        args.negative_prompt,
+                        seed + start,
+                        progress=not args.no_progress,
+                        height=height,
+                        width=width,
+                        label=args.label,
+                        options=options,
+                    )
                 elif sdxl is not None:
-                    images = sdxl_txt2img(model, [prompt] * n, args.negative_prompt, height, width, seed + start,
-                                          options, progress=not args.no_progress, **sdxl)
+                    images = sdxl_txt2img(
+                        model,
+                        [prompt] * n,
+                        args.negative_prompt,
+                        height,
+                        width,
+                        seed + start,
+                        options,
+                        progress=not args.no_progress,
+                        **sdxl,
+                    )
                 else:
-                    images = txt2img(model, [prompt] * n, args.negative_prompt, height, width, seed + start, options,
-                                     progress=not args.no_progress, label=args.label)
+                    images = txt2img(
+                        model,
+                        [prompt] * n,
+                        args.negative_prompt,
+                        height,
+                        width,
+                        seed + start,
+                        options,
+                        progress=not args.no_progress,
+                        label=args.label,
+                    )
                 for i, image in enumerate(images):
-                    writer.write(image, settings_dict(prompt, args.negative_prompt, seed + start + i, height, width,
-                                                      options, model, **labelled,
-                                                      **sdxl_record(images.settings)))
+                    writer.write(
+                        image,
+                        settings_dict(
+                            prompt,
+                            args.negative_prompt,
+                            seed + start + i,
+                            height,
+                            width,
+                            options,
+                            model,
+                            **labelled,
+                            **sdxl_record(images.settings),
+                        ),
+                    )
             seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)

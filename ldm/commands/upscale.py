@@ -1,14 +1,23 @@
 """ldm upscale: a low-res image (+ optional prompt) -> a 4x larger PNG, tiled when big."""
+
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
 from ldm import defaults
-from ldm.errors import InvalidOptionError
-from ldm.commands.common import (ImageWriter, add_model_args, add_sampling_args, apply_model_sampling, chunk_size,
-                                 load_model_from_args, log, sampling_options)
+from ldm.commands.common import (
+    ImageWriter,
+    add_model_args,
+    add_sampling_args,
+    apply_model_sampling,
+    chunk_size,
+    load_model_from_args,
+    log,
+    sampling_options,
+)
 from ldm.editing import as_pil
+from ldm.errors import InvalidOptionError
 from ldm.pipeline import settings_dict
 from ldm.upscale import upscale
 
@@ -17,14 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("upscale", help="x4 super-resolution with the SD x4 upscaler (x4-upscaling.yaml)")
     p.add_argument("image", help="low-res input image")
     p.add_argument("prompt", nargs="?", default="", help="what the image shows (optional; guides invented detail)")
-    p.add_argument("--noise-level", type=int, default=defaults.NOISE_LEVEL,
-                   help="noise added to the input (0-350): higher invents more detail, forgives artefacts")
-    p.add_argument("--tile-size", type=int, default=None,
-                   help="tile size in input px (default: the model's training size, 128 for SD); smaller saves memory")
+    p.add_argument(
+        "--noise-level",
+        type=int,
+        default=defaults.NOISE_LEVEL,
+        help="noise added to the input (0-350): higher invents more detail, forgives artefacts",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="tile size in input px (default: the model's training size, 128 for SD); smaller saves memory",
+    )
     p.add_argument("--tile-overlap", type=int, default=None, help="overlap between tiles in input px (default: tile/4)")
-    p.add_argument("--back-projection", type=int, default=None, metavar="N",
-                   help="iterations of back-projection, so that the result shrunk x4 gives the input back (default: the "
-                        "model's own: 10 for the shipped upscaler, 0 for SD's)")
+    p.add_argument(
+        "--back-projection",
+        type=int,
+        default=None,
+        metavar="N",
+        help="iterations of back-projection, so that the result shrunk x4 gives the input back (default: the "
+        "model's own: 10 for the shipped upscaler, 0 for SD's)",
+    )
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images to make")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p, "upscale")
@@ -44,9 +66,11 @@ def check_upscale_memory(model: Any, args: argparse.Namespace, image: Any) -> No
     per_image = 4 * 3 * 3 * (image.width * f) * (image.height * f)  # fp32 RGB: the sum, its weights, the result
     limit = memory_limit(model.device, args.max_memory)
     if per_image * args.batch_size > limit:
-        raise ResourceLimitError(f"a {image.width * f}x{image.height * f} result needs about "
-                                 f"{per_image * args.batch_size / GIB:.1f} GiB, over the limit of {limit / GIB:.1f} GiB; "
-                                 "upscale a smaller image or raise --max-memory (GiB)")
+        raise ResourceLimitError(
+            f"a {image.width * f}x{image.height * f} result needs about "
+            f"{per_image * args.batch_size / GIB:.1f} GiB, over the limit of {limit / GIB:.1f} GiB; "
+            "upscale a smaller image or raise --max-memory (GiB)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,15 +85,39 @@ def run(args: argparse.Namespace) -> int:
         options = sampling_options(args)  # the model's own steps, guidance and eta where the user gave none
         options.validate()
     check_upscale_memory(model, args, image)
-    images = upscale(model, image, [args.prompt] * args.batch_size, args.negative_prompt, args.noise_level, args.seed,
-                     args.tile_size, args.tile_overlap, options, progress=not args.no_progress,
-                     back_projection=args.back_projection)
+    images = upscale(
+        model,
+        image,
+        [args.prompt] * args.batch_size,
+        args.negative_prompt,
+        args.noise_level,
+        args.seed,
+        args.tile_size,
+        args.tile_overlap,
+        options,
+        progress=not args.no_progress,
+        back_projection=args.back_projection,
+    )
     ran = images.settings  # the tiling upscale() chose, as it ran
-    settings = [settings_dict(args.prompt, args.negative_prompt, args.seed + i, img.height, img.width, options,
-                              task="upscale", noise_level=args.noise_level, init_image=str(args.image),
-                              model=model, tile_size=ran["tile_size"], tile_overlap=ran["tile_overlap"],
-                              tiled=ran["tiled"], back_projection=ran["back_projection"])
-                for i, img in enumerate(images)]
+    settings = [
+        settings_dict(
+            args.prompt,
+            args.negative_prompt,
+            args.seed + i,
+            img.height,
+            img.width,
+            options,
+            task="upscale",
+            noise_level=args.noise_level,
+            init_image=str(args.image),
+            model=model,
+            tile_size=ran["tile_size"],
+            tile_overlap=ran["tile_overlap"],
+            tiled=ran["tiled"],
+            back_projection=ran["back_projection"],
+        )
+        for i, img in enumerate(images)
+    ]
     for img, s in zip(images, settings):
         writer.write(img, s)
     paths = writer.finish()

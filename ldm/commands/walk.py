@@ -1,4 +1,5 @@
 """ldm walk: frames between two prompts and/or seeds -> an animated GIF (or MP4)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,15 @@ from pathlib import Path
 from PIL import Image
 
 from ldm import defaults
-from ldm.commands.common import (add_model_args, add_sampling_args, check_writable, chunk_size, load_model_from_args,
-                                 log, sampling_options)
+from ldm.commands.common import (
+    add_model_args,
+    add_sampling_args,
+    check_writable,
+    chunk_size,
+    load_model_from_args,
+    log,
+    sampling_options,
+)
 from ldm.images import check_size, save_png
 from ldm.walk import WalkError, save_gif, save_mp4, walk_frames
 
@@ -26,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=int, default=100, help="GIF: milliseconds per frame")
     p.add_argument("--boomerang", action="store_true", help="GIF: play back to the start, for a seamless loop")
     p.add_argument("--frames-dir", default=None, help="also save each frame as a PNG here (0000.png, ...)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out file and frames in --frames-dir (without it they are refused)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file and frames in --frames-dir (without it they are refused)",
+    )
     add_sampling_args(p, "walk")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -63,9 +74,20 @@ def run(args: argparse.Namespace) -> int:
             except FileExistsError:
                 raise WalkError(f"{frames_dir / frame_names[k]} already exists (--overwrite replaces it)") from None
 
-    frames = walk_frames(model, args.prompt_a, args.prompt_b, seed_a, args.seed_b, args.frames,
-                         args.negative_prompt, height, width, options, on_frame=on_frame,
-                         progress=not args.no_progress)
+    frames = walk_frames(
+        model,
+        args.prompt_a,
+        args.prompt_b,
+        seed_a,
+        args.seed_b,
+        args.frames,
+        args.negative_prompt,
+        height,
+        width,
+        options,
+        on_frame=on_frame,
+        progress=not args.no_progress,
+    )
     if out.suffix.lower() == ".mp4":
         save_mp4(frames, out, fps=max(1, round(1000 / args.duration)), overwrite=args.overwrite)
     else:

@@ -37,7 +37,6 @@ from ldm.data.emoji_sources import (
     load_keywords,
     render_svg,
 )
-
 from ldm.errors import InvalidOptionError, LdmError
 
 FONT_PACKAGE = "fonts-noto-color-emoji"
@@ -68,7 +67,7 @@ HELDOUT_COMBINATIONS: tuple[tuple[str, str], ...] = (
 )
 HELDOUT_PERCENT = 5.0
 SPLIT_SALT = "ldm-emoji-heldout-v1"
-SKIN_TONES = ("light skin tone", "medium-light skin tone", "medium skin tone", "medium-dark skin tone", "dark skin tone")
+SKIN_TONES = ("light skin tone", "medium-light skin tone", "medium skin tone", "medium-dark skin tone", "dark skin tone")  # noqa: E501
 GENDER_WORDS = ("man ", "woman ", "person ")
 
 
@@ -104,7 +103,7 @@ def find_font(font_path: str | os.PathLike | None = None) -> Path:
             return Path(cand)
     where = font_path or FONT_CANDIDATES[0]
     raise EmojiFontNotFoundError(
-        f"Noto Color Emoji font not found at {where}; install the Debian package {FONT_PACKAGE} (apt-get install {FONT_PACKAGE})"
+        f"Noto Color Emoji font not found at {where}; install the Debian package {FONT_PACKAGE} (apt-get install {FONT_PACKAGE})"  # noqa: E501
     )
 
 
@@ -116,7 +115,7 @@ def find_emoji_list(path: str | os.PathLike | None = None) -> Path:
             return Path(cand)
     where = path or EMOJI_TEST_CANDIDATES[0]
     raise EmojiListNotFoundError(
-        f"emoji-test.txt not found at {where}; install the Debian package {EMOJI_LIST_PACKAGE} (apt-get install {EMOJI_LIST_PACKAGE})"
+        f"emoji-test.txt not found at {where}; install the Debian package {EMOJI_LIST_PACKAGE} (apt-get install {EMOJI_LIST_PACKAGE})"  # noqa: E501
     )
 
 
@@ -244,7 +243,7 @@ def _prepare_out_dir(out: Path) -> None:
         d = out / split
         if d.exists():
             if not (out / "summary.json").is_file():
-                raise OutputDirNotEmptyError(f"{d} exists but {out} is not a previous emoji build (no summary.json); choose another --out")
+                raise OutputDirNotEmptyError(f"{d} exists but {out} is not a previous emoji build (no summary.json); choose another --out")  # noqa: E501
             shutil.rmtree(d)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -252,7 +251,7 @@ def _prepare_out_dir(out: Path) -> None:
 Render = tuple[Emoji, str, Image.Image]  # (emoji, style, image)
 
 
-def _write_split(out: Path, split: str, items: list[Render], keywords: dict[str, list[str]], weights: dict[str, float]) -> None:
+def _write_split(out: Path, split: str, items: list[Render], keywords: dict[str, list[str]], weights: dict[str, float]) -> None:  # noqa: E501
     lines = []
     for e, style, image in items:
         rel = f"images/{style_slug(style)}/{e.codepoints.lower().replace(' ', '-')}.png"
@@ -281,7 +280,7 @@ def build_emoji_dataset(
     e.g. "fluent high contrast", never in the default build) to make a fine-tuning set of one style. The split is by emoji, so a held-out emoji is held out in every
     style and under all its keywords. limit keeps that many emoji spread evenly over the list (for
     quick tests), not the first ones, so a small build still covers every group.
-    """
+    """  # noqa: E501
     if size < 8:
         raise InvalidOptionError(f"image size must be at least 8 pixels, got {size}")
     # Held-out designs (HELD_OUT_SOURCES) are rendered only when `styles` names them.
@@ -294,7 +293,7 @@ def build_emoji_dataset(
             raise EmojiDataError(f"unknown style(s) {', '.join(unknown)}; known: {', '.join(known)}")
         missing = sorted(set(styles) - {"noto", *(s.style for s in sources)})
         if missing:
-            raise EmojiDataError(f"style(s) {', '.join(missing)} not found under {sources_dir}; run: ldm data emoji-sources --dest {sources_dir}")
+            raise EmojiDataError(f"style(s) {', '.join(missing)} not found under {sources_dir}; run: ldm data emoji-sources --dest {sources_dir}")  # noqa: E501
         sources = [s for s in sources if s.style in styles]
     use_font = styles is None or "noto" in styles
     font = ImageFont.truetype(str(find_font(font_path)), FONT_SIZE) if use_font else None
@@ -339,7 +338,7 @@ def build_emoji_dataset(
     summary = {
         "emoji_list": str(list_file),
         "size": size,
-        "styles": {"noto": {"source": "fonts-noto-color-emoji (Debian)", "licence": "OFL-1.1"}} if font is not None else {},
+        "styles": {"noto": {"source": "fonts-noto-color-emoji (Debian)", "licence": "OFL-1.1"}} if font is not None else {},  # noqa: E501
         "images_per_style": per_style,
         "fully_qualified_total": total,
         "considered": len(emojis),

@@ -11,6 +11,7 @@ Licences were read from each package and its upstream project (see `SOURCES`). L
 `@svgmoji/blob` (its npm package carries no SVGs, only code that loads them from a CDN) and
 `@svgmoji/noto` (the same Noto design as the font, which is already a style).
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,9 +24,9 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -33,8 +34,11 @@ from ldm.errors import LdmError
 
 DEFAULT_SOURCES_DIR = "data/emoji-sources"
 TONE_SLUGS = {
-    "light skin tone": "light", "medium-light skin tone": "medium-light", "medium skin tone": "medium",
-    "medium-dark skin tone": "medium-dark", "dark skin tone": "dark",
+    "light skin tone": "light",
+    "medium-light skin tone": "medium-light",
+    "medium skin tone": "medium",
+    "medium-dark skin tone": "medium-dark",
+    "dark skin tone": "dark",
 }
 
 
@@ -73,16 +77,17 @@ def fluent_file(codepoints: str, name: str) -> list[str]:
 @dataclass(frozen=True)
 class EmojiSource:
     """One design: an npm package at a pinned version, the folder of its SVGs, and how files are named."""
-    style: str              # the dataset's style id, and the caption's style word ("<style> style")
+
+    style: str  # the dataset's style id, and the caption's style word ("<style> style")
     package: str
     version: str
-    integrity: str          # the registry's dist.integrity (sha512, base64)
-    svg_dir: str            # inside the unpacked package
+    integrity: str  # the registry's dist.integrity (sha512, base64)
+    svg_dir: str  # inside the unpacked package
     file_names: Callable[[str, str], list[str]]
     licence: str
     attribution: str
     homepage: str
-    margin: float = 0.0     # extra white border, as a fraction of the side, so designs fill the frame alike
+    margin: float = 0.0  # extra white border, as a fraction of the side, so designs fill the frame alike
 
     @property
     def spec(self) -> str:
@@ -96,28 +101,43 @@ class EmojiSource:
 def _fluent(style: str, folder: str) -> EmojiSource:
     """One of Fluent Emoji's designs: the same pinned npm package, one folder of icons each."""
     return EmojiSource(
-        style=style, package="fluentui-emoji", version="1.3.0",
+        style=style,
+        package="fluentui-emoji",
+        version="1.3.0",
         integrity="sha512-JTXXwqIie2rWTgOkIJDJxr0WtwTz2WU4kdOq8buLVThYwQ264aFR2jdTyuon2oEbLqqGMT64zI4btyn1saB2xw==",
-        svg_dir=f"package/icons/{folder}", file_names=fluent_file, licence="MIT",
+        svg_dir=f"package/icons/{folder}",
+        file_names=fluent_file,
+        licence="MIT",
         attribution="Fluent Emoji by Microsoft Corporation, MIT; npm packaging by Mohammad Abu Mattar, MIT",
-        homepage="https://github.com/microsoft/fluentui-emoji", margin=0.08,
+        homepage="https://github.com/microsoft/fluentui-emoji",
+        margin=0.08,
     )
 
 
 SOURCES: tuple[EmojiSource, ...] = (
     EmojiSource(
-        style="twemoji", package="@twemoji/svg", version="15.0.0",
+        style="twemoji",
+        package="@twemoji/svg",
+        version="15.0.0",
         integrity="sha512-ZSPef2B6nBaYnfgdTbAy4jgW95o7pi2xPGwGCU+WMTxo7J6B1lMPTWwSq/wTuiMq+N0khQ90CcvYp1wFoQpo/w==",
-        svg_dir="package", file_names=twemoji_file, licence="CC-BY-4.0 (graphics; package code MIT)",
-        attribution="Twemoji graphics by Twitter, Inc. and other contributors, CC-BY 4.0; maintained by jdecked/twemoji",
-        homepage="https://github.com/jdecked/twemoji", margin=0.06,
+        svg_dir="package",
+        file_names=twemoji_file,
+        licence="CC-BY-4.0 (graphics; package code MIT)",
+        attribution="Twemoji graphics by Twitter, Inc. and other contributors, CC-BY 4.0; maintained by jdecked/twemoji",  # noqa: E501
+        homepage="https://github.com/jdecked/twemoji",
+        margin=0.06,
     ),
     EmojiSource(
-        style="openmoji", package="openmoji", version="17.0.0",
+        style="openmoji",
+        package="openmoji",
+        version="17.0.0",
         integrity="sha512-EBnYrNGdcdw+OSXmENeNE1yBNRu6tOraTmoOyUbJkTmvT/+XETp8RZLSJFzD3lrPc5N9CzsyPnRTk0Vp4UaI9w==",
-        svg_dir="package/color/svg", file_names=openmoji_file, licence="CC-BY-SA-4.0",
+        svg_dir="package/color/svg",
+        file_names=openmoji_file,
+        licence="CC-BY-SA-4.0",
         attribution="OpenMoji, the open-source emoji and icon project, CC BY-SA 4.0 (openmoji.org)",
-        homepage="https://openmoji.org", margin=0.0,
+        homepage="https://openmoji.org",
+        margin=0.0,
     ),
     _fluent("fluent flat", "flat"),
     _fluent("fluent color", "modern"),
@@ -125,14 +145,16 @@ SOURCES: tuple[EmojiSource, ...] = (
 # Designs left out of the default build: rendered only when `ldm data emoji --styles` names them. Fluent's
 # high-contrast set is monochrome (one dark grey on white) and has no skin-tone variants; the default model
 # never sees it, which makes it the held-out style of the README's LoRA example.
-HELD_OUT_SOURCES: tuple[EmojiSource, ...] = (
-    _fluent("fluent high contrast", "high-contrast"),
-)
+HELD_OUT_SOURCES: tuple[EmojiSource, ...] = (_fluent("fluent high contrast", "high-contrast"),)
 # CLDR keywords (English annotations) for the extra captions.
 KEYWORDS = EmojiSource(
-    style="", package="emojibase-data", version="17.0.0",
+    style="",
+    package="emojibase-data",
+    version="17.0.0",
     integrity="sha512-Yvgb5AWoHViHV/gq1qr5ZAarcBip+B27/ZLRsUJkbgAEaLlZ/fof9g882LTpmEpyhBNEC0m2SEmItljHsTygjA==",
-    svg_dir="package/en", file_names=lambda cp, name: [], licence="MIT",
+    svg_dir="package/en",
+    file_names=lambda cp, name: [],
+    licence="MIT",
     attribution="Emojibase data by Miles Johnson, MIT (keywords from Unicode CLDR annotations, Unicode licence)",
     homepage="https://emojibase.dev",
 )
@@ -168,16 +190,23 @@ def fetch_sources(dest: str | os.PathLike = DEFAULT_SOURCES_DIR, npm: str = "npm
         tarball = dest / f"{source.folder_name}.tgz"
         if not (tarball.is_file() and integrity_of(tarball) == source.integrity):
             if shutil.which(npm) is None:
-                raise EmojiSourceError(f"npm not found: it fetches {source.spec} (install Node.js and npm, e.g. apt-get install npm)")
+                raise EmojiSourceError(
+                    f"npm not found: it fetches {source.spec} (install Node.js and npm, e.g. apt-get install npm)"
+                )
             with tempfile.TemporaryDirectory(dir=dest) as tmp:
-                done = subprocess.run([npm, "pack", source.spec, "--silent", "--pack-destination", tmp],
-                                      capture_output=True, text=True)
+                done = subprocess.run(
+                    [npm, "pack", source.spec, "--silent", "--pack-destination", tmp], capture_output=True, text=True
+                )
                 packed = list(Path(tmp).glob("*.tgz"))
                 if done.returncode != 0 or len(packed) != 1:
-                    raise EmojiSourceError(f"npm pack {source.spec} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+                    raise EmojiSourceError(
+                        f"npm pack {source.spec} failed: {(done.stderr or done.stdout).strip()[-300:]}"
+                    )
                 got = integrity_of(packed[0])
                 if got != source.integrity:
-                    raise EmojiSourceError(f"{source.spec}: integrity {got} does not match the pinned {source.integrity}")
+                    raise EmojiSourceError(
+                        f"{source.spec}: integrity {got} does not match the pinned {source.integrity}"
+                    )
                 os.replace(packed[0], tarball)
             shutil.rmtree(folder, ignore_errors=True)
         if not folder.is_dir():
@@ -211,8 +240,9 @@ def render_svg(path: str | os.PathLike, size: int, margin: float = 0.0) -> Image
         raise EmojiSourceError("rendering SVG emoji needs resvg-py (pip install 'ldm[data]')") from exc
     inner = max(1, round(size * (1 - 2 * margin)))
     try:
-        png = resvg_py.svg_to_bytes(svg_path=str(path), width=inner, height=inner, background="#ffffff",
-                                    skip_system_fonts=True)
+        png = resvg_py.svg_to_bytes(
+            svg_path=str(path), width=inner, height=inner, background="#ffffff", skip_system_fonts=True
+        )
     except ValueError as exc:
         raise EmojiSourceError(f"cannot render {path}: {exc}") from exc
     with Image.open(io.BytesIO(bytes(png))) as im:

@@ -6,6 +6,7 @@ Captions come, in this order of precedence, from `captions.jsonl` (objects with 
 or from a sidecar text file next to each image (`cat.png` + `cat.txt`). Every image under the root
 needs a caption.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 from ldm.errors import InvalidOptionError, LdmError
 from ldm.images import InvalidImageError, open_image
 
-# Optional captions.jsonl fields: extra captions to sample, a style word, a sampling weight (training), a group (evaluation).
+# Optional captions.jsonl fields: extra captions to sample, a style word, a sampling weight (training), a group (evaluation).  # noqa: E501
 EXTRA_FIELDS = ("keywords", "style", "weight", "group")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -97,8 +98,10 @@ def _read_metadata_rows(path: Path, column: str | None = None) -> dict[str, dict
         name = column or next((c for c in CAPTION_COLUMNS if c in row), None)
         if name is None or row.get(name) is None:
             wanted = repr(column) if column else " or ".join(repr(c) for c in CAPTION_COLUMNS)
-            raise CaptionFileError(f"{path}:{n}: no caption column {wanted} (columns: {', '.join(map(str, row))}); "
-                                   "name it with data.caption_column")
+            raise CaptionFileError(
+                f"{path}:{n}: no caption column {wanted} (columns: {', '.join(map(str, row))}); "
+                "name it with data.caption_column"
+            )
         table[row["file_name"]] = {**row, "caption": str(row[name])}
     return table
 
@@ -131,8 +134,9 @@ def read_caption_table(root: str | os.PathLike, column: str | None = None) -> di
     return {_normal(k): row["caption"] for k, row in _caption_rows(Path(root), column).items()}
 
 
-def read_caption_extras(root: str | os.PathLike, column: str | None = None,
-                        more_fields: tuple[str, ...] = ()) -> dict[str, dict]:
+def read_caption_extras(
+    root: str | os.PathLike, column: str | None = None, more_fields: tuple[str, ...] = ()
+) -> dict[str, dict]:
     """The optional per-image fields besides file and caption (keywords, style, weight, and `more_fields`), by path."""
     rows = _caption_rows(Path(root), column)
     kept = set(EXTRA_FIELDS) | set(more_fields)
@@ -151,7 +155,9 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise UnreadableImageError(str(exc)) from exc
 
 
-def resize_and_crop(image: Image.Image, size: int, center: bool = True, rng: random.Random | None = None) -> Image.Image:
+def resize_and_crop(
+    image: Image.Image, size: int, center: bool = True, rng: random.Random | None = None
+) -> Image.Image:
     """Scale the shorter side to size, then crop a size x size square (centred, or at random)."""
     w, h = image.size
     scale = size / min(w, h)
@@ -178,10 +184,17 @@ class CaptionedImageFolder(Dataset):
     center_crop=False takes a random square crop instead; flip=True mirrors half of the items at random;
     caption_column: the caption column of an imagefolder metadata file (default: `caption`, else `text`);
     more_fields: captions.jsonl fields kept in `extras` beside the usual ones (e.g. a class label's field).
-    """
+    """  # noqa: E501
 
-    def __init__(self, root: str | os.PathLike, size: int, center_crop: bool = True, flip: bool = False,
-                 caption_column: str | None = None, more_fields: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        size: int,
+        center_crop: bool = True,
+        flip: bool = False,
+        caption_column: str | None = None,
+        more_fields: tuple[str, ...] = (),
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise EmptyDatasetError(f"dataset folder not found: {self.root}")
@@ -207,7 +220,12 @@ class CaptionedImageFolder(Dataset):
         self.extras: list[dict] = [extras.get(rel, {}) for rel in files]
         for rel, extra in zip(files, self.extras):
             weight = extra.get("weight", 1.0)
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0 or weight == float("inf"):
+            if (
+                not isinstance(weight, (int, float))
+                or isinstance(weight, bool)
+                or not weight > 0
+                or weight == float("inf")
+            ):
                 raise CaptionFileError(f"captions.jsonl: 'weight' of {rel} must be a positive number, got {weight!r}")
 
     def _caption(self, rel: str, table: dict[str, str]) -> str:
@@ -216,7 +234,9 @@ class CaptionedImageFolder(Dataset):
         sidecar = (self.root / rel).with_suffix(".txt")
         if sidecar.is_file():
             return sidecar.read_text(encoding="utf-8").strip()
-        raise MissingCaptionError(f"no caption for image {self.root / rel} (add {sidecar.name} or an entry in captions.jsonl/csv or metadata.jsonl)")
+        raise MissingCaptionError(
+            f"no caption for image {self.root / rel} (add {sidecar.name} or an entry in captions.jsonl/csv or metadata.jsonl)"  # noqa: E501
+        )
 
     def __len__(self) -> int:
         return len(self.files)

@@ -159,7 +159,7 @@ PACKAGES: tuple[Package, ...] = (
             _skimage("astronaut.png", "public-domain", "NASA", "released into the public domain"),
             _skimage("chelsea.png", "CC0-1.0", "Stefan van der Walt", "CC0 by the photographer (Stefan van der Walt)"),
             _skimage("coffee.png", "CC0-1.0", "Rachel Michetti", "CC0 by the photographer (Rachel Michetti)"),
-            _skimage("rocket.jpg", "public-domain", "SpaceX", "The image was captured by SpaceX and `released in the public domain"),
+            _skimage("rocket.jpg", "public-domain", "SpaceX", "The image was captured by SpaceX and `released in the public domain"),  # noqa: E501
         ),
         excluded=(
             ("*/motorcycle_*.png", "photograph with no licence stated in the package (Middlebury stereo data)"),
@@ -252,7 +252,7 @@ def check_photo(root: Path, package: Package, photo: Photo, stanzas: list[Stanza
         notice = root / photo.notice
         text = notice.read_text(encoding="utf-8", errors="replace") if notice.is_file() else ""
         if photo.notice_text not in text or photo.author not in text:
-            raise PhotoSourceError(f"{where}: /{photo.notice} no longer states {photo.notice_text!r} and credits {photo.author!r}")
+            raise PhotoSourceError(f"{where}: /{photo.notice} no longer states {photo.notice_text!r} and credits {photo.author!r}")  # noqa: E501
         granted_by = f"/{photo.notice} (the copyright file's stanza for it: {dep5})"
     else:
         if stanza is None:
@@ -314,13 +314,13 @@ def _download(package: Package, dest: Path, apt_get: str) -> Path:
     deb = dest / f"{package.folder_name}_all.deb"
     with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
         _run([apt_get, "download", f"{package.name}={package.version}"], Path(tmp),
-             f"apt-get download {package.name}={package.version} (the pin is from Debian 12 bookworm; run apt-get update)")
+             f"apt-get download {package.name}={package.version} (the pin is from Debian 12 bookworm; run apt-get update)")  # noqa: E501
         debs = list(Path(tmp).glob("*.deb"))
         if len(debs) != 1:
             raise PhotoSourceError(f"apt-get download {package.name} left {len(debs)} .deb files, expected 1")
         got = sha256_of(debs[0])
         if got != package.sha256:
-            raise PhotoSourceError(f"{package.spec}: sha256 {got} does not match the pinned {package.sha256}; refusing it")
+            raise PhotoSourceError(f"{package.spec}: sha256 {got} does not match the pinned {package.sha256}; refusing it")  # noqa: E501
         os.replace(debs[0], deb)
     return deb
 

@@ -13,6 +13,7 @@ Output layout (the `CaptionedImageFolder` format; captions are empty, photos are
     <out>/heldout/images/<photo>-<n>.png, <out>/heldout/captions.jsonl
     <out>/README.md (sources, licences, authors), <out>/summary.json
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,9 +25,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -36,13 +37,13 @@ from ldm.data.photo_sources import DEFAULT_SOURCES_DIR, PACKAGES, Package, fetch
 from ldm.errors import InvalidOptionError, LdmError
 
 DEFAULT_OUT = "data/photos"
-TRAIN_CROPS = 4000          # the default --per-image spreads about this many crops over the training photos
+TRAIN_CROPS = 4000  # the default --per-image spreads about this many crops over the training photos
 HELDOUT_FRACTION = 0.125
 HELDOUT_MIN = 8
-HELDOUT_CROPS = 4           # per held-out photo
-MIN_SCALE = 1.5             # the smallest short side, in crop sides
+HELDOUT_CROPS = 4  # per held-out photo
+MIN_SCALE = 1.5  # the smallest short side, in crop sides
 MAX_SHORT_SIDE = 1080
-FLAT_STD = 4.0              # luminance std (0-255) under which a crop is too flat to teach anything
+FLAT_STD = 4.0  # luminance std (0-255) under which a crop is too flat to teach anything
 TRIES_PER_CROP = 10
 SPLIT_SALT = "ldm-photos-heldout-v1"
 
@@ -67,8 +68,12 @@ def photo_id(package: str, path: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", f"{short}-{Path(path).stem}".lower()).strip("-")
 
 
-def split_photos(ids: Sequence[str], fraction: float = HELDOUT_FRACTION, minimum: int = HELDOUT_MIN,
-                 groups: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+def split_photos(
+    ids: Sequence[str],
+    fraction: float = HELDOUT_FRACTION,
+    minimum: int = HELDOUT_MIN,
+    groups: dict[str, str] | None = None,
+) -> tuple[list[str], list[str]]:
     """(train, held out): whole photos, chosen by a salted hash of their id, so the split never depends on the seed.
 
     Holds out max(minimum, fraction of the photos), always leaving at least one photo to train on. With
@@ -84,8 +89,11 @@ def split_photos(ids: Sequence[str], fraction: float = HELDOUT_FRACTION, minimum
         members.setdefault((groups or {}).get(i, ""), []).append(i)
     # Each photo's place is its rank in its group's hash order, as a fraction of the group: taking the
     # lowest places first takes the same share of every group.
-    place = {i: ((rank + 0.5) / len(group), digest[i])
-             for group in members.values() for rank, i in enumerate(sorted(group, key=digest.get))}
+    place = {
+        i: ((rank + 0.5) / len(group), digest[i])
+        for group in members.values()
+        for rank, i in enumerate(sorted(group, key=digest.get))
+    }
     held = set(sorted(ids, key=place.get)[:count])
     return [i for i in ids if i not in held], [i for i in ids if i in held]
 
@@ -105,8 +113,9 @@ def is_flat(image: Image.Image, threshold: float = FLAT_STD) -> bool:
     return float(np.asarray(image.convert("L"), dtype=np.float32).std()) < threshold
 
 
-def random_crops(image: Image.Image, size: int, count: int, rng: random.Random,
-                 flat_std: float = FLAT_STD) -> tuple[list[Image.Image], int]:
+def random_crops(
+    image: Image.Image, size: int, count: int, rng: random.Random, flat_std: float = FLAT_STD
+) -> tuple[list[Image.Image], int]:
     """`count` size x size crops at random scales and places; returns (crops, crops skipped as flat).
 
     Each crop's scale puts the short side of the photo at a log-uniform length between MIN_SCALE * size
@@ -138,8 +147,11 @@ def random_crops(image: Image.Image, size: int, count: int, rng: random.Random,
     return crops, skipped
 
 
-def collect_photos(sources: str | os.PathLike, packages: Sequence[Package],
-                   fetch: Callable[[Package, str | os.PathLike], Path] = fetch_package) -> tuple[list[SourcePhoto], list[dict]]:
+def collect_photos(
+    sources: str | os.PathLike,
+    packages: Sequence[Package],
+    fetch: Callable[[Package, str | os.PathLike], Path] = fetch_package,
+) -> tuple[list[SourcePhoto], list[dict]]:
     """Fetch (if needed) and survey every package: the kept photos and a per-package report."""
     photos: list[SourcePhoto] = []
     report: list[dict] = []
@@ -147,20 +159,35 @@ def collect_photos(sources: str | os.PathLike, packages: Sequence[Package],
         root = fetch(package, sources)
         kept, excluded = survey(root, package)
         for record in kept:
-            photos.append(SourcePhoto(photo_id(package.name, record["path"]), root / record["path"].lstrip("/"), record))
+            photos.append(
+                SourcePhoto(photo_id(package.name, record["path"]), root / record["path"].lstrip("/"), record)
+            )
         reasons: dict[str, int] = {}
         for item in excluded:
             reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
-        report.append({"package": package.name, "version": package.version, "sha256": package.sha256,
-                       "kept": len(kept), "excluded": len(excluded), "excluded_reasons": reasons,
-                       "excluded_files": excluded, "note": package.note})
+        report.append(
+            {
+                "package": package.name,
+                "version": package.version,
+                "sha256": package.sha256,
+                "kept": len(kept),
+                "excluded": len(excluded),
+                "excluded_reasons": reasons,
+                "excluded_files": excluded,
+                "note": package.note,
+            }
+        )
     ids = [p.id for p in photos]
     if len(set(ids)) != len(ids):
-        raise PhotoDataError("two pinned photos have the same id: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
+        raise PhotoDataError(
+            "two pinned photos have the same id: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1}))
+        )
     return photos, report
 
 
-def _write_split(folder: Path, photos: list[SourcePhoto], size: int, count: int, seed: int, split: str) -> dict[str, dict]:
+def _write_split(
+    folder: Path, photos: list[SourcePhoto], size: int, count: int, seed: int, split: str
+) -> dict[str, dict]:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows: list[str] = []
     stats: dict[str, dict] = {}
@@ -172,8 +199,18 @@ def _write_split(folder: Path, photos: list[SourcePhoto], size: int, count: int,
             rel = f"images/{photo.id}-{n:04d}.png"
             crop.save(folder / rel)
             r = photo.record
-            rows.append(json.dumps({"file": rel, "caption": "", "source": f"{r['package']} {r['version']}: {r['path']}",
-                                    "license": r["licence"], "author": r["author"]}, ensure_ascii=False))
+            rows.append(
+                json.dumps(
+                    {
+                        "file": rel,
+                        "caption": "",
+                        "source": f"{r['package']} {r['version']}: {r['path']}",
+                        "license": r["licence"],
+                        "author": r["author"],
+                    },
+                    ensure_ascii=False,
+                )
+            )
         stats[photo.id] = {"crops": len(crops), "skipped_flat": skipped, "working_size": list(image.size)}
     (folder / "captions.jsonl").write_text("".join(row + "\n" for row in rows), encoding="utf-8")
     return stats
@@ -188,7 +225,7 @@ def _readme(summary: dict, photos: list[SourcePhoto]) -> str:
         "`captions.jsonl` gives its source file, licence and author. Captions are empty on purpose.",
         "",
         f"- train: {summary['train_crops']} crops of {summary['size']} px from {summary['train_photos']} photos",
-        f"- heldout: {summary['heldout_crops']} crops of {summary['eval_size']} px from {summary['heldout_photos']} other photos",
+        f"- heldout: {summary['heldout_crops']} crops of {summary['eval_size']} px from {summary['heldout_photos']} other photos",  # noqa: E501
         f"- licences: {', '.join(f'{k} ({v} photos)' for k, v in summary['licences'].items())}",
         "",
         "CC-BY photos need attribution; CC-BY-SA ones also ShareAlike (adaptations and, conservatively, models",
@@ -202,8 +239,10 @@ def _readme(summary: dict, photos: list[SourcePhoto]) -> str:
     heldout = set(summary["heldout_ids"])
     for p in photos:
         r = p.record
-        lines.append(f"| {'heldout' if p.id in heldout else 'train'} | {p.id} | {r['licence']} | {r['author']} | "
-                     f"{r['package']} {r['version']} | `{r['path']}` |")
+        lines.append(
+            f"| {'heldout' if p.id in heldout else 'train'} | {p.id} | {r['licence']} | {r['author']} | "
+            f"{r['package']} {r['version']} | `{r['path']}` |"
+        )
     notes = [f"- {pkg['package']}: {pkg['note']}" for pkg in summary["packages"] if pkg["note"]]
     if notes:
         lines += ["", "## Notes on the licence notices", "", *notes]
@@ -231,7 +270,9 @@ def _check_out(out: Path) -> None:
     except (OSError, ValueError, AttributeError):
         previous = False
     if not previous and any(out.iterdir()):
-        raise OutputDirNotEmptyError(f"{out} exists and is not a previous photo build (no summary.json of kind photos); choose another --out")
+        raise OutputDirNotEmptyError(
+            f"{out} exists and is not a previous photo build (no summary.json of kind photos); choose another --out"
+        )
 
 
 def _replace_output(tmp: Path, out: Path) -> None:
@@ -287,17 +328,32 @@ def build_photo_dataset(
         for p in photos:
             licences[p.record["licence"]] = licences.get(p.record["licence"], 0) + 1
         summary = {
-            "kind": "photos", "size": size, "eval_size": eval_size, "per_image": per_image, "seed": seed,
-            "heldout_per_image": HELDOUT_CROPS, "max_short_side": MAX_SHORT_SIDE, "flat_std": FLAT_STD,
-            "photos": len(photos), "train_photos": len(train), "heldout_photos": len(heldout),
+            "kind": "photos",
+            "size": size,
+            "eval_size": eval_size,
+            "per_image": per_image,
+            "seed": seed,
+            "heldout_per_image": HELDOUT_CROPS,
+            "max_short_side": MAX_SHORT_SIDE,
+            "flat_std": FLAT_STD,
+            "photos": len(photos),
+            "train_photos": len(train),
+            "heldout_photos": len(heldout),
             "train_crops": sum(s["crops"] for s in train_stats.values()),
             "heldout_crops": sum(s["crops"] for s in heldout_stats.values()),
             "skipped_flat": sum(s["skipped_flat"] for s in (*train_stats.values(), *heldout_stats.values())),
             "licences": dict(sorted(licences.items())),
             "heldout_ids": heldout_ids,
             "packages": report,
-            "sources": [{**p.record, "id": p.id, "split": "heldout" if p.id in set(heldout_ids) else "train",
-                         **(heldout_stats.get(p.id) or train_stats[p.id])} for p in photos],
+            "sources": [
+                {
+                    **p.record,
+                    "id": p.id,
+                    "split": "heldout" if p.id in set(heldout_ids) else "train",
+                    **(heldout_stats.get(p.id) or train_stats[p.id]),
+                }
+                for p in photos
+            ],
         }
         summary["seconds"] = round(time.monotonic() - start, 1)
         (tmp / "README.md").write_text(_readme(summary, photos), encoding="utf-8")
@@ -312,7 +368,9 @@ def build_photo_dataset(
 def summary_line(summary: dict, out: str | os.PathLike) -> str:
     """The one line `ldm data photos` prints about a build."""
     packages = ", ".join(f"{p['package']} {p['kept']}" for p in summary["packages"])
-    return (f"{summary['photos']} photos ({packages}): {summary['train_crops']} train crops of {summary['size']} px "
-            f"from {summary['train_photos']} photos, {summary['heldout_crops']} held-out crops of {summary['eval_size']} px "
-            f"from {summary['heldout_photos']} photos, {summary['skipped_flat']} flat crops skipped, "
-            f"{summary['seconds']:.0f} s -> {out}")
+    return (
+        f"{summary['photos']} photos ({packages}): {summary['train_crops']} train crops of {summary['size']} px "
+        f"from {summary['train_photos']} photos, {summary['heldout_crops']} held-out crops of {summary['eval_size']} px "  # noqa: E501
+        f"from {summary['heldout_photos']} photos, {summary['skipped_flat']} flat crops skipped, "
+        f"{summary['seconds']:.0f} s -> {out}"
+    )

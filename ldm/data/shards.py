@@ -9,6 +9,7 @@ The training stream (ldm.training.shard_stream) needs each shard's sample count 
 every rank the same number of steps. img2dataset writes `NNNNN_stats.json` beside each `NNNNN.tar` with
 the count (`successes`); without it the shard is read through once and its samples counted.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,14 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ldm.checkpoint import atomic_path
-from ldm.data.folder import CaptionedImageFolder, DatasetError, EXTRA_FIELDS, UnreadableImageError, resize_and_crop, to_tensor
+from ldm.data.folder import (
+    EXTRA_FIELDS,
+    CaptionedImageFolder,
+    DatasetError,
+    UnreadableImageError,
+    resize_and_crop,
+    to_tensor,
+)
 from ldm.images import InvalidImageError, open_image
 
 log = logging.getLogger(__name__)
@@ -50,7 +58,9 @@ def open_shard(url: str):
     try:
         return fsspec.open(url, "rb").open()
     except (OSError, ValueError, ImportError) as exc:
-        raise ShardError(f"cannot open shard {url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ShardError(
+            f"cannot open shard {url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
 
 
 def raw_samples(url: str) -> Iterator[dict]:
@@ -99,7 +109,9 @@ def sample_caption(sample: dict, column: str | None = None) -> tuple[str, dict]:
     for name in [column] if column else CAPTION_COLUMNS:
         if isinstance(meta.get(name), str):
             return meta[name], extras
-    raise UnreadableImageError(f"{describe(sample)}: no caption ({'.json ' + column if column else '.txt, or .json caption/text'})")
+    raise UnreadableImageError(
+        f"{describe(sample)}: no caption ({'.json ' + column if column else '.txt, or .json caption/text'})"
+    )
 
 
 def describe(sample: dict) -> str:
@@ -111,8 +123,13 @@ def sample_key(sample: dict) -> str:
     return f"{sample['__url__']}#{sample['__key__']}"
 
 
-def decode_sample(sample: dict, size: int, center_crop: bool = True, caption_column: str | None = None,
-                  rng: random.Random | None = None) -> dict:
+def decode_sample(
+    sample: dict,
+    size: int,
+    center_crop: bool = True,
+    caption_column: str | None = None,
+    rng: random.Random | None = None,
+) -> dict:
     """A raw sample -> {"image": [3,size,size] in [-1,1], "caption", "key", "extras"}; UnreadableImageError if it
     has no image or caption, or its image does not decode."""
     suffix = next((s for s in IMAGE_SUFFIXES if s in sample), None)
@@ -145,8 +162,14 @@ def write_shards(root: str | os.PathLike, out: str | os.PathLike, per_shard: int
                     rel = folder.files[i]
                     meta = {"caption": folder.captions[i], "file": rel, **folder.extras[i]}
                     ext = Path(rel).suffix.lower().lstrip(".")
-                    sink.write({"__key__": f"{i:09d}", ext: (folder.root / rel).read_bytes(),
-                                "txt": folder.captions[i].encode("utf-8"), "json": json.dumps(meta).encode("utf-8")})
+                    sink.write(
+                        {
+                            "__key__": f"{i:09d}",
+                            ext: (folder.root / rel).read_bytes(),
+                            "txt": folder.captions[i].encode("utf-8"),
+                            "json": json.dumps(meta).encode("utf-8"),
+                        }
+                    )
         with atomic_path(out / f"{shard:05d}_stats.json") as tmp:
             Path(tmp).write_text(json.dumps({"successes": len(rows)}))
     return (out / f"{{00000..{count - 1:05d}}}.tar").as_posix() if count > 1 else (out / "00000.tar").as_posix()

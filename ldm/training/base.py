@@ -26,6 +26,7 @@ after each real optimiser step. Lightning 2.6's `EMAWeightAveraging` callback wa
   for validation and at the end of training, where the validation loss here is the live weights' and the
   export already writes the EMA U-Net explicitly.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """The callbacks Lightning does not already have: sample grids, the inference export, and resumable stops."""
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ class SampleGrid(pl.Callback):
         log.info("sample grid: %s", path)
         return path
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if self.every > 0 and step > 0 and step % self.every == 0 and step != self._last:
             self.write(trainer, pl_module)

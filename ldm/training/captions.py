@@ -6,6 +6,7 @@ Each time an image is drawn, its caption is its name, or with probability `keywo
 is appended. The style word is dropped often, so plain prompts work and a user can still ask for a
 style. The choice is a function of the stream position, so a resumed run draws the same captions.
 """
+
 from __future__ import annotations
 
 import random

@@ -7,6 +7,7 @@ standard (77 tokens, the stock 49408-token BPE vocabulary), so the bundled token
 
     ldm clip --data data/emoji --out runs/clip --steps 500
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ import open_clip
 import torch
 
 from ldm.checkpoint import load_state_dict  # noqa: F401 (re-exported with the CLIP helpers below)
-from ldm.clip import (DEFAULT_CONFIG, ClipConfigError, create_clip, encode_text_trimmed, load_clip,  # noqa: F401
-                      save_clip, tokenize)
+from ldm.clip import (
+    DEFAULT_CONFIG,
+    create_clip,
+    encode_text_trimmed,
+    load_clip,  # noqa: F401
+    save_clip,
+    tokenize,
+)
 from ldm.data.folder import CaptionedImageFolder
 from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 
@@ -45,16 +52,23 @@ def load_split(root: str | os.PathLike, image_size: int) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def retrieval_accuracy(model: open_clip.CLIP, images: torch.Tensor, tokens: torch.Tensor,
-                       rows: list[int] | None = None, batch_size: int = 256) -> dict[str, float]:
+def retrieval_accuracy(
+    model: open_clip.CLIP,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    rows: list[int] | None = None,
+    batch_size: int = 256,
+) -> dict[str, float]:
     """Text->image and image->text top-1/top-5 accuracy: caption i should find image i among all N (and back).
 
     rows restricts the scored queries (e.g. the held-out combinations); they are still ranked against all N.
     """
     was_training = model.training
     model.eval()
-    img = torch.cat([model.encode_image(images[i:i + batch_size], normalize=True) for i in range(0, len(images), batch_size)])
-    txt = torch.cat([encode_text_trimmed(model, tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)])
+    img = torch.cat(
+        [model.encode_image(images[i : i + batch_size], normalize=True) for i in range(0, len(images), batch_size)]
+    )
+    txt = torch.cat([encode_text_trimmed(model, tokens[i : i + batch_size]) for i in range(0, len(tokens), batch_size)])
     model.train(was_training)
     sim = txt @ img.T  # [texts, images]
     query = torch.arange(len(sim)) if rows is None else torch.tensor(rows, dtype=torch.long)
@@ -63,8 +77,10 @@ def retrieval_accuracy(model: open_clip.CLIP, images: torch.Tensor, tokens: torc
     i2t = sim.T[query].topk(k, dim=1).indices
     return {
         "n": len(query),
-        "t2i_top1": (t2i[:, 0] == query).float().mean().item(), "t2i_top5": (t2i == query[:, None]).any(1).float().mean().item(),
-        "i2t_top1": (i2t[:, 0] == query).float().mean().item(), "i2t_top5": (i2t == query[:, None]).any(1).float().mean().item(),
+        "t2i_top1": (t2i[:, 0] == query).float().mean().item(),
+        "t2i_top5": (t2i == query[:, None]).any(1).float().mean().item(),
+        "i2t_top1": (i2t[:, 0] == query).float().mean().item(),
+        "i2t_top5": (i2t == query[:, None]).any(1).float().mean().item(),
     }
 
 
@@ -109,7 +125,9 @@ def train_clip(
     if steps < 1:
         raise InvalidOptionError(f"steps must be positive, got {steps}")
     if len(images) != len(captions) or len(images) < 2:
-        raise ClipDataError(f"need at least 2 image/caption pairs of equal count, got {len(images)} images and {len(captions)} captions")
+        raise ClipDataError(
+            f"need at least 2 image/caption pairs of equal count, got {len(images)} images and {len(captions)} captions"
+        )
     batch_size = min(batch_size, len(images))
     warmup = max(1, steps // 20) if warmup is None else warmup
     tokens = tokenize(captions, model.context_length)
@@ -124,7 +142,7 @@ def train_clip(
     for step in range(steps):
         if pos + batch_size > len(order):  # drop the last partial batch: the loss's negatives stay batch_size - 1
             order, pos = torch.randperm(len(images), generator=gen), 0
-        idx = order[pos:pos + batch_size]
+        idx = order[pos : pos + batch_size]
         pos += batch_size
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup)
@@ -140,12 +158,19 @@ def train_clip(
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
             recent = losses[-log_every:]
-            log.info("step %d/%d  loss %.4f  lr %.2e  %.1fs", step + 1, steps, sum(recent) / len(recent), opt.param_groups[0]["lr"], time.time() - start)
+            log.info(
+                "step %d/%d  loss %.4f  lr %.2e  %.1fs",
+                step + 1,
+                steps,
+                sum(recent) / len(recent),
+                opt.param_groups[0]["lr"],
+                time.time() - start,
+            )
     return losses
 
 
 def _fmt_row(label: str, r: dict) -> str:
-    return f"| {label} | {r['n']} | {r['t2i_top1']:.1%} | {r['t2i_top5']:.1%} | {r['i2t_top1']:.1%} | {r['i2t_top5']:.1%} |"
+    return f"| {label} | {r['n']} | {r['t2i_top1']:.1%} | {r['t2i_top5']:.1%} | {r['i2t_top1']:.1%} | {r['i2t_top5']:.1%} |"  # noqa: E501
 
 
 def _write_card(path: Path, report: dict) -> None:
@@ -156,11 +181,11 @@ def _write_card(path: Path, report: dict) -> None:
         "",
         "Contrastive (CLIP) model trained from scratch by `ldm clip` on the train split of the",
         "emoji dataset (`python scripts/make_emoji_dataset.py`: Noto Color Emoji renders, 64x64, captioned with their",
-        "English CLDR names). Its text tower is the text encoder of the project's small pretrained emoji diffusion model.",
+        "English CLDR names). Its text tower is the text encoder of the project's small pretrained emoji diffusion model.",  # noqa: E501
         "",
         "- Config: `configs/emoji/emoji-clip.json` (open_clip format; `open_clip.add_model_config(path)` then",
-        "  `open_clip.create_model(\"emoji-clip\")`, or `ldm.training.clip.load_clip(weights)`).",
-        f"- Weights: `{WEIGHTS_NAME}`, fp16 safetensors, open_clip `CLIP` state dict keys ({report['parameters']:,} parameters;",
+        '  `open_clip.create_model("emoji-clip")`, or `ldm.training.clip.load_clip(weights)`).',
+        f"- Weights: `{WEIGHTS_NAME}`, fp16 safetensors, open_clip `CLIP` state dict keys ({report['parameters']:,} parameters;",  # noqa: E501
         "  the text tower is everything outside `visual.*`).",
         "- Tokenizer: open_clip's bundled BPE (`open_clip.tokenize`), context length 77.",
         "- Font: Noto Color Emoji (SIL Open Font License 1.1); captions: Unicode CLDR names from `emoji-test.txt`.",
@@ -170,10 +195,10 @@ def _write_card(path: Path, report: dict) -> None:
         f"- Command: `ldm clip --data data/emoji --out runs/clip --steps {report['steps']} "
         f"--batch-size {report['batch_size']} --precision {report.get('precision', 'fp32')}` (seed 0)",
         f"- Train pairs: {report['train_pairs']}; held-out pairs: {report['heldout_pairs']}",
-        f"- Steps: {report['steps']}, batch {report['batch_size']}, AdamW lr {report['lr']} with warmup + cosine, weight decay {report['weight_decay']}",
+        f"- Steps: {report['steps']}, batch {report['batch_size']}, AdamW lr {report['lr']} with warmup + cosine, weight decay {report['weight_decay']}",  # noqa: E501
         f"- Time: {report['train_seconds'] / 60:.1f} min wall{cpu_text}, {report['threads']} thread(s), "
         f"{report.get('precision', 'fp32')} forward pass ({report['machine']}), torch {report['torch']}",
-        f"- Train loss (mean of the first / last {report['loss_window']} steps): {report['loss_first']:.3f} -> {report['loss_final']:.3f}",
+        f"- Train loss (mean of the first / last {report['loss_window']} steps): {report['loss_first']:.3f} -> {report['loss_final']:.3f}",  # noqa: E501
         f"- Final logit scale (1/temperature): {report['logit_scale']:.1f}",
         "",
         "## Retrieval (measured on the fp16 weights as shipped)",
@@ -190,7 +215,7 @@ def _write_card(path: Path, report: dict) -> None:
         "Held-out retrieval ranks each caption against all held-out images (chance top-1 = 1/pairs). The held-out",
         "split holds whole (person type, skin tone) combinations (see the dataset's `heldout_combinations.txt`),",
         "ranked against the whole held-out gallery, plus ~5% of the other emoji. The train rows are the first",
-        "emoji of the list (faces and people that differ only in skin tone or gender), hence harder than a random sample.",
+        "emoji of the list (faces and people that differ only in skin tone or gender), hence harder than a random sample.",  # noqa: E501
         "",
     ]
     path.write_text("\n".join(lines))
@@ -209,7 +234,9 @@ def _image_size(model: open_clip.CLIP) -> int:
     return size[0] if isinstance(size, (tuple, list)) else size
 
 
-def evaluate_clip(weights: str | os.PathLike, data_dir: str | os.PathLike, config_path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
+def evaluate_clip(
+    weights: str | os.PathLike, data_dir: str | os.PathLike, config_path: str | os.PathLike = DEFAULT_CONFIG
+) -> dict:
     """Retrieval figures of a weights file on <data_dir>/heldout (all, and the held-out combinations) and on train."""
     model = load_clip(weights, config_path)
     data = Path(data_dir)
@@ -220,10 +247,13 @@ def evaluate_clip(weights: str | os.PathLike, data_dir: str | os.PathLike, confi
     n_train = min(len(train_images), len(held_images))
     report = {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train_pairs": len(train_images), "heldout_pairs": len(held_images),
+        "train_pairs": len(train_images),
+        "heldout_pairs": len(held_images),
         "logit_scale": model.logit_scale.exp().item(),
         "heldout": retrieval_accuracy(model, held_images, held_tokens),
-        "train_subset": retrieval_accuracy(model, train_images[:n_train], tokenize(train_captions[:n_train], model.context_length)),
+        "train_subset": retrieval_accuracy(
+            model, train_images[:n_train], tokenize(train_captions[:n_train], model.context_length)
+        ),
     }
     rows = _combination_rows(held_captions)
     if rows:
@@ -231,10 +261,19 @@ def evaluate_clip(weights: str | os.PathLike, data_dir: str | os.PathLike, confi
     return report
 
 
-def train_and_report(data: str | os.PathLike = "data/emoji", out: str | os.PathLike = "runs/clip",
-                     steps: int = 500, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1,
-                     config: str | os.PathLike = DEFAULT_CONFIG, threads: int = 1, seed: int = 0,
-                     precision: str = "bf16", eval_only: bool = False) -> dict:
+def train_and_report(
+    data: str | os.PathLike = "data/emoji",
+    out: str | os.PathLike = "runs/clip",
+    steps: int = 500,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    config: str | os.PathLike = DEFAULT_CONFIG,
+    threads: int = 1,
+    seed: int = 0,
+    precision: str = "bf16",
+    eval_only: bool = False,
+) -> dict:
     """What `ldm clip` does: train (unless eval_only), save clip.safetensors, measure it, write
     clip_metrics.json and CLIP_CARD.md into `out`; returns the report."""
     torch.set_num_threads(max(1, threads))
@@ -250,17 +289,34 @@ def train_and_report(data: str | os.PathLike = "data/emoji", out: str | os.PathL
         model = create_clip(config)
         train_images, train_captions = load_split(data / "train", _image_size(model))
         start, cpu_start = time.time(), time.process_time()
-        losses = train_clip(model, train_images, train_captions, steps, batch_size=batch_size,
-                            lr=lr, weight_decay=weight_decay, seed=seed, precision=precision)
+        losses = train_clip(
+            model,
+            train_images,
+            train_captions,
+            steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+            precision=precision,
+        )
         seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
         save_clip(model, weights, metadata={"config": Path(config).name, "steps": str(steps)})
         window = max(1, min(25, len(losses) // 4))  # first and final windows never overlap
         report = {
-            "steps": steps, "batch_size": min(batch_size, len(train_images)), "lr": lr,
-            "weight_decay": weight_decay, "precision": precision, "threads": torch.get_num_threads(),
-            "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "machine": platform.machine(),
-            "torch": torch.__version__, "loss_window": window,
-            "loss_first": sum(losses[:window]) / window, "loss_final": sum(losses[-window:]) / window,
+            "steps": steps,
+            "batch_size": min(batch_size, len(train_images)),
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "precision": precision,
+            "threads": torch.get_num_threads(),
+            "train_seconds": seconds,
+            "train_cpu_seconds": cpu_seconds,
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "loss_window": window,
+            "loss_first": sum(losses[:window]) / window,
+            "loss_final": sum(losses[-window:]) / window,
         }
     # Measure what ships: the fp16 file reloaded into a fresh model.
     report.update(evaluate_clip(weights, data, config))

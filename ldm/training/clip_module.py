@@ -5,6 +5,7 @@ A caption drawn twice in one batch (one emoji in two styles) needs no special ta
 features are identical, so splitting the target between them gives the same loss and gradients.
 The in-batch accuracy logged beside it counts any image of the right caption as a hit.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,16 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 class ClipModule(TrainingModule):
-    def __init__(self, clip: open_clip.CLIP, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
-                 warmup_steps: int = _D.warmup_steps, betas: tuple[float, float] = tuple(_D().betas),
-                 seed: int = _D.seed, config: dict | None = None):
+    def __init__(
+        self,
+        clip: open_clip.CLIP,
+        lr: float = _D.lr,
+        weight_decay: float = _D.weight_decay,
+        warmup_steps: int = _D.warmup_steps,
+        betas: tuple[float, float] = tuple(_D().betas),
+        seed: int = _D.seed,
+        config: dict | None = None,
+    ):
         """Defaults: `ldm.training.config.ClipTraining`'s, the one set a YAML run gets too."""
         super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         self.clip = clip
@@ -59,8 +67,11 @@ class ClipModule(TrainingModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, top1 = self.loss(batch)
         self.batches_seen += 1
-        self.log_dict({"train/loss": loss, "train/i2t_top1": top1, "train/logit_scale": self.clip.logit_scale.exp()},
-                      prog_bar=True, batch_size=len(batch["caption"]))
+        self.log_dict(
+            {"train/loss": loss, "train/i2t_top1": top1, "train/logit_scale": self.clip.logit_scale.exp()},
+            prog_bar=True,
+            batch_size=len(batch["caption"]),
+        )
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -69,7 +80,9 @@ class ClipModule(TrainingModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, top1 = self.loss(batch)
-        self.log_dict({"val/loss": loss, "val/i2t_top1": top1}, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"]))
+        self.log_dict(
+            {"val/loss": loss, "val/i2t_top1": top1}, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"])
+        )
         return loss
 
     def configure_optimizers(self) -> Any:

@@ -46,10 +46,10 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
 Overrides are `section.key=value` with the value parsed as YAML (`trainer.max_steps=200`,
 `training.lr=1e-5`, `logging.sample_prompts=[a, b]`, `training.ema_decay=null`).
 """
+
 from __future__ import annotations
 
 import copy
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -177,7 +177,10 @@ class LoraSection:
 class DistillSection:
     """Guided progressive distillation (ldm.distillation, ldm.training.distill_module): off while teacher is null.
     The student is the `model:` node (its U-Net with `guidance_embed: true`) and starts as a copy of the teacher."""
-    teacher: str | None = None  # the teacher's weights (model.safetensors of a run, or checkpoints/emoji/model.safetensors)
+
+    teacher: str | None = (
+        None  # the teacher's weights (model.safetensors of a run, or checkpoints/emoji/model.safetensors)
+    )
     teacher_config: str | None = None  # its inference config; null: the .yaml beside the weights
     stage: str | int = "guidance"  # "guidance" (stage 1: w becomes an input), or N: halve N teacher steps into N / 2
     scale_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # w ~ U[lo, hi] per example
@@ -198,8 +201,13 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 TRAINING_FOR_KIND = {"diffusion": DiffusionTraining, "autoencoder": AutoencoderTraining, "clip": ClipTraining}
-SECTION_TYPES = {"init": InitSection, "data": DataSection, "logging": LoggingSection, "lora": LoraSection,
-                 "distill": DistillSection}
+SECTION_TYPES = {
+    "init": InitSection,
+    "data": DataSection,
+    "logging": LoggingSection,
+    "lora": LoraSection,
+    "distill": DistillSection,
+}
 
 
 def section_defaults(section: type) -> dict[str, Any]:
@@ -210,8 +218,15 @@ def section_defaults(section: type) -> dict[str, Any]:
 def _defaults() -> dict[str, dict[str, Any]]:
     """The defaults of a diffusion run, section by section (what `DEFAULTS` has always shown)."""
     out = {name: section_defaults(cls) for name, cls in SECTION_TYPES.items()}
-    return {"init": out["init"], "training": section_defaults(DiffusionTraining), "data": out["data"],
-            "trainer": dict(TRAINER_DEFAULTS), "logging": out["logging"], "lora": out["lora"], "distill": out["distill"]}
+    return {
+        "init": out["init"],
+        "training": section_defaults(DiffusionTraining),
+        "data": out["data"],
+        "trainer": dict(TRAINER_DEFAULTS),
+        "logging": out["logging"],
+        "lora": out["lora"],
+        "distill": out["distill"],
+    }
 
 
 DEFAULTS: dict[str, dict[str, Any]] = _defaults()
@@ -237,9 +252,7 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
 
 
@@ -279,7 +292,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
 
 
 def run_kind(cfg: dict) -> str:
-    """"diffusion", "autoencoder" or "clip", from the model node's target."""
+    """ "diffusion", "autoencoder" or "clip", from the model node's target."""
     if is_clip(cfg):
         return "clip"
     return "autoencoder" if is_autoencoder(cfg) else "diffusion"
@@ -298,8 +311,9 @@ def _section(name: str, cls: type, given: dict, kind: str, stored: bool) -> dict
         if key not in known:
             owners = [k for k, c in TRAINING_FOR_KIND.items() if key in {f.name for f in fields(c)}]
             where = f" (a setting of {owners[0]} runs, not of this {kind} run)" if name == "training" and owners else ""
-            raise TrainConfigError(f"unknown key {key!r} in {name}{where}{closest(key, known)} "
-                                   f"(known: {', '.join(sorted(known))})")
+            raise TrainConfigError(
+                f"unknown key {key!r} in {name}{where}{closest(key, known)} (known: {', '.join(sorted(known))})"
+            )
     values = asdict(cls(**copy.deepcopy(given)))
     if isinstance(values.get("betas"), tuple):  # anything else is left for check_values to name
         values["betas"] = list(values["betas"])
@@ -315,8 +329,10 @@ def resolve(cfg: dict, stored: bool = False) -> dict:
         raise TrainConfigError("a training config must be a mapping of sections")
     unknown = sorted(set(cfg) - set(SECTIONS))
     if unknown:
-        raise TrainConfigError(f"unknown config section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
-                               f"{closest(unknown[0], list(SECTIONS))}")
+        raise TrainConfigError(
+            f"unknown config section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
+            f"{closest(unknown[0], list(SECTIONS))}"
+        )
     if not isinstance(cfg.get("model"), dict) or "target" not in cfg["model"]:
         raise TrainConfigError("the training config needs a 'model' node with a 'target'")
     kind = run_kind(cfg)
@@ -344,8 +360,9 @@ def training_section(cfg: dict) -> TrainingSection:
     return TRAINING_FOR_KIND[run_kind(cfg)](**copy.deepcopy(cfg["training"]))
 
 
-def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),
-                      base: dict | None = None) -> dict:
+def load_train_config(
+    path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> dict:
     """Read a training YAML (or start from `base`), apply overrides, validate and fill in defaults.
 
     Relative paths in `data.root`, `data.val_root` and `init.*` are taken relative to the working directory.

@@ -1,5 +1,6 @@
 """Value checks of a resolved training config: a value that would fail deep inside torch or Lightning is
 refused here, with one line naming the key (ldm.training.config calls `check_values` after filling defaults)."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,9 @@ def _integer(cfg: dict, section: str, key: str, minimum: int, meaning: str = "")
         raise TrainConfigError(f"{section}.{key} must be an integer >= {minimum}{meaning}, got {value!r}")
 
 
-def _number(cfg: dict, section: str, key: str, low: float, high: float, what: str, optional: bool = False) -> float | None:
+def _number(
+    cfg: dict, section: str, key: str, low: float, high: float, what: str, optional: bool = False
+) -> float | None:
     """The setting as a float, refused unless it is a finite number in [low, high] (or null when optional)."""
     value = cfg[section][key]
     if value is None and optional:
@@ -37,7 +40,9 @@ def check_values(cfg: dict, kind: str) -> None:
     _number(cfg, "training", "lr", 1e-12, math.inf, "a positive learning rate")
     _number(cfg, "training", "weight_decay", 0.0, math.inf, "a number >= 0")
     betas = t["betas"]
-    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)):
+    if not (
+        isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+    ):
         raise TrainConfigError(f"training.betas must be two numbers in [0, 1), got {betas!r}")
     _number(cfg, "training", "grad_clip", 1e-12, math.inf, "a positive number", optional=True)
     if kind == "diffusion":
@@ -48,15 +53,21 @@ def check_values(cfg: dict, kind: str) -> None:
         for key in ("text_cache", "latent_cache"):
             _integer(cfg, "training", key, 0, f" ({'captions' if key == 'text_cache' else 'images'} kept; 0: off)")
         if t["latent_cache"] and not d["center_crop"]:
-            raise TrainConfigError("training.latent_cache needs data.center_crop: true (a random crop is a new image every time)")
+            raise TrainConfigError(
+                "training.latent_cache needs data.center_crop: true (a random crop is a new image every time)"
+            )
         if t["cache_dir"] is not None:
             if not isinstance(t["cache_dir"], str) or not t["cache_dir"]:
                 raise TrainConfigError(f"training.cache_dir must be a folder path or null, got {t['cache_dir']!r}")
             if not d["center_crop"]:
-                raise TrainConfigError("training.cache_dir keeps VAE latents too, which needs data.center_crop: true "
-                                       "(a random crop is a new image every time)")
+                raise TrainConfigError(
+                    "training.cache_dir keeps VAE latents too, which needs data.center_crop: true "
+                    "(a random crop is a new image every time)"
+                )
         if not ((sf := t["scale_factor"]) is None or sf == "model" or (_is_number(sf) and sf > 0)):
-            raise TrainConfigError(f"training.scale_factor must be 'model', null (estimate) or a positive number, got {sf!r}")
+            raise TrainConfigError(
+                f"training.scale_factor must be 'model', null (estimate) or a positive number, got {sf!r}"
+            )
     if kind == "autoencoder":
         for key in ("disc_layers", "disc_channels"):
             _integer(cfg, "training", key, 1)
@@ -86,7 +97,9 @@ def check_values(cfg: dict, kind: str) -> None:
     _integer(cfg, "logging", "sample_seed", 0)
     _number(cfg, "logging", "sample_scale", 0.0, math.inf, "a guidance scale >= 0")
     if not isinstance(cfg["logging"]["sample_prompts"] or [], list):
-        raise TrainConfigError(f"logging.sample_prompts must be a list of prompts, got {cfg['logging']['sample_prompts']!r}")
+        raise TrainConfigError(
+            f"logging.sample_prompts must be a list of prompts, got {cfg['logging']['sample_prompts']!r}"
+        )
 
     _check_lora(cfg, kind)
     _check_distill(cfg, kind)
@@ -108,8 +121,12 @@ def _check_distill(cfg: dict, kind: str) -> None:
         raise TrainConfigError(f"distill.teacher applies to diffusion runs, not to this {kind} run")
     check_stage(dist["stage"])
     scales = dist["scale_range"]
-    if not (isinstance(scales, list) and len(scales) == 2 and all(_is_number(w) and w >= 0 for w in scales)
-            and scales[0] <= scales[1]):
+    if not (
+        isinstance(scales, list)
+        and len(scales) == 2
+        and all(_is_number(w) and w >= 0 for w in scales)
+        and scales[0] <= scales[1]
+    ):
         raise TrainConfigError(f"distill.scale_range must be [lo, hi] with 0 <= lo <= hi, got {scales!r}")
     stages = dist["stages"]
     if not isinstance(stages, list) or not stages:
@@ -117,12 +134,14 @@ def _check_distill(cfg: dict, kind: str) -> None:
     for stage in stages:
         check_stage(stage, "distill.stages")
     if cfg["lora"]["rank"] and "unet.guidance_embed" not in (cfg["lora"]["train_whole"] or []):
-        raise TrainConfigError("a LoRA student trains its new guidance embedding whole: add unet.guidance_embed "
-                               "to lora.train_whole")
+        raise TrainConfigError(
+            "a LoRA student trains its new guidance embedding whole: add unet.guidance_embed to lora.train_whole"
+        )
     steps = dist["steps_per_stage"]
     counts = steps if isinstance(steps, list) else [steps]
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts) or \
-            (isinstance(steps, list) and len(steps) != len(stages)):
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in counts) or (
+        isinstance(steps, list) and len(steps) != len(stages)
+    ):
         raise TrainConfigError(f"distill.steps_per_stage must be a positive integer, or one per stage, got {steps!r}")
 
 
@@ -130,16 +149,25 @@ def _check_data_source(d: dict) -> None:
     shards = d["shards"]
     if shards is not None:
         if not (isinstance(shards, str) and shards) and not (
-                isinstance(shards, list) and shards and all(isinstance(s, str) and s for s in shards)):
-            raise TrainConfigError(f"data.shards must be a shard path or URL pattern, or a list of them, got {shards!r}")
+            isinstance(shards, list) and shards and all(isinstance(s, str) and s for s in shards)
+        ):
+            raise TrainConfigError(
+                f"data.shards must be a shard path or URL pattern, or a list of them, got {shards!r}"
+            )
         if d["root"] is not None:
-            raise TrainConfigError("set data.root (a folder) or data.shards (WebDataset tars), not both "
-                                   "(add data.root=null when the config names a folder)")
+            raise TrainConfigError(
+                "set data.root (a folder) or data.shards (WebDataset tars), not both "
+                "(add data.root=null when the config names a folder)"
+            )
         if d["val_fraction"]:
-            raise TrainConfigError("data.val_fraction needs a folder; with data.shards set data.val_fraction=0 "
-                                   "(and validate on a folder with data.val_root)")
+            raise TrainConfigError(
+                "data.val_fraction needs a folder; with data.shards set data.val_fraction=0 "
+                "(and validate on a folder with data.val_root)"
+            )
         if d["weighted"]:
-            raise TrainConfigError("data.weighted reads a folder's captions.jsonl weights; it does not apply to data.shards")
+            raise TrainConfigError(
+                "data.weighted reads a folder's captions.jsonl weights; it does not apply to data.shards"
+            )
     if d["remainder"] not in ("drop", "wrap"):
         raise TrainConfigError(f"data.remainder must be drop or wrap, got {d['remainder']!r}")
     if d["caption_column"] is not None and not (isinstance(d["caption_column"], str) and d["caption_column"]):
@@ -151,7 +179,9 @@ def _check_lora(cfg: dict, kind: str) -> None:
     _integer(cfg, "lora", "rank", 0, " (0: off)")
     if not lora["rank"]:
         if cfg["init"].get("lora"):
-            raise TrainConfigError("init.lora starts a LoRA adapter from a file; set lora.rank (and its targets) to match it")
+            raise TrainConfigError(
+                "init.lora starts a LoRA adapter from a file; set lora.rank (and its targets) to match it"
+            )
         return
     if kind != "diffusion":
         raise TrainConfigError(f"lora.rank applies to diffusion runs, not to this {kind} run (set lora.rank=0)")
@@ -164,18 +194,28 @@ def _check_lora(cfg: dict, kind: str) -> None:
     if not isinstance(targets, list) or not targets or any(t not in GROUPS for t in targets):
         raise TrainConfigError(f"lora.targets must be a list of {', '.join(GROUPS)}, got {targets!r}")
     if "text" in targets and cfg["training"]["text_cache"]:
-        raise TrainConfigError("lora.targets with text trains the text encoder, whose outputs training.text_cache "
-                               "would keep stale: set training.text_cache=0")
+        raise TrainConfigError(
+            "lora.targets with text trains the text encoder, whose outputs training.text_cache "
+            "would keep stale: set training.text_cache=0"
+        )
     if "text" in targets and cfg["training"]["cache_dir"]:
-        raise TrainConfigError("lora.targets with text trains the text encoder, whose outputs training.cache_dir "
-                               "would keep stale: set training.cache_dir=null")
+        raise TrainConfigError(
+            "lora.targets with text trains the text encoder, whose outputs training.cache_dir "
+            "would keep stale: set training.cache_dir=null"
+        )
 
 
 def _check_labels(d: dict) -> None:
     classes = d["classes"]
-    if classes is not None and (not isinstance(classes, list) or not classes
-                                or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
-        raise TrainConfigError(f"data.classes must be a list of distinct names (or null: read from the data), got {classes!r}")
+    if classes is not None and (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise TrainConfigError(
+            f"data.classes must be a list of distinct names (or null: read from the data), got {classes!r}"
+        )
     if classes is not None and d["label_field"] is None:
         raise TrainConfigError("data.classes needs data.label_field (the captions.jsonl field that holds the class)")
     if d["label_field"] is not None and d["shards"] is not None:

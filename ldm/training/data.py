@@ -17,14 +17,14 @@ import logging
 import os
 import random
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
-from ldm.errors import LdmError
 from ldm.data.folder import CaptionedImageFolder, UnreadableImageError
+from ldm.errors import LdmError
 from ldm.training.captions import CaptionSampling
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class UnreadableImages:
                 return candidate, dataset[candidate]
             except UnreadableImageError as exc:
                 self.skip((id(dataset), candidate), exc)
-        raise TooManyUnreadableImagesError(f"none of the {n} images can be read (the last: {self.skipped[id(dataset), index]})")
+        raise TooManyUnreadableImagesError(f"none of the {n} images can be read (the last: {self.skipped[id(dataset), index]})")  # noqa: E501
 
     def skip(self, key: object, exc: UnreadableImageError) -> None:
         """Count an unreadable item once (a folder's (data set, index), a shard sample's key), warning or stopping."""
@@ -75,8 +75,8 @@ class UnreadableImages:
         count = len(self.skipped)
         if count > self.limit:
             raise TooManyUnreadableImagesError(
-                f"more images could not be read than data.max_unreadable={self.limit} allows ({count}); the latest: {exc}")
-        log.warning("skipping an unreadable image (%d skipped, at most data.max_unreadable=%d): %s", count, self.limit, exc)
+                f"more images could not be read than data.max_unreadable={self.limit} allows ({count}); the latest: {exc}")  # noqa: E501
+        log.warning("skipping an unreadable image (%d skipped, at most data.max_unreadable=%d): %s", count, self.limit, exc)  # noqa: E501
 
 
 class SkipUnreadable(Dataset):
@@ -112,7 +112,7 @@ class SampleStream(IterableDataset):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size, self.start_batch, self.flip = rank, world_size, start_batch, flip
         self.extras = folder_extras(dataset)
-        self.weights = torch.tensor([float(e.get("weight", 1.0)) for e in self.extras], dtype=torch.float64) if weighted else None
+        self.weights = torch.tensor([float(e.get("weight", 1.0)) for e in self.extras], dtype=torch.float64) if weighted else None  # noqa: E501
         self.captions = captions if captions is not None and captions.active else None
         self.unreadable = unreadable if unreadable is not None else UnreadableImages(0)
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
@@ -153,7 +153,7 @@ class SampleStream(IterableDataset):
 
 
 def folder_extras(dataset: Dataset) -> list[dict]:
-    """The per-item captions.jsonl extras (keywords, style, weight) of a folder or a Subset of one; {} each otherwise."""
+    """The per-item captions.jsonl extras (keywords, style, weight) of a folder or a Subset of one; {} each otherwise."""  # noqa: E501
     if isinstance(dataset, Subset):
         return [folder_extras(dataset.dataset)[i] for i in dataset.indices]
     if isinstance(dataset, ConcatDataset):
@@ -177,7 +177,7 @@ def split_validation(dataset: Dataset, fraction: float, seed: int = 1234) -> tup
 class ImageTextDataModule(pl.LightningDataModule):
     """Captioned image folder(s) -> the training stream and an optional validation loader."""
 
-    def __init__(self, root: str | os.PathLike, size: int, batch_size: int, flip: bool = False, center_crop: bool = True,
+    def __init__(self, root: str | os.PathLike, size: int, batch_size: int, flip: bool = False, center_crop: bool = True,  # noqa: E501
                  num_workers: int = 0, val_fraction: float = 0.0, val_root: str | os.PathLike | None = None,
                  val_batch_size: int | None = None, seed: int = 0, weighted: bool = False,
                  captions: CaptionSampling | None = None, max_unreadable: int = 10,
@@ -193,7 +193,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         if shards is not None and label_field is not None:
             raise DataConfigError("data.label_field needs a folder's captions.jsonl; it does not apply to data.shards")
         if shards is not None and weighted:
-            raise DataConfigError("data.weighted needs a folder's captions.jsonl weights; it does not apply to data.shards")
+            raise DataConfigError("data.weighted needs a folder's captions.jsonl weights; it does not apply to data.shards")  # noqa: E501
         self.root, self.size, self.batch_size, self.flip = root, int(size), int(batch_size), bool(flip)
         self.center_crop, self.num_workers, self.seed = bool(center_crop), int(num_workers), int(seed)
         self.val_fraction, self.val_root = float(val_fraction), val_root
@@ -285,7 +285,7 @@ class ImageTextDataModule(pl.LightningDataModule):
             if rank == 0:
                 log.info("%s", plan.describe())
             if workers > plan.steps:  # each worker reads a run of an epoch's batches: at least one each
-                log.warning("data.num_workers=%d is more than the %d steps of an epoch: using %d", workers, plan.steps, plan.steps)
+                log.warning("data.num_workers=%d is more than the %d steps of an epoch: using %d", workers, plan.steps, plan.steps)  # noqa: E501
                 workers = plan.steps
         return DataLoader(self.stream(start, rank, world), batch_size=self.batch_size, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())

@@ -11,6 +11,7 @@ reads none of another's entries. The entry key is the caption, or the image key 
 `URL#key`, `#flip` when mirrored) with the image's size, so a run at another `data.size` does not read them.
 Files are written atomically (a reader sees a whole entry or none), so ranks and workers may share the folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,14 @@ def text_encoder_fingerprint(encoder: torch.nn.Module) -> str:
     """The text encoder's weights plus what else decides a caption's context."""
     embeddings = getattr(encoder, "__dict__", {}).get("embeddings") or {}
     vectors = [(name, trigger, v.float().flatten().tolist()) for name, (trigger, v) in sorted(embeddings.items())]
-    return module_fingerprint(encoder, type(encoder).__name__, getattr(encoder, "layer_idx", None),
-                              getattr(encoder, "max_length", None), getattr(encoder, "pads_with_end", None), vectors)
+    return module_fingerprint(
+        encoder,
+        type(encoder).__name__,
+        getattr(encoder, "layer_idx", None),
+        getattr(encoder, "max_length", None),
+        getattr(encoder, "pads_with_end", None),
+        vectors,
+    )
 
 
 class DiskCache:

@@ -6,7 +6,8 @@ first stage's teacher is `distill.teacher`. A LoRA student (lora.rank > 0, over 
 throughout: each stage exports lora.safetensors, which teaches the next stage and is where its adapter starts
 (init.lora), so the last stage's file alone, over the base, is the few-step model (small enough to ship). With resume, finished stages (their export exists) are skipped and the
 current one continues from its last.ckpt, so an interrupted distillation loses at most one checkpoint interval.
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import copy
@@ -68,8 +69,12 @@ def run_distillation(config_path: str | os.PathLike, overrides: list[str] | None
         log.info("distillation stage %s: %d steps in %s", name, stage_cfg["trainer"]["max_steps"], stage_dir)
         train(stage_cfg, resume=LAST if resume and last.is_file() else None)
         if stage_cfg["lora"]["rank"]:
-            write_student_config(stage_dir, stage_cfg["init"]["checkpoint"], stage_cfg["distill"]["stage"],
-                                 stage_cfg["distill"]["scale_range"])
+            write_student_config(
+                stage_dir,
+                stage_cfg["init"]["checkpoint"],
+                stage_cfg["distill"]["stage"],
+                stage_cfg["distill"]["scale_range"],
+            )
     return 0
 
 
@@ -86,8 +91,9 @@ def student_sampling(stage: str | int, scale_range: list[float] | None = None) -
     return sampling
 
 
-def write_student_config(stage_dir: Path, base: str, stage: str | int = "guidance",
-                         scale_range: list[float] | None = None) -> Path:
+def write_student_config(
+    stage_dir: Path, base: str, stage: str | int = "guidance", scale_range: list[float] | None = None
+) -> Path:
     """student.yaml beside a LoRA stage's lora.safetensors: the derived model's inference config (ldm.derived) with
     its name and its own sampling defaults (`student_sampling`), so that `ldm txt2img --config student.yaml --ckpt
     lora.safetensors` samples the student over its base with its steps and spacing."""
@@ -98,8 +104,11 @@ def write_student_config(stage_dir: Path, base: str, stage: str | int = "guidanc
     node = yaml.safe_load((stage_dir / "lora.yaml").read_text())
     node["base"] = str(Path(base).resolve())
     sampling = student_sampling(stage, scale_range)
-    node["name"] = f"student ({stage_name(stage)})" if "steps" not in sampling else \
-        f"{sampling['steps']}-step student ({stage_name(stage)})"
+    node["name"] = (
+        f"student ({stage_name(stage)})"
+        if "steps" not in sampling
+        else f"{sampling['steps']}-step student ({stage_name(stage)})"
+    )
     node["sampling"] = sampling
     path = stage_dir / "student.yaml"
     with atomic_path(path) as tmp:

@@ -10,6 +10,7 @@ student's frozen VAE and text encoder.
 Each example draws its guidance scale w ~ U[lo, hi]; stage "guidance" draws a timestep t ~ U{0, ..., T-1} as in
 training, a halving stage of N teacher steps draws one of the student's N/2 steps on the trailing grid.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,8 @@ from typing import Any
 
 import torch
 
-from ldm.distillation import guidance_example, guided_prediction, halving_example, halving_grid, weighted_mse
 from ldm.diffusion import DiscreteTimeDenoiser, sigma_batch
+from ldm.distillation import guidance_example, guided_prediction, halving_example, halving_grid, weighted_mse
 from ldm.errors import LdmError
 from ldm.model import LatentDiffusion
 from ldm.training.ldm_module import LatentDiffusionModule
@@ -34,20 +35,31 @@ class DistillationError(LdmError, ValueError):
 def check_pair(teacher: LatentDiffusion, student: LatentDiffusion) -> None:
     """Refuse, in one line, a teacher whose denoiser means something else than the student's."""
     if not student.guidance_embedded:
-        raise DistillationError("the student's U-Net must take the guidance scale: set guidance_embed: true "
-                                "in the model node's unet_config params")
+        raise DistillationError(
+            "the student's U-Net must take the guidance scale: set guidance_embed: true "
+            "in the model node's unet_config params"
+        )
     if teacher.kind.task != "txt2img" or student.kind.task != "txt2img":
         raise DistillationError("distillation is for text-to-image models (conditioning_key crossattn)")
-    if teacher.prediction != student.prediction or teacher.alphas_cumprod.shape != student.alphas_cumprod.shape or \
-            not torch.allclose(teacher.alphas_cumprod, student.alphas_cumprod):
+    if (
+        teacher.prediction != student.prediction
+        or teacher.alphas_cumprod.shape != student.alphas_cumprod.shape
+        or not torch.allclose(teacher.alphas_cumprod, student.alphas_cumprod)
+    ):
         raise DistillationError("teacher and student must share the noise schedule and the prediction type")
 
 
 class DistillationModule(LatentDiffusionModule):
     STEP_SALT = 24680
 
-    def __init__(self, model: LatentDiffusion, teacher_unet: torch.nn.Module, stage: str | int = "guidance",
-                 scale_range: tuple[float, float] = (1.0, 8.0), **kwargs: Any):
+    def __init__(
+        self,
+        model: LatentDiffusion,
+        teacher_unet: torch.nn.Module,
+        stage: str | int = "guidance",
+        scale_range: tuple[float, float] = (1.0, 8.0),
+        **kwargs: Any,
+    ):
         super().__init__(model, **kwargs)
         teacher_unet.requires_grad_(False).eval()
         # A view of the student's model with the teacher's U-Net: shared VAE, text encoder and schedule.
@@ -56,8 +68,10 @@ class DistillationModule(LatentDiffusionModule):
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.teacher_embedded = bool(getattr(teacher_unet, "guidance_embedded", False))
         if stage == "guidance" and self.teacher_embedded:
-            raise DistillationError("stage 'guidance' distils a classifier-free-guided teacher; this teacher already "
-                                    "takes the scale (start from a halving stage)")
+            raise DistillationError(
+                "stage 'guidance' distils a classifier-free-guided teacher; this teacher already "
+                "takes the scale (start from a halving stage)"
+            )
         if stage != "guidance":
             self.grid = halving_grid(model.alphas_cumprod, int(stage))
         # One schedule for both denoisers (checked equal by check_pair), built once instead of three times a step;
@@ -91,8 +105,9 @@ class DistillationModule(LatentDiffusionModule):
             x, target = guidance_example(teacher, x0, noise, sigma, scale, cond, uncond)
         else:
             index = torch.randint(0, int(self.stage) // 2, (n,), generator=generator, device=device).cpu()
-            x, sigma, target = halving_example(teacher, x0, noise, self.grid, index, scale, cond, uncond,
-                                               self.teacher_embedded)
+            x, sigma, target = halving_example(
+                teacher, x0, noise, self.grid, index, scale, cond, uncond, self.teacher_embedded
+            )
             sigma = sigma.to(x0.device)
         student = DiscreteTimeDenoiser(self._unet_fn, parameterisation=self.schedule)
         prediction = guided_prediction(student, x, sigma_batch(sigma, x), scale, cond, uncond, embedded=True)
@@ -132,8 +147,11 @@ def build_distillation(cfg: dict, student: LatentDiffusion, module_kwargs: dict[
     dist = cfg["distill"]
     weights = Path(dist["teacher"])
     config = Path(dist["teacher_config"]) if dist["teacher_config"] else weights.with_suffix(".yaml")
-    teacher = load_lora_teacher(weights, config, cfg["init"].get("checkpoint")) if is_lora_export(weights) \
+    teacher = (
+        load_lora_teacher(weights, config, cfg["init"].get("checkpoint"))
+        if is_lora_export(weights)
         else load_model(config if config.is_file() else None, weights)
+    )
     check_pair(teacher, student)
     state = teacher.state_dict()
     if not teacher.guidance_embedded:
@@ -141,7 +159,12 @@ def build_distillation(cfg: dict, student: LatentDiffusion, module_kwargs: dict[
     if not cfg["init"].get("checkpoint"):  # init.checkpoint, when given, was loaded into the student already
         student.load_state_dict(state, strict=True)
         student.vae.scale_factor = teacher.vae.scale_factor
-    log.info("distillation stage %s: teacher %s (%s)", dist["stage"], weights,
-             "guidance as an input" if teacher.guidance_embedded else "classifier-free guidance")
-    return DistillationModule(student, teacher.unet, stage=dist["stage"], scale_range=tuple(dist["scale_range"]),
-                              **module_kwargs)
+    log.info(
+        "distillation stage %s: teacher %s (%s)",
+        dist["stage"],
+        weights,
+        "guidance as an input" if teacher.guidance_embedded else "classifier-free guidance",
+    )
+    return DistillationModule(
+        student, teacher.unet, stage=dist["stage"], scale_range=tuple(dist["scale_range"]), **module_kwargs
+    )

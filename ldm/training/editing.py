@@ -12,10 +12,11 @@ Both are `LatentDiffusionModule`s that fill its `conditions` hook with the input
 the data-loader workers (the degradation pipeline runs on PIL images there, not on the GPU).
 All randomness is seeded by (seed, position), so resumed runs repeat exactly.
 """
+
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,13 +24,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.errors import LdmError
 from ldm.degradations import Degradation
+from ldm.errors import LdmError
 from ldm.inpaint import inpaint, masked_image_condition
 from ldm.masks import MASK_KINDS, random_mask
 from ldm.model import LatentDiffusion
-from ldm.upscale import low_res_condition, upscale
 from ldm.training.ldm_module import LatentDiffusionModule
+from ldm.upscale import low_res_condition, upscale
 
 
 class EditingTrainingError(LdmError, ValueError):
@@ -83,13 +84,15 @@ class _EditingModule(LatentDiffusionModule):
         if self._preview is None:
             self._preview = {k: v[:1].detach().cpu() for k, v in tensors.items()}
 
-    def _edit_previews(self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float,
-                       seed: int) -> list[Image.Image]:
+    def _edit_previews(
+        self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float, seed: int
+    ) -> list[Image.Image]:
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample_grid_images(self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
-                           seed: int = 0) -> list[Image.Image]:
+    def sample_grid_images(
+        self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0, seed: int = 0
+    ) -> list[Image.Image]:
         """The remembered input, then one edit per prompt, with the EMA U-Net (txt2img cannot drive these U-Nets).
 
         The edits run on a view of the model with the EMA U-Net; the model itself is not changed."""
@@ -98,8 +101,9 @@ class _EditingModule(LatentDiffusionModule):
         was_training = self.training
         self.eval()
         try:
-            return self._edit_previews(self.model.with_unet(self.inference_unet()), list(prompts), steps,
-                                       guidance_scale, seed)
+            return self._edit_previews(
+                self.model.with_unet(self.inference_unet()), list(prompts), steps, guidance_scale, seed
+            )
         finally:
             self.train(was_training)
 
@@ -114,11 +118,13 @@ class _EditingModule(LatentDiffusionModule):
 class InpaintingModule(_EditingModule):
     """Trains an inpainting U-Net (conditioning_key "hybrid": 4 + 1 + 4 input channels)."""
 
-    def __init__(self, model: LatentDiffusion, mask_kinds: Sequence[str] = MASK_KINDS, full_mask_prob: float = 0.25,
-                 **kwargs):
+    def __init__(
+        self, model: LatentDiffusion, mask_kinds: Sequence[str] = MASK_KINDS, full_mask_prob: float = 0.25, **kwargs
+    ):
         if model.kind.task != "inpaint":
-            raise EditingTrainingError(f"InpaintingModule needs an inpainting model (conditioning_key hybrid), "
-                                       f"got {model.conditioning_key!r}")
+            raise EditingTrainingError(
+                f"InpaintingModule needs an inpainting model (conditioning_key hybrid), got {model.conditioning_key!r}"
+            )
         super().__init__(model, **kwargs)
         self.mask_kinds, self.full_mask_prob = tuple(mask_kinds), float(full_mask_prob)
 
@@ -144,16 +150,18 @@ class InpaintingModule(_EditingModule):
     def conditions(self, batch: dict, latents: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"concat": self.concat_condition(batch, latents)}
 
-    def _edit_previews(self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float,
-                       seed: int) -> list[Image.Image]:
+    def _edit_previews(
+        self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float, seed: int
+    ) -> list[Image.Image]:
 
         image = _tensor_to_pil(self._preview["image"][0])
         w, h = image.size
         mask = np.zeros((h, w), np.float32)
-        mask[h // 4: h - h // 4, w // 4: w - w // 4] = 1  # a centre hole: the model must invent the middle
+        mask[h // 4 : h - h // 4, w // 4 : w - w // 4] = 1  # a centre hole: the model must invent the middle
         holed = Image.fromarray((np.asarray(image) * (1 - mask[..., None])).astype(np.uint8))
-        out = inpaint(model, image, mask, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
-                      progress=False)
+        out = inpaint(
+            model, image, mask, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale, progress=False
+        )
         return [holed] + out
 
 
@@ -162,8 +170,10 @@ class UpscalerModule(_EditingModule):
 
     def __init__(self, model: LatentDiffusion, **kwargs):
         if model.kind.task != "upscale" or model.low_scale is None:
-            raise EditingTrainingError("UpscalerModule needs an upscaler model (conditioning_key hybrid-adm with a "
-                                       f"low_scale_config), got {model.conditioning_key!r}")
+            raise EditingTrainingError(
+                "UpscalerModule needs an upscaler model (conditioning_key hybrid-adm with a "
+                f"low_scale_config), got {model.conditioning_key!r}"
+            )
         super().__init__(model, **kwargs)
 
     def low_res(self, batch: dict) -> torch.Tensor:
@@ -191,16 +201,20 @@ class UpscalerModule(_EditingModule):
         inputs = self._low_res_inputs(batch)
         low = inputs["concat"]
         if low.shape[-2:] != latents.shape[-2:]:
-            raise EditingTrainingError(f"low-res images are {tuple(low.shape[-2:])} but latents "
-                                       f"{tuple(latents.shape[-2:])}: the low-res input must be 1/{self.model.downscale} "
-                                       "of the image size")
+            raise EditingTrainingError(
+                f"low-res images are {tuple(low.shape[-2:])} but latents "
+                f"{tuple(latents.shape[-2:])}: the low-res input must be 1/{self.model.downscale} "
+                "of the image size"
+            )
         return {"concat": low.to(latents.dtype), "y": inputs["y"]}
 
-    def _edit_previews(self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float,
-                       seed: int) -> list[Image.Image]:
+    def _edit_previews(
+        self, model: LatentDiffusion, prompts: list[str], steps: int, guidance_scale: float, seed: int
+    ) -> list[Image.Image]:
 
         low = _tensor_to_pil(self._preview["lr"][0])
         f = self.model.downscale
         bicubic = low.resize((low.width * f, low.height * f), Image.Resampling.BICUBIC)  # the baseline to beat
-        return [bicubic] + upscale(model, low, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
-                                   progress=False)
+        return [bicubic] + upscale(
+            model, low, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale, progress=False
+        )

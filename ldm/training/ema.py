@@ -1,4 +1,5 @@
 """Exponential moving average of weights: torch's AveragedModel with the reference's decay warm-up."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ and `model.yaml` (the model node with the final scale_factor), which `ldm.model.
 `ldm txt2img --config model.yaml --ckpt model.safetensors` read. An autoencoder run writes
 `vae.safetensors` (bare AutoencoderKL keys, like standalone SD VAE files) and `vae.yaml`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,13 @@ def text_layout(model_node: dict) -> str:
     return getattr(target_class(target), "checkpoint_layout", OPEN_CLIP_LAYOUT) if target else OPEN_CLIP_LAYOUT
 
 
-def export_diffusion(state: dict[str, torch.Tensor], model_node: dict, scale_factor: float, out_dir: str | os.PathLike,
-                     step: int | None = None) -> tuple[Path, Path]:
+def export_diffusion(
+    state: dict[str, torch.Tensor],
+    model_node: dict,
+    scale_factor: float,
+    out_dir: str | os.PathLike,
+    step: int | None = None,
+) -> tuple[Path, Path]:
     """Write model.safetensors and model.yaml into out_dir; returns their paths."""
     out = Path(out_dir)
     weights, config = out / "model.safetensors", out / "model.yaml"
@@ -57,8 +63,9 @@ def export_diffusion(state: dict[str, torch.Tensor], model_node: dict, scale_fac
     return weights, config
 
 
-def export_autoencoder(state: dict[str, torch.Tensor], model_node: dict, out_dir: str | os.PathLike,
-                       step: int | None = None) -> tuple[Path, Path]:
+def export_autoencoder(
+    state: dict[str, torch.Tensor], model_node: dict, out_dir: str | os.PathLike, step: int | None = None
+) -> tuple[Path, Path]:
     """Write vae.safetensors and vae.yaml into out_dir; returns their paths."""
     out = Path(out_dir)
     weights, config = out / "vae.safetensors", out / "vae.yaml"
@@ -67,22 +74,29 @@ def export_autoencoder(state: dict[str, torch.Tensor], model_node: dict, out_dir
     return weights, config
 
 
-def export_clip(state: dict[str, torch.Tensor], model_node: dict, out_dir: str | os.PathLike,
-                step: int | None = None) -> tuple[Path, Path]:
+def export_clip(
+    state: dict[str, torch.Tensor], model_node: dict, out_dir: str | os.PathLike, step: int | None = None
+) -> tuple[Path, Path]:
     """Write clip.safetensors (fp16, open_clip keys) and clip.json (its open_clip config) into out_dir."""
 
     from ldm.text_encoder import open_clip_config
 
     out = Path(out_dir)
     weights, config = out / "clip.safetensors", out / "clip.json"
-    save_state_dict(state, weights, metadata={"format": "pt", **({"step": str(step)} if step is not None else {})},
-                    float_dtype=torch.float16)
+    save_state_dict(
+        state,
+        weights,
+        metadata={"format": "pt", **({"step": str(step)} if step is not None else {})},
+        float_dtype=torch.float16,
+    )
     with atomic_path(config) as tmp:
         Path(tmp).write_text(json.dumps(open_clip_config(model_node["params"]["arch"]), indent=2) + "\n")
     return weights, config
 
 
-def export_lora(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None) -> tuple[Path, Path]:
+def export_lora(
+    module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None
+) -> tuple[Path, Path]:
     """A LoRA run's export: lora.safetensors (the adapter alone, its config and base in the metadata) and
     lora.yaml, the base model's inference config, which the adapter is applied to (`--lora`)."""
     from ldm.lora import save_lora
@@ -91,11 +105,20 @@ def export_lora(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, 
     weights, config = out / "lora.safetensors", out / "lora.yaml"
     model = module.model  # type: ignore[attr-defined]
     model.__dict__.setdefault("identity", {})["model_sha256"] = _base_hash(cfg)
-    whole = {f"{path}.{k}": v.detach() for path in cfg.get("lora", {}).get("train_whole") or ()
-             for k, v in model.get_submodule(path).state_dict().items()}
-    save_lora(model, weights, extra_metadata={"base_model": str(cfg["init"].get("checkpoint") or ""),
-                                              **({"step": str(step)} if step is not None else {})},
-              whole=whole)
+    whole = {
+        f"{path}.{k}": v.detach()
+        for path in cfg.get("lora", {}).get("train_whole") or ()
+        for k, v in model.get_submodule(path).state_dict().items()
+    }
+    save_lora(
+        model,
+        weights,
+        extra_metadata={
+            "base_model": str(cfg["init"].get("checkpoint") or ""),
+            **({"step": str(step)} if step is not None else {}),
+        },
+        whole=whole,
+    )
     _write_yaml_atomic(inference_model_node(cfg["model"], model.scale_factor), config)
     return weights, config
 
@@ -109,11 +132,12 @@ def _base_hash(cfg: dict) -> str:
     return file_sha256(base) if base and Path(base).is_file() else ""
 
 
-def export_module(module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None) -> tuple[Path, Path]:
+def export_module(
+    module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None
+) -> tuple[Path, Path]:
     """Export a LatentDiffusionModule or AutoencoderModule according to the run's config."""
-    from ldm.training.ldm_module import LatentDiffusionModule
-
     from ldm.training.clip_module import ClipModule
+    from ldm.training.ldm_module import LatentDiffusionModule
 
     if isinstance(module, ClipModule):
         return export_clip(module.inference_state_dict(), cfg["model"], out_dir, step)

@@ -10,6 +10,7 @@ mixes the label's prediction with the null label's (ldm.tasks.label_conditions).
 caption is dropped as well, independently (training.cond_dropout), so the model learns text alone, label
 alone, both and neither; a label-only model (cond_stage_config: null, no U-Net context_dim) sees no text.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,9 @@ class ClassConditionalModule(LatentDiffusionModule):
 
     def __init__(self, model: LatentDiffusion, label_dropout: float = _D.label_dropout, **kwargs):
         if model.class_names is None or model.kind.task != "txt2img":
-            raise LabelError("ClassConditionalModule needs a text-to-image model with class_names (set data.label_field)")
+            raise LabelError(
+                "ClassConditionalModule needs a text-to-image model with class_names (set data.label_field)"
+            )
         super().__init__(model, **kwargs)
         self.label_dropout = float(label_dropout)
         self._drop_labels = True
@@ -58,19 +61,29 @@ class ClassConditionalModule(LatentDiffusionModule):
         return {**super().conditions(batch, latents), "y": self.labels(batch)}
 
     @torch.no_grad()
-    def sample_grid_images(self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
-                           seed: int = 0) -> list[Image.Image]:
+    def sample_grid_images(
+        self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0, seed: int = 0
+    ) -> list[Image.Image]:
         """One image per class (the first GRID_CLASSES) with the EMA U-Net; with text, class i gets prompt i
         of `prompts` (cycled), without text the empty prompt."""
         from ldm.pipeline import txt2img
 
         names = self.model.class_names[:GRID_CLASSES]
-        texts = [prompts[i % len(prompts)] if prompts and self.model.text_encoder is not None else ""
-                 for i in range(len(names))]
+        texts = [
+            prompts[i % len(prompts)] if prompts and self.model.text_encoder is not None else ""
+            for i in range(len(names))
+        ]
         was_training = self.training
         self.eval()
         try:
-            return txt2img(self.model.with_unet(self.inference_unet()), texts, seed=seed, steps=steps,
-                           guidance_scale=guidance_scale, progress=False, label=names)
+            return txt2img(
+                self.model.with_unet(self.inference_unet()),
+                texts,
+                seed=seed,
+                steps=steps,
+                guidance_scale=guidance_scale,
+                progress=False,
+                label=names,
+            )
         finally:
             self.train(was_training)

@@ -11,9 +11,11 @@ Why a reserved last index rather than a separate null embedding: the U-Net's `la
 `nn.Embedding(num_classes, ...)` of the original layout, so checkpoints, key maps and the U-Net itself are
 unchanged; the null label is just one more learnt row.
 """
+
 from __future__ import annotations
 
 import copy
+
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ldm.data.folder import CaptionedImageFolder
@@ -62,8 +64,10 @@ class LabelledDataset(Dataset):
             if value is None:
                 raise LabelError(f"data.label_field {field!r}: {file} has no such field")
             if str(value) not in index:
-                raise LabelError(f"data.label_field {field!r}: {file} is {str(value)!r}, not one of data.classes "
-                                 f"({', '.join(self.classes)})")
+                raise LabelError(
+                    f"data.label_field {field!r}: {file} is {str(value)!r}, not one of data.classes "
+                    f"({', '.join(self.classes)})"
+                )
             self.labels.append(index[str(value)])
 
     @property
@@ -86,8 +90,9 @@ def classes_in_data(data: dict) -> list[str]:
     roots = [r for r in roots if r is not None] + ([data["val_root"]] if data.get("val_root") else [])
     values: set[str] = set()
     for root in roots:
-        folder = CaptionedImageFolder(root, data["size"], caption_column=data.get("caption_column"),
-                                      more_fields=(field,))
+        folder = CaptionedImageFolder(
+            root, data["size"], caption_column=data.get("caption_column"), more_fields=(field,)
+        )
         found = _values(folder, field)
         missing = [f for f, v in zip(folder.files, found) if v is None]
         if missing:
@@ -103,8 +108,10 @@ def with_classes(cfg: dict) -> dict:
     data = cfg["data"]
     if data.get("label_field") is None:
         if (cfg["model"].get("params") or {}).get("class_names"):
-            raise LabelError("the model has class_names but data.label_field is not set: name the field that holds "
-                             "each image's class")
+            raise LabelError(
+                "the model has class_names but data.label_field is not set: name the field that holds "
+                "each image's class"
+            )
         return cfg
     cfg = copy.deepcopy(cfg)
     classes = list(cfg["data"]["classes"] or classes_in_data(cfg["data"]))
@@ -114,7 +121,9 @@ def with_classes(cfg: dict) -> dict:
     unet = params.setdefault("unet_config", {}).setdefault("params", {})
     rows = unet.get("num_classes")
     if rows is not None and rows != len(classes) + 1:
-        raise LabelError(f"{len(classes)} classes need unet num_classes: {len(classes) + 1} (the last is the null "
-                         f"label), got {rows!r}; leave it out to have it set")
+        raise LabelError(
+            f"{len(classes)} classes need unet num_classes: {len(classes) + 1} (the last is the null "
+            f"label), got {rows!r}; leave it out to have it set"
+        )
     cfg["data"]["classes"], params["class_names"], unet["num_classes"] = classes, classes, len(classes) + 1
     return cfg

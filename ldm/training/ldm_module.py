@@ -9,6 +9,7 @@ with warm-up, and an EMA of the U-Net.
 Randomness (posterior sample, noise, timesteps, dropped prompts) comes from a generator seeded
 by (seed, batch counter, rank), so a resumed run repeats an uninterrupted one exactly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,11 +19,11 @@ import torch
 from PIL import Image
 
 from ldm.model import LatentDiffusion
-from ldm.vae import DiagonalGaussianDistribution
 from ldm.training.base import TrainingModule
 from ldm.training.config import DiffusionTraining as _D
 from ldm.training.disk_cache import DiskCache, module_fingerprint, text_encoder_fingerprint
 from ldm.training.ema import make_ema
+from ldm.vae import DiagonalGaussianDistribution
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,25 @@ class LatentDiffusionModule(TrainingModule):
 
     STEP_SALT = 12345
 
-    def __init__(self, model: LatentDiffusion, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
-                 betas: tuple[float, float] = tuple(_D().betas), warmup_steps: int = _D.warmup_steps,
-                 ema_decay: float | None = _D.ema_decay, cond_dropout: float = _D.cond_dropout,
-                 gradient_checkpointing: bool = _D.gradient_checkpointing, compile: bool = _D.compile,
-                 estimate_scale_factor: bool = False, seed: int = _D.seed, text_cache: int = _D.text_cache,
-                 latent_cache: int = _D.latent_cache, cache_dir: str | None = _D.cache_dir, lora: dict | None = None,
-                 config: dict | None = None):
+    def __init__(
+        self,
+        model: LatentDiffusion,
+        lr: float = _D.lr,
+        weight_decay: float = _D.weight_decay,
+        betas: tuple[float, float] = tuple(_D().betas),
+        warmup_steps: int = _D.warmup_steps,
+        ema_decay: float | None = _D.ema_decay,
+        cond_dropout: float = _D.cond_dropout,
+        gradient_checkpointing: bool = _D.gradient_checkpointing,
+        compile: bool = _D.compile,
+        estimate_scale_factor: bool = False,
+        seed: int = _D.seed,
+        text_cache: int = _D.text_cache,
+        latent_cache: int = _D.latent_cache,
+        cache_dir: str | None = _D.cache_dir,
+        lora: dict | None = None,
+        config: dict | None = None,
+    ):
         """Defaults: `ldm.training.config.DiffusionTraining`'s, the one set a YAML run gets too.
 
         lora: the config's `lora:` section ({rank, alpha, dropout, targets}); with a rank, only low-rank
@@ -84,8 +97,13 @@ class LatentDiffusionModule(TrainingModule):
 
                 load_adapter(model, start)
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            log.info("LoRA rank %d on %d modules (%s): %d trainable parameters; the base is frozen, no EMA",
-                     self.lora["rank"], len(names), ", ".join(self.lora["targets"]), trained)
+            log.info(
+                "LoRA rank %d on %d modules (%s): %d trainable parameters; the base is frozen, no EMA",
+                self.lora["rank"],
+                len(names),
+                ", ".join(self.lora["targets"]),
+                trained,
+            )
             ema_decay = None
         self.ema = make_ema(model.unet, ema_decay) if ema_decay is not None else None
         # Compiled forward kept outside the module tree, so state-dict keys stay those of the plain U-Net.
@@ -100,21 +118,28 @@ class LatentDiffusionModule(TrainingModule):
 
     def drop_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """True where the prompt is replaced by "" (probability cond_dropout), teaching the unconditional model."""
-        return torch.rand(batch_size, generator=generator, device=generator.device if generator else "cpu") < self.cond_dropout
+        return (
+            torch.rand(batch_size, generator=generator, device=generator.device if generator else "cpu")
+            < self.cond_dropout
+        )
 
     def disk_cache(self, kind: str) -> DiskCache | None:
         """The on-disk cache of "text" contexts or "latent" posterior moments; None without cache_dir."""
         if not self.cache_dir:
             return None
         if kind not in self._disk:
-            fingerprint = (text_encoder_fingerprint(self.model.text_encoder) if kind == "text"
-                           else module_fingerprint(self.model.vae))
+            fingerprint = (
+                text_encoder_fingerprint(self.model.text_encoder)
+                if kind == "text"
+                else module_fingerprint(self.model.vae)
+            )
             self._disk[kind] = DiskCache(self.cache_dir, kind, fingerprint)
             log.info("%s cache on disk: %s", kind, self._disk[kind].folder)
         return self._disk[kind]
 
-    def _cached(self, kind: str, memory: dict[str, torch.Tensor], size: int, keys: list[str],
-                encode: Any) -> dict[str, torch.Tensor]:
+    def _cached(
+        self, kind: str, memory: dict[str, torch.Tensor], size: int, keys: list[str], encode: Any
+    ) -> dict[str, torch.Tensor]:
         """Each distinct key's tensor: from memory, else from disk, else encode(missing keys) (then stored in
         both). Memory keeps up to `size` entries; the disk keeps all."""
         distinct = list(dict.fromkeys(keys))
@@ -137,8 +162,13 @@ class LatentDiffusionModule(TrainingModule):
         """Cross-attention contexts for captions, each distinct caption through the encoder once when cached."""
         if not self.text_cache_size and not self.cache_dir:
             return self.model.encode_text(captions)
-        found = self._cached("text", self._text_cache, self.text_cache_size, captions,
-                             lambda missing: dict(zip(missing, self.model.encode_text(missing))))
+        found = self._cached(
+            "text",
+            self._text_cache,
+            self.text_cache_size,
+            captions,
+            lambda missing: dict(zip(missing, self.model.encode_text(missing))),
+        )
         return torch.stack([found[c] for c in captions])
 
     def dropped_captions(self, captions: list[str], generator: torch.Generator | None = None) -> list[str]:
@@ -173,8 +203,9 @@ class LatentDiffusionModule(TrainingModule):
         found = self._cached("latent", self._latent_cache, self.latent_cache_size, keys, encode)
         return DiagonalGaussianDistribution(torch.stack([found[k] for k in keys]))
 
-    def latents(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                keys: list[str] | None = None) -> torch.Tensor:
+    def latents(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, keys: list[str] | None = None
+    ) -> torch.Tensor:
         with torch.no_grad():
             z = self.posterior(images, keys).sample(generator)
             if self.needs_scale_factor:
@@ -189,8 +220,9 @@ class LatentDiffusionModule(TrainingModule):
             captions = self.dropped_captions(captions, generator)
         context = self.encode_captions(captions)
         # The parameterisation the samplers' denoiser uses too (model.denoiser()): one schedule, one target.
-        return self.model.parameterisation().loss(self._unet_fn, latents, context, generator,
-                                                  **self.conditions(batch, latents))
+        return self.model.parameterisation().loss(
+            self._unet_fn, latents, context, generator, **self.conditions(batch, latents)
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch, self.step_generator())
@@ -218,7 +250,7 @@ class LatentDiffusionModule(TrainingModule):
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_schedule(opt), "interval": "step"}}
 
-    def train(self, mode: bool = True) -> "LatentDiffusionModule":
+    def train(self, mode: bool = True) -> LatentDiffusionModule:
         super().train(mode)
         self.model.vae.eval()  # frozen parts stay in eval mode (no dropout) while the U-Net trains
         if self.ema is not None:
@@ -227,8 +259,11 @@ class LatentDiffusionModule(TrainingModule):
 
     # ---- checkpoints --------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"scale_factor": self.model.vae.scale_factor, "needs_scale_factor": self.needs_scale_factor,
-                **super().checkpoint_state()}
+        return {
+            "scale_factor": self.model.vae.scale_factor,
+            "needs_scale_factor": self.needs_scale_factor,
+            **super().checkpoint_state(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -245,11 +280,12 @@ class LatentDiffusionModule(TrainingModule):
         """The model's weights (our key layout) with the EMA U-Net in place of the trained one."""
         state = self.model.state_dict()
         unet = self.inference_unet().state_dict()
-        return {k: (unet[k[len("unet."):]] if k.startswith("unet.") else v) for k, v in state.items()}
+        return {k: (unet[k[len("unet.") :]] if k.startswith("unet.") else v) for k, v in state.items()}
 
     @torch.no_grad()
-    def sample_grid_images(self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
-                           seed: int = 0) -> list[Image.Image]:
+    def sample_grid_images(
+        self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0, seed: int = 0
+    ) -> list[Image.Image]:
         """Images for prompts with the EMA U-Net (a view of the model with it; the model itself is not changed)."""
         from ldm.pipeline import txt2img
 
@@ -258,7 +294,13 @@ class LatentDiffusionModule(TrainingModule):
         was_training = self.training
         self.eval()
         try:
-            return txt2img(self.model.with_unet(self.inference_unet()), prompts, seed=seed, steps=steps,
-                           guidance_scale=guidance_scale, progress=False)
+            return txt2img(
+                self.model.with_unet(self.inference_unet()),
+                prompts,
+                seed=seed,
+                steps=steps,
+                guidance_scale=guidance_scale,
+                progress=False,
+            )
         finally:
             self.train(was_training)

@@ -7,6 +7,7 @@ backbone is torchvision's VGG16 and both weight sets come from local files, neve
   * `vgg`: torchvision's VGG16 state dict (`vgg16-397923af.pth`; `features.*` keys are used)
   * `lin`: the lpips package's linear-layer weights (`lpips/weights/v0.1/vgg.pth`; keys `lin0.model.1.weight`...)
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ class LPIPS(nn.Module):
         super().__init__()
         features = make_layers(cfgs["D"])  # VGG16's conv stack, without allocating the classifier
         state = load_state_dict(vgg_weights)
-        vgg = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        vgg = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
         if not vgg:
             raise CheckpointError(f"{vgg_weights}: no 'features.*' tensors (expected torchvision's VGG16 state dict)")
         try:
@@ -44,7 +45,9 @@ class LPIPS(nn.Module):
         lins = {f"{i}.weight": lin_state.get(f"lin{i}.model.1.weight") for i in range(len(_CHANNELS))}
         missing = [k for k, v in lins.items() if v is None]
         if missing:
-            raise CheckpointError(f"{lin_weights}: missing LPIPS linear weights lin0.model.1.weight ... lin4.model.1.weight")
+            raise CheckpointError(
+                f"{lin_weights}: missing LPIPS linear weights lin0.model.1.weight ... lin4.model.1.weight"
+            )
         try:
             load_into(self.lins, lins)  # type: ignore[arg-type]
         except CheckpointError as exc:
@@ -55,7 +58,7 @@ class LPIPS(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "LPIPS":
+    def train(self, mode: bool = True) -> LPIPS:
         return super().train(False)  # a fixed metric: no mode switches
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -77,10 +80,13 @@ class PatchDiscriminator(nn.Module):
         mods: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
+            prev, mult = mult, min(2**n, 8)
             stride = 2 if n < layers else 1
-            mods += [nn.Conv2d(channels * prev, channels * mult, 4, stride, 1, bias=False),
-                     nn.BatchNorm2d(channels * mult), nn.LeakyReLU(0.2, True)]
+            mods += [
+                nn.Conv2d(channels * prev, channels * mult, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(channels * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
         mods.append(nn.Conv2d(channels * mult, 1, 4, 1, 1))
         self.main = nn.Sequential(*mods)
         for m in self.modules():  # the reference's DCGAN initialisation

@@ -5,6 +5,7 @@ Lightning's own loader calls torch.load without weights_only, so TORCH_FORCE_NO_
 run checkpoint is therefore read here, with weights_only=True, and Lightning gets the dict already
 loaded through `SafeCheckpointIO`, a checkpoint plugin whose load never calls Lightning's loader.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,10 @@ def check_resumable(ckpt: dict, module: torch.nn.Module, path: str | os.PathLike
     """
     lacking = [k for k in REQUIRED_KEYS if k not in ckpt]
     if lacking:
-        raise ResumeError(f"{path} is not a training checkpoint (no {', '.join(lacking)}); "
-                          "to start from a model's weights use init.checkpoint")
+        raise ResumeError(
+            f"{path} is not a training checkpoint (no {', '.join(lacking)}); "
+            "to start from a model's weights use init.checkpoint"
+        )
     state = ckpt["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ResumeError(f"{path}: its state_dict is not a mapping of tensors")
@@ -84,11 +87,15 @@ def check_same_data_order(ckpt: dict, cfg: dict, world_size: int, path: str | os
     stored = ((state.get("config") or {}).get("data")) or {}
     for key in SHARD_ORDER_KEYS:
         if key in stored and stored[key] != cfg["data"][key]:
-            raise ResumeError(f"{path} was trained with data.{key}={stored[key]!r}, not {cfg['data'][key]!r}: "
-                              "a sharded run resumes with the same shards, batch size, workers and remainder")
+            raise ResumeError(
+                f"{path} was trained with data.{key}={stored[key]!r}, not {cfg['data'][key]!r}: "
+                "a sharded run resumes with the same shards, batch size, workers and remainder"
+            )
     if "world_size" in state and int(state["world_size"]) != world_size:
-        raise ResumeError(f"{path} was trained on {state['world_size']} process(es), not {world_size}: "
-                          "a sharded run resumes on the same number of devices")
+        raise ResumeError(
+            f"{path} was trained on {state['world_size']} process(es), not {world_size}: "
+            "a sharded run resumes on the same number of devices"
+        )
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -24,29 +24,19 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.utilities.exceptions import (
-    MisconfigurationException,
-    SIGTERMException,
-)
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from ldm.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.config import instantiate
-from ldm.errors import LdmError
-from ldm.images import check_writable
 from ldm.derived import widen_unet_input
 from ldm.devices import training_precision
+from ldm.errors import LdmError
+from ldm.images import check_writable
 from ldm.model import weights_in_our_layout
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
 from ldm.training.captions import CaptionSampling
-from ldm.training.config import (
-    TrainConfigError,
-    dump,
-    is_autoencoder,
-    is_clip,
-    load_train_config,
-)
+from ldm.training.config import TrainConfigError, dump, is_autoencoder, is_clip, load_train_config
 from ldm.training.data import ImageTextDataModule
-from ldm.training.run_lock import RunFolderLock, is_rank_zero_process
 from ldm.training.resume import (
     LAST,
     ResumeError,
@@ -56,10 +46,11 @@ from ldm.training.resume import (
     read_checkpoint,
     resolve_resume,
 )
+from ldm.training.run_lock import RunFolderLock, is_rank_zero_process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LAST", "ExportExistsError", "ResumeError", "RunDirError", "RunDirExistsError", "TrainingStopped", "build_data", "build_module", "build_trainer",
+__all__ = ["LAST", "ExportExistsError", "ResumeError", "RunDirError", "RunDirExistsError", "TrainingStopped", "build_data", "build_module", "build_trainer",  # noqa: E501
            "config_for", "export_checkpoint", "read_checkpoint", "resolve_resume", "run", "train"]
 
 
@@ -93,7 +84,7 @@ def _part(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str
     return state
 
 
-def _load_part(module: torch.nn.Module, path: str | os.PathLike, prefixes: tuple[str, ...], drop: tuple[str, ...] = ()) -> None:
+def _load_part(module: torch.nn.Module, path: str | os.PathLike, prefixes: tuple[str, ...], drop: tuple[str, ...] = ()) -> None:  # noqa: E501
     state = _part(load_state_dict(path), prefixes)
     state = {k: v for k, v in state.items() if not k.startswith(drop)}
     try:
@@ -177,14 +168,14 @@ def build_module(cfg: dict) -> pl.LightningModule:
         return AutoencoderModule(
             model, lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
             rec_loss=t["rec_loss"], kl_weight=t["kl_weight"], perceptual_weight=t["perceptual_weight"],
-            lpips_vgg=t["lpips_vgg"], lpips_lin=t["lpips_lin"], disc_start=t["disc_start"], disc_weight=t["disc_weight"],
+            lpips_vgg=t["lpips_vgg"], lpips_lin=t["lpips_lin"], disc_start=t["disc_start"], disc_weight=t["disc_weight"],  # noqa: E501
             disc_lr=t["disc_lr"], disc_layers=t["disc_layers"], disc_channels=t["disc_channels"],
             adaptive_disc_weight=t["adaptive_disc_weight"], grad_clip=t["grad_clip"], accumulate=t["accumulate"],
             seed=t["seed"], config=cfg)
     from ldm.model import LatentDiffusion
 
     if not isinstance(model, LatentDiffusion):
-        raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")
+        raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")  # noqa: E501
     module_name, class_name = MODULE_FOR_TASK[model.kind.task]
     if model.class_names is not None:  # a class-conditional model (data.label_field): labels as the U-Net's y
         module_name, class_name = "ldm.training.label_module", "ClassConditionalModule"
@@ -193,8 +184,8 @@ def build_module(cfg: dict) -> pl.LightningModule:
     distilling = cfg["distill"]["teacher"] is not None
     sf = t["scale_factor"]
     kwargs = dict(lr=t["lr"], weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
-                  ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],
-                  compile=t["compile"], estimate_scale_factor=sf is None and not distilling, seed=t["seed"], text_cache=t["text_cache"],
+                  ema_decay=t["ema_decay"], cond_dropout=t["cond_dropout"], gradient_checkpointing=t["gradient_checkpointing"],  # noqa: E501
+                  compile=t["compile"], estimate_scale_factor=sf is None and not distilling, seed=t["seed"], text_cache=t["text_cache"],  # noqa: E501
                   latent_cache=t["latent_cache"], cache_dir=t["cache_dir"], lora=cfg["lora"], config=cfg)
     if distilling:
         from ldm.training.distill_module import build_distillation
@@ -243,14 +234,14 @@ def build_trainer(cfg: dict, extra_callbacks: list[pl.Callback] | None = None,
     run_dir = Path(lg["run_dir"])
     # No version counter: last.ckpt is the one file --resume reads, and both this callback and ResumableStop
     # write it at the end of a run; with the counter the second write went to an unread last-v1.ckpt.
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,  # noqa: E501
                                  every_n_train_steps=int(lg["checkpoint_every_n_steps"] or 0), save_top_k=-1,
                                  save_last=True, save_on_exception=True, enable_version_counter=False)
     sample_kwargs = {} if is_autoencoder(cfg) else {
         "prompts": list(lg["sample_prompts"] or []), "steps": lg["sample_steps"],
         "guidance_scale": lg["sample_scale"], "seed": lg["sample_seed"]}
-    callbacks: list[pl.Callback] = [checkpoint, SampleGrid(run_dir / "samples", lg["sample_every_n_steps"], **sample_kwargs),
-                                    ExportOnTrainEnd(run_dir, cfg), ResumableStop(run_dir / "checkpoints" / "last.ckpt", lg["checkpoint_every_n_steps"])]
+    callbacks: list[pl.Callback] = [checkpoint, SampleGrid(run_dir / "samples", lg["sample_every_n_steps"], **sample_kwargs),  # noqa: E501
+                                    ExportOnTrainEnd(run_dir, cfg), ResumableStop(run_dir / "checkpoints" / "last.ckpt", lg["checkpoint_every_n_steps"])]  # noqa: E501
     loggers = build_loggers(cfg)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))

@@ -4,6 +4,7 @@ Two runs on one folder would write each other's checkpoints and exports. The loc
 kernel drops it when the process ends however it ends (kill -9 included), so a killed run never blocks its own
 --resume; the file a killed run leaves holds no lock (only the lock on it matters). A run that ends removes it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,7 +31,7 @@ class RunFolderLock:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> "RunFolderLock":
+    def acquire(self) -> RunFolderLock:
         """Take the lock, or raise RunDirBusyError naming the process that holds it. A no-op without fcntl
         (Windows)."""
         try:
@@ -49,12 +50,16 @@ class RunFolderLock:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise
                 if owner is not None and _alive(owner):
-                    raise RunDirBusyError(f"{self.path.parent} is in use by a running training (pid {owner}); wait "
-                                          "for it to finish or stop it, or choose another logging.run_dir") from None
+                    raise RunDirBusyError(
+                        f"{self.path.parent} is in use by a running training (pid {owner}); wait "
+                        "for it to finish or stop it, or choose another logging.run_dir"
+                    ) from None
                 deadline = deadline or time.monotonic() + ORPHAN_WAIT_SECONDS  # a dead owner's workers: soon gone
                 if time.monotonic() > deadline:
-                    raise RunDirBusyError(f"{self.path.parent} is in use by another training (its lock is held); "
-                                          "choose another logging.run_dir") from None
+                    raise RunDirBusyError(
+                        f"{self.path.parent} is in use by another training (its lock is held); "
+                        "choose another logging.run_dir"
+                    ) from None
                 time.sleep(0.2)
                 continue
             if _same_file(fd, self.path):

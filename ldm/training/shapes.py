@@ -1,8 +1,9 @@
 """A tiny synthetic captioned dataset ("red square", "blue circle", ...) for tests, benchmarks and the tiny configs.
 
-    ldm data shapes data/shapes --size 16 --count 64
-    ldm data shapes data/shapes --overwrite          # a folder that holds files is refused without it
+ldm data shapes data/shapes --size 16 --count 64
+ldm data shapes data/shapes --overwrite          # a folder that holds files is refused without it
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from ldm.errors import InvalidOptionError, LdmError
+
 
 class DatasetExistsError(LdmError, FileExistsError):
     """The dataset folder already holds files, and replacing them was not asked for."""
@@ -51,8 +53,10 @@ def make_shapes_dataset(root: str | os.PathLike, size: int = 16, count: int = 48
         raise DatasetExistsError(f"{root} exists and is not a folder")
     held = sorted(root.iterdir()) if root.is_dir() else []
     if held and not overwrite:
-        raise DatasetExistsError(f"{root} already holds files ({held[0].name}); choose another folder, or give "
-                                 "--overwrite to replace its captions.jsonl and images")
+        raise DatasetExistsError(
+            f"{root} already holds files ({held[0].name}); choose another folder, or give "
+            "--overwrite to replace its captions.jsonl and images"
+        )
     (root / "images").mkdir(parents=True, exist_ok=True)
     combos = list(itertools.product(COLOURS.items(), SHAPES))
     shift = max(1, size // 16)

@@ -20,6 +20,7 @@ An unreadable sample (no image, no caption, an image that does not decode, a sha
 counted samples) is replaced by the next readable one of the same reader, counted and named once, as for
 folders (`UnreadableImages`): positions stay where they were, so resume and the step count are unaffected.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,10 @@ class ShardPlan:
         if self.total == 0:
             raise DataConfigError(f"the {len(self.urls)} shard(s) hold no samples")
         if self.steps == 0:
-            raise DataConfigError(f"{self.total} samples make no batch of {self.batch_size} on each of {self.world} "
-                                  "rank(s): lower data.batch_size or set data.remainder=wrap")
+            raise DataConfigError(
+                f"{self.total} samples make no batch of {self.batch_size} on each of {self.world} "
+                "rank(s): lower data.batch_size or set data.remainder=wrap"
+            )
 
     @property
     def total(self) -> int:
@@ -82,8 +85,10 @@ class ShardPlan:
 
     def describe(self) -> str:
         what = "dropped (the end of each epoch's shard order)" if self.remainder == "drop" else "seen twice (wrapped)"
-        return (f"{self.total} samples in {len(self.urls)} shard(s): {self.steps} steps per epoch on each of "
-                f"{self.world} rank(s) at batch {self.batch_size}; {self.leftover} samples per epoch {what}")
+        return (
+            f"{self.total} samples in {len(self.urls)} shard(s): {self.steps} steps per epoch on each of "
+            f"{self.world} rank(s) at batch {self.batch_size}; {self.leftover} samples per epoch {what}"
+        )
 
     def order(self, epoch: int) -> list[int]:
         """The shards' order in an epoch (indices into urls)."""
@@ -115,9 +120,18 @@ def worker_chunks(steps: int, workers: int) -> list[tuple[int, int]]:
 class ShardStream(IterableDataset):
     """One rank's endless stream of decoded shard samples, from loader batch `start_batch` on."""
 
-    def __init__(self, plan: ShardPlan, rank: int = 0, start_batch: int = 0, size: int = 256,
-                 center_crop: bool = True, flip: bool = False, captions: CaptionSampling | None = None,
-                 caption_column: str | None = None, unreadable: UnreadableImages | None = None):
+    def __init__(
+        self,
+        plan: ShardPlan,
+        rank: int = 0,
+        start_batch: int = 0,
+        size: int = 256,
+        center_crop: bool = True,
+        flip: bool = False,
+        captions: CaptionSampling | None = None,
+        caption_column: str | None = None,
+        unreadable: UnreadableImages | None = None,
+    ):
         super().__init__()
         self.plan, self.rank, self.start_batch = plan, rank, start_batch
         self.size, self.center_crop, self.flip, self.caption_column = size, center_crop, flip, caption_column
@@ -164,14 +178,18 @@ class ShardStream(IterableDataset):
                 if got == count:
                     return
         except Exception as exc:  # a truncated or unreachable shard: what it lacks is counted below
-            log.warning("shard %s stopped after %d samples: %s", url, first + got, str(exc).splitlines()[0] if str(exc) else exc)
+            log.warning(
+                "shard %s stopped after %d samples: %s", url, first + got, str(exc).splitlines()[0] if str(exc) else exc
+            )
         for k in range(first + got, first + count):
             yield {"__url__": url, "__key__": f"#{k}", "__missing__": self.plan.counts[shard]}
 
     # ---- decoding, with unreadable samples replaced --------------------------------------------------
     def _decode(self, sample: dict) -> dict | UnreadableImageError:
         if "__missing__" in sample:
-            return UnreadableImageError(f"{describe(sample)}: the shard ends before its {sample['__missing__']} counted samples")
+            return UnreadableImageError(
+                f"{describe(sample)}: the shard ends before its {sample['__missing__']} counted samples"
+            )
         try:
             return decode_sample(sample, self.size, self.center_crop, self.caption_column)
         except UnreadableImageError as exc:
@@ -209,7 +227,9 @@ class ShardStream(IterableDataset):
         """Flip and caption sampling, decided by the stream position (the same on resume)."""
         extras = item.pop("extras", {})
         if self.flip:
-            coin = torch.rand((), generator=torch.Generator().manual_seed(self.plan.seed * 7919 + position * 31 + self.rank))
+            coin = torch.rand(
+                (), generator=torch.Generator().manual_seed(self.plan.seed * 7919 + position * 31 + self.rank)
+            )
             if coin < 0.5:
                 item["image"] = item["image"].flip(-1)
                 item["key"] = f"{item['key']}#flip"
@@ -219,6 +239,7 @@ class ShardStream(IterableDataset):
         return item
 
 
-def shard_plan(urls: Sequence[str], counts: Sequence[int], world: int, batch_size: int, seed: int,
-               remainder: str) -> ShardPlan:
+def shard_plan(
+    urls: Sequence[str], counts: Sequence[int], world: int, batch_size: int, seed: int, remainder: str
+) -> ShardPlan:
     return ShardPlan(tuple(urls), tuple(int(c) for c in counts), int(world), int(batch_size), int(seed), remainder)

@@ -8,6 +8,7 @@ Pixel sums (not means) keep the reference's kl_weight (1e-6) meaningful.
 With a discriminator there are two optimisers, stepped by hand (`automatic_optimization = False`),
 so gradient clipping and accumulation are done here with Lightning's helpers rather than by the Trainer.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,15 +31,29 @@ log = logging.getLogger(__name__)
 class AutoencoderModule(TrainingModule):
     STEP_SALT = 54321
 
-    def __init__(self, vae: AutoencoderKL, lr: float = _D.lr, weight_decay: float = _D.weight_decay,
-                 betas: tuple[float, float] = tuple(_D().betas), warmup_steps: int = _D.warmup_steps,
-                 rec_loss: str = _D.rec_loss, kl_weight: float = _D.kl_weight,
-                 perceptual_weight: float = _D.perceptual_weight, lpips_vgg: str | os.PathLike | None = _D.lpips_vgg,
-                 lpips_lin: str | os.PathLike | None = _D.lpips_lin, disc_start: int | None = _D.disc_start,
-                 disc_weight: float = _D.disc_weight, disc_lr: float | None = _D.disc_lr,
-                 disc_layers: int = _D.disc_layers, disc_channels: int = _D.disc_channels,
-                 adaptive_disc_weight: bool = _D.adaptive_disc_weight, grad_clip: float | None = _D.grad_clip,
-                 accumulate: int = _D.accumulate, seed: int = _D.seed, config: dict | None = None):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        lr: float = _D.lr,
+        weight_decay: float = _D.weight_decay,
+        betas: tuple[float, float] = tuple(_D().betas),
+        warmup_steps: int = _D.warmup_steps,
+        rec_loss: str = _D.rec_loss,
+        kl_weight: float = _D.kl_weight,
+        perceptual_weight: float = _D.perceptual_weight,
+        lpips_vgg: str | os.PathLike | None = _D.lpips_vgg,
+        lpips_lin: str | os.PathLike | None = _D.lpips_lin,
+        disc_start: int | None = _D.disc_start,
+        disc_weight: float = _D.disc_weight,
+        disc_lr: float | None = _D.disc_lr,
+        disc_layers: int = _D.disc_layers,
+        disc_channels: int = _D.disc_channels,
+        adaptive_disc_weight: bool = _D.adaptive_disc_weight,
+        grad_clip: float | None = _D.grad_clip,
+        accumulate: int = _D.accumulate,
+        seed: int = _D.seed,
+        config: dict | None = None,
+    ):
         """Defaults: `ldm.training.config.AutoencoderTraining`'s, the one set a YAML run gets too."""
         super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
         if rec_loss not in ("l1", "l2"):
@@ -49,7 +64,9 @@ class AutoencoderModule(TrainingModule):
         self.rec_loss, self.kl_weight = rec_loss, float(kl_weight)
         self.grad_clip, self.accumulate = grad_clip, int(accumulate)
         if (lpips_vgg is None) != (lpips_lin is None):
-            raise InvalidOptionError("LPIPS needs both training.lpips_vgg (VGG16 weights) and training.lpips_lin (LPIPS lin weights)")
+            raise InvalidOptionError(
+                "LPIPS needs both training.lpips_vgg (VGG16 weights) and training.lpips_lin (LPIPS lin weights)"
+            )
         if lpips_vgg is not None and perceptual_weight > 0:
             self.lpips: LPIPS | None = LPIPS(lpips_vgg, lpips_lin)  # type: ignore[arg-type]
             self.perceptual_weight = float(perceptual_weight)
@@ -57,13 +74,17 @@ class AutoencoderModule(TrainingModule):
             self.lpips, self.perceptual_weight = None, 0.0
             log.info("perceptual loss off (no local LPIPS weights: set training.lpips_vgg and training.lpips_lin)")
         self.disc_start = None if disc_start is None else int(disc_start)
-        self.disc = PatchDiscriminator(vae.decoder.conv_out.out_channels, disc_channels, disc_layers) \
-            if disc_start is not None else None
+        self.disc = (
+            PatchDiscriminator(vae.decoder.conv_out.out_channels, disc_channels, disc_layers)
+            if disc_start is not None
+            else None
+        )
         self.disc_weight, self.disc_lr, self.adaptive = float(disc_weight), disc_lr, bool(adaptive_disc_weight)
         self._fixed: torch.Tensor | None = None  # images whose reconstructions the sample grids show
 
-    def losses(self, images: torch.Tensor, generator: torch.Generator | None = None,
-               sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def losses(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(nll, kl, reconstruction and logs): the autoencoder's losses without the adversarial term."""
         posterior = self.vae.encode(images)
         recon = self.vae.decode(posterior.sample(generator) if sample else posterior.mode())
@@ -98,8 +119,11 @@ class AutoencoderModule(TrainingModule):
         loss = nll + self.kl_weight * kl
         if use_disc:
             g_loss = -self.disc(out["recon"]).mean()
-            d_weight = adaptive_weight(nll, g_loss, self.vae.decoder.conv_out.weight) if self.adaptive \
+            d_weight = (
+                adaptive_weight(nll, g_loss, self.vae.decoder.conv_out.weight)
+                if self.adaptive
                 else torch.tensor(1.0, device=self.device)
+            )
             loss = loss + self.disc_weight * d_weight * g_loss
             self.log_dict({"train/g_loss": g_loss.detach(), "train/d_weight": d_weight}, batch_size=len(images))
         self.manual_backward(loss / self.accumulate)
@@ -126,8 +150,11 @@ class AutoencoderModule(TrainingModule):
             self.log("train/d_loss", d_loss.detach(), batch_size=len(images))
 
         self.batches_seen += 1
-        self.log_dict({"train/loss": loss.detach(), "train/rec": out["rec"], "train/kl": out["kl"]},
-                      prog_bar=True, batch_size=len(images))
+        self.log_dict(
+            {"train/loss": loss.detach(), "train/rec": out["rec"], "train/kl": out["kl"]},
+            prog_bar=True,
+            batch_size=len(images),
+        )
         if "perceptual" in out:
             self.log("train/perceptual", out["perceptual"], batch_size=len(images))
 
@@ -137,8 +164,12 @@ class AutoencoderModule(TrainingModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         nll, kl, out = self.losses(batch["image"], sample=False)
-        self.log_dict({"val/rec": out["rec"], "val/loss": nll + self.kl_weight * kl}, prog_bar=True, sync_dist=True,
-                      batch_size=len(batch["image"]))
+        self.log_dict(
+            {"val/rec": out["rec"], "val/loss": nll + self.kl_weight * kl},
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=len(batch["image"]),
+        )
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.vae.parameters() if p.requires_grad]
@@ -146,8 +177,9 @@ class AutoencoderModule(TrainingModule):
         sched = self.lr_schedule(opt)
         if self.disc is None:
             return {"optimizer": opt, "lr_scheduler": sched}
-        opt_d = torch.optim.AdamW(self.disc.parameters(), lr=float(self.disc_lr or self.lr),
-                                  weight_decay=self.weight_decay, betas=self.betas)
+        opt_d = torch.optim.AdamW(
+            self.disc.parameters(), lr=float(self.disc_lr or self.lr), weight_decay=self.weight_decay, betas=self.betas
+        )
         return [opt, opt_d], [sched]
 
     def inference_state_dict(self) -> dict[str, torch.Tensor]:

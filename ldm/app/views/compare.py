@@ -1,4 +1,5 @@
 """Page: a GAN, a VAE and a diffusion model trained on the same 2-D data, measured side by side."""
+
 import streamlit as st
 
 from ldm.app import ui
@@ -8,8 +9,10 @@ from ldm.toy2d import DATASETS
 from ldm.toy_compare import MODELS, compare_models
 
 st.header("GAN, VAE and diffusion, side by side")
-st.caption("Three small MLP models learn the same points; the table measures what the usual comparison asserts: "
-           "sample quality, steady training, mode coverage, likelihood and sampling cost.")
+st.caption(
+    "Three small MLP models learn the same points; the table measures what the usual comparison asserts: "
+    "sample quality, steady training, mode coverage, likelihood and sampling cost."
+)
 
 c1, c2, c3 = st.columns(3)
 dataset = c1.selectbox("Data", DATASETS, index=list(DATASETS).index("gaussians"), key="cmp_data")
@@ -39,11 +42,13 @@ if result:
         col.line_chart(frame, x_label="step", y_label="loss", height=250)
     st.subheader("Measured")
     st.dataframe(table_frame(result), hide_index=True)
-    st.caption("distance to data: mean distance of a sample to the nearest training point. modes covered / near a mode "
-               "(eight Gaussians only): modes holding at least a quarter of an even share of samples within 0.2 of the "
-               "centre, and the share of samples within 0.2 of any centre. NLL: held-out negative log-likelihood in nats "
-               "per point, the VAE's an importance-weighted bound (64 samples), the diffusion model's from the "
-               "probability-flow ODE; a GAN has none. loss wobble: std / mean of the second half of the per-step losses. "
-               "evaluations: network calls per sample.")
+    st.caption(
+        "distance to data: mean distance of a sample to the nearest training point. modes covered / near a mode "
+        "(eight Gaussians only): modes holding at least a quarter of an even share of samples within 0.2 of the "
+        "centre, and the share of samples within 0.2 of any centre. NLL: held-out negative log-likelihood in nats "
+        "per point, the VAE's an importance-weighted bound (64 samples), the diffusion model's from the "
+        "probability-flow ODE; a GAN has none. loss wobble: std / mean of the second half of the per-step losses. "
+        "evaluations: network calls per sample."
+    )
 else:
     st.info("Press Train: each model trains for the chosen steps (about a minute for all three at 1500).")

@@ -1,9 +1,18 @@
-"""Page: the forward (noising) process under three schedules, in pixel and latent space; their curves beside a learned one."""
+"""Page: the forward (noising) process under three schedules, in pixel and latent space; their curves beside a learned one."""  # noqa: E501
+
 import streamlit as st
 
 from ldm.app import ui
-from ldm.app.forward import (LEARNED, LEARNED_DATA, LEARNED_TRAIN_STEPS, forward_views, latent_start,
-                              learned_schedule_alphas, schedule_curves, snr_at)
+from ldm.app.forward import (
+    LEARNED,
+    LEARNED_DATA,
+    LEARNED_TRAIN_STEPS,
+    forward_views,
+    latent_start,
+    learned_schedule_alphas,
+    schedule_curves,
+    snr_at,
+)
 
 # Trained once per (T, linear_start, linear_end) and kept: a few seconds on one thread, fixed seed.
 learned_alphas = st.cache_data(show_spinner="Training the toy VDM schedule...", max_entries=8)(learned_schedule_alphas)
@@ -45,9 +54,11 @@ with ui.user_errors("Plotting the schedules"):
     show_learned = st.checkbox("Add a learned schedule (VDM)", value=True, key="fwd_learned")
     curves = schedule_curves(T, start, end, learned=learned_alphas(T, start, end) if show_learned else None)
     if show_learned:
-        st.caption(f"{LEARNED}: gamma(t) = -log SNR learned as in Variational Diffusion Models, by a 2-D toy model "
-                   f"trained {LEARNED_TRAIN_STEPS} steps on the toy '{LEARNED_DATA}' points (not images), with its "
-                   "ends pinned to the linear schedule's; only the shape in between is learned.")
+        st.caption(
+            f"{LEARNED}: gamma(t) = -log SNR learned as in Variational Diffusion Models, by a 2-D toy model "
+            f"trained {LEARNED_TRAIN_STEPS} steps on the toy '{LEARNED_DATA}' points (not images), with its "
+            "ends pinned to the linear schedule's; only the shape in between is learned."
+        )
     tabs = st.tabs(["beta_t", "alpha_bar_t", "log-SNR"])
     for tab, name in zip(tabs, ["beta", "alpha_bar", "log_snr"]):
         tab.line_chart(curves[name], x_label="t", y_label=name)

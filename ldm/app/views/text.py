@@ -1,20 +1,26 @@
 """Page: text-to-image with a live preview of the predicted clean image."""
+
 import streamlit as st
 
 from ldm.app import ui
 from ldm.app.controlnet_ui import control_inputs, controls_for
-from ldm.app.state import FULL_CHOICE, student_choice
 from ldm.app.sdxl import sdxl_controls
-from ldm.controlnet import using_controlnets
+from ldm.app.state import FULL_CHOICE, student_choice
 from ldm.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
+from ldm.controlnet import using_controlnets
 
 st.header("Text-to-image")
 fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.variants)
 variant = "full"
 if fast is not None:
-    chosen_model = st.radio("Model", [fast, FULL_CHOICE], key="t2i_model", horizontal=True,
-                            help="the few-step student distilled from the full model (one U-Net call a step, no "
-                                 "negative prompt), or the full model (guided, two calls a step)")
+    chosen_model = st.radio(
+        "Model",
+        [fast, FULL_CHOICE],
+        key="t2i_model",
+        horizontal=True,
+        help="the few-step student distilled from the full model (one U-Net call a step, no "
+        "negative prompt), or the full model (guided, two calls a step)",
+    )
     variant = "student" if chosen_model == fast else "full"
 model = ui.get_model(variant)
 if model is not None:
@@ -29,8 +35,12 @@ if model is not None:
         st.caption("This model takes a class label only, no prompt.")
     choices = label_choices(model)
     if choices is not None:
-        chosen = st.selectbox("Class label", choices, key="t2i_label",
-                              help=f"guided against the null label; {NO_LABEL}: the null label alone (unconditional)")
+        chosen = st.selectbox(
+            "Class label",
+            choices,
+            key="t2i_label",
+            help=f"guided against the null label; {NO_LABEL}: the null label alone (unconditional)",
+        )
         label = None if chosen == NO_LABEL else chosen
     options, seed = ui.sampling_controls("t2i" if variant == "full" else "t2i_student", model=model)
     height, width = ui.size_controls("t2i", model)
@@ -52,8 +62,9 @@ if model is not None:
         with ui.user_errors("Generation"):
             controls, controlled = controls_for(model, control)
             with using_controlnets(model, controls):
-                image, settings = generate(model, prompt, negative, options, seed, height, width, every, report,
-                                           label, sdxl)
+                image, settings = generate(
+                    model, prompt, negative, options, seed, height, width, every, report, label, sdxl
+                )
             st.session_state["t2i_result"] = (image, {**settings, **controlled})
         bar.empty()
         preview.empty()
@@ -62,7 +73,12 @@ if model is not None:
     if result is not None:
         image, settings = result
         st.image(ui.enlarge(image), caption="result", output_format="PNG")
-        st.download_button("Download PNG", png_bytes(image, settings), file_name=f"ldm-{settings['seed']}.png",
-                           mime="image/png", key="t2i_download")
+        st.download_button(
+            "Download PNG",
+            png_bytes(image, settings),
+            file_name=f"ldm-{settings['seed']}.png",
+            mime="image/png",
+            key="t2i_download",
+        )
         with st.expander("Settings (saved in the PNG)"):
             st.json(settings)

@@ -1,4 +1,5 @@
 """Page: train a small 2-D denoiser live, then sample it with DDPM and DDIM."""
+
 import pandas as pd
 import streamlit as st
 
@@ -46,8 +47,13 @@ if models:
             cols = st.columns(max(1, len(samplers)))
             for col, sampler in zip(cols, samplers):
                 col.markdown(f"**{kind} / {sampler}, {sample_steps} steps**")
-                col.scatter_chart(samples_frame(toy, sampler, sample_steps, n=800), x="x", y=["data", "samples"],
-                                  color=POINT_COLORS, height=300)
+                col.scatter_chart(
+                    samples_frame(toy, sampler, sample_steps, n=800),
+                    x="x",
+                    y=["data", "samples"],
+                    color=POINT_COLORS,
+                    height=300,
+                )
         st.subheader("One sampling run, step by step")
         c1, c2, c3 = st.columns(3)
         run_schedule = c1.selectbox("Schedule", list(models), key="toy_run_schedule")

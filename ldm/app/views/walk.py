@@ -1,4 +1,5 @@
 """Page: a latent walk between two prompts and/or seeds, as an animated GIF."""
+
 import importlib.util
 import tempfile
 from pathlib import Path
@@ -25,8 +26,13 @@ if model is not None:
     options, _ = ui.sampling_controls("walk", "walk", seed=False)  # the walk has seeds A and B
     height, width = ui.size_controls("walk", model)
     has_mp4 = importlib.util.find_spec("imageio_ffmpeg") is not None
-    mp4 = st.checkbox("Also make an MP4", False, key="walk_mp4", disabled=not has_mp4,
-                      help=None if has_mp4 else "needs `pip install imageio imageio-ffmpeg`")
+    mp4 = st.checkbox(
+        "Also make an MP4",
+        False,
+        key="walk_mp4",
+        disabled=not has_mp4,
+        help=None if has_mp4 else "needs `pip install imageio imageio-ffmpeg`",
+    )
 
     if st.button("Make the walk", key="walk_go", type="primary"):
         bar = st.progress(0.0, text="frame 1…")
@@ -37,15 +43,29 @@ if model is not None:
             latest.image(ui.enlarge(image), caption=f"frame {k + 1}")
 
         with ui.user_errors("The walk"):
-            images = walk_frames(model, prompt_a, prompt_b, seed_a, seed_b, frames, height=height, width=width,
-                                 options=options, on_frame=on_frame, progress=False)
+            images = walk_frames(
+                model,
+                prompt_a,
+                prompt_b,
+                seed_a,
+                seed_b,
+                frames,
+                height=height,
+                width=width,
+                options=options,
+                on_frame=on_frame,
+                progress=False,
+            )
             video = None
             if mp4:
                 with tempfile.TemporaryDirectory() as tmp:
-                    video = save_mp4([ui.enlarge(i) for i in images], Path(tmp) / "walk.mp4",
-                                     fps=max(1, round(1000 / duration))).read_bytes()
-            st.session_state["walk_result"] = (gif_bytes([ui.enlarge(i) for i in images], duration, boomerang=boomerang),
-                                               video)
+                    video = save_mp4(
+                        [ui.enlarge(i) for i in images], Path(tmp) / "walk.mp4", fps=max(1, round(1000 / duration))
+                    ).read_bytes()
+            st.session_state["walk_result"] = (
+                gif_bytes([ui.enlarge(i) for i in images], duration, boomerang=boomerang),
+                video,
+            )
         bar.empty()
         latest.empty()
 
