@@ -6,7 +6,7 @@ Four settings, interleaved round by round: fp32; bf16 autocast over fp32 weights
 in the Python API); all networks' weights in bf16 with a channels-last U-Net (`load_model(dtype=torch.bfloat16)`);
 only the U-Net in bf16 and channels-last (what `ldm txt2img --precision bf16` does on a CPU), all under autocast.
 The change is measured against the fp32 run with the same seeds: the final latent's relative error and the
-decoded images' PSNR. bf16 pays only on CPUs with AVX-512 BF16 or AMX (ldm.devices.cpu_has_fast_bf16).
+decoded images' PSNR. bf16 pays only on CPUs with AVX-512 BF16 or AMX (ldm.core.devices.cpu_has_fast_bf16).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
-from ldm.devices import cpu_has_fast_bf16
-from ldm.model import load_model
-from ldm.pipeline import txt2img
+from ldm.core.devices import cpu_has_fast_bf16
+from ldm.formats.load import load_model
+from ldm.tasks.txt2img import txt2img
 
 PROMPTS = ["red heart", "green apple", "yellow star", "smiling face", "blue car", "pizza"]
 

@@ -3,7 +3,7 @@
     python benchmarks/gpu.py [--steps 50] [--rounds 2] [--size 512] [--no-compile]
 
 The model has random weights (nothing is downloaded); diffusers gets the very same weights through ldm's own
-exporter (ldm.diffusers_export), as a StableDiffusionPipeline folder in a temp dir. Each row is one prompt at
+exporter (ldm.formats.diffusers_export), as a StableDiffusionPipeline folder in a temp dir. Each row is one prompt at
 --size px, --steps DDIM steps with guidance 7.5 (one batched U-Net call of 2 a step in both), run --rounds times
 interleaved with the other implementation. it/s is the denoising loop's steady rate (steps 2..N, from per-step
 callbacks with a CUDA sync); peak memory is torch.cuda.max_memory_allocated over the whole call (text encoder,
@@ -30,9 +30,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.diffusers_export import write_folder  # noqa: E402
-from ldm.model import load_model  # noqa: E402
-from ldm.pipeline import txt2img  # noqa: E402
+from ldm.formats.diffusers_export import write_folder  # noqa: E402
+from ldm.formats.load import load_model
+from ldm.tasks.txt2img import txt2img  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "stable-diffusion" / "v2-inference.yaml"
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -119,7 +119,7 @@ def build(base, args, device, dtype, folder: Path, compiled: bool, xformers: boo
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
     )
-    # SD's settings: what ldm's "sd" DDIM variant reproduces (tests/test_ddim_variant.py)
+    # SD's settings: what ldm's "sd" DDIM variant reproduces (tests/tasks/test_ddim_variant.py)
     pipe.scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"
     )
@@ -146,7 +146,7 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA device here; nothing measured")
         return 0
-    from ldm.attention import xformers_available
+    from ldm.models.attention import xformers_available
 
     half = torch.float16 if device.type == "cuda" else torch.bfloat16  # no fp16 on a CPU: the check runs bf16
     short = "fp16" if half is torch.float16 else "bf16"

@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from ldm.likelihood import bits_per_dim
-from ldm.samplers import sample_ddpm
-from ldm.schedules import get_sigmas
-from ldm.toy2d import ToyDiffusion, make_data, make_thin_line, single_thread
-from ldm.toy_vdm import ToyVDM
+from ldm.diffusion.likelihood import bits_per_dim
+from ldm.diffusion.schedules import get_sigmas
+from ldm.sampling.samplers import sample_ddpm
+from ldm.toys.points import ToyDiffusion, make_data, make_thin_line, single_thread
+from ldm.toys.vdm import ToyVDM
 
 
 def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,7 +10,7 @@ denoiser on its latents, distance measured in latent space. With no model it run
 (Gaussian latents N(mu, s^2) per dimension, SD's noise schedule), where the exact probability-flow
 solution is known and printed beside the reference. From Python, call `run_table` with a guided denoiser:
 
-    den = CFGDenoiser(model.denoiser(), cond, uncond, scale)       # ldm.denoisers
+    den = CFGDenoiser(model.denoiser(), cond, uncond, scale)       # ldm.sampling.denoisers
     run_table(den, unit_noise, lambda n: get_sigmas(model.alphas_cumprod, n, "trailing").to(device))
 
 Each run starts from `x_T * sigmas[0]` (x_T is unit noise). Stochastic samplers converge in
@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ldm.samplers import DETERMINISTIC, SAMPLERS, get_sampler
-from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
+from ldm.sampling.samplers import DETERMINISTIC, SAMPLERS, get_sampler
 
 Denoiser = Callable[..., torch.Tensor]
 
@@ -82,7 +82,7 @@ def run_table(
     """Run every sampler at every step count; print markdown tables and return the rows.
 
     denoise_fn(x, sigma_batch, **extra_args) -> x0 is what the samplers call (e.g. a CFGDenoiser).
-    x_T: unit noise, [B, ...]. sigma_fn(n) -> an n-step grid ending in 0 (ldm.schedules.get_sigmas).
+    x_T: unit noise, [B, ...]. sigma_fn(n) -> an n-step grid ending in 0 (ldm.diffusion.schedules.get_sigmas).
     The reference is `reference_sampler` at `reference_steps` from the same x_T. Rows hold sampler,
     steps, nfe, rmse (to the reference), rel (rmse / rms of the reference), seconds, and exact_rmse when
     `exact(x_start, sigma_start)` (the true ODE solution) is given.
@@ -192,8 +192,8 @@ def main() -> None:
 
 def main_model(args: argparse.Namespace) -> None:
     """The table for a real model: guided denoiser, its own schedule, prompts repeated to fill the batch."""
-    from ldm.denoisers import CFGDenoiser
-    from ldm.model import load_model
+    from ldm.formats.load import load_model
+    from ldm.sampling.denoisers import CFGDenoiser
 
     if args.model == "default":
         model = load_model(device=args.device, variant="full")  # the samplers run on the full model, not the student

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections import Counter
 
-MAIN = ["-m", "ldm.cli", "txt2img", "red heart", "--no-progress"]
+MAIN = ["-m", "ldm.interfaces.cli.main", "txt2img", "red heart", "--no-progress"]
 BARE = ["-c", "import torch"]
 ENV: dict[str, str] = dict(os.environ)  # the children's; bytecode_cache() points it at a private cache
 
@@ -102,13 +102,14 @@ t = {}
 def now(): return time.perf_counter(), time.process_time()
 def add(phase, s):
     w, c = now(); a, b = t.get(phase, (0, 0)); t[phase] = (a + w - s[0], b + c - s[1])
-import ldm.cli; getattr(ldm.cli, 'use_huge_pages', lambda: None)()  # what `ldm` does before it imports torch
+import ldm.interfaces.cli.main; getattr(ldm.interfaces.cli.main, 'use_huge_pages', lambda: None)()  # what `ldm` does before it imports torch
 s = now()
 import torch; add('import torch', s); s = now()
-import ldm.cli, ldm.commands.txt2img as TX, ldm.commands.common as CC, ldm.model as M
+import ldm.interfaces.cli.main, ldm.interfaces.cli.txt2img as TX, ldm.interfaces.cli.common as CC, ldm.models.latent_diffusion as M
 add('import ldm and the txt2img command (pipeline, model, samplers, PIL, yaml, ...)', s); s = now()
-from ldm import open_clip_parts as O, text_encoder as T
-add("import open_clip's text transformer (ldm.text_encoder: the model build would)", s)
+from ldm.models import open_clip_parts as O
+from ldm.models import text_encoder as T
+add("import open_clip's text transformer (ldm.models.text_encoder: the model build would)", s)
 def wrap(mod, name, phase, returns_wait=False):
     f = getattr(mod, name, None)
     if f is None: return  # older code: lets the same script time both
@@ -120,7 +121,7 @@ def wrap_wait(wait):
     def w():
         s = now(); r = wait(); add('checkpoint SHA-256: waiting for its thread', s); return r
     return w
-wrap(ldm.cli, 'build_parser', 'CLI parser (the txt2img command alone)')
+wrap(ldm.interfaces.cli.main, 'build_parser', 'CLI parser (the txt2img command alone)')
 wrap(M, 'instantiate', 'model build (no init)')
 wrap(M, 'load_state_dict', 'weight read (safetensors)')
 wrap(M, 'load_into', 'strict load')
@@ -133,7 +134,7 @@ wrap(CC, 'save_png', 'PNG write')
 wrap(TX, 'load_model_from_args', 'load_model (all of it)')
 wrap(TX, 'txt2img', 'txt2img (encode + sample + decode)')
 out = tempfile.mkdtemp()
-s = now(); ldm.cli.main(['txt2img', 'red heart', '--no-progress', '--outdir', out])
+s = now(); ldm.interfaces.cli.main.main(['txt2img', 'red heart', '--no-progress', '--outdir', out])
 add('command run (all of it)', s)
 import json; print(json.dumps(t))
 """

@@ -1,5 +1,5 @@
 """The README's main command on a CPU that other work keeps partly busy: torch's own thread count (one thread per
-core) against the CLI's default (the idle cores, ldm.devices.sampling_threads) and against one thread.
+core) against the CLI's default (the idle cores, ldm.core.devices.sampling_threads) and against one thread.
 
     python benchmarks/threads.py [--rounds 3]
 
@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-MAIN = ["-m", "ldm.cli", "txt2img", "red heart", "--no-progress"]
+MAIN = ["-m", "ldm.interfaces.cli.main", "txt2img", "red heart", "--no-progress"]
 
 
 def timed(extra: list[str], cwd: str) -> tuple[float, str]:

@@ -36,15 +36,15 @@ import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ldm.config import instantiate
-from ldm.defaults import shipped_path
+from ldm.core.config import instantiate
+from ldm.core.defaults import shipped_path
 
 
 def build_vae(ckpt: str | None):
     cfg = yaml.safe_load(shipped_path("configs/stable-diffusion/v2-inference.yaml").read_text())
     vae = instantiate(cfg["model"]["params"]["first_stage_config"])
     if ckpt:
-        from ldm.checkpoint import load_state_dict
+        from ldm.io.checkpoint import load_state_dict
 
         state = load_state_dict(ckpt)
         vae.load_state_dict(
@@ -56,7 +56,7 @@ def build_vae(ckpt: str | None):
 
 def one_run(size: int, tiled: bool, tile: int, overlap: int, ckpt: str | None, out: str | None) -> dict:
     """Decode a seeded latent for a size; returns seconds and peak memory (MiB); saves the image if asked."""
-    from ldm.tiling import tiled_decode
+    from ldm.models.tiling import tiled_decode
 
     vae = build_vae(ckpt)
     z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
@@ -99,7 +99,7 @@ def measure(args, size: int, tiled: bool, out: str | None = None) -> dict:
 def seam_error(args, size: int) -> tuple[float, float, float]:
     import tempfile
 
-    from ldm.tiling import tile_starts
+    from ldm.models.tiling import tile_starts
 
     with tempfile.TemporaryDirectory() as d:
         measure(args, size, True, f"{d}/tiled.pt")
@@ -141,7 +141,7 @@ def estimate_peak_mib(vae, size: int, tiled: bool, tile: int, overlap: int) -> f
     """Peak activation memory (MiB) of one fp32 decode of a size x size image, on fake tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ldm.tiling import tiled_decode
+    from ldm.models.tiling import tiled_decode
 
     fake = FakeTensorMode(allow_non_fake_inputs=True)  # the weights stay real; what the ops make is fake
     with fake:
@@ -170,8 +170,8 @@ def trained_seam_error(args) -> None:
     import numpy as np
     from PIL import Image
 
-    from ldm.checkpoint import load_state_dict
-    from ldm.tiling import tiled_decode
+    from ldm.io.checkpoint import load_state_dict
+    from ldm.models.tiling import tiled_decode
 
     # A whole model's config (its first stage) or an autoencoder's own (`ldm train --export-only` of a VAE run).
     cfg = yaml.safe_load(shipped_path(args.seam_config).read_text())["model"]
@@ -198,7 +198,7 @@ def trained_seam_error(args) -> None:
 def seam_line(args, name: str, tiled: torch.Tensor, full: torch.Tensor, z: torch.Tensor, factor: int) -> None:
     import math
 
-    from ldm.tiling import tile_starts
+    from ldm.models.tiling import tile_starts
 
     diff = (tiled - full).abs()
     seams = torch.zeros(args.seam_size, dtype=torch.bool)

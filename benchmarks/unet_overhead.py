@@ -2,7 +2,7 @@
 
     python benchmarks/unet_overhead.py [--threads 1] [--calls 15]
 
-One guided step is one U-Net call at batch 2 (CFG's two halves in one batch, ldm.denoisers.CFGDenoiser). The
+One guided step is one U-Net call at batch 2 (CFG's two halves in one batch, ldm.sampling.denoisers.CFGDenoiser). The
 script counts the call's floating-point operations (torch.utils.flop_counter), times it (median), times a
 1024 x 1024 matmul on the same threads as the attainable rate, and splits the call's CPU time by operator
 (torch.profiler). Interleaved with it: the same U-Net in channels-last memory format.
@@ -18,7 +18,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ldm.model import load_model
+from ldm.formats.load import load_model
 
 
 def median_ms(fn, calls: int) -> float:

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ldm.devices import cpu_has_fast_bf16
-from ldm.unet import UNetModel
+from ldm.core.devices import cpu_has_fast_bf16
+from ldm.models.unet import UNetModel
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion" / "v2-inference.yaml"
 

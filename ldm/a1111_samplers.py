@@ -1,4 +1,4 @@
-"""A1111's sampler names and schedule types, mapped onto our sampler names and sigma grids (for ldm.infotext).
+"""A1111's sampler names and schedule types, mapped onto our sampler names and sigma grids (for ldm.io.infotext).
 
 A1111 names a sampler with a label ("DPM++ 2M", "Euler a") and, since 1.9, a separate "Schedule type" ("Karras",
 "Exponential", "Uniform", or "Automatic": the sampler's own default). Before 1.9 the schedule was part of the label
@@ -13,7 +13,7 @@ of A1111's sd_samplers.get_sampler_and_scheduler and KDiffusionSampler.get_sigma
   0 (nearest to our "linspace"; A1111 ends its grid at t = 0 where ours takes a last step to sigma = 0).
 
 A1111 runs DPM2, DPM2 a and DPM++ 3M SDE on steps + 1 sigmas with the next-to-last dropped
-(discard_next_to_last_sigma); so do we (ldm.samplers_extra.DISCARD_NEXT_TO_LAST_SIGMA, ldm.tasks.model_sigmas).
+(discard_next_to_last_sigma); so do we (ldm.sampling.samplers_extra.DISCARD_NEXT_TO_LAST_SIGMA, ldm.tasks.base.model_sigmas).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Original SD checkpoints prefix the three networks as `model.diffusion_model.`,
 `first_stage_model.` and `cond_stage_model.`; our container names them `unet.`, `vae.`
 and `text_encoder.`. The two helpers below convert, so the rest of the code never sees
 the original names. SD 1.x's text encoder is stored in Hugging Face's layout
-(`cond_stage_model.transformer.text_model.*`) and runs as open_clip's text tower: ldm.hf_clip
+(`cond_stage_model.transformer.text_model.*`) and runs as open_clip's text tower: ldm.io.hf_clip
 translates its names both ways.
 """
 
@@ -26,8 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ldm.errors import LdmError
-from ldm.hf_clip import hf_from_open_clip, open_clip_from_hf
+from ldm.core.errors import LdmError
+from ldm.io.hf_clip import hf_from_open_clip, open_clip_from_hf
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,8 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     tensors that has no open_clip name keeps its original one, so a strict load reports it.
     """
     out, dropped = {}, []
-    if any(k.startswith("conditioner.embedders.") for k in state):  # SDXL's text towers (ldm.sdxl_keys)
-        from ldm.sdxl_keys import conditioner_from_original
+    if any(k.startswith("conditioner.embedders.") for k in state):  # SDXL's text towers (ldm.io.sdxl_keys)
+        from ldm.io.sdxl_keys import conditioner_from_original
 
         out, state = conditioner_from_original(state)
     hf_text = TEXT_LAYOUTS[HF_CLIP_LAYOUT]
@@ -298,9 +298,9 @@ def to_original_keys(
     state: dict[str, torch.Tensor], text_layout: str | tuple[str, ...] = OPEN_CLIP_LAYOUT
 ) -> dict[str, torch.Tensor]:
     """Ours -> the original SD key layout, the text encoder in `text_layout` (the encoder's `checkpoint_layout`;
-    a tuple: SDXL's text towers, one layout each, ldm.sdxl_keys)."""
+    a tuple: SDXL's text towers, one layout each, ldm.io.sdxl_keys)."""
     if isinstance(text_layout, tuple):
-        from ldm.sdxl_keys import conditioner_to_original
+        from ldm.io.sdxl_keys import conditioner_to_original
 
         towers, state = conditioner_to_original(state, text_layout)
         return {**towers, **to_original_keys(state)}

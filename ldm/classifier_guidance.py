@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from ldm.denoisers import Denoiser, InvalidGuidanceError
-from ldm.diffusion import batch_like, sigma_batch
+from ldm.diffusion.parameterisation import batch_like, sigma_batch
+from ldm.sampling.denoisers import Denoiser, InvalidGuidanceError
 
 # (x [B, ...] in sigma space, sigma [B]) -> class logits [B, classes]
 NoiseAwareClassifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,4 +1,4 @@
-"""The `ldm` command: one subcommand per task, each defined in ldm/commands/<name>.py."""
+"""The `ldm` command: one subcommand per task, each defined in ldm/interfaces/cli/<name>.py."""
 
 from __future__ import annotations
 
@@ -10,39 +10,39 @@ import signal
 import sys
 import threading
 
-from ldm.errors import LdmError, one_line
+from ldm.core.errors import LdmError, one_line
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMAND_MODULES = [
-    "ldm.commands.data",
-    "ldm.commands.train",
-    "ldm.commands.distill",
-    "ldm.commands.clip",
-    "ldm.commands.txt2img",
-    "ldm.commands.img2img",
-    "ldm.commands.inpaint",
-    "ldm.commands.upscale",
-    "ldm.commands.walk",
-    "ldm.commands.app",
-    "ldm.commands.evaluate",
-    "ldm.commands.convert",
+    "ldm.interfaces.cli.data",
+    "ldm.interfaces.cli.train",
+    "ldm.interfaces.cli.distill",
+    "ldm.interfaces.cli.clip",
+    "ldm.interfaces.cli.txt2img",
+    "ldm.interfaces.cli.img2img",
+    "ldm.interfaces.cli.inpaint",
+    "ldm.interfaces.cli.upscale",
+    "ldm.interfaces.cli.walk",
+    "ldm.interfaces.cli.app",
+    "ldm.interfaces.cli.evaluate",
+    "ldm.interfaces.cli.convert",
 ]
-# The subcommands each module registers (tests/test_fast_start.py checks this against the modules): a command line
+# The subcommands each module registers (tests/interfaces/test_fast_start.py checks this against the modules): a command line
 # naming one imports and registers that module alone, since importing all of them is a tenth of a second of start-up.
 COMMANDS = {
-    "data": "ldm.commands.data",
-    "train": "ldm.commands.train",
-    "distill": "ldm.commands.distill",
-    "clip": "ldm.commands.clip",
-    "txt2img": "ldm.commands.txt2img",
-    "img2img": "ldm.commands.img2img",
-    "inpaint": "ldm.commands.inpaint",
-    "outpaint": "ldm.commands.inpaint",
-    "upscale": "ldm.commands.upscale",
-    "walk": "ldm.commands.walk",
-    "app": "ldm.commands.app",
-    "eval": "ldm.commands.evaluate",
-    "convert": "ldm.commands.convert",
+    "data": "ldm.interfaces.cli.data",
+    "train": "ldm.interfaces.cli.train",
+    "distill": "ldm.interfaces.cli.distill",
+    "clip": "ldm.interfaces.cli.clip",
+    "txt2img": "ldm.interfaces.cli.txt2img",
+    "img2img": "ldm.interfaces.cli.img2img",
+    "inpaint": "ldm.interfaces.cli.inpaint",
+    "outpaint": "ldm.interfaces.cli.inpaint",
+    "upscale": "ldm.interfaces.cli.upscale",
+    "walk": "ldm.interfaces.cli.walk",
+    "app": "ldm.interfaces.cli.app",
+    "eval": "ldm.interfaces.cli.evaluate",
+    "convert": "ldm.interfaces.cli.convert",
 }
 TOP_LEVEL_FLAGS = {"-v", "--verbose"}  # the only options before COMMAND that leave the choice to it
 
@@ -79,8 +79,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Every (sub)command's --help prints its defaults (ldm.commands.common.DefaultsHelpFormatter)."""
-    from ldm.commands.common import DefaultsHelpFormatter
+    """Every (sub)command's --help prints its defaults (ldm.interfaces.cli.common.DefaultsHelpFormatter)."""
+    from ldm.interfaces.cli.common import DefaultsHelpFormatter
 
     parser.formatter_class = DefaultsHelpFormatter
     for action in parser._actions:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except LdmError as exc:
-        # The project's errors (ldm.errors) carry one-line messages: say it and exit non-zero. Anything
+        # The project's errors (ldm.core.errors) carry one-line messages: say it and exit non-zero. Anything
         # else is a bug and keeps its traceback; --verbose shows the traceback of these too.
         if args.verbose:
             logging.getLogger("ldm").exception("traceback (--verbose)")

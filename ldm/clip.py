@@ -2,7 +2,7 @@
 safetensors, and the exact fast text pass (what the CLIP training, the judges and the text encoder share).
 
 The model is open_clip's own `CLIP`, so its weights load into open_clip (and into
-`ldm.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names.
+`ldm.models.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ldm import open_clip_parts
-from ldm.checkpoint import load_state_dict, save_state_dict
-from ldm.defaults import shipped_path
-from ldm.errors import LdmError
+from ldm.core.defaults import shipped_path
+from ldm.core.errors import LdmError
+from ldm.io.checkpoint import load_state_dict, save_state_dict
+from ldm.models import open_clip_parts
 
 if TYPE_CHECKING:
     import open_clip

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldm.errors import InvalidOptionError
-from ldm.schedules import alphas_cumprod_from_betas, make_betas
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, make_betas
 
 
 class LowResNoiseAugmentation(nn.Module):

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 
 class ConfigError(LdmError, ValueError):
@@ -27,24 +27,24 @@ class UnknownTargetError(ConfigError):
 
 
 _OURS = {
-    "ldm.model.LatentDiffusion": "ldm.model:LatentDiffusion",
-    "ldm.unet.UNetModel": "ldm.unet:UNetModel",
-    "ldm.vae.AutoencoderKL": "ldm.vae:AutoencoderKL",
-    "ldm.text_encoder.FrozenOpenCLIPEmbedder": "ldm.text_encoder:FrozenOpenCLIPEmbedder",
-    "ldm.text_encoder.FrozenCLIPEmbedder": "ldm.text_encoder:FrozenCLIPEmbedder",
-    "ldm.text_encoder.OpenCLIP": "ldm.text_encoder:open_clip_model",
-    "ldm.conditioning.LowResNoiseAugmentation": "ldm.conditioning:LowResNoiseAugmentation",
-    "ldm.sdxl_text.SDXLTextEncoders": "ldm.sdxl_text:SDXLTextEncoders",
+    "ldm.models.latent_diffusion.LatentDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
+    "ldm.models.unet.UNetModel": "ldm.models.unet:UNetModel",
+    "ldm.models.vae.AutoencoderKL": "ldm.models.vae:AutoencoderKL",
+    "ldm.models.text_encoder.FrozenOpenCLIPEmbedder": "ldm.models.text_encoder:FrozenOpenCLIPEmbedder",
+    "ldm.models.text_encoder.FrozenCLIPEmbedder": "ldm.models.text_encoder:FrozenCLIPEmbedder",
+    "ldm.models.text_encoder.OpenCLIP": "ldm.models.text_encoder:open_clip_model",
+    "ldm.models.conditioning.LowResNoiseAugmentation": "ldm.models.conditioning:LowResNoiseAugmentation",
+    "ldm.models.sdxl_text.SDXLTextEncoders": "ldm.models.sdxl_text:SDXLTextEncoders",
 }
 _ORIGINAL = {
-    "ldm.models.diffusion.ddpm.LatentDiffusion": "ldm.model:LatentDiffusion",
-    "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": "ldm.model:LatentDiffusion",
-    "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": "ldm.model:LatentDiffusion",
-    "ldm.modules.diffusionmodules.openaimodel.UNetModel": "ldm.unet:UNetModel",
-    "ldm.models.autoencoder.AutoencoderKL": "ldm.vae:AutoencoderKL",
-    "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": "ldm.text_encoder:FrozenOpenCLIPEmbedder",
-    "ldm.modules.encoders.modules.FrozenCLIPEmbedder": "ldm.text_encoder:FrozenCLIPEmbedder",
-    "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation": "ldm.conditioning:LowResNoiseAugmentation",  # noqa: E501
+    "ldm.models.diffusion.ddpm.LatentDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
+    "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
+    "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
+    "ldm.modules.diffusionmodules.openaimodel.UNetModel": "ldm.models.unet:UNetModel",
+    "ldm.models.autoencoder.AutoencoderKL": "ldm.models.vae:AutoencoderKL",
+    "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": "ldm.models.text_encoder:FrozenOpenCLIPEmbedder",
+    "ldm.modules.encoders.modules.FrozenCLIPEmbedder": "ldm.models.text_encoder:FrozenCLIPEmbedder",
+    "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation": "ldm.models.conditioning:LowResNoiseAugmentation",  # noqa: E501
 }
 # The reference repository's "linear" schedule is linear in sqrt(beta), which we call scaled_linear.
 _ORIGINAL_SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "cosine"}
@@ -96,7 +96,7 @@ def check_parameters(where: str, given: dict[str, Any], known: list[str] | tuple
 
 
 def load_config(path: str | Path) -> dict:
-    from ldm.checkpoint import check_regular_file
+    from ldm.io.checkpoint import check_regular_file
 
     path = check_regular_file(path, "config", ConfigError)
     try:
@@ -126,7 +126,7 @@ def translate_original(target: str, params: dict) -> dict:
     if target.startswith("ldm.models.diffusion.ddpm."):
         params["beta_schedule"] = _ORIGINAL_SCHEDULES[params.get("beta_schedule", "linear")]
         params.setdefault("parameterization", "eps")
-        # An original SD model's users expect the original DDIMSampler's images (ldm.sampling: DDIM variants).
+        # An original SD model's users expect the original DDIMSampler's images (ldm.sampling.options: DDIM variants).
         params.setdefault("ddim_variant", "sd")
     if target == "ldm.modules.encoders.modules.FrozenCLIPEmbedder":
         version = params.pop("version", SD1_CLIP_VERSION)

@@ -14,8 +14,8 @@ In the sampling composition it is one more layer, between the network and its pa
     network + ControlNets (ControlledUNet) -> parameterisation -> task wrapper -> guidance -> sampler
 
 `ControlledDenoiser` builds that layer at every call for the ControlNets active at the call's noise level, so
-every sampler and task gets it through ldm.tasks.Conditioning.denoiser; `using_controlnets` attaches Controls to
-a model for the calls made inside it, as ldm.lora.using_loras does for LoRAs.
+every sampler and task gets it through ldm.tasks.base.Conditioning.denoiser; `using_controlnets` attaches Controls to
+a model for the calls made inside it, as ldm.adapters.lora.using_loras does for LoRAs.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ldm.diffusion import DiscreteTimeDenoiser
-from ldm.errors import InvalidOptionError
-from ldm.unet import UNetModel, timestep_embedding, zero_module
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
+from ldm.models.unet import UNetModel, timestep_embedding, zero_module
 
 HINT_WIDTHS = (16, 16, 32, 32, 96, 96, 256)  # the hint encoder's convolutions before its zero-initialised last one
 HINT_STRIDED = (2, 4, 6)  # which of them halve the size, for f=8; f=4 uses the first two, f=2 the first
@@ -276,7 +276,7 @@ class ControlledDenoiser:
     A Control acts in the steps i (of n) with start <= i / n and (i + 1) / n <= end, as diffusers' control_guidance_
     start / end (A1111 compares i / n alone with the end), told here by the noise levels of the sampler's grid
     `sigmas` (n + 1 levels), so a second-order sampler's in-between evaluations follow the step they are in.
-    A call with twice the images of `noise` is guidance's [unconditional, conditional] batch (ldm.denoisers.
+    A call with twice the images of `noise` is guidance's [unconditional, conditional] batch (ldm.sampling.denoisers.
     CFGDenoiser), whose first half the "control" mode leaves alone.
     """
 

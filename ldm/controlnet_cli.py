@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from ldm.controlnet import CONTROL_MODES, RESIZE_MODES, Control, ControlNet, check_control_numbers
-from ldm.controlnet_files import load_controlnet
-from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.images import load_image
+from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.formats.controlnet_files import load_controlnet
+from ldm.io.images import load_image
+from ldm.models.controlnet import CONTROL_MODES, RESIZE_MODES, Control, ControlNet, check_control_numbers
 
 CONTROL_HELP = (
     "spatial control by a ControlNet (original or diffusers layout, file or folder, made for this model's family): "

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ldm.checkpoint import load_state_dict, state_problems
-from ldm.controlnet import ControlNet
-from ldm.diffusers_keys import from_diffusers, to_diffusers
-from ldm.errors import InvalidOptionError, LdmError, MissingFileError
-from ldm.sdxl_keys import sdxl_unet_names
+from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.io.checkpoint import load_state_dict, state_problems
+from ldm.io.diffusers_keys import from_diffusers, to_diffusers
+from ldm.io.sdxl_keys import sdxl_unet_names
+from ldm.models.controlnet import ControlNet
 
 log = logging.getLogger(__name__)
 

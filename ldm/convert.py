@@ -1,6 +1,6 @@
 """Checkpoint conversion: pickled `.ckpt`/`.pt` (or `.safetensors`) -> `.safetensors`, tensors unchanged.
 
-The input is read with weights_only=True (ldm.checkpoint.torch_load_weights_only), so a pickle that
+The input is read with weights_only=True (ldm.io.checkpoint.torch_load_weights_only), so a pickle that
 would run code raises instead; the output is written atomically (a crash leaves no partial file).
 Every tensor keeps its name, dtype and values. What may be dropped on request: the EMA copies
 (`model_ema.*`) and the noise-schedule buffers (`betas`, `alphas_cumprod`, ...), which ldm derives from
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ldm.checkpoint import SCHEDULE_BUFFERS, CheckpointError, load_state_dict, save_state_dict
-from ldm.errors import LdmError
-from ldm.formats import PREDICTION_KEY, check_prediction
+from ldm.core.errors import LdmError
+from ldm.formats.detect import PREDICTION_KEY, check_prediction
+from ldm.io.checkpoint import SCHEDULE_BUFFERS, CheckpointError, load_state_dict, save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def convert_checkpoint(
 ) -> Converted:
     """Write the tensors of `src` to `dst` (.safetensors), optionally without EMA copies or schedule buffers.
 
-    `prediction` ("eps" or "v") is recorded as the `prediction` metadata that ldm.formats reads, so an
+    `prediction` ("eps" or "v") is recorded as the `prediction` metadata that ldm.formats.detect reads, so an
     SD 2.x 768-v file converted with prediction="v" loads later without the option. A safetensors input's
     own metadata is kept.
     """

@@ -26,8 +26,8 @@ def default_checkpoint_path() -> Path:
 
 
 # The shipped model of each task, by file stem in checkpoints/emoji/: the inpainter, the upscaler and the few-step
-# student are derived from the text-to-image model (ldm.derived) and used by default where shipped (the student
-# for text-to-image, ldm.variants).
+# student are derived from the text-to-image model (ldm.formats.derived) and used by default where shipped (the student
+# for text-to-image, ldm.formats.variants).
 SHIPPED_MODELS = {"txt2img": "model", "inpaint": "inpaint", "upscale": "upscaler", "student": "student"}
 
 
@@ -44,7 +44,7 @@ def default_model_files(task: str = "txt2img") -> tuple[Path, Path] | None:
 # The one set of defaults. The CLI (whose --help prints them), the Python API and the app all read them
 # here, so that the same settings give the same image wherever they are typed.
 SEED = 42
-DEVICE = "auto"  # cuda if available, else cpu; ldm.devices logs which one "auto" picked
+DEVICE = "auto"  # cuda if available, else cpu; ldm.core.devices logs which one "auto" picked
 STEPS = 30
 GUIDANCE_SCALE = 7.5
 SAMPLER = "ddim"
@@ -55,4 +55,7 @@ TASK_SAMPLING = {"upscale": {"steps": 50, "guidance_scale": 9.0}, "walk": {"step
 STRENGTH = {"img2img": 0.75, "inpaint": 1.0}  # how far an edit moves away from its input image
 NOISE_LEVEL = 20  # the upscaler's noise on its low-resolution input (0-350)
 WALK_FRAMES = 16
-DDIM_VARIANTS = ("sd", "k")  # DDIM as the original SD code and diffusers run it, or as k-diffusion (ldm.sampling)
+DDIM_VARIANTS = (
+    "sd",
+    "k",
+)  # DDIM as the original SD code and diffusers run it, or as k-diffusion (ldm.sampling.options)

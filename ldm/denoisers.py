@@ -6,7 +6,7 @@
 Samplers work in sigma space, x = x0 + sigma * eps (Karras et al. 2022). A discrete-time VP
 model was trained on x_vp = sqrt(ab) x0 + sqrt(1 - ab) eps at integer t; with ab = 1 / (1 + sigma^2)
 the same point is x_vp = c_in * x, c_in = 1 / sqrt(1 + sigma^2), at the fractional t(sigma)
-(ldm.diffusion.VPParameterisation holds these scalings; DiscreteTimeDenoiser, the network behind them,
+(ldm.diffusion.parameterisation.VPParameterisation holds these scalings; DiscreteTimeDenoiser, the network behind them,
 lives there too, so the model can build its denoiser without reaching up into sampling code). Task wrappers sit below guidance so that
 they act on the conditional and the unconditional prediction alike (tiles cut both halves the same).
 """  # noqa: E501
@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import torch
 
-from ldm.diffusion import DiscreteTimeDenoiser  # noqa: F401 (re-exported: network -> parameterisation)
-from ldm.diffusion import batch_like as _batch
-from ldm.diffusion import sigma_batch as _sigma_batch
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
+from ldm.diffusion.parameterisation import DiscreteTimeDenoiser  # noqa: F401 (re-exported: network -> parameterisation)
+from ldm.diffusion.parameterisation import batch_like as _batch
+from ldm.diffusion.parameterisation import sigma_batch as _sigma_batch
 
 Denoiser = Callable[..., torch.Tensor]  # (x [B, ...], sigma [B], **cond) -> x0 estimate [B, ...]
 
@@ -109,7 +109,7 @@ def dynamic_threshold(x0: torch.Tensor, threshold: float | None) -> torch.Tensor
 
 
 class EmbeddedGuidanceDenoiser:
-    """Guidance for a guidance-distilled student (ldm.distillation): the scale is one of its inputs,
+    """Guidance for a guidance-distilled student (ldm.diffusion.distillation): the scale is one of its inputs,
 
         D = S(x, sigma | cond, w = scale),
 

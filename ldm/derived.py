@@ -4,15 +4,15 @@ Every model in checkpoints/ shares one size budget, with each shared part stored
 test_shipped_budget.py). So a model made from the default one ships only what it changed, and its inference
 config names the file it changes (`base:`, relative to the config):
 
-    model: {target: ldm.model.LatentDiffusion, params: {...}}   # the derived model's own architecture
+    model: {target: ldm.models.latent_diffusion.LatentDiffusion, params: {...}}   # the derived model's own architecture
     base: model.safetensors
     parts: {vae: upscaler-vae.safetensors}   # optional: a submodule kept in a file of its own
 
 `parts` maps a submodule to a file of its own tensors (a standalone autoencoder, shipped so that a lost run
 cannot cost it): they go over the base's. Its weights file holds whole tensors under the model's own names (the inpainter's widened first
 convolution; the upscaler's U-Net and autoencoder) and, optionally, LoRA tensors (`.lora_down.weight`,
-`.lora_up.weight`, `.alpha`; ldm.lora). Loading takes every base tensor the model has, puts the whole
-tensors over them, checks the result strictly (ldm.checkpoint.load_into) and merges the LoRA in:
+`.lora_up.weight`, `.alpha`; ldm.adapters.lora). Loading takes every base tensor the model has, puts the whole
+tensors over them, checks the result strictly (ldm.io.checkpoint.load_into) and merges the LoRA in:
 
     W = W_base + (alpha / rank) * up @ down
 """  # noqa: E501
@@ -25,15 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm.checkpoint import CheckpointError, load_into, load_state_dict
-from ldm.errors import MissingFileError
+from ldm.core.errors import MissingFileError
+from ldm.io.checkpoint import CheckpointError, load_into, load_state_dict
 
 log = logging.getLogger(__name__)
 
 
 def split_derived(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(whole tensors, LoRA tensors) of a derived model's file; LoRA keys end as ldm.lora names them."""
-    from ldm.lora import SUFFIXES
+    """(whole tensors, LoRA tensors) of a derived model's file; LoRA keys end as ldm.adapters.lora names them."""
+    from ldm.adapters.lora import SUFFIXES
 
     lora = {k: v for k, v in state.items() if k.endswith(tuple(SUFFIXES))}
     return {k: v for k, v in state.items() if k not in lora}, lora
@@ -62,7 +62,7 @@ def base_state(
     own: dict[str, torch.Tensor], base: str | Path, parts: dict[str, Path] | None = None
 ) -> dict[str, torch.Tensor]:
     """The tensors the base file and the parts' files give the model (names as in `own`), parts over base."""
-    from ldm.model import weights_in_our_layout
+    from ldm.io.checkpoint import weights_in_our_layout
 
     state = {k: v for k, v in weights_in_our_layout(base).items() if k in own}
     for prefix, file in (parts or {}).items():
@@ -81,7 +81,7 @@ def load_derived_weights(
 ) -> None:
     """Fill `model` from its base file, its parts' files and its own file of whole tensors and LoRA (see the
     module docstring)."""
-    from ldm.lora import lora_from_state, merge_lora
+    from ldm.adapters.lora import lora_from_state, merge_lora
 
     own = model.state_dict()
     whole, lora = split_derived(load_state_dict(checkpoint))
@@ -127,7 +127,7 @@ def widen_unet_input(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor
 def load_adapter(model: nn.Module, path: str | Path, name: str = "default") -> None:
     """Start the model's adapter `name` (added by add_lora, same targets and rank) from a LoRA run's export, and
     its whole tensors (lora.train_whole) too: training continues from that adapter instead of from zero."""
-    from ldm.lora import LoraError, _adapters
+    from ldm.adapters.lora import LoraError, _adapters
 
     whole, state = split_derived(load_state_dict(path))
     adapters = _adapters(model, name)

@@ -9,13 +9,13 @@ import os
 
 import torch
 
-from ldm.errors import InvalidOptionError
+from ldm.core.errors import InvalidOptionError
 
 log = logging.getLogger("ldm")
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """ "auto" (the default everywhere, ldm.defaults.DEVICE) is cuda if available, else cpu, said in the log."""
+    """ "auto" (the default everywhere, ldm.core.defaults.DEVICE) is cuda if available, else cpu, said in the log."""
     if isinstance(name, torch.device):
         name = str(name)
     if name == "auto":

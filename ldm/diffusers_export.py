@@ -12,7 +12,7 @@ the same one SD's tokenizers use.
 What diffusers' layout cannot hold is refused in one line before anything is written: labels other than an
 embedding, a middle block without self-attention, per-block attention counts, scale-shift norms, a guidance
 embedding (a distilled student), attention inside the autoencoder's levels, and a U-Net whose inputs do not fit its kind's pipeline.
-ldm.diffusers_format reads the folders back.
+ldm.formats.diffusers reads the folders back.
 """  # noqa: E501
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from ldm.checkpoint import save_state_dict
-from ldm.diffusers_format import DIFFUSERS_VERSION, END, HF_TEXT, START, DiffusersFolderError, conditioning_kind
-from ldm.diffusers_keys import to_diffusers, unet_names, vae_names
-from ldm.formats import CONFIG_KEY, PREDICTION_KEY
-from ldm.hf_clip import hf_from_open_clip
+from ldm.formats.detect import CONFIG_KEY, PREDICTION_KEY
+from ldm.formats.diffusers import DIFFUSERS_VERSION, END, HF_TEXT, START, DiffusersFolderError, conditioning_kind
+from ldm.io.checkpoint import save_state_dict
+from ldm.io.diffusers_keys import to_diffusers, unet_names, vae_names
+from ldm.io.hf_clip import hf_from_open_clip
 
 SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear", "cosine": "squaredcos_cap_v2"}
 PREDICTIONS = {"eps": "epsilon", "v": "v_prediction"}
@@ -316,7 +316,7 @@ def write_folder(
 ) -> Path:
     """Write `model` (built from `config`, {"model": node}) as a diffusers StableDiffusionPipeline folder."""
     if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):  # SDXL; a local import: it builds on this
-        from ldm.sdxl_diffusers import write_sdxl_folder
+        from ldm.formats.sdxl_diffusers import write_sdxl_folder
 
         return write_sdxl_folder(model, config, out, overwrite, float_dtype)
     out = Path(out)
@@ -381,7 +381,7 @@ def write_single_file(
     float_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write `model` as one .safetensors file in the original SD layout, its config in the metadata (so it
-    loads alone; ldm.formats reads it): how a diffusers folder becomes a single file."""
+    loads alone; ldm.formats.detect reads it): how a diffusers folder becomes a single file."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise DiffusersFolderError(f"the output must end in .safetensors, got {out.name}")

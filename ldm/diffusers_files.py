@@ -7,7 +7,7 @@ variant before the last suffix (`diffusion_pytorch_model.fp16.safetensors`,
 `diffusion_pytorch_model.safetensors.index.fp16.json`), as diffusers and transformers name them.
 
 The full-precision files win over the fp16 variant when both are there, and safetensors over pickles at the
-same precision; pickled `.bin` files are read with weights_only=True (ldm.checkpoint.load_state_dict), so
+same precision; pickled `.bin` files are read with weights_only=True (ldm.io.checkpoint.load_state_dict), so
 reading never runs code. Shard names must be plain file names of the index's own format.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ldm.checkpoint import CheckpointError, load_state_dict
+from ldm.io.checkpoint import CheckpointError, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ WEIGHTS = {
     "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
     "text_encoder": ("model.safetensors", "pytorch_model.bin"),
     "text_encoder_2": ("model.safetensors", "pytorch_model.bin"),
-}  # SDXL's second tower (ldm.sdxl_diffusers)
+}  # SDXL's second tower (ldm.formats.sdxl_diffusers)
 VARIANTS = (None, "fp16")  # in order of preference: the full-precision files first
 
 

@@ -9,8 +9,8 @@ model_index.json's `max_noise_level`, which is our LowResNoiseAugmentation).
 A folder holds `model_index.json` and one sub-folder per part: `unet/` and `vae/` (config.json and
 diffusion_pytorch_model.safetensors), `text_encoder/` (a Hugging Face CLIPTextModel: config.json and
 model.safetensors), `tokenizer/` and `scheduler/scheduler_config.json`. Weights may also be sharded or the
-fp16 variant (ldm.diffusers_files). Reading builds our config from those config.json files
-(ldm.diffusers_keys renames the tensors); writing (ldm.diffusers_export) does the reverse, into a temporary
+fp16 variant (ldm.io.diffusers_files). Reading builds our config from those config.json files
+(ldm.io.diffusers_keys renames the tensors); writing (ldm.formats.diffusers_export) does the reverse, into a temporary
 folder beside the target that is renamed into place when complete.
 
 The text encoder is run as our FrozenCLIPEmbedder at the folder's sizes, reading its last layer: SD 1.x's
@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from ldm.checkpoint import CheckpointError, file_sha256, load_into
-from ldm.diffusers_files import WEIGHTS, DiffusersFolderError, load_part, part_files
-from ldm.diffusers_keys import from_diffusers, unet_names, vae_names
-from ldm.formats import check_prediction
-from ldm.hf_clip import open_clip_from_hf
-from ldm.model import CONDITIONING, ConditioningKind
+from ldm.formats.detect import check_prediction
+from ldm.io.checkpoint import CheckpointError, file_sha256, load_into
+from ldm.io.diffusers_files import WEIGHTS, DiffusersFolderError, load_part, part_files
+from ldm.io.diffusers_keys import from_diffusers, unet_names, vae_names
+from ldm.io.hf_clip import open_clip_from_hf
+from ldm.models.latent_diffusion import CONDITIONING, ConditioningKind
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +335,11 @@ def folder_config(folder: str | Path, prediction: str | None = None) -> dict[str
     check_prediction(prediction)
     index = _json(folder, "model_index.json")
     pipeline = index.get("_class_name")
-    if str(pipeline).startswith("StableDiffusionXL"):  # a local import: ldm.sdxl_diffusers builds on this module
-        from ldm.sdxl_diffusers import PIPELINES as SDXL_PIPELINES
-        from ldm.sdxl_diffusers import sdxl_folder_config
+    if str(pipeline).startswith(
+        "StableDiffusionXL"
+    ):  # a local import: ldm.formats.sdxl_diffusers builds on this module
+        from ldm.formats.sdxl_diffusers import PIPELINES as SDXL_PIPELINES
+        from ldm.formats.sdxl_diffusers import sdxl_folder_config
 
         if pipeline in SDXL_PIPELINES:
             return sdxl_folder_config(folder, prediction)
@@ -352,9 +354,9 @@ def folder_config(folder: str | Path, prediction: str | None = None) -> dict[str
         "scale_factor": scale_factor,
         "conditioning_key": kind.key,
         "image_size": _json(folder, "unet/config.json").get("sample_size") or 64,
-        "unet_config": {"target": "ldm.unet.UNetModel", "params": unet},
-        "first_stage_config": {"target": "ldm.vae.AutoencoderKL", "params": vae},
-        "cond_stage_config": {"target": "ldm.text_encoder.FrozenCLIPEmbedder", "params": text},
+        "unet_config": {"target": "ldm.models.unet.UNetModel", "params": unet},
+        "first_stage_config": {"target": "ldm.models.vae.AutoencoderKL", "params": vae},
+        "cond_stage_config": {"target": "ldm.models.text_encoder.FrozenCLIPEmbedder", "params": text},
     }
     if kind.label:  # the upscaler: its low-res image is noised to the level it is told
         low = low_scale_params(
@@ -365,8 +367,8 @@ def folder_config(folder: str | Path, prediction: str | None = None) -> dict[str
                 f"{folder}: max_noise_level {low['max_noise_level']} is beyond the U-Net's "
                 f"{unet['num_classes']} noise levels (num_class_embeds)"
             )
-        params["low_scale_config"] = {"target": "ldm.conditioning.LowResNoiseAugmentation", "params": low}
-    return {"model": {"target": "ldm.model.LatentDiffusion", "params": params}}
+        params["low_scale_config"] = {"target": "ldm.models.conditioning.LowResNoiseAugmentation", "params": low}
+    return {"model": {"target": "ldm.models.latent_diffusion.LatentDiffusion", "params": params}}
 
 
 def folder_state(folder: str | Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -403,7 +405,7 @@ def load_folder_weights(model: torch.nn.Module, folder: str | Path) -> None:
     """Fill `model` (built from folder_config) with the folder's weights; one line on any mismatch."""
     try:
         if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):  # SDXL
-            from ldm.sdxl_diffusers import sdxl_folder_state  # local: it builds on this module
+            from ldm.formats.sdxl_diffusers import sdxl_folder_state  # local: it builds on this module
 
             load_into(model, sdxl_folder_state(folder, model))
         else:

@@ -6,14 +6,14 @@ projects with 1x1 convolutions in the original layout ([c, c, 1, 1]) and with li
 ResBlocks per U-Net level, which is what places a block in diffusers' down/up blocks. Keys are relative:
 after `unet.`/`vae.` on our side, after nothing on diffusers' side (each network has its own file there).
 
-The text encoder's names are ldm.hf_clip's (diffusers folders keep a Hugging Face CLIPTextModel).
+The text encoder's names are ldm.io.hf_clip's (diffusers folders keep a Hugging Face CLIPTextModel).
 """  # noqa: E501
 
 from __future__ import annotations
 
 import torch
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 
 class DiffusersKeyError(LdmError, ValueError):

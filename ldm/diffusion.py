@@ -1,6 +1,6 @@
 """The forward process, the eps / v / x0 conversions, the parameterisation and the training objective.
 
-ab = alpha_bar_t, the cumulative signal rate of timestep t (ldm.schedules):
+ab = alpha_bar_t, the cumulative signal rate of timestep t (ldm.diffusion.schedules):
 
     x_t = sqrt(ab) x0 + sqrt(1 - ab) eps                       (DDPM forward process)
     v   = sqrt(ab) eps - sqrt(1 - ab) x0                       (Salimans & Ho 2022)
@@ -10,7 +10,7 @@ All functions take `t` as a [B] tensor of integer timesteps and broadcast over t
 
 `VPParameterisation` holds the schedule, its sigmas and the prediction type, and is the one object both
 sides use: training draws (t, eps) and the target from it (`diffusion_loss`), sampling turns the
-network into a denoiser D(x, sigma) -> x0 with its c_skip / c_out / c_in (ldm.denoisers).
+network into a denoiser D(x, sigma) -> x0 with its c_skip / c_out / c_in (ldm.sampling.denoisers).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ldm.errors import LdmError
-from ldm.schedules import sigma_to_t, sigmas_from_alphas_cumprod
+from ldm.core.errors import LdmError
+from ldm.diffusion.schedules import sigma_to_t, sigmas_from_alphas_cumprod
 
 PREDICTIONS = ("eps", "v")
 
@@ -209,7 +209,7 @@ def sigma_batch(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 class DiscreteTimeDenoiser:
     """network -> parameterisation: D(x, sigma) -> x0 from unet(x_vp, t, context=, y=) trained on eps or v.
 
-    The scalings are the parameterisation's (ldm.diffusion.VPParameterisation, built from `alphas_cumprod`
+    The scalings are the parameterisation's (ldm.diffusion.parameterisation.VPParameterisation, built from `alphas_cumprod`
     and `prediction` unless given): the network sees c_in * x at t(sigma), and D = c_skip x + c_out F.
     `concat` (inpainting / upscaler inputs) is appended on channels to the *scaled* input, since the
     U-Net saw it beside x_vp in training; it is not noise and is not scaled.

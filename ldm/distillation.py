@@ -1,6 +1,6 @@
 """Guided progressive distillation (Meng et al. 2023, after Salimans & Ho 2022), in sigma space.
 
-Denoisers D(x, sigma, **cond) -> x0 work on x = x0 + sigma * eps (ldm.denoisers); DDIM with eta 0 is the
+Denoisers D(x, sigma, **cond) -> x0 work on x = x0 + sigma * eps (ldm.sampling.denoisers); DDIM with eta 0 is the
 Euler step of the probability-flow ODE there:
 
     x' = x + (sigma' - sigma) (x - D(x, sigma)) / sigma = (sigma' / sigma) x + (1 - sigma' / sigma) D(x, sigma)
@@ -17,7 +17,7 @@ step sigma_a -> sigma_c lands on x_c exactly when the student predicts
     D~ = (x_c - (sigma_c / sigma_a) x) / (1 - sigma_c / sigma_a)          (= x_c when sigma_c = 0),
 
 Salimans & Ho's target x~ (their eq. 8, in VP variables) written in sigma space. Repeated, N -> N/2 -> ... -> 1.
-The grid is DDIM's "trailing" spacing (ldm.schedules.timesteps_for): every other point of its N-step grid is its
+The grid is DDIM's "trailing" spacing (ldm.diffusion.schedules.timesteps_for): every other point of its N-step grid is its
 N/2-step grid, and its first point is the highest trained noise level.
 
 Both stages regress in x0 space with truncated-SNR weights, max(SNR, 1) = max(1 / sigma^2, 1) (Salimans & Ho,
@@ -31,9 +31,9 @@ from collections.abc import Callable
 
 import torch
 
-from ldm.diffusion import batch_like
-from ldm.errors import InvalidOptionError
-from ldm.schedules import get_sigmas
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.parameterisation import batch_like
+from ldm.diffusion.schedules import get_sigmas
 
 Denoiser = Callable[..., torch.Tensor]
 

@@ -1,7 +1,7 @@
 """Steps the image-editing tasks share: input checks, sizing, batch spreading.
 
 img2img, inpainting and upscaling all start from a user image of any size; what they hand the
-sampler (their `Conditioning`) and how it runs are ldm.tasks'.
+sampler (their `Conditioning`) and how it runs are ldm.tasks.base'.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ldm.images import InvalidImageError, load_image
-from ldm.model import LatentDiffusion
-from ldm.samplers import InvalidStrengthError, check_strength  # noqa: F401 (re-exported)
-from ldm.tasks import EditingError, WrongModelError, prompt_lists, resolve_options  # noqa: F401 (re-exported)
+from ldm.io.images import InvalidImageError, load_image
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.samplers import InvalidStrengthError, check_strength  # noqa: F401 (re-exported)
+from ldm.tasks.base import EditingError, WrongModelError, prompt_lists, resolve_options  # noqa: F401 (re-exported)
 
 log = logging.getLogger("ldm")
 

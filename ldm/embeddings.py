@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ldm.checkpoint import file_sha256, load_state_dict, torch_load_weights_only
-from ldm.errors import LdmError, MissingFileError
+from ldm.core.errors import LdmError, MissingFileError
+from ldm.io.checkpoint import file_sha256, load_state_dict, torch_load_weights_only
 
 log = logging.getLogger(__name__)
 

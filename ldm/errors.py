@@ -22,7 +22,7 @@ class MissingFileError(LdmError, FileNotFoundError):
 
 
 class ResourceLimitError(LdmError, ValueError):
-    """A request that would need more memory than the limit allows (see ldm.limits)."""
+    """A request that would need more memory than the limit allows (see ldm.core.limits)."""
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Evaluation of a text-to-image model against real captioned images (the report of `ldm eval`).
 
 The metrics themselves (FID, KID, precision/recall, the nearest-neighbour and zero-shot judges,
-CLIP score) are in `ldm.metrics`. Here: which prompts, which real images they are compared with,
+CLIP score) are in `ldm.evaluation.metrics`. Here: which prompts, which real images they are compared with,
 the groups they are reported in, and the tables.
 
 - Prompts are distinct captions: every held-out one and a seeded draw of training ones. A caption
@@ -14,6 +14,7 @@ the groups they are reported in, and the tables.
   gender ("woman judge: dark skin tone" for "man judge: light skin tone").
 - Objects are the emoji outside the People & Body, Smileys & Emotion and Component groups.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.metrics import (
+from ldm.evaluation.metrics import (
     ClipFeatures,
     EvaluationError,
     InceptionFeatures,
@@ -54,30 +55,31 @@ NON_OBJECT_GROUPS = frozenset({"People & Body", "Smileys & Emotion", "Component"
 @dataclass
 class EvalSettings:
     scales: tuple[float, ...] = (1.0, 3.0, 7.0)
-    n_train_prompts: int = 200        # random train captions added to all held-out captions
-    max_heldout: int | None = None    # cap on held-out captions (None: all)
+    n_train_prompts: int = 200  # random train captions added to all held-out captions
+    max_heldout: int | None = None  # cap on held-out captions (None: all)
     seed: int = 0
     steps: int = 25
     sampler: str = "ddim"
     batch_size: int = 32
-    k: int = 3                        # precision/recall neighbourhood
+    k: int = 3  # precision/recall neighbourhood
     kid_subsets: int = 100
-    kid_subset_size: int = 100       # < group sizes, so subsets differ and the std means something
+    kid_subset_size: int = 100  # < group sizes, so subsets differ and the std means something
     extra: dict = field(default_factory=dict)
 
 
 @dataclass
 class PromptItem:
     caption: str
-    split: str            # "heldout" or "train"
-    combination: bool     # its exact (person type, skin tone) combination was held out of training
-    real_index: int       # row of its reference real image (in the split's list, or the combined RealSet)
+    split: str  # "heldout" or "train"
+    combination: bool  # its exact (person type, skin tone) combination was held out of training
+    real_index: int  # row of its reference real image (in the split's list, or the combined RealSet)
     is_object: bool = False
 
 
 @dataclass
 class RealSet:
     """Every real image of both splits at one size, with its caption, design and emoji group."""
+
     images: torch.Tensor
     captions: list[str]
     styles: list[str]
@@ -107,8 +109,14 @@ def read_heldout_combinations(path: str | os.PathLike) -> set[tuple[str, str]]:
     return combos
 
 
-def select_prompts(heldout: Sequence[str], train: Sequence[str], combos: set[tuple[str, str]],
-                   n_train: int, seed: int, max_heldout: int | None = None) -> list[PromptItem]:
+def select_prompts(
+    heldout: Sequence[str],
+    train: Sequence[str],
+    combos: set[tuple[str, str]],
+    n_train: int,
+    seed: int,
+    max_heldout: int | None = None,
+) -> list[PromptItem]:
     """All (or the first max_heldout) distinct held-out captions, then n_train distinct train captions drawn with a seeded RNG.
 
     real_index is the caption's first row in its split's list.
@@ -123,8 +131,10 @@ def select_prompts(heldout: Sequence[str], train: Sequence[str], combos: set[tup
         raise EvaluationError(f"cannot draw {n_train} train prompts from {len(train_caps)} distinct train captions")
     picks = sorted(random.Random(seed).sample(range(len(train_caps)), n_train))
     items = [PromptItem(c, "heldout", person_combination(c) in combos, first_held[c]) for c in held]
-    items += [PromptItem(train_caps[i], "train", person_combination(train_caps[i]) in combos, first_train[train_caps[i]])  # noqa: E501
-              for i in picks]
+    items += [
+        PromptItem(train_caps[i], "train", person_combination(train_caps[i]) in combos, first_train[train_caps[i]])  # noqa: E501
+        for i in picks
+    ]
     return items
 
 
@@ -169,16 +179,20 @@ def pil_to_tensor(images: Sequence) -> torch.Tensor:
     return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def generate(model, prompts: Sequence[str], scale: float, settings: EvalSettings, size: int,
-             seeds: Sequence[int] | None = None) -> torch.Tensor:
+def generate(
+    model, prompts: Sequence[str], scale: float, settings: EvalSettings, size: int, seeds: Sequence[int] | None = None
+) -> torch.Tensor:
     """Images for prompts in batches; prompt i gets seed settings.seed + i (or seeds[i]), so scales are compared on the same noise."""  # noqa: E501
-    from ldm.pipeline import SamplingOptions, txt2img
+    from ldm.sampling.options import SamplingOptions
+    from ldm.tasks.txt2img import txt2img
 
     seeds = list(seeds) if seeds is not None else [settings.seed + i for i in range(len(prompts))]
     out = []
     for start in range(0, len(prompts), settings.batch_size):
-        batch = list(prompts[start:start + settings.batch_size])
-        options = SamplingOptions(steps=settings.steps, guidance_scale=scale, sampler=settings.sampler, **settings.extra)  # noqa: E501
+        batch = list(prompts[start : start + settings.batch_size])
+        options = SamplingOptions(
+            steps=settings.steps, guidance_scale=scale, sampler=settings.sampler, **settings.extra
+        )  # noqa: E501
         # One call per run of consecutive seeds: txt2img seeds image j of a call with seed + j.
         images = []
         j = 0
@@ -186,18 +200,24 @@ def generate(model, prompts: Sequence[str], scale: float, settings: EvalSettings
             k = j + 1
             while k < len(batch) and seeds[start + k] == seeds[start + j] + (k - j):
                 k += 1
-            images += txt2img(model, batch[j:k], height=size, width=size, seed=seeds[start + j], options=options, progress=False)  # noqa: E501
+            images += txt2img(
+                model, batch[j:k], height=size, width=size, seed=seeds[start + j], options=options, progress=False
+            )  # noqa: E501
             j = k
         out.append(pil_to_tensor(images))
     return torch.cat(out)
 
 
-def _distribution_metrics(real: torch.Tensor, fake: torch.Tensor, settings: EvalSettings, prefix: str) -> dict[str, float | None]:  # noqa: E501
+def _distribution_metrics(
+    real: torch.Tensor, fake: torch.Tensor, settings: EvalSettings, prefix: str
+) -> dict[str, float | None]:  # noqa: E501
     n = min(len(real), len(fake))
     result: dict[str, float | None] = {}
     result[f"fid_{prefix}"] = frechet_distance(real, fake) if n >= 2 else None
     if n >= 2:
-        kid, kid_std = kernel_inception_distance(real, fake, settings.kid_subsets, settings.kid_subset_size, settings.seed)  # noqa: E501
+        kid, kid_std = kernel_inception_distance(
+            real, fake, settings.kid_subsets, settings.kid_subset_size, settings.seed
+        )  # noqa: E501
         result[f"kid_{prefix}"], result[f"kid_{prefix}_std"] = kid, kid_std
     else:
         result[f"kid_{prefix}"] = result[f"kid_{prefix}_std"] = None
@@ -231,8 +251,9 @@ class Judge:
         styles = sorted(set(real.styles))
         self.style_nn = NearestNeighbourJudge(self.real_features, real.styles) if len(styles) > 1 else None
 
-    def scores(self, feats: torch.Tensor, targets: Sequence[str], text: torch.Tensor,
-               exclude: torch.Tensor | None = None) -> dict[str, float]:
+    def scores(
+        self, feats: torch.Tensor, targets: Sequence[str], text: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> dict[str, float]:
         from ldm.data.emoji import person_family
 
         nn_scores = self.nn.class_scores(feats, exclude)
@@ -240,13 +261,26 @@ class Judge:
         zs_acc = topk_accuracy(self.zero_shot.class_scores(feats), self.zero_shot.classes, targets)
         best = nn_scores.argmax(dim=1).tolist()
         family = float(np.mean([self.family[b] == person_family(t) for b, t in zip(best, targets)]))
-        return {"nn_top1": nn_acc[1], "nn_top5": nn_acc[5], "family_top1": family,
-                "zeroshot_top1": zs_acc[1], "zeroshot_top5": zs_acc[5], "clip_score": clip_score(feats, text)}
+        return {
+            "nn_top1": nn_acc[1],
+            "nn_top5": nn_acc[5],
+            "family_top1": family,
+            "zeroshot_top1": zs_acc[1],
+            "zeroshot_top5": zs_acc[5],
+            "clip_score": clip_score(feats, text),
+        }
 
 
-def evaluate_model(model, clip: torch.nn.Module, data_dir: str | os.PathLike, settings: EvalSettings,
-                   inception: InceptionFeatures | None = None, size: int | None = None,
-                   on_progress: Callable[[str], None] = log.info, real: RealSet | None = None) -> dict:
+def evaluate_model(
+    model,
+    clip: torch.nn.Module,
+    data_dir: str | os.PathLike,
+    settings: EvalSettings,
+    inception: InceptionFeatures | None = None,
+    size: int | None = None,
+    on_progress: Callable[[str], None] = log.info,
+    real: RealSet | None = None,
+) -> dict:
     """Generate for each guidance scale and score every prompt group; returns a JSON-ready dict."""
     data = Path(data_dir)
     size = size or model.default_image_size
@@ -277,9 +311,17 @@ def evaluate_model(model, clip: torch.nn.Module, data_dir: str | os.PathLike, se
     # Reference row: the real images themselves, each judged without its own row (leave-one-out).
     for group, rows in groups.items():
         if rows:
-            rows_out.append({"scale": None, "group": group, "n": len(rows),
-                             **judge.scores(real_clip[rows], [prompts[i] for i in rows], prompt_text[rows], exclude=reference[rows]),  # noqa: E501
-                             **_inception_score_of(inception, real_inc, rows)})
+            rows_out.append(
+                {
+                    "scale": None,
+                    "group": group,
+                    "n": len(rows),
+                    **judge.scores(
+                        real_clip[rows], [prompts[i] for i in rows], prompt_text[rows], exclude=reference[rows]
+                    ),  # noqa: E501
+                    **_inception_score_of(inception, real_inc, rows),
+                }
+            )
     timings: dict[str, float] = {}
     for scale in settings.scales:
         t = time.time()
@@ -290,8 +332,12 @@ def evaluate_model(model, clip: torch.nn.Module, data_dir: str | os.PathLike, se
         for group, rows in groups.items():
             if not rows:
                 continue
-            row = {"scale": scale, "group": group, "n": len(rows),
-                   **judge.scores(fake_clip[rows], [prompts[i] for i in rows], prompt_text[rows])}
+            row = {
+                "scale": scale,
+                "group": group,
+                "n": len(rows),
+                **judge.scores(fake_clip[rows], [prompts[i] for i in rows], prompt_text[rows]),
+            }
             row.update(_distribution_metrics(real_clip[rows], fake_clip[rows], settings, "clip"))
             if fake_inc is not None:
                 row.update(_distribution_metrics(real_inc[rows], fake_inc[rows], settings, "inception"))
@@ -318,17 +364,39 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_table(results: dict) -> str:
     """A markdown table of the results, with chance levels and a note on the Inception features."""
     inc = results["inception"]
-    head = ["guidance", "prompts", "n", "FID (CLIP)", "KID×10³ (CLIP)", "precision", "recall",
-            "NN top-1", "NN top-5", "family top-1", "zero-shot top-1", "CLIP score"]
+    head = [
+        "guidance",
+        "prompts",
+        "n",
+        "FID (CLIP)",
+        "KID×10³ (CLIP)",
+        "precision",
+        "recall",
+        "NN top-1",
+        "NN top-5",
+        "family top-1",
+        "zero-shot top-1",
+        "CLIP score",
+    ]
     if inc:
         head += ["FID (Inception)", "KID×10³ (Inception)", "IS"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["rows"]:
         kid = None if r.get("kid_clip") is None else 1e3 * r["kid_clip"]
-        cells = ["real images" if r["scale"] is None else f"{r['scale']:g}", r["group"], str(r["n"]),
-                 _fmt(r.get("fid_clip"), ".4f"), _fmt(kid, ".3f"), _fmt(r.get("precision"), ".3f"), _fmt(r.get("recall"), ".3f"),  # noqa: E501
-                 f"{r['nn_top1']:.1%}", f"{r['nn_top5']:.1%}", f"{r.get('family_top1', float('nan')):.1%}",
-                 f"{r['zeroshot_top1']:.1%}", f"{r['clip_score']:.2f}"]
+        cells = [
+            "real images" if r["scale"] is None else f"{r['scale']:g}",
+            r["group"],
+            str(r["n"]),
+            _fmt(r.get("fid_clip"), ".4f"),
+            _fmt(kid, ".3f"),
+            _fmt(r.get("precision"), ".3f"),
+            _fmt(r.get("recall"), ".3f"),  # noqa: E501
+            f"{r['nn_top1']:.1%}",
+            f"{r['nn_top5']:.1%}",
+            f"{r.get('family_top1', float('nan')):.1%}",
+            f"{r['zeroshot_top1']:.1%}",
+            f"{r['clip_score']:.2f}",
+        ]
         if inc:
             kid_i = None if r.get("kid_inception") is None else 1e3 * r["kid_inception"]
             cells += [_fmt(r.get("fid_inception"), ".2f"), _fmt(kid_i, ".3f"), _fmt(r.get("inception_score"), ".2f")]
@@ -343,12 +411,14 @@ def format_table(results: dict) -> str:
         " 'real images' rows are the judge's ceiling, leave-one-out (an image's own row is not in the gallery).",
     ]
     if not inc:
-        lines.append("Inception-v3 metrics: not computed (no --inception-weights file given; weights are never downloaded).")  # noqa: E501
+        lines.append(
+            "Inception-v3 metrics: not computed (no --inception-weights file given; weights are never downloaded)."
+        )  # noqa: E501
     return "\n".join(lines)
 
 
 def save_results(results: dict, path: str | os.PathLike) -> None:
-    from ldm.checkpoint import atomic_path
+    from ldm.io.checkpoint import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=2) + "\n")
@@ -360,8 +430,19 @@ def format_comparison(results_by_model: dict[str, dict]) -> str:
     The judge's ceiling ('real images') is listed once per group, from the first model's results, which
     is the same figure for every model judged at the same image size.
     """
-    head = ["prompts", "model", "guidance", "n", "NN top-1", "NN top-5", "family top-1", "FID (CLIP)", "precision", "recall",  # noqa: E501
-            "CLIP score"]
+    head = [
+        "prompts",
+        "model",
+        "guidance",
+        "n",
+        "NN top-1",
+        "NN top-5",
+        "family top-1",
+        "FID (CLIP)",
+        "precision",
+        "recall",  # noqa: E501
+        "CLIP score",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = list(dict.fromkeys(r["group"] for res in results_by_model.values() for r in res["rows"]))
     for group in groups:
@@ -371,14 +452,31 @@ def format_comparison(results_by_model: dict[str, dict]) -> str:
                 if r["group"] != group or (r["scale"] is None and ceiling_done):
                     continue
                 ceiling_done = ceiling_done or r["scale"] is None
-                lines.append("| " + " | ".join([
-                    group, "real images" if r["scale"] is None else name, "—" if r["scale"] is None else f"{r['scale']:g}",  # noqa: E501
-                    str(r["n"]), f"{r['nn_top1']:.1%}", f"{r['nn_top5']:.1%}", f"{r.get('family_top1', float('nan')):.1%}",  # noqa: E501
-                    _fmt(r.get("fid_clip"), ".4f"), _fmt(r.get("precision"), ".3f"), _fmt(r.get("recall"), ".3f"),
-                    f"{r['clip_score']:.2f}"]) + " |")
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [
+                            group,
+                            "real images" if r["scale"] is None else name,
+                            "—" if r["scale"] is None else f"{r['scale']:g}",  # noqa: E501
+                            str(r["n"]),
+                            f"{r['nn_top1']:.1%}",
+                            f"{r['nn_top5']:.1%}",
+                            f"{r.get('family_top1', float('nan')):.1%}",  # noqa: E501
+                            _fmt(r.get("fid_clip"), ".4f"),
+                            _fmt(r.get("precision"), ".3f"),
+                            _fmt(r.get("recall"), ".3f"),
+                            f"{r['clip_score']:.2f}",
+                        ]
+                    )
+                    + " |"
+                )
     first = next(iter(results_by_model.values()))
-    lines += ["", f"Chance level over {first['classes']} emoji names: top-1 {first['chance_top1']:.3%}, "
-                  f"top-5 {first['chance_top5']:.3%}."]
+    lines += [
+        "",
+        f"Chance level over {first['classes']} emoji names: top-1 {first['chance_top1']:.3%}, "
+        f"top-5 {first['chance_top5']:.3%}.",
+    ]
     for name, res in results_by_model.items():
         s = res["settings"]
         lines.append(f"{name}: sampler {s['sampler']}, {s['steps']} steps, {s['image_size']} px, seed {s['seed']}.")

@@ -2,7 +2,7 @@
 
 For held-out images with their captions, a hole is cut (a centre box for inpainting, the right-hand band for
 outpainting), each method fills it from the caption, and the result is judged:
-- prompt accuracy: the judge CLIP's nearest real image has the caption (ldm.evaluate.Judge, as `ldm eval`);
+- prompt accuracy: the judge CLIP's nearest real image has the caption (ldm.evaluation.report.Judge, as `ldm eval`);
 - outside change: mean |result - input| where the mask keeps the input, in /255 (the paste-back makes it 0
   unless something is wrong);
 - seam: the mean colour step |r_in - r_out| between 4-neighbour pixel pairs that straddle the mask border,
@@ -82,7 +82,7 @@ def hole_error(result: Image.Image, real: Image.Image, mask: np.ndarray) -> floa
 
 def judge_accuracy(judge, images: Sequence[Image.Image], captions: Sequence[str]) -> float:
     """Share of images whose nearest real image (judge CLIP features) has their caption."""
-    from ldm.evaluate import pil_to_tensor
+    from ldm.evaluation.report import pil_to_tensor
 
     feats = judge.features(pil_to_tensor(images))
     best = judge.nn.class_scores(feats).argmax(dim=1).tolist()
@@ -112,7 +112,7 @@ def real_accuracy(judge, cases: Sequence[EditCase]) -> float:
     """The judge's accuracy on the real images themselves, each left out of its own neighbours: the ceiling."""
     import torch.nn.functional as F
 
-    from ldm.evaluate import pil_to_tensor
+    from ldm.evaluation.report import pil_to_tensor
 
     feats = judge.features(pil_to_tensor([c.real for c in cases]))
     itself = (F.normalize(feats.float(), dim=-1) @ judge.nn.gallery.T).argmax(dim=1)  # the image in the real set

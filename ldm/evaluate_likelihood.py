@@ -1,11 +1,11 @@
 """`ldm eval --nll`: the variational bound of a latent model on held-out images, in bits per latent dimension,
-or of a 2-D toy model (ldm.toy_files) on held-out points, in bits per data dimension.
+or of a 2-D toy model (ldm.toys.files) on held-out points, in bits per data dimension.
 
-The bound (ldm.likelihood) is of the VAE's scaled latents z = encode(image), not of the pixels: it leaves
+The bound (ldm.diffusion.likelihood) is of the VAE's scaled latents z = encode(image), not of the pixels: it leaves
 out the autoencoder's own -log p(image | z), so it ranks diffusion models that share one VAE and is not
 comparable with pixel-space bits/dim. The reverse variance is "fixed_large" (beta_t) by default, the tighter
 fixed one for a well-trained model, or "learned" for a U-Net trained with one (its config's learned_variance);
-the sum over t is estimated from stratified timesteps (ldm.likelihood.stratified_timesteps), with the decoder
+the sum over t is estimated from stratified timesteps (ldm.diffusion.likelihood.stratified_timesteps), with the decoder
 term exact. The toy models are diffusion models of the points themselves, so theirs is the bound in data space.
 (The project has no pixel-space image models: every image model diffuses a VAE's latents.)
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.likelihood import (
+from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.diffusion.likelihood import (
     ReverseProcess,
     bits_per_dim,
     check_variance,
@@ -29,7 +29,7 @@ from ldm.likelihood import (
     stratified_timesteps,
     variational_bound,
 )
-from ldm.toy2d import DATASETS, ToyDiffusion, make_data
+from ldm.toys.points import DATASETS, ToyDiffusion, make_data
 
 
 @dataclass
@@ -103,7 +103,7 @@ def _standard_error(total: torch.Tensor) -> float:
 
 
 def load_points(spec: str, count: int = 1000, seed: int = 1) -> torch.Tensor:
-    """Held-out 2-D points: a toy dataset by name (ldm.toy2d.DATASETS; `count` points drawn with `seed`, which
+    """Held-out 2-D points: a toy dataset by name (ldm.toys.points.DATASETS; `count` points drawn with `seed`, which
     should differ from the training seed, 0 by default), or a .npy / .csv file of [N, 2] numbers (all rows)."""
     if spec in DATASETS:
         return make_data(spec, count, seed=seed)

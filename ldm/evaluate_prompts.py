@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.evaluate import EvalSettings, Judge, generate
-from ldm.metrics import EvaluationError
+from ldm.evaluation.metrics import EvaluationError
+from ldm.evaluation.report import EvalSettings, Judge, generate
 
 
 def read_prompt_list(path: str | os.PathLike) -> list[tuple[str, str]]:

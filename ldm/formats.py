@@ -34,6 +34,7 @@ So an SD 2.x 768-v file without such metadata needs `--prediction v`. Neither `g
 file name is ever used. With a config (1, 2, or `--config`), the config's parameterization holds
 unless `prediction` is given, which then overrides it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,12 +46,12 @@ from typing import Any
 
 from safetensors import safe_open
 
-from ldm.checkpoint import CheckpointError, load_state_dict
-from ldm.config import load_config
-from ldm.defaults import shipped_path
-from ldm.errors import InvalidOptionError
-from ldm.sdxl_keys import CONDITIONER as SDXL_TEXT
-from ldm.sdxl_keys import embedder_layouts, is_sdxl
+from ldm.core.config import load_config
+from ldm.core.defaults import shipped_path
+from ldm.core.errors import InvalidOptionError
+from ldm.io.checkpoint import CheckpointError, load_state_dict
+from ldm.io.sdxl_keys import CONDITIONER as SDXL_TEXT
+from ldm.io.sdxl_keys import embedder_layouts, is_sdxl
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ class Signature:
         if self.in_channels is None:
             parts.append(f"no U-Net ({UNET}*)")
         else:
-            parts.append(f"U-Net input channels {self.in_channels}, model channels {self.model_channels}, "
-                         f"context dim {self.context_dim}" + (", class label" if self.label else ""))
+            parts.append(
+                f"U-Net input channels {self.in_channels}, model channels {self.model_channels}, "
+                f"context dim {self.context_dim}" + (", class label" if self.label else "")
+            )
         parts.append(f"text encoder {self.text} width {self.text_width}" if self.text else "no text encoder")
         if self.vae_levels is not None:
             parts.append(f"VAE {self.vae_levels} levels")
@@ -119,8 +122,12 @@ class Family:
 
     def matches(self, sig: Signature) -> bool:
         """The same layout; sizes may differ (fit_sizes reads them off the file)."""
-        return (sig.text, sig.in_channels, sig.label, sig.vae_levels) == (self.text, self.in_channels, self.label,
-                                                                          self.vae_levels)
+        return (sig.text, sig.in_channels, sig.label, sig.vae_levels) == (
+            self.text,
+            self.in_channels,
+            self.label,
+            self.vae_levels,
+        )
 
     def config_name(self, prediction: str) -> str | None:
         """The shipped config for this prediction, else the default prediction's (then overridden)."""
@@ -129,17 +136,59 @@ class Family:
 
 FAMILIES = (
     Family("sd1", "SD 1.x", "hf_clip", 768, 4, 320, 768, False, 4, {"eps": "v1-inference.yaml"}),
-    Family("sd1-inpainting", "SD 1.x inpainting", "hf_clip", 768, 9, 320, 768, False, 4,
-           {"eps": "v1-inpainting-inference.yaml"}),
-    Family("sd2", "SD 2.x", "open_clip", 1024, 4, 320, 1024, False, 4,
-           {"eps": "v2-inference.yaml", "v": "v2-inference-v.yaml"}),
-    Family("sd2-inpainting", "SD 2 inpainting", "open_clip", 1024, 9, 320, 1024, False, 4,
-           {"eps": "v2-inpainting-inference.yaml"}),
-    Family("x4-upscaler", "SD x4 upscaler", "open_clip", 1024, 7, 256, 1024, True, 3,
-           {"v": "x4-upscaling.yaml"}, default_prediction="v"),
+    Family(
+        "sd1-inpainting",
+        "SD 1.x inpainting",
+        "hf_clip",
+        768,
+        9,
+        320,
+        768,
+        False,
+        4,
+        {"eps": "v1-inpainting-inference.yaml"},
+    ),
+    Family(
+        "sd2",
+        "SD 2.x",
+        "open_clip",
+        1024,
+        4,
+        320,
+        1024,
+        False,
+        4,
+        {"eps": "v2-inference.yaml", "v": "v2-inference-v.yaml"},
+    ),
+    Family(
+        "sd2-inpainting",
+        "SD 2 inpainting",
+        "open_clip",
+        1024,
+        9,
+        320,
+        1024,
+        False,
+        4,
+        {"eps": "v2-inpainting-inference.yaml"},
+    ),
+    Family(
+        "x4-upscaler",
+        "SD x4 upscaler",
+        "open_clip",
+        1024,
+        7,
+        256,
+        1024,
+        True,
+        3,
+        {"v": "x4-upscaling.yaml"},
+        default_prediction="v",
+    ),
     Family("sdxl", "SDXL base", "sdxl:hf_clip,open_clip", 1280, 4, 320, 2048, True, 4, {"eps": "sd_xl_base.yaml"}),
-    Family("sdxl-refiner", "SDXL refiner", "sdxl:open_clip", 1280, 4, 384, 1280, True, 4,
-           {"eps": "sd_xl_refiner.yaml"}),
+    Family(
+        "sdxl-refiner", "SDXL refiner", "sdxl:open_clip", 1280, 4, 384, 1280, True, 4, {"eps": "sd_xl_refiner.yaml"}
+    ),
 )
 
 
@@ -159,10 +208,14 @@ class Detection:
     def summary(self) -> str:
         """One line for the log: what was found and how."""
         if self.family == "ldm":
-            return f"config from {self.source}" + (f", prediction {self.prediction} (--prediction)" if self.prediction else "")  # noqa: E501
+            return f"config from {self.source}" + (
+                f", prediction {self.prediction} (--prediction)" if self.prediction else ""
+            )  # noqa: E501
         sizes = f" at the file's sizes ({', '.join(self.resized)})" if self.resized else ""
-        return (f"{self.name} by its {self.source}, config {self.config_name}{sizes}, "
-                f"prediction {self.prediction} ({self.prediction_source})")
+        return (
+            f"{self.name} by its {self.source}, config {self.config_name}{sizes}, "
+            f"prediction {self.prediction} ({self.prediction_source})"
+        )
 
 
 def sd_config_path(name: str) -> Path:
@@ -202,27 +255,37 @@ def signature(shapes: dict[str, tuple[int, ...]]) -> Signature:
     for key in shapes:
         groups[_group(key)] = groups.get(_group(key), 0) + 1
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
-    context = next((s[1] for k, s in shapes.items()
-                    if k.startswith(UNET) and k.endswith("attn2.to_k.weight") and len(s) == 2), None)
+    context = next(
+        (s[1] for k, s in shapes.items() if k.startswith(UNET) and k.endswith("attn2.to_k.weight") and len(s) == 2),
+        None,
+    )
     text, width, blocks = None, None, "-"
     if (s := shapes.get(OPEN_CLIP + "ln_final.weight")) is not None:
         text, width, blocks = "open_clip", s[0], OPEN_CLIP + "transformer.resblocks."
     elif (s := shapes.get(HF_CLIP + "final_layer_norm.weight")) is not None:
         text, width, blocks = "hf_clip", s[0], HF_CLIP + "encoder.layers."
-    elif is_sdxl(shapes):  # SDXL: its text towers' layouts, the width of the last (ldm.sdxl_keys)
+    elif is_sdxl(shapes):  # SDXL: its text towers' layouts, the width of the last (ldm.io.sdxl_keys)
         text = "sdxl:" + ",".join(embedder_layouts(shapes))
-        widths = [s[0] for k, s in sorted(shapes.items())
-                  if k.startswith(SDXL_TEXT) and k.endswith(("ln_final.weight", "final_layer_norm.weight"))]
+        widths = [
+            s[0]
+            for k, s in sorted(shapes.items())
+            if k.startswith(SDXL_TEXT) and k.endswith(("ln_final.weight", "final_layer_norm.weight"))
+        ]
         width = widths[-1] if widths else None
-    layers = {k[len(blocks):].split(".")[0] for k in shapes if k.startswith(blocks)}
-    levels = {k[len(VAE + "encoder.down."):].split(".")[0] for k in shapes if k.startswith(VAE + "encoder.down.")}
+    layers = {k[len(blocks) :].split(".")[0] for k in shapes if k.startswith(blocks)}
+    levels = {k[len(VAE + "encoder.down.") :].split(".")[0] for k in shapes if k.startswith(VAE + "encoder.down.")}
     vae_in = shapes.get(VAE + "encoder.conv_in.weight")
     return Signature(
-        groups=groups, text=text, text_width=width, text_layers=len(layers) or None,
+        groups=groups,
+        text=text,
+        text_width=width,
+        text_layers=len(layers) or None,
         in_channels=conv_in[1] if conv_in is not None and len(conv_in) == 4 else None,
         model_channels=conv_in[0] if conv_in is not None else None,
-        context_dim=context, label=any(k.startswith(UNET + "label_emb.") for k in shapes),
-        vae_levels=len(levels) or None, vae_channels=vae_in[0] if vae_in is not None else None,
+        context_dim=context,
+        label=any(k.startswith(UNET + "label_emb.") for k in shapes),
+        vae_levels=len(levels) or None,
+        vae_channels=vae_in[0] if vae_in is not None else None,
     )
 
 
@@ -288,8 +351,13 @@ def _own_config(metadata: dict[str, str], sidecar: Path | None) -> tuple[dict[st
     return None
 
 
-def detect(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None = None,
-           prediction: str | None = None, sidecar: Path | None = None, name: str = "the checkpoint") -> Detection:
+def detect(
+    shapes: dict[str, tuple[int, ...]],
+    metadata: dict[str, str] | None = None,
+    prediction: str | None = None,
+    sidecar: Path | None = None,
+    name: str = "the checkpoint",
+) -> Detection:
     """The model a checkpoint holds and its config, by the rule in this module's docstring.
 
     `shapes` maps tensor names to shapes; `sidecar` is the YAML that would sit beside the file.
@@ -306,8 +374,10 @@ def detect(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None =
     family = next((f for f in FAMILIES if f.matches(sig)), None)
     if family is None:
         beside = f", nor beside it ({sidecar.name})" if sidecar is not None else ""
-        raise UnknownModelError(f"{name} matches no known model family ({sig.describe()}), and no config is in its "
-                                f"metadata{beside}: give its YAML with --config")
+        raise UnknownModelError(
+            f"{name} matches no known model family ({sig.describe()}), and no config is in its "
+            f"metadata{beside}: give its YAML with --config"
+        )
     if prediction is not None:
         how = "--prediction"
     elif (found := metadata_prediction(metadata)) is not None:
@@ -335,8 +405,9 @@ def detect_file(path: str | Path, prediction: str | None = None) -> Detection:
         raise type(exc)(f"{path}: {exc}") from None
 
 
-def resolve_config(config: str | Path | dict | None, checkpoint: str | Path | None,
-                   prediction: str | None = None) -> dict[str, Any]:
+def resolve_config(
+    config: str | Path | dict | None, checkpoint: str | Path | None, prediction: str | None = None
+) -> dict[str, Any]:
     """The config that builds the model: `config` as given (prediction overriding its parameterization),
     or, without one, the one the checkpoint's detection finds (a one-line error when none)."""
     check_prediction(prediction)

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 
 class TextTowerKeyError(LdmError, ValueError):

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from ldm.errors import LdmError
-from ldm.infotext import format_infotext
+from ldm.core.errors import LdmError
+from ldm.io.infotext import format_infotext
 
 
 class InvalidImageError(LdmError, ValueError):
@@ -58,7 +58,7 @@ def check_new_outputs(*paths: str | Path | None, overwrite: bool = False) -> Non
 
 def write_text_output(path: str | Path, text: str) -> None:
     """A named text output (a results JSON, a table), written atomically: readers see the old or the new file."""
-    from ldm.checkpoint import atomic_path
+    from ldm.io.checkpoint import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         Path(tmp).write_text(text)
@@ -162,7 +162,7 @@ def signals_held() -> Iterator[None]:
 def save_png(
     image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None, exclusive: bool = False
 ) -> Path:
-    """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.infotext), which
+    """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.io.infotext), which
     viewers and A1111's PNG Info read, and "ldm", every setting as JSON (what --from-png uses first).
 
     Written atomically (temp file + rename): a full disk or a crash never leaves a truncated PNG, and a failed
@@ -186,7 +186,7 @@ def save_numbered_png(
     Each number is claimed by an exclusive create of the whole file (publish_exclusive), so runs writing into one
     folder at once never take the same number: one that finds its number taken moves past the highest one there
     (next_index with `pattern` and `glob`)."""
-    from ldm.checkpoint import publish_exclusive
+    from ldm.io.checkpoint import publish_exclusive
 
     folder, number = Path(folder), first
 
@@ -204,7 +204,7 @@ def save_numbered_png(
 
 
 def _place(tmp: str, path: Path, exclusive: bool) -> Path:
-    from ldm.checkpoint import publish_exclusive
+    from ldm.io.checkpoint import publish_exclusive
 
     if exclusive:
         publish_exclusive(tmp, path)
@@ -216,7 +216,7 @@ def _place(tmp: str, path: Path, exclusive: bool) -> Path:
 def _write_png(image: Image.Image, settings: dict[str, Any] | None, path: Path, place: Callable[[str], Path]) -> Path:
     """Encode the PNG into a temporary file beside `path` and hand it to `place`, which names it; the temporary
     file never outlives a failure (a full disk: OutputError naming `path` and the system's reason)."""
-    from ldm.checkpoint import _umask
+    from ldm.io.checkpoint import _umask
 
     info = PngImagePlugin.PngInfo()
     if settings:

@@ -13,13 +13,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ldm import defaults
-from ldm.editing import as_pil, fit_image, size_multiple
-from ldm.images import pil_to_tensor, tensor_to_pil
-from ldm.model import LatentDiffusion
-from ldm.samplers import check_strength
-from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import (
+from ldm.core import defaults
+from ldm.io.images import pil_to_tensor, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.base import (
     Conditioning,
     Generated,
     check_task,
@@ -29,6 +28,7 @@ from ldm.tasks import (
     sample_seeded,
     settings_of,
 )
+from ldm.tasks.editing import as_pil, fit_image, size_multiple
 
 
 def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Image.Image:

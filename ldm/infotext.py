@@ -10,7 +10,7 @@ The prompt is every line before `Negative prompt:`, the negative prompt every li
 last, and the last line holds `Name: value` pairs. A value that holds a comma, a colon or a line break is
 written as a JSON string, as A1111 does; a prompt never is. The model hash is A1111's short hash: the
 first 10 hex digits of the file's SHA-256. Settings that A1111 has no name for (precision, spacing,
-threshold) live only in the full JSON that `ldm.images.save_png` writes beside this text.
+threshold) live only in the full JSON that `ldm.io.images.save_png` writes beside this text.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from ldm.a1111_samplers import A1111_SAMPLERS, SCHEDULE_SETTINGS, sampler_settings, schedule_type_of, split_schedule
-from ldm.controlnet_infotext import controlnet_fields
-from ldm.errors import LdmError
-from ldm.samplers import SAMPLERS
+from ldm.core.errors import LdmError
+from ldm.io.a1111_samplers import A1111_SAMPLERS, SCHEDULE_SETTINGS, sampler_settings, schedule_type_of, split_schedule
+from ldm.io.controlnet_infotext import controlnet_fields
+from ldm.sampling.samplers import SAMPLERS
 
 
 class InfotextError(LdmError, ValueError):
     """A parameters text that names no setting we can use."""
 
 
-# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9 (ldm.a1111_samplers).
+# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9 (ldm.io.a1111_samplers).
 SAMPLER_NAMES = {
     "ddim": "DDIM",
     "plms": "PLMS",
@@ -58,7 +58,7 @@ SAMPLERS_BY_A1111_NAME = {v: k for k, v in SAMPLER_NAMES.items()}
 # line's length (minutes for a 200,000-character line).
 PARAM = re.compile(r'(\w[\w \-/]{1,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 # The longest `parameters` or `ldm` text read from an image, in characters: two prompts at their limit
-# (ldm.limits.MAX_PROMPT_CHARS) and every setting fit many times over; a longer one is refused unparsed.
+# (ldm.core.limits.MAX_PROMPT_CHARS) and every setting fit many times over; a longer one is refused unparsed.
 MAX_METADATA_CHARS = 256 * 1024
 # A PNG's text chunks are checked from their headers before Pillow reads them: at most this many bytes each (Pillow
 # itself stops a compressed chunk at 1 MB decompressed, PngImagePlugin.MAX_TEXT_CHUNK), and at most this many
@@ -101,7 +101,7 @@ def _step_fraction(settings: dict[str, Any]) -> str | None:
 
 
 def format_infotext(settings: dict[str, Any]) -> str:
-    """The A1111 `parameters` text for the settings dict of `ldm.pipeline.settings_dict`."""
+    """The A1111 `parameters` text for the settings dict of `ldm.tasks.txt2img.settings_dict`."""
     fields: dict[str, Any] = {
         "Steps": settings.get("steps"),
         "Sampler": SAMPLER_NAMES.get(settings.get("sampler", ""), settings.get("sampler")),
@@ -116,7 +116,7 @@ def format_infotext(settings: dict[str, Any]) -> str:
         "Clip skip": settings.get("clip_skip"),  # only when chosen (--clip-skip); else the model's own
         "Denoising strength": settings.get("strength"),
         "Refiner": Path(str(settings["refiner_file"])).stem if settings.get("refiner_file") else None,
-        "Refiner switch at": _step_fraction(settings),  # A1111's is a step fraction (ldm.sdxl_refiner)
+        "Refiner switch at": _step_fraction(settings),  # A1111's is a step fraction (ldm.tasks.sdxl_refiner)
         # A1111 calls DDIM's eta "Eta DDIM" and the ancestral samplers' "Eta"; 0 is not written.
         ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,
         "CFG Rescale phi": settings.get("guidance_rescale") or None,
@@ -194,7 +194,7 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
                 settings["eta"] = float(fields[name])
     except ValueError as exc:
         raise InfotextError(f"bad value in the parameters text: {exc}") from None
-    if "Sampler" in fields:  # with its schedule type: ldm.a1111_samplers
+    if "Sampler" in fields:  # with its schedule type: ldm.io.a1111_samplers
         label, schedule = fields["Sampler"], fields.get("Schedule type")
         if label in SAMPLERS:  # our own name, for samplers A1111 has none for (pc, unipc_bh2)
             chosen = {"sampler": label, **SCHEDULE_SETTINGS.get(schedule or "", {})}
@@ -209,8 +209,8 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
         settings.update(chosen)
     if "Model hash" in fields:
         settings["model_hash"] = fields["Model hash"]
-    if "Refiner switch at" in fields:  # a step fraction there, a timestep fraction here (ldm.sdxl_refiner)
-        from ldm.sdxl_refiner import refiner_settings_from_a1111  # torch: only for the images that need it
+    if "Refiner switch at" in fields:  # a step fraction there, a timestep fraction here (ldm.tasks.sdxl_refiner)
+        from ldm.tasks.sdxl_refiner import refiner_settings_from_a1111  # torch: only for the images that need it
 
         settings.update(refiner_settings_from_a1111(fields, settings.get("steps")))
     if "steps" not in settings and "seed" not in settings:
@@ -220,7 +220,7 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
 
 def as_made(settings: dict[str, Any]) -> dict[str, Any]:
     """Our JSON read as what it ran with: a field written since a choice existed is absent from older images, which
-    ran with what was then the only behaviour. DDIM was the k variant before `ddim_variant` (ldm.sampling) existed."""
+    ran with what was then the only behaviour. DDIM was the k variant before `ddim_variant` (ldm.sampling.options) existed."""
     if settings.get("sampler") == "ddim" and "ddim_variant" not in settings:
         return {**settings, "ddim_variant": "k"}
     return settings
@@ -230,12 +230,12 @@ def check_metadata_length(text: str, name: str) -> None:
     if len(text) > MAX_METADATA_CHARS:
         raise InfotextError(
             f"{name} is {len(text):,} characters long; the limit is {MAX_METADATA_CHARS:,} "
-            "(ldm.infotext.MAX_METADATA_CHARS)"
+            "(ldm.io.infotext.MAX_METADATA_CHARS)"
         )
 
 
 def check_png_chunks(path: Path) -> None:
-    """Refuse, from the chunk headers alone, a PNG whose text chunks are too large to read (ldm.infotext limits);
+    """Refuse, from the chunk headers alone, a PNG whose text chunks are too large to read (ldm.io.infotext limits);
     a file that is not a PNG is left to Pillow."""
     with path.open("rb") as f:
         if f.read(8) != PNG_SIGNATURE:
@@ -250,7 +250,7 @@ def check_png_chunks(path: Path) -> None:
             if kind in (b"tEXt", b"zTXt", b"iTXt") and length > MAX_TEXT_CHUNK_BYTES:
                 raise InfotextError(
                     f"{path} has a text chunk of {length:,} bytes; the limit is "
-                    f"{MAX_TEXT_CHUNK_BYTES:,} (ldm.infotext.MAX_TEXT_CHUNK_BYTES)"
+                    f"{MAX_TEXT_CHUNK_BYTES:,} (ldm.io.infotext.MAX_TEXT_CHUNK_BYTES)"
                 )
             f.seek(length + 4, 1)  # the data and its CRC
     raise InfotextError(f"{path} has more than {MAX_CHUNKS_BEFORE_PIXELS} chunks before its pixels; not read")
@@ -280,7 +280,7 @@ def read_png_text(path: Path) -> dict[str, Any]:
 
 
 # The type of each of our settings (the `ldm` JSON of `save_png`), as the command line's options take them; null is
-# "not set". Sampler options (snr, corrector_steps, ...) are checked as --sampler-option's are (ldm.sampling).
+# "not set". Sampler options (snr, corrector_steps, ...) are checked as --sampler-option's are (ldm.sampling.options).
 SETTING_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(
         (

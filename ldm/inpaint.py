@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ldm import defaults
-from ldm.editing import EditingError, as_pil, expand_batch, fit_image, size_multiple
-from ldm.images import InvalidImageError, load_image, pil_to_tensor, tensor_to_pil
-from ldm.masks import EmptyMaskError, border_mask, check_mask, feather, mask_from_image
-from ldm.model import LatentDiffusion
-from ldm.samplers import check_strength
-from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import (
+from ldm.core import defaults
+from ldm.core.masks import EmptyMaskError, border_mask, check_mask, feather, mask_from_image
+from ldm.io.images import InvalidImageError, load_image, pil_to_tensor, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.base import (
     Conditioning,
+    EditingError,
     Generated,
     check_task,
     prompt_conditions,
@@ -40,6 +40,7 @@ from ldm.tasks import (
     sample_seeded,
     settings_of,
 )
+from ldm.tasks.editing import as_pil, expand_batch, fit_image, size_multiple
 
 log = logging.getLogger("ldm")
 

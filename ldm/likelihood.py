@@ -29,8 +29,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ldm.diffusion import VPParameterisation, predict_x0_from_eps, q_sample
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
+from ldm.diffusion.parameterisation import VPParameterisation, predict_x0_from_eps, q_sample
 
 VARIANCES = ("fixed_small", "fixed_large", "learned")
 HYBRID_LAMBDA = 1e-3  # Improved DDPM's lambda for L_hybrid = L_simple + lambda L_vlb
@@ -230,7 +230,7 @@ class LearnedVarianceParameterisation(VPParameterisation):
     Trained on L_hybrid (`hybrid_loss`: L_simple on eps, lambda L_vlb on v alone); everything that reads an x0
     from the output (`denoised`, `x0_from_output`, hence model.denoiser() and every ordinary sampler) uses the eps
     half only, so such a model samples as a fixed-variance one unless the sampler asks for v
-    (ldm.variance_sampler).
+    (ldm.sampling.variance_sampler).
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor, prediction: str = "eps"):

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from ldm.errors import ResourceLimitError
+from ldm.core.errors import ResourceLimitError
 
 GIB = 1024**3
 # Images generated at once at most: bigger chunks gain little speed, and every image of a chunk waits for
@@ -44,7 +44,7 @@ def check_prompt_length(text: str, name: str = "prompt") -> None:
     if len(text) > MAX_PROMPT_CHARS:
         raise PromptTooLongError(
             f"{name} is {len(text):,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
-            "characters (ldm.limits.MAX_PROMPT_CHARS)"
+            "characters (ldm.core.limits.MAX_PROMPT_CHARS)"
         )
 
 

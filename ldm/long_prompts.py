@@ -1,7 +1,7 @@
 """Prompts longer than the text encoder's 75 tokens, and `(word:1.2)` emphasis, the way AUTOMATIC1111 does them.
 
 Both are off by default, so that SD results stay reference-exact: the reference code cuts a prompt at
-77 tokens (start + 75 + end), and `ldm.text_encoder` warns when it does.
+77 tokens (start + 75 + end), and `ldm.models.text_encoder` warns when it does.
 
 Chunking: the prompt's tokens are cut into chunks of 75. A chunk that fills up within 20 tokens of a
 comma is cut after that comma instead, and the rest moves to the next chunk; the word `BREAK` ends a
@@ -158,7 +158,7 @@ def encode_chunks(encoder, chunks: list[Chunk], emphasis: bool) -> torch.Tensor:
 def encode_prompts(encoder, prompts: list[str], chunking: bool = True, emphasis: bool = False) -> torch.Tensor:
     """Contexts of several prompts, padded with empty chunks to the longest one's chunk count (as A1111).
 
-    `encoder` is an `ldm.text_encoder.FrozenTextEncoder` (SD 1.x's or 2.x's). Without chunking a prompt keeps its first
+    `encoder` is an `ldm.models.text_encoder.FrozenTextEncoder` (SD 1.x's or 2.x's). Without chunking a prompt keeps its first
     75 tokens; without emphasis, brackets are plain text.
     """
     vocab = encoder.vocabulary()

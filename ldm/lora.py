@@ -8,13 +8,14 @@ module are learnt. `add_lora` puts trainable adapters on the U-Net's attention p
 
 Files: ours name each module by its path in the model (`unet.input_blocks.1.1.transformer_blocks.0.attn1
 .to_q.lora_down.weight`, `.lora_up.weight`, `.alpha`) and carry the LoRA config in the safetensors
-metadata; the kohya / A1111 layout (`lora_unet_...`, `lora_te_...`) is read too (ldm.lora_kohya).
+metadata; the kohya / A1111 layout (`lora_unet_...`, `lora_te_...`) is read too (ldm.adapters.kohya).
 
 Why not peft: it would pull in transformers and accelerate for a few lines of maths, and it does not fit
 two of our module kinds: open_clip's nn.MultiheadAttention takes q, k and v from one fused in_proj_weight
 (its forward never calls a projection module), and the kohya layout names modules the diffusers way,
-which peft does not map either. Our modules are plain nn.Linear / nn.Conv2d otherwise (ldm.lora_layers).
+which peft does not map either. Our modules are plain nn.Linear / nn.Conv2d otherwise (ldm.adapters.lora_layers).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm.checkpoint import CheckpointError, file_sha256, load_state_dict, save_state_dict
-from ldm.errors import MissingFileError
-from ldm.lora_kohya import KOHYA_PREFIXES, kohya_names
-from ldm.lora_layers import (
+from ldm.adapters.kohya import KOHYA_PREFIXES, kohya_names
+from ldm.adapters.lora_layers import (
     DEFAULT_GROUPS,
     GROUPS,
     MHA_SLOTS,
@@ -45,6 +44,8 @@ from ldm.lora_layers import (
     hosts,
     model_targets,
 )
+from ldm.core.errors import MissingFileError
+from ldm.io.checkpoint import CheckpointError, file_sha256, load_state_dict, save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,17 @@ def _attach(host: nn.Module, name: str, slot: str | None, adapter: LowRank) -> N
         host.adapters[name] = adapter
 
 
-def add_lora(model: nn.Module, targets: str | Sequence[str] = DEFAULT_GROUPS, rank: int = 4, alpha: float | None = None,
-             dropout: float = 0.0, name: str = "default") -> list[str]:
+def add_lora(
+    model: nn.Module,
+    targets: str | Sequence[str] = DEFAULT_GROUPS,
+    rank: int = 4,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    name: str = "default",
+) -> list[str]:
     """Freeze the model and put a trainable adapter on every module of the target groups; returns their names.
 
-    Groups (ldm.lora_layers.GROUPS): attn (the U-Net's to_q/to_k/to_v/to_out), proj (its transformers'
+    Groups (ldm.adapters.lora_layers.GROUPS): attn (the U-Net's to_q/to_k/to_v/to_out), proj (its transformers'
     proj_in/proj_out), ff (their feed-forward), conv (res block, down- and upsampling convolutions and the
     time-embedding projections), text (the text encoder's attention and MLP). alpha defaults to rank (scale 1).
     """
@@ -170,12 +177,18 @@ def lora_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.
     return out
 
 
-def save_lora(model: nn.Module, path: str | Path, name: str = "default", float_dtype: torch.dtype | None = None,
-              extra_metadata: dict[str, str] | None = None, whole: dict[str, torch.Tensor] | None = None) -> None:
+def save_lora(
+    model: nn.Module,
+    path: str | Path,
+    name: str = "default",
+    float_dtype: torch.dtype | None = None,
+    extra_metadata: dict[str, str] | None = None,
+    whole: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write the adapter as safetensors (atomically), with its config in the metadata.
 
     whole: tensors trained whole beside the adapter (lora.train_whole), stored under their model names; such a
-    file is a model derived from its base (ldm.derived), not a LoRA to apply to any model."""
+    file is a model derived from its base (ldm.formats.derived), not a LoRA to apply to any model."""
     config = dict(getattr(model, "lora_configs", {}).get(name, {}))
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in config.items()}, **(extra_metadata or {})}
     base = (getattr(model, "identity", None) or {}).get("model_sha256")
@@ -238,9 +251,11 @@ def _fit(model: nn.Module, target: Target, module: LoraModule, source: str) -> L
     if down.numel() == math.prod(want_down) and up.numel() == math.prod(want_up) and kernel in ((), (1, 1)):
         down, up = down.reshape(want_down), up.reshape(want_up)
     if rank < 1 or tuple(down.shape) != want_down or tuple(up.shape) != want_up:
-        raise LoraError(f"{source}: {module.key}: lora_down {tuple(module.down.shape)} and lora_up "
-                        f"{tuple(module.up.shape)} do not fit {target.name} (in {n_in}, out {n_out}"
-                        f"{', kernel ' + 'x'.join(map(str, kernel)) if kernel else ''})")
+        raise LoraError(
+            f"{source}: {module.key}: lora_down {tuple(module.down.shape)} and lora_up "
+            f"{tuple(module.up.shape)} do not fit {target.name} (in {n_in}, out {n_out}"
+            f"{', kernel ' + 'x'.join(map(str, kernel)) if kernel else ''})"
+        )
     for tensor in (down, up):
         if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
             raise LoraError(f"{source}: {module.key}: tensors must be finite floating-point numbers")
@@ -271,8 +286,10 @@ def lora_from_state(state: dict[str, torch.Tensor], model: nn.Module, source: st
             raise LoraError(f"{source}: {stem}.alpha is not a finite number")
         rank = down.shape[0] if down.dim() else 0  # a rank of 0 is refused with the shapes (_fit)
         if rank and abs(alpha) / rank > MAX_LORA_SCALE:
-            raise LoraError(f"{source}: {stem}.alpha {alpha:g} over rank {rank} is a scale beyond {MAX_LORA_SCALE:g} "
-                            "(alpha is normally at most a few times the rank)")
+            raise LoraError(
+                f"{source}: {stem}.alpha {alpha:g} over rank {rank} is a scale beyond {MAX_LORA_SCALE:g} "
+                "(alpha is normally at most a few times the rank)"
+            )
         modules[name] = _fit(model, targets[name], LoraModule(stem, down, tensors["up"], alpha), source)
     return LoraWeights(modules, source)
 
@@ -356,10 +373,13 @@ def merge_lora(model: nn.Module, lora: str | Path | LoraWeights, weight: float =
             param = base.out_proj.weight
         else:
             i, size = MHA_SLOTS.index(target.slot), base.embed_dim
-            param = base.in_proj_weight[i * size:(i + 1) * size]
+            param = base.in_proj_weight[i * size : (i + 1) * size]
         param.add_(delta.reshape(param.shape).to(param.device, param.dtype))
-    _record(model, f"merged:{weights.source}:{len(getattr(model, '_lora_used', {}))}",
-            {"file": weights.source, "sha256": weights.sha256, "weight": weight, "merged": True})
+    _record(
+        model,
+        f"merged:{weights.source}:{len(getattr(model, '_lora_used', {}))}",
+        {"file": weights.source, "sha256": weights.sha256, "weight": weight, "merged": True},
+    )
 
 
 def merge_adapter(model: nn.Module, name: str = "default", weight: float = 1.0) -> None:
@@ -383,7 +403,7 @@ def using_loras(model: nn.Module, loras: Sequence[tuple[str | Path | LoraWeights
 
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
-    """"FILE[:WEIGHT]" -> (FILE, WEIGHT); the weight is 1 when absent."""
+    """ "FILE[:WEIGHT]" -> (FILE, WEIGHT); the weight is 1 when absent."""
     path, sep, tail = spec.rpartition(":")
     if sep:
         try:

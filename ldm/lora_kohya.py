@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ldm.lora_layers import Target
+from ldm.adapters.lora_layers import Target
 
 # ResBlock inner names -> diffusers ResnetBlock2D's.
 RESNET_NAMES = {
@@ -111,8 +111,8 @@ def text_name(path: str) -> str | None:
 
 def kohya_names(model, targets: dict[str, Target]) -> dict[str, str]:
     """kohya stem (`lora_unet_...`, `lora_te_...`) -> our target name, for every target of the model."""
-    from ldm.text_encoder import FrozenTextEncoder
-    from ldm.unet import UNetModel
+    from ldm.models.text_encoder import FrozenTextEncoder
+    from ldm.models.unet import UNetModel
 
     unets = [(p, m) for p, m in model.named_modules() if isinstance(m, UNetModel)]
     texts = [p for p, m in model.named_modules() if isinstance(m, FrozenTextEncoder)]
@@ -123,7 +123,7 @@ def kohya_names(model, targets: dict[str, Target]) -> dict[str, str]:
         for name in targets:
             if name.startswith(start) and (theirs := diffusers_name(name[len(start) :], blocks)):
                 out[UNET_PREFIX + theirs.replace(".", "_")] = name
-    two_towers = len(texts) == 2 and all(".embedders." in p for p in texts)  # SDXL (ldm.sdxl_text)
+    two_towers = len(texts) == 2 and all(".embedders." in p for p in texts)  # SDXL (ldm.models.sdxl_text)
     for number, prefix in enumerate(texts if two_towers else texts[:1]):
         start = prefix + "." if prefix else ""
         for name in targets:

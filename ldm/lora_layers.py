@@ -1,4 +1,4 @@
-"""The modules behind LoRA (ldm.lora): a low-rank update, the layers that carry one, and where they go.
+"""The modules behind LoRA (ldm.adapters.lora): a low-rank update, the layers that carry one, and where they go.
 
 A *host* replaces an nn.Linear, nn.Conv2d or nn.MultiheadAttention in place. It is an instance of the
 same class, shares the very same Parameter objects (so the base keeps its state-dict keys and an
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 MHA_SLOTS = ("in_proj_q", "in_proj_k", "in_proj_v", "out_proj")
 # Target groups: what `add_lora(targets=...)` names. The U-Net's attention projections are the usual choice.
@@ -167,7 +167,7 @@ HOST_TYPES = tuple(HOSTS.values())
 @dataclass(frozen=True)
 class Target:
     """A place an adapter can go: the module at `path` (a Linear, Conv2d or MultiheadAttention) and, for
-    attention, which projection (`slot`). Its name (ldm.lora's file keys) is path, or path.slot."""
+    attention, which projection (`slot`). Its name (ldm.adapters.lora's file keys) is path, or path.slot."""
 
     path: str
     slot: str | None = None
@@ -183,7 +183,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _unet_targets(prefix: str, unet: nn.Module) -> list[Target]:
-    from ldm.unet import CrossAttention, Downsample, FeedForward, ResBlock, SpatialTransformer, Upsample
+    from ldm.models.unet import CrossAttention, Downsample, FeedForward, ResBlock, SpatialTransformer, Upsample
 
     out = []
     for path, m in unet.named_modules(prefix=prefix):
@@ -215,8 +215,8 @@ def _text_targets(prefix: str, encoder: nn.Module) -> list[Target]:
 
 def model_targets(model: nn.Module, groups: tuple[str, ...] | list[str] = GROUPS) -> dict[str, Target]:
     """Every place of the given groups in the model (a LatentDiffusion, a bare U-Net or text encoder), by name."""
-    from ldm.text_encoder import FrozenTextEncoder
-    from ldm.unet import UNetModel
+    from ldm.models.text_encoder import FrozenTextEncoder
+    from ldm.models.unet import UNetModel
 
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:

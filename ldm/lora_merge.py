@@ -1,7 +1,7 @@
 """`ldm convert --merge-lora`: bake one or more LoRAs into a full checkpoint file.
 
 The base is loaded as any model is (its config given or detected, weights read safely), each LoRA is
-merged at its weight (ldm.lora.merge_lora: W += weight * alpha / rank * up @ down, in float32), and the
+merged at its weight (ldm.adapters.lora.merge_lora: W += weight * alpha / rank * up @ down, in float32), and the
 result is written atomically as one safetensors file in the original SD key layout. The file carries its
 config (`ldm_config`, so it loads without a YAML) and the list of merged LoRAs with their hashes.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ldm.checkpoint import save_state_dict
-from ldm.errors import LdmError
-from ldm.formats import CONFIG_KEY, resolve_config
-from ldm.lora import merge_lora
-from ldm.model import load_model
+from ldm.adapters.lora import merge_lora
+from ldm.core.errors import LdmError
+from ldm.formats.detect import CONFIG_KEY, resolve_config
+from ldm.formats.load import load_model
+from ldm.io.checkpoint import save_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 MASK_KINDS = ("box", "stroke", "border")
 

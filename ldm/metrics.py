@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class ClipFeatures:
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
-        from ldm.clip import encode_text_trimmed, tokenize
+        from ldm.models.clip import encode_text_trimmed, tokenize
 
         device = next(self.clip.parameters()).device
         tokens = tokenize(list(texts), self.clip.context_length)

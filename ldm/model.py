@@ -2,8 +2,9 @@
 
 It holds plain modules and the noise schedule, and offers the few operations every task
 needs (encode text, encode/decode images, a denoiser for the samplers). Sampling loops
-live in ldm.samplers, task logic in ldm.pipeline; training wraps this in Lightning.
+live in ldm.sampling.samplers, task logic in ldm.tasks.txt2img; training wraps this in Lightning.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm import defaults
-from ldm.checkpoint import (
+from ldm.core import defaults
+from ldm.core.config import instantiate
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, make_betas
+from ldm.io.checkpoint import (
     OPEN_CLIP_LAYOUT,
     CheckpointError,
     file_sha256,
@@ -26,11 +30,8 @@ from ldm.checkpoint import (
     state_problems,
     to_original_keys,
 )
-from ldm.config import instantiate
-from ldm.diffusers_keys import from_diffusers, vae_names
-from ldm.errors import InvalidOptionError
-from ldm.schedules import alphas_cumprod_from_betas, make_betas
-from ldm.vae_precision import decode_safely, overflows_in_fp16
+from ldm.io.diffusers_keys import from_diffusers, vae_names
+from ldm.models.vae_precision import decode_safely, overflows_in_fp16
 
 log = logging.getLogger(__name__)
 # Entries of VAE files that are no weights of the autoencoder: its training loss (LPIPS, discriminator), EMA copies.
@@ -43,7 +44,7 @@ class ConditioningKind:
 
     concat: the U-Net takes extra input channels beside the noisy latent (inpainting: mask + masked latent;
     upscaler: the low-res image); label: it takes a noise-level label `y`; tasks: what it can drive;
-    diffusers: the diffusers pipeline class of its folders (ldm.diffusers_format, ldm.diffusers_export).
+    diffusers: the diffusers pipeline class of its folders (ldm.formats.diffusers, ldm.formats.diffusers_export).
     """
 
     key: str
@@ -59,14 +60,35 @@ class ConditioningKind:
         return self.tasks[0]
 
 
-CONDITIONING = {kind.key: kind for kind in (
-    ConditioningKind("crossattn", "text-to-image", concat=False, label=False,
-                     tasks=("txt2img", "img2img", "inpaint", "walk"), diffusers="StableDiffusionPipeline"),
-    ConditioningKind("hybrid", "inpainting", concat=True, label=False, tasks=("inpaint",),
-                     diffusers="StableDiffusionInpaintPipeline"),
-    ConditioningKind("hybrid-adm", "x4 upscaler", concat=True, label=True, tasks=("upscale",),
-                     diffusers="StableDiffusionUpscalePipeline"),
-)}
+CONDITIONING = {
+    kind.key: kind
+    for kind in (
+        ConditioningKind(
+            "crossattn",
+            "text-to-image",
+            concat=False,
+            label=False,
+            tasks=("txt2img", "img2img", "inpaint", "walk"),
+            diffusers="StableDiffusionPipeline",
+        ),
+        ConditioningKind(
+            "hybrid",
+            "inpainting",
+            concat=True,
+            label=False,
+            tasks=("inpaint",),
+            diffusers="StableDiffusionInpaintPipeline",
+        ),
+        ConditioningKind(
+            "hybrid-adm",
+            "x4 upscaler",
+            concat=True,
+            label=True,
+            tasks=("upscale",),
+            diffusers="StableDiffusionUpscalePipeline",
+        ),
+    )
+}
 CONDITIONING_KINDS = tuple(CONDITIONING)
 
 
@@ -98,20 +120,26 @@ class LatentDiffusion(nn.Module):
         if parameterization not in ("eps", "v"):
             raise InvalidOptionError(f"unknown parameterization {parameterization!r}; known: eps, v")
         if ddim_variant not in defaults.DDIM_VARIANTS:
-            raise InvalidOptionError(f"unknown ddim_variant {ddim_variant!r}; known: {', '.join(defaults.DDIM_VARIANTS)}")  # noqa: E501
+            raise InvalidOptionError(
+                f"unknown ddim_variant {ddim_variant!r}; known: {', '.join(defaults.DDIM_VARIANTS)}"
+            )  # noqa: E501
         if conditioning_key not in CONDITIONING_KINDS:
-            raise InvalidOptionError(f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}")  # noqa: E501
+            raise InvalidOptionError(
+                f"unknown conditioning_key {conditioning_key!r}; known: {', '.join(CONDITIONING_KINDS)}"
+            )  # noqa: E501
         self.unet = instantiate(unet_config)
         self.vae = instantiate(first_stage_config)
         # Improved DDPM's learned reverse variance (ADM's learn_sigma): the U-Net's out_channels are twice the
-        # latent's, [eps, raw v]; trained on L_hybrid and read by ldm.likelihood.LearnedVarianceParameterisation.
+        # latent's, [eps, raw v]; trained on L_hybrid and read by ldm.diffusion.likelihood.LearnedVarianceParameterisation.
         self.learned_variance = bool(learned_variance)
         if self.learned_variance:
             if parameterization != "eps":
                 raise InvalidOptionError("learned_variance needs parameterization eps")
             if getattr(self.unet, "out_channels", None) != 2 * self.vae.embed_dim:
-                raise InvalidOptionError(f"learned_variance needs the U-Net's out_channels = 2 x {self.vae.embed_dim} "
-                                         f"latent channels ([eps, v]), got {getattr(self.unet, 'out_channels', None)}")
+                raise InvalidOptionError(
+                    f"learned_variance needs the U-Net's out_channels = 2 x {self.vae.embed_dim} "
+                    f"latent channels ([eps, v]), got {getattr(self.unet, 'out_channels', None)}"
+                )
         # None (cond_stage_config: null) for a label-only model: its U-Net has no cross-attention context.
         self.text_encoder = instantiate(cond_stage_config)
         # The upscaler's noise augmentation of the low-res image; schedule only, no weights.
@@ -122,8 +150,8 @@ class LatentDiffusion(nn.Module):
         self.prediction = parameterization
         self.image_size = image_size  # the latent size it was trained at (64 -> 512 px for SD 2-base)
         self.conditioning_key = conditioning_key
-        # The DDIM its images are made with unless the options say otherwise (ldm.sampling): "sd" for models
-        # built from the original SD configs (ldm.config sets it), whose users expect the original sampler's
+        # The DDIM its images are made with unless the options say otherwise (ldm.sampling.options): "sd" for models
+        # built from the original SD configs (ldm.core.config sets it), whose users expect the original sampler's
         # images; "k" for this project's own, whose earlier images (golden tests, PNG metadata) were made so.
         self.ddim_variant = ddim_variant
         # Class-conditional models (ldm.training.label_module): the U-Net's label embedding has one row per name
@@ -132,17 +160,29 @@ class LatentDiffusion(nn.Module):
         if self.class_names is not None:
             rows = getattr(self.unet, "num_classes", None)
             if rows != len(self.class_names) + 1 or len(set(self.class_names)) != len(self.class_names):
-                raise InvalidOptionError(f"{len(self.class_names)} distinct class_names need a U-Net with num_classes: "
-                                         f"{len(self.class_names) + 1} (the last is the null label), got {rows!r}")
-        self.schedule = dict(kind=beta_schedule, num_timesteps=timesteps, linear_start=linear_start,
-                             linear_end=linear_end, cosine_s=cosine_s)
+                raise InvalidOptionError(
+                    f"{len(self.class_names)} distinct class_names need a U-Net with num_classes: "
+                    f"{len(self.class_names) + 1} (the last is the null label), got {rows!r}"
+                )
+        self.schedule = dict(
+            kind=beta_schedule,
+            num_timesteps=timesteps,
+            linear_start=linear_start,
+            linear_end=linear_end,
+            cosine_s=cosine_s,
+        )
         # Derived from the config, so not saved: original checkpoints' copies are ignored on load.
         self.register_buffer("alphas_cumprod", self._schedule_alphas_cumprod(), persistent=False)
 
     def _schedule_alphas_cumprod(self) -> torch.Tensor:
         s = self.schedule
-        betas = make_betas(s["kind"], s["num_timesteps"], linear_start=s["linear_start"], linear_end=s["linear_end"],
-                           cosine_s=s["cosine_s"])
+        betas = make_betas(
+            s["kind"],
+            s["num_timesteps"],
+            linear_start=s["linear_start"],
+            linear_end=s["linear_end"],
+            cosine_s=s["cosine_s"],
+        )
         return alphas_cumprod_from_betas(betas).float()
 
     def _apply(self, fn, recurse: bool = True):
@@ -170,12 +210,15 @@ class LatentDiffusion(nn.Module):
         if unknown:
             known = ", ".join(names) if names else "none: this model takes no class label"
             raise UnknownLabelError(f"unknown label {unknown[0]!r}; known: {known}")
-        return torch.tensor([self.null_class if label is None else names.index(label) for label in labels],
-                            dtype=torch.long, device=self.device)
+        return torch.tensor(
+            [self.null_class if label is None else names.index(label) for label in labels],
+            dtype=torch.long,
+            device=self.device,
+        )
 
     @property
     def guidance_embedded(self) -> bool:
-        """A guidance-distilled student: its U-Net takes the guidance scale as an input (ldm.distillation)."""
+        """A guidance-distilled student: its U-Net takes the guidance scale as an input (ldm.diffusion.distillation)."""
         return bool(getattr(self.unet, "guidance_embedded", False))
 
     @property
@@ -230,17 +273,21 @@ class LatentDiffusion(nn.Module):
         """Cross-attention contexts of the prompts; None for a label-only model (no text encoder)."""
         return self.text_encoder(list(prompts)) if self.text_encoder is not None else None
 
-    # Tiled autoencoder (ldm.tiling) for images larger than one tile: None, or {"tile": latent samples,
+    # Tiled autoencoder (ldm.models.tiling) for images larger than one tile: None, or {"tile": latent samples,
     # "overlap": latent samples}. Set by --tiled-vae; tiles are encoded to the posterior's mean.
     vae_tiling: dict[str, int] | None = None
 
-    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:  # noqa: E501
+    def encode_image(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False
+    ) -> torch.Tensor:  # noqa: E501
         """Images in [-1, 1] -> scaled latents."""
         tiling, f = self.vae_tiling, self.downscale
         if tiling and not sample and max(images.shape[-2:]) > tiling["tile"] * f:
-            from ldm.tiling import tiled_encode
+            from ldm.models.tiling import tiled_encode
 
-            return tiled_encode(self.vae.encode_to_latent, images, tiling["tile"] * f, tiling["overlap"] * f, f, self.vae)  # noqa: E501
+            return tiled_encode(
+                self.vae.encode_to_latent, images, tiling["tile"] * f, tiling["overlap"] * f, f, self.vae
+            )  # noqa: E501
         return self.vae.encode_to_latent(images, generator=generator, sample=sample)
 
     def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
@@ -250,26 +297,27 @@ class LatentDiffusion(nn.Module):
     def _decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
         tiling = self.vae_tiling
         if tiling and max(latents.shape[-2:]) > tiling["tile"]:
-            from ldm.tiling import tiled_decode
+            from ldm.models.tiling import tiled_decode
 
-            return tiled_decode(self.vae.decode_from_latent, latents, tiling["tile"], tiling["overlap"], self.downscale,
-                                self.vae)  # the group norms share their statistics across tiles (ldm.tiling)
+            return tiled_decode(
+                self.vae.decode_from_latent, latents, tiling["tile"], tiling["overlap"], self.downscale, self.vae
+            )  # the group norms share their statistics across tiles (ldm.models.tiling)
         return self.vae.decode_from_latent(latents)
 
     def parameterisation(self):
-        """The schedule with the prediction type (ldm.diffusion.VPParameterisation), for training and sampling;
-        with a learned variance, ldm.likelihood.LearnedVarianceParameterisation (hybrid loss, eps half for x0)."""
-        from ldm.diffusion import VPParameterisation
+        """The schedule with the prediction type (ldm.diffusion.parameterisation.VPParameterisation), for training and sampling;
+        with a learned variance, ldm.diffusion.likelihood.LearnedVarianceParameterisation (hybrid loss, eps half for x0)."""
+        from ldm.diffusion.parameterisation import VPParameterisation
 
         if self.learned_variance:
-            from ldm.likelihood import LearnedVarianceParameterisation
+            from ldm.diffusion.likelihood import LearnedVarianceParameterisation
 
             return LearnedVarianceParameterisation(self.alphas_cumprod, self.prediction)
         return VPParameterisation(self.alphas_cumprod, self.prediction)
 
     def denoiser(self):
         """The U-Net behind its parameterisation: D(x, sigma, context=, y=, concat=) -> x0."""
-        from ldm.diffusion import DiscreteTimeDenoiser
+        from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
 
         return DiscreteTimeDenoiser(self.unet, parameterisation=self.parameterisation())
 
@@ -297,15 +345,21 @@ class LatentDiffusion(nn.Module):
         state = load_state_dict(path)
         dropped = [k for k in state if k.startswith(VAE_FILE_IGNORED)]
         if dropped:
-            log.info("%s: ignored %d entries of training only (%s)", Path(path).name, len(dropped),
-                     ", ".join(sorted({k.split(".")[0] for k in dropped})))
+            log.info(
+                "%s: ignored %d entries of training only (%s)",
+                Path(path).name,
+                len(dropped),
+                ", ".join(sorted({k.split(".")[0] for k in dropped})),
+            )
             state = {k: v for k, v in state.items() if not k.startswith(VAE_FILE_IGNORED)}
         if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in state):  # diffusers' layout
             state = from_diffusers(state, vae_names(list(self.vae.state_dict()), len(self.vae.decoder.up)))
         problems = state_problems(self.vae.state_dict(), state)
         if problems:
-            raise CheckpointError(f"{path} does not fit the model's autoencoder (a VAE file holds encoder.*, decoder.*, "  # noqa: E501
-                                  f"quant_conv.*, post_quant_conv.*): {'; '.join(problems)}")
+            raise CheckpointError(
+                f"{path} does not fit the model's autoencoder (a VAE file holds encoder.*, decoder.*, "  # noqa: E501
+                f"quant_conv.*, post_quant_conv.*): {'; '.join(problems)}"
+            )
         self.vae.load_state_dict(state, strict=True)
         identity = getattr(self, "identity", None) or {}
         self.identity = {**identity, "vae_file": Path(path).name, "vae_sha256": file_sha256(path)}
@@ -326,47 +380,53 @@ def weights_in_our_layout(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(config: str | Path | dict | None = None, checkpoint: str | Path | None = None,
-               device: str | torch.device = defaults.DEVICE, prediction: str | None = None,
-               dtype: torch.dtype | None = None, task: str = "txt2img", variant: str | None = None) -> LatentDiffusion:
+def load_model(
+    config: str | Path | dict | None = None,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = defaults.DEVICE,
+    prediction: str | None = None,
+    dtype: torch.dtype | None = None,
+    task: str = "txt2img",
+    variant: str | None = None,
+) -> LatentDiffusion:
     """Build a model from a config (ours or an original SD 1.x or 2.x YAML) and load its weights.
 
     With neither argument, the small pretrained emoji model shipped in checkpoints/ for `task` is used: the
     text-to-image model, or for "inpaint" the inpainting model derived from it where it is shipped. A checkpoint may be
     a diffusers folder (SD 1.x/2.x text-to-image, SD 2 inpainting or the x4 upscaler), whose config.json files give the config. With a
-    checkpoint alone, its family and config are detected (ldm.formats, whose docstring states the rule);
+    checkpoint alone, its family and config are detected (ldm.formats.detect, whose docstring states the rule);
     `prediction` ("eps" or "v") overrides the config's, and SD 2.x 768-v files without metadata need "v".
     variant (text-to-image, neither file given): "student", the few-step student distilled from the shipped model,
-    or "full", the shipped model itself; None: the student where it is shipped (ldm.variants). A config's
+    or "full", the shipped model itself; None: the student where it is shipped (ldm.formats.variants). A config's
     `sampling:` section becomes the model's `sampling_defaults` (used where a call leaves options open), its `name:`
     the `model_name` that image metadata records.
     device: "auto" (cuda if available, else cpu), "cpu", "cuda:1", ...; dtype: the networks' weights
     (torch.bfloat16 or torch.float16 halve the memory; the noise schedule stays float32).
     """  # noqa: E501
-    from ldm.devices import resolve_device
-    from ldm.formats import resolve_config
-    from ldm.variants import sampling_section, shipped_model_files
+    from ldm.core.devices import resolve_device
+    from ldm.formats.detect import resolve_config
+    from ldm.formats.variants import sampling_section, shipped_model_files
 
     if config is None and checkpoint is None:
         config, checkpoint = shipped_model_files(task, variant)
     elif variant is not None:
         raise InvalidOptionError("variant picks a shipped model: give it or a config/checkpoint, not both")
-    folder = checkpoint is not None and Path(checkpoint).is_dir()  # a diffusers folder (ldm.diffusers_format)
+    folder = checkpoint is not None and Path(checkpoint).is_dir()  # a diffusers folder (ldm.formats.diffusers)
     if folder and config is None:
-        from ldm.diffusers_format import folder_config
+        from ldm.formats.diffusers import folder_config
 
         cfg = folder_config(checkpoint, prediction)
     else:
         cfg = resolve_config(config, checkpoint, prediction)
     # The model hash for image metadata, computed while the model is built and loaded (GIL released).
     # Only a regular file is hashed: a FIFO would block the thread for ever. Loading the weights below says what a
-    # path that is not one is (ldm.checkpoint.check_regular_file).
+    # path that is not one is (ldm.io.checkpoint.check_regular_file).
     hashable = checkpoint is not None and not folder and Path(checkpoint).is_file()
     model_sha256 = sha256_in_background(checkpoint) if hashable else None
     if checkpoint is not None and not folder:
         # Every parameter comes from the checkpoint, or for a derived model from its base, parts and own file
         # (strictly loaded below either way): skip their random initialisation.
-        from ldm.skip_init import skipped_init
+        from ldm.core.skip_init import skipped_init
 
         with skipped_init():
             model = instantiate(cfg["model"])
@@ -376,25 +436,24 @@ def load_model(config: str | Path | dict | None = None, checkpoint: str | Path |
         raise InvalidOptionError("the config's model target is not a latent diffusion model")
     model.identity = {}  # what image metadata records as the model: its weights file and their hash
     if folder:
-        from ldm.diffusers_format import folder_identity, load_folder_weights
+        from ldm.formats.diffusers import folder_identity, load_folder_weights
 
         load_folder_weights(model, checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": folder_identity(checkpoint)}
     elif checkpoint is not None and cfg.get("base"):
-        from ldm.derived import base_path, load_derived_weights, part_paths
+        from ldm.formats.derived import base_path, load_derived_weights, part_paths
 
         # `base:` and `parts:` are relative to the config's folder; a config given as a dict (ldm convert's, or
         # the API's) is taken to lie beside the checkpoint, as a shipped model's YAML does.
         config_path = config if isinstance(config, (str, Path)) else checkpoint
         base = base_path(cfg["base"], config_path)
         load_derived_weights(model, checkpoint, base, part_paths(cfg.get("parts"), config_path))
-        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": model_sha256(),
-                          "base_file": base.name}
+        model.identity = {"model_file": Path(checkpoint).name, "model_sha256": model_sha256(), "base_file": base.name}
     elif checkpoint is not None:
         model.load_weights(checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": model_sha256()}
     model.sampling_defaults = sampling_section(cfg)
-    model.upscale_defaults = dict(cfg.get("upscale") or {})  # e.g. {back_projection: 10} (ldm.upscale)
+    model.upscale_defaults = dict(cfg.get("upscale") or {})  # e.g. {back_projection: 10} (ldm.tasks.upscale)
     if cfg.get("name"):
         model.identity["model_name"] = str(cfg["name"])
     model = model.to(resolve_device(device)).eval()

@@ -50,7 +50,7 @@ def _fix_text(text: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def _ftfy_bridge() -> types.ModuleType:
-    bridge = types.ModuleType("ftfy", "ldm.open_clip_parts' stand-in: ftfy.fix_text, ftfy imported when needed")
+    bridge = types.ModuleType("ftfy", "ldm.models.open_clip_parts' stand-in: ftfy.fix_text, ftfy imported when needed")
     bridge.fix_text = _fix_text
     return bridge
 

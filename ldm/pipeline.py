@@ -1,7 +1,7 @@
 """Text-to-image: prompts -> guided sampling in latent space -> PIL images.
 
 `prepare` builds the task's conditioning (prompt contexts for both sides of guidance); the sampling
-itself is the one every task shares (ldm.tasks.denoise). Sampling options live in ldm.sampling and
+itself is the one every task shares (ldm.tasks.base.denoise). Sampling options live in ldm.sampling.options and
 are re-exported here, where callers have always found them.
 """
 
@@ -13,19 +13,19 @@ from typing import Any
 
 import torch
 
-from ldm import defaults
-from ldm.errors import InvalidOptionError
-from ldm.images import check_size, tensor_to_pil
-from ldm.model import LatentDiffusion
-from ldm.samplers import Generators
-from ldm.sampling import (
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
+from ldm.io.images import check_size, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import (
     SamplingOptions,
     autocast,
     check_finite_latents,  # noqa: F401
     ddim_variant_of,
     sampler_eta,
 )
-from ldm.tasks import (
+from ldm.sampling.samplers import Generators
+from ldm.tasks.base import (
     Conditioning,
     Generated,
     PromptError,
@@ -93,13 +93,13 @@ def txt2img(
     the caller's options are not changed. The result is a list of PIL images whose `settings` say what ran.
     As in diffusers: `generator` (one torch.Generator for the batch, or one per image) or `latents` (the unit
     start noise [B, C, h/f, w/f]) replace the seed; `callback(step)` runs at every step with the sampler's
-    {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.model.load_model(device=, dtype=)).
-    loras: [(LoRA file, weight), ...] applied for this call only (ldm.lora). label: a class-conditional model's
+    {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.formats.load.load_model(device=, dtype=)).
+    loras: [(LoRA file, weight), ...] applied for this call only (ldm.adapters.lora). label: a class-conditional model's
     class (one name, or one per prompt; None: the null label), guided against the null label; a label-only
     model takes the empty prompt "".
     """
     if loras:
-        from ldm.lora import using_loras
+        from ldm.adapters.lora import using_loras
 
         with using_loras(model, loras):
             return txt2img(
@@ -165,13 +165,17 @@ def txt2img_learned_variance(
     options: SamplingOptions | None = None,
 ) -> Generated:
     """Images from a model with a learned variance (`learned_variance: true`) by ancestral DDPM with the
-    U-Net's own step variance (ldm.variance_sampler), guided as `txt2img` is; image i uses seed + i.
+    U-Net's own step variance (ldm.sampling.variance_sampler), guided as `txt2img` is; image i uses seed + i.
 
     `options` (sampler "ddpm"; what `ldm txt2img --learned-variance` passes) replace steps, guidance_scale and
     spacing, and add karras spacing, precision and the prompt handling; guidance rescale and thresholding have
     no counterpart here and are refused. label: as txt2img's, for a class-conditional model.
     """
-    from ldm.variance_sampler import GuidedVarianceDenoiser, LearnedVarianceDenoiser, sample_ddpm_learned_variance
+    from ldm.sampling.variance_sampler import (
+        GuidedVarianceDenoiser,
+        LearnedVarianceDenoiser,
+        sample_ddpm_learned_variance,
+    )
 
     if not getattr(model, "learned_variance", False):
         raise PromptError("this model has no learned variance (its config's learned_variance); use txt2img")
@@ -244,7 +248,7 @@ def settings_dict(
 
     `eta` is the one the sampler used (not the --eta of a sampler that ignores it), `ddim_variant` likewise
     (the model's own where the options leave it open; without a field, --from-png reads the metadata as made
-    before the field existed, with "k"); `model` adds the weights' file name and SHA-256 (ldm.model.load_model
+    before the field existed, with "k"); `model` adds the weights' file name and SHA-256 (ldm.formats.load.load_model
     records them), which say which model made it.
     """
     if model is not None:

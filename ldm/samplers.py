@@ -2,19 +2,20 @@
 
 Conventions (k-diffusion's):
 - sigma space: x = x0 + sigma * eps. `sigmas` is a decreasing 1-D grid ending in 0
-  (ldm.schedules.get_sigmas); every sampler steps x from sigmas[0] to 0 and returns the clean sample
+  (ldm.diffusion.schedules.get_sigmas); every sampler steps x from sigmas[0] to 0 and returns the clean sample
   (except sample_ddim_sd, whose grid ends at sigma(t = 0) as the original SD DDIM's does).
 - x must already be at noise level sigmas[0]. From pure noise that is `randn * sigmas[0]`, NOT
   unit noise: SD's sigma_max is about 14.6. (A VP latent x_vp is x * sqrt(ab) = x / sqrt(1 + sigma^2);
   at sigma = 0 the two agree, so the result needs no conversion.) For img2img / inpainting start
   at `x0 + noise * sigmas[0]` with `truncate_sigmas(sigmas, strength)`.
 - model(x, sigma_batch) gets sigma as a [B] tensor; the samplers know nothing of timesteps, text or
-  VAEs (ldm.denoisers adapts networks, CFGDenoiser adds guidance).
+  VAEs (ldm.sampling.denoisers adapts networks, CFGDenoiser adds guidance).
 - all randomness comes from `generator` (drawn on its device), so a seed reproduces a result; a list
   of generators gives each image of the batch its own stream.
 - callback({"i", "x", "sigma", "denoised"}) runs once per step i, before x moves on: x is the
   current state at noise level sigma = sigmas[i] and denoised = model(x, sigma), its x0 estimate.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import trange
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 Denoiser = Callable[..., torch.Tensor]
 Callback = Callable[[dict], Any]
@@ -66,8 +67,9 @@ def _noise(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
             raise GeneratorCountError(f"{len(generator)} generators for a batch of {x.shape[0]}")
-        return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
-                           ).to(x.device)
+        return torch.stack(
+            [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
+        ).to(x.device)
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
@@ -85,7 +87,9 @@ def _report(callback: Callback | None, i: int, x: torch.Tensor, sigma: torch.Ten
         callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
 
 
-def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E501
+def ancestral_step(
+    sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E501
     """Split a step sigma -> sigma_next into a deterministic move to sigma_down plus fresh noise sigma_up:
 
         sigma_up = min(sigma_next, eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)),
@@ -101,9 +105,15 @@ def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1
 
 
 @torch.no_grad()
-def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                 callback: Callback | None = None, disable: bool | None = None,
-                 generator: Generators = None) -> torch.Tensor:
+def sample_euler(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+) -> torch.Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. Alg. 1)."""
     for i in _steps(sigmas, disable):
         denoised = _eval(model, x, sigmas[i], extra_args)
@@ -113,9 +123,16 @@ def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_a
 
 
 @torch.no_grad()
-def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                           callback: Callback | None = None, disable: bool | None = None,
-                           generator: Generators = None, eta: float = 1.0) -> torch.Tensor:
+def sample_euler_ancestral(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+    eta: float = 1.0,
+) -> torch.Tensor:
     """Euler down to sigma_down, then noise of std sigma_up back up to sigma_next (`ancestral_step`)."""
     for i in _steps(sigmas, disable):
         denoised = _eval(model, x, sigmas[i], extra_args)
@@ -128,9 +145,16 @@ def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
 
 
 @torch.no_grad()
-def sample_ddim(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                callback: Callback | None = None, disable: bool | None = None,
-                generator: Generators = None, eta: float = 0.0) -> torch.Tensor:
+def sample_ddim(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+    eta: float = 0.0,
+) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) written in sigma space.
 
     The VP update is x_vp' = sqrt(ab') x0 + sqrt(1 - ab' - s_e^2) eps + s_e z with
@@ -156,9 +180,16 @@ def sample_ddim(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
 
 
 @torch.no_grad()
-def sample_ddim_sd(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                   callback: Callback | None = None, disable: bool | None = None,
-                   generator: Generators = None, eta: float = 0.0) -> torch.Tensor:
+def sample_ddim_sd(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+    eta: float = 0.0,
+) -> torch.Tensor:
     """DDIM with the ends of the original Stable Diffusion DDIMSampler (and of diffusers' DDIMScheduler with
     set_alpha_to_one=False), which work in VP space, x_vp = x / sqrt(1 + sigma^2):
 
@@ -166,7 +197,7 @@ def sample_ddim_sd(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra
       (get_sigmas(..., to_zero=False)), not at 0, and the steps are sample_ddim's;
     - it returns the VP latent there, which it decodes as it is: x / sqrt(1 + sigma_end^2);
     - from pure noise it starts at x_vp = noise, i.e. x = noise * sqrt(1 + sigmas[0]^2) rather than
-      noise * sigmas[0] (ldm.sampling.start_scale): the caller's part, as for every sampler.
+      noise * sigmas[0] (ldm.sampling.options.start_scale): the caller's part, as for every sampler.
     With a grid ending in 0 this is exactly sample_ddim.
     """
     x = sample_ddim(model, x, sigmas, extra_args, callback, disable, generator, eta)
@@ -174,18 +205,30 @@ def sample_ddim_sd(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra
 
 
 @torch.no_grad()
-def sample_ddpm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                callback: Callback | None = None, disable: bool | None = None,
-                generator: Generators = None) -> torch.Tensor:
+def sample_ddpm(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+) -> torch.Tensor:
     """Ancestral DDPM (Ho et al. 2020): each step draws x' ~ q(x' | x, x0 = D(x, sigma)), the posterior
     with variance beta~ = (1 - ab') / (1 - ab) * (1 - ab / ab'); that is DDIM with eta = 1."""
     return sample_ddim(model, x, sigmas, extra_args, callback, disable, generator, eta=1.0)
 
 
 @torch.no_grad()
-def sample_heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                callback: Callback | None = None, disable: bool | None = None,
-                generator: Generators = None) -> torch.Tensor:
+def sample_heun(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+) -> torch.Tensor:
     """Heun's second-order method (Karras et al. Alg. 1): Euler predictor, then the trapezoid rule
         x' = x + (d(x, sigma) + d(x_euler, sigma')) / 2 * (sigma' - sigma);
     two model calls per step except the last, where d at sigma = 0 is undefined and Euler is used."""
@@ -205,9 +248,15 @@ def sample_heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
 
 
 @torch.no_grad()
-def sample_plms(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                callback: Callback | None = None, disable: bool | None = None,
-                generator: Generators = None) -> torch.Tensor:
+def sample_plms(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+) -> torch.Tensor:
     """Pseudo linear multistep (Liu et al. 2022, PNDM) as in the reference SD PLMS sampler.
 
     A DDIM step with eps e is x' = x + e * (sigma' - sigma) in sigma space; PLMS replaces e by an
@@ -240,9 +289,15 @@ def sample_plms(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_ar
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                    callback: Callback | None = None, disable: bool | None = None,
-                    generator: Generators = None) -> torch.Tensor:
+def sample_dpmpp_2m(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in lambda = -log sigma, h = lambda' - lambda:
 
         x' = (sigma' / sigma) x - (e^{-h} - 1) D,   D = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},  r = h_{i-1} / h,
@@ -269,9 +324,16 @@ def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extr
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-                        callback: Callback | None = None, disable: bool | None = None,
-                        generator: Generators = None, eta: float = 1.0) -> torch.Tensor:
+def sample_dpmpp_2m_sde(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+    eta: float = 1.0,
+) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, midpoint form), with eta scaling the injected noise:
 
         x' = (sigma' / sigma) e^{-eta h} x + (1 - e^{-(1 + eta) h}) D_i
@@ -314,9 +376,17 @@ def langevin_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) -> 
 
 
 @torch.no_grad()
-def sample_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
-              callback: Callback | None = None, disable: bool | None = None, generator: Generators = None,
-              snr: float = 0.16, corrector_steps: int = 1) -> torch.Tensor:
+def sample_pc(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    generator: Generators = None,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+) -> torch.Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Alg. 2 for the VE SDE, which sigma space is).
 
     The score is s(x, sigma) = (D(x, sigma) - x) / sigma^2. Each step first moves x from sigma_i to
@@ -346,8 +416,8 @@ def sample_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args
     return x
 
 
-# Here, after the helpers above that ldm.samplers_extra builds on (an import at the top would be circular).
-from ldm.samplers_extra import (
+# Here, after the helpers above that ldm.sampling.samplers_extra builds on (an import at the top would be circular).
+from ldm.sampling.samplers_extra import (
     sample_dpm_2,
     sample_dpm_2_ancestral,
     sample_dpmpp_2s_ancestral,
@@ -356,7 +426,7 @@ from ldm.samplers_extra import (
     sample_lcm,
     sample_lms,
 )
-from ldm.samplers_unipc import sample_unipc, sample_unipc_bh2
+from ldm.sampling.samplers_unipc import sample_unipc, sample_unipc_bh2
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
@@ -403,7 +473,7 @@ class OptionSpec:
 
 
 # Every sampler's own keyword option (besides the common ones), checked wherever options come in (the CLI's
-# --sampler-option, a PNG's settings, the Python API: ldm.sampling.sampler_kwargs). The upper bounds keep a run's
+# --sampler-option, a PNG's settings, the Python API: ldm.sampling.options.sampler_kwargs). The upper bounds keep a run's
 # cost bounded as --steps is (at most the model's timesteps): pc makes corrector_steps extra U-Net calls per step.
 SAMPLER_OPTIONS: dict[str, OptionSpec] = {
     "eta": OptionSpec(float, 0.0),
@@ -433,4 +503,4 @@ def truncate_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
     check_strength(strength)
     steps = len(sigmas) - 1
     keep = int(math.floor(steps * strength + 1e-9))  # the epsilon stops 0.29 * 100 = 28.999... losing a step
-    return sigmas[steps - keep:]
+    return sigmas[steps - keep :]

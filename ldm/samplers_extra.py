@@ -1,12 +1,12 @@
 """More samplers, by the names users know from A1111 (LMS, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, DPM++ 3M SDE, LCM;
-UniPC is in ldm.samplers_unipc): plain functions over a denoiser with the conventions of ldm.samplers (sigma space, a
+UniPC is in ldm.sampling.samplers_unipc): plain functions over a denoiser with the conventions of ldm.sampling.samplers (sigma space, a
 grid ending in 0, all noise from `generator`, one callback per step). Written from the maths of the papers and of
 k-diffusion's k_diffusion/sampling.py and A1111's LCM sampler, with the same step rules, so that a name picks the
 same method as there. Differences from those are said in each docstring.
 
 lambda = -log sigma below (half the log-SNR); h = lambda' - lambda is a step's length in it.
 
-ldm.samplers imports this module's samplers in its middle (after the helpers this module uses), so the helpers are
+ldm.sampling.samplers imports this module's samplers in its middle (after the helpers this module uses), so the helpers are
 imported at the bottom of this module: either module can then be imported first.
 """
 
@@ -18,7 +18,7 @@ import torch
 # The order of k-diffusion's LMS.
 LMS_ORDER = 4
 # A1111 runs these on the grid of steps + 1 with its next-to-last sigma dropped (its discard_next_to_last_sigma), so
-# that their costly last steps start from a larger sigma; ldm.tasks.model_sigmas does the same (`discard_next_to_last`).
+# that their costly last steps start from a larger sigma; ldm.tasks.base.model_sigmas does the same (`discard_next_to_last`).
 DISCARD_NEXT_TO_LAST_SIGMA = ("dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde")
 
 
@@ -126,7 +126,7 @@ def sample_dpm_2_ancestral(
     eta: float = 1.0,
 ) -> torch.Tensor:
     """DPM2 a: the DPM2 step down to sigma_down, then fresh noise of std sigma_up back to sigma_next
-    (ldm.samplers.ancestral_step); eta = 0 is sample_dpm_2."""
+    (ldm.sampling.samplers.ancestral_step); eta = 0 is sample_dpm_2."""
     for i in _steps(sigmas, disable):
         sigma = sigmas[i]
         denoised = _eval(model, x, sigma, extra_args)
@@ -192,7 +192,7 @@ def sample_dpmpp_sde(
 
     Each of the two stages is an ancestral DPM-Solver++(1) step from sigma: to sigma_s = sqrt(sigma sigma') with
     D(x, sigma), then to sigma' with D' = (1 - 1/(2r)) D(x, sigma) + 1/(2r) D(x_s, sigma_s) = D(x_s, sigma_s),
-    each splitting its target into sigma_down plus noise sigma_up (ldm.samplers.ancestral_step with eta).
+    each splitting its target into sigma_down plus noise sigma_up (ldm.sampling.samplers.ancestral_step with eta).
 
     Differs from k-diffusion in its noise: k-diffusion draws each stage's unit noise from one Brownian tree
     (torchsde) over sigma, as the increments W(sigma_s) - W(sigma) and W(sigma') - W(sigma) of one path, normalised;
@@ -291,5 +291,5 @@ def sample_lcm(
     return x
 
 
-# Imported last: ldm.samplers imports this module's samplers after defining these (see the module docstring).
-from ldm.samplers import Callback, Denoiser, Generators, _d, _eval, _noise, _report, _steps, ancestral_step
+# Imported last: ldm.sampling.samplers imports this module's samplers after defining these (see the module docstring).
+from ldm.sampling.samplers import Callback, Denoiser, Generators, _d, _eval, _noise, _report, _steps, ancestral_step

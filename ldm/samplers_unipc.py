@@ -1,10 +1,10 @@
-"""UniPC (Zhao et al. 2023), A1111's "UniPC": the sampler of ldm.samplers' conventions, as A1111's
+"""UniPC (Zhao et al. 2023), A1111's "UniPC": the sampler of ldm.sampling.samplers' conventions, as A1111's
 modules/models/diffusion/uni_pc runs it (data prediction, order 3, lower orders at the start and the end, UniC after
 every step but the last), written in sigma space. Compared out of tree with a VP-space transcription of A1111's
 multistep_uni_pc_bh_update on the same grids: equal to 1e-14.
 
-ldm.samplers imports this module's samplers in its middle, so the helpers are imported at the bottom (as in
-ldm.samplers_extra): either module can be imported first.
+ldm.sampling.samplers imports this module's samplers in its middle, so the helpers are imported at the bottom (as in
+ldm.sampling.samplers_extra): either module can be imported first.
 """
 
 from __future__ import annotations
@@ -113,5 +113,5 @@ def sample_unipc_bh2(
     return _unipc(model, x, sigmas, extra_args, callback, disable, bh2=True)
 
 
-# Imported last: ldm.samplers imports this module's samplers after defining these (see the module docstring).
-from ldm.samplers import Callback, Denoiser, Generators, _eval, _report, _steps
+# Imported last: ldm.sampling.samplers imports this module's samplers after defining these (see the module docstring).
+from ldm.sampling.samplers import Callback, Denoiser, Generators, _eval, _report, _steps

@@ -7,10 +7,10 @@ setting is silently dropped. `sampler_eta` says which eta a sampler really runs 
 metadata records that one.
 
 DDIM comes in two variants (`ddim_variant`), which differ only at the ends of the run:
-- "k": k-diffusion's, in sigma space: starts from noise * sigmas[0], ends at sigma 0 (ldm.samplers.sample_ddim);
+- "k": k-diffusion's, in sigma space: starts from noise * sigmas[0], ends at sigma 0 (ldm.sampling.samplers.sample_ddim);
 - "sd": the original Stable Diffusion DDIMSampler's (and diffusers' DDIMScheduler with SD's settings): starts
   from the VP latent x_T = noise, ends at alphas_cumprod[0] and returns the VP latent there (sample_ddim_sd).
-None means the model's own (ldm.model.LatentDiffusion.ddim_variant, filled in by ldm.tasks); where no model
+None means the model's own (ldm.models.latent_diffusion.LatentDiffusion.ddim_variant, filled in by ldm.tasks.base); where no model
 is known, "k". Models built from original SD configs default to "sd", this project's own to "k".
 """
 
@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from ldm import defaults
-from ldm.errors import InvalidOptionError, LdmError
-from ldm.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, get_sampler, sample_ddim_sd
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, get_sampler, sample_ddim_sd
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-# What every sampler takes (ldm.samplers' signature); the rest of a signature are the sampler's own options.
+# What every sampler takes (ldm.sampling.samplers' signature); the rest of a signature are the sampler's own options.
 COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable", "generator")
 # Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own.
 FIXED_ETA = {"ddpm": 1.0}
@@ -81,7 +81,7 @@ class SamplingOptions:
     guidance_rescale: float = 0.0
     threshold: float | None = None
     precision: str = "fp32"
-    # Prompt handling (ldm.long_prompts), off by default so that SD results stay reference-exact:
+    # Prompt handling (ldm.models.long_prompts), off by default so that SD results stay reference-exact:
     # A1111-style 75-token chunks instead of the cut at 77 tokens, and (word:1.2) emphasis.
     long_prompts: bool = False
     emphasis: bool = False
@@ -117,7 +117,7 @@ class SamplingOptions:
 
 
 def task_options(task: str, **overrides: Any) -> SamplingOptions:
-    """A task's default options (ldm.defaults: the same in the CLI, the API and the app), with overrides."""
+    """A task's default options (ldm.core.defaults: the same in the CLI, the API and the app), with overrides."""
     return SamplingOptions(**{**defaults.TASK_SAMPLING.get(task, {}), **overrides})
 
 

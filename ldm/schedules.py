@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 SPACINGS = ("leading", "trailing", "linspace", "exponential")  # exponential: in sigma, not timesteps (get_sigmas)
@@ -165,7 +165,7 @@ def get_sigmas(
     Karras et al.'s rho-spacing between the model's own sigma_min (t = 0) and sigma_max (t = T-1).
     Samplers step from sigmas[i] to sigmas[i+1]; the last step lands on 0, i.e. a clean sample.
     to_zero=False ends the grid at sigma_min = sigma(t = 0) instead: where the original Stable Diffusion
-    DDIM's last step lands (its final alpha_bar is alphas_cumprod[0], ldm.samplers.sample_ddim_sd). A grid
+    DDIM's last step lands (its final alpha_bar is alphas_cumprod[0], ldm.sampling.samplers.sample_ddim_sd). A grid
     that already reaches t = 0 (karras, or trailing with steps == T) then repeats it: a last step of length 0.
     """
     if not isinstance(steps, int) or steps < 1:

@@ -1,5 +1,5 @@
-"""The SDXL options of `ldm txt2img` (ldm.commands.txt2img): the refiner hand-off and the micro-conditionings
-(ldm.sdxl_refiner). Kept outside ldm.commands, whose modules load one per command named (tests/test_fast_start.py)."""
+"""The SDXL options of `ldm txt2img` (ldm.interfaces.cli.txt2img): the refiner hand-off and the micro-conditionings
+(ldm.tasks.sdxl_refiner). Kept outside ldm.interfaces.cli, whose modules load one per command named (tests/interfaces/test_fast_start.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE
-from ldm.sdxl_refiner import DEFAULT_SWITCH, SDXLMicro, check_switch, is_sdxl
+from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE
+from ldm.tasks.sdxl_refiner import DEFAULT_SWITCH, SDXLMicro, check_switch, is_sdxl
 
 SDXL_DESTS = ("refiner", "original_size", "crop", "target_size", "aesthetic_score", "negative_aesthetic_score")
 
@@ -94,9 +94,9 @@ def micro_from_args(args: argparse.Namespace) -> SDXLMicro:
 
 
 def sdxl_options(args: argparse.Namespace, model: Any) -> dict[str, Any] | None:
-    """Keyword arguments of ldm.sdxl_refiner.sdxl_txt2img for an SDXL model (None for any other, which takes none
+    """Keyword arguments of ldm.tasks.sdxl_refiner.sdxl_txt2img for an SDXL model (None for any other, which takes none
     of these options: giving one is refused); the refiner is loaded onto the base's device."""
-    from ldm.model import load_model  # loads torch models: only when the command runs
+    from ldm.formats.load import load_model
 
     given = [d for d in SDXL_DESTS if getattr(args, d, None) is not None]
     if not is_sdxl(model):

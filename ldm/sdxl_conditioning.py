@@ -2,7 +2,7 @@
 
 Each number v (an original or target height or width, a crop offset, an aesthetic score) becomes a 256-wide
 embedding [cos(v f_0) .. cos(v f_127) | sin(v f_0) .. sin(v f_127)], f_i = 10000^(-i / 128): the U-Net's
-timestep embedding (ldm.unet.timestep_embedding; sgm's ConcatTimestepEmbedderND uses its Timestep, diffusers'
+timestep embedding (ldm.models.unet.timestep_embedding; sgm's ConcatTimestepEmbedderND uses its Timestep, diffusers'
 add_time_proj is Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)). Pairs are (height, width) and
 (top, left), as sgm's get_batch builds original_size_as_tuple, crop_coords_top_left and target_size_as_tuple.
 
@@ -11,7 +11,7 @@ add_time_proj is Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)). 
 
 The unconditional side of guidance, as the references build it: the same sizes; the refiner's aesthetic score
 2.5 (6.0 on the conditional side); for the base an empty negative prompt gives a zero context and a zero pooled
-output (ldm.sdxl_text.SDXLTextEncoders.zero_empty_negative), any other negative prompt is encoded.
+output (ldm.models.sdxl_text.SDXLTextEncoders.zero_empty_negative), any other negative prompt is encoded.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ldm.errors import InvalidOptionError
-from ldm.unet import timestep_embedding
+from ldm.core.errors import InvalidOptionError
+from ldm.models.unet import timestep_embedding
 
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # sgm's scripts/demo defaults, diffusers' too
 
@@ -82,7 +82,7 @@ def sdxl_conditions(
 ) -> tuple[dict, dict]:
     """The U-Net's keyword inputs ({"context", "y"}) for both sides of guidance.
 
-    encoders: an ldm.sdxl_text.SDXLTextEncoders. micro: (conditional, unconditional) numbers; default
+    encoders: an ldm.models.sdxl_text.SDXLTextEncoders. micro: (conditional, unconditional) numbers; default
     `default_conditions(height, width)`.
     """
     if len(prompts) != len(negative_prompts):

@@ -1,18 +1,18 @@
 """SDXL diffusers folders in and out: StableDiffusionXLPipeline (base), StableDiffusionXLImg2ImgPipeline (refiner)
 and StableDiffusionXLInpaintPipeline (a 9-channel U-Net) <-> our model and config.
 
-An SDXL folder has SD's parts (ldm.diffusers_format) with two text towers: `text_encoder/` (CLIP ViT-L, a
+An SDXL folder has SD's parts (ldm.formats.diffusers) with two text towers: `text_encoder/` (CLIP ViT-L, a
 CLIPTextModel, absent in the refiner) and `text_encoder_2/` (OpenCLIP bigG as a CLIPTextModelWithProjection:
 `text_projection.weight` is open_clip's `text_projection` transposed), each with its tokenizer (`tokenizer/`
 pads with the end token, `tokenizer_2/` with "!"). The U-Net has addition_embed_type "text_time": the vector
-of the pooled output and the 256-wide micro-conditioning embeddings (ldm.sdxl_keys names it). model_index.json
+of the pooled output and the 256-wide micro-conditioning embeddings (ldm.io.sdxl_keys names it). model_index.json
 says which numbers the vector holds (`requires_aesthetics_score`: the refiner's) and whether an empty negative
 prompt is zeroed (`force_zeros_for_empty_prompt`, the base's). Both towers are read whole: SDXL reads the
 penultimate layer and the pooled output after the last.
 
 bigG's `logit_scale` (open_clip's contrastive temperature, which SDXL never uses) has no place in the folder:
 read back, it is open_clip's initial value. Weights may be sharded or the fp16 variant, as SD's
-(ldm.diffusers_files); writing goes to a temporary folder renamed into place when complete.
+(ldm.io.diffusers_files); writing goes to a temporary folder renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -26,10 +26,7 @@ from typing import Any
 
 import torch
 
-from ldm.checkpoint import save_state_dict
-from ldm.diffusers_export import _umask, _write_json, scheduler_config, unet_config, vae_config, write_tokenizer
-from ldm.diffusers_files import DiffusersFolderError, load_part
-from ldm.diffusers_format import (
+from ldm.formats.diffusers import (
     DIFFUSERS_VERSION,
     END,
     HF_TEXT,
@@ -39,10 +36,13 @@ from ldm.diffusers_format import (
     unet_params,
     vae_params,
 )
-from ldm.diffusers_keys import from_diffusers, to_diffusers, vae_names
-from ldm.hf_clip import hf_from_open_clip, open_clip_from_hf
-from ldm.sdxl_keys import sdxl_unet_names
-from ldm.sdxl_text import BASE_MICRO, MICRO_CONDITIONS, MICRO_EMBED_DIM, REFINER_MICRO
+from ldm.formats.diffusers_export import _umask, _write_json, scheduler_config, unet_config, vae_config, write_tokenizer
+from ldm.io.checkpoint import save_state_dict
+from ldm.io.diffusers_files import DiffusersFolderError, load_part
+from ldm.io.diffusers_keys import from_diffusers, to_diffusers, vae_names
+from ldm.io.hf_clip import hf_from_open_clip, open_clip_from_hf
+from ldm.io.sdxl_keys import sdxl_unet_names
+from ldm.models.sdxl_text import BASE_MICRO, MICRO_CONDITIONS, MICRO_EMBED_DIM, REFINER_MICRO
 
 PIPELINES = {  # class -> our conditioning key
     "StableDiffusionXLPipeline": "crossattn",
@@ -79,9 +79,9 @@ def _tower_node(folder: Path, part: str, pad_expected: str) -> dict[str, Any]:
         text_cfg.update(heads=text["heads"], layers=text["layers"])
         arch = {"embed_dim": int(cfg.get("projection_dim", text["width"])), "vision_cfg": TINY_VISION}
         params = {"arch": {**arch, "text_cfg": text_cfg}, "layer": "penultimate", "max_length": text["max_length"]}
-        return {"target": "ldm.text_encoder.FrozenOpenCLIPEmbedder", "params": params}
+        return {"target": "ldm.models.text_encoder.FrozenOpenCLIPEmbedder", "params": params}
     text = text_params(cfg, pad_expected, where)
-    return {"target": "ldm.text_encoder.FrozenCLIPEmbedder", "params": {**text, "layer": "penultimate"}}
+    return {"target": "ldm.models.text_encoder.FrozenCLIPEmbedder", "params": {**text, "layer": "penultimate"}}
 
 
 def sdxl_folder_config(folder: str | Path, prediction: str | None = None) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def sdxl_folder_config(folder: str | Path, prediction: str | None = None) -> dic
     vae, scale_factor = vae_params(_json(folder, "vae/config.json"))
     towers = [_tower_node(folder, "text_encoder", END)] if (folder / "text_encoder").is_dir() else []
     towers.append(_tower_node(folder, "text_encoder_2", "!"))
-    if towers[-1]["target"] != "ldm.text_encoder.FrozenOpenCLIPEmbedder":
+    if towers[-1]["target"] != "ldm.models.text_encoder.FrozenOpenCLIPEmbedder":
         raise DiffusersFolderError(f"{folder}/text_encoder_2 is no CLIPTextModelWithProjection (the pooled output's)")
     micro = REFINER_MICRO if index.get("requires_aesthetics_score") else BASE_MICRO
     pooled = towers[-1]["params"]["arch"]["embed_dim"]
@@ -121,11 +121,11 @@ def sdxl_folder_config(folder: str | Path, prediction: str | None = None) -> dic
         "conditioning_key": PIPELINES[pipeline],
         "image_size": unet_cfg.get("sample_size") or 128,
         "ddim_variant": "sd",
-        "unet_config": {"target": "ldm.unet.UNetModel", "params": unet},
-        "first_stage_config": {"target": "ldm.vae.AutoencoderKL", "params": vae},
-        "cond_stage_config": {"target": "ldm.sdxl_text.SDXLTextEncoders", "params": encoders},
+        "unet_config": {"target": "ldm.models.unet.UNetModel", "params": unet},
+        "first_stage_config": {"target": "ldm.models.vae.AutoencoderKL", "params": vae},
+        "cond_stage_config": {"target": "ldm.models.sdxl_text.SDXLTextEncoders", "params": encoders},
     }
-    return {"model": {"target": "ldm.model.LatentDiffusion", "params": params}}
+    return {"model": {"target": "ldm.models.latent_diffusion.LatentDiffusion", "params": params}}
 
 
 def sdxl_folder_state(folder: str | Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -3,11 +3,11 @@
 Original SDXL files (sd_xl_base_1.0.safetensors, sd_xl_refiner_1.0.safetensors) hold the text towers under
 `conditioner.embedders.N.`: CLIP ViT-L/14 in Hugging Face's layout (`transformer.text_model.*`), OpenCLIP
 ViT-bigG/14 in open_clip's (`model.*`, no visual tower). Ours keeps both as open_clip towers under
-`text_encoder.embedders.N.model.` (ldm.sdxl_text); ldm.hf_clip translates the Hugging Face names. The U-Net and
-VAE use SD's prefixes (ldm.checkpoint); `denoiser.sigmas` is the reference denoiser's schedule, derived here.
+`text_encoder.embedders.N.model.` (ldm.models.sdxl_text); ldm.io.hf_clip translates the Hugging Face names. The U-Net and
+VAE use SD's prefixes (ldm.io.checkpoint); `denoiser.sigmas` is the reference denoiser's schedule, derived here.
 
 diffusers' SDXL U-Net (UNet2DConditionModel, addition_embed_type "text_time") names the vector's embedding
-`add_embedding.linear_1/2`, ours (and the original) `label_emb.0.0/0.2`; the rest is ldm.diffusers_keys'.
+`add_embedding.linear_1/2`, ours (and the original) `label_emb.0.0/0.2`; the rest is ldm.io.diffusers_keys'.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import re
 
 import torch
 
-from ldm.diffusers_keys import unet_names
-from ldm.hf_clip import hf_from_open_clip, open_clip_from_hf
+from ldm.io.diffusers_keys import unet_names
+from ldm.io.hf_clip import hf_from_open_clip, open_clip_from_hf
 
 CONDITIONER = "conditioner.embedders."
 OURS = "text_encoder.embedders."
@@ -63,7 +63,7 @@ def conditioner_to_original(
     state: dict[str, torch.Tensor], layouts: tuple[str, ...]
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(the text towers under the original names, the rest of our state untouched); layouts[N] is embedder N's,
-    "hf_clip" or "open_clip" (ldm.sdxl_text.SDXLTextEncoders.layouts)."""
+    "hf_clip" or "open_clip" (ldm.models.sdxl_text.SDXLTextEncoders.layouts)."""
     towers: dict[int, dict[str, torch.Tensor]] = {}
     rest: dict[str, torch.Tensor] = {}
     for key, value in state.items():

@@ -10,7 +10,7 @@ A1111's "Refiner switch at" is a fraction of the *steps*: its sampler switches a
 ratio step / steps reaches it, so the base runs ceil(fraction * steps) steps. `switch_from_step_fraction` turns
 that into the timestep fraction that makes the base run the same steps (used when reading A1111 metadata).
 
-Micro-conditionings (ldm.sdxl_conditioning): original size, crop (top, left) and target size default to the image's
+Micro-conditionings (ldm.models.sdxl_conditioning): original size, crop (top, left) and target size default to the image's
 size and (0, 0); the refiner's aesthetic score 6.0, 2.5 on the unconditional side, as in sgm and diffusers.
 """
 
@@ -23,15 +23,14 @@ from typing import Any
 
 import torch
 
-from ldm import defaults
-from ldm.errors import InvalidOptionError
-from ldm.images import tensor_to_pil
-from ldm.model import LatentDiffusion
-from ldm.pipeline import image_size
-from ldm.sampling import SamplingOptions, autocast, ddim_variant_of, sample, start_scale
-from ldm.schedules import sigma_to_t, sigmas_from_alphas_cumprod, timesteps_for
-from ldm.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
-from ldm.tasks import (
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.schedules import sigma_to_t, sigmas_from_alphas_cumprod, timesteps_for
+from ldm.io.images import tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
+from ldm.sampling.options import SamplingOptions, autocast, ddim_variant_of, sample, start_scale
+from ldm.tasks.base import (
     Conditioning,
     Generated,
     batch_noise,
@@ -41,6 +40,7 @@ from ldm.tasks import (
     resolve_options,
     settings_of,
 )
+from ldm.tasks.txt2img import image_size
 
 DEFAULT_SWITCH = 0.8  # diffusers' documented example and A1111's default "Refiner switch at"
 
@@ -121,7 +121,7 @@ def refiner_settings_from_a1111(fields: dict[str, str], steps: int | None) -> di
 
 
 def _sampler_space(x: torch.Tensor, options: SamplingOptions, sigma_end: torch.Tensor) -> torch.Tensor:
-    """SD's DDIM returns the VP latent where it ends (ldm.samplers.sample_ddim_sd): back to sampler space."""
+    """SD's DDIM returns the VP latent where it ends (ldm.sampling.samplers.sample_ddim_sd): back to sampler space."""
     return x * (1 + sigma_end**2).sqrt() if ddim_variant_of(options) == "sd" else x
 
 

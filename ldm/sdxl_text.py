@@ -8,13 +8,13 @@ configs/inference/sd_xl_base.yaml) runs, in this order:
 - OpenCLIP ViT-bigG/14 (FrozenOpenCLIPEmbedder2, layer "penultimate", legacy False): the input of its last
   block, before ln_final, and its pooled output: the last block's output after ln_final, at the end token,
   times text_projection (`x @ text_projection`); prompts padded with 0;
-- one sinusoidal embedder per micro-conditioning (ldm.sdxl_conditioning).
+- one sinusoidal embedder per micro-conditioning (ldm.models.sdxl_conditioning).
 
 The per-token states are joined along the width (768 + 1280 = 2048, the U-Net's context), the pooled
 output leads the vector that the U-Net's label embedding takes. The refiner has the bigG tower alone.
 
-Here each tower is one of our frozen text encoders (ldm.text_encoder), run once for both read-outs. In our
-state dict they are `embedders.N.model.*` (open_clip names); ldm.sdxl_keys maps the original
+Here each tower is one of our frozen text encoders (ldm.models.text_encoder), run once for both read-outs. In our
+state dict they are `embedders.N.model.*` (open_clip names); ldm.io.sdxl_keys maps the original
 `conditioner.embedders.N.*` names onto them.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.config import instantiate
-from ldm.errors import InvalidOptionError
+from ldm.core.config import instantiate
+from ldm.core.errors import InvalidOptionError
 
 # The numbers a conditioner may put into the vector, by sgm's input keys, and how many numbers each is.
 MICRO_CONDITIONS = {"original_size": 2, "crop": 2, "target_size": 2, "aesthetic_score": 1}
@@ -69,8 +69,8 @@ class SDXLTextEncoders(nn.Module):
     without it (the refiner) the empty prompt is encoded.
     """
 
-    # The class says "sdxl"; an instance says each tower's layout, which ldm.checkpoint.to_original_keys hands to
-    # ldm.sdxl_keys (a training export, which reads the class's, is not supported for SDXL).
+    # The class says "sdxl"; an instance says each tower's layout, which ldm.io.checkpoint.to_original_keys hands to
+    # ldm.io.sdxl_keys (a training export, which reads the class's, is not supported for SDXL).
     checkpoint_layout: str | tuple[str, ...] = "sdxl"
 
     def __init__(

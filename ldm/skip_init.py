@@ -4,7 +4,7 @@ Building the shipped model spends a few hundred milliseconds filling its paramet
 (torch.nn.init's kaiming, uniform, normal, ... run by each layer's constructor) that a strict load then
 replaces, every one of them. Inside `skipped_init()` those initialisers leave the tensor as allocated
 (torch.empty: whatever the memory held), so only use it when every parameter is loaded afterwards, with a
-strict load (ldm.checkpoint.load_into refuses a state dict that misses one).
+strict load (ldm.io.checkpoint.load_into refuses a state dict that misses one).
 
 Everything else a constructor computes is untouched: buffers derived from the config (noise schedules,
 attention masks, position ids) are made as usual, which a meta-device build would lose.

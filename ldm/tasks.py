@@ -7,7 +7,7 @@ denoiser (the inpainting blend, the upscaler's tiles). `denoise` then composes
 
     network -> parameterisation (model.denoiser()) -> task wrapper -> guidance (CFGDenoiser)
 
-and runs it through the one checked sampler entry point, `ldm.sampling.sample`, from pure noise or
+and runs it through the one checked sampler entry point, `ldm.sampling.options.sample`, from pure noise or
 from a latent noised to the strength's level. Tasks never change their inputs; they return their
 images as `Generated`, a list that also carries the settings they ran with.
 """
@@ -21,17 +21,17 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ldm.controlnet import controlled_denoiser
-from ldm.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
-from ldm.errors import InvalidOptionError, LdmError
-from ldm.limits import check_prompt_length
-from ldm.model import CONDITIONING, LatentDiffusion
-from ldm.samplers import Generators, check_strength, truncate_sigmas
-from ldm.samplers_extra import DISCARD_NEXT_TO_LAST_SIGMA, discard_next_to_last
-from ldm.sampling import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
-from ldm.schedules import get_sigmas
+from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.core.limits import check_prompt_length
+from ldm.diffusion.schedules import get_sigmas
+from ldm.models.controlnet import controlled_denoiser
+from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
+from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
+from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
+from ldm.sampling.samplers import Generators, check_strength, truncate_sigmas
+from ldm.sampling.samplers_extra import DISCARD_NEXT_TO_LAST_SIGMA, discard_next_to_last
 
-# What each task needs, as its error message says it (the kinds that can drive it: ldm.model.CONDITIONING).
+# What each task needs, as its error message says it (the kinds that can drive it: ldm.models.latent_diffusion.CONDITIONING).
 TASK_NEEDS = {
     "txt2img": "a text-to-image model",
     "walk": "a text-to-image model",
@@ -95,7 +95,7 @@ def resolve_options(
 
 def for_model(options: SamplingOptions, model: LatentDiffusion) -> SamplingOptions:
     """The options with what the model decides where they leave it open: DDIM's variant ("sd" for models built
-    from original SD configs, "k" for this project's own; ldm.model.LatentDiffusion)."""
+    from original SD configs, "k" for this project's own; ldm.models.latent_diffusion.LatentDiffusion)."""
     if options.sampler == "ddim" and options.ddim_variant is None:
         return replace(options, ddim_variant=model.ddim_variant)
     return options
@@ -127,7 +127,7 @@ def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> t
 
 
 def check_prompt_texts(prompts: list[str], negative_prompts: list[str]) -> None:
-    """Each prompt (already a str, see check_texts) is at most ldm.limits.MAX_PROMPT_CHARS characters: longer ones
+    """Each prompt (already a str, see check_texts) is at most ldm.core.limits.MAX_PROMPT_CHARS characters: longer ones
     are refused before any parsing or encoding, which grow with the length."""
     for name, texts in (("prompt", prompts), ("negative prompt", negative_prompts)):
         for text in texts:
@@ -144,7 +144,7 @@ def prompt_conditions(
     """Cross-attention contexts for the prompts and for the unconditional side of guidance.
 
     The negative prompt replaces the empty prompt as the unconditional embedding. With the options'
-    long_prompts or emphasis (ldm.long_prompts), prompts are read the A1111 way; the two sides are then
+    long_prompts or emphasis (ldm.models.long_prompts), prompts are read the A1111 way; the two sides are then
     brought to one length with empty chunks, so guidance still runs them as one batch.
     """
     prompts, negative_prompts = check_texts(prompts, "prompt"), check_texts(negative_prompts, "negative prompt")
@@ -164,7 +164,7 @@ def prompt_conditions(
     if options is None or not (options.long_prompts or options.emphasis):
         context = model.encode_text(prompts + negative_prompts)
         return {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
-    from ldm.long_prompts import encode_prompts, pad_contexts
+    from ldm.models.long_prompts import encode_prompts, pad_contexts
 
     def encode(texts: list[str]) -> torch.Tensor:
         return encode_prompts(model.text_encoder, texts, chunking=options.long_prompts, emphasis=options.emphasis)
@@ -181,7 +181,7 @@ def _sdxl_conditions(
     size: tuple[int, int] | None,
 ) -> tuple[dict, dict]:
     """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size)."""
-    from ldm.sdxl_conditioning import sdxl_conditions
+    from ldm.models.sdxl_conditioning import sdxl_conditions
 
     if options is not None and (options.long_prompts or options.emphasis):
         raise PromptError("long prompts and emphasis are not supported for SDXL models yet")
@@ -286,9 +286,9 @@ def batch_noise(
 
 
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
-    """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.samplers.sample_ddim_sd)."""
+    """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.sampling.samplers.sample_ddim_sd)."""
     to_zero = ddim_variant_of(options) != "sd"
-    # A1111's grid for DPM2 and DPM++ 3M SDE: one step more, its next-to-last sigma dropped (ldm.samplers_extra).
+    # A1111's grid for DPM2 and DPM++ 3M SDE: one step more, its next-to-last sigma dropped (ldm.sampling.samplers_extra).
     discard = options.sampler in DISCARD_NEXT_TO_LAST_SIGMA and options.steps < len(model.alphas_cumprod)
     sigmas = get_sigmas(
         model.alphas_cumprod, options.steps + discard, spacing=options.spacing, karras=options.karras, to_zero=to_zero
@@ -316,7 +316,9 @@ class Conditioning:
     def denoiser(self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor) -> Denoiser:
         """network -> parameterisation -> task wrapper -> guidance."""
         inner = model.denoiser()
-        if getattr(model, "controls", None):  # ControlNets (ldm.controlnet.using_controlnets): on the network itself
+        if getattr(
+            model, "controls", None
+        ):  # ControlNets (ldm.models.controlnet.using_controlnets): on the network itself
             inner = controlled_denoiser(model, inner, model_sigmas(model, options), noise)
         if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
             # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ldm import open_clip_parts, skip_init
-from ldm.checkpoint import HF_CLIP_LAYOUT, OPEN_CLIP_LAYOUT, load_state_dict
-from ldm.errors import InvalidOptionError, LdmError
+from ldm.core import skip_init
+from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.io.checkpoint import HF_CLIP_LAYOUT, OPEN_CLIP_LAYOUT, load_state_dict
+from ldm.models import open_clip_parts
 
 if TYPE_CHECKING:
     import open_clip
 
-# open_clip's text transformer and tokenizer, loaded without open_clip's model zoo (ldm.open_clip_parts).
+# open_clip's text transformer and tokenizer, loaded without open_clip's model zoo (ldm.models.open_clip_parts).
 _transformer = open_clip_parts.transformer()
 QuickGELU, TextTransformer = _transformer.QuickGELU, _transformer.TextTransformer
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """What prompt chunking needs of a tokenizer (ldm.long_prompts)."""
+    """What prompt chunking needs of a tokenizer (ldm.models.long_prompts)."""
 
     encode: Callable[[str], list[int]]  # text -> ids, without start and end
     start_id: int
@@ -71,7 +72,7 @@ def open_clip_config(arch: str | dict) -> dict:
 
 def open_clip_model(arch: str | dict) -> open_clip.CLIP:
     """A randomly initialised open_clip CLIP (both towers) for an architecture name, config path or dict: what
-    `ldm train` trains as a text encoder or judge (config target `ldm.text_encoder.OpenCLIP`)."""
+    `ldm train` trains as a text encoder or judge (config target `ldm.models.text_encoder.OpenCLIP`)."""
     return open_clip_parts.full().model.CLIP(**open_clip_config(arch))
 
 
@@ -114,7 +115,7 @@ class FrozenTextEncoder(nn.Module):
     Subclasses build the tower and say how it pads and how the original checkpoints name its tensors.
     """
 
-    checkpoint_layout = OPEN_CLIP_LAYOUT  # ldm.checkpoint.to_original_keys writes the tower in this layout
+    checkpoint_layout = OPEN_CLIP_LAYOUT  # ldm.io.checkpoint.to_original_keys writes the tower in this layout
     pads_with_end = False  # fill after the end token: with the end token (SD 1.x) or with 0 (open_clip)
 
     def __init__(self, model: nn.Module, layer: str, max_length: int, width: int, freeze: bool):
@@ -159,7 +160,7 @@ class FrozenTextEncoder(nn.Module):
         encode = self._encode_with_embeddings if self.__dict__.get("embeddings") else bpe.encode
         return Vocabulary(encode, bpe.sot_token_id, bpe.eot_token_id, pad, bpe.encoder[",</w>"])
 
-    # ---- textual-inversion embeddings (ldm.embeddings loads the files) --------------------------------
+    # ---- textual-inversion embeddings (ldm.adapters.embeddings loads the files) --------------------------------
     # An embedding's n vectors stand in the token ids as negative placeholders -1, -2, ... (rows of one
     # table), which encode_tokens swaps for the vectors; a prompt without a trigger word never meets one.
     def add_embedding(self, name: str, vectors: torch.Tensor) -> None:
@@ -204,7 +205,7 @@ class FrozenTextEncoder(nn.Module):
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids: start, the prompt's tokens, end, then padding; cut at max_length as the reference code
-        does. A cut is said in the log, since the cut part of a prompt has no effect (ldm.long_prompts chunks
+        does. A cut is said in the log, since the cut part of a prompt has no effect (ldm.models.long_prompts chunks
         long prompts instead)."""
         vocab = self.vocabulary()
         rows = []
@@ -242,7 +243,7 @@ class OpenClipTextHalf(nn.Module):
     """The text half of open_clip's CLIP (its attributes, names and modules; the image tower never built), for
     configs that set nothing but the text tower's sizes: open_clip's `model.CLIP` builds the same
     TextTransformer for them and keeps these parts of it, but importing it loads open_clip's model zoo.
-    Used when the weights come from a checkpoint (ldm.skip_init), as the random init differs from CLIP's."""
+    Used when the weights come from a checkpoint (ldm.core.skip_init), as the random init differs from CLIP's."""
 
     TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers"}
 
@@ -303,7 +304,7 @@ class FrozenCLIPEmbedder(FrozenTextEncoder):
     norm), the activation is quick-GELU (OpenAI's CLIP was trained with it), and prompts are padded with
     the end token rather than 0, as the Hugging Face tokenizer SD 1.x was trained with pads; padded
     positions reach the U-Net through cross-attention. The original checkpoints store the tower in the
-    Hugging Face layout, which ldm.checkpoint translates (ldm.hf_clip). The sizes default to ViT-L/14's.
+    Hugging Face layout, which ldm.io.checkpoint translates (ldm.io.hf_clip). The sizes default to ViT-L/14's.
     """
 
     checkpoint_layout = HF_CLIP_LAYOUT
@@ -341,6 +342,6 @@ class FrozenCLIPEmbedder(FrozenTextEncoder):
             ) from None
         super().__init__(model, layer, max_length, width, freeze)
         # Other than SD 1.x's own: the OpenCLIP ViT-H tower of SD 2.x as diffusers folders keep it (a Hugging
-        # Face CLIPTextModel with GELU whose tokenizer pads with "!", id 0), read by ldm.diffusers_format.
+        # Face CLIPTextModel with GELU whose tokenizer pads with "!", id 0), read by ldm.formats.diffusers.
         self.activation = activation
         self.pads_with_end = pads_with_end

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ldm.errors import InvalidOptionError
+from ldm.core.errors import InvalidOptionError
 
 
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:

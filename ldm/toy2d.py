@@ -1,6 +1,6 @@
 """Diffusion on 2-D points: toy data, a small MLP eps-denoiser trained in seconds on a CPU.
 
-The same maths as the image models, small enough to watch: training uses ldm.diffusion's
+The same maths as the image models, small enough to watch: training uses ldm.diffusion.parameterisation's
 forward process and loss, sampling runs the library's samplers through the same
 DiscreteTimeDenoiser wrapper the U-Net uses (the MLP takes (x, t) like a U-Net does).
 """
@@ -16,10 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ldm.denoisers import DiscreteTimeDenoiser
-from ldm.diffusion import VPParameterisation, diffusion_loss, predict_x0_from_eps, q_sample
-from ldm.errors import LdmError
-from ldm.likelihood import (
+from ldm.core.errors import LdmError
+from ldm.diffusion.likelihood import (
     ReverseProcess,
     bits_per_dim,
     check_variance,
@@ -27,9 +25,16 @@ from ldm.likelihood import (
     hybrid_loss,
     variational_bound,
 )
-from ldm.sampling import SamplingOptions, sample
-from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
-from ldm.variance_sampler import LearnedVarianceDenoiser, sample_ddpm_learned_variance
+from ldm.diffusion.parameterisation import (
+    DiscreteTimeDenoiser,
+    VPParameterisation,
+    diffusion_loss,
+    predict_x0_from_eps,
+    q_sample,
+)
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
+from ldm.sampling.options import SamplingOptions, sample
+from ldm.sampling.variance_sampler import LearnedVarianceDenoiser, sample_ddpm_learned_variance
 
 DATASETS = ("spiral", "moons", "circles", "gaussians")
 # Per schedule, the (linear_start, linear_end) it is usually used with; cosine ignores them.
@@ -162,7 +167,7 @@ class ToyMLP(nn.Module):
 class ToyDiffusion:
     """A toy model with its schedule and optimiser; `train(steps)` continues where it left off.
 
-    variance: the reverse process's (ldm.likelihood.VARIANCES). The fixed ones train on L_simple alone;
+    variance: the reverse process's (ldm.diffusion.likelihood.VARIANCES). The fixed ones train on L_simple alone;
     "learned" gives the MLP two more outputs, the log-space interpolation v, trained with L_hybrid.
     lr_decay_steps: when set, the learning rate falls from lr to 0 on a half cosine over that many steps
     (and stays 0): Adam at a constant lr keeps the weights jittering, and a jittering v costs bound
@@ -251,7 +256,7 @@ class ToyDiffusion:
         seed: int = 0,
         timesteps: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict:
-        """The variational bound on `data` in data space (ldm.likelihood), per point in nats, and its mean in
+        """The variational bound on `data` in data space (ldm.diffusion.likelihood), per point in nats, and its mean in
         bits/dim; `variance` (default: the model's) may be either fixed one for any model."""
         variance = variance or self.variance
         if variance == "learned" and not self.learned:
@@ -273,7 +278,7 @@ class ToyDiffusion:
     def sample_learned_variance(
         self, n: int = 1000, steps: int = 10, seed: int = 0, spacing: str = "trailing", clip: float | None = 4.0
     ) -> torch.Tensor:
-        """[n, 2] samples by ancestral DDPM with the learned variance (ldm.variance_sampler)."""
+        """[n, 2] samples by ancestral DDPM with the learned variance (ldm.sampling.variance_sampler)."""
         if not self.learned:
             raise ToyDataError("this toy model was trained without a learned variance")
         sigmas = get_sigmas(self.alphas_cumprod, steps, spacing=spacing)

@@ -3,10 +3,10 @@
 The eight-Gaussians data has a class per mixture component, which makes both guidances measurable:
 a held-out classifier, trained apart on clean points, says how often a sample lands in the class asked for.
 - classifier guidance: an unconditional ToyDiffusion plus a ToyClassifier trained on x_t at every noise
-  level (ldm.classifier_guidance.ClassifierGuidedDenoiser);
+  level (ldm.sampling.classifier_guidance.ClassifierGuidedDenoiser);
 - classifier-free guidance: ConditionalToyDiffusion learns eps(x_t, t, y) with labels dropped to a null
   class at rate `label_dropout`, so one network is both the conditional and the unconditional model
-  (ldm.denoisers.CFGDenoiser with cond {"y": y}, uncond {"y": null}).
+  (ldm.sampling.denoisers.CFGDenoiser with cond {"y": y}, uncond {"y": null}).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ldm.classifier_guidance import ClassifierGuidedDenoiser
-from ldm.denoisers import CFGDenoiser, Denoiser
-from ldm.diffusion import diffusion_loss
-from ldm.sampling import SamplingOptions, sample
-from ldm.schedules import get_sigmas
-from ldm.toy2d import ClippedDenoiser, ToyDataError, ToyDiffusion, ToyMLP, make_data, single_thread
+from ldm.diffusion.parameterisation import diffusion_loss
+from ldm.diffusion.schedules import get_sigmas
+from ldm.sampling.classifier_guidance import ClassifierGuidedDenoiser
+from ldm.sampling.denoisers import CFGDenoiser, Denoiser
+from ldm.sampling.options import SamplingOptions, sample
+from ldm.toys.points import ClippedDenoiser, ToyDataError, ToyDiffusion, ToyMLP, make_data, single_thread
 
 GAUSSIAN_CLASSES = 8
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ldm.errors import InvalidOptionError
-from ldm.toy2d import ToyDiffusion, make_data, nearest_distance, single_thread
-from ldm.toy_classes import GAUSSIAN_CLASSES, labelled_gaussians
+from ldm.core.errors import InvalidOptionError
+from ldm.toys.classes import GAUSSIAN_CLASSES, labelled_gaussians
+from ldm.toys.points import ToyDiffusion, make_data, nearest_distance, single_thread
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -1,4 +1,4 @@
-"""A trained 2-D toy model (ldm.toy2d.ToyDiffusion) as one safetensors file: the MLP's weights, and its
+"""A trained 2-D toy model (ldm.toys.points.ToyDiffusion) as one safetensors file: the MLP's weights, and its
 config as the file's metadata (JSON), so loading never runs code and needs no config file beside it.
 
     save_toy(toy, "spiral.safetensors");  toy = load_toy("spiral.safetensors")
@@ -16,10 +16,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
-from ldm.checkpoint import atomic_path
-from ldm.errors import LdmError, MissingFileError
-from ldm.likelihood import VARIANCES
-from ldm.toy2d import ToyDiffusion
+from ldm.core.errors import LdmError, MissingFileError
+from ldm.diffusion.likelihood import VARIANCES
+from ldm.io.checkpoint import atomic_path
+from ldm.toys.points import ToyDiffusion
 
 FORMAT = "ldm-toy2d"
 CONFIG_KEYS = ("schedule", "num_timesteps", "hidden", "variance")
@@ -50,7 +50,7 @@ def read_config(path: str | Path) -> dict:
             f"{path} is not a safetensors file: {str(exc).splitlines()[0] if str(exc) else exc}"
         ) from exc
     if metadata.get("format") != FORMAT:
-        raise ToyFileError(f"{path} is not a toy model file (saved by ldm.toy_files.save_toy)")
+        raise ToyFileError(f"{path} is not a toy model file (saved by ldm.toys.files.save_toy)")
     try:
         config = json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError) as exc:

@@ -1,8 +1,8 @@
-"""A toy VDM: the 2-D MLP of ldm.toy2d trained on the continuous-time bound under a fixed or learned gamma(t).
+"""A toy VDM: the 2-D MLP of ldm.toys.points trained on the continuous-time bound under a fixed or learned gamma(t).
 
 The MLP sees gamma (mapped linearly onto its timestep input), not t, so that the bound's expectation does not
-depend on the schedule's interior (ldm.vdm); sampling goes through the sigma grid of the discretised schedule
-(ldm.vdm.alphas_cumprod_from_gamma) with the library's samplers, as for the fixed discrete schedules.
+depend on the schedule's interior (ldm.diffusion.vdm); sampling goes through the sigma grid of the discretised schedule
+(ldm.diffusion.vdm.alphas_cumprod_from_gamma) with the library's samplers, as for the fixed discrete schedules.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ldm.errors import InvalidOptionError
-from ldm.likelihood import bits_per_dim
-from ldm.sampling import SamplingOptions, sample
-from ldm.schedules import get_sigmas
-from ldm.toy2d import ToyDataError, ToyMLP, single_thread
-from ldm.vdm import (
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.likelihood import bits_per_dim
+from ldm.diffusion.schedules import get_sigmas
+from ldm.diffusion.vdm import (
     GAMMA_MAX,
     GAMMA_MIN,
     FixedGamma,
@@ -26,6 +24,8 @@ from ldm.vdm import (
     continuous_bound,
     schedule_step,
 )
+from ldm.sampling.options import SamplingOptions, sample
+from ldm.toys.points import ToyDataError, ToyMLP, single_thread
 
 SCHEDULE_KINDS = ("linear", "cosine", "learned")
 GAMMA_INPUT_RANGE = (-15.0, 10.0)  # gamma values mapped onto the MLP's timestep input 0..num_timesteps

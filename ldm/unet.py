@@ -4,6 +4,7 @@ Attribute names (input_blocks, middle_block, output_blocks, time_embed, out, lab
 in_layers/emb_layers/out_layers, proj_in/transformer_blocks/proj_out, ...) follow the
 original checkpoints so their state dicts load with no renaming.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ldm.attention import attention
-from ldm.errors import InvalidOptionError
+from ldm.core.errors import InvalidOptionError
+from ldm.models.attention import attention
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -56,8 +57,13 @@ def zero_module(module: nn.Module) -> nn.Module:
 class TimestepEmbedSequential(nn.Sequential):
     """A sequence whose ResBlocks receive the time embedding and transformers the context."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
-                out_size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor | None = None,
+        out_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
@@ -93,16 +99,29 @@ class Upsample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, channels: int, emb_channels: int, dropout: float = 0.0, out_channels: int | None = None,
-                 use_scale_shift_norm: bool = False, use_checkpoint: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float = 0.0,
+        out_channels: int | None = None,
+        use_scale_shift_norm: bool = False,
+        use_checkpoint: bool = False,
+    ):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))  # noqa: E501
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))  # noqa: E501
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )  # noqa: E501
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+        )  # noqa: E501
         self.out_layers = nn.Sequential(
-            normalization(out_channels), nn.SiLU(), nn.Dropout(dropout),
+            normalization(out_channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
             zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -127,7 +146,9 @@ class ResBlock(nn.Module):
 class CrossAttention(nn.Module):
     """Multi-head attention; self-attention when no context is given."""
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):  # noqa: E501
+    def __init__(
+        self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0
+    ):  # noqa: E501
         super().__init__()
         inner = heads * dim_head
         context_dim = context_dim or query_dim
@@ -165,8 +186,16 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Pre-norm self-attention, cross-attention on the text, GEGLU feed-forward."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None, dropout: float = 0.0,
-                 disable_self_attn: bool = False, use_checkpoint: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int | None,
+        dropout: float = 0.0,
+        disable_self_attn: bool = False,
+        use_checkpoint: bool = False,
+    ):
         super().__init__()
         self.disable_self_attn = disable_self_attn
         self.use_checkpoint = use_checkpoint
@@ -190,8 +219,18 @@ class BasicTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Transformer over the pixels of a feature map, with a linear or 1x1-conv projection."""
 
-    def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1, context_dim: int | None = None,
-                 dropout: float = 0.0, disable_self_attn: bool = False, use_linear: bool = False, use_checkpoint: bool = False):  # noqa: E501
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int = 1,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+        disable_self_attn: bool = False,
+        use_linear: bool = False,
+        use_checkpoint: bool = False,
+    ):  # noqa: E501
         super().__init__()
         inner = heads * dim_head
         self.use_linear = use_linear
@@ -289,7 +328,7 @@ class UNetModel(nn.Module):
         depths = _per_level(transformer_depth, levels, "transformer_depth")
         self.in_channels, self.out_channels, self.model_channels = in_channels, out_channels, model_channels
         self.num_classes = num_classes
-        self.num_res_blocks = num_res_blocks  # per level: what names its blocks the diffusers way (ldm.lora_kohya)
+        self.num_res_blocks = num_res_blocks  # per level: what names its blocks the diffusers way (ldm.adapters.kohya)
         time_dim = model_channels * 4
 
         def heads_for(ch: int) -> tuple[int, int]:
@@ -303,8 +342,17 @@ class UNetModel(nn.Module):
 
         def transformer(ch: int, level: int, disable_sa: bool) -> SpatialTransformer:
             heads, dim_head = heads_for(ch)
-            return SpatialTransformer(ch, heads, dim_head, depths[level], context_dim, dropout,
-                                      disable_sa, use_linear_in_transformer, use_checkpoint)
+            return SpatialTransformer(
+                ch,
+                heads,
+                dim_head,
+                depths[level],
+                context_dim,
+                dropout,
+                disable_sa,
+                use_linear_in_transformer,
+                use_checkpoint,
+            )
 
         def resblock(ch: int, out: int) -> ResBlock:
             return ResBlock(ch, time_dim, dropout, out, use_scale_shift_norm, use_checkpoint)
@@ -315,13 +363,18 @@ class UNetModel(nn.Module):
         elif num_classes == "continuous":
             self.label_emb = nn.Linear(1, time_dim)
         elif num_classes == "sequential":
-            self.label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm_in_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)))  # noqa: E501
+            self.label_emb = nn.Sequential(
+                nn.Sequential(nn.Linear(adm_in_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+            )  # noqa: E501
         elif num_classes is not None:
             raise InvalidOptionError(f"unknown num_classes {num_classes!r}")
-        if guidance_embed:  # a guidance-distilled student's scale w (ldm.distillation), added like the time embedding;
+        if (
+            guidance_embed
+        ):  # a guidance-distilled student's scale w (ldm.diffusion.distillation), added like the time embedding;
             # its last layer starts at zero, so a student made from its teacher begins as the conditional teacher
-            self.guidance_embed = nn.Sequential(nn.Linear(model_channels, time_dim), nn.SiLU(),
-                                                zero_module(nn.Linear(time_dim, time_dim)))
+            self.guidance_embed = nn.Sequential(
+                nn.Linear(model_channels, time_dim), nn.SiLU(), zero_module(nn.Linear(time_dim, time_dim))
+            )
 
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
@@ -358,7 +411,9 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))  # noqa: E501
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1))
+        )  # noqa: E501
 
     @property
     def dtype(self) -> torch.dtype:
@@ -372,9 +427,15 @@ class UNetModel(nn.Module):
 
     guidance_embedded = property(lambda self: hasattr(self, "guidance_embed"))  # a distilled student's scale input
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
-                control: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+        control: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
             raise InvalidOptionError("pass y exactly when the U-Net has a class/noise-level embedding (num_classes)")
         if (guidance is not None) != self.guidance_embedded:
@@ -390,7 +451,9 @@ class UNetModel(nn.Module):
         if y is not None:
             emb = emb + self.label_emb(y)
         if guidance is not None:  # scales of 0..~15 spread over the sinusoids as timesteps 0..~1000 do
-            w = timestep_embedding(guidance.to(x.device).expand(x.shape[0]) * GUIDANCE_EMBED_FACTOR, self.model_channels)  # noqa: E501
+            w = timestep_embedding(
+                guidance.to(x.device).expand(x.shape[0]) * GUIDANCE_EMBED_FACTOR, self.model_channels
+            )  # noqa: E501
             emb = emb + self.guidance_embed(w.to(x.dtype))
         skips = []
         h = x
@@ -398,7 +461,9 @@ class UNetModel(nn.Module):
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
-        if control is not None:  # ControlNets' residuals (ldm.controlnet): one per skip connection, then the middle's
+        if (
+            control is not None
+        ):  # ControlNets' residuals (ldm.models.controlnet): one per skip connection, then the middle's
             skips, h = [s + r.to(s.dtype) for s, r in zip(skips, control)], h + control[-1].to(h.dtype)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)

@@ -23,13 +23,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ldm import defaults
-from ldm.editing import EditingError, ImageTooSmallError, as_pil, expand_batch
-from ldm.images import pil_to_tensor, tensor_to_pil
-from ldm.model import LatentDiffusion
-from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import (
+from ldm.core import defaults
+from ldm.io.images import pil_to_tensor, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.tiling import SharedGroupNormStats
+from ldm.sampling.options import SamplingOptions, autocast
+from ldm.tasks.base import (
     Conditioning,
+    EditingError,
     Generated,
     check_task,
     prompt_conditions,
@@ -38,7 +39,7 @@ from ldm.tasks import (
     sample_seeded,
     settings_of,
 )
-from ldm.tiling import SharedGroupNormStats
+from ldm.tasks.editing import ImageTooSmallError, as_pil, expand_batch
 
 log = logging.getLogger("ldm")
 
@@ -139,7 +140,7 @@ def decode_tiled(model: LatentDiffusion, latents: torch.Tensor, tile: int, overl
     def one(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         return model.decode_latent(latents[..., y0:y1, x0:x1])
 
-    # The decoder's group norms share their statistics across the tiles (ldm.tiling.SharedGroupNormStats): a first
+    # The decoder's group norms share their statistics across the tiles (ldm.models.tiling.SharedGroupNormStats): a first
     # pass gathers them, the second decodes. Normalised tile by tile, each tile of a photo came out in its own colours.
     stats = SharedGroupNormStats(model.vae)
     with stats.record():

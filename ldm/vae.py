@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.attention import attention
-from ldm.config import check_parameters
-from ldm.errors import InvalidOptionError
+from ldm.core.config import check_parameters
+from ldm.core.errors import InvalidOptionError
+from ldm.models.attention import attention
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - the original name, kept for readers of both

@@ -20,10 +20,10 @@ from collections.abc import Callable
 
 import torch
 
-from ldm.diffusion import VPParameterisation, batch_like, sigma_batch
-from ldm.errors import InvalidOptionError
-from ldm.likelihood import frac_from_output
-from ldm.samplers import Callback, Generators, _noise, _report, _steps
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.likelihood import frac_from_output
+from ldm.diffusion.parameterisation import VPParameterisation, batch_like, sigma_batch
+from ldm.sampling.samplers import Callback, Generators, _noise, _report, _steps
 
 VarianceDenoiser = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, sigma [B], **cond) -> (x0, v)
 
@@ -62,7 +62,7 @@ class GuidedVarianceDenoiser:
         x0 = x0(x | uncond) + scale (x0(x | cond) - x0(x | uncond)),   v = v(x | cond),
 
     (GLIDE guides eps and keeps the variance output of each side; the sample is the conditional side's).
-    Both sides in one batched call, uncond first, as ldm.denoisers.CFGDenoiser.
+    Both sides in one batched call, uncond first, as ldm.sampling.denoisers.CFGDenoiser.
     """
 
     def __init__(self, denoiser: VarianceDenoiser, cond: dict, uncond: dict, scale: float):

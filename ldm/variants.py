@@ -1,6 +1,6 @@
-"""The default model's two variants: the few-step student distilled from it (ldm.distillation) and the full model.
+"""The default model's two variants: the few-step student distilled from it (ldm.diffusion.distillation) and the full model.
 
-Once checkpoints/emoji/student.{yaml,safetensors} are shipped (a derived model over model.safetensors, ldm.derived),
+Once checkpoints/emoji/student.{yaml,safetensors} are shipped (a derived model over model.safetensors, ldm.formats.derived),
 text-to-image uses the student by default (`ldm txt2img`, `load_model()`, the app's text-to-image page); the full
 model is one option away (`--model full`, `load_model(variant="full")`). Without the student nothing changes.
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ldm.defaults import default_checkpoint_path, default_config_path, default_model_files, shipped_path
-from ldm.errors import InvalidOptionError, MissingFileError
+from ldm.core.defaults import default_checkpoint_path, default_config_path, default_model_files, shipped_path
+from ldm.core.errors import InvalidOptionError, MissingFileError
 
 VARIANTS = ("student", "full")
 # The sampling options a config's `sampling:` may set, and the `ldm txt2img` option (argparse dest) of each.
@@ -75,7 +75,7 @@ def config_sampling(path: str | Path | None) -> dict[str, Any]:
     """`sampling_section` of a config file; {} for none, a missing file (its loading says so) or another format."""
     if path is None or not Path(path).is_file() or Path(path).suffix not in (".yaml", ".yml"):
         return {}
-    from ldm.config import load_config
+    from ldm.core.config import load_config
 
     cfg = load_config(path)
     return sampling_section(cfg) if isinstance(cfg, dict) else {}

@@ -4,7 +4,7 @@ Time t in [0, 1]; gamma(t) = -log SNR(t) is monotone increasing, and the VP proc
 
     z_t = alpha_t x + sigma_t eps,   alpha_t^2 = sigmoid(-gamma(t)),   sigma_t^2 = sigmoid(gamma(t)),
 
-which is sigma space's sigma = sigma_t / alpha_t = exp(gamma / 2) (ldm.schedules). The bound on -log p(x) is
+which is sigma space's sigma = sigma_t / alpha_t = exp(gamma / 2) (ldm.diffusion.schedules). The bound on -log p(x) is
 
     L = KL(q(z_1 | x) || N(0, I))                                        (prior)
       + E_{z_0}[-log p(x | z_0)]                                          (reconstruction)
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.diffusion import batch_like, sigma_batch
-from ldm.errors import InvalidOptionError
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.parameterisation import batch_like, sigma_batch
 
 GAMMA_MIN, GAMMA_MAX = -13.3, 5.0  # VDM's initial endpoints: sigma from 0.0013 to 12.2
 # eps_model(z_t [B, ...], gamma [B]) -> eps_hat
@@ -157,7 +157,7 @@ def schedule_step(bound: dict[str, torch.Tensor], net_params: list[torch.Tensor]
 
 def alphas_cumprod_from_gamma(gamma: Callable[[torch.Tensor], torch.Tensor], num_timesteps: int = 1000) -> torch.Tensor:
     """ab_k = sigmoid(-gamma(t_k)) on t_k = (k + 1) / T, k = 0..T-1: a discrete grid the samplers' sigmas
-    (ldm.schedules.get_sigmas) are taken from, as for the fixed schedules (float64)."""
+    (ldm.diffusion.schedules.get_sigmas) are taken from, as for the fixed schedules (float64)."""
     with torch.no_grad():
         t = torch.arange(1, num_timesteps + 1, dtype=torch.float64) / num_timesteps
         return torch.sigmoid(-gamma(t.float()).double())

@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ldm import defaults
-from ldm.errors import LdmError
-from ldm.images import OutputError, tensor_to_pil
-from ldm.model import LatentDiffusion
-from ldm.pipeline import image_size
-from ldm.sampling import SamplingOptions, autocast
-from ldm.tasks import (
+from ldm.core import defaults
+from ldm.core.errors import LdmError
+from ldm.io.images import OutputError, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions, autocast
+from ldm.tasks.base import (
     Conditioning,
     Generated,
     check_task,
@@ -32,6 +31,7 @@ from ldm.tasks import (
     settings_of,
     start_noise,
 )
+from ldm.tasks.txt2img import image_size
 
 log = logging.getLogger("ldm")
 
@@ -155,7 +155,7 @@ def save_gif(
     overwrite: bool = True,
 ) -> Path:
     """Write the GIF atomically; `overwrite=False` never replaces an existing file (WalkError instead)."""
-    from ldm.checkpoint import atomic_path
+    from ldm.io.checkpoint import atomic_path
 
     path = Path(path)
     data = gif_bytes(frames, duration_ms, loop, boomerang)
@@ -181,7 +181,7 @@ def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10, overwri
 
     if not frames:
         raise WalkError("no frames to write")
-    from ldm.checkpoint import atomic_path
+    from ldm.io.checkpoint import atomic_path
 
     path = Path(path)
     try:

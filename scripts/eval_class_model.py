@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ldm.clip import load_clip  # noqa: E402
-from ldm.defaults import shipped_path  # noqa: E402
-from ldm.evaluate import load_real, pil_to_tensor  # noqa: E402
-from ldm.metrics import ClipFeatures, NearestNeighbourJudge  # noqa: E402
-from ldm.model import load_model  # noqa: E402
-from ldm.pipeline import txt2img  # noqa: E402
+from ldm.core.defaults import shipped_path  # noqa: E402
+from ldm.evaluation.metrics import ClipFeatures, NearestNeighbourJudge  # noqa: E402
+from ldm.evaluation.report import load_real, pil_to_tensor  # noqa: E402
+from ldm.formats.load import load_model
+from ldm.models.clip import load_clip  # noqa: E402
+from ldm.tasks.txt2img import txt2img  # noqa: E402
 
 
 def main() -> None:

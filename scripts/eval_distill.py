@@ -6,7 +6,7 @@
 
 Rows: the student at each of --steps (DDIM on the trailing grid it was distilled on, one U-Net evaluation a
 step), the teacher with the same number of U-Net evaluations (guided DDIM: two a step, so half the steps, at
-least one), and the teacher at its usual 30 guided steps. Each row is `ldm eval` (ldm.evaluate) at one guidance
+least one), and the teacher at its usual 30 guided steps. Each row is `ldm eval` (ldm.evaluation.report) at one guidance
 scale on the same prompts and seeds: NN prompt accuracy on all prompts and on the held-out captions, CLIP FID,
 and the wall time per image on this machine.
 
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ldm.defaults import default_model_files, shipped_path  # noqa: E402
-from ldm.evaluate import EvalSettings, evaluate_model, load_real  # noqa: E402
-from ldm.model import load_model  # noqa: E402
-from ldm.training.clip import load_clip  # noqa: E402
+from ldm.core.defaults import default_model_files, shipped_path  # noqa: E402
+from ldm.evaluation.report import EvalSettings, evaluate_model, load_real  # noqa: E402
+from ldm.formats.load import load_model
+from ldm.models.clip import load_clip
 
 
 def load_student(folder: Path, base: Path):

@@ -5,7 +5,7 @@
 
 Two tasks per image: inpainting a centre box (half the side) and outpainting the right quarter (the image
 cut to its left three quarters, then extended back). Both methods get the caption as the prompt, the same
-seed and sampling settings; ldm.evaluate_edits says what each column measures.
+seed and sampling settings; ldm.evaluation.edits says what each column measures.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ldm.core.defaults import default_model_files, shipped_path
 from ldm.data.folder import CaptionedImageFolder
-from ldm.defaults import default_model_files, shipped_path
-from ldm.evaluate import Judge, load_real
-from ldm.evaluate_edits import centre_box_case, evaluate_method, real_accuracy, right_band_case
-from ldm.images import tensor_to_pil
-from ldm.inpaint import inpaint, outpaint
-from ldm.model import load_model
-from ldm.sampling import SamplingOptions
+from ldm.evaluation.edits import centre_box_case, evaluate_method, real_accuracy, right_band_case
+from ldm.evaluation.report import Judge, load_real
+from ldm.formats.load import load_model
+from ldm.io.images import tensor_to_pil
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.inpaint import inpaint, outpaint
 
 COLUMNS = ("prompt_top1", "seam", "real_seam", "hole_error", "outside_change")
 
@@ -81,7 +81,7 @@ def main() -> None:
     p.add_argument("--figure-rows", type=int, default=6)
     args = p.parse_args()
 
-    from ldm.clip import load_clip  # the judge CLIP, as `ldm eval` loads it
+    from ldm.models.clip import load_clip  # the judge CLIP, as `ldm eval` loads it
 
     files = default_model_files("inpaint")
     if files is None:

@@ -5,7 +5,7 @@
         --out docs/eval/upscaler.json --table docs/eval/upscaler.md --figure docs/upscale-examples.png
 
 Each held-out 256 px image is shrunk to 64 px (PIL bicubic, antialiased) and upscaled back by bicubic and by the
-model (with its own back-projection, and without: ldm.upscale.back_project): with an empty prompt, as a user upscales a photo (guidance changes nothing there: the conditional and the
+model (with its own back-projection, and without: ldm.tasks.upscale.back_project): with an empty prompt, as a user upscales a photo (guidance changes nothing there: the conditional and the
 unconditional prediction are the same), and, for the emoji, with their caption at each guidance scale (1 = off).
 Columns:
 - PSNR (dB) against the 256 px original, over RGB in [0, 1];
@@ -32,9 +32,9 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-from ldm.defaults import default_model_files  # noqa: E402
-from ldm.model import load_model  # noqa: E402
-from ldm.upscale import upscale  # noqa: E402
+from ldm.core.defaults import default_model_files  # noqa: E402
+from ldm.formats.load import load_model
+from ldm.tasks.upscale import upscale  # noqa: E402
 
 FOLDERS = {"emoji": "data/emoji-256/heldout/images", "photos": "data/photos/heldout/images"}
 

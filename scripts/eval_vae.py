@@ -21,8 +21,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ldm.checkpoint import load_state_dict  # noqa: E402
-from ldm.config import instantiate  # noqa: E402
+from ldm.core.config import instantiate  # noqa: E402
+from ldm.io.checkpoint import load_state_dict  # noqa: E402
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

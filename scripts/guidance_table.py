@@ -7,7 +7,7 @@
    (distance to the data, share of samples near a mode).
 2. Class accuracy against guidance scale on the eight-Gaussians toy: classifier guidance over an unconditional
    model, classifier-free guidance of a label-conditional model; a held-out clean classifier judges.
-3. GAN / VAE / diffusion on the same toy data (ldm.toy_compare.compare_models, the app's comparison page).
+3. GAN / VAE / diffusion on the same toy data (ldm.toys.compare.compare_models, the app's comparison page).
 Everything runs on one CPU thread; about 3 minutes on a busy 2-core machine.
 """
 
@@ -18,9 +18,8 @@ import time
 
 import torch
 
-from ldm.samplers import SAMPLERS
-from ldm.toy2d import ToyDiffusion, nearest_distance, single_thread
-from ldm.toy_classes import (
+from ldm.sampling.samplers import SAMPLERS
+from ldm.toys.classes import (
     GAUSSIAN_CLASSES,
     ConditionalToyDiffusion,
     class_accuracy,
@@ -29,7 +28,8 @@ from ldm.toy_classes import (
     sample_with,
     train_classifier,
 )
-from ldm.toy_compare import compare_models, gaussian_centres, mode_coverage
+from ldm.toys.compare import compare_models, gaussian_centres, mode_coverage
+from ldm.toys.points import ToyDiffusion, nearest_distance, single_thread
 
 # (sampler, steps, own options): budgets of about 20, 50 and 100 evaluations; pc costs 2 * steps - 1, so pc at 50
 # steps beside its own predictor alone (corrector_steps 0) shows what the corrector adds at the same grid.
@@ -66,7 +66,7 @@ class Counting:
 
 def analytic_rows(n: int, seed: int) -> list[dict]:
     """Data N(mu, s^2) per dimension, D(x, sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), Karras grid to 1e-3."""
-    from ldm.schedules import karras_sigmas
+    from ldm.diffusion.schedules import karras_sigmas
 
     mu, s = (
         torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64),

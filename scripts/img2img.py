@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from ldm.cli import main
+from ldm.interfaces.cli.main import main
 
 RENAMED = {
     "--ddim_steps": "--steps",

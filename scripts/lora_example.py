@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ldm.errors import InvalidOptionError, LdmError, MissingFileError
-from ldm.images import tensor_to_pil
+from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.io.images import tensor_to_pil
 
 TRAIN_CONFIG = "configs/emoji/lora-high-contrast.yaml"
 STYLE = "fluent high contrast"
@@ -97,7 +97,7 @@ def check_folder(data: str) -> None:
 
 
 def load_real(data: str, reference: str | None, size: int) -> Real:
-    from ldm.evaluate import load_images
+    from ldm.evaluation.report import load_images
 
     check_folder(data)
     train, train_caps = load_images(Path(data) / "train", size)
@@ -124,7 +124,7 @@ def scores(
 
 
 def adapter_size(path: str | Path) -> dict:
-    from ldm.checkpoint import load_state_dict
+    from ldm.io.checkpoint import load_state_dict
 
     state = load_state_dict(path)
     return {
@@ -195,7 +195,7 @@ def sheet(
 
 
 def write_atomic(path: str | Path, write: Callable[[str], object]) -> None:
-    from ldm.checkpoint import atomic_path
+    from ldm.io.checkpoint import atomic_path
 
     with atomic_path(path, suffix=Path(path).suffix) as tmp:
         write(tmp)
@@ -238,18 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except LdmError as exc:
-        from ldm.errors import one_line
+        from ldm.core.errors import one_line
 
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ldm.clip import DEFAULT_CONFIG, load_clip
-    from ldm.evaluate import EvalSettings, generate
-    from ldm.lora import apply_lora
-    from ldm.metrics import ClipFeatures
-    from ldm.model import load_model
+    from ldm.adapters.lora import apply_lora
+    from ldm.evaluation.metrics import ClipFeatures
+    from ldm.evaluation.report import EvalSettings, generate
+    from ldm.formats.load import load_model
+    from ldm.models.clip import DEFAULT_CONFIG, load_clip
     from ldm.training.captions import styled
     from ldm.training.config import load_train_config
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from ldm.cli import main
+from ldm.interfaces.cli.main import main
 
 if __name__ == "__main__":  # the same as `ldm data emoji ...` (one command-line parser)
     sys.exit(main(["data", "emoji", *sys.argv[1:]]))

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ldm.checkpoint import load_state_dict, save_state_dict
-from ldm.defaults import default_checkpoint_path, default_config_path
+from ldm.core.defaults import default_checkpoint_path, default_config_path
+from ldm.io.checkpoint import load_state_dict, save_state_dict
 
 LICENSE = "CC-BY-SA-4.0"
 

@@ -6,9 +6,9 @@
     python scripts/ship_derived_model.py upscaler-vae runs/upscaler-vae         # the upscaler's autoencoder, first
 
 A distillation stage's student.yaml gives the shipped student.yaml its name and sampling defaults (steps, trailing
-spacing, guidance scale: ldm.variants), with which `ldm txt2img` then uses it by default.
+spacing, guidance scale: ldm.formats.variants), with which `ldm txt2img` then uses it by default.
 
-The shipped file keeps only what differs from checkpoints/emoji/model.safetensors (ldm.derived): a LoRA run's
+The shipped file keeps only what differs from checkpoints/emoji/model.safetensors (ldm.formats.derived): a LoRA run's
 adapter and whole tensors as they are; a full run's tensors minus those equal to the base's in fp16 (the
 shared text tower, an unchanged autoencoder). The config beside it is the export's, with `base:` added. The
 upscaler's autoencoder is already shipped on its own (checkpoints/emoji/upscaler-vae.safetensors, trained first):
@@ -24,12 +24,11 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from ldm.checkpoint import file_sha256, load_state_dict, save_state_dict
-from ldm.defaults import SHIPPED_MODELS, default_checkpoint_path
-from ldm.derived import base_state, split_derived
-from ldm.model import weights_in_our_layout
+from ldm.core.defaults import SHIPPED_MODELS, default_checkpoint_path
+from ldm.formats.derived import base_state, split_derived
+from ldm.io.checkpoint import file_sha256, load_state_dict, save_state_dict, weights_in_our_layout
 
-# Submodules a shipped model takes from a file of their own (ldm.derived `parts:`), by task.
+# Submodules a shipped model takes from a file of their own (ldm.formats.derived `parts:`), by task.
 SHIPPED_PARTS = {"upscale": {"vae": "upscaler-vae.safetensors"}}
 LICENSE = "CC-BY-SA-4.0"  # the training data's (OpenMoji is CC BY-SA 4.0; the photos CC BY-SA 3.0/4.0 at most)
 
@@ -99,7 +98,7 @@ def ship(task: str, export_dir: str) -> None:
         config["model"]["params"]["image_size"] = 64
     shipped = {"model": config["model"], "base": base_file.name}
     if task == "upscale":
-        # The result shrunk x4 gives the input back (ldm.upscale); held-out photos gain 5 dB PSNR, 10 iterations
+        # The result shrunk x4 gives the input back (ldm.tasks.upscale); held-out photos gain 5 dB PSNR, 10 iterations
         # ~0.05 dB over 5. 20 steps: as good as 50 at PSNR (docs/edit-models.md); guidance 4 as in training.
         # eta 1 (fresh noise each DDIM step): +0.6 dB on held-out emoji and photos over eta 0, whose photos
         # carry more texture than the originals (high-frequency energy 1.3x theirs; eta 1: 0.8x).
@@ -115,7 +114,7 @@ def ship(task: str, export_dir: str) -> None:
         shipped = {"name": f"emoji {steps}-step student" if steps else "emoji student", **shipped}
     out.with_suffix(".yaml").write_text(
         f"# The shipped {task} model: {out.name} holds only what differs from its base "
-        "(ldm.derived).\n" + yaml.safe_dump(shipped, sort_keys=False)
+        "(ldm.formats.derived).\n" + yaml.safe_dump(shipped, sort_keys=False)
     )
     print(
         f"shipped {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(state)} tensors, {kept} whole, "

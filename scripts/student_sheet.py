@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
-from ldm.model import load_model  # noqa: E402
-from ldm.pipeline import txt2img  # noqa: E402
+from ldm.formats.load import load_model
+from ldm.tasks.txt2img import txt2img  # noqa: E402
 
 PROMPTS = ["red heart", "green apple", "yellow star", "blue circle", "dog face", "pizza", "grinning face", "rocket"]
 

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ldm.model import load_model  # noqa: E402
-from ldm.pipeline import txt2img  # noqa: E402
+from ldm.formats.load import load_model
+from ldm.tasks.txt2img import txt2img  # noqa: E402
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -15,7 +15,7 @@ ldm train --config configs/emoji/vae.yaml "$@"                     # -> runs/emo
 ldm train --config configs/emoji/ldm.yaml "$@"                     # -> runs/emoji-ldm/model.safetensors + model.yaml
 python scripts/ship_default_model.py runs/emoji-ldm                # -> checkpoints/emoji/model.safetensors (fp16) + model.yaml
 
-# The models derived from it (issue 20), each shipped as what differs from model.safetensors (ldm.derived):
+# The models derived from it (issue 20), each shipped as what differs from model.safetensors (ldm.formats.derived):
 ldm train --config configs/emoji/inpaint.yaml "$@"                 # -> runs/emoji-inpaint/lora.safetensors (LoRA + widened input)
 python scripts/ship_derived_model.py inpaint runs/emoji-inpaint    # -> checkpoints/emoji/inpaint.safetensors + inpaint.yaml
 ldm data photos --out data/photos                                  # 27 freely licensed photos from pinned Debian packages

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.checkpoint import load_state_dict  # noqa: E402
+from ldm.io.checkpoint import load_state_dict  # noqa: E402
 
 
 def metrics(run: Path) -> list[dict[str, str]]:

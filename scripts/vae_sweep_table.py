@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.checkpoint import load_state_dict  # noqa: E402
-from ldm.config import instantiate, load_config  # noqa: E402
+from ldm.core.config import instantiate, load_config  # noqa: E402
 from ldm.data.folder import CaptionedImageFolder  # noqa: E402
+from ldm.io.checkpoint import load_state_dict  # noqa: E402
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Runs `python -m ldm.cli` once per case, each case in a process of its own, forked from one that has already
+"""Runs `python -m ldm.interfaces.cli.main` once per case, each case in a process of its own, forked from one that has already
 imported torch and Lightning: a fresh interpreter spends 3-5 s on those imports alone, a fork a fraction of it.
 
     python tests/cli_runner.py < cases.json > results.json
@@ -8,7 +8,7 @@ cases: a JSON list of {"argv": [...], "cwd": dir or null, "env": {name: value}, 
 results: a JSON list of {"rc": exit status (-N: killed by signal N; "timeout"), "stdout": str, "stderr": str,
 "changed": the files under `watch` that the case added, removed or changed}.
 
-Each child runs the module as `python -m ldm.cli` does (runpy, as __main__), with file descriptors 1 and 2 on
+Each child runs the module as `python -m ldm.interfaces.cli.main` does (runpy, as __main__), with file descriptors 1 and 2 on
 files of its own, and an uncaught exception goes through the interpreter's own hook: a traceback shows
 exactly as it would in a real run.
 """
@@ -33,15 +33,15 @@ def preload() -> None:
     import lightning.pytorch  # noqa: F401
     import open_clip  # noqa: F401
 
-    import ldm.cli
-    import ldm.img2img
-    import ldm.inpaint
-    import ldm.model
+    import ldm.interfaces.cli.main
+    import ldm.models.latent_diffusion
+    import ldm.tasks.img2img
+    import ldm.tasks.inpaint
+    import ldm.tasks.upscale
+    import ldm.tasks.walk
     import ldm.training.run
-    import ldm.upscale
-    import ldm.walk
 
-    ldm.cli.build_parser()  # imports every command module
+    ldm.interfaces.cli.main.build_parser()  # imports every command module
 
 
 def snapshot(root: str | None) -> dict[str, str]:
@@ -67,7 +67,7 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def run_child(case: dict, stdout_path: str, stderr_path: str) -> None:
-    """In the forked child: become `python -m ldm.cli ARGV` and never return."""
+    """In the forked child: become `python -m ldm.interfaces.cli.main ARGV` and never return."""
     code = 1
     try:
         for fd, path in ((1, stdout_path), (2, stderr_path)):
@@ -78,9 +78,11 @@ def run_child(case: dict, stdout_path: str, stderr_path: str) -> None:
         os.environ.update(case.get("env") or {})
         signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.argv = ["ldm", *case["argv"]]
-        sys.modules.pop("ldm.cli", None)  # run afresh as __main__, as `python -m` does (runpy warns otherwise)
+        sys.modules.pop(
+            "ldm.interfaces.cli.main", None
+        )  # run afresh as __main__, as `python -m` does (runpy warns otherwise)
         try:
-            runpy.run_module("ldm.cli", run_name="__main__", alter_sys=True)
+            runpy.run_module("ldm.interfaces.cli.main", run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as exc:
             code = _exit_code(exc)

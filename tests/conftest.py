@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 # Tests are small; two threads keep them fast on the 2-core CI machine without oversubscribing. OMP_NUM_THREADS,
 # when set, wins: beside a training run one thread is many times faster than two fighting for one core.
-# Set in the environment too, so that the CLI's load-based thread choice (ldm.devices.sampling_threads) leaves the
+# Set in the environment too, so that the CLI's load-based thread choice (ldm.core.devices.sampling_threads) leaves the
 # count alone in-process and in the subprocesses tests start: the same threads, the same floating-point sums.
 os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, os.cpu_count() or 1))))
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -15,7 +15,7 @@ TINY_TEXT = {
 
 TINY_MODEL = {
     "model": {
-        "target": "ldm.model.LatentDiffusion",
+        "target": "ldm.models.latent_diffusion.LatentDiffusion",
         "params": {
             "timesteps": 1000,
             "beta_schedule": "scaled_linear",
@@ -25,7 +25,7 @@ TINY_MODEL = {
             "scale_factor": 1.0,
             "image_size": 8,
             "unet_config": {
-                "target": "ldm.unet.UNetModel",
+                "target": "ldm.models.unet.UNetModel",
                 "params": {
                     "in_channels": 4,
                     "out_channels": 4,
@@ -41,7 +41,7 @@ TINY_MODEL = {
                 },
             },
             "first_stage_config": {
-                "target": "ldm.vae.AutoencoderKL",
+                "target": "ldm.models.vae.AutoencoderKL",
                 "params": {
                     "embed_dim": 4,
                     "ddconfig": {
@@ -59,7 +59,7 @@ TINY_MODEL = {
                 },
             },
             "cond_stage_config": {
-                "target": "ldm.text_encoder.FrozenOpenCLIPEmbedder",
+                "target": "ldm.models.text_encoder.FrozenOpenCLIPEmbedder",
                 "params": {"arch": TINY_TEXT, "layer": "penultimate"},
             },
         },
@@ -95,7 +95,7 @@ def tiny_model(seed: int = 0, **params):
     learned_variance=True: the one of `tiny_learned_variance_config`."""
     import torch
 
-    from ldm.config import instantiate
+    from ldm.core.config import instantiate
 
     torch.manual_seed(seed)
     cfg = tiny_learned_variance_config() if params.pop("learned_variance", False) else tiny_config()
@@ -124,7 +124,10 @@ def tiny_upscaler_config() -> dict:
         linear_end=0.02,
         scale_factor=0.08333,
         image_size=16,
-        low_scale_config={"target": "ldm.conditioning.LowResNoiseAugmentation", "params": {"max_noise_level": 350}},
+        low_scale_config={
+            "target": "ldm.models.conditioning.LowResNoiseAugmentation",
+            "params": {"max_noise_level": 350},
+        },
     )
     params = cfg["model"]["params"]
     params["unet_config"]["params"].update(in_channels=7, num_classes=1000)
@@ -135,7 +138,7 @@ def tiny_upscaler_config() -> dict:
 def _build(cfg: dict, seed: int):
     import torch
 
-    from ldm.config import instantiate
+    from ldm.core.config import instantiate
 
     torch.manual_seed(seed)
     model = instantiate(cfg["model"])
@@ -166,7 +169,7 @@ def write_tiny_model_files(folder, name: str = "tiny", config: dict | None = Non
 
     import yaml
 
-    from ldm.checkpoint import save_state_dict
+    from ldm.io.checkpoint import save_state_dict
 
     cfg, ckpt = Path(folder) / f"{name}.yaml", Path(folder) / f"{name}.safetensors"
     cfg.write_text(yaml.safe_dump(config or tiny_config()))
@@ -200,9 +203,9 @@ def tiny_sd1_config() -> dict:
     """SD 1.x's own config (configs/stable-diffusion/v1-inference.yaml) at tiny widths: the U-Net, VAE and
     text tower keep their release layout (blocks, levels, heads) but are 10x (VAE 4x) narrower, and the
     text tower (CLIP ViT-L/14's layout, 12 heads) is 48 wide with 2 layers. A file of its weights is
-    detected as SD 1.x and rebuilt at these sizes from its shapes alone (ldm.formats.fit_sizes)."""
-    from ldm.config import load_config
-    from ldm.formats import sd_config_path
+    detected as SD 1.x and rebuilt at these sizes from its shapes alone (ldm.formats.detect.fit_sizes)."""
+    from ldm.core.config import load_config
+    from ldm.formats.detect import sd_config_path
 
     cfg = load_config(sd_config_path("v1-inference.yaml"))
     params = cfg["model"]["params"]
@@ -226,8 +229,8 @@ def write_training_base(cfg: dict, folder) -> Path:
     import torch
     import yaml
 
-    from ldm.checkpoint import save_state_dict
-    from ldm.config import instantiate
+    from ldm.core.config import instantiate
+    from ldm.io.checkpoint import save_state_dict
     from ldm.training.export import inference_model_node
 
     torch.manual_seed(0)

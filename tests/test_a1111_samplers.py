@@ -8,10 +8,10 @@ import torch
 from PIL import Image, PngImagePlugin
 from test_infotext import generate, model_files  # noqa: F401 (model_files is a fixture)
 
-from ldm.a1111_samplers import A1111_SAMPLERS, sampler_settings
-from ldm.infotext import SAMPLER_NAMES, InfotextError, format_infotext, parse_infotext, settings_from_infotext
-from ldm.samplers import SAMPLERS
-from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas, sigmas_from_alphas_cumprod
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas, sigmas_from_alphas_cumprod
+from ldm.io.a1111_samplers import A1111_SAMPLERS, sampler_settings
+from ldm.io.infotext import SAMPLER_NAMES, InfotextError, format_infotext, parse_infotext, settings_from_infotext
+from ldm.sampling.samplers import SAMPLERS
 
 
 def read(sampler, schedule=None, version=True):

@@ -12,16 +12,16 @@ import torch
 from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 
-from ldm import defaults
-from ldm.cli import build_parser, main
-from ldm.img2img import img2img
-from ldm.inpaint import inpaint
-from ldm.model import load_model
-from ldm.pipeline import SamplingOptions, txt2img
-from ldm.sampling import task_options
-from ldm.tasks import NoiseShapeError, PromptError, prompt_conditions
-from ldm.upscale import upscale
-from ldm.walk import walk_frames
+from ldm.core import defaults
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import build_parser, main
+from ldm.sampling.options import SamplingOptions, task_options
+from ldm.tasks.base import NoiseShapeError, PromptError, prompt_conditions
+from ldm.tasks.img2img import img2img
+from ldm.tasks.inpaint import inpaint
+from ldm.tasks.txt2img import txt2img
+from ldm.tasks.upscale import upscale
+from ldm.tasks.walk import walk_frames
 
 FAST = dict(steps=3, progress=False)
 
@@ -89,12 +89,12 @@ def test_tasks_whose_defaults_differ_say_so_everywhere():
 def test_app_widgets_start_at_the_same_defaults(model_files, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    import ldm.app
-    from ldm.app.state import ENV_CKPT, ENV_CONFIG
+    import ldm.interfaces.app
+    from ldm.interfaces.app.state import ENV_CKPT, ENV_CONFIG
 
     monkeypatch.setenv(ENV_CONFIG, model_files[0])
     monkeypatch.setenv(ENV_CKPT, model_files[1])
-    views = f"{ldm.app.__path__[0]}/views"
+    views = f"{ldm.interfaces.app.__path__[0]}/views"
     at = AppTest.from_file(f"{views}/text.py", default_timeout=120)
     at.run()
     assert not at.exception, at.exception
@@ -276,7 +276,7 @@ def test_cli_long_prompt_options_are_recorded_and_restored(model_files, tmp_path
 
 
 def test_cli_precision_bf16_on_cpu_runs_bf16_weights(model_files, tmp_path, monkeypatch):
-    import ldm.commands.common as common
+    import ldm.interfaces.cli.common as common
 
     cfg, ckpt = model_files
     used = []

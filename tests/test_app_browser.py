@@ -54,7 +54,7 @@ def app(tmp_path_factory):
     log = open(tmp_path / "app.log", "w")
     # Own process group: `ldm app` starts Streamlit as a child, and both must go at the end.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ldm.cli", "app", "--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "ldm.interfaces.cli.main", "app", "--port", str(port), "--device", "cpu"],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

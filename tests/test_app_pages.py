@@ -12,11 +12,12 @@ from factories import tiny_class_config, tiny_class_model, tiny_config, tiny_mod
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import ldm.app
-from ldm.app.edit import mask_from_strokes, read_image, read_mask
-from ldm.app.forward import LEARNED, forward_views, latent_start, learned_schedule_alphas, schedule_curves
-from ldm.app.samples import SAMPLES, sample_image
-from ldm.app.state import (
+import ldm.interfaces.app
+from ldm.core.masks import MaskError
+from ldm.interfaces.app.edit import mask_from_strokes, read_image, read_mask
+from ldm.interfaces.app.forward import LEARNED, forward_views, latent_start, learned_schedule_alphas, schedule_curves
+from ldm.interfaces.app.samples import SAMPLES, sample_image
+from ldm.interfaces.app.state import (
     ENV_CKPT,
     ENV_CONFIG,
     ENV_UPSCALER_CKPT,
@@ -25,13 +26,12 @@ from ldm.app.state import (
     load_main_model,
     source_from_env,
 )
-from ldm.app.text import generate, png_bytes
-from ldm.checkpoint import save_state_dict
-from ldm.images import InvalidImageError
-from ldm.masks import MaskError
-from ldm.pipeline import SamplingOptions
+from ldm.interfaces.app.text import generate, png_bytes
+from ldm.io.checkpoint import save_state_dict
+from ldm.io.images import InvalidImageError
+from ldm.sampling.options import SamplingOptions
 
-APP = Path(ldm.app.__file__).resolve().parent  # absolute: AppTest resolves relative paths against the caller
+APP = Path(ldm.interfaces.app.__file__).resolve().parent  # absolute: AppTest resolves relative paths against the caller
 VIEWS = APP / "views"
 TIMEOUT = 120
 
@@ -158,7 +158,7 @@ def test_model_source_and_missing_default_model(tmp_path, monkeypatch):
     src = source_from_env({ENV_CONFIG: "a.yaml", ENV_CKPT: "b.safetensors"})
     assert src.config == "a.yaml" and src.ckpt == "b.safetensors"
     # Without --upscaler-*: the shipped upscaler, whatever the main model (it upscales any image).
-    from ldm.defaults import default_model_files
+    from ldm.core.defaults import default_model_files
 
     shipped = default_model_files("upscale")
     assert src.upscaler_files == (tuple(map(str, shipped)) if shipped else None)
@@ -168,15 +168,15 @@ def test_model_source_and_missing_default_model(tmp_path, monkeypatch):
     monkeypatch.setenv("LDM_HOME", str(tmp_path))
     import importlib
 
-    import ldm.defaults
+    import ldm.core.defaults
 
-    importlib.reload(ldm.defaults)
+    importlib.reload(ldm.core.defaults)
     try:
         with pytest.raises(ModelMissingError, match="ldm app --config"):
             load_main_model(None, None)
     finally:
         monkeypatch.delenv("LDM_HOME")
-        importlib.reload(ldm.defaults)
+        importlib.reload(ldm.core.defaults)
 
 
 # --- pages in the Streamlit harness ---------------------------------------------------------------------------
@@ -404,7 +404,7 @@ def test_edit_page_upscale_without_upscaler_says_so(app_env, tmp_path, monkeypat
 def test_edit_page_upscales_with_an_upscaler_given(app_env, tmp_path, monkeypatch):
     from factories import tiny_upscaler_config, tiny_upscaler_model
 
-    from ldm.app.state import ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
+    from ldm.interfaces.app.state import ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
 
     cfg, ckpt = tmp_path / "up.yaml", tmp_path / "up.safetensors"
     cfg.write_text(yaml.safe_dump(tiny_upscaler_config()))
@@ -479,7 +479,7 @@ def test_main_navigates_to_every_page(app_env):
 def test_app_command_is_headless_on_localhost_and_passes_the_model(model_files):
     import argparse
 
-    from ldm.commands.app import MAIN, app_command, app_env
+    from ldm.interfaces.cli.app import MAIN, app_command, app_env
 
     cmd = app_command(8600)
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(MAIN) and MAIN.is_file()
@@ -509,7 +509,7 @@ def test_app_command_is_headless_on_localhost_and_passes_the_model(model_files):
     ],
 )
 def test_app_command_rejects_bad_arguments_before_starting(argv, message, capsys):
-    from ldm.cli import main
+    from ldm.interfaces.cli.main import main
 
     assert main(argv) == 2
     assert message in capsys.readouterr().err

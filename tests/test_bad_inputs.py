@@ -1,7 +1,7 @@
 """Bad input through the real `ldm` command: a non-zero exit, one line naming the problem, no traceback, and
 nothing that was already there changed.
 
-Each case runs as its own `python -m ldm.cli` process (tests/cli_runner.py forks them from one process that
+Each case runs as its own `python -m ldm.interfaces.cli.main` process (tests/cli_runner.py forks them from one process that
 has imported torch once), in a workspace holding a tiny model, images, a data set, an earlier output folder
 and an earlier run; every file there is compared before and after each case.
 """
@@ -22,7 +22,7 @@ import yaml
 from factories import tiny_config, tiny_model
 from PIL import Image
 
-from ldm.checkpoint import save_state_dict
+from ldm.io.checkpoint import save_state_dict
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import TINY_CONFIGS
 
@@ -61,8 +61,8 @@ CASES = [
         "bare.safetensors matches no known model family",
     ),
     (["txt2img", "x", *MODEL, "--ckpt", "cut.safetensors"], "cut.safetensors"),
-    (["txt2img", "x", *MODEL, "--config", "odd-channels.yaml"], "bad parameters for ldm.unet.UNetModel"),
-    (["txt2img", "x", *MODEL, "--config", "negative-size.yaml"], "bad parameters for ldm.unet.UNetModel"),
+    (["txt2img", "x", *MODEL, "--config", "odd-channels.yaml"], "bad parameters for ldm.models.unet.UNetModel"),
+    (["txt2img", "x", *MODEL, "--config", "negative-size.yaml"], "bad parameters for ldm.models.unet.UNetModel"),
     (["txt2img", "x", *MODEL, "--outdir", "a-file/out"], "cannot write to a-file/out/samples"),
     (["txt2img", "--from-file", "no-such-prompts.txt", *MODEL], "prompt file not found: no-such-prompts.txt"),
     (["img2img", "not-an-image.png", "x", *MODEL], "cannot read image not-an-image.png"),
@@ -76,7 +76,7 @@ CASES = [
     ([*TRAIN, "--resume", str(OLD_RUN_CHECKPOINT)], "does not match the config's model"),
     ([*TRAIN, "logging.checkpoint_every_n_steps=-5"], "logging.checkpoint_every_n_steps must be an integer >= 0"),
     ([*TRAIN, "trainer.max_steps=-3"], "trainer section: `max_steps` must be a non-negative integer"),
-    ([*TRAIN, "model.params.ddconfig.ch=-3"], "bad parameters for ldm.vae.AutoencoderKL"),
+    ([*TRAIN, "model.params.ddconfig.ch=-3"], "bad parameters for ldm.models.vae.AutoencoderKL"),
     ([*TRAIN, "logging.run_dir=earlier-run"], "earlier-run already holds a run"),
     ([*TRAIN, "logging.run_dir=a-file/run"], "cannot write to the run folder a-file/run"),
     ([*TRAIN, "data.root=no-such-folder"], "dataset folder not found: no-such-folder"),
@@ -161,7 +161,7 @@ def test_a_forked_case_ends_as_a_fresh_process_does(workspace, results):
     # Guards the runner: the first case, run by a fresh interpreter, gives the same status and line.
     argv = CASES[0][0]
     fresh = subprocess.run(
-        [sys.executable, "-m", "ldm.cli", *argv],
+        [sys.executable, "-m", "ldm.interfaces.cli.main", *argv],
         cwd=workspace,
         capture_output=True,
         text=True,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.data.folder import CaptionedImageFolder, CaptionFileError
+from ldm.data.folder import CaptionedImageFolder, CaptionFileError, folder_extras
 from ldm.training.captions import CaptionSampling, styled
-from ldm.training.data import SampleStream, folder_extras, split_validation
+from ldm.training.data import SampleStream, split_validation
 
 
 def _folder(root, rows):

@@ -8,7 +8,8 @@ import pytest
 import torch
 from factories import tiny_model
 
-from ldm.checkpoint import (
+from ldm.core.config import load_config, model_from_config
+from ldm.io.checkpoint import (
     CheckpointError,
     atomic_path,
     from_original_keys,
@@ -17,7 +18,6 @@ from ldm.checkpoint import (
     save_state_dict,
     to_original_keys,
 )
-from ldm.config import load_config, model_from_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 

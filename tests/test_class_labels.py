@@ -11,14 +11,14 @@ import pytest
 import torch
 import yaml
 
-from ldm.cli import main as cli_main
+from ldm.core.defaults import shipped_path
+from ldm.core.errors import InvalidOptionError
 from ldm.data.folder import CaptionedImageFolder
-from ldm.defaults import shipped_path
-from ldm.errors import InvalidOptionError
-from ldm.infotext import settings_from_png
-from ldm.model import load_model
-from ldm.pipeline import prepare, resolve_options, txt2img
-from ldm.tasks import sample_seeded
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.io.infotext import settings_from_png
+from ldm.tasks.base import resolve_options, sample_seeded
+from ldm.tasks.txt2img import prepare, txt2img
 from ldm.training.labels import LabelError, LabelledDataset, with_classes
 from ldm.training.run import build_data, export_checkpoint, train
 from ldm.training.shapes import make_shapes_dataset

@@ -8,9 +8,9 @@ import pytest
 from factories import tiny_class_config, tiny_model_from, write_tiny_learned_variance_files, write_tiny_model_files
 from PIL import Image
 
-from ldm.cli import main
-from ldm.commands.common import option_value, parse_sampler_options
-from ldm.errors import InvalidOptionError
+from ldm.core.errors import InvalidOptionError
+from ldm.interfaces.cli.common import option_value, parse_sampler_options
+from ldm.interfaces.cli.main import main
 
 SIZE = ["--height", "16", "--width", "16", "--no-progress", "--no-grid"]
 
@@ -139,8 +139,8 @@ def test_learned_variance_sampler_from_the_cli_is_recorded_and_remade(learned_va
     assert "learned_variance" not in fixed_settings
     assert not np.array_equal(fixed, learned)  # the U-Net's variance, not the fixed one, drew the steps' noise
     # The same as the Python call makes with the CLI's spacing (the call's own default is trailing).
-    from ldm.model import load_model
-    from ldm.pipeline import txt2img_learned_variance
+    from ldm.formats.load import load_model
+    from ldm.tasks.txt2img import txt2img_learned_variance
 
     model = load_model(*learned_variance_files)
     python = txt2img_learned_variance(

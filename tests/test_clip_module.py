@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from ldm.checkpoint import load_state_dict
-from ldm.text_encoder import FrozenOpenCLIPEmbedder
+from ldm.io.checkpoint import load_state_dict
+from ldm.models.text_encoder import FrozenOpenCLIPEmbedder
 from ldm.training.clip_module import warmup_cosine
 from ldm.training.run import build_module, train
 from ldm.training.shapes import make_shapes_dataset
@@ -56,7 +56,7 @@ def test_ldm_train_clip_learns_exports_and_feeds_the_text_encoder(tmp_path):
 
 
 def test_clip_run_refuses_parts_of_a_diffusion_model(tmp_path):
-    from ldm.training.config import TrainConfigError
+    from ldm.training.config_checks import TrainConfigError
 
     cfg = tiny_train_config("clip", tmp_path, tmp_path / "run", ["init.vae=some.safetensors"])
     with pytest.raises(TrainConfigError, match="init.checkpoint"):

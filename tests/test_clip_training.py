@@ -10,19 +10,18 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from ldm.cli import main as cli_main
-from ldm.training import clip as clip_training
-from ldm.training.clip import (
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.models.clip import (
     DEFAULT_CONFIG,
     ClipConfigError,
     create_clip,
     encode_text_trimmed,
     load_clip,
-    retrieval_accuracy,
     save_clip,
     tokenize,
-    train_clip,
 )
+from ldm.training import clip as clip_training
+from ldm.training.clip import retrieval_accuracy, train_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shipped CLIP is the judge of `ldm eval` (the default model's text encoder lives inside model.safetensors).
@@ -184,7 +183,7 @@ def test_shipped_weights_load_strictly_into_the_config_model():
 
 
 def test_shipped_text_tower_loads_into_the_sd_text_encoder():
-    from ldm.text_encoder import FrozenOpenCLIPEmbedder
+    from ldm.models.text_encoder import FrozenOpenCLIPEmbedder
 
     enc = FrozenOpenCLIPEmbedder(arch=str(SHIPPED_CONFIG), layer="penultimate", weights=str(SHIPPED))
     with torch.no_grad():
@@ -219,7 +218,7 @@ def test_shipped_clip_matches_captions_to_rendered_emoji():
 
 
 def test_bad_training_arguments_are_project_errors(tiny_config, tmp_path, capsys):
-    from ldm.errors import LdmError
+    from ldm.core.errors import LdmError
 
     model = create_clip(tiny_config)
     images, captions = _synthetic()

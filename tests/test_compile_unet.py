@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from factories import tiny_model
 
-from ldm.pipeline import txt2img
+from ldm.tasks.txt2img import txt2img
 
 
 def test_compiled_unet_samples_like_the_eager_one():

@@ -8,17 +8,23 @@ import pytest
 import torch
 from factories import tiny_model
 
-from ldm.denoisers import CFGDenoiser, DiscreteTimeDenoiser
-from ldm.diffusion import VPParameterisation, predict_x0_from_eps, predict_x0_from_v, q_sample
-from ldm.editing import StrengthError
-from ldm.inpaint import BlendDenoiser
-from ldm.model import CONDITIONING
-from ldm.pipeline import SamplingOptions, txt2img
-from ldm.samplers import SAMPLERS, InvalidStrengthError
-from ldm.sampling import SamplerOptionError, sample, sampler_eta, sampler_kwargs
-from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
-from ldm.tasks import WrongModelError, check_task, kinds_for
-from ldm.upscale import TiledDenoiser
+from ldm.diffusion.parameterisation import (
+    DiscreteTimeDenoiser,
+    VPParameterisation,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    q_sample,
+)
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
+from ldm.models.latent_diffusion import CONDITIONING
+from ldm.sampling.denoisers import CFGDenoiser
+from ldm.sampling.options import SamplingOptions, sample, sampler_eta, sampler_kwargs
+from ldm.sampling.samplers import SAMPLERS, InvalidStrengthError, SamplerOptionError
+from ldm.tasks.base import WrongModelError, check_task, kinds_for
+from ldm.tasks.editing import StrengthError
+from ldm.tasks.inpaint import BlendDenoiser
+from ldm.tasks.txt2img import txt2img
+from ldm.tasks.upscale import TiledDenoiser
 
 AC = alphas_cumprod_from_betas(make_betas("scaled_linear", 1000, linear_start=0.00085, linear_end=0.012)).float()
 
@@ -68,7 +74,7 @@ def test_strength_is_one_check_with_one_class():
     model = tiny_model()
     from PIL import Image
 
-    from ldm.img2img import img2img
+    from ldm.tasks.img2img import img2img
 
     with pytest.raises(InvalidStrengthError, match=r"strength must be in \[0, 1\]"):
         img2img(model, Image.new("RGB", (16, 16)), "x", strength=2.0)

@@ -21,17 +21,17 @@ from factories import tiny_config, tiny_inpaint_model, tiny_model, tiny_model_fr
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ldm.controlnet import Control, ControlledUNet, ControlNet, fit_image, using_controlnets
-from ldm.controlnet_files import ControlNetFileError, load_controlnet, save_controlnet
-from ldm.diffusers_export import unet_config, write_folder
-from ldm.diffusers_keys import to_diffusers, unet_names
-from ldm.errors import InvalidOptionError
-from ldm.img2img import img2img
-from ldm.inpaint import inpaint
-from ldm.pipeline import prepare, txt2img, txt2img_learned_variance
-from ldm.sampling import SamplingOptions
-from ldm.tasks import denoise
-from ldm.unet import UNetModel
+from ldm.core.errors import InvalidOptionError
+from ldm.formats.controlnet_files import ControlNetFileError, load_controlnet, save_controlnet
+from ldm.formats.diffusers_export import unet_config, write_folder
+from ldm.io.diffusers_keys import to_diffusers, unet_names
+from ldm.models.controlnet import Control, ControlledUNet, ControlNet, fit_image, using_controlnets
+from ldm.models.unet import UNetModel
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.base import denoise
+from ldm.tasks.img2img import img2img
+from ldm.tasks.inpaint import inpaint
+from ldm.tasks.txt2img import prepare, txt2img, txt2img_learned_variance
 
 TOLERANCE = 1e-4  # relative to the largest value; measured: 0 (the same operations in the same order)
 RUNNER = Path(__file__).with_name("cli_runner.py")

@@ -12,12 +12,12 @@ from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import ldm.app
-from ldm.app.state import ENV_CKPT, ENV_CONFIG
-from ldm.controlnet import ControlNet
-from ldm.controlnet_files import save_controlnet
+import ldm.interfaces.app
+from ldm.formats.controlnet_files import save_controlnet
+from ldm.interfaces.app.state import ENV_CKPT, ENV_CONFIG
+from ldm.models.controlnet import ControlNet
 
-PAGE = Path(ldm.app.__file__).resolve().parent / "views" / "text.py"
+PAGE = Path(ldm.interfaces.app.__file__).resolve().parent / "views" / "text.py"
 
 
 @pytest.fixture(scope="module")

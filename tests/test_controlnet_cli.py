@@ -14,10 +14,10 @@ from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 from test_controlnet import UNET, as_array, hint_image, randomised
 
-from ldm.controlnet import ControlNet
-from ldm.controlnet_files import save_controlnet
-from ldm.infotext import settings_from_infotext, settings_from_png
-from ldm.unet import UNetModel
+from ldm.formats.controlnet_files import save_controlnet
+from ldm.io.infotext import settings_from_infotext, settings_from_png
+from ldm.models.controlnet import ControlNet
+from ldm.models.unet import UNetModel
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
 

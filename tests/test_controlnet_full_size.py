@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers import ControlNetModel
 
-from ldm.config import instantiate, load_config
-from ldm.controlnet import ControlNet
-from ldm.controlnet_files import controlnet_names
-from ldm.formats import sd_config_path
+from ldm.core.config import instantiate, load_config
+from ldm.formats.controlnet_files import controlnet_names
+from ldm.formats.detect import sd_config_path
+from ldm.models.controlnet import ControlNet
 
 FULL_SIZE = {  # diffusers' ControlNetModel configs of the released ControlNets (lllyasviel's sd15, SD 2.1, SDXL)
     "v1-inference.yaml": {"cross_attention_dim": 768},

@@ -1,4 +1,4 @@
-"""ldm convert (ldm/convert.py): .ckpt -> .safetensors keeps every tensor exactly, drops EMA or schedule buffers
+"""ldm convert (ldm/formats/convert.py): .ckpt -> .safetensors keeps every tensor exactly, drops EMA or schedule buffers
 on request, refuses a pickle payload without running it, and writes nothing on any error."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from factories import tiny_config, tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ldm.checkpoint import CheckpointError, save_state_dict
-from ldm.convert import ConvertError, convert_checkpoint
-from ldm.formats import detect_file
-from ldm.model import load_model
+from ldm.formats.convert import ConvertError, convert_checkpoint
+from ldm.formats.detect import detect_file
+from ldm.formats.load import load_model
+from ldm.io.checkpoint import CheckpointError, save_state_dict
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from factories import tiny_model
 
-from ldm.pipeline import txt2img
+from ldm.tasks.txt2img import txt2img
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -42,7 +42,7 @@ def test_half_precision_sampling_on_cuda_is_close_to_fp32_on_cpu(fp32_images_and
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", ["sdpa", "auto"])  # auto: xformers where installed
 def test_attention_backends_match_the_plain_formula_on_cuda(dtype, backend, monkeypatch):
-    import ldm.attention as attention
+    import ldm.models.attention as attention
 
     if backend == "auto" and not attention.xformers_available():
         pytest.skip("xformers is not installed")

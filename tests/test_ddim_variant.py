@@ -1,5 +1,5 @@
-"""Which DDIM runs (ldm.sampling: "sd", the original Stable Diffusion sampler's ends, or "k", k-diffusion's), which
-models default to which, and what image metadata says of it. Parity with diffusers: tests/test_diffusers_parity.py."""
+"""Which DDIM runs (ldm.sampling.options: "sd", the original Stable Diffusion sampler's ends, or "k", k-diffusion's), which
+models default to which, and what image metadata says of it. Parity with diffusers: tests/models/test_diffusers_parity.py."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import torch
 from factories import tiny_original_config, write_tiny_model_files
 from PIL import Image, PngImagePlugin
 
-from ldm.cli import main
-from ldm.config import load_config, translate_original
-from ldm.errors import InvalidOptionError
-from ldm.infotext import as_made, settings_from_png
-from ldm.model import LatentDiffusion
-from ldm.pipeline import settings_dict
-from ldm.samplers import sample_ddim, sample_ddim_sd
-from ldm.sampling import SamplerOptionError, SamplingOptions, sampler_function, start_scale
-from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
-from ldm.tasks import resolve_options, settings_of
+from ldm.core.config import load_config, translate_original
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
+from ldm.interfaces.cli.main import main
+from ldm.io.infotext import as_made, settings_from_png
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions, sampler_function, start_scale
+from ldm.sampling.samplers import SamplerOptionError, sample_ddim, sample_ddim_sd
+from ldm.tasks.base import resolve_options, settings_of
+from ldm.tasks.txt2img import settings_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 SD_CONFIGS = ROOT / "configs" / "stable-diffusion"
@@ -38,10 +38,10 @@ def test_models_from_original_sd_configs_default_to_sd(name):
 
 def test_our_models_default_to_k():
     """The shipped emoji model and this project's training configs name our target and no variant: k, with which
-    their earlier images (tests/test_golden.py) were made."""
+    their earlier images (tests/tasks/test_golden.py) were made."""
     for path in (ROOT / "checkpoints/emoji/model.yaml", ROOT / "configs/emoji/ldm.yaml"):
         node = load_config(path)["model"]
-        assert node["target"] == "ldm.model.LatentDiffusion" and "ddim_variant" not in node["params"]
+        assert node["target"] == "ldm.models.latent_diffusion.LatentDiffusion" and "ddim_variant" not in node["params"]
     assert inspect.signature(LatentDiffusion).parameters["ddim_variant"].default == "k"
 
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from ldm.checkpoint import load_state_dict
-from ldm.defaults import default_checkpoint_path, default_config_path
-from ldm.images import pil_to_tensor
-from ldm.model import load_model
-from ldm.pipeline import txt2img
+from ldm.core.defaults import default_checkpoint_path, default_config_path
+from ldm.formats.load import load_model
+from ldm.io.checkpoint import load_state_dict
+from ldm.io.images import pil_to_tensor
+from ldm.tasks.txt2img import txt2img
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "checkpoints" / "emoji"
@@ -106,8 +106,8 @@ def test_generates_emoji_like_pictures_not_noise(any_model):
 def test_prompts_are_followed_by_the_judge_clip(any_model):
     """The judge CLIP (trained apart from the model's text encoder) picks each sample's own prompt out of six."""
     model, settings = any_model
-    from ldm.metrics import ClipFeatures
-    from ldm.training.clip import load_clip
+    from ldm.evaluation.metrics import ClipFeatures
+    from ldm.models.clip import load_clip
 
     clip = load_clip(SHIPPED / "judge.safetensors", SHIPPED / "judge.json")
     images = txt2img(model, CANDIDATES, seed=0, progress=False, **settings)
@@ -122,7 +122,7 @@ def test_prompts_are_followed_by_the_judge_clip(any_model):
 def test_readme_main_command_writes_a_png_with_settings(tmp_path):
     out = tmp_path / "outputs"
     result = subprocess.run(
-        [sys.executable, "-m", "ldm.cli", "txt2img", "red heart", "--outdir", str(out)],
+        [sys.executable, "-m", "ldm.interfaces.cli.main", "txt2img", "red heart", "--outdir", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -140,7 +140,7 @@ def test_sample_sheet_script(model, tmp_path):
     spec = importlib.util.spec_from_file_location("sample_sheet", ROOT / "scripts" / "sample_sheet.py")
     sheet_mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sheet_mod)
-    from ldm.pipeline import SamplingOptions
+    from ldm.sampling.options import SamplingOptions
 
     heldout_dir = tmp_path / "data" / "heldout"
     heldout_dir.mkdir(parents=True)
@@ -182,7 +182,7 @@ def test_the_autoencoder_reconstructs_a_64px_emoji_like_picture(model):
 
 
 def test_the_judge_is_apart_from_the_text_encoder_and_loads_strictly(model):
-    from ldm.training.clip import load_clip
+    from ldm.models.clip import load_clip
 
     config = json.loads((SHIPPED / "judge.json").read_text())
     clip = load_clip(SHIPPED / "judge.safetensors", SHIPPED / "judge.json")

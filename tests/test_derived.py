@@ -1,4 +1,4 @@
-"""Models shipped as a change to another (ldm.derived): widened inputs, whole tensors and LoRA over a base file."""
+"""Models shipped as a change to another (ldm.formats.derived): widened inputs, whole tensors and LoRA over a base file."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import torch
 import yaml
 from factories import tiny_inpaint_config, tiny_model, write_tiny_model_files
 
-from ldm.checkpoint import CheckpointError, load_into, save_state_dict
-from ldm.config import instantiate
-from ldm.derived import widen_unet_input
-from ldm.errors import MissingFileError
-from ldm.model import load_model
+from ldm.core.config import instantiate
+from ldm.core.errors import MissingFileError
+from ldm.formats.derived import widen_unet_input
+from ldm.formats.load import load_model
+from ldm.io.checkpoint import CheckpointError, load_into, save_state_dict
 
 
 def widened(base):

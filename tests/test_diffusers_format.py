@@ -15,10 +15,10 @@ import pytest
 import torch
 from factories import tiny_config, tiny_model, tiny_sd1_config, tiny_sd1_model, write_tiny_model_files
 
-from ldm.diffusers_export import write_folder, write_tokenizer
-from ldm.diffusers_format import DiffusersFolderError, folder_config
-from ldm.errors import LdmError
-from ldm.model import load_model
+from ldm.core.errors import LdmError
+from ldm.formats.diffusers import DiffusersFolderError, folder_config
+from ldm.formats.diffusers_export import write_folder, write_tokenizer
+from ldm.formats.load import load_model
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -198,8 +198,8 @@ def test_the_emoji_default_exports_and_runs_the_same_in_diffusers(tmp_path):
     from diffusers import UNet2DConditionModel
 
     model = load_model(variant="full")  # the student (the default) has a guidance embedding diffusers lacks
-    from ldm.defaults import default_config_path
-    from ldm.formats import resolve_config
+    from ldm.core.defaults import default_config_path
+    from ldm.formats.detect import resolve_config
 
     folder = write_folder(model, resolve_config(default_config_path(), None), tmp_path / "emoji")
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).eval()
@@ -214,8 +214,8 @@ def test_the_emoji_default_exports_and_runs_the_same_in_diffusers(tmp_path):
 def test_a_shipped_derived_model_converts_from_any_folder_and_the_student_is_refused(tmp_path, monkeypatch, capsys):
     """The inpainter's `base: model.safetensors` is found beside its file, not in the working folder; the student's
     guidance input has no diffusers name, which is said in one line."""
-    from ldm.cli import main as cli_main
-    from ldm.defaults import default_checkpoint_path
+    from ldm.core.defaults import default_checkpoint_path
+    from ldm.interfaces.cli.main import main as cli_main
 
     shipped = default_checkpoint_path().parent
     monkeypatch.chdir(tmp_path)  # no model.safetensors here
@@ -277,7 +277,7 @@ def test_weights_that_do_not_fit_the_configs_are_refused_in_one_line(exported, t
 
 
 def test_models_without_a_diffusers_layout_are_refused_before_writing(tmp_path):
-    # (inpainting and the x4 upscaler have theirs: tests/test_diffusers_pipelines.py)
+    # (inpainting and the x4 upscaler have theirs: tests/formats/test_diffusers_pipelines.py)
     cfg = copy.deepcopy(tiny_config())
     cfg["model"]["params"]["first_stage_config"]["params"]["ddconfig"]["attn_resolutions"] = [16]
     with pytest.raises(DiffusersFolderError) as exc:
@@ -380,11 +380,11 @@ def test_release_sized_configs_build_networks_whose_tensors_map_one_to_one(relea
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ldm.checkpoint import state_problems
-    from ldm.config import instantiate
-    from ldm.diffusers_format import text_params, unet_params, vae_params
-    from ldm.diffusers_keys import from_diffusers, unet_names, vae_names
-    from ldm.hf_clip import open_clip_from_hf
+    from ldm.core.config import instantiate
+    from ldm.formats.diffusers import text_params, unet_params, vae_params
+    from ldm.io.checkpoint import state_problems
+    from ldm.io.diffusers_keys import from_diffusers, unet_names, vae_names
+    from ldm.io.hf_clip import open_clip_from_hf
 
     vae_cfg = {
         "block_out_channels": [128, 256, 512, 512],
@@ -399,11 +399,11 @@ def test_release_sized_configs_build_networks_whose_tensors_map_one_to_one(relea
         vae = AutoencoderKL(**vae_cfg)
         text = CLIPTextModel(CLIPTextConfig(**RELEASE_TEXT[release]))
         vae_node, _ = vae_params(vae_cfg)
-        ours_unet = instantiate({"target": "ldm.unet.UNetModel", "params": unet_params(dict(unet.config))})
-        ours_vae = instantiate({"target": "ldm.vae.AutoencoderKL", "params": vae_node})
+        ours_unet = instantiate({"target": "ldm.models.unet.UNetModel", "params": unet_params(dict(unet.config))})
+        ours_vae = instantiate({"target": "ldm.models.vae.AutoencoderKL", "params": vae_node})
         ours_text = instantiate(
             {
-                "target": "ldm.text_encoder.FrozenCLIPEmbedder",
+                "target": "ldm.models.text_encoder.FrozenCLIPEmbedder",
                 "params": text_params(RELEASE_TEXT[release], "!" if release == "sd2.1" else None),
             }
         )

@@ -14,8 +14,8 @@ from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from factories import tiny_model
 
-from ldm.sampling import SamplingOptions
-from ldm.tasks import Conditioning, denoise, prompt_conditions, start_noise
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.base import Conditioning, denoise, prompt_conditions, start_noise
 
 TOLERANCE = 1e-4  # of the largest value; measured: about 7e-7 at 10 and at 50 steps
 SCALE = 7.5
@@ -113,7 +113,7 @@ def test_the_comparison_can_fail(setup):
 @pytest.mark.parametrize("shape", [(4, 8, 8), (4, 64, 96)])
 def test_start_noise_is_diffusers_cpu_noise_for_the_same_seed(shape):
     """diffusers' randn_tensor with a CPU generator: one seed for a single image, one generator per image for a
-    batch (seed + i, ours: ldm.tasks.sample_seeded)."""
+    batch (seed + i, ours: ldm.tasks.base.sample_seeded)."""
     single = randn_tensor((1, *shape), generator=torch.Generator("cpu").manual_seed(1234))
     assert torch.equal(start_noise(shape, [1234], torch.device("cpu")), single)
     batch = randn_tensor((3, *shape), generator=[torch.Generator("cpu").manual_seed(1234 + i) for i in range(3)])

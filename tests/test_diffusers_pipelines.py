@@ -15,10 +15,10 @@ import pytest
 import torch
 from factories import _build, tiny_inpaint_config, tiny_upscaler_config
 
-from ldm.diffusers_export import write_folder, write_single_file, write_tokenizer
-from ldm.diffusers_format import DiffusersFolderError, folder_config, folder_identity
-from ldm.errors import LdmError
-from ldm.model import load_model
+from ldm.core.errors import LdmError
+from ldm.formats.diffusers import DiffusersFolderError, folder_config, folder_identity
+from ldm.formats.diffusers_export import write_folder, write_single_file, write_tokenizer
+from ldm.formats.load import load_model
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -372,12 +372,12 @@ def test_release_checkpoints_map_one_to_one_onto_diffusers(sd_format_dir, yaml_n
     and the configs read back from those give our networks of the same tensors."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from ldm.checkpoint import state_problems
-    from ldm.config import instantiate, load_config
-    from ldm.diffusers_export import unet_config, vae_config
-    from ldm.diffusers_format import unet_params, vae_params
-    from ldm.diffusers_keys import to_diffusers, unet_names, vae_names
-    from ldm.formats import sd_config_path
+    from ldm.core.config import instantiate, load_config
+    from ldm.formats.detect import sd_config_path
+    from ldm.formats.diffusers import unet_params, vae_params
+    from ldm.formats.diffusers_export import unet_config, vae_config
+    from ldm.io.checkpoint import state_problems
+    from ldm.io.diffusers_keys import to_diffusers, unet_names, vae_names
 
     params = load_config(sd_config_path(yaml_name))["model"]["params"]
     shapes = json.loads((Path(sd_format_dir) / manifest).read_text())["keys"]
@@ -390,8 +390,8 @@ def test_release_checkpoints_map_one_to_one_onto_diffusers(sd_format_dir, yaml_n
     vae_cfg = vae_config(params["first_stage_config"]["params"], params["scale_factor"])
     with torch.device("meta"):
         unet, vae = UNet2DConditionModel(**unet_cfg), AutoencoderKL(**vae_cfg)
-        ours_unet = instantiate({"target": "ldm.unet.UNetModel", "params": unet_params(dict(unet.config))})
-        ours_vae = instantiate({"target": "ldm.vae.AutoencoderKL", "params": vae_params(dict(vae.config))[0]})
+        ours_unet = instantiate({"target": "ldm.models.unet.UNetModel", "params": unet_params(dict(unet.config))})
+        ours_vae = instantiate({"target": "ldm.models.vae.AutoencoderKL", "params": vae_params(dict(vae.config))[0]})
     levels = len(params["unet_config"]["params"]["channel_mult"])
     blocks = [params["unet_config"]["params"]["num_res_blocks"]] * levels
     theirs = to_diffusers(original["unet"], unet_names(list(original["unet"]), blocks))

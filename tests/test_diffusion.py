@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ldm.denoisers import CFGDenoiser, DiscreteTimeDenoiser, InvalidGuidanceError
-from ldm.diffusion import (
+from ldm.diffusion.parameterisation import (
+    DiscreteTimeDenoiser,
     UnknownPredictionError,
     diffusion_loss,
     eps_from_v,
@@ -17,7 +17,8 @@ from ldm.diffusion import (
     v_from_eps,
     v_target,
 )
-from ldm.schedules import alphas_cumprod_from_betas, make_betas, sigmas_from_alphas_cumprod
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, make_betas, sigmas_from_alphas_cumprod
+from ldm.sampling.denoisers import CFGDenoiser, InvalidGuidanceError
 
 SD = dict(linear_start=0.00085, linear_end=0.012)
 AC = alphas_cumprod_from_betas(make_betas("scaled_linear", 1000, **SD))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ldm.data.shards import expand_shards, write_shards
-from ldm.training.config import TrainConfigError
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.run import build_data, build_module
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config

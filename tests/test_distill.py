@@ -11,15 +11,15 @@ import pytest
 import torch
 from factories import write_training_base
 
-from ldm.cli import main as cli_main
-from ldm.denoisers import CFGDenoiser
-from ldm.diffusion import DiscreteTimeDenoiser
-from ldm.distillation import ddim_step, guided_prediction, halving_grid, halving_target
-from ldm.errors import InvalidOptionError
-from ldm.model import load_model
-from ldm.samplers import sample_ddim
-from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
-from ldm.training.config import TrainConfigError
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.distillation import ddim_step, guided_prediction, halving_grid, halving_target
+from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.sampling.denoisers import CFGDenoiser
+from ldm.sampling.samplers import sample_ddim
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.distill_module import DistillationError
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
@@ -150,8 +150,8 @@ def test_a_one_step_student_is_nearer_the_teachers_two_steps_than_the_teachers_o
 
 # ---- sampling a student -------------------------------------------------------------------------------------
 def test_a_student_samples_with_one_evaluation_per_step_and_refuses_negative_prompts(shapes, teacher_file, tmp_path):
-    from ldm.pipeline import txt2img
-    from ldm.tasks import PromptError
+    from ldm.tasks.base import PromptError
+    from ldm.tasks.txt2img import txt2img
 
     cfg = student_config(shapes, tmp_path / "run", teacher_file, "trainer.max_steps=1")
     train(cfg)
@@ -266,10 +266,10 @@ def test_a_lora_student_keeps_one_adapter_and_each_stage_starts_as_its_teacher(s
     assert cli_main(args) == 0
     first, second = run_dir / "guidance" / "lora.safetensors", run_dir / "halve-2" / "lora.safetensors"
     assert first.is_file() and second.is_file() and not (run_dir / "halve-2" / "model.safetensors").exists()
-    from ldm.checkpoint import load_state_dict
+    from ldm.io.checkpoint import load_state_dict
 
     # student.yaml beside it: the derived model's config, which the usual loader and txt2img take.
-    from ldm.pipeline import txt2img
+    from ldm.tasks.txt2img import txt2img
 
     model = load_model(run_dir / "halve-2" / "student.yaml", second, device="cpu")
     assert model.guidance_embedded

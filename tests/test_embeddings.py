@@ -11,11 +11,11 @@ import torch
 from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main
-from ldm.embeddings import EmbeddingError, load_embedding, read_embedding
-from ldm.errors import MissingFileError
-from ldm.long_prompts import encode_prompts
+from ldm.adapters.embeddings import EmbeddingError, load_embedding, read_embedding
+from ldm.core.errors import MissingFileError
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import save_state_dict
+from ldm.models.long_prompts import encode_prompts
 
 WIDTH = 32  # the tiny text encoder's token width
 

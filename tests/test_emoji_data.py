@@ -3,7 +3,7 @@
 Rendering needs the Noto Color Emoji font (Debian fonts-noto-color-emoji) and Unicode's
 emoji-test.txt (Debian unicode-data); scripts/setup.sh installs both. Without them the tests that need
 them skip and say which package to install. These tests build from the font only (sources_dir=None);
-tests/test_emoji_sources.py covers the SVG designs.
+tests/data/test_emoji_sources.py covers the SVG designs.
 """
 
 import json
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from ldm.cli import main as cli_main
 from ldm.data import emoji
 from ldm.data.emoji import (
     HELDOUT_COMBINATIONS,
@@ -24,6 +23,7 @@ from ldm.data.emoji import (
     render_emoji,
     split_emoji,
 )
+from ldm.interfaces.cli.main import main as cli_main
 
 SAMPLE = """\
 # group: Smileys & Emotion
@@ -218,7 +218,7 @@ def test_unknown_style_is_a_clear_error(tmp_path):
 
 
 def test_bad_options_are_project_errors_shown_in_one_line(tmp_path, capsys):
-    from ldm.errors import LdmError
+    from ldm.core.errors import LdmError
 
     with pytest.raises(LdmError, match="at least 8 pixels"):
         build_emoji_dataset(tmp_path, size=4)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldm.cli import main as cli_main
 from ldm.data import emoji, emoji_sources
 from ldm.data.emoji_sources import SOURCES, EmojiSourceError, fetch_sources, find_svg, integrity_of, render_svg
+from ldm.interfaces.cli.main import main as cli_main
 from ldm.training.captions import CaptionSampling
 
 SOURCES_DIR = Path(__file__).resolve().parents[1] / emoji_sources.DEFAULT_SOURCES_DIR

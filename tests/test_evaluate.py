@@ -11,8 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from ldm.evaluate import select_prompts
-from ldm.metrics import (
+from ldm.evaluation.metrics import (
     ClipFeatures,
     FeatureShapeError,
     InceptionFeatures,
@@ -26,6 +25,7 @@ from ldm.metrics import (
     sqrtm_psd,
     topk_accuracy,
 )
+from ldm.evaluation.report import select_prompts
 
 
 def gaussian(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -199,14 +199,14 @@ def clip_config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_clip(clip_config):
-    from ldm.training.clip import create_clip
+    from ldm.models.clip import create_clip
 
     torch.manual_seed(0)
     return create_clip(clip_config).eval()
 
 
 def test_nearest_neighbour_judge_is_perfect_on_real_images(emoji_dir, tiny_clip):
-    from ldm.evaluate import load_images
+    from ldm.evaluation.report import load_images
 
     feats = ClipFeatures(tiny_clip)
     images, caps = [], []
@@ -242,7 +242,7 @@ def test_leave_one_out_ceiling_needs_another_design_of_the_same_emoji():
 
 
 def test_prompt_list_reading_and_spread(tmp_path):
-    from ldm.evaluate_prompts import pairwise_spread, read_prompt_list
+    from ldm.evaluation.prompts import pairwise_spread, read_prompt_list
 
     path = tmp_path / "list.txt"
     path.write_text("# comment\n## hearts\nred heart\n\n## fruit\nred apple\nbanana\n")
@@ -251,7 +251,7 @@ def test_prompt_list_reading_and_spread(tmp_path):
     assert pairwise_spread(same) == pytest.approx(0.0, abs=1e-6)
     assert pairwise_spread(torch.eye(3)) == pytest.approx(1.0)  # orthogonal pictures: distance 1
     path.write_text("# nothing\n")
-    from ldm.metrics import EvaluationError
+    from ldm.evaluation.metrics import EvaluationError
 
     with pytest.raises(EvaluationError, match="no prompts"):
         read_prompt_list(path)
@@ -274,7 +274,7 @@ def _eval_main(argv: list[str]) -> int:
     # The `ldm eval` parser on its own, so this test does not depend on every other subcommand importing.
     import argparse
 
-    from ldm.commands import evaluate as command
+    from ldm.interfaces.cli import evaluate as command
 
     parser = argparse.ArgumentParser(prog="ldm")
     command.register(parser.add_subparsers(dest="command", required=True))
@@ -283,15 +283,15 @@ def _eval_main(argv: list[str]) -> int:
 
 
 def test_eval_is_an_ldm_command():
-    from ldm.cli import COMMAND_MODULES
+    from ldm.interfaces.cli.main import COMMAND_MODULES
 
-    assert "ldm.commands.evaluate" in COMMAND_MODULES
+    assert "ldm.interfaces.cli.evaluate" in COMMAND_MODULES
 
 
 def test_eval_cli_end_to_end(emoji_dir, clip_config, tmp_path, capsys):
     from factories import tiny_config, tiny_model
 
-    from ldm.checkpoint import save_state_dict
+    from ldm.io.checkpoint import save_state_dict
 
     model = tiny_model()
     ckpt, cfg = tmp_path / "tiny.safetensors", tmp_path / "tiny.yaml"
@@ -415,7 +415,7 @@ def _fake_results(top1_by_scale: dict, size: int) -> dict:
 
 
 def test_comparison_table_puts_models_side_by_side_and_finds_the_best_scale(tmp_path, capsys):
-    from ldm.evaluate import best_scale_summary, format_comparison
+    from ldm.evaluation.report import best_scale_summary, format_comparison
 
     old, new = _fake_results({1.0: 0.2, 3.0: 0.25}, 32), _fake_results({1.0: 0.3, 3.0: 0.6, 7.0: 0.55}, 64)
     table = format_comparison({"v1": old, "v2": new})
@@ -453,7 +453,7 @@ def test_comparison_table_puts_models_side_by_side_and_finds_the_best_scale(tmp_
 
 
 def test_comparison_refuses_a_file_that_is_not_eval_results(tmp_path):
-    from ldm.errors import LdmError
+    from ldm.core.errors import LdmError
 
     (tmp_path / "x.json").write_text('{"hello": 1}')
     with pytest.raises(LdmError, match="not the --out file of ldm eval"):

@@ -1,9 +1,9 @@
-"""The inpainting measures of ldm.evaluate_edits on pictures whose answers are known."""
+"""The inpainting measures of ldm.evaluation.edits on pictures whose answers are known."""
 
 import numpy as np
 from PIL import Image
 
-from ldm.evaluate_edits import (
+from ldm.evaluation.edits import (
     border_pairs,
     centre_box_case,
     evaluate_method,

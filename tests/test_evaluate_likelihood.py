@@ -1,4 +1,4 @@
-"""`ldm eval --nll` on a latent model and on a 2-D toy model file (ldm.evaluate_likelihood, ldm.toy_files)."""
+"""`ldm eval --nll` on a latent model and on a 2-D toy model file (ldm.evaluation.likelihood, ldm.toys.files)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 from factories import tiny_inpaint_model, tiny_model
 from safetensors.torch import save_file
 
-from ldm.cli import main as cli_main
-from ldm.errors import InvalidOptionError
-from ldm.evaluate_likelihood import latent_nll, toy_nll
-from ldm.toy2d import ToyDiffusion, make_data
-from ldm.toy_files import load_toy, save_toy
+from ldm.core.errors import InvalidOptionError
+from ldm.evaluation.likelihood import latent_nll, toy_nll
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.toys.files import load_toy, save_toy
+from ldm.toys.points import ToyDiffusion, make_data
 
 
 def test_the_latent_bound_is_finite_and_says_it_is_in_latent_space():
@@ -40,7 +40,7 @@ def test_the_latent_bound_refuses_what_it_cannot_evaluate():
 
 @pytest.fixture(scope="module")
 def toy_file(tmp_path_factory):
-    """A learned-variance toy trained briefly on the spiral, saved with ldm.toy_files (seconds)."""
+    """A learned-variance toy trained briefly on the spiral, saved with ldm.toys.files (seconds)."""
     toy = ToyDiffusion(make_data("spiral", 500, seed=0), variance="learned", hidden=32, seed=0)
     toy.train(100)
     path = tmp_path_factory.mktemp("toy") / "spiral.safetensors"

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.config import instantiate, load_config
-from ldm.defaults import default_checkpoint_path, default_config_path
-from ldm.model import load_model
-from ldm.pipeline import SamplingOptions, txt2img
+from ldm.core.config import instantiate, load_config
+from ldm.core.defaults import default_checkpoint_path, default_config_path
+from ldm.formats.load import load_model
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.txt2img import txt2img
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = (
@@ -38,12 +39,12 @@ HEAVY = (
 
 CHILD = """
 import sys, tempfile
-from ldm import cli
+from ldm.interfaces.cli import main as cli
 code = cli.main(["txt2img", "red heart", "--steps", "2", "--no-progress", "--no-grid", "--outdir", tempfile.mkdtemp()])
-from ldm import open_clip_parts
+from ldm.models import open_clip_parts
 print("deferred" if open_clip_parts.is_deferred() else "ran")
 print(" ".join(m for m in sys.modules if m.split(".")[0] in {h.split(".")[0] for h in %r} and m in %r))
-print(" ".join(sorted(m for m in sys.modules if m.startswith("ldm.commands."))))
+print(" ".join(sorted(m for m in sys.modules if m.startswith("ldm.interfaces.cli."))))
 sys.exit(code)
 """ % (HEAVY, HEAVY)
 
@@ -55,7 +56,7 @@ def test_the_main_command_imports_no_model_zoo():
     deferred, loaded, commands = out.stdout.splitlines()[-3:]
     assert deferred == "deferred"  # open_clip's __init__ never ran
     assert loaded == "", f"the main command imported {loaded}"
-    assert commands == "ldm.commands.common ldm.commands.txt2img"  # no other command's module
+    assert commands == "ldm.interfaces.cli.common ldm.interfaces.cli.txt2img"  # no other command's module
 
 
 def _image(model) -> torch.Tensor:
@@ -68,7 +69,7 @@ def _image(model) -> torch.Tensor:
 def test_skipping_init_changes_no_image():
     """load_model (no random init, open_clip's text tower alone) against a build with both towers of open_clip's
     CLIP, randomly initialised as before, then strictly loaded: the same image, bit for bit."""
-    from ldm import open_clip_parts
+    from ldm.models import open_clip_parts
 
     fast = load_model(device="cpu", variant="full")
     cfg = load_config(default_config_path())["model"]
@@ -90,8 +91,8 @@ def test_skipping_init_changes_no_image():
 def test_skipping_init_changes_no_image_of_a_derived_model():
     """The shipped student (a LoRA and a new embedding over the full model) is built without random init too, the
     text tower alone: the same image as a randomly initialised build given the same files."""
-    from ldm.derived import load_derived_weights
-    from ldm.variants import student_files
+    from ldm.formats.derived import load_derived_weights
+    from ldm.formats.variants import student_files
 
     config, weights = student_files()
     fast = load_model(device="cpu")
@@ -105,7 +106,7 @@ def test_skipping_init_changes_no_image_of_a_derived_model():
 
 def test_open_clip_parts_are_open_clips_own():
     """The parts are the real package's modules: using the rest of open_clip later finds the same classes."""
-    from ldm import open_clip_parts
+    from ldm.models import open_clip_parts
 
     parts = open_clip_parts.transformer()
     assert isinstance(sys.modules["open_clip"].__version__, str)  # the first use of the package runs its __init__
@@ -119,7 +120,7 @@ def test_open_clip_parts_are_open_clips_own():
 
 
 def test_the_finite_check_by_sum_is_exact():
-    from ldm.checkpoint import all_finite
+    from ldm.io.checkpoint import all_finite
 
     big = torch.full((4,), 3e38)  # finite values whose sum overflows: the elementwise test decides
     assert all_finite(big) and all_finite(torch.randn(100)) and all_finite(torch.full((70000,), 1.0).half())
@@ -131,7 +132,7 @@ def test_the_finite_check_by_sum_is_exact():
     assert not all_finite(torch.tensor([float("inf"), -float("inf")]))
 
 
-# --- the CLI registers only the command it runs (ldm.cli.command_module) ------------------------------------------
+# --- the CLI registers only the command it runs (ldm.interfaces.cli.main.command_module) ------------------------------------------
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
@@ -139,7 +140,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
 
 
 def test_the_command_map_names_what_each_module_registers():
-    from ldm import cli
+    from ldm.interfaces.cli import main as cli
 
     full = _subparsers(cli.build_parser()).choices
     assert list(full) == list(cli.COMMANDS)  # every command, in the order of COMMAND_MODULES
@@ -153,9 +154,9 @@ def test_the_command_map_names_what_each_module_registers():
 @pytest.mark.parametrize(
     "argv, module",
     [
-        (["txt2img", "red heart"], "ldm.commands.txt2img"),
-        (["-v", "outpaint"], "ldm.commands.inpaint"),
-        (["--verbose", "-v", "eval", "--help"], "ldm.commands.evaluate"),
+        (["txt2img", "red heart"], "ldm.interfaces.cli.txt2img"),
+        (["-v", "outpaint"], "ldm.interfaces.cli.inpaint"),
+        (["--verbose", "-v", "eval", "--help"], "ldm.interfaces.cli.evaluate"),
         ([], None),
         (["-v"], None),
         (["--help"], None),
@@ -166,13 +167,13 @@ def test_the_command_map_names_what_each_module_registers():
     ],
 )
 def test_only_a_command_line_naming_a_command_skips_the_others(argv, module):
-    from ldm.cli import command_module
+    from ldm.interfaces.cli.main import command_module
 
     assert command_module(argv) == module
 
 
 def _run_cli(argv: list[str], capsys, parse=None) -> tuple[int, str, str]:
-    from ldm import cli
+    from ldm.interfaces.cli import main as cli
 
     with pytest.raises(SystemExit) as stop:
         (parse or cli.main)(argv)
@@ -197,7 +198,7 @@ def _run_cli(argv: list[str], capsys, parse=None) -> tuple[int, str, str]:
 def test_help_and_errors_are_those_of_the_whole_parser(argv, capsys):
     """What `ldm` prints and its exit status, for help and for command lines argparse refuses, are those of the
     parser with every command (as before the CLI imported only the named command)."""
-    from ldm import cli
+    from ldm.interfaces.cli import main as cli
 
     ours = _run_cli(argv, capsys)
     assert ours == _run_cli(argv, capsys, cli.build_parser().parse_args)
@@ -217,7 +218,7 @@ def test_help_and_errors_are_those_of_the_whole_parser(argv, capsys):
 def test_the_file_hash_is_hashlibs_over_the_bytes(tmp_path, size):
     import hashlib
 
-    from ldm.checkpoint import file_sha256, sha256_in_background
+    from ldm.io.checkpoint import file_sha256, sha256_in_background
 
     path = tmp_path / "weights.bin"
     data = torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(size), dtype=torch.uint8)
@@ -227,7 +228,7 @@ def test_the_file_hash_is_hashlibs_over_the_bytes(tmp_path, size):
 
 
 def test_a_hash_that_failed_raises_when_asked_for(tmp_path):
-    from ldm.checkpoint import sha256_in_background
+    from ldm.io.checkpoint import sha256_in_background
 
     wait = sha256_in_background(tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError):
@@ -240,7 +241,7 @@ def test_the_shipped_models_identity_is_its_files_hash():
     model = load_model(device="cpu", variant="full")
     assert model.identity["model_sha256"] == hashlib.sha256(default_checkpoint_path().read_bytes()).hexdigest()
     assert model.identity["model_file"] == default_checkpoint_path().name
-    from ldm.variants import student_files
+    from ldm.formats.variants import student_files
 
     student = load_model(device="cpu")  # the default: the shipped student, named by its own file
     weights = student_files()[1]
@@ -251,7 +252,7 @@ def test_the_shipped_models_identity_is_its_files_hash():
     )
 
 
-# --- open_clip's tokenizer without ftfy for text ftfy leaves alone (ldm.open_clip_parts._fix_text) ---------------
+# --- open_clip's tokenizer without ftfy for text ftfy leaves alone (ldm.models.open_clip_parts._fix_text) ---------------
 
 
 def _texts() -> list[str]:
@@ -295,7 +296,7 @@ def _texts() -> list[str]:
 def test_the_ftfy_stand_in_gives_ftfys_own_result():
     import ftfy
 
-    from ldm.open_clip_parts import _FTFY_LEAVES_AS_IS, _fix_text
+    from ldm.models.open_clip_parts import _FTFY_LEAVES_AS_IS, _fix_text
 
     texts = _texts()
     assert [_fix_text(t) for t in texts] == [ftfy.fix_text(t) for t in texts]
@@ -306,7 +307,7 @@ def test_the_ftfy_stand_in_gives_ftfys_own_result():
 
 TOKENS_CHILD = """
 import json, sys
-from ldm import open_clip_parts
+from ldm.models import open_clip_parts
 bpe = open_clip_parts.tokenizer()._tokenizer
 texts = json.load(sys.stdin)
 ascii_ones = [t for t in texts if open_clip_parts._FTFY_LEAVES_AS_IS.fullmatch(t)]
@@ -321,7 +322,7 @@ def test_the_tokenizer_gives_open_clips_tokens_and_imports_ftfy_only_when_needed
     and every text gets the tokens of open_clip's own tokenizer with the real ftfy (this process, whole open_clip)."""
     import json
 
-    from ldm import open_clip_parts
+    from ldm.models import open_clip_parts
 
     texts = _texts()[::7] + _texts()[-30:]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -349,7 +350,7 @@ def test_the_tokenizer_gives_open_clips_tokens_and_imports_ftfy_only_when_needed
 THP_CHILD = """
 import os, sys, numpy as np
 from PIL import Image
-from ldm import cli
+from ldm.interfaces.cli import main as cli
 code = cli.main(["txt2img", "red heart", "--steps", "2", "--no-progress", "--no-grid", "--outdir", sys.argv[1]])
 print(os.environ.get("THP_MEM_ALLOC_ENABLE"))
 sys.exit(code)
@@ -357,7 +358,7 @@ sys.exit(code)
 
 
 def test_huge_pages_change_no_image(tmp_path):
-    """`ldm` asks PyTorch for transparent huge pages (ldm.cli.use_huge_pages) unless the user chose: same PNG."""
+    """`ldm` asks PyTorch for transparent huge pages (ldm.interfaces.cli.main.use_huge_pages) unless the user chose: same PNG."""
     from PIL import Image
 
     outputs = {}
@@ -384,7 +385,7 @@ def test_skipped_init_reaches_initialisers_bound_by_name():
     skipped_init it draws no random numbers either, and afterwards every binding is torch's own again."""
     import torch.nn.modules.activation as activation
 
-    from ldm.skip_init import skipped_init
+    from ldm.core.skip_init import skipped_init
 
     real = torch.nn.init.xavier_uniform_
     torch.manual_seed(0)

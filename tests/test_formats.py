@@ -1,4 +1,4 @@
-"""Single-file checkpoints without a YAML (ldm/formats.py): every family from its tensor manifest, the
+"""Single-file checkpoints without a YAML (ldm/formats/detect.py): every family from its tensor manifest, the
 prediction rule, our own exports, and a one-line error for a file that matches nothing."""
 
 from __future__ import annotations
@@ -13,18 +13,9 @@ import pytest
 import torch
 from factories import tiny_config, tiny_model
 
-from ldm.checkpoint import (
-    IGNORED_PREFIXES,
-    SCHEDULE_BUFFERS,
-    CheckpointError,
-    from_original_keys,
-    load_into,
-    load_state_dict,
-    save_state_dict,
-)
-from ldm.config import instantiate, load_config, model_from_config
-from ldm.errors import InvalidOptionError
-from ldm.formats import (
+from ldm.core.config import instantiate, load_config, model_from_config
+from ldm.core.errors import InvalidOptionError
+from ldm.formats.detect import (
     HF_CLIP,
     OPEN_CLIP,
     UNET,
@@ -35,7 +26,16 @@ from ldm.formats import (
     sd_config_path,
     with_prediction,
 )
-from ldm.model import load_model
+from ldm.formats.load import load_model
+from ldm.io.checkpoint import (
+    IGNORED_PREFIXES,
+    SCHEDULE_BUFFERS,
+    CheckpointError,
+    from_original_keys,
+    load_into,
+    load_state_dict,
+    save_state_dict,
+)
 from ldm.training.export import export_diffusion
 
 ROOT = Path(__file__).resolve().parent.parent

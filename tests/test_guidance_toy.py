@@ -6,10 +6,9 @@ with eight equally used classes, unguided sampling agrees about 1/8 of the time.
 import pytest
 import torch
 
-from ldm.classifier_guidance import ClassifierGuidedDenoiser, classifier_log_prob_grad
-from ldm.denoisers import InvalidGuidanceError
-from ldm.toy2d import ToyDataError, ToyDiffusion, nearest_distance
-from ldm.toy_classes import (
+from ldm.sampling.classifier_guidance import ClassifierGuidedDenoiser, classifier_log_prob_grad
+from ldm.sampling.denoisers import InvalidGuidanceError
+from ldm.toys.classes import (
     GAUSSIAN_CLASSES,
     ConditionalToyDiffusion,
     class_accuracy,
@@ -18,6 +17,7 @@ from ldm.toy_classes import (
     sample_with,
     train_classifier,
 )
+from ldm.toys.points import ToyDataError, ToyDiffusion, nearest_distance
 
 N = 400
 TARGETS = torch.arange(N) % GAUSSIAN_CLASSES

@@ -15,9 +15,9 @@ import torch
 from factories import tiny_model
 from golden.cases import picture
 
-from ldm.img2img import img2img
-from ldm.pipeline import txt2img
-from ldm.unet import GroupNorm32
+from ldm.models.unet import GroupNorm32
+from ldm.tasks.img2img import img2img
+from ldm.tasks.txt2img import txt2img
 
 # Grey levels of the uint8 images (most, mean). Measured on the tiny model with bf16 weights: txt2img 2 and 0.5,
 # img2img (the bf16 encoder too) 8 and 1.0; a schedule rounded to bf16 (the first sigmas become 0): 255 and 130.
@@ -69,7 +69,7 @@ def test_bf16_weights_sample_close_to_fp32(model, fp32_images):
 
 
 def test_cpu_bf16_channels_last_samples_close_to_fp32(model, fp32_images):
-    # What `--precision bf16` does on a CPU (ldm.commands.common.use_cpu_bf16): bf16 weights, a channels-last U-Net.
+    # What `--precision bf16` does on a CPU (ldm.interfaces.cli.common.use_cpu_bf16): bf16 weights, a channels-last U-Net.
     model.networks_to(torch.bfloat16, channels_last=True)
     convs = [m for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
@@ -77,12 +77,12 @@ def test_cpu_bf16_channels_last_samples_close_to_fp32(model, fp32_images):
 
 
 def test_cli_precision_bf16_casts_the_model_on_cpu(fp32_model, monkeypatch, caplog):
-    import ldm.commands.common as common
-    import ldm.devices
+    import ldm.core.devices
+    import ldm.interfaces.cli.common as common
 
     for fast in (True, False):
         model = copy.deepcopy(fp32_model)
-        monkeypatch.setattr(ldm.devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        monkeypatch.setattr(ldm.core.devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
         caplog.clear()
         common.use_cpu_bf16(model)
         assert model.dtype == torch.bfloat16 and model.vae.dtype == torch.float32  # the U-Net only

@@ -10,12 +10,13 @@ import yaml
 from factories import tiny_config, tiny_model, tiny_upscaler_model
 from PIL import Image
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main
-from ldm.editing import ImageTooSmallError, StrengthError, WrongModelError
-from ldm.images import InvalidImageError, pil_to_tensor, tensor_to_pil
-from ldm.img2img import img2img
-from ldm.pipeline import txt2img
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import save_state_dict
+from ldm.io.images import InvalidImageError, pil_to_tensor, tensor_to_pil
+from ldm.tasks.base import WrongModelError
+from ldm.tasks.editing import ImageTooSmallError, StrengthError
+from ldm.tasks.img2img import img2img
+from ldm.tasks.txt2img import txt2img
 
 ROOT = Path(__file__).resolve().parent.parent
 

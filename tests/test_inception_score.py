@@ -8,7 +8,7 @@ import torch
 import yaml
 from test_evaluate import _eval_main, clip_config, emoji_dir  # noqa: F401 (fixtures)
 
-from ldm.metrics import FeatureShapeError, inception_score
+from ldm.evaluation.metrics import FeatureShapeError, inception_score
 
 CONFIDENT = 30.0  # a logit margin that makes softmax one-hot to ~1e-13
 
@@ -45,7 +45,7 @@ def test_eval_reports_the_inception_score_with_local_weights(emoji_dir, clip_con
     from factories import tiny_config, tiny_model
     from torchvision.models import inception_v3
 
-    from ldm.checkpoint import save_state_dict
+    from ldm.io.checkpoint import save_state_dict
 
     torch.manual_seed(0)
     weights = tmp_path / "inception_v3.pth"

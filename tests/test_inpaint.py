@@ -11,16 +11,24 @@ import yaml
 from factories import tiny_config, tiny_inpaint_config, tiny_inpaint_model, tiny_model, tiny_upscaler_model
 from PIL import Image
 
-from ldm.checkpoint import from_original_keys, load_into, save_state_dict
-from ldm.cli import main
-from ldm.config import model_from_config
-from ldm.editing import StrengthError, WrongModelError
-from ldm.images import pil_to_tensor
-from ldm.inpaint import BlendDenoiser, InpaintModeError, extend_canvas, inpaint, outpaint, parse_extend, resolve_mode
-from ldm.masks import EmptyMaskError, MaskSizeError
-from ldm.pipeline import SamplingOptions, prompt_conditions
-from ldm.samplers import SAMPLERS
-from ldm.tasks import Conditioning, sample_seeded
+from ldm.core.config import model_from_config
+from ldm.core.masks import EmptyMaskError, MaskSizeError
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import from_original_keys, load_into, save_state_dict
+from ldm.io.images import pil_to_tensor
+from ldm.sampling.options import SamplingOptions
+from ldm.sampling.samplers import SAMPLERS
+from ldm.tasks.base import Conditioning, WrongModelError, prompt_conditions, sample_seeded
+from ldm.tasks.editing import StrengthError
+from ldm.tasks.inpaint import (
+    BlendDenoiser,
+    InpaintModeError,
+    extend_canvas,
+    inpaint,
+    outpaint,
+    parse_extend,
+    resolve_mode,
+)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 

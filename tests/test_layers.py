@@ -153,7 +153,7 @@ def test_no_upward_import(path):
 
 
 def test_the_app_uses_no_command_code():
-    """The app and the commands are both interfaces; what they share lives below them (e.g. ldm.devices)."""
+    """The app and the commands are both interfaces; what they share lives below them (e.g. ldm.core.devices)."""
     offenders = [
         f"{module_name(p)}:{line} imports ldm.{name}"
         for p in MODULES
@@ -175,7 +175,7 @@ def test_modules_stay_small():
 
 
 def test_one_command_line_parser():
-    """argparse is the CLI's (ldm/cli.py and ldm/commands/); no other module builds a parser of its own."""
+    """argparse is the CLI's (ldm/interfaces/cli/main.py and ldm/interfaces/cli/); no other module builds a parser of its own."""
     own_parsers = [
         module_name(p)
         for p in MODULES
@@ -190,16 +190,18 @@ def test_upward_imports_are_found():
 
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "m.py"
-        f.write_text("def f():\n    from ldm.training import run\n\nif __name__ == '__main__':\n    import ldm.cli\n")
+        f.write_text(
+            "def f():\n    from ldm.training import run\n\nif __name__ == '__main__':\n    import ldm.interfaces.cli.main\n"
+        )
         assert ldm_imports(f) == [(2, "training")]
     assert layer_of("training.run") == "training" and layer_of("commands.common") == "interfaces"
 
 
 def test_the_cli_lets_anything_but_its_own_errors_through(monkeypatch, capsys):
     """ldm's errors are one line and exit 2; a KeyError (or any other exception) is a bug and keeps its traceback."""
-    from ldm import cli
-    from ldm.commands import txt2img
-    from ldm.errors import InvalidOptionError
+    from ldm.core.errors import InvalidOptionError
+    from ldm.interfaces.cli import main as cli
+    from ldm.interfaces.cli import txt2img
 
     def raising(exc):
         def run(args):
@@ -216,7 +218,7 @@ def test_the_cli_lets_anything_but_its_own_errors_through(monkeypatch, capsys):
 
 
 def test_conditioning_keys_are_read_in_one_place():
-    """Only ldm/model.py's kind table names the conditioning keys in code; everything else asks model.kind."""
+    """Only ldm/models/latent_diffusion.py's kind table names the conditioning keys in code; everything else asks model.kind."""
     keys = {"crossattn", "hybrid", "hybrid-adm"}
     offenders = []
     for path in MODULES:

@@ -12,13 +12,14 @@ import yaml
 from factories import tiny_learned_variance_config, tiny_model
 from PIL import Image
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main as cli_main
-from ldm.config import instantiate
-from ldm.errors import InvalidOptionError
-from ldm.evaluate_likelihood import latent_nll
-from ldm.likelihood import LearnedVarianceParameterisation
-from ldm.pipeline import PromptError, txt2img, txt2img_learned_variance
+from ldm.core.config import instantiate
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.likelihood import LearnedVarianceParameterisation
+from ldm.evaluation.likelihood import latent_nll
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.io.checkpoint import save_state_dict
+from ldm.tasks.base import PromptError
+from ldm.tasks.txt2img import txt2img, txt2img_learned_variance
 from ldm.training.ldm_module import LatentDiffusionModule
 
 IMAGES = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -49,7 +50,7 @@ def test_the_variance_half_gets_only_the_vlb_gradient():
     model = tiny_model(learned_variance=True)
     par = model.parameterisation()
     out = torch.randn(2, 8, 4, 4, requires_grad=True)
-    from ldm.likelihood import hybrid_loss
+    from ldm.diffusion.likelihood import hybrid_loss
 
     x0, noise, t = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.tensor([3, 500])
     x_t = par.q_sample(x0, t, noise)

@@ -1,4 +1,4 @@
-"""The variational bound (ldm.likelihood), learned variances and their sampler (ldm.variance_sampler)."""
+"""The variational bound (ldm.diffusion.likelihood), learned variances and their sampler (ldm.sampling.variance_sampler)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from ldm.diffusion import VPParameterisation
-from ldm.likelihood import (
+from ldm.diffusion.likelihood import (
     ReverseProcess,
     UnknownVarianceError,
     bits_per_dim,
@@ -17,10 +16,11 @@ from ldm.likelihood import (
     stratified_timesteps,
     variational_bound,
 )
-from ldm.samplers import sample_ddpm
-from ldm.schedules import get_sigmas
-from ldm.toy2d import ToyDiffusion, make_data, make_thin_line, toy_alphas_cumprod
-from ldm.variance_sampler import LearnedVarianceDenoiser, sample_ddpm_learned_variance
+from ldm.diffusion.parameterisation import VPParameterisation
+from ldm.diffusion.schedules import get_sigmas
+from ldm.sampling.samplers import sample_ddpm
+from ldm.sampling.variance_sampler import LearnedVarianceDenoiser, sample_ddpm_learned_variance
+from ldm.toys.points import ToyDiffusion, make_data, make_thin_line, toy_alphas_cumprod
 
 STD = 0.5  # Gaussian test data N(0, STD^2 I) in 2-D
 
@@ -124,7 +124,7 @@ def test_with_v_zero_the_learned_variance_sampler_is_ancestral_ddpm():
 
 
 def test_on_toy_data_the_learned_variance_beats_both_fixed_ones_in_nll():
-    """On the thin line N(0, diag(1, 0.001^2)) (ldm.toy2d.make_thin_line), the right reverse variance is beta~_t
+    """On the thin line N(0, diag(1, 0.001^2)) (ldm.toys.points.make_thin_line), the right reverse variance is beta~_t
     across the line and beta_t along it: the learned v finds both, each fixed one has one wrong. Measured
     (seeds 0 and 1): learned -1.00 / -0.98 bits/dim, the best fixed bound of either model -0.91 / -0.87,
     fixed_small -0.52 / -0.50, so the margins asserted are a third and a half of those seen.

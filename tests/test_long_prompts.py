@@ -6,8 +6,8 @@ import pytest
 import torch
 from factories import TINY_TEXT
 
-from ldm.long_prompts import BREAK, chunk_prompt, encode_prompts, pad_contexts, parse_emphasis
-from ldm.text_encoder import FrozenOpenCLIPEmbedder
+from ldm.models.long_prompts import BREAK, chunk_prompt, encode_prompts, pad_contexts, parse_emphasis
+from ldm.models.text_encoder import FrozenOpenCLIPEmbedder
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_pad_contexts_appends_empty_chunks(encoder):
 
 def test_a_cut_prompt_is_said_once(encoder, caplog):
     prompt = " ".join(["cat"] * 80) + " with a hat"
-    with caplog.at_level(logging.WARNING, logger="ldm.text_encoder"):
+    with caplog.at_level(logging.WARNING, logger="ldm.models.text_encoder"):
         encoder([prompt])
         encoder([prompt])
         encoder(["a short prompt"])

@@ -1,4 +1,4 @@
-"""LoRA (ldm.lora): adapters that train alone, files applied or merged at a weight, the kohya / A1111 layout."""
+"""LoRA (ldm.adapters.lora): adapters that train alone, files applied or merged at a weight, the kohya / A1111 layout."""
 
 import copy
 import json
@@ -9,10 +9,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main
-from ldm.errors import MissingFileError
-from ldm.lora import (
+from ldm.adapters.lora import (
     LoraError,
     add_lora,
     apply_lora,
@@ -24,9 +21,12 @@ from ldm.lora import (
     remove_lora,
     save_lora,
 )
-from ldm.lora_layers import HOST_TYPES, model_targets
-from ldm.model import load_model
-from ldm.pipeline import txt2img
+from ldm.adapters.lora_layers import HOST_TYPES, model_targets
+from ldm.core.errors import MissingFileError
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import save_state_dict
+from ldm.tasks.txt2img import txt2img
 
 try:  # the arch refactor moves the factories from ldm/testing.py to tests/factories.py
     from factories import tiny_config, tiny_model

@@ -14,9 +14,9 @@ import torch
 import yaml
 from factories import TINY_TEXT
 
-from ldm.checkpoint import save_state_dict
-from ldm.clip import create_clip, save_clip
-from ldm.config import instantiate
+from ldm.core.config import instantiate
+from ldm.io.checkpoint import save_state_dict
+from ldm.models.clip import create_clip, save_clip
 from ldm.training.config import load_train_config
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import QUIET, TINY_CONFIGS

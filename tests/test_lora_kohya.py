@@ -1,6 +1,6 @@
 """The kohya names of our U-Net modules against an independent source: diffusers' own LDM -> diffusers converter.
 
-kohya names a module after its diffusers path; ldm.lora_kohya derives that path from the U-Net's config.
+kohya names a module after its diffusers path; ldm.adapters.kohya derives that path from the U-Net's config.
 For U-Nets whose levels differ (attention or not, conv or linear projections, several res blocks), every
 module a LoRA can target must get the name diffusers gives the same weight.
 """
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ldm.lora_kohya import diffusers_block_prefixes, diffusers_name
-from ldm.lora_layers import model_targets
-from ldm.unet import UNetModel
+from ldm.adapters.kohya import diffusers_block_prefixes, diffusers_name
+from ldm.adapters.lora_layers import model_targets
+from ldm.models.unet import UNetModel
 
 s = pytest.importorskip("diffusers.loaders.single_file_utils")
 

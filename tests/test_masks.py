@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.degradations import Degradation, DegradationError, add_noise, downscale, gaussian_blur, jpeg_roundtrip
-from ldm.masks import (
+from ldm.core.masks import (
     EmptyMaskError,
     MaskError,
     MaskSizeError,
@@ -19,6 +18,7 @@ from ldm.masks import (
     random_mask,
     random_stroke_mask,
 )
+from ldm.data.degradations import Degradation, DegradationError, add_noise, downscale, gaussian_blur, jpeg_roundtrip
 
 
 def test_mask_from_l_rgb_and_rgba_alpha():

@@ -6,9 +6,9 @@ import pytest
 import torch
 from factories import TINY_TEXT, tiny_model
 
-from ldm.attention import attention
-from ldm.text_encoder import FrozenOpenCLIPEmbedder
-from ldm.unet import timestep_embedding
+from ldm.models.attention import attention
+from ldm.models.text_encoder import FrozenOpenCLIPEmbedder
+from ldm.models.unet import timestep_embedding
 
 
 def test_attention_matches_naive_softmax():

@@ -16,8 +16,8 @@ import yaml
 from factories import tiny_config, tiny_model, with_ctrl_c
 from PIL import Image
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import save_state_dict
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
@@ -54,7 +54,7 @@ def test_a_stopped_generation_keeps_every_image_it_wrote(model_files, tmp_path, 
         [
             sys.executable,
             "-m",
-            "ldm.cli",
+            "ldm.interfaces.cli.main",
             "txt2img",
             "x",
             "--config",
@@ -162,7 +162,7 @@ def test_a_terminated_training_run_exits_143_after_writing_last_ckpt(tmp_path):
     )
     (tmp_path / "vae.yaml").write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ldm.cli", "train", "--config", str(tmp_path / "vae.yaml")],
+        [sys.executable, "-m", "ldm.interfaces.cli.main", "train", "--config", str(tmp_path / "vae.yaml")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

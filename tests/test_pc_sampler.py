@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_samplers import MU, SIGMA_MAX, S, gaussian_denoiser, grid
 
-from ldm.samplers import SAMPLERS, InvalidSamplerOptionError, langevin_step_size, sample_pc
+from ldm.sampling.samplers import SAMPLERS, InvalidSamplerOptionError, langevin_step_size, sample_pc
 
 N = 20000
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldm.commands import data as data_command
+from ldm.core.errors import LdmError, one_line
 from ldm.data import photos as photos_mod
-from ldm.data.folder import CaptionedImageFolder
+from ldm.data.folder import CaptionedImageFolder, OutputDirNotEmptyError
 from ldm.data.photo_sources import (
     PACKAGES,
     STAMP,
@@ -30,8 +30,8 @@ from ldm.data.photo_sources import (
     stanza_for,
     survey,
 )
-from ldm.data.photos import OutputDirNotEmptyError, build_photo_dataset, random_crops, split_photos
-from ldm.errors import LdmError, one_line
+from ldm.data.photos import build_photo_dataset, random_crops, split_photos
+from ldm.interfaces.cli import data as data_command
 
 COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: fake-wallpapers

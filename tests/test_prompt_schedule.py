@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ldm.prompt_schedule import has_schedule, prompt_schedule, text_at_step
+from ldm.models.prompt_schedule import has_schedule, prompt_schedule, text_at_step
 
 
 def g(prompt):

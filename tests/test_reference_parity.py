@@ -14,9 +14,9 @@ from diffusers import AutoencoderKL as DiffusersVAE
 from diffusers import UNet2DConditionModel
 from diffusers.loaders import single_file_utils as s
 
-from ldm.errors import InvalidOptionError
-from ldm.unet import UNetModel
-from ldm.vae import AutoencoderKL
+from ldm.core.errors import InvalidOptionError
+from ldm.models.unet import UNetModel
+from ldm.models.vae import AutoencoderKL
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 
@@ -94,7 +94,7 @@ def test_a_narrow_vae_with_fewer_norm_groups_matches_diffusers():
     }
     ours = randomise(AutoencoderKL(ddconfig, 8), std=0.03)
     assert {m.num_groups for m in ours.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
-    from ldm.diffusers_export import vae_config
+    from ldm.formats.diffusers_export import vae_config
 
     dcfg = {k: v for k, v in vae_config({"ddconfig": ddconfig, "embed_dim": 8}, 1.0).items() if not k.startswith("_")}
     assert dcfg["norm_num_groups"] == 8
@@ -174,8 +174,8 @@ def text_model(hf_model):
 
 def sd1_text_encoder_from(hf_model, layers=3):
     """Our SD 1.x text encoder filled from the Hugging Face model's weights as an SD 1.x checkpoint holds them."""
-    from ldm.checkpoint import from_original_keys, load_into
-    from ldm.text_encoder import FrozenCLIPEmbedder
+    from ldm.io.checkpoint import from_original_keys, load_into
+    from ldm.models.text_encoder import FrozenCLIPEmbedder
 
     ckpt = {SD1_TEXT + k: v for k, v in text_model(hf_model).state_dict().items()}
     ours = FrozenCLIPEmbedder(width=48, layers=layers)
@@ -184,7 +184,7 @@ def sd1_text_encoder_from(hf_model, layers=3):
 
 
 def test_sd1_tokens_match_transformers(clip_tokenizer):
-    from ldm.text_encoder import FrozenCLIPEmbedder
+    from ldm.models.text_encoder import FrozenCLIPEmbedder
 
     ours = FrozenCLIPEmbedder(width=48, layers=1).tokenize(SD1_PROMPTS)
     theirs = hf_token_ids(clip_tokenizer, SD1_PROMPTS)
@@ -215,7 +215,7 @@ def test_sd1_text_encoder_matches_transformers(clip_tokenizer, clip_skip):
 def test_sd1_text_encoder_saves_what_transformers_loads(clip_tokenizer):
     """Our model written in the original layout gives back a CLIPTextModel that loads it strictly and computes
     the same function: the q/k/v split and every renamed tensor are the right way round."""
-    from ldm.checkpoint import HF_CLIP_LAYOUT, to_original_keys
+    from ldm.io.checkpoint import HF_CLIP_LAYOUT, to_original_keys
 
     source = small_hf_clip_text_model(layers=2)
     ours = sd1_text_encoder_from(source, layers=2)

@@ -1,6 +1,6 @@
 """Every input read from a file is checked as a flag is, and long inputs are bounded in time (issue 36, part 2).
 
-Through the real command (tests/cli_runner.py, as tests/test_bad_inputs.py): prompt files that are not UTF-8,
+Through the real command (tests/cli_runner.py, as tests/interfaces/test_bad_inputs.py): prompt files that are not UTF-8,
 prompts over the limit, PNG metadata of the wrong types or sizes, oversized images given to --from-png, sampler
 options of the wrong type or out of range. In-process: a fuzz of the prompt, infotext and metadata parsers with
 inputs up to 1 MB, each answered within 5 seconds; EXIF orientation wherever an image is read.
@@ -23,16 +23,16 @@ import yaml
 from factories import tiny_config, tiny_model
 from PIL import Image, PngImagePlugin
 
-from ldm.checkpoint import save_state_dict
-from ldm.commands.common import parse_sampler_options, read_prompt_file
-from ldm.errors import LdmError
-from ldm.images import load_image, open_image
-from ldm.infotext import parse_infotext, settings_from_infotext, settings_from_png
-from ldm.limits import MAX_PROMPT_CHARS, check_prompt_length
-from ldm.long_prompts import parse_emphasis
-from ldm.samplers import SAMPLER_OPTIONS, SAMPLERS
-from ldm.sampling import SamplingOptions, sampler_parameters
-from ldm.text_encoder import _cut_part
+from ldm.core.errors import LdmError
+from ldm.core.limits import MAX_PROMPT_CHARS, check_prompt_length
+from ldm.interfaces.cli.common import parse_sampler_options, read_prompt_file
+from ldm.io.checkpoint import save_state_dict
+from ldm.io.images import load_image, open_image
+from ldm.io.infotext import parse_infotext, settings_from_infotext, settings_from_png
+from ldm.models.long_prompts import parse_emphasis
+from ldm.models.text_encoder import _cut_part
+from ldm.sampling.options import SamplingOptions, sampler_parameters
+from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
 MODEL = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
@@ -330,7 +330,7 @@ def test_a_long_prompt_is_refused_at_once():
 
 
 def test_a_prompt_file_over_the_count_is_refused(tmp_path, monkeypatch):
-    import ldm.commands.common as common
+    import ldm.interfaces.cli.common as common
 
     monkeypatch.setattr(common, "MAX_PROMPTS_PER_FILE", 3)
     (tmp_path / "p.txt").write_text("a\nb\n\nc\nd\n")
@@ -370,7 +370,7 @@ def test_img2img_uses_the_upright_image(workspace, tmp_path):
     out = tmp_path / "out"
     argv = ["img2img", str(path), "x", *MODEL[:-1], str(out), "--strength", "0.5"]
     result = subprocess.run(
-        [sys.executable, "-m", "ldm.cli", *argv],
+        [sys.executable, "-m", "ldm.interfaces.cli.main", *argv],
         cwd=workspace,
         capture_output=True,
         text=True,

@@ -20,8 +20,8 @@ from factories import tiny_config, tiny_model
 from PIL import Image
 from test_tiny_example import tiny_example_commands
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import save_state_dict
 from ldm.training.run import train  # imported here: Lightning's log handler then holds no test's captured stream
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
@@ -93,7 +93,7 @@ def test_four_runs_into_one_folder_at_once_keep_all_twenty_images(model_files, t
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "ldm.cli", "txt2img", "x", *common, "--seed", str(1000 * k)],
+            [sys.executable, "-m", "ldm.interfaces.cli.main", "txt2img", "x", *common, "--seed", str(1000 * k)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -145,7 +145,7 @@ def test_a_second_training_on_a_live_run_folder_is_refused_and_a_killed_run_resu
         )
     )
     first = subprocess.Popen(
-        [sys.executable, "-m", "ldm.cli", "train", "--config", str(cfg)],
+        [sys.executable, "-m", "ldm.interfaces.cli.main", "train", "--config", str(cfg)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -222,7 +222,7 @@ def test_walk_refuses_an_existing_out_file_and_frames_unless_overwrite(model_fil
 
 
 def test_export_only_refuses_existing_exports_unless_overwrite(shapes, tmp_path, capsys):
-    from ldm.checkpoint import load_state_dict
+    from ldm.io.checkpoint import load_state_dict
 
     run_dir = tmp_path / "run"
     train(tiny_train_config("vae", shapes, run_dir, [*VAE_FAST, "trainer.max_steps=2"]))

@@ -2,7 +2,7 @@
 that, caught when sampling ends, before anything is decoded or written. The Python API refuses bad arguments with
 LdmError subclasses as the CLI does, and original SD configs read as the original code reads them.
 
-The command-line cases run through the real `ldm` command (tests/cli_runner.py, as tests/test_bad_inputs.py does):
+The command-line cases run through the real `ldm` command (tests/cli_runner.py, as tests/interfaces/test_bad_inputs.py does):
 exit 2, one error line, no traceback, and no image written.
 """
 
@@ -20,19 +20,19 @@ import yaml
 from factories import TINY_TEXT, tiny_config, tiny_model, tiny_original_config, tiny_upscaler_model
 from PIL import Image
 
-from ldm.checkpoint import CheckpointError, load_state_dict, save_state_dict
-from ldm.config import ConfigError, instantiate
-from ldm.errors import LdmError
-from ldm.img2img import img2img
-from ldm.inpaint import inpaint
-from ldm.lora import add_lora, save_lora
-from ldm.model import load_model
-from ldm.pipeline import txt2img
-from ldm.sampling import NonFiniteLatentsError
-from ldm.tasks import NoiseShapeError, PromptError
-from ldm.text_encoder import LAYERS
-from ldm.upscale import upscale
-from ldm.walk import walk_frames
+from ldm.adapters.lora import add_lora, save_lora
+from ldm.core.config import ConfigError, instantiate
+from ldm.core.errors import LdmError
+from ldm.formats.load import load_model
+from ldm.io.checkpoint import CheckpointError, load_state_dict, save_state_dict
+from ldm.models.text_encoder import LAYERS
+from ldm.sampling.options import NonFiniteLatentsError
+from ldm.tasks.base import NoiseShapeError, PromptError
+from ldm.tasks.img2img import img2img
+from ldm.tasks.inpaint import inpaint
+from ldm.tasks.txt2img import txt2img
+from ldm.tasks.upscale import upscale
+from ldm.tasks.walk import walk_frames
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
 MODEL = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
@@ -211,7 +211,7 @@ def test_original_open_clip_parameters_are_accepted_with_the_original_defaults(t
     encoder = instantiate(original_text_node(version="laion2b_s32b_b79k", device="cuda", max_length=77, freeze=True))
     assert encoder.layer_idx == LAYERS["last"]  # the original default where the YAML leaves `layer` out
     assert instantiate(original_text_node(layer="penultimate")).layer_idx == LAYERS["penultimate"]
-    ours = {"target": "ldm.text_encoder.FrozenOpenCLIPEmbedder", "params": {"arch": TINY_TEXT}}
+    ours = {"target": "ldm.models.text_encoder.FrozenOpenCLIPEmbedder", "params": {"arch": TINY_TEXT}}
     assert instantiate(ours).layer_idx == LAYERS["penultimate"]  # our own target keeps our default
     with pytest.raises(ConfigError, match="unknown parameter 'versio'"):  # other parameters are still checked
         instantiate(original_text_node(versio="x"))
@@ -224,8 +224,8 @@ def test_original_open_clip_parameters_are_accepted_with_the_original_defaults(t
 
 
 def test_the_shipped_sd2_configs_still_read_the_penultimate_layer():
-    from ldm.config import load_config, translate_original
-    from ldm.defaults import shipped_path
+    from ldm.core.config import load_config, translate_original
+    from ldm.core.defaults import shipped_path
 
     for name in ("v2-inference.yaml", "v2-inference-v.yaml", "v2-inpainting-inference.yaml", "x4-upscaling.yaml"):
         node = load_config(shipped_path(f"configs/stable-diffusion/{name}"))["model"]["params"]["cond_stage_config"]

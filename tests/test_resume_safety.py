@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from ldm.cli import main as cli_main
+from ldm.interfaces.cli.main import main as cli_main
 from ldm.training.resume import ResumeError, SafeCheckpointIO
 from ldm.training.run import RunDirExistsError, TrainingStopped, train
 from ldm.training.shapes import make_shapes_dataset
@@ -68,7 +68,11 @@ def test_resume_never_runs_a_pickle_payload_even_when_torch_is_told_to_allow_it(
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     for args in (["--config", str(cfg), "--resume"], ["--resume", str(run_dir)]):  # with and without the YAML
         r = subprocess.run(
-            [sys.executable, "-m", "ldm.cli", "train", *args], env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "ldm.interfaces.cli.main", "train", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert r.returncode == 2, r.stderr[-2000:]
         assert not marker.exists()

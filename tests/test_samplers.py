@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
-from ldm.denoisers import CFGDenoiser, DiscreteTimeDenoiser
-from ldm.samplers import (
+from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
+from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, karras_sigmas, make_betas, t_to_sigma
+from ldm.sampling.denoisers import CFGDenoiser
+from ldm.sampling.samplers import (
     DETERMINISTIC,
     SAMPLERS,
     InvalidStrengthError,
@@ -19,7 +21,6 @@ from ldm.samplers import (
     get_sampler,
     truncate_sigmas,
 )
-from ldm.schedules import alphas_cumprod_from_betas, get_sigmas, karras_sigmas, make_betas, t_to_sigma
 
 MU = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
 S = torch.tensor([0.3, 1.0, 0.5, 0.6], dtype=torch.float64)
@@ -67,7 +68,7 @@ def test_error_shrinks_at_the_expected_order(name, order):
 
 
 # LCM's re-noised x0 estimates are a sampler only with a consistency model, not this exact posterior-mean denoiser:
-# its spread here has its own closed form (tests/test_samplers_extra.py).
+# its spread here has its own closed form (tests/sampling/test_samplers_extra.py).
 @pytest.mark.parametrize("name", [name for name in SAMPLERS if name != "lcm"])
 def test_samples_have_the_data_mean_and_std(name):
     """Started from the exact marginal N(mu, s^2 + sigma_max^2), every sampler should end near N(mu, s^2).
@@ -255,7 +256,7 @@ def test_benchmark_runs_a_model_from_config_and_checkpoint(tmp_path, monkeypatch
     import yaml
     from factories import tiny_config, tiny_model
 
-    from ldm.checkpoint import save_state_dict
+    from ldm.io.checkpoint import save_state_dict
 
     cfg, ckpt = tmp_path / "tiny.yaml", tmp_path / "tiny.safetensors"
     cfg.write_text(yaml.safe_dump(tiny_config()))

@@ -1,6 +1,6 @@
-"""The samplers of ldm.samplers_extra against closed forms and hand-written single steps of k-diffusion's maths.
+"""The samplers of ldm.sampling.samplers_extra against closed forms and hand-written single steps of k-diffusion's maths.
 
-The Gaussian case of tests/test_samplers.py gives an exact denoiser and an exact ODE solution; a denoiser that does
+The Gaussian case of tests/sampling/test_samplers.py gives an exact denoiser and an exact ODE solution; a denoiser that does
 not depend on x (D = f(lambda)) gives exact integrals. k-diffusion itself is no dependency: its step rules are
 written out here from its sampling.py and compared on one or two steps.
 """
@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_samplers import MU, SIGMA_MAX, S, flow, gaussian_denoiser, grid, slope
 
-from ldm.samplers import DETERMINISTIC, SAMPLERS
-from ldm.samplers_extra import lms_coefficients
+from ldm.sampling.samplers import DETERMINISTIC, SAMPLERS
+from ldm.sampling.samplers_extra import lms_coefficients
 
 NEW = (
     "lms",
@@ -50,7 +50,7 @@ def test_the_new_samplers_are_registered_and_the_deterministic_ones_known():
     ],
 )
 def test_error_shrinks_at_the_expected_order(name, options, order):
-    """Max error to the exact probability-flow solution at sigma = 0 on Karras grids (as tests/test_samplers.py)."""
+    """Max error to the exact probability-flow solution at sigma = 0 on Karras grids (as tests/sampling/test_samplers.py)."""
     x_t = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * SIGMA_MAX
     exact = flow(x_t, torch.tensor(SIGMA_MAX), torch.tensor(0.0))
     steps = [8, 16, 32, 64]
@@ -261,9 +261,9 @@ def test_every_new_sampler_runs_every_task(tiny_models, name):
     """txt2img, img2img and inpainting pick the sampler by name (get_sampler) and record it in the settings."""
     from PIL import Image
 
-    from ldm.img2img import img2img
-    from ldm.inpaint import inpaint
-    from ldm.pipeline import txt2img
+    from ldm.tasks.img2img import img2img
+    from ldm.tasks.inpaint import inpaint
+    from ldm.tasks.txt2img import txt2img
 
     model, inpaint_model = tiny_models
     photo = Image.fromarray((torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
@@ -282,9 +282,9 @@ def test_every_new_sampler_runs_every_task(tiny_models, name):
 
 
 def test_dpm2_and_3m_sde_run_on_a1111_s_grid_without_its_next_to_last_sigma(tiny_models):
-    from ldm.pipeline import SamplingOptions
-    from ldm.schedules import get_sigmas
-    from ldm.tasks import model_sigmas
+    from ldm.diffusion.schedules import get_sigmas
+    from ldm.sampling.options import SamplingOptions
+    from ldm.tasks.base import model_sigmas
 
     model = tiny_models[0]
     for name in ("dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde"):

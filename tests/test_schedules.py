@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ldm.schedules import (
+from ldm.diffusion.schedules import (
     InvalidStepsError,
     UnknownScheduleError,
     UnknownSpacingError,

@@ -16,10 +16,10 @@ import torch
 from factories import tiny_model, tiny_sd1_config, tiny_sd1_model
 from PIL import Image
 
-from ldm.checkpoint import CheckpointError, load_state_dict, save_state_dict
-from ldm.errors import InvalidOptionError
-from ldm.formats import HF_CLIP, detect_file, with_prediction
-from ldm.model import load_model
+from ldm.core.errors import InvalidOptionError
+from ldm.formats.detect import HF_CLIP, detect_file, with_prediction
+from ldm.formats.load import load_model
+from ldm.io.checkpoint import CheckpointError, load_state_dict, save_state_dict
 from ldm.training.export import export_diffusion
 
 RUNNER = Path(__file__).with_name("cli_runner.py")
@@ -169,9 +169,9 @@ def test_cli_refuses_bad_clip_skip_and_vae_in_one_line(cli_results, number, mess
 def test_a_text_tower_tensor_without_its_place_is_named_by_the_strict_load():
     """A block missing q_proj, or a tensor with no open_clip name, keeps its original name through the
     translation, so the one-line error says which tensor of the file is wrong instead of losing it."""
-    from ldm.checkpoint import from_original_keys, load_into
-    from ldm.hf_clip import hf_from_open_clip
-    from ldm.text_encoder import FrozenCLIPEmbedder
+    from ldm.io.checkpoint import from_original_keys, load_into
+    from ldm.io.hf_clip import hf_from_open_clip
+    from ldm.models.text_encoder import FrozenCLIPEmbedder
 
     encoder = FrozenCLIPEmbedder(width=48, layers=1)
     state = {
@@ -194,7 +194,7 @@ def test_a_tiny_sd1_inpainting_file_is_detected_loaded_and_inpaints(tmp_path):
     family and shipped config come from the tensor shapes alone, and it drives the 9-channel inpainting path."""
     from factories import _build
 
-    from ldm.inpaint import inpaint
+    from ldm.tasks.inpaint import inpaint
 
     cfg = tiny_sd1_config()
     params = cfg["model"]["params"]

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.checkpoint import from_original_keys, load_into
-from ldm.config import instantiate, load_config
-from ldm.diffusers_keys import from_diffusers
-from ldm.formats import detect, sd_config_path
-from ldm.sdxl_conditioning import MicroConditions, micro_embedding, sdxl_conditions, vector
-from ldm.sdxl_keys import sdxl_unet_names
-from ldm.sdxl_text import BASE_MICRO, REFINER_MICRO
-from ldm.unet import UNetModel
+from ldm.core.config import instantiate, load_config
+from ldm.formats.detect import detect, sd_config_path
+from ldm.io.checkpoint import from_original_keys, load_into
+from ldm.io.diffusers_keys import from_diffusers
+from ldm.io.sdxl_keys import sdxl_unet_names
+from ldm.models.sdxl_conditioning import MicroConditions, micro_embedding, sdxl_conditions, vector
+from ldm.models.sdxl_text import BASE_MICRO, REFINER_MICRO
+from ldm.models.unet import UNetModel
 
 TOLERANCE = 1e-4  # relative to the largest value
 SD_FORMAT = Path(__file__).with_name("sd-format")
@@ -64,15 +64,15 @@ def tiny_unet_params(micro: int = 6) -> dict:
 
 def tiny_encoders_node(refiner: bool = False) -> dict:
     clip_l = {
-        "target": "ldm.text_encoder.FrozenCLIPEmbedder",
+        "target": "ldm.models.text_encoder.FrozenCLIPEmbedder",
         "params": {"width": CLIP_L, "layers": 3, "heads": 2, "layer": "penultimate", "activation": "quick_gelu"},
     }
     big_g = {
-        "target": "ldm.text_encoder.FrozenOpenCLIPEmbedder",
+        "target": "ldm.models.text_encoder.FrozenOpenCLIPEmbedder",
         "params": {"arch": TINY_BIG_G, "layer": "penultimate"},
     }
     return {
-        "target": "ldm.sdxl_text.SDXLTextEncoders",
+        "target": "ldm.models.sdxl_text.SDXLTextEncoders",
         "params": {
             "embedders": [big_g] if refiner else [clip_l, big_g],
             "micro_conditions": list(REFINER_MICRO if refiner else BASE_MICRO),
@@ -185,7 +185,7 @@ def test_the_unet_with_its_vector_matches_diffusers(unets):
 def test_per_level_context_widths_must_agree():
     params = {**tiny_unet_params(), "context_dim": [CONTEXT] * 3}
     assert UNetModel(**params).middle_block[1].transformer_blocks[0].attn2.to_k.in_features == CONTEXT
-    from ldm.errors import InvalidOptionError
+    from ldm.core.errors import InvalidOptionError
 
     with pytest.raises(InvalidOptionError, match="one width"):
         UNetModel(**{**params, "context_dim": [CONTEXT, 64, CONTEXT]})
@@ -200,8 +200,8 @@ def text_towers(tmp_path_factory, unets):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from ldm.diffusers_export import write_tokenizer
-    from ldm.hf_clip import open_clip_from_hf
+    from ldm.formats.diffusers_export import write_tokenizer
+    from ldm.io.hf_clip import open_clip_from_hf
 
     common = {"vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407}
     clip_l = randomise(
@@ -369,7 +369,7 @@ def test_full_size_layout_is_the_original_files_and_is_detected(name, family, co
 
 def test_a_tiny_sdxl_file_round_trips_through_the_original_names(tmp_path):
     """Our state dict written with the original names (the CLIP ViT-L tower in Hugging Face's) and read back."""
-    from ldm.checkpoint import load_state_dict, save_state_dict
+    from ldm.io.checkpoint import load_state_dict, save_state_dict
 
     node = load_config(sd_config_path("sd_xl_base.yaml"))["model"]
     params = node["params"]
@@ -408,13 +408,13 @@ def tiny_sdxl(unets, text_towers):
 
 
 def test_guided_ddim_txt2img_matches_the_sdxl_pipeline(tiny_sdxl, text_towers):
-    """A 4-step guided DDIM through ldm.pipeline.prepare and ldm.tasks.denoise equals StableDiffusionXLPipeline's
+    """A 4-step guided DDIM through ldm.tasks.txt2img.prepare and ldm.tasks.base.denoise equals StableDiffusionXLPipeline's
     latents from the same start latents (empty negative prompt: zero context and pooled output)."""
     from diffusers import DDIMScheduler
 
-    from ldm.pipeline import prepare
-    from ldm.sampling import SamplingOptions
-    from ldm.tasks import denoise, for_model
+    from ldm.sampling.options import SamplingOptions
+    from ldm.tasks.base import denoise, for_model
+    from ldm.tasks.txt2img import prepare
 
     model, _ = tiny_sdxl
     pipe = text_towers[1]
@@ -452,7 +452,7 @@ def test_ldm_txt2img_runs_a_tiny_sdxl_file_end_to_end(tiny_sdxl, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from ldm.checkpoint import save_state_dict
+    from ldm.io.checkpoint import save_state_dict
 
     model, node = tiny_sdxl
     save_state_dict(

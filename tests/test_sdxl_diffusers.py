@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 from test_sdxl import PROMPTS, TOLERANCE, rel_err, tiny_encoders_node, tiny_unet_params
 
-from ldm import cli
-from ldm.checkpoint import CheckpointError, save_state_dict
-from ldm.config import instantiate, load_config
-from ldm.diffusers_files import DiffusersFolderError
-from ldm.formats import sd_config_path
-from ldm.model import load_model
-from ldm.sdxl_refiner import sdxl_txt2img
+from ldm.core.config import instantiate, load_config
+from ldm.formats.detect import sd_config_path
+from ldm.formats.load import load_model
+from ldm.interfaces.cli import main as cli
+from ldm.io.checkpoint import CheckpointError, save_state_dict
+from ldm.io.diffusers_files import DiffusersFolderError
+from ldm.tasks.sdxl_refiner import sdxl_txt2img
 
 # test_sdxl's tiny models with the same random weights as its diffusers pipeline, as fixtures of this module too
 unets, text_towers = test_sdxl.unets, test_sdxl.text_towers

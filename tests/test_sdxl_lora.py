@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_sdxl import tiny_encoders_node, tiny_unet_params
 
-from ldm.checkpoint import save_state_dict
-from ldm.config import instantiate, load_config
-from ldm.formats import sd_config_path
-from ldm.lora import LoraError, apply_lora, merge_lora, remove_lora
+from ldm.adapters.lora import LoraError, apply_lora, merge_lora, remove_lora
+from ldm.core.config import instantiate, load_config
+from ldm.formats.detect import sd_config_path
+from ldm.io.checkpoint import save_state_dict
 
 RANK, ALPHA, WEIGHT = 2, 1.0, 0.5
 

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ldm.limits import _finest_attention_downscale, sampling_bytes
-from ldm.unet import UNetModel
-from ldm.vae import AutoencoderKL
-from ldm.vae_precision import decode_safely, decodes_in_fp16, overflows_in_fp16
+from ldm.core.limits import _finest_attention_downscale, sampling_bytes
+from ldm.models.unet import UNetModel
+from ldm.models.vae import AutoencoderKL
+from ldm.models.vae_precision import decode_safely, decodes_in_fp16, overflows_in_fp16
 
 FP16_MAX = 65504.0
 
@@ -116,9 +116,9 @@ def test_the_memory_estimate_takes_attention_where_it_is(resolutions, downscale)
 def test_vae_accepts_a_separate_vae_in_diffusers_layout(tmp_path):
     """`--vae` takes a fixed VAE as diffusers ships it (sdxl-vae-fp16-fix's diffusion_pytorch_model.safetensors) as
     well as in the original layout."""
-    from ldm.checkpoint import save_state_dict
-    from ldm.diffusers_keys import to_diffusers, vae_names
-    from ldm.model import LatentDiffusion
+    from ldm.io.checkpoint import save_state_dict
+    from ldm.io.diffusers_keys import to_diffusers, vae_names
+    from ldm.models.latent_diffusion import LatentDiffusion
 
     fixed, _ = overflowing_vae()
     theirs = to_diffusers(fixed.state_dict(), vae_names(list(fixed.state_dict()), len(fixed.decoder.up)))

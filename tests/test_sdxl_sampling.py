@@ -17,16 +17,16 @@ import torch
 from PIL import Image
 from test_sdxl import BIG_G, POOLED, PROMPTS, TOLERANCE, randomise, rel_err, tiny_encoders_node, tiny_unet_params
 
-from ldm import cli
-from ldm.checkpoint import save_state_dict
-from ldm.config import instantiate, load_config
-from ldm.diffusers_keys import from_diffusers
-from ldm.errors import InvalidOptionError
-from ldm.formats import sd_config_path
-from ldm.schedules import get_sigmas
-from ldm.sdxl_keys import sdxl_unet_names
-from ldm.sdxl_refiner import RefinerError, SDXLMicro, base_steps, sdxl_txt2img, switch_from_step_fraction
-from ldm.unet import UNetModel
+from ldm.core.config import instantiate, load_config
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.schedules import get_sigmas
+from ldm.formats.detect import sd_config_path
+from ldm.interfaces.cli import main as cli
+from ldm.io.checkpoint import save_state_dict
+from ldm.io.diffusers_keys import from_diffusers
+from ldm.io.sdxl_keys import sdxl_unet_names
+from ldm.models.unet import UNetModel
+from ldm.tasks.sdxl_refiner import RefinerError, SDXLMicro, base_steps, sdxl_txt2img, switch_from_step_fraction
 
 REFINER_VECTOR = POOLED + 5 * 256
 # test_sdxl's tiny models with the same random weights as its diffusers pipeline, as fixtures of this module too
@@ -166,7 +166,7 @@ def test_a1111_step_fraction_maps_to_the_same_base_steps(tiny_sdxl):
 def test_a1111_metadata_with_a_refiner_reads_and_writes_the_step_fraction(tiny_sdxl):
     """'Refiner switch at: 0.8' of an A1111 text becomes our timestep fraction running its 8 of 10 base steps; our
     settings write A1111's step fraction back."""
-    from ldm.infotext import format_infotext, settings_from_infotext
+    from ldm.io.infotext import format_infotext, settings_from_infotext
 
     base, _ = tiny_sdxl
     text = "a cat\nSteps: 10, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 1024x1024, Refiner: sd_xl_refiner_1.0, "
@@ -203,13 +203,15 @@ def test_ldm_txt2img_with_a_refiner_and_micro_options(sdxl_files, tmp_path, monk
     settings record the hand-off and the micro-conditionings; a switch outside (0, 1) is refused in one line."""
     import shutil
 
-    from ldm.infotext import settings_from_png
+    from ldm.io.infotext import settings_from_png
 
     for name in ("base", "refiner"):
         shutil.copy(sdxl_files / f"{name}.safetensors", tmp_path)
     common = ["txt2img", "a red apple", "--ckpt", "base.safetensors", "--H", "16", "--W", "24", "--steps", "4"]
     common += ["--seed", "5", "--no-progress", "--refiner", "refiner.safetensors"]
-    monkeypatch.chdir(tmp_path)  # the real command, in this process (ldm.cli.main restores what it changes)
+    monkeypatch.chdir(
+        tmp_path
+    )  # the real command, in this process (ldm.interfaces.cli.main.main restores what it changes)
     good = ["--refiner-switch", "0.6", "--original-size", "2048x1536", "--crop", "0,32", "--target-size", "1024x768"]
     assert cli.main(common + good + ["--aesthetic-score", "7", "--outdir", "out"]) == 0
     png = tmp_path / "out" / "samples" / "00000.png"
@@ -231,9 +233,9 @@ def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, refiners
     and keep the input's size."""
     import copy
 
-    import ldm.img2img
-    import ldm.inpaint
-    from ldm.sdxl_conditioning import sdxl_conditions
+    import ldm.tasks.img2img
+    import ldm.tasks.inpaint
+    from ldm.models.sdxl_conditioning import sdxl_conditions
 
     base, node = tiny_sdxl
     seen = []
@@ -242,18 +244,18 @@ def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, refiners
         seen.append((height, width))
         return sdxl_conditions(encoders, prompts, negatives, height, width, micro)
 
-    monkeypatch.setattr("ldm.sdxl_conditioning.sdxl_conditions", spy)
+    monkeypatch.setattr("ldm.models.sdxl_conditioning.sdxl_conditions", spy)
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8))
     mask = Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), ((4, 4), (8, 8))))
-    made = ldm.img2img.img2img(base, picture, "a cat", strength=0.5, steps=4, sampler="ddim", progress=False)
-    blended = ldm.inpaint.inpaint(base, picture, mask, "a cat", steps=4, mode="blend", progress=False)
+    made = ldm.tasks.img2img.img2img(base, picture, "a cat", strength=0.5, steps=4, sampler="ddim", progress=False)
+    blended = ldm.tasks.inpaint.inpaint(base, picture, mask, "a cat", steps=4, mode="blend", progress=False)
     inpainting_node = copy.deepcopy(node)
     inpainting_node["params"]["conditioning_key"] = "hybrid"
     inpainting_node["params"]["unet_config"]["params"]["in_channels"] = 9
     torch.manual_seed(0)
     inpainter = instantiate(inpainting_node).eval()
-    painted = ldm.inpaint.inpaint(inpainter, picture, mask, "a cat", steps=2, mode="model", progress=False)
-    refined = ldm.img2img.img2img(refiners[0], picture, "a cat", strength=0.3, steps=4, progress=False)  # refiner
+    painted = ldm.tasks.inpaint.inpaint(inpainter, picture, mask, "a cat", steps=2, mode="model", progress=False)
+    refined = ldm.tasks.img2img.img2img(refiners[0], picture, "a cat", strength=0.3, steps=4, progress=False)  # refiner
     assert seen == [(16, 24)] * 4
     assert made[0].size == blended[0].size == painted[0].size == refined[0].size == (24, 16)
     assert painted.settings["inpaint_mode"] == "model" and blended.settings["inpaint_mode"] == "blend"
@@ -264,12 +266,12 @@ def test_the_app_text_page_runs_the_refiner_and_micro_options(sdxl_files, monkey
     image's settings."""
     from streamlit.testing.v1 import AppTest
 
-    import ldm.app
-    from ldm.app.state import ENV_CKPT, ENV_CONFIG
+    import ldm.interfaces.app
+    from ldm.interfaces.app.state import ENV_CKPT, ENV_CONFIG
 
     monkeypatch.delenv(ENV_CONFIG, raising=False)
     monkeypatch.setenv(ENV_CKPT, str(sdxl_files / "base.safetensors"))
-    page = Path(ldm.app.__file__).resolve().parent / "views" / "text.py"
+    page = Path(ldm.interfaces.app.__file__).resolve().parent / "views" / "text.py"
     at = AppTest.from_file(str(page), default_timeout=120)
     at.run()
     assert not at.exception, at.exception
@@ -285,8 +287,9 @@ def test_the_app_text_page_runs_the_refiner_and_micro_options(sdxl_files, monkey
 
 def test_a_walk_between_sdxl_prompts_starts_at_the_first_prompts_image(tiny_sdxl):
     """Walk frames interpolate SDXL's vector with the context: frame 0 is txt2img's image of the first prompt."""
-    from ldm.pipeline import SamplingOptions, txt2img
-    from ldm.walk import walk_frames
+    from ldm.sampling.options import SamplingOptions
+    from ldm.tasks.txt2img import txt2img
+    from ldm.tasks.walk import walk_frames
 
     base, _ = tiny_sdxl
     options = SamplingOptions(steps=3, sampler="ddim")

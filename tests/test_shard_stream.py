@@ -14,11 +14,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ldm.data.shards import count_samples, expand_shards, write_shards
-from ldm.training.config import TrainConfigError
-from ldm.training.data import DataConfigError, ImageTextDataModule, TooManyUnreadableImagesError, UnreadableImages
+from ldm.training.config_checks import TrainConfigError
+from ldm.training.data import ImageTextDataModule
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.shard_stream import ShardStream, shard_plan
 from ldm.training.tiny import tiny_train_config
+from ldm.training.unreadable import DataConfigError, TooManyUnreadableImagesError, UnreadableImages
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from ldm.checkpoint import load_state_dict
-from ldm.cli import main as cli_main
-from ldm.defaults import default_checkpoint_path, default_model_files
-from ldm.derived import split_derived
-from ldm.inpaint import inpaint
-from ldm.model import load_model
-from ldm.pipeline import txt2img
+from ldm.core.defaults import default_checkpoint_path, default_model_files
+from ldm.formats.derived import split_derived
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.io.checkpoint import load_state_dict
+from ldm.tasks.inpaint import inpaint
+from ldm.tasks.txt2img import txt2img
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,11 +13,11 @@ import yaml
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 
-from ldm.checkpoint import load_state_dict
-from ldm.cli import main as cli_main
-from ldm.defaults import default_model_files
-from ldm.model import load_model
-from ldm.upscale import upscale
+from ldm.core.defaults import default_model_files
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.io.checkpoint import load_state_dict
+from ldm.tasks.upscale import upscale
 
 FILES = default_model_files("upscale")
 pytestmark = pytest.mark.skipif(FILES is None, reason="no upscaler is shipped")  # guarded by the next test

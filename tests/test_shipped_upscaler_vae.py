@@ -10,8 +10,8 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from ldm.checkpoint import load_state_dict
-from ldm.config import instantiate
+from ldm.core.config import instantiate
+from ldm.io.checkpoint import load_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS, CONFIG = ROOT / "checkpoints/emoji/upscaler-vae.safetensors", ROOT / "checkpoints/emoji/upscaler-vae.yaml"

@@ -16,14 +16,14 @@ import yaml
 from factories import tiny_config, write_tiny_model_files
 from PIL import Image
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main as cli_main
-from ldm.config import instantiate
-from ldm.errors import MissingFileError
-from ldm.infotext import settings_from_png
-from ldm.model import load_model
+from ldm.core.config import instantiate
+from ldm.core.errors import MissingFileError
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.io.checkpoint import save_state_dict
+from ldm.io.infotext import settings_from_png
+from ldm.models.unet import UNetModel
 from ldm.training.distill import write_student_config
-from ldm.unet import UNetModel
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -178,7 +178,7 @@ def test_from_png_remakes_a_student_image_with_the_student(homes, monkeypatch, u
 
 
 def test_the_python_api_defaults_to_the_student_where_shipped(homes, monkeypatch):
-    from ldm.pipeline import txt2img as api_txt2img
+    from ldm.tasks.txt2img import txt2img as api_txt2img
 
     monkeypatch.setenv("LDM_HOME", str(homes["with"]))
     student, full = load_model(device="cpu"), load_model(device="cpu", variant="full")
@@ -195,12 +195,12 @@ def test_the_python_api_defaults_to_the_student_where_shipped(homes, monkeypatch
 def test_the_app_text_page_defaults_to_the_student_and_offers_the_full_model(homes, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    import ldm.app
+    import ldm.interfaces.app
 
     monkeypatch.delenv("LDM_APP_CONFIG", raising=False)
     monkeypatch.delenv("LDM_APP_CKPT", raising=False)
     monkeypatch.setenv("LDM_HOME", str(homes["with"]))
-    page = str(Path(ldm.app.__file__).resolve().parent / "views" / "text.py")
+    page = str(Path(ldm.interfaces.app.__file__).resolve().parent / "views" / "text.py")
     at = AppTest.from_file(page, default_timeout=120)
     at.run()
     assert not at.exception

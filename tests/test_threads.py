@@ -1,4 +1,4 @@
-"""The CPU thread count of a generation (ldm.devices.sampling_threads): --threads, the user's OMP_NUM_THREADS, or
+"""The CPU thread count of a generation (ldm.core.devices.sampling_threads): --threads, the user's OMP_NUM_THREADS, or
 the cores that other work leaves idle."""
 
 import os
@@ -9,8 +9,8 @@ import pytest
 import yaml
 from factories import tiny_config, tiny_model
 
-from ldm.checkpoint import save_state_dict
-from ldm.devices import cpu_load, sampling_threads
+from ldm.core.devices import cpu_load, sampling_threads
+from ldm.io.checkpoint import save_state_dict
 
 
 @pytest.mark.parametrize("load, expected", [(0.0, 4), (0.4, 4), (0.6, 3), (1.0, 3), (2.2, 2), (3.9, 1), (9.0, 1)])
@@ -53,14 +53,14 @@ def _txt2img_threads(model_files, tmp_path, extra, env_threads):
     """Run the CLI in a fresh process and report the torch thread count that sampling ran with."""
     cfg, ckpt = model_files
     code = (
-        "import sys, torch, ldm.commands.txt2img as c\n"
+        "import sys, torch, ldm.interfaces.cli.txt2img as c\n"
         "seen = []\n"
         "original = c.txt2img\n"
         "def spy(*a, **k):\n"
         "    seen.append(torch.get_num_threads())\n"
         "    return original(*a, **k)\n"
         "c.txt2img = spy\n"
-        "from ldm.cli import main\n"
+        "from ldm.interfaces.cli.main import main\n"
         "rc = main(sys.argv[1:])\n"
         "print('THREADS', seen)\n"
         "sys.exit(rc)\n"

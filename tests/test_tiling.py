@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from factories import tiny_model
 
-from ldm.commands.common import parse_tiling
-from ldm.errors import InvalidOptionError
-from ldm.tiling import SharedGroupNormStats, tile_starts, tiled, tiled_decode, tiled_encode
+from ldm.core.errors import InvalidOptionError
+from ldm.interfaces.cli.common import parse_tiling
+from ldm.models.tiling import SharedGroupNormStats, tile_starts, tiled, tiled_decode, tiled_encode
 
 
 @pytest.mark.parametrize("size, tile, overlap", [(100, 32, 8), (64, 64, 16), (65, 64, 16), (200, 48, 0)])
@@ -90,9 +90,9 @@ def test_shared_statistics_bring_a_trained_decoders_tiles_nearer_the_whole():
     # norms amplify any difference either way.
     import yaml
 
-    from ldm.checkpoint import load_state_dict
-    from ldm.config import instantiate
-    from ldm.defaults import shipped_path
+    from ldm.core.config import instantiate
+    from ldm.core.defaults import shipped_path
+    from ldm.io.checkpoint import load_state_dict
 
     cfg = yaml.safe_load(shipped_path("checkpoints/emoji/model.yaml").read_text())
     vae = instantiate(cfg["model"]["params"]["first_stage_config"]).eval()
@@ -120,7 +120,7 @@ def test_vae_attention_never_holds_the_tokens_by_tokens_matrix():
     # at 2048 px for SD's VAE).
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ldm.vae import AttnBlock
+    from ldm.models.vae import AttnBlock
 
     class LargestNewTensor(TorchDispatchMode):
         largest = 0

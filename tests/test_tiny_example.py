@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ldm.cli import main as cli_main
-from ldm.defaults import shipped_path
+from ldm.core.defaults import shipped_path
+from ldm.interfaces.cli.main import main as cli_main
 
 README = shipped_path("configs/train/README.md")
 FAST = [
@@ -53,7 +53,7 @@ def test_the_documented_tiny_chain_runs_and_feeds_each_step(tmp_path, monkeypatc
         assert (tmp_path / path).is_file(), path
     assert list((tmp_path / "out").rglob("*.png"))
     # the exported model holds the trained text encoder and autoencoder, not random ones
-    from ldm.checkpoint import load_state_dict
+    from ldm.io.checkpoint import load_state_dict
 
     model = load_state_dict(tmp_path / "runs/tiny-ldm/model.safetensors")
     clip = load_state_dict(tmp_path / "runs/tiny-clip/clip.safetensors")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ldm.toy2d import (
+from ldm.toys.points import (
     DATASETS,
     ToyDataError,
     ToyDiffusion,

@@ -7,13 +7,13 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import ldm.app
-from ldm.app.compare import loss_frames, sample_frames, table_frame
-from ldm.errors import InvalidOptionError
-from ldm.toy2d import ToyDiffusion, make_data
-from ldm.toy_compare import MODELS, ToyVAE, compare_models, diffusion_log_likelihood, loss_wobble, mode_coverage
+import ldm.interfaces.app
+from ldm.core.errors import InvalidOptionError
+from ldm.interfaces.app.compare import loss_frames, sample_frames, table_frame
+from ldm.toys.compare import MODELS, ToyVAE, compare_models, diffusion_log_likelihood, loss_wobble, mode_coverage
+from ldm.toys.points import ToyDiffusion, make_data
 
-VIEWS = Path(ldm.app.__file__).resolve().parent / "views"
+VIEWS = Path(ldm.interfaces.app.__file__).resolve().parent / "views"
 
 
 def test_mode_coverage_counts_modes_that_get_their_share():

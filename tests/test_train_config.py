@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ldm.training.config import TrainConfigError, apply_overrides, is_autoencoder, load_train_config, resolve
+from ldm.training.config import apply_overrides, is_autoencoder, load_train_config, resolve
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.tiny import TINY_CONFIGS
 
 
@@ -73,9 +74,9 @@ def test_bad_settings_fail_with_one_line(override, message):
 
 def test_unknown_top_level_section_in_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model: {target: ldm.vae.AutoencoderKL}\ntraining: {lr: 1e-4}\n")
+    path.write_text("model: {target: ldm.models.vae.AutoencoderKL}\ntraining: {lr: 1e-4}\n")
     assert load_train_config(path)["training"]["lr"] == 1e-4  # a float, although YAML 1.1 says string
-    path.write_text("model: {target: ldm.vae.AutoencoderKL}\noptim: {lr: 1}\n")
+    path.write_text("model: {target: ldm.models.vae.AutoencoderKL}\noptim: {lr: 1}\n")
     with pytest.raises(TrainConfigError, match="unknown config section"):
         load_train_config(path)
     with pytest.raises(TrainConfigError, match="needs a 'model'"):
@@ -85,7 +86,7 @@ def test_unknown_top_level_section_in_file(tmp_path):
 
 
 def test_cli_reports_config_errors(tmp_path, capsys):
-    from ldm.cli import main
+    from ldm.interfaces.cli.main import main
 
     assert main(["train", "--config", str(TINY_CONFIGS["ldm"]), "bogus.key=1"]) == 2
     assert "unknown section 'bogus'" in capsys.readouterr().err
@@ -99,7 +100,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 
 def test_bf16_speed_is_known_from_the_cpu_flags(tmp_path):
-    from ldm.devices import cpu_has_fast_bf16
+    from ldm.core.devices import cpu_has_fast_bf16
 
     plain, fast = tmp_path / "plain", tmp_path / "fast"
     plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
@@ -120,13 +121,13 @@ def test_bf16_speed_is_known_from_the_cpu_flags(tmp_path):
     ],
 )
 def test_auto_precision_follows_the_hardware(accelerator, cuda, cuda_bf16, cpu_bf16, expected):
-    from ldm.devices import auto_training_precision
+    from ldm.core.devices import auto_training_precision
 
     assert auto_training_precision(accelerator, cuda, cuda_bf16, cpu_bf16) == expected
 
 
 def test_trainer_resolves_auto_precision(tmp_path, monkeypatch):
-    import ldm.devices
+    import ldm.core.devices
     from ldm.training.run import build_trainer
 
     cfg = load_train_config(
@@ -134,5 +135,5 @@ def test_trainer_resolves_auto_precision(tmp_path, monkeypatch):
         [f"logging.run_dir={tmp_path / 'run'}", "trainer.precision=auto", "trainer.accelerator=cpu"],
     )
     for fast, expected in ((True, "bf16-mixed"), (False, "32-true")):
-        monkeypatch.setattr(ldm.devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        monkeypatch.setattr(ldm.core.devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert build_trainer(cfg).precision == expected

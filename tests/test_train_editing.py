@@ -5,7 +5,7 @@ import pytest
 import torch
 from factories import tiny_inpaint_model, tiny_model, tiny_upscaler_model
 
-from ldm.degradations import Degradation
+from ldm.data.degradations import Degradation
 from ldm.training.editing import EditingTrainingError, InpaintingModule, UpscalerModule, WithLowRes, WithMasks
 
 

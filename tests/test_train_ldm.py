@@ -10,9 +10,9 @@ import torch
 import yaml
 from factories import with_ctrl_c
 
-from ldm.checkpoint import load_state_dict
-from ldm.cli import main as cli_main
-from ldm.model import load_model
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.io.checkpoint import load_state_dict
 from ldm.training.run import build_data, build_module, train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
@@ -161,7 +161,7 @@ def test_ctrl_c_saves_the_exact_step_and_resume_loses_nothing(shapes, tmp_path):
     cfg_b = tiny_train_config("ldm", shapes, run_b, common + ["trainer.max_steps=100000"])
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg_b))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ldm.cli", "train", "--config", str(tmp_path / "b.yaml")],
+        [sys.executable, "-m", "ldm.interfaces.cli.main", "train", "--config", str(tmp_path / "b.yaml")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -299,7 +299,7 @@ def test_latent_cache_encodes_each_image_once_and_draws_the_same_latents(shapes,
     a = cached.latents(batch["image"], torch.Generator().manual_seed(0), batch["key"])
     b = cached.latents(batch["image"], torch.Generator().manual_seed(1), batch["key"])
     assert not torch.equal(a, b)
-    from ldm.training.config import TrainConfigError
+    from ldm.training.config_checks import TrainConfigError
 
     with pytest.raises(TrainConfigError, match="center_crop"):
         tiny_train_config("ldm", shapes, tmp_path, ["training.latent_cache=10", "data.center_crop=false"])
@@ -319,7 +319,7 @@ def test_init_text_encoder_from_clip_weights(shapes, tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(shapes, tmp_path):
-    from ldm.unet import ResBlock
+    from ldm.models.unet import ResBlock
 
     batch = fixed_batch(tiny_train_config("ldm", shapes, tmp_path))
     batch = {"image": batch["image"][:4], "caption": batch["caption"][:4]}

@@ -12,11 +12,11 @@ import yaml
 from factories import write_training_base
 from safetensors import safe_open
 
-from ldm.checkpoint import load_state_dict
-from ldm.cli import main as cli_main
-from ldm.lora import apply_lora
-from ldm.model import load_model
-from ldm.training.config import TrainConfigError
+from ldm.adapters.lora import apply_lora
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.io.checkpoint import load_state_dict
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config

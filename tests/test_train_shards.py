@@ -85,7 +85,9 @@ def test_uneven_shards_end_with_equal_steps_and_say_what_was_dropped(tmp_path):
 
 
 def test_resume_mid_shard_epoch_repeats_and_skips_nothing(tmp_path):
-    workers = 2  # two loader workers, each reading its own run of shards (no workers: tests/test_shard_stream.py)
+    workers = (
+        2  # two loader workers, each reading its own run of shards (no workers: tests/training/test_shard_stream.py)
+    )
     pattern = shards(tmp_path, 28, 5)  # 6 shards (5 x 5 + 3): 7 steps per epoch at batch 4
     common = [f"data.shards={pattern}", f"data.num_workers={workers}", "logging.checkpoint_every_n_steps=0"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"

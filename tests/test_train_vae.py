@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models.vgg import cfgs, make_layers
 
-from ldm.checkpoint import CheckpointError, load_into, load_state_dict
-from ldm.config import instantiate, load_config
+from ldm.core.config import instantiate, load_config
+from ldm.io.checkpoint import CheckpointError, load_into, load_state_dict
 from ldm.training.losses import LPIPS, PatchDiscriminator, hinge_d_loss
 from ldm.training.run import build_data, build_module, train
 from ldm.training.shapes import make_shapes_dataset

@@ -11,9 +11,9 @@ import yaml
 from factories import tiny_config, tiny_model
 from PIL import Image
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main
-from ldm.pipeline import txt2img
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import save_state_dict
+from ldm.tasks.txt2img import txt2img
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_console_script_runs_as_a_process(model_files, tmp_path):
         [
             sys.executable,
             "-m",
-            "ldm.cli",
+            "ldm.interfaces.cli.main",
             "txt2img",
             "cat",
             "--config",
@@ -134,8 +134,8 @@ def test_batch_image_equals_single_image_with_its_seed(model):
 
 
 def test_guidance_scale_one_is_the_conditional_prediction(model):
-    from ldm.denoisers import CFGDenoiser
-    from ldm.pipeline import prompt_conditions
+    from ldm.sampling.denoisers import CFGDenoiser
+    from ldm.tasks.base import prompt_conditions
 
     cond, uncond = prompt_conditions(model, ["a red apple"], ["a green pear"])
     den = model.denoiser()

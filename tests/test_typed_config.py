@@ -11,16 +11,16 @@ import torch
 import yaml
 from factories import tiny_config
 
-from ldm.config import ConfigError, instantiate
+from ldm.core.config import ConfigError, instantiate
 from ldm.training.config import (
     AutoencoderTraining,
     ClipTraining,
     DiffusionTraining,
-    TrainConfigError,
     load_train_config,
     resolve,
     training_section,
 )
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.tiny import TINY_CONFIGS
 
 OLD_CHECKPOINT = Path(__file__).parent / "data" / "vae-run-e4731bb.ckpt"
@@ -30,10 +30,10 @@ MAIN_WRITTEN = {kind: Path(__file__).parent / "data" / f"tiny-{kind}-config-fb24
 
 
 def test_each_kind_gets_its_own_optimiser_defaults():
-    vae = {"model": {"target": "ldm.vae.AutoencoderKL"}, "data": {"root": "x"}}
+    vae = {"model": {"target": "ldm.models.vae.AutoencoderKL"}, "data": {"root": "x"}}
     t = resolve(vae)["training"]
     assert (t["lr"], t["betas"]) == (4.5e-6, [0.5, 0.9])  # the autoencoder's, not the diffusion model's
-    clip = resolve({"model": {"target": "ldm.text_encoder.OpenCLIP"}})["training"]
+    clip = resolve({"model": {"target": "ldm.models.text_encoder.OpenCLIP"}})["training"]
     assert (clip["lr"], clip["weight_decay"], clip["betas"]) == (1e-3, 0.1, [0.9, 0.98])
     ldm = load_train_config(TINY_CONFIGS["ldm"])
     assert ldm["training"]["betas"] == [0.9, 0.999] and isinstance(training_section(ldm), DiffusionTraining)

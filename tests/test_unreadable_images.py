@@ -10,12 +10,13 @@ import torch
 import yaml
 from torch.utils.data import Subset
 
-from ldm.cli import main as cli_main
 from ldm.data.folder import CaptionedImageFolder, UnreadableImageError
-from ldm.training.data import SampleStream, SkipUnreadable, TooManyUnreadableImagesError, UnreadableImages
+from ldm.interfaces.cli.main import main as cli_main
+from ldm.training.data import SampleStream
 from ldm.training.run import train
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
+from ldm.training.unreadable import SkipUnreadable, TooManyUnreadableImagesError, UnreadableImages
 
 FAST = [
     "logging.sample_every_n_steps=0",

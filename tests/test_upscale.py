@@ -11,12 +11,21 @@ import yaml
 from factories import tiny_model, tiny_upscaler_config, tiny_upscaler_model
 from PIL import Image
 
-from ldm.checkpoint import from_original_keys, load_into, save_state_dict
-from ldm.cli import main
-from ldm.config import model_from_config
-from ldm.editing import ImageTooSmallError, WrongModelError
-from ldm.images import pil_to_tensor
-from ldm.upscale import BackProjectionError, NoiseLevelError, TileError, back_project, tile_starts, tiled_map, upscale
+from ldm.core.config import model_from_config
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import from_original_keys, load_into, save_state_dict
+from ldm.io.images import pil_to_tensor
+from ldm.tasks.base import WrongModelError
+from ldm.tasks.editing import ImageTooSmallError
+from ldm.tasks.upscale import (
+    BackProjectionError,
+    NoiseLevelError,
+    TileError,
+    back_project,
+    tile_starts,
+    tiled_map,
+    upscale,
+)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 

@@ -1,4 +1,4 @@
-"""The learned schedule and the continuous-time bound (ldm.vdm, ldm.toy_vdm)."""
+"""The learned schedule and the continuous-time bound (ldm.diffusion.vdm, ldm.toys.vdm)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import math
 
 import torch
 
-from ldm.likelihood import bits_per_dim, gaussian_nll
-from ldm.schedules import get_sigmas
-from ldm.toy2d import make_data
-from ldm.toy_vdm import ToyVDM
-from ldm.vdm import (
+from ldm.diffusion.likelihood import bits_per_dim, gaussian_nll
+from ldm.diffusion.schedules import get_sigmas
+from ldm.diffusion.vdm import (
     GAMMA_MAX,
     GAMMA_MIN,
     FixedGamma,
@@ -19,6 +17,8 @@ from ldm.vdm import (
     alphas_cumprod_from_gamma,
     continuous_bound,
 )
+from ldm.toys.points import make_data
+from ldm.toys.vdm import ToyVDM
 
 STD = 0.5
 

@@ -9,9 +9,9 @@ import yaml
 from factories import tiny_config, tiny_model
 from PIL import Image, ImageSequence
 
-from ldm.checkpoint import save_state_dict
-from ldm.cli import main
-from ldm.walk import WalkError, gif_bytes, lerp, slerp, walk_frames, walk_positions
+from ldm.interfaces.cli.main import main
+from ldm.io.checkpoint import save_state_dict
+from ldm.tasks.walk import WalkError, gif_bytes, lerp, slerp, walk_frames, walk_positions
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_walk_needs_two_different_ends(model):
 
 
 def test_walk_ends_are_the_plain_txt2img_images(model):
-    from ldm.pipeline import txt2img
+    from ldm.tasks.txt2img import txt2img
 
     frames = walk_frames(model, "a cat", "a dog", 1, 2, 3, height=16, width=16, options=_opts(), progress=False)
     first = txt2img(model, "a cat", seed=1, height=16, width=16, options=_opts(), progress=False)[0]
@@ -70,7 +70,7 @@ def test_walk_ends_are_the_plain_txt2img_images(model):
 
 
 def _opts():
-    from ldm.pipeline import SamplingOptions
+    from ldm.sampling.options import SamplingOptions
 
     return SamplingOptions(steps=3, guidance_scale=3.0)
 
@@ -133,7 +133,7 @@ def test_gif_boomerang_plays_back():
 def test_mp4_is_written_when_imageio_ffmpeg_is_there_and_said_plainly_when_not(tmp_path):
     import importlib.util
 
-    from ldm.walk import VideoUnavailableError, save_mp4
+    from ldm.tasks.walk import VideoUnavailableError, save_mp4
 
     frames = [Image.new("RGB", (16, 16), (i * 40, 100, 200 - i * 40)) for i in range(5)]
     if importlib.util.find_spec("imageio_ffmpeg") is None:
@@ -151,7 +151,7 @@ def test_mp4_is_written_when_imageio_ffmpeg_is_there_and_said_plainly_when_not(t
 
 def test_mp4_is_written_whole_or_not_at_all(tmp_path):
     pytest.importorskip("imageio_ffmpeg", reason="MP4 output needs imageio-ffmpeg (pip install -e '.[app]')")
-    from ldm.walk import save_mp4
+    from ldm.tasks.walk import save_mp4
 
     earlier = tmp_path / "w.mp4"
     earlier.write_bytes(b"an earlier walk")

@@ -34,7 +34,7 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_
         "configs/train/tiny-ldm.yaml",
     ):
         assert f"ldm/shipped/{shipped}" in names, shipped
-    assert "ldm/app/views/text.py" in names
+    assert "ldm/interfaces/app/views/text.py" in names
 
     # A fresh venv without this checkout: the dependencies come from the test's own environment (a path
     # entry only, so its editable install of ldm is not seen), ldm from the wheel.
@@ -67,7 +67,7 @@ def test_wheel_installs_into_a_fresh_venv_and_generates_from_another_folder(tmp_
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import ldm, ldm.defaults as d; print(ldm.__file__); print(d.default_checkpoint_path())",
+            "import ldm, ldm.core.defaults as d; print(ldm.__file__); print(d.default_checkpoint_path())",
         ],
         cwd=elsewhere,
         env=env,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ldm.app.toy import points_frame
-from ldm.toy_compare import Comparison
+from ldm.interfaces.app.toy import points_frame
+from ldm.toys.compare import Comparison
 
 
 def sample_frames(comparison: Comparison, n: int = 800) -> dict[str, pd.DataFrame]:
-    """Per model: the data and its samples (ldm.app.toy.points_frame), for one scatter chart each."""
+    """Per model: the data and its samples (ldm.interfaces.app.toy.points_frame), for one scatter chart each."""
     return {
         name: points_frame(comparison.data[:n], points[:n], "samples") for name, points in comparison.samples.items()
     }

@@ -8,10 +8,10 @@ from typing import Any
 
 import streamlit as st
 
-from ldm.controlnet import CONTROL_MODES, RESIZE_MODES, Control, ControlNet
-from ldm.controlnet_files import load_controlnet
-from ldm.errors import InvalidOptionError
-from ldm.images import load_image, open_image
+from ldm.core.errors import InvalidOptionError
+from ldm.formats.controlnet_files import load_controlnet
+from ldm.io.images import load_image, open_image
+from ldm.models.controlnet import CONTROL_MODES, RESIZE_MODES, Control, ControlNet
 
 
 def control_inputs(prefix: str) -> dict[str, Any]:

@@ -1,12 +1,12 @@
-"""Edit page logic: reading uploads and masks; the editing itself is ldm.img2img / inpaint / upscale."""
+"""Edit page logic: reading uploads and masks; the editing itself is ldm.tasks.img2img / inpaint / upscale."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from ldm.images import InvalidImageError, open_image
-from ldm.masks import MaskError, mask_from_image
+from ldm.core.masks import MaskError, mask_from_image
+from ldm.io.images import InvalidImageError, open_image
 
 
 def read_image(data: bytes, mode: str = "RGB") -> Image.Image:

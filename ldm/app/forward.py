@@ -6,13 +6,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ldm.diffusion import q_sample
-from ldm.errors import InvalidOptionError
-from ldm.images import pil_to_tensor, tensor_to_pil
-from ldm.model import LatentDiffusion
-from ldm.schedules import SCHEDULES, alphas_cumprod_from_betas, log_snr, make_betas
-from ldm.toy2d import make_data
-from ldm.toy_vdm import ToyVDM
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.parameterisation import q_sample
+from ldm.diffusion.schedules import SCHEDULES, alphas_cumprod_from_betas, log_snr, make_betas
+from ldm.io.images import pil_to_tensor, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.toys.points import make_data
+from ldm.toys.vdm import ToyVDM
 
 LEARNED = "learned (toy VDM)"  # the learned schedule's column in the curves
 LEARNED_DATA = "spiral"  # what the learned schedule is trained on: the toy page's 2-D spiral (2,000 points)
@@ -34,12 +34,12 @@ def learned_schedule_alphas(
     train_steps: int = LEARNED_TRAIN_STEPS,
     seed: int = 0,
 ) -> torch.Tensor:
-    """alpha_bar_t of a VDM schedule gamma(t) learned on the toy spiral (ldm.toy_vdm; fixed seed, `train_steps`
+    """alpha_bar_t of a VDM schedule gamma(t) learned on the toy spiral (ldm.toys.vdm; fixed seed, `train_steps`
     Adam steps), its ends pinned to the linear schedule's as configured:
 
         gamma(0) = -log SNR_linear(0),  gamma(1) = -log SNR_linear(T - 1),  alpha_bar_k = sigmoid(-gamma(k / (T - 1))).
 
-    Only the shape in between is learned (the variance-minimising one of ldm.vdm), so the three curves share ends.
+    Only the shape in between is learned (the variance-minimising one of ldm.diffusion.vdm), so the three curves share ends.
     """
     gamma_min, gamma_max = (
         -float(v) for v in log_snr(schedule_alphas("linear", num_timesteps, linear_start, linear_end)[1])[[0, -1]]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ldm.app.state import source_from_env
+from ldm.interfaces.app.state import source_from_env
 
 VIEWS = Path(__file__).resolve().parent / "views"
 

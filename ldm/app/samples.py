@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 
 class UnknownSampleError(LdmError, KeyError):

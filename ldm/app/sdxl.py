@@ -1,5 +1,5 @@
-"""The text-to-image page's SDXL controls: the refiner hand-off and the micro-conditionings (ldm.sdxl_refiner), with
-the references' defaults; the same options as `ldm txt2img --refiner ... --original-size ...` (ldm.sdxl_args)."""
+"""The text-to-image page's SDXL controls: the refiner hand-off and the micro-conditionings (ldm.tasks.sdxl_refiner), with
+the references' defaults; the same options as `ldm txt2img --refiner ... --original-size ...` (ldm.interfaces.cli.sdxl_args)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 
 import streamlit as st
 
-from ldm.errors import MissingFileError
-from ldm.model import LatentDiffusion, load_model
-from ldm.sdxl_args import micro_from_args
-from ldm.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE
-from ldm.sdxl_refiner import DEFAULT_SWITCH, RefinerError, is_sdxl
+from ldm.core.errors import MissingFileError
+from ldm.formats.load import load_model
+from ldm.interfaces.cli.sdxl_args import micro_from_args
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE
+from ldm.tasks.sdxl_refiner import DEFAULT_SWITCH, RefinerError, is_sdxl
 
 
 @st.cache_resource(show_spinner="Loading the refiner…", max_entries=1)
@@ -27,7 +28,7 @@ def load_refiner(path: str, device: str) -> LatentDiffusion:
 
 
 def sdxl_controls(model: LatentDiffusion, prefix: str = "t2i") -> dict[str, Any] | None:
-    """The keyword arguments of ldm.sdxl_refiner.sdxl_txt2img the page's SDXL controls give (None: not SDXL)."""
+    """The keyword arguments of ldm.tasks.sdxl_refiner.sdxl_txt2img the page's SDXL controls give (None: not SDXL)."""
     if not is_sdxl(model):
         return None
     with st.expander("SDXL: refiner and micro-conditionings"):

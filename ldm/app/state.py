@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 if TYPE_CHECKING:  # torch and the model load only when a model is asked for
-    from ldm.model import LatentDiffusion
+    from ldm.models.latent_diffusion import LatentDiffusion
 
 ENV_CONFIG = "LDM_APP_CONFIG"
 ENV_CKPT = "LDM_APP_CKPT"
@@ -42,7 +42,7 @@ class ModelSource:
         image, so it does not depend on the main model), else None."""
         if self.upscaler_config and self.upscaler_ckpt:
             return self.upscaler_config, self.upscaler_ckpt
-        from ldm.defaults import default_model_files
+        from ldm.core.defaults import default_model_files
 
         files = default_model_files("upscale")
         return (str(files[0]), str(files[1])) if files else None
@@ -70,8 +70,8 @@ def source_from_env(env: Mapping[str, str] | None = None) -> ModelSource:
 
 def student_choice(source: ModelSource) -> str | None:
     """The text-to-image page's label of the shipped student ("fast (4-step student)") when the app runs the shipped
-    model and the student is shipped beside it (ldm.variants); None otherwise."""
-    from ldm.variants import config_sampling, student_files
+    model and the student is shipped beside it (ldm.formats.variants); None otherwise."""
+    from ldm.formats.variants import config_sampling, student_files
 
     files = student_files()
     if source.config is not None or source.ckpt is not None or files is None:
@@ -87,10 +87,10 @@ def load_main_model(
     config: str | None, ckpt: str | None, device: str = "auto", variant: str = "full"
 ) -> LatentDiffusion:
     """The model for text-to-image, editing and walks; a clear error when the shipped one is absent. variant: of the
-    shipped model (ldm.variants), "full" or "student" (the text-to-image page's choice)."""
-    from ldm.defaults import default_checkpoint_path, default_config_path
-    from ldm.devices import resolve_device
-    from ldm.model import load_model
+    shipped model (ldm.formats.variants), "full" or "student" (the text-to-image page's choice)."""
+    from ldm.core.defaults import default_checkpoint_path, default_config_path
+    from ldm.core.devices import resolve_device
+    from ldm.formats.load import load_model
 
     if config is None:
         cfg, weights = default_config_path(), default_checkpoint_path()
@@ -104,9 +104,9 @@ def load_main_model(
 
 
 def load_upscaler(config: str, ckpt: str, device: str = "auto") -> LatentDiffusion:
-    from ldm.devices import resolve_device
-    from ldm.model import load_model
-    from ldm.upscale import check_upscaler
+    from ldm.core.devices import resolve_device
+    from ldm.formats.load import load_model
+    from ldm.tasks.upscale import check_upscaler
 
     model = load_model(config, ckpt, resolve_device(device))
     check_upscaler(model)
@@ -116,9 +116,9 @@ def load_upscaler(config: str, ckpt: str, device: str = "auto") -> LatentDiffusi
 def load_inpainter(source: ModelSource) -> LatentDiffusion | None:
     """The shipped inpainting model when the app runs the shipped text-to-image model (it is derived from that
     one); None otherwise, and the edit page blends with the app's own model instead."""
-    from ldm.defaults import default_model_files
-    from ldm.devices import resolve_device
-    from ldm.model import load_model
+    from ldm.core.defaults import default_model_files
+    from ldm.core.devices import resolve_device
+    from ldm.formats.load import load_model
 
     files = default_model_files("inpaint")
     if source.config is not None or source.ckpt is not None or files is None:

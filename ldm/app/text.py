@@ -10,13 +10,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ldm import defaults
-from ldm.errors import InvalidOptionError
-from ldm.images import save_png, tensor_to_pil
-from ldm.model import LatentDiffusion
-from ldm.pipeline import SamplingOptions, settings_dict, txt2img
-from ldm.sdxl_args import sdxl_record
-from ldm.sdxl_refiner import sdxl_txt2img
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
+from ldm.interfaces.cli.sdxl_args import sdxl_record
+from ldm.io.images import save_png, tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.sdxl_refiner import sdxl_txt2img
+from ldm.tasks.txt2img import settings_dict, txt2img
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
 
@@ -56,7 +57,7 @@ def generate(
 ) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
     recorded in the settings as `ldm txt2img --label` records it; sdxl: an SDXL model's refiner and
-    micro-conditionings (ldm.sdxl_refiner.sdxl_txt2img's keywords, ldm.app.sdxl)."""
+    micro-conditionings (ldm.tasks.sdxl_refiner.sdxl_txt2img's keywords, ldm.interfaces.app.sdxl)."""
     options = options or SamplingOptions()
     options.validate()
     height = height or model.default_image_size

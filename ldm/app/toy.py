@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 
-from ldm.errors import InvalidOptionError
-from ldm.toy2d import ToyDiffusion, make_data, nearest_distance, noise_baseline
+from ldm.core.errors import InvalidOptionError
+from ldm.toys.points import ToyDiffusion, make_data, nearest_distance, noise_baseline
 
 
 def train_schedules(

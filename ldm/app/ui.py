@@ -8,17 +8,16 @@ from contextlib import contextmanager
 import streamlit as st
 from PIL import Image
 
-from ldm import defaults
-from ldm.app.edit import read_image
-from ldm.app.samples import SAMPLES, sample_image
-from ldm.app.state import ModelSource, load_inpainter, load_main_model, load_upscaler, source_from_env
-from ldm.errors import LdmError
-from ldm.model import LatentDiffusion
-from ldm.pipeline import SamplingOptions
-from ldm.samplers import SAMPLERS
-from ldm.sampling import task_options
+from ldm.core import defaults
+from ldm.core.errors import LdmError
+from ldm.interfaces.app.edit import read_image
+from ldm.interfaces.app.samples import SAMPLES, sample_image
+from ldm.interfaces.app.state import ModelSource, load_inpainter, load_main_model, load_upscaler, source_from_env
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.sampling.options import SamplingOptions, task_options
+from ldm.sampling.samplers import SAMPLERS
 
-# What a user's bad input or a missing file raises in the library (ldm.errors): shown as a message.
+# What a user's bad input or a missing file raises in the library (ldm.core.errors): shown as a message.
 # Anything else is a bug, and Streamlit shows its traceback.
 USER_ERRORS = (LdmError,)
 
@@ -39,7 +38,7 @@ def _cached_upscaler(config: str, ckpt: str, device: str) -> LatentDiffusion:
 
 def get_model(variant: str = "full") -> LatentDiffusion | None:
     """The app's model, loaded once per process; None (with the reason shown) when it cannot be loaded. variant:
-    of the shipped model, "student" for the text-to-image page's fast choice (ldm.variants)."""
+    of the shipped model, "student" for the text-to-image page's fast choice (ldm.formats.variants)."""
     src = model_source()
     try:
         return _cached_model(src.config, src.ckpt, src.device, variant)
@@ -120,8 +119,8 @@ def sampling_controls(
     prefix: str, task: str = "txt2img", seed: bool = True, model: LatentDiffusion | None = None
 ) -> tuple[SamplingOptions, int | None]:
     """Sampler, steps, guidance scale and (unless seed is False, for pages with their own seeds) a seed, starting
-    at the task's defaults (ldm.defaults: the same as the CLI's and the Python API's) under the model's own (a
-    student's steps and spacing, ldm.variants)."""
+    at the task's defaults (ldm.core.defaults: the same as the CLI's and the Python API's) under the model's own (a
+    student's steps and spacing, ldm.formats.variants)."""
     own = dict(getattr(model, "sampling_defaults", None) or {})
     d = task_options(task, **own)
     cols = st.columns(4 if seed else 3)

@@ -1,4 +1,4 @@
-"""ldm app: the interactive Streamlit app (ldm/app/main.py) on localhost."""
+"""ldm app: the interactive Streamlit app (ldm/interfaces/app/main.py) on localhost."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ldm.app.state import ENV_CKPT, ENV_CONFIG, ENV_DEVICE, ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
-from ldm.commands.common import log
-from ldm.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.interfaces.app.state import ENV_CKPT, ENV_CONFIG, ENV_DEVICE, ENV_UPSCALER_CKPT, ENV_UPSCALER_CONFIG
+from ldm.interfaces.cli.common import log
 
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
 

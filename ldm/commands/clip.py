@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ldm.clip import DEFAULT_CONFIG
+    from ldm.models.clip import DEFAULT_CONFIG
 
     p = sub.add_parser("clip", help="train a tiny OpenCLIP on a captioned folder with train/ and heldout/ splits")
     p.add_argument("--data", default="data/emoji", help="dataset root with train/ and heldout/ (default: data/emoji)")
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ldm.images import check_new_outputs
+    from ldm.io.images import check_new_outputs
     from ldm.training.clip import WEIGHTS_NAME, train_and_report
 
     if not args.eval_only:  # --eval-only re-measures the weights there and rewrites only the card

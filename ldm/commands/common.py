@@ -1,4 +1,5 @@
 """Options and steps several subcommands share: model loading, sampling options, saving."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,14 +11,13 @@ from typing import Any
 
 from PIL import Image
 
-from ldm import defaults
-from ldm.devices import resolve_device, set_sampling_threads  # resolve_device: re-exported, the commands' --device
-from ldm.errors import InvalidOptionError, LdmError, MissingFileError
-from ldm.images import check_writable, make_grid, next_index, save_numbered_png
-from ldm.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, MAX_PROMPTS_PER_FILE, check_prompt_length
-from ldm.pipeline import PRECISIONS, SamplingOptions
-from ldm.samplers import SAMPLERS
-from ldm.sampling import sampler_options_help, samplers_with, task_options
+from ldm.core import defaults
+from ldm.core.devices import resolve_device, set_sampling_threads  # resolve_device: re-exported, the commands' --device
+from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.core.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, MAX_PROMPTS_PER_FILE, check_prompt_length
+from ldm.io.images import check_writable, make_grid, next_index, save_numbered_png
+from ldm.sampling.options import PRECISIONS, SamplingOptions, sampler_options_help, samplers_with, task_options
+from ldm.sampling.samplers import SAMPLERS
 
 log = logging.getLogger("ldm")
 
@@ -35,15 +35,21 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.option_strings and "default" not in text and action.default is not None and action.default is not False  # noqa: E501
-                and action.default not in ("", []) and action.default is not argparse.SUPPRESS):
+        if (
+            action.option_strings
+            and "default" not in text
+            and action.default is not None
+            and action.default is not False  # noqa: E501
+            and action.default not in ("", [])
+            and action.default is not argparse.SUPPRESS
+        ):
             text += " (default: %(default)s)"
         return text
 
 
 class Given(argparse.Action):
     """Stores an option's value and records that the user gave it (in args.given): a model's own sampling
-    defaults (a student's steps and spacing, ldm.variants) fill only the options left out."""
+    defaults (a student's steps and spacing, ldm.formats.variants) fill only the options left out."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         setattr(namespace, self.dest, values)
@@ -56,7 +62,7 @@ def mark_given(args: argparse.Namespace, *dests: str) -> None:
 
 def apply_model_sampling(args: argparse.Namespace, own: dict[str, Any]) -> dict[str, Any]:
     """Set the model's own sampling defaults (a config's `sampling:`) on the options the user left out; returns those set."""  # noqa: E501
-    from ldm.variants import SAMPLING_KEYS
+    from ldm.formats.variants import SAMPLING_KEYS
 
     given = getattr(args, "given", set())
     applied = {key: value for key, value in own.items() if SAMPLING_KEYS[key] not in given}
@@ -67,65 +73,147 @@ def apply_model_sampling(args: argparse.Namespace, own: dict[str, Any]) -> dict[
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="model config YAML (ours or an original SD one); default: detected from --ckpt")
-    p.add_argument("--ckpt", help="weights (.safetensors, or .ckpt read with weights_only) or a diffusers folder; "
-                                  "default: the emoji model")
-    p.add_argument("--prediction", choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768-v "
-                   "files without metadata need v; see ldm/formats.py)")
-    p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")  # noqa: E501
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads; default: the cores other work leaves idle (one-minute load average), unless "
-                        "OMP_NUM_THREADS is set")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the U-Net (torch.compile, inductor, weights frozen): minutes to compile, then each step "  # noqa: E501
-                        "faster (SD 2-base fp32 on a CPU: 0.84-0.88x the eager time); for many images, not one")
-    p.add_argument("--embedding", action="append", default=[], metavar="PATH",
-                   help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
-                        "its file name is the word that calls it in prompts; repeat for several")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
-                   help="apply a LoRA (ours or kohya/A1111 layout) at WEIGHT (default 1); repeat for several")
-    p.add_argument("--clip-skip", type=int, default=None, metavar="N",
-                   help="the text encoder layer the U-Net reads, counted from the end as in A1111: 1 = the last "
-                        "layer, 2 = the penultimate, ... (always through the final layer norm); default: the "
-                        "model's own, 1 for SD 1.x, 2 for SD 2.x (which reads the penultimate layer)")
-    p.add_argument("--tiled-vae", nargs="?", const="64:16", default=None, metavar="TILE:OVERLAP",
-                   help="run the autoencoder in overlapping tiles of TILE latent samples (64: 512 px at f=8) for "
-                        "images larger than one tile, to fit large images in memory (default when given: 64:16)")
-    p.add_argument("--vae", metavar="FILE",
-                   help="replace the autoencoder's weights with a separate VAE file's (original layout: encoder.*, "
-                        "decoder.*, quant_conv.*, post_quant_conv.*, e.g. vae-ft-mse-840000-ema-pruned.safetensors)")
+    p.add_argument(
+        "--ckpt",
+        help="weights (.safetensors, or .ckpt read with weights_only) or a diffusers folder; default: the emoji model",
+    )
+    p.add_argument(
+        "--prediction",
+        choices=["eps", "v"],
+        help="override the model's prediction type (SD 2.x 768-v "
+        "files without metadata need v; see ldm/formats/detect.py)",
+    )
+    p.add_argument(
+        "--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."
+    )  # noqa: E501
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads; default: the cores other work leaves idle (one-minute load average), unless "
+        "OMP_NUM_THREADS is set",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the U-Net (torch.compile, inductor, weights frozen): minutes to compile, then each step "  # noqa: E501
+        "faster (SD 2-base fp32 on a CPU: 0.84-0.88x the eager time); for many images, not one",
+    )
+    p.add_argument(
+        "--embedding",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
+        "its file name is the word that calls it in prompts; repeat for several",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="apply a LoRA (ours or kohya/A1111 layout) at WEIGHT (default 1); repeat for several",
+    )
+    p.add_argument(
+        "--clip-skip",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the text encoder layer the U-Net reads, counted from the end as in A1111: 1 = the last "
+        "layer, 2 = the penultimate, ... (always through the final layer norm); default: the "
+        "model's own, 1 for SD 1.x, 2 for SD 2.x (which reads the penultimate layer)",
+    )
+    p.add_argument(
+        "--tiled-vae",
+        nargs="?",
+        const="64:16",
+        default=None,
+        metavar="TILE:OVERLAP",
+        help="run the autoencoder in overlapping tiles of TILE latent samples (64: 512 px at f=8) for "
+        "images larger than one tile, to fit large images in memory (default when given: 64:16)",
+    )
+    p.add_argument(
+        "--vae",
+        metavar="FILE",
+        help="replace the autoencoder's weights with a separate VAE file's (original layout: encoder.*, "
+        "decoder.*, quant_conv.*, post_quant_conv.*, e.g. vae-ft-mse-840000-ema-pruned.safetensors)",
+    )
 
 
 def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None:
-    """The sampling options; their defaults are the task's (ldm.defaults), as in the Python API and the app."""
+    """The sampling options; their defaults are the task's (ldm.core.defaults), as in the Python API and the app."""
     d = task_options(task)
-    p.add_argument("--negative-prompt", default="",
-                   help="what to steer away from (replaces the empty prompt in guidance); a prompt or negative "
-                        f"prompt is at most {MAX_PROMPT_CHARS:,} characters")
+    p.add_argument(
+        "--negative-prompt",
+        default="",
+        help="what to steer away from (replaces the empty prompt in guidance); a prompt or negative "
+        f"prompt is at most {MAX_PROMPT_CHARS:,} characters",
+    )
     p.add_argument("--steps", type=int, default=d.steps, action=Given, help="sampling steps")
-    p.add_argument("--scale", type=float, default=d.guidance_scale, action=Given, help="classifier-free guidance scale (1 = no guidance)")  # noqa: E501
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=d.guidance_scale,
+        action=Given,
+        help="classifier-free guidance scale (1 = no guidance)",
+    )  # noqa: E501
     p.add_argument("--sampler", default=d.sampler, action=Given, help=f"one of {', '.join(SAMPLERS)}")
-    p.add_argument("--sampler-option", dest="sampler_option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
-                        "--sampler-option snr=0.2 --sampler-option corrector_steps=2; an option the sampler "
-                        "lacks, or a value outside its range, is refused; repeat for several. "
-                        f"{sampler_options_help()}")
-    p.add_argument("--eta", type=float, default=None, action=Given,
-                   help=f"noise of {', '.join(samplers_with('eta'))} (default: the sampler's own, ddim 0, others 1)")
-    p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
-                   help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
-                        "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)")
-    p.add_argument("--spacing", default=d.spacing, action=Given, help="timestep spacing: leading, trailing, linspace or exponential (evenly in log sigma)")  # noqa: E501
+    p.add_argument(
+        "--sampler-option",
+        dest="sampler_option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
+        "--sampler-option snr=0.2 --sampler-option corrector_steps=2; an option the sampler "
+        "lacks, or a value outside its range, is refused; repeat for several. "
+        f"{sampler_options_help()}",
+    )
+    p.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        action=Given,
+        help=f"noise of {', '.join(samplers_with('eta'))} (default: the sampler's own, ddim 0, others 1)",
+    )
+    p.add_argument(
+        "--ddim-variant",
+        choices=["sd", "k"],
+        default=None,
+        help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
+        "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)",
+    )
+    p.add_argument(
+        "--spacing",
+        default=d.spacing,
+        action=Given,
+        help="timestep spacing: leading, trailing, linspace or exponential (evenly in log sigma)",
+    )  # noqa: E501
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
-    p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")  # noqa: E501
+    p.add_argument(
+        "--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)"
+    )  # noqa: E501
     p.add_argument("--seed", type=int, default=defaults.SEED, help="noise seed; image i of a run uses seed + i")
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="autocast precision")
-    p.add_argument("--long-prompts", action="store_true",
-                   help="A1111-style: encode prompts over 75 tokens in chunks of 75 instead of cutting them at 77")
+    p.add_argument(
+        "--long-prompts",
+        action="store_true",
+        help="A1111-style: encode prompts over 75 tokens in chunks of 75 instead of cutting them at 77",
+    )
     p.add_argument("--emphasis", action="store_true", help="A1111-style (word:1.2), (word) and [word] weights")
-    p.add_argument("--outdir", default="outputs",
-                   help="where PNGs are written, as the next free numbers (an earlier image is never replaced)")
-    p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
-                   help="refuse work estimated to need more memory than this (default: 80%% of the device's; inf: no limit)")  # noqa: E501
+    p.add_argument(
+        "--outdir",
+        default="outputs",
+        help="where PNGs are written, as the next free numbers (an earlier image is never replaced)",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="refuse work estimated to need more memory than this (default: 80%% of the device's; inf: no limit)",
+    )  # noqa: E501
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -154,7 +242,7 @@ def option_value(text: str) -> bool | int | float | str:
 
 def parse_sampler_options(specs: list[str]) -> dict[str, Any]:
     """["snr=0.2", "corrector_steps=2"] -> {"snr": 0.2, "corrector_steps": 2}; whether the sampler has them is
-    checked with the other options (ldm.sampling.sampler_kwargs)."""
+    checked with the other options (ldm.sampling.options.sampler_kwargs)."""
     options: dict[str, Any] = {}
     for spec in specs:
         key, sep, value = spec.partition("=")
@@ -176,22 +264,31 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     for name in ("prompt", "prompt_a", "prompt_b", "negative_prompt"):
         if isinstance(getattr(args, name, None), str):
             check_prompt_length(getattr(args, name), name.replace("_", " "))
-    return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
-                           spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
-                           precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis,
-                           ddim_variant=args.ddim_variant,
-                           extra=parse_sampler_options(getattr(args, "sampler_option", None) or []))
+    return SamplingOptions(
+        steps=args.steps,
+        guidance_scale=args.scale,
+        sampler=args.sampler,
+        eta=args.eta,
+        spacing=args.spacing,
+        karras=args.karras,
+        guidance_rescale=args.guidance_rescale,
+        precision=args.precision,
+        long_prompts=args.long_prompts,
+        emphasis=args.emphasis,
+        ddim_variant=args.ddim_variant,
+        extra=parse_sampler_options(getattr(args, "sampler_option", None) or []),
+    )
 
 
 def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", variant: str | None = "full"):
-    """The model the options name, or without --ckpt the shipped one for `task` (ldm.defaults): for text-to-image
-    the `variant` (ldm.variants; "full" unless the command offers --model, None: the default one)."""
-    from ldm.model import load_model
+    """The model the options name, or without --ckpt the shipped one for `task` (ldm.core.defaults): for text-to-image
+    the `variant` (ldm.formats.variants; "full" unless the command offers --model, None: the default one)."""
+    from ldm.formats.load import load_model
 
     if args.config and not args.ckpt:
         # A config alone builds a model with random weights: its images are noise, which nobody wants by accident.
         raise InvalidOptionError("--config needs --ckpt (the model's weights); without them the model is random")
-    from ldm.lora import apply_lora, parse_lora_spec
+    from ldm.adapters.lora import apply_lora, parse_lora_spec
 
     loras = [parse_lora_spec(spec) for spec in getattr(args, "lora", [])]  # a missing file fails before loading
     clip_skip, vae = getattr(args, "clip_skip", None), getattr(args, "vae", None)
@@ -200,7 +297,7 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
     if vae is not None and not Path(vae).is_file():
         raise MissingFileError(f"VAE file not found: {vae}")
     if getattr(args, "embedding", None):
-        from ldm.embeddings import embedding_files
+        from ldm.adapters.embeddings import embedding_files
 
         for path in args.embedding:  # a missing file fails before loading
             embedding_files(path)
@@ -219,7 +316,7 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
     for path, weight in loras:
         apply_lora(model, path, weight)
     if getattr(args, "embedding", None):
-        from ldm.embeddings import load_embeddings
+        from ldm.adapters.embeddings import load_embeddings
 
         load_embeddings(model, args.embedding)
     if getattr(args, "precision", None) == "bf16" and device.type == "cpu":
@@ -237,14 +334,14 @@ def use_cpu_bf16(model) -> None:
     fp32: said, not refused."""
     import torch
 
-    from ldm.devices import warn_if_bf16_is_emulated
+    from ldm.core.devices import warn_if_bf16_is_emulated
 
     warn_if_bf16_is_emulated("--precision bf16", "--precision fp32")
     model.unet.to(torch.bfloat16, memory_format=torch.channels_last)
 
 
 def parse_tiling(spec: str) -> dict[str, int]:
-    """"TILE:OVERLAP" (latent samples) -> {"tile", "overlap"}, checked."""
+    """ "TILE:OVERLAP" (latent samples) -> {"tile", "overlap"}, checked."""
     tile, _, overlap = spec.partition(":")
     try:
         tiling = {"tile": int(tile), "overlap": int(overlap or 16)}
@@ -257,7 +354,7 @@ def parse_tiling(spec: str) -> dict[str, int]:
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
     """The prompts to run: the one given, or each line of --from-file that is not blank, each checked against
-    ldm.limits.MAX_PROMPT_CHARS (the whole file is checked before any work)."""
+    ldm.core.limits.MAX_PROMPT_CHARS (the whole file is checked before any work)."""
     if args.from_file:
         return read_prompt_file(args.from_file)
     if args.prompt is None:
@@ -282,8 +379,10 @@ def read_prompt_file(name: str | Path) -> list[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise PromptFileError(f"prompt file {path} is not UTF-8 text: byte {exc.start} (0x{data[exc.start]:02x}) "
-                              f"cannot be decoded; save it as UTF-8") from None
+        raise PromptFileError(
+            f"prompt file {path} is not UTF-8 text: byte {exc.start} (0x{data[exc.start]:02x}) "
+            f"cannot be decoded; save it as UTF-8"
+        ) from None
     prompts = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -304,7 +403,7 @@ def check_counts(*counts: tuple[str, int]) -> None:
 
 def chunk_size(model: Any, args: argparse.Namespace, height: int, width: int, count: int) -> int:
     """Images per chunk for this size under the memory limit (refused with one line if not even one fits)."""
-    from ldm.limits import memory_limit, plan_chunk
+    from ldm.core.limits import memory_limit, plan_chunk
 
     return plan_chunk(model, height, width, count, memory_limit(model.device, args.max_memory))
 
@@ -347,16 +446,23 @@ class ImageWriter:
         """Write the grid (for 2 to GRID_LIMIT images); returns every path written."""
         if self.grid and 1 < len(self._grid_images) <= self.GRID_LIMIT:
             first = next_index(self.outdir, r"grid-(\d+)", "grid-*.png")
-            path, _ = save_numbered_png(make_grid(self._grid_images), self.outdir, "grid-{:04d}.png", first,
-                                        pattern=r"grid-(\d+)", glob="grid-*.png")
+            path, _ = save_numbered_png(
+                make_grid(self._grid_images),
+                self.outdir,
+                "grid-{:04d}.png",
+                first,
+                pattern=r"grid-(\d+)",
+                glob="grid-*.png",
+            )
             self.paths.append(path)
         elif self.grid and len(self._grid_images) > self.GRID_LIMIT:
             log.info("no grid for more than %d images", self.GRID_LIMIT)
         return self.paths
 
 
-def save_images(images: list[Image.Image], settings: list[dict[str, Any]], outdir: str | Path,
-                grid: bool = True) -> list[Path]:
+def save_images(
+    images: list[Image.Image], settings: list[dict[str, Any]], outdir: str | Path, grid: bool = True
+) -> list[Path]:
     """Numbered PNGs in outdir/samples (continuing earlier runs' numbers) and a grid in outdir."""
     writer = ImageWriter(outdir, grid)
     for image, s in zip(images, settings):

@@ -55,13 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ldm.convert import ConvertError, convert_checkpoint
+    from ldm.formats.convert import ConvertError, convert_checkpoint
 
     if args.merge_lora:
         import torch
 
-        from ldm.lora import parse_lora_spec
-        from ldm.lora_merge import merge_loras_into_file
+        from ldm.adapters.lora import parse_lora_spec
+        from ldm.formats.merge_lora import merge_loras_into_file
 
         if args.no_ema or args.no_schedule:
             raise ConvertError(
@@ -100,11 +100,11 @@ def _model_to_other_layout(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ldm.convert import ConvertError
-    from ldm.diffusers_export import write_folder, write_single_file
-    from ldm.diffusers_format import folder_config
-    from ldm.formats import resolve_config
-    from ldm.model import load_model
+    from ldm.formats.convert import ConvertError
+    from ldm.formats.detect import resolve_config
+    from ldm.formats.diffusers import folder_config
+    from ldm.formats.diffusers_export import write_folder, write_single_file
+    from ldm.formats.load import load_model
 
     if args.no_ema or args.no_schedule:
         raise ConvertError("--to diffusers and folder inputs write the model alone: leave out --no-ema/--no-schedule")

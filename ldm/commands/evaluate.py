@@ -6,10 +6,10 @@ import argparse
 
 import torch
 
-from ldm.commands.common import add_model_args, log, resolve_device, set_sampling_threads
-from ldm.defaults import shipped_path
-from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.images import check_new_outputs, write_text_output
+from ldm.core.defaults import shipped_path
+from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.interfaces.cli.common import add_model_args, log, resolve_device, set_sampling_threads
+from ldm.io.images import check_new_outputs, write_text_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--toy-model",
         default=None,
-        help="with --nll: a 2-D toy model file (ldm.toy_files.save_toy) instead of an image model; "
+        help="with --nll: a 2-D toy model file (ldm.toys.files.save_toy) instead of an image model; "
         "the bound is then of the points themselves, in data space",
     )
     p.add_argument(
@@ -112,10 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ldm.commands.common import load_model_from_args
-    from ldm.evaluate import EvalSettings, evaluate_model, format_table, load_real, save_results
-    from ldm.metrics import InceptionFeatures
-    from ldm.training.clip import DEFAULT_CONFIG, create_clip, load_clip
+    from ldm.evaluation.metrics import InceptionFeatures
+    from ldm.evaluation.report import EvalSettings, evaluate_model, format_table, load_real, save_results
+    from ldm.interfaces.cli.common import load_model_from_args
+    from ldm.models.clip import DEFAULT_CONFIG, create_clip, load_clip
 
     check_new_outputs(args.out, args.table, overwrite=args.overwrite)  # before any work, not after it
     if args.compare:
@@ -164,14 +164,14 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_model(model, clip, args.data, settings, inception=inception, size=size, real=real)
     table = format_table(results)
     if args.prompt_list:
-        from ldm.evaluate import Judge
-        from ldm.evaluate_prompts import (
+        from ldm.evaluation.prompts import (
             evaluate_prompt_list,
             evaluate_styles,
             format_prompt_table,
             format_style_table,
             read_prompt_list,
         )
+        from ldm.evaluation.report import Judge
 
         judge = Judge(clip, real)
         listed = read_prompt_list(args.prompt_list)
@@ -195,13 +195,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def nll(args: argparse.Namespace) -> int:
-    """`ldm eval --nll`: bits/dim of the held-out images' latents (ldm.evaluate_likelihood)."""
+    """`ldm eval --nll`: bits/dim of the held-out images' latents (ldm.evaluation.likelihood)."""
     import json
     from pathlib import Path
 
-    from ldm.commands.common import load_model_from_args
-    from ldm.evaluate import load_real
-    from ldm.evaluate_likelihood import latent_nll
+    from ldm.evaluation.likelihood import latent_nll
+    from ldm.evaluation.report import load_real
+    from ldm.interfaces.cli.common import load_model_from_args
 
     if args.nll_timesteps < 1 or args.nll_images < 1 or args.batch_size < 1:
         raise InvalidOptionError("--nll-timesteps, --nll-images and --batch-size must be at least 1")
@@ -232,8 +232,8 @@ def toy_nll_command(args: argparse.Namespace) -> int:
     """`ldm eval --nll --toy-model FILE --toy-data NAME|FILE`: bits/dim of held-out points, in data space."""
     import json
 
-    from ldm.evaluate_likelihood import load_points, toy_nll
-    from ldm.toy_files import load_toy
+    from ldm.evaluation.likelihood import load_points, toy_nll
+    from ldm.toys.files import load_toy
 
     if not args.toy_model or not args.toy_data:
         raise InvalidOptionError("--nll on a toy model needs both --toy-model FILE and --toy-data NAME|FILE")
@@ -254,7 +254,7 @@ def compare(specs: list[str], table_path: str | None) -> int:
     import json
     from pathlib import Path
 
-    from ldm.evaluate import format_comparison
+    from ldm.evaluation.report import format_comparison
 
     results = {}
     for spec in specs:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ldm import defaults
-from ldm.commands.common import (
+from ldm.core import defaults
+from ldm.interfaces.cli.common import (
     ImageWriter,
     add_model_args,
     add_sampling_args,
@@ -17,10 +17,11 @@ from ldm.commands.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.controlnet_cli import add_control_args, attach_controls, control_specs
-from ldm.editing import as_pil, check_strength
-from ldm.img2img import img2img, prepare_image
-from ldm.pipeline import settings_dict
+from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls, control_specs
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.editing import as_pil
+from ldm.tasks.img2img import img2img, prepare_image
+from ldm.tasks.txt2img import settings_dict
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ldm import defaults
-from ldm.commands.common import (
+from ldm.core import defaults
+from ldm.core.masks import check_mask
+from ldm.interfaces.cli.common import (
     ImageWriter,
     add_model_args,
     add_sampling_args,
@@ -17,11 +18,11 @@ from ldm.commands.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.controlnet_cli import add_control_args, attach_controls, control_specs
-from ldm.editing import as_pil, check_strength, size_multiple
-from ldm.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
-from ldm.masks import check_mask
-from ldm.pipeline import settings_dict
+from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls, control_specs
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.editing import as_pil, size_multiple
+from ldm.tasks.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
+from ldm.tasks.txt2img import settings_dict
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:

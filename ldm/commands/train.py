@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ldm.errors import InvalidOptionError
+from ldm.core.errors import InvalidOptionError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,9 @@ import argparse
 import inspect
 from dataclasses import fields
 
-from ldm.commands.common import (
+from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.formats.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
+from ldm.interfaces.cli.common import (
     ImageWriter,
     add_model_args,
     add_sampling_args,
@@ -20,16 +22,14 @@ from ldm.commands.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.controlnet_cli import add_control_args, apply_control_settings, attach_controls, control_specs
-from ldm.errors import InvalidOptionError, MissingFileError
-from ldm.images import check_size
-from ldm.infotext import settings_from_png
-from ldm.pipeline import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
-from ldm.samplers import SAMPLERS, get_sampler
-from ldm.sampling import sampler_parameters
-from ldm.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
-from ldm.sdxl_refiner import sdxl_txt2img
-from ldm.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
+from ldm.interfaces.cli.controlnet_args import add_control_args, apply_control_settings, attach_controls, control_specs
+from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
+from ldm.io.images import check_size
+from ldm.io.infotext import settings_from_png
+from ldm.sampling.options import SamplingOptions, sampler_parameters
+from ldm.sampling.samplers import SAMPLERS, get_sampler
+from ldm.tasks.sdxl_refiner import sdxl_txt2img
+from ldm.tasks.txt2img import settings_dict, txt2img, txt2img_learned_variance
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--learned-variance",
         action="store_true",
         help="with --sampler ddpm, on a model trained with learned_variance: ancestral DDPM with the "
-        "U-Net's own step variance (ldm.pipeline.txt2img_learned_variance) instead of the fixed one",
+        "U-Net's own step variance (ldm.tasks.txt2img.txt2img_learned_variance) instead of the fixed one",
     )
     add_sampling_args(p)
     add_model_args(p)
@@ -109,7 +109,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         )
     if settings.get("prompt") is None:
         raise InvalidOptionError(f"{args.from_png} has settings but no prompt")
-    # Types are checked (ldm.infotext.check_setting_types); ranges and lengths as the command line's, below.
+    # Types are checked (ldm.io.infotext.check_setting_types); ranges and lengths as the command line's, below.
     args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt") or ""
     for key, attr in (
         ("seed", "seed"),
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
             "--learned-variance: this model has no learned variance (its config's "
             "learned_variance is off); leave the option out"
         )
-    sdxl = sdxl_options(args, model)  # an SDXL model's refiner and micro-conditionings (ldm.sdxl_refiner)
+    sdxl = sdxl_options(args, model)  # an SDXL model's refiner and micro-conditionings (ldm.tasks.sdxl_refiner)
     labelled = {"label": args.label} if args.label is not None else {}
     if args.learned_variance:
         labelled["learned_variance"] = True

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ldm import defaults
-from ldm.commands.common import (
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
+from ldm.interfaces.cli.common import (
     ImageWriter,
     add_model_args,
     add_sampling_args,
@@ -16,10 +17,9 @@ from ldm.commands.common import (
     log,
     sampling_options,
 )
-from ldm.editing import as_pil
-from ldm.errors import InvalidOptionError
-from ldm.pipeline import settings_dict
-from ldm.upscale import upscale
+from ldm.tasks.editing import as_pil
+from ldm.tasks.txt2img import settings_dict
+from ldm.tasks.upscale import upscale
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_upscale_memory(model: Any, args: argparse.Namespace, image: Any) -> None:
     """Tiles bound the sampling memory, but the blended output is held whole (with its blend weights)."""
-    from ldm.errors import ResourceLimitError
-    from ldm.limits import GIB, memory_limit
+    from ldm.core.errors import ResourceLimitError
+    from ldm.core.limits import GIB, memory_limit
 
     tile = args.tile_size or model.image_size
     f = model.downscale

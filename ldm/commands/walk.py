@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ldm import defaults
-from ldm.commands.common import (
+from ldm.core import defaults
+from ldm.interfaces.cli.common import (
     add_model_args,
     add_sampling_args,
     check_writable,
@@ -17,8 +17,8 @@ from ldm.commands.common import (
     log,
     sampling_options,
 )
-from ldm.images import check_size, save_png
-from ldm.walk import WalkError, save_gif, save_mp4, walk_frames
+from ldm.io.images import check_size, save_png
+from ldm.tasks.walk import WalkError, save_gif, save_mp4, walk_frames
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ldm.core.errors import InvalidOptionError, LdmError
 from ldm.data.emoji_sources import (
     DEFAULT_SOURCES_DIR,
     HELD_OUT_SOURCES,
@@ -37,7 +38,6 @@ from ldm.data.emoji_sources import (
     load_keywords,
     render_svg,
 )
-from ldm.errors import InvalidOptionError, LdmError
 
 FONT_PACKAGE = "fonts-noto-color-emoji"
 EMOJI_LIST_PACKAGE = "unicode-data"
@@ -372,6 +372,6 @@ def summary_line(summary: dict, out: str | os.PathLike) -> str:
 
 
 if __name__ == "__main__":  # the old entry point, now `ldm data emoji` (one command-line parser)
-    from ldm.cli import main
+    from ldm.interfaces.cli.main import main
 
     sys.exit(main(["data", "emoji", *sys.argv[1:]]))

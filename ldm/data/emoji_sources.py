@@ -30,7 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 DEFAULT_SOURCES_DIR = "data/emoji-sources"
 TONE_SLUGS = {

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.errors import InvalidOptionError, LdmError
-from ldm.images import InvalidImageError, open_image
+from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.io.images import InvalidImageError, open_image
 
 # Optional captions.jsonl fields: extra captions to sample, a style word, a sampling weight (training), a group (evaluation).  # noqa: E501
 EXTRA_FIELDS = ("keywords", "style", "weight", "group")

@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 DEFAULT_SOURCES_DIR = "data/photo-sources"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".svg", ".tif", ".tiff", ".bmp")

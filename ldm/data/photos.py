@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ldm.core.errors import InvalidOptionError, LdmError
 from ldm.data.folder import load_rgb
 from ldm.data.photo_sources import DEFAULT_SOURCES_DIR, PACKAGES, Package, fetch_package, licence_verdict, survey
-from ldm.errors import InvalidOptionError, LdmError
 
 DEFAULT_OUT = "data/photos"
 TRAIN_CROPS = 4000  # the default --per-image spreads about this many crops over the training photos

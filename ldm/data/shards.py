@@ -23,7 +23,6 @@ import fsspec
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from ldm.checkpoint import atomic_path
 from ldm.data.folder import (
     EXTRA_FIELDS,
     CaptionedImageFolder,
@@ -32,7 +31,8 @@ from ldm.data.folder import (
     resize_and_crop,
     to_tensor,
 )
-from ldm.images import InvalidImageError, open_image
+from ldm.io.checkpoint import atomic_path
+from ldm.io.images import InvalidImageError, open_image
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ after each real optimiser step. Lightning 2.6's `EMAWeightAveraging` callback wa
   VAE (0.95M) and text encoder (11.3M) are 63% of its 19.4M weights, so the copy would be 2.7x the U-Net's;
 - it rewrites checkpoints: the average goes to "state_dict" and the live weights to "current_model_state",
   where run checkpoints so far hold the live weights in "state_dict" and the average under `ema.module.*`
-  (tests/test_train_ldm.py checks that layout); every run checkpoint written until now would need converting
+  (tests/training/test_train_ldm.py checks that layout); every run checkpoint written until now would need converting
   before it resumes, and `check_resumable`'s strict key check would refuse them as they are;
 - it has no decay warm-up (torch's get_ema_avg_fn uses a fixed decay; the reference's
   min(decay, (1 + n) / (10 + n)) would have to be passed in anyway), and it swaps the average into the model

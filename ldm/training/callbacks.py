@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ldm.images import make_grid, save_png
+from ldm.io.images import make_grid, save_png
 
 log = logging.getLogger(__name__)
 

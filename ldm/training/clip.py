@@ -2,7 +2,7 @@
 
 The model is open_clip's own `CLIP`, built from an open_clip-format JSON config, trained with
 `open_clip.loss.ClipLoss`, so its weights load into open_clip (and into
-`ldm.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names. The text tower is
+`ldm.models.text_encoder.FrozenOpenCLIPEmbedder`) with open_clip's key names. The text tower is
 standard (77 tokens, the stock 49408-token BPE vocabulary), so the bundled tokenizer works offline.
 
     ldm clip --data data/emoji --out runs/clip --steps 500
@@ -22,8 +22,10 @@ from pathlib import Path
 import open_clip
 import torch
 
-from ldm.checkpoint import load_state_dict  # noqa: F401 (re-exported with the CLIP helpers below)
-from ldm.clip import (
+from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.data.folder import CaptionedImageFolder
+from ldm.io.checkpoint import load_state_dict  # noqa: F401 (re-exported with the CLIP helpers below)
+from ldm.models.clip import (
     DEFAULT_CONFIG,
     create_clip,
     encode_text_trimmed,
@@ -31,8 +33,6 @@ from ldm.clip import (
     save_clip,
     tokenize,
 )
-from ldm.data.folder import CaptionedImageFolder
-from ldm.errors import InvalidOptionError, LdmError, MissingFileError
 
 WEIGHTS_NAME = "clip.safetensors"
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature from collapsing
@@ -184,7 +184,7 @@ def _write_card(path: Path, report: dict) -> None:
         "English CLDR names). Its text tower is the text encoder of the project's small pretrained emoji diffusion model.",  # noqa: E501
         "",
         "- Config: `configs/emoji/emoji-clip.json` (open_clip format; `open_clip.add_model_config(path)` then",
-        '  `open_clip.create_model("emoji-clip")`, or `ldm.training.clip.load_clip(weights)`).',
+        '  `open_clip.create_model("emoji-clip")`, or `ldm.models.clip.load_clip(weights)`).',
         f"- Weights: `{WEIGHTS_NAME}`, fp16 safetensors, open_clip `CLIP` state dict keys ({report['parameters']:,} parameters;",  # noqa: E501
         "  the text tower is everything outside `visual.*`).",
         "- Tokenizer: open_clip's bundled BPE (`open_clip.tokenize`), context length 77.",
@@ -326,6 +326,6 @@ def train_and_report(
 
 
 if __name__ == "__main__":  # the old entry point, now `ldm clip` (one command-line parser)
-    from ldm.cli import main
+    from ldm.interfaces.cli.main import main
 
     sys.exit(main(["clip", *sys.argv[1:]]))

@@ -1,8 +1,8 @@
 """Training configs: one YAML with six sections, defaults filled in, dotted command-line overrides.
 
 Schema (every key optional except `model` and `data.root`): the dataclasses below, one set of defaults.
-The run kind follows from the model target (a `ldm.vae.AutoencoderKL` node trains an autoencoder,
-`ldm.text_encoder.OpenCLIP` a CLIP, anything else a diffusion model), and picks the training section's type,
+The run kind follows from the model target (a `ldm.models.vae.AutoencoderKL` node trains an autoencoder,
+`ldm.models.text_encoder.OpenCLIP` a CLIP, anything else a diffusion model), and picks the training section's type,
 so each kind gets its own optimiser defaults (the autoencoder the reference's lr 4.5e-6 and betas (0.5, 0.9),
 never the diffusion model's) and a key of another kind, or a misspelt one, is an error naming the closest.
 
@@ -58,7 +58,7 @@ from typing import Any
 
 import yaml
 
-from ldm.config import ConfigError, closest
+from ldm.core.config import ConfigError, closest
 
 SECTIONS = ("model", "init", "training", "data", "trainer", "logging", "lora", "distill")
 
@@ -161,8 +161,8 @@ class LoggingSection:
 
 @dataclass
 class LoraSection:
-    """Fine-tune with low-rank adapters (ldm.lora) instead of the whole U-Net: rank 0 is off. The base stays
-    frozen, only the adapter trains and is exported (lora.safetensors); targets are ldm.lora_layers.GROUPS."""
+    """Fine-tune with low-rank adapters (ldm.adapters.lora) instead of the whole U-Net: rank 0 is off. The base stays
+    frozen, only the adapter trains and is exported (lora.safetensors); targets are ldm.adapters.lora_layers.GROUPS."""
 
     rank: int = 0
     alpha: float | None = None  # None: the rank (scale 1)
@@ -175,7 +175,7 @@ class LoraSection:
 
 @dataclass
 class DistillSection:
-    """Guided progressive distillation (ldm.distillation, ldm.training.distill_module): off while teacher is null.
+    """Guided progressive distillation (ldm.diffusion.distillation, ldm.training.distill_module): off while teacher is null.
     The student is the `model:` node (its U-Net with `guidance_embed: true`) and starts as a copy of the teacher."""
 
     teacher: str | None = (
@@ -384,12 +384,12 @@ def load_train_config(
 
 def is_autoencoder(cfg: dict) -> bool:
     """Whether the run trains an autoencoder (model target is a VAE) rather than a diffusion model."""
-    return cfg["model"]["target"] in ("ldm.vae.AutoencoderKL", "ldm.models.autoencoder.AutoencoderKL")
+    return cfg["model"]["target"] in ("ldm.models.vae.AutoencoderKL", "ldm.models.autoencoder.AutoencoderKL")
 
 
 def is_clip(cfg: dict) -> bool:
     """Whether the run trains a contrastive CLIP (text encoder or judge) rather than a generative model."""
-    return cfg["model"]["target"] == "ldm.text_encoder.OpenCLIP"
+    return cfg["model"]["target"] == "ldm.models.text_encoder.OpenCLIP"
 
 
 def dump(cfg: dict, path: str | os.PathLike) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ldm.training.config import TrainConfigError
+from ldm.training.config_checks import TrainConfigError
 
 
 def _is_number(value: Any) -> bool:
@@ -188,7 +188,7 @@ def _check_lora(cfg: dict, kind: str) -> None:
     _number(cfg, "lora", "alpha", 1e-12, math.inf, "a positive number", optional=True)
     if _number(cfg, "lora", "dropout", 0.0, 1.0, "a probability in [0, 1)") == 1.0:
         raise TrainConfigError("lora.dropout must be a probability in [0, 1), got 1.0")
-    from ldm.lora_layers import GROUPS
+    from ldm.adapters.lora_layers import GROUPS
 
     targets = lora["targets"]
     if not isinstance(targets, list) or not targets or any(t not in GROUPS for t in targets):

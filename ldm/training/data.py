@@ -23,8 +23,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
+from ldm.core.errors import LdmError
 from ldm.data.folder import CaptionedImageFolder, UnreadableImageError
-from ldm.errors import LdmError
 from ldm.training.captions import CaptionSampling
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ldm.checkpoint import save_state_dict
+from ldm.io.checkpoint import save_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`ldm distill`: the stages of guided progressive distillation (ldm.distillation), one training run each.
+"""`ldm distill`: the stages of guided progressive distillation (ldm.diffusion.distillation), one training run each.
 
 Stage i trains in <logging.run_dir>/<stage name> ("guidance", "halve-16", "halve-8", ...) for its
 `distill.steps_per_stage` steps and exports model.safetensors there, which is the teacher of stage i + 1; the
@@ -15,7 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from ldm.training.config import TrainConfigError, load_train_config
+from ldm.training.config import load_train_config
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.run import LAST, train
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,10 @@ def run_distillation(config_path: str | os.PathLike, overrides: list[str] | None
 
 
 def student_sampling(stage: str | int, scale_range: list[float] | None = None) -> dict:
-    """How a stage's student samples (ldm.variants' `sampling:`): a halving stage of N teacher steps lands in N / 2
+    """How a stage's student samples (ldm.formats.variants' `sampling:`): a halving stage of N teacher steps lands in N / 2
     DDIM steps on the trailing grid it was trained on; any stage at the default guidance scale, within the scales it
     was distilled for."""
-    from ldm import defaults
+    from ldm.core import defaults
 
     low, high = scale_range or (defaults.GUIDANCE_SCALE, defaults.GUIDANCE_SCALE)
     sampling: dict = {"guidance_scale": float(min(max(defaults.GUIDANCE_SCALE, low), high))}
@@ -94,12 +95,12 @@ def student_sampling(stage: str | int, scale_range: list[float] | None = None) -
 def write_student_config(
     stage_dir: Path, base: str, stage: str | int = "guidance", scale_range: list[float] | None = None
 ) -> Path:
-    """student.yaml beside a LoRA stage's lora.safetensors: the derived model's inference config (ldm.derived) with
+    """student.yaml beside a LoRA stage's lora.safetensors: the derived model's inference config (ldm.formats.derived) with
     its name and its own sampling defaults (`student_sampling`), so that `ldm txt2img --config student.yaml --ckpt
     lora.safetensors` samples the student over its base with its steps and spacing."""
     import yaml
 
-    from ldm.checkpoint import atomic_path
+    from ldm.io.checkpoint import atomic_path
 
     node = yaml.safe_load((stage_dir / "lora.yaml").read_text())
     node["base"] = str(Path(base).resolve())

@@ -1,4 +1,4 @@
-"""Lightning wrapper for one stage of guided progressive distillation (the maths: ldm.distillation).
+"""Lightning wrapper for one stage of guided progressive distillation (the maths: ldm.diffusion.distillation).
 
 The student is the run's model (its U-Net built with `guidance_embed: true`), started as a copy of the teacher;
 everything a diffusion run has carries over from `LatentDiffusionModule`: frozen VAE and text encoder with their
@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ldm.diffusion import DiscreteTimeDenoiser, sigma_batch
-from ldm.distillation import guidance_example, guided_prediction, halving_example, halving_grid, weighted_mse
-from ldm.errors import LdmError
-from ldm.model import LatentDiffusion
+from ldm.core.errors import LdmError
+from ldm.diffusion.distillation import guidance_example, guided_prediction, halving_example, halving_grid, weighted_mse
+from ldm.diffusion.parameterisation import DiscreteTimeDenoiser, sigma_batch
+from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.training.ldm_module import LatentDiffusionModule
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def is_lora_export(path: Path) -> bool:
     """Whether a weights file is a LoRA run's export (an adapter over a base), as the stages of a LoRA student are."""
     from safetensors import safe_open
 
-    from ldm.lora import SUFFIXES
+    from ldm.adapters.lora import SUFFIXES
 
     if path.suffix != ".safetensors" or not path.is_file():
         return False
@@ -128,9 +128,9 @@ def is_lora_export(path: Path) -> bool:
 
 def load_lora_teacher(weights: Path, config: Path, base: str | None) -> LatentDiffusion:
     """The stage before of a LoRA student: its base (init.checkpoint) with that stage's adapter and whole tensors."""
-    from ldm.config import instantiate
-    from ldm.derived import load_derived_weights
-    from ldm.formats import resolve_config
+    from ldm.core.config import instantiate
+    from ldm.formats.derived import load_derived_weights
+    from ldm.formats.detect import resolve_config
 
     if not base:
         raise DistillationError(f"the teacher {weights} is a LoRA export: init.checkpoint must name its base model")
@@ -142,7 +142,7 @@ def load_lora_teacher(weights: Path, config: Path, base: str | None) -> LatentDi
 def build_distillation(cfg: dict, student: LatentDiffusion, module_kwargs: dict[str, Any]) -> DistillationModule:
     """The stage's module: the teacher loaded from `distill.teacher`, the student started as its copy (a new
     guidance embedding, whose last layer is zero, is the one part the teacher lacks)."""
-    from ldm.model import load_model
+    from ldm.formats.load import load_model
 
     dist = cfg["distill"]
     weights = Path(dist["teacher"])

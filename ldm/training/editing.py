@@ -1,10 +1,10 @@
 """Training the conditional kinds: SD 2-style inpainting and x4-upscaler models.
 
 Both are `LatentDiffusionModule`s that fill its `conditions` hook with the inputs inference builds
-(by the same functions, `ldm.inpaint.masked_image_condition` and `ldm.upscale.low_res_condition`):
+(by the same functions, `ldm.tasks.inpaint.masked_image_condition` and `ldm.tasks.upscale.low_res_condition`):
 - `InpaintingModule`: concat [mask at latent size, latent of the masked image], with the
   mask from the batch ("mask") or a random one (boxes, brush strokes, outpainting borders,
-  sometimes everything) drawn from `ldm.masks`;
+  sometimes everything) drawn from `ldm.core.masks`;
 - `UpscalerModule`: concat the low-res image (from the batch, "lr", or a bicubic shrink of the
   target), noise-augmented to a random level, and that level as `y`.
 
@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.degradations import Degradation
-from ldm.errors import LdmError
-from ldm.inpaint import inpaint, masked_image_condition
-from ldm.masks import MASK_KINDS, random_mask
-from ldm.model import LatentDiffusion
+from ldm.core.errors import LdmError
+from ldm.core.masks import MASK_KINDS, random_mask
+from ldm.data.degradations import Degradation
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.tasks.inpaint import inpaint, masked_image_condition
+from ldm.tasks.upscale import low_res_condition, upscale
 from ldm.training.ldm_module import LatentDiffusionModule
-from ldm.upscale import low_res_condition, upscale
 
 
 class EditingTrainingError(LdmError, ValueError):
@@ -184,7 +184,7 @@ class UpscalerModule(_EditingModule):
         return F.interpolate(images, scale_factor=1 / f, mode="bicubic", antialias=True).clamp(-1, 1)
 
     def _low_res_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        """{"concat", "y"} of `ldm.upscale.low_res_condition` at a level drawn from the batch's seed (the same
+        """{"concat", "y"} of `ldm.tasks.upscale.low_res_condition` at a level drawn from the batch's seed (the same
         draw however often it is asked for; the batch itself is not written to)."""
         g = torch.Generator(device=self.device).manual_seed(self._rng_seed(batch, 2))
         low = self.low_res(batch)

@@ -1,7 +1,7 @@
 """Inference exports of a training run: weights as safetensors plus the YAML that builds the model.
 
 A diffusion run writes `model.safetensors` (EMA U-Net + VAE + text encoder, original SD key layout)
-and `model.yaml` (the model node with the final scale_factor), which `ldm.model.load_model` and
+and `model.yaml` (the model node with the final scale_factor), which `ldm.formats.load.load_model` and
 `ldm txt2img --config model.yaml --ckpt model.safetensors` read. An autoencoder run writes
 `vae.safetensors` (bare AutoencoderKL keys, like standalone SD VAE files) and `vae.yaml`.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ldm.checkpoint import OPEN_CLIP_LAYOUT, atomic_path, save_state_dict, to_original_keys, write_error
-from ldm.config import target_class
+from ldm.core.config import target_class
+from ldm.io.checkpoint import OPEN_CLIP_LAYOUT, atomic_path, save_state_dict, to_original_keys, write_error
 
 
 def _write_yaml_atomic(data: dict, path: Path) -> None:
@@ -54,7 +54,7 @@ def export_diffusion(
     out = Path(out_dir)
     weights, config = out / "model.safetensors", out / "model.yaml"
     node = inference_model_node(model_node, scale_factor)
-    # The config travels inside the file too, so the weights alone load (ldm.formats reads it).
+    # The config travels inside the file too, so the weights alone load (ldm.formats.detect reads it).
     meta = {"format": "pt", "scale_factor": repr(float(scale_factor)), "ldm_config": json.dumps(node)}
     if step is not None:
         meta["step"] = str(step)
@@ -79,7 +79,7 @@ def export_clip(
 ) -> tuple[Path, Path]:
     """Write clip.safetensors (fp16, open_clip keys) and clip.json (its open_clip config) into out_dir."""
 
-    from ldm.text_encoder import open_clip_config
+    from ldm.models.text_encoder import open_clip_config
 
     out = Path(out_dir)
     weights, config = out / "clip.safetensors", out / "clip.json"
@@ -99,7 +99,7 @@ def export_lora(
 ) -> tuple[Path, Path]:
     """A LoRA run's export: lora.safetensors (the adapter alone, its config and base in the metadata) and
     lora.yaml, the base model's inference config, which the adapter is applied to (`--lora`)."""
-    from ldm.lora import save_lora
+    from ldm.adapters.lora import save_lora
 
     out = Path(out_dir)
     weights, config = out / "lora.safetensors", out / "lora.yaml"
@@ -126,7 +126,7 @@ def export_lora(
 def _base_hash(cfg: dict) -> str:
     """The SHA-256 of the base checkpoint a LoRA was trained on (init.checkpoint), or "" when it was built
     from parts."""
-    from ldm.checkpoint import file_sha256
+    from ldm.io.checkpoint import file_sha256
 
     base = cfg["init"].get("checkpoint")
     return file_sha256(base) if base and Path(base).is_file() else ""

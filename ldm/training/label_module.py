@@ -6,7 +6,7 @@ U-Net's label embedding, ldm.training.labels), so at sampling time
 
     D_w(x; c) = D(x; null) + w * (D(x; c) - D(x; null))
 
-mixes the label's prediction with the null label's (ldm.tasks.label_conditions). With a text encoder the
+mixes the label's prediction with the null label's (ldm.tasks.base.label_conditions). With a text encoder the
 caption is dropped as well, independently (training.cond_dropout), so the model learns text alone, label
 alone, both and neither; a label-only model (cond_stage_config: null, no U-Net context_dim) sees no text.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ldm.model import LatentDiffusion
+from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.training.config import DiffusionTraining as _D
 from ldm.training.labels import LabelError
 from ldm.training.ldm_module import LatentDiffusionModule
@@ -66,7 +66,7 @@ class ClassConditionalModule(LatentDiffusionModule):
     ) -> list[Image.Image]:
         """One image per class (the first GRID_CLASSES) with the EMA U-Net; with text, class i gets prompt i
         of `prompts` (cycled), without text the empty prompt."""
-        from ldm.pipeline import txt2img
+        from ldm.tasks.txt2img import txt2img
 
         names = self.model.class_names[:GRID_CLASSES]
         texts = [

@@ -18,8 +18,8 @@ import copy
 
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from ldm.core.errors import LdmError
 from ldm.data.folder import CaptionedImageFolder
-from ldm.errors import LdmError
 
 CAPTION = "caption"  # label_field value meaning "the caption is the class"
 
@@ -71,8 +71,8 @@ class LabelledDataset(Dataset):
             self.labels.append(index[str(value)])
 
     @property
-    def extras(self) -> list[dict]:  # what ldm.training.data.folder_extras reads (weights, keywords)
-        from ldm.training.data import folder_extras
+    def extras(self) -> list[dict]:  # what ldm.data.folder.folder_extras reads (weights, keywords)
+        from ldm.data.folder import folder_extras
 
         return folder_extras(self.dataset)
 

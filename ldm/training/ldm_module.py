@@ -1,7 +1,7 @@
 """Lightning wrapper for training the U-Net of a `LatentDiffusion` model (text-to-image).
 
-The wrapper is thin: the networks are the plain modules of `ldm.model`, the loss is
-`ldm.diffusion.diffusion_loss`; precision, gradient clipping and accumulation, devices and
+The wrapper is thin: the networks are the plain modules of `ldm.models.latent_diffusion`, the loss is
+`ldm.diffusion.parameterisation.diffusion_loss`; precision, gradient clipping and accumulation, devices and
 strategies are the Trainer's. What lives here: the frozen VAE/text encoder, latent scaling
 (and its one-time estimate), conditioning dropout for classifier-free guidance, the optimiser
 with warm-up, and an EMA of the U-Net.
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ldm.model import LatentDiffusion
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.vae import DiagonalGaussianDistribution
 from ldm.training.base import TrainingModule
 from ldm.training.config import DiffusionTraining as _D
 from ldm.training.disk_cache import DiskCache, module_fingerprint, text_encoder_fingerprint
 from ldm.training.ema import make_ema
-from ldm.vae import DiagonalGaussianDistribution
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class LatentDiffusionModule(TrainingModule):
         """Defaults: `ldm.training.config.DiffusionTraining`'s, the one set a YAML run gets too.
 
         lora: the config's `lora:` section ({rank, alpha, dropout, targets}); with a rank, only low-rank
-        adapters train (ldm.lora.add_lora freezes everything else) and there is no EMA: the adapter is small
+        adapters train (ldm.adapters.lora.add_lora freezes everything else) and there is no EMA: the adapter is small
         and its fine-tunes short, and an EMA copy of the whole U-Net would double its memory.
         """
         super().__init__(seed=seed, warmup_steps=warmup_steps, config=config)
@@ -86,14 +86,14 @@ class LatentDiffusionModule(TrainingModule):
             model.unet.set_gradient_checkpointing(True)
         self.lora = dict(lora) if lora and lora.get("rank") else None
         if self.lora is not None:
-            from ldm.lora import add_lora
+            from ldm.adapters.lora import add_lora
 
             names = add_lora(model, self.lora["targets"], self.lora["rank"], self.lora["alpha"], self.lora["dropout"])
             for path in self.lora.get("train_whole") or ():
                 model.get_submodule(path).requires_grad_(True)  # a wrong path fails here, in one line
             start = ((config or {}).get("init") or {}).get("lora")
             if start:  # e.g. the stage before of a distillation: the adapter goes on from there
-                from ldm.derived import load_adapter
+                from ldm.formats.derived import load_adapter
 
                 load_adapter(model, start)
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -113,7 +113,7 @@ class LatentDiffusionModule(TrainingModule):
     def conditions(self, batch: dict, latents: torch.Tensor) -> dict[str, torch.Tensor]:
         """The U-Net's inputs beside the noisy latent and the text: "concat" (channels concatenated to it: the
         inpainting mask + masked image, the upscaler's low-res image) and "y" (the upscaler's noise level).
-        None of them for text-to-image. Built by the same code as at inference (ldm.inpaint, ldm.upscale)."""
+        None of them for text-to-image. Built by the same code as at inference (ldm.tasks.inpaint, ldm.tasks.upscale)."""
         return {}
 
     def drop_mask(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -287,7 +287,7 @@ class LatentDiffusionModule(TrainingModule):
         self, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0, seed: int = 0
     ) -> list[Image.Image]:
         """Images for prompts with the EMA U-Net (a view of the model with it; the model itself is not changed)."""
-        from ldm.pipeline import txt2img
+        from ldm.tasks.txt2img import txt2img
 
         if not prompts:
             return []

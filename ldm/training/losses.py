@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from ldm.checkpoint import CheckpointError, load_into, load_state_dict
+from ldm.io.checkpoint import CheckpointError, load_into, load_state_dict
 
 # torchvision vgg16.features indices just after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 _SLICE_ENDS = (4, 9, 16, 23, 30)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ldm.checkpoint import WriteError, atomic_path, state_problems, torch_load_weights_only, write_error
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
+from ldm.io.checkpoint import WriteError, atomic_path, state_problems, torch_load_weights_only, write_error
 
 LAST = "last"
 # What every Lightning training checkpoint holds; a bare state dict (an inference .ckpt) lacks them.

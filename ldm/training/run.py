@@ -26,16 +26,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from ldm.checkpoint import CheckpointError, load_into, load_state_dict
-from ldm.config import instantiate
-from ldm.derived import widen_unet_input
-from ldm.devices import training_precision
-from ldm.errors import LdmError
-from ldm.images import check_writable
-from ldm.model import weights_in_our_layout
+from ldm.core.config import instantiate
+from ldm.core.devices import training_precision
+from ldm.core.errors import LdmError
+from ldm.formats.derived import widen_unet_input
+from ldm.io.checkpoint import CheckpointError, load_into, load_state_dict, weights_in_our_layout
+from ldm.io.images import check_writable
 from ldm.training.callbacks import ExportOnTrainEnd, ResumableStop, SampleGrid
 from ldm.training.captions import CaptionSampling
-from ldm.training.config import TrainConfigError, dump, is_autoencoder, is_clip, load_train_config
+from ldm.training.config import dump, is_autoencoder, is_clip, load_train_config
+from ldm.training.config_checks import TrainConfigError
 from ldm.training.data import ImageTextDataModule
 from ldm.training.resume import (
     LAST,
@@ -136,7 +136,7 @@ def load_init_weights(model: torch.nn.Module, init: dict[str, Any], autoencoder:
 
 
 # ---- building blocks ----------------------------------------------------------
-# The task the model's conditioning kind is made for (ldm.model.CONDITIONING) picks the Lightning module:
+# The task the model's conditioning kind is made for (ldm.models.latent_diffusion.CONDITIONING) picks the Lightning module:
 # text-to-image, inpainting (mask + masked image concatenated) or x4 upscaling (noise-augmented low-res
 # image + its noise level).
 MODULE_FOR_TASK = {
@@ -172,7 +172,7 @@ def build_module(cfg: dict) -> pl.LightningModule:
             disc_lr=t["disc_lr"], disc_layers=t["disc_layers"], disc_channels=t["disc_channels"],
             adaptive_disc_weight=t["adaptive_disc_weight"], grad_clip=t["grad_clip"], accumulate=t["accumulate"],
             seed=t["seed"], config=cfg)
-    from ldm.model import LatentDiffusion
+    from ldm.models.latent_diffusion import LatentDiffusion
 
     if not isinstance(model, LatentDiffusion):
         raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")  # noqa: E501

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from ldm.errors import LdmError
+from ldm.core.errors import LdmError
 
 LOCK_NAME = "run.lock"
 # A killed run's forked DataLoader workers keep the lock's open file (and so the lock) until they notice their

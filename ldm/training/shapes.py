@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ldm.errors import InvalidOptionError, LdmError
+from ldm.core.errors import InvalidOptionError, LdmError
 
 
 class DatasetExistsError(LdmError, FileExistsError):
@@ -46,7 +46,7 @@ def make_shapes_dataset(root: str | os.PathLike, size: int = 16, count: int = 48
 
     A root that already holds files (someone's captions.jsonl and images, say) is refused unless `overwrite`,
     which replaces captions.jsonl and the images of the same names and leaves any other file alone."""
-    from ldm.checkpoint import atomic_path
+    from ldm.io.checkpoint import atomic_path
 
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -77,6 +77,6 @@ def make_shapes_dataset(root: str | os.PathLike, size: int = 16, count: int = 48
 if __name__ == "__main__":  # the old entry point, now `ldm data shapes` (one command-line parser)
     import sys
 
-    from ldm.cli import main
+    from ldm.interfaces.cli.main import main
 
     sys.exit(main(["data", "shapes", *sys.argv[1:]]))

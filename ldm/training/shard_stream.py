@@ -35,7 +35,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ldm.data.folder import UnreadableImageError
 from ldm.data.shards import decode_sample, describe, raw_samples
 from ldm.training.captions import CaptionSampling
-from ldm.training.data import DataConfigError, UnreadableImages
+from ldm.training.unreadable import DataConfigError, UnreadableImages
 
 log = logging.getLogger(__name__)
 

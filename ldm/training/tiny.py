@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ldm.defaults import shipped_path
-from ldm.errors import InvalidOptionError
+from ldm.core.defaults import shipped_path
+from ldm.core.errors import InvalidOptionError
 from ldm.training.config import load_train_config
 
 TINY_CONFIGS = {kind: shipped_path(f"configs/train/tiny-{kind}.yaml") for kind in ("ldm", "vae", "clip")}

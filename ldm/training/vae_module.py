@@ -1,4 +1,4 @@
-"""Lightning wrapper for training a KL autoencoder (`ldm.vae.AutoencoderKL`).
+"""Lightning wrapper for training a KL autoencoder (`ldm.models.vae.AutoencoderKL`).
 
 Loss, as the reference's LPIPSWithDiscriminator (without its learned log-variance):
     sum_pixels(|x - x'| [+ perceptual_weight * LPIPS]) / B  +  kl_weight * KL / B
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ldm.errors import InvalidOptionError
-from ldm.images import tensor_to_pil
+from ldm.core.errors import InvalidOptionError
+from ldm.io.images import tensor_to_pil
+from ldm.models.vae import AutoencoderKL
 from ldm.training.base import TrainingModule
 from ldm.training.config import AutoencoderTraining as _D
 from ldm.training.losses import LPIPS, PatchDiscriminator, adaptive_weight, hinge_d_loss
-from ldm.vae import AutoencoderKL
 
 log = logging.getLogger(__name__)
 

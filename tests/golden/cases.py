@@ -1,8 +1,8 @@
 """The golden cases: every task, several samplers, a batch and stochastic samplers, on tiny seeded models.
 
 `python tests/golden/cases.py` records them (tests/golden/outputs.safetensors) from the code as it is;
-tests/test_golden.py replays them. Record only when an issue asks for a change of behaviour (and say so in
-the commit): a refactor must keep every output, to the rounding tolerance tests/test_golden.py explains.
+tests/tasks/test_golden.py replays them. Record only when an issue asks for a change of behaviour (and say so in
+the commit): a refactor must keep every output, to the rounding tolerance tests/tasks/test_golden.py explains.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ def half_mask(size: int = 32) -> Image.Image:
 
 
 def _cases() -> dict[str, Callable[[Callable], list[Image.Image]]]:
-    from ldm.img2img import img2img
-    from ldm.inpaint import inpaint, outpaint
-    from ldm.pipeline import txt2img
-    from ldm.sampling import SamplingOptions
-    from ldm.upscale import upscale
-    from ldm.walk import walk_frames
+    from ldm.sampling.options import SamplingOptions
+    from ldm.tasks.img2img import img2img
+    from ldm.tasks.inpaint import inpaint, outpaint
+    from ldm.tasks.txt2img import txt2img
+    from ldm.tasks.upscale import upscale
+    from ldm.tasks.walk import walk_frames
     from tests.factories import tiny_inpaint_model, tiny_model, tiny_upscaler_model
 
     eps, v = tiny_model(0), tiny_model(1, parameterization="v")

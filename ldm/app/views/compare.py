@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from ldm.app import ui
-from ldm.app.compare import LOSS_NAMES, loss_frames, sample_frames, table_frame
-from ldm.app.toy import POINT_COLORS
-from ldm.toy2d import DATASETS
-from ldm.toy_compare import MODELS, compare_models
+from ldm.interfaces.app import ui
+from ldm.interfaces.app.compare import LOSS_NAMES, loss_frames, sample_frames, table_frame
+from ldm.interfaces.app.toy import POINT_COLORS
+from ldm.toys.compare import MODELS, compare_models
+from ldm.toys.points import DATASETS
 
 st.header("GAN, VAE and diffusion, side by side")
 st.caption(

@@ -4,9 +4,9 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from ldm import defaults
-from ldm.app import ui
-from ldm.app.edit import mask_from_strokes, read_mask
+from ldm.core import defaults
+from ldm.interfaces.app import ui
+from ldm.interfaces.app.edit import mask_from_strokes, read_mask
 
 st.header("Edit")
 model = ui.get_model()
@@ -50,7 +50,7 @@ if mode == "upscale x4":
     )
     options, seed = ui.sampling_controls("edit", "upscale")
     if image is not None and st.button("Upscale", key="edit_go", type="primary"):
-        from ldm.upscale import upscale
+        from ldm.tasks.upscale import upscale
 
         run_and_show(
             "Upscaling",
@@ -91,7 +91,7 @@ elif model is not None:
             "Strength (how much to change)", 0.0, 1.0, defaults.STRENGTH["img2img"], 0.05, key="edit_strength"
         )
         if image is not None and st.button("Run img2img", key="edit_go", type="primary"):
-            from ldm.img2img import img2img
+            from ldm.tasks.img2img import img2img
 
             run_and_show(
                 "img2img",
@@ -136,7 +136,7 @@ elif model is not None:
             if mask is None:
                 st.error("Inpainting needs a mask: draw on the image or upload one.")
             else:
-                from ldm.inpaint import inpaint
+                from ldm.tasks.inpaint import inpaint
 
                 run_and_show(
                     "Inpainting",
@@ -161,7 +161,7 @@ elif model is not None:
             for col, side in zip(cols, ["left", "right", "top", "bottom"])
         }
         if image is not None and st.button("Outpaint", key="edit_go", type="primary"):
-            from ldm.inpaint import outpaint
+            from ldm.tasks.inpaint import outpaint
 
             run_and_show(
                 "Outpainting",
@@ -180,7 +180,7 @@ elif model is not None:
 
 result = st.session_state.get("edit_result")
 if result is not None and result[0] == mode:
-    from ldm.app.text import png_bytes
+    from ldm.interfaces.app.text import png_bytes
 
     st.image(ui.enlarge(result[1]), caption=f"result, {result[1].width}x{result[1].height}", output_format="PNG")
     st.download_button(

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from ldm.app import ui
-from ldm.app.forward import (
+from ldm.interfaces.app import ui
+from ldm.interfaces.app.forward import (
     LEARNED,
     LEARNED_DATA,
     LEARNED_TRAIN_STEPS,

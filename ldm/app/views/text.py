@@ -2,15 +2,15 @@
 
 import streamlit as st
 
-from ldm.app import ui
-from ldm.app.controlnet_ui import control_inputs, controls_for
-from ldm.app.sdxl import sdxl_controls
-from ldm.app.state import FULL_CHOICE, student_choice
-from ldm.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
-from ldm.controlnet import using_controlnets
+from ldm.interfaces.app import ui
+from ldm.interfaces.app.controlnet_ui import control_inputs, controls_for
+from ldm.interfaces.app.sdxl import sdxl_controls
+from ldm.interfaces.app.state import FULL_CHOICE, student_choice
+from ldm.interfaces.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
+from ldm.models.controlnet import using_controlnets
 
 st.header("Text-to-image")
-fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.variants)
+fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.formats.variants)
 variant = "full"
 if fast is not None:
     chosen_model = st.radio(
@@ -47,7 +47,7 @@ if model is not None:
     every = int(st.number_input("Preview every N steps", 1, 50, 5, key="t2i_every"))
     sdxl = None
     with ui.user_errors("The SDXL options"):
-        sdxl = sdxl_controls(model)  # None for other models (ldm.app.sdxl)
+        sdxl = sdxl_controls(model)  # None for other models (ldm.interfaces.app.sdxl)
     control = control_inputs("t2i")
 
     if st.button("Generate", key="t2i_go", type="primary"):

@@ -3,10 +3,17 @@
 import pandas as pd
 import streamlit as st
 
-from ldm.app import ui
-from ldm.app.toy import POINT_COLORS, loss_frame, samples_frame, score_table, train_schedules, trajectory_frame
-from ldm.schedules import SCHEDULES
-from ldm.toy2d import DATASETS
+from ldm.diffusion.schedules import SCHEDULES
+from ldm.interfaces.app import ui
+from ldm.interfaces.app.toy import (
+    POINT_COLORS,
+    loss_frame,
+    samples_frame,
+    score_table,
+    train_schedules,
+    trajectory_frame,
+)
+from ldm.toys.points import DATASETS
 
 st.header("Train a denoiser, live")
 st.caption("A 3-layer MLP predicts the noise in 2-D points; the samplers are the same ones the image models use.")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from ldm import defaults
-from ldm.app import ui
-from ldm.walk import gif_bytes, save_mp4, walk_frames
+from ldm.core import defaults
+from ldm.interfaces.app import ui
+from ldm.tasks.walk import gif_bytes, save_mp4, walk_frames
 
 st.header("Latent walk")
 st.caption("Spherical interpolation of the start noise, linear interpolation of the text embeddings.")
