@@ -3,6 +3,7 @@
 
     python scripts/export.py runs/my-run [--out DIR]            # the run's checkpoints/last.ckpt
     python scripts/export.py runs/my-run/checkpoints/step-001000.ckpt --out exports/step-1000
+    python scripts/export.py runs/my-run --overwrite           # replace the run's own model.safetensors
 
 Same as `ldm train --export-only --resume CKPT [--out DIR]`; the config stored in the checkpoint is used.
 """
@@ -20,8 +21,10 @@ if __name__ == "__main__":
     p.add_argument("checkpoint", help="a Lightning .ckpt or a run directory")
     p.add_argument("--config", help="training config (default: the one stored in the checkpoint)")
     p.add_argument("--out", help="output directory (default: the run directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace exports already there (else refused)")
     args = p.parse_args()
     argv = ["train", "--export-only", "--resume", args.checkpoint]
     argv += ["--config", args.config] if args.config else []
     argv += ["--out", args.out] if args.out else []
+    argv += ["--overwrite"] if args.overwrite else []
     sys.exit(main(argv))

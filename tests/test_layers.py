@@ -41,6 +41,7 @@ LAYERS = {
         "likelihood",
         "vdm",
         "variants",
+        "controlnet_infotext",
     ),
     # networks and the model container (long_prompts: prompt chunks and emphasis for the text encoder;
     # diffusers_format/_export: diffusers folders, whose pipeline follows the model's conditioning kind)
@@ -62,6 +63,8 @@ LAYERS = {
         "diffusers_format",
         "diffusers_export",
         "derived",
+        "controlnet",
+        "controlnet_files",
     ),
     # samplers, guidance, sampling options and the one checked entry point
     "sampling": ("samplers", "denoisers", "sampling", "variance_sampler", "classifier_guidance"),
@@ -83,7 +86,7 @@ LAYERS = {
     "data": ("data", "degradations"),
     "training": ("training",),
     "evaluation": ("metrics", "evaluate", "evaluate_prompts", "evaluate_edits", "evaluate_likelihood"),
-    "interfaces": ("cli", "commands", "app"),
+    "interfaces": ("cli", "commands", "app", "controlnet_cli"),
 }
 LINE_LIMIT = 400
 
