@@ -24,6 +24,10 @@ from ldm.io.checkpoint import file_sha256, load_state_dict, torch_load_weights_o
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".pt", ".bin", ".safetensors")
+# The largest |value| an embedding vector may hold. CLIP's own token vectors stay below 1 and trained embeddings
+# within a few times that; far larger ones overflow the text encoder (its layer norms square them), so the prompt's
+# context, and then the image, would come out NaN: such a file is broken, not strong.
+MAX_EMBEDDING_VALUE = 1000.0
 
 
 class EmbeddingError(LdmError, ValueError):
@@ -59,7 +63,20 @@ def read_embedding(path: str | Path) -> torch.Tensor:
         )
     if not isinstance(vectors, torch.Tensor) or vectors.dim() not in (1, 2) or not vectors.is_floating_point():
         raise EmbeddingError(f"{path.name}: the embedding is not a [vectors, width] float tensor")
-    return vectors.detach().float().reshape(-1, vectors.shape[-1])
+    if vectors.numel() == 0:
+        raise EmbeddingError(
+            f"{path.name}: the embedding is empty (shape {list(vectors.shape)}); it needs at least "
+            "one vector of the text encoder's width"
+        )
+    vectors = vectors.detach().float().reshape(-1, vectors.shape[-1])
+    if not bool(torch.isfinite(vectors).all()):
+        raise EmbeddingError(f"{path.name}: the embedding holds NaN or infinite values")
+    if float(vectors.abs().max()) > MAX_EMBEDDING_VALUE:
+        raise EmbeddingError(
+            f"{path.name}: the embedding holds values up to {float(vectors.abs().max()):.3g}; "
+            f"beyond {MAX_EMBEDDING_VALUE:g} it is broken (trained ones stay within a few units)"
+        )
+    return vectors
 
 
 def embedding_files(path: str | Path) -> list[Path]:

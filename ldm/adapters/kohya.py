@@ -41,6 +41,9 @@ TEXT_NAMES = {
     "mlp.c_proj": "mlp_fc2",
 }
 UNET_PREFIX, TEXT_PREFIX = "lora_unet_", "lora_te_"
+# SDXL's two towers: kohya's lora_te1_ (CLIP ViT-L) and lora_te2_ (OpenCLIP bigG), both in CLIPTextModel's names.
+SDXL_TEXT_PREFIXES = ("lora_te1_", "lora_te2_")
+KOHYA_PREFIXES = (UNET_PREFIX, TEXT_PREFIX, *SDXL_TEXT_PREFIXES)
 
 
 def diffusers_block_prefixes(num_res_blocks: Sequence[int]) -> dict[str, str]:
@@ -120,9 +123,10 @@ def kohya_names(model, targets: dict[str, Target]) -> dict[str, str]:
         for name in targets:
             if name.startswith(start) and (theirs := diffusers_name(name[len(start) :], blocks)):
                 out[UNET_PREFIX + theirs.replace(".", "_")] = name
-    for prefix in texts[:1]:
+    two_towers = len(texts) == 2 and all(".embedders." in p for p in texts)  # SDXL (ldm.models.sdxl_text)
+    for number, prefix in enumerate(texts if two_towers else texts[:1]):
         start = prefix + "." if prefix else ""
         for name in targets:
             if name.startswith(start) and (theirs := text_name(name[len(start) :])):
-                out[theirs] = name
+                out[theirs.replace(TEXT_PREFIX, SDXL_TEXT_PREFIXES[number], 1) if two_towers else theirs] = name
     return out

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm.adapters.kohya import TEXT_PREFIX, UNET_PREFIX, kohya_names
+from ldm.adapters.kohya import KOHYA_PREFIXES, kohya_names
 from ldm.adapters.lora_layers import (
     DEFAULT_GROUPS,
     GROUPS,
@@ -66,6 +66,12 @@ __all__ = [
 
 SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
 FORMAT = "ldm-lora"
+# The largest |weight| a LoRA is applied at. LoRAs are used at about -2..2 and "slider" LoRAs at up to about
+# +-10; far past that the update swamps the weights it adapts and the image comes out as noise or black.
+MAX_LORA_WEIGHT = 100.0
+# The largest |alpha / rank|, the scale a file gives its own update: trainers set alpha at or below the rank, a few
+# times it at most, so a larger one is a wrongly written file (an alpha of 1e30 turns every image black).
+MAX_LORA_SCALE = 1000.0
 
 
 @dataclass
@@ -95,6 +101,8 @@ def _check_hyper(rank: int, alpha: float, dropout: float) -> None:
         raise LoraError(f"LoRA rank must be a whole number >= 1, got {rank!r}")
     if not math.isfinite(alpha) or alpha <= 0:
         raise LoraError(f"LoRA alpha must be a finite number > 0, got {alpha}")
+    if alpha / rank > MAX_LORA_SCALE:
+        raise LoraError(f"LoRA alpha / rank must be at most {MAX_LORA_SCALE:g}, got {alpha:g} / {rank}")
     if not 0 <= dropout < 1:
         raise LoraError(f"LoRA dropout must be in [0, 1), got {dropout}")
 
@@ -248,10 +256,10 @@ def lora_from_state(state: dict[str, torch.Tensor], model: nn.Module, source: st
         stem, part = _split(key, source)
         parts.setdefault(stem, {})[part] = value
     targets = model_targets(model)
-    kohya = kohya_names(model, targets) if any(s.startswith((UNET_PREFIX, TEXT_PREFIX)) for s in parts) else {}
+    kohya = kohya_names(model, targets) if any(s.startswith(KOHYA_PREFIXES) for s in parts) else {}
     modules = {}
     for stem, tensors in parts.items():
-        name = kohya.get(stem) if stem.startswith((UNET_PREFIX, TEXT_PREFIX)) else (stem if stem in targets else None)
+        name = kohya.get(stem) if stem.startswith(KOHYA_PREFIXES) else (stem if stem in targets else None)
         if name is None:
             raise LoraError(f"{source}: {stem}.lora_down.weight names no LoRA-able module of this model")
         for part in ("down", "up"):
@@ -261,6 +269,12 @@ def lora_from_state(state: dict[str, torch.Tensor], model: nn.Module, source: st
         alpha = float(tensors["alpha"].float().reshape(-1)[0]) if "alpha" in tensors else float(down.shape[0])
         if not math.isfinite(alpha):
             raise LoraError(f"{source}: {stem}.alpha is not a finite number")
+        rank = down.shape[0] if down.dim() else 0  # a rank of 0 is refused with the shapes (_fit)
+        if rank and abs(alpha) / rank > MAX_LORA_SCALE:
+            raise LoraError(
+                f"{source}: {stem}.alpha {alpha:g} over rank {rank} is a scale beyond {MAX_LORA_SCALE:g} "
+                "(alpha is normally at most a few times the rank)"
+            )
         modules[name] = _fit(model, targets[name], LoraModule(stem, down, tensors["up"], alpha), source)
     return LoraWeights(modules, source)
 
@@ -285,6 +299,8 @@ def _weights(model: nn.Module, lora: str | Path | LoraWeights) -> LoraWeights:
 def _check_weight(weight: float) -> float:
     if not isinstance(weight, (int, float)) or not math.isfinite(weight):
         raise LoraError(f"LoRA weight must be a finite number, got {weight!r}")
+    if abs(weight) > MAX_LORA_WEIGHT:
+        raise LoraError(f"LoRA weight must be between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g}, got {weight:g}")
     return float(weight)
 
 
@@ -382,6 +398,8 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
         raise LoraError(f"--lora {spec!r}: give a file, FILE or FILE:WEIGHT")
     if not math.isfinite(weight):
         raise LoraError(f"--lora {spec!r}: the weight must be a finite number")
+    if abs(weight) > MAX_LORA_WEIGHT:
+        raise LoraError(f"--lora {spec!r}: the weight must be between -{MAX_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g}")
     if not Path(path).is_file():
         raise MissingFileError(f"LoRA file not found: {path}")
     return path, weight

@@ -34,6 +34,7 @@ _OURS = {
     "ldm.models.text_encoder.FrozenCLIPEmbedder": "ldm.models.text_encoder:FrozenCLIPEmbedder",
     "ldm.models.text_encoder.OpenCLIP": "ldm.models.text_encoder:open_clip_model",
     "ldm.models.conditioning.LowResNoiseAugmentation": "ldm.models.conditioning:LowResNoiseAugmentation",
+    "ldm.models.sdxl_text.SDXLTextEncoders": "ldm.models.sdxl_text:SDXLTextEncoders",
 }
 _ORIGINAL = {
     "ldm.models.diffusion.ddpm.LatentDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
@@ -70,6 +71,12 @@ _ORIGINAL_TRAINING_ONLY = {
     "ldm.models.autoencoder.AutoencoderKL": ("lossconfig", "monitor"),
     "ldm.modules.encoders.modules.FrozenCLIPEmbedder": ("device",),
 }
+# The original FrozenOpenCLIPEmbedder(arch, version, device, max_length, freeze, layer): `version` names the
+# pretrained weights open_clip would download and `device` where they go; here the weights come from the checkpoint
+# and the model's device from load_model, so both are read and ignored. Its `layer` defaults to "last" (ours, under
+# our own target name, to SD 2's "penultimate"): a YAML that leaves it out gets what the original code gives it.
+ORIGINAL_OPEN_CLIP = "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder"
+ORIGINAL_OPEN_CLIP_LAYER = "last"
 # The one text encoder the original FrozenCLIPEmbedder was used with (a Hugging Face model name there;
 # here the tower is built from its sizes, and its weights come from the checkpoint).
 SD1_CLIP_VERSION = "openai/clip-vit-large-patch14"
@@ -181,9 +188,9 @@ def check_parameters(where: str, given: dict[str, Any], known: list[str] | tuple
 
 
 def load_config(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config not found: {path}")
+    from ldm.io.checkpoint import check_regular_file
+
+    path = check_regular_file(path, "config", ConfigError)
     try:
         cfg = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -217,6 +224,9 @@ def translate_original(target: str, params: dict) -> dict:
         version = params.pop("version", SD1_CLIP_VERSION)
         if version != SD1_CLIP_VERSION:
             raise ConfigError(f"FrozenCLIPEmbedder version {version!r}: only {SD1_CLIP_VERSION} (SD 1.x's) is known")
+    if target == ORIGINAL_OPEN_CLIP:
+        params = {k: v for k, v in params.items() if k not in ("version", "device")}
+        params.setdefault("layer", ORIGINAL_OPEN_CLIP_LAYER)
     if target.endswith("ImageConcatWithNoiseAugmentation"):
         sched = dict(params.pop("noise_schedule_config", {}))
         sched["beta_schedule"] = _ORIGINAL_SCHEDULES[sched.get("beta_schedule", "linear")]

@@ -2,9 +2,10 @@
 
 Without them `--height 8192`, `--n-samples 100000` or a huge input image take all the memory (or run
 for hours) and then end in a traceback. The estimate is coarse on purpose: activations of the U-Net
-(linear in latent pixels, plus the attention matrix of the finest level on the CPU, where torch
-materialises it) and of the VAE decoder at full resolution, for a chunk of images. It was fitted to the
-shipped emoji model on the CPU (peak RSS at 256, 512 and 768 px within about 20%).
+(linear in latent pixels, plus the attention matrix of the finest level with attention on the CPU, where
+torch materialises it: the latent's own tokens for SD, a quarter of them for SDXL, which has no attention at its
+top level) and of the VAE decoder at full resolution, for a chunk of images. It was fitted to the shipped
+emoji model on the CPU (peak RSS at 256, 512 and 768 px within about 20%).
 
 The limit defaults to 80% of the device's memory; `--max-memory GIB` sets another (inf: no limit).
 """
@@ -23,6 +24,28 @@ GIB = 1024**3
 # the last before it is written.
 MAX_CHUNK = 16
 DEFAULT_FRACTION = 0.8
+
+# The longest prompt (and negative prompt) taken, in characters: about 1,250 CLIP tokens, 17 of --long-prompts'
+# 75-token chunks, more than any prompt A1111 users share, and every parser of a prompt stays fast up to it.
+# A longer one is refused at once with one line (README, "Long prompts"; --help of the generating commands).
+MAX_PROMPT_CHARS = 5000
+# A prompt file (--from-file) is read up to this many bytes and this many prompts (lines that are not blank).
+MAX_PROMPT_FILE_BYTES = 16 * 1024 * 1024
+MAX_PROMPTS_PER_FILE = 10000
+
+
+class PromptTooLongError(ResourceLimitError):
+    """A prompt longer than MAX_PROMPT_CHARS."""
+
+
+def check_prompt_length(text: str, name: str = "prompt") -> None:
+    """Refuse a prompt over MAX_PROMPT_CHARS characters in one line that names it (`name`: "prompt", "negative
+    prompt", "prompt 3 of prompts.txt", ...)."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise PromptTooLongError(
+            f"{name} is {len(text):,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
+            "characters (ldm.core.limits.MAX_PROMPT_CHARS)"
+        )
 
 
 def device_memory(device: torch.device) -> int:
@@ -45,6 +68,16 @@ def _attention_heads(model: torch.nn.Module) -> int:
     return max((int(m.heads) for m in model.unet.modules() if hasattr(m, "heads")), default=0)
 
 
+def _finest_attention_downscale(model: torch.nn.Module) -> int:
+    """The downscale (1, 2, 4, ...) of the U-Net's finest level with attention: 1 for SD, 2 for SDXL."""
+    ds = 1
+    for block in getattr(model.unet, "input_blocks", []):
+        if any(hasattr(m, "heads") for m in block.modules()):
+            return ds
+        ds *= 2 if any(type(m).__name__ == "Downsample" for m in block.children()) else 1
+    return ds
+
+
 def sampling_bytes(model: torch.nn.Module, height: int, width: int, batch: int) -> float:
     """Estimated peak bytes to sample and decode `batch` images of height x width px (fp32)."""
     f = model.downscale
@@ -53,7 +86,7 @@ def sampling_bytes(model: torch.nn.Module, height: int, width: int, batch: int) 
     guided = 2 * batch  # classifier-free guidance runs the conditional and unconditional halves together
     unet = 4 * guided * tokens * mc * 40
     if model.device.type == "cpu":  # fused attention kernels elsewhere keep it linear
-        unet += 4 * batch * _attention_heads(model) * tokens**2
+        unet += 4 * batch * _attention_heads(model) * (tokens // _finest_attention_downscale(model) ** 2) ** 2
     decoder_channels = int(model.vae.decoder.conv_out.in_channels)
     decoder = 4 * batch * height * width * decoder_channels * 6
     return max(unet, decoder)

@@ -96,10 +96,9 @@ def split_photos(
 
 def working_copy(path: Path, max_short: int = MAX_SHORT_SIDE) -> Image.Image:
     """The photo as RGB with its short side at most max_short (one antialiased reduction of a large photo)."""
-    with Image.open(path) as probe:
-        w, h = probe.size
+    image = load_rgb(path)  # turned upright by its EXIF orientation, so its size is the one it is shown at
+    w, h = image.size
     scale = min(1.0, max_short / min(w, h))
-    image = load_rgb(path)
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)

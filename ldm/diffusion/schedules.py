@@ -17,7 +17,7 @@ import torch
 from ldm.core.errors import LdmError
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "exponential")  # exponential: in sigma, not timesteps (get_sigmas)
 
 
 class UnknownScheduleError(LdmError, ValueError):
@@ -118,6 +118,14 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return (hi + ramp * (lo - hi)) ** rho
 
 
+def exponential_sigmas(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
+    """`steps` sigmas (float64) from sigma_max down to sigma_min, evenly in log sigma (k-diffusion's
+    get_sigmas_exponential, A1111's "Exponential" schedule type): exp(linspace(log sigma_max, log sigma_min, steps))."""
+    if steps < 1:
+        raise InvalidStepsError(f"steps must be at least 1, got {steps}")
+    return torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64).exp()
+
+
 def timesteps_for(num_timesteps: int, steps: int, spacing: str = "leading") -> torch.Tensor:
     """The descending (possibly fractional) timesteps a spacing visits, float64.
 
@@ -165,6 +173,8 @@ def get_sigmas(
     model_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod.detach().double().cpu())
     if karras:
         sigmas = karras_sigmas(float(model_sigmas[0]), float(model_sigmas[-1]), steps, rho)
+    elif spacing == "exponential":  # evenly in log sigma between the model's ends (exponential_sigmas)
+        sigmas = exponential_sigmas(float(model_sigmas[0]), float(model_sigmas[-1]), steps)
     else:
         sigmas = t_to_sigma(timesteps_for(len(alphas_cumprod), steps, spacing), model_sigmas.log())
     final = sigmas.new_zeros(1) if to_zero else model_sigmas[:1]

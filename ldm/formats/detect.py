@@ -49,6 +49,8 @@ from ldm.core.config import load_config
 from ldm.core.defaults import shipped_path
 from ldm.core.errors import InvalidOptionError
 from ldm.io.checkpoint import CheckpointError, load_state_dict
+from ldm.io.sdxl_keys import CONDITIONER as SDXL_TEXT
+from ldm.io.sdxl_keys import embedder_layouts, is_sdxl
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class Signature:
     """What a file's tensor names and shapes say about the model it holds."""
 
     groups: dict[str, int]  # key prefix -> number of tensors
-    text: str | None  # "open_clip", "hf_clip" or None
+    text: str | None  # "open_clip", "hf_clip", "sdxl:<each tower's layout>" or None
     text_width: int | None
     text_layers: int | None
     in_channels: int | None  # the U-Net's input channels
@@ -135,6 +137,9 @@ FAMILIES = (
            {"eps": "v2-inpainting-inference.yaml"}),
     Family("x4-upscaler", "SD x4 upscaler", "open_clip", 1024, 7, 256, 1024, True, 3,
            {"v": "x4-upscaling.yaml"}, default_prediction="v"),
+    Family("sdxl", "SDXL base", "sdxl:hf_clip,open_clip", 1280, 4, 320, 2048, True, 4, {"eps": "sd_xl_base.yaml"}),
+    Family("sdxl-refiner", "SDXL refiner", "sdxl:open_clip", 1280, 4, 384, 1280, True, 4,
+           {"eps": "sd_xl_refiner.yaml"}),
 )
 
 
@@ -204,6 +209,11 @@ def signature(shapes: dict[str, tuple[int, ...]]) -> Signature:
         text, width, blocks = "open_clip", s[0], OPEN_CLIP + "transformer.resblocks."
     elif (s := shapes.get(HF_CLIP + "final_layer_norm.weight")) is not None:
         text, width, blocks = "hf_clip", s[0], HF_CLIP + "encoder.layers."
+    elif is_sdxl(shapes):  # SDXL: its text towers' layouts, the width of the last (ldm.io.sdxl_keys)
+        text = "sdxl:" + ",".join(embedder_layouts(shapes))
+        widths = [s[0] for k, s in sorted(shapes.items())
+                  if k.startswith(SDXL_TEXT) and k.endswith(("ln_final.weight", "final_layer_norm.weight"))]
+        width = widths[-1] if widths else None
     layers = {k[len(blocks):].split(".")[0] for k in shapes if k.startswith(blocks)}
     levels = {k[len(VAE + "encoder.down."):].split(".")[0] for k in shapes if k.startswith(VAE + "encoder.down.")}
     vae_in = shapes.get(VAE + "encoder.conv_in.weight")

@@ -335,6 +335,14 @@ def folder_config(folder: str | Path, prediction: str | None = None) -> dict[str
     check_prediction(prediction)
     index = _json(folder, "model_index.json")
     pipeline = index.get("_class_name")
+    if str(pipeline).startswith(
+        "StableDiffusionXL"
+    ):  # a local import: ldm.formats.sdxl_diffusers builds on this module
+        from ldm.formats.sdxl_diffusers import PIPELINES as SDXL_PIPELINES
+        from ldm.formats.sdxl_diffusers import sdxl_folder_config
+
+        if pipeline in SDXL_PIPELINES:
+            return sdxl_folder_config(folder, prediction)
     if pipeline not in PIPELINES:
         raise DiffusersFolderError(f"{folder}: {pipeline!r} folders are not supported (only {', '.join(PIPELINES)})")
     unet = unet_params(_json(folder, "unet/config.json"))
@@ -384,13 +392,23 @@ def folder_state(folder: str | Path, model: torch.nn.Module) -> dict[str, torch.
 def folder_identity(folder: str | Path) -> str:
     """One SHA-256 for a folder's weights: of the parts' names and their files' hashes."""
     folder = Path(folder)
-    lines = [f"{part}/{path.name} {file_sha256(path)}" for part in WEIGHTS for path in part_files(folder, part)]
+    lines = [
+        f"{part}/{path.name} {file_sha256(path)}"
+        for part in WEIGHTS
+        if (folder / part).is_dir()
+        for path in part_files(folder, part)
+    ]  # SD folders have no text_encoder_2, SDXL refiners no text_encoder
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def load_folder_weights(model: torch.nn.Module, folder: str | Path) -> None:
     """Fill `model` (built from folder_config) with the folder's weights; one line on any mismatch."""
     try:
-        load_into(model, folder_state(folder, model))
+        if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):  # SDXL
+            from ldm.formats.sdxl_diffusers import sdxl_folder_state  # local: it builds on this module
+
+            load_into(model, sdxl_folder_state(folder, model))
+        else:
+            load_into(model, folder_state(folder, model))
     except CheckpointError as exc:
         raise type(exc)(f"{folder}: {exc}") from None

@@ -55,7 +55,10 @@ def load_model(
     else:
         cfg = resolve_config(config, checkpoint, prediction)
     # The model hash for image metadata, computed while the model is built and loaded (GIL released).
-    model_sha256 = sha256_in_background(checkpoint) if checkpoint is not None and not folder else None
+    # Only a regular file is hashed: a FIFO would block the thread for ever. Loading the weights below says what a
+    # path that is not one is (ldm.io.checkpoint.check_regular_file).
+    hashable = checkpoint is not None and not folder and Path(checkpoint).is_file()
+    model_sha256 = sha256_in_background(checkpoint) if hashable else None
     if checkpoint is not None and not folder:
         # Every parameter comes from the checkpoint, or for a derived model from its base, parts and own file
         # (strictly loaded below either way): skip their random initialisation.

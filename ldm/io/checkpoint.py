@@ -14,6 +14,7 @@ import hashlib
 import logging
 import mmap
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ldm.core.errors import LdmError
@@ -36,7 +38,13 @@ ORIGINAL_PREFIXES = {
 }
 # Entries of original checkpoints that carry no weights of ours: schedule buffers (we
 # derive them from the config), EMA copies, training losses, the upscaler's schedule.
-IGNORED_PREFIXES = ("model_ema.", "first_stage_model.loss.", "low_scale_model.", "cond_stage_model.model.visual.")
+IGNORED_PREFIXES = (
+    "model_ema.",
+    "first_stage_model.loss.",
+    "low_scale_model.",
+    "cond_stage_model.model.visual.",
+    "denoiser.",
+)  # SDXL files: the reference denoiser's sigmas
 SCHEDULE_BUFFERS = {
     "betas",
     "alphas_cumprod",
@@ -79,11 +87,38 @@ def torch_load_weights_only(path: str | os.PathLike, map_location: str | torch.d
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def check_regular_file(path: str | os.PathLike, what: str = "checkpoint", error: type[LdmError] | None = None) -> Path:
+    """The path, if it names a regular file; else `error` (default CheckpointError) saying what it is instead.
+
+    Stat only, never open: opening a FIFO for reading blocks until a writer comes, and a device such as
+    /dev/zero reads forever; neither is "not found"."""
+    error = error or CheckpointError
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device file"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a file"
+        )
+        raise error(f"{what} {path} is not a regular file ({kind})")
+    return path
+
+
 def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` file, or of a `.ckpt`/`.pt` read with weights_only=True (never runs code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = check_regular_file(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device=str(device))
@@ -149,12 +184,42 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(LdmError, OSError):
+    """A file that could not be written (a full disk, a read-only folder): said in one line naming the file."""
+
+
+def write_error(path: str | os.PathLike, exc: Exception) -> WriteError:
+    """The one-line error for `exc`, raised while writing `path`: the system's reason (e.g. "No space left on
+    device"), not the temporary file's name."""
+    reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return WriteError(f"cannot write {path}: {reason}")
+
+
+def publish_exclusive(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give the finished file `tmp` the name `path`, only if no file has that name (FileExistsError otherwise).
+
+    A hard link creates the name and its whole content in one step that fails if the name exists, so two
+    processes writing into one folder can never replace each other's files. Where the filesystem has no hard
+    links, the name is claimed by an exclusive create (O_EXCL) and the file renamed onto the claimed name.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FAT filesystems)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.replace(tmp, path)
+        return
+    os.remove(tmp)
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", exclusive: bool = False) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one step, on error it is removed.
 
     A crash mid-write never leaves a truncated file behind, and readers see the old or the new file.
     `suffix` ends the temporary name, for writers that pick the format by extension (ffmpeg).
+    `exclusive`: an existing `path` is never replaced; FileExistsError instead (publish_exclusive).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +228,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
-        os.replace(tmp, path)
+        if exclusive:
+            publish_exclusive(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -176,12 +244,19 @@ def save_state_dict(
     metadata: dict[str, str] | None = None,
     float_dtype: torch.dtype | None = None,
 ) -> None:
-    """Write safetensors atomically (see atomic_path); float_dtype (e.g. torch.float16) casts the floating tensors."""
+    """Write safetensors atomically (see atomic_path); float_dtype (e.g. torch.float16) casts the floating tensors.
+
+    A failed write (a full disk) raises WriteError naming the file; the file there before is left as it was."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if float_dtype is not None:
         tensors = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
+    except WriteError:
+        raise
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
+        raise write_error(path, exc) from exc
 
 
 def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -191,6 +266,10 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     tensors that has no open_clip name keeps its original one, so a strict load reports it.
     """
     out, dropped = {}, []
+    if any(k.startswith("conditioner.embedders.") for k in state):  # SDXL's text towers (ldm.io.sdxl_keys)
+        from ldm.io.sdxl_keys import conditioner_from_original
+
+        out, state = conditioner_from_original(state)
     hf_text = TEXT_LAYOUTS[HF_CLIP_LAYOUT]
     translated, untranslated = open_clip_from_hf(
         {k[len(hf_text) :]: v for k, v in state.items() if k.startswith(hf_text)}
@@ -215,8 +294,16 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def to_original_keys(state: dict[str, torch.Tensor], text_layout: str = OPEN_CLIP_LAYOUT) -> dict[str, torch.Tensor]:
-    """Ours -> the original SD key layout, the text encoder in `text_layout` (the encoder's `checkpoint_layout`)."""
+def to_original_keys(
+    state: dict[str, torch.Tensor], text_layout: str | tuple[str, ...] = OPEN_CLIP_LAYOUT
+) -> dict[str, torch.Tensor]:
+    """Ours -> the original SD key layout, the text encoder in `text_layout` (the encoder's `checkpoint_layout`;
+    a tuple: SDXL's text towers, one layout each, ldm.io.sdxl_keys)."""
+    if isinstance(text_layout, tuple):
+        from ldm.io.sdxl_keys import conditioner_to_original
+
+        towers, state = conditioner_to_original(state, text_layout)
+        return {**towers, **to_original_keys(state)}
     if text_layout not in TEXT_LAYOUTS:
         raise CheckpointError(f"unknown text encoder layout {text_layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
     out = {}

@@ -28,7 +28,8 @@ WEIGHTS = {
     "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
     "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
     "text_encoder": ("model.safetensors", "pytorch_model.bin"),
-}
+    "text_encoder_2": ("model.safetensors", "pytorch_model.bin"),
+}  # SDXL's second tower (ldm.formats.sdxl_diffusers)
 VARIANTS = (None, "fp16")  # in order of preference: the full-precision files first
 
 

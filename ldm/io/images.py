@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,29 @@ def check_writable(folder: Path, error: type[LdmError] = OutputError, name: str 
         raise error(f"cannot write to {name or folder}: {exc.strerror or exc}") from None
 
 
+def check_new_outputs(*paths: str | Path | None, overwrite: bool = False) -> None:
+    """Refuse, before any work, a named output file that already exists, unless `overwrite` (the user's
+    --overwrite): a command never replaces what a user made without being asked to."""
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise OutputError(f"{path} already exists (--overwrite replaces it)")
+
+
+def write_text_output(path: str | Path, text: str) -> None:
+    """A named text output (a results JSON, a table), written atomically: readers see the old or the new file."""
+    from ldm.io.checkpoint import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text(text)
+
+
 def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
     """A decoded image from a file or bytes, converted to `mode` ("" keeps its own mode).
 
     Refused before decoding: images over PIL's pixel limit (Image.MAX_IMAGE_PIXELS, about 89 MP), where
     PIL only warns up to twice that: a small file can decode to gigabytes (a decompression bomb).
-    Transparent areas become white, as a viewer shows them; 16-bit grey is scaled to 8 bits, not clipped.
+    Transparent areas become white, as a viewer shows them; 16-bit grey is scaled to 8 bits, not clipped. The image
+    is turned as its EXIF orientation says (`upright`), as viewers show it.
     """
     name = "the uploaded image" if isinstance(source, bytes) else str(source)
     try:
@@ -60,7 +78,7 @@ def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 img.load()
-                img = _to_8bit(img)
+                img = _to_8bit(upright(img))
                 if mode == "RGB" and img.mode in ("RGBA", "LA", "P", "PA"):
                     img = img.convert("RGBA")
                     background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -72,6 +90,14 @@ def open_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
         raise InvalidImageError(f"cannot read image {name}: not an image PIL can read (PNG, JPEG, WebP, ...)") from None
     except (OSError, ValueError) as exc:
         raise InvalidImageError(f"cannot read image {name}: {exc}") from exc
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as viewers show it: turned and mirrored by its EXIF orientation tag (a phone photo taken upright
+    is stored sideways with orientation 6); an image without the tag is returned as it is."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img) or img
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -133,25 +159,86 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def save_png(image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None) -> Path:
+def save_png(
+    image: Image.Image, path: str | Path, settings: dict[str, Any] | None = None, exclusive: bool = False
+) -> Path:
     """PNG with the generation settings as text chunks: "parameters" in A1111's layout (ldm.io.infotext), which
     viewers and A1111's PNG Info read, and "ldm", every setting as JSON (what --from-png uses first).
 
-    Written atomically (temp file + rename): a full disk or a crash never leaves a truncated PNG.
+    Written atomically (temp file + rename): a full disk or a crash never leaves a truncated PNG, and a failed
+    write says so in one line (OutputError). `exclusive`: an existing file is never replaced (FileExistsError).
     """
-    from ldm.io.checkpoint import atomic_path
-
     path = Path(path)
+    return _write_png(image, settings, path, lambda tmp: _place(tmp, path, exclusive))
+
+
+def save_numbered_png(
+    image: Image.Image,
+    folder: str | Path,
+    name: str,
+    first: int,
+    settings: dict[str, Any] | None = None,
+    pattern: str = r"(\d+)",
+    glob: str = "*.png",
+) -> tuple[Path, int]:
+    """Save as `name.format(n)` in folder for the first free n from `first` on; returns (path, n).
+
+    Each number is claimed by an exclusive create of the whole file (publish_exclusive), so runs writing into one
+    folder at once never take the same number: one that finds its number taken moves past the highest one there
+    (next_index with `pattern` and `glob`)."""
+    from ldm.io.checkpoint import publish_exclusive
+
+    folder, number = Path(folder), first
+
+    def claim(tmp: str) -> Path:
+        nonlocal number
+        while True:
+            path = folder / name.format(number)
+            try:
+                publish_exclusive(tmp, path)
+                return path
+            except FileExistsError:
+                number = max(number + 1, next_index(folder, pattern, glob))
+
+    return _write_png(image, settings, folder / name.format(first), claim), number
+
+
+def _place(tmp: str, path: Path, exclusive: bool) -> Path:
+    from ldm.io.checkpoint import publish_exclusive
+
+    if exclusive:
+        publish_exclusive(tmp, path)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def _write_png(image: Image.Image, settings: dict[str, Any] | None, path: Path, place: Callable[[str], Path]) -> Path:
+    """Encode the PNG into a temporary file beside `path` and hand it to `place`, which names it; the temporary
+    file never outlives a failure (a full disk: OutputError naming `path` and the system's reason)."""
+    from ldm.io.checkpoint import _umask
+
     info = PngImagePlugin.PngInfo()
     if settings:
         info.add_text("parameters", format_infotext(settings))
         info.add_text("ldm", json.dumps(settings, default=str, allow_nan=False))
+    tmp = None
     try:
-        with signals_held(), atomic_path(path) as tmp:
-            image.save(tmp, format="PNG", pnginfo=info)
+        with signals_held():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+                with os.fdopen(fd, "wb") as f:
+                    image.save(f, format="PNG", pnginfo=info)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
+                return place(tmp)
+            finally:
+                if tmp is not None and os.path.exists(tmp):
+                    os.remove(tmp)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
 
 
 def next_index(folder: Path, pattern: str = r"(\d+)", glob: str = "*.png") -> int:

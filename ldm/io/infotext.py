@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
 from ldm.core.errors import LdmError
+from ldm.io.a1111_samplers import A1111_SAMPLERS, SCHEDULE_SETTINGS, sampler_settings, schedule_type_of, split_schedule
+from ldm.io.controlnet_infotext import controlnet_fields
+from ldm.sampling.samplers import SAMPLERS
 
 
 class InfotextError(LdmError, ValueError):
     """A parameters text that names no setting we can use."""
 
 
-# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9.
+# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9 (ldm.io.a1111_samplers).
 SAMPLER_NAMES = {
     "ddim": "DDIM",
     "plms": "PLMS",
@@ -37,11 +41,31 @@ SAMPLER_NAMES = {
     "heun": "Heun",
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "lms": "LMS",
+    "dpm_2": "DPM2",
+    "dpm_2_ancestral": "DPM2 a",
+    "dpmpp_2s_ancestral": "DPM++ 2S a",
+    "dpmpp_sde": "DPM++ SDE",
+    "dpmpp_3m_sde": "DPM++ 3M SDE",
+    "unipc": "UniPC",
+    "lcm": "LCM",
 }
 SAMPLERS_BY_A1111_NAME = {v: k for k, v in SAMPLER_NAMES.items()}
 
-# One `Name: value` pair of the last line; a value is either a JSON string or runs to the next comma.
-PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# One `Name: value` pair of the last line; a value is either a JSON string or runs to the next comma. A1111's
+# pattern, less its leading \s* and with names of at most 64 characters: each start of a match then scans a bounded
+# name, where A1111's rescanned a whole run of name characters (or spaces) from every start in it, quadratic in the
+# line's length (minutes for a 200,000-character line).
+PARAM = re.compile(r'(\w[\w \-/]{1,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The longest `parameters` or `ldm` text read from an image, in characters: two prompts at their limit
+# (ldm.core.limits.MAX_PROMPT_CHARS) and every setting fit many times over; a longer one is refused unparsed.
+MAX_METADATA_CHARS = 256 * 1024
+# A PNG's text chunks are checked from their headers before Pillow reads them: at most this many bytes each (Pillow
+# itself stops a compressed chunk at 1 MB decompressed, PngImagePlugin.MAX_TEXT_CHUNK), and at most this many
+# chunks before the pixel data.
+MAX_TEXT_CHUNK_BYTES = 1024 * 1024
+MAX_CHUNKS_BEFORE_PIXELS = 4096
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def quote(value: Any) -> str:
@@ -71,12 +95,17 @@ def _short_hashes(named: Any) -> str | None:
     return ", ".join(pairs) or None
 
 
+def _step_fraction(settings: dict[str, Any]) -> str | None:
+    steps, refined = settings.get("steps"), settings.get("refiner_steps")
+    return None if not steps or refined is None else format_number((steps - refined) / steps)
+
+
 def format_infotext(settings: dict[str, Any]) -> str:
     """The A1111 `parameters` text for the settings dict of `ldm.tasks.txt2img.settings_dict`."""
     fields: dict[str, Any] = {
         "Steps": settings.get("steps"),
         "Sampler": SAMPLER_NAMES.get(settings.get("sampler", ""), settings.get("sampler")),
-        "Schedule type": "Karras" if settings.get("karras") else None,
+        "Schedule type": schedule_type_of(settings),
         "CFG scale": format_number(settings["guidance_scale"]) if "guidance_scale" in settings else None,
         "Seed": settings.get("seed"),
         "Size": f"{settings['width']}x{settings['height']}" if "width" in settings and "height" in settings else None,
@@ -86,6 +115,8 @@ def format_infotext(settings: dict[str, Any]) -> str:
         "VAE": settings.get("vae_file"),
         "Clip skip": settings.get("clip_skip"),  # only when chosen (--clip-skip); else the model's own
         "Denoising strength": settings.get("strength"),
+        "Refiner": Path(str(settings["refiner_file"])).stem if settings.get("refiner_file") else None,
+        "Refiner switch at": _step_fraction(settings),  # A1111's is a step fraction (ldm.tasks.sdxl_refiner)
         # A1111 calls DDIM's eta "Eta DDIM" and the ancestral samplers' "Eta"; 0 is not written.
         ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,
         "CFG Rescale phi": settings.get("guidance_rescale") or None,
@@ -97,6 +128,7 @@ def format_infotext(settings: dict[str, Any]) -> str:
         ),
         "TI hashes": _short_hashes((x.get("name"), x.get("sha256")) for x in settings.get("embeddings") or ()),
     }
+    fields.update(controlnet_fields(settings))  # --control, as A1111's ControlNet extension writes it
     params = ", ".join(f"{name}: {quote(value)}" for name, value in fields.items() if value is not None)
     lines = [str(settings.get("prompt", ""))]
     if settings.get("negative_prompt"):
@@ -111,6 +143,7 @@ def parse_infotext(text: str) -> dict[str, str]:
     "Prompt" and "Negative prompt" come from the lines; every pair of the last line becomes a field,
     JSON strings decoded; "Size" is also split into "Size-1" (width) and "Size-2" (height).
     """
+    check_metadata_length(text, "the parameters text")
     lines = text.strip().split("\n")
     last = lines[-1]
     if len(PARAM.findall(last)) < 3:  # not a settings line: it belongs to the prompt
@@ -161,19 +194,25 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
                 settings["eta"] = float(fields[name])
     except ValueError as exc:
         raise InfotextError(f"bad value in the parameters text: {exc}") from None
-    if "Sampler" in fields:
-        sampler = fields["Sampler"]
-        if sampler.endswith(" Karras"):  # A1111 before 1.9 wrote "DPM++ 2M Karras"
-            sampler, settings["karras"] = sampler[: -len(" Karras")], True
-        if sampler not in SAMPLERS_BY_A1111_NAME:
+    if "Sampler" in fields:  # with its schedule type: ldm.io.a1111_samplers
+        label, schedule = fields["Sampler"], fields.get("Schedule type")
+        if label in SAMPLERS:  # our own name, for samplers A1111 has none for (pc, unipc_bh2)
+            chosen = {"sampler": label, **SCHEDULE_SETTINGS.get(schedule or "", {})}
+        else:
+            chosen = sampler_settings(label, schedule, from_a1111="Version" in fields)
+        if chosen is None and split_schedule(label)[0] not in A1111_SAMPLERS:
+            raise InfotextError(f"sampler {label!r} has no counterpart here; known: {', '.join(A1111_SAMPLERS)}")
+        if chosen is None:
             raise InfotextError(
-                f"sampler {sampler!r} has no counterpart here; known: {', '.join(SAMPLERS_BY_A1111_NAME)}"
+                f"schedule type {schedule!r} has no counterpart here; known: Automatic, {', '.join(SCHEDULE_SETTINGS)}"
             )
-        settings["sampler"] = SAMPLERS_BY_A1111_NAME[sampler]
-    if fields.get("Schedule type") == "Karras":
-        settings["karras"] = True
+        settings.update(chosen)
     if "Model hash" in fields:
         settings["model_hash"] = fields["Model hash"]
+    if "Refiner switch at" in fields:  # a step fraction there, a timestep fraction here (ldm.tasks.sdxl_refiner)
+        from ldm.tasks.sdxl_refiner import refiner_settings_from_a1111  # torch: only for the images that need it
+
+        settings.update(refiner_settings_from_a1111(fields, settings.get("steps")))
     if "steps" not in settings and "seed" not in settings:
         raise InfotextError("the parameters text has no Steps or Seed: not an A1111 or ldm image")
     return settings
@@ -187,26 +226,116 @@ def as_made(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def settings_from_png(path: str | Path) -> dict[str, Any]:
-    """The settings an image was made with: our full JSON ("ldm" chunk) if present (`as_made`), else A1111's text
-    (which has no DDIM variant: the model's own applies)."""
+def check_metadata_length(text: str, name: str) -> None:
+    if len(text) > MAX_METADATA_CHARS:
+        raise InfotextError(
+            f"{name} is {len(text):,} characters long; the limit is {MAX_METADATA_CHARS:,} "
+            "(ldm.io.infotext.MAX_METADATA_CHARS)"
+        )
+
+
+def check_png_chunks(path: Path) -> None:
+    """Refuse, from the chunk headers alone, a PNG whose text chunks are too large to read (ldm.io.infotext limits);
+    a file that is not a PNG is left to Pillow."""
+    with path.open("rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return
+        for _ in range(MAX_CHUNKS_BEFORE_PIXELS):
+            header = f.read(8)
+            if len(header) < 8:
+                return
+            length, kind = struct.unpack(">I4s", header)
+            if kind in (b"IDAT", b"IEND"):  # Pillow reads no further without decoding the pixels
+                return
+            if kind in (b"tEXt", b"zTXt", b"iTXt") and length > MAX_TEXT_CHUNK_BYTES:
+                raise InfotextError(
+                    f"{path} has a text chunk of {length:,} bytes; the limit is "
+                    f"{MAX_TEXT_CHUNK_BYTES:,} (ldm.io.infotext.MAX_TEXT_CHUNK_BYTES)"
+                )
+            f.seek(length + 4, 1)  # the data and its CRC
+    raise InfotextError(f"{path} has more than {MAX_CHUNKS_BEFORE_PIXELS} chunks before its pixels; not read")
+
+
+def read_png_text(path: Path) -> dict[str, Any]:
+    """The text chunks before the pixel data (where Pillow, and so A1111 and we, write them), without decoding a
+    pixel. Pillow's own limits stay on: a compressed chunk over 1 MB decompressed, 64 MB of text in all, and images
+    over Image.MAX_IMAGE_PIXELS (which img2img refuses too) are refused in one line."""
+    import warnings
+
     from PIL import Image
 
+    try:
+        check_png_chunks(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return dict(image.info)  # never image.text: it decodes the pixels to look for chunks after them
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InfotextError(f"{path} is too large to open safely ({str(exc).split('.')[0]})") from None
+    except Image.UnidentifiedImageError:
+        raise InfotextError(f"cannot read {path}: not an image PIL can read") from None
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:  # Pillow: "Decompressed Data Too Large", ...
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise InfotextError(f"cannot read the metadata of {path}: {reason}") from None
+
+
+# The type of each of our settings (the `ldm` JSON of `save_png`), as the command line's options take them; null is
+# "not set". Sampler options (snr, corrector_steps, ...) are checked as --sampler-option's are (ldm.sampling.options).
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        (
+            "prompt",
+            "negative_prompt",
+            "sampler",
+            "spacing",
+            "precision",
+            "ddim_variant",
+            "label",
+            "model_file",
+            "model_sha256",
+            "model_hash",
+            "model_name",
+        ),
+        (str,),
+    ),
+    **dict.fromkeys(("seed", "height", "width", "steps"), (int,)),
+    **dict.fromkeys(("guidance_scale", "eta", "guidance_rescale", "threshold", "strength"), (int, float)),
+    **dict.fromkeys(("karras", "long_prompts", "emphasis", "learned_variance"), (bool,)),
+}
+TYPE_NAMES = {(str,): "text", (int,): "an integer", (int, float): "a number", (bool,): "true or false"}
+
+
+def check_setting_types(settings: dict[str, Any], source: str) -> None:
+    """Refuse, in one line naming the field, a setting of the wrong type (a string seed, a list as the sampler)."""
+    for key, kinds in SETTING_TYPES.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in kinds
+        if wrong_bool or not isinstance(value, kinds):
+            raise InfotextError(f"{source}: setting {key!r} must be {TYPE_NAMES[kinds]}, got {value!r:.60}")
+
+
+def settings_from_png(path: str | Path) -> dict[str, Any]:
+    """The settings an image was made with: our full JSON ("ldm" chunk) if present (`as_made`), else A1111's text
+    (which has no DDIM variant: the model's own applies). Both are bounded in length and type-checked
+    (`check_setting_types`); their ranges are checked where the command line's are."""
     path = Path(path)
     if not path.is_file():
         raise InfotextError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            chunks = dict(getattr(image, "text", None) or image.info)
-    except OSError as exc:
-        raise InfotextError(f"cannot read {path}: {exc}") from None
+    chunks = read_png_text(path)
     if isinstance(chunks.get("ldm"), str):
+        check_metadata_length(chunks["ldm"], f"the ldm settings of {path}")
         try:
             settings = json.loads(chunks["ldm"])
-        except json.JSONDecodeError as exc:
-            raise InfotextError(f"{path}: the ldm settings are not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, an integer of over 4,300 digits
+            reason = getattr(exc, "msg", None) or str(exc).split(":")[0] or "nested too deep"
+            raise InfotextError(f"{path}: the ldm settings are not valid JSON ({reason})") from None
         if isinstance(settings, dict):
+            check_setting_types(settings, f"{path} (ldm settings)")
             return as_made(settings)
     if isinstance(chunks.get("parameters"), str):
-        return settings_from_infotext(chunks["parameters"])
+        settings = settings_from_infotext(chunks["parameters"])
+        check_setting_types(settings, f"{path} (parameters text)")
+        return settings
     raise InfotextError(f"{path} holds no generation settings (no 'ldm' or 'parameters' text)")

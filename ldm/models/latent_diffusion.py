@@ -30,6 +30,8 @@ from ldm.io.checkpoint import (
     to_original_keys,
     weights_in_our_layout,
 )
+from ldm.io.diffusers_keys import from_diffusers, vae_names
+from ldm.models.vae_precision import decode_safely, overflows_in_fp16
 
 log = logging.getLogger(__name__)
 # Entries of VAE files that are no weights of the autoencoder: its training loss (LPIPS, discriminator), EMA copies.
@@ -296,7 +298,10 @@ class LatentDiffusion(nn.Module):
         return self.vae.encode_to_latent(images, generator=generator, sample=sample)
 
     def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1] (not clamped)."""
+        """Scaled latents -> images in [-1, 1] (not clamped); an fp16 decode that would overflow runs in float32."""
+        return decode_safely(self._decode_latent, self.vae, latents, upcast=overflows_in_fp16(self))
+
+    def _decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
         tiling = self.vae_tiling
         if tiling and max(latents.shape[-2:]) > tiling["tile"]:
             from ldm.models.tiling import tiled_decode
@@ -340,7 +345,8 @@ class LatentDiffusion(nn.Module):
 
     def load_vae_weights(self, path: str | Path) -> None:
         """Replace the autoencoder's weights with those of a standalone VAE file in the original layout
-        (`encoder.*`, `decoder.*`, `quant_conv.*`, `post_quant_conv.*`, as vae-ft-mse-840000-ema-pruned), and
+        (`encoder.*`, `decoder.*`, `quant_conv.*`, `post_quant_conv.*`, as vae-ft-mse-840000-ema-pruned) or diffusers'
+        (a vae/diffusion_pytorch_model.safetensors, as the fp16-safe sdxl-vae-fp16-fix), and
         record it with the model's identity, since it changes every image. A file that does not fit the
         autoencoder exactly is refused in one line and the model is left as it was."""
         state = load_state_dict(path)
@@ -353,6 +359,8 @@ class LatentDiffusion(nn.Module):
                 ", ".join(sorted({k.split(".")[0] for k in dropped})),
             )
             state = {k: v for k, v in state.items() if not k.startswith(VAE_FILE_IGNORED)}
+        if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in state):  # diffusers' layout
+            state = from_diffusers(state, vae_names(list(self.vae.state_dict()), len(self.vae.decoder.up)))
         problems = state_problems(self.vae.state_dict(), state)
         if problems:
             raise CheckpointError(

@@ -85,12 +85,20 @@ _warned: set[str] = set()  # each cut prompt is said once, not at every step or 
 
 
 def _cut_part(prompt: str, kept: int) -> str:
-    """The words of a prompt past its first `kept` tokens, for the warning."""
+    """The words of a prompt past its first `kept` tokens, for the warning.
+
+    A binary search for the most words whose tokens fit (the count grows with the words): a few encodings
+    of the prompt, where trying every word count was quadratic in its length (minutes for 100,000 characters).
+    """
     words = prompt.split()
-    for i in range(len(words), 0, -1):
-        if len(_bpe().encode(" ".join(words[:i]))) <= kept:
-            return " ".join(words[i:])
-    return prompt
+    fits, too_many = 0, len(words) + 1  # 0 words always fit
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        if len(_bpe().encode(" ".join(words[:middle]))) <= kept:
+            fits = middle
+        else:
+            too_many = middle
+    return " ".join(words[fits:]) if fits else prompt
 
 
 def check_layer(layer: str) -> None:

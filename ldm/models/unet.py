@@ -259,7 +259,7 @@ class UNetModel(nn.Module):
         use_scale_shift_norm: bool = False,
         use_spatial_transformer: bool = True,
         transformer_depth: int | Sequence[int] = 1,
-        context_dim: int | None = None,
+        context_dim: int | Sequence[int] | None = None,
         legacy: bool = True,
         disable_self_attentions: Sequence[bool] | None = None,
         num_attention_blocks: Sequence[int] | None = None,
@@ -281,6 +281,10 @@ class UNetModel(nn.Module):
         if num_heads == -1 and num_head_channels == -1:
             raise InvalidOptionError("set num_heads or num_head_channels")
         levels = len(channel_mult)
+        if isinstance(context_dim, (list, tuple)):  # one per level (SDXL refiner's YAML); all alike there
+            if len(set(context_dim)) != 1:
+                raise InvalidOptionError(f"context_dim must be one width for all levels, got {list(context_dim)}")
+            context_dim = int(context_dim[0])
         num_res_blocks = _per_level(num_res_blocks, levels, "num_res_blocks")
         depths = _per_level(transformer_depth, levels, "transformer_depth")
         self.in_channels, self.out_channels, self.model_channels = in_channels, out_channels, model_channels
@@ -369,7 +373,8 @@ class UNetModel(nn.Module):
     guidance_embedded = property(lambda self: hasattr(self, "guidance_embed"))  # a distilled student's scale input
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
+                control: list[torch.Tensor] | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
             raise InvalidOptionError("pass y exactly when the U-Net has a class/noise-level embedding (num_classes)")
         if (guidance is not None) != self.guidance_embedded:
@@ -393,6 +398,10 @@ class UNetModel(nn.Module):
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        if (
+            control is not None
+        ):  # ControlNets' residuals (ldm.models.controlnet): one per skip connection, then the middle's
+            skips, h = [s + r.to(s.dtype) for s, r in zip(skips, control)], h + control[-1].to(h.dtype)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             next_size = tuple(skips[-1].shape[-2:]) if skips else None

@@ -27,7 +27,7 @@ import torch
 
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError, LdmError
-from ldm.sampling.samplers import SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
+from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What every sampler takes (ldm.sampling.samplers' signature); the rest of a signature are the sampler's own options.
@@ -35,10 +35,18 @@ COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable"
 # Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own.
 FIXED_ETA = {"ddpm": 1.0}
 DDIM_VARIANTS = defaults.DDIM_VARIANTS  # re-exported
+# The largest guidance scale taken. SD is used at 1-20 and beyond a few dozen guidance only saturates the image;
+# much further, scale * (cond - uncond) overflows (fp16 at 65504, a distilled student's scale input already at
+# 3.4e38, float32's end) and the image comes out black. 1000 leaves fifty times the useful range.
+MAX_GUIDANCE_SCALE = 1000.0
 
 
 class PrecisionError(LdmError, ValueError):
     pass
+
+
+class NonFiniteLatentsError(LdmError, FloatingPointError):
+    """Sampling made NaN or infinite latents: decoded, they would be a black image."""
 
 
 def sampler_parameters(name: str) -> dict[str, Any]:
@@ -49,6 +57,13 @@ def sampler_parameters(name: str) -> dict[str, Any]:
 
 def samplers_with(option: str) -> list[str]:
     return [name for name in SAMPLERS if option in sampler_parameters(name)]
+
+
+def sampler_options_help() -> str:
+    """Each sampler's own option with its type and range, for --help: "eta (ddim, ...): a number >= 0; ..."."""
+    return "; ".join(
+        f"{key} ({', '.join(samplers_with(key))}): {spec.describe()}" for key, spec in SAMPLER_OPTIONS.items()
+    )
 
 
 @dataclass
@@ -78,6 +93,11 @@ class SamplingOptions:
                 raise InvalidOptionError(f"{name.replace('_', ' ')} must be a finite number, got {getattr(self, name)}")
         if self.guidance_scale < 0:
             raise InvalidOptionError(f"guidance scale must be >= 0, got {self.guidance_scale}")
+        if self.guidance_scale > MAX_GUIDANCE_SCALE:
+            raise InvalidOptionError(
+                f"guidance scale must be at most {MAX_GUIDANCE_SCALE:g}, "
+                f"got {self.guidance_scale:g} (useful values are about 1-20)"
+            )
         if self.eta is not None and self.eta < 0:
             raise InvalidOptionError(f"eta must be >= 0, got {self.eta}")
         if self.precision not in PRECISIONS:
@@ -105,11 +125,14 @@ def sampler_kwargs(options: SamplingOptions) -> dict[str, Any]:
         if "eta" in kwargs:
             raise SamplerOptionError("eta is given twice (as eta and in extra); give it once")
         kwargs["eta"] = float(options.eta)
-    for key in kwargs:
+    for key, value in kwargs.items():
         if key not in own:
             takers = samplers_with(key)
             hint = f" (samplers with {key}: {', '.join(takers)})" if takers else ""
             raise SamplerOptionError(f"sampler {options.sampler!r} has no option {key!r}{hint}")
+        spec = SAMPLER_OPTIONS.get(key)
+        if spec is not None and not spec.accepts(value):
+            raise SamplerOptionError(f"sampler option {key} must be {spec.describe()}, got {value!r:.60}")
     if "eta" in own:
         kwargs.setdefault("eta", own["eta"])
     return kwargs
@@ -161,8 +184,36 @@ def sample(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample."""
+    """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample.
+
+    Latents that become NaN or infinite (too large a guidance scale, LoRA or embedding for the model) raise
+    NonFiniteLatentsError naming the first step whose prediction was not finite, instead of decoding to black.
+    """
     sampler = sampler_function(options)
     kwargs = sampler_kwargs(options)
+    # One reduction per step, kept as a device tensor (no host sync in the loop); read only when the end is bad.
+    finite_steps: list[torch.Tensor] = []
+
+    def watch(info: dict) -> None:
+        finite_steps.append(torch.isfinite(info["denoised"]).all())
+        if callback is not None:
+            callback(info)
+
     with autocast(x.device, options.precision):
-        return sampler(denoiser, x, sigmas, callback=callback, disable=not progress, generator=generator, **kwargs)
+        x = sampler(denoiser, x, sigmas, callback=watch, disable=not progress, generator=generator, **kwargs)
+    check_finite_latents(x, finite_steps)
+    return x
+
+
+def check_finite_latents(latents: torch.Tensor, finite_steps: list[torch.Tensor] | None = None) -> None:
+    """Raise NonFiniteLatentsError if sampling's result holds NaN or infinity; `finite_steps` (one 0-d bool tensor
+    per step: was its prediction finite) tell at which step it went wrong."""
+    if bool(torch.isfinite(latents).all()):
+        return
+    steps = finite_steps or []
+    first = next((i for i, finite in enumerate(steps) if not bool(finite)), None)
+    where = f" at step {first + 1} of {len(steps)}" if first is not None else ""
+    raise NonFiniteLatentsError(
+        f"sampling produced non-finite latents{where}: the guidance scale, a LoRA weight or "
+        "an embedding is probably too large for this model"
+    )

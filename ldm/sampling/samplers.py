@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -346,6 +347,18 @@ def sample_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args
     return x
 
 
+# Here, after the helpers above that ldm.sampling.samplers_extra builds on (an import at the top would be circular).
+from ldm.sampling.samplers_extra import (
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
+    sample_lcm,
+    sample_lms,
+)
+from ldm.sampling.samplers_unipc import sample_unipc, sample_unipc_bh2
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
@@ -356,9 +369,51 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "pc": sample_pc,
+    "lms": sample_lms,
+    "dpm_2": sample_dpm_2,
+    "dpm_2_ancestral": sample_dpm_2_ancestral,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_sde": sample_dpmpp_sde,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "unipc": sample_unipc,
+    "unipc_bh2": sample_unipc_bh2,
+    "lcm": sample_lcm,
 }
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What a sampler's own keyword option takes: its type and closed range (None: unbounded on that side)."""
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{noun} from {self.low:g} to {self.high:g}"
+        return f"{noun} >= {self.low:g}" if self.low is not None else noun
+
+    def accepts(self, value: Any) -> bool:
+        """Of the type, finite and at most `high`; `low` is checked by the sampler itself (sample_pc) and by
+        SamplingOptions.validate (eta), whose messages callers know."""
+        if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
+            return False
+        return math.isfinite(value) and (self.high is None or value <= self.high)
+
+
+# Every sampler's own keyword option (besides the common ones), checked wherever options come in (the CLI's
+# --sampler-option, a PNG's settings, the Python API: ldm.sampling.options.sampler_kwargs). The upper bounds keep a run's
+# cost bounded as --steps is (at most the model's timesteps): pc makes corrector_steps extra U-Net calls per step.
+SAMPLER_OPTIONS: dict[str, OptionSpec] = {
+    "eta": OptionSpec(float, 0.0),
+    "snr": OptionSpec(float, 0.0, 1.0),
+    "corrector_steps": OptionSpec(int, 0, 20),
+}
+
 # Deterministic with their default options (ddim: eta = 0); the others draw from the generator.
-DETERMINISTIC = ("ddim", "plms", "euler", "heun", "dpmpp_2m")
+DETERMINISTIC = ("ddim", "plms", "euler", "heun", "dpmpp_2m", "lms", "dpm_2", "unipc", "unipc_bh2")
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:

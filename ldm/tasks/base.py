@@ -22,11 +22,14 @@ import torch
 from PIL import Image
 
 from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.core.limits import check_prompt_length
 from ldm.diffusion.schedules import get_sigmas
+from ldm.models.controlnet import controlled_denoiser
 from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
 from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
 from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
 from ldm.sampling.samplers import Generators, check_strength, truncate_sigmas
+from ldm.sampling.samplers_extra import DISCARD_NEXT_TO_LAST_SIGMA, discard_next_to_last
 
 # What each task needs, as its error message says it (the kinds that can drive it: ldm.models.latent_diffusion.CONDITIONING).  # noqa: E501
 TASK_NEEDS = {
@@ -98,18 +101,45 @@ def for_model(options: SamplingOptions, model: LatentDiffusion) -> SamplingOptio
     return options
 
 
+def check_texts(texts: Any, what: str) -> list[str]:
+    """A prompt argument (one str, or a list or tuple of them) as a list; anything else is a PromptError naming it."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise PromptError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
+    for text in texts:
+        if not isinstance(text, str):
+            raise PromptError(f"{what} must be a str or a list of str, got a list holding {type(text).__name__}")
+    return list(texts)
+
+
 def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> tuple[list[str], list[str]]:
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = check_texts(prompt, "prompt")
     if not prompts:
         raise PromptError("no prompts given")
-    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    negatives = check_texts(negative_prompt, "negative prompt")
+    if isinstance(negative_prompt, str):
+        negatives = negatives * len(prompts)
     if len(negatives) != len(prompts):
         raise PromptError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
+    check_prompt_texts(prompts, negatives)
     return prompts, negatives
 
 
+def check_prompt_texts(prompts: list[str], negative_prompts: list[str]) -> None:
+    """Each prompt (already a str, see check_texts) is at most ldm.core.limits.MAX_PROMPT_CHARS characters: longer ones
+    are refused before any parsing or encoding, which grow with the length."""
+    for name, texts in (("prompt", prompts), ("negative prompt", negative_prompts)):
+        for text in texts:
+            check_prompt_length(text, name)
+
+
 def prompt_conditions(
-    model: LatentDiffusion, prompts: list[str], negative_prompts: list[str], options: SamplingOptions | None = None
+    model: LatentDiffusion,
+    prompts: list[str],
+    negative_prompts: list[str],
+    options: SamplingOptions | None = None,
+    size: tuple[int, int] | None = None,
 ) -> tuple[dict, dict]:
     """Cross-attention contexts for the prompts and for the unconditional side of guidance.
 
@@ -117,6 +147,8 @@ def prompt_conditions(
     long_prompts or emphasis (ldm.models.long_prompts), prompts are read the A1111 way; the two sides are then
     brought to one length with empty chunks, so guidance still runs them as one batch.
     """
+    prompts, negative_prompts = check_texts(prompts, "prompt"), check_texts(negative_prompts, "negative prompt")
+    check_prompt_texts(prompts, negative_prompts)
     if getattr(model, "guidance_embedded", False) and any(negative_prompts):
         raise PromptError(
             "this guidance-distilled model takes no negative prompt (it was distilled with the empty "
@@ -127,6 +159,8 @@ def prompt_conditions(
         if any(prompts) or any(negative_prompts):
             raise PromptError("this class-conditional model takes no text; give an empty prompt and a label")
         return {}, {}
+    if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):  # SDXL: context and vector y too
+        return _sdxl_conditions(model, prompts, negative_prompts, options, size)
     if options is None or not (options.long_prompts or options.emphasis):
         context = model.encode_text(prompts + negative_prompts)
         return {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
@@ -137,6 +171,22 @@ def prompt_conditions(
 
     cond, uncond = pad_contexts(encode(prompts), encode(negative_prompts), encode([""]))
     return {"context": cond}, {"context": uncond}
+
+
+def _sdxl_conditions(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negative_prompts: list[str],
+    options: SamplingOptions | None,
+    size: tuple[int, int] | None,
+) -> tuple[dict, dict]:
+    """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size)."""
+    from ldm.models.sdxl_conditioning import sdxl_conditions
+
+    if options is not None and (options.long_prompts or options.emphasis):
+        raise PromptError("long prompts and emphasis are not supported for SDXL models yet")
+    height, width = size or (model.default_image_size, model.default_image_size)
+    return sdxl_conditions(model.text_encoder, prompts, negative_prompts, height, width)
 
 
 def label_conditions(model: LatentDiffusion, labels: str | list[str | None] | None, count: int) -> tuple[dict, dict]:
@@ -172,6 +222,32 @@ class NoiseShapeError(InvalidOptionError):
     """Given latents or generators that do not fit the batch."""
 
 
+def check_generators(generator: Any) -> None:
+    """None, one torch.Generator or a list of them: anything else (a seed, numpy's Generator) is refused by name."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+        return
+    held = (
+        f"a list holding {', '.join(sorted({type(g).__name__ for g in generator}))}"
+        if isinstance(generator, (list, tuple))
+        else type(generator).__name__
+    )
+    raise NoiseShapeError(f"generator must be a torch.Generator or a list of them, got {held} (for a seed, give seed=)")
+
+
+def check_latents(latents: Any) -> None:
+    """Start latents the sampler can use: a floating-point tensor with data (not on the meta device), all finite."""
+    if not isinstance(latents, torch.Tensor):
+        raise NoiseShapeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    if latents.is_meta:
+        raise NoiseShapeError("latents are on the meta device, which holds no values; give a tensor with data")
+    if not latents.is_floating_point():
+        raise NoiseShapeError(f"latents must be floating-point, got {latents.dtype}")
+    if not bool(torch.isfinite(latents).all()):
+        raise NoiseShapeError("latents hold NaN or infinite values; give finite start noise")
+
+
 def batch_noise(
     shape: tuple[int, ...],
     seed: int,
@@ -186,9 +262,11 @@ def batch_noise(
     step's noise, or a list with one per image; with neither, image i is seeded seed + i (start_noise).
     """
     n = shape[0]
+    check_generators(generator)
     if isinstance(generator, (list, tuple)) and len(generator) != n:
         raise NoiseShapeError(f"{len(generator)} generators for {n} images; give one, or one per image")
     if latents is not None:
+        check_latents(latents)
         if tuple(latents.shape) != tuple(shape):
             raise NoiseShapeError(f"latents of shape {list(latents.shape)} for a batch of shape {list(shape)}")
         noise, record = latents.to(device=device, dtype=torch.float32), {"seed": None, "noise": "latents"}
@@ -210,9 +288,12 @@ def batch_noise(
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
     """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.sampling.samplers.sample_ddim_sd)."""  # noqa: E501
     to_zero = ddim_variant_of(options) != "sd"
-    return get_sigmas(
-        model.alphas_cumprod, options.steps, spacing=options.spacing, karras=options.karras, to_zero=to_zero
-    ).to(model.device)
+    # A1111's grid for DPM2 and DPM++ 3M SDE: one step more, its next-to-last sigma dropped (ldm.sampling.samplers_extra).
+    discard = options.sampler in DISCARD_NEXT_TO_LAST_SIGMA and options.steps < len(model.alphas_cumprod)
+    sigmas = get_sigmas(
+        model.alphas_cumprod, options.steps + discard, spacing=options.spacing, karras=options.karras, to_zero=to_zero
+    )
+    return (discard_next_to_last(sigmas) if discard else sigmas).to(model.device)
 
 
 @dataclass(frozen=True)
@@ -235,6 +316,10 @@ class Conditioning:
     def denoiser(self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor) -> Denoiser:
         """network -> parameterisation -> task wrapper -> guidance."""
         inner = model.denoiser()
+        if getattr(
+            model, "controls", None
+        ):  # ControlNets (ldm.models.controlnet.using_controlnets): on the network itself
+            inner = controlled_denoiser(model, inner, model_sigmas(model, options), noise)
         if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
             # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
             null = model.class_labels([None] * noise.shape[0])

@@ -37,10 +37,15 @@ def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Im
 
 
 def prepare(
-    model: LatentDiffusion, prompts: list[str], negatives: list[str], options: SamplingOptions | None = None
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    options: SamplingOptions | None = None,
+    size: tuple[int, int] | None = None,
 ) -> Conditioning:
-    """img2img's conditioning is txt2img's: the prompts alone (the image enters as the start latent)."""
-    return Conditioning(*prompt_conditions(model, prompts, negatives, options))
+    """img2img's conditioning is txt2img's: the prompts alone (the image enters as the start latent); for SDXL the
+    vector of the image's `size` (height, width)."""
+    return Conditioning(*prompt_conditions(model, prompts, negatives, options, size))
 
 
 @torch.no_grad()
@@ -65,7 +70,7 @@ def img2img(
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
-    conditioning = prepare(model, prompts, negatives, options)
+    conditioning = prepare(model, prompts, negatives, options, size=tuple(pixels.shape[-2:]))
     with autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
         latents = sample_seeded(

@@ -118,7 +118,7 @@ def prepare(
 ) -> Conditioning:
     """Inpainting's conditioning: the prompts, plus the masked image for an inpainting model ("model") or the
     blend of the known latents for any other ("blend")."""
-    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options))
+    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options, tuple(pixels.shape[-2:])))
     if model.kind.concat:
         concat = masked_image_condition(model, pixels, mask).expand(len(prompts), -1, -1, -1)
         conditioning = conditioning.with_inputs(concat=concat)

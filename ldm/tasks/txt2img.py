@@ -17,7 +17,9 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import PRECISIONS, PrecisionError, SamplingOptions, autocast, ddim_variant_of, sampler_eta  # noqa: F401
+from ldm.sampling.options import (  # noqa: F401
+    PRECISIONS, PrecisionError, SamplingOptions, autocast, check_finite_latents, ddim_variant_of, sampler_eta,
+)  # fmt: skip
 from ldm.sampling.samplers import Generators
 from ldm.tasks.base import (  # noqa: F401
     Conditioning,
@@ -53,10 +55,12 @@ def prepare(
     negatives: list[str],
     options: SamplingOptions | None = None,
     labels: str | list[str | None] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> Conditioning:
     """txt2img's conditioning: the prompts' contexts, the negative prompts' as the unconditional side; for a
-    class-conditional model the labels' `y`, the null label as the unconditional side."""
-    cond, uncond = prompt_conditions(model, prompts, negatives, options)
+    class-conditional model the labels' `y`, the null label as the unconditional side; for SDXL the vector `y` of
+    the images' `size` (height, width)."""
+    cond, uncond = prompt_conditions(model, prompts, negatives, options, size)
     label_cond, label_uncond = label_conditions(model, labels, len(prompts))
     return Conditioning({**cond, **label_cond}, {**uncond, **label_uncond})
 
@@ -121,7 +125,7 @@ def txt2img(
     if label is not None and not isinstance(label, str):
         label = [name for name in label for _ in range(num_images_per_prompt)]
     height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options, label)
+    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
     latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
@@ -185,9 +189,11 @@ def txt2img_learned_variance(
             )
     if options.guidance_rescale or options.threshold is not None:
         raise InvalidOptionError("guidance rescale and thresholding are not implemented with the learned variance")
+    if getattr(model, "controls", None):  # its sampler does not go through Conditioning.denoiser
+        raise InvalidOptionError("ControlNets are not implemented with the learned variance; leave --control out")
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options, label)
+    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
     noise = start_noise(
         (model.latent_channels, height // model.downscale, width // model.downscale),
         [seed + i for i in range(len(prompts))],
@@ -208,6 +214,7 @@ def txt2img_learned_variance(
             disable=not progress,
             generator=image_generators(model.device, seed, len(prompts)),
         )
+        check_finite_latents(latents)
         images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
     return Generated(

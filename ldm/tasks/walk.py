@@ -108,12 +108,15 @@ def walk_frames(
     height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
-    ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt], options)
-    ctx_a, ctx_b = ends["context"][0:1], ends["context"][1:2]
+    sdxl = hasattr(getattr(model, "text_encoder", None), "micro_conditions")  # SDXL: a negative prompt per prompt
+    ends, uncond = prompt_conditions(
+        model, [prompt_a, prompt_b], [negative_prompt] * (2 if sdxl else 1), options, (height, width)
+    )
+    uncond = {k: v[:1] for k, v in uncond.items()}
     images: list[Image.Image] = []
     for k, t in enumerate(positions):
         # Each frame's conditioning: the prompts' contexts interpolated; its start: the seeds' noise slerped.
-        conditioning = Conditioning({"context": lerp(ctx_a, ctx_b, t)}, uncond)
+        conditioning = Conditioning({k: lerp(v[0:1], v[1:2], t) for k, v in ends.items()}, uncond)  # SDXL: y too
         generator = torch.Generator(model.device).manual_seed(seed_a)
         latent = denoise(model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress)
         with autocast(model.device, options.precision):
@@ -144,22 +147,31 @@ def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, 
 
 
 def save_gif(
-    frames: list[Image.Image], path: str | Path, duration_ms: int = 100, loop: int = 0, boomerang: bool = False
+    frames: list[Image.Image],
+    path: str | Path,
+    duration_ms: int = 100,
+    loop: int = 0,
+    boomerang: bool = False,
+    overwrite: bool = True,
 ) -> Path:
+    """Write the GIF atomically; `overwrite=False` never replaces an existing file (WalkError instead)."""
     from ldm.io.checkpoint import atomic_path
 
     path = Path(path)
     data = gif_bytes(frames, duration_ms, loop, boomerang)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, exclusive=not overwrite) as tmp:
             Path(tmp).write_bytes(data)
+    except FileExistsError:
+        raise WalkError(f"{path} already exists (--overwrite replaces it)") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 
-def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10) -> Path:
-    """MP4 through imageio's ffmpeg plugin (the imageio-ffmpeg package ships its own ffmpeg binary)."""
+def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10, overwrite: bool = True) -> Path:
+    """MP4 through imageio's ffmpeg plugin (the imageio-ffmpeg package ships its own ffmpeg binary);
+    `overwrite=False` never replaces an existing file (WalkError instead)."""
     try:
         import imageio.v2 as imageio
         import imageio_ffmpeg  # noqa: F401  (fail here, with a clear message, not deep inside imageio)
@@ -174,7 +186,7 @@ def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10) -> Path
     path = Path(path)
     try:
         # Written whole, then renamed: an interrupted encode leaves no half MP4 (ffmpeg needs the .mp4 ending).
-        with atomic_path(path, suffix=".tmp.mp4") as tmp:
+        with atomic_path(path, suffix=".tmp.mp4", exclusive=not overwrite) as tmp:
             # macro_block_size=1: our frames may be any multiple of 8, not of the default 16.
             writer = imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, pixelformat="yuv420p")
             try:
@@ -182,6 +194,8 @@ def save_mp4(frames: list[Image.Image], path: str | Path, fps: int = 10) -> Path
                     writer.append_data(np.asarray(frame.convert("RGB")))
             finally:  # not `with`: imageio's writer stays open on an error, and ffmpeg wrote the file later
                 writer.close()
+    except FileExistsError:
+        raise WalkError(f"{path} already exists (--overwrite replaces it)") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ldm.io.images import make_grid
+from ldm.io.images import make_grid, save_png
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,7 @@ class SampleGrid(pl.Callback):
         if not images:
             return None
         grid = make_grid(images)
-        path = self.out_dir / f"step-{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
+        path = save_png(grid, self.out_dir / f"step-{step:06d}.png")  # atomic; a full disk: one line (OutputError)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")

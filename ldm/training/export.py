@@ -17,12 +17,15 @@ import torch
 import yaml
 
 from ldm.core.config import target_class
-from ldm.io.checkpoint import OPEN_CLIP_LAYOUT, atomic_path, save_state_dict, to_original_keys
+from ldm.io.checkpoint import OPEN_CLIP_LAYOUT, atomic_path, save_state_dict, to_original_keys, write_error
 
 
 def _write_yaml_atomic(data: dict, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+    except OSError as exc:  # a full disk: one line naming the file
+        raise write_error(path, exc) from exc
 
 
 def inference_model_node(model_node: dict, scale_factor: float) -> dict:
@@ -143,3 +146,15 @@ def export_module(
     if isinstance(module, LatentDiffusionModule):
         return export_diffusion(module.inference_state_dict(), cfg["model"], module.model.scale_factor, out_dir, step)
     return export_autoencoder(module.inference_state_dict(), cfg["model"], out_dir, step)  # type: ignore[operator]
+
+
+def export_names(module: torch.nn.Module) -> tuple[str, str]:
+    """The two files export_module writes for this module (weights, config), by the same rule."""
+    from ldm.training.clip_module import ClipModule
+    from ldm.training.ldm_module import LatentDiffusionModule
+
+    if isinstance(module, ClipModule):
+        return "clip.safetensors", "clip.json"
+    if isinstance(module, LatentDiffusionModule):
+        return ("lora.safetensors", "lora.yaml") if module.lora is not None else ("model.safetensors", "model.yaml")
+    return "vae.safetensors", "vae.yaml"

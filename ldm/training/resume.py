@@ -16,7 +16,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from ldm.core.errors import LdmError
-from ldm.io.checkpoint import atomic_path, state_problems, torch_load_weights_only
+from ldm.io.checkpoint import WriteError, atomic_path, state_problems, torch_load_weights_only, write_error
 
 LAST = "last"
 # What every Lightning training checkpoint holds; a bare state dict (an inference .ckpt) lacks them.
@@ -103,7 +103,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     `preloaded` maps a path to its already-read checkpoint, so a resumed file is read (and checked) once.
     Saving is Lightning's own, into a temporary file renamed over the target: a run killed while writing
-    last.ckpt keeps the previous one, instead of a truncated file that every --resume would refuse.
+    last.ckpt keeps the previous one, instead of a truncated file that every --resume would refuse. A write
+    that fails (a full disk) removes its temporary file and stops the run with one line (WriteError) naming
+    the checkpoint and the cause; the previous checkpoint stays as it was.
     """
 
     def __init__(self, preloaded: dict[str, dict] | None = None):
@@ -117,5 +119,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            with atomic_path(path) as tmp:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+        except WriteError:
+            raise
+        except OSError as exc:  # Lightning serialises into memory, then writes the bytes: a full disk is an OSError
+            raise write_error(path, exc) from exc

@@ -6,6 +6,7 @@ Run directory layout (`logging.run_dir`):
     checkpoints/last.ckpt       Lightning checkpoint for exact resume (also step-NNNNNN.ckpt every N steps)
     csv/version_K/metrics.csv   losses (CSVLogger); tensorboard/version_K/ (TensorBoardLogger)
     samples/step-NNNNNN.png     sample grids
+    run.lock                    while a run lives: its lock (ldm.training.run_lock), one training per folder
     model.safetensors, model.yaml   inference export (vae.safetensors, vae.yaml for autoencoder runs)
 """
 from __future__ import annotations
@@ -45,10 +46,11 @@ from ldm.training.resume import (
     read_checkpoint,
     resolve_resume,
 )
+from ldm.training.run_lock import RunFolderLock, is_rank_zero_process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LAST", "ResumeError", "RunDirError", "RunDirExistsError", "TrainingStopped", "build_data", "build_module", "build_trainer",  # noqa: E501
+__all__ = ["LAST", "ExportExistsError", "ResumeError", "RunDirError", "RunDirExistsError", "TrainingStopped", "build_data", "build_module", "build_trainer",  # noqa: E501
            "config_for", "export_checkpoint", "read_checkpoint", "resolve_resume", "run", "train"]
 
 
@@ -58,6 +60,10 @@ class RunDirExistsError(LdmError, FileExistsError):
 
 class RunDirError(LdmError, OSError):
     """A run folder that cannot be written."""
+
+
+class ExportExistsError(LdmError, FileExistsError):
+    """An export-only run asked to write over existing exports without --overwrite."""
 
 
 class TrainingStopped(LdmError):
@@ -285,18 +291,24 @@ def config_for(config_path: str | os.PathLike | None, overrides: list[str],
 
 
 def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                      loaded: dict | None = None) -> tuple[Path, Path]:
-    """Inference export from a Lightning checkpoint, without training (`ldm train --export-only`)."""
-    from ldm.training.export import export_module
+                      loaded: dict | None = None, overwrite: bool = False) -> tuple[Path, Path]:
+    """Inference export from a Lightning checkpoint, without training (`ldm train --export-only`).
+
+    Exports already in out_dir (a finished run's own, or an earlier export) are refused unless `overwrite`."""
+    from ldm.training.export import export_module, export_names
     from ldm.training.labels import with_classes
 
     cfg = with_classes(cfg)  # a class-conditional run's names, as its training run wrote them into model.yaml
     ckpt = loaded if loaded is not None else read_checkpoint(checkpoint)
     module = build_module(cfg)
     check_resumable(ckpt, module, checkpoint)
+    out = Path(out_dir or cfg["logging"]["run_dir"])
+    existing = next((out / name for name in export_names(module) if (out / name).exists()), None)
+    if existing is not None and not overwrite:
+        raise ExportExistsError(f"{existing} already exists (--overwrite replaces it)")
     module.load_state_dict(ckpt["state_dict"], strict=True)
     module.on_load_checkpoint(ckpt)
-    return export_module(module, cfg, out_dir or cfg["logging"]["run_dir"], step=ckpt.get("global_step"))
+    return export_module(module, cfg, out, step=ckpt.get("global_step"))
 
 
 def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
@@ -339,28 +351,37 @@ def train(cfg: dict, resume: str | os.PathLike | None = None, extra_callbacks: l
         checkpoint = read_checkpoint(ckpt_path)  # first: a bad file is reported before any work
     # Found before the model is built and the data read, not when the first checkpoint is due.
     check_writable(run_dir, RunDirError, f"the run folder {run_dir} (logging.run_dir)")
-    data = build_data(cfg)  # data errors are cheaper to report than after building a large model
-    data.setup()  # scans the folders now: a missing or empty one is said before anything is written
-    module = build_module(cfg)
-    if ckpt_path is not None:
-        check_resumable(checkpoint, module, ckpt_path)  # type: ignore[arg-type]
-    trainer = build_trainer(cfg, extra_callbacks, preloaded={str(ckpt_path): checkpoint} if ckpt_path else None)
-    if ckpt_path is not None:
-        check_same_data_order(checkpoint, cfg, trainer.world_size, ckpt_path)  # type: ignore[arg-type]
-    if trainer.is_global_zero:  # other ranks start once rank 0 has begun writing here
-        if ckpt_path is None:
-            check_new_run_dir(run_dir, overwrite)
-        dump(cfg, run_dir / "config.yaml")
-    if ckpt_path is not None:
-        log.info("resuming from %s", ckpt_path)
+    # One live training per folder (ldm.training.run_lock): held until this function returns, or the process ends.
+    lock = RunFolderLock(run_dir).acquire() if is_rank_zero_process() else None
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        stop = _stop_callback(trainer)
-        signum = stop.signum if stop is not None else signal.SIGTERM
-        raise TrainingStopped(f"stopped by {signal.Signals(signum).name} at step {trainer.global_step}; "
-                              f"last.ckpt is saved, continue with --resume", signum) from None
-    return module, trainer
+        data = build_data(cfg)  # data errors are cheaper to report than after building a large model
+        data.setup()  # scans the folders now: a missing or empty one is said before anything is written
+        module = build_module(cfg)
+        if ckpt_path is not None:
+            check_resumable(checkpoint, module, ckpt_path)  # type: ignore[arg-type]
+        trainer = build_trainer(cfg, extra_callbacks, preloaded={str(ckpt_path): checkpoint} if ckpt_path else None)
+        if ckpt_path is not None:
+            check_same_data_order(checkpoint, cfg, trainer.world_size, ckpt_path)  # type: ignore[arg-type]
+        if trainer.is_global_zero:  # other ranks start once rank 0 has begun writing here
+            if ckpt_path is None:
+                check_new_run_dir(run_dir, overwrite)
+            dump(cfg, run_dir / "config.yaml")
+        if ckpt_path is not None:
+            log.info("resuming from %s", ckpt_path)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            stop = _stop_callback(trainer)
+            signum = stop.signum if stop is not None else signal.SIGTERM
+            raise TrainingStopped(f"stopped by {signal.Signals(signum).name} at step {trainer.global_step}; "
+                                  f"last.ckpt is saved, continue with --resume", signum) from None
+        finally:  # Ctrl-C's handler goes also when an earlier callback's on_exception raised (a full disk)
+            if (stop := _stop_callback(trainer)) is not None:
+                stop._restore()
+        return module, trainer
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def run(config_path: str | os.PathLike | None, overrides: list[str] | None = None, resume: str | None = None,
@@ -370,7 +391,8 @@ def run(config_path: str | os.PathLike | None, overrides: list[str] | None = Non
     cfg, ckpt = config_for(config_path, overrides, resume)
     if export_only:
         path = resolve_resume(resume or LAST, cfg)
-        weights, config = export_checkpoint(cfg, path, out_dir, loaded=ckpt)  # type: ignore[arg-type]
+        weights, config = export_checkpoint(cfg, path, out_dir, loaded=ckpt,  # type: ignore[arg-type]
+                                            overwrite=overwrite)
         log.info("exported %s and %s", weights, config)
         return 0
     train(cfg, resume, overwrite=overwrite, checkpoint=ckpt)

@@ -135,8 +135,10 @@ def test_a1111_text_maps_onto_our_settings():
     assert (settings["steps"], settings["guidance_scale"], settings["seed"]) == (25, 6.5, 99)
     assert (settings["width"], settings["height"]) == (512, 768)
     assert settings["sampler"] == "dpmpp_2m" and settings["karras"] is True and settings["model_hash"] == "abcdef0123"
-    with pytest.raises(InfotextError, match="sampler 'UniPC'"):
-        settings_from_infotext("x\nSteps: 2, Sampler: UniPC, Seed: 1")
+    with pytest.raises(
+        InfotextError, match="sampler 'DPM adaptive'"
+    ):  # UniPC has one since ldm.sampling.samplers_extra
+        settings_from_infotext("x\nSteps: 2, Sampler: DPM adaptive, Seed: 1")
     with pytest.raises(InfotextError, match="no Steps or Seed"):
         settings_from_infotext("just a caption")
 

@@ -66,7 +66,9 @@ def test_error_shrinks_at_the_expected_order(name, order):
     assert slope(steps[1:], errors[1:]) == pytest.approx(order, abs=0.3), (name, errors)
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+# LCM's re-noised x0 estimates are a sampler only with a consistency model, not this exact posterior-mean denoiser:
+# its spread here has its own closed form (tests/sampling/test_samplers_extra.py).
+@pytest.mark.parametrize("name", [name for name in SAMPLERS if name != "lcm"])
 def test_samples_have_the_data_mean_and_std(name):
     """Started from the exact marginal N(mu, s^2 + sigma_max^2), every sampler should end near N(mu, s^2).
 

@@ -12,9 +12,12 @@ from PIL import Image
 
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
+from ldm.interfaces.cli.sdxl_args import sdxl_record
 from ldm.io.images import save_png, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.tasks.txt2img import SamplingOptions, settings_dict, txt2img
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.sdxl_refiner import sdxl_txt2img
+from ldm.tasks.txt2img import settings_dict, txt2img
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
 
@@ -50,18 +53,26 @@ def generate(
     preview_every: int = 5,
     report: StepReport | None = None,
     label: str | None = None,
+    sdxl: dict[str, Any] | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
-    recorded in the settings as `ldm txt2img --label` records it."""
+    recorded in the settings as `ldm txt2img --label` records it; sdxl: an SDXL model's refiner and
+    micro-conditionings (ldm.tasks.sdxl_refiner.sdxl_txt2img's keywords, ldm.interfaces.app.sdxl)."""
     options = options or SamplingOptions()
     options.validate()
     height = height or model.default_image_size
     width = width or model.default_image_size
     callback = preview_callback(model, options.steps, preview_every, report) if report else None
-    image = txt2img(
-        model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, label=label
-    )[0]
-    labelled = {"label": label} if label is not None else {}
+    if sdxl is not None:
+        made = sdxl_txt2img(
+            model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, **sdxl
+        )
+        image, labelled = made[0], sdxl_record(made.settings)
+    else:
+        image = txt2img(
+            model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, label=label
+        )[0]
+        labelled = {"label": label} if label is not None else {}
     return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model, **labelled)
 
 

@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision", choices=("bf16", "fp32"), default="bf16", help="autocast for the forward pass (default bf16)"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again into an --out folder that already holds clip.safetensors, replacing it",
+    )
+    p.add_argument(
         "--eval-only",
         action="store_true",
         help="re-measure <out>/clip.safetensors and rewrite the card, keeping the training figures of "
@@ -33,8 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ldm.io.images import check_new_outputs
     from ldm.training.clip import WEIGHTS_NAME, train_and_report
 
+    if not args.eval_only:  # --eval-only re-measures the weights there and rewrites only the card
+        check_new_outputs(Path(args.out) / WEIGHTS_NAME, overwrite=args.overwrite)
     report = train_and_report(
         args.data,
         args.out,

@@ -13,16 +13,20 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.core.devices import resolve_device, set_sampling_threads  # resolve_device: re-exported, the commands' --device
 from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
-from ldm.io.images import check_writable, make_grid, next_index, save_png
-from ldm.sampling.options import task_options
+from ldm.core.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, MAX_PROMPTS_PER_FILE, check_prompt_length
+from ldm.io.images import check_writable, make_grid, next_index, save_numbered_png
+from ldm.sampling.options import PRECISIONS, SamplingOptions, sampler_options_help, samplers_with, task_options
 from ldm.sampling.samplers import SAMPLERS
-from ldm.tasks.txt2img import PRECISIONS, SamplingOptions
 
 log = logging.getLogger("ldm")
 
 
 class EmptyPromptFileError(LdmError, ValueError):
     pass
+
+
+class PromptFileError(LdmError, ValueError):
+    """A prompt file that is not UTF-8 text, or too large."""
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -93,20 +97,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None:
     """The sampling options; their defaults are the task's (ldm.core.defaults), as in the Python API and the app."""
     d = task_options(task)
-    p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces the empty prompt in guidance)")  # noqa: E501
+    p.add_argument("--negative-prompt", default="",
+                   help="what to steer away from (replaces the empty prompt in guidance); a prompt or negative "
+                        f"prompt is at most {MAX_PROMPT_CHARS:,} characters")
     p.add_argument("--steps", type=int, default=d.steps, action=Given, help="sampling steps")
     p.add_argument("--scale", type=float, default=d.guidance_scale, action=Given, help="classifier-free guidance scale (1 = no guidance)")  # noqa: E501
     p.add_argument("--sampler", default=d.sampler, action=Given, help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--sampler-option", dest="sampler_option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
                         "--sampler-option snr=0.2 --sampler-option corrector_steps=2; an option the sampler "
-                        "lacks is refused; repeat for several")
+                        f"lacks, or a value outside its range, is refused; repeat for several. {sampler_options_help()}")
     p.add_argument("--eta", type=float, default=None, action=Given,
-                   help="noise of ddim, euler_ancestral and dpmpp_2m_sde (default: the sampler's own, ddim 0, others 1)")  # noqa: E501
+                   help=f"noise of {', '.join(samplers_with('eta'))} (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,
                    help="ddim only: sd starts and ends as the original Stable Diffusion DDIM (and diffusers) do, k as "
                         "k-diffusion does (default: the model's own, sd for original SD models, k for this project's)")
-    p.add_argument("--spacing", default=d.spacing, action=Given, help="timestep spacing: leading, trailing or linspace")
+    p.add_argument("--spacing", default=d.spacing, action=Given,
+                   help="timestep spacing: leading, trailing, linspace or exponential (evenly in log sigma)")
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
     p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")  # noqa: E501
     p.add_argument("--seed", type=int, default=defaults.SEED, help="noise seed; image i of a run uses seed + i")
@@ -114,7 +121,8 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--long-prompts", action="store_true",
                    help="A1111-style: encode prompts over 75 tokens in chunks of 75 instead of cutting them at 77")
     p.add_argument("--emphasis", action="store_true", help="A1111-style (word:1.2), (word) and [word] weights")
-    p.add_argument("--outdir", default="outputs", help="where PNGs are written")
+    p.add_argument("--outdir", default="outputs",
+                   help="where PNGs are written, as the next free numbers (an earlier image is never replaced)")
     p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
                    help="refuse work estimated to need more memory than this (default: 80%% of the device's; inf: no limit)")  # noqa: E501
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -161,8 +169,12 @@ def parse_sampler_options(specs: list[str]) -> dict[str, Any]:
 
 
 def sampling_options(args: argparse.Namespace) -> SamplingOptions:
-    """The sampling options of a generating command (each calls this first, so its seeds are checked here)."""
+    """The sampling options of a generating command (each calls this first, so its seeds and prompts' lengths are
+    checked here, before any work)."""
     check_seeds(args)
+    for name in ("prompt", "prompt_a", "prompt_b", "negative_prompt"):
+        if isinstance(getattr(args, name, None), str):
+            check_prompt_length(getattr(args, name), name.replace("_", " "))
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
                            precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis,
@@ -243,17 +255,46 @@ def parse_tiling(spec: str) -> dict[str, int]:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts to run: the one given, or each line of --from-file that is not blank, each checked against
+    ldm.core.limits.MAX_PROMPT_CHARS (the whole file is checked before any work)."""
     if args.from_file:
-        path = Path(args.from_file)
-        if not path.is_file():
-            raise MissingFileError(f"prompt file not found: {path}")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not prompts:
-            raise EmptyPromptFileError(f"prompt file {path} has no prompts")
-        return prompts
+        return read_prompt_file(args.from_file)
     if args.prompt is None:
         raise InvalidOptionError("give a prompt or --from-file")
+    check_prompt_length(args.prompt)
     return [args.prompt]
+
+
+def read_prompt_file(name: str | Path) -> list[str]:
+    """The lines of a UTF-8 prompt file that are not blank: at most MAX_PROMPT_FILE_BYTES read, MAX_PROMPTS_PER_FILE
+    prompts of at most MAX_PROMPT_CHARS characters each; anything else is refused in one line naming the file."""
+    path = Path(name)
+    if not path.is_file():
+        raise MissingFileError(f"prompt file not found: {path}")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_PROMPT_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PromptFileError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PROMPT_FILE_BYTES:
+        raise PromptFileError(f"prompt file {path} is larger than {MAX_PROMPT_FILE_BYTES // 2**20} MiB; split it")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(
+            f"prompt file {path} is not UTF-8 text: byte {exc.start} (0x{data[exc.start]:02x}) "
+            f"cannot be decoded; save it as UTF-8"
+        ) from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            check_prompt_length(line.strip(), f"line {number} of {path}")
+            prompts.append(line.strip())
+            if len(prompts) > MAX_PROMPTS_PER_FILE:
+                raise PromptFileError(f"prompt file {path} holds more than {MAX_PROMPTS_PER_FILE:,} prompts; split it")
+    if not prompts:
+        raise EmptyPromptFileError(f"prompt file {path} has no prompts")
+    return prompts
 
 
 def check_counts(*counts: tuple[str, int]) -> None:
@@ -280,7 +321,8 @@ class ImageWriter:
 
     The folder is checked for writing before any work (an unwritable --outdir used to be found only
     after generating). Each image is written atomically the moment it exists, so an interrupted run
-    keeps every finished image. Numbers continue after the highest one present.
+    keeps every finished image. Numbers continue after the highest one present, and each is claimed by an
+    exclusive create (save_numbered_png): runs writing into one folder at once never replace each other's images.
     """
 
     GRID_LIMIT = 64  # a grid of more images is too big to look at; they are in samples/ anyway
@@ -295,8 +337,8 @@ class ImageWriter:
         self._grid_images: list[Image.Image] = []
 
     def write(self, image: Image.Image, settings: dict[str, Any]) -> Path:
-        path = save_png(image, self.samples / f"{self.next:05d}.png", settings)
-        self.next += 1
+        path, number = save_numbered_png(image, self.samples, "{:05d}.png", self.next, settings)
+        self.next = number + 1
         self.paths.append(path)
         if self.grid and len(self._grid_images) <= self.GRID_LIMIT:
             self._grid_images.append(image)
@@ -305,8 +347,16 @@ class ImageWriter:
     def finish(self) -> list[Path]:
         """Write the grid (for 2 to GRID_LIMIT images); returns every path written."""
         if self.grid and 1 < len(self._grid_images) <= self.GRID_LIMIT:
-            number = next_index(self.outdir, r"grid-(\d+)", "grid-*.png")
-            self.paths.append(save_png(make_grid(self._grid_images), self.outdir / f"grid-{number:04d}.png"))
+            first = next_index(self.outdir, r"grid-(\d+)", "grid-*.png")
+            path, _ = save_numbered_png(
+                make_grid(self._grid_images),
+                self.outdir,
+                "grid-{:04d}.png",
+                first,
+                pattern=r"grid-(\d+)",
+                glob="grid-*.png",
+            )
+            self.paths.append(path)
         elif self.grid and len(self._grid_images) > self.GRID_LIMIT:
             log.info("no grid for more than %d images", self.GRID_LIMIT)
         return self.paths

@@ -76,6 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("root", help="output folder")
     t.add_argument("--size", type=int, default=16)
     t.add_argument("--count", type=int, default=48)
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that already holds files (its captions.jsonl and images are replaced)",
+    )
     t.set_defaults(func=run_shapes)
 
     w = kinds.add_parser(
@@ -130,7 +135,7 @@ def run_photos(args: argparse.Namespace) -> int:
 def run_shapes(args: argparse.Namespace) -> int:
     from ldm.training.shapes import make_shapes_dataset
 
-    make_shapes_dataset(args.root, args.size, args.count)
+    make_shapes_dataset(args.root, args.size, args.count, overwrite=args.overwrite)
     print(f"wrote {args.count} images to {args.root}")
     return 0
 

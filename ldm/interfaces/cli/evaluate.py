@@ -9,6 +9,7 @@ import torch
 from ldm.core.defaults import shipped_path
 from ldm.core.errors import InvalidOptionError, MissingFileError
 from ldm.interfaces.cli.common import add_model_args, log, resolve_device, set_sampling_threads
+from ldm.io.images import check_new_outputs, write_text_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--table", default=None, help="also write the markdown table here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out or --table file")
     p.add_argument(
         "--compare",
         nargs="+",
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from ldm.interfaces.cli.common import load_model_from_args
     from ldm.training.clip import DEFAULT_CONFIG, create_clip, load_clip
 
+    check_new_outputs(args.out, args.table, overwrite=args.overwrite)  # before any work, not after it
     if args.compare:
         return compare(args.compare, args.table)
     set_sampling_threads(args.threads)  # before the judge and the model: the evaluation runs on the CPU too
@@ -187,8 +190,7 @@ def run(args: argparse.Namespace) -> int:
         save_results(results, args.out)
         log.info("wrote %s", args.out)
     if args.table:
-        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(table + "\n")
+        write_text_output(args.table, table + "\n")
     return 0
 
 
@@ -222,15 +224,13 @@ def nll(args: argparse.Namespace) -> int:
     print(result.line())
     print("(the bound of the VAE latents: the autoencoder's own -log p(image | latent) is not included)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.__dict__, indent=1) + "\n")
+        write_text_output(args.out, json.dumps(result.__dict__, indent=1) + "\n")
     return 0
 
 
 def toy_nll_command(args: argparse.Namespace) -> int:
     """`ldm eval --nll --toy-model FILE --toy-data NAME|FILE`: bits/dim of held-out points, in data space."""
     import json
-    from pathlib import Path
 
     from ldm.evaluation.likelihood import load_points, toy_nll
     from ldm.toys.files import load_toy
@@ -245,8 +245,7 @@ def toy_nll_command(args: argparse.Namespace) -> int:
     print(result.line())
     print("(the bound of the points themselves, in data space: a continuous Gaussian decoder at t = 0, so a density)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.__dict__, indent=1) + "\n")
+        write_text_output(args.out, json.dumps(result.__dict__, indent=1) + "\n")
     return 0
 
 
@@ -279,6 +278,5 @@ def compare(specs: list[str], table_path: str | None) -> int:
     table = format_comparison(results)
     print(table)
     if table_path:
-        Path(table_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(table_path).write_text(table + "\n")
+        write_text_output(table_path, table + "\n")
     return 0

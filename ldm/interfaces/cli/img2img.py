@@ -17,7 +17,9 @@ from ldm.interfaces.cli.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.tasks.editing import as_pil, check_strength
+from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls, control_specs
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.editing import as_pil
 from ldm.tasks.img2img import img2img, prepare_image
 from ldm.tasks.txt2img import settings_dict
 
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("img2img", help="change an image following a prompt")
     p.add_argument("image", help="input image (any size; resized to a multiple of 8)")
     p.add_argument("prompt", nargs="?", help="the prompt")
-    p.add_argument("--from-file", help="a file with one prompt per line")
+    p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
     p.add_argument(
         "--strength",
         type=float,
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
     add_model_args(p)
+    add_control_args(p)
     p.set_defaults(func=run)
 
 
@@ -50,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
     options.validate()
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     source = as_pil(args.image)  # an unreadable file fails before the model loads
+    control_specs(args)  # a missing control image or ControlNet fails before the model loads
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args)
+    controlled = attach_controls(model, args)  # --control: ControlNets for every image of the run
     image = prepare_image(model, source)
     chunk = chunk_size(model, args, image.height, image.width, args.batch_size)
     seed = args.seed
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                             task="img2img",
                             strength=args.strength,
                             init_image=str(args.image),
+                            **controlled,
                         ),
                     )
             seed += args.batch_size

@@ -18,13 +18,15 @@ from ldm.interfaces.cli.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.tasks.editing import as_pil, check_strength, size_multiple
+from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls, control_specs
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.editing import as_pil, size_multiple
 from ldm.tasks.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
 from ldm.tasks.txt2img import settings_dict
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from-file", help="a file with one prompt per line")
+    p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
     p.add_argument(
         "--mode",
         default="auto",
@@ -49,6 +51,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
     add_model_args(p)
+    add_control_args(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if extend is None:  # bad masks fail before the model loads
         mask = as_mask(args.mask)
         check_mask(mask, image.size)
+    control_specs(args)  # a missing control image or ControlNet fails before the model loads
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
     # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
     model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         "inpaint_mode": mode,
         "strength": args.strength,
         "init_image": str(args.image),
-    }
+        **attach_controls(model, args),
+    }  # --control: for every image
     if extend:
         # The canvas's memory is checked before it is allocated: a side of 100000 px is refused here.
         chunk_size(

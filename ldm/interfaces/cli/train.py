@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="start a new run in a run directory that holds an earlier one (its checkpoints are removed)",
+        help="start a new run in a run directory that holds an earlier one (its checkpoints are removed); "
+        "with --export-only: replace the exports already there (without it they are refused)",
     )
     p.set_defaults(func=run)
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and "=" in args.resume and not Path(args.resume).exists():
         overrides.insert(0, args.resume)
         args.resume = "last"
-    if args.overwrite and args.resume:
+    if args.overwrite and args.resume and not args.export_only:
         raise InvalidOptionError("--overwrite starts a new run; it cannot be combined with --resume")
     return run_training(
         args.config, overrides, args.resume, export_only=args.export_only, out_dir=args.out, overwrite=args.overwrite

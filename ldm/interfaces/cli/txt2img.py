@@ -22,17 +22,20 @@ from ldm.interfaces.cli.common import (
     read_prompts,
     sampling_options,
 )
+from ldm.interfaces.cli.controlnet_args import add_control_args, apply_control_settings, attach_controls, control_specs
+from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
 from ldm.io.images import check_size
 from ldm.io.infotext import settings_from_png
 from ldm.sampling.options import sampler_parameters
 from ldm.sampling.samplers import SAMPLERS, get_sampler
+from ldm.tasks.sdxl_refiner import sdxl_txt2img
 from ldm.tasks.txt2img import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("txt2img", help="generate images from text")
     p.add_argument("prompt", nargs="?", help="the prompt")
-    p.add_argument("--from-file", help="a file with one prompt per line")
+    p.add_argument("--from-file", help="a UTF-8 file with one prompt per line")
     p.add_argument(
         "--from-png",
         metavar="IMAGE",
@@ -62,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_sampling_args(p)
     add_model_args(p)
+    add_sdxl_args(p)
+    add_control_args(p)
     p.add_argument(
         "--model",
         choices=VARIANTS,
@@ -88,6 +93,7 @@ OWN_SETTINGS = {
     "base_file",
     "label",
     "learned_variance",
+    "controls",
 }
 
 
@@ -101,9 +107,10 @@ def apply_png_settings(args: argparse.Namespace) -> None:
             f"{args.from_png} was made from an image (it has a denoising strength); "
             "--from-png regenerates text-to-image results"
         )
-    if "prompt" not in settings:
+    if settings.get("prompt") is None:
         raise InvalidOptionError(f"{args.from_png} has settings but no prompt")
-    args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt", "")
+    # Types are checked (ldm.io.infotext.check_setting_types); ranges and lengths as the command line's, below.
+    args.prompt, args.negative_prompt = settings["prompt"], settings.get("negative_prompt") or ""
     for key, attr in (
         ("seed", "seed"),
         ("height", "height"),
@@ -119,6 +126,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         ("long_prompts", "long_prompts"),
         ("emphasis", "emphasis"),
         ("ddim_variant", "ddim_variant"),
+        ("refiner_switch", "refiner_switch"),
     ):
         if settings.get(key) is not None:
             setattr(args, attr, settings[key])
@@ -127,6 +135,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         args.eta = None  # the metadata records DDPM's fixed eta 1, which is no option of it
     args.png_threshold = settings.get("threshold")
     args.label = settings.get("label", args.label)
+    apply_control_settings(args, settings)  # the image's ControlNets, unless --control is given
     if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
         # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
         args.learned_variance, args.sampler = True, "ddpm"
@@ -179,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     if args.learned_variance and options.sampler != "ddpm":
         raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
+    control_specs(args)  # a missing control image or ControlNet fails before the model loads
     writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     model = load_model_from_args(args, variant=variant)
     if args.label is not None:
@@ -188,9 +198,11 @@ def run(args: argparse.Namespace) -> int:
             "--learned-variance: this model has no learned variance (its config's "
             "learned_variance is off); leave the option out"
         )
+    sdxl = sdxl_options(args, model)  # an SDXL model's refiner and micro-conditionings (ldm.tasks.sdxl_refiner)
     labelled = {"label": args.label} if args.label is not None else {}
     if args.learned_variance:
         labelled["learned_variance"] = True
+    labelled.update(attach_controls(model, args))  # --control: ControlNets for every image of the run
     made_with = getattr(args, "png_model_hash", None)
     ours = model.identity.get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):
@@ -221,6 +233,18 @@ def run(args: argparse.Namespace) -> int:
                         label=args.label,
                         options=options,
                     )
+                elif sdxl is not None:
+                    images = sdxl_txt2img(
+                        model,
+                        [prompt] * n,
+                        args.negative_prompt,
+                        height,
+                        width,
+                        seed + start,
+                        options,
+                        progress=not args.no_progress,
+                        **sdxl,
+                    )
                 else:
                     images = txt2img(
                         model,
@@ -237,7 +261,15 @@ def run(args: argparse.Namespace) -> int:
                     writer.write(
                         image,
                         settings_dict(
-                            prompt, args.negative_prompt, seed + start + i, height, width, options, model, **labelled
+                            prompt,
+                            args.negative_prompt,
+                            seed + start + i,
+                            height,
+                            width,
+                            options,
+                            model,
+                            **labelled,
+                            **sdxl_record(images.settings),
                         ),
                     )
             seed += args.batch_size

@@ -33,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="walk.gif", help="output file: .gif, or .mp4 (needs imageio-ffmpeg)")
     p.add_argument("--duration", type=int, default=100, help="GIF: milliseconds per frame")
     p.add_argument("--boomerang", action="store_true", help="GIF: play back to the start, for a seamless loop")
-    p.add_argument("--frames-dir", default=None, help="also save each frame as a PNG here")
+    p.add_argument("--frames-dir", default=None, help="also save each frame as a PNG here (0000.png, ...)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file and frames in --frames-dir (without it they are refused)",
+    )
     add_sampling_args(p, "walk")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -50,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     for folder in (out.parent, frames_dir):  # found before the walk is made, not after
         if folder is not None:
             check_writable(folder)
+    frame_names = [f"{k:04d}.png" for k in range(max(args.frames, 0))]
+    taken = [out] + ([frames_dir / name for name in frame_names] if frames_dir is not None else [])
+    existing = next((path for path in taken if path.exists()), None)
+    if existing is not None and not args.overwrite:
+        raise WalkError(f"{existing} already exists (--overwrite replaces it)")
     model = load_model_from_args(args)
     height = model.default_image_size if args.height is None else args.height
     width = model.default_image_size if args.width is None else args.width
@@ -59,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
     def on_frame(k: int, frame: Image.Image) -> None:
         log.info("frame %d/%d", k + 1, args.frames)
         if frames_dir is not None:  # as each is made, so an interrupted walk keeps its frames
-            save_png(frame, frames_dir / f"{k:04d}.png")
+            try:  # exclusive: a frame another run wrote meanwhile is kept, not replaced
+                save_png(frame, frames_dir / frame_names[k], exclusive=not args.overwrite)
+            except FileExistsError:
+                raise WalkError(f"{frames_dir / frame_names[k]} already exists (--overwrite replaces it)") from None
 
     frames = walk_frames(
         model,
@@ -76,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if out.suffix.lower() == ".mp4":
-        save_mp4(frames, out, fps=max(1, round(1000 / args.duration)))
+        save_mp4(frames, out, fps=max(1, round(1000 / args.duration)), overwrite=args.overwrite)
     else:
-        save_gif(frames, out, args.duration, boomerang=args.boomerang)
+        save_gif(frames, out, args.duration, boomerang=args.boomerang, overwrite=args.overwrite)
     log.info("wrote %d frames to %s", len(frames), out)
     return 0

@@ -3,8 +3,11 @@
 import streamlit as st
 
 from ldm.interfaces.app import ui
+from ldm.interfaces.app.controlnet_ui import control_inputs, controls_for
+from ldm.interfaces.app.sdxl import sdxl_controls
 from ldm.interfaces.app.state import FULL_CHOICE, student_choice
 from ldm.interfaces.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
+from ldm.models.controlnet import using_controlnets
 
 st.header("Text-to-image")
 fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.formats.variants)
@@ -42,6 +45,10 @@ if model is not None:
     options, seed = ui.sampling_controls("t2i" if variant == "full" else "t2i_student", model=model)
     height, width = ui.size_controls("t2i", model)
     every = int(st.number_input("Preview every N steps", 1, 50, 5, key="t2i_every"))
+    sdxl = None
+    with ui.user_errors("The SDXL options"):
+        sdxl = sdxl_controls(model)  # None for other models (ldm.interfaces.app.sdxl)
+    control = control_inputs("t2i")
 
     if st.button("Generate", key="t2i_go", type="primary"):
         bar = st.progress(0.0, text="sampling…")
@@ -53,8 +60,12 @@ if model is not None:
                 preview.image(ui.enlarge(image), caption=f"predicted clean image at step {done}")
 
         with ui.user_errors("Generation"):
-            image, settings = generate(model, prompt, negative, options, seed, height, width, every, report, label)
-            st.session_state["t2i_result"] = (image, settings)
+            controls, controlled = controls_for(model, control)
+            with using_controlnets(model, controls):
+                image, settings = generate(
+                    model, prompt, negative, options, seed, height, width, every, report, label, sdxl
+                )
+            st.session_state["t2i_result"] = (image, {**settings, **controlled})
         bar.empty()
         preview.empty()
 

@@ -1,0 +1,205 @@
+"""SDXL sampling with its micro-conditionings as options, and the base-to-refiner hand-off.
+
+The hand-off follows diffusers' `denoising_end` / `denoising_start` (StableDiffusionXLPipeline and
+StableDiffusionXLImg2ImgPipeline): `switch` is a fraction of the *training timesteps*, not of the steps. With
+cutoff = round(T - switch * T) (T = 1000), the base runs the steps whose timestep t >= cutoff and hands its
+still-noisy latent over; the refiner runs the remaining steps (t < cutoff) from there, with no noise added, and
+its VAE decodes. Both models share SD's schedule, so the latent is handed over as it is, in sampler space.
+
+A1111's "Refiner switch at" is a fraction of the *steps*: its sampler switches at the first step whose completed
+ratio step / steps reaches it, so the base runs ceil(fraction * steps) steps. `switch_from_step_fraction` turns
+that into the timestep fraction that makes the base run the same steps (used when reading A1111 metadata).
+
+Micro-conditionings (ldm.models.sdxl_conditioning): original size, crop (top, left) and target size default to the image's
+size and (0, 0); the refiner's aesthetic score 6.0, 2.5 on the unconditional side, as in sgm and diffusers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.schedules import sigma_to_t, sigmas_from_alphas_cumprod, timesteps_for
+from ldm.io.images import tensor_to_pil
+from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
+from ldm.sampling.options import SamplingOptions, autocast, ddim_variant_of, sample, start_scale
+from ldm.tasks.base import (
+    Conditioning,
+    Generated,
+    batch_noise,
+    check_task,
+    model_sigmas,
+    prompt_lists,
+    resolve_options,
+    settings_of,
+)
+from ldm.tasks.txt2img import image_size
+
+DEFAULT_SWITCH = 0.8  # diffusers' documented example and A1111's default "Refiner switch at"
+
+
+class RefinerError(InvalidOptionError):
+    """A refiner hand-off that cannot run (not SDXL models, a switch outside (0, 1), ...)."""
+
+
+@dataclass(frozen=True)
+class SDXLMicro:
+    """The micro-conditioning options; sizes (height, width) in px, None: the image's size."""
+
+    original_size: tuple[int, int] | None = None
+    crop: tuple[int, int] = (0, 0)  # (top, left)
+    target_size: tuple[int, int] | None = None
+    aesthetic_score: float = AESTHETIC_SCORE
+    negative_aesthetic_score: float = NEGATIVE_AESTHETIC_SCORE
+
+    def sides(self, height: int, width: int) -> tuple[MicroConditions, MicroConditions]:
+        """(conditional, unconditional) numbers for an image of height x width: the sizes alike on both sides."""
+        original = tuple(self.original_size or (height, width))
+        target = tuple(self.target_size or (height, width))
+        for name, pair in (("original size", original), ("crop", self.crop), ("target size", target)):
+            if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
+                raise InvalidOptionError(f"the {name} must be two whole numbers >= 0, got {pair!r}")
+        for name, score in (("aesthetic score", self.aesthetic_score), ("negative", self.negative_aesthetic_score)):
+            if not math.isfinite(score):
+                raise InvalidOptionError(f"the {name} must be a finite number, got {score}")
+        crop = tuple(self.crop)
+        return (
+            MicroConditions(original, target, crop, float(self.aesthetic_score)),
+            MicroConditions(original, target, crop, float(self.negative_aesthetic_score)),
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What the image's settings say about them (only what differs from the defaults)."""
+        return {k: v for k, v in self.__dict__.items() if v != getattr(SDXLMicro(), k)}
+
+
+def is_sdxl(model: Any) -> bool:
+    return hasattr(getattr(model, "text_encoder", None), "micro_conditions")
+
+
+def check_switch(switch: float) -> float:
+    if not (isinstance(switch, (int, float)) and 0.0 < float(switch) < 1.0):
+        raise RefinerError(f"the refiner switch must be a fraction strictly between 0 and 1, got {switch!r}")
+    return float(switch)
+
+
+def base_steps(model: LatentDiffusion, sigmas: torch.Tensor, switch: float) -> int:
+    """How many steps of the grid `sigmas` (steps + 1 sigmas) the base runs: those at timesteps >= the cutoff."""
+    T = len(model.alphas_cumprod)
+    cutoff = round(T - check_switch(switch) * T)
+    log_sigmas = sigmas_from_alphas_cumprod(model.alphas_cumprod.detach().double().cpu()).log()
+    timesteps = sigma_to_t(sigmas[:-1].double().cpu(), log_sigmas)
+    return int((timesteps >= cutoff - 1e-6).sum())
+
+
+def switch_from_step_fraction(
+    fraction: float, steps: int, num_timesteps: int = 1000, spacing: str = "leading"
+) -> float:
+    """A1111's "Refiner switch at" (a step fraction) as the timestep fraction that runs the same base steps:
+    1 - t_last / T, where t_last is the timestep of the base's last step (so its cutoff is t_last)."""
+    k = min(max(math.ceil(check_switch(fraction) * steps - 1e-9), 1), steps)
+    t_last = float(timesteps_for(num_timesteps, steps, spacing)[k - 1])
+    return min(max(1.0 - t_last / num_timesteps, 1e-6), 1 - 1e-6)
+
+
+def refiner_settings_from_a1111(fields: dict[str, str], steps: int | None) -> dict[str, Any]:
+    """Our refiner settings from A1111's "Refiner" and "Refiner switch at" fields (a parameters text)."""
+    try:
+        fraction = float(fields["Refiner switch at"])
+        switch = switch_from_step_fraction(fraction, int(steps or defaults.STEPS), spacing=defaults.SPACING)
+    except (ValueError, RefinerError) as exc:
+        raise RefinerError(f"bad 'Refiner switch at' in the parameters text: {exc}") from None
+    named = {"refiner_name": fields["Refiner"]} if "Refiner" in fields else {}
+    return {"refiner_switch": switch, "refiner_switch_at_steps": fraction, **named}
+
+
+def _sampler_space(x: torch.Tensor, options: SamplingOptions, sigma_end: torch.Tensor) -> torch.Tensor:
+    """SD's DDIM returns the VP latent where it ends (ldm.sampling.samplers.sample_ddim_sd): back to sampler space."""
+    return x * (1 + sigma_end**2).sqrt() if ddim_variant_of(options) == "sd" else x
+
+
+def sdxl_conditioning(
+    model: LatentDiffusion, prompts: list[str], negatives: list[str], height: int, width: int, micro: SDXLMicro
+) -> Conditioning:
+    if not is_sdxl(model):
+        raise RefinerError("micro-conditionings and the refiner are for SDXL models; this model is not one")
+    return Conditioning(
+        *sdxl_conditions(model.text_encoder, prompts, negatives, height, width, micro.sides(height, width))
+    )
+
+
+@torch.no_grad()
+def sdxl_txt2img(
+    model: LatentDiffusion,
+    prompts: list[str] | str,
+    negative_prompt: str | list[str] = "",
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = defaults.SEED,
+    options: SamplingOptions | None = None,
+    refiner: LatentDiffusion | None = None,
+    switch: float = DEFAULT_SWITCH,
+    micro: SDXLMicro | None = None,
+    refiner_micro: SDXLMicro | None = None,
+    latents: torch.Tensor | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    output: str = "pil",
+    **option_overrides: Any,
+) -> Generated | torch.Tensor:
+    """SDXL txt2img with micro-conditioning options and, with `refiner`, the hand-off at `switch` (module doc).
+
+    micro / refiner_micro: each model's numbers (default SDXLMicro(): the image's size, no crop, scores 6 / 2.5).
+    latents: the unit start noise, as diffusers' `latents`. output "latent": the final latents, not decoded."""
+    check_task(model, "txt2img")
+    options = resolve_options(options, option_overrides, model=model)
+    prompts, negatives = prompt_lists(prompts, negative_prompt)
+    if options.long_prompts or options.emphasis:
+        raise RefinerError("long prompts and emphasis are not supported for SDXL models yet")
+    height, width = image_size(model, height, width)
+    micro, refiner_micro = micro or SDXLMicro(), refiner_micro or micro or SDXLMicro()
+    base_cond = sdxl_conditioning(model, prompts, negatives, height, width, micro)
+    shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
+    noise, generators, noise_record = batch_noise(shape, seed, model.device, None, latents)
+    sigmas = model_sigmas(model, options)
+    split = len(sigmas) - 1
+    refiner_options = options  # the same sampler and DDIM variant: the latent is handed over in its space
+    if refiner is not None:
+        check_task(refiner, "txt2img")
+        split = base_steps(model, sigmas, switch)
+    x = noise * start_scale(options, sigmas[0])
+    if split > 0:
+        base_sigmas = sigmas[: split + 1]
+        x = sample(base_cond.denoiser(model, options, noise), x, base_sigmas, options, generators, callback, progress)
+        if refiner is not None and split < len(sigmas) - 1:
+            x = _sampler_space(x, options, base_sigmas[-1])
+    decoder, record = model, {}
+    if refiner is not None:
+        refiner_cond = sdxl_conditioning(refiner, prompts, negatives, height, width, refiner_micro)
+        if split < len(sigmas) - 1:
+            denoiser = refiner_cond.denoiser(refiner, refiner_options, noise)
+            x = sample(denoiser, x, sigmas[split:], refiner_options, generators, callback, progress)
+        decoder = refiner
+        identity = getattr(refiner, "identity", None) or {}
+        record = {
+            "refiner_switch": switch,
+            "refiner_steps": len(sigmas) - 1 - split,
+            **({"refiner_file": identity["model_file"]} if "model_file" in identity else {}),
+            **({"refiner_sha256": identity["model_sha256"]} if "model_sha256" in identity else {}),
+            **{f"refiner_{k}": v for k, v in refiner_micro.record().items()},
+        }
+    if output == "latent":
+        return x
+    with autocast(decoder.device, options.precision):
+        images = decoder.decode_latent(x)
+    return Generated(
+        tensor_to_pil(images),
+        settings_of("txt2img", options, height=height, width=width, **micro.record(), **record, **noise_record),
+    )

@@ -1,0 +1,300 @@
+"""SDXL sampling (issue 39): the base-to-refiner hand-off against diffusers' denoising_end / denoising_start, the
+micro-conditionings as options, A1111's step-fraction switch, and the command line.
+
+Tiny base and refiner with the same random weights as diffusers' StableDiffusionXLPipeline (base, denoising_end=0.8)
+and StableDiffusionXLImg2ImgPipeline (refiner, denoising_start=0.8) from the same start latents.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_sdxl
+import torch
+from PIL import Image
+from test_sdxl import BIG_G, POOLED, PROMPTS, TOLERANCE, randomise, rel_err, tiny_encoders_node, tiny_unet_params
+
+from ldm.core.config import instantiate, load_config
+from ldm.core.errors import InvalidOptionError
+from ldm.diffusion.schedules import get_sigmas
+from ldm.formats.detect import sd_config_path
+from ldm.interfaces.cli import main as cli
+from ldm.io.checkpoint import save_state_dict
+from ldm.io.diffusers_keys import from_diffusers
+from ldm.io.sdxl_keys import sdxl_unet_names
+from ldm.models.unet import UNetModel
+from ldm.tasks.sdxl_refiner import RefinerError, SDXLMicro, base_steps, sdxl_txt2img, switch_from_step_fraction
+
+REFINER_VECTOR = POOLED + 5 * 256
+# test_sdxl's tiny models with the same random weights as its diffusers pipeline, as fixtures of this module too
+unets, text_towers, tiny_sdxl = test_sdxl.unets, test_sdxl.text_towers, test_sdxl.tiny_sdxl
+
+
+def sd_ddim():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+@pytest.fixture(scope="module")
+def refiners(text_towers):
+    """(our tiny refiner LatentDiffusion, its node, diffusers' refiner img2img pipeline) with the same weights."""
+    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    torch.manual_seed(10)
+    theirs = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 3),
+        attention_head_dim=(2, 4, 4),
+        cross_attention_dim=BIG_G,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=REFINER_VECTOR,
+    )
+    randomise(theirs, 11)
+    node = load_config(sd_config_path("sd_xl_refiner.yaml"))["model"]
+    params = node["params"]
+    params["unet_config"]["params"] = {**tiny_unet_params(micro=5), "context_dim": BIG_G}
+    params["cond_stage_config"] = tiny_encoders_node(refiner=True)
+    params["first_stage_config"]["params"]["ddconfig"].update(ch=32, ch_mult=[1, 2])
+    params["image_size"] = 8
+    model = instantiate(node).eval()
+    unet: UNetModel = model.unet
+    unet.load_state_dict(
+        from_diffusers(theirs.state_dict(), sdxl_unet_names(list(unet.state_dict()), unet.num_res_blocks)), strict=True
+    )
+    model.text_encoder.load_state_dict(text_towers[0]["refiner"].state_dict())
+    base_pipe = text_towers[1]
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=AutoencoderKL(block_out_channels=(32, 32), latent_channels=4, norm_num_groups=32),  # scale factor 2
+        text_encoder=None,
+        text_encoder_2=base_pipe.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base_pipe.tokenizer_2,
+        unet=theirs,
+        scheduler=sd_ddim(),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    return model, node, pipe
+
+
+def test_the_refiner_hand_off_at_0_8_equals_diffusers(tiny_sdxl, text_towers, refiners):
+    """Base to 0.8 then refiner: 8 of 10 DDIM steps (t >= 200) on the base, 2 on the refiner, equal to diffusers'
+    denoising_end=0.8 / denoising_start=0.8 from the same latents; the refiner changes the result."""
+    from diffusers import AutoencoderKL
+
+    base, _ = tiny_sdxl
+    refiner, _, refiner_pipe = refiners
+    base_pipe = text_towers[1]
+    base_pipe.scheduler = sd_ddim()
+    base_pipe.vae = AutoencoderKL(block_out_channels=(32, 32), latent_channels=4, norm_num_groups=32)
+    base_pipe.vae_scale_factor = 2  # 8 x 8 latents are 16 px, as ours: the sizes of the vector agree
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    common = {"num_inference_steps": 10, "guidance_scale": 5.0, "output_type": "latent"}
+    with torch.no_grad():
+        handed = base_pipe(PROMPTS, height=16, width=16, latents=noise, denoising_end=0.8, **common).images
+        theirs = refiner_pipe(PROMPTS, image=handed, denoising_start=0.8, **common).images
+        kwargs = {"steps": 10, "guidance_scale": 5.0, "sampler": "ddim", "latents": noise, "progress": False}
+        ours = sdxl_txt2img(base, PROMPTS, "", 16, 16, refiner=refiner, switch=0.8, output="latent", **kwargs)
+        base_only = sdxl_txt2img(base, PROMPTS, "", 16, 16, output="latent", **kwargs)
+        other_switch = sdxl_txt2img(base, PROMPTS, "", 16, 16, refiner=refiner, switch=0.5, output="latent", **kwargs)
+    assert base_steps(base, get_sigmas(base.alphas_cumprod, 10, to_zero=False), 0.8) == 8
+    assert rel_err(ours, theirs) <= TOLERANCE
+    assert rel_err(base_only, theirs) > 100 * TOLERANCE  # the refiner's steps reach the result
+    assert rel_err(other_switch, theirs) > 100 * TOLERANCE
+
+
+def test_micro_conditionings_are_options_and_reach_the_image(tiny_sdxl, text_towers):
+    """Original size, crop and target size given as diffusers' are, with its same latents."""
+    base, _ = tiny_sdxl
+    base_pipe = text_towers[1]
+    base_pipe.scheduler = sd_ddim()
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    micro = SDXLMicro(original_size=(512, 384), crop=(16, 8), target_size=(1024, 768))
+    with torch.no_grad():
+        theirs = base_pipe(
+            PROMPTS[:1],
+            height=16,
+            width=16,
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            latents=noise,
+            output_type="latent",
+            original_size=(512, 384),
+            crops_coords_top_left=(16, 8),
+            target_size=(1024, 768),
+        ).images
+        kwargs = {"steps": 3, "guidance_scale": 5.0, "sampler": "ddim", "latents": noise, "progress": False}
+        ours = sdxl_txt2img(base, PROMPTS[:1], "", 16, 16, micro=micro, output="latent", **kwargs)
+        default = sdxl_txt2img(base, PROMPTS[:1], "", 16, 16, output="latent", **kwargs)
+    assert rel_err(ours, theirs) <= TOLERANCE
+    assert rel_err(default, theirs) > 10 * TOLERANCE
+    assert micro.record() == {"original_size": (512, 384), "crop": (16, 8), "target_size": (1024, 768)}
+
+
+def test_a1111_step_fraction_maps_to_the_same_base_steps(tiny_sdxl):
+    """A1111 switches at the first step whose completed ratio reaches the fraction: the base runs
+    ceil(fraction * steps) steps."""
+    base, _ = tiny_sdxl
+    for steps, fraction, expected in ((10, 0.8, 8), (10, 0.75, 8), (20, 0.8, 16), (7, 0.5, 4), (30, 0.1, 3)):
+        switch = switch_from_step_fraction(fraction, steps)
+        sigmas = get_sigmas(base.alphas_cumprod, steps, to_zero=False)
+        assert base_steps(base, sigmas, switch) == expected, (steps, fraction, switch)
+
+
+def test_a1111_metadata_with_a_refiner_reads_and_writes_the_step_fraction(tiny_sdxl):
+    """'Refiner switch at: 0.8' of an A1111 text becomes our timestep fraction running its 8 of 10 base steps; our
+    settings write A1111's step fraction back."""
+    from ldm.io.infotext import format_infotext, settings_from_infotext
+
+    base, _ = tiny_sdxl
+    text = "a cat\nSteps: 10, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 1024x1024, Refiner: sd_xl_refiner_1.0, "
+    settings = settings_from_infotext(text + "Refiner switch at: 0.8")
+    assert settings["refiner_name"] == "sd_xl_refiner_1.0" and settings["refiner_switch_at_steps"] == 0.8
+    assert base_steps(base, get_sigmas(base.alphas_cumprod, 10), settings["refiner_switch"]) == 8
+    written = format_infotext({"prompt": "a", "steps": 10, "refiner_steps": 2, "refiner_file": "dir/ref.safetensors"})
+    assert "Refiner: ref, Refiner switch at: 0.8" in written
+    with pytest.raises(RefinerError, match="Refiner switch at"):
+        settings_from_infotext(text + "Refiner switch at: 1.5")
+
+
+def test_bad_switches_and_micro_values_are_refused_in_one_line(tiny_sdxl, refiners):
+    base, _ = tiny_sdxl
+    for switch in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(RefinerError, match="strictly between 0 and 1"):
+            sdxl_txt2img(base, "a", refiner=refiners[0], switch=switch, steps=2, progress=False)
+    with pytest.raises(InvalidOptionError, match="original size must be two whole numbers"):
+        sdxl_txt2img(base, "a", micro=SDXLMicro(original_size=(-1, 5)), steps=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sdxl_files(tiny_sdxl, refiners, tmp_path_factory):
+    """A folder with base.safetensors and refiner.safetensors, each loadable alone (its config in its metadata)."""
+    folder = tmp_path_factory.mktemp("sdxl-files")
+    for model, node, name in ((*tiny_sdxl, "base"), (*refiners[:2], "refiner")):
+        meta = {"ldm_config": json.dumps({"model": node})}
+        save_state_dict(model.original_state_dict(), folder / f"{name}.safetensors", metadata=meta)
+    return folder
+
+
+def test_ldm_txt2img_with_a_refiner_and_micro_options(sdxl_files, tmp_path, monkeypatch, capsys):
+    """`ldm txt2img --ckpt base --refiner refiner --refiner-switch 0.6 --original-size ... --crop ...`: an image whose
+    settings record the hand-off and the micro-conditionings; a switch outside (0, 1) is refused in one line."""
+    import shutil
+
+    from ldm.io.infotext import settings_from_png
+
+    for name in ("base", "refiner"):
+        shutil.copy(sdxl_files / f"{name}.safetensors", tmp_path)
+    common = ["txt2img", "a red apple", "--ckpt", "base.safetensors", "--H", "16", "--W", "24", "--steps", "4"]
+    common += ["--seed", "5", "--no-progress", "--refiner", "refiner.safetensors"]
+    monkeypatch.chdir(
+        tmp_path
+    )  # the real command, in this process (ldm.interfaces.cli.main.main restores what it changes)
+    good = ["--refiner-switch", "0.6", "--original-size", "2048x1536", "--crop", "0,32", "--target-size", "1024x768"]
+    assert cli.main(common + good + ["--aesthetic-score", "7", "--outdir", "out"]) == 0
+    png = tmp_path / "out" / "samples" / "00000.png"
+    assert Image.open(png).size == (24, 16) and np.asarray(Image.open(png)).std() > 0
+    settings = settings_from_png(png)
+    assert settings["refiner_switch"] == 0.6 and settings["refiner_file"] == "refiner.safetensors"
+    assert settings["original_size"] == [1536, 2048] and settings["crop"] == [0, 32]
+    assert settings["refiner_aesthetic_score"] == 7.0 and settings["refiner_steps"] == 2
+    capsys.readouterr()
+    assert cli.main(common + ["--refiner-switch", "1.2"]) == 2
+    stderr = capsys.readouterr().err
+    assert "error: the refiner switch must be a fraction strictly between 0 and 1" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_img2img_and_inpainting_condition_on_the_images_size(tiny_sdxl, refiners, monkeypatch):
+    """img2img (with the base, and with the refiner: refining an image), inpainting by latent blending (any SDXL
+    model) and with a 9-channel SDXL inpainting U-Net give the vector of the input's size, not the model's default,
+    and keep the input's size."""
+    import copy
+
+    import ldm.tasks.img2img
+    import ldm.tasks.inpaint
+    from ldm.models.sdxl_conditioning import sdxl_conditions
+
+    base, node = tiny_sdxl
+    seen = []
+
+    def spy(encoders, prompts, negatives, height, width, micro=None):
+        seen.append((height, width))
+        return sdxl_conditions(encoders, prompts, negatives, height, width, micro)
+
+    monkeypatch.setattr("ldm.models.sdxl_conditioning.sdxl_conditions", spy)
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), ((4, 4), (8, 8))))
+    made = ldm.tasks.img2img.img2img(base, picture, "a cat", strength=0.5, steps=4, sampler="ddim", progress=False)
+    blended = ldm.tasks.inpaint.inpaint(base, picture, mask, "a cat", steps=4, mode="blend", progress=False)
+    inpainting_node = copy.deepcopy(node)
+    inpainting_node["params"]["conditioning_key"] = "hybrid"
+    inpainting_node["params"]["unet_config"]["params"]["in_channels"] = 9
+    torch.manual_seed(0)
+    inpainter = instantiate(inpainting_node).eval()
+    painted = ldm.tasks.inpaint.inpaint(inpainter, picture, mask, "a cat", steps=2, mode="model", progress=False)
+    refined = ldm.tasks.img2img.img2img(refiners[0], picture, "a cat", strength=0.3, steps=4, progress=False)  # refiner
+    assert seen == [(16, 24)] * 4
+    assert made[0].size == blended[0].size == painted[0].size == refined[0].size == (24, 16)
+    assert painted.settings["inpaint_mode"] == "model" and blended.settings["inpaint_mode"] == "blend"
+
+
+def test_the_app_text_page_runs_the_refiner_and_micro_options(sdxl_files, monkeypatch):
+    """The text-to-image page of an SDXL model shows the SDXL controls; a refiner and a crop given there reach the
+    image's settings."""
+    from streamlit.testing.v1 import AppTest
+
+    import ldm.interfaces.app
+    from ldm.interfaces.app.state import ENV_CKPT, ENV_CONFIG
+
+    monkeypatch.delenv(ENV_CONFIG, raising=False)
+    monkeypatch.setenv(ENV_CKPT, str(sdxl_files / "base.safetensors"))
+    page = Path(ldm.interfaces.app.__file__).resolve().parent / "views" / "text.py"
+    at = AppTest.from_file(str(page), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    at.text_input(key="t2i_refiner").set_value(str(sdxl_files / "refiner.safetensors"))
+    at.text_input(key="t2i_crop").set_value("8,16")
+    at.number_input(key="t2i_steps").set_value(4)
+    at.button(key="t2i_go").click().run()
+    assert not at.exception and not [e.value for e in at.error], [e.value for e in at.error]
+    _, settings = at.session_state["t2i_result"]
+    assert settings["refiner_file"] == "refiner.safetensors" and settings["refiner_switch"] == 0.8
+    assert settings["crop"] == (8, 16) and settings["refiner_steps"] == 1
+
+
+def test_a_walk_between_sdxl_prompts_starts_at_the_first_prompts_image(tiny_sdxl):
+    """Walk frames interpolate SDXL's vector with the context: frame 0 is txt2img's image of the first prompt."""
+    from ldm.sampling.options import SamplingOptions
+    from ldm.tasks.txt2img import txt2img
+    from ldm.tasks.walk import walk_frames
+
+    base, _ = tiny_sdxl
+    options = SamplingOptions(steps=3, sampler="ddim")
+    frames = walk_frames(base, "a cat", "a dog", seed_a=3, frames=2, options=options, progress=False)
+    alone = txt2img(base, "a cat", seed=3, options=options, progress=False)
+    other = txt2img(base, "a dog", seed=3, options=options, progress=False)
+    assert np.array_equal(np.asarray(frames[0]), np.asarray(alone[0]))
+    assert np.array_equal(np.asarray(frames[1]), np.asarray(other[0]))
