@@ -48,20 +48,9 @@ from ldm.io.checkpoint import CheckpointError, file_sha256, load_state_dict, sav
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "GROUPS",
-    "LoraError",
-    "LoraWeights",
-    "add_lora",
-    "apply_lora",
-    "lora_state_dict",
-    "merge_adapter",
-    "merge_lora",
-    "parse_lora_spec",
-    "read_lora",
-    "remove_lora",
-    "save_lora",
-    "using_loras",
+__all__ = [  # fmt: skip
+    "GROUPS", "LoraError", "LoraWeights", "add_lora", "apply_lora", "lora_state_dict", "merge_adapter", "merge_lora",
+    "parse_lora_spec", "read_lora", "remove_lora", "save_lora", "using_loras",
 ]
 
 SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}

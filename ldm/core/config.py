@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ldm.core.errors import LdmError
+from ldm.core.files import check_regular_file
 
 
 class ConfigError(LdmError, ValueError):
@@ -188,8 +189,6 @@ def check_parameters(where: str, given: dict[str, Any], known: list[str] | tuple
 
 
 def load_config(path: str | Path) -> dict:
-    from ldm.io.checkpoint import check_regular_file
-
     path = check_regular_file(path, "config", ConfigError)
     try:
         cfg = yaml.safe_load(path.read_text())

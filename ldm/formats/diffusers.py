@@ -9,9 +9,9 @@ model_index.json's `max_noise_level`, which is our LowResNoiseAugmentation).
 A folder holds `model_index.json` and one sub-folder per part: `unet/` and `vae/` (config.json and
 diffusion_pytorch_model.safetensors), `text_encoder/` (a Hugging Face CLIPTextModel: config.json and
 model.safetensors), `tokenizer/` and `scheduler/scheduler_config.json`. Weights may also be sharded or the
-fp16 variant (ldm.io.diffusers_files). Reading builds our config from those config.json files
-(ldm.io.diffusers_keys renames the tensors); writing (ldm.formats.diffusers_export) does the reverse, into a temporary
-folder beside the target that is renamed into place when complete.
+fp16 variant (ldm.io.diffusers_files). Reading builds our config from those config.json files (ldm.io.diffusers_keys
+renames the tensors); writing (ldm.formats.diffusers_export) does the reverse, into a temporary folder beside the
+target that is renamed into place when complete. SDXL folders: ldm.formats.sdxl_diffusers.
 
 The text encoder is run as our FrozenCLIPEmbedder at the folder's sizes, reading its last layer: SD 1.x's
 (quick-GELU, padded with the end token) as it is, and SD 2.x's OpenCLIP ViT-H tower as diffusers'
@@ -329,20 +329,11 @@ def conditioning_kind(pipeline: str, unet: dict[str, Any], vae: dict[str, Any], 
 
 
 def folder_config(folder: str | Path, prediction: str | None = None) -> dict[str, Any]:
-    """Our model config ({"model": node}) for a diffusers folder (text-to-image, inpainting or x4 upscaler);
-    `prediction` overrides the scheduler's."""
+    """Our model config ({"model": node}) for an SD 1.x/2.x folder; `prediction` overrides the scheduler's."""
     folder = Path(folder)
     check_prediction(prediction)
     index = _json(folder, "model_index.json")
     pipeline = index.get("_class_name")
-    if str(pipeline).startswith(
-        "StableDiffusionXL"
-    ):  # a local import: ldm.formats.sdxl_diffusers builds on this module
-        from ldm.formats.sdxl_diffusers import PIPELINES as SDXL_PIPELINES
-        from ldm.formats.sdxl_diffusers import sdxl_folder_config
-
-        if pipeline in SDXL_PIPELINES:
-            return sdxl_folder_config(folder, prediction)
     if pipeline not in PIPELINES:
         raise DiffusersFolderError(f"{folder}: {pipeline!r} folders are not supported (only {', '.join(PIPELINES)})")
     unet = unet_params(_json(folder, "unet/config.json"))
@@ -404,11 +395,6 @@ def folder_identity(folder: str | Path) -> str:
 def load_folder_weights(model: torch.nn.Module, folder: str | Path) -> None:
     """Fill `model` (built from folder_config) with the folder's weights; one line on any mismatch."""
     try:
-        if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):  # SDXL
-            from ldm.formats.sdxl_diffusers import sdxl_folder_state  # local: it builds on this module
-
-            load_into(model, sdxl_folder_state(folder, model))
-        else:
-            load_into(model, folder_state(folder, model))
+        load_into(model, folder_state(folder, model))
     except CheckpointError as exc:
         raise type(exc)(f"{folder}: {exc}") from None

@@ -315,10 +315,6 @@ def write_folder(
     float_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write `model` (built from `config`, {"model": node}) as a diffusers StableDiffusionPipeline folder."""
-    if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):  # SDXL; a local import: it builds on this
-        from ldm.formats.sdxl_diffusers import write_sdxl_folder
-
-        return write_sdxl_folder(model, config, out, overwrite, float_dtype)
     out = Path(out)
     params = config["model"]["params"]
     if out.exists() and not (overwrite and out.is_dir()):

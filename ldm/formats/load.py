@@ -49,14 +49,14 @@ def load_model(
         raise InvalidOptionError("variant picks a shipped model: give it or a config/checkpoint, not both")
     folder = checkpoint is not None and Path(checkpoint).is_dir()  # a diffusers folder (ldm.formats.diffusers)
     if folder and config is None:
-        from ldm.formats.diffusers import folder_config
+        from ldm.formats.sdxl_diffusers import any_folder_config
 
-        cfg = folder_config(checkpoint, prediction)
+        cfg = any_folder_config(checkpoint, prediction)
     else:
         cfg = resolve_config(config, checkpoint, prediction)
     # The model hash for image metadata, computed while the model is built and loaded (GIL released).
     # Only a regular file is hashed: a FIFO would block the thread for ever. Loading the weights below says what a
-    # path that is not one is (ldm.io.checkpoint.check_regular_file).
+    # path that is not one is (ldm.core.files.check_regular_file).
     hashable = checkpoint is not None and not folder and Path(checkpoint).is_file()
     model_sha256 = sha256_in_background(checkpoint) if hashable else None
     if checkpoint is not None and not folder:
@@ -71,9 +71,10 @@ def load_model(
     if not isinstance(model, LatentDiffusion):
         raise InvalidOptionError("the config's model target is not a latent diffusion model")
     if folder:
-        from ldm.formats.diffusers import folder_identity, load_folder_weights
+        from ldm.formats.diffusers import folder_identity
+        from ldm.formats.sdxl_diffusers import load_any_folder_weights
 
-        load_folder_weights(model, checkpoint)
+        load_any_folder_weights(model, checkpoint)
         model.identity = {"model_file": Path(checkpoint).name, "model_sha256": folder_identity(checkpoint)}
     elif checkpoint is not None and cfg.get("base"):
         from ldm.formats.derived import base_path, load_derived_weights, part_paths

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import mmap
 import os
-import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ldm.core.errors import LdmError
+from ldm.core.files import check_regular_file
 from ldm.io.hf_clip import hf_from_open_clip, open_clip_from_hf
 
 log = logging.getLogger(__name__)
@@ -87,38 +87,9 @@ def torch_load_weights_only(path: str | os.PathLike, map_location: str | torch.d
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def check_regular_file(path: str | os.PathLike, what: str = "checkpoint", error: type[LdmError] | None = None) -> Path:
-    """The path, if it names a regular file; else `error` (default CheckpointError) saying what it is instead.
-
-    Stat only, never open: opening a FIFO for reading blocks until a writer comes, and a device such as
-    /dev/zero reads forever; neither is "not found"."""
-    error = error or CheckpointError
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise error(f"{what} not found: {path}") from None
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(mode):
-        raise error(f"{what} {path} is a folder, not a file")
-    if not stat.S_ISREG(mode):
-        kind = (
-            "a FIFO"
-            if stat.S_ISFIFO(mode)
-            else "a device file"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "not a file"
-        )
-        raise error(f"{what} {path} is not a regular file ({kind})")
-    return path
-
-
 def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` file, or of a `.ckpt`/`.pt` read with weights_only=True (never runs code)."""
-    path = check_regular_file(path)
+    path = check_regular_file(path, "checkpoint", CheckpointError)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device=str(device))

@@ -16,6 +16,7 @@ threshold) live only in the full JSON that `ldm.io.images.save_png` writes besid
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -24,14 +25,14 @@ from typing import Any
 from ldm.core.errors import LdmError
 from ldm.io.a1111_samplers import A1111_SAMPLERS, SCHEDULE_SETTINGS, sampler_settings, schedule_type_of, split_schedule
 from ldm.io.controlnet_infotext import controlnet_fields
-from ldm.sampling.samplers import SAMPLERS
 
 
 class InfotextError(LdmError, ValueError):
     """A parameters text that names no setting we can use."""
 
 
-# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9 (ldm.io.a1111_samplers).
+# Our sampler names -> A1111's. Karras spacing is a separate "Schedule type" field in A1111 >= 1.9
+# (ldm.io.a1111_samplers).
 SAMPLER_NAMES = {
     "ddim": "DDIM",
     "plms": "PLMS",
@@ -196,7 +197,8 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
         raise InfotextError(f"bad value in the parameters text: {exc}") from None
     if "Sampler" in fields:  # with its schedule type: ldm.io.a1111_samplers
         label, schedule = fields["Sampler"], fields.get("Schedule type")
-        if label in SAMPLERS:  # our own name, for samplers A1111 has none for (pc, unipc_bh2)
+        if re.fullmatch(r"[a-z][a-z0-9_]*", label):  # our own name (pc, unipc_bh2: A1111 has none); A1111's are
+            # capitalised ("Euler a"). An unknown one is refused where the command line's sampler is checked.
             chosen = {"sampler": label, **SCHEDULE_SETTINGS.get(schedule or "", {})}
         else:
             chosen = sampler_settings(label, schedule, from_a1111="Version" in fields)
@@ -209,10 +211,19 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
         settings.update(chosen)
     if "Model hash" in fields:
         settings["model_hash"] = fields["Model hash"]
-    if "Refiner switch at" in fields:  # a step fraction there, a timestep fraction here (ldm.tasks.sdxl_refiner)
-        from ldm.tasks.sdxl_refiner import refiner_settings_from_a1111  # torch: only for the images that need it
-
-        settings.update(refiner_settings_from_a1111(fields, settings.get("steps")))
+    if "Refiner switch at" in fields:  # a step fraction, kept as read: ldm.tasks.sdxl_refiner.with_refiner_switch
+        try:  # turns it into our timestep fraction, which needs the model's schedule
+            fraction = float(fields["Refiner switch at"])
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 < fraction < 1.0:
+            raise InfotextError(
+                f"bad 'Refiner switch at' in the parameters text: {fields['Refiner switch at']!r} is "
+                "not a fraction strictly between 0 and 1"
+            )
+        settings["refiner_switch_at_steps"] = fraction
+        if "Refiner" in fields:
+            settings["refiner_name"] = fields["Refiner"]
     if "steps" not in settings and "seed" not in settings:
         raise InfotextError("the parameters text has no Steps or Seed: not an A1111 or ldm image")
     return settings

@@ -44,7 +44,8 @@ class ConditioningKind:
 
     concat: the U-Net takes extra input channels beside the noisy latent (inpainting: mask + masked latent;
     upscaler: the low-res image); label: it takes a noise-level label `y`; tasks: what it can drive;
-    diffusers: the diffusers pipeline class of its folders (ldm.formats.diffusers, ldm.formats.diffusers_export).
+    diffusers: the diffusers pipeline class of its folders (ldm.formats.diffusers, ldm.formats.diffusers_export);
+    diffusers_xl: that of its SDXL folders, "" where SDXL has none (ldm.formats.sdxl_diffusers).
     """
 
     key: str
@@ -53,6 +54,7 @@ class ConditioningKind:
     label: bool
     tasks: tuple[str, ...]
     diffusers: str
+    diffusers_xl: str = ""
 
     @property
     def task(self) -> str:
@@ -70,6 +72,7 @@ CONDITIONING = {
             label=False,
             tasks=("txt2img", "img2img", "inpaint", "walk"),
             diffusers="StableDiffusionPipeline",
+            diffusers_xl="StableDiffusionXLPipeline",
         ),
         ConditioningKind(
             "hybrid",
@@ -78,6 +81,7 @@ CONDITIONING = {
             label=False,
             tasks=("inpaint",),
             diffusers="StableDiffusionInpaintPipeline",
+            diffusers_xl="StableDiffusionXLInpaintPipeline",
         ),
         ConditioningKind(
             "hybrid-adm",

@@ -6,7 +6,6 @@ original checkpoints so their state dicts load with no renaming.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -16,17 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ldm.core.errors import InvalidOptionError
 from ldm.models.attention import attention
-
-
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding [cos | sin] of (possibly fractional) timesteps, as in SD."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
-    args = timesteps[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+from ldm.models.sinusoidal import timestep_embedding
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -392,15 +381,12 @@ class UNetModel(nn.Module):
         if guidance is not None:  # scales of 0..~15 spread over the sinusoids as timesteps 0..~1000 do
             w = timestep_embedding(guidance.to(x.device).expand(x.shape[0]) * GUIDANCE_EMBED_FACTOR, self.model_channels)  # noqa: E501
             emb = emb + self.guidance_embed(w.to(x.dtype))
-        skips = []
-        h = x
+        skips, h = [], x
         for block in self.input_blocks:
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
-        if (
-            control is not None
-        ):  # ControlNets' residuals (ldm.models.controlnet): one per skip connection, then the middle's
+        if control is not None:  # ControlNets' residuals (ldm.models.controlnet): one per skip, then the middle's
             skips, h = [s + r.to(s.dtype) for s, r in zip(skips, control)], h + control[-1].to(h.dtype)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)

@@ -23,22 +23,33 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import trange
 
 from ldm.core.errors import InvalidOptionError, LdmError
-
-Denoiser = Callable[..., torch.Tensor]
-Callback = Callable[[dict], Any]
-# One generator for the batch, or one per image (see _noise).
-Generators = torch.Generator | list[torch.Generator] | None
+from ldm.sampling.samplers_extra import (
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
+    sample_lcm,
+    sample_lms,
+)
+from ldm.sampling.samplers_unipc import sample_unipc, sample_unipc_bh2
+from ldm.sampling.steps import (  # the pieces every sampler is made of, shared with samplers_extra and samplers_unipc
+    Callback,
+    Denoiser,
+    Generators,
+    _d,
+    _eval,
+    _noise,
+    _report,
+    _steps,
+    ancestral_step,
+)  # fmt: skip
 
 
 class UnknownSamplerError(LdmError, ValueError):
     pass
-
-
-class GeneratorCountError(LdmError, ValueError):
-    """A list of generators whose length is not the batch size."""
 
 
 class SamplerOptionError(InvalidOptionError):
@@ -54,51 +65,6 @@ def check_strength(strength: float) -> None:
     """The one check of a strength, for every task that takes one."""
     if not 0.0 <= strength <= 1.0:  # also rejects NaN
         raise InvalidStrengthError(f"strength must be in [0, 1], got {strength}")
-
-
-def _d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-    """dx/dsigma of the probability-flow ODE, (x - D(x, sigma)) / sigma: also the eps estimate."""
-    return (x - denoised) / sigma
-
-
-def _noise(x: torch.Tensor, generator: Generators) -> torch.Tensor:
-    """Unit noise like x. A list of generators draws image i's noise from generator i alone, so an image's
-    noise does not depend on the others in its batch (seeded seed + i, image i equals that image made alone)."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != x.shape[0]:
-            raise GeneratorCountError(f"{len(generator)} generators for a batch of {x.shape[0]}")
-        return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype) for g in generator]
-                           ).to(x.device)
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-
-
-def _steps(sigmas: torch.Tensor, disable: bool | None):
-    return trange(len(sigmas) - 1, disable=disable, leave=False, desc="sampling")
-
-
-def _eval(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict | None) -> torch.Tensor:
-    return model(x, sigma * x.new_ones(x.shape[0]), **(extra_args or {}))
-
-
-def _report(callback: Callback | None, i: int, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
-    if callback is not None:
-        callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
-
-
-def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E501
-    """Split a step sigma -> sigma_next into a deterministic move to sigma_down plus fresh noise sigma_up:
-
-        sigma_up = min(sigma_next, eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)),
-        sigma_down = sqrt(sigma_next^2 - sigma_up^2),
-
-    so the noise level after adding N(0, sigma_up^2) is sigma_next again. eta = 1 matches the
-    variance of the DDPM posterior in the variance-exploding limit.
-    """
-    if sigma_next == 0 or eta == 0:
-        return sigma_next, sigma_next * 0
-    up = torch.clamp(eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt(), max=sigma_next)
-    return (sigma_next**2 - up**2).sqrt(), up
 
 
 @torch.no_grad()
@@ -347,18 +313,6 @@ def sample_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args
     return x
 
 
-# Here, after the helpers above that ldm.sampling.samplers_extra builds on (an import at the top would be circular).
-from ldm.sampling.samplers_extra import (
-    sample_dpm_2,
-    sample_dpm_2_ancestral,
-    sample_dpmpp_2s_ancestral,
-    sample_dpmpp_3m_sde,
-    sample_dpmpp_sde,
-    sample_lcm,
-    sample_lms,
-)
-from ldm.sampling.samplers_unipc import sample_unipc, sample_unipc_bh2
-
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
@@ -404,7 +358,8 @@ class OptionSpec:
 
 
 # Every sampler's own keyword option (besides the common ones), checked wherever options come in (the CLI's
-# --sampler-option, a PNG's settings, the Python API: ldm.sampling.options.sampler_kwargs). The upper bounds keep a run's
+# --sampler-option, a PNG's settings, the Python API: ldm.sampling.options.sampler_kwargs). The upper bounds keep a
+# run's
 # cost bounded as --steps is (at most the model's timesteps): pc makes corrector_steps extra U-Net calls per step.
 SAMPLER_OPTIONS: dict[str, OptionSpec] = {
     "eta": OptionSpec(float, 0.0),

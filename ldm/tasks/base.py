@@ -22,7 +22,6 @@ import torch
 from PIL import Image
 
 from ldm.core.errors import InvalidOptionError, LdmError
-from ldm.core.limits import check_prompt_length
 from ldm.diffusion.schedules import get_sigmas
 from ldm.models.controlnet import controlled_denoiser
 from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
@@ -50,10 +49,6 @@ class EditingError(LdmError, ValueError):
 
 class WrongModelError(EditingError):
     """The model's conditioning does not fit the task (e.g. img2img with the x4 upscaler)."""
-
-
-class PromptError(InvalidOptionError):
-    pass
 
 
 def check_task(model: LatentDiffusion, task: str) -> None:
@@ -99,110 +94,6 @@ def for_model(options: SamplingOptions, model: LatentDiffusion) -> SamplingOptio
     if options.sampler == "ddim" and options.ddim_variant is None:
         return replace(options, ddim_variant=model.ddim_variant)
     return options
-
-
-def check_texts(texts: Any, what: str) -> list[str]:
-    """A prompt argument (one str, or a list or tuple of them) as a list; anything else is a PromptError naming it."""
-    if isinstance(texts, str):
-        return [texts]
-    if not isinstance(texts, (list, tuple)):
-        raise PromptError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
-    for text in texts:
-        if not isinstance(text, str):
-            raise PromptError(f"{what} must be a str or a list of str, got a list holding {type(text).__name__}")
-    return list(texts)
-
-
-def prompt_lists(prompt: str | list[str], negative_prompt: str | list[str]) -> tuple[list[str], list[str]]:
-    prompts = check_texts(prompt, "prompt")
-    if not prompts:
-        raise PromptError("no prompts given")
-    negatives = check_texts(negative_prompt, "negative prompt")
-    if isinstance(negative_prompt, str):
-        negatives = negatives * len(prompts)
-    if len(negatives) != len(prompts):
-        raise PromptError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
-    check_prompt_texts(prompts, negatives)
-    return prompts, negatives
-
-
-def check_prompt_texts(prompts: list[str], negative_prompts: list[str]) -> None:
-    """Each prompt (already a str, see check_texts) is at most ldm.core.limits.MAX_PROMPT_CHARS characters: longer ones
-    are refused before any parsing or encoding, which grow with the length."""
-    for name, texts in (("prompt", prompts), ("negative prompt", negative_prompts)):
-        for text in texts:
-            check_prompt_length(text, name)
-
-
-def prompt_conditions(
-    model: LatentDiffusion,
-    prompts: list[str],
-    negative_prompts: list[str],
-    options: SamplingOptions | None = None,
-    size: tuple[int, int] | None = None,
-) -> tuple[dict, dict]:
-    """Cross-attention contexts for the prompts and for the unconditional side of guidance.
-
-    The negative prompt replaces the empty prompt as the unconditional embedding. With the options'
-    long_prompts or emphasis (ldm.models.long_prompts), prompts are read the A1111 way; the two sides are then
-    brought to one length with empty chunks, so guidance still runs them as one batch.
-    """
-    prompts, negative_prompts = check_texts(prompts, "prompt"), check_texts(negative_prompts, "negative prompt")
-    check_prompt_texts(prompts, negative_prompts)
-    if getattr(model, "guidance_embedded", False) and any(negative_prompts):
-        raise PromptError(
-            "this guidance-distilled model takes no negative prompt (it was distilled with the empty "
-            "prompt as the unconditional side); use the full model for negative prompts "
-            '(ldm txt2img --model full, load_model(variant="full"))'
-        )
-    if getattr(model, "text_encoder", True) is None:  # a label-only model: no context on either side
-        if any(prompts) or any(negative_prompts):
-            raise PromptError("this class-conditional model takes no text; give an empty prompt and a label")
-        return {}, {}
-    if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):  # SDXL: context and vector y too
-        return _sdxl_conditions(model, prompts, negative_prompts, options, size)
-    if options is None or not (options.long_prompts or options.emphasis):
-        context = model.encode_text(prompts + negative_prompts)
-        return {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
-    from ldm.models.long_prompts import encode_prompts, pad_contexts
-
-    def encode(texts: list[str]) -> torch.Tensor:
-        return encode_prompts(model.text_encoder, texts, chunking=options.long_prompts, emphasis=options.emphasis)
-
-    cond, uncond = pad_contexts(encode(prompts), encode(negative_prompts), encode([""]))
-    return {"context": cond}, {"context": uncond}
-
-
-def _sdxl_conditions(
-    model: LatentDiffusion,
-    prompts: list[str],
-    negative_prompts: list[str],
-    options: SamplingOptions | None,
-    size: tuple[int, int] | None,
-) -> tuple[dict, dict]:
-    """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size)."""
-    from ldm.models.sdxl_conditioning import sdxl_conditions
-
-    if options is not None and (options.long_prompts or options.emphasis):
-        raise PromptError("long prompts and emphasis are not supported for SDXL models yet")
-    height, width = size or (model.default_image_size, model.default_image_size)
-    return sdxl_conditions(model.text_encoder, prompts, negative_prompts, height, width)
-
-
-def label_conditions(model: LatentDiffusion, labels: str | list[str | None] | None, count: int) -> tuple[dict, dict]:
-    """The class label `y` of each side of guidance: the labels' indices, and the null label unconditionally.
-
-    Classifier-free guidance on labels (Ho & Salimans 2022) then mixes D(x; label) and D(x; null label) as it
-    mixes prompts. labels: one name for the whole batch, one per image, or None (the null label: no label).
-    A model without class names takes no label ({} both sides)."""
-    if getattr(model, "class_names", None) is None:
-        if labels is not None and (isinstance(labels, str) or any(label is not None for label in labels)):
-            model.class_labels([labels] if isinstance(labels, str) else list(labels))  # raises: takes no label
-        return {}, {}
-    labels = [labels] * count if labels is None or isinstance(labels, str) else list(labels)
-    if len(labels) != count:
-        raise PromptError(f"{len(labels)} labels for {count} images")
-    return {"y": model.class_labels(labels)}, {"y": model.class_labels([None] * count)}
 
 
 def start_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> torch.Tensor:
@@ -288,7 +179,8 @@ def batch_noise(
 def model_sigmas(model: LatentDiffusion, options: SamplingOptions) -> torch.Tensor:
     """The sampler's sigma grid; SD's DDIM ends it at sigma(t = 0) instead of 0 (ldm.sampling.samplers.sample_ddim_sd)."""  # noqa: E501
     to_zero = ddim_variant_of(options) != "sd"
-    # A1111's grid for DPM2 and DPM++ 3M SDE: one step more, its next-to-last sigma dropped (ldm.sampling.samplers_extra).
+    # A1111's grid for DPM2 and DPM++ 3M SDE: one step more, its next-to-last sigma dropped
+    # (ldm.sampling.samplers_extra).
     discard = options.sampler in DISCARD_NEXT_TO_LAST_SIGMA and options.steps < len(model.alphas_cumprod)
     sigmas = get_sigmas(
         model.alphas_cumprod, options.steps + discard, spacing=options.spacing, karras=options.karras, to_zero=to_zero

@@ -18,17 +18,9 @@ from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
-from ldm.tasks.base import (
-    Conditioning,
-    Generated,
-    check_task,
-    prompt_conditions,
-    prompt_lists,
-    resolve_options,
-    sample_seeded,
-    settings_of,
-)
+from ldm.tasks.base import Conditioning, Generated, check_task, resolve_options, sample_seeded, settings_of
 from ldm.tasks.editing import as_pil, fit_image, size_multiple
+from ldm.tasks.prompts import prompt_conditions, prompt_lists
 
 
 def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Image.Image:

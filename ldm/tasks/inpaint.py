@@ -31,15 +31,15 @@ from ldm.sampling.options import SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import (
     Conditioning,
+    EditingError,
     Generated,
     check_task,
-    prompt_conditions,
-    prompt_lists,
     resolve_options,
     sample_seeded,
     settings_of,
 )
-from ldm.tasks.editing import EditingError, as_pil, expand_batch, fit_image, size_multiple
+from ldm.tasks.editing import as_pil, expand_batch, fit_image, size_multiple
+from ldm.tasks.prompts import prompt_conditions, prompt_lists
 
 log = logging.getLogger("ldm")
 

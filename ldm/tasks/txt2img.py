@@ -18,27 +18,29 @@ from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import (  # noqa: F401
-    PRECISIONS, PrecisionError, SamplingOptions, autocast, check_finite_latents, ddim_variant_of, sampler_eta,
+    PRECISIONS,
+    PrecisionError,
+    SamplingOptions,
+    autocast,
+    check_finite_latents,
+    ddim_variant_of,
+    sampler_eta,
 )  # fmt: skip
 from ldm.sampling.samplers import Generators
-from ldm.tasks.base import (  # noqa: F401
+from ldm.tasks.base import (
     Conditioning,
     Generated,
-    PromptError,
     batch_noise,
     check_task,
     denoise,
     for_model,
     image_generators,
-    label_conditions,
     model_sigmas,
-    prompt_conditions,
-    prompt_lists,
     resolve_options,
-    sample_seeded,
     settings_of,
     start_noise,
 )
+from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditions, prompt_lists
 
 
 def image_size(model: LatentDiffusion, height: int | None, width: int | None) -> tuple[int, int]:

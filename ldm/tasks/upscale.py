@@ -30,15 +30,15 @@ from ldm.models.tiling import SharedGroupNormStats
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.tasks.base import (
     Conditioning,
+    EditingError,
     Generated,
     check_task,
-    prompt_conditions,
-    prompt_lists,
     resolve_options,
     sample_seeded,
     settings_of,
 )
-from ldm.tasks.editing import EditingError, ImageTooSmallError, as_pil, expand_batch
+from ldm.tasks.editing import ImageTooSmallError, as_pil, expand_batch
+from ldm.tasks.prompts import prompt_conditions, prompt_lists
 
 log = logging.getLogger("ldm")
 

@@ -21,16 +21,8 @@ from ldm.core.errors import LdmError
 from ldm.io.images import OutputError, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import SamplingOptions, autocast
-from ldm.tasks.base import (
-    Conditioning,
-    Generated,
-    check_task,
-    denoise,
-    prompt_conditions,
-    resolve_options,
-    settings_of,
-    start_noise,
-)
+from ldm.tasks.base import Conditioning, Generated, check_task, denoise, resolve_options, settings_of, start_noise
+from ldm.tasks.prompts import prompt_conditions
 from ldm.tasks.txt2img import image_size
 
 log = logging.getLogger("ldm")

@@ -184,7 +184,7 @@ def _write_card(path: Path, report: dict) -> None:
         "English CLDR names). Its text tower is the text encoder of the project's small pretrained emoji diffusion model.",  # noqa: E501
         "",
         "- Config: `configs/emoji/emoji-clip.json` (open_clip format; `open_clip.add_model_config(path)` then",
-        '  `open_clip.create_model("emoji-clip")`, or `ldm.training.clip.load_clip(weights)`).',
+        '  `open_clip.create_model("emoji-clip")`, or `ldm.models.clip.load_clip(weights)`).',
         f"- Weights: `{WEIGHTS_NAME}`, fp16 safetensors, open_clip `CLIP` state dict keys ({report['parameters']:,} parameters;",  # noqa: E501
         "  the text tower is everything outside `visual.*`).",
         "- Tokenizer: open_clip's bundled BPE (`open_clip.tokenize`), context length 77.",

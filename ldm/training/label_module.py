@@ -6,7 +6,7 @@ U-Net's label embedding, ldm.training.labels), so at sampling time
 
     D_w(x; c) = D(x; null) + w * (D(x; c) - D(x; null))
 
-mixes the label's prediction with the null label's (ldm.tasks.base.label_conditions). With a text encoder the
+mixes the label's prediction with the null label's (ldm.tasks.prompts.label_conditions). With a text encoder the
 caption is dropped as well, independently (training.cond_dropout), so the model learns text alone, label
 alone, both and neither; a label-only model (cond_stage_config: null, no U-Net context_dim) sees no text.
 """

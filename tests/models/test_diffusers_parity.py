@@ -15,7 +15,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from factories import tiny_model
 
 from ldm.sampling.options import SamplingOptions
-from ldm.tasks.base import Conditioning, denoise, prompt_conditions, start_noise
+from ldm.tasks.base import Conditioning, denoise, start_noise
+from ldm.tasks.prompts import prompt_conditions
 
 TOLERANCE = 1e-4  # of the largest value; measured: about 7e-7 at 10 and at 50 steps
 SCALE = 7.5

@@ -7,8 +7,8 @@ import torch
 from factories import TINY_TEXT, tiny_model
 
 from ldm.models.attention import attention
+from ldm.models.sinusoidal import timestep_embedding
 from ldm.models.text_encoder import FrozenOpenCLIPEmbedder
-from ldm.models.unet import timestep_embedding
 
 
 def test_attention_matches_naive_softmax():

@@ -11,18 +11,17 @@ from PIL import Image
 from safetensors import safe_open
 
 from ldm.interfaces.cli.main import main as cli_main
-from ldm.training import clip as clip_training
-from ldm.training.clip import (
+from ldm.models.clip import (
     DEFAULT_CONFIG,
     ClipConfigError,
     create_clip,
     encode_text_trimmed,
     load_clip,
-    retrieval_accuracy,
     save_clip,
     tokenize,
-    train_clip,
 )
+from ldm.training import clip as clip_training
+from ldm.training.clip import retrieval_accuracy, train_clip
 
 ROOT = Path(__file__).resolve().parents[2]
 # The shipped CLIP is the judge of `ldm eval` (the default model's text encoder lives inside model.safetensors).

@@ -150,7 +150,7 @@ def test_a_one_step_student_is_nearer_the_teachers_two_steps_than_the_teachers_o
 
 # ---- sampling a student -------------------------------------------------------------------------------------
 def test_a_student_samples_with_one_evaluation_per_step_and_refuses_negative_prompts(shapes, teacher_file, tmp_path):
-    from ldm.tasks.base import PromptError
+    from ldm.tasks.prompts import PromptError
     from ldm.tasks.txt2img import txt2img
 
     cfg = student_config(shapes, tmp_path / "run", teacher_file, "trainer.max_steps=1")

@@ -1,5 +1,6 @@
-"""The text-to-image page's SDXL controls: the refiner hand-off and the micro-conditionings (ldm.tasks.sdxl_refiner), with
-the references' defaults; the same options as `ldm txt2img --refiner ... --original-size ...` (ldm.interfaces.cli.sdxl_args)."""
+"""The text-to-image page's SDXL controls: the refiner hand-off and the micro-conditionings (ldm.tasks.sdxl_refiner),
+with the references' defaults; the same options as `ldm txt2img --refiner ... --original-size ...`
+(ldm.interfaces.cli.sdxl_args)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ import streamlit as st
 
 from ldm.core.errors import MissingFileError
 from ldm.formats.load import load_model
-from ldm.interfaces.cli.sdxl_args import micro_from_args
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE
-from ldm.tasks.sdxl_refiner import DEFAULT_SWITCH, RefinerError, is_sdxl
+from ldm.tasks.sdxl_refiner import DEFAULT_SWITCH, RefinerError, is_sdxl, micro_from_args
 
 
 @st.cache_resource(show_spinner="Loading the refiner…", max_entries=1)

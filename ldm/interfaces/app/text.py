@@ -12,11 +12,10 @@ from PIL import Image
 
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
-from ldm.interfaces.cli.sdxl_args import sdxl_record
 from ldm.io.images import save_png, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import SamplingOptions
-from ldm.tasks.sdxl_refiner import sdxl_txt2img
+from ldm.tasks.sdxl_refiner import sdxl_record, sdxl_txt2img
 from ldm.tasks.txt2img import settings_dict, txt2img
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)

@@ -106,7 +106,8 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--sampler-option", dest="sampler_option", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword option of the sampler (numbers and true/false are parsed), e.g. for pc: "
                         "--sampler-option snr=0.2 --sampler-option corrector_steps=2; an option the sampler "
-                        f"lacks, or a value outside its range, is refused; repeat for several. {sampler_options_help()}")
+                        "lacks, or a value outside its range, is refused; repeat for several. "
+                        f"{sampler_options_help()}")
     p.add_argument("--eta", type=float, default=None, action=Given,
                    help=f"noise of {', '.join(samplers_with('eta'))} (default: the sampler's own, ddim 0, others 1)")
     p.add_argument("--ddim-variant", choices=["sd", "k"], default=None,

@@ -102,9 +102,9 @@ def _model_to_other_layout(args: argparse.Namespace) -> int:
 
     from ldm.formats.convert import ConvertError
     from ldm.formats.detect import resolve_config
-    from ldm.formats.diffusers import folder_config
-    from ldm.formats.diffusers_export import write_folder, write_single_file
+    from ldm.formats.diffusers_export import write_single_file
     from ldm.formats.load import load_model
+    from ldm.formats.sdxl_diffusers import any_folder_config, write_any_folder
 
     if args.no_ema or args.no_schedule:
         raise ConvertError("--to diffusers and folder inputs write the model alone: leave out --no-ema/--no-schedule")
@@ -112,13 +112,13 @@ def _model_to_other_layout(args: argparse.Namespace) -> int:
         raise ConvertError(f"input not found: {args.input}")
     from_folder = Path(args.input).is_dir()
     if from_folder and args.config is None:
-        config = folder_config(args.input, args.prediction)
+        config = any_folder_config(args.input, args.prediction)
     else:
         config = resolve_config(args.config, args.input, args.prediction)
     model = load_model(config, args.input, device="cpu")
     dtype = torch.float16 if args.fp16 else None
     if args.to == "diffusers":
-        out = write_folder(model, config, args.output, args.overwrite, dtype)
+        out = write_any_folder(model, config, args.output, args.overwrite, dtype)
     else:
         out = write_single_file(model, config, args.output, args.overwrite, dtype)
     logging.getLogger(__name__).info("wrote %s", out)

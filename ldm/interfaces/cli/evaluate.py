@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ldm.evaluation.metrics import InceptionFeatures
     from ldm.evaluation.report import EvalSettings, evaluate_model, format_table, load_real, save_results
     from ldm.interfaces.cli.common import load_model_from_args
-    from ldm.training.clip import DEFAULT_CONFIG, create_clip, load_clip
+    from ldm.models.clip import DEFAULT_CONFIG, create_clip, load_clip
 
     check_new_outputs(args.out, args.table, overwrite=args.overwrite)  # before any work, not after it
     if args.compare:

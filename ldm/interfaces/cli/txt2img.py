@@ -23,13 +23,13 @@ from ldm.interfaces.cli.common import (
     sampling_options,
 )
 from ldm.interfaces.cli.controlnet_args import add_control_args, apply_control_settings, attach_controls, control_specs
-from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options, sdxl_record
+from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
 from ldm.io.images import check_size
 from ldm.io.infotext import settings_from_png
-from ldm.sampling.options import sampler_parameters
+from ldm.sampling.options import SamplingOptions, sampler_parameters
 from ldm.sampling.samplers import SAMPLERS, get_sampler
-from ldm.tasks.sdxl_refiner import sdxl_txt2img
-from ldm.tasks.txt2img import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
+from ldm.tasks.sdxl_refiner import sdxl_record, sdxl_txt2img, with_refiner_switch
+from ldm.tasks.txt2img import settings_dict, txt2img, txt2img_learned_variance
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,7 +101,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     """Fill args from the settings an image was made with (--from-png)."""
     if args.prompt is not None or args.from_file:
         raise InvalidOptionError("--from-png takes the prompt from the image; give no prompt or --from-file with it")
-    settings = settings_from_png(args.from_png)
+    settings = with_refiner_switch(settings_from_png(args.from_png))  # A1111's step fraction, made ours
     if "strength" in settings or "init_image" in settings:
         raise InvalidOptionError(
             f"{args.from_png} was made from an image (it has a denoising strength); "

@@ -26,7 +26,7 @@ from ldm.training.run import train  # imported here: Lightning's log handler the
 from ldm.training.shapes import make_shapes_dataset
 from ldm.training.tiny import tiny_train_config
 
-RUNNER = Path(__file__).with_name("cli_runner.py")
+RUNNER = Path(__file__).parents[1] / "cli_runner.py"
 VAE_FAST = [
     "logging.sample_every_n_steps=0",
     "data.val_fraction=0",

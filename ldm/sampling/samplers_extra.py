@@ -1,13 +1,11 @@
 """More samplers, by the names users know from A1111 (LMS, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, DPM++ 3M SDE, LCM;
-UniPC is in ldm.sampling.samplers_unipc): plain functions over a denoiser with the conventions of ldm.sampling.samplers (sigma space, a
-grid ending in 0, all noise from `generator`, one callback per step). Written from the maths of the papers and of
+UniPC is in ldm.sampling.samplers_unipc): plain functions over a denoiser with the conventions of
+ldm.sampling.samplers (sigma space, a grid ending in 0, all noise from `generator`, one callback per step). Written
+from the maths of the papers and of
 k-diffusion's k_diffusion/sampling.py and A1111's LCM sampler, with the same step rules, so that a name picks the
 same method as there. Differences from those are said in each docstring.
 
 lambda = -log sigma below (half the log-SNR); h = lambda' - lambda is a step's length in it.
-
-ldm.sampling.samplers imports this module's samplers in its middle (after the helpers this module uses), so the helpers are
-imported at the bottom of this module: either module can then be imported first.
 """
 
 from __future__ import annotations
@@ -15,10 +13,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ldm.sampling.steps import Callback, Denoiser, Generators, _d, _eval, _noise, _report, _steps, ancestral_step
+
 # The order of k-diffusion's LMS.
 LMS_ORDER = 4
 # A1111 runs these on the grid of steps + 1 with its next-to-last sigma dropped (its discard_next_to_last_sigma), so
-# that their costly last steps start from a larger sigma; ldm.tasks.base.model_sigmas does the same (`discard_next_to_last`).
+# that their costly last steps start from a larger sigma; ldm.tasks.base.model_sigmas does the same
+# (`discard_next_to_last`).
 DISCARD_NEXT_TO_LAST_SIGMA = ("dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde")
 
 
@@ -292,4 +293,3 @@ def sample_lcm(
 
 
 # Imported last: ldm.sampling.samplers imports this module's samplers after defining these (see the module docstring).
-from ldm.sampling.samplers import Callback, Denoiser, Generators, _d, _eval, _noise, _report, _steps, ancestral_step

@@ -2,14 +2,13 @@
 modules/models/diffusion/uni_pc runs it (data prediction, order 3, lower orders at the start and the end, UniC after
 every step but the last), written in sigma space. Compared out of tree with a VP-space transcription of A1111's
 multistep_uni_pc_bh_update on the same grids: equal to 1e-14.
-
-ldm.sampling.samplers imports this module's samplers in its middle, so the helpers are imported at the bottom (as in
-ldm.sampling.samplers_extra): either module can be imported first.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ldm.sampling.steps import Callback, Denoiser, Generators, _eval, _report, _steps
 
 # The order of A1111's UniPC (its default uni_pc_order).
 UNIPC_ORDER = 3
@@ -114,4 +113,3 @@ def sample_unipc_bh2(
 
 
 # Imported last: ldm.sampling.samplers imports this module's samplers after defining these (see the module docstring).
-from ldm.sampling.samplers import Callback, Denoiser, Generators, _eval, _report, _steps

@@ -34,7 +34,7 @@ from ldm.models.text_encoder import _cut_part
 from ldm.sampling.options import SamplingOptions, sampler_parameters
 from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS
 
-RUNNER = Path(__file__).with_name("cli_runner.py")
+RUNNER = Path(__file__).parents[1] / "cli_runner.py"
 MODEL = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
 FROM_PNG = [
     "txt2img",

@@ -13,7 +13,8 @@ of A1111's sd_samplers.get_sampler_and_scheduler and KDiffusionSampler.get_sigma
   0 (nearest to our "linspace"; A1111 ends its grid at t = 0 where ours takes a last step to sigma = 0).
 
 A1111 runs DPM2, DPM2 a and DPM++ 3M SDE on steps + 1 sigmas with the next-to-last dropped
-(discard_next_to_last_sigma); so do we (ldm.sampling.samplers_extra.DISCARD_NEXT_TO_LAST_SIGMA, ldm.tasks.base.model_sigmas).
+(discard_next_to_last_sigma); so do we (ldm.sampling.samplers_extra.DISCARD_NEXT_TO_LAST_SIGMA,
+ldm.tasks.base.model_sigmas).
 """
 
 from __future__ import annotations

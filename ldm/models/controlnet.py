@@ -34,7 +34,8 @@ from torch import nn
 
 from ldm.core.errors import InvalidOptionError
 from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
-from ldm.models.unet import UNetModel, timestep_embedding, zero_module
+from ldm.models.sinusoidal import timestep_embedding
+from ldm.models.unet import UNetModel, zero_module
 
 HINT_WIDTHS = (16, 16, 32, 32, 96, 96, 256)  # the hint encoder's convolutions before its zero-initialised last one
 HINT_STRIDED = (2, 4, 6)  # which of them halve the size, for f=8; f=4 uses the first two, f=2 the first

@@ -3,7 +3,8 @@
 Original SDXL files (sd_xl_base_1.0.safetensors, sd_xl_refiner_1.0.safetensors) hold the text towers under
 `conditioner.embedders.N.`: CLIP ViT-L/14 in Hugging Face's layout (`transformer.text_model.*`), OpenCLIP
 ViT-bigG/14 in open_clip's (`model.*`, no visual tower). Ours keeps both as open_clip towers under
-`text_encoder.embedders.N.model.` (ldm.models.sdxl_text); ldm.io.hf_clip translates the Hugging Face names. The U-Net and
+`text_encoder.embedders.N.model.` (ldm.models.sdxl_text); ldm.io.hf_clip translates the Hugging Face names. The U-Net
+and
 VAE use SD's prefixes (ldm.io.checkpoint); `denoiser.sigmas` is the reference denoiser's schedule, derived here.
 
 diffusers' SDXL U-Net (UNet2DConditionModel, addition_embed_type "text_time") names the vector's embedding

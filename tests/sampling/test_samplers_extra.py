@@ -1,6 +1,8 @@
-"""The samplers of ldm.sampling.samplers_extra against closed forms and hand-written single steps of k-diffusion's maths.
+"""The samplers of ldm.sampling.samplers_extra against closed forms and hand-written single steps of k-diffusion's
+maths.
 
-The Gaussian case of tests/sampling/test_samplers.py gives an exact denoiser and an exact ODE solution; a denoiser that does
+The Gaussian case of tests/sampling/test_samplers.py gives an exact denoiser and an exact ODE solution; a denoiser
+that does
 not depend on x (D = f(lambda)) gives exact integrals. k-diffusion itself is no dependency: its step rules are
 written out here from its sampling.py and compared on one or two steps.
 """
@@ -50,7 +52,8 @@ def test_the_new_samplers_are_registered_and_the_deterministic_ones_known():
     ],
 )
 def test_error_shrinks_at_the_expected_order(name, options, order):
-    """Max error to the exact probability-flow solution at sigma = 0 on Karras grids (as tests/sampling/test_samplers.py)."""
+    """Max error to the exact probability-flow solution at sigma = 0 on Karras grids (as
+    tests/sampling/test_samplers.py)."""
     x_t = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * SIGMA_MAX
     exact = flow(x_t, torch.tensor(SIGMA_MAX), torch.tensor(0.0))
     steps = [8, 16, 32, 64]

@@ -1,4 +1,5 @@
-"""The ControlNets of an image's settings (`controls`, ldm.interfaces.cli.controlnet_args) in A1111's parameters text, as its
+"""The ControlNets of an image's settings (`controls`, ldm.interfaces.cli.controlnet_args) in A1111's parameters text,
+as its
 ControlNet extension writes them, one field per unit:
 
     ControlNet 0: "Module: none, Model: canny, Weight: 0.8, Resize Mode: Crop and Resize, Guidance Start: 0, ..."

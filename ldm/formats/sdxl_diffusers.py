@@ -31,24 +31,34 @@ from ldm.formats.diffusers import (
     END,
     HF_TEXT,
     _json,
+    folder_config,
+    load_folder_weights,
     schedule_params,
     text_params,
     unet_params,
     vae_params,
 )
-from ldm.formats.diffusers_export import _umask, _write_json, scheduler_config, unet_config, vae_config, write_tokenizer
-from ldm.io.checkpoint import save_state_dict
+from ldm.formats.diffusers_export import (
+    _umask,
+    _write_json,
+    scheduler_config,
+    unet_config,
+    vae_config,
+    write_folder,
+    write_tokenizer,
+)  # fmt: skip
+from ldm.io.checkpoint import CheckpointError, load_into, save_state_dict
 from ldm.io.diffusers_files import DiffusersFolderError, load_part
 from ldm.io.diffusers_keys import from_diffusers, to_diffusers, vae_names
 from ldm.io.hf_clip import hf_from_open_clip, open_clip_from_hf
 from ldm.io.sdxl_keys import sdxl_unet_names
+from ldm.models.latent_diffusion import CONDITIONING
 from ldm.models.sdxl_text import BASE_MICRO, MICRO_CONDITIONS, MICRO_EMBED_DIM, REFINER_MICRO
 
-PIPELINES = {  # class -> our conditioning key
-    "StableDiffusionXLPipeline": "crossattn",
-    "StableDiffusionXLImg2ImgPipeline": "crossattn",
-    "StableDiffusionXLInpaintPipeline": "hybrid",
-}
+# Pipeline class -> our conditioning kind; the refiner's folders are img2img pipelines of the text-to-image kind.
+PIPELINES = {kind.diffusers_xl: kind for kind in CONDITIONING.values() if kind.diffusers_xl}
+REFINER_PIPELINE = "StableDiffusionXLImg2ImgPipeline"
+PIPELINES[REFINER_PIPELINE] = PIPELINES["StableDiffusionXLPipeline"]
 VECTOR_KEYS = ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
 PROJECTION = "text_projection.weight"  # CLIPTextModelWithProjection's, [projection, width]
 TINY_VISION = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}  # never built
@@ -111,14 +121,14 @@ def sdxl_folder_config(folder: str | Path, prediction: str | None = None) -> dic
             f"{folder}: the U-Net's vector is {vector} wide; pooled {pooled} and {micro} make {expected}"
         )
     latent = vae["embed_dim"]
-    if unet["in_channels"] != (2 * latent + 1 if PIPELINES[pipeline] == "hybrid" else latent):
+    if unet["in_channels"] != (2 * latent + 1 if PIPELINES[pipeline].concat else latent):
         raise DiffusersFolderError(f"{folder}: a {pipeline} with a U-Net of {unet['in_channels']} input channels")
     zero = bool(index.get("force_zeros_for_empty_prompt", True))
     encoders = {"embedders": towers, "micro_conditions": list(micro), "zero_empty_negative": zero}
     params = {
         **schedule_params(_json(folder, "scheduler/scheduler_config.json"), prediction),
         "scale_factor": scale_factor,
-        "conditioning_key": PIPELINES[pipeline],
+        "conditioning_key": PIPELINES[pipeline].key,
         "image_size": unet_cfg.get("sample_size") or 128,
         "ddim_variant": "sd",
         "unet_config": {"target": "ldm.models.unet.UNetModel", "params": unet},
@@ -181,11 +191,10 @@ def _tower_parts(embedder: torch.nn.Module) -> tuple[dict[str, Any], dict[str, t
 
 def _model_index(model: torch.nn.Module, towers: int) -> dict[str, Any]:
     refiner = "aesthetic_score" in model.text_encoder.micro_conditions
-    pipeline = {
-        "crossattn": "StableDiffusionXLImg2ImgPipeline" if refiner else "StableDiffusionXLPipeline",
-        "hybrid": "StableDiffusionXLInpaintPipeline",
-    }.get(model.conditioning_key)
-    if pipeline is None:
+    pipeline = CONDITIONING[model.conditioning_key].diffusers_xl
+    if pipeline == "StableDiffusionXLPipeline" and refiner:
+        pipeline = REFINER_PIPELINE
+    if not pipeline:
         raise DiffusersFolderError(
             f"an SDXL model with conditioning_key {model.conditioning_key!r} has no diffusers pipeline"
         )
@@ -263,3 +272,38 @@ def folder_pipeline(folder: str | Path) -> str | None:
         return json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+# The entry points for any diffusers folder, SD 1.x/2.x (ldm.formats.diffusers, ldm.formats.diffusers_export) or
+# SDXL (above): this module builds on those two, so the choice between them is made here, above both.
+
+
+def any_folder_config(folder: str | Path, prediction: str | None = None) -> dict[str, Any]:
+    """Our model config for a diffusers folder of any supported pipeline (folder_config's, or SDXL's)."""
+    index = Path(folder, "model_index.json")
+    if index.is_file() and json.loads(index.read_text()).get("_class_name") in PIPELINES:
+        return sdxl_folder_config(folder, prediction)
+    return folder_config(folder, prediction)
+
+
+def load_any_folder_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Fill `model` (built from any_folder_config) with the folder's weights; one line on any mismatch."""
+    if not is_sdxl_model(model):
+        return load_folder_weights(model, folder)
+    try:
+        load_into(model, sdxl_folder_state(folder, model))
+    except CheckpointError as exc:
+        raise type(exc)(f"{folder}: {exc}") from None
+
+
+def write_any_folder(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    out: str | Path,
+    overwrite: bool = False,
+    float_dtype: torch.dtype | None = None,
+) -> Path:
+    """Write `model` as the diffusers pipeline folder of its family (write_folder's, or SDXL's)."""
+    if is_sdxl_model(model):
+        return write_sdxl_folder(model, config, out, overwrite, float_dtype)
+    return write_folder(model, config, out, overwrite, float_dtype)

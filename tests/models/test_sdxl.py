@@ -408,7 +408,8 @@ def tiny_sdxl(unets, text_towers):
 
 
 def test_guided_ddim_txt2img_matches_the_sdxl_pipeline(tiny_sdxl, text_towers):
-    """A 4-step guided DDIM through ldm.tasks.txt2img.prepare and ldm.tasks.base.denoise equals StableDiffusionXLPipeline's
+    """A 4-step guided DDIM through ldm.tasks.txt2img.prepare and ldm.tasks.base.denoise equals
+    StableDiffusionXLPipeline's
     latents from the same start latents (empty negative prompt: zero context and pooled output)."""
     from diffusers import DDIMScheduler
 
@@ -477,7 +478,7 @@ def test_ldm_txt2img_runs_a_tiny_sdxl_file_end_to_end(tiny_sdxl, tmp_path):
         "--outdir",
         "out",
     ]
-    runner = Path(__file__).with_name("cli_runner.py")
+    runner = Path(__file__).parents[1] / "cli_runner.py"
     r = subprocess.run(
         [sys.executable, str(runner)],
         capture_output=True,

@@ -2,7 +2,8 @@
 
 Each number v (an original or target height or width, a crop offset, an aesthetic score) becomes a 256-wide
 embedding [cos(v f_0) .. cos(v f_127) | sin(v f_0) .. sin(v f_127)], f_i = 10000^(-i / 128): the U-Net's
-timestep embedding (ldm.models.unet.timestep_embedding; sgm's ConcatTimestepEmbedderND uses its Timestep, diffusers'
+timestep embedding (ldm.models.sinusoidal.timestep_embedding; sgm's ConcatTimestepEmbedderND uses its Timestep,
+diffusers'
 add_time_proj is Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)). Pairs are (height, width) and
 (top, left), as sgm's get_batch builds original_size_as_tuple, crop_coords_top_left and target_size_as_tuple.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ldm.core.errors import InvalidOptionError
-from ldm.models.unet import timestep_embedding
+from ldm.models.sinusoidal import timestep_embedding
 
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # sgm's scripts/demo defaults, diffusers' too
 

@@ -34,7 +34,7 @@ from ldm.tasks.inpaint import inpaint
 from ldm.tasks.txt2img import prepare, txt2img, txt2img_learned_variance
 
 TOLERANCE = 1e-4  # relative to the largest value; measured: 0 (the same operations in the same order)
-RUNNER = Path(__file__).with_name("cli_runner.py")
+RUNNER = Path(__file__).parents[1] / "cli_runner.py"
 UNET = tiny_config()["model"]["params"]["unet_config"]["params"]
 
 

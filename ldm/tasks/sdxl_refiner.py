@@ -10,13 +10,15 @@ A1111's "Refiner switch at" is a fraction of the *steps*: its sampler switches a
 ratio step / steps reaches it, so the base runs ceil(fraction * steps) steps. `switch_from_step_fraction` turns
 that into the timestep fraction that makes the base run the same steps (used when reading A1111 metadata).
 
-Micro-conditionings (ldm.models.sdxl_conditioning): original size, crop (top, left) and target size default to the image's
+Micro-conditionings (ldm.models.sdxl_conditioning): original size, crop (top, left) and target size default to the
+image's
 size and (0, 0); the refiner's aesthetic score 6.0, 2.5 on the unconditional side, as in sgm and diffusers.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,16 +32,8 @@ from ldm.io.images import tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
 from ldm.sampling.options import SamplingOptions, autocast, ddim_variant_of, sample, start_scale
-from ldm.tasks.base import (
-    Conditioning,
-    Generated,
-    batch_noise,
-    check_task,
-    model_sigmas,
-    prompt_lists,
-    resolve_options,
-    settings_of,
-)
+from ldm.tasks.base import Conditioning, Generated, batch_noise, check_task, model_sigmas, resolve_options, settings_of
+from ldm.tasks.prompts import prompt_lists
 from ldm.tasks.txt2img import image_size
 
 DEFAULT_SWITCH = 0.8  # diffusers' documented example and A1111's default "Refiner switch at"
@@ -109,15 +103,14 @@ def switch_from_step_fraction(
     return min(max(1.0 - t_last / num_timesteps, 1e-6), 1 - 1e-6)
 
 
-def refiner_settings_from_a1111(fields: dict[str, str], steps: int | None) -> dict[str, Any]:
-    """Our refiner settings from A1111's "Refiner" and "Refiner switch at" fields (a parameters text)."""
-    try:
-        fraction = float(fields["Refiner switch at"])
-        switch = switch_from_step_fraction(fraction, int(steps or defaults.STEPS), spacing=defaults.SPACING)
-    except (ValueError, RefinerError) as exc:
-        raise RefinerError(f"bad 'Refiner switch at' in the parameters text: {exc}") from None
-    named = {"refiner_name": fields["Refiner"]} if "Refiner" in fields else {}
-    return {"refiner_switch": switch, "refiner_switch_at_steps": fraction, **named}
+def with_refiner_switch(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings read from an A1111 text (ldm.io.infotext) with its "Refiner switch at" step fraction also as our
+    timestep fraction (`refiner_switch`), which runs the same base steps; other settings are returned as they are."""
+    fraction = settings.get("refiner_switch_at_steps")
+    if fraction is None or settings.get("refiner_switch") is not None:
+        return settings
+    steps = int(settings.get("steps") or defaults.STEPS)
+    return {**settings, "refiner_switch": switch_from_step_fraction(fraction, steps, spacing=defaults.SPACING)}
 
 
 def _sampler_space(x: torch.Tensor, options: SamplingOptions, sigma_end: torch.Tensor) -> torch.Tensor:
@@ -203,3 +196,38 @@ def sdxl_txt2img(
         tensor_to_pil(images),
         settings_of("txt2img", options, height=height, width=width, **micro.record(), **record, **noise_record),
     )
+
+
+def _pair(text: str | None, option: str, separator: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    match = re.fullmatch(rf"\s*(\d{{1,6}})\s*{separator}\s*(\d{{1,6}})\s*", text)
+    if match is None:
+        example = "1024x768" if separator == "x" else "0,32"
+        raise InvalidOptionError(f"{option} must be two whole numbers like {example}, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def micro_from_args(args: Any) -> SDXLMicro:
+    """The micro-conditionings that options (the command line's or the app's, by the same names) give; sizes come as
+    WIDTHxHEIGHT and are kept as (height, width)."""
+    original = _pair(args.original_size, "--original-size", "x")
+    target = _pair(args.target_size, "--target-size", "x")
+    crop = _pair(args.crop, "--crop", ",")
+    scores = {}
+    if args.aesthetic_score is not None:
+        scores["aesthetic_score"] = args.aesthetic_score
+    if args.negative_aesthetic_score is not None:
+        scores["negative_aesthetic_score"] = args.negative_aesthetic_score
+    return SDXLMicro(
+        original_size=None if original is None else (original[1], original[0]),
+        crop=crop or (0, 0),
+        target_size=None if target is None else (target[1], target[0]),
+        **scores,
+    )
+
+
+def sdxl_record(settings: dict[str, Any]) -> dict[str, Any]:
+    """What an image's metadata adds from sdxl_txt2img's settings: the micro-conditionings and the refiner's."""
+    own = {"original_size", "crop", "target_size", "aesthetic_score", "negative_aesthetic_score"}
+    return {k: v for k, v in settings.items() if k in own or k.startswith("refiner_")}

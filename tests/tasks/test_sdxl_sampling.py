@@ -26,7 +26,14 @@ from ldm.io.checkpoint import save_state_dict
 from ldm.io.diffusers_keys import from_diffusers
 from ldm.io.sdxl_keys import sdxl_unet_names
 from ldm.models.unet import UNetModel
-from ldm.tasks.sdxl_refiner import RefinerError, SDXLMicro, base_steps, sdxl_txt2img, switch_from_step_fraction
+from ldm.tasks.sdxl_refiner import (
+    RefinerError,
+    SDXLMicro,
+    base_steps,
+    sdxl_txt2img,
+    switch_from_step_fraction,
+    with_refiner_switch,
+)  # fmt: skip
 
 REFINER_VECTOR = POOLED + 5 * 256
 # test_sdxl's tiny models with the same random weights as its diffusers pipeline, as fixtures of this module too
@@ -166,16 +173,16 @@ def test_a1111_step_fraction_maps_to_the_same_base_steps(tiny_sdxl):
 def test_a1111_metadata_with_a_refiner_reads_and_writes_the_step_fraction(tiny_sdxl):
     """'Refiner switch at: 0.8' of an A1111 text becomes our timestep fraction running its 8 of 10 base steps; our
     settings write A1111's step fraction back."""
-    from ldm.io.infotext import format_infotext, settings_from_infotext
+    from ldm.io.infotext import InfotextError, format_infotext, settings_from_infotext
 
     base, _ = tiny_sdxl
     text = "a cat\nSteps: 10, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 1024x1024, Refiner: sd_xl_refiner_1.0, "
-    settings = settings_from_infotext(text + "Refiner switch at: 0.8")
+    settings = with_refiner_switch(settings_from_infotext(text + "Refiner switch at: 0.8"))
     assert settings["refiner_name"] == "sd_xl_refiner_1.0" and settings["refiner_switch_at_steps"] == 0.8
     assert base_steps(base, get_sigmas(base.alphas_cumprod, 10), settings["refiner_switch"]) == 8
     written = format_infotext({"prompt": "a", "steps": 10, "refiner_steps": 2, "refiner_file": "dir/ref.safetensors"})
     assert "Refiner: ref, Refiner switch at: 0.8" in written
-    with pytest.raises(RefinerError, match="Refiner switch at"):
+    with pytest.raises(InfotextError, match="Refiner switch at"):
         settings_from_infotext(text + "Refiner switch at: 1.5")
 
 

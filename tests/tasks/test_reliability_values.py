@@ -2,7 +2,8 @@
 that, caught when sampling ends, before anything is decoded or written. The Python API refuses bad arguments with
 LdmError subclasses as the CLI does, and original SD configs read as the original code reads them.
 
-The command-line cases run through the real `ldm` command (tests/cli_runner.py, as tests/interfaces/test_bad_inputs.py does):
+The command-line cases run through the real `ldm` command (tests/cli_runner.py, as tests/interfaces/test_bad_inputs.py
+does):
 exit 2, one error line, no traceback, and no image written.
 """
 
@@ -27,14 +28,15 @@ from ldm.formats.load import load_model
 from ldm.io.checkpoint import CheckpointError, load_state_dict, save_state_dict
 from ldm.models.text_encoder import LAYERS
 from ldm.sampling.options import NonFiniteLatentsError
-from ldm.tasks.base import NoiseShapeError, PromptError
+from ldm.tasks.base import NoiseShapeError
 from ldm.tasks.img2img import img2img
 from ldm.tasks.inpaint import inpaint
+from ldm.tasks.prompts import PromptError
 from ldm.tasks.txt2img import txt2img
 from ldm.tasks.upscale import upscale
 from ldm.tasks.walk import walk_frames
 
-RUNNER = Path(__file__).with_name("cli_runner.py")
+RUNNER = Path(__file__).parents[1] / "cli_runner.py"
 MODEL = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
 SHIPPED = ["--steps", "2", "--no-progress", "--outdir", "out"]  # the shipped model: default student, or --model full
 EMBEDDING = ["txt2img", "x", *MODEL, "--embedding"]

@@ -19,7 +19,7 @@ from ldm.io.infotext import settings_from_infotext, settings_from_png
 from ldm.models.controlnet import ControlNet
 from ldm.models.unet import UNetModel
 
-RUNNER = Path(__file__).with_name("cli_runner.py")
+RUNNER = Path(__file__).parents[1] / "cli_runner.py"
 
 
 @pytest.fixture(scope="module")
