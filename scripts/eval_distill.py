@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from ldm.core.defaults import default_model_files, shipped_path  # noqa: E402
 from ldm.evaluation.report import EvalSettings, evaluate_model, load_real  # noqa: E402
 from ldm.formats.load import load_model
-from ldm.training.clip import load_clip  # noqa: E402
+from ldm.models.clip import load_clip
 
 
 def load_student(folder: Path, base: Path):

@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ldm.data.folder import read_caption_table
 from ldm.formats.load import load_model
-from ldm.tasks.txt2img import SamplingOptions, txt2img
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.txt2img import txt2img
 from ldm.training.captions import styled
 
 # A cross-section of configs/emoji/first-prompts.txt (hearts, circles, squares, fruit, animals, faces,

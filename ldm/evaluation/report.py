@@ -172,7 +172,8 @@ def pil_to_tensor(images: Sequence) -> torch.Tensor:
 def generate(model, prompts: Sequence[str], scale: float, settings: EvalSettings, size: int,
              seeds: Sequence[int] | None = None) -> torch.Tensor:
     """Images for prompts in batches; prompt i gets seed settings.seed + i (or seeds[i]), so scales are compared on the same noise."""  # noqa: E501
-    from ldm.tasks.txt2img import SamplingOptions, txt2img
+    from ldm.sampling.options import SamplingOptions
+    from ldm.tasks.txt2img import txt2img
 
     seeds = list(seeds) if seeds is not None else [settings.seed + i for i in range(len(prompts))]
     out = []

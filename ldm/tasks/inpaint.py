@@ -31,6 +31,7 @@ from ldm.sampling.options import SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import (
     Conditioning,
+    EditingError,
     Generated,
     check_task,
     prompt_conditions,
@@ -39,7 +40,7 @@ from ldm.tasks.base import (
     sample_seeded,
     settings_of,
 )
-from ldm.tasks.editing import EditingError, as_pil, expand_batch, fit_image, size_multiple
+from ldm.tasks.editing import as_pil, expand_batch, fit_image, size_multiple
 
 log = logging.getLogger("ldm")
 

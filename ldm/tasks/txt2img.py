@@ -17,9 +17,9 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import PRECISIONS, PrecisionError, SamplingOptions, autocast, ddim_variant_of, sampler_eta  # noqa: F401
+from ldm.sampling.options import SamplingOptions, autocast, ddim_variant_of, sampler_eta
 from ldm.sampling.samplers import Generators
-from ldm.tasks.base import (  # noqa: F401
+from ldm.tasks.base import (
     Conditioning,
     Generated,
     PromptError,
@@ -33,7 +33,6 @@ from ldm.tasks.base import (  # noqa: F401
     prompt_conditions,
     prompt_lists,
     resolve_options,
-    sample_seeded,
     settings_of,
     start_noise,
 )

@@ -30,6 +30,7 @@ from ldm.models.tiling import SharedGroupNormStats
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.tasks.base import (
     Conditioning,
+    EditingError,
     Generated,
     check_task,
     prompt_conditions,
@@ -38,7 +39,7 @@ from ldm.tasks.base import (
     sample_seeded,
     settings_of,
 )
-from ldm.tasks.editing import EditingError, ImageTooSmallError, as_pil, expand_batch
+from ldm.tasks.editing import ImageTooSmallError, as_pil, expand_batch
 
 log = logging.getLogger("ldm")
 

@@ -25,9 +25,14 @@ from ldm.diffusion.likelihood import (
     hybrid_loss,
     variational_bound,
 )
-from ldm.diffusion.parameterisation import VPParameterisation, diffusion_loss, predict_x0_from_eps, q_sample
+from ldm.diffusion.parameterisation import (
+    DiscreteTimeDenoiser,
+    VPParameterisation,
+    diffusion_loss,
+    predict_x0_from_eps,
+    q_sample,
+)
 from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
-from ldm.sampling.denoisers import DiscreteTimeDenoiser
 from ldm.sampling.options import SamplingOptions, sample
 from ldm.sampling.variance_sampler import LearnedVarianceDenoiser, sample_ddpm_learned_variance
 

@@ -23,16 +23,7 @@ import torch
 
 from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.data.folder import CaptionedImageFolder
-from ldm.io.checkpoint import load_state_dict  # noqa: F401 (re-exported with the CLIP helpers below)
-from ldm.models.clip import (  # noqa: F401
-    DEFAULT_CONFIG,
-    ClipConfigError,
-    create_clip,
-    encode_text_trimmed,
-    load_clip,
-    save_clip,
-    tokenize,
-)
+from ldm.models.clip import DEFAULT_CONFIG, create_clip, encode_text_trimmed, load_clip, save_clip, tokenize
 
 WEIGHTS_NAME = "clip.safetensors"
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature from collapsing
@@ -184,7 +175,7 @@ def _write_card(path: Path, report: dict) -> None:
         "English CLDR names). Its text tower is the text encoder of the project's small pretrained emoji diffusion model.",  # noqa: E501
         "",
         "- Config: `configs/emoji/emoji-clip.json` (open_clip format; `open_clip.add_model_config(path)` then",
-        '  `open_clip.create_model("emoji-clip")`, or `ldm.training.clip.load_clip(weights)`).',
+        '  `open_clip.create_model("emoji-clip")`, or `ldm.models.clip.load_clip(weights)`).',
         f"- Weights: `{WEIGHTS_NAME}`, fp16 safetensors, open_clip `CLIP` state dict keys ({report['parameters']:,} parameters;",  # noqa: E501
         "  the text tower is everything outside `visual.*`).",
         "- Tokenizer: open_clip's bundled BPE (`open_clip.tokenize`), context length 77.",

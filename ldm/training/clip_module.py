@@ -53,7 +53,7 @@ class ClipModule(TrainingModule):
         self.loss_fn = open_clip.loss.ClipLoss()
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        from ldm.training.clip import encode_text_trimmed  # the fast exact text pass (trims padding)
+        from ldm.models.clip import encode_text_trimmed
 
         tokens = open_clip.tokenize(list(batch["caption"]), context_length=self.clip.context_length).to(self.device)
         image_features = self.clip.encode_image(batch["image"], normalize=True)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ldm.diffusion.parameterisation import (
+    DiscreteTimeDenoiser,
     UnknownPredictionError,
     diffusion_loss,
     eps_from_v,
@@ -17,7 +18,7 @@ from ldm.diffusion.parameterisation import (
     v_target,
 )
 from ldm.diffusion.schedules import alphas_cumprod_from_betas, make_betas, sigmas_from_alphas_cumprod
-from ldm.sampling.denoisers import CFGDenoiser, DiscreteTimeDenoiser, InvalidGuidanceError
+from ldm.sampling.denoisers import CFGDenoiser, InvalidGuidanceError
 
 SD = dict(linear_start=0.00085, linear_end=0.012)
 AC = alphas_cumprod_from_betas(make_betas("scaled_linear", 1000, **SD))

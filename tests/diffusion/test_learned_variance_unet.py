@@ -18,7 +18,8 @@ from ldm.diffusion.likelihood import LearnedVarianceParameterisation
 from ldm.evaluation.likelihood import latent_nll
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.checkpoint import save_state_dict
-from ldm.tasks.txt2img import PromptError, txt2img, txt2img_learned_variance
+from ldm.tasks.base import PromptError
+from ldm.tasks.txt2img import txt2img, txt2img_learned_variance
 from ldm.training.ldm_module import LatentDiffusionModule
 
 IMAGES = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -199,7 +199,7 @@ def clip_config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_clip(clip_config):
-    from ldm.training.clip import create_clip
+    from ldm.models.clip import create_clip
 
     torch.manual_seed(0)
     return create_clip(clip_config).eval()

@@ -29,7 +29,7 @@ from ldm.interfaces.app.state import (
 from ldm.interfaces.app.text import generate, png_bytes
 from ldm.io.checkpoint import save_state_dict
 from ldm.io.images import InvalidImageError
-from ldm.tasks.txt2img import SamplingOptions
+from ldm.sampling.options import SamplingOptions
 
 APP = Path(ldm.interfaces.app.__file__).resolve().parent  # absolute: AppTest resolves relative paths against the caller
 VIEWS = APP / "views"

@@ -17,7 +17,8 @@ import torch
 from ldm.core.config import instantiate, load_config
 from ldm.core.defaults import default_checkpoint_path, default_config_path
 from ldm.formats.load import load_model
-from ldm.tasks.txt2img import SamplingOptions, txt2img
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.txt2img import txt2img
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = (

@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
+from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
 from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, karras_sigmas, make_betas, t_to_sigma
-from ldm.sampling.denoisers import CFGDenoiser, DiscreteTimeDenoiser
+from ldm.sampling.denoisers import CFGDenoiser
 from ldm.sampling.samplers import (
     DETERMINISTIC,
     SAMPLERS,

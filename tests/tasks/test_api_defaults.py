@@ -15,11 +15,11 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import build_parser, main
-from ldm.sampling.options import task_options
+from ldm.sampling.options import SamplingOptions, task_options
 from ldm.tasks.base import NoiseShapeError, PromptError, prompt_conditions
 from ldm.tasks.img2img import img2img
 from ldm.tasks.inpaint import inpaint
-from ldm.tasks.txt2img import SamplingOptions, txt2img
+from ldm.tasks.txt2img import txt2img
 from ldm.tasks.upscale import upscale
 from ldm.tasks.walk import walk_frames
 

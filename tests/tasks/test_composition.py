@@ -8,16 +8,22 @@ import pytest
 import torch
 from factories import tiny_model
 
-from ldm.diffusion.parameterisation import VPParameterisation, predict_x0_from_eps, predict_x0_from_v, q_sample
+from ldm.diffusion.parameterisation import (
+    DiscreteTimeDenoiser,
+    VPParameterisation,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    q_sample,
+)
 from ldm.diffusion.schedules import alphas_cumprod_from_betas, get_sigmas, make_betas
 from ldm.models.latent_diffusion import CONDITIONING
-from ldm.sampling.denoisers import CFGDenoiser, DiscreteTimeDenoiser
-from ldm.sampling.options import sample, sampler_eta, sampler_kwargs
+from ldm.sampling.denoisers import CFGDenoiser
+from ldm.sampling.options import SamplingOptions, sample, sampler_eta, sampler_kwargs
 from ldm.sampling.samplers import SAMPLERS, InvalidStrengthError, SamplerOptionError
 from ldm.tasks.base import WrongModelError, check_task, kinds_for
 from ldm.tasks.editing import StrengthError
 from ldm.tasks.inpaint import BlendDenoiser
-from ldm.tasks.txt2img import SamplingOptions, txt2img
+from ldm.tasks.txt2img import txt2img
 from ldm.tasks.upscale import TiledDenoiser
 
 AC = alphas_cumprod_from_betas(make_betas("scaled_linear", 1000, linear_start=0.00085, linear_end=0.012)).float()

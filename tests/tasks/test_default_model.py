@@ -107,7 +107,7 @@ def test_prompts_are_followed_by_the_judge_clip(any_model):
     """The judge CLIP (trained apart from the model's text encoder) picks each sample's own prompt out of six."""
     model, settings = any_model
     from ldm.evaluation.metrics import ClipFeatures
-    from ldm.training.clip import load_clip
+    from ldm.models.clip import load_clip
 
     clip = load_clip(SHIPPED / "judge.safetensors", SHIPPED / "judge.json")
     images = txt2img(model, CANDIDATES, seed=0, progress=False, **settings)
@@ -140,7 +140,7 @@ def test_sample_sheet_script(model, tmp_path):
     spec = importlib.util.spec_from_file_location("sample_sheet", ROOT / "scripts" / "sample_sheet.py")
     sheet_mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sheet_mod)
-    from ldm.tasks.txt2img import SamplingOptions
+    from ldm.sampling.options import SamplingOptions
 
     heldout_dir = tmp_path / "data" / "heldout"
     heldout_dir.mkdir(parents=True)
@@ -182,7 +182,7 @@ def test_the_autoencoder_reconstructs_a_64px_emoji_like_picture(model):
 
 
 def test_the_judge_is_apart_from_the_text_encoder_and_loads_strictly(model):
-    from ldm.training.clip import load_clip
+    from ldm.models.clip import load_clip
 
     config = json.loads((SHIPPED / "judge.json").read_text())
     clip = load_clip(SHIPPED / "judge.safetensors", SHIPPED / "judge.json")

@@ -13,7 +13,8 @@ from PIL import Image
 from ldm.interfaces.cli.main import main
 from ldm.io.checkpoint import save_state_dict
 from ldm.io.images import InvalidImageError, pil_to_tensor, tensor_to_pil
-from ldm.tasks.editing import ImageTooSmallError, StrengthError, WrongModelError
+from ldm.tasks.base import WrongModelError
+from ldm.tasks.editing import ImageTooSmallError, StrengthError
 from ldm.tasks.img2img import img2img
 from ldm.tasks.txt2img import txt2img
 

@@ -16,9 +16,10 @@ from ldm.core.masks import EmptyMaskError, MaskSizeError
 from ldm.interfaces.cli.main import main
 from ldm.io.checkpoint import from_original_keys, load_into, save_state_dict
 from ldm.io.images import pil_to_tensor
+from ldm.sampling.options import SamplingOptions
 from ldm.sampling.samplers import SAMPLERS
-from ldm.tasks.base import Conditioning, sample_seeded
-from ldm.tasks.editing import StrengthError, WrongModelError
+from ldm.tasks.base import Conditioning, WrongModelError, prompt_conditions, sample_seeded
+from ldm.tasks.editing import StrengthError
 from ldm.tasks.inpaint import (
     BlendDenoiser,
     InpaintModeError,
@@ -28,7 +29,6 @@ from ldm.tasks.inpaint import (
     parse_extend,
     resolve_mode,
 )
-from ldm.tasks.txt2img import SamplingOptions, prompt_conditions
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "stable-diffusion"
 

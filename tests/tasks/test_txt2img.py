@@ -135,7 +135,7 @@ def test_batch_image_equals_single_image_with_its_seed(model):
 
 def test_guidance_scale_one_is_the_conditional_prediction(model):
     from ldm.sampling.denoisers import CFGDenoiser
-    from ldm.tasks.txt2img import prompt_conditions
+    from ldm.tasks.base import prompt_conditions
 
     cond, uncond = prompt_conditions(model, ["a red apple"], ["a green pear"])
     den = model.denoiser()

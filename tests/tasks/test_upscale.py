@@ -15,7 +15,8 @@ from ldm.core.config import model_from_config
 from ldm.interfaces.cli.main import main
 from ldm.io.checkpoint import from_original_keys, load_into, save_state_dict
 from ldm.io.images import pil_to_tensor
-from ldm.tasks.editing import ImageTooSmallError, WrongModelError
+from ldm.tasks.base import WrongModelError
+from ldm.tasks.editing import ImageTooSmallError
 from ldm.tasks.upscale import (
     BackProjectionError,
     NoiseLevelError,

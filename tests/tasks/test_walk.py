@@ -70,7 +70,7 @@ def test_walk_ends_are_the_plain_txt2img_images(model):
 
 
 def _opts():
-    from ldm.tasks.txt2img import SamplingOptions
+    from ldm.sampling.options import SamplingOptions
 
     return SamplingOptions(steps=3, guidance_scale=3.0)
 

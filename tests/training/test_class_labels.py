@@ -17,8 +17,8 @@ from ldm.data.folder import CaptionedImageFolder
 from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import main as cli_main
 from ldm.io.infotext import settings_from_png
-from ldm.tasks.base import sample_seeded
-from ldm.tasks.txt2img import prepare, resolve_options, txt2img
+from ldm.tasks.base import resolve_options, sample_seeded
+from ldm.tasks.txt2img import prepare, txt2img
 from ldm.training.labels import LabelError, LabelledDataset, with_classes
 from ldm.training.run import build_data, export_checkpoint, train
 from ldm.training.shapes import make_shapes_dataset

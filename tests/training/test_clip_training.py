@@ -11,18 +11,17 @@ from PIL import Image
 from safetensors import safe_open
 
 from ldm.interfaces.cli.main import main as cli_main
-from ldm.training import clip as clip_training
-from ldm.training.clip import (
+from ldm.io.checkpoint import load_state_dict
+from ldm.models.clip import (
     DEFAULT_CONFIG,
     ClipConfigError,
     create_clip,
     encode_text_trimmed,
     load_clip,
-    retrieval_accuracy,
     save_clip,
     tokenize,
-    train_clip,
 )
+from ldm.training.clip import retrieval_accuracy, train_clip
 
 ROOT = Path(__file__).resolve().parents[2]
 # The shipped CLIP is the judge of `ldm eval` (the default model's text encoder lives inside model.safetensors).
@@ -177,7 +176,7 @@ def test_shipped_weights_load_strictly_into_the_config_model():
     with safe_open(str(SHIPPED), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     model = create_clip(SHIPPED_CONFIG)
-    state = {k: v.float() for k, v in clip_training.load_state_dict(SHIPPED).items()}
+    state = {k: v.float() for k, v in load_state_dict(SHIPPED).items()}
     result = model.load_state_dict(state, strict=True)  # raises on any missing/unexpected key or shape
     assert not result.missing_keys and not result.unexpected_keys
     assert set(state) == set(model.state_dict())

@@ -14,7 +14,8 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.io.images import save_png, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.tasks.txt2img import SamplingOptions, settings_dict, txt2img
+from ldm.sampling.options import SamplingOptions
+from ldm.tasks.txt2img import settings_dict, txt2img
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
 

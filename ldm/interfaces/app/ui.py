@@ -14,9 +14,8 @@ from ldm.interfaces.app.edit import read_image
 from ldm.interfaces.app.samples import SAMPLES, sample_image
 from ldm.interfaces.app.state import ModelSource, load_inpainter, load_main_model, load_upscaler, source_from_env
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import task_options
+from ldm.sampling.options import SamplingOptions, task_options
 from ldm.sampling.samplers import SAMPLERS
-from ldm.tasks.txt2img import SamplingOptions
 
 # What a user's bad input or a missing file raises in the library (ldm.core.errors): shown as a message.
 # Anything else is a bug, and Streamlit shows its traceback.

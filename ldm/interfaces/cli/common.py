@@ -14,9 +14,8 @@ from ldm.core import defaults
 from ldm.core.devices import resolve_device, set_sampling_threads  # resolve_device: re-exported, the commands' --device
 from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.io.images import check_writable, make_grid, next_index, save_png
-from ldm.sampling.options import task_options
+from ldm.sampling.options import PRECISIONS, SamplingOptions, task_options
 from ldm.sampling.samplers import SAMPLERS
-from ldm.tasks.txt2img import PRECISIONS, SamplingOptions
 
 log = logging.getLogger("ldm")
 

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ldm.evaluation.metrics import InceptionFeatures
     from ldm.evaluation.report import EvalSettings, evaluate_model, format_table, load_real, save_results
     from ldm.interfaces.cli.common import load_model_from_args
-    from ldm.training.clip import DEFAULT_CONFIG, create_clip, load_clip
+    from ldm.models.clip import DEFAULT_CONFIG, create_clip, load_clip
 
     if args.compare:
         return compare(args.compare, args.table)

@@ -17,7 +17,8 @@ from ldm.interfaces.cli.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.tasks.editing import as_pil, check_strength
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.editing import as_pil
 from ldm.tasks.img2img import img2img, prepare_image
 from ldm.tasks.txt2img import settings_dict
 

@@ -18,7 +18,8 @@ from ldm.interfaces.cli.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.tasks.editing import as_pil, check_strength, size_multiple
+from ldm.sampling.samplers import check_strength
+from ldm.tasks.editing import as_pil, size_multiple
 from ldm.tasks.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
 from ldm.tasks.txt2img import settings_dict
 

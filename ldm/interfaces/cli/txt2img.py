@@ -24,9 +24,9 @@ from ldm.interfaces.cli.common import (
 )
 from ldm.io.images import check_size
 from ldm.io.infotext import settings_from_png
-from ldm.sampling.options import sampler_parameters
+from ldm.sampling.options import SamplingOptions, sampler_parameters
 from ldm.sampling.samplers import SAMPLERS, get_sampler
-from ldm.tasks.txt2img import SamplingOptions, settings_dict, txt2img, txt2img_learned_variance
+from ldm.tasks.txt2img import settings_dict, txt2img, txt2img_learned_variance
 
 
 def register(sub: argparse._SubParsersAction) -> None:
