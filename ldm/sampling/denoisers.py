@@ -18,7 +18,6 @@ from collections.abc import Callable
 import torch
 
 from ldm.core.errors import LdmError
-from ldm.diffusion.parameterisation import DiscreteTimeDenoiser  # noqa: F401 (re-exported: network -> parameterisation)
 from ldm.diffusion.parameterisation import batch_like as _batch
 from ldm.diffusion.parameterisation import sigma_batch as _sigma_batch
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ldm.io.images import InvalidImageError, load_image
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.samplers import InvalidStrengthError, check_strength  # noqa: F401 (re-exported)
+from ldm.sampling.samplers import InvalidStrengthError
 from ldm.tasks.base import EditingError
 
 log = logging.getLogger("ldm")

@@ -17,15 +17,7 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import (  # noqa: F401
-    PRECISIONS,
-    PrecisionError,
-    SamplingOptions,
-    autocast,
-    check_finite_latents,
-    ddim_variant_of,
-    sampler_eta,
-)  # fmt: skip
+from ldm.sampling.options import SamplingOptions, autocast, check_finite_latents, ddim_variant_of, sampler_eta
 from ldm.sampling.samplers import Generators
 from ldm.tasks.base import (
     Conditioning,

@@ -23,16 +23,7 @@ import torch
 
 from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.data.folder import CaptionedImageFolder
-from ldm.io.checkpoint import load_state_dict  # noqa: F401 (re-exported with the CLIP helpers below)
-from ldm.models.clip import (  # noqa: F401
-    DEFAULT_CONFIG,
-    ClipConfigError,
-    create_clip,
-    encode_text_trimmed,
-    load_clip,
-    save_clip,
-    tokenize,
-)
+from ldm.models.clip import DEFAULT_CONFIG, create_clip, encode_text_trimmed, load_clip, save_clip, tokenize
 
 WEIGHTS_NAME = "clip.safetensors"
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's clamp: keeps the temperature from collapsing

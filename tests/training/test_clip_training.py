@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from ldm.interfaces.cli.main import main as cli_main
+from ldm.io.checkpoint import load_state_dict
 from ldm.models.clip import (
     DEFAULT_CONFIG,
     ClipConfigError,
@@ -20,7 +21,6 @@ from ldm.models.clip import (
     save_clip,
     tokenize,
 )
-from ldm.training import clip as clip_training
 from ldm.training.clip import retrieval_accuracy, train_clip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ def test_shipped_weights_load_strictly_into_the_config_model():
     with safe_open(str(SHIPPED), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     model = create_clip(SHIPPED_CONFIG)
-    state = {k: v.float() for k, v in clip_training.load_state_dict(SHIPPED).items()}
+    state = {k: v.float() for k, v in load_state_dict(SHIPPED).items()}
     result = model.load_state_dict(state, strict=True)  # raises on any missing/unexpected key or shape
     assert not result.missing_keys and not result.unexpected_keys
     assert set(state) == set(model.state_dict())
