@@ -232,14 +232,9 @@ def test_export_only_refuses_existing_exports_unless_overwrite(shapes, tmp_path,
     assert_one_line_refusal(
         main(export), capsys.readouterr().err, f"{weights} already exists (--overwrite replaces it)"
     )
-    script = subprocess.run(
-        [sys.executable, "scripts/export.py", str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).parents[1],
-    )
-    assert_one_line_refusal(script.returncode, script.stderr, "already exists")
+    # the same through a process of its own (scripts/export.py, which did this, went: `python -m ldm` is the command)
+    process = subprocess.run([sys.executable, "-m", "ldm", *export], capture_output=True, text=True, timeout=300)
+    assert_one_line_refusal(process.returncode, process.stderr, "already exists")
     assert weights.read_bytes() == b"the user's own weights"
     assert main([*export, "--overwrite"]) == 0
     assert "encoder.conv_in.weight" in load_state_dict(weights)

@@ -27,7 +27,7 @@ from ldm.models.sdxl_text import BASE_MICRO, REFINER_MICRO
 from ldm.models.unet import UNetModel
 
 TOLERANCE = 1e-4  # relative to the largest value
-SD_FORMAT = Path(__file__).with_name("sd-format")
+SD_FORMAT = Path(__file__).parents[1] / "sd-format"
 POOLED = 24  # the tiny bigG's projection width (1280 in SDXL)
 CLIP_L, BIG_G = 32, 48  # the tiny towers' widths (768 and 1280)
 CONTEXT = CLIP_L + BIG_G
