@@ -100,10 +100,15 @@ def walk_frames(
     height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
-    sdxl = hasattr(getattr(model, "text_encoder", None), "micro_conditions")  # SDXL: a negative prompt per prompt
-    ends, uncond = prompt_conditions(
-        model, [prompt_a, prompt_b], [negative_prompt] * (2 if sdxl else 1), options, (height, width)
-    )
+    if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):
+        # SDXL: each end encoded alone, as txt2img encodes it (a batch of two sums in another order on several
+        # threads), so the end frames are txt2img's images bit for bit; the vector y is interpolated with the context.
+        sides = [
+            prompt_conditions(model, [p], [negative_prompt], options, (height, width)) for p in (prompt_a, prompt_b)
+        ]
+        ends, uncond = {k: torch.cat([sides[0][0][k], sides[1][0][k]]) for k in sides[0][0]}, sides[0][1]
+    else:
+        ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt], options, (height, width))
     uncond = {k: v[:1] for k, v in uncond.items()}
     images: list[Image.Image] = []
     for k, t in enumerate(positions):
