@@ -57,7 +57,8 @@ def load_judge(data: str, judge_path: str, size: int, cache: Path):
     return judge
 
 
-def restricted_scores(judge, feats: torch.Tensor, names: list[str], exclude: torch.Tensor | None = None) -> torch.Tensor:
+def restricted_scores(judge, feats: torch.Tensor, names: list[str],
+                      exclude: torch.Tensor | None = None) -> torch.Tensor:
     """[B, len(names)]: the judge's class scores for these names only."""
     scores = judge.nn.class_scores(feats, exclude)
     index = [judge.nn.classes.index(n) for n in names]
@@ -78,10 +79,9 @@ def score_grid(judge, feats: torch.Tensor, targets: list[str], exclude: torch.Te
                      "strict": judge.nn.classes[s] == t, "zero_shot": GRID[z] == t})
     mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if rs else float("nan")  # noqa: E731
     out = {k: mean(rows, k) for k in ("both", "colour", "shape", "strict", "zero_shot")}
-    out["by_colour"] = {c: {k: mean([r for r in rows if r["prompt"].startswith(c + " ")], k) for k in ("both", "colour", "shape")}
-                        for c in COLOURS}
-    out["by_shape"] = {s: {k: mean([r for r in rows if r["prompt"].endswith(" " + s)], k) for k in ("both", "colour", "shape")}
-                       for s in SHAPES}
+    parts = ("both", "colour", "shape")
+    out["by_colour"] = {c: {k: mean([r for r in rows if r["prompt"].startswith(c + " ")], k) for k in parts} for c in COLOURS}
+    out["by_shape"] = {s: {k: mean([r for r in rows if r["prompt"].endswith(" " + s)], k) for k in parts} for s in SHAPES}
     out["rows"] = rows
     return out
 
@@ -170,14 +170,16 @@ def main() -> None:
     t = time.time()
     names = [n for _, n in prompts]
     flat = [n for n in names for _ in range(args.seeds)]
-    fake = generate(model, flat, args.scale, settings, size, seeds=[args.seed + j for _ in names for j in range(args.seeds)])
+    seeds = [args.seed + j for _ in names for j in range(args.seeds)]
+    fake = generate(model, flat, args.scale, settings, size, seeds=seeds)
     result["prompt_list"] = score_list(judge, judge.features(fake), prompts, args.seeds)
     t_list = time.time() - t
     save_sheet(fake, args.seeds * 6, out.with_name(f"{args.name}-list.png"))
 
     t = time.time()
     flat = [n for n in GRID for _ in range(args.grid_seeds)]
-    fake = generate(model, flat, args.scale, settings, size, seeds=[args.seed + j for _ in GRID for j in range(args.grid_seeds)])
+    seeds = [args.seed + j for _ in GRID for j in range(args.grid_seeds)]
+    fake = generate(model, flat, args.scale, settings, size, seeds=seeds)
     result["grid"] = score_grid(judge, judge.features(fake), flat)
     t_grid = time.time() - t
     save_sheet(fake, args.grid_seeds * 6, out.with_name(f"{args.name}-grid.png"))
@@ -190,7 +192,8 @@ def main() -> None:
         colours = ", ".join(f"{c} {v['colour']:.0%}" for c, v in grid["by_colour"].items())
         return (f"{label}: prompt list top-1 {listed['top1']:.1%} ({cats})\n"
                 f"  grid right (among 18) {grid['both']:.1%}: colour {grid['colour']:.1%}, shape {grid['shape']:.1%}, "
-                f"strict {grid['strict']:.1%}, zero-shot among 18 {grid['zero_shot']:.1%}; by shape {shapes}; colour by colour {colours}")
+                f"strict {grid['strict']:.1%}, zero-shot among 18 {grid['zero_shot']:.1%}; by shape {shapes}; "
+                f"colour by colour {colours}")
 
     if args.ceiling:
         print(line("ceiling (real images, leave-one-out)", result["ceiling"]["prompt_list"], result["ceiling"]["grid"]))

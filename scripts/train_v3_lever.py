@@ -2,7 +2,8 @@
 
 --joint-text-lr LR   the text encoder trains with the U-Net (as the LDM paper's text-to-image model did), at
                      its own learning rate (the U-Net keeps training.lr); captions are never cached (memory or
-                     training.cache_dir), since a caption's context changes as the encoder trains. The export holds the trained encoder.
+                     training.cache_dir), since a caption's context changes as the encoder trains. The export
+                     holds the trained encoder.
 --min-snr GAMMA      min-SNR loss weighting (Hang et al. 2023) for eps prediction: each sample's squared error
                      weighted by min(SNR_t, GAMMA) / SNR_t, SNR_t = abar_t / (1 - abar_t). Training only: the
                      validation loss stays the plain one, so runs are compared on one scale.

@@ -2,9 +2,9 @@
 
 Writes OUT/train/captions.jsonl: the same images (OUT/train/images holds hard links to the source split's files:
 the folder scan does not follow a linked folder) and captions, with each favoured emoji's per-image `weight`
-multiplied by --factor. Favoured: every name of the first-prompt list (configs/emoji/first-prompts.txt) and every "<colour> heart|circle|square" emoji. Held-out
-emoji stay held out (only the train split is read). The validation rows (data.val_fraction) are the same
-images as the source split's, since the split depends only on the number of images.
+multiplied by --factor. Favoured: every name of the first-prompt list (configs/emoji/first-prompts.txt) and every
+"<colour> heart|circle|square" emoji. Held-out emoji stay held out (only the train split is read). The validation
+rows (data.val_fraction) are the same images as the source split's, since the split depends only on their number.
 
     python scripts/v3_weighted_split.py --src data/emoji --out data/emoji-v3w --factor 6
 """
@@ -16,7 +16,8 @@ import os
 import re
 from pathlib import Path
 
-SIMPLE = re.compile(r"^(red|orange|yellow|green|blue|purple|brown|black|white|pink|grey|light blue) (heart|circle|square)$")
+COLOURS = "red|orange|yellow|green|blue|purple|brown|black|white|pink|grey|light blue"
+SIMPLE = re.compile(rf"^({COLOURS}) (heart|circle|square)$")
 
 
 def main() -> None:
@@ -36,7 +37,8 @@ def main() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 os.link(image, target)
-    rows = [json.loads(line) for line in (src / "captions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = (src / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
     before = sum(r.get("weight", 1.0) for r in rows)
     favoured = set()
     for r in rows:
@@ -49,7 +51,8 @@ def main() -> None:
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(out / "captions.jsonl")
     print(f"{len(favoured)} favoured emoji ({sum(r['caption'] in favoured for r in rows)} images) x{args.factor:g}: "
-          f"{share:.1%} of the samples (was {share * after / args.factor / before:.1%}); total weight {before:.0f} -> {after:.0f}"
+          f"{share:.1%} of the samples (was {share * after / args.factor / before:.1%}); "
+          f"total weight {before:.0f} -> {after:.0f}"
           f" -> {out}")
 
 
