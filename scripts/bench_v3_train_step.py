@@ -56,7 +56,8 @@ def main() -> None:
                 wall.append(time.perf_counter() - t_wall)
         n = len(cpu)
         print(f"{args.config} {precision}: {sum(cpu) / n:.2f} s CPU/step ({n / sum(cpu):.2f} steps per CPU-second), "
-              f"wall {sum(wall) / n:.2f} s/step, batch {cfg['data']['batch_size']}, loss {float(loss.detach()):.4f}", flush=True)
+              f"wall {sum(wall) / n:.2f} s/step, batch {cfg['data']['batch_size']}, loss {float(loss.detach()):.4f}",
+              flush=True)
 
 
 if __name__ == "__main__":
