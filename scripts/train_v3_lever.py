@@ -35,7 +35,8 @@ def patch(joint_text_lr: float | None, min_snr: float | None) -> None:
     def encode_captions(self, captions):
         if self.v3_joint_text_lr is None:
             return encode_captions_cached(self, captions)
-        return self.model.encode_text(captions)  # never cached: the encoder changes every step
+        # Never cached (the encoder changes every step), and not through model.encode_text, which runs without grad.
+        return self.model.text_encoder(list(captions))
 
     def configure_optimizers(self):
         if self.v3_joint_text_lr is None:
