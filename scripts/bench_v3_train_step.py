@@ -7,6 +7,7 @@ printed beside it). The same batches go through both precisions; the first --war
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/bench_v3_train_step.py configs/emoji/v3-unet-warm.yaml --steps 10
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/bench_v3_train_step.py configs/emoji/clip.yaml --steps 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,11 @@ def main() -> None:
                 cpu.append(time.thread_time() - t_cpu)
                 wall.append(time.perf_counter() - t_wall)
         n = len(cpu)
-        print(f"{args.config} {precision}: {sum(cpu) / n:.2f} s CPU/step ({n / sum(cpu):.2f} steps per CPU-second), "
-              f"wall {sum(wall) / n:.2f} s/step, batch {cfg['data']['batch_size']}, loss {float(loss.detach()):.4f}",
-              flush=True)
+        print(
+            f"{args.config} {precision}: {sum(cpu) / n:.2f} s CPU/step ({n / sum(cpu):.2f} steps per CPU-second), "
+            f"wall {sum(wall) / n:.2f} s/step, batch {cfg['data']['batch_size']}, loss {float(loss.detach()):.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ both parts with --ceiling. Seeds: prompt i's seed j is --seed + j, as in `ldm ev
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/eval_screen.py --ckpt checkpoints/emoji/model.safetensors \
         --config checkpoints/emoji/model.yaml --name v2 --out runs/screen/v2.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,9 @@ GRID = [f"{c} {s}" for s in SHAPES for c in COLOURS]
 
 def load_judge(data: str, judge_path: str, size: int, cache: Path):
     """The Judge over both splits; the real images' judge features are cached on disk (keyed by the judge file)."""
-    from ldm.clip import load_clip
-    from ldm.evaluate import Judge, load_real
-    from ldm.metrics import ClipFeatures, NearestNeighbourJudge
+    from ldm.evaluation.metrics import ClipFeatures, NearestNeighbourJudge
+    from ldm.evaluation.report import Judge, load_real
+    from ldm.models.clip import load_clip
 
     clip = load_clip(judge_path, Path(judge_path).with_suffix(".json"))
     real = load_real(data, size)
@@ -57,8 +58,9 @@ def load_judge(data: str, judge_path: str, size: int, cache: Path):
     return judge
 
 
-def restricted_scores(judge, feats: torch.Tensor, names: list[str],
-                      exclude: torch.Tensor | None = None) -> torch.Tensor:
+def restricted_scores(
+    judge, feats: torch.Tensor, names: list[str], exclude: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, len(names)]: the judge's class scores for these names only."""
     scores = judge.nn.class_scores(feats, exclude)
     index = [judge.nn.classes.index(n) for n in names]
@@ -74,20 +76,39 @@ def score_grid(judge, feats: torch.Tensor, targets: list[str], exclude: torch.Te
     for t, a, s, z in zip(targets, among, strict, zero_shot):
         pc, ps = GRID[a].split(" ")
         tc, ts = t.split(" ")
-        rows.append({"prompt": t, "judged_as": GRID[a], "nearest": judge.nn.classes[s],
-                     "colour": pc == tc, "shape": ps == ts, "both": pc == tc and ps == ts,
-                     "strict": judge.nn.classes[s] == t, "zero_shot": GRID[z] == t})
+        rows.append(
+            {
+                "prompt": t,
+                "judged_as": GRID[a],
+                "nearest": judge.nn.classes[s],
+                "colour": pc == tc,
+                "shape": ps == ts,
+                "both": pc == tc and ps == ts,
+                "strict": judge.nn.classes[s] == t,
+                "zero_shot": GRID[z] == t,
+            }
+        )
     mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if rs else float("nan")  # noqa: E731
     out = {k: mean(rows, k) for k in ("both", "colour", "shape", "strict", "zero_shot")}
     parts = ("both", "colour", "shape")
-    out["by_colour"] = {c: {k: mean([r for r in rows if r["prompt"].startswith(c + " ")], k) for k in parts} for c in COLOURS}
-    out["by_shape"] = {s: {k: mean([r for r in rows if r["prompt"].endswith(" " + s)], k) for k in parts} for s in SHAPES}
+    out["by_colour"] = {
+        c: {k: mean([r for r in rows if r["prompt"].startswith(c + " ")], k) for k in parts} for c in COLOURS
+    }
+    out["by_shape"] = {
+        s: {k: mean([r for r in rows if r["prompt"].endswith(" " + s)], k) for k in parts} for s in SHAPES
+    }
     out["rows"] = rows
     return out
 
 
-def score_list(judge, feats: torch.Tensor, prompts: list[tuple[str, str]], per: int | None,
-               targets: list[str] | None = None, exclude: torch.Tensor | None = None) -> dict:
+def score_list(
+    judge,
+    feats: torch.Tensor,
+    prompts: list[tuple[str, str]],
+    per: int | None,
+    targets: list[str] | None = None,
+    exclude: torch.Tensor | None = None,
+) -> dict:
     best = judge.nn.class_scores(feats, exclude).argmax(dim=1).tolist()
     picks = [judge.nn.classes[b] for b in best]
     if targets is None:
@@ -126,7 +147,7 @@ def save_sheet(images: torch.Tensor, cols: int, path: Path) -> None:
     rows = (n + cols - 1) // cols
     sheet = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
     for i in range(n):
-        sheet[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = arr[i]
+        sheet[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = arr[i]
     Image.fromarray(sheet).save(path)
 
 
@@ -149,9 +170,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from ldm.evaluate import EvalSettings, generate
-    from ldm.evaluate_prompts import read_prompt_list
-    from ldm.model import load_model
+    from ldm.evaluation.prompts import read_prompt_list
+    from ldm.evaluation.report import EvalSettings, generate
+    from ldm.formats.load import load_model
 
     out = Path(args.out or f"runs/screen/{args.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +182,14 @@ def main() -> None:
     judge = load_judge(args.data, args.judge, size, Path("runs/screen/judge-real-features.pt"))
     prompts = read_prompt_list(args.prompts)
     t_load = time.time() - t0
-    result: dict = {"name": args.name, "ckpt": args.ckpt, "steps": args.steps, "scale": args.scale,
-                    "seeds": args.seeds, "grid_seeds": args.grid_seeds}
+    result: dict = {
+        "name": args.name,
+        "ckpt": args.ckpt,
+        "steps": args.steps,
+        "scale": args.scale,
+        "seeds": args.seeds,
+        "grid_seeds": args.grid_seeds,
+    }
     if args.ceiling:
         result["ceiling"] = ceiling(judge, prompts)
     settings = EvalSettings(seed=args.seed, steps=args.steps, batch_size=32)
@@ -190,15 +217,22 @@ def main() -> None:
         cats = ", ".join(f"{c} {v:.0%}" for c, v in listed["categories"].items())
         shapes = ", ".join(f"{s} {v['both']:.0%}" for s, v in grid["by_shape"].items())
         colours = ", ".join(f"{c} {v['colour']:.0%}" for c, v in grid["by_colour"].items())
-        return (f"{label}: prompt list top-1 {listed['top1']:.1%} ({cats})\n"
-                f"  grid right (among 18) {grid['both']:.1%}: colour {grid['colour']:.1%}, shape {grid['shape']:.1%}, "
-                f"strict {grid['strict']:.1%}, zero-shot among 18 {grid['zero_shot']:.1%}; by shape {shapes}; "
-                f"colour by colour {colours}")
+        return (
+            f"{label}: prompt list top-1 {listed['top1']:.1%} ({cats})\n"
+            f"  grid right (among 18) {grid['both']:.1%}: colour {grid['colour']:.1%}, shape {grid['shape']:.1%}, "
+            f"strict {grid['strict']:.1%}, zero-shot among 18 {grid['zero_shot']:.1%}; by shape {shapes}; "
+            f"colour by colour {colours}"
+        )
 
     if args.ceiling:
         print(line("ceiling (real images, leave-one-out)", result["ceiling"]["prompt_list"], result["ceiling"]["grid"]))
-    print(line(f"{args.name} (guidance {args.scale:g}, {args.steps} DDIM steps, {args.seeds}/{args.grid_seeds} seeds)",
-               result["prompt_list"], result["grid"]))
+    print(
+        line(
+            f"{args.name} (guidance {args.scale:g}, {args.steps} DDIM steps, {args.seeds}/{args.grid_seeds} seeds)",
+            result["prompt_list"],
+            result["grid"],
+        )
+    )
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
 
 

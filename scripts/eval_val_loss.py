@@ -6,6 +6,7 @@ validation does, and prints the batch-size-weighted mean. Comparable with `val/l
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/eval_val_loss.py configs/emoji/v3-unet-warm.yaml
 """
+
 from __future__ import annotations
 
 import argparse

@@ -12,6 +12,7 @@ Everything else is `ldm train` as it is; a run resumes with the same flags and -
 
     python scripts/train_v3_lever.py --joint-text-lr 2e-5 -- --config configs/emoji/v3-joint.yaml
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ def patch(joint_text_lr: float | None, min_snr: float | None) -> None:
         text = [p for p in self.model.text_encoder.parameters() if p.requires_grad]
         ids = {id(p) for p in text}
         rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
-        opt = torch.optim.AdamW([{"params": rest}, {"params": text, "lr": self.v3_joint_text_lr}], lr=self.lr,
-                                weight_decay=self.weight_decay, betas=self.betas)
+        opt = torch.optim.AdamW(
+            [{"params": rest}, {"params": text, "lr": self.v3_joint_text_lr}],
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            betas=self.betas,
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_schedule(opt), "interval": "step"}}
 
     def loss(self, batch, generator=None, drop=True):
@@ -82,7 +87,7 @@ def main() -> int:
     args = p.parse_args()
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     patch(args.joint_text_lr, args.min_snr)
-    from ldm.cli import main as cli_main
+    from ldm.interfaces.cli.main import main as cli_main
 
     return cli_main(["train", *rest])
 

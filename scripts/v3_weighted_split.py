@@ -8,6 +8,7 @@ rows (data.val_fraction) are the same images as the source split's, since the sp
 
     python scripts/v3_weighted_split.py --src data/emoji --out data/emoji-v3w --factor 6
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,11 @@ def main() -> None:
     p.add_argument("--prompts", default="configs/emoji/first-prompts.txt")
     p.add_argument("--factor", type=float, default=6.0)
     args = p.parse_args()
-    listed = {line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines()
-              if line.strip() and not line.startswith("#")}
+    listed = {
+        line.strip()
+        for line in Path(args.prompts).read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     src, out = Path(args.src) / "train", Path(args.out) / "train"
     out.mkdir(parents=True, exist_ok=True)
     for image in sorted((src / "images").rglob("*")):
@@ -50,10 +54,12 @@ def main() -> None:
     tmp = out / "captions.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(out / "captions.jsonl")
-    print(f"{len(favoured)} favoured emoji ({sum(r['caption'] in favoured for r in rows)} images) x{args.factor:g}: "
-          f"{share:.1%} of the samples (was {share * after / args.factor / before:.1%}); "
-          f"total weight {before:.0f} -> {after:.0f}"
-          f" -> {out}")
+    print(
+        f"{len(favoured)} favoured emoji ({sum(r['caption'] in favoured for r in rows)} images) x{args.factor:g}: "
+        f"{share:.1%} of the samples (was {share * after / args.factor / before:.1%}); "
+        f"total weight {before:.0f} -> {after:.0f}"
+        f" -> {out}"
+    )
 
 
 if __name__ == "__main__":
