@@ -101,7 +101,7 @@ def test_single_file_to_folder_to_single_file_is_identical(tmp_path, kind, pipel
     assert cli.main(["convert", str(tmp_path / "in.safetensors"), str(tmp_path / "folder"), "--to", "diffusers"]) == 0
     index = json.loads((tmp_path / "folder" / "model_index.json").read_text())
     assert index["_class_name"] == pipeline and (tmp_path / "folder" / "text_encoder").is_dir() == (kind != "refiner")
-    unet = UNet2DConditionModel.from_pretrained(tmp_path / "folder" / "unet")
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "folder" / "unet", local_files_only=True)
     assert unet.config.addition_embed_type == "text_time" and unet.config.in_channels == (
         9 if kind == "inpainting" else 4
     )
