@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -331,9 +333,7 @@ def write_folder(
     unet_state = to_diffusers(unet_state, unet_names(list(unet_state), model.unet.num_res_blocks))
     vae_state = to_diffusers(vae_state, vae_names(list(vae_state), len(model.vae.decoder.up)))
     meta = {"format": "pt"}  # transformers refuses safetensors files without it
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(out) as tmp:
         _write_json(tmp / "model_index.json", index)
         _write_json(tmp / "unet" / "config.json", unet_cfg)
         save_state_dict(unet_state, tmp / "unet" / "diffusion_pytorch_model.safetensors", meta, float_dtype)
@@ -349,8 +349,20 @@ def write_folder(
             _write_json(
                 tmp / "low_res_scheduler" / "scheduler_config.json", low_res_scheduler_config(model.low_scale.schedule)
             )
+    return out
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` to write a whole folder into: when the block ends without an error it becomes
+    `out` (an existing `out` steps aside only then), otherwise it is removed, so readers see the old folder or the
+    complete new one, never a half-written one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes an owner-only folder; give the usual permissions
-        if out.exists():  # overwrite: the old folder steps aside only once the new one is complete
+        if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
             os.replace(out, old / out.name)
             os.replace(tmp, out)
@@ -360,7 +372,6 @@ def write_folder(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _umask() -> int:

@@ -18,9 +18,6 @@ read back, it is open_clip's initial value. Weights may be sharded or the fp16 v
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +36,8 @@ from ldm.formats.diffusers import (
     vae_params,
 )
 from ldm.formats.diffusers_export import (
-    _umask,
     _write_json,
+    atomic_folder,
     scheduler_config,
     unet_config,
     vae_config,
@@ -237,9 +234,7 @@ def write_sdxl_folder(
     vae_state = to_diffusers(vae_state, vae_names(list(vae_state), len(model.vae.decoder.up)))
     vae_cfg = {**vae_config(params["first_stage_config"]["params"], model.scale_factor), "force_upcast": True}
     meta = {"format": "pt"}  # transformers refuses safetensors files without it
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(out) as tmp:
         _write_json(tmp / "model_index.json", index)
         _write_json(tmp / "unet" / "config.json", unet_cfg)
         save_state_dict(unet_state, tmp / "unet" / "diffusion_pytorch_model.safetensors", meta, float_dtype)
@@ -252,17 +247,6 @@ def write_sdxl_folder(
             pad = END if part == "text_encoder" else "!"
             write_tokenizer(tmp / part.replace("text_encoder", "tokenizer"), pad, embedder.max_length)
         _write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config(model.schedule, model.prediction))
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():  # overwrite: the old folder steps aside only once the new one is complete
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
