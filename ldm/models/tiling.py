@@ -35,10 +35,27 @@ def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]
     return [align * round(i * (size - tile) / (count - 1) / align) for i in range(count)]
 
 
-def ramp(length: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+# How a tile fades into its neighbours (blend_tiles' `feather`). Both ramp linearly, 1/(n+1) ... n/(n+1) over n
+# samples; they differ in which n and in the last bits, and each caller keeps its own so its outputs stay as
+# recorded (tests/golden):
+# "measured" (the VAE's tiles): each ramp is as long as the measured overlap with that neighbour (tiles are spread
+#   evenly, so often longer than `overlap`); weights from torch.linspace; where a tile's two ramps meet, the
+#   falling one is written over the rising one.
+# "nominal" (the upscaler's denoiser and decoder tiles): each inner side ramps over `overlap` x scale samples;
+#   weights k / (n + 1) by division; where the two ramps meet, the smaller weight.
+FEATHERS = ("measured", "nominal")
+
+
+def ramp(length: int, before: int, after: int, device: torch.device, feather: str = "measured") -> torch.Tensor:
     """Blend weights along one axis of a tile: rising over its first `before` samples, falling over its last
     `after`, 1 between (a tile on the image's border has no ramp on that side)."""
     w = torch.ones(length, device=device)
+    if feather == "nominal":
+        for n, flip in ((before, False), (after, True)):
+            if n:
+                r = torch.arange(1, length + 1, device=device, dtype=torch.float32) / (n + 1)
+                w = torch.minimum(w, r.flip(0) if flip else r)
+        return w
     if before:
         w[:before] = torch.linspace(0, 1, before + 2, device=device)[1:-1]
     if after:
@@ -107,6 +124,62 @@ class SharedGroupNormStats:
         return self._patched(self._sharing)
 
 
+def blend_tiles(
+    fn: Callable[[slice, slice], torch.Tensor],
+    height: int,
+    width: int,
+    tile: int,
+    overlap: int,
+    scale: float = 1,
+    align: int = 1,
+    feather: str = "measured",
+    norms: nn.Module | None = None,
+) -> torch.Tensor:
+    """fn(rows, cols) over overlapping tiles of a height x width grid, blended: the one tiling of the package (the
+    VAE's tiles here, the upscaler's denoiser and decoder tiles in ldm.tasks.upscale).
+
+    fn maps a tile's slices to its output, `scale` times the tile's size (8 for a decoder of f=8, 1/8 for the
+    encoder); tile starts are multiples of `align` input samples. `feather`: how tiles fade into each other (see
+    FEATHERS). With `norms`, the network that fn runs, its group norms share their statistics across the tiles
+    (two passes: SharedGroupNormStats).
+    """
+    if not 0 <= overlap < tile:
+        raise InvalidOptionError(f"tile overlap must be in [0, tile size), got {overlap} for tiles of {tile}")
+    if feather not in FEATHERS:
+        raise InvalidOptionError(f"feather must be one of {', '.join(FEATHERS)}, got {feather!r}")
+    rows, cols = tile_starts(height, tile, overlap, align), tile_starts(width, tile, overlap, align)
+    if norms is not None and len(rows) * len(cols) > 1 and any(isinstance(m, nn.GroupNorm) for m in norms.modules()):
+        stats = SharedGroupNormStats(norms)
+        with stats.record():
+            for top in rows:
+                for left in cols:
+                    fn(slice(top, top + tile), slice(left, left + tile))
+        with stats.shared():
+            return blend_tiles(fn, height, width, tile, overlap, scale, align, feather)
+    out = weight = None
+    for i, top in enumerate(rows):
+        for j, left in enumerate(cols):
+            piece = fn(slice(top, top + tile), slice(left, left + tile))
+            if out is None:
+                out = piece.new_zeros(*piece.shape[:2], round(height * scale), round(width * scale))
+                weight = piece.new_zeros(1, 1, *out.shape[-2:])
+            h, w = piece.shape[-2:]
+            t, l = round(top * scale), round(left * scale)
+            if feather == "nominal":  # `overlap` x scale at each side that has a neighbour
+                side = round(overlap * scale)
+                up, down = side * (top > 0), side * (t + h < out.shape[-2])
+                lf, rt = side * (left > 0), side * (l + w < out.shape[-1])
+            else:  # as long as the overlap with the neighbour on each side (none at the border)
+                up = max(0, round(rows[i - 1] * scale) + h - t) if i else 0
+                down = max(0, t + h - round(rows[i + 1] * scale)) if i + 1 < len(rows) else 0
+                lf = max(0, round(cols[j - 1] * scale) + w - l) if j else 0
+                rt = max(0, l + w - round(cols[j + 1] * scale)) if j + 1 < len(cols) else 0
+            mask = ramp(h, up, down, piece.device, feather)[:, None] * ramp(w, lf, rt, piece.device, feather)[None, :]
+            out[..., t : t + h, l : l + w] += piece * mask.to(piece.dtype)
+            weight[..., t : t + h, l : l + w] += mask.to(piece.dtype)
+    return out / weight
+
+
 def tiled(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -118,41 +191,11 @@ def tiled(
     """fn over x [B, C, H, W] in tiles of `tile` x `tile` input samples overlapping by `overlap`; fn maps a
     tile to an output `scale` times its size (8 for a decoder of f=8, 1/8 for the encoder). With `norms`, the
     network fn runs, the group norms share their statistics across tiles (two passes: SharedGroupNormStats)."""
-    rows, cols = _tile_grid(x, tile, overlap, scale)
-    if norms is not None and len(rows) * len(cols) > 1 and any(isinstance(m, nn.GroupNorm) for m in norms.modules()):
-        stats = SharedGroupNormStats(norms)
-        with stats.record():
-            for top in rows:
-                for left in cols:
-                    fn(x[..., top : top + tile, left : left + tile])
-        with stats.shared():
-            return tiled(fn, x, tile, overlap, scale)
-    height, width = x.shape[-2:]
-    out = weight = None
-    for i, top in enumerate(rows):
-        for j, left in enumerate(cols):
-            piece = fn(x[..., top : top + tile, left : left + tile])
-            if out is None:
-                out = piece.new_zeros(*piece.shape[:2], round(height * scale), round(width * scale))
-                weight = piece.new_zeros(1, 1, *out.shape[-2:])
-            h, w = piece.shape[-2:]
-            t, l = round(top * scale), round(left * scale)
-            # Ramps as long as the overlap with the neighbour on each side (none at the border).
-            up = max(0, round(rows[i - 1] * scale) + h - t) if i else 0
-            down = max(0, t + h - round(rows[i + 1] * scale)) if i + 1 < len(rows) else 0
-            lf = max(0, round(cols[j - 1] * scale) + w - l) if j else 0
-            rt = max(0, l + w - round(cols[j + 1] * scale)) if j + 1 < len(cols) else 0
-            mask = ramp(h, up, down, x.device)[:, None] * ramp(w, lf, rt, x.device)[None, :]
-            out[..., t : t + h, l : l + w] += piece * mask.to(piece.dtype)
-            weight[..., t : t + h, l : l + w] += mask.to(piece.dtype)
-    return out / weight
-
-
-def _tile_grid(x: torch.Tensor, tile: int, overlap: int, scale: float) -> tuple[list[int], list[int]]:
-    if not 0 <= overlap < tile:
-        raise InvalidOptionError(f"tile overlap must be in [0, tile size), got {overlap} for tiles of {tile}")
     align = max(1, round(1 / scale))  # an input sample per output sample, or `align` of them
-    return tile_starts(x.shape[-2], tile, overlap, align), tile_starts(x.shape[-1], tile, overlap, align)
+    height, width = x.shape[-2:]
+    return blend_tiles(
+        lambda rows, cols: fn(x[..., rows, cols]), height, width, tile, overlap, scale, align, norms=norms
+    )
 
 
 def tiled_decode(

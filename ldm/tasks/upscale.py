@@ -14,7 +14,6 @@ every step, there is no seam to hide afterwards. The VAE decodes in tiles the sa
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.models.tiling import SharedGroupNormStats
+from ldm.models.tiling import blend_tiles, tile_starts
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.tasks.base import (
     Conditioning,
@@ -58,52 +57,33 @@ class BackProjectionError(EditingError):
     pass
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spread tile offsets covering [0, length) with at least `overlap` shared between neighbours."""
-    if length <= tile:
-        return [0]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
-
-
-def _ramp(size: int, overlap: int, fade_in: bool, fade_out: bool, device: torch.device) -> torch.Tensor:
-    """1-D blend weights: rising over `overlap` at a side shared with a neighbour, flat at the image border."""
-    w = torch.ones(size, device=device)
-    if overlap > 0:
-        r = torch.arange(1, size + 1, device=device, dtype=torch.float32) / (overlap + 1)
-        if fade_in:
-            w = torch.minimum(w, r)
-        if fade_out:
-            w = torch.minimum(w, r.flip(0))
-    return w
-
-
 def tiled_map(
-    fn: Callable[[int, int, int, int], torch.Tensor], height: int, width: int, tile: int, overlap: int, scale: int = 1
+    fn: Callable[[int, int, int, int], torch.Tensor],
+    height: int,
+    width: int,
+    tile: int,
+    overlap: int,
+    scale: int = 1,
+    norms: torch.nn.Module | None = None,
 ) -> torch.Tensor:
-    """Blend fn(y0, y1, x0, x1) over overlapping tiles of a height x width grid.
+    """Blend fn(y0, y1, x0, x1) over overlapping tiles of a height x width grid (ldm.models.tiling.blend_tiles).
 
     fn returns the tile's result at `scale` times its size; results are averaged with weights that
-    fade linearly across each overlap, so a tile's border never shows as a step.
+    fade linearly across each overlap, so a tile's border never shows as a step. `norms`: the network fn runs,
+    whose group norms then share their statistics across the tiles.
     """
     if not 0 <= overlap < tile:
         raise TileError(f"tile overlap must be in [0, tile size {tile}), got {overlap}")
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    th, tw = min(tile, height), min(tile, width)
-    out = weights = None
-    for y0 in ys:
-        for x0 in xs:
-            r = fn(y0, y0 + th, x0, x0 + tw)
-            if out is None:
-                out = r.new_zeros(*r.shape[:2], height * scale, width * scale)
-                weights = r.new_zeros(1, 1, height * scale, width * scale)
-            wy = _ramp(th * scale, overlap * scale, y0 > 0, y0 + th < height, r.device)
-            wx = _ramp(tw * scale, overlap * scale, x0 > 0, x0 + tw < width, r.device)
-            w = (wy[:, None] * wx[None, :]).to(r.dtype)
-            ya, xa = y0 * scale, x0 * scale
-            out[..., ya : ya + th * scale, xa : xa + tw * scale] += r * w
-            weights[..., ya : ya + th * scale, xa : xa + tw * scale] += w
-    return out / weights
+    return blend_tiles(
+        lambda rows, cols: fn(rows.start, min(rows.stop, height), cols.start, min(cols.stop, width)),
+        height,
+        width,
+        tile,
+        overlap,
+        scale,
+        feather="nominal",
+        norms=norms,
+    )
 
 
 class TiledDenoiser:
@@ -139,13 +119,10 @@ def decode_tiled(model: LatentDiffusion, latents: torch.Tensor, tile: int, overl
     def one(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         return model.decode_latent(latents[..., y0:y1, x0:x1])
 
-    # The decoder's group norms share their statistics across the tiles (ldm.models.tiling.SharedGroupNormStats): a first  # noqa: E501
-    # pass gathers them, the second decodes. Normalised tile by tile, each tile of a photo came out in its own colours.
-    stats = SharedGroupNormStats(model.vae)
-    with stats.record():
-        tiled_map(one, h, w, tile, overlap, scale=model.downscale)
-    with stats.shared():
-        return tiled_map(one, h, w, tile, overlap, scale=model.downscale)
+    # The decoder's group norms share their statistics across the tiles (ldm.models.tiling.SharedGroupNormStats): a
+    # first pass gathers them, the second decodes. Normalised tile by tile, each tile of a photo came out in its own
+    # colours.
+    return tiled_map(one, h, w, tile, overlap, scale=model.downscale, norms=model.vae)
 
 
 def back_project(images: torch.Tensor, low: torch.Tensor, factor: int, iterations: int) -> torch.Tensor:
