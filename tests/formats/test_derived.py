@@ -107,3 +107,32 @@ def test_a_part_in_its_own_file_goes_over_the_base(tmp_path):
     save_state_dict({"no_such.weight": torch.zeros(1)}, tmp_path / "vae.safetensors")
     with pytest.raises(CheckpointError, match="part vae.*no_such.weight"):
         load_model(config, weights, device="cpu")
+
+
+def test_a_shipped_export_reads_back_as_the_exported_model(tmp_path):
+    """ldm.formats.derived_writer writes what ldm.formats.derived reads: an inpainting run's full export, shipped
+    beside its base, holds only the tensors that changed and loads back as the exported model (in fp16)."""
+    from ldm.formats.derived_writer import ship_derived
+
+    emoji, export = tmp_path / "emoji", tmp_path / "export"
+    emoji.mkdir(), export.mkdir()
+    write_tiny_model_files(emoji, "model")
+    model = widened(tiny_model())
+    target = "unet.output_blocks.0.0.out_layers.3.weight"
+    with torch.no_grad():
+        model.get_parameter(target).add_(0.5)  # trained: one tensor besides the widened first convolution
+    save_state_dict(model.state_dict(), export / "model.safetensors", metadata={"step": "7"})
+    (export / "model.yaml").write_text(yaml.safe_dump(tiny_inpaint_config()))
+
+    shipped = ship_derived("inpaint", export, base_file=emoji / "model.safetensors")
+    assert shipped.weights == emoji / "inpaint.safetensors" and shipped.step == "7"
+    config = yaml.safe_load(shipped.config.read_text())
+    assert config["base"] == "model.safetensors" and config["model"] == tiny_inpaint_config()["model"]
+    from ldm.io.checkpoint import load_state_dict
+
+    kept = load_state_dict(shipped.weights)
+    assert {k for k in kept if not k.startswith("unet.input_blocks.0.0.")} == {target}
+    loaded = load_model(shipped.config, shipped.weights, device="cpu")
+    for key, value in loaded.state_dict().items():  # the shipped tensors in fp16, the rest the base's own
+        expected = model.state_dict()[key]
+        torch.testing.assert_close(value, expected.half().float() if key in kept else expected, msg=key)
