@@ -52,6 +52,9 @@ SAMPLER_NAMES = {
     "lcm": "LCM",
 }
 SAMPLERS_BY_A1111_NAME = {v: k for k, v in SAMPLER_NAMES.items()}
+# Our seamless tiling (ldm.models.seamless) -> A1111's "Tiling" field (True: both axes); "x" and "y" as they are.
+TILING_FIELD = {"xy": "True", "x": "x", "y": "y"}
+TILING_READ = {**{v: k for k, v in TILING_FIELD.items()}, "False": None}
 
 # One `Name: value` pair of the last line; a value is either a JSON string or runs to the next comma. A1111's
 # pattern, less its leading \s* and with names of at most 64 characters: each start of a match then scans a bounded
@@ -121,6 +124,8 @@ def format_infotext(settings: dict[str, Any]) -> str:
         # A1111 calls DDIM's eta "Eta DDIM" and the ancestral samplers' "Eta"; 0 is not written.
         ("Eta DDIM" if settings.get("sampler") == "ddim" else "Eta"): settings.get("eta") or None,
         "CFG Rescale phi": settings.get("guidance_rescale") or None,
+        # Seamless tiling: A1111 writes "Tiling: True" (both axes); one axis as its name.
+        "Tiling": TILING_FIELD.get(settings.get("tiling")),
         # A1111's short hashes of the extra networks (sha256, first 12 hex digits), as civitai reads them.
         "Lora hashes": _short_hashes(
             (Path(str(x.get("file", ""))).stem, x.get("sha256"))
@@ -193,6 +198,10 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
         for name in ("Eta DDIM", "Eta"):
             if name in fields:
                 settings["eta"] = float(fields[name])
+        if "Tiling" in fields:
+            if fields["Tiling"] not in TILING_READ:
+                raise ValueError(f"Tiling {fields['Tiling']!r}: known are {', '.join(TILING_READ)}")
+            settings["tiling"] = TILING_READ[fields["Tiling"]]
     except ValueError as exc:
         raise InfotextError(f"bad value in the parameters text: {exc}") from None
     if "Sampler" in fields:  # with its schedule type: ldm.io.a1111_samplers
@@ -301,6 +310,7 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
             "spacing",
             "precision",
             "ddim_variant",
+            "tiling",
             "label",
             "model_file",
             "model_sha256",

@@ -27,6 +27,7 @@ import torch
 
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError, LdmError
+from ldm.models.seamless import tiling_choice
 from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -82,6 +83,8 @@ class SamplingOptions:
     long_prompts: bool = False
     emphasis: bool = False
     ddim_variant: str | None = None  # "sd" or "k" (module docstring); None: the model's own
+    # Seamless tiling (ldm.models.seamless): "xy" (both axes; True is taken too), "x" or "y"; None: off.
+    tiling: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # sampler-specific keyword options
 
     def validate(self) -> None:
@@ -109,6 +112,7 @@ class SamplingOptions:
                 )
             if self.sampler != "ddim":
                 raise SamplerOptionError(f"sampler {self.sampler!r} has no DDIM variant (only ddim has)")
+        self.tiling = tiling_choice(self.tiling)  # True -> "xy", False -> None; anything else is refused
         sampler_kwargs(self)  # unknown samplers and options they lack fail before any work
 
 

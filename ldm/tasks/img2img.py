@@ -16,6 +16,7 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import Conditioning, Generated, check_task, resolve_options, sample_seeded, settings_of
@@ -63,7 +64,7 @@ def img2img(
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
     conditioning = prepare(model, prompts, negatives, options, size=tuple(pixels.shape[-2:]))
-    with autocast(model.device, options.precision):
+    with seamless(model, options.tiling), autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
         latents = sample_seeded(
             model, conditioning, options, seed, x0.shape, x0=x0, strength=strength, callback=callback, progress=progress

@@ -27,6 +27,7 @@ from ldm.core import defaults
 from ldm.core.masks import EmptyMaskError, border_mask, check_mask, feather, mask_from_image
 from ldm.io.images import InvalidImageError, load_image, pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import (
@@ -177,7 +178,7 @@ def inpaint(
     if not 0 <= radius <= longest:  # a wider ramp means nothing, and its blur kernel grows with the square
         raise EditingError(f"feather must be in [0, {longest}] px (the image's longer side), got {radius}")
     n = len(prompts)
-    with autocast(model.device, options.precision):
+    with seamless(model, options.tiling), autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float()
         conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options)
         start = x0.expand(n, -1, -1, -1)

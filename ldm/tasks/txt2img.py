@@ -17,6 +17,7 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions, autocast, check_finite_latents, ddim_variant_of, sampler_eta
 from ldm.sampling.samplers import Generators
 from ldm.tasks.base import (
@@ -122,9 +123,10 @@ def txt2img(
     conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
-    latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
-    with autocast(model.device, options.precision):
-        images = model.decode_latent(latents)
+    with seamless(model, options.tiling):  # --tiling: the U-Net's and the VAE's convolutions wrap, for this run
+        latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
+        with autocast(model.device, options.precision):
+            images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
     return Generated(
         tensor_to_pil(images),
@@ -200,7 +202,7 @@ def txt2img_learned_variance(
         conditioning.uncond,
         options.guidance_scale,
     )
-    with autocast(model.device, options.precision):
+    with seamless(model, options.tiling), autocast(model.device, options.precision):
         latents = sample_ddpm_learned_variance(
             denoiser,
             noise * sigmas[0],

@@ -223,6 +223,8 @@ def upscale(
     if tile < 8 or not 0 <= overlap < tile:
         raise TileError(f"tile size must be >= 8 and overlap in [0, tile size); got {tile} and {overlap}")
     options = resolve_options(options, option_overrides, "upscale", model=model)
+    if options.tiling:  # its tiles would each wrap on their own edges: no seamless picture
+        raise TileError("seamless tiling (tiling=) is for txt2img, img2img, inpaint and walk, not for upscaling")
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     img = as_pil(image).convert("RGB")
     if min(img.size) < MIN_SIZE:

@@ -20,6 +20,7 @@ from ldm.core import defaults
 from ldm.core.errors import LdmError
 from ldm.io.images import OutputError, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.tasks.base import Conditioning, Generated, check_task, denoise, resolve_options, settings_of, start_noise
 from ldm.tasks.prompts import prompt_conditions
@@ -115,9 +116,12 @@ def walk_frames(
         # Each frame's conditioning: the prompts' contexts interpolated; its start: the seeds' noise slerped.
         conditioning = Conditioning({k: lerp(v[0:1], v[1:2], t) for k, v in ends.items()}, uncond)  # SDXL: y too
         generator = torch.Generator(model.device).manual_seed(seed_a)
-        latent = denoise(model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress)
-        with autocast(model.device, options.precision):
-            image = tensor_to_pil(model.decode_latent(latent))[0]
+        with seamless(model, options.tiling):
+            latent = denoise(
+                model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress
+            )
+            with autocast(model.device, options.precision):
+                image = tensor_to_pil(model.decode_latent(latent))[0]
         images.append(image)
         if on_frame is not None:
             on_frame(k, image)

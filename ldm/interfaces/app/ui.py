@@ -115,6 +115,10 @@ def image_input(prefix: str, size: int = 128, resize_uploads: bool = False) -> I
     return None
 
 
+# The app's names for the tiling choices (ldm.models.seamless): the image's edges that join.
+TILING_CHOICES = {"off": None, "both axes": "xy", "left-right (x)": "x", "top-bottom (y)": "y"}
+
+
 def sampling_controls(
     prefix: str, task: str = "txt2img", seed: bool = True, model: LatentDiffusion | None = None
 ) -> tuple[SamplingOptions, int | None]:
@@ -131,6 +135,9 @@ def sampling_controls(
     guidance = cols[2].number_input("Guidance scale", 0.0, 30.0, d.guidance_scale, step=0.5, key=f"{prefix}_scale")
     chosen = int(cols[3].number_input("Seed", 0, 2**31 - 1, defaults.SEED, key=f"{prefix}_seed")) if seed else None
     chosen_options = {"steps": int(n_steps), "guidance_scale": float(guidance), "sampler": sampler}
+    if task != "upscale":  # seamless tiling (ldm.models.seamless); the upscaler's tiles would each wrap alone
+        tiling = st.selectbox("Seamless tiling", list(TILING_CHOICES), key=f"{prefix}_tiling")
+        chosen_options["tiling"] = TILING_CHOICES[tiling]
     return task_options(task, **{**own, **chosen_options}), chosen
 
 

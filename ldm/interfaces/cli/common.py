@@ -122,6 +122,11 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--long-prompts", action="store_true",
                    help="A1111-style: encode prompts over 75 tokens in chunks of 75 instead of cutting them at 77")
     p.add_argument("--emphasis", action="store_true", help="A1111-style (word:1.2), (word) and [word] weights")
+    if task != "upscale":  # the upscaler's tiles would each wrap on their own edges
+        p.add_argument("--tiling", nargs="?", const="xy", default=None, choices=["xy", "x", "y"],
+                       help="seamless tiling: the image's opposite edges join, so copies laid side by side show no "
+                            "seam (the U-Net's and the autoencoder's convolutions pad circularly for this run); "
+                            "alone: both axes, x: left and right edges only, y: top and bottom only")
     p.add_argument("--outdir", default="outputs",
                    help="where PNGs are written, as the next free numbers (an earlier image is never replaced)")
     p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
@@ -179,7 +184,7 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
                            precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis,
-                           ddim_variant=args.ddim_variant,
+                           ddim_variant=args.ddim_variant, tiling=getattr(args, "tiling", None),
                            extra=parse_sampler_options(getattr(args, "sampler_option", None) or []))
 
 

@@ -126,6 +126,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         ("long_prompts", "long_prompts"),
         ("emphasis", "emphasis"),
         ("ddim_variant", "ddim_variant"),
+        ("tiling", "tiling"),
         ("refiner_switch", "refiner_switch"),
     ):
         if settings.get(key) is not None:
