@@ -12,6 +12,9 @@ normalised on its own comes out in another colour than the same sky in the whole
 autoencoder on a 1024 px photo: 19 dB between tiled and untiled). Given the network (`norms=`), the tiles run
 twice: the first pass gathers every group norm's statistics over all tiles, the second normalises each tile
 with those shared statistics (`SharedGroupNormStats`).
+
+`blend_tiles` is the package's one tiling: the autoencoder's tiles here, and the x4 upscaler's denoiser and decoder
+tiles (ldm.tasks.upscale.tiled_map), which differ only in how a tile fades into its neighbours (`FEATHERS`).
 """
 
 from __future__ import annotations
