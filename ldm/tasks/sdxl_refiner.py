@@ -156,6 +156,8 @@ def sdxl_txt2img(
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if options.long_prompts or options.emphasis:
         raise RefinerError("long prompts and emphasis are not supported for SDXL models yet")
+    if options.tiling:  # its base-to-refiner hand-off runs two U-Nets; not wired to ldm.models.seamless
+        raise RefinerError("seamless tiling is not supported for SDXL models yet")
     height, width = image_size(model, height, width)
     micro, refiner_micro = micro or SDXLMicro(), refiner_micro or micro or SDXLMicro()
     base_cond = sdxl_conditioning(model, prompts, negatives, height, width, micro)
