@@ -40,10 +40,7 @@ def _padded_convolutions(networks: list[nn.Module]) -> list[nn.Conv2d]:
         m
         for net in networks
         for m in net.modules()
-        if isinstance(m, nn.Conv2d)
-        and m.padding_mode == "zeros"
-        and isinstance(m.padding, tuple)
-        and any(m.padding)
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and isinstance(m.padding, tuple) and any(m.padding)
     ]
 
 
