@@ -32,6 +32,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ldm.core.errors import LdmError
+
 NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.DOTALL)
 WHITESPACE = re.compile(r"\s+")
@@ -239,3 +241,33 @@ def has_schedule(prompt: str) -> bool:
     except RecursionError:
         return False
     return items is not None and any(True for _ in _walk(items))
+
+
+def texts_by_step(prompt: str, steps: int, hires_steps: int | None = None) -> list[str]:
+    """The text each sampling step conditions on, step 0 first: `steps` texts (or `hires_steps` for a hires-fix
+    pass after a first pass of `steps`, whose integer `when`s count on from the first pass and fractions from 1.0).
+
+    Step i takes the first schedule entry whose last step is >= i (A1111's CFG denoiser, its step count from 0), so
+    "[red:blue:2]" is red for steps 0, 1 and 2 and blue from step 3, and "[cat|dog]", whose schedule starts at 1,
+    is cat for steps 0 and 1, then dog, cat, dog, ... A prompt without the syntax is itself at every step.
+    """
+    if not has_schedule(prompt):
+        return [prompt] * (steps if hires_steps is None else hires_steps)
+    schedule = prompt_schedule(prompt, steps, hires_steps)
+    return [text_at_step(schedule, step) for step in range(steps if hires_steps is None else hires_steps)]
+
+
+class CompositionError(LdmError, ValueError):
+    """A prompt with A1111's AND (composable diffusion), which is not implemented."""
+
+
+AND_WORD = re.compile(r"\bAND\b")  # A1111's separator of composable prompts (modules/prompt_parser.py)
+
+
+def check_no_composition(prompt: str) -> None:
+    """Refuse AND in a prompt read with A1111's syntax: A1111 would guide on each part apart, which we do not."""
+    if AND_WORD.search(prompt):
+        raise CompositionError(
+            "the prompt uses AND (A1111's composable diffusion), which is not supported; "
+            'write "and", or read the prompt with --prompt-syntax plain'
+        )

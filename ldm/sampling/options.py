@@ -77,10 +77,6 @@ class SamplingOptions:
     guidance_rescale: float = 0.0
     threshold: float | None = None
     precision: str = "fp32"
-    # Prompt handling (ldm.models.long_prompts), off by default so that SD results stay reference-exact:
-    # A1111-style 75-token chunks instead of the cut at 77 tokens, and (word:1.2) emphasis.
-    long_prompts: bool = False
-    emphasis: bool = False
     ddim_variant: str | None = None  # "sd" or "k" (module docstring); None: the model's own
     extra: dict[str, Any] = field(default_factory=dict)  # sampler-specific keyword options
 

@@ -25,7 +25,8 @@ from ldm.core.errors import InvalidOptionError, LdmError
 from ldm.diffusion.schedules import get_sigmas
 from ldm.models.controlnet import controlled_denoiser
 from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
-from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
+from ldm.models.prompt_options import PromptOptions
+from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser, ScheduledDenoiser, StepConditions
 from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
 from ldm.sampling.samplers import Generators, check_strength, truncate_sigmas
 from ldm.sampling.samplers_extra import DISCARD_NEXT_TO_LAST_SIGMA, discard_next_to_last
@@ -194,19 +195,33 @@ class Conditioning:
 
     cond / uncond: keyword tensors of the model's denoiser for each side of guidance ({"context", "concat", "y"});
     a key given on one side only serves both. wrap(denoiser, start_noise): the task's wrapper of the model's
-    denoiser, or None.
+    denoiser, or None. steps: conditions that change during sampling (prompt editing: ldm.tasks.prompts), whose
+    tensors replace those of cond / uncond at each step; cond / uncond then hold step 0's.
     """
 
     cond: dict[str, torch.Tensor]
     uncond: dict[str, torch.Tensor]
     wrap: Callable[[Denoiser, torch.Tensor], Denoiser] | None = None
+    steps: StepConditions | None = None
 
     def with_inputs(self, **tensors: torch.Tensor) -> Conditioning:
         """The same conditioning with extra inputs (e.g. concat, y) on both sides of guidance."""
         return replace(self, cond={**self.cond, **tensors}, uncond={**self.uncond, **tensors})
 
-    def denoiser(self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor) -> Denoiser:
-        """network -> parameterisation -> task wrapper -> guidance."""
+    def denoiser(
+        self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor, sigmas: torch.Tensor | None = None
+    ) -> Denoiser:
+        """network -> parameterisation -> task wrapper -> guidance (-> the step's guidance, with `steps`, chosen
+        on the run's grid `sigmas`, by default the whole of `model_sigmas`)."""
+        if self.steps is not None:
+            guided = [
+                replace(self, cond={**self.cond, **cond}, uncond={**self.uncond, **uncond}, steps=None).denoiser(
+                    model, options, noise
+                )
+                for cond, uncond in self.steps.conditions
+            ]
+            grid = model_sigmas(model, options) if sigmas is None else sigmas
+            return ScheduledDenoiser(guided, self.steps.at_step, grid)
         inner = model.denoiser()
         if getattr(
             model, "controls", None
@@ -264,7 +279,23 @@ def denoise(
         if strength == 0.0 or len(sigmas) < 2:
             return x0
     x = noise * start_scale(options, sigmas[0]) if x0 is None or strength == 1.0 else x0 + noise * sigmas[0]
-    return sample(conditioning.denoiser(model, options, noise), x, sigmas, options, generator, callback, progress)
+    denoiser = conditioning.denoiser(model, options, noise, sigmas)
+    if isinstance(denoiser, ScheduledDenoiser) and callback is not None:
+        callback = labelled_steps(callback, denoiser, conditioning.steps)
+    return sample(denoiser, x, sigmas, options, generator, callback, progress)
+
+
+def labelled_steps(
+    callback: Callable[[dict], None], denoiser: ScheduledDenoiser, steps: StepConditions
+) -> Callable[[dict], None]:
+    """The callback with what the step's model call was conditioned on: "prompts" and "negative_prompts", the texts
+    of each image (prompt editing; the condition every sampler calls before its callback)."""
+
+    def report(info: dict) -> None:
+        used = denoiser.used if denoiser.used is not None else steps.at_step[0]
+        callback({**info, **(steps.labels[used] if steps.labels else {}), "condition": used})
+
+    return report
 
 
 def sample_seeded(
@@ -288,13 +319,16 @@ def sample_seeded(
     )
 
 
-def settings_of(task: str, options: SamplingOptions, **more: Any) -> dict[str, Any]:
-    """What a task ran with: its name, the resolved sampling options (eta as the sampler used it), its own inputs."""
+def settings_of(
+    task: str, options: SamplingOptions, prompting: PromptOptions | None = None, **more: Any
+) -> dict[str, Any]:
+    """What a task ran with: its name, the resolved sampling options (eta as the sampler used it), how the prompts
+    were read (`prompting`, by default the plain syntax), its own inputs."""
     opts = asdict(options)
     extra = opts.pop("extra")
     opts["eta"] = sampler_eta(options)
     opts["ddim_variant"] = ddim_variant_of(options)
-    return {"task": task, **opts, **extra, **more}
+    return {"task": task, **opts, **(prompting or PromptOptions()).record(), **extra, **more}
 
 
 class Generated(list):
