@@ -31,8 +31,8 @@ _PUBLIC = {
     "LdmError": "ldm.core.errors",
 }
 __all__ = [  # the names of _PUBLIC (tests/test_public_api.py checks they agree)
-    "LdmError", "PromptOptions", "SamplingOptions", "img2img", "inpaint", "load_model", "outpaint", "txt2img", "upscale",
-    "walk_frames",
+    "LdmError", "PromptOptions", "SamplingOptions", "img2img", "inpaint", "load_model", "outpaint", "txt2img",
+    "upscale", "walk_frames",
 ]  # fmt: skip
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time module __getattr__ below imports on first use

@@ -20,11 +20,17 @@ itself, either capped at `steps`; a step at which nothing changes (below 1) is l
 "old prompt editing timelines" option (any when < 1 is a fraction) is `old_timelines`; its hires-fix pass
 (`hires_steps`: integers count on from the first pass's steps, fractions from 1.0) likewise.
 
-The result is the list of (last step, text) pairs A1111 conditions on (`text_at_step`). How A1111 indexes it, for
-wiring it into sampling: its CFG denoiser counts its own calls from 0 and call k uses the first pair whose last step
-is >= k (prompt_parser.reconstruct_cond_batch), so "[cat:dog:4]" over 10 steps is "cat" for calls 0 to 4; every
-model call counts, and for second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE) the schedule is made
-over steps * 2 (SamplerData.total_steps). The negative prompt is scheduled the same way.
+The result is the list of (last step, text) pairs A1111 conditions on (`text_at_step`). How A1111 indexes it: its
+CFG denoiser counts its own calls from 0 and call k uses the first pair whose last step is >= k
+(prompt_parser.reconstruct_cond_batch), so "[cat:dog:4]" over 10 steps is "cat" for calls 0 to 4; every model call
+counts, and for second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE) the schedule is made over
+steps * 2 (SamplerData.total_steps). The negative prompt is scheduled the same way.
+
+How it is wired here (`texts_by_step`, ldm.tasks.prompts.prompt_conditioning, ldm.sampling.denoisers.
+ScheduledDenoiser): step i of the run, counted from 0, reads A1111's text for k = i, so first-order samplers match
+A1111 call for call; a step is found from the noise level of each call, so a second-order sampler's extra calls
+within step i read step i's text too, and an integer `when` is a step for every sampler (A1111's, over its doubled
+schedule, is half a step there). Img2img counts from its first step against the schedule of all steps, as A1111.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Denoisers D(x, sigma, **cond) -> x0 for the samplers, composed as plain callables:
 
     network -> parameterisation (DiscreteTimeDenoiser) -> task wrapper (inpainting blend, tiles)
-            -> guidance (CFGDenoiser) -> sampler
+            -> guidance (CFGDenoiser) [-> the step's guidance (ScheduledDenoiser, prompt editing)] -> sampler
 
 Samplers work in sigma space, x = x0 + sigma * eps (Karras et al. 2022). A discrete-time VP
 model was trained on x_vp = sqrt(ab) x0 + sqrt(1 - ab) eps at integer t; with ab = 1 / (1 + sigma^2)

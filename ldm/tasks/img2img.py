@@ -76,6 +76,5 @@ def img2img(
         images = model.decode_latent(latents)
     height, width = pixels.shape[-2:]
     return Generated(
-        tensor_to_pil(images),
-        settings_of("img2img", options, prompting, strength=strength, height=height, width=width),
+        tensor_to_pil(images), settings_of("img2img", options, prompting, strength=strength, height=height, width=width)
     )

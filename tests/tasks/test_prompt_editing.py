@@ -60,7 +60,8 @@ def test_an_edit_is_neither_of_its_texts(model):
 
     def made(prompt, **kwargs):
         predictions = []
-        images = txt2img(model, prompt, callback=lambda info: predictions.append(info["denoised"]), **settings, **kwargs)
+        record = lambda info: predictions.append(info["denoised"])  # noqa: E731
+        images = txt2img(model, prompt, callback=record, **settings, **kwargs)
         return pixels(images), predictions
 
     edited, edited_steps = made("[red:blue:0.5] heart", prompt_syntax="a1111")
