@@ -28,9 +28,9 @@ steps * 2 (SamplerData.total_steps). The negative prompt is scheduled the same w
 
 How it is wired here (`texts_by_step`, ldm.tasks.prompts.prompt_conditioning, ldm.sampling.denoisers.
 ScheduledDenoiser): step i of the run, counted from 0, reads A1111's text for k = i, so first-order samplers match
-A1111 call for call; a step is found from the noise level of each call, so a second-order sampler's extra calls
-within step i read step i's text too, and an integer `when` is a step for every sampler (A1111's, over its doubled
-schedule, is half a step there). Img2img counts from its first step against the schedule of all steps, as A1111.
+A1111 call for call; each call's step is found from its noise level (a midpoint of step i reads step i's text,
+Heun's end point at the next step's level the next step's), so an integer `when` is a step for every sampler
+(A1111's, over its doubled schedule, is half a step there). Img2img counts from its first step against the schedule of all steps, as A1111.
 """
 
 from __future__ import annotations

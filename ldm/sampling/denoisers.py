@@ -144,10 +144,11 @@ class StepConditions:
 class ScheduledDenoiser:
     """One guided denoiser per distinct condition of a StepConditions; each call uses its step's.
 
-    A call's step is found from its noise level on the run's grid `sigmas`: step i runs from sigmas[i] down to
-    sigmas[i + 1], so a call at sigma belongs to the last step that starts at or above it. Every sampler's first
-    call of step i is at sigmas[i], so step i's condition is the one each step begins with, whatever else a
-    second-order sampler evaluates within the step. `used` is the index of the condition the last call used.
+    A call's step is found from its noise level on the run's grid `sigmas`: step i holds the levels from sigmas[i]
+    down to, not including, sigmas[i + 1], so a call at sigma belongs to the last step that starts at or above it.
+    Every sampler's first call of step i is at sigmas[i] and reads step i's condition; a midpoint evaluation (DPM2,
+    DPM++ 2S a, DPM++ SDE) reads its step's, and an evaluation at the next step's level (Heun's end point, a
+    corrector's) the next step's. `used` is the index of the condition the last call used.
     """
 
     def __init__(self, denoisers: list[Denoiser], at_step: tuple[int, ...], sigmas: torch.Tensor):

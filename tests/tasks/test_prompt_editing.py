@@ -163,3 +163,16 @@ def test_composable_diffusion_is_refused_in_one_line(model):
         txt2img(model, "a cat AND a dog", prompt_syntax="a1111", **FAST)
     txt2img(model, "a cat AND a dog", **FAST)  # plain syntax: AND is a word
     txt2img(model, "a cat", negative_prompt="dog AND cat", prompt_syntax="a1111", **FAST)  # as A1111: text there
+
+
+def test_a_second_order_sampler_reads_the_text_of_each_calls_noise_level(model):
+    with UNetCalls(model) as calls:
+        _, steps = run(model, "[red:blue:1] heart", prompt_editing=True, sampler="heun")
+    red, blue = model.encode_text(["red heart", "blue heart"])
+    # Heun: steps 0-2 call at sigma_i and at sigma_(i+1), the last step (to sigma 0) once. Steps 0 and 1 are red;
+    # the end point of step 1 is at step 2's level, so blue, as are steps 2 and 3.
+    expected = [red, red, red, blue, blue, blue, blue]
+    assert len(calls.contexts) == len(expected)
+    for context, text in zip(calls.contexts, expected):
+        assert torch.allclose(context[1], text, atol=1e-6)
+    assert [prompts for _, prompts, _ in steps] == [["red heart"]] * 2 + [["blue heart"]] * 2
