@@ -211,46 +211,44 @@ class Conditioning:
     def denoiser(
         self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor, sigmas: torch.Tensor | None = None
     ) -> Denoiser:
-        """network -> parameterisation -> task wrapper -> guidance (-> the step's guidance, with `steps`, chosen
-        on the run's grid `sigmas`, by default the whole of `model_sigmas`)."""
-        if self.steps is not None:
-            guided = [
-                replace(self, cond={**self.cond, **cond}, uncond={**self.uncond, **uncond}, steps=None).denoiser(
-                    model, options, noise
-                )
-                for cond, uncond in self.steps.conditions
-            ]
-            grid = model_sigmas(model, options) if sigmas is None else sigmas
-            return ScheduledDenoiser(guided, self.steps.at_step, grid)
-        inner = model.denoiser()
-        if getattr(
-            model, "controls", None
-        ):  # ControlNets (ldm.models.controlnet.using_controlnets): on the network itself
-            inner = controlled_denoiser(model, inner, model_sigmas(model, options), noise)
+        """network -> parameterisation -> task wrapper -> guidance (-> with `steps`, each step's guidance, chosen on
+        the run's grid `sigmas`, by default the whole of `model_sigmas`: ldm.sampling.denoisers.ScheduledDenoiser)."""
         if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
             # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
             null = model.class_labels([None] * noise.shape[0])
             return replace(self, cond={**self.cond, "y": null}, uncond={**self.uncond, "y": null}).denoiser(
-                model, options, noise
+                model, options, noise, sigmas
             )
+        inner = model.denoiser()
+        if getattr(model, "controls", None):  # ControlNets (ldm.models.controlnet.using_controlnets): on the network
+            inner = controlled_denoiser(model, inner, model_sigmas(model, options), noise)
         if self.wrap is not None:
             inner = self.wrap(inner, noise)
-        if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
-            if options.guidance_rescale:
-                raise InvalidOptionError(
-                    "guidance rescale needs the conditional prediction apart, which a "
-                    "guidance-distilled model does not make; leave it at 0 or use the full "
-                    "model (--model full)"
-                )
-            return EmbeddedGuidanceDenoiser(inner, self.cond, options.guidance_scale, threshold=options.threshold)
-        return CFGDenoiser(
-            inner,
-            self.cond,
-            self.uncond,
-            options.guidance_scale,
-            rescale=options.guidance_rescale,
-            threshold=options.threshold,
-        )
+        if self.steps is None:
+            return guided_denoiser(model, options, inner, self.cond, self.uncond)
+        # One guidance per distinct condition, all over the same network and task wrapper.
+        guided = [
+            guided_denoiser(model, options, inner, {**self.cond, **cond}, {**self.uncond, **uncond})
+            for cond, uncond in self.steps.conditions
+        ]
+        return ScheduledDenoiser(guided, self.steps.at_step, model_sigmas(model, options) if sigmas is None else sigmas)
+
+
+def guided_denoiser(
+    model: LatentDiffusion, options: SamplingOptions, inner: Denoiser, cond: dict, uncond: dict
+) -> Denoiser:
+    """The guidance over `inner`: CFGDenoiser, or for a guidance-distilled student its one call with the scale."""
+    if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
+        if options.guidance_rescale:
+            raise InvalidOptionError(
+                "guidance rescale needs the conditional prediction apart, which a "
+                "guidance-distilled model does not make; leave it at 0 or use the full "
+                "model (--model full)"
+            )
+        return EmbeddedGuidanceDenoiser(inner, cond, options.guidance_scale, threshold=options.threshold)
+    return CFGDenoiser(
+        inner, cond, uncond, options.guidance_scale, rescale=options.guidance_rescale, threshold=options.threshold
+    )
 
 
 def denoise(
