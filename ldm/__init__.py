@@ -27,15 +27,18 @@ _PUBLIC = {
     "upscale": "ldm.tasks.upscale",
     "walk_frames": "ldm.tasks.walk",
     "SamplingOptions": "ldm.sampling.options",
+    "PromptOptions": "ldm.models.prompt_options",
     "LdmError": "ldm.core.errors",
 }
 __all__ = [  # the names of _PUBLIC (tests/test_public_api.py checks they agree)
-    "LdmError", "SamplingOptions", "img2img", "inpaint", "load_model", "outpaint", "txt2img", "upscale", "walk_frames",
+    "LdmError", "PromptOptions", "SamplingOptions", "img2img", "inpaint", "load_model", "outpaint", "txt2img",
+    "upscale", "walk_frames",
 ]  # fmt: skip
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time module __getattr__ below imports on first use
     from ldm.core.errors import LdmError
     from ldm.formats.load import load_model
+    from ldm.models.prompt_options import PromptOptions
     from ldm.sampling.options import SamplingOptions
     from ldm.tasks.img2img import img2img
     from ldm.tasks.inpaint import inpaint, outpaint

@@ -59,3 +59,6 @@ DDIM_VARIANTS = (
     "sd",
     "k",
 )  # DDIM as the original SD code and diffusers run it, or as k-diffusion (ldm.sampling.options)
+# How prompts are read (ldm.models.prompt_options): "plain", as the reference SD code reads them (cut at 77 tokens,
+# brackets are text), so SD results stay reference-exact; "a1111" is AUTOMATIC1111's syntax.
+PROMPT_SYNTAX = "plain"

@@ -176,12 +176,14 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     Fields without a counterpart (Hires fix, ADetailer, ...) are left out; an unknown sampler is an error.
     """
     fields = parse_infotext(text)
-    # A1111 reads every prompt in 75-token chunks with (word:1.2) emphasis, so its images are remade that way.
+    # A1111 reads every prompt in its syntax (75-token chunks, BREAK, (word:1.2) emphasis, [from:to:when] and [a|b]
+    # editing: ldm.models.prompt_options' "a1111"), so its images are remade that way.
     settings: dict[str, Any] = {
         "prompt": fields["Prompt"],
         "negative_prompt": fields["Negative prompt"],
         "long_prompts": True,
         "emphasis": True,
+        "prompt_editing": True,
     }
     try:
         for name, key, kind in (
@@ -321,7 +323,7 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
     ),
     **dict.fromkeys(("seed", "height", "width", "steps"), (int,)),
     **dict.fromkeys(("guidance_scale", "eta", "guidance_rescale", "threshold", "strength"), (int, float)),
-    **dict.fromkeys(("karras", "long_prompts", "emphasis", "learned_variance"), (bool,)),
+    **dict.fromkeys(("karras", "long_prompts", "emphasis", "prompt_editing", "learned_variance"), (bool,)),
 }
 TYPE_NAMES = {(str,): "text", (int,): "an integer", (int, float): "a number", (bool,): "true or false"}
 

@@ -20,17 +20,26 @@ itself, either capped at `steps`; a step at which nothing changes (below 1) is l
 "old prompt editing timelines" option (any when < 1 is a fraction) is `old_timelines`; its hires-fix pass
 (`hires_steps`: integers count on from the first pass's steps, fractions from 1.0) likewise.
 
-The result is the list of (last step, text) pairs A1111 conditions on (`text_at_step`). How A1111 indexes it, for
-wiring it into sampling: its CFG denoiser counts its own calls from 0 and call k uses the first pair whose last step
-is >= k (prompt_parser.reconstruct_cond_batch), so "[cat:dog:4]" over 10 steps is "cat" for calls 0 to 4; every
-model call counts, and for second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE) the schedule is made
-over steps * 2 (SamplerData.total_steps). The negative prompt is scheduled the same way.
+The result is the list of (last step, text) pairs A1111 conditions on (`text_at_step`). How A1111 indexes it: its
+CFG denoiser counts its own calls from 0 and call k uses the first pair whose last step is >= k
+(prompt_parser.reconstruct_cond_batch), so "[cat:dog:4]" over 10 steps is "cat" for calls 0 to 4; every model call
+counts, and for second-order samplers (Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE) the schedule is made over
+steps * 2 (SamplerData.total_steps). The negative prompt is scheduled the same way.
+
+How it is wired here (`texts_by_step`, ldm.tasks.prompts.prompt_conditioning, ldm.sampling.denoisers.
+ScheduledDenoiser): step i of the run, counted from 0, reads A1111's text for k = i, so first-order samplers match
+A1111 call for call; each call's step is found from its noise level (a midpoint of step i reads step i's text,
+Heun's end point at the next step's level the next step's), so an integer `when` is a step for every sampler
+(A1111's, over its doubled schedule, is half a step there). Img2img counts from its first step against the
+schedule of all steps, as A1111.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from ldm.core.errors import LdmError
 
 NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.DOTALL)
@@ -239,3 +248,33 @@ def has_schedule(prompt: str) -> bool:
     except RecursionError:
         return False
     return items is not None and any(True for _ in _walk(items))
+
+
+def texts_by_step(prompt: str, steps: int, hires_steps: int | None = None) -> list[str]:
+    """The text each sampling step conditions on, step 0 first: `steps` texts (or `hires_steps` for a hires-fix
+    pass after a first pass of `steps`, whose integer `when`s count on from the first pass and fractions from 1.0).
+
+    Step i takes the first schedule entry whose last step is >= i (A1111's CFG denoiser, its step count from 0), so
+    "[red:blue:2]" is red for steps 0, 1 and 2 and blue from step 3, and "[cat|dog]", whose schedule starts at 1,
+    is cat for steps 0 and 1, then dog, cat, dog, ... A prompt without the syntax is itself at every step.
+    """
+    if not has_schedule(prompt):
+        return [prompt] * (steps if hires_steps is None else hires_steps)
+    schedule = prompt_schedule(prompt, steps, hires_steps)
+    return [text_at_step(schedule, step) for step in range(steps if hires_steps is None else hires_steps)]
+
+
+class CompositionError(LdmError, ValueError):
+    """A prompt with A1111's AND (composable diffusion), which is not implemented."""
+
+
+AND_WORD = re.compile(r"\bAND\b")  # A1111's separator of composable prompts (modules/prompt_parser.py)
+
+
+def check_no_composition(prompt: str) -> None:
+    """Refuse AND in a prompt read with A1111's syntax: A1111 would guide on each part apart, which we do not."""
+    if AND_WORD.search(prompt):
+        raise CompositionError(
+            "the prompt uses AND (A1111's composable diffusion), which is not supported; "
+            'write "and", or read the prompt with --prompt-syntax plain'
+        )

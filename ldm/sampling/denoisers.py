@@ -1,7 +1,7 @@
 """Denoisers D(x, sigma, **cond) -> x0 for the samplers, composed as plain callables:
 
     network -> parameterisation (DiscreteTimeDenoiser) -> task wrapper (inpainting blend, tiles)
-            -> guidance (CFGDenoiser) -> sampler
+            -> guidance (CFGDenoiser) [-> the step's guidance (ScheduledDenoiser, prompt editing)] -> sampler
 
 Samplers work in sigma space, x = x0 + sigma * eps (Karras et al. 2022). A discrete-time VP
 model was trained on x_vp = sqrt(ab) x0 + sqrt(1 - ab) eps at integer t; with ab = 1 / (1 + sigma^2)
@@ -14,6 +14,7 @@ they act on the conditional and the unconditional prediction alike (tiles cut bo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -124,3 +125,47 @@ class EmbeddedGuidanceDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         scale = torch.full((x.shape[0],), float(self.scale), device=x.device)
         return dynamic_threshold(self.denoiser(x, sigma, guidance=scale, **self.cond), self.threshold)
+
+
+@dataclass(frozen=True)
+class StepConditions:
+    """Conditions that change during sampling (A1111's prompt editing, ldm.models.prompt_schedule).
+
+    Step i of the run (counted from 0, as the sampler's callback counts) uses `conditions[at_step[i]]`, a pair
+    (cond, uncond) of keyword tensors that replace those of the same names on each side of guidance; steps past
+    the end use the last entry. `labels[k]` says what condition k is (its prompts), for the step callback.
+    """
+
+    conditions: tuple[tuple[dict, dict], ...]
+    at_step: tuple[int, ...]
+    labels: tuple[dict, ...] = ()
+
+
+class ScheduledDenoiser:
+    """One guided denoiser per distinct condition of a StepConditions; each call uses its step's.
+
+    A call's step is found from its noise level on the run's grid `sigmas`: step i holds the levels from sigmas[i]
+    down to, not including, sigmas[i + 1], so a call at sigma belongs to the last step that starts at or above it.
+    Every sampler's first call of step i is at sigmas[i] and reads step i's condition; a midpoint evaluation (DPM2,
+    DPM++ 2S a, DPM++ SDE) reads its step's, and an evaluation at the next step's level (Heun's end point, a
+    corrector's) the next step's. `used` is the index of the condition the last call used.
+    """
+
+    def __init__(self, denoisers: list[Denoiser], at_step: tuple[int, ...], sigmas: torch.Tensor):
+        if not denoisers or not at_step:
+            raise InvalidGuidanceError("a step schedule needs at least one condition and one step")
+        self.denoisers, self.at_step = denoisers, at_step
+        self.starts = sigmas[:-1].detach().float().cpu()
+        self.used: int | None = None
+
+    def step_of(self, sigma: torch.Tensor | float) -> int:
+        """The run's step whose interval holds `sigma`, compared in sigma's own precision (a half-precision
+        sampler rounds the grid's sigmas; rounding keeps their order)."""
+        level = torch.as_tensor(sigma).reshape(-1)[0].cpu()  # one value read per call, to choose the condition
+        below = int((self.starts.to(level.dtype) >= level).sum())
+        return max(below - 1, 0)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        step = min(self.step_of(sigma), len(self.at_step) - 1)
+        self.used = self.at_step[step]
+        return self.denoisers[self.used](x, sigma)

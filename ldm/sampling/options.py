@@ -78,10 +78,6 @@ class SamplingOptions:
     guidance_rescale: float = 0.0
     threshold: float | None = None
     precision: str = "fp32"
-    # Prompt handling (ldm.models.long_prompts), off by default so that SD results stay reference-exact:
-    # A1111-style 75-token chunks instead of the cut at 77 tokens, and (word:1.2) emphasis.
-    long_prompts: bool = False
-    emphasis: bool = False
     ddim_variant: str | None = None  # "sd" or "k" (module docstring); None: the model's own
     # Seamless tiling (ldm.models.seamless): "xy" (both axes; True is taken too), "x" or "y"; None: off.
     tiling: str | None = None

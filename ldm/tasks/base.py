@@ -25,7 +25,8 @@ from ldm.core.errors import InvalidOptionError, LdmError
 from ldm.diffusion.schedules import get_sigmas
 from ldm.models.controlnet import controlled_denoiser
 from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
-from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
+from ldm.models.prompt_options import PromptOptions
+from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser, ScheduledDenoiser, StepConditions
 from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
 from ldm.sampling.samplers import Generators, check_strength, truncate_sigmas
 from ldm.sampling.samplers_extra import DISCARD_NEXT_TO_LAST_SIGMA, discard_next_to_last
@@ -194,48 +195,60 @@ class Conditioning:
 
     cond / uncond: keyword tensors of the model's denoiser for each side of guidance ({"context", "concat", "y"});
     a key given on one side only serves both. wrap(denoiser, start_noise): the task's wrapper of the model's
-    denoiser, or None.
+    denoiser, or None. steps: conditions that change during sampling (prompt editing: ldm.tasks.prompts), whose
+    tensors replace those of cond / uncond at each step; cond / uncond then hold step 0's.
     """
 
     cond: dict[str, torch.Tensor]
     uncond: dict[str, torch.Tensor]
     wrap: Callable[[Denoiser, torch.Tensor], Denoiser] | None = None
+    steps: StepConditions | None = None
 
     def with_inputs(self, **tensors: torch.Tensor) -> Conditioning:
         """The same conditioning with extra inputs (e.g. concat, y) on both sides of guidance."""
         return replace(self, cond={**self.cond, **tensors}, uncond={**self.uncond, **tensors})
 
-    def denoiser(self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor) -> Denoiser:
-        """network -> parameterisation -> task wrapper -> guidance."""
-        inner = model.denoiser()
-        if getattr(
-            model, "controls", None
-        ):  # ControlNets (ldm.models.controlnet.using_controlnets): on the network itself
-            inner = controlled_denoiser(model, inner, model_sigmas(model, options), noise)
+    def denoiser(
+        self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor, sigmas: torch.Tensor | None = None
+    ) -> Denoiser:
+        """network -> parameterisation -> task wrapper -> guidance (-> with `steps`, each step's guidance, chosen on
+        the run's grid `sigmas`, by default the whole of `model_sigmas`: ldm.sampling.denoisers.ScheduledDenoiser)."""
         if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
             # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
             null = model.class_labels([None] * noise.shape[0])
             return replace(self, cond={**self.cond, "y": null}, uncond={**self.uncond, "y": null}).denoiser(
-                model, options, noise
+                model, options, noise, sigmas
             )
+        inner = model.denoiser()
+        if getattr(model, "controls", None):  # ControlNets (ldm.models.controlnet.using_controlnets): on the network
+            inner = controlled_denoiser(model, inner, model_sigmas(model, options), noise)
         if self.wrap is not None:
             inner = self.wrap(inner, noise)
-        if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
-            if options.guidance_rescale:
-                raise InvalidOptionError(
-                    "guidance rescale needs the conditional prediction apart, which a "
-                    "guidance-distilled model does not make; leave it at 0 or use the full "
-                    "model (--model full)"
-                )
-            return EmbeddedGuidanceDenoiser(inner, self.cond, options.guidance_scale, threshold=options.threshold)
-        return CFGDenoiser(
-            inner,
-            self.cond,
-            self.uncond,
-            options.guidance_scale,
-            rescale=options.guidance_rescale,
-            threshold=options.threshold,
-        )
+        if self.steps is None:
+            return guided_denoiser(model, options, inner, self.cond, self.uncond)
+        # One guidance per distinct condition, all over the same network and task wrapper.
+        guided = [
+            guided_denoiser(model, options, inner, {**self.cond, **cond}, {**self.uncond, **uncond})
+            for cond, uncond in self.steps.conditions
+        ]
+        return ScheduledDenoiser(guided, self.steps.at_step, model_sigmas(model, options) if sigmas is None else sigmas)
+
+
+def guided_denoiser(
+    model: LatentDiffusion, options: SamplingOptions, inner: Denoiser, cond: dict, uncond: dict
+) -> Denoiser:
+    """The guidance over `inner`: CFGDenoiser, or for a guidance-distilled student its one call with the scale."""
+    if getattr(model, "guidance_embedded", False):  # a distilled student: guidance is an input, one call per step
+        if options.guidance_rescale:
+            raise InvalidOptionError(
+                "guidance rescale needs the conditional prediction apart, which a "
+                "guidance-distilled model does not make; leave it at 0 or use the full "
+                "model (--model full)"
+            )
+        return EmbeddedGuidanceDenoiser(inner, cond, options.guidance_scale, threshold=options.threshold)
+    return CFGDenoiser(
+        inner, cond, uncond, options.guidance_scale, rescale=options.guidance_rescale, threshold=options.threshold
+    )
 
 
 def denoise(
@@ -264,7 +277,23 @@ def denoise(
         if strength == 0.0 or len(sigmas) < 2:
             return x0
     x = noise * start_scale(options, sigmas[0]) if x0 is None or strength == 1.0 else x0 + noise * sigmas[0]
-    return sample(conditioning.denoiser(model, options, noise), x, sigmas, options, generator, callback, progress)
+    denoiser = conditioning.denoiser(model, options, noise, sigmas)
+    if isinstance(denoiser, ScheduledDenoiser) and callback is not None:
+        callback = labelled_steps(callback, denoiser, conditioning.steps)
+    return sample(denoiser, x, sigmas, options, generator, callback, progress)
+
+
+def labelled_steps(
+    callback: Callable[[dict], None], denoiser: ScheduledDenoiser, steps: StepConditions
+) -> Callable[[dict], None]:
+    """The callback with what the step's model call was conditioned on: "prompts" and "negative_prompts", the texts
+    of each image (prompt editing; the condition every sampler calls before its callback)."""
+
+    def report(info: dict) -> None:
+        used = denoiser.used if denoiser.used is not None else steps.at_step[0]
+        callback({**info, **(steps.labels[used] if steps.labels else {}), "condition": used})
+
+    return report
 
 
 def sample_seeded(
@@ -288,13 +317,16 @@ def sample_seeded(
     )
 
 
-def settings_of(task: str, options: SamplingOptions, **more: Any) -> dict[str, Any]:
-    """What a task ran with: its name, the resolved sampling options (eta as the sampler used it), its own inputs."""
+def settings_of(
+    task: str, options: SamplingOptions, prompting: PromptOptions | None = None, **more: Any
+) -> dict[str, Any]:
+    """What a task ran with: its name, the resolved sampling options (eta as the sampler used it), how the prompts
+    were read (`prompting`, by default the plain syntax), its own inputs."""
     opts = asdict(options)
     extra = opts.pop("extra")
     opts["eta"] = sampler_eta(options)
     opts["ddim_variant"] = ddim_variant_of(options)
-    return {"task": task, **opts, **extra, **more}
+    return {"task": task, **opts, **(prompting or PromptOptions()).record(), **extra, **more}
 
 
 class Generated(list):

@@ -16,12 +16,13 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import Conditioning, Generated, check_task, resolve_options, sample_seeded, settings_of
 from ldm.tasks.editing import as_pil, fit_image, size_multiple
-from ldm.tasks.prompts import prompt_conditions, prompt_lists
+from ldm.tasks.prompts import prompt_conditioning, prompt_lists
 
 
 def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Image.Image:
@@ -35,10 +36,12 @@ def prepare(
     negatives: list[str],
     options: SamplingOptions | None = None,
     size: tuple[int, int] | None = None,
+    prompting: PromptOptions | None = None,
 ) -> Conditioning:
-    """img2img's conditioning is txt2img's: the prompts alone (the image enters as the start latent); for SDXL the
-    vector of the image's `size` (height, width)."""
-    return Conditioning(*prompt_conditions(model, prompts, negatives, options, size))
+    """img2img's conditioning is txt2img's: the prompts alone, read as `prompting` says (the image enters as the
+    start latent); for SDXL the vector of the image's `size` (height, width)."""
+    steps = options.steps if options is not None else defaults.STEPS
+    return prompt_conditioning(model, prompts, negatives, prompting, steps, size)
 
 
 @torch.no_grad()
@@ -56,14 +59,16 @@ def img2img(
 ) -> Generated:
     """One image per prompt, all from the same input; image i uses seed + i.
 
-    The output has the input's size rounded to a multiple of 8 (a log line says when it differs).
+    The output has the input's size rounded to a multiple of 8 (a log line says when it differs). Keyword options
+    are txt2img's (sampling options and how prompts are read).
     """
     check_strength(strength)
     check_task(model, "img2img")
+    prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
-    conditioning = prepare(model, prompts, negatives, options, size=tuple(pixels.shape[-2:]))
+    conditioning = prepare(model, prompts, negatives, options, size=tuple(pixels.shape[-2:]), prompting=prompting)
     with seamless(model, options.tiling), autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
         latents = sample_seeded(
@@ -72,5 +77,5 @@ def img2img(
         images = model.decode_latent(latents)
     height, width = pixels.shape[-2:]
     return Generated(
-        tensor_to_pil(images), settings_of("img2img", options, strength=strength, height=height, width=width)
+        tensor_to_pil(images), settings_of("img2img", options, prompting, strength=strength, height=height, width=width)
     )

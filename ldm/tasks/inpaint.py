@@ -27,6 +27,7 @@ from ldm.core import defaults
 from ldm.core.masks import EmptyMaskError, border_mask, check_mask, feather, mask_from_image
 from ldm.io.images import InvalidImageError, load_image, pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
@@ -40,7 +41,7 @@ from ldm.tasks.base import (
     settings_of,
 )
 from ldm.tasks.editing import as_pil, expand_batch, fit_image, size_multiple
-from ldm.tasks.prompts import prompt_conditions, prompt_lists
+from ldm.tasks.prompts import prompt_conditioning, prompt_lists
 
 log = logging.getLogger("ldm")
 
@@ -116,10 +117,12 @@ def prepare(
     mask: torch.Tensor,
     x0: torch.Tensor,
     options: SamplingOptions | None = None,
+    prompting: PromptOptions | None = None,
 ) -> Conditioning:
-    """Inpainting's conditioning: the prompts, plus the masked image for an inpainting model ("model") or the
-    blend of the known latents for any other ("blend")."""
-    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options, tuple(pixels.shape[-2:])))
+    """Inpainting's conditioning: the prompts (read as `prompting` says), plus the masked image for an inpainting
+    model ("model") or the blend of the known latents for any other ("blend")."""
+    steps = options.steps if options is not None else defaults.STEPS
+    conditioning = prompt_conditioning(model, prompts, negatives, prompting, steps, tuple(pixels.shape[-2:]))
     if model.kind.concat:
         concat = masked_image_condition(model, pixels, mask).expand(len(prompts), -1, -1, -1)
         conditioning = conditioning.with_inputs(concat=concat)
@@ -166,10 +169,12 @@ def inpaint(
 
     strength < 1 starts the hole from the noised original instead of pure noise. `feather_radius`
     (px, default: the VAE's downscale factor) softens the paste-back edge inside the hole.
-    `resolve_mode(model, mode)` tells which mode runs.
+    `resolve_mode(model, mode)` tells which mode runs. Keyword options are txt2img's (sampling options and how
+    prompts are read).
     """
     check_strength(strength)
     mode = resolve_mode(model, mode)
+    prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels, m = _prepare(model, image, mask)
@@ -180,7 +185,7 @@ def inpaint(
     n = len(prompts)
     with seamless(model, options.tiling), autocast(model.device, options.precision):
         x0 = model.encode_image(pixels).float()
-        conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options)
+        conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options, prompting)
         start = x0.expand(n, -1, -1, -1)
         latents = sample_seeded(
             model,
@@ -201,6 +206,7 @@ def inpaint(
         settings_of(
             "inpaint",
             options,
+            prompting,
             strength=strength,
             inpaint_mode=mode,
             feather_radius=radius,

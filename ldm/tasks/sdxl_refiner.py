@@ -30,6 +30,8 @@ from ldm.core.errors import InvalidOptionError
 from ldm.diffusion.schedules import sigma_to_t, sigmas_from_alphas_cumprod, timesteps_for
 from ldm.io.images import tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.prompt_options import take_prompt_options
+from ldm.models.prompt_schedule import has_schedule
 from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
 from ldm.sampling.options import SamplingOptions, autocast, ddim_variant_of, sample, start_scale
 from ldm.tasks.base import Conditioning, Generated, batch_noise, check_task, model_sigmas, resolve_options, settings_of
@@ -152,12 +154,15 @@ def sdxl_txt2img(
     micro / refiner_micro: each model's numbers (default SDXLMicro(): the image's size, no crop, scores 6 / 2.5).
     latents: the unit start noise, as diffusers' `latents`. output "latent": the final latents, not decoded."""
     check_task(model, "txt2img")
+    prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
-    if options.long_prompts or options.emphasis:
+    if prompting.long_prompts or prompting.emphasis:
         raise RefinerError("long prompts and emphasis are not supported for SDXL models yet")
     if options.tiling:  # its base-to-refiner hand-off runs two U-Nets; not wired to ldm.models.seamless
         raise RefinerError("seamless tiling is not supported for SDXL models yet")
+    if prompting.prompt_editing and any(has_schedule(text) for text in prompts + negatives):
+        raise RefinerError("prompt editing is not supported for SDXL models yet")
     height, width = image_size(model, height, width)
     micro, refiner_micro = micro or SDXLMicro(), refiner_micro or micro or SDXLMicro()
     base_cond = sdxl_conditioning(model, prompts, negatives, height, width, micro)
@@ -196,7 +201,9 @@ def sdxl_txt2img(
         images = decoder.decode_latent(x)
     return Generated(
         tensor_to_pil(images),
-        settings_of("txt2img", options, height=height, width=width, **micro.record(), **record, **noise_record),
+        settings_of(
+            "txt2img", options, prompting, height=height, width=width, **micro.record(), **record, **noise_record
+        ),
     )
 
 

@@ -8,7 +8,7 @@ are re-exported here, where callers have always found them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions, autocast, check_finite_latents, ddim_variant_of, sampler_eta
 from ldm.sampling.samplers import Generators
@@ -33,7 +34,7 @@ from ldm.tasks.base import (
     settings_of,
     start_noise,
 )
-from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditions, prompt_lists
+from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditioning, prompt_lists
 
 
 def image_size(model: LatentDiffusion, height: int | None, width: int | None) -> tuple[int, int]:
@@ -51,13 +52,16 @@ def prepare(
     options: SamplingOptions | None = None,
     labels: str | list[str | None] | None = None,
     size: tuple[int, int] | None = None,
+    prompting: PromptOptions | None = None,
 ) -> Conditioning:
-    """txt2img's conditioning: the prompts' contexts, the negative prompts' as the unconditional side; for a
-    class-conditional model the labels' `y`, the null label as the unconditional side; for SDXL the vector `y` of
-    the images' `size` (height, width)."""
-    cond, uncond = prompt_conditions(model, prompts, negatives, options, size)
+    """txt2img's conditioning: the prompts' contexts, the negative prompts' as the unconditional side (read as
+    `prompting` says, over the options' steps: ldm.tasks.prompts.prompt_conditioning); for a class-conditional model
+    the labels' `y`, the null label as the unconditional side; for SDXL the vector `y` of the images' `size`."""
+    steps = options.steps if options is not None else defaults.STEPS
+    conditioning = prompt_conditioning(model, prompts, negatives, prompting, steps, size)
     label_cond, label_uncond = label_conditions(model, labels, len(prompts))
-    return Conditioning({**cond, **label_cond}, {**uncond, **label_uncond})
+    cond, uncond = {**conditioning.cond, **label_cond}, {**conditioning.uncond, **label_uncond}
+    return replace(conditioning, cond=cond, uncond=uncond)
 
 
 @torch.no_grad()
@@ -82,7 +86,8 @@ def txt2img(
     re-made alone.
 
     Options are a SamplingOptions or keyword overrides (steps=20, guidance_scale=5, sampler="euler", ...);
-    the caller's options are not changed. The result is a list of PIL images whose `settings` say what ran.
+    the caller's options are not changed. How prompts are read (ldm.models.prompt_options) are keywords too:
+    prompt_syntax="a1111" (or "plain", the default), long_prompts=, emphasis=, prompt_editing=, prompt_options=. The result is a list of PIL images whose `settings` say what ran.
     As in diffusers: `generator` (one torch.Generator for the batch, or one per image) or `latents` (the unit
     start noise [B, C, h/f, w/f]) replace the seed; `callback(step)` runs at every step with the sampler's
     {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.formats.load.load_model(device=, dtype=)).
@@ -111,6 +116,7 @@ def txt2img(
                 **option_overrides,
             )
     check_task(model, "txt2img")
+    prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if num_images_per_prompt < 1:
@@ -120,7 +126,7 @@ def txt2img(
     if label is not None and not isinstance(label, str):
         label = [name for name in label for _ in range(num_images_per_prompt)]
     height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
+    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width), prompting=prompting)
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
     with seamless(model, options.tiling):  # --tiling: the U-Net's and the VAE's convolutions wrap, for this run
@@ -133,6 +139,7 @@ def txt2img(
         settings_of(
             "txt2img",
             options,
+            prompting,
             height=height,
             width=width,
             num_images_per_prompt=num_images_per_prompt,
@@ -156,13 +163,15 @@ def txt2img_learned_variance(
     width: int | None = None,
     label: str | list[str | None] | None = None,
     options: SamplingOptions | None = None,
+    prompt_options: PromptOptions | None = None,
 ) -> Generated:
     """Images from a model with a learned variance (`learned_variance: true`) by ancestral DDPM with the
     U-Net's own step variance (ldm.sampling.variance_sampler), guided as `txt2img` is; image i uses seed + i.
 
     `options` (sampler "ddpm"; what `ldm txt2img --learned-variance` passes) replace steps, guidance_scale and
-    spacing, and add karras spacing, precision and the prompt handling; guidance rescale and thresholding have
-    no counterpart here and are refused. label: as txt2img's, for a class-conditional model.
+    spacing, and add karras spacing and precision; `prompt_options` say how prompts are read (prompt editing has no
+    counterpart here and is refused, as are guidance rescale and thresholding). label: as txt2img's, for a
+    class-conditional model.
     """
     from ldm.sampling.variance_sampler import (
         GuidedVarianceDenoiser,
@@ -189,7 +198,9 @@ def txt2img_learned_variance(
         raise InvalidOptionError("ControlNets are not implemented with the learned variance; leave --control out")
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
+    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width), prompting=prompt_options)
+    if conditioning.steps is not None:  # its sampler does not go through Conditioning.denoiser
+        raise InvalidOptionError("prompt editing is not implemented with the learned variance; leave it out")
     noise = start_noise(
         (model.latent_channels, height // model.downscale, width // model.downscale),
         [seed + i for i in range(len(prompts))],
@@ -218,6 +229,7 @@ def txt2img_learned_variance(
         settings_of(
             "txt2img",
             options,
+            prompt_options,
             sampler="ddpm_learned_variance",
             learned_variance=True,
             height=height,
@@ -235,9 +247,12 @@ def settings_dict(
     width: int,
     options: SamplingOptions,
     model: LatentDiffusion | None = None,
+    prompting: PromptOptions | None = None,
     **more: Any,
 ) -> dict[str, Any]:
     """What goes into each PNG's metadata: enough to make the same image again, as it was really made.
+
+    `prompting` says how the prompts were read (long_prompts, emphasis, prompt_editing; None: the plain syntax).
 
     `eta` is the one the sampler used (not the --eta of a sampler that ignores it), `ddim_variant` likewise
     (the model's own where the options leave it open; without a field, --from-png reads the metadata as made
@@ -258,6 +273,7 @@ def settings_dict(
         "height": height,
         "width": width,
         **opts,
+        **(prompting or PromptOptions()).record(),
         **extra,
         **identity,
         **more,

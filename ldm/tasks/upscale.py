@@ -25,6 +25,7 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.tiling import blend_tiles, tile_starts
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.tasks.base import (
@@ -37,7 +38,7 @@ from ldm.tasks.base import (
     settings_of,
 )
 from ldm.tasks.editing import ImageTooSmallError, as_pil, expand_batch
-from ldm.tasks.prompts import prompt_conditions, prompt_lists
+from ldm.tasks.prompts import prompt_conditioning, prompt_lists
 
 log = logging.getLogger("ldm")
 
@@ -172,14 +173,16 @@ def prepare(
     overlap: int,
     tiled: bool,
     options: SamplingOptions | None = None,
+    prompting: PromptOptions | None = None,
 ) -> Conditioning:
-    """The upscaler's conditioning: the prompts, the noise-augmented low-res image and its level, and tiles when
-    the image is bigger than one tile."""
+    """The upscaler's conditioning: the prompts (read as `prompting` says), the noise-augmented low-res image and
+    its level, and tiles when the image is bigger than one tile."""
     # Noise drawn on the CPU from the seed, so the augmentation is the same on any device.
     eps = torch.randn(low.shape, generator=torch.Generator().manual_seed(seed))
     n = len(prompts)
     inputs = low_res_condition(model, low, noise_level, noise=eps)
-    conditioning = Conditioning(*prompt_conditions(model, prompts, negatives, options)).with_inputs(
+    steps = options.steps if options is not None else defaults.TASK_SAMPLING["upscale"]["steps"]
+    conditioning = prompt_conditioning(model, prompts, negatives, prompting, steps).with_inputs(
         concat=inputs["concat"].expand(n, -1, -1, -1), y=inputs["y"].expand(n)
     )
     if tiled:
@@ -209,9 +212,10 @@ def upscale(
     `tile_size`/`tile_overlap` are in low-res pixels (default: the model's training size, a quarter
     of it overlapping); images that fit in one tile run untiled. `back_projection`: iterations of
     `back_project` on the result (None: the model's own, its config's `upscale: {back_projection: N}`; 0: none,
-    as the reference SD code).
+    as the reference SD code). Keyword options are txt2img's (sampling options and how prompts are read).
     """
     check_upscaler(model)
+    prompting = take_prompt_options(option_overrides)
     if back_projection is None:
         back_projection = int(model.upscale_defaults.get("back_projection", 0))
     if not isinstance(back_projection, int) or back_projection < 0:
@@ -242,7 +246,7 @@ def upscale(
             tile,
             overlap,
         )
-    conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled, options)
+    conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled, options, prompting)
     # The latent has the low-res image's size; sampling starts from pure noise (there is no latent to noise).
     shape = (len(prompts), model.latent_channels, img.height, img.width)
     with autocast(model.device, options.precision):
@@ -253,6 +257,7 @@ def upscale(
     settings = settings_of(
         "upscale",
         options,
+        prompting,
         noise_level=noise_level,
         tile_size=tile,
         tile_overlap=overlap,

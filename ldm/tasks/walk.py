@@ -20,6 +20,8 @@ from ldm.core import defaults
 from ldm.core.errors import LdmError
 from ldm.io.images import OutputError, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.prompt_options import PromptOptions
+from ldm.models.prompt_schedule import has_schedule
 from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions, autocast
 from ldm.tasks.base import Conditioning, Generated, check_task, denoise, resolve_options, settings_of, start_noise
@@ -84,12 +86,14 @@ def walk_frames(
     options: SamplingOptions | None = None,
     on_frame: Callable[[int, Image.Image], None] | None = None,
     progress: bool = True,
+    prompt_options: PromptOptions | None = None,
 ) -> Generated:
     """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
 
     Leaving prompt_b or seed_b out keeps that end fixed, so a walk can vary only the prompt or
     only the seed. Every frame samples with the same generator seed, so ancestral samplers'
-    injected noise does not flicker between frames. `on_frame(k, image)` reports each frame.
+    injected noise does not flicker between frames. `on_frame(k, image)` reports each frame. `prompt_options`: how
+    the prompts are read (ldm.models.prompt_options); prompt editing has no place in a walk and is refused.
     """
     prompt_b = prompt_a if prompt_b is None else prompt_b
     seed_b = seed_a if seed_b is None else seed_b
@@ -97,6 +101,9 @@ def walk_frames(
         raise WalkError("both ends are the same: give a second prompt or a second seed")
     check_task(model, "walk")
     options = resolve_options(options, {}, "walk", model=model)
+    if prompt_options is not None and prompt_options.prompt_editing:
+        if any(has_schedule(text) for text in (prompt_a, prompt_b, negative_prompt)):
+            raise WalkError("prompt editing ([from:to:when], [a|b]) is not supported in a walk")
     positions = walk_positions(frames)
     height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
@@ -105,11 +112,14 @@ def walk_frames(
         # SDXL: each end encoded alone, as txt2img encodes it (a batch of two sums in another order on several
         # threads), so the end frames are txt2img's images bit for bit; the vector y is interpolated with the context.
         sides = [
-            prompt_conditions(model, [p], [negative_prompt], options, (height, width)) for p in (prompt_a, prompt_b)
+            prompt_conditions(model, [p], [negative_prompt], prompt_options, (height, width))
+            for p in (prompt_a, prompt_b)
         ]
         ends, uncond = {k: torch.cat([sides[0][0][k], sides[1][0][k]]) for k in sides[0][0]}, sides[0][1]
     else:
-        ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt], options, (height, width))
+        ends, uncond = prompt_conditions(
+            model, [prompt_a, prompt_b], [negative_prompt], prompt_options, (height, width)
+        )
     uncond = {k: v[:1] for k, v in uncond.items()}
     images: list[Image.Image] = []
     for k, t in enumerate(positions):
@@ -125,7 +135,7 @@ def walk_frames(
         images.append(image)
         if on_frame is not None:
             on_frame(k, image)
-    return Generated(images, settings_of("walk", options, frames=frames, height=height, width=width))
+    return Generated(images, settings_of("walk", options, prompt_options, frames=frames, height=height, width=width))
 
 
 def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, boomerang: bool = False) -> bytes:

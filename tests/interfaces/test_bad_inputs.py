@@ -71,6 +71,13 @@ CASES = [
     (["upscale", "photo.png", "x", *MODEL], "upscaling needs the x4 upscaler"),
     (["walk", "a", "b", *MODEL, "--out", "a-file/walk.gif"], "cannot write to a-file"),
     (["walk", "a", "b", *MODEL, "--out", "walk.avi"], "--out must end in .gif or .mp4"),
+    (
+        ["txt2img", "a cat AND a dog", *MODEL, "--prompt-syntax", "a1111"],
+        "the prompt uses AND (A1111's composable diffusion), which is not supported",
+    ),
+    (["img2img", "photo.png", "x AND y", *MODEL, "--prompt-editing"], "the prompt uses AND"),
+    (["txt2img", "x", *MODEL, "--prompt-syntax", "sd"], "argument --prompt-syntax: invalid choice: 'sd'"),
+    (["walk", "[a:b:1]", "c", *MODEL, "--prompt-syntax", "a1111"], "prompt editing ([from:to:when], [a|b]) is not"),
     ([*TRAIN, "--resume", "cut.ckpt"], "cannot read checkpoint cut.ckpt"),
     ([*TRAIN, "--resume", "weights.ckpt"], "weights.ckpt is not a training checkpoint"),
     ([*TRAIN, "--resume", str(OLD_RUN_CHECKPOINT)], "does not match the config's model"),

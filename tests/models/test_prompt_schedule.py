@@ -8,7 +8,14 @@ import time
 
 import pytest
 
-from ldm.models.prompt_schedule import has_schedule, prompt_schedule, text_at_step
+from ldm.models.prompt_schedule import (
+    CompositionError,
+    check_no_composition,
+    has_schedule,
+    prompt_schedule,
+    text_at_step,
+    texts_by_step,
+)
 
 
 def g(prompt):
@@ -94,3 +101,43 @@ def test_deep_or_failing_brackets_stay_fast_and_bounded():
     assert prompt_schedule(nested, 10) == [(3, "[" * 49 + "a" + "]" * 49), (10, "[" * 49 + "b" + "]" * 49)]
     # Hundreds deep: beyond Python's recursion, used as written rather than failing.
     assert prompt_schedule("[" * 2000 + "a:b:3" + "]" * 2000, 10) == [(10, "[" * 2000 + "a:b:3" + "]" * 2000)]
+
+
+# --- the text of each sampling step (texts_by_step), step 0 first, as sampling reads it -------------------------
+
+
+def test_each_step_reads_the_first_text_while_step_is_at_most_when():
+    # Hand-derived over 4 steps: when = 2 holds the first text for steps 0, 1, 2.
+    assert texts_by_step("[red:blue:2] heart", 4) == ["red heart"] * 3 + ["blue heart"]
+    assert texts_by_step("[red:blue:0.5] heart", 4) == ["red heart"] * 3 + ["blue heart"]  # int(0.5 * 4) = 2
+    assert texts_by_step("[blue:2] heart", 4) == [" heart"] * 3 + ["blue heart"]  # [to:when]
+    assert texts_by_step("[red::2] heart", 4) == ["red heart"] * 3 + [" heart"]  # [from::when]
+    # An integer is a step, a decimal point makes a fraction: 1 is step 1, 1.0 the whole run.
+    assert texts_by_step("[a:b:1]", 4) == ["a", "a", "b", "b"]
+    assert texts_by_step("[a:b:1.0]", 4) == ["a"] * 4
+    assert texts_by_step("[a:b:0]", 4) == ["b"] * 4  # from the first step
+    assert texts_by_step("plain (text:1.2) [x]", 3) == ["plain (text:1.2) [x]"] * 3
+
+
+def test_each_step_of_an_alternation():
+    # The schedule counts from 1 (option (step - 1) % n), the steps from 0: the first option holds twice.
+    assert texts_by_step("[cat|dog]", 5) == ["cat", "cat", "dog", "cat", "dog"]
+    assert texts_by_step("[fe|]male", 4) == ["female", "female", "male", "female"]  # an empty alternative
+    assert texts_by_step("[a|b|c] [x:y:2]", 4) == ["a x", "a x", "b x", "c y"]
+
+
+def test_each_step_of_a_hires_pass():
+    # A hires pass of 4 steps after a first pass of 4: integers count on from the first pass, fractions from 1.0.
+    assert texts_by_step("[a:b:6]", 4, hires_steps=4) == ["a", "a", "a", "b"]  # 6 - 4 = step 2 of the pass
+    assert texts_by_step("[a:b:1.5]", 4, hires_steps=4) == ["a", "a", "a", "b"]  # (1.5 - 1) * 4 = 2
+    assert texts_by_step("[a:b:3]", 4, hires_steps=4) == ["b"] * 4  # switched during the first pass
+    assert texts_by_step("[a:b:0.5]", 4, hires_steps=4) == ["b"] * 4
+    assert texts_by_step("[a:b:0.5]", 4) == ["a", "a", "a", "b"]  # the first pass itself
+    assert texts_by_step("[a|b]", 4, hires_steps=2) == ["a", "a"]
+    assert texts_by_step("plain", 4, hires_steps=3) == ["plain"] * 3
+
+
+def test_and_is_refused_by_name():
+    with pytest.raises(CompositionError, match="AND"):
+        check_no_composition("a cat AND a dog")
+    check_no_composition("a cat and a dog, ANDROID, BAND")  # only the word AND, as A1111's \bAND\b

@@ -15,6 +15,7 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.formats.load import load_model
 from ldm.interfaces.cli.main import build_parser, main
+from ldm.models.prompt_options import PromptOptions
 from ldm.sampling.options import SamplingOptions, task_options
 from ldm.tasks.base import NoiseShapeError
 from ldm.tasks.img2img import img2img
@@ -196,12 +197,12 @@ LONG = ", ".join(f"word{i}" for i in range(30))  # 114 tokens: two chunks
 
 
 def test_long_prompts_give_both_sides_of_guidance_two_chunks(model):
-    cond, uncond = prompt_conditions(model, [LONG], [""], SamplingOptions(long_prompts=True))
+    cond, uncond = prompt_conditions(model, [LONG], [""], PromptOptions(long_prompts=True))
     assert cond["context"].shape[1] == uncond["context"].shape[1] == 154
 
     # Words past the 77-token cut change nothing without chunking, and the image with it.
     def context(prompt, **options):
-        return prompt_conditions(model, [prompt], [""], SamplingOptions(**options))[0]["context"]
+        return prompt_conditions(model, [prompt], [""], PromptOptions(**options))[0]["context"]
 
     assert context(LONG).shape[1] == 77
     assert torch.equal(context(LONG + ", zebra"), context(LONG + ", giraffe"))
@@ -217,8 +218,8 @@ def test_a_short_prompt_is_the_same_image_with_long_prompts_on(model):
 
 
 def test_emphasis_changes_the_condition_only_when_asked(model):
-    plain, _ = prompt_conditions(model, ["(red:1.5) apple"], [""], SamplingOptions())
-    weighted, _ = prompt_conditions(model, ["(red:1.5) apple"], [""], SamplingOptions(emphasis=True))
+    plain, _ = prompt_conditions(model, ["(red:1.5) apple"], [""], PromptOptions())
+    weighted, _ = prompt_conditions(model, ["(red:1.5) apple"], [""], PromptOptions(emphasis=True))
     assert plain["context"].shape == weighted["context"].shape
     assert not torch.allclose(plain["context"], weighted["context"])
     long = img2img(model, Image.new("RGB", (16, 16), "red"), LONG, strength=0.5, long_prompts=True, **FAST)

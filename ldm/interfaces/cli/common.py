@@ -15,6 +15,7 @@ from ldm.core.devices import resolve_device, set_sampling_threads  # resolve_dev
 from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.core.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, MAX_PROMPTS_PER_FILE, check_prompt_length
 from ldm.io.images import check_writable, make_grid, next_index, save_numbered_png
+from ldm.models.prompt_options import PROMPT_SWITCHES, PROMPT_SYNTAXES, PromptOptions, prompt_options
 from ldm.sampling.options import PRECISIONS, SamplingOptions, sampler_options_help, samplers_with, task_options
 from ldm.sampling.samplers import SAMPLERS
 
@@ -119,6 +120,10 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")  # noqa: E501
     p.add_argument("--seed", type=int, default=defaults.SEED, help="noise seed; image i of a run uses seed + i")
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="autocast precision")
+    p.add_argument("--prompt-syntax", choices=list(PROMPT_SYNTAXES), default=None,
+                   help="how prompts are read: plain as the reference SD code (cut at 77 tokens, brackets are text), "
+                        "a1111 as AUTOMATIC1111 (long prompts, BREAK, emphasis and prompt editing, all below) "
+                        f"(default: {defaults.PROMPT_SYNTAX}; --from-png of an A1111 image: a1111)")
     p.add_argument("--long-prompts", action="store_true",
                    help="A1111-style: encode prompts over 75 tokens in chunks of 75 instead of cutting them at 77")
     p.add_argument("--emphasis", action="store_true", help="A1111-style (word:1.2), (word) and [word] weights")
@@ -127,6 +132,9 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
                        help="seamless tiling: the image's opposite edges join, so copies laid side by side show no "
                             "seam (the U-Net's and the autoencoder's convolutions pad circularly for this run); "
                             "alone: both axes, x: left and right edges only, y: top and bottom only")
+    p.add_argument("--prompt-editing", action="store_true",
+                   help="A1111-style [from:to:when] and [a|b] in the prompt and the negative prompt: the text changes "
+                        "during sampling (when: a step, or with a decimal point a fraction of the steps)")
     p.add_argument("--outdir", default="outputs",
                    help="where PNGs are written, as the next free numbers (an earlier image is never replaced)")
     p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
@@ -183,9 +191,16 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
             check_prompt_length(getattr(args, name), name.replace("_", " "))
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
-                           precision=args.precision, long_prompts=args.long_prompts, emphasis=args.emphasis,
-                           ddim_variant=args.ddim_variant, tiling=getattr(args, "tiling", None),
+                           precision=args.precision, ddim_variant=args.ddim_variant,
+                           tiling=getattr(args, "tiling", None),
                            extra=parse_sampler_options(getattr(args, "sampler_option", None) or []))
+
+
+def prompt_options_of(args: argparse.Namespace) -> PromptOptions:
+    """How the command reads its prompts: --prompt-syntax's switches, each of --long-prompts, --emphasis and
+    --prompt-editing given turning its own on."""
+    switches = {name: True for name in PROMPT_SWITCHES if getattr(args, name, False)}
+    return prompt_options(syntax=getattr(args, "prompt_syntax", None), **switches)
 
 
 def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", variant: str | None = "full"):

@@ -14,6 +14,7 @@ from ldm.interfaces.cli.common import (
     chunks,
     load_model_from_args,
     log,
+    prompt_options_of,
     read_prompts,
     sampling_options,
 )
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     check_strength(args.strength)
     prompts = read_prompts(args)
     options = sampling_options(args)
+    prompting = prompt_options_of(args)
     options.validate()
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     source = as_pil(args.image)  # an unreadable file fails before the model loads
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
                     seed + start,
                     options,
                     progress=not args.no_progress,
+                    prompt_options=prompting,
                 )
                 for i, result in enumerate(out):
                     writer.write(
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                             image.width,
                             options,
                             model,
+                            prompting,
                             task="img2img",
                             strength=args.strength,
                             init_image=str(args.image),

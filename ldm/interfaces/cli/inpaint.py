@@ -15,6 +15,7 @@ from ldm.interfaces.cli.common import (
     chunks,
     load_model_from_args,
     log,
+    prompt_options_of,
     read_prompts,
     sampling_options,
 )
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     check_strength(args.strength)
     prompts = read_prompts(args)
     options = sampling_options(args)
+    prompting = prompt_options_of(args)
     options.validate()
     check_counts(("--n-samples", args.batch_size))
     image = as_pil(args.image)
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 args.feather,
                 options,
                 progress=not args.no_progress,
+                prompt_options=prompting,
             )
             for i, result in enumerate(out):
                 writer.write(
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
                         result.width,
                         options,
                         model,
+                        prompting,
                         **more,
                     ),
                 )

@@ -19,6 +19,7 @@ from ldm.interfaces.cli.common import (
     load_model_from_args,
     log,
     mark_given,
+    prompt_options_of,
     read_prompts,
     sampling_options,
 )
@@ -26,6 +27,7 @@ from ldm.interfaces.cli.controlnet_args import add_control_args, apply_control_s
 from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
 from ldm.io.images import check_size
 from ldm.io.infotext import settings_from_png
+from ldm.models.prompt_options import PROMPT_SWITCHES
 from ldm.sampling.options import SamplingOptions, sampler_parameters
 from ldm.sampling.samplers import SAMPLERS, get_sampler
 from ldm.tasks.sdxl_refiner import sdxl_record, sdxl_txt2img, with_refiner_switch
@@ -94,6 +96,7 @@ OWN_SETTINGS = {
     "label",
     "learned_variance",
     "controls",
+    *PROMPT_SWITCHES,
 }
 
 
@@ -125,6 +128,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
         ("precision", "precision"),
         ("long_prompts", "long_prompts"),
         ("emphasis", "emphasis"),
+        ("prompt_editing", "prompt_editing"),
         ("ddim_variant", "ddim_variant"),
         ("tiling", "tiling"),
         ("refiner_switch", "refiner_switch"),
@@ -179,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     variant = choose_model(args)
     options = sampling_options(args)
+    prompting = prompt_options_of(args)
     if args.from_png:
         options.threshold = args.png_threshold
         # Only keyword options the sampler takes: a key it does not know would be an error, not a setting.
@@ -233,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
                         width=width,
                         label=args.label,
                         options=options,
+                        prompt_options=prompting,
                     )
                 elif sdxl is not None:
                     images = sdxl_txt2img(
@@ -244,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
                         seed + start,
                         options,
                         progress=not args.no_progress,
+                        prompt_options=prompting,
                         **sdxl,
                     )
                 else:
@@ -257,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
                         options,
                         progress=not args.no_progress,
                         label=args.label,
+                        prompt_options=prompting,
                     )
                 for i, image in enumerate(images):
                     writer.write(
@@ -269,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
                             width,
                             options,
                             model,
+                            prompting,
                             **labelled,
                             **sdxl_record(images.settings),
                         ),

@@ -15,6 +15,7 @@ from ldm.interfaces.cli.common import (
     chunk_size,
     load_model_from_args,
     log,
+    prompt_options_of,
     sampling_options,
 )
 from ldm.tasks.editing import as_pil
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         options,
         progress=not args.no_progress,
         back_projection=args.back_projection,
+        prompt_options=prompt_options_of(args),
     )
     ran = images.settings  # the tiling upscale() chose, as it ran
     settings = [
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             img.height,
             img.width,
             options,
+            prompting=prompt_options_of(args),
             task="upscale",
             noise_level=args.noise_level,
             init_image=str(args.image),

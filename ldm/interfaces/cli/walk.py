@@ -15,6 +15,7 @@ from ldm.interfaces.cli.common import (
     chunk_size,
     load_model_from_args,
     log,
+    prompt_options_of,
     sampling_options,
 )
 from ldm.io.images import check_size, save_png
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         options,
         on_frame=on_frame,
         progress=not args.no_progress,
+        prompt_options=prompt_options_of(args),
     )
     if out.suffix.lower() == ".mp4":
         save_mp4(frames, out, fps=max(1, round(1000 / args.duration)), overwrite=args.overwrite)
