@@ -99,10 +99,11 @@ def _sdxl_conditions(
     """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size)."""
     from ldm.models.sdxl_conditioning import sdxl_conditions
 
-    if options is not None and (options.long_prompts or options.emphasis):
-        raise PromptError("long prompts and emphasis are not supported for SDXL models yet")
     height, width = size or (model.default_image_size, model.default_image_size)
-    return sdxl_conditions(model.text_encoder, prompts, negative_prompts, height, width)
+    chunking, emphasis = (options.long_prompts, options.emphasis) if options is not None else (False, False)
+    return sdxl_conditions(
+        model.text_encoder, prompts, negative_prompts, height, width, chunking=chunking, emphasis=emphasis
+    )
 
 
 def label_conditions(model: LatentDiffusion, labels: str | list[str | None] | None, count: int) -> tuple[dict, dict]:

@@ -119,12 +119,20 @@ def _sampler_space(x: torch.Tensor, options: SamplingOptions, sigma_end: torch.T
 
 
 def sdxl_conditioning(
-    model: LatentDiffusion, prompts: list[str], negatives: list[str], height: int, width: int, micro: SDXLMicro
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    height: int,
+    width: int,
+    micro: SDXLMicro,
+    options: SamplingOptions | None = None,
 ) -> Conditioning:
     if not is_sdxl(model):
         raise RefinerError("micro-conditionings and the refiner are for SDXL models; this model is not one")
+    chunking, emphasis = (options.long_prompts, options.emphasis) if options is not None else (False, False)
+    sides = micro.sides(height, width)
     return Conditioning(
-        *sdxl_conditions(model.text_encoder, prompts, negatives, height, width, micro.sides(height, width))
+        *sdxl_conditions(model.text_encoder, prompts, negatives, height, width, sides, chunking, emphasis)
     )
 
 
@@ -154,11 +162,9 @@ def sdxl_txt2img(
     check_task(model, "txt2img")
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
-    if options.long_prompts or options.emphasis:
-        raise RefinerError("long prompts and emphasis are not supported for SDXL models yet")
     height, width = image_size(model, height, width)
     micro, refiner_micro = micro or SDXLMicro(), refiner_micro or micro or SDXLMicro()
-    base_cond = sdxl_conditioning(model, prompts, negatives, height, width, micro)
+    base_cond = sdxl_conditioning(model, prompts, negatives, height, width, micro, options)
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, None, latents)
     sigmas = model_sigmas(model, options)
@@ -175,7 +181,7 @@ def sdxl_txt2img(
             x = _sampler_space(x, options, base_sigmas[-1])
     decoder, record = model, {}
     if refiner is not None:
-        refiner_cond = sdxl_conditioning(refiner, prompts, negatives, height, width, refiner_micro)
+        refiner_cond = sdxl_conditioning(refiner, prompts, negatives, height, width, refiner_micro, options)
         if split < len(sigmas) - 1:
             denoiser = refiner_cond.denoiser(refiner, refiner_options, noise)
             x = sample(denoiser, x, sigmas[split:], refiner_options, generators, callback, progress)
