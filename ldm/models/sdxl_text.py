@@ -132,7 +132,9 @@ class SDXLTextEncoders(nn.Module):
         with its "sdxl_clip_l_skip" option."""
         layers = min(e.num_layers for e in self.embedders)
         if not 1 <= skip <= layers:
-            raise InvalidOptionError(f"--clip-skip must be between 1 and {layers} (the text encoders' layers), got {skip}")
+            raise InvalidOptionError(
+                f"--clip-skip must be between 1 and {layers} (the text encoders' layers), got {skip}"
+            )
         for embedder in self.embedders:
             embedder.layer_idx = skip - 1
 
