@@ -62,6 +62,16 @@ def vector(pooled: torch.Tensor, conditions: MicroConditions, names: tuple[str, 
     return torch.cat([pooled.float(), embedded], dim=-1).to(pooled.dtype)
 
 
+def batch_vector(
+    pooled: torch.Tensor, conditions: list[MicroConditions], names: tuple[str, ...], dim: int = 256
+) -> torch.Tensor:
+    """The vector [batch, pooled + numbers x dim] with each row's own numbers (training: each image's size and crop)."""
+    if len(conditions) != len(pooled):
+        raise InvalidOptionError(f"{len(conditions)} micro-conditionings for {len(pooled)} pooled outputs")
+    values = torch.tensor([c.values(names) for c in conditions], dtype=torch.float32, device=pooled.device)
+    return torch.cat([pooled.float(), micro_embedding(values, dim)], dim=-1).to(pooled.dtype)
+
+
 def default_conditions(height: int, width: int) -> tuple[MicroConditions, MicroConditions]:
     """(conditional, unconditional) numbers for an image of height x width: original and target size the image's,
     no crop, aesthetic scores 6.0 and 2.5."""

@@ -179,6 +179,9 @@ def build_module(cfg: dict) -> pl.LightningModule:
     module_name, class_name = MODULE_FOR_TASK[model.kind.task]
     if model.class_names is not None:  # a class-conditional model (data.label_field): labels as the U-Net's y
         module_name, class_name = "ldm.training.label_module", "ClassConditionalModule"
+    if getattr(model.text_encoder, "micro_conditions", None) is not None:  # SDXL: its vector, its checks
+        module_name, class_name = "ldm.training.sdxl_module", "SDXLModule"
+        importlib.import_module(module_name).check_sdxl_run(cfg, model)
     module_class = getattr(importlib.import_module(module_name), class_name)
     load_init_weights(model, cfg["init"])
     distilling = cfg["distill"]["teacher"] is not None
