@@ -111,3 +111,14 @@ def sampling_options(**kwargs):
     from ldm.sampling.options import SamplingOptions
 
     return SamplingOptions(steps=2, **kwargs)
+
+
+def test_a_walk_between_prompts_of_other_chunk_counts(tiny_sdxl):
+    """The two ends of a walk may have one chunk and two: they are brought to one length, as in a batch."""
+    from ldm.tasks.walk import walk_frames
+
+    model, _ = tiny_sdxl
+    long = " ".join(["cat"] * CATS)
+    options = sampling_options(long_prompts=True, emphasis=True)
+    walk = walk_frames(model, "a (dog:1.2)", long, frames=2, height=16, width=16, options=options, progress=False)
+    assert len(walk.images) == 2 and walk.images[0].size == (16, 16)
