@@ -14,15 +14,20 @@ from ldm.formats.detect import sd_config_path
 from ldm.io.checkpoint import save_state_dict
 
 
-def tiny_sdxl(refiner: bool = False):
+def tiny_sdxl_node(refiner: bool = False) -> dict:
     node = load_config(sd_config_path("sd_xl_refiner.yaml" if refiner else "sd_xl_base.yaml"))["model"]
     params = node["params"]
     params["unet_config"]["params"] = tiny_unet_params(5 if refiner else 6)
     params["unet_config"]["params"]["context_dim"] = BIG_G if refiner else CONTEXT
     params["cond_stage_config"] = tiny_encoders_node(refiner)
     params["first_stage_config"]["params"]["ddconfig"].update(ch=32, ch_mult=[1, 2])
+    params["image_size"] = 8
+    return node
+
+
+def tiny_sdxl(refiner: bool = False):
     torch.manual_seed(0)
-    return instantiate(node).eval()
+    return instantiate(tiny_sdxl_node(refiner)).eval()
 
 
 @pytest.fixture
@@ -93,3 +98,46 @@ def test_wrong_files_are_one_line_refusals(model, tmp_path):
         assert not tower.__dict__.get("embeddings")
     with pytest.raises(EmbeddingError, match="is an SDXL embedding"):
         read_embedding(tmp_path / "w.safetensors")  # what an SD 1.x / 2.x model reads it with
+
+
+def test_the_command_takes_an_sdxl_embedding_long_prompts_and_clip_skip_and_refuses_an_sd_one(model, tmp_path):
+    """`ldm txt2img --ckpt tiny-sdxl.safetensors --embedding ... --long-prompts --emphasis --clip-skip 1` makes an
+    image that records its settings; an SD 1.x embedding on the same model is one line and exit status 2."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    node = tiny_sdxl_node()
+    save_state_dict(model.original_state_dict(), tmp_path / "tiny-sdxl.safetensors",
+                    metadata={"ldm_config": json.dumps({"model": node})})  # fmt: skip
+    clip_l, big_g = model.text_encoder.embedders
+    save_state_dict({"clip_l": word_vector(clip_l, "cat")[None], "clip_g": word_vector(big_g, "cat")[None]},
+                    tmp_path / "mystyle.safetensors")  # fmt: skip
+    save_state_dict({"emb_params": torch.zeros(1, 32)}, tmp_path / "sd1.safetensors")
+    common = ["--ckpt", "tiny-sdxl.safetensors", "--H", "16", "--W", "16", "--steps", "1", "--no-progress"]
+    long = "a (mystyle:1.2) " + " ".join(["dog"] * 90)
+    cases = [
+        ["txt2img", long, *common, "--embedding", "mystyle.safetensors", "--long-prompts", "--emphasis",
+         "--clip-skip", "1", "--outdir", "out"],
+        ["txt2img", "a cat", *common, "--embedding", "sd1.safetensors", "--outdir", "bad"],
+    ]  # fmt: skip
+    runner = Path(__file__).parents[1] / "cli_runner.py"
+    r = subprocess.run(
+        [sys.executable, str(runner)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        input=json.dumps([{"argv": argv, "cwd": str(tmp_path), "timeout": 120} for argv in cases]),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    good, bad = json.loads(r.stdout)
+    assert good["rc"] == 0, good["stderr"][-3000:]
+    parameters = Image.open(tmp_path / "out" / "samples" / "00000.png").info["parameters"]
+    assert "Clip skip: 1" in parameters and "mystyle" in parameters
+    assert bad["rc"] == 2 and "an SD 1.x / 2.x embedding" in bad["stderr"] and "Traceback" not in bad["stderr"]
+    errors = [line for line in bad["stderr"].splitlines() if "error" in line]  # the others are info lines
+    assert len(errors) == 1 and errors[0].startswith("ldm txt2img: error: sd1.safetensors holds one text encoder")
