@@ -100,10 +100,9 @@ def _sdxl_conditions(
     from ldm.models.sdxl_conditioning import sdxl_conditions
 
     height, width = size or (model.default_image_size, model.default_image_size)
-    chunking, emphasis = (options.long_prompts, options.emphasis) if options is not None else (False, False)
-    return sdxl_conditions(
-        model.text_encoder, prompts, negative_prompts, height, width, chunking=chunking, emphasis=emphasis
-    )
+    chunked = options is not None and (options.long_prompts or options.emphasis)
+    flags = {"chunking": options.long_prompts, "emphasis": options.emphasis} if chunked else {}
+    return sdxl_conditions(model.text_encoder, prompts, negative_prompts, height, width, **flags)
 
 
 def label_conditions(model: LatentDiffusion, labels: str | list[str | None] | None, count: int) -> tuple[dict, dict]:

@@ -18,28 +18,14 @@ them; the VAE's posteriors are, as for SD.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.sdxl_conditioning import MicroConditions, batch_vector
 from ldm.training.config_checks import TrainConfigError
 from ldm.training.ldm_module import LatentDiffusionModule
-
-
-def check_sdxl_run(cfg: dict, model: torch.nn.Module) -> None:
-    """An SDXL run trains a LoRA on a text-to-image U-Net, exported in kohya's layout: no whole-model export, no text
-    towers, no inpainting model (its masked-image inputs are not built here)."""
-    if model.kind.task != "txt2img":
-        raise TrainConfigError(f"SDXL training is for text-to-image models; this one is an {model.kind.task} model")
-    lora = cfg["lora"]
-    if not lora["rank"]:
-        raise TrainConfigError(
-            "an SDXL model trains a LoRA (set lora.rank); a whole SDXL U-Net export is not supported"
-        )
-    if "text" in lora["targets"] or lora.get("train_whole") or cfg["distill"]["teacher"] is not None:
-        raise TrainConfigError(
-            "an SDXL LoRA adapts the U-Net alone (both text encoders frozen): no lora.targets text, "
-            "lora.train_whole or distill.teacher"
-        )
 
 
 def image_conditions(batch: dict, images: torch.Tensor) -> list[MicroConditions]:
@@ -52,7 +38,13 @@ def image_conditions(batch: dict, images: torch.Tensor) -> list[MicroConditions]
 
 
 class SDXLModule(LatentDiffusionModule):
-    """Trains an SDXL U-Net (module doc); everything else is LatentDiffusionModule's."""
+    """Trains an SDXL U-Net (module doc); everything else is LatentDiffusionModule's. The config's checks
+    (ldm.training.config_checks) have made sure it trains a LoRA on the U-Net alone."""
+
+    def __init__(self, model: LatentDiffusion, **kwargs: Any):
+        if model.kind.task != "txt2img":
+            raise TrainConfigError(f"SDXL training is for text-to-image models; this one is an {model.kind.task} model")
+        super().__init__(model, **kwargs)
 
     def sdxl_inputs(self, captions: list[str], batch: dict, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(context, y) of a batch: the frozen towers' outputs of the captions and each image's vector."""
