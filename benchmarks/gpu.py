@@ -1,6 +1,7 @@
 """Stable Diffusion 2-base on a CUDA GPU: guided DDIM it/s and peak memory, ldm against diffusers, same weights.
 
     python benchmarks/gpu.py [--steps 50] [--rounds 2] [--size 512] [--no-compile]
+    python benchmarks/gpu.py --sdxl [...]    # SDXL 1.0 base's architecture, 1024 px, against StableDiffusionXLPipeline
 
 The model has random weights (nothing is downloaded); diffusers gets the very same weights through ldm's own
 exporter (ldm.formats.diffusers_export), as a StableDiffusionPipeline folder in a temp dir. Each row is one prompt at
@@ -30,11 +31,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldm.formats.diffusers_export import write_folder  # noqa: E402
-from ldm.formats.load import load_model
+from ldm.formats.load import load_model  # noqa: E402
+from ldm.formats.sdxl_diffusers import is_sdxl_model, write_any_folder  # noqa: E402
 from ldm.tasks.txt2img import txt2img  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "stable-diffusion" / "v2-inference.yaml"
+SDXL_CONFIG = CONFIG.with_name("sd_xl_base.yaml")
 PROMPT = "a photograph of an astronaut riding a horse"
 
 
@@ -107,18 +109,23 @@ def random_model(args, folder: Path):
         for p in model.unet.parameters():
             if (p == 0).all():
                 p.normal_(0, 0.01)
-    write_folder(model, {"model": yaml.safe_load(Path(args.config).read_text())["model"]}, folder)
+    write_any_folder(model, {"model": yaml.safe_load(Path(args.config).read_text())["model"]}, folder)
     return model
 
 
 def build(base, args, device, dtype, folder: Path, compiled: bool, xformers: bool):
     """(ours, diffusers' pipeline) at dtype on device, both from `base` (diffusers' through `folder`)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     ours = copy.deepcopy(base).to(device).networks_to(dtype)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        folder, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
-    )
+    if is_sdxl_model(base):  # the base's pipeline, no watermark (it changes the images, not the loop)
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            folder, torch_dtype=dtype, local_files_only=True, add_watermarker=False
+        )
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            folder, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
     # SD's settings: what ldm's "sd" DDIM variant reproduces (tests/tasks/test_ddim_variant.py)
     pipe.scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"
@@ -137,11 +144,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--config", default=str(CONFIG))
+    p.add_argument("--size", type=int, default=None, help="image size in px (512; with --sdxl 1024)")
+    p.add_argument("--config", default=None, help=f"model config ({CONFIG.name}; with --sdxl {SDXL_CONFIG.name})")
+    p.add_argument("--sdxl", action="store_true", help="SDXL 1.0 base's architecture against StableDiffusionXLPipeline")
     p.add_argument("--device", default="cuda")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled rows (minutes of compiling)")
     args = p.parse_args()
+    args.config = args.config or str(SDXL_CONFIG if args.sdxl else CONFIG)
+    args.size = args.size or (1024 if args.sdxl else 512)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA device here; nothing measured")

@@ -2,6 +2,12 @@
 same weights, all variants interleaved in one run.
 
     python benchmarks/unet_speed.py [--batch 2] [--size 32] [--repeats 3] [--threads N] [--device cpu] [--compile]
+    python benchmarks/unet_speed.py --sdxl [--sdxl-channels 128] ...
+
+--sdxl: SDXL base's U-Net instead (configs/stable-diffusion/sd_xl_base.yaml: its depths, 2048-wide context and
+2816-wide vector) at a reduced width (model_channels 128, not 320: a CPU cannot run 2.6 B parameters in minutes),
+against diffusers' UNet2DConditionModel with addition_embed_type "text_time" holding the same weights; ours gets
+the vector ldm.models.sdxl_conditioning builds from the same pooled output and sizes.
 
 Batch 2 is one guided sampling step (conditional + unconditional). Prints a markdown table: median time, the
 ratio to diffusers' fp32 time, and each output's relative difference from diffusers' fp32 output.
@@ -23,6 +29,7 @@ from ldm.core.devices import cpu_has_fast_bf16
 from ldm.models.unet import UNetModel
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion" / "v2-inference.yaml"
+SDXL_CONFIG = CONFIG.with_name("sd_xl_base.yaml")
 
 
 def timed_round_robin(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
@@ -57,6 +64,43 @@ def build_pair(device: torch.device) -> tuple[UNetModel, torch.nn.Module]:
     return ours.to(device), theirs.to(device)
 
 
+def build_sdxl_pair(device: torch.device, channels: int) -> tuple[UNetModel, torch.nn.Module]:
+    """SDXL base's U-Net at `channels` (a multiple of its 64-wide heads): diffusers' with random weights (none left
+    at zero) and ours with the same, mapped by ldm.io.sdxl_keys as an SDXL file's are."""
+    from diffusers import UNet2DConditionModel
+
+    from ldm.io.diffusers_keys import from_diffusers
+    from ldm.io.sdxl_keys import sdxl_unet_names
+
+    params = yaml.safe_load(SDXL_CONFIG.read_text())["model"]["params"]["unet_config"]["params"]
+    params = {**params, "model_channels": channels}
+    heads = [channels * m // params["num_head_channels"] for m in params["channel_mult"]]
+    torch.manual_seed(0)
+    theirs = UNet2DConditionModel(
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(channels * m for m in params["channel_mult"]),
+        layers_per_block=params["num_res_blocks"],
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=tuple(params["transformer_depth"]),
+        attention_head_dim=tuple(heads),  # diffusers' name for SDXL's head counts
+        cross_attention_dim=params["context_dim"],
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=params["adm_in_channels"],
+    ).eval()
+    with torch.no_grad():  # the zero-initialised output layers would make the outputs trivially equal
+        for p in theirs.parameters():
+            if (p == 0).all():
+                p.normal_(0, 0.01)
+    ours = UNetModel(**params).eval()
+    names = sdxl_unet_names(list(ours.state_dict()), ours.num_res_blocks)
+    ours.load_state_dict(from_diffusers(theirs.state_dict(), names), strict=True)
+    return ours.to(device), theirs.to(device)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=2)
@@ -65,6 +109,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
+    p.add_argument("--sdxl", action="store_true", help="SDXL base's U-Net at a reduced width (module doc)")
+    p.add_argument("--sdxl-channels", type=int, default=128, help="SDXL's model_channels (320 full size)")
     p.add_argument(
         "--compile",
         action="store_true",
@@ -74,10 +120,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    ours, theirs = build_pair(device)
+    ours, theirs = build_sdxl_pair(device, args.sdxl_channels) if args.sdxl else build_pair(device)
     x = torch.randn(args.batch, 4, args.size, args.size, device=device)
     t = torch.full((args.batch,), 500, device=device)
-    c = torch.randn(args.batch, 77, 1024, device=device)
+    c = torch.randn(args.batch, 77, 2048 if args.sdxl else 1024, device=device)
+    ours_extra, their_extra = {}, {}  # SDXL's vector: ours built by ldm, theirs from the same pooled output and sizes
+    if args.sdxl:
+        from ldm.models.sdxl_conditioning import MicroConditions, vector
+        from ldm.models.sdxl_text import BASE_MICRO
+
+        pooled, pixels = torch.randn(args.batch, 1280, device=device), args.size * 8
+        micro = MicroConditions((pixels, pixels), (pixels, pixels))
+        ours_extra = {"y": vector(pooled, micro, BASE_MICRO)}
+        time_ids = torch.tensor([micro.values(BASE_MICRO)], device=device).expand(args.batch, -1)
+        their_extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
     bf16 = not args.no_bf16 and (device.type == "cuda" or cpu_has_fast_bf16())
 
     def sync(out: torch.Tensor) -> torch.Tensor:
@@ -93,7 +149,8 @@ def main() -> None:
 
         def call():
             with autocast(amp):
-                out = model(xin, t, c.to(dtype))
+                extra = their_extra if diffusers else {k: v.to(dtype) for k, v in ours_extra.items()}
+                out = model(xin, t, c.to(dtype), **extra)
             return sync((out.sample if diffusers else out).float())
 
         return call
@@ -130,8 +187,9 @@ def main() -> None:
         errors = {name: ((fn() - reference).norm() / reference.norm()).item() for name, fn in fns.items()}
 
     params = sum(p.numel() for p in ours.parameters()) / 1e6
+    what = f"SDXL base U-Net at model_channels {args.sdxl_channels}" if args.sdxl else "SD 2-base U-Net"
     print(
-        f"SD 2-base U-Net ({params:.0f} M params), batch {args.batch}, latent {args.size}x{args.size}, {device}, "
+        f"{what} ({params:.0f} M params), batch {args.batch}, latent {args.size}x{args.size}, {device}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, fast bf16 on this CPU: {cpu_has_fast_bf16()}\n"
     )
     print(f"| implementation | forward (s, median of {args.repeats}) | time / diffusers fp32 | relative difference |")

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ldm.adapters.lora_layers import Target
+import torch
+
+from ldm.adapters.lora_layers import LoraError, Target
 
 # ResBlock inner names -> diffusers ResnetBlock2D's.
 RESNET_NAMES = {
@@ -130,3 +132,16 @@ def kohya_names(model, targets: dict[str, Target]) -> dict[str, str]:
             if name.startswith(start) and (theirs := text_name(name[len(start) :])):
                 out[theirs.replace(TEXT_PREFIX, SDXL_TEXT_PREFIXES[number], 1) if two_towers else theirs] = name
     return out
+
+
+def to_kohya(state: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """An adapter's tensors by our target names (ldm.adapters.lora.lora_state_dict) under kohya's stems instead
+    (`lora_unet_...`, `lora_te1_...`): the layout SDXL LoRAs are shared in, which A1111, ComfyUI and ours read."""
+    suffixes = (".lora_down.weight", ".lora_up.weight", ".alpha")
+    parts = {key: next((key[: -len(s)], s) for s in suffixes if key.endswith(s)) for key in state}
+    targets = {target for target, _ in parts.values()}
+    stems = {ours: theirs for theirs, ours in kohya_names(model, dict.fromkeys(targets)).items()}
+    missing = sorted(targets - set(stems))
+    if missing:
+        raise LoraError(f"{missing[0]} has no name in kohya's LoRA layout; save this adapter in ours")
+    return {stems[target] + suffix: state[key] for key, (target, suffix) in parts.items()}

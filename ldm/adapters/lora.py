@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm.adapters.kohya import KOHYA_PREFIXES, kohya_names
+from ldm.adapters.kohya import KOHYA_PREFIXES, kohya_names, to_kohya
 from ldm.adapters.lora_layers import (
     DEFAULT_GROUPS,
     GROUPS,
@@ -160,11 +160,13 @@ def lora_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.
 
 
 def save_lora(model: nn.Module, path: str | Path, name: str = "default", float_dtype: torch.dtype | None = None,
-              extra_metadata: dict[str, str] | None = None, whole: dict[str, torch.Tensor] | None = None) -> None:
+              extra_metadata: dict[str, str] | None = None, whole: dict[str, torch.Tensor] | None = None,
+              kohya: bool = False) -> None:
     """Write the adapter as safetensors (atomically), with its config in the metadata.
 
     whole: tensors trained whole beside the adapter (lora.train_whole), stored under their model names; such a
-    file is a model derived from its base (ldm.formats.derived), not a LoRA to apply to any model."""
+    file is a model derived from its base (ldm.formats.derived), not a LoRA to apply to any model.
+    kohya: the modules named kohya's way (ldm.adapters.kohya.to_kohya), as SDXL LoRAs are shared."""
     config = dict(getattr(model, "lora_configs", {}).get(name, {}))
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in config.items()}, **(extra_metadata or {})}
     base = (getattr(model, "identity", None) or {}).get("model_sha256")  # a LoRA may adapt any module
@@ -172,7 +174,8 @@ def save_lora(model: nn.Module, path: str | Path, name: str = "default", float_d
         metadata["base_model_sha256"] = base
     if whole:
         metadata["whole_tensors"] = str(len(whole))
-    save_state_dict({**lora_state_dict(model, name), **(whole or {})}, path, metadata, float_dtype)
+    state = to_kohya(lora_state_dict(model, name), model) if kohya else lora_state_dict(model, name)
+    save_state_dict({**state, **(whole or {})}, path, metadata, float_dtype)
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -163,6 +163,13 @@ def resize_and_crop(
     image: Image.Image, size: int, center: bool = True, rng: random.Random | None = None
 ) -> Image.Image:
     """Scale the shorter side to size, then crop a size x size square (centred, or at random)."""
+    return resize_and_crop_at(image, size, center, rng)[0]
+
+
+def resize_and_crop_at(
+    image: Image.Image, size: int, center: bool = True, rng: random.Random | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """resize_and_crop, and where the crop's corner (top, left) lies in the scaled image: SDXL conditions on it."""
     w, h = image.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -173,7 +180,7 @@ def resize_and_crop(
     else:
         rng = rng or random
         left, top = rng.randint(0, nw - size), rng.randint(0, nh - size)
-    return image.crop((left, top, left + size, top + size))
+    return image.crop((left, top, left + size, top + size)), (top, left)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -247,11 +254,19 @@ class CaptionedImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image = load_rgb(self.root / self.files[index])
-        image = resize_and_crop(image, self.size, center=self.center_crop)
+        original_size = (image.height, image.width)
+        image, crop = resize_and_crop_at(image, self.size, center=self.center_crop)
         if self.flip and random.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        # key: the image's identity for caches of frozen-encoder outputs (one crop; "#flip" when mirrored)
-        return {"image": to_tensor(image), "caption": self.captions[index], "key": self.files[index]}
+        # key: the image's identity for caches of frozen-encoder outputs (one crop; "#flip" when mirrored);
+        # original_size (height, width) and crop (top, left): what SDXL's micro-conditioning is told of the image.
+        return {
+            "image": to_tensor(image),
+            "caption": self.captions[index],
+            "key": self.files[index],
+            "original_size": torch.tensor(original_size),
+            "crop": torch.tensor(crop),
+        }
 
 
 def folder_extras(dataset: Dataset) -> list[dict]:

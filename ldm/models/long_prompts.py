@@ -139,19 +139,33 @@ def chunk_prompt(
     return chunks
 
 
+def emphasise(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """One chunk's encoder output [1, 77, width] times each token's weight, rescaled to its unweighted mean."""
+    original_mean = z.mean()
+    z = z * torch.tensor(weights, device=z.device, dtype=z.dtype)[None, :, None]
+    if z.mean() != 0:  # an all-zero-mean output (an untrained final norm) has no mean to restore
+        z = z * (original_mean / z.mean())
+    return z
+
+
+def prompt_chunks(vocab, prompt: str, chunking: bool = True, emphasis: bool = False) -> list[Chunk]:
+    """One prompt's chunks for a tokenizer's `vocab` (ldm.models.text_encoder.Vocabulary); without chunking only the
+    first (the prompt cut at 75 tokens), without emphasis brackets are plain text."""
+    pieces = parse_emphasis(prompt) if emphasis else [(prompt, 1.0)]
+    backtrack = COMMA_BACKTRACK if chunking else 0
+    chunks = chunk_prompt(
+        pieces, vocab.encode, vocab.start_id, vocab.end_id, vocab.pad_id, vocab.comma_id, backtrack=backtrack
+    )
+    return chunks if chunking else chunks[:1]
+
+
 def encode_chunks(encoder, chunks: list[Chunk], emphasis: bool) -> torch.Tensor:
     """[1, 77 * len(chunks), width]: each chunk encoded on its own, weighted, and joined."""
     device = encoder.model.positional_embedding.device
     outputs = []
     for chunk in chunks:
         z = encoder.encode_tokens(torch.tensor([chunk.tokens], device=device))
-        if emphasis:
-            weights = torch.tensor(chunk.weights, device=device, dtype=z.dtype)[None, :, None]
-            original_mean = z.mean()
-            z = z * weights
-            if z.mean() != 0:  # an all-zero-mean output (an untrained final norm) has no mean to restore
-                z = z * (original_mean / z.mean())
-        outputs.append(z)
+        outputs.append(emphasise(z, chunk.weights) if emphasis else z)
     return torch.cat(outputs, dim=1)
 
 

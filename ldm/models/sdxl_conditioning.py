@@ -62,6 +62,16 @@ def vector(pooled: torch.Tensor, conditions: MicroConditions, names: tuple[str, 
     return torch.cat([pooled.float(), embedded], dim=-1).to(pooled.dtype)
 
 
+def batch_vector(
+    pooled: torch.Tensor, conditions: list[MicroConditions], names: tuple[str, ...], dim: int = 256
+) -> torch.Tensor:
+    """The vector [batch, pooled + numbers x dim] with each row's own numbers (training: each image's size and crop)."""
+    if len(conditions) != len(pooled):
+        raise InvalidOptionError(f"{len(conditions)} micro-conditionings for {len(pooled)} pooled outputs")
+    values = torch.tensor([c.values(names) for c in conditions], dtype=torch.float32, device=pooled.device)
+    return torch.cat([pooled.float(), micro_embedding(values, dim)], dim=-1).to(pooled.dtype)
+
+
 def default_conditions(height: int, width: int) -> tuple[MicroConditions, MicroConditions]:
     """(conditional, unconditional) numbers for an image of height x width: original and target size the image's,
     no crop, aesthetic scores 6.0 and 2.5."""
@@ -80,16 +90,19 @@ def sdxl_conditions(
     height: int,
     width: int,
     micro: tuple[MicroConditions, MicroConditions] | None = None,
+    chunking: bool = False,
+    emphasis: bool = False,
 ) -> tuple[dict, dict]:
     """The U-Net's keyword inputs ({"context", "y"}) for both sides of guidance.
 
     encoders: an ldm.models.sdxl_text.SDXLTextEncoders. micro: (conditional, unconditional) numbers; default
-    `default_conditions(height, width)`.
+    `default_conditions(height, width)`. chunking / emphasis: A1111's long prompts and (word:1.2) weights; both sides
+    are encoded as one batch, so they come out with one sequence length (the shorter padded with empty chunks).
     """
     if len(prompts) != len(negative_prompts):
         raise InvalidOptionError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
     cond_micro, uncond_micro = micro or default_conditions(height, width)
-    context, pooled = encoders.encode(list(prompts) + list(negative_prompts))
+    context, pooled = encoders.encode(list(prompts) + list(negative_prompts), chunking=chunking, emphasis=emphasis)
     n = len(prompts)
     cond_context, uncond_context, cond_pooled, uncond_pooled = context[:n], context[n:], pooled[:n], pooled[n:]
     if encoders.zero_empty_negative:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ldm.core.config import instantiate
 from ldm.core.errors import InvalidOptionError
+from ldm.models.long_prompts import emphasise, prompt_chunks
 
 # The numbers a conditioner may put into the vector, by sgm's input keys, and how many numbers each is.
 MICRO_CONDITIONS = {"original_size": 2, "crop": 2, "target_size": 2, "aesthetic_score": 1}
@@ -119,10 +120,35 @@ class SDXLTextEncoders(nn.Module):
     def train(self, mode: bool = True) -> SDXLTextEncoders:
         return super().train(False)  # frozen, as each tower is
 
+    @property
+    def clip_skip(self) -> int:
+        """The block read out, counted from the end as A1111's "clip skip" (1: the last); SDXL's own is 2."""
+        return self.embedders[0].layer_idx + 1
+
+    def set_clip_skip(self, skip: int) -> None:
+        """Read out the `skip`-th block from the end in every tower, before the final norm as SDXL reads its layers;
+        the pooled output stays the last block's. ComfyUI's CLIPSetLastLayer sets both towers so; diffusers'
+        `clip_skip` counts from the penultimate block (theirs + 2 = ours); A1111 moves CLIP ViT-L alone, and only
+        with its "sdxl_clip_l_skip" option."""
+        layers = min(e.num_layers for e in self.embedders)
+        if not 1 <= skip <= layers:
+            raise InvalidOptionError(
+                f"--clip-skip must be between 1 and {layers} (the text encoders' layers), got {skip}"
+            )
+        for embedder in self.embedders:
+            embedder.layer_idx = skip - 1
+
     @torch.no_grad()
-    def encode(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(context [batch, 77, width], pooled [batch, pooled_width]) of the prompts."""
+    def encode(
+        self, prompts: list[str] | str, chunking: bool = False, emphasis: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context [batch, 77 x chunks, width], pooled [batch, pooled_width]) of the prompts.
+
+        chunking / emphasis: A1111's 75-token chunks and (word:1.2) weights (ldm.models.long_prompts), in each
+        tower (encode_chunked); without either a prompt is cut at 77 tokens as the references cut it."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if chunking or emphasis:
+            return self.encode_chunked(prompts, chunking, emphasis)
         pooler = self._pooling_embedder()
         hidden, pooled = [], None
         for embedder in self.embedders:
@@ -133,6 +159,36 @@ class SDXLTextEncoders(nn.Module):
                 pooled = pooled_here
         assert pooled is not None
         return torch.cat(hidden, dim=-1), pooled
+
+    def encode_chunked(self, prompts: list[str], chunking: bool, emphasis: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts read the A1111 way in both towers (its sd_hijack_clip, which SDXL's conditioner runs per tower).
+
+        Each prompt's chunks (the same in both towers: one BPE; each pads its own way) are encoded chunk by chunk, the
+        i-th chunks of all prompts as one batch, shorter prompts padded with empty chunks; each chunk's states are
+        weighted and rescaled on its own (per prompt, as ldm.models.long_prompts does), the towers' states joined
+        along the width and the chunks along the sequence. The pooled output is the first chunk's, unweighted (A1111:
+        `zs[0].pooled`, taken before emphasis). One chunk without emphasis gives exactly the tokens, so the
+        output, of `encode` without chunking."""
+        pooler = self._pooling_embedder()
+        chunked = [[prompt_chunks(e.vocabulary(), p, chunking, emphasis) for p in prompts] for e in self.embedders]
+        count = max(len(chunks) for tower in chunked for chunks in tower)
+        contexts, pooled = [], None
+        for embedder, tower in zip(self.embedders, chunked):
+            empty = prompt_chunks(embedder.vocabulary(), "")[0]
+            tower = [chunks + [empty] * (count - len(chunks)) for chunks in tower]
+            device = embedder.model.positional_embedding.device
+            states = []
+            for i in range(count):
+                tokens = torch.tensor([chunks[i].tokens for chunks in tower], device=device)
+                hidden, pooled_here = hidden_and_pooled(embedder, tokens)
+                if emphasis:
+                    hidden = torch.cat([emphasise(h[None], chunks[i].weights) for h, chunks in zip(hidden, tower)])
+                states.append(hidden)
+                if i == 0 and embedder is pooler:
+                    pooled = pooled_here
+            contexts.append(torch.cat(states, dim=1))
+        assert pooled is not None
+        return torch.cat(contexts, dim=-1), pooled
 
     def forward(self, prompts: list[str] | str) -> torch.Tensor:
         return self.encode(prompts)[0]

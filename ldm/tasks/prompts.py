@@ -115,10 +115,10 @@ def _sdxl_conditions(
     """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size)."""
     from ldm.models.sdxl_conditioning import sdxl_conditions
 
-    if prompting is not None and (prompting.long_prompts or prompting.emphasis):
-        raise PromptError("long prompts and emphasis are not supported for SDXL models yet")
     height, width = size or (model.default_image_size, model.default_image_size)
-    return sdxl_conditions(model.text_encoder, prompts, negative_prompts, height, width)
+    chunked = prompting is not None and (prompting.long_prompts or prompting.emphasis)
+    flags = {"chunking": prompting.long_prompts, "emphasis": prompting.emphasis} if chunked else {}
+    return sdxl_conditions(model.text_encoder, prompts, negative_prompts, height, width, **flags)
 
 
 def label_conditions(model: LatentDiffusion, labels: str | list[str | None] | None, count: int) -> tuple[dict, dict]:

@@ -30,7 +30,7 @@ from ldm.core.errors import InvalidOptionError
 from ldm.diffusion.schedules import sigma_to_t, sigmas_from_alphas_cumprod, timesteps_for
 from ldm.io.images import tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.models.prompt_options import take_prompt_options
+from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.prompt_schedule import has_schedule
 from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
 from ldm.sampling.options import SamplingOptions, autocast, ddim_variant_of, sample, start_scale
@@ -121,12 +121,20 @@ def _sampler_space(x: torch.Tensor, options: SamplingOptions, sigma_end: torch.T
 
 
 def sdxl_conditioning(
-    model: LatentDiffusion, prompts: list[str], negatives: list[str], height: int, width: int, micro: SDXLMicro
+    model: LatentDiffusion,
+    prompts: list[str],
+    negatives: list[str],
+    height: int,
+    width: int,
+    micro: SDXLMicro,
+    prompting: PromptOptions | None = None,
 ) -> Conditioning:
     if not is_sdxl(model):
         raise RefinerError("micro-conditionings and the refiner are for SDXL models; this model is not one")
+    chunking, emphasis = (prompting.long_prompts, prompting.emphasis) if prompting is not None else (False, False)
+    sides = micro.sides(height, width)
     return Conditioning(
-        *sdxl_conditions(model.text_encoder, prompts, negatives, height, width, micro.sides(height, width))
+        *sdxl_conditions(model.text_encoder, prompts, negatives, height, width, sides, chunking, emphasis)
     )
 
 
@@ -157,15 +165,13 @@ def sdxl_txt2img(
     prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
-    if prompting.long_prompts or prompting.emphasis:
-        raise RefinerError("long prompts and emphasis are not supported for SDXL models yet")
     if options.tiling:  # its base-to-refiner hand-off runs two U-Nets; not wired to ldm.models.seamless
         raise RefinerError("seamless tiling is not supported for SDXL models yet")
     if prompting.prompt_editing and any(has_schedule(text) for text in prompts + negatives):
         raise RefinerError("prompt editing is not supported for SDXL models yet")
     height, width = image_size(model, height, width)
     micro, refiner_micro = micro or SDXLMicro(), refiner_micro or micro or SDXLMicro()
-    base_cond = sdxl_conditioning(model, prompts, negatives, height, width, micro)
+    base_cond = sdxl_conditioning(model, prompts, negatives, height, width, micro, prompting)
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, None, latents)
     sigmas = model_sigmas(model, options)
@@ -182,7 +188,7 @@ def sdxl_txt2img(
             x = _sampler_space(x, options, base_sigmas[-1])
     decoder, record = model, {}
     if refiner is not None:
-        refiner_cond = sdxl_conditioning(refiner, prompts, negatives, height, width, refiner_micro)
+        refiner_cond = sdxl_conditioning(refiner, prompts, negatives, height, width, refiner_micro, prompting)
         if split < len(sigmas) - 1:
             denoiser = refiner_cond.denoiser(refiner, refiner_options, noise)
             x = sample(denoiser, x, sigmas[split:], refiner_options, generators, callback, progress)

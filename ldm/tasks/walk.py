@@ -108,7 +108,12 @@ def walk_frames(
     height, width = image_size(model, height, width)
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
-    if hasattr(getattr(model, "text_encoder", None), "micro_conditions"):
+    sdxl = hasattr(getattr(model, "text_encoder", None), "micro_conditions")
+    if sdxl and prompt_options is not None and (prompt_options.long_prompts or prompt_options.emphasis):
+        # SDXL's chunked prompts: one batch brings both ends and the negative to one length (their chunk counts differ)
+        size = (height, width)
+        ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt] * 2, prompt_options, size)
+    elif sdxl:
         # SDXL: each end encoded alone, as txt2img encodes it (a batch of two sums in another order on several
         # threads), so the end frames are txt2img's images bit for bit; the vector y is interpolated with the context.
         sides = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ldm.core.config import ConfigError
+from ldm.core.config import ConfigError, canonical_target
 
 
 class TrainConfigError(ConfigError):
@@ -107,6 +107,23 @@ def check_values(cfg: dict, kind: str) -> None:
 
     _check_lora(cfg, kind)
     _check_distill(cfg, kind)
+    _check_sdxl(cfg)
+
+
+def _check_sdxl(cfg: dict) -> None:
+    """An SDXL run trains a LoRA on the U-Net, exported in kohya's layout (ldm.training.sdxl_module): no whole-model
+    export, no text towers."""
+    text = ((cfg["model"].get("params") or {}).get("cond_stage_config") or {}).get("target")
+    if not isinstance(text, str) or canonical_target(text) != "ldm.models.sdxl_text.SDXLTextEncoders":
+        return
+    lora = cfg["lora"]
+    if not lora["rank"]:
+        raise TrainConfigError("an SDXL model trains a LoRA (set lora.rank): whole SDXL U-Net exports are not made")
+    if "text" in lora["targets"] or lora.get("train_whole") or (cfg.get("distill") or {}).get("teacher") is not None:
+        raise TrainConfigError(
+            "an SDXL LoRA adapts the U-Net alone (both text encoders frozen): no lora.targets text, "
+            "lora.train_whole or distill.teacher"
+        )
 
 
 def check_stage(stage: Any, key: str = "distill.stage") -> None:

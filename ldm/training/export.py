@@ -118,6 +118,7 @@ def export_lora(
             **({"step": str(step)} if step is not None else {}),
         },
         whole=whole,
+        kohya=hasattr(model.text_encoder, "micro_conditions"),  # SDXL LoRAs are shared in kohya's layout
     )
     _write_yaml_atomic(inference_model_node(cfg["model"], model.scale_factor), config)
     return weights, config

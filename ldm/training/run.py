@@ -136,13 +136,13 @@ def load_init_weights(model: torch.nn.Module, init: dict[str, Any], autoencoder:
 
 
 # ---- building blocks ----------------------------------------------------------
-# The task the model's conditioning kind is made for (ldm.models.latent_diffusion.CONDITIONING) picks the Lightning module:  # noqa: E501
-# text-to-image, inpainting (mask + masked image concatenated) or x4 upscaling (noise-augmented low-res
-# image + its noise level).
+# The task the model's conditioning kind is made for (ldm.models.latent_diffusion.CONDITIONING) picks the module: text-
+# to-image, inpainting (mask + masked image), x4 upscaling (low-res image + noise level); SDXL its own (its vector y).
 MODULE_FOR_TASK = {
     "txt2img": ("ldm.training.ldm_module", "LatentDiffusionModule"),
     "inpaint": ("ldm.training.editing", "InpaintingModule"),
     "upscale": ("ldm.training.editing", "UpscalerModule"),
+    "sdxl": ("ldm.training.sdxl_module", "SDXLModule"),
 }
 
 def build_module(cfg: dict) -> pl.LightningModule:
@@ -176,7 +176,8 @@ def build_module(cfg: dict) -> pl.LightningModule:
 
     if not isinstance(model, LatentDiffusion):
         raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")  # noqa: E501
-    module_name, class_name = MODULE_FOR_TASK[model.kind.task]
+    sdxl = hasattr(model.text_encoder, "micro_conditions")  # ldm.models.sdxl_text's: its own module
+    module_name, class_name = MODULE_FOR_TASK["sdxl" if sdxl else model.kind.task]
     if model.class_names is not None:  # a class-conditional model (data.label_field): labels as the U-Net's y
         module_name, class_name = "ldm.training.label_module", "ClassConditionalModule"
     module_class = getattr(importlib.import_module(module_name), class_name)
