@@ -1,0 +1,221 @@
+"""The model the server holds and what the worker does with it: run a GenerationRequest, switch models.
+
+Only the worker thread calls `Generator.generate` and `Generator.switch` (ldm.interfaces.server.jobs), so the model is
+never used by two jobs at once and a switch waits behind the jobs queued before it. Each image is made as the CLI
+makes it (same task function, options over the model's own defaults, image i of a batch seeded seed + i) and carries
+the same PNG metadata, so `ldm txt2img --from-png` re-makes it bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ldm.core.errors import InvalidOptionError
+from ldm.interfaces.server.fields import FieldError
+from ldm.interfaces.server.jobs import Job
+from ldm.interfaces.server.requests import GenerationRequest, ServerLimits
+from ldm.io.images import png_bytes
+from ldm.io.infotext import format_infotext
+
+log = logging.getLogger("ldm.serve")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the server may load: a shipped variant, or a config and checkpoint the command line named."""
+
+    name: str  # A1111's model_name: the weights file's stem
+    checkpoint: str  # the weights file
+    config: str | None
+    variant: str | None = None  # a shipped text-to-image variant ("student", "full")
+
+    @property
+    def title(self) -> str:
+        return Path(self.checkpoint).name
+
+
+def shipped_entries() -> list[ModelEntry]:
+    from ldm.formats.variants import VARIANTS, default_variant, shipped_model_files
+
+    order = [default_variant()] + [v for v in VARIANTS if v != default_variant()]
+    entries = []
+    for variant in order:
+        try:
+            config, checkpoint = shipped_model_files("txt2img", variant)
+        except InvalidOptionError:
+            continue
+        entries.append(ModelEntry(Path(checkpoint).stem, str(checkpoint), str(config), variant))
+    return entries
+
+
+class Generator:
+    """Holds one model (the first entry at start) and runs requests on it."""
+
+    def __init__(self, entries: list[ModelEntry], load_args: argparse.Namespace, limits: ServerLimits):
+        if not entries:
+            raise InvalidOptionError("no model to serve")
+        self.entries = entries
+        self.load_args = load_args
+        self.limits = limits
+        self.entry: ModelEntry = entries[0]
+        self.model = self._load(self.entry)
+
+    def find(self, name: str, field: str) -> ModelEntry:
+        """The listed model a client names: by title, "title [hash]", model_name or file name; others are refused."""
+        wanted = name.split(" [")[0].strip()
+        for entry in self.entries:
+            if wanted in (entry.title, entry.name, entry.checkpoint):
+                return entry
+        raise FieldError(field, f"{name!r:.80} is not a model of this server; GET /sdapi/v1/sd-models lists them")
+
+    def _load(self, entry: ModelEntry) -> Any:
+        from ldm.interfaces.cli.common import load_model_from_args
+
+        args = argparse.Namespace(**vars(self.load_args))
+        args.config, args.ckpt = (None, None) if entry.variant else (entry.config, entry.checkpoint)
+        log.info("loading %s", entry.title)
+        return load_model_from_args(args, variant=entry.variant)
+
+    def switch(self, entry: ModelEntry) -> None:
+        """Hold `entry`'s model instead of the current one (nothing happens if it is the one held)."""
+        if entry != self.entry:
+            self.model = None  # the old model's memory is free before the new one loads
+            try:
+                self.model = self._load(entry)
+            except Exception:
+                self.model = self._load(self.entry)  # keep serving the model that was there
+                raise
+            self.entry = entry
+
+    def model_hash(self) -> str | None:
+        sha = self.model.identity.get("model_sha256") if self.model is not None else None
+        return str(sha)[:10] if sha else None
+
+    def generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
+        """Run the request (on this request's model, if it names one) -> the A1111 answer."""
+        previous = self.entry
+        if request.checkpoint is not None:
+            self.switch(self.find(request.checkpoint, "override_settings.sd_model_checkpoint"))
+        try:
+            return self._generate(request, job)
+        finally:
+            if request.restore_checkpoint and self.entry != previous:
+                self.switch(previous)
+
+    def _options(self, request: GenerationRequest) -> Any:
+        from ldm.sampling.options import task_options
+
+        task = "txt2img" if request.task == "txt2img" else "img2img"
+        options = task_options(task, **self.model.sampling_defaults)
+        for key, value in request.sampling.items():
+            setattr(options, key, value)
+        if "sampler" in request.sampling and "spacing" not in request.sampling:
+            options.spacing = task_options(task).spacing  # a model's own spacing belongs to its own sampler
+        try:
+            options.validate()
+        except InvalidOptionError as exc:
+            raise FieldError("sampler_name", str(exc)) from None
+        return options
+
+    def _generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
+        from ldm.tasks.txt2img import image_size, settings_dict
+
+        model = self.model
+        options = self._options(request)
+        init, mask = request.init_image, request.mask
+        if init is not None:
+            size = (request.width or init.width, request.height or init.height)
+            if size != init.size:  # A1111's resize mode 0: the image is resized to the asked size
+                init = init.resize(size, Image.Resampling.LANCZOS)
+                mask = mask.resize(size, Image.Resampling.NEAREST) if mask is not None else None
+            width, height = size
+        else:
+            height, width = image_size(model, request.height, request.width)
+        per_call = options.steps if request.strength is None else max(1, round(options.steps * request.strength))
+        job.steps = per_call * request.n_iter
+        images, settings = [], []
+        for iteration in range(request.n_iter):
+            seed = request.seed + iteration * request.batch_size
+            made = self._call(request, options, init, mask, height, width, seed, job)
+            job.step = per_call * (iteration + 1)
+            extra = {}
+            if request.task != "txt2img":
+                extra = {"task": request.task, "strength": request.strength}
+            for i, image in enumerate(made):
+                images.append(image)
+                settings.append(
+                    settings_dict(
+                        request.prompt,
+                        request.negative_prompt,
+                        seed + i,
+                        image.height,
+                        image.width,
+                        options,
+                        model,
+                        **extra,
+                    )
+                )
+        return self._answer(request, images, settings)
+
+    def _call(self, request, options, init, mask, height, width, seed, job):
+        from ldm.tasks.img2img import img2img
+        from ldm.tasks.inpaint import inpaint
+        from ldm.tasks.txt2img import txt2img
+
+        done = job.step
+
+        def step(state: dict) -> None:
+            job.step = done + int(state.get("i", 0)) + 1
+            job.check_stop()
+
+        prompts = [request.prompt] * request.batch_size
+        common = {"negative_prompt": request.negative_prompt, "seed": seed, "options": options, "progress": False}
+        if request.task == "txt2img":
+            return txt2img(self.model, prompts, height=height, width=width, callback=step, **common)
+        if request.task == "img2img":
+            return img2img(self.model, init, prompts, request.strength, callback=step, **common)
+        return inpaint(
+            self.model, init, mask, prompts, strength=request.strength, feather_radius=request.mask_blur,
+            callback=step, **common,
+        )  # fmt: skip
+
+    def _answer(self, request: GenerationRequest, images: list[Image.Image], settings: list[dict]) -> dict[str, Any]:
+        """A1111's answer: base64 PNGs (with our metadata), the request's `parameters`, `info` as a JSON string."""
+        encoded = [base64.b64encode(png_bytes(image, s)).decode("ascii") for image, s in zip(images, settings)]
+        first = settings[0]
+        info = {
+            "prompt": request.prompt,
+            "all_prompts": [request.prompt] * len(images),
+            "negative_prompt": request.negative_prompt,
+            "all_negative_prompts": [request.negative_prompt] * len(images),
+            "seed": first["seed"],
+            "all_seeds": [s["seed"] for s in settings],
+            "subseed": -1,
+            "all_subseeds": [-1] * len(images),
+            "subseed_strength": 0,
+            "width": first["width"],
+            "height": first["height"],
+            "sampler_name": format_infotext(first).split("Sampler: ")[-1].split(",")[0],
+            "cfg_scale": first["guidance_scale"],
+            "steps": first["steps"],
+            "batch_size": request.batch_size,
+            "restore_faces": False,
+            "sd_model_name": self.entry.name,
+            "sd_model_hash": self.model_hash(),
+            "denoising_strength": request.strength,
+            "index_of_first_image": 0,
+            "infotexts": [format_infotext(s) for s in settings],
+            "styles": [],
+            "clip_skip": first.get("clip_skip", 1),
+            "is_using_inpainting_conditioning": request.task == "inpaint" and bool(self.model.kind.concat),
+        }
+        parameters = {**request.parameters, "seed": first["seed"]}
+        return {"images": encoded if request.send_images else [], "parameters": parameters, "info": json.dumps(info)}
