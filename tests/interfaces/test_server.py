@@ -23,12 +23,16 @@ import torch
 from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 from server_runner import ServerProcess, decoded, png
+from test_controlnet import hint_image, randomised
 
+from ldm.formats.controlnet_files import save_controlnet
 from ldm.interfaces.cli.main import main as ldm_main
 from ldm.interfaces.server.run import allowed_hosts, check_exposure
 from ldm.interfaces.server.security import LOCAL_HOSTS
+from ldm.models.controlnet import ControlNet
 
-MODELS = ["--ckpt", "tiny.safetensors", "--ckpt", "tiny2.safetensors", "--config", "tiny.yaml", "--threads", "1"]
+MODELS = ["--ckpt", "tiny.safetensors", "--ckpt", "tiny2.safetensors", "--config", "tiny.yaml", "--threads", "1",
+          "--controlnet", "canny.safetensors"]  # fmt: skip
 QUEUE = 8
 AUTH = "user:secret"
 BODY_LIMIT = 400_000
@@ -68,8 +72,13 @@ def bomb_png(side: int = 30000) -> bytes:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve")
-    write_tiny_model_files(root, "tiny")
+    model = tiny_model(0)
+    write_tiny_model_files(root, "tiny", model=model)
     write_tiny_model_files(root, "tiny2", model=tiny_model(seed=1))
+    save_controlnet(
+        randomised(ControlNet(model.unet, model.latent_channels, model.downscale), 5), root / "canny.safetensors"
+    )
+    hint_image(0).save(root / "edges.png")
     return root
 
 
@@ -143,6 +152,43 @@ def test_models_samplers_options_and_switching(server):
     finally:
         server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "tiny"})
     assert txt2img(server, body)["images"][0] == first
+
+
+def a1111_unit(**changes) -> dict:
+    """A ControlNet unit as A1111's ControlNet extension's API takes it, every field at the extension's default."""
+    unit = {"enabled": True, "image": png(hint_image(0)), "module": "none", "model": "canny [0123abcd]", "weight": 1.0,
+            "guidance_start": 0.0, "guidance_end": 1.0, "resize_mode": "Just Resize", "control_mode": "Balanced",
+            "processor_res": 512, "threshold_a": 64, "threshold_b": 64, "pixel_perfect": False, "low_vram": False,
+            "guess_mode": False, "save_detected_map": True}  # fmt: skip
+    return {**unit, **changes}
+
+
+def test_controlnet_units_match_the_command_lines_control(server, folder):
+    assert server.call("GET", "/controlnet/model_list")[2] == {"model_list": ["canny"]}
+    body = {"prompt": "a cat", "steps": 3, "seed": 4, "width": 16, "height": 16}
+    plain = txt2img(server, body)["images"][0]
+    unit = a1111_unit(weight=0.8, guidance_end=0.6, control_mode="My prompt is more important")
+    controlled = txt2img(server, {**body, "alwayson_scripts": {"ControlNet": {"args": [unit]}}})["images"][0]
+    assert controlled != plain
+    assert 'ControlNet 0: "Module: none, Model: canny, Weight: 0.8' in decoded(controlled).text["parameters"]
+    out = folder / "controlled"
+    threads = torch.get_num_threads()
+    try:
+        argv = ["txt2img", "a cat", "--steps", "3", "--seed", "4", "--height", "16", "--width", "16", "--long-prompts",
+                "--emphasis", "--ckpt", str(folder / "tiny.safetensors"), "--config", str(folder / "tiny.yaml"),
+                "--control", f"{folder / 'edges.png'}:{folder / 'canny.safetensors'}:0.8:0:0.6", "--control-mode",
+                "prompt", "--outdir", str(out), "--no-progress", "--threads", "1"]  # fmt: skip
+        assert ldm_main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.asarray(decoded(controlled)), np.asarray(Image.open(out / "samples" / "00000.png")))
+    disabled = {"controlnet": {"args": [a1111_unit(enabled=False)]}}  # keys match case-insensitively
+    assert txt2img(server, {**body, "alwayson_scripts": disabled})["images"][0] == plain
+    for unit, field in ((a1111_unit(module="canny"), "module"), (a1111_unit(model="depth"), "model"),
+                        (a1111_unit(guess_mode=True), "guess_mode")):  # fmt: skip
+        status, _, answer = server.call("POST", "/sdapi/v1/txt2img", {**body, "alwayson_scripts": {"ControlNet": {
+            "args": [unit]}}})  # fmt: skip
+        assert status == 422 and answer["field"] == f"alwayson_scripts.ControlNet.args[0].{field}", answer
 
 
 def test_img2img_and_inpainting(server):

@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="YAML",
         help="the config of --ckpt: one for all, or one per --ckpt in order (default: detected)",
     )
+    p.add_argument(
+        "--controlnet",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="a ControlNet that requests may use (A1111's ControlNet units name it by file name); repeat for several",
+    )
     p.add_argument("--device", default=defaults.DEVICE, help="auto (cuda if available, else cpu), cpu, cuda, ...")
     p.add_argument(
         "--threads",

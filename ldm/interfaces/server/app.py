@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -114,7 +115,7 @@ def create_app(generator: Generator, queue: JobQueue, limits: ServerLimits) -> F
 
     async def generation(route: str, request: Request) -> Job:
         body = await read_json(request, limits.max_body_bytes)
-        parsed = parse_request(route, body, limits)
+        parsed = parse_request(route, body, limits, generator.controlnets)
         if parsed.checkpoint is not None:
             generator.find(parsed.checkpoint, "override_settings.sd_model_checkpoint")  # refused before queueing
         return submit(lambda job: generator.generate(parsed, job))
@@ -137,6 +138,14 @@ def create_app(generator: Generator, queue: JobQueue, limits: ServerLimits) -> F
              "filename": e.checkpoint, "config": e.config}
             for e in generator.entries
         ]  # fmt: skip
+
+    @app.get("/controlnet/model_list")
+    async def controlnet_models() -> dict[str, Any]:  # A1111's ControlNet extension's route
+        return {"model_list": [Path(path).stem for path in generator.controlnets]}
+
+    @app.get("/controlnet/module_list")
+    async def controlnet_modules() -> dict[str, Any]:
+        return {"module_list": ["none"]}  # control images come preprocessed
 
     @app.get("/sdapi/v1/samplers")
     async def samplers() -> list[dict[str, Any]]:

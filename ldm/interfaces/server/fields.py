@@ -114,7 +114,7 @@ COMMON: dict[str, Field] = {
     "script_args": Field("list", "neutral", ([],), ("script_name", None), "A1111's scripts are not served"),
     "send_images": used("bool"),
     "save_images": neutral("bool", False, why="the server does not save images; they are in the answer"),
-    "alwayson_scripts": used("dict"),
+    "alwayson_scripts": used("dict"),  # ControlNet units (controlnet_units); any other script only without arguments
     "force_task_id": any_value("str"),
     "infotext": neutral("str", "", why="reading the settings from an infotext is not served; send the fields"),
 }

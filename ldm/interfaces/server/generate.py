@@ -59,10 +59,18 @@ def shipped_entries() -> list[ModelEntry]:
 class Generator:
     """Holds one model (the first entry at start) and runs requests on it."""
 
-    def __init__(self, entries: list[ModelEntry], load_args: argparse.Namespace, limits: ServerLimits):
+    def __init__(
+        self,
+        entries: list[ModelEntry],
+        load_args: argparse.Namespace,
+        limits: ServerLimits,
+        controlnets: list[str] | None = None,
+    ):
         if not entries:
             raise InvalidOptionError("no model to serve")
         self.entries = entries
+        self.controlnets = list(controlnets or [])
+        self._nets: dict[str, Any] = {}  # the ControlNets loaded for the model held
         self.load_args = load_args
         self.limits = limits
         self.entry: ModelEntry = entries[0]
@@ -87,7 +95,7 @@ class Generator:
     def switch(self, entry: ModelEntry) -> None:
         """Hold `entry`'s model instead of the current one (nothing happens if it is the one held)."""
         if entry != self.entry:
-            self.model = None  # the old model's memory is free before the new one loads
+            self.model, self._nets = None, {}  # the old model's memory is free before the new one loads
             try:
                 self.model = self._load(entry)
             except Exception:
@@ -146,9 +154,15 @@ class Generator:
             seed = request.seed + iteration * request.batch_size
             made = self._call(request, options, init, mask, height, width, seed, job)
             job.step = per_call * (iteration + 1)
-            extra = {}
+            extra: dict[str, Any] = {}
             if request.task != "txt2img":
                 extra = {"task": request.task, "strength": request.strength}
+            if request.controls:  # the control images came in the request: the record names them so
+                extra["controls"] = [
+                    {"image": f"request:{name}", "controlnet": Path(u["controlnet"]).name, "weight": u["weight"],
+                     "start": u["start"], "end": u["end"], "resize": u["resize"], "mode": u["mode"]}
+                    for name, u in ((f"unit {i}", u) for i, u in enumerate(request.controls))
+                ]  # fmt: skip
             for i, image in enumerate(made):
                 images.append(image)
                 settings.append(
@@ -166,10 +180,6 @@ class Generator:
         return self._answer(request, images, settings)
 
     def _call(self, request, options, init, mask, height, width, seed, job):
-        from ldm.tasks.img2img import img2img
-        from ldm.tasks.inpaint import inpaint
-        from ldm.tasks.txt2img import txt2img
-
         done = job.step
 
         def step(state: dict) -> None:
@@ -177,6 +187,34 @@ class Generator:
             job.check_stop()
 
         prompts = [request.prompt] * request.batch_size
+        if request.controls:
+            from ldm.models.controlnet import using_controlnets
+
+            with using_controlnets(self.model, self._controls(request)):
+                return self._task(request, options, init, mask, height, width, seed, prompts, step)
+        return self._task(request, options, init, mask, height, width, seed, prompts, step)
+
+    def _controls(self, request: GenerationRequest) -> list[Any]:
+        from ldm.formats.controlnet_files import load_controlnet
+        from ldm.models.controlnet import Control
+
+        controls = []
+        for unit in request.controls:
+            path = unit["controlnet"]
+            if path not in self._nets:
+                net = load_controlnet(path, self.model)
+                self._nets[path] = net.to(next(self.model.unet.parameters()).device, self.model.unet.dtype).eval()
+            controls.append(
+                Control(self._nets[path], unit["image"], unit["weight"], unit["start"], unit["end"],
+                        name=Path(path).name, resize=unit["resize"], mode=unit["mode"])
+            )  # fmt: skip
+        return controls
+
+    def _task(self, request, options, init, mask, height, width, seed, prompts, step):
+        from ldm.tasks.img2img import img2img
+        from ldm.tasks.inpaint import inpaint
+        from ldm.tasks.txt2img import txt2img
+
         common = {"negative_prompt": request.negative_prompt, "seed": seed, "options": options, "progress": False}
         if request.task == "txt2img":
             return txt2img(self.model, prompts, height=height, width=width, callback=step, **common)

@@ -58,6 +58,7 @@ class GenerationRequest:
     restore_checkpoint: bool = True
     send_images: bool = True
     parameters: dict[str, Any] = field(default_factory=dict)  # the body as given, for the answer's `parameters`
+    controls: list[dict[str, Any]] = field(default_factory=list)  # ControlNet units (controlnet_units.parse_units)
 
 
 def integer(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -137,19 +138,22 @@ def decode_image(data: Any, name: str, limits: ServerLimits, mode: str = "RGB") 
         raise FieldError(name, str(exc)) from None
 
 
-def check_scripts(body: dict[str, Any]) -> None:
-    """alwayson_scripts (keys case-insensitive): a script with no arguments, or a ControlNet whose units are all
-    disabled, asks for nothing; anything else is refused by name."""
+def check_scripts(body: dict[str, Any], controlnets: list[str], limits: ServerLimits) -> list[dict[str, Any]]:
+    """alwayson_scripts (keys case-insensitive): A1111's ControlNet extension's units (controlnet_units), and any
+    script with no arguments, which asks for nothing; anything else is refused by name. Returns the enabled units."""
+    from ldm.interfaces.server.controlnet_units import parse_units
+
+    units = []
     for key, value in (body.get("alwayson_scripts") or {}).items():
         name = f"alwayson_scripts.{key}"
         args = value.get("args") if isinstance(value, dict) else None
         if not isinstance(value, dict) or not isinstance(args, (list, type(None))):
             raise FieldError(name, 'must be an object {"args": [...]}')
-        if not args:
-            continue
-        if key.lower() == "controlnet" and all(isinstance(a, dict) and a.get("enabled") is False for a in args):
-            continue
-        raise FieldError(name, "this script is not served (A1111's extensions are not part of this server)")
+        if key.lower() == "controlnet":
+            units += parse_units(args or [], key, controlnets, lambda data, field: decode_image(data, field, limits))
+        elif args:
+            raise FieldError(name, "this script is not served (A1111's extensions are not part of this server)")
+    return units
 
 
 def check_overrides(body: dict[str, Any]) -> str | None:
@@ -164,12 +168,12 @@ def check_overrides(body: dict[str, Any]) -> str | None:
     return checkpoint
 
 
-def parse_request(route: str, body: Any, limits: ServerLimits) -> GenerationRequest:
+def parse_request(route: str, body: Any, limits: ServerLimits, controlnets: list[str] = ()) -> GenerationRequest:
     """The checked request of an A1111 txt2img/img2img body (FieldError naming the first bad field)."""
     if not isinstance(body, dict):
         raise FieldError("body", "must be a JSON object")
     check_fields(route, body)
-    check_scripts(body)
+    controls = check_scripts(body, list(controlnets), limits)
     seed = integer(body, "seed", -1, -1, SEED_MAX)
     batch_size = integer(body, "batch_size", 1, 1, limits.max_images)
     n_iter = integer(body, "n_iter", 1, 1, limits.max_images)
@@ -208,6 +212,7 @@ def parse_request(route: str, body: Any, limits: ServerLimits) -> GenerationRequ
         restore_checkpoint=body.get("override_settings_restore_afterwards") is not False,
         send_images=body.get("send_images") is not False,
         parameters=dict(body),
+        controls=controls,
     )
     if route == "img2img":
         add_images(request, body, limits)

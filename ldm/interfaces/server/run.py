@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
-from ldm.core.errors import InvalidOptionError
+from ldm.core.errors import InvalidOptionError, MissingFileError
 from ldm.interfaces.cli.main import Terminated
 from ldm.interfaces.server.generate import Generator, ModelEntry
 from ldm.interfaces.server.jobs import JobQueue
@@ -40,9 +41,6 @@ def allowed_hosts(host: str, given: list[str] | None) -> tuple[str, ...] | None:
 
 
 def model_entries(args: argparse.Namespace) -> list[ModelEntry]:
-    from pathlib import Path
-
-    from ldm.core.errors import MissingFileError
     from ldm.interfaces.server.generate import shipped_entries
 
     if not args.ckpt:
@@ -74,7 +72,10 @@ def serve(args: argparse.Namespace) -> int:
         prediction=None, device=args.device, threads=args.threads, compile=False, embedding=[], lora=[],
         clip_skip=None, tiled_vae=None, vae=None, precision="fp32",
     )  # fmt: skip
-    generator = Generator(model_entries(args), load_args, limits)
+    for path in args.controlnet or []:
+        if not Path(path).exists():
+            raise MissingFileError(f"ControlNet file not found: {path}")
+    generator = Generator(model_entries(args), load_args, limits, args.controlnet)
     queue = JobQueue(args.queue_size, args.keep_results, args.max_job_seconds)
     threads = torch.get_num_threads()
     queue.start(setup=lambda: torch.set_num_threads(threads))  # the count is per thread; the worker's as the CLI's
