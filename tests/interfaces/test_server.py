@@ -24,15 +24,21 @@ from factories import tiny_model, write_tiny_model_files
 from PIL import Image
 from server_runner import ServerProcess, decoded, png
 from test_controlnet import hint_image, randomised
+from test_sdxl import BIG_G, tiny_encoders_node, tiny_unet_params
+from test_sdxl import randomise as randomise_sdxl
 
+from ldm.core.config import instantiate, load_config
 from ldm.formats.controlnet_files import save_controlnet
+from ldm.formats.detect import sd_config_path
 from ldm.interfaces.cli.main import main as ldm_main
 from ldm.interfaces.server.run import allowed_hosts, check_exposure
 from ldm.interfaces.server.security import LOCAL_HOSTS
+from ldm.io.checkpoint import save_state_dict
 from ldm.models.controlnet import ControlNet
 
-MODELS = ["--ckpt", "tiny.safetensors", "--ckpt", "tiny2.safetensors", "--config", "tiny.yaml", "--threads", "1",
-          "--controlnet", "canny.safetensors"]  # fmt: skip
+MODELS = ["--ckpt", "tiny.safetensors", "--ckpt", "tiny2.safetensors", "--ckpt", "base.safetensors", "--ckpt",
+          "refiner.safetensors", "--config", "tiny.yaml", "--config", "tiny.yaml", "--config", "", "--config", "",
+          "--threads", "1", "--controlnet", "canny.safetensors"]  # fmt: skip
 QUEUE = 8
 AUTH = "user:secret"
 BODY_LIMIT = 400_000
@@ -59,6 +65,18 @@ EXAMPLES = [
 ]  # fmt: skip
 
 
+def tiny_sdxl_model(refiner: bool, seed: int) -> tuple[torch.nn.Module, dict]:
+    """test_sdxl's tiny SDXL base or refiner (our SDXL configs at reduced widths) with random weights."""
+    node = load_config(sd_config_path("sd_xl_refiner.yaml" if refiner else "sd_xl_base.yaml"))["model"]
+    params = node["params"]
+    unet = {**tiny_unet_params(micro=5), "context_dim": BIG_G} if refiner else tiny_unet_params()
+    params.update(unet_config={**params["unet_config"], "params": unet}, image_size=8)
+    params["cond_stage_config"] = tiny_encoders_node(refiner=refiner)
+    params["first_stage_config"]["params"]["ddconfig"].update(ch=32, ch_mult=[1, 2])
+    torch.manual_seed(seed)
+    return randomise_sdxl(instantiate(node), seed), node
+
+
 def bomb_png(side: int = 30000) -> bytes:
     """A PNG of a few dozen bytes whose header says side x side pixels."""
 
@@ -75,6 +93,10 @@ def folder(tmp_path_factory) -> Path:
     model = tiny_model(0)
     write_tiny_model_files(root, "tiny", model=model)
     write_tiny_model_files(root, "tiny2", model=tiny_model(seed=1))
+    for name, refiner in (("base", False), ("refiner", True)):  # a tiny SDXL base and refiner, configs inside
+        sdxl, node = tiny_sdxl_model(refiner, seed=2 + refiner)
+        meta = {"ldm_config": json.dumps({"model": node})}
+        save_state_dict(sdxl.original_state_dict(), root / f"{name}.safetensors", metadata=meta)
     save_controlnet(
         randomised(ControlNet(model.unet, model.latent_channels, model.downscale), 5), root / "canny.safetensors"
     )
@@ -134,7 +156,8 @@ def test_a1111_examples_reproduce_from_png(server, folder):
 
 def test_models_samplers_options_and_switching(server):
     models = server.call("GET", "/sdapi/v1/sd-models")[2]
-    assert [m["title"] for m in models] == ["tiny.safetensors", "tiny2.safetensors"]
+    titles = ["tiny.safetensors", "tiny2.safetensors", "base.safetensors", "refiner.safetensors"]
+    assert [m["title"] for m in models] == titles
     names = [s["name"] for s in server.call("GET", "/sdapi/v1/samplers")[2]]
     assert {"Euler a", "DPM++ 2M", "DDIM"} <= set(names)
     body = {"prompt": "x", "steps": 2, "seed": 3}
@@ -152,6 +175,28 @@ def test_models_samplers_options_and_switching(server):
     finally:
         server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "tiny"})
     assert txt2img(server, body)["images"][0] == first
+
+
+def test_the_sdxl_refiner_hand_off_reproduces_from_png(server, folder):
+    body = {"prompt": "a red apple", "steps": 4, "seed": 5, "width": 16, "height": 16, "refiner_checkpoint": "refiner",
+            "refiner_switch_at": 0.5}  # fmt: skip
+    status, _, answer = server.call("POST", "/sdapi/v1/txt2img", body)  # the tiny model is not SDXL
+    assert status == 422 and answer["field"] == "refiner_checkpoint"
+    answer = txt2img(server, {**body, "override_settings": {"sd_model_checkpoint": "base"}})
+    made = folder / "refined.png"
+    made.write_bytes(decoded(answer["images"][0]).fp.getvalue())
+    assert "Refiner: refiner, Refiner switch at: 0.5" in json.loads(answer["info"])["infotexts"][0]
+    out = folder / "refined-again"
+    threads = torch.get_num_threads()
+    try:
+        models = ["--ckpt", str(folder / "base.safetensors"), "--refiner", str(folder / "refiner.safetensors")]
+        argv = ["txt2img", "--from-png", str(made), *models, "--outdir", str(out), "--no-progress", "--threads", "1"]
+        assert ldm_main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(
+        np.asarray(decoded(answer["images"][0])), np.asarray(Image.open(out / "samples" / "00000.png"))
+    )
 
 
 def a1111_unit(**changes) -> dict:

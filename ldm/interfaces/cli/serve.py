@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="YAML",
-        help="the config of --ckpt: one for all, or one per --ckpt in order (default: detected)",
+        help='the config of --ckpt: one for all, or one per --ckpt in order, "" for detected (default: detected)',
     )
     p.add_argument(
         "--controlnet",

@@ -106,8 +106,8 @@ COMMON: dict[str, Field] = {
     "s_noise": neutral("float", 1, why="the samplers' churn options are not served through the A1111 API"),
     "override_settings": used("dict"),
     "override_settings_restore_afterwards": used("bool"),
-    "refiner_checkpoint": neutral("str", "", "None", why="the SDXL refiner is not served yet"),
-    "refiner_switch_at": Field("float", "any", when_off=("refiner_checkpoint", None)),
+    "refiner_checkpoint": used("str"),  # a listed SDXL refiner (txt2img), "" or "None": none
+    "refiner_switch_at": Field("float", "used", when_off=("refiner_checkpoint", None)),
     "disable_extra_networks": any_value("bool"),  # <lora:...> in prompts is not parsed here either way
     "comments": neutral("dict", {}, why="comments are A1111's own"),
     "script_name": neutral("str", "", why="A1111's scripts are not served"),

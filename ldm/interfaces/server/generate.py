@@ -71,6 +71,7 @@ class Generator:
         self.entries = entries
         self.controlnets = list(controlnets or [])
         self._nets: dict[str, Any] = {}  # the ControlNets loaded for the model held
+        self._refiner_held: tuple[ModelEntry, Any] | None = None
         self.load_args = load_args
         self.limits = limits
         self.entry: ModelEntry = entries[0]
@@ -95,7 +96,7 @@ class Generator:
     def switch(self, entry: ModelEntry) -> None:
         """Hold `entry`'s model instead of the current one (nothing happens if it is the one held)."""
         if entry != self.entry:
-            self.model, self._nets = None, {}  # the old model's memory is free before the new one loads
+            self.model, self._nets, self._refiner_held = None, {}, None  # free before the new one loads
             try:
                 self.model = self._load(entry)
             except Exception:
@@ -127,6 +128,10 @@ class Generator:
             setattr(options, key, value)
         if "sampler" in request.sampling and "spacing" not in request.sampling:
             options.spacing = task_options(task).spacing  # a model's own spacing belongs to its own sampler
+        from ldm.tasks.sdxl_refiner import is_sdxl
+
+        if is_sdxl(self.model):  # A1111's prompt reading is not implemented for SDXL's two towers yet
+            options.long_prompts = options.emphasis = False
         try:
             options.validate()
         except InvalidOptionError as exc:
@@ -134,6 +139,7 @@ class Generator:
         return options
 
     def _generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
+        from ldm.tasks.sdxl_refiner import sdxl_record
         from ldm.tasks.txt2img import image_size, settings_dict
 
         model = self.model
@@ -163,6 +169,7 @@ class Generator:
                      "start": u["start"], "end": u["end"], "resize": u["resize"], "mode": u["mode"]}
                     for name, u in ((f"unit {i}", u) for i, u in enumerate(request.controls))
                 ]  # fmt: skip
+            extra.update(sdxl_record(getattr(made, "settings", {})))  # an SDXL model's micro-conditionings, refiner
             for i, image in enumerate(made):
                 images.append(image)
                 settings.append(
@@ -213,9 +220,13 @@ class Generator:
     def _task(self, request, options, init, mask, height, width, seed, prompts, step):
         from ldm.tasks.img2img import img2img
         from ldm.tasks.inpaint import inpaint
+        from ldm.tasks.sdxl_refiner import is_sdxl, sdxl_txt2img
         from ldm.tasks.txt2img import txt2img
 
         common = {"negative_prompt": request.negative_prompt, "seed": seed, "options": options, "progress": False}
+        if request.task == "txt2img" and (request.refiner is not None or is_sdxl(self.model)):
+            refiner = self._refiner(request, options)
+            return sdxl_txt2img(self.model, prompts, height=height, width=width, callback=step, **common, **refiner)
         if request.task == "txt2img":
             return txt2img(self.model, prompts, height=height, width=width, callback=step, **common)
         if request.task == "img2img":
@@ -224,6 +235,27 @@ class Generator:
             self.model, init, mask, prompts, strength=request.strength, feather_radius=request.mask_blur,
             callback=step, **common,
         )  # fmt: skip
+
+    def _refiner(self, request: GenerationRequest, options: Any) -> dict[str, Any]:
+        """sdxl_txt2img's refiner and switch for the request: the listed refiner (kept loaded beside the model until
+        another is asked for), A1111's step fraction as the timestep fraction that runs the same base steps."""
+        from ldm.tasks.sdxl_refiner import is_sdxl, switch_from_step_fraction
+
+        if request.refiner is None:
+            return {}
+        if not is_sdxl(self.model):
+            raise FieldError("refiner_checkpoint", "the refiner is for SDXL models; this model is not one")
+        entry = self.find(request.refiner, "refiner_checkpoint")
+        if self._refiner_held is None or self._refiner_held[0] != entry:
+            self._refiner_held = None
+            refiner = self.model if entry == self.entry else self._load(entry)
+            if not is_sdxl(refiner):
+                raise FieldError("refiner_checkpoint", f"{entry.title} is not an SDXL model")
+            self._refiner_held = (entry, refiner)
+        T = len(self.model.alphas_cumprod)
+        spacing = options.spacing if options.spacing in ("leading", "trailing", "linspace") else "linspace"
+        switch = switch_from_step_fraction(request.refiner_switch_at, options.steps, T, spacing)
+        return {"refiner": self._refiner_held[1], "switch": switch}
 
     def _answer(self, request: GenerationRequest, images: list[Image.Image], settings: list[dict]) -> dict[str, Any]:
         """A1111's answer: base64 PNGs (with our metadata), the request's `parameters`, `info` as a JSON string."""

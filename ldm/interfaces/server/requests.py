@@ -59,6 +59,8 @@ class GenerationRequest:
     send_images: bool = True
     parameters: dict[str, Any] = field(default_factory=dict)  # the body as given, for the answer's `parameters`
     controls: list[dict[str, Any]] = field(default_factory=list)  # ControlNet units (controlnet_units.parse_units)
+    refiner: str | None = None  # refiner_checkpoint: a listed SDXL refiner
+    refiner_switch_at: float = 0.8  # A1111's: the fraction of the steps the base runs
 
 
 def integer(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -214,6 +216,14 @@ def parse_request(route: str, body: Any, limits: ServerLimits, controlnets: list
         parameters=dict(body),
         controls=controls,
     )
+    if body.get("refiner_checkpoint") not in (None, "", "None"):
+        if route != "txt2img":
+            raise FieldError("refiner_checkpoint", "the refiner is served for txt2img only")
+        request.refiner = body["refiner_checkpoint"]
+        switch = number(body, "refiner_switch_at", 0.8, 0.0, 1.0)
+        if not 0.0 < switch < 1.0:
+            raise FieldError("refiner_switch_at", f"must be a fraction strictly between 0 and 1, got {switch:g}")
+        request.refiner_switch_at = switch
     if route == "img2img":
         add_images(request, body, limits)
     return request

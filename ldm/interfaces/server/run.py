@@ -54,7 +54,7 @@ def model_entries(args: argparse.Namespace) -> list[ModelEntry]:
     for i, ckpt in enumerate(args.ckpt):
         if not Path(ckpt).exists():
             raise MissingFileError(f"checkpoint not found: {ckpt}")
-        config = configs[0] if len(configs) == 1 else (configs[i] if configs else None)
+        config = (configs[0] if len(configs) == 1 else (configs[i] if configs else None)) or None  # "": detected
         entries.append(ModelEntry(Path(ckpt).stem if Path(ckpt).is_file() else Path(ckpt).name, ckpt, config))
     names = [e.title for e in entries]
     if len(set(names)) != len(names):
