@@ -31,6 +31,7 @@ from ldm.core.config import instantiate, load_config
 from ldm.formats.controlnet_files import save_controlnet
 from ldm.formats.detect import sd_config_path
 from ldm.interfaces.cli.main import main as ldm_main
+from ldm.interfaces.server.jobs import Job, JobQueue
 from ldm.interfaces.server.run import allowed_hosts, check_exposure
 from ldm.interfaces.server.security import LOCAL_HOSTS
 from ldm.io.checkpoint import save_state_dict
@@ -376,6 +377,23 @@ def test_hostile_bodies_get_4xx_json_and_the_server_keeps_serving(server):
     assert status == 200 and "access-control-allow-origin" not in headers  # no CORS unless asked for
     assert server.call("GET", "/ldm/v1/jobs/no-such-job")[0] == 404
     assert len(txt2img(server, {"prompt": "still serving", "steps": 2})["images"]) == 1
+
+
+def test_a_job_past_the_time_limit_stops_at_its_next_step_and_the_worker_goes_on():
+    queue = JobQueue(max_waiting=2, keep=8, max_job_seconds=0.05)
+    queue.start()
+
+    def endless(job: Job) -> None:
+        while True:
+            job.check_stop()  # what the sampler's step callback does
+            time.sleep(0.01)
+
+    stuck, after = queue.submit(Job(run=endless)), queue.submit(Job(run=lambda job: "made"))
+    assert after.done.wait(10)
+    assert stuck.status == "failed" and stuck.error[0] == 503 and "limit of 0.05 s" in stuck.error[1]
+    assert after.status == "done" and after.result == "made"
+    queue.close()
+    queue.join(5)
 
 
 def test_listening_beyond_localhost_needs_auth(capsys):

@@ -7,6 +7,7 @@ internal error says only that (its traceback goes to the server log).
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
@@ -121,13 +122,18 @@ def create_app(generator: Generator, queue: JobQueue, limits: ServerLimits) -> F
         return submit(lambda job: generator.generate(parsed, job))
 
     # A1111's API ---------------------------------------------------------------------------------------------------
+    async def answered(route: str, request: Request) -> Any:
+        job = await finished(await generation(route, request), request)
+        queue.forget(job)  # answered here: the job API never hands it out, so its images are not kept
+        return outcome(job)
+
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(request: Request) -> Any:
-        return outcome(await finished(await generation("txt2img", request), request))
+        return await answered("txt2img", request)
 
     @app.post("/sdapi/v1/img2img")
     async def img2img(request: Request) -> Any:
-        return outcome(await finished(await generation("img2img", request), request))
+        return await answered("img2img", request)
 
     @app.get("/sdapi/v1/sd-models")
     async def sd_models() -> list[dict[str, Any]]:
@@ -223,8 +229,6 @@ def create_app(generator: Generator, queue: JobQueue, limits: ServerLimits) -> F
             raise FieldError("body", 'must be {"image": a base64 PNG}')
         decode_image(body.get("image"), "image", limits)  # the size and format checks
         data = body["image"].partition(",")[2] if body["image"].startswith("data:") else body["image"]
-        import base64
-
         with Image.open(io.BytesIO(base64.b64decode(data))) as img:
             chunks = {k: v for k, v in getattr(img, "text", {}).items() if isinstance(v, str)}
         text = chunks.pop("parameters", "")

@@ -22,8 +22,9 @@ from ldm.core.errors import InvalidOptionError
 from ldm.interfaces.server.fields import FieldError
 from ldm.interfaces.server.jobs import Job
 from ldm.interfaces.server.requests import GenerationRequest, ServerLimits
+from ldm.io.a1111_samplers import schedule_type_of
 from ldm.io.images import png_bytes
-from ldm.io.infotext import format_infotext
+from ldm.io.infotext import SAMPLER_NAMES, format_infotext
 
 log = logging.getLogger("ldm.serve")
 
@@ -273,7 +274,8 @@ class Generator:
             "subseed_strength": 0,
             "width": first["width"],
             "height": first["height"],
-            "sampler_name": format_infotext(first).split("Sampler: ")[-1].split(",")[0],
+            "sampler_name": SAMPLER_NAMES.get(first["sampler"], first["sampler"]),
+            "scheduler": schedule_type_of(first) or "Automatic",
             "cfg_scale": first["guidance_scale"],
             "steps": first["steps"],
             "batch_size": request.batch_size,

@@ -137,6 +137,12 @@ class JobQueue:
                 self._finish(self._waiting.popleft(), CANCELLED, error=(503, "the server is shutting down"))
             self._lock.notify_all()
 
+    def forget(self, job: Job) -> None:
+        """Drop a finished job's record (a synchronous route's, once answered: its images are not kept)."""
+        with self._lock:
+            if job.status in FINISHED:
+                self._jobs.pop(job.id, None)
+
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
