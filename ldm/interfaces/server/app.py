@@ -140,7 +140,7 @@ def create_app(generator: Generator, queue: JobQueue, limits: ServerLimits) -> F
         held = generator.entry
         return [
             {"title": e.title, "model_name": e.name, "hash": generator.model_hash() if e == held else None,
-             "sha256": generator.model.identity.get("model_sha256") if e == held else None,
+             "sha256": generator.model_sha256() if e == held else None,
              "filename": e.checkpoint, "config": e.config}
             for e in generator.entries
         ]  # fmt: skip
@@ -170,7 +170,7 @@ def create_app(generator: Generator, queue: JobQueue, limits: ServerLimits) -> F
         encoder = getattr(generator.model, "text_encoder", None)
         return {
             "sd_model_checkpoint": generator.entry.title,
-            "sd_checkpoint_hash": generator.model.identity.get("model_sha256"),
+            "sd_checkpoint_hash": generator.model_sha256(),
             "CLIP_stop_at_last_layers": getattr(encoder, "clip_skip", 1),
             "samples_format": "png",
         }

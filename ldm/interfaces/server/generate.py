@@ -105,8 +105,12 @@ class Generator:
                 raise
             self.entry = entry
 
+    def model_sha256(self) -> str | None:
+        """The held model's SHA-256 (None while a switch loads the next one: routes read this from other threads)."""
+        return getattr(self.model, "identity", {}).get("model_sha256")
+
     def model_hash(self) -> str | None:
-        sha = self.model.identity.get("model_sha256") if self.model is not None else None
+        sha = self.model_sha256()
         return str(sha)[:10] if sha else None
 
     def generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
