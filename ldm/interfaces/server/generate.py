@@ -126,6 +126,7 @@ class Generator:
 
     def _options(self, request: GenerationRequest) -> Any:
         from ldm.sampling.options import task_options
+        from ldm.tasks.sdxl_refiner import is_sdxl
 
         task = "txt2img" if request.task == "txt2img" else "img2img"
         options = task_options(task, **self.model.sampling_defaults)
@@ -133,14 +134,14 @@ class Generator:
             setattr(options, key, value)
         if "sampler" in request.sampling and "spacing" not in request.sampling:
             options.spacing = task_options(task).spacing  # a model's own spacing belongs to its own sampler
-        from ldm.tasks.sdxl_refiner import is_sdxl
-
         if is_sdxl(self.model):  # A1111's prompt reading is not implemented for SDXL's two towers yet
             options.long_prompts = options.emphasis = False
         try:
             options.validate()
-        except InvalidOptionError as exc:
-            raise FieldError("sampler_name", str(exc)) from None
+        except InvalidOptionError as exc:  # named by the field that asked for it
+            message = str(exc)
+            field = "sampler_name" if "sampler" in message else "cfg_scale" if "guidance" in message else "body"
+            raise FieldError(field, message) from None
         return options
 
     def _generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
@@ -170,9 +171,9 @@ class Generator:
                 extra = {"task": request.task, "strength": request.strength}
             if request.controls:  # the control images came in the request: the record names them so
                 extra["controls"] = [
-                    {"image": f"request:{name}", "controlnet": Path(u["controlnet"]).name, "weight": u["weight"],
+                    {"image": f"request:unit {i}", "controlnet": Path(u["controlnet"]).name, "weight": u["weight"],
                      "start": u["start"], "end": u["end"], "resize": u["resize"], "mode": u["mode"]}
-                    for name, u in ((f"unit {i}", u) for i, u in enumerate(request.controls))
+                    for i, u in enumerate(request.controls)
                 ]  # fmt: skip
             extra.update(sdxl_record(getattr(made, "settings", {})))  # an SDXL model's micro-conditionings, refiner
             for i, image in enumerate(made):
