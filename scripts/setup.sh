@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh machine: the Debian packages some features and tests need, a virtual
-# environment in .venv holding the package with its dev and app extras, and the pinned emoji SVG designs.
+# environment in .venv holding the package with its dev, app and serve extras, and the pinned emoji SVG designs.
 #
 #   bash scripts/setup.sh && . .venv/bin/activate
 #
@@ -39,8 +39,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-say "installing ldm with its dev and app extras into .venv"
-pip install -q -e ".[dev,app]"
+say "installing ldm with its dev, app and serve extras into .venv"
+pip install -q -e ".[dev,app,serve]"
 
 # The emoji SVG designs (pinned npm packages, checksums verified) for `ldm data emoji` and its tests.
 if command -v npm >/dev/null; then

@@ -62,3 +62,15 @@ DDIM_VARIANTS = (
 # How prompts are read (ldm.models.prompt_options): "plain", as the reference SD code reads them (cut at 77 tokens,
 # brackets are text), so SD results stay reference-exact; "a1111" is AUTOMATIC1111's syntax.
 PROMPT_SYNTAX = "plain"
+
+# `ldm serve` (ldm.interfaces.server): where it listens and the limits on what one request may ask for; each is an
+# option of the command, and its --help prints them.
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 7860  # A1111's, so its API clients find the server where they expect it
+SERVE_MAX_BODY_BYTES = 32 * 2**20  # a request body: a few base64 images of a few megapixels
+SERVE_MAX_PIXELS = 2048 * 2048  # per image, asked for or sent (width x height)
+SERVE_MAX_STEPS = 150  # A1111's own slider ends there
+SERVE_MAX_IMAGES = 16  # per request: batch_size x n_iter
+SERVE_MAX_JOB_SECONDS = 600.0  # a job running longer is stopped at its next step
+SERVE_QUEUE_SIZE = 32  # jobs waiting behind the running one; more are answered 503 with Retry-After
+SERVE_KEEP_RESULTS = 64  # finished jobs of the job API kept for their results, oldest dropped first

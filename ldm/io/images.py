@@ -213,15 +213,28 @@ def _place(tmp: str, path: Path, exclusive: bool) -> Path:
     return path
 
 
+def png_info(settings: dict[str, Any] | None) -> PngImagePlugin.PngInfo:
+    """The PNG text chunks of an image's settings: "parameters" (A1111's layout) and "ldm" (every setting, JSON)."""
+    info = PngImagePlugin.PngInfo()
+    if settings:
+        info.add_text("parameters", format_infotext(settings))
+        info.add_text("ldm", json.dumps(settings, default=str, allow_nan=False))
+    return info
+
+
+def png_bytes(image: Image.Image, settings: dict[str, Any] | None = None) -> bytes:
+    """The PNG file `save_png` writes, as bytes (what `ldm serve` answers with): the same pixels and metadata."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_info(settings))
+    return buffer.getvalue()
+
+
 def _write_png(image: Image.Image, settings: dict[str, Any] | None, path: Path, place: Callable[[str], Path]) -> Path:
     """Encode the PNG into a temporary file beside `path` and hand it to `place`, which names it; the temporary
     file never outlives a failure (a full disk: OutputError naming `path` and the system's reason)."""
     from ldm.io.checkpoint import _umask
 
-    info = PngImagePlugin.PngInfo()
-    if settings:
-        info.add_text("parameters", format_infotext(settings))
-        info.add_text("ldm", json.dumps(settings, default=str, allow_nan=False))
+    info = png_info(settings)
     tmp = None
     try:
         with signals_held():

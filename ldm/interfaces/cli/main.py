@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "ldm.interfaces.cli.evaluate",
     "ldm.interfaces.cli.convert",
     "ldm.interfaces.cli.verify",
+    "ldm.interfaces.cli.serve",
 ]
 # The subcommands each module registers (tests/interfaces/test_fast_start.py checks this against the modules): a
 # command line naming one imports and registers that module alone, since importing all of them is a tenth of a second
@@ -46,6 +47,7 @@ COMMANDS = {
     "eval": "ldm.interfaces.cli.evaluate",
     "convert": "ldm.interfaces.cli.convert",
     "verify": "ldm.interfaces.cli.verify",
+    "serve": "ldm.interfaces.cli.serve",
 }
 TOP_LEVEL_FLAGS = {"-v", "--verbose", "--version"}  # the only options before COMMAND that leave the choice to it
 
