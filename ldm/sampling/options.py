@@ -28,12 +28,19 @@ import torch
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError, LdmError
 from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
+from ldm.sampling.variance_sampler import sample_ddpm_learned_variance
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What every sampler takes (ldm.sampling.samplers' signature); the rest of a signature are the sampler's own options.
 COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable", "generator")
-# Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own.
-FIXED_ETA = {"ddpm": 1.0}
+# The sampler beside SAMPLERS (the ones --sampler lists, which run any model): ancestral DDPM with the network's
+# learned step variance, for a model with a learned variance only; its denoiser also returns the variance
+# (ldm.tasks.base.Conditioning.denoiser builds it). `ldm txt2img --sampler ddpm --learned-variance` runs it.
+LEARNED_VARIANCE_SAMPLER = "ddpm_learned_variance"
+VARIANCE_SAMPLERS = {LEARNED_VARIANCE_SAMPLER: sample_ddpm_learned_variance}
+# Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own; the
+# learned-variance DDPM is ancestral too, its step noise scaled by the network.
+FIXED_ETA = {"ddpm": 1.0, LEARNED_VARIANCE_SAMPLER: 1.0}
 DDIM_VARIANTS = defaults.DDIM_VARIANTS  # re-exported
 # The largest guidance scale taken. SD is used at 1-20 and beyond a few dozen guidance only saturates the image;
 # much further, scale * (cond - uncond) overflows (fp16 at 65504, a distilled student's scale input already at
@@ -49,9 +56,14 @@ class NonFiniteLatentsError(LdmError, FloatingPointError):
     """Sampling made NaN or infinite latents: decoded, they would be a black image."""
 
 
+def sampler_named(name: str) -> Callable[..., torch.Tensor]:
+    """The sampler function of `name`: one of SAMPLERS, or the learned-variance one (VARIANCE_SAMPLERS)."""
+    return VARIANCE_SAMPLERS.get(name) or get_sampler(name)
+
+
 def sampler_parameters(name: str) -> dict[str, Any]:
     """The sampler's own keyword options and their defaults, e.g. {"eta": 0.0} for ddim, {} for euler."""
-    params = inspect.signature(get_sampler(name)).parameters
+    params = inspect.signature(sampler_named(name)).parameters
     return {k: p.default for k, p in params.items() if k not in COMMON_PARAMETERS}
 
 
@@ -162,7 +174,7 @@ def start_scale(options: SamplingOptions, sigma: torch.Tensor) -> torch.Tensor:
 
 def sampler_function(options: SamplingOptions) -> Callable[..., torch.Tensor]:
     """The function that runs the options' sampler: sample_ddim_sd for SD's DDIM, else the registered one."""
-    return sample_ddim_sd if ddim_variant_of(options) == "sd" else get_sampler(options.sampler)
+    return sample_ddim_sd if ddim_variant_of(options) == "sd" else sampler_named(options.sampler)
 
 
 def autocast(device: torch.device, precision: str):

@@ -71,5 +71,8 @@ def img2img(
         images = model.decode_latent(latents)
     height, width = pixels.shape[-2:]
     return Generated(
-        tensor_to_pil(images), settings_of("img2img", options, strength=strength, height=height, width=width)
+        tensor_to_pil(images),
+        settings_of(
+            "img2img", options, model, prompts, negatives, seed=seed, strength=strength, height=height, width=width
+        ),
     )

@@ -200,6 +200,10 @@ def inpaint(
         settings_of(
             "inpaint",
             options,
+            model,
+            prompts,
+            negatives,
+            seed=seed,
             strength=strength,
             inpaint_mode=mode,
             feather_radius=radius,

@@ -194,7 +194,18 @@ def sdxl_txt2img(
         images = decoder.decode_latent(x)
     return Generated(
         tensor_to_pil(images),
-        settings_of("txt2img", options, height=height, width=width, **micro.record(), **record, **noise_record),
+        settings_of(
+            "txt2img",
+            options,
+            model,
+            prompts,
+            negatives,
+            height=height,
+            width=width,
+            **micro.record(),
+            **record,
+            **noise_record,
+        ),
     )
 
 
@@ -225,9 +236,3 @@ def micro_from_args(args: Any) -> SDXLMicro:
         target_size=None if target is None else (target[1], target[0]),
         **scores,
     )
-
-
-def sdxl_record(settings: dict[str, Any]) -> dict[str, Any]:
-    """What an image's metadata adds from sdxl_txt2img's settings: the micro-conditionings and the refiner's."""
-    own = {"original_size", "crop", "target_size", "aesthetic_score", "negative_aesthetic_score"}
-    return {k: v for k, v in settings.items() if k in own or k.startswith("refiner_")}

@@ -8,7 +8,7 @@ are re-exported here, where callers have always found them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,21 +17,9 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import SamplingOptions, autocast, check_finite_latents, ddim_variant_of, sampler_eta
+from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, SamplingOptions, autocast
 from ldm.sampling.samplers import Generators
-from ldm.tasks.base import (
-    Conditioning,
-    Generated,
-    batch_noise,
-    check_task,
-    denoise,
-    for_model,
-    image_generators,
-    model_sigmas,
-    resolve_options,
-    settings_of,
-    start_noise,
-)
+from ldm.tasks.base import Conditioning, Generated, batch_noise, check_task, denoise, resolve_options, settings_of
 from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditions, prompt_lists
 
 
@@ -126,11 +114,16 @@ def txt2img(
     with autocast(model.device, options.precision):
         images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
+    if options.sampler == LEARNED_VARIANCE_SAMPLER:
+        labelled["learned_variance"] = True
     return Generated(
         tensor_to_pil(images),
         settings_of(
             "txt2img",
             options,
+            model,
+            prompts,
+            negatives,
             height=height,
             width=width,
             num_images_per_prompt=num_images_per_prompt,
@@ -156,21 +149,19 @@ def txt2img_learned_variance(
     options: SamplingOptions | None = None,
 ) -> Generated:
     """Images from a model with a learned variance (`learned_variance: true`) by ancestral DDPM with the
-    U-Net's own step variance (ldm.sampling.variance_sampler), guided as `txt2img` is; image i uses seed + i.
+    U-Net's own step variance: `txt2img` with the sampler "ddpm_learned_variance" (ldm.sampling.variance_sampler),
+    guided as any; image i uses seed + i.
 
     `options` (sampler "ddpm"; what `ldm txt2img --learned-variance` passes) replace steps, guidance_scale and
     spacing, and add karras spacing, precision and the prompt handling; guidance rescale and thresholding have
-    no counterpart here and are refused. label: as txt2img's, for a class-conditional model.
+    no counterpart here and are refused. label: as txt2img's, for a class-conditional model. The settings name
+    the sampler as the call did: "ddpm_learned_variance", or with `options` "ddpm" and `learned_variance: true`
+    (as the command line's --sampler ddpm --learned-variance), both of which --from-png reads.
     """
-    from ldm.sampling.variance_sampler import (
-        GuidedVarianceDenoiser,
-        LearnedVarianceDenoiser,
-        sample_ddpm_learned_variance,
-    )
-
     if not getattr(model, "learned_variance", False):
         raise PromptError("this model has no learned variance (its config's learned_variance); use txt2img")
     check_task(model, "txt2img")
+    named = LEARNED_VARIANCE_SAMPLER if options is None else "ddpm"
     if options is None:
         options = resolve_options(
             None, {"steps": steps, "guidance_scale": guidance_scale, "spacing": spacing, "sampler": "ddpm"}, model=model
@@ -181,82 +172,16 @@ def txt2img_learned_variance(
             raise InvalidOptionError(
                 f"the learned variance samples by ancestral DDPM: give sampler 'ddpm', not {options.sampler!r}"
             )
-    if options.guidance_rescale or options.threshold is not None:
-        raise InvalidOptionError("guidance rescale and thresholding are not implemented with the learned variance")
-    if getattr(model, "controls", None):  # its sampler does not go through Conditioning.denoiser
-        raise InvalidOptionError("ControlNets are not implemented with the learned variance; leave --control out")
-    prompts, negatives = prompt_lists(prompts, negative_prompt)
-    height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
-    noise = start_noise(
-        (model.latent_channels, height // model.downscale, width // model.downscale),
-        [seed + i for i in range(len(prompts))],
-        model.device,
+    made = txt2img(
+        model,
+        prompts,
+        negative_prompt,
+        height,
+        width,
+        seed,
+        replace(options, sampler=LEARNED_VARIANCE_SAMPLER),
+        progress=progress,
+        label=label,
     )
-    sigmas = model_sigmas(model, options)
-    denoiser = GuidedVarianceDenoiser(
-        LearnedVarianceDenoiser(model.unet, model.parameterisation()),
-        conditioning.cond,
-        conditioning.uncond,
-        options.guidance_scale,
-    )
-    with autocast(model.device, options.precision):
-        latents = sample_ddpm_learned_variance(
-            denoiser,
-            noise * sigmas[0],
-            sigmas,
-            disable=not progress,
-            generator=image_generators(model.device, seed, len(prompts)),
-        )
-        check_finite_latents(latents)
-        images = model.decode_latent(latents)
-    labelled = {"label": label} if label is not None else {}
-    return Generated(
-        tensor_to_pil(images),
-        settings_of(
-            "txt2img",
-            options,
-            sampler="ddpm_learned_variance",
-            learned_variance=True,
-            height=height,
-            width=width,
-            **labelled,
-        ),
-    )
-
-
-def settings_dict(
-    prompt: str,
-    negative_prompt: str,
-    seed: int,
-    height: int,
-    width: int,
-    options: SamplingOptions,
-    model: LatentDiffusion | None = None,
-    **more: Any,
-) -> dict[str, Any]:
-    """What goes into each PNG's metadata: enough to make the same image again, as it was really made.
-
-    `eta` is the one the sampler used (not the --eta of a sampler that ignores it), `ddim_variant` likewise
-    (the model's own where the options leave it open; without a field, --from-png reads the metadata as made
-    before the field existed, with "k"); `model` adds the weights' file name and SHA-256 (ldm.formats.load.load_model
-    records them), which say which model made it.
-    """  # noqa: E501
-    if model is not None:
-        options = for_model(options, model)
-    opts = asdict(options)
-    extra = opts.pop("extra")
-    opts["eta"] = sampler_eta(options)
-    opts["ddim_variant"] = ddim_variant_of(options)
-    identity = dict(model.identity) if model is not None else {}
-    return {
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "seed": seed,
-        "height": height,
-        "width": width,
-        **opts,
-        **extra,
-        **identity,
-        **more,
-    }
+    made.settings["sampler"] = named
+    return made

@@ -274,6 +274,10 @@ def upscale(
     settings = settings_of(
         "upscale",
         options,
+        model,
+        prompts,
+        negatives,
+        seed=seed,
         noise_level=noise_level,
         tile_size=tile,
         tile_overlap=overlap,

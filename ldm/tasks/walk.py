@@ -121,7 +121,7 @@ def walk_frames(
         images.append(image)
         if on_frame is not None:
             on_frame(k, image)
-    return Generated(images, settings_of("walk", options, frames=frames, height=height, width=width))
+    return Generated(images, settings_of("walk", options, model, frames=frames, height=height, width=width))
 
 
 def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, boomerang: bool = False) -> bytes:

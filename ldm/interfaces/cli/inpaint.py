@@ -22,7 +22,6 @@ from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.editing import as_pil, size_multiple
 from ldm.tasks.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
-from ldm.tasks.txt2img import settings_dict
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -86,10 +85,9 @@ def run(args: argparse.Namespace) -> int:
     # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
     model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")
     mode = resolve_mode(model, args.mode)
+    # What the metadata adds to the call's settings: the files it never saw, and that its canvas was an outpainting's.
     more = {
-        "task": "outpaint" if extend else "inpaint",
-        "inpaint_mode": mode,
-        "strength": args.strength,
+        **({"task": "outpaint"} if extend else {}),
         "init_image": str(args.image),
         **attach_controls(model, args),
     }  # --control: for every image
@@ -124,19 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
             )
             for i, result in enumerate(out):
-                writer.write(
-                    result,
-                    settings_dict(
-                        prompt,
-                        args.negative_prompt,
-                        seed + start + i,
-                        result.height,
-                        result.width,
-                        options,
-                        model,
-                        **more,
-                    ),
-                )
+                writer.write(result, {**out.settings.image(i), **more})
         seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s (%s mode)", len(prompts) * args.batch_size, paths[0].parent, mode)
