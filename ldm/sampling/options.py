@@ -1,4 +1,4 @@
-"""The one checked way into the samplers: options, what each sampler takes, mixed precision.
+"""The one checked way into the samplers: options, what each sampler takes (mixed precision: ldm.sampling.precision).
 
 `sample(denoiser, x, sigmas, options)` is what every task calls. It hands a sampler exactly the
 options that sampler has (`eta` to DDIM and the ancestral samplers, each keyword of `options.extra`
@@ -19,7 +19,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +26,12 @@ import torch
 
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError, LdmError
+
+# Mixed precision's names, re-exported here where callers have always found them.
+from ldm.sampling.precision import PRECISIONS, Precision, PrecisionError, autocast  # noqa: F401
 from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
 from ldm.sampling.variance_sampler import sample_ddpm_learned_variance
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What every sampler takes (ldm.sampling.samplers' signature); the rest of a signature are the sampler's own options.
 COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable", "generator")
 # The sampler beside SAMPLERS (the ones --sampler lists, which run any model): ancestral DDPM with the network's
@@ -46,10 +47,6 @@ DDIM_VARIANTS = defaults.DDIM_VARIANTS  # re-exported
 # much further, scale * (cond - uncond) overflows (fp16 at 65504, a distilled student's scale input already at
 # 3.4e38, float32's end) and the image comes out black. 1000 leaves fifty times the useful range.
 MAX_GUIDANCE_SCALE = 1000.0
-
-
-class PrecisionError(LdmError, ValueError):
-    pass
 
 
 class NonFiniteLatentsError(LdmError, FloatingPointError):
@@ -88,7 +85,6 @@ class SamplingOptions:
     karras: bool = False
     guidance_rescale: float = 0.0
     threshold: float | None = None
-    precision: str = "fp32"
     # Prompt handling (ldm.models.long_prompts), off by default so that SD results stay reference-exact:
     # A1111-style 75-token chunks instead of the cut at 77 tokens, and (word:1.2) emphasis.
     long_prompts: bool = False
@@ -112,8 +108,6 @@ class SamplingOptions:
             )
         if self.eta is not None and self.eta < 0:
             raise InvalidOptionError(f"eta must be >= 0, got {self.eta}")
-        if self.precision not in PRECISIONS:
-            raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.ddim_variant is not None:
             if self.ddim_variant not in DDIM_VARIANTS:
                 raise InvalidOptionError(
@@ -177,16 +171,6 @@ def sampler_function(options: SamplingOptions) -> Callable[..., torch.Tensor]:
     return sample_ddim_sd if ddim_variant_of(options) == "sd" else sampler_named(options.sampler)
 
 
-def autocast(device: torch.device, precision: str):
-    """Mixed precision where the device supports it; fp32 runs as is."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return nullcontext()
-    if dtype is torch.float16 and device.type != "cuda":
-        raise PrecisionError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def sample(
     denoiser: Callable[..., torch.Tensor],
     x: torch.Tensor,
@@ -195,8 +179,10 @@ def sample(
     generator: Generators = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
 ) -> torch.Tensor:
-    """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample.
+    """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample, under
+    the `precision`'s autocast (ldm.sampling.precision).
 
     Latents that become NaN or infinite (too large a guidance scale, LoRA or embedding for the model) raise
     NonFiniteLatentsError naming the first step whose prediction was not finite, instead of decoding to black.
@@ -211,7 +197,7 @@ def sample(
         if callback is not None:
             callback(info)
 
-    with autocast(x.device, options.precision):
+    with autocast(x.device, precision):
         x = sampler(denoiser, x, sigmas, callback=watch, disable=not progress, generator=generator, **kwargs)
     check_finite_latents(x, finite_steps)
     return x

@@ -28,6 +28,7 @@ from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
 from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser
 from ldm.sampling.options import (
     VARIANCE_SAMPLERS,
+    Precision,
     SamplingOptions,
     ddim_variant_of,
     sample,
@@ -284,9 +285,10 @@ def denoise(
     strength: float = 1.0,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
 ) -> torch.Tensor:
     """Clean latents, sampled from unit `noise` [B, C, h, w] scaled to the first sigma (`start_scale`), or from
-    x0 + noise * sigma.
+    x0 + noise * sigma, under the `precision`'s autocast.
 
     x0 None, or strength 1: from pure noise (img2img at strength 1 is txt2img with the same seed).
     Otherwise the grid keeps floor(strength * steps) steps and starts from x0 + noise * sigma;
@@ -300,7 +302,8 @@ def denoise(
         if strength == 0.0 or len(sigmas) < 2:
             return x0
     x = noise * start_scale(options, sigmas[0]) if x0 is None or strength == 1.0 else x0 + noise * sigmas[0]
-    return sample(conditioning.denoiser(model, options, noise), x, sigmas, options, generator, callback, progress)
+    denoiser = conditioning.denoiser(model, options, noise)
+    return sample(denoiser, x, sigmas, options, generator, callback, progress, precision)
 
 
 def sample_seeded(
@@ -313,15 +316,15 @@ def sample_seeded(
     strength: float = 1.0,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
 ) -> torch.Tensor:
     """`denoise` for a batch of `shape` [B, C, h, w] where image i uses seed + i, for its start noise and its steps."""
     n = shape[0]
     noise = start_noise(tuple(shape[1:]), [seed + i for i in range(n)], model.device)
     if x0 is not None:
         noise = noise.to(x0.dtype)
-    return denoise(
-        model, conditioning, options, noise, image_generators(model.device, seed, n), x0, strength, callback, progress
-    )
+    generators = image_generators(model.device, seed, n)
+    return denoise(model, conditioning, options, noise, generators, x0, strength, callback, progress, precision)
 
 
 class Settings(dict):
@@ -354,16 +357,19 @@ def settings_of(
     model: LatentDiffusion | None = None,
     prompts: list[str] | None = None,
     negatives: list[str] | None = None,
+    precision: str | Precision = "fp32",
     **more: Any,
 ) -> Settings:
     """The one record of what a task ran (`Settings`): its name, its prompts, the options resolved for `model`,
-    the sampler's own options, the model's identity, and the task's own inputs (`more`: seed, height, width, ...)."""
+    the precision, the sampler's own options, the model's identity, and the task's own inputs (`more`: seed,
+    height, width, ...)."""
     if model is not None:
         options = for_model(options, model)
     opts = asdict(options)
     extra = opts.pop("extra")
     opts["eta"] = sampler_eta(options)
     opts["ddim_variant"] = ddim_variant_of(options)
+    opts["precision"] = Precision.of(precision).name
     said: dict[str, Any] = {}
     if prompts is not None:
         negatives = list(negatives if negatives is not None else [""] * len(prompts))

@@ -16,7 +16,7 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import Conditioning, Generated, check_task, resolve_options, sample_seeded, settings_of
 from ldm.tasks.editing import as_pil, fit_image, size_multiple
@@ -51,28 +51,49 @@ def img2img(
     options: SamplingOptions | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated:
     """One image per prompt, all from the same input; image i uses seed + i.
 
-    The output has the input's size rounded to a multiple of 8 (a log line says when it differs).
+    The output has the input's size rounded to a multiple of 8 (a log line says when it differs). precision: the
+    autocast, as txt2img's.
     """
     check_strength(strength)
     check_task(model, "img2img")
+    precision = Precision.of(precision)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
     conditioning = prepare(model, prompts, negatives, options, size=tuple(pixels.shape[-2:]))
-    with autocast(model.device, options.precision):
+    with autocast(model.device, precision):
         x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
         latents = sample_seeded(
-            model, conditioning, options, seed, x0.shape, x0=x0, strength=strength, callback=callback, progress=progress
+            model,
+            conditioning,
+            options,
+            seed,
+            x0.shape,
+            x0=x0,
+            strength=strength,
+            callback=callback,
+            progress=progress,
+            precision=precision,
         )
         images = model.decode_latent(latents)
     height, width = pixels.shape[-2:]
     return Generated(
         tensor_to_pil(images),
         settings_of(
-            "img2img", options, model, prompts, negatives, seed=seed, strength=strength, height=height, width=width
+            "img2img",
+            options,
+            model,
+            prompts,
+            negatives,
+            precision,
+            seed=seed,
+            strength=strength,
+            height=height,
+            width=width,
         ),
     )

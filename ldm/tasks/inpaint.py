@@ -27,7 +27,7 @@ from ldm.core import defaults
 from ldm.core.masks import EmptyMaskError, border_mask, check_mask, feather, mask_from_image
 from ldm.io.images import InvalidImageError, load_image, pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import (
     Conditioning,
@@ -159,15 +159,17 @@ def inpaint(
     options: SamplingOptions | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated:
     """Repaint the mask's white area (>= 0.5) of `image` following the prompt; image i uses seed + i.
 
     strength < 1 starts the hole from the noised original instead of pure noise. `feather_radius`
     (px, default: the VAE's downscale factor) softens the paste-back edge inside the hole.
-    `resolve_mode(model, mode)` tells which mode runs.
+    `resolve_mode(model, mode)` tells which mode runs. precision: the autocast, as txt2img's.
     """
     check_strength(strength)
+    precision = Precision.of(precision)
     mode = resolve_mode(model, mode)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
@@ -177,7 +179,7 @@ def inpaint(
     if not 0 <= radius <= longest:  # a wider ramp means nothing, and its blur kernel grows with the square
         raise EditingError(f"feather must be in [0, {longest}] px (the image's longer side), got {radius}")
     n = len(prompts)
-    with autocast(model.device, options.precision):
+    with autocast(model.device, precision):
         x0 = model.encode_image(pixels).float()
         conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options)
         start = x0.expand(n, -1, -1, -1)
@@ -191,6 +193,7 @@ def inpaint(
             strength=strength,
             callback=callback,
             progress=progress,
+            precision=precision,
         )
         decoded = model.decode_latent(latents).float()
     soft = feather(m, radius)
@@ -203,6 +206,7 @@ def inpaint(
             model,
             prompts,
             negatives,
+            precision,
             seed=seed,
             strength=strength,
             inpaint_mode=mode,

@@ -17,7 +17,7 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, SamplingOptions, autocast
+from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import Generators
 from ldm.tasks.base import Conditioning, Generated, batch_noise, check_task, denoise, resolve_options, settings_of
 from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditions, prompt_lists
@@ -63,6 +63,7 @@ def txt2img(
     generator: Generators = None,
     latents: torch.Tensor | None = None,
     label: str | list[str | None] | None = None,
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated:
     """Generate `num_images_per_prompt` images per prompt. Image i uses seed + i, so any single image can be
@@ -75,7 +76,8 @@ def txt2img(
     {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.formats.load.load_model(device=, dtype=)).
     loras: [(LoRA file, weight), ...] applied for this call only (ldm.adapters.lora). label: a class-conditional model's
     class (one name, or one per prompt; None: the null label), guided against the null label; a label-only
-    model takes the empty prompt "".
+    model takes the empty prompt "". precision: the autocast (ldm.sampling.precision: "fp32", "bf16", or "fp16" on
+    CUDA).
     """  # noqa: E501
     if loras:
         from ldm.adapters.lora import using_loras
@@ -95,9 +97,11 @@ def txt2img(
                 generator=generator,
                 latents=latents,
                 label=label,
+                precision=precision,
                 **option_overrides,
             )
     check_task(model, "txt2img")
+    precision = Precision.of(precision)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if num_images_per_prompt < 1:
@@ -110,8 +114,10 @@ def txt2img(
     conditioning = prepare(model, prompts, negatives, options, label, size=(height, width))
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
-    latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
-    with autocast(model.device, options.precision):
+    latents = denoise(
+        model, conditioning, options, noise, generators, callback=callback, progress=progress, precision=precision
+    )
+    with autocast(model.device, precision):
         images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
     if options.sampler == LEARNED_VARIANCE_SAMPLER:
@@ -124,6 +130,7 @@ def txt2img(
             model,
             prompts,
             negatives,
+            precision,
             height=height,
             width=width,
             num_images_per_prompt=num_images_per_prompt,
@@ -147,14 +154,15 @@ def txt2img_learned_variance(
     width: int | None = None,
     label: str | list[str | None] | None = None,
     options: SamplingOptions | None = None,
+    precision: str | Precision = "fp32",
 ) -> Generated:
     """Images from a model with a learned variance (`learned_variance: true`) by ancestral DDPM with the
     U-Net's own step variance: `txt2img` with the sampler "ddpm_learned_variance" (ldm.sampling.variance_sampler),
     guided as any; image i uses seed + i.
 
     `options` (sampler "ddpm"; what `ldm txt2img --learned-variance` passes) replace steps, guidance_scale and
-    spacing, and add karras spacing, precision and the prompt handling; guidance rescale and thresholding have
-    no counterpart here and are refused. label: as txt2img's, for a class-conditional model. The settings name
+    spacing, and add karras spacing and the prompt handling; guidance rescale and thresholding have no
+    counterpart here and are refused. label and precision: as txt2img's. The settings name
     the sampler as the call did: "ddpm_learned_variance", or with `options` "ddpm" and `learned_variance: true`
     (as the command line's --sampler ddpm --learned-variance), both of which --from-png reads.
     """
@@ -182,6 +190,7 @@ def txt2img_learned_variance(
         replace(options, sampler=LEARNED_VARIANCE_SAMPLER),
         progress=progress,
         label=label,
+        precision=precision,
     )
     made.settings["sampler"] = named
     return made

@@ -27,7 +27,7 @@ from ldm.core import defaults
 from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.tiling import SharedGroupNormStats
-from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.tasks.base import (
     Conditioning,
     EditingError,
@@ -224,6 +224,7 @@ def upscale(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     back_projection: int | None = None,
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated:
     """Upscale `image` by the VAE's factor (4 for SD x4), one result per prompt (image i uses seed + i).
@@ -232,9 +233,10 @@ def upscale(
     `tile_size`/`tile_overlap` are in low-res pixels (default: the model's training size, a quarter
     of it overlapping); images that fit in one tile run untiled. `back_projection`: iterations of
     `back_project` on the result (None: the model's own, its config's `upscale: {back_projection: N}`; 0: none,
-    as the reference SD code).
+    as the reference SD code). precision: the autocast, as txt2img's.
     """
     check_upscaler(model)
+    precision = Precision.of(precision)
     if back_projection is None:
         back_projection = int(model.upscale_defaults.get("back_projection", 0))
     if not isinstance(back_projection, int) or back_projection < 0:
@@ -266,8 +268,10 @@ def upscale(
     conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled, options)
     # The latent has the low-res image's size; sampling starts from pure noise (there is no latent to noise).
     shape = (len(prompts), model.latent_channels, img.height, img.width)
-    with autocast(model.device, options.precision):
-        latents = sample_seeded(model, conditioning, options, seed, shape, callback=callback, progress=progress)
+    with autocast(model.device, precision):
+        latents = sample_seeded(
+            model, conditioning, options, seed, shape, callback=callback, progress=progress, precision=precision
+        )
         images = decode_tiled(model, latents, tile, overlap)
     if back_projection:
         images = back_project(images, low, model.downscale, back_projection)
@@ -277,6 +281,7 @@ def upscale(
         model,
         prompts,
         negatives,
+        precision,
         seed=seed,
         noise_level=noise_level,
         tile_size=tile,

@@ -20,7 +20,7 @@ from ldm.core import defaults
 from ldm.core.errors import LdmError
 from ldm.io.images import OutputError, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
-from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.tasks.base import Conditioning, Generated, check_task, denoise, resolve_options, settings_of, start_noise
 from ldm.tasks.prompts import prompt_conditions
 from ldm.tasks.txt2img import image_size
@@ -83,18 +83,21 @@ def walk_frames(
     options: SamplingOptions | None = None,
     on_frame: Callable[[int, Image.Image], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
 ) -> Generated:
     """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
 
     Leaving prompt_b or seed_b out keeps that end fixed, so a walk can vary only the prompt or
     only the seed. Every frame samples with the same generator seed, so ancestral samplers'
-    injected noise does not flicker between frames. `on_frame(k, image)` reports each frame.
+    injected noise does not flicker between frames. `on_frame(k, image)` reports each frame. precision: the
+    autocast, as txt2img's.
     """
     prompt_b = prompt_a if prompt_b is None else prompt_b
     seed_b = seed_a if seed_b is None else seed_b
     if prompt_a == prompt_b and seed_a == seed_b:
         raise WalkError("both ends are the same: give a second prompt or a second seed")
     check_task(model, "walk")
+    precision = Precision.of(precision)
     options = resolve_options(options, {}, "walk", model=model)
     positions = walk_positions(frames)
     height, width = image_size(model, height, width)
@@ -115,13 +118,15 @@ def walk_frames(
         # Each frame's conditioning: the prompts' contexts interpolated; its start: the seeds' noise slerped.
         conditioning = Conditioning({k: lerp(v[0:1], v[1:2], t) for k, v in ends.items()}, uncond)  # SDXL: y too
         generator = torch.Generator(model.device).manual_seed(seed_a)
-        latent = denoise(model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress)
-        with autocast(model.device, options.precision):
+        start = slerp(noise_a, noise_b, t)[None]
+        latent = denoise(model, conditioning, options, start, generator, progress=progress, precision=precision)
+        with autocast(model.device, precision):
             image = tensor_to_pil(model.decode_latent(latent))[0]
         images.append(image)
         if on_frame is not None:
             on_frame(k, image)
-    return Generated(images, settings_of("walk", options, model, frames=frames, height=height, width=width))
+    settings = settings_of("walk", options, model, precision=precision, frames=frames, height=height, width=width)
+    return Generated(images, settings)
 
 
 def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, boomerang: bool = False) -> bytes:

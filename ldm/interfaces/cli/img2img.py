@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                     seed + start,
                     options,
                     progress=not args.no_progress,
+                    precision=args.precision,
                 )
                 for i, result in enumerate(out):
                     # The call's settings, and the files it never saw.

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                 args.feather,
                 options,
                 progress=not args.no_progress,
+                precision=args.precision,
             )
             for i, result in enumerate(out):
                 writer.write(result, {**out.settings.image(i), **more})

@@ -93,6 +93,7 @@ OWN_SETTINGS = {
     "base_file",
     "label",
     "learned_variance",
+    "precision",
     "controls",
 }
 
@@ -229,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
                         width=width,
                         label=args.label,
                         options=options,
+                        precision=args.precision,
                     )
                 elif sdxl is not None:
                     images = sdxl_txt2img(
@@ -240,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
                         seed + start,
                         options,
                         progress=not args.no_progress,
+                        precision=args.precision,
                         **sdxl,
                     )
                 else:
@@ -253,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
                         options,
                         progress=not args.no_progress,
                         label=args.label,
+                        precision=args.precision,
                     )
                 for i, image in enumerate(images):
                     writer.write(image, {**images.settings.image(i), **controlled})

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         options,
         progress=not args.no_progress,
         back_projection=args.back_projection,
+        precision=args.precision,
     )
     for i, img in enumerate(images):  # the call's settings (the tiling it chose, as it ran), and the file it never saw
         writer.write(img, {**images.settings.image(i), "init_image": str(args.image)})
