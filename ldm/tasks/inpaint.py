@@ -272,6 +272,14 @@ def outpaint(
     seed: int = defaults.SEED,
     **inpaint_kwargs: Any,
 ) -> Generated:
-    """Extend the canvas on the chosen sides by that many pixels and inpaint the new area."""
-    canvas, mask, _ = extend_canvas(as_pil(image), left, right, top, bottom, size_multiple(model), seed)
-    return inpaint(model, canvas, mask, prompt, negative_prompt, seed, **inpaint_kwargs)
+    """Extend the canvas on the chosen sides by that many pixels and inpaint the new area; the settings say so
+    (task "outpaint", `extend`), as `ldm outpaint` writes them."""
+    canvas, mask, added = extend_canvas(as_pil(image), left, right, top, bottom, size_multiple(model), seed)
+    made = inpaint(model, canvas, mask, prompt, negative_prompt, seed, **inpaint_kwargs)
+    made.settings.update(outpaint_record(added))
+    return made
+
+
+def outpaint_record(added: dict[str, int]) -> dict[str, str]:
+    """What an outpainting's settings add to inpaint's: its task, and the pixels added per side ("left=64,top=32")."""
+    return {"task": "outpaint", "extend": ",".join(f"{k}={v}" for k, v in added.items() if v)}

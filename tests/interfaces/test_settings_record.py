@@ -16,6 +16,7 @@ from ldm.interfaces.app.text import generate
 from ldm.interfaces.cli.main import main
 from ldm.sampling.options import SamplingOptions
 from ldm.tasks.img2img import img2img
+from ldm.tasks.inpaint import outpaint
 from ldm.tasks.txt2img import txt2img
 
 SIZE = ["--height", "16", "--width", "16", "--no-progress", "--no-grid"]
@@ -87,3 +88,19 @@ def test_the_app_downloads_the_settings_the_call_returned(model_files):
     made = txt2img(model, "a cat", "blur", 16, 16, 4, options, progress=False)
     assert settings == made.settings.image(0) == made.settings and settings["ddim_variant"] == "k"
     assert np.array_equal(np.asarray(image), np.asarray(made[0]))
+
+
+def test_outpaint_returns_the_settings_its_pngs_carry_less_the_input_file(model_files, tmp_path):
+    cfg, ckpt = model_files
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(source)
+    args = ["outpaint", str(source), "a wall", "--extend", "left=8", "--seed", "2", "--steps", "2"]
+    assert (
+        main([*args, "--config", cfg, "--ckpt", ckpt, "--outdir", str(tmp_path / "out"), "--no-progress", "--no-grid"])
+        == 0
+    )
+    made = outpaint(load_model(cfg, ckpt), source, "a wall", left=8, seed=2, steps=2, progress=False)
+    [(pixels, settings)] = written(tmp_path / "out")
+    assert np.array_equal(pixels, np.asarray(made[0]))
+    assert settings == {**as_json(made.settings.image(0)), "init_image": str(source)}
+    assert settings["task"] == "outpaint" and settings["extend"] == "left=8"
