@@ -1,4 +1,4 @@
-"""The one checked way into the samplers: options, what each sampler takes, mixed precision.
+"""The one checked way into the samplers: options, what each sampler takes (mixed precision: ldm.sampling.precision).
 
 `sample(denoiser, x, sigmas, options)` is what every task calls. It hands a sampler exactly the
 options that sampler has (`eta` to DDIM and the ancestral samplers, each keyword of `options.extra`
@@ -19,7 +19,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +27,22 @@ import torch
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError, LdmError
 from ldm.models.seamless import tiling_choice
-from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Mixed precision's names, re-exported here where callers have always found them.
+from ldm.sampling.precision import PRECISIONS, Precision, PrecisionError, autocast  # noqa: F401
+from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
+from ldm.sampling.variance_sampler import sample_ddpm_learned_variance
+
 # What every sampler takes (ldm.sampling.samplers' signature); the rest of a signature are the sampler's own options.
 COMMON_PARAMETERS = ("model", "x", "sigmas", "extra_args", "callback", "disable", "generator")
-# Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own.
-FIXED_ETA = {"ddpm": 1.0}
+# The sampler beside SAMPLERS (the ones --sampler lists, which run any model): ancestral DDPM with the network's
+# learned step variance, for a model with a learned variance only; its denoiser also returns the variance
+# (ldm.tasks.base.Conditioning.denoiser builds it). `ldm txt2img --sampler ddpm --learned-variance` runs it.
+LEARNED_VARIANCE_SAMPLER = "ddpm_learned_variance"
+VARIANCE_SAMPLERS = {LEARNED_VARIANCE_SAMPLER: sample_ddpm_learned_variance}
+# Samplers whose noise is fixed by their definition: DDPM is DDIM with eta = 1 and has no eta of its own; the
+# learned-variance DDPM is ancestral too, its step noise scaled by the network.
+FIXED_ETA = {"ddpm": 1.0, LEARNED_VARIANCE_SAMPLER: 1.0}
 DDIM_VARIANTS = defaults.DDIM_VARIANTS  # re-exported
 # The largest guidance scale taken. SD is used at 1-20 and beyond a few dozen guidance only saturates the image;
 # much further, scale * (cond - uncond) overflows (fp16 at 65504, a distilled student's scale input already at
@@ -42,17 +50,18 @@ DDIM_VARIANTS = defaults.DDIM_VARIANTS  # re-exported
 MAX_GUIDANCE_SCALE = 1000.0
 
 
-class PrecisionError(LdmError, ValueError):
-    pass
-
-
 class NonFiniteLatentsError(LdmError, FloatingPointError):
     """Sampling made NaN or infinite latents: decoded, they would be a black image."""
 
 
+def sampler_named(name: str) -> Callable[..., torch.Tensor]:
+    """The sampler function of `name`: one of SAMPLERS, or the learned-variance one (VARIANCE_SAMPLERS)."""
+    return VARIANCE_SAMPLERS.get(name) or get_sampler(name)
+
+
 def sampler_parameters(name: str) -> dict[str, Any]:
     """The sampler's own keyword options and their defaults, e.g. {"eta": 0.0} for ddim, {} for euler."""
-    params = inspect.signature(get_sampler(name)).parameters
+    params = inspect.signature(sampler_named(name)).parameters
     return {k: p.default for k, p in params.items() if k not in COMMON_PARAMETERS}
 
 
@@ -77,7 +86,6 @@ class SamplingOptions:
     karras: bool = False
     guidance_rescale: float = 0.0
     threshold: float | None = None
-    precision: str = "fp32"
     ddim_variant: str | None = None  # "sd" or "k" (module docstring); None: the model's own
     # Seamless tiling (ldm.models.seamless): "xy" (both axes; True is taken too), "x" or "y"; None: off.
     tiling: str | None = None
@@ -99,8 +107,6 @@ class SamplingOptions:
             )
         if self.eta is not None and self.eta < 0:
             raise InvalidOptionError(f"eta must be >= 0, got {self.eta}")
-        if self.precision not in PRECISIONS:
-            raise PrecisionError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.ddim_variant is not None:
             if self.ddim_variant not in DDIM_VARIANTS:
                 raise InvalidOptionError(
@@ -162,17 +168,7 @@ def start_scale(options: SamplingOptions, sigma: torch.Tensor) -> torch.Tensor:
 
 def sampler_function(options: SamplingOptions) -> Callable[..., torch.Tensor]:
     """The function that runs the options' sampler: sample_ddim_sd for SD's DDIM, else the registered one."""
-    return sample_ddim_sd if ddim_variant_of(options) == "sd" else get_sampler(options.sampler)
-
-
-def autocast(device: torch.device, precision: str):
-    """Mixed precision where the device supports it; fp32 runs as is."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return nullcontext()
-    if dtype is torch.float16 and device.type != "cuda":
-        raise PrecisionError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return torch.autocast(device.type, dtype=dtype)
+    return sample_ddim_sd if ddim_variant_of(options) == "sd" else sampler_named(options.sampler)
 
 
 def sample(
@@ -183,8 +179,10 @@ def sample(
     generator: Generators = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
 ) -> torch.Tensor:
-    """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample.
+    """Run the options' sampler over `denoiser` from x (already at noise level sigmas[0]) to a clean sample, under
+    the `precision`'s autocast (ldm.sampling.precision).
 
     Latents that become NaN or infinite (too large a guidance scale, LoRA or embedding for the model) raise
     NonFiniteLatentsError naming the first step whose prediction was not finite, instead of decoding to black.
@@ -199,7 +197,7 @@ def sample(
         if callback is not None:
             callback(info)
 
-    with autocast(x.device, options.precision):
+    with autocast(x.device, precision):
         x = sampler(denoiser, x, sigmas, callback=watch, disable=not progress, generator=generator, **kwargs)
     check_finite_latents(x, finite_steps)
     return x

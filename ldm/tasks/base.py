@@ -27,9 +27,19 @@ from ldm.models.controlnet import controlled_denoiser
 from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
 from ldm.models.prompt_options import PromptOptions
 from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser, ScheduledDenoiser, StepConditions
-from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, sampler_eta, start_scale, task_options
+from ldm.sampling.options import (
+    VARIANCE_SAMPLERS,
+    Precision,
+    SamplingOptions,
+    ddim_variant_of,
+    sample,
+    sampler_eta,
+    start_scale,
+    task_options,
+)
 from ldm.sampling.samplers import Generators, check_strength, truncate_sigmas
 from ldm.sampling.samplers_extra import DISCARD_NEXT_TO_LAST_SIGMA, discard_next_to_last
+from ldm.sampling.variance_sampler import GuidedVarianceDenoiser, LearnedVarianceDenoiser
 
 # What each task needs, as its error message says it (the kinds that can drive it: ldm.models.latent_diffusion.CONDITIONING).  # noqa: E501
 TASK_NEEDS = {
@@ -213,6 +223,8 @@ class Conditioning:
     ) -> Denoiser:
         """network -> parameterisation -> task wrapper -> guidance (-> with `steps`, each step's guidance, chosen on
         the run's grid `sigmas`, by default the whole of `model_sigmas`: ldm.sampling.denoisers.ScheduledDenoiser)."""
+        if options.sampler in VARIANCE_SAMPLERS:
+            return self.variance_denoiser(model, options, noise)
         if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
             # A task that gives no label (img2img, walk, ...) runs a class-conditional model with the null label.
             null = model.class_labels([None] * noise.shape[0])
@@ -232,6 +244,33 @@ class Conditioning:
             for cond, uncond in self.steps.conditions
         ]
         return ScheduledDenoiser(guided, self.steps.at_step, model_sigmas(model, options) if sigmas is None else sigmas)
+
+    def variance_denoiser(
+        self, model: LatentDiffusion, options: SamplingOptions, noise: torch.Tensor
+    ) -> GuidedVarianceDenoiser:
+        """network -> (x0, learned variance) -> guidance, for the learned-variance sampler (VARIANCE_SAMPLERS)."""
+        if not getattr(model, "learned_variance", False):
+            raise InvalidOptionError(
+                f"sampler {options.sampler!r} needs a model with a learned variance (its config's learned_variance)"
+            )
+        if options.guidance_rescale or options.threshold is not None:
+            raise InvalidOptionError("guidance rescale and thresholding are not implemented with the learned variance")
+        if getattr(model, "controls", None):
+            raise InvalidOptionError("ControlNets are not implemented with the learned variance; leave --control out")
+        if self.wrap is not None:
+            raise InvalidOptionError(f"sampler {options.sampler!r} samples whole text-to-image latents only")
+        if self.steps is not None:  # its denoiser takes one condition for the whole run
+            raise InvalidOptionError("prompt editing is not implemented with the learned variance; leave it out")
+        if getattr(model, "class_names", None) is not None and "y" not in self.cond and "y" not in self.uncond:
+            return self.with_inputs(y=model.class_labels([None] * noise.shape[0])).variance_denoiser(
+                model, options, noise
+            )
+        return GuidedVarianceDenoiser(
+            LearnedVarianceDenoiser(model.unet, model.parameterisation()),
+            self.cond,
+            self.uncond,
+            options.guidance_scale,
+        )
 
 
 def guided_denoiser(
@@ -261,9 +300,10 @@ def denoise(
     strength: float = 1.0,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
 ) -> torch.Tensor:
     """Clean latents, sampled from unit `noise` [B, C, h, w] scaled to the first sigma (`start_scale`), or from
-    x0 + noise * sigma.
+    x0 + noise * sigma, under the `precision`'s autocast.
 
     x0 None, or strength 1: from pure noise (img2img at strength 1 is txt2img with the same seed).
     Otherwise the grid keeps floor(strength * steps) steps and starts from x0 + noise * sigma;
@@ -280,7 +320,7 @@ def denoise(
     denoiser = conditioning.denoiser(model, options, noise, sigmas)
     if isinstance(denoiser, ScheduledDenoiser) and callback is not None:
         callback = labelled_steps(callback, denoiser, conditioning.steps)
-    return sample(denoiser, x, sigmas, options, generator, callback, progress)
+    return sample(denoiser, x, sigmas, options, generator, callback, progress, precision)
 
 
 def labelled_steps(
@@ -306,33 +346,77 @@ def sample_seeded(
     strength: float = 1.0,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
 ) -> torch.Tensor:
     """`denoise` for a batch of `shape` [B, C, h, w] where image i uses seed + i, for its start noise and its steps."""
     n = shape[0]
     noise = start_noise(tuple(shape[1:]), [seed + i for i in range(n)], model.device)
     if x0 is not None:
         noise = noise.to(x0.dtype)
-    return denoise(
-        model, conditioning, options, noise, image_generators(model.device, seed, n), x0, strength, callback, progress
-    )
+    generators = image_generators(model.device, seed, n)
+    return denoise(model, conditioning, options, noise, generators, x0, strength, callback, progress, precision)
+
+
+class Settings(dict):
+    """What a task ran with, the one record of it: `Generated.settings`, and what the CLI and the app write into
+    each image's PNG (`image(i)`), so the settings the API returns are the ones an image carries.
+
+    As a dict, the batch's: the task, the prompt and negative prompt (one string when every image has the same,
+    else one per image), the seed (image 0's), the size, the sampling options as they ran (eta as the sampler used
+    it, DDIM's variant as chosen), the sampler's own options, the model's identity (its file and SHA-256, see
+    ldm.formats.load.load_model) and the task's own inputs.
+    """
+
+    def __init__(self, settings: dict[str, Any], prompts: list[str] | None = None, negatives: list[str] | None = None):
+        super().__init__(settings)
+        self.prompts, self.negatives = list(prompts or []), list(negatives or [])
+
+    def image(self, i: int) -> dict[str, Any]:
+        """Image i's settings, which make it again alone: its own prompt and negative prompt, its seed (seed + i)."""
+        own = dict(self)
+        if self.prompts:
+            own["prompt"], own["negative_prompt"] = self.prompts[i], self.negatives[i]
+        if isinstance(own.get("seed"), int):
+            own["seed"] += i
+        return own
 
 
 def settings_of(
-    task: str, options: SamplingOptions, prompting: PromptOptions | None = None, **more: Any
-) -> dict[str, Any]:
-    """What a task ran with: its name, the resolved sampling options (eta as the sampler used it), how the prompts
-    were read (`prompting`, by default the plain syntax), its own inputs."""
+    task: str,
+    options: SamplingOptions,
+    model: LatentDiffusion | None = None,
+    prompts: list[str] | None = None,
+    negatives: list[str] | None = None,
+    precision: str | Precision = "fp32",
+    *,
+    prompting: PromptOptions | None = None,
+    **more: Any,
+) -> Settings:
+    """The one record of what a task ran (`Settings`): its name, its prompts, the options resolved for `model`,
+    the precision, how the prompts were read (`prompting`; by default the plain syntax), the sampler's own options,
+    the model's identity, and the task's own inputs (`more`: seed, height, width, ...)."""
+    if model is not None:
+        options = for_model(options, model)
     opts = asdict(options)
     extra = opts.pop("extra")
     opts["eta"] = sampler_eta(options)
     opts["ddim_variant"] = ddim_variant_of(options)
-    return {"task": task, **opts, **(prompting or PromptOptions()).record(), **extra, **more}
+    opts["precision"] = Precision.of(precision).name
+    said: dict[str, Any] = {}
+    if prompts is not None:
+        negatives = list(negatives if negatives is not None else [""] * len(prompts))
+        said["prompt"] = prompts[0] if len(set(prompts)) == 1 else list(prompts)
+        said["negative_prompt"] = negatives[0] if len(set(negatives)) == 1 else list(negatives)
+    identity = dict(getattr(model, "identity", None) or {})
+    reading = (prompting or PromptOptions()).record()
+    return Settings({"task": task, **said, **opts, **reading, **extra, **identity, **more}, prompts, negatives)
 
 
 class Generated(list):
-    """A task's images (a plain list of PIL images) with `settings`, what the task ran with (`settings_of`)."""
+    """A task's images (a plain list of PIL images) with `settings`, what the task ran with (`Settings`; image i's
+    own, as its PNG carries them: `settings.image(i)`)."""
 
-    def __init__(self, images: list[Image.Image], settings: dict[str, Any]):
+    def __init__(self, images: list[Image.Image], settings: Settings):
         super().__init__(images)
         self.settings = settings
 

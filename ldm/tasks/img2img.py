@@ -18,7 +18,7 @@ from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
-from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import Conditioning, Generated, check_task, resolve_options, sample_seeded, settings_of
 from ldm.tasks.editing import as_pil, fit_image, size_multiple
@@ -55,27 +55,51 @@ def img2img(
     options: SamplingOptions | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated:
     """One image per prompt, all from the same input; image i uses seed + i.
 
     The output has the input's size rounded to a multiple of 8 (a log line says when it differs). Keyword options
-    are txt2img's (sampling options and how prompts are read).
+    are txt2img's (sampling options and how prompts are read); precision: the autocast, as txt2img's.
     """
     check_strength(strength)
     check_task(model, "img2img")
     prompting = take_prompt_options(option_overrides)
+    precision = Precision.of(precision)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
     conditioning = prepare(model, prompts, negatives, options, size=tuple(pixels.shape[-2:]), prompting=prompting)
-    with seamless(model, options.tiling), autocast(model.device, options.precision):
+    with seamless(model, options.tiling), autocast(model.device, precision):
         x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
         latents = sample_seeded(
-            model, conditioning, options, seed, x0.shape, x0=x0, strength=strength, callback=callback, progress=progress
+            model,
+            conditioning,
+            options,
+            seed,
+            x0.shape,
+            x0=x0,
+            strength=strength,
+            callback=callback,
+            progress=progress,
+            precision=precision,
         )
         images = model.decode_latent(latents)
     height, width = pixels.shape[-2:]
     return Generated(
-        tensor_to_pil(images), settings_of("img2img", options, prompting, strength=strength, height=height, width=width)
+        tensor_to_pil(images),
+        settings_of(
+            "img2img",
+            options,
+            model,
+            prompts,
+            negatives,
+            precision,
+            prompting=prompting,
+            seed=seed,
+            strength=strength,
+            height=height,
+            width=width,
+        ),
     )

@@ -29,7 +29,7 @@ from ldm.io.images import InvalidImageError, load_image, pil_to_tensor, tensor_t
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
-from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.base import (
     Conditioning,
@@ -163,6 +163,7 @@ def inpaint(
     options: SamplingOptions | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated:
     """Repaint the mask's white area (>= 0.5) of `image` following the prompt; image i uses seed + i.
@@ -170,9 +171,10 @@ def inpaint(
     strength < 1 starts the hole from the noised original instead of pure noise. `feather_radius`
     (px, default: the VAE's downscale factor) softens the paste-back edge inside the hole.
     `resolve_mode(model, mode)` tells which mode runs. Keyword options are txt2img's (sampling options and how
-    prompts are read).
+    prompts are read); precision: the autocast, as txt2img's.
     """
     check_strength(strength)
+    precision = Precision.of(precision)
     mode = resolve_mode(model, mode)
     prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)
@@ -183,7 +185,7 @@ def inpaint(
     if not 0 <= radius <= longest:  # a wider ramp means nothing, and its blur kernel grows with the square
         raise EditingError(f"feather must be in [0, {longest}] px (the image's longer side), got {radius}")
     n = len(prompts)
-    with seamless(model, options.tiling), autocast(model.device, options.precision):
+    with seamless(model, options.tiling), autocast(model.device, precision):
         x0 = model.encode_image(pixels).float()
         conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options, prompting)
         start = x0.expand(n, -1, -1, -1)
@@ -197,6 +199,7 @@ def inpaint(
             strength=strength,
             callback=callback,
             progress=progress,
+            precision=precision,
         )
         decoded = model.decode_latent(latents).float()
     soft = feather(m, radius)
@@ -206,7 +209,12 @@ def inpaint(
         settings_of(
             "inpaint",
             options,
-            prompting,
+            model,
+            prompts,
+            negatives,
+            precision,
+            prompting=prompting,
+            seed=seed,
             strength=strength,
             inpaint_mode=mode,
             feather_radius=radius,
@@ -271,6 +279,14 @@ def outpaint(
     seed: int = defaults.SEED,
     **inpaint_kwargs: Any,
 ) -> Generated:
-    """Extend the canvas on the chosen sides by that many pixels and inpaint the new area."""
-    canvas, mask, _ = extend_canvas(as_pil(image), left, right, top, bottom, size_multiple(model), seed)
-    return inpaint(model, canvas, mask, prompt, negative_prompt, seed, **inpaint_kwargs)
+    """Extend the canvas on the chosen sides by that many pixels and inpaint the new area; the settings say so
+    (task "outpaint", `extend`), as `ldm outpaint` writes them."""
+    canvas, mask, added = extend_canvas(as_pil(image), left, right, top, bottom, size_multiple(model), seed)
+    made = inpaint(model, canvas, mask, prompt, negative_prompt, seed, **inpaint_kwargs)
+    made.settings.update(outpaint_record(added))
+    return made
+
+
+def outpaint_record(added: dict[str, int]) -> dict[str, str]:
+    """What an outpainting's settings add to inpaint's: its task, and the pixels added per side ("left=64,top=32")."""
+    return {"task": "outpaint", "extend": ",".join(f"{k}={v}" for k, v in added.items() if v)}

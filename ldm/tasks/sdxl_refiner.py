@@ -33,7 +33,7 @@ from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.prompt_schedule import has_schedule
 from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
-from ldm.sampling.options import SamplingOptions, autocast, ddim_variant_of, sample, start_scale
+from ldm.sampling.options import Precision, SamplingOptions, autocast, ddim_variant_of, sample, start_scale
 from ldm.tasks.base import Conditioning, Generated, batch_noise, check_task, model_sigmas, resolve_options, settings_of
 from ldm.tasks.prompts import prompt_lists
 from ldm.tasks.txt2img import image_size
@@ -155,14 +155,17 @@ def sdxl_txt2img(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     output: str = "pil",
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated | torch.Tensor:
     """SDXL txt2img with micro-conditioning options and, with `refiner`, the hand-off at `switch` (module doc).
 
     micro / refiner_micro: each model's numbers (default SDXLMicro(): the image's size, no crop, scores 6 / 2.5).
-    latents: the unit start noise, as diffusers' `latents`. output "latent": the final latents, not decoded."""
+    latents: the unit start noise, as diffusers' `latents`. output "latent": the final latents, not decoded.
+    precision: the autocast, as txt2img's."""
     check_task(model, "txt2img")
     prompting = take_prompt_options(option_overrides)
+    precision = Precision.of(precision)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if options.tiling:  # its base-to-refiner hand-off runs two U-Nets; not wired to ldm.models.seamless
@@ -183,7 +186,8 @@ def sdxl_txt2img(
     x = noise * start_scale(options, sigmas[0])
     if split > 0:
         base_sigmas = sigmas[: split + 1]
-        x = sample(base_cond.denoiser(model, options, noise), x, base_sigmas, options, generators, callback, progress)
+        denoiser = base_cond.denoiser(model, options, noise)
+        x = sample(denoiser, x, base_sigmas, options, generators, callback, progress, precision)
         if refiner is not None and split < len(sigmas) - 1:
             x = _sampler_space(x, options, base_sigmas[-1])
     decoder, record = model, {}
@@ -191,7 +195,7 @@ def sdxl_txt2img(
         refiner_cond = sdxl_conditioning(refiner, prompts, negatives, height, width, refiner_micro, prompting)
         if split < len(sigmas) - 1:
             denoiser = refiner_cond.denoiser(refiner, refiner_options, noise)
-            x = sample(denoiser, x, sigmas[split:], refiner_options, generators, callback, progress)
+            x = sample(denoiser, x, sigmas[split:], refiner_options, generators, callback, progress, precision)
         decoder = refiner
         identity = getattr(refiner, "identity", None) or {}
         record = {
@@ -203,12 +207,23 @@ def sdxl_txt2img(
         }
     if output == "latent":
         return x
-    with autocast(decoder.device, options.precision):
+    with autocast(decoder.device, precision):
         images = decoder.decode_latent(x)
     return Generated(
         tensor_to_pil(images),
         settings_of(
-            "txt2img", options, prompting, height=height, width=width, **micro.record(), **record, **noise_record
+            "txt2img",
+            options,
+            model,
+            prompts,
+            negatives,
+            precision,
+            prompting=prompting,
+            height=height,
+            width=width,
+            **micro.record(),
+            **record,
+            **noise_record,
         ),
     )
 
@@ -240,9 +255,3 @@ def micro_from_args(args: Any) -> SDXLMicro:
         target_size=None if target is None else (target[1], target[0]),
         **scores,
     )
-
-
-def sdxl_record(settings: dict[str, Any]) -> dict[str, Any]:
-    """What an image's metadata adds from sdxl_txt2img's settings: the micro-conditionings and the refiner's."""
-    own = {"original_size", "crop", "target_size", "aesthetic_score", "negative_aesthetic_score"}
-    return {k: v for k, v in settings.items() if k in own or k.startswith("refiner_")}

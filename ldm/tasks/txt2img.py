@@ -8,7 +8,7 @@ are re-exported here, where callers have always found them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,21 +19,9 @@ from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
-from ldm.sampling.options import SamplingOptions, autocast, check_finite_latents, ddim_variant_of, sampler_eta
+from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import Generators
-from ldm.tasks.base import (
-    Conditioning,
-    Generated,
-    batch_noise,
-    check_task,
-    denoise,
-    for_model,
-    image_generators,
-    model_sigmas,
-    resolve_options,
-    settings_of,
-    start_noise,
-)
+from ldm.tasks.base import Conditioning, Generated, batch_noise, check_task, denoise, resolve_options, settings_of
 from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditioning, prompt_lists
 
 
@@ -80,6 +68,7 @@ def txt2img(
     generator: Generators = None,
     latents: torch.Tensor | None = None,
     label: str | list[str | None] | None = None,
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated:
     """Generate `num_images_per_prompt` images per prompt. Image i uses seed + i, so any single image can be
@@ -87,13 +76,15 @@ def txt2img(
 
     Options are a SamplingOptions or keyword overrides (steps=20, guidance_scale=5, sampler="euler", ...);
     the caller's options are not changed. How prompts are read (ldm.models.prompt_options) are keywords too:
-    prompt_syntax="a1111" (or "plain", the default), long_prompts=, emphasis=, prompt_editing=, prompt_options=. The result is a list of PIL images whose `settings` say what ran.
+    prompt_syntax="a1111" (or "plain", the default), long_prompts=, emphasis=, prompt_editing=, prompt_options=.
+    The result is a list of PIL images whose `settings` say what ran.
     As in diffusers: `generator` (one torch.Generator for the batch, or one per image) or `latents` (the unit
     start noise [B, C, h/f, w/f]) replace the seed; `callback(step)` runs at every step with the sampler's
     {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.formats.load.load_model(device=, dtype=)).
     loras: [(LoRA file, weight), ...] applied for this call only (ldm.adapters.lora). label: a class-conditional model's
     class (one name, or one per prompt; None: the null label), guided against the null label; a label-only
-    model takes the empty prompt "".
+    model takes the empty prompt "". precision: the autocast (ldm.sampling.precision: "fp32", "bf16", or "fp16" on
+    CUDA).
     """  # noqa: E501
     if loras:
         from ldm.adapters.lora import using_loras
@@ -113,10 +104,12 @@ def txt2img(
                 generator=generator,
                 latents=latents,
                 label=label,
+                precision=precision,
                 **option_overrides,
             )
     check_task(model, "txt2img")
     prompting = take_prompt_options(option_overrides)
+    precision = Precision.of(precision)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if num_images_per_prompt < 1:
@@ -130,16 +123,24 @@ def txt2img(
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
     with seamless(model, options.tiling):  # --tiling: the U-Net's and the VAE's convolutions wrap, for this run
-        latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
-        with autocast(model.device, options.precision):
+        latents = denoise(
+            model, conditioning, options, noise, generators, callback=callback, progress=progress, precision=precision
+        )
+        with autocast(model.device, precision):
             images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
+    if options.sampler == LEARNED_VARIANCE_SAMPLER:
+        labelled["learned_variance"] = True
     return Generated(
         tensor_to_pil(images),
         settings_of(
             "txt2img",
             options,
-            prompting,
+            model,
+            prompts,
+            negatives,
+            precision,
+            prompting=prompting,
             height=height,
             width=width,
             num_images_per_prompt=num_images_per_prompt,
@@ -163,25 +164,23 @@ def txt2img_learned_variance(
     width: int | None = None,
     label: str | list[str | None] | None = None,
     options: SamplingOptions | None = None,
+    precision: str | Precision = "fp32",
     prompt_options: PromptOptions | None = None,
 ) -> Generated:
     """Images from a model with a learned variance (`learned_variance: true`) by ancestral DDPM with the
-    U-Net's own step variance (ldm.sampling.variance_sampler), guided as `txt2img` is; image i uses seed + i.
+    U-Net's own step variance: `txt2img` with the sampler "ddpm_learned_variance" (ldm.sampling.variance_sampler),
+    guided as any; image i uses seed + i.
 
     `options` (sampler "ddpm"; what `ldm txt2img --learned-variance` passes) replace steps, guidance_scale and
-    spacing, and add karras spacing and precision; `prompt_options` say how prompts are read (prompt editing has no
-    counterpart here and is refused, as are guidance rescale and thresholding). label: as txt2img's, for a
-    class-conditional model.
+    spacing, and add karras spacing; `prompt_options` say how prompts are read (prompt editing has no counterpart
+    here and is refused, as are guidance rescale and thresholding). label and precision: as txt2img's. The settings name
+    the sampler as the call did: "ddpm_learned_variance", or with `options` "ddpm" and `learned_variance: true`
+    (as the command line's --sampler ddpm --learned-variance), both of which --from-png reads.
     """
-    from ldm.sampling.variance_sampler import (
-        GuidedVarianceDenoiser,
-        LearnedVarianceDenoiser,
-        sample_ddpm_learned_variance,
-    )
-
     if not getattr(model, "learned_variance", False):
         raise PromptError("this model has no learned variance (its config's learned_variance); use txt2img")
     check_task(model, "txt2img")
+    named = LEARNED_VARIANCE_SAMPLER if options is None else "ddpm"
     if options is None:
         options = resolve_options(
             None, {"steps": steps, "guidance_scale": guidance_scale, "spacing": spacing, "sampler": "ddpm"}, model=model
@@ -192,89 +191,18 @@ def txt2img_learned_variance(
             raise InvalidOptionError(
                 f"the learned variance samples by ancestral DDPM: give sampler 'ddpm', not {options.sampler!r}"
             )
-    if options.guidance_rescale or options.threshold is not None:
-        raise InvalidOptionError("guidance rescale and thresholding are not implemented with the learned variance")
-    if getattr(model, "controls", None):  # its sampler does not go through Conditioning.denoiser
-        raise InvalidOptionError("ControlNets are not implemented with the learned variance; leave --control out")
-    prompts, negatives = prompt_lists(prompts, negative_prompt)
-    height, width = image_size(model, height, width)
-    conditioning = prepare(model, prompts, negatives, options, label, size=(height, width), prompting=prompt_options)
-    if conditioning.steps is not None:  # its sampler does not go through Conditioning.denoiser
-        raise InvalidOptionError("prompt editing is not implemented with the learned variance; leave it out")
-    noise = start_noise(
-        (model.latent_channels, height // model.downscale, width // model.downscale),
-        [seed + i for i in range(len(prompts))],
-        model.device,
+    made = txt2img(
+        model,
+        prompts,
+        negative_prompt,
+        height,
+        width,
+        seed,
+        replace(options, sampler=LEARNED_VARIANCE_SAMPLER),
+        progress=progress,
+        label=label,
+        precision=precision,
+        prompt_options=prompt_options,
     )
-    sigmas = model_sigmas(model, options)
-    denoiser = GuidedVarianceDenoiser(
-        LearnedVarianceDenoiser(model.unet, model.parameterisation()),
-        conditioning.cond,
-        conditioning.uncond,
-        options.guidance_scale,
-    )
-    with seamless(model, options.tiling), autocast(model.device, options.precision):
-        latents = sample_ddpm_learned_variance(
-            denoiser,
-            noise * sigmas[0],
-            sigmas,
-            disable=not progress,
-            generator=image_generators(model.device, seed, len(prompts)),
-        )
-        check_finite_latents(latents)
-        images = model.decode_latent(latents)
-    labelled = {"label": label} if label is not None else {}
-    return Generated(
-        tensor_to_pil(images),
-        settings_of(
-            "txt2img",
-            options,
-            prompt_options,
-            sampler="ddpm_learned_variance",
-            learned_variance=True,
-            height=height,
-            width=width,
-            **labelled,
-        ),
-    )
-
-
-def settings_dict(
-    prompt: str,
-    negative_prompt: str,
-    seed: int,
-    height: int,
-    width: int,
-    options: SamplingOptions,
-    model: LatentDiffusion | None = None,
-    prompting: PromptOptions | None = None,
-    **more: Any,
-) -> dict[str, Any]:
-    """What goes into each PNG's metadata: enough to make the same image again, as it was really made.
-
-    `prompting` says how the prompts were read (long_prompts, emphasis, prompt_editing; None: the plain syntax).
-
-    `eta` is the one the sampler used (not the --eta of a sampler that ignores it), `ddim_variant` likewise
-    (the model's own where the options leave it open; without a field, --from-png reads the metadata as made
-    before the field existed, with "k"); `model` adds the weights' file name and SHA-256 (ldm.formats.load.load_model
-    records them), which say which model made it.
-    """  # noqa: E501
-    if model is not None:
-        options = for_model(options, model)
-    opts = asdict(options)
-    extra = opts.pop("extra")
-    opts["eta"] = sampler_eta(options)
-    opts["ddim_variant"] = ddim_variant_of(options)
-    identity = dict(model.identity) if model is not None else {}
-    return {
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "seed": seed,
-        "height": height,
-        "width": width,
-        **opts,
-        **(prompting or PromptOptions()).record(),
-        **extra,
-        **identity,
-        **more,
-    }
+    made.settings["sampler"] = named
+    return made

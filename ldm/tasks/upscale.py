@@ -27,7 +27,7 @@ from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.tiling import blend_tiles, tile_starts
-from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.tasks.base import (
     Conditioning,
     EditingError,
@@ -204,6 +204,7 @@ def upscale(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     back_projection: int | None = None,
+    precision: str | Precision = "fp32",
     **option_overrides: Any,
 ) -> Generated:
     """Upscale `image` by the VAE's factor (4 for SD x4), one result per prompt (image i uses seed + i).
@@ -212,10 +213,12 @@ def upscale(
     `tile_size`/`tile_overlap` are in low-res pixels (default: the model's training size, a quarter
     of it overlapping); images that fit in one tile run untiled. `back_projection`: iterations of
     `back_project` on the result (None: the model's own, its config's `upscale: {back_projection: N}`; 0: none,
-    as the reference SD code). Keyword options are txt2img's (sampling options and how prompts are read).
+    as the reference SD code). Keyword options are txt2img's (sampling options and how prompts are
+    read); precision: the autocast, as txt2img's.
     """
     check_upscaler(model)
     prompting = take_prompt_options(option_overrides)
+    precision = Precision.of(precision)
     if back_projection is None:
         back_projection = int(model.upscale_defaults.get("back_projection", 0))
     if not isinstance(back_projection, int) or back_projection < 0:
@@ -249,15 +252,22 @@ def upscale(
     conditioning = prepare(model, prompts, negatives, low, noise_level, seed, tile, overlap, tiled, options, prompting)
     # The latent has the low-res image's size; sampling starts from pure noise (there is no latent to noise).
     shape = (len(prompts), model.latent_channels, img.height, img.width)
-    with autocast(model.device, options.precision):
-        latents = sample_seeded(model, conditioning, options, seed, shape, callback=callback, progress=progress)
+    with autocast(model.device, precision):
+        latents = sample_seeded(
+            model, conditioning, options, seed, shape, callback=callback, progress=progress, precision=precision
+        )
         images = decode_tiled(model, latents, tile, overlap)
     if back_projection:
         images = back_project(images, low, model.downscale, back_projection)
     settings = settings_of(
         "upscale",
         options,
-        prompting,
+        model,
+        prompts,
+        negatives,
+        precision,
+        prompting=prompting,
+        seed=seed,
         noise_level=noise_level,
         tile_size=tile,
         tile_overlap=overlap,

@@ -23,7 +23,7 @@ from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions
 from ldm.models.prompt_schedule import has_schedule
 from ldm.models.seamless import seamless
-from ldm.sampling.options import SamplingOptions, autocast
+from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.tasks.base import Conditioning, Generated, check_task, denoise, resolve_options, settings_of, start_noise
 from ldm.tasks.prompts import prompt_conditions
 from ldm.tasks.txt2img import image_size
@@ -87,6 +87,7 @@ def walk_frames(
     on_frame: Callable[[int, Image.Image], None] | None = None,
     progress: bool = True,
     prompt_options: PromptOptions | None = None,
+    precision: str | Precision = "fp32",
 ) -> Generated:
     """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
 
@@ -94,12 +95,14 @@ def walk_frames(
     only the seed. Every frame samples with the same generator seed, so ancestral samplers'
     injected noise does not flicker between frames. `on_frame(k, image)` reports each frame. `prompt_options`: how
     the prompts are read (ldm.models.prompt_options); prompt editing has no place in a walk and is refused.
+    precision: the autocast, as txt2img's.
     """
     prompt_b = prompt_a if prompt_b is None else prompt_b
     seed_b = seed_a if seed_b is None else seed_b
     if prompt_a == prompt_b and seed_a == seed_b:
         raise WalkError("both ends are the same: give a second prompt or a second seed")
     check_task(model, "walk")
+    precision = Precision.of(precision)
     options = resolve_options(options, {}, "walk", model=model)
     if prompt_options is not None and prompt_options.prompt_editing:
         if any(has_schedule(text) for text in (prompt_a, prompt_b, negative_prompt)):
@@ -131,16 +134,18 @@ def walk_frames(
         # Each frame's conditioning: the prompts' contexts interpolated; its start: the seeds' noise slerped.
         conditioning = Conditioning({k: lerp(v[0:1], v[1:2], t) for k, v in ends.items()}, uncond)  # SDXL: y too
         generator = torch.Generator(model.device).manual_seed(seed_a)
+        start = slerp(noise_a, noise_b, t)[None]
         with seamless(model, options.tiling):
-            latent = denoise(
-                model, conditioning, options, slerp(noise_a, noise_b, t)[None], generator, progress=progress
-            )
-            with autocast(model.device, options.precision):
+            latent = denoise(model, conditioning, options, start, generator, progress=progress, precision=precision)
+            with autocast(model.device, precision):
                 image = tensor_to_pil(model.decode_latent(latent))[0]
         images.append(image)
         if on_frame is not None:
             on_frame(k, image)
-    return Generated(images, settings_of("walk", options, prompt_options, frames=frames, height=height, width=width))
+    settings = settings_of(
+        "walk", options, model, precision=precision, prompting=prompt_options, frames=frames, height=height, width=width
+    )
+    return Generated(images, settings)
 
 
 def gif_bytes(frames: list[Image.Image], duration_ms: int = 100, loop: int = 0, boomerang: bool = False) -> bytes:

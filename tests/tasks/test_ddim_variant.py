@@ -23,7 +23,6 @@ from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import SamplingOptions, sampler_function, start_scale
 from ldm.sampling.samplers import SamplerOptionError, sample_ddim, sample_ddim_sd
 from ldm.tasks.base import resolve_options, settings_of
-from ldm.tasks.txt2img import settings_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SD_CONFIGS = ROOT / "configs" / "stable-diffusion"
@@ -83,9 +82,9 @@ def test_sd_ddim_on_a_grid_ending_in_zero_is_ddim():
 
 def test_settings_record_the_variant_that_ran():
     assert settings_of("txt2img", resolve_options(None, {}, model=SD_MODEL))["ddim_variant"] == "sd"
-    assert settings_dict("p", "", 1, 8, 8, SamplingOptions(), SD_MODEL)["ddim_variant"] == "sd"
-    assert settings_dict("p", "", 1, 8, 8, SamplingOptions(ddim_variant="k"), SD_MODEL)["ddim_variant"] == "k"
-    assert settings_dict("p", "", 1, 8, 8, SamplingOptions(sampler="euler"), SD_MODEL)["ddim_variant"] is None
+    assert settings_of("txt2img", SamplingOptions(), SD_MODEL, ["p"])["ddim_variant"] == "sd"
+    assert settings_of("txt2img", SamplingOptions(ddim_variant="k"), SD_MODEL, ["p"])["ddim_variant"] == "k"
+    assert settings_of("txt2img", SamplingOptions(sampler="euler"), SD_MODEL, ["p"])["ddim_variant"] is None
 
 
 def test_metadata_without_a_variant_was_made_with_k():

@@ -15,8 +15,8 @@ from ldm.core.errors import InvalidOptionError
 from ldm.io.images import save_png, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import SamplingOptions
-from ldm.tasks.sdxl_refiner import sdxl_record, sdxl_txt2img
-from ldm.tasks.txt2img import settings_dict, txt2img
+from ldm.tasks.sdxl_refiner import sdxl_txt2img
+from ldm.tasks.txt2img import txt2img
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
 
@@ -66,13 +66,11 @@ def generate(
         made = sdxl_txt2img(
             model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, **sdxl
         )
-        image, labelled = made[0], sdxl_record(made.settings)
     else:
-        image = txt2img(
+        made = txt2img(
             model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, label=label
-        )[0]
-        labelled = {"label": label} if label is not None else {}
-    return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model, **labelled)
+        )
+    return made[0], made.settings.image(0)
 
 
 NO_LABEL = "(no label)"

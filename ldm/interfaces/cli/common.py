@@ -16,7 +16,8 @@ from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
 from ldm.core.limits import MAX_PROMPT_CHARS, MAX_PROMPT_FILE_BYTES, MAX_PROMPTS_PER_FILE, check_prompt_length
 from ldm.io.images import check_writable, make_grid, next_index, save_numbered_png
 from ldm.models.prompt_options import PROMPT_SWITCHES, PROMPT_SYNTAXES, PromptOptions, prompt_options
-from ldm.sampling.options import PRECISIONS, SamplingOptions, sampler_options_help, samplers_with, task_options
+from ldm.sampling.options import SamplingOptions, sampler_options_help, samplers_with, task_options
+from ldm.sampling.precision import DEFAULT_PRECISION, PRECISIONS
 from ldm.sampling.samplers import SAMPLERS
 
 log = logging.getLogger("ldm")
@@ -119,7 +120,7 @@ def add_sampling_args(p: argparse.ArgumentParser, task: str = "txt2img") -> None
     p.add_argument("--karras", action="store_true", help="Karras et al. sigma spacing")
     p.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale, help="guidance rescale (for v-prediction models)")  # noqa: E501
     p.add_argument("--seed", type=int, default=defaults.SEED, help="noise seed; image i of a run uses seed + i")
-    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="autocast precision")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS), help="autocast precision")
     p.add_argument("--prompt-syntax", choices=list(PROMPT_SYNTAXES), default=None,
                    help="how prompts are read: plain as the reference SD code (cut at 77 tokens, brackets are text), "
                         "a1111 as AUTOMATIC1111 (long prompts, BREAK, emphasis and prompt editing, all below) "
@@ -191,8 +192,7 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
             check_prompt_length(getattr(args, name), name.replace("_", " "))
     return SamplingOptions(steps=args.steps, guidance_scale=args.scale, sampler=args.sampler, eta=args.eta,
                            spacing=args.spacing, karras=args.karras, guidance_rescale=args.guidance_rescale,
-                           precision=args.precision, ddim_variant=args.ddim_variant,
-                           tiling=getattr(args, "tiling", None),
+                           ddim_variant=args.ddim_variant, tiling=getattr(args, "tiling", None),
                            extra=parse_sampler_options(getattr(args, "sampler_option", None) or []))
 
 

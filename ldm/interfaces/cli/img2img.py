@@ -22,7 +22,6 @@ from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.editing import as_pil
 from ldm.tasks.img2img import img2img, prepare_image
-from ldm.tasks.txt2img import settings_dict
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,25 +74,11 @@ def run(args: argparse.Namespace) -> int:
                     options,
                     progress=not args.no_progress,
                     prompt_options=prompting,
+                    precision=args.precision,
                 )
                 for i, result in enumerate(out):
-                    writer.write(
-                        result,
-                        settings_dict(
-                            prompt,
-                            args.negative_prompt,
-                            seed + start + i,
-                            image.height,
-                            image.width,
-                            options,
-                            model,
-                            prompting,
-                            task="img2img",
-                            strength=args.strength,
-                            init_image=str(args.image),
-                            **controlled,
-                        ),
-                    )
+                    # The call's settings, and the files it never saw.
+                    writer.write(result, {**out.settings.image(i), "init_image": str(args.image), **controlled})
             seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)

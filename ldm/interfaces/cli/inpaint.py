@@ -22,8 +22,15 @@ from ldm.interfaces.cli.common import (
 from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls, control_specs
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.editing import as_pil, size_multiple
-from ldm.tasks.inpaint import INPAINT_MODES, as_mask, extend_canvas, inpaint, parse_extend, resolve_mode
-from ldm.tasks.txt2img import settings_dict
+from ldm.tasks.inpaint import (
+    INPAINT_MODES,
+    as_mask,
+    extend_canvas,
+    inpaint,
+    outpaint_record,
+    parse_extend,
+    resolve_mode,
+)
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -88,13 +95,9 @@ def run(args: argparse.Namespace) -> int:
     # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
     model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")
     mode = resolve_mode(model, args.mode)
-    more = {
-        "task": "outpaint" if extend else "inpaint",
-        "inpaint_mode": mode,
-        "strength": args.strength,
-        "init_image": str(args.image),
-        **attach_controls(model, args),
-    }  # --control: for every image
+    # What the metadata adds to the call's settings: the files it never saw, and that its canvas was an outpainting's
+    # (as ldm.tasks.inpaint.outpaint records it).
+    more = {"init_image": str(args.image), **attach_controls(model, args)}  # --control: for every image
     if extend:
         # The canvas's memory is checked before it is allocated: a side of 100000 px is refused here.
         chunk_size(
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             1,
         )
         image, mask, added = extend_canvas(image, **extend, multiple=size_multiple(model), seed=args.seed)
-        more["extend"] = ",".join(f"{k}={v}" for k, v in added.items() if v)
+        more.update(outpaint_record(added))
     else:
         more["mask"] = str(args.mask)
     chunk = chunk_size(model, args, image.height, image.width, args.batch_size)
@@ -125,22 +128,10 @@ def run(args: argparse.Namespace) -> int:
                 options,
                 progress=not args.no_progress,
                 prompt_options=prompting,
+                precision=args.precision,
             )
             for i, result in enumerate(out):
-                writer.write(
-                    result,
-                    settings_dict(
-                        prompt,
-                        args.negative_prompt,
-                        seed + start + i,
-                        result.height,
-                        result.width,
-                        options,
-                        model,
-                        prompting,
-                        **more,
-                    ),
-                )
+                writer.write(result, {**out.settings.image(i), **more})
         seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s (%s mode)", len(prompts) * args.batch_size, paths[0].parent, mode)

@@ -30,8 +30,8 @@ from ldm.io.infotext import settings_from_png
 from ldm.models.prompt_options import PROMPT_SWITCHES
 from ldm.sampling.options import SamplingOptions, sampler_parameters
 from ldm.sampling.samplers import SAMPLERS, get_sampler
-from ldm.tasks.sdxl_refiner import sdxl_record, sdxl_txt2img, with_refiner_switch
-from ldm.tasks.txt2img import settings_dict, txt2img, txt2img_learned_variance
+from ldm.tasks.sdxl_refiner import sdxl_txt2img, with_refiner_switch
+from ldm.tasks.txt2img import txt2img, txt2img_learned_variance
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +95,7 @@ OWN_SETTINGS = {
     "base_file",
     "label",
     "learned_variance",
+    "precision",
     "controls",
     *PROMPT_SWITCHES,
 }
@@ -205,10 +206,7 @@ def run(args: argparse.Namespace) -> int:
             "learned_variance is off); leave the option out"
         )
     sdxl = sdxl_options(args, model)  # an SDXL model's refiner and micro-conditionings (ldm.tasks.sdxl_refiner)
-    labelled = {"label": args.label} if args.label is not None else {}
-    if args.learned_variance:
-        labelled["learned_variance"] = True
-    labelled.update(attach_controls(model, args))  # --control: ControlNets for every image of the run
+    controlled = attach_controls(model, args)  # --control: ControlNets for every image of the run, their files
     made_with = getattr(args, "png_model_hash", None)
     ours = model.identity.get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):
@@ -239,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
                         label=args.label,
                         options=options,
                         prompt_options=prompting,
+                        precision=args.precision,
                     )
                 elif sdxl is not None:
                     images = sdxl_txt2img(
@@ -251,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
                         options,
                         progress=not args.no_progress,
                         prompt_options=prompting,
+                        precision=args.precision,
                         **sdxl,
                     )
                 else:
@@ -265,23 +265,10 @@ def run(args: argparse.Namespace) -> int:
                         progress=not args.no_progress,
                         label=args.label,
                         prompt_options=prompting,
+                        precision=args.precision,
                     )
                 for i, image in enumerate(images):
-                    writer.write(
-                        image,
-                        settings_dict(
-                            prompt,
-                            args.negative_prompt,
-                            seed + start + i,
-                            height,
-                            width,
-                            options,
-                            model,
-                            prompting,
-                            **labelled,
-                            **sdxl_record(images.settings),
-                        ),
-                    )
+                    writer.write(image, {**images.settings.image(i), **controlled})
             seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)

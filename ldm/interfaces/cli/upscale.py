@@ -19,7 +19,6 @@ from ldm.interfaces.cli.common import (
     sampling_options,
 )
 from ldm.tasks.editing import as_pil
-from ldm.tasks.txt2img import settings_dict
 from ldm.tasks.upscale import upscale
 
 
@@ -99,30 +98,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         back_projection=args.back_projection,
         prompt_options=prompt_options_of(args),
+        precision=args.precision,
     )
-    ran = images.settings  # the tiling upscale() chose, as it ran
-    settings = [
-        settings_dict(
-            args.prompt,
-            args.negative_prompt,
-            args.seed + i,
-            img.height,
-            img.width,
-            options,
-            prompting=prompt_options_of(args),
-            task="upscale",
-            noise_level=args.noise_level,
-            init_image=str(args.image),
-            model=model,
-            tile_size=ran["tile_size"],
-            tile_overlap=ran["tile_overlap"],
-            tiled=ran["tiled"],
-            back_projection=ran["back_projection"],
-        )
-        for i, img in enumerate(images)
-    ]
-    for img, s in zip(images, settings):
-        writer.write(img, s)
+    for i, img in enumerate(images):  # the call's settings (the tiling it chose, as it ran), and the file it never saw
+        writer.write(img, {**images.settings.image(i), "init_image": str(args.image)})
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", len(images), paths[0].parent)
     return 0

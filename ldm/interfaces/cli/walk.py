@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         on_frame=on_frame,
         progress=not args.no_progress,
         prompt_options=prompt_options_of(args),
+        precision=args.precision,
     )
     if out.suffix.lower() == ".mp4":
         save_mp4(frames, out, fps=max(1, round(1000 / args.duration)), overwrite=args.overwrite)

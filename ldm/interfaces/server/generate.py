@@ -126,7 +126,6 @@ class Generator:
 
     def _options(self, request: GenerationRequest) -> Any:
         from ldm.sampling.options import task_options
-        from ldm.tasks.sdxl_refiner import is_sdxl
 
         task = "txt2img" if request.task == "txt2img" else "img2img"
         options = task_options(task, **self.model.sampling_defaults)
@@ -134,8 +133,6 @@ class Generator:
             setattr(options, key, value)
         if "sampler" in request.sampling and "spacing" not in request.sampling:
             options.spacing = task_options(task).spacing  # a model's own spacing belongs to its own sampler
-        if is_sdxl(self.model):  # A1111's prompt reading is not implemented for SDXL's two towers yet
-            options.long_prompts = options.emphasis = False
         try:
             options.validate()
         except InvalidOptionError as exc:  # named by the field that asked for it
@@ -145,8 +142,7 @@ class Generator:
         return options
 
     def _generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
-        from ldm.tasks.sdxl_refiner import sdxl_record
-        from ldm.tasks.txt2img import image_size, settings_dict
+        from ldm.tasks.txt2img import image_size
 
         model = self.model
         options = self._options(request)
@@ -167,29 +163,15 @@ class Generator:
             made = self._call(request, options, init, mask, height, width, seed, job)
             job.step = per_call * (iteration + 1)
             extra: dict[str, Any] = {}
-            if request.task != "txt2img":
-                extra = {"task": request.task, "strength": request.strength}
             if request.controls:  # the control images came in the request: the record names them so
                 extra["controls"] = [
                     {"image": f"request:unit {i}", "controlnet": Path(u["controlnet"]).name, "weight": u["weight"],
                      "start": u["start"], "end": u["end"], "resize": u["resize"], "mode": u["mode"]}
                     for i, u in enumerate(request.controls)
                 ]  # fmt: skip
-            extra.update(sdxl_record(getattr(made, "settings", {})))  # an SDXL model's micro-conditionings, refiner
-            for i, image in enumerate(made):
+            for i, image in enumerate(made):  # the call's own record of each image (ldm.tasks.base.settings_of)
                 images.append(image)
-                settings.append(
-                    settings_dict(
-                        request.prompt,
-                        request.negative_prompt,
-                        seed + i,
-                        image.height,
-                        image.width,
-                        options,
-                        model,
-                        **extra,
-                    )
-                )
+                settings.append({**made.settings.image(i), **extra})
         return self._answer(request, images, settings)
 
     def _call(self, request, options, init, mask, height, width, seed, job):
@@ -231,8 +213,13 @@ class Generator:
 
         common = {"negative_prompt": request.negative_prompt, "seed": seed, "options": options, "progress": False}
         if request.task == "txt2img" and (request.refiner is not None or is_sdxl(self.model)):
+            # SDXL reads A1111's 75-token chunks and (word:1.2) emphasis in both towers; prompt editing not yet
             refiner = self._refiner(request, options)
-            return sdxl_txt2img(self.model, prompts, height=height, width=width, callback=step, **common, **refiner)
+            return sdxl_txt2img(
+                self.model, prompts, height=height, width=width, callback=step, long_prompts=True, emphasis=True,
+                **common, **refiner,
+            )  # fmt: skip
+        common["prompt_syntax"] = "a1111"  # A1111's reading: long prompts, BREAK, emphasis and prompt editing
         if request.task == "txt2img":
             return txt2img(self.model, prompts, height=height, width=width, callback=step, **common)
         if request.task == "img2img":

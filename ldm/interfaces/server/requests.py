@@ -189,11 +189,7 @@ def parse_request(route: str, body: Any, limits: ServerLimits, controlnets: list
             raise FieldError(name, f"must be a multiple of 8, got {value}")
     if width is not None and height is not None and width * height > limits.max_pixels:
         raise FieldError("width", f"{width}x{height} is over this server's limit of {limits.max_pixels:,} pixels")
-    sampling = {
-        **sampler_fields(body),
-        "long_prompts": True,  # A1111 reads every prompt in 75-token chunks with (word:1.2) emphasis
-        "emphasis": True,
-    }
+    sampling = sampler_fields(body)  # prompts are read as A1111 reads them (generate.Generator._task)
     if body.get("steps") is not None:
         sampling["steps"] = integer(body, "steps", 0, 1, limits.max_steps)
     if body.get("cfg_scale") is not None:
