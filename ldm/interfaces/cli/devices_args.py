@@ -47,7 +47,7 @@ def add_devices_args(p: argparse.ArgumentParser) -> None:
 
 def on_devices(args: argparse.Namespace) -> bool:
     """Whether the run goes through Lightning (any of this group's options given)."""
-    return any(getattr(args, name, None) not in (None, False) for name in DEVICE_OPTIONS)
+    return any(getattr(args, name, None) is not None and getattr(args, name) is not False for name in DEVICE_OPTIONS)
 
 
 def parse_devices(text: str | None) -> int | list[int] | str:
