@@ -107,7 +107,9 @@ def missing_jobs(samples: Path, jobs: list[PromptJob]) -> list[PromptJob]:
 def record_attempt(run_dir: Path, manifest: dict[str, Any], processes: int, to_make: int) -> dict[str, Any]:
     """Write the manifest (atomically) with this attempt added: when, on how many processes, how many jobs."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest = {**manifest, "attempts": [*manifest["attempts"], {"started": started, "processes": processes,
-                                                                 "jobs": to_make}]}
+    manifest = {
+        **manifest,
+        "attempts": [*manifest["attempts"], {"started": started, "processes": processes, "jobs": to_make}],
+    }
     write_text_output(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest

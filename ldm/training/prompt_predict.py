@@ -111,17 +111,27 @@ class FileProgress(pl.Callback):
             self.bar = None
 
 
-def prompt_file_trainer(accelerator: str, devices: Any, num_nodes: int, strategy: str,
-                        callbacks: list[pl.Callback]) -> pl.Trainer:
+def prompt_file_trainer(
+    accelerator: str, devices: Any, num_nodes: int, strategy: str, callbacks: list[pl.Callback]
+) -> pl.Trainer:
     """A Trainer for prediction only: no logger, checkpoints or Lightning's own bar (FileProgress counts the file);
     Lightning's refusal of its own arguments becomes one line. Lightning's notices (which accelerators exist, tips)
     are kept to warnings: the command says what it does in its own lines."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        return pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, use_distributed_sampler=False, callbacks=callbacks)
+        return pl.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            callbacks=callbacks,
+        )
     except (TypeError, ValueError, MisconfigurationException, RuntimeError) as exc:
         said = str(exc).splitlines()[0]
         raise InvalidOptionError(f"--accelerator/--devices/--num-nodes/--strategy: {said}") from None

@@ -105,10 +105,23 @@ def test_a_killed_run_is_completed_by_resume_with_no_image_made_twice(workspace)
     run_dir = workspace / "killed"
     samples = run_dir / "samples"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ldm.interfaces.cli.main", *FILE, "--devices", "1", "--run-dir", str(run_dir),
-         "--no-progress"],
-        cwd=workspace, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "ldm.interfaces.cli.main",
+            *FILE,
+            "--devices",
+            "1",
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+        ],
+        cwd=workspace,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 180
     while not (samples.is_dir() and len(list(samples.glob("p*-s*.png"))) >= 6):

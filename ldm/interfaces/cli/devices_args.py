@@ -30,19 +30,38 @@ def add_devices_args(p: argparse.ArgumentParser) -> None:
         "(prompt, sample), each seeded as in a plain run, and manifest.json; the same file gives the same images "
         "whatever the number of processes (docs/cli.md, 'Many devices and machines').",
     )
-    g.add_argument("--devices", default=None, metavar="N|LIST|auto",
-                   help="devices (processes) per machine: a count, a list of device indices (0,2) or auto (default: 1)")
+    g.add_argument(
+        "--devices",
+        default=None,
+        metavar="N|LIST|auto",
+        help="devices (processes) per machine: a count, a list of device indices (0,2) or auto (default: 1)",
+    )
     g.add_argument("--num-nodes", type=int, default=None, metavar="N", help="machines (default: 1)")
-    g.add_argument("--strategy", default=None, choices=STRATEGIES,
-                   help="how Lightning starts the processes: ddp starts the command again per device (or reads "
-                        "torchrun's and SLURM's), ddp_fork forks (not with CUDA) (default: auto)")
-    g.add_argument("--accelerator", default=None, choices=ACCELERATORS,
-                   help="the device kind (default: --device's kind, auto with --device auto)")
-    g.add_argument("--run-dir", default=None, metavar="DIR",
-                   help="the run folder: manifest.json and samples/ (default: --outdir); it holds one run")
-    g.add_argument("--resume", action="store_true",
-                   help="make the images of the run folder's manifest that are missing (after a lost node or a stop), "
-                        "none twice; the same prompt file and options")
+    g.add_argument(
+        "--strategy",
+        default=None,
+        choices=STRATEGIES,
+        help="how Lightning starts the processes: ddp starts the command again per device (or reads "
+        "torchrun's and SLURM's), ddp_fork forks (not with CUDA) (default: auto)",
+    )
+    g.add_argument(
+        "--accelerator",
+        default=None,
+        choices=ACCELERATORS,
+        help="the device kind (default: --device's kind, auto with --device auto)",
+    )
+    g.add_argument(
+        "--run-dir",
+        default=None,
+        metavar="DIR",
+        help="the run folder: manifest.json and samples/ (default: --outdir); it holds one run",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="make the images of the run folder's manifest that are missing (after a lost node or a stop), "
+        "none twice; the same prompt file and options",
+    )
 
 
 def on_devices(args: argparse.Namespace) -> bool:
@@ -95,8 +114,10 @@ def devices_run(args: argparse.Namespace, prompt_count: int) -> DevicesRun:
     from ldm.training.prompt_predict import FileProgress, ImageFileWriter, prompt_file_trainer
 
     if not args.from_file:
-        raise InvalidOptionError("--devices, --num-nodes, --strategy, --accelerator, --run-dir and --resume run a "
-                                 "prompt file: give --from-file")
+        raise InvalidOptionError(
+            "--devices, --num-nodes, --strategy, --accelerator, --run-dir and --resume run a "
+            "prompt file: give --from-file"
+        )
     if args.num_nodes is not None and args.num_nodes < 1:
         raise InvalidOptionError(f"--num-nodes must be at least 1, got {args.num_nodes}")
     devices = parse_devices(args.devices)
@@ -107,13 +128,24 @@ def devices_run(args: argparse.Namespace, prompt_count: int) -> DevicesRun:
     check_writable(samples)
     jobs = plan_jobs(prompt_count, args.batch_size, args.n_iter, args.seed)
     progress = FileProgress(samples, [name for job in jobs for name in job.names()], enabled=not args.no_progress)
-    trainer = prompt_file_trainer(args.accelerator or accelerator_of(args.device), devices, args.num_nodes or 1,
-                                  args.strategy or "auto", [ImageFileWriter(samples), progress])
+    trainer = prompt_file_trainer(
+        args.accelerator or accelerator_of(args.device),
+        devices,
+        args.num_nodes or 1,
+        args.strategy or "auto",
+        [ImageFileWriter(samples), progress],
+    )
     return DevicesRun(trainer, run_dir, samples, jobs, progress)
 
 
-def run_prompt_file(run: DevicesRun, args: argparse.Namespace, model: Any, prompts: list[str],
-                    make: Callable[[str, int, int], list[tuple[Any, dict[str, Any]]]], settings: dict[str, Any]) -> int:
+def run_prompt_file(
+    run: DevicesRun,
+    args: argparse.Namespace,
+    model: Any,
+    prompts: list[str],
+    make: Callable[[str, int, int], list[tuple[Any, dict[str, Any]]]],
+    settings: dict[str, Any],
+) -> int:
     """Make the file's missing images on every process. make(prompt, n, seed) -> [(image, its settings)] is what a
     plain run calls per prompt; `settings` are those all images share (the manifest's)."""
     from ldm.training.prompt_predict import PromptFileModule, predict_file
@@ -127,8 +159,14 @@ def run_prompt_file(run: DevicesRun, args: argparse.Namespace, model: Any, promp
     def prepare(world_size: int) -> list[PromptJob]:  # rank 0 only
         todo = missing_jobs(run.samples, run.jobs)
         record_attempt(run.run_dir, old or manifest, world_size, len(todo))
-        log.info("%d of %d image(s) to make (%d job(s)) on %d process(es) into %s", sum(j.count for j in todo),
-                 total, len(todo), world_size, run.samples)
+        log.info(
+            "%d of %d image(s) to make (%d job(s)) on %d process(es) into %s",
+            sum(j.count for j in todo),
+            total,
+            len(todo),
+            world_size,
+            run.samples,
+        )
         return todo
 
     def make_job(job: PromptJob) -> list[tuple[str, Any, dict[str, Any]]]:
