@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,10 +143,10 @@ def run_prompt_file(
     args: argparse.Namespace,
     model: Any,
     prompts: list[str],
-    make: Callable[[str, int, int], list[tuple[Any, dict[str, Any]]]],
+    make: Callable[[str, int, int], Iterable[tuple[Any, dict[str, Any]]]],
     settings: dict[str, Any],
 ) -> int:
-    """Make the file's missing images on every process. make(prompt, n, seed) -> [(image, its settings)] is what a
+    """Make the file's missing images on every process. make(prompt, n, seed) -> (image, its settings) pairs is what a
     plain run calls per prompt; `settings` are those all images share (the manifest's)."""
     from ldm.training.prompt_predict import PromptFileModule, predict_file
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from collections.abc import Iterator
 from dataclasses import fields
 
 from ldm.core.errors import InvalidOptionError, MissingFileError
@@ -224,9 +225,9 @@ def run(args: argparse.Namespace) -> int:
     chunk = chunk_size(model, args, height, width, args.batch_size)
     progress = not args.no_progress and devices is None  # a prompt-file run has its own bar over the whole file
 
-    def make(prompt: str, count: int, first_seed: int) -> list[tuple]:
-        """One prompt's `count` images, seeds first_seed.., with the settings each is written with."""
-        made = []
+    def make(prompt: str, count: int, first_seed: int) -> Iterator[tuple]:
+        """One prompt's `count` images, seeds first_seed.., each with the settings it is written with, yielded chunk
+        by chunk: a plain run writes each image the moment it exists."""
         # Image i has seed + i whatever the chunking (one generator per image), so chunks change nothing.
         for start, n in chunks(count, chunk):
             if args.learned_variance:
@@ -277,8 +278,7 @@ def run(args: argparse.Namespace) -> int:
                     **labelled,
                     **sdxl_record(images.settings),
                 )
-                made.append((image, settings))
-        return made
+                yield image, settings
 
     if devices is not None:
         shared = settings_dict("", args.negative_prompt, args.seed, height, width, options, model, **labelled)
