@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from collections.abc import Iterator
 from dataclasses import fields
 
 from ldm.core.errors import InvalidOptionError, MissingFileError
@@ -24,12 +25,14 @@ from ldm.interfaces.cli.common import (
     sampling_options,
 )
 from ldm.interfaces.cli.controlnet_args import add_control_args, apply_control_settings, attach_controls, control_specs
+from ldm.interfaces.cli.devices_args import add_devices_args, devices_run, on_devices, run_prompt_file
 from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
 from ldm.io.images import check_size
 from ldm.io.infotext import settings_from_png
 from ldm.models.prompt_options import PROMPT_SWITCHES
 from ldm.sampling.options import SamplingOptions, sampler_parameters
 from ldm.sampling.samplers import SAMPLERS, get_sampler
+from ldm.tasks.base import settings_of
 from ldm.tasks.sdxl_refiner import sdxl_txt2img, with_refiner_switch
 from ldm.tasks.txt2img import txt2img, txt2img_learned_variance
 
@@ -69,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_sdxl_args(p)
     add_control_args(p)
+    add_devices_args(p)
     p.add_argument(
         "--model",
         choices=VARIANTS,
@@ -196,7 +200,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
     control_specs(args)  # a missing control image or ControlNet fails before the model loads
-    writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
+    devices = devices_run(args, len(prompts)) if on_devices(args) else None  # a prompt file through Lightning
+    if devices is not None:
+        args.device = devices.device  # this process's device (Lightning's choice)
+    else:
+        writer = ImageWriter(args.outdir, grid=not args.no_grid)  # an unwritable folder fails before any work
     model = load_model_from_args(args, variant=variant)
     if args.label is not None:
         model.class_labels([args.label])  # an unknown label is refused before any sampling, naming the known ones
@@ -220,55 +228,70 @@ def run(args: argparse.Namespace) -> int:
     width = model.default_image_size if args.width is None else args.width
     check_size(height, width, max(8, model.downscale))
     chunk = chunk_size(model, args, height, width, args.batch_size)
+    progress = not args.no_progress and devices is None  # a prompt-file run has its own bar over the whole file
+
+    def make(prompt: str, count: int, first_seed: int) -> Iterator[tuple]:
+        """One prompt's `count` images, seeds first_seed.., each with the settings it is written with, yielded chunk
+        by chunk: a plain run writes each image the moment it exists."""
+        # Image i has seed + i whatever the chunking (one generator per image), so chunks change nothing.
+        for start, n in chunks(count, chunk):
+            if args.learned_variance:
+                images = txt2img_learned_variance(
+                    model,
+                    [prompt] * n,
+                    args.negative_prompt,
+                    first_seed + start,
+                    progress=progress,
+                    height=height,
+                    width=width,
+                    label=args.label,
+                    options=options,
+                    prompt_options=prompting,
+                    precision=args.precision,
+                )
+            elif sdxl is not None:
+                images = sdxl_txt2img(
+                    model,
+                    [prompt] * n,
+                    args.negative_prompt,
+                    height,
+                    width,
+                    first_seed + start,
+                    options,
+                    progress=progress,
+                    prompt_options=prompting,
+                    precision=args.precision,
+                    **sdxl,
+                )
+            else:
+                images = txt2img(
+                    model,
+                    [prompt] * n,
+                    args.negative_prompt,
+                    height,
+                    width,
+                    first_seed + start,
+                    options,
+                    progress=progress,
+                    label=args.label,
+                    prompt_options=prompting,
+                    precision=args.precision,
+                )
+            for i, image in enumerate(images):  # the call's settings, and the ControlNet files it never saw
+                yield image, {**images.settings.image(i), **controlled}
+
+    if devices is not None:
+        labelled = {"label": args.label} if args.label is not None else {}
+        shared = settings_of(
+            "txt2img", options, model, precision=args.precision, prompting=prompting,
+            negative_prompt=args.negative_prompt, seed=args.seed, height=height, width=width, **labelled, **controlled,
+        )  # fmt: skip
+        return run_prompt_file(devices, args, model, prompts, make, shared)
     seed = args.seed
     for _ in range(args.n_iter):
         for prompt in prompts:
-            # Image i has seed + i whatever the chunking (one generator per image), so chunks change nothing.
-            for start, n in chunks(args.batch_size, chunk):
-                if args.learned_variance:
-                    images = txt2img_learned_variance(
-                        model,
-                        [prompt] * n,
-                        args.negative_prompt,
-                        seed + start,
-                        progress=not args.no_progress,
-                        height=height,
-                        width=width,
-                        label=args.label,
-                        options=options,
-                        prompt_options=prompting,
-                        precision=args.precision,
-                    )
-                elif sdxl is not None:
-                    images = sdxl_txt2img(
-                        model,
-                        [prompt] * n,
-                        args.negative_prompt,
-                        height,
-                        width,
-                        seed + start,
-                        options,
-                        progress=not args.no_progress,
-                        prompt_options=prompting,
-                        precision=args.precision,
-                        **sdxl,
-                    )
-                else:
-                    images = txt2img(
-                        model,
-                        [prompt] * n,
-                        args.negative_prompt,
-                        height,
-                        width,
-                        seed + start,
-                        options,
-                        progress=not args.no_progress,
-                        label=args.label,
-                        prompt_options=prompting,
-                        precision=args.precision,
-                    )
-                for i, image in enumerate(images):
-                    writer.write(image, {**images.settings.image(i), **controlled})
+            for image, settings in make(prompt, args.batch_size, seed):
+                writer.write(image, settings)
             seed += args.batch_size
     paths = writer.finish()
     log.info("wrote %d image(s) to %s", args.n_iter * len(prompts) * args.batch_size, paths[0].parent)
