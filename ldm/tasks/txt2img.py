@@ -32,6 +32,7 @@ from ldm.tasks.base import (
     settings_of,
     start_noise,
 )
+from ldm.tasks.hires import HiresOptions, second_pass
 from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditions, prompt_lists
 
 
@@ -75,6 +76,7 @@ def txt2img(
     generator: Generators = None,
     latents: torch.Tensor | None = None,
     label: str | list[str | None] | None = None,
+    hires: HiresOptions | None = None,
     **option_overrides: Any,
 ) -> Generated:
     """Generate `num_images_per_prompt` images per prompt. Image i uses seed + i, so any single image can be
@@ -87,7 +89,8 @@ def txt2img(
     {"i", "x", "sigma", "denoised"}. The device and dtype are the model's (ldm.formats.load.load_model(device=, dtype=)).
     loras: [(LoRA file, weight), ...] applied for this call only (ldm.adapters.lora). label: a class-conditional model's
     class (one name, or one per prompt; None: the null label), guided against the null label; a label-only
-    model takes the empty prompt "".
+    model takes the empty prompt "". hires: the hires fix (ldm.tasks.hires.HiresOptions): sample at height x width,
+    upscale by hires.scale and redraw by img2img at that size; the images are the larger ones, image i again seed + i.
     """  # noqa: E501
     if loras:
         from ldm.adapters.lora import using_loras
@@ -107,9 +110,16 @@ def txt2img(
                 generator=generator,
                 latents=latents,
                 label=label,
+                hires=hires,
                 **option_overrides,
             )
     check_task(model, "txt2img")
+    if hires is not None:
+        hires.validate()
+        if generator is not None or latents is not None:
+            raise InvalidOptionError("the hires fix reuses each image's seed; give seed=, not generator= or latents=")
+        if label is not None:
+            raise InvalidOptionError("the hires fix's second pass (img2img) takes no class label; leave hires out")
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if num_images_per_prompt < 1:
@@ -123,11 +133,18 @@ def txt2img(
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
     noise, generators, noise_record = batch_noise(shape, seed, model.device, generator, latents)
     latents = denoise(model, conditioning, options, noise, generators, callback=callback, progress=progress)
-    with autocast(model.device, options.precision):
-        images = model.decode_latent(latents)
     labelled = {"label": label} if label is not None else {}
+    if hires is not None and hires.upscaler == "latent":  # the latent is upscaled as it is: no decoding
+        images = None
+    else:
+        with autocast(model.device, options.precision):
+            images = tensor_to_pil(model.decode_latent(latents))
+    if hires is not None:
+        seeds = [seed + i for i in range(len(prompts))]
+        images = second_pass(model, latents, images, prompts, negatives, seeds, options, hires, callback, progress)
+        labelled.update(hires.record())
     return Generated(
-        tensor_to_pil(images),
+        images,
         settings_of(
             "txt2img",
             options,
