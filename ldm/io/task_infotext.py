@@ -28,13 +28,18 @@ TASK_SETTING_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def _number(value: float) -> str:
+    """2.0 -> "2", 1.5 -> "1.5", as A1111 writes its scales."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def task_fields(settings: dict[str, Any]) -> dict[str, Any]:
     """A1111's fields for the settings that have them (None: not written)."""
     hires = settings.get("hires_scale") is not None
     masked = settings.get("inpaint_area") == "masked"
     upscaler = settings.get("hires_upscaler")
     return {
-        "Hires upscale": settings["hires_scale"] if hires else None,
+        "Hires upscale": _number(settings["hires_scale"]) if hires else None,
         "Hires steps": settings.get("hires_steps") or None if hires else None,
         "Hires upscaler": HIRES_UPSCALER_NAMES.get(upscaler, upscaler) if hires else None,
         "Inpaint area": INPAINT_AREA_NAMES["masked"] if masked else None,
