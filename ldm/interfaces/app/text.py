@@ -15,6 +15,7 @@ from ldm.core.errors import InvalidOptionError
 from ldm.io.images import save_png, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import SamplingOptions
+from ldm.tasks.hires import HiresOptions
 from ldm.tasks.sdxl_refiner import sdxl_record, sdxl_txt2img
 from ldm.tasks.txt2img import settings_dict, txt2img
 
@@ -53,15 +54,19 @@ def generate(
     report: StepReport | None = None,
     label: str | None = None,
     sdxl: dict[str, Any] | None = None,
+    hires: HiresOptions | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
     recorded in the settings as `ldm txt2img --label` records it; sdxl: an SDXL model's refiner and
-    micro-conditionings (ldm.tasks.sdxl_refiner.sdxl_txt2img's keywords, ldm.interfaces.app.sdxl)."""
+    micro-conditionings (ldm.tasks.sdxl_refiner.sdxl_txt2img's keywords, ldm.interfaces.app.sdxl); hires: the hires
+    fix (ldm.tasks.hires), recorded as `ldm txt2img --hires-scale` records it."""
     options = options or SamplingOptions()
     options.validate()
     height = height or model.default_image_size
     width = width or model.default_image_size
     callback = preview_callback(model, options.steps, preview_every, report) if report else None
+    if sdxl is not None and hires is not None:
+        raise InvalidOptionError("the hires fix is not implemented for SDXL models; turn it off")
     if sdxl is not None:
         made = sdxl_txt2img(
             model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, **sdxl
@@ -69,9 +74,21 @@ def generate(
         image, labelled = made[0], sdxl_record(made.settings)
     else:
         image = txt2img(
-            model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, label=label
+            model,
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            seed,
+            options,
+            callback=callback,
+            progress=False,
+            label=label,
+            hires=hires,
         )[0]
         labelled = {"label": label} if label is not None else {}
+        if hires is not None:
+            labelled.update(hires.record())
     return image, settings_dict(prompt, negative_prompt, seed, height, width, options, model, **labelled)
 
 
