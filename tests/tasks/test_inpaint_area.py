@@ -8,28 +8,12 @@ import torch
 from factories import tiny_inpaint_model
 from PIL import Image
 
+from ldm.evaluation.edits import laplacian_variance
+from ldm.evaluation.edits import photo_like as photo
 from ldm.formats.load import load_model
 from ldm.io.infotext import format_infotext, settings_from_infotext
 from ldm.tasks.inpaint import inpaint, outpaint
 from ldm.tasks.inpaint_area import MaskPaddingError, crop_box, paste_back, processing_size
-
-
-def photo(size: int, seed: int = 0) -> Image.Image:
-    """A photo-like test image: smooth colour fields, a fine stripe texture and soft noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    img = np.stack([0.5 + 0.3 * np.sin(6 * x + 2 * c) * np.cos(4 * y - c) for c in range(3)], -1)
-    img += 0.15 * np.sin(40 * (x + 0.3 * y))[..., None]
-    blobs = Image.fromarray((rng.normal(0, 40, (size // 8, size // 8, 3)) + 128).clip(0, 255).astype(np.uint8))
-    img += 0.08 * np.asarray(blobs.resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
-    return Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8))
-
-
-def laplacian_variance(image: Image.Image, mask: np.ndarray) -> float:
-    """The variance of the 4-neighbour Laplacian of the grey image inside the mask: high-frequency detail."""
-    g = np.asarray(image, np.float64).mean(-1)
-    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
-    return float(lap[mask[1:-1, 1:-1] >= 0.5].var())
 
 
 def square_hole(size: int, top: int, side: int) -> np.ndarray:
