@@ -10,6 +10,7 @@ from PIL import Image
 
 import ldm.tasks.hires as hires_module
 import ldm.tasks.txt2img as txt2img_module
+from ldm.core.errors import LdmError
 from ldm.tasks.hires import HiresError, HiresOptions
 from ldm.tasks.img2img import img2img
 from ldm.tasks.txt2img import txt2img
@@ -86,7 +87,7 @@ def test_bad_hires_options_are_refused_by_name(model):
         (HiresOptions(steps=-1), "hires steps"),
         (HiresOptions(strength=1.5), "strength"),
     ):
-        with pytest.raises(Exception, match=match):
+        with pytest.raises(LdmError, match=match):
             txt2img(model, "a cat", height=16, width=16, steps=1, hires=bad, progress=False)
     with pytest.raises(HiresError):
         HiresOptions(scale=float("nan")).validate()

@@ -8,6 +8,7 @@ import torch
 from factories import tiny_inpaint_model
 from PIL import Image
 
+from ldm.core.errors import LdmError
 from ldm.evaluation.edits import laplacian_variance
 from ldm.evaluation.edits import photo_like as photo
 from ldm.formats.load import load_model
@@ -62,7 +63,7 @@ def test_only_masked_runs_the_crop_at_the_model_size_and_keeps_the_rest():
         assert np.array_equal(np.asarray(result)[mask < 0.5], np.asarray(image)[mask < 0.5])
         assert not np.array_equal(np.asarray(result)[mask >= 0.5], np.asarray(image)[mask >= 0.5])
     assert made.settings["inpaint_area"] == "masked" and made.settings["mask_padding"] == 6
-    with pytest.raises(Exception, match="unknown inpaint area 'only'"):
+    with pytest.raises(LdmError, match="unknown inpaint area 'only'"):
         inpaint(model, image, mask, "a cat", steps=1, inpaint_area="only", progress=False)
     # outpainting takes it too: the crop is the canvas's new band and its padding
     wide = outpaint(model, image, "a cat", right=16, steps=1, inpaint_area="masked", progress=False)[0]
