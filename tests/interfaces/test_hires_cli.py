@@ -71,3 +71,18 @@ def test_second_pass_options_without_hires_scale_and_a_bad_upscaler_are_one_line
     assert run(model_files, tmp_path / "b", "a cat", "--hires-scale", "0.5") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "hires scale must be a number in [1, 8]" in err
+
+
+def test_an_a1111_image_with_an_upscaler_we_lack_is_refused_naming_ours(model_files, tmp_path, capsys):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(
+        "parameters",
+        "a cat\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 16x16, Denoising strength: 0.5, "
+        "Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+",
+    )
+    Image.new("RGB", (32, 32)).save(tmp_path / "a1111.png", pnginfo=info)
+    assert run(model_files, tmp_path / "out", "--from-png", str(tmp_path / "a1111.png")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("unknown hires upscaler 'R-ESRGAN 4x+'; known: latent, bicubic, model"), err
