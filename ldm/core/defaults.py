@@ -54,6 +54,17 @@ SPACING = "leading"
 TASK_SAMPLING = {"upscale": {"steps": 50, "guidance_scale": 9.0}, "walk": {"steps": 20}}
 STRENGTH = {"img2img": 0.75, "inpaint": 1.0}  # how far an edit moves away from its input image
 NOISE_LEVEL = 20  # the upscaler's noise on its low-resolution input (0-350)
+# Hires fix (ldm.tasks.hires), A1111's defaults: x2, the second pass with the first's steps (0), denoising 0.7,
+# the latent upscaler (A1111's "Latent": bilinear).
+HIRES_SCALE = 2.0
+HIRES_STEPS = 0
+HIRES_STRENGTH = 0.7
+HIRES_UPSCALERS = ("latent", "bicubic", "model")
+HIRES_UPSCALER = "latent"
+# Inpainting "only masked" (A1111's inpaint area) and its padding around the mask's box, in px (A1111's 32).
+INPAINT_AREAS = ("whole", "masked")
+INPAINT_AREA = "whole"
+MASK_PADDING = 32
 WALK_FRAMES = 16
 DDIM_VARIANTS = (
     "sd",

@@ -25,6 +25,7 @@ from typing import Any
 from ldm.core.errors import LdmError
 from ldm.io.a1111_samplers import A1111_SAMPLERS, SCHEDULE_SETTINGS, sampler_settings, schedule_type_of, split_schedule
 from ldm.io.controlnet_infotext import controlnet_fields
+from ldm.io.task_infotext import TASK_SETTING_TYPES, task_fields, task_settings
 
 
 class InfotextError(LdmError, ValueError):
@@ -135,6 +136,7 @@ def format_infotext(settings: dict[str, Any]) -> str:
         "TI hashes": _short_hashes((x.get("name"), x.get("sha256")) for x in settings.get("embeddings") or ()),
     }
     fields.update(controlnet_fields(settings))  # --control, as A1111's ControlNet extension writes it
+    fields.update(task_fields(settings))  # the hires fix, inpainting only the masked area
     params = ", ".join(f"{name}: {quote(value)}" for name, value in fields.items() if value is not None)
     lines = [str(settings.get("prompt", ""))]
     if settings.get("negative_prompt"):
@@ -173,7 +175,7 @@ def parse_infotext(text: str) -> dict[str, str]:
 def settings_from_infotext(text: str) -> dict[str, Any]:
     """Our settings (the keys of `ldm.tasks.base.settings_of`) from an A1111 text, for the fields that map.
 
-    Fields without a counterpart (Hires fix, ADetailer, ...) are left out; an unknown sampler is an error.
+    Fields without a counterpart (ADetailer, ...) are left out; an unknown sampler is an error.
     """
     fields = parse_infotext(text)
     # A1111 reads every prompt in its syntax (75-token chunks, BREAK, (word:1.2) emphasis, [from:to:when] and [a|b]
@@ -204,6 +206,7 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
             if fields["Tiling"] not in TILING_READ:
                 raise ValueError(f"Tiling {fields['Tiling']!r}: known are {', '.join(TILING_READ)}")
             settings["tiling"] = TILING_READ[fields["Tiling"]]
+        settings.update(task_settings(fields))  # the hires fix, inpainting only the masked area
     except ValueError as exc:
         raise InfotextError(f"bad value in the parameters text: {exc}") from None
     if "Sampler" in fields:  # with its schedule type: ldm.io.a1111_samplers
@@ -324,6 +327,7 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("seed", "height", "width", "steps"), (int,)),
     **dict.fromkeys(("guidance_scale", "eta", "guidance_rescale", "threshold", "strength"), (int, float)),
     **dict.fromkeys(("karras", "long_prompts", "emphasis", "prompt_editing", "learned_variance"), (bool,)),
+    **TASK_SETTING_TYPES,
 }
 TYPE_NAMES = {(str,): "text", (int,): "an integer", (int, float): "a number", (bool,): "true or false"}
 

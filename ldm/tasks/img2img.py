@@ -66,14 +66,52 @@ def img2img(
     check_strength(strength)
     check_task(model, "img2img")
     prompting = take_prompt_options(option_overrides)
+    options = resolve_options(options, option_overrides, model=model)  # checked before the encoder runs
+    pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
+    with seamless(model, options.tiling), autocast(model.device, precision):
+        x0 = model.encode_image(pixels).float()
+    return img2img_latents(
+        model,
+        x0,
+        prompt,
+        strength,
+        negative_prompt,
+        seed,
+        options,
+        callback,
+        progress,
+        precision,
+        prompt_options=prompting,
+    )
+
+
+@torch.no_grad()
+def img2img_latents(
+    model: LatentDiffusion,
+    latents: torch.Tensor,
+    prompt: str | list[str],
+    strength: float = defaults.STRENGTH["img2img"],
+    negative_prompt: str | list[str] = "",
+    seed: int = defaults.SEED,
+    options: SamplingOptions | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    precision: str | Precision = "fp32",
+    **option_overrides: Any,
+) -> Generated:
+    """img2img from a clean latent [1, C, h, w] (the image already encoded, or a latent made otherwise: the hires
+    fix's upscaled one, ldm.tasks.hires); one image per prompt, image i uses seed + i."""
+    check_strength(strength)
+    check_task(model, "img2img")
+    prompting = take_prompt_options(option_overrides)
     precision = Precision.of(precision)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
-    pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
-    conditioning = prepare(model, prompts, negatives, options, size=tuple(pixels.shape[-2:]), prompting=prompting)
+    height, width = (side * model.downscale for side in latents.shape[-2:])
+    conditioning = prepare(model, prompts, negatives, options, size=(height, width), prompting=prompting)
     with seamless(model, options.tiling), autocast(model.device, precision):
-        x0 = model.encode_image(pixels).float().expand(len(prompts), -1, -1, -1)
-        latents = sample_seeded(
+        x0 = latents.to(model.device).float().expand(len(prompts), -1, -1, -1)
+        sampled = sample_seeded(
             model,
             conditioning,
             options,
@@ -85,8 +123,7 @@ def img2img(
             progress=progress,
             precision=precision,
         )
-        images = model.decode_latent(latents)
-    height, width = pixels.shape[-2:]
+        images = model.decode_latent(sampled)
     return Generated(
         tensor_to_pil(images),
         settings_of(

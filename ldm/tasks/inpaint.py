@@ -35,12 +35,14 @@ from ldm.tasks.base import (
     Conditioning,
     EditingError,
     Generated,
+    Settings,
     check_task,
     resolve_options,
     sample_seeded,
     settings_of,
 )
 from ldm.tasks.editing import as_pil, expand_batch, fit_image, size_multiple
+from ldm.tasks.inpaint_area import crop_box, crop_inputs, paste_back, processing_size
 from ldm.tasks.prompts import prompt_conditioning, prompt_lists
 
 log = logging.getLogger("ldm")
@@ -164,6 +166,8 @@ def inpaint(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     precision: str | Precision = "fp32",
+    inpaint_area: str = defaults.INPAINT_AREA,
+    mask_padding: int = defaults.MASK_PADDING,
     **option_overrides: Any,
 ) -> Generated:
     """Repaint the mask's white area (>= 0.5) of `image` following the prompt; image i uses seed + i.
@@ -171,11 +175,19 @@ def inpaint(
     strength < 1 starts the hole from the noised original instead of pure noise. `feather_radius`
     (px, default: the VAE's downscale factor) softens the paste-back edge inside the hole.
     `resolve_mode(model, mode)` tells which mode runs. Keyword options are txt2img's (sampling options and how
-    prompts are read); precision: the autocast, as txt2img's.
+    prompts are read); precision: the autocast, as txt2img's. inpaint_area "masked"
+    (A1111's "Only masked"): only a crop around the mask (`mask_padding` px of context, grown to the model's square)
+    is inpainted, at the model's own size, and pasted back into the image at its own size (ldm.tasks.inpaint_area);
+    "whole": the whole image.
     """
     check_strength(strength)
     precision = Precision.of(precision)
     mode = resolve_mode(model, mode)
+    if inpaint_area not in defaults.INPAINT_AREAS:
+        raise EditingError(f"unknown inpaint area {inpaint_area!r}; known: {', '.join(defaults.INPAINT_AREAS)}")
+    if inpaint_area == "masked":
+        inner = (negative_prompt, seed, strength, mode, feather_radius, options, callback, progress, precision)
+        return inpaint_masked_area(model, image, mask, prompt, mask_padding, *inner, **option_overrides)
     prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
@@ -222,6 +234,47 @@ def inpaint(
             width=pixels.shape[-1],
         ),
     )
+
+
+def inpaint_masked_area(
+    model: LatentDiffusion,
+    image: Image.Image | str | Path,
+    mask: Image.Image | str | Path | np.ndarray,
+    prompt: str | list[str],
+    mask_padding: int,
+    negative_prompt: str | list[str],
+    seed: int,
+    strength: float,
+    mode: str,
+    feather_radius: int | None,
+    options: SamplingOptions | None,
+    callback: Callable[[dict], None] | None,
+    progress: bool,
+    precision: str | Precision,
+    **option_overrides: Any,
+) -> Generated:
+    """`inpaint` of the crop around the mask at the model's size, pasted back through the mask feathered inward
+    (`feather_radius` px of the image, default: the VAE's factor at the crop's scale); the image keeps its size."""
+    img = as_pil(image).convert("RGB")
+    m = as_mask(mask)
+    check_mask(m, img.size)
+    box = crop_box(m, mask_padding, aspect=1.0)  # the models here are trained on squares
+    size = processing_size(box, model.default_image_size, size_multiple(model))
+    crop, crop_mask = crop_inputs(img, m, box, size)
+    made = inpaint(
+        model, crop, crop_mask, prompt, negative_prompt, seed, strength, mode, 0, options, callback, progress,
+        precision, **option_overrides,
+    )  # fmt: skip
+    scale = (box[2] - box[0]) / size[1]
+    radius = max(1, round(model.downscale * scale)) if feather_radius is None else int(feather_radius)
+    if not 0 <= radius <= max(img.size):
+        raise EditingError(f"feather must be in [0, {max(img.size)}] px (the image's longer side), got {radius}")
+    out = paste_back(pil_to_tensor(img).to(model.device), list(made), m, box, radius)
+    area = {"feather_radius": radius, "height": img.height, "width": img.width, "inpaint_area": "masked"}
+    settings = Settings(
+        {**made.settings, **area, "mask_padding": mask_padding}, made.settings.prompts, made.settings.negatives
+    )
+    return Generated(tensor_to_pil(out), settings)
 
 
 def parse_extend(spec: str) -> dict[str, int]:

@@ -18,10 +18,12 @@ from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
+from ldm.models.prompt_schedule import has_schedule
 from ldm.models.seamless import seamless
 from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import Generators
 from ldm.tasks.base import Conditioning, Generated, batch_noise, check_task, denoise, resolve_options, settings_of
+from ldm.tasks.hires import HiresOptions, second_pass
 from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditioning, prompt_lists
 
 
@@ -69,6 +71,7 @@ def txt2img(
     latents: torch.Tensor | None = None,
     label: str | list[str | None] | None = None,
     precision: str | Precision = "fp32",
+    hires: HiresOptions | None = None,
     **option_overrides: Any,
 ) -> Generated:
     """Generate `num_images_per_prompt` images per prompt. Image i uses seed + i, so any single image can be
@@ -84,7 +87,9 @@ def txt2img(
     loras: [(LoRA file, weight), ...] applied for this call only (ldm.adapters.lora). label: a class-conditional model's
     class (one name, or one per prompt; None: the null label), guided against the null label; a label-only
     model takes the empty prompt "". precision: the autocast (ldm.sampling.precision: "fp32", "bf16", or "fp16" on
-    CUDA).
+    CUDA). hires: the hires fix (ldm.tasks.hires.HiresOptions): sample at
+    height x width, upscale by hires.scale and redraw by img2img at that size; the images are the larger ones, image i
+    again seed + i.
     """  # noqa: E501
     if loras:
         from ldm.adapters.lora import using_loras
@@ -105,11 +110,18 @@ def txt2img(
                 latents=latents,
                 label=label,
                 precision=precision,
+                hires=hires,
                 **option_overrides,
             )
     check_task(model, "txt2img")
     prompting = take_prompt_options(option_overrides)
     precision = Precision.of(precision)
+    if hires is not None:
+        hires.validate()
+        if generator is not None or latents is not None:
+            raise InvalidOptionError("the hires fix reuses each image's seed; give seed=, not generator= or latents=")
+        if label is not None:
+            raise InvalidOptionError("the hires fix's second pass (img2img) takes no class label; leave hires out")
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if num_images_per_prompt < 1:
@@ -118,6 +130,9 @@ def txt2img(
     negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
     if label is not None and not isinstance(label, str):
         label = [name for name in label for _ in range(num_images_per_prompt)]
+    if hires is not None and prompting.prompt_editing and any(has_schedule(text) for text in prompts + negatives):
+        # the second pass would read the schedule over its own steps, not on from the first pass's as A1111 does
+        raise InvalidOptionError("prompt editing with the hires fix is not supported yet; leave one of them out")
     height, width = image_size(model, height, width)
     conditioning = prepare(model, prompts, negatives, options, label, size=(height, width), prompting=prompting)
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)
@@ -126,13 +141,22 @@ def txt2img(
         latents = denoise(
             model, conditioning, options, noise, generators, callback=callback, progress=progress, precision=precision
         )
-        with autocast(model.device, precision):
-            images = model.decode_latent(latents)
+        if hires is not None and hires.upscaler == "latent":  # the latent is upscaled as it is: no decoding
+            images = None
+        else:
+            with autocast(model.device, precision):
+                images = tensor_to_pil(model.decode_latent(latents))
     labelled = {"label": label} if label is not None else {}
     if options.sampler == LEARNED_VARIANCE_SAMPLER:
         labelled["learned_variance"] = True
+    if hires is not None:
+        seeds = [seed + i for i in range(len(prompts))]
+        images = second_pass(
+            model, latents, images, prompts, negatives, seeds, options, hires, callback, progress, prompting, precision
+        )
+        labelled.update(hires.record())
     return Generated(
-        tensor_to_pil(images),
+        images,
         settings_of(
             "txt2img",
             options,

@@ -251,6 +251,20 @@ def test_text_page_generates_and_offers_the_png(app_env):
     assert json.loads(at.json[0].value)["steps"] == 4
 
 
+def test_text_page_runs_the_hires_fix_and_records_it(app_env):
+    at = page("text")
+    at.number_input(key="t2i_steps").set_value(2)
+    at.checkbox(key="t2i_hires").check().run()
+    at.selectbox(key="t2i_hires_upscaler").set_value("bicubic")
+    at.number_input(key="t2i_hires_steps").set_value(3)
+    at.button(key="t2i_go").click().run()
+    assert not at.exception and not errors(at)
+    image, settings = at.session_state["t2i_result"]
+    assert image.size == (32, 32) and settings["height"] == 16  # twice the base size, which is recorded
+    assert settings["hires_scale"] == 2 and settings["hires_upscaler"] == "bicubic" and settings["hires_steps"] == 3
+    assert settings["strength"] == 0.7
+
+
 CLASSES = ["red square", "blue circle"]
 
 

@@ -69,6 +69,9 @@ CASES = [
     (["img2img", "photo.png", "x", *MODEL, "--strength", "1.5"], "strength must be in [0, 1]"),
     (["inpaint", "photo.png", "small-mask.png", "x", *MODEL], "mask is 16x16 but the image is 32x24"),
     (["upscale", "photo.png", "x", *MODEL], "upscaling needs the x4 upscaler"),
+    (["inpaint", "photo.png", "small-mask.png", "x", *MODEL, "--mask-padding", "-1"], "--mask-padding must be >= 0"),
+    (["txt2img", "x", *MODEL, "--hires-upscaler", "model"], "--hires-upscaler sets the hires fix's second pass"),
+    (["txt2img", "x", *MODEL, "--hires-scale", "9"], "hires scale must be a number in [1, 8], got 9.0"),
     (["walk", "a", "b", *MODEL, "--out", "a-file/walk.gif"], "cannot write to a-file"),
     (["walk", "a", "b", *MODEL, "--out", "walk.avi"], "--out must end in .gif or .mp4"),
     (

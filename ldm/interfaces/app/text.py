@@ -15,6 +15,7 @@ from ldm.core.errors import InvalidOptionError
 from ldm.io.images import save_png, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import SamplingOptions
+from ldm.tasks.hires import HiresOptions
 from ldm.tasks.sdxl_refiner import sdxl_txt2img
 from ldm.tasks.txt2img import txt2img
 
@@ -53,22 +54,36 @@ def generate(
     report: StepReport | None = None,
     label: str | None = None,
     sdxl: dict[str, Any] | None = None,
+    hires: HiresOptions | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
     recorded in the settings as `ldm txt2img --label` records it; sdxl: an SDXL model's refiner and
-    micro-conditionings (ldm.tasks.sdxl_refiner.sdxl_txt2img's keywords, ldm.interfaces.app.sdxl)."""
+    micro-conditionings (ldm.tasks.sdxl_refiner.sdxl_txt2img's keywords, ldm.interfaces.app.sdxl); hires: the hires
+    fix (ldm.tasks.hires), recorded as `ldm txt2img --hires-scale` records it."""
     options = options or SamplingOptions()
     options.validate()
     height = height or model.default_image_size
     width = width or model.default_image_size
     callback = preview_callback(model, options.steps, preview_every, report) if report else None
+    if sdxl is not None and hires is not None:
+        raise InvalidOptionError("the hires fix is not implemented for SDXL models; turn it off")
     if sdxl is not None:
         made = sdxl_txt2img(
             model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, **sdxl
         )
     else:
         made = txt2img(
-            model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, label=label
+            model,
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            seed,
+            options,
+            callback=callback,
+            progress=False,
+            label=label,
+            hires=hires,
         )
     return made[0], made.settings.image(0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
 from ldm.core.masks import check_mask
 from ldm.interfaces.cli.common import (
     ImageWriter,
@@ -55,6 +56,22 @@ def _common_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="soft paste-back edge in px, inside the mask (default: the VAE's downscale factor)",
     )
+    p.add_argument(
+        "--inpaint-area",
+        choices=defaults.INPAINT_AREAS,
+        default=defaults.INPAINT_AREA,
+        help="whole: inpaint the whole image at its size; masked: only a crop around the mask, at the model's own "
+        "size, pasted back (A1111's 'Only masked': more detail in a small hole of a large image; pixels outside the "
+        f"mask are kept exactly either way) (default: {defaults.INPAINT_AREA})",
+    )
+    p.add_argument(
+        "--mask-padding",
+        type=int,
+        default=defaults.MASK_PADDING,
+        metavar="PX",
+        help="with --inpaint-area masked: px of context around the mask's box in the crop, as A1111's "
+        f"'Only masked padding' (default: {defaults.MASK_PADDING})",
+    )
     p.add_argument("--n-samples", "--batch-size", dest="batch_size", type=int, default=1, help="images per prompt")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
@@ -85,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     prompting = prompt_options_of(args)
     options.validate()
     check_counts(("--n-samples", args.batch_size))
+    if args.mask_padding < 0:
+        raise InvalidOptionError(f"--mask-padding must be >= 0 px, got {args.mask_padding}")
     image = as_pil(args.image)
     extend = parse_extend(args.extend) if args.extend is not None else None  # "" is an error, not "no extension"
     if extend is None:  # bad masks fail before the model loads
@@ -129,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 prompt_options=prompting,
                 precision=args.precision,
+                inpaint_area=args.inpaint_area,
+                mask_padding=args.mask_padding,
             )
             for i, result in enumerate(out):
                 writer.write(result, {**out.settings.image(i), **more})

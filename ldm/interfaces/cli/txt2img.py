@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import inspect
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.formats.load import load_model
 from ldm.formats.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
 from ldm.interfaces.cli.common import (
     ImageWriter,
@@ -26,6 +27,7 @@ from ldm.interfaces.cli.common import (
 )
 from ldm.interfaces.cli.controlnet_args import add_control_args, apply_control_settings, attach_controls, control_specs
 from ldm.interfaces.cli.devices_args import add_devices_args, devices_run, on_devices, run_prompt_file
+from ldm.interfaces.cli.hires_args import HIRES_SETTINGS, add_hires_args, apply_hires_png, hires_options
 from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
 from ldm.io.images import check_size
 from ldm.io.infotext import settings_from_png
@@ -73,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_sdxl_args(p)
     add_control_args(p)
     add_devices_args(p)
+    add_hires_args(p)
     p.add_argument(
         "--model",
         choices=VARIANTS,
@@ -102,6 +105,7 @@ OWN_SETTINGS = {
     "precision",
     "controls",
     *PROMPT_SWITCHES,
+    *HIRES_SETTINGS,
 }
 
 
@@ -110,7 +114,8 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     if args.prompt is not None or args.from_file:
         raise InvalidOptionError("--from-png takes the prompt from the image; give no prompt or --from-file with it")
     settings = with_refiner_switch(settings_from_png(args.from_png))  # A1111's step fraction, made ours
-    if "strength" in settings or "init_image" in settings:
+    hires = settings.get("hires_scale") is not None  # its denoising strength is the hires fix's
+    if ("strength" in settings and not hires) or "init_image" in settings:
         raise InvalidOptionError(
             f"{args.from_png} was made from an image (it has a denoising strength); "
             "--from-png regenerates text-to-image results"
@@ -146,6 +151,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     args.png_threshold = settings.get("threshold")
     args.label = settings.get("label", args.label)
     apply_control_settings(args, settings)  # the image's ControlNets, unless --control is given
+    apply_hires_png(args, settings)  # the image's hires fix, unless --hires-* is given
     if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
         # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
         args.learned_variance, args.sampler = True, "ddpm"
@@ -199,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
     if args.learned_variance and options.sampler != "ddpm":
         raise InvalidOptionError("--learned-variance replaces ancestral DDPM's fixed variance: give --sampler ddpm")
     check_counts(("--n-samples", args.batch_size), ("--n-iter", args.n_iter))
+    hires = hires_options(args)
+    if hires is not None and (args.learned_variance or args.label is not None):
+        raise InvalidOptionError("the hires fix is not implemented with --learned-variance or --label; leave it out")
     control_specs(args)  # a missing control image or ControlNet fails before the model loads
     devices = devices_run(args, len(prompts)) if on_devices(args) else None  # a prompt file through Lightning
     if devices is not None:
@@ -215,6 +224,10 @@ def run(args: argparse.Namespace) -> int:
         )
     sdxl = sdxl_options(args, model)  # an SDXL model's refiner and micro-conditionings (ldm.tasks.sdxl_refiner)
     controlled = attach_controls(model, args)  # --control: ControlNets for every image of the run, their files
+    if hires is not None and sdxl is not None:
+        raise InvalidOptionError("the hires fix is not implemented for SDXL models; leave --hires-scale out")
+    if hires is not None and hires.upscaler == "model":  # loaded once for the whole run
+        hires = replace(hires, upscaler_model=load_model(task="upscale", device=model.device))
     made_with = getattr(args, "png_model_hash", None)
     ours = model.identity.get("model_sha256", "")
     if made_with and not ours.startswith(str(made_with)):
@@ -227,7 +240,9 @@ def run(args: argparse.Namespace) -> int:
     height = model.default_image_size if args.height is None else args.height  # 0 is an error, not the default
     width = model.default_image_size if args.width is None else args.width
     check_size(height, width, max(8, model.downscale))
-    chunk = chunk_size(model, args, height, width, args.batch_size)
+    # The memory check is the largest pass's: the hires fix's target size.
+    big = hires.target_size(height, width, max(8, model.downscale)) if hires is not None else (height, width)
+    chunk = chunk_size(model, args, *big, args.batch_size)
     progress = not args.no_progress and devices is None  # a prompt-file run has its own bar over the whole file
 
     def make(prompt: str, count: int, first_seed: int) -> Iterator[tuple]:
@@ -276,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
                     label=args.label,
                     prompt_options=prompting,
                     precision=args.precision,
+                    hires=hires,
                 )
             for i, image in enumerate(images):  # the call's settings, and the ControlNet files it never saw
                 yield image, {**images.settings.image(i), **controlled}
@@ -285,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
         shared = settings_of(
             "txt2img", options, model, precision=args.precision, prompting=prompting,
             negative_prompt=args.negative_prompt, seed=args.seed, height=height, width=width, **labelled, **controlled,
+            **(hires.record() if hires is not None else {}),
         )  # fmt: skip
         return run_prompt_file(devices, args, model, prompts, make, shared)
     seed = args.seed

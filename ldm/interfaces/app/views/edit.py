@@ -132,6 +132,17 @@ elif model is not None:
         strength = st.slider(
             "Strength in the hole", 0.0, 1.0, defaults.STRENGTH["inpaint"], 0.05, key="edit_inpaint_strength"
         )
+        area_cols = st.columns(2)  # the same options as `ldm inpaint --inpaint-area --mask-padding`
+        area = area_cols[0].radio(
+            "Inpaint area",
+            defaults.INPAINT_AREAS,
+            key="edit_inpaint_area",
+            horizontal=True,
+            help="masked: only a crop around the mask, at the model's own size, pasted back (A1111's Only masked)",
+        )
+        padding = int(
+            area_cols[1].number_input("Masked area padding (px)", 0, 256, defaults.MASK_PADDING, key="edit_padding")
+        )
         if image is not None and st.button("Inpaint", key="edit_go", type="primary"):
             if mask is None:
                 st.error("Inpainting needs a mask: draw on the image or upload one.")
@@ -151,6 +162,8 @@ elif model is not None:
                         options=options,
                         callback=cb,
                         progress=False,
+                        inpaint_area=area,
+                        mask_padding=padding,
                     )[0],
                 )
     else:

@@ -2,12 +2,14 @@
 
 import streamlit as st
 
+from ldm.core import defaults
 from ldm.interfaces.app import ui
 from ldm.interfaces.app.controlnet_ui import control_inputs, controls_for
 from ldm.interfaces.app.sdxl import sdxl_controls
 from ldm.interfaces.app.state import FULL_CHOICE, student_choice
 from ldm.interfaces.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
 from ldm.models.controlnet import using_controlnets
+from ldm.tasks.hires import HiresOptions
 
 st.header("Text-to-image")
 fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.formats.variants)
@@ -49,6 +51,26 @@ if model is not None:
     with ui.user_errors("The SDXL options"):
         sdxl = sdxl_controls(model)  # None for other models (ldm.interfaces.app.sdxl)
     control = control_inputs("t2i")
+    hires = None
+    with st.expander("Hires fix"):  # the same options as `ldm txt2img --hires-*` (ldm.tasks.hires)
+        if st.checkbox("Sample at this size, upscale, then redraw by img2img", False, key="t2i_hires"):
+            cols = st.columns(4)
+            scale = cols[0].number_input("Upscale by", 1.0, 4.0, defaults.HIRES_SCALE, 0.25, key="t2i_hires_scale")
+            hires_steps = cols[1].number_input(
+                "Hires steps", 0, 200, defaults.HIRES_STEPS, key="t2i_hires_steps", help="0: the first pass's steps"
+            )
+            strength = cols[2].slider("Denoising strength", 0.0, 1.0, defaults.HIRES_STRENGTH, key="t2i_hires_strength")
+            upscaler = cols[3].selectbox(
+                "Upscaler",
+                defaults.HIRES_UPSCALERS,
+                key="t2i_hires_upscaler",
+                help="latent: the latent resized (A1111's Latent); bicubic: the image resized; model: the x4 upscaler",
+            )
+            upscaler_model = ui.get_upscaler() if upscaler == "model" else None
+            if upscaler == "model" and upscaler_model is None:
+                st.caption("No x4 upscaler is shipped here; choose latent or bicubic.")
+            else:
+                hires = HiresOptions(float(scale), int(hires_steps), float(strength), upscaler, upscaler_model)
 
     if st.button("Generate", key="t2i_go", type="primary"):
         bar = st.progress(0.0, text="sampling…")
@@ -63,7 +85,7 @@ if model is not None:
             controls, controlled = controls_for(model, control)
             with using_controlnets(model, controls):
                 image, settings = generate(
-                    model, prompt, negative, options, seed, height, width, every, report, label, sdxl
+                    model, prompt, negative, options, seed, height, width, every, report, label, sdxl, hires
                 )
             st.session_state["t2i_result"] = (image, {**settings, **controlled})
         bar.empty()
