@@ -106,7 +106,7 @@ def _step_fraction(settings: dict[str, Any]) -> str | None:
 
 
 def format_infotext(settings: dict[str, Any]) -> str:
-    """The A1111 `parameters` text for an image's settings (`ldm.tasks.base.Settings.image`)."""
+    """The A1111 `parameters` text for an image's settings (`ldm.tasks.results.Settings.image`)."""
     fields: dict[str, Any] = {
         "Steps": settings.get("steps"),
         "Sampler": SAMPLER_NAMES.get(settings.get("sampler", ""), settings.get("sampler")),
@@ -173,7 +173,7 @@ def parse_infotext(text: str) -> dict[str, str]:
 
 
 def settings_from_infotext(text: str) -> dict[str, Any]:
-    """Our settings (the keys of `ldm.tasks.base.settings_of`) from an A1111 text, for the fields that map.
+    """Our settings (the keys of `ldm.tasks.results.settings_of`) from an A1111 text, for the fields that map.
 
     Fields without a counterpart (ADetailer, ...) are left out; an unknown sampler is an error.
     """

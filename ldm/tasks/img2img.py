@@ -20,9 +20,10 @@ from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
 from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
-from ldm.tasks.base import Conditioning, Generated, check_task, resolve_options, sample_seeded, settings_of
+from ldm.tasks.base import Conditioning, check_task, resolve_options, sample_seeded
 from ldm.tasks.editing import as_pil, fit_image, size_multiple
 from ldm.tasks.prompts import prompt_conditioning, prompt_lists
+from ldm.tasks.results import Generated, settings_of
 
 
 def prepare_image(model: LatentDiffusion, image: Image.Image | str | Path) -> Image.Image:

@@ -31,19 +31,11 @@ from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
 from ldm.sampling.options import Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import check_strength
-from ldm.tasks.base import (
-    Conditioning,
-    EditingError,
-    Generated,
-    Settings,
-    check_task,
-    resolve_options,
-    sample_seeded,
-    settings_of,
-)
+from ldm.tasks.base import Conditioning, EditingError, check_task, resolve_options, sample_seeded
 from ldm.tasks.editing import as_pil, expand_batch, fit_image, size_multiple
 from ldm.tasks.inpaint_area import crop_box, crop_inputs, paste_back, processing_size
 from ldm.tasks.prompts import prompt_conditioning, prompt_lists
+from ldm.tasks.results import Generated, Settings, settings_of
 
 log = logging.getLogger("ldm")
 

@@ -22,9 +22,10 @@ from ldm.models.prompt_schedule import has_schedule
 from ldm.models.seamless import seamless
 from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import Generators
-from ldm.tasks.base import Conditioning, Generated, batch_noise, check_task, denoise, resolve_options, settings_of
+from ldm.tasks.base import Conditioning, batch_noise, check_task, denoise, resolve_options
 from ldm.tasks.hires import HiresOptions, second_pass
 from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditioning, prompt_lists
+from ldm.tasks.results import Generated, settings_of
 
 
 def image_size(model: LatentDiffusion, height: int | None, width: int | None) -> tuple[int, int]:

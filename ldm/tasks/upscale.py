@@ -28,17 +28,10 @@ from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.tiling import blend_tiles, tile_starts
 from ldm.sampling.options import Precision, SamplingOptions, autocast
-from ldm.tasks.base import (
-    Conditioning,
-    EditingError,
-    Generated,
-    check_task,
-    resolve_options,
-    sample_seeded,
-    settings_of,
-)
+from ldm.tasks.base import Conditioning, EditingError, check_task, resolve_options, sample_seeded
 from ldm.tasks.editing import ImageTooSmallError, as_pil, expand_batch
 from ldm.tasks.prompts import prompt_conditioning, prompt_lists
+from ldm.tasks.results import Generated, settings_of
 
 log = logging.getLogger("ldm")
 

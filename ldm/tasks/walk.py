@@ -24,8 +24,9 @@ from ldm.models.prompt_options import PromptOptions
 from ldm.models.prompt_schedule import has_schedule
 from ldm.models.seamless import seamless
 from ldm.sampling.options import Precision, SamplingOptions, autocast
-from ldm.tasks.base import Conditioning, Generated, check_task, denoise, resolve_options, settings_of, start_noise
+from ldm.tasks.base import Conditioning, check_task, denoise, resolve_options, start_noise
 from ldm.tasks.prompts import prompt_conditions
+from ldm.tasks.results import Generated, settings_of
 from ldm.tasks.txt2img import image_size
 
 log = logging.getLogger("ldm")

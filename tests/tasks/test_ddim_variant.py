@@ -22,7 +22,8 @@ from ldm.io.infotext import as_made, settings_from_png
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.sampling.options import SamplingOptions, sampler_function, start_scale
 from ldm.sampling.samplers import SamplerOptionError, sample_ddim, sample_ddim_sd
-from ldm.tasks.base import resolve_options, settings_of
+from ldm.tasks.base import resolve_options
+from ldm.tasks.results import settings_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SD_CONFIGS = ROOT / "configs" / "stable-diffusion"

@@ -34,7 +34,7 @@ from ldm.io.infotext import settings_from_png
 from ldm.models.prompt_options import PROMPT_SWITCHES
 from ldm.sampling.options import SamplingOptions, sampler_parameters
 from ldm.sampling.samplers import SAMPLERS, get_sampler
-from ldm.tasks.base import settings_of
+from ldm.tasks.results import settings_of
 from ldm.tasks.sdxl_refiner import sdxl_txt2img, with_refiner_switch
 from ldm.tasks.txt2img import txt2img, txt2img_learned_variance
 

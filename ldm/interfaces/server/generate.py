@@ -169,7 +169,7 @@ class Generator:
                      "start": u["start"], "end": u["end"], "resize": u["resize"], "mode": u["mode"]}
                     for i, u in enumerate(request.controls)
                 ]  # fmt: skip
-            for i, image in enumerate(made):  # the call's own record of each image (ldm.tasks.base.settings_of)
+            for i, image in enumerate(made):  # the call's own record of each image (ldm.tasks.results.settings_of)
                 images.append(image)
                 settings.append({**made.settings.image(i), **extra})
         return self._answer(request, images, settings)
