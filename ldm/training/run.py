@@ -199,6 +199,13 @@ def build_module(cfg: dict) -> pl.LightningModule:
         model.vae.scale_factor = float(sf)
     if model.class_names is not None:
         kwargs["label_dropout"] = t["label_dropout"]
+    if cfg["controlnet"]["train"]:
+        from ldm.training.controlnet_module import ControlNetModule
+
+        if (module_name, class_name) != MODULE_FOR_TASK["txt2img"]:
+            raise TrainConfigError("controlnet.train needs a text-to-image model (conditioning_key crossattn)")
+        kwargs["estimate_scale_factor"] = False  # the ControlNet learns the base's latents, at its scale
+        return ControlNetModule(model, cfg["controlnet"], **kwargs)
     return module_class(model, **kwargs)
 
 
@@ -314,7 +321,7 @@ def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | o
 def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
     """A new run must not write into an earlier run's folder: its exports would be overwritten, and a later
     --resume would pick up the earlier run's last.ckpt. `overwrite` removes the earlier checkpoints instead."""
-    exports = ("model.safetensors", "vae.safetensors", "lora.safetensors")
+    exports = ("model.safetensors", "vae.safetensors", "lora.safetensors", "controlnet.safetensors")
     earlier = [p for p in (run_dir / "checkpoints", *(run_dir / name for name in exports))
                if p.exists() and (p.is_file() or any(p.iterdir()))]
     if not earlier:

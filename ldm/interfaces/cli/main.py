@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "ldm.interfaces.cli.app",
     "ldm.interfaces.cli.evaluate",
     "ldm.interfaces.cli.convert",
+    "ldm.interfaces.cli.control_image",
 ]
 # The subcommands each module registers (tests/interfaces/test_fast_start.py checks this against the modules): a
 # command line naming one imports and registers that module alone, since importing all of them is a tenth of a second
@@ -44,6 +45,7 @@ COMMANDS = {
     "app": "ldm.interfaces.cli.app",
     "eval": "ldm.interfaces.cli.evaluate",
     "convert": "ldm.interfaces.cli.convert",
+    "control-image": "ldm.interfaces.cli.control_image",
 }
 TOP_LEVEL_FLAGS = {"-v", "--verbose", "--version"}  # the only options before COMMAND that leave the choice to it
 
