@@ -13,8 +13,8 @@ from safetensors import safe_open
 
 from ldm.formats.controlnet_files import load_controlnet
 from ldm.interfaces.cli.main import main as cli_main
-from ldm.io.control_images import control_image, control_images
 from ldm.io.checkpoint import load_state_dict, save_state_dict
+from ldm.io.control_images import control_image, control_images
 from ldm.models.controlnet import Control, ControlledUNet, using_controlnets
 from ldm.tasks.txt2img import txt2img
 from ldm.training.config_checks import TrainConfigError
@@ -56,7 +56,9 @@ def fixed_batch(cfg: dict, count: int = 8) -> dict:
 def eval_loss(module: ControlNetModule, batch: dict, seeds: int = 6) -> float:
     module.eval()
     with torch.no_grad():
-        return sum(module.loss(batch, torch.Generator().manual_seed(s), drop=False).item() for s in range(seeds)) / seeds
+        return (
+            sum(module.loss(batch, torch.Generator().manual_seed(s), drop=False).item() for s in range(seeds)) / seeds
+        )
 
 
 def test_an_untrained_controlnet_is_the_base_model_exactly(shapes, base, tmp_path):
@@ -76,15 +78,23 @@ def test_an_untrained_controlnet_is_the_base_model_exactly(shapes, base, tmp_pat
         controlled = ControlledUNet(unet, [(net, hints, 1.0, "balanced")])(x, t, context=context)
         assert torch.equal(controlled, unet(x, t, context=context))
         g = torch.Generator().manual_seed(3)
-        assert torch.equal(module.loss(batch, g, drop=False), LatentDiffusionModule.loss(module, batch, torch.Generator().manual_seed(3), drop=False))  # noqa: E501
+        assert torch.equal(
+            module.loss(batch, g, drop=False),
+            LatentDiffusionModule.loss(module, batch, torch.Generator().manual_seed(3), drop=False),
+        )
     # The control images are the training images' Canny edges, made on the fly.
     assert torch.equal(hints, control_images((batch["image"] + 1) / 2, "canny", 100.0, 200.0))
 
 
 def test_training_lowers_the_loss_and_the_export_loads_and_steers_the_output(shapes, base, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = ["trainer.max_steps=30", "training.lr=1e-3", "training.warmup_steps=3", "training.cond_dropout=0.5",
-                 "logging.checkpoint_every_n_steps=15"]
+    overrides = [
+        "trainer.max_steps=30",
+        "training.lr=1e-3",
+        "training.warmup_steps=3",
+        "training.cond_dropout=0.5",
+        "logging.checkpoint_every_n_steps=15",
+    ]
     cfg = tiny_train_config("ldm", shapes, run_dir, [*CONTROL, base, *overrides])
     batch = fixed_batch(cfg)
     torch.manual_seed(0)
@@ -140,7 +150,9 @@ def test_control_images_are_read_from_a_folder_when_given(shapes, tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         control_image(Image.open(path), "scribble").save(target)
     torch.manual_seed(0)
-    module = build_module(tiny_train_config("ldm", shapes, tmp_path / "run", [*CONTROL, f"controlnet.control_root={controls}"]))  # noqa: E501
+    module = build_module(
+        tiny_train_config("ldm", shapes, tmp_path / "run", [*CONTROL, f"controlnet.control_root={controls}"])
+    )
     batch = fixed_batch(module.config, 4)
     hints = module.hints(batch)
     assert hints.shape == batch["image"].shape and set(hints.unique().tolist()) == {0.0, 1.0}
