@@ -62,6 +62,7 @@ import yaml
 
 from ldm.core.config import canonical_target, closest
 from ldm.training.config_checks import TrainConfigError, check_values
+from ldm.training.controlnet_config import ControlNetSection
 
 SECTIONS = ("model", "init", "training", "data", "trainer", "logging", "lora", "distill", "controlnet")
 
@@ -190,20 +191,6 @@ class DistillSection:
     # What `ldm distill` runs one after the other, each in <run_dir>/<stage>, each stage's teacher the one before.
     stages: list[str | int] = field(default_factory=lambda: ["guidance", 16, 8, 4, 2])
     steps_per_stage: int | list[int] = 2000
-
-
-@dataclass
-class ControlNetSection:
-    """Train a ControlNet on the frozen model (ldm.training.controlnet_module) instead of the model itself: off
-    while `train` is false. Control images are made from each training image by `preprocess` (a type of
-    ldm.io.control_images, with its thresholds `low` and `high`), or read from `control_root`, a folder with a
-    control image under each training image's relative path. Exported as controlnet.safetensors (fp16)."""
-
-    train: bool = False
-    preprocess: str = "canny"
-    low: float = 100.0
-    high: float = 200.0
-    control_root: str | None = None
 
 
 # Lightning's own defaults except these; any other Trainer keyword passes through for Lightning to check.

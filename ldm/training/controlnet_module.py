@@ -32,6 +32,8 @@ from ldm.data.folder import load_rgb
 from ldm.io.control_images import control_images
 from ldm.models.controlnet import ControlledUNet, ControlNet
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.training.config_checks import TrainConfigError
+from ldm.training.controlnet_config import ControlNetSection
 from ldm.training.ldm_module import LatentDiffusionModule
 
 log = logging.getLogger(__name__)
@@ -42,16 +44,20 @@ class ControlImageError(LdmError, FileNotFoundError):
 
 
 class ControlNetModule(LatentDiffusionModule):
-    """Trains a ControlNet on `model`, which stays frozen. `control`: the config's `controlnet:` section."""
+    """Trains a ControlNet on `model`, which stays frozen; `config["controlnet"]` says how (the config's section).
+    Keyword arguments: LatentDiffusionModule's; the base's EMA, LoRA and scale-factor estimate do not apply."""
 
     STEP_SALT = 24680
 
-    def __init__(self, model: LatentDiffusion, control: dict, **kwargs: Any):
-        kwargs.update(ema_decay=None, lora=None, gradient_checkpointing=False)
+    def __init__(self, model: LatentDiffusion, **kwargs: Any):
+        if model.kind.task != "txt2img" or model.class_names is not None:
+            raise TrainConfigError("controlnet.train needs a text-to-image model (conditioning_key crossattn)")
+        # The ControlNet learns the base's latents at the base's scale: never re-estimated.
+        kwargs.update(ema_decay=None, lora=None, gradient_checkpointing=False, estimate_scale_factor=False)
         super().__init__(model, **kwargs)
         model.requires_grad_(False)
         model.eval()
-        self.control = dict(control)
+        self.control = dict((self.config or {}).get("controlnet") or ControlNetSection().__dict__)
         self.controlnet = ControlNet(model.unet, model.latent_channels, model.downscale)
         self.controlnet.requires_grad_(True)
         log.info(

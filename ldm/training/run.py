@@ -143,6 +143,7 @@ MODULE_FOR_TASK = {
     "txt2img": ("ldm.training.ldm_module", "LatentDiffusionModule"),
     "inpaint": ("ldm.training.editing", "InpaintingModule"),
     "upscale": ("ldm.training.editing", "UpscalerModule"),
+    "controlnet": ("ldm.training.controlnet_module", "ControlNetModule"),  # a ControlNet on the frozen model
 }
 
 def build_module(cfg: dict) -> pl.LightningModule:
@@ -176,8 +177,8 @@ def build_module(cfg: dict) -> pl.LightningModule:
 
     if not isinstance(model, LatentDiffusion):
         raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")  # noqa: E501
-    module_name, class_name = MODULE_FOR_TASK[model.kind.task]
-    if model.class_names is not None:  # a class-conditional model (data.label_field): labels as the U-Net's y
+    module_name, class_name = MODULE_FOR_TASK["controlnet" if cfg["controlnet"]["train"] else model.kind.task]
+    if model.class_names is not None and not cfg["controlnet"]["train"]:  # class labels (data.label_field) as y
         module_name, class_name = "ldm.training.label_module", "ClassConditionalModule"
     module_class = getattr(importlib.import_module(module_name), class_name)
     load_init_weights(model, cfg["init"])
@@ -199,13 +200,6 @@ def build_module(cfg: dict) -> pl.LightningModule:
         model.vae.scale_factor = float(sf)
     if model.class_names is not None:
         kwargs["label_dropout"] = t["label_dropout"]
-    if cfg["controlnet"]["train"]:
-        from ldm.training.controlnet_module import ControlNetModule
-
-        if (module_name, class_name) != MODULE_FOR_TASK["txt2img"]:
-            raise TrainConfigError("controlnet.train needs a text-to-image model (conditioning_key crossattn)")
-        kwargs["estimate_scale_factor"] = False  # the ControlNet learns the base's latents, at its scale
-        return ControlNetModule(model, cfg["controlnet"], **kwargs)
     return module_class(model, **kwargs)
 
 
