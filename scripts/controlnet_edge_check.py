@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from ldm.evaluation.control_edges import compare_with_and_without
+from ldm.evaluation.control_edges import compare_with_and_without, drawn_shapes
 from ldm.formats.controlnet_files import load_controlnet
 from ldm.formats.load import load_model
 from ldm.io.control_images import control_image
@@ -23,21 +23,6 @@ from ldm.models.controlnet import Control, using_controlnets
 from ldm.tasks.txt2img import txt2img
 
 PROMPTS = ["red apple", "grinning face", "blue heart", "yellow star"]
-
-
-def drawn_shapes(size: int = 64) -> list[Image.Image]:
-    """Edge maps of drawn shapes: a circle, a square, a triangle, a ring of two circles."""
-    shapes = []
-    for draw_shape in (
-        lambda d: d.ellipse((12, 12, 52, 52), fill="black"),
-        lambda d: d.rectangle((14, 14, 50, 50), fill="black"),
-        lambda d: d.polygon([(32, 8), (56, 54), (8, 54)], fill="black"),
-        lambda d: (d.ellipse((6, 6, 58, 58), fill="black"), d.ellipse((22, 22, 42, 42), fill="white")),
-    ):
-        image = Image.new("RGB", (size, size), "white")
-        draw_shape(ImageDraw.Draw(image))
-        shapes.append(control_image(image))
-    return shapes
 
 
 def main() -> None:

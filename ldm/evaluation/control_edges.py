@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ldm.core.errors import InvalidOptionError
-from ldm.io.control_images import CANNY_HIGH, CANNY_LOW, canny
+from ldm.io.control_images import CANNY_HIGH, CANNY_LOW, canny, control_image
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,18 @@ def compare_with_and_without(
         without += [edge_agreement(edge_map(image), edges, tolerance) for image in plain]
         with_net += [edge_agreement(edge_map(image), edges, tolerance) for image in steered]
     return mean_agreement(with_net), mean_agreement(without)
+
+
+def drawn_shapes() -> list[Image.Image]:
+    """Canny edge maps of drawn shapes at 64 px (the default model's size): a circle, a square, a triangle, a ring."""
+    shapes = []
+    for draw_shape in (
+        lambda d: d.ellipse((12, 12, 52, 52), fill="black"),
+        lambda d: d.rectangle((14, 14, 50, 50), fill="black"),
+        lambda d: d.polygon([(32, 8), (56, 54), (8, 54)], fill="black"),
+        lambda d: (d.ellipse((6, 6, 58, 58), fill="black"), d.ellipse((22, 22, 42, 42), fill="white")),
+    ):
+        image = Image.new("RGB", (64, 64), "white")
+        draw_shape(ImageDraw.Draw(image))
+        shapes.append(control_image(image))
+    return shapes
