@@ -42,6 +42,8 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
                 sample_scale, sample_seed, csv, tensorboard.
     lora:       rank (0: off, the whole U-Net trains), alpha, dropout, targets (attn, proj, ff, conv, text):
                 diffusion runs only; the base is frozen and the adapter alone is exported (lora.safetensors).
+    controlnet: train (false: off), preprocess (canny, lineart, scribble), low, high, control_root: train a
+                ControlNet on the frozen text-to-image model (exported as controlnet.safetensors, fp16).
 
 Overrides are `section.key=value` with the value parsed as YAML (`trainer.max_steps=200`,
 `training.lr=1e-5`, `logging.sample_prompts=[a, b]`, `training.ema_decay=null`).
@@ -60,8 +62,9 @@ import yaml
 
 from ldm.core.config import canonical_target, closest
 from ldm.training.config_checks import TrainConfigError, check_values
+from ldm.training.controlnet_config import ControlNetSection
 
-SECTIONS = ("model", "init", "training", "data", "trainer", "logging", "lora", "distill")
+SECTIONS = ("model", "init", "training", "data", "trainer", "logging", "lora", "distill", "controlnet")
 
 
 @dataclass
@@ -208,6 +211,7 @@ SECTION_TYPES = {
     "logging": LoggingSection,
     "lora": LoraSection,
     "distill": DistillSection,
+    "controlnet": ControlNetSection,
 }
 
 
@@ -227,6 +231,7 @@ def _defaults() -> dict[str, dict[str, Any]]:
         "logging": out["logging"],
         "lora": out["lora"],
         "distill": out["distill"],
+        "controlnet": out["controlnet"],
     }
 
 
@@ -335,7 +340,7 @@ def resolve(cfg: dict, stored: bool = False) -> dict:
     kind = run_kind(cfg)
     out: dict[str, Any] = {"model": copy.deepcopy(cfg["model"])}
     types = {**SECTION_TYPES, "training": TRAINING_FOR_KIND[kind]}
-    for section in ("init", "training", "data", "trainer", "logging", "lora", "distill"):
+    for section in ("init", "training", "data", "trainer", "logging", "lora", "distill", "controlnet"):
         given = cfg.get(section) or {}
         if not isinstance(given, dict):
             raise TrainConfigError(f"section {section!r} must be a mapping, got {type(given).__name__}")

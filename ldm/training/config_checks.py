@@ -108,6 +108,7 @@ def check_values(cfg: dict, kind: str) -> None:
     _check_lora(cfg, kind)
     _check_distill(cfg, kind)
     _check_sdxl(cfg)
+    _check_controlnet(cfg, kind)
 
 
 def _check_sdxl(cfg: dict) -> None:
@@ -241,3 +242,27 @@ def _check_labels(d: dict) -> None:
         raise TrainConfigError("data.classes needs data.label_field (the captions.jsonl field that holds the class)")
     if d["label_field"] is not None and d["shards"] is not None:
         raise TrainConfigError("data.label_field needs a folder's captions.jsonl; it does not apply to data.shards")
+
+
+def _check_controlnet(cfg: dict, kind: str) -> None:
+    control = cfg["controlnet"]
+    if not isinstance(control["train"], bool):
+        raise TrainConfigError(f"controlnet.train must be true or false, got {control['train']!r}")
+    if not control["train"]:
+        return
+    if kind != "diffusion":
+        raise TrainConfigError(f"controlnet.train applies to diffusion runs, not to this {kind} run")
+    if cfg["lora"]["rank"] or cfg["distill"]["teacher"] is not None:
+        raise TrainConfigError(
+            "controlnet.train trains a ControlNet on a frozen model: set lora.rank=0 and no distill.teacher"
+        )
+    from ldm.io.control_images import PREPROCESSORS
+
+    if control["preprocess"] not in PREPROCESSORS:
+        raise TrainConfigError(
+            f"controlnet.preprocess must be one of {', '.join(PREPROCESSORS)}, got {control['preprocess']!r}"
+        )
+    low = _number(cfg, "controlnet", "low", 0.0, math.inf, "a threshold >= 0")
+    high = _number(cfg, "controlnet", "high", 0.0, math.inf, "a threshold >= 0")
+    if low > high:
+        raise TrainConfigError(f"controlnet.low must not exceed controlnet.high, got {low} and {high}")

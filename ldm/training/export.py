@@ -133,15 +133,41 @@ def _base_hash(cfg: dict) -> str:
     return file_sha256(base) if base and Path(base).is_file() else ""
 
 
+def export_controlnet(
+    module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None
+) -> tuple[Path, Path]:
+    """A ControlNet run's export: controlnet.safetensors (fp16, the original layout under control_model., which
+    ldm.formats.controlnet_files.load_controlnet reads; its control image type in the metadata) and
+    controlnet.yaml, the base model's inference config, which the ControlNet is applied to (`--controlnet`)."""
+    out = Path(out_dir)
+    weights, config = out / "controlnet.safetensors", out / "controlnet.yaml"
+    control = cfg["controlnet"]
+    meta = {
+        "format": "pt",
+        "base_model": str(cfg["init"].get("checkpoint") or ""),
+        "base_model_sha256": _base_hash(cfg),
+        "preprocess": "file" if control.get("control_root") else str(control["preprocess"]),
+        "thresholds": f"{control['low']},{control['high']}",
+        **({"step": str(step)} if step is not None else {}),
+    }
+    state = {"control_model." + k: v for k, v in module.inference_state_dict().items()}  # type: ignore[operator]
+    save_state_dict(state, weights, metadata=meta, float_dtype=torch.float16)
+    _write_yaml_atomic(inference_model_node(cfg["model"], module.model.scale_factor), config)  # type: ignore[union-attr]
+    return weights, config
+
+
 def export_module(
     module: torch.nn.Module, cfg: dict, out_dir: str | os.PathLike, step: int | None = None
 ) -> tuple[Path, Path]:
     """Export a LatentDiffusionModule or AutoencoderModule according to the run's config."""
     from ldm.training.clip_module import ClipModule
+    from ldm.training.controlnet_module import ControlNetModule
     from ldm.training.ldm_module import LatentDiffusionModule
 
     if isinstance(module, ClipModule):
         return export_clip(module.inference_state_dict(), cfg["model"], out_dir, step)
+    if isinstance(module, ControlNetModule):
+        return export_controlnet(module, cfg, out_dir, step)
     if isinstance(module, LatentDiffusionModule) and module.lora is not None:
         return export_lora(module, cfg, out_dir, step)
     if isinstance(module, LatentDiffusionModule):
@@ -152,10 +178,13 @@ def export_module(
 def export_names(module: torch.nn.Module) -> tuple[str, str]:
     """The two files export_module writes for this module (weights, config), by the same rule."""
     from ldm.training.clip_module import ClipModule
+    from ldm.training.controlnet_module import ControlNetModule
     from ldm.training.ldm_module import LatentDiffusionModule
 
     if isinstance(module, ClipModule):
         return "clip.safetensors", "clip.json"
+    if isinstance(module, ControlNetModule):
+        return "controlnet.safetensors", "controlnet.yaml"
     if isinstance(module, LatentDiffusionModule):
         return ("lora.safetensors", "lora.yaml") if module.lora is not None else ("model.safetensors", "model.yaml")
     return "vae.safetensors", "vae.yaml"

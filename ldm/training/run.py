@@ -143,6 +143,7 @@ MODULE_FOR_TASK = {
     "inpaint": ("ldm.training.editing", "InpaintingModule"),
     "upscale": ("ldm.training.editing", "UpscalerModule"),
     "sdxl": ("ldm.training.sdxl_module", "SDXLModule"),
+    "controlnet": ("ldm.training.controlnet_module", "ControlNetModule"),  # a ControlNet on the frozen model
 }
 
 def build_module(cfg: dict) -> pl.LightningModule:
@@ -173,12 +174,11 @@ def build_module(cfg: dict) -> pl.LightningModule:
             adaptive_disc_weight=t["adaptive_disc_weight"], grad_clip=t["grad_clip"], accumulate=t["accumulate"],
             seed=t["seed"], config=cfg)
     from ldm.models.latent_diffusion import LatentDiffusion
-
     if not isinstance(model, LatentDiffusion):
         raise TrainConfigError(f"model target {cfg['model']['target']!r} is neither a LatentDiffusion nor an AutoencoderKL")  # noqa: E501
     sdxl = hasattr(model.text_encoder, "micro_conditions")  # ldm.models.sdxl_text's: its own module
-    module_name, class_name = MODULE_FOR_TASK["sdxl" if sdxl else model.kind.task]
-    if model.class_names is not None:  # a class-conditional model (data.label_field): labels as the U-Net's y
+    module_name, class_name = MODULE_FOR_TASK["controlnet" if cfg["controlnet"]["train"] else "sdxl" if sdxl else model.kind.task]  # noqa: E501
+    if model.class_names is not None and not cfg["controlnet"]["train"]:  # class labels (data.label_field) as y
         module_name, class_name = "ldm.training.label_module", "ClassConditionalModule"
     module_class = getattr(importlib.import_module(module_name), class_name)
     load_init_weights(model, cfg["init"])
@@ -315,7 +315,7 @@ def export_checkpoint(cfg: dict, checkpoint: str | os.PathLike, out_dir: str | o
 def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
     """A new run must not write into an earlier run's folder: its exports would be overwritten, and a later
     --resume would pick up the earlier run's last.ckpt. `overwrite` removes the earlier checkpoints instead."""
-    exports = ("model.safetensors", "vae.safetensors", "lora.safetensors")
+    exports = ("model.safetensors", "vae.safetensors", "lora.safetensors", "controlnet.safetensors")
     earlier = [p for p in (run_dir / "checkpoints", *(run_dir / name for name in exports))
                if p.exists() and (p.is_file() or any(p.iterdir()))]
     if not earlier:

@@ -91,6 +91,11 @@ CASES = [
     ([*TRAIN, "logging.run_dir=a-file/run"], "cannot write to the run folder a-file/run"),
     ([*TRAIN, "data.root=no-such-folder"], "dataset folder not found: no-such-folder"),
     (["data", "emoji", "--out", "emoji", "--size", "4"], "image size must be at least 8 pixels, got 4"),
+    (["control-image", "photo.png", "--out", "edges.jpg"], "--out must end in .png, got 'edges.jpg'"),
+    (["control-image", "not-an-image.png", "--out", "edges.png"], "cannot read image not-an-image.png"),
+    (["control-image", "photo.png", "--low", "300", "--out", "edges.png"], "edge thresholds must satisfy 0 <= low"),
+    (["control-image", "photo.png", "--out", "a-file/edges.png"], "cannot write to a-file"),
+    ([*TRAIN, "controlnet.train=true"], "controlnet.train applies to diffusion runs, not to this autoencoder run"),
 ]
 
 

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "ldm.interfaces.cli.convert",
     "ldm.interfaces.cli.verify",
     "ldm.interfaces.cli.serve",
+    "ldm.interfaces.cli.control_image",
 ]
 # The subcommands each module registers (tests/interfaces/test_fast_start.py checks this against the modules): a
 # command line naming one imports and registers that module alone, since importing all of them is a tenth of a second
@@ -48,6 +49,7 @@ COMMANDS = {
     "convert": "ldm.interfaces.cli.convert",
     "verify": "ldm.interfaces.cli.verify",
     "serve": "ldm.interfaces.cli.serve",
+    "control-image": "ldm.interfaces.cli.control_image",
 }
 TOP_LEVEL_FLAGS = {"-v", "--verbose", "--version"}  # the only options before COMMAND that leave the choice to it
 
