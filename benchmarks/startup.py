@@ -2,6 +2,7 @@
 
     python benchmarks/startup.py [--rounds 5]      # the table: median wall time, ratio, peak RSS
     python benchmarks/startup.py --profile         # where the time goes: imports by package, then phases
+    python benchmarks/startup.py --against ../old  # and a checkout of an earlier commit, interleaved with both
 
 Each runs in a temporary folder, so the `ldm` imported is the one on PYTHONPATH (or installed), never the
 current folder's. The two commands run interleaved (A, B, A, B, ...) so that a busy machine slows both alike; the ratio
@@ -40,11 +41,11 @@ def bytecode_cache(folder: str) -> None:
             subprocess.run([sys.executable, *args], check=True, cwd=out, env=ENV, capture_output=True)
 
 
-def timed(args: list[str], cwd: str) -> tuple[float, float]:
+def timed(args: list[str], cwd: str, env: dict[str, str] | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of one fresh `python ARGS`, its output discarded."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, env=ENV
+        [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, env=env or ENV
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -55,15 +56,31 @@ def timed(args: list[str], cwd: str) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
-def table(rounds: int) -> None:
+def against_command(checkout: str) -> tuple[list[str], dict[str, str]]:
+    """The main command of another checkout (an earlier commit's `ldm`, whose CLI module may be the old `ldm.cli`)
+    and the environment that imports it from there; its bytecode is cached like ours (one untimed run)."""
+    env = {**ENV, "PYTHONPATH": os.path.abspath(checkout)}
+    module = "ldm.interfaces.cli.main" if os.path.isdir(os.path.join(checkout, "ldm", "interfaces")) else "ldm.cli"
+    command = ["-m", module, *MAIN[2:]]
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run([sys.executable, *command, "--outdir", out], check=True, cwd=out, env=env, capture_output=True)
+    return command, env
+
+
+def table(rounds: int, against: str | None = None) -> None:
     results: dict[str, list[tuple[float, float]]] = {"main command": [], "import torch": []}
+    before = against_command(against) if against else None
+    if before:
+        results["before"] = []
     with tempfile.TemporaryDirectory() as out:
         for i in range(rounds):
             results["main command"].append(timed([*MAIN, "--outdir", out], out))
             results["import torch"].append(timed(BARE, out))
+            if before:
+                results["before"].append(timed([*before[0], "--outdir", out], out, before[1]))
             print(
-                f"round {i + 1}/{rounds}: main {results['main command'][-1][0]:.2f} s, "
-                f"torch {results['import torch'][-1][0]:.2f} s",
+                f"round {i + 1}/{rounds}: "
+                + ", ".join(f"{name} {runs[-1][0]:.2f} s" for name, runs in results.items()),
                 file=sys.stderr,
             )
     med = {k: statistics.median(w for w, _ in v) for k, v in results.items()}
@@ -71,7 +88,12 @@ def table(rounds: int) -> None:
     print(f"| command | median wall (s, {rounds} runs) | peak RSS (MiB) |\n|---|---|---|")
     print(f'| `ldm txt2img "red heart"` | {med["main command"]:.2f} | {rss["main command"]:.0f} |')
     print(f'| `python -c "import torch"` | {med["import torch"]:.2f} | {rss["import torch"]:.0f} |')
+    if before:
+        print(f"| the same, from {against} | {med['before']:.2f} | {rss['before']:.0f} |")
     print(f"\nratio main / import torch: {med['main command'] / med['import torch']:.2f}")
+    if before:
+        print(f"ratio of {against}'s / import torch: {med['before'] / med['import torch']:.2f}")
+        print(f"ratio main / {against}'s: {med['main command'] / med['before']:.3f}")
 
 
 def import_times(top: int = 15) -> None:
@@ -173,6 +195,7 @@ def main() -> None:
         "--rounds", type=int, default=5, help="runs of each command (the table) or of the phases (--profile)"
     )
     parser.add_argument("--profile", action="store_true", help="print where the time goes instead of the table")
+    parser.add_argument("--against", metavar="CHECKOUT", help="also time another checkout's main command, interleaved")
     args = parser.parse_args()
     cache = tempfile.TemporaryDirectory()
     bytecode_cache(cache.name)
@@ -180,7 +203,7 @@ def main() -> None:
         import_times()
         phases(args.rounds)
     else:
-        table(args.rounds)
+        table(args.rounds, args.against)
 
 
 if __name__ == "__main__":
