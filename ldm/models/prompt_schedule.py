@@ -31,7 +31,8 @@ ScheduledDenoiser): step i of the run, counted from 0, reads A1111's text for k 
 A1111 call for call; each call's step is found from its noise level (a midpoint of step i reads step i's text,
 Heun's end point at the next step's level the next step's), so an integer `when` is a step for every sampler
 (A1111's, over its doubled schedule, is half a step there). Img2img counts from its first step against the
-schedule of all steps, as A1111.
+schedule of all steps, as A1111. The hires fix's second pass reads the schedule with `hires_steps` over the steps
+it runs (ldm.tasks.img2img.img2img_latents' first_pass_steps).
 """
 
 from __future__ import annotations

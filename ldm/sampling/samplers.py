@@ -386,7 +386,12 @@ def truncate_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
     strength 1 keeps the whole grid, 0 keeps only the final 0 (no steps: the input is returned as is).
     Start from x = x0 + noise * result[0].
     """
-    check_strength(strength)
     steps = len(sigmas) - 1
-    keep = int(math.floor(steps * strength + 1e-9))  # the epsilon stops 0.29 * 100 = 28.999... losing a step
-    return sigmas[steps - keep:]
+    return sigmas[steps - strength_steps(steps, strength):]
+
+
+def strength_steps(steps: int, strength: float) -> int:
+    """How many of `steps` steps a run from a partly noised image takes at `strength`: floor(strength * steps)
+    (`truncate_sigmas`)."""
+    check_strength(strength)
+    return int(math.floor(steps * strength + 1e-9))  # the epsilon stops 0.29 * 100 = 28.999... losing a step

@@ -127,7 +127,8 @@ def second_pass(
 ) -> list[Image.Image]:
     """The hires images: each first-pass result (its latent [1, C, h, w], or its image) upscaled and given to
     img2img at the target size with its prompt and seed, its prompts read as the first pass's (`prompting`), at its
-    `precision`. `images` may be None for the latent upscaler."""
+    `precision`. `images` may be None for the latent upscaler. Prompt editing goes on from the first pass's
+    `options.steps` into this pass as A1111's (ldm.tasks.img2img.img2img_latents' first_pass_steps)."""
     hires.validate()
     height, width = (side * model.downscale for side in latents.shape[-2:])
     size = hires.target_size(height, width, max(8, model.downscale))
@@ -154,6 +155,7 @@ def second_pass(
             "progress": progress,
             "precision": precision,
             "prompt_options": prompting,
+            "first_pass_steps": options.steps,  # prompt editing reads this pass as A1111's hires pass
         }
         if hires.upscaler == "latent":
             made = img2img_latents(model, upscaled_latent(latents[i : i + 1], size, model.downscale), prompt, **common)

@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 
 from ldm.core import defaults
+from ldm.core.errors import InvalidOptionError
 from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
 from ldm.sampling.options import Precision, SamplingOptions, autocast
-from ldm.sampling.samplers import check_strength
+from ldm.sampling.samplers import check_strength, strength_steps
 from ldm.tasks.base import Conditioning, check_task, resolve_options, sample_seeded
 from ldm.tasks.editing import as_pil, fit_image, size_multiple
 from ldm.tasks.prompts import prompt_conditioning, prompt_lists
@@ -57,12 +58,15 @@ def img2img(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     precision: str | Precision = "fp32",
+    first_pass_steps: int | None = None,
     **option_overrides: Any,
 ) -> Generated:
     """One image per prompt, all from the same input; image i uses seed + i.
 
     The output has the input's size rounded to a multiple of 8 (a log line says when it differs). Keyword options
     are txt2img's (sampling options and how prompts are read); precision: the autocast, as txt2img's.
+    first_pass_steps: this run is the hires fix's second pass after a first pass of that many steps
+    (`img2img_latents`).
     """
     check_strength(strength)
     check_task(model, "img2img")
@@ -82,6 +86,7 @@ def img2img(
         callback,
         progress,
         precision,
+        first_pass_steps,
         prompt_options=prompting,
     )
 
@@ -98,10 +103,16 @@ def img2img_latents(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     precision: str | Precision = "fp32",
+    first_pass_steps: int | None = None,
     **option_overrides: Any,
 ) -> Generated:
     """img2img from a clean latent [1, C, h, w] (the image already encoded, or a latent made otherwise: the hires
-    fix's upscaled one, ldm.tasks.hires); one image per prompt, image i uses seed + i."""
+    fix's upscaled one, ldm.tasks.hires); one image per prompt, image i uses seed + i.
+
+    first_pass_steps: this run is the hires fix's second pass after a txt2img of that many steps, so prompt editing
+    reads it as A1111's hires pass (ldm.models.prompt_schedule.texts_by_step: integer `when`s count on from the
+    first pass, fractions from 1.0 up address this pass). A1111's hires pass runs all of its steps; this one runs
+    the floor(strength * steps) that img2img runs, so its schedule is made over those, step 0 the first one run."""
     check_strength(strength)
     check_task(model, "img2img")
     prompting = take_prompt_options(option_overrides)
@@ -109,7 +120,15 @@ def img2img_latents(
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     height, width = (side * model.downscale for side in latents.shape[-2:])
-    conditioning = prepare(model, prompts, negatives, options, size=(height, width), prompting=prompting)
+    if first_pass_steps is None:
+        conditioning = prepare(model, prompts, negatives, options, size=(height, width), prompting=prompting)
+    else:
+        if isinstance(first_pass_steps, bool) or not isinstance(first_pass_steps, int) or first_pass_steps < 1:
+            raise InvalidOptionError(f"first_pass_steps must be a whole number >= 1, got {first_pass_steps!r}")
+        run_steps = max(1, strength_steps(options.steps, strength))  # none run at all: any one schedule serves
+        conditioning = prompt_conditioning(
+            model, prompts, negatives, prompting, first_pass_steps, (height, width), hires_steps=run_steps
+        )
     with seamless(model, options.tiling), autocast(model.device, precision):
         x0 = latents.to(model.device).float().expand(len(prompts), -1, -1, -1)
         sampled = sample_seeded(

@@ -18,7 +18,6 @@ from ldm.core.errors import InvalidOptionError
 from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
-from ldm.models.prompt_schedule import has_schedule
 from ldm.models.seamless import seamless
 from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, Precision, SamplingOptions, autocast
 from ldm.sampling.samplers import Generators
@@ -90,7 +89,9 @@ def txt2img(
     model takes the empty prompt "". precision: the autocast (ldm.sampling.precision: "fp32", "bf16", or "fp16" on
     CUDA). hires: the hires fix (ldm.tasks.hires.HiresOptions): sample at
     height x width, upscale by hires.scale and redraw by img2img at that size; the images are the larger ones, image i
-    again seed + i.
+    again seed + i. Prompt editing goes on into its second pass as A1111's does: integer `when`s count on from the
+    first pass's steps, fractions from 1.0 up address the second pass ("[red:blue:1.5]": red in the first pass and
+    the first half of the second).
     """  # noqa: E501
     if loras:
         from ldm.adapters.lora import using_loras
@@ -131,9 +132,6 @@ def txt2img(
     negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
     if label is not None and not isinstance(label, str):
         label = [name for name in label for _ in range(num_images_per_prompt)]
-    if hires is not None and prompting.prompt_editing and any(has_schedule(text) for text in prompts + negatives):
-        # the second pass would read the schedule over its own steps, not on from the first pass's as A1111 does
-        raise InvalidOptionError("prompt editing with the hires fix is not supported yet; leave one of them out")
     height, width = image_size(model, height, width)
     conditioning = prepare(model, prompts, negatives, options, label, size=(height, width), prompting=prompting)
     shape = (len(prompts), model.latent_channels, height // model.downscale, width // model.downscale)

@@ -13,6 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ldm.interfaces.app
+from ldm.core import defaults
 from ldm.core.masks import MaskError
 from ldm.interfaces.app.edit import mask_from_strokes, read_image, read_mask
 from ldm.interfaces.app.forward import LEARNED, forward_views, latent_start, learned_schedule_alphas, schedule_curves
@@ -263,6 +264,29 @@ def test_text_page_runs_the_hires_fix_and_records_it(app_env):
     assert image.size == (32, 32) and settings["height"] == 16  # twice the base size, which is recorded
     assert settings["hires_scale"] == 2 and settings["hires_upscaler"] == "bicubic" and settings["hires_steps"] == 3
     assert settings["strength"] == 0.7
+
+
+def test_text_page_reads_prompts_in_the_chosen_syntax_and_records_it(app_env):
+    def made(syntax: str | None):
+        at = page("text")
+        at.text_input(key="t2i_prompt").set_value("[red:blue:0.5] heart")
+        at.number_input(key="t2i_steps").set_value(4)
+        if syntax is not None:
+            at.selectbox(key="t2i_prompt_syntax").set_value(syntax)
+        at.button(key="t2i_go").click().run()
+        assert not at.exception and not errors(at)
+        return at.session_state["t2i_result"], at
+
+    (plain_image, plain), at = made(None)
+    assert at.selectbox(key="t2i_prompt_syntax").value == defaults.PROMPT_SYNTAX == "plain"
+    assert plain["prompt_editing"] is False
+    (image, settings), _ = made("a1111")
+    # Read as A1111 reads it the prompt changes halfway (red, then blue): another image than its brackets as text.
+    assert not np.array_equal(np.asarray(image), np.asarray(plain_image))
+    png = Image.open(io.BytesIO(png_bytes(image, settings)))
+    recorded = json.loads(png.text["ldm"])
+    assert recorded["prompt_editing"] is True and recorded["emphasis"] is True and recorded["long_prompts"] is True
+    assert recorded["prompt"] == "[red:blue:0.5] heart"
 
 
 CLASSES = ["red square", "blue circle"]

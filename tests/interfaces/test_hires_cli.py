@@ -86,3 +86,18 @@ def test_an_a1111_image_with_an_upscaler_we_lack_is_refused_naming_ours(model_fi
     assert run(model_files, tmp_path / "out", "--from-png", str(tmp_path / "a1111.png")) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("unknown hires upscaler 'R-ESRGAN 4x+'; known: latent, bicubic, model"), err
+
+
+def test_a_hires_image_with_prompt_editing_is_made_again_bit_for_bit(model_files, tmp_path):
+    # First pass 2 steps; the hires pass runs 3 of its 6 (strength 0.5): "[...:3]" switches after its step 1.
+    hires = ["--hires-scale", "2", "--hires-steps", "6", "--hires-strength", "0.5", "--prompt-syntax", "a1111"]
+    assert run(model_files, tmp_path / "first", "[a cat:a dog:3]", *hires) == 0
+    image, settings, _ = made(tmp_path / "first")
+    assert settings["prompt_editing"] is True and settings["prompt"] == "[a cat:a dog:3]"
+    png = sorted((tmp_path / "first" / "samples").glob("*.png"))[0]
+    assert run(model_files, tmp_path / "again", "--from-png", str(png)) == 0
+    again, settings_again, _ = made(tmp_path / "again")
+    assert np.array_equal(np.asarray(image), np.asarray(again)) and settings_again["prompt_editing"] is True
+    # The edit acted: the first text throughout makes another image.
+    assert run(model_files, tmp_path / "cat", "a cat", *hires) == 0
+    assert not np.array_equal(np.asarray(made(tmp_path / "cat")[0]), np.asarray(image))

@@ -176,3 +176,30 @@ def test_a_second_order_sampler_reads_the_text_of_each_calls_noise_level(model):
     for context, text in zip(calls.contexts, expected):
         assert torch.allclose(context[1], text, atol=1e-6)
     assert [prompts for _, prompts, _ in steps] == [["red heart"]] * 2 + [["blue heart"]] * 2
+
+
+@pytest.mark.parametrize("when", ["1.5", "6"])
+def test_an_edit_addressing_the_hires_pass_switches_there_and_not_in_the_first(model, when):
+    from ldm.tasks.hires import HiresOptions
+
+    # First pass 4 steps; the hires pass has 8 of which strength 0.5 runs 4. "1.5" is halfway through those 4
+    # (step 2), "6" the hires pass's step 6 - 4 = 2: red for its steps 0 to 2, blue at 3, as A1111's hires pass.
+    hires = HiresOptions(scale=2, steps=8, strength=0.5, upscaler="latent")
+    with UNetCalls(model) as calls:
+        made, steps = run(model, f"[red:blue:{when}] heart", negative_prompt="dark", prompt_editing=True, hires=hires)
+    red, blue = model.encode_text(["red heart", "blue heart"])
+    assert made[0].size == (32, 32) and len(calls.contexts) == 4 + 4
+    # The first pass never switches (the `when` is past its 4 steps): red's plain conditioning, unlabelled.
+    assert [prompts for _, prompts, _ in steps[:4]] == [None] * 4
+    for context in calls.contexts[:4]:
+        assert torch.allclose(context[1], red, atol=1e-6)
+    # The hires pass counts its steps from its first one run and switches after its step 2.
+    expected = [["red heart"]] * 3 + [["blue heart"]]
+    assert [(i, prompts) for i, prompts, _ in steps[4:]] == list(enumerate(expected))
+    for context, text in zip(calls.contexts[4:], [red, red, red, blue]):
+        assert torch.allclose(context[1], text, atol=1e-6)
+    # The switch changed the image: red throughout makes another, and an edit past both passes is red exactly.
+    red_only = txt2img(model, "red heart", negative_prompt="dark", hires=hires, **FAST)
+    assert not np.array_equal(pixels(made), pixels(red_only))
+    never = txt2img(model, "[red:blue:13] heart", negative_prompt="dark", prompt_editing=True, hires=hires, **FAST)
+    assert np.array_equal(pixels(never), pixels(red_only))

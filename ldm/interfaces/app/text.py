@@ -55,11 +55,13 @@ def generate(
     label: str | None = None,
     sdxl: dict[str, Any] | None = None,
     hires: HiresOptions | None = None,
+    prompt_syntax: str | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
     recorded in the settings as `ldm txt2img --label` records it; sdxl: an SDXL model's refiner and
     micro-conditionings (ldm.tasks.sdxl_refiner.sdxl_txt2img's keywords, ldm.interfaces.app.sdxl); hires: the hires
-    fix (ldm.tasks.hires), recorded as `ldm txt2img --hires-scale` records it."""
+    fix (ldm.tasks.hires), recorded as `ldm txt2img --hires-scale` records it; prompt_syntax: how the prompts are read
+    ("plain" or "a1111", ldm.models.prompt_options; None: the default), recorded as `--prompt-syntax` records it."""
     options = options or SamplingOptions()
     options.validate()
     height = height or model.default_image_size
@@ -69,7 +71,17 @@ def generate(
         raise InvalidOptionError("the hires fix is not implemented for SDXL models; turn it off")
     if sdxl is not None:
         made = sdxl_txt2img(
-            model, prompt, negative_prompt, height, width, seed, options, callback=callback, progress=False, **sdxl
+            model,
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            seed,
+            options,
+            callback=callback,
+            progress=False,
+            prompt_syntax=prompt_syntax,
+            **sdxl,
         )
     else:
         made = txt2img(
@@ -84,6 +96,7 @@ def generate(
             progress=False,
             label=label,
             hires=hires,
+            prompt_syntax=prompt_syntax,
         )
     return made[0], made.settings.image(0)
 

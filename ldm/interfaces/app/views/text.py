@@ -9,6 +9,7 @@ from ldm.interfaces.app.sdxl import sdxl_controls
 from ldm.interfaces.app.state import FULL_CHOICE, student_choice
 from ldm.interfaces.app.text import NO_LABEL, generate, label_choices, png_bytes, takes_text
 from ldm.models.controlnet import using_controlnets
+from ldm.models.prompt_options import PROMPT_SYNTAXES
 from ldm.tasks.hires import HiresOptions
 
 st.header("Text-to-image")
@@ -26,13 +27,21 @@ if fast is not None:
     variant = "student" if chosen_model == fast else "full"
 model = ui.get_model(variant)
 if model is not None:
-    prompt, negative, label = "", "", None
+    prompt, negative, label, syntax = "", "", None, None
     if takes_text(model):
         prompt = st.text_input("Prompt", "red apple", key="t2i_prompt")
         if variant == "student":
             st.caption("The student takes no negative prompt (choose the full model for one).")
         else:
             negative = st.text_input("Negative prompt", "", key="t2i_negative")
+        syntax = st.selectbox(
+            "Prompt syntax",
+            list(PROMPT_SYNTAXES),
+            index=list(PROMPT_SYNTAXES).index(defaults.PROMPT_SYNTAX),
+            key="t2i_prompt_syntax",
+            help="plain: as the reference code (77 tokens, brackets are text); a1111: as AUTOMATIC1111, long "
+            "prompts, (word:1.2) emphasis and [from:to:when] / [a|b] prompt editing (--prompt-syntax)",
+        )
     else:
         st.caption("This model takes a class label only, no prompt.")
     choices = label_choices(model)
@@ -85,7 +94,7 @@ if model is not None:
             controls, controlled = controls_for(model, control)
             with using_controlnets(model, controls):
                 image, settings = generate(
-                    model, prompt, negative, options, seed, height, width, every, report, label, sdxl, hires
+                    model, prompt, negative, options, seed, height, width, every, report, label, sdxl, hires, syntax
                 )
             st.session_state["t2i_result"] = (image, {**settings, **controlled})
         bar.empty()
