@@ -35,6 +35,7 @@ from ldm.interfaces.server.jobs import Job, JobQueue
 from ldm.interfaces.server.run import allowed_hosts, check_exposure
 from ldm.interfaces.server.security import LOCAL_HOSTS
 from ldm.io.checkpoint import save_state_dict
+from ldm.io.control_images import control_image
 from ldm.models.controlnet import ControlNet
 
 MODELS = ["--ckpt", "tiny.safetensors", "--ckpt", "tiny2.safetensors", "--ckpt", "base.safetensors", "--ckpt",
@@ -155,6 +156,53 @@ def test_a1111_examples_reproduce_from_png(server, folder):
     assert seeds == [7, 8]  # image i of a batch is seed + i, as in A1111
 
 
+def randomised_photo(side: int = 16, seed: int = 0) -> Image.Image:
+    """A small picture with edges in it: random blocks of colour."""
+    blocks = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(blocks).resize((side, side), Image.Resampling.NEAREST)
+
+
+def remade_from_png(folder: Path, image: str, name: str) -> bool:
+    """Whether `ldm txt2img --from-png` (on the tiny model) re-makes the answer's base64 image bit for bit."""
+    made = folder / f"{name}.png"
+    made.write_bytes(decoded(image).fp.getvalue())
+    out = folder / f"{name}-again"
+    threads = torch.get_num_threads()
+    try:
+        argv = ["txt2img", "--from-png", str(made), "--ckpt", str(folder / "tiny.safetensors"), "--config",
+                str(folder / "tiny.yaml"), "--outdir", str(out), "--no-progress", "--threads", "1"]  # fmt: skip
+        assert ldm_main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return np.array_equal(np.asarray(decoded(image)), np.asarray(Image.open(out / "samples" / "00000.png")))
+
+
+def test_the_hires_fix_reproduces_from_png(server, folder):
+    body = {"prompt": "a red heart", "steps": 3, "seed": 9, "width": 16, "height": 16, "enable_hr": True,
+            "hr_scale": 2, "hr_second_pass_steps": 2, "denoising_strength": 0.6, "hr_upscaler": "Latent",
+            "hr_sampler_name": "", "hr_prompt": "", "hr_negative_prompt": "", "hr_resize_x": 0, "hr_resize_y": 0,
+            "hr_checkpoint_name": None}  # fmt: skip
+    answer = txt2img(server, body)
+    assert decoded(answer["images"][0]).size == (32, 32)  # the base size times hr_scale
+    infotext = json.loads(answer["info"])["infotexts"][0]
+    assert "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent" in infotext
+    assert "Denoising strength: 0.6" in infotext
+    assert remade_from_png(folder, answer["images"][0], "hires")
+    plain = txt2img(server, {**body, "enable_hr": False})["images"][0]
+    assert decoded(plain).size == (16, 16)  # without enable_hr its fields are idle
+    status, _, answer = server.call("POST", "/sdapi/v1/txt2img", {**body, "override_settings": {
+        "sd_model_checkpoint": "base"}})  # fmt: skip
+    assert status == 422 and answer["field"] == "enable_hr"  # not for SDXL, as on the command line
+
+
+def test_tiling_reproduces_from_png(server, folder):
+    body = {"prompt": "a tile", "steps": 3, "seed": 6, "width": 16, "height": 16}
+    tiled = txt2img(server, {**body, "tiling": True})["images"][0]
+    assert tiled != txt2img(server, {**body, "tiling": False})["images"][0]
+    assert json.loads(decoded(tiled).text["ldm"])["tiling"] == "xy"  # both axes, as A1111's
+    assert remade_from_png(folder, tiled, "tiled")
+
+
 def test_models_samplers_options_and_switching(server):
     models = server.call("GET", "/sdapi/v1/sd-models")[2]
     titles = ["tiny.safetensors", "tiny2.safetensors", "base.safetensors", "refiner.safetensors"]
@@ -230,7 +278,13 @@ def test_controlnet_units_match_the_command_lines_control(server, folder):
     assert np.array_equal(np.asarray(decoded(controlled)), np.asarray(Image.open(out / "samples" / "00000.png")))
     disabled = {"controlnet": {"args": [a1111_unit(enabled=False)]}}  # keys match case-insensitively
     assert txt2img(server, {**body, "alwayson_scripts": disabled})["images"][0] == plain
-    for unit, field in ((a1111_unit(module="canny"), "module"), (a1111_unit(model="depth"), "model"),
+    photo = randomised_photo()  # the extension's canny preprocessor: Canny's edges at processor_res
+    edges = control_image(photo.resize((64, 64), Image.Resampling.BICUBIC), "canny", 50, 150)
+    preprocessed = a1111_unit(image=png(edges))
+    by_module = a1111_unit(image=png(photo), module="canny", processor_res=64, threshold_a=50, threshold_b=150)
+    assert txt2img(server, {**body, "alwayson_scripts": {"ControlNet": {"args": [by_module]}}})["images"] == txt2img(
+        server, {**body, "alwayson_scripts": {"ControlNet": {"args": [preprocessed]}}})["images"]  # fmt: skip
+    for unit, field in ((a1111_unit(module="lineart_realistic"), "module"), (a1111_unit(model="depth"), "model"),
                         (a1111_unit(guess_mode=True), "guess_mode")):  # fmt: skip
         status, _, answer = server.call("POST", "/sdapi/v1/txt2img", {**body, "alwayson_scripts": {"ControlNet": {
             "args": [unit]}}})  # fmt: skip
@@ -252,8 +306,16 @@ def test_img2img_and_inpainting(server):
     assert status == 200, answer
     result = np.asarray(decoded(answer["images"][0])).astype(int)
     assert np.abs(result[0, 0] - [200, 40, 40]).max() <= 8  # outside the hole the photo stays
-    status, _, answer = server.call("POST", "/sdapi/v1/img2img", {**masked, "inpaint_full_res": True})
-    assert status == 422 and answer["field"] == "inpaint_full_res"
+    only_masked = {**masked, "inpaint_full_res": True, "inpaint_full_res_padding": 2}  # A1111's "Only masked"
+    status, _, answer = server.call("POST", "/sdapi/v1/img2img", only_masked)
+    assert status == 200, answer
+    made = decoded(answer["images"][0])
+    assert json.loads(made.text["ldm"])["inpaint_area"] == "masked" and "Masked area padding: 2" in made.text[
+        "parameters"]  # fmt: skip
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(np.asarray(made)[outside], np.asarray(photo)[outside])  # pasted back through the mask only
+    status, _, answer = server.call("POST", "/sdapi/v1/img2img", {**only_masked, "width": 512, "height": 512})
+    assert status == 422 and answer["field"] == "width"  # the crop is drawn at the model's own size
 
 
 def test_concurrent_requests_each_equal_alone(server):
@@ -341,7 +403,10 @@ def hostile_cases() -> list[tuple[str, str, object]]:
         (t2i, "unknown scheduler", {"sampler_name": "Euler", "scheduler": "Bogus"}),
         (t2i, "unknown field", {"prompt": "x", "hack": 1}), (t2i, "prompt as a number", {"prompt": 123}),
         (t2i, "prompt too long", {"prompt": "x" * 100_000}), (t2i, "batch of 1000", {"batch_size": 1000}),
-        (t2i, "restore faces", {"restore_faces": True}), (t2i, "hires fix", {"enable_hr": True, "hr_scale": 2}),
+        (t2i, "restore faces", {"restore_faces": True}),
+        (t2i, "an upscaler we lack", {"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}),
+        (t2i, "a hires target size", {"enable_hr": True, "hr_resize_x": 64}),
+        (t2i, "a hires prompt", {"enable_hr": True, "prompt": "x", "hr_prompt": "y"}),
         (t2i, "an extension", {"alwayson_scripts": {"ADetailer": {"args": [{"ad_model": "face"}]}}}),
         (t2i, "a path as model", {"override_settings": {"sd_model_checkpoint": "/etc/passwd"}}),
         (t2i, "unknown override", {"override_settings": {"sd_vae": "x.safetensors"}}),

@@ -1,9 +1,12 @@
 """A1111's ControlNet extension units (`alwayson_scripts.controlnet.args`) -> our ControlNet settings.
 
 A unit names a ControlNet this server was given (`ldm serve --controlnet FILE`, by file name or stem, a trailing
-" [hash]" ignored) and brings its control image, already preprocessed: the extension's preprocessors (`module`) are
-not served, so a unit asks for `module: "none"`. Its weight, guidance start/end, resize and control modes map onto
-ldm.models.controlnet.Control; the preprocessor's own fields are accepted while there is no preprocessor.
+" [hash]" ignored) and brings its control image, preprocessed (`module: "none"`) or to be made by the extension's
+preprocessor of the same algorithm: only "canny" is served (Canny's edges, ldm.io.control_images, at the extension's
+`processor_res` with `threshold_a`/`threshold_b` as the low/high thresholds). The extension's lineart and scribble
+preprocessors are trained networks (lineart_realistic, scribble_hed, ...) or other filters (scribble_xdog), not ours,
+so they are refused by name. Its weight, guidance start/end, resize and control modes map onto
+ldm.models.controlnet.Control; the preprocessor's own fields are accepted, and idle without one.
 """
 
 from __future__ import annotations
@@ -11,9 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from ldm.core.errors import InvalidOptionError
 from ldm.interfaces.server.fields import FieldError, check_type
+from ldm.io.control_images import CANNY_HIGH, CANNY_LOW, control_image
 from ldm.models.controlnet import check_control_numbers
+
+# The extension's preprocessors served (module -> ours), and its defaults where a unit sends -1 (or nothing).
+MODULES = {"canny": "canny"}
+PROCESSOR_RES = 512
 
 # A1111's resize and control modes, by label and by index -> ours (ldm.models.controlnet RESIZE_MODES, CONTROL_MODES)
 RESIZE = {"Just Resize": "stretch", "Crop and Resize": "crop", "Resize and Fill": "fill"}
@@ -85,9 +95,11 @@ def parse_units(args: list[Any], key: str, controlnets: list[str], decode: Any) 
         if unit.get("enabled") is False:
             continue
         module = unit.get("module")
-        if module not in (None, "none", "None"):
-            raise FieldError(f"{prefix}.module", f"the preprocessor {module!r:.40} is not served; send the "
-                             "preprocessed control image with module none")  # fmt: skip
+        if module in ("none", "None"):
+            module = None
+        if module is not None and module not in MODULES:
+            raise FieldError(f"{prefix}.module", f"the preprocessor {module!r:.40} is not served; served: none, "
+                             f"{', '.join(MODULES)} (or send the control image preprocessed, module none)")  # fmt: skip
         image = unit.get("image", unit.get("input_image"))
         if isinstance(image, dict):  # the extension's {"image": ..., "mask": ...}
             if image.get("mask") is not None:
@@ -95,8 +107,9 @@ def parse_units(args: list[Any], key: str, controlnets: list[str], decode: Any) 
             image = image.get("image")
         if not unit.get("model"):
             raise FieldError(f"{prefix}.model", "name the ControlNet (GET /controlnet/model_list lists them)")
+        decoded = decode(image, f"{prefix}.image")
         unit_settings = {
-            "image": decode(image, f"{prefix}.image"),
+            "image": decoded if module is None else preprocessed(decoded, MODULES[module], unit, prefix),
             "controlnet": find_controlnet(unit["model"], f"{prefix}.model", controlnets),
             "weight": float(unit.get("weight", 1.0) if unit.get("weight") is not None else 1.0),
             "start": float(unit.get("guidance_start") or 0.0),
@@ -110,3 +123,29 @@ def parse_units(args: list[Any], key: str, controlnets: list[str], decode: Any) 
             raise FieldError(prefix, str(exc)) from None
         units.append(unit_settings)
     return units
+
+
+def preprocessed(image: Image.Image, kind: str, unit: dict[str, Any], prefix: str) -> Image.Image:
+    """The extension's preprocessing: the image resized so its shorter side is `processor_res` (bicubic up, area
+    down, as the extension's cv2 resize), then the control image (ldm.io.control_images) with threshold_a/threshold_b
+    as the low/high thresholds; -1 or none: the extension's defaults (512, 100, 200). Pixel perfect (a resolution
+    from the generation size) is not served."""
+    if unit.get("pixel_perfect"):
+        raise FieldError(f"{prefix}.pixel_perfect", "pixel perfect is not served with a preprocessor; give "
+                         "processor_res")  # fmt: skip
+
+    def setting(name: str, default: float) -> float:
+        value = unit.get(name)
+        return default if value is None or value == -1 else value
+
+    resolution = int(setting("processor_res", PROCESSOR_RES))
+    if not 64 <= resolution <= 2048:
+        raise FieldError(f"{prefix}.processor_res", f"must be between 64 and 2048 (or -1), got {resolution}")
+    scale = resolution / min(image.size)
+    size = (round(image.width * scale), round(image.height * scale))
+    resized = image.resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.BOX)
+    try:
+        return control_image(resized, kind, float(setting("threshold_a", CANNY_LOW)),
+                             float(setting("threshold_b", CANNY_HIGH)))  # fmt: skip
+    except InvalidOptionError as exc:
+        raise FieldError(f"{prefix}.threshold_a", str(exc)) from None

@@ -10,8 +10,8 @@ and modules/processing.py). Each field here is one of:
   inpainting fields without a `mask`), checked as the row below it says once it is on;
 - ANY: accepted at any value of its type, because it changes nothing we make (`do_not_save_samples`).
 
-A feature another change adds (hires fix, full-resolution inpainting, tiling) is a NEUTRAL row today; switching it
-on is changing that row to USED and reading it in `requests`. A field that is not in the table is refused by name:
+A feature not served yet is a NEUTRAL row; switching it on is changing that row to USED and reading it in `requests`
+(as the hires fix, "only masked" inpainting and tiling were). A field that is not in the table is refused by name:
 nothing a client asks for is dropped silently.
 """
 
@@ -63,9 +63,10 @@ def any_value(kind: str) -> Field:
     return Field(kind, "any")
 
 
-def hires(kind: str, *values: Any) -> Field:
-    """A hires-fix field: ignored without enable_hr (which is itself refused until the hires fix is served)."""
-    return Field(kind, "neutral", values, when_off=("enable_hr", False), why="the hires fix is not served yet")
+def hires(kind: str, *values: Any, why: str = "") -> Field:
+    """A hires-fix field: ignored without enable_hr; with it, used (no values) or accepted at its neutral values."""
+    policy = "neutral" if values else "used"
+    return Field(kind, policy, values, when_off=("enable_hr", False), why=why)
 
 
 def with_mask(field: Field) -> Field:
@@ -95,7 +96,7 @@ COMMON: dict[str, Field] = {
     "width": used("int"),
     "height": used("int"),
     "restore_faces": neutral("bool", False, why="face restoration is not served"),
-    "tiling": neutral("bool", False, why="tiling is not served yet"),
+    "tiling": used("bool"),  # seamless tiling on both axes (ldm.models.seamless), as A1111's
     "do_not_save_samples": any_value("bool"),  # the server never saves
     "do_not_save_grid": any_value("bool"),
     "eta": used("float"),
@@ -120,21 +121,22 @@ COMMON: dict[str, Field] = {
 }
 TXT2IMG: dict[str, Field] = {
     **COMMON,
-    "enable_hr": neutral("bool", False, why="the hires fix is not served yet"),
-    "denoising_strength": Field("float", "any", when_off=("enable_hr", False)),
-    "firstphase_width": hires("int", 0),
-    "firstphase_height": hires("int", 0),
+    "enable_hr": used("bool"),  # the hires fix (ldm.tasks.hires), with the fields below
+    "denoising_strength": hires("float"),  # the hires pass's strength
+    "firstphase_width": hires("int", 0, why="A1111's old first-pass size; send width, height and hr_scale"),
+    "firstphase_height": hires("int", 0, why="A1111's old first-pass size; send width, height and hr_scale"),
     "hr_scale": hires("float"),
-    "hr_upscaler": hires("str"),
+    "hr_upscaler": hires("str"),  # requests.HR_UPSCALERS
     "hr_second_pass_steps": hires("int"),
-    "hr_resize_x": hires("int"),
-    "hr_resize_y": hires("int"),
-    "hr_checkpoint_name": hires("str"),
+    "hr_resize_x": hires("int", 0, why="a hires target size is not served; give hr_scale"),
+    "hr_resize_y": hires("int", 0, why="a hires target size is not served; give hr_scale"),
+    "hr_checkpoint_name": hires("str", "", "Use same checkpoint", why="the hires pass runs the first pass's model"),
+    # the first pass's own (empty, "Use same ...", or equal to it): requests.check_hires_same
     "hr_sampler_name": hires("str"),
     "hr_scheduler": hires("str"),
     "hr_prompt": hires("str"),
     "hr_negative_prompt": hires("str"),
-    "hr_additional_modules": hires("list"),
+    "hr_additional_modules": hires("list", [], ["Use same choices"], why="the hires pass runs the first pass's model"),
 }
 IMG2IMG: dict[str, Field] = {
     **COMMON,
@@ -148,8 +150,8 @@ IMG2IMG: dict[str, Field] = {
     "mask_blur_y": with_mask(any_value("int")),
     "mask_round": with_mask(neutral("bool", True, why="the mask is always rounded to white or black here")),
     "inpainting_fill": with_mask(used("int")),
-    "inpaint_full_res": with_mask(neutral("bool", False, why="inpainting at full resolution is not served yet")),
-    "inpaint_full_res_padding": Field("int", "any", when_off=("inpaint_full_res", False)),
+    "inpaint_full_res": with_mask(used("bool")),  # "Only masked" (A1111's default, true) or the whole picture
+    "inpaint_full_res_padding": with_mask(used("int")),
     "inpainting_mask_invert": with_mask(used("int")),
     "initial_noise_multiplier": neutral("float", 1, why="an initial noise multiplier is not served"),
     "latent_mask": neutral("str", "", why="a separate latent mask is not served"),

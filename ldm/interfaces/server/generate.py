@@ -12,7 +12,7 @@ import argparse
 import base64
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ class Generator:
         self.controlnets = list(controlnets or [])
         self._nets: dict[str, Any] = {}  # the ControlNets loaded for the model held
         self._refiner_held: tuple[ModelEntry, Any] | None = None
+        self._upscaler: Any = None  # the x4 upscaler, for hr_upscaler "LDM x4", loaded when first asked for
         self.load_args = load_args
         self.limits = limits
         self.entry: ModelEntry = entries[0]
@@ -147,7 +148,10 @@ class Generator:
         model = self.model
         options = self._options(request)
         init, mask = request.init_image, request.mask
-        if init is not None:
+        if request.inpaint_area == "masked":  # the image keeps its size; the crop is drawn at the model's
+            self._check_masked_size(request)
+            width, height = init.size
+        elif init is not None:
             size = (request.width or init.width, request.height or init.height)
             if size != init.size:  # A1111's resize mode 0: the image is resized to the asked size
                 init = init.resize(size, Image.Resampling.LANCZOS)
@@ -155,12 +159,15 @@ class Generator:
             width, height = size
         else:
             height, width = image_size(model, request.height, request.width)
+        hires = self._hires(request, height, width)
         per_call = options.steps if request.strength is None else max(1, round(options.steps * request.strength))
+        if hires is not None:
+            per_call += max(1, round((hires.steps or options.steps) * hires.strength))
         job.steps = per_call * request.n_iter
         images, settings = [], []
         for iteration in range(request.n_iter):
             seed = request.seed + iteration * request.batch_size
-            made = self._call(request, options, init, mask, height, width, seed, job)
+            made = self._call(request, options, init, mask, height, width, seed, job, hires)
             job.step = per_call * (iteration + 1)
             extra: dict[str, Any] = {}
             if request.controls:  # the control images came in the request: the record names them so
@@ -174,7 +181,41 @@ class Generator:
                 settings.append({**made.settings.image(i), **extra})
         return self._answer(request, images, settings)
 
-    def _call(self, request, options, init, mask, height, width, seed, job):
+    def _check_masked_size(self, request: GenerationRequest) -> None:
+        """With "Only masked", A1111's width and height are the size the crop is drawn at; here that is the model's own
+        size (ldm.tasks.inpaint_area), so they are accepted at it (or left out) and refused at any other."""
+        native = self.model.default_image_size
+        for name in ("width", "height"):
+            if getattr(request, name) not in (None, native):
+                raise FieldError(name, f"with inpaint_full_res the masked area is drawn at the model's own size, "
+                                 f"{native}x{native}: send {native} or leave it out")  # fmt: skip
+
+    def _hires(self, request: GenerationRequest, height: int, width: int) -> Any:
+        """The request's HiresOptions (None: no hires fix, or a scale that keeps the size, which A1111 runs without
+        it), its target size checked against --max-pixels; the x4 upscaler loaded once and kept for "model"."""
+        from ldm.tasks.hires import HiresOptions
+        from ldm.tasks.sdxl_refiner import is_sdxl
+
+        if request.hires is None:
+            return None
+        hires = HiresOptions(**request.hires)
+        target = hires.target_size(height, width, max(8, self.model.downscale))
+        if target == (height, width):
+            return None
+        if is_sdxl(self.model):
+            raise FieldError("enable_hr", "the hires fix is not implemented for SDXL models; leave it off")
+        if target[0] * target[1] > self.limits.max_pixels:
+            raise FieldError("hr_scale", f"the hires size {target[1]}x{target[0]} is over this server's limit of "
+                             f"{self.limits.max_pixels:,} pixels")  # fmt: skip
+        if hires.upscaler == "model":
+            if self._upscaler is None:
+                from ldm.formats.load import load_model
+
+                self._upscaler = load_model(task="upscale", device=str(self.model.device))
+            hires = replace(hires, upscaler_model=self._upscaler)
+        return hires
+
+    def _call(self, request, options, init, mask, height, width, seed, job, hires=None):
         done = job.step
 
         def step(state: dict) -> None:
@@ -186,8 +227,8 @@ class Generator:
             from ldm.models.controlnet import using_controlnets
 
             with using_controlnets(self.model, self._controls(request)):
-                return self._task(request, options, init, mask, height, width, seed, prompts, step)
-        return self._task(request, options, init, mask, height, width, seed, prompts, step)
+                return self._task(request, options, init, mask, height, width, seed, prompts, step, hires)
+        return self._task(request, options, init, mask, height, width, seed, prompts, step, hires)
 
     def _controls(self, request: GenerationRequest) -> list[Any]:
         from ldm.formats.controlnet_files import load_controlnet
@@ -205,7 +246,7 @@ class Generator:
             )  # fmt: skip
         return controls
 
-    def _task(self, request, options, init, mask, height, width, seed, prompts, step):
+    def _task(self, request, options, init, mask, height, width, seed, prompts, step, hires=None):
         from ldm.tasks.img2img import img2img
         from ldm.tasks.inpaint import inpaint
         from ldm.tasks.sdxl_refiner import is_sdxl, sdxl_txt2img
@@ -214,6 +255,8 @@ class Generator:
         common = {"negative_prompt": request.negative_prompt, "seed": seed, "options": options, "progress": False}
         if request.task == "txt2img" and (request.refiner is not None or is_sdxl(self.model)):
             # SDXL reads A1111's 75-token chunks and (word:1.2) emphasis in both towers; prompt editing not yet
+            if options.tiling:
+                raise FieldError("tiling", "seamless tiling is not implemented for SDXL models yet; leave it off")
             refiner = self._refiner(request, options)
             return sdxl_txt2img(
                 self.model, prompts, height=height, width=width, callback=step, long_prompts=True, emphasis=True,
@@ -221,12 +264,17 @@ class Generator:
             )  # fmt: skip
         common["prompt_syntax"] = "a1111"  # A1111's reading: long prompts, BREAK, emphasis and prompt editing
         if request.task == "txt2img":
-            return txt2img(self.model, prompts, height=height, width=width, callback=step, **common)
+            try:
+                return txt2img(self.model, prompts, height=height, width=width, callback=step, hires=hires, **common)
+            except InvalidOptionError as exc:
+                if hires is not None and "hires fix" in str(exc):  # e.g. prompt editing with it
+                    raise FieldError("enable_hr", str(exc)) from None
+                raise
         if request.task == "img2img":
             return img2img(self.model, init, prompts, request.strength, callback=step, **common)
         return inpaint(
             self.model, init, mask, prompts, strength=request.strength, feather_radius=request.mask_blur,
-            callback=step, **common,
+            inpaint_area=request.inpaint_area, mask_padding=request.mask_padding, callback=step, **common,
         )  # fmt: skip
 
     def _refiner(self, request: GenerationRequest, options: Any) -> dict[str, Any]:
@@ -274,7 +322,7 @@ class Generator:
             "restore_faces": False,
             "sd_model_name": self.entry.name,
             "sd_model_hash": self.model_hash(),
-            "denoising_strength": request.strength,
+            "denoising_strength": first.get("strength", request.strength),  # the hires pass's, with enable_hr
             "index_of_first_image": 0,
             "infotexts": [format_infotext(s) for s in settings],
             "styles": [],

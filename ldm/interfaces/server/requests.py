@@ -18,10 +18,21 @@ from ldm.core.limits import MAX_PROMPT_CHARS
 from ldm.interfaces.server.fields import FieldError, check_fields
 from ldm.io.a1111_samplers import A1111_SAMPLERS, SCHEDULE_SETTINGS, sampler_settings, split_schedule
 from ldm.io.images import InvalidImageError, open_image
+from ldm.io.task_infotext import HIRES_UPSCALERS_BY_NAME
 from ldm.sampling.samplers import SAMPLERS
 
 SEED_MAX = 2**32 - 1  # A1111's seeds are 32-bit; -1 asks for a random one
 SCHEDULERS = ("Automatic", *SCHEDULE_SETTINGS)
+# hr_upscaler -> our hires upscaler (ldm.tasks.hires): A1111's "Latent" (bilinear, no antialiasing) and the names our
+# metadata writes for the two A1111 lacks ("Bicubic", "LDM x4"); our own names too. Absent: A1111's default, "Latent".
+HR_UPSCALERS = {**HIRES_UPSCALERS_BY_NAME, **{ours: ours for ours in defaults.HIRES_UPSCALERS}}
+# hires fields accepted where they ask for the first pass's own: empty, A1111's "Use same ..." or the same value
+HIRES_SAME = {
+    "hr_sampler_name": ("sampler_name", "Use same sampler"),
+    "hr_scheduler": ("scheduler", "Use same scheduler"),
+    "hr_prompt": ("prompt", None),
+    "hr_negative_prompt": ("negative_prompt", None),
+}
 # A1111 options a request's override_settings (or POST /options) may set, each read in requests/app.
 OVERRIDABLE = ("sd_model_checkpoint",)
 
@@ -61,6 +72,9 @@ class GenerationRequest:
     controls: list[dict[str, Any]] = field(default_factory=list)  # ControlNet units (controlnet_units.parse_units)
     refiner: str | None = None  # refiner_checkpoint: a listed SDXL refiner
     refiner_switch_at: float = 0.8  # A1111's: the fraction of the steps the base runs
+    hires: dict[str, Any] | None = None  # enable_hr: HiresOptions' scale, steps, strength, upscaler
+    inpaint_area: str = "whole"  # inpaint_full_res: "masked" (A1111's "Only masked") or "whole"
+    mask_padding: int = 0  # inpaint_full_res_padding, px around the mask's box
 
 
 def integer(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -196,6 +210,8 @@ def parse_request(route: str, body: Any, limits: ServerLimits, controlnets: list
         sampling["guidance_scale"] = number(body, "cfg_scale", None, 0.0, 100.0)
     if body.get("eta") is not None:
         sampling["eta"] = number(body, "eta", None, 0.0, 10.0)
+    if body.get("tiling"):
+        sampling["tiling"] = "xy"  # A1111's tiling wraps both axes
     request = GenerationRequest(
         task=route,
         prompt=text(body, "prompt"),
@@ -220,9 +236,33 @@ def parse_request(route: str, body: Any, limits: ServerLimits, controlnets: list
         if not 0.0 < switch < 1.0:
             raise FieldError("refiner_switch_at", f"must be a fraction strictly between 0 and 1, got {switch:g}")
         request.refiner_switch_at = switch
+    if route == "txt2img" and body.get("enable_hr"):
+        request.hires = hires_fields(body, limits)
     if route == "img2img":
         add_images(request, body, limits)
     return request
+
+
+def hires_fields(body: dict[str, Any], limits: ServerLimits) -> dict[str, Any]:
+    """enable_hr's fields -> HiresOptions' keywords (ldm.tasks.hires): A1111's hr_scale, hr_second_pass_steps (0: the
+    first pass's), denoising_strength and hr_upscaler; the hr_* fields that would change the second pass's sampler,
+    schedule or prompts only at the first pass's own."""
+    from ldm.tasks.hires import MAX_HIRES_SCALE
+
+    for name, (first, same) in HIRES_SAME.items():
+        value = body.get(name)
+        if value not in (None, "", same) and value != body.get(first):
+            raise FieldError(name, f"{value!r:.60} is not served (the hires pass uses the first pass's {first}); "
+                             "leave it empty")  # fmt: skip
+    name = body.get("hr_upscaler") or "Latent"
+    if name not in HR_UPSCALERS:
+        raise FieldError("hr_upscaler", f"unknown upscaler {name!r:.60}; served: {', '.join(HR_UPSCALERS)}")
+    return {
+        "scale": number(body, "hr_scale", defaults.HIRES_SCALE, 1.0, MAX_HIRES_SCALE),
+        "steps": integer(body, "hr_second_pass_steps", defaults.HIRES_STEPS, 0, limits.max_steps),
+        "strength": number(body, "denoising_strength", defaults.HIRES_STRENGTH, 0.0, 1.0),
+        "upscaler": HR_UPSCALERS[name],
+    }
 
 
 def add_images(request: GenerationRequest, body: dict[str, Any], limits: ServerLimits) -> None:
@@ -251,3 +291,6 @@ def add_images(request: GenerationRequest, body: dict[str, Any], limits: ServerL
         )
     blur = integer(body, "mask_blur", 4, 0, 64) if body.get("mask_blur") is not None else None
     request.mask_blur = blur
+    if body.get("inpaint_full_res") is not False:  # A1111's default: "Only masked", its padding 0
+        request.inpaint_area = "masked"
+        request.mask_padding = integer(body, "inpaint_full_res_padding", 0, 0, 1024)
