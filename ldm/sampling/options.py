@@ -27,9 +27,7 @@ import torch
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError, LdmError
 from ldm.models.seamless import tiling_choice
-
-# Mixed precision's names, re-exported here where callers have always found them.
-from ldm.sampling.precision import PRECISIONS, Precision, PrecisionError, autocast  # noqa: F401
+from ldm.sampling.precision import Precision, autocast
 from ldm.sampling.samplers import SAMPLER_OPTIONS, SAMPLERS, Generators, SamplerOptionError, get_sampler, sample_ddim_sd
 from ldm.sampling.variance_sampler import sample_ddpm_learned_variance
 

@@ -25,15 +25,8 @@ from ldm.diffusion.schedules import get_sigmas
 from ldm.models.controlnet import controlled_denoiser
 from ldm.models.latent_diffusion import CONDITIONING, LatentDiffusion
 from ldm.sampling.denoisers import CFGDenoiser, Denoiser, EmbeddedGuidanceDenoiser, ScheduledDenoiser, StepConditions
-from ldm.sampling.options import (
-    VARIANCE_SAMPLERS,
-    Precision,
-    SamplingOptions,
-    ddim_variant_of,
-    sample,
-    start_scale,
-    task_options,
-)
+from ldm.sampling.options import VARIANCE_SAMPLERS, SamplingOptions, ddim_variant_of, sample, start_scale, task_options
+from ldm.sampling.precision import Precision
 from ldm.sampling.samplers import Generators, check_strength, truncate_sigmas
 from ldm.sampling.samplers_extra import DISCARD_NEXT_TO_LAST_SIGMA, discard_next_to_last
 from ldm.sampling.variance_sampler import GuidedVarianceDenoiser, LearnedVarianceDenoiser

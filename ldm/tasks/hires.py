@@ -27,7 +27,8 @@ from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions
-from ldm.sampling.options import Precision, SamplingOptions
+from ldm.sampling.options import SamplingOptions
+from ldm.sampling.precision import Precision
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.img2img import img2img, img2img_latents
 from ldm.tasks.upscale import upscale

@@ -19,7 +19,8 @@ from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
-from ldm.sampling.options import Precision, SamplingOptions, autocast
+from ldm.sampling.options import SamplingOptions
+from ldm.sampling.precision import Precision, autocast
 from ldm.sampling.samplers import check_strength, strength_steps
 from ldm.tasks.base import Conditioning, check_task, resolve_options, sample_seeded
 from ldm.tasks.editing import as_pil, fit_image, size_multiple

@@ -13,7 +13,8 @@ from PIL import Image
 
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions
-from ldm.sampling.options import Precision, SamplingOptions, ddim_variant_of, sampler_eta
+from ldm.sampling.options import SamplingOptions, ddim_variant_of, sampler_eta
+from ldm.sampling.precision import Precision
 from ldm.tasks.base import for_model
 
 

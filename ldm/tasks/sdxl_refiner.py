@@ -33,7 +33,8 @@ from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.prompt_schedule import has_schedule
 from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
-from ldm.sampling.options import Precision, SamplingOptions, autocast, ddim_variant_of, sample, start_scale
+from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, start_scale
+from ldm.sampling.precision import Precision, autocast
 from ldm.tasks.base import Conditioning, batch_noise, check_task, model_sigmas, resolve_options
 from ldm.tasks.prompts import prompt_lists
 from ldm.tasks.results import Generated, settings_of

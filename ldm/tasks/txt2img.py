@@ -1,8 +1,8 @@
 """Text-to-image: prompts -> guided sampling in latent space -> PIL images.
 
 `prepare` builds the task's conditioning (prompt contexts for both sides of guidance); the sampling
-itself is the one every task shares (ldm.tasks.base.denoise). Sampling options live in ldm.sampling.options and
-are re-exported here, where callers have always found them.
+itself is the one every task shares (ldm.tasks.base.denoise); sampling options live in ldm.sampling.options, the
+autocast's precision in ldm.sampling.precision, how prompts are read in ldm.models.prompt_options.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from ldm.io.images import check_size, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.seamless import seamless
-from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, Precision, SamplingOptions, autocast
+from ldm.sampling.options import LEARNED_VARIANCE_SAMPLER, SamplingOptions
+from ldm.sampling.precision import Precision, autocast
 from ldm.sampling.samplers import Generators
 from ldm.tasks.base import Conditioning, batch_noise, check_task, denoise, resolve_options
 from ldm.tasks.hires import HiresOptions, second_pass

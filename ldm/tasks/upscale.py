@@ -27,7 +27,8 @@ from ldm.io.images import pil_to_tensor, tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.tiling import blend_tiles, tile_starts
-from ldm.sampling.options import Precision, SamplingOptions, autocast
+from ldm.sampling.options import SamplingOptions
+from ldm.sampling.precision import Precision, autocast
 from ldm.tasks.base import Conditioning, EditingError, check_task, resolve_options, sample_seeded
 from ldm.tasks.editing import ImageTooSmallError, as_pil, expand_batch
 from ldm.tasks.prompts import prompt_conditioning, prompt_lists

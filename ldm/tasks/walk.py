@@ -23,7 +23,8 @@ from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions
 from ldm.models.prompt_schedule import has_schedule
 from ldm.models.seamless import seamless
-from ldm.sampling.options import Precision, SamplingOptions, autocast
+from ldm.sampling.options import SamplingOptions
+from ldm.sampling.precision import Precision, autocast
 from ldm.tasks.base import Conditioning, check_task, denoise, resolve_options, start_noise
 from ldm.tasks.prompts import prompt_conditions
 from ldm.tasks.results import Generated, settings_of

@@ -9,7 +9,8 @@ import torch
 from factories import tiny_class_config, tiny_model, tiny_model_from
 
 from ldm.io.images import tensor_to_pil
-from ldm.sampling.options import SamplingOptions, autocast, check_finite_latents
+from ldm.sampling.options import SamplingOptions, check_finite_latents
+from ldm.sampling.precision import autocast
 from ldm.sampling.variance_sampler import GuidedVarianceDenoiser, LearnedVarianceDenoiser, sample_ddpm_learned_variance
 from ldm.tasks.base import image_generators, model_sigmas, resolve_options, start_noise
 from ldm.tasks.prompts import prompt_lists

@@ -267,7 +267,7 @@ class Generator:
             try:
                 return txt2img(self.model, prompts, height=height, width=width, callback=step, hires=hires, **common)
             except InvalidOptionError as exc:
-                if hires is not None and "hires fix" in str(exc):  # e.g. prompt editing with it
+                if hires is not None and "hires fix" in str(exc):  # a hires fix the task refuses
                     raise FieldError("enable_hr", str(exc)) from None
                 raise
         if request.task == "img2img":
