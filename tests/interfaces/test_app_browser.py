@@ -141,7 +141,7 @@ def test_inpaint_with_a_mask_drawn_in_the_browser(app, browser):
             page.mouse.move(box["x"] + (0.2 + 0.06 * k) * box["width"], box["y"] + (0.2 + 0.06 * k) * box["height"])
         page.mouse.up()
         page.wait_for_timeout(1500)  # the canvas sends its drawing back to the server
-        page.get_by_role("button", name="Inpaint").click()
+        page.get_by_role("button", name="Inpaint", exact=True).click()
         page.get_by_text("result, 64x64").wait_for(timeout=120_000)
         assert not page.locator('[data-testid="stAlertContentError"]').count()
     finally:
