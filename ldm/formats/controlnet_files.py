@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -150,3 +151,57 @@ def save_controlnet(net: ControlNet, path: str | Path, layout: str = "original",
     path = Path(path)
     save_file(state, str(path))
     return path
+
+
+# diffusers' ControlNetModel keys that are its U-Net's (UNet2DConditionModel's config, ldm.formats.diffusers_export).
+_UNET_KEYS = (
+    "flip_sin_to_cos", "freq_shift", "down_block_types", "mid_block_type", "only_cross_attention",
+    "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
+    "norm_num_groups", "norm_eps", "cross_attention_dim", "transformer_layers_per_block", "attention_head_dim",
+    "use_linear_projection", "class_embed_type", "num_class_embeds", "upcast_attention", "resnet_time_scale_shift",
+)  # fmt: skip
+
+
+def controlnet_config(net: ControlNet, unet_params: dict[str, Any]) -> dict[str, Any]:
+    """The config.json of diffusers' ControlNetModel for `net`, built from a U-Net of `unet_params` (our UNetModel's
+    params): the U-Net's encoder settings, and the hint encoder diffusers builds (16 32 96 256, f = 8)."""
+    from ldm.formats.diffusers import DIFFUSERS_VERSION
+    from ldm.formats.diffusers_export import unet_config
+
+    if net.downscale != 8:
+        raise ControlNetFileError(f"diffusers' ControlNets take images down by f=8, this one by f={net.downscale}")
+    if "label_emb.0.0.weight" in net.state_dict():
+        raise ControlNetFileError(
+            "an SDXL ControlNet has no diffusers folder here: write its single file (save_controlnet, layout diffusers)"
+        )
+    unet = unet_config(unet_params, image_size=64)
+    return {
+        "_class_name": "ControlNetModel",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "in_channels": net.in_channels,
+        "conditioning_channels": net.input_hint_block[0].in_channels,
+        **{key: unet[key] for key in _UNET_KEYS},
+        "controlnet_conditioning_channel_order": "rgb",
+        "conditioning_embedding_out_channels": [16, 32, 96, 256],
+        "global_pool_conditions": False,
+    }
+
+
+def save_controlnet_folder(
+    net: ControlNet,
+    unet_params: dict[str, Any],
+    out: str | Path,
+    float_dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write `net` as diffusers' ControlNetModel.save_pretrained does: a folder of config.json and
+    diffusion_pytorch_model.safetensors, made beside `out` and renamed into place when complete."""
+    from ldm.formats.diffusers_export import _write_json, atomic_folder
+    from ldm.io.checkpoint import save_state_dict
+
+    config = controlnet_config(net, unet_params)
+    state = to_diffusers({k: v.detach() for k, v in net.state_dict().items()}, controlnet_names(net))
+    with atomic_folder(Path(out)) as tmp:
+        _write_json(tmp / "config.json", config)
+        save_state_dict(state, tmp / FOLDER_WEIGHTS[0], {"format": "pt", **(metadata or {})}, float_dtype)
+    return Path(out)

@@ -1,24 +1,31 @@
 """Control images for ControlNets, made from ordinary images: edge maps as white lines on black, the form
-lllyasviel's canny / scribble / lineart ControlNets are trained on.
+lllyasviel's canny / scribble / lineart ControlNets are trained on, and the tile and inpaint ControlNets' images.
 
-- "canny": Canny's detector (Canny 1986) as OpenCV's cv2.Canny computes it (which the original ControlNet's
-  annotator calls with thresholds 100 and 200): 3x3 Sobel gradients of the grey image (0-255), their L1
-  magnitude |gx| + |gy|, non-maximum suppression along the gradient direction (quantised to 0, 45, 90, 135
-  degrees), then hysteresis: pixels over `high` are edges, pixels over `low` are edges where connected to one.
-  One pixel wide.
+- "canny": OpenCV's cv2.Canny of the RGB image, as the original ControlNet's annotator calls it (thresholds 100 and
+  200 by default; on a colour image OpenCV takes, at each pixel, the channel of the largest Sobel gradient). One
+  pixel wide.
 - "lineart": every pixel whose gradient magnitude, after a light blur (sigma 1), is over `low`: all the lines
   of a drawing, two or three pixels wide, with no thinning.
 - "scribble": Canny's edges of a blurred image (sigma 2), thickened to about 5 pixels: what a quick user sketch
   looks like.
+- "tile" (ControlNet 1.1's tile model): the image taken down by `factor` (OpenCV's area resize) and brought back
+  up by cv2.pyrUp doublings, as lllyasviel's gradio_tile.py does (factor 8, three pyrUps): a blurred image whose
+  colours and layout the model keeps while it redraws the details.
+- "inpaint" (ControlNet 1.1's inpaint model): the image in [0, 1] with the pixels to repaint (mask over one half)
+  set to -1, as lllyasviel's gradio_inpaint.py and diffusers' make_inpaint_condition build it. A PNG cannot hold
+  -1, so the file form is RGBA, transparent where masked, marked as an inpaint control image in its "ldm" text
+  chunk; ldm.models.controlnet.Control turns those transparent pixels into -1 for the hint encoder.
 
 Depth is not offered: every usable monocular depth estimator (MiDaS, DPT, ZoeDepth, Depth Anything) is a trained
 network whose weights would have to be downloaded, and no classical no-download method gives depth a depth
-ControlNet would accept. Everything here is plain torch on the CPU, deterministic, with no trained weights.
+ControlNet would accept. Everything here runs on the CPU, deterministic, with no trained weights.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,17 +33,23 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ldm.core.errors import InvalidOptionError
+from ldm.io.images import load_image
 
-PREPROCESSORS = ("canny", "lineart", "scribble")
+PREPROCESSORS = ("canny", "lineart", "scribble")  # edge maps: made from the image alone, also on the fly in training
+IMAGE_TYPES = ("tile", "inpaint")  # the image itself, blurred or with a hole: inpaint needs a mask too
+CONTROL_TYPES = PREPROCESSORS + IMAGE_TYPES
 CANNY_LOW, CANNY_HIGH = 100.0, 200.0  # the original ControlNet's gradio demo defaults
+TILE_FACTOR = 8  # lllyasviel's gradio_tile.py: the image at 1/8 of its size, then three pyrUps
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's and OpenCV's RGB -> grey
+MASKED = -1.0  # what the inpaint ControlNet's hint holds at the pixels to repaint
+INPAINT_MARK = {"control": "inpaint"}  # the "ldm" PNG text chunk of an inpaint control image file
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
-def check_preprocessor(kind: str) -> None:
-    if kind not in PREPROCESSORS:
-        raise InvalidOptionError(f"unknown control image type {kind!r}; known: {', '.join(PREPROCESSORS)}")
+def check_preprocessor(kind: str, known: tuple[str, ...] = PREPROCESSORS) -> None:
+    if kind not in known:
+        raise InvalidOptionError(f"unknown control image type {kind!r}; known: {', '.join(known)}")
 
 
 def check_thresholds(low: float, high: float) -> None:
@@ -62,61 +75,82 @@ def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gx, gy) of [B, 1, H, W], borders replicated (OpenCV's Canny reflects; on 1-pixel borders the two differ)."""
+    """(gx, gy) of [B, 1, H, W], borders replicated."""
     padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
     kx = _SOBEL_X.to(image.device).view(1, 1, 3, 3)
     return F.conv2d(padded, kx), F.conv2d(padded, kx.transpose(-1, -2))
 
 
-def _shifted(values: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """values[y + dy, x + dx] at (y, x), zero outside the image."""
-    padded = F.pad(values, (1, 1, 1, 1))
-    height, width = values.shape[-2:]
-    return padded[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-
-
-def thin(magnitude: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
-    """Non-maximum suppression: True where the magnitude is a maximum across the edge (along the gradient,
-    quantised to 4 directions); ties go to the first of the two pixels, as OpenCV's (> on one side, >= on the other)."""
-    angle = torch.rad2deg(torch.atan2(gy, gx)) % 180.0
-    sector = (((angle + 22.5) // 45.0) % 4).long()  # 0: horizontal gradient, 1: 45 deg, 2: vertical, 3: 135 deg
-    keep = torch.zeros_like(magnitude, dtype=torch.bool)
-    # y grows downwards: a gradient at 45 degrees (gx > 0, gy > 0) points right and down.
-    for index, (dy, dx) in enumerate(((0, 1), (1, 1), (1, 0), (1, -1))):
-        ahead, behind = _shifted(magnitude, dy, dx), _shifted(magnitude, -dy, -dx)
-        keep |= (sector == index) & (magnitude > behind) & (magnitude >= ahead)
-    return keep
-
-
-def hysteresis(strong: torch.Tensor, weak: torch.Tensor) -> torch.Tensor:
-    """The weak pixels 8-connected (through weak pixels) to a strong one, the strong ones included."""
-    edges = strong & weak
-    while True:
-        grown = (F.max_pool2d(edges.float(), 3, stride=1, padding=1) > 0) & weak
-        if torch.equal(grown, edges):
-            return edges
-        edges = grown
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [0, 1] -> [H, W, 3] uint8, as OpenCV takes images."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return np.ascontiguousarray(array.permute(1, 2, 0).cpu().numpy())
 
 
 def canny(images: torch.Tensor, low: float = CANNY_LOW, high: float = CANNY_HIGH, sigma: float = 0.0) -> torch.Tensor:
-    """Canny's edges of [B, 3, H, W] RGB in [0, 1]: [B, 1, H, W] bool. `sigma` > 0 blurs first (cv2.Canny does not)."""
+    """cv2.Canny's edges of [B, 3, H, W] RGB in [0, 1] (as 8-bit RGB, the annotator's input): [B, 1, H, W] bool.
+    `sigma` > 0 blurs first (cv2.Canny does not)."""
     check_thresholds(low, high)
-    image = grey(images)
-    if sigma > 0:
-        image = blur(image, sigma)
-    gx, gy = sobel(image)
-    magnitude = gx.abs() + gy.abs()
-    thinned = thin(magnitude, gx, gy)
-    return hysteresis(thinned & (magnitude > high), thinned & (magnitude > low))
+    import cv2  # here, not at the top: OpenCV's import is paid by the commands that make control images alone
+
+    maps = []
+    for image in images:
+        array = to_uint8(image)
+        if sigma > 0:
+            array = cv2.GaussianBlur(array, (0, 0), sigma)
+        maps.append(torch.from_numpy(cv2.Canny(array, low, high) > 0))
+    return torch.stack(maps)[:, None].to(images.device)
+
+
+def check_tile_factor(factor: float) -> None:
+    if not (math.isfinite(factor) and factor >= 1):
+        raise InvalidOptionError(f"the tile factor must be a number of at least 1, got {factor}")
+
+
+def tile(images: torch.Tensor, factor: float = TILE_FACTOR) -> torch.Tensor:
+    """The tile ControlNet's image of [B, 3, H, W] in [0, 1]: taken down by `factor` (cv2.INTER_AREA), brought back
+    up by cv2.pyrUp doublings while they fit, then to H x W exactly (bicubic): for factor 8 and sizes that are
+    multiples of 8, exactly gradio_tile.py's 1/8 area resize and three pyrUps."""
+    check_tile_factor(factor)
+    import cv2
+
+    out = []
+    for image in images:
+        array = to_uint8(image)
+        height, width = array.shape[:2]
+        size = (max(1, int(width / factor)), max(1, int(height / factor)))
+        small = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
+        while small.shape[0] * 2 <= height and small.shape[1] * 2 <= width:
+            small = cv2.pyrUp(small)
+        if small.shape[:2] != (height, width):
+            small = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+        out.append(torch.from_numpy(small).permute(2, 0, 1).float() / 255.0)
+    return torch.stack(out).to(images.device)
+
+
+def inpaint_hint(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inpaint ControlNet's hint: [B, 3, H, W] in [0, 1] with MASKED (-1) where `mask` ([B or 1, 1, H, W] or
+    [H, W], 1 = repaint) is over one half, as diffusers' make_inpaint_condition and gradio_inpaint.py make it."""
+    mask = mask.to(images.device, torch.float32)
+    while mask.ndim < 4:
+        mask = mask[None]
+    if mask.shape[-2:] != images.shape[-2:]:
+        raise InvalidOptionError(
+            f"the inpaint mask is {mask.shape[-1]}x{mask.shape[-2]} px, the image {images.shape[-1]}x{images.shape[-2]}"
+        )
+    return torch.where(mask > 0.5, torch.full_like(images.float(), MASKED), images.float())
 
 
 def control_images(
     images: torch.Tensor, kind: str = "canny", low: float = CANNY_LOW, high: float = CANNY_HIGH
 ) -> torch.Tensor:
-    """Control images of a batch [B, 3, H, W] RGB in [0, 1]: [B, 3, H, W] in {0, 1}, white lines on black."""
-    check_preprocessor(kind)
+    """Control images of a batch [B, 3, H, W] RGB in [0, 1]: [B, 3, H, W], edge maps in {0, 1} (white lines on
+    black), tile images in [0, 1]. Inpaint control images need a mask: inpaint_hint."""
+    check_preprocessor(kind, PREPROCESSORS + ("tile",))
     if images.ndim != 4 or images.shape[1] != 3:
         raise InvalidOptionError(f"control images are made from [B, 3, H, W] RGB batches, got {list(images.shape)}")
+    if kind == "tile":
+        return tile(images)
     if kind == "canny":
         edges = canny(images, low, high)
     elif kind == "lineart":
@@ -129,14 +163,64 @@ def control_images(
     return edges.float().expand(-1, 3, -1, -1).contiguous()
 
 
-def control_image(
-    image: Image.Image, kind: str = "canny", low: float = CANNY_LOW, high: float = CANNY_HIGH
-) -> Image.Image:
-    """The control image of a PIL image (transparency over white): an RGB image of the same size."""
-    if image.mode in ("RGBA", "LA", "P"):
+def _rgb_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image (transparency over white) -> [1, 3, H, W] in [0, 1]."""
+    if image.mode in ("RGBA", "LA", "P", "PA"):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    batch = torch.from_numpy(array).permute(2, 0, 1)[None]
-    out = control_images(batch, kind, low, high)[0]
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def control_image(
+    image: Image.Image,
+    kind: str = "canny",
+    low: float = CANNY_LOW,
+    high: float = CANNY_HIGH,
+    mask: Image.Image | np.ndarray | None = None,
+    factor: float = TILE_FACTOR,
+) -> Image.Image:
+    """The control image of a PIL image (transparency over white), of the same size: RGB; for "inpaint", which
+    needs `mask` (white = repaint: a PIL image or [H, W] in [0, 1], at the image's size), RGBA, transparent where
+    masked (see inpaint_control_pixels)."""
+    check_preprocessor(kind, CONTROL_TYPES)
+    batch = _rgb_tensor(image)
+    if kind == "inpaint":
+        if mask is None:
+            raise InvalidOptionError("an inpaint control image needs a mask (white = repaint)")
+        if isinstance(mask, Image.Image):
+            mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+        repaint = np.asarray(mask, dtype=np.float32) > 0.5
+        if repaint.shape != (image.height, image.width):
+            raise InvalidOptionError(
+                f"the mask is {repaint.shape[-1]}x{repaint.shape[0]} px, the image {image.width}x{image.height}"
+            )
+        rgb = (batch[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        alpha = np.where(repaint, 0, 255).astype(np.uint8)[..., None]
+        return Image.fromarray(np.concatenate([rgb, alpha], axis=-1), "RGBA")
+    out = tile(batch, factor)[0] if kind == "tile" else control_images(batch, kind, low, high)[0]
     return Image.fromarray((out.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "RGB")
+
+
+def is_inpaint_control(image: Image.Image) -> bool:
+    """Whether a PIL image opened from a file is an inpaint control image (its "ldm" text chunk says so)."""
+    try:
+        return json.loads(image.info.get("ldm", "{}")) == INPAINT_MARK
+    except (TypeError, ValueError):
+        return False
+
+
+def inpaint_control_pixels(image: Image.Image) -> torch.Tensor:
+    """An inpaint control image (RGBA, transparent = repaint) -> [1, 3, H, W]: its RGB in [0, 1], MASKED (-1) where
+    its alpha is under one half: the value the inpaint ControlNet's hint encoder was trained with there."""
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    pixels = torch.from_numpy(rgba[..., :3]).permute(2, 0, 1)[None]
+    repaint = torch.from_numpy(rgba[..., 3] < 0.5)[None, None]
+    return inpaint_hint(pixels, repaint)
+
+
+def read_control_image(path: str | Path) -> Image.Image:
+    """A control image file as Control takes it: an inpaint control image as it is (RGBA, its mark kept), any other
+    as RGB with transparency over white (ldm.io.images.load_image)."""
+    image = load_image(path, mode="")
+    return image if is_inpaint_control(image) else load_image(path)

@@ -34,6 +34,7 @@ from torch import nn
 
 from ldm.core.errors import InvalidOptionError
 from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
+from ldm.io.control_images import inpaint_control_pixels, is_inpaint_control
 from ldm.models.sinusoidal import timestep_embedding
 from ldm.models.unet import UNetModel, zero_module
 
@@ -171,7 +172,7 @@ def fit_image(image: Image.Image, width: int, height: int, mode: str = "stretch"
     scaled = image.resize(
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
     )
-    canvas = Image.new("RGB", (width, height))
+    canvas = Image.new(image.mode, (width, height))  # black; transparent for RGBA: masked, in an inpaint image
     canvas.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))  # crops where it overhangs
     return canvas
 
@@ -211,7 +212,8 @@ class Control:
         check_control_mode(self.mode)
 
     def hint(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        """The control image as the hint encoder takes it: [n, 3, height, width] in [0, 1] (a PIL image resized)."""
+        """The control image as the hint encoder takes it: [n, 3, height, width] in [0, 1] (a PIL image resized), -1
+        at an inpaint control image's transparent pixels (ldm.io.control_images); a tensor passes unchanged."""
         if isinstance(self.image, torch.Tensor):
             if self.image.ndim != 4 or tuple(self.image.shape[-2:]) != (height, width):
                 raise InvalidOptionError(
@@ -219,6 +221,8 @@ class Control:
                     f"pixel size), got {list(self.image.shape)}"
                 )
             return self.image.to(device, torch.float32)
+        if is_inpaint_control(self.image):  # transparent pixels reach the hint encoder as -1, the rest in [0, 1]
+            return inpaint_control_pixels(fit_image(self.image.convert("RGBA"), width, height, self.resize)).to(device)
         image = fit_image(self.image.convert("RGB"), width, height, self.resize)
         array = np.asarray(image, dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1)[None].to(device)

@@ -250,6 +250,10 @@ def _check_controlnet(cfg: dict, kind: str) -> None:
         raise TrainConfigError(f"controlnet.train must be true or false, got {control['train']!r}")
     if not control["train"]:
         return
+    if not isinstance(control.get("export_diffusers", False), bool):
+        raise TrainConfigError(
+            f"controlnet.export_diffusers must be true or false, got {control['export_diffusers']!r}"
+        )
     if kind != "diffusion":
         raise TrainConfigError(f"controlnet.train applies to diffusion runs, not to this {kind} run")
     if cfg["lora"]["rank"] or cfg["distill"]["teacher"] is not None:

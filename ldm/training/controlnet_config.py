@@ -10,10 +10,12 @@ class ControlNetSection:
     """Train a ControlNet on the frozen model (ldm.training.controlnet_module) instead of the model itself: off
     while `train` is false. Control images are made from each training image by `preprocess` (a type of
     ldm.io.control_images, with its thresholds `low` and `high`), or read from `control_root`, a folder with a
-    control image under each training image's relative path. Exported as controlnet.safetensors (fp16)."""
+    control image under each training image's relative path. Exported as controlnet.safetensors (fp16, the
+    original layout), and with `export_diffusers` also as the folder controlnet-diffusers/ (diffusers' layout)."""
 
     train: bool = False
     preprocess: str = "canny"
     low: float = 100.0
     high: float = 200.0
     control_root: str | None = None
+    export_diffusers: bool = False

@@ -60,11 +60,21 @@ class ControlNetModule(LatentDiffusionModule):
         self.control = dict((self.config or {}).get("controlnet") or ControlNetSection().__dict__)
         self.controlnet = ControlNet(model.unet, model.latent_channels, model.downscale)
         self.controlnet.requires_grad_(True)
+        if self.control.get("export_diffusers"):  # refused now, not at the export after the training
+            self._check_diffusers_layout()
         log.info(
             "ControlNet of %d parameters on a frozen base; control images: %s",
             sum(p.numel() for p in self.controlnet.parameters()),
             self.control.get("control_root") or self.control["preprocess"],
         )
+
+    def _check_diffusers_layout(self) -> None:
+        from ldm.formats.controlnet_files import controlnet_config
+
+        try:
+            controlnet_config(self.controlnet, self.config["model"]["params"]["unet_config"]["params"])
+        except LdmError as exc:
+            raise TrainConfigError(f"controlnet.export_diffusers: {exc}") from None
 
     # ---- control images -----------------------------------------------------
     def hints(self, batch: dict) -> torch.Tensor:

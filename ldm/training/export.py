@@ -138,7 +138,8 @@ def export_controlnet(
 ) -> tuple[Path, Path]:
     """A ControlNet run's export: controlnet.safetensors (fp16, the original layout under control_model., which
     ldm.formats.controlnet_files.load_controlnet reads; its control image type in the metadata) and
-    controlnet.yaml, the base model's inference config, which the ControlNet is applied to (`--controlnet`)."""
+    controlnet.yaml, the base model's inference config, which the ControlNet is applied to (`--controlnet`); with
+    controlnet.export_diffusers also the folder controlnet-diffusers/ (config.json and its weights, fp16)."""
     out = Path(out_dir)
     weights, config = out / "controlnet.safetensors", out / "controlnet.yaml"
     control = cfg["controlnet"]
@@ -152,6 +153,11 @@ def export_controlnet(
     }
     state = {"control_model." + k: v for k, v in module.inference_state_dict().items()}  # type: ignore[operator]
     save_state_dict(state, weights, metadata=meta, float_dtype=torch.float16)
+    if control.get("export_diffusers"):  # the same weights as diffusers' ControlNetModel.save_pretrained writes them
+        from ldm.formats.controlnet_files import save_controlnet_folder
+
+        unet_params = cfg["model"]["params"]["unet_config"]["params"]
+        save_controlnet_folder(module.controlnet, unet_params, out / "controlnet-diffusers", torch.float16, meta)
     _write_yaml_atomic(inference_model_node(cfg["model"], module.model.scale_factor), config)  # type: ignore[union-attr]
     return weights, config
 

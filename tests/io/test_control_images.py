@@ -104,3 +104,96 @@ def test_the_command_writes_the_edges_and_refuses_an_existing_file(tmp_path):
     assert (np.asarray(Image.open(tmp_path / "scribble.png"))[..., 0] > 0).sum() > edges.sum()
     assert taken["rc"] == 2 and "taken.png already exists" in taken["stderr"]
     assert (tmp_path / "taken.png").read_bytes() == b"made by the user"
+
+
+def test_canny_is_opencvs_on_the_rgb_image_as_the_annotator_calls_it():
+    import cv2
+
+    image = Image.new("RGB", (48, 40), (30, 90, 200))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((6, 4, 30, 30), fill=(220, 40, 40))
+    draw.rectangle((24, 18, 44, 36), fill=(40, 200, 60))  # red and green of close luma: an edge in RGB
+    array = np.asarray(image)
+    ours = np.asarray(control_image(image))[..., 0] > 0
+    assert np.array_equal(ours, cv2.Canny(array, 100, 200) > 0)
+    assert np.array_equal(np.asarray(control_image(image, low=20, high=60))[..., 0] > 0, cv2.Canny(array, 20, 60) > 0)
+
+
+def test_tile_is_an_area_downscale_and_pyrups_back_to_the_size():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    expected = cv2.resize(array, (6, 8), interpolation=cv2.INTER_AREA)  # gradio_tile.py: 1/8, then three pyrUps
+    for _ in range(3):
+        expected = cv2.pyrUp(expected)
+    out = control_image(Image.fromarray(array), "tile")
+    assert out.size == (48, 64) and np.array_equal(np.asarray(out), expected)
+    assert np.asarray(out).std() < array.std() / 3  # the noise averaged away: a blurred image
+    odd = control_image(Image.fromarray(array[:50, :37]), "tile", factor=4)  # any size and factor: back to the size
+    assert odd.size == (37, 50)
+    with pytest.raises(InvalidOptionError, match="tile factor must be a number of at least 1"):
+        control_image(Image.fromarray(array), "tile", factor=0.5)
+
+
+def test_inpaint_is_the_image_with_the_masked_pixels_at_minus_one():
+    from ldm.io.control_images import MASKED, inpaint_control_pixels, is_inpaint_control
+
+    image = Image.new("RGB", (16, 12), (255, 128, 0))
+    mask = Image.new("L", (16, 12), 0)
+    ImageDraw.Draw(mask).rectangle((4, 2, 9, 7), fill=255)
+    out = control_image(image, "inpaint", mask=mask)
+    assert out.mode == "RGBA" and out.size == (16, 12)
+    alpha = np.asarray(out)[..., 3]
+    assert (alpha[2:8, 4:10] == 0).all() and alpha.sum() == 255 * (16 * 12 - 36)
+    out.info["ldm"] = json.dumps({"control": "inpaint"})
+    assert is_inpaint_control(out) and not is_inpaint_control(image)
+    pixels = inpaint_control_pixels(out)
+    assert pixels.shape == (1, 3, 12, 16)
+    assert (pixels[..., 2:8, 4:10] == MASKED).all() and ((pixels >= 0).sum() == 3 * (16 * 12 - 36))
+    assert torch.allclose(pixels[0, :, 0, 0], torch.tensor([1.0, 128 / 255, 0.0]))
+    with pytest.raises(InvalidOptionError, match="needs a mask"):
+        control_image(image, "inpaint")
+    with pytest.raises(InvalidOptionError, match="the mask is 8x8 px, the image 16x12"):
+        control_image(image, "inpaint", mask=Image.new("L", (8, 8)))
+
+
+def test_the_command_writes_tile_and_inpaint_images_and_refuses_a_missing_mask(tmp_path):
+    from ldm.io.control_images import MASKED, read_control_image
+    from ldm.models.controlnet import Control, ControlNet
+    from ldm.models.unet import UNetModel
+
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "photo.png")
+    mask = Image.new("L", (32, 32), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 15, 31), fill=255)  # the left half to repaint
+    mask.save(tmp_path / "mask.png")
+    cases = [
+        ["control-image", "photo.png", "--type", "tile", "--out", "tile.png"],
+        ["control-image", "photo.png", "--type", "inpaint", "--mask", "mask.png", "--out", "hole.png"],
+        ["control-image", "photo.png", "--type", "inpaint", "--out", "nomask.png"],
+        ["control-image", "photo.png", "--mask", "mask.png", "--out", "canny.png"],
+    ]
+    payload = json.dumps([{"argv": argv, "cwd": str(tmp_path), "timeout": 120} for argv in cases])
+    r = subprocess.run([sys.executable, str(RUNNER)], input=payload, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tiled, hole, nomask, canny_with_mask = json.loads(r.stdout)
+    assert tiled["rc"] == 0 and hole["rc"] == 0, (tiled["stderr"][-2000:], hole["stderr"][-2000:])
+    assert (np.asarray(Image.open(tmp_path / "tile.png")) == (0, 0, 255)).all()  # a flat image stays itself
+    for refused in (nomask, canny_with_mask):
+        assert refused["rc"] == 2 and "--mask goes with --type inpaint" in refused["stderr"]
+        assert "Traceback" not in refused["stderr"]
+    # The file reaches the hint encoder with -1 where the mask was, through --control's reading of it.
+    unet = UNetModel(
+        in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[], num_res_blocks=1,
+        channel_mult=[1], num_heads=1, context_dim=8,
+    )  # fmt: skip
+    control = Control(ControlNet(unet, 4, 8), read_control_image(tmp_path / "hole.png"), resize="stretch")
+    hint = control.hint(32, 32, torch.device("cpu"))
+    blue = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1).expand(3, 32, 16)
+    assert (hint[..., :16] == MASKED).all() and torch.equal(hint[0, :, :, 16:], blue)
+    seen = []
+    hook = control.net.input_hint_block[0].register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    with torch.no_grad():
+        control.net(torch.zeros(1, 4, 4, 4), torch.tensor([10.0]), hint, torch.zeros(1, 1, 8))
+    hook.remove()
+    assert torch.equal(seen[0], hint) and seen[0].min() == MASKED  # -1 unchanged at the hint encoder's input

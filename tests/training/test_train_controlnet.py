@@ -175,3 +175,29 @@ def test_control_images_are_read_from_a_folder_when_given(shapes, tmp_path):
 def test_what_does_not_fit_is_refused_in_one_line(shapes, tmp_path, override, message):
     with pytest.raises(TrainConfigError, match=message):
         tiny_train_config("ldm", shapes, tmp_path / "run", CONTROL + override)
+
+
+def test_the_export_writes_diffusers_folder_too_when_asked(shapes, base, tmp_path):
+    from diffusers import ControlNetModel
+
+    from ldm.training.export import export_module
+
+    with pytest.raises(TrainConfigError, match="controlnet.export_diffusers: diffusers' ControlNets take images down"):
+        build_module(
+            tiny_train_config("ldm", shapes, tmp_path / "f2", [*CONTROL, base, "controlnet.export_diffusers=true"])
+        )
+    f8 = "model.params.first_stage_config.params.ddconfig.ch_mult=[1,1,1,1]"  # diffusers' ControlNets are f=8
+    cfg = tiny_train_config("ldm", shapes, tmp_path / "run", [*CONTROL, f8, "controlnet.export_diffusers=true"])
+    torch.manual_seed(0)
+    module = build_module(cfg)
+    weights, _ = export_module(module, cfg, tmp_path / "out", step=7)
+    folder = tmp_path / "out" / "controlnet-diffusers"
+    original = load_controlnet(weights, module.model).state_dict()
+    from_folder = load_controlnet(folder, module.model).state_dict()
+    assert original.keys() == from_folder.keys() and all(torch.equal(original[k], from_folder[k]) for k in original)
+    theirs = ControlNetModel.from_pretrained(folder, local_files_only=True)
+    stored = load_state_dict(folder / "diffusion_pytorch_model.safetensors")  # fp16, diffusers' names
+    assert {v.dtype for v in stored.values()} == {torch.float16} and stored.keys() == theirs.state_dict().keys()
+    assert all(torch.equal(theirs.state_dict()[k], v.float()) for k, v in stored.items())
+    with pytest.raises(TrainConfigError, match="controlnet.export_diffusers must be true or false"):
+        tiny_train_config("ldm", shapes, tmp_path / "run2", [*CONTROL, "controlnet.export_diffusers=maybe"])

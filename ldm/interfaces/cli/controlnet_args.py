@@ -12,7 +12,7 @@ import torch
 
 from ldm.core.errors import InvalidOptionError, MissingFileError
 from ldm.formats.controlnet_files import load_controlnet
-from ldm.io.images import load_image
+from ldm.io.control_images import read_control_image
 from ldm.models.controlnet import CONTROL_MODES, RESIZE_MODES, Control, ControlNet, check_control_numbers
 
 CONTROL_HELP = (
@@ -102,7 +102,7 @@ def load_controls(specs: list[ControlSpec], model: torch.nn.Module) -> list[Cont
         controls.append(
             Control(
                 nets[spec.controlnet],
-                load_image(spec.image),
+                read_control_image(spec.image),
                 spec.weight,
                 spec.start,
                 spec.end,
