@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 TINY_TEXT = {
     "embed_dim": 32,
@@ -253,3 +257,47 @@ def with_ctrl_c() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# The modules diffusers' LCM-LoRA training script (train_lcm_distill_lora_sd_wds.py) gives LoRA layers (PEFT
+# matches a name or its dotted ending).
+LCM_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+)  # fmt: skip
+
+
+def diffusers_weights(model) -> dict[str, torch.Tensor]:
+    """The U-Net's weights under diffusers' names (sharing our tensors' storage)."""
+    from diffusers.loaders import single_file_utils as single_file
+
+    ckpt = {"model.diffusion_model." + k: v for k, v in model.unet.state_dict().items()}
+    config = single_file.create_unet_diffusers_config_from_ldm(tiny_config(), ckpt)
+    return single_file.convert_ldm_unet_checkpoint(ckpt, config)
+
+
+def write_lcm_lora(model, path: Path, rank: int = 4, alpha: float = 8.0, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A file in the layout of the LCM-LoRA (latent-consistency/lcm-lora-sdv1-5: kohya's `lora_unet_<diffusers path
+    with underscores>` keys with `.lora_down.weight`, `.lora_up.weight`, `.alpha`) for `model`'s U-Net, its names
+    from diffusers' own converter; returns the update of each of our U-Net parameters, by name."""
+    import torch
+
+    from ldm.io.checkpoint import save_state_dict
+
+    ours_by_storage = {p.data_ptr(): f"unet.{name}" for name, p in model.unet.state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    state, updates = {}, {}
+    for key, weight in diffusers_weights(model).items():
+        module = key.removesuffix(".weight")
+        if key == module or not any(module == t or module.endswith("." + t) for t in LCM_LORA_TARGETS):
+            continue
+        kernel = tuple(weight.shape[2:])
+        down = torch.randn(rank, weight.shape[1], *kernel, generator=g) * 0.05
+        up = torch.randn(weight.shape[0], rank, *((1, 1) if kernel else ()), generator=g) * 0.05
+        stem = "lora_unet_" + module.replace(".", "_")
+        state.update({f"{stem}.lora_down.weight": down.half(), f"{stem}.lora_up.weight": up.half()})
+        state[f"{stem}.alpha"] = torch.tensor(alpha).half()
+        delta = up.half().float().flatten(1) @ down.half().float().flatten(1)
+        updates[ours_by_storage[weight.data_ptr()]] = delta.reshape(weight.shape) * alpha / rank
+    save_state_dict(state, path)
+    return updates

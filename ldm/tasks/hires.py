@@ -9,7 +9,8 @@ Upscalers: "latent" interpolates the first pass's latent (bilinear, no antialias
 "bicubic" decodes, resizes the pixels bicubically and encodes again; "model" runs the x4 upscaler (the shipped
 one unless `HiresOptions.upscaler_model` names another, ldm.tasks.upscale) and resizes its output to the target.
 The second pass is the img2img task itself (ldm.tasks.img2img), image by image, each with its own first-pass seed
-(A1111 reuses the seeds), so image i of a batch is the image seed + i gives alone.
+(A1111 reuses the seeds), so image i of a batch is the image seed + i gives alone. It runs all of its steps on a
+grid stretched for its strength, as A1111's hires pass does (`hires_grid`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,18 @@ class HiresOptions:
         }
 
 
+def hires_grid(steps: int, strength: float, train_steps: int) -> tuple[int, float]:
+    """(grid steps, img2img strength) that make the second pass run all of its `steps`, as A1111's hires pass:
+    A1111 (setup_img2img_steps with the steps given) samples a grid of int(steps / min(strength, 0.999)) steps and
+    runs its last `steps` of them, where plain img2img runs floor(strength x steps) of a `steps` grid. The strength
+    returned, steps / grid, keeps exactly `steps` of that grid (ldm.sampling.samplers.strength_steps). The grid is
+    capped at the model's `train_steps` timesteps; strength 0 runs nothing, as before."""
+    if strength == 0.0:
+        return steps, strength
+    grid = min(max(steps, int(steps / min(strength, 0.999))), max(steps, train_steps))
+    return grid, steps / grid
+
+
 def upscaled_latent(latent: torch.Tensor, size: tuple[int, int], downscale: int) -> torch.Tensor:
     """A1111's "Latent" upscaler: the latent [B, C, h, w] bilinearly resized to the target's latent size."""
     return F.interpolate(
@@ -134,9 +147,10 @@ def second_pass(
     height, width = (side * model.downscale for side in latents.shape[-2:])
     size = hires.target_size(height, width, max(8, model.downscale))
     steps = hires.steps or options.steps
-    second = replace(options, steps=steps, extra=dict(options.extra))
+    grid, strength = hires_grid(steps, hires.strength, len(model.alphas_cumprod))
+    second = replace(options, steps=grid, extra=dict(options.extra))
     log.info(
-        "hires fix: %dx%d -> %dx%d (%s), %d steps at strength %g",
+        "hires fix: %dx%d -> %dx%d (%s), %d steps at strength %g (the last %d of a %d-step grid)",
         width,
         height,
         size[1],
@@ -144,11 +158,13 @@ def second_pass(
         hires.upscaler,
         steps,
         hires.strength,
+        steps if strength else 0,
+        grid,
     )
     out = []
     for i, (prompt, negative, seed) in enumerate(zip(prompts, negatives, seeds)):
         common = {
-            "strength": hires.strength,
+            "strength": strength,
             "negative_prompt": negative,
             "seed": seed,
             "options": second,

@@ -112,8 +112,9 @@ def img2img_latents(
 
     first_pass_steps: this run is the hires fix's second pass after a txt2img of that many steps, so prompt editing
     reads it as A1111's hires pass (ldm.models.prompt_schedule.texts_by_step: integer `when`s count on from the
-    first pass, fractions from 1.0 up address this pass). A1111's hires pass runs all of its steps; this one runs
-    the floor(strength * steps) that img2img runs, so its schedule is made over those, step 0 the first one run."""
+    first pass, fractions from 1.0 up address this pass). The schedule is made over the floor(strength * steps)
+    steps this run takes, step 0 the first one run: the hires fix sets steps and strength so that these are all of
+    its requested steps, as A1111's hires pass runs them (ldm.tasks.hires.hires_grid)."""
     check_strength(strength)
     check_task(model, "img2img")
     prompting = take_prompt_options(option_overrides)

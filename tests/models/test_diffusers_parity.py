@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from factories import tiny_model
 
@@ -120,3 +120,64 @@ def test_start_noise_is_diffusers_cpu_noise_for_the_same_seed(shape):
     batch = randn_tensor((3, *shape), generator=[torch.Generator("cpu").manual_seed(1234 + i) for i in range(3)])
     assert torch.equal(start_noise(shape, [1234, 1235, 1236], torch.device("cpu")), batch)
     assert not torch.equal(start_noise(shape, [1235], torch.device("cpu")), single)  # the seed matters
+
+
+def few_step_scheduler(kind: str):
+    """SD's noise schedule on the trailing grid: SD-Turbo's Euler (diffusers' SD-Turbo pipeline) or LCMScheduler."""
+    common = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="trailing",
+    )
+    if kind == "euler":
+        return EulerDiscreteScheduler(**common)
+    return LCMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+
+
+@torch.no_grad()
+def diffusers_unguided(model, cond, noise, scheduler, steps):
+    """diffusers' loop at guidance_scale <= 1 (SD-Turbo's 0.0, LCM-LoRA's 1): no classifier-free guidance, the
+    conditional prediction alone, one U-Net call a step."""
+    scheduler.set_timesteps(steps)
+    x = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = model.unet(scheduler.scale_model_input(x, t), torch.full((len(x),), int(t)), context=cond["context"])
+        x = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    return x
+
+
+@torch.no_grad()
+def ours_one_step(model, cond, uncond, noise, sampler="lcm"):
+    options = SamplingOptions(steps=1, guidance_scale=1.0, sampler=sampler, spacing="trailing")
+    return denoise(model, Conditioning(cond, uncond), options, noise, torch.Generator().manual_seed(0), progress=False)
+
+
+@pytest.mark.parametrize("sampler", ["lcm", "euler"])
+def test_one_trailing_step_at_guidance_1_is_diffusers_sd_turbo_at_guidance_0(setup, sampler):
+    """`--sampler lcm --spacing trailing --steps 1 --scale 1` (or euler) is diffusers' SD-Turbo call
+    (num_inference_steps=1, guidance_scale=0.0: its Euler scheduler on the trailing grid, t = 999, no guidance)."""
+    model, cond, uncond = setup["eps"]
+    theirs = diffusers_unguided(model, cond, setup["noise"], few_step_scheduler("euler"), 1)
+    assert rel_err(ours_one_step(model, cond, uncond, setup["noise"], sampler), theirs) <= TOLERANCE
+    # Our guidance 0 is the unconditional prediction alone (k-diffusion's and A1111's CFG), not diffusers' "off".
+    options = SamplingOptions(steps=1, guidance_scale=0.0, sampler=sampler, spacing="trailing")
+    unconditional = denoise(model, Conditioning(cond, uncond), options, setup["noise"], None, progress=False)
+    assert rel_err(unconditional, theirs) > 10 * TOLERANCE
+
+
+def test_one_lcm_step_is_diffusers_lcm_scheduler_from_the_same_start(setup):
+    """LCMScheduler's one step (t = 999 of its 50-step skipping grid, the trailing grid's) with its boundary
+    scalings c_skip, c_out (about 1e-9 from x0 there) is our lcm step, once both start from the same latent: it
+    starts from noise in VP space, noise * sqrt(1 + sigma^2) in ours, where ours (as k-diffusion's and A1111's
+    LCM) starts from noise * sigma, 0.2% smaller at sigma 14.6."""
+    model, cond, uncond = setup["eps"]
+    sigma = ((1 - model.alphas_cumprod[-1]) / model.alphas_cumprod[-1]).sqrt()
+    ours = ours_one_step(model, cond, uncond, setup["noise"])
+    same_start = diffusers_unguided(
+        model, cond, setup["noise"] * sigma / (1 + sigma**2).sqrt(), few_step_scheduler("lcm"), 1
+    )
+    assert rel_err(ours, same_start) <= TOLERANCE
+    their_start = diffusers_unguided(model, cond, setup["noise"], few_step_scheduler("lcm"), 1)
+    assert 10 * TOLERANCE < rel_err(ours, their_start) < 0.01

@@ -11,6 +11,7 @@ from PIL import Image
 import ldm.tasks.hires as hires_module
 import ldm.tasks.txt2img as txt2img_module
 from ldm.core.errors import LdmError
+from ldm.sampling.samplers import strength_steps
 from ldm.tasks.hires import HiresError, HiresOptions
 from ldm.tasks.img2img import img2img
 from ldm.tasks.txt2img import txt2img
@@ -34,8 +35,9 @@ def test_bicubic_hires_is_txt2img_then_resize_then_img2img_by_hand(model):
     first = txt2img(model, PROMPTS, height=16, width=16, seed=5, steps=3, progress=False)
     for i, prompt in enumerate(PROMPTS):
         big = first[i].resize((32, 32), Image.Resampling.BICUBIC)
-        # each image's second pass reuses its own seed (seed + i), as A1111's does
-        by_hand = img2img(model, big, prompt, strength=0.6, seed=5 + i, steps=4, progress=False)[0]
+        # each image's second pass reuses its own seed (seed + i), as A1111's does; it runs all 4 of its steps, the
+        # last 4 of a grid of int(4 / 0.6) = 6 (A1111's), which img2img at strength 4 / 6 of 6 steps runs
+        by_hand = img2img(model, big, prompt, strength=4 / 6, seed=5 + i, steps=6, progress=False)[0]
         assert same(made[i], by_hand)
     assert made[0].size == (32, 32)
     assert made.settings["hires_scale"] == 2 and made.settings["hires_upscaler"] == "bicubic"
@@ -51,7 +53,8 @@ def test_model_hires_is_txt2img_then_x4_upscaler_then_resize_then_img2img_by_han
     four_times = upscale(upscaler, first, "a cat", seed=2, progress=False)[0]
     assert four_times.size == (64, 64)
     big = four_times.resize((32, 32), Image.Resampling.BICUBIC)
-    by_hand = img2img(model, big, "a cat", strength=0.5, seed=2, steps=2, progress=False)[0]  # steps 0: the first's
+    # steps 0: the first pass's 2, run as the last 2 of a grid of int(2 / 0.5) = 4
+    by_hand = img2img(model, big, "a cat", strength=2 / 4, seed=2, steps=4, progress=False)[0]
     assert same(made, by_hand)
 
 
@@ -78,6 +81,27 @@ def test_a_batch_image_is_the_image_its_seed_gives_alone(model):
     batch = txt2img(model, PROMPTS, height=16, width=16, seed=7, steps=2, hires=hires, progress=False)
     alone = txt2img(model, PROMPTS[1], height=16, width=16, seed=8, steps=2, hires=hires, progress=False)
     assert same(batch[1], alone[0])
+
+
+@pytest.mark.parametrize(
+    "steps, strength, grid",
+    [(20, 0.7, 28), (20, 0.5, 40), (4, 0.6, 6), (30, 1.0, 30), (3, 0.999, 3), (20, 0.01, 1000), (5, 0.0, 5)],
+)
+def test_the_second_pass_runs_all_its_steps_on_a1111s_stretched_grid(steps, strength, grid):
+    """A1111's setup_img2img_steps with the steps given: a grid of int(steps / min(strength, 0.999)) steps (here
+    capped at the model's 1000 timesteps), of which the last `steps` run; strength 0 runs none."""
+    got_grid, got_strength = hires_module.hires_grid(steps, strength, 1000)
+    assert got_grid == grid
+    assert strength_steps(got_grid, got_strength) == (steps if strength else 0)
+
+
+def test_the_second_pass_makes_one_model_call_per_requested_step(model, monkeypatch):
+    calls = []
+    unet_forward = model.unet.forward
+    monkeypatch.setattr(model.unet, "forward", lambda *a, **k: calls.append(1) or unet_forward(*a, **k))
+    hires = HiresOptions(scale=2, steps=5, strength=0.3, upscaler="latent")
+    txt2img(model, "a cat", height=16, width=16, steps=2, guidance_scale=1.0, hires=hires, progress=False)
+    assert len(calls) == 2 + 5  # floor(0.3 x 5) = 1 before: the second pass now runs all five, as A1111's
 
 
 def test_bad_hires_options_are_refused_by_name(model):

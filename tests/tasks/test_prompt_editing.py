@@ -182,9 +182,10 @@ def test_a_second_order_sampler_reads_the_text_of_each_calls_noise_level(model):
 def test_an_edit_addressing_the_hires_pass_switches_there_and_not_in_the_first(model, when):
     from ldm.tasks.hires import HiresOptions
 
-    # First pass 4 steps; the hires pass has 8 of which strength 0.5 runs 4. "1.5" is halfway through those 4
-    # (step 2), "6" the hires pass's step 6 - 4 = 2: red for its steps 0 to 2, blue at 3, as A1111's hires pass.
-    hires = HiresOptions(scale=2, steps=8, strength=0.5, upscaler="latent")
+    # First pass 4 steps; the hires pass runs all of its 4 (the last 4 of a grid of 8 at strength 0.5, as A1111's).
+    # "1.5" is halfway through those 4 (step 2), "6" the hires pass's step 6 - 4 = 2: red for its steps 0 to 2,
+    # blue at 3, as A1111's hires pass.
+    hires = HiresOptions(scale=2, steps=4, strength=0.5, upscaler="latent")
     with UNetCalls(model) as calls:
         made, steps = run(model, f"[red:blue:{when}] heart", negative_prompt="dark", prompt_editing=True, hires=hires)
     red, blue = model.encode_text(["red heart", "blue heart"])

@@ -30,9 +30,12 @@ def preview_callback(model: LatentDiffusion, steps: int, every: int, report: Ste
     """
     if every < 1:
         raise InvalidOptionError(f"preview interval must be at least 1 step, got {every}")
+    calls = 0  # the steps of every pass so far: the hires fix's second pass counts on from the first's
 
     def callback(d: dict[str, Any]) -> None:
-        done = int(d["i"]) + 1
+        nonlocal calls
+        calls += 1
+        done = calls
         preview = None
         if done % every == 0 or done == steps:
             with torch.no_grad():
@@ -66,7 +69,9 @@ def generate(
     options.validate()
     height = height or model.default_image_size
     width = width or model.default_image_size
-    callback = preview_callback(model, options.steps, preview_every, report) if report else None
+    # The hires fix's second pass runs all its steps after the first pass's (ldm.tasks.hires).
+    total = options.steps + ((hires.steps or options.steps) if hires is not None else 0)
+    callback = preview_callback(model, total, preview_every, report) if report else None
     if sdxl is not None and hires is not None:
         raise InvalidOptionError("the hires fix is not implemented for SDXL models; turn it off")
     if sdxl is not None:

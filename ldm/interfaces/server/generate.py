@@ -162,7 +162,7 @@ class Generator:
         hires = self._hires(request, height, width)
         per_call = options.steps if request.strength is None else max(1, round(options.steps * request.strength))
         if hires is not None:
-            per_call += max(1, round((hires.steps or options.steps) * hires.strength))
+            per_call += hires.steps or options.steps  # the second pass runs all its steps (ldm.tasks.hires)
         job.steps = per_call * request.n_iter
         images, settings = [], []
         for iteration in range(request.n_iter):
