@@ -219,3 +219,12 @@ def test_cli_refuses_in_one_line(cli_results, number, message):
     errors = [line for line in result["stderr"].splitlines() if "error:" in line]
     assert result["rc"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
     assert len(errors) == 1 and message in errors[0], result["stderr"][-3000:]
+
+
+def test_no_diffusers_folder_is_written_for_a_depth_model(depth_model, tmp_path):
+    from ldm.formats.sdxl_diffusers import write_any_folder
+    from ldm.io.diffusers_files import DiffusersFolderError
+
+    with pytest.raises(DiffusersFolderError, match="a depth-to-image model has no diffusers folder here"):
+        write_any_folder(depth_model, tiny_depth_config(original=True), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
