@@ -222,8 +222,9 @@ def translate_original(target: str, params: dict) -> dict:
         params.setdefault("parameterization", "eps")
         # An original SD model's users expect the original DDIMSampler's images (ldm.sampling.options: DDIM variants).
         params.setdefault("ddim_variant", "sd")
-    if target.endswith("LatentDepth2ImageDiffusion") and params.get("conditioning_key", "hybrid") == "hybrid":
-        params["conditioning_key"] = "depth"  # its "hybrid" is [latent, depth], not inpainting's inputs
+    if target.endswith("LatentDepth2ImageDiffusion"):
+        # The reference's class is what says depth: its U-Net's "hybrid" input is [latent, depth], not inpainting's.
+        params["conditioning_key"] = "depth"
     if target == "ldm.modules.encoders.modules.FrozenCLIPEmbedder":
         version = params.pop("version", SD1_CLIP_VERSION)
         if version != SD1_CLIP_VERSION:

@@ -21,7 +21,6 @@ from ldm.io.images import load_image
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.tasks.base import Conditioning, EditingError
 
-DEPTH_KIND = "depth"  # the conditioning_key of depth models (ldm.models.latent_diffusion.CONDITIONING)
 DepthMap = Image.Image | str | Path | np.ndarray | torch.Tensor
 
 
@@ -30,7 +29,8 @@ class DepthMapError(EditingError):
 
 
 def is_depth_model(model: LatentDiffusion) -> bool:
-    return model.conditioning_key == DEPTH_KIND
+    """The kind whose extra input serves img2img (ldm.models.latent_diffusion.CONDITIONING): the depth map."""
+    return model.kind.concat and model.kind.task == "img2img"
 
 
 def check_depth_map(model: LatentDiffusion, depth_map: DepthMap | None) -> None:
