@@ -35,7 +35,7 @@ from ldm.sampling.variance_sampler import GuidedVarianceDenoiser, LearnedVarianc
 TASK_NEEDS = {
     "txt2img": "a text-to-image model",
     "walk": "a text-to-image model",
-    "img2img": "a text-to-image or depth model",
+    "img2img": "a text-to-image model",
     "inpaint": "a text-to-image or inpainting model",
     "upscale": "the x4 upscaler (conditioning_key hybrid-adm with a low_scale_config)",
 }
