@@ -22,6 +22,7 @@ from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.tasks.base import Conditioning, EditingError
 
 DepthMap = Image.Image | str | Path | np.ndarray | torch.Tensor
+FLAT = 1e-5  # a map whose range is at most this fraction of its magnitude holds no depth
 
 
 class DepthMapError(EditingError):
@@ -76,7 +77,8 @@ def depth_condition(depth_map: DepthMap, latent_size: tuple[int, int]) -> torch.
     scaled by its own minimum and maximum. A map of one value everywhere has no depth and is refused."""
     depth = F.interpolate(load_depth_map(depth_map), size=tuple(latent_size), mode="bicubic", align_corners=False)
     low, high = depth.amin(dim=(1, 2, 3), keepdim=True), depth.amax(dim=(1, 2, 3), keepdim=True)
-    if bool((high <= low).any()):
+    # Resizing a flat map leaves float rounding (~1e-7 of it), which the scaling would blow up to [-1, 1]: not depth.
+    if bool((high - low <= FLAT * torch.maximum(high.abs(), low.abs())).any()):
         raise DepthMapError("the depth map holds one value everywhere; give one with near and far parts")
     return 2 * (depth - low) / (high - low) - 1
 
