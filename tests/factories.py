@@ -1,6 +1,6 @@
 """Tiny model configs and models for the tests: every code path, in seconds on a CPU.
 
-Text-to-image (`tiny_model`), and the conditional layouts of SD 2: inpainting and the x4 upscaler.
+Text-to-image (`tiny_model`), and the conditional layouts of SD 2: inpainting, the x4 upscaler and depth.
 """
 
 from __future__ import annotations
@@ -137,6 +137,22 @@ def tiny_upscaler_config() -> dict:
     params = cfg["model"]["params"]
     params["unet_config"]["params"].update(in_channels=7, num_classes=1000)
     params["first_stage_config"]["params"]["ddconfig"]["ch_mult"] = [1, 2, 2]
+    return cfg
+
+
+def tiny_depth_config(original: bool = False) -> dict:
+    """SD 2 depth layout: 5 input channels [noisy latent 4, depth 1]. original: as v2-midas-inference.yaml names it
+    (the reference's LatentDepth2ImageDiffusion with conditioning_key hybrid and its MiDaS node, not built here)."""
+    cfg = tiny_original_config() if original else tiny_config(conditioning_key="depth")
+    params = cfg["model"]["params"]
+    params["unet_config"]["params"]["in_channels"] = 5
+    if original:
+        cfg["model"]["target"] = "ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion"
+        params["conditioning_key"] = "hybrid"
+        params["depth_stage_config"] = {
+            "target": "ldm.modules.midas.api.MiDaSInference",
+            "params": {"model_type": "dpt_hybrid"},
+        }
     return cfg
 
 

@@ -41,6 +41,7 @@ _ORIGINAL = {
     "ldm.models.diffusion.ddpm.LatentDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
     "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
     "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
+    "ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion": "ldm.models.latent_diffusion:LatentDiffusion",
     "ldm.modules.diffusionmodules.openaimodel.UNetModel": "ldm.models.unet:UNetModel",
     "ldm.models.autoencoder.AutoencoderKL": "ldm.models.vae:AutoencoderKL",
     "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": "ldm.models.text_encoder:FrozenOpenCLIPEmbedder",
@@ -69,6 +70,8 @@ _ORIGINAL_TRAINING_ONLY = {
     "ldm.models.diffusion.ddpm.LatentDiffusion": _DDPM_TRAINING_ONLY,
     "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": _DDPM_TRAINING_ONLY,
     "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": _DDPM_TRAINING_ONLY,
+    # SD 2 depth: its MiDaS estimator (depth_stage_config) is not built; depth maps are given (ldm.tasks.depth).
+    "ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion": (*_DDPM_TRAINING_ONLY, "depth_stage_config"),
     "ldm.models.autoencoder.AutoencoderKL": ("lossconfig", "monitor"),
     "ldm.modules.encoders.modules.FrozenCLIPEmbedder": ("device",),
 }
@@ -219,6 +222,9 @@ def translate_original(target: str, params: dict) -> dict:
         params.setdefault("parameterization", "eps")
         # An original SD model's users expect the original DDIMSampler's images (ldm.sampling.options: DDIM variants).
         params.setdefault("ddim_variant", "sd")
+    if target.endswith("LatentDepth2ImageDiffusion"):
+        # The reference's class is what says depth: its U-Net's "hybrid" input is [latent, depth], not inpainting's.
+        params["conditioning_key"] = "depth"
     if target == "ldm.modules.encoders.modules.FrozenCLIPEmbedder":
         version = params.pop("version", SD1_CLIP_VERSION)
         if version != SD1_CLIP_VERSION:

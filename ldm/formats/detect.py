@@ -27,8 +27,8 @@ of SD 2.x-base (512 px). For a family found by its shapes it is, in this order:
 - the file's safetensors metadata: `prediction` (eps or v, what `ldm convert --prediction` writes),
   `modelspec.prediction_type` (epsilon or v), or a `modelspec.architecture` ending in `-v`
   (stable-diffusion-v2-768-v);
-- the family's default: eps for SD 1.x, SD 1.x and SD 2 inpainting, SD 2.x; v for the x4 upscaler (its only
-  release).
+- the family's default: eps for SD 1.x, SD 1.x and SD 2 inpainting, SD 2.x, SD 2 depth; v for the x4 upscaler
+  (its only release).
 
 So an SD 2.x 768-v file without such metadata needs `--prediction v`. Neither `global_step` nor the
 file name is ever used. With a config (1, 2, or `--config`), the config's parameterization holds
@@ -135,6 +135,8 @@ FAMILIES = (
            {"eps": "v2-inference.yaml", "v": "v2-inference-v.yaml"}),
     Family("sd2-inpainting", "SD 2 inpainting", "open_clip", 1024, 9, 320, 1024, False, 4,
            {"eps": "v2-inpainting-inference.yaml"}),
+    # SD 2 depth (512-depth-ema): SD 2's layout with [latent, depth] in 5; its depth_model.* (MiDaS) is skipped on load
+    Family("sd2-depth", "SD 2 depth", "open_clip", 1024, 5, 320, 1024, False, 4, {"eps": "v2-midas-inference.yaml"}),
     Family("x4-upscaler", "SD x4 upscaler", "open_clip", 1024, 7, 256, 1024, True, 3,
            {"v": "x4-upscaling.yaml"}, default_prediction="v"),
     Family("sdxl", "SDXL base", "sdxl:hf_clip,open_clip", 1280, 4, 320, 2048, True, 4, {"eps": "sd_xl_base.yaml"}),

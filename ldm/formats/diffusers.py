@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 DIFFUSERS_VERSION = "0.42.0"  # the version whose configs these are written as (and tested against)
 # Pipeline class -> our conditioning kind. An inpainting folder may hold a plain 4-channel U-Net (diffusers
 # inpaints with those too): that is a text-to-image model here.
-PIPELINES = {kind.diffusers: kind for kind in CONDITIONING.values()}
+PIPELINES = {kind.diffusers: kind for kind in CONDITIONING.values() if kind.diffusers}
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
 SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear", "squaredcos_cap_v2": "cosine"}
 HF_TEXT = "text_model."  # CLIPTextModel's own prefix

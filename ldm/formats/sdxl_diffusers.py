@@ -290,4 +290,6 @@ def write_any_folder(
     """Write `model` as the diffusers pipeline folder of its family (write_folder's, or SDXL's)."""
     if is_sdxl_model(model):
         return write_sdxl_folder(model, config, out, overwrite, float_dtype)
+    if not model.kind.diffusers:
+        raise DiffusersFolderError(f"a {model.kind.name} model has no diffusers folder here; keep its single file")
     return write_folder(model, config, out, overwrite, float_dtype)

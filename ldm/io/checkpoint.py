@@ -43,8 +43,9 @@ IGNORED_PREFIXES = (
     "first_stage_model.loss.",
     "low_scale_model.",
     "cond_stage_model.model.visual.",
-    "denoiser.",
-)  # SDXL files: the reference denoiser's sigmas
+    "denoiser.",  # SDXL files: the reference denoiser's sigmas
+    "depth_model.",  # SD 2 depth files: the MiDaS depth estimator, not run here (depth maps are given)
+)
 SCHEDULE_BUFFERS = {
     "betas",
     "alphas_cumprod",
@@ -259,6 +260,9 @@ def from_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
                 key = new + key[len(old) :]
                 break
         out[key] = value
+    if midas := sum(k.startswith("depth_model.") for k in dropped):
+        log.info("skipped the file's MiDaS depth estimator (%d depth_model.* tensors): depth maps are given", midas)
+        dropped = [k for k in dropped if not k.startswith("depth_model.")]
     if dropped:
         groups = sorted({k.split(".")[0] if "." in k else "schedule buffers" for k in dropped})
         log.info("ignored %d checkpoint entries we do not load (%s)", len(dropped), ", ".join(groups))

@@ -43,8 +43,9 @@ class ConditioningKind:
     """What a `conditioning_key` means: the one place its strings are read.
 
     concat: the U-Net takes extra input channels beside the noisy latent (inpainting: mask + masked latent;
-    upscaler: the low-res image); label: it takes a noise-level label `y`; tasks: what it can drive;
-    diffusers: the diffusers pipeline class of its folders (ldm.formats.diffusers, ldm.formats.diffusers_export);
+    upscaler: the low-res image; SD 2 depth: the depth map); label: it takes a noise-level label `y`; tasks: what it
+    can drive; diffusers: the diffusers pipeline class of its folders (ldm.formats.diffusers,
+    ldm.formats.diffusers_export), "" where there is none here;
     diffusers_xl: that of its SDXL folders, "" where SDXL has none (ldm.formats.sdxl_diffusers).
     """
 
@@ -90,6 +91,14 @@ CONDITIONING = {
             label=True,
             tasks=("upscale",),
             diffusers="StableDiffusionUpscalePipeline",
+        ),
+        ConditioningKind(  # SD 2 depth: [latent, depth map at latent size in [-1, 1]] (ldm.tasks.depth)
+            "depth",
+            "depth-to-image",
+            concat=True,
+            label=False,
+            tasks=("img2img",),
+            diffusers="",  # no diffusers folder here: ldm convert refuses it in one line
         ),
     )
 }

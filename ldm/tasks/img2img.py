@@ -1,7 +1,8 @@
 """Image-to-image: encode a picture, noise it to the strength's level, and sample back with a prompt.
 
 strength 0 keeps the image (a VAE round trip), strength 1 ignores it (exactly txt2img with the
-same seed); in between, higher strength keeps less of the input.
+same seed); in between, higher strength keeps less of the input. A depth model (SD 2 depth) also reads a depth
+map of the image (`depth_map`, ldm.tasks.depth).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ldm.sampling.options import SamplingOptions
 from ldm.sampling.precision import Precision, autocast
 from ldm.sampling.samplers import check_strength, strength_steps
 from ldm.tasks.base import Conditioning, check_task, resolve_options, sample_seeded
+from ldm.tasks.depth import DepthMap, check_depth_map, with_depth
 from ldm.tasks.editing import as_pil, fit_image, size_multiple
 from ldm.tasks.prompts import prompt_conditioning, prompt_lists
 from ldm.tasks.results import Generated, settings_of
@@ -60,6 +62,7 @@ def img2img(
     progress: bool = True,
     precision: str | Precision = "fp32",
     first_pass_steps: int | None = None,
+    depth_map: DepthMap | None = None,
     **option_overrides: Any,
 ) -> Generated:
     """One image per prompt, all from the same input; image i uses seed + i.
@@ -67,10 +70,12 @@ def img2img(
     The output has the input's size rounded to a multiple of 8 (a log line says when it differs). Keyword options
     are txt2img's (sampling options and how prompts are read); precision: the autocast, as txt2img's.
     first_pass_steps: this run is the hires fix's second pass after a first pass of that many steps
-    (`img2img_latents`).
+    (`img2img_latents`). depth_map: a depth model's depth map of the image (needed by one, refused by any other):
+    an image or its file (grey, brighter nearer), an array or a tensor (ldm.tasks.depth).
     """
     check_strength(strength)
     check_task(model, "img2img")
+    check_depth_map(model, depth_map)  # before the encoder runs
     prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)  # checked before the encoder runs
     pixels = pil_to_tensor(prepare_image(model, image)).to(model.device)
@@ -88,6 +93,7 @@ def img2img(
         progress,
         precision,
         first_pass_steps,
+        depth_map,
         prompt_options=prompting,
     )
 
@@ -105,6 +111,7 @@ def img2img_latents(
     progress: bool = True,
     precision: str | Precision = "fp32",
     first_pass_steps: int | None = None,
+    depth_map: DepthMap | None = None,
     **option_overrides: Any,
 ) -> Generated:
     """img2img from a clean latent [1, C, h, w] (the image already encoded, or a latent made otherwise: the hires
@@ -114,7 +121,8 @@ def img2img_latents(
     reads it as A1111's hires pass (ldm.models.prompt_schedule.texts_by_step: integer `when`s count on from the
     first pass, fractions from 1.0 up address this pass). The schedule is made over the floor(strength * steps)
     steps this run takes, step 0 the first one run: the hires fix sets steps and strength so that these are all of
-    its requested steps, as A1111's hires pass runs them (ldm.tasks.hires.hires_grid)."""
+    its requested steps, as A1111's hires pass runs them (ldm.tasks.hires.hires_grid).
+    depth_map: as img2img's."""
     check_strength(strength)
     check_task(model, "img2img")
     prompting = take_prompt_options(option_overrides)
@@ -131,6 +139,7 @@ def img2img_latents(
         conditioning = prompt_conditioning(
             model, prompts, negatives, prompting, first_pass_steps, (height, width), hires_steps=run_steps
         )
+    conditioning = with_depth(model, conditioning, depth_map, latents.expand(len(prompts), -1, -1, -1))
     with seamless(model, options.tiling), autocast(model.device, precision):
         x0 = latents.to(model.device).float().expand(len(prompts), -1, -1, -1)
         sampled = sample_seeded(

@@ -133,6 +133,7 @@ V = {"modelspec.prediction_type": "v"}
         ("sd-v2-inpainting.json", {}, None, "sd2-inpainting", "eps", "v2-inpainting-inference.yaml"),
         ("sd-v1-inpainting", {}, None, "sd1-inpainting", "eps", "v1-inpainting-inference.yaml"),
         ("sd-x4-upscaler.json", {}, None, "x4-upscaler", "v", "x4-upscaling.yaml"),
+        ("sd-v2-depth.json", {}, None, "sd2-depth", "eps", "v2-midas-inference.yaml"),
     ],
 )
 def test_every_family_is_detected_from_its_manifest(
@@ -158,6 +159,7 @@ def test_every_family_is_detected_from_its_manifest(
         ("sd-v2-inpainting.json", {}),
         ("sd-v1-inpainting", {}),
         ("sd-x4-upscaler.json", {}),
+        ("sd-v2-depth.json", {}),  # its MiDaS estimator (depth_model.*) is skipped
     ],
 )
 def test_the_detected_config_builds_a_model_the_checkpoint_fills_strictly(sd_format_dir, name, metadata):
@@ -175,6 +177,7 @@ def test_the_detected_config_builds_a_model_the_checkpoint_fills_strictly(sd_for
             "sd-v2-inpainting.json": 512,
             "sd-v1-inpainting": 512,
             "sd-x4-upscaler.json": 512,
+            "sd-v2-depth.json": 512,
         }[name]
     )
     # What it saves is the file's own layout again (SD 1.x's text tower back in Hugging Face names).
@@ -303,3 +306,21 @@ def test_cli_refuses_in_one_line(cli_results, number, message):
     errors = [line for line in result["stderr"].splitlines() if "error:" in line]
     assert result["rc"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
     assert len(errors) == 1 and message in errors[0], result["stderr"][-3000:]
+
+
+def test_sd2_depth_is_told_by_its_five_input_channels_with_or_without_its_midas_tensors(sd_format_dir, tmp_path):
+    """512-depth-ema: SD 2's tensors with a 5-channel input conv [latent, depth], and the MiDaS DPT-Hybrid estimator
+    (depth_model.model.*), which the strict load above skips; a file stripped of it is the same model."""
+    shapes = manifest(sd_format_dir, "sd-v2-depth.json")
+    midas = [k for k in shapes if k.startswith("depth_model.")]
+    assert len(midas) == 368 and all(k.startswith("depth_model.model.") for k in midas)
+    assert shapes[UNET + "input_blocks.0.0.weight"] == (320, 5, 3, 3)
+    stripped = {k: s for k, s in shapes.items() if not k.startswith("depth_model.")}
+    found = detect(stripped)
+    assert (found.family, found.name, found.config_name) == ("sd2-depth", "SD 2 depth", "v2-midas-inference.yaml")
+    params = found.config["model"]["params"]
+    assert params["conditioning_key"] == "hybrid" and "depth_stage_config" in params  # the reference's YAML
+    with torch.device("meta"):
+        model = model_from_config(found.config)
+    assert (model.conditioning_key, model.kind.concat, model.kind.tasks) == ("depth", True, ("img2img",))
+    assert "depth_model." in IGNORED_PREFIXES

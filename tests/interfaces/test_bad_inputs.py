@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from factories import tiny_config, tiny_model
+from factories import tiny_config, tiny_depth_config, tiny_model, tiny_model_from
 from PIL import Image
 
 from ldm.io.checkpoint import save_state_dict
@@ -29,6 +29,7 @@ from ldm.training.tiny import TINY_CONFIGS
 RUNNER = Path(__file__).parents[1] / "cli_runner.py"
 OLD_RUN_CHECKPOINT = Path(__file__).parents[1] / "data" / "vae-run-e4731bb.ckpt"  # a tiny VAE run (ch_mult [1])
 MODEL = ["--config", "tiny.yaml", "--ckpt", "tiny.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
+DEPTH = ["--config", "depth.yaml", "--ckpt", "depth.safetensors", "--steps", "2", "--no-progress", "--outdir", "out"]
 TRAIN = [
     "train",
     "--config",
@@ -96,6 +97,9 @@ CASES = [
     (["control-image", "photo.png", "--low", "300", "--out", "edges.png"], "edge thresholds must satisfy 0 <= low"),
     (["control-image", "photo.png", "--out", "a-file/edges.png"], "cannot write to a-file"),
     ([*TRAIN, "controlnet.train=true"], "controlnet.train applies to diffusion runs, not to this autoencoder run"),
+    (["img2img", "photo.png", "x", *DEPTH], "this depth model needs --depth-map DEPTH.png"),  # SD 2 depth
+    (["img2img", "photo.png", "x", *DEPTH, "--depth-map", "small-mask.png"], "the depth map holds one value"),
+    (["img2img", "photo.png", "x", *MODEL, "--depth-map", "photo.png"], "--depth-map needs a depth model"),
 ]
 
 
@@ -117,6 +121,8 @@ def workspace(tmp_path_factory) -> Path:
     (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_config()))
     save_state_dict(tiny_model().original_state_dict(), root / "tiny.safetensors")
     shutil.copy(root / "tiny.safetensors", root / "bare.safetensors")  # no config in it or beside it
+    (root / "depth.yaml").write_text(yaml.safe_dump(tiny_depth_config(original=True)))  # SD 2 depth's layout
+    save_state_dict(tiny_model_from(tiny_depth_config()).original_state_dict(), root / "depth.safetensors")
     (root / "cut.safetensors").write_bytes((root / "tiny.safetensors").read_bytes()[:2000])
     odd = tiny_config()
     odd["model"]["params"]["unet_config"]["params"]["model_channels"] = 30  # GroupNorm's 32 groups cannot split it
