@@ -5,9 +5,20 @@ same weights, all variants interleaved in one run.
     python benchmarks/unet_speed.py --sdxl [--sdxl-channels 128] ...
 
 --sdxl: SDXL base's U-Net instead (configs/stable-diffusion/sd_xl_base.yaml: its depths, 2048-wide context and
-2816-wide vector) at a reduced width (model_channels 128, not 320: a CPU cannot run 2.6 B parameters in minutes),
+2816-wide vector) at a reduced width (model_channels 128, not 320: its fp32 rows and copies would not fit here),
 against diffusers' UNet2DConditionModel with addition_embed_type "text_time" holding the same weights; ours gets
 the vector ldm.models.sdxl_conditioning builds from the same pooled output and sizes.
+
+--sdxl --full-size: SDXL base's real U-Net (model_channels 320, 2.6 B parameters) in bf16, built on the meta device
+and materialised once in bf16 (no fp32 copy), each tensor filled with seeded random values by its name, so that
+ldm's (the CLI's --precision bf16: bf16 weights, channels-last, autocast) and diffusers' (bf16 weights, as
+StableDiffusionXLPipeline with torch_dtype bf16 runs it) hold the same weights without either process holding both.
+Each runs in its own process (this script, --worker), so that each one's peak RSS (ru_maxrss, building included) is
+its own; the parent builds them one after the other, then asks each for one step in turn: a warm-up round and
+--repeats timed rounds. Prints seconds per step, build time, peak RSS (and peak CUDA memory on a GPU), and the
+relative difference between the two last outputs. --sdxl-channels 64 --size 8 checks the script in seconds.
+
+    python benchmarks/unet_speed.py --sdxl --full-size --size 128 --batch 1 --repeats 2 --threads 1
 
 Batch 2 is one guided sampling step (conditional + unconditional). Prints a markdown table: median time, the
 ratio to diffusers' fp32 time, and each output's relative difference from diffusers' fp32 output.
@@ -32,8 +43,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from ldm.core.devices import cpu_has_fast_bf16
-from ldm.models.unet import UNetModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # its --full-size workers, and gpu.py's, find ldm
+
+from ldm.core.devices import cpu_has_fast_bf16  # noqa: E402
+from ldm.models.unet import UNetModel  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion" / "v2-inference.yaml"
 SDXL_CONFIG = CONFIG.with_name("sd_xl_base.yaml")
@@ -165,7 +178,7 @@ def serve_full_size(args) -> None:
     bf16, batch, pixels = torch.bfloat16, args.batch, args.size * 8
     x = torch.randn(batch, 4, args.size, args.size).to(device, bf16)
     t = torch.full((batch,), 500, device=device)
-    context = torch.randn(batch, 77, params_context(args)).to(device, bf16)
+    context = torch.randn(batch, 77, sdxl_params(args.sdxl_channels)["context_dim"]).to(device, bf16)
     pooled = torch.randn(batch, 1280).to(device, bf16)
     micro = MicroConditions((pixels, pixels), (pixels, pixels))
     if args.worker == "ldm":  # the CLI's --precision bf16: bf16 weights, channels-last, autocast
@@ -197,13 +210,9 @@ def serve_full_size(args) -> None:
             torch.save(out.float().cpu(), rest)
             print("saved", flush=True)
         elif command == "quit":
-            cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-            print(f"{rss_mib():.0f} {cuda:.0f}", flush=True)
+            cuda = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "—"
+            print(f"{rss_mib():.0f} {cuda}", flush=True)
             return
-
-
-def params_context(args) -> int:
-    return sdxl_params(args.sdxl_channels)["context_dim"]
 
 
 def rss_mib() -> float:
@@ -254,7 +263,8 @@ def full_size(args) -> None:
     for worker in workers.values():
         worker.process.wait(timeout=60)
     error = ((outputs["ldm"] - outputs["diffusers"]).norm() / outputs["diffusers"].norm()).item()
-    params = sum(p.numel() for p in build_meta_ours(args.sdxl_channels).parameters()) / 1e9
+    with torch.device("meta"):
+        params = sum(p.numel() for p in UNetModel(**sdxl_params(args.sdxl_channels)).parameters()) / 1e9
     print(
         f"SDXL base U-Net at model_channels {args.sdxl_channels} ({params:.2f} B params), bf16, batch {args.batch}, "
         f"latent {args.size}x{args.size} ({args.size * 8} px), {args.device}, {args.threads or 1} thread(s), "
@@ -279,11 +289,6 @@ def full_size(args) -> None:
         )
 
 
-def build_meta_ours(channels: int) -> UNetModel:
-    with torch.device("meta"):
-        return UNetModel(**sdxl_params(channels))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=2)
@@ -293,7 +298,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
     p.add_argument("--sdxl", action="store_true", help="SDXL base's U-Net at a reduced width (module doc)")
-    p.add_argument("--sdxl-channels", type=int, default=128, help="SDXL's model_channels (320 full size)")
+    p.add_argument("--sdxl-channels", type=int, help="SDXL's model_channels (128; with --full-size 320)")
     p.add_argument(
         "--compile",
         action="store_true",
@@ -307,11 +312,12 @@ def main() -> None:
     p.add_argument("--step-timeout", type=float, default=600, help="--full-size: give up on a step after this")
     p.add_argument("--worker", choices=("ldm", "diffusers"), help=argparse.SUPPRESS)  # --full-size's own processes
     args = p.parse_args()
+    if args.full_size and not args.sdxl:
+        p.error("--full-size goes with --sdxl")
+    args.sdxl_channels = args.sdxl_channels or (320 if args.full_size else 128)
+    if args.sdxl and args.sdxl_channels % 64:
+        p.error(f"--sdxl-channels {args.sdxl_channels}: SDXL's heads are 64 wide, so a multiple of 64")
     if args.full_size:
-        if not args.sdxl:
-            p.error("--full-size goes with --sdxl")
-        if "--sdxl-channels" not in sys.argv:
-            args.sdxl_channels = 320
         return serve_full_size(args) if args.worker else full_size(args)
     if args.threads:
         torch.set_num_threads(args.threads)
