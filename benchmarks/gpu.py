@@ -11,6 +11,10 @@ callbacks with a CUDA sync); peak memory is torch.cuda.max_memory_allocated over
 loop, VAE decode). Rows: fp16 with SDPA, eager and compiled (torch.compile of the U-Net: ldm's --compile, and
 the same for diffusers' U-Net), bf16 eager, and fp16 with xformers where it is installed.
 
+With --sdxl it first prints one U-Net step at --size (128x128 latent at 1024 px), batch 1 and batch 2 (one guided
+step), bf16, with peak CUDA memory: `benchmarks/unet_speed.py --sdxl --full-size` on this device, the configuration
+of the CPU row in docs/benchmarks.md (each implementation in its own process, same seeded weights, interleaved).
+
 Without CUDA it says so and exits 0. `--device cpu --config FILE --size 64 --steps 3` runs the same code on a
 small config, to check the script itself. Published bar for this class (stable-fast, SD 1.5, 512 px, batch 1):
 about 55 it/s on an A100, 105 it/s on an H100.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +106,18 @@ def run_diffusers(pipe, args, device) -> tuple[float, float]:
     return clock.rate(), peak_memory_mib(device)
 
 
+def sdxl_unet_step_tables(args) -> None:
+    """One SDXL U-Net step, ldm against diffusers, at the width of args.config (320: SDXL base), batch 1 and 2."""
+    unet = yaml.safe_load(Path(args.config).read_text())["model"]["params"]["unet_config"]["params"]
+    for batch in (1, 2):
+        command = [sys.executable, str(Path(__file__).with_name("unet_speed.py")), "--sdxl", "--full-size"]
+        channels = -(-unet["model_channels"] // 64) * 64  # a multiple of SDXL's 64-wide heads (a tiny config's 32)
+        command += ["--sdxl-channels", str(channels), "--size", str(args.size // 8)]
+        command += ["--batch", str(batch), "--device", args.device, "--repeats", "10" if args.device == "cuda" else "2"]
+        subprocess.run(command, check=True)
+        print(flush=True)
+
+
 def random_model(args, folder: Path):
     """The one random fp32 model (on the CPU), also written to `folder` as a diffusers pipeline."""
     model = load_model(args.config, None, device="cpu")
@@ -167,6 +184,8 @@ def main() -> int:
     if device.type == "cuda" and xformers_available():
         rows.append(("fp16, xformers, eager", half, False, True))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if args.sdxl:
+        sdxl_unet_step_tables(args)
     print(
         f"{Path(args.config).name}, {args.size} px, {args.steps} guided DDIM steps (guidance 7.5, batch 1), {name}, "
         f"torch {torch.__version__}\n"

@@ -5,9 +5,20 @@ same weights, all variants interleaved in one run.
     python benchmarks/unet_speed.py --sdxl [--sdxl-channels 128] ...
 
 --sdxl: SDXL base's U-Net instead (configs/stable-diffusion/sd_xl_base.yaml: its depths, 2048-wide context and
-2816-wide vector) at a reduced width (model_channels 128, not 320: a CPU cannot run 2.6 B parameters in minutes),
+2816-wide vector) at a reduced width (model_channels 128, not 320: its fp32 rows and copies would not fit here),
 against diffusers' UNet2DConditionModel with addition_embed_type "text_time" holding the same weights; ours gets
 the vector ldm.models.sdxl_conditioning builds from the same pooled output and sizes.
+
+--sdxl --full-size: SDXL base's real U-Net (model_channels 320, 2.6 B parameters) in bf16, built on the meta device
+and materialised once in bf16 (no fp32 copy), each tensor filled with seeded random values by its name, so that
+ldm's (the CLI's --precision bf16: bf16 weights, channels-last, autocast) and diffusers' (bf16 weights, as
+StableDiffusionXLPipeline with torch_dtype bf16 runs it) hold the same weights without either process holding both.
+Each runs in its own process (this script, --worker), so that each one's peak RSS (ru_maxrss, building included) is
+its own; the parent builds them one after the other, then asks each for one step in turn: a warm-up round and
+--repeats timed rounds. Prints seconds per step, build time, peak RSS (and peak CUDA memory on a GPU), and the
+relative difference between the two last outputs. --sdxl-channels 64 --size 8 checks the script in seconds.
+
+    python benchmarks/unet_speed.py --sdxl --full-size --size 128 --batch 1 --repeats 2 --threads 1
 
 Batch 2 is one guided sampling step (conditional + unconditional). Prints a markdown table: median time, the
 ratio to diffusers' fp32 time, and each output's relative difference from diffusers' fp32 output.
@@ -17,16 +28,25 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
+import resource
+import select
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 
-from ldm.core.devices import cpu_has_fast_bf16
-from ldm.models.unet import UNetModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # its --full-size workers, and gpu.py's, find ldm
+
+from ldm.core.devices import cpu_has_fast_bf16  # noqa: E402
+from ldm.models.unet import UNetModel  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion" / "v2-inference.yaml"
 SDXL_CONFIG = CONFIG.with_name("sd_xl_base.yaml")
@@ -64,19 +84,19 @@ def build_pair(device: torch.device) -> tuple[UNetModel, torch.nn.Module]:
     return ours.to(device), theirs.to(device)
 
 
-def build_sdxl_pair(device: torch.device, channels: int) -> tuple[UNetModel, torch.nn.Module]:
-    """SDXL base's U-Net at `channels` (a multiple of its 64-wide heads): diffusers' with random weights (none left
-    at zero) and ours with the same, mapped by ldm.io.sdxl_keys as an SDXL file's are."""
+def sdxl_params(channels: int) -> dict:
+    """Our UNetModel's arguments for SDXL base at model_channels `channels` (320 full size)."""
+    params = yaml.safe_load(SDXL_CONFIG.read_text())["model"]["params"]["unet_config"]["params"]
+    return {**params, "model_channels": channels}
+
+
+def sdxl_diffusers_unet(params: dict) -> torch.nn.Module:
+    """diffusers' UNet2DConditionModel in SDXL base's layout (addition_embed_type "text_time") for our `params`."""
     from diffusers import UNet2DConditionModel
 
-    from ldm.io.diffusers_keys import from_diffusers
-    from ldm.io.sdxl_keys import sdxl_unet_names
-
-    params = yaml.safe_load(SDXL_CONFIG.read_text())["model"]["params"]["unet_config"]["params"]
-    params = {**params, "model_channels": channels}
+    channels = params["model_channels"]
     heads = [channels * m // params["num_head_channels"] for m in params["channel_mult"]]
-    torch.manual_seed(0)
-    theirs = UNet2DConditionModel(
+    return UNet2DConditionModel(
         in_channels=4,
         out_channels=4,
         block_out_channels=tuple(channels * m for m in params["channel_mult"]),
@@ -90,7 +110,18 @@ def build_sdxl_pair(device: torch.device, channels: int) -> tuple[UNetModel, tor
         addition_embed_type="text_time",
         addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=params["adm_in_channels"],
-    ).eval()
+    )
+
+
+def build_sdxl_pair(device: torch.device, channels: int) -> tuple[UNetModel, torch.nn.Module]:
+    """SDXL base's U-Net at `channels` (a multiple of its 64-wide heads): diffusers' with random weights (none left
+    at zero) and ours with the same, mapped by ldm.io.sdxl_keys as an SDXL file's are."""
+    from ldm.io.diffusers_keys import from_diffusers
+    from ldm.io.sdxl_keys import sdxl_unet_names
+
+    params = sdxl_params(channels)
+    torch.manual_seed(0)
+    theirs = sdxl_diffusers_unet(params).eval()
     with torch.no_grad():  # the zero-initialised output layers would make the outputs trivially equal
         for p in theirs.parameters():
             if (p == 0).all():
@@ -99,6 +130,163 @@ def build_sdxl_pair(device: torch.device, channels: int) -> tuple[UNetModel, tor
     names = sdxl_unet_names(list(ours.state_dict()), ours.num_res_blocks)
     ours.load_state_dict(from_diffusers(theirs.state_dict(), names), strict=True)
     return ours.to(device), theirs.to(device)
+
+
+def seeded_value(name: str, shape: torch.Size) -> torch.Tensor:
+    """A random fp32 tensor fixed by our parameter `name` alone, so that two processes fill the same weights into
+    either layout without one holding the other's copy: scaled by fan-in (norm weights near 1, small biases)."""
+    generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    noise = torch.randn(shape, generator=generator)
+    if len(shape) > 1:
+        return noise / math.sqrt(shape[1:].numel())
+    return noise * 0.02 if name.endswith("bias") else 1 + noise * 0.1
+
+
+def build_full_size(implementation: str, channels: int, device: torch.device) -> torch.nn.Module:
+    """One implementation's SDXL U-Net, built on the meta device and materialised once in bf16 (no fp32 copy of
+    2.6 B parameters), each tensor filled by seeded_value under our name, mapped by ldm.io.sdxl_keys for diffusers'."""
+    from ldm.io.sdxl_keys import sdxl_unet_names
+
+    params = sdxl_params(channels)
+    with torch.device("meta"):
+        ours = UNetModel(**params)
+        theirs = sdxl_diffusers_unet(params) if implementation == "diffusers" else None
+    names = sdxl_unet_names(list(ours.state_dict()), ours.num_res_blocks)
+    model = (ours if theirs is None else theirs).to(torch.bfloat16).to_empty(device=device).eval()
+    tensors = model.state_dict()
+    if theirs is not None and set(names.values()) != set(tensors):
+        raise SystemExit("diffusers' SDXL U-Net and ldm.io.sdxl_keys disagree on the tensor names")
+    with torch.no_grad():
+        for own, param in ours.state_dict().items():
+            tensors[own if theirs is None else names[own]].copy_(seeded_value(own, param.shape))
+    return model.to(memory_format=torch.channels_last) if theirs is None else model
+
+
+def serve_full_size(args) -> None:
+    """A worker process for --full-size: builds one implementation, then answers the parent's commands on stdin,
+    one line each: `step` (one timed U-Net call; prints its seconds), `save PATH` (the last output),
+    `quit` (prints the peak RSS in MiB of this process, and the peak CUDA memory)."""
+    torch.set_num_threads(args.threads or 1)
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    model = build_full_size(args.worker, args.sdxl_channels, device)
+    print(f"ready {time.perf_counter() - started:.1f} {rss_mib():.0f}", flush=True)
+    from ldm.models.sdxl_conditioning import MicroConditions, vector
+    from ldm.models.sdxl_text import BASE_MICRO
+
+    torch.manual_seed(1)  # the same inputs in both workers
+    bf16, batch, pixels = torch.bfloat16, args.batch, args.size * 8
+    x = torch.randn(batch, 4, args.size, args.size).to(device, bf16)
+    t = torch.full((batch,), 500, device=device)
+    context = torch.randn(batch, 77, sdxl_params(args.sdxl_channels)["context_dim"]).to(device, bf16)
+    pooled = torch.randn(batch, 1280).to(device, bf16)
+    micro = MicroConditions((pixels, pixels), (pixels, pixels))
+    if args.worker == "ldm":  # the CLI's --precision bf16: bf16 weights, channels-last, autocast
+
+        def call():
+            with torch.autocast(device.type, dtype=bf16):
+                return model(
+                    x.contiguous(memory_format=torch.channels_last), t, context, y=vector(pooled, micro, BASE_MICRO)
+                )
+
+    else:  # as StableDiffusionXLPipeline(torch_dtype=torch.bfloat16) calls it
+        time_ids = torch.tensor([micro.values(BASE_MICRO)], device=device, dtype=bf16).expand(batch, -1)
+
+        def call():
+            extra = {"text_embeds": pooled, "time_ids": time_ids}
+            return model(x, t, context, added_cond_kwargs=extra).sample
+
+    out = None
+    for line in sys.stdin:
+        command, _, rest = line.strip().partition(" ")
+        if command == "step":
+            started = time.perf_counter()
+            with torch.no_grad():
+                out = call()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            print(f"{time.perf_counter() - started:.3f}", flush=True)
+        elif command == "save":
+            torch.save(out.float().cpu(), rest)
+            print("saved", flush=True)
+        elif command == "quit":
+            cuda = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "—"
+            print(f"{rss_mib():.0f} {cuda}", flush=True)
+            return
+
+
+def rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Worker:
+    """One implementation in its own process (so that its peak RSS is its own), driven line by line."""
+
+    def __init__(self, name: str, args, timeout: float):
+        command = [sys.executable, __file__, "--sdxl", "--full-size", "--worker", name, "--batch", str(args.batch)]
+        command += ["--size", str(args.size), "--sdxl-channels", str(args.sdxl_channels), "--device", args.device]
+        command += ["--threads", str(args.threads or 1)]
+        self.name, self.timeout = name, timeout
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+
+    def ask(self, command: str | None, timeout: float | None = None) -> str:
+        if command is not None:
+            self.process.stdin.write(f"{command}\n".encode())
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout or self.timeout)
+        line = self.process.stdout.readline().decode().strip() if ready else ""
+        if not line:
+            self.process.kill()
+            raise SystemExit(f"{self.name}: no answer to {command or 'start'} within {timeout or self.timeout:.0f} s")
+        return line
+
+
+def full_size(args) -> None:
+    """--full-size: ldm and diffusers each in a worker process, built one after the other, steps interleaved."""
+    workers, built = {}, {}
+    for name in ("ldm", "diffusers"):  # one at a time: building is the memory peak of a bf16 model
+        workers[name] = Worker(name, args, args.step_timeout)
+        built[name] = workers[name].ask(None, timeout=args.step_timeout * 2).split()
+    times: dict[str, list[float]] = {name: [] for name in workers}
+    for round_number in range(args.repeats + 1):  # round 0 is the warm-up
+        for name, worker in workers.items():
+            seconds = float(worker.ask("step"))
+            if round_number:
+                times[name].append(seconds)
+            print(f"{name} step {round_number}: {seconds:.2f} s", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        outputs = {}
+        for name, worker in workers.items():
+            worker.ask(f"save {tmp}/{name}.pt")
+            outputs[name] = torch.load(f"{tmp}/{name}.pt")
+    peaks = {name: worker.ask("quit").split() for name, worker in workers.items()}
+    for worker in workers.values():
+        worker.process.wait(timeout=60)
+    error = ((outputs["ldm"] - outputs["diffusers"]).norm() / outputs["diffusers"].norm()).item()
+    with torch.device("meta"):
+        params = sum(p.numel() for p in UNetModel(**sdxl_params(args.sdxl_channels)).parameters()) / 1e9
+    print(
+        f"SDXL base U-Net at model_channels {args.sdxl_channels} ({params:.2f} B params), bf16, batch {args.batch}, "
+        f"latent {args.size}x{args.size} ({args.size * 8} px), {args.device}, {args.threads or 1} thread(s), "
+        f"torch {torch.__version__}, each implementation in its own process; steps interleaved, "
+        f"ldm's output against diffusers': relative difference {error:.1e}\n"
+    )
+    print(
+        f"| implementation | s per step (median of {args.repeats}) | time / diffusers | build s | peak RSS MiB | "
+        "peak CUDA MiB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    base = statistics.median(times["diffusers"])
+    labels = {
+        "ldm": "ldm (CLI `--precision bf16`: bf16 weights, channels-last, autocast)",
+        "diffusers": "diffusers UNet2DConditionModel, bf16 weights",
+    }
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        print(
+            f"| {labels[name]} | {median:.2f} | {median / base:.2f}x | {built[name][1]} | {peaks[name][0]} | "
+            f"{peaks[name][1]} |"
+        )
 
 
 def main() -> None:
@@ -110,13 +298,27 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-bf16", action="store_true", help="fp32 rows only")
     p.add_argument("--sdxl", action="store_true", help="SDXL base's U-Net at a reduced width (module doc)")
-    p.add_argument("--sdxl-channels", type=int, default=128, help="SDXL's model_channels (320 full size)")
+    p.add_argument("--sdxl-channels", type=int, help="SDXL's model_channels (128; with --full-size 320)")
     p.add_argument(
         "--compile",
         action="store_true",
         help="eager against torch.compile (inductor, frozen weights) rows instead: minutes to compile",
     )
+    p.add_argument(
+        "--full-size",
+        action="store_true",
+        help="with --sdxl: the real width (model_channels 320) in bf16, ldm and diffusers each in its own process",
+    )
+    p.add_argument("--step-timeout", type=float, default=600, help="--full-size: give up on a step after this")
+    p.add_argument("--worker", choices=("ldm", "diffusers"), help=argparse.SUPPRESS)  # --full-size's own processes
     args = p.parse_args()
+    if args.full_size and not args.sdxl:
+        p.error("--full-size goes with --sdxl")
+    args.sdxl_channels = args.sdxl_channels or (320 if args.full_size else 128)
+    if args.sdxl and args.sdxl_channels % 64:
+        p.error(f"--sdxl-channels {args.sdxl_channels}: SDXL's heads are 64 wide, so a multiple of 64")
+    if args.full_size:
+        return serve_full_size(args) if args.worker else full_size(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
