@@ -1,7 +1,8 @@
 """UniPC (Zhao et al. 2023), A1111's "UniPC": the sampler of ldm.sampling.samplers' conventions, as A1111's
 modules/models/diffusion/uni_pc runs it (data prediction, order 3, lower orders at the start and the end, UniC after
 every step but the last), written in sigma space. Compared out of tree with a VP-space transcription of A1111's
-multistep_uni_pc_bh_update on the same grids: equal to 1e-14.
+multistep_uni_pc_bh_update on the same grids: equal to 1e-14. tests/models/test_diffusers_parity.py checks both
+variants against diffusers' UniPCMultistepScheduler on SD's trailing grid.
 """
 
 from __future__ import annotations
