@@ -118,7 +118,8 @@ def test_txt2img_leaves_the_callers_options_alone_and_records_what_ran():
 
 def test_conditioning_kinds_decide_the_tasks():
     assert kinds_for("upscale") == ["hybrid-adm"] and set(kinds_for("inpaint")) == {"crossattn", "hybrid"}
-    assert set(CONDITIONING) == {"crossattn", "hybrid", "hybrid-adm"}
+    assert set(CONDITIONING) == {"crossattn", "hybrid", "hybrid-adm", "depth"}
+    assert set(kinds_for("img2img")) == {"crossattn", "depth"} and kinds_for("txt2img") == ["crossattn"]  # SD 2 depth
     from factories import tiny_inpaint_model
 
     with pytest.raises(WrongModelError, match="txt2img needs a text-to-image model, not a 'hybrid' model"):
