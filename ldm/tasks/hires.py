@@ -161,6 +161,8 @@ def second_pass(
         steps if strength else 0,
         grid,
     )
+    if hires.upscaler == "model" and hires.upscaler_model is None:  # loaded once for the batch, not per image
+        hires = replace(hires, upscaler_model=shipped_upscaler(model.device))
     out = []
     for i, (prompt, negative, seed) in enumerate(zip(prompts, negatives, seeds)):
         common = {
