@@ -12,6 +12,9 @@ model's text encoder:
      colour and shape are those of that emoji, so colour and shape are scored apart (right = both right).
    - "strict": the nearest real image over all names is exactly the prompted emoji (the prompt list's rule).
    - "zero-shot among 18": the judge's text embedding of the 18 names nearest to the picture's image embedding.
+   - "pixel": colour and silhouette read off the pixels (ldm.evaluation.shape_colour), the nearest of the 18
+     emoji's real designs; 100% on the real designs themselves (leave-one-out), so it can verify the 75% target
+     that the judge CLIP (70% on real designs) cannot.
 
 The ceiling (the real images themselves, leave-one-out: an image's own row is out of the gallery) is printed for
 both parts with --ceiling. Seeds: prompt i's seed j is --seed + j, as in `ldm eval --prompt-list`.
@@ -101,6 +104,33 @@ def score_grid(judge, feats: torch.Tensor, targets: list[str], exclude: torch.Te
     return out
 
 
+def pixel_judge(judge):
+    """The pixel rule over the 18 combination emoji's real designs (from the judge's real set)."""
+    from ldm.evaluation.shape_colour import ShapeColourJudge
+
+    rows_of = judge.real.rows_of()
+    rows = [r for n in GRID for r in rows_of[n]]
+    names = [judge.real.captions[r] for r in rows]
+    return ShapeColourJudge(
+        judge.real.images[rows], [n.split(" ")[0] for n in names], [n.split(" ")[1] for n in names]
+    ), rows
+
+
+def score_grid_pixels(rule, images: torch.Tensor, targets: list[str], exclude: torch.Tensor | None = None) -> dict:
+    readings = rule.read(images, exclude)
+    right = [(r.colour, r.shape) == tuple(t.split(" ")) for r, t in zip(readings, targets)]
+    colour = [r.colour == t.split(" ")[0] for r, t in zip(readings, targets)]
+    shape = [r.shape == t.split(" ")[1] for r, t in zip(readings, targets)]
+    by_shape = {s: float(np.mean([k for k, t in zip(right, targets) if t.endswith(" " + s)])) for s in SHAPES}
+    return {
+        "both": float(np.mean(right)),
+        "colour": float(np.mean(colour)),
+        "shape": float(np.mean(shape)),
+        "by_shape": by_shape,
+        "readings": [f"{r.colour} {r.shape}" for r in readings],
+    }
+
+
 def score_list(
     judge,
     feats: torch.Tensor,
@@ -136,7 +166,9 @@ def ceiling(judge, prompts: list[tuple[str, str]]) -> dict:
     grid_rows = [r for n in GRID for r in rows_of[n]]
     grid_targets = [n for n in GRID for _ in rows_of[n]]
     grid = score_grid(judge, judge.real_features[grid_rows], grid_targets, torch.tensor(grid_rows))
-    return {"prompt_list": listed, "grid": grid}
+    rule, rule_rows = pixel_judge(judge)
+    pixel = score_grid_pixels(rule, judge.real.images[rule_rows], grid_targets, torch.arange(len(rule_rows)))
+    return {"prompt_list": listed, "grid": grid, "grid_pixel": pixel}
 
 
 def save_sheet(images: torch.Tensor, cols: int, path: Path) -> None:
@@ -208,6 +240,7 @@ def main() -> None:
     seeds = [args.seed + j for _ in GRID for j in range(args.grid_seeds)]
     fake = generate(model, flat, args.scale, settings, size, seeds=seeds)
     result["grid"] = score_grid(judge, judge.features(fake), flat)
+    result["grid_pixel"] = score_grid_pixels(pixel_judge(judge)[0], fake, flat)
     t_grid = time.time() - t
     save_sheet(fake, args.grid_seeds * 6, out.with_name(f"{args.name}-grid.png"))
     result["seconds"] = {"load": t_load, "prompt_list": t_list, "grid": t_grid, "total": time.time() - t0}
@@ -233,6 +266,17 @@ def main() -> None:
             result["grid"],
         )
     )
+
+    def pixel_line(label: str, pixel: dict) -> str:
+        shapes = ", ".join(f"{s} {v:.0%}" for s, v in pixel["by_shape"].items())
+        return (
+            f"{label}: grid right by the pixel rule {pixel['both']:.1%}: colour {pixel['colour']:.1%}, "
+            f"shape {pixel['shape']:.1%}; by shape {shapes}"
+        )
+
+    if args.ceiling:
+        print(pixel_line("ceiling (real images, leave-one-out)", result["ceiling"]["grid_pixel"]))
+    print(pixel_line(args.name, result["grid_pixel"]))
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
 
 
