@@ -41,6 +41,12 @@ fi
 . .venv/bin/activate
 say "installing ldm with its dev, app and serve extras into .venv"
 pip install -q -e ".[dev,app,serve]"
+# k-diffusion, whose sampling.py tests/sampling/test_k_diffusion_parity.py runs beside ours. Its package requires its
+# training and evaluation stack (wandb, clean-fid, scikit-image, kornia, ...), which would pull numpy back to 1.x;
+# the parity test imports k_diffusion.sampling alone, whose imports (torchsde, torchdiffeq, scipy) the dev extra
+# holds. So it comes without its requirements.
+say "installing k-diffusion (its sampling module, for the sampler parity test) into .venv"
+pip install -q --no-deps k-diffusion==0.1.1.post1
 
 # The emoji SVG designs (pinned npm packages, checksums verified) for `ldm data emoji` and its tests.
 if command -v npm >/dev/null; then

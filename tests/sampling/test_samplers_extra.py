@@ -3,8 +3,8 @@ maths.
 
 The Gaussian case of tests/sampling/test_samplers.py gives an exact denoiser and an exact ODE solution; a denoiser
 that does
-not depend on x (D = f(lambda)) gives exact integrals. k-diffusion itself is no dependency: its step rules are
-written out here from its sampling.py and compared on one or two steps.
+not depend on x (D = f(lambda)) gives exact integrals. Its step rules are also written out here from k-diffusion's
+sampling.py and compared on one or two steps; k-diffusion itself runs beside ours in test_k_diffusion_parity.py.
 """
 
 import math
