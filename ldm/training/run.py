@@ -210,7 +210,8 @@ def build_data(cfg: dict) -> ImageTextDataModule:
                                val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"], weighted=d["weighted"],
                                captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]),
                                max_unreadable=d["max_unreadable"], shards=d["shards"], remainder=d["remainder"],
-                               caption_column=d["caption_column"], label_field=d["label_field"], classes=d["classes"])
+                               caption_column=d["caption_column"], label_field=d["label_field"], classes=d["classes"],
+                               control_key=cfg["controlnet"]["control_key"] if cfg["controlnet"]["train"] else None)
 
 
 def build_loggers(cfg: dict) -> list[Logger]:
