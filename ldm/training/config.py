@@ -43,8 +43,7 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
     lora:       rank (0: off, the whole U-Net trains), alpha, dropout, targets (attn, proj, ff, conv, text):
                 diffusion runs only; the base is frozen and the adapter alone is exported (lora.safetensors).
     controlnet: train (false: off), preprocess (canny, lineart, scribble), low, high, control_root, control_key,
-                export_diffusers: a ControlNet on the frozen model (controlnet.safetensors, fp16; and diffusers'
-                folder if asked); control images made on the fly, or read from a folder or the shards.
+                export_diffusers: a ControlNet on the frozen model (controlnet.safetensors, fp16; diffusers' too).
 
 Overrides are `section.key=value` with the value parsed as YAML (`trainer.max_steps=200`,
 `training.lr=1e-5`, `logging.sample_prompts=[a, b]`, `training.ema_decay=null`).

@@ -77,11 +77,8 @@ class TrainingStopped(LdmError):
 # ---- initial weights ---------------------------------------------------------
 def _part(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """The tensors under the first prefix present (stripped), or the whole state if it is already bare."""
-    for prefix in prefixes:
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if sub:
-            return sub
-    return state
+    parts = ({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} for prefix in prefixes)
+    return next((part for part in parts if part), state)
 
 
 def _load_part(module: torch.nn.Module, path: str | os.PathLike, prefixes: tuple[str, ...], drop: tuple[str, ...] = ()) -> None:  # noqa: E501
