@@ -41,6 +41,18 @@ def default_model_files(task: str = "txt2img") -> tuple[Path, Path] | None:
     return (config, weights) if config.is_file() and weights.is_file() else None
 
 
+# The shipped default model's canny ControlNet: what `--control IMAGE` uses when it names no ControlNet file, and the
+# variant such a command samples with where --model leaves it open (docs/controlnet.md says why this one).
+DEFAULT_CONTROLNET = "checkpoints/emoji/controlnet-canny.safetensors"
+CONTROLNET_VARIANT = "student"
+
+
+def default_controlnet_path() -> Path | None:
+    """The shipped default model's ControlNet, or None when it is not shipped."""
+    path = shipped_path(DEFAULT_CONTROLNET)
+    return path if path.is_file() else None
+
+
 # The one set of defaults. The CLI (whose --help prints them), the Python API and the app all read them
 # here, so that the same settings give the same image wherever they are typed.
 SEED = 42

@@ -8,10 +8,15 @@ into samples by the `webdataset` library; nothing here parses tar itself.
 The training stream (ldm.training.shard_stream) needs each shard's sample count before it starts, to give
 every rank the same number of steps. img2dataset writes `NNNNN_stats.json` beside each `NNNNN.tar` with
 the count (`successes`); without it the shard is read through once and its samples counted.
+
+A ControlNet's training triples (image, control image, caption) carry the control image as one more file of the
+sample, `KEY.control.png` (CONTROL_KEY; `controlnet.control_key` of the training config names it), cropped and
+flipped with the image. `write_shards(..., control_root=DIR)` writes it from a folder mirroring the images' paths.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -37,6 +42,7 @@ from ldm.io.images import InvalidImageError, open_image
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+CONTROL_KEY = "control.png"  # a ControlNet triple's control image in a sample: KEY.control.png
 CAPTION_COLUMNS = ("caption", "text")  # img2dataset writes "caption"; Hugging Face sets often name it "text"
 
 
@@ -129,9 +135,12 @@ def decode_sample(
     center_crop: bool = True,
     caption_column: str | None = None,
     rng: random.Random | None = None,
+    control_key: str | None = None,
 ) -> dict:
     """A raw sample -> {"image": [3,size,size] in [-1,1], "caption", "key", "extras"}; UnreadableImageError if it
-    has no image or caption, or its image does not decode."""
+    has no image or caption, or its image does not decode. With `control_key` (e.g. CONTROL_KEY) also "control":
+    that file of the sample, [3,size,size] in [0, 1], resized and cropped as the image (UnreadableImageError
+    without it)."""
     suffix = next((s for s in IMAGE_SUFFIXES if s in sample), None)
     if suffix is None:
         raise UnreadableImageError(f"{describe(sample)}: no image ({', '.join('.' + s for s in IMAGE_SUFFIXES)})")
@@ -140,14 +149,38 @@ def decode_sample(
         image = open_image(bytes(sample[suffix]), "RGB")
     except InvalidImageError as exc:
         raise UnreadableImageError(f"{describe(sample)}.{suffix}: {exc}") from None
+    state = (rng or random).getstate()  # the control image is cropped where the image is
+    width, height = image.size
     image = resize_and_crop(image, size, center=center_crop, rng=rng)
-    return {"image": to_tensor(image), "caption": caption, "key": sample_key(sample), "extras": extras}
+    item = {"image": to_tensor(image), "caption": caption, "key": sample_key(sample), "extras": extras}
+    if control_key is not None:
+        if control_key not in sample:
+            raise UnreadableImageError(f"{describe(sample)}: no control image .{control_key} (controlnet.control_key)")
+        try:
+            control = open_image(bytes(sample[control_key]), "RGB")
+        except InvalidImageError as exc:
+            raise UnreadableImageError(f"{describe(sample)}.{control_key}: {exc}") from None
+        if control.size[0] * height != control.size[1] * width:  # else no crop could match the image's
+            raise UnreadableImageError(
+                f"{describe(sample)}.{control_key}: the control image is {control.size[0]}x{control.size[1]}, "
+                f"the image {width}x{height}: not the same shape"
+            )
+        (rng or random).setstate(state)
+        item["control"] = (to_tensor(resize_and_crop(control, size, center=center_crop, rng=rng)) + 1) / 2
+    return item
 
 
-def write_shards(root: str | os.PathLike, out: str | os.PathLike, per_shard: int = 1000) -> str:
+def write_shards(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    per_shard: int = 1000,
+    control_root: str | os.PathLike | None = None,
+) -> str:
     """A captioned folder (any layout CaptionedImageFolder reads) as WebDataset tars in img2dataset's layout:
     `out/00000.tar` ... with `KEY.<ext>` (the image file's own bytes), `KEY.txt` and `KEY.json` per sample,
-    and `00000_stats.json` ({"successes": n}) beside each tar. Returns the shards' brace pattern."""
+    and `00000_stats.json` ({"successes": n}) beside each tar. Returns the shards' brace pattern.
+    control_root: a folder holding a control image under each image's relative path, written as
+    `KEY.control.png` (a ControlNet's training triples; PNG, re-encoded if stored otherwise)."""
     if per_shard < 1:
         raise ShardError(f"samples per shard must be positive, got {per_shard}")
     folder = CaptionedImageFolder(root, size=1)  # the listing and captions only; images are copied as they are
@@ -162,14 +195,27 @@ def write_shards(root: str | os.PathLike, out: str | os.PathLike, per_shard: int
                     rel = folder.files[i]
                     meta = {"caption": folder.captions[i], "file": rel, **folder.extras[i]}
                     ext = Path(rel).suffix.lower().lstrip(".")
-                    sink.write(
-                        {
-                            "__key__": f"{i:09d}",
-                            ext: (folder.root / rel).read_bytes(),
-                            "txt": folder.captions[i].encode("utf-8"),
-                            "json": json.dumps(meta).encode("utf-8"),
-                        }
-                    )
+                    sample = {
+                        "__key__": f"{i:09d}",
+                        ext: (folder.root / rel).read_bytes(),
+                        "txt": folder.captions[i].encode("utf-8"),
+                        "json": json.dumps(meta).encode("utf-8"),
+                    }
+                    if control_root is not None:
+                        sample[CONTROL_KEY] = control_png(Path(control_root) / rel)
+                    sink.write(sample)
         with atomic_path(out / f"{shard:05d}_stats.json") as tmp:
             Path(tmp).write_text(json.dumps({"successes": len(rows)}))
     return (out / f"{{00000..{count - 1:05d}}}.tar").as_posix() if count > 1 else (out / "00000.tar").as_posix()
+
+
+def control_png(path: Path) -> bytes:
+    """A control image file's bytes as PNG (its own bytes when it is one)."""
+    if not path.is_file():
+        raise ShardError(f"no control image for {path.name}: {path} is missing")
+    data = path.read_bytes()
+    if data.startswith(b"\x89PNG"):
+        return data
+    buffer = io.BytesIO()
+    open_image(data, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()

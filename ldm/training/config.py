@@ -42,8 +42,8 @@ never the diffusion model's) and a key of another kind, or a misspelt one, is an
                 sample_scale, sample_seed, csv, tensorboard.
     lora:       rank (0: off, the whole U-Net trains), alpha, dropout, targets (attn, proj, ff, conv, text):
                 diffusion runs only; the base is frozen and the adapter alone is exported (lora.safetensors).
-    controlnet: train (false: off), preprocess (canny, lineart, scribble), low, high, control_root, export_diffusers:
-                a ControlNet on the frozen model (controlnet.safetensors, fp16; and diffusers' folder if asked).
+    controlnet: train (false: off), preprocess (canny, lineart, scribble), low, high, control_root, control_key,
+                export_diffusers: a ControlNet on the frozen model (controlnet.safetensors, fp16; diffusers' too).
 
 Overrides are `section.key=value` with the value parsed as YAML (`trainer.max_steps=200`,
 `training.lr=1e-5`, `logging.sample_prompts=[a, b]`, `training.ema_decay=null`).

@@ -266,6 +266,15 @@ def _check_controlnet(cfg: dict, kind: str) -> None:
         raise TrainConfigError(
             f"controlnet.preprocess must be one of {', '.join(PREPROCESSORS)}, got {control['preprocess']!r}"
         )
+    if control["control_key"] is not None and cfg["data"]["shards"] is None:
+        raise TrainConfigError(
+            "controlnet.control_key reads control images from data.shards; a folder's are in controlnet.control_root"
+        )
+    if control["control_root"] is not None and cfg["data"]["shards"] is not None:
+        raise TrainConfigError(
+            "controlnet.control_root is a folder beside data.root; with data.shards carry each sample's control "
+            "image in the shards (controlnet.control_key=control.png)"
+        )
     low = _number(cfg, "controlnet", "low", 0.0, math.inf, "a threshold >= 0")
     high = _number(cfg, "controlnet", "high", 0.0, math.inf, "a threshold >= 0")
     if low > high:

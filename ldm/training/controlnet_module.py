@@ -14,7 +14,8 @@ no prompt, and trains it for guidance's unconditional side); its tutorial trains
 
 The control image of each training image is made on the fly from the image itself by a preprocessor of
 ldm.io.control_images (`controlnet.preprocess`), after any flip, so any captioned folder serves; or it is read
-from `controlnet.control_root`, a folder holding a control image under each training image's relative path.
+from `controlnet.control_root`, a folder holding a control image under each training image's relative path, or
+with data.shards from each sample's `controlnet.control_key` file (KEY.control.png; ldm.data.shards).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class ControlNetModule(LatentDiffusionModule):
     def hints(self, batch: dict) -> torch.Tensor:
         """The batch's control images, [B, 3, H, W] in [0, 1] at the images' size."""
         images = batch["image"].to(self.device)
+        if "control" in batch:  # read with the image from its shard (controlnet.control_key)
+            return batch["control"].to(self.device, torch.float32)
         root = self.control.get("control_root")
         if not root:
             return control_images(

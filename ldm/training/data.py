@@ -110,8 +110,11 @@ class ImageTextDataModule(pl.LightningDataModule):
                  val_batch_size: int | None = None, seed: int = 0, weighted: bool = False,
                  captions: CaptionSampling | None = None, max_unreadable: int = 10,
                  shards: str | list[str] | None = None, remainder: str = "drop", caption_column: str | None = None,
-                 label_field: str | None = None, classes: list[str] | None = None):
+                 label_field: str | None = None, classes: list[str] | None = None, control_key: str | None = None):
         super().__init__()
+        if control_key is not None and shards is None:
+            raise DataConfigError("controlnet.control_key reads control images from data.shards; a folder's are in "
+                                  "controlnet.control_root")
         if root is None and shards is None:
             raise DataConfigError("data.root is not set: give the folder of captioned images (or data.shards)")
         if root is not None and shards is not None:
@@ -131,6 +134,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.shards, self.remainder, self.caption_column = shards, remainder, caption_column
         # A class-conditional model's labels: each item gets "label", its class's index (ldm.training.labels).
         self.label_field, self.classes = label_field, list(classes) if classes is not None else None
+        self.control_key = control_key  # a ControlNet run's control image in each shard sample (KEY.control.png)
         self.shard_counts: list[int] | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -195,7 +199,7 @@ class ImageTextDataModule(pl.LightningDataModule):
             from ldm.training.shard_stream import ShardStream
 
             return ShardStream(self.shard_plan(world_size), rank, start_batch, self.size, self.center_crop, self.flip,
-                               self.captions, self.caption_column, self.unreadable)
+                               self.captions, self.caption_column, self.unreadable, self.control_key)
         assert self.train_set is not None
         return SampleStream(self.train_set, self.batch_size, self.seed, rank, world_size, start_batch, self.flip,
                             weighted=self.weighted, captions=self.captions, unreadable=self.unreadable)

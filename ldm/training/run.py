@@ -77,11 +77,8 @@ class TrainingStopped(LdmError):
 # ---- initial weights ---------------------------------------------------------
 def _part(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """The tensors under the first prefix present (stripped), or the whole state if it is already bare."""
-    for prefix in prefixes:
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if sub:
-            return sub
-    return state
+    parts = ({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} for prefix in prefixes)
+    return next((part for part in parts if part), state)
 
 
 def _load_part(module: torch.nn.Module, path: str | os.PathLike, prefixes: tuple[str, ...], drop: tuple[str, ...] = ()) -> None:  # noqa: E501
@@ -210,7 +207,8 @@ def build_data(cfg: dict) -> ImageTextDataModule:
                                val_batch_size=d["val_batch_size"], seed=cfg["training"]["seed"], weighted=d["weighted"],
                                captions=CaptionSampling(d["keyword_prob"], d["max_keywords"], d["style_prob"]),
                                max_unreadable=d["max_unreadable"], shards=d["shards"], remainder=d["remainder"],
-                               caption_column=d["caption_column"], label_field=d["label_field"], classes=d["classes"])
+                               caption_column=d["caption_column"], label_field=d["label_field"], classes=d["classes"],
+                               control_key=cfg["controlnet"]["control_key"] if cfg["controlnet"]["train"] else None)
 
 
 def build_loggers(cfg: dict) -> list[Logger]:

@@ -131,8 +131,10 @@ class ShardStream(IterableDataset):
         captions: CaptionSampling | None = None,
         caption_column: str | None = None,
         unreadable: UnreadableImages | None = None,
+        control_key: str | None = None,
     ):
         super().__init__()
+        self.control_key = control_key  # a ControlNet run's control image in each sample (ldm.data.shards)
         self.plan, self.rank, self.start_batch = plan, rank, start_batch
         self.size, self.center_crop, self.flip, self.caption_column = size, center_crop, flip, caption_column
         self.captions = captions if captions is not None and captions.active else None
@@ -191,7 +193,7 @@ class ShardStream(IterableDataset):
                 f"{describe(sample)}: the shard ends before its {sample['__missing__']} counted samples"
             )
         try:
-            return decode_sample(sample, self.size, self.center_crop, self.caption_column)
+            return decode_sample(sample, self.size, self.center_crop, self.caption_column, control_key=self.control_key)
         except UnreadableImageError as exc:
             return exc
 
@@ -232,6 +234,8 @@ class ShardStream(IterableDataset):
             )
             if coin < 0.5:
                 item["image"] = item["image"].flip(-1)
+                if "control" in item:
+                    item["control"] = item["control"].flip(-1)
                 item["key"] = f"{item['key']}#flip"
         if self.captions is not None:
             rng = random.Random(f"{self.plan.seed}:{self.rank}:{position}")

@@ -1,5 +1,6 @@
-"""--control for the image commands: IMAGE:CONTROLNET[:WEIGHT[:START:END]], repeatable, recorded in the PNG
-metadata (`controls`) and read back by --from-png."""
+"""--control for the image commands: IMAGE[:CONTROLNET][:WEIGHT[:START:END]], repeatable, recorded in the PNG
+metadata (`controls`) and read back by --from-png. Without CONTROLNET the shipped default model's canny ControlNet
+(ldm.core.defaults.DEFAULT_CONTROLNET) is used, where the model is the shipped default one."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from typing import Any
 
 import torch
 
+from ldm.core.defaults import default_controlnet_path
 from ldm.core.errors import InvalidOptionError, MissingFileError
 from ldm.formats.controlnet_files import load_controlnet
 from ldm.io.control_images import read_control_image
 from ldm.models.controlnet import CONTROL_MODES, RESIZE_MODES, Control, ControlNet, check_control_numbers
 
 CONTROL_HELP = (
-    "spatial control by a ControlNet (original or diffusers layout, file or folder, made for this model's family): "
-    "its control image (an edge map, depth map, pose, ... at any size, resized to the output's), its weight "
+    "spatial control by a ControlNet (original or diffusers layout, file or folder, made for this model's family; "
+    "left out with the shipped default model: its canny ControlNet, for edge maps as `ldm control-image --type "
+    "canny` makes them): its control image (an edge map, depth map, pose, ... at any size, resized to the output's), "
+    "its weight "
     "(default 1) and the fraction of the steps it acts in (default 0:1, A1111's guidance start/end); repeat for "
     "several, each with its own image and weight"
 )
@@ -47,7 +51,7 @@ class ControlSpec:
 
 def add_control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--control", action="append", default=[], metavar="IMAGE:CONTROLNET[:WEIGHT[:START:END]]", help=CONTROL_HELP
+        "--control", action="append", default=[], metavar="IMAGE[:CONTROLNET][:WEIGHT[:START:END]]", help=CONTROL_HELP
     )
     p.add_argument(
         "--control-resize",
@@ -67,16 +71,37 @@ CONTROL_MODE_HELP = (
 )
 
 
-def parse_control_spec(spec: str, resize: str = "stretch", mode: str = "balanced") -> ControlSpec:
-    """IMAGE:CONTROLNET[:WEIGHT[:START:END]] -> ControlSpec, its files checked to exist, its numbers in range."""
+def split_control_spec(spec: str) -> tuple[list[str], list[float]]:
+    """IMAGE[:CONTROLNET][:WEIGHT[:START:END]] -> ([IMAGE, CONTROLNET] or [IMAGE], the numbers)."""
     parts = spec.split(":")
     numbers: list[float] = []
-    while len(parts) > 2 and len(numbers) < 3:
+    while len(parts) > 1 and len(numbers) < 3:
         try:
             numbers.insert(0, float(parts[-1]))
         except ValueError:
             break
         parts = parts[:-1]
+    return parts, numbers
+
+
+def names_no_controlnet(spec: str) -> bool:
+    """Whether a --control spec leaves the ControlNet out (IMAGE or IMAGE:WEIGHT...)."""
+    return len(split_control_spec(spec)[0]) == 1
+
+
+def parse_control_spec(
+    spec: str, resize: str = "stretch", mode: str = "balanced", default_net: str | Path | None = None
+) -> ControlSpec:
+    """IMAGE[:CONTROLNET][:WEIGHT[:START:END]] -> ControlSpec, its files checked to exist, its numbers in range;
+    without CONTROLNET `default_net` (None: the spec must name one)."""
+    parts, numbers = split_control_spec(spec)
+    if len(parts) == 1 and parts[0] and default_net is None:
+        raise InvalidOptionError(
+            f"--control {spec!r} names no ControlNet, which only the shipped default text-to-image model has: "
+            "give IMAGE:CONTROLNET[:WEIGHT[:START:END]], e.g. edges.png:canny.safetensors"
+        )
+    if len(parts) == 1 and parts[0]:
+        parts = [parts[0], str(default_net)]
     if len(parts) != 2 or not all(parts) or len(numbers) == 2:
         raise InvalidOptionError(
             f"--control {spec!r}: give IMAGE:CONTROLNET[:WEIGHT[:START:END]], "
@@ -114,11 +139,23 @@ def load_controls(specs: list[ControlSpec], model: torch.nn.Module) -> list[Cont
     return controls
 
 
-def control_specs(args: argparse.Namespace) -> list[ControlSpec]:
-    """--control's specs, checked (a missing file fails before the model loads)."""
+def control_specs(args: argparse.Namespace, shipped_controlnet: bool = True) -> list[ControlSpec]:
+    """--control's specs, checked (a missing file fails before the model loads). A spec without its ControlNet takes
+    the shipped default model's where the model is that one (no --config/--ckpt, and `shipped_controlnet`: the
+    command's shipped model is the text-to-image one); args.control is then rewritten with the file, which the
+    image's metadata records."""
     resize = getattr(args, "control_resize", None) or "stretch"
     mode = getattr(args, "control_mode", None) or "balanced"
-    return [parse_control_spec(spec, resize, mode) for spec in getattr(args, "control", None) or []]
+    shipped = shipped_controlnet and not getattr(args, "config", None) and not getattr(args, "ckpt", None)
+    default_net = default_controlnet_path() if shipped else None
+    specs = [parse_control_spec(spec, resize, mode, default_net) for spec in getattr(args, "control", None) or []]
+    if specs:
+        args.control = [control_arg(spec) for spec in specs]
+    return specs
+
+
+def control_arg(spec: ControlSpec) -> str:
+    return f"{spec.image}:{spec.controlnet}:{spec.weight}:{spec.start}:{spec.end}"
 
 
 def attach_controls(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:

@@ -89,6 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("root", help="captioned image folder (captions.jsonl/csv, metadata.jsonl, or .txt sidecars)")
     w.add_argument("out", help="output folder for 00000.tar, 00001.tar, ...")
     w.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default 1000)")
+    w.add_argument(
+        "--controls",
+        default=None,
+        help="a folder with a control image under each image's relative path: written as KEY.control.png, a "
+        "ControlNet's training triples (controlnet.control_key=control.png)",
+    )
     w.set_defaults(func=run_shards)
 
 
@@ -143,6 +149,6 @@ def run_shapes(args: argparse.Namespace) -> int:
 def run_shards(args: argparse.Namespace) -> int:
     from ldm.data.shards import write_shards
 
-    pattern = write_shards(args.root, args.out, args.per_shard)
+    pattern = write_shards(args.root, args.out, args.per_shard, control_root=args.controls)
     print(f"wrote {pattern} (train with data.root=null data.shards={pattern})")
     return 0

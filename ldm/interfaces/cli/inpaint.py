@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if extend is None:  # bad masks fail before the model loads
         mask = as_mask(args.mask)
         check_mask(mask, image.size)
-    control_specs(args)  # a missing control image or ControlNet fails before the model loads
+    control_specs(args, shipped_controlnet=False)  # a missing file fails before the model loads; the shipped
+    # ControlNet is the text-to-image model's, which no inpainting model's U-Net (9 input channels) takes
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
     # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
     model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")

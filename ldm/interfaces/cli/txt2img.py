@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Iterator
 from dataclasses import fields, replace
 
+from ldm.core.defaults import CONTROLNET_VARIANT
 from ldm.core.errors import InvalidOptionError, MissingFileError
 from ldm.formats.load import load_model
 from ldm.formats.variants import VARIANTS, config_sampling, default_variant, shipped_model_files, variant_of_file
@@ -25,7 +26,13 @@ from ldm.interfaces.cli.common import (
     read_prompts,
     sampling_options,
 )
-from ldm.interfaces.cli.controlnet_args import add_control_args, apply_control_settings, attach_controls, control_specs
+from ldm.interfaces.cli.controlnet_args import (
+    add_control_args,
+    apply_control_settings,
+    attach_controls,
+    control_specs,
+    names_no_controlnet,
+)
 from ldm.interfaces.cli.devices_args import add_devices_args, devices_run, on_devices, run_prompt_file
 from ldm.interfaces.cli.hires_args import HIRES_SETTINGS, add_hires_args, apply_hires_png, hires_options
 from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
@@ -176,6 +183,9 @@ def choose_model(args: argparse.Namespace) -> str | None:
             "not shipped here; give it with --config/--ckpt, or --model full for the full model's "
             "(different) image"
         )
+    if variant is None and any(names_no_controlnet(spec) for spec in args.control or []):
+        # --control IMAGE alone: the shipped ControlNet with the variant chosen for it (docs/controlnet.md)
+        variant = "full" if CONTROLNET_VARIANT == "full" else None  # "student": the default variant anyway
     variant = variant or default_variant()
     applied = apply_model_sampling(args, config_sampling(shipped_model_files("txt2img", variant)[0]))
     if variant == "student":
