@@ -13,6 +13,7 @@ from factories import tiny_model, write_tiny_model_files
 from PIL import Image, ImageDraw
 
 from ldm.core.defaults import CONTROLNET_VARIANT, DEFAULT_CONTROLNET
+from ldm.interfaces.cli.controlnet_args import resolved_controlnet
 from ldm.io.control_images import control_image
 from ldm.io.infotext import settings_from_png
 
@@ -40,8 +41,9 @@ def test_control_without_a_controlnet_uses_the_shipped_one_and_other_models_refu
     made, *refused = json.loads(r.stdout)
     assert made["rc"] == 0, made["stderr"][-3000:]
     settings = settings_from_png(tmp_path / "out" / "samples" / "00000.png")
-    assert settings["controls"][0]["controlnet"].endswith(DEFAULT_CONTROLNET.split("/")[-1])
-    assert Path(settings["controls"][0]["controlnet"]).is_file()
+    # recorded by its name in the package (not this machine's path), which --from-png resolves anywhere
+    assert settings["controls"][0]["controlnet"] == DEFAULT_CONTROLNET
+    assert Path(resolved_controlnet(settings["controls"][0]["controlnet"])).is_file()
     assert (
         Path(settings["model_file"]).name
         == {"student": "student.safetensors", "full": "model.safetensors"}[CONTROLNET_VARIANT]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ldm.core.defaults import default_controlnet_path
+from ldm.core.defaults import DEFAULT_CONTROLNET, default_controlnet_path
 from ldm.core.errors import InvalidOptionError, MissingFileError
 from ldm.formats.controlnet_files import load_controlnet
 from ldm.io.control_images import read_control_image
@@ -84,6 +84,12 @@ def split_control_spec(spec: str) -> tuple[list[str], list[float]]:
     return parts, numbers
 
 
+def resolved_controlnet(net: str) -> str:
+    """The shipped ControlNet's name ("checkpoints/emoji/...") as the file inside the installed package; other
+    paths as they are."""
+    return str(default_controlnet_path()) if net == DEFAULT_CONTROLNET and not Path(net).exists() else net
+
+
 def names_no_controlnet(spec: str) -> bool:
     """Whether a --control spec leaves the ControlNet out (IMAGE or IMAGE:WEIGHT...)."""
     return len(split_control_spec(spec)[0]) == 1
@@ -110,7 +116,7 @@ def parse_control_spec(
     image, net = parts
     if not Path(image).is_file():
         raise MissingFileError(f"control image not found: {image}")
-    if not Path(net).exists():
+    if not Path(resolved_controlnet(net)).exists():
         raise MissingFileError(f"ControlNet file not found: {net}")
     control = ControlSpec(image, net, *numbers, resize=resize, mode=mode)
     check_control_numbers(control.weight, control.start, control.end)
@@ -123,7 +129,7 @@ def load_controls(specs: list[ControlSpec], model: torch.nn.Module) -> list[Cont
     controls = []
     for spec in specs:
         if spec.controlnet not in nets:
-            nets[spec.controlnet] = load_controlnet(spec.controlnet, model)
+            nets[spec.controlnet] = load_controlnet(resolved_controlnet(spec.controlnet), model)
         controls.append(
             Control(
                 nets[spec.controlnet],
@@ -147,7 +153,8 @@ def control_specs(args: argparse.Namespace, shipped_controlnet: bool = True) -> 
     resize = getattr(args, "control_resize", None) or "stretch"
     mode = getattr(args, "control_mode", None) or "balanced"
     shipped = shipped_controlnet and not getattr(args, "config", None) and not getattr(args, "ckpt", None)
-    default_net = default_controlnet_path() if shipped else None
+    # The shipped file goes by its name inside the package, so an image's metadata remakes on any machine.
+    default_net = DEFAULT_CONTROLNET if shipped and default_controlnet_path() is not None else None
     specs = [parse_control_spec(spec, resize, mode, default_net) for spec in getattr(args, "control", None) or []]
     if specs:
         args.control = [control_arg(spec) for spec in specs]
