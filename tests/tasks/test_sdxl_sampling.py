@@ -305,3 +305,81 @@ def test_a_walk_between_sdxl_prompts_starts_at_the_first_prompts_image(tiny_sdxl
     other = txt2img(base, "a dog", seed=3, options=options, progress=False)
     assert np.array_equal(np.asarray(frames[0]), np.asarray(alone[0]))
     assert np.array_equal(np.asarray(frames[1]), np.asarray(other[0]))
+
+
+def their_img2img(text_towers, **config):
+    """diffusers' StableDiffusionXLImg2ImgPipeline over the tiny base (its towers and U-Net), 16 px per 8 latents."""
+    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
+
+    base_pipe = text_towers[1]
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=AutoencoderKL(block_out_channels=(32, 32), latent_channels=4, norm_num_groups=32),  # scale factor 2
+        text_encoder=base_pipe.text_encoder,
+        text_encoder_2=base_pipe.text_encoder_2,
+        tokenizer=base_pipe.tokenizer,
+        tokenizer_2=base_pipe.tokenizer_2,
+        unet=base_pipe.unet,
+        scheduler=sd_ddim(),
+        requires_aesthetics_score=False,
+        add_watermarker=False,
+        **config,
+    )
+
+
+def decoded_latents(model, monkeypatch) -> list[torch.Tensor]:
+    """What `model` decodes from now on (the latents a task ends with), recorded."""
+    seen, decode = [], model.decode_latent
+    monkeypatch.setattr(model, "decode_latent", lambda z: seen.append(z.clone()) or decode(z))
+    return seen
+
+
+def test_img2img_hand_off_equals_diffusers_img2img_pipelines(tiny_sdxl, text_towers, refiners, monkeypatch):
+    """img2img at strength 0.6 of 10 DDIM steps with a refiner at 0.8: the base runs the strength's steps down to
+    t >= 200 (4), the refiner the last 2, equal to diffusers' base img2img pipeline with denoising_end=0.8 and its
+    refiner img2img pipeline with denoising_start=0.8 from the same image latents and noise; the refiner decodes."""
+    from ldm.tasks.img2img import img2img_latents
+
+    base, _ = tiny_sdxl
+    refiner, _, refiner_pipe = refiners
+    refiner_pipe.scheduler = sd_ddim()
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    seed, common = 11, {"num_inference_steps": 10, "guidance_scale": 5.0, "output_type": "latent"}
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(PROMPTS))]  # ours: image i, seed + i
+    with torch.no_grad():
+        handed = their_img2img(text_towers)(
+            PROMPTS, image=x0, strength=0.6, denoising_end=0.8, generator=generators, **common
+        ).images
+        theirs = refiner_pipe(PROMPTS, image=handed, denoising_start=0.8, **common).images
+    refined, based = decoded_latents(refiner, monkeypatch), decoded_latents(base, monkeypatch)
+    kwargs = {"strength": 0.6, "seed": seed, "steps": 10, "guidance_scale": 5.0, "sampler": "ddim", "progress": False}
+    made = img2img_latents(base, x0, PROMPTS, refiner=refiner, switch=0.8, **kwargs)
+    alone = img2img_latents(base, x0, PROMPTS, **kwargs)
+    assert rel_err(refined[0], theirs) <= TOLERANCE
+    assert rel_err(based[0], theirs) > 100 * TOLERANCE  # the refiner's steps reach the result
+    assert made.settings["refiner_switch"] == 0.8 and made.settings["refiner_steps"] == 2
+    assert "refiner_switch" not in alone.settings and made[0].size == (16, 16)
+
+
+def test_a_crop_given_to_img2img_reaches_the_unets_vector_as_diffusers(tiny_sdxl, text_towers, monkeypatch):
+    """micro=SDXLMicro(crop=..., original_size=...) of img2img is diffusers' crops_coords_top_left / original_size of
+    its img2img pipeline: the same vector, the same latents; the default crop gives another vector."""
+    from ldm.tasks.img2img import img2img_latents
+
+    base, _ = tiny_sdxl
+    vectors, forward = [], base.unet.forward
+    monkeypatch.setattr(base.unet, "forward", lambda *a, **k: vectors.append(k["y"]) or forward(*a, **k))
+    based = decoded_latents(base, monkeypatch)
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        theirs = their_img2img(text_towers)(
+            PROMPTS[:1], image=x0, strength=0.5, num_inference_steps=4, guidance_scale=5.0, output_type="latent",
+            generator=torch.Generator().manual_seed(3), crops_coords_top_left=(16, 8), original_size=(512, 384),
+        ).images  # fmt: skip
+    kwargs = {"strength": 0.5, "seed": 3, "steps": 4, "guidance_scale": 5.0, "sampler": "ddim", "progress": False}
+    made = img2img_latents(base, x0, PROMPTS[:1], micro=SDXLMicro(crop=(16, 8), original_size=(512, 384)), **kwargs)
+    cropped = vectors[-1]
+    img2img_latents(base, x0, PROMPTS[:1], **kwargs)
+    assert rel_err(based[0], theirs) <= TOLERANCE
+    assert not torch.equal(cropped, vectors[-1])  # the crop's numbers are in the vector
+    assert torch.equal(cropped[:, :POOLED], vectors[-1][:, :POOLED])  # and the pooled text is not changed
+    assert made.settings["crop"] == (16, 8) and made.settings["original_size"] == (512, 384)
