@@ -383,3 +383,103 @@ def test_a_crop_given_to_img2img_reaches_the_unets_vector_as_diffusers(tiny_sdxl
     assert not torch.equal(cropped, vectors[-1])  # the crop's numbers are in the vector
     assert torch.equal(cropped[:, :POOLED], vectors[-1][:, :POOLED])  # and the pooled text is not changed
     assert made.settings["crop"] == (16, 8) and made.settings["original_size"] == (512, 384)
+
+
+def test_ldm_img2img_inpaint_and_outpaint_take_the_refiner_and_micro_options(sdxl_files, tmp_path, monkeypatch):
+    """`ldm img2img / inpaint / outpaint --ckpt base --refiner refiner --crop ... --original-size ...`: images whose
+    settings record the hand-off and the micro-conditionings; inpainting keeps the pixels outside the mask."""
+    import shutil
+
+    from ldm.io.infotext import settings_from_png
+
+    for name in ("base", "refiner"):
+        shutil.copy(sdxl_files / f"{name}.safetensors", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    photo = np.random.default_rng(1).integers(0, 255, (16, 24, 3), dtype=np.uint8)
+    Image.fromarray(photo).save("photo.png")
+    Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), ((4, 4), (8, 8)))).save("mask.png")
+    model = ["--ckpt", "base.safetensors", "--steps", "4", "--seed", "5", "--no-progress", "--no-grid"]
+    refined = ["--refiner", "refiner.safetensors", "--refiner-switch", "0.6"]
+    made = ["img2img", "photo.png", "a red apple", *model, *refined, "--crop", "0,8", "--original-size", "48x32"]
+    assert cli.main([*made, "--outdir", "i2i"]) == 0
+    settings = settings_from_png("i2i/samples/00000.png")
+    # 4 steps at t = 751, 501, 251, 1; strength 0.75 starts at 501; the cutoff 400: the base runs 1, the refiner 2
+    assert settings["refiner_switch"] == 0.6 and settings["refiner_steps"] == 2
+    assert settings["crop"] == [0, 8] and settings["original_size"] == [32, 48] and settings["task"] == "img2img"
+    painted = ["inpaint", "photo.png", "mask.png", "a red apple", *model, *refined, "--aesthetic-score", "7"]
+    assert cli.main([*painted, "--outdir", "inp"]) == 0
+    settings = settings_from_png("inp/samples/00000.png")
+    assert settings["refiner_aesthetic_score"] == 7.0 and settings["refiner_steps"] == 2
+    kept = np.asarray(Image.open("inp/samples/00000.png"))
+    assert np.array_equal(kept[:4], photo[:4]) and not np.array_equal(kept[4:12, 8:16], photo[4:12, 8:16])
+    grown = ["outpaint", "photo.png", "a red apple", *model, "--extend", "right=8", "--target-size", "64x32"]
+    assert cli.main([*grown, "--outdir", "out"]) == 0
+    settings = settings_from_png("out/samples/00000.png")
+    assert settings["target_size"] == [32, 64] and settings["task"] == "outpaint" and "refiner_switch" not in settings
+
+
+def test_micro_options_and_the_switch_come_back_from_the_png(sdxl_files, tmp_path, monkeypatch, caplog, capsys):
+    """`ldm txt2img --from-png` of an image made with --crop, --original-size, --aesthetic-score and a refiner makes
+    it again, pixel for pixel, given the refiner; a crop given on the command line wins over the image's; without
+    --refiner it says so; a malformed crop in the settings is refused in one line."""
+    import shutil
+
+    from ldm.io.images import save_png
+
+    for name in ("base", "refiner"):
+        shutil.copy(sdxl_files / f"{name}.safetensors", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    model = ["--ckpt", "base.safetensors", "--H", "16", "--W", "24", "--no-progress", "--no-grid"]
+    refiner = ["--refiner", "refiner.safetensors"]
+    micro = ["--crop", "0,8", "--original-size", "48x32", "--aesthetic-score", "7", "--refiner-switch", "0.6"]
+    assert cli.main(["txt2img", "a red apple", *model, *refiner, *micro, "--steps", "4", "--outdir", "a"]) == 0
+    first = np.asarray(Image.open("a/samples/00000.png"))
+    assert cli.main(["txt2img", "--from-png", "a/samples/00000.png", *model, *refiner, "--outdir", "b"]) == 0
+    assert np.array_equal(np.asarray(Image.open("b/samples/00000.png")), first)
+    crop = ["--crop", "0,0"]
+    assert cli.main(["txt2img", "--from-png", "a/samples/00000.png", *model, *refiner, *crop, "--outdir", "c"]) == 0
+    assert not np.array_equal(np.asarray(Image.open("c/samples/00000.png")), first)
+    caplog.clear()
+    assert cli.main(["txt2img", "--from-png", "a/samples/00000.png", *model, "--outdir", "d"]) == 0
+    assert "was finished by a refiner (refiner.safetensors); give --refiner FILE" in caplog.text
+    save_png(Image.fromarray(first), Path("bad.png"), {"prompt": "a", "seed": 1, "crop": [0, 8, 16]})
+    capsys.readouterr()
+    assert cli.main(["txt2img", "--from-png", "bad.png", *model, "--outdir", "e"]) == 2
+    stderr = capsys.readouterr().err
+    assert "bad.png: setting 'crop' must be two whole numbers >= 0, got [0, 8, 16]" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_the_9_channel_inpainter_hands_off_to_a_blending_refiner(tiny_sdxl, refiners, monkeypatch):
+    """An SDXL inpainting U-Net (9 channels) runs the steps above the switch, the refiner (4 channels, so it blends
+    the known area as diffusers' inpainting pipeline does) the rest with its own micro-conditionings; inpainting only
+    the masked area passes them on too; pixels outside the mask are kept."""
+    import copy
+
+    from ldm.models.sdxl_conditioning import micro_embedding
+    from ldm.tasks.inpaint import inpaint
+
+    _, node = tiny_sdxl
+    refiner = refiners[0]
+    inpainting_node = copy.deepcopy(node)
+    inpainting_node["params"]["conditioning_key"] = "hybrid"
+    inpainting_node["params"]["unet_config"]["params"]["in_channels"] = 9
+    torch.manual_seed(0)
+    inpainter = instantiate(inpainting_node).eval()
+    vectors, forward = [], refiner.unet.forward
+    monkeypatch.setattr(refiner.unet, "forward", lambda *a, **k: vectors.append(k["y"]) or forward(*a, **k))
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), ((4, 4), (8, 8))))
+    kwargs = {"steps": 4, "sampler": "ddim", "progress": False, "refiner": refiner, "mode": "model"}
+    made = inpaint(inpainter, picture, mask, "a cat", refiner_micro=SDXLMicro(aesthetic_score=9.0), **kwargs)
+    # 4 steps at t = 751, 501, 251, 1; the cutoff at 0.8 is 200: the inpainter runs 3, the refiner 1 (2 calls: CFG)
+    assert made.settings["refiner_steps"] == 1 and made.settings["refiner_aesthetic_score"] == 9.0
+    assert made.settings["inpaint_mode"] == "model" and len(vectors) == 1  # one batched call of both sides
+    scores = micro_embedding(torch.tensor([[9.0], [2.5]]))  # the refiner's last number: both sides' scores
+    for score in scores:
+        assert any(torch.allclose(row[-256:].float(), score, atol=1e-6) for row in vectors[0])
+    kept = np.asarray(made[0])
+    assert np.array_equal(kept[:4], np.asarray(picture)[:4])
+    area = inpaint(inpainter, picture, mask, "a cat", inpaint_area="masked", switch=0.5, **kwargs)
+    assert area.settings["inpaint_area"] == "masked" and area.settings["refiner_switch"] == 0.5
+    assert area.settings["refiner_steps"] == 2  # t = 251, 1 below the cutoff 500
