@@ -483,3 +483,32 @@ def test_the_9_channel_inpainter_hands_off_to_a_blending_refiner(tiny_sdxl, refi
     area = inpaint(inpainter, picture, mask, "a cat", inpaint_area="masked", switch=0.5, **kwargs)
     assert area.settings["inpaint_area"] == "masked" and area.settings["refiner_switch"] == 0.5
     assert area.settings["refiner_steps"] == 2  # t = 251, 1 below the cutoff 500
+
+
+def test_the_app_edit_page_gives_img2img_the_refiner_and_micro_options(sdxl_files, monkeypatch):
+    """The edit page of an SDXL model shows the SDXL controls for img2img and inpainting; a refiner and a crop given
+    there reach img2img (the page runs in this process: the call is recorded)."""
+    from streamlit.testing.v1 import AppTest
+
+    import ldm.interfaces.app
+    import ldm.tasks.img2img
+    from ldm.interfaces.app.state import ENV_CKPT, ENV_CONFIG
+
+    calls, real = [], ldm.tasks.img2img.img2img
+    monkeypatch.setattr(ldm.tasks.img2img, "img2img", lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.delenv(ENV_CONFIG, raising=False)
+    monkeypatch.setenv(ENV_CKPT, str(sdxl_files / "base.safetensors"))
+    page = Path(ldm.interfaces.app.__file__).resolve().parent / "views" / "edit.py"
+    at = AppTest.from_file(str(page), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    at.text_input(key="edit_refiner").set_value(str(sdxl_files / "refiner.safetensors"))
+    at.text_input(key="edit_crop").set_value("0,8")
+    at.number_input(key="edit_steps").set_value(4)
+    at.button(key="edit_go").click().run()
+    assert not at.exception and not [e.value for e in at.error], [e.value for e in at.error]
+    assert at.session_state["edit_result"][0] == "img2img" and len(calls) == 1
+    assert calls[0]["micro"].crop == (0, 8) and calls[0]["switch"] == 0.8
+    assert calls[0]["refiner"].identity["model_file"] == "refiner.safetensors"
+    at.radio(key="edit_mode").set_value("inpaint").run()
+    assert not at.exception and at.text_input(key="edit_crop").value == "0,8"
