@@ -512,3 +512,31 @@ def test_the_app_edit_page_gives_img2img_the_refiner_and_micro_options(sdxl_file
     assert calls[0]["refiner"].identity["model_file"] == "refiner.safetensors"
     at.radio(key="edit_mode").set_value("inpaint").run()
     assert not at.exception and at.text_input(key="edit_crop").value == "0,8"
+
+
+def test_a_walk_takes_the_micro_conditionings(tiny_sdxl, sdxl_files, tmp_path, monkeypatch):
+    """walk_frames(micro=...): frame 0 is sdxl_txt2img's image with the same micro-conditionings, not the default's;
+    `ldm walk --crop` passes them on, and a walk takes no refiner."""
+    import shutil
+
+    from ldm.sampling.options import SamplingOptions
+    from ldm.tasks.walk import walk_frames
+
+    base, _ = tiny_sdxl
+    options = SamplingOptions(steps=3, sampler="ddim")
+    micro = SDXLMicro(crop=(8, 0), original_size=(64, 48))
+    frames = walk_frames(base, "a cat", "a dog", seed_a=3, frames=2, options=options, progress=False, micro=micro)
+    alone = sdxl_txt2img(base, "a cat", seed=3, options=options, micro=micro, progress=False)
+    default = sdxl_txt2img(base, "a cat", seed=3, options=options, progress=False)
+    assert np.array_equal(np.asarray(frames[0]), np.asarray(alone[0]))
+    assert not np.array_equal(np.asarray(frames[0]), np.asarray(default[0]))
+    assert frames.settings["crop"] == (8, 0)
+    shutil.copy(sdxl_files / "base.safetensors", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    seen, real = [], walk_frames
+    monkeypatch.setattr("ldm.interfaces.cli.walk.walk_frames", lambda *a, **k: seen.append(k["micro"]) or real(*a, **k))
+    walk = ["walk", "a cat", "a dog", "--ckpt", "base.safetensors", "--frames", "2", "--steps", "2", "--no-progress"]
+    assert cli.main([*walk, "--crop", "8,0", "--original-size", "48x64", "--out", "walk.gif"]) == 0
+    assert seen == [micro] and Path("walk.gif").stat().st_size > 0
+    with pytest.raises(SystemExit):  # argparse: an unknown option
+        cli.main([*walk, "--refiner", "base.safetensors"])

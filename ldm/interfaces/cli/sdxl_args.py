@@ -18,24 +18,26 @@ MICRO_SCORES = ("aesthetic_score", "negative_aesthetic_score")
 SDXL_DESTS = ("refiner", "original_size", "crop", "target_size", "aesthetic_score", "negative_aesthetic_score")
 
 
-def add_sdxl_args(p: argparse.ArgumentParser) -> None:
+def add_sdxl_args(p: argparse.ArgumentParser, refiner: bool = True) -> None:
+    """The SDXL options; refiner=False: the micro-conditionings alone (a walk has no hand-off)."""
     g = p.add_argument_group("SDXL", "the refiner hand-off and the micro-conditionings of SDXL models")
-    g.add_argument(
-        "--refiner",
-        metavar="FILE",
-        default=None,
-        help="an SDXL refiner (single file or diffusers folder) that finishes the base's images: the base "
-        "denoises to --refiner-switch, the refiner from there, as diffusers' denoising_end / "
-        "denoising_start; its VAE decodes",
-    )
-    g.add_argument(
-        "--refiner-switch",
-        type=float,
-        default=DEFAULT_SWITCH,
-        metavar="FRACTION",
-        help="where the refiner takes over, a fraction of the training timesteps as diffusers' "
-        "denoising_end (not of the steps, as A1111's 'Refiner switch at') (default: %(default)s)",
-    )
+    if refiner:
+        g.add_argument(
+            "--refiner",
+            metavar="FILE",
+            default=None,
+            help="an SDXL refiner (single file or diffusers folder) that finishes the base's images: the base "
+            "denoises to --refiner-switch, the refiner from there, as diffusers' denoising_end / "
+            "denoising_start (from an image the strength still picks the first step); its VAE decodes",
+        )
+        g.add_argument(
+            "--refiner-switch",
+            type=float,
+            default=DEFAULT_SWITCH,
+            metavar="FRACTION",
+            help="where the refiner takes over, a fraction of the training timesteps as diffusers' "
+            "denoising_end (not of the steps, as A1111's 'Refiner switch at') (default: %(default)s)",
+        )
     g.add_argument(
         "--original-size",
         default=None,
@@ -110,14 +112,15 @@ def sdxl_options(args: argparse.Namespace, model: Any) -> dict[str, Any] | None:
         if given:
             raise InvalidOptionError(f"--{given[0].replace('_', '-')} is for SDXL models; this model is not one")
         return None
-    check_switch(args.refiner_switch)
+    switch = getattr(args, "refiner_switch", DEFAULT_SWITCH)
+    check_switch(switch)
     micro = micro_from_args(args)
     micro.sides(1, 1)  # checks the numbers before any work
     refiner = None
-    if args.refiner is not None:
+    if getattr(args, "refiner", None) is not None:
         if not Path(args.refiner).exists():
             raise MissingFileError(f"refiner not found: {args.refiner}")
         refiner = load_model(None, args.refiner, model.device)
         if not is_sdxl(refiner):
             raise InvalidOptionError(f"--refiner {args.refiner} is not an SDXL model")
-    return {"refiner": refiner, "switch": args.refiner_switch, "micro": micro}
+    return {"refiner": refiner, "switch": switch, "micro": micro}
