@@ -32,11 +32,19 @@ from ldm.models.seamless import seamless
 from ldm.sampling.options import SamplingOptions
 from ldm.sampling.precision import Precision, autocast
 from ldm.sampling.samplers import check_strength
-from ldm.tasks.base import Conditioning, EditingError, check_task, resolve_options, sample_seeded
+from ldm.tasks.base import Conditioning, EditingError, check_task, resolve_options
 from ldm.tasks.editing import as_pil, expand_batch, fit_image, size_multiple
 from ldm.tasks.inpaint_area import crop_box, crop_inputs, paste_back, processing_size
 from ldm.tasks.prompts import prompt_conditioning, prompt_lists
 from ldm.tasks.results import Generated, Settings, settings_of
+from ldm.tasks.sdxl_handoff import (
+    DEFAULT_SWITCH,
+    RefinerError,
+    SDXLMicro,
+    check_sdxl_options,
+    refiner_record,
+    sample_handed_off,
+)
 
 log = logging.getLogger("ldm")
 
@@ -113,11 +121,15 @@ def prepare(
     x0: torch.Tensor,
     options: SamplingOptions | None = None,
     prompting: PromptOptions | None = None,
+    micro: SDXLMicro | None = None,
 ) -> Conditioning:
-    """Inpainting's conditioning: the prompts (read as `prompting` says), plus the masked image for an inpainting
-    model ("model") or the blend of the known latents for any other ("blend")."""
+    """Inpainting's conditioning: the prompts (read as `prompting` says; an SDXL model's micro-conditionings `micro`),
+    plus the masked image for an inpainting model ("model") or the blend of the known latents for any other
+    ("blend")."""
     steps = options.steps if options is not None else defaults.STEPS
-    conditioning = prompt_conditioning(model, prompts, negatives, prompting, steps, tuple(pixels.shape[-2:]))
+    size = tuple(pixels.shape[-2:])
+    sides = None if micro is None else micro.sides(*size)
+    conditioning = prompt_conditioning(model, prompts, negatives, prompting, steps, size, micro=sides)
     if model.kind.concat:
         concat = masked_image_condition(model, pixels, mask).expand(len(prompts), -1, -1, -1)
         conditioning = conditioning.with_inputs(concat=concat)
@@ -161,6 +173,10 @@ def inpaint(
     precision: str | Precision = "fp32",
     inpaint_area: str = defaults.INPAINT_AREA,
     mask_padding: int = defaults.MASK_PADDING,
+    refiner: LatentDiffusion | None = None,
+    switch: float = DEFAULT_SWITCH,
+    micro: SDXLMicro | None = None,
+    refiner_micro: SDXLMicro | None = None,
     **option_overrides: Any,
 ) -> Generated:
     """Repaint the mask's white area (>= 0.5) of `image` following the prompt; image i uses seed + i.
@@ -171,18 +187,23 @@ def inpaint(
     prompts are read); precision: the autocast, as txt2img's. inpaint_area "masked"
     (A1111's "Only masked"): only a crop around the mask (`mask_padding` px of context, grown to the model's square)
     is inpainted, at the model's own size, and pasted back into the image at its own size (ldm.tasks.inpaint_area);
-    "whole": the whole image.
+    "whole": the whole image. SDXL models take img2img's `micro`, `refiner`, `switch` and `refiner_micro`: the
+    refiner (a text-to-image model, so it blends the known area) finishes below the switch and decodes.
     """
     check_strength(strength)
     precision = Precision.of(precision)
     mode = resolve_mode(model, mode)
+    check_sdxl_options(model, micro, refiner, switch, refiner_micro)
+    handing = {"refiner": refiner, "switch": switch, "micro": micro, "refiner_micro": refiner_micro}
     if inpaint_area not in defaults.INPAINT_AREAS:
         raise EditingError(f"unknown inpaint area {inpaint_area!r}; known: {', '.join(defaults.INPAINT_AREAS)}")
     if inpaint_area == "masked":
         inner = (negative_prompt, seed, strength, mode, feather_radius, options, callback, progress, precision)
-        return inpaint_masked_area(model, image, mask, prompt, mask_padding, *inner, **option_overrides)
+        return inpaint_masked_area(model, image, mask, prompt, mask_padding, *inner, **handing, **option_overrides)
     prompting = take_prompt_options(option_overrides)
     options = resolve_options(options, option_overrides, model=model)
+    if refiner is not None and options.tiling:
+        raise RefinerError("the refiner hand-off is not implemented with seamless tiling")
     prompts, negatives = prompt_lists(prompt, negative_prompt)
     pixels, m = _prepare(model, image, mask)
     radius = model.downscale if feather_radius is None else int(feather_radius)
@@ -192,21 +213,22 @@ def inpaint(
     n = len(prompts)
     with seamless(model, options.tiling), autocast(model.device, precision):
         x0 = model.encode_image(pixels).float()
-        conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options, prompting)
+        conditioning = prepare(model, prompts, negatives, mode, pixels, m, x0, options, prompting, micro)
+        handed = {}
+        if refiner is not None:  # its own latent of the image to blend, as diffusers' refiner inpainting pipeline
+            refiner_micro = refiner_micro or micro or SDXLMicro()
+            known = refiner.encode_image(pixels).float()
+            refined = prepare(refiner, prompts, negatives, "blend", pixels, m, known, options, prompting, refiner_micro)
+            handed = {"refiner": refiner, "refiner_conditioning": refined, "switch": switch}
         start = x0.expand(n, -1, -1, -1)
-        latents = sample_seeded(
-            model,
-            conditioning,
-            options,
-            seed,
-            start.shape,
-            x0=start,
-            strength=strength,
-            callback=callback,
-            progress=progress,
+        latents, refiner_steps = sample_handed_off(
+            model, conditioning, options, seed, start, strength, **handed, callback=callback, progress=progress,
             precision=precision,
-        )
-        decoded = model.decode_latent(latents).float()
+        )  # fmt: skip
+        decoded = (refiner or model).decode_latent(latents).float()
+    record = {**(micro.record() if micro is not None else {})}
+    if refiner is not None:
+        record.update(refiner_record(refiner, switch, refiner_steps, refiner_micro))
     soft = feather(m, radius)
     out = decoded.clamp(-1, 1) * soft + pixels * (1 - soft)
     return Generated(
@@ -225,6 +247,7 @@ def inpaint(
             feather_radius=radius,
             height=pixels.shape[-2],
             width=pixels.shape[-1],
+            **record,
         ),
     )
 

@@ -3,7 +3,7 @@ vector, class labels), checked as the command line checks them, for every task (
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from ldm.models.prompt_options import PromptOptions
 from ldm.models.prompt_schedule import check_no_composition, texts_by_step
 from ldm.sampling.denoisers import StepConditions
 from ldm.tasks.base import Conditioning
+
+if TYPE_CHECKING:  # only named in annotations: SDXL's module is imported where it is used
+    from ldm.models.sdxl_conditioning import MicroConditions
 
 
 class PromptError(InvalidOptionError):
@@ -79,6 +82,7 @@ def prompt_conditions(
     negative_prompts: list[str],
     prompting: PromptOptions | None = None,
     size: tuple[int, int] | None = None,
+    micro: tuple[MicroConditions, MicroConditions] | None = None,
 ) -> tuple[dict, dict]:
     """Cross-attention contexts for the prompts and for the unconditional side of guidance, as written (prompt
     editing is `prompt_conditioning`'s).
@@ -92,7 +96,7 @@ def prompt_conditions(
     if not check_prompt_model(model, prompts, negative_prompts):
         return {}, {}
     if is_sdxl(model):  # SDXL: context and vector y too
-        return _sdxl_conditions(model, prompts, negative_prompts, prompting, size)
+        return _sdxl_conditions(model, prompts, negative_prompts, prompting, size, micro)
     if prompting is None or not (prompting.long_prompts or prompting.emphasis):
         context = model.encode_text(prompts + negative_prompts)
         return {"context": context[: len(prompts)]}, {"context": context[len(prompts) :]}
@@ -111,13 +115,17 @@ def _sdxl_conditions(
     negative_prompts: list[str],
     prompting: PromptOptions | None,
     size: tuple[int, int] | None,
+    micro: tuple[MicroConditions, MicroConditions] | None = None,
 ) -> tuple[dict, dict]:
-    """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size)."""
+    """SDXL's both sides of guidance for images of `size` (height, width; None: the model's default size), with the
+    micro-conditionings' (conditional, unconditional) numbers `micro` (None: the references' defaults for the size)."""
     from ldm.models.sdxl_conditioning import sdxl_conditions
 
     height, width = size or (model.default_image_size, model.default_image_size)
     chunked = prompting is not None and (prompting.long_prompts or prompting.emphasis)
     flags = {"chunking": prompting.long_prompts, "emphasis": prompting.emphasis} if chunked else {}
+    if micro is not None:
+        flags["micro"] = micro
     return sdxl_conditions(model.text_encoder, prompts, negative_prompts, height, width, **flags)
 
 
@@ -145,6 +153,7 @@ def prompt_conditioning(
     steps: int,
     size: tuple[int, int] | None = None,
     hires_steps: int | None = None,
+    micro: tuple[MicroConditions, MicroConditions] | None = None,
 ) -> Conditioning:
     """Both sides of guidance for the prompts, over a run of `steps` sampling steps (or a hires-fix pass of
     `hires_steps` after them: ldm.models.prompt_schedule.texts_by_step).
@@ -152,11 +161,11 @@ def prompt_conditioning(
     With `prompting.prompt_editing`, prompts and negative prompts may change their text during sampling
     ([from:to:when], [a|b]): each distinct text is encoded once, and each step's batch of contexts, cond and uncond
     as one batch as always, is chosen per step (Conditioning.steps). Prompts that do not change are the plain
-    conditioning of `prompt_conditions`, exactly.
+    conditioning of `prompt_conditions`, exactly. micro: an SDXL model's micro-conditionings (`prompt_conditions`).
     """
     prompts, negative_prompts = check_texts(prompts, "prompt"), check_texts(negative_prompts, "negative prompt")
     if prompting is None or not prompting.prompt_editing:
-        return Conditioning(*prompt_conditions(model, prompts, negative_prompts, prompting, size))
+        return Conditioning(*prompt_conditions(model, prompts, negative_prompts, prompting, size, micro))
     check_prompt_texts(prompts, negative_prompts)
     for prompt in prompts:  # the negative prompt is one text in A1111 too: AND there is text
         check_no_composition(prompt)
@@ -164,7 +173,8 @@ def prompt_conditioning(
     rows = [texts_by_step(text, steps, hires_steps) for text in prompts + negative_prompts]
     if all(len(set(row)) == 1 for row in rows):  # nothing changes during sampling: the text as it renders
         fixed = [row[0] for row in rows]
-        return Conditioning(*prompt_conditions(model, fixed[: len(prompts)], fixed[len(prompts) :], prompting, size))
+        fixed_prompts, fixed_negatives = fixed[: len(prompts)], fixed[len(prompts) :]
+        return Conditioning(*prompt_conditions(model, fixed_prompts, fixed_negatives, prompting, size, micro))
     if not check_prompt_model(model, prompts, negative_prompts):
         return Conditioning({}, {})
     if is_sdxl(model):

@@ -5,14 +5,14 @@ StableDiffusionXLImg2ImgPipeline): `switch` is a fraction of the *training times
 cutoff = round(T - switch * T) (T = 1000), the base runs the steps whose timestep t >= cutoff and hands its
 still-noisy latent over; the refiner runs the remaining steps (t < cutoff) from there, with no noise added, and
 its VAE decodes. Both models share SD's schedule, so the latent is handed over as it is, in sampler space.
+img2img and inpainting take the same options (ldm.tasks.sdxl_handoff, where the pieces they share live).
 
 A1111's "Refiner switch at" is a fraction of the *steps*: its sampler switches at the first step whose completed
 ratio step / steps reaches it, so the base runs ceil(fraction * steps) steps. `switch_from_step_fraction` turns
 that into the timestep fraction that makes the base run the same steps (used when reading A1111 metadata).
 
 Micro-conditionings (ldm.models.sdxl_conditioning): original size, crop (top, left) and target size default to the
-image's
-size and (0, 0); the refiner's aesthetic score 6.0, 2.5 on the unconditional side, as in sgm and diffusers.
+image's size and (0, 0); the refiner's aesthetic score 6.0, 2.5 on the unconditional side, as in sgm and diffusers.
 """
 
 from __future__ import annotations
@@ -20,81 +20,34 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError
-from ldm.diffusion.schedules import sigma_to_t, sigmas_from_alphas_cumprod, timesteps_for
+from ldm.diffusion.schedules import timesteps_for
 from ldm.io.images import tensor_to_pil
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.models.prompt_options import PromptOptions, take_prompt_options
 from ldm.models.prompt_schedule import has_schedule
-from ldm.models.sdxl_conditioning import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, MicroConditions, sdxl_conditions
-from ldm.sampling.options import SamplingOptions, ddim_variant_of, sample, start_scale
+from ldm.models.sdxl_conditioning import sdxl_conditions
+from ldm.sampling.options import SamplingOptions, sample, start_scale
 from ldm.sampling.precision import Precision, autocast
 from ldm.tasks.base import Conditioning, batch_noise, check_task, model_sigmas, resolve_options
 from ldm.tasks.prompts import prompt_lists
 from ldm.tasks.results import Generated, settings_of
+from ldm.tasks.sdxl_handoff import (  # defined there for every task; named here too, where they were first
+    DEFAULT_SWITCH,
+    RefinerError,
+    SDXLMicro,
+    base_steps,
+    check_switch,
+    is_sdxl,
+    refiner_record,
+    sampler_space,
+)
 from ldm.tasks.txt2img import image_size
-
-DEFAULT_SWITCH = 0.8  # diffusers' documented example and A1111's default "Refiner switch at"
-
-
-class RefinerError(InvalidOptionError):
-    """A refiner hand-off that cannot run (not SDXL models, a switch outside (0, 1), ...)."""
-
-
-@dataclass(frozen=True)
-class SDXLMicro:
-    """The micro-conditioning options; sizes (height, width) in px, None: the image's size."""
-
-    original_size: tuple[int, int] | None = None
-    crop: tuple[int, int] = (0, 0)  # (top, left)
-    target_size: tuple[int, int] | None = None
-    aesthetic_score: float = AESTHETIC_SCORE
-    negative_aesthetic_score: float = NEGATIVE_AESTHETIC_SCORE
-
-    def sides(self, height: int, width: int) -> tuple[MicroConditions, MicroConditions]:
-        """(conditional, unconditional) numbers for an image of height x width: the sizes alike on both sides."""
-        original = tuple(self.original_size or (height, width))
-        target = tuple(self.target_size or (height, width))
-        for name, pair in (("original size", original), ("crop", self.crop), ("target size", target)):
-            if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
-                raise InvalidOptionError(f"the {name} must be two whole numbers >= 0, got {pair!r}")
-        for name, score in (("aesthetic score", self.aesthetic_score), ("negative", self.negative_aesthetic_score)):
-            if not math.isfinite(score):
-                raise InvalidOptionError(f"the {name} must be a finite number, got {score}")
-        crop = tuple(self.crop)
-        return (
-            MicroConditions(original, target, crop, float(self.aesthetic_score)),
-            MicroConditions(original, target, crop, float(self.negative_aesthetic_score)),
-        )
-
-    def record(self) -> dict[str, Any]:
-        """What the image's settings say about them (only what differs from the defaults)."""
-        return {k: v for k, v in self.__dict__.items() if v != getattr(SDXLMicro(), k)}
-
-
-def is_sdxl(model: Any) -> bool:
-    return hasattr(getattr(model, "text_encoder", None), "micro_conditions")
-
-
-def check_switch(switch: float) -> float:
-    if not (isinstance(switch, (int, float)) and 0.0 < float(switch) < 1.0):
-        raise RefinerError(f"the refiner switch must be a fraction strictly between 0 and 1, got {switch!r}")
-    return float(switch)
-
-
-def base_steps(model: LatentDiffusion, sigmas: torch.Tensor, switch: float) -> int:
-    """How many steps of the grid `sigmas` (steps + 1 sigmas) the base runs: those at timesteps >= the cutoff."""
-    T = len(model.alphas_cumprod)
-    cutoff = round(T - check_switch(switch) * T)
-    log_sigmas = sigmas_from_alphas_cumprod(model.alphas_cumprod.detach().double().cpu()).log()
-    timesteps = sigma_to_t(sigmas[:-1].double().cpu(), log_sigmas)
-    return int((timesteps >= cutoff - 1e-6).sum())
 
 
 def switch_from_step_fraction(
@@ -115,11 +68,6 @@ def with_refiner_switch(settings: dict[str, Any]) -> dict[str, Any]:
         return settings
     steps = int(settings.get("steps") or defaults.STEPS)
     return {**settings, "refiner_switch": switch_from_step_fraction(fraction, steps, spacing=defaults.SPACING)}
-
-
-def _sampler_space(x: torch.Tensor, options: SamplingOptions, sigma_end: torch.Tensor) -> torch.Tensor:
-    """SD's DDIM returns the VP latent where it ends (ldm.sampling.samplers.sample_ddim_sd): back to sampler space."""
-    return x * (1 + sigma_end**2).sqrt() if ddim_variant_of(options) == "sd" else x
 
 
 def sdxl_conditioning(
@@ -191,7 +139,7 @@ def sdxl_txt2img(
         denoiser = base_cond.denoiser(model, options, noise)
         x = sample(denoiser, x, base_sigmas, options, generators, callback, progress, precision)
         if refiner is not None and split < len(sigmas) - 1:
-            x = _sampler_space(x, options, base_sigmas[-1])
+            x = sampler_space(x, options, base_sigmas[-1])
     decoder, record = model, {}
     if refiner is not None:
         refiner_cond = sdxl_conditioning(refiner, prompts, negatives, height, width, refiner_micro, prompting)
@@ -199,14 +147,7 @@ def sdxl_txt2img(
             denoiser = refiner_cond.denoiser(refiner, refiner_options, noise)
             x = sample(denoiser, x, sigmas[split:], refiner_options, generators, callback, progress, precision)
         decoder = refiner
-        identity = getattr(refiner, "identity", None) or {}
-        record = {
-            "refiner_switch": switch,
-            "refiner_steps": len(sigmas) - 1 - split,
-            **({"refiner_file": identity["model_file"]} if "model_file" in identity else {}),
-            **({"refiner_sha256": identity["model_sha256"]} if "model_sha256" in identity else {}),
-            **{f"refiner_{k}": v for k, v in refiner_micro.record().items()},
-        }
+        record = refiner_record(refiner, switch, len(sigmas) - 1 - split, refiner_micro)
     if output == "latent":
         return x
     with autocast(decoder.device, precision):

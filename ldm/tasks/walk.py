@@ -28,6 +28,7 @@ from ldm.sampling.precision import Precision, autocast
 from ldm.tasks.base import Conditioning, check_task, denoise, resolve_options, start_noise
 from ldm.tasks.prompts import prompt_conditions
 from ldm.tasks.results import Generated, settings_of
+from ldm.tasks.sdxl_handoff import DEFAULT_SWITCH, SDXLMicro, check_sdxl_options
 from ldm.tasks.txt2img import image_size
 
 log = logging.getLogger("ldm")
@@ -90,6 +91,7 @@ def walk_frames(
     progress: bool = True,
     prompt_options: PromptOptions | None = None,
     precision: str | Precision = "fp32",
+    micro: SDXLMicro | None = None,
 ) -> Generated:
     """Images along the walk from (prompt_a, seed_a) to (prompt_b, seed_b).
 
@@ -97,13 +99,15 @@ def walk_frames(
     only the seed. Every frame samples with the same generator seed, so ancestral samplers'
     injected noise does not flicker between frames. `on_frame(k, image)` reports each frame. `prompt_options`: how
     the prompts are read (ldm.models.prompt_options); prompt editing has no place in a walk and is refused.
-    precision: the autocast, as txt2img's.
+    precision: the autocast, as txt2img's. micro: an SDXL model's micro-conditionings, the same for every frame
+    (ldm.tasks.sdxl_handoff.SDXLMicro; a walk has no refiner hand-off).
     """
     prompt_b = prompt_a if prompt_b is None else prompt_b
     seed_b = seed_a if seed_b is None else seed_b
     if prompt_a == prompt_b and seed_a == seed_b:
         raise WalkError("both ends are the same: give a second prompt or a second seed")
     check_task(model, "walk")
+    check_sdxl_options(model, micro, None, DEFAULT_SWITCH)
     precision = Precision.of(precision)
     options = resolve_options(options, {}, "walk", model=model)
     if prompt_options is not None and prompt_options.prompt_editing:
@@ -114,15 +118,16 @@ def walk_frames(
     shape = (model.latent_channels, height // model.downscale, width // model.downscale)
     noise_a, noise_b = start_noise(shape, [seed_a, seed_b], model.device)
     sdxl = hasattr(getattr(model, "text_encoder", None), "micro_conditions")
+    numbers = None if micro is None else micro.sides(height, width)
     if sdxl and prompt_options is not None and (prompt_options.long_prompts or prompt_options.emphasis):
         # SDXL's chunked prompts: one batch brings both ends and the negative to one length (their chunk counts differ)
-        size = (height, width)
-        ends, uncond = prompt_conditions(model, [prompt_a, prompt_b], [negative_prompt] * 2, prompt_options, size)
+        both, negatives = [prompt_a, prompt_b], [negative_prompt] * 2
+        ends, uncond = prompt_conditions(model, both, negatives, prompt_options, (height, width), numbers)
     elif sdxl:
         # SDXL: each end encoded alone, as txt2img encodes it (a batch of two sums in another order on several
         # threads), so the end frames are txt2img's images bit for bit; the vector y is interpolated with the context.
         sides = [
-            prompt_conditions(model, [p], [negative_prompt], prompt_options, (height, width))
+            prompt_conditions(model, [p], [negative_prompt], prompt_options, (height, width), numbers)
             for p in (prompt_a, prompt_b)
         ]
         ends, uncond = {k: torch.cat([sides[0][0][k], sides[1][0][k]]) for k in sides[0][0]}, sides[0][1]
@@ -144,8 +149,17 @@ def walk_frames(
         images.append(image)
         if on_frame is not None:
             on_frame(k, image)
+    numbered = micro.record() if micro is not None else {}
     settings = settings_of(
-        "walk", options, model, precision=precision, prompting=prompt_options, frames=frames, height=height, width=width
+        "walk",
+        options,
+        model,
+        precision=precision,
+        prompting=prompt_options,
+        frames=frames,
+        height=height,
+        width=width,
+        **numbered,
     )
     return Generated(images, settings)
 

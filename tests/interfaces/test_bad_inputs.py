@@ -100,6 +100,8 @@ CASES = [
     (["img2img", "photo.png", "x", *DEPTH], "this depth model needs --depth-map DEPTH.png"),  # SD 2 depth
     (["img2img", "photo.png", "x", *DEPTH, "--depth-map", "small-mask.png"], "the depth map holds one value"),
     (["img2img", "photo.png", "x", *MODEL, "--depth-map", "photo.png"], "--depth-map needs a depth model"),
+    (["img2img", "photo.png", "x", *MODEL, "--refiner", "tiny.safetensors"], "--refiner is for SDXL models"),
+    (["outpaint", "photo.png", "x", *MODEL, "--extend", "right=8", "--crop", "0,8"], "--crop is for SDXL models"),
 ]
 
 

@@ -1,6 +1,6 @@
-"""The text-to-image page's SDXL controls: the refiner hand-off and the micro-conditionings (ldm.tasks.sdxl_refiner),
-with the references' defaults; the same options as `ldm txt2img --refiner ... --original-size ...`
-(ldm.interfaces.cli.sdxl_args)."""
+"""The SDXL controls of the text-to-image and edit pages: the refiner hand-off and the micro-conditionings
+(ldm.tasks.sdxl_handoff), with the references' defaults; the same options as `ldm txt2img / img2img / inpaint
+--refiner ... --original-size ...` (ldm.interfaces.cli.sdxl_args)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def load_refiner(path: str, device: str) -> LatentDiffusion:
 
 
 def sdxl_controls(model: LatentDiffusion, prefix: str = "t2i") -> dict[str, Any] | None:
-    """The keyword arguments of ldm.tasks.sdxl_refiner.sdxl_txt2img the page's SDXL controls give (None: not SDXL)."""
+    """The keyword arguments of ldm.tasks.sdxl_refiner.sdxl_txt2img (and of img2img, inpaint and outpaint, which take
+    the same) the page's SDXL controls give (None: not SDXL)."""
     if not is_sdxl(model):
         return None
     with st.expander("SDXL: refiner and micro-conditionings"):

@@ -19,6 +19,7 @@ from ldm.interfaces.cli.common import (
     sampling_options,
 )
 from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls, control_specs
+from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.depth import check_depth_map, load_depth_map
 from ldm.tasks.editing import as_pil
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
     add_model_args(p)
+    add_sdxl_args(p)
     add_control_args(p)
     p.set_defaults(func=run)
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     control_specs(args)  # a missing control image or ControlNet fails before the model loads
     writer = ImageWriter(args.outdir, grid=not args.no_grid)
     model = load_model_from_args(args)
+    sdxl = sdxl_options(args, model) or {}  # an SDXL model's refiner and micro-conditionings (ldm.tasks.sdxl_handoff)
     controlled = attach_controls(model, args)  # --control: ControlNets for every image of the run
     check_depth_map(model, depth)  # a depth model needs --depth-map, any other refuses it
     more = {"init_image": str(args.image), **({"depth_map": str(args.depth_map)} if depth is not None else {})}
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                     prompt_options=prompting,
                     precision=args.precision,
                     depth_map=depth,
+                    **sdxl,
                 )
                 for i, result in enumerate(out):
                     # The call's settings, and the files it never saw.

@@ -21,6 +21,7 @@ from ldm.interfaces.cli.common import (
     sampling_options,
 )
 from ldm.interfaces.cli.controlnet_args import add_control_args, attach_controls, control_specs
+from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
 from ldm.sampling.samplers import check_strength
 from ldm.tasks.editing import as_pil, size_multiple
 from ldm.tasks.inpaint import (
@@ -76,6 +77,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-grid", action="store_true", help="do not write a grid")
     add_sampling_args(p)
     add_model_args(p)
+    add_sdxl_args(p)
     add_control_args(p)
 
 
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     # Without --ckpt: the shipped inpainting model, or the text-to-image one for blending (--mode blend).
     model = load_model_from_args(args, task="txt2img" if args.mode == "blend" else "inpaint")
     mode = resolve_mode(model, args.mode)
+    sdxl = sdxl_options(args, model) or {}  # an SDXL model's refiner and micro-conditionings (ldm.tasks.sdxl_handoff)
     # What the metadata adds to the call's settings: the files it never saw, and that its canvas was an outpainting's
     # (as ldm.tasks.inpaint.outpaint records it).
     more = {"init_image": str(args.image), **attach_controls(model, args)}  # --control: for every image
@@ -151,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 precision=args.precision,
                 inpaint_area=args.inpaint_area,
                 mask_padding=args.mask_padding,
+                **sdxl,
             )
             for i, result in enumerate(out):
                 writer.write(result, {**out.settings.image(i), **more})

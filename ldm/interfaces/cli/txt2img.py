@@ -35,7 +35,7 @@ from ldm.interfaces.cli.controlnet_args import (
 )
 from ldm.interfaces.cli.devices_args import add_devices_args, devices_run, on_devices, run_prompt_file
 from ldm.interfaces.cli.hires_args import HIRES_SETTINGS, add_hires_args, apply_hires_png, hires_options
-from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
+from ldm.interfaces.cli.sdxl_args import add_sdxl_args, apply_sdxl_png, sdxl_options
 from ldm.io.images import check_size
 from ldm.io.infotext import settings_from_png
 from ldm.models.prompt_options import PROMPT_SWITCHES
@@ -159,6 +159,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     args.label = settings.get("label", args.label)
     apply_control_settings(args, settings)  # the image's ControlNets, unless --control is given
     apply_hires_png(args, settings)  # the image's hires fix, unless --hires-* is given
+    apply_sdxl_png(args, settings, args.from_png)  # an SDXL image's micro-conditionings, unless given here
     if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
         # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
         args.learned_variance, args.sampler = True, "ddpm"

@@ -18,6 +18,7 @@ from ldm.interfaces.cli.common import (
     prompt_options_of,
     sampling_options,
 )
+from ldm.interfaces.cli.sdxl_args import add_sdxl_args, sdxl_options
 from ldm.io.images import check_size, save_png
 from ldm.tasks.walk import WalkError, save_gif, save_mp4, walk_frames
 
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_sampling_args(p, "walk")
     add_model_args(p)
+    add_sdxl_args(p, refiner=False)  # the micro-conditionings; a walk has no refiner hand-off
     p.set_defaults(func=run)
 
 
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if existing is not None and not args.overwrite:
         raise WalkError(f"{existing} already exists (--overwrite replaces it)")
     model = load_model_from_args(args)
+    sdxl = sdxl_options(args, model)  # an SDXL model's micro-conditionings, the same for every frame
     height = model.default_image_size if args.height is None else args.height
     width = model.default_image_size if args.width is None else args.width
     check_size(height, width, max(8, model.downscale))
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         prompt_options=prompt_options_of(args),
         precision=args.precision,
+        micro=sdxl["micro"] if sdxl is not None else None,
     )
     if out.suffix.lower() == ".mp4":
         save_mp4(frames, out, fps=max(1, round(1000 / args.duration)), overwrite=args.overwrite)

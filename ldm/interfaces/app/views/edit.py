@@ -7,6 +7,7 @@ from PIL import Image
 from ldm.core import defaults
 from ldm.interfaces.app import ui
 from ldm.interfaces.app.edit import mask_from_strokes, read_mask
+from ldm.interfaces.app.sdxl import sdxl_controls
 
 st.header("Edit")
 model = ui.get_model()
@@ -86,6 +87,10 @@ elif model is not None:
                 else "the main model, by latent blending (the known area is re-noised each step)"
             )
         )
+    sdxl = None
+    with ui.user_errors("The SDXL options"):
+        sdxl = sdxl_controls(model, prefix="edit")  # None for other models (ldm.interfaces.app.sdxl)
+    sdxl = sdxl or {}
     if mode == "img2img":
         strength = st.slider(
             "Strength (how much to change)", 0.0, 1.0, defaults.STRENGTH["img2img"], 0.05, key="edit_strength"
@@ -96,7 +101,7 @@ elif model is not None:
             run_and_show(
                 "img2img",
                 lambda cb: img2img(
-                    model, image, prompt, strength, negative, seed, options, callback=cb, progress=False
+                    model, image, prompt, strength, negative, seed, options, callback=cb, progress=False, **sdxl
                 )[0],
             )
     elif mode == "inpaint":
@@ -164,6 +169,7 @@ elif model is not None:
                         progress=False,
                         inpaint_area=area,
                         mask_padding=padding,
+                        **sdxl,
                     )[0],
                 )
     else:
@@ -188,6 +194,7 @@ elif model is not None:
                     options=options,
                     callback=cb,
                     progress=False,
+                    **sdxl,
                 )[0],
             )
 
