@@ -2,6 +2,7 @@
 (Postprocess upscale by/upscaler), made again bit for bit by --from-png; bad combinations are one line."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def made(out) -> tuple[Image.Image, dict, str]:
     return image, json.loads(image.text["ldm"]), image.text["parameters"]
 
 
-def test_an_upscaled_image_is_recorded_and_made_again_bit_for_bit_from_its_png(files, tmp_path):
+def test_an_upscaled_image_is_recorded_and_made_again_bit_for_bit_from_its_png(files, tmp_path, caplog):
     up = ["--upscale", "--upscaler", files[1], "--upscale-steps", "2", "--upscale-noise-level", "30"]
     assert run(files, tmp_path / "first", "a cat", *up) == 0
     image, settings, text = made(tmp_path / "first")
@@ -45,6 +46,14 @@ def test_an_upscaled_image_is_recorded_and_made_again_bit_for_bit_from_its_png(f
     assert run(files, tmp_path / "again", "--from-png", str(png), "--upscaler", files[1]) == 0
     again, settings_again, _ = made(tmp_path / "again")
     assert np.array_equal(np.asarray(image), np.asarray(again)) and settings_again["upscale_noise_level"] == 30
+    # Another upscaler is used when given, and said to differ from the image's.
+    folder = tmp_path / "other-upscaler"
+    folder.mkdir()
+    _, other = write_tiny_model_files(folder, "tiny-up", tiny_upscaler_config(), tiny_upscaler_model(seed=1))
+    with caplog.at_level(logging.WARNING, logger="ldm"):
+        assert run(files, tmp_path / "swapped", "--from-png", str(png), "--upscaler", other) == 0
+    assert "was upscaled by another upscaler" in caplog.text
+    assert not np.array_equal(np.asarray(made(tmp_path / "swapped")[0]), np.asarray(image))
     # Another noise level makes another image: the option reaches the upscaler.
     assert run(files, tmp_path / "other", "a cat", *up[:-1], "200") == 0
     assert not np.array_equal(np.asarray(made(tmp_path / "other")[0]), np.asarray(image))

@@ -9,6 +9,7 @@ from typing import Any
 
 from ldm.core import defaults
 from ldm.core.errors import InvalidOptionError, MissingFileError
+from ldm.interfaces.cli.common import log
 from ldm.tasks.upscale_pass import UpscaleOptions
 
 # The settings keys (ldm.tasks.upscale_pass.upscale_pass's record) the command reads back.
@@ -53,6 +54,7 @@ def apply_upscale_png(args: argparse.Namespace, settings: dict[str, Any]) -> Non
     if not settings.get("upscale"):
         return
     args.upscale = True
+    args.png_upscaler_sha256 = settings.get("upscaler_sha256")  # compared with the upscaler loaded (with_upscaler)
     for key, attr in (("upscale_steps", "upscale_steps"), ("upscale_noise_level", "upscale_noise_level")):
         if getattr(args, attr) is None and settings.get(key) is not None:
             setattr(args, attr, settings[key])
@@ -88,5 +90,10 @@ def with_upscaler(chosen: UpscaleOptions | None, args: argparse.Namespace, model
     from ldm.tasks.upscale_pass import upscaler_for
 
     if args.upscaler is not None:
-        return replace(chosen, upscaler_model=load_model(checkpoint=args.upscaler, device=model.device))
-    return replace(chosen, upscaler_model=upscaler_for(model, chosen))
+        upscaler = load_model(checkpoint=args.upscaler, device=model.device)
+    else:
+        upscaler = upscaler_for(model, chosen)
+    made_with, ours = getattr(args, "png_upscaler_sha256", None), upscaler.identity.get("model_sha256")
+    if made_with and ours and made_with != ours:
+        log.warning("%s was upscaled by another upscaler (%s); give it with --upscaler", args.from_png, made_with[:10])
+    return replace(chosen, upscaler_model=upscaler)
