@@ -26,6 +26,7 @@ from ldm.tasks.base import Conditioning, batch_noise, check_task, denoise, resol
 from ldm.tasks.hires import HiresOptions, second_pass
 from ldm.tasks.prompts import PromptError, label_conditions, prompt_conditioning, prompt_lists
 from ldm.tasks.results import Generated, settings_of
+from ldm.tasks.upscale_pass import UpscaleOptions, UpscalePassError, upscale_pass
 
 
 def image_size(model: LatentDiffusion, height: int | None, width: int | None) -> tuple[int, int]:
@@ -73,6 +74,7 @@ def txt2img(
     label: str | list[str | None] | None = None,
     precision: str | Precision = "fp32",
     hires: HiresOptions | None = None,
+    upscale: UpscaleOptions | None = None,
     **option_overrides: Any,
 ) -> Generated:
     """Generate `num_images_per_prompt` images per prompt. Image i uses seed + i, so any single image can be
@@ -92,7 +94,9 @@ def txt2img(
     height x width, upscale by hires.scale and redraw by img2img at that size; the images are the larger ones, image i
     again seed + i. Prompt editing goes on into its second pass as A1111's does: integer `when`s count on from the
     first pass's steps, fractions from 1.0 up address the second pass ("[red:blue:1.5]": red in the first pass and
-    the first half of the second).
+    the first half of the second). upscale: the x4 upscale pass (ldm.tasks.upscale_pass.UpscaleOptions): each image
+    as sampled, then through the x4 upscaler with its prompt and seed (seed + i), as `upscale` alone would make it;
+    not with the hires fix (which redraws at the larger size).
     """  # noqa: E501
     if loras:
         from ldm.adapters.lora import using_loras
@@ -114,6 +118,7 @@ def txt2img(
                 label=label,
                 precision=precision,
                 hires=hires,
+                upscale=upscale,
                 **option_overrides,
             )
     check_task(model, "txt2img")
@@ -125,6 +130,12 @@ def txt2img(
             raise InvalidOptionError("the hires fix reuses each image's seed; give seed=, not generator= or latents=")
         if label is not None:
             raise InvalidOptionError("the hires fix's second pass (img2img) takes no class label; leave hires out")
+    if upscale is not None:
+        upscale.validate()
+        if hires is not None:
+            raise UpscalePassError("the hires fix and the x4 upscale pass both enlarge the image; give one of them")
+        if generator is not None or latents is not None:
+            raise UpscalePassError("the upscale pass reuses each image's seed; give seed=, not generator= or latents=")
     options = resolve_options(options, option_overrides, model=model)
     prompts, negatives = prompt_lists(prompts, negative_prompt)
     if num_images_per_prompt < 1:
@@ -155,6 +166,10 @@ def txt2img(
             model, latents, images, prompts, negatives, seeds, options, hires, callback, progress, prompting, precision
         )
         labelled.update(hires.record())
+    if upscale is not None:
+        seeds = [seed + i for i in range(len(prompts))]
+        images, record = upscale_pass(model, images, prompts, negatives, seeds, upscale, progress, prompting, precision)
+        labelled.update(record)
     return Generated(
         images,
         settings_of(

@@ -266,6 +266,24 @@ def test_text_page_runs_the_hires_fix_and_records_it(app_env):
     assert settings["strength"] == 0.7
 
 
+def test_text_page_upscales_each_image_x4_when_asked_and_records_it(app_env, tmp_path, monkeypatch):
+    from factories import tiny_upscaler_config, tiny_upscaler_model
+
+    cfg, ckpt = tmp_path / "up.yaml", tmp_path / "up.safetensors"
+    cfg.write_text(yaml.safe_dump({**tiny_upscaler_config(), "sampling": {"steps": 2}}))
+    save_state_dict(tiny_upscaler_model().original_state_dict(), ckpt)
+    monkeypatch.setenv(ENV_UPSCALER_CONFIG, str(cfg))
+    monkeypatch.setenv(ENV_UPSCALER_CKPT, str(ckpt))
+    at = page("text")
+    at.number_input(key="t2i_steps").set_value(2)
+    at.checkbox(key="t2i_upscale").check().run()
+    at.button(key="t2i_go").click().run()
+    assert not at.exception and not errors(at)
+    image, settings = at.session_state["t2i_result"]
+    assert image.size == (64, 64) and settings["height"] == 16  # the 16 px sample x4; the sampled size recorded
+    assert settings["upscale"] == 4 and settings["upscale_steps"] == 2  # the upscaler's own steps
+
+
 def test_text_page_reads_prompts_in_the_chosen_syntax_and_records_it(app_env):
     def made(syntax: str | None):
         at = page("text")

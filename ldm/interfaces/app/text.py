@@ -18,6 +18,7 @@ from ldm.sampling.options import SamplingOptions
 from ldm.tasks.hires import HiresOptions
 from ldm.tasks.sdxl_refiner import sdxl_txt2img
 from ldm.tasks.txt2img import txt2img
+from ldm.tasks.upscale_pass import UpscaleOptions
 
 StepReport = Callable[[int, int, "Image.Image | None"], None]  # (step done, total steps, preview or None)
 
@@ -59,12 +60,14 @@ def generate(
     sdxl: dict[str, Any] | None = None,
     hires: HiresOptions | None = None,
     prompt_syntax: str | None = None,
+    upscale: UpscaleOptions | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """(image, the settings that re-make it); label: a class-conditional model's class (None: the null label),
     recorded in the settings as `ldm txt2img --label` records it; sdxl: an SDXL model's refiner and
     micro-conditionings (ldm.tasks.sdxl_refiner.sdxl_txt2img's keywords, ldm.interfaces.app.sdxl); hires: the hires
     fix (ldm.tasks.hires), recorded as `ldm txt2img --hires-scale` records it; prompt_syntax: how the prompts are read
-    ("plain" or "a1111", ldm.models.prompt_options; None: the default), recorded as `--prompt-syntax` records it."""
+    ("plain" or "a1111", ldm.models.prompt_options; None: the default), recorded as `--prompt-syntax` records it;
+    upscale: the x4 upscale pass (ldm.tasks.upscale_pass), recorded as `ldm txt2img --upscale` records it."""
     options = options or SamplingOptions()
     options.validate()
     height = height or model.default_image_size
@@ -74,6 +77,8 @@ def generate(
     callback = preview_callback(model, total, preview_every, report) if report else None
     if sdxl is not None and hires is not None:
         raise InvalidOptionError("the hires fix is not implemented for SDXL models; turn it off")
+    if sdxl is not None and upscale is not None:
+        raise InvalidOptionError("the x4 upscale is not implemented for SDXL models; turn it off")
     if sdxl is not None:
         made = sdxl_txt2img(
             model,
@@ -102,6 +107,7 @@ def generate(
             label=label,
             hires=hires,
             prompt_syntax=prompt_syntax,
+            upscale=upscale,
         )
     return made[0], made.settings.image(0)
 

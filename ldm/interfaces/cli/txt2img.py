@@ -36,6 +36,13 @@ from ldm.interfaces.cli.controlnet_args import (
 from ldm.interfaces.cli.devices_args import add_devices_args, devices_run, on_devices, run_prompt_file
 from ldm.interfaces.cli.hires_args import HIRES_SETTINGS, add_hires_args, apply_hires_png, hires_options
 from ldm.interfaces.cli.sdxl_args import add_sdxl_args, apply_sdxl_png, sdxl_options
+from ldm.interfaces.cli.upscale_args import (
+    UPSCALE_SETTINGS,
+    add_upscale_args,
+    apply_upscale_png,
+    upscale_options,
+    with_upscaler,
+)
 from ldm.io.images import check_size
 from ldm.io.infotext import settings_from_png
 from ldm.models.prompt_options import PROMPT_SWITCHES
@@ -83,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_control_args(p)
     add_devices_args(p)
     add_hires_args(p)
+    add_upscale_args(p)
     p.add_argument(
         "--model",
         choices=VARIANTS,
@@ -113,6 +121,7 @@ OWN_SETTINGS = {
     "controls",
     *PROMPT_SWITCHES,
     *HIRES_SETTINGS,
+    *UPSCALE_SETTINGS,
 }
 
 
@@ -160,6 +169,7 @@ def apply_png_settings(args: argparse.Namespace) -> None:
     apply_control_settings(args, settings)  # the image's ControlNets, unless --control is given
     apply_hires_png(args, settings)  # the image's hires fix, unless --hires-* is given
     apply_sdxl_png(args, settings, args.from_png)  # an SDXL image's micro-conditionings, unless given here
+    apply_upscale_png(args, settings)  # the image's x4 upscale pass, unless --upscale-* is given
     if settings.get("learned_variance") or settings.get("sampler") == "ddpm_learned_variance":
         # the Python call (txt2img_learned_variance) names its sampler so; the CLI writes ddpm + learned_variance
         args.learned_variance, args.sampler = True, "ddpm"
@@ -219,6 +229,9 @@ def run(args: argparse.Namespace) -> int:
     hires = hires_options(args)
     if hires is not None and (args.learned_variance or args.label is not None):
         raise InvalidOptionError("the hires fix is not implemented with --learned-variance or --label; leave it out")
+    upscaled = upscale_options(args)  # the x4 upscale pass, its upscaler loaded with the model
+    if upscaled is not None and args.learned_variance:
+        raise InvalidOptionError("--upscale is not implemented with --learned-variance; leave one out")
     control_specs(args)  # a missing control image or ControlNet fails before the model loads
     devices = devices_run(args, len(prompts)) if on_devices(args) else None  # a prompt file through Lightning
     if devices is not None:
@@ -237,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
     controlled = attach_controls(model, args)  # --control: ControlNets for every image of the run, their files
     if hires is not None and sdxl is not None:
         raise InvalidOptionError("the hires fix is not implemented for SDXL models; leave --hires-scale out")
+    if upscaled is not None and sdxl is not None:
+        raise InvalidOptionError("--upscale is not implemented for SDXL models; leave it out")
+    upscaled = with_upscaler(upscaled, args, model)  # a model larger than the shipped upscaler's input is refused
     if hires is not None and hires.upscaler == "model":  # loaded once for the whole run
         hires = replace(hires, upscaler_model=load_model(task="upscale", device=model.device))
     made_with = getattr(args, "png_model_hash", None)
@@ -303,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
                     prompt_options=prompting,
                     precision=args.precision,
                     hires=hires,
+                    upscale=upscaled,
                 )
             for i, image in enumerate(images):  # the call's settings, and the ControlNet files it never saw
                 yield image, {**images.settings.image(i), **controlled}
@@ -313,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
             "txt2img", options, model, precision=args.precision, prompting=prompting,
             negative_prompt=args.negative_prompt, seed=args.seed, height=height, width=width, **labelled, **controlled,
             **(hires.record() if hires is not None else {}),
+            **({"upscale": upscaled.upscaler_model.downscale} if upscaled is not None else {}),
         )  # fmt: skip
         return run_prompt_file(devices, args, model, prompts, make, shared)
     seed = args.seed

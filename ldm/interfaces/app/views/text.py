@@ -11,6 +11,7 @@ from ldm.interfaces.app.text import NO_LABEL, generate, label_choices, png_bytes
 from ldm.models.controlnet import using_controlnets
 from ldm.models.prompt_options import PROMPT_SYNTAXES
 from ldm.tasks.hires import HiresOptions
+from ldm.tasks.upscale_pass import UpscaleOptions
 
 st.header("Text-to-image")
 fast = student_choice(ui.model_source())  # the shipped student, the default where it is shipped (ldm.formats.variants)
@@ -81,6 +82,14 @@ if model is not None:
             else:
                 hires = HiresOptions(float(scale), int(hires_steps), float(strength), upscaler, upscaler_model)
 
+    upscale = None  # the same as `ldm txt2img --upscale` (ldm.tasks.upscale_pass)
+    if st.checkbox("x4 upscale each image by the shipped upscaler (64 -> 256 px)", False, key="t2i_upscale"):
+        upscaler_model = ui.get_upscaler()
+        if upscaler_model is None:
+            st.caption("No x4 upscaler is shipped here.")
+        else:
+            upscale = UpscaleOptions(upscaler_model=upscaler_model)
+
     if st.button("Generate", key="t2i_go", type="primary"):
         bar = st.progress(0.0, text="sampling…")
         preview = st.empty()
@@ -93,9 +102,8 @@ if model is not None:
         with ui.user_errors("Generation"):
             controls, controlled = controls_for(model, control)
             with using_controlnets(model, controls):
-                image, settings = generate(
-                    model, prompt, negative, options, seed, height, width, every, report, label, sdxl, hires, syntax
-                )
+                made = (model, prompt, negative, options, seed, height, width, every, report, label, sdxl, hires)
+                image, settings = generate(*made, syntax, upscale)
             st.session_state["t2i_result"] = (image, {**settings, **controlled})
         bar.empty()
         preview.empty()
