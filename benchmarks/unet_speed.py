@@ -52,10 +52,16 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "stable-diffusion"
 SDXL_CONFIG = CONFIG.with_name("sd_xl_base.yaml")
 
 
-def timed_round_robin(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
-    """Median times, one call of each in turn per round, so background load hits all alike."""
-    for fn in fns.values():
+def timed_round_robin(
+    fns: dict[str, Callable[[], torch.Tensor]], repeats: int, first_calls: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Median times, one call of each in turn per round, so background load hits all alike. `first_calls`, if
+    given, gets each warm-up call's seconds (a compiled model's first call is its compile)."""
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
         fn()  # warm-up: allocator, kernels, lazy inits
+        if first_calls is not None:
+            first_calls[name] = time.perf_counter() - t0
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -371,6 +377,7 @@ def main() -> None:
             fns["the same, compiled (--precision bf16 --compile)"] = run(
                 torch.compile(ours_bf16), channels_last=True, amp=True, dtype=torch.bfloat16
             )
+            fns["diffusers bf16 autocast"] = run(theirs, amp=True, diffusers=True)
     else:
         ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
         fns["ldm fp32, channels-last"] = run(ours_cl, channels_last=True)
@@ -383,8 +390,9 @@ def main() -> None:
                 ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16
             )
 
+    first_calls: dict[str, float] = {}
     with torch.no_grad():  # inductor's freezing needs no_grad, not inference mode
-        medians = timed_round_robin(fns, args.repeats)
+        medians = timed_round_robin(fns, args.repeats, first_calls)
         reference = fns["diffusers fp32"]()
         errors = {name: ((fn() - reference).norm() / reference.norm()).item() for name, fn in fns.items()}
 
@@ -399,6 +407,32 @@ def main() -> None:
     base = medians["diffusers fp32"]
     for name, seconds in medians.items():
         print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x | {errors[name]:.1e} |")
+    if args.compile:
+        print_compile_payback(medians, first_calls)
+
+
+# each compiled row against the eager row it replaces
+COMPILED_ROWS = {
+    "ldm fp32, compiled (--compile)": "ldm fp32",
+    "the same, compiled (--precision bf16 --compile)": (
+        "ldm bf16 weights, channels-last, autocast (CLI --precision bf16)"
+    ),
+}
+
+
+def print_compile_payback(medians: dict[str, float], first_calls: dict[str, float], steps: int = 30) -> None:
+    """The one-time compile cost (the first call less one compiled step) and after how many images it pays back:
+    cost / (steps x the step time it saves), one image being `steps` guided steps at the benchmark's batch."""
+    for compiled, eager in COMPILED_ROWS.items():
+        if compiled not in medians:
+            continue
+        cost = first_calls[compiled] - medians[compiled]
+        saved = steps * (medians[eager] - medians[compiled])
+        payback = f"pays back after {math.ceil(cost / saved)} images" if saved > 0 else "never pays back"
+        print(
+            f"\n{compiled}: compile {cost:.0f} s (first call {first_calls[compiled]:.0f} s); saves {saved:.1f} s per "
+            f"image of {steps} steps against {eager!r}: {payback}"
+        )
 
 
 if __name__ == "__main__":

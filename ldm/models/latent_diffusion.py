@@ -280,8 +280,9 @@ class LatentDiffusion(nn.Module):
     def compile_unet(self) -> LatentDiffusion:
         """Compile the U-Net with torch.compile (inductor) for inference, after any cast, LoRA or embedding.
         Freezing makes the weights constants, so that inductor folds them and prepacks them for oneDNN on a
-        CPU: SD 2-base fp32 at 0.84-0.88x its eager time on one thread (benchmarks/unet_speed.py --compile).
-        The first call compiles (minutes at SD size); later changes to the weights are not seen."""
+        CPU: SD 2-base bf16 (after use_cpu_bf16) at 0.65-0.69x its eager time, fp32 at 0.76-1.04x, on one thread
+        (benchmarks/unet_speed.py --compile, docs/benchmarks.md). One graph serves every step (autocast is part of
+        its guards). The first call compiles (minutes at SD size); later changes to the weights are not seen."""
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
