@@ -11,6 +11,12 @@ results: a JSON list of {"rc": exit status (-N: killed by signal N; "timeout"), 
 Each child runs the module as `python -m ldm.interfaces.cli.main` does (runpy, as __main__), with file descriptors 1 and 2 on
 files of its own, and an uncaught exception goes through the interpreter's own hook: a traceback shows
 exactly as it would in a real run.
+
+Preloading costs seconds per runner, and a test session starts a dozen runners: tests/conftest.py starts one
+preloaded server (`python tests/cli_runner.py --serve SOCKET`) and names its socket in LDM_TEST_RUNNER_SOCKET. A runner
+started with that variable hands its standard streams, folder and environment to the server, which forks a copy of
+itself (preloaded, nothing else run) that does what this process would; where the server is not there or was started
+with another environment (what the imports read), the runner preloads and runs the cases itself.
 """  # noqa: E501
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import os
 import runpy
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -128,13 +135,126 @@ def run_case(case: dict, scratch: str, number: int) -> dict:
         return {"rc": rc, "stdout": out.read(), "stderr": err.read(), "changed": changed}
 
 
-def main() -> int:
+def run_cases() -> int:
+    """The cases on stdin, run one by one; their results on stdout (once preloaded)."""
     cases = json.load(sys.stdin)
-    preload()
     with tempfile.TemporaryDirectory() as scratch:
         results = [run_case(case, scratch, n) for n, case in enumerate(cases)]
     json.dump(results, sys.stdout)
     return 0
+
+
+SOCKET_VARIABLE = "LDM_TEST_RUNNER_SOCKET"
+# Set by pytest for each test, so never the same in the server as in a runner; no import reads it.
+PER_TEST_VARIABLES = {"PYTEST_CURRENT_TEST"}
+
+
+def same_environment(a: dict[str, str], b: dict[str, str]) -> bool:
+    return {k: v for k, v in a.items() if k not in PER_TEST_VARIABLES} == {
+        k: v for k, v in b.items() if k not in PER_TEST_VARIABLES
+    }
+
+
+def delegate(path: str) -> int | None:
+    """Have the server at path run this runner's cases, on this process's streams: their exit status, or None where
+    the server cannot (none there, another environment): then this process runs them itself."""
+    try:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(path)
+    except OSError:
+        return None
+    with connection, connection.makefile("rb") as replies:
+        request = json.dumps({"cwd": os.getcwd(), "env": dict(os.environ)}).encode() + b"\n"
+        try:
+            socket.send_fds(connection, [b"R"], [0, 1, 2])
+            connection.sendall(request)
+        except OSError:  # e.g. a standard stream closed: nothing to hand over
+            return None
+        if replies.readline().strip() != b"ok":
+            return None
+        status = replies.readline().strip()  # sent by the server's copy when the cases are done
+    if not status:
+        print("cli_runner: the server's copy ended without an exit status", file=sys.stderr)
+        return 1
+    return int(status)
+
+
+def serve_one(connection: socket.socket, listener: socket.socket, started_with: dict[str, str]) -> None:
+    """In the server: run one runner's cases in a forked copy of this preloaded process, or say "no"."""
+    _, fds, _, _ = socket.recv_fds(connection, 1, 3)
+    try:
+        with connection.makefile("rb") as lines:
+            request = json.loads(lines.readline())
+        # what the runner would have preloaded with (the imports set variables of their own, kept as in a runner)
+        if len(fds) != 3 or not same_environment(request["env"], started_with):
+            connection.sendall(b"no\n")
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            code = 1
+            try:
+                connection.sendall(b"ok\n")  # from here on the runner waits for this copy's exit status
+                listener.close()
+                for fd, target in zip((0, 1, 2), fds):
+                    os.dup2(target, fd)
+                    os.close(target)
+                os.chdir(request["cwd"])
+                for name in PER_TEST_VARIABLES:
+                    if name in request["env"]:
+                        os.environ[name] = request["env"][name]
+                    else:
+                        os.environ.pop(name, None)
+                code = run_cases()
+            except BaseException:  # noqa: BLE001 - as in run_child: say it, never return into the server's loop
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    connection.sendall(b"%d\n" % code)
+                finally:
+                    os._exit(code)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def serve(path: str) -> int:
+    """Listen at path (at once, so runners started meanwhile wait rather than preload), preload, then serve each
+    runner until the process that started this one is gone."""
+    parent = os.getppid()
+    started_with = dict(os.environ)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    preload()
+    listener.settimeout(1.0)
+    while os.getppid() == parent:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:  # the copies that have finished
+                pass
+        except ChildProcessError:
+            pass
+        try:
+            connection, _ = listener.accept()
+        except TimeoutError:
+            continue
+        with connection:
+            connection.settimeout(None)
+            serve_one(connection, listener, started_with)
+    return 0
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--serve"]:
+        return serve(sys.argv[2])
+    if os.environ.get(SOCKET_VARIABLE):
+        status = delegate(os.environ[SOCKET_VARIABLE])
+        if status is not None:
+            return status
+    preload()
+    return run_cases()
 
 
 if __name__ == "__main__":

@@ -47,3 +47,36 @@ def emoji_list():
         return find_emoji_list()
     except EmojiListNotFoundError:
         pytest.skip("needs Unicode's emoji-test.txt: install Debian's unicode-data (bash scripts/setup.sh)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_runner_server(request):
+    """One preloaded tests/cli_runner.py server for the session's runners (see its docstring), started only where
+    a collected test module uses the runner; the runners find it by LDM_TEST_RUNNER_SOCKET."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    modules = {Path(str(item.fspath)) for item in request.session.items}
+    if not any("cli_runner.py" in path.read_text(errors="replace") for path in modules if path.suffix == ".py"):
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="ldm-runner-")  # short: a socket's path is at most 107 bytes
+    path = os.path.join(folder, "socket")
+    os.environ["LDM_TEST_RUNNER_SOCKET"] = path  # before the start: the server's environment is the runners'
+    runner = Path(__file__).parent / "cli_runner.py"
+    server = subprocess.Popen(
+        [sys.executable, str(runner), "--serve", path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield path
+    finally:
+        os.environ.pop("LDM_TEST_RUNNER_SOCKET", None)
+        server.kill()
+        server.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
