@@ -21,10 +21,12 @@ import torch
 from safetensors.torch import save_file
 
 from ldm.core.errors import InvalidOptionError, LdmError, MissingFileError
+from ldm.formats.t2i_adapter_files import is_t2i_adapter, load_t2i_adapter
 from ldm.io.checkpoint import load_state_dict, state_problems
 from ldm.io.diffusers_keys import from_diffusers, to_diffusers
 from ldm.io.sdxl_keys import sdxl_unet_names
 from ldm.models.controlnet import ControlNet
+from ldm.models.t2i_adapter import T2IAdapter
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +119,13 @@ def check_family(state: dict[str, torch.Tensor], net: ControlNet, where: str) ->
         )
 
 
-def load_controlnet(path: str | Path, model: torch.nn.Module) -> ControlNet:
+def load_controlnet(path: str | Path, model: torch.nn.Module) -> ControlNet | T2IAdapter:
     """The ControlNet in `path` (either layout) for `model` (a LatentDiffusion): its encoder's architecture is the
-    model's U-Net's, its first convolution takes the latent's channels, its hint encoder the autoencoder's f."""
+    model's U-Net's, its first convolution takes the latent's channels, its hint encoder the autoencoder's f.
+    A T2I-Adapter (told by its tensor names, ldm.formats.t2i_adapter_files) is loaded as such: one `--control`
+    syntax, and every caller (command line, server, app) takes both kinds."""
+    if is_t2i_adapter(path):
+        return load_t2i_adapter(path, model)
     state, layout = read_controlnet_state(path)
     net = ControlNet(model.unet, model.latent_channels, model.downscale)
     if net.downscale != 8 and layout == "diffusers":

@@ -36,6 +36,7 @@ from ldm.core.errors import InvalidOptionError
 from ldm.diffusion.parameterisation import DiscreteTimeDenoiser
 from ldm.io.control_images import inpaint_control_pixels, is_inpaint_control
 from ldm.models.sinusoidal import timestep_embedding
+from ldm.models.t2i_adapter import T2IAdapter, level_ends
 from ldm.models.unet import UNetModel, zero_module
 
 HINT_WIDTHS = (16, 16, 32, 32, 96, 96, 256)  # the hint encoder's convolutions before its zero-initialised last one
@@ -195,7 +196,7 @@ class Control:
     of RESIZE_MODES), and its control mode (one of CONTROL_MODES). `name` is what the settings record (its file's
     name)."""
 
-    net: ControlNet
+    net: ControlNet | T2IAdapter
     image: Image.Image | torch.Tensor
     weight: float = 1.0
     start: float = 0.0
@@ -205,8 +206,8 @@ class Control:
     mode: str = "balanced"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.net, ControlNet):
-            raise InvalidOptionError(f"a Control needs a ControlNet, got {type(self.net).__name__}")
+        if not isinstance(self.net, (ControlNet, T2IAdapter)):
+            raise InvalidOptionError(f"a Control needs a ControlNet or a T2IAdapter, got {type(self.net).__name__}")
         check_control_numbers(self.weight, self.start, self.end)
         check_resize_mode(self.resize)
         check_control_mode(self.mode)
@@ -250,7 +251,14 @@ class ControlledUNet:
         **extra: Any,
     ) -> torch.Tensor:
         total: list[torch.Tensor] | None = None
+        features: list[torch.Tensor] | None = None
         for net, hint, weight, mode in self.controls:
+            if isinstance(net, T2IAdapter):  # `hint` is its features, computed once per run (ControlledDenoiser)
+                scaled = [weight * f.repeat(x.shape[0] // f.shape[0], 1, 1, 1) for f in hint]
+                if mode == "control" and self.uncond_rows:
+                    scaled = [torch.cat([0 * f[: self.uncond_rows], f[self.uncond_rows :]]) for f in scaled]
+                features = scaled if features is None else [a + b for a, b in zip(features, scaled)]
+                continue
             if x.shape[0] % hint.shape[0]:
                 raise InvalidOptionError(f"{hint.shape[0]} control images for a batch of {x.shape[0]}")
             if hint.shape[-2] != x.shape[-2] * net.downscale or hint.shape[-1] != x.shape[-1] * net.downscale:
@@ -271,6 +279,8 @@ class ControlledUNet:
                 keep[: self.uncond_rows] = 0
                 scaled = [r * keep for r in scaled]
             total = scaled if total is None else [a + b for a, b in zip(total, scaled)]
+        if features is not None:
+            extra["adapter"] = features
         return self.unet(x, timesteps, context=context, y=y, control=total, **extra)
 
 
@@ -310,6 +320,8 @@ class ControlledDenoiser:
             active = [i for i in range(steps) if control.start <= i / steps and (i + 1) / steps <= control.end]
             window = (float(grid[active[-1]]), float(grid[active[0]])) if active else None
             hint = control.hint(height, width, noise.device)
+            if isinstance(net, T2IAdapter):  # its features do not depend on the latent or the time: once per run
+                hint = adapter_features(net, hint, inner.unet, noise)
             self.controls.append((net, hint, control.weight, control.mode, window))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
@@ -326,6 +338,24 @@ class ControlledDenoiser:
             ControlledUNet(self.inner.unet, active, uncond_rows), parameterisation=self.inner.parameterisation
         )
         return controlled(x, sigma, **cond)
+
+
+def adapter_features(
+    adapter: T2IAdapter, image: torch.Tensor, unet: nn.Module, noise: torch.Tensor
+) -> list[torch.Tensor]:
+    """A T2I-Adapter's feature maps for `image`, checked against the U-Net's levels and the latent's size."""
+    if noise.shape[0] % image.shape[0]:
+        raise InvalidOptionError(f"{image.shape[0]} control images for a batch of {noise.shape[0]}")
+    with torch.no_grad():
+        features = adapter(image)
+    ends = level_ends(unet.num_res_blocks)
+    if len(features) != len(ends):
+        raise InvalidOptionError(f"a T2I-Adapter of {len(features)} feature maps for a U-Net of {len(ends)} levels")
+    if tuple(features[0].shape[-2:]) != tuple(noise.shape[-2:]):
+        raise InvalidOptionError(
+            f"a T2I-Adapter's first features are {tuple(features[0].shape[-2:])}, the latent {tuple(noise.shape[-2:])}"
+        )
+    return features
 
 
 def controlled_denoiser(

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from ldm.core.errors import InvalidOptionError
 from ldm.models.attention import attention
 from ldm.models.sinusoidal import timestep_embedding
+from ldm.models.t2i_adapter import level_ends
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -363,7 +364,8 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
                 y: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
-                control: list[torch.Tensor] | None = None) -> torch.Tensor:
+                control: list[torch.Tensor] | None = None,
+                adapter: list[torch.Tensor] | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
             raise InvalidOptionError("pass y exactly when the U-Net has a class/noise-level embedding (num_classes)")
         if (guidance is not None) != self.guidance_embedded:
@@ -382,8 +384,11 @@ class UNetModel(nn.Module):
             w = timestep_embedding(guidance.to(x.device).expand(x.shape[0]) * GUIDANCE_EMBED_FACTOR, self.model_channels)  # noqa: E501
             emb = emb + self.guidance_embed(w.to(x.dtype))
         skips, h = [], x
-        for block in self.input_blocks:
+        ends = level_ends(self.num_res_blocks) if adapter is not None else []  # T2I-Adapters' features: skips too
+        for index, block in enumerate(self.input_blocks):
             h = block(h, emb, context)
+            if index in ends:
+                h = h + adapter[ends.index(index)].to(h.dtype)
             skips.append(h)
         h = self.middle_block(h, emb, context)
         if control is not None:  # ControlNets' residuals (ldm.models.controlnet): one per skip, then the middle's

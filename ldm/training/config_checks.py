@@ -254,6 +254,8 @@ def _check_controlnet(cfg: dict, kind: str) -> None:
         raise TrainConfigError(
             f"controlnet.export_diffusers must be true or false, got {control['export_diffusers']!r}"
         )
+    if control.get("kind", "controlnet") not in ("controlnet", "t2i_adapter"):
+        raise TrainConfigError(f"controlnet.kind must be controlnet or t2i_adapter, got {control['kind']!r}")
     if kind != "diffusion":
         raise TrainConfigError(f"controlnet.train applies to diffusion runs, not to this {kind} run")
     if cfg["lora"]["rank"] or cfg["distill"]["teacher"] is not None:

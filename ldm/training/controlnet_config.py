@@ -22,3 +22,8 @@ class ControlNetSection:
     control_root: str | None = None
     control_key: str | None = None
     export_diffusers: bool = False
+    # kind "t2i_adapter" trains a T2I-Adapter (ldm.models.t2i_adapter) of `adapter_type` with `adapter_blocks`
+    # residual blocks per level instead, exported as t2i-adapter.safetensors (fp16, diffusers' names)
+    kind: str = "controlnet"
+    adapter_type: str = "full_adapter"
+    adapter_blocks: int = 2

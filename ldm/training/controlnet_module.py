@@ -33,6 +33,7 @@ from ldm.data.folder import load_rgb
 from ldm.io.control_images import control_images
 from ldm.models.controlnet import ControlledUNet, ControlNet
 from ldm.models.latent_diffusion import LatentDiffusion
+from ldm.models.t2i_adapter import T2IAdapter, t2i_adapter_for
 from ldm.training.config_checks import TrainConfigError
 from ldm.training.controlnet_config import ControlNetSection
 from ldm.training.ldm_module import LatentDiffusionModule
@@ -59,12 +60,17 @@ class ControlNetModule(LatentDiffusionModule):
         model.requires_grad_(False)
         model.eval()
         self.control = dict((self.config or {}).get("controlnet") or ControlNetSection().__dict__)
-        self.controlnet = ControlNet(model.unet, model.latent_channels, model.downscale)
+        if self.control.get("kind") == "t2i_adapter":  # the smaller design: its features once per image
+            kind, blocks = self.control.get("adapter_type", "full_adapter"), self.control.get("adapter_blocks", 2)
+            self.controlnet: ControlNet | T2IAdapter = t2i_adapter_for(model.unet, model.downscale, kind, blocks)
+        else:
+            self.controlnet = ControlNet(model.unet, model.latent_channels, model.downscale)
         self.controlnet.requires_grad_(True)
-        if self.control.get("export_diffusers"):  # refused now, not at the export after the training
+        if self.control.get("export_diffusers") and isinstance(self.controlnet, ControlNet):  # refused before training
             self._check_diffusers_layout()
         log.info(
-            "ControlNet of %d parameters on a frozen base; control images: %s",
+            "%s of %d parameters on a frozen base; control images: %s",
+            type(self.controlnet).__name__,
             sum(p.numel() for p in self.controlnet.parameters()),
             self.control.get("control_root") or self.control["preprocess"],
         )
@@ -107,7 +113,10 @@ class ControlNetModule(LatentDiffusionModule):
         if drop:
             captions = self.dropped_captions(captions, generator)
         context = self.encode_captions(captions)
-        controlled = ControlledUNet(self.model.unet, [(self.controlnet, self.hints(batch), 1.0, "balanced")])
+        hints = self.hints(batch)
+        if isinstance(self.controlnet, T2IAdapter):  # ControlledUNet takes an adapter's features in the hint's place
+            hints = self.controlnet(hints)
+        controlled = ControlledUNet(self.model.unet, [(self.controlnet, hints, 1.0, "balanced")])
         return self.model.parameterisation().loss(controlled, latents, context, generator)
 
     def configure_optimizers(self) -> Any:

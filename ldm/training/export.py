@@ -141,8 +141,9 @@ def export_controlnet(
     controlnet.yaml, the base model's inference config, which the ControlNet is applied to (`--controlnet`); with
     controlnet.export_diffusers also the folder controlnet-diffusers/ (config.json and its weights, fp16)."""
     out = Path(out_dir)
-    weights, config = out / "controlnet.safetensors", out / "controlnet.yaml"
+    weights, config = out / export_names(module)[0], out / "controlnet.yaml"
     control = cfg["controlnet"]
+    adapter = control.get("kind") == "t2i_adapter"  # diffusers' T2IAdapter names, which load_controlnet tells apart
     meta = {
         "format": "pt",
         "base_model": str(cfg["init"].get("checkpoint") or ""),
@@ -151,9 +152,14 @@ def export_controlnet(
         "thresholds": f"{control['low']},{control['high']}",
         **({"step": str(step)} if step is not None else {}),
     }
-    state = {"control_model." + k: v for k, v in module.inference_state_dict().items()}  # type: ignore[operator]
+    prefix = "" if adapter else "control_model."
+    state = {prefix + k: v for k, v in module.inference_state_dict().items()}  # type: ignore[operator]
     save_state_dict(state, weights, metadata=meta, float_dtype=torch.float16)
-    if control.get("export_diffusers"):  # the same weights as diffusers' ControlNetModel.save_pretrained writes them
+    if control.get("export_diffusers") and adapter:  # the folder diffusers' T2IAdapter.from_pretrained reads
+        from ldm.formats.t2i_adapter_files import save_t2i_adapter
+
+        save_t2i_adapter(module.controlnet, out / "t2i-adapter-diffusers", torch.float16)
+    elif control.get("export_diffusers"):  # the same weights as diffusers' ControlNetModel.save_pretrained writes them
         from ldm.formats.controlnet_files import save_controlnet_folder
 
         unet_params = cfg["model"]["params"]["unet_config"]["params"]
@@ -190,7 +196,8 @@ def export_names(module: torch.nn.Module) -> tuple[str, str]:
     if isinstance(module, ClipModule):
         return "clip.safetensors", "clip.json"
     if isinstance(module, ControlNetModule):
-        return "controlnet.safetensors", "controlnet.yaml"
+        adapter = (module.control or {}).get("kind") == "t2i_adapter"
+        return ("t2i-adapter.safetensors" if adapter else "controlnet.safetensors"), "controlnet.yaml"
     if isinstance(module, LatentDiffusionModule):
         return ("lora.safetensors", "lora.yaml") if module.lora is not None else ("model.safetensors", "model.yaml")
     return "vae.safetensors", "vae.yaml"
