@@ -40,7 +40,7 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 say "installing ldm with its dev, app and serve extras into .venv"
-pip install -q -e ".[dev,app,serve]"
+pip install -q -e ".[dev,app,serve,openvino]"
 
 # The emoji SVG designs (pinned npm packages, checksums verified) for `ldm data emoji` and its tests.
 if command -v npm >/dev/null; then
