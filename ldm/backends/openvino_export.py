@@ -149,17 +149,18 @@ def load_or_export(
     inputs: Sequence[InputSpec],
     key: str,
     cache_dir: Path,
-) -> tuple[Any, float | None]:
-    """(the ov.Model of `key`, seconds spent exporting it or None when it came from the cache).
+) -> tuple[Path, float | None]:
+    """(the IR file of `key`, seconds spent exporting it or None when it was in the cache already).
 
     A new export is written to a temporary folder beside its place and renamed there, so that a run stopped
-    half-way, or two runs at once, never leave a half-written IR under the key."""
+    half-way, or two runs at once, never leave a half-written IR under the key. The converted model is not kept:
+    compiling reads the IR back (its weights mapped from disk, not held twice)."""
     ov = import_openvino()
     folder = cache_dir / f"{role}-{key[:32]}"
     xml = folder / "model.xml"
     if xml.is_file() and (folder / "model.bin").is_file():
-        log.info("OpenVINO: %s from %s", role, folder)
-        return ov.Core().read_model(str(xml)), None
+        log.info("OpenVINO: the %s from %s", role, folder)
+        return xml, None
     start = time.perf_counter()
     log.info("OpenVINO: exporting the %s (once; kept in %s)", role, cache_dir)
     model = convert(module, example, inputs)
@@ -167,6 +168,7 @@ def load_or_export(
     temporary = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=cache_dir))
     try:
         ov.save_model(model, str(temporary / "model.xml"), compress_to_fp16=False)
+        del model
         try:
             temporary.rename(folder)
         except OSError:  # another run wrote the same key first: theirs is the same graph
@@ -174,4 +176,4 @@ def load_or_export(
                 raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    return model, time.perf_counter() - start
+    return xml, time.perf_counter() - start

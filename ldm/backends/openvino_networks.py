@@ -72,10 +72,10 @@ class OpenVINONetwork:
         self.exports: list[float] = []
         self._stamp: tuple | None = None
         self._key: str | None = None
-        self._model: Any = None
+        self._xml: Any = None
         self._compiled: dict[tuple, Any] = {}
 
-    def _ov_model(self, inputs: Sequence[tuple[InputSpec, torch.Tensor]]) -> Any:
+    def _ir(self, inputs: Sequence[tuple[InputSpec, torch.Tensor]]) -> Any:
         specs = tuple(spec for spec, _ in inputs)
         stamp = (weights_stamp(self.traced), specs)
         if stamp != self._stamp:
@@ -85,27 +85,28 @@ class OpenVINONetwork:
             key = export_key(self.role, self.traced, specs, import_openvino().__version__)
             if key != self._key:
                 example = tuple(t for _, t in inputs)
-                self._model, seconds = load_or_export(self.role, self.traced, example, specs, key, self.cache_dir)
+                self._xml, seconds = load_or_export(self.role, self.traced, example, specs, key, self.cache_dir)
                 self._compiled, self._key = {}, key
                 if seconds is not None:
                     self.exports.append(seconds)
             self._stamp = stamp
-        return self._model
+        return self._xml
 
     def compiled(self, inputs: Sequence[tuple[InputSpec, torch.Tensor]]) -> Any:
         """The compiled model for these inputs under this call's precision (compiled on first use)."""
-        model = self._ov_model(inputs)
+        xml = self._ir(inputs)
         precision, threads = run_precision(self.precision), torch.get_num_threads()
         shapes = tuple((spec.name, tuple(t.shape)) for spec, t in inputs)
         key = (precision, threads, shapes)
         if key not in self._compiled:
             ov = import_openvino()
             start = time.perf_counter()
-            static = model.clone()
+            core = ov.Core()
+            static = core.read_model(str(xml))
             static.reshape({name: list(shape) for name, shape in shapes})
             config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
                       "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
-            self._compiled[key] = ov.Core().compile_model(static, "CPU", config)
+            self._compiled[key] = core.compile_model(static, "CPU", config)
             log.info("OpenVINO: %s compiled for %s in %s (%.1f s)", self.role, shapes, precision,
                      time.perf_counter() - start)  # fmt: skip
         return self._compiled[key]
