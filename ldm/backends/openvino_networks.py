@@ -220,10 +220,13 @@ def check_model(model: nn.Module) -> None:
                                "model in float32 (precision='bf16' still runs OpenVINO in bf16)")  # fmt: skip
 
 
-def check_backend(backend: str) -> None:
-    """Refuse an unknown backend, or openvino without its package, in one line (before any loading)."""
+def check_backend(backend: str, compiled: bool = False) -> None:
+    """Refuse an unknown backend, openvino without its package, or another backend with torch.compile (`compiled`)
+    in one line, before any loading."""
     if backend not in defaults.BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; known: {', '.join(defaults.BACKENDS)}")
+    if compiled and backend != defaults.BACKEND:
+        raise BackendError(f"--compile and --backend {backend} both replace the U-Net's call; choose one")
     if backend == "openvino":
         import_openvino()
 

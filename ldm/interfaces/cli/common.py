@@ -80,9 +80,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="compile the U-Net (torch.compile, inductor, weights frozen): minutes to compile, then each step "  # noqa: E501
                         "faster (SD 2-base fp32 on a CPU: 0.84-0.88x the eager time); for many images, not one")
     p.add_argument("--backend", choices=list(defaults.BACKENDS), default=defaults.BACKEND,
-                   help="what runs the U-Net, the decoder and the text encoder: torch, or openvino (CPU; exported "
-                        "once per weights into $LDM_CACHE/openvino, default ~/.cache/ldm/openvino; "
-                        'pip install ".[openvino]"); --precision sets its inference precision (fp32 or bf16)')
+                   help="what runs the networks: torch, or openvino (CPU; exported once per weights to $LDM_CACHE/"
+                        'openvino, default ~/.cache/ldm/openvino; pip install ".[openvino]"; docs/cpu-speed.md)')
     p.add_argument("--embedding", action="append", default=[], metavar="PATH",
                    help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
                         "its file name is the word that calls it in prompts; repeat for several")
@@ -218,12 +217,10 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
     from ldm.adapters.lora import apply_lora, parse_lora_spec
 
     backend = getattr(args, "backend", defaults.BACKEND)
-    if backend != defaults.BACKEND:
-        from ldm.backends.openvino_networks import check_backend
+    if backend != defaults.BACKEND:  # openvino missing, or with --compile: said before the model is loaded
+        from ldm.backends.openvino_networks import check_backend, use_backend
 
-        check_backend(backend)  # openvino missing: said before the model is loaded
-        if getattr(args, "compile", False):
-            raise InvalidOptionError(f"--compile and --backend {backend} both replace the U-Net's call; choose one")
+        check_backend(backend, compiled=getattr(args, "compile", False))
 
     loras = [parse_lora_spec(spec) for spec in getattr(args, "lora", [])]  # a missing file fails before loading
     clip_skip, vae = getattr(args, "clip_skip", None), getattr(args, "vae", None)
@@ -255,8 +252,6 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
 
         load_embeddings(model, args.embedding)
     if backend != defaults.BACKEND:  # float32 weights exported; --precision bf16 runs them in bf16
-        from ldm.backends.openvino_networks import use_backend
-
         return use_backend(model, backend)
     if getattr(args, "precision", None) == "bf16" and device.type == "cpu":
         use_cpu_bf16(model)
