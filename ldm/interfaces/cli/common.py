@@ -79,9 +79,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="compile the U-Net (torch.compile, inductor, weights frozen): minutes to compile, then each step "  # noqa: E501
                         "faster (SD 2-base fp32 on a CPU: 0.84-0.88x the eager time); for many images, not one")
-    p.add_argument("--backend", choices=list(defaults.BACKENDS), default=defaults.BACKEND,
-                   help="what runs the networks: torch, or openvino (CPU; exported once per weights to $LDM_CACHE/"
-                        'openvino, default ~/.cache/ldm/openvino; pip install ".[openvino]"; docs/cpu-speed.md)')
+    p.add_argument("--backend", choices=list(defaults.BACKENDS), default=defaults.BACKEND, help="what runs the "
+                   'networks: torch, or openvino (CPU, pip install ".[openvino]"; docs/cpu-speed.md)')
     p.add_argument("--embedding", action="append", default=[], metavar="PATH",
                    help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
                         "its file name is the word that calls it in prompts; repeat for several")
@@ -216,10 +215,8 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
         raise InvalidOptionError("--config needs --ckpt (the model's weights); without them the model is random")
     from ldm.adapters.lora import apply_lora, parse_lora_spec
 
-    backend = getattr(args, "backend", defaults.BACKEND)
-    if backend != defaults.BACKEND:  # openvino missing, or with --compile: said before the model is loaded
+    if (backend := getattr(args, "backend", defaults.BACKEND)) != defaults.BACKEND:  # refused before loading
         from ldm.backends.openvino_networks import check_backend, use_backend
-
         check_backend(backend, compiled=getattr(args, "compile", False))
 
     loras = [parse_lora_spec(spec) for spec in getattr(args, "lora", [])]  # a missing file fails before loading
@@ -251,8 +248,8 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
         from ldm.adapters.embeddings import load_embeddings
 
         load_embeddings(model, args.embedding)
-    if backend != defaults.BACKEND:  # float32 weights exported; --precision bf16 runs them in bf16
-        return use_backend(model, backend)
+    if backend != defaults.BACKEND:
+        return use_backend(model, backend)  # float32 weights exported; --precision bf16 runs them in bf16
     if getattr(args, "precision", None) == "bf16" and device.type == "cpu":
         use_cpu_bf16(model)
     if getattr(args, "compile", False):
