@@ -3,6 +3,13 @@ same weights, all variants interleaved in one run.
 
     python benchmarks/unet_speed.py [--batch 2] [--size 32] [--repeats 3] [--threads N] [--device cpu] [--compile]
     python benchmarks/unet_speed.py --sdxl [--sdxl-channels 128] ...
+    python benchmarks/unet_speed.py --openvino [--openvino-cache DIR] [--size 64] ...
+
+--openvino: the OpenVINO backend's rows (ldm.backends, --backend openvino) beside diffusers' fp32, ours in fp32 and
+ours as --precision bf16 runs it: our U-Net exported to OpenVINO IR (timed once: the export; then each inference
+precision's compile, INFERENCE_PRECISION_HINT set explicitly to f32 and to bf16), interleaved with the others. It
+prints the export and compile times, the memory the compiled models hold (RSS growth) and the process's peak RSS
+before and after exporting. --openvino-cache DIR keeps the IR (a second run reuses it: no export).
 
 --sdxl: SDXL base's U-Net instead (configs/stable-diffusion/sd_xl_base.yaml: its depths, 2048-wide context and
 2816-wide vector) at a reduced width (model_channels 128, not 320: its fp32 rows and copies would not fit here),
@@ -45,6 +52,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # its --full-size workers, and gpu.py's, find ldm
 
+from ldm.backends.openvino_networks import INFERENCE_PRECISIONS  # noqa: E402
 from ldm.core.devices import cpu_has_fast_bf16  # noqa: E402
 from ldm.models.unet import UNetModel  # noqa: E402
 
@@ -295,6 +303,35 @@ def full_size(args) -> None:
         )
 
 
+def openvino_rows(ours, x, t, c, extra, cache: str | None, bf16: bool) -> dict[str, Callable[[], torch.Tensor]]:
+    """Our U-Net on OpenVINO (ldm.backends.openvino_networks), one row per inference precision set explicitly."""
+    from ldm.backends.openvino_networks import OpenVINONetwork, TracedUNet
+
+    named = [("x", x), ("timesteps", t.float()), ("context", c), *extra.items()]
+    names = [name for name, _ in named]
+    folder = cache or tempfile.mkdtemp(prefix="ldm-openvino-")
+    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    rows = {}
+    for precision in precisions:
+        network = OpenVINONetwork("unet", TracedUNet(ours, names), folder, precision)
+        rss, peak, start = current_rss_mib(), rss_mib(), time.perf_counter()
+        network(named)  # the export (first precision, without a cache), then this precision's compile
+        seconds = time.perf_counter() - start
+        export = f"export {network.exports[0]:.1f} s + compile {seconds - network.exports[0]:.1f} s" if (
+            network.exports) else f"compile {seconds:.1f} s (IR from the cache)"
+        print(f"OpenVINO {precision} (INFERENCE_PRECISION_HINT {INFERENCE_PRECISIONS[precision]}): {export}; "
+              f"RSS +{current_rss_mib() - rss:.0f} MiB held; peak RSS {peak:.0f} -> {rss_mib():.0f} MiB")
+        label = "ldm on OpenVINO, f32 (--backend openvino)" if precision == "fp32" else (
+            "ldm on OpenVINO, bf16 (--backend openvino --precision bf16)")
+        rows[label] = lambda network=network: network(named)
+    return rows
+
+
+def current_rss_mib() -> float:
+    """This process's resident memory now (Linux: /proc/self/statm, in pages)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=2)
@@ -315,6 +352,8 @@ def main() -> None:
         action="store_true",
         help="with --sdxl: the real width (model_channels 320) in bf16, ldm and diffusers each in its own process",
     )
+    p.add_argument("--openvino", action="store_true", help="the OpenVINO backend's rows (module doc)")
+    p.add_argument("--openvino-cache", help="--openvino: keep the exported IR here (default: a temporary folder)")
     p.add_argument("--step-timeout", type=float, default=600, help="--full-size: give up on a step after this")
     p.add_argument("--worker", choices=("ldm", "diffusers"), help=argparse.SUPPRESS)  # --full-size's own processes
     args = p.parse_args()
@@ -364,7 +403,14 @@ def main() -> None:
         return call
 
     fns = {"diffusers fp32": run(theirs, diffusers=True), "ldm fp32": run(ours)}
-    if args.compile:  # eager against compiled only: a compiled model holds its frozen weights beside the eager ones
+    if args.openvino:
+        fns.update(openvino_rows(ours, x, t, c, ours_extra, args.openvino_cache, bf16))
+        if bf16:
+            ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16, memory_format=torch.channels_last)
+            fns["ldm bf16 weights, channels-last, autocast (CLI --precision bf16)"] = run(
+                ours_bf16, channels_last=True, amp=True, dtype=torch.bfloat16
+            )
+    elif args.compile:  # eager against compiled only: a compiled model holds its frozen weights beside the eager ones
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # what ldm's --compile does (LatentDiffusion.compile_unet)

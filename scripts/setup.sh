@@ -39,8 +39,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-say "installing ldm with its dev, app and serve extras into .venv"
-pip install -q -e ".[dev,app,serve]"
+say "installing ldm with its dev, app, serve and openvino extras into .venv"
+pip install -q -e ".[dev,app,serve,openvino]"
 # k-diffusion, whose sampling.py tests/sampling/test_k_diffusion_parity.py runs beside ours. Its package requires its
 # training and evaluation stack (wandb, clean-fid, scikit-image, kornia, ...), which would pull numpy back to 1.x;
 # the parity test imports k_diffusion.sampling alone, whose imports (torchsde, torchdiffeq, scipy) the dev extra

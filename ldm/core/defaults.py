@@ -97,3 +97,14 @@ SERVE_MAX_IMAGES = 16  # per request: batch_size x n_iter
 SERVE_MAX_JOB_SECONDS = 600.0  # a job running longer is stopped at its next step
 SERVE_QUEUE_SIZE = 32  # jobs waiting behind the running one; more are answered 503 with Retry-After
 SERVE_KEEP_RESULTS = 64  # finished jobs of the job API kept for their results, oldest dropped first
+
+# Inference backends (ldm.backends): "torch" runs the networks as they are; "openvino" exports them once to
+# OpenVINO IR, kept under the cache folder ($LDM_CACHE/openvino, by default ~/.cache/ldm/openvino).
+BACKENDS = ("torch", "openvino")
+BACKEND = "torch"
+CACHE_ENV = "LDM_CACHE"
+
+
+def cache_root() -> Path:
+    """Where derived files are kept: $LDM_CACHE, else ~/.cache/ldm."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ldm")

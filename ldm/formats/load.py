@@ -24,6 +24,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     task: str = "txt2img",
     variant: str | None = None,
+    backend: str = defaults.BACKEND,
 ) -> LatentDiffusion:
     """Build a model from a config (ours or an original SD 1.x or 2.x YAML) and load its weights.
 
@@ -38,11 +39,17 @@ def load_model(
     the `model_name` that image metadata records.
     device: "auto" (cuda if available, else cpu), "cpu", "cuda:1", ...; dtype: the networks' weights
     (torch.bfloat16 or torch.float16 halve the memory; the noise schedule stays float32).
+    backend: what runs the networks, "torch" or "openvino" (CPU; pip install ".[openvino]"), as
+    ldm.backends.openvino_networks.use_backend sets it; images' metadata records it.
     """  # noqa: E501
     from ldm.core.devices import resolve_device
     from ldm.formats.detect import resolve_config
     from ldm.formats.variants import sampling_section, shipped_model_files
 
+    if backend != defaults.BACKEND:
+        from ldm.backends.openvino_networks import check_backend
+
+        check_backend(backend)  # an unknown backend or a missing package, before any loading
     if config is None and checkpoint is None:
         config, checkpoint = shipped_model_files(task, variant)
     elif variant is not None:
@@ -93,4 +100,10 @@ def load_model(
     if cfg.get("name"):
         model.identity["model_name"] = str(cfg["name"])
     model = model.to(resolve_device(device)).eval()
-    return model.networks_to(dtype) if dtype is not None else model
+    if dtype is not None:
+        model.networks_to(dtype)
+    if backend != defaults.BACKEND:
+        from ldm.backends.openvino_networks import use_backend
+
+        use_backend(model, backend)
+    return model

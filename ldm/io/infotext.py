@@ -119,6 +119,7 @@ def format_infotext(settings: dict[str, Any]) -> str:
         "VAE hash": str(settings["vae_sha256"])[:10] if settings.get("vae_sha256") else None,  # --vae
         "VAE": settings.get("vae_file"),
         "Clip skip": settings.get("clip_skip"),  # only when chosen (--clip-skip); else the model's own
+        "Backend": settings.get("backend"),  # only another than torch (--backend openvino)
         "Denoising strength": settings.get("strength"),
         "Refiner": Path(str(settings["refiner_file"])).stem if settings.get("refiner_file") else None,
         "Refiner switch at": _step_fraction(settings),  # A1111's is a step fraction (ldm.tasks.sdxl_refiner)
@@ -314,6 +315,7 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
             "sampler",
             "spacing",
             "precision",
+            "backend",
             "ddim_variant",
             "tiling",
             "label",

@@ -225,8 +225,12 @@ class FrozenTextEncoder(nn.Module):
         return torch.tensor(rows, dtype=torch.long)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encode_vectors(self._token_vectors(tokens))
+
+    def encode_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Token vectors [batch, max_length, width] -> the read-out layer's hidden states (what a backend exports)."""
         m = self.model
-        x = self._token_vectors(tokens) + m.positional_embedding
+        x = vectors + m.positional_embedding
         blocks = m.transformer.resblocks
         for block in blocks[: len(blocks) - self.layer_idx]:
             x = block(x, attn_mask=m.attn_mask)

@@ -77,10 +77,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads; default: the cores other work leaves idle (one-minute load average), unless "
                         "OMP_NUM_THREADS is set")
     p.add_argument("--compile", action="store_true",
-                   help="compile the U-Net (torch.compile, inductor, weights frozen): 3-6 minutes to compile at SD "
-                        "2-base size, then each step faster. Pays where bf16 is fast: with --precision bf16 on a "
-                        "CPU with AMX, 0.65-0.69x the eager bf16 step, paid back after 2 images of 30 steps at 512 "
-                        "px, 12 at 256 px; in fp32 0.76x at 256 px (after 24 images), no gain at 512 px")
+                   help="compile the U-Net (torch.compile, inductor): 3-6 min once; pays with --precision bf16 "
+                        "(0.65-0.69x the eager step: after 2 images at 512 px, 12 at 256 px), little in fp32")
+    p.add_argument("--backend", choices=list(defaults.BACKENDS), default=defaults.BACKEND, help="what runs the "
+                   'networks: torch, or openvino (CPU, pip install ".[openvino]"; docs/cpu-speed.md)')
     p.add_argument("--embedding", action="append", default=[], metavar="PATH",
                    help="a textual-inversion embedding (A1111 .pt/.safetensors or diffusers), or a folder of them; "
                         "its file name is the word that calls it in prompts; repeat for several")
@@ -215,6 +215,10 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
         raise InvalidOptionError("--config needs --ckpt (the model's weights); without them the model is random")
     from ldm.adapters.lora import apply_lora, parse_lora_spec
 
+    if (backend := getattr(args, "backend", defaults.BACKEND)) != defaults.BACKEND:  # refused before loading
+        from ldm.backends.openvino_networks import check_backend, use_backend
+        check_backend(backend, compiled=getattr(args, "compile", False))
+
     loras = [parse_lora_spec(spec) for spec in getattr(args, "lora", [])]  # a missing file fails before loading
     clip_skip, vae = getattr(args, "clip_skip", None), getattr(args, "vae", None)
     if clip_skip is not None and clip_skip < 1:
@@ -244,6 +248,8 @@ def load_model_from_args(args: argparse.Namespace, task: str = "txt2img", varian
         from ldm.adapters.embeddings import load_embeddings
 
         load_embeddings(model, args.embedding)
+    if backend != defaults.BACKEND:
+        return use_backend(model, backend)  # float32 weights exported; --precision bf16 runs them in bf16
     if getattr(args, "precision", None) == "bf16" and device.type == "cpu":
         use_cpu_bf16(model)
     if getattr(args, "compile", False):
