@@ -317,12 +317,20 @@ def openvino_rows(ours, x, t, c, extra, cache: str | None, bf16: bool) -> dict[s
         rss, peak, start = current_rss_mib(), rss_mib(), time.perf_counter()
         network(named)  # the export (first precision, without a cache), then this precision's compile
         seconds = time.perf_counter() - start
-        export = f"export {network.exports[0]:.1f} s + compile {seconds - network.exports[0]:.1f} s" if (
-            network.exports) else f"compile {seconds:.1f} s (IR from the cache)"
-        print(f"OpenVINO {precision} (INFERENCE_PRECISION_HINT {INFERENCE_PRECISIONS[precision]}): {export}; "
-              f"RSS +{current_rss_mib() - rss:.0f} MiB held; peak RSS {peak:.0f} -> {rss_mib():.0f} MiB")
-        label = "ldm on OpenVINO, f32 (--backend openvino)" if precision == "fp32" else (
-            "ldm on OpenVINO, bf16 (--backend openvino --precision bf16)")
+        export = (
+            f"export {network.exports[0]:.1f} s + compile {seconds - network.exports[0]:.1f} s"
+            if (network.exports)
+            else f"compile {seconds:.1f} s (IR from the cache)"
+        )
+        print(
+            f"OpenVINO {precision} (INFERENCE_PRECISION_HINT {INFERENCE_PRECISIONS[precision]}): {export}; "
+            f"RSS +{current_rss_mib() - rss:.0f} MiB held; peak RSS {peak:.0f} -> {rss_mib():.0f} MiB"
+        )
+        label = (
+            "ldm on OpenVINO, f32 (--backend openvino)"
+            if precision == "fp32"
+            else ("ldm on OpenVINO, bf16 (--backend openvino --precision bf16)")
+        )
         rows[label] = lambda network=network: network(named)
     return rows
 

@@ -17,8 +17,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ldm"
 ORDER = (
-    "core", "io", "diffusion", "models", "backends", "sampling", "adapters", "formats", "tasks", "toys", "data", "training",
-    "evaluation", "interfaces",
+    "core", "io", "diffusion", "models", "backends", "sampling", "adapters", "formats", "tasks", "toys", "data",
+    "training", "evaluation", "interfaces",
 )  # fmt: skip
 TOP = "<api>"  # the modules loose in ldm/: __init__ (the public API, exported lazily) and __main__
 LOOSE_LIMIT = 3
